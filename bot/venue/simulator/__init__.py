@@ -1,0 +1,36 @@
+"""A Bybit-V5-compatible exchange simulator, served over loopback HTTP for pybit to talk to.
+
+Typical use (tests, `sim` mode):
+
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key="k", api_secret=SecretStr("s")))
+    with SimServer(exchange) as server:
+        session = pybit.unified_trading.HTTP(api_key="k", api_secret="s")
+        session.endpoint = server.url
+"""
+
+from bot.venue.simulator.app import create_app
+from bot.venue.simulator.config import (
+    InstrumentSpec,
+    SimAccountSpec,
+    SimFaults,
+    SimulatorConfig,
+)
+from bot.venue.simulator.errors import DuplicateAccountError, RetCode, SimError
+from bot.venue.simulator.exchange import SimExchange
+from bot.venue.simulator.server import DEFAULT_SIM_PORT, SimServer, run_forever
+
+__all__ = [
+    "DEFAULT_SIM_PORT",
+    "DuplicateAccountError",
+    "InstrumentSpec",
+    "RetCode",
+    "SimAccountSpec",
+    "SimError",
+    "SimExchange",
+    "SimFaults",
+    "SimServer",
+    "SimulatorConfig",
+    "create_app",
+    "run_forever",
+]

@@ -1,0 +1,413 @@
+"""The simulator's HTTP face: Bybit V5 routes (public and signed) and the /sim admin routes.
+
+Every /v5 request goes through the same gateway, in this order: the per-IP limit (HTTP 403),
+injected delay and HTTP 5xx, authentication (private routes), the per-key per-endpoint rate
+limit with Bybit's X-Bapi-Limit* headers (10006), injected 10006 and 10016, parameter parsing
+(10001), the exchange itself, and finally the injected dropped answer. Business errors are
+HTTP 200 with Bybit's envelope; nothing a client sends yields HTTP 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from bot.venue.simulator.auth import authenticate
+from bot.venue.simulator.config import SimAccountSpec, SimFaults
+from bot.venue.simulator.errors import DuplicateAccountError, RetCode, SimError
+from bot.venue.simulator.exchange import SimExchange
+from bot.venue.simulator.params import (
+    CancelOrderParams,
+    MarketParams,
+    NoParams,
+    OrderQueryParams,
+    PlaceOrderParams,
+    PositionQueryParams,
+    SetLeverageParams,
+    WalletBalanceParams,
+    params_error_message,
+)
+from bot.venue.simulator.ratelimit import RollingWindowLimiter
+
+__all__ = ["AnswerDropped", "create_app"]
+
+P = TypeVar("P", bound=BaseModel)
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+ORDER_CREATE_PATH = "/v5/order/create"
+_JSON = "application/json"
+_MAX_BODY_BYTES = 64 * 1024
+_UVICORN_ERROR_LOGGER = "uvicorn.error"
+
+
+class AnswerDropped(Exception):
+    """Raised after half an answer was sent, so that the server aborts the connection."""
+
+
+class _QuietDroppedAnswers(logging.Filter):
+    """Drops the server's traceback for an answer the simulator cut off on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], AnswerDropped))
+
+
+_QUIET_DROPPED_ANSWERS = _QuietDroppedAnswers()
+
+
+class _TruncatedResponse(Response):
+    """Headers with the full Content-Length, then half the body, then an aborted connection.
+
+    The client has sent its order and the exchange has accepted it, but what comes back is
+    not a valid answer: requests raises a RequestException (ChunkedEncodingError), exactly
+    the ambiguous outcome a real network failure after acceptance produces.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": self.body[: len(self.body) // 2],
+                "more_body": True,
+            }
+        )
+        raise AnswerDropped("answer dropped by the drop_response_after_accept fault")
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _json_response(value: Any, status_code: int = 200) -> Response:
+    return Response(_dumps(value), status_code=status_code, media_type=_JSON)
+
+
+def _client_host(request: Request) -> str | None:
+    client = request.scope.get("client")
+    return client[0] if client else None
+
+
+def _parse(model: type[P], data: dict[str, Any]) -> P:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SimError(RetCode.PARAMS_ERROR, params_error_message(exc)) from exc
+
+
+def _json_object(body: bytes, *, parse_float: Callable[[str], Any] = float) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is an empty object. Raises ValueError."""
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body, parse_float=parse_float)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError("body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    return data
+
+
+def _body_params(body: bytes) -> dict[str, Any]:
+    """A signed POST body as parameters; anything but a small JSON object is 10001."""
+    if len(body) > _MAX_BODY_BYTES:
+        raise SimError(RetCode.PARAMS_ERROR, "params error: request body too large")
+    try:
+        return _json_object(body)
+    except ValueError as exc:
+        raise SimError(RetCode.PARAMS_ERROR, f"params error: {exc}") from exc
+
+
+def _query(raw: bytes) -> dict[str, Any]:
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+
+def _limit_headers(limit: int, remaining: int, reset_ms: int) -> dict[str, str]:
+    return {
+        "X-Bapi-Limit": str(limit),
+        "X-Bapi-Limit-Status": str(remaining),
+        "X-Bapi-Limit-Reset-Timestamp": str(reset_ms),
+    }
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    name = ".".join(str(part) for part in first["loc"]) or "body"
+    return f"{name}: {first['msg']}"
+
+
+class _Gateway:
+    """Wraps exchange methods into endpoints that behave like Bybit's API gateway."""
+
+    def __init__(self, exchange: SimExchange) -> None:
+        config = exchange.config
+        self._exchange = exchange
+        self._ip_limiter = RollingWindowLimiter(config.ip_requests_per_5s, 5000)
+        self._create_limiter = RollingWindowLimiter(config.order_create_per_s, 1000)
+        self._other_limiter = RollingWindowLimiter(config.other_private_per_s, 1000)
+
+    def public(self, handler: Callable[[P], dict[str, Any]], model: type[P]) -> Endpoint:
+        """An unsigned /v5/market endpoint."""
+
+        async def endpoint(request: Request) -> Response:
+            path: str = request.scope["path"]
+            refused = self._refuse_ip(request, path) or await self._delay_or_fail(path)
+            if refused is not None:
+                return refused
+            if self._exchange.inject("timeout_10016"):
+                return self._envelope(path, RetCode.SERVER_TIMEOUT, "Server Timeout")
+            try:
+                result = handler(_parse(model, _query(request.scope["query_string"])))
+            except SimError as exc:
+                return self._envelope(path, exc.ret_code, exc.ret_msg)
+            return self._envelope(path, RetCode.OK, "OK", result)
+
+        return endpoint
+
+    def private(self, handler: Callable[[str, P], dict[str, Any]], model: type[P]) -> Endpoint:
+        """A signed endpoint; GET reads the query string, POST the JSON body."""
+
+        async def endpoint(request: Request) -> Response:
+            path: str = request.scope["path"]
+            is_create = path == ORDER_CREATE_PATH
+            refused = self._refuse_ip(request, path) or await self._delay_or_fail(path)
+            if refused is not None:
+                return refused
+
+            if request.method == "POST":
+                body = await request.body()
+                payloads: tuple[bytes, ...] = (body,)
+            else:
+                body = request.scope["query_string"]
+                unquoted = unquote_to_bytes(body)
+                payloads = (body,) if unquoted == body else (body, unquoted)
+            try:
+                api_key = authenticate(
+                    self._exchange, request.headers, payloads, _client_host(request)
+                )
+            except SimError as exc:
+                return self._envelope(path, exc.ret_code, exc.ret_msg)
+
+            now = self._exchange.now_ms()
+            limiter = self._create_limiter if is_create else self._other_limiter
+            decision = limiter.hit((api_key, path), now)
+            if not decision.allowed or self._exchange.inject("rate_limit_10006"):
+                headers = _limit_headers(decision.limit, 0, decision.window_reset_ms)
+                return self._envelope(
+                    path, RetCode.TOO_MANY_VISITS, "Too many visits!", None, headers
+                )
+            headers = _limit_headers(decision.limit, decision.remaining, now)
+            if self._exchange.inject("timeout_10016"):
+                return self._envelope(path, RetCode.SERVER_TIMEOUT, "Server Timeout", None, headers)
+
+            try:
+                data = _body_params(body) if request.method == "POST" else _query(body)
+                result = handler(api_key, _parse(model, data))
+            except SimError as exc:
+                return self._envelope(path, exc.ret_code, exc.ret_msg, None, headers)
+
+            if is_create and self._exchange.inject("drop_response_after_accept"):
+                self._exchange.record(path, None, None)
+                return _TruncatedResponse(
+                    self._body(RetCode.OK, "OK", result), media_type=_JSON, headers=headers
+                )
+            return self._envelope(path, RetCode.OK, "OK", result, headers)
+
+        return endpoint
+
+    def _refuse_ip(self, request: Request, path: str) -> Response | None:
+        """HTTP 403 once a client IP exceeds its limit, as Bybit's edge answers; else None."""
+        host = _client_host(request) or ""
+        if self._ip_limiter.hit(host, self._exchange.now_ms()).allowed:
+            return None
+        self._exchange.record(path, 403, None)
+        return Response(
+            "403 Forbidden: IP rate limit exceeded", status_code=403, media_type="text/plain"
+        )
+
+    async def _delay_or_fail(self, path: str) -> Response | None:
+        """Apply an injected delay, then an injected HTTP 503; None lets the request pass."""
+        if self._exchange.inject("delay"):
+            await asyncio.sleep(self._exchange.faults().delay_ms / 1000)
+        if self._exchange.inject("http_5xx"):
+            self._exchange.record(path, 503, None)
+            return Response("Service Unavailable", status_code=503, media_type="text/plain")
+        return None
+
+    def _body(self, ret_code: RetCode, ret_msg: str, result: dict[str, Any] | None) -> bytes:
+        return _dumps(
+            {
+                "retCode": int(ret_code),
+                "retMsg": ret_msg,
+                "result": result if result is not None else {},
+                "retExtInfo": {},
+                "time": self._exchange.now_ms(),
+            }
+        )
+
+    def _envelope(
+        self,
+        path: str,
+        ret_code: RetCode,
+        ret_msg: str,
+        result: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        self._exchange.record(path, 200, int(ret_code))
+        return Response(self._body(ret_code, ret_msg, result), media_type=_JSON, headers=headers)
+
+
+def _loopback_only(request: Request) -> Response | None:
+    """Admin routes are unauthenticated, so they answer loopback clients only."""
+    host = _client_host(request)
+    if host is None:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        # Not an IP address: an in-process transport (e.g. a test client), never a TCP peer.
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address.is_loopback:
+        return None
+    return _json_response({"error": "the /sim admin routes answer loopback clients only"}, 403)
+
+
+def _admin_routes(exchange: SimExchange) -> list[Route]:
+    """Unauthenticated test and demo controls; errors are HTTP 4xx with {"error": "..."}."""
+
+    async def orders(request: Request) -> Response:
+        return _loopback_only(request) or _json_response(
+            {"orders": exchange.orders(request.query_params.get("api_key"))}
+        )
+
+    async def stats(request: Request) -> Response:
+        return _loopback_only(request) or _json_response(exchange.stats())
+
+    def price_view() -> dict[str, Any]:
+        return {"prices": {symbol: str(price) for symbol, price in exchange.prices().items()}}
+
+    async def prices(request: Request) -> Response:
+        refused = _loopback_only(request)
+        if refused is not None:
+            return refused
+        if request.method == "POST":
+            try:
+                exchange.set_prices(_json_object(await request.body(), parse_float=Decimal))
+            except ValueError as exc:
+                return _json_response({"error": str(exc)}, 400)
+        return _json_response(price_view())
+
+    async def faults(request: Request) -> Response:
+        refused = _loopback_only(request)
+        if refused is not None:
+            return refused
+        if request.method == "POST":
+            try:
+                exchange.set_faults(SimFaults.model_validate(_json_object(await request.body())))
+            except ValidationError as exc:
+                return _json_response({"error": _validation_message(exc)}, 400)
+            except ValueError as exc:
+                return _json_response({"error": str(exc)}, 400)
+        return _json_response(exchange.faults().model_dump(mode="json"))
+
+    async def accounts(request: Request) -> Response:
+        refused = _loopback_only(request)
+        if refused is not None:
+            return refused
+        try:
+            spec = SimAccountSpec.model_validate(
+                _json_object(await request.body(), parse_float=Decimal)
+            )
+            exchange.add_account(spec)
+        except ValidationError as exc:
+            return _json_response({"error": _validation_message(exc)}, 400)
+        except DuplicateAccountError as exc:
+            return _json_response({"error": str(exc)}, 409)
+        except ValueError as exc:
+            return _json_response({"error": str(exc)}, 400)
+        return _json_response({"apiKey": spec.api_key}, 201)
+
+    return [
+        Route("/sim/orders", orders, methods=["GET"]),
+        Route("/sim/stats", stats, methods=["GET"]),
+        Route("/sim/prices", prices, methods=["GET", "POST"]),
+        Route("/sim/faults", faults, methods=["GET", "POST"]),
+        Route("/sim/accounts", accounts, methods=["POST"]),
+    ]
+
+
+def create_app(exchange: SimExchange) -> Starlette:
+    """The ASGI app serving one exchange: Bybit V5 routes plus the /sim admin routes."""
+    logger = logging.getLogger(_UVICORN_ERROR_LOGGER)
+    if _QUIET_DROPPED_ANSWERS not in logger.filters:
+        logger.addFilter(_QUIET_DROPPED_ANSWERS)
+    gateway = _Gateway(exchange)
+    routes = [
+        Route("/v5/market/time", gateway.public(exchange.server_time, NoParams), methods=["GET"]),
+        Route(
+            "/v5/market/instruments-info",
+            gateway.public(exchange.instruments_info, MarketParams),
+            methods=["GET"],
+        ),
+        Route(
+            "/v5/market/tickers", gateway.public(exchange.tickers, MarketParams), methods=["GET"]
+        ),
+        Route(
+            ORDER_CREATE_PATH,
+            gateway.private(exchange.place_order, PlaceOrderParams),
+            methods=["POST"],
+        ),
+        Route(
+            "/v5/order/cancel",
+            gateway.private(exchange.cancel_order, CancelOrderParams),
+            methods=["POST"],
+        ),
+        Route(
+            "/v5/order/realtime",
+            gateway.private(exchange.open_orders, OrderQueryParams),
+            methods=["GET"],
+        ),
+        Route(
+            "/v5/order/history",
+            gateway.private(exchange.order_history, OrderQueryParams),
+            methods=["GET"],
+        ),
+        Route(
+            "/v5/position/list",
+            gateway.private(exchange.positions, PositionQueryParams),
+            methods=["GET"],
+        ),
+        Route(
+            "/v5/position/set-leverage",
+            gateway.private(exchange.set_leverage, SetLeverageParams),
+            methods=["POST"],
+        ),
+        Route(
+            "/v5/account/wallet-balance",
+            gateway.private(exchange.wallet_balance, WalletBalanceParams),
+            methods=["GET"],
+        ),
+        Route(
+            "/v5/user/query-api",
+            gateway.private(exchange.api_key_info, NoParams),
+            methods=["GET"],
+        ),
+        *_admin_routes(exchange),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,296 @@
+"""Configuration of the Bybit V5 simulator: market, fees, limits, accounts and injected faults."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+__all__ = [
+    "PERMISSION_GROUPS",
+    "InstrumentSpec",
+    "SimAccountSpec",
+    "SimFaults",
+    "SimulatorConfig",
+]
+
+#: Permission groups Bybit reports for an API key in `GET /v5/user/query-api`.
+PERMISSION_GROUPS: tuple[str, ...] = (
+    "ContractTrade",
+    "Spot",
+    "Wallet",
+    "Options",
+    "Derivatives",
+    "CopyTrading",
+    "BlockTrade",
+    "Exchange",
+    "NFT",
+    "Affiliate",
+    "Earn",
+)
+
+PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+class InstrumentSpec(BaseModel):
+    """Trading rules of one linear USDT perpetual, as `/v5/market/instruments-info` reports them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tick_size: PositiveDecimal = Field(
+        description="Price increment in USDT (priceFilter.tickSize); prices must be multiples."
+    )
+    qty_step: PositiveDecimal = Field(
+        description="Quantity increment in base coin (lotSizeFilter.qtyStep)."
+    )
+    min_order_qty: PositiveDecimal = Field(
+        description="Smallest order quantity in base coin (lotSizeFilter.minOrderQty)."
+    )
+    max_order_qty: PositiveDecimal = Field(
+        description="Largest order quantity in base coin (lotSizeFilter.maxOrderQty)."
+    )
+    min_notional_usdt: PositiveDecimal = Field(
+        description="Smallest order value qty * price in USDT (lotSizeFilter.minNotionalValue)."
+    )
+    max_leverage: PositiveDecimal = Field(
+        default=Decimal(100), description="Highest leverage accepted by set-leverage (x)."
+    )
+
+    @model_validator(mode="after")
+    def _quantities_consistent(self) -> Self:
+        if self.min_order_qty > self.max_order_qty:
+            raise ValueError("min_order_qty must not exceed max_order_qty")
+        if self.min_order_qty % self.qty_step != 0:
+            raise ValueError("min_order_qty must be a multiple of qty_step")
+        if self.max_leverage < 1:
+            raise ValueError("max_leverage must be at least 1")
+        return self
+
+
+def _default_instruments() -> dict[str, InstrumentSpec]:
+    """Bybit's published rules for the three default symbols (rounded maxima)."""
+    return {
+        "BTCUSDT": InstrumentSpec(
+            tick_size=Decimal("0.1"),
+            qty_step=Decimal("0.001"),
+            min_order_qty=Decimal("0.001"),
+            max_order_qty=Decimal(1190),
+            min_notional_usdt=Decimal(5),
+        ),
+        "ETHUSDT": InstrumentSpec(
+            tick_size=Decimal("0.01"),
+            qty_step=Decimal("0.01"),
+            min_order_qty=Decimal("0.01"),
+            max_order_qty=Decimal(7240),
+            min_notional_usdt=Decimal(5),
+        ),
+        "SOLUSDT": InstrumentSpec(
+            tick_size=Decimal("0.01"),
+            qty_step=Decimal("0.1"),
+            min_order_qty=Decimal("0.1"),
+            max_order_qty=Decimal(79770),
+            min_notional_usdt=Decimal(5),
+        ),
+    }
+
+
+def _default_prices() -> dict[str, Decimal]:
+    return {"BTCUSDT": Decimal(97000), "ETHUSDT": Decimal(3500), "SOLUSDT": Decimal(180)}
+
+
+def _default_permissions() -> dict[str, list[str]]:
+    return {"ContractTrade": ["Order", "Position"]}
+
+
+class SimFaults(BaseModel):
+    """Faults the simulator injects, each drawn independently per request from a seeded RNG.
+
+    Posting a new set replaces the old one: fields left out fall back to "no fault".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drop_response_after_accept: Probability = Field(
+        default=0.0,
+        description="Chance that an accepted order's answer is cut off mid-body: the order "
+        "exists, the client gets a connection error (never a success).",
+    )
+    delay: Probability = Field(
+        default=0.0, description="Chance that a /v5 request is held for delay_ms before work."
+    )
+    delay_ms: int = Field(
+        default=0, ge=0, le=60_000, description="How long a delayed request is held, in ms."
+    )
+    rate_limit_10006: Probability = Field(
+        default=0.0,
+        description="Chance that an authenticated request is refused with 10006 "
+        "'Too many visits!' although under the limit.",
+    )
+    timeout_10016: Probability = Field(
+        default=0.0,
+        description="Chance that a /v5 request is answered 10016 'Server Timeout' without "
+        "being executed.",
+    )
+    http_5xx: Probability = Field(
+        default=0.0,
+        description="Chance that a /v5 request is answered HTTP 503 without being executed.",
+    )
+    clock_skew_ms: int = Field(
+        default=0,
+        ge=-86_400_000,
+        le=86_400_000,
+        description="Offset added to the simulator's clock in ms (server time, timestamp "
+        "checks, rate-limit reset times); a large value makes signed requests fail 10002.",
+    )
+
+
+class SimAccountSpec(BaseModel):
+    """One API key of the simulated exchange and the account (balance, orders) behind it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_key: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The key sent in X-BAPI-API-KEY; one account per key.",
+    )
+    api_secret: SecretStr = Field(description="HMAC-SHA256 secret the client signs with.")
+    read_only: bool = Field(default=False, description="Read-only keys cannot trade (10005).")
+    permissions: dict[str, list[str]] = Field(
+        default_factory=_default_permissions,
+        description="Bybit permission groups (ContractTrade, Wallet, ...) to granted rights; "
+        "trading needs ContractTrade 'Order', set-leverage needs 'Position'.",
+    )
+    ips: list[str] = Field(
+        default_factory=lambda: ["*"],
+        min_length=1,
+        description="Client IPs or CIDR networks the key accepts; '*' accepts any (10010).",
+    )
+    expired_at: datetime | None = Field(
+        default=None,
+        description="When the key expires (33004 from then on); None never expires. "
+        "Naive datetimes are read as UTC.",
+    )
+    balance_usdt: Decimal | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Starting USDT wallet balance; None uses the config's starting_balance_usdt.",
+    )
+    note: str = Field(default="", max_length=128, description="Bybit's free-text key remark.")
+
+    @field_validator("permissions")
+    @classmethod
+    def _known_groups(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        unknown = sorted(set(value) - set(PERMISSION_GROUPS))
+        if unknown:
+            raise ValueError(
+                f"unknown permission group(s) {unknown}; expected some of {list(PERMISSION_GROUPS)}"
+            )
+        return value
+
+    @field_validator("ips")
+    @classmethod
+    def _valid_ips(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is neither '*' nor an IP address or network") from exc
+        return value
+
+    @field_validator("expired_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class SimulatorConfig(BaseModel):
+    """Everything that shapes one simulated exchange; defaults mirror Bybit's mainnet rules."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instruments: dict[str, InstrumentSpec] = Field(
+        default_factory=_default_instruments,
+        description="Listed linear USDT perpetuals by symbol; anything else is 10001.",
+    )
+    prices: dict[str, PositiveDecimal] = Field(
+        default_factory=_default_prices,
+        description="Starting last/mark/index price in USDT of every listed symbol.",
+    )
+    starting_balance_usdt: Decimal = Field(
+        default=Decimal(10000),
+        ge=0,
+        allow_inf_nan=False,
+        description="USDT wallet balance of an account whose spec leaves balance_usdt unset.",
+    )
+    default_leverage: Decimal = Field(
+        default=Decimal(10),
+        ge=1,
+        allow_inf_nan=False,
+        description="Leverage (x) of every symbol until set-leverage changes it; initial "
+        "margin = notional / leverage.",
+    )
+    taker_fee_rate: Decimal = Field(
+        default=Decimal("0.00055"),
+        ge=0,
+        lt=1,
+        description="Fee as a fraction of notional for fills that take liquidity "
+        "(market orders, marketable limits).",
+    )
+    maker_fee_rate: Decimal = Field(
+        default=Decimal("0.0002"),
+        ge=0,
+        lt=1,
+        description="Fee as a fraction of notional for resting limit orders the price reaches.",
+    )
+    order_create_per_s: int = Field(
+        default=10, ge=1, description="POST /v5/order/create requests per key per rolling second."
+    )
+    other_private_per_s: int = Field(
+        default=50,
+        ge=1,
+        description="Requests per key per rolling second on each other private endpoint.",
+    )
+    ip_requests_per_5s: int = Field(
+        default=600,
+        ge=1,
+        description="/v5 requests per client IP per rolling 5 s before HTTP 403.",
+    )
+    seed: int | None = Field(
+        default=None, description="Seed of the fault RNG; None draws a fresh one per exchange."
+    )
+    faults: SimFaults = Field(
+        default_factory=SimFaults, description="Faults active from start-up (usually none)."
+    )
+    accounts: list[SimAccountSpec] = Field(
+        default_factory=list, description="Accounts created at start-up, one per API key."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        unpriced = sorted(set(self.instruments) - set(self.prices))
+        if unpriced:
+            raise ValueError(f"prices: no starting price for listed symbol(s) {unpriced}")
+        unlisted = sorted(set(self.prices) - set(self.instruments))
+        if unlisted:
+            raise ValueError(f"prices: symbol(s) {unlisted} have no entry in instruments")
+        for symbol, spec in self.instruments.items():
+            if self.default_leverage > spec.max_leverage:
+                raise ValueError(
+                    f"default_leverage {self.default_leverage} exceeds {symbol} max_leverage "
+                    f"{spec.max_leverage}"
+                )
+        keys = [account.api_key for account in self.accounts]
+        if len(keys) != len(set(keys)):
+            raise ValueError("accounts: api_key values must be unique")
+        return self

@@ -1,0 +1,49 @@
+"""Bybit V5 return codes the simulator answers with, and the exceptions that carry them.
+
+```
+Exception
+├── SimError               a business answer: HTTP 200 with a non-zero retCode
+└── ValueError
+    └── DuplicateAccountError   add_account() with an api key the exchange already holds
+```
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["DuplicateAccountError", "RetCode", "SimError"]
+
+
+class RetCode(IntEnum):
+    """The subset of Bybit V5 retCodes the simulator produces, under Bybit's meaning."""
+
+    OK = 0
+    PARAMS_ERROR = 10001
+    TIMESTAMP_OUT_OF_WINDOW = 10002
+    INVALID_API_KEY = 10003
+    INVALID_SIGN = 10004
+    PERMISSION_DENIED = 10005
+    TOO_MANY_VISITS = 10006
+    UNMATCHED_IP = 10010
+    SERVER_TIMEOUT = 10016
+    API_KEY_EXPIRED = 33004
+    ORDER_NOT_EXISTS = 110001
+    INSUFFICIENT_AVAILABLE_BALANCE = 110007
+    REDUCE_ONLY_RULE_NOT_SATISFIED = 110017
+    LEVERAGE_NOT_MODIFIED = 110043
+    DUPLICATE_ORDER_LINK_ID = 110072
+    ORDER_VALUE_BELOW_MINIMUM = 110094
+
+
+class SimError(Exception):
+    """A request the simulator refuses the way Bybit would: HTTP 200, non-zero retCode."""
+
+    def __init__(self, ret_code: RetCode, ret_msg: str) -> None:
+        self.ret_code = ret_code
+        self.ret_msg = ret_msg
+        super().__init__(f"{ret_msg} (retCode {int(ret_code)})")
+
+
+class DuplicateAccountError(ValueError):
+    """An account with this api key already exists; keys are never silently replaced."""

@@ -1,0 +1,164 @@
+"""Typed request parameters of the simulated Bybit V5 endpoints, with Bybit's field names.
+
+Each model parses one endpoint's query string or JSON body; a failure becomes retCode 10001
+with a message naming the parameter (see `params_error_message`). Unknown parameters are
+ignored, as Bybit ignores them.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "CancelOrderParams",
+    "MarketParams",
+    "NoParams",
+    "OrderQueryParams",
+    "PlaceOrderParams",
+    "PositionQueryParams",
+    "SetLeverageParams",
+    "WalletBalanceParams",
+    "params_error_message",
+]
+
+_DECIMAL_TEXT = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
+_ORDER_LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+
+
+def _decimal_text(value: Any) -> Decimal:
+    """Bybit sends and expects decimals as strings: '0.001', never 1e-3, never a JSON number."""
+    if not isinstance(value, str):
+        raise ValueError("must be a decimal string such as '0.01'")
+    if not _DECIMAL_TEXT.match(value):
+        raise ValueError(f"{value!r} is not a non-negative decimal string such as '0.01'")
+    return Decimal(value)
+
+
+def _order_link_id(value: Any) -> Any:
+    if not isinstance(value, str) or not _ORDER_LINK_ID.match(value):
+        raise ValueError("must be 1-36 characters of A-Z, a-z, 0-9, '_' and '-'")
+    return value
+
+
+def _one_way_mode(value: int) -> int:
+    if value != 0:
+        raise ValueError("only 0 (one-way mode) is simulated")
+    return value
+
+
+def _linear_only(value: Any) -> Any:
+    if value != "linear":
+        raise ValueError(f"{value!r} is not supported: the simulator trades category=linear only")
+    return value
+
+
+DecimalText = Annotated[Decimal, BeforeValidator(_decimal_text)]
+Category = Annotated[str, BeforeValidator(_linear_only)]
+OrderLinkId = Annotated[str, BeforeValidator(_order_link_id)]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class NoParams(_Params):
+    """An endpoint that takes no parameters (query-api, server time)."""
+
+
+class MarketParams(_Params):
+    """`GET /v5/market/instruments-info` and `GET /v5/market/tickers`."""
+
+    category: Category
+    symbol: str | None = None
+
+
+class PlaceOrderParams(_Params):
+    """`POST /v5/order/create` (linear, one-way mode)."""
+
+    category: Category
+    symbol: str
+    side: Literal["Buy", "Sell"]
+    order_type: Literal["Market", "Limit"]
+    qty: DecimalText
+    price: DecimalText | None = None
+    time_in_force: Literal["GTC", "IOC", "FOK", "PostOnly"] | None = None
+    order_link_id: OrderLinkId | None = None
+    reduce_only: bool = False
+    close_on_trigger: bool = False
+    take_profit: DecimalText | None = None
+    stop_loss: DecimalText | None = None
+    position_idx: Annotated[int, AfterValidator(_one_way_mode)] = 0
+    trigger_price: None = Field(
+        default=None, description="Conditional orders are not simulated; any value is refused."
+    )
+
+
+class CancelOrderParams(_Params):
+    """`POST /v5/order/cancel`: orderId takes precedence over orderLinkId, as on Bybit."""
+
+    category: Category
+    symbol: str
+    order_id: str | None = None
+    order_link_id: str | None = None
+
+
+class OrderQueryParams(_Params):
+    """`GET /v5/order/realtime` and `GET /v5/order/history`."""
+
+    category: Category
+    symbol: str | None = None
+    base_coin: str | None = None
+    settle_coin: str | None = None
+    order_id: str | None = None
+    order_link_id: str | None = None
+    open_only: int = Field(default=0, ge=0, le=2)
+    order_status: str | None = None
+    limit: int = Field(default=20, ge=1, le=50)
+    cursor: str | None = None
+
+
+class PositionQueryParams(_Params):
+    """`GET /v5/position/list`."""
+
+    category: Category
+    symbol: str | None = None
+    base_coin: str | None = None
+    settle_coin: str | None = None
+    limit: int = Field(default=20, ge=1, le=200)
+    cursor: str | None = None
+
+
+class WalletBalanceParams(_Params):
+    """`GET /v5/account/wallet-balance`."""
+
+    account_type: str
+    coin: str | None = None
+
+
+class SetLeverageParams(_Params):
+    """`POST /v5/position/set-leverage`: one-way mode needs buyLeverage == sellLeverage."""
+
+    category: Category
+    symbol: str
+    buy_leverage: DecimalText
+    sell_leverage: DecimalText
+
+
+def params_error_message(error: ValidationError) -> str:
+    """Bybit-style 10001 text for the first problem, naming the parameter as the client sent it."""
+    first = error.errors(include_url=False)[0]
+    name = ".".join(str(part) for part in first["loc"]) or "request"
+    if first["type"] == "missing":
+        return f"params error: {name} is required"
+    if first["type"] in {"value_error", "type_error"} and "error" in first.get("ctx", {}):
+        return f"params error: {name}: {first['ctx']['error']}"
+    if name == "triggerPrice":
+        return "params error: triggerPrice: conditional orders are not supported by the simulator"
+    return f"params error: {name}: {first['msg']}"

@@ -1,0 +1,131 @@
+"""The simulated exchange's mutable records: orders, one-way positions, accounts, margin.
+
+Only `SimExchange` mutates them, under its lock; `views` turns them into Bybit JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from bot.venue.simulator.config import SimAccountSpec
+
+__all__ = [
+    "MAINTENANCE_MARGIN_RATE",
+    "SETTLE_COIN",
+    "ZERO",
+    "AccountRecord",
+    "MarginFigures",
+    "OrderRecord",
+    "PositionRecord",
+]
+
+ZERO = Decimal(0)
+#: Every simulated instrument is a linear perpetual settled in USDT.
+SETTLE_COIN = "USDT"
+#: Maintenance margin as a fraction of position value (Bybit's lowest risk tier).
+MAINTENANCE_MARGIN_RATE = Decimal("0.005")
+_OPEN_STATUSES = frozenset({"New", "PartiallyFilled"})
+
+
+@dataclass(slots=True)
+class OrderRecord:
+    """One order as the matching engine tracks it; price is None for market orders."""
+
+    order_id: str
+    order_link_id: str
+    symbol: str
+    side: str
+    order_type: str
+    price: Decimal | None
+    qty: Decimal
+    time_in_force: str
+    reduce_only: bool
+    close_on_trigger: bool
+    take_profit: Decimal | None
+    stop_loss: Decimal | None
+    last_price_on_created: Decimal
+    created_ms: int
+    #: Exchange-wide creation sequence, to list orders of all accounts in time order.
+    seq: int
+    updated_ms: int = 0
+    status: str = "New"
+    cum_exec_qty: Decimal = ZERO
+    cum_exec_value: Decimal = ZERO
+    cum_exec_fee: Decimal = ZERO
+    cancel_type: str = "UNKNOWN"
+    reject_reason: str = "EC_NoError"
+    stop_order_type: str = ""
+    create_type: str = "CreateByUser"
+    trigger_price: Decimal | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in _OPEN_STATUSES
+
+    @property
+    def leaves_qty(self) -> Decimal:
+        return self.qty - self.cum_exec_qty if self.is_open else ZERO
+
+    @property
+    def direction(self) -> int:
+        """+1 for a buy, -1 for a sell."""
+        return 1 if self.side == "Buy" else -1
+
+
+@dataclass(slots=True)
+class PositionRecord:
+    """A one-way position; size is signed (long > 0, short < 0)."""
+
+    symbol: str
+    size: Decimal = ZERO
+    avg_price: Decimal = ZERO
+    take_profit: Decimal | None = None
+    stop_loss: Decimal | None = None
+    cum_realised_pnl: Decimal = ZERO
+    #: Realised PnL since the position last opened from flat.
+    cur_realised_pnl: Decimal = ZERO
+    created_ms: int = 0
+    updated_ms: int = 0
+    #: Bybit reports -1 for a symbol never traded.
+    seq: int = -1
+
+
+@dataclass(slots=True)
+class AccountRecord:
+    """Everything behind one API key: wallet, orders (all, open, by link id), positions."""
+
+    spec: SimAccountSpec
+    user_id: int
+    created_ms: int
+    wallet_balance: Decimal
+    orders: dict[str, OrderRecord] = field(default_factory=dict)
+    open_orders: dict[str, OrderRecord] = field(default_factory=dict)
+    link_ids: dict[str, str] = field(default_factory=dict)
+    positions: dict[str, PositionRecord] = field(default_factory=dict)
+    leverage: dict[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MarginFigures:
+    """An account's margin picture at current prices (UTA cross margin, USDT only)."""
+
+    wallet_balance: Decimal
+    unrealised_pnl: Decimal
+    position_im: Decimal
+    position_mm: Decimal
+    order_im: Decimal
+    cum_realised_pnl: Decimal
+
+    @property
+    def equity(self) -> Decimal:
+        return self.wallet_balance + self.unrealised_pnl
+
+    @property
+    def initial_margin(self) -> Decimal:
+        return self.position_im + self.order_im
+
+    @property
+    def available(self) -> Decimal:
+        """What a new order may commit: equity minus all initial margin."""
+        return self.equity - self.initial_margin

@@ -1,0 +1,312 @@
+"""Bybit V5 JSON shapes of the simulator's state, with Bybit's field names and encodings.
+
+Numbers are decimal strings as Bybit sends them ("97000", "0.001"), never floats.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from bot.venue.simulator.config import PERMISSION_GROUPS, InstrumentSpec, SimAccountSpec
+from bot.venue.simulator.records import (
+    MAINTENANCE_MARGIN_RATE,
+    SETTLE_COIN,
+    MarginFigures,
+    OrderRecord,
+    PositionRecord,
+)
+
+__all__ = [
+    "MAX_PRICE_TICKS",
+    "api_key_view",
+    "fmt",
+    "instrument_view",
+    "order_view",
+    "position_view",
+    "ticker_view",
+    "wallet_view",
+]
+
+#: priceFilter.maxPrice in ticks; the simulator refuses prices above it.
+MAX_PRICE_TICKS = 20_000_000
+_LAUNCH_TIME_MS = "1584230400000"
+_RATE_PLACES = Decimal("0.0001")
+_AVG_PLACES = Decimal("1e-8")
+
+
+def fmt(value: Decimal) -> str:
+    """Bybit-style decimal text: plain notation, no exponent, no trailing zeros."""
+    if value == 0:
+        return "0"
+    return format(value.normalize(), "f")
+
+
+def _fmt_avg(value: Decimal) -> str:
+    """Average prices are rounded to 8 places so weighted means stay readable."""
+    return fmt(value.quantize(_AVG_PLACES))
+
+
+def _fmt_optional(value: Decimal | None) -> str:
+    return fmt(value) if value is not None else ""
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def order_view(order: OrderRecord) -> dict[str, Any]:
+    """An order as `/v5/order/realtime` and `/v5/order/history` list it."""
+    leaves = order.leaves_qty
+    return {
+        "orderId": order.order_id,
+        "orderLinkId": order.order_link_id,
+        "blockTradeId": "",
+        "symbol": order.symbol,
+        "price": fmt(order.price) if order.price is not None else "0",
+        "qty": fmt(order.qty),
+        "side": order.side,
+        "isLeverage": "",
+        "positionIdx": 0,
+        "orderStatus": order.status,
+        "createType": order.create_type,
+        "cancelType": order.cancel_type,
+        "rejectReason": order.reject_reason,
+        "avgPrice": (
+            _fmt_avg(order.cum_exec_value / order.cum_exec_qty) if order.cum_exec_qty else ""
+        ),
+        "leavesQty": fmt(leaves),
+        "leavesValue": fmt(leaves * order.price) if order.price is not None else "0",
+        "cumExecQty": fmt(order.cum_exec_qty),
+        "cumExecValue": fmt(order.cum_exec_value),
+        "cumExecFee": fmt(order.cum_exec_fee),
+        "timeInForce": order.time_in_force,
+        "orderType": order.order_type,
+        "stopOrderType": order.stop_order_type,
+        "orderIv": "",
+        "marketUnit": "",
+        "triggerPrice": _fmt_optional(order.trigger_price),
+        "takeProfit": _fmt_optional(order.take_profit),
+        "stopLoss": _fmt_optional(order.stop_loss),
+        "tpslMode": "Full" if order.take_profit or order.stop_loss else "",
+        "ocoTriggerBy": "",
+        "tpLimitPrice": "",
+        "slLimitPrice": "",
+        "tpTriggerBy": "LastPrice" if order.take_profit is not None else "",
+        "slTriggerBy": "LastPrice" if order.stop_loss is not None else "",
+        "triggerDirection": 0,
+        "triggerBy": "LastPrice" if order.trigger_price is not None else "",
+        "lastPriceOnCreated": fmt(order.last_price_on_created),
+        "reduceOnly": order.reduce_only,
+        "closeOnTrigger": order.close_on_trigger,
+        "placeType": "",
+        "smpType": "None",
+        "smpGroup": 0,
+        "smpOrderId": "",
+        "createdTime": str(order.created_ms),
+        "updatedTime": str(order.updated_ms),
+    }
+
+
+def position_view(
+    position: PositionRecord, mark: Decimal, leverage: Decimal, never_traded_ms: int
+) -> dict[str, Any]:
+    """A position as `/v5/position/list` reports it (side "" and size "0" when flat)."""
+    value = abs(position.size) * position.avg_price
+    initial_margin = value / leverage
+    side = "Buy" if position.size > 0 else "Sell" if position.size < 0 else ""
+    return {
+        "positionIdx": 0,
+        "riskId": 1,
+        "riskLimitValue": "2000000",
+        "symbol": position.symbol,
+        "side": side,
+        "size": fmt(abs(position.size)),
+        "avgPrice": _fmt_avg(position.avg_price) if position.size else "0",
+        "positionValue": fmt(value),
+        "tradeMode": 0,
+        "positionStatus": "Normal",
+        "autoAddMargin": 0,
+        "adlRankIndicator": 2 if position.size else 0,
+        "leverage": fmt(leverage),
+        "positionBalance": fmt(initial_margin),
+        "markPrice": fmt(mark),
+        "liqPrice": "",
+        "bustPrice": "",
+        "positionIM": fmt(initial_margin),
+        "positionMM": fmt(value * MAINTENANCE_MARGIN_RATE),
+        "tpslMode": "Full",
+        "takeProfit": fmt(position.take_profit) if position.take_profit else "0",
+        "stopLoss": fmt(position.stop_loss) if position.stop_loss else "0",
+        "trailingStop": "0",
+        "unrealisedPnl": fmt((mark - position.avg_price) * position.size),
+        "curRealisedPnl": fmt(position.cur_realised_pnl),
+        "cumRealisedPnl": fmt(position.cum_realised_pnl),
+        "sessionAvgPrice": "",
+        "isReduceOnly": False,
+        "mmrSysUpdatedTime": "",
+        "leverageSysUpdatedTime": "",
+        "createdTime": str(position.created_ms or never_traded_ms),
+        "updatedTime": str(position.updated_ms or never_traded_ms),
+        "seq": position.seq,
+    }
+
+
+def wallet_view(figures: MarginFigures, include_usdt: bool) -> dict[str, Any]:
+    """The UNIFIED account as `/v5/account/wallet-balance` reports it (USDT its only coin)."""
+    equity = figures.equity
+    coins = [
+        {
+            "coin": SETTLE_COIN,
+            "equity": fmt(equity),
+            "usdValue": fmt(equity),
+            "walletBalance": fmt(figures.wallet_balance),
+            "free": "",
+            "locked": "0",
+            "spotHedgingQty": "0",
+            "borrowAmount": "0",
+            "availableToWithdraw": "",
+            "availableToBorrow": "",
+            "accruedInterest": "0",
+            "totalOrderIM": fmt(figures.order_im),
+            "totalPositionIM": fmt(figures.position_im),
+            "totalPositionMM": fmt(figures.position_mm),
+            "unrealisedPnl": fmt(figures.unrealised_pnl),
+            "cumRealisedPnl": fmt(figures.cum_realised_pnl),
+            "bonus": "0",
+            "marginCollateral": True,
+            "collateralSwitch": True,
+        }
+    ]
+
+    def rate(part: Decimal) -> str:
+        return fmt((part / equity).quantize(_RATE_PLACES)) if equity > 0 else "0"
+
+    account = {
+        "accountType": "UNIFIED",
+        "accountLTV": "0",
+        "accountIMRate": rate(figures.initial_margin),
+        "accountMMRate": rate(figures.position_mm),
+        "totalEquity": fmt(equity),
+        "totalWalletBalance": fmt(figures.wallet_balance),
+        "totalMarginBalance": fmt(equity),
+        "totalAvailableBalance": fmt(figures.available),
+        "totalPerpUPL": fmt(figures.unrealised_pnl),
+        "totalInitialMargin": fmt(figures.initial_margin),
+        "totalMaintenanceMargin": fmt(figures.position_mm),
+        "coin": coins if include_usdt else [],
+    }
+    return {"list": [account]}
+
+
+def api_key_view(
+    spec: SimAccountSpec, user_id: int, created_ms: int, now_ms: int
+) -> dict[str, Any]:
+    """An API key as `/v5/user/query-api` reports it; the secret is always ""."""
+    if spec.expired_at is None:
+        # Bybit's encoding for a key that never expires (an IP-bound key).
+        deadline_day, expired_at = -2, "1970-01-01T00:00:00Z"
+    else:
+        now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+        deadline_day, expired_at = max(0, (spec.expired_at - now).days), _iso(spec.expired_at)
+    return {
+        "id": str(user_id * 10),
+        "note": spec.note,
+        "apiKey": spec.api_key,
+        "readOnly": 1 if spec.read_only else 0,
+        "secret": "",
+        "permissions": {
+            group: list(spec.permissions.get(group, [])) for group in PERMISSION_GROUPS
+        },
+        "ips": list(spec.ips),
+        "type": 1,
+        "deadlineDay": deadline_day,
+        "expiredAt": expired_at,
+        "createdAt": _iso(datetime.fromtimestamp(created_ms / 1000, tz=UTC)),
+        "unified": 0,
+        "uta": 1,
+        "userID": user_id,
+        "inviterID": 0,
+        "vipLevel": "No VIP",
+        "mktMakerLevel": "0",
+        "affiliateID": 0,
+        "rsaPublicKey": "",
+        "isMaster": True,
+        "parentUid": "0",
+        "kycLevel": "LEVEL_DEFAULT",
+        "kycRegion": "",
+    }
+
+
+def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
+    """A linear perpetual as `/v5/market/instruments-info` lists it."""
+    tick = spec.tick_size.normalize()
+    return {
+        "symbol": symbol,
+        "contractType": "LinearPerpetual",
+        "status": "Trading",
+        "baseCoin": symbol.removesuffix(SETTLE_COIN),
+        "quoteCoin": SETTLE_COIN,
+        "launchTime": _LAUNCH_TIME_MS,
+        "deliveryTime": "0",
+        "deliveryFeeRate": "",
+        "priceScale": str(max(0, -int(tick.as_tuple().exponent))),
+        "leverageFilter": {
+            "minLeverage": "1",
+            "maxLeverage": fmt(spec.max_leverage),
+            "leverageStep": "0.01",
+        },
+        "priceFilter": {
+            "minPrice": fmt(tick),
+            "maxPrice": fmt(tick * MAX_PRICE_TICKS),
+            "tickSize": fmt(tick),
+        },
+        "lotSizeFilter": {
+            "maxOrderQty": fmt(spec.max_order_qty),
+            "minOrderQty": fmt(spec.min_order_qty),
+            "qtyStep": fmt(spec.qty_step),
+            "postOnlyMaxOrderQty": fmt(spec.max_order_qty),
+            "maxMktOrderQty": fmt(spec.max_order_qty),
+            "minNotionalValue": fmt(spec.min_notional_usdt),
+        },
+        "unifiedMarginTrade": True,
+        "fundingInterval": 480,
+        "settleCoin": SETTLE_COIN,
+        "copyTrading": "both",
+        "upperFundingRate": "0.005",
+        "lowerFundingRate": "-0.005",
+        "isPreListing": False,
+        "preListingInfo": None,
+    }
+
+
+def ticker_view(symbol: str, price: Decimal, next_funding_ms: int) -> dict[str, Any]:
+    """A ticker as `/v5/market/tickers` lists it: no book, so every quote is the one price."""
+    text = fmt(price)
+    return {
+        "symbol": symbol,
+        "lastPrice": text,
+        "indexPrice": text,
+        "markPrice": text,
+        "prevPrice24h": text,
+        "price24hPcnt": "0",
+        "highPrice24h": text,
+        "lowPrice24h": text,
+        "prevPrice1h": text,
+        "openInterest": "0",
+        "openInterestValue": "0",
+        "turnover24h": "0",
+        "volume24h": "0",
+        "fundingRate": "0.0001",
+        "nextFundingTime": str(next_funding_ms),
+        "predictedDeliveryPrice": "",
+        "basisRate": "",
+        "deliveryFeeRate": "",
+        "deliveryTime": "0",
+        "bid1Price": text,
+        "bid1Size": "1",
+        "ask1Price": text,
+        "ask1Size": "1",
+        "basis": "",
+    }

@@ -1,0 +1,750 @@
+"""The simulator through real parts: pybit's HTTP client against SimServer over loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pybit.exceptions import FailedRequestError, InvalidRequestError
+from pybit.unified_trading import HTTP
+from pydantic import SecretStr
+
+from bot.venue.simulator import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+
+KEY = "test-key"
+SECRET = "test-secret"
+
+StartSim = Callable[..., SimServer]
+
+
+def _spec(**fields: Any) -> SimAccountSpec:
+    return SimAccountSpec(
+        api_key=fields.pop("api_key", KEY),
+        api_secret=SecretStr(fields.pop("api_secret", SECRET)),
+        **fields,
+    )
+
+
+@pytest.fixture
+def start_sim() -> Iterator[StartSim]:
+    """Start simulators with config overrides; every one is stopped after the test."""
+    servers: list[SimServer] = []
+
+    def start(**config_fields: Any) -> SimServer:
+        config = SimulatorConfig(seed=7, accounts=[_spec()], **config_fields)
+        server = SimServer(SimExchange(config)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_sim: StartSim) -> SimServer:
+    return start_sim()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., HTTP]]:
+    """pybit sessions pointed at a simulator, with pybit's own retries disabled."""
+    sessions: list[HTTP] = []
+
+    def make(server: SimServer, key: str = KEY, secret: str = SECRET, **options: Any) -> HTTP:
+        session = HTTP(
+            api_key=key,
+            api_secret=secret,
+            timeout=5,
+            max_retries=1,
+            retry_codes={-1},
+            **options,
+        )
+        session.endpoint = server.url
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        session.client.close()
+
+
+@pytest.fixture
+def session(server: SimServer, connect: Callable[..., HTTP]) -> HTTP:
+    return connect(server)
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[SimServer]:
+    """One simulator for the tests that touch no exchange-wide state (prices, faults, stats)."""
+    config = SimulatorConfig(seed=7, accounts=[_spec()], ip_requests_per_5s=100_000)
+    with SimServer(SimExchange(config)) as server:
+        yield server
+
+
+@pytest.fixture
+def account(shared_server: SimServer) -> str:
+    """A fresh account on the shared simulator; its api key is returned."""
+    key = f"acct-{uuid.uuid4().hex[:12]}"
+    shared_server.exchange.add_account(_spec(api_key=key))
+    return key
+
+
+@pytest.fixture
+def trader(shared_server: SimServer, account: str, connect: Callable[..., HTTP]) -> HTTP:
+    return connect(shared_server, key=account)
+
+
+def _admin(server: SimServer, method: str, path: str, body: Any = None) -> requests.Response:
+    return requests.request(method, server.url + path, json=body, timeout=5)
+
+
+def _market(session: HTTP, side: str = "Buy", qty: str = "0.01", **extra: Any) -> Any:
+    """A BTCUSDT market order; pybit's answer (a tuple when it returns headers too)."""
+    return session.place_order(
+        category="linear", symbol="BTCUSDT", side=side, orderType="Market", qty=qty, **extra
+    )
+
+
+def _order(session: HTTP, **by: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = session.get_open_orders(category="linear", **by)["result"]["list"]
+    assert len(found) == 1
+    return found[0]
+
+
+def _position(session: HTTP, symbol: str = "BTCUSDT") -> dict[str, Any]:
+    position: dict[str, Any] = session.get_positions(category="linear", symbol=symbol)["result"][
+        "list"
+    ][0]
+    return position
+
+
+def _wallet(session: HTTP) -> dict[str, Any]:
+    wallet: dict[str, Any] = session.get_wallet_balance(accountType="UNIFIED")["result"]["list"][0]
+    return wallet
+
+
+def _error_code(call: Callable[[], Any]) -> int:
+    with pytest.raises(InvalidRequestError) as caught:
+        call()
+    return int(caught.value.status_code)
+
+
+E = TypeVar("E", bound=Exception)
+
+
+def _first_failure(call: Callable[[], Any], error: type[E], attempts: int = 50) -> E:
+    """Repeat call until it raises error; limits are counted, never timed, so this is robust."""
+    for _ in range(attempts):
+        try:
+            call()
+        except error as exc:
+            return exc
+    raise AssertionError(f"{attempts} calls in a row did not raise {error.__name__}")
+
+
+def _signed_post(server: SimServer, path: str, body: bytes) -> dict[str, Any]:
+    """A POST signed the way Bybit documents it, independently of the simulator's code."""
+    timestamp, recv_window = str(int(time.time() * 1000)), "5000"
+    signature = hmac.new(
+        SECRET.encode(), f"{timestamp}{KEY}{recv_window}".encode() + body, hashlib.sha256
+    ).hexdigest()
+    answer = requests.post(
+        server.url + path,
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-BAPI-API-KEY": KEY,
+            "X-BAPI-SIGN": signature,
+            "X-BAPI-TIMESTAMP": timestamp,
+            "X-BAPI-RECV-WINDOW": recv_window,
+        },
+        timeout=5,
+    )
+    assert answer.status_code == 200
+    return dict(answer.json())
+
+
+# ------------------------------------------------------------------ trading
+
+
+def test_market_order_fills_at_current_price_and_shows_in_orders_position_and_wallet(
+    trader: HTTP,
+) -> None:
+    placed = _market(trader, orderLinkId="mkt-1")
+
+    assert placed["retCode"] == 0
+    order = _order(trader, orderLinkId="mkt-1")
+    assert order["orderId"] == placed["result"]["orderId"]
+    assert (order["orderStatus"], order["avgPrice"], order["cumExecQty"]) == (
+        "Filled",
+        "97000",
+        "0.01",
+    )
+    assert order["cumExecFee"] == "0.5335"  # 970 USDT notional at the 0.055 % taker fee
+    history = trader.get_order_history(category="linear")["result"]["list"]
+    assert [o["orderLinkId"] for o in history] == ["mkt-1"]
+    assert trader.get_open_orders(category="linear", symbol="BTCUSDT")["result"]["list"] == []
+    position = _position(trader)
+    assert (position["side"], position["size"], position["avgPrice"]) == ("Buy", "0.01", "97000")
+    wallet = _wallet(trader)
+    assert wallet["totalWalletBalance"] == "9999.4665"
+    assert wallet["totalAvailableBalance"] == "9902.4665"  # minus 970 / 10x initial margin
+    assert wallet["coin"][0]["coin"] == "USDT"
+
+
+def test_limit_order_rests_then_fills_when_the_price_crosses(
+    server: SimServer, session: HTTP
+) -> None:
+    session.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Buy",
+        orderType="Limit",
+        qty="0.01",
+        price="96000",
+        orderLinkId="lim-1",
+    )
+    resting = session.get_open_orders(category="linear", symbol="BTCUSDT")["result"]["list"]
+    assert [(o["orderLinkId"], o["orderStatus"]) for o in resting] == [("lim-1", "New")]
+    assert _position(session)["size"] == "0"
+
+    moved = _admin(server, "POST", "/sim/prices", {"BTCUSDT": 95900})
+
+    assert moved.status_code == 200
+    filled = _order(session, orderLinkId="lim-1")
+    assert (filled["orderStatus"], filled["avgPrice"], filled["leavesQty"]) == (
+        "Filled",
+        "96000",
+        "0",
+    )
+    assert filled["cumExecFee"] == "0.192"  # maker fee 0.02 % of 960 USDT
+    assert _position(session)["avgPrice"] == "96000"
+
+
+def test_marketable_buy_limit_fills_at_once_at_the_current_price(trader: HTTP) -> None:
+    trader.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Buy",
+        orderType="Limit",
+        qty="0.01",
+        price="98000",
+        orderLinkId="lim-x",
+    )
+
+    assert _order(trader, orderLinkId="lim-x")["avgPrice"] == "97000"
+
+
+def test_reducing_realises_pnl_into_the_wallet(server: SimServer, session: HTTP) -> None:
+    _market(session, "Buy", "0.1")
+    _admin(server, "POST", "/sim/prices", {"BTCUSDT": "98000"})
+
+    _market(session, "Sell", "0.1", reduceOnly=True)
+
+    position = _position(session)
+    assert (position["size"], position["side"]) == ("0", "")
+    fees = Decimal("0.1") * (Decimal(97000) + Decimal(98000)) * Decimal("0.00055")
+    assert Decimal(_wallet(session)["totalWalletBalance"]) == Decimal(10000) + 100 - fees
+
+
+def test_stop_loss_attached_to_an_order_closes_the_position(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
+    assert (_position(session)["stopLoss"], _position(session)["takeProfit"]) == ("95000", "99000")
+
+    _admin(server, "POST", "/sim/prices", {"BTCUSDT": 94000})
+
+    assert _position(session)["size"] == "0"
+    stops = [o for o in _admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
+    assert [(o["stopOrderType"], o["avgPrice"], o["side"]) for o in stops] == [
+        ("StopLoss", "94000", "Sell")
+    ]
+
+
+def test_cancel_a_resting_order_then_cancelling_again_is_110001(trader: HTTP) -> None:
+    placed = trader.place_order(
+        category="linear",
+        symbol="ETHUSDT",
+        side="Sell",
+        orderType="Limit",
+        qty="0.1",
+        price="3600",
+    )
+    order_id = placed["result"]["orderId"]
+
+    trader.cancel_order(category="linear", symbol="ETHUSDT", orderId=order_id)
+
+    assert _order(trader, orderId=order_id)["orderStatus"] == "Cancelled"
+    again = _error_code(
+        lambda: trader.cancel_order(category="linear", symbol="ETHUSDT", orderId=order_id)
+    )
+    assert again == 110001
+
+
+def test_duplicate_order_link_id_is_110072_and_creates_nothing(
+    shared_server: SimServer, account: str, trader: HTTP
+) -> None:
+    _market(trader, orderLinkId="dup-1")
+
+    code = _error_code(lambda: _market(trader, orderLinkId="dup-1"))
+
+    assert code == 110072
+    orders = shared_server.exchange.orders(account)
+    assert [o["orderLinkId"] for o in orders] == ["dup-1"]
+
+
+@pytest.mark.parametrize(
+    ("order", "code", "message"),
+    [
+        ({"qty": "0.0015"}, 10001, "Qty invalid"),
+        ({"qty": "0.0001"}, 10001, "Qty invalid"),
+        ({"qty": "5000"}, 10001, "Qty invalid"),
+        ({"orderType": "Limit", "price": "96000.05"}, 10001, "tickSize"),
+        ({"orderType": "Limit"}, 10001, "price is required"),
+        ({"orderType": "Limit", "qty": "0.001", "price": "4000"}, 110094, "minimum order value"),
+        ({"qty": "2"}, 110007, "ab not enough for new order"),
+        ({"reduceOnly": True}, 110017, "position is zero"),
+        ({"symbol": "DOGEUSDT"}, 10001, "not listed"),
+        ({"category": "spot"}, 10001, "category"),
+        ({"side": "buy"}, 10001, "side"),
+        ({"orderLinkId": "x" * 37}, 10001, "orderLinkId"),
+        ({"stopLoss": "98000"}, 10001, "stopLoss"),
+        ({"triggerPrice": "99000"}, 10001, "conditional orders"),
+    ],
+)
+def test_invalid_orders_are_rejected_with_bybits_codes(
+    shared_server: SimServer,
+    account: str,
+    trader: HTTP,
+    order: dict[str, Any],
+    code: int,
+    message: str,
+) -> None:
+    request = {
+        "category": "linear",
+        "symbol": "BTCUSDT",
+        "side": "Buy",
+        "orderType": "Market",
+        "qty": "0.01",
+        **order,
+    }
+
+    with pytest.raises(InvalidRequestError) as caught:
+        trader.place_order(**request)
+
+    assert (caught.value.status_code, message in caught.value.message) == (code, True)
+    assert shared_server.exchange.orders(account) == []
+
+
+def test_reduce_only_that_would_increase_the_position_is_110017(trader: HTTP) -> None:
+    _market(trader, "Buy", "0.01")
+
+    assert _error_code(lambda: _market(trader, "Buy", "0.01", reduceOnly=True)) == 110017
+    assert _error_code(lambda: _market(trader, "Sell", "0.02", reduceOnly=True)) == 110017
+
+
+def test_set_leverage_changes_margin_and_refuses_a_no_op(trader: HTTP) -> None:
+    trader.set_leverage(category="linear", symbol="BTCUSDT", buyLeverage="20", sellLeverage="20")
+    _market(trader, "Buy", "0.01")
+
+    assert _position(trader)["leverage"] == "20"
+    assert _position(trader)["positionIM"] == "48.5"
+    unchanged = _error_code(
+        lambda: trader.set_leverage(
+            category="linear", symbol="BTCUSDT", buyLeverage="20", sellLeverage="20"
+        )
+    )
+    assert unchanged == 110043
+
+
+# ------------------------------------------------------------------ authentication
+
+
+def test_unknown_api_key_is_10003(shared_server: SimServer, connect: Callable[..., HTTP]) -> None:
+    stranger = connect(shared_server, key="nobody", secret=SECRET)
+
+    assert _error_code(lambda: _position(stranger)) == 10003
+
+
+def test_bad_signature_is_10004(shared_server: SimServer, connect: Callable[..., HTTP]) -> None:
+    forger = connect(shared_server, key=KEY, secret="not-the-secret")
+
+    assert _error_code(lambda: _market(forger)) == 10004
+    assert _error_code(lambda: _position(forger)) == 10004
+
+
+def test_get_signature_is_checked_against_the_unquoted_query_too(trader: HTTP) -> None:
+    # requests percent-encodes the space pybit signed raw: the signature must still verify,
+    # so the answer is about the symbol (10001), not the signature (10004).
+    code = _error_code(lambda: _position(trader, symbol="BTC USDT"))
+
+    assert code == 10001
+
+
+def test_clock_skew_fault_makes_signed_requests_stale_10002(
+    server: SimServer, session: HTTP
+) -> None:
+    assert _admin(server, "POST", "/sim/faults", {"clock_skew_ms": 60_000}).status_code == 200
+
+    code = _error_code(lambda: _position(session))
+
+    assert code == 10002
+    server_s = int(session.get_server_time()["result"]["timeSecond"])
+    assert server_s - time.time() > 50
+
+
+def test_read_only_key_cannot_trade_10005(
+    shared_server: SimServer, connect: Callable[..., HTTP]
+) -> None:
+    added = _admin(
+        shared_server,
+        "POST",
+        "/sim/accounts",
+        {"api_key": "ro", "api_secret": "ro-s", "read_only": True},
+    )
+    assert added.status_code == 201
+    reader = connect(shared_server, key="ro", secret="ro-s")
+
+    assert _error_code(lambda: _market(reader)) == 10005
+    assert _position(reader)["size"] == "0"
+
+
+def test_expired_key_is_33004(shared_server: SimServer, connect: Callable[..., HTTP]) -> None:
+    shared_server.exchange.add_account(
+        _spec(api_key="old", expired_at=datetime.now(UTC) - timedelta(days=1))
+    )
+    expired = connect(shared_server, key="old")
+
+    assert _error_code(lambda: expired.get_api_key_information()) == 33004
+
+
+def test_key_bound_to_another_ip_is_10010(
+    shared_server: SimServer, connect: Callable[..., HTTP]
+) -> None:
+    shared_server.exchange.add_account(_spec(api_key="bound", ips=["203.0.113.7"]))
+    elsewhere = connect(shared_server, key="bound")
+
+    assert _error_code(lambda: _position(elsewhere)) == 10010
+
+
+def test_query_api_reports_the_key_with_bybits_field_names(
+    shared_server: SimServer, connect: Callable[..., HTTP]
+) -> None:
+    expires = datetime.now(UTC) + timedelta(days=30, hours=1)
+    shared_server.exchange.add_account(
+        _spec(
+            api_key="audited",
+            note="strategy-a",
+            ips=["127.0.0.1"],
+            expired_at=expires,
+            permissions={"ContractTrade": ["Order", "Position"], "Wallet": ["AccountTransfer"]},
+        )
+    )
+
+    info = connect(shared_server, key="audited").get_api_key_information()["result"]
+
+    assert (info["apiKey"], info["note"], info["readOnly"], info["secret"]) == (
+        "audited",
+        "strategy-a",
+        0,
+        "",
+    )
+    assert info["permissions"]["ContractTrade"] == ["Order", "Position"]
+    assert info["permissions"]["Wallet"] == ["AccountTransfer"]
+    assert info["permissions"]["Spot"] == []
+    assert info["ips"] == ["127.0.0.1"]
+    assert info["deadlineDay"] == 30
+    assert info["expiredAt"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert {"id", "type", "createdAt", "uta", "userID", "isMaster"} <= set(info)
+
+
+# ------------------------------------------------------------------ limits and faults
+
+
+def test_order_rate_limit_is_10006_with_bybits_headers(
+    start_sim: StartSim, connect: Callable[..., HTTP]
+) -> None:
+    server = start_sim(order_create_per_s=2)
+    session = connect(server, return_response_headers=True)
+
+    _, _, headers = _market(session, qty="0.001")
+    assert headers["X-Bapi-Limit"] == "2"
+    assert headers["X-Bapi-Limit-Status"] in {"0", "1"}
+    assert int(headers["X-Bapi-Limit-Reset-Timestamp"]) > 0
+    refused = _first_failure(lambda: _market(session, qty="0.001"), InvalidRequestError)
+
+    assert (refused.status_code, refused.message) == (10006, "Too many visits!")
+    assert refused.resp_headers["X-Bapi-Limit-Status"] == "0"
+    assert int(refused.resp_headers["X-Bapi-Limit-Reset-Timestamp"]) >= int(
+        headers["X-Bapi-Limit-Reset-Timestamp"]
+    )
+    _, _, other = session.get_positions(category="linear", symbol="BTCUSDT")
+    assert other["X-Bapi-Limit"] == "50"
+
+
+def test_ip_rate_limit_is_http_403(start_sim: StartSim, connect: Callable[..., HTTP]) -> None:
+    session = connect(start_sim(ip_requests_per_5s=3))
+
+    refused = _first_failure(session.get_server_time, FailedRequestError)
+
+    assert refused.status_code == 403
+
+
+def test_dropped_answer_raises_a_requests_error_but_the_order_exists(
+    server: SimServer, session: HTTP
+) -> None:
+    _admin(server, "POST", "/sim/faults", {"drop_response_after_accept": 1.0})
+
+    with pytest.raises(requests.exceptions.RequestException):
+        _market(session, orderLinkId="lost-answer")
+
+    orders = _admin(server, "GET", "/sim/orders").json()["orders"]
+    assert [(o["orderLinkId"], o["orderStatus"]) for o in orders] == [("lost-answer", "Filled")]
+    _admin(server, "POST", "/sim/faults", {})
+    assert _error_code(lambda: _market(session, orderLinkId="lost-answer")) == 110072
+    assert _admin(server, "GET", "/sim/stats").json()["faults_injected"] == {
+        "drop_response_after_accept": 1
+    }
+
+
+@pytest.mark.parametrize(
+    ("faults", "expected"),
+    [
+        ({"timeout_10016": 1.0}, 10016),
+        ({"rate_limit_10006": 1.0}, 10006),
+    ],
+)
+def test_injected_error_codes_reach_the_client_and_execute_nothing(
+    server: SimServer, session: HTTP, faults: dict[str, float], expected: int
+) -> None:
+    _admin(server, "POST", "/sim/faults", faults)
+
+    assert _error_code(lambda: _market(session)) == expected
+    assert _admin(server, "GET", "/sim/orders").json()["orders"] == []
+
+
+def test_injected_http_5xx_is_a_failed_request(server: SimServer, session: HTTP) -> None:
+    _admin(server, "POST", "/sim/faults", {"http_5xx": 1.0})
+
+    with pytest.raises(FailedRequestError) as caught:
+        _market(session)
+
+    assert caught.value.status_code == 503
+
+
+def test_injected_delay_still_answers(server: SimServer, session: HTTP) -> None:
+    _admin(server, "POST", "/sim/faults", {"delay": 1.0, "delay_ms": 1})
+
+    assert _market(session)["retCode"] == 0
+    assert _admin(server, "GET", "/sim/stats").json()["faults_injected"] == {"delay": 1}
+
+
+def test_faults_are_validated_and_readable(server: SimServer) -> None:
+    bad = _admin(server, "POST", "/sim/faults", {"delay": 1.5})
+    unknown = _admin(server, "POST", "/sim/faults", {"explode": 1})
+    good = _admin(server, "POST", "/sim/faults", {"delay": 0.5, "delay_ms": 3})
+
+    assert (bad.status_code, "delay" in bad.json()["error"]) == (400, True)
+    assert (unknown.status_code, "explode" in unknown.json()["error"]) == (400, True)
+    assert good.status_code == 200
+    current = _admin(server, "GET", "/sim/faults").json()
+    assert (current["delay"], current["delay_ms"], current["http_5xx"]) == (0.5, 3, 0.0)
+
+
+# ------------------------------------------------------------------ admin and robustness
+
+
+def test_stats_count_requests_ret_codes_and_http_statuses(server: SimServer, session: HTTP) -> None:
+    _market(session, orderLinkId="s-1")
+    _error_code(lambda: _market(session, orderLinkId="s-1"))
+    session.get_server_time()
+
+    stats = _admin(server, "GET", "/sim/stats").json()
+
+    assert stats["requests_by_path"] == {"/v5/market/time": 1, "/v5/order/create": 2}
+    assert stats["answers_by_ret_code"] == {"0": 2, "110072": 1}
+    assert stats["answers_by_http_status"] == {"200": 3}
+    assert (stats["orders"], stats["accounts"]) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"BTCUSDT": 0}, "positive"),
+        ({"BTCUSDT": -5}, "positive"),
+        ({"NOPEUSDT": 1}, "NOPEUSDT"),
+        ({"BTCUSDT": "abc"}, "not a number"),
+        ({"BTCUSDT": "1e30"}, "maxPrice"),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_bad_price_updates_are_400_with_a_reason(
+    server: SimServer, body: Any, message: str
+) -> None:
+    answer = _admin(server, "POST", "/sim/prices", body)
+
+    assert answer.status_code == 400
+    assert message in answer.json()["error"]
+    assert _admin(server, "GET", "/sim/prices").json()["prices"]["BTCUSDT"] == "97000"
+
+
+def test_adding_an_existing_account_is_409(shared_server: SimServer) -> None:
+    answer = _admin(shared_server, "POST", "/sim/accounts", {"api_key": KEY, "api_secret": "x"})
+
+    assert answer.status_code == 409
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (
+            json.dumps(
+                {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market"}
+                | {"qty": 0.01}
+            ).encode(),
+            "qty",
+        ),
+        (b"\xff\xfe\x00garbage", "params error"),
+    ],
+)
+def test_malformed_bodies_are_10001_never_500(
+    shared_server: SimServer, body: bytes, message: str
+) -> None:
+    answer = _signed_post(shared_server, "/v5/order/create", body)
+
+    assert answer["retCode"] == 10001
+    assert message in answer["retMsg"]
+
+
+def test_market_data_uses_bybit_shapes(trader: HTTP) -> None:
+    instrument = trader.get_instruments_info(category="linear", symbol="BTCUSDT")["result"]
+    ticker = trader.get_tickers(category="linear", symbol="ETHUSDT")["result"]["list"][0]
+
+    rules = instrument["list"][0]
+    assert rules["lotSizeFilter"]["qtyStep"] == "0.001"
+    assert rules["lotSizeFilter"]["minNotionalValue"] == "5"
+    assert rules["priceFilter"]["tickSize"] == "0.1"
+    assert {ticker[k] for k in ("lastPrice", "markPrice", "indexPrice", "bid1Price")} == {"3500"}
+
+
+def test_exchange_state_outlives_a_server_restart(connect: Callable[..., HTTP]) -> None:
+    exchange = SimExchange(SimulatorConfig(accounts=[_spec()]))
+    with SimServer(exchange) as first:
+        _market(connect(first), orderLinkId="before-restart")
+
+    with SimServer(exchange) as second:
+        order = _order(connect(second), orderLinkId="before-restart")
+
+    assert order["orderStatus"] == "Filled"
+
+
+# ------------------------------------------------------------------ properties
+
+
+@pytest.fixture(scope="module")
+def roomy_server() -> Iterator[SimServer]:
+    """One simulator without practical order limits, shared by the property's examples."""
+    config = SimulatorConfig(
+        seed=11,
+        accounts=[_spec()],
+        order_create_per_s=1_000_000,
+        ip_requests_per_5s=1_000_000,
+        starting_balance_usdt=10**9,
+    )
+    with SimServer(SimExchange(config)) as server:
+        yield server
+
+
+_account_numbers = iter(range(1_000_000))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    attempts=st.lists(
+        st.tuples(st.sampled_from("abc"), st.sampled_from(["Buy", "Sell"])), max_size=12
+    )
+)
+def test_one_key_never_holds_two_orders_with_the_same_order_link_id(
+    roomy_server: SimServer, attempts: list[tuple[str, str]]
+) -> None:
+    key = f"prop-{next(_account_numbers)}"
+    roomy_server.exchange.add_account(_spec(api_key=key))
+    session = HTTP(api_key=key, api_secret=SECRET, timeout=5, max_retries=1, retry_codes={-1})
+    session.endpoint = roomy_server.url
+    try:
+        for link_id, side in attempts:
+            try:
+                _market(session, side, "0.001", orderLinkId=link_id)
+            except InvalidRequestError as exc:
+                assert exc.status_code == 110072
+    finally:
+        session.client.close()
+
+    held = [o["orderLinkId"] for o in roomy_server.exchange.orders(key)]
+    assert sorted(held) == sorted({link_id for link_id, _ in attempts})
+
+
+_ORDER_FIELDS = st.sampled_from(
+    [
+        "category",
+        "symbol",
+        "side",
+        "orderType",
+        "qty",
+        "price",
+        "timeInForce",
+        "orderLinkId",
+        "reduceOnly",
+        "closeOnTrigger",
+        "takeProfit",
+        "stopLoss",
+        "positionIdx",
+        "triggerPrice",
+    ]
+)
+_JSON_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+    st.decimals(allow_nan=False, allow_infinity=False).map(str),
+    st.sampled_from(["linear", "BTCUSDT", "Buy", "Sell", "Market", "Limit", "0.001", "97000"]),
+)
+
+
+_VALID_ORDER = {
+    "category": "linear",
+    "symbol": "BTCUSDT",
+    "side": "Buy",
+    "orderType": "Limit",
+    "qty": "0.01",
+    "price": "96000",
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(from_valid=st.booleans(), changes=st.dictionaries(_ORDER_FIELDS, _JSON_VALUES, max_size=6))
+def test_any_order_body_gets_a_bybit_envelope_never_a_server_error(
+    roomy_server: SimServer, from_valid: bool, changes: dict[str, Any]
+) -> None:
+    body = {**(_VALID_ORDER if from_valid else {}), **changes}
+
+    answer = _signed_post(roomy_server, "/v5/order/create", json.dumps(body).encode())
+
+    assert answer["retCode"] in {0, 10001, 110007, 110017, 110094}
