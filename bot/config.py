@@ -1,0 +1,217 @@
+"""Configuration: one TOML file, overridden by `BOT_<SECTION>__<FIELD>` environment variables.
+
+Every section is a frozen model with `extra="forbid"`: a misspelt key is a start-up error that
+names the key and the file, never a silently ignored setting. Secrets are not configuration
+and never live here; see `bot.secrets`.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bot.venue.simulator.config import SimulatorConfig
+from signals.config import WebhookSourceConfig
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "BotSettings",
+    "ConfigError",
+    "Environment",
+    "HttpConfig",
+    "KeyConfig",
+    "RiskConfig",
+    "StrategyConfig",
+    "VenueConfig",
+    "load_settings",
+]
+
+DEFAULT_CONFIG_PATH: Final = Path("config/bot.toml")
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what is wrong and where."""
+
+
+class Environment(enum.StrEnum):
+    """Where orders go. Keys are bound to exactly one; `mainnet` is real money."""
+
+    SIM = "sim"
+    TESTNET = "testnet"
+    DEMO = "demo"
+    MAINNET = "mainnet"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpConfig(_Section):
+    """The HTTP server that receives webhooks and serves /healthz and /metrics."""
+
+    host: str = Field("127.0.0.1", description="bind address; loopback unless behind a proxy")
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+
+
+class VenueConfig(_Section):
+    """How the bot talks to Bybit (or the simulator) through pybit."""
+
+    sim_url: str = Field(
+        "",
+        description="in `sim`, use a simulator already running here (`bot sim`) instead of "
+        "starting one in-process",
+        pattern=r"^(|https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/?)$",
+    )
+    recv_window_ms: int = Field(5000, ge=1000, le=60000)
+    timeout_s: float = Field(5.0, gt=0, le=60, description="per HTTP request to the venue")
+    market_cache_s: float = Field(
+        1.0, ge=0, le=60, description="how long a fetched price or equity is reused for sizing"
+    )
+
+
+class RiskConfig(_Section):
+    """The risk gate's limits. Every intent is checked against all of them."""
+
+    symbols: tuple[str, ...] = Field(
+        ("BTCUSDT", "ETHUSDT", "SOLUSDT"), description="allowlist; anything else is rejected"
+    )
+    max_order_notional_usdt: Decimal = Field(Decimal(1000), gt=0)
+    max_signal_age_s: float = Field(
+        60, gt=0, description="signals older than this (by their `ts`) are stale"
+    )
+    max_signal_future_s: float = Field(
+        5, ge=0, description="tolerated clock difference for a `ts` in the future"
+    )
+
+
+class KeyConfig(_Section):
+    """An API key: credentials come from secrets, this only binds and scopes it."""
+
+    environment: Environment = Field(description="the only environment this key may trade in")
+    strategies: tuple[str, ...] = Field(
+        (), description="strategies allowed to share this key; a key is never shared implicitly"
+    )
+
+
+class StrategyConfig(_Section):
+    """One strategy instance: which plug-in, which key, which sources feed it."""
+
+    plugin: str = Field(
+        description="`module:Class`, or a module name in `strategies/` with one Strategy"
+    )
+    key: Name
+    sources: tuple[str, ...] = ("voiceofchain",)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BotSettings(BaseSettings):
+    """The whole configuration; built by `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOT_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    environment: Environment = Environment.SIM
+    allow_mainnet: bool = Field(
+        False, description="first of the two opt-ins for real money; the other is --mainnet"
+    )
+    state_dir: Path = Field(Path("var"), description="journal and generated sim secrets")
+    http: HttpConfig = HttpConfig()
+    venue: VenueConfig = VenueConfig()
+    sim: SimulatorConfig = SimulatorConfig()
+    risk: RiskConfig = RiskConfig()
+    sources: dict[Name, WebhookSourceConfig] = Field(
+        default_factory=lambda: {"voiceofchain": WebhookSourceConfig()}
+    )
+    keys: dict[Name, KeyConfig] = Field(default_factory=dict)
+    strategies: dict[Name, StrategyConfig] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so it overrides the file (passed as init values); no .env files
+        # and no secrets here: secrets are resolved separately and never become settings.
+        return (env_settings, init_settings)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite3"
+
+
+def load_settings(path: Path | None = None) -> BotSettings:
+    """Read the TOML file (`path`, else $BOT_CONFIG, else config/bot.toml) plus env overrides.
+
+    Raises `ConfigError` with every problem, each naming the key and the file.
+    """
+    path = path or Path(os.environ.get("BOT_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} not found; pass --config PATH or set BOT_CONFIG"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    try:
+        settings = BotSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    _check_bindings(settings, path)
+    return settings
+
+
+def _describe(exc: ValidationError, path: Path) -> str:
+    lines = [f"invalid configuration in {path} (or a BOT_ environment variable):"]
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}': remove it or check its spelling")
+        else:
+            lines.append(f"  {key}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def _check_bindings(settings: BotSettings, path: Path) -> None:
+    """Keys are bound to one environment and scoped to the strategies that name them."""
+    problems = []
+    users: dict[str, list[str]] = {}
+    for name, strategy in settings.strategies.items():
+        key = settings.keys.get(strategy.key)
+        if key is None:
+            problems.append(f"strategies.{name}.key names '{strategy.key}', which is not in [keys]")
+            continue
+        users.setdefault(strategy.key, []).append(name)
+        if key.environment is not settings.environment:
+            problems.append(
+                f"strategies.{name} uses key '{strategy.key}' bound to {key.environment}, "
+                f"but the bot runs in {settings.environment}"
+            )
+        for source in strategy.sources:
+            if source not in settings.sources:
+                problems.append(f"strategies.{name}.sources names '{source}', not in [sources]")
+    for key_name, names in users.items():
+        allowed = set(settings.keys[key_name].strategies)
+        if len(names) > 1 and not set(names) <= allowed:
+            problems.append(
+                f"key '{key_name}' is used by {', '.join(sorted(names))}; sharing a key must be "
+                f"explicit: set keys.{key_name}.strategies = {sorted(names)}"
+            )
+    if problems:
+        raise ConfigError(f"invalid configuration in {path}:\n  " + "\n  ".join(problems))

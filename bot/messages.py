@@ -1,0 +1,389 @@
+"""The frozen, typed messages that stages exchange.
+
+    Signal ──► (Strategy) ──► OrderIntent | Decline ──► (RiskGate) ──► RiskDecision
+                                                                        │ approved
+                                                                        ▼
+                                         OrderRequest ──► (Executor/venue) ──► OrderEvent
+
+A stage consumes and produces these and nothing else, so every message can be journaled and
+every signal traced to its orders or to the reason it produced none. Prices and quantities are
+`Decimal`: binary floats cannot represent exchange tick and lot sizes exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "SIGNAL_ID_PATTERN",
+    "Decline",
+    "Instrument",
+    "OrderEvent",
+    "OrderIntent",
+    "OrderRequest",
+    "OrderStatus",
+    "OrderType",
+    "RiskDecision",
+    "Side",
+    "Signal",
+    "SignalAction",
+    "SignalError",
+    "parse_signal",
+]
+
+SIGNAL_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+SYMBOL_PATTERN: Final = r"^[A-Z0-9]{2,30}$"
+# Largest price or quantity accepted anywhere: far above any real instrument, small enough that
+# arithmetic on it stays exact in Decimal's default 28-digit context.
+MAX_NUMBER: Final = Decimal("1e15")
+# Epoch values above this are milliseconds; below, a sender probably sent seconds by mistake.
+_MIN_EPOCH_MS: Final = 10**11
+
+PositiveDecimal = Annotated[Decimal, Field(gt=0, le=MAX_NUMBER, allow_inf_nan=False, max_digits=30)]
+Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
+
+
+class _Message(BaseModel):
+    """Base of every message: immutable, no unknown fields, validated on construction."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def utc_now() -> datetime:
+    """Timezone-aware current time; every timestamp in a message is aware and in UTC."""
+    return datetime.now(UTC)
+
+
+class Side(enum.StrEnum):
+    """Order direction, spelled as Bybit spells it."""
+
+    BUY = "Buy"
+    SELL = "Sell"
+
+    @property
+    def opposite(self) -> Side:
+        return Side.SELL if self is Side.BUY else Side.BUY
+
+
+class SignalAction(enum.StrEnum):
+    OPEN = "open"
+    CLOSE = "close"
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "Market"
+    LIMIT = "Limit"
+
+
+class OrderStatus(enum.StrEnum):
+    """Life of an order as the journal sees it; the Bybit names plus our own pre-venue states."""
+
+    PENDING = "Pending"  # journaled, not yet acknowledged by the venue
+    NEW = "New"
+    PARTIALLY_FILLED = "PartiallyFilled"
+    FILLED = "Filled"
+    CANCELLED = "Cancelled"
+    REJECTED = "Rejected"
+    UNKNOWN = "Unknown"  # the venue may or may not hold it: reconcile by orderLinkId
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in {OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED}
+
+
+_SIDE_ALIASES: Final = {"buy": Side.BUY, "long": Side.BUY, "sell": Side.SELL, "short": Side.SELL}
+
+
+class SignalError(ValueError):
+    """A signal payload is invalid; `problems` lists (field, reason) pairs for the sender."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {reason}" for field, reason in problems))
+
+
+class Signal(_Message):
+    """A trading signal from one source, as the contract in DESIGN.md defines it.
+
+    (`source`, `id`) identifies it: a second signal with the same pair is a duplicate.
+    Unknown fields of the payload are kept in `raw` and otherwise ignored.
+    """
+
+    source: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
+    id: Annotated[str, StringConstraints(pattern=SIGNAL_ID_PATTERN)]
+    symbol: Symbol
+    side: Side | None = None
+    action: SignalAction = SignalAction.OPEN
+    entry: PositiveDecimal | None = None
+    stop_loss: PositiveDecimal | None = None
+    take_profit: tuple[PositiveDecimal, ...] = ()
+    leverage: PositiveDecimal | None = None
+    strategy: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
+    ts: datetime
+    received_at: datetime = Field(default_factory=utc_now)
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("symbol", mode="before")
+    @classmethod
+    def _upper_symbol(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("side", mode="before")
+    @classmethod
+    def _side_alias(cls, value: object) -> object:
+        if value is None or isinstance(value, Side):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _SIDE_ALIASES:
+            return _SIDE_ALIASES[value.strip().lower()]
+        raise ValueError("must be one of buy, sell, long, short")
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action_lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("entry", "stop_loss", "leverage", mode="before")
+    @classmethod
+    def _number(cls, value: object) -> object:
+        return _json_number(value)
+
+    @field_validator("take_profit", mode="before")
+    @classmethod
+    def _targets(cls, value: object) -> object:
+        if value is None:
+            return ()
+        if isinstance(value, list | tuple):
+            return tuple(_json_number(item) for item in value)
+        return (_json_number(value),)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _timestamp(cls, value: object) -> object:
+        return _parse_ts(value)
+
+    @field_validator("ts", "received_at")
+    @classmethod
+    def _aware_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _side_unless_close(self) -> Signal:
+        if self.side is None and self.action is SignalAction.OPEN:
+            raise ValueError("side is required unless action is close")
+        return self
+
+
+def _json_number(value: object) -> object:
+    """Accept JSON numbers and numeric strings; refuse booleans, which Python treats as ints."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if isinstance(value, float):
+        return Decimal(repr(value))  # the shortest decimal that round-trips, not binary noise
+    if isinstance(value, str):
+        try:
+            return Decimal(value.strip())
+        except InvalidOperation:
+            raise ValueError("must be a number") from None
+    return value
+
+
+def _parse_ts(value: object) -> object:
+    """`ts` is an ISO-8601 string or epoch milliseconds (a number or a string of digits)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an ISO-8601 string or epoch milliseconds")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and math.isfinite(value):
+        value = int(value)
+    if isinstance(value, int):
+        if not _MIN_EPOCH_MS <= value < 10**14:
+            raise ValueError("epoch value must be in milliseconds (13 digits)")
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("must be an ISO-8601 string or epoch milliseconds") from None
+    if isinstance(value, datetime):
+        return value
+    raise ValueError("must be an ISO-8601 string or epoch milliseconds")
+
+
+_SIGNAL_FIELDS: Final = frozenset(Signal.model_fields) - {"source", "received_at", "raw"}
+
+
+def parse_signal(source: str, payload: object, received_at: datetime | None = None) -> Signal:
+    """Build a `Signal` from a decoded JSON payload, or raise `SignalError` naming each bad field.
+
+    Never raises anything else, whatever the payload: adapters turn `SignalError` into a 4xx
+    answer or a dead-lettered message.
+    """
+    if not isinstance(payload, dict):
+        raise SignalError([("body", "must be a JSON object")])
+    known = {key: value for key, value in payload.items() if key in _SIGNAL_FIELDS}
+    try:
+        return Signal(
+            source=source,
+            received_at=received_at or utc_now(),
+            raw=payload,
+            **known,
+        )
+    except ValidationError as exc:
+        raise SignalError(_problems(exc)) from None
+    except (ValueError, TypeError, ArithmeticError, OverflowError) as exc:
+        # Defence in depth: a validator bug must still become a 4xx, never a 500.
+        raise SignalError([("body", f"cannot be parsed: {type(exc).__name__}")]) from None
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append((field, message))
+    return problems
+
+
+class OrderIntent(_Message):
+    """What a strategy wants to trade for one signal; the risk gate decides whether it may."""
+
+    strategy: str
+    signal_source: str
+    signal_id: str
+    leg: int = Field(0, ge=0, le=99, description="0 = entry; strategies number further legs")
+    symbol: Symbol
+    side: Side
+    order_type: OrderType
+    qty: PositiveDecimal
+    price: PositiveDecimal | None = Field(None, description="limit price; None for Market")
+    reference_price: PositiveDecimal = Field(
+        description="price the intent was sized at: the limit price or the last price"
+    )
+    stop_loss: PositiveDecimal | None = None
+    take_profit: PositiveDecimal | None = None
+    reduce_only: bool = False
+    signal_ts: datetime
+    created_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _price_matches_type(self) -> OrderIntent:
+        if (self.order_type is OrderType.LIMIT) != (self.price is not None):
+            raise ValueError("a Limit intent needs a price and a Market intent must not have one")
+        return self
+
+    @property
+    def notional_usdt(self) -> Decimal:
+        return self.qty * self.reference_price
+
+
+class Instrument(_Message):
+    """Trading rules of one symbol, as Bybit's instruments-info gives them."""
+
+    symbol: Symbol
+    qty_step: PositiveDecimal
+    min_order_qty: PositiveDecimal
+    max_order_qty: PositiveDecimal
+    tick_size: PositiveDecimal
+    min_notional_usdt: Decimal = Decimal(0)
+
+    def round_qty(self, qty: Decimal) -> Decimal:
+        """Round down to the lot size: rounding up could break a risk limit."""
+        return (qty // self.qty_step) * self.qty_step
+
+    def round_price(self, price: Decimal) -> Decimal:
+        return (price / self.tick_size).to_integral_value() * self.tick_size
+
+
+class Decline(_Message):
+    """A strategy's answer when a signal should produce no order, with the reason why."""
+
+    strategy: str
+    reason: str
+
+
+class RiskDecision(_Message):
+    """The risk gate's verdict on one intent: a value with a reason, never an exception."""
+
+    intent: OrderIntent
+    approved: bool
+    rule: str | None = Field(None, description="the rule that rejected the intent")
+    reason: str
+    decided_at: datetime = Field(default_factory=utc_now)
+
+
+class OrderRequest(_Message):
+    """One order as sent to the venue, keyed by its deterministic `order_link_id`."""
+
+    order_link_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,36}$")]
+    key_name: str
+    strategy: str
+    signal_source: str
+    signal_id: str
+    leg: int
+    category: Literal["linear"] = "linear"
+    symbol: Symbol
+    side: Side
+    order_type: OrderType
+    qty: PositiveDecimal
+    price: PositiveDecimal | None = None
+    stop_loss: PositiveDecimal | None = None
+    take_profit: PositiveDecimal | None = None
+    reduce_only: bool = False
+
+    def to_bybit_params(self) -> dict[str, Any]:
+        """The `POST /v5/order/create` parameters, decimals as plain strings as Bybit wants."""
+        params: dict[str, Any] = {
+            "category": self.category,
+            "symbol": self.symbol,
+            "side": self.side.value,
+            "orderType": self.order_type.value,
+            "qty": _plain(self.qty),
+            "orderLinkId": self.order_link_id,
+        }
+        if self.price is not None:
+            params["price"] = _plain(self.price)
+            params["timeInForce"] = "GTC"
+        if self.stop_loss is not None:
+            params["stopLoss"] = _plain(self.stop_loss)
+        if self.take_profit is not None:
+            params["takeProfit"] = _plain(self.take_profit)
+        if self.reduce_only:
+            params["reduceOnly"] = True
+        return params
+
+
+def _plain(value: Decimal) -> str:
+    """Decimal as a plain string without exponent ("0.001", not "1E-3")."""
+    return format(value.normalize(), "f")
+
+
+class OrderEvent(_Message):
+    """A change in an order's life: acknowledged, filled, rejected, or status unknown."""
+
+    order_link_id: str
+    status: OrderStatus
+    order_id: str | None = None
+    filled_qty: Decimal = Decimal(0)
+    avg_price: Decimal | None = None
+    reason: str = ""
+    ret_code: int | None = None
+    ts: datetime = Field(default_factory=utc_now)

@@ -1,0 +1,122 @@
+"""Secrets: webhook secrets and API keys, from environment variables or files, never config.
+
+Each secret has one name, e.g. `BOT_KEY_FOLLOW_SIM_API_SECRET`, looked up as an environment
+variable, then as a file of the same name in lower case in the secrets directory (Docker
+secrets: /run/secrets). In `sim` only, a missing secret is generated once and kept (mode 0600)
+in the state directory, so the offline bot needs no set-up. Values are `SecretStr` and every
+resolved value is registered with the log redactor.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from pydantic import SecretStr
+
+from bot import logs
+
+__all__ = [
+    "DEFAULT_SECRETS_DIR",
+    "ApiCredentials",
+    "MissingSecretError",
+    "SecretResolver",
+    "api_key_names",
+    "webhook_secret_name",
+]
+
+DEFAULT_SECRETS_DIR: Final = Path("/run/secrets")
+
+
+class MissingSecretError(Exception):
+    """A required secret is neither in the environment nor in the secrets directory."""
+
+
+def webhook_secret_name(source: str) -> str:
+    return f"BOT_WEBHOOK_SECRET_{source.upper()}"
+
+
+def api_key_names(key: str) -> tuple[str, str]:
+    """The secret names of the API key and API secret of the configured key `key`."""
+    return f"BOT_KEY_{key.upper()}_API_KEY", f"BOT_KEY_{key.upper()}_API_SECRET"
+
+
+@dataclass(frozen=True, repr=False)
+class ApiCredentials:
+    """One Bybit API key pair; the repr never shows either value."""
+
+    name: str
+    api_key: SecretStr
+    api_secret: SecretStr
+
+    def __repr__(self) -> str:
+        return f"ApiCredentials(name={self.name!r})"
+
+
+class SecretResolver:
+    """Looks secrets up by name: environment, then `secrets_dir/<name lower>`, then (sim) state."""
+
+    def __init__(
+        self,
+        secrets_dir: Path = DEFAULT_SECRETS_DIR,
+        *,
+        generated_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """`generated_dir` is set only in `sim`: there a missing secret is created and kept."""
+        self._secrets_dir = secrets_dir
+        self._generated_dir = generated_dir
+        self._environ = os.environ if environ is None else environ
+
+    def get(self, name: str) -> SecretStr:
+        """The secret `name`, or `MissingSecretError` naming the variable and the file."""
+        value = self._environ.get(name) or self._read(self._secrets_dir / name.lower())
+        if not value and self._generated_dir is not None:
+            value = self._generated(name)
+        if not value:
+            raise MissingSecretError(
+                f"secret {name} is not set: export the environment variable {name} or put it in "
+                f"the file {self._secrets_dir / name.lower()} (use --secrets-dir to change the "
+                "directory)"
+            )
+        logs.redact(value)
+        return SecretStr(value)
+
+    def credentials(self, key: str) -> ApiCredentials:
+        key_name, secret_name = api_key_names(key)
+        return ApiCredentials(
+            name=key, api_key=self.get(key_name), api_secret=self.get(secret_name)
+        )
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return ""
+        except PermissionError:
+            raise MissingSecretError(
+                f"cannot read secret file {path}: permission denied (the bot's user must be "
+                "able to read it)"
+            ) from None
+
+    def _generated(self, name: str) -> str:
+        assert self._generated_dir is not None
+        path = self._generated_dir / name.lower()
+        existing = self._read(path)
+        if existing:
+            return existing
+        self._generated_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        value = secrets.token_hex(24)
+        # O_EXCL: if two processes race to create it, the loser reads the winner's value.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return self._read(path)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(value + "\n")
+        return value

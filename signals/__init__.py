@@ -1,0 +1,1 @@
+"""Signal adapters: each receives signals from one kind of source and hands them to the bot."""

@@ -1,0 +1,97 @@
+"""Configuration: TOML plus BOT_ overrides; every mistake named with its key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, Environment, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bot.toml"
+    path.write_text(text)
+    return path
+
+
+KEYED = """
+[keys.alpha]
+environment = "sim"
+[strategies.follow]
+plugin = "follow"
+key = "alpha"
+"""
+
+
+def test_shipped_offline_config_loads() -> None:
+    settings = load_settings(REPO / "config" / "bot.toml")
+
+    assert settings.environment is Environment.SIM
+    assert settings.strategies["follow"].key == "follow_sim"
+    assert settings.http.port == 8080
+
+
+def test_environment_variables_override_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_HTTP__PORT", "9123")
+    monkeypatch.setenv("BOT_RISK__MAX_ORDER_NOTIONAL_USDT", "250")
+
+    settings = load_settings(write(tmp_path, "[http]\nport = 8000\n" + KEYED))
+
+    assert settings.http.port == 9123
+    assert str(settings.risk.max_order_notional_usdt) == "250"
+
+
+def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[risk]\nmax_notional = 5\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    assert "unknown key 'risk.max_notional'" in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_bad_value_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"http.port"):
+        load_settings(write(tmp_path, "[http]\nport = 'eighty'\n"))
+
+
+def test_missing_file_and_bad_toml_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--config PATH or set BOT_CONFIG"):
+        load_settings(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[http\n"))
+
+
+def test_config_path_comes_from_bot_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOT_CONFIG", str(write(tmp_path, "[http]\nport = 8111\n")))
+
+    assert load_settings().http.port == 8111
+
+
+def test_strategy_cannot_use_a_key_of_another_environment(tmp_path: Path) -> None:
+    text = KEYED.replace('environment = "sim"', 'environment = "mainnet"')
+
+    with pytest.raises(ConfigError, match="bound to mainnet, but the bot runs in sim"):
+        load_settings(write(tmp_path, text))
+
+
+def test_sharing_a_key_must_be_explicit(tmp_path: Path) -> None:
+    text = KEYED + '[strategies.other]\nplugin = "follow"\nkey = "alpha"\n'
+
+    with pytest.raises(ConfigError, match="sharing a key must be explicit"):
+        load_settings(write(tmp_path, text))
+    shared = text.replace(
+        'environment = "sim"', 'environment = "sim"\nstrategies = ["follow", "other"]'
+    )
+    assert load_settings(write(tmp_path, shared)).keys["alpha"].strategies == ("follow", "other")
+
+
+def test_strategy_naming_a_missing_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="names 'ghost', which is not in \\[keys\\]"):
+        load_settings(write(tmp_path, '[strategies.f]\nplugin = "follow"\nkey = "ghost"\n'))

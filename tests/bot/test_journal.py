@@ -1,0 +1,150 @@
+"""The journal: real SQLite files in WAL mode, duplicates found, orders traced."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bot.journal import Journal, JournalError
+from bot.messages import (
+    Decline,
+    OrderEvent,
+    OrderIntent,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    RiskDecision,
+    Side,
+    parse_signal,
+)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Journal:
+    return Journal(tmp_path / "journal.sqlite3")
+
+
+def signal(signal_id: str = "s1"):  # type: ignore[no-untyped-def]
+    return parse_signal(
+        "voiceofchain",
+        {"id": signal_id, "symbol": "BTCUSDT", "side": "buy", "ts": datetime.now(UTC).isoformat()},
+    )
+
+
+def request(link_id: str = "follow-0-x") -> OrderRequest:
+    return OrderRequest(
+        order_link_id=link_id,
+        key_name="k",
+        strategy="follow",
+        signal_source="voiceofchain",
+        signal_id="s1",
+        leg=0,
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.MARKET,
+        qty=Decimal("0.01"),
+    )
+
+
+def test_opens_in_wal_mode(journal: Journal) -> None:
+    mode = sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0]
+
+    assert mode == "wal"
+
+
+def test_second_signal_with_same_source_and_id_is_a_duplicate(journal: Journal) -> None:
+    assert journal.record_signal(signal()) is True
+    assert journal.record_signal(signal()) is False
+    assert journal.counts()["signals"] == 1
+
+
+def test_unprocessed_signals_survive_reopening(tmp_path: Path) -> None:
+    first = Journal(tmp_path / "j.sqlite3")
+    first.record_signal(signal("a"))
+    first.record_signal(signal("b"))
+    first.mark_processed(signal("a"))
+    first.close()
+
+    pending = Journal(tmp_path / "j.sqlite3").unprocessed_signals()
+
+    assert [s.id for s in pending] == ["b"]
+
+
+def test_order_is_recorded_once_and_events_update_it(journal: Journal) -> None:
+    assert journal.record_order(request()) is True
+    assert journal.record_order(request()) is False
+
+    journal.record_order_event(
+        OrderEvent(order_link_id="follow-0-x", status=OrderStatus.NEW, order_id="o-1")
+    )
+    journal.record_order_event(
+        OrderEvent(
+            order_link_id="follow-0-x",
+            status=OrderStatus.FILLED,
+            filled_qty=Decimal("0.01"),
+            avg_price=Decimal(97000),
+        )
+    )
+
+    record = journal.order("follow-0-x")
+    assert record is not None
+    assert (record.status, record.order_id, record.avg_price) == (
+        OrderStatus.FILLED,
+        "o-1",
+        "97000",
+    )
+    assert journal.counts()["order_events"] == 2
+
+
+def test_trace_joins_signal_decision_and_order(journal: Journal) -> None:
+    journal.record_signal(signal("s1"))
+    journal.record_signal(signal("s2"))
+    intent = OrderIntent(
+        strategy="follow",
+        signal_source="voiceofchain",
+        signal_id="s1",
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.MARKET,
+        qty=Decimal("0.01"),
+        reference_price=Decimal(97000),
+        signal_ts=datetime.now(UTC),
+    )
+    journal.record_decision(RiskDecision(intent=intent, approved=True, reason="ok"))
+    journal.record_order(request())
+    journal.record_decline(signal("s2"), Decline(strategy="follow", reason="no stop_loss"))
+
+    rows = {row.signal_id: row for row in journal.trace()}
+
+    assert rows["s1"].decision == "approved"
+    assert rows["s1"].order_link_id == "follow-0-x"
+    assert rows["s1"].status == "Pending"
+    assert (rows["s2"].decision, rows["s2"].reason, rows["s2"].order_link_id) == (
+        "declined",
+        "no stop_loss",
+        None,
+    )
+
+
+def test_read_only_open_of_a_missing_journal_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="has the bot run"):
+        Journal(tmp_path / "missing.sqlite3", read_only=True)
+
+
+def test_read_only_journal_refuses_writes(journal: Journal) -> None:
+    reader = Journal(journal.path, read_only=True)
+
+    with pytest.raises(sqlite3.OperationalError):
+        reader.record_signal(signal())
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.sqlite3"
+    path.write_bytes(b"this is not sqlite" * 100)
+
+    with pytest.raises(JournalError, match="cannot open journal"):
+        Journal(path)

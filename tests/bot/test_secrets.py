@@ -1,0 +1,50 @@
+"""Secrets: environment, then files, then (sim only) generated; never shown."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from bot.secrets import MissingSecretError, SecretResolver
+
+
+def test_environment_wins_over_file(tmp_path: Path) -> None:
+    (tmp_path / "bot_webhook_secret_voiceofchain").write_text("from-file-secret\n")
+    resolver = SecretResolver(tmp_path, environ={"BOT_WEBHOOK_SECRET_VOICEOFCHAIN": "from-env-1"})
+
+    assert resolver.get("BOT_WEBHOOK_SECRET_VOICEOFCHAIN").get_secret_value() == "from-env-1"
+
+
+def test_file_in_lower_case_is_read_and_stripped(tmp_path: Path) -> None:
+    (tmp_path / "bot_key_main_api_key").write_text("key-from-file\n")
+    (tmp_path / "bot_key_main_api_secret").write_text("secret-from-file\n")
+
+    credentials = SecretResolver(tmp_path, environ={}).credentials("main")
+
+    assert credentials.api_key.get_secret_value() == "key-from-file"
+    assert "secret-from-file" not in repr(credentials)
+
+
+def test_missing_secret_names_variable_and_file(tmp_path: Path) -> None:
+    resolver = SecretResolver(tmp_path, environ={})
+
+    with pytest.raises(MissingSecretError) as caught:
+        resolver.get("BOT_KEY_MAIN_API_SECRET")
+
+    assert "BOT_KEY_MAIN_API_SECRET" in str(caught.value)
+    assert str(tmp_path / "bot_key_main_api_secret") in str(caught.value)
+
+
+def test_sim_generates_once_with_mode_0600(tmp_path: Path) -> None:
+    generated = tmp_path / "state" / "secrets"
+    resolver = SecretResolver(tmp_path / "none", generated_dir=generated, environ={})
+
+    first = resolver.get("BOT_WEBHOOK_SECRET_VOICEOFCHAIN").get_secret_value()
+    second = resolver.get("BOT_WEBHOOK_SECRET_VOICEOFCHAIN").get_secret_value()
+
+    path = generated / "bot_webhook_secret_voiceofchain"
+    assert first == second
+    assert len(first) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

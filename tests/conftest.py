@@ -1,0 +1,69 @@
+"""Shared test helpers: configuration files, free ports, polling with a bound."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+SIM_CONFIG = """
+environment = "sim"
+state_dir = "{state_dir}"
+
+[http]
+host = "127.0.0.1"
+port = {port}
+
+[risk]
+symbols = ["BTCUSDT", "ETHUSDT"]
+max_order_notional_usdt = 1000
+max_signal_age_s = 60
+
+[keys.follow_sim]
+environment = "sim"
+
+[strategies.follow]
+plugin = "follow"
+key = "follow_sim"
+
+[strategies.follow.params]
+risk_fraction = 0.01
+max_notional_usdt = 500
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(probe: Callable[[], T | None], timeout_s: float = 15.0, what: str = "condition") -> T:
+    """Poll `probe` until it returns something truthy; fail after `timeout_s` (a bound, not a
+    performance assertion: it only keeps a broken test from hanging)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def sim_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a sim configuration into tmp_path; returns its path."""
+
+    def write(port: int = 0, extra: str = "") -> Path:
+        path = tmp_path / "bot.toml"
+        path.write_text(SIM_CONFIG.format(state_dir=tmp_path / "var", port=port) + extra)
+        return path
+
+    return write
