@@ -1,0 +1,35 @@
+"""Deterministic orderLinkIds: the same (strategy, signal, leg) always names the same order.
+
+Retrying, replaying a signal or restarting the bot therefore re-sends the *same* orderLinkId,
+which Bybit refuses as a duplicate (110072) instead of placing a second order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import Final
+
+__all__ = ["MAX_LEG", "ORDER_LINK_ID_PATTERN", "order_link_id"]
+
+ORDER_LINK_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+MAX_LEG: Final = 99
+_SLUG_CHARS: Final = 8
+_DIGEST_CHARS: Final = 24  # 120 bits of SHA-256: collisions are not a practical concern
+
+
+def order_link_id(strategy: str, source: str, signal_id: str, leg: int) -> str:
+    """`<strategy slug>-<leg>-<digest>`, at most 36 characters of [A-Za-z0-9_-].
+
+    The readable prefix helps a person find the order in Bybit's UI; uniqueness comes from the
+    digest over the full (strategy, source, signal id, leg), joined with a separator that none
+    of them may contain, so distinct inputs never hash the same text.
+    """
+    if not 0 <= leg <= MAX_LEG:
+        raise ValueError(f"leg must be 0..{MAX_LEG}, got {leg}")
+    text = "\x1f".join((strategy, source, signal_id, str(leg)))
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    tag = base64.b32encode(digest).decode("ascii").lower()[:_DIGEST_CHARS]
+    slug = re.sub(r"[^A-Za-z0-9]", "", strategy)[:_SLUG_CHARS] or "s"
+    return f"{slug}-{leg}-{tag}"

@@ -1,0 +1,68 @@
+"""Market snapshots for strategies: last price, equity and (on demand) position.
+
+Prices and equity are cached for `venue.market_cache_s`, so a burst of signals costs one venue
+round trip, not one per signal; sizing from a price a second old is fine, and the risk gate
+re-checks the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+
+from bot.venue.base import Venue
+from strategies.base import MarketView
+
+__all__ = ["MarketData"]
+
+
+class MarketData:
+    """Builds `MarketView`s from the venues, reusing recent prices and equity."""
+
+    def __init__(
+        self,
+        venues: Mapping[str, Venue],
+        max_age_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._venues = venues
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._prices: dict[str, tuple[float, Decimal]] = {}
+        self._equity: dict[str, tuple[float, Decimal]] = {}
+
+    async def view(self, key_name: str, symbol: str, *, with_position: bool) -> MarketView:
+        """A snapshot for one strategy (identified by its key) and one symbol."""
+        venue = self._venues[key_name]
+        instrument, price, equity = await asyncio.gather(
+            venue.instrument(symbol), self._price(venue, symbol), self._equity_of(venue)
+        )
+        position = await venue.position_qty(symbol) if with_position else None
+        return MarketView(
+            instrument=instrument, last_price=price, equity_usdt=equity, position_qty=position
+        )
+
+    def forget_equity(self, key_name: str) -> None:
+        """Drop the cached equity of a key, e.g. after one of its orders filled."""
+        self._equity.pop(key_name, None)
+
+    async def _price(self, venue: Venue, symbol: str) -> Decimal:
+        cached = self._fresh(self._prices.get(symbol))
+        if cached is None:
+            cached = await venue.last_price(symbol)
+            self._prices[symbol] = (self._clock(), cached)
+        return cached
+
+    async def _equity_of(self, venue: Venue) -> Decimal:
+        cached = self._fresh(self._equity.get(venue.name))
+        if cached is None:
+            cached = await venue.equity_usdt()
+            self._equity[venue.name] = (self._clock(), cached)
+        return cached
+
+    def _fresh(self, entry: tuple[float, Decimal] | None) -> Decimal | None:
+        if entry is None or self._clock() - entry[0] > self._max_age_s:
+            return None
+        return entry[1]

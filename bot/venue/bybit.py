@@ -1,0 +1,230 @@
+"""Bybit V5 through pybit: the only way the bot reaches an exchange, the simulator included.
+
+pybit is synchronous, so each key gets its own single worker thread: calls never block the
+event loop, and one key's calls keep their order. pybit's own retries are off (the executor
+is the only retry authority for orders); idempotent reads are retried here, a bounded number
+of times. Every failure leaves this module classified (`bot.venue.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final, TypeVar
+
+from pybit.unified_trading import HTTP
+from pydantic import SecretStr
+
+from bot.config import Environment
+from bot.logs import logger
+from bot.messages import Instrument, OrderEvent, OrderRequest, OrderStatus, utc_now
+from bot.secrets import ApiCredentials
+from bot.venue.errors import AmbiguousError, RetryableError, VenueError, classify
+
+__all__ = ["BybitVenue"]
+
+T = TypeVar("T")
+
+CATEGORY: Final = "linear"
+# pybit retries any retCode in `retry_codes` itself, sleeping in our worker thread, and an
+# empty set means "its defaults" (10002, 10006, ...). A code Bybit never sends turns that off.
+_NO_PYBIT_RETRIES: Final = frozenset({-1})
+_READ_ATTEMPTS: Final = 3
+_READ_BACKOFF_S: Final = (0.2, 0.5)
+_MAX_READ_WAIT_S: Final = 2.0
+
+
+class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
+    """pybit's client holding the API secret as SecretStr, unwrapped only to sign a request."""
+
+    def __init__(self, *, api_secret: SecretStr, **kwargs: Any) -> None:
+        super().__init__(api_secret="<held-as-SecretStr>", **kwargs)  # noqa: S106
+        self._secret = api_secret
+
+    def _auth(self, payload: str, recv_window: int, timestamp: int) -> str:
+        # Same string-to-sign as pybit's HMAC path: timestamp + api_key + recv_window + payload.
+        message = f"{timestamp}{self.api_key}{recv_window}{payload}".encode()
+        secret = self._secret.get_secret_value().encode()
+        return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"_SigningHTTP(endpoint={self.endpoint!r})"
+
+
+class BybitVenue:
+    """One Bybit account (one API key) in one environment."""
+
+    def __init__(
+        self,
+        credentials: ApiCredentials,
+        environment: Environment,
+        *,
+        sim_url: str = "",
+        recv_window_ms: int = 5000,
+        timeout_s: float = 5.0,
+    ) -> None:
+        if (environment is Environment.SIM) != bool(sim_url):
+            raise ValueError("a simulator URL is required in sim and forbidden elsewhere")
+        self.name = credentials.name
+        self.environment = environment
+        self._http = _SigningHTTP(
+            api_key=credentials.api_key.get_secret_value(),
+            api_secret=credentials.api_secret,
+            testnet=environment is Environment.TESTNET,
+            demo=environment is Environment.DEMO,
+            recv_window=recv_window_ms,
+            timeout=timeout_s,
+            force_retry=False,
+            max_retries=1,
+            retry_codes=set(_NO_PYBIT_RETRIES),
+        )
+        if sim_url:
+            self._http.endpoint = sim_url.rstrip("/")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"venue-{self.name}")
+        self._instruments: dict[str, Instrument] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._http.endpoint)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._http.client.close()
+
+    # orders --------------------------------------------------------------------------------
+
+    async def place_order(self, request: OrderRequest) -> OrderEvent:
+        result = await self._call(
+            "place_order", self._http.place_order, **request.to_bybit_params()
+        )
+        return OrderEvent(
+            order_link_id=request.order_link_id,
+            status=OrderStatus.NEW,
+            order_id=str(result.get("orderId") or "") or None,
+        )
+
+    async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
+        query = {"category": CATEGORY, "symbol": symbol, "orderLinkId": order_link_id}
+        for method in (self._http.get_open_orders, self._http.get_order_history):
+            result = await self._read("get_order", method, **query)
+            for row in result.get("list") or []:
+                if row.get("orderLinkId") == order_link_id:
+                    return _order_event(row)
+        return None
+
+    # market and account --------------------------------------------------------------------
+
+    async def last_price(self, symbol: str) -> Decimal:
+        result = await self._read(
+            "last_price", self._http.get_tickers, category=CATEGORY, symbol=symbol
+        )
+        rows = result.get("list") or []
+        if not rows:
+            raise VenueError(f"no ticker for {symbol}", operation="last_price")
+        return _decimal(rows[0].get("lastPrice"), "lastPrice")
+
+    async def instrument(self, symbol: str) -> Instrument:
+        """Trading rules, fetched once per symbol per process."""
+        if symbol not in self._instruments:
+            result = await self._read(
+                "instrument", self._http.get_instruments_info, category=CATEGORY, symbol=symbol
+            )
+            rows = result.get("list") or []
+            if not rows:
+                raise VenueError(f"{symbol} is not a {CATEGORY} instrument", operation="instrument")
+            lot, price = rows[0]["lotSizeFilter"], rows[0]["priceFilter"]
+            self._instruments[symbol] = Instrument(
+                symbol=symbol,
+                qty_step=_decimal(lot.get("qtyStep"), "qtyStep"),
+                min_order_qty=_decimal(lot.get("minOrderQty"), "minOrderQty"),
+                max_order_qty=_decimal(lot.get("maxOrderQty"), "maxOrderQty"),
+                tick_size=_decimal(price.get("tickSize"), "tickSize"),
+                min_notional_usdt=_decimal(lot.get("minNotionalValue") or "0", "minNotionalValue"),
+            )
+        return self._instruments[symbol]
+
+    async def equity_usdt(self) -> Decimal:
+        result = await self._read("equity", self._http.get_wallet_balance, accountType="UNIFIED")
+        rows = result.get("list") or []
+        if not rows:
+            raise VenueError("wallet balance is empty", operation="equity")
+        return _decimal(rows[0].get("totalEquity"), "totalEquity")
+
+    async def position_qty(self, symbol: str) -> Decimal:
+        result = await self._read(
+            "position", self._http.get_positions, category=CATEGORY, symbol=symbol
+        )
+        total = Decimal(0)
+        for row in result.get("list") or []:
+            size = _decimal(row.get("size") or "0", "size")
+            total += size if row.get("side") == "Buy" else -size
+        return total
+
+    # plumbing ------------------------------------------------------------------------------
+
+    async def _call(self, operation: str, method: Callable[..., Any], **params: Any) -> Any:
+        """One pybit call on this key's thread; returns `result`, raises a classified error."""
+        loop = asyncio.get_running_loop()
+        try:
+            response = await loop.run_in_executor(self._pool, lambda: method(**params))
+        except Exception as exc:
+            raise classify(exc, operation) from exc
+        if not isinstance(response, dict) or not isinstance(response.get("result"), dict):
+            raise AmbiguousError("answer without a result object", operation=operation)
+        return response["result"]
+
+    async def _read(self, operation: str, method: Callable[..., Any], **params: Any) -> Any:
+        """An idempotent read, retried a bounded number of times on transient failures."""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return await self._call(operation, method, **params)
+            except (RetryableError, AmbiguousError) as exc:
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+                wait = _READ_BACKOFF_S[attempt]
+                if isinstance(exc, RetryableError):
+                    wait = min(max(wait, exc.retry_after_s), _MAX_READ_WAIT_S)
+                logger.warning("venue read failed, retrying", key=self.name, error=str(exc))
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+
+def _decimal(value: object, field: str) -> Decimal:
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise AmbiguousError(f"venue sent a non-numeric {field}: {value!r}") from None
+
+
+def _order_event(row: dict[str, Any]) -> OrderEvent:
+    """An order row of /v5/order/realtime or /history as an OrderEvent."""
+    try:
+        status = OrderStatus(str(row.get("orderStatus")))
+    except ValueError:
+        # Bybit's other statuses (Untriggered, Deactivated, PartiallyFilledCanceled, ...).
+        status = (
+            OrderStatus.CANCELLED if "Cancel" in str(row.get("orderStatus")) else OrderStatus.NEW
+        )
+    avg = row.get("avgPrice") or ""
+    updated_ms = row.get("updatedTime") or ""
+    return OrderEvent(
+        order_link_id=str(row.get("orderLinkId")),
+        status=status,
+        order_id=row.get("orderId") or None,
+        filled_qty=_decimal(row.get("cumExecQty") or "0", "cumExecQty"),
+        avg_price=_decimal(avg, "avgPrice") if avg not in ("", "0") else None,
+        reason=str(row.get("rejectReason") or "").removeprefix("EC_NoError"),
+        ts=_from_ms(updated_ms),
+    )
+
+
+def _from_ms(value: object) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(str(value)) / 1000, tz=UTC)
+    except (ValueError, OverflowError):
+        return utc_now()

@@ -1,0 +1,131 @@
+"""Every venue failure, classified once, by what the caller must do.
+
+    VenueError
+     ├── RetryableError       wait `retry_after_s` (rate limit, clock drift), then send again
+     ├── AmbiguousError       the order may exist: look it up by orderLinkId before anything else
+     ├── DuplicateOrderError  110072: an order with this orderLinkId exists; it is ours
+     ├── OrderRejectedError   terminal; Bybit's reason is journaled
+     └── KeyFatalError        the key is bad (invalid, no permission, expired): stop its strategies
+
+`classify()` is the one table that maps pybit's and requests' exceptions onto this tree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Final
+
+import requests
+from pybit.exceptions import FailedRequestError, InvalidRequestError
+
+__all__ = [
+    "AMBIGUOUS_CODES",
+    "FATAL_CODES",
+    "RETRYABLE_CODES",
+    "AmbiguousError",
+    "DuplicateOrderError",
+    "KeyFatalError",
+    "OrderRejectedError",
+    "RetryableError",
+    "VenueError",
+    "classify",
+]
+
+RETRYABLE_CODES: Final = frozenset({10002, 10006})
+AMBIGUOUS_CODES: Final = frozenset({10000, 10016})
+DUPLICATE_ORDER_CODE: Final = 110072
+FATAL_CODES: Final = frozenset({10003, 10004, 10005, 10010, 33004})
+_DEFAULT_RETRY_AFTER_S: Final = 1.0
+
+
+class VenueError(Exception):
+    """A venue call failed. `ret_code` is Bybit's retCode (or the HTTP status), when known."""
+
+    def __init__(self, message: str, *, ret_code: int | None = None, operation: str = "") -> None:
+        self.message = message
+        self.ret_code = ret_code
+        self.operation = operation
+        code = f" (retCode {ret_code})" if ret_code is not None else ""
+        super().__init__(f"{operation}: {message}{code}" if operation else f"{message}{code}")
+
+
+class RetryableError(VenueError):
+    def __init__(self, message: str, *, retry_after_s: float, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after_s = retry_after_s
+
+
+class AmbiguousError(VenueError):
+    pass
+
+
+class DuplicateOrderError(VenueError):
+    pass
+
+
+class OrderRejectedError(VenueError):
+    pass
+
+
+class KeyFatalError(VenueError):
+    pass
+
+
+def classify(exc: BaseException, operation: str) -> VenueError:
+    """Translate one exception from a pybit call into the tree above."""
+    if isinstance(exc, VenueError):
+        return exc
+    if isinstance(exc, InvalidRequestError):
+        return _from_ret_code(int(exc.status_code), str(exc.message), exc.resp_headers, operation)
+    if isinstance(exc, FailedRequestError):
+        return _from_http_failure(exc, operation)
+    if isinstance(exc, requests.RequestException):
+        # Timeout, refused or reset connection, truncated answer: the request may have arrived.
+        return AmbiguousError(f"{type(exc).__name__}: no complete answer", operation=operation)
+    if isinstance(exc, ValueError):
+        # pybit raises ValueError on a 10006 whose reset time has passed, among others.
+        return AmbiguousError(f"client error {type(exc).__name__}: {exc}", operation=operation)
+    return AmbiguousError(f"unexpected {type(exc).__name__}", operation=operation)
+
+
+def _from_ret_code(
+    code: int, message: str, headers: Mapping[str, str] | None, operation: str
+) -> VenueError:
+    if code in RETRYABLE_CODES:
+        return RetryableError(
+            message, retry_after_s=_retry_after_s(headers), ret_code=code, operation=operation
+        )
+    if code in AMBIGUOUS_CODES:
+        return AmbiguousError(message, ret_code=code, operation=operation)
+    if code == DUPLICATE_ORDER_CODE:
+        return DuplicateOrderError(message, ret_code=code, operation=operation)
+    if code in FATAL_CODES:
+        return KeyFatalError(message, ret_code=code, operation=operation)
+    return OrderRejectedError(message, ret_code=code, operation=operation)
+
+
+def _from_http_failure(exc: FailedRequestError, operation: str) -> VenueError:
+    status = int(exc.status_code)
+    if exc.resp_headers is None:
+        # pybit's own failures (undecodable JSON, exhausted retries): nothing says it failed.
+        return AmbiguousError(str(exc.message), ret_code=status, operation=operation)
+    if status in (403, 429):
+        return RetryableError(
+            f"HTTP {status}: IP rate limit",
+            retry_after_s=_retry_after_s(exc.resp_headers),
+            ret_code=status,
+            operation=operation,
+        )
+    if status >= 500:
+        return AmbiguousError(f"HTTP {status}", ret_code=status, operation=operation)
+    return OrderRejectedError(f"HTTP {status}", ret_code=status, operation=operation)
+
+
+def _retry_after_s(headers: Mapping[str, str] | None) -> float:
+    """Seconds until the rate limit resets, from Bybit's X-Bapi-Limit-Reset-Timestamp (ms)."""
+    reset = (headers or {}).get("X-Bapi-Limit-Reset-Timestamp")
+    try:
+        return max(0.0, int(reset) / 1000 - time.time()) if reset else _DEFAULT_RETRY_AFTER_S
+    except ValueError:
+        return _DEFAULT_RETRY_AFTER_S

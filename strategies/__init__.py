@@ -1,0 +1,1 @@
+"""Strategies: user plug-ins that turn a Signal into order intents. See strategies.base."""

@@ -1,0 +1,192 @@
+"""The executor against the real simulator through real pybit: one order per intent, ever."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from bot.config import Environment
+from bot.execution.executor import Executor, build_request
+from bot.journal import Journal
+from bot.messages import OrderIntent, OrderStatus, OrderType, Side
+from bot.secrets import ApiCredentials
+from bot.venue.bybit import BybitVenue
+from bot.venue.simulator import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+
+KEY, SECRET = "executor-test-key", "executor-test-secret-value"
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def exchange() -> Iterator[tuple[SimExchange, str]]:
+    exchange = SimExchange(SimulatorConfig(seed=7))
+    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
+    exchange.add_account(
+        SimAccountSpec(api_key="read-only-key", api_secret=SecretStr(SECRET), read_only=True)
+    )
+    with SimServer(exchange) as server:
+        yield exchange, server.url
+
+
+@pytest.fixture(autouse=True)
+def no_faults(exchange: tuple[SimExchange, str]) -> None:
+    exchange[0].set_faults(SimFaults())
+
+
+def make_executor(url: str, journal: Journal, api_key: str = KEY) -> tuple[Executor, BybitVenue]:
+    credentials = ApiCredentials("k", SecretStr(api_key), SecretStr(SECRET))
+    venue = BybitVenue(credentials, Environment.SIM, sim_url=url, timeout_s=2)
+    return Executor(journal, {"k": venue}, {"follow": "k"}), venue
+
+
+def intent(qty: str = "0.001", signal_id: str | None = None) -> OrderIntent:
+    return OrderIntent(
+        strategy="follow",
+        signal_source="voiceofchain",
+        signal_id=signal_id or f"exec-{next(_ids)}",
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.MARKET,
+        qty=Decimal(qty),
+        reference_price=Decimal(97000),
+        signal_ts=datetime.now(UTC),
+    )
+
+
+def orders_for(exchange: SimExchange, item: OrderIntent) -> list[dict[str, object]]:
+    link_id = build_request(item, "k").order_link_id
+    return [o for o in exchange.orders() if o["orderLinkId"] == link_id]
+
+
+def test_market_order_is_placed_filled_and_journaled(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    executor, venue = make_executor(exchange[1], journal)
+    item = intent()
+
+    event = asyncio.run(executor.execute(item))
+
+    assert event.status is OrderStatus.FILLED
+    assert event.avg_price == Decimal(97000)
+    record = journal.order(event.order_link_id)
+    assert record is not None
+    assert record.status is OrderStatus.FILLED
+    assert len(orders_for(exchange[0], item)) == 1
+    venue.close()
+
+
+def test_executing_the_same_intent_again_sends_nothing(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
+    item = intent()
+    asyncio.run(executor.execute(item))
+    before = exchange[0].stats()["requests_by_path"].get("/v5/order/create", 0)
+
+    again = asyncio.run(executor.execute(item))
+
+    assert again.status is OrderStatus.FILLED
+    assert exchange[0].stats()["requests_by_path"]["/v5/order/create"] == before
+    assert len(orders_for(exchange[0], item)) == 1
+    venue.close()
+
+
+def test_a_lost_journal_cannot_cause_a_second_order(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    item = intent()
+    first, venue1 = make_executor(exchange[1], Journal(tmp_path / "old.sqlite3"))
+    asyncio.run(first.execute(item))
+    fresh, venue2 = make_executor(exchange[1], Journal(tmp_path / "new.sqlite3"))
+
+    event = asyncio.run(fresh.execute(item))
+
+    assert event.status is OrderStatus.FILLED  # 110072, then looked up: it is ours
+    assert len(orders_for(exchange[0], item)) == 1
+    venue1.close()
+    venue2.close()
+
+
+def test_a_dropped_answer_leaves_unknown_and_a_replay_finds_the_order(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
+    item = intent()
+    exchange[0].set_faults(SimFaults(drop_response_after_accept=1.0))
+
+    lost = asyncio.run(executor.execute(item))
+    exchange[0].set_faults(SimFaults())
+    replayed = asyncio.run(executor.execute(item))
+
+    assert lost.status is OrderStatus.UNKNOWN
+    assert replayed.status is OrderStatus.FILLED
+    assert len(orders_for(exchange[0], item)) == 1
+    venue.close()
+
+
+def test_venue_rejection_is_journaled_with_bybit_reason(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    executor, venue = make_executor(exchange[1], journal)
+
+    event = asyncio.run(executor.execute(intent(qty="50")))  # far beyond the balance
+
+    assert event.status is OrderStatus.REJECTED
+    assert event.ret_code == 110007
+    record = journal.order(event.order_link_id)
+    assert record is not None
+    assert record.reason
+    venue.close()
+
+
+def test_a_key_the_venue_refuses_is_switched_off(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"), "read-only-key")
+
+    refused = asyncio.run(executor.execute(intent()))
+    sent = exchange[0].stats()["requests_by_path"]["/v5/order/create"]
+    next_one = asyncio.run(executor.execute(intent()))
+
+    assert (refused.status, refused.ret_code) == (OrderStatus.REJECTED, 10005)
+    assert next_one.status is OrderStatus.REJECTED
+    assert "disabled" in next_one.reason
+    assert exchange[0].stats()["requests_by_path"]["/v5/order/create"] == sent
+    venue.close()
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    attempts=st.integers(min_value=1, max_value=4),
+    drop=st.sampled_from([0.0, 0.5, 1.0]),
+    fail=st.sampled_from([0.0, 0.5]),
+)
+def test_repeated_execution_under_faults_never_creates_a_second_order(
+    exchange: tuple[SimExchange, str], tmp_path: Path, attempts: int, drop: float, fail: float
+) -> None:
+    journal = Journal(tmp_path / f"j-{next(_ids)}.sqlite3")
+    executor, venue = make_executor(exchange[1], journal)
+    item = intent()
+    exchange[0].set_faults(SimFaults(drop_response_after_accept=drop, timeout_10016=fail))
+
+    for _ in range(attempts):
+        asyncio.run(executor.execute(item))
+
+    assert len(orders_for(exchange[0], item)) <= 1
+    venue.close()
+    journal.close()

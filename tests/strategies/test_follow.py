@@ -1,0 +1,102 @@
+"""Follow: risk-based sizing, capped, rounded to the lot, and honest declines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from bot.messages import Decline, Instrument, OrderType, Side, Signal, parse_signal
+from strategies.base import MarketView
+from strategies.follow import Follow
+
+BTC = Instrument(
+    symbol="BTCUSDT",
+    qty_step=Decimal("0.001"),
+    min_order_qty=Decimal("0.001"),
+    max_order_qty=Decimal(100),
+    tick_size=Decimal("0.1"),
+    min_notional_usdt=Decimal(5),
+)
+MARKET = MarketView(instrument=BTC, last_price=Decimal(97000), equity_usdt=Decimal(10000))
+
+
+def follow(risk: str = "0.01", cap: str = "100000") -> Follow:
+    return Follow(
+        "follow", Follow.Params(risk_fraction=Decimal(risk), max_notional_usdt=Decimal(cap))
+    )
+
+
+def signal(**fields: object) -> Signal:
+    body: dict[str, object] = {
+        "id": "s1",
+        "symbol": "BTCUSDT",
+        "side": "buy",
+        "ts": datetime.now(UTC).isoformat(),
+    }
+    body.update(fields)
+    return parse_signal("voiceofchain", body)
+
+
+def test_market_buy_risks_the_fraction_between_last_price_and_stop() -> None:
+    [intent] = follow().on_signal(signal(stop_loss=95000), MARKET)  # type: ignore[misc]
+
+    # 1% of 10000 = 100 USDT over 2000 USDT per BTC = 0.05 BTC
+    assert intent.qty == Decimal("0.050")
+    assert intent.order_type is OrderType.MARKET
+    assert intent.reference_price == Decimal(97000)
+    assert intent.stop_loss == Decimal(95000)
+    assert (intent.strategy, intent.signal_id, intent.leg) == ("follow", "s1", 0)
+
+
+def test_size_is_capped_by_max_notional_and_rounded_down() -> None:
+    [intent] = follow(cap="1000").on_signal(signal(stop_loss=95000), MARKET)  # type: ignore[misc]
+
+    assert intent.qty == Decimal("0.010")  # 1000 / 97000 = 0.01030.. → 0.010
+    assert intent.notional_usdt <= Decimal(1000)
+
+
+def test_entry_makes_a_limit_order_with_the_nearest_valid_target() -> None:
+    out = follow().on_signal(
+        signal(side="sell", entry=98000.04, stop_loss=99000, take_profit=[99500, 96000, 94000]),
+        MARKET,
+    )
+
+    [intent] = out  # type: ignore[misc]
+    assert intent.side is Side.SELL
+    assert intent.order_type is OrderType.LIMIT
+    assert intent.price == Decimal("98000.0")
+    assert intent.take_profit == Decimal(96000)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({}, "no stop_loss"),
+        ({"stop_loss": 98000}, "wrong side"),
+        ({"stop_loss": 1}, "below the minimum order qty"),
+    ],
+)
+def test_declines_say_why(fields: dict[str, object], reason: str) -> None:
+    out = follow(risk="0.0001").on_signal(signal(**fields), MARKET)
+
+    assert isinstance(out, Decline)
+    assert reason in out.reason
+
+
+def test_close_flattens_the_position_reduce_only() -> None:
+    close = signal(side=None, action="close")
+    market = MarketView(BTC, Decimal(97000), Decimal(10000), position_qty=Decimal("-0.2"))
+
+    [intent] = follow().on_signal(close, market)  # type: ignore[misc]
+    flat = follow().on_signal(close, MarketView(BTC, Decimal(97000), Decimal(10000), Decimal(0)))
+
+    assert (intent.side, intent.qty, intent.reduce_only) == (Side.BUY, Decimal("0.2"), True)
+    assert isinstance(flat, Decline)
+    assert follow().wants_position(close)
+
+
+def test_params_are_validated() -> None:
+    with pytest.raises(ValueError, match="risk_fraction"):
+        Follow.Params(risk_fraction=Decimal("0.5"))
