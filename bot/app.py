@@ -1,0 +1,56 @@
+"""The bot's HTTP server: webhook receivers, `GET /healthz` and `GET /metrics`.
+
+Anything a client sends is answered with a 4xx that says what is wrong; the handlers of
+FastAPI's own validation and of unknown routes are replaced to keep every answer JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from bot import metrics
+from signals.voiceofchain import WebhookReceiver
+
+__all__ = ["create_app"]
+
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def create_app(receivers: Iterable[WebhookReceiver], health: HealthCheck) -> FastAPI:
+    """`health()` returns the /healthz body; a false `ready` in it makes the answer 503."""
+    app = FastAPI(title="bybit-signal-bot", docs_url=None, redoc_url=None, openapi_url=None)
+    for receiver in receivers:
+        app.include_router(receiver.router())
+
+    @app.middleware("http")
+    async def count_responses(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        metrics.HTTP_RESPONSES.labels(label, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": exc.detail, "detail": exc.detail}, status_code=exc.status_code
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        status = await health()
+        return JSONResponse(status, status_code=200 if status.get("ready") else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,243 @@
+"""The `bot` command: run the service, send a test signal, read the journal, run the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Final, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bot import logs
+from bot.config import BotSettings, ConfigError, load_settings
+from bot.journal import Journal, JournalError
+from bot.secrets import DEFAULT_SECRETS_DIR, MissingSecretError, webhook_secret_name
+from bot.service import Service, secret_resolver, sim_accounts
+from bot.venue.simulator import SimExchange, run_forever
+from signals.voiceofchain import SIGNATURE_HEADER, sign
+
+__all__ = ["app", "main"]
+
+SEND_TIMEOUT_S: Final = 10.0
+
+app = typer.Typer(
+    help="Turn trading signals into Bybit orders, safely. Offline by default (simulator).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+signal_app = typer.Typer(help="Work with signals.", no_args_is_help=True)
+app.add_typer(signal_app, name="signal")
+console = Console()
+errors = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="configuration file [default: $BOT_CONFIG or config/bot.toml]"),
+]
+SecretsDirOption = Annotated[
+    Path,
+    typer.Option("--secrets-dir", envvar="BOT_SECRETS_DIR", help="directory of secret files"),
+]
+HostOption = Annotated[str | None, typer.Option(help="listen address [default: from config]")]
+PortOption = Annotated[int | None, typer.Option(help="listen port [default: from config]")]
+
+
+def _fail(message: str) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _settings(config: Path | None, host: str | None = None, port: int | None = None) -> BotSettings:
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    http = settings.http.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    return settings.model_copy(update={"http": http})
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
+    host: HostOption = None,
+    port: PortOption = None,
+    mainnet: Annotated[
+        bool, typer.Option("--mainnet", help="second opt-in for real money (with allow_mainnet)")
+    ] = False,
+    log_json: Annotated[bool, typer.Option("--log-json", help="log JSON lines")] = False,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
+) -> None:
+    """Run the bot: webhook server, strategies, risk gate and executor."""
+    logs.configure(json=log_json, level=log_level.upper())
+    settings = _settings(config, host, port)
+    try:
+        service = Service(settings, secrets_dir=secrets_dir, mainnet_flag=mainnet)
+        asyncio.run(service.run())
+    except (ConfigError, MissingSecretError, JournalError) as exc:
+        _fail(str(exc))
+
+
+@signal_app.command("send")
+def signal_send(
+    symbol: Annotated[str, typer.Option(help="Bybit symbol, e.g. BTCUSDT")],
+    side: Annotated[str | None, typer.Option(help="buy or sell (long/short also work)")] = None,
+    stop_loss: Annotated[Decimal | None, typer.Option(help="protective stop price")] = None,
+    entry: Annotated[Decimal | None, typer.Option(help="limit price; omit for market")] = None,
+    take_profit: Annotated[
+        list[Decimal] | None, typer.Option(help="target price; repeat for several")
+    ] = None,
+    action: Annotated[str, typer.Option(help="open or close")] = "open",
+    strategy: Annotated[str | None, typer.Option(help="route to this strategy only")] = None,
+    signal_id: Annotated[
+        str | None, typer.Option("--id", help="signal id [default: a new random one]")
+    ] = None,
+    source: Annotated[str, typer.Option(help="webhook source")] = "voiceofchain",
+    url: Annotated[
+        str | None, typer.Option(help="webhook URL [default: the configured server]")
+    ] = None,
+    config: ConfigOption = None,
+    secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
+) -> None:
+    """Sign a signal with the source's webhook secret and POST it to the bot."""
+    settings = _settings(config)
+    payload: dict[str, object] = {
+        "id": signal_id or f"cli-{uuid.uuid4().hex[:16]}",
+        "symbol": symbol,
+        "action": action,
+        "ts": int(time.time() * 1000),
+    }
+    optional = {
+        "side": side,
+        "stop_loss": stop_loss,
+        "entry": entry,
+        "take_profit": take_profit or None,
+        "strategy": strategy,
+    }
+    payload.update({key: value for key, value in optional.items() if value is not None})
+    body = json.dumps(payload, default=_json_number).encode()
+    try:
+        secret = secret_resolver(settings, secrets_dir).get(webhook_secret_name(source))
+    except MissingSecretError as exc:
+        _fail(str(exc))
+    host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+    target = url or f"http://{host}:{settings.http.port}/webhooks/{source}"
+    request = urllib.request.Request(  # noqa: S310 - the URL is the user's own bot
+        target,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(secret.get_secret_value(), body, int(time.time())),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=SEND_TIMEOUT_S) as response:  # noqa: S310
+            status, answer = response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read().decode()
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        reason = getattr(exc, "reason", exc)
+        _fail(f"cannot reach the bot at {target}: {reason}. Is `bot run` running?")
+    console.print(f"{status} {answer}", highlight=False)
+    console.print(f"signal id: {payload['id']}", highlight=False)
+    if status >= 300:
+        raise typer.Exit(1)
+
+
+def _json_number(value: object) -> object:
+    """Decimals as JSON numbers; the bot reads them back exactly (shortest repr)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+@app.command()
+def orders(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="latest N signals")] = 50,
+    config: ConfigOption = None,
+) -> None:
+    """What the journal holds: each signal, its decisions and its orders."""
+    settings = _settings(config)
+    try:
+        journal = Journal(settings.journal_path, read_only=True)
+    except JournalError as exc:
+        _fail(str(exc))
+    try:
+        rows = journal.trace(limit)
+    finally:
+        journal.close()
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row.as_dict(), separators=(",", ":")))
+        return
+    table = Table()
+    for column in (
+        "time",
+        "signal",
+        "strategy",
+        "decision",
+        "order",
+        "status",
+        "fill",
+        "orderLinkId",
+    ):
+        table.add_column(column, overflow="fold")  # ids are never cut short
+    for row in rows:
+        approved = row.decision == "approved"
+        table.add_row(
+            row.received_at[11:19],
+            row.signal_id,
+            row.strategy or "",
+            row.decision if approved else f"{row.decision}: {row.reason}",
+            f"{row.side} {row.qty} {row.symbol}" if row.side else "",
+            row.status or "",
+            row.avg_price or "",
+            row.order_link_id or "",
+        )
+    console.print(table)
+
+
+@app.command()
+def sim(
+    host: Annotated[str, typer.Option(help="listen address (keep it loopback)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="listen port")] = 9090,
+    config: ConfigOption = None,
+    secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
+) -> None:
+    """Run the Bybit-V5 simulator alone, with an account for every configured sim key.
+
+    Point a bot at it with `venue.sim_url = "http://127.0.0.1:PORT"` (or BOT_VENUE__SIM_URL);
+    it keeps its orders and balances while bots restart.
+    """
+    logs.configure()
+    settings = _settings(config)
+    exchange = SimExchange(settings.sim)
+    try:
+        accounts = sim_accounts(settings, secret_resolver(settings, secrets_dir))
+    except MissingSecretError as exc:
+        _fail(str(exc))
+    for account in accounts:
+        exchange.add_account(account)
+    console.print(
+        f"simulator on http://{host}:{port} with keys: "
+        + (", ".join(account.note for account in accounts) or "(none)"),
+        highlight=False,
+    )
+    run_forever(exchange, host, port)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,271 @@
+"""`bot run`: build every stage from the settings and run them in one asyncio process.
+
+Start-up refuses, with the reason, anything unsafe: mainnet without both opt-ins, a missing
+secret outside `sim`, a key bound to another environment. In `sim` it starts the simulator
+in-process (unless `venue.sim_url` points at one) and registers the configured keys with it.
+
+SIGTERM or SIGINT stops the HTTP server first (no new signals), lets the workers finish what
+is queued and in flight for up to `drain_timeout_s`, then closes everything. Whatever is not
+finished stays unprocessed in the journal and is picked up on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import uvicorn
+from fastapi import FastAPI
+
+from bot.app import create_app
+from bot.config import BotSettings, ConfigError, Environment
+from bot.execution.executor import Executor
+from bot.journal import Journal
+from bot.logs import logger
+from bot.market import MarketData
+from bot.pipeline import Pipeline, StrategySlot
+from bot.plugins import load_strategy
+from bot.risk.gate import RiskGate
+from bot.secrets import SecretResolver, webhook_secret_name
+from bot.venue.bybit import BybitVenue
+from bot.venue.simulator import SimAccountSpec, SimExchange, SimServer
+from signals.voiceofchain import WebhookReceiver
+
+__all__ = ["Service", "check_mainnet_opt_in", "secret_resolver", "sim_accounts"]
+
+WORKERS: Final = 4
+
+
+def check_mainnet_opt_in(settings: BotSettings, *, mainnet_flag: bool) -> None:
+    """Mainnet needs `allow_mainnet = true` in the config *and* `--mainnet` on the command line."""
+    if settings.environment is not Environment.MAINNET:
+        if mainnet_flag:
+            raise ConfigError(
+                f"--mainnet given but the configuration's environment is {settings.environment}"
+            )
+        return
+    missing = []
+    if not settings.allow_mainnet:
+        missing.append("allow_mainnet = true in the configuration")
+    if not mainnet_flag:
+        missing.append("--mainnet on the command line")
+    if missing:
+        raise ConfigError(
+            "refusing to trade real money on mainnet without both opt-ins; missing: "
+            + " and ".join(missing)
+        )
+
+
+def secret_resolver(settings: BotSettings, secrets_dir: Path) -> SecretResolver:
+    """Secrets for this environment; only `sim` may generate missing ones (in the state dir)."""
+    generated = settings.state_dir / "secrets" if settings.environment is Environment.SIM else None
+    return SecretResolver(secrets_dir, generated_dir=generated)
+
+
+def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAccountSpec]:
+    """The simulator accounts for every configured sim key, with the bot's own credentials."""
+    accounts = []
+    for name, key in settings.keys.items():
+        if key.environment is Environment.SIM:
+            credentials = resolver.credentials(name)
+            accounts.append(
+                SimAccountSpec(
+                    api_key=credentials.api_key.get_secret_value(),
+                    api_secret=credentials.api_secret,
+                    note=name,
+                )
+            )
+    return accounts
+
+
+@dataclass(frozen=True)
+class _Stages:
+    pipeline: Pipeline
+    app: FastAPI
+    journal: Journal
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service drains first, then exits."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Service:
+    """The running bot. `run()` returns after a clean shutdown."""
+
+    def __init__(
+        self,
+        settings: BotSettings,
+        *,
+        secrets_dir: Path,
+        mainnet_flag: bool = False,
+        drain_timeout_s: float = 10.0,
+    ) -> None:
+        check_mainnet_opt_in(settings, mainnet_flag=mainnet_flag)
+        self.settings = settings
+        self._resolver = secret_resolver(settings, secrets_dir)
+        self._drain_timeout_s = drain_timeout_s
+        self._started = time.monotonic()
+        self._server: _Server | None = None
+        self.sim_url = ""
+        self.http_port = 0
+
+    def request_stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def run(self, *, ready: Callable[[Service], None] | None = None) -> None:
+        with ExitStack() as resources:
+            stages = self._build(resources)
+            self._server = _Server(
+                uvicorn.Config(
+                    stages.app,
+                    host=self.settings.http.host,
+                    port=self.settings.http.port,
+                    log_config=None,
+                    access_log=False,
+                    lifespan="off",
+                    timeout_graceful_shutdown=5,
+                )
+            )
+            sock = self._bind()
+            resources.callback(sock.close)
+            with self._stop_on_signals():
+                await self._serve(stages, sock, ready)
+
+    async def _serve(
+        self, stages: _Stages, sock: socket.socket, ready: Callable[[Service], None] | None
+    ) -> None:
+        assert self._server is not None
+        async with asyncio.TaskGroup() as tasks:
+            workers = [tasks.create_task(stages.pipeline.work()) for _ in range(WORKERS)]
+            await stages.pipeline.recover()
+            serving = tasks.create_task(self._server.serve(sockets=[sock]))
+            while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
+                await asyncio.sleep(0.01)
+            if self._server.started:
+                self.http_port = sock.getsockname()[1]
+                logger.info(
+                    "bot ready: {env}, webhooks on http://{host}:{port}",
+                    env=self.settings.environment,
+                    host=self.settings.http.host,
+                    port=self.http_port,
+                )
+                if ready is not None:
+                    ready(self)
+            await serving
+            logger.info(
+                "HTTP server stopped; draining {n} queued signals", n=stages.pipeline.queued
+            )
+            try:
+                await asyncio.wait_for(stages.pipeline.drain(), self._drain_timeout_s)
+            except TimeoutError:
+                logger.warning("drain timed out; unfinished signals resume on the next start")
+            for worker in workers:
+                worker.cancel()
+        logger.info("bot stopped")
+
+    def _bind(self) -> socket.socket:
+        """Bind the HTTP port here, so a port in use is a clear error (uvicorn would exit)."""
+        host, port = self.settings.http.host, self.settings.http.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; is another bot running? "
+                "Choose another with --port or BOT_HTTP__PORT"
+            ) from None
+        sock.listen(2048)
+        sock.setblocking(False)
+        return sock
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _build(self, resources: ExitStack) -> _Stages:
+        settings = self.settings
+        journal = Journal(settings.journal_path)
+        resources.callback(journal.close)
+        self.sim_url = self._venue_url(resources)
+        strategies = {
+            name: StrategySlot(load_strategy(name, config), config.key, frozenset(config.sources))
+            for name, config in settings.strategies.items()
+        }
+        venues = {}
+        for key_name in sorted({slot.key_name for slot in strategies.values()}):
+            venue = BybitVenue(
+                self._resolver.credentials(key_name),
+                settings.environment,
+                sim_url=self.sim_url,
+                recv_window_ms=settings.venue.recv_window_ms,
+                timeout_s=settings.venue.timeout_s,
+            )
+            resources.callback(venue.close)
+            venues[key_name] = venue
+        executor = Executor(
+            journal, venues, {name: slot.key_name for name, slot in strategies.items()}
+        )
+        market = MarketData(venues, settings.venue.market_cache_s)
+        pipeline = Pipeline(journal, strategies, RiskGate(settings.risk), executor, market)
+        receivers = [
+            WebhookReceiver(
+                source, self._resolver.get(webhook_secret_name(source)), config, pipeline.submit
+            )
+            for source, config in settings.sources.items()
+            if config.enabled
+        ]
+        app = create_app(receivers, lambda: self._health(pipeline, journal))
+        return _Stages(pipeline=pipeline, app=app, journal=journal)
+
+    def _venue_url(self, resources: ExitStack) -> str:
+        """The simulator's URL in `sim` (started here unless configured), else ""."""
+        if self.settings.environment is not Environment.SIM:
+            return ""
+        if self.settings.venue.sim_url:
+            return self.settings.venue.sim_url
+        exchange = SimExchange(self.settings.sim)
+        for account in sim_accounts(self.settings, self._resolver):
+            exchange.add_account(account)
+        server = SimServer(exchange)
+        server.start()
+        resources.callback(server.stop)
+        logger.info("simulator running in-process at {url}", url=server.url)
+        return server.url
+
+    async def _health(self, pipeline: Pipeline, journal: Journal) -> dict[str, Any]:
+        counts = await journal.call(journal.counts)
+        return {
+            "ready": True,
+            "environment": self.settings.environment.value,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "queued_signals": pipeline.queued,
+            "journal": counts,
+        }

@@ -1,0 +1,141 @@
+"""The pipeline's routing and its guard rails around plug-in strategies, with real stages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from bot.config import Environment, RiskConfig
+from bot.execution.executor import Executor
+from bot.journal import Journal
+from bot.market import MarketData
+from bot.messages import OrderIntent, Signal, parse_signal
+from bot.pipeline import Pipeline, StrategySlot
+from bot.risk.gate import RiskGate
+from bot.secrets import ApiCredentials
+from bot.venue.bybit import BybitVenue
+from bot.venue.simulator import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from strategies.base import MarketView, Strategy, StrategyOutput, StrategyParams
+from strategies.follow import Follow
+
+
+class Exploding(Strategy):
+    def on_signal(self, signal: Signal, market: MarketView) -> StrategyOutput:
+        raise ZeroDivisionError("plug-in bug")
+
+
+class Impostor(Strategy):
+    """Tries to trade under another strategy's name, i.e. with that strategy's key."""
+
+    def on_signal(self, signal: Signal, market: MarketView) -> Sequence[OrderIntent]:
+        intent = self.intent(signal, market, side=signal.side, qty=Decimal("0.001"))  # type: ignore[arg-type]
+        return [intent.model_copy(update={"strategy": "follow"})]
+
+
+@pytest.fixture
+def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
+    exchange = SimExchange(SimulatorConfig())
+    for key in ("k1", "k2"):
+        exchange.add_account(SimAccountSpec(api_key=key, api_secret=SecretStr("secret-" + key)))
+    with SimServer(exchange) as server:
+        venues = {
+            key: BybitVenue(
+                ApiCredentials(key, SecretStr(key), SecretStr("secret-" + key)),
+                Environment.SIM,
+                sim_url=server.url,
+            )
+            for key in ("k1", "k2")
+        }
+        slots = {
+            "follow": StrategySlot(Follow("follow", Follow.Params()), "k1", frozenset({"voc"})),
+            "exploding": StrategySlot(
+                Exploding("exploding", StrategyParams()), "k2", frozenset({"voc"})
+            ),
+            "impostor": StrategySlot(
+                Impostor("impostor", StrategyParams()), "k2", frozenset({"other"})
+            ),
+        }
+        journal = Journal(tmp_path / "journal.sqlite3")
+        executor = Executor(journal, venues, {name: s.key_name for name, s in slots.items()})
+        pipeline = Pipeline(
+            journal, slots, RiskGate(RiskConfig()), executor, MarketData(venues, 1.0)
+        )
+        yield pipeline, journal, exchange
+        for venue in venues.values():
+            venue.close()
+
+
+def signal(source: str = "voc", **fields: object) -> Signal:
+    body: dict[str, object] = {
+        "id": f"p-{source}",
+        "symbol": "BTCUSDT",
+        "side": "buy",
+        "stop_loss": 95000,
+        "ts": datetime.now(UTC).isoformat(),
+    }
+    body.update(fields)
+    return parse_signal(source, body)
+
+
+def process(pipeline: Pipeline, journal: Journal, item: Signal) -> None:
+    """What a worker does with a signal that `submit` journaled."""
+    journal.record_signal(item)
+    asyncio.run(pipeline.process(item))
+
+
+def decisions(journal: Journal) -> dict[str | None, tuple[str, str]]:
+    return {row.strategy: (row.decision, row.reason) for row in journal.trace()}
+
+
+def test_a_raising_strategy_is_journaled_and_does_not_stop_the_others(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, exchange = stages
+
+    process(pipeline, journal, signal())
+
+    found = decisions(journal)
+    assert found["exploding"] == ("declined", "strategy raised ZeroDivisionError: plug-in bug")
+    assert found["follow"][0] == "approved"
+    assert len(exchange.orders()) == 1
+
+
+def test_a_strategy_cannot_trade_under_another_strategys_name(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, exchange = stages
+
+    process(pipeline, journal, signal(source="other"))
+
+    assert decisions(journal)["impostor"][1] == (
+        "strategy returned an intent for another strategy or signal"
+    )
+    assert exchange.orders() == []
+
+
+def test_strategy_field_routes_to_that_strategy_only(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, _ = stages
+
+    process(pipeline, journal, signal(strategy="follow"))
+
+    assert set(decisions(journal)) == {"follow"}
+
+
+def test_a_signal_nobody_subscribes_to_is_journaled_with_the_reason(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, _ = stages
+
+    process(pipeline, journal, signal(strategy="ghost"))
+
+    assert decisions(journal) == {
+        "ghost": ("declined", "strategy 'ghost' is not configured for source 'voc'")
+    }

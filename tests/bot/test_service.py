@@ -1,0 +1,194 @@
+"""End to end, in one process: real uvicorn, the real simulator over HTTP, real pybit, SQLite.
+
+Signals are posted with a plain HTTP client; the assertions read the simulator's own book.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bot.config import ConfigError, load_settings
+from bot.journal import Journal
+from bot.service import Service, check_mainnet_opt_in
+from signals.voiceofchain import SIGNATURE_HEADER, sign
+from tests.conftest import wait_for
+
+
+class RunningBot:
+    """A Service running on its own event loop in a thread, as `bot run` would."""
+
+    def __init__(self, config: Path) -> None:
+        self.settings = load_settings(config)
+        self.service = Service(self.settings, secrets_dir=config.parent / "no-secrets")
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self.service.run(ready=lambda _: self._ready.set()))
+        except BaseException as exc:
+            self.error = exc
+            self._ready.set()
+
+    def start(self) -> RunningBot:
+        self._thread.start()
+        assert self._ready.wait(30), "bot did not start"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self.service.request_stop)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "bot did not stop"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.service.http_port}"
+
+    def secret(self) -> str:
+        path = self.settings.state_dir / "secrets" / "bot_webhook_secret_voiceofchain"
+        return path.read_text().strip()
+
+    def post(self, signal: dict[str, object], secret: str | None = None) -> requests.Response:
+        body = json.dumps(signal).encode()
+        signature = sign(secret or self.secret(), body, int(time.time()))
+        return requests.post(
+            f"{self.url}/webhooks/voiceofchain",
+            data=body,
+            headers={"Content-Type": "application/json", SIGNATURE_HEADER: signature},
+            timeout=10,
+        )
+
+    def sim_orders(self) -> list[dict[str, object]]:
+        answer = requests.get(f"{self.service.sim_url}/sim/orders", timeout=10).json()
+        return list(answer["result"]["list"] if "result" in answer else answer["orders"])
+
+    def journal_status(self, signal_id: str) -> list[str]:
+        journal = Journal(self.settings.journal_path, read_only=True)
+        try:
+            return [
+                row.status or row.decision for row in journal.trace() if row.signal_id == signal_id
+            ]
+        finally:
+            journal.close()
+
+
+@pytest.fixture
+def bot(sim_config: Callable[..., Path]) -> Iterator[RunningBot]:
+    running = RunningBot(sim_config()).start()
+    yield running
+    running.stop()
+
+
+def signal(signal_id: str, **fields: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "id": signal_id,
+        "symbol": "BTCUSDT",
+        "side": "buy",
+        "stop_loss": 95000,
+        "ts": int(time.time() * 1000),
+    }
+    body.update(fields)
+    return body
+
+
+def test_each_accepted_signal_becomes_exactly_one_filled_order(bot: RunningBot) -> None:
+    answers = [bot.post(signal(f"e2e-{i}")) for i in range(3)]
+    duplicate = bot.post(signal("e2e-0"))
+    forged = bot.post(signal("e2e-forged"), secret="not-the-secret")
+
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    assert duplicate.status_code == 200
+    assert forged.status_code == 401
+    orders = wait_for(lambda: len(bot.sim_orders()) >= 3 and bot.sim_orders(), what="3 orders")
+    time.sleep(0.3)  # give a wrongly placed 4th order the chance to show up
+    orders = bot.sim_orders()
+    assert len(orders) == 3
+    assert {o["orderLinkId"] for o in orders} == {
+        o["orderLinkId"] for o in orders if str(o["orderLinkId"]).startswith("follow-0-")
+    }
+    assert all(o["orderStatus"] == "Filled" for o in orders)
+    assert wait_for(lambda: bot.journal_status("e2e-2") == ["Filled"], what="journal Filled")
+
+
+def test_a_declined_or_rejected_signal_places_nothing_and_says_why(bot: RunningBot) -> None:
+    assert bot.post(signal("no-stop", stop_loss=None)).status_code == 202
+    assert bot.post(signal("not-allowed", symbol="SOLUSDT", stop_loss=170)).status_code == 202
+
+    wait_for(lambda: bot.journal_status("not-allowed") == ["rejected"], what="rejection")
+    wait_for(lambda: bot.journal_status("no-stop") == ["declined"], what="decline")
+    assert bot.sim_orders() == []
+
+
+def test_healthz_and_metrics_are_served(bot: RunningBot) -> None:
+    bot.post(signal("m-1"))
+    wait_for(lambda: bot.sim_orders(), what="an order")
+
+    health = requests.get(f"{bot.url}/healthz", timeout=10)
+    metrics = requests.get(f"{bot.url}/metrics", timeout=10)
+
+    assert health.status_code == 200
+    assert health.json()["environment"] == "sim"
+    assert 'bot_http_responses_total{route="/webhooks/voiceofchain",status="202"}' in metrics.text
+
+
+def test_signals_left_unprocessed_are_run_on_the_next_start(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config()
+    settings = load_settings(config)
+    journal = Journal(settings.journal_path)
+    from bot.messages import parse_signal
+
+    journal.record_signal(parse_signal("voiceofchain", signal("crashed-before-processing")))
+    journal.close()
+
+    running = RunningBot(config).start()
+    try:
+        wait_for(lambda: running.sim_orders(), what="the recovered signal's order")
+        assert wait_for(
+            lambda: running.journal_status("crashed-before-processing") == ["Filled"],
+            what="journal Filled",
+        )
+    finally:
+        running.stop()
+
+
+def test_port_in_use_is_a_clear_error(sim_config: Callable[..., Path]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+            RunningBot(sim_config(port=port)).start()
+
+
+def test_mainnet_needs_both_opt_ins(sim_config: Callable[..., Path], tmp_path: Path) -> None:
+    text = sim_config().read_text().replace('environment = "sim"', 'environment = "mainnet"')
+    path = tmp_path / "main.toml"
+    path.write_text(text)
+    mainnet = load_settings(path)
+    allowed = mainnet.model_copy(update={"allow_mainnet": True})
+
+    with pytest.raises(
+        ConfigError, match="allow_mainnet = true in the configuration and --mainnet"
+    ):
+        check_mainnet_opt_in(mainnet, mainnet_flag=False)
+    with pytest.raises(ConfigError, match="missing: --mainnet"):
+        check_mainnet_opt_in(allowed, mainnet_flag=False)
+    with pytest.raises(ConfigError, match="missing: allow_mainnet"):
+        check_mainnet_opt_in(mainnet, mainnet_flag=True)
+    check_mainnet_opt_in(allowed, mainnet_flag=True)
