@@ -180,7 +180,9 @@ class Service:
         """Bind the HTTP port here, so a port in use is a clear error (uvicorn would exit)."""
         host, port = self.settings.http.host, self.settings.http.port
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only then, and
+        # without it an answer written in two parts waits ~40 ms for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

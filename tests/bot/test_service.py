@@ -192,3 +192,16 @@ def test_mainnet_needs_both_opt_ins(sim_config: Callable[..., Path], tmp_path: P
     with pytest.raises(ConfigError, match="missing: allow_mainnet"):
         check_mainnet_opt_in(mainnet, mainnet_flag=True)
     check_mainnet_opt_in(allowed, mainnet_flag=True)
+
+
+def test_http_socket_is_tcp_so_answers_get_tcp_nodelay(sim_config: Callable[..., Path]) -> None:
+    # asyncio sets TCP_NODELAY on accepted connections only when the listening socket's proto
+    # is IPPROTO_TCP; with proto 0 every answer waited ~44 ms for a delayed ACK (measured).
+    import socket
+
+    service = Service(load_settings(sim_config()), secrets_dir=Path("/nonexistent"))
+    sock = service._bind()
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
