@@ -21,7 +21,7 @@ from bot.config import BotSettings, ConfigError, load_settings
 from bot.journal import Journal, JournalError
 from bot.secrets import DEFAULT_SECRETS_DIR, MissingSecretError, webhook_secret_name
 from bot.service import Service, secret_resolver, sim_accounts
-from bot.venue.simulator import SimExchange, run_forever
+from bot.venue.simulator import DEFAULT_SIM_PORT, SimExchange, run_forever
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
 __all__ = ["app", "main"]
@@ -213,7 +213,7 @@ def orders(
 @app.command()
 def sim(
     host: Annotated[str, typer.Option(help="listen address (keep it loopback)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="listen port")] = 9090,
+    port: Annotated[int, typer.Option(help="listen port")] = DEFAULT_SIM_PORT,
     config: ConfigOption = None,
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -173,3 +174,79 @@ def test_missing_secret_outside_sim_names_variable_and_file(
     assert result.returncode == 2
     assert "BOT_KEY_FOLLOW_SIM_API_KEY" in result.stderr
     assert str(tmp_path / "secrets" / "bot_key_follow_sim_api_key") in result.stderr
+
+
+def test_standalone_simulator_keeps_state_across_a_killed_bot(
+    sim_config: Callable[..., Path],
+) -> None:
+    sim_port, http_port = free_port(), free_port()
+    config = sim_config(port=http_port)
+    cwd = config.parent
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "bot", "sim", "--port", str(sim_port), "--config", str(config)],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    env = {**os.environ, "BOT_VENUE__SIM_URL": f"http://127.0.0.1:{sim_port}"}
+    processes = [sim]
+
+    def start_bot() -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "run", "--config", str(config)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        processes.append(process)
+        wait_for(lambda: healthy(http_port), 30, "the bot to listen")
+        return process
+
+    def sim_orders() -> list[dict[str, object]]:
+        return requests.get(f"http://127.0.0.1:{sim_port}/sim/orders", timeout=5).json()["orders"]
+
+    send = (
+        "signal",
+        "send",
+        "--config",
+        str(config),
+        "--symbol",
+        "BTCUSDT",
+        "--side",
+        "buy",
+        "--stop-loss",
+        "95000",
+        "--id",
+        "survivor",
+    )
+    try:
+        wait_for(lambda: sim.poll() is not None or _listening(sim_port), 30, "the simulator")
+        first = start_bot()
+        assert bot(*send, cwd=cwd).stdout.startswith("202 ")
+        wait_for(sim_orders, what="the order at the simulator")
+        first.kill()  # kill -9: nothing acknowledged may be lost
+        first.wait(10)
+
+        second = start_bot()
+        resent = bot(*send, cwd=cwd)
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+
+        assert resent.stdout.startswith("200 ")  # the journal survived kill -9
+        assert len(sim_orders()) == 1
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        requests.get(f"http://127.0.0.1:{port}/sim/stats", timeout=1)
+    except requests.ConnectionError:
+        return False
+    return True
