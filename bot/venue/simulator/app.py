@@ -5,6 +5,11 @@ injected delay and HTTP 5xx, authentication (private routes), the per-key per-en
 limit with Bybit's X-Bapi-Limit* headers (10006), injected 10006 and 10016, parameter parsing
 (10001), the exchange itself, and finally the injected dropped answer. Business errors are
 HTTP 200 with Bybit's envelope; nothing a client sends yields HTTP 500.
+
+Admin routes (unauthenticated, loopback clients only, errors as HTTP 4xx `{"error": ...}`):
+`GET /sim/orders[?api_key=K]`, `GET /sim/stats`, `GET|POST /sim/prices` (`{"BTCUSDT": 97000}`),
+`GET|POST /sim/faults` (a `SimFaults` object; posting replaces the faults in force) and
+`POST /sim/accounts` (a `SimAccountSpec` object; 409 when the key exists).
 """
 
 from __future__ import annotations

@@ -63,9 +63,8 @@ OrderLinkId = Annotated[str, BeforeValidator(_order_link_id)]
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(
-        extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True
-    )
+    # Only Bybit's camelCase names are read: a snake_case key is ignored, as Bybit ignores it.
+    model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=to_camel)
 
 
 class NoParams(_Params):

@@ -107,7 +107,10 @@ class SimServer:
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop serving within about timeout_s (forcing open connections closed if needed)."""
+        """Stop serving: wait timeout_s for a graceful stop, then force open connections closed.
+
+        Idempotent; raises RuntimeError if the server thread is still alive after that.
+        """
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
