@@ -27,6 +27,14 @@ def bot(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+BUY_BTC = ("--symbol", "BTCUSDT", "--side", "buy", "--stop-loss", "95000")
+
+
+def send(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`bot signal send` with the test's configuration."""
+    return bot("signal", "send", "--config", str(config), *options, cwd=config.parent)
+
+
 def healthy(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
@@ -60,21 +68,7 @@ def test_send_then_orders_shows_the_filled_order_and_sigterm_exits_cleanly(
 ) -> None:
     config, _, process = running
 
-    sent = bot(
-        "signal",
-        "send",
-        "--config",
-        str(config),
-        "--symbol",
-        "BTCUSDT",
-        "--side",
-        "buy",
-        "--stop-loss",
-        "95000",
-        "--id",
-        "cli-1",
-        cwd=config.parent,
-    )
+    sent = send(config, *BUY_BTC, "--id", "cli-1")
 
     assert sent.returncode == 0, sent.stderr
     assert sent.stdout.startswith("202 ")
@@ -101,22 +95,9 @@ def test_send_then_orders_shows_the_filled_order_and_sigterm_exits_cleanly(
 
 def test_duplicate_send_answers_200(running: tuple[Path, int, subprocess.Popen[str]]) -> None:
     config, _, _ = running
-    args = (
-        "signal",
-        "send",
-        "--config",
-        str(config),
-        "--symbol",
-        "ETHUSDT",
-        "--side",
-        "sell",
-        "--stop-loss",
-        "3600",
-        "--id",
-        "dup-1",
-    )
+    args = ("--symbol", "ETHUSDT", "--side", "sell", "--stop-loss", "3600", "--id", "dup-1")
 
-    first, second = bot(*args, cwd=config.parent), bot(*args, cwd=config.parent)
+    first, second = send(config, *args), send(config, *args)
 
     assert first.stdout.startswith("202 ")
     assert second.stdout.startswith("200 ")
@@ -125,17 +106,7 @@ def test_duplicate_send_answers_200(running: tuple[Path, int, subprocess.Popen[s
 def test_send_without_a_running_bot_says_so(sim_config: Callable[..., Path]) -> None:
     config = sim_config(port=free_port())
 
-    sent = bot(
-        "signal",
-        "send",
-        "--config",
-        str(config),
-        "--symbol",
-        "BTCUSDT",
-        "--side",
-        "buy",
-        cwd=config.parent,
-    )
+    sent = send(config, *BUY_BTC)
 
     assert sent.returncode == 2
     assert "Is `bot run` running?" in sent.stderr
@@ -208,30 +179,17 @@ def test_standalone_simulator_keeps_state_across_a_killed_bot(
     def sim_orders() -> list[dict[str, object]]:
         return requests.get(f"http://127.0.0.1:{sim_port}/sim/orders", timeout=5).json()["orders"]
 
-    send = (
-        "signal",
-        "send",
-        "--config",
-        str(config),
-        "--symbol",
-        "BTCUSDT",
-        "--side",
-        "buy",
-        "--stop-loss",
-        "95000",
-        "--id",
-        "survivor",
-    )
+    survivor = (*BUY_BTC, "--id", "survivor")
     try:
         wait_for(lambda: sim.poll() is not None or _listening(sim_port), 30, "the simulator")
         first = start_bot()
-        assert bot(*send, cwd=cwd).stdout.startswith("202 ")
+        assert send(config, *survivor).stdout.startswith("202 ")
         wait_for(sim_orders, what="the order at the simulator")
         first.kill()  # kill -9: nothing acknowledged may be lost
         first.wait(10)
 
         second = start_bot()
-        resent = bot(*send, cwd=cwd)
+        resent = send(config, *survivor)
         second.send_signal(signal.SIGTERM)
         second.wait(30)
 

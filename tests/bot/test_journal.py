@@ -13,14 +13,11 @@ from bot.journal import Journal, JournalError
 from bot.messages import (
     Decline,
     OrderEvent,
-    OrderIntent,
-    OrderRequest,
     OrderStatus,
-    OrderType,
     RiskDecision,
-    Side,
     parse_signal,
 )
+from tests.factories import make_intent, make_request
 
 
 @pytest.fixture
@@ -32,21 +29,6 @@ def signal(signal_id: str = "s1"):  # type: ignore[no-untyped-def]
     return parse_signal(
         "voiceofchain",
         {"id": signal_id, "symbol": "BTCUSDT", "side": "buy", "ts": datetime.now(UTC).isoformat()},
-    )
-
-
-def request(link_id: str = "follow-0-x") -> OrderRequest:
-    return OrderRequest(
-        order_link_id=link_id,
-        key_name="k",
-        strategy="follow",
-        signal_source="voiceofchain",
-        signal_id="s1",
-        leg=0,
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-        qty=Decimal("0.01"),
     )
 
 
@@ -75,8 +57,8 @@ def test_unprocessed_signals_survive_reopening(tmp_path: Path) -> None:
 
 
 def test_order_is_recorded_once_and_events_update_it(journal: Journal) -> None:
-    assert journal.record_order(request()) is True
-    assert journal.record_order(request()) is False
+    assert journal.record_order(make_request()) is True
+    assert journal.record_order(make_request()) is False
 
     journal.record_order_event(
         OrderEvent(order_link_id="follow-0-x", status=OrderStatus.NEW, order_id="o-1")
@@ -103,19 +85,9 @@ def test_order_is_recorded_once_and_events_update_it(journal: Journal) -> None:
 def test_trace_joins_signal_decision_and_order(journal: Journal) -> None:
     journal.record_signal(signal("s1"))
     journal.record_signal(signal("s2"))
-    intent = OrderIntent(
-        strategy="follow",
-        signal_source="voiceofchain",
-        signal_id="s1",
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-        qty=Decimal("0.01"),
-        reference_price=Decimal(97000),
-        signal_ts=datetime.now(UTC),
-    )
+    intent = make_intent()
     journal.record_decision(RiskDecision(intent=intent, approved=True, reason="ok"))
-    journal.record_order(request())
+    journal.record_order(make_request())
     journal.record_decline(signal("s2"), Decline(strategy="follow", reason="no stop_loss"))
 
     rows = {row.signal_id: row for row in journal.trace()}

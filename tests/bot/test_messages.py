@@ -12,14 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.messages import (
-    OrderIntent,
-    OrderRequest,
     OrderType,
     Side,
     SignalAction,
     SignalError,
     parse_signal,
 )
+from tests.factories import make_intent, make_request
 
 NOW_MS = 1_790_000_000_000
 
@@ -161,39 +160,16 @@ def test_parsing_arbitrary_json_text_never_crashes(text: str) -> None:
         parse_signal("voiceofchain", body)
 
 
-def _intent(**overrides: object) -> OrderIntent:
-    fields: dict[str, object] = dict(
-        strategy="follow",
-        signal_source="voiceofchain",
-        signal_id="s1",
-        leg=0,
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-        qty=Decimal("0.010"),
-        reference_price=Decimal(97000),
-        signal_ts=datetime.now(UTC),
-    )
-    fields.update(overrides)
-    return OrderIntent(**fields)  # type: ignore[arg-type]
-
-
 def test_limit_intent_needs_a_price_and_market_must_not_have_one() -> None:
     with pytest.raises(ValueError, match="Limit intent needs a price"):
-        _intent(order_type=OrderType.LIMIT)
+        make_intent(order_type=OrderType.LIMIT)
     with pytest.raises(ValueError, match="Limit intent needs a price"):
-        _intent(price=Decimal(1))
+        make_intent(price=Decimal(1))
 
 
 def test_order_request_sends_plain_decimal_strings() -> None:
-    request = OrderRequest(
+    request = make_request(
         order_link_id="follow-0-abc",
-        key_name="k",
-        strategy="follow",
-        signal_source="voiceofchain",
-        signal_id="s1",
-        leg=0,
-        symbol="BTCUSDT",
         side=Side.SELL,
         order_type=OrderType.LIMIT,
         qty=Decimal("1E-3"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,10 +16,11 @@ from pydantic import SecretStr
 from bot.config import Environment
 from bot.execution.executor import Executor, build_request
 from bot.journal import Journal
-from bot.messages import OrderIntent, OrderStatus, OrderType, Side
+from bot.messages import OrderIntent, OrderStatus
 from bot.secrets import ApiCredentials
 from bot.venue.bybit import BybitVenue
 from bot.venue.simulator import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+from tests.factories import make_intent
 
 KEY, SECRET = "executor-test-key", "executor-test-secret-value"
 _ids = itertools.count()
@@ -49,17 +49,7 @@ def make_executor(url: str, journal: Journal, api_key: str = KEY) -> tuple[Execu
 
 
 def intent(qty: str = "0.001", signal_id: str | None = None) -> OrderIntent:
-    return OrderIntent(
-        strategy="follow",
-        signal_source="voiceofchain",
-        signal_id=signal_id or f"exec-{next(_ids)}",
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-        qty=Decimal(qty),
-        reference_price=Decimal(97000),
-        signal_ts=datetime.now(UTC),
-    )
+    return make_intent(qty=Decimal(qty), signal_id=signal_id or f"exec-{next(_ids)}")
 
 
 def orders_for(exchange: SimExchange, item: OrderIntent) -> list[dict[str, object]]:

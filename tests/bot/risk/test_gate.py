@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.config import RiskConfig
-from bot.messages import OrderIntent, OrderType, Side, Signal, parse_signal
+from bot.messages import OrderIntent, Signal, parse_signal
 from bot.risk.gate import RiskGate
+from tests.factories import make_intent
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 CONFIG = RiskConfig(
@@ -29,13 +30,8 @@ def intent(
     age_s: float = 1,
     reduce_only: bool = False,
 ) -> OrderIntent:
-    return OrderIntent(
-        strategy="follow",
-        signal_source="voiceofchain",
-        signal_id="s1",
+    return make_intent(
         symbol=symbol,
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
         qty=qty,
         reference_price=price,
         reduce_only=reduce_only,
