@@ -63,7 +63,7 @@ def _patch(record: Record) -> None:
 def _rebuildable(exc: BaseException) -> bool:
     try:
         type(exc)("")
-    except Exception:
+    except Exception:  # a constructor signature we cannot call with one string
         return False
     return True
 

@@ -82,7 +82,7 @@ class Pipeline:
             metrics.SIGNAL_QUEUE.set(self._queue.qsize())
             try:
                 await self.process(signal)
-            except Exception:
+            except Exception:  # one bad signal must not stop the worker
                 logger.exception("signal {id} failed; it stays unprocessed", id=signal.id)
             finally:
                 self._queue.task_done()
@@ -134,7 +134,7 @@ class Pipeline:
             return
         try:
             output = strategy.on_signal(signal, market)
-        except Exception as exc:
+        except Exception as exc:  # a plug-in's bug is journaled, not fatal
             logger.exception("strategy {name} raised", name=strategy.name)
             await self._decline(
                 signal, strategy.decline(f"strategy raised {type(exc).__name__}: {exc}")

@@ -132,7 +132,7 @@ class WebhookReceiver:
             )
         try:
             is_new = await self._sink(signal)
-        except Exception:
+        except Exception:  # the sender must retry, not believe the signal was stored
             logger.exception("could not journal signal {id}", id=signal.id)
             return _answer(503, "not stored", "the signal could not be journaled; retry later")
         if is_new:

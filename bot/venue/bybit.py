@@ -172,7 +172,7 @@ class BybitVenue:
         loop = asyncio.get_running_loop()
         try:
             response = await loop.run_in_executor(self._pool, lambda: method(**params))
-        except Exception as exc:
+        except Exception as exc:  # every failure leaves here classified, none raw
             raise classify(exc, operation) from exc
         if not isinstance(response, dict) or not isinstance(response.get("result"), dict):
             raise AmbiguousError("answer without a result object", operation=operation)

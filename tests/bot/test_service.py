@@ -36,7 +36,7 @@ class RunningBot:
     def _run(self) -> None:
         try:
             self._loop.run_until_complete(self.service.run(ready=lambda _: self._ready.set()))
-        except BaseException as exc:
+        except BaseException as exc:  # re-raised in the test thread by start()
             self.error = exc
             self._ready.set()
 
