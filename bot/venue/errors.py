@@ -51,8 +51,15 @@ class VenueError(Exception):
 
 
 class RetryableError(VenueError):
-    def __init__(self, message: str, *, retry_after_s: float, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float,
+        ret_code: int | None = None,
+        operation: str = "",
+    ) -> None:
+        super().__init__(message, ret_code=ret_code, operation=operation)
         self.retry_after_s = retry_after_s
 
 
