@@ -11,8 +11,9 @@ again on start-up, and deterministic orderLinkIds keep that from placing anythin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 from bot import metrics
@@ -20,7 +21,7 @@ from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Decline, OrderStatus, Signal, utc_now
+from bot.messages import Decline, OrderIntent, OrderStatus, Signal, utc_now
 from bot.risk.gate import RiskGate
 from bot.venue.errors import VenueError
 from strategies.base import Strategy
@@ -32,8 +33,12 @@ NO_STRATEGY: Final = "(none)"
 
 @dataclass(frozen=True)
 class StrategySlot:
-    """A configured strategy: the plug-in instance, its key, and the sources feeding it."""
+    """A configured strategy: its configured name, the plug-in instance, its key, its sources.
 
+    `name` comes from the configuration, not from the plug-in, which could change its own.
+    """
+
+    name: str
     strategy: Strategy
     key_name: str
     sources: frozenset[str]
@@ -113,49 +118,42 @@ class Pipeline:
                 await self._run_strategy(signal, slot)
             else:
                 rule, reason = rejection
-                await self._decline(signal, slot.strategy.decline(reason), rule=rule)
+                await self._decline(signal, Decline(strategy=slot.name, reason=reason), rule=rule)
         await self._journal.call(self._journal.mark_processed, signal)
 
     def _route(self, signal: Signal) -> list[StrategySlot]:
         return [
             slot
-            for name, slot in self._strategies.items()
-            if signal.source in slot.sources and signal.strategy in (None, name)
+            for slot in self._strategies.values()
+            if signal.source in slot.sources and signal.strategy in (None, slot.name)
         ]
 
     async def _run_strategy(self, signal: Signal, slot: StrategySlot) -> None:
         strategy = slot.strategy
+        decline = partial(Decline, strategy=slot.name)
         try:
             market = await self._market.view(
                 slot.key_name, signal.symbol, with_position=strategy.wants_position(signal)
             )
         except VenueError as exc:
-            await self._decline(signal, strategy.decline(f"market data unavailable: {exc}"))
+            await self._decline(signal, decline(reason=f"market data unavailable: {exc}"))
             return
         try:
             output = strategy.on_signal(signal, market)
         except Exception as exc:  # a plug-in's bug is journaled, not fatal
-            logger.exception("strategy {name} raised", name=strategy.name)
+            logger.exception("strategy {name} raised", name=slot.name)
             await self._decline(
-                signal, strategy.decline(f"strategy raised {type(exc).__name__}: {exc}")
+                signal, decline(reason=f"strategy raised {type(exc).__name__}: {exc}")
             )
             return
         if isinstance(output, Decline):
-            await self._decline(signal, output)
+            await self._decline(signal, decline(reason=output.reason))
             return
-        foreign = [
-            intent
-            for intent in output
-            if (intent.strategy, intent.signal_source, intent.signal_id)
-            != (strategy.name, signal.source, signal.id)
-        ]
-        if foreign:
-            # An intent names the key it trades with through its strategy: a plug-in must
-            # never be able to trade with another strategy's key or for another signal.
-            await self._decline(
-                signal,
-                strategy.decline("strategy returned an intent for another strategy or signal"),
-            )
+        problem = _foreign_or_repeated(output, slot.name, signal)
+        if problem:
+            # An intent names the key it trades with through its strategy, and its order
+            # through (strategy, signal, leg): a plug-in must be able to change neither.
+            await self._decline(signal, decline(reason=problem))
             return
         for intent in output:
             decision = self._gate.decide(intent)
@@ -164,7 +162,7 @@ class Pipeline:
             if not decision.approved:
                 logger.info("intent rejected: {reason}", reason=decision.reason, rule=decision.rule)
                 continue
-            event = await self._executor.execute(intent)
+            event = await self._executor.execute(intent, slot.key_name)
             metrics.ORDERS.labels(event.status.value).inc()
             if event.order_id is not None:
                 metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
@@ -176,3 +174,17 @@ class Pipeline:
         logger.info("no order for signal {id}: {reason}", id=signal.id, reason=decline.reason)
         metrics.DECISIONS.labels("declined" if rule == "strategy" else "rejected").inc()
         await self._journal.call(self._journal.record_decline, signal, decline, rule)
+
+
+def _foreign_or_repeated(intents: Sequence[OrderIntent], strategy: str, signal: Signal) -> str:
+    """Why a strategy's intents cannot be executed as returned, or "" if they can."""
+    if any(
+        (intent.strategy, intent.signal_source, intent.signal_id)
+        != (strategy, signal.source, signal.id)
+        for intent in intents
+    ):
+        return "strategy returned an intent for another strategy or signal"
+    legs = [intent.leg for intent in intents]
+    if len(set(legs)) != len(legs):
+        return f"strategy returned several intents for one leg (legs {legs}); number them"
+    return ""

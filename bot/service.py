@@ -218,7 +218,9 @@ class Service:
         resources.callback(journal.close)
         self.sim_url = self._venue_url(resources)
         strategies = {
-            name: StrategySlot(load_strategy(name, config), config.key, frozenset(config.sources))
+            name: StrategySlot(
+                name, load_strategy(name, config), config.key, frozenset(config.sources)
+            )
             for name, config in settings.strategies.items()
         }
         venues = {}
@@ -232,9 +234,7 @@ class Service:
             )
             resources.callback(venue.close)
             venues[key_name] = venue
-        executor = Executor(
-            journal, venues, {name: slot.key_name for name, slot in strategies.items()}
-        )
+        executor = Executor(journal, venues)
         market = MarketData(venues, settings.venue.market_cache_s)
         pipeline = Pipeline(journal, strategies, RiskGate(settings.risk), executor, market)
         receivers = [

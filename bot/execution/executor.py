@@ -57,18 +57,16 @@ def build_request(intent: OrderIntent, key_name: str) -> OrderRequest:
 class Executor:
     """Places approved intents, each through the key its strategy is bound to."""
 
-    def __init__(
-        self, journal: Journal, venues: Mapping[str, Venue], strategy_keys: Mapping[str, str]
-    ) -> None:
-        """`venues` maps key name → venue; `strategy_keys` maps strategy → its key name."""
+    def __init__(self, journal: Journal, venues: Mapping[str, Venue]) -> None:
+        """`venues` maps key name to the venue reached with that key."""
         self._journal = journal
         self._venues = venues
-        self._strategy_keys = strategy_keys
         self._disabled_keys: dict[str, str] = {}
 
-    async def execute(self, intent: OrderIntent) -> OrderEvent:
-        """Place the order for `intent` (once, ever) and return its latest known state."""
-        key_name = self._strategy_keys[intent.strategy]
+    async def execute(self, intent: OrderIntent, key_name: str) -> OrderEvent:
+        """Place the order for `intent` (once, ever) with `key_name`, the key that the
+        configuration binds to the strategy (never one the intent names), and return the
+        order's latest known state."""
         venue = self._venues[key_name]
         request = build_request(intent, key_name)
         log = logger.bind(order_link_id=request.order_link_id, strategy=intent.strategy)

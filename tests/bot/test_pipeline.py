@@ -34,8 +34,25 @@ class Impostor(Strategy):
     """Tries to trade under another strategy's name, i.e. with that strategy's key."""
 
     def on_signal(self, signal: Signal, market: MarketView) -> Sequence[OrderIntent]:
-        intent = self.intent(signal, market, side=signal.side, qty=Decimal("0.001"))  # type: ignore[arg-type]
+        assert signal.side is not None
+        intent = self.intent(signal, market, side=signal.side, qty=Decimal("0.001"))
         return [intent.model_copy(update={"strategy": "follow"})]
+
+
+class Renamed(Impostor):
+    """Renames itself before building intents, so they carry the other strategy's name."""
+
+    def on_signal(self, signal: Signal, market: MarketView) -> Sequence[OrderIntent]:
+        self.name = "follow"
+        assert signal.side is not None
+        return [self.intent(signal, market, side=signal.side, qty=Decimal("0.001"))]
+
+
+class TwoOnOneLeg(Impostor):
+    def on_signal(self, signal: Signal, market: MarketView) -> Sequence[OrderIntent]:
+        assert signal.side is not None
+        intent = self.intent(signal, market, side=signal.side, qty=Decimal("0.001"))
+        return [intent, intent.model_copy(update={"qty": Decimal("0.002")})]
 
 
 @pytest.fixture
@@ -52,17 +69,19 @@ def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
             )
             for key in ("k1", "k2")
         }
+        plugins: list[tuple[str, Strategy, str, str]] = [
+            ("follow", Follow("follow", Follow.Params()), "k1", "voc"),
+            ("exploding", Exploding("exploding", StrategyParams()), "k2", "voc"),
+            ("impostor", Impostor("impostor", StrategyParams()), "k2", "other"),
+            ("renamed", Renamed("renamed", StrategyParams()), "k2", "renamed"),
+            ("two_legs", TwoOnOneLeg("two_legs", StrategyParams()), "k2", "legs"),
+        ]
         slots = {
-            "follow": StrategySlot(Follow("follow", Follow.Params()), "k1", frozenset({"voc"})),
-            "exploding": StrategySlot(
-                Exploding("exploding", StrategyParams()), "k2", frozenset({"voc"})
-            ),
-            "impostor": StrategySlot(
-                Impostor("impostor", StrategyParams()), "k2", frozenset({"other"})
-            ),
+            name: StrategySlot(name, plugin, key, frozenset({source}))
+            for name, plugin, key, source in plugins
         }
         journal = Journal(tmp_path / "journal.sqlite3")
-        executor = Executor(journal, venues, {name: s.key_name for name, s in slots.items()})
+        executor = Executor(journal, venues)
         pipeline = Pipeline(
             journal, slots, RiskGate(RiskConfig()), executor, MarketData(venues, 1.0)
         )
@@ -116,6 +135,30 @@ def test_a_strategy_cannot_trade_under_another_strategys_name(
     assert decisions(journal)["impostor"][1] == (
         "strategy returned an intent for another strategy or signal"
     )
+    assert exchange.orders() == []
+
+
+def test_a_strategy_that_renames_itself_still_trades_only_as_itself(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, exchange = stages
+
+    process(pipeline, journal, signal(source="renamed"))
+
+    assert decisions(journal)["renamed"][1] == (
+        "strategy returned an intent for another strategy or signal"
+    )
+    assert exchange.orders() == []
+
+
+def test_two_intents_for_one_leg_are_declined_not_half_placed(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, exchange = stages
+
+    process(pipeline, journal, signal(source="legs"))
+
+    assert "several intents for one leg" in decisions(journal)["two_legs"][1]
     assert exchange.orders() == []
 
 

@@ -45,7 +45,7 @@ def no_faults(exchange: tuple[SimExchange, str]) -> None:
 def make_executor(url: str, journal: Journal, api_key: str = KEY) -> tuple[Executor, BybitVenue]:
     credentials = ApiCredentials("k", SecretStr(api_key), SecretStr(SECRET))
     venue = BybitVenue(credentials, Environment.SIM, sim_url=url, timeout_s=2)
-    return Executor(journal, {"k": venue}, {"follow": "k"}), venue
+    return Executor(journal, {"k": venue}), venue
 
 
 def intent(qty: str = "0.001", signal_id: str | None = None) -> OrderIntent:
@@ -64,7 +64,7 @@ def test_market_order_is_placed_filled_and_journaled(
     executor, venue = make_executor(exchange[1], journal)
     item = intent()
 
-    event = asyncio.run(executor.execute(item))
+    event = asyncio.run(executor.execute(item, "k"))
 
     assert event.status is OrderStatus.FILLED
     assert event.avg_price == Decimal(97000)
@@ -80,10 +80,10 @@ def test_executing_the_same_intent_again_sends_nothing(
 ) -> None:
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
     item = intent()
-    asyncio.run(executor.execute(item))
+    asyncio.run(executor.execute(item, "k"))
     before = exchange[0].stats()["requests_by_path"].get("/v5/order/create", 0)
 
-    again = asyncio.run(executor.execute(item))
+    again = asyncio.run(executor.execute(item, "k"))
 
     assert again.status is OrderStatus.FILLED
     assert exchange[0].stats()["requests_by_path"]["/v5/order/create"] == before
@@ -96,10 +96,10 @@ def test_a_lost_journal_cannot_cause_a_second_order(
 ) -> None:
     item = intent()
     first, venue1 = make_executor(exchange[1], Journal(tmp_path / "old.sqlite3"))
-    asyncio.run(first.execute(item))
+    asyncio.run(first.execute(item, "k"))
     fresh, venue2 = make_executor(exchange[1], Journal(tmp_path / "new.sqlite3"))
 
-    event = asyncio.run(fresh.execute(item))
+    event = asyncio.run(fresh.execute(item, "k"))
 
     assert event.status is OrderStatus.FILLED  # 110072, then looked up: it is ours
     assert len(orders_for(exchange[0], item)) == 1
@@ -114,9 +114,9 @@ def test_a_dropped_answer_leaves_unknown_and_a_replay_finds_the_order(
     item = intent()
     exchange[0].set_faults(SimFaults(drop_response_after_accept=1.0))
 
-    lost = asyncio.run(executor.execute(item))
+    lost = asyncio.run(executor.execute(item, "k"))
     exchange[0].set_faults(SimFaults())
-    replayed = asyncio.run(executor.execute(item))
+    replayed = asyncio.run(executor.execute(item, "k"))
 
     assert lost.status is OrderStatus.UNKNOWN
     assert replayed.status is OrderStatus.FILLED
@@ -130,7 +130,7 @@ def test_venue_rejection_is_journaled_with_bybit_reason(
     journal = Journal(tmp_path / "j.sqlite3")
     executor, venue = make_executor(exchange[1], journal)
 
-    event = asyncio.run(executor.execute(intent(qty="50")))  # far beyond the balance
+    event = asyncio.run(executor.execute(intent(qty="50"), "k"))  # far beyond the balance
 
     assert event.status is OrderStatus.REJECTED
     assert event.ret_code == 110007
@@ -145,9 +145,9 @@ def test_a_key_the_venue_refuses_is_switched_off(
 ) -> None:
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"), "read-only-key")
 
-    refused = asyncio.run(executor.execute(intent()))
+    refused = asyncio.run(executor.execute(intent(), "k"))
     sent = exchange[0].stats()["requests_by_path"]["/v5/order/create"]
-    next_one = asyncio.run(executor.execute(intent()))
+    next_one = asyncio.run(executor.execute(intent(), "k"))
 
     assert (refused.status, refused.ret_code) == (OrderStatus.REJECTED, 10005)
     assert next_one.status is OrderStatus.REJECTED
@@ -175,7 +175,7 @@ def test_repeated_execution_under_faults_never_creates_a_second_order(
     exchange[0].set_faults(SimFaults(drop_response_after_accept=drop, timeout_10016=fail))
 
     for _ in range(attempts):
-        asyncio.run(executor.execute(item))
+        asyncio.run(executor.execute(item, "k"))
 
     assert len(orders_for(exchange[0], item)) <= 1
     venue.close()
