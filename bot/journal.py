@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
+from bot.logs import logger
 from bot.messages import (
     Decline,
     OrderEvent,
@@ -218,12 +219,28 @@ class Journal:
             )
 
     def unprocessed_signals(self) -> list[Signal]:
-        """Signals journaled but not yet run through the pipeline (e.g. the bot crashed)."""
+        """Signals journaled but not yet run through the pipeline (e.g. the bot crashed).
+
+        A row this version cannot read back is logged and left in place, never allowed to
+        keep the others (or the bot) from starting.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT payload FROM signals WHERE processed_at IS NULL ORDER BY received_at"
+                "SELECT source, signal_id, payload FROM signals WHERE processed_at IS NULL"
+                " ORDER BY received_at"
             ).fetchall()
-        return [Signal.model_validate_json(payload) for (payload,) in rows]
+        signals = []
+        for source, signal_id, payload in rows:
+            try:
+                signals.append(Signal.model_validate_json(payload))
+            except ValueError as exc:
+                logger.error(
+                    "journaled signal {source}/{id} cannot be read back and is skipped: {error}",
+                    source=source,
+                    id=signal_id,
+                    error=str(exc).splitlines()[0],
+                )
+        return signals
 
     # decisions -----------------------------------------------------------------------------
 

@@ -229,6 +229,9 @@ def _parse_ts(value: object) -> object:
 
 
 _SIGNAL_FIELDS: Final = frozenset(Signal.model_fields) - {"source", "received_at", "raw"}
+# JSON nested deeper than this is refused: the journal must be able to read back every
+# signal it accepted, and pydantic's JSON reader stops at its own recursion limit.
+MAX_PAYLOAD_DEPTH: Final = 16
 
 
 def parse_signal(source: str, payload: object, received_at: datetime | None = None) -> Signal:
@@ -239,6 +242,8 @@ def parse_signal(source: str, payload: object, received_at: datetime | None = No
     """
     if not isinstance(payload, dict):
         raise SignalError([("body", "must be a JSON object")])
+    if _depth(payload) > MAX_PAYLOAD_DEPTH:
+        raise SignalError([("body", f"is nested more than {MAX_PAYLOAD_DEPTH} levels deep")])
     known = {key: value for key, value in payload.items() if key in _SIGNAL_FIELDS}
     try:
         return Signal(
@@ -252,6 +257,21 @@ def parse_signal(source: str, payload: object, received_at: datetime | None = No
     except (ValueError, TypeError, ArithmeticError, OverflowError) as exc:
         # Defence in depth: a validator bug must still become a 4xx, never a 500.
         raise SignalError([("body", f"cannot be parsed: {type(exc).__name__}")]) from None
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of decoded JSON, counted without recursion (the input is untrusted)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_PAYLOAD_DEPTH:
+            break
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

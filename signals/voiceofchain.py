@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -31,6 +32,8 @@ from signals.config import WebhookSourceConfig
 __all__ = ["SIGNATURE_HEADER", "WebhookReceiver", "sign"]
 
 SIGNATURE_HEADER: Final = "X-Signature"
+_UNIX_SECONDS: Final = re.compile(r"[0-9]{1,12}")
+_HEX_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -178,9 +181,10 @@ def _parse_signature(header: str) -> tuple[int, list[str]]:
     candidates: list[str] = []
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit() and len(value) <= 12:
+        # ASCII only: str.isdigit() accepts "²" and compare_digest refuses non-ASCII text.
+        if name == "t" and _UNIX_SECONDS.fullmatch(value):
             timestamp = int(value)
-        elif name == "v1" and value:
+        elif name == "v1" and _HEX_DIGEST.fullmatch(value.lower()):
             candidates.append(value.lower())
     if timestamp is None or not candidates:
         raise _Unauthorized(

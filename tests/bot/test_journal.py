@@ -120,3 +120,14 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(JournalError, match="cannot open journal"):
         Journal(path)
+
+
+def test_an_unreadable_row_does_not_keep_the_others_from_recovery(journal: Journal) -> None:
+    journal.record_signal(signal("good"))
+    journal.record_signal(signal("bad"))
+    with sqlite3.connect(journal.path) as db:
+        db.execute("UPDATE signals SET payload = '{\"not\": \"a signal\"}' WHERE signal_id = 'bad'")
+
+    pending = journal.unprocessed_signals()
+
+    assert [s.id for s in pending] == ["good"]

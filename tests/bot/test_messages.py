@@ -190,3 +190,14 @@ def test_order_request_sends_plain_decimal_strings() -> None:
         "reduceOnly": True,
         "orderLinkId": "follow-0-abc",
     }
+
+
+def test_deeply_nested_payload_is_refused_so_the_journal_can_always_read_it_back() -> None:
+    nested: object = 1
+    for _ in range(40):
+        nested = [nested]
+
+    with pytest.raises(SignalError, match="nested more than 16 levels"):
+        parse_signal("voiceofchain", payload(extra=nested))
+    shallow = parse_signal("voiceofchain", payload(extra=[[[1]]]))
+    assert type(shallow).model_validate_json(shallow.model_dump_json()) == shallow

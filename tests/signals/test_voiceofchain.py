@@ -186,3 +186,24 @@ def test_no_signed_body_ever_gets_a_500(sink: Sink, data: bytes) -> None:
     response = post(client, data)
 
     assert response.status_code in {202, 200, 400, 422}
+
+
+@pytest.mark.parametrize("header", ["t=\xb2,v1=" + "a" * 64, "t=1,v1=\xe9" + "a" * 63])
+def test_non_ascii_signature_header_is_401_not_500(client: TestClient, header: str) -> None:
+    response = client.post(
+        PATH, content=body(), headers={SIGNATURE_HEADER: header.encode("latin-1")}
+    )
+
+    assert response.status_code == 401
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=120))
+def test_no_signature_header_ever_gets_a_500(sink: Sink, header: str) -> None:
+    client = client_for(sink, requests_per_s=10_000, burst=10_000)
+
+    response = client.post(
+        PATH, content=body(), headers={SIGNATURE_HEADER: header.encode("latin-1")}
+    )
+
+    assert response.status_code == 401
