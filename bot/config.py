@@ -213,5 +213,10 @@ def _check_bindings(settings: BotSettings, path: Path) -> None:
                 f"key '{key_name}' is used by {', '.join(sorted(names))}; sharing a key must be "
                 f"explicit: set keys.{key_name}.strategies = {sorted(names)}"
             )
+        elif allowed and not set(names) <= allowed:
+            problems.append(
+                f"key '{key_name}' is scoped to {sorted(allowed)} by keys.{key_name}.strategies,"
+                f" but {', '.join(sorted(set(names) - allowed))} uses it"
+            )
     if problems:
         raise ConfigError(f"invalid configuration in {path}:\n  " + "\n  ".join(problems))

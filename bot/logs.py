@@ -1,8 +1,10 @@
 """Logging through loguru: a human console by default, JSON lines with `--log-json`.
 
-Secret values are registered with `redact()` when they are resolved, and every record is
-scrubbed of them before any sink sees it. `diagnose=False` keeps variable values out of
-tracebacks. Standard-library logging (uvicorn, pybit) is routed through the same pipeline.
+Secret values are registered with `redact()` when they are resolved, and the sink scrubs
+them from the *rendered* line, after loguru has formatted everything (message, bound
+context of any type, tracebacks with their chained causes), so nothing can slip past.
+`diagnose=False` keeps variable values out of tracebacks. Standard-library logging
+(uvicorn, pybit) is routed through the same sink.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TextIO
 
 from loguru import logger
 
 if TYPE_CHECKING:
-    from loguru import Record
+    from loguru import Message, Record
 
-__all__ = ["REDACTED", "configure", "logger", "redact"]
+__all__ = ["REDACTED", "configure", "logger", "redact", "scrub"]
 
 REDACTED: Final = "***"
 # Shorter values would redact ordinary words; real secrets are far longer.
@@ -39,33 +41,25 @@ def redact(secret: str) -> None:
             _secrets.add(secret)
 
 
-def _scrub(text: str) -> str:
-    for secret in _secrets:
+def scrub(text: str) -> str:
+    """`text` with every registered secret replaced by REDACTED."""
+    with _secrets_lock:
+        secrets = tuple(_secrets)
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
 
 
-def _patch(record: Record) -> None:
-    record["message"] = _scrub(record["message"])
-    for key, value in list(record["extra"].items()):
-        if isinstance(value, str):
-            record["extra"][key] = _scrub(value)
-    if record["exception"] is not None:
-        # loguru formats the traceback later from the exception object; scrub its text now.
-        exc = record["exception"].value
-        if exc is not None and _secrets and _scrub(str(exc)) != str(exc):
-            record["exception"] = record["exception"]._replace(
-                value=type(exc)(_scrub(str(exc))) if _rebuildable(exc) else RuntimeError(REDACTED)
-            )
+class _ScrubbingSink:
+    """Writes each fully rendered log line to `stream` with the secrets taken out."""
 
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
 
-def _rebuildable(exc: BaseException) -> bool:
-    try:
-        type(exc)("")
-    except Exception:  # a constructor signature we cannot call with one string
-        return False
-    return True
+    def write(self, message: Message) -> None:
+        self._stream.write(scrub(str(message)))
+        self._stream.flush()
 
 
 def _console_format(record: Record) -> str:
@@ -89,20 +83,21 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
-def configure(*, json: bool = False, level: str = "INFO") -> None:
-    """Install the one sink; safe to call again (tests, CLI sub-commands)."""
+def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None = None) -> None:
+    """Install the one sink (on stderr unless `stream`); safe to call again."""
     logger.remove()
-    logger.configure(patcher=_patch)
+    sink = _ScrubbingSink(stream or sys.stderr)
     if json:
-        logger.add(sys.stderr, level=level, serialize=True, diagnose=False, backtrace=False)
+        logger.add(sink.write, level=level, serialize=True, diagnose=False, backtrace=False)
     else:
+        colorize = (stream or sys.stderr).isatty()
         logger.add(
-            sys.stderr,
+            sink.write,
             level=level,
             format=_console_format,
             diagnose=False,
             backtrace=False,
-            colorize=None,
+            colorize=colorize,
         )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "pybit"):

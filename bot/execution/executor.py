@@ -6,9 +6,11 @@ An order whose orderLinkId the journal already holds is never sent blindly again
 is asked first. A key the venue calls bad (KeyFatalError) is switched off for all of its
 strategies until the bot restarts.
 
-Not built yet: bounded retries of retryable and ambiguous failures, and start-up
-reconciliation. Today an ambiguous failure leaves the order Unknown (to be looked up by its
-orderLinkId) and a retryable one (rate limit, clock drift) is journaled Rejected.
+After an ambiguous failure (timeout, lost answer, 10016, 5xx) the order is looked up by its
+orderLinkId once; if the venue does not show it (yet), it is journaled Unknown. Not built
+yet: bounded resends of retryable and ambiguous failures, and start-up reconciliation of
+Unknown and Pending orders; a retryable failure (rate limit, clock drift) is journaled
+Rejected.
 """
 
 from __future__ import annotations
@@ -96,6 +98,10 @@ class Executor:
             if found is not None:
                 return found
             return await self._failed(request, AmbiguousError("duplicate but not found"))
+        except AmbiguousError as exc:
+            # The order may exist: look before anything else, never guess it failed.
+            found = await self._lookup(venue, request)
+            return found if found is not None else await self._failed(request, exc)
         except VenueError as exc:
             return await self._failed(request, exc)
         await self._record(ack)

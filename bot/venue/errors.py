@@ -124,6 +124,9 @@ def _from_http_failure(exc: FailedRequestError, operation: str) -> VenueError:
             ret_code=status,
             operation=operation,
         )
+    if status == 401:
+        # Bybit answers some authentication failures with HTTP 401 instead of a retCode.
+        return KeyFatalError("HTTP 401: the key was refused", ret_code=status, operation=operation)
     if status >= 500:
         return AmbiguousError(f"HTTP {status}", ret_code=status, operation=operation)
     return OrderRejectedError(f"HTTP {status}", ret_code=status, operation=operation)

@@ -92,6 +92,13 @@ def test_sharing_a_key_must_be_explicit(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, shared)).keys["alpha"].strategies == ("follow", "other")
 
 
+def test_a_key_scoped_to_strategies_refuses_any_other(tmp_path: Path) -> None:
+    scoped = KEYED.replace('environment = "sim"', 'environment = "sim"\nstrategies = ["alpha"]')
+
+    with pytest.raises(ConfigError, match=r"scoped to \['alpha'\].*but follow uses it"):
+        load_settings(write(tmp_path, scoped))
+
+
 def test_strategy_naming_a_missing_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="names 'ghost', which is not in \\[keys\\]"):
         load_settings(write(tmp_path, '[strategies.f]\nplugin = "follow"\nkey = "ghost"\n'))

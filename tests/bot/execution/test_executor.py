@@ -107,12 +107,26 @@ def test_a_lost_journal_cannot_cause_a_second_order(
     venue2.close()
 
 
-def test_a_dropped_answer_leaves_unknown_and_a_replay_finds_the_order(
+def test_a_dropped_answer_is_looked_up_and_found(
     exchange: tuple[SimExchange, str], tmp_path: Path
 ) -> None:
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
     item = intent()
     exchange[0].set_faults(SimFaults(drop_response_after_accept=1.0))
+
+    event = asyncio.run(executor.execute(item, "k"))
+
+    assert event.status is OrderStatus.FILLED
+    assert len(orders_for(exchange[0], item)) == 1
+    venue.close()
+
+
+def test_when_the_lookup_fails_too_the_order_is_unknown_and_a_replay_settles_it(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
+    item = intent()
+    exchange[0].set_faults(SimFaults(timeout_10016=1.0))  # every call, lookups included
 
     lost = asyncio.run(executor.execute(item, "k"))
     exchange[0].set_faults(SimFaults())

@@ -53,6 +53,7 @@ def http(status: int, headers: dict[str, str] | None = None) -> FailedRequestErr
         (bybit(10005), KeyFatalError),
         (bybit(10010), KeyFatalError),
         (bybit(33004), KeyFatalError),
+        (http(401, {}), KeyFatalError),
     ],
 )
 def test_every_failure_lands_in_one_class(exc: BaseException, expected: type[VenueError]) -> None:
