@@ -126,7 +126,7 @@ def signal_send(
         "strategy": strategy,
     }
     payload.update({key: value for key, value in optional.items() if value is not None})
-    body = json.dumps(payload, default=_json_number).encode()
+    body = json.dumps(payload, default=_decimal_as_number).encode()
     try:
         secret = secret_resolver(settings, secrets_dir).get(webhook_secret_name(source))
     except MissingSecretError as exc:
@@ -156,7 +156,7 @@ def signal_send(
         raise typer.Exit(1)
 
 
-def _json_number(value: object) -> object:
+def _decimal_as_number(value: object) -> object:
     """Decimals as JSON numbers; the bot reads them back exactly (shortest repr)."""
     if isinstance(value, Decimal):
         return float(value)

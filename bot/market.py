@@ -37,7 +37,7 @@ class MarketData:
         """A snapshot for one strategy (identified by its key) and one symbol."""
         venue = self._venues[key_name]
         instrument, price, equity = await asyncio.gather(
-            venue.instrument(symbol), self._price(venue, symbol), self._equity_of(venue)
+            venue.instrument(symbol), self._price(venue, symbol), self._equity_of(key_name)
         )
         position = await venue.position_qty(symbol) if with_position else None
         return MarketView(
@@ -55,11 +55,11 @@ class MarketData:
             self._prices[symbol] = (self._clock(), cached)
         return cached
 
-    async def _equity_of(self, venue: Venue) -> Decimal:
-        cached = self._fresh(self._equity.get(venue.name))
+    async def _equity_of(self, key_name: str) -> Decimal:
+        cached = self._fresh(self._equity.get(key_name))
         if cached is None:
-            cached = await venue.equity_usdt()
-            self._equity[venue.name] = (self._clock(), cached)
+            cached = await self._venues[key_name].equity_usdt()
+            self._equity[key_name] = (self._clock(), cached)
         return cached
 
     def _fresh(self, entry: tuple[float, Decimal] | None) -> Decimal | None:

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "ORDER_LINK_ID_PATTERN",
     "SIGNAL_ID_PATTERN",
     "Decline",
     "Instrument",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 SIGNAL_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+ORDER_LINK_ID_PATTERN: Final = r"^[A-Za-z0-9_-]{1,36}$"  # Bybit's rule for orderLinkId
 SYMBOL_PATTERN: Final = r"^[A-Z0-9]{2,30}$"
 # Largest price or quantity accepted anywhere: far above any real instrument, small enough that
 # arithmetic on it stays exact in Decimal's default 28-digit context.
@@ -353,7 +355,7 @@ class RiskDecision(_Message):
 class OrderRequest(_Message):
     """One order as sent to the venue, keyed by its deterministic `order_link_id`."""
 
-    order_link_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,36}$")]
+    order_link_id: Annotated[str, StringConstraints(pattern=ORDER_LINK_ID_PATTERN)]
     key_name: str
     strategy: str
     signal_source: str

@@ -27,6 +27,7 @@ __all__ = [
     "SecretResolver",
     "api_key_names",
     "webhook_secret_name",
+    "webhook_token_name",
 ]
 
 DEFAULT_SECRETS_DIR: Final = Path("/run/secrets")
@@ -38,6 +39,11 @@ class MissingSecretError(Exception):
 
 def webhook_secret_name(source: str) -> str:
     return f"BOT_WEBHOOK_SECRET_{source.upper()}"
+
+
+def webhook_token_name(source: str) -> str:
+    """The query-string token of a source, used only with `allow_query_token`."""
+    return f"BOT_WEBHOOK_TOKEN_{source.upper()}"
 
 
 def api_key_names(key: str) -> tuple[str, str]:

@@ -34,7 +34,7 @@ from bot.market import MarketData
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
 from bot.risk.gate import RiskGate
-from bot.secrets import SecretResolver, webhook_secret_name
+from bot.secrets import SecretResolver, webhook_secret_name, webhook_token_name
 from bot.venue.bybit import BybitVenue
 from bot.venue.simulator import SimAccountSpec, SimExchange, SimServer
 from signals.voiceofchain import WebhookReceiver
@@ -127,7 +127,8 @@ class Service:
 
     async def run(self, *, ready: Callable[[Service], None] | None = None) -> None:
         with ExitStack() as resources:
-            stages = self._build(resources)
+            # Start-up does file, SQLite and thread I/O: keep it off the event loop too.
+            stages = await asyncio.to_thread(self._build, resources)
             self._server = _Server(
                 uvicorn.Config(
                     stages.app,
@@ -239,7 +240,13 @@ class Service:
         pipeline = Pipeline(journal, strategies, RiskGate(settings.risk), executor, market)
         receivers = [
             WebhookReceiver(
-                source, self._resolver.get(webhook_secret_name(source)), config, pipeline.submit
+                source,
+                self._resolver.get(webhook_secret_name(source)),
+                config,
+                pipeline.submit,
+                token=self._resolver.get(webhook_token_name(source))
+                if config.allow_query_token
+                else None,
             )
             for source, config in settings.sources.items()
             if config.enabled

@@ -18,7 +18,11 @@ class WebhookSourceConfig(BaseModel):
         300, ge=1, le=3600, description="how far X-Signature's `t` may be from now"
     )
     allow_query_token: bool = Field(
-        False, description="also accept ?token=<secret>, for senders that cannot set headers"
+        False,
+        description="also accept ?token=<BOT_WEBHOOK_TOKEN_<SOURCE>>, for senders that cannot "
+        "set headers (weaker: the token travels in the URL and is not bound to the body)",
     )
-    requests_per_s: float = Field(50, gt=0, description="sustained rate before answering 429")
-    burst: int = Field(100, ge=1, description="requests allowed at once before 429")
+    requests_per_s: float = Field(
+        50, gt=0, description="sustained requests per client address before answering 429"
+    )
+    burst: int = Field(100, ge=1, description="requests one client may send at once before 429")

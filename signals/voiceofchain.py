@@ -17,6 +17,7 @@ import hmac
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -42,24 +43,31 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={digest.hexdigest()}"
 
 
-class _TokenBucket:
-    """Allows `rate_per_s` requests per second on average, `burst` at once."""
+class _ClientRateLimit:
+    """A token bucket per client address: `rate_per_s` on average, `burst` at once.
 
-    def __init__(self, rate_per_s: float, burst: int, clock: Callable[[], float]) -> None:
+    Per client, so a flood of unsigned requests from one address cannot crowd out the real
+    sender. At most `max_clients` buckets are kept; the least recently seen goes first.
+    """
+
+    def __init__(
+        self, rate_per_s: float, burst: int, clock: Callable[[], float], max_clients: int = 4096
+    ) -> None:
         self._rate = rate_per_s
         self._burst = float(burst)
-        self._tokens = float(burst)
         self._clock = clock
-        self._updated = clock()
+        self._max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, updated
 
-    def take(self) -> bool:
+    def allow(self, client: str) -> bool:
         now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
-        self._updated = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+        tokens, updated = self._buckets.pop(client, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - updated) * self._rate)
+        allowed = tokens >= 1
+        self._buckets[client] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > self._max_clients:
+            self._buckets.popitem(last=False)
+        return allowed
 
 
 class _Unauthorized(Exception):
@@ -75,14 +83,21 @@ class WebhookReceiver:
         secret: SecretStr,
         config: WebhookSourceConfig,
         sink: SignalSink,
+        *,
+        token: SecretStr | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`token` is the source's query-string token, required with `allow_query_token`;
+        it is a secret of its own, so the HMAC secret never travels in a URL."""
+        if config.allow_query_token and token is None:
+            raise ValueError(f"{source}: allow_query_token needs the source's token")
         self.source = source
         self._secret = secret
+        self._token = token
         self._config = config
         self._sink = sink
         self._clock = clock
-        self._bucket = _TokenBucket(config.requests_per_s, config.burst, time.monotonic)
+        self._rate_limit = _ClientRateLimit(config.requests_per_s, config.burst, time.monotonic)
 
     @property
     def path(self) -> str:
@@ -109,7 +124,7 @@ class WebhookReceiver:
         return router
 
     async def receive(self, request: Request) -> JSONResponse:
-        if not self._bucket.take():
+        if not self._rate_limit.allow(request.client.host if request.client else ""):
             return _answer(429, "too many requests", "slow down and retry after a second")
         body = await self._read_body(request)
         if body is None:
@@ -158,8 +173,8 @@ class WebhookReceiver:
     def _authenticate(self, request: Request, body: bytes) -> None:
         header = request.headers.get(SIGNATURE_HEADER)
         token = request.query_params.get("token")
-        if header is None and token is not None and self._config.allow_query_token:
-            if not hmac.compare_digest(token.encode(), self._secret.get_secret_value().encode()):
+        if header is None and token is not None and self._token is not None:
+            if not hmac.compare_digest(token.encode(), self._token.get_secret_value().encode()):
                 raise _Unauthorized("the token does not match")
             return
         if header is None:

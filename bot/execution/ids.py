@@ -11,9 +11,11 @@ import hashlib
 import re
 from typing import Final
 
+from bot import messages
+
 __all__ = ["MAX_LEG", "ORDER_LINK_ID_PATTERN", "order_link_id"]
 
-ORDER_LINK_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+ORDER_LINK_ID_PATTERN: Final = re.compile(messages.ORDER_LINK_ID_PATTERN)
 MAX_LEG: Final = 99
 _SLUG_CHARS: Final = 8
 _DIGEST_CHARS: Final = 24  # 120 bits of SHA-256: collisions are not a practical concern

@@ -205,3 +205,18 @@ def test_http_socket_is_tcp_so_answers_get_tcp_nodelay(sim_config: Callable[...,
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_query_token_is_a_separate_secret_when_enabled(sim_config: Callable[..., Path]) -> None:
+    config = sim_config(extra="\n[sources.voiceofchain]\nallow_query_token = true\n")
+    running = RunningBot(config).start()
+    try:
+        secrets = running.settings.state_dir / "secrets"
+        token = (secrets / "bot_webhook_token_voiceofchain").read_text().strip()
+        body = json.dumps(signal("by-token")).encode()
+        url = f"{running.url}/webhooks/voiceofchain?token="
+
+        assert requests.post(url + running.secret(), data=body, timeout=10).status_code == 401
+        assert requests.post(url + token, data=body, timeout=10).status_code == 202
+    finally:
+        running.stop()

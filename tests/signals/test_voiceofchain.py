@@ -37,16 +37,16 @@ class Sink:
         return True
 
 
-def client_for(sink: Sink, **config: object) -> TestClient:
-    receiver = WebhookReceiver(
-        "voiceofchain",
-        SecretStr(SECRET),
-        WebhookSourceConfig(**config),
-        sink,  # type: ignore[arg-type]
-    )
+TOKEN = "query-token-for-tests"
+
+
+def client_for(sink: Sink, client: str = "testclient", **config: object) -> TestClient:
+    settings = WebhookSourceConfig(**config)  # type: ignore[arg-type]
+    token = SecretStr(TOKEN) if settings.allow_query_token else None
+    receiver = WebhookReceiver("voiceofchain", SecretStr(SECRET), settings, sink, token=token)
     app = FastAPI()
     app.include_router(receiver.router())
-    return TestClient(app)
+    return TestClient(app, client=(client, 50000))
 
 
 @pytest.fixture
@@ -160,14 +160,32 @@ def test_burst_over_the_rate_limit_is_429(sink: Sink) -> None:
     assert codes == [202, 202, 429]
 
 
+def test_rate_limit_is_per_client_address() -> None:
+    from signals.voiceofchain import _ClientRateLimit
+
+    limit = _ClientRateLimit(rate_per_s=0.001, burst=1, clock=lambda: 0.0, max_clients=2)
+
+    assert [limit.allow("flooder"), limit.allow("flooder")] == [True, False]
+    assert limit.allow("sender")
+    assert limit.allow("third")  # evicts the least recently seen bucket ("flooder")
+    assert limit.allow("flooder")
+
+
 def test_query_token_only_when_enabled(sink: Sink) -> None:
     data = body()
     off = client_for(sink)
     on = client_for(sink, allow_query_token=True)
 
-    assert off.post(f"{PATH}?token={SECRET}", content=data).status_code == 401
-    assert on.post(f"{PATH}?token=wrong", content=data).status_code == 401
-    assert on.post(f"{PATH}?token={SECRET}", content=data).status_code == 202
+    assert off.post(f"{PATH}?token={TOKEN}", content=data).status_code == 401
+    assert on.post(f"{PATH}?token={SECRET}", content=data).status_code == 401  # not the HMAC key
+    assert on.post(f"{PATH}?token={TOKEN}", content=data).status_code == 202
+
+
+def test_query_token_cannot_be_enabled_without_a_token(sink: Sink) -> None:
+    with pytest.raises(ValueError, match="allow_query_token needs the source's token"):
+        WebhookReceiver(
+            "voiceofchain", SecretStr(SECRET), WebhookSourceConfig(allow_query_token=True), sink
+        )
 
 
 def test_journal_failure_is_503_so_the_sender_retries(client: TestClient, sink: Sink) -> None:
