@@ -93,13 +93,9 @@ class Executor:
             )
         try:
             ack = await venue.place_order(request)
-        except DuplicateOrderError:
-            found = await self._lookup(venue, request)
-            if found is not None:
-                return found
-            return await self._failed(request, AmbiguousError("duplicate but not found"))
-        except AmbiguousError as exc:
-            # The order may exist: look before anything else, never guess it failed.
+        except (DuplicateOrderError, AmbiguousError) as exc:
+            # The order may exist (110072 says it does): look before anything else, never
+            # guess; what the venue does not show is journaled Unknown.
             found = await self._lookup(venue, request)
             return found if found is not None else await self._failed(request, exc)
         except VenueError as exc:
