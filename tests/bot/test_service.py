@@ -119,6 +119,7 @@ def test_each_accepted_signal_becomes_exactly_one_filled_order(bot: RunningBot) 
         o["orderLinkId"] for o in orders if str(o["orderLinkId"]).startswith("follow-0-")
     }
     assert all(o["orderStatus"] == "Filled" for o in orders)
+    assert all(o["note"] == "follow_sim" and "apiKey" not in o for o in orders)
     assert wait_for(lambda: bot.journal_status("e2e-2") == ["Filled"], what="journal Filled")
 
 

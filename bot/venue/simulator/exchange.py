@@ -217,14 +217,18 @@ class SimExchange:
             }
 
     def orders(self, api_key: str | None = None) -> list[dict[str, Any]]:
-        """Every order (of one key, or of all), oldest first, each with its `apiKey`."""
+        """Every order (of one key, or of all), oldest first, each with its account's `userID`
+        and key `note` (the bot's key name): never the API key itself, which is a credential."""
         with self._lock:
             if api_key is None:
                 accounts = list(self._accounts.values())
             else:
                 accounts = [self._accounts[api_key]] if api_key in self._accounts else []
             rows = [
-                (order.seq, {**order_view(order), "apiKey": account.spec.api_key})
+                (
+                    order.seq,
+                    {**order_view(order), "userID": account.user_id, "note": account.spec.note},
+                )
                 for account in accounts
                 for order in account.orders.values()
             ]
