@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 
 from bot.venue.base import Venue
@@ -49,20 +49,21 @@ class MarketData:
         self._equity.pop(key_name, None)
 
     async def _price(self, venue: Venue, symbol: str) -> Decimal:
-        cached = self._fresh(self._prices.get(symbol))
-        if cached is None:
-            cached = await venue.last_price(symbol)
-            self._prices[symbol] = (self._clock(), cached)
-        return cached
+        return await self._cached(self._prices, symbol, lambda: venue.last_price(symbol))
 
     async def _equity_of(self, key_name: str) -> Decimal:
-        cached = self._fresh(self._equity.get(key_name))
-        if cached is None:
-            cached = await self._venues[key_name].equity_usdt()
-            self._equity[key_name] = (self._clock(), cached)
-        return cached
+        return await self._cached(self._equity, key_name, self._venues[key_name].equity_usdt)
 
-    def _fresh(self, entry: tuple[float, Decimal] | None) -> Decimal | None:
-        if entry is None or self._clock() - entry[0] > self._max_age_s:
-            return None
-        return entry[1]
+    async def _cached(
+        self,
+        cache: dict[str, tuple[float, Decimal]],
+        key: str,
+        fetch: Callable[[], Awaitable[Decimal]],
+    ) -> Decimal:
+        """`cache[key]` if younger than max_age_s, else a fresh `fetch()` stored there."""
+        entry = cache.get(key)
+        if entry is not None and self._clock() - entry[0] <= self._max_age_s:
+            return entry[1]
+        value = await fetch()
+        cache[key] = (self._clock(), value)
+        return value

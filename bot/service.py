@@ -31,6 +31,7 @@ from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
+from bot.net import tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
 from bot.risk.gate import RiskGate
@@ -90,7 +91,6 @@ def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAcc
 class _Stages:
     pipeline: Pipeline
     app: FastAPI
-    journal: Journal
 
 
 class _Server(uvicorn.Server):
@@ -127,6 +127,9 @@ class Service:
 
     async def run(self, *, ready: Callable[[Service], None] | None = None) -> None:
         with ExitStack() as resources:
+            # Bind first: a port in use fails before anything (the simulator) is started.
+            sock = self._bind()
+            resources.callback(sock.close)
             # Start-up does file, SQLite and thread I/O: keep it off the event loop too.
             stages = await asyncio.to_thread(self._build, resources)
             self._server = _Server(
@@ -140,8 +143,6 @@ class Service:
                     timeout_graceful_shutdown=5,
                 )
             )
-            sock = self._bind()
-            resources.callback(sock.close)
             with self._stop_on_signals():
                 await self._serve(stages, sock, ready)
 
@@ -180,15 +181,9 @@ class Service:
     def _bind(self) -> socket.socket:
         """Bind the HTTP port here, so a port in use is a clear error (uvicorn would exit)."""
         host, port = self.settings.http.host, self.settings.http.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only then, and
-        # without it an answer written in two parts waits ~40 ms for a delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock = tcp_listener(host, port)
         except OSError as exc:
-            sock.close()
             raise ConfigError(
                 f"cannot listen on {host}:{port}: {exc.strerror}; is another bot running? "
                 "Choose another with --port or BOT_HTTP__PORT"
@@ -252,7 +247,7 @@ class Service:
             if config.enabled
         ]
         app = create_app(receivers, lambda: self._health(pipeline, journal))
-        return _Stages(pipeline=pipeline, app=app, journal=journal)
+        return _Stages(pipeline=pipeline, app=app)
 
     def _venue_url(self, resources: ExitStack) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""

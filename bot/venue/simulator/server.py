@@ -18,6 +18,7 @@ from typing import Self
 
 import uvicorn
 
+from bot.net import tcp_listener
 from bot.venue.simulator.app import create_app
 from bot.venue.simulator.exchange import SimExchange
 
@@ -63,15 +64,9 @@ class SimServer:
         """Bind, serve from a daemon thread, and return once connections are accepted."""
         if self._thread is not None:
             raise RuntimeError("SimServer is already started")
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only when the
-        # listening socket's proto is IPPROTO_TCP, and without it every answer waits ~40 ms.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self._host, self._requested_port))
+            sock = tcp_listener(self._host, self._requested_port)
         except OSError as exc:
-            sock.close()
             raise RuntimeError(
                 f"cannot bind the simulator to {self._host}:{self._requested_port}: {exc}"
             ) from exc
