@@ -20,8 +20,8 @@ from bot import logs
 from bot.config import BotSettings, ConfigError, load_settings
 from bot.journal import Journal, JournalError
 from bot.secrets import DEFAULT_SECRETS_DIR, MissingSecretError, webhook_secret_name
-from bot.service import Service, secret_resolver, sim_accounts
-from bot.venue.simulator import DEFAULT_SIM_PORT, SimExchange, run_forever
+from bot.service import Service, secret_resolver, sim_accounts, simulator_config
+from bot.sim import DEFAULT_SIM_PORT, SimExchange, run_forever
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
 __all__ = ["app", "main"]
@@ -224,10 +224,10 @@ def sim(
     """
     logs.configure()
     settings = _settings(config)
-    exchange = SimExchange(settings.sim)
     try:
+        exchange = SimExchange(simulator_config(settings))
         accounts = sim_accounts(settings, secret_resolver(settings, secrets_dir))
-    except MissingSecretError as exc:
+    except (ConfigError, MissingSecretError) as exc:
         _fail(str(exc))
     for account in accounts:
         exchange.add_account(account)

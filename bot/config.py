@@ -17,7 +17,6 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bot.venue.simulator.config import SimulatorConfig
 from signals.config import WebhookSourceConfig
 
 __all__ = [
@@ -127,7 +126,11 @@ class BotSettings(BaseSettings):
     state_dir: Path = Field(Path("var"), description="journal and generated sim secrets")
     http: HttpConfig = HttpConfig()
     venue: VenueConfig = VenueConfig()
-    sim: SimulatorConfig = SimulatorConfig()
+    sim: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the in-process simulator's settings (`bot.sim.SimulatorConfig`); "
+        "validated by the `sim` wiring, so this module never imports the simulator",
+    )
     risk: RiskConfig = RiskConfig()
     sources: dict[Name, WebhookSourceConfig] = Field(
         default_factory=lambda: {"voiceofchain": WebhookSourceConfig()}

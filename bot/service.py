@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from bot.app import create_app
 from bot.config import BotSettings, ConfigError, Environment
@@ -37,10 +38,16 @@ from bot.plugins import load_strategy
 from bot.risk.gate import RiskGate
 from bot.secrets import SecretResolver, webhook_secret_name, webhook_token_name
 from bot.venue.bybit import BybitVenue
-from bot.venue.simulator import SimAccountSpec, SimExchange, SimServer
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from signals.voiceofchain import WebhookReceiver
 
-__all__ = ["Service", "check_mainnet_opt_in", "secret_resolver", "sim_accounts"]
+__all__ = [
+    "Service",
+    "check_mainnet_opt_in",
+    "secret_resolver",
+    "sim_accounts",
+    "simulator_config",
+]
 
 WORKERS: Final = 4
 
@@ -69,6 +76,18 @@ def secret_resolver(settings: BotSettings, secrets_dir: Path) -> SecretResolver:
     """Secrets for this environment; only `sim` may generate missing ones (in the state dir)."""
     generated = settings.state_dir / "secrets" if settings.environment is Environment.SIM else None
     return SecretResolver(secrets_dir, generated_dir=generated)
+
+
+def simulator_config(settings: BotSettings) -> SimulatorConfig:
+    """The `[sim]` section as the simulator's own model; a bad key is a ConfigError."""
+    try:
+        return SimulatorConfig.model_validate(settings.sim)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"sim.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid [sim] configuration: {problems}") from None
 
 
 def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAccountSpec]:
@@ -255,7 +274,7 @@ class Service:
             return ""
         if self.settings.venue.sim_url:
             return self.settings.venue.sim_url
-        exchange = SimExchange(self.settings.sim)
+        exchange = SimExchange(simulator_config(self.settings))
         for account in sim_accounts(self.settings, self._resolver):
             exchange.add_account(account)
         server = SimServer(exchange)

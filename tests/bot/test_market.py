@@ -12,7 +12,7 @@ from bot.config import Environment
 from bot.market import MarketData
 from bot.secrets import ApiCredentials
 from bot.venue.bybit import BybitVenue
-from bot.venue.simulator import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 
 
 @pytest.fixture

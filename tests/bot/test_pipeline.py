@@ -20,7 +20,7 @@ from bot.pipeline import Pipeline, StrategySlot
 from bot.risk.gate import RiskGate
 from bot.secrets import ApiCredentials
 from bot.venue.bybit import BybitVenue
-from bot.venue.simulator import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from strategies.base import MarketView, Strategy, StrategyOutput, StrategyParams
 from strategies.follow import Follow
 

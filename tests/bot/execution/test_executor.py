@@ -19,7 +19,7 @@ from bot.journal import Journal
 from bot.messages import OrderIntent, OrderStatus
 from bot.secrets import ApiCredentials
 from bot.venue.bybit import BybitVenue
-from bot.venue.simulator import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.factories import make_intent
 
 KEY, SECRET = "executor-test-key", "executor-test-secret-value"

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from bot.venue.simulator.config import PERMISSION_GROUPS, InstrumentSpec, SimAccountSpec
-from bot.venue.simulator.records import (
+from bot.sim.config import PERMISSION_GROUPS, InstrumentSpec, SimAccountSpec
+from bot.sim.records import (
     MAINTENANCE_MARGIN_RATE,
     SETTLE_COIN,
     MarginFigures,

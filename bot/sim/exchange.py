@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from bot.venue.simulator.config import InstrumentSpec, SimAccountSpec, SimFaults, SimulatorConfig
-from bot.venue.simulator.errors import DuplicateAccountError, RetCode, SimError
-from bot.venue.simulator.params import (
+from bot.sim.config import InstrumentSpec, SimAccountSpec, SimFaults, SimulatorConfig
+from bot.sim.errors import DuplicateAccountError, RetCode, SimError
+from bot.sim.params import (
     CancelOrderParams,
     MarketParams,
     NoParams,
@@ -30,7 +30,7 @@ from bot.venue.simulator.params import (
     SetLeverageParams,
     WalletBalanceParams,
 )
-from bot.venue.simulator.records import (
+from bot.sim.records import (
     MAINTENANCE_MARGIN_RATE,
     SETTLE_COIN,
     ZERO,
@@ -39,7 +39,7 @@ from bot.venue.simulator.records import (
     OrderRecord,
     PositionRecord,
 )
-from bot.venue.simulator.views import (
+from bot.sim.views import (
     MAX_PRICE_TICKS,
     api_key_view,
     fmt,

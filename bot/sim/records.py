@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from bot.venue.simulator.config import SimAccountSpec
+from bot.sim.config import SimAccountSpec
 
 __all__ = [
     "MAINTENANCE_MARGIN_RATE",

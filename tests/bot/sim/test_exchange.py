@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from bot.venue.simulator import (
+from bot.sim import (
     DuplicateAccountError,
     InstrumentSpec,
     RetCode,
@@ -20,7 +20,7 @@ from bot.venue.simulator import (
     SimServer,
     SimulatorConfig,
 )
-from bot.venue.simulator.params import (
+from bot.sim.params import (
     OrderQueryParams,
     PlaceOrderParams,
     PositionQueryParams,

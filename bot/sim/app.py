@@ -30,11 +30,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from bot.venue.simulator.auth import authenticate
-from bot.venue.simulator.config import SimAccountSpec, SimFaults
-from bot.venue.simulator.errors import DuplicateAccountError, RetCode, SimError
-from bot.venue.simulator.exchange import SimExchange
-from bot.venue.simulator.params import (
+from bot.sim.auth import authenticate
+from bot.sim.config import SimAccountSpec, SimFaults
+from bot.sim.errors import DuplicateAccountError, RetCode, SimError
+from bot.sim.exchange import SimExchange
+from bot.sim.params import (
     CancelOrderParams,
     MarketParams,
     NoParams,
@@ -45,7 +45,7 @@ from bot.venue.simulator.params import (
     WalletBalanceParams,
     params_error_message,
 )
-from bot.venue.simulator.ratelimit import RollingWindowLimiter
+from bot.sim.ratelimit import RollingWindowLimiter
 
 __all__ = ["AnswerDropped", "create_app"]
 

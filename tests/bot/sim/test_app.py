@@ -20,7 +20,7 @@ from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
-from bot.venue.simulator import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 
 KEY = "test-key"
 SECRET = "test-secret"

@@ -11,8 +11,8 @@ import hmac
 import ipaddress
 from collections.abc import Mapping, Sequence
 
-from bot.venue.simulator.errors import RetCode, SimError
-from bot.venue.simulator.exchange import SimExchange
+from bot.sim.errors import RetCode, SimError
+from bot.sim.exchange import SimExchange
 
 __all__ = ["DEFAULT_RECV_WINDOW_MS", "FUTURE_TOLERANCE_MS", "authenticate", "sign"]
 

@@ -19,8 +19,8 @@ from typing import Self
 import uvicorn
 
 from bot.net import tcp_listener
-from bot.venue.simulator.app import create_app
-from bot.venue.simulator.exchange import SimExchange
+from bot.sim.app import create_app
+from bot.sim.exchange import SimExchange
 
 __all__ = ["DEFAULT_SIM_PORT", "SimServer", "run_forever"]
 

@@ -9,16 +9,16 @@ Typical use (tests, `sim` mode):
         session.endpoint = server.url
 """
 
-from bot.venue.simulator.app import create_app
-from bot.venue.simulator.config import (
+from bot.sim.app import create_app
+from bot.sim.config import (
     InstrumentSpec,
     SimAccountSpec,
     SimFaults,
     SimulatorConfig,
 )
-from bot.venue.simulator.errors import DuplicateAccountError, RetCode, SimError
-from bot.venue.simulator.exchange import SimExchange
-from bot.venue.simulator.server import DEFAULT_SIM_PORT, SimServer, run_forever
+from bot.sim.errors import DuplicateAccountError, RetCode, SimError
+from bot.sim.exchange import SimExchange
+from bot.sim.server import DEFAULT_SIM_PORT, SimServer, run_forever
 
 __all__ = [
     "DEFAULT_SIM_PORT",
