@@ -37,8 +37,8 @@ from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
 from bot.risk.gate import RiskGate
 from bot.secrets import SecretResolver, webhook_secret_name, webhook_token_name
-from bot.venue.bybit import BybitVenue
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue.bybit import BybitVenue
 from signals.voiceofchain import WebhookReceiver
 
 __all__ = [

@@ -11,8 +11,8 @@ from pydantic import SecretStr
 from bot.config import Environment
 from bot.market import MarketData
 from bot.secrets import ApiCredentials
-from bot.venue.bybit import BybitVenue
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue.bybit import BybitVenue
 
 
 @pytest.fixture

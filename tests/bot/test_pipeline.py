@@ -19,8 +19,8 @@ from bot.messages import OrderIntent, Signal, parse_signal
 from bot.pipeline import Pipeline, StrategySlot
 from bot.risk.gate import RiskGate
 from bot.secrets import ApiCredentials
-from bot.venue.bybit import BybitVenue
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue.bybit import BybitVenue
 from strategies.base import MarketView, Strategy, StrategyOutput, StrategyParams
 from strategies.follow import Follow
 

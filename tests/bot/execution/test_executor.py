@@ -18,8 +18,8 @@ from bot.execution.executor import Executor, build_request
 from bot.journal import Journal
 from bot.messages import OrderIntent, OrderStatus
 from bot.secrets import ApiCredentials
-from bot.venue.bybit import BybitVenue
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+from bot.venue.bybit import BybitVenue
 from tests.factories import make_intent
 
 KEY, SECRET = "executor-test-key", "executor-test-secret-value"

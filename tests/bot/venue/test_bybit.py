@@ -12,9 +12,9 @@ from pydantic import SecretStr
 from bot.config import Environment
 from bot.execution.executor import build_request
 from bot.secrets import ApiCredentials
+from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
 from bot.venue.errors import AmbiguousError, KeyFatalError, RetryableError
-from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.factories import make_intent
 
 KEY, SECRET = "venue-test-key", "venue-test-secret-value"
