@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bot.execution.config import ExecutionConfig
 from signals.config import WebhookSourceConfig
 
 __all__ = [
@@ -126,6 +127,7 @@ class BotSettings(BaseSettings):
     state_dir: Path = Field(Path("var"), description="journal and generated sim secrets")
     http: HttpConfig = HttpConfig()
     venue: VenueConfig = VenueConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     sim: dict[str, Any] = Field(
         default_factory=dict,
         description="the in-process simulator's settings (`bot.sim.SimulatorConfig`); "

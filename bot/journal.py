@@ -20,9 +20,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
+from bot.execution.orders import TransitionRefused, check_transition
 from bot.logs import logger
 from bot.messages import (
     Decline,
@@ -39,7 +42,7 @@ __all__ = ["Journal", "JournalError", "OrderRecord", "TraceRow"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS signals (
     source       TEXT NOT NULL,
@@ -84,7 +87,8 @@ CREATE TABLE IF NOT EXISTS orders (
     reason        TEXT NOT NULL DEFAULT '',
     ret_code      INTEGER,
     created_at    TEXT NOT NULL,
-    updated_at    TEXT NOT NULL
+    updated_at    TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS orders_by_signal ON orders (source, signal_id);
 CREATE TABLE IF NOT EXISTS order_events (
@@ -92,9 +96,20 @@ CREATE TABLE IF NOT EXISTS order_events (
     order_link_id TEXT NOT NULL REFERENCES orders (order_link_id),
     status        TEXT NOT NULL,
     event         TEXT NOT NULL,
-    ts            TEXT NOT NULL
+    ts            TEXT NOT NULL,
+    ret_code      INTEGER,
+    reason        TEXT NOT NULL DEFAULT ''
 );
 """
+#: What turns a journal of version N-1 into version N; each step runs in one transaction.
+_MIGRATIONS: Final[dict[int, str]] = {
+    2: """
+ALTER TABLE orders ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE order_events ADD COLUMN ret_code INTEGER;
+ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+""",
+}
+_NON_TERMINAL: Final = tuple(status.value for status in OrderStatus if not status.is_terminal)
 
 
 class JournalError(Exception):
@@ -103,14 +118,17 @@ class JournalError(Exception):
 
 @dataclass(frozen=True)
 class OrderRecord:
-    """An order as the journal knows it."""
+    """An order as the journal knows it, with its signal's `ts` (for staleness)."""
 
     request: OrderRequest
     status: OrderStatus
     order_id: str | None
-    filled_qty: str
-    avg_price: str | None
+    filled_qty: Decimal
+    avg_price: Decimal | None
     reason: str
+    ret_code: int | None
+    attempts: int
+    signal_ts: datetime | None
 
 
 @dataclass(frozen=True)
@@ -166,8 +184,18 @@ class Journal:
                 f"journal {self.path} has schema {version}, newer than this bot ({SCHEMA_VERSION})"
                 "; upgrade the bot or point state_dir elsewhere"
             )
-        if version < SCHEMA_VERSION and not read_only:
-            self._db.executescript(_SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};")
+        if version == SCHEMA_VERSION or read_only:
+            return
+        if version == 0:
+            self._db.executescript(
+                f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            )
+            return
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.executescript(
+                f"BEGIN; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;"
+            )
+            logger.info("journal {path} migrated to schema {v}", path=self.path, v=target)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -262,100 +290,195 @@ class Journal:
             )
 
     def record_decision(self, decision: RiskDecision) -> None:
-        intent = decision.intent
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO decisions (source, signal_id, strategy, leg, approved, rule, reason,"
-                " intent, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    intent.signal_source,
-                    intent.signal_id,
-                    intent.strategy,
-                    intent.leg,
-                    int(decision.approved),
-                    decision.rule,
-                    decision.reason,
-                    intent.model_dump_json(),
-                    decision.decided_at.isoformat(),
-                ),
-            )
+            self._insert_decision(db, decision)
+
+    @staticmethod
+    def _insert_decision(db: sqlite3.Connection, decision: RiskDecision) -> None:
+        intent = decision.intent
+        db.execute(
+            "INSERT INTO decisions (source, signal_id, strategy, leg, approved, rule, reason,"
+            " intent, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                intent.signal_source,
+                intent.signal_id,
+                intent.strategy,
+                intent.leg,
+                int(decision.approved),
+                decision.rule,
+                decision.reason,
+                intent.model_dump_json(),
+                decision.decided_at.isoformat(),
+            ),
+        )
 
     # orders --------------------------------------------------------------------------------
 
+    def record_approval(self, decision: RiskDecision, request: OrderRequest) -> bool:
+        """Journal an approved intent and its order (Pending, not sent) in one transaction.
+
+        Returns False when the orderLinkId is already journaled: the order exists from an
+        earlier run of the same signal and must be resumed, never created again.
+        """
+        with self._transaction() as db:
+            self._insert_decision(db, decision)
+            return self._insert_order(db, request)
+
     def record_order(self, request: OrderRequest) -> bool:
         """Journal an order as Pending before it is sent; False if its orderLinkId exists."""
-        now = utc_now().isoformat()
         with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO orders (order_link_id, source, signal_id, strategy, leg,"
-                " key_name, symbol, side, order_type, qty, price, request, status, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request.order_link_id,
-                    request.signal_source,
-                    request.signal_id,
-                    request.strategy,
-                    request.leg,
-                    request.key_name,
-                    request.symbol,
-                    request.side.value,
-                    request.order_type.value,
-                    str(request.qty),
-                    None if request.price is None else str(request.price),
-                    request.model_dump_json(),
-                    OrderStatus.PENDING.value,
-                    now,
-                    now,
-                ),
-            )
-            return cursor.rowcount == 1
+            return self._insert_order(db, request)
 
-    def record_order_event(self, event: OrderEvent) -> None:
-        """Append an event to the order's history and bring the order row up to date."""
+    @staticmethod
+    def _insert_order(db: sqlite3.Connection, request: OrderRequest) -> bool:
+        now = utc_now().isoformat()
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO orders (order_link_id, source, signal_id, strategy, leg,"
+            " key_name, symbol, side, order_type, qty, price, request, status, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request.order_link_id,
+                request.signal_source,
+                request.signal_id,
+                request.strategy,
+                request.leg,
+                request.key_name,
+                request.symbol,
+                request.side.value,
+                request.order_type.value,
+                str(request.qty),
+                None if request.price is None else str(request.price),
+                request.model_dump_json(),
+                OrderStatus.PENDING.value,
+                now,
+                now,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    def record_order_event(self, event: OrderEvent) -> bool:
+        """Apply one event to its order if it moves the order forward; False if refused.
+
+        The check and the write happen in one transaction, so two writers (the executor and
+        the reconciliation loop) can never interleave a backward move. A Submitting event
+        counts one more send attempt.
+        """
         with self._transaction() as db:
+            row = db.execute(
+                "SELECT status, filled_qty FROM orders WHERE order_link_id = ?",
+                (event.order_link_id,),
+            ).fetchone()
+            if row is None:
+                raise JournalError(f"no journaled order {event.order_link_id}")
+            current, filled = OrderStatus(row[0]), Decimal(row[1])
+            try:
+                check_transition(
+                    current, event.status, filled_before=filled, filled_after=event.filled_qty
+                )
+            except TransitionRefused as refused:
+                logger.debug(
+                    "order {id}: event refused: {why}", id=event.order_link_id, why=str(refused)
+                )
+                return False
             db.execute(
-                "INSERT INTO order_events (order_link_id, status, event, ts) VALUES (?, ?, ?, ?)",
+                "INSERT INTO order_events (order_link_id, status, event, ts, ret_code, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     event.order_link_id,
                     event.status.value,
                     event.model_dump_json(),
                     event.ts.isoformat(),
+                    event.ret_code,
+                    event.reason,
                 ),
             )
             db.execute(
                 "UPDATE orders SET status = ?, order_id = COALESCE(?, order_id), filled_qty = ?,"
-                " avg_price = COALESCE(?, avg_price), reason = ?, ret_code = ?, updated_at = ?"
+                " avg_price = COALESCE(?, avg_price), reason = COALESCE(NULLIF(?, ''), reason),"
+                " ret_code = COALESCE(?, ret_code), updated_at = ?, attempts = attempts + ?"
                 " WHERE order_link_id = ?",
                 (
                     event.status.value,
                     event.order_id,
-                    str(event.filled_qty),
+                    str(max(event.filled_qty, filled)),
                     None if event.avg_price is None else str(event.avg_price),
                     event.reason,
                     event.ret_code,
                     event.ts.isoformat(),
+                    int(event.status is OrderStatus.SUBMITTING),
                     event.order_link_id,
                 ),
             )
+            return True
 
     def order(self, order_link_id: str) -> OrderRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT request, status, order_id, filled_qty, avg_price, reason FROM orders"
-                " WHERE order_link_id = ?",
-                (order_link_id,),
-            ).fetchone()
-        if row is None:
-            return None
-        request, status, order_id, filled_qty, avg_price, reason = row
-        return OrderRecord(
-            request=OrderRequest.model_validate_json(request),
-            status=OrderStatus(status),
-            order_id=order_id,
-            filled_qty=filled_qty,
-            avg_price=avg_price,
-            reason=reason,
+        rows = self._orders("WHERE o.order_link_id = ?", (order_link_id,))
+        return rows[0] if rows else None
+
+    def unfinished_orders(self, key_name: str | None = None) -> list[OrderRecord]:
+        """Every order not yet terminal (of one key, or of all), oldest first."""
+        marks = ", ".join("?" * len(_NON_TERMINAL))
+        if key_name is None:
+            return self._orders(f"WHERE o.status IN ({marks})", _NON_TERMINAL)
+        return self._orders(
+            f"WHERE o.status IN ({marks}) AND o.key_name = ?", (*_NON_TERMINAL, key_name)
         )
+
+    def orders_of_signal(self, source: str, signal_id: str) -> list[OrderRecord]:
+        return self._orders("WHERE o.source = ? AND o.signal_id = ?", (source, signal_id))
+
+    def decided_strategies(self, source: str, signal_id: str) -> set[str]:
+        """Strategies that already have a decision about this signal (from an earlier run)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT strategy FROM decisions WHERE source = ? AND signal_id = ?",
+                (source, signal_id),
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def _orders(self, where: str, params: tuple[object, ...]) -> list[OrderRecord]:
+        # `where` is one of this module's literals; every value is a bound parameter.
+        query = (
+            "SELECT o.request, o.status, o.order_id, o.filled_qty, o.avg_price, o.reason,"  # noqa: S608
+            " o.ret_code, o.attempts, s.ts FROM orders AS o LEFT JOIN signals AS s"
+            " ON s.source = o.source AND s.signal_id = o.signal_id "
+            f"{where} ORDER BY o.created_at, o.rowid"
+        )
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return [
+            OrderRecord(
+                request=OrderRequest.model_validate_json(request),
+                status=OrderStatus(status),
+                order_id=order_id,
+                filled_qty=Decimal(filled_qty),
+                avg_price=None if avg_price is None else Decimal(avg_price),
+                reason=reason,
+                ret_code=ret_code,
+                attempts=attempts,
+                signal_ts=None if signal_ts is None else datetime.fromisoformat(signal_ts),
+            )
+            for (
+                request,
+                status,
+                order_id,
+                filled_qty,
+                avg_price,
+                reason,
+                ret_code,
+                attempts,
+                signal_ts,
+            ) in rows
+        ]
+
+    def order_events(self, order_link_id: str) -> list[OrderEvent]:
+        """An order's history, oldest first: every transition with time, retCode and reason."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event FROM order_events WHERE order_link_id = ? ORDER BY id",
+                (order_link_id,),
+            ).fetchall()
+        return [OrderEvent.model_validate_json(row[0]) for row in rows]
 
     # reading -------------------------------------------------------------------------------
 

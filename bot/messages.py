@@ -94,7 +94,8 @@ class OrderType(enum.StrEnum):
 class OrderStatus(enum.StrEnum):
     """Life of an order as the journal sees it; the Bybit names plus our own pre-venue states."""
 
-    PENDING = "Pending"  # journaled, not yet acknowledged by the venue
+    PENDING = "Pending"  # journaled, never sent
+    SUBMITTING = "Submitting"  # being sent, or sent without an answer yet: may exist
     NEW = "New"
     PARTIALLY_FILLED = "PartiallyFilled"
     FILLED = "Filled"

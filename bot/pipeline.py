@@ -2,26 +2,32 @@
 
 `submit` is the `SignalSink` every adapter calls: it journals the signal and queues it, and
 returns before any trading happens, so senders get their answer in well under a millisecond
-of work. Worker tasks take signals off the queue and run them through every strategy the
-signal is routed to. Whatever happens, a decision with its reason is journaled, and the
-signal is marked processed only at the end: after a crash, unprocessed signals are run
-again on start-up, and deterministic orderLinkIds keep that from placing anything twice.
+of work.
+
+Ordered where it matters, concurrent where it can be: each signal is queued on one lane per
+(key, symbol) its strategies trade, and a lane runs its signals one at a time in arrival
+order. So an `open` then a `close` of one symbol on one key are sent in that order, while
+other symbols and keys run concurrently. A signal is marked processed once every lane it was
+queued on has finished it; after a crash, unprocessed signals are queued again in their
+original order, skipping strategies that already decided (their orders are reconciled by the
+executor), and deterministic orderLinkIds keep anything from being placed twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Final
 
 from bot import metrics
 from bot.execution.executor import Executor
+from bot.execution.rounding import conform
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Decline, OrderIntent, OrderStatus, Signal, utc_now
+from bot.messages import Decline, OrderIntent, OrderStatus, RiskDecision, Signal, utc_now
 from bot.risk.gate import RiskGate
 from bot.venue.errors import VenueError
 from strategies.base import Strategy
@@ -44,6 +50,19 @@ class StrategySlot:
     sources: frozenset[str]
 
 
+@dataclass
+class _Job:
+    """A signal's work on one lane: the strategies of that lane's key."""
+
+    signal: Signal
+    slots: list[StrategySlot]
+    #: shared by the signal's jobs on all lanes: the last one to finish marks it processed
+    remaining: list[int] = field(default_factory=lambda: [1])
+
+
+Lane = tuple[str, str]  # (key name, symbol)
+
+
 class Pipeline:
     """Routes each signal to its strategies and their intents through the gate to the executor."""
 
@@ -60,49 +79,114 @@ class Pipeline:
         self._gate = gate
         self._executor = executor
         self._market = market
-        self._queue: asyncio.Queue[Signal] = asyncio.Queue()
+        self._lanes: dict[Lane, asyncio.Queue[_Job]] = {}
+        self._workers: dict[Lane, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._outstanding = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def submit(self, signal: Signal) -> bool:
         """Journal `signal` durably and queue it; False if it is a duplicate."""
         if not await self._journal.call(self._journal.record_signal, signal):
             logger.info("duplicate signal ignored", source=signal.source, signal_id=signal.id)
             return False
-        self._queue.put_nowait(signal)
-        metrics.SIGNAL_QUEUE.set(self._queue.qsize())
+        self._dispatch(signal, self._route(signal))
         return True
 
     async def recover(self) -> int:
-        """Queue the signals a previous run journaled but never finished processing."""
+        """Queue, in their original order, the signals a previous run journaled but never
+        finished; strategies that already decided about one are not asked again."""
         pending = await self._journal.call(self._journal.unprocessed_signals)
         for signal in pending:
-            self._queue.put_nowait(signal)
+            decided = await self._journal.call(
+                self._journal.decided_strategies, signal.source, signal.id
+            )
+            todo = [slot for slot in self._route(signal) if slot.name not in decided]
+            if decided and not todo:
+                await self._journal.call(self._journal.mark_processed, signal)
+                continue
+            self._dispatch(signal, todo)
         if pending:
             logger.warning("re-queued {n} signals left unprocessed by the last run", n=len(pending))
         return len(pending)
 
-    async def work(self) -> None:
-        """One worker: process queued signals until cancelled."""
-        while True:
-            signal = await self._queue.get()
-            metrics.SIGNAL_QUEUE.set(self._queue.qsize())
+    async def run(self) -> None:
+        """Own the lanes' workers until cancelled (cancelling stops them all)."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            for lane in self._lanes:
+                self._start_worker(lane)
             try:
-                await self.process(signal)
-            except Exception:  # one bad signal must not stop the worker
-                logger.exception("signal {id} failed; it stays unprocessed", id=signal.id)
+                await asyncio.Event().wait()
             finally:
-                self._queue.task_done()
+                self._group = None
 
     async def drain(self) -> None:
         """Wait until every queued signal has been processed."""
-        await self._queue.join()
+        await self._idle.wait()
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._outstanding
 
     async def process(self, signal: Signal) -> None:
         """Run one signal through every strategy it is routed to, then mark it processed."""
-        slots = self._route(signal)
+        await self._run_slots(signal, self._route(signal))
+        await self._journal.call(self._journal.mark_processed, signal)
+
+    # lanes ----------------------------------------------------------------------------------
+
+    def _dispatch(self, signal: Signal, slots: list[StrategySlot]) -> None:
+        """Queue `signal` on the lane of each (key, symbol) its strategies trade with; a
+        signal no strategy takes gets its decline on a lane of its own symbol."""
+        by_lane: dict[Lane, list[StrategySlot]] = {}
+        for slot in slots:
+            by_lane.setdefault((slot.key_name, signal.symbol), []).append(slot)
+        if not by_lane:
+            by_lane[("", signal.symbol)] = []
+        remaining = [len(by_lane)]
+        for lane, lane_slots in by_lane.items():
+            self._queue(lane).put_nowait(_Job(signal, lane_slots, remaining))
+            self._outstanding += 1
+        self._idle.clear()
+        metrics.SIGNAL_QUEUE.set(self._outstanding)
+
+    def _queue(self, lane: Lane) -> asyncio.Queue[_Job]:
+        if lane not in self._lanes:
+            self._lanes[lane] = asyncio.Queue()
+            if self._group is not None:
+                self._start_worker(lane)
+        return self._lanes[lane]
+
+    def _start_worker(self, lane: Lane) -> None:
+        assert self._group is not None
+        if lane not in self._workers:
+            self._workers[lane] = self._group.create_task(self._work(self._lanes[lane]))
+
+    async def _work(self, queue: asyncio.Queue[_Job]) -> None:
+        """One lane: its jobs one at a time, in arrival order, until cancelled."""
+        while True:
+            job = await queue.get()
+            try:
+                await self._run_job(job)
+            except Exception:  # one bad signal must not stop the lane
+                logger.exception("signal {id} failed; it stays unprocessed", id=job.signal.id)
+            finally:
+                self._outstanding -= 1
+                metrics.SIGNAL_QUEUE.set(self._outstanding)
+                if self._outstanding == 0:
+                    self._idle.set()
+
+    async def _run_job(self, job: _Job) -> None:
+        await self._run_slots(job.signal, job.slots)
+        job.remaining[0] -= 1
+        if job.remaining[0] == 0:
+            await self._journal.call(self._journal.mark_processed, job.signal)
+
+    # strategies -----------------------------------------------------------------------------
+
+    async def _run_slots(self, signal: Signal, slots: Sequence[StrategySlot]) -> None:
         if not slots:
             reason = (
                 f"strategy '{signal.strategy}' is not configured for source '{signal.source}'"
@@ -112,14 +196,14 @@ class Pipeline:
             await self._decline(
                 signal, Decline(strategy=signal.strategy or NO_STRATEGY, reason=reason)
             )
-        rejection = self._gate.screen(signal) if slots else None
+            return
+        rejection = self._gate.screen(signal)
         for slot in slots:
             if rejection is None:
                 await self._run_strategy(signal, slot)
             else:
                 rule, reason = rejection
                 await self._decline(signal, Decline(strategy=slot.name, reason=reason), rule=rule)
-        await self._journal.call(self._journal.mark_processed, signal)
 
     def _route(self, signal: Signal) -> list[StrategySlot]:
         return [
@@ -131,6 +215,14 @@ class Pipeline:
     async def _run_strategy(self, signal: Signal, slot: StrategySlot) -> None:
         strategy = slot.strategy
         decline = partial(Decline, strategy=slot.name)
+        disabled = self._executor.disabled_reason(slot.key_name)
+        if disabled is not None:
+            await self._decline(
+                signal,
+                decline(reason=f"key {slot.key_name} is disabled by the venue: {disabled}"),
+                rule="KEY_DISABLED",
+            )
+            return
         try:
             market = await self._market.view(
                 slot.key_name, signal.symbol, with_position=strategy.wants_position(signal)
@@ -156,14 +248,19 @@ class Pipeline:
             await self._decline(signal, decline(reason=problem))
             return
         for intent in output:
-            decision = self._gate.decide(intent)
-            await self._journal.call(self._journal.record_decision, decision)
+            conformed = conform(intent, market.instrument)
+            if isinstance(conformed, str):
+                decision = RiskDecision(
+                    intent=intent, approved=False, rule="INSTRUMENT_RULES", reason=conformed
+                )
+            else:
+                decision = self._gate.decide(conformed)
             metrics.DECISIONS.labels("approved" if decision.approved else "rejected").inc()
             if not decision.approved:
                 logger.info("intent rejected: {reason}", reason=decision.reason, rule=decision.rule)
+                await self._journal.call(self._journal.record_decision, decision)
                 continue
-            event = await self._executor.execute(intent, slot.key_name)
-            metrics.ORDERS.labels(event.status.value).inc()
+            event = await self._executor.execute(decision, slot.key_name)
             if event.order_id is not None:
                 metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
             if event.status in (OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED):

@@ -49,7 +49,8 @@ __all__ = [
     "simulator_config",
 ]
 
-WORKERS: Final = 4
+#: SIGTERM to exit: the drain gets what is left once a venue call in flight could time out.
+SHUTDOWN_BUDGET_S: Final = 10.0
 
 
 def check_mainnet_opt_in(settings: BotSettings, *, mainnet_flag: bool) -> None:
@@ -109,6 +110,8 @@ def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAcc
 @dataclass(frozen=True)
 class _Stages:
     pipeline: Pipeline
+    executor: Executor
+    keys: tuple[str, ...]
     app: FastAPI
 
 
@@ -129,12 +132,16 @@ class Service:
         *,
         secrets_dir: Path,
         mainnet_flag: bool = False,
-        drain_timeout_s: float = 10.0,
+        drain_timeout_s: float | None = None,
     ) -> None:
         check_mainnet_opt_in(settings, mainnet_flag=mainnet_flag)
         self.settings = settings
         self._resolver = secret_resolver(settings, secrets_dir)
-        self._drain_timeout_s = drain_timeout_s
+        self._drain_timeout_s = (
+            drain_timeout_s
+            if drain_timeout_s is not None
+            else max(1.0, SHUTDOWN_BUDGET_S - settings.venue.timeout_s)
+        )
         self._started = time.monotonic()
         self._server: _Server | None = None
         self.sim_url = ""
@@ -170,8 +177,16 @@ class Service:
     ) -> None:
         assert self._server is not None
         async with asyncio.TaskGroup() as tasks:
-            workers = [tasks.create_task(stages.pipeline.work()) for _ in range(WORKERS)]
+            background = [tasks.create_task(stages.pipeline.run())]
+            # Every order a previous run left unfinished is settled with the venue before the
+            # first new signal; then unfinished signals run again in their original order.
+            settled = await stages.executor.reconcile(limit=None)
+            if settled:
+                logger.info("reconciled {n} unfinished orders with the venue", n=settled)
             await stages.pipeline.recover()
+            background += [
+                tasks.create_task(stages.executor.reconcile_forever(key)) for key in stages.keys
+            ]
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
                 await asyncio.sleep(0.01)
@@ -193,8 +208,8 @@ class Service:
                 await asyncio.wait_for(stages.pipeline.drain(), self._drain_timeout_s)
             except TimeoutError:
                 logger.warning("drain timed out; unfinished signals resume on the next start")
-            for worker in workers:
-                worker.cancel()
+            for task in background:
+                task.cancel()
         logger.info("bot stopped")
 
     def _bind(self) -> socket.socket:
@@ -249,9 +264,10 @@ class Service:
             )
             resources.callback(venue.close)
             venues[key_name] = venue
-        executor = Executor(journal, venues)
+        gate = RiskGate(settings.risk)
+        executor = Executor(journal, venues, settings.execution, staleness=gate.stale_reason)
         market = MarketData(venues, settings.venue.market_cache_s)
-        pipeline = Pipeline(journal, strategies, RiskGate(settings.risk), executor, market)
+        pipeline = Pipeline(journal, strategies, gate, executor, market)
         receivers = [
             WebhookReceiver(
                 source,
@@ -266,7 +282,7 @@ class Service:
             if config.enabled
         ]
         app = create_app(receivers, lambda: self._health(pipeline, journal))
-        return _Stages(pipeline=pipeline, app=app)
+        return _Stages(pipeline=pipeline, executor=executor, keys=tuple(venues), app=app)
 
     def _venue_url(self, resources: ExitStack) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""

@@ -1,26 +1,47 @@
-"""The order executor: approved intents become exactly one venue order each.
+"""The order executor: every approved intent ends in exactly one venue order, or a reason.
 
-For every intent it derives the deterministic orderLinkId, journals the order as Pending
-*before* sending it, sends it through the strategy's own key, and journals what came back.
-An order whose orderLinkId the journal already holds is never sent blindly again: the venue
-is asked first. A key the venue calls bad (KeyFatalError) is switched off for all of its
-strategies until the bot restarts.
+For each order it journals the approval and the order (Pending) in one transaction, then
+drives the order through its lifecycle (`bot.execution.orders`) with bounded attempts:
 
-After an ambiguous failure (timeout, lost answer, 10016, 5xx) the order is looked up by its
-orderLinkId once; if the venue does not show it (yet), it is journaled Unknown. Not built
-yet: bounded resends of retryable and ambiguous failures, and start-up reconciliation of
-Unknown and Pending orders; a retryable failure (rate limit, clock drift) is journaled
-Rejected.
+- before each send the order is journaled Submitting, so a crash leaves a row that says
+  "may exist: look before you act";
+- a retryable failure (10006, HTTP 429/403, 10002) waits for the time the venue gave (the
+  venue module resynchronises the clock on 10002), then resends with the same orderLinkId;
+- an ambiguous failure (timeout, 10000, 10016, 5xx, no answer) is journaled Unknown; the order
+  is looked up by orderLinkId before anything else, and resent only if the venue shows none;
+- 110072 (duplicate orderLinkId) means the order exists: it is looked up, never resent;
+- a clear rejection is final, unless an earlier send was ambiguous: then only once a look-up
+  confirms no order exists;
+- a key-fatal answer switches the key off for all its strategies until restart.
+
+A new market order is then followed for a moment (`follow_s`) until it is terminal, so the
+next signal of its key and symbol sees the fill. `reconcile` is the safety net: it resumes
+every order the journal holds as not terminal, at start-up before any new signal and then in
+a loop, until each is terminal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Final
 
+from bot import metrics
+from bot.execution.config import ExecutionConfig
 from bot.execution.ids import order_link_id
-from bot.journal import Journal
+from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE
+from bot.journal import Journal, OrderRecord
 from bot.logs import logger
-from bot.messages import OrderEvent, OrderIntent, OrderRequest, OrderStatus
+from bot.messages import (
+    OrderEvent,
+    OrderIntent,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    RiskDecision,
+)
 from bot.venue.base import Venue
 from bot.venue.errors import (
     AmbiguousError,
@@ -31,7 +52,13 @@ from bot.venue.errors import (
     VenueError,
 )
 
-__all__ = ["Executor", "build_request"]
+__all__ = ["Executor", "StalenessCheck", "build_request"]
+
+#: The risk gate's staleness rule: why a signal issued at `ts` is too old to act on, or None.
+StalenessCheck = Callable[[datetime], str | None]
+
+_FOLLOW_POLLS_S: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+_JITTER: Final = 0.25
 
 
 def build_request(intent: OrderIntent, key_name: str) -> OrderRequest:
@@ -56,99 +83,334 @@ def build_request(intent: OrderIntent, key_name: str) -> OrderRequest:
     )
 
 
-class Executor:
-    """Places approved intents, each through the key its strategy is bound to."""
+class _LookupFailed(Exception):
+    """The venue could not be asked (it answered with an error): nothing is known."""
 
-    def __init__(self, journal: Journal, venues: Mapping[str, Venue]) -> None:
+
+class Executor:
+    """Places approved orders, each through the key its strategy is bound to."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        venues: Mapping[str, Venue],
+        config: ExecutionConfig | None = None,
+        *,
+        staleness: StalenessCheck = lambda ts: None,
+        rng: random.Random | None = None,
+    ) -> None:
         """`venues` maps key name to the venue reached with that key."""
         self._journal = journal
         self._venues = venues
+        self._config = config or ExecutionConfig()
+        self._staleness = staleness
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
+        self._in_flight: set[str] = set()
 
-    async def execute(self, intent: OrderIntent, key_name: str) -> OrderEvent:
-        """Place the order for `intent` (once, ever) with `key_name`, the key that the
-        configuration binds to the strategy (never one the intent names), and return the
-        order's latest known state."""
-        venue = self._venues[key_name]
-        request = build_request(intent, key_name)
-        log = logger.bind(order_link_id=request.order_link_id, strategy=intent.strategy)
+    def disabled_reason(self, key_name: str) -> str | None:
+        """Why the venue refused `key_name` (its strategies are stopped), or None."""
+        return self._disabled_keys.get(key_name)
 
-        if not await self._journal.call(self._journal.record_order, request):
+    # entry points ---------------------------------------------------------------------------
+
+    async def execute(self, decision: RiskDecision, key_name: str) -> OrderEvent:
+        """Journal an approved intent's order and drive it to the venue (once, ever).
+
+        `key_name` is the key the configuration binds to the strategy, never one the intent
+        names. An orderLinkId already journaled (the same signal run again after a restart)
+        is resumed from its journaled state, never created twice.
+        """
+        request = build_request(decision.intent, key_name)
+        self._in_flight.add(request.order_link_id)
+        try:
+            created = await self._journal.call(self._journal.record_approval, decision, request)
+            if created:
+                return await self._drive(request, OrderStatus.PENDING)
             known = await self._journal.call(self._journal.order, request.order_link_id)
-            if known is not None and known.status not in (OrderStatus.PENDING, OrderStatus.UNKNOWN):
-                log.info("order already journaled as {status}; not sent again", status=known.status)
-                return _event_of(request.order_link_id, known.status, known.order_id, known.reason)
-            found = await self._lookup(venue, request)
+            assert known is not None  # the insert was refused because it exists
+            return await self._resume(known)
+        finally:
+            self._in_flight.discard(request.order_link_id)
+
+    async def reconcile(self, key_name: str | None = None, *, limit: int | None = -1) -> int:
+        """Resume every unfinished order (of one key, or all) not being driven right now.
+
+        Returns how many orders were looked at: at most `limit` per key (default
+        `reconcile_batch`; None for all, as at start-up).
+        """
+        batch = self._config.reconcile_batch if limit == -1 else limit
+        records = await self._journal.call(self._journal.unfinished_orders, key_name)
+        per_key: dict[str, int] = {}
+        resumed = 0
+        for record in records:
+            link_id, key = record.request.order_link_id, record.request.key_name
+            if link_id in self._in_flight or key not in self._venues:
+                continue
+            if batch is not None and per_key.get(key, 0) >= batch:
+                continue
+            per_key[key] = per_key.get(key, 0) + 1
+            self._in_flight.add(link_id)
+            try:
+                await self._resume(record)
+            except VenueError as exc:
+                logger.warning("reconciliation of {id} failed: {error}", id=link_id, error=exc)
+            finally:
+                self._in_flight.discard(link_id)
+            resumed += 1
+        return resumed
+
+    async def reconcile_forever(self, key_name: str) -> None:
+        """The reconciliation loop of one key: a pass every `reconcile_interval_s`."""
+        while True:
+            await asyncio.sleep(self._config.reconcile_interval_s)
+            try:
+                await self.reconcile(key_name)
+            except Exception:  # the safety net must outlive any one bad pass
+                logger.exception("reconciliation pass for key {key} failed", key=key_name)
+
+    # the lifecycle ---------------------------------------------------------------------------
+
+    async def _resume(self, record: OrderRecord) -> OrderEvent:
+        """Carry a journaled order on from where the journal left it."""
+        request, status = record.request, record.status
+        if status.is_terminal:
+            return _event_of(record)
+        if status in OPEN_AT_VENUE:
+            return await self._refresh(request) or _event_of(record)
+        if status is OrderStatus.PENDING:
+            stale = self._staleness(record.signal_ts) if record.signal_ts is not None else None
+            if stale is not None:  # never sent: a stale signal is declined, not traded
+                return await self._reject(request, f"not sent: {stale}")
+            return await self._drive(request, status)
+        # Submitting or Unknown: it may exist. Look, and resend only what the venue lacks.
+        if record.attempts >= self._config.max_total_sends:
+            found = await self._look_up_safely(request)
+            return found or await self._reject(
+                request, f"not found at the venue after {record.attempts} sends"
+            )
+        if record.signal_ts is not None and (stale := self._staleness(record.signal_ts)):
+            found = await self._look_up_twice(request)
             if found is not None:
-                log.info("order found at the venue; not sent again")
                 return found
+            return await self._reject(request, f"never reached the venue and is now {stale}")
+        return await self._drive(request, status)
 
-        if key_name in self._disabled_keys:
-            return await self._record(
-                OrderEvent(
-                    order_link_id=request.order_link_id,
-                    status=OrderStatus.REJECTED,
-                    reason=f"key {key_name} is disabled: {self._disabled_keys[key_name]}",
+    async def _drive(self, request: OrderRequest, status: OrderStatus) -> OrderEvent:
+        """Send until the venue holds the order or says a final no; bounded attempts."""
+        venue = self._venues[request.key_name]
+        log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
+        may_exist = status in MAY_EXIST_AT_VENUE
+        last: VenueError | None = None
+        for attempt in range(self._config.max_send_attempts):
+            if may_exist:
+                try:
+                    found = await self._look_up(venue, request)
+                except _LookupFailed:
+                    await self._backoff(attempt)
+                    continue
+                if found is not None:
+                    log.info("order found at the venue; not sent again")
+                    return found
+            disabled = self._disabled_keys.get(request.key_name)
+            if disabled is not None:
+                return await self._key_disabled(request, disabled, may_exist=may_exist)
+            await self._record(
+                OrderEvent(order_link_id=request.order_link_id, status=OrderStatus.SUBMITTING)
+            )
+            try:
+                ack = await venue.place_order(request)
+            except DuplicateOrderError as exc:
+                # It exists (a lost answer of an earlier send): look it up, with patience.
+                last, may_exist = exc, True
+                found = await self._look_up_patiently(venue, request)
+                if found is not None:
+                    return found
+                continue
+            except AmbiguousError as exc:
+                last, may_exist = exc, True
+                log.warning("send was ambiguous: {error}", error=str(exc))
+                await self._record(_failure(request, OrderStatus.UNKNOWN, exc))
+                await self._backoff(attempt)
+                continue
+            except RetryableError as exc:
+                last = exc
+                if exc.retry_after_s > self._config.max_retry_wait_s:
+                    log.warning(
+                        "venue asks to wait {s:.0f} s; giving up this run", s=exc.retry_after_s
+                    )
+                    break
+                await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))
+                continue
+            except OrderRejectedError as exc:
+                if may_exist:  # an earlier send may have landed: final only if none shows
+                    found = await self._look_up_patiently(venue, request)
+                    if found is not None:
+                        return found
+                log.warning("order rejected: {error}", error=str(exc))
+                return await self._record(_failure(request, OrderStatus.REJECTED, exc))
+            except KeyFatalError as exc:
+                self._disable_key(request.key_name, exc)
+                return await self._key_disabled(
+                    request, exc.message, may_exist=may_exist, ret_code=exc.ret_code
                 )
-            )
-        try:
-            ack = await venue.place_order(request)
-        except (DuplicateOrderError, AmbiguousError) as exc:
-            # The order may exist (110072 says it does): look before anything else, never
-            # guess; what the venue does not show is journaled Unknown.
-            found = await self._lookup(venue, request)
-            return found if found is not None else await self._failed(request, exc)
-        except VenueError as exc:
-            return await self._failed(request, exc)
-        await self._record(ack)
-        log.info("order placed", order_id=ack.order_id)
-        return await self._refresh(venue, request, ack)
+            log.info("order placed", order_id=ack.order_id, attempt=attempt + 1)
+            event = await self._record(ack)
+            if request.order_type is OrderType.MARKET:
+                return await self._follow(venue, request) or event
+            return event
+        return await self._give_up(request, last, may_exist=may_exist)
 
-    async def _refresh(self, venue: Venue, request: OrderRequest, ack: OrderEvent) -> OrderEvent:
-        """Read the order back once, to journal an immediate fill (market orders)."""
-        try:
-            current = await venue.get_order(request.order_link_id, request.symbol)
-        except VenueError as exc:
-            logger.warning("could not read the order back", error=str(exc))
-            return ack
-        if current is None or current.status is OrderStatus.NEW:
-            return ack
-        return await self._record(current)
-
-    async def _lookup(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
-        try:
-            found = await venue.get_order(request.order_link_id, request.symbol)
-        except VenueError as exc:
-            logger.warning(
-                "order lookup failed", order_link_id=request.order_link_id, error=str(exc)
-            )
-            return None
-        return None if found is None else await self._record(found)
-
-    async def _failed(self, request: OrderRequest, exc: VenueError) -> OrderEvent:
-        if isinstance(exc, KeyFatalError):
-            self._disabled_keys[request.key_name] = exc.message
-            logger.error(
-                "key {key} refused by the venue; its strategies are stopped", key=request.key_name
-            )
-        terminal = isinstance(exc, OrderRejectedError | KeyFatalError | RetryableError)
-        status = OrderStatus.REJECTED if terminal else OrderStatus.UNKNOWN
+    async def _give_up(
+        self, request: OrderRequest, last: VenueError | None, *, may_exist: bool
+    ) -> OrderEvent:
+        """Attempts are spent: Unknown if the venue may hold it (reconciled later), else
+        Rejected with the venue's last answer."""
+        status = OrderStatus.UNKNOWN if may_exist else OrderStatus.REJECTED
         logger.warning(
-            "order not placed: {error}", error=str(exc), order_link_id=request.order_link_id
+            "order {id}: attempts spent, journaled {status}",
+            id=request.order_link_id,
+            status=status,
         )
+        if last is None:
+            last = VenueError("attempts spent without an answer")
+        return await self._record(_failure(request, status, last))
+
+    async def _key_disabled(
+        self, request: OrderRequest, reason: str, *, may_exist: bool, ret_code: int | None = None
+    ) -> OrderEvent:
+        """Unknown if an earlier send may have landed (a dead key cannot look it up: a later
+        reconciliation will), else Rejected."""
+        status = OrderStatus.UNKNOWN if may_exist else OrderStatus.REJECTED
+        message = f"key {request.key_name} is disabled: {reason}"
+        logger.warning("order {id}: {message}", id=request.order_link_id, message=message)
         return await self._record(
             OrderEvent(
                 order_link_id=request.order_link_id,
                 status=status,
-                reason=exc.message,
-                ret_code=exc.ret_code,
+                reason=message,
+                ret_code=ret_code,
             )
         )
 
+    def _disable_key(self, key_name: str, exc: KeyFatalError) -> None:
+        if key_name not in self._disabled_keys:
+            logger.critical(
+                "ALERT: the venue refused key {key} ({error}); its strategies are stopped "
+                "until the key is fixed and the bot restarted",
+                key=key_name,
+                error=str(exc),
+            )
+        self._disabled_keys[key_name] = exc.message
+
+    # look-ups --------------------------------------------------------------------------------
+
+    async def _look_up(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
+        """The venue's view of the order, journaled; None if it holds no such order."""
+        try:
+            found = await venue.get_order(request.order_link_id, request.symbol)
+        except VenueError as exc:
+            logger.warning("order look-up failed: {error}", id=request.order_link_id, error=exc)
+            raise _LookupFailed from exc
+        return None if found is None else await self._apply(found)
+
+    async def _look_up_safely(self, request: OrderRequest) -> OrderEvent | None:
+        """A look-up whose failure counts as 'not seen'."""
+        try:
+            return await self._look_up(self._venues[request.key_name], request)
+        except _LookupFailed:
+            return None
+
+    async def _look_up_twice(self, request: OrderRequest) -> OrderEvent | None:
+        """Two look-ups apart, so an order the venue is slow to show is not missed."""
+        found = await self._look_up_safely(request)
+        if found is None:
+            await asyncio.sleep(self._config.lookup_delays_s[-1])
+            found = await self._look_up_safely(request)
+        return found
+
+    async def _look_up_patiently(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
+        """Look up an order the venue said exists, waiting for it to become visible."""
+        for delay in self._config.lookup_delays_s:
+            await asyncio.sleep(delay)
+            try:
+                found = await self._look_up(venue, request)
+            except _LookupFailed:
+                continue
+            if found is not None:
+                return found
+        return None
+
+    async def _refresh(self, request: OrderRequest) -> OrderEvent | None:
+        return await self._look_up_safely(request)
+
+    async def _follow(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
+        """Follow a new order until it is terminal or `follow_s` has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.follow_s
+        latest: OrderEvent | None = None
+        for pause in _FOLLOW_POLLS_S:
+            if loop.time() + pause > deadline:
+                break
+            await asyncio.sleep(pause)
+            try:
+                found = await self._look_up(venue, request)
+            except _LookupFailed:
+                continue
+            if found is not None:
+                latest = found
+                if found.status.is_terminal:
+                    break
+        return latest
+
+    # journal ---------------------------------------------------------------------------------
+
+    async def _apply(self, event: OrderEvent) -> OrderEvent:
+        """Journal what the venue showed, if it moves the order forward; return the order's
+        journaled state either way."""
+        await self._record(event)
+        record = await self._journal.call(self._journal.order, event.order_link_id)
+        return event if record is None else _event_of(record)
+
     async def _record(self, event: OrderEvent) -> OrderEvent:
-        await self._journal.call(self._journal.record_order_event, event)
+        if await self._journal.call(self._journal.record_order_event, event):
+            metrics.ORDERS.labels(event.status.value).inc()
         return event
 
+    async def _reject(self, request: OrderRequest, reason: str) -> OrderEvent:
+        logger.warning("order {id} rejected: {reason}", id=request.order_link_id, reason=reason)
+        return await self._record(
+            OrderEvent(
+                order_link_id=request.order_link_id, status=OrderStatus.REJECTED, reason=reason
+            )
+        )
 
-def _event_of(link_id: str, status: OrderStatus, order_id: str | None, reason: str) -> OrderEvent:
-    return OrderEvent(order_link_id=link_id, status=status, order_id=order_id, reason=reason)
+    # waiting ---------------------------------------------------------------------------------
+
+    async def _backoff(self, attempt: int) -> None:
+        base = min(self._config.backoff_base_s * 2**attempt, self._config.backoff_max_s)
+        await asyncio.sleep(base + self._jitter(base))
+
+    def _jitter(self, scale: float) -> float:
+        return self._rng.uniform(0, _JITTER * scale)
+
+
+def _failure(request: OrderRequest, status: OrderStatus, exc: VenueError) -> OrderEvent:
+    return OrderEvent(
+        order_link_id=request.order_link_id,
+        status=status,
+        reason=exc.message,
+        ret_code=exc.ret_code,
+    )
+
+
+def _event_of(record: OrderRecord) -> OrderEvent:
+    return OrderEvent(
+        order_link_id=record.request.order_link_id,
+        status=record.status,
+        order_id=record.order_id,
+        filled_qty=record.filled_qty,
+        avg_price=record.avg_price,
+        reason=record.reason,
+        ret_code=record.ret_code,
+    )

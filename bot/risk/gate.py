@@ -46,6 +46,11 @@ class RiskGate:
         """(rule, reason) if no intent from `signal` could pass, else None."""
         return self._symbol(signal.symbol) or self._staleness(signal.ts)
 
+    def stale_reason(self, signal_ts: datetime) -> str | None:
+        """Why a signal issued at `signal_ts` is too old (or too far ahead) to act on now."""
+        rejection = self._staleness(signal_ts)
+        return None if rejection is None else rejection[1]
+
     def _symbol(self, symbol: str) -> tuple[str, str] | None:
         if symbol in self._symbols:
             return None

@@ -3,7 +3,10 @@
 pybit is synchronous, so each key gets its own single worker thread: calls never block the
 event loop, and one key's calls keep their order. pybit's own retries are off (the executor
 is the only retry authority for orders); idempotent reads are retried here, a bounded number
-of times. Every failure leaves this module classified (`bot.venue.errors`).
+of times. Every private request waits for room in its endpoint's rate window (`Pacer`), and
+every answer's X-Bapi-Limit* headers correct that window. A 10002 (timestamp outside the
+recv window) resynchronises the signing clock with `/v5/market/time` before it is reported.
+Every failure leaves this module classified (`bot.venue.errors`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -21,10 +25,17 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.config import Environment
+from bot.execution.pacing import Pacer, RateWindow
 from bot.logs import logger
 from bot.messages import Instrument, OrderEvent, OrderRequest, OrderStatus, utc_now
 from bot.secrets import ApiCredentials
-from bot.venue.errors import AmbiguousError, RetryableError, VenueError, classify
+from bot.venue.errors import (
+    CLOCK_DRIFT_CODE,
+    AmbiguousError,
+    RetryableError,
+    VenueError,
+    classify,
+)
 
 __all__ = ["BybitVenue"]
 
@@ -34,6 +45,7 @@ CATEGORY: Final = "linear"
 # pybit retries any retCode in `retry_codes` itself, sleeping in our worker thread, and an
 # empty set means "its defaults" (10002, 10006, ...). A code Bybit never sends turns that off.
 _NO_PYBIT_RETRIES: Final = frozenset({-1})
+IP_BANNED_STATUS: Final = 403
 _READ_ATTEMPTS: Final = 3
 _READ_BACKOFF_S: Final = (0.2, 0.5)
 _MAX_READ_WAIT_S: Final = 2.0
@@ -45,6 +57,22 @@ class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
     def __init__(self, *, api_secret: SecretStr, **kwargs: Any) -> None:
         super().__init__(api_secret="<held-as-SecretStr>", **kwargs)  # noqa: S106
         self._secret = api_secret
+        #: venue clock minus ours, in ms; set from /v5/market/time after a 10002
+        self.clock_offset_ms = 0
+
+    def _prepare_headers(
+        self, payload: Any, recv_window: int, content_type: str = "application/json"
+    ) -> dict[str, str]:
+        # pybit's own header builder, with the timestamp on the venue's clock.
+        timestamp = int(time.time() * 1000) + self.clock_offset_ms
+        return {
+            "Content-Type": content_type,
+            "X-BAPI-API-KEY": self.api_key,
+            "X-BAPI-SIGN": self._auth(payload, recv_window, timestamp),
+            "X-BAPI-SIGN-TYPE": "2",
+            "X-BAPI-TIMESTAMP": str(timestamp),
+            "X-BAPI-RECV-WINDOW": str(recv_window),
+        }
 
     def _auth(self, payload: str, recv_window: int, timestamp: int) -> str:
         # Same string-to-sign as pybit's HMAC path: timestamp + api_key + recv_window + payload.
@@ -82,10 +110,12 @@ class BybitVenue:
             force_retry=False,
             max_retries=1,
             retry_codes=set(_NO_PYBIT_RETRIES),
+            return_response_headers=True,
         )
         if sim_url:
             self._http.endpoint = sim_url.rstrip("/")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"venue-{self.name}")
+        self._pacer = Pacer()
         self._instruments: dict[str, Instrument] = {}
 
     @property
@@ -100,7 +130,7 @@ class BybitVenue:
 
     async def place_order(self, request: OrderRequest) -> OrderEvent:
         result = await self._call(
-            "place_order", self._http.place_order, **request.to_bybit_params()
+            "place_order", "/v5/order/create", self._http.place_order, **request.to_bybit_params()
         )
         return OrderEvent(
             order_link_id=request.order_link_id,
@@ -110,8 +140,11 @@ class BybitVenue:
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
         query = {"category": CATEGORY, "symbol": symbol, "orderLinkId": order_link_id}
-        for method in (self._http.get_open_orders, self._http.get_order_history):
-            result = await self._read("get_order", method, **query)
+        for path, method in (
+            ("/v5/order/realtime", self._http.get_open_orders),
+            ("/v5/order/history", self._http.get_order_history),
+        ):
+            result = await self._read("get_order", path, method, **query)
             for row in result.get("list") or []:
                 if row.get("orderLinkId") == order_link_id:
                     return _order_event(row)
@@ -121,7 +154,7 @@ class BybitVenue:
 
     async def last_price(self, symbol: str) -> Decimal:
         result = await self._read(
-            "last_price", self._http.get_tickers, category=CATEGORY, symbol=symbol
+            "last_price", "", self._http.get_tickers, category=CATEGORY, symbol=symbol
         )
         rows = result.get("list") or []
         if not rows:
@@ -132,7 +165,11 @@ class BybitVenue:
         """Trading rules, fetched once per symbol per process."""
         if symbol not in self._instruments:
             result = await self._read(
-                "instrument", self._http.get_instruments_info, category=CATEGORY, symbol=symbol
+                "instrument",
+                "",
+                self._http.get_instruments_info,
+                category=CATEGORY,
+                symbol=symbol,
             )
             rows = result.get("list") or []
             if not rows:
@@ -149,7 +186,12 @@ class BybitVenue:
         return self._instruments[symbol]
 
     async def equity_usdt(self) -> Decimal:
-        result = await self._read("equity", self._http.get_wallet_balance, accountType="UNIFIED")
+        result = await self._read(
+            "equity",
+            "/v5/account/wallet-balance",
+            self._http.get_wallet_balance,
+            accountType="UNIFIED",
+        )
         rows = result.get("list") or []
         if not rows:
             raise VenueError("wallet balance is empty", operation="equity")
@@ -157,7 +199,11 @@ class BybitVenue:
 
     async def position_qty(self, symbol: str) -> Decimal:
         result = await self._read(
-            "position", self._http.get_positions, category=CATEGORY, symbol=symbol
+            "position",
+            "/v5/position/list",
+            self._http.get_positions,
+            category=CATEGORY,
+            symbol=symbol,
         )
         total = Decimal(0)
         for row in result.get("list") or []:
@@ -167,22 +213,74 @@ class BybitVenue:
 
     # plumbing ------------------------------------------------------------------------------
 
-    async def _call(self, operation: str, method: Callable[..., Any], **params: Any) -> Any:
-        """One pybit call on this key's thread; returns `result`, raises a classified error."""
+    async def sync_clock(self) -> int:
+        """Set the signing clock's offset from the venue's `/v5/market/time`; returns it (ms)."""
+        before = time.time()
+        result = await self._call("sync_clock", "", self._http.get_server_time)
+        after = time.time()
+        venue_ms = int(str(result.get("timeNano") or "0")) // 1_000_000 or (
+            int(str(result.get("timeSecond") or "0")) * 1000
+        )
+        offset = venue_ms - int((before + after) / 2 * 1000)
+        self._http.clock_offset_ms = offset
+        logger.warning(
+            "signing clock resynchronised with the venue", key=self.name, offset_ms=offset
+        )
+        return offset
+
+    async def _call(
+        self, operation: str, path: str, method: Callable[..., Any], **params: Any
+    ) -> Any:
+        """One pybit call on this key's thread, paced when `path` is a private endpoint (""
+        for public ones); returns `result`, raises a classified error."""
+        window = self._pacer.window(path) if path else None
+        slot = await window.acquire() if window is not None else None
+
+        def send() -> Any:
+            if slot is not None:
+                slot.start()
+            return method(**params)
+
         loop = asyncio.get_running_loop()
         try:
-            response = await loop.run_in_executor(self._pool, lambda: method(**params))
+            answer = await loop.run_in_executor(self._pool, send)
+        except asyncio.CancelledError:
+            if window is not None and slot is not None:
+                window.release(slot)
+            raise
         except Exception as exc:  # every failure leaves here classified, none raw
-            raise classify(exc, operation) from exc
+            error = classify(exc, operation)
+            await self._after_failure(window, error, getattr(exc, "resp_headers", None))
+            raise error from exc
+        response, headers = (answer[0], answer[2]) if isinstance(answer, tuple) else (answer, {})
+        if window is not None:
+            _observe_limits(window, headers)
         if not isinstance(response, dict) or not isinstance(response.get("result"), dict):
             raise AmbiguousError("answer without a result object", operation=operation)
         return response["result"]
 
-    async def _read(self, operation: str, method: Callable[..., Any], **params: Any) -> Any:
+    async def _after_failure(
+        self, window: RateWindow | None, error: VenueError, headers: Mapping[str, str] | None
+    ) -> None:
+        if window is not None and headers:
+            _observe_limits(window, headers)
+        if isinstance(error, RetryableError) and error.ret_code == CLOCK_DRIFT_CODE:
+            try:
+                await self.sync_clock()
+            except VenueError as exc:
+                logger.warning("clock resync failed", key=self.name, error=str(exc))
+        elif isinstance(error, RetryableError) and error.ret_code == IP_BANNED_STATUS:
+            self._pacer.pause_all(error.retry_after_s)  # the ban covers every endpoint
+        elif isinstance(error, RetryableError) and window is not None:
+            window.pause(error.retry_after_s)
+
+    async def _read(
+        self, operation: str, path: str, method: Callable[..., Any], **params: Any
+    ) -> Any:
         """An idempotent read, retried a bounded number of times on transient failures."""
         for attempt in range(_READ_ATTEMPTS):
             try:
-                return await self._call(operation, method, **params)
+                return await self._call(operation, path, method, **params)
             except (RetryableError, AmbiguousError) as exc:
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
@@ -192,6 +290,24 @@ class BybitVenue:
                 logger.warning("venue read failed, retrying", key=self.name, error=str(exc))
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
+
+
+def _observe_limits(window: RateWindow, headers: Mapping[str, str]) -> None:
+    """Correct a rate window from Bybit's X-Bapi-Limit* headers (absent ones change nothing)."""
+    limit, remaining, reset_ms = (
+        _int_header(headers, name)
+        for name in ("X-Bapi-Limit", "X-Bapi-Limit-Status", "X-Bapi-Limit-Reset-Timestamp")
+    )
+    reset_in_s = None if reset_ms is None else reset_ms / 1000 - time.time()
+    window.observe(limit, remaining, reset_in_s)
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _decimal(value: object, field: str) -> Decimal:

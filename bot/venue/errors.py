@@ -21,7 +21,9 @@ from pybit.exceptions import FailedRequestError, InvalidRequestError
 
 __all__ = [
     "AMBIGUOUS_CODES",
+    "CLOCK_DRIFT_CODE",
     "FATAL_CODES",
+    "IP_BAN_S",
     "RETRYABLE_CODES",
     "AmbiguousError",
     "DuplicateOrderError",
@@ -32,11 +34,15 @@ __all__ = [
     "classify",
 ]
 
-RETRYABLE_CODES: Final = frozenset({10002, 10006})
+CLOCK_DRIFT_CODE: Final = 10002
+RATE_LIMIT_CODE: Final = 10006
+RETRYABLE_CODES: Final = frozenset({CLOCK_DRIFT_CODE, RATE_LIMIT_CODE})
 AMBIGUOUS_CODES: Final = frozenset({10000, 10016})
 DUPLICATE_ORDER_CODE: Final = 110072
 FATAL_CODES: Final = frozenset({10003, 10004, 10005, 10010, 33004})
 _DEFAULT_RETRY_AFTER_S: Final = 1.0
+#: How long Bybit bans an IP after HTTP 403 (its rate-limit page: "at least 10 minutes").
+IP_BAN_S: Final = 600.0
 
 
 class VenueError(Exception):
@@ -117,10 +123,18 @@ def _from_http_failure(exc: FailedRequestError, operation: str) -> VenueError:
     if exc.resp_headers is None:
         # pybit's own failures (undecodable JSON, exhausted retries): nothing says it failed.
         return AmbiguousError(str(exc.message), ret_code=status, operation=operation)
-    if status in (403, 429):
+    if status == 429:
         return RetryableError(
-            f"HTTP {status}: IP rate limit",
+            "HTTP 429: rate limit",
             retry_after_s=_retry_after_s(exc.resp_headers),
+            ret_code=status,
+            operation=operation,
+        )
+    if status == 403:
+        # Bybit's edge bans an IP that broke its limit: "wait for at least 10 minutes".
+        return RetryableError(
+            "HTTP 403: IP rate limit exceeded, the IP is banned for a while",
+            retry_after_s=_retry_after_header_s(exc.resp_headers, IP_BAN_S),
             ret_code=status,
             operation=operation,
         )
@@ -139,3 +153,12 @@ def _retry_after_s(headers: Mapping[str, str] | None) -> float:
         return max(0.0, int(reset) / 1000 - time.time()) if reset else _DEFAULT_RETRY_AFTER_S
     except ValueError:
         return _DEFAULT_RETRY_AFTER_S
+
+
+def _retry_after_header_s(headers: Mapping[str, str] | None, default: float) -> float:
+    """A standard `Retry-After` in seconds when the answer has one, else `default`."""
+    value = (headers or {}).get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value else default
+    except ValueError:
+        return default

@@ -77,7 +77,7 @@ def test_order_is_recorded_once_and_events_update_it(journal: Journal) -> None:
     assert (record.status, record.order_id, record.avg_price) == (
         OrderStatus.FILLED,
         "o-1",
-        "97000",
+        Decimal(97000),
     )
     assert journal.counts()["order_events"] == 2
 

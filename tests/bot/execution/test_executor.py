@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from bot.config import Environment
+from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor, build_request
 from bot.journal import Journal
-from bot.messages import OrderIntent, OrderStatus
+from bot.messages import OrderIntent, OrderStatus, RiskDecision
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
@@ -24,6 +25,7 @@ from tests.factories import make_intent
 
 KEY, SECRET = "executor-test-key", "executor-test-secret-value"
 _ids = itertools.count()
+FAST = ExecutionConfig(backoff_base_s=0.01, backoff_max_s=0.05, lookup_delays_s=(0.01, 0.05))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,11 @@ def no_faults(exchange: tuple[SimExchange, str]) -> None:
 def make_executor(url: str, journal: Journal, api_key: str = KEY) -> tuple[Executor, BybitVenue]:
     credentials = ApiCredentials("k", SecretStr(api_key), SecretStr(SECRET))
     venue = BybitVenue(credentials, Environment.SIM, sim_url=url, timeout_s=2)
-    return Executor(journal, {"k": venue}), venue
+    return Executor(journal, {"k": venue}, FAST), venue
+
+
+def approved(item: OrderIntent) -> RiskDecision:
+    return RiskDecision(intent=item, approved=True, reason="within all limits")
 
 
 def intent(qty: str = "0.001", signal_id: str | None = None) -> OrderIntent:
@@ -64,7 +70,7 @@ def test_market_order_is_placed_filled_and_journaled(
     executor, venue = make_executor(exchange[1], journal)
     item = intent()
 
-    event = asyncio.run(executor.execute(item, "k"))
+    event = asyncio.run(executor.execute(approved(item), "k"))
 
     assert event.status is OrderStatus.FILLED
     assert event.avg_price == Decimal(97000)
@@ -80,10 +86,10 @@ def test_executing_the_same_intent_again_sends_nothing(
 ) -> None:
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
     item = intent()
-    asyncio.run(executor.execute(item, "k"))
+    asyncio.run(executor.execute(approved(item), "k"))
     before = exchange[0].stats()["requests_by_path"].get("/v5/order/create", 0)
 
-    again = asyncio.run(executor.execute(item, "k"))
+    again = asyncio.run(executor.execute(approved(item), "k"))
 
     assert again.status is OrderStatus.FILLED
     assert exchange[0].stats()["requests_by_path"]["/v5/order/create"] == before
@@ -96,10 +102,10 @@ def test_a_lost_journal_cannot_cause_a_second_order(
 ) -> None:
     item = intent()
     first, venue1 = make_executor(exchange[1], Journal(tmp_path / "old.sqlite3"))
-    asyncio.run(first.execute(item, "k"))
+    asyncio.run(first.execute(approved(item), "k"))
     fresh, venue2 = make_executor(exchange[1], Journal(tmp_path / "new.sqlite3"))
 
-    event = asyncio.run(fresh.execute(item, "k"))
+    event = asyncio.run(fresh.execute(approved(item), "k"))
 
     assert event.status is OrderStatus.FILLED  # 110072, then looked up: it is ours
     assert len(orders_for(exchange[0], item)) == 1
@@ -114,7 +120,7 @@ def test_a_dropped_answer_is_looked_up_and_found(
     item = intent()
     exchange[0].set_faults(SimFaults(drop_response_after_accept=1.0))
 
-    event = asyncio.run(executor.execute(item, "k"))
+    event = asyncio.run(executor.execute(approved(item), "k"))
 
     assert event.status is OrderStatus.FILLED
     assert len(orders_for(exchange[0], item)) == 1
@@ -128,9 +134,9 @@ def test_when_the_lookup_fails_too_the_order_is_unknown_and_a_replay_settles_it(
     item = intent()
     exchange[0].set_faults(SimFaults(timeout_10016=1.0))  # every call, lookups included
 
-    lost = asyncio.run(executor.execute(item, "k"))
+    lost = asyncio.run(executor.execute(approved(item), "k"))
     exchange[0].set_faults(SimFaults())
-    replayed = asyncio.run(executor.execute(item, "k"))
+    replayed = asyncio.run(executor.execute(approved(item), "k"))
 
     assert lost.status is OrderStatus.UNKNOWN
     assert replayed.status is OrderStatus.FILLED
@@ -144,7 +150,7 @@ def test_venue_rejection_is_journaled_with_bybit_reason(
     journal = Journal(tmp_path / "j.sqlite3")
     executor, venue = make_executor(exchange[1], journal)
 
-    event = asyncio.run(executor.execute(intent(qty="50"), "k"))  # far beyond the balance
+    event = asyncio.run(executor.execute(approved(intent(qty="50")), "k"))  # far beyond the balance
 
     assert event.status is OrderStatus.REJECTED
     assert event.ret_code == 110007
@@ -159,9 +165,9 @@ def test_a_key_the_venue_refuses_is_switched_off(
 ) -> None:
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"), "read-only-key")
 
-    refused = asyncio.run(executor.execute(intent(), "k"))
+    refused = asyncio.run(executor.execute(approved(intent()), "k"))
     sent = exchange[0].stats()["requests_by_path"]["/v5/order/create"]
-    next_one = asyncio.run(executor.execute(intent(), "k"))
+    next_one = asyncio.run(executor.execute(approved(intent()), "k"))
 
     assert (refused.status, refused.ret_code) == (OrderStatus.REJECTED, 10005)
     assert next_one.status is OrderStatus.REJECTED
@@ -189,7 +195,7 @@ def test_repeated_execution_under_faults_never_creates_a_second_order(
     exchange[0].set_faults(SimFaults(drop_response_after_accept=drop, timeout_10016=fail))
 
     for _ in range(attempts):
-        asyncio.run(executor.execute(item, "k"))
+        asyncio.run(executor.execute(approved(item), "k"))
 
     assert len(orders_for(exchange[0], item)) <= 1
     venue.close()

@@ -1,0 +1,54 @@
+"""The executor's configuration: how hard it tries, how it waits, how it follows orders."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ExecutionConfig"]
+
+
+class ExecutionConfig(BaseModel):
+    """`[execution]`: retries, look-ups and reconciliation of orders. Every wait is bounded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_send_attempts: int = Field(
+        6, ge=1, le=20, description="sends of one order per run, each with the same orderLinkId"
+    )
+    max_total_sends: int = Field(
+        12,
+        ge=1,
+        le=100,
+        description="sends of one order over its whole life (restarts included); after that "
+        "an order the venue does not show is journaled Rejected",
+    )
+    backoff_base_s: float = Field(
+        0.1, gt=0, le=10, description="first wait after an ambiguous failure; doubles, jittered"
+    )
+    backoff_max_s: float = Field(5.0, gt=0, le=60, description="longest backoff between sends")
+    max_retry_wait_s: float = Field(
+        30.0,
+        gt=0,
+        le=900,
+        description="longest wait for a rate limit's reset before a resend; a longer ban ends "
+        "the attempt (the order stays for reconciliation, or is Rejected if it never left)",
+    )
+    lookup_delays_s: tuple[float, ...] = Field(
+        (0.05, 0.25, 1.0),
+        min_length=1,
+        description="waits before each look-up of an order the venue said exists (110072) but "
+        "does not show yet",
+    )
+    follow_s: float = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description="how long a new market order is followed to a terminal state before the "
+        "next signal of its key and symbol runs (the reconciliation loop follows it after)",
+    )
+    reconcile_interval_s: float = Field(
+        1.0, gt=0, le=60, description="how often every open or unknown order is looked up"
+    )
+    reconcile_batch: int = Field(
+        50, ge=1, le=1000, description="orders looked up per key per reconciliation pass"
+    )

@@ -1,0 +1,75 @@
+"""The order lifecycle: its states and the only transitions allowed between them.
+
+    Pending ──► Submitting ──► New ──► PartiallyFilled ──► Filled
+       │            │  ▲        │            │
+       │            ▼  │        └────────────┴──────────► Cancelled
+       │         Unknown ─────► (any venue state)          Rejected
+       └──────────────────────────────────────────────────► Rejected (never sent)
+
+- Pending: journaled, never sent. Only a Pending order may be declined without asking the venue.
+- Submitting: about to be sent, or sent without an answer yet. The order may exist at the venue:
+  after a crash it is looked up by orderLinkId before anything else.
+- Unknown: the venue's answer was lost (timeout, 5xx, 10016...). Resolved by a look-up to one of
+  the venue's states; resent (same orderLinkId) only when a look-up shows no such order.
+- New, PartiallyFilled: at the venue and open. Filled, Cancelled, Rejected: terminal.
+
+Transitions only move forward; `check_transition` is the one rule the journal applies to every
+event, and refusing a backward move is how a stale answer (a look-up overtaken by a fill, a
+retry's late answer) can never rewind what the journal knows.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Final
+
+from bot.messages import OrderStatus
+
+__all__ = ["MAY_EXIST_AT_VENUE", "OPEN_AT_VENUE", "TransitionRefused", "check_transition"]
+
+#: States in which the venue may hold the order although the journal cannot prove it.
+MAY_EXIST_AT_VENUE: Final = frozenset({OrderStatus.SUBMITTING, OrderStatus.UNKNOWN})
+#: States the venue reported as open: followed until they are terminal.
+OPEN_AT_VENUE: Final = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED})
+
+_TERMINAL: Final = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED})
+_VENUE_STATES: Final = OPEN_AT_VENUE | _TERMINAL
+
+_ALLOWED: Final[dict[OrderStatus, frozenset[OrderStatus]]] = {
+    OrderStatus.PENDING: frozenset({OrderStatus.SUBMITTING, OrderStatus.REJECTED}) | _VENUE_STATES,
+    # Submitting -> Submitting is the next attempt of a resend.
+    OrderStatus.SUBMITTING: frozenset({OrderStatus.SUBMITTING, OrderStatus.UNKNOWN})
+    | _VENUE_STATES,
+    OrderStatus.UNKNOWN: frozenset({OrderStatus.SUBMITTING, OrderStatus.UNKNOWN}) | _VENUE_STATES,
+    OrderStatus.NEW: frozenset({OrderStatus.PARTIALLY_FILLED}) | _TERMINAL,
+    OrderStatus.PARTIALLY_FILLED: frozenset({OrderStatus.PARTIALLY_FILLED}) | _TERMINAL,
+    OrderStatus.FILLED: frozenset(),
+    OrderStatus.CANCELLED: frozenset(),
+    OrderStatus.REJECTED: frozenset(),
+}
+
+
+class TransitionRefused(ValueError):
+    """An event would move an order backwards; the journal keeps what it knows."""
+
+
+def check_transition(
+    current: OrderStatus,
+    new: OrderStatus,
+    *,
+    filled_before: Decimal = Decimal(0),
+    filled_after: Decimal = Decimal(0),
+) -> None:
+    """Raise `TransitionRefused` unless `current -> new` moves the order forward.
+
+    A repeated PartiallyFilled is forward only if more has filled; the filled quantity never
+    shrinks, whatever the states.
+    """
+    if new not in _ALLOWED[current]:
+        raise TransitionRefused(f"{current} -> {new} would move the order backwards")
+    if filled_after < filled_before:
+        raise TransitionRefused(
+            f"filled quantity would shrink from {filled_before} to {filled_after}"
+        )
+    if current is new is OrderStatus.PARTIALLY_FILLED and filled_after == filled_before:
+        raise TransitionRefused("PartiallyFilled again with nothing more filled")

@@ -1,0 +1,132 @@
+"""Pacing per key and endpoint: a burst is queued and sent at the venue's pace, never refused
+for our own speed.
+
+Bybit limits private requests per UID, per endpoint, in a rolling one-second window, and says
+on every answer how much is left (`X-Bapi-Limit`, `X-Bapi-Limit-Status`,
+`X-Bapi-Limit-Reset-Timestamp`). Each key gets one `Pacer`; each endpoint of it one
+`RateWindow`, seeded with Bybit's published default and corrected from those headers.
+
+A request counts from the moment it actually starts (pybit calls of one key run one at a time
+on the key's thread, so a queued request must not be counted as if it had left), plus a small
+guard for the jitter between our clock and the venue's arrival time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["BYBIT_LIMITS_PER_S", "Pacer", "RateWindow", "Slot"]
+
+#: Bybit's documented default per-UID limits (requests per second) for what the bot calls;
+#: linear category, unified account. Anything else gets `_DEFAULT_LIMIT_PER_S`.
+BYBIT_LIMITS_PER_S: Final[Mapping[str, int]] = {
+    "/v5/order/create": 10,
+    "/v5/order/amend": 10,
+    "/v5/order/cancel": 10,
+    "/v5/order/cancel-all": 1,
+    "/v5/order/realtime": 50,
+    "/v5/order/history": 50,
+    "/v5/execution/list": 50,
+    "/v5/position/list": 50,
+    "/v5/position/closed-pnl": 50,
+    "/v5/position/set-leverage": 10,
+    "/v5/account/wallet-balance": 50,
+    "/v5/account/info": 50,
+    "/v5/user/query-api": 10,
+}
+_DEFAULT_LIMIT_PER_S: Final = 10
+_WINDOW_S: Final = 1.0
+#: Added to the window: the venue counts arrivals, we count departures.
+_GUARD_S: Final = 0.03
+_POLL_S: Final = 0.005
+
+
+@dataclass(eq=False)
+class Slot:
+    """One request's place in a window; `started` is set when it really leaves."""
+
+    started: float | None = None
+
+    def start(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.started = clock()
+
+
+@dataclass
+class RateWindow:
+    """At most `limit` requests in any rolling window, FIFO among waiters."""
+
+    limit: int
+    clock: Callable[[], float] = time.monotonic
+    _slots: deque[Slot] = field(default_factory=deque)
+    _blocked_until: float = 0.0
+    _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def acquire(self) -> Slot:
+        """Wait for room, then hold a slot; call `slot.start()` as the request leaves."""
+        async with self._turn:  # first come, first served
+            while True:
+                wait = self._wait_s()
+                if wait <= 0:
+                    slot = Slot()
+                    self._slots.append(slot)
+                    return slot
+                await asyncio.sleep(wait)
+
+    def _wait_s(self) -> float:
+        now = self.clock()
+        horizon = now - _WINDOW_S - _GUARD_S
+        while self._slots and (started := self._slots[0].started) is not None and started < horizon:
+            self._slots.popleft()
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        if len(self._slots) < self.limit:
+            return 0.0
+        oldest = self._slots[0].started
+        if oldest is None:  # every counted request is still queued: it leaves soon
+            return _POLL_S
+        return oldest - horizon
+
+    def release(self, slot: Slot) -> None:
+        """Give back a slot whose request never left (its caller was cancelled)."""
+        if slot.started is None and slot in self._slots:
+            self._slots.remove(slot)
+
+    def observe(self, limit: int | None, remaining: int | None, reset_in_s: float | None) -> None:
+        """Adopt what the venue says: its limit for this key, and a pause when none is left."""
+        if limit is not None and limit > 0:
+            self.limit = limit
+        if remaining == 0 and reset_in_s is not None and reset_in_s > 0:
+            self.pause(reset_in_s)
+
+    def pause(self, seconds: float) -> None:
+        """Send nothing more before `seconds` from now (a 10006, 429 or 403 said so)."""
+        self._blocked_until = max(self._blocked_until, self.clock() + seconds)
+
+
+class Pacer:
+    """The rate windows of one API key, one per endpoint path."""
+
+    def __init__(
+        self,
+        limits_per_s: Mapping[str, int] = BYBIT_LIMITS_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limits = limits_per_s
+        self._clock = clock
+        self._windows: dict[str, RateWindow] = {}
+
+    def window(self, path: str) -> RateWindow:
+        if path not in self._windows:
+            limit = self._limits.get(path, _DEFAULT_LIMIT_PER_S)
+            self._windows[path] = RateWindow(limit, clock=self._clock)
+        return self._windows[path]
+
+    def pause_all(self, seconds: float) -> None:
+        """Pause every endpoint of this key, e.g. while the venue bans the IP."""
+        for path in BYBIT_LIMITS_PER_S:
+            self.window(path).pause(seconds)

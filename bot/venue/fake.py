@@ -1,0 +1,159 @@
+"""A small in-memory venue beside the seam it fakes, for fast, deterministic tests.
+
+`FakeVenue` implements `Venue` like Bybit in the ways the executor depends on: it refuses a
+second order with a known orderLinkId (110072), it can accept an order and lose the answer,
+it can hide a new order from look-ups for a while, and it can answer with any classified
+error. Faults are scripted, one per call, with `script(...)`; everything else succeeds.
+Market orders fill at once at `price`; limit orders fill when `move_price` crosses them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, deque
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final, Literal
+
+from bot.messages import Instrument, OrderEvent, OrderRequest, OrderStatus, OrderType, Side
+from bot.venue.errors import (
+    AmbiguousError,
+    DuplicateOrderError,
+    KeyFatalError,
+    OrderRejectedError,
+    RetryableError,
+)
+
+__all__ = ["FakeVenue", "Outcome"]
+
+#: What one `place_order` call does:
+#: ok - accepted and answered; lost - accepted, the answer is lost (ambiguous);
+#: unsent - not accepted, no answer (ambiguous); rate_limited - 10006; rejected - 110007;
+#: fatal - 10003; crash - accepted, then the caller dies (a BaseException, like kill -9).
+Outcome = Literal["ok", "lost", "unsent", "rate_limited", "rejected", "fatal", "crash"]
+
+_INSTRUMENT: Final = Instrument(
+    symbol="BTCUSDT",
+    qty_step=Decimal("0.001"),
+    min_order_qty=Decimal("0.001"),
+    max_order_qty=Decimal(100),
+    tick_size=Decimal("0.1"),
+    min_notional_usdt=Decimal(5),
+)
+
+
+class Crash(BaseException):  # noqa: N818 - it is what it stands for
+    """The process died mid-call: nothing after this point runs or is journaled."""
+
+
+@dataclass
+class _Order:
+    request: OrderRequest
+    order_id: str
+    status: OrderStatus
+    filled: Decimal = Decimal(0)
+    hidden_lookups: int = 0
+
+    def event(self, price: Decimal) -> OrderEvent:
+        return OrderEvent(
+            order_link_id=self.request.order_link_id,
+            status=self.status,
+            order_id=self.order_id,
+            filled_qty=self.filled,
+            avg_price=price if self.filled else None,
+        )
+
+
+class FakeVenue:
+    """One account of a scripted exchange; `creates` counts accepted orders per orderLinkId."""
+
+    def __init__(self, name: str = "fake", price: Decimal = Decimal(97000)) -> None:
+        self.name = name
+        self.price = price
+        self.orders: dict[str, _Order] = {}
+        self.creates: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.hide_new_orders_for = 0  # look-ups that miss a new order (visibility lag)
+        self._script: deque[Outcome] = deque()
+        self._ids = itertools.count(1)
+
+    def script(self, *outcomes: Outcome) -> None:
+        """Queue what the next `place_order` calls do, in order."""
+        self._script.extend(outcomes)
+
+    def move_price(self, price: Decimal) -> None:
+        """Set the price and fill every open limit order it crosses."""
+        self.price = price
+        for order in self.orders.values():
+            limit = order.request.price
+            if order.status is not OrderStatus.NEW or limit is None:
+                continue
+            buy = order.request.side is Side.BUY
+            if (price <= limit) if buy else (price >= limit):
+                order.filled, order.status = order.request.qty, OrderStatus.FILLED
+
+    # the Venue protocol ----------------------------------------------------------------------
+
+    async def place_order(self, request: OrderRequest) -> OrderEvent:
+        self.calls["place_order"] += 1
+        outcome = self._script.popleft() if self._script else "ok"
+        if outcome == "unsent":
+            raise AmbiguousError("connection reset before the venue read it")
+        if outcome == "rate_limited":
+            raise RetryableError("Too many visits!", retry_after_s=0.0, ret_code=10006)
+        if outcome == "rejected":
+            raise OrderRejectedError("ab not enough for new order", ret_code=110007)
+        if outcome == "fatal":
+            raise KeyFatalError("API key is invalid.", ret_code=10003)
+        if request.order_link_id in self.orders:
+            raise DuplicateOrderError("OrderLinkedID is duplicate", ret_code=110072)
+        order = self._accept(request)
+        if outcome == "lost":
+            raise AmbiguousError("ReadTimeout: no complete answer")
+        if outcome == "crash":
+            raise Crash(request.order_link_id)
+        return OrderEvent(
+            order_link_id=request.order_link_id, status=OrderStatus.NEW, order_id=order.order_id
+        )
+
+    async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
+        self.calls["get_order"] += 1
+        order = self.orders.get(order_link_id)
+        if order is None:
+            return None
+        if order.hidden_lookups > 0:
+            order.hidden_lookups -= 1
+            return None
+        return order.event(self.price)
+
+    async def last_price(self, symbol: str) -> Decimal:
+        return self.price
+
+    async def instrument(self, symbol: str) -> Instrument:
+        return _INSTRUMENT.model_copy(update={"symbol": symbol})
+
+    async def equity_usdt(self) -> Decimal:
+        return Decimal(10000)
+
+    async def position_qty(self, symbol: str) -> Decimal:
+        total = Decimal(0)
+        for order in self.orders.values():
+            if order.request.symbol == symbol:
+                total += order.filled * (1 if order.request.side is Side.BUY else -1)
+        return total
+
+    def close(self) -> None:
+        return None
+
+    def _accept(self, request: OrderRequest) -> _Order:
+        self.creates[request.order_link_id] += 1
+        order = _Order(
+            request=request,
+            order_id=f"fake-{next(self._ids)}",
+            status=OrderStatus.NEW,
+            hidden_lookups=self.hide_new_orders_for,
+        )
+        if request.order_type is OrderType.MARKET:
+            order.filled, order.status = request.qty, OrderStatus.FILLED
+        self.orders[request.order_link_id] = order
+        return order

@@ -1,0 +1,254 @@
+"""The order lifecycle against a scripted venue: every failure mode ends in one order or a
+reason, and a crash at any point is settled by reconciliation without a second order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bot.execution.config import ExecutionConfig
+from bot.execution.executor import Executor, StalenessCheck, build_request
+from bot.journal import Journal
+from bot.messages import (
+    OrderEvent,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    RiskDecision,
+    Signal,
+    parse_signal,
+)
+from bot.venue.fake import Crash, FakeVenue
+from tests.factories import make_intent
+
+FAST = ExecutionConfig(
+    backoff_base_s=0.001, backoff_max_s=0.002, lookup_delays_s=(0.001, 0.002), follow_s=0.05
+)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    yield journal
+    journal.close()
+
+
+def approved(intent: OrderIntent) -> RiskDecision:
+    return RiskDecision(intent=intent, approved=True, reason="within all limits")
+
+
+def stale_after(seconds: float) -> StalenessCheck:
+    def check(ts: datetime) -> str | None:
+        age = (datetime.now(UTC) - ts).total_seconds()
+        return f"signal is {age:.0f} s old" if age > seconds else None
+
+    return check
+
+
+def execute(executor: Executor, intent: OrderIntent) -> OrderEvent:
+    return asyncio.run(executor.execute(approved(intent), "k"))
+
+
+def test_a_clean_send_fills_once(journal: Journal) -> None:
+    venue = FakeVenue()
+    intent = make_intent()
+
+    event = execute(Executor(journal, {"k": venue}, FAST), intent)
+
+    assert event.status is OrderStatus.FILLED
+    assert venue.creates[event.order_link_id] == 1
+
+
+def test_a_lost_answer_is_looked_up_not_resent(journal: Journal) -> None:
+    venue = FakeVenue()
+    venue.script("lost")
+
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+
+    assert event.status is OrderStatus.FILLED
+    assert venue.calls["place_order"] == 1
+    statuses = [e.status for e in journal.order_events(event.order_link_id)]
+    assert statuses == [OrderStatus.SUBMITTING, OrderStatus.UNKNOWN, OrderStatus.FILLED]
+
+
+def test_an_order_that_never_arrived_is_resent_with_the_same_link_id(journal: Journal) -> None:
+    venue = FakeVenue()
+    venue.script("unsent", "unsent")
+
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+
+    assert event.status is OrderStatus.FILLED
+    assert venue.calls["place_order"] == 3
+    assert venue.creates[event.order_link_id] == 1
+    record = journal.order(event.order_link_id)
+    assert record is not None and record.attempts == 3
+
+
+def test_a_rate_limit_waits_and_resends(journal: Journal) -> None:
+    venue = FakeVenue()
+    venue.script("rate_limited", "rate_limited")
+
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+
+    assert event.status is OrderStatus.FILLED
+    assert venue.creates[event.order_link_id] == 1
+
+
+def test_rate_limits_past_the_attempt_bound_end_rejected_with_the_venue_code(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    venue.script(*["rate_limited"] * FAST.max_send_attempts)
+
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+
+    assert event.status is OrderStatus.REJECTED
+    assert event.ret_code == 10006
+    assert venue.calls["place_order"] == FAST.max_send_attempts
+
+
+def test_a_rejection_after_an_ambiguous_send_is_final_only_if_no_order_shows(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    venue.script("unsent", "rejected")
+
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+
+    assert event.status is OrderStatus.REJECTED
+    assert event.ret_code == 110007
+    assert venue.calls["get_order"] >= 2  # looked before resending and before giving up
+
+
+def test_a_lost_answer_hidden_from_look_ups_is_found_through_the_duplicate_answer(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    venue.hide_new_orders_for = 2
+    venue.script("lost")
+
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+
+    assert event.status is OrderStatus.FILLED
+    assert venue.creates[event.order_link_id] == 1
+
+
+def test_a_key_fatal_answer_disables_the_key(journal: Journal) -> None:
+    venue = FakeVenue()
+    venue.script("fatal")
+    executor = Executor(journal, {"k": venue}, FAST)
+
+    event = execute(executor, make_intent())
+    second = execute(executor, make_intent(signal_id="s2"))
+
+    assert event.status is OrderStatus.REJECTED
+    assert executor.disabled_reason("k") == "API key is invalid."
+    assert second.status is OrderStatus.REJECTED
+    assert venue.calls["place_order"] == 1
+
+
+def test_a_crash_mid_send_is_settled_at_start_up_without_a_second_order(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    venue.script("crash")
+    intent = make_intent()
+    with pytest.raises(Crash):
+        execute(Executor(journal, {"k": venue}, FAST), intent)
+    link_id = build_request(intent, "k").order_link_id
+    record = journal.order(link_id)
+    assert record is not None and record.status is OrderStatus.SUBMITTING
+
+    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None))
+
+    record = journal.order(link_id)
+    assert record is not None and record.status is OrderStatus.FILLED
+    assert venue.creates[link_id] == 1
+
+
+def test_an_order_that_reached_the_venue_is_never_declined_as_stale(journal: Journal) -> None:
+    venue = FakeVenue()
+    venue.script("crash")
+    intent = make_intent(signal_ts=datetime.now(UTC) - timedelta(hours=1))
+    journal.record_signal(_signal_for(intent))
+    with pytest.raises(Crash):
+        execute(Executor(journal, {"k": venue}, FAST), intent)
+
+    executor = Executor(journal, {"k": venue}, FAST, staleness=stale_after(60))
+    asyncio.run(executor.reconcile(limit=None))
+
+    record = journal.order(build_request(intent, "k").order_link_id)
+    assert record is not None and record.status is OrderStatus.FILLED
+
+
+def test_a_pending_order_of_a_stale_signal_is_declined_at_start_up(journal: Journal) -> None:
+    venue = FakeVenue()
+    intent = make_intent(signal_ts=datetime.now(UTC) - timedelta(hours=1))
+    journal.record_signal(_signal_for(intent))
+    request = build_request(intent, "k")
+    journal.record_approval(approved(intent), request)  # crashed before the send
+
+    executor = Executor(journal, {"k": venue}, FAST, staleness=stale_after(60))
+    asyncio.run(executor.reconcile(limit=None))
+
+    record = journal.order(request.order_link_id)
+    assert record is not None and record.status is OrderStatus.REJECTED
+    assert "not sent" in record.reason
+    assert venue.calls["place_order"] == 0
+
+
+def test_a_pending_order_of_a_fresh_signal_is_sent_once_at_start_up(journal: Journal) -> None:
+    venue = FakeVenue()
+    intent = make_intent()
+    request = build_request(intent, "k")
+    journal.record_approval(approved(intent), request)
+
+    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None))
+    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None))
+
+    assert venue.creates[request.order_link_id] == 1
+
+
+def test_a_resting_limit_order_is_followed_until_it_fills(journal: Journal) -> None:
+    venue = FakeVenue()
+    intent = make_intent(
+        order_type=OrderType.LIMIT, price=Decimal(96000), reference_price=Decimal(96000)
+    )
+    executor = Executor(journal, {"k": venue}, FAST)
+    event = execute(executor, intent)
+    assert event.status is OrderStatus.NEW
+
+    venue.move_price(Decimal(95900))
+    asyncio.run(executor.reconcile())
+
+    record = journal.order(event.order_link_id)
+    assert record is not None and record.status is OrderStatus.FILLED
+
+
+def test_running_the_same_approval_again_sends_nothing(journal: Journal) -> None:
+    venue = FakeVenue()
+    executor = Executor(journal, {"k": venue}, FAST)
+    intent = make_intent()
+
+    first = execute(executor, intent)
+    second = execute(executor, intent)
+
+    assert first.status is second.status is OrderStatus.FILLED
+    assert venue.calls["place_order"] == 1
+
+
+def _signal_for(intent: OrderIntent) -> Signal:
+    return parse_signal(
+        intent.signal_source,
+        {
+            "id": intent.signal_id,
+            "symbol": intent.symbol,
+            "side": "buy",
+            "ts": intent.signal_ts.isoformat(),
+        },
+    )
