@@ -42,7 +42,7 @@ _INSTRUMENT: Final = Instrument(
 )
 
 
-class Crash(BaseException):  # noqa: N818 - it is what it stands for
+class Crash(BaseException):
     """The process died mid-call: nothing after this point runs or is journaled."""
 
 
