@@ -21,7 +21,7 @@ from bot.config import BotSettings, ConfigError, load_settings
 from bot.journal import Journal, JournalError
 from bot.secrets import DEFAULT_SECRETS_DIR, MissingSecretError, webhook_secret_name
 from bot.service import Service, secret_resolver, sim_accounts, simulator_config
-from bot.sim import DEFAULT_SIM_PORT, SimExchange, run_forever
+from bot.sim import DEFAULT_SIM_PORT, SimExchange, parse_faults, run_forever
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
 __all__ = ["app", "main"]
@@ -216,6 +216,14 @@ def sim(
     port: Annotated[int, typer.Option(help="listen port")] = DEFAULT_SIM_PORT,
     config: ConfigOption = None,
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
+    faults: Annotated[
+        str | None,
+        typer.Option(
+            "--faults",
+            help='faults from start-up, as JSON, e.g. \'{"http_5xx": 0.05, "delay": 0.1, '
+            '"delay_ms": 200}\' (see docs/simulator.md)',
+        ),
+    ] = None,
 ) -> None:
     """Run the Bybit-V5 simulator alone, with an account for every configured sim key.
 
@@ -225,12 +233,18 @@ def sim(
     logs.configure()
     settings = _settings(config)
     try:
+        injected = parse_faults(faults) if faults is not None else None
+    except ValueError as exc:
+        _fail(f"--faults: {exc}")
+    try:
         exchange = SimExchange(simulator_config(settings))
         accounts = sim_accounts(settings, secret_resolver(settings, secrets_dir))
     except (ConfigError, MissingSecretError) as exc:
         _fail(str(exc))
     for account in accounts:
         exchange.add_account(account)
+    if injected is not None:
+        exchange.set_faults(injected)
     console.print(
         f"simulator on http://{host}:{port} with keys: "
         + (", ".join(account.note for account in accounts) or "(none)"),

@@ -1,15 +1,24 @@
 """The simulator's HTTP face: Bybit V5 routes (public and signed) and the /sim admin routes.
 
-Every /v5 request goes through the same gateway, in this order: the per-IP limit (HTTP 403),
-injected delay and HTTP 5xx, authentication (private routes), the per-key per-endpoint rate
-limit with Bybit's X-Bapi-Limit* headers (10006), injected 10006 and 10016, parameter parsing
-(10001), the exchange itself, and finally the injected dropped answer. Business errors are
-HTTP 200 with Bybit's envelope; nothing a client sends yields HTTP 500.
+Every /v5 request goes through the same gateway, in this order: the per-IP limit (HTTP 403,
+then a ban of `ip_ban_ms`), a possible burst of clock skew, injected delay and HTTP 5xx,
+authentication (private routes), the per-UID per-endpoint rate limit with Bybit's
+X-Bapi-Limit* headers (10006), injected 10006 and 10016, parameter parsing (10001), the
+exchange itself, and finally, for order writes (create, amend, cancel, cancel-all), the
+faults that strike after the change is made: a dropped answer (create only), 10016 or HTTP 503.
+Business errors are HTTP 200 with Bybit's envelope; nothing a client sends yields HTTP 500.
 
 Admin routes (unauthenticated, loopback clients only, errors as HTTP 4xx `{"error": ...}`):
-`GET /sim/orders[?api_key=K]`, `GET /sim/stats`, `GET|POST /sim/prices` (`{"BTCUSDT": 97000}`),
-`GET|POST /sim/faults` (a `SimFaults` object; posting replaces the faults in force) and
-`POST /sim/accounts` (a `SimAccountSpec` object; 409 when the key exists).
+
+- `GET /sim/orders[?api_key=K]`: every order, oldest first (query lag does not apply).
+- `GET /sim/stats`: requests per path, answers per retCode and HTTP status, faults injected.
+- `GET|POST /sim/prices`: the body maps symbols to a price (`{"BTCUSDT": 97000}`, which also
+  stops any walk of that symbol), to a seeded random walk
+  (`{"BTCUSDT": {"walk": {"seed": 1, "step_bps": 5, "interval_ms": 100}}}`, optional
+  `drift_bps` and `start`), or stops a walk (`{"BTCUSDT": {"walk": null}}`); all or nothing.
+  The answer lists `prices` and running `walks`.
+- `GET|POST /sim/faults`: a `SimFaults` object; posting replaces the faults in force.
+- `POST /sim/accounts`: a `SimAccountSpec` object; 409 when the key exists.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -35,9 +45,16 @@ from bot.sim.config import SimAccountSpec, SimFaults
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
 from bot.sim.exchange import SimExchange
 from bot.sim.params import (
+    AmendOrderParams,
+    CancelAllParams,
     CancelOrderParams,
+    ClosedPnlParams,
+    CoinInfoParams,
+    ExecutionQueryParams,
+    KlineParams,
     MarketParams,
     NoParams,
+    OrderbookParams,
     OrderQueryParams,
     PlaceOrderParams,
     PositionQueryParams,
@@ -53,6 +70,10 @@ P = TypeVar("P", bound=BaseModel)
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 ORDER_CREATE_PATH = "/v5/order/create"
+#: Requests that change orders: the accept-then-error faults strike after they took effect.
+ORDER_WRITE_PATHS = frozenset(
+    {ORDER_CREATE_PATH, "/v5/order/amend", "/v5/order/cancel", "/v5/order/cancel-all"}
+)
 _JSON = "application/json"
 _MAX_BODY_BYTES = 64 * 1024
 _UVICORN_ERROR_LOGGER = "uvicorn.error"
@@ -159,11 +180,13 @@ class _Gateway:
     """Wraps exchange methods into endpoints that behave like Bybit's API gateway."""
 
     def __init__(self, exchange: SimExchange) -> None:
-        config = exchange.config
         self._exchange = exchange
-        self._ip_limiter = RollingWindowLimiter(config.ip_requests_per_5s, 5000)
-        self._create_limiter = RollingWindowLimiter(config.order_create_per_s, 1000)
-        self._other_limiter = RollingWindowLimiter(config.other_private_per_s, 1000)
+        self._config = exchange.config
+        self._ip_limiter = RollingWindowLimiter(
+            self._config.ip_requests_per_5s, self._config.ip_window_ms
+        )
+        self._ip_banned_until: dict[str, int] = {}
+        self._uid_limiters: dict[str, RollingWindowLimiter] = {}
 
     def public(self, handler: Callable[[P], dict[str, Any]], model: type[P]) -> Endpoint:
         """An unsigned /v5/market endpoint."""
@@ -188,7 +211,6 @@ class _Gateway:
 
         async def endpoint(request: Request) -> Response:
             path: str = request.scope["path"]
-            is_create = path == ORDER_CREATE_PATH
             refused = self._refuse_ip(request, path) or await self._delay_or_fail(path)
             if refused is not None:
                 return refused
@@ -207,15 +229,13 @@ class _Gateway:
             except SimError as exc:
                 return self._envelope(path, exc.ret_code, exc.ret_msg)
 
-            now = self._exchange.now_ms()
-            limiter = self._create_limiter if is_create else self._other_limiter
-            decision = limiter.hit((api_key, path), now)
-            if not decision.allowed or self._exchange.inject("rate_limit_10006"):
-                headers = _limit_headers(decision.limit, 0, decision.window_reset_ms)
+            headers, allowed = self._limit(api_key, path)
+            if not allowed or self._exchange.inject("rate_limit_10006"):
+                if allowed:  # an injected refusal reports an exhausted window too
+                    headers = {**headers, "X-Bapi-Limit-Status": "0"}
                 return self._envelope(
                     path, RetCode.TOO_MANY_VISITS, "Too many visits!", None, headers
                 )
-            headers = _limit_headers(decision.limit, decision.remaining, now)
             if self._exchange.inject("timeout_10016"):
                 return self._envelope(path, RetCode.SERVER_TIMEOUT, "Server Timeout", None, headers)
 
@@ -225,32 +245,69 @@ class _Gateway:
             except SimError as exc:
                 return self._envelope(path, exc.ret_code, exc.ret_msg, None, headers)
 
-            if is_create and self._exchange.inject("drop_response_after_accept"):
-                self._exchange.record(path, None, None)
-                return _TruncatedResponse(
-                    self._body(RetCode.OK, "OK", result), media_type=_JSON, headers=headers
-                )
+            if path in ORDER_WRITE_PATHS:
+                if path == ORDER_CREATE_PATH and self._exchange.inject(
+                    "drop_response_after_accept"
+                ):
+                    self._exchange.record(path, None, None)
+                    return _TruncatedResponse(
+                        self._body(RetCode.OK, "OK", result), media_type=_JSON, headers=headers
+                    )
+                if self._exchange.inject("accept_then_10016"):
+                    return self._envelope(
+                        path, RetCode.SERVER_TIMEOUT, "Server Timeout", None, headers
+                    )
+                if self._exchange.inject("accept_then_5xx"):
+                    return self._unavailable(path)
             return self._envelope(path, RetCode.OK, "OK", result, headers)
 
         return endpoint
 
+    def _limit(self, api_key: str, path: str) -> tuple[dict[str, str], bool]:
+        """Count the request against its UID's limit for the path; Bybit's headers and verdict.
+
+        Windows are kept on the unskewed clock (a burst of skew must not leave hits in the
+        future); the reset timestamp is reported on the exchange's (possibly skewed) clock.
+        """
+        limiter = self._uid_limiters.get(path)
+        if limiter is None:
+            limiter = RollingWindowLimiter(self._config.rate_limit_per_s(path), 1000)
+            self._uid_limiters[path] = limiter
+        wall = time.time_ns() // 1_000_000
+        now = self._exchange.now_ms()
+        decision = limiter.hit(self._exchange.user_id(api_key), wall)
+        if decision.allowed:
+            return _limit_headers(decision.limit, decision.remaining, now), True
+        reset = decision.window_reset_ms + (now - wall)
+        return _limit_headers(decision.limit, 0, reset), False
+
     def _refuse_ip(self, request: Request, path: str) -> Response | None:
-        """HTTP 403 once a client IP exceeds its limit, as Bybit's edge answers; else None."""
+        """HTTP 403 once a client IP exceeds its limit, and for ip_ban_ms after; else None."""
+        self._exchange.maybe_start_clock_skew_burst()
         host = _client_host(request) or ""
-        if self._ip_limiter.hit(host, self._exchange.now_ms()).allowed:
+        now = time.monotonic_ns() // 1_000_000
+        banned_until = self._ip_banned_until.get(host)
+        if banned_until is not None and now < banned_until:
+            return self._forbidden(path)
+        if self._ip_limiter.hit(host, now).allowed:
             return None
+        self._ip_banned_until[host] = now + self._config.ip_ban_ms
+        return self._forbidden(path)
+
+    def _forbidden(self, path: str) -> Response:
         self._exchange.record(path, 403, None)
-        return Response(
-            "403 Forbidden: IP rate limit exceeded", status_code=403, media_type="text/plain"
-        )
+        return Response("403, access too frequent", status_code=403, media_type="text/plain")
+
+    def _unavailable(self, path: str) -> Response:
+        self._exchange.record(path, 503, None)
+        return Response("Service Unavailable", status_code=503, media_type="text/plain")
 
     async def _delay_or_fail(self, path: str) -> Response | None:
         """Apply an injected delay, then an injected HTTP 503; None lets the request pass."""
         if self._exchange.inject("delay"):
             await asyncio.sleep(self._exchange.faults().delay_ms / 1000)
         if self._exchange.inject("http_5xx"):
-            self._exchange.record(path, 503, None)
-            return Response("Service Unavailable", status_code=503, media_type="text/plain")
+            return self._unavailable(path)
         return None
 
     def _body(self, ret_code: RetCode, ret_msg: str, result: dict[str, Any] | None) -> bytes:
@@ -305,7 +362,10 @@ def _admin_routes(exchange: SimExchange) -> list[Route]:
         return _loopback_only(request) or _json_response(exchange.stats())
 
     def price_view() -> dict[str, Any]:
-        return {"prices": {symbol: str(price) for symbol, price in exchange.prices().items()}}
+        return {
+            "prices": {symbol: str(price) for symbol, price in exchange.prices().items()},
+            "walks": exchange.walks(),
+        }
 
     async def prices(request: Request) -> Response:
         refused = _loopback_only(request)
@@ -313,7 +373,7 @@ def _admin_routes(exchange: SimExchange) -> list[Route]:
             return refused
         if request.method == "POST":
             try:
-                exchange.set_prices(_json_object(await request.body(), parse_float=Decimal))
+                exchange.update_prices(_json_object(await request.body(), parse_float=Decimal))
             except ValueError as exc:
                 return _json_response({"error": str(exc)}, 400)
         return _json_response(price_view())
@@ -363,56 +423,40 @@ def create_app(exchange: SimExchange) -> Starlette:
     if _QUIET_DROPPED_ANSWERS not in logger.filters:
         logger.addFilter(_QUIET_DROPPED_ANSWERS)
     gateway = _Gateway(exchange)
-    routes = [
-        Route("/v5/market/time", gateway.public(exchange.server_time, NoParams), methods=["GET"]),
-        Route(
-            "/v5/market/instruments-info",
-            gateway.public(exchange.instruments_info, MarketParams),
-            methods=["GET"],
-        ),
-        Route(
-            "/v5/market/tickers", gateway.public(exchange.tickers, MarketParams), methods=["GET"]
-        ),
-        Route(
-            ORDER_CREATE_PATH,
-            gateway.private(exchange.place_order, PlaceOrderParams),
-            methods=["POST"],
-        ),
-        Route(
-            "/v5/order/cancel",
-            gateway.private(exchange.cancel_order, CancelOrderParams),
-            methods=["POST"],
-        ),
-        Route(
-            "/v5/order/realtime",
-            gateway.private(exchange.open_orders, OrderQueryParams),
-            methods=["GET"],
-        ),
-        Route(
-            "/v5/order/history",
-            gateway.private(exchange.order_history, OrderQueryParams),
-            methods=["GET"],
-        ),
-        Route(
-            "/v5/position/list",
-            gateway.private(exchange.positions, PositionQueryParams),
-            methods=["GET"],
-        ),
-        Route(
-            "/v5/position/set-leverage",
-            gateway.private(exchange.set_leverage, SetLeverageParams),
-            methods=["POST"],
-        ),
-        Route(
+    public: list[tuple[str, Endpoint]] = [
+        ("/v5/market/time", gateway.public(exchange.server_time, NoParams)),
+        ("/v5/market/instruments-info", gateway.public(exchange.instruments_info, MarketParams)),
+        ("/v5/market/tickers", gateway.public(exchange.tickers, MarketParams)),
+        ("/v5/market/orderbook", gateway.public(exchange.orderbook, OrderbookParams)),
+        ("/v5/market/kline", gateway.public(exchange.kline, KlineParams)),
+    ]
+    private_get: list[tuple[str, Endpoint]] = [
+        ("/v5/order/realtime", gateway.private(exchange.open_orders, OrderQueryParams)),
+        ("/v5/order/history", gateway.private(exchange.order_history, OrderQueryParams)),
+        ("/v5/execution/list", gateway.private(exchange.executions, ExecutionQueryParams)),
+        ("/v5/position/list", gateway.private(exchange.positions, PositionQueryParams)),
+        ("/v5/position/closed-pnl", gateway.private(exchange.closed_pnl, ClosedPnlParams)),
+        (
             "/v5/account/wallet-balance",
             gateway.private(exchange.wallet_balance, WalletBalanceParams),
-            methods=["GET"],
         ),
-        Route(
-            "/v5/user/query-api",
-            gateway.private(exchange.api_key_info, NoParams),
-            methods=["GET"],
+        ("/v5/account/info", gateway.private(exchange.account_info, NoParams)),
+        ("/v5/asset/coin/query-info", gateway.private(exchange.coin_info, CoinInfoParams)),
+        ("/v5/user/query-api", gateway.private(exchange.api_key_info, NoParams)),
+    ]
+    private_post: list[tuple[str, Endpoint]] = [
+        (ORDER_CREATE_PATH, gateway.private(exchange.place_order, PlaceOrderParams)),
+        ("/v5/order/amend", gateway.private(exchange.amend_order, AmendOrderParams)),
+        ("/v5/order/cancel", gateway.private(exchange.cancel_order, CancelOrderParams)),
+        ("/v5/order/cancel-all", gateway.private(exchange.cancel_all, CancelAllParams)),
+        (
+            "/v5/position/set-leverage",
+            gateway.private(exchange.set_leverage, SetLeverageParams),
         ),
+    ]
+    routes = [
+        *(Route(path, endpoint, methods=["GET"]) for path, endpoint in public + private_get),
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in private_post),
         *_admin_routes(exchange),
     ]
     return Starlette(routes=routes)

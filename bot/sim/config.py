@@ -5,17 +5,49 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
+    "DEFAULT_RATE_LIMITS_PER_S",
     "PERMISSION_GROUPS",
     "InstrumentSpec",
+    "PriceWalk",
     "SimAccountSpec",
     "SimFaults",
     "SimulatorConfig",
+    "parse_faults",
 ]
+
+#: Bybit's published per-UID limits (requests per rolling second) for category=linear on a
+#: unified account, from https://bybit-exchange.github.io/docs/v5/rate-limit ("API Rate Limit
+#: Table": Trade, Position, Account, Asset, User). Private paths not listed here get
+#: `SimulatorConfig.other_private_per_s`.
+DEFAULT_RATE_LIMITS_PER_S: dict[str, int] = {
+    "/v5/order/create": 10,
+    "/v5/order/amend": 10,
+    "/v5/order/cancel": 10,
+    "/v5/order/cancel-all": 10,
+    "/v5/order/realtime": 50,
+    "/v5/order/history": 50,
+    "/v5/execution/list": 50,
+    "/v5/position/list": 50,
+    "/v5/position/closed-pnl": 50,
+    "/v5/position/set-leverage": 10,
+    "/v5/account/wallet-balance": 50,
+    "/v5/account/info": 50,
+    "/v5/asset/coin/query-info": 5,
+    "/v5/user/query-api": 10,
+}
 
 #: Permission groups Bybit reports for an API key in `GET /v5/user/query-api`.
 PERMISSION_GROUPS: tuple[str, ...] = (
@@ -34,6 +66,7 @@ PERMISSION_GROUPS: tuple[str, ...] = (
 
 PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+BasisPoints = Annotated[Decimal, Field(ge=0, le=1000, allow_inf_nan=False)]
 
 
 class InstrumentSpec(BaseModel):
@@ -146,6 +179,65 @@ class SimFaults(BaseModel):
         description="Offset added to the simulator's clock in ms (server time, timestamp "
         "checks, rate-limit reset times); a large value makes signed requests fail 10002.",
     )
+    accept_then_10016: Probability = Field(
+        default=0.0,
+        description="Chance that an order write (create, amend, cancel, cancel-all) is "
+        "executed and then answered 10016 'Server Timeout': the change happened, the client "
+        "is told it may not have.",
+    )
+    accept_then_5xx: Probability = Field(
+        default=0.0,
+        description="Chance that an order write is executed and then answered HTTP 503.",
+    )
+    order_visibility_lag: Probability = Field(
+        default=0.0,
+        description="Chance that a new order stays invisible to order and execution queries "
+        "for order_visibility_lag_ms after its acknowledgement (it still trades).",
+    )
+    order_visibility_lag_ms: int = Field(
+        default=0, ge=0, le=60_000, description="How long a lagging order stays invisible, in ms."
+    )
+    clock_skew_burst: Probability = Field(
+        default=0.0,
+        description="Chance, per /v5 request outside a burst, that a burst of clock skew "
+        "starts: for clock_skew_burst_window_ms the clock is off by clock_skew_burst_ms more.",
+    )
+    clock_skew_burst_ms: int = Field(
+        default=0,
+        ge=-86_400_000,
+        le=86_400_000,
+        description="Extra clock offset during a burst, in ms (added to clock_skew_ms).",
+    )
+    clock_skew_burst_window_ms: int = Field(
+        default=1000, ge=1, le=3_600_000, description="How long one burst of skew lasts, in ms."
+    )
+
+
+class PriceWalk(BaseModel):
+    """A seeded random walk of one symbol's last price, stepped by the exchange's engine.
+
+    Every `interval_ms` the price moves by `step_bps` up or down (a fair coin from
+    `Random(seed)`) plus `drift_bps`, rounded to the tick, and never below one tick; fills,
+    stop-losses and take-profits then happen as for any other price move. The same seed gives
+    the same sequence of prices.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(default=0, description="Seed of this walk's coin flips.")
+    step_bps: BasisPoints = Field(
+        default=Decimal(5), description="Size of one step in basis points of the price."
+    )
+    interval_ms: int = Field(
+        default=100, ge=1, le=3_600_000, description="Time between two steps, in ms."
+    )
+    drift_bps: Annotated[Decimal, Field(ge=-1000, le=1000, allow_inf_nan=False)] = Field(
+        default=Decimal(0),
+        description="Signed bias added to every step, in basis points (trend up or down).",
+    )
+    start: PositiveDecimal | None = Field(
+        default=None, description="Price to start from; None starts from the current price."
+    )
 
 
 class SimAccountSpec(BaseModel):
@@ -253,18 +345,69 @@ class SimulatorConfig(BaseModel):
         lt=1,
         description="Fee as a fraction of notional for resting limit orders the price reaches.",
     )
-    order_create_per_s: int = Field(
-        default=10, ge=1, description="POST /v5/order/create requests per key per rolling second."
+    market_fill_delay_ms: int = Field(
+        default=5,
+        ge=0,
+        le=60_000,
+        description="Time between an order's acknowledgement and its arrival at the matching "
+        "engine, in ms: a market order fills then, a limit order trades or starts resting then.",
+    )
+    spread_bps: BasisPoints = Field(
+        default=Decimal(0),
+        description="Bid-ask spread around the last price in basis points: bid = last - half, "
+        "ask = last + half (rounded outwards to the tick). Takers buy at the ask, sell at the bid.",
+    )
+    slippage_bps: BasisPoints = Field(
+        default=Decimal(0),
+        description="Extra price a taker pays beyond the bid/ask, in basis points (a buy fills "
+        "higher, a sell lower; capped at a limit order's price).",
+    )
+    partial_fills: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Number of executions a taker order is split into (1 = one execution); the "
+        "pieces come market_fill_delay_ms apart, each at the then current bid/ask.",
+    )
+    partial_fill_probability: Probability = Field(
+        default=1.0,
+        description="Chance that a taker order is split into partial_fills pieces at all.",
+    )
+    query_lag_ms: int = Field(
+        default=0,
+        ge=0,
+        le=60_000,
+        description="How long a new order stays invisible to /v5/order/realtime, "
+        "/v5/order/history and /v5/execution/list after its acknowledgement, in ms.",
+    )
+    rate_limits_per_s: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: dict(DEFAULT_RATE_LIMITS_PER_S),
+        description="Requests per UID per rolling second, by private path (Bybit's table). "
+        "A mapping given here replaces the whole table; the legacy order_create_per_s key "
+        "sets the /v5/order/create entry.",
     )
     other_private_per_s: int = Field(
         default=50,
         ge=1,
-        description="Requests per key per rolling second on each other private endpoint.",
+        description="Requests per UID per rolling second on a private path not in "
+        "rate_limits_per_s.",
     )
     ip_requests_per_5s: int = Field(
         default=600,
         ge=1,
-        description="/v5 requests per client IP per rolling 5 s before HTTP 403.",
+        description="/v5 requests per client IP per rolling ip_window_ms (5 s); the one over "
+        "it is answered HTTP 403 and bans the IP for ip_ban_ms.",
+    )
+    ip_window_ms: int = Field(
+        default=5000,
+        ge=1,
+        description="Length of the per-IP window in ms (Bybit: 5 s); tests shorten it.",
+    )
+    ip_ban_ms: int = Field(
+        default=600_000,
+        ge=0,
+        description="How long an IP over its limit is answered HTTP 403, in ms (Bybit: "
+        "'wait for at least 10 minutes').",
     )
     seed: int | None = Field(
         default=None, description="Seed of the fault RNG; None draws a fresh one per exchange."
@@ -275,6 +418,25 @@ class SimulatorConfig(BaseModel):
     accounts: list[SimAccountSpec] = Field(
         default_factory=list, description="Accounts created at start-up, one per API key."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_order_create_limit(cls, data: Any) -> Any:
+        """`order_create_per_s` (the earlier name) sets the /v5/order/create limit."""
+        if not isinstance(data, dict) or "order_create_per_s" not in data:
+            return data
+        data = dict(data)
+        value = data.pop("order_create_per_s")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("order_create_per_s must be an integer of at least 1")
+        table = dict(data.get("rate_limits_per_s") or DEFAULT_RATE_LIMITS_PER_S)
+        table["/v5/order/create"] = value
+        data["rate_limits_per_s"] = table
+        return data
+
+    def rate_limit_per_s(self, path: str) -> int:
+        """The per-UID, per-second limit of a private path."""
+        return self.rate_limits_per_s.get(path, self.other_private_per_s)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -294,3 +456,13 @@ class SimulatorConfig(BaseModel):
         if len(keys) != len(set(keys)):
             raise ValueError("accounts: api_key values must be unique")
         return self
+
+
+def parse_faults(text: str) -> SimFaults:
+    """A `SimFaults` from JSON text (`bot sim --faults`); ValueError with a one-line reason."""
+    try:
+        return SimFaults.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "faults"
+        raise ValueError(f"{where}: {first['msg']}") from None

@@ -1,10 +1,12 @@
 """The simulated Bybit exchange: the rules, the matching, and the books behind the HTTP app.
 
-One `SimExchange` is the whole venue: it applies Bybit's order rules in Bybit's order, fills
-market orders at its current price and limit orders when the price crosses them, keeps one-way
-positions with attached stop-loss / take-profit, and counts what the app answered. All money
-is `Decimal`; one lock guards everything, because tests move prices from other threads while
-the server thread trades.
+One `SimExchange` is the whole venue. A request is checked against Bybit's rules in Bybit's
+order and acknowledged at once; the order reaches the matching engine `market_fill_delay_ms`
+later (see `bot.sim.engine`), where a market order takes the bid or ask (with spread,
+slippage and optional partial fills), a limit order trades as taker if marketable or rests
+until the price crosses it, and attached stop-loss / take-profit close the position when the
+price reaches them. Prices move by admin request or by seeded random walks. All money is
+`Decimal`; one lock guards everything (requests, engine events, admin calls).
 """
 
 from __future__ import annotations
@@ -14,16 +16,28 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any, Literal
 
-from bot.sim.config import InstrumentSpec, SimAccountSpec, SimFaults, SimulatorConfig
+from pydantic import ValidationError
+
+from bot.sim.config import InstrumentSpec, PriceWalk, SimAccountSpec, SimFaults, SimulatorConfig
+from bot.sim.engine import Scheduler
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
 from bot.sim.params import (
+    AmendOrderParams,
+    CancelAllParams,
     CancelOrderParams,
+    ClosedPnlParams,
+    CoinInfoParams,
+    ExecutionQueryParams,
+    KlineParams,
     MarketParams,
     NoParams,
+    OrderbookParams,
     OrderQueryParams,
     PlaceOrderParams,
     PositionQueryParams,
@@ -35,18 +49,27 @@ from bot.sim.records import (
     SETTLE_COIN,
     ZERO,
     AccountRecord,
+    ClosedPnlRecord,
+    ExecutionRecord,
     MarginFigures,
     OrderRecord,
     PositionRecord,
 )
 from bot.sim.views import (
     MAX_PRICE_TICKS,
+    account_info_view,
     api_key_view,
+    closed_pnl_view,
+    coin_info_view,
+    execution_view,
     fmt,
     instrument_view,
+    kline_rows,
     order_view,
+    orderbook_view,
     position_view,
     ticker_view,
+    to_tick,
     wallet_view,
 )
 
@@ -55,9 +78,16 @@ __all__ = ["FaultName", "SimExchange"]
 #: How many closed orders `/v5/order/realtime?openOnly=1` keeps per account, as Bybit does.
 _CLOSED_ORDERS_IN_REALTIME = 500
 _FUNDING_INTERVAL_MS = 8 * 3_600_000
+#: Bybit answers executions and closed PnL for at most 7 days per request.
+_QUERY_WINDOW_MS = 7 * 86_400_000
+_BPS = Decimal(10_000)
+_MINUTE_MS = 60_000
+_WEEK_MS = 7 * 86_400_000
+#: Bybit's weekly candles start on Monday 00:00 UTC; 1970-01-05 was the first Monday.
+_FIRST_MONDAY_MS = 4 * 86_400_000
 
 
-def _page(items: list[dict[str, Any]], limit: int, cursor: str | None) -> tuple[list[Any], str]:
+def _page(items: list[Any], limit: int, cursor: str | None) -> tuple[list[Any], str]:
     """Offset pagination behind Bybit's opaque cursor."""
     start = 0
     if cursor:
@@ -70,10 +100,73 @@ def _page(items: list[dict[str, Any]], limit: int, cursor: str | None) -> tuple[
     return items[start:end], (str(end) if end < len(items) else "")
 
 
+def _time_window(start: int | None, end: int | None, now: int) -> tuple[int, int]:
+    """Bybit's 7-day query window: both bounds optional, at most 7 days apart."""
+    if start is None and end is None:
+        return now - _QUERY_WINDOW_MS, now
+    if start is None:
+        assert end is not None
+        return end - _QUERY_WINDOW_MS, end
+    if end is None:
+        return start, start + _QUERY_WINDOW_MS
+    if end < start or end - start > _QUERY_WINDOW_MS:
+        raise SimError(
+            RetCode.PARAMS_ERROR,
+            "params error: endTime must not be before startTime, and at most 7 days after it",
+        )
+    return start, end
+
+
+def _candle_starts(
+    interval: str, start: int | None, end: int | None, limit: int, now: int
+) -> list[int]:
+    """Start times (ms, newest first) of the candles a kline request covers."""
+    last = min(end, now) if end is not None else now
+    starts: list[int] = []
+    if interval == "M":
+        moment = datetime.fromtimestamp(last / 1000, tz=UTC)
+        year, month = moment.year, moment.month
+        while len(starts) < limit and year >= 1970:
+            opened = int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
+            if start is not None and opened + 31 * 86_400_000 <= start:
+                break
+            starts.append(opened)
+            year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+        return starts
+    if interval == "W":
+        length, origin = _WEEK_MS, _FIRST_MONDAY_MS
+    else:
+        length, origin = (86_400_000 if interval == "D" else int(interval) * _MINUTE_MS), 0
+    opened = (last - origin) // length * length + origin
+    while len(starts) < limit and opened >= 0:
+        if start is not None and opened + length <= start:
+            break
+        starts.append(opened)
+        opened -= length
+    return starts
+
+
 #: The injectable faults that are drawn per request (see SimFaults).
 FaultName = Literal[
-    "delay", "http_5xx", "rate_limit_10006", "timeout_10016", "drop_response_after_accept"
+    "delay",
+    "http_5xx",
+    "rate_limit_10006",
+    "timeout_10016",
+    "drop_response_after_accept",
+    "accept_then_10016",
+    "accept_then_5xx",
+    "order_visibility_lag",
+    "clock_skew_burst",
 ]
+
+
+@dataclass(slots=True)
+class _Walk:
+    """A running random walk; a new walk or a set price replaces it (stale steps stop)."""
+
+    spec: PriceWalk
+    rng: random.Random
+    next_due_ms: int
 
 
 class SimExchange:
@@ -82,13 +175,19 @@ class SimExchange:
     def __init__(self, config: SimulatorConfig | None = None) -> None:
         self._config = config if config is not None else SimulatorConfig()
         self._lock = threading.Lock()
+        self._engine = Scheduler(self._lock)
         self._prices: dict[str, Decimal] = dict(self._config.prices)
+        self._walks: dict[str, _Walk] = {}
         self._accounts: dict[str, AccountRecord] = {}
         self._faults = self._config.faults
-        # Fault injection only needs reproducibility, not unpredictability.
+        # Faults and fills only need reproducibility, not unpredictability.
         self._rng = random.Random(self._config.seed)  # noqa: S311
+        self._fill_rng = random.Random(self._config.seed)  # noqa: S311
+        self._burst_until_ms = 0
+        self._burst_skew_ms = 0
         self._next_user_id = 100_001
         self._seq = 0
+        self._book_updates = 0
         self._requests_by_path: Counter[str] = Counter()
         self._answers_by_ret_code: Counter[int] = Counter()
         self._answers_by_http_status: Counter[int] = Counter()
@@ -100,11 +199,45 @@ class SimExchange:
     def config(self) -> SimulatorConfig:
         return self._config
 
+    # ----------------------------------------------------------------- engine
+
+    def start_engine(self) -> None:
+        """Run fills, walks and delayed events on a background thread (SimServer does this).
+
+        Counted: every start needs a stop; the thread ends with the last stop.
+        """
+        self._engine.start()
+
+    def stop_engine(self) -> None:
+        """Release one start_engine(); the last one stops and joins the engine thread."""
+        self._engine.stop()
+
+    @property
+    def engine_running(self) -> bool:
+        """Whether the engine thread is running."""
+        return self._engine.running
+
+    def run_due(self) -> int:
+        """Run the engine events that are due now (for use without the engine thread)."""
+        with self._lock:
+            return self._engine.run_due()
+
+    def advance(self, ms: int) -> int:
+        """Move the engine clock ms ahead and run what became due: fills, walk steps, ...
+
+        For unit tests without a server; wall-clock timestamps are unaffected.
+        """
+        with self._lock:
+            return self._engine.advance(ms)
+
     # ----------------------------------------------------------------- admin and clock
 
     def now_ms(self) -> int:
-        """The exchange clock in epoch ms, including any injected clock skew."""
-        return time.time_ns() // 1_000_000 + self._faults.clock_skew_ms
+        """The exchange clock in epoch ms, including injected clock skew (steady or burst)."""
+        skew = self._faults.clock_skew_ms
+        if self._engine.now_ms() < self._burst_until_ms:
+            skew += self._burst_skew_ms
+        return time.time_ns() // 1_000_000 + skew
 
     def add_account(self, spec: SimAccountSpec) -> None:
         """Open an account for a new API key; an existing key raises DuplicateAccountError."""
@@ -130,41 +263,95 @@ class SimExchange:
             account = self._accounts.get(api_key)
             return account.spec if account is not None else None
 
+    def user_id(self, api_key: str) -> int | None:
+        """The UID of the key's account (rate limits count per UID), or None."""
+        with self._lock:
+            account = self._accounts.get(api_key)
+            return account.user_id if account is not None else None
+
     def set_prices(self, prices: Mapping[str, Decimal | int | str]) -> None:
-        """Move prices (all or none), then fill crossed limit orders and trigger SL/TP.
+        """Move prices (all or none), stop any walk of those symbols, then fill crossed limit
+        orders and trigger SL/TP.
 
         Raises ValueError naming the symbol for an unlisted symbol, a float, or a price that
         is not positive or above the instrument's maxPrice.
         """
-        parsed: dict[str, Decimal] = {}
-        for symbol, raw in prices.items():
+        self.update_prices(prices)
+
+    def update_prices(self, updates: Mapping[str, Any]) -> None:
+        """Apply `POST /sim/prices` (all or none). Per symbol, one of:
+
+        - a price (int, Decimal or decimal string): set it and stop any walk;
+        - `{"walk": {...}}`: start a `PriceWalk` (seed, step_bps, interval_ms, drift_bps, start)
+          in place of any running one;
+        - `{"walk": null}`: stop the symbol's walk, keeping its price.
+
+        Raises ValueError naming the symbol and the problem.
+        """
+        prices: dict[str, Decimal] = {}
+        walks: dict[str, PriceWalk | None] = {}
+        for symbol, raw in updates.items():
             if symbol not in self._config.instruments:
                 raise ValueError(f"{symbol!r} is not a listed symbol")
-            if isinstance(raw, bool) or not isinstance(raw, Decimal | int | str):
-                # Floats are refused so that no binary rounding ever reaches a price.
-                raise ValueError(
-                    f"{symbol}: price must be a Decimal, int or decimal string, "
-                    f"not {type(raw).__name__}"
-                )
-            try:
-                price = Decimal(raw)
-            except InvalidOperation as exc:
-                raise ValueError(f"{symbol}: {raw!r} is not a number") from exc
-            if not price.is_finite() or price <= 0:
-                raise ValueError(f"{symbol}: price must be a positive finite number, got {raw}")
-            ceiling = self._config.instruments[symbol].tick_size * MAX_PRICE_TICKS
-            if price > ceiling:
-                raise ValueError(f"{symbol}: price {raw} is above the maxPrice {fmt(ceiling)}")
-            parsed[symbol] = price
+            if isinstance(raw, dict):
+                if set(raw) != {"walk"}:
+                    raise ValueError(
+                        f'{symbol}: an object must be {{"walk": {{...}}}} or {{"walk": null}}'
+                    )
+                walks[symbol] = self._parse_walk(symbol, raw["walk"])
+            else:
+                prices[symbol] = self._parse_price(symbol, raw)
         with self._lock:
-            for symbol, price in parsed.items():
-                self._prices[symbol] = price
-                self._match(symbol, price)
+            for symbol, price in prices.items():
+                self._walks.pop(symbol, None)
+                self._move(symbol, price)
+            for symbol, walk in walks.items():
+                self._walks.pop(symbol, None)
+                if walk is not None:
+                    self._start_walk(symbol, walk)
+
+    def _parse_walk(self, symbol: str, raw: Any) -> PriceWalk | None:
+        if raw is None:
+            return None
+        try:
+            walk = PriceWalk.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "walk"
+            raise ValueError(f"{symbol}: walk.{where}: {first['msg']}") from None
+        if walk.start is not None:
+            self._parse_price(symbol, walk.start)
+        return walk
+
+    def _parse_price(self, symbol: str, raw: Any) -> Decimal:
+        if isinstance(raw, bool) or not isinstance(raw, Decimal | int | str):
+            # Floats are refused so that no binary rounding ever reaches a price.
+            raise ValueError(
+                f"{symbol}: price must be a Decimal, int or decimal string, "
+                f"not {type(raw).__name__}"
+            )
+        try:
+            price = Decimal(raw)
+        except InvalidOperation as exc:
+            raise ValueError(f"{symbol}: {raw!r} is not a number") from exc
+        if not price.is_finite() or price <= 0:
+            raise ValueError(f"{symbol}: price must be a positive finite number, got {raw}")
+        ceiling = self._config.instruments[symbol].tick_size * MAX_PRICE_TICKS
+        if price > ceiling:
+            raise ValueError(f"{symbol}: price {raw} is above the maxPrice {fmt(ceiling)}")
+        return price
 
     def prices(self) -> dict[str, Decimal]:
         """Current price of every listed symbol."""
         with self._lock:
             return dict(self._prices)
+
+    def walks(self) -> dict[str, dict[str, Any]]:
+        """The running walks by symbol, JSON-ready."""
+        with self._lock:
+            return {
+                symbol: walk.spec.model_dump(mode="json") for symbol, walk in self._walks.items()
+            }
 
     def faults(self) -> SimFaults:
         """The faults in force."""
@@ -174,17 +361,23 @@ class SimExchange:
         """Replace the faults in force (clock skew applies from the next request)."""
         with self._lock:
             self._faults = faults
+            self._burst_until_ms = 0
 
     def inject(self, fault: FaultName) -> bool:
         """One Bernoulli draw of the fault's probability from the seeded RNG; hits are counted."""
-        probability: float = getattr(self._faults, fault)
-        if probability <= 0:
-            return False
         with self._lock:
-            if self._rng.random() >= probability:
-                return False
-            self._faults_injected[fault] += 1
-            return True
+            return self._draw(fault)
+
+    def maybe_start_clock_skew_burst(self) -> None:
+        """Per /v5 request: outside a burst, maybe start one (the clock_skew_burst fault)."""
+        with self._lock:
+            if self._engine.now_ms() < self._burst_until_ms:
+                return
+            if self._draw("clock_skew_burst"):
+                self._burst_until_ms = (
+                    self._engine.now_ms() + self._faults.clock_skew_burst_window_ms
+                )
+                self._burst_skew_ms = self._faults.clock_skew_burst_ms
 
     def record(self, path: str, http_status: int | None, ret_code: int | None) -> None:
         """Count one request for /sim/stats with its answer's HTTP status and retCode.
@@ -202,6 +395,7 @@ class SimExchange:
     def stats(self) -> dict[str, Any]:
         """Request and answer counters plus a few totals, JSON-ready."""
         with self._lock:
+            accounts = self._accounts.values()
             return {
                 "requests_by_path": dict(sorted(self._requests_by_path.items())),
                 "answers_by_ret_code": {
@@ -212,13 +406,17 @@ class SimExchange:
                 },
                 "faults_injected": dict(sorted(self._faults_injected.items())),
                 "accounts": len(self._accounts),
-                "orders": sum(len(account.orders) for account in self._accounts.values()),
-                "open_orders": sum(len(account.open_orders) for account in self._accounts.values()),
+                "orders": sum(len(account.orders) for account in accounts),
+                "open_orders": sum(len(account.open_orders) for account in accounts),
+                "executions": sum(len(account.executions) for account in accounts),
+                "pending_events": self._engine.pending,
+                "walks": sorted(self._walks),
             }
 
     def orders(self, api_key: str | None = None) -> list[dict[str, Any]]:
         """Every order (of one key, or of all), oldest first, each with its account's `userID`
-        and key `note` (the bot's key name): never the API key itself, which is a credential."""
+        and key `note` (the bot's key name): never the API key itself, which is a credential.
+        The admin view ignores query lag: an order shows from its acknowledgement."""
         with self._lock:
             if api_key is None:
                 accounts = list(self._accounts.values())
@@ -238,45 +436,86 @@ class SimExchange:
 
     def server_time(self, params: NoParams) -> dict[str, Any]:
         """`GET /v5/market/time`."""
-        now_ns = time.time_ns() + self._faults.clock_skew_ms * 1_000_000
+        now_ns = time.time_ns() + (self.now_ms() - time.time_ns() // 1_000_000) * 1_000_000
         return {"timeSecond": str(now_ns // 1_000_000_000), "timeNano": str(now_ns)}
 
     def instruments_info(self, params: MarketParams) -> dict[str, Any]:
-        """`GET /v5/market/instruments-info`."""
-        rows = [
-            instrument_view(symbol, self._config.instruments[symbol])
-            for symbol in self._symbols(params.symbol)
-        ]
-        return {"category": "linear", "list": rows, "nextPageCursor": ""}
+        """`GET /v5/market/instruments-info`; other categories and statuses list nothing."""
+        symbols: list[str] = []
+        if params.category == "linear" and params.status in {None, "Trading"}:
+            symbols = [
+                symbol
+                for symbol in self._symbols(params.symbol)
+                if params.base_coin is None or symbol == params.base_coin + SETTLE_COIN
+            ]
+        rows = [instrument_view(symbol, self._config.instruments[symbol]) for symbol in symbols]
+        page, cursor = _page(rows, params.limit, params.cursor)
+        return {"category": params.category, "list": page, "nextPageCursor": cursor}
 
     def tickers(self, params: MarketParams) -> dict[str, Any]:
-        """`GET /v5/market/tickers`."""
+        """`GET /v5/market/tickers`; other categories list nothing."""
+        if params.category != "linear":
+            return {"category": params.category, "list": []}
         next_funding = (self.now_ms() // _FUNDING_INTERVAL_MS + 1) * _FUNDING_INTERVAL_MS
         with self._lock:
-            prices = {symbol: self._prices[symbol] for symbol in self._symbols(params.symbol)}
-        rows = [ticker_view(symbol, price, next_funding) for symbol, price in prices.items()]
+            rows = [
+                ticker_view(symbol, self._prices[symbol], next_funding, *self._quote(symbol))
+                for symbol in self._symbols(params.symbol)
+            ]
         return {"category": "linear", "list": rows}
+
+    def orderbook(self, params: OrderbookParams) -> dict[str, Any]:
+        """`GET /v5/market/orderbook`: a synthetic book around the bid and ask."""
+        now = self.now_ms()
+        if params.category != "linear":
+            return {"s": params.symbol, "b": [], "a": [], "ts": now, "u": 0, "seq": 0, "cts": now}
+        with self._lock:
+            spec = self._instrument(params.symbol)
+            bid, ask = self._quote(params.symbol)
+            update_id = self._book_updates
+        return orderbook_view(params.symbol, bid, ask, spec, params.limit, now, update_id)
+
+    def kline(self, params: KlineParams) -> dict[str, Any]:
+        """`GET /v5/market/kline`: synthetic candles, deterministic in time and price."""
+        if params.category != "linear":
+            return {"category": params.category, "symbol": params.symbol, "list": []}
+        with self._lock:
+            spec = self._instrument(params.symbol)
+            price = self._prices[params.symbol]
+        starts = _candle_starts(
+            params.interval, params.start, params.end, params.limit, self.now_ms()
+        )
+        rows = kline_rows(params.symbol, params.interval, starts, price, spec.tick_size)
+        return {"category": "linear", "symbol": params.symbol, "list": rows}
 
     # ----------------------------------------------------------------- trading
 
     def place_order(self, api_key: str, params: PlaceOrderParams) -> dict[str, Any]:
-        """`POST /v5/order/create`: parameter rules, the duplicate check, then account rules.
+        """`POST /v5/order/create`: check, acknowledge, and hand the order to the engine.
 
-        The duplicate check comes before the balance and position rules, so a retry of an
-        accepted order is answered 110072 whatever has happened to the account since.
+        Parameter rules, then the duplicate check, then account rules: a retry of an accepted
+        order is answered 110072 whatever has happened to the account since. The answer is
+        only `{orderId, orderLinkId}`; the order trades `market_fill_delay_ms` later.
         """
         with self._lock:
             account = self._account(api_key)
             self._require(account, "Order")
             spec = self._instrument(params.symbol)
             price_now = self._prices[params.symbol]
-            limit_price = self._check_order_params(params)
+            qty = self._order_qty(account, params, spec)
+            limit_price = self._check_order_params(params, qty)
             if params.order_link_id is not None and params.order_link_id in account.link_ids:
                 raise SimError(RetCode.DUPLICATE_ORDER_LINK_ID, "OrderLinkedID is duplicate")
             reference = limit_price if limit_price is not None else price_now
             self._check_tpsl(params, reference)
-            self._check_account_rules(account, params, spec, reference)
+            if params.reduce_only:
+                qty = self._reducible_qty(account, params.symbol, params.side, qty)
+            else:
+                self._check_margin(account, params, spec, qty, reference)
             now = self.now_ms()
+            lag = self._config.query_lag_ms
+            if self._draw("order_visibility_lag"):
+                lag = max(lag, self._faults.order_visibility_lag_ms)
             order = OrderRecord(
                 order_id=str(uuid.uuid4()),
                 order_link_id=params.order_link_id or "",
@@ -284,7 +523,7 @@ class SimExchange:
                 side=params.side,
                 order_type=params.order_type,
                 price=limit_price,
-                qty=params.qty,
+                qty=qty,
                 time_in_force="IOC" if limit_price is None else params.time_in_force or "GTC",
                 reduce_only=params.reduce_only,
                 close_on_trigger=params.close_on_trigger,
@@ -294,9 +533,72 @@ class SimExchange:
                 created_ms=now,
                 updated_ms=now,
                 seq=self._next_seq(),
+                visible_from_ms=self._engine.now_ms() + lag,
             )
-            self._store(account, order)
-            self._execute(account, order, price_now)
+            self._submit(account, order)
+            return {"orderId": order.order_id, "orderLinkId": order.order_link_id}
+
+    def amend_order(self, api_key: str, params: AmendOrderParams) -> dict[str, Any]:
+        """`POST /v5/order/amend`: change qty, price, takeProfit or stopLoss of an open order.
+
+        A limit order amended into the market trades as taker when the engine sees it.
+        """
+        with self._lock:
+            account = self._account(api_key)
+            self._require(account, "Order")
+            self._instrument(params.symbol)
+            order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
+            if order is None or order.order_type == "Market":
+                raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
+            changes: dict[str, Any] = {}
+            if params.qty is not None and params.qty != order.qty:
+                self._check_qty(params.symbol, params.qty)
+                if params.qty <= order.cum_exec_qty:
+                    raise SimError(
+                        RetCode.PARAMS_ERROR,
+                        f"params error: qty {fmt(params.qty)} must exceed the executed qty "
+                        f"{fmt(order.cum_exec_qty)}",
+                    )
+                changes["qty"] = params.qty
+            if params.price is not None and params.price != order.price:
+                self._check_price("price", params.symbol, params.price)
+                changes["price"] = params.price
+            for name, attribute, value in (
+                ("takeProfit", "take_profit", params.take_profit),
+                ("stopLoss", "stop_loss", params.stop_loss),
+            ):
+                if value is None:
+                    continue
+                level = value or None
+                if level is not None:
+                    self._check_price(name, params.symbol, level)
+                if level != getattr(order, attribute):
+                    changes[attribute] = level
+            if not changes:
+                raise SimError(
+                    RetCode.PARAMS_ERROR,
+                    "The order remains unchanged as the parameters entered match the existing "
+                    "ones.",
+                )
+            if not order.reduce_only and order.price is not None:
+                # Only what the amendment adds to the order's value needs margin.
+                price: Decimal = changes.get("price", order.price)
+                qty: Decimal = changes.get("qty", order.qty)
+                extra = (qty * price - order.qty * order.price) / self._leverage(
+                    account, order.symbol
+                )
+                if extra > 0 and extra > self._figures(account).available:
+                    raise SimError(
+                        RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order"
+                    )
+            for attribute, value in changes.items():
+                setattr(order, attribute, value)
+            order.updated_ms = self.now_ms()
+            if order.arrived and ("price" in changes or "qty" in changes):
+                order.arrived = False
+                self._engine.schedule(
+                    self._config.market_fill_delay_ms, lambda: self._arrive(account, order)
+                )
             return {"orderId": order.order_id, "orderLinkId": order.order_link_id}
 
     def cancel_order(self, api_key: str, params: CancelOrderParams) -> dict[str, Any]:
@@ -309,11 +611,42 @@ class SimExchange:
                 raise SimError(
                     RetCode.PARAMS_ERROR, "params error: orderId or orderLinkId is required"
                 )
-            order = self._find(account, params.order_id, params.order_link_id)
-            if order is None or order.symbol != params.symbol or not order.is_open:
+            order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
+            if order is None:
                 raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to cancel")
             self._close(account, order, cancel_type="CancelByUser")
             return {"orderId": order.order_id, "orderLinkId": order.order_link_id}
+
+    def cancel_all(self, api_key: str, params: CancelAllParams) -> dict[str, Any]:
+        """`POST /v5/order/cancel-all` by symbol, baseCoin or settleCoin."""
+        with self._lock:
+            account = self._account(api_key)
+            self._require(account, "Order")
+            if params.symbol is None and params.base_coin is None and params.settle_coin is None:
+                raise SimError(
+                    RetCode.PARAMS_ERROR,
+                    "params error: symbol, baseCoin or settleCoin is required for linear",
+                )
+            if params.symbol is not None:
+                self._instrument(params.symbol)
+            # The simulator has no conditional orders: a StopOrder filter finds nothing.
+            selected = [
+                order
+                for order in list(account.open_orders.values())
+                if params.order_filter != "StopOrder"
+                and (params.symbol is None or order.symbol == params.symbol)
+                and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
+                and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
+            ]
+            for order in selected:
+                self._close(account, order, cancel_type="CancelByUser")
+            return {
+                "list": [
+                    {"orderId": order.order_id, "orderLinkId": order.order_link_id}
+                    for order in selected
+                ],
+                "success": "1",
+            }
 
     def set_leverage(self, api_key: str, params: SetLeverageParams) -> dict[str, Any]:
         """`POST /v5/position/set-leverage` (one-way mode: buy and sell leverage equal)."""
@@ -373,6 +706,53 @@ class SimExchange:
             selected = [order for order in candidates if self._matches(order, params)]
             return self._order_page(selected, params)
 
+    def executions(self, api_key: str, params: ExecutionQueryParams) -> dict[str, Any]:
+        """`GET /v5/execution/list`: the account's fills, newest first, within 7 days."""
+        with self._lock:
+            account = self._account(api_key)
+            if params.symbol is not None:
+                self._instrument(params.symbol)
+            start, end = _time_window(params.start_time, params.end_time, self.now_ms())
+            engine_now = self._engine.now_ms()
+            rows = [
+                execution_view(execution)
+                for execution in reversed(account.executions)
+                if execution.order.visible_from_ms <= engine_now
+                and start <= execution.exec_ms <= end
+                and (params.symbol is None or execution.order.symbol == params.symbol)
+                and (params.order_id is None or execution.order.order_id == params.order_id)
+                and (
+                    params.order_link_id is None
+                    or execution.order.order_link_id == params.order_link_id
+                )
+                and (
+                    params.base_coin is None
+                    or execution.order.symbol == params.base_coin + SETTLE_COIN
+                )
+                and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
+                and (params.exec_type is None or params.exec_type == "Trade")
+            ]
+            page, cursor = _page(rows, params.limit, params.cursor)
+            return {"category": "linear", "list": page, "nextPageCursor": cursor}
+
+    def closed_pnl(self, api_key: str, params: ClosedPnlParams) -> dict[str, Any]:
+        """`GET /v5/position/closed-pnl`: one record per closing order, newest first."""
+        with self._lock:
+            account = self._account(api_key)
+            if params.symbol is not None:
+                self._instrument(params.symbol)
+            start, end = _time_window(params.start_time, params.end_time, self.now_ms())
+            rows = [
+                closed_pnl_view(record)
+                for record in sorted(
+                    account.closed_pnl, key=lambda item: item.updated_ms, reverse=True
+                )
+                if start <= record.updated_ms <= end
+                and (params.symbol is None or record.order.symbol == params.symbol)
+            ]
+            page, cursor = _page(rows, params.limit, params.cursor)
+            return {"category": "linear", "list": page, "nextPageCursor": cursor}
+
     def positions(self, api_key: str, params: PositionQueryParams) -> dict[str, Any]:
         """`GET /v5/position/list`: a symbol's position even if flat, else all open ones."""
         with self._lock:
@@ -415,6 +795,23 @@ class SimExchange:
             account = self._account(api_key)
             return api_key_view(account.spec, account.user_id, account.created_ms, self.now_ms())
 
+    def account_info(self, api_key: str, params: NoParams) -> dict[str, Any]:
+        """`GET /v5/account/info`."""
+        with self._lock:
+            return account_info_view(self._account(api_key).created_ms)
+
+    def coin_info(self, api_key: str, params: CoinInfoParams) -> dict[str, Any]:
+        """`GET /v5/asset/coin/query-info`: USDT and every listed base coin."""
+        with self._lock:
+            self._account(api_key)
+        coins = sorted(
+            {SETTLE_COIN}
+            | {symbol.removesuffix(SETTLE_COIN) for symbol in self._config.instruments}
+        )
+        if params.coin is not None:
+            coins = [coin for coin in coins if coin == params.coin]
+        return coin_info_view(coins)
+
     # ----------------------------------------------------------------- internals (lock held)
 
     def _account(self, api_key: str) -> AccountRecord:
@@ -431,6 +828,13 @@ class SimExchange:
                 "Permission denied, please check your API key permissions.",
             )
 
+    def _draw(self, fault: FaultName) -> bool:
+        probability: float = getattr(self._faults, fault)
+        if probability <= 0 or self._rng.random() >= probability:
+            return False
+        self._faults_injected[fault] += 1
+        return True
+
     def _symbols(self, symbol: str | None) -> list[str]:
         if symbol is None:
             return sorted(self._config.instruments)
@@ -446,6 +850,26 @@ class SimExchange:
                 f"params error: symbol {symbol!r} is not listed (listed: {listed})",
             )
         return spec
+
+    def _quote(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """Best bid and ask: the last price minus/plus half the spread, rounded outwards."""
+        price = self._prices[symbol]
+        tick = self._config.instruments[symbol].tick_size
+        half = price * self._config.spread_bps / _BPS / 2
+        bid = max(to_tick(price - half, tick, up=False), tick)
+        return bid, to_tick(price + half, tick, up=True)
+
+    def _taker_price(self, order: OrderRecord) -> Decimal:
+        """Where a taker piece trades: the far side of the book plus slippage, never beyond
+        a limit order's price."""
+        bid, ask = self._quote(order.symbol)
+        tick = self._config.instruments[order.symbol].tick_size
+        slip = self._config.slippage_bps / _BPS
+        if order.side == "Buy":
+            price = to_tick(ask * (1 + slip), tick, up=True)
+            return min(price, order.price) if order.price is not None else price
+        price = max(to_tick(bid * (1 - slip), tick, up=False), tick)
+        return max(price, order.price) if order.price is not None else price
 
     def _check_qty(self, symbol: str, qty: Decimal) -> None:
         spec = self._config.instruments[symbol]
@@ -477,9 +901,9 @@ class SimExchange:
                 f"{fmt(tick)} ({symbol})",
             )
 
-    def _check_order_params(self, params: PlaceOrderParams) -> Decimal | None:
+    def _check_order_params(self, params: PlaceOrderParams, qty: Decimal) -> Decimal | None:
         """Quantity and price rules of the instrument; returns the limit price, if any."""
-        self._check_qty(params.symbol, params.qty)
+        self._check_qty(params.symbol, qty)
         if params.order_type == "Market":
             return None
         if params.price is None:
@@ -513,37 +937,29 @@ class SimExchange:
                     f"{where} its base price {fmt(reference)}",
                 )
 
-    def _check_account_rules(
-        self,
-        account: AccountRecord,
-        params: PlaceOrderParams,
-        spec: InstrumentSpec,
-        reference: Decimal,
-    ) -> None:
-        """Reduce-only (110017), else minimum value (110094) and available balance (110007)."""
+    def _order_qty(
+        self, account: AccountRecord, params: PlaceOrderParams, spec: InstrumentSpec
+    ) -> Decimal:
+        """The quantity asked for; qty "0" with reduceOnly and closeOnTrigger means the whole
+        position, up to maxMktOrderQty (Bybit's close-position order)."""
+        if params.qty != 0 or not (params.reduce_only and params.close_on_trigger):
+            return params.qty
         position = account.positions.get(params.symbol)
-        size = position.size if position is not None else ZERO
-        qty = params.qty
-        if params.reduce_only:
-            self._check_reduce_only(params.side, qty, size)
-            return
-        if qty * reference < spec.min_notional_usdt:
+        size = abs(position.size) if position is not None else ZERO
+        if size == 0:
             raise SimError(
-                RetCode.ORDER_VALUE_BELOW_MINIMUM,
-                f"Order does not meet minimum order value {fmt(spec.min_notional_usdt)}USDT",
+                RetCode.REDUCE_ONLY_RULE_NOT_SATISFIED,
+                "current position is zero, cannot fix reduce-only order qty",
             )
-        # Only the part that opens exposure needs margin; closing an opposite position frees it.
-        same_direction = size == 0 or (size > 0) == (params.side == "Buy")
-        opening = qty if same_direction else max(qty - abs(size), ZERO)
-        required = (
-            opening * reference / self._leverage(account, params.symbol)
-            + qty * reference * self._config.taker_fee_rate
-        )
-        if required > self._figures(account).available:
-            raise SimError(RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order")
+        return min(size, spec.max_order_qty)
 
-    @staticmethod
-    def _check_reduce_only(side: str, qty: Decimal, size: Decimal) -> None:
+    def _reducible_qty(
+        self, account: AccountRecord, symbol: str, side: str, qty: Decimal
+    ) -> Decimal:
+        """A reduce-only order's quantity trimmed to what it can still close: the position
+        less the other open reduce-only orders on its side; 110017 when nothing is left."""
+        position = account.positions.get(symbol)
+        size = position.size if position is not None else ZERO
         if size == 0:
             raise SimError(
                 RetCode.REDUCE_ONLY_RULE_NOT_SATISFIED,
@@ -556,12 +972,48 @@ class SimExchange:
                 f"Reduce-only rule not satisfied: a {side} order would increase the {held} "
                 "position",
             )
-        if qty > abs(size):
+        pending = sum(
+            (
+                order.leaves_qty
+                for order in account.open_orders.values()
+                if order.symbol == symbol and order.reduce_only and order.side == side
+            ),
+            ZERO,
+        )
+        reducible = abs(size) - pending
+        if reducible <= 0:
             raise SimError(
                 RetCode.REDUCE_ONLY_RULE_NOT_SATISFIED,
-                f"Reduce-only rule not satisfied: qty {fmt(qty)} exceeds the position size "
-                f"{fmt(abs(size))}",
+                "orderQty will be truncated to zero: open reduce-only orders already cover "
+                "the position",
             )
+        return min(qty, reducible)
+
+    def _check_margin(
+        self,
+        account: AccountRecord,
+        params: PlaceOrderParams,
+        spec: InstrumentSpec,
+        qty: Decimal,
+        reference: Decimal,
+    ) -> None:
+        """Minimum order value (110094), then available balance (110007)."""
+        if qty * reference < spec.min_notional_usdt:
+            raise SimError(
+                RetCode.ORDER_VALUE_BELOW_MINIMUM,
+                f"Order does not meet minimum order value {fmt(spec.min_notional_usdt)}USDT",
+            )
+        position = account.positions.get(params.symbol)
+        size = position.size if position is not None else ZERO
+        # Only the part that opens exposure needs margin; closing an opposite position frees it.
+        same_direction = size == 0 or (size > 0) == (params.side == "Buy")
+        opening = qty if same_direction else max(qty - abs(size), ZERO)
+        required = (
+            opening * reference / self._leverage(account, params.symbol)
+            + qty * reference * self._config.taker_fee_rate
+        )
+        if required > self._figures(account).available:
+            raise SimError(RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order")
 
     def _leverage(self, account: AccountRecord, symbol: str) -> Decimal:
         return account.leverage.get(symbol, self._config.default_leverage)
@@ -569,11 +1021,6 @@ class SimExchange:
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
-
-    def _store(self, account: AccountRecord, order: OrderRecord) -> None:
-        account.orders[order.order_id] = order
-        if order.order_link_id:
-            account.link_ids[order.order_link_id] = order.order_id
 
     def _find(
         self, account: AccountRecord, order_id: str | None, link_id: str | None
@@ -584,10 +1031,18 @@ class SimExchange:
             return account.orders[account.link_ids[link_id]]
         return None
 
-    @staticmethod
-    def _matches(order: OrderRecord, params: OrderQueryParams) -> bool:
+    def _open_order(
+        self, account: AccountRecord, symbol: str, order_id: str | None, link_id: str | None
+    ) -> OrderRecord | None:
+        order = self._find(account, order_id, link_id)
+        if order is None or order.symbol != symbol or not order.is_open:
+            return None
+        return order
+
+    def _matches(self, order: OrderRecord, params: OrderQueryParams) -> bool:
         return (
-            (params.symbol is None or order.symbol == params.symbol)
+            order.visible_from_ms <= self._engine.now_ms()
+            and (params.symbol is None or order.symbol == params.symbol)
             and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
             and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
             and (params.order_status is None or order.status == params.order_status)
@@ -598,23 +1053,76 @@ class SimExchange:
         page, cursor = _page([order_view(order) for order in orders], params.limit, params.cursor)
         return {"category": "linear", "list": page, "nextPageCursor": cursor}
 
-    def _execute(self, account: AccountRecord, order: OrderRecord, price_now: Decimal) -> None:
-        """A new order trades at once when it can, rests when it may, else is cancelled."""
-        if order.price is None:
-            self._fill(account, order, order.qty, price_now, maker=False)
+    # ----------------------------------------------------------------- matching (lock held)
+
+    def _submit(self, account: AccountRecord, order: OrderRecord) -> None:
+        """Book an acknowledged order (status New, margin reserved) and schedule its arrival."""
+        account.orders[order.order_id] = order
+        if order.order_link_id:
+            account.link_ids[order.order_link_id] = order.order_id
+        account.open_orders[order.order_id] = order
+        self._engine.schedule(
+            self._config.market_fill_delay_ms, lambda: self._arrive(account, order)
+        )
+
+    def _arrive(self, account: AccountRecord, order: OrderRecord) -> None:
+        """The matching engine sees the order: it takes liquidity, rests, or is cancelled."""
+        if not order.is_open or order.arrived:
             return
-        marketable = price_now <= order.price if order.side == "Buy" else price_now >= order.price
-        if not marketable:
-            if order.time_in_force == "IOC":
-                self._close(account, order, reject_reason="EC_NoImmediateQtyToFill")
-            elif order.time_in_force == "FOK":
-                self._close(account, order, reject_reason="EC_NoEnoughQtyToFill")
-            else:
-                account.open_orders[order.order_id] = order
-        elif order.time_in_force == "PostOnly":
-            self._close(account, order, reject_reason="EC_PostOnlyWillTakeLiquidity")
+        order.arrived = True
+        if order.price is not None:
+            bid, ask = self._quote(order.symbol)
+            marketable = ask <= order.price if order.side == "Buy" else bid >= order.price
+            if not marketable:
+                if order.time_in_force == "IOC":
+                    self._close(account, order, reject_reason="EC_NoImmediateQtyToFill")
+                elif order.time_in_force == "FOK":
+                    self._close(account, order, reject_reason="EC_NoEnoughQtyToFill")
+                return  # GTC and PostOnly rest on the book
+            if order.time_in_force == "PostOnly":
+                self._close(account, order, reject_reason="EC_PostOnlyWillTakeLiquidity")
+                return
+        pieces = self._config.partial_fills
+        if pieces > 1 and order.time_in_force != "FOK":
+            if self._fill_rng.random() >= self._config.partial_fill_probability:
+                pieces = 1
         else:
-            self._fill(account, order, order.qty, price_now, maker=False)
+            pieces = 1
+        order.pieces_left = pieces
+        self._take(account, order)
+
+    def _take(self, account: AccountRecord, order: OrderRecord) -> None:
+        """Execute one taker piece of the order at the current bid/ask."""
+        if not order.is_open:
+            return
+        step = self._config.instruments[order.symbol].qty_step
+        leaves = order.leaves_qty
+        qty = leaves
+        if order.pieces_left > 1:
+            qty = (leaves / order.pieces_left / step).to_integral_value(ROUND_DOWN) * step
+            qty = qty if qty > 0 else leaves
+        if order.reduce_only:
+            qty = min(qty, self._closable(account, order))
+            if qty <= 0:
+                self._close(account, order, cancel_type="CancelByReduceOnly")
+                return
+        self._fill(account, order, qty, self._taker_price(order), maker=False)
+        order.pieces_left -= 1
+        if not order.is_open:
+            return
+        if order.pieces_left > 0:
+            self._engine.schedule(
+                max(self._config.market_fill_delay_ms, 1), lambda: self._take(account, order)
+            )
+        elif order.price is None or order.time_in_force in {"IOC", "FOK"}:
+            self._close(account, order, cancel_type="CancelByReduceOnly")
+
+    @staticmethod
+    def _closable(account: AccountRecord, order: OrderRecord) -> Decimal:
+        """How much of an opposite position a reduce-only order can still close."""
+        position = account.positions.get(order.symbol)
+        size = position.size if position is not None else ZERO
+        return abs(size) if size != 0 and (size > 0) != (order.direction > 0) else ZERO
 
     def _close(
         self,
@@ -639,9 +1147,11 @@ class SimExchange:
         *,
         maker: bool,
     ) -> None:
-        """Execute qty of the order at price: order totals, position, fees and realised PnL."""
+        """Execute qty of the order at price: order totals, position, fees, realised PnL, the
+        execution record and the closing order's closed-PnL record."""
         now = self.now_ms()
-        fee = qty * price * (self._config.maker_fee_rate if maker else self._config.taker_fee_rate)
+        rate = self._config.maker_fee_rate if maker else self._config.taker_fee_rate
+        fee = qty * price * rate
         order.cum_exec_qty += qty
         order.cum_exec_value += qty * price
         order.cum_exec_fee += fee
@@ -655,8 +1165,20 @@ class SimExchange:
         if position.size == 0:
             position.cur_realised_pnl = ZERO
             position.created_ms = now
+            position.open_fee = ZERO
+        size_before, entry_before = position.size, position.avg_price
         signed_qty = qty * order.direction
+        closing = ZERO
+        if size_before != 0 and (size_before > 0) != (signed_qty > 0):
+            closing = min(abs(size_before), qty)
         realised = self._apply(position, signed_qty, price) - fee
+        if closing:
+            open_fee = position.open_fee * closing / abs(size_before)
+            position.open_fee -= open_fee
+            self._record_close(
+                account, order, closing, entry_before, price, open_fee, fee * closing / qty, now
+            )
+        position.open_fee += fee * (qty - closing) / qty
         account.wallet_balance += realised
         position.cum_realised_pnl += realised
         position.cur_realised_pnl += realised
@@ -669,6 +1191,49 @@ class SimExchange:
                 position.take_profit = order.take_profit
             if order.stop_loss is not None:
                 position.stop_loss = order.stop_loss
+        account.executions.append(
+            ExecutionRecord(
+                exec_id=str(uuid.uuid4()),
+                order=order,
+                order_qty=order.qty,
+                leaves_qty=order.leaves_qty,
+                price=price,
+                qty=qty,
+                fee=fee,
+                fee_rate=rate,
+                is_maker=maker,
+                mark_price=self._prices[order.symbol],
+                closed_size=closing,
+                exec_ms=now,
+                seq=position.seq,
+            )
+        )
+
+    def _record_close(
+        self,
+        account: AccountRecord,
+        order: OrderRecord,
+        closed: Decimal,
+        entry_price: Decimal,
+        exit_price: Decimal,
+        open_fee: Decimal,
+        close_fee: Decimal,
+        now: int,
+    ) -> None:
+        record = account.closed_pnl_by_order.get(order.order_id)
+        if record is None:
+            record = ClosedPnlRecord(
+                order=order, leverage=self._leverage(account, order.symbol), created_ms=now
+            )
+            account.closed_pnl_by_order[order.order_id] = record
+            account.closed_pnl.append(record)
+        record.closed_size += closed
+        record.cum_entry_value += closed * entry_price
+        record.cum_exit_value += closed * exit_price
+        record.open_fee += open_fee
+        record.close_fee += close_fee
+        record.fill_count += 1
+        record.updated_ms = now
 
     @staticmethod
     def _apply(position: PositionRecord, signed_qty: Decimal, price: Decimal) -> Decimal:
@@ -690,27 +1255,28 @@ class SimExchange:
         position.size = new
         return realised
 
-    def _match(self, symbol: str, price: Decimal) -> None:
-        """After a price move: fill crossed resting limits at their price, then check SL/TP."""
+    def _move(self, symbol: str, price: Decimal) -> None:
+        """Set the last price, then fill crossed resting limits at their price, then SL/TP."""
+        self._prices[symbol] = price
+        self._book_updates += 1
         for account in self._accounts.values():
-            for order in [o for o in account.open_orders.values() if o.symbol == symbol]:
-                assert order.price is not None  # only limit orders rest
+            for order in [
+                o
+                for o in account.open_orders.values()
+                if o.symbol == symbol and o.arrived and o.price is not None
+            ]:
+                assert order.price is not None
                 crossed = price <= order.price if order.side == "Buy" else price >= order.price
                 if not crossed:
                     continue
                 qty = order.leaves_qty
                 if order.reduce_only:
-                    position = account.positions.get(symbol)
-                    size = position.size if position is not None else ZERO
-                    reducible = (
-                        abs(size) if size != 0 and (size > 0) != (order.direction > 0) else ZERO
-                    )
-                    if reducible == 0:
+                    qty = min(qty, self._closable(account, order))
+                    if qty <= 0:
                         self._close(account, order, cancel_type="CancelByReduceOnly")
                         continue
-                    qty = min(qty, reducible)
                 self._fill(account, order, qty, order.price, maker=True)
-                if order.is_open:
+                if order.is_open and order.reduce_only:
                     self._close(account, order, cancel_type="CancelByReduceOnly")
             position = account.positions.get(symbol)
             if position is not None and position.size != 0:
@@ -719,7 +1285,8 @@ class SimExchange:
     def _trigger_stops(
         self, account: AccountRecord, position: PositionRecord, price: Decimal
     ) -> None:
-        """Close the whole position with a market order when its SL or TP is reached."""
+        """When the price reaches SL or TP, clear both and send a reduce-only market order
+        for the whole position; it fills like any market order, a moment later."""
         long = position.size > 0
         stop, profit = position.stop_loss, position.take_profit
         if stop is not None and (price <= stop if long else price >= stop):
@@ -728,6 +1295,7 @@ class SimExchange:
             kind, trigger = "TakeProfit", profit
         else:
             return
+        position.take_profit = position.stop_loss = None
         now = self.now_ms()
         order = OrderRecord(
             order_id=str(uuid.uuid4()),
@@ -749,9 +1317,38 @@ class SimExchange:
             stop_order_type=kind,
             create_type=f"CreateBy{kind}",
             trigger_price=trigger,
+            visible_from_ms=self._engine.now_ms(),
         )
-        self._store(account, order)
-        self._fill(account, order, order.qty, price, maker=False)
+        self._submit(account, order)
+
+    def _start_walk(self, symbol: str, spec: PriceWalk) -> None:
+        if spec.start is not None:
+            self._move(symbol, spec.start)
+        walk = _Walk(
+            spec=spec,
+            rng=random.Random(spec.seed),  # noqa: S311 - a reproducible path, not a secret
+            next_due_ms=self._engine.now_ms() + spec.interval_ms,
+        )
+        self._walks[symbol] = walk
+        self._engine.schedule_at(walk.next_due_ms, self._walk_step(symbol, walk))
+
+    def _walk_step(self, symbol: str, walk: _Walk) -> Callable[[], None]:
+        def step() -> None:
+            if self._walks.get(symbol) is not walk:
+                return  # replaced or stopped since this step was scheduled
+            tick = self._config.instruments[symbol].tick_size
+            price = self._prices[symbol]
+            sign = 1 if walk.rng.random() < 0.5 else -1
+            change = price * (sign * walk.spec.step_bps + walk.spec.drift_bps) / _BPS
+            moved = to_tick(price + change, tick, up=change > 0)
+            if moved == price and change != 0:
+                moved = price + (tick if change > 0 else -tick)
+            moved = min(max(moved, tick), tick * MAX_PRICE_TICKS)
+            self._move(symbol, moved)
+            walk.next_due_ms += walk.spec.interval_ms
+            self._engine.schedule_at(walk.next_due_ms, step)
+
+        return step
 
     def _figures(self, account: AccountRecord) -> MarginFigures:
         unrealised = position_im = position_mm = cum_realised = ZERO
@@ -765,8 +1362,10 @@ class SimExchange:
             position_mm += value * MAINTENANCE_MARGIN_RATE
         order_im = ZERO
         for order in account.open_orders.values():
-            if not order.reduce_only and order.price is not None:
-                order_im += order.leaves_qty * order.price / self._leverage(account, order.symbol)
+            if not order.reduce_only:
+                # A market order not yet filled holds margin at the current price.
+                price = order.price if order.price is not None else self._prices[order.symbol]
+                order_im += order.leaves_qty * price / self._leverage(account, order.symbol)
         return MarginFigures(
             wallet_balance=account.wallet_balance,
             unrealised_pnl=unrealised,

@@ -15,16 +15,27 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "KLINE_INTERVALS",
+    "AmendOrderParams",
+    "CancelAllParams",
     "CancelOrderParams",
+    "ClosedPnlParams",
+    "CoinInfoParams",
+    "ExecutionQueryParams",
+    "KlineParams",
     "MarketParams",
     "NoParams",
     "OrderQueryParams",
+    "OrderbookParams",
     "PlaceOrderParams",
     "PositionQueryParams",
     "SetLeverageParams",
     "WalletBalanceParams",
     "params_error_message",
 ]
+
+#: Kline intervals Bybit accepts: minutes, then day, week, month.
+KLINE_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
 
 _DECIMAL_TEXT = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
 _ORDER_LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
@@ -57,8 +68,22 @@ def _linear_only(value: Any) -> Any:
     return value
 
 
+def _known_category(value: Any) -> Any:
+    if value not in {"linear", "spot", "inverse", "option"}:
+        raise ValueError(f"{value!r} is not one of linear, spot, inverse, option")
+    return value
+
+
+def _kline_interval(value: str) -> str:
+    if value not in KLINE_INTERVALS:
+        raise ValueError(f"{value!r} is not one of {', '.join(KLINE_INTERVALS)}")
+    return value
+
+
 DecimalText = Annotated[Decimal, BeforeValidator(_decimal_text)]
 Category = Annotated[str, BeforeValidator(_linear_only)]
+#: Market data takes every Bybit category; the simulator lists linear instruments only.
+AnyCategory = Annotated[str, BeforeValidator(_known_category)]
 OrderLinkId = Annotated[str, BeforeValidator(_order_link_id)]
 
 
@@ -74,8 +99,31 @@ class NoParams(_Params):
 class MarketParams(_Params):
     """`GET /v5/market/instruments-info` and `GET /v5/market/tickers`."""
 
-    category: Category
+    category: AnyCategory
     symbol: str | None = None
+    base_coin: str | None = None
+    status: str | None = None
+    limit: int = Field(default=500, ge=1, le=1000)
+    cursor: str | None = None
+
+
+class OrderbookParams(_Params):
+    """`GET /v5/market/orderbook`."""
+
+    category: AnyCategory
+    symbol: str
+    limit: int = Field(default=25, ge=1, le=1000)
+
+
+class KlineParams(_Params):
+    """`GET /v5/market/kline`: category defaults to linear, as on Bybit."""
+
+    category: AnyCategory = "linear"
+    symbol: str
+    interval: Annotated[str, AfterValidator(_kline_interval)]
+    start: int | None = Field(default=None, ge=0)
+    end: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=200, ge=1, le=1000)
 
 
 class PlaceOrderParams(_Params):
@@ -97,6 +145,62 @@ class PlaceOrderParams(_Params):
     trigger_price: None = Field(
         default=None, description="Conditional orders are not simulated; any value is refused."
     )
+
+
+class AmendOrderParams(_Params):
+    """`POST /v5/order/amend`: fields left out keep their value; "0" clears takeProfit/stopLoss."""
+
+    category: Category
+    symbol: str
+    order_id: str | None = None
+    order_link_id: str | None = None
+    qty: DecimalText | None = None
+    price: DecimalText | None = None
+    take_profit: DecimalText | None = None
+    stop_loss: DecimalText | None = None
+
+
+class CancelAllParams(_Params):
+    """`POST /v5/order/cancel-all`: linear needs symbol, baseCoin or settleCoin."""
+
+    category: Category
+    symbol: str | None = None
+    base_coin: str | None = None
+    settle_coin: str | None = None
+    order_filter: str | None = None
+
+
+class ExecutionQueryParams(_Params):
+    """`GET /v5/execution/list`."""
+
+    category: Category
+    symbol: str | None = None
+    order_id: str | None = None
+    order_link_id: str | None = None
+    base_coin: str | None = None
+    settle_coin: str | None = None
+    start_time: int | None = Field(default=None, ge=0)
+    end_time: int | None = Field(default=None, ge=0)
+    exec_type: str | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+    cursor: str | None = None
+
+
+class ClosedPnlParams(_Params):
+    """`GET /v5/position/closed-pnl`."""
+
+    category: Category
+    symbol: str | None = None
+    start_time: int | None = Field(default=None, ge=0)
+    end_time: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=50, ge=1, le=100)
+    cursor: str | None = None
+
+
+class CoinInfoParams(_Params):
+    """`GET /v5/asset/coin/query-info`."""
+
+    coin: str | None = None
 
 
 class CancelOrderParams(_Params):

@@ -15,6 +15,8 @@ __all__ = [
     "SETTLE_COIN",
     "ZERO",
     "AccountRecord",
+    "ClosedPnlRecord",
+    "ExecutionRecord",
     "MarginFigures",
     "OrderRecord",
     "PositionRecord",
@@ -58,6 +60,12 @@ class OrderRecord:
     stop_order_type: str = ""
     create_type: str = "CreateByUser"
     trigger_price: Decimal | None = None
+    #: Whether the matching engine has seen the order (it is acknowledged before that).
+    arrived: bool = False
+    #: Engine-clock ms from which queries show the order (query lag, visibility faults).
+    visible_from_ms: int = 0
+    #: Taker pieces still to execute after this one (partial fills).
+    pieces_left: int = 1
 
     @property
     def is_open(self) -> bool:
@@ -89,6 +97,51 @@ class PositionRecord:
     updated_ms: int = 0
     #: Bybit reports -1 for a symbol never traded.
     seq: int = -1
+    #: Fees paid on the opening fills still in the position (closed-pnl's openFee).
+    open_fee: Decimal = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """One fill, as `/v5/execution/list` reports it."""
+
+    exec_id: str
+    order: OrderRecord
+    #: The order's quantity and leaves at the time of this fill.
+    order_qty: Decimal
+    leaves_qty: Decimal
+    price: Decimal
+    qty: Decimal
+    fee: Decimal
+    fee_rate: Decimal
+    is_maker: bool
+    mark_price: Decimal
+    closed_size: Decimal
+    exec_ms: int
+    seq: int
+
+
+@dataclass(slots=True)
+class ClosedPnlRecord:
+    """What one closing order realised, as `/v5/position/closed-pnl` reports it."""
+
+    order: OrderRecord
+    leverage: Decimal
+    closed_size: Decimal = ZERO
+    cum_entry_value: Decimal = ZERO
+    cum_exit_value: Decimal = ZERO
+    open_fee: Decimal = ZERO
+    close_fee: Decimal = ZERO
+    fill_count: int = 0
+    created_ms: int = 0
+    updated_ms: int = 0
+
+    @property
+    def closed_pnl(self) -> Decimal:
+        """Price PnL of the closed size minus the opening and closing fees, as Bybit nets it."""
+        direction = -1 if self.order.side == "Buy" else 1  # a sell closes a long
+        gross = (self.cum_exit_value - self.cum_entry_value) * direction
+        return gross - self.open_fee - self.close_fee
 
 
 @dataclass(slots=True)
@@ -104,6 +157,10 @@ class AccountRecord:
     link_ids: dict[str, str] = field(default_factory=dict)
     positions: dict[str, PositionRecord] = field(default_factory=dict)
     leverage: dict[str, Decimal] = field(default_factory=dict)
+    executions: list[ExecutionRecord] = field(default_factory=list)
+    closed_pnl: list[ClosedPnlRecord] = field(default_factory=list)
+    #: The closed-pnl record of each closing order, to add later fills of the same order to.
+    closed_pnl_by_order: dict[str, ClosedPnlRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,8 @@ class SimServer:
     """The simulator on a loopback port, served by uvicorn from a daemon thread.
 
     `start()` returns once the port accepts connections; `port=0` picks a free port, which
-    `port` and `url` then report. Usable as a context manager (start on enter, stop on exit).
+    `port` and `url` then report. The exchange's engine thread (fills, walks) runs from
+    `start()` to `stop()`. Usable as a context manager (start on enter, stop on exit).
     """
 
     def __init__(self, exchange: SimExchange, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -72,6 +73,7 @@ class SimServer:
             ) from exc
         self._socket = sock
         self._port = int(sock.getsockname()[1])
+        self.exchange.start_engine()
         # log_config=None leaves the host process's logging configuration alone.
         server = uvicorn.Server(
             uvicorn.Config(
@@ -102,7 +104,8 @@ class SimServer:
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop serving: wait timeout_s for a graceful stop, then force open connections closed.
+        """Stop serving and the engine: wait timeout_s for a graceful stop, then force open
+        connections closed.
 
         Idempotent; raises RuntimeError if the server thread is still alive after that.
         """
@@ -138,6 +141,7 @@ class SimServer:
     def _release(self) -> None:
         if self._socket is not None:
             self._socket.close()
+            self.exchange.stop_engine()
         self._socket = None
         self._server = None
         self._thread = None
@@ -146,7 +150,8 @@ class SimServer:
 def run_forever(
     exchange: SimExchange, host: str = "127.0.0.1", port: int = DEFAULT_SIM_PORT
 ) -> None:
-    """Serve the exchange in the foreground until SIGINT/SIGTERM (`bot sim --port N`)."""
+    """Serve the exchange, and run its engine, in the foreground until SIGINT/SIGTERM
+    (`bot sim --port N`)."""
     config = uvicorn.Config(
         create_app(exchange),
         host=host,
@@ -158,5 +163,9 @@ def run_forever(
     )
     # uvicorn shuts down cleanly, then re-raises the SIGINT it caught; Ctrl-C is how the
     # standalone simulator is meant to stop, so that is a normal return here.
-    with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run()
+    exchange.start_engine()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run()
+    finally:
+        exchange.stop_engine()

@@ -5,14 +5,17 @@ Numbers are decimal strings as Bybit sends them ("97000", "0.001"), never floats
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from bot.sim.config import PERMISSION_GROUPS, InstrumentSpec, SimAccountSpec
 from bot.sim.records import (
     MAINTENANCE_MARGIN_RATE,
     SETTLE_COIN,
+    ClosedPnlRecord,
+    ExecutionRecord,
     MarginFigures,
     OrderRecord,
     PositionRecord,
@@ -20,12 +23,19 @@ from bot.sim.records import (
 
 __all__ = [
     "MAX_PRICE_TICKS",
+    "account_info_view",
     "api_key_view",
+    "closed_pnl_view",
+    "coin_info_view",
+    "execution_view",
     "fmt",
     "instrument_view",
+    "kline_rows",
     "order_view",
+    "orderbook_view",
     "position_view",
     "ticker_view",
+    "to_tick",
     "wallet_view",
 ]
 
@@ -46,6 +56,11 @@ def fmt(value: Decimal) -> str:
 def _fmt_avg(value: Decimal) -> str:
     """Average prices are rounded to 8 places so weighted means stay readable."""
     return fmt(value.quantize(_AVG_PLACES))
+
+
+def to_tick(price: Decimal, tick: Decimal, *, up: bool) -> Decimal:
+    """The price rounded to a multiple of tick, up or down."""
+    return (price / tick).to_integral_value(ROUND_CEILING if up else ROUND_FLOOR) * tick
 
 
 def _fmt_optional(value: Decimal | None) -> str:
@@ -106,7 +121,188 @@ def order_view(order: OrderRecord) -> dict[str, Any]:
         "smpOrderId": "",
         "createdTime": str(order.created_ms),
         "updatedTime": str(order.updated_ms),
+        "cumFeeDetail": {SETTLE_COIN: fmt(order.cum_exec_fee)} if order.cum_exec_fee else {},
+        "parentOrderLinkId": "",
     }
+
+
+def execution_view(execution: ExecutionRecord) -> dict[str, Any]:
+    """A fill as `/v5/execution/list` lists it (linear: fees in USDT)."""
+    order = execution.order
+    return {
+        "symbol": order.symbol,
+        "orderId": order.order_id,
+        "orderLinkId": order.order_link_id,
+        "side": order.side,
+        "orderPrice": fmt(order.price) if order.price is not None else fmt(execution.price),
+        "orderQty": fmt(execution.order_qty),
+        "leavesQty": fmt(execution.leaves_qty),
+        "createType": order.create_type,
+        "orderType": order.order_type,
+        "stopOrderType": order.stop_order_type or "UNKNOWN",
+        "execFee": fmt(execution.fee),
+        "execFeeV2": "",
+        "execId": execution.exec_id,
+        "execPrice": fmt(execution.price),
+        "execQty": fmt(execution.qty),
+        "execType": "Trade",
+        "execValue": fmt(execution.qty * execution.price),
+        "execTime": str(execution.exec_ms),
+        "feeCurrency": SETTLE_COIN,
+        "isMaker": execution.is_maker,
+        "feeRate": fmt(execution.fee_rate),
+        "tradeIv": "",
+        "markIv": "",
+        "markPrice": fmt(execution.mark_price),
+        "indexPrice": "",
+        "underlyingPrice": "",
+        "blockTradeId": "",
+        "closedSize": fmt(execution.closed_size),
+        "seq": execution.seq,
+        "extraFees": "",
+    }
+
+
+def closed_pnl_view(record: ClosedPnlRecord) -> dict[str, Any]:
+    """What one closing order realised, as `/v5/position/closed-pnl` lists it."""
+    order = record.order
+    size = record.closed_size
+    return {
+        "symbol": order.symbol,
+        "orderId": order.order_id,
+        "side": order.side,
+        "qty": fmt(order.qty),
+        "orderPrice": fmt(order.price) if order.price is not None else "0",
+        "orderType": order.order_type,
+        "execType": "Trade",
+        "closedSize": fmt(size),
+        "cumEntryValue": fmt(record.cum_entry_value),
+        "avgEntryPrice": _fmt_avg(record.cum_entry_value / size) if size else "0",
+        "cumExitValue": fmt(record.cum_exit_value),
+        "avgExitPrice": _fmt_avg(record.cum_exit_value / size) if size else "0",
+        "closedPnl": fmt(record.closed_pnl),
+        "fillCount": str(record.fill_count),
+        "leverage": fmt(record.leverage),
+        "openFee": fmt(record.open_fee),
+        "closeFee": fmt(record.close_fee),
+        "createdTime": str(record.created_ms),
+        "updatedTime": str(record.updated_ms),
+    }
+
+
+def account_info_view(created_ms: int) -> dict[str, Any]:
+    """`/v5/account/info` of a unified trading account 2.0 in regular (cross) margin."""
+    return {
+        "unifiedMarginStatus": 6,
+        "marginMode": "REGULAR_MARGIN",
+        "isMasterTrader": False,
+        "spotHedgingStatus": "OFF",
+        "updatedTime": str(created_ms),
+        "dcpStatus": "OFF",
+        "timeWindow": 0,
+        "smpGroup": 0,
+    }
+
+
+def coin_info_view(coins: list[str]) -> dict[str, Any]:
+    """`/v5/asset/coin/query-info`: the simulator moves no coins on chain, so every coin has
+    one chain with deposits and withdrawals suspended ("0")."""
+    rows = [
+        {
+            "name": coin,
+            "coin": coin,
+            "remainAmount": "0",
+            "chains": [
+                {
+                    "chain": "SIM",
+                    "chainType": "Simulator",
+                    "confirmation": "1",
+                    "withdrawFee": "",
+                    "depositMin": "0",
+                    "withdrawMin": "0",
+                    "minAccuracy": "8",
+                    "chainDeposit": "0",
+                    "chainWithdraw": "0",
+                    "withdrawPercentageFee": "0",
+                    "contractAddress": "",
+                    "safeConfirmNumber": "1",
+                    "withdrawMax": "0",
+                }
+            ],
+        }
+        for coin in coins
+    ]
+    return {"rows": rows}
+
+
+def _unit(*parts: object) -> Decimal:
+    """A deterministic number in [0, 1) from the parts (a hash, not a random draw)."""
+    digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
+    return Decimal(int.from_bytes(digest[:6], "big")) / Decimal(2**48)
+
+
+def orderbook_view(
+    symbol: str,
+    bid: Decimal,
+    ask: Decimal,
+    spec: InstrumentSpec,
+    depth: int,
+    now_ms: int,
+    update_id: int,
+) -> dict[str, Any]:
+    """A synthetic book around the quote: levels one tick apart, sizes fixed per level."""
+
+    def size(side: str, level: int) -> str:
+        steps = 1 + int(_unit(symbol, side, level) * 500)
+        return fmt(spec.qty_step * steps)
+
+    tick = spec.tick_size
+    bids = [[fmt(bid - tick * i), size("b", i)] for i in range(depth) if bid - tick * i > 0]
+    asks = [[fmt(ask + tick * i), size("a", i)] for i in range(depth)]
+    return {
+        "s": symbol,
+        "b": bids,
+        "a": asks,
+        "ts": now_ms,
+        "u": update_id,
+        "seq": update_id,
+        "cts": now_ms,
+    }
+
+
+#: Largest deviation of a synthetic candle's close from the current price (0.5 %).
+_KLINE_SWING = Decimal("0.005")
+
+
+def kline_rows(
+    symbol: str, interval: str, starts: list[int], price: Decimal, tick: Decimal
+) -> list[list[str]]:
+    """Synthetic candles, newest first, deterministic in (symbol, interval, start, price).
+
+    Each close lies within 0.5 % of the current price, each open is the previous close,
+    and the newest candle (the one still open) closes at the current price.
+    """
+
+    def close_at(index: int) -> Decimal:
+        if index == 0:
+            return price
+        offset = (_unit(symbol, interval, starts[index], "c") * 2 - 1) * _KLINE_SWING
+        return max(to_tick(price * (1 + offset), tick, up=False), tick)
+
+    rows = []
+    for index, start in enumerate(starts):
+        close = close_at(index)
+        opened = close_at(index + 1) if index + 1 < len(starts) else close
+        wick_up = _unit(symbol, interval, start, "h") * _KLINE_SWING / 2
+        wick_down = _unit(symbol, interval, start, "l") * _KLINE_SWING / 2
+        high = to_tick(max(opened, close) * (1 + wick_up), tick, up=True)
+        low = max(to_tick(min(opened, close) * (1 - wick_down), tick, up=False), tick)
+        volume = (_unit(symbol, interval, start, "v") * 1000).quantize(Decimal("0.001"))
+        turnover = (volume * (opened + close) / 2).quantize(Decimal("0.0001"))
+        rows.append(
+            [str(start), fmt(opened), fmt(high), fmt(low), fmt(close), fmt(volume), fmt(turnover)]
+        )
+    return rows
 
 
 def position_view(
@@ -281,8 +477,10 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
     }
 
 
-def ticker_view(symbol: str, price: Decimal, next_funding_ms: int) -> dict[str, Any]:
-    """A ticker as `/v5/market/tickers` lists it: no book, so every quote is the one price."""
+def ticker_view(
+    symbol: str, price: Decimal, next_funding_ms: int, bid: Decimal, ask: Decimal
+) -> dict[str, Any]:
+    """A ticker as `/v5/market/tickers` lists it: last, mark and index are the one price."""
     text = fmt(price)
     return {
         "symbol": symbol,
@@ -304,9 +502,9 @@ def ticker_view(symbol: str, price: Decimal, next_funding_ms: int) -> dict[str, 
         "basisRate": "",
         "deliveryFeeRate": "",
         "deliveryTime": "0",
-        "bid1Price": text,
+        "bid1Price": fmt(bid),
         "bid1Size": "1",
-        "ask1Price": text,
+        "ask1Price": fmt(ask),
         "ask1Size": "1",
         "basis": "",
     }

@@ -106,6 +106,29 @@ def trader(shared_server: SimServer, account: str, connect: Callable[..., HTTP])
     return connect(shared_server, key=account)
 
 
+T = TypeVar("T")
+_WAIT_S = 5.0
+
+
+def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
+    """Poll read() until done(value) holds (bounded), and return that value."""
+    deadline = time.monotonic() + _WAIT_S
+    while True:
+        value = read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}; last seen: {value!r}")
+        time.sleep(0.002)
+
+
+def _settle(server: SimServer) -> None:
+    """Wait until the exchange's engine has nothing left to do (fills, triggered stops)."""
+    _eventually(
+        lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "an idle engine"
+    )
+
+
 def _admin(server: SimServer, method: str, path: str, body: Any = None) -> requests.Response:
     return requests.request(method, server.url + path, json=body, timeout=5)
 
@@ -185,7 +208,12 @@ def test_market_order_fills_at_current_price_and_shows_in_orders_position_and_wa
     placed = _market(trader, orderLinkId="mkt-1")
 
     assert placed["retCode"] == 0
-    order = _order(trader, orderLinkId="mkt-1")
+    assert set(placed["result"]) == {"orderId", "orderLinkId"}
+    order = _eventually(
+        lambda: _order(trader, orderLinkId="mkt-1"),
+        lambda o: o["orderStatus"] == "Filled",
+        "the market order to fill",
+    )
     assert order["orderId"] == placed["result"]["orderId"]
     assert (order["orderStatus"], order["avgPrice"], order["cumExecQty"]) == (
         "Filled",
@@ -193,6 +221,7 @@ def test_market_order_fills_at_current_price_and_shows_in_orders_position_and_wa
         "0.01",
     )
     assert order["cumExecFee"] == "0.5335"  # 970 USDT notional at the 0.055 % taker fee
+    assert order["cumFeeDetail"] == {"USDT": "0.5335"}
     history = trader.get_order_history(category="linear")["result"]["list"]
     assert [o["orderLinkId"] for o in history] == ["mkt-1"]
     assert trader.get_open_orders(category="linear", symbol="BTCUSDT")["result"]["list"] == []
@@ -216,6 +245,7 @@ def test_limit_order_rests_then_fills_when_the_price_crosses(
         price="96000",
         orderLinkId="lim-1",
     )
+    _settle(server)
     resting = session.get_open_orders(category="linear", symbol="BTCUSDT")["result"]["list"]
     assert [(o["orderLinkId"], o["orderStatus"]) for o in resting] == [("lim-1", "New")]
     assert _position(session)["size"] == "0"
@@ -233,7 +263,7 @@ def test_limit_order_rests_then_fills_when_the_price_crosses(
     assert _position(session)["avgPrice"] == "96000"
 
 
-def test_marketable_buy_limit_fills_at_once_at_the_current_price(trader: HTTP) -> None:
+def test_marketable_buy_limit_fills_as_taker_at_the_current_price(trader: HTTP) -> None:
     trader.place_order(
         category="linear",
         symbol="BTCUSDT",
@@ -244,14 +274,21 @@ def test_marketable_buy_limit_fills_at_once_at_the_current_price(trader: HTTP) -
         orderLinkId="lim-x",
     )
 
-    assert _order(trader, orderLinkId="lim-x")["avgPrice"] == "97000"
+    order = _eventually(
+        lambda: _order(trader, orderLinkId="lim-x"),
+        lambda o: o["orderStatus"] == "Filled",
+        "the marketable limit to fill",
+    )
+    assert (order["avgPrice"], order["cumExecFee"]) == ("97000", "0.5335")  # taker fee
 
 
 def test_reducing_realises_pnl_into_the_wallet(server: SimServer, session: HTTP) -> None:
     _market(session, "Buy", "0.1")
+    _settle(server)
     _admin(server, "POST", "/sim/prices", {"BTCUSDT": "98000"})
 
     _market(session, "Sell", "0.1", reduceOnly=True)
+    _settle(server)
 
     position = _position(session)
     assert (position["size"], position["side"]) == ("0", "")
@@ -263,9 +300,11 @@ def test_stop_loss_attached_to_an_order_closes_the_position(
     server: SimServer, session: HTTP
 ) -> None:
     _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
+    _settle(server)
     assert (_position(session)["stopLoss"], _position(session)["takeProfit"]) == ("95000", "99000")
 
     _admin(server, "POST", "/sim/prices", {"BTCUSDT": 94000})
+    _settle(server)
 
     assert _position(session)["size"] == "0"
     stops = [o for o in _admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
@@ -349,16 +388,54 @@ def test_invalid_orders_are_rejected_with_bybits_codes(
     assert shared_server.exchange.orders(account) == []
 
 
-def test_reduce_only_that_would_increase_the_position_is_110017(trader: HTTP) -> None:
+def test_reduce_only_that_would_increase_the_position_is_110017(
+    shared_server: SimServer, trader: HTTP
+) -> None:
     _market(trader, "Buy", "0.01")
+    _settle(shared_server)
 
     assert _error_code(lambda: _market(trader, "Buy", "0.01", reduceOnly=True)) == 110017
-    assert _error_code(lambda: _market(trader, "Sell", "0.02", reduceOnly=True)) == 110017
 
 
-def test_set_leverage_changes_margin_and_refuses_a_no_op(trader: HTTP) -> None:
+def test_reduce_only_is_trimmed_to_the_position_then_110017_when_nothing_is_left(
+    shared_server: SimServer, trader: HTTP
+) -> None:
+    _market(trader, "Buy", "0.01")
+    _settle(shared_server)
+
+    trimmed = trader.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Sell",
+        orderType="Limit",
+        price="99000",
+        qty="0.05",
+        reduceOnly=True,
+    )
+
+    assert _order(trader, orderId=trimmed["result"]["orderId"])["qty"] == "0.01"
+    assert _error_code(lambda: _market(trader, "Sell", "0.01", reduceOnly=True)) == 110017
+
+
+def test_qty_zero_with_reduce_only_and_close_on_trigger_closes_the_whole_position(
+    shared_server: SimServer, trader: HTTP
+) -> None:
+    _market(trader, "Sell", "0.03")
+    _settle(shared_server)
+
+    closing = _market(trader, "Buy", "0", reduceOnly=True, closeOnTrigger=True)
+    _settle(shared_server)
+
+    assert _order(trader, orderId=closing["result"]["orderId"])["cumExecQty"] == "0.03"
+    assert _position(trader)["size"] == "0"
+
+
+def test_set_leverage_changes_margin_and_refuses_a_no_op(
+    shared_server: SimServer, trader: HTTP
+) -> None:
     trader.set_leverage(category="linear", symbol="BTCUSDT", buyLeverage="20", sellLeverage="20")
     _market(trader, "Buy", "0.01")
+    _settle(shared_server)
 
     assert _position(trader)["leverage"] == "20"
     assert _position(trader)["positionIM"] == "48.5"
@@ -510,6 +587,7 @@ def test_dropped_answer_raises_a_requests_error_but_the_order_exists(
 
     with pytest.raises(requests.exceptions.RequestException):
         _market(session, orderLinkId="lost-answer")
+    _settle(server)
 
     orders = _admin(server, "GET", "/sim/orders").json()["orders"]
     assert [(o["orderLinkId"], o["orderStatus"]) for o in orders] == [("lost-answer", "Filled")]
@@ -571,6 +649,7 @@ def test_stats_count_requests_ret_codes_and_http_statuses(server: SimServer, ses
     _market(session, orderLinkId="s-1")
     _error_code(lambda: _market(session, orderLinkId="s-1"))
     session.get_server_time()
+    _settle(server)
 
     stats = _admin(server, "GET", "/sim/stats").json()
 
@@ -640,12 +719,14 @@ def test_market_data_uses_bybit_shapes(trader: HTTP) -> None:
     assert rules["lotSizeFilter"]["minNotionalValue"] == "5"
     assert rules["priceFilter"]["tickSize"] == "0.1"
     assert {ticker[k] for k in ("lastPrice", "markPrice", "indexPrice", "bid1Price")} == {"3500"}
+    assert ticker["ask1Price"] == "3500"  # no spread configured
 
 
 def test_exchange_state_outlives_a_server_restart(connect: Callable[..., HTTP]) -> None:
     exchange = SimExchange(SimulatorConfig(accounts=[_spec()]))
     with SimServer(exchange) as first:
         _market(connect(first), orderLinkId="before-restart")
+        _settle(first)
 
     with SimServer(exchange) as second:
         order = _order(connect(second), orderLinkId="before-restart")

@@ -30,14 +30,29 @@ from bot.sim.params import (
 KEY = "unit-key"
 
 
+FILL_DELAY_MS = 5
+
+
 @pytest.fixture
 def exchange() -> SimExchange:
+    """An exchange without a server: its engine moves only when a test calls advance()."""
     return SimExchange(
-        SimulatorConfig(accounts=[SimAccountSpec(api_key=KEY, api_secret=SecretStr("s"))])
+        SimulatorConfig(
+            accounts=[SimAccountSpec(api_key=KEY, api_secret=SecretStr("s"))],
+            market_fill_delay_ms=FILL_DELAY_MS,
+        )
     )
 
 
 def _place(exchange: SimExchange, **fields: Any) -> dict[str, Any]:
+    """Place an order and let the engine take it (fill, rest or cancel)."""
+    acknowledged = _submit(exchange, **fields)
+    exchange.advance(FILL_DELAY_MS)
+    return acknowledged
+
+
+def _submit(exchange: SimExchange, **fields: Any) -> dict[str, Any]:
+    """Place an order and return the acknowledgement; the engine has not seen it yet."""
     request = {"category": "linear", "symbol": "BTCUSDT", "orderType": "Market", **fields}
     return exchange.place_order(KEY, PlaceOrderParams.model_validate(request))
 
@@ -213,6 +228,7 @@ def test_take_profit_of_a_short_triggers_when_the_price_falls(exchange: SimExcha
     _place(exchange, side="Sell", qty="0.01", takeProfit="90000")
 
     exchange.set_prices({"BTCUSDT": Decimal(89000)})
+    exchange.advance(FILL_DELAY_MS)
 
     closing = exchange.orders(KEY)[-1]
     assert (closing["stopOrderType"], closing["side"], closing["avgPrice"]) == (
@@ -252,12 +268,15 @@ def test_prices_can_move_from_other_threads_while_orders_trade(exchange: SimExch
             failures.append(exc)
 
     movers = [threading.Thread(target=move_prices) for _ in range(3)]
+    exchange.start_engine()
     for mover in movers:
         mover.start()
     for number in range(100):
-        _place(exchange, side="Buy" if number % 2 else "Sell", qty="0.001")
+        _submit(exchange, side="Buy" if number % 2 else "Sell", qty="0.001")
     for mover in movers:
         mover.join()
+    exchange.stop_engine()
+    exchange.advance(FILL_DELAY_MS)
 
     assert failures == []
     assert len(exchange.orders(KEY)) == 100
