@@ -28,3 +28,11 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Chaos soak of the real bot (bench/soak.py): 1,000 signals, 10 SIGKILLs, 20 % venue faults.
+# SOAK_ARGS passes flags, e.g. `make soak SOAK_ARGS="--signals 200 --kills 3 --seed 7"`.
+.PHONY: soak bench
+soak: setup
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+bench: soak
