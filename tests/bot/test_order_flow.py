@@ -1,0 +1,164 @@
+"""Ordering and pacing through the whole bot: real uvicorn, the real simulator, real pybit.
+
+What the order lifecycle issue reproduced, each now a test: a burst on one key is paced, not
+refused with 10006; a close sent right after its open runs after it; a signal whose order was
+in flight when the bot died is settled with the venue on restart, even if it is stale by then.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import requests
+from pybit.unified_trading import HTTP
+from pydantic import SecretStr
+
+from bot.config import load_settings
+from bot.execution.executor import build_request
+from bot.journal import Journal
+from bot.messages import OrderEvent, OrderRequest, OrderStatus, RiskDecision, parse_signal
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from tests.bot.test_service import RunningBot, signal
+from tests.conftest import wait_for
+from tests.factories import make_intent
+
+#: Loose enough that a burst of follow orders on one key is approved and affordable.
+BURST_RISK = """
+[risk]
+symbols = ["BTCUSDT", "ETHUSDT"]
+max_order_notional_usdt = 1000
+max_signal_age_s = 60
+"""
+
+
+def sim_stats(bot: RunningBot) -> dict[str, dict[str, int]]:
+    answer: dict[str, dict[str, int]] = requests.get(
+        f"{bot.service.sim_url}/sim/stats", timeout=10
+    ).json()
+    return answer
+
+
+def journal_rows(bot: RunningBot) -> list[dict[str, object]]:
+    journal = Journal(bot.settings.journal_path, read_only=True)
+    try:
+        return [row.as_dict() for row in journal.trace(10_000)]
+    finally:
+        journal.close()
+
+
+def test_a_burst_on_one_key_is_paced_not_refused(sim_config: Callable[..., Path]) -> None:
+    bot = RunningBot(sim_config()).start()
+    try:
+        ids = [f"burst-{i}" for i in range(40)]
+
+        answers = [bot.post(signal(signal_id)).status_code for signal_id in ids]
+
+        assert answers == [202] * 40
+
+        def all_filled() -> bool:
+            rows = journal_rows(bot)
+            return sum(1 for row in rows if row["status"] == "Filled") == 40
+
+        wait_for(all_filled, 60, "40 filled orders")
+        assert len(bot.sim_orders()) == 40
+        assert "10006" not in sim_stats(bot)["answers_by_ret_code"]
+    finally:
+        bot.stop()
+
+
+def test_a_close_right_after_its_open_runs_after_it(sim_config: Callable[..., Path]) -> None:
+    bot = RunningBot(sim_config()).start()
+    try:
+        for round_ in range(5):
+            opened = bot.post(signal(f"open-{round_}"))
+            closed = bot.post(
+                {
+                    "id": f"close-{round_}",
+                    "symbol": "BTCUSDT",
+                    "action": "close",
+                    "ts": int(time.time() * 1000),
+                }
+            )
+            assert (opened.status_code, closed.status_code) == (202, 202)
+
+        def settled() -> list[dict[str, object]] | None:
+            rows = [r for r in journal_rows(bot) if str(r["signal_id"]).startswith("close-")]
+            done = len(rows) == 5 and all(r["status"] == "Filled" for r in rows)
+            return rows if done else None
+
+        closes = wait_for(settled, 60, "every close filled")
+        assert all(row["side"] == "Sell" for row in closes)
+    finally:
+        bot.stop()
+
+
+def test_orders_in_flight_at_a_crash_are_settled_before_any_new_signal(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Arrange: the journal a kill -9 leaves behind, against an exchange that outlives the bot.
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    (secrets / "bot_key_follow_sim_api_key").write_text("crash-key")
+    (secrets / "bot_key_follow_sim_api_secret").write_text("crash-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(
+        SimAccountSpec(api_key="crash-key", api_secret=SecretStr("crash-secret"), note="k")
+    )
+    with SimServer(exchange) as server:
+        config = sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n')
+        settings = load_settings(config)
+        an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        journal = Journal(settings.journal_path)
+        reached = _in_flight(journal, "reached-venue", an_hour_ago, OrderStatus.SUBMITTING)
+        lost = _in_flight(journal, "never-sent-stale", an_hour_ago, OrderStatus.SUBMITTING)
+        pending = _in_flight(journal, "pending-fresh", datetime.now(UTC), OrderStatus.PENDING)
+        journal.close()
+        session = HTTP(api_key="crash-key", api_secret="crash-secret")
+        session.endpoint = server.url
+        session.place_order(**reached.to_bybit_params())  # it arrived; the answer died with us
+
+        # Act: start the bot; it is ready only after start-up reconciliation.
+        bot = RunningBot(config).start()
+        try:
+            statuses = {
+                row["order_link_id"]: row["status"]
+                for row in journal_rows(bot)
+                if row["order_link_id"]
+            }
+            at_venue = [order["orderLinkId"] for order in bot.sim_orders()]
+        finally:
+            bot.stop()
+
+    # Assert: the stale order that reached the venue is followed, not declined as stale; the
+    # one that never left is declined; the fresh one is sent once.
+    assert statuses[reached.order_link_id] == "Filled"
+    assert statuses[lost.order_link_id] == "Rejected"
+    assert statuses[pending.order_link_id] == "Filled"
+    assert sorted(at_venue) == sorted([reached.order_link_id, pending.order_link_id])
+
+
+def _in_flight(journal: Journal, signal_id: str, ts: datetime, status: OrderStatus) -> OrderRequest:
+    """Journal a signal, its approval and its order as a crash would leave them."""
+    journal.record_signal(
+        parse_signal(
+            "voiceofchain",
+            {
+                "id": signal_id,
+                "symbol": "BTCUSDT",
+                "side": "buy",
+                "stop_loss": 95000,
+                "ts": ts.isoformat(),
+            },
+        )
+    )
+    intent = make_intent(signal_id=signal_id, signal_ts=ts, qty=Decimal("0.001"))
+    request = build_request(intent, "follow_sim")
+    decision = RiskDecision(intent=intent, approved=True, reason="within all limits")
+    journal.record_approval(decision, request)
+    if status is OrderStatus.SUBMITTING:
+        journal.record_order_event(OrderEvent(order_link_id=request.order_link_id, status=status))
+    return request
