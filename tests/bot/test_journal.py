@@ -131,3 +131,62 @@ def test_an_unreadable_row_does_not_keep_the_others_from_recovery(journal: Journ
     pending = journal.unprocessed_signals()
 
     assert [s.id for s in pending] == ["good"]
+
+
+def test_a_backward_move_is_refused_and_the_order_keeps_its_state(journal: Journal) -> None:
+    journal.record_order(make_request())
+    filled = OrderEvent(
+        order_link_id="follow-0-x",
+        status=OrderStatus.FILLED,
+        filled_qty=Decimal("0.01"),
+        avg_price=Decimal(97000),
+    )
+    assert journal.record_order_event(filled) is True
+
+    stale = OrderEvent(order_link_id="follow-0-x", status=OrderStatus.NEW, order_id="o-1")
+    assert journal.record_order_event(stale) is False
+
+    record = journal.order("follow-0-x")
+    assert record is not None and record.status is OrderStatus.FILLED
+    assert [e.status for e in journal.order_events("follow-0-x")] == [OrderStatus.FILLED]
+
+
+def test_each_send_counts_one_attempt(journal: Journal) -> None:
+    journal.record_order(make_request())
+    for status in (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN, OrderStatus.SUBMITTING):
+        assert journal.record_order_event(OrderEvent(order_link_id="follow-0-x", status=status))
+
+    record = journal.order("follow-0-x")
+    assert record is not None and (record.status, record.attempts) == (OrderStatus.SUBMITTING, 2)
+
+
+def test_a_version_1_journal_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE signals (source TEXT, signal_id TEXT, symbol TEXT, ts TEXT,
+            received_at TEXT, payload TEXT, processed_at TEXT, PRIMARY KEY (source, signal_id));
+        CREATE TABLE decisions (id INTEGER PRIMARY KEY, source TEXT, signal_id TEXT,
+            strategy TEXT, leg INTEGER, approved INTEGER, rule TEXT, reason TEXT, intent TEXT,
+            decided_at TEXT);
+        CREATE TABLE orders (order_link_id TEXT PRIMARY KEY, source TEXT, signal_id TEXT,
+            strategy TEXT, leg INTEGER, key_name TEXT, symbol TEXT, side TEXT, order_type TEXT,
+            qty TEXT, price TEXT, request TEXT, status TEXT, order_id TEXT,
+            filled_qty TEXT NOT NULL DEFAULT '0', avg_price TEXT,
+            reason TEXT NOT NULL DEFAULT '', ret_code INTEGER, created_at TEXT, updated_at TEXT);
+        CREATE TABLE order_events (id INTEGER PRIMARY KEY, order_link_id TEXT, status TEXT,
+            event TEXT, ts TEXT);
+        PRAGMA user_version=1;
+        """
+    )
+    db.close()
+
+    journal = Journal(path)
+    journal.record_order(make_request())
+    journal.record_order_event(
+        OrderEvent(order_link_id="follow-0-x", status=OrderStatus.SUBMITTING)
+    )
+
+    record = journal.order("follow-0-x")
+    assert record is not None and record.attempts == 1

@@ -1,0 +1,73 @@
+"""Pacing: a rolling window per endpoint, corrected by what the venue says."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.execution.pacing import Pacer, RateWindow
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_full_window_waits_until_the_oldest_request_leaves_it() -> None:
+    clock = Clock()
+    window = RateWindow(2, clock=clock)
+
+    async def scenario() -> float:
+        for _ in range(2):
+            (await window.acquire()).start(clock)
+        return window._wait_s()
+
+    wait = asyncio.run(scenario())
+
+    assert 1.0 < wait <= 1.1  # the window plus a small guard for arrival jitter
+
+
+def test_a_request_still_queued_counts_until_it_leaves() -> None:
+    clock = Clock()
+    window = RateWindow(1, clock=clock)
+
+    async def scenario() -> tuple[float, float]:
+        slot = await window.acquire()  # not started: queued behind the key's thread
+        before = window._wait_s()
+        window.release(slot)  # its caller was cancelled: it never left
+        return before, window._wait_s()
+
+    before, after = asyncio.run(scenario())
+
+    assert before > 0
+    assert after == 0
+
+
+def test_the_venues_headers_set_the_limit_and_pause_an_exhausted_window() -> None:
+    clock = Clock()
+    window = RateWindow(10, clock=clock)
+
+    window.observe(limit=5, remaining=0, reset_in_s=0.4)
+
+    assert window.limit == 5
+    assert abs(window._wait_s() - 0.4) < 1e-9
+
+
+def test_each_endpoint_has_its_own_documented_limit() -> None:
+    pacer = Pacer()
+
+    assert pacer.window("/v5/order/create").limit == 10
+    assert pacer.window("/v5/order/realtime").limit == 50
+    assert pacer.window("/v5/order/create") is pacer.window("/v5/order/create")
+
+
+def test_a_ban_pauses_every_endpoint() -> None:
+    clock = Clock()
+    pacer = Pacer(clock=clock)
+
+    pacer.pause_all(600)
+
+    assert pacer.window("/v5/order/create")._wait_s() == 600
+    assert pacer.window("/v5/position/list")._wait_s() == 600

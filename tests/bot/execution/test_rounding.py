@@ -1,0 +1,76 @@
+"""Every number an order carries lands on the instrument's grid, never against the trader."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.execution.rounding import conform
+from bot.messages import Instrument, OrderType, Side
+from tests.factories import make_intent
+
+BTC = Instrument(
+    symbol="BTCUSDT",
+    qty_step=Decimal("0.001"),
+    min_order_qty=Decimal("0.001"),
+    max_order_qty=Decimal(1190),
+    tick_size=Decimal("0.1"),
+    min_notional_usdt=Decimal(5),
+)
+prices = st.decimals(min_value=Decimal(1000), max_value=Decimal(200000), places=4)
+quantities = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal(5), places=6)
+
+
+@given(side=st.sampled_from(Side), price=prices, stop=prices, target=prices, qty=quantities)
+def test_rounding_never_worsens_the_traders_risk(
+    side: Side, price: Decimal, stop: Decimal, target: Decimal, qty: Decimal
+) -> None:
+    intent = make_intent(
+        side=side,
+        order_type=OrderType.LIMIT,
+        price=price,
+        reference_price=price,
+        qty=qty,
+        stop_loss=stop,
+        take_profit=target,
+    )
+
+    result = conform(intent, BTC)
+
+    if isinstance(result, str):  # declined only when the rounded order is truly too small
+        rounded = (qty // BTC.qty_step) * BTC.qty_step
+        assert rounded < BTC.min_order_qty or rounded * price < 5 + rounded * BTC.tick_size
+        return
+    buy = side is Side.BUY
+    assert result.price is not None and result.stop_loss is not None
+    assert result.qty <= qty and result.qty % BTC.qty_step == 0
+    for value in (result.price, result.stop_loss, result.take_profit):
+        assert value is not None and value % BTC.tick_size == 0
+    assert (result.price <= price) if buy else (result.price >= price)  # never pay more
+    assert (result.stop_loss >= stop) if buy else (result.stop_loss <= stop)  # lose no more
+    assert result.take_profit is not None
+    assert (result.take_profit <= target) if buy else (result.take_profit >= target)
+    assert abs(result.price - price) < BTC.tick_size
+    assert abs(result.stop_loss - stop) < BTC.tick_size
+
+
+def test_an_order_below_the_minimum_qty_is_declined_with_the_numbers() -> None:
+    reason = conform(make_intent(qty=Decimal("0.0004")), BTC)
+
+    assert reason == "qty 0.0004 rounds to 0.000, below the minimum order qty 0.001 of BTCUSDT"
+
+
+def test_an_order_below_the_minimum_value_is_declined() -> None:
+    intent = make_intent(qty=Decimal("0.001"), reference_price=Decimal(3000))
+
+    reason = conform(intent, BTC)
+
+    assert isinstance(reason, str) and "below the minimum 5 USDT" in reason
+
+
+def test_a_reduce_only_close_is_exempt_from_the_minimum_value() -> None:
+    intent = make_intent(qty=Decimal("0.001"), reference_price=Decimal(3000), reduce_only=True)
+
+    assert not isinstance(conform(intent, BTC), str)
