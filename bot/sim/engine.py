@@ -40,6 +40,9 @@ class Scheduler:
         self._heap: list[_Event] = []
         self._seq = itertools.count()
         self._offset_ms = 0
+        #: Due time of the event being run: what it schedules counts from then, so a chain
+        #: of events keeps its spacing however late (or far ahead under advance) it runs.
+        self._running_due_ms: int | None = None
         self._users = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -52,8 +55,10 @@ class Scheduler:
         return time.monotonic_ns() // 1_000_000 + self._offset_ms
 
     def schedule(self, delay_ms: int, action: Action) -> None:
-        """Run action (with the lock held) once delay_ms have passed on the engine clock."""
-        self.schedule_at(self.now_ms() + max(delay_ms, 0), action)
+        """Run action (with the lock held) delay_ms after now, or after the due time of the
+        event that schedules it."""
+        base = self._running_due_ms if self._running_due_ms is not None else self.now_ms()
+        self.schedule_at(base + max(delay_ms, 0), action)
 
     def schedule_at(self, due_ms: int, action: Action) -> None:
         """Run action once the engine clock reaches due_ms."""
@@ -67,7 +72,12 @@ class Scheduler:
         """
         ran = 0
         while self._heap and self._heap[0].due_ms <= self.now_ms():
-            heapq.heappop(self._heap).action()
+            event = heapq.heappop(self._heap)
+            self._running_due_ms = event.due_ms
+            try:
+                event.action()
+            finally:
+                self._running_due_ms = None
             ran += 1
         return ran
 

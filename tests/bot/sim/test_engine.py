@@ -1,0 +1,339 @@
+"""The matching engine driven by hand (no server): delays, prices, pieces, walks, records."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from bot.sim import RetCode, SimAccountSpec, SimError, SimExchange, SimulatorConfig
+from bot.sim.params import (
+    AmendOrderParams,
+    CancelAllParams,
+    ClosedPnlParams,
+    ExecutionQueryParams,
+    KlineParams,
+    OrderbookParams,
+    OrderQueryParams,
+    PlaceOrderParams,
+    PositionQueryParams,
+)
+
+KEY = "engine-key"
+DELAY_MS = 5
+
+
+def _exchange(**config: Any) -> SimExchange:
+    return SimExchange(
+        SimulatorConfig(
+            seed=1,
+            accounts=[SimAccountSpec(api_key=KEY, api_secret=SecretStr("s"))],
+            **{"market_fill_delay_ms": DELAY_MS, **config},
+        )
+    )
+
+
+def _submit(exchange: SimExchange, **fields: Any) -> str:
+    request = {"category": "linear", "symbol": "BTCUSDT", "orderType": "Market", **fields}
+    order_id: str = exchange.place_order(KEY, PlaceOrderParams.model_validate(request))["orderId"]
+    return order_id
+
+
+def _order(exchange: SimExchange, order_id: str) -> dict[str, Any]:
+    query = OrderQueryParams.model_validate({"category": "linear", "orderId": order_id})
+    found: list[dict[str, Any]] = exchange.open_orders(KEY, query)["list"]
+    assert len(found) == 1
+    return found[0]
+
+
+def _size(exchange: SimExchange, symbol: str = "BTCUSDT") -> str:
+    query = PositionQueryParams.model_validate({"category": "linear", "symbol": symbol})
+    size: str = exchange.positions(KEY, query)["list"][0]["size"]
+    return size
+
+
+def _executions(exchange: SimExchange, **filters: Any) -> list[dict[str, Any]]:
+    query = ExecutionQueryParams.model_validate({"category": "linear", **filters})
+    rows: list[dict[str, Any]] = exchange.executions(KEY, query)["list"]
+    return rows
+
+
+# ------------------------------------------------------------------ acknowledgement, then fill
+
+
+def test_a_market_order_is_new_until_the_engine_fills_it() -> None:
+    # A delay far beyond the test's own run time, so only advance() can make it due.
+    exchange = _exchange(market_fill_delay_ms=60_000)
+
+    order_id = _submit(exchange, side="Buy", qty="0.01")
+
+    assert _order(exchange, order_id)["orderStatus"] == "New"
+    assert exchange.advance(50_000) == 0
+    exchange.advance(10_000)
+    assert _order(exchange, order_id)["orderStatus"] == "Filled"
+    assert _size(exchange) == "0.01"
+
+
+def test_takers_pay_the_spread_and_slippage_rounded_against_them() -> None:
+    exchange = _exchange(spread_bps=Decimal(2), slippage_bps=Decimal(1))
+
+    buy = _submit(exchange, side="Buy", qty="0.01")
+    sell = _submit(exchange, side="Sell", qty="0.01")
+    exchange.advance(DELAY_MS)
+
+    # ask 97009.7 + 1 bp = 97019.40097, up to 97019.5; bid 96990.3 - 1 bp = 96980.60097, down.
+    assert _order(exchange, buy)["avgPrice"] == "97019.5"
+    assert _order(exchange, sell)["avgPrice"] == "96980.6"
+
+
+def test_a_marketable_limit_takes_at_the_ask_but_never_beyond_its_price() -> None:
+    exchange = _exchange(spread_bps=Decimal(2), slippage_bps=Decimal(50))
+
+    order_id = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="97100")
+    exchange.advance(DELAY_MS)
+
+    order = _order(exchange, order_id)
+    assert (order["orderStatus"], order["avgPrice"]) == ("Filled", "97100")
+    assert _executions(exchange)[0]["isMaker"] is False
+
+
+def test_partial_fills_come_in_pieces_at_the_price_of_their_moment() -> None:
+    exchange = _exchange(partial_fills=3)
+
+    order_id = _submit(exchange, side="Buy", qty="0.01")
+    exchange.advance(DELAY_MS)
+    first = _order(exchange, order_id)
+    exchange.set_prices({"BTCUSDT": 97100})
+    exchange.advance(2 * DELAY_MS)
+
+    assert (first["orderStatus"], first["cumExecQty"]) == ("PartiallyFilled", "0.003")
+    fills = [(e["execQty"], e["execPrice"]) for e in reversed(_executions(exchange))]
+    assert fills == [("0.003", "97000"), ("0.003", "97100"), ("0.004", "97100")]
+    assert _order(exchange, order_id)["orderStatus"] == "Filled"
+
+
+def test_query_lag_hides_a_new_order_from_queries_but_not_from_trading() -> None:
+    exchange = _exchange(query_lag_ms=10_000)
+
+    order_id = _submit(exchange, side="Buy", qty="0.01", orderLinkId="lagging")
+    exchange.advance(DELAY_MS)
+    hidden = exchange.open_orders(
+        KEY, OrderQueryParams.model_validate({"category": "linear", "orderLinkId": "lagging"})
+    )["list"]
+    exchange.advance(10_000)
+
+    assert hidden == []
+    assert _size(exchange) == "0.01"
+    assert _order(exchange, order_id)["orderStatus"] == "Filled"
+
+
+def test_a_stop_loss_closes_the_position_with_a_market_order_a_moment_later() -> None:
+    exchange = _exchange()
+    _submit(exchange, side="Buy", qty="0.01", stopLoss="96000")
+    exchange.advance(DELAY_MS)
+
+    exchange.set_prices({"BTCUSDT": 95500})
+    triggered = _size(exchange)
+    exchange.advance(DELAY_MS)
+
+    assert triggered == "0.01"
+    assert _size(exchange) == "0"
+    stop = exchange.orders(KEY)[-1]
+    assert (stop["stopOrderType"], stop["createType"], stop["avgPrice"]) == (
+        "StopLoss",
+        "CreateByStopLoss",
+        "95500",
+    )
+
+
+# ------------------------------------------------------------------ walks
+
+
+def _walk_prices(seed: int) -> list[Decimal]:
+    exchange = _exchange()
+    exchange.update_prices({"BTCUSDT": {"walk": {"seed": seed, "step_bps": 5, "interval_ms": 10}}})
+    seen = []
+    for _ in range(20):
+        exchange.advance(10)
+        seen.append(exchange.prices()["BTCUSDT"])
+    return seen
+
+
+def test_a_seeded_walk_repeats_and_moves_by_its_step() -> None:
+    first, again, other = _walk_prices(1), _walk_prices(1), _walk_prices(2)
+
+    assert first == again
+    assert first != other
+    previous = Decimal(97000)
+    for price in first:
+        assert abs(price - previous) <= previous * Decimal("0.0005") + Decimal("0.1")
+        assert price != previous
+        previous = price
+
+
+def test_a_walk_with_drift_reaches_a_take_profit() -> None:
+    exchange = _exchange()
+    _submit(exchange, side="Buy", qty="0.01", takeProfit="97500")
+    exchange.advance(DELAY_MS)
+
+    exchange.update_prices(
+        {"BTCUSDT": {"walk": {"seed": 3, "step_bps": 1, "drift_bps": 10, "interval_ms": 10}}}
+    )
+    exchange.advance(1000)
+
+    assert _size(exchange) == "0"
+    assert exchange.orders(KEY)[-1]["stopOrderType"] == "TakeProfit"
+
+
+def test_a_plain_price_stops_the_walk() -> None:
+    exchange = _exchange()
+    exchange.update_prices({"BTCUSDT": {"walk": {"seed": 1, "interval_ms": 10}}})
+
+    exchange.set_prices({"BTCUSDT": 90000})
+    exchange.advance(100)
+
+    assert exchange.prices()["BTCUSDT"] == Decimal(90000)
+    assert exchange.walks() == {}
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"BTCUSDT": {"walk": {"step_bps": -1}}}, "step_bps"),
+        ({"BTCUSDT": {"walk": {"interval_ms": 0}}}, "interval_ms"),
+        ({"BTCUSDT": {"walk": {"surprise": 1}}}, "surprise"),
+        ({"BTCUSDT": {"run": {}}}, "walk"),
+        ({"BTCUSDT": {"walk": {"start": "abc"}}}, "start"),
+    ],
+)
+def test_bad_walks_are_refused_with_the_field(update: dict[str, Any], message: str) -> None:
+    exchange = _exchange()
+
+    with pytest.raises(ValueError, match=message):
+        exchange.update_prices(update)
+
+    assert exchange.walks() == {}
+
+
+# ------------------------------------------------------------------ records and order changes
+
+
+def test_executions_and_closed_pnl_carry_bybits_fee_fields() -> None:
+    exchange = _exchange()
+    _submit(exchange, side="Buy", qty="0.02", orderLinkId="open")
+    exchange.advance(DELAY_MS)
+    exchange.set_prices({"BTCUSDT": 98000})
+    closing = _submit(exchange, side="Sell", qty="0.02", reduceOnly=True)
+    exchange.advance(DELAY_MS)
+
+    execution = _executions(exchange, orderLinkId="open")[0]
+    closed = exchange.closed_pnl(KEY, ClosedPnlParams.model_validate({"category": "linear"}))
+
+    assert (execution["execType"], execution["execFee"], execution["feeRate"]) == (
+        "Trade",
+        "1.067",  # 1940 USDT at 0.055 %
+        "0.00055",
+    )
+    assert (execution["isMaker"], execution["closedSize"], execution["execQty"]) == (
+        False,
+        "0",
+        "0.02",
+    )
+    record = closed["list"][0]
+    assert record["orderId"] == closing
+    assert (record["closedSize"], record["avgEntryPrice"], record["avgExitPrice"]) == (
+        "0.02",
+        "97000",
+        "98000",
+    )
+    assert (record["openFee"], record["closeFee"]) == ("1.067", "1.078")
+    assert Decimal(record["closedPnl"]) == Decimal(20) - Decimal("1.067") - Decimal("1.078")
+
+
+def test_amending_a_resting_limit_into_the_market_fills_it_as_taker() -> None:
+    exchange = _exchange()
+    order_id = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96000")
+    exchange.advance(DELAY_MS)
+
+    exchange.amend_order(
+        KEY,
+        AmendOrderParams.model_validate(
+            {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, "price": "97500"}
+        ),
+    )
+    exchange.advance(DELAY_MS)
+
+    order = _order(exchange, order_id)
+    assert (order["orderStatus"], order["price"], order["avgPrice"]) == (
+        "Filled",
+        "97500",
+        "97000",
+    )
+
+
+def test_amending_nothing_or_a_filled_order_is_refused() -> None:
+    exchange = _exchange()
+    resting = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96000")
+    filled = _submit(exchange, side="Buy", qty="0.01")
+    exchange.advance(DELAY_MS)
+
+    def amend(order_id: str, **change: str) -> RetCode:
+        request = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, **change}
+        with pytest.raises(SimError) as caught:
+            exchange.amend_order(KEY, AmendOrderParams.model_validate(request))
+        return caught.value.ret_code
+
+    assert amend(resting, price="96000") is RetCode.PARAMS_ERROR
+    assert amend(filled, qty="0.02") is RetCode.ORDER_NOT_EXISTS
+
+
+def test_cancel_all_cancels_the_open_orders_of_a_symbol_only() -> None:
+    exchange = _exchange()
+    btc = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96000")
+    eth = _submit(
+        exchange, symbol="ETHUSDT", side="Buy", qty="0.1", orderType="Limit", price="3000"
+    )
+
+    answer = exchange.cancel_all(
+        KEY, CancelAllParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    )
+
+    assert answer["success"] == "1"
+    assert [row["orderId"] for row in answer["list"]] == [btc]
+    assert _order(exchange, btc)["cancelType"] == "CancelByUser"
+    assert _order(exchange, eth)["orderStatus"] == "New"
+
+
+# ------------------------------------------------------------------ market data
+
+
+def test_klines_are_deterministic_and_end_at_the_current_price() -> None:
+    exchange = _exchange()
+    query = KlineParams.model_validate(
+        {"symbol": "BTCUSDT", "interval": "60", "end": 1_700_000_000_000, "limit": 5}
+    )
+
+    first, again = exchange.kline(query)["list"], exchange.kline(query)["list"]
+
+    assert first == again
+    assert [int(row[0]) for row in first] == [
+        1_699_999_200_000 - hour * 3_600_000 for hour in range(5)
+    ]
+    assert first[0][4] == "97000"
+    for start, opened, high, low, close, _volume, _turnover in first:
+        assert Decimal(low) <= min(Decimal(opened), Decimal(close))
+        assert Decimal(high) >= max(Decimal(opened), Decimal(close))
+    assert [row[1] for row in first[:-1]] == [row[4] for row in first[1:]]
+
+
+def test_the_orderbook_surrounds_the_quote_one_tick_apart() -> None:
+    exchange = _exchange(spread_bps=Decimal(1))
+
+    book = exchange.orderbook(
+        OrderbookParams.model_validate({"category": "linear", "symbol": "BTCUSDT", "limit": 3})
+    )
+
+    assert [level[0] for level in book["b"]] == ["96995.1", "96995", "96994.9"]
+    assert [level[0] for level in book["a"]] == ["97004.9", "97005", "97005.1"]
