@@ -322,7 +322,7 @@ def test_klines_are_deterministic_and_end_at_the_current_price() -> None:
         1_699_999_200_000 - hour * 3_600_000 for hour in range(5)
     ]
     assert first[0][4] == "97000"
-    for start, opened, high, low, close, _volume, _turnover in first:
+    for _start, opened, high, low, close, _volume, _turnover in first:
         assert Decimal(low) <= min(Decimal(opened), Decimal(close))
         assert Decimal(high) >= max(Decimal(opened), Decimal(close))
     assert [row[1] for row in first[:-1]] == [row[4] for row in first[1:]]
