@@ -1,0 +1,393 @@
+"""The simulator's newer routes, limits and faults, through real pybit over loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import requests
+from pybit.exceptions import FailedRequestError, InvalidRequestError
+from pybit.unified_trading import HTTP
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from bot.cli import app
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig, parse_faults
+
+KEY = "routes-key"
+SECRET = "routes-secret"
+T = TypeVar("T")
+
+
+@pytest.fixture
+def start_sim() -> Iterator[Callable[..., SimServer]]:
+    servers: list[SimServer] = []
+
+    def start(**config: Any) -> SimServer:
+        spec = SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET))
+        server = SimServer(SimExchange(SimulatorConfig(seed=5, accounts=[spec], **config)))
+        servers.append(server.start())
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_sim: Callable[..., SimServer]) -> SimServer:
+    return start_sim()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., HTTP]]:
+    sessions: list[HTTP] = []
+
+    def make(server: SimServer, **options: Any) -> HTTP:
+        session = HTTP(
+            api_key=KEY, api_secret=SECRET, timeout=5, max_retries=1, retry_codes={-1}, **options
+        )
+        session.endpoint = server.url
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        session.client.close()
+
+
+@pytest.fixture
+def session(server: SimServer, connect: Callable[..., HTTP]) -> HTTP:
+    return connect(server)
+
+
+def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
+    deadline = time.monotonic() + 5
+    while True:
+        value = read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}; last seen: {value!r}")
+        time.sleep(0.002)
+
+
+def _settle(server: SimServer) -> None:
+    _eventually(lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "idle")
+
+
+def _admin(server: SimServer, method: str, path: str, body: Any = None) -> requests.Response:
+    return requests.request(method, server.url + path, json=body, timeout=5)
+
+
+def _market(session: HTTP, side: str = "Buy", qty: str = "0.01", **extra: Any) -> Any:
+    return session.place_order(
+        category="linear", symbol="BTCUSDT", side=side, orderType="Market", qty=qty, **extra
+    )
+
+
+def _limit(session: HTTP, price: str, side: str = "Buy", **extra: Any) -> Any:
+    return session.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side=side,
+        orderType="Limit",
+        qty="0.01",
+        price=price,
+        **extra,
+    )
+
+
+def _error_code(call: Callable[[], Any]) -> int:
+    with pytest.raises(InvalidRequestError) as caught:
+        call()
+    return int(caught.value.status_code)
+
+
+# ------------------------------------------------------------------ trading records
+
+
+def test_executions_list_each_fill_with_its_fee(server: SimServer, session: HTTP) -> None:
+    _market(session, orderLinkId="exec-1")
+    _settle(server)
+
+    fills = session.get_executions(category="linear", symbol="BTCUSDT")["result"]["list"]
+
+    assert len(fills) == 1
+    fill = fills[0]
+    assert (fill["orderLinkId"], fill["execType"], fill["execPrice"], fill["execQty"]) == (
+        "exec-1",
+        "Trade",
+        "97000",
+        "0.01",
+    )
+    assert (fill["execFee"], fill["feeRate"], fill["isMaker"]) == ("0.5335", "0.00055", False)
+    assert {"execId", "execTime", "execValue", "orderId", "seq", "closedSize"} <= set(fill)
+
+
+def test_closed_pnl_reports_the_closing_order(server: SimServer, session: HTTP) -> None:
+    _market(session, "Buy", "0.01")
+    _settle(server)
+    _admin(server, "POST", "/sim/prices", {"BTCUSDT": 98000})
+    closing = _market(session, "Sell", "0.01", reduceOnly=True)["result"]["orderId"]
+    _settle(server)
+
+    records = session.get_closed_pnl(category="linear")["result"]["list"]
+
+    assert [(r["orderId"], r["closedSize"], r["avgExitPrice"]) for r in records] == [
+        (closing, "0.01", "98000")
+    ]
+    assert float(records[0]["closedPnl"]) == pytest.approx(10 - 0.5335 - 0.539)
+
+
+def test_amend_changes_a_resting_order(server: SimServer, session: HTTP) -> None:
+    placed = _limit(session, "95000", orderLinkId="amend-me")
+    _settle(server)
+
+    amended = session.amend_order(
+        category="linear", symbol="BTCUSDT", orderLinkId="amend-me", price="95500", qty="0.02"
+    )
+
+    assert amended["result"] == {
+        "orderId": placed["result"]["orderId"],
+        "orderLinkId": "amend-me",
+    }
+    order = session.get_open_orders(category="linear", orderLinkId="amend-me")["result"]["list"][0]
+    assert (order["price"], order["qty"], order["orderStatus"]) == ("95500", "0.02", "New")
+
+
+def test_cancel_all_answers_the_cancelled_orders(server: SimServer, session: HTTP) -> None:
+    first = _limit(session, "95000")["result"]["orderId"]
+    second = _limit(session, "94000")["result"]["orderId"]
+
+    answer = session.cancel_all_orders(category="linear", symbol="BTCUSDT")["result"]
+
+    assert answer["success"] == "1"
+    assert sorted(row["orderId"] for row in answer["list"]) == sorted([first, second])
+    assert session.get_open_orders(category="linear", symbol="BTCUSDT")["result"]["list"] == []
+    assert _error_code(lambda: session.cancel_all_orders(category="linear")) == 10001
+
+
+# ------------------------------------------------------------------ account and market data
+
+
+def test_account_info_and_coin_info_have_bybits_shape(session: HTTP) -> None:
+    info = session.get_account_info()["result"]
+    coins = session.get_coin_info()["result"]["rows"]
+
+    assert (info["unifiedMarginStatus"], info["marginMode"]) == (6, "REGULAR_MARGIN")
+    assert [row["coin"] for row in coins] == ["BTC", "ETH", "SOL", "USDT"]
+    assert coins[0]["chains"][0]["chainWithdraw"] == "0"
+
+
+def test_orderbook_and_klines_are_served_for_linear(session: HTTP) -> None:
+    book = session.get_orderbook(category="linear", symbol="ETHUSDT", limit=5)["result"]
+    candles = session.get_kline(category="linear", symbol="ETHUSDT", interval="D", limit=3)
+
+    assert (book["s"], len(book["b"]), len(book["a"])) == ("ETHUSDT", 5, 5)
+    assert book["b"][0][0] == book["a"][0][0] == "3500"
+    rows = candles["result"]["list"]
+    assert len(rows) == 3
+    assert rows[0][4] == "3500"
+    assert int(rows[0][0]) % 86_400_000 == 0
+
+
+@pytest.mark.parametrize("category", ["spot", "inverse", "option"])
+def test_other_categories_list_nothing(session: HTTP, category: str) -> None:
+    instruments = session.get_instruments_info(category=category)["result"]
+    tickers = session.get_tickers(category=category)["result"]
+    book = session.get_orderbook(category=category, symbol="BTCUSDT")["result"]
+
+    assert (instruments["category"], instruments["list"]) == (category, [])
+    assert tickers["list"] == []
+    assert (book["b"], book["a"]) == ([], [])
+
+
+def test_an_unknown_category_or_interval_is_10001(session: HTTP) -> None:
+    assert _error_code(lambda: session.get_tickers(category="futures")) == 10001
+    assert (
+        _error_code(lambda: session.get_kline(category="linear", symbol="BTCUSDT", interval="2"))
+        == 10001
+    )
+
+
+# ------------------------------------------------------------------ limits
+
+
+@pytest.mark.parametrize(
+    ("call", "limit"),
+    [
+        (lambda s: s.get_api_key_information(), "10"),
+        (lambda s: s.get_coin_info(), "5"),
+        (lambda s: s.get_executions(category="linear"), "50"),
+        (lambda s: s.get_closed_pnl(category="linear"), "50"),
+        (lambda s: s.get_account_info(), "50"),
+    ],
+)
+def test_each_private_path_reports_its_documented_limit(
+    server: SimServer, connect: Callable[..., HTTP], call: Callable[[HTTP], Any], limit: str
+) -> None:
+    session = connect(server, return_response_headers=True)
+
+    _, _, headers = call(session)
+
+    assert headers["X-Bapi-Limit"] == limit
+    assert int(headers["X-Bapi-Limit-Status"]) == int(limit) - 1
+    assert abs(int(headers["X-Bapi-Limit-Reset-Timestamp"]) - time.time() * 1000) < 5000
+
+
+def test_limits_are_configurable_per_path(
+    start_sim: Callable[..., SimServer], connect: Callable[..., HTTP]
+) -> None:
+    server = start_sim(rate_limits_per_s={"/v5/account/info": 1})
+    session = connect(server)
+    session.get_account_info()
+
+    with pytest.raises(InvalidRequestError) as caught:
+        session.get_account_info()
+
+    assert caught.value.status_code == 10006
+    reset = int(caught.value.resp_headers["X-Bapi-Limit-Reset-Timestamp"])
+    assert reset > int(time.time() * 1000) - 50  # when the window frees a slot
+    assert session.get_positions(category="linear", symbol="BTCUSDT")["retCode"] == 0
+
+
+def test_an_ip_over_its_limit_stays_banned_after_the_window(
+    start_sim: Callable[..., SimServer], connect: Callable[..., HTTP]
+) -> None:
+    server = start_sim(ip_requests_per_5s=2, ip_window_ms=20, ip_ban_ms=60_000)
+    session = connect(server)
+    session.get_server_time()
+    session.get_server_time()
+
+    with pytest.raises(FailedRequestError) as first:
+        session.get_server_time()
+    time.sleep(0.05)  # the window is over; the ban is not
+    with pytest.raises(FailedRequestError) as later:
+        session.get_server_time()
+
+    assert (first.value.status_code, later.value.status_code) == (403, 403)
+    assert server.exchange.stats()["answers_by_http_status"]["403"] == 2
+
+
+def test_an_ip_ban_ends(start_sim: Callable[..., SimServer], connect: Callable[..., HTTP]) -> None:
+    server = start_sim(ip_requests_per_5s=1, ip_window_ms=20, ip_ban_ms=20)
+    session = connect(server)
+    session.get_server_time()
+    with pytest.raises(FailedRequestError):
+        session.get_server_time()
+
+    answer = _eventually(
+        lambda: requests.get(server.url + "/v5/market/time", timeout=5),
+        lambda response: response.status_code == 200,
+        "the ban to end",
+    )
+
+    assert answer.json()["retCode"] == 0
+
+
+# ------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize("fault", ["accept_then_10016", "accept_then_5xx"])
+def test_an_order_accepted_then_answered_with_an_error_exists(
+    server: SimServer, session: HTTP, fault: str
+) -> None:
+    _admin(server, "POST", "/sim/faults", {fault: 1.0})
+
+    with pytest.raises((InvalidRequestError, FailedRequestError)) as caught:
+        _market(session, orderLinkId="accepted")
+    _settle(server)
+
+    assert caught.value.status_code in {10016, 503}
+    orders = _admin(server, "GET", "/sim/orders").json()["orders"]
+    assert [(o["orderLinkId"], o["orderStatus"]) for o in orders] == [("accepted", "Filled")]
+    assert _admin(server, "GET", "/sim/stats").json()["faults_injected"] == {fault: 1}
+
+
+def test_a_lagging_order_is_invisible_to_queries_for_a_while(
+    server: SimServer, session: HTTP
+) -> None:
+    _admin(
+        server,
+        "POST",
+        "/sim/faults",
+        {"order_visibility_lag": 1.0, "order_visibility_lag_ms": 60_000},
+    )
+
+    _market(session, orderLinkId="ghost")
+    _settle(server)
+
+    found = session.get_open_orders(category="linear", orderLinkId="ghost")["result"]["list"]
+    history = session.get_order_history(category="linear", orderLinkId="ghost")["result"]["list"]
+    assert (found, history) == ([], [])
+    assert session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0][
+        "size"
+    ] == ("0.01")
+    assert _error_code(lambda: _market(session, orderLinkId="ghost")) == 110072
+
+
+def test_a_burst_of_clock_skew_makes_signed_requests_stale_then_passes(
+    server: SimServer, session: HTTP
+) -> None:
+    _admin(
+        server,
+        "POST",
+        "/sim/faults",
+        {"clock_skew_burst": 1.0, "clock_skew_burst_ms": 60_000, "clock_skew_burst_window_ms": 30},
+    )
+
+    assert _error_code(lambda: session.get_account_info()) == 10002
+    _admin(server, "POST", "/sim/faults", {})
+
+    assert session.get_account_info()["retCode"] == 0
+
+
+def test_bad_faults_json_is_refused_in_one_line() -> None:
+    with pytest.raises(ValueError, match="order_visibility_lag"):
+        parse_faults('{"order_visibility_lag": 2}')
+
+    result = CliRunner().invoke(app, ["sim", "--faults", '{"explode": 1}'])
+
+    assert result.exit_code == 2
+    assert "--faults: explode" in result.output
+
+
+# ------------------------------------------------------------------ admin: walks
+
+
+def test_a_walk_posted_to_sim_prices_moves_the_price(server: SimServer) -> None:
+    started = _admin(
+        server,
+        "POST",
+        "/sim/prices",
+        {"SOLUSDT": {"walk": {"seed": 4, "step_bps": 10, "interval_ms": 5, "start": "150"}}},
+    )
+
+    moved = _eventually(
+        lambda: _admin(server, "GET", "/sim/prices").json(),
+        lambda view: view["prices"]["SOLUSDT"] != "150",
+        "the walk to move SOLUSDT",
+    )
+
+    assert started.status_code == 200
+    assert moved["walks"]["SOLUSDT"]["interval_ms"] == 5
+    stopped = _admin(server, "POST", "/sim/prices", {"SOLUSDT": {"walk": None}}).json()
+    assert stopped["walks"] == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"SOLUSDT": {"walk": {"step_bps": "x"}}}, "step_bps"),
+        ({"SOLUSDT": {"walk": 5}}, "walk"),
+        ({"SOLUSDT": {"stroll": {}}}, "walk"),
+    ],
+)
+def test_bad_walks_are_400(server: SimServer, body: Any, message: str) -> None:
+    answer = _admin(server, "POST", "/sim/prices", body)
+
+    assert answer.status_code == 400
+    assert message in answer.json()["error"]
