@@ -57,10 +57,15 @@ def test_position_is_signed_and_orders_are_found_by_link_id(venue: BybitVenue) -
     request = build_request(make_intent(side="Sell", signal_id="short-1"), "main")
 
     async def trade() -> tuple[Decimal, object, object]:
-        await venue.place_order(request)
+        await venue.place_order(request)  # an acknowledgement: the fill follows, as on Bybit
+        for _ in range(200):
+            found = await venue.get_order(request.order_link_id, "BTCUSDT")
+            if found is not None and found.status == "Filled":
+                break
+            await asyncio.sleep(0.01)
         return (
             await venue.position_qty("BTCUSDT"),
-            await venue.get_order(request.order_link_id, "BTCUSDT"),
+            found,
             await venue.get_order("follow-0-unknown", "BTCUSDT"),
         )
 
