@@ -293,9 +293,11 @@ def test_server_reports_the_port_it_bound_and_stops_cleanly(exchange: SimExchang
 
     server.start()
     port = server.port
+    engine_ran = exchange.engine_running
     server.stop()
     server.stop()
 
+    assert (engine_ran, exchange.engine_running) == (True, False)
     assert port > 0
     assert server.url == f"http://127.0.0.1:{port}"
 
