@@ -29,6 +29,7 @@ from bot.execution.orders import TransitionRefused, check_transition
 from bot.logs import logger
 from bot.messages import (
     Decline,
+    ExitOrder,
     OrderEvent,
     OrderRequest,
     OrderStatus,
@@ -100,6 +101,22 @@ CREATE TABLE IF NOT EXISTS order_events (
     ret_code      INTEGER,
     reason        TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS exit_orders (
+    order_id      TEXT PRIMARY KEY,
+    key_name      TEXT NOT NULL,
+    symbol        TEXT NOT NULL,
+    side          TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    trigger_price TEXT,
+    qty           TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    filled_qty    TEXT NOT NULL,
+    avg_price     TEXT,
+    parent_order_link_id TEXT,
+    strategy      TEXT,
+    updated_at    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS exit_orders_by_parent ON exit_orders (parent_order_link_id);
 """
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
@@ -107,6 +124,22 @@ _MIGRATIONS: Final[dict[int, str]] = {
 ALTER TABLE orders ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE order_events ADD COLUMN ret_code INTEGER;
 ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+CREATE TABLE IF NOT EXISTS exit_orders (
+    order_id      TEXT PRIMARY KEY,
+    key_name      TEXT NOT NULL,
+    symbol        TEXT NOT NULL,
+    side          TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    trigger_price TEXT,
+    qty           TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    filled_qty    TEXT NOT NULL,
+    avg_price     TEXT,
+    parent_order_link_id TEXT,
+    strategy      TEXT,
+    updated_at    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS exit_orders_by_parent ON exit_orders (parent_order_link_id);
 """,
 }
 _NON_TERMINAL: Final = tuple(status.value for status in OrderStatus if not status.is_terminal)
@@ -140,7 +173,7 @@ class TraceRow:
     symbol: str
     received_at: str
     strategy: str | None
-    decision: str  # pending | declined | approved | rejected
+    decision: str  # pending | declined | approved | rejected | exit
     reason: str
     order_link_id: str | None
     side: str | None
@@ -151,6 +184,34 @@ class TraceRow:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def exit_row(
+        self,
+        kind: str,
+        trigger_price: str | None,
+        side: str,
+        qty: str,
+        status: str,
+        avg_price: str | None,
+        filled_qty: str,
+    ) -> TraceRow:
+        """A stop-loss / take-profit exit of this row's order, shown under it."""
+        trigger = f" at {trigger_price}" if trigger_price else ""
+        return TraceRow(
+            source=self.source,
+            signal_id=self.signal_id,
+            symbol=self.symbol,
+            received_at=self.received_at,
+            strategy=self.strategy,
+            decision="exit",
+            reason=f"{kind}{trigger}",
+            order_link_id=None,
+            side=side,
+            qty=qty,
+            status=status,
+            avg_price=avg_price,
+            filled_qty=filled_qty,
+        )
 
 
 class Journal:
@@ -471,6 +532,86 @@ class Journal:
             ) in rows
         ]
 
+    def record_exit(self, exit_order: ExitOrder) -> bool:
+        """Journal a stop-loss / take-profit order the venue created, or its progress.
+
+        It is attributed to the latest filled order of its key and symbol whose stop loss or
+        take profit is the trigger price (else the latest filled opening order). False when
+        nothing moved forward.
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT status, filled_qty FROM exit_orders WHERE order_id = ?",
+                (exit_order.order_id,),
+            ).fetchone()
+            if row is not None:
+                try:
+                    check_transition(
+                        OrderStatus(row[0]),
+                        exit_order.status,
+                        filled_before=Decimal(row[1]),
+                        filled_after=exit_order.filled_qty,
+                    )
+                except TransitionRefused:
+                    return False
+            parent, strategy = self._exit_parent(db, exit_order)
+            db.execute(
+                "INSERT OR REPLACE INTO exit_orders (order_id, key_name, symbol, side, kind,"
+                " trigger_price, qty, status, filled_qty, avg_price, parent_order_link_id,"
+                " strategy, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    exit_order.order_id,
+                    exit_order.key_name,
+                    exit_order.symbol,
+                    exit_order.side.value,
+                    exit_order.kind,
+                    _text(exit_order.trigger_price),
+                    str(exit_order.qty),
+                    exit_order.status.value,
+                    str(exit_order.filled_qty),
+                    _text(exit_order.avg_price),
+                    parent,
+                    strategy,
+                    exit_order.ts.isoformat(),
+                ),
+            )
+            return True
+
+    @staticmethod
+    def _exit_parent(
+        db: sqlite3.Connection, exit_order: ExitOrder
+    ) -> tuple[str | None, str | None]:
+        """The order whose stop loss or take profit `exit_order` executed, and its strategy."""
+        candidates = db.execute(
+            "SELECT order_link_id, strategy, request FROM orders WHERE key_name = ?"
+            " AND symbol = ? AND status IN ('Filled', 'PartiallyFilled')"
+            " AND updated_at <= ? ORDER BY updated_at DESC LIMIT 50",
+            (exit_order.key_name, exit_order.symbol, exit_order.ts.isoformat()),
+        ).fetchall()
+        fallback: tuple[str | None, str | None] = (None, None)
+        for link_id, strategy, request_json in candidates:
+            request = OrderRequest.model_validate_json(request_json)
+            if request.reduce_only:
+                continue
+            if exit_order.trigger_price in (request.stop_loss, request.take_profit):
+                return link_id, strategy
+            if fallback == (None, None):
+                fallback = (link_id, strategy)
+        return fallback
+
+    def protected_symbols(self, key_name: str) -> list[str]:
+        """Symbols where `key_name` holds filled orders with a stop loss or take profit, whose
+        exits the venue may execute on its own."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT symbol FROM orders WHERE key_name = ?"
+                " AND status IN ('Filled', 'PartiallyFilled')"
+                " AND (json_extract(request, '$.stop_loss') IS NOT NULL"
+                "      OR json_extract(request, '$.take_profit') IS NOT NULL)",
+                (key_name,),
+            ).fetchall()
+        return sorted(row[0] for row in rows)
+
     def order_events(self, order_link_id: str) -> list[OrderEvent]:
         """An order's history, oldest first: every transition with time, retCode and reason."""
         with self._lock:
@@ -498,13 +639,39 @@ class Journal:
             ORDER BY s.received_at DESC, d.id
         """
         with self._lock:
-            rows = self._db.execute(query, (limit,)).fetchall()
-        return [TraceRow(*row) for row in rows]
+            rows = [TraceRow(*row) for row in self._db.execute(query, (limit,)).fetchall()]
+            exits = self._exits_of([row.order_link_id for row in rows if row.order_link_id])
+        traced: list[TraceRow] = []
+        for row in rows:
+            traced.append(row)
+            traced.extend(
+                row.exit_row(*exit_fields) for exit_fields in exits.get(row.order_link_id or "", [])
+            )
+        return traced
+
+    def _exits_of(self, link_ids: list[str]) -> dict[str, list[tuple[str, ...]]]:
+        """Exit orders by parent orderLinkId (lock held by the caller)."""
+        found: dict[str, list[tuple[str, ...]]] = {}
+        for start in range(0, len(link_ids), 500):
+            chunk = link_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for parent, *fields in self._db.execute(
+                "SELECT parent_order_link_id, kind, trigger_price, side, qty, status, avg_price,"  # noqa: S608
+                f" filled_qty FROM exit_orders WHERE parent_order_link_id IN ({marks})"
+                " ORDER BY updated_at",
+                chunk,
+            ):
+                found.setdefault(parent, []).append(tuple(fields))
+        return found
 
     def counts(self) -> dict[str, int]:
         """Rows per table, for /healthz and tests."""
         with self._lock:
             return {
                 table: self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608
-                for table in ("signals", "decisions", "orders", "order_events")
+                for table in ("signals", "decisions", "orders", "order_events", "exit_orders")
             }
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)

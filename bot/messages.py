@@ -32,6 +32,7 @@ __all__ = [
     "ORDER_LINK_ID_PATTERN",
     "SIGNAL_ID_PATTERN",
     "Decline",
+    "ExitOrder",
     "Instrument",
     "OrderEvent",
     "OrderIntent",
@@ -409,4 +410,24 @@ class OrderEvent(_Message):
     avg_price: Decimal | None = None
     reason: str = ""
     ret_code: int | None = None
+    ts: datetime = Field(default_factory=utc_now)
+
+
+class ExitOrder(_Message):
+    """An order the venue created itself: a position's stop loss or take profit triggered.
+
+    It has no orderLinkId (Bybit leaves it empty); the journal attributes it to the order
+    whose stop loss or take profit it executed.
+    """
+
+    order_id: str
+    key_name: str
+    symbol: Symbol
+    side: Side
+    kind: str = Field(description="Bybit's stopOrderType: StopLoss, TakeProfit, ...")
+    trigger_price: Decimal | None = None
+    qty: Decimal
+    status: OrderStatus
+    filled_qty: Decimal = Decimal(0)
+    avg_price: Decimal | None = None
     ts: datetime = Field(default_factory=utc_now)

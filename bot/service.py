@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from bot.app import create_app
 from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
+from bot.execution.reconcile import Reconciler
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
@@ -111,6 +112,7 @@ def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAcc
 class _Stages:
     pipeline: Pipeline
     executor: Executor
+    reconciler: Reconciler
     keys: tuple[str, ...]
     app: FastAPI
 
@@ -184,9 +186,7 @@ class Service:
             if settled:
                 logger.info("reconciled {n} unfinished orders with the venue", n=settled)
             await stages.pipeline.recover()
-            background += [
-                tasks.create_task(stages.executor.reconcile_forever(key)) for key in stages.keys
-            ]
+            background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.keys]
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
                 await asyncio.sleep(0.01)
@@ -282,7 +282,14 @@ class Service:
             if config.enabled
         ]
         app = create_app(receivers, lambda: self._health(pipeline, journal))
-        return _Stages(pipeline=pipeline, executor=executor, keys=tuple(venues), app=app)
+        reconciler = Reconciler(executor, journal, venues, settings.execution)
+        return _Stages(
+            pipeline=pipeline,
+            executor=executor,
+            reconciler=reconciler,
+            keys=tuple(venues),
+            app=app,
+        )
 
     def _venue_url(self, resources: ExitStack) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""

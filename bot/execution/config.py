@@ -49,6 +49,12 @@ class ExecutionConfig(BaseModel):
     reconcile_interval_s: float = Field(
         1.0, gt=0, le=60, description="how often every open or unknown order is looked up"
     )
+    exit_scan_interval_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="how often the venue is asked for stop-loss / take-profit exits it executed",
+    )
     reconcile_batch: int = Field(
         50, ge=1, le=1000, description="orders looked up per key per reconciliation pass"
     )

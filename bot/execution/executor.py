@@ -17,7 +17,7 @@ drives the order through its lifecycle (`bot.execution.orders`) with bounded att
 A new market order is then followed for a moment (`follow_s`) until it is terminal, so the
 next signal of its key and symbol sees the fill. `reconcile` is the safety net: it resumes
 every order the journal holds as not terminal, at start-up before any new signal and then in
-a loop, until each is terminal.
+a loop (`bot.execution.reconcile`), until each is terminal.
 """
 
 from __future__ import annotations
@@ -159,15 +159,6 @@ class Executor:
                 self._in_flight.discard(link_id)
             resumed += 1
         return resumed
-
-    async def reconcile_forever(self, key_name: str) -> None:
-        """The reconciliation loop of one key: a pass every `reconcile_interval_s`."""
-        while True:
-            await asyncio.sleep(self._config.reconcile_interval_s)
-            try:
-                await self.reconcile(key_name)
-            except Exception:  # the safety net must outlive any one bad pass
-                logger.exception("reconciliation pass for key {key} failed", key=key_name)
 
     # the lifecycle ---------------------------------------------------------------------------
 

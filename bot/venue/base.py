@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Protocol
 
-from bot.messages import Instrument, OrderEvent, OrderRequest
+from bot.messages import ExitOrder, Instrument, OrderEvent, OrderRequest
 
 __all__ = ["Venue"]
 
@@ -18,8 +18,8 @@ __all__ = ["Venue"]
 class Venue(Protocol):
     """An exchange account reached with one API key.
 
-    Required: `place_order`, `get_order`, `last_price`, `instrument`, `equity_usdt`,
-    `position_qty`, `close`.
+    Required: `place_order`, `get_order`, `exit_orders`, `last_price`, `instrument`,
+    `equity_usdt`, `position_qty`, `close`.
     """
 
     name: str
@@ -30,6 +30,10 @@ class Venue(Protocol):
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
         """The venue's view of an order, or None if it holds no such order."""
+        ...
+
+    async def exit_orders(self, symbol: str) -> list[ExitOrder]:
+        """The venue's recent stop-loss / take-profit executions on `symbol`, newest first."""
         ...
 
     async def last_price(self, symbol: str) -> Decimal: ...

@@ -27,7 +27,15 @@ from pydantic import SecretStr
 from bot.config import Environment
 from bot.execution.pacing import Pacer, RateWindow
 from bot.logs import logger
-from bot.messages import Instrument, OrderEvent, OrderRequest, OrderStatus, utc_now
+from bot.messages import (
+    ExitOrder,
+    Instrument,
+    OrderEvent,
+    OrderRequest,
+    OrderStatus,
+    Side,
+    utc_now,
+)
 from bot.secrets import ApiCredentials
 from bot.venue.errors import (
     CLOCK_DRIFT_CODE,
@@ -46,6 +54,11 @@ CATEGORY: Final = "linear"
 # empty set means "its defaults" (10002, 10006, ...). A code Bybit never sends turns that off.
 _NO_PYBIT_RETRIES: Final = frozenset({-1})
 IP_BANNED_STATUS: Final = 403
+#: Bybit's stopOrderType of the orders it creates to close a position at its SL or TP.
+_EXIT_KINDS: Final = frozenset(
+    {"StopLoss", "TakeProfit", "TrailingStop", "PartialStopLoss", "PartialTakeProfit"}
+)
+_EXIT_SCAN_LIMIT: Final = 50
 _READ_ATTEMPTS: Final = 3
 _READ_BACKOFF_S: Final = (0.2, 0.5)
 _MAX_READ_WAIT_S: Final = 2.0
@@ -149,6 +162,21 @@ class BybitVenue:
                 if row.get("orderLinkId") == order_link_id:
                     return _order_event(row)
         return None
+
+    async def exit_orders(self, symbol: str) -> list[ExitOrder]:
+        result = await self._read(
+            "exit_orders",
+            "/v5/order/history",
+            self._http.get_order_history,
+            category=CATEGORY,
+            symbol=symbol,
+            limit=_EXIT_SCAN_LIMIT,
+        )
+        return [
+            _exit_order(row, self.name)
+            for row in result.get("list") or []
+            if not row.get("orderLinkId") and row.get("stopOrderType") in _EXIT_KINDS
+        ]
 
     # market and account --------------------------------------------------------------------
 
@@ -317,25 +345,50 @@ def _decimal(value: object, field: str) -> Decimal:
         raise AmbiguousError(f"venue sent a non-numeric {field}: {value!r}") from None
 
 
+def _order_status(row: dict[str, Any]) -> OrderStatus:
+    text = str(row.get("orderStatus"))
+    try:
+        return OrderStatus(text)
+    except ValueError:
+        # Bybit's other statuses: PartiallyFilledCanceled and Deactivated end the order;
+        # Untriggered and Triggered are conditional orders still open.
+        closed = "Cancel" in text or text == "Deactivated"
+        return OrderStatus.CANCELLED if closed else OrderStatus.NEW
+
+
+def _avg_price(row: dict[str, Any]) -> Decimal | None:
+    avg = row.get("avgPrice") or ""
+    return _decimal(avg, "avgPrice") if avg not in ("", "0") else None
+
+
 def _order_event(row: dict[str, Any]) -> OrderEvent:
     """An order row of /v5/order/realtime or /history as an OrderEvent."""
-    try:
-        status = OrderStatus(str(row.get("orderStatus")))
-    except ValueError:
-        # Bybit's other statuses (Untriggered, Deactivated, PartiallyFilledCanceled, ...).
-        status = (
-            OrderStatus.CANCELLED if "Cancel" in str(row.get("orderStatus")) else OrderStatus.NEW
-        )
-    avg = row.get("avgPrice") or ""
-    updated_ms = row.get("updatedTime") or ""
     return OrderEvent(
         order_link_id=str(row.get("orderLinkId")),
-        status=status,
+        status=_order_status(row),
         order_id=row.get("orderId") or None,
         filled_qty=_decimal(row.get("cumExecQty") or "0", "cumExecQty"),
-        avg_price=_decimal(avg, "avgPrice") if avg not in ("", "0") else None,
+        avg_price=_avg_price(row),
         reason=str(row.get("rejectReason") or "").removeprefix("EC_NoError"),
-        ts=_from_ms(updated_ms),
+        ts=_from_ms(row.get("updatedTime") or ""),
+    )
+
+
+def _exit_order(row: dict[str, Any], key_name: str) -> ExitOrder:
+    """A venue-created stop-loss / take-profit order row of /v5/order/history."""
+    trigger = row.get("triggerPrice") or ""
+    return ExitOrder(
+        order_id=str(row.get("orderId")),
+        key_name=key_name,
+        symbol=str(row.get("symbol")),
+        side=Side.BUY if row.get("side") == "Buy" else Side.SELL,
+        kind=str(row.get("stopOrderType")),
+        trigger_price=_decimal(trigger, "triggerPrice") if trigger not in ("", "0") else None,
+        qty=_decimal(row.get("qty") or "0", "qty"),
+        status=_order_status(row),
+        filled_qty=_decimal(row.get("cumExecQty") or "0", "cumExecQty"),
+        avg_price=_avg_price(row),
+        ts=_from_ms(row.get("updatedTime") or ""),
     )
 
 

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, Literal
 
-from bot.messages import Instrument, OrderEvent, OrderRequest, OrderStatus, OrderType, Side
+from bot.messages import (
+    ExitOrder,
+    Instrument,
+    OrderEvent,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Side,
+)
 from bot.venue.errors import (
     AmbiguousError,
     DuplicateOrderError,
@@ -74,6 +82,7 @@ class FakeVenue:
         self.creates: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self.hide_new_orders_for = 0  # look-ups that miss a new order (visibility lag)
+        self.exits: list[ExitOrder] = []  # stop-loss / take-profit orders the venue created
         self._script: deque[Outcome] = deque()
         self._ids = itertools.count(1)
 
@@ -125,6 +134,9 @@ class FakeVenue:
             order.hidden_lookups -= 1
             return None
         return order.event(self.price)
+
+    async def exit_orders(self, symbol: str) -> list[ExitOrder]:
+        return [order for order in reversed(self.exits) if order.symbol == symbol]
 
     async def last_price(self, symbol: str) -> Decimal:
         return self.price

@@ -162,3 +162,29 @@ def _in_flight(journal: Journal, signal_id: str, ts: datetime, status: OrderStat
     if status is OrderStatus.SUBMITTING:
         journal.record_order_event(OrderEvent(order_link_id=request.order_link_id, status=status))
     return request
+
+
+def test_a_stop_loss_the_venue_executes_appears_under_its_order(
+    sim_config: Callable[..., Path],
+) -> None:
+    fast = "\n[execution]\nreconcile_interval_s = 0.1\nexit_scan_interval_s = 0.2\n"
+    bot = RunningBot(sim_config(extra=fast)).start()
+    try:
+        assert bot.post(signal("protected", stop_loss=95000)).status_code == 202
+        wait_for(lambda: bot.journal_status("protected") == ["Filled"], what="the entry filled")
+
+        moved = requests.post(
+            f"{bot.service.sim_url}/sim/prices", json={"BTCUSDT": 94000}, timeout=10
+        )
+
+        assert moved.status_code == 200
+
+        def exit_row() -> dict[str, object] | None:
+            rows = [r for r in journal_rows(bot) if r["signal_id"] == "protected"]
+            return next((r for r in rows if r["decision"] == "exit"), None)
+
+        row = wait_for(exit_row, 30, "the stop loss in the journal")
+        assert row["reason"] == "StopLoss at 95000"
+        assert (row["side"], row["status"], row["strategy"]) == ("Sell", "Filled", "follow")
+    finally:
+        bot.stop()

@@ -1,0 +1,76 @@
+"""The reconciliation loop: the journal and the venue kept in agreement, per key.
+
+Every `reconcile_interval_s` it resumes each order the journal holds as not terminal (open
+orders are looked up, unknown ones settled, a send a crash interrupted completed), so limit
+orders that fill later and cancellations at the venue reach the journal. Every
+`exit_scan_interval_s` it asks the venue for the stop-loss and take-profit orders it executed
+on its own and journals them under the order that set them. Each pass is bounded and paced
+by the key's rate windows; a failed pass is logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from bot.execution.config import ExecutionConfig
+from bot.execution.executor import Executor
+from bot.journal import Journal
+from bot.logs import logger
+from bot.venue.base import Venue
+from bot.venue.errors import VenueError
+
+__all__ = ["Reconciler"]
+
+
+class Reconciler:
+    """Runs the safety net of one bot: one loop per key."""
+
+    def __init__(
+        self,
+        executor: Executor,
+        journal: Journal,
+        venues: Mapping[str, Venue],
+        config: ExecutionConfig,
+    ) -> None:
+        self._executor = executor
+        self._journal = journal
+        self._venues = venues
+        self._config = config
+
+    async def run(self, key_name: str) -> None:
+        """Reconcile `key_name` until cancelled."""
+        loop = asyncio.get_running_loop()
+        next_exit_scan = loop.time()
+        while True:
+            await asyncio.sleep(self._config.reconcile_interval_s)
+            try:
+                await self._executor.reconcile(key_name)
+                if loop.time() >= next_exit_scan:
+                    next_exit_scan = loop.time() + self._config.exit_scan_interval_s
+                    await self.scan_exits(key_name)
+            except Exception:  # the safety net must outlive any one bad pass
+                logger.exception("reconciliation pass for key {key} failed", key=key_name)
+
+    async def scan_exits(self, key_name: str) -> int:
+        """Journal the exits the venue executed for `key_name`; returns how many were new."""
+        venue = self._venues[key_name]
+        symbols = await self._journal.call(self._journal.protected_symbols, key_name)
+        recorded = 0
+        for symbol in symbols:
+            try:
+                exits = await venue.exit_orders(symbol)
+            except VenueError as exc:
+                logger.warning("exit scan of {symbol} failed: {error}", symbol=symbol, error=exc)
+                continue
+            for exit_order in reversed(exits):  # oldest first
+                if await self._journal.call(self._journal.record_exit, exit_order):
+                    recorded += 1
+                    logger.info(
+                        "{kind} executed by the venue",
+                        kind=exit_order.kind,
+                        key=key_name,
+                        symbol=symbol,
+                        status=exit_order.status,
+                    )
+        return recorded
