@@ -44,10 +44,6 @@ class MarketData:
             instrument=instrument, last_price=price, equity_usdt=equity, position_qty=position
         )
 
-    def forget_equity(self, key_name: str) -> None:
-        """Drop the cached equity of a key, e.g. after one of its orders filled."""
-        self._equity.pop(key_name, None)
-
     async def _price(self, venue: Venue, symbol: str) -> Decimal:
         return await self._cached(self._prices, symbol, lambda: venue.last_price(symbol))
 

@@ -27,7 +27,7 @@ from bot.execution.rounding import conform
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Decline, OrderIntent, OrderStatus, RiskDecision, Signal, utc_now
+from bot.messages import Decline, OrderIntent, RiskDecision, Signal, utc_now
 from bot.risk.gate import RiskGate
 from bot.venue.errors import VenueError
 from strategies.base import Strategy
@@ -263,8 +263,6 @@ class Pipeline:
             event = await self._executor.execute(decision, slot.key_name)
             if event.order_id is not None:
                 metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
-            if event.status in (OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED):
-                self._market.forget_equity(slot.key_name)
 
     async def _decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:
         """Journal that `signal` gets no order from a strategy, by its choice or a risk rule."""

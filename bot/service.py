@@ -182,7 +182,11 @@ class Service:
             background = [tasks.create_task(stages.pipeline.run())]
             # Every order a previous run left unfinished is settled with the venue before the
             # first new signal; then unfinished signals run again in their original order.
-            settled = await stages.executor.reconcile(limit=None)
+            settled = sum(
+                await asyncio.gather(
+                    *(stages.executor.reconcile(key, limit=None) for key in stages.keys)
+                )
+            )
             if settled:
                 logger.info("reconciled {n} unfinished orders with the venue", n=settled)
             await stages.pipeline.recover()

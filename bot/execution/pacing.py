@@ -6,9 +6,9 @@ on every answer how much is left (`X-Bapi-Limit`, `X-Bapi-Limit-Status`,
 `X-Bapi-Limit-Reset-Timestamp`). Each key gets one `Pacer`; each endpoint of it one
 `RateWindow`, seeded with Bybit's published default and corrected from those headers.
 
-A request counts from the moment it actually starts (pybit calls of one key run one at a time
-on the key's thread, so a queued request must not be counted as if it had left), plus a small
-guard for the jitter between our clock and the venue's arrival time.
+A request counts from the moment it actually starts (pybit calls of one key run on a few
+threads of the key, so a request queued for a thread must not be counted as if it had left),
+plus a small guard for the jitter between our clock and the venue's arrival time.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BYBIT_LIMITS_PER_S: Final[Mapping[str, int]] = {
     "/v5/order/create": 10,
     "/v5/order/amend": 10,
     "/v5/order/cancel": 10,
-    "/v5/order/cancel-all": 1,
+    "/v5/order/cancel-all": 10,
     "/v5/order/realtime": 50,
     "/v5/order/history": 50,
     "/v5/execution/list": 50,

@@ -1,7 +1,9 @@
 """Bybit V5 through pybit: the only way the bot reaches an exchange, the simulator included.
 
-pybit is synchronous, so each key gets its own single worker thread: calls never block the
-event loop, and one key's calls keep their order. pybit's own retries are off (the executor
+pybit is synchronous, so each key gets a few worker threads of its own, each with its own
+pybit session: calls never block the event loop, a slow answer on one call does not hold up
+the key's other calls, and a caller that needs order (a lane of the pipeline) awaits each call
+before the next. pybit's own retries are off (the executor
 is the only retry authority for orders); idempotent reads are retried here, a bounded number
 of times. Every private request waits for room in its endpoint's rate window (`Pacer`), and
 every answer's X-Bapi-Limit* headers correct that window. A 10002 (timestamp outside the
@@ -14,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, TypeVar
@@ -45,7 +49,7 @@ from bot.venue.errors import (
     classify,
 )
 
-__all__ = ["BybitVenue"]
+__all__ = ["READ_ATTEMPTS", "THREADS_PER_KEY", "BybitVenue"]
 
 T = TypeVar("T")
 
@@ -53,31 +57,41 @@ CATEGORY: Final = "linear"
 # pybit retries any retCode in `retry_codes` itself, sleeping in our worker thread, and an
 # empty set means "its defaults" (10002, 10006, ...). A code Bybit never sends turns that off.
 _NO_PYBIT_RETRIES: Final = frozenset({-1})
+#: Worker threads (each with its own pybit session) per key; pacing, not threads, bounds the
+#: request rate.
+THREADS_PER_KEY: Final = 4
 IP_BANNED_STATUS: Final = 403
 #: Bybit's stopOrderType of the orders it creates to close a position at its SL or TP.
 _EXIT_KINDS: Final = frozenset(
     {"StopLoss", "TakeProfit", "TrailingStop", "PartialStopLoss", "PartialTakeProfit"}
 )
 _EXIT_SCAN_LIMIT: Final = 50
-_READ_ATTEMPTS: Final = 3
-_READ_BACKOFF_S: Final = (0.2, 0.5)
+READ_ATTEMPTS: Final = 4
+_READ_BACKOFF_S: Final = (0.1, 0.3, 0.6)
 _MAX_READ_WAIT_S: Final = 2.0
+
+
+@dataclass
+class _VenueClock:
+    """The venue's clock minus ours, in ms; set from /v5/market/time after a 10002 and
+    shared by every session of the key."""
+
+    offset_ms: int = 0
 
 
 class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
     """pybit's client holding the API secret as SecretStr, unwrapped only to sign a request."""
 
-    def __init__(self, *, api_secret: SecretStr, **kwargs: Any) -> None:
+    def __init__(self, *, api_secret: SecretStr, clock: _VenueClock, **kwargs: Any) -> None:
         super().__init__(api_secret="<held-as-SecretStr>", **kwargs)  # noqa: S106
         self._secret = api_secret
-        #: venue clock minus ours, in ms; set from /v5/market/time after a 10002
-        self.clock_offset_ms = 0
+        self._clock = clock
 
     def _prepare_headers(
         self, payload: Any, recv_window: int, content_type: str = "application/json"
     ) -> dict[str, str]:
         # pybit's own header builder, with the timestamp on the venue's clock.
-        timestamp = int(time.time() * 1000) + self.clock_offset_ms
+        timestamp = int(time.time() * 1000) + self._clock.offset_ms
         return {
             "Content-Type": content_type,
             "X-BAPI-API-KEY": self.api_key,
@@ -113,37 +127,58 @@ class BybitVenue:
             raise ValueError("a simulator URL is required in sim and forbidden elsewhere")
         self.name = credentials.name
         self.environment = environment
-        self._http = _SigningHTTP(
-            api_key=credentials.api_key.get_secret_value(),
-            api_secret=credentials.api_secret,
-            testnet=environment is Environment.TESTNET,
-            demo=environment is Environment.DEMO,
-            recv_window=recv_window_ms,
-            timeout=timeout_s,
-            force_retry=False,
-            max_retries=1,
-            retry_codes=set(_NO_PYBIT_RETRIES),
-            return_response_headers=True,
+        self._clock = _VenueClock()
+        self._session_options: dict[str, Any] = {
+            "api_key": credentials.api_key.get_secret_value(),
+            "api_secret": credentials.api_secret,
+            "clock": self._clock,
+            "testnet": environment is Environment.TESTNET,
+            "demo": environment is Environment.DEMO,
+            "recv_window": recv_window_ms,
+            "timeout": timeout_s,
+            "force_retry": False,
+            "max_retries": 1,
+            "retry_codes": set(_NO_PYBIT_RETRIES),
+            "return_response_headers": True,
+        }
+        self._sim_url = sim_url.rstrip("/")
+        self._sessions: list[_SigningHTTP] = []
+        self._sessions_lock = threading.Lock()
+        self._local = threading.local()
+        self._endpoint = str(self._session().endpoint)
+        self._pool = ThreadPoolExecutor(
+            max_workers=THREADS_PER_KEY, thread_name_prefix=f"venue-{self.name}"
         )
-        if sim_url:
-            self._http.endpoint = sim_url.rstrip("/")
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"venue-{self.name}")
         self._pacer = Pacer()
         self._instruments: dict[str, Instrument] = {}
 
     @property
     def endpoint(self) -> str:
-        return str(self._http.endpoint)
+        return self._endpoint
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._http.client.close()
+        with self._sessions_lock:
+            for session in self._sessions:
+                session.client.close()
+
+    def _session(self) -> _SigningHTTP:
+        """This thread's pybit session (requests sessions are not shared between threads)."""
+        session: _SigningHTTP | None = getattr(self._local, "session", None)
+        if session is None:
+            session = _SigningHTTP(**self._session_options)
+            if self._sim_url:
+                session.endpoint = self._sim_url
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
 
     # orders --------------------------------------------------------------------------------
 
     async def place_order(self, request: OrderRequest) -> OrderEvent:
         result = await self._call(
-            "place_order", "/v5/order/create", self._http.place_order, **request.to_bybit_params()
+            "place_order", "/v5/order/create", "place_order", **request.to_bybit_params()
         )
         return OrderEvent(
             order_link_id=request.order_link_id,
@@ -154,8 +189,8 @@ class BybitVenue:
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
         query = {"category": CATEGORY, "symbol": symbol, "orderLinkId": order_link_id}
         for path, method in (
-            ("/v5/order/realtime", self._http.get_open_orders),
-            ("/v5/order/history", self._http.get_order_history),
+            ("/v5/order/realtime", "get_open_orders"),
+            ("/v5/order/history", "get_order_history"),
         ):
             result = await self._read("get_order", path, method, **query)
             for row in result.get("list") or []:
@@ -167,7 +202,7 @@ class BybitVenue:
         result = await self._read(
             "exit_orders",
             "/v5/order/history",
-            self._http.get_order_history,
+            "get_order_history",
             category=CATEGORY,
             symbol=symbol,
             limit=_EXIT_SCAN_LIMIT,
@@ -181,9 +216,7 @@ class BybitVenue:
     # market and account --------------------------------------------------------------------
 
     async def last_price(self, symbol: str) -> Decimal:
-        result = await self._read(
-            "last_price", "", self._http.get_tickers, category=CATEGORY, symbol=symbol
-        )
+        result = await self._read("last_price", "", "get_tickers", category=CATEGORY, symbol=symbol)
         rows = result.get("list") or []
         if not rows:
             raise VenueError(f"no ticker for {symbol}", operation="last_price")
@@ -195,7 +228,7 @@ class BybitVenue:
             result = await self._read(
                 "instrument",
                 "",
-                self._http.get_instruments_info,
+                "get_instruments_info",
                 category=CATEGORY,
                 symbol=symbol,
             )
@@ -217,7 +250,7 @@ class BybitVenue:
         result = await self._read(
             "equity",
             "/v5/account/wallet-balance",
-            self._http.get_wallet_balance,
+            "get_wallet_balance",
             accountType="UNIFIED",
         )
         rows = result.get("list") or []
@@ -229,7 +262,7 @@ class BybitVenue:
         result = await self._read(
             "position",
             "/v5/position/list",
-            self._http.get_positions,
+            "get_positions",
             category=CATEGORY,
             symbol=symbol,
         )
@@ -244,30 +277,29 @@ class BybitVenue:
     async def sync_clock(self) -> int:
         """Set the signing clock's offset from the venue's `/v5/market/time`; returns it (ms)."""
         before = time.time()
-        result = await self._call("sync_clock", "", self._http.get_server_time)
+        result = await self._call("sync_clock", "", "get_server_time")
         after = time.time()
         venue_ms = int(str(result.get("timeNano") or "0")) // 1_000_000 or (
             int(str(result.get("timeSecond") or "0")) * 1000
         )
         offset = venue_ms - int((before + after) / 2 * 1000)
-        self._http.clock_offset_ms = offset
+        self._clock.offset_ms = offset
         logger.warning(
             "signing clock resynchronised with the venue", key=self.name, offset_ms=offset
         )
         return offset
 
-    async def _call(
-        self, operation: str, path: str, method: Callable[..., Any], **params: Any
-    ) -> Any:
-        """One pybit call on this key's thread, paced when `path` is a private endpoint (""
-        for public ones); returns `result`, raises a classified error."""
+    async def _call(self, operation: str, path: str, method: str, **params: Any) -> Any:
+        """One pybit call (`method` names it) on one of this key's threads, paced when `path`
+        is a private endpoint ("" for public ones); returns `result`, raises a classified
+        error."""
         window = self._pacer.window(path) if path else None
         slot = await window.acquire() if window is not None else None
 
         def send() -> Any:
             if slot is not None:
                 slot.start()
-            return method(**params)
+            return getattr(self._session(), method)(**params)
 
         loop = asyncio.get_running_loop()
         try:
@@ -302,18 +334,18 @@ class BybitVenue:
         elif isinstance(error, RetryableError) and window is not None:
             window.pause(error.retry_after_s)
 
-    async def _read(
-        self, operation: str, path: str, method: Callable[..., Any], **params: Any
-    ) -> Any:
+    async def _read(self, operation: str, path: str, method: str, **params: Any) -> Any:
         """An idempotent read, retried a bounded number of times on transient failures."""
-        for attempt in range(_READ_ATTEMPTS):
+        for attempt in range(READ_ATTEMPTS):
             try:
                 return await self._call(operation, path, method, **params)
             except (RetryableError, AmbiguousError) as exc:
-                if attempt == _READ_ATTEMPTS - 1:
+                if attempt == READ_ATTEMPTS - 1:
                     raise
                 wait = _READ_BACKOFF_S[attempt]
-                if isinstance(exc, RetryableError):
+                if isinstance(exc, RetryableError) and exc.ret_code == CLOCK_DRIFT_CODE:
+                    wait = 0.0  # the clock was just resynchronised: try again at once
+                elif isinstance(exc, RetryableError):
                     wait = min(max(wait, exc.retry_after_s), _MAX_READ_WAIT_S)
                 logger.warning("venue read failed, retrying", key=self.name, error=str(exc))
                 await asyncio.sleep(wait)

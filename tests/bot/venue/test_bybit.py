@@ -13,7 +13,7 @@ from bot.config import Environment
 from bot.execution.executor import build_request
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
-from bot.venue.bybit import BybitVenue
+from bot.venue.bybit import READ_ATTEMPTS, BybitVenue
 from bot.venue.errors import AmbiguousError, KeyFatalError, RetryableError
 from tests.factories import make_intent
 
@@ -97,7 +97,7 @@ def test_reads_are_retried_a_bounded_number_of_times(
     with pytest.raises(AmbiguousError):
         asyncio.run(venue.last_price("BTCUSDT"))
 
-    assert requests_to(sim[0], "/v5/market/tickers") == 3
+    assert requests_to(sim[0], "/v5/market/tickers") == READ_ATTEMPTS
 
 
 def test_clock_drift_is_retryable(sim: tuple[SimExchange, SimServer], venue: BybitVenue) -> None:
@@ -128,7 +128,13 @@ def test_the_secret_is_in_no_repr_or_error(
     with pytest.raises(RetryableError) as caught:
         asyncio.run(venue.place_order(build_request(make_intent(), "main")))
 
-    texts = [repr(venue._http), str(vars(venue._http)), str(caught.value), repr(caught.value)]
+    sessions = venue._sessions
+    texts = [
+        repr(sessions),
+        *(str(vars(s)) for s in sessions),
+        str(caught.value),
+        repr(caught.value),
+    ]
     assert not [text for text in texts if SECRET in text]
 
 
