@@ -6,9 +6,9 @@ on every answer how much is left (`X-Bapi-Limit`, `X-Bapi-Limit-Status`,
 `X-Bapi-Limit-Reset-Timestamp`). Each key gets one `Pacer`; each endpoint of it one
 `RateWindow`, seeded with Bybit's published default and corrected from those headers.
 
-A request counts from the moment it actually starts (pybit calls of one key run on a few
-threads of the key, so a request queued for a thread must not be counted as if it had left),
-plus a small guard for the jitter between our clock and the venue's arrival time.
+A request counts from the moment its answer arrives: the venue counted it when it arrived,
+which is earlier, so our window is never more optimistic than the venue's, however long the
+request waited for a thread or on the network. Until then it counts as inside the window.
 """
 
 from __future__ import annotations
@@ -41,19 +41,21 @@ BYBIT_LIMITS_PER_S: Final[Mapping[str, int]] = {
 }
 _DEFAULT_LIMIT_PER_S: Final = 10
 _WINDOW_S: Final = 1.0
-#: Added to the window: the venue counts arrivals, we count departures.
-_GUARD_S: Final = 0.03
+#: Added to the window for clock granularity between us and the venue.
+_GUARD_S: Final = 0.01
 _POLL_S: Final = 0.005
 
 
 @dataclass(eq=False)
 class Slot:
-    """One request's place in a window; `started` is set when it really leaves."""
+    """One request's place in a window; `done` is set when its answer (or failure) arrives."""
 
-    started: float | None = None
+    done: float | None = None
+    #: set as the request leaves: from then on only its answer frees the slot
+    sent: bool = False
 
-    def start(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.started = clock()
+    def finish(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.done = clock()
 
 
 @dataclass
@@ -67,7 +69,7 @@ class RateWindow:
     _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def acquire(self) -> Slot:
-        """Wait for room, then hold a slot; call `slot.start()` as the request leaves."""
+        """Wait for room, then hold a slot; call `slot.finish()` once the answer is in."""
         async with self._turn:  # first come, first served
             while True:
                 wait = self._wait_s()
@@ -80,20 +82,20 @@ class RateWindow:
     def _wait_s(self) -> float:
         now = self.clock()
         horizon = now - _WINDOW_S - _GUARD_S
-        while self._slots and (started := self._slots[0].started) is not None and started < horizon:
+        while self._slots and (done := self._slots[0].done) is not None and done < horizon:
             self._slots.popleft()
         if now < self._blocked_until:
             return self._blocked_until - now
         if len(self._slots) < self.limit:
             return 0.0
-        oldest = self._slots[0].started
-        if oldest is None:  # every counted request is still queued: it leaves soon
+        oldest = self._slots[0].done
+        if oldest is None:  # the oldest counted request is still under way
             return _POLL_S
         return oldest - horizon
 
     def release(self, slot: Slot) -> None:
         """Give back a slot whose request never left (its caller was cancelled)."""
-        if slot.started is None and slot in self._slots:
+        if not slot.sent and slot in self._slots:
             self._slots.remove(slot)
 
     def observe(self, limit: int | None, remaining: int | None, reset_in_s: float | None) -> None:

@@ -298,8 +298,12 @@ class BybitVenue:
 
         def send() -> Any:
             if slot is not None:
-                slot.start()
-            return getattr(self._session(), method)(**params)
+                slot.sent = True
+            try:
+                return getattr(self._session(), method)(**params)
+            finally:
+                if slot is not None:
+                    slot.finish()
 
         loop = asyncio.get_running_loop()
         try:
