@@ -162,6 +162,7 @@ class OrderRecord:
     ret_code: int | None
     attempts: int
     signal_ts: datetime | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -501,7 +502,7 @@ class Journal:
         # `where` is one of this module's literals; every value is a bound parameter.
         query = (
             "SELECT o.request, o.status, o.order_id, o.filled_qty, o.avg_price, o.reason,"  # noqa: S608
-            " o.ret_code, o.attempts, s.ts FROM orders AS o LEFT JOIN signals AS s"
+            " o.ret_code, o.attempts, s.ts, o.updated_at FROM orders AS o LEFT JOIN signals AS s"
             " ON s.source = o.source AND s.signal_id = o.signal_id "
             f"{where} ORDER BY o.created_at, o.rowid"
         )
@@ -518,6 +519,7 @@ class Journal:
                 ret_code=ret_code,
                 attempts=attempts,
                 signal_ts=None if signal_ts is None else datetime.fromisoformat(signal_ts),
+                updated_at=datetime.fromisoformat(updated_at),
             )
             for (
                 request,
@@ -529,6 +531,7 @@ class Journal:
                 ret_code,
                 attempts,
                 signal_ts,
+                updated_at,
             ) in rows
         ]
 

@@ -22,6 +22,13 @@ class ExecutionConfig(BaseModel):
         description="sends of one order over its whole life (restarts included); after that "
         "an order the venue does not show is journaled Rejected",
     )
+    unseen_final_after_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="an order that may have reached the venue is declared never sent (Rejected) "
+        "only if look-ups still miss it this long after its last send, whatever else says no",
+    )
     backoff_base_s: float = Field(
         0.1, gt=0, le=10, description="first wait after an ambiguous failure; doubles, jittered"
     )

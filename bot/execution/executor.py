@@ -10,8 +10,9 @@ drives the order through its lifecycle (`bot.execution.orders`) with bounded att
 - an ambiguous failure (timeout, 10000, 10016, 5xx, no answer) is journaled Unknown; the order
   is looked up by orderLinkId before anything else, and resent only if the venue shows none;
 - 110072 (duplicate orderLinkId) means the order exists: it is looked up, never resent;
-- a clear rejection is final, unless an earlier send was ambiguous: then only once a look-up
-  confirms no order exists;
+- a clear rejection is final, unless an earlier send was ambiguous: then the order stays
+  Unknown for reconciliation, which declares it never sent only once look-ups have missed it
+  for `unseen_final_after_s` after its last send;
 - a key-fatal answer switches the key off for all its strategies until restart.
 
 A new market order is then followed for a moment (`follow_s`) until it is terminal, so the
@@ -41,6 +42,7 @@ from bot.messages import (
     OrderStatus,
     OrderType,
     RiskDecision,
+    utc_now,
 )
 from bot.venue.base import Venue
 from bot.venue.errors import (
@@ -175,17 +177,20 @@ class Executor:
                 return await self._reject(request, f"not sent: {stale}")
             return await self._drive(request, status)
         # Submitting or Unknown: it may exist. Look, and resend only what the venue lacks.
+        stale = self._staleness(record.signal_ts) if record.signal_ts is not None else None
         if record.attempts >= self._config.max_total_sends:
-            found = await self._look_up_safely(request)
-            return found or await self._reject(
-                request, f"not found at the venue after {record.attempts} sends"
-            )
-        if record.signal_ts is not None and (stale := self._staleness(record.signal_ts)):
-            found = await self._look_up_twice(request)
-            if found is not None:
-                return found
-            return await self._reject(request, f"never reached the venue and is now {stale}")
-        return await self._drive(request, status)
+            no_more = f"not found at the venue after {record.attempts} sends"
+        elif stale is not None:
+            no_more = f"never reached the venue and is now {stale}"
+        else:
+            return await self._drive(request, status)
+        found = await self._look_up_twice(request)
+        if found is not None:
+            return found
+        unseen_s = (utc_now() - record.updated_at).total_seconds()
+        if unseen_s < self._config.unseen_final_after_s:
+            return _event_of(record)  # a slow venue may still show it: a later pass decides
+        return await self._reject(request, no_more)
 
     async def _drive(self, request: OrderRequest, status: OrderStatus) -> OrderEvent:
         """Send until the venue holds the order or says a final no; bounded attempts."""
@@ -234,10 +239,12 @@ class Executor:
                 await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))
                 continue
             except OrderRejectedError as exc:
-                if may_exist:  # an earlier send may have landed: final only if none shows
+                if may_exist:  # an earlier send may have landed: never rejected on a guess
                     found = await self._look_up_patiently(venue, request)
                     if found is not None:
                         return found
+                    log.warning("resend rejected ({error}); reconciling", error=str(exc))
+                    return await self._record(_failure(request, OrderStatus.UNKNOWN, exc))
                 log.warning("order rejected: {error}", error=str(exc))
                 return await self._record(_failure(request, OrderStatus.REJECTED, exc))
             except KeyFatalError as exc:

@@ -159,8 +159,10 @@ def _in_flight(journal: Journal, signal_id: str, ts: datetime, status: OrderStat
     request = build_request(intent, "follow_sim")
     decision = RiskDecision(intent=intent, approved=True, reason="within all limits")
     journal.record_approval(decision, request)
-    if status is OrderStatus.SUBMITTING:
-        journal.record_order_event(OrderEvent(order_link_id=request.order_link_id, status=status))
+    if status is OrderStatus.SUBMITTING:  # sent just before the crash, at the signal's time
+        journal.record_order_event(
+            OrderEvent(order_link_id=request.order_link_id, status=status, ts=ts)
+        )
     return request
 
 

@@ -112,7 +112,7 @@ def test_rate_limits_past_the_attempt_bound_end_rejected_with_the_venue_code(
     assert venue.calls["place_order"] == FAST.max_send_attempts
 
 
-def test_a_rejection_after_an_ambiguous_send_is_final_only_if_no_order_shows(
+def test_a_rejection_after_an_ambiguous_send_is_never_final_on_a_guess(
     journal: Journal,
 ) -> None:
     venue = FakeVenue()
@@ -120,9 +120,40 @@ def test_a_rejection_after_an_ambiguous_send_is_final_only_if_no_order_shows(
 
     event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
 
-    assert event.status is OrderStatus.REJECTED
+    assert event.status is OrderStatus.UNKNOWN  # the first send may have landed
     assert event.ret_code == 110007
-    assert venue.calls["get_order"] >= 2  # looked before resending and before giving up
+    assert venue.calls["get_order"] >= 2  # looked before resending and after the rejection
+
+
+def test_an_order_no_look_up_shows_for_long_enough_is_declared_never_sent(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    venue.script("unsent", "rejected")
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+    spent = FAST.model_copy(update={"max_total_sends": 2, "unseen_final_after_s": 0})
+
+    asyncio.run(Executor(journal, {"k": venue}, spent).reconcile())
+
+    record = journal.order(event.order_link_id)
+    assert record is not None and record.status is OrderStatus.REJECTED
+    assert record.reason == "not found at the venue after 2 sends"
+    assert venue.creates[event.order_link_id] == 0
+
+
+def test_a_hidden_order_is_not_declared_never_sent_before_its_time(journal: Journal) -> None:
+    venue = FakeVenue()
+    venue.hide_new_orders_for = 4
+    venue.script("lost", "rejected")
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+    spent = FAST.model_copy(update={"max_total_sends": 2, "unseen_final_after_s": 3600})
+
+    asyncio.run(Executor(journal, {"k": venue}, spent).reconcile())
+    asyncio.run(Executor(journal, {"k": venue}, spent).reconcile())
+
+    record = journal.order(event.order_link_id)
+    assert record is not None and record.status is OrderStatus.FILLED
+    assert venue.creates[event.order_link_id] == 1
 
 
 def test_a_lost_answer_hidden_from_look_ups_is_found_through_the_duplicate_answer(
