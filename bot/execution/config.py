@@ -23,7 +23,7 @@ class ExecutionConfig(BaseModel):
         "an order the venue does not show is journaled Rejected",
     )
     unseen_final_after_s: float = Field(
-        30.0,
+        10.0,
         ge=0,
         le=3600,
         description="an order that may have reached the venue is declared never sent (Rejected) "

@@ -141,6 +141,39 @@ def test_orders_in_flight_at_a_crash_are_settled_before_any_new_signal(
     assert sorted(at_venue) == sorted([reached.order_link_id, pending.order_link_id])
 
 
+def test_a_key_the_venue_refuses_stops_its_strategy_with_a_reason_per_signal(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    (secrets / "bot_key_follow_sim_api_key").write_text("read-only-key")
+    (secrets / "bot_key_follow_sim_api_secret").write_text("read-only-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(
+        SimAccountSpec(
+            api_key="read-only-key", api_secret=SecretStr("read-only-secret"), read_only=True
+        )
+    )
+    with SimServer(exchange) as server:
+        bot = RunningBot(sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n')).start()
+        try:
+            assert bot.post(signal("refused-1")).status_code == 202
+            wait_for(lambda: bot.journal_status("refused-1") == ["Rejected"], what="refusal")
+            assert bot.post(signal("refused-2")).status_code == 202
+
+            def second() -> dict[str, object] | None:
+                rows = [r for r in journal_rows(bot) if r["signal_id"] == "refused-2"]
+                return rows[0] if rows and rows[0]["decision"] != "pending" else None
+
+            row = wait_for(second, what="a decision for the next signal")
+        finally:
+            bot.stop()
+
+    assert row["decision"] == "rejected"
+    assert str(row["reason"]).startswith("key follow_sim is disabled by the venue")
+    assert exchange.stats()["requests_by_path"].get("/v5/order/create") == 1
+
+
 def _in_flight(journal: Journal, signal_id: str, ts: datetime, status: OrderStatus) -> OrderRequest:
     """Journal a signal, its approval and its order as a crash would leave them."""
     journal.record_signal(
