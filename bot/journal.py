@@ -44,7 +44,25 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 2
-_SCHEMA: Final = """
+_EXIT_ORDERS: Final = """
+CREATE TABLE IF NOT EXISTS exit_orders (
+    order_id      TEXT PRIMARY KEY,
+    key_name      TEXT NOT NULL,
+    symbol        TEXT NOT NULL,
+    side          TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    trigger_price TEXT,
+    qty           TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    filled_qty    TEXT NOT NULL,
+    avg_price     TEXT,
+    parent_order_link_id TEXT,
+    strategy      TEXT,
+    updated_at    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS exit_orders_by_parent ON exit_orders (parent_order_link_id);
+"""
+_SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS signals (
     source       TEXT NOT NULL,
     signal_id    TEXT NOT NULL,
@@ -101,46 +119,14 @@ CREATE TABLE IF NOT EXISTS order_events (
     ret_code      INTEGER,
     reason        TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS exit_orders (
-    order_id      TEXT PRIMARY KEY,
-    key_name      TEXT NOT NULL,
-    symbol        TEXT NOT NULL,
-    side          TEXT NOT NULL,
-    kind          TEXT NOT NULL,
-    trigger_price TEXT,
-    qty           TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    filled_qty    TEXT NOT NULL,
-    avg_price     TEXT,
-    parent_order_link_id TEXT,
-    strategy      TEXT,
-    updated_at    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS exit_orders_by_parent ON exit_orders (parent_order_link_id);
-"""
+{_EXIT_ORDERS}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
-    2: """
+    2: f"""
 ALTER TABLE orders ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE order_events ADD COLUMN ret_code INTEGER;
 ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
-CREATE TABLE IF NOT EXISTS exit_orders (
-    order_id      TEXT PRIMARY KEY,
-    key_name      TEXT NOT NULL,
-    symbol        TEXT NOT NULL,
-    side          TEXT NOT NULL,
-    kind          TEXT NOT NULL,
-    trigger_price TEXT,
-    qty           TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    filled_qty    TEXT NOT NULL,
-    avg_price     TEXT,
-    parent_order_link_id TEXT,
-    strategy      TEXT,
-    updated_at    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS exit_orders_by_parent ON exit_orders (parent_order_link_id);
-""",
+{_EXIT_ORDERS}""",
 }
 _NON_TERMINAL: Final = tuple(status.value for status in OrderStatus if not status.is_terminal)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Final
 
@@ -170,7 +170,7 @@ class Executor:
         if status.is_terminal:
             return _event_of(record)
         if status in OPEN_AT_VENUE:
-            return await self._refresh(request) or _event_of(record)
+            return await self._look_up_safely(request) or _event_of(record)
         if status is OrderStatus.PENDING:
             stale = self._staleness(record.signal_ts) if record.signal_ts is not None else None
             if stale is not None:  # never sent: a stale signal is declined, not traded
@@ -184,7 +184,7 @@ class Executor:
             no_more = f"never reached the venue and is now {stale}"
         else:
             return await self._drive(request, status)
-        found = await self._look_up_twice(request)
+        found = await self._look_up_patiently(request, (0.0, self._config.lookup_delays_s[-1]))
         if found is not None:
             return found
         unseen_s = (utc_now() - record.updated_at).total_seconds()
@@ -219,7 +219,7 @@ class Executor:
             except DuplicateOrderError as exc:
                 # It exists (a lost answer of an earlier send): look it up, with patience.
                 last, may_exist = exc, True
-                found = await self._look_up_patiently(venue, request)
+                found = await self._look_up_patiently(request, self._config.lookup_delays_s)
                 if found is not None:
                     return found
                 continue
@@ -240,7 +240,7 @@ class Executor:
                 continue
             except OrderRejectedError as exc:
                 if may_exist:  # an earlier send may have landed: never rejected on a guess
-                    found = await self._look_up_patiently(venue, request)
+                    found = await self._look_up_patiently(request, self._config.lookup_delays_s)
                     if found is not None:
                         return found
                     log.warning("resend rejected ({error}); reconciling", error=str(exc))
@@ -319,28 +319,17 @@ class Executor:
         except _LookupFailed:
             return None
 
-    async def _look_up_twice(self, request: OrderRequest) -> OrderEvent | None:
-        """Two look-ups apart, so an order the venue is slow to show is not missed."""
-        found = await self._look_up_safely(request)
-        if found is None:
-            await asyncio.sleep(self._config.lookup_delays_s[-1])
-            found = await self._look_up_safely(request)
-        return found
-
-    async def _look_up_patiently(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
-        """Look up an order the venue said exists, waiting for it to become visible."""
-        for delay in self._config.lookup_delays_s:
+    async def _look_up_patiently(
+        self, request: OrderRequest, delays_s: Sequence[float]
+    ) -> OrderEvent | None:
+        """Look up an order that may exist, once after each delay, until the venue shows it
+        (a new order can take a moment to become visible to queries)."""
+        for delay in delays_s:
             await asyncio.sleep(delay)
-            try:
-                found = await self._look_up(venue, request)
-            except _LookupFailed:
-                continue
+            found = await self._look_up_safely(request)
             if found is not None:
                 return found
         return None
-
-    async def _refresh(self, request: OrderRequest) -> OrderEvent | None:
-        return await self._look_up_safely(request)
 
     async def _follow(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
         """Follow a new order until it is terminal or `follow_s` has passed."""
