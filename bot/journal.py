@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +128,15 @@ ALTER TABLE order_events ADD COLUMN ret_code INTEGER;
 ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 {_EXIT_ORDERS}""",
 }
+_VENUE_STATES: Final = frozenset(
+    {
+        OrderStatus.NEW,
+        OrderStatus.PARTIALLY_FILLED,
+        OrderStatus.FILLED,
+        OrderStatus.CANCELLED,
+        OrderStatus.REJECTED,
+    }
+)
 _NON_TERMINAL: Final = tuple(status.value for status in OrderStatus if not status.is_terminal)
 
 
@@ -337,9 +346,19 @@ class Journal:
                 ),
             )
 
-    def record_decision(self, decision: RiskDecision) -> None:
+    def record_decisions(
+        self, decisions: Sequence[RiskDecision], orders: Sequence[OrderRequest]
+    ) -> set[str]:
+        """Journal a strategy's verdicts on one signal and the orders of the approved ones
+        (Pending, not sent), all in one transaction.
+
+        Returns the orderLinkIds newly journaled; one missing from it already existed: the
+        same signal run again, whose order must be resumed, never created twice.
+        """
         with self._transaction() as db:
-            self._insert_decision(db, decision)
+            for decision in decisions:
+                self._insert_decision(db, decision)
+            return {order.order_link_id for order in orders if self._insert_order(db, order)}
 
     @staticmethod
     def _insert_decision(db: sqlite3.Connection, decision: RiskDecision) -> None:
@@ -361,16 +380,6 @@ class Journal:
         )
 
     # orders --------------------------------------------------------------------------------
-
-    def record_approval(self, decision: RiskDecision, request: OrderRequest) -> bool:
-        """Journal an approved intent and its order (Pending, not sent) in one transaction.
-
-        Returns False when the orderLinkId is already journaled: the order exists from an
-        earlier run of the same signal and must be resumed, never created again.
-        """
-        with self._transaction() as db:
-            self._insert_decision(db, decision)
-            return self._insert_order(db, request)
 
     def record_order(self, request: OrderRequest) -> bool:
         """Journal an order as Pending before it is sent; False if its orderLinkId exists."""
@@ -419,6 +428,10 @@ class Journal:
             if row is None:
                 raise JournalError(f"no journaled order {event.order_link_id}")
             current, filled = OrderStatus(row[0]), Decimal(row[1])
+            if current is event.status is not OrderStatus.SUBMITTING and filled == (
+                event.filled_qty
+            ):
+                return False  # nothing new (a look-up that found what the journal knows)
             try:
                 check_transition(
                     current, event.status, filled_before=filled, filled_after=event.filled_qty
@@ -440,17 +453,25 @@ class Journal:
                     event.reason,
                 ),
             )
+            # A venue state (New...Filled, or the venue's own rejection) is the venue's word.
+            from_venue = event.status in _VENUE_STATES and event.order_id is not None
             db.execute(
                 "UPDATE orders SET status = ?, order_id = COALESCE(?, order_id), filled_qty = ?,"
-                " avg_price = COALESCE(?, avg_price), reason = COALESCE(NULLIF(?, ''), reason),"
-                " ret_code = COALESCE(?, ret_code), updated_at = ?, attempts = attempts + ?"
-                " WHERE order_link_id = ?",
+                " avg_price = COALESCE(?, avg_price),"
+                # What the venue says replaces our own failure notes; our notes accumulate.
+                " reason = CASE WHEN ? THEN ? ELSE COALESCE(NULLIF(?, ''), reason) END,"
+                " ret_code = CASE WHEN ? THEN ? ELSE COALESCE(?, ret_code) END,"
+                " updated_at = ?, attempts = attempts + ? WHERE order_link_id = ?",
                 (
                     event.status.value,
                     event.order_id,
                     str(max(event.filled_qty, filled)),
                     None if event.avg_price is None else str(event.avg_price),
+                    from_venue,
                     event.reason,
+                    event.reason,
+                    from_venue,
+                    event.ret_code,
                     event.ret_code,
                     event.ts.isoformat(),
                     int(event.status is OrderStatus.SUBMITTING),
@@ -471,9 +492,6 @@ class Journal:
         return self._orders(
             f"WHERE o.status IN ({marks}) AND o.key_name = ?", (*_NON_TERMINAL, key_name)
         )
-
-    def orders_of_signal(self, source: str, signal_id: str) -> list[OrderRecord]:
-        return self._orders("WHERE o.source = ? AND o.signal_id = ?", (source, signal_id))
 
     def decided_strategies(self, source: str, signal_id: str) -> set[str]:
         """Strategies that already have a decision about this signal (from an earlier run)."""

@@ -27,9 +27,9 @@ from bot.execution.rounding import conform
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Decline, OrderIntent, RiskDecision, Signal, utc_now
+from bot.messages import Decline, Instrument, OrderIntent, RiskDecision, Signal, utc_now
 from bot.risk.gate import RiskGate
-from bot.venue.errors import VenueError
+from bot.venue.errors import KeyFatalError, VenueError
 from strategies.base import Strategy
 
 __all__ = ["NO_STRATEGY", "Pipeline", "StrategySlot"]
@@ -130,11 +130,6 @@ class Pipeline:
     def queued(self) -> int:
         return self._outstanding
 
-    async def process(self, signal: Signal) -> None:
-        """Run one signal through every strategy it is routed to, then mark it processed."""
-        await self._run_slots(signal, self._route(signal))
-        await self._journal.call(self._journal.mark_processed, signal)
-
     # lanes ----------------------------------------------------------------------------------
 
     def _dispatch(self, signal: Signal, slots: list[StrategySlot]) -> None:
@@ -162,21 +157,30 @@ class Pipeline:
     def _start_worker(self, lane: Lane) -> None:
         assert self._group is not None
         if lane not in self._workers:
-            self._workers[lane] = self._group.create_task(self._work(self._lanes[lane]))
+            self._workers[lane] = self._group.create_task(self._work(lane))
 
-    async def _work(self, queue: asyncio.Queue[_Job]) -> None:
-        """One lane: its jobs one at a time, in arrival order, until cancelled."""
-        while True:
-            job = await queue.get()
-            try:
-                await self._run_job(job)
-            except Exception:  # one bad signal must not stop the lane
-                logger.exception("signal {id} failed; it stays unprocessed", id=job.signal.id)
-            finally:
-                self._outstanding -= 1
-                metrics.SIGNAL_QUEUE.set(self._outstanding)
-                if self._outstanding == 0:
-                    self._idle.set()
+    async def _work(self, lane: Lane) -> None:
+        """One lane: its jobs one at a time, in arrival order, until none is left.
+
+        An idle lane goes away (a new signal starts it again), so lanes never pile up
+        whatever symbols arrive. Nothing is awaited between finding the queue empty and
+        removing the lane, so no job can be queued on a lane that is going away.
+        """
+        queue = self._lanes[lane]
+        try:
+            while not queue.empty():
+                job = queue.get_nowait()
+                try:
+                    await self._run_job(job)
+                except Exception:  # one bad signal must not stop the lane
+                    logger.exception("signal {id} failed; it stays unprocessed", id=job.signal.id)
+                finally:
+                    self._outstanding -= 1
+                    metrics.SIGNAL_QUEUE.set(self._outstanding)
+                    if self._outstanding == 0:
+                        self._idle.set()
+        finally:
+            del self._lanes[lane], self._workers[lane]
 
     async def _run_job(self, job: _Job) -> None:
         await self._run_slots(job.signal, job.slots)
@@ -227,6 +231,14 @@ class Pipeline:
             market = await self._market.view(
                 slot.key_name, signal.symbol, with_position=strategy.wants_position(signal)
             )
+        except KeyFatalError as exc:
+            self._executor.disable_key(slot.key_name, exc)
+            await self._decline(
+                signal,
+                decline(reason=f"key {slot.key_name} is disabled by the venue: {exc.message}"),
+                rule="KEY_DISABLED",
+            )
+            return
         except VenueError as exc:
             await self._decline(signal, decline(reason=f"market data unavailable: {exc}"))
             return
@@ -247,22 +259,23 @@ class Pipeline:
             # through (strategy, signal, leg): a plug-in must be able to change neither.
             await self._decline(signal, decline(reason=problem))
             return
-        for intent in output:
-            conformed = conform(intent, market.instrument)
-            if isinstance(conformed, str):
-                decision = RiskDecision(
-                    intent=intent, approved=False, rule="INSTRUMENT_RULES", reason=conformed
-                )
-            else:
-                decision = self._gate.decide(conformed)
+        decisions = [self._decide(intent, market.instrument) for intent in output]
+        for decision in decisions:
             metrics.DECISIONS.labels("approved" if decision.approved else "rejected").inc()
             if not decision.approved:
                 logger.info("intent rejected: {reason}", reason=decision.reason, rule=decision.rule)
-                await self._journal.call(self._journal.record_decision, decision)
-                continue
-            event = await self._executor.execute(decision, slot.key_name)
-            if event.order_id is not None:
-                metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
+        events = await self._executor.execute_all(decisions, slot.key_name)
+        if any(event.order_id is not None for event in events):
+            metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
+
+    def _decide(self, intent: OrderIntent, instrument: Instrument) -> RiskDecision:
+        """The intent on the instrument's grid, judged by the gate; or why it cannot be sent."""
+        conformed = conform(intent, instrument)
+        if isinstance(conformed, str):
+            return RiskDecision(
+                intent=intent, approved=False, rule="INSTRUMENT_RULES", reason=conformed
+            )
+        return self._gate.decide(conformed)
 
     async def _decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:
         """Journal that `signal` gets no order from a strategy, by its choice or a risk rule."""

@@ -146,15 +146,19 @@ class Service:
         )
         self._started = time.monotonic()
         self._server: _Server | None = None
+        self._stop = asyncio.Event()
         self.sim_url = ""
         self.http_port = 0
 
     def request_stop(self) -> None:
+        """Stop taking signals and shut down (from the event loop's thread)."""
+        self._stop.set()
         if self._server is not None:
             self._server.should_exit = True
 
     async def run(self, *, ready: Callable[[Service], None] | None = None) -> None:
-        with ExitStack() as resources:
+        resources = ExitStack()
+        try:
             # Bind first: a port in use fails before anything (the simulator) is started.
             sock = self._bind()
             resources.callback(sock.close)
@@ -173,6 +177,9 @@ class Service:
             )
             with self._stop_on_signals():
                 await self._serve(stages, sock, ready)
+        finally:
+            # Closing venues waits for their threads' last calls: not on the event loop.
+            await asyncio.to_thread(resources.close)
 
     async def _serve(
         self, stages: _Stages, sock: socket.socket, ready: Callable[[Service], None] | None
@@ -180,16 +187,13 @@ class Service:
         assert self._server is not None
         async with asyncio.TaskGroup() as tasks:
             background = [tasks.create_task(stages.pipeline.run())]
-            # Every order a previous run left unfinished is settled with the venue before the
-            # first new signal; then unfinished signals run again in their original order.
-            settled = sum(
-                await asyncio.gather(
-                    *(stages.executor.reconcile(key, limit=None) for key in stages.keys)
+            if not await self._start_up_or_stop(stages):
+                logger.warning(
+                    "stopped during start-up; unfinished orders settle on the next start"
                 )
-            )
-            if settled:
-                logger.info("reconciled {n} unfinished orders with the venue", n=settled)
-            await stages.pipeline.recover()
+                for task in background:
+                    task.cancel()
+                return
             background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.keys]
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
@@ -215,6 +219,32 @@ class Service:
             for task in background:
                 task.cancel()
         logger.info("bot stopped")
+
+    async def _start_up_or_stop(self, stages: _Stages) -> bool:
+        """Settle the last run's unfinished work, unless a stop comes first (False then)."""
+        start_up = asyncio.ensure_future(self._settle_last_run(stages))
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({start_up, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if start_up.done():
+            start_up.result()
+            return True
+        start_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await start_up
+        return False
+
+    @staticmethod
+    async def _settle_last_run(stages: _Stages) -> None:
+        """Every order a previous run left unfinished is settled with the venue (and sent if
+        it never left) before the first new signal; then unfinished signals run again in
+        their original order."""
+        settled = await asyncio.gather(
+            *(stages.executor.reconcile(key, limit=None, resend=True) for key in stages.keys)
+        )
+        if sum(settled):
+            logger.info("reconciled {n} unfinished orders with the venue", n=sum(settled))
+        await stages.pipeline.recover()
 
     def _bind(self) -> socket.socket:
         """Bind the HTTP port here, so a port in use is a clear error (uvicorn would exit)."""
@@ -265,6 +295,7 @@ class Service:
                 sim_url=self.sim_url,
                 recv_window_ms=settings.venue.recv_window_ms,
                 timeout_s=settings.venue.timeout_s,
+                max_wait_s=settings.execution.max_retry_wait_s,
             )
             resources.callback(venue.close)
             venues[key_name] = venue

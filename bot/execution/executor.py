@@ -11,8 +11,10 @@ drives the order through its lifecycle (`bot.execution.orders`) with bounded att
   is looked up by orderLinkId before anything else, and resent only if the venue shows none;
 - 110072 (duplicate orderLinkId) means the order exists: it is looked up, never resent;
 - a clear rejection is final, unless an earlier send was ambiguous: then the order stays
-  Unknown for reconciliation, which declares it never sent only once look-ups have missed it
-  for `unseen_final_after_s` after its last send;
+  Unknown for reconciliation, which declares it never sent only once look-ups that answered
+  have missed it for `unseen_final_after_s` after its last send (a failed look-up proves
+  nothing);
+- before every send the signal's staleness is checked again: waits never send an order late;
 - a key-fatal answer switches the key off for all its strategies until restart.
 
 A new market order is then followed for a moment (`follow_s`) until it is terminal, so the
@@ -109,91 +111,153 @@ class Executor:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         self._in_flight: set[str] = set()
+        self._reconcile_cursor: dict[str, int] = {}
 
     def disabled_reason(self, key_name: str) -> str | None:
         """Why the venue refused `key_name` (its strategies are stopped), or None."""
         return self._disabled_keys.get(key_name)
 
+    def disable_key(self, key_name: str, exc: KeyFatalError) -> None:
+        """Stop every order of `key_name` until restart: the venue says the key is bad."""
+        if key_name not in self._disabled_keys:
+            logger.critical(
+                "ALERT: the venue refused key {key} ({error}); its strategies are stopped "
+                "until the key is fixed and the bot restarted",
+                key=key_name,
+                error=str(exc),
+            )
+        self._disabled_keys[key_name] = exc.message
+
     # entry points ---------------------------------------------------------------------------
 
-    async def execute(self, decision: RiskDecision, key_name: str) -> OrderEvent:
-        """Journal an approved intent's order and drive it to the venue (once, ever).
+    async def execute_all(
+        self, decisions: Sequence[RiskDecision], key_name: str
+    ) -> list[OrderEvent]:
+        """Journal a strategy's verdicts on one signal, then drive each approved order.
 
-        `key_name` is the key the configuration binds to the strategy, never one the intent
-        names. An orderLinkId already journaled (the same signal run again after a restart)
-        is resumed from its journaled state, never created twice.
+        Every verdict, and every approved order (Pending), is journaled in one transaction
+        before anything is sent, so a crash can never leave one leg decided and another not.
+        Orders are then driven one at a time, in leg order, each through `key_name`: the key
+        the configuration binds to the strategy, never one an intent names. An orderLinkId
+        already journaled (the same signal run again) is resumed, never created twice.
         """
-        request = build_request(decision.intent, key_name)
-        self._in_flight.add(request.order_link_id)
+        requests = [build_request(d.intent, key_name) for d in decisions if d.approved]
+        links = {request.order_link_id for request in requests}
+        self._in_flight |= links
         try:
-            created = await self._journal.call(self._journal.record_approval, decision, request)
-            if created:
-                return await self._drive(request, OrderStatus.PENDING)
-            known = await self._journal.call(self._journal.order, request.order_link_id)
-            assert known is not None  # the insert was refused because it exists
-            return await self._resume(known)
+            created = await self._journal.call(self._journal.record_decisions, decisions, requests)
+            events = []
+            for request in requests:
+                if request.order_link_id in created:
+                    signal_ts = next(
+                        d.intent.signal_ts
+                        for d in decisions
+                        if d.approved and d.intent.leg == request.leg
+                    )
+                    events.append(await self._drive(request, OrderStatus.PENDING, signal_ts, 0))
+                    continue
+                known = await self._journal.call(self._journal.order, request.order_link_id)
+                assert known is not None  # the insert was refused because it exists
+                events.append(await self._resume(known, resend=True))
+            return events
         finally:
-            self._in_flight.discard(request.order_link_id)
+            self._in_flight -= links
 
-    async def reconcile(self, key_name: str | None = None, *, limit: int | None = -1) -> int:
-        """Resume every unfinished order (of one key, or all) not being driven right now.
+    async def execute(self, decision: RiskDecision, key_name: str) -> OrderEvent:
+        """`execute_all` for one approved intent; returns its order's latest state."""
+        if not decision.approved:
+            raise ValueError("only an approved decision has an order to execute")
+        (event,) = await self.execute_all([decision], key_name)
+        return event
 
-        Returns how many orders were looked at: at most `limit` per key (default
-        `reconcile_batch`; None for all, as at start-up).
+    async def reconcile(
+        self, key_name: str | None = None, *, limit: int | None = -1, resend: bool = False
+    ) -> int:
+        """Resume unfinished orders (of one key, or all) not being driven right now.
+
+        With `resend` (start-up, before any signal runs) an order that may never have left is
+        sent; without it (the loop, while lanes run) orders are only looked up, so that a
+        resend can never overtake a later signal of the same key and symbol. Returns how many
+        orders were looked at: at most `limit` per key (default `reconcile_batch`, rotating
+        through the backlog; None for all).
         """
         batch = self._config.reconcile_batch if limit == -1 else limit
         records = await self._journal.call(self._journal.unfinished_orders, key_name)
-        per_key: dict[str, int] = {}
-        resumed = 0
+        by_key: dict[str, list[OrderRecord]] = {}
         for record in records:
-            link_id, key = record.request.order_link_id, record.request.key_name
-            if link_id in self._in_flight or key not in self._venues:
-                continue
-            if batch is not None and per_key.get(key, 0) >= batch:
-                continue
-            per_key[key] = per_key.get(key, 0) + 1
-            self._in_flight.add(link_id)
-            try:
-                await self._resume(record)
-            except VenueError as exc:
-                logger.warning("reconciliation of {id} failed: {error}", id=link_id, error=exc)
-            finally:
-                self._in_flight.discard(link_id)
-            resumed += 1
+            key = record.request.key_name
+            if record.request.order_link_id not in self._in_flight and key in self._venues:
+                by_key.setdefault(key, []).append(record)
+        resumed = 0
+        for key, pending in by_key.items():
+            for record in self._rotate(key, pending, batch):
+                link_id = record.request.order_link_id
+                self._in_flight.add(link_id)
+                try:
+                    await self._resume(record, resend=resend)
+                except VenueError as exc:
+                    logger.warning("reconciliation of {id} failed: {error}", id=link_id, error=exc)
+                finally:
+                    self._in_flight.discard(link_id)
+                resumed += 1
         return resumed
+
+    def _rotate(self, key: str, records: list[OrderRecord], batch: int | None) -> list[OrderRecord]:
+        """The next `batch` of a key's backlog, so that every order gets its turn."""
+        if batch is None or len(records) <= batch:
+            return records
+        start = self._reconcile_cursor.get(key, 0) % len(records)
+        self._reconcile_cursor[key] = start + batch
+        return (records[start:] + records[:start])[:batch]
 
     # the lifecycle ---------------------------------------------------------------------------
 
-    async def _resume(self, record: OrderRecord) -> OrderEvent:
+    async def _resume(self, record: OrderRecord, *, resend: bool) -> OrderEvent:
         """Carry a journaled order on from where the journal left it."""
         request, status = record.request, record.status
         if status.is_terminal:
             return _event_of(record)
         if status in OPEN_AT_VENUE:
             return await self._look_up_safely(request) or _event_of(record)
+        stale = self._stale(record.signal_ts)
         if status is OrderStatus.PENDING:
-            stale = self._staleness(record.signal_ts) if record.signal_ts is not None else None
             if stale is not None:  # never sent: a stale signal is declined, not traded
                 return await self._reject(request, f"not sent: {stale}")
-            return await self._drive(request, status)
+            if not resend:
+                return _event_of(record)  # its lane is sending it, or the next start will
+            return await self._drive(request, status, record.signal_ts, record.attempts)
         # Submitting or Unknown: it may exist. Look, and resend only what the venue lacks.
-        stale = self._staleness(record.signal_ts) if record.signal_ts is not None else None
-        if record.attempts >= self._config.max_total_sends:
-            no_more = f"not found at the venue after {record.attempts} sends"
-        elif stale is not None:
-            no_more = f"never reached the venue and is now {stale}"
-        else:
-            return await self._drive(request, status)
-        found = await self._look_up_patiently(request, (0.0, self._config.lookup_delays_s[-1]))
+        spent = record.attempts >= self._config.max_total_sends
+        if resend and stale is None and not spent:
+            return await self._drive(request, status, record.signal_ts, record.attempts)
+        try:
+            found = await self._look_up_patiently(request, (0.0, self._config.lookup_delays_s[-1]))
+        except _LookupFailed:
+            return _event_of(record)  # nothing is known: never conclude from a failed look-up
         if found is not None:
             return found
         unseen_s = (utc_now() - record.updated_at).total_seconds()
         if unseen_s < self._config.unseen_final_after_s:
             return _event_of(record)  # a slow venue may still show it: a later pass decides
-        return await self._reject(request, no_more)
+        if stale is not None:
+            reason = f"never reached the venue; its signal went stale ({stale})"
+        elif spent:
+            reason = f"not found at the venue after {record.attempts} sends"
+        else:
+            reason = f"not found at the venue {unseen_s:.0f} s after its last send"
+        return await self._reject(request, reason)
 
-    async def _drive(self, request: OrderRequest, status: OrderStatus) -> OrderEvent:
-        """Send until the venue holds the order or says a final no; bounded attempts."""
+    async def _drive(
+        self,
+        request: OrderRequest,
+        status: OrderStatus,
+        signal_ts: datetime | None,
+        sends: int,
+    ) -> OrderEvent:
+        """Send until the venue holds the order or says a final no; bounded attempts.
+
+        `sends` is how many times the order was sent before (its journaled attempts).
+        """
         venue = self._venues[request.key_name]
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
         may_exist = status in MAY_EXIST_AT_VENUE
@@ -208,18 +272,29 @@ class Executor:
                 if found is not None:
                     log.info("order found at the venue; not sent again")
                     return found
+            if sends >= self._config.max_total_sends:
+                break
+            stale = self._stale(signal_ts)
+            if stale is not None:  # waits and retries took too long: never send it late
+                if may_exist:
+                    break  # an earlier send may have landed: reconciliation decides
+                return await self._reject(request, f"not sent: {stale}")
             disabled = self._disabled_keys.get(request.key_name)
             if disabled is not None:
                 return await self._key_disabled(request, disabled, may_exist=may_exist)
             await self._record(
                 OrderEvent(order_link_id=request.order_link_id, status=OrderStatus.SUBMITTING)
             )
+            sends += 1
             try:
                 ack = await venue.place_order(request)
             except DuplicateOrderError as exc:
                 # It exists (a lost answer of an earlier send): look it up, with patience.
                 last, may_exist = exc, True
-                found = await self._look_up_patiently(request, self._config.lookup_delays_s)
+                try:
+                    found = await self._look_up_patiently(request, self._config.lookup_delays_s)
+                except _LookupFailed:
+                    continue
                 if found is not None:
                     return found
                 continue
@@ -240,15 +315,16 @@ class Executor:
                 continue
             except OrderRejectedError as exc:
                 if may_exist:  # an earlier send may have landed: never rejected on a guess
-                    found = await self._look_up_patiently(request, self._config.lookup_delays_s)
-                    if found is not None:
-                        return found
                     log.warning("resend rejected ({error}); reconciling", error=str(exc))
-                    return await self._record(_failure(request, OrderStatus.UNKNOWN, exc))
+                    try:
+                        found = await self._look_up_patiently(request, self._config.lookup_delays_s)
+                    except _LookupFailed:
+                        found = None
+                    return found or await self._record(_failure(request, OrderStatus.UNKNOWN, exc))
                 log.warning("order rejected: {error}", error=str(exc))
                 return await self._record(_failure(request, OrderStatus.REJECTED, exc))
             except KeyFatalError as exc:
-                self._disable_key(request.key_name, exc)
+                self.disable_key(request.key_name, exc)
                 return await self._key_disabled(
                     request, exc.message, may_exist=may_exist, ret_code=exc.ret_code
                 )
@@ -258,6 +334,9 @@ class Executor:
                 return await self._follow(venue, request) or event
             return event
         return await self._give_up(request, last, may_exist=may_exist)
+
+    def _stale(self, signal_ts: datetime | None) -> str | None:
+        return None if signal_ts is None else self._staleness(signal_ts)
 
     async def _give_up(
         self, request: OrderRequest, last: VenueError | None, *, may_exist: bool
@@ -291,16 +370,6 @@ class Executor:
             )
         )
 
-    def _disable_key(self, key_name: str, exc: KeyFatalError) -> None:
-        if key_name not in self._disabled_keys:
-            logger.critical(
-                "ALERT: the venue refused key {key} ({error}); its strategies are stopped "
-                "until the key is fixed and the bot restarted",
-                key=key_name,
-                error=str(exc),
-            )
-        self._disabled_keys[key_name] = exc.message
-
     # look-ups --------------------------------------------------------------------------------
 
     async def _look_up(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
@@ -323,12 +392,24 @@ class Executor:
         self, request: OrderRequest, delays_s: Sequence[float]
     ) -> OrderEvent | None:
         """Look up an order that may exist, once after each delay, until the venue shows it
-        (a new order can take a moment to become visible to queries)."""
+        (a new order can take a moment to become visible to queries).
+
+        None only if at least one look-up succeeded and none showed the order; raises
+        `_LookupFailed` if every look-up failed, since nothing is known then.
+        """
+        venue = self._venues[request.key_name]
+        answered = False
         for delay in delays_s:
             await asyncio.sleep(delay)
-            found = await self._look_up_safely(request)
+            try:
+                found = await self._look_up(venue, request)
+            except _LookupFailed:
+                continue
             if found is not None:
                 return found
+            answered = True
+        if not answered:
+            raise _LookupFailed
         return None
 
     async def _follow(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:

@@ -20,7 +20,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["BYBIT_LIMITS_PER_S", "Pacer", "RateWindow", "Slot"]
+__all__ = [
+    "BYBIT_LIMITS_PER_S",
+    "SHARED_IP_GATE",
+    "IpGate",
+    "PaceTooLong",
+    "Pacer",
+    "RateWindow",
+    "Slot",
+]
 
 #: Bybit's documented default per-UID limits (requests per second) for what the bot calls;
 #: linear category, unified account. Anything else gets `_DEFAULT_LIMIT_PER_S`.
@@ -40,10 +48,37 @@ BYBIT_LIMITS_PER_S: Final[Mapping[str, int]] = {
     "/v5/user/query-api": 10,
 }
 _DEFAULT_LIMIT_PER_S: Final = 10
+_UNLIMITED: Final = 1_000_000
 _WINDOW_S: Final = 1.0
 #: Added to the window for clock granularity between us and the venue.
 _GUARD_S: Final = 0.01
 _POLL_S: Final = 0.005
+
+
+class PaceTooLong(Exception):
+    """Room in the window is further away than the caller is willing to wait."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"the rate limit leaves no room for {wait_s:.1f} s")
+        self.wait_s = wait_s
+
+
+@dataclass
+class IpGate:
+    """A pause of every request from this machine: Bybit bans an IP, not a key (HTTP 403)."""
+
+    clock: Callable[[], float] = time.monotonic
+    until: float = 0.0
+
+    def pause(self, seconds: float) -> None:
+        self.until = max(self.until, self.clock() + seconds)
+
+    def remaining_s(self) -> float:
+        return max(0.0, self.until - self.clock())
+
+
+#: One process, one IP: every key's pacer shares this gate.
+SHARED_IP_GATE: Final = IpGate()
 
 
 @dataclass(eq=False)
@@ -64,15 +99,21 @@ class RateWindow:
 
     limit: int
     clock: Callable[[], float] = time.monotonic
+    ip_gate: IpGate = field(default_factory=IpGate)
     _slots: deque[Slot] = field(default_factory=deque)
     _blocked_until: float = 0.0
     _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def acquire(self) -> Slot:
-        """Wait for room, then hold a slot; call `slot.finish()` once the answer is in."""
+    async def acquire(self, max_wait_s: float = float("inf")) -> Slot:
+        """Wait for room, then hold a slot; call `slot.finish()` once the answer is in.
+
+        Raises `PaceTooLong` instead of waiting longer than `max_wait_s` (a ban, a long reset).
+        """
         async with self._turn:  # first come, first served
             while True:
                 wait = self._wait_s()
+                if wait > max_wait_s:
+                    raise PaceTooLong(wait)
                 if wait <= 0:
                     slot = Slot()
                     self._slots.append(slot)
@@ -84,8 +125,9 @@ class RateWindow:
         horizon = now - _WINDOW_S - _GUARD_S
         while self._slots and (done := self._slots[0].done) is not None and done < horizon:
             self._slots.popleft()
-        if now < self._blocked_until:
-            return self._blocked_until - now
+        paused = max(self._blocked_until - now, self.ip_gate.remaining_s())
+        if paused > 0:
+            return paused
         if len(self._slots) < self.limit:
             return 0.0
         oldest = self._slots[0].done
@@ -111,24 +153,24 @@ class RateWindow:
 
 
 class Pacer:
-    """The rate windows of one API key, one per endpoint path."""
+    """The rate windows of one API key, one per endpoint path, behind the machine's IP gate.
+
+    Public endpoints ("" path) are not limited per key, but still wait out an IP ban.
+    """
 
     def __init__(
         self,
         limits_per_s: Mapping[str, int] = BYBIT_LIMITS_PER_S,
         clock: Callable[[], float] = time.monotonic,
+        ip_gate: IpGate = SHARED_IP_GATE,
     ) -> None:
         self._limits = limits_per_s
         self._clock = clock
+        self.ip_gate = ip_gate
         self._windows: dict[str, RateWindow] = {}
 
     def window(self, path: str) -> RateWindow:
         if path not in self._windows:
-            limit = self._limits.get(path, _DEFAULT_LIMIT_PER_S)
-            self._windows[path] = RateWindow(limit, clock=self._clock)
+            limit = self._limits.get(path, _DEFAULT_LIMIT_PER_S) if path else _UNLIMITED
+            self._windows[path] = RateWindow(limit, clock=self._clock, ip_gate=self.ip_gate)
         return self._windows[path]
-
-    def pause_all(self, seconds: float) -> None:
-        """Pause every endpoint of this key, e.g. while the venue bans the IP."""
-        for path in BYBIT_LIMITS_PER_S:
-            self.window(path).pause(seconds)

@@ -29,7 +29,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.config import Environment
-from bot.execution.pacing import Pacer, RateWindow
+from bot.execution.pacing import Pacer, PaceTooLong, RateWindow
 from bot.logs import logger
 from bot.messages import (
     ExitOrder,
@@ -43,6 +43,7 @@ from bot.messages import (
 from bot.secrets import ApiCredentials
 from bot.venue.errors import (
     CLOCK_DRIFT_CODE,
+    IP_WIDE_CODES,
     AmbiguousError,
     RetryableError,
     VenueError,
@@ -60,7 +61,6 @@ _NO_PYBIT_RETRIES: Final = frozenset({-1})
 #: Worker threads (each with its own pybit session) per key; pacing, not threads, bounds the
 #: request rate.
 THREADS_PER_KEY: Final = 4
-IP_BANNED_STATUS: Final = 403
 #: Bybit's stopOrderType of the orders it creates to close a position at its SL or TP.
 _EXIT_KINDS: Final = frozenset(
     {"StopLoss", "TakeProfit", "TrailingStop", "PartialStopLoss", "PartialTakeProfit"}
@@ -122,7 +122,11 @@ class BybitVenue:
         sim_url: str = "",
         recv_window_ms: int = 5000,
         timeout_s: float = 5.0,
+        max_wait_s: float = 30.0,
+        pacer: Pacer | None = None,
     ) -> None:
+        """`max_wait_s` bounds a wait for room under a rate limit: past it a call fails as
+        retryable (with the wait) instead of sleeping through a ban."""
         if (environment is Environment.SIM) != bool(sim_url):
             raise ValueError("a simulator URL is required in sim and forbidden elsewhere")
         self.name = credentials.name
@@ -149,7 +153,8 @@ class BybitVenue:
         self._pool = ThreadPoolExecutor(
             max_workers=THREADS_PER_KEY, thread_name_prefix=f"venue-{self.name}"
         )
-        self._pacer = Pacer()
+        self._pacer = pacer or Pacer()
+        self._max_wait_s = max_wait_s
         self._instruments: dict[str, Instrument] = {}
 
     @property
@@ -293,49 +298,51 @@ class BybitVenue:
         """One pybit call (`method` names it) on one of this key's threads, paced when `path`
         is a private endpoint ("" for public ones); returns `result`, raises a classified
         error."""
-        window = self._pacer.window(path) if path else None
-        slot = await window.acquire() if window is not None else None
+        window = self._pacer.window(path)
+        try:
+            slot = await window.acquire(self._max_wait_s)
+        except PaceTooLong as exc:
+            raise RetryableError(str(exc), retry_after_s=exc.wait_s, operation=operation) from None
 
         def send() -> Any:
-            if slot is not None:
-                slot.sent = True
+            slot.sent = True
             try:
                 return getattr(self._session(), method)(**params)
             finally:
-                if slot is not None:
-                    slot.finish()
+                slot.finish()
 
         loop = asyncio.get_running_loop()
         try:
             answer = await loop.run_in_executor(self._pool, send)
         except asyncio.CancelledError:
-            if window is not None and slot is not None:
-                window.release(slot)
+            window.release(slot)
             raise
         except Exception as exc:  # every failure leaves here classified, none raw
-            error = classify(exc, operation)
+            error = classify(exc, operation, clock_offset_ms=self._clock.offset_ms)
             await self._after_failure(window, error, getattr(exc, "resp_headers", None))
             raise error from exc
         response, headers = (answer[0], answer[2]) if isinstance(answer, tuple) else (answer, {})
-        if window is not None:
-            _observe_limits(window, headers)
+        if path:
+            _observe_limits(window, headers, self._clock.offset_ms)
         if not isinstance(response, dict) or not isinstance(response.get("result"), dict):
             raise AmbiguousError("answer without a result object", operation=operation)
         return response["result"]
 
     async def _after_failure(
-        self, window: RateWindow | None, error: VenueError, headers: Mapping[str, str] | None
+        self, window: RateWindow, error: VenueError, headers: Mapping[str, str] | None
     ) -> None:
-        if window is not None and headers:
-            _observe_limits(window, headers)
-        if isinstance(error, RetryableError) and error.ret_code == CLOCK_DRIFT_CODE:
+        if headers:
+            _observe_limits(window, headers, self._clock.offset_ms)
+        if not isinstance(error, RetryableError):
+            return
+        if error.ret_code == CLOCK_DRIFT_CODE:
             try:
                 await self.sync_clock()
             except VenueError as exc:
                 logger.warning("clock resync failed", key=self.name, error=str(exc))
-        elif isinstance(error, RetryableError) and error.ret_code == IP_BANNED_STATUS:
-            self._pacer.pause_all(error.retry_after_s)  # the ban covers every endpoint
-        elif isinstance(error, RetryableError) and window is not None:
+        elif error.ret_code in IP_WIDE_CODES:
+            self._pacer.ip_gate.pause(error.retry_after_s)  # every key, every endpoint
+        else:
             window.pause(error.retry_after_s)
 
     async def _read(self, operation: str, path: str, method: str, **params: Any) -> Any:
@@ -356,13 +363,14 @@ class BybitVenue:
         raise AssertionError("unreachable")
 
 
-def _observe_limits(window: RateWindow, headers: Mapping[str, str]) -> None:
-    """Correct a rate window from Bybit's X-Bapi-Limit* headers (absent ones change nothing)."""
+def _observe_limits(window: RateWindow, headers: Mapping[str, str], clock_offset_ms: int) -> None:
+    """Correct a rate window from Bybit's X-Bapi-Limit* headers (absent ones change nothing);
+    the reset time is on the venue's clock."""
     limit, remaining, reset_ms = (
         _int_header(headers, name)
         for name in ("X-Bapi-Limit", "X-Bapi-Limit-Status", "X-Bapi-Limit-Reset-Timestamp")
     )
-    reset_in_s = None if reset_ms is None else reset_ms / 1000 - time.time()
+    reset_in_s = None if reset_ms is None else (reset_ms - clock_offset_ms) / 1000 - time.time()
     window.observe(limit, remaining, reset_in_s)
 
 

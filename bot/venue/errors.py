@@ -24,6 +24,7 @@ __all__ = [
     "CLOCK_DRIFT_CODE",
     "FATAL_CODES",
     "IP_BAN_S",
+    "IP_WIDE_CODES",
     "RETRYABLE_CODES",
     "AmbiguousError",
     "DuplicateOrderError",
@@ -36,7 +37,13 @@ __all__ = [
 
 CLOCK_DRIFT_CODE: Final = 10002
 RATE_LIMIT_CODE: Final = 10006
-RETRYABLE_CODES: Final = frozenset({CLOCK_DRIFT_CODE, RATE_LIMIT_CODE})
+IP_RATE_LIMIT_CODE: Final = 10018  # "Exceeded the IP Rate Limit"
+IP_BANNED_CODE: Final = 10009  # "IP has been banned"
+#: Failures that stop every request from this machine (Bybit limits and bans an IP).
+IP_WIDE_CODES: Final = frozenset({403, IP_RATE_LIMIT_CODE, IP_BANNED_CODE})
+RETRYABLE_CODES: Final = frozenset(
+    {CLOCK_DRIFT_CODE, RATE_LIMIT_CODE, IP_RATE_LIMIT_CODE, IP_BANNED_CODE}
+)
 AMBIGUOUS_CODES: Final = frozenset({10000, 10016})
 DUPLICATE_ORDER_CODE: Final = 110072
 FATAL_CODES: Final = frozenset({10003, 10004, 10005, 10010, 33004})
@@ -85,14 +92,19 @@ class KeyFatalError(VenueError):
     pass
 
 
-def classify(exc: BaseException, operation: str) -> VenueError:
-    """Translate one exception from a pybit call into the tree above."""
+def classify(exc: BaseException, operation: str, *, clock_offset_ms: int = 0) -> VenueError:
+    """Translate one exception from a pybit call into the tree above.
+
+    `clock_offset_ms` (the venue's clock minus ours) converts Bybit's reset timestamps.
+    """
     if isinstance(exc, VenueError):
         return exc
     if isinstance(exc, InvalidRequestError):
-        return _from_ret_code(int(exc.status_code), str(exc.message), exc.resp_headers, operation)
+        return _from_ret_code(
+            int(exc.status_code), str(exc.message), exc.resp_headers, operation, clock_offset_ms
+        )
     if isinstance(exc, FailedRequestError):
-        return _from_http_failure(exc, operation)
+        return _from_http_failure(exc, operation, clock_offset_ms)
     if isinstance(exc, requests.RequestException):
         # Timeout, refused or reset connection, truncated answer: the request may have arrived.
         return AmbiguousError(f"{type(exc).__name__}: no complete answer", operation=operation)
@@ -103,12 +115,20 @@ def classify(exc: BaseException, operation: str) -> VenueError:
 
 
 def _from_ret_code(
-    code: int, message: str, headers: Mapping[str, str] | None, operation: str
+    code: int,
+    message: str,
+    headers: Mapping[str, str] | None,
+    operation: str,
+    clock_offset_ms: int,
 ) -> VenueError:
     if code in RETRYABLE_CODES:
-        return RetryableError(
-            message, retry_after_s=_retry_after_s(headers), ret_code=code, operation=operation
-        )
+        if code == CLOCK_DRIFT_CODE:
+            wait_s = 0.0  # resend at once, once the clock is resynchronised
+        elif code == IP_BANNED_CODE:
+            wait_s = _retry_after_header_s(headers, IP_BAN_S)
+        else:
+            wait_s = _retry_after_s(headers, clock_offset_ms)
+        return RetryableError(message, retry_after_s=wait_s, ret_code=code, operation=operation)
     if code in AMBIGUOUS_CODES:
         return AmbiguousError(message, ret_code=code, operation=operation)
     if code == DUPLICATE_ORDER_CODE:
@@ -118,7 +138,7 @@ def _from_ret_code(
     return OrderRejectedError(message, ret_code=code, operation=operation)
 
 
-def _from_http_failure(exc: FailedRequestError, operation: str) -> VenueError:
+def _from_http_failure(exc: FailedRequestError, operation: str, clock_offset_ms: int) -> VenueError:
     status = int(exc.status_code)
     if exc.resp_headers is None:
         # pybit's own failures (undecodable JSON, exhausted retries): nothing says it failed.
@@ -126,7 +146,7 @@ def _from_http_failure(exc: FailedRequestError, operation: str) -> VenueError:
     if status == 429:
         return RetryableError(
             "HTTP 429: rate limit",
-            retry_after_s=_retry_after_s(exc.resp_headers),
+            retry_after_s=_retry_after_s(exc.resp_headers, clock_offset_ms),
             ret_code=status,
             operation=operation,
         )
@@ -146,11 +166,14 @@ def _from_http_failure(exc: FailedRequestError, operation: str) -> VenueError:
     return OrderRejectedError(f"HTTP {status}", ret_code=status, operation=operation)
 
 
-def _retry_after_s(headers: Mapping[str, str] | None) -> float:
-    """Seconds until the rate limit resets, from Bybit's X-Bapi-Limit-Reset-Timestamp (ms)."""
+def _retry_after_s(headers: Mapping[str, str] | None, clock_offset_ms: int) -> float:
+    """Seconds until the rate limit resets, from Bybit's X-Bapi-Limit-Reset-Timestamp (ms, on
+    the venue's clock)."""
     reset = (headers or {}).get("X-Bapi-Limit-Reset-Timestamp")
     try:
-        return max(0.0, int(reset) / 1000 - time.time()) if reset else _DEFAULT_RETRY_AFTER_S
+        if not reset:
+            return _DEFAULT_RETRY_AFTER_S
+        return max(0.0, (int(reset) - clock_offset_ms) / 1000 - time.time())
     except ValueError:
         return _DEFAULT_RETRY_AFTER_S
 

@@ -86,8 +86,9 @@ def test_trace_joins_signal_decision_and_order(journal: Journal) -> None:
     journal.record_signal(signal("s1"))
     journal.record_signal(signal("s2"))
     intent = make_intent()
-    journal.record_decision(RiskDecision(intent=intent, approved=True, reason="ok"))
-    journal.record_order(make_request())
+    journal.record_decisions(
+        [RiskDecision(intent=intent, approved=True, reason="ok")], [make_request()]
+    )
     journal.record_decline(signal("s2"), Decline(strategy="follow", reason="no stop_loss"))
 
     rows = {row.signal_id: row for row in journal.trace()}

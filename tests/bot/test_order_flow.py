@@ -21,7 +21,7 @@ from bot.config import load_settings
 from bot.execution.executor import build_request
 from bot.journal import Journal
 from bot.messages import OrderEvent, OrderRequest, OrderStatus, RiskDecision, parse_signal
-from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
 from tests.factories import make_intent
@@ -124,21 +124,31 @@ def test_orders_in_flight_at_a_crash_are_settled_before_any_new_signal(
         # Act: start the bot; it is ready only after start-up reconciliation.
         bot = RunningBot(config).start()
         try:
-            statuses = {
-                row["order_link_id"]: row["status"]
-                for row in journal_rows(bot)
-                if row["order_link_id"]
-            }
+            at_ready = _statuses(bot)
+            settled = wait_for(
+                lambda: (now := _statuses(bot))[reached.order_link_id] == "Filled" and now,
+                what="the reached order followed to Filled",
+            )
             at_venue = [order["orderLinkId"] for order in bot.sim_orders()]
         finally:
             bot.stop()
 
-    # Assert: the stale order that reached the venue is followed, not declined as stale; the
-    # one that never left is declined; the fresh one is sent once.
-    assert statuses[reached.order_link_id] == "Filled"
-    assert statuses[lost.order_link_id] == "Rejected"
-    assert statuses[pending.order_link_id] == "Filled"
+    # Assert: before the first new signal could arrive, the stale order that reached the venue
+    # was found there (not declined as stale), the one that never left was declined, and the
+    # fresh one was sent, once.
+    assert at_ready[reached.order_link_id] in {"New", "PartiallyFilled", "Filled"}
+    assert at_ready[lost.order_link_id] == "Rejected"
+    assert at_ready[pending.order_link_id] in {"New", "PartiallyFilled", "Filled"}
+    assert settled[pending.order_link_id] == "Filled"
     assert sorted(at_venue) == sorted([reached.order_link_id, pending.order_link_id])
+
+
+def _statuses(bot: RunningBot) -> dict[str, str]:
+    return {
+        str(row["order_link_id"]): str(row["status"])
+        for row in journal_rows(bot)
+        if row["order_link_id"]
+    }
 
 
 def test_a_key_the_venue_refuses_stops_its_strategy_with_a_reason_per_signal(
@@ -174,6 +184,61 @@ def test_a_key_the_venue_refuses_stops_its_strategy_with_a_reason_per_signal(
     assert exchange.stats()["requests_by_path"].get("/v5/order/create") == 1
 
 
+def test_a_key_the_venue_does_not_know_is_stopped_at_its_first_read(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    (secrets / "bot_key_follow_sim_api_key").write_text("nobody-knows-this-key")
+    (secrets / "bot_key_follow_sim_api_secret").write_text("whatever")
+    exchange = SimExchange(SimulatorConfig())
+    with SimServer(exchange) as server:
+        bot = RunningBot(sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n')).start()
+        try:
+            rows = []
+            for signal_id in ("unknown-key-1", "unknown-key-2"):
+                assert bot.post(signal(signal_id)).status_code == 202
+                rows.append(wait_for(lambda sid=signal_id: _decided(bot, sid), what="decision"))
+                if signal_id.endswith("1"):
+                    requests_after_first = sum(exchange.stats()["requests_by_path"].values())
+        finally:
+            bot.stop()
+
+    assert [row["decision"] for row in rows] == ["rejected", "rejected"]
+    assert all(
+        str(row["reason"]).startswith("key follow_sim is disabled by the venue") for row in rows
+    )
+    # The second signal cost no request: the key was switched off at its first read.
+    assert sum(exchange.stats()["requests_by_path"].values()) == requests_after_first
+
+
+def _decided(bot: RunningBot, signal_id: str) -> dict[str, object] | None:
+    rows = [r for r in journal_rows(bot) if r["signal_id"] == signal_id]
+    return rows[0] if rows and rows[0]["decision"] != "pending" else None
+
+
+def test_a_stop_during_start_up_reconciliation_is_honoured(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    (secrets / "bot_key_follow_sim_api_key").write_text("slow-key")
+    (secrets / "bot_key_follow_sim_api_secret").write_text("slow-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key="slow-key", api_secret=SecretStr("slow-secret")))
+    with SimServer(exchange) as server:
+        config = sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n')
+        journal = Journal(load_settings(config).journal_path)
+        _in_flight(journal, "in-flight", datetime.now(UTC), OrderStatus.SUBMITTING)
+        journal.close()
+        exchange.set_faults(SimFaults(delay=1.0, delay_ms=3000))  # every look-up hangs
+        bot = RunningBot(config)
+        bot.start_in_background()
+        time.sleep(1.0)  # inside start-up reconciliation by now
+
+        bot.stop_within(8.0)  # the drain budget and a venue timeout, not the 3 s look-ups
+
+
 def _in_flight(journal: Journal, signal_id: str, ts: datetime, status: OrderStatus) -> OrderRequest:
     """Journal a signal, its approval and its order as a crash would leave them."""
     journal.record_signal(
@@ -191,7 +256,7 @@ def _in_flight(journal: Journal, signal_id: str, ts: datetime, status: OrderStat
     intent = make_intent(signal_id=signal_id, signal_ts=ts, qty=Decimal("0.001"))
     request = build_request(intent, "follow_sim")
     decision = RiskDecision(intent=intent, approved=True, reason="within all limits")
-    journal.record_approval(decision, request)
+    journal.record_decisions([decision], [request])
     if status is OrderStatus.SUBMITTING:  # sent just before the crash, at the signal's time
         journal.record_order_event(
             OrderEvent(order_link_id=request.order_link_id, status=status, ts=ts)
@@ -216,7 +281,8 @@ def test_a_stop_loss_the_venue_executes_appears_under_its_order(
 
         def exit_row() -> dict[str, object] | None:
             rows = [r for r in journal_rows(bot) if r["signal_id"] == "protected"]
-            return next((r for r in rows if r["decision"] == "exit"), None)
+            exits = [r for r in rows if r["decision"] == "exit" and r["status"] == "Filled"]
+            return exits[0] if exits else None
 
         row = wait_for(exit_row, 30, "the stop loss in the journal")
         assert row["reason"] == "StopLoss at 95000"

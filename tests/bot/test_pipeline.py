@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -103,9 +104,19 @@ def signal(source: str = "voc", **fields: object) -> Signal:
 
 
 def process(pipeline: Pipeline, journal: Journal, item: Signal) -> None:
-    """What a worker does with a signal that `submit` journaled."""
-    journal.record_signal(item)
-    asyncio.run(pipeline.process(item))
+    """Submit a signal as an adapter does and wait until its lanes have run it."""
+
+    async def submit_and_drain() -> None:
+        lanes = asyncio.create_task(pipeline.run())
+        try:
+            assert await pipeline.submit(item)
+            await pipeline.drain()
+        finally:
+            lanes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lanes
+
+    asyncio.run(submit_and_drain())
 
 
 def decisions(journal: Journal) -> dict[str | None, tuple[str, str]]:

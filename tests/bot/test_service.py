@@ -47,10 +47,20 @@ class RunningBot:
             raise self.error
         return self
 
+    def start_in_background(self) -> None:
+        """Start without waiting for readiness (to stop it during start-up)."""
+        self._thread.start()
+
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self.service.request_stop)
         self._thread.join(30)
         assert not self._thread.is_alive(), "bot did not stop"
+
+    def stop_within(self, bound_s: float) -> None:
+        """Request a stop; fail if the bot is still running `bound_s` later."""
+        self._loop.call_soon_threadsafe(self.service.request_stop)
+        self._thread.join(bound_s)
+        assert not self._thread.is_alive(), f"bot did not stop within {bound_s} s"
 
     @property
     def url(self) -> str:

@@ -195,7 +195,7 @@ def test_a_crash_mid_send_is_settled_at_start_up_without_a_second_order(
     record = journal.order(link_id)
     assert record is not None and record.status is OrderStatus.SUBMITTING
 
-    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None))
+    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None, resend=True))
 
     record = journal.order(link_id)
     assert record is not None and record.status is OrderStatus.FILLED
@@ -211,7 +211,7 @@ def test_an_order_that_reached_the_venue_is_never_declined_as_stale(journal: Jou
         execute(Executor(journal, {"k": venue}, FAST), intent)
 
     executor = Executor(journal, {"k": venue}, FAST, staleness=stale_after(60))
-    asyncio.run(executor.reconcile(limit=None))
+    asyncio.run(executor.reconcile(limit=None, resend=True))
 
     record = journal.order(build_request(intent, "k").order_link_id)
     assert record is not None and record.status is OrderStatus.FILLED
@@ -222,10 +222,10 @@ def test_a_pending_order_of_a_stale_signal_is_declined_at_start_up(journal: Jour
     intent = make_intent(signal_ts=datetime.now(UTC) - timedelta(hours=1))
     journal.record_signal(_signal_for(intent))
     request = build_request(intent, "k")
-    journal.record_approval(approved(intent), request)  # crashed before the send
+    journal.record_decisions([approved(intent)], [request])  # crashed before the send
 
     executor = Executor(journal, {"k": venue}, FAST, staleness=stale_after(60))
-    asyncio.run(executor.reconcile(limit=None))
+    asyncio.run(executor.reconcile(limit=None, resend=True))
 
     record = journal.order(request.order_link_id)
     assert record is not None and record.status is OrderStatus.REJECTED
@@ -237,10 +237,10 @@ def test_a_pending_order_of_a_fresh_signal_is_sent_once_at_start_up(journal: Jou
     venue = FakeVenue()
     intent = make_intent()
     request = build_request(intent, "k")
-    journal.record_approval(approved(intent), request)
+    journal.record_decisions([approved(intent)], [request])
 
-    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None))
-    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None))
+    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None, resend=True))
+    asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None, resend=True))
 
     assert venue.creates[request.order_link_id] == 1
 

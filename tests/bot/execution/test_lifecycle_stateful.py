@@ -231,7 +231,7 @@ class OrderLifecycle(RuleBasedStateMachine):
         for _ in range(SETTLE_PASSES):
             if self._quiet():
                 break
-            self._run(self.executor.reconcile(limit=None))
+            self._run(self.executor.reconcile(limit=None, resend=True))
         assert not self.crashed
         for link_id, order_type in self.order_types.items():
             record = self.journal.order(link_id)
@@ -268,7 +268,7 @@ class OrderLifecycle(RuleBasedStateMachine):
     def _restart(self) -> None:
         self.executor = self._new_executor()
         self.crashed = False
-        self._run(self.executor.reconcile(limit=None))
+        self._run(self.executor.reconcile(limit=None, resend=True))
 
     def _run(self, call: Coroutine[Any, Any, T]) -> T | None:
         """Run one call to the end; a scripted crash kills the executor (until a restart)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.execution.pacing import Pacer, RateWindow
+import pytest
+
+from bot.execution.pacing import IpGate, Pacer, PaceTooLong, RateWindow
 
 
 class Clock:
@@ -63,11 +65,24 @@ def test_each_endpoint_has_its_own_documented_limit() -> None:
     assert pacer.window("/v5/order/create") is pacer.window("/v5/order/create")
 
 
-def test_a_ban_pauses_every_endpoint() -> None:
+def test_an_ip_ban_pauses_every_endpoint_of_every_key() -> None:
     clock = Clock()
-    pacer = Pacer(clock=clock)
+    gate = IpGate(clock=clock)
+    first, second = Pacer(clock=clock, ip_gate=gate), Pacer(clock=clock, ip_gate=gate)
 
-    pacer.pause_all(600)
+    first.ip_gate.pause(600)
 
-    assert pacer.window("/v5/order/create")._wait_s() == 600
-    assert pacer.window("/v5/position/list")._wait_s() == 600
+    assert first.window("/v5/order/create")._wait_s() == 600
+    assert second.window("/v5/position/list")._wait_s() == 600
+    assert second.window("")._wait_s() == 600  # public endpoints too
+
+
+def test_a_wait_longer_than_the_caller_allows_is_refused_not_slept() -> None:
+    clock = Clock()
+    window = RateWindow(10, clock=clock)
+    window.pause(600)
+
+    with pytest.raises(PaceTooLong) as refused:
+        asyncio.run(window.acquire(max_wait_s=30))
+
+    assert refused.value.wait_s == 600
