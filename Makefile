@@ -23,8 +23,8 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check bot signals strategies tests
-	$(BIN)/mypy bot signals strategies
+	$(BIN)/ruff check bot signals strategies tests bench
+	$(BIN)/mypy bot signals strategies bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
