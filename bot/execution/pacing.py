@@ -4,7 +4,9 @@ for our own speed.
 Bybit limits private requests per UID, per endpoint, in a rolling one-second window, and says
 on every answer how much is left (`X-Bapi-Limit`, `X-Bapi-Limit-Status`,
 `X-Bapi-Limit-Reset-Timestamp`). Each key gets one `Pacer`; each endpoint of it one
-`RateWindow`, seeded with Bybit's published default and corrected from those headers.
+`RateWindow`, seeded with Bybit's published default and corrected from those headers: the
+limit, and how much of the venue's window is already used (after a restart, by the run that
+crashed), which is why a new window sends one request at a time until the first answer.
 
 A request counts from the moment its answer arrives: the venue counted it when it arrived,
 which is earlier, so our window is never more optimistic than the venue's, however long the
@@ -101,6 +103,8 @@ class RateWindow:
     clock: Callable[[], float] = time.monotonic
     ip_gate: IpGate = field(default_factory=IpGate)
     _slots: deque[Slot] = field(default_factory=deque)
+    #: whether the venue has told us how much of its window is used (public: nothing to tell)
+    calibrated: bool = False
     _blocked_until: float = 0.0
     _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -128,6 +132,10 @@ class RateWindow:
         paused = max(self._blocked_until - now, self.ip_gate.remaining_s())
         if paused > 0:
             return paused
+        if not self.calibrated and any(slot.done is None for slot in self._slots):
+            # Until the venue has said how much of its window is used (another process,
+            # or our own previous run, may have used it), one request at a time.
+            return _POLL_S
         if len(self._slots) < self.limit:
             return 0.0
         oldest = self._slots[0].done
@@ -141,9 +149,16 @@ class RateWindow:
             self._slots.remove(slot)
 
     def observe(self, limit: int | None, remaining: int | None, reset_in_s: float | None) -> None:
-        """Adopt what the venue says: its limit for this key, and a pause when none is left."""
+        """Adopt what the venue says: its limit for this key, how much of its window is used
+        (requests we did not count, e.g. of a run that crashed, take room until they age out),
+        and a pause when none is left."""
         if limit is not None and limit > 0:
             self.limit = limit
+        if remaining is not None:
+            self.calibrated = True
+            unseen = (self.limit - len(self._slots)) - remaining
+            now = self.clock()
+            self._slots.extend(Slot(done=now, sent=True) for _ in range(max(0, unseen)))
         if remaining == 0 and reset_in_s is not None and reset_in_s > 0:
             self.pause(reset_in_s)
 
@@ -172,5 +187,7 @@ class Pacer:
     def window(self, path: str) -> RateWindow:
         if path not in self._windows:
             limit = self._limits.get(path, _DEFAULT_LIMIT_PER_S) if path else _UNLIMITED
-            self._windows[path] = RateWindow(limit, clock=self._clock, ip_gate=self.ip_gate)
+            self._windows[path] = RateWindow(
+                limit, clock=self._clock, ip_gate=self.ip_gate, calibrated=not path
+            )
         return self._windows[path]

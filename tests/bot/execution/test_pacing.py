@@ -86,3 +86,40 @@ def test_a_wait_longer_than_the_caller_allows_is_refused_not_slept() -> None:
         asyncio.run(window.acquire(max_wait_s=30))
 
     assert refused.value.wait_s == 600
+
+
+def test_requests_the_venue_counted_but_we_did_not_take_room() -> None:
+    clock = Clock()
+    window = RateWindow(10, clock=clock)
+
+    async def first_request() -> None:
+        (await window.acquire()).finish(clock)
+
+    asyncio.run(first_request())
+    window.observe(limit=10, remaining=2, reset_in_s=None)  # a crashed run used 7 more
+
+    async def fill() -> int:
+        sent = 0
+        while window._wait_s() == 0:
+            (await window.acquire()).finish(clock)
+            sent += 1
+        return sent
+
+    assert asyncio.run(fill()) == 2
+
+
+def test_a_new_window_sends_one_request_at_a_time_until_the_venue_answers() -> None:
+    clock = Clock()
+    window = RateWindow(10, clock=clock)
+
+    async def scenario() -> tuple[float, float]:
+        first = await window.acquire()  # under way, no answer yet
+        blocked = window._wait_s()
+        first.finish(clock)
+        window.observe(limit=10, remaining=9, reset_in_s=None)
+        return blocked, window._wait_s()
+
+    blocked, after = asyncio.run(scenario())
+
+    assert blocked > 0
+    assert after == 0
