@@ -197,7 +197,7 @@ class _Gateway:
             if refused is not None:
                 return refused
             if self._exchange.inject("timeout_10016"):
-                return self._envelope(path, RetCode.SERVER_TIMEOUT, "Server Timeout")
+                return self._envelope(path, RetCode.SERVER_TIMEOUT, "Server error.")
             try:
                 result = handler(_parse(model, _query(request.scope["query_string"])))
             except SimError as exc:
@@ -229,15 +229,15 @@ class _Gateway:
             except SimError as exc:
                 return self._envelope(path, exc.ret_code, exc.ret_msg)
 
-            headers, allowed = self._limit(api_key, path)
+            headers, allowed, refusal = self._limit(api_key, path)
             if not allowed or self._exchange.inject("rate_limit_10006"):
-                if allowed:  # an injected refusal reports an exhausted window too
-                    headers = {**headers, "X-Bapi-Limit-Status": "0"}
+                # An injected refusal reports an exhausted window, with a reset in the future
+                # as a real one does (pybit sleeps until it and fails on a time in the past).
                 return self._envelope(
-                    path, RetCode.TOO_MANY_VISITS, "Too many visits!", None, headers
+                    path, RetCode.TOO_MANY_VISITS, "Too many visits!", None, refusal
                 )
             if self._exchange.inject("timeout_10016"):
-                return self._envelope(path, RetCode.SERVER_TIMEOUT, "Server Timeout", None, headers)
+                return self._envelope(path, RetCode.SERVER_TIMEOUT, "Server error.", None, headers)
 
             try:
                 data = _body_params(body) if request.method == "POST" else _query(body)
@@ -255,7 +255,7 @@ class _Gateway:
                     )
                 if self._exchange.inject("accept_then_10016"):
                     return self._envelope(
-                        path, RetCode.SERVER_TIMEOUT, "Server Timeout", None, headers
+                        path, RetCode.SERVER_TIMEOUT, "Server error.", None, headers
                     )
                 if self._exchange.inject("accept_then_5xx"):
                     return self._unavailable(path)
@@ -263,8 +263,9 @@ class _Gateway:
 
         return endpoint
 
-    def _limit(self, api_key: str, path: str) -> tuple[dict[str, str], bool]:
-        """Count the request against its UID's limit for the path; Bybit's headers and verdict.
+    def _limit(self, api_key: str, path: str) -> tuple[dict[str, str], bool, dict[str, str]]:
+        """Count the request against its UID's limit for the path: Bybit's headers, the
+        verdict, and the headers a refusal would carry.
 
         Windows are kept on the unskewed clock (a burst of skew must not leave hits in the
         future); the reset timestamp is reported on the exchange's (possibly skewed) clock.
@@ -276,10 +277,12 @@ class _Gateway:
         wall = time.time_ns() // 1_000_000
         now = self._exchange.now_ms()
         decision = limiter.hit(self._exchange.user_id(api_key), wall)
-        if decision.allowed:
-            return _limit_headers(decision.limit, decision.remaining, now), True
+        # When refused: the moment the oldest counted request leaves the window.
         reset = decision.window_reset_ms + (now - wall)
-        return _limit_headers(decision.limit, 0, reset), False
+        refused = _limit_headers(decision.limit, 0, reset)
+        if decision.allowed:
+            return _limit_headers(decision.limit, decision.remaining, now), True, refused
+        return refused, False, refused
 
     def _refuse_ip(self, request: Request, path: str) -> Response | None:
         """HTTP 403 once a client IP exceeds its limit, and for ip_ban_ms after; else None."""

@@ -165,7 +165,7 @@ class SimFaults(BaseModel):
     )
     timeout_10016: Probability = Field(
         default=0.0,
-        description="Chance that a /v5 request is answered 10016 'Server Timeout' without "
+        description="Chance that a /v5 request is answered 10016 'Server error.' without "
         "being executed.",
     )
     http_5xx: Probability = Field(
@@ -182,7 +182,7 @@ class SimFaults(BaseModel):
     accept_then_10016: Probability = Field(
         default=0.0,
         description="Chance that an order write (create, amend, cancel, cancel-all) is "
-        "executed and then answered 10016 'Server Timeout': the change happened, the client "
+        "executed and then answered 10016 'Server error.': the change happened, the client "
         "is told it may not have.",
     )
     accept_then_5xx: Probability = Field(

@@ -1132,7 +1132,9 @@ class SimExchange:
         cancel_type: str = "UNKNOWN",
         reject_reason: str = "EC_NoError",
     ) -> None:
-        order.status = "PartiallyFilledCanceled" if order.cum_exec_qty else "Cancelled"
+        # Bybit: "PartiallyFilledCanceled: only spot has this order status"; a derivatives
+        # order cancelled after a partial fill is Cancelled with its executed qty.
+        order.status = "Cancelled"
         order.cancel_type = cancel_type
         order.reject_reason = reject_reason
         order.updated_ms = self.now_ms()

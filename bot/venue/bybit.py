@@ -394,7 +394,7 @@ def _order_status(row: dict[str, Any]) -> OrderStatus:
     try:
         return OrderStatus(text)
     except ValueError:
-        # Bybit's other statuses: PartiallyFilledCanceled and Deactivated end the order;
+        # Bybit's other statuses: PartiallyFilledCanceled (spot) and Deactivated end the order;
         # Untriggered and Triggered are conditional orders still open.
         closed = "Cancel" in text or text == "Deactivated"
         return OrderStatus.CANCELLED if closed else OrderStatus.NEW
