@@ -141,20 +141,17 @@ class Executor:
         the configuration binds to the strategy, never one an intent names. An orderLinkId
         already journaled (the same signal run again) is resumed, never created twice.
         """
-        requests = [build_request(d.intent, key_name) for d in decisions if d.approved]
+        approved = [decision.intent for decision in decisions if decision.approved]
+        requests = [build_request(intent, key_name) for intent in approved]
         links = {request.order_link_id for request in requests}
         self._in_flight |= links
         try:
             created = await self._journal.call(self._journal.record_decisions, decisions, requests)
             events = []
-            for request in requests:
+            for intent, request in zip(approved, requests, strict=True):
                 if request.order_link_id in created:
-                    signal_ts = next(
-                        d.intent.signal_ts
-                        for d in decisions
-                        if d.approved and d.intent.leg == request.leg
-                    )
-                    events.append(await self._drive(request, OrderStatus.PENDING, signal_ts, 0))
+                    event = await self._drive(request, OrderStatus.PENDING, intent.signal_ts, 0)
+                    events.append(event)
                     continue
                 known = await self._journal.call(self._journal.order, request.order_link_id)
                 assert known is not None  # the insert was refused because it exists
