@@ -1,8 +1,10 @@
 """The reconciliation loop: the journal and the venue kept in agreement, per key.
 
-Every `reconcile_interval_s` it resumes each order the journal holds as not terminal (open
-orders are looked up, unknown ones settled, a send a crash interrupted completed), so limit
-orders that fill later and cancellations at the venue reach the journal. Every
+Every `reconcile_interval_s` it looks up each order the journal holds as not terminal, so
+limit orders that fill later and cancellations at the venue reach the journal, and an
+unknown order is settled to what the venue shows (or, once look-ups have missed it for long
+enough, declared never sent). It never resends: that happens only at start-up, before any
+signal runs, so a resend cannot overtake a later signal of the same key and symbol. Every
 `exit_scan_interval_s` it asks the venue for the stop-loss and take-profit orders it executed
 on its own and journals them under the order that set them. Each pass is bounded and paced
 by the key's rate windows; a failed pass is logged and the loop goes on.
