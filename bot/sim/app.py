@@ -19,6 +19,11 @@ Admin routes (unauthenticated, loopback clients only, errors as HTTP 4xx `{"erro
   The answer lists `prices` and running `walks`.
 - `GET|POST /sim/faults`: a `SimFaults` object; posting replaces the faults in force.
 - `POST /sim/accounts`: a `SimAccountSpec` object; 409 when the key exists.
+- `GET /sim/streams`: the open WebSocket connections (account UID and key note, never the key).
+- `POST /sim/streams/drop`: cut stream connections without a close frame, those of
+  `{"api_key": K}` or all; answers `{"dropped": n}`.
+
+WebSocket streams (see `bot.sim.stream`): `/v5/private` and `/v5/public/linear`.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from bot.sim.auth import authenticate
@@ -63,6 +68,7 @@ from bot.sim.params import (
     params_error_message,
 )
 from bot.sim.ratelimit import RollingWindowLimiter
+from bot.sim.stream import PRIVATE_PATH, PUBLIC_LINEAR_PATH, StreamHub
 
 __all__ = ["AnswerDropped", "create_app"]
 
@@ -353,7 +359,7 @@ def _loopback_only(request: Request) -> Response | None:
     return _json_response({"error": "the /sim admin routes answer loopback clients only"}, 403)
 
 
-def _admin_routes(exchange: SimExchange) -> list[Route]:
+def _admin_routes(exchange: SimExchange, hub: StreamHub) -> list[Route]:
     """Unauthenticated test and demo controls; errors are HTTP 4xx with {"error": "..."}."""
 
     async def orders(request: Request) -> Response:
@@ -362,7 +368,23 @@ def _admin_routes(exchange: SimExchange) -> list[Route]:
         )
 
     async def stats(request: Request) -> Response:
-        return _loopback_only(request) or _json_response(exchange.stats())
+        return _loopback_only(request) or _json_response({**exchange.stats(), **hub.stats()})
+
+    async def streams(request: Request) -> Response:
+        return _loopback_only(request) or _json_response({"connections": hub.connections()})
+
+    async def drop_streams(request: Request) -> Response:
+        refused = _loopback_only(request)
+        if refused is not None:
+            return refused
+        try:
+            body = _json_object(await request.body())
+        except ValueError as exc:
+            return _json_response({"error": str(exc)}, 400)
+        api_key = body.get("api_key")
+        if api_key is not None and not isinstance(api_key, str):
+            return _json_response({"error": "api_key must be a string"}, 400)
+        return _json_response({"dropped": hub.drop(api_key)})
 
     def price_view() -> dict[str, Any]:
         return {
@@ -417,15 +439,20 @@ def _admin_routes(exchange: SimExchange) -> list[Route]:
         Route("/sim/prices", prices, methods=["GET", "POST"]),
         Route("/sim/faults", faults, methods=["GET", "POST"]),
         Route("/sim/accounts", accounts, methods=["POST"]),
+        Route("/sim/streams", streams, methods=["GET"]),
+        Route("/sim/streams/drop", drop_streams, methods=["POST"]),
     ]
 
 
 def create_app(exchange: SimExchange) -> Starlette:
-    """The ASGI app serving one exchange: Bybit V5 routes plus the /sim admin routes."""
+    """The ASGI app serving one exchange: Bybit V5 routes and streams, plus the /sim admin
+    routes. WebSocket streams need a server with WebSocket support: `SimServer` and
+    `run_forever` give uvicorn `bot.sim.websocket.SimWebSocketProtocol`."""
     logger = logging.getLogger(_UVICORN_ERROR_LOGGER)
     if _QUIET_DROPPED_ANSWERS not in logger.filters:
         logger.addFilter(_QUIET_DROPPED_ANSWERS)
     gateway = _Gateway(exchange)
+    hub = StreamHub(exchange)
     public: list[tuple[str, Endpoint]] = [
         ("/v5/market/time", gateway.public(exchange.server_time, NoParams)),
         ("/v5/market/instruments-info", gateway.public(exchange.instruments_info, MarketParams)),
@@ -457,9 +484,11 @@ def create_app(exchange: SimExchange) -> Starlette:
             gateway.private(exchange.set_leverage, SetLeverageParams),
         ),
     ]
-    routes = [
+    routes: list[BaseRoute] = [
         *(Route(path, endpoint, methods=["GET"]) for path, endpoint in public + private_get),
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in private_post),
-        *_admin_routes(exchange),
+        *_admin_routes(exchange, hub),
+        WebSocketRoute(PRIVATE_PATH, hub.endpoint("private")),
+        WebSocketRoute(PUBLIC_LINEAR_PATH, hub.endpoint("linear")),
     ]
     return Starlette(routes=routes)

@@ -211,6 +211,11 @@ class SimFaults(BaseModel):
     clock_skew_burst_window_ms: int = Field(
         default=1000, ge=1, le=3_600_000, description="How long one burst of skew lasts, in ms."
     )
+    stream_drop: Probability = Field(
+        default=0.0,
+        description="Chance, per message pushed on a WebSocket stream, that the connection is "
+        "cut instead (no close frame: the client sees a lost connection and must reconnect).",
+    )
 
 
 class PriceWalk(BaseModel):
@@ -275,6 +280,12 @@ class SimAccountSpec(BaseModel):
         description="Starting USDT wallet balance; None uses the config's starting_balance_usdt.",
     )
     note: str = Field(default="", max_length=128, description="Bybit's free-text key remark.")
+    hedge_mode: bool = Field(
+        default=False,
+        description="Hedge (two-way) position mode: /v5/position/list shows positionIdx 1 (Buy "
+        "side) and 2 (Sell side) per symbol, and orders with positionIdx 0 are refused 10001. "
+        "Only detection is simulated: hedge-mode orders are refused too.",
+    )
 
     @field_validator("permissions")
     @classmethod
@@ -408,6 +419,13 @@ class SimulatorConfig(BaseModel):
         ge=0,
         description="How long an IP over its limit is answered HTTP 403, in ms (Bybit: "
         "'wait for at least 10 minutes').",
+    )
+    stream_queue_max_messages: int = Field(
+        default=10_000,
+        ge=1,
+        le=1_000_000,
+        description="Messages a WebSocket connection may have waiting to be sent; a client that "
+        "falls further behind is disconnected, as a real exchange does.",
     )
     seed: int | None = Field(
         default=None, description="Seed of the fault RNG; None draws a fresh one per exchange."

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -61,19 +61,24 @@ from bot.sim.views import (
     api_key_view,
     closed_pnl_view,
     coin_info_view,
+    execution_stream_view,
     execution_view,
     fmt,
     instrument_view,
     kline_rows,
+    order_stream_view,
     order_view,
     orderbook_view,
+    position_stream_view,
     position_view,
+    ticker_stream_view,
     ticker_view,
     to_tick,
+    wallet_stream_view,
     wallet_view,
 )
 
-__all__ = ["FaultName", "SimExchange"]
+__all__ = ["FaultName", "SimExchange", "StreamSink"]
 
 #: How many closed orders `/v5/order/realtime?openOnly=1` keeps per account, as Bybit does.
 _CLOSED_ORDERS_IN_REALTIME = 500
@@ -157,7 +162,32 @@ FaultName = Literal[
     "accept_then_5xx",
     "order_visibility_lag",
     "clock_skew_burst",
+    "stream_drop",
 ]
+
+
+class StreamSink(Protocol):
+    """Where the exchange pushes account and market changes as they happen (the WebSocket
+    streams' hub). Called with the exchange lock held, from whichever thread made the change
+    (a request on the server's loop, or the engine thread): an implementation must hand the
+    data on without blocking, and say cheaply whether anyone listens."""
+
+    def wants_private(self, api_key: str, topic: str) -> bool:
+        """Whether a connection of this key listens to the private topic (order, execution,
+        position, wallet)."""
+        ...
+
+    def push_private(self, api_key: str, topic: str, rows: list[dict[str, Any]]) -> None:
+        """One private message's `data` rows for the key's connections."""
+        ...
+
+    def wants_ticker(self, symbol: str) -> bool:
+        """Whether a connection listens to `tickers.{symbol}`."""
+        ...
+
+    def push_ticker(self, symbol: str, cs: int, row: dict[str, str]) -> None:
+        """The symbol's full ticker after a price change, with its cross sequence."""
+        ...
 
 
 @dataclass(slots=True)
@@ -188,6 +218,8 @@ class SimExchange:
         self._next_user_id = 100_001
         self._seq = 0
         self._book_updates = 0
+        self._tick_directions: dict[str, str] = {}
+        self._streams: list[StreamSink] = []
         self._requests_by_path: Counter[str] = Counter()
         self._answers_by_ret_code: Counter[int] = Counter()
         self._answers_by_http_status: Counter[int] = Counter()
@@ -229,6 +261,79 @@ class SimExchange:
         """
         with self._lock:
             return self._engine.advance(ms)
+
+    # ----------------------------------------------------------------- streams
+
+    def attach_stream(self, sink: StreamSink) -> None:
+        """Push account and ticker changes to sink from now on (the app's stream hub)."""
+        with self._lock:
+            if sink not in self._streams:
+                self._streams.append(sink)
+
+    def detach_stream(self, sink: StreamSink) -> None:
+        """Stop pushing to sink."""
+        with self._lock:
+            if sink in self._streams:
+                self._streams.remove(sink)
+
+    def ticker_snapshot(self, symbol: str) -> tuple[int, dict[str, str]] | None:
+        """The symbol's ticker as a `tickers.{symbol}` snapshot carries it, with its cross
+        sequence; None for an unlisted symbol."""
+        with self._lock:
+            if symbol not in self._config.instruments:
+                return None
+            return self._book_updates, self._ticker_row(symbol)
+
+    def account_label(self, api_key: str) -> tuple[int, str] | None:
+        """The key's account UID and key note (what the admin views show instead of the key)."""
+        with self._lock:
+            account = self._accounts.get(api_key)
+            return (account.user_id, account.spec.note) if account is not None else None
+
+    def _ticker_row(self, symbol: str) -> dict[str, str]:
+        next_funding = (self.now_ms() // _FUNDING_INTERVAL_MS + 1) * _FUNDING_INTERVAL_MS
+        return ticker_stream_view(
+            symbol,
+            self._prices[symbol],
+            next_funding,
+            *self._quote(symbol),
+            self._tick_directions.get(symbol, "ZeroPlusTick"),
+        )
+
+    def _push(self, account: AccountRecord, topic: str, rows: Callable[[], list[Any]]) -> None:
+        """Push rows (built only if someone listens) to the account's stream connections."""
+        key = account.spec.api_key
+        built: list[Any] | None = None
+        for sink in self._streams:
+            if sink.wants_private(key, topic):
+                if built is None:
+                    built = rows()
+                sink.push_private(key, topic, built)
+
+    def _push_order(self, account: AccountRecord, order: OrderRecord) -> None:
+        def rows() -> list[Any]:
+            record = account.closed_pnl_by_order.get(order.order_id)
+            return [order_stream_view(order, record.closed_pnl if record else None)]
+
+        self._push(account, "order", rows)
+
+    def _push_position(self, account: AccountRecord, symbol: str) -> None:
+        def rows() -> list[Any]:
+            return [
+                position_stream_view(
+                    account.positions.get(symbol) or PositionRecord(symbol=symbol),
+                    self._prices[symbol],
+                    self._leverage(account, symbol),
+                    account.created_ms,
+                    idx,
+                )
+                for idx in ((1, 2) if account.spec.hedge_mode else (0,))
+            ]
+
+        self._push(account, "position", rows)
+
+    def _push_wallet(self, account: AccountRecord) -> None:
+        self._push(account, "wallet", lambda: wallet_stream_view(self._figures(account)))
 
     # ----------------------------------------------------------------- admin and clock
 
@@ -501,6 +606,7 @@ class SimExchange:
             account = self._account(api_key)
             self._require(account, "Order")
             spec = self._instrument(params.symbol)
+            self._check_position_idx(account, params.position_idx)
             price_now = self._prices[params.symbol]
             qty = self._order_qty(account, params, spec)
             limit_price = self._check_order_params(params, qty)
@@ -594,6 +700,8 @@ class SimExchange:
             for attribute, value in changes.items():
                 setattr(order, attribute, value)
             order.updated_ms = self.now_ms()
+            self._push_order(account, order)
+            self._push_wallet(account)
             if order.arrived and ("price" in changes or "qty" in changes):
                 order.arrived = False
                 self._engine.schedule(
@@ -669,6 +777,8 @@ class SimExchange:
             if leverage == self._leverage(account, params.symbol):
                 raise SimError(RetCode.LEVERAGE_NOT_MODIFIED, "leverage not modified")
             account.leverage[params.symbol] = leverage
+            self._push_position(account, params.symbol)
+            self._push_wallet(account)
             return {}
 
     # ----------------------------------------------------------------- private queries
@@ -771,7 +881,9 @@ class SimExchange:
                     RetCode.PARAMS_ERROR,
                     "params error: symbol or settleCoin is required for linear",
                 )
-            rows = [self._position_view(account, symbol) for symbol in sorted(symbols)]
+            rows = [
+                row for symbol in sorted(symbols) for row in self._position_rows(account, symbol)
+            ]
             page, cursor = _page(rows, params.limit, params.cursor)
             return {"category": "linear", "list": page, "nextPageCursor": cursor}
 
@@ -1015,6 +1127,17 @@ class SimExchange:
         if required > self._figures(account).available:
             raise SimError(RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order")
 
+    @staticmethod
+    def _check_position_idx(account: AccountRecord, position_idx: int) -> None:
+        """positionIdx must fit the account's position mode (Bybit: 10001 otherwise)."""
+        if account.spec.hedge_mode != (position_idx != 0):
+            raise SimError(RetCode.PARAMS_ERROR, "position idx not match position mode")
+        if account.spec.hedge_mode:
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                "params error: trading in hedge mode is not simulated (only its detection)",
+            )
+
     def _leverage(self, account: AccountRecord, symbol: str) -> Decimal:
         return account.leverage.get(symbol, self._config.default_leverage)
 
@@ -1064,6 +1187,8 @@ class SimExchange:
         self._engine.schedule(
             self._config.market_fill_delay_ms, lambda: self._arrive(account, order)
         )
+        self._push_order(account, order)
+        self._push_wallet(account)
 
     def _arrive(self, account: AccountRecord, order: OrderRecord) -> None:
         """The matching engine sees the order: it takes liquidity, rests, or is cancelled."""
@@ -1139,6 +1264,8 @@ class SimExchange:
         order.reject_reason = reject_reason
         order.updated_ms = self.now_ms()
         account.open_orders.pop(order.order_id, None)
+        self._push_order(account, order)
+        self._push_wallet(account)
 
     def _fill(
         self,
@@ -1193,23 +1320,27 @@ class SimExchange:
                 position.take_profit = order.take_profit
             if order.stop_loss is not None:
                 position.stop_loss = order.stop_loss
-        account.executions.append(
-            ExecutionRecord(
-                exec_id=str(uuid.uuid4()),
-                order=order,
-                order_qty=order.qty,
-                leaves_qty=order.leaves_qty,
-                price=price,
-                qty=qty,
-                fee=fee,
-                fee_rate=rate,
-                is_maker=maker,
-                mark_price=self._prices[order.symbol],
-                closed_size=closing,
-                exec_ms=now,
-                seq=position.seq,
-            )
+        execution = ExecutionRecord(
+            exec_id=str(uuid.uuid4()),
+            order=order,
+            order_qty=order.qty,
+            leaves_qty=order.leaves_qty,
+            price=price,
+            qty=qty,
+            fee=fee,
+            fee_rate=rate,
+            is_maker=maker,
+            mark_price=self._prices[order.symbol],
+            closed_size=closing,
+            exec_ms=now,
+            seq=position.seq,
         )
+        account.executions.append(execution)
+        # Bybit's order of pushes for a fill: the order, its execution, position, wallet.
+        self._push_order(account, order)
+        self._push(account, "execution", lambda: [execution_stream_view(execution)])
+        self._push_position(account, order.symbol)
+        self._push_wallet(account)
 
     def _record_close(
         self,
@@ -1259,8 +1390,20 @@ class SimExchange:
 
     def _move(self, symbol: str, price: Decimal) -> None:
         """Set the last price, then fill crossed resting limits at their price, then SL/TP."""
+        before = self._prices[symbol]
+        if price != before:
+            self._tick_directions[symbol] = "PlusTick" if price > before else "MinusTick"
+        elif self._tick_directions.get(symbol, "ZeroPlusTick") in {"PlusTick", "ZeroPlusTick"}:
+            self._tick_directions[symbol] = "ZeroPlusTick"
+        else:
+            self._tick_directions[symbol] = "ZeroMinusTick"
         self._prices[symbol] = price
         self._book_updates += 1
+        if any(sink.wants_ticker(symbol) for sink in self._streams):
+            row = self._ticker_row(symbol)
+            for sink in self._streams:
+                if sink.wants_ticker(symbol):
+                    sink.push_ticker(symbol, self._book_updates, row)
         for account in self._accounts.values():
             for order in [
                 o
@@ -1298,6 +1441,7 @@ class SimExchange:
         else:
             return
         position.take_profit = position.stop_loss = None
+        self._push_position(account, position.symbol)
         now = self.now_ms()
         order = OrderRecord(
             order_id=str(uuid.uuid4()),
@@ -1376,6 +1520,21 @@ class SimExchange:
             order_im=order_im,
             cum_realised_pnl=cum_realised,
         )
+
+    def _position_rows(self, account: AccountRecord, symbol: str) -> list[dict[str, Any]]:
+        """One row in one-way mode; in hedge mode positionIdx 1 (Buy side), 2 (Sell side)."""
+        if not account.spec.hedge_mode:
+            return [self._position_view(account, symbol)]
+        return [
+            position_view(
+                PositionRecord(symbol=symbol),
+                self._prices[symbol],
+                self._leverage(account, symbol),
+                account.created_ms,
+                idx,
+            )
+            for idx in (1, 2)
+        ]
 
     def _position_view(self, account: AccountRecord, symbol: str) -> dict[str, Any]:
         return position_view(

@@ -56,9 +56,9 @@ def _order_link_id(value: Any) -> Any:
     return value
 
 
-def _one_way_mode(value: int) -> int:
-    if value != 0:
-        raise ValueError("only 0 (one-way mode) is simulated")
+def _position_idx(value: int) -> int:
+    if value not in (0, 1, 2):
+        raise ValueError("must be 0 (one-way mode), 1 (hedge Buy side) or 2 (hedge Sell side)")
     return value
 
 
@@ -127,7 +127,7 @@ class KlineParams(_Params):
 
 
 class PlaceOrderParams(_Params):
-    """`POST /v5/order/create` (linear, one-way mode)."""
+    """`POST /v5/order/create` (linear); the exchange checks positionIdx against the mode."""
 
     category: Category
     symbol: str
@@ -141,7 +141,7 @@ class PlaceOrderParams(_Params):
     close_on_trigger: bool = False
     take_profit: DecimalText | None = None
     stop_loss: DecimalText | None = None
-    position_idx: Annotated[int, AfterValidator(_one_way_mode)] = 0
+    position_idx: Annotated[int, AfterValidator(_position_idx)] = 0
     trigger_price: None = Field(
         default=None, description="Conditional orders are not simulated; any value is refused."
     )

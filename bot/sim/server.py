@@ -21,6 +21,7 @@ import uvicorn
 from bot.net import tcp_listener
 from bot.sim.app import create_app
 from bot.sim.exchange import SimExchange
+from bot.sim.websocket import SimWebSocketProtocol
 
 __all__ = ["DEFAULT_SIM_PORT", "SimServer", "run_forever"]
 
@@ -56,6 +57,12 @@ class SimServer:
         return self._port
 
     @property
+    def ws_url(self) -> str:
+        """Base URL of the WebSocket streams: add `/v5/private` or `/v5/public/linear`."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"ws://{host}:{self.port}"
+
+    @property
     def url(self) -> str:
         """Base URL to give pybit as `session.endpoint`."""
         host = f"[{self._host}]" if ":" in self._host else self._host
@@ -82,6 +89,7 @@ class SimServer:
                 log_level="warning",
                 access_log=False,
                 lifespan="off",
+                ws=SimWebSocketProtocol,
                 timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
             )
         )
@@ -159,6 +167,7 @@ def run_forever(
         log_level="info",
         access_log=False,
         lifespan="off",
+        ws=SimWebSocketProtocol,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
     )
     # uvicorn shuts down cleanly, then re-raises the SIGINT it caught; Ctrl-C is how the

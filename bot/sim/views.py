@@ -27,15 +27,20 @@ __all__ = [
     "api_key_view",
     "closed_pnl_view",
     "coin_info_view",
+    "execution_stream_view",
     "execution_view",
     "fmt",
     "instrument_view",
     "kline_rows",
+    "order_stream_view",
     "order_view",
     "orderbook_view",
+    "position_stream_view",
     "position_view",
+    "ticker_stream_view",
     "ticker_view",
     "to_tick",
+    "wallet_stream_view",
     "wallet_view",
 ]
 
@@ -306,14 +311,21 @@ def kline_rows(
 
 
 def position_view(
-    position: PositionRecord, mark: Decimal, leverage: Decimal, never_traded_ms: int
+    position: PositionRecord,
+    mark: Decimal,
+    leverage: Decimal,
+    never_traded_ms: int,
+    position_idx: int = 0,
 ) -> dict[str, Any]:
-    """A position as `/v5/position/list` reports it (side "" and size "0" when flat)."""
+    """A position as `/v5/position/list` reports it (side "" and size "0" when flat).
+
+    position_idx is 0 in one-way mode, 1 (Buy side) or 2 (Sell side) in hedge mode.
+    """
     value = abs(position.size) * position.avg_price
     initial_margin = value / leverage
     side = "Buy" if position.size > 0 else "Sell" if position.size < 0 else ""
     return {
-        "positionIdx": 0,
+        "positionIdx": position_idx,
         "riskId": 1,
         "riskLimitValue": "2000000",
         "symbol": position.symbol,
@@ -508,3 +520,84 @@ def ticker_view(
         "ask1Size": "1",
         "basis": "",
     }
+
+
+# ----------------------------------------------------------------- WebSocket stream shapes
+
+
+def order_stream_view(order: OrderRecord, closed_pnl: Decimal | None) -> dict[str, Any]:
+    """An order as the private `order` topic pushes it: the REST fields plus category,
+    closedPnl (the order's closed PnL so far) and the stream-only fields."""
+    return {
+        "category": "linear",
+        **order_view(order),
+        "closedPnl": fmt(closed_pnl) if closed_pnl is not None else "0",
+        "feeCurrency": "",
+        "brokerOrderPrice": "",
+        "slippageToleranceType": "UNKNOWN",
+        "slippageTolerance": "0",
+    }
+
+
+def execution_stream_view(execution: ExecutionRecord) -> dict[str, Any]:
+    """One fill as the private `execution` topic pushes it."""
+    return {"category": "linear", **execution_view(execution), "isLeverage": "0"}
+
+
+def position_stream_view(
+    position: PositionRecord,
+    mark: Decimal,
+    leverage: Decimal,
+    never_traded_ms: int,
+    position_idx: int = 0,
+) -> dict[str, Any]:
+    """A position as the private `position` topic pushes it: entryPrice in place of REST's
+    avgPrice, plus category."""
+    row = position_view(position, mark, leverage, never_traded_ms, position_idx)
+    entry = row.pop("avgPrice")
+    return {"category": "linear", **row, "entryPrice": entry}
+
+
+def wallet_stream_view(figures: MarginFigures) -> list[dict[str, Any]]:
+    """The UNIFIED account as the private `wallet` topic pushes it (the `data` list)."""
+    rows: list[dict[str, Any]] = wallet_view(figures, include_usdt=True)["list"]
+    return rows
+
+
+#: Fields of a linear ticker on the public `tickers.{symbol}` topic (Bybit's order).
+_TICKER_STREAM_FIELDS = (
+    "symbol",
+    "tickDirection",
+    "price24hPcnt",
+    "lastPrice",
+    "prevPrice24h",
+    "highPrice24h",
+    "lowPrice24h",
+    "prevPrice1h",
+    "markPrice",
+    "indexPrice",
+    "openInterest",
+    "openInterestValue",
+    "turnover24h",
+    "volume24h",
+    "nextFundingTime",
+    "fundingRate",
+    "bid1Price",
+    "bid1Size",
+    "ask1Price",
+    "ask1Size",
+)
+
+
+def ticker_stream_view(
+    symbol: str,
+    price: Decimal,
+    next_funding_ms: int,
+    bid: Decimal,
+    ask: Decimal,
+    tick_direction: str,
+) -> dict[str, str]:
+    """A linear ticker as a `tickers.{symbol}` snapshot carries it (a delta carries the
+    fields that changed, and symbol)."""
+    row = {**ticker_view(symbol, price, next_funding_ms, bid, ask), "tickDirection": tick_direction}
+    return {name: str(row[name]) for name in _TICKER_STREAM_FIELDS}

@@ -828,4 +828,5 @@ def test_any_order_body_gets_a_bybit_envelope_never_a_server_error(
 
     answer = _signed_post(roomy_server, "/v5/order/create", json.dumps(body).encode())
 
-    assert answer["retCode"] in {0, 10001, 110007, 110017, 110094}
+    # 110072: hypothesis may repeat an orderLinkId across examples on one server.
+    assert answer["retCode"] in {0, 10001, 110007, 110017, 110072, 110094}

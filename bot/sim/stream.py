@@ -1,0 +1,469 @@
+"""The simulator's WebSocket streams, as Bybit V5 serves them on stream.bybit.com:
+
+- `/v5/private`: `auth` (HMAC-SHA256 of "GET/realtime" + expires), `ping`, `subscribe` and
+  `unsubscribe` to `order`, `execution`, `position`, `wallet` (also `order.linear`,
+  `execution.linear`, `position.linear`); every change of the account is pushed as it happens.
+- `/v5/public/linear`: `tickers.{symbol}`, a snapshot on subscribe, then a delta (the changed
+  fields) on every price change.
+
+The exchange calls the hub (a `StreamSink`) with its lock held, from a request on the server's
+event loop or from the engine thread; the hub only hands the data to the loop
+(`call_soon_threadsafe`), where it is serialised once and queued per connection. Each
+connection's queue is bounded (`stream_queue_max_messages`): a client that falls further
+behind is cut off, as a real exchange does. Connections are cut without a close frame (the
+client sees a lost connection) by `POST /sim/streams/drop` and the `stream_drop` fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from starlette.types import Receive, Scope, Send
+
+from bot.sim.exchange import SimExchange
+from bot.sim.websocket import ABORT_EXTENSION
+
+__all__ = ["PRIVATE_PATH", "PRIVATE_TOPICS", "PUBLIC_LINEAR_PATH", "StreamHub"]
+
+PRIVATE_PATH = "/v5/private"
+PUBLIC_LINEAR_PATH = "/v5/public/linear"
+#: Private topics by the name a client subscribes to -> the exchange's topic.
+PRIVATE_TOPICS: dict[str, str] = {
+    "order": "order",
+    "order.linear": "order",
+    "execution": "execution",
+    "execution.linear": "execution",
+    "position": "position",
+    "position.linear": "position",
+    "wallet": "wallet",
+}
+_TICKER_PREFIX = "tickers."
+_MAX_REQUEST_CHARS = 64 * 1024
+_MAX_TOPICS = 500
+Channel = Literal["private", "linear"]
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One stream connection: who it is, what it listens to, what waits to be sent."""
+
+    conn_id: str
+    channel: Channel
+    client: str
+    send: Send
+    abortable: bool
+    queue: asyncio.Queue[tuple[str, bool]]
+    api_key: str | None = None
+    user_id: int | None = None
+    note: str = ""
+    topics: set[str] = field(default_factory=set)
+    messages_sent: int = 0
+    #: Last ticker sent per symbol (cross sequence, fields), to build deltas against.
+    tickers: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    dropped: bool = False
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class StreamHub:
+    """Every stream connection of one app, and the exchange's `StreamSink`."""
+
+    def __init__(self, exchange: SimExchange) -> None:
+        self._exchange = exchange
+        self._queue_max = exchange.config.stream_queue_max_messages
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connections: dict[str, _Connection] = {}
+        #: (api_key, exchange topic) and symbol -> number of listening connections.
+        self._private_interest: Counter[tuple[str, str]] = Counter()
+        self._ticker_interest: Counter[str] = Counter()
+        self._messages_sent = 0
+        self._connections_opened = 0
+        self._connections_dropped = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        exchange.attach_stream(self)
+
+    # ------------------------------------------------------------------ StreamSink (any thread)
+
+    def wants_private(self, api_key: str, topic: str) -> bool:
+        with self._lock:
+            return self._private_interest[(api_key, topic)] > 0
+
+    def wants_ticker(self, symbol: str) -> bool:
+        with self._lock:
+            return self._ticker_interest[symbol] > 0
+
+    def push_private(self, api_key: str, topic: str, rows: list[dict[str, Any]]) -> None:
+        self._call_soon(self._deliver_private, api_key, topic, rows, self._exchange.now_ms())
+
+    def push_ticker(self, symbol: str, cs: int, row: dict[str, str]) -> None:
+        self._call_soon(self._deliver_ticker, symbol, cs, row, self._exchange.now_ms())
+
+    def _call_soon(self, callback: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # The loop is gone once the server stopped; nothing is listening then.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(callback, *args)
+
+    # ------------------------------------------------------------------ admin (event loop)
+
+    def connections(self) -> list[dict[str, Any]]:
+        """Every open connection: account UID and key note (never the key), topics, counts."""
+        return [
+            {
+                "connId": conn.conn_id,
+                "channel": conn.channel,
+                "client": conn.client,
+                "authenticated": conn.api_key is not None,
+                "userID": conn.user_id,
+                "note": conn.note,
+                "topics": sorted(conn.topics),
+                "messagesSent": conn.messages_sent,
+                "queued": conn.queue.qsize(),
+            }
+            for conn in list(self._connections.values())
+        ]
+
+    def stats(self) -> dict[str, int]:
+        """Counters for /sim/stats."""
+        return {
+            "stream_connections": len(self._connections),
+            "stream_connections_opened": self._connections_opened,
+            "stream_connections_dropped": self._connections_dropped,
+            "stream_messages_sent": self._messages_sent,
+        }
+
+    def drop(self, api_key: str | None = None) -> int:
+        """Cut the connections of one key (authenticated ones), or all; how many were cut."""
+        chosen = [
+            conn
+            for conn in list(self._connections.values())
+            if not conn.dropped and (api_key is None or conn.api_key == api_key)
+        ]
+        for conn in chosen:
+            self._drop(conn)
+        return len(chosen)
+
+    # ------------------------------------------------------------------ the ASGI endpoints
+
+    def endpoint(self, channel: Channel) -> _Endpoint:
+        """The raw ASGI app of one stream path."""
+        return _Endpoint(self, channel)
+
+    async def serve(self, channel: Channel, scope: Scope, receive: Receive, send: Send) -> None:
+        """One connection's session: accept, read requests, and send what is queued."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        self._loop = asyncio.get_running_loop()
+        client = scope.get("client")
+        conn = _Connection(
+            conn_id=str(uuid.uuid4()),
+            channel=channel,
+            client=f"{client[0]}:{client[1]}" if client else "",
+            send=send,
+            abortable=ABORT_EXTENSION in (scope.get("extensions") or {}),
+            queue=asyncio.Queue(self._queue_max),
+        )
+        self._connections[conn.conn_id] = conn
+        self._connections_opened += 1
+        sender = asyncio.create_task(self._send_loop(conn))
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    break
+                text = message.get("text")
+                if text is None:
+                    raw = message.get("bytes") or b""
+                    text = raw.decode("utf-8", "replace")
+                self._handle(conn, text)
+        finally:
+            self._forget(conn)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    async def _send_loop(self, conn: _Connection) -> None:
+        while True:
+            text, pushed = await conn.queue.get()
+            if pushed and self._exchange.inject("stream_drop"):
+                self._drop(conn)
+                return
+            await conn.send({"type": "websocket.send", "text": text})
+            conn.messages_sent += 1
+            self._messages_sent += 1
+
+    def _enqueue(self, conn: _Connection, message: str, *, pushed: bool) -> None:
+        if conn.dropped:
+            return
+        try:
+            conn.queue.put_nowait((message, pushed))
+        except asyncio.QueueFull:
+            self._drop(conn)  # a client this far behind is cut off
+
+    def _drop(self, conn: _Connection) -> None:
+        if conn.dropped:
+            return
+        conn.dropped = True
+        self._connections_dropped += 1
+        self._forget(conn)
+        message = (
+            {"type": ABORT_EXTENSION}
+            if conn.abortable
+            else {"type": "websocket.close", "code": 1001}
+        )
+        task = asyncio.get_running_loop().create_task(self._send_quietly(conn, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _send_quietly(conn: _Connection, message: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await conn.send(message)
+
+    def _forget(self, conn: _Connection) -> None:
+        if self._connections.pop(conn.conn_id, None) is None:
+            return
+        with self._lock:
+            for topic in conn.topics:
+                self._lose_interest(conn, topic)
+
+    # ------------------------------------------------------------------ requests
+
+    def _handle(self, conn: _Connection, text: str) -> None:
+        request: Any = None
+        if len(text) <= _MAX_REQUEST_CHARS:
+            with contextlib.suppress(ValueError, RecursionError):
+                request = json.loads(text)
+        if not isinstance(request, dict):
+            self._reply(conn, {"success": False, "ret_msg": "error:request is not a JSON object"})
+            return
+        op = request.get("op")
+        req_id = request.get("req_id")
+        req_id = req_id if isinstance(req_id, str | int) and not isinstance(req_id, bool) else None
+        args = request.get("args")
+        if op == "ping":
+            self._pong(conn, req_id)
+        elif op == "auth" and conn.channel == "private":
+            self._auth(conn, req_id, args)
+        elif op in {"subscribe", "unsubscribe"}:
+            self._subscribe(conn, op, req_id, args)
+        else:
+            self._answer(conn, str(op)[:32], req_id, False, f"error:invalid op {str(op)[:32]}")
+
+    def _answer(
+        self, conn: _Connection, op: str, req_id: str | int | None, success: bool, ret_msg: str
+    ) -> None:
+        """Bybit's command answer: private `{success, ret_msg, op, conn_id[, req_id]}`,
+        linear `{success, ret_msg, conn_id, req_id, op}`."""
+        if conn.channel == "private":
+            answer: dict[str, Any] = {"success": success, "ret_msg": ret_msg, "op": op}
+            answer["conn_id"] = conn.conn_id
+            if req_id is not None:
+                answer["req_id"] = req_id
+        else:
+            answer = {
+                "success": success,
+                "ret_msg": ret_msg,
+                "conn_id": conn.conn_id,
+                "req_id": req_id if req_id is not None else "",
+                "op": op,
+            }
+        self._reply(conn, answer)
+
+    def _reply(self, conn: _Connection, answer: dict[str, Any]) -> None:
+        if "conn_id" not in answer:
+            answer = {**answer, "conn_id": conn.conn_id}
+        self._enqueue(conn, _dumps(answer), pushed=False)
+
+    def _pong(self, conn: _Connection, req_id: str | int | None) -> None:
+        if conn.channel == "private":
+            pong: dict[str, Any] = {}
+            if req_id is not None:
+                pong["req_id"] = req_id
+            pong.update(op="pong", args=[str(self._exchange.now_ms())], conn_id=conn.conn_id)
+            self._reply(conn, pong)
+        else:
+            self._answer(conn, "ping", req_id, True, "pong")
+
+    def _auth(self, conn: _Connection, req_id: str | int | None, args: Any) -> None:
+        refusal = self._check_auth(conn, args)
+        if refusal is not None:
+            self._answer(conn, "auth", req_id, False, refusal)
+            return
+        api_key = str(args[0])
+        label = self._exchange.account_label(api_key)
+        if label is not None:
+            conn.api_key = api_key
+            conn.user_id, conn.note = label
+        self._answer(conn, "auth", req_id, True, "")
+
+    def _check_auth(self, conn: _Connection, args: Any) -> str | None:
+        """None when the auth args are good, else the ret_msg of the refusal."""
+        if not (
+            isinstance(args, list)
+            and len(args) == 3
+            and isinstance(args[0], str)
+            and isinstance(args[2], str)
+            and isinstance(args[1], int | str)
+            and not isinstance(args[1], bool)
+        ):
+            return "Params Error"
+        api_key, expires, signature = args
+        try:
+            expires_ms = int(expires)
+        except ValueError:
+            return "Params Error"
+        if conn.api_key is not None and conn.api_key != api_key:
+            return "Repeat auth with another API key"
+        spec = self._exchange.account_spec(api_key)
+        if spec is None:
+            return "Invalid apikey"
+        expected = hmac.new(
+            spec.api_secret.get_secret_value().encode(),
+            f"GET/realtime{expires}".encode(),
+            hashlib.sha256,
+        ).hexdigest()
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+            return "Invalid sign"
+        now = self._exchange.now_ms()
+        if expires_ms <= now:
+            return "Params Error: expires is in the past"
+        if spec.expired_at is not None and spec.expired_at.timestamp() * 1000 <= now:
+            return "Your api key has expired."
+        return None
+
+    def _subscribe(self, conn: _Connection, op: str, req_id: str | int | None, args: Any) -> None:
+        if not (
+            isinstance(args, list)
+            and 0 < len(args) <= _MAX_TOPICS
+            and all(isinstance(topic, str) for topic in args)
+        ):
+            self._answer(conn, op, req_id, False, "error:args must be a list of topics")
+            return
+        topics: list[str] = list(dict.fromkeys(args))
+        if op == "unsubscribe":
+            with self._lock:
+                for topic in topics:
+                    if topic in conn.topics:
+                        conn.topics.discard(topic)
+                        self._lose_interest(conn, topic)
+                        conn.tickers.pop(topic.removeprefix(_TICKER_PREFIX), None)
+            self._answer(conn, op, req_id, True, "")
+            return
+        refusal = self._check_topics(conn, topics)
+        if refusal is not None:
+            self._answer(conn, op, req_id, False, refusal)
+            return
+        with self._lock:
+            for topic in topics:
+                conn.topics.add(topic)
+                if conn.channel == "private":
+                    assert conn.api_key is not None
+                    self._private_interest[(conn.api_key, PRIVATE_TOPICS[topic])] += 1
+                else:
+                    self._ticker_interest[topic.removeprefix(_TICKER_PREFIX)] += 1
+        self._answer(conn, op, req_id, True, "")
+        if conn.channel == "linear":
+            for topic in topics:
+                self._send_snapshot(conn, topic)
+
+    def _check_topics(self, conn: _Connection, topics: list[str]) -> str | None:
+        for topic in topics:
+            if topic in conn.topics:
+                return f"error:already subscribed,topic:{topic}"
+            if conn.channel == "private":
+                if topic not in PRIVATE_TOPICS:
+                    return f"error:handler not found,topic:{topic}"
+                if conn.api_key is None:
+                    return "Request not authorized"
+            elif not (
+                topic.startswith(_TICKER_PREFIX)
+                and topic.removeprefix(_TICKER_PREFIX) in self._exchange.config.instruments
+            ):
+                return f"error:handler not found,topic:{topic}"
+        return None
+
+    def _lose_interest(self, conn: _Connection, topic: str) -> None:
+        """Lock held."""
+        if conn.channel == "private":
+            if conn.api_key is not None and topic in PRIVATE_TOPICS:
+                self._private_interest[(conn.api_key, PRIVATE_TOPICS[topic])] -= 1
+        else:
+            self._ticker_interest[topic.removeprefix(_TICKER_PREFIX)] -= 1
+
+    # ------------------------------------------------------------------ pushes (event loop)
+
+    def _send_snapshot(self, conn: _Connection, topic: str) -> None:
+        symbol = topic.removeprefix(_TICKER_PREFIX)
+        snapshot = self._exchange.ticker_snapshot(symbol)
+        if snapshot is None:
+            return
+        cs, row = snapshot
+        conn.tickers[symbol] = (cs, row)
+        message = {
+            "topic": topic,
+            "type": "snapshot",
+            "data": row,
+            "cs": cs,
+            "ts": self._exchange.now_ms(),
+        }
+        self._enqueue(conn, _dumps(message), pushed=True)
+
+    def _deliver_private(
+        self, api_key: str, topic: str, rows: list[dict[str, Any]], created_ms: int
+    ) -> None:
+        message_id = str(uuid.uuid4())
+        texts: dict[str, str] = {}
+        for conn in list(self._connections.values()):
+            if conn.api_key != api_key:
+                continue
+            for name in conn.topics:
+                if PRIVATE_TOPICS.get(name) != topic:
+                    continue
+                text = texts.get(name)
+                if text is None:
+                    text = _dumps(
+                        {"id": message_id, "topic": name, "creationTime": created_ms, "data": rows}
+                    )
+                    texts[name] = text
+                self._enqueue(conn, text, pushed=True)
+
+    def _deliver_ticker(self, symbol: str, cs: int, row: dict[str, str], ts: int) -> None:
+        topic = _TICKER_PREFIX + symbol
+        for conn in list(self._connections.values()):
+            last = conn.tickers.get(symbol)
+            if topic not in conn.topics or last is None or cs <= last[0]:
+                continue  # a change the snapshot (or an earlier delta) already carried
+            changed = {name: value for name, value in row.items() if last[1].get(name) != value}
+            conn.tickers[symbol] = (cs, row)
+            if not changed:
+                continue
+            data = {"symbol": symbol, **changed}
+            message = {"topic": topic, "type": "delta", "data": data, "cs": cs, "ts": ts}
+            self._enqueue(conn, _dumps(message), pushed=True)
+
+
+class _Endpoint:
+    """A raw ASGI app for one stream path (Starlette's WebSocketRoute mounts it as is)."""
+
+    def __init__(self, hub: StreamHub, channel: Channel) -> None:
+        self._hub = hub
+        self._channel = channel
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._hub.serve(self._channel, scope, receive, send)

@@ -1,0 +1,476 @@
+"""The simulator's WebSocket streams through pybit's WebSocket (and raw websocket-client for
+exact shapes), against SimServer on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import requests
+import websocket
+from pybit.unified_trading import HTTP, WebSocket
+from pydantic import SecretStr
+
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+
+KEY = "stream-key"
+SECRET = "stream-secret"
+HEDGE_KEY = "hedge-key"
+T = TypeVar("T")
+
+
+class _SimWebSocket(WebSocket):  # type: ignore[misc]
+    """pybit's WebSocket pointed at the simulator: only the URL differs."""
+
+    def __init__(self, sim_url: str, **kwargs: Any) -> None:
+        self._sim_url = sim_url
+        super().__init__(**kwargs)
+
+    def _connect(self, url: str) -> None:
+        super()._connect(self._sim_url)
+
+
+class _Collector:
+    """A pybit callback that keeps every message, thread-safely."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._messages: list[dict[str, Any]] = []
+
+    def __call__(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._messages.append(json.loads(json.dumps(message)))
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._messages)
+
+
+def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
+    deadline = time.monotonic() + 5
+    while True:
+        value = read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}; last seen: {value!r}")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def server() -> Iterator[SimServer]:
+    accounts = [
+        SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET), note="main"),
+        SimAccountSpec(api_key=HEDGE_KEY, api_secret=SecretStr(SECRET), hedge_mode=True),
+    ]
+    with SimServer(SimExchange(SimulatorConfig(seed=3, accounts=accounts))) as running:
+        yield running
+
+
+@pytest.fixture
+def open_ws(server: SimServer) -> Iterator[Callable[..., _SimWebSocket]]:
+    sockets: list[_SimWebSocket] = []
+
+    def make(channel: str, **kwargs: Any) -> _SimWebSocket:
+        path = "/v5/private" if channel == "private" else f"/v5/public/{channel}"
+        ws = _SimWebSocket(
+            server.ws_url + path,
+            channel_type=channel,
+            testnet=False,
+            retries=3,
+            restart_on_error=False,
+            **kwargs,
+        )
+        sockets.append(ws)
+        return ws
+
+    yield make
+    for ws in sockets:
+        ws.exit()
+
+
+@pytest.fixture
+def raw(server: SimServer) -> Iterator[Callable[[str], websocket.WebSocket]]:
+    sockets: list[websocket.WebSocket] = []
+
+    def make(path: str) -> websocket.WebSocket:
+        sock = websocket.create_connection(server.ws_url + path, timeout=5)
+        sockets.append(sock)
+        return sock
+
+    yield make
+    for sock in sockets:
+        sock.close()
+
+
+@pytest.fixture
+def http(server: SimServer) -> Iterator[HTTP]:
+    session = HTTP(api_key=KEY, api_secret=SECRET, timeout=5, max_retries=1, retry_codes={-1})
+    session.endpoint = server.url
+    yield session
+    session.client.close()
+
+
+def _auth_args(key: str, secret: str, expires: int) -> list[Any]:
+    signature = hmac.new(
+        secret.encode(), f"GET/realtime{expires}".encode(), hashlib.sha256
+    ).hexdigest()
+    return [key, expires, signature]
+
+
+def _ask(sock: websocket.WebSocket, request: dict[str, Any]) -> dict[str, Any]:
+    sock.send(json.dumps(request))
+    answer: dict[str, Any] = json.loads(sock.recv())
+    return answer
+
+
+def _post(server: SimServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    answer = requests.post(server.url + path, json=body, timeout=5)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+# ----------------------------------------------------------------- private: commands
+
+
+def test_auth_ping_and_subscribe_answer_in_bybits_private_shapes(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    sock = raw("/v5/private")
+    expires = int(time.time() * 1000) + 5000
+
+    refused = _ask(sock, {"req_id": "s1", "op": "subscribe", "args": ["order"]})
+    auth = _ask(sock, {"req_id": "a1", "op": "auth", "args": _auth_args(KEY, SECRET, expires)})
+    pong = _ask(sock, {"req_id": "p1", "op": "ping"})
+    subscribed = _ask(sock, {"req_id": "s2", "op": "subscribe", "args": ["order", "wallet"]})
+    unsubscribed = _ask(sock, {"req_id": "u1", "op": "unsubscribe", "args": ["wallet"]})
+
+    conn_id = auth["conn_id"]
+    assert refused == {
+        "success": False,
+        "ret_msg": "Request not authorized",
+        "op": "subscribe",
+        "conn_id": conn_id,
+        "req_id": "s1",
+    }
+    assert auth == {
+        "success": True,
+        "ret_msg": "",
+        "op": "auth",
+        "conn_id": conn_id,
+        "req_id": "a1",
+    }
+    assert pong["op"] == "pong" and pong["req_id"] == "p1" and pong["conn_id"] == conn_id
+    assert pong["args"][0].isdigit()
+    assert subscribed == {
+        "success": True,
+        "ret_msg": "",
+        "op": "subscribe",
+        "conn_id": conn_id,
+        "req_id": "s2",
+    }
+    assert unsubscribed["success"] is True and unsubscribed["op"] == "unsubscribe"
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (_auth_args(KEY, "wrong-secret", 4_102_444_800_000), "Invalid sign"),
+        (_auth_args("unknown-key", SECRET, 4_102_444_800_000), "Invalid apikey"),
+        (_auth_args(KEY, SECRET, 1_000), "Params Error"),
+        (["only-one"], "Params Error"),
+    ],
+)
+def test_bad_auth_is_refused(
+    raw: Callable[[str], websocket.WebSocket], args: list[Any], reason: str
+) -> None:
+    sock = raw("/v5/private")
+
+    answer = _ask(sock, {"op": "auth", "args": args})
+
+    assert answer["success"] is False and answer["op"] == "auth"
+    assert answer["ret_msg"].startswith(reason)
+    assert _ask(sock, {"op": "subscribe", "args": ["order"]})["success"] is False
+
+
+def test_malformed_requests_get_an_error_answer_and_the_connection_stays(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    sock = raw("/v5/private")
+
+    answers = [
+        _ask(sock, {"op": "auth"})
+        if False
+        else json.loads((sock.send("not json"), sock.recv())[1]),
+        _ask(sock, {"op": "fly"}),
+        _ask(sock, {"op": "subscribe", "args": "order"}),
+        json.loads((sock.send("[1, 2]"), sock.recv())[1]),
+    ]
+
+    assert all(answer["success"] is False for answer in answers)
+    assert all(isinstance(answer["ret_msg"], str) for answer in answers)
+    assert _ask(sock, {"op": "ping"})["op"] == "pong"
+
+
+def test_pybit_authenticates_and_pings(open_ws: Callable[..., _SimWebSocket]) -> None:
+    ws = open_ws("private", api_key=KEY, api_secret=SECRET)
+
+    _eventually(lambda: ws.auth, bool, "pybit's auth flag")
+    ws._send_custom_ping()
+    ws.order_stream(_Collector())
+
+    assert ws.is_connected()
+
+
+# ----------------------------------------------------------------- private: pushes
+
+
+def test_a_filled_resting_order_streams_order_execution_position_and_wallet(
+    server: SimServer, open_ws: Callable[..., _SimWebSocket], http: HTTP
+) -> None:
+    ws = open_ws("private", api_key=KEY, api_secret=SECRET)
+    orders, executions, positions, wallets = _Collector(), _Collector(), _Collector(), _Collector()
+    ws.order_stream(orders)
+    ws.execution_stream(executions)
+    ws.position_stream(positions)
+    ws.wallet_stream(wallets)
+    _eventually(
+        lambda: [c["topics"] for c in _connections(server)],
+        lambda topics: topics == [["execution", "order", "position", "wallet"]],
+        "four topics",
+    )
+
+    placed = http.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Buy",
+        orderType="Limit",
+        qty="0.01",
+        price="96000",
+        orderLinkId="stream-1",
+        positionIdx=0,
+    )
+    order_id = placed["result"]["orderId"]
+    _eventually(lambda: orders.messages, lambda m: len(m) >= 1, "the New order")
+    # The order rests once the matching engine has seen it (market_fill_delay_ms later).
+    _eventually(lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "resting")
+    _post(server, "/sim/prices", {"BTCUSDT": 95900})
+    _eventually(
+        lambda: [m["data"][0]["orderStatus"] for m in orders.messages],
+        lambda statuses: "Filled" in statuses,
+        "the Filled order",
+    )
+    _eventually(lambda: executions.messages, lambda m: len(m) == 1, "one execution")
+    _eventually(lambda: positions.messages, lambda m: len(m) >= 1, "a position update")
+    _eventually(lambda: wallets.messages, lambda m: len(m) >= 2, "wallet updates")
+
+    new, filled = orders.messages[0], orders.messages[-1]
+    assert set(new) == {"id", "topic", "creationTime", "data"}
+    assert new["topic"] == "order" and isinstance(new["creationTime"], int)
+    assert new["data"][0]["orderStatus"] == "New"
+    row = filled["data"][0]
+    assert row["category"] == "linear" and row["orderId"] == order_id
+    assert row["orderLinkId"] == "stream-1" and row["orderStatus"] == "Filled"
+    assert row["cumExecQty"] == "0.01" and row["avgPrice"] == "96000"
+    assert row["cumExecFee"] == "0.192" and row["leavesQty"] == "0"
+    assert row["positionIdx"] == 0 and row["closedPnl"] == "0"
+
+    execution = executions.messages[0]["data"]
+    assert len(execution) == 1
+    fill = execution[0]
+    assert fill["category"] == "linear" and fill["execType"] == "Trade"
+    assert fill["execPrice"] == "96000" and fill["execQty"] == "0.01"
+    assert fill["execFee"] == "0.192" and fill["feeRate"] == "0.0002"
+    assert fill["isMaker"] is True and fill["closedSize"] == "0"
+    assert fill["orderId"] == order_id and fill["orderLinkId"] == "stream-1"
+    assert fill["side"] == "Buy" and fill["symbol"] == "BTCUSDT"
+    assert fill["execTime"].isdigit() and fill["execId"]
+
+    position = positions.messages[-1]["data"][0]
+    assert position["category"] == "linear" and position["positionIdx"] == 0
+    assert position["symbol"] == "BTCUSDT" and position["side"] == "Buy"
+    assert position["size"] == "0.01" and position["entryPrice"] == "96000"
+    assert position["markPrice"] == "95900" and position["unrealisedPnl"] == "-1"
+    assert position["positionStatus"] == "Normal" and isinstance(position["seq"], int)
+    assert position["takeProfit"] == "0" and position["stopLoss"] == "0"
+    assert position["curRealisedPnl"] == "-0.192"
+
+    wallet = wallets.messages[-1]["data"][0]
+    assert wallet["accountType"] == "UNIFIED"
+    assert wallet["totalWalletBalance"] == "9999.808"
+    assert {"totalEquity", "totalAvailableBalance", "coin"} <= set(wallet)
+    assert wallet["coin"][0]["coin"] == "USDT"
+
+    stats = requests.get(server.url + "/sim/stats", timeout=5).json()
+    assert stats["stream_messages_sent"] >= 9
+
+
+def _connections(server: SimServer) -> list[dict[str, Any]]:
+    answer = requests.get(server.url + "/sim/streams", timeout=5)
+    connections: list[dict[str, Any]] = answer.json()["connections"]
+    return connections
+
+
+# ----------------------------------------------------------------- public tickers
+
+
+def test_ticker_snapshot_then_deltas_merge_in_pybit(
+    server: SimServer,
+    open_ws: Callable[..., _SimWebSocket],
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    sock = raw("/v5/public/linear")
+    subscribed = _ask(sock, {"req_id": "t1", "op": "subscribe", "args": ["tickers.BTCUSDT"]})
+    snapshot = json.loads(sock.recv())
+    ws = open_ws("linear")
+    merged = _Collector()
+    ws.ticker_stream("BTCUSDT", merged)
+    _eventually(lambda: merged.messages, lambda m: len(m) == 1, "pybit's snapshot")
+
+    _post(server, "/sim/prices", {"BTCUSDT": 97500})
+    delta = json.loads(sock.recv())
+    _eventually(
+        lambda: merged.messages[-1]["data"]["lastPrice"], lambda p: p == "97500", "the merge"
+    )
+
+    assert subscribed["success"] is True and subscribed["req_id"] == "t1"
+    assert subscribed["op"] == "subscribe" and "conn_id" in subscribed
+    assert snapshot["topic"] == "tickers.BTCUSDT" and snapshot["type"] == "snapshot"
+    assert isinstance(snapshot["cs"], int) and isinstance(snapshot["ts"], int)
+    assert snapshot["data"]["lastPrice"] == "97000"
+    assert {"symbol", "markPrice", "indexPrice", "bid1Price", "ask1Price"} <= set(snapshot["data"])
+    assert delta["type"] == "delta" and delta["cs"] > snapshot["cs"]
+    assert delta["data"]["symbol"] == "BTCUSDT" and delta["data"]["lastPrice"] == "97500"
+    assert delta["data"]["tickDirection"] == "PlusTick"
+    assert "fundingRate" not in delta["data"]  # unchanged fields are left out
+    final = merged.messages[-1]["data"]
+    assert final["markPrice"] == "97500" and final["fundingRate"] == "0.0001"
+
+
+def test_a_price_walk_streams_deltas(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket]
+) -> None:
+    sock = raw("/v5/public/linear")
+    _ask(sock, {"op": "subscribe", "args": ["tickers.ETHUSDT"]})
+    sock.recv()  # the snapshot
+
+    _post(
+        server, "/sim/prices", {"ETHUSDT": {"walk": {"seed": 1, "step_bps": 5, "interval_ms": 5}}}
+    )
+    deltas = [json.loads(sock.recv()) for _ in range(3)]
+    _post(server, "/sim/prices", {"ETHUSDT": {"walk": None}})
+
+    assert all(d["type"] == "delta" and "lastPrice" in d["data"] for d in deltas)
+    assert [d["cs"] for d in deltas] == sorted(d["cs"] for d in deltas)
+
+
+def test_unknown_public_topic_is_refused(raw: Callable[[str], websocket.WebSocket]) -> None:
+    sock = raw("/v5/public/linear")
+
+    answer = _ask(sock, {"op": "subscribe", "args": ["tickers.NOPEUSDT"]})
+    pong = _ask(sock, {"op": "ping"})
+
+    assert answer["success"] is False and "tickers.NOPEUSDT" in answer["ret_msg"]
+    assert pong["success"] is True and pong["ret_msg"] == "pong" and pong["op"] == "ping"
+
+
+# ----------------------------------------------------------------- faults and admin routes
+
+
+def test_the_drop_route_cuts_connections_and_the_client_sees_it(
+    server: SimServer, open_ws: Callable[..., _SimWebSocket]
+) -> None:
+    ws = open_ws("private", api_key=KEY, api_secret=SECRET)
+    ws.order_stream(_Collector())
+    listed = _eventually(lambda: _connections(server), lambda c: len(c) == 1, "the connection")
+
+    dropped = _post(server, "/sim/streams/drop", {"api_key": "someone-else"})
+    assert dropped == {"dropped": 0}
+    dropped = _post(server, "/sim/streams/drop", {"api_key": KEY})
+
+    assert dropped == {"dropped": 1}
+    _eventually(ws.is_connected, lambda connected: not connected, "the client to see the drop")
+    _eventually(lambda: _connections(server), lambda c: c == [], "the server to forget it")
+    assert listed[0]["userID"] > 0 and listed[0]["note"] == "main"
+    assert KEY not in json.dumps(listed)
+    stats = requests.get(server.url + "/sim/stats", timeout=5).json()
+    assert stats["stream_connections_dropped"] == 1
+
+
+def test_stream_drop_fault_cuts_on_a_pushed_message(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket]
+) -> None:
+    sock = raw("/v5/public/linear")
+    _post(server, "/sim/faults", {"stream_drop": 1.0})
+
+    sock.send(json.dumps({"op": "subscribe", "args": ["tickers.BTCUSDT"]}))
+    sock.recv()  # the answer is not a push; the snapshot is, and is never sent
+
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        sock.recv()
+    faults = requests.get(server.url + "/sim/stats", timeout=5).json()["faults_injected"]
+    assert faults["stream_drop"] == 1
+
+
+# ----------------------------------------------------------------- hedge mode
+
+
+def test_hedge_mode_lists_two_rows_and_refuses_position_idx_0(server: SimServer) -> None:
+    session = HTTP(api_key=HEDGE_KEY, api_secret=SECRET, timeout=5, max_retries=1)
+    session.endpoint = server.url
+
+    rows = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"]
+    refused = session.client.post(
+        server.url + "/v5/order/create",
+        data=b"{}",
+        timeout=5,
+    )
+    answer = _signed_create(server, HEDGE_KEY, {"positionIdx": 0})
+    one_way = _signed_create(server, KEY, {"positionIdx": 1})
+    session.client.close()
+
+    assert [(row["positionIdx"], row["symbol"]) for row in rows] == [
+        (1, "BTCUSDT"),
+        (2, "BTCUSDT"),
+    ]
+    assert refused.status_code == 200
+    assert (answer["retCode"], answer["retMsg"]) == (10001, "position idx not match position mode")
+    assert (one_way["retCode"], one_way["retMsg"]) == (
+        10001,
+        "position idx not match position mode",
+    )
+
+
+def _signed_create(server: SimServer, key: str, extra: dict[str, Any]) -> dict[str, Any]:
+    body = json.dumps(
+        {
+            "category": "linear",
+            "symbol": "BTCUSDT",
+            "side": "Buy",
+            "orderType": "Market",
+            "qty": "0.001",
+            **extra,
+        }
+    )
+    timestamp, window = str(int(time.time() * 1000)), "5000"
+    signature = hmac.new(
+        SECRET.encode(), f"{timestamp}{key}{window}{body}".encode(), hashlib.sha256
+    ).hexdigest()
+    headers = {
+        "X-BAPI-API-KEY": key,
+        "X-BAPI-TIMESTAMP": timestamp,
+        "X-BAPI-RECV-WINDOW": window,
+        "X-BAPI-SIGN": signature,
+        "Content-Type": "application/json",
+    }
+    answer = requests.post(server.url + "/v5/order/create", data=body, headers=headers, timeout=5)
+    result: dict[str, Any] = answer.json()
+    return result
