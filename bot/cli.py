@@ -8,15 +8,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Final, NoReturn
+from typing import Annotated, Final, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from bot import logs
+from bot.account import AccountProjection, StrategyBook
 from bot.config import BotSettings, ConfigError, load_settings
 from bot.journal import Journal, JournalError
 from bot.secrets import DEFAULT_SECRETS_DIR, MissingSecretError, webhook_secret_name
@@ -27,6 +30,7 @@ from signals.voiceofchain import SIGNATURE_HEADER, sign
 __all__ = ["app", "main"]
 
 SEND_TIMEOUT_S: Final = 10.0
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Turn trading signals into Bybit orders, safely. Offline by default (simulator).",
@@ -170,15 +174,7 @@ def orders(
     config: ConfigOption = None,
 ) -> None:
     """What the journal holds: each signal, its decisions and its orders."""
-    settings = _settings(config)
-    try:
-        journal = Journal(settings.journal_path, read_only=True)
-    except JournalError as exc:
-        _fail(str(exc))
-    try:
-        rows = journal.trace(limit)
-    finally:
-        journal.close()
+    rows = _read_journal(config, lambda journal: journal.trace(limit))
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row.as_dict(), separators=(",", ":")))
@@ -208,6 +204,75 @@ def orders(
             row.order_link_id or "",
         )
     console.print(table)
+
+
+@app.command()
+def positions(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Positions per key and strategy, from the journal: each strategy's own fills, marked at
+    the venue's last reported price; realized PnL and fees of today (UTC)."""
+    projection = _read_journal(
+        config,
+        lambda journal: AccountProjection.replay(
+            journal.executions(), journal.positions(), journal.wallets()
+        ),
+    )
+    rows = [  # open now, or traded today
+        row
+        for row in map(partial(_position_row, projection), projection.books())
+        if any(row[k] != "0" for k in ("size", "realized_pnl_today", "fees_today"))
+    ]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, separators=(",", ":")))
+        return
+    table = Table()
+    for column in (
+        *("key", "strategy", "symbol", "side", "size", "entry", "mark", "uPnL"),
+        *("realized today", "fees today"),
+    ):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(value) for value in row.values()))
+    console.print(table)
+
+
+def _position_row(projection: AccountProjection, book: StrategyBook) -> dict[str, str]:
+    mark = projection.mark_price(book.key_name, book.symbol)
+    realized, fees = book.today()
+    return {
+        "key": book.key_name,
+        "strategy": book.strategy,
+        "symbol": book.symbol,
+        "side": "Buy" if book.size > 0 else "Sell" if book.size < 0 else "",
+        "size": _plain(abs(book.size)),
+        "entry": _plain(book.entry_price) if book.size else "",
+        "mark": _plain(mark) if mark is not None else "",
+        "unrealized_pnl": _plain(book.unrealized_pnl(mark)) if mark is not None else "",
+        "realized_pnl_today": _plain(realized),
+        "fees_today": _plain(fees),
+    }
+
+
+def _plain(value: Decimal) -> str:
+    """Decimal for people: plain notation, at most 8 decimals, no trailing zeros."""
+    text = format(value.quantize(Decimal("1e-8")).normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+def _read_journal(config: Path | None, read: Callable[[Journal], T]) -> T:
+    """Open the configured journal read-only, read, close; a missing journal is a clear error."""
+    settings = _settings(config)
+    try:
+        journal = Journal(settings.journal_path, read_only=True)
+    except JournalError as exc:
+        _fail(str(exc))
+    try:
+        return read(journal)
+    finally:
+        journal.close()
 
 
 @app.command()

@@ -14,9 +14,10 @@ nothing blocks the loop and writes keep their order.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,12 +30,16 @@ from bot.execution.orders import TransitionRefused, check_transition
 from bot.logs import logger
 from bot.messages import (
     Decline,
+    Execution,
     ExitOrder,
     OrderEvent,
     OrderRequest,
     OrderStatus,
+    PositionUpdate,
     RiskDecision,
+    Side,
     Signal,
+    WalletUpdate,
     utc_now,
 )
 
@@ -44,6 +49,36 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 2
+_ACCOUNT: Final = """
+CREATE TABLE IF NOT EXISTS executions (
+    exec_id         TEXT PRIMARY KEY,
+    key_name        TEXT NOT NULL,
+    order_id        TEXT NOT NULL,
+    order_link_id   TEXT NOT NULL,
+    symbol          TEXT NOT NULL,
+    side            TEXT NOT NULL,
+    qty             TEXT NOT NULL,
+    price           TEXT NOT NULL,
+    fee             TEXT NOT NULL,
+    is_maker        INTEGER NOT NULL,
+    stop_order_type TEXT NOT NULL,
+    exec_time       TEXT NOT NULL,
+    allocation      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS executions_by_key ON executions (key_name, exec_time);
+CREATE TABLE IF NOT EXISTS positions (
+    key_name         TEXT NOT NULL,
+    symbol           TEXT NOT NULL,
+    snapshot         TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    PRIMARY KEY (key_name, symbol)
+);
+CREATE TABLE IF NOT EXISTS wallets (
+    key_name   TEXT PRIMARY KEY,
+    snapshot   TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"""
 _EXIT_ORDERS: Final = """
 CREATE TABLE IF NOT EXISTS exit_orders (
     order_id      TEXT PRIMARY KEY,
@@ -119,14 +154,14 @@ CREATE TABLE IF NOT EXISTS order_events (
     ret_code      INTEGER,
     reason        TEXT NOT NULL DEFAULT ''
 );
-{_EXIT_ORDERS}"""
+{_EXIT_ORDERS}{_ACCOUNT}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
 ALTER TABLE orders ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE order_events ADD COLUMN ret_code INTEGER;
 ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
-{_EXIT_ORDERS}""",
+{_EXIT_ORDERS}{_ACCOUNT}""",
 }
 _VENUE_STATES: Final = frozenset(
     {
@@ -413,12 +448,13 @@ class Journal:
         )
         return cursor.rowcount == 1
 
-    def record_order_event(self, event: OrderEvent) -> bool:
+    def record_order_event(self, event: OrderEvent, *, missing_ok: bool = False) -> bool:
         """Apply one event to its order if it moves the order forward; False if refused.
 
-        The check and the write happen in one transaction, so two writers (the executor and
-        the reconciliation loop) can never interleave a backward move. A Submitting event
-        counts one more send attempt.
+        The check and the write happen in one transaction, so writers (the executor, the
+        reconciliation loop, the account stream) can never interleave a backward move. A
+        Submitting event counts one more send attempt. With `missing_ok`, an event for an
+        order the journal does not hold (not ours) is ignored rather than an error.
         """
         with self._transaction() as db:
             row = db.execute(
@@ -426,6 +462,8 @@ class Journal:
                 (event.order_link_id,),
             ).fetchone()
             if row is None:
+                if missing_ok:
+                    return False
                 raise JournalError(f"no journaled order {event.order_link_id}")
             current, filled = OrderStatus(row[0]), Decimal(row[1])
             if current is event.status is not OrderStatus.SUBMITTING and filled == (
@@ -619,6 +657,132 @@ class Journal:
             ).fetchall()
         return sorted(row[0] for row in rows)
 
+    # account -------------------------------------------------------------------------------
+
+    def record_execution(self, execution: Execution, allocation: Mapping[str, Decimal]) -> bool:
+        """Journal a fill once (by execId) with how its quantity is split among strategies;
+        False if it was already journaled (a stream message and a REST page may both bring
+        it)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO executions (exec_id, key_name, order_id, order_link_id,"
+                " symbol, side, qty, price, fee, is_maker, stop_order_type, exec_time,"
+                " allocation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    execution.exec_id,
+                    execution.key_name,
+                    execution.order_id,
+                    execution.order_link_id,
+                    execution.symbol,
+                    execution.side.value,
+                    str(execution.qty),
+                    str(execution.price),
+                    str(execution.fee),
+                    int(execution.is_maker),
+                    execution.stop_order_type,
+                    execution.ts.isoformat(),
+                    json.dumps({name: str(qty) for name, qty in allocation.items()}),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def executions(self) -> list[tuple[Execution, dict[str, Decimal]]]:
+        """Every journaled fill with its allocation to strategies, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT exec_id, key_name, order_id, order_link_id, symbol, side, qty, price, fee,"
+                " is_maker, stop_order_type, exec_time, allocation FROM executions"
+                " ORDER BY exec_time, rowid"
+            ).fetchall()
+        return [
+            (
+                Execution(
+                    exec_id=exec_id,
+                    key_name=key_name,
+                    order_id=order_id,
+                    order_link_id=order_link_id,
+                    symbol=symbol,
+                    side=Side(side),
+                    qty=Decimal(qty),
+                    price=Decimal(price),
+                    fee=Decimal(fee),
+                    is_maker=bool(is_maker),
+                    stop_order_type=stop_order_type,
+                    ts=datetime.fromisoformat(exec_time),
+                ),
+                {name: Decimal(qty) for name, qty in json.loads(allocation).items()},
+            )
+            for (
+                exec_id,
+                key_name,
+                order_id,
+                order_link_id,
+                symbol,
+                side,
+                qty,
+                price,
+                fee,
+                is_maker,
+                stop_order_type,
+                exec_time,
+                allocation,
+            ) in rows
+        ]
+
+    def last_execution_time(self, key_name: str) -> datetime | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(exec_time) FROM executions WHERE key_name = ?", (key_name,)
+            ).fetchone()
+        return None if row[0] is None else datetime.fromisoformat(row[0])
+
+    def strategy_of(self, order_link_id: str) -> str | None:
+        """The strategy whose order this is, or None if the journal does not hold it."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT strategy FROM orders WHERE order_link_id = ?", (order_link_id,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_position(self, update: PositionUpdate) -> bool:
+        """Keep the venue's latest view of a key's position; an older one changes nothing."""
+        return self._record_snapshot(
+            "positions", ("key_name", "symbol"), (update.key_name, update.symbol), update
+        )
+
+    def record_wallet(self, update: WalletUpdate) -> bool:
+        """Keep the venue's latest view of a key's balance; an older one changes nothing."""
+        return self._record_snapshot("wallets", ("key_name",), (update.key_name,), update)
+
+    def _record_snapshot(
+        self,
+        table: str,
+        key_columns: tuple[str, ...],
+        key: tuple[str, ...],
+        update: PositionUpdate | WalletUpdate,
+    ) -> bool:
+        columns = ", ".join((*key_columns, "snapshot", "updated_at"))
+        marks = ", ".join("?" * (len(key_columns) + 2))
+        conflict = ", ".join(key_columns)
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608 - our names
+                f" ON CONFLICT ({conflict}) DO UPDATE SET snapshot = excluded.snapshot,"
+                " updated_at = excluded.updated_at WHERE excluded.updated_at >= updated_at",
+                (*key, update.model_dump_json(), update.ts.isoformat()),
+            )
+            return cursor.rowcount == 1
+
+    def positions(self) -> list[PositionUpdate]:
+        with self._lock:
+            rows = self._db.execute("SELECT snapshot FROM positions").fetchall()
+        return [PositionUpdate.model_validate_json(row[0]) for row in rows]
+
+    def wallets(self) -> list[WalletUpdate]:
+        with self._lock:
+            rows = self._db.execute("SELECT snapshot FROM wallets").fetchall()
+        return [WalletUpdate.model_validate_json(row[0]) for row in rows]
+
     def order_events(self, order_link_id: str) -> list[OrderEvent]:
         """An order's history, oldest first: every transition with time, retCode and reason."""
         with self._lock:
@@ -676,7 +840,14 @@ class Journal:
         with self._lock:
             return {
                 table: self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # noqa: S608
-                for table in ("signals", "decisions", "orders", "order_events", "exit_orders")
+                for table in (
+                    "signals",
+                    "decisions",
+                    "orders",
+                    "order_events",
+                    "exit_orders",
+                    "executions",
+                )
             }
 
 

@@ -1,8 +1,10 @@
-"""Market snapshots for strategies: last price, equity and (on demand) position.
+"""Market snapshots for strategies: last price, equity and (on demand) their own position.
 
-Prices and equity are cached for `venue.market_cache_s`, so a burst of signals costs one venue
-round trip, not one per signal; sizing from a price a second old is fine, and the risk gate
-re-checks the result.
+The position is the strategy's own, from the account projection (its fills, not the key's
+whole position). Equity comes from the account stream while it is live; otherwise, like the
+last price, from the venue, cached for `venue.market_cache_s`, so a burst of signals costs one
+venue round trip, not one per signal; sizing from a price a second old is fine, and the risk
+gate re-checks the result.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 
+from bot.account import Account
 from bot.venue.base import Venue
 from strategies.base import MarketView
 
@@ -24,22 +27,30 @@ class MarketData:
     def __init__(
         self,
         venues: Mapping[str, Venue],
+        account: Account,
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._venues = venues
+        self._account = account
         self._max_age_s = max_age_s
         self._clock = clock
         self._prices: dict[str, tuple[float, Decimal]] = {}
         self._equity: dict[str, tuple[float, Decimal]] = {}
 
-    async def view(self, key_name: str, symbol: str, *, with_position: bool) -> MarketView:
-        """A snapshot for one strategy (identified by its key) and one symbol."""
+    async def view(
+        self, key_name: str, strategy: str, symbol: str, *, with_position: bool
+    ) -> MarketView:
+        """A snapshot for one strategy (trading with `key_name`) and one symbol."""
         venue = self._venues[key_name]
         instrument, price, equity = await asyncio.gather(
             venue.instrument(symbol), self._price(venue, symbol), self._equity_of(key_name)
         )
-        position = await venue.position_qty(symbol) if with_position else None
+        position = (
+            await self._account.strategy_position(key_name, strategy, symbol)
+            if with_position
+            else None
+        )
         return MarketView(
             instrument=instrument, last_price=price, equity_usdt=equity, position_qty=position
         )
@@ -48,6 +59,9 @@ class MarketData:
         return await self._cached(self._prices, symbol, lambda: venue.last_price(symbol))
 
     async def _equity_of(self, key_name: str) -> Decimal:
+        streamed = self._account.equity_usdt(key_name)
+        if streamed is not None:
+            return streamed
         return await self._cached(self._equity, key_name, self._venues[key_name].equity_usdt)
 
     async def _cached(

@@ -32,6 +32,7 @@ __all__ = [
     "ORDER_LINK_ID_PATTERN",
     "SIGNAL_ID_PATTERN",
     "Decline",
+    "Execution",
     "ExitOrder",
     "Instrument",
     "OrderEvent",
@@ -39,11 +40,13 @@ __all__ = [
     "OrderRequest",
     "OrderStatus",
     "OrderType",
+    "PositionUpdate",
     "RiskDecision",
     "Side",
     "Signal",
     "SignalAction",
     "SignalError",
+    "WalletUpdate",
     "parse_signal",
 ]
 
@@ -382,6 +385,7 @@ class OrderRequest(_Message):
             "orderType": self.order_type.value,
             "qty": _plain(self.qty),
             "orderLinkId": self.order_link_id,
+            "positionIdx": 0,  # one-way mode; start-up refuses an account in hedge mode
         }
         if self.price is not None:
             params["price"] = _plain(self.price)
@@ -431,3 +435,51 @@ class ExitOrder(_Message):
     filled_qty: Decimal = Decimal(0)
     avg_price: Decimal | None = None
     ts: datetime = Field(default_factory=utc_now)
+
+
+class Execution(_Message):
+    """One fill at the venue, with its fee; `exec_id` is the venue's and unique per fill.
+
+    `order_link_id` is empty for orders the venue created (a stop loss or take profit).
+    """
+
+    exec_id: str
+    key_name: str
+    order_id: str
+    order_link_id: str = ""
+    symbol: Symbol
+    side: Side
+    qty: Decimal
+    price: Decimal
+    fee: Decimal = Field(description="USDT; positive is paid, negative a rebate")
+    is_maker: bool = False
+    stop_order_type: str = ""
+    ts: datetime
+
+    @property
+    def signed_qty(self) -> Decimal:
+        return self.qty if self.side is Side.BUY else -self.qty
+
+
+class PositionUpdate(_Message):
+    """A key's position in one symbol as the venue reports it (one-way mode)."""
+
+    key_name: str
+    symbol: Symbol
+    size: Decimal = Field(description="signed: positive long, negative short, zero flat")
+    entry_price: Decimal
+    mark_price: Decimal
+    unrealized_pnl: Decimal
+    cum_realized_pnl: Decimal
+    leverage: Decimal
+    ts: datetime
+
+
+class WalletUpdate(_Message):
+    """A key's unified account balance, in USDT."""
+
+    key_name: str
+    equity_usdt: Decimal
+    available_usdt: Decimal
+    wallet_balance_usdt: Decimal
+    ts: datetime

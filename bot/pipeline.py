@@ -229,7 +229,10 @@ class Pipeline:
             return
         try:
             market = await self._market.view(
-                slot.key_name, signal.symbol, with_position=strategy.wants_position(signal)
+                slot.key_name,
+                slot.name,
+                signal.symbol,
+                with_position=strategy.wants_position(signal),
             )
         except KeyFatalError as exc:
             self._executor.disable_key(slot.key_name, exc)

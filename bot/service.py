@@ -16,9 +16,10 @@ import contextlib
 import signal
 import socket
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -26,6 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from bot.account import Account
 from bot.app import create_app
 from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
@@ -40,6 +42,8 @@ from bot.risk.gate import RiskGate
 from bot.secrets import SecretResolver, webhook_secret_name, webhook_token_name
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
+from bot.venue.errors import VenueError
+from bot.venue.stream import AccountStream
 from signals.voiceofchain import WebhookReceiver
 
 __all__ = [
@@ -113,7 +117,8 @@ class _Stages:
     pipeline: Pipeline
     executor: Executor
     reconciler: Reconciler
-    keys: tuple[str, ...]
+    account: Account
+    venues: Mapping[str, BybitVenue]
     app: FastAPI
 
 
@@ -164,6 +169,7 @@ class Service:
             resources.callback(sock.close)
             # Start-up does file, SQLite and thread I/O: keep it off the event loop too.
             stages = await asyncio.to_thread(self._build, resources)
+            await self._refuse_hedge_mode(stages.venues)
             self._server = _Server(
                 uvicorn.Config(
                     stages.app,
@@ -187,6 +193,10 @@ class Service:
         assert self._server is not None
         async with asyncio.TaskGroup() as tasks:
             background = [tasks.create_task(stages.pipeline.run())]
+            # The account streams connect (and close their gaps) while start-up settles.
+            background += [
+                tasks.create_task(stream.run()) for stream in stages.account.streams.values()
+            ]
             if not await self._start_up_or_stop(stages):
                 logger.warning(
                     "stopped during start-up; unfinished orders settle on the next start"
@@ -194,7 +204,7 @@ class Service:
                 for task in background:
                     task.cancel()
                 return
-            background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.keys]
+            background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.venues]
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
                 await asyncio.sleep(0.01)
@@ -220,6 +230,26 @@ class Service:
                 task.cancel()
         logger.info("bot stopped")
 
+    async def _refuse_hedge_mode(self, venues: Mapping[str, BybitVenue]) -> None:
+        """Orders carry positionIdx 0: every key's account must be in one-way mode."""
+        for key_name, venue in venues.items():
+            try:
+                hedged = await venue.hedge_mode_symbols(self.settings.risk.symbols)
+            except VenueError as exc:
+                logger.warning(
+                    "could not read the position mode of key {key}: {error}",
+                    key=key_name,
+                    error=str(exc),
+                )
+                continue
+            if hedged:
+                raise ConfigError(
+                    f"the account of key {key_name} trades {', '.join(hedged)} in hedge mode; "
+                    "this bot places one-way orders (positionIdx 0). Switch the account to "
+                    "one-way mode (Bybit: Derivatives settings, Position Mode: One-Way, or "
+                    "POST /v5/position/switch-mode with mode 0) and start again"
+                )
+
     async def _start_up_or_stop(self, stages: _Stages) -> bool:
         """Settle the last run's unfinished work, unless a stop comes first (False then)."""
         start_up = asyncio.ensure_future(self._settle_last_run(stages))
@@ -240,7 +270,7 @@ class Service:
         it never left) before the first new signal; then unfinished signals run again in
         their original order."""
         settled = await asyncio.gather(
-            *(stages.executor.reconcile(key, limit=None, resend=True) for key in stages.keys)
+            *(stages.executor.reconcile(key, limit=None, resend=True) for key in stages.venues)
         )
         if sum(settled):
             logger.info("reconciled {n} unfinished orders with the venue", n=sum(settled))
@@ -299,9 +329,25 @@ class Service:
             )
             resources.callback(venue.close)
             venues[key_name] = venue
+        account = Account(journal, venues)
+        for key_name, venue in venues.items():
+            account.streams[key_name] = AccountStream(
+                self._resolver.credentials(key_name),
+                settings.environment,
+                account.keeper.apply,
+                partial(account.keeper.close_gap, venue),
+                sim_url=self.sim_url,
+            )
         gate = RiskGate(settings.risk)
-        executor = Executor(journal, venues, settings.execution, staleness=gate.stale_reason)
-        market = MarketData(venues, settings.venue.market_cache_s)
+        executor = Executor(
+            journal,
+            venues,
+            settings.execution,
+            staleness=gate.stale_reason,
+            stream_live=account.live,
+        )
+        account.on_order_update(executor.order_updated)
+        market = MarketData(venues, account, settings.venue.market_cache_s)
         pipeline = Pipeline(journal, strategies, gate, executor, market)
         receivers = [
             WebhookReceiver(
@@ -316,13 +362,14 @@ class Service:
             for source, config in settings.sources.items()
             if config.enabled
         ]
-        app = create_app(receivers, lambda: self._health(pipeline, journal))
-        reconciler = Reconciler(executor, journal, venues, settings.execution)
+        app = create_app(receivers, lambda: self._health(pipeline, journal, account))
+        reconciler = Reconciler(executor, journal, venues, settings.execution, account)
         return _Stages(
             pipeline=pipeline,
             executor=executor,
             reconciler=reconciler,
-            keys=tuple(venues),
+            account=account,
+            venues=venues,
             app=app,
         )
 
@@ -341,7 +388,9 @@ class Service:
         logger.info("simulator running in-process at {url}", url=server.url)
         return server.url
 
-    async def _health(self, pipeline: Pipeline, journal: Journal) -> dict[str, Any]:
+    async def _health(
+        self, pipeline: Pipeline, journal: Journal, account: Account
+    ) -> dict[str, Any]:
         counts = await journal.call(journal.counts)
         return {
             "ready": True,
@@ -349,4 +398,9 @@ class Service:
             "uptime_s": round(time.monotonic() - self._started, 1),
             "queued_signals": pipeline.queued,
             "journal": counts,
+            # A key off its stream is followed by REST reconciliation: degraded, not down.
+            "account_streams": {
+                key: "live" if account.live(key) else "down (REST reconciliation)"
+                for key in account.streams
+            },
         }

@@ -15,8 +15,8 @@ knows about the market and the account. It returns the orders it wants (built wi
 `self.decline(...)`). It must not do I/O: everything it needs is in `market`; the bot
 journals whatever it returns. Intents then pass the risk gate, which may still reject them.
 
-Optional callbacks have defaults: `wants_position(signal)` says whether `market.position_qty`
-is needed (default: for `close` signals only, since it costs a venue round trip).
+Optional callbacks have defaults: `wants_position(signal)` says whether `market.position_qty`,
+the strategy's own position, is needed (default: for `close` signals only).
 
 `INTERFACE_VERSION` is bumped when this API changes incompatibly; the loader refuses a strategy
 written for another version.
@@ -62,7 +62,9 @@ class MarketView:
     instrument: Instrument
     last_price: Decimal
     equity_usdt: Decimal
-    position_qty: Decimal | None = None  # signed; set when `wants_position` said so
+    #: the strategy's own signed position (its fills, not the whole key's), set when
+    #: `wants_position` said so
+    position_qty: Decimal | None = None
 
 
 class Strategy(ABC):

@@ -26,6 +26,7 @@ a loop (`bot.execution.reconcile`), until each is terminal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -62,6 +63,8 @@ __all__ = ["Executor", "StalenessCheck", "build_request"]
 StalenessCheck = Callable[[datetime], str | None]
 
 _FOLLOW_POLLS_S: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+#: How long a follower waits for the account stream before it looks the order up itself.
+_STREAM_GRACE_S: Final = 0.25
 _JITTER: Final = 0.25
 
 
@@ -101,17 +104,21 @@ class Executor:
         config: ExecutionConfig | None = None,
         *,
         staleness: StalenessCheck = lambda ts: None,
+        stream_live: Callable[[str], bool] = lambda key_name: False,
         rng: random.Random | None = None,
     ) -> None:
-        """`venues` maps key name to the venue reached with that key."""
+        """`venues` maps key name to the venue reached with that key; `stream_live` says
+        whether a key's account stream is up (then fills are awaited, not polled for)."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
         self._staleness = staleness
+        self._stream_live = stream_live
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
+        self._watches: dict[str, asyncio.Event] = {}
 
     def disabled_reason(self, key_name: str) -> str | None:
         """Why the venue refused `key_name` (its strategies are stopped), or None."""
@@ -409,10 +416,42 @@ class Executor:
             raise _LookupFailed
         return None
 
+    def order_updated(self, event: OrderEvent) -> None:
+        """The account stream moved an order forward: wake whoever follows it."""
+        watch = self._watches.get(event.order_link_id)
+        if watch is not None:
+            watch.set()
+
     async def _follow(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
-        """Follow a new order until it is terminal or `follow_s` has passed."""
+        """Follow a new order until it is terminal or `follow_s` has passed.
+
+        The account stream normally reports the fill within milliseconds; only if it stays
+        silent (it is down, or slow) is the order looked up by REST.
+        """
+        link_id = request.order_link_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.follow_s
+        watch = self._watches.setdefault(link_id, asyncio.Event())
+        try:
+            while self._stream_live(request.key_name) and loop.time() < deadline:
+                wait = min(_STREAM_GRACE_S, deadline - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watch.wait(), wait)
+                if not watch.is_set():
+                    break  # the stream is silent: look it up instead
+                watch.clear()
+                record = await self._journal.call(self._journal.order, link_id)
+                if record is not None and record.status.is_terminal:
+                    return _event_of(record)
+        finally:
+            self._watches.pop(link_id, None)
+        return await self._poll(venue, request, deadline)
+
+    async def _poll(
+        self, venue: Venue, request: OrderRequest, deadline: float
+    ) -> OrderEvent | None:
+        """Look a new order up by REST until it is terminal or the deadline passes."""
+        loop = asyncio.get_running_loop()
         latest: OrderEvent | None = None
         for pause in _FOLLOW_POLLS_S:
             if loop.time() + pause > deadline:

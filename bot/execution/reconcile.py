@@ -3,8 +3,10 @@
 Every `reconcile_interval_s` it looks up each order the journal holds as not terminal, so
 limit orders that fill later and cancellations at the venue reach the journal, and an
 unknown order is settled to what the venue shows (or, once look-ups have missed it for long
-enough, declared never sent). It never resends: that happens only at start-up, before any
-signal runs, so a resend cannot overtake a later signal of the same key and symbol. Every
+enough, declared never sent); while the key's account stream is down it also fetches the
+key's fills by REST, so the books keep converging. It never resends: that happens only at
+start-up, before any signal runs, so a resend cannot overtake a later signal of the same key
+and symbol. Every
 `exit_scan_interval_s` it asks the venue for the stop-loss and take-profit orders it executed
 on its own and journals them under the order that set them. Each pass is bounded and paced
 by the key's rate windows; a failed pass is logged and the loop goes on.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from bot.account import Account
 from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor
 from bot.journal import Journal
@@ -34,8 +37,10 @@ class Reconciler:
         journal: Journal,
         venues: Mapping[str, Venue],
         config: ExecutionConfig,
+        account: Account,
     ) -> None:
         self._executor = executor
+        self._account = account
         self._journal = journal
         self._venues = venues
         self._config = config
@@ -48,6 +53,8 @@ class Reconciler:
             await asyncio.sleep(self._config.reconcile_interval_s)
             try:
                 await self._executor.reconcile(key_name)
+                if not self._account.live(key_name):  # the stream is down: fills by REST
+                    await self._account.keeper.catch_up_fills(self._venues[key_name])
                 if loop.time() >= next_exit_scan:
                     next_exit_scan = loop.time() + self._config.exit_scan_interval_s
                     await self.scan_exits(key_name)

@@ -7,10 +7,20 @@ Protocol. Methods raise the classified errors of `bot.venue.errors`, nothing els
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from bot.messages import ExitOrder, Instrument, OrderEvent, OrderRequest
+from bot.messages import (
+    Execution,
+    ExitOrder,
+    Instrument,
+    OrderEvent,
+    OrderRequest,
+    PositionUpdate,
+    WalletUpdate,
+)
 
 __all__ = ["Venue"]
 
@@ -18,8 +28,9 @@ __all__ = ["Venue"]
 class Venue(Protocol):
     """An exchange account reached with one API key.
 
-    Required: `place_order`, `get_order`, `exit_orders`, `last_price`, `instrument`,
-    `equity_usdt`, `position_qty`, `close`.
+    Required: `place_order`, `get_order`, `exit_orders`, `open_orders`, `positions`,
+    `executions_since`, `wallet`, `hedge_mode_symbols`, `last_price`, `instrument`,
+    `equity_usdt`, `close`.
     """
 
     name: str
@@ -36,14 +47,28 @@ class Venue(Protocol):
         """The venue's recent stop-loss / take-profit executions on `symbol`, newest first."""
         ...
 
+    async def open_orders(self) -> list[OrderEvent]:
+        """Every open order of the account (the bot's and any other)."""
+        ...
+
+    async def positions(self) -> list[PositionUpdate]:
+        """Every position of the account."""
+        ...
+
+    async def executions_since(self, since: datetime | None) -> list[Execution]:
+        """Fills from `since` on (None: the venue's default window), oldest first."""
+        ...
+
+    async def wallet(self) -> WalletUpdate: ...
+
+    async def hedge_mode_symbols(self, symbols: Sequence[str]) -> list[str]:
+        """Which of `symbols` the account trades in hedge mode (the bot needs one-way)."""
+        ...
+
     async def last_price(self, symbol: str) -> Decimal: ...
 
     async def instrument(self, symbol: str) -> Instrument: ...
 
     async def equity_usdt(self) -> Decimal: ...
-
-    async def position_qty(self, symbol: str) -> Decimal:
-        """Signed position size: positive long, negative short, zero flat."""
-        ...
 
     def close(self) -> None: ...

@@ -18,11 +18,11 @@ import hashlib
 import hmac
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 from pybit.unified_trading import HTTP
@@ -32,13 +32,14 @@ from bot.config import Environment
 from bot.execution.pacing import Pacer, PaceTooLong, RateWindow
 from bot.logs import logger
 from bot.messages import (
+    Execution,
     ExitOrder,
     Instrument,
     OrderEvent,
     OrderRequest,
     OrderStatus,
-    Side,
-    utc_now,
+    PositionUpdate,
+    WalletUpdate,
 )
 from bot.secrets import ApiCredentials
 from bot.venue.errors import (
@@ -48,6 +49,15 @@ from bot.venue.errors import (
     RetryableError,
     VenueError,
     classify,
+)
+from bot.venue.shapes import (
+    decimal_field,
+    execution,
+    exit_order,
+    is_exit_order,
+    order_event,
+    position_update,
+    wallet_update,
 )
 
 __all__ = ["READ_ATTEMPTS", "THREADS_PER_KEY", "BybitVenue"]
@@ -61,11 +71,9 @@ _NO_PYBIT_RETRIES: Final = frozenset({-1})
 #: Worker threads (each with its own pybit session) per key; pacing, not threads, bounds the
 #: request rate.
 THREADS_PER_KEY: Final = 4
-#: Bybit's stopOrderType of the orders it creates to close a position at its SL or TP.
-_EXIT_KINDS: Final = frozenset(
-    {"StopLoss", "TakeProfit", "TrailingStop", "PartialStopLoss", "PartialTakeProfit"}
-)
 _EXIT_SCAN_LIMIT: Final = 50
+SETTLE_COIN: Final = "USDT"
+_MAX_PAGES: Final = 20
 READ_ATTEMPTS: Final = 4
 _READ_BACKOFF_S: Final = (0.1, 0.3, 0.6)
 _MAX_READ_WAIT_S: Final = 2.0
@@ -200,7 +208,7 @@ class BybitVenue:
             result = await self._read("get_order", path, method, **query)
             for row in result.get("list") or []:
                 if row.get("orderLinkId") == order_link_id:
-                    return _order_event(row)
+                    return order_event(row)
         return None
 
     async def exit_orders(self, symbol: str) -> list[ExitOrder]:
@@ -213,10 +221,77 @@ class BybitVenue:
             limit=_EXIT_SCAN_LIMIT,
         )
         return [
-            _exit_order(row, self.name)
-            for row in result.get("list") or []
-            if not row.get("orderLinkId") and row.get("stopOrderType") in _EXIT_KINDS
+            exit_order(row, self.name) for row in result.get("list") or [] if is_exit_order(row)
         ]
+
+    # account snapshots (closing gaps in the private stream) -------------------------------
+
+    async def open_orders(self) -> list[OrderEvent]:
+        """Every open order of the account (linear, USDT-settled); venue-created exits too."""
+        rows = await self._pages(
+            "open_orders", "/v5/order/realtime", "get_open_orders", settleCoin=SETTLE_COIN
+        )
+        return [order_event(row) for row in rows if not is_exit_order(row)]
+
+    async def positions(self) -> list[PositionUpdate]:
+        rows = await self._pages(
+            "positions", "/v5/position/list", "get_positions", settleCoin=SETTLE_COIN
+        )
+        return [position_update(row, self.name) for row in rows]
+
+    async def executions_since(self, since: datetime | None) -> list[Execution]:
+        """Fills from `since` (a second earlier, to be safe: dedupe is by execId), oldest
+        first; without `since`, Bybit's default window (the last 7 days)."""
+        params: dict[str, Any] = {}
+        if since is not None:
+            params["startTime"] = int(since.timestamp() * 1000) - 1000
+        rows = await self._pages(
+            "executions", "/v5/execution/list", "get_executions", limit=100, **params
+        )
+        fills = [execution(row, self.name) for row in rows if row.get("execType") == "Trade"]
+        return sorted(fills, key=lambda fill: fill.ts)
+
+    async def wallet(self) -> WalletUpdate:
+        result = await self._read(
+            "wallet", "/v5/account/wallet-balance", "get_wallet_balance", accountType="UNIFIED"
+        )
+        rows = result.get("list") or []
+        if not rows:
+            raise VenueError("wallet balance is empty", operation="wallet")
+        return wallet_update(rows[0], self.name, int(time.time() * 1000))
+
+    async def hedge_mode_symbols(self, symbols: Sequence[str]) -> list[str]:
+        """The symbols whose position rows say hedge mode (positionIdx 1 and 2)."""
+        hedged = []
+        for symbol in symbols:
+            result = await self._read(
+                "position_mode",
+                "/v5/position/list",
+                "get_positions",
+                category=CATEGORY,
+                symbol=symbol,
+            )
+            if any(int(row.get("positionIdx") or 0) != 0 for row in result.get("list") or []):
+                hedged.append(symbol)
+        return hedged
+
+    async def _pages(
+        self, operation: str, path: str, method: str, **params: Any
+    ) -> list[dict[str, Any]]:
+        """Every row of a cursor-paginated list, up to `_MAX_PAGES` pages."""
+        rows: list[dict[str, Any]] = []
+        cursor = ""
+        for _ in range(_MAX_PAGES):
+            page_params = {"category": CATEGORY, **params}
+            if cursor:
+                page_params["cursor"] = cursor
+            result = await self._read(operation, path, method, **page_params)
+            rows.extend(result.get("list") or [])
+            cursor = str(result.get("nextPageCursor") or "")
+            if not cursor:
+                return rows
+        logger.warning("{op}: more than {n} pages; the rest is left", op=operation, n=_MAX_PAGES)
+        return rows
 
     # market and account --------------------------------------------------------------------
 
@@ -225,7 +300,7 @@ class BybitVenue:
         rows = result.get("list") or []
         if not rows:
             raise VenueError(f"no ticker for {symbol}", operation="last_price")
-        return _decimal(rows[0].get("lastPrice"), "lastPrice")
+        return decimal_field(rows[0].get("lastPrice"), "lastPrice")
 
     async def instrument(self, symbol: str) -> Instrument:
         """Trading rules, fetched once per symbol per process."""
@@ -243,11 +318,13 @@ class BybitVenue:
             lot, price = rows[0]["lotSizeFilter"], rows[0]["priceFilter"]
             self._instruments[symbol] = Instrument(
                 symbol=symbol,
-                qty_step=_decimal(lot.get("qtyStep"), "qtyStep"),
-                min_order_qty=_decimal(lot.get("minOrderQty"), "minOrderQty"),
-                max_order_qty=_decimal(lot.get("maxOrderQty"), "maxOrderQty"),
-                tick_size=_decimal(price.get("tickSize"), "tickSize"),
-                min_notional_usdt=_decimal(lot.get("minNotionalValue") or "0", "minNotionalValue"),
+                qty_step=decimal_field(lot.get("qtyStep"), "qtyStep"),
+                min_order_qty=decimal_field(lot.get("minOrderQty"), "minOrderQty"),
+                max_order_qty=decimal_field(lot.get("maxOrderQty"), "maxOrderQty"),
+                tick_size=decimal_field(price.get("tickSize"), "tickSize"),
+                min_notional_usdt=decimal_field(
+                    lot.get("minNotionalValue") or "0", "minNotionalValue"
+                ),
             )
         return self._instruments[symbol]
 
@@ -261,21 +338,7 @@ class BybitVenue:
         rows = result.get("list") or []
         if not rows:
             raise VenueError("wallet balance is empty", operation="equity")
-        return _decimal(rows[0].get("totalEquity"), "totalEquity")
-
-    async def position_qty(self, symbol: str) -> Decimal:
-        result = await self._read(
-            "position",
-            "/v5/position/list",
-            "get_positions",
-            category=CATEGORY,
-            symbol=symbol,
-        )
-        total = Decimal(0)
-        for row in result.get("list") or []:
-            size = _decimal(row.get("size") or "0", "size")
-            total += size if row.get("side") == "Buy" else -size
-        return total
+        return decimal_field(rows[0].get("totalEquity"), "totalEquity")
 
     # plumbing ------------------------------------------------------------------------------
 
@@ -380,64 +443,3 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _decimal(value: object, field: str) -> Decimal:
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        raise AmbiguousError(f"venue sent a non-numeric {field}: {value!r}") from None
-
-
-def _order_status(row: dict[str, Any]) -> OrderStatus:
-    text = str(row.get("orderStatus"))
-    try:
-        return OrderStatus(text)
-    except ValueError:
-        # Bybit's other statuses: PartiallyFilledCanceled (spot) and Deactivated end the order;
-        # Untriggered and Triggered are conditional orders still open.
-        closed = "Cancel" in text or text == "Deactivated"
-        return OrderStatus.CANCELLED if closed else OrderStatus.NEW
-
-
-def _avg_price(row: dict[str, Any]) -> Decimal | None:
-    avg = row.get("avgPrice") or ""
-    return _decimal(avg, "avgPrice") if avg not in ("", "0") else None
-
-
-def _order_event(row: dict[str, Any]) -> OrderEvent:
-    """An order row of /v5/order/realtime or /history as an OrderEvent."""
-    return OrderEvent(
-        order_link_id=str(row.get("orderLinkId")),
-        status=_order_status(row),
-        order_id=row.get("orderId") or None,
-        filled_qty=_decimal(row.get("cumExecQty") or "0", "cumExecQty"),
-        avg_price=_avg_price(row),
-        reason=str(row.get("rejectReason") or "").removeprefix("EC_NoError"),
-        ts=_from_ms(row.get("updatedTime") or ""),
-    )
-
-
-def _exit_order(row: dict[str, Any], key_name: str) -> ExitOrder:
-    """A venue-created stop-loss / take-profit order row of /v5/order/history."""
-    trigger = row.get("triggerPrice") or ""
-    return ExitOrder(
-        order_id=str(row.get("orderId")),
-        key_name=key_name,
-        symbol=str(row.get("symbol")),
-        side=Side.BUY if row.get("side") == "Buy" else Side.SELL,
-        kind=str(row.get("stopOrderType")),
-        trigger_price=_decimal(trigger, "triggerPrice") if trigger not in ("", "0") else None,
-        qty=_decimal(row.get("qty") or "0", "qty"),
-        status=_order_status(row),
-        filled_qty=_decimal(row.get("cumExecQty") or "0", "cumExecQty"),
-        avg_price=_avg_price(row),
-        ts=_from_ms(row.get("updatedTime") or ""),
-    )
-
-
-def _from_ms(value: object) -> datetime:
-    try:
-        return datetime.fromtimestamp(int(str(value)) / 1000, tz=UTC)
-    except (ValueError, OverflowError):
-        return utc_now()

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Final, Literal
 
 from bot.messages import (
+    Execution,
     ExitOrder,
     Instrument,
     OrderEvent,
     OrderRequest,
     OrderStatus,
     OrderType,
+    PositionUpdate,
     Side,
+    WalletUpdate,
+    utc_now,
 )
 from bot.venue.errors import (
     AmbiguousError,
@@ -83,6 +89,8 @@ class FakeVenue:
         self.calls: Counter[str] = Counter()
         self.hide_new_orders_for = 0  # look-ups that miss a new order (visibility lag)
         self.exits: list[ExitOrder] = []  # stop-loss / take-profit orders the venue created
+        self.fills: list[Execution] = []  # every execution, oldest first
+        self.hedged: set[str] = set()  # symbols the account trades in hedge mode
         self._script: deque[Outcome] = deque()
         self._ids = itertools.count(1)
 
@@ -99,7 +107,7 @@ class FakeVenue:
                 continue
             buy = order.request.side is Side.BUY
             if (price <= limit) if buy else (price >= limit):
-                order.filled, order.status = order.request.qty, OrderStatus.FILLED
+                self._fill(order, limit)
 
     # the Venue protocol ----------------------------------------------------------------------
 
@@ -147,12 +155,46 @@ class FakeVenue:
     async def equity_usdt(self) -> Decimal:
         return Decimal(10000)
 
-    async def position_qty(self, symbol: str) -> Decimal:
-        total = Decimal(0)
-        for order in self.orders.values():
-            if order.request.symbol == symbol:
-                total += order.filled * (1 if order.request.side is Side.BUY else -1)
-        return total
+    async def open_orders(self) -> list[OrderEvent]:
+        return [
+            order.event(self.price)
+            for order in self.orders.values()
+            if order.status in (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
+        ]
+
+    async def positions(self) -> list[PositionUpdate]:
+        sizes: dict[str, Decimal] = {}
+        for fill in self.fills:
+            sizes[fill.symbol] = sizes.get(fill.symbol, Decimal(0)) + fill.signed_qty
+        return [
+            PositionUpdate(
+                key_name=self.name,
+                symbol=symbol,
+                size=size,
+                entry_price=self.price,
+                mark_price=self.price,
+                unrealized_pnl=Decimal(0),
+                cum_realized_pnl=Decimal(0),
+                leverage=Decimal(10),
+                ts=utc_now(),
+            )
+            for symbol, size in sizes.items()
+        ]
+
+    async def executions_since(self, since: datetime | None) -> list[Execution]:
+        return [fill for fill in self.fills if since is None or fill.ts >= since]
+
+    async def wallet(self) -> WalletUpdate:
+        return WalletUpdate(
+            key_name=self.name,
+            equity_usdt=Decimal(10000),
+            available_usdt=Decimal(10000),
+            wallet_balance_usdt=Decimal(10000),
+            ts=utc_now(),
+        )
+
+    async def hedge_mode_symbols(self, symbols: Sequence[str]) -> list[str]:
+        return [symbol for symbol in symbols if symbol in self.hedged]
 
     def close(self) -> None:
         return None
@@ -165,7 +207,25 @@ class FakeVenue:
             status=OrderStatus.NEW,
             hidden_lookups=self.hide_new_orders_for,
         )
-        if request.order_type is OrderType.MARKET:
-            order.filled, order.status = request.qty, OrderStatus.FILLED
         self.orders[request.order_link_id] = order
+        if request.order_type is OrderType.MARKET:
+            self._fill(order, self.price)
         return order
+
+    def _fill(self, order: _Order, price: Decimal) -> None:
+        order.filled, order.status = order.request.qty, OrderStatus.FILLED
+        request = order.request
+        self.fills.append(
+            Execution(
+                exec_id=f"{order.order_id}-fill",
+                key_name=self.name,
+                order_id=order.order_id,
+                order_link_id=request.order_link_id,
+                symbol=request.symbol,
+                side=request.side,
+                qty=request.qty,
+                price=price,
+                fee=request.qty * price * Decimal("0.00055"),
+                ts=utc_now(),
+            )
+        )

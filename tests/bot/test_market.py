@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
+from bot.account import Account
 from bot.config import Environment
+from bot.journal import Journal
 from bot.market import MarketData
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
@@ -26,10 +29,14 @@ def sim() -> Iterator[tuple[SimExchange, BybitVenue]]:
         venue.close()
 
 
-def test_cached_for_max_age_then_fetched_again(sim: tuple[SimExchange, BybitVenue]) -> None:
+def test_cached_for_max_age_then_fetched_again(
+    sim: tuple[SimExchange, BybitVenue], tmp_path: Path
+) -> None:
     exchange, venue = sim
+    journal = Journal(tmp_path / "journal.sqlite3")
     now = [0.0]
-    market = MarketData({"k": venue}, max_age_s=1.0, clock=lambda: now[0])
+    account = Account(journal, {"k": venue})  # no live stream: equity comes by REST
+    market = MarketData({"k": venue}, account, max_age_s=1.0, clock=lambda: now[0])
 
     def requests(path: str) -> int:
         return int(exchange.stats()["requests_by_path"].get(path, 0))
@@ -37,7 +44,7 @@ def test_cached_for_max_age_then_fetched_again(sim: tuple[SimExchange, BybitVenu
     async def views(times: list[float]) -> None:
         for at in times:
             now[0] = at
-            await market.view("k", "BTCUSDT", with_position=False)
+            await market.view("k", "follow", "BTCUSDT", with_position=False)
 
     asyncio.run(views([0.0, 0.5, 1.0]))
     cached = (requests("/v5/market/tickers"), requests("/v5/account/wallet-balance"))

@@ -189,6 +189,7 @@ def test_order_request_sends_plain_decimal_strings() -> None:
         "stopLoss": "99000",
         "reduceOnly": True,
         "orderLinkId": "follow-0-abc",
+        "positionIdx": 0,
     }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from bot.account import Account
 from bot.config import Environment, RiskConfig
 from bot.execution.executor import Executor
 from bot.journal import Journal
@@ -84,7 +85,11 @@ def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
         journal = Journal(tmp_path / "journal.sqlite3")
         executor = Executor(journal, venues)
         pipeline = Pipeline(
-            journal, slots, RiskGate(RiskConfig()), executor, MarketData(venues, 1.0)
+            journal,
+            slots,
+            RiskGate(RiskConfig()),
+            executor,
+            MarketData(venues, Account(journal, venues), 1.0),
         )
         yield pipeline, journal, exchange
         for venue in venues.values():

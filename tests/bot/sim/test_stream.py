@@ -35,6 +35,15 @@ class _SimWebSocket(WebSocket):  # type: ignore[misc]
     def _connect(self, url: str) -> None:
         super()._connect(self._sim_url)
 
+    def _process_subscription_message(self, message: dict[str, Any]) -> None:
+        # pybit sends a subscribe before it records it: on loopback the answer can arrive
+        # first, and its look-up by req_id would kill the connection. Wait for the record.
+        for _ in range(100):
+            if message.get("req_id") in self.subscriptions:
+                break
+            time.sleep(0.001)
+        super()._process_subscription_message(message)
+
 
 class _Collector:
     """A pybit callback that keeps every message, thread-safely."""

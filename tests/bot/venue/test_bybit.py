@@ -11,6 +11,7 @@ from pydantic import SecretStr
 
 from bot.config import Environment
 from bot.execution.executor import build_request
+from bot.messages import Execution, PositionUpdate, Side
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.venue.bybit import READ_ATTEMPTS, BybitVenue
@@ -47,16 +48,16 @@ def test_reads_market_and_account_state(venue: BybitVenue) -> None:
             await venue.last_price("BTCUSDT"),
             await venue.equity_usdt(),
             instrument.qty_step,
-            await venue.position_qty("BTCUSDT"),
+            sum((p.size for p in await venue.positions()), Decimal(0)),
         )
 
     assert asyncio.run(read()) == (Decimal(97000), Decimal(10000), Decimal("0.001"), Decimal(0))
 
 
-def test_position_is_signed_and_orders_are_found_by_link_id(venue: BybitVenue) -> None:
+def test_position_fills_and_orders_are_read_back_in_bybit_shapes(venue: BybitVenue) -> None:
     request = build_request(make_intent(side="Sell", signal_id="short-1"), "main")
 
-    async def trade() -> tuple[Decimal, object, object]:
+    async def trade() -> tuple[list[PositionUpdate], list[Execution], object, object]:
         await venue.place_order(request)  # an acknowledgement: the fill follows, as on Bybit
         for _ in range(200):
             found = await venue.get_order(request.order_link_id, "BTCUSDT")
@@ -64,14 +65,19 @@ def test_position_is_signed_and_orders_are_found_by_link_id(venue: BybitVenue) -
                 break
             await asyncio.sleep(0.01)
         return (
-            await venue.position_qty("BTCUSDT"),
+            await venue.positions(),
+            await venue.executions_since(None),
             found,
             await venue.get_order("follow-0-unknown", "BTCUSDT"),
         )
 
-    position, found, missing = asyncio.run(trade())
+    positions, fills, found, missing = asyncio.run(trade())
 
-    assert position == Decimal("-0.01")
+    assert [(p.symbol, p.size) for p in positions] == [("BTCUSDT", Decimal("-0.01"))]
+    assert [(f.order_link_id, f.side, f.qty) for f in fills] == [
+        (request.order_link_id, Side.SELL, Decimal("0.01"))
+    ]
+    assert fills[0].fee > 0
     assert found is not None
     assert found.status == "Filled"
     assert missing is None

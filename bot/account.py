@@ -1,0 +1,324 @@
+"""The account projection: what each key and each strategy holds, without asking the venue.
+
+Built from the venue's own reports: fills (each applied once, by execId), position and wallet
+snapshots, from the private stream and from REST when a gap is closed. Strategies' market
+views and the risk gate read it; a signal's critical path never waits for the venue to say
+what the account holds.
+
+Per key it keeps the venue's view (positions with entry, mark, unrealized PnL and leverage;
+equity and available balance). Per strategy it keeps its own book, from the fills of its own
+orders (the strategy whose orderLinkId a fill carries): signed size, average entry, realized
+PnL and fees, today (UTC) and in total. A strategy sharing a key therefore sees only its own
+position, and its `close` flattens only that. A fill of an order the venue created itself (a
+position's stop loss or take profit closes the whole position) is shared among the
+strategies holding that position, in proportion to what each holds; the split is journaled
+with the fill, so replaying the journal rebuilds the same books.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Final
+
+from bot.journal import Journal
+from bot.logs import logger
+from bot.messages import (
+    Execution,
+    ExitOrder,
+    OrderEvent,
+    PositionUpdate,
+    WalletUpdate,
+    utc_now,
+)
+from bot.venue.base import Venue
+from bot.venue.errors import VenueError
+from bot.venue.stream import AccountStream, StreamMessage
+
+__all__ = ["UNATTRIBUTED", "AccountProjection", "StrategyBook"]
+
+#: The book of fills no strategy of this bot placed (manual orders, another program).
+UNATTRIBUTED: Final = "(unattributed)"
+ZERO: Final = Decimal(0)
+
+
+@dataclass
+class StrategyBook:
+    """One strategy's position in one symbol on one key, from its own fills."""
+
+    key_name: str
+    strategy: str
+    symbol: str
+    size: Decimal = ZERO  # signed
+    entry_price: Decimal = ZERO
+    realized_pnl: Decimal = ZERO  # before fees, since the bot began
+    fees: Decimal = ZERO
+    #: realized PnL and fees of `day` (UTC), the day of the latest fill
+    day: date | None = None
+    day_realized_pnl: Decimal = ZERO
+    day_fees: Decimal = ZERO
+
+    def today(self, now: datetime | None = None) -> tuple[Decimal, Decimal]:
+        """Realized PnL and fees of the current UTC day."""
+        current = (now or utc_now()).astimezone(UTC).date()
+        return (self.day_realized_pnl, self.day_fees) if self.day == current else (ZERO, ZERO)
+
+    def fill(self, signed_qty: Decimal, price: Decimal, fee: Decimal, when: datetime) -> None:
+        """Apply a fill of `signed_qty` at `price` (average-cost accounting)."""
+        day = when.astimezone(UTC).date()
+        if self.day != day:
+            self.day, self.day_realized_pnl, self.day_fees = day, ZERO, ZERO
+        self.fees += fee
+        self.day_fees += fee
+        old = self.size
+        new = old + signed_qty
+        if old == 0 or (old > 0) == (signed_qty > 0):
+            self.entry_price = (abs(old) * self.entry_price + abs(signed_qty) * price) / abs(new)
+        else:
+            closed = min(abs(old), abs(signed_qty))
+            pnl = closed * (price - self.entry_price) * (1 if old > 0 else -1)
+            self.realized_pnl += pnl
+            self.day_realized_pnl += pnl
+            if new == 0:
+                self.entry_price = ZERO
+            elif (new > 0) != (old > 0):
+                self.entry_price = price  # flipped: the rest opened at this fill
+        self.size = new
+
+    def unrealized_pnl(self, mark: Decimal) -> Decimal:
+        return self.size * (mark - self.entry_price) if self.size else ZERO
+
+
+class AccountProjection:
+    """Positions, fills, PnL and balances per key and per strategy, kept in memory."""
+
+    def __init__(self) -> None:
+        self._books: dict[tuple[str, str, str], StrategyBook] = {}
+        self._positions: dict[tuple[str, str], PositionUpdate] = {}
+        self._wallets: dict[str, WalletUpdate] = {}
+
+    @classmethod
+    def replay(
+        cls,
+        executions: Iterable[tuple[Execution, Mapping[str, Decimal]]],
+        positions: Iterable[PositionUpdate] = (),
+        wallets: Iterable[WalletUpdate] = (),
+    ) -> AccountProjection:
+        """The projection a journal's history produces (start-up, `bot positions`)."""
+        projection = cls()
+        for execution, allocation in executions:
+            projection.apply_execution(execution, allocation)
+        for position in positions:
+            projection.apply_position(position)
+        for wallet in wallets:
+            projection.apply_wallet(wallet)
+        return projection
+
+    # changes ------------------------------------------------------------------------------
+
+    def allocate(self, execution: Execution, strategy: str | None) -> dict[str, Decimal]:
+        """How a new fill's quantity is split among strategies (signed, summing to the fill).
+
+        A fill of a strategy's own order is all its own. A fill of an order the venue created
+        (stop loss, take profit) reduces the strategies holding the opposite side, in
+        proportion to their sizes; what none of them holds is unattributed.
+        """
+        signed = execution.signed_qty
+        if strategy is not None:
+            return {strategy: signed}
+        holders = {
+            book.strategy: book.size
+            for (key, name, symbol), book in self._books.items()
+            if key == execution.key_name
+            and symbol == execution.symbol
+            and name != UNATTRIBUTED
+            and book.size != 0
+            and (book.size > 0) != (signed > 0)
+        }
+        held = sum((abs(size) for size in holders.values()), ZERO)
+        if not execution.stop_order_type or held == 0:
+            return {UNATTRIBUTED: signed}
+        share = min(abs(signed), held)
+        allocation = {name: -size * share / held for name, size in holders.items()}
+        rest = signed - sum(allocation.values(), ZERO)
+        if rest != 0:
+            allocation[UNATTRIBUTED] = rest
+        return allocation
+
+    def apply_execution(self, execution: Execution, allocation: Mapping[str, Decimal]) -> None:
+        """Apply a fill once (the journal's execId dedupe decides what is new)."""
+        total = abs(execution.qty)
+        for strategy, signed_qty in allocation.items():
+            fee = execution.fee * abs(signed_qty) / total if total else ZERO
+            self._book(execution.key_name, strategy, execution.symbol).fill(
+                signed_qty, execution.price, fee, execution.ts
+            )
+
+    def apply_position(self, update: PositionUpdate) -> None:
+        current = self._positions.get((update.key_name, update.symbol))
+        if current is None or update.ts >= current.ts:
+            self._positions[(update.key_name, update.symbol)] = update
+
+    def apply_wallet(self, update: WalletUpdate) -> None:
+        current = self._wallets.get(update.key_name)
+        if current is None or update.ts >= current.ts:
+            self._wallets[update.key_name] = update
+
+    # reading ------------------------------------------------------------------------------
+
+    def strategy_size(self, key_name: str, strategy: str, symbol: str) -> Decimal:
+        """The strategy's own signed position in `symbol` on `key_name`."""
+        book = self._books.get((key_name, strategy, symbol))
+        return book.size if book is not None else ZERO
+
+    def books(self) -> list[StrategyBook]:
+        """Every strategy's book, open or with PnL or fees, sorted by key, strategy, symbol."""
+        return [self._books[k] for k in sorted(self._books)]
+
+    def position(self, key_name: str, symbol: str) -> PositionUpdate | None:
+        """The venue's view of the key's position, as last reported."""
+        return self._positions.get((key_name, symbol))
+
+    def wallet(self, key_name: str) -> WalletUpdate | None:
+        return self._wallets.get(key_name)
+
+    def mark_price(self, key_name: str, symbol: str) -> Decimal | None:
+        position = self._positions.get((key_name, symbol))
+        return position.mark_price if position is not None and position.mark_price else None
+
+    def _book(self, key_name: str, strategy: str, symbol: str) -> StrategyBook:
+        index = (key_name, strategy, symbol)
+        if index not in self._books:
+            self._books[index] = StrategyBook(key_name, strategy, symbol)
+        return self._books[index]
+
+
+class AccountKeeper:
+    """Applies the venue's reports of one bot's keys to the journal and the projection.
+
+    Every report passes here, from the private stream or from REST: order changes (forward
+    only, for orders the journal holds), venue-created exits, fills (once each, by execId),
+    position and wallet snapshots (the newest wins). `order_updated` is told of every order
+    change that moved an order forward, so the executor can stop waiting for it.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        projection: AccountProjection,
+        order_updated: Callable[[OrderEvent], None] = lambda event: None,
+    ) -> None:
+        self._journal = journal
+        self._projection = projection
+        self._order_updated = order_updated
+
+    async def apply(self, report: StreamMessage) -> None:
+        journal = self._journal
+        if isinstance(report, OrderEvent):
+            if await journal.call(journal.record_order_event, report, missing_ok=True):
+                self._order_updated(report)
+        elif isinstance(report, ExitOrder):
+            await journal.call(journal.record_exit, report)
+        elif isinstance(report, Execution):
+            await self._apply_execution(report)
+        elif isinstance(report, PositionUpdate):
+            if await journal.call(journal.record_position, report):
+                self._projection.apply_position(report)
+        elif await journal.call(journal.record_wallet, report):
+            self._projection.apply_wallet(report)
+
+    async def _apply_execution(self, fill: Execution) -> None:
+        journal = self._journal
+        strategy = (
+            await journal.call(journal.strategy_of, fill.order_link_id)
+            if fill.order_link_id
+            else None
+        )
+        allocation = self._projection.allocate(fill, strategy)
+        if await journal.call(journal.record_execution, fill, allocation):
+            self._projection.apply_execution(fill, allocation)
+
+    async def close_gap(self, venue: Venue) -> None:
+        """Fetch by REST what the stream may have missed while it was down: fills since the
+        last one journaled, open orders, positions and the balance. Each part is bounded and
+        its failure logged; the reconciliation loop covers what is left."""
+        await self.catch_up_fills(venue)
+        parts: list[tuple[str, Callable[[], Awaitable[Sequence[StreamMessage]]]]] = [
+            ("open orders", venue.open_orders),
+            ("positions", venue.positions),
+            ("wallet", lambda: _one(venue.wallet)),
+        ]
+        for what, fetch in parts:
+            await self._apply_fetched(venue.name, what, fetch)
+
+    async def catch_up_fills(self, venue: Venue) -> None:
+        """Journal the key's fills since the last one journaled (REST, deduplicated)."""
+        journal = self._journal
+        since = await journal.call(journal.last_execution_time, venue.name)
+        await self._apply_fetched(venue.name, "executions", lambda: venue.executions_since(since))
+
+    async def _apply_fetched(
+        self,
+        key_name: str,
+        what: str,
+        fetch: Callable[[], Awaitable[Sequence[StreamMessage]]],
+    ) -> None:
+        try:
+            reports = await fetch()
+        except VenueError as exc:
+            logger.warning(
+                "catching up key {key}: {what} failed: {error}",
+                key=key_name,
+                what=what,
+                error=str(exc),
+            )
+            return
+        for report in reports:
+            await self.apply(report)
+
+
+async def _one(fetch: Callable[[], Awaitable[WalletUpdate]]) -> list[WalletUpdate]:
+    return [await fetch()]
+
+
+class Account:
+    """The account as the bot knows it: the projection, the keeper that feeds it, and which
+    keys' streams are live. What strategies (through `MarketData`) and the risk gate read.
+    """
+
+    def __init__(self, journal: Journal, venues: Mapping[str, Venue]) -> None:
+        """Replays the journal's fills and snapshots (blocking: build it off the loop)."""
+        self.projection = AccountProjection.replay(
+            journal.executions(), journal.positions(), journal.wallets()
+        )
+        self._venues = venues
+        self._order_listeners: list[Callable[[OrderEvent], None]] = []
+        self.keeper = AccountKeeper(journal, self.projection, self._order_updated)
+        self.streams: dict[str, AccountStream] = {}
+
+    def on_order_update(self, listener: Callable[[OrderEvent], None]) -> None:
+        """Call `listener` with every order change the venue reports that moved an order."""
+        self._order_listeners.append(listener)
+
+    def live(self, key_name: str) -> bool:
+        """Whether the key's account stream is connected (else REST keeps the books)."""
+        stream = self.streams.get(key_name)
+        return stream is not None and stream.live
+
+    async def strategy_position(self, key_name: str, strategy: str, symbol: str) -> Decimal:
+        """The strategy's own signed position; with the stream down, fills are fetched by
+        REST first, so a position is never read from a book that misses them."""
+        if not self.live(key_name):
+            await self.keeper.catch_up_fills(self._venues[key_name])
+        return self.projection.strategy_size(key_name, strategy, symbol)
+
+    def equity_usdt(self, key_name: str) -> Decimal | None:
+        """The key's equity as last reported by the stream, or None if it is not live."""
+        wallet = self.projection.wallet(key_name)
+        return wallet.equity_usdt if wallet is not None and self.live(key_name) else None
+
+    def _order_updated(self, event: OrderEvent) -> None:
+        for listener in self._order_listeners:
+            listener(event)

@@ -1,0 +1,166 @@
+"""Bybit V5's JSON rows as typed messages: one parser per shape, for REST and stream alike.
+
+Bybit sends numbers as strings and times as epoch milliseconds; a field that cannot be read
+makes the whole answer ambiguous (never a guess).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+from bot.messages import (
+    Execution,
+    ExitOrder,
+    OrderEvent,
+    OrderStatus,
+    PositionUpdate,
+    Side,
+    WalletUpdate,
+    utc_now,
+)
+from bot.venue.errors import AmbiguousError
+
+__all__ = [
+    "EXIT_KINDS",
+    "decimal_field",
+    "execution",
+    "exit_order",
+    "is_exit_order",
+    "order_event",
+    "position_update",
+    "wallet_update",
+]
+
+#: Bybit's stopOrderType of the orders it creates to close a position at its SL or TP.
+EXIT_KINDS: Final = frozenset(
+    {"StopLoss", "TakeProfit", "TrailingStop", "PartialStopLoss", "PartialTakeProfit"}
+)
+
+
+def decimal_field(value: object, field: str) -> Decimal:
+    """A Bybit number (a string) as Decimal; anything else makes the answer ambiguous."""
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        raise AmbiguousError(f"venue sent a non-numeric {field}: {value!r}") from None
+
+
+def order_event(row: dict[str, Any]) -> OrderEvent:
+    """An order row (REST /v5/order/realtime, /history, or the `order` stream)."""
+    return OrderEvent(
+        order_link_id=str(row.get("orderLinkId")),
+        status=_order_status(row),
+        order_id=row.get("orderId") or None,
+        filled_qty=decimal_field(row.get("cumExecQty") or "0", "cumExecQty"),
+        avg_price=_avg_price(row),
+        reason=str(row.get("rejectReason") or "").removeprefix("EC_NoError"),
+        ts=_from_ms(row.get("updatedTime") or ""),
+    )
+
+
+def exit_order(row: dict[str, Any], key_name: str) -> ExitOrder:
+    """A venue-created stop-loss / take-profit order row."""
+    trigger = row.get("triggerPrice") or ""
+    return ExitOrder(
+        order_id=str(row.get("orderId")),
+        key_name=key_name,
+        symbol=str(row.get("symbol")),
+        side=_side(row),
+        kind=str(row.get("stopOrderType")),
+        trigger_price=decimal_field(trigger, "triggerPrice")
+        if trigger not in ("", "0", "0.00")
+        else None,
+        qty=decimal_field(row.get("qty") or "0", "qty"),
+        status=_order_status(row),
+        filled_qty=decimal_field(row.get("cumExecQty") or "0", "cumExecQty"),
+        avg_price=_avg_price(row),
+        ts=_from_ms(row.get("updatedTime") or ""),
+    )
+
+
+def is_exit_order(row: dict[str, Any]) -> bool:
+    return not row.get("orderLinkId") and row.get("stopOrderType") in EXIT_KINDS
+
+
+def execution(row: dict[str, Any], key_name: str) -> Execution:
+    """A fill (REST /v5/execution/list or the `execution` stream)."""
+    return Execution(
+        exec_id=str(row.get("execId")),
+        key_name=key_name,
+        order_id=str(row.get("orderId") or ""),
+        order_link_id=str(row.get("orderLinkId") or ""),
+        symbol=str(row.get("symbol")),
+        side=_side(row),
+        qty=decimal_field(row.get("execQty") or "0", "execQty"),
+        price=decimal_field(row.get("execPrice") or "0", "execPrice"),
+        fee=decimal_field(row.get("execFee") or "0", "execFee"),
+        is_maker=bool(row.get("isMaker")),
+        stop_order_type=_stop_order_type(row),
+        ts=_from_ms(row.get("execTime") or ""),
+    )
+
+
+def position_update(row: dict[str, Any], key_name: str) -> PositionUpdate:
+    """A one-way position row (REST /v5/position/list or the `position` stream)."""
+    size = decimal_field(row.get("size") or "0", "size")
+    entry = row.get("entryPrice") or row.get("avgPrice") or "0"
+    return PositionUpdate(
+        key_name=key_name,
+        symbol=str(row.get("symbol")),
+        size=-size if row.get("side") == "Sell" else size,
+        entry_price=decimal_field(entry, "entryPrice"),
+        mark_price=decimal_field(row.get("markPrice") or "0", "markPrice"),
+        unrealized_pnl=decimal_field(row.get("unrealisedPnl") or "0", "unrealisedPnl"),
+        cum_realized_pnl=decimal_field(row.get("cumRealisedPnl") or "0", "cumRealisedPnl"),
+        leverage=decimal_field(row.get("leverage") or "0", "leverage"),
+        ts=_from_ms(row.get("updatedTime") or ""),
+    )
+
+
+def wallet_update(row: dict[str, Any], key_name: str, ts: object = "") -> WalletUpdate:
+    """A unified account row (REST /v5/account/wallet-balance or the `wallet` stream)."""
+    return WalletUpdate(
+        key_name=key_name,
+        equity_usdt=decimal_field(row.get("totalEquity") or "0", "totalEquity"),
+        available_usdt=decimal_field(
+            row.get("totalAvailableBalance") or "0", "totalAvailableBalance"
+        ),
+        wallet_balance_usdt=decimal_field(
+            row.get("totalWalletBalance") or "0", "totalWalletBalance"
+        ),
+        ts=_from_ms(ts),
+    )
+
+
+def _side(row: dict[str, Any]) -> Side:
+    return Side.BUY if row.get("side") == "Buy" else Side.SELL
+
+
+def _stop_order_type(row: dict[str, Any]) -> str:
+    kind = str(row.get("stopOrderType") or "")
+    return kind if kind in EXIT_KINDS else ""
+
+
+def _order_status(row: dict[str, Any]) -> OrderStatus:
+    text = str(row.get("orderStatus"))
+    try:
+        return OrderStatus(text)
+    except ValueError:
+        # Bybit's other statuses: PartiallyFilledCanceled (spot) and Deactivated end the order;
+        # Untriggered and Triggered are conditional orders still open.
+        closed = "Cancel" in text or text == "Deactivated"
+        return OrderStatus.CANCELLED if closed else OrderStatus.NEW
+
+
+def _avg_price(row: dict[str, Any]) -> Decimal | None:
+    avg = row.get("avgPrice") or ""
+    return decimal_field(avg, "avgPrice") if avg not in ("", "0") else None
+
+
+def _from_ms(value: object) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(str(value)) / 1000, tz=UTC)
+    except (ValueError, OverflowError):
+        return utc_now()

@@ -1,0 +1,248 @@
+"""Bybit's private WebSocket through pybit: where an order's fate is confirmed.
+
+One `AccountStream` per key subscribes to `order`, `execution`, `position` and `wallet` with
+pybit's `unified_trading.WebSocket`, turns every message into typed messages and hands them to
+the event loop (pybit runs its own threads: messages cross with `call_soon_threadsafe`, the
+loop never waits on a socket). The key's environment alone decides the URL: Bybit's mainnet,
+testnet or demo stream, or the simulator's `/v5/private` in `sim`.
+
+The stream is supervised here, not by pybit: on every connect the caller closes the gap
+(`on_connected`, a REST reconciliation of what may have been missed); on a drop it reconnects
+with bounded, jittered backoff, logging each attempt. While it is down the REST
+reconciliation loop keeps working, so a dropped stream degrades, never goes silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from pybit.unified_trading import WebSocket
+from pydantic import SecretStr
+
+from bot.config import Environment
+from bot.logs import logger
+from bot.messages import Execution, ExitOrder, OrderEvent, PositionUpdate, WalletUpdate
+from bot.secrets import ApiCredentials
+from bot.venue.errors import AmbiguousError
+from bot.venue.shapes import (
+    execution,
+    exit_order,
+    is_exit_order,
+    order_event,
+    position_update,
+    wallet_update,
+)
+
+__all__ = ["TOPICS", "AccountStream", "StreamMessage", "parse_stream_message"]
+
+StreamMessage = OrderEvent | ExitOrder | Execution | PositionUpdate | WalletUpdate
+TOPICS: Final = ("order", "execution", "position", "wallet")
+_BACKOFF_BASE_S: Final = 0.5
+_BACKOFF_MAX_S: Final = 30.0
+_AUTH_EXPIRY_S: Final = 10
+#: A connection that lasted this long was healthy: the next drop starts the backoff anew.
+_STABLE_S: Final = 10.0
+
+
+def parse_stream_message(message: dict[str, Any], key_name: str) -> list[StreamMessage]:
+    """The typed messages in one private-stream push (empty for anything else)."""
+    topic, rows = message.get("topic"), message.get("data")
+    if not isinstance(rows, list):
+        return []
+    parsed: list[StreamMessage] = []
+    for row in rows:
+        if not isinstance(row, dict) or row.get("category", "linear") != "linear":
+            continue
+        if topic == "order":
+            parsed.append(exit_order(row, key_name) if is_exit_order(row) else order_event(row))
+        elif topic == "execution" and row.get("execType", "Trade") == "Trade":
+            parsed.append(execution(row, key_name))
+        elif topic == "position" and int(row.get("positionIdx") or 0) == 0:
+            parsed.append(position_update(row, key_name))
+        elif topic == "wallet" and row.get("accountType", "UNIFIED") == "UNIFIED":
+            parsed.append(wallet_update(row, key_name, message.get("creationTime") or ""))
+    return parsed
+
+
+class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hints
+    """pybit's private WebSocket with the URL we choose, the secret held as SecretStr, and
+    reconnection left to our supervisor (`on_closed` tells it)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        api_secret: SecretStr,
+        on_closed: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
+        self._url_override = url
+        self._secret = api_secret
+        self._on_closed_callback = on_closed
+        super().__init__(
+            channel_type="private",
+            api_secret="<held-as-SecretStr>",  # noqa: S106
+            restart_on_error=False,
+            # pybit counts down before it checks: 1 would fail even a connection that worked.
+            retries=2,
+            private_auth_expire=_AUTH_EXPIRY_S,
+            **kwargs,
+        )
+
+    def _connect(self, url: str) -> None:
+        # pybit formats its URL template; a plain URL (the simulator's) survives it unchanged.
+        super()._connect(self._url_override or url)
+
+    def _auth(self) -> None:
+        expires = int(time.time() * 1000) + _AUTH_EXPIRY_S * 1000
+        secret = self._secret.get_secret_value().encode()
+        signature = hmac.new(secret, f"GET/realtime{expires}".encode(), hashlib.sha256)
+        self.ws.send(
+            json.dumps({"op": "auth", "args": [self.api_key, expires, signature.hexdigest()]})
+        )
+
+    def subscribe_all(self, topics: tuple[str, ...], callback: Callable[[Any], None]) -> None:
+        """Subscribe to `topics` with one request, the callbacks registered first.
+
+        pybit's own `subscribe` sends first and registers after: on a fast link the answer
+        or the first push can arrive in between and fail its look-up.
+        """
+        req_id = str(uuid.uuid4())
+        message = json.dumps({"op": "subscribe", "req_id": req_id, "args": list(topics)})
+        self.subscriptions[req_id] = message
+        for topic in topics:
+            self._set_callback(topic, callback)
+        self.ws.send(message)
+
+    def _on_close(self) -> None:
+        super()._on_close()
+        self._on_closed_callback()
+
+    def _on_error(self, error: Exception) -> None:
+        logger.warning("account stream error: {error}", error=type(error).__name__)
+        self.exited = True
+        self._on_closed_callback()
+
+    def __repr__(self) -> str:
+        return f"_PrivateSocket(endpoint={getattr(self, 'endpoint', '')!r})"
+
+
+class AccountStream:
+    """The private stream of one key, kept connected until cancelled."""
+
+    def __init__(
+        self,
+        credentials: ApiCredentials,
+        environment: Environment,
+        on_message: Callable[[StreamMessage], Awaitable[None]],
+        on_connected: Callable[[], Awaitable[None]],
+        *,
+        sim_url: str = "",
+        rng: random.Random | None = None,
+    ) -> None:
+        if (environment is Environment.SIM) != bool(sim_url):
+            raise ValueError("a simulator URL is required in sim and forbidden elsewhere")
+        self.name = credentials.name
+        self._credentials = credentials
+        self._environment = environment
+        self._url = sim_url.rstrip("/").replace("http", "ws", 1) + "/v5/private" if sim_url else ""
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self.live = False
+        self.connects = 0
+
+    async def run(self) -> None:
+        """Connect, close the gap, relay messages; reconnect with backoff after a drop."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            closed = asyncio.Event()
+            try:
+                socket = await asyncio.to_thread(self._open, loop, inbox, closed)
+            except Exception as exc:  # any failure to connect is retried, with a bound
+                failures += 1
+                wait = self._backoff(failures)
+                logger.warning(
+                    "account stream of key {key} could not connect ({error}); attempt {n}, "
+                    "next in {wait:.1f} s",
+                    key=self.name,
+                    error=type(exc).__name__,
+                    n=failures,
+                    wait=wait,
+                )
+                await asyncio.sleep(wait)
+                continue
+            self.connects += 1
+            connected_at = loop.time()
+            relay = asyncio.create_task(self._relay(inbox))
+            try:
+                self.live = True
+                logger.info("account stream of key {key} is live", key=self.name)
+                await self._on_connected()
+                await closed.wait()
+            finally:
+                self.live = False
+                relay.cancel()
+                await asyncio.to_thread(socket.exit)
+            # A connection that did not last (refused auth, a flapping link) backs off too.
+            failures = failures + 1 if loop.time() - connected_at < _STABLE_S else 1
+            wait = self._backoff(failures)
+            logger.warning(
+                "account stream of key {key} dropped; reconnecting in {wait:.1f} s",
+                key=self.name,
+                wait=wait,
+            )
+            await asyncio.sleep(wait)
+
+    def _open(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        inbox: asyncio.Queue[dict[str, Any]],
+        closed: asyncio.Event,
+    ) -> _PrivateSocket:
+        """Connect, authenticate and subscribe (blocking: run in a thread)."""
+
+        def deliver(message: dict[str, Any]) -> None:  # on pybit's thread
+            loop.call_soon_threadsafe(inbox.put_nowait, message)
+
+        def on_closed() -> None:  # on pybit's thread
+            loop.call_soon_threadsafe(closed.set)
+
+        socket = _PrivateSocket(
+            url=self._url,
+            api_secret=self._credentials.api_secret,
+            on_closed=on_closed,
+            api_key=self._credentials.api_key.get_secret_value(),
+            testnet=self._environment is Environment.TESTNET,
+            demo=self._environment is Environment.DEMO,
+        )
+        socket.subscribe_all(TOPICS, deliver)
+        return socket
+
+    async def _relay(self, inbox: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            message = await inbox.get()
+            try:
+                parsed = parse_stream_message(message, self.name)
+            except (AmbiguousError, ValueError) as exc:
+                logger.warning("unreadable stream message skipped: {error}", error=str(exc))
+                continue
+            for item in parsed:
+                try:
+                    await self._on_message(item)
+                except Exception:  # one bad message must not stop the stream
+                    logger.exception("stream message could not be applied")
+
+    def _backoff(self, failures: int) -> float:
+        base = min(_BACKOFF_BASE_S * 2.0 ** (failures - 1), _BACKOFF_MAX_S)
+        return base + self._rng.uniform(0.0, base / 4)

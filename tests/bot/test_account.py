@@ -1,0 +1,171 @@
+"""The account projection: each strategy's own book from its fills, once per execId, and
+convergence to the venue whatever order and duplicates the reports come in."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.account import UNATTRIBUTED, AccountKeeper, AccountProjection
+from bot.journal import Journal
+from bot.messages import Execution, Side
+from tests.factories import make_request
+
+T0 = datetime(2026, 11, 28, 12, tzinfo=UTC)
+_ids = itertools.count()
+
+
+def fill(
+    side: Side,
+    qty: str,
+    price: str,
+    *,
+    link: str = "",
+    fee: str = "0",
+    stop: str = "",
+    key: str = "k",
+    exec_id: str | None = None,
+    at: datetime = T0,
+) -> Execution:
+    return Execution(
+        exec_id=exec_id or f"e{next(_ids)}",
+        key_name=key,
+        order_id=f"o-{link or 'venue'}",
+        order_link_id=link,
+        symbol="BTCUSDT",
+        side=side,
+        qty=Decimal(qty),
+        price=Decimal(price),
+        fee=Decimal(fee),
+        stop_order_type=stop,
+        ts=at,
+    )
+
+
+def apply(projection: AccountProjection, item: Execution, strategy: str | None) -> None:
+    projection.apply_execution(item, projection.allocate(item, strategy))
+
+
+def test_a_strategy_book_is_average_cost_with_realized_pnl_and_fees() -> None:
+    projection = AccountProjection()
+
+    apply(projection, fill(Side.BUY, "0.01", "100", fee="0.1"), "alpha")
+    apply(projection, fill(Side.BUY, "0.01", "110", fee="0.1"), "alpha")
+    apply(projection, fill(Side.SELL, "0.015", "120", fee="0.2"), "alpha")
+
+    (book,) = projection.books()
+    assert (book.size, book.entry_price) == (Decimal("0.005"), Decimal(105))
+    assert book.realized_pnl == Decimal("0.225")
+    assert book.fees == Decimal("0.4")
+    assert book.today(T0) == (Decimal("0.225"), Decimal("0.4"))
+    assert book.today(T0 + timedelta(days=1)) == (0, 0)  # a new UTC day starts at zero
+
+
+def test_strategies_on_a_shared_key_keep_separate_books_and_a_stop_closes_both() -> None:
+    projection = AccountProjection()
+    apply(projection, fill(Side.BUY, "0.01", "100"), "alpha")
+    apply(projection, fill(Side.BUY, "0.03", "100"), "beta")
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
+    assert projection.strategy_size("k", "beta", "BTCUSDT") == Decimal("0.03")
+
+    stop = fill(Side.SELL, "0.04", "95", stop="StopLoss")  # the position's stop: no orderLinkId
+    apply(projection, stop, None)
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", "beta", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
+
+
+def test_a_fill_of_an_order_no_strategy_placed_is_unattributed() -> None:
+    projection = AccountProjection()
+
+    apply(projection, fill(Side.BUY, "0.01", "100"), None)
+
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("0.01")
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.record_order(make_request(order_link_id="alpha-0-x", strategy="alpha"))
+    yield journal
+    journal.close()
+
+
+def test_the_keeper_applies_a_fill_once_however_often_it_is_reported(journal: Journal) -> None:
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    item = fill(Side.BUY, "0.01", "100", link="alpha-0-x", exec_id="same")
+
+    async def report_three_times() -> None:
+        for _ in range(3):
+            await keeper.apply(item)
+
+    asyncio.run(report_three_times())
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
+    replayed = AccountProjection.replay(journal.executions())
+    assert replayed.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
+
+
+reports = st.lists(
+    st.tuples(st.sampled_from(Side), st.integers(min_value=1, max_value=50)),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    fills=reports,
+    order=st.randoms(use_true_random=False),
+    duplicates=st.integers(min_value=0, max_value=10),
+    rest_after=st.integers(min_value=0, max_value=25),
+)
+def test_the_books_converge_to_the_venue_whatever_the_order_and_duplicates(
+    fills: list[tuple[Side, int]], order: object, duplicates: int, rest_after: int
+) -> None:
+    # Arrange: the venue's fills, and the reports of them the bot sees (shuffled, repeated).
+    venue = [
+        fill(side, f"{qty / 1000:.3f}", "100", link="alpha-0-x", exec_id=f"x{i}", fee="0.01")
+        for i, (side, qty) in enumerate(fills)
+    ]
+    rng = order  # hypothesis' seeded Random
+    stream = list(venue) + [rng.choice(venue) for _ in range(duplicates)]  # type: ignore[attr-defined]
+    rng.shuffle(stream)  # type: ignore[attr-defined]
+    with tempfile.TemporaryDirectory() as folder:
+        journal = Journal(Path(folder) / "journal.sqlite3")
+        journal.record_order(make_request(order_link_id="alpha-0-x", strategy="alpha"))
+        projection = AccountProjection()
+        keeper = AccountKeeper(journal, projection)
+
+        # Act: stream reports, and at some point a REST catch-up of everything.
+        async def deliver() -> None:
+            for index, report in enumerate(stream):
+                if index == rest_after:
+                    for item in venue:
+                        await keeper.apply(item)
+                await keeper.apply(report)
+
+        asyncio.run(deliver())
+        replayed = AccountProjection.replay(journal.executions())
+        journaled = len(journal.executions())
+        journal.close()
+
+    # Assert: each fill counted once; size and fees equal the venue's, live and replayed.
+    venue_size = sum((item.signed_qty for item in venue), Decimal(0))
+    assert journaled == len(venue)
+    for books in (projection, replayed):
+        assert books.strategy_size("k", "alpha", "BTCUSDT") == venue_size
+        (book,) = books.books()
+        assert book.fees == Decimal("0.01") * len(venue)

@@ -1,0 +1,182 @@
+"""The account followed live through the private stream, end to end: real uvicorn, the
+simulator's WebSocket, pybit's WebSocket client, SQLite. Fills arrive by push; a dropped
+stream is caught up by REST with nothing counted twice; a shared key keeps books apart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+from pybit.unified_trading import HTTP
+from pydantic import SecretStr
+
+from bot.account import AccountProjection
+from bot.config import ConfigError
+from bot.journal import Journal
+from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+from tests.bot.test_service import RunningBot, signal
+from tests.conftest import wait_for
+
+KEY, SECRET = "stream-key", "stream-secret"
+#: The REST safety net is slowed right down, so what arrives comes by the stream.
+STREAM_ONLY = "\n[execution]\nreconcile_interval_s = 60\n"
+
+
+@pytest.fixture
+def exchange(tmp_path: Path) -> Iterator[tuple[SimExchange, SimServer]]:
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    (secrets / "bot_key_follow_sim_api_key").write_text(KEY)
+    (secrets / "bot_key_follow_sim_api_secret").write_text(SECRET)
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET), note="k"))
+    with SimServer(exchange) as server:
+        yield exchange, server
+
+
+def start(config: Callable[..., Path], server: SimServer, extra: str = "") -> RunningBot:
+    return RunningBot(config(extra=f'\n[venue]\nsim_url = "{server.url}"\n' + extra)).start()
+
+
+def books(bot: RunningBot) -> AccountProjection:
+    journal = Journal(bot.settings.journal_path, read_only=True)
+    try:
+        return AccountProjection.replay(journal.executions(), journal.positions())
+    finally:
+        journal.close()
+
+
+def venue_fills(server: SimServer) -> list[dict[str, object]]:
+    session = HTTP(api_key=KEY, api_secret=SECRET)
+    session.endpoint = server.url
+    return list(session.get_executions(category="linear", limit=100)["result"]["list"])
+
+
+def streams(bot: RunningBot) -> dict[str, str]:
+    health = requests.get(f"{bot.url}/healthz", timeout=10).json()
+    return dict(health["account_streams"])
+
+
+def test_a_limit_order_filled_later_reaches_journal_and_books_by_the_stream(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    sim, server = exchange
+    bot = start(sim_config, server, STREAM_ONLY)
+    try:
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+        assert bot.post(signal("limit-1", entry=96000)).status_code == 202
+        wait_for(lambda: bot.journal_status("limit-1") == ["New"], what="the order resting")
+
+        sim.set_prices({"BTCUSDT": Decimal(95900)})
+
+        wait_for(lambda: bot.journal_status("limit-1") == ["Filled"], what="Filled by push")
+        book = books(bot)
+        size = book.strategy_size("follow_sim", "follow", "BTCUSDT")
+        position = book.position("follow_sim", "BTCUSDT")
+    finally:
+        bot.stop()
+
+    assert size > 0
+    assert position is not None and position.size == size
+    assert position.entry_price == Decimal(96000)
+
+
+def test_fills_while_the_stream_is_down_are_caught_up_once(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    sim, server = exchange
+    bot = start(sim_config, server)
+    try:
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+        sim.set_faults(SimFaults(stream_drop=1.0))  # every push now kills the connection
+        for index in range(3):
+            assert bot.post(signal(f"dark-{index}")).status_code == 202
+        wait_for(
+            lambda: all(bot.journal_status(f"dark-{i}") == ["Filled"] for i in range(3)),
+            what="three fills while the stream drops",
+        )
+        sim.set_faults(SimFaults())
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, 30, "the stream back")
+        time.sleep(0.5)  # a reconnect's REST catch-up and any late push: both must dedupe
+
+        journal = Journal(bot.settings.journal_path, read_only=True)
+        journaled = [fill.exec_id for fill, _ in journal.executions()]
+        journal.close()
+        at_venue = [str(row["execId"]) for row in venue_fills(server)]
+        size = books(bot).strategy_size("follow_sim", "follow", "BTCUSDT")
+    finally:
+        bot.stop()
+
+    assert sorted(journaled) == sorted(at_venue)
+    assert len(set(journaled)) == len(journaled) == 3
+    assert size == Decimal("0.015")
+
+
+SHARED = """
+[keys.follow_sim]
+environment = "sim"
+strategies = ["follow", "second"]
+
+[strategies.second]
+plugin = "follow"
+key = "follow_sim"
+
+[strategies.second.params]
+risk_fraction = 0.02
+max_notional_usdt = 800
+"""
+
+
+def test_two_strategies_on_a_shared_key_keep_their_own_positions_and_closes(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    _, server = exchange
+    config = sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n')
+    text = config.read_text().replace('[keys.follow_sim]\nenvironment = "sim"\n', "")
+    config.write_text(text + SHARED)
+    bot = RunningBot(config).start()
+    try:
+        assert bot.post(signal("both-open")).status_code == 202  # routed to both strategies
+        wait_for(lambda: bot.journal_status("both-open") == ["Filled", "Filled"], what="fills")
+        close = {
+            "id": "first-close",
+            "symbol": "BTCUSDT",
+            "action": "close",
+            "strategy": "follow",
+            "ts": int(time.time() * 1000),
+        }
+        assert bot.post(close).status_code == 202
+        wait_for(lambda: bot.journal_status("first-close") == ["Filled"], what="the close")
+        wait_for(
+            lambda: books(bot).strategy_size("follow_sim", "follow", "BTCUSDT") == 0,
+            what="the first strategy flat",
+        )
+        book = books(bot)
+    finally:
+        bot.stop()
+
+    second = book.strategy_size("follow_sim", "second", "BTCUSDT")
+    position = book.position("follow_sim", "BTCUSDT")
+    assert second > 0
+    assert position is not None and position.size == second  # the venue holds only its share
+
+
+def test_an_account_in_hedge_mode_is_refused_at_start_up_with_what_to_change(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    (secrets / "bot_key_follow_sim_api_key").write_text("hedged-key")
+    (secrets / "bot_key_follow_sim_api_secret").write_text("hedged-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(
+        SimAccountSpec(api_key="hedged-key", api_secret=SecretStr("hedged-secret"), hedge_mode=True)
+    )
+    with SimServer(exchange) as server, pytest.raises(ConfigError, match="hedge mode") as refused:
+        start(sim_config, server)
+
+    assert "one-way mode" in str(refused.value)
