@@ -26,6 +26,7 @@ from typing import Final
 from bot.journal import Journal
 from bot.logs import logger
 from bot.messages import (
+    ClosedPnl,
     Execution,
     ExitOrder,
     OrderEvent,
@@ -37,7 +38,17 @@ from bot.venue.base import Venue
 from bot.venue.errors import VenueError
 from bot.venue.stream import AccountStream, StreamMessage
 
-__all__ = ["UNATTRIBUTED", "AccountProjection", "StrategyBook"]
+__all__ = [
+    "UNATTRIBUTED",
+    "Account",
+    "AccountKeeper",
+    "AccountProjection",
+    "AccountReport",
+    "StrategyBook",
+]
+
+#: Everything the venue reports about an account: by stream, or by REST closing a gap.
+AccountReport = StreamMessage | ClosedPnl
 
 #: The book of fills no strategy of this bot placed (manual orders, another program).
 UNATTRIBUTED: Final = "(unattributed)"
@@ -98,6 +109,7 @@ class AccountProjection:
         self._books: dict[tuple[str, str, str], StrategyBook] = {}
         self._positions: dict[tuple[str, str], PositionUpdate] = {}
         self._wallets: dict[str, WalletUpdate] = {}
+        self._closed: dict[tuple[str, str], ClosedPnl] = {}
 
     @classmethod
     def replay(
@@ -105,9 +117,12 @@ class AccountProjection:
         executions: Iterable[tuple[Execution, Mapping[str, Decimal]]],
         positions: Iterable[PositionUpdate] = (),
         wallets: Iterable[WalletUpdate] = (),
+        closed: Iterable[ClosedPnl] = (),
     ) -> AccountProjection:
         """The projection a journal's history produces (start-up, `bot positions`)."""
         projection = cls()
+        for record in closed:
+            projection.apply_closed_pnl(record)
         for execution, allocation in executions:
             projection.apply_execution(execution, allocation)
         for position in positions:
@@ -115,6 +130,13 @@ class AccountProjection:
         for wallet in wallets:
             projection.apply_wallet(wallet)
         return projection
+
+    @classmethod
+    def from_journal(cls, journal: Journal) -> AccountProjection:
+        """The projection of everything a journal holds (blocking: off the event loop)."""
+        return cls.replay(
+            journal.executions(), journal.positions(), journal.wallets(), journal.closed_pnl()
+        )
 
     # changes ------------------------------------------------------------------------------
 
@@ -166,6 +188,9 @@ class AccountProjection:
         if current is None or update.ts >= current.ts:
             self._wallets[update.key_name] = update
 
+    def apply_closed_pnl(self, record: ClosedPnl) -> None:
+        self._closed[(record.key_name, record.order_id)] = record
+
     # reading ------------------------------------------------------------------------------
 
     def strategy_size(self, key_name: str, strategy: str, symbol: str) -> Decimal:
@@ -183,6 +208,24 @@ class AccountProjection:
 
     def wallet(self, key_name: str) -> WalletUpdate | None:
         return self._wallets.get(key_name)
+
+    def venue_closed_pnl_today(self, key_name: str, now: datetime | None = None) -> Decimal:
+        """The key's realized PnL of the current UTC day, net of fees, as the venue reports
+        it: the cross-check of the strategies' books."""
+        day = (now or utc_now()).astimezone(UTC).date()
+        return sum(
+            (
+                record.closed_pnl
+                for (key, _), record in self._closed.items()
+                if key == key_name and record.ts.astimezone(UTC).date() == day
+            ),
+            ZERO,
+        )
+
+    def key_names(self) -> list[str]:
+        """Every key the projection has heard of."""
+        names = {key for key, _, _ in self._books} | set(self._wallets)
+        return sorted(names | {key for key, _ in self._positions})
 
     def mark_price(self, key_name: str, symbol: str) -> Decimal | None:
         position = self._positions.get((key_name, symbol))
@@ -214,7 +257,7 @@ class AccountKeeper:
         self._projection = projection
         self._order_updated = order_updated
 
-    async def apply(self, report: StreamMessage) -> None:
+    async def apply(self, report: AccountReport) -> None:
         journal = self._journal
         if isinstance(report, OrderEvent):
             if await journal.call(journal.record_order_event, report, missing_ok=True):
@@ -226,6 +269,9 @@ class AccountKeeper:
         elif isinstance(report, PositionUpdate):
             if await journal.call(journal.record_position, report):
                 self._projection.apply_position(report)
+        elif isinstance(report, ClosedPnl):
+            if await journal.call(journal.record_closed_pnl, report):
+                self._projection.apply_closed_pnl(report)
         elif await journal.call(journal.record_wallet, report):
             self._projection.apply_wallet(report)
 
@@ -245,7 +291,8 @@ class AccountKeeper:
         last one journaled, open orders, positions and the balance. Each part is bounded and
         its failure logged; the reconciliation loop covers what is left."""
         await self.catch_up_fills(venue)
-        parts: list[tuple[str, Callable[[], Awaitable[Sequence[StreamMessage]]]]] = [
+        await self.catch_up_closed_pnl(venue)
+        parts: list[tuple[str, Callable[[], Awaitable[Sequence[AccountReport]]]]] = [
             ("open orders", venue.open_orders),
             ("positions", venue.positions),
             ("wallet", lambda: _one(venue.wallet)),
@@ -259,11 +306,17 @@ class AccountKeeper:
         since = await journal.call(journal.last_execution_time, venue.name)
         await self._apply_fetched(venue.name, "executions", lambda: venue.executions_since(since))
 
+    async def catch_up_closed_pnl(self, venue: Venue) -> None:
+        """Journal the venue's closed-PnL records since the last one journaled (REST)."""
+        journal = self._journal
+        since = await journal.call(journal.last_closed_pnl_time, venue.name)
+        await self._apply_fetched(venue.name, "closed PnL", lambda: venue.closed_pnl_since(since))
+
     async def _apply_fetched(
         self,
         key_name: str,
         what: str,
-        fetch: Callable[[], Awaitable[Sequence[StreamMessage]]],
+        fetch: Callable[[], Awaitable[Sequence[AccountReport]]],
     ) -> None:
         try:
             reports = await fetch()
@@ -290,9 +343,7 @@ class Account:
 
     def __init__(self, journal: Journal, venues: Mapping[str, Venue]) -> None:
         """Replays the journal's fills and snapshots (blocking: build it off the loop)."""
-        self.projection = AccountProjection.replay(
-            journal.executions(), journal.positions(), journal.wallets()
-        )
+        self.projection = AccountProjection.from_journal(journal)
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
         self.keeper = AccountKeeper(journal, self.projection, self._order_updated)

@@ -89,8 +89,23 @@ def run(
     try:
         service = Service(settings, secrets_dir=secrets_dir, mainnet_flag=mainnet)
         asyncio.run(service.run())
-    except (ConfigError, MissingSecretError, JournalError) as exc:
+    except _USER_ERRORS as exc:
         _fail(str(exc))
+    except BaseExceptionGroup as group:  # raised inside the service's task group
+        known = group.subgroup(lambda exc: isinstance(exc, _USER_ERRORS))
+        if known is None:
+            raise
+        _fail(str(_first_leaf(known)))
+
+
+_USER_ERRORS: Final = (ConfigError, MissingSecretError, JournalError)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 @signal_app.command("send")
@@ -212,37 +227,28 @@ def positions(
     config: ConfigOption = None,
 ) -> None:
     """Positions per key and strategy, from the journal: each strategy's own fills, marked at
-    the venue's last reported price; realized PnL and fees of today (UTC)."""
-    projection = _read_journal(
-        config,
-        lambda journal: AccountProjection.replay(
-            journal.executions(), journal.positions(), journal.wallets()
-        ),
-    )
-    rows = [  # open now, or traded today
+    the venue's last reported price, realized PnL and fees of today (UTC); then each key's
+    equity and the venue's own closed PnL of today (net of fees), the cross-check."""
+    projection = _read_journal(config, AccountProjection.from_journal)
+    positions = [  # open now, or traded today
         row
         for row in map(partial(_position_row, projection), projection.books())
         if any(row[k] != "0" for k in ("size", "realized_pnl_today", "fees_today"))
     ]
+    accounts = [_account_row(projection, key) for key in projection.key_names()]
     if as_json:
-        for row in rows:
+        for row in positions + accounts:
             typer.echo(json.dumps(row, separators=(",", ":")))
         return
-    table = Table()
-    for column in (
-        *("key", "strategy", "symbol", "side", "size", "entry", "mark", "uPnL"),
-        *("realized today", "fees today"),
-    ):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(str(value) for value in row.values()))
-    console.print(table)
+    console.print(_table(positions, ("row",)))
+    console.print(_table(accounts, ("row",)))
 
 
 def _position_row(projection: AccountProjection, book: StrategyBook) -> dict[str, str]:
     mark = projection.mark_price(book.key_name, book.symbol)
     realized, fees = book.today()
     return {
+        "row": "position",
         "key": book.key_name,
         "strategy": book.strategy,
         "symbol": book.symbol,
@@ -254,6 +260,29 @@ def _position_row(projection: AccountProjection, book: StrategyBook) -> dict[str
         "realized_pnl_today": _plain(realized),
         "fees_today": _plain(fees),
     }
+
+
+def _account_row(projection: AccountProjection, key_name: str) -> dict[str, str]:
+    wallet = projection.wallet(key_name)
+    return {
+        "row": "account",
+        "key": key_name,
+        "equity": _plain(wallet.equity_usdt) if wallet else "",
+        "available": _plain(wallet.available_usdt) if wallet else "",
+        "venue_closed_pnl_today": _plain(projection.venue_closed_pnl_today(key_name)),
+    }
+
+
+def _table(rows: list[dict[str, str]], hidden: tuple[str, ...]) -> Table:
+    """Rows of one shape as a table, their keys as headers (`hidden` ones left out)."""
+    table = Table()
+    if rows:
+        for column in rows[0]:
+            if column not in hidden:
+                table.add_column(column.replace("_", " "), overflow="fold")
+    for row in rows:
+        table.add_row(*(value for column, value in row.items() if column not in hidden))
+    return table
 
 
 def _plain(value: Decimal) -> str:

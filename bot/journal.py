@@ -29,6 +29,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 from bot.execution.orders import TransitionRefused, check_transition
 from bot.logs import logger
 from bot.messages import (
+    ClosedPnl,
     Decline,
     Execution,
     ExitOrder,
@@ -72,6 +73,13 @@ CREATE TABLE IF NOT EXISTS positions (
     snapshot         TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
     PRIMARY KEY (key_name, symbol)
+);
+CREATE TABLE IF NOT EXISTS closed_pnl (
+    order_id   TEXT NOT NULL,
+    key_name   TEXT NOT NULL,
+    snapshot   TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (order_id, key_name)
 );
 CREATE TABLE IF NOT EXISTS wallets (
     key_name   TEXT PRIMARY KEY,
@@ -263,20 +271,22 @@ class Journal:
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            # An older journal is brought up to date even when opened to read (e.g. by
+            # `bot orders` after an upgrade): every migration is one forward transaction.
+            self._migrate()
             if read_only:
                 self._db.execute("PRAGMA query_only=1")
-            self._migrate(read_only=read_only)
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from None
 
-    def _migrate(self, *, read_only: bool) -> None:
+    def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise JournalError(
                 f"journal {self.path} has schema {version}, newer than this bot ({SCHEMA_VERSION})"
                 "; upgrade the bot or point state_dir elsewhere"
             )
-        if version == SCHEMA_VERSION or read_only:
+        if version == SCHEMA_VERSION:
             return
         if version == 0:
             self._db.executescript(
@@ -759,7 +769,7 @@ class Journal:
         table: str,
         key_columns: tuple[str, ...],
         key: tuple[str, ...],
-        update: PositionUpdate | WalletUpdate,
+        update: PositionUpdate | WalletUpdate | ClosedPnl,
     ) -> bool:
         columns = ", ".join((*key_columns, "snapshot", "updated_at"))
         marks = ", ".join("?" * (len(key_columns) + 2))
@@ -772,6 +782,24 @@ class Journal:
                 (*key, update.model_dump_json(), update.ts.isoformat()),
             )
             return cursor.rowcount == 1
+
+    def record_closed_pnl(self, record: ClosedPnl) -> bool:
+        """Keep the venue's latest record of what a closing order realized."""
+        return self._record_snapshot(
+            "closed_pnl", ("order_id", "key_name"), (record.order_id, record.key_name), record
+        )
+
+    def closed_pnl(self) -> list[ClosedPnl]:
+        with self._lock:
+            rows = self._db.execute("SELECT snapshot FROM closed_pnl").fetchall()
+        return [ClosedPnl.model_validate_json(row[0]) for row in rows]
+
+    def last_closed_pnl_time(self, key_name: str) -> datetime | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MAX(updated_at) FROM closed_pnl WHERE key_name = ?", (key_name,)
+            ).fetchone()
+        return None if row[0] is None else datetime.fromisoformat(row[0])
 
     def positions(self) -> list[PositionUpdate]:
         with self._lock:

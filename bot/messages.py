@@ -31,6 +31,7 @@ from pydantic import (
 __all__ = [
     "ORDER_LINK_ID_PATTERN",
     "SIGNAL_ID_PATTERN",
+    "ClosedPnl",
     "Decline",
     "Execution",
     "ExitOrder",
@@ -482,4 +483,16 @@ class WalletUpdate(_Message):
     equity_usdt: Decimal
     available_usdt: Decimal
     wallet_balance_usdt: Decimal
+    ts: datetime
+
+
+class ClosedPnl(_Message):
+    """What one closing order realized, net of its open and close fees, as the venue reports
+    it (key-level: the venue cannot tell strategies apart)."""
+
+    order_id: str
+    key_name: str
+    symbol: Symbol
+    closed_qty: Decimal
+    closed_pnl: Decimal
     ts: datetime

@@ -8,7 +8,8 @@ key's fills by REST, so the books keep converging. It never resends: that happen
 start-up, before any signal runs, so a resend cannot overtake a later signal of the same key
 and symbol. Every
 `exit_scan_interval_s` it asks the venue for the stop-loss and take-profit orders it executed
-on its own and journals them under the order that set them. Each pass is bounded and paced
+on its own and journals them under the order that set them, and for its closed-PnL records
+(the key-level cross-check of the strategies' books). Each pass is bounded and paced
 by the key's rate windows; a failed pass is logged and the loop goes on.
 """
 
@@ -58,6 +59,7 @@ class Reconciler:
                 if loop.time() >= next_exit_scan:
                     next_exit_scan = loop.time() + self._config.exit_scan_interval_s
                     await self.scan_exits(key_name)
+                    await self._account.keeper.catch_up_closed_pnl(self._venues[key_name])
             except Exception:  # the safety net must outlive any one bad pass
                 logger.exception("reconciliation pass for key {key} failed", key=key_name)
 

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from bot.messages import (
+    ClosedPnl,
     Execution,
     ExitOrder,
     Instrument,
@@ -29,8 +30,8 @@ class Venue(Protocol):
     """An exchange account reached with one API key.
 
     Required: `place_order`, `get_order`, `exit_orders`, `open_orders`, `positions`,
-    `executions_since`, `wallet`, `hedge_mode_symbols`, `last_price`, `instrument`,
-    `equity_usdt`, `close`.
+    `executions_since`, `closed_pnl_since`, `wallet`, `hedge_mode_symbols`, `last_price`,
+    `instrument`, `equity_usdt`, `close`.
     """
 
     name: str
@@ -57,6 +58,10 @@ class Venue(Protocol):
 
     async def executions_since(self, since: datetime | None) -> list[Execution]:
         """Fills from `since` on (None: the venue's default window), oldest first."""
+        ...
+
+    async def closed_pnl_since(self, since: datetime | None) -> list[ClosedPnl]:
+        """Closing orders' realized PnL (net of fees) from `since` on."""
         ...
 
     async def wallet(self) -> WalletUpdate: ...

@@ -32,6 +32,7 @@ from bot.config import Environment
 from bot.execution.pacing import Pacer, PaceTooLong, RateWindow
 from bot.logs import logger
 from bot.messages import (
+    ClosedPnl,
     Execution,
     ExitOrder,
     Instrument,
@@ -51,6 +52,7 @@ from bot.venue.errors import (
     classify,
 )
 from bot.venue.shapes import (
+    closed_pnl,
     decimal_field,
     execution,
     exit_order,
@@ -250,6 +252,16 @@ class BybitVenue:
         )
         fills = [execution(row, self.name) for row in rows if row.get("execType") == "Trade"]
         return sorted(fills, key=lambda fill: fill.ts)
+
+    async def closed_pnl_since(self, since: datetime | None) -> list[ClosedPnl]:
+        """Closing orders' realized PnL from `since` on (None: the last 7 days)."""
+        params: dict[str, Any] = {"limit": 100}
+        if since is not None:
+            params["startTime"] = int(since.timestamp() * 1000) - 1000
+        rows = await self._pages(
+            "closed_pnl", "/v5/position/closed-pnl", "get_closed_pnl", **params
+        )
+        return [closed_pnl(row, self.name) for row in rows]
 
     async def wallet(self) -> WalletUpdate:
         result = await self._read(

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Final, Literal
 
 from bot.messages import (
+    ClosedPnl,
     Execution,
     ExitOrder,
     Instrument,
@@ -183,6 +184,9 @@ class FakeVenue:
 
     async def executions_since(self, since: datetime | None) -> list[Execution]:
         return [fill for fill in self.fills if since is None or fill.ts >= since]
+
+    async def closed_pnl_since(self, since: datetime | None) -> list[ClosedPnl]:
+        return []
 
     async def wallet(self) -> WalletUpdate:
         return WalletUpdate(

@@ -11,6 +11,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 from bot.messages import (
+    ClosedPnl,
     Execution,
     ExitOrder,
     OrderEvent,
@@ -24,6 +25,7 @@ from bot.venue.errors import AmbiguousError
 
 __all__ = [
     "EXIT_KINDS",
+    "closed_pnl",
     "decimal_field",
     "execution",
     "exit_order",
@@ -131,6 +133,18 @@ def wallet_update(row: dict[str, Any], key_name: str, ts: object = "") -> Wallet
             row.get("totalWalletBalance") or "0", "totalWalletBalance"
         ),
         ts=_from_ms(ts),
+    )
+
+
+def closed_pnl(row: dict[str, Any], key_name: str) -> ClosedPnl:
+    """A closing order's record of REST /v5/position/closed-pnl."""
+    return ClosedPnl(
+        order_id=str(row.get("orderId")),
+        key_name=key_name,
+        symbol=str(row.get("symbol")),
+        closed_qty=decimal_field(row.get("closedSize") or "0", "closedSize"),
+        closed_pnl=decimal_field(row.get("closedPnl") or "0", "closedPnl"),
+        ts=_from_ms(row.get("updatedTime") or ""),
     )
 
 
