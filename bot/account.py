@@ -163,7 +163,10 @@ class AccountProjection:
         if not execution.stop_order_type or held == 0:
             return {UNATTRIBUTED: signed}
         share = min(abs(signed), held)
-        allocation = {name: -size * share / held for name, size in holders.items()}
+        names = sorted(holders)
+        allocation = {name: -holders[name] * share / held for name in names[:-1]}
+        # The last holder takes what is left, so the parts add up exactly (no 1/3 dust).
+        allocation[names[-1]] = (share if signed > 0 else -share) - sum(allocation.values(), ZERO)
         rest = signed - sum(allocation.values(), ZERO)
         if rest != 0:
             allocation[UNATTRIBUTED] = rest

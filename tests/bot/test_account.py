@@ -169,3 +169,14 @@ def test_the_books_converge_to_the_venue_whatever_the_order_and_duplicates(
         assert books.strategy_size("k", "alpha", "BTCUSDT") == venue_size
         (book,) = books.books()
         assert book.fees == Decimal("0.01") * len(venue)
+
+
+def test_a_partial_stop_shared_by_three_strategies_adds_up_exactly() -> None:
+    projection = AccountProjection()
+    for name in ("alpha", "beta", "gamma"):
+        apply(projection, fill(Side.BUY, "0.01", "100"), name)
+
+    apply(projection, fill(Side.SELL, "0.02", "95", stop="StopLoss"), None)  # 2/3 each
+
+    assert sum(book.size for book in projection.books()) == Decimal("0.01")
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
