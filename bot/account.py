@@ -53,6 +53,8 @@ AccountReport = StreamMessage | ClosedPnl
 #: The book of fills no strategy of this bot placed (manual orders, another program).
 UNATTRIBUTED: Final = "(unattributed)"
 ZERO: Final = Decimal(0)
+#: Precision of a fill split among strategies: far below any lot size, and finite.
+_SPLIT_QUANTUM: Final = Decimal("1e-12")
 
 
 @dataclass
@@ -164,7 +166,9 @@ class AccountProjection:
             return {UNATTRIBUTED: signed}
         share = min(abs(signed), held)
         names = sorted(holders)
-        allocation = {name: -holders[name] * share / held for name in names[:-1]}
+        allocation = {
+            name: (-holders[name] * share / held).quantize(_SPLIT_QUANTUM) for name in names[:-1]
+        }
         # The last holder takes what is left, so the parts add up exactly (no 1/3 dust).
         allocation[names[-1]] = (share if signed > 0 else -share) - sum(allocation.values(), ZERO)
         rest = signed - sum(allocation.values(), ZERO)
