@@ -31,8 +31,14 @@ clean:
 
 # Chaos soak of the real bot (bench/soak.py): 1,000 signals, 10 SIGKILLs, 20 % venue faults.
 # SOAK_ARGS passes flags, e.g. `make soak SOAK_ARGS="--signals 200 --kills 3 --seed 7"`.
-.PHONY: soak bench
+.PHONY: soak bench bench-stream
 soak: setup
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
-bench: soak
+# Fill at the simulator -> the bot's account projection (bench/stream_latency.py): p50/p99/max
+# at 20 fills/s and at 200 fills/s (2,000 fills), beside a bare pybit client's floor.
+# STREAM_ARGS passes flags, e.g. `make bench-stream STREAM_ARGS="--fills 4000 --rate 400"`.
+bench-stream: setup
+	$(BIN)/python -m bench.stream_latency $(STREAM_ARGS)
+
+bench: soak bench-stream
