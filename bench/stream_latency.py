@@ -298,6 +298,20 @@ class _BareSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hints
     def _connect(self, url: str) -> None:
         super()._connect(self._sim_url)
 
+    def _process_subscription_message(self, message: dict[str, Any]) -> None:
+        # pybit records a subscription after sending it: on loopback the answer can come
+        # first and its look-up would kill the connection. Wait (bounded) for the record.
+        deadline = time.monotonic() + 1.0
+        while message.get("req_id") not in self.subscriptions and time.monotonic() < deadline:
+            time.sleep(0.001)
+        super()._process_subscription_message(message)
+
+    def exit(self) -> None:
+        # pybit waits for the socket to close without a bound; a dead one would hang us.
+        self.exited = True
+        if hasattr(self, "ws"):
+            self.ws.close()
+
 
 def _journal_timer(journal: Journal) -> dict[str, list[tuple[int, int]]]:
     """Wrap `journal.call` to time each call: (await total, work on the journal thread), ns."""

@@ -18,6 +18,7 @@ with the fill, so replaying the journal rebuilds the same books.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -53,6 +54,8 @@ AccountReport = StreamMessage | ClosedPnl
 #: The book of fills no strategy of this bot placed (manual orders, another program).
 UNATTRIBUTED: Final = "(unattributed)"
 ZERO: Final = Decimal(0)
+#: orderLinkIds whose strategy the keeper remembers (the latest; fills of an order come close)
+_STRATEGY_CACHE: Final = 10_000
 #: Precision of a fill split among strategies: far below any lot size, and finite.
 _SPLIT_QUANTUM: Final = Decimal("1e-12")
 
@@ -81,10 +84,12 @@ class StrategyBook:
     def fill(self, signed_qty: Decimal, price: Decimal, fee: Decimal, when: datetime) -> None:
         """Apply a fill of `signed_qty` at `price` (average-cost accounting)."""
         day = when.astimezone(UTC).date()
-        if self.day != day:
+        if self.day is None or day > self.day:  # the day only rolls forward
             self.day, self.day_realized_pnl, self.day_fees = day, ZERO, ZERO
+        today = day == self.day  # a late fill of an earlier day counts in totals only
         self.fees += fee
-        self.day_fees += fee
+        if today:
+            self.day_fees += fee
         old = self.size
         new = old + signed_qty
         if old == 0 or (old > 0) == (signed_qty > 0):
@@ -93,7 +98,8 @@ class StrategyBook:
             closed = min(abs(old), abs(signed_qty))
             pnl = closed * (price - self.entry_price) * (1 if old > 0 else -1)
             self.realized_pnl += pnl
-            self.day_realized_pnl += pnl
+            if today:
+                self.day_realized_pnl += pnl
             if new == 0:
                 self.entry_price = ZERO
             elif (new > 0) != (old > 0):
@@ -216,6 +222,10 @@ class AccountProjection:
     def wallet(self, key_name: str) -> WalletUpdate | None:
         return self._wallets.get(key_name)
 
+    def positions_of(self, key_name: str) -> list[PositionUpdate]:
+        """The venue's last reported positions of a key."""
+        return [update for (key, _), update in self._positions.items() if key == key_name]
+
     def venue_closed_pnl_today(self, key_name: str, now: datetime | None = None) -> Decimal:
         """The key's realized PnL of the current UTC day, net of fees, as the venue reports
         it: the cross-check of the strategies' books."""
@@ -246,12 +256,15 @@ class AccountProjection:
 
 
 class AccountKeeper:
-    """Applies the venue's reports of one bot's keys to the journal and the projection.
+    """Applies the venue's reports of one bot's keys to the projection and the journal.
 
     Every report passes here, from the private stream or from REST: order changes (forward
     only, for orders the journal holds), venue-created exits, fills (once each, by execId),
-    position and wallet snapshots (the newest wins). `order_updated` is told of every order
-    change that moved an order forward, so the executor can stop waiting for it.
+    position and wallet snapshots (the newest wins). The projection is updated at once; the
+    journal writes are queued on the journal's thread, in order, without waiting for each:
+    a report lost to a crash before its write is fetched again by the REST gap-fill on the
+    next start. `order_updated` is told of every order change, so the executor can stop
+    waiting for it.
     """
 
     def __init__(
@@ -259,39 +272,59 @@ class AccountKeeper:
         journal: Journal,
         projection: AccountProjection,
         order_updated: Callable[[OrderEvent], None] = lambda event: None,
+        seen_fills: Iterable[str] = (),
     ) -> None:
+        """`seen_fills`: the execIds already journaled (the dedupe survives a restart)."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
+        self._seen_fills = set(seen_fills)
+        self._strategies: dict[str, str | None] = {}
 
     async def apply(self, report: AccountReport) -> None:
-        journal = self._journal
+        journal, projection = self._journal, self._projection
         if isinstance(report, OrderEvent):
-            if await journal.call(journal.record_order_event, report, missing_ok=True):
-                self._order_updated(report)
+            self._write(journal.record_order_event, report, missing_ok=True)
+            self._order_updated(report)
         elif isinstance(report, ExitOrder):
-            await journal.call(journal.record_exit, report)
+            self._write(journal.record_exit, report)
         elif isinstance(report, Execution):
             await self._apply_execution(report)
         elif isinstance(report, PositionUpdate):
-            if await journal.call(journal.record_position, report):
-                self._projection.apply_position(report)
+            projection.apply_position(report)
+            self._write(journal.record_position, report)
         elif isinstance(report, ClosedPnl):
-            if await journal.call(journal.record_closed_pnl, report):
-                self._projection.apply_closed_pnl(report)
-        elif await journal.call(journal.record_wallet, report):
-            self._projection.apply_wallet(report)
+            projection.apply_closed_pnl(report)
+            self._write(journal.record_closed_pnl, report)
+        else:
+            projection.apply_wallet(report)
+            self._write(journal.record_wallet, report)
 
     async def _apply_execution(self, fill: Execution) -> None:
-        journal = self._journal
-        strategy = (
-            await journal.call(journal.strategy_of, fill.order_link_id)
-            if fill.order_link_id
-            else None
-        )
+        strategy = await self._strategy_of(fill.order_link_id)
+        # Nothing is awaited from the check to the write: a cancellation cannot split them.
+        if fill.exec_id in self._seen_fills:
+            return  # a stream message and a REST page may both bring it
+        self._seen_fills.add(fill.exec_id)
         allocation = self._projection.allocate(fill, strategy)
-        if await journal.call(journal.record_execution, fill, allocation):
-            self._projection.apply_execution(fill, allocation)
+        self._projection.apply_execution(fill, allocation)
+        self._write(self._journal.record_execution, fill, allocation)
+
+    async def _strategy_of(self, order_link_id: str) -> str | None:
+        """The strategy whose order it is (None for the venue's own orders, or another
+        program's); remembered, since an order's fills come in a row."""
+        if not order_link_id:
+            return None
+        if order_link_id not in self._strategies:
+            journal = self._journal
+            self._strategies[order_link_id] = await journal.call(journal.strategy_of, order_link_id)
+            if len(self._strategies) > _STRATEGY_CACHE:
+                del self._strategies[next(iter(self._strategies))]
+        return self._strategies[order_link_id]
+
+    def _write(self, method: Callable[..., object], *args: object, **kwargs: object) -> None:
+        """Queue a journal write; a failure is logged (the next gap-fill repairs it)."""
+        self._journal.submit(method, *args, **kwargs).add_done_callback(_log_failure)
 
     async def close_gap(self, venue: Venue) -> None:
         """Fetch by REST what the stream may have missed while it was down: fills since the
@@ -301,11 +334,24 @@ class AccountKeeper:
         await self.catch_up_closed_pnl(venue)
         parts: list[tuple[str, Callable[[], Awaitable[Sequence[AccountReport]]]]] = [
             ("open orders", venue.open_orders),
-            ("positions", venue.positions),
+            ("positions", lambda: self._positions_with_flats(venue)),
             ("wallet", lambda: _one(venue.wallet)),
         ]
         for what, fetch in parts:
             await self._apply_fetched(venue.name, what, fetch)
+
+    async def _positions_with_flats(self, venue: Venue) -> list[PositionUpdate]:
+        """The venue's open positions, and a flat one for each the books hold that it no
+        longer lists (Bybit lists only positions with a size)."""
+        listed = await venue.positions()
+        symbols = {update.symbol for update in listed}
+        now = utc_now()
+        flats = [
+            known.model_copy(update={"size": ZERO, "unrealized_pnl": ZERO, "ts": now})
+            for known in self._projection.positions_of(venue.name)
+            if known.symbol not in symbols and known.size != 0
+        ]
+        return [*listed, *flats]
 
     async def catch_up_fills(self, venue: Venue) -> None:
         """Journal the key's fills since the last one journaled (REST, deduplicated)."""
@@ -327,7 +373,7 @@ class AccountKeeper:
     ) -> None:
         try:
             reports = await fetch()
-        except VenueError as exc:
+        except (VenueError, ValueError) as exc:  # ValueError: a row that cannot be read
             logger.warning(
                 "catching up key {key}: {what} failed: {error}",
                 key=key_name,
@@ -350,10 +396,18 @@ class Account:
 
     def __init__(self, journal: Journal, venues: Mapping[str, Venue]) -> None:
         """Replays the journal's fills and snapshots (blocking: build it off the loop)."""
-        self.projection = AccountProjection.from_journal(journal)
+        fills = journal.executions()
+        self.projection = AccountProjection.replay(
+            fills, journal.positions(), journal.wallets(), journal.closed_pnl()
+        )
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
-        self.keeper = AccountKeeper(journal, self.projection, self._order_updated)
+        self.keeper = AccountKeeper(
+            journal,
+            self.projection,
+            self._order_updated,
+            seen_fills=(fill.exec_id for fill, _ in fills),
+        )
         self.streams: dict[str, AccountStream] = {}
 
     def on_order_update(self, listener: Callable[[OrderEvent], None]) -> None:
@@ -380,3 +434,8 @@ class Account:
     def _order_updated(self, event: OrderEvent) -> None:
         for listener in self._order_listeners:
             listener(event)
+
+
+def _log_failure(done: Future[object]) -> None:
+    if not done.cancelled() and (error := done.exception()) is not None:
+        logger.opt(exception=error).error("journaling an account report failed")

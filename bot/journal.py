@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -306,10 +306,22 @@ class Journal:
 
     async def call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a journal method on the journal's own thread without blocking the event loop."""
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, lambda: method(*args, **kwargs))
+        return await asyncio.wrap_future(self.submit(method, *args, **kwargs))
+
+    def submit(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Queue a journal method on the journal's own thread and return at once.
+
+        Work runs in the order it was queued, so a later `call` sees every earlier `submit`.
+        """
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+            writer = self._writer
+        return writer.submit(lambda: method(*args, **kwargs))
+
+    def flush(self) -> None:
+        """Block until every queued journal write is done (tests, tools; not on the loop)."""
+        self.submit(lambda: None).result()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -432,6 +432,7 @@ class Executor:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.follow_s
         watch = self._watches.setdefault(link_id, asyncio.Event())
+        watch.set()  # the stream's report may have come before the acknowledgement: look first
         try:
             while self._stream_live(request.key_name) and loop.time() < deadline:
                 wait = min(_STREAM_GRACE_S, deadline - loop.time())

@@ -52,6 +52,7 @@ from bot.venue.errors import (
     classify,
 )
 from bot.venue.shapes import (
+    POSITION_EXEC_TYPES,
     closed_pnl,
     decimal_field,
     execution,
@@ -76,6 +77,11 @@ THREADS_PER_KEY: Final = 4
 _EXIT_SCAN_LIMIT: Final = 50
 SETTLE_COIN: Final = "USDT"
 _MAX_PAGES: Final = 20
+#: Bybit answers fills in windows of at most 7 days.
+_FILL_WINDOW_MS: Final = 7 * 24 * 3_600_000
+_MAX_FILL_WINDOWS: Final = 60
+#: Fills are fetched from a minute before the last one journaled: a push can come late.
+_FILL_OVERLAP_MS: Final = 60_000
 READ_ATTEMPTS: Final = 4
 _READ_BACKOFF_S: Final = (0.1, 0.3, 0.6)
 _MAX_READ_WAIT_S: Final = 2.0
@@ -242,15 +248,40 @@ class BybitVenue:
         return [position_update(row, self.name) for row in rows]
 
     async def executions_since(self, since: datetime | None) -> list[Execution]:
-        """Fills from `since` (a second earlier, to be safe: dedupe is by execId), oldest
-        first; without `since`, Bybit's default window (the last 7 days)."""
-        params: dict[str, Any] = {}
-        if since is not None:
-            params["startTime"] = int(since.timestamp() * 1000) - 1000
-        rows = await self._pages(
-            "executions", "/v5/execution/list", "get_executions", limit=100, **params
-        )
-        fills = [execution(row, self.name) for row in rows if row.get("execType") == "Trade"]
+        """Fills from `since` (a minute earlier, to be safe: dedupe is by execId), oldest
+        first, in Bybit's windows of at most 7 days; without `since`, the last 7 days.
+
+        Raises rather than return a partial list: a silent hole would be a position the
+        books never see.
+        """
+        rows: list[dict[str, Any]] = []
+        if since is None:
+            rows = await self._pages(
+                "executions", "/v5/execution/list", "get_executions", complete=True, limit=100
+            )
+        else:
+            start_ms = int(since.timestamp() * 1000) - _FILL_OVERLAP_MS
+            now_ms = int(time.time() * 1000) + self._clock.offset_ms
+            for _ in range(_MAX_FILL_WINDOWS):
+                end_ms = min(start_ms + _FILL_WINDOW_MS - 1, now_ms)
+                rows += await self._pages(
+                    "executions",
+                    "/v5/execution/list",
+                    "get_executions",
+                    complete=True,
+                    limit=100,
+                    startTime=start_ms,
+                    endTime=end_ms,
+                )
+                if end_ms >= now_ms:
+                    break
+                start_ms = end_ms + 1
+        fills = [
+            execution(row, self.name)
+            for row in rows
+            if row.get("execType", "Trade") in POSITION_EXEC_TYPES
+            and str(row.get("symbol", "")).endswith(SETTLE_COIN)
+        ]
         return sorted(fills, key=lambda fill: fill.ts)
 
     async def closed_pnl_since(self, since: datetime | None) -> list[ClosedPnl]:
@@ -288,9 +319,10 @@ class BybitVenue:
         return hedged
 
     async def _pages(
-        self, operation: str, path: str, method: str, **params: Any
+        self, operation: str, path: str, method: str, *, complete: bool = False, **params: Any
     ) -> list[dict[str, Any]]:
-        """Every row of a cursor-paginated list, up to `_MAX_PAGES` pages."""
+        """Every row of a cursor-paginated list, up to `_MAX_PAGES` pages; past that the rest
+        is left with a warning, or, when the list must be `complete`, an error."""
         rows: list[dict[str, Any]] = []
         cursor = ""
         for _ in range(_MAX_PAGES):
@@ -302,6 +334,8 @@ class BybitVenue:
             cursor = str(result.get("nextPageCursor") or "")
             if not cursor:
                 return rows
+        if complete:
+            raise AmbiguousError(f"more than {_MAX_PAGES} pages", operation=operation)
         logger.warning("{op}: more than {n} pages; the rest is left", op=operation, n=_MAX_PAGES)
         return rows
 

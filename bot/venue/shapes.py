@@ -25,6 +25,7 @@ from bot.venue.errors import AmbiguousError
 
 __all__ = [
     "EXIT_KINDS",
+    "POSITION_EXEC_TYPES",
     "closed_pnl",
     "decimal_field",
     "execution",
@@ -38,6 +39,13 @@ __all__ = [
 #: Bybit's stopOrderType of the orders it creates to close a position at its SL or TP.
 EXIT_KINDS: Final = frozenset(
     {"StopLoss", "TakeProfit", "TrailingStop", "PartialStopLoss", "PartialTakeProfit"}
+)
+
+
+#: Bybit's execTypes that change a position: trades, and what the venue does itself
+#: (liquidation, auto-deleveraging, delivery, block and moved positions). Funding is not one.
+POSITION_EXEC_TYPES: Final = frozenset(
+    {"Trade", "BustTrade", "AdlTrade", "Delivery", "Settle", "BlockTrade", "MovePosition"}
 )
 
 

@@ -15,6 +15,7 @@ reconciliation loop keeps working, so a dropped stream degrades, never goes sile
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+import websocket
 from pybit.unified_trading import WebSocket
 from pydantic import SecretStr
 
@@ -33,6 +35,7 @@ from bot.messages import Execution, ExitOrder, OrderEvent, PositionUpdate, Walle
 from bot.secrets import ApiCredentials
 from bot.venue.errors import AmbiguousError
 from bot.venue.shapes import (
+    POSITION_EXEC_TYPES,
     execution,
     exit_order,
     is_exit_order,
@@ -41,13 +44,22 @@ from bot.venue.shapes import (
     wallet_update,
 )
 
-__all__ = ["TOPICS", "AccountStream", "StreamMessage", "parse_stream_message"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "TOPICS",
+    "AccountStream",
+    "StreamMessage",
+    "parse_stream_message",
+]
 
 StreamMessage = OrderEvent | ExitOrder | Execution | PositionUpdate | WalletUpdate
 TOPICS: Final = ("order", "execution", "position", "wallet")
 _BACKOFF_BASE_S: Final = 0.5
 _BACKOFF_MAX_S: Final = 30.0
 _AUTH_EXPIRY_S: Final = 10
+#: Longest wait for the connection, the handshake and the authentication answer.
+CONNECT_TIMEOUT_S: Final = 10.0
+_CLOSE_TIMEOUT_S: Final = 2.0
 #: A connection that lasted this long was healthy: the next drop starts the backoff anew.
 _STABLE_S: Final = 10.0
 
@@ -63,7 +75,7 @@ def parse_stream_message(message: dict[str, Any], key_name: str) -> list[StreamM
             continue
         if topic == "order":
             parsed.append(exit_order(row, key_name) if is_exit_order(row) else order_event(row))
-        elif topic == "execution" and row.get("execType", "Trade") == "Trade":
+        elif topic == "execution" and row.get("execType", "Trade") in POSITION_EXEC_TYPES:
             parsed.append(execution(row, key_name))
         elif topic == "position" and int(row.get("positionIdx") or 0) == 0:
             parsed.append(position_update(row, key_name))
@@ -122,12 +134,26 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
             self._set_callback(topic, callback)
         self.ws.send(message)
 
+    def exit(self) -> None:
+        """Close the connection, waiting a bounded time (pybit's own wait has no bound)."""
+        self.exited = True
+        self._stop_custom_ping_timer()
+        if not hasattr(self, "ws"):
+            return
+        self.ws.close()
+        deadline = time.monotonic() + _CLOSE_TIMEOUT_S
+        while self.ws.sock and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def _on_close(self) -> None:
         super()._on_close()
         self._on_closed_callback()
 
     def _on_error(self, error: Exception) -> None:
-        logger.warning("account stream error: {error}", error=type(error).__name__)
+        # The venue's words (a refused auth says why); no secret is ever in them.
+        logger.warning(
+            "account stream error: {kind}: {error}", kind=type(error).__name__, error=str(error)
+        )
         self.exited = True
         self._on_closed_callback()
 
@@ -186,10 +212,13 @@ class AccountStream:
             connected_at = loop.time()
             relay = asyncio.create_task(self._relay(inbox))
             try:
+                # Live only once the gap is closed: until then readers use REST.
+                await self._on_connected()
                 self.live = True
                 logger.info("account stream of key {key} is live", key=self.name)
-                await self._on_connected()
                 await closed.wait()
+            except Exception:  # a failed gap-fill is retried with a new connection
+                logger.exception("closing the gap of key {key} failed", key=self.name)
             finally:
                 self.live = False
                 relay.cancel()
@@ -213,10 +242,15 @@ class AccountStream:
         """Connect, authenticate and subscribe (blocking: run in a thread)."""
 
         def deliver(message: dict[str, Any]) -> None:  # on pybit's thread
-            loop.call_soon_threadsafe(inbox.put_nowait, message)
+            with contextlib.suppress(RuntimeError):  # the loop closed: we are shutting down
+                loop.call_soon_threadsafe(inbox.put_nowait, message)
 
         def on_closed() -> None:  # on pybit's thread
-            loop.call_soon_threadsafe(closed.set)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(closed.set)
+
+        # pybit sets no timeout: a peer that accepts TCP but never answers would hang it.
+        websocket.setdefaulttimeout(CONNECT_TIMEOUT_S)
 
         socket = _PrivateSocket(
             url=self._url,
@@ -226,6 +260,12 @@ class AccountStream:
             testnet=self._environment is Environment.TESTNET,
             demo=self._environment is Environment.DEMO,
         )
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while not socket.auth and not socket.exited and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not socket.auth:
+            socket.exit()
+            raise ConnectionError("the venue did not confirm the stream's authentication")
         socket.subscribe_all(TOPICS, deliver)
         return socket
 

@@ -112,6 +112,7 @@ def test_the_keeper_applies_a_fill_once_however_often_it_is_reported(journal: Jo
             await keeper.apply(item)
 
     asyncio.run(report_three_times())
+    journal.flush()
 
     assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
     replayed = AccountProjection.replay(journal.executions())
@@ -158,6 +159,7 @@ def test_the_books_converge_to_the_venue_whatever_the_order_and_duplicates(
                 await keeper.apply(report)
 
         asyncio.run(deliver())
+        journal.flush()  # the keeper queues its writes without waiting for them
         replayed = AccountProjection.replay(journal.executions())
         journaled = len(journal.executions())
         journal.close()
