@@ -235,6 +235,10 @@ starting_balance_usdt = 100000
 [risk]
 symbols = {json.dumps(list(SYMBOLS))}
 max_order_notional_usdt = 100000
+# The soak is about the order lifecycle: exposure limits stay out of its way.
+max_position_notional_usdt = 10000000
+max_strategy_exposure_usdt = 10000000
+max_total_exposure_usdt = 10000000
 max_signal_age_s = {max_signal_age_s}
 {strategies}"""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import os
 import tomllib
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.execution.config import ExecutionConfig
+from bot.risk.config import RiskConfig, StrategyRiskConfig
 from signals.config import WebhookSourceConfig
 
 __all__ = [
@@ -78,21 +78,6 @@ class VenueConfig(_Section):
     )
 
 
-class RiskConfig(_Section):
-    """The risk gate's limits. Every intent is checked against all of them."""
-
-    symbols: tuple[str, ...] = Field(
-        ("BTCUSDT", "ETHUSDT", "SOLUSDT"), description="allowlist; anything else is rejected"
-    )
-    max_order_notional_usdt: Decimal = Field(Decimal(1000), gt=0)
-    max_signal_age_s: float = Field(
-        60, gt=0, description="signals older than this (by their `ts`) are stale"
-    )
-    max_signal_future_s: float = Field(
-        5, ge=0, description="tolerated clock difference for a `ts` in the future"
-    )
-
-
 class KeyConfig(_Section):
     """An API key: credentials come from secrets, this only binds and scopes it."""
 
@@ -111,6 +96,10 @@ class StrategyConfig(_Section):
     key: Name
     sources: tuple[str, ...] = ("voiceofchain",)
     params: dict[str, Any] = Field(default_factory=dict)
+    risk: StrategyRiskConfig = Field(
+        default_factory=StrategyRiskConfig,
+        description="this strategy's own limits; each can only tighten `[risk]`",
+    )
 
 
 class BotSettings(BaseSettings):

@@ -55,6 +55,10 @@ class MarketData:
             instrument=instrument, last_price=price, equity_usdt=equity, position_qty=position
         )
 
+    def known_prices(self) -> dict[str, Decimal]:
+        """The last price fetched for each symbol, however old (for exposure elsewhere)."""
+        return {symbol: price for symbol, (_, price) in self._prices.items()}
+
     async def _price(self, venue: Venue, symbol: str) -> Decimal:
         return await self._cached(self._prices, symbol, lambda: venue.last_price(symbol))
 

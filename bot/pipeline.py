@@ -23,14 +23,16 @@ from typing import Final
 
 from bot import metrics
 from bot.execution.executor import Executor
+from bot.execution.ids import order_link_id
 from bot.execution.rounding import conform
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Decline, Instrument, OrderIntent, RiskDecision, Signal, utc_now
+from bot.messages import Decline, OrderIntent, RiskDecision, Side, Signal, utc_now
+from bot.risk.exposure import Reservation
 from bot.risk.gate import RiskGate
 from bot.venue.errors import KeyFatalError, VenueError
-from strategies.base import Strategy
+from strategies.base import MarketView, Strategy
 
 __all__ = ["NO_STRATEGY", "Pipeline", "StrategySlot"]
 
@@ -262,7 +264,7 @@ class Pipeline:
             # through (strategy, signal, leg): a plug-in must be able to change neither.
             await self._decline(signal, decline(reason=problem))
             return
-        decisions = [self._decide(intent, market.instrument) for intent in output]
+        decisions = [self._decide(intent, market) for intent in output]
         for decision in decisions:
             metrics.DECISIONS.labels("approved" if decision.approved else "rejected").inc()
             if not decision.approved:
@@ -271,14 +273,27 @@ class Pipeline:
         if any(event.order_id is not None for event in events):
             metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
 
-    def _decide(self, intent: OrderIntent, instrument: Instrument) -> RiskDecision:
-        """The intent on the instrument's grid, judged by the gate; or why it cannot be sent."""
-        conformed = conform(intent, instrument)
+    def _decide(self, intent: OrderIntent, market: MarketView) -> RiskDecision:
+        """The intent on the instrument's grid, judged by the gate at the venue's price; or
+        why it cannot be sent. An approval reserves its exposure at once (nothing is awaited
+        between the verdict and the reservation), so the next intent counts it in flight."""
+        conformed = conform(intent, market.instrument)
         if isinstance(conformed, str):
             return RiskDecision(
                 intent=intent, approved=False, rule="INSTRUMENT_RULES", reason=conformed
             )
-        return self._gate.decide(conformed)
+        decision = self._gate.decide(
+            conformed, price=market.last_price, prices=self._market.known_prices()
+        )
+        if decision.approved and not conformed.reduce_only:
+            signed = conformed.qty if conformed.side is Side.BUY else -conformed.qty
+            self._gate.ledger.reserve(
+                order_link_id(
+                    conformed.strategy, conformed.signal_source, conformed.signal_id, conformed.leg
+                ),
+                Reservation(conformed.strategy, conformed.symbol, signed),
+            )
+        return decision
 
     async def _decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:
         """Journal that `signal` gets no order from a strategy, by its choice or a risk rule."""

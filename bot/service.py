@@ -35,9 +35,11 @@ from bot.execution.reconcile import Reconciler
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
+from bot.messages import Side
 from bot.net import tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
+from bot.risk.exposure import ExposureLedger, Reservation
 from bot.risk.gate import RiskGate
 from bot.secrets import SecretResolver, webhook_secret_name, webhook_token_name
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
@@ -338,15 +340,21 @@ class Service:
                 partial(account.keeper.close_gap, venue),
                 sim_url=self.sim_url,
             )
-        gate = RiskGate(settings.risk)
+        gate = self._risk_gate(journal, account, strategies)
         executor = Executor(
             journal,
             venues,
             settings.execution,
             staleness=gate.stale_reason,
             stream_live=account.live,
+            order_settled=gate.ledger.release,
         )
         account.on_order_update(executor.order_updated)
+        account.on_order_update(
+            lambda event: (
+                gate.ledger.release(event.order_link_id) if event.status.is_terminal else None
+            )
+        )
         market = MarketData(venues, account, settings.venue.market_cache_s)
         pipeline = Pipeline(journal, strategies, gate, executor, market)
         receivers = [
@@ -372,6 +380,28 @@ class Service:
             venues=venues,
             app=app,
         )
+
+    def _risk_gate(
+        self, journal: Journal, account: Account, strategies: Mapping[str, StrategySlot]
+    ) -> RiskGate:
+        """The gate, its exposure read from the account's books, with the orders a previous
+        run left in flight reserved again."""
+        key_of = {name: slot.key_name for name, slot in strategies.items()}
+        ledger = ExposureLedger(
+            lambda strategy, symbol: account.projection.strategy_size(
+                key_of.get(strategy, ""), strategy, symbol
+            )
+        )
+        for record in journal.unfinished_orders():
+            request = record.request
+            if not request.reduce_only:
+                left = request.qty - record.filled_qty
+                signed = left if request.side is Side.BUY else -left
+                ledger.reserve(
+                    request.order_link_id, Reservation(request.strategy, request.symbol, signed)
+                )
+        overrides = {name: config.risk for name, config in self.settings.strategies.items()}
+        return RiskGate(self.settings.risk, overrides, ledger)
 
     def _venue_url(self, resources: ExitStack) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""

@@ -23,6 +23,10 @@ port = {port}
 [risk]
 symbols = ["BTCUSDT", "ETHUSDT"]
 max_order_notional_usdt = 1000
+# Room for the end-to-end tests' bursts; the exposure rules are tested in tests/bot/risk.
+max_position_notional_usdt = 100000
+max_strategy_exposure_usdt = 100000
+max_total_exposure_usdt = 100000
 max_signal_age_s = 60
 
 [keys.follow_sim]

@@ -105,15 +105,18 @@ class Executor:
         *,
         staleness: StalenessCheck = lambda ts: None,
         stream_live: Callable[[str], bool] = lambda key_name: False,
+        order_settled: Callable[[str], None] = lambda order_link_id: None,
         rng: random.Random | None = None,
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
-        whether a key's account stream is up (then fills are awaited, not polled for)."""
+        whether a key's account stream is up (then fills are awaited, not polled for);
+        `order_settled` hears of every order that became terminal."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
         self._staleness = staleness
         self._stream_live = stream_live
+        self._order_settled = order_settled
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         self._in_flight: set[str] = set()
@@ -480,6 +483,8 @@ class Executor:
     async def _record(self, event: OrderEvent) -> OrderEvent:
         if await self._journal.call(self._journal.record_order_event, event):
             metrics.ORDERS.labels(event.status.value).inc()
+            if event.status.is_terminal:
+                self._order_settled(event.order_link_id)
         return event
 
     async def _reject(self, request: OrderRequest, reason: str) -> OrderEvent:

@@ -1,82 +1,162 @@
 """The risk gate: every intent is checked against every rule; a denial is a value with a reason.
 
-Rules, in order (the first that fails decides):
-  SYMBOL_NOT_ALLOWED   the symbol is not in `risk.symbols`
-  STALE_SIGNAL         the signal's `ts` is older than `max_signal_age_s`, or in the future
-  MAX_ORDER_NOTIONAL   qty x reference price exceeds `max_order_notional_usdt`
-                       (reduce-only intents are exempt: closing must always be possible)
+Rules, in order (the first that fails decides), each limit the stricter of `[risk]` and the
+strategy's own `[strategies.<name>.risk]`:
+  SYMBOL_NOT_ALLOWED       the symbol is not in `symbols`, or is in `denied_symbols`
+  STALE_SIGNAL             the signal's `ts` is older than `max_signal_age_s`, or in the future
+  SIDE_NOT_ALLOWED         an opening order on a side not in `sides` (e.g. a long-only strategy)
+  MAX_ORDER_NOTIONAL       qty x the true price exceeds `max_order_notional_usdt`
+  MAX_POSITION_NOTIONAL    the strategy's worst-case position in the symbol after this order
+                           (with its orders in flight) exceeds `max_position_notional_usdt`
+  MAX_STRATEGY_EXPOSURE    the strategy's worst case over all symbols exceeds its limit
+  MAX_TOTAL_EXPOSURE       every strategy's worst case together exceeds `max_total_exposure_usdt`
+
+The true price of an order is the worse (higher) of its limit price and the venue's current
+price: a strategy-supplied price is never trusted for a limit. Reduce-only intents pass the
+size and exposure rules: closing must always be possible.
 
 `screen(signal)` applies the signal-level rules (symbol, staleness) before any strategy runs,
-so a signal that can never pass costs no venue round trip for market data.
-
-The gate is pure: it reads the intent and the clock, never the venue or the executor.
+so a signal that can never pass costs no venue round trip for market data. The gate reads
+the intent, the prices it is given, the clock and the exposure ledger; never the venue.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from decimal import Decimal
 
-from bot.config import RiskConfig
 from bot.messages import OrderIntent, RiskDecision, Signal, utc_now
+from bot.risk.config import RiskConfig, StrategyRiskConfig
+from bot.risk.exposure import ExposureLedger
 
 __all__ = ["RiskGate"]
+
+Rejection = tuple[str, str] | None
 
 
 class RiskGate:
     """Approves or rejects order intents against the configured limits."""
 
-    def __init__(self, config: RiskConfig, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        config: RiskConfig,
+        strategies: Mapping[str, StrategyRiskConfig] | None = None,
+        ledger: ExposureLedger | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self._config = config
-        self._symbols = frozenset(config.symbols)
+        self._configs = {
+            name: config.tightened(override) for name, override in (strategies or {}).items()
+        }
+        self._strategies = tuple(self._configs)
+        self._ledger = ledger or ExposureLedger(lambda strategy, symbol: Decimal(0))
         self._clock = clock
 
-    def decide(self, intent: OrderIntent) -> RiskDecision:
+    @property
+    def ledger(self) -> ExposureLedger:
+        return self._ledger
+
+    def decide(
+        self, intent: OrderIntent, *, price: Decimal, prices: Mapping[str, Decimal]
+    ) -> RiskDecision:
+        """The verdict on `intent`, with `price` the venue's current price of its symbol and
+        `prices` the last known price of every symbol (for exposure elsewhere)."""
+        config = self._configs.get(intent.strategy, self._config)
         rejection = (
-            self._symbol(intent.symbol)
-            or self._staleness(intent.signal_ts)
-            or self._notional(intent)
+            _symbol(config, intent.symbol)
+            or self._staleness(config, intent.signal_ts)
+            or _side(config, intent)
+            or self._size(config, intent, price, {**prices, intent.symbol: price})
         )
         if rejection is not None:
             rule, reason = rejection
             return RiskDecision(intent=intent, approved=False, rule=rule, reason=reason)
         return RiskDecision(intent=intent, approved=True, reason="within all limits")
 
-    def screen(self, signal: Signal) -> tuple[str, str] | None:
+    def screen(self, signal: Signal) -> Rejection:
         """(rule, reason) if no intent from `signal` could pass, else None."""
-        return self._symbol(signal.symbol) or self._staleness(signal.ts)
+        return _symbol(self._config, signal.symbol) or self._staleness(self._config, signal.ts)
 
     def stale_reason(self, signal_ts: datetime) -> str | None:
         """Why a signal issued at `signal_ts` is too old (or too far ahead) to act on now."""
-        rejection = self._staleness(signal_ts)
+        rejection = self._staleness(self._config, signal_ts)
         return None if rejection is None else rejection[1]
 
-    def _symbol(self, symbol: str) -> tuple[str, str] | None:
-        if symbol in self._symbols:
-            return None
-        return "SYMBOL_NOT_ALLOWED", f"{symbol} is not in risk.symbols"
-
-    def _staleness(self, signal_ts: datetime) -> tuple[str, str] | None:
+    def _staleness(self, config: RiskConfig, signal_ts: datetime) -> Rejection:
         age_s = (self._clock() - signal_ts).total_seconds()
-        if age_s > self._config.max_signal_age_s:
+        if age_s > config.max_signal_age_s:
             return (
                 "STALE_SIGNAL",
-                f"signal is {age_s:.1f} s old (risk.max_signal_age_s = "
-                f"{self._config.max_signal_age_s:g})",
+                f"signal is {age_s:.1f} s old (max_signal_age_s = {config.max_signal_age_s:g})",
             )
-        if -age_s > self._config.max_signal_future_s:
+        if -age_s > config.max_signal_future_s:
             return (
                 "STALE_SIGNAL",
                 f"signal ts is {-age_s:.1f} s in the future (risk.max_signal_future_s = "
-                f"{self._config.max_signal_future_s:g}); check the sender's clock",
+                f"{config.max_signal_future_s:g}); check the sender's clock",
             )
         return None
 
-    def _notional(self, intent: OrderIntent) -> tuple[str, str] | None:
-        if intent.reduce_only or intent.notional_usdt <= self._config.max_order_notional_usdt:
+    def _size(
+        self,
+        config: RiskConfig,
+        intent: OrderIntent,
+        price: Decimal,
+        prices: Mapping[str, Decimal],
+    ) -> Rejection:
+        if intent.reduce_only:
             return None
-        return (
-            "MAX_ORDER_NOTIONAL",
-            f"notional {intent.notional_usdt:.2f} USDT exceeds risk.max_order_notional_usdt = "
-            f"{self._config.max_order_notional_usdt}",
+        true_price = max(intent.price or price, price)
+        notional = intent.qty * true_price
+        if notional > config.max_order_notional_usdt:
+            return (
+                "MAX_ORDER_NOTIONAL",
+                f"notional {notional:.2f} USDT (at {true_price}) exceeds "
+                f"max_order_notional_usdt = {config.max_order_notional_usdt}",
+            )
+        signed = intent.qty if intent.side.value == "Buy" else -intent.qty
+        ledger, strategy = self._ledger, intent.strategy
+        position = ledger.worst_position(strategy, intent.symbol, signed) * true_price
+        if position > config.max_position_notional_usdt:
+            return (
+                "MAX_POSITION_NOTIONAL",
+                f"{strategy}'s {intent.symbol} position could reach {position:.2f} USDT with its "
+                f"orders in flight (max_position_notional_usdt = "
+                f"{config.max_position_notional_usdt})",
+            )
+        symbols = self._config.symbols
+        mine = ledger.strategy_exposure(strategy, prices, symbols, (intent.symbol, signed))
+        if mine > config.max_strategy_exposure_usdt:
+            return (
+                "MAX_STRATEGY_EXPOSURE",
+                f"{strategy}'s exposure could reach {mine:.2f} USDT with its orders in flight "
+                f"(max_strategy_exposure_usdt = {config.max_strategy_exposure_usdt})",
+            )
+        others = (name for name in self._strategies if name != strategy)
+        total = mine + sum(
+            (ledger.strategy_exposure(name, prices, symbols) for name in others), Decimal(0)
         )
+        if total > self._config.max_total_exposure_usdt:
+            return (
+                "MAX_TOTAL_EXPOSURE",
+                f"total exposure could reach {total:.2f} USDT with orders in flight "
+                f"(max_total_exposure_usdt = {self._config.max_total_exposure_usdt})",
+            )
+        return None
+
+
+def _symbol(config: RiskConfig, symbol: str) -> Rejection:
+    if symbol in config.symbols and symbol not in config.denied_symbols:
+        return None
+    where = "denied_symbols" if symbol in config.denied_symbols else "the allowed symbols"
+    return "SYMBOL_NOT_ALLOWED", f"{symbol} is not tradable here ({where})"
+
+
+def _side(config: RiskConfig, intent: OrderIntent) -> Rejection:
+    if intent.reduce_only or intent.side.value in config.sides:
+        return None
+    return (
+        "SIDE_NOT_ALLOWED",
+        f"{intent.side.value} may not open a position (allowed sides: {', '.join(config.sides)})",
+    )

@@ -13,12 +13,13 @@ import pytest
 from pydantic import SecretStr
 
 from bot.account import Account
-from bot.config import Environment, RiskConfig
+from bot.config import Environment
 from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.market import MarketData
 from bot.messages import OrderIntent, Signal, parse_signal
 from bot.pipeline import Pipeline, StrategySlot
+from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig

@@ -1,22 +1,28 @@
-"""The risk gate: approves only intents within every limit, and says why otherwise."""
+"""The risk gate: approves only intents within every limit, on true prices and counting
+orders in flight, and says why otherwise."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.config import RiskConfig
-from bot.messages import OrderIntent, Signal, parse_signal
+from bot.messages import OrderIntent, OrderType, RiskDecision, Side, Signal, parse_signal
+from bot.risk.config import RiskConfig, StrategyRiskConfig
+from bot.risk.exposure import ExposureLedger, Reservation
 from bot.risk.gate import RiskGate
 from tests.factories import make_intent
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+MARKET = Decimal(50000)
 CONFIG = RiskConfig(
     symbols=("BTCUSDT", "ETHUSDT"),
     max_order_notional_usdt=Decimal(1000),
+    max_position_notional_usdt=Decimal(2000),
+    max_strategy_exposure_usdt=Decimal(3000),
+    max_total_exposure_usdt=Decimal(5000),
     max_signal_age_s=60,
     max_signal_future_s=5,
 )
@@ -25,41 +31,60 @@ CONFIG = RiskConfig(
 def intent(
     *,
     symbol: str = "BTCUSDT",
+    side: Side = Side.BUY,
     qty: Decimal = Decimal("0.01"),
-    price: Decimal = Decimal(50000),
+    limit: Decimal | None = None,
+    claimed_price: Decimal = MARKET,
     age_s: float = 1,
     reduce_only: bool = False,
+    strategy: str = "follow",
 ) -> OrderIntent:
     return make_intent(
         symbol=symbol,
+        side=side,
         qty=qty,
-        reference_price=price,
+        order_type=OrderType.MARKET if limit is None else OrderType.LIMIT,
+        price=limit,
+        reference_price=claimed_price,
         reduce_only=reduce_only,
         signal_ts=NOW - timedelta(seconds=age_s),
+        strategy=strategy,
     )
 
 
-gate = RiskGate(CONFIG, clock=lambda: NOW)
+def new_gate(
+    positions: dict[tuple[str, str], Decimal] | None = None,
+    strategies: dict[str, StrategyRiskConfig] | None = None,
+) -> RiskGate:
+    held = positions or {}
+    ledger = ExposureLedger(lambda strategy, symbol: held.get((strategy, symbol), Decimal(0)))
+    return RiskGate(CONFIG, strategies or {"follow": StrategyRiskConfig()}, ledger, lambda: NOW)
+
+
+def decide(gate: RiskGate, item: OrderIntent, price: Decimal | None = None) -> RiskDecision:
+    """The gate's verdict at BTC `price` (default 50,000) and ETH 3,000."""
+    prices = {"BTCUSDT": price or MARKET, "ETHUSDT": Decimal(3000)}
+    return gate.decide(item, price=prices.get(item.symbol, Decimal(1)), prices=prices)
 
 
 def test_intent_within_limits_is_approved() -> None:
-    decision = gate.decide(intent())
+    decision = decide(new_gate(), intent())
 
     assert decision.approved
     assert decision.rule is None
 
 
-def test_symbol_outside_allowlist_is_rejected_with_reason() -> None:
-    decision = gate.decide(intent(symbol="DOGEUSDT"))
+def test_symbol_outside_allowlist_or_denied_is_rejected_with_reason() -> None:
+    denied = RiskGate(CONFIG.model_copy(update={"denied_symbols": ("ETHUSDT",)}))
 
-    assert not decision.approved
-    assert decision.rule == "SYMBOL_NOT_ALLOWED"
-    assert "DOGEUSDT" in decision.reason
+    assert decide(new_gate(), intent(symbol="DOGEUSDT")).rule == "SYMBOL_NOT_ALLOWED"
+    refused = decide(denied, intent(symbol="ETHUSDT"))
+    assert (refused.rule, "denied_symbols" in refused.reason) == ("SYMBOL_NOT_ALLOWED", True)
 
 
 def test_stale_and_future_signals_are_rejected() -> None:
-    stale = gate.decide(intent(age_s=61))
-    future = gate.decide(intent(age_s=-6))
+    stale = decide(new_gate(), intent(age_s=61))
+    future = decide(new_gate(), intent(age_s=-6))
 
     assert (stale.rule, future.rule) == ("STALE_SIGNAL", "STALE_SIGNAL")
     assert "61.0 s old" in stale.reason
@@ -67,29 +92,109 @@ def test_stale_and_future_signals_are_rejected() -> None:
 
 
 def test_notional_over_limit_is_rejected_but_reduce_only_may_close() -> None:
-    big = intent(qty=Decimal("0.03"))  # 1500 USDT
+    gate = new_gate()
 
-    assert gate.decide(big).rule == "MAX_ORDER_NOTIONAL"
-    assert gate.decide(intent(qty=Decimal("0.03"), reduce_only=True)).approved
+    assert decide(gate, intent(qty=Decimal("0.03"))).rule == "MAX_ORDER_NOTIONAL"
+    assert decide(gate, intent(qty=Decimal("0.03"), reduce_only=True)).approved
 
 
+def test_a_sell_with_an_entry_far_below_the_market_is_priced_at_the_market() -> None:
+    # Reproduced: a follow sell with entry far below the market passed as 1,000 USDT and
+    # filled for 2,425 USDT. A sell limit below the market is marketable: it trades there.
+    far_entry = intent(side=Side.SELL, qty=Decimal("0.025"), limit=Decimal(40000))
+
+    decision = decide(new_gate(), far_entry, price=Decimal(97000))
+
+    assert decision.rule == "MAX_ORDER_NOTIONAL"
+    assert "at 97000" in decision.reason
+
+
+def test_a_plug_in_lying_about_its_price_gains_nothing() -> None:
+    # Reproduced: a plug-in setting reference_price=1 got 48,500 USDT through a 1,000 cap.
+    liar = intent(qty=Decimal("0.5"), claimed_price=Decimal(1))
+
+    assert decide(new_gate(), liar, price=Decimal(97000)).rule == "MAX_ORDER_NOTIONAL"
+
+
+def test_orders_in_flight_count_so_two_quick_signals_cannot_both_pass() -> None:
+    gate = new_gate()
+    first = decide(gate, intent(qty=Decimal("0.02")))  # 1000 USDT
+    gate.ledger.reserve("a", Reservation("follow", "BTCUSDT", Decimal("0.02")))
+    second = decide(gate, intent(qty=Decimal("0.02")))  # would make 2000: at the limit
+    gate.ledger.reserve("b", Reservation("follow", "BTCUSDT", Decimal("0.02")))
+
+    third = decide(gate, intent(qty=Decimal("0.001")))
+
+    assert first.approved and second.approved
+    assert third.rule == "MAX_POSITION_NOTIONAL"
+    gate.ledger.release("a")  # terminal, and (say) never filled
+    assert decide(gate, intent(qty=Decimal("0.001"))).approved
+
+
+def test_stacked_positions_hit_the_strategy_and_total_exposure() -> None:
+    # Reproduced: thirteen sells stacked a 6,300 USDT short on a 1,000 order cap.
+    positions = {
+        ("follow", "BTCUSDT"): Decimal("-0.03"),  # 1500 USDT short
+        ("follow", "ETHUSDT"): Decimal("-0.5"),  # 1500 USDT short
+        ("other", "BTCUSDT"): Decimal("0.04"),  # 2000 USDT long
+    }
+    gate = new_gate(positions, {"follow": StrategyRiskConfig(), "other": StrategyRiskConfig()})
+
+    mine = decide(gate, intent(side=Side.SELL, qty=Decimal("0.001"), symbol="ETHUSDT"))
+    total = decide(gate, intent(strategy="other", symbol="ETHUSDT", qty=Decimal("0.1")))
+
+    assert mine.rule == "MAX_STRATEGY_EXPOSURE"
+    assert total.rule == "MAX_TOTAL_EXPOSURE"
+
+
+def test_a_strategy_limit_only_tightens_the_global_one() -> None:
+    long_only = StrategyRiskConfig(sides=("Buy",), max_order_notional_usdt=Decimal(99999))
+    gate = new_gate(strategies={"follow": long_only})
+
+    assert decide(gate, intent(side=Side.SELL)).rule == "SIDE_NOT_ALLOWED"
+    assert decide(gate, intent(qty=Decimal("0.03"))).rule == "MAX_ORDER_NOTIONAL"  # global 1000
+
+
+@settings(max_examples=200)
 @given(
-    qty=st.decimals(min_value=Decimal("0.000001"), max_value=Decimal(10**6), places=6),
-    price=st.decimals(min_value=Decimal("0.0001"), max_value=Decimal(10**7), places=4),
-    age_s=st.floats(min_value=-3600, max_value=3600),
-    symbol=st.sampled_from(["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]),
+    orders=st.lists(
+        st.tuples(
+            st.sampled_from(["follow", "other"]),
+            st.sampled_from(["BTCUSDT", "ETHUSDT"]),
+            st.sampled_from(Side),
+            st.decimals(min_value=Decimal("0.001"), max_value=Decimal(1), places=3),
+            st.decimals(min_value=Decimal(1000), max_value=Decimal(100000), places=1),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
 )
-def test_never_approves_an_intent_over_any_limit(
-    qty: Decimal, price: Decimal, age_s: float, symbol: str
+def test_no_sequence_of_approvals_breaches_a_limit_counting_orders_in_flight(
+    orders: list[tuple[str, str, Side, Decimal, Decimal, bool]],
 ) -> None:
-    decision = gate.decide(intent(symbol=symbol, qty=qty, price=price, age_s=age_s))
-
-    if decision.approved:
-        assert qty * price <= CONFIG.max_order_notional_usdt
-        assert symbol in CONFIG.symbols
-        assert -CONFIG.max_signal_future_s <= age_s <= CONFIG.max_signal_age_s
-    else:
-        assert decision.rule and decision.reason
+    gate = new_gate(strategies={"follow": StrategyRiskConfig(), "other": StrategyRiskConfig()})
+    prices = {"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}
+    in_flight: dict[tuple[str, str], list[Decimal]] = {}
+    for index, (strategy, symbol, side, qty, limit, use_limit) in enumerate(orders):
+        item = intent(
+            strategy=strategy,
+            symbol=symbol,
+            side=side,
+            qty=qty,
+            limit=limit if use_limit else None,
+        )
+        decision = gate.decide(item, price=prices[symbol], prices=prices)
+        if not decision.approved:
+            continue
+        true_price = max(limit if use_limit else prices[symbol], prices[symbol])
+        assert qty * true_price <= CONFIG.max_order_notional_usdt
+        signed = qty if side is Side.BUY else -qty
+        gate.ledger.reserve(str(index), Reservation(strategy, symbol, signed))
+        in_flight.setdefault((strategy, symbol), []).append(signed)
+    # Whatever subset of the approved orders fills, no limit is breached.
+    for (_, symbol), sizes in in_flight.items():
+        worst = max(sum(s for s in sizes if s > 0), -sum(s for s in sizes if s < 0))
+        assert worst * prices[symbol] <= CONFIG.max_position_notional_usdt
 
 
 def signal_at(symbol: str, age_s: float) -> Signal:
@@ -98,11 +203,11 @@ def signal_at(symbol: str, age_s: float) -> Signal:
 
 
 def test_screen_refuses_a_whole_signal_before_any_strategy_runs() -> None:
+    gate = new_gate()
+
     assert gate.screen(signal_at("BTCUSDT", 1)) is None
-    assert gate.screen(signal_at("DOGEUSDT", 1)) == (
-        "SYMBOL_NOT_ALLOWED",
-        "DOGEUSDT is not in risk.symbols",
-    )
+    refused = gate.screen(signal_at("DOGEUSDT", 1))
+    assert refused is not None and refused[0] == "SYMBOL_NOT_ALLOWED"
     stale = gate.screen(signal_at("BTCUSDT", 120))
     assert stale is not None
     assert stale[0] == "STALE_SIGNAL"

@@ -1,0 +1,71 @@
+"""The risk gate's configuration: `[risk]` globally, `[strategies.<name>.risk]` per strategy.
+
+A per-strategy value can only tighten the global one: the effective limit is the stricter of
+the two (the smaller number, the intersection of symbols and sides).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["RiskConfig", "StrategyRiskConfig"]
+
+SideName = Literal["Buy", "Sell"]
+_SIDES: tuple[SideName, ...] = ("Buy", "Sell")
+
+
+class RiskConfig(BaseModel):
+    """`[risk]`: the limits every intent is checked against. USDT amounts are notionals."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    symbols: tuple[str, ...] = Field(
+        ("BTCUSDT", "ETHUSDT", "SOLUSDT"), description="allowlist; anything else is rejected"
+    )
+    denied_symbols: tuple[str, ...] = Field((), description="never traded, even if allowed")
+    sides: tuple[SideName, ...] = Field(_SIDES, description="sides that may open: Buy, Sell")
+    max_order_notional_usdt: Decimal = Field(Decimal(1000), gt=0)
+    max_position_notional_usdt: Decimal = Field(
+        Decimal(2000),
+        gt=0,
+        description="one strategy's position in one symbol, with its orders in flight",
+    )
+    max_strategy_exposure_usdt: Decimal = Field(
+        Decimal(3000), gt=0, description="one strategy over all symbols, with orders in flight"
+    )
+    max_total_exposure_usdt: Decimal = Field(
+        Decimal(5000), gt=0, description="every strategy together, with orders in flight"
+    )
+    max_signal_age_s: float = Field(
+        60, gt=0, description="signals older than this (by their `ts`) are stale"
+    )
+    max_signal_future_s: float = Field(
+        5, ge=0, description="tolerated clock difference for a `ts` in the future"
+    )
+
+    def tightened(self, override: StrategyRiskConfig) -> RiskConfig:
+        """This configuration with a strategy's stricter values applied."""
+        update: dict[str, object] = {}
+        for name, value in override.model_dump(exclude_none=True).items():
+            current = getattr(self, name)
+            if isinstance(current, tuple):
+                update[name] = tuple(item for item in current if item in value)
+            else:
+                update[name] = min(current, value)
+        return self.model_copy(update=update)
+
+
+class StrategyRiskConfig(BaseModel):
+    """`[strategies.<name>.risk]`: a strategy's own, stricter limits (unset: the global)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    symbols: tuple[str, ...] | None = None
+    sides: tuple[SideName, ...] | None = Field(None, description='e.g. ["Buy"] for long-only')
+    max_order_notional_usdt: Decimal | None = Field(None, gt=0)
+    max_position_notional_usdt: Decimal | None = Field(None, gt=0)
+    max_strategy_exposure_usdt: Decimal | None = Field(None, gt=0)
+    max_signal_age_s: float | None = Field(None, gt=0)
