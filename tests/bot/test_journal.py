@@ -163,25 +163,7 @@ def test_each_send_counts_one_attempt(journal: Journal) -> None:
 
 def test_a_version_1_journal_is_migrated_in_place(tmp_path: Path) -> None:
     path = tmp_path / "v1.sqlite3"
-    db = sqlite3.connect(path)
-    db.executescript(
-        """
-        CREATE TABLE signals (source TEXT, signal_id TEXT, symbol TEXT, ts TEXT,
-            received_at TEXT, payload TEXT, processed_at TEXT, PRIMARY KEY (source, signal_id));
-        CREATE TABLE decisions (id INTEGER PRIMARY KEY, source TEXT, signal_id TEXT,
-            strategy TEXT, leg INTEGER, approved INTEGER, rule TEXT, reason TEXT, intent TEXT,
-            decided_at TEXT);
-        CREATE TABLE orders (order_link_id TEXT PRIMARY KEY, source TEXT, signal_id TEXT,
-            strategy TEXT, leg INTEGER, key_name TEXT, symbol TEXT, side TEXT, order_type TEXT,
-            qty TEXT, price TEXT, request TEXT, status TEXT, order_id TEXT,
-            filled_qty TEXT NOT NULL DEFAULT '0', avg_price TEXT,
-            reason TEXT NOT NULL DEFAULT '', ret_code INTEGER, created_at TEXT, updated_at TEXT);
-        CREATE TABLE order_events (id INTEGER PRIMARY KEY, order_link_id TEXT, status TEXT,
-            event TEXT, ts TEXT);
-        PRAGMA user_version=1;
-        """
-    )
-    db.close()
+    _write_v1_journal(path)
 
     journal = Journal(path)
     journal.record_order(make_request())
@@ -195,6 +177,16 @@ def test_a_version_1_journal_is_migrated_in_place(tmp_path: Path) -> None:
 
 def test_an_old_journal_opened_to_read_is_brought_up_to_date_first(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
+    _write_v1_journal(path)
+
+    journal = Journal(path, read_only=True)
+
+    assert journal.executions() == []
+    assert journal.trace() == []
+
+
+def _write_v1_journal(path: Path) -> None:
+    """A journal as the first release wrote it (schema version 1)."""
     db = sqlite3.connect(path)
     db.executescript(
         """
@@ -214,8 +206,3 @@ def test_an_old_journal_opened_to_read_is_brought_up_to_date_first(tmp_path: Pat
         """
     )
     db.close()
-
-    journal = Journal(path, read_only=True)
-
-    assert journal.executions() == []
-    assert journal.trace() == []
