@@ -28,8 +28,7 @@ from bot.execution.rounding import conform
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Decline, OrderIntent, RiskDecision, Side, Signal, utc_now
-from bot.risk.exposure import Reservation
+from bot.messages import Decline, OrderIntent, RiskDecision, Signal, utc_now
 from bot.risk.gate import RiskGate
 from bot.venue.errors import KeyFatalError, VenueError
 from strategies.base import MarketView, Strategy
@@ -274,26 +273,22 @@ class Pipeline:
             metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
 
     def _decide(self, intent: OrderIntent, market: MarketView) -> RiskDecision:
-        """The intent on the instrument's grid, judged by the gate at the venue's price; or
-        why it cannot be sent. An approval reserves its exposure at once (nothing is awaited
-        between the verdict and the reservation), so the next intent counts it in flight."""
+        """The intent on the instrument's grid, judged by the gate at the venue's price (an
+        approval reserved under its orderLinkId); or why it cannot be sent."""
         conformed = conform(intent, market.instrument)
         if isinstance(conformed, str):
             return RiskDecision(
                 intent=intent, approved=False, rule="INSTRUMENT_RULES", reason=conformed
             )
-        decision = self._gate.decide(
-            conformed, price=market.last_price, prices=self._market.known_prices()
+        link_id = order_link_id(
+            conformed.strategy, conformed.signal_source, conformed.signal_id, conformed.leg
         )
-        if decision.approved and not conformed.reduce_only:
-            signed = conformed.qty if conformed.side is Side.BUY else -conformed.qty
-            self._gate.ledger.reserve(
-                order_link_id(
-                    conformed.strategy, conformed.signal_source, conformed.signal_id, conformed.leg
-                ),
-                Reservation(conformed.strategy, conformed.symbol, signed),
-            )
-        return decision
+        return self._gate.decide(
+            conformed,
+            price=market.last_price,
+            prices=self._market.known_prices(),
+            reserve_as=link_id,
+        )
 
     async def _decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:
         """Journal that `signal` gets no order from a strategy, by its choice or a risk rule."""

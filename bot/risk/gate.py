@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 
-from bot.messages import OrderIntent, RiskDecision, Signal, utc_now
+from bot.messages import OrderIntent, RiskDecision, Side, Signal, utc_now
 from bot.risk.config import RiskConfig, StrategyRiskConfig
-from bot.risk.exposure import ExposureLedger
+from bot.risk.exposure import ExposureLedger, Reservation
 
 __all__ = ["RiskGate"]
 
@@ -58,10 +58,19 @@ class RiskGate:
         return self._ledger
 
     def decide(
-        self, intent: OrderIntent, *, price: Decimal, prices: Mapping[str, Decimal]
+        self,
+        intent: OrderIntent,
+        *,
+        price: Decimal,
+        prices: Mapping[str, Decimal],
+        reserve_as: str | None = None,
     ) -> RiskDecision:
         """The verdict on `intent`, with `price` the venue's current price of its symbol and
-        `prices` the last known price of every symbol (for exposure elsewhere)."""
+        `prices` the last known price of every symbol (for exposure elsewhere).
+
+        An approval is reserved in the exposure ledger under `reserve_as` (the order's
+        orderLinkId) in the same step, so the very next intent counts it in flight.
+        """
         config = self._configs.get(intent.strategy, self._config)
         rejection = (
             _symbol(config, intent.symbol)
@@ -72,6 +81,9 @@ class RiskGate:
         if rejection is not None:
             rule, reason = rejection
             return RiskDecision(intent=intent, approved=False, rule=rule, reason=reason)
+        if reserve_as is not None and not intent.reduce_only:
+            signed = intent.qty if intent.side is Side.BUY else -intent.qty
+            self._ledger.reserve(reserve_as, Reservation(intent.strategy, intent.symbol, signed))
         return RiskDecision(intent=intent, approved=True, reason="within all limits")
 
     def screen(self, signal: Signal) -> Rejection:
@@ -115,7 +127,7 @@ class RiskGate:
                 f"notional {notional:.2f} USDT (at {true_price}) exceeds "
                 f"max_order_notional_usdt = {config.max_order_notional_usdt}",
             )
-        signed = intent.qty if intent.side.value == "Buy" else -intent.qty
+        signed = intent.qty if intent.side is Side.BUY else -intent.qty
         ledger, strategy = self._ledger, intent.strategy
         position = ledger.worst_position(strategy, intent.symbol, signed) * true_price
         if position > config.max_position_notional_usdt:
