@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from bot import metrics
+from bot.admin import AdminRoutes
 from signals.voiceofchain import WebhookReceiver
 
 __all__ = ["create_app"]
@@ -22,11 +23,16 @@ __all__ = ["create_app"]
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def create_app(receivers: Iterable[WebhookReceiver], health: HealthCheck) -> FastAPI:
-    """`health()` returns the /healthz body; a false `ready` in it makes the answer 503."""
+def create_app(
+    receivers: Iterable[WebhookReceiver], health: HealthCheck, admin: AdminRoutes | None = None
+) -> FastAPI:
+    """`health()` returns the /healthz body; a false `ready` in it makes the answer 503.
+    The admin routes are served only when `admin` is given (an admin secret exists)."""
     app = FastAPI(title="bybit-signal-bot", docs_url=None, redoc_url=None, openapi_url=None)
     for receiver in receivers:
         app.include_router(receiver.router())
+    if admin is not None:
+        app.include_router(admin.router())
 
     @app.middleware("http")
     async def count_responses(

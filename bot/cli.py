@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Annotated, Final, NoReturn, TypeVar
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 from bot import logs
 from bot.account import AccountProjection, StrategyBook
+from bot.admin import ADMIN_SECRET_NAME
 from bot.config import BotSettings, ConfigError, load_settings
 from bot.journal import Journal, JournalError
+from bot.messages import utc_now
+from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import DEFAULT_SECRETS_DIR, MissingSecretError, webhook_secret_name
 from bot.service import Service, secret_resolver, sim_accounts, simulator_config
 from bot.sim import DEFAULT_SIM_PORT, SimExchange, parse_faults, run_forever
@@ -40,6 +44,8 @@ app = typer.Typer(
 )
 signal_app = typer.Typer(help="Work with signals.", no_args_is_help=True)
 app.add_typer(signal_app, name="signal")
+risk_app = typer.Typer(help="The risk gate: trading states and limits.", no_args_is_help=True)
+app.add_typer(risk_app, name="risk")
 console = Console()
 errors = Console(stderr=True)
 
@@ -150,8 +156,24 @@ def signal_send(
         secret = secret_resolver(settings, secrets_dir).get(webhook_secret_name(source))
     except MissingSecretError as exc:
         _fail(str(exc))
+    target = url or f"{_bot_url(settings)}/webhooks/{source}"
+    try:
+        status, answer = _post_signed(target, body, secret)
+    except ConnectionError as exc:
+        _fail(f"cannot reach the bot at {target}: {exc}. Is `bot run` running?")
+    console.print(f"{status} {answer}", highlight=False)
+    console.print(f"signal id: {payload['id']}", highlight=False)
+    if status >= 300:
+        raise typer.Exit(1)
+
+
+def _bot_url(settings: BotSettings) -> str:
     host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
-    target = url or f"http://{host}:{settings.http.port}/webhooks/{source}"
+    return f"http://{host}:{settings.http.port}"
+
+
+def _post_signed(target: str, body: bytes, secret: SecretStr) -> tuple[int, str]:
+    """POST `body` signed with `secret` (X-Signature); ConnectionError if unreachable."""
     request = urllib.request.Request(  # noqa: S310 - the URL is the user's own bot
         target,
         data=body,
@@ -163,16 +185,105 @@ def signal_send(
     )
     try:
         with urllib.request.urlopen(request, timeout=SEND_TIMEOUT_S) as response:  # noqa: S310
-            status, answer = response.status, response.read().decode()
+            return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
-        status, answer = exc.code, exc.read().decode()
+        return exc.code, exc.read().decode()
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        reason = getattr(exc, "reason", exc)
-        _fail(f"cannot reach the bot at {target}: {reason}. Is `bot run` running?")
-    console.print(f"{status} {answer}", highlight=False)
-    console.print(f"signal id: {payload['id']}", highlight=False)
-    if status >= 300:
-        raise typer.Exit(1)
+        raise ConnectionError(str(getattr(exc, "reason", exc))) from None
+
+
+@app.command()
+def halt(
+    strategy: Annotated[str | None, typer.Option(help="halt one strategy [default: all]")] = None,
+    reason: Annotated[str, typer.Option(help="why; journaled")] = "halted by the operator",
+    config: ConfigOption = None,
+    secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
+) -> None:
+    """Kill switch: from the very next intent, only orders that reduce exposure pass."""
+    _switch(TradingState.HALTED, strategy, reason, config, secrets_dir)
+
+
+@app.command()
+def resume(
+    strategy: Annotated[
+        str | None, typer.Option(help="resume one strategy [default: the bot]")
+    ] = None,
+    config: ConfigOption = None,
+    secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
+) -> None:
+    """Trade again: the scope goes back to ACTIVE."""
+    _switch(TradingState.ACTIVE, strategy, "resumed by the operator", config, secrets_dir)
+
+
+def _switch(
+    state: TradingState,
+    strategy: str | None,
+    reason: str,
+    config: Path | None,
+    secrets_dir: Path,
+) -> None:
+    """Tell the running bot (signed admin route); if none runs, journal it for its start."""
+    settings = _settings(config)
+    if strategy is not None and strategy not in settings.strategies:
+        _fail(
+            f"strategy '{strategy}' is not configured; it is one of {sorted(settings.strategies)}"
+        )
+    body = json.dumps({"strategy": strategy, "reason": reason}).encode()
+    route = "halt" if state is TradingState.HALTED else "resume"
+    try:
+        secret = secret_resolver(settings, secrets_dir).get(ADMIN_SECRET_NAME)
+        status, answer = _post_signed(f"{_bot_url(settings)}/admin/{route}", body, secret)
+    except MissingSecretError as exc:
+        _fail(f"{exc} (the admin secret signs halt and resume)")
+    except ConnectionError:
+        scope = ScopeState(strategy or BOT_SCOPE, state, reason, utc_now())
+        journal = Journal(settings.journal_path)
+        try:
+            journal.record_trading_state(scope)
+        finally:
+            journal.close()
+        console.print(
+            f"the bot is not running: {scope.scope} {state.value} is journaled and applies "
+            "when it starts",
+            highlight=False,
+        )
+        return
+    if status != 200:
+        _fail(f"the bot refused: {status} {answer}")
+    console.print(answer, highlight=False)
+
+
+@risk_app.command("status")
+def risk_status(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Each scope's trading state and why, and each strategy's limits."""
+    settings = _settings(config)
+    states = {state.scope: state for state in _read_journal(config, Journal.trading_states)}
+    rows = []
+    for scope in (BOT_SCOPE, *settings.strategies):
+        limits = settings.risk
+        if scope in settings.strategies:
+            limits = limits.tightened(settings.strategies[scope].risk)
+        state = states.get(scope)
+        rows.append(
+            {
+                "scope": scope,
+                "state": state.state.value if state else TradingState.ACTIVE.value,
+                "reason": state.reason if state else "",
+                "since": state.since.isoformat() if state else "",
+                "max_order_notional_usdt": _plain(limits.max_order_notional_usdt),
+                "max_position_notional_usdt": _plain(limits.max_position_notional_usdt),
+                "max_strategy_exposure_usdt": _plain(limits.max_strategy_exposure_usdt),
+                "max_total_exposure_usdt": _plain(limits.max_total_exposure_usdt),
+            }
+        )
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, separators=(",", ":")))
+        return
+    console.print(_table(rows, ("since",)))
 
 
 def _decimal_as_number(value: object) -> object:

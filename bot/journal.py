@@ -43,6 +43,7 @@ from bot.messages import (
     WalletUpdate,
     utc_now,
 )
+from bot.risk.states import ScopeState, TradingState
 
 __all__ = ["Journal", "JournalError", "OrderRecord", "TraceRow"]
 
@@ -80,6 +81,12 @@ CREATE TABLE IF NOT EXISTS closed_pnl (
     snapshot   TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (order_id, key_name)
+);
+CREATE TABLE IF NOT EXISTS trading_states (
+    scope  TEXT PRIMARY KEY,
+    state  TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS wallets (
     key_name   TEXT PRIMARY KEY,
@@ -822,6 +829,27 @@ class Journal:
         with self._lock:
             rows = self._db.execute("SELECT snapshot FROM wallets").fetchall()
         return [WalletUpdate.model_validate_json(row[0]) for row in rows]
+
+    # trading states -------------------------------------------------------------------------
+
+    def record_trading_state(self, state: ScopeState) -> None:
+        """Journal a scope's trading state (it survives a restart)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO trading_states (scope, state, reason, since)"
+                " VALUES (?, ?, ?, ?)",
+                (state.scope, state.state.value, state.reason, state.since.isoformat()),
+            )
+
+    def trading_states(self) -> list[ScopeState]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT scope, state, reason, since FROM trading_states ORDER BY scope"
+            ).fetchall()
+        return [
+            ScopeState(scope, TradingState(state), reason, datetime.fromisoformat(since))
+            for scope, state, reason, since in rows
+        ]
 
     def order_events(self, order_link_id: str) -> list[OrderEvent]:
         """An order's history, oldest first: every transition with time, retCode and reason."""

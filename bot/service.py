@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from bot.account import Account
+from bot.admin import ADMIN_SECRET_NAME, AdminRoutes
 from bot.app import create_app
 from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
@@ -41,7 +42,13 @@ from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
 from bot.risk.exposure import ExposureLedger, Reservation
 from bot.risk.gate import RiskGate
-from bot.secrets import SecretResolver, webhook_secret_name, webhook_token_name
+from bot.risk.states import ScopeState
+from bot.secrets import (
+    MissingSecretError,
+    SecretResolver,
+    webhook_secret_name,
+    webhook_token_name,
+)
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
 from bot.venue.errors import VenueError
@@ -370,7 +377,11 @@ class Service:
             for source, config in settings.sources.items()
             if config.enabled
         ]
-        app = create_app(receivers, lambda: self._health(pipeline, journal, account))
+        app = create_app(
+            receivers,
+            lambda: self._health(pipeline, journal, account),
+            self._admin_routes(journal, gate),
+        )
         reconciler = Reconciler(executor, journal, venues, settings.execution, account)
         return _Stages(
             pipeline=pipeline,
@@ -380,6 +391,26 @@ class Service:
             venues=venues,
             app=app,
         )
+
+    def _admin_routes(self, journal: Journal, gate: RiskGate) -> AdminRoutes | None:
+        """The kill switch's routes, if an admin secret exists (generated in `sim`)."""
+        try:
+            secret = self._resolver.get(ADMIN_SECRET_NAME)
+        except MissingSecretError:
+            logger.info("no {name}: the /admin routes are off", name=ADMIN_SECRET_NAME)
+            return None
+
+        async def enter(state: ScopeState) -> None:
+            gate.set_state(state)  # first: the very next intent sees it
+            await journal.call(journal.record_trading_state, state)
+            logger.warning(
+                "trading state of {scope}: {state} ({reason})",
+                scope=state.scope,
+                state=state.state.value,
+                reason=state.reason,
+            )
+
+        return AdminRoutes(secret, enter, self.settings.strategies)
 
     def _risk_gate(
         self, journal: Journal, account: Account, strategies: Mapping[str, StrategySlot]
@@ -401,7 +432,10 @@ class Service:
                     request.order_link_id, Reservation(request.strategy, request.symbol, signed)
                 )
         overrides = {name: config.risk for name, config in self.settings.strategies.items()}
-        return RiskGate(self.settings.risk, overrides, ledger)
+        gate = RiskGate(self.settings.risk, overrides, ledger)
+        for state in journal.trading_states():  # a halt survives a restart
+            gate.set_state(state)
+        return gate
 
     def _venue_url(self, resources: ExitStack) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""

@@ -30,7 +30,7 @@ from bot.messages import SignalError, parse_signal
 from signals.base import SignalSink
 from signals.config import WebhookSourceConfig
 
-__all__ = ["SIGNATURE_HEADER", "WebhookReceiver", "sign"]
+__all__ = ["SIGNATURE_HEADER", "WebhookReceiver", "sign", "signature_problem"]
 
 SIGNATURE_HEADER: Final = "X-Signature"
 _UNIX_SECONDS: Final = re.compile(r"[0-9]{1,12}")
@@ -177,18 +177,37 @@ class WebhookReceiver:
             if not hmac.compare_digest(token.encode(), self._token.get_secret_value().encode()):
                 raise _Unauthorized("the token does not match")
             return
-        if header is None:
-            raise _Unauthorized(f"missing {SIGNATURE_HEADER} header (t=<unix seconds>,v1=<hex>)")
+        problem = signature_problem(
+            header, body, self._secret, self._clock(), self._config.max_clock_skew_s
+        )
+        if problem is not None:
+            raise _Unauthorized(problem)
+
+
+def signature_problem(
+    header: str | None, body: bytes, secret: SecretStr, now: float, max_skew_s: float
+) -> str | None:
+    """Why an `X-Signature` header does not authenticate `body` under `secret`, or None.
+
+    The one check of every signed route: HMAC-SHA256 over "<t>." + body, compared in constant
+    time, with `t` within `max_skew_s` of `now`; several `v1=` values are accepted.
+    """
+    if header is None:
+        return f"missing {SIGNATURE_HEADER} header (t=<unix seconds>,v1=<hex>)"
+    try:
         timestamp, candidates = _parse_signature(header)
-        skew = abs(self._clock() - timestamp)
-        if skew > self._config.max_clock_skew_s:
-            raise _Unauthorized(
-                f"signature timestamp is {skew:.0f} s from the server's clock "
-                f"(limit {self._config.max_clock_skew_s} s); sign with the current time"
-            )
-        expected = sign(self._secret.get_secret_value(), body, timestamp).split("v1=", 1)[1]
-        if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
-            raise _Unauthorized("signature does not match the body and the source's secret")
+    except _Unauthorized as exc:
+        return str(exc)
+    skew = abs(now - timestamp)
+    if skew > max_skew_s:
+        return (
+            f"signature timestamp is {skew:.0f} s from the server's clock "
+            f"(limit {max_skew_s} s); sign with the current time"
+        )
+    expected = sign(secret.get_secret_value(), body, timestamp).split("v1=", 1)[1]
+    if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
+        return "signature does not match the body and the secret"
+    return None
 
 
 def _parse_signature(header: str) -> tuple[int, list[str]]:

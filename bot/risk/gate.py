@@ -2,6 +2,7 @@
 
 Rules, in order (the first that fails decides), each limit the stricter of `[risk]` and the
 strategy's own `[strategies.<name>.risk]`:
+  HALTED / REDUCING        the bot or the strategy is not ACTIVE: only reduce-only intents pass
   SYMBOL_NOT_ALLOWED       the symbol is not in `symbols`, or is in `denied_symbols`
   STALE_SIGNAL             the signal's `ts` is older than `max_signal_age_s`, or in the future
   SIDE_NOT_ALLOWED         an opening order on a side not in `sides` (e.g. a long-only strategy)
@@ -29,6 +30,7 @@ from decimal import Decimal
 from bot.messages import OrderIntent, RiskDecision, Side, Signal, utc_now
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.exposure import ExposureLedger, Reservation
+from bot.risk.states import BOT_SCOPE, ScopeState, TradingState, stricter
 
 __all__ = ["RiskGate"]
 
@@ -52,6 +54,8 @@ class RiskGate:
         self._strategies = tuple(self._configs)
         self._ledger = ledger or ExposureLedger(lambda strategy, symbol: Decimal(0))
         self._clock = clock
+        self._states: dict[str, ScopeState] = {}
+        self._since = clock()
 
     @property
     def ledger(self) -> ExposureLedger:
@@ -73,7 +77,8 @@ class RiskGate:
         """
         config = self._configs.get(intent.strategy, self._config)
         rejection = (
-            _symbol(config, intent.symbol)
+            self._trading_state(intent)
+            or _symbol(config, intent.symbol)
             or self._staleness(config, intent.signal_ts)
             or _side(config, intent)
             or self._size(config, intent, price, {**prices, intent.symbol: price})
@@ -85,6 +90,25 @@ class RiskGate:
             signed = intent.qty if intent.side is Side.BUY else -intent.qty
             self._ledger.reserve(reserve_as, Reservation(intent.strategy, intent.symbol, signed))
         return RiskDecision(intent=intent, approved=True, reason="within all limits")
+
+    def set_state(self, state: ScopeState) -> None:
+        """Enter a trading state; effective for the very next intent."""
+        self._states[state.scope] = state
+
+    def state_of(self, scope: str) -> ScopeState:
+        """A scope's own state (ACTIVE unless set)."""
+        return self._states.get(scope) or ScopeState(scope, TradingState.ACTIVE, "", self._since)
+
+    def _trading_state(self, intent: OrderIntent) -> Rejection:
+        effective = stricter(self.state_of(BOT_SCOPE), self.state_of(intent.strategy))
+        if intent.reduce_only or effective.state.may_increase:
+            return None
+        who = "the bot" if effective.scope == BOT_SCOPE else f"strategy {effective.scope}"
+        return (
+            effective.state.value,
+            f"{who} is {effective.state.value} ({effective.reason}); only reduce-only orders "
+            "pass until `bot resume`",
+        )
 
     def screen(self, signal: Signal) -> Rejection:
         """(rule, reason) if no intent from `signal` could pass, else None."""

@@ -13,6 +13,7 @@ from bot.messages import OrderIntent, OrderType, RiskDecision, Side, Signal, par
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.exposure import ExposureLedger, Reservation
 from bot.risk.gate import RiskGate
+from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from tests.factories import make_intent
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -209,3 +210,19 @@ def test_screen_refuses_a_whole_signal_before_any_strategy_runs() -> None:
     stale = gate.screen(signal_at("BTCUSDT", 120))
     assert stale is not None
     assert stale[0] == "STALE_SIGNAL"
+
+
+def test_a_halted_bot_or_strategy_passes_only_reduce_only_intents() -> None:
+    gate = new_gate(strategies={"follow": StrategyRiskConfig(), "other": StrategyRiskConfig()})
+    gate.set_state(ScopeState("follow", TradingState.REDUCING, "loss limit", NOW))
+
+    reducing = decide(gate, intent())
+    other = decide(gate, intent(strategy="other"))
+    closing = decide(gate, intent(reduce_only=True))
+    gate.set_state(ScopeState(BOT_SCOPE, TradingState.HALTED, "operator", NOW))
+    halted = decide(gate, intent(strategy="other"))
+
+    assert (reducing.rule, "loss limit" in reducing.reason) == ("REDUCING", True)
+    assert other.approved and closing.approved
+    assert halted.rule == "HALTED"
+    assert decide(gate, intent(strategy="other", reduce_only=True)).approved

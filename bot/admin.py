@@ -1,0 +1,95 @@
+"""The kill switch over HTTP: `POST /admin/halt` and `POST /admin/resume`.
+
+The body is `{"strategy": null | "<name>", "reason": "..."}`, signed exactly like a webhook
+(`X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`) with the secret
+`BOT_ADMIN_SECRET`. A halt takes effect for the very next intent, queued ones included. The
+routes exist only when an admin secret does (generated in `sim`, like the webhook secret).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Final
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from bot.messages import utc_now
+from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
+from signals.voiceofchain import SIGNATURE_HEADER, signature_problem
+
+__all__ = ["ADMIN_SECRET_NAME", "AdminCommand", "AdminRoutes"]
+
+ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
+_MAX_BODY_BYTES: Final = 4096
+_MAX_SKEW_S: Final = 300.0
+
+
+class AdminCommand(BaseModel):
+    """The body of a halt or resume: which scope (null: the whole bot), and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: str | None = None
+    reason: str = Field("", max_length=200)
+
+
+class AdminRoutes:
+    """The signed admin routes; `apply` enters a state (journaled, then effective)."""
+
+    def __init__(
+        self,
+        secret: SecretStr,
+        apply: Callable[[ScopeState], Awaitable[None]],
+        strategies: Collection[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret = secret
+        self._apply = apply
+        self._strategies = frozenset(strategies)
+        self._clock = clock
+
+    def router(self) -> APIRouter:
+        router = APIRouter()
+
+        @router.post("/admin/halt")
+        async def halt(request: Request) -> JSONResponse:
+            return await self._handle(request, TradingState.HALTED)
+
+        @router.post("/admin/resume")
+        async def resume(request: Request) -> JSONResponse:
+            return await self._handle(request, TradingState.ACTIVE)
+
+        return router
+
+    async def _handle(self, request: Request, state: TradingState) -> JSONResponse:
+        body = await request.body()
+        if len(body) > _MAX_BODY_BYTES:
+            return _answer(413, "too_large", f"body over {_MAX_BODY_BYTES} bytes")
+        problem = signature_problem(
+            request.headers.get(SIGNATURE_HEADER), body, self._secret, self._clock(), _MAX_SKEW_S
+        )
+        if problem is not None:
+            return _answer(401, "unauthorized", problem)
+        try:
+            command = AdminCommand.model_validate(json.loads(body or b"{}"))
+        except (ValueError, ValidationError) as exc:
+            first = str(exc).splitlines()[0]
+            return _answer(422, "invalid", f"expected {{strategy, reason}}: {first}")
+        if command.strategy is not None and command.strategy not in self._strategies:
+            return _answer(422, "invalid", f"strategy '{command.strategy}' is not configured")
+        default = "halted by the operator" if state is TradingState.HALTED else "resumed"
+        entered = ScopeState(
+            command.strategy or BOT_SCOPE, state, command.reason or default, utc_now()
+        )
+        await self._apply(entered)
+        return JSONResponse(
+            {"scope": entered.scope, "state": entered.state.value, "reason": entered.reason}
+        )
+
+
+def _answer(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
