@@ -1136,7 +1136,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return arguments
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so every `finally` stops the bot and the simulator
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     arguments = _arguments(argv)
     options = SoakOptions(
         signals=arguments.signals,
