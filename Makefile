@@ -31,7 +31,7 @@ clean:
 
 # Chaos soak of the real bot (bench/soak.py): 1,000 signals, 10 SIGKILLs, 20 % venue faults.
 # SOAK_ARGS passes flags, e.g. `make soak SOAK_ARGS="--signals 200 --kills 3 --seed 7"`.
-.PHONY: soak bench bench-stream
+.PHONY: soak bench bench-stream bench-gate
 soak: setup
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
@@ -41,4 +41,9 @@ soak: setup
 bench-stream: setup
 	$(BIN)/python -m bench.stream_latency $(STREAM_ARGS)
 
-bench: soak bench-stream
+# The risk gate alone (bench/gate_latency.py): time per decision with 10 strategies, every
+# rule on and 100 orders in flight; target p99 under 100 us.
+bench-gate: setup
+	$(BIN)/python -m bench.gate_latency
+
+bench: soak bench-stream bench-gate

@@ -39,6 +39,13 @@ class RiskConfig(BaseModel):
     max_total_exposure_usdt: Decimal = Field(
         Decimal(5000), gt=0, description="every strategy together, with orders in flight"
     )
+    max_limit_distance_pct: Decimal = Field(
+        Decimal(10), gt=0, description="a limit price further than this from the market is refused"
+    )
+    require_stop_loss: bool = Field(False, description="refuse opening orders without a stop")
+    max_stop_distance_pct: Decimal = Field(
+        Decimal(25), gt=0, description="a stop further than this from the entry is refused"
+    )
     max_signal_age_s: float = Field(
         60, gt=0, description="signals older than this (by their `ts`) are stale"
     )
@@ -53,6 +60,8 @@ class RiskConfig(BaseModel):
             current = getattr(self, name)
             if isinstance(current, tuple):
                 update[name] = tuple(item for item in current if item in value)
+            elif isinstance(current, bool):
+                update[name] = current or value  # a requirement can only be added
             else:
                 update[name] = min(current, value)
         return self.model_copy(update=update)
@@ -68,4 +77,7 @@ class StrategyRiskConfig(BaseModel):
     max_order_notional_usdt: Decimal | None = Field(None, gt=0)
     max_position_notional_usdt: Decimal | None = Field(None, gt=0)
     max_strategy_exposure_usdt: Decimal | None = Field(None, gt=0)
+    max_limit_distance_pct: Decimal | None = Field(None, gt=0)
+    require_stop_loss: bool | None = None
+    max_stop_distance_pct: Decimal | None = Field(None, gt=0)
     max_signal_age_s: float | None = Field(None, gt=0)

@@ -34,29 +34,40 @@ class ExposureLedger:
         """`position_of(strategy, symbol)`: the strategy's own signed position."""
         self._position_of = position_of
         self._in_flight: dict[str, Reservation] = {}
+        # (strategy, symbol) -> (buys in flight, sells in flight): kept up to date, so a
+        # decision costs no scan of every order in flight.
+        self._sides: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
 
     def reserve(self, order_link_id: str, reservation: Reservation) -> None:
+        self.release(order_link_id)  # the same order reserved again replaces itself
         self._in_flight[order_link_id] = reservation
+        self._add(reservation, 1)
 
     def release(self, order_link_id: str) -> None:
         """The order is terminal: its fills are in the book now, or it never filled."""
-        self._in_flight.pop(order_link_id, None)
+        reservation = self._in_flight.pop(order_link_id, None)
+        if reservation is not None:
+            self._add(reservation, -1)
 
     def worst_position(self, strategy: str, symbol: str, extra: Decimal = ZERO) -> Decimal:
         """The largest absolute position the strategy could reach in `symbol` if every order
         in flight on one side (and `extra`, signed) filled."""
         position = self._position_of(strategy, symbol)
-        buys = sells = ZERO
-        for reservation in self._reservations(strategy, symbol):
-            if reservation.signed_qty > 0:
-                buys += reservation.signed_qty
-            else:
-                sells += reservation.signed_qty
+        buys, sells = self._sides.get((strategy, symbol), (ZERO, ZERO))
         if extra > 0:
             buys += extra
         else:
             sells += extra
         return max(abs(position + buys), abs(position + sells))
+
+    def _add(self, reservation: Reservation, sign: int) -> None:
+        index = (reservation.strategy, reservation.symbol)
+        buys, sells = self._sides.get(index, (ZERO, ZERO))
+        if reservation.signed_qty > 0:
+            buys += sign * reservation.signed_qty
+        else:
+            sells += sign * reservation.signed_qty
+        self._sides[index] = (buys, sells)
 
     def strategy_exposure(
         self,
@@ -74,8 +85,3 @@ class ExposureLedger:
             extra = adding[1] if adding is not None and adding[0] == symbol else ZERO
             total += self.worst_position(strategy, symbol, extra) * prices[symbol]
         return total
-
-    def _reservations(self, strategy: str, symbol: str) -> list[Reservation]:
-        return [
-            r for r in self._in_flight.values() if r.strategy == strategy and r.symbol == symbol
-        ]

@@ -6,6 +6,9 @@ strategy's own `[strategies.<name>.risk]`:
   SYMBOL_NOT_ALLOWED       the symbol is not in `symbols`, or is in `denied_symbols`
   STALE_SIGNAL             the signal's `ts` is older than `max_signal_age_s`, or in the future
   SIDE_NOT_ALLOWED         an opening order on a side not in `sides` (e.g. a long-only strategy)
+  PRICE_SANITY             a limit price further than `max_limit_distance_pct` from the market
+  STOP_LOSS                no stop when `require_stop_loss`; a stop on the wrong side of the
+                           entry; a stop further than `max_stop_distance_pct` from it
   MAX_ORDER_NOTIONAL       qty x the true price exceeds `max_order_notional_usdt`
   MAX_POSITION_NOTIONAL    the strategy's worst-case position in the symbol after this order
                            (with its orders in flight) exceeds `max_position_notional_usdt`
@@ -81,6 +84,8 @@ class RiskGate:
             or _symbol(config, intent.symbol)
             or self._staleness(config, intent.signal_ts)
             or _side(config, intent)
+            or _price_sanity(config, intent, price)
+            or _stop_loss(config, intent, price)
             or self._size(config, intent, price, {**prices, intent.symbol: price})
         )
         if rejection is not None:
@@ -196,3 +201,39 @@ def _side(config: RiskConfig, intent: OrderIntent) -> Rejection:
         "SIDE_NOT_ALLOWED",
         f"{intent.side.value} may not open a position (allowed sides: {', '.join(config.sides)})",
     )
+
+
+def _price_sanity(config: RiskConfig, intent: OrderIntent, price: Decimal) -> Rejection:
+    if intent.price is None:
+        return None
+    distance_pct = abs(intent.price - price) / price * 100
+    if distance_pct <= config.max_limit_distance_pct:
+        return None
+    return (
+        "PRICE_SANITY",
+        f"limit {intent.price} is {distance_pct:.1f} % from the market {price} "
+        f"(max_limit_distance_pct = {config.max_limit_distance_pct})",
+    )
+
+
+def _stop_loss(config: RiskConfig, intent: OrderIntent, price: Decimal) -> Rejection:
+    if intent.reduce_only:
+        return None
+    stop = intent.stop_loss
+    if stop is None:
+        if config.require_stop_loss:
+            return "STOP_LOSS", "this strategy must send a stop loss with every opening order"
+        return None
+    entry = intent.price or price
+    buy = intent.side is Side.BUY
+    if (stop >= entry) if buy else (stop <= entry):
+        where = "below" if buy else "above"
+        return "STOP_LOSS", f"stop {stop} must be {where} the entry {entry} of a {intent.side}"
+    distance_pct = abs(entry - stop) / entry * 100
+    if distance_pct > config.max_stop_distance_pct:
+        return (
+            "STOP_LOSS",
+            f"stop {stop} is {distance_pct:.1f} % from the entry {entry} "
+            f"(max_stop_distance_pct = {config.max_stop_distance_pct})",
+        )
+    return None

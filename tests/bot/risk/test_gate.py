@@ -56,10 +56,11 @@ def intent(
 def new_gate(
     positions: dict[tuple[str, str], Decimal] | None = None,
     strategies: dict[str, StrategyRiskConfig] | None = None,
+    config: RiskConfig = CONFIG,
 ) -> RiskGate:
     held = positions or {}
     ledger = ExposureLedger(lambda strategy, symbol: held.get((strategy, symbol), Decimal(0)))
-    return RiskGate(CONFIG, strategies or {"follow": StrategyRiskConfig()}, ledger, lambda: NOW)
+    return RiskGate(config, strategies or {"follow": StrategyRiskConfig()}, ledger, lambda: NOW)
 
 
 def decide(gate: RiskGate, item: OrderIntent, price: Decimal | None = None) -> RiskDecision:
@@ -103,8 +104,9 @@ def test_a_sell_with_an_entry_far_below_the_market_is_priced_at_the_market() -> 
     # Reproduced: a follow sell with entry far below the market passed as 1,000 USDT and
     # filled for 2,425 USDT. A sell limit below the market is marketable: it trades there.
     far_entry = intent(side=Side.SELL, qty=Decimal("0.025"), limit=Decimal(40000))
+    lenient = new_gate(config=CONFIG.model_copy(update={"max_limit_distance_pct": 100}))
 
-    decision = decide(new_gate(), far_entry, price=Decimal(97000))
+    decision = decide(lenient, far_entry, price=Decimal(97000))
 
     assert decision.rule == "MAX_ORDER_NOTIONAL"
     assert "at 97000" in decision.reason
@@ -226,3 +228,24 @@ def test_a_halted_bot_or_strategy_passes_only_reduce_only_intents() -> None:
     assert other.approved and closing.approved
     assert halted.rule == "HALTED"
     assert decide(gate, intent(strategy="other", reduce_only=True)).approved
+
+
+def test_a_limit_far_from_the_market_is_refused_as_insane() -> None:
+    decision = decide(new_gate(), intent(limit=Decimal(40000), qty=Decimal("0.001")))
+
+    assert decision.rule == "PRICE_SANITY"
+    assert "20.0 % from the market 50000" in decision.reason
+
+
+def test_stop_loss_rules_required_side_and_distance() -> None:
+    strict = new_gate(strategies={"follow": StrategyRiskConfig(require_stop_loss=True)})
+
+    missing = decide(strict, intent())
+    wrong_side = decide(new_gate(), intent().model_copy(update={"stop_loss": Decimal(51000)}))
+    too_far = decide(new_gate(), intent().model_copy(update={"stop_loss": Decimal(30000)}))
+    fine = decide(new_gate(), intent().model_copy(update={"stop_loss": Decimal(49000)}))
+
+    assert (missing.rule, wrong_side.rule, too_far.rule) == ("STOP_LOSS",) * 3
+    assert "must be below the entry" in wrong_side.reason
+    assert fine.approved
+    assert decide(strict, intent(reduce_only=True)).approved  # closing needs no stop
