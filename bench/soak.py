@@ -239,6 +239,7 @@ max_order_notional_usdt = 100000
 max_position_notional_usdt = 10000000
 max_strategy_exposure_usdt = 10000000
 max_total_exposure_usdt = 10000000
+max_daily_loss_usdt = 10000000
 max_signal_age_s = {max_signal_age_s}
 {strategies}"""
 

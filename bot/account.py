@@ -211,6 +211,15 @@ class AccountProjection:
         book = self._books.get((key_name, strategy, symbol))
         return book.size if book is not None else ZERO
 
+    def pnl_today(self, strategy: str | None = None, now: datetime | None = None) -> Decimal:
+        """Realized PnL minus fees of the current UTC day: one strategy's, or every one's."""
+        total = ZERO
+        for book in self._books.values():
+            if strategy is None or book.strategy == strategy:
+                realized, fees = book.today(now)
+                total += realized - fees
+        return total
+
     def books(self) -> list[StrategyBook]:
         """Every strategy's book, open or with PnL or fees, sorted by key, strategy, symbol."""
         return [self._books[k] for k in sorted(self._books)]

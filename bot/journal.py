@@ -83,10 +83,11 @@ CREATE TABLE IF NOT EXISTS closed_pnl (
     PRIMARY KEY (order_id, key_name)
 );
 CREATE TABLE IF NOT EXISTS trading_states (
-    scope  TEXT PRIMARY KEY,
-    state  TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    since  TEXT NOT NULL
+    scope     TEXT PRIMARY KEY,
+    state     TEXT NOT NULL,
+    reason    TEXT NOT NULL,
+    since     TEXT NOT NULL,
+    automatic INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS wallets (
     key_name   TEXT PRIMARY KEY,
@@ -836,19 +837,27 @@ class Journal:
         """Journal a scope's trading state (it survives a restart)."""
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO trading_states (scope, state, reason, since)"
-                " VALUES (?, ?, ?, ?)",
-                (state.scope, state.state.value, state.reason, state.since.isoformat()),
+                "INSERT OR REPLACE INTO trading_states (scope, state, reason, since, automatic)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    state.scope,
+                    state.state.value,
+                    state.reason,
+                    state.since.isoformat(),
+                    int(state.automatic),
+                ),
             )
 
     def trading_states(self) -> list[ScopeState]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT scope, state, reason, since FROM trading_states ORDER BY scope"
+                "SELECT scope, state, reason, since, automatic FROM trading_states ORDER BY scope"
             ).fetchall()
         return [
-            ScopeState(scope, TradingState(state), reason, datetime.fromisoformat(since))
-            for scope, state, reason, since in rows
+            ScopeState(
+                scope, TradingState(state), reason, datetime.fromisoformat(since), bool(automatic)
+            )
+            for scope, state, reason, since, automatic in rows
         ]
 
     def order_events(self, order_link_id: str) -> list[OrderEvent]:

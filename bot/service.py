@@ -402,13 +402,9 @@ class Service:
 
         async def enter(state: ScopeState) -> None:
             gate.set_state(state)  # first: the very next intent sees it
+            _announce(state)
+            # Journaled before the operator is answered: the halt survives a crash.
             await journal.call(journal.record_trading_state, state)
-            logger.warning(
-                "trading state of {scope}: {state} ({reason})",
-                scope=state.scope,
-                state=state.state.value,
-                reason=state.reason,
-            )
 
         return AdminRoutes(secret, enter, self.settings.strategies)
 
@@ -432,7 +428,13 @@ class Service:
                     request.order_link_id, Reservation(request.strategy, request.symbol, signed)
                 )
         overrides = {name: config.risk for name, config in self.settings.strategies.items()}
-        gate = RiskGate(self.settings.risk, overrides, ledger)
+        gate = RiskGate(
+            self.settings.risk,
+            overrides,
+            ledger,
+            pnl_today=account.projection.pnl_today,
+            state_entered=lambda state: _journal_state(journal, state),
+        )
         for state in journal.trading_states():  # a halt survives a restart
             gate.set_state(state)
         return gate
@@ -468,3 +470,19 @@ class Service:
                 for key in account.streams
             },
         }
+
+
+def _announce(state: ScopeState) -> None:
+    logger.warning(
+        "trading state of {scope}: {state} ({reason})",
+        scope=state.scope,
+        state=state.state.value,
+        reason=state.reason,
+    )
+
+
+def _journal_state(journal: Journal, state: ScopeState) -> None:
+    """A state a risk rule entered: announced, and queued in the journal (the gate decides
+    synchronously; the write follows on the journal's thread)."""
+    _announce(state)
+    journal.submit(journal.record_trading_state, state)

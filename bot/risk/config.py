@@ -39,6 +39,12 @@ class RiskConfig(BaseModel):
     max_total_exposure_usdt: Decimal = Field(
         Decimal(5000), gt=0, description="every strategy together, with orders in flight"
     )
+    max_daily_loss_usdt: Decimal = Field(
+        Decimal(300),
+        gt=0,
+        description="realized loss plus fees today (UTC) at which a strategy (its own limit) "
+        "or the bot (this one, over all strategies) goes REDUCING until the next UTC day",
+    )
     max_limit_distance_pct: Decimal = Field(
         Decimal(10), gt=0, description="a limit price further than this from the market is refused"
     )
@@ -77,6 +83,7 @@ class StrategyRiskConfig(BaseModel):
     max_order_notional_usdt: Decimal | None = Field(None, gt=0)
     max_position_notional_usdt: Decimal | None = Field(None, gt=0)
     max_strategy_exposure_usdt: Decimal | None = Field(None, gt=0)
+    max_daily_loss_usdt: Decimal | None = Field(None, gt=0)
     max_limit_distance_pct: Decimal | None = Field(None, gt=0)
     require_stop_loss: bool | None = None
     max_stop_distance_pct: Decimal | None = Field(None, gt=0)

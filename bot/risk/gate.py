@@ -2,7 +2,10 @@
 
 Rules, in order (the first that fails decides), each limit the stricter of `[risk]` and the
 strategy's own `[strategies.<name>.risk]`:
-  HALTED / REDUCING        the bot or the strategy is not ACTIVE: only reduce-only intents pass
+  HALTED / REDUCING        the bot or the strategy is not ACTIVE: only reduce-only intents pass;
+                           a loss today (realized plus fees) of `max_daily_loss_usdt` puts the
+                           strategy (or, over all strategies, the bot) in REDUCING until the
+                           next UTC day or `bot resume`
   SYMBOL_NOT_ALLOWED       the symbol is not in `symbols`, or is in `denied_symbols`
   STALE_SIGNAL             the signal's `ts` is older than `max_signal_age_s`, or in the future
   SIDE_NOT_ALLOWED         an opening order on a side not in `sides` (e.g. a long-only strategy)
@@ -49,7 +52,12 @@ class RiskGate:
         strategies: Mapping[str, StrategyRiskConfig] | None = None,
         ledger: ExposureLedger | None = None,
         clock: Callable[[], datetime] = utc_now,
+        *,
+        pnl_today: Callable[[str | None], Decimal] = lambda strategy: Decimal(0),
+        state_entered: Callable[[ScopeState], None] = lambda state: None,
     ) -> None:
+        """`pnl_today(strategy)` (None: every strategy) reads the books; `state_entered`
+        hears of every state a rule enters, to journal it."""
         self._config = config
         self._configs = {
             name: config.tightened(override) for name, override in (strategies or {}).items()
@@ -59,6 +67,8 @@ class RiskGate:
         self._clock = clock
         self._states: dict[str, ScopeState] = {}
         self._since = clock()
+        self._pnl_today = pnl_today
+        self._state_entered = state_entered
 
     @property
     def ledger(self) -> ExposureLedger:
@@ -105,6 +115,10 @@ class RiskGate:
         return self._states.get(scope) or ScopeState(scope, TradingState.ACTIVE, "", self._since)
 
     def _trading_state(self, intent: OrderIntent) -> Rejection:
+        if not intent.reduce_only:
+            self._lift_expired(BOT_SCOPE)
+            self._lift_expired(intent.strategy)
+            self._check_daily_loss(intent.strategy)
         effective = stricter(self.state_of(BOT_SCOPE), self.state_of(intent.strategy))
         if intent.reduce_only or effective.state.may_increase:
             return None
@@ -114,6 +128,27 @@ class RiskGate:
             f"{who} is {effective.state.value} ({effective.reason}); only reduce-only orders "
             "pass until `bot resume`",
         )
+
+    def _lift_expired(self, scope: str) -> None:
+        """A state a rule entered ends with its UTC day."""
+        state = self._states.get(scope)
+        if state is not None and state.automatic and state.since.date() < self._clock().date():
+            self._enter(ScopeState(scope, TradingState.ACTIVE, "a new UTC day", self._clock()))
+
+    def _check_daily_loss(self, strategy: str) -> None:
+        """Enter REDUCING for a scope whose loss today reached its limit."""
+        config = self._configs.get(strategy, self._config)
+        for scope, pnl, limit in (
+            (strategy, self._pnl_today(strategy), config.max_daily_loss_usdt),
+            (BOT_SCOPE, self._pnl_today(None), self._config.max_daily_loss_usdt),
+        ):
+            if -pnl >= limit and self.state_of(scope).state is TradingState.ACTIVE:
+                reason = f"loss today {-pnl:.2f} USDT reached max_daily_loss_usdt = {limit}"
+                self._enter(ScopeState(scope, TradingState.REDUCING, reason, self._clock(), True))
+
+    def _enter(self, state: ScopeState) -> None:
+        self.set_state(state)
+        self._state_entered(state)
 
     def screen(self, signal: Signal) -> Rejection:
         """(rule, reason) if no intent from `signal` could pass, else None."""

@@ -34,12 +34,14 @@ _RANK: Final = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.H
 
 @dataclass(frozen=True)
 class ScopeState:
-    """A scope's state, why, and since when."""
+    """A scope's state, why, and since when. `automatic`: entered by a rule (the daily loss
+    limit), which lifts it at the next UTC day; a person's halt waits for `bot resume`."""
 
     scope: str
     state: TradingState
     reason: str
     since: datetime
+    automatic: bool = False
 
 
 def stricter(first: ScopeState, second: ScopeState) -> ScopeState:

@@ -249,3 +249,29 @@ def test_stop_loss_rules_required_side_and_distance() -> None:
     assert "must be below the entry" in wrong_side.reason
     assert fine.approved
     assert decide(strict, intent(reduce_only=True)).approved  # closing needs no stop
+
+
+def test_a_daily_loss_puts_the_strategy_in_reducing_until_the_next_utc_day() -> None:
+    losses = {"follow": Decimal(-120), None: Decimal(-120)}
+    entered: list[ScopeState] = []
+    day = [NOW]
+    gate = RiskGate(
+        CONFIG.model_copy(update={"max_daily_loss_usdt": Decimal(1000)}),
+        {"follow": StrategyRiskConfig(max_daily_loss_usdt=Decimal(100))},
+        clock=lambda: day[0],
+        pnl_today=lambda strategy: losses.get(strategy, Decimal(0)),
+        state_entered=entered.append,
+    )
+
+    opening = decide(gate, intent())
+    closing = decide(gate, intent(reduce_only=True))
+
+    assert opening.rule == "REDUCING"
+    assert "loss today 120.00 USDT reached max_daily_loss_usdt = 100" in opening.reason
+    assert closing.approved
+    assert [(s.scope, s.state, s.automatic) for s in entered] == [
+        ("follow", TradingState.REDUCING, True)
+    ]
+    day[0] = NOW + timedelta(days=1)
+    losses.clear()  # a new day's books start at zero
+    assert decide(gate, intent(age_s=-86399)).approved  # a signal of the new day
