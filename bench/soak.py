@@ -692,18 +692,22 @@ class Chaos:
 
 
 def _snapshot(harness: Harness) -> tuple[Any, ...] | None:
-    """What changes while the bot works: its queue and journal counts, the venue's counters."""
+    """What changes while the bot works: its queue and journal counts, the venue's orders
+    and the order writes it received."""
     try:
         health = harness.client.get(f"{harness.bot_url}/healthz").json()
         stats = harness.sim_get("/sim/stats")
     except (httpx.HTTPError, ValueError):
         return None
+    requests = stats.get("requests_by_path", {})
     return (
         health.get("queued_signals"),
         json.dumps(health.get("journal"), sort_keys=True),
         stats.get("orders"),
         stats.get("open_orders"),
-        sum(stats.get("requests_by_path", {}).values()),
+        # Order writes only: the bot's periodic reads (exit scans, closed PnL, a stream's
+        # REST catch-up) go on while nothing changes, and must not count as activity.
+        sum(n for path, n in requests.items() if path.startswith("/v5/order/c")),
     )
 
 
