@@ -66,7 +66,12 @@ class MarketData:
         streamed = self._account.equity_usdt(key_name)
         if streamed is not None:
             return streamed
-        return await self._cached(self._equity, key_name, self._venues[key_name].equity_usdt)
+        venue = self._venues[key_name]
+
+        async def fetch() -> Decimal:
+            return (await venue.wallet()).equity_usdt
+
+        return await self._cached(self._equity, key_name, fetch)
 
     async def _cached(
         self,

@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from bot.config import Environment
 from bot.messages import (
     ClosedPnl,
     Execution,
@@ -23,7 +24,14 @@ from bot.messages import (
     WalletUpdate,
 )
 
-__all__ = ["Venue"]
+__all__ = ["Venue", "check_sim_url"]
+
+
+def check_sim_url(environment: Environment, sim_url: str) -> None:
+    """A key's environment alone decides where it connects: the simulator's URL is required
+    in `sim` and refused everywhere else (no flag can send a real key to the simulator)."""
+    if (environment is Environment.SIM) != bool(sim_url):
+        raise ValueError("a simulator URL is required in sim and forbidden elsewhere")
 
 
 class Venue(Protocol):
@@ -31,7 +39,7 @@ class Venue(Protocol):
 
     Required: `place_order`, `get_order`, `exit_orders`, `open_orders`, `positions`,
     `executions_since`, `closed_pnl_since`, `wallet`, `hedge_mode_symbols`, `last_price`,
-    `instrument`, `equity_usdt`, `close`.
+    `instrument`, `close`.
     """
 
     name: str
@@ -73,7 +81,5 @@ class Venue(Protocol):
     async def last_price(self, symbol: str) -> Decimal: ...
 
     async def instrument(self, symbol: str) -> Instrument: ...
-
-    async def equity_usdt(self) -> Decimal: ...
 
     def close(self) -> None: ...

@@ -43,6 +43,7 @@ from bot.messages import (
     WalletUpdate,
 )
 from bot.secrets import ApiCredentials
+from bot.venue.base import check_sim_url
 from bot.venue.errors import (
     CLOCK_DRIFT_CODE,
     IP_WIDE_CODES,
@@ -143,8 +144,7 @@ class BybitVenue:
     ) -> None:
         """`max_wait_s` bounds a wait for room under a rate limit: past it a call fails as
         retryable (with the wait) instead of sleeping through a ban."""
-        if (environment is Environment.SIM) != bool(sim_url):
-            raise ValueError("a simulator URL is required in sim and forbidden elsewhere")
+        check_sim_url(environment, sim_url)
         self.name = credentials.name
         self.environment = environment
         self._clock = _VenueClock()
@@ -373,18 +373,6 @@ class BybitVenue:
                 ),
             )
         return self._instruments[symbol]
-
-    async def equity_usdt(self) -> Decimal:
-        result = await self._read(
-            "equity",
-            "/v5/account/wallet-balance",
-            "get_wallet_balance",
-            accountType="UNIFIED",
-        )
-        rows = result.get("list") or []
-        if not rows:
-            raise VenueError("wallet balance is empty", operation="equity")
-        return decimal_field(rows[0].get("totalEquity"), "totalEquity")
 
     # plumbing ------------------------------------------------------------------------------
 

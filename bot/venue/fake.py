@@ -153,9 +153,6 @@ class FakeVenue:
     async def instrument(self, symbol: str) -> Instrument:
         return _INSTRUMENT.model_copy(update={"symbol": symbol})
 
-    async def equity_usdt(self) -> Decimal:
-        return Decimal(10000)
-
     async def open_orders(self) -> list[OrderEvent]:
         return [
             order.event(self.price)

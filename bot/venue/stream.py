@@ -33,6 +33,7 @@ from bot.config import Environment
 from bot.logs import logger
 from bot.messages import Execution, ExitOrder, OrderEvent, PositionUpdate, WalletUpdate
 from bot.secrets import ApiCredentials
+from bot.venue.base import check_sim_url
 from bot.venue.errors import AmbiguousError
 from bot.venue.shapes import (
     POSITION_EXEC_TYPES,
@@ -174,8 +175,7 @@ class AccountStream:
         sim_url: str = "",
         rng: random.Random | None = None,
     ) -> None:
-        if (environment is Environment.SIM) != bool(sim_url):
-            raise ValueError("a simulator URL is required in sim and forbidden elsewhere")
+        check_sim_url(environment, sim_url)
         self.name = credentials.name
         self._credentials = credentials
         self._environment = environment

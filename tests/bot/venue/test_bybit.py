@@ -46,7 +46,7 @@ def test_reads_market_and_account_state(venue: BybitVenue) -> None:
         instrument = await venue.instrument("BTCUSDT")
         return (
             await venue.last_price("BTCUSDT"),
-            await venue.equity_usdt(),
+            (await venue.wallet()).equity_usdt,
             instrument.qty_step,
             sum((p.size for p in await venue.positions()), Decimal(0)),
         )
@@ -120,7 +120,7 @@ def test_wrong_secret_is_fatal_for_the_key(sim: tuple[SimExchange, SimServer]) -
     venue = BybitVenue(credentials, Environment.SIM, sim_url=sim[1].url)
 
     with pytest.raises(KeyFatalError) as caught:
-        asyncio.run(venue.equity_usdt())
+        asyncio.run(venue.wallet())
 
     assert caught.value.ret_code == 10004
     venue.close()
