@@ -42,6 +42,15 @@ max_notional_usdt = 500
 """
 
 
+def write_key_secrets(folder: Path, api_key: str, api_secret: str) -> None:
+    """The `follow_sim` key's secrets as files in `folder/no-secrets`, where the tests' bots
+    look (for a simulator the test starts itself, with an account of that key)."""
+    secrets = folder / "no-secrets"
+    secrets.mkdir(exist_ok=True)
+    (secrets / "bot_key_follow_sim_api_key").write_text(api_key)
+    (secrets / "bot_key_follow_sim_api_secret").write_text(api_secret)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

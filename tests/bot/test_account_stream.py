@@ -19,7 +19,7 @@ from bot.config import ConfigError
 from bot.journal import Journal
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for
+from tests.conftest import wait_for, write_key_secrets
 
 KEY, SECRET = "stream-key", "stream-secret"
 #: The REST safety net is slowed right down, so what arrives comes by the stream.
@@ -28,10 +28,7 @@ STREAM_ONLY = "\n[execution]\nreconcile_interval_s = 60\n"
 
 @pytest.fixture
 def exchange(tmp_path: Path) -> Iterator[tuple[SimExchange, SimServer]]:
-    secrets = tmp_path / "no-secrets"
-    secrets.mkdir()
-    (secrets / "bot_key_follow_sim_api_key").write_text(KEY)
-    (secrets / "bot_key_follow_sim_api_secret").write_text(SECRET)
+    write_key_secrets(tmp_path, KEY, SECRET)
     exchange = SimExchange(SimulatorConfig())
     exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET), note="k"))
     with SimServer(exchange) as server:
@@ -43,11 +40,7 @@ def start(config: Callable[..., Path], server: SimServer, extra: str = "") -> Ru
 
 
 def books(bot: RunningBot) -> AccountProjection:
-    journal = Journal(bot.settings.journal_path, read_only=True)
-    try:
-        return AccountProjection.replay(journal.executions(), journal.positions())
-    finally:
-        journal.close()
+    return bot.read_journal(AccountProjection.from_journal)
 
 
 def venue_fills(server: SimServer) -> list[dict[str, object]]:
@@ -103,9 +96,7 @@ def test_fills_while_the_stream_is_down_are_caught_up_once(
         wait_for(lambda: streams(bot) == {"follow_sim": "live"}, 30, "the stream back")
         time.sleep(0.5)  # a reconnect's REST catch-up and any late push: both must dedupe
 
-        journal = Journal(bot.settings.journal_path, read_only=True)
-        journaled = [fill.exec_id for fill, _ in journal.executions()]
-        journal.close()
+        journaled = [fill.exec_id for fill, _ in bot.read_journal(Journal.executions)]
         at_venue = [str(row["execId"]) for row in venue_fills(server)]
         size = books(bot).strategy_size("follow_sim", "follow", "BTCUSDT")
     finally:
@@ -168,10 +159,7 @@ def test_two_strategies_on_a_shared_key_keep_their_own_positions_and_closes(
 def test_an_account_in_hedge_mode_is_refused_at_start_up_with_what_to_change(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    secrets = tmp_path / "no-secrets"
-    secrets.mkdir()
-    (secrets / "bot_key_follow_sim_api_key").write_text("hedged-key")
-    (secrets / "bot_key_follow_sim_api_secret").write_text("hedged-secret")
+    write_key_secrets(tmp_path, "hedged-key", "hedged-secret")
     exchange = SimExchange(SimulatorConfig())
     exchange.add_account(
         SimAccountSpec(api_key="hedged-key", api_secret=SecretStr("hedged-secret"), hedge_mode=True)

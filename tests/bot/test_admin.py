@@ -12,7 +12,6 @@ from pathlib import Path
 
 import requests
 
-from bot.journal import Journal
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
@@ -35,20 +34,12 @@ def decision_of(bot: RunningBot, signal_id: str) -> tuple[str, str]:
     rows = wait_for(
         lambda: [
             row
-            for row in _rows(bot)
+            for row in bot.rows()
             if row["signal_id"] == signal_id and row["decision"] != "pending"
         ],
         what=f"a decision for {signal_id}",
     )
     return str(rows[0]["decision"]), str(rows[0]["reason"])
-
-
-def _rows(bot: RunningBot) -> list[dict[str, object]]:
-    journal = Journal(bot.settings.journal_path, read_only=True)
-    try:
-        return [row.as_dict() for row in journal.trace(1000)]
-    finally:
-        journal.close()
 
 
 def test_a_halt_stops_the_next_intent_survives_a_restart_and_resume_lifts_it(

@@ -23,7 +23,7 @@ from bot.journal import Journal
 from bot.messages import OrderEvent, OrderRequest, OrderStatus, RiskDecision, parse_signal
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for
+from tests.conftest import wait_for, write_key_secrets
 from tests.factories import make_intent
 
 #: Loose enough that a burst of follow orders on one key is approved and affordable.
@@ -42,14 +42,6 @@ def sim_stats(bot: RunningBot) -> dict[str, dict[str, int]]:
     return answer
 
 
-def journal_rows(bot: RunningBot) -> list[dict[str, object]]:
-    journal = Journal(bot.settings.journal_path, read_only=True)
-    try:
-        return [row.as_dict() for row in journal.trace(10_000)]
-    finally:
-        journal.close()
-
-
 def test_a_burst_on_one_key_is_paced_not_refused(sim_config: Callable[..., Path]) -> None:
     bot = RunningBot(sim_config()).start()
     try:
@@ -60,7 +52,7 @@ def test_a_burst_on_one_key_is_paced_not_refused(sim_config: Callable[..., Path]
         assert answers == [202] * 40
 
         def all_filled() -> bool:
-            rows = journal_rows(bot)
+            rows = bot.rows()
             return sum(1 for row in rows if row["status"] == "Filled") == 40
 
         wait_for(all_filled, 60, "40 filled orders")
@@ -86,7 +78,7 @@ def test_a_close_right_after_its_open_runs_after_it(sim_config: Callable[..., Pa
             assert (opened.status_code, closed.status_code) == (202, 202)
 
         def settled() -> list[dict[str, object]] | None:
-            rows = [r for r in journal_rows(bot) if str(r["signal_id"]).startswith("close-")]
+            rows = [r for r in bot.rows() if str(r["signal_id"]).startswith("close-")]
             done = len(rows) == 5 and all(r["status"] == "Filled" for r in rows)
             return rows if done else None
 
@@ -100,10 +92,7 @@ def test_orders_in_flight_at_a_crash_are_settled_before_any_new_signal(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     # Arrange: the journal a kill -9 leaves behind, against an exchange that outlives the bot.
-    secrets = tmp_path / "no-secrets"
-    secrets.mkdir()
-    (secrets / "bot_key_follow_sim_api_key").write_text("crash-key")
-    (secrets / "bot_key_follow_sim_api_secret").write_text("crash-secret")
+    write_key_secrets(tmp_path, "crash-key", "crash-secret")
     exchange = SimExchange(SimulatorConfig())
     exchange.add_account(
         SimAccountSpec(api_key="crash-key", api_secret=SecretStr("crash-secret"), note="k")
@@ -145,19 +134,14 @@ def test_orders_in_flight_at_a_crash_are_settled_before_any_new_signal(
 
 def _statuses(bot: RunningBot) -> dict[str, str]:
     return {
-        str(row["order_link_id"]): str(row["status"])
-        for row in journal_rows(bot)
-        if row["order_link_id"]
+        str(row["order_link_id"]): str(row["status"]) for row in bot.rows() if row["order_link_id"]
     }
 
 
 def test_a_key_the_venue_refuses_stops_its_strategy_with_a_reason_per_signal(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    secrets = tmp_path / "no-secrets"
-    secrets.mkdir()
-    (secrets / "bot_key_follow_sim_api_key").write_text("read-only-key")
-    (secrets / "bot_key_follow_sim_api_secret").write_text("read-only-secret")
+    write_key_secrets(tmp_path, "read-only-key", "read-only-secret")
     exchange = SimExchange(SimulatorConfig())
     exchange.add_account(
         SimAccountSpec(
@@ -172,7 +156,7 @@ def test_a_key_the_venue_refuses_stops_its_strategy_with_a_reason_per_signal(
             assert bot.post(signal("refused-2")).status_code == 202
 
             def second() -> dict[str, object] | None:
-                rows = [r for r in journal_rows(bot) if r["signal_id"] == "refused-2"]
+                rows = [r for r in bot.rows() if r["signal_id"] == "refused-2"]
                 return rows[0] if rows and rows[0]["decision"] != "pending" else None
 
             row = wait_for(second, what="a decision for the next signal")
@@ -187,10 +171,7 @@ def test_a_key_the_venue_refuses_stops_its_strategy_with_a_reason_per_signal(
 def test_a_key_the_venue_does_not_know_is_stopped_at_its_first_read(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    secrets = tmp_path / "no-secrets"
-    secrets.mkdir()
-    (secrets / "bot_key_follow_sim_api_key").write_text("nobody-knows-this-key")
-    (secrets / "bot_key_follow_sim_api_secret").write_text("whatever")
+    write_key_secrets(tmp_path, "nobody-knows-this-key", "whatever")
     exchange = SimExchange(SimulatorConfig())
     with SimServer(exchange) as server:
         bot = RunningBot(sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n')).start()
@@ -213,17 +194,14 @@ def test_a_key_the_venue_does_not_know_is_stopped_at_its_first_read(
 
 
 def _decided(bot: RunningBot, signal_id: str) -> dict[str, object] | None:
-    rows = [r for r in journal_rows(bot) if r["signal_id"] == signal_id]
+    rows = [r for r in bot.rows() if r["signal_id"] == signal_id]
     return rows[0] if rows and rows[0]["decision"] != "pending" else None
 
 
 def test_a_stop_during_start_up_reconciliation_is_honoured(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    secrets = tmp_path / "no-secrets"
-    secrets.mkdir()
-    (secrets / "bot_key_follow_sim_api_key").write_text("slow-key")
-    (secrets / "bot_key_follow_sim_api_secret").write_text("slow-secret")
+    write_key_secrets(tmp_path, "slow-key", "slow-secret")
     exchange = SimExchange(SimulatorConfig())
     exchange.add_account(SimAccountSpec(api_key="slow-key", api_secret=SecretStr("slow-secret")))
     with SimServer(exchange) as server:
@@ -280,7 +258,7 @@ def test_a_stop_loss_the_venue_executes_appears_under_its_order(
         assert moved.status_code == 200
 
         def exit_row() -> dict[str, object] | None:
-            rows = [r for r in journal_rows(bot) if r["signal_id"] == "protected"]
+            rows = [r for r in bot.rows() if r["signal_id"] == "protected"]
             exits = [r for r in rows if r["decision"] == "exit" and r["status"] == "Filled"]
             return exits[0] if exits else None
 

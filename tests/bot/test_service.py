@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import requests
@@ -20,6 +21,8 @@ from bot.journal import Journal
 from bot.service import Service, check_mainnet_opt_in
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 from tests.conftest import wait_for
+
+T = TypeVar("T")
 
 
 class RunningBot:
@@ -84,14 +87,24 @@ class RunningBot:
         answer = requests.get(f"{self.service.sim_url}/sim/orders", timeout=10).json()
         return list(answer["result"]["list"] if "result" in answer else answer["orders"])
 
-    def journal_status(self, signal_id: str) -> list[str]:
+    def read_journal(self, read: Callable[[Journal], T]) -> T:
+        """Read the bot's journal from the test, as `bot orders` does (read-only)."""
         journal = Journal(self.settings.journal_path, read_only=True)
         try:
-            return [
-                row.status or row.decision for row in journal.trace() if row.signal_id == signal_id
-            ]
+            return read(journal)
         finally:
             journal.close()
+
+    def rows(self) -> list[dict[str, object]]:
+        """Every line of `bot orders --json`, newest signal first."""
+        return self.read_journal(lambda journal: [r.as_dict() for r in journal.trace(10_000)])
+
+    def journal_status(self, signal_id: str) -> list[str]:
+        return [
+            str(row["status"] or row["decision"])
+            for row in self.rows()
+            if row["signal_id"] == signal_id
+        ]
 
 
 @pytest.fixture
