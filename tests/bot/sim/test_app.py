@@ -21,6 +21,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from tests.bot.sim.kit import admin, eventually, settle
 
 KEY = "test-key"
 SECRET = "test-secret"
@@ -106,33 +107,6 @@ def trader(shared_server: SimServer, account: str, connect: Callable[..., HTTP])
     return connect(shared_server, key=account)
 
 
-T = TypeVar("T")
-_WAIT_S = 5.0
-
-
-def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
-    """Poll read() until done(value) holds (bounded), and return that value."""
-    deadline = time.monotonic() + _WAIT_S
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}; last seen: {value!r}")
-        time.sleep(0.002)
-
-
-def _settle(server: SimServer) -> None:
-    """Wait until the exchange's engine has nothing left to do (fills, triggered stops)."""
-    _eventually(
-        lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "an idle engine"
-    )
-
-
-def _admin(server: SimServer, method: str, path: str, body: Any = None) -> requests.Response:
-    return requests.request(method, server.url + path, json=body, timeout=5)
-
-
 def _market(session: HTTP, side: str = "Buy", qty: str = "0.01", **extra: Any) -> Any:
     """A BTCUSDT market order; pybit's answer (a tuple when it returns headers too)."""
     return session.place_order(
@@ -209,7 +183,7 @@ def test_market_order_fills_at_current_price_and_shows_in_orders_position_and_wa
 
     assert placed["retCode"] == 0
     assert set(placed["result"]) == {"orderId", "orderLinkId"}
-    order = _eventually(
+    order = eventually(
         lambda: _order(trader, orderLinkId="mkt-1"),
         lambda o: o["orderStatus"] == "Filled",
         "the market order to fill",
@@ -245,12 +219,12 @@ def test_limit_order_rests_then_fills_when_the_price_crosses(
         price="96000",
         orderLinkId="lim-1",
     )
-    _settle(server)
+    settle(server)
     resting = session.get_open_orders(category="linear", symbol="BTCUSDT")["result"]["list"]
     assert [(o["orderLinkId"], o["orderStatus"]) for o in resting] == [("lim-1", "New")]
     assert _position(session)["size"] == "0"
 
-    moved = _admin(server, "POST", "/sim/prices", {"BTCUSDT": 95900})
+    moved = admin(server, "POST", "/sim/prices", {"BTCUSDT": 95900})
 
     assert moved.status_code == 200
     filled = _order(session, orderLinkId="lim-1")
@@ -274,7 +248,7 @@ def test_marketable_buy_limit_fills_as_taker_at_the_current_price(trader: HTTP) 
         orderLinkId="lim-x",
     )
 
-    order = _eventually(
+    order = eventually(
         lambda: _order(trader, orderLinkId="lim-x"),
         lambda o: o["orderStatus"] == "Filled",
         "the marketable limit to fill",
@@ -284,11 +258,11 @@ def test_marketable_buy_limit_fills_as_taker_at_the_current_price(trader: HTTP) 
 
 def test_reducing_realises_pnl_into_the_wallet(server: SimServer, session: HTTP) -> None:
     _market(session, "Buy", "0.1")
-    _settle(server)
-    _admin(server, "POST", "/sim/prices", {"BTCUSDT": "98000"})
+    settle(server)
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": "98000"})
 
     _market(session, "Sell", "0.1", reduceOnly=True)
-    _settle(server)
+    settle(server)
 
     position = _position(session)
     assert (position["size"], position["side"]) == ("0", "")
@@ -300,14 +274,14 @@ def test_stop_loss_attached_to_an_order_closes_the_position(
     server: SimServer, session: HTTP
 ) -> None:
     _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
-    _settle(server)
+    settle(server)
     assert (_position(session)["stopLoss"], _position(session)["takeProfit"]) == ("95000", "99000")
 
-    _admin(server, "POST", "/sim/prices", {"BTCUSDT": 94000})
-    _settle(server)
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 94000})
+    settle(server)
 
     assert _position(session)["size"] == "0"
-    stops = [o for o in _admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
+    stops = [o for o in admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
     assert [(o["stopOrderType"], o["avgPrice"], o["side"]) for o in stops] == [
         ("StopLoss", "94000", "Sell")
     ]
@@ -392,7 +366,7 @@ def test_reduce_only_that_would_increase_the_position_is_110017(
     shared_server: SimServer, trader: HTTP
 ) -> None:
     _market(trader, "Buy", "0.01")
-    _settle(shared_server)
+    settle(shared_server)
 
     assert _error_code(lambda: _market(trader, "Buy", "0.01", reduceOnly=True)) == 110017
 
@@ -401,7 +375,7 @@ def test_reduce_only_is_trimmed_to_the_position_then_110017_when_nothing_is_left
     shared_server: SimServer, trader: HTTP
 ) -> None:
     _market(trader, "Buy", "0.01")
-    _settle(shared_server)
+    settle(shared_server)
 
     trimmed = trader.place_order(
         category="linear",
@@ -421,10 +395,10 @@ def test_qty_zero_with_reduce_only_and_close_on_trigger_closes_the_whole_positio
     shared_server: SimServer, trader: HTTP
 ) -> None:
     _market(trader, "Sell", "0.03")
-    _settle(shared_server)
+    settle(shared_server)
 
     closing = _market(trader, "Buy", "0", reduceOnly=True, closeOnTrigger=True)
-    _settle(shared_server)
+    settle(shared_server)
 
     assert _order(trader, orderId=closing["result"]["orderId"])["cumExecQty"] == "0.03"
     assert _position(trader)["size"] == "0"
@@ -435,7 +409,7 @@ def test_set_leverage_changes_margin_and_refuses_a_no_op(
 ) -> None:
     trader.set_leverage(category="linear", symbol="BTCUSDT", buyLeverage="20", sellLeverage="20")
     _market(trader, "Buy", "0.01")
-    _settle(shared_server)
+    settle(shared_server)
 
     assert _position(trader)["leverage"] == "20"
     assert _position(trader)["positionIM"] == "48.5"
@@ -474,7 +448,7 @@ def test_get_signature_is_checked_against_the_unquoted_query_too(trader: HTTP) -
 def test_clock_skew_fault_makes_signed_requests_stale_10002(
     server: SimServer, session: HTTP
 ) -> None:
-    assert _admin(server, "POST", "/sim/faults", {"clock_skew_ms": 60_000}).status_code == 200
+    assert admin(server, "POST", "/sim/faults", {"clock_skew_ms": 60_000}).status_code == 200
 
     code = _error_code(lambda: _position(session))
 
@@ -486,7 +460,7 @@ def test_clock_skew_fault_makes_signed_requests_stale_10002(
 def test_read_only_key_cannot_trade_10005(
     shared_server: SimServer, connect: Callable[..., HTTP]
 ) -> None:
-    added = _admin(
+    added = admin(
         shared_server,
         "POST",
         "/sim/accounts",
@@ -583,17 +557,17 @@ def test_ip_rate_limit_is_http_403(start_sim: StartSim, connect: Callable[..., H
 def test_dropped_answer_raises_a_requests_error_but_the_order_exists(
     server: SimServer, session: HTTP
 ) -> None:
-    _admin(server, "POST", "/sim/faults", {"drop_response_after_accept": 1.0})
+    admin(server, "POST", "/sim/faults", {"drop_response_after_accept": 1.0})
 
     with pytest.raises(requests.exceptions.RequestException):
         _market(session, orderLinkId="lost-answer")
-    _settle(server)
+    settle(server)
 
-    orders = _admin(server, "GET", "/sim/orders").json()["orders"]
+    orders = admin(server, "GET", "/sim/orders").json()["orders"]
     assert [(o["orderLinkId"], o["orderStatus"]) for o in orders] == [("lost-answer", "Filled")]
-    _admin(server, "POST", "/sim/faults", {})
+    admin(server, "POST", "/sim/faults", {})
     assert _error_code(lambda: _market(session, orderLinkId="lost-answer")) == 110072
-    assert _admin(server, "GET", "/sim/stats").json()["faults_injected"] == {
+    assert admin(server, "GET", "/sim/stats").json()["faults_injected"] == {
         "drop_response_after_accept": 1
     }
 
@@ -608,14 +582,14 @@ def test_dropped_answer_raises_a_requests_error_but_the_order_exists(
 def test_injected_error_codes_reach_the_client_and_execute_nothing(
     server: SimServer, session: HTTP, faults: dict[str, float], expected: int
 ) -> None:
-    _admin(server, "POST", "/sim/faults", faults)
+    admin(server, "POST", "/sim/faults", faults)
 
     assert _error_code(lambda: _market(session)) == expected
-    assert _admin(server, "GET", "/sim/orders").json()["orders"] == []
+    assert admin(server, "GET", "/sim/orders").json()["orders"] == []
 
 
 def test_injected_http_5xx_is_a_failed_request(server: SimServer, session: HTTP) -> None:
-    _admin(server, "POST", "/sim/faults", {"http_5xx": 1.0})
+    admin(server, "POST", "/sim/faults", {"http_5xx": 1.0})
 
     with pytest.raises(FailedRequestError) as caught:
         _market(session)
@@ -624,21 +598,21 @@ def test_injected_http_5xx_is_a_failed_request(server: SimServer, session: HTTP)
 
 
 def test_injected_delay_still_answers(server: SimServer, session: HTTP) -> None:
-    _admin(server, "POST", "/sim/faults", {"delay": 1.0, "delay_ms": 1})
+    admin(server, "POST", "/sim/faults", {"delay": 1.0, "delay_ms": 1})
 
     assert _market(session)["retCode"] == 0
-    assert _admin(server, "GET", "/sim/stats").json()["faults_injected"] == {"delay": 1}
+    assert admin(server, "GET", "/sim/stats").json()["faults_injected"] == {"delay": 1}
 
 
 def test_faults_are_validated_and_readable(server: SimServer) -> None:
-    bad = _admin(server, "POST", "/sim/faults", {"delay": 1.5})
-    unknown = _admin(server, "POST", "/sim/faults", {"explode": 1})
-    good = _admin(server, "POST", "/sim/faults", {"delay": 0.5, "delay_ms": 3})
+    bad = admin(server, "POST", "/sim/faults", {"delay": 1.5})
+    unknown = admin(server, "POST", "/sim/faults", {"explode": 1})
+    good = admin(server, "POST", "/sim/faults", {"delay": 0.5, "delay_ms": 3})
 
     assert (bad.status_code, "delay" in bad.json()["error"]) == (400, True)
     assert (unknown.status_code, "explode" in unknown.json()["error"]) == (400, True)
     assert good.status_code == 200
-    current = _admin(server, "GET", "/sim/faults").json()
+    current = admin(server, "GET", "/sim/faults").json()
     assert (current["delay"], current["delay_ms"], current["http_5xx"]) == (0.5, 3, 0.0)
 
 
@@ -649,9 +623,9 @@ def test_stats_count_requests_ret_codes_and_http_statuses(server: SimServer, ses
     _market(session, orderLinkId="s-1")
     _error_code(lambda: _market(session, orderLinkId="s-1"))
     session.get_server_time()
-    _settle(server)
+    settle(server)
 
-    stats = _admin(server, "GET", "/sim/stats").json()
+    stats = admin(server, "GET", "/sim/stats").json()
 
     assert stats["requests_by_path"] == {"/v5/market/time": 1, "/v5/order/create": 2}
     assert stats["answers_by_ret_code"] == {"0": 2, "110072": 1}
@@ -673,15 +647,15 @@ def test_stats_count_requests_ret_codes_and_http_statuses(server: SimServer, ses
 def test_bad_price_updates_are_400_with_a_reason(
     server: SimServer, body: Any, message: str
 ) -> None:
-    answer = _admin(server, "POST", "/sim/prices", body)
+    answer = admin(server, "POST", "/sim/prices", body)
 
     assert answer.status_code == 400
     assert message in answer.json()["error"]
-    assert _admin(server, "GET", "/sim/prices").json()["prices"]["BTCUSDT"] == "97000"
+    assert admin(server, "GET", "/sim/prices").json()["prices"]["BTCUSDT"] == "97000"
 
 
 def test_adding_an_existing_account_is_409(shared_server: SimServer) -> None:
-    answer = _admin(shared_server, "POST", "/sim/accounts", {"api_key": KEY, "api_secret": "x"})
+    answer = admin(shared_server, "POST", "/sim/accounts", {"api_key": KEY, "api_secret": "x"})
 
     assert answer.status_code == 409
 
@@ -726,7 +700,7 @@ def test_exchange_state_outlives_a_server_restart(connect: Callable[..., HTTP]) 
     exchange = SimExchange(SimulatorConfig(accounts=[_spec()]))
     with SimServer(exchange) as first:
         _market(connect(first), orderLinkId="before-restart")
-        _settle(first)
+        settle(first)
 
     with SimServer(exchange) as second:
         order = _order(connect(second), orderLinkId="before-restart")

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import ccxt
 import pytest
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from tests.bot.sim.kit import eventually
 
 KEY = "ccxt-key"
 SECRET = "ccxt-secret"
 SYMBOL = "BTC/USDT:USDT"
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -56,17 +55,6 @@ def bybit(server: SimServer, loopback_only: None) -> ccxt.bybit:
     return exchange
 
 
-def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
-    deadline = time.monotonic() + 5
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}; last seen: {value!r}")
-        time.sleep(0.005)
-
-
 def test_load_markets_lists_the_linear_perpetuals(bybit: ccxt.bybit) -> None:
     markets = bybit.load_markets()
 
@@ -87,7 +75,7 @@ def test_fetch_balance_reports_the_usdt_wallet(bybit: ccxt.bybit) -> None:
 def test_a_market_order_fills_and_shows_as_a_trade_with_its_fee(bybit: ccxt.bybit) -> None:
     created = bybit.create_order(SYMBOL, "market", "buy", 0.01)
 
-    order = _eventually(
+    order = eventually(
         lambda: bybit.fetch_order(created["id"], SYMBOL, {"acknowledged": True}),
         lambda found: found["status"] == "closed",
         "the market order to fill",
@@ -105,7 +93,7 @@ def test_a_market_order_fills_and_shows_as_a_trade_with_its_fee(bybit: ccxt.bybi
 def test_a_limit_order_rests_shows_as_open_and_cancels(bybit: ccxt.bybit) -> None:
     created = bybit.create_order(SYMBOL, "limit", "buy", 0.01, 90000)
 
-    open_orders = _eventually(
+    open_orders = eventually(
         lambda: bybit.fetch_open_orders(SYMBOL), lambda found: len(found) == 1, "an open order"
     )
     bybit.cancel_order(created["id"], SYMBOL)

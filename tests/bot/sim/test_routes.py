@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig, parse_faults
+from tests.bot.sim.kit import admin, eventually, settle
 
 KEY = "routes-key"
 SECRET = "routes-secret"
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -63,25 +63,6 @@ def session(server: SimServer, connect: Callable[..., HTTP]) -> HTTP:
     return connect(server)
 
 
-def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
-    deadline = time.monotonic() + 5
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}; last seen: {value!r}")
-        time.sleep(0.002)
-
-
-def _settle(server: SimServer) -> None:
-    _eventually(lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "idle")
-
-
-def _admin(server: SimServer, method: str, path: str, body: Any = None) -> requests.Response:
-    return requests.request(method, server.url + path, json=body, timeout=5)
-
-
 def _market(session: HTTP, side: str = "Buy", qty: str = "0.01", **extra: Any) -> Any:
     return session.place_order(
         category="linear", symbol="BTCUSDT", side=side, orderType="Market", qty=qty, **extra
@@ -111,7 +92,7 @@ def _error_code(call: Callable[[], Any]) -> int:
 
 def test_executions_list_each_fill_with_its_fee(server: SimServer, session: HTTP) -> None:
     _market(session, orderLinkId="exec-1")
-    _settle(server)
+    settle(server)
 
     fills = session.get_executions(category="linear", symbol="BTCUSDT")["result"]["list"]
 
@@ -129,10 +110,10 @@ def test_executions_list_each_fill_with_its_fee(server: SimServer, session: HTTP
 
 def test_closed_pnl_reports_the_closing_order(server: SimServer, session: HTTP) -> None:
     _market(session, "Buy", "0.01")
-    _settle(server)
-    _admin(server, "POST", "/sim/prices", {"BTCUSDT": 98000})
+    settle(server)
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 98000})
     closing = _market(session, "Sell", "0.01", reduceOnly=True)["result"]["orderId"]
-    _settle(server)
+    settle(server)
 
     records = session.get_closed_pnl(category="linear")["result"]["list"]
 
@@ -144,7 +125,7 @@ def test_closed_pnl_reports_the_closing_order(server: SimServer, session: HTTP) 
 
 def test_amend_changes_a_resting_order(server: SimServer, session: HTTP) -> None:
     placed = _limit(session, "95000", orderLinkId="amend-me")
-    _settle(server)
+    settle(server)
 
     amended = session.amend_order(
         category="linear", symbol="BTCUSDT", orderLinkId="amend-me", price="95500", qty="0.02"
@@ -279,7 +260,7 @@ def test_an_ip_ban_ends(start_sim: Callable[..., SimServer], connect: Callable[.
     with pytest.raises(FailedRequestError):
         session.get_server_time()
 
-    answer = _eventually(
+    answer = eventually(
         lambda: requests.get(server.url + "/v5/market/time", timeout=5),
         lambda response: response.status_code == 200,
         "the ban to end",
@@ -295,22 +276,22 @@ def test_an_ip_ban_ends(start_sim: Callable[..., SimServer], connect: Callable[.
 def test_an_order_accepted_then_answered_with_an_error_exists(
     server: SimServer, session: HTTP, fault: str
 ) -> None:
-    _admin(server, "POST", "/sim/faults", {fault: 1.0})
+    admin(server, "POST", "/sim/faults", {fault: 1.0})
 
     with pytest.raises((InvalidRequestError, FailedRequestError)) as caught:
         _market(session, orderLinkId="accepted")
-    _settle(server)
+    settle(server)
 
     assert caught.value.status_code in {10016, 503}
-    orders = _admin(server, "GET", "/sim/orders").json()["orders"]
+    orders = admin(server, "GET", "/sim/orders").json()["orders"]
     assert [(o["orderLinkId"], o["orderStatus"]) for o in orders] == [("accepted", "Filled")]
-    assert _admin(server, "GET", "/sim/stats").json()["faults_injected"] == {fault: 1}
+    assert admin(server, "GET", "/sim/stats").json()["faults_injected"] == {fault: 1}
 
 
 def test_a_lagging_order_is_invisible_to_queries_for_a_while(
     server: SimServer, session: HTTP
 ) -> None:
-    _admin(
+    admin(
         server,
         "POST",
         "/sim/faults",
@@ -318,7 +299,7 @@ def test_a_lagging_order_is_invisible_to_queries_for_a_while(
     )
 
     _market(session, orderLinkId="ghost")
-    _settle(server)
+    settle(server)
 
     found = session.get_open_orders(category="linear", orderLinkId="ghost")["result"]["list"]
     history = session.get_order_history(category="linear", orderLinkId="ghost")["result"]["list"]
@@ -332,7 +313,7 @@ def test_a_lagging_order_is_invisible_to_queries_for_a_while(
 def test_a_burst_of_clock_skew_makes_signed_requests_stale_then_passes(
     server: SimServer, session: HTTP
 ) -> None:
-    _admin(
+    admin(
         server,
         "POST",
         "/sim/faults",
@@ -340,7 +321,7 @@ def test_a_burst_of_clock_skew_makes_signed_requests_stale_then_passes(
     )
 
     assert _error_code(lambda: session.get_account_info()) == 10002
-    _admin(server, "POST", "/sim/faults", {})
+    admin(server, "POST", "/sim/faults", {})
 
     assert session.get_account_info()["retCode"] == 0
 
@@ -359,22 +340,22 @@ def test_bad_faults_json_is_refused_in_one_line() -> None:
 
 
 def test_a_walk_posted_to_sim_prices_moves_the_price(server: SimServer) -> None:
-    started = _admin(
+    started = admin(
         server,
         "POST",
         "/sim/prices",
         {"SOLUSDT": {"walk": {"seed": 4, "step_bps": 10, "interval_ms": 5, "start": "150"}}},
     )
 
-    moved = _eventually(
-        lambda: _admin(server, "GET", "/sim/prices").json(),
+    moved = eventually(
+        lambda: admin(server, "GET", "/sim/prices").json(),
         lambda view: view["prices"]["SOLUSDT"] != "150",
         "the walk to move SOLUSDT",
     )
 
     assert started.status_code == 200
     assert moved["walks"]["SOLUSDT"]["interval_ms"] == 5
-    stopped = _admin(server, "POST", "/sim/prices", {"SOLUSDT": {"walk": None}}).json()
+    stopped = admin(server, "POST", "/sim/prices", {"SOLUSDT": {"walk": None}}).json()
     assert stopped["walks"] == {}
 
 
@@ -387,7 +368,7 @@ def test_a_walk_posted_to_sim_prices_moves_the_price(server: SimServer) -> None:
     ],
 )
 def test_bad_walks_are_400(server: SimServer, body: Any, message: str) -> None:
-    answer = _admin(server, "POST", "/sim/prices", body)
+    answer = admin(server, "POST", "/sim/prices", body)
 
     assert answer.status_code == 400
     assert message in answer.json()["error"]

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -18,11 +18,11 @@ from pybit.unified_trading import HTTP, WebSocket
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from tests.bot.sim.kit import eventually
 
 KEY = "stream-key"
 SECRET = "stream-secret"
 HEDGE_KEY = "hedge-key"
-T = TypeVar("T")
 
 
 class _SimWebSocket(WebSocket):  # type: ignore[misc]
@@ -60,17 +60,6 @@ class _Collector:
     def messages(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._messages)
-
-
-def _eventually(read: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
-    deadline = time.monotonic() + 5
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}; last seen: {value!r}")
-        time.sleep(0.005)
 
 
 @pytest.fixture
@@ -236,7 +225,7 @@ def test_malformed_requests_get_an_error_answer_and_the_connection_stays(
 def test_pybit_authenticates_and_pings(open_ws: Callable[..., _SimWebSocket]) -> None:
     ws = open_ws("private", api_key=KEY, api_secret=SECRET)
 
-    _eventually(lambda: ws.auth, bool, "pybit's auth flag")
+    eventually(lambda: ws.auth, bool, "pybit's auth flag")
     ws._send_custom_ping()
     ws.order_stream(_Collector())
 
@@ -255,7 +244,7 @@ def test_a_filled_resting_order_streams_order_execution_position_and_wallet(
     ws.execution_stream(executions)
     ws.position_stream(positions)
     ws.wallet_stream(wallets)
-    _eventually(
+    eventually(
         lambda: [c["topics"] for c in _connections(server)],
         lambda topics: topics == [["execution", "order", "position", "wallet"]],
         "four topics",
@@ -272,18 +261,18 @@ def test_a_filled_resting_order_streams_order_execution_position_and_wallet(
         positionIdx=0,
     )
     order_id = placed["result"]["orderId"]
-    _eventually(lambda: orders.messages, lambda m: len(m) >= 1, "the New order")
+    eventually(lambda: orders.messages, lambda m: len(m) >= 1, "the New order")
     # The order rests once the matching engine has seen it (market_fill_delay_ms later).
-    _eventually(lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "resting")
+    eventually(lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "resting")
     _post(server, "/sim/prices", {"BTCUSDT": 95900})
-    _eventually(
+    eventually(
         lambda: [m["data"][0]["orderStatus"] for m in orders.messages],
         lambda statuses: "Filled" in statuses,
         "the Filled order",
     )
-    _eventually(lambda: executions.messages, lambda m: len(m) == 1, "one execution")
-    _eventually(lambda: positions.messages, lambda m: len(m) >= 1, "a position update")
-    _eventually(lambda: wallets.messages, lambda m: len(m) >= 2, "wallet updates")
+    eventually(lambda: executions.messages, lambda m: len(m) == 1, "one execution")
+    eventually(lambda: positions.messages, lambda m: len(m) >= 1, "a position update")
+    eventually(lambda: wallets.messages, lambda m: len(m) >= 2, "wallet updates")
 
     new, filled = orders.messages[0], orders.messages[-1]
     assert set(new) == {"id", "topic", "creationTime", "data"}
@@ -346,11 +335,11 @@ def test_ticker_snapshot_then_deltas_merge_in_pybit(
     ws = open_ws("linear")
     merged = _Collector()
     ws.ticker_stream("BTCUSDT", merged)
-    _eventually(lambda: merged.messages, lambda m: len(m) == 1, "pybit's snapshot")
+    eventually(lambda: merged.messages, lambda m: len(m) == 1, "pybit's snapshot")
 
     _post(server, "/sim/prices", {"BTCUSDT": 97500})
     delta = json.loads(sock.recv())
-    _eventually(
+    eventually(
         lambda: merged.messages[-1]["data"]["lastPrice"], lambda p: p == "97500", "the merge"
     )
 
@@ -403,15 +392,15 @@ def test_the_drop_route_cuts_connections_and_the_client_sees_it(
 ) -> None:
     ws = open_ws("private", api_key=KEY, api_secret=SECRET)
     ws.order_stream(_Collector())
-    listed = _eventually(lambda: _connections(server), lambda c: len(c) == 1, "the connection")
+    listed = eventually(lambda: _connections(server), lambda c: len(c) == 1, "the connection")
 
     dropped = _post(server, "/sim/streams/drop", {"api_key": "someone-else"})
     assert dropped == {"dropped": 0}
     dropped = _post(server, "/sim/streams/drop", {"api_key": KEY})
 
     assert dropped == {"dropped": 1}
-    _eventually(ws.is_connected, lambda connected: not connected, "the client to see the drop")
-    _eventually(lambda: _connections(server), lambda c: c == [], "the server to forget it")
+    eventually(ws.is_connected, lambda connected: not connected, "the client to see the drop")
+    eventually(lambda: _connections(server), lambda c: c == [], "the server to forget it")
     assert listed[0]["userID"] > 0 and listed[0]["note"] == "main"
     assert KEY not in json.dumps(listed)
     stats = requests.get(server.url + "/sim/stats", timeout=5).json()
