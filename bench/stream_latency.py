@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import httpx
-from pybit.unified_trading import WebSocket
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
@@ -68,6 +67,7 @@ from bot.logs import configure
 from bot.messages import Execution, OrderEvent, OrderRequest, OrderStatus, OrderType, Side
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim.client import SimWebSocket
 from bot.sim.params import PlaceOrderParams, PositionQueryParams
 from bot.venue.bybit import BybitVenue
 from bot.venue.stream import TOPICS, AccountStream, StreamMessage
@@ -288,31 +288,6 @@ class FillClock:
         return None
 
 
-class _BareSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hints
-    """pybit's WebSocket pointed at the simulator (as docs/simulator.md shows), nothing else."""
-
-    def __init__(self, sim_url: str, **kwargs: Any) -> None:
-        self._sim_url = sim_url
-        super().__init__(**kwargs)
-
-    def _connect(self, url: str) -> None:
-        super()._connect(self._sim_url)
-
-    def _process_subscription_message(self, message: dict[str, Any]) -> None:
-        # pybit records a subscription after sending it: on loopback the answer can come
-        # first and its look-up would kill the connection. Wait (bounded) for the record.
-        deadline = time.monotonic() + 1.0
-        while message.get("req_id") not in self.subscriptions and time.monotonic() < deadline:
-            time.sleep(0.001)
-        super()._process_subscription_message(message)
-
-    def exit(self) -> None:
-        # pybit waits for the socket to close without a bound; a dead one would hang us.
-        self.exited = True
-        if hasattr(self, "ws"):
-            self.ws.close()
-
-
 def _journal_timer(journal: Journal) -> dict[str, list[tuple[int, int]]]:
     """Wrap `journal.call` to time each call: (await total, work on the journal thread), ns."""
     timings: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -492,8 +467,8 @@ async def _floor_pass(load: LoadSpec, options: StreamLatencyOptions) -> PassResu
     def ignore(message: dict[str, Any]) -> None:
         return None
 
-    def connect(url: str) -> _BareSocket:
-        socket = _BareSocket(
+    def connect(url: str) -> SimWebSocket:
+        socket = SimWebSocket(
             url,
             channel_type="private",
             testnet=False,
@@ -510,7 +485,7 @@ async def _floor_pass(load: LoadSpec, options: StreamLatencyOptions) -> PassResu
 
     server = SimServer(exchange)
     await asyncio.to_thread(server.start)
-    socket: _BareSocket | None = None
+    socket: SimWebSocket | None = None
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as client:
             socket = await asyncio.wait_for(

@@ -14,35 +14,16 @@ from typing import Any
 import pytest
 import requests
 import websocket
-from pybit.unified_trading import HTTP, WebSocket
+from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim.client import SimWebSocket
 from tests.bot.sim.kit import eventually
 
 KEY = "stream-key"
 SECRET = "stream-secret"
 HEDGE_KEY = "hedge-key"
-
-
-class _SimWebSocket(WebSocket):  # type: ignore[misc]
-    """pybit's WebSocket pointed at the simulator: only the URL differs."""
-
-    def __init__(self, sim_url: str, **kwargs: Any) -> None:
-        self._sim_url = sim_url
-        super().__init__(**kwargs)
-
-    def _connect(self, url: str) -> None:
-        super()._connect(self._sim_url)
-
-    def _process_subscription_message(self, message: dict[str, Any]) -> None:
-        # pybit sends a subscribe before it records it: on loopback the answer can arrive
-        # first, and its look-up by req_id would kill the connection. Wait for the record.
-        for _ in range(100):
-            if message.get("req_id") in self.subscriptions:
-                break
-            time.sleep(0.001)
-        super()._process_subscription_message(message)
 
 
 class _Collector:
@@ -73,12 +54,12 @@ def server() -> Iterator[SimServer]:
 
 
 @pytest.fixture
-def open_ws(server: SimServer) -> Iterator[Callable[..., _SimWebSocket]]:
-    sockets: list[_SimWebSocket] = []
+def open_ws(server: SimServer) -> Iterator[Callable[..., SimWebSocket]]:
+    sockets: list[SimWebSocket] = []
 
-    def make(channel: str, **kwargs: Any) -> _SimWebSocket:
+    def make(channel: str, **kwargs: Any) -> SimWebSocket:
         path = "/v5/private" if channel == "private" else f"/v5/public/{channel}"
-        ws = _SimWebSocket(
+        ws = SimWebSocket(
             server.ws_url + path,
             channel_type=channel,
             testnet=False,
@@ -222,7 +203,7 @@ def test_malformed_requests_get_an_error_answer_and_the_connection_stays(
     assert _ask(sock, {"op": "ping"})["op"] == "pong"
 
 
-def test_pybit_authenticates_and_pings(open_ws: Callable[..., _SimWebSocket]) -> None:
+def test_pybit_authenticates_and_pings(open_ws: Callable[..., SimWebSocket]) -> None:
     ws = open_ws("private", api_key=KEY, api_secret=SECRET)
 
     eventually(lambda: ws.auth, bool, "pybit's auth flag")
@@ -236,7 +217,7 @@ def test_pybit_authenticates_and_pings(open_ws: Callable[..., _SimWebSocket]) ->
 
 
 def test_a_filled_resting_order_streams_order_execution_position_and_wallet(
-    server: SimServer, open_ws: Callable[..., _SimWebSocket], http: HTTP
+    server: SimServer, open_ws: Callable[..., SimWebSocket], http: HTTP
 ) -> None:
     ws = open_ws("private", api_key=KEY, api_secret=SECRET)
     orders, executions, positions, wallets = _Collector(), _Collector(), _Collector(), _Collector()
@@ -326,7 +307,7 @@ def _connections(server: SimServer) -> list[dict[str, Any]]:
 
 def test_ticker_snapshot_then_deltas_merge_in_pybit(
     server: SimServer,
-    open_ws: Callable[..., _SimWebSocket],
+    open_ws: Callable[..., SimWebSocket],
     raw: Callable[[str], websocket.WebSocket],
 ) -> None:
     sock = raw("/v5/public/linear")
@@ -388,7 +369,7 @@ def test_unknown_public_topic_is_refused(raw: Callable[[str], websocket.WebSocke
 
 
 def test_the_drop_route_cuts_connections_and_the_client_sees_it(
-    server: SimServer, open_ws: Callable[..., _SimWebSocket]
+    server: SimServer, open_ws: Callable[..., SimWebSocket]
 ) -> None:
     ws = open_ws("private", api_key=KEY, api_secret=SECRET)
     ws.order_stream(_Collector())
