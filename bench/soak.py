@@ -240,6 +240,9 @@ max_position_notional_usdt = 10000000
 max_strategy_exposure_usdt = 10000000
 max_total_exposure_usdt = 10000000
 max_daily_loss_usdt = 10000000
+max_open_orders = 100000
+max_orders_per_minute = 100000
+max_orders_per_day = 10000000
 max_signal_age_s = {max_signal_age_s}
 {strategies}"""
 

@@ -75,6 +75,8 @@ class StrategyBook:
     day: date | None = None
     day_realized_pnl: Decimal = ZERO
     day_fees: Decimal = ZERO
+    #: when a fill last closed (part of) the position at a loss, fee included
+    last_loss_at: datetime | None = None
 
     def today(self, now: datetime | None = None) -> tuple[Decimal, Decimal]:
         """Realized PnL and fees of the current UTC day."""
@@ -100,6 +102,8 @@ class StrategyBook:
             self.realized_pnl += pnl
             if today:
                 self.day_realized_pnl += pnl
+            if pnl - fee < 0 and (self.last_loss_at is None or when > self.last_loss_at):
+                self.last_loss_at = when
             if new == 0:
                 self.entry_price = ZERO
             elif (new > 0) != (old > 0):
@@ -219,6 +223,15 @@ class AccountProjection:
                 realized, fees = book.today(now)
                 total += realized - fees
         return total
+
+    def last_loss_at(self, strategy: str) -> datetime | None:
+        """When the strategy last closed (part of) a position at a loss, on any key."""
+        times = [
+            book.last_loss_at
+            for book in self._books.values()
+            if book.strategy == strategy and book.last_loss_at is not None
+        ]
+        return max(times, default=None)
 
     def books(self) -> list[StrategyBook]:
         """Every strategy's book, open or with PnL or fees, sorted by key, strategy, symbol."""

@@ -1,9 +1,12 @@
 """The kill switch over HTTP: `POST /admin/halt` and `POST /admin/resume`.
 
-The body is `{"strategy": null | "<name>", "reason": "..."}`, signed exactly like a webhook
+The body is `{"strategy": null | "<name>", "reason": "..."}`, plus for a halt optionally
+`"cancel_open": true` (cancel the scope's open orders) and `"flatten": true` (close its
+positions with reduce-only market orders). It is signed exactly like a webhook
 (`X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`) with the secret
-`BOT_ADMIN_SECRET`. A halt takes effect for the very next intent, queued ones included. The
-routes exist only when an admin secret does (generated in `sim`, like the webhook secret).
+`BOT_ADMIN_SECRET`. A halt takes effect for the very next intent, queued ones included; the
+answer says what was cancelled and flattened. The routes exist only when an admin secret does
+(generated in `sim`, like the webhook secret).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Collection
-from typing import Final
+from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -29,12 +32,19 @@ _MAX_SKEW_S: Final = 300.0
 
 
 class AdminCommand(BaseModel):
-    """The body of a halt or resume: which scope (null: the whole bot), and why."""
+    """The body of a halt or resume: which scope (null: the whole bot), why, and (a halt
+    only) whether to cancel the scope's open orders and flatten its positions."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: str | None = None
     reason: str = Field("", max_length=200)
+    cancel_open: bool = False
+    flatten: bool = False
+
+
+#: Enters a state for the operator, cancelling and flattening as asked; returns the report.
+Apply = Callable[[ScopeState, AdminCommand], Awaitable[dict[str, Any]]]
 
 
 class AdminRoutes:
@@ -43,7 +53,7 @@ class AdminRoutes:
     def __init__(
         self,
         secret: SecretStr,
-        apply: Callable[[ScopeState], Awaitable[None]],
+        apply: Apply,
         strategies: Collection[str],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -78,17 +88,18 @@ class AdminRoutes:
             command = AdminCommand.model_validate(json.loads(body or b"{}"))
         except (ValueError, ValidationError) as exc:
             first = str(exc).splitlines()[0]
-            return _answer(422, "invalid", f"expected {{strategy, reason}}: {first}")
+            return _answer(
+                422, "invalid", f"expected {{strategy, reason, cancel_open, flatten}}: {first}"
+            )
         if command.strategy is not None and command.strategy not in self._strategies:
             return _answer(422, "invalid", f"strategy '{command.strategy}' is not configured")
+        if state is TradingState.ACTIVE and (command.cancel_open or command.flatten):
+            return _answer(422, "invalid", "cancel_open and flatten go with a halt, not a resume")
         default = "halted by the operator" if state is TradingState.HALTED else "resumed"
         entered = ScopeState(
             command.strategy or BOT_SCOPE, state, command.reason or default, utc_now()
         )
-        await self._apply(entered)
-        return JSONResponse(
-            {"scope": entered.scope, "state": entered.state.value, "reason": entered.reason}
-        )
+        return JSONResponse(await self._apply(entered, command))
 
 
 def _answer(status: int, error: str, detail: str) -> JSONResponse:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Final, NoReturn, TypeVar
+from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
 from pydantic import SecretStr
@@ -26,6 +26,7 @@ from bot.config import BotSettings, ConfigError, load_settings
 from bot.journal import Journal, JournalError
 from bot.messages import utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
+from bot.risk.usage import ScopeUsage, usage
 from bot.secrets import DEFAULT_SECRETS_DIR, MissingSecretError, webhook_secret_name
 from bot.service import Service, secret_resolver, sim_accounts, simulator_config
 from bot.sim import DEFAULT_SIM_PORT, SimExchange, parse_faults, run_forever
@@ -34,6 +35,8 @@ from signals.voiceofchain import SIGNATURE_HEADER, sign
 __all__ = ["app", "main"]
 
 SEND_TIMEOUT_S: Final = 10.0
+#: A halt that cancels and flattens waits for the venue: orders in flight, then fills.
+ADMIN_ACTION_TIMEOUT_S: Final = 120.0
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -161,6 +164,11 @@ def signal_send(
         status, answer = _post_signed(target, body, secret)
     except ConnectionError as exc:
         _fail(f"cannot reach the bot at {target}: {exc}. Is `bot run` running?")
+    except TimeoutError:
+        _fail(
+            f"no answer from {target} within {SEND_TIMEOUT_S:g} s; the signal may have been "
+            "received: see `bot orders` before sending it again (the same id is deduplicated)"
+        )
     console.print(f"{status} {answer}", highlight=False)
     console.print(f"signal id: {payload['id']}", highlight=False)
     if status >= 300:
@@ -172,8 +180,11 @@ def _bot_url(settings: BotSettings) -> str:
     return f"http://{host}:{settings.http.port}"
 
 
-def _post_signed(target: str, body: bytes, secret: SecretStr) -> tuple[int, str]:
-    """POST `body` signed with `secret` (X-Signature); ConnectionError if unreachable."""
+def _post_signed(
+    target: str, body: bytes, secret: SecretStr, timeout_s: float = SEND_TIMEOUT_S
+) -> tuple[int, str]:
+    """POST `body` signed with `secret` (X-Signature); ConnectionError if nothing listens,
+    TimeoutError if the request went out but no answer came within `timeout_s`."""
     request = urllib.request.Request(  # noqa: S310 - the URL is the user's own bot
         target,
         data=body,
@@ -184,23 +195,37 @@ def _post_signed(target: str, body: bytes, secret: SecretStr) -> tuple[int, str]
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=SEND_TIMEOUT_S) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise ConnectionError(str(getattr(exc, "reason", exc))) from None
+    except TimeoutError:
+        raise
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise exc.reason from None
+        raise ConnectionError(str(exc.reason)) from None
 
 
 @app.command()
 def halt(
     strategy: Annotated[str | None, typer.Option(help="halt one strategy [default: all]")] = None,
     reason: Annotated[str, typer.Option(help="why; journaled")] = "halted by the operator",
+    cancel_open: Annotated[
+        bool, typer.Option("--cancel-open", help="also cancel the scope's open orders")
+    ] = False,
+    flatten: Annotated[
+        bool,
+        typer.Option("--flatten", help="also close the scope's positions (reduce-only market)"),
+    ] = False,
     config: ConfigOption = None,
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
 ) -> None:
     """Kill switch: from the very next intent, only orders that reduce exposure pass."""
-    _switch(TradingState.HALTED, strategy, reason, config, secrets_dir)
+    command: dict[str, Any] = {"strategy": strategy, "reason": reason}
+    if cancel_open or flatten:
+        command |= {"cancel_open": cancel_open, "flatten": flatten}
+    _switch(TradingState.HALTED, command, config, secrets_dir)
 
 
 @app.command()
@@ -212,31 +237,38 @@ def resume(
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
 ) -> None:
     """Trade again: the scope goes back to ACTIVE."""
-    _switch(TradingState.ACTIVE, strategy, "resumed by the operator", config, secrets_dir)
+    command = {"strategy": strategy, "reason": "resumed by the operator"}
+    _switch(TradingState.ACTIVE, command, config, secrets_dir)
 
 
 def _switch(
-    state: TradingState,
-    strategy: str | None,
-    reason: str,
-    config: Path | None,
-    secrets_dir: Path,
+    state: TradingState, command: dict[str, Any], config: Path | None, secrets_dir: Path
 ) -> None:
-    """Tell the running bot (signed admin route); if none runs, journal it for its start."""
+    """Tell the running bot (signed admin route); if none runs, journal the state for its
+    start (cancelling and flattening need the running bot)."""
     settings = _settings(config)
+    strategy = command["strategy"]
     if strategy is not None and strategy not in settings.strategies:
         _fail(
             f"strategy '{strategy}' is not configured; it is one of {sorted(settings.strategies)}"
         )
-    body = json.dumps({"strategy": strategy, "reason": reason}).encode()
     route = "halt" if state is TradingState.HALTED else "resume"
+    acting = bool(command.get("cancel_open") or command.get("flatten"))
+    target = f"{_bot_url(settings)}/admin/{route}"
     try:
         secret = secret_resolver(settings, secrets_dir).get(ADMIN_SECRET_NAME)
-        status, answer = _post_signed(f"{_bot_url(settings)}/admin/{route}", body, secret)
+        status, answer = _post_signed(
+            target,
+            json.dumps(command).encode(),
+            secret,
+            ADMIN_ACTION_TIMEOUT_S if acting else SEND_TIMEOUT_S,
+        )
     except MissingSecretError as exc:
         _fail(f"{exc} (the admin secret signs halt and resume)")
+    except TimeoutError:
+        _fail(f"no answer from {target} in time; see `bot risk status` and `bot orders`")
     except ConnectionError:
-        scope = ScopeState(strategy or BOT_SCOPE, state, reason, utc_now())
+        scope = ScopeState(strategy or BOT_SCOPE, state, command["reason"], utc_now())
         journal = Journal(settings.journal_path)
         try:
             journal.record_trading_state(scope)
@@ -247,6 +279,11 @@ def _switch(
             "when it starts",
             highlight=False,
         )
+        if acting:
+            _fail(
+                "nothing was cancelled or flattened: that needs the running bot; start it "
+                "(the halt holds) and run this command again"
+            )
         return
     if status != 200:
         _fail(f"the bot refused: {status} {answer}")
@@ -258,32 +295,66 @@ def risk_status(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Each scope's trading state and why, and each strategy's limits."""
+    """Each scope's trading state and why, its limits and what it uses of them now:
+    exposure (positions and orders in flight, worst case), open orders, orders today, loss
+    today (realized plus fees)."""
     settings = _settings(config)
-    states = {state.scope: state for state in _read_journal(config, Journal.trading_states)}
-    rows = []
-    for scope in (BOT_SCOPE, *settings.strategies):
-        limits = settings.risk
-        if scope in settings.strategies:
-            limits = limits.tightened(settings.strategies[scope].risk)
-        state = states.get(scope)
-        rows.append(
-            {
-                "scope": scope,
-                "state": state.state.value if state else TradingState.ACTIVE.value,
-                "reason": state.reason if state else "",
-                "since": state.since.isoformat() if state else "",
-                "max_order_notional_usdt": _plain(limits.max_order_notional_usdt),
-                "max_position_notional_usdt": _plain(limits.max_position_notional_usdt),
-                "max_strategy_exposure_usdt": _plain(limits.max_strategy_exposure_usdt),
-                "max_total_exposure_usdt": _plain(limits.max_total_exposure_usdt),
-            }
-        )
+    key_of = {name: strategy.key for name, strategy in settings.strategies.items()}
+    states, used = _read_journal(
+        config,
+        lambda journal: (
+            {state.scope: state for state in journal.trading_states()},
+            usage(journal, key_of, utc_now()),
+        ),
+    )
+    rows = [
+        _risk_row(scope, states.get(scope), used[scope], settings)
+        for scope in (BOT_SCOPE, *settings.strategies)
+    ]
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, separators=(",", ":")))
         return
-    console.print(_table(rows, ("since",)))
+    shown = ("scope", "state", "reason", "exposure", "open_orders", "orders_today", "loss_today")
+    console.print(_table(rows, tuple(column for column in rows[0] if column not in shown)))
+
+
+def _risk_row(
+    scope: str, state: ScopeState | None, used: ScopeUsage, settings: BotSettings
+) -> dict[str, str]:
+    """One scope of `bot risk status`: every number as a plain string; the table shows the
+    "used / limit" columns, JSON has each number on its own too."""
+    bot = scope == BOT_SCOPE
+    limits = settings.risk if bot else settings.risk.tightened(settings.strategies[scope].risk)
+    max_exposure = limits.max_total_exposure_usdt if bot else limits.max_strategy_exposure_usdt
+    loss_today = max(-used.pnl_today_usdt, Decimal(0))
+
+    def of(count: int, limit: int) -> str:
+        """Count limits apply to each strategy; the bot's row shows the sum alone."""
+        return str(count) if bot else f"{count} / {limit}"
+
+    return {
+        "scope": scope,
+        "state": state.state.value if state else TradingState.ACTIVE.value,
+        "reason": state.reason if state else "",
+        "since": state.since.isoformat() if state else "",
+        "exposure": f"{used.exposure_usdt:.2f} / {_plain(max_exposure)}",
+        "open_orders": of(used.open_orders, limits.max_open_orders),
+        "orders_today": of(used.orders_today, limits.max_orders_per_day),
+        "loss_today": f"{loss_today:.2f} / {_plain(limits.max_daily_loss_usdt)}",
+        "exposure_usdt": _plain(used.exposure_usdt),
+        "max_exposure_usdt": _plain(max_exposure),
+        "open_orders_count": str(used.open_orders),
+        "orders_today_count": str(used.orders_today),
+        "pnl_today_usdt": _plain(used.pnl_today_usdt),
+        "max_daily_loss_usdt": _plain(limits.max_daily_loss_usdt),
+        "max_order_notional_usdt": _plain(limits.max_order_notional_usdt),
+        "max_position_notional_usdt": _plain(limits.max_position_notional_usdt),
+        "max_open_orders": str(limits.max_open_orders),
+        "max_orders_per_minute": str(limits.max_orders_per_minute),
+        "max_orders_per_day": str(limits.max_orders_per_day),
+        "max_leverage": _plain(limits.max_leverage),
+    }
 
 
 def _decimal_as_number(value: object) -> object:

@@ -561,6 +561,16 @@ class Journal:
             f"WHERE o.status IN ({marks}) AND o.key_name = ?", (*_NON_TERMINAL, key_name)
         )
 
+    def order_times_since(self, since: datetime) -> list[tuple[str, datetime]]:
+        """(strategy, created_at) of every order journaled from `since` on, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT strategy, created_at FROM orders WHERE created_at >= ?"
+                " ORDER BY created_at, rowid",
+                (since.isoformat(),),
+            ).fetchall()
+        return [(strategy, datetime.fromisoformat(created)) for strategy, created in rows]
+
     def decided_strategies(self, source: str, signal_id: str) -> set[str]:
         """Strategies that already have a decision about this signal (from an earlier run)."""
         with self._lock:

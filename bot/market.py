@@ -59,6 +59,11 @@ class MarketData:
         """The last price fetched for each symbol, however old (for exposure elsewhere)."""
         return {symbol: price for symbol, (_, price) in self._prices.items()}
 
+    def price_age_s(self, symbol: str) -> float:
+        """How old the last price of `symbol` is (infinite if none was ever fetched)."""
+        entry = self._prices.get(symbol)
+        return float("inf") if entry is None else self._clock() - entry[0]
+
     async def _price(self, venue: Venue, symbol: str) -> Decimal:
         return await self._cached(self._prices, symbol, lambda: venue.last_price(symbol))
 

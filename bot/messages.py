@@ -309,6 +309,9 @@ class OrderIntent(_Message):
     stop_loss: PositiveDecimal | None = None
     take_profit: PositiveDecimal | None = None
     reduce_only: bool = False
+    leverage: PositiveDecimal | None = Field(
+        None, description="wanted leverage (the signal's hint); the risk gate caps it"
+    )
     signal_ts: datetime
     created_at: datetime = Field(default_factory=utc_now)
 
@@ -320,6 +323,7 @@ class OrderIntent(_Message):
 
     @property
     def notional_usdt(self) -> Decimal:
+        """The notional the strategy sized at; the risk gate prices at the venue's price."""
         return self.qty * self.reference_price
 
 
@@ -376,6 +380,9 @@ class OrderRequest(_Message):
     stop_loss: PositiveDecimal | None = None
     take_profit: PositiveDecimal | None = None
     reduce_only: bool = False
+    leverage: PositiveDecimal | None = Field(
+        None, description="set on the venue (set-leverage) before the order is sent"
+    )
 
     def to_bybit_params(self) -> dict[str, Any]:
         """The `POST /v5/order/create` parameters, decimals as plain strings as Bybit wants."""

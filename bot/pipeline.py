@@ -23,13 +23,12 @@ from typing import Final
 
 from bot import metrics
 from bot.execution.executor import Executor
-from bot.execution.ids import order_link_id
 from bot.execution.rounding import conform
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
 from bot.messages import Decline, OrderIntent, RiskDecision, Signal, utc_now
-from bot.risk.gate import RiskGate
+from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
 from bot.venue.errors import KeyFatalError, VenueError
 from strategies.base import MarketView, Strategy
 
@@ -263,31 +262,30 @@ class Pipeline:
             # through (strategy, signal, leg): a plug-in must be able to change neither.
             await self._decline(signal, decline(reason=problem))
             return
-        decisions = [self._decide(intent, market) for intent in output]
-        for decision in decisions:
-            metrics.DECISIONS.labels("approved" if decision.approved else "rejected").inc()
-            if not decision.approved:
-                logger.info("intent rejected: {reason}", reason=decision.reason, rule=decision.rule)
-        events = await self._executor.execute_all(decisions, slot.key_name)
+        verdicts = [self.decide(intent, market) for intent in output]
+        for verdict in verdicts:
+            if isinstance(verdict, ApprovedOrder):
+                metrics.DECISIONS.labels("approved").inc()
+            else:
+                metrics.DECISIONS.labels("rejected").inc()
+                logger.info("intent rejected: {reason}", reason=verdict.reason, rule=verdict.rule)
+        events = await self._executor.execute_all(verdicts, slot.key_name)
         if any(event.order_id is not None for event in events):
             metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
 
-    def _decide(self, intent: OrderIntent, market: MarketView) -> RiskDecision:
-        """The intent on the instrument's grid, judged by the gate at the venue's price (an
-        approval reserved under its orderLinkId); or why it cannot be sent."""
-        conformed = conform(intent, market.instrument)
+    def decide(self, intent: OrderIntent, market: MarketView) -> Verdict:
+        """The intent on the instrument's grid, judged by the gate at the venue's price; or
+        why it cannot be sent."""
+        conformed = conform(intent, market.instrument, market.last_price)
         if isinstance(conformed, str):
             return RiskDecision(
                 intent=intent, approved=False, rule="INSTRUMENT_RULES", reason=conformed
             )
-        link_id = order_link_id(
-            conformed.strategy, conformed.signal_source, conformed.signal_id, conformed.leg
-        )
         return self._gate.decide(
             conformed,
             price=market.last_price,
             prices=self._market.known_prices(),
-            reserve_as=link_id,
+            price_age_s=self._market.price_age_s(conformed.symbol),
         )
 
     async def _decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:

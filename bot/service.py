@@ -28,7 +28,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from bot.account import Account
-from bot.admin import ADMIN_SECRET_NAME, AdminRoutes
+from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes
 from bot.app import create_app
 from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
@@ -36,12 +36,14 @@ from bot.execution.reconcile import Reconciler
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Side
+from bot.messages import utc_now
 from bot.net import tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
-from bot.risk.exposure import ExposureLedger, Reservation
+from bot.risk.counts import utc_day_start
+from bot.risk.exposure import ExposureLedger, reserve_unfinished
 from bot.risk.gate import RiskGate
+from bot.risk.kill_switch import KillSwitch, announce_state
 from bot.risk.states import ScopeState
 from bot.secrets import (
     MissingSecretError,
@@ -377,10 +379,19 @@ class Service:
             for source, config in settings.sources.items()
             if config.enabled
         ]
+        kill_switch = KillSwitch(
+            gate,
+            executor,
+            journal,
+            market,
+            account,
+            {name: slot.key_name for name, slot in strategies.items()},
+            pipeline.decide,
+        )
         app = create_app(
             receivers,
             lambda: self._health(pipeline, journal, account),
-            self._admin_routes(journal, gate),
+            self._admin_routes(kill_switch),
         )
         reconciler = Reconciler(executor, journal, venues, settings.execution, account)
         return _Stages(
@@ -392,7 +403,7 @@ class Service:
             app=app,
         )
 
-    def _admin_routes(self, journal: Journal, gate: RiskGate) -> AdminRoutes | None:
+    def _admin_routes(self, kill_switch: KillSwitch) -> AdminRoutes | None:
         """The kill switch's routes, if an admin secret exists (generated in `sim`)."""
         try:
             secret = self._resolver.get(ADMIN_SECRET_NAME)
@@ -400,11 +411,10 @@ class Service:
             logger.info("no {name}: the /admin routes are off", name=ADMIN_SECRET_NAME)
             return None
 
-        async def enter(state: ScopeState) -> None:
-            gate.set_state(state)  # first: the very next intent sees it
-            _announce(state)
-            # Journaled before the operator is answered: the halt survives a crash.
-            await journal.call(journal.record_trading_state, state)
+        async def enter(state: ScopeState, command: AdminCommand) -> dict[str, Any]:
+            return await kill_switch.enter(
+                state, cancel_open=command.cancel_open, flatten=command.flatten
+            )
 
         return AdminRoutes(secret, enter, self.settings.strategies)
 
@@ -412,29 +422,25 @@ class Service:
         self, journal: Journal, account: Account, strategies: Mapping[str, StrategySlot]
     ) -> RiskGate:
         """The gate, its exposure read from the account's books, with the orders a previous
-        run left in flight reserved again."""
+        run left in flight reserved again and today's orders counted."""
         key_of = {name: slot.key_name for name, slot in strategies.items()}
         ledger = ExposureLedger(
             lambda strategy, symbol: account.projection.strategy_size(
                 key_of.get(strategy, ""), strategy, symbol
             )
         )
-        for record in journal.unfinished_orders():
-            request = record.request
-            if not request.reduce_only:
-                left = request.qty - record.filled_qty
-                signed = left if request.side is Side.BUY else -left
-                ledger.reserve(
-                    request.order_link_id, Reservation(request.strategy, request.symbol, signed)
-                )
+        reserve_unfinished(ledger, journal.unfinished_orders())
         overrides = {name: config.risk for name, config in self.settings.strategies.items()}
         gate = RiskGate(
             self.settings.risk,
             overrides,
             ledger,
             pnl_today=account.projection.pnl_today,
+            last_loss_at=account.projection.last_loss_at,
             state_entered=lambda state: _journal_state(journal, state),
         )
+        for strategy, created_at in journal.order_times_since(utc_day_start(utc_now())):
+            gate.counts.count(strategy, created_at)  # a restart does not reset the day
         for state in journal.trading_states():  # a halt survives a restart
             gate.set_state(state)
         return gate
@@ -472,17 +478,8 @@ class Service:
         }
 
 
-def _announce(state: ScopeState) -> None:
-    logger.warning(
-        "trading state of {scope}: {state} ({reason})",
-        scope=state.scope,
-        state=state.state.value,
-        reason=state.reason,
-    )
-
-
 def _journal_state(journal: Journal, state: ScopeState) -> None:
     """A state a risk rule entered: announced, and queued in the journal (the gate decides
     synchronously; the write follows on the journal's thread)."""
-    _announce(state)
+    announce_state(state)
     journal.submit(journal.record_trading_state, state)

@@ -97,8 +97,10 @@ class Strategy(ABC):
         take_profit: Decimal | None = None,
         reduce_only: bool = False,
         leg: int = 0,
+        leverage: Decimal | None = None,
     ) -> OrderIntent:
-        """An intent for `signal`: Limit at `price` if given, else Market at the last price."""
+        """An intent for `signal`: Limit at `price` if given, else Market at the last price;
+        at `leverage` (default: the signal's hint, which the risk gate caps)."""
         return OrderIntent(
             strategy=self.name,
             signal_source=signal.source,
@@ -113,6 +115,7 @@ class Strategy(ABC):
             stop_loss=stop_loss,
             take_profit=take_profit,
             reduce_only=reduce_only,
+            leverage=leverage if leverage is not None else signal.leverage,
             signal_ts=signal.ts,
         )
 

@@ -27,6 +27,9 @@ max_order_notional_usdt = 1000
 max_position_notional_usdt = 100000
 max_strategy_exposure_usdt = 100000
 max_total_exposure_usdt = 100000
+max_open_orders = 1000
+max_orders_per_minute = 1000
+max_orders_per_day = 100000
 max_signal_age_s = 60
 
 [keys.follow_sim]

@@ -7,6 +7,26 @@ from decimal import Decimal
 from typing import Any
 
 from bot.messages import OrderIntent, OrderRequest, OrderType, Side
+from bot.risk.config import RiskConfig
+from bot.risk.gate import ApprovedOrder, RiskGate
+
+_HUGE = Decimal(10) ** 12
+#: Limits no test intent reaches: for tests of what happens after an approval.
+UNLIMITED = RiskConfig(
+    max_order_notional_usdt=_HUGE,
+    max_position_notional_usdt=_HUGE,
+    max_strategy_exposure_usdt=_HUGE,
+    max_total_exposure_usdt=_HUGE,
+    max_daily_loss_usdt=_HUGE,
+    max_open_orders=10**9,
+    max_orders_per_minute=10**9,
+    max_orders_per_day=10**9,
+    max_limit_distance_pct=_HUGE,
+    max_stop_distance_pct=_HUGE,
+    max_leverage=Decimal(100),
+    max_signal_age_s=10**9,
+    max_signal_future_s=10**9,
+)
 
 
 def make_intent(**overrides: Any) -> OrderIntent:
@@ -40,3 +60,12 @@ def make_request(**overrides: Any) -> OrderRequest:
         "qty": Decimal("0.01"),
     }
     return OrderRequest(**(fields | overrides))
+
+
+def approve(intent: OrderIntent) -> ApprovedOrder:
+    """`intent` approved by a real gate with limits it cannot reach (the only way to get an
+    `ApprovedOrder`), priced at its own reference price."""
+    gate = RiskGate(UNLIMITED.model_copy(update={"symbols": (intent.symbol,)}))
+    verdict = gate.decide(intent, price=intent.reference_price, prices={})
+    assert isinstance(verdict, ApprovedOrder), verdict.reason
+    return verdict

@@ -30,23 +30,23 @@ import contextlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Final
 
 from bot import metrics
 from bot.execution.config import ExecutionConfig
-from bot.execution.ids import order_link_id
 from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.messages import (
     OrderEvent,
-    OrderIntent,
     OrderRequest,
     OrderStatus,
     OrderType,
     RiskDecision,
     utc_now,
 )
+from bot.risk.gate import ApprovedOrder, Verdict
 from bot.venue.base import Venue
 from bot.venue.errors import (
     AmbiguousError,
@@ -68,12 +68,11 @@ _STREAM_GRACE_S: Final = 0.25
 _JITTER: Final = 0.25
 
 
-def build_request(intent: OrderIntent, key_name: str) -> OrderRequest:
+def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
     """The venue order for an approved intent, named by its deterministic orderLinkId."""
+    intent = approved.intent
     return OrderRequest(
-        order_link_id=order_link_id(
-            intent.strategy, intent.signal_source, intent.signal_id, intent.leg
-        ),
+        order_link_id=approved.order_link_id,
         key_name=key_name,
         strategy=intent.strategy,
         signal_source=intent.signal_source,
@@ -87,6 +86,7 @@ def build_request(intent: OrderIntent, key_name: str) -> OrderRequest:
         stop_loss=intent.stop_loss,
         take_profit=intent.take_profit,
         reduce_only=intent.reduce_only,
+        leverage=None if intent.reduce_only else approved.leverage,
     )
 
 
@@ -122,6 +122,7 @@ class Executor:
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
         self._watches: dict[str, asyncio.Event] = {}
+        self._leverage: dict[tuple[str, str], Decimal] = {}  # (key, symbol) -> leverage set
 
     def disabled_reason(self, key_name: str) -> str | None:
         """Why the venue refused `key_name` (its strategies are stopped), or None."""
@@ -140,10 +141,11 @@ class Executor:
 
     # entry points ---------------------------------------------------------------------------
 
-    async def execute_all(
-        self, decisions: Sequence[RiskDecision], key_name: str
-    ) -> list[OrderEvent]:
+    async def execute_all(self, verdicts: Sequence[Verdict], key_name: str) -> list[OrderEvent]:
         """Journal a strategy's verdicts on one signal, then drive each approved order.
+
+        Only an `ApprovedOrder` (which only the risk gate makes) is sent; a `RiskDecision`
+        is a rejection to journal, and one claiming approval is refused with `TypeError`.
 
         Every verdict, and every approved order (Pending), is journaled in one transaction
         before anything is sent, so a crash can never leave one leg decided and another not.
@@ -151,16 +153,18 @@ class Executor:
         the configuration binds to the strategy, never one an intent names. An orderLinkId
         already journaled (the same signal run again) is resumed, never created twice.
         """
-        approved = [decision.intent for decision in decisions if decision.approved]
-        requests = [build_request(intent, key_name) for intent in approved]
+        approved = [verdict for verdict in verdicts if isinstance(verdict, ApprovedOrder)]
+        decisions = [_decision_of(verdict) for verdict in verdicts]
+        requests = [build_request(approval, key_name) for approval in approved]
         links = {request.order_link_id for request in requests}
         self._in_flight |= links
         try:
             created = await self._journal.call(self._journal.record_decisions, decisions, requests)
             events = []
-            for intent, request in zip(approved, requests, strict=True):
+            for approval, request in zip(approved, requests, strict=True):
                 if request.order_link_id in created:
-                    event = await self._drive(request, OrderStatus.PENDING, intent.signal_ts, 0)
+                    signal_ts = approval.intent.signal_ts
+                    event = await self._drive(request, OrderStatus.PENDING, signal_ts, 0)
                     events.append(event)
                     continue
                 known = await self._journal.call(self._journal.order, request.order_link_id)
@@ -170,12 +174,26 @@ class Executor:
         finally:
             self._in_flight -= links
 
-    async def execute(self, decision: RiskDecision, key_name: str) -> OrderEvent:
+    async def execute(self, approved: ApprovedOrder, key_name: str) -> OrderEvent:
         """`execute_all` for one approved intent; returns its order's latest state."""
-        if not decision.approved:
-            raise ValueError("only an approved decision has an order to execute")
-        (event,) = await self.execute_all([decision], key_name)
+        (event,) = await self.execute_all([approved], key_name)
         return event
+
+    async def cancel(self, request: OrderRequest) -> OrderEvent | None:
+        """Ask the venue to cancel an order, then journal what the venue shows of it (the
+        cancel, or the fill that beat it); None if the venue holds no such order."""
+        venue = self._venues[request.key_name]
+        cancelled = await venue.cancel_order(request.order_link_id, request.symbol)
+        logger.info(
+            "cancel of {id}: {result}",
+            id=request.order_link_id,
+            result="sent" if cancelled else "nothing open to cancel",
+        )
+        return await self._look_up_safely(request)
+
+    def in_flight(self) -> frozenset[str]:
+        """The orderLinkIds being sent or looked up right now."""
+        return frozenset(self._in_flight)
 
     async def reconcile(
         self, key_name: str | None = None, *, limit: int | None = -1, resend: bool = False
@@ -289,6 +307,27 @@ class Executor:
             disabled = self._disabled_keys.get(request.key_name)
             if disabled is not None:
                 return await self._key_disabled(request, disabled, may_exist=may_exist)
+            refused = await self._set_leverage(venue, request)
+            if refused is not None:
+                last = refused
+                if isinstance(refused, KeyFatalError):
+                    self.disable_key(request.key_name, refused)
+                    return await self._key_disabled(request, refused.message, may_exist=may_exist)
+                if isinstance(refused, OrderRejectedError):
+                    if may_exist:
+                        break  # an earlier send may have landed: reconciliation decides
+                    return await self._record(
+                        OrderEvent(
+                            order_link_id=request.order_link_id,
+                            status=OrderStatus.REJECTED,
+                            reason=f"not sent: leverage {request.leverage} could not be set: "
+                            f"{refused.message}",
+                            ret_code=refused.ret_code,
+                        )
+                    )
+                if not await self._wait_to_retry(refused, attempt):
+                    break
+                continue
             await self._record(
                 OrderEvent(order_link_id=request.order_link_id, status=OrderStatus.SUBMITTING)
             )
@@ -313,12 +352,8 @@ class Executor:
                 continue
             except RetryableError as exc:
                 last = exc
-                if exc.retry_after_s > self._config.max_retry_wait_s:
-                    log.warning(
-                        "venue asks to wait {s:.0f} s; giving up this run", s=exc.retry_after_s
-                    )
+                if not await self._wait_to_retry(exc, attempt):
                     break
-                await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))
                 continue
             except OrderRejectedError as exc:
                 if may_exist:  # an earlier send may have landed: never rejected on a guess
@@ -341,6 +376,37 @@ class Executor:
                 return await self._follow(venue, request) or event
             return event
         return await self._give_up(request, last, may_exist=may_exist)
+
+    async def _set_leverage(self, venue: Venue, request: OrderRequest) -> VenueError | None:
+        """Set the order's leverage on the venue unless this run already did; the venue's
+        refusal, if any. Leverage is per symbol and account, so it is remembered per key."""
+        leverage = request.leverage
+        where = (request.key_name, request.symbol)
+        if leverage is None or self._leverage.get(where) == leverage:
+            return None
+        try:
+            await venue.set_leverage(request.symbol, leverage)
+        except VenueError as exc:
+            logger.warning(
+                "setting leverage {x} on {symbol} failed: {error}",
+                x=leverage,
+                symbol=request.symbol,
+                error=str(exc),
+            )
+            return exc
+        self._leverage[where] = leverage
+        return None
+
+    async def _wait_to_retry(self, exc: VenueError, attempt: int) -> bool:
+        """Wait as the venue asked (a rate limit) or back off; False if the wait is too long."""
+        if not isinstance(exc, RetryableError):
+            await self._backoff(attempt)
+            return True
+        if exc.retry_after_s > self._config.max_retry_wait_s:
+            logger.warning("venue asks to wait {s:.0f} s; giving up this run", s=exc.retry_after_s)
+            return False
+        await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))
+        return True
 
     def _stale(self, signal_ts: datetime | None) -> str | None:
         return None if signal_ts is None else self._staleness(signal_ts)
@@ -503,6 +569,14 @@ class Executor:
 
     def _jitter(self, scale: float) -> float:
         return self._rng.uniform(0, _JITTER * scale)
+
+
+def _decision_of(verdict: Verdict) -> RiskDecision:
+    if isinstance(verdict, ApprovedOrder):
+        return verdict.decision
+    if verdict.approved:
+        raise TypeError("an approval must come from the risk gate as an ApprovedOrder")
+    return verdict
 
 
 def _failure(request: OrderRequest, status: OrderStatus, exc: VenueError) -> OrderEvent:

@@ -22,8 +22,12 @@ def round_to_step(value: Decimal, step: Decimal, *, up: bool) -> Decimal:
     return units * step
 
 
-def conform(intent: OrderIntent, instrument: Instrument) -> OrderIntent | str:
-    """The intent with every number on the instrument's grid, or why it cannot be sent."""
+def conform(intent: OrderIntent, instrument: Instrument, market_price: Decimal) -> OrderIntent | str:
+    """The intent with every number on the instrument's grid, or why it cannot be sent.
+
+    A market order is valued at `market_price` (the venue's), never at the price the strategy
+    says it sized at: the conformed intent's `reference_price` is the limit or that price.
+    """
     buy = intent.side is Side.BUY
     tick = instrument.tick_size
     qty = round_to_step(min(intent.qty, instrument.max_order_qty), instrument.qty_step, up=False)
@@ -41,7 +45,8 @@ def conform(intent: OrderIntent, instrument: Instrument) -> OrderIntent | str:
         return f"a price rounds to zero on the tick size {tick} of {instrument.symbol}"
     if take_profit is not None and take_profit <= 0:
         take_profit = None
-    notional = qty * (price if price is not None else intent.reference_price)
+    reference = price if price is not None else market_price
+    notional = qty * reference
     if not intent.reduce_only and notional < instrument.min_notional_usdt:
         return (
             f"order value {notional:.2f} USDT is below the minimum {instrument.min_notional_usdt}"
@@ -53,6 +58,6 @@ def conform(intent: OrderIntent, instrument: Instrument) -> OrderIntent | str:
             "price": price,
             "stop_loss": stop_loss,
             "take_profit": take_profit,
-            "reference_price": price if price is not None else intent.reference_price,
+            "reference_price": reference,
         }
     )

@@ -1,7 +1,9 @@
 """The risk gate's configuration: `[risk]` globally, `[strategies.<name>.risk]` per strategy.
 
 A per-strategy value can only tighten the global one: the effective limit is the stricter of
-the two (the smaller number, the intersection of symbols and sides).
+the two (the smaller number, the intersection of symbols and sides, a required stop, the
+longer cooldown). Count limits (open orders, orders per minute and per day) apply to each
+strategy; the global value is every strategy's ceiling.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ __all__ = ["RiskConfig", "StrategyRiskConfig"]
 
 SideName = Literal["Buy", "Sell"]
 _SIDES: tuple[SideName, ...] = ("Buy", "Sell")
+_LONGER_IS_STRICTER = frozenset({"cooldown_after_loss_s"})
 
 
 class RiskConfig(BaseModel):
@@ -39,6 +42,20 @@ class RiskConfig(BaseModel):
     max_total_exposure_usdt: Decimal = Field(
         Decimal(5000), gt=0, description="every strategy together, with orders in flight"
     )
+    max_open_orders: int = Field(
+        10, gt=0, description="a strategy's orders not yet terminal, reduce-only ones included"
+    )
+    max_leverage: Decimal = Field(
+        Decimal(10),
+        ge=1,
+        description="a signal's leverage above this is capped to it; set on the venue "
+        "before the order when it differs",
+    )
+    max_orders_per_minute: int = Field(10, gt=0, description="approvals per strategy, rolling")
+    max_orders_per_day: int = Field(100, gt=0, description="approvals per strategy, UTC day")
+    cooldown_after_loss_s: float = Field(
+        0, ge=0, description="no opening order for this long after a losing close (0: off)"
+    )
     max_daily_loss_usdt: Decimal = Field(
         Decimal(300),
         gt=0,
@@ -47,6 +64,9 @@ class RiskConfig(BaseModel):
     )
     max_limit_distance_pct: Decimal = Field(
         Decimal(10), gt=0, description="a limit price further than this from the market is refused"
+    )
+    max_price_age_s: float = Field(
+        10, gt=0, description="a market order is refused when the price is older than this"
     )
     require_stop_loss: bool = Field(False, description="refuse opening orders without a stop")
     max_stop_distance_pct: Decimal = Field(
@@ -64,10 +84,14 @@ class RiskConfig(BaseModel):
         update: dict[str, object] = {}
         for name, value in override.model_dump(exclude_none=True).items():
             current = getattr(self, name)
-            if isinstance(current, tuple):
+            if name == "denied_symbols":
+                update[name] = tuple(dict.fromkeys((*current, *value)))  # both lists deny
+            elif isinstance(current, tuple):
                 update[name] = tuple(item for item in current if item in value)
             elif isinstance(current, bool):
                 update[name] = current or value  # a requirement can only be added
+            elif name in _LONGER_IS_STRICTER:
+                update[name] = max(current, value)
             else:
                 update[name] = min(current, value)
         return self.model_copy(update=update)
@@ -79,12 +103,19 @@ class StrategyRiskConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     symbols: tuple[str, ...] | None = None
+    denied_symbols: tuple[str, ...] | None = None
     sides: tuple[SideName, ...] | None = Field(None, description='e.g. ["Buy"] for long-only')
     max_order_notional_usdt: Decimal | None = Field(None, gt=0)
     max_position_notional_usdt: Decimal | None = Field(None, gt=0)
     max_strategy_exposure_usdt: Decimal | None = Field(None, gt=0)
+    max_open_orders: int | None = Field(None, gt=0)
+    max_leverage: Decimal | None = Field(None, ge=1)
+    max_orders_per_minute: int | None = Field(None, gt=0)
+    max_orders_per_day: int | None = Field(None, gt=0)
+    cooldown_after_loss_s: float | None = Field(None, ge=0)
     max_daily_loss_usdt: Decimal | None = Field(None, gt=0)
     max_limit_distance_pct: Decimal | None = Field(None, gt=0)
+    max_price_age_s: float | None = Field(None, gt=0)
     require_stop_loss: bool | None = None
     max_stop_distance_pct: Decimal | None = Field(None, gt=0)
     max_signal_age_s: float | None = Field(None, gt=0)

@@ -3,7 +3,8 @@ a limit only one fits under.
 
 Positions come from the account projection (each strategy's own book). Every approved order
 is reserved here from its approval until it is terminal (a fill then shows in the book), and
-counted in the worst case: buys and sells in flight may each fill without the other.
+counted in the worst case: buys and sells in flight may each fill without the other. A
+reduce-only order cannot add exposure: it counts as an open order, never as exposure.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["ExposureLedger", "Reservation"]
+from bot.messages import Side
+
+if TYPE_CHECKING:  # the journal imports the risk package: no import cycle at run time
+    from bot.journal import OrderRecord
+
+__all__ = ["ExposureLedger", "Reservation", "reserve_unfinished"]
 
 ZERO: Final = Decimal(0)
 
@@ -25,6 +31,7 @@ class Reservation:
     strategy: str
     symbol: str
     signed_qty: Decimal
+    reduce_only: bool = False
 
 
 class ExposureLedger:
@@ -37,6 +44,7 @@ class ExposureLedger:
         # (strategy, symbol) -> (buys in flight, sells in flight): kept up to date, so a
         # decision costs no scan of every order in flight.
         self._sides: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+        self._open: dict[str, int] = {}  # strategy -> orders in flight
 
     def reserve(self, order_link_id: str, reservation: Reservation) -> None:
         self.release(order_link_id)  # the same order reserved again replaces itself
@@ -48,6 +56,10 @@ class ExposureLedger:
         reservation = self._in_flight.pop(order_link_id, None)
         if reservation is not None:
             self._add(reservation, -1)
+
+    def open_orders(self, strategy: str) -> int:
+        """How many of the strategy's approved orders are not terminal yet."""
+        return self._open.get(strategy, 0)
 
     def worst_position(self, strategy: str, symbol: str, extra: Decimal = ZERO) -> Decimal:
         """The largest absolute position the strategy could reach in `symbol` if every order
@@ -61,6 +73,9 @@ class ExposureLedger:
         return max(abs(position + buys), abs(position + sells))
 
     def _add(self, reservation: Reservation, sign: int) -> None:
+        self._open[reservation.strategy] = self.open_orders(reservation.strategy) + sign
+        if reservation.reduce_only:
+            return
         index = (reservation.strategy, reservation.symbol)
         buys, sells = self._sides.get(index, (ZERO, ZERO))
         if reservation.signed_qty > 0:
@@ -85,3 +100,20 @@ class ExposureLedger:
             extra = adding[1] if adding is not None and adding[0] == symbol else ZERO
             total += self.worst_position(strategy, symbol, extra) * prices[symbol]
         return total
+
+
+def reserve_unfinished(ledger: ExposureLedger, records: Iterable[OrderRecord]) -> None:
+    """Reserve the journal's unfinished orders (what is left of each to fill): the orders a
+    previous run left in flight count until they are terminal."""
+    for record in records:
+        request = record.request
+        left = request.qty - record.filled_qty
+        ledger.reserve(
+            request.order_link_id,
+            Reservation(
+                request.strategy,
+                request.symbol,
+                left if request.side is Side.BUY else -left,
+                request.reduce_only,
+            ),
+        )

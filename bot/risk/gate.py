@@ -6,12 +6,19 @@ strategy's own `[strategies.<name>.risk]`:
                            a loss today (realized plus fees) of `max_daily_loss_usdt` puts the
                            strategy (or, over all strategies, the bot) in REDUCING until the
                            next UTC day or `bot resume`
-  SYMBOL_NOT_ALLOWED       the symbol is not in `symbols`, or is in `denied_symbols`
+  SYMBOL_NOT_ALLOWED       an opening order on a symbol not in `symbols`, or in
+                           `denied_symbols`
   STALE_SIGNAL             the signal's `ts` is older than `max_signal_age_s`, or in the future
   SIDE_NOT_ALLOWED         an opening order on a side not in `sides` (e.g. a long-only strategy)
+  COOLDOWN                 an opening order within `cooldown_after_loss_s` of a losing close
+  STALE_PRICE              a market order while the venue's price is older than
+                           `max_price_age_s`
   PRICE_SANITY             a limit price further than `max_limit_distance_pct` from the market
   STOP_LOSS                no stop when `require_stop_loss`; a stop on the wrong side of the
                            entry; a stop further than `max_stop_distance_pct` from it
+  MAX_OPEN_ORDERS          the strategy has `max_open_orders` orders not yet terminal
+  MAX_ORDERS_PER_MINUTE    the strategy had `max_orders_per_minute` approvals in the last minute
+  MAX_ORDERS_PER_DAY       ... or `max_orders_per_day` today (UTC)
   MAX_ORDER_NOTIONAL       qty x the true price exceeds `max_order_notional_usdt`
   MAX_POSITION_NOTIONAL    the strategy's worst-case position in the symbol after this order
                            (with its orders in flight) exceeds `max_position_notional_usdt`
@@ -20,27 +27,77 @@ strategy's own `[strategies.<name>.risk]`:
 
 The true price of an order is the worse (higher) of its limit price and the venue's current
 price: a strategy-supplied price is never trusted for a limit. Reduce-only intents pass the
-size and exposure rules: closing must always be possible.
+size, count and exposure rules: closing must always be possible. A signal's leverage is not a
+rejection: the approval carries it capped at `max_leverage`.
 
-`screen(signal)` applies the signal-level rules (symbol, staleness) before any strategy runs,
-so a signal that can never pass costs no venue round trip for market data. The gate reads
-the intent, the prices it is given, the clock and the exposure ledger; never the venue.
+An approval is an `ApprovedOrder`, the only thing the executor sends, and only this module
+can make one. `screen(signal)` applies the signal-level rules (symbol, staleness) before any
+strategy runs, so a signal that can never pass costs no venue round trip for market data. The
+gate reads the intent, the prices it is given, the clock, the books and the exposure ledger;
+never the venue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import InitVar, dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import ClassVar, Final
 
-from bot.messages import OrderIntent, RiskDecision, Side, Signal, utc_now
+from bot.execution.ids import order_link_id
+from bot.messages import (
+    OrderIntent,
+    OrderType,
+    RiskDecision,
+    Side,
+    Signal,
+    SignalAction,
+    utc_now,
+)
 from bot.risk.config import RiskConfig, StrategyRiskConfig
+from bot.risk.counts import OrderCounts
 from bot.risk.exposure import ExposureLedger, Reservation
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState, stricter
 
-__all__ = ["RiskGate"]
+__all__ = ["ApprovedOrder", "RiskGate", "Verdict"]
 
 Rejection = tuple[str, str] | None
+_SEAL: Final = object()
+
+
+@dataclass(frozen=True)
+class ApprovedOrder:
+    """The gate's approval of one intent: the only input the executor sends orders from.
+
+    Only `RiskGate.decide` can make one: any other construction (or `dataclasses.replace`)
+    raises `TypeError`.
+    """
+
+    decision: RiskDecision
+    order_link_id: str
+    #: the leverage to trade at (the signal's, capped at `max_leverage`); None: leave it
+    leverage: Decimal | None
+    _seal: InitVar[object] = None  # not a field: `dataclasses.replace` cannot carry it
+    #: read like a `RiskDecision`: `approved`, `rule`, `reason`
+    approved: ClassVar[bool] = True
+    rule: ClassVar[None] = None
+
+    def __post_init__(self, _seal: object) -> None:
+        if _seal is not _SEAL:
+            raise TypeError("only the risk gate approves an order (RiskGate.decide)")
+
+    @property
+    def intent(self) -> OrderIntent:
+        return self.decision.intent
+
+    @property
+    def reason(self) -> str:
+        return self.decision.reason
+
+
+#: What the gate answers: an approval, or a rejection (a `RiskDecision` that is not approved).
+Verdict = ApprovedOrder | RiskDecision
 
 
 class RiskGate:
@@ -54,10 +111,12 @@ class RiskGate:
         clock: Callable[[], datetime] = utc_now,
         *,
         pnl_today: Callable[[str | None], Decimal] = lambda strategy: Decimal(0),
+        last_loss_at: Callable[[str], datetime | None] = lambda strategy: None,
         state_entered: Callable[[ScopeState], None] = lambda state: None,
     ) -> None:
-        """`pnl_today(strategy)` (None: every strategy) reads the books; `state_entered`
-        hears of every state a rule enters, to journal it."""
+        """`pnl_today(strategy)` (None: every strategy) and `last_loss_at(strategy)` (the
+        time of its latest losing close) read the books; `state_entered` hears of every state
+        a rule enters, to journal it."""
         self._config = config
         self._configs = {
             name: config.tightened(override) for name, override in (strategies or {}).items()
@@ -68,11 +127,17 @@ class RiskGate:
         self._states: dict[str, ScopeState] = {}
         self._since = clock()
         self._pnl_today = pnl_today
+        self._last_loss_at = last_loss_at
         self._state_entered = state_entered
+        self.counts = OrderCounts()
 
     @property
     def ledger(self) -> ExposureLedger:
         return self._ledger
+
+    def limits(self, strategy: str | None = None) -> RiskConfig:
+        """The limits a strategy's intents are judged by (None: the global ones)."""
+        return self._config if strategy is None else self._configs.get(strategy, self._config)
 
     def decide(
         self,
@@ -80,31 +145,44 @@ class RiskGate:
         *,
         price: Decimal,
         prices: Mapping[str, Decimal],
-        reserve_as: str | None = None,
-    ) -> RiskDecision:
-        """The verdict on `intent`, with `price` the venue's current price of its symbol and
-        `prices` the last known price of every symbol (for exposure elsewhere).
+        price_age_s: float = 0.0,
+    ) -> Verdict:
+        """The verdict on `intent`, with `price` the venue's current price of its symbol
+        (`price_age_s` old) and `prices` the last known price of every symbol (for exposure
+        elsewhere).
 
-        An approval is reserved in the exposure ledger under `reserve_as` (the order's
-        orderLinkId) in the same step, so the very next intent counts it in flight.
+        An approval is reserved in the exposure ledger under its orderLinkId and counted in
+        the same step, so the very next intent counts it in flight.
         """
-        config = self._configs.get(intent.strategy, self._config)
+        config = self.limits(intent.strategy)
+        now = self._clock()
         rejection = (
             self._trading_state(intent)
-            or _symbol(config, intent.symbol)
+            or _symbol(config, intent.symbol, intent.reduce_only)
             or self._staleness(config, intent.signal_ts)
             or _side(config, intent)
-            or _price_sanity(config, intent, price)
+            or self._cooldown(config, intent, now)
+            or _price_sanity(config, intent, price, price_age_s)
             or _stop_loss(config, intent, price)
+            or self._counts(config, intent, now)
             or self._size(config, intent, price, {**prices, intent.symbol: price})
         )
         if rejection is not None:
             rule, reason = rejection
             return RiskDecision(intent=intent, approved=False, rule=rule, reason=reason)
-        if reserve_as is not None and not intent.reduce_only:
-            signed = intent.qty if intent.side is Side.BUY else -intent.qty
-            self._ledger.reserve(reserve_as, Reservation(intent.strategy, intent.symbol, signed))
-        return RiskDecision(intent=intent, approved=True, reason="within all limits")
+        link_id = order_link_id(intent.strategy, intent.signal_source, intent.signal_id, intent.leg)
+        signed = intent.qty if intent.side is Side.BUY else -intent.qty
+        self._ledger.reserve(
+            link_id, Reservation(intent.strategy, intent.symbol, signed, intent.reduce_only)
+        )
+        self.counts.count(intent.strategy, now)
+        reason = "within all limits"
+        leverage = intent.leverage
+        if leverage is not None and leverage > config.max_leverage:
+            reason += f"; leverage {leverage} capped to max_leverage = {config.max_leverage}"
+            leverage = config.max_leverage
+        decision = RiskDecision(intent=intent, approved=True, reason=reason)
+        return ApprovedOrder(decision, link_id, leverage, _SEAL)
 
     def set_state(self, state: ScopeState) -> None:
         """Enter a trading state; effective for the very next intent."""
@@ -137,7 +215,7 @@ class RiskGate:
 
     def _check_daily_loss(self, strategy: str) -> None:
         """Enter REDUCING for a scope whose loss today reached its limit."""
-        config = self._configs.get(strategy, self._config)
+        config = self.limits(strategy)
         for scope, pnl, limit in (
             (strategy, self._pnl_today(strategy), config.max_daily_loss_usdt),
             (BOT_SCOPE, self._pnl_today(None), self._config.max_daily_loss_usdt),
@@ -152,7 +230,10 @@ class RiskGate:
 
     def screen(self, signal: Signal) -> Rejection:
         """(rule, reason) if no intent from `signal` could pass, else None."""
-        return _symbol(self._config, signal.symbol) or self._staleness(self._config, signal.ts)
+        closing = signal.action is SignalAction.CLOSE
+        return _symbol(self._config, signal.symbol, closing) or self._staleness(
+            self._config, signal.ts
+        )
 
     def stale_reason(self, signal_ts: datetime) -> str | None:
         """Why a signal issued at `signal_ts` is too old (or too far ahead) to act on now."""
@@ -171,6 +252,48 @@ class RiskGate:
                 "STALE_SIGNAL",
                 f"signal ts is {-age_s:.1f} s in the future (risk.max_signal_future_s = "
                 f"{config.max_signal_future_s:g}); check the sender's clock",
+            )
+        return None
+
+    def _cooldown(self, config: RiskConfig, intent: OrderIntent, now: datetime) -> Rejection:
+        if intent.reduce_only or not config.cooldown_after_loss_s:
+            return None
+        loss_at = self._last_loss_at(intent.strategy)
+        if loss_at is None:
+            return None
+        since_s = (now - loss_at).total_seconds()
+        if since_s >= config.cooldown_after_loss_s:
+            return None
+        return (
+            "COOLDOWN",
+            f"{intent.strategy} closed at a loss {since_s:.0f} s ago "
+            f"(cooldown_after_loss_s = {config.cooldown_after_loss_s:g})",
+        )
+
+    def _counts(self, config: RiskConfig, intent: OrderIntent, now: datetime) -> Rejection:
+        if intent.reduce_only:
+            return None
+        strategy = intent.strategy
+        open_orders = self._ledger.open_orders(strategy)
+        if open_orders >= config.max_open_orders:
+            return (
+                "MAX_OPEN_ORDERS",
+                f"{strategy} has {open_orders} orders open (max_open_orders = "
+                f"{config.max_open_orders})",
+            )
+        minute = self.counts.last_minute(strategy, now)
+        if minute >= config.max_orders_per_minute:
+            return (
+                "MAX_ORDERS_PER_MINUTE",
+                f"{strategy} placed {minute} orders in the last minute "
+                f"(max_orders_per_minute = {config.max_orders_per_minute})",
+            )
+        today = self.counts.today(strategy, now)
+        if today >= config.max_orders_per_day:
+            return (
+                "MAX_ORDERS_PER_DAY",
+                f"{strategy} placed {today} orders today (UTC) "
+                f"(max_orders_per_day = {config.max_orders_per_day})",
             )
         return None
 
@@ -222,8 +345,10 @@ class RiskGate:
         return None
 
 
-def _symbol(config: RiskConfig, symbol: str) -> Rejection:
-    if symbol in config.symbols and symbol not in config.denied_symbols:
+def _symbol(config: RiskConfig, symbol: str, closing: bool) -> Rejection:
+    """Opening needs an allowed symbol; closing is always possible (a symbol denied after a
+    position was opened must still be closable)."""
+    if closing or (symbol in config.symbols and symbol not in config.denied_symbols):
         return None
     where = "denied_symbols" if symbol in config.denied_symbols else "the allowed symbols"
     return "SYMBOL_NOT_ALLOWED", f"{symbol} is not tradable here ({where})"
@@ -238,7 +363,17 @@ def _side(config: RiskConfig, intent: OrderIntent) -> Rejection:
     )
 
 
-def _price_sanity(config: RiskConfig, intent: OrderIntent, price: Decimal) -> Rejection:
+def _price_sanity(
+    config: RiskConfig, intent: OrderIntent, price: Decimal, price_age_s: float
+) -> Rejection:
+    if intent.order_type is OrderType.MARKET:
+        if intent.reduce_only or price_age_s <= config.max_price_age_s:
+            return None
+        return (
+            "STALE_PRICE",
+            f"the {intent.symbol} price is {price_age_s:.1f} s old (max_price_age_s = "
+            f"{config.max_price_age_s:g}); a market order needs a current price",
+        )
     if intent.price is None:
         return None
     distance_pct = abs(intent.price - price) / price * 100

@@ -37,15 +37,23 @@ def check_sim_url(environment: Environment, sim_url: str) -> None:
 class Venue(Protocol):
     """An exchange account reached with one API key.
 
-    Required: `place_order`, `get_order`, `exit_orders`, `open_orders`, `positions`,
-    `executions_since`, `closed_pnl_since`, `wallet`, `hedge_mode_symbols`, `last_price`,
-    `instrument`, `close`.
+    Required: `place_order`, `cancel_order`, `set_leverage`, `get_order`, `exit_orders`,
+    `open_orders`, `positions`, `executions_since`, `closed_pnl_since`, `wallet`,
+    `hedge_mode_symbols`, `last_price`, `instrument`, `close`.
     """
 
     name: str
 
     async def place_order(self, request: OrderRequest) -> OrderEvent:
         """Send one order; returns its acknowledgement (status New, with the venue's id)."""
+        ...
+
+    async def cancel_order(self, order_link_id: str, symbol: str) -> bool:
+        """Cancel an open order; False if the venue holds no open order by that id."""
+        ...
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
+        """Trade `symbol` at `leverage` (both sides: one-way mode); already so is success."""
         ...
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:

@@ -47,7 +47,10 @@ from bot.venue.base import check_sim_url
 from bot.venue.errors import (
     CLOCK_DRIFT_CODE,
     IP_WIDE_CODES,
+    LEVERAGE_NOT_MODIFIED_CODE,
+    ORDER_NOT_FOUND_CODE,
     AmbiguousError,
+    OrderRejectedError,
     RetryableError,
     VenueError,
     classify,
@@ -206,6 +209,38 @@ class BybitVenue:
             status=OrderStatus.NEW,
             order_id=str(result.get("orderId") or "") or None,
         )
+
+    async def cancel_order(self, order_link_id: str, symbol: str) -> bool:
+        try:
+            await self._call(
+                "cancel_order",
+                "/v5/order/cancel",
+                "cancel_order",
+                category=CATEGORY,
+                symbol=symbol,
+                orderLinkId=order_link_id,
+            )
+        except OrderRejectedError as exc:
+            if exc.ret_code == ORDER_NOT_FOUND_CODE:  # filled, cancelled, or never placed
+                return False
+            raise
+        return True
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
+        value = format(leverage.normalize(), "f")
+        try:
+            await self._call(
+                "set_leverage",
+                "/v5/position/set-leverage",
+                "set_leverage",
+                category=CATEGORY,
+                symbol=symbol,
+                buyLeverage=value,
+                sellLeverage=value,
+            )
+        except OrderRejectedError as exc:
+            if exc.ret_code != LEVERAGE_NOT_MODIFIED_CODE:
+                raise
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
         query = {"category": CATEGORY, "symbol": symbol, "orderLinkId": order_link_id}

@@ -25,6 +25,8 @@ __all__ = [
     "FATAL_CODES",
     "IP_BAN_S",
     "IP_WIDE_CODES",
+    "LEVERAGE_NOT_MODIFIED_CODE",
+    "ORDER_NOT_FOUND_CODE",
     "RETRYABLE_CODES",
     "AmbiguousError",
     "DuplicateOrderError",
@@ -46,6 +48,8 @@ RETRYABLE_CODES: Final = frozenset(
 )
 AMBIGUOUS_CODES: Final = frozenset({10000, 10016})
 DUPLICATE_ORDER_CODE: Final = 110072
+ORDER_NOT_FOUND_CODE: Final = 110001  # "order does not exist" (cancel, amend)
+LEVERAGE_NOT_MODIFIED_CODE: Final = 110043  # set-leverage to the leverage already set
 FATAL_CODES: Final = frozenset({10003, 10004, 10005, 10010, 33004})
 _DEFAULT_RETRY_AFTER_S: Final = 1.0
 #: How long Bybit bans an IP after HTTP 403 (its rate-limit page: "at least 10 minutes").

@@ -92,6 +92,7 @@ class FakeVenue:
         self.exits: list[ExitOrder] = []  # stop-loss / take-profit orders the venue created
         self.fills: list[Execution] = []  # every execution, oldest first
         self.hedged: set[str] = set()  # symbols the account trades in hedge mode
+        self.leverage: dict[str, Decimal] = {}  # symbol -> leverage set
         self._script: deque[Outcome] = deque()
         self._ids = itertools.count(1)
 
@@ -133,6 +134,18 @@ class FakeVenue:
         return OrderEvent(
             order_link_id=request.order_link_id, status=OrderStatus.NEW, order_id=order.order_id
         )
+
+    async def cancel_order(self, order_link_id: str, symbol: str) -> bool:
+        self.calls["cancel_order"] += 1
+        order = self.orders.get(order_link_id)
+        if order is None or order.status not in (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED):
+            return False
+        order.status = OrderStatus.CANCELLED
+        return True
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
+        self.calls["set_leverage"] += 1
+        self.leverage[symbol] = leverage
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
         self.calls["get_order"] += 1

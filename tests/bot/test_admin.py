@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 import requests
@@ -17,17 +18,22 @@ from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
 
 
-def admin(bot: RunningBot, route: str, body: dict[str, object], secret: str | None = None) -> int:
+def admin_answer(
+    bot: RunningBot, route: str, body: dict[str, object], secret: str | None = None
+) -> requests.Response:
     raw = json.dumps(body).encode()
     if secret is None:
         secret = (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
-    answer = requests.post(
+    return requests.post(
         f"{bot.url}/admin/{route}",
         data=raw,
         headers={SIGNATURE_HEADER: sign(secret, raw, int(time.time()))},
-        timeout=10,
+        timeout=60,
     )
-    return answer.status_code
+
+
+def admin(bot: RunningBot, route: str, body: dict[str, object], secret: str | None = None) -> int:
+    return admin_answer(bot, route, body, secret).status_code
 
 
 def decision_of(bot: RunningBot, signal_id: str) -> tuple[str, str]:
@@ -93,3 +99,74 @@ def test_bot_halt_with_no_bot_running_is_journaled_for_its_start(
     rows = {row["scope"]: row for row in map(json.loads, status.stdout.splitlines())}
     assert (rows["follow"]["state"], rows["follow"]["reason"]) == ("HALTED", "weekend")
     assert rows["(bot)"]["state"] == "ACTIVE"
+
+
+def sim_price(bot: RunningBot, symbol: str = "BTCUSDT") -> float:
+    answer = requests.get(
+        f"{bot.service.sim_url}/v5/market/tickers",
+        params={"category": "linear", "symbol": symbol},
+        timeout=10,
+    ).json()
+    return float(answer["result"]["list"][0]["lastPrice"])
+
+
+def venue_position(bot: RunningBot, symbol: str = "BTCUSDT") -> Decimal:
+    """The key's position as the venue last reported it (private stream, journaled)."""
+    positions = bot.read_journal(lambda journal: journal.positions())
+    return sum((p.size for p in positions if p.symbol == symbol), Decimal(0))
+
+
+def risk_status(bot: RunningBot, scope: str = "follow") -> dict[str, str]:
+    """`bot risk status --json` run as a user would, beside the running bot."""
+    config = bot.settings.state_dir.parent / "bot.toml"
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "risk", "status", "--json", "--config", str(config)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = {row["scope"]: row for row in map(json.loads, done.stdout.splitlines())}
+    return dict(rows[scope])
+
+
+def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
+    sim_config: Callable[..., Path],
+) -> None:
+    bot = RunningBot(sim_config()).start()
+    try:
+        price = sim_price(bot)
+        assert bot.post(signal("filled")).status_code == 202
+        resting = signal("resting", entry=round(price * 0.95), stop_loss=round(price * 0.9))
+        assert bot.post(resting).status_code == 202
+        wait_for(
+            lambda: (
+                bot.journal_status("filled") == ["Filled"]
+                and bot.journal_status("resting") == ["New"]
+            ),
+            what="a filled and a resting order",
+        )
+        wait_for(lambda: venue_position(bot) > 0, what="the venue's position")
+        status = risk_status(bot)
+        assert (status["open_orders_count"], status["orders_today_count"]) == ("1", "2")
+        assert status["open_orders"] == "1 / 1000"
+        assert Decimal(status["exposure_usdt"]) > 500  # the position and the resting buy
+
+        answer = admin_answer(
+            bot, "halt", {"reason": "drill", "cancel_open": True, "flatten": True}
+        )
+
+        assert answer.status_code == 200, answer.text
+        report = answer.json()
+        assert [row["status"] for row in report["cancelled"]] == ["Cancelled"]
+        assert [(row["strategy"], row["status"]) for row in report["flattened"]] == [
+            ("follow", "Filled")
+        ]
+        assert bot.journal_status("resting") == ["Cancelled"]
+        wait_for(lambda: venue_position(bot) == 0, what="a flat position at the venue")
+        assert bot.post(signal("after-halt")).status_code == 202
+        assert decision_of(bot, "after-halt")[0] == "rejected"
+        assert admin(bot, "resume", {"flatten": True}) == 422
+    finally:
+        bot.stop()

@@ -20,19 +20,11 @@ from pydantic import SecretStr
 from bot.config import load_settings
 from bot.execution.executor import build_request
 from bot.journal import Journal
-from bot.messages import OrderEvent, OrderRequest, OrderStatus, RiskDecision, parse_signal
+from bot.messages import OrderEvent, OrderRequest, OrderStatus, parse_signal
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for, write_key_secrets
-from tests.factories import make_intent
-
-#: Loose enough that a burst of follow orders on one key is approved and affordable.
-BURST_RISK = """
-[risk]
-symbols = ["BTCUSDT", "ETHUSDT"]
-max_order_notional_usdt = 1000
-max_signal_age_s = 60
-"""
+from tests.factories import approve, make_intent
 
 
 def sim_stats(bot: RunningBot) -> dict[str, dict[str, int]]:
@@ -232,9 +224,9 @@ def _in_flight(journal: Journal, signal_id: str, ts: datetime, status: OrderStat
         )
     )
     intent = make_intent(signal_id=signal_id, signal_ts=ts, qty=Decimal("0.001"))
-    request = build_request(intent, "follow_sim")
-    decision = RiskDecision(intent=intent, approved=True, reason="within all limits")
-    journal.record_decisions([decision], [request])
+    approval = approve(intent)
+    request = build_request(approval, "follow_sim")
+    journal.record_decisions([approval.decision], [request])
     if status is OrderStatus.SUBMITTING:  # sent just before the crash, at the signal's time
         journal.record_order_event(
             OrderEvent(order_link_id=request.order_link_id, status=status, ts=ts)

@@ -20,8 +20,9 @@ from bot.journal import Journal
 from bot.messages import OrderIntent, OrderStatus, RiskDecision
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+from bot.sim.params import PositionQueryParams
 from bot.venue.bybit import BybitVenue
-from tests.factories import make_intent
+from tests.factories import approve, make_intent
 
 KEY, SECRET = "executor-test-key", "executor-test-secret-value"
 _ids = itertools.count()
@@ -50,16 +51,12 @@ def make_executor(url: str, journal: Journal, api_key: str = KEY) -> tuple[Execu
     return Executor(journal, {"k": venue}, FAST), venue
 
 
-def approved(item: OrderIntent) -> RiskDecision:
-    return RiskDecision(intent=item, approved=True, reason="within all limits")
-
-
 def intent(qty: str = "0.001", signal_id: str | None = None) -> OrderIntent:
     return make_intent(qty=Decimal(qty), signal_id=signal_id or f"exec-{next(_ids)}")
 
 
 def orders_for(exchange: SimExchange, item: OrderIntent) -> list[dict[str, object]]:
-    link_id = build_request(item, "k").order_link_id
+    link_id = build_request(approve(item), "k").order_link_id
     return [o for o in exchange.orders() if o["orderLinkId"] == link_id]
 
 
@@ -70,7 +67,7 @@ def test_market_order_is_placed_filled_and_journaled(
     executor, venue = make_executor(exchange[1], journal)
     item = intent()
 
-    event = asyncio.run(executor.execute(approved(item), "k"))
+    event = asyncio.run(executor.execute(approve(item), "k"))
 
     assert event.status is OrderStatus.FILLED
     assert event.avg_price == Decimal(97000)
@@ -86,10 +83,10 @@ def test_executing_the_same_intent_again_sends_nothing(
 ) -> None:
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
     item = intent()
-    asyncio.run(executor.execute(approved(item), "k"))
+    asyncio.run(executor.execute(approve(item), "k"))
     before = exchange[0].stats()["requests_by_path"].get("/v5/order/create", 0)
 
-    again = asyncio.run(executor.execute(approved(item), "k"))
+    again = asyncio.run(executor.execute(approve(item), "k"))
 
     assert again.status is OrderStatus.FILLED
     assert exchange[0].stats()["requests_by_path"]["/v5/order/create"] == before
@@ -102,10 +99,10 @@ def test_a_lost_journal_cannot_cause_a_second_order(
 ) -> None:
     item = intent()
     first, venue1 = make_executor(exchange[1], Journal(tmp_path / "old.sqlite3"))
-    asyncio.run(first.execute(approved(item), "k"))
+    asyncio.run(first.execute(approve(item), "k"))
     fresh, venue2 = make_executor(exchange[1], Journal(tmp_path / "new.sqlite3"))
 
-    event = asyncio.run(fresh.execute(approved(item), "k"))
+    event = asyncio.run(fresh.execute(approve(item), "k"))
 
     assert event.status is OrderStatus.FILLED  # 110072, then looked up: it is ours
     assert len(orders_for(exchange[0], item)) == 1
@@ -120,7 +117,7 @@ def test_a_dropped_answer_is_looked_up_and_found(
     item = intent()
     exchange[0].set_faults(SimFaults(drop_response_after_accept=1.0))
 
-    event = asyncio.run(executor.execute(approved(item), "k"))
+    event = asyncio.run(executor.execute(approve(item), "k"))
 
     assert event.status is OrderStatus.FILLED
     assert len(orders_for(exchange[0], item)) == 1
@@ -134,9 +131,9 @@ def test_when_the_lookup_fails_too_the_order_is_unknown_and_a_replay_settles_it(
     item = intent()
     exchange[0].set_faults(SimFaults(timeout_10016=1.0))  # every call, lookups included
 
-    lost = asyncio.run(executor.execute(approved(item), "k"))
+    lost = asyncio.run(executor.execute(approve(item), "k"))
     exchange[0].set_faults(SimFaults())
-    replayed = asyncio.run(executor.execute(approved(item), "k"))
+    replayed = asyncio.run(executor.execute(approve(item), "k"))
 
     assert lost.status is OrderStatus.UNKNOWN
     assert replayed.status is OrderStatus.FILLED
@@ -150,7 +147,7 @@ def test_venue_rejection_is_journaled_with_bybit_reason(
     journal = Journal(tmp_path / "j.sqlite3")
     executor, venue = make_executor(exchange[1], journal)
 
-    event = asyncio.run(executor.execute(approved(intent(qty="50")), "k"))  # far beyond the balance
+    event = asyncio.run(executor.execute(approve(intent(qty="50")), "k"))  # far beyond the balance
 
     assert event.status is OrderStatus.REJECTED
     assert event.ret_code == 110007
@@ -165,9 +162,9 @@ def test_a_key_the_venue_refuses_is_switched_off(
 ) -> None:
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"), "read-only-key")
 
-    refused = asyncio.run(executor.execute(approved(intent()), "k"))
+    refused = asyncio.run(executor.execute(approve(intent()), "k"))
     sent = exchange[0].stats()["requests_by_path"]["/v5/order/create"]
-    next_one = asyncio.run(executor.execute(approved(intent()), "k"))
+    next_one = asyncio.run(executor.execute(approve(intent()), "k"))
 
     assert (refused.status, refused.ret_code) == (OrderStatus.REJECTED, 10005)
     assert next_one.status is OrderStatus.REJECTED
@@ -195,8 +192,54 @@ def test_repeated_execution_under_faults_never_creates_a_second_order(
     exchange[0].set_faults(SimFaults(drop_response_after_accept=drop, timeout_10016=fail))
 
     for _ in range(attempts):
-        asyncio.run(executor.execute(approved(item), "k"))
+        asyncio.run(executor.execute(approve(item), "k"))
 
     assert len(orders_for(exchange[0], item)) <= 1
     venue.close()
     journal.close()
+
+
+def sim_leverage(exchange: SimExchange, symbol: str = "BTCUSDT") -> str:
+    rows = exchange.positions(KEY, PositionQueryParams(category="linear", symbol=symbol))["list"]
+    return str(rows[0]["leverage"])
+
+
+def set_leverage_calls(exchange: SimExchange) -> int:
+    return int(exchange.stats()["requests_by_path"].get("/v5/position/set-leverage", 0))
+
+
+def test_the_approved_leverage_is_set_on_the_venue_once_before_the_order(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    sim, url = exchange
+    executor, _ = make_executor(url, Journal(tmp_path / "j.sqlite3"))
+    before = set_leverage_calls(sim)
+    at_seven = [intent().model_copy(update={"leverage": Decimal(7)}) for _ in range(2)]
+
+    events = [asyncio.run(executor.execute(approve(item), "k")) for item in at_seven]
+
+    assert [event.status for event in events] == [OrderStatus.FILLED] * 2
+    assert sim_leverage(sim) == "7"
+    assert set_leverage_calls(sim) == before + 1  # the second order found it set already
+
+
+def test_an_order_whose_leverage_the_venue_refuses_is_never_sent(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    executor, _ = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
+    item = intent().model_copy(update={"leverage": Decimal("2.005")})  # off Bybit's 0.01 grid
+
+    event = asyncio.run(executor.execute(approve(item), "k"))
+
+    assert event.status is OrderStatus.REJECTED
+    assert event.reason.startswith("not sent: leverage 2.005 could not be set")
+    assert event.ret_code == 10001
+    assert orders_for(exchange[0], item) == []
+
+
+def test_the_executor_refuses_an_approval_the_gate_did_not_make(tmp_path: Path) -> None:
+    executor = Executor(Journal(tmp_path / "j.sqlite3"), {}, FAST)
+    forged = RiskDecision(intent=intent(), approved=True, reason="trust me")
+
+    with pytest.raises(TypeError, match="must come from the risk gate"):
+        asyncio.run(executor.execute_all([forged], "k"))

@@ -19,12 +19,11 @@ from bot.messages import (
     OrderIntent,
     OrderStatus,
     OrderType,
-    RiskDecision,
     Signal,
     parse_signal,
 )
 from bot.venue.fake import Crash, FakeVenue
-from tests.factories import make_intent
+from tests.factories import approve, make_intent
 
 FAST = ExecutionConfig(
     backoff_base_s=0.001, backoff_max_s=0.002, lookup_delays_s=(0.001, 0.002), follow_s=0.05
@@ -38,10 +37,6 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     journal.close()
 
 
-def approved(intent: OrderIntent) -> RiskDecision:
-    return RiskDecision(intent=intent, approved=True, reason="within all limits")
-
-
 def stale_after(seconds: float) -> StalenessCheck:
     def check(ts: datetime) -> str | None:
         age = (datetime.now(UTC) - ts).total_seconds()
@@ -51,7 +46,7 @@ def stale_after(seconds: float) -> StalenessCheck:
 
 
 def execute(executor: Executor, intent: OrderIntent) -> OrderEvent:
-    return asyncio.run(executor.execute(approved(intent), "k"))
+    return asyncio.run(executor.execute(approve(intent), "k"))
 
 
 def test_a_clean_send_fills_once(journal: Journal) -> None:
@@ -191,7 +186,7 @@ def test_a_crash_mid_send_is_settled_at_start_up_without_a_second_order(
     intent = make_intent()
     with pytest.raises(Crash):
         execute(Executor(journal, {"k": venue}, FAST), intent)
-    link_id = build_request(intent, "k").order_link_id
+    link_id = build_request(approve(intent), "k").order_link_id
     record = journal.order(link_id)
     assert record is not None and record.status is OrderStatus.SUBMITTING
 
@@ -213,7 +208,7 @@ def test_an_order_that_reached_the_venue_is_never_declined_as_stale(journal: Jou
     executor = Executor(journal, {"k": venue}, FAST, staleness=stale_after(60))
     asyncio.run(executor.reconcile(limit=None, resend=True))
 
-    record = journal.order(build_request(intent, "k").order_link_id)
+    record = journal.order(build_request(approve(intent), "k").order_link_id)
     assert record is not None and record.status is OrderStatus.FILLED
 
 
@@ -221,8 +216,8 @@ def test_a_pending_order_of_a_stale_signal_is_declined_at_start_up(journal: Jour
     venue = FakeVenue()
     intent = make_intent(signal_ts=datetime.now(UTC) - timedelta(hours=1))
     journal.record_signal(_signal_for(intent))
-    request = build_request(intent, "k")
-    journal.record_decisions([approved(intent)], [request])  # crashed before the send
+    request = build_request(approve(intent), "k")
+    journal.record_decisions([approve(intent).decision], [request])  # crashed before the send
 
     executor = Executor(journal, {"k": venue}, FAST, staleness=stale_after(60))
     asyncio.run(executor.reconcile(limit=None, resend=True))
@@ -236,8 +231,8 @@ def test_a_pending_order_of_a_stale_signal_is_declined_at_start_up(journal: Jour
 def test_a_pending_order_of_a_fresh_signal_is_sent_once_at_start_up(journal: Journal) -> None:
     venue = FakeVenue()
     intent = make_intent()
-    request = build_request(intent, "k")
-    journal.record_decisions([approved(intent)], [request])
+    request = build_request(approve(intent), "k")
+    journal.record_decisions([approve(intent).decision], [request])
 
     asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None, resend=True))
     asyncio.run(Executor(journal, {"k": venue}, FAST).reconcile(limit=None, resend=True))

@@ -32,12 +32,13 @@ from hypothesis.stateful import (
 )
 
 from bot.execution.config import ExecutionConfig
-from bot.execution.executor import Executor, build_request
+from bot.execution.executor import Executor
 from bot.execution.orders import check_transition
 from bot.journal import Journal
-from bot.messages import OrderStatus, OrderType, RiskDecision, Side
+from bot.messages import OrderStatus, OrderType, Side
+from bot.risk.gate import ApprovedOrder
 from bot.venue.fake import Crash, FakeVenue, Outcome
-from tests.factories import make_intent
+from tests.factories import approve, make_intent
 
 T = TypeVar("T")
 
@@ -106,7 +107,7 @@ class OrderLifecycle(RuleBasedStateMachine):
         strategy: str,
         leg: int,
         outcomes: list[Outcome],
-    ) -> RiskDecision:
+    ) -> ApprovedOrder:
         """A fresh approved intent, executed after scripting what the venue does to it."""
         self.signals += 1
         limit = LIMIT_PRICE[side] if order_type is OrderType.LIMIT else None
@@ -119,8 +120,8 @@ class OrderLifecycle(RuleBasedStateMachine):
             price=limit,
             reference_price=limit or START_PRICE,
         )
-        decision = RiskDecision(intent=intent, approved=True, reason="within all limits")
-        self.order_types[build_request(intent, KEY).order_link_id] = order_type
+        decision = approve(intent)
+        self.order_types[decision.order_link_id] = order_type
         self.venue.script(*outcomes)
         self._run(self.executor.execute(decision, KEY))
         return decision
@@ -133,11 +134,11 @@ class OrderLifecycle(RuleBasedStateMachine):
 
     @precondition(lambda self: not self.crashed)
     @rule(decision=decisions, fresh_copy=st.booleans())
-    def duplicate_delivery(self, decision: RiskDecision, fresh_copy: bool) -> None:
+    def duplicate_delivery(self, decision: ApprovedOrder, fresh_copy: bool) -> None:
         """The same approval again (a redelivered signal), on the current executor."""
         if fresh_copy:  # the strategy ran again: an equal intent, another message
             intent = decision.intent.model_copy(update={"created_at": make_intent().created_at})
-            decision = RiskDecision(intent=intent, approved=True, reason="again")
+            decision = approve(intent)
         self._run(self.executor.execute(decision, KEY))
 
     @rule()

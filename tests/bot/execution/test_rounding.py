@@ -37,7 +37,7 @@ def test_rounding_never_worsens_the_traders_risk(
         take_profit=target,
     )
 
-    result = conform(intent, BTC)
+    result = conform(intent, BTC, price)
 
     if isinstance(result, str):  # declined only when the rounded order is truly too small
         rounded = (qty // BTC.qty_step) * BTC.qty_step
@@ -57,20 +57,26 @@ def test_rounding_never_worsens_the_traders_risk(
 
 
 def test_an_order_below_the_minimum_qty_is_declined_with_the_numbers() -> None:
-    reason = conform(make_intent(qty=Decimal("0.0004")), BTC)
+    reason = conform(make_intent(qty=Decimal("0.0004")), BTC, Decimal(97000))
 
     assert reason == "qty 0.0004 rounds to 0.000, below the minimum order qty 0.001 of BTCUSDT"
 
 
-def test_an_order_below_the_minimum_value_is_declined() -> None:
-    intent = make_intent(qty=Decimal("0.001"), reference_price=Decimal(3000))
+def test_an_order_below_the_minimum_value_is_declined_at_the_venue_price() -> None:
+    intent = make_intent(qty=Decimal("0.001"), reference_price=Decimal(97000))
 
-    reason = conform(intent, BTC)
+    reason = conform(intent, BTC, Decimal(3000))  # whatever the strategy claims
 
-    assert isinstance(reason, str) and "below the minimum 5 USDT" in reason
+    assert isinstance(reason, str) and "order value 3.00 USDT is below the minimum 5" in reason
+
+
+def test_a_market_order_is_valued_at_the_venue_price_not_the_strategy_claim() -> None:
+    result = conform(make_intent(reference_price=Decimal(1)), BTC, Decimal(97000))
+
+    assert not isinstance(result, str) and result.reference_price == 97000
 
 
 def test_a_reduce_only_close_is_exempt_from_the_minimum_value() -> None:
-    intent = make_intent(qty=Decimal("0.001"), reference_price=Decimal(3000), reduce_only=True)
+    intent = make_intent(qty=Decimal("0.001"), reduce_only=True)
 
-    assert not isinstance(conform(intent, BTC), str)
+    assert not isinstance(conform(intent, BTC, Decimal(3000)), str)

@@ -3,20 +3,26 @@ orders in flight, and says why otherwise."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.messages import OrderIntent, OrderType, RiskDecision, Side, Signal, parse_signal
+from bot.messages import OrderIntent, OrderType, Side, Signal, parse_signal
 from bot.risk.config import RiskConfig, StrategyRiskConfig
-from bot.risk.exposure import ExposureLedger, Reservation
-from bot.risk.gate import RiskGate
+from bot.risk.exposure import ExposureLedger
+from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from tests.factories import make_intent
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+_ids = itertools.count()
 MARKET = Decimal(50000)
 CONFIG = RiskConfig(
     symbols=("BTCUSDT", "ETHUSDT"),
@@ -40,7 +46,9 @@ def intent(
     reduce_only: bool = False,
     strategy: str = "follow",
 ) -> OrderIntent:
+    """An intent of a signal of its own (each one a separate order)."""
     return make_intent(
+        signal_id=f"g{next(_ids)}",
         symbol=symbol,
         side=side,
         qty=qty,
@@ -63,7 +71,7 @@ def new_gate(
     return RiskGate(config, strategies or {"follow": StrategyRiskConfig()}, ledger, lambda: NOW)
 
 
-def decide(gate: RiskGate, item: OrderIntent, price: Decimal | None = None) -> RiskDecision:
+def decide(gate: RiskGate, item: OrderIntent, price: Decimal | None = None) -> Verdict:
     """The gate's verdict at BTC `price` (default 50,000) and ETH 3,000."""
     prices = {"BTCUSDT": price or MARKET, "ETHUSDT": Decimal(3000)}
     return gate.decide(item, price=prices.get(item.symbol, Decimal(1)), prices=prices)
@@ -121,16 +129,14 @@ def test_a_plug_in_lying_about_its_price_gains_nothing() -> None:
 
 def test_orders_in_flight_count_so_two_quick_signals_cannot_both_pass() -> None:
     gate = new_gate()
-    first = decide(gate, intent(qty=Decimal("0.02")))  # 1000 USDT
-    gate.ledger.reserve("a", Reservation("follow", "BTCUSDT", Decimal("0.02")))
+    first = decide(gate, intent(qty=Decimal("0.02")))  # 1000 USDT, reserved as it is approved
     second = decide(gate, intent(qty=Decimal("0.02")))  # would make 2000: at the limit
-    gate.ledger.reserve("b", Reservation("follow", "BTCUSDT", Decimal("0.02")))
 
     third = decide(gate, intent(qty=Decimal("0.001")))
 
-    assert first.approved and second.approved
+    assert isinstance(first, ApprovedOrder) and second.approved
     assert third.rule == "MAX_POSITION_NOTIONAL"
-    gate.ledger.release("a")  # terminal, and (say) never filled
+    gate.ledger.release(first.order_link_id)  # terminal, and (say) never filled
     assert decide(gate, intent(qty=Decimal("0.001"))).approved
 
 
@@ -178,7 +184,7 @@ def test_no_sequence_of_approvals_breaches_a_limit_counting_orders_in_flight(
     gate = new_gate(strategies={"follow": StrategyRiskConfig(), "other": StrategyRiskConfig()})
     prices = {"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}
     in_flight: dict[tuple[str, str], list[Decimal]] = {}
-    for index, (strategy, symbol, side, qty, limit, use_limit) in enumerate(orders):
+    for strategy, symbol, side, qty, limit, use_limit in orders:
         item = intent(
             strategy=strategy,
             symbol=symbol,
@@ -186,7 +192,7 @@ def test_no_sequence_of_approvals_breaches_a_limit_counting_orders_in_flight(
             qty=qty,
             limit=limit if use_limit else None,
         )
-        decision = gate.decide(item, price=prices[symbol], prices=prices, reserve_as=str(index))
+        decision = gate.decide(item, price=prices[symbol], prices=prices)
         if not decision.approved:
             continue
         true_price = max(limit if use_limit else prices[symbol], prices[symbol])
@@ -275,3 +281,124 @@ def test_a_daily_loss_puts_the_strategy_in_reducing_until_the_next_utc_day() -> 
     day[0] = NOW + timedelta(days=1)
     losses.clear()  # a new day's books start at zero
     assert decide(gate, intent(age_s=-86399)).approved  # a signal of the new day
+
+
+def test_open_orders_and_order_rates_limit_opening_orders_only() -> None:
+    clock = [NOW]
+    gate = RiskGate(
+        CONFIG.model_copy(update={"max_open_orders": 3, "max_orders_per_minute": 4}),
+        {"follow": StrategyRiskConfig(max_orders_per_day=5)},
+        clock=lambda: clock[0],
+    )
+    small = Decimal("0.001")
+
+    approved = [decide(gate, intent(qty=small)) for _ in range(3)]
+    fourth = decide(gate, intent(qty=small))
+    assert all(isinstance(a, ApprovedOrder) for a in approved)
+    assert (fourth.rule, fourth.reason) == (
+        "MAX_OPEN_ORDERS",
+        "follow has 3 orders open (max_open_orders = 3)",
+    )
+    assert decide(gate, intent(qty=small, reduce_only=True)).approved  # the 4th this minute
+
+    for approval in approved:
+        assert isinstance(approval, ApprovedOrder)
+        gate.ledger.release(approval.order_link_id)
+    per_minute = decide(gate, intent(qty=small))
+    assert per_minute.rule == "MAX_ORDERS_PER_MINUTE"
+    assert "4 orders in the last minute" in per_minute.reason
+
+    clock[0] = NOW + timedelta(seconds=61)
+    assert decide(gate, intent(qty=small, age_s=1 - 61)).approved  # the 5th today
+    per_day = decide(gate, intent(qty=small, age_s=1 - 61))
+    assert (per_day.rule, "5 orders today" in per_day.reason) == ("MAX_ORDERS_PER_DAY", True)
+
+
+def test_a_losing_close_starts_a_cooldown_for_opening_orders() -> None:
+    clock = [NOW]
+    lost_at = {"follow": NOW - timedelta(seconds=100)}
+    gate = RiskGate(
+        CONFIG,
+        {"follow": StrategyRiskConfig(cooldown_after_loss_s=300), "other": StrategyRiskConfig()},
+        clock=lambda: clock[0],
+        last_loss_at=lost_at.get,
+    )
+
+    cooling = decide(gate, intent())
+
+    assert (cooling.rule, cooling.reason) == (
+        "COOLDOWN",
+        "follow closed at a loss 100 s ago (cooldown_after_loss_s = 300)",
+    )
+    assert decide(gate, intent(reduce_only=True)).approved
+    assert decide(gate, intent(strategy="other")).approved  # its own books, no loss
+    clock[0] = NOW + timedelta(seconds=200)
+    assert decide(gate, intent(age_s=1 - 200)).approved
+
+
+def test_a_market_order_needs_a_current_price_and_a_limit_order_does_not() -> None:
+    gate = new_gate()
+    prices = {"BTCUSDT": MARKET}
+
+    stale = gate.decide(intent(), price=MARKET, prices=prices, price_age_s=11)
+    limit = gate.decide(intent(limit=Decimal(49900)), price=MARKET, prices=prices, price_age_s=11)
+    closing = gate.decide(intent(reduce_only=True), price=MARKET, prices=prices, price_age_s=11)
+
+    assert stale.rule == "STALE_PRICE"
+    assert "11.0 s old (max_price_age_s = 10)" in stale.reason
+    assert limit.approved and closing.approved
+
+
+def test_the_signal_leverage_is_capped_never_raised() -> None:
+    gate = new_gate(strategies={"follow": StrategyRiskConfig(max_leverage=Decimal(5))})
+
+    high = decide(gate, intent().model_copy(update={"leverage": Decimal(50)}))
+    low = decide(gate, intent().model_copy(update={"leverage": Decimal(3)}))
+    none = decide(gate, intent())
+
+    assert isinstance(high, ApprovedOrder) and high.leverage == 5
+    assert "leverage 50 capped to max_leverage = 5" in high.reason
+    assert isinstance(low, ApprovedOrder) and low.leverage == 3
+    assert isinstance(none, ApprovedOrder) and none.leverage is None
+
+
+def test_closing_is_possible_on_a_symbol_denied_after_the_position_opened() -> None:
+    gate = new_gate(strategies={"follow": StrategyRiskConfig(denied_symbols=("BTCUSDT",))})
+    close = signal_at("BTCUSDT", 1).model_copy(update={"action": "close", "side": None})
+
+    assert decide(gate, intent()).rule == "SYMBOL_NOT_ALLOWED"
+    assert decide(gate, intent(reduce_only=True)).approved
+    assert gate.screen(close) is None
+
+
+def test_strategy_overrides_tighten_lists_and_cooldowns_too() -> None:
+    base = CONFIG.model_copy(update={"denied_symbols": ("SOLUSDT",), "cooldown_after_loss_s": 60})
+
+    tight = base.tightened(
+        StrategyRiskConfig(denied_symbols=("ETHUSDT",), cooldown_after_loss_s=10)
+    )
+
+    assert set(tight.denied_symbols) == {"SOLUSDT", "ETHUSDT"}
+    assert tight.cooldown_after_loss_s == 60  # the longer cooldown is the stricter one
+
+
+def test_only_the_gate_makes_an_approved_order() -> None:
+    approval = decide(new_gate(), intent())
+    assert isinstance(approval, ApprovedOrder)
+
+    with pytest.raises(TypeError, match="only the risk gate"):
+        ApprovedOrder(approval.decision, approval.order_link_id, None)
+    with pytest.raises(TypeError, match="only the risk gate"):
+        dataclasses.replace(approval, leverage=Decimal(100))
+
+
+def test_nothing_outside_the_gate_constructs_an_approved_order() -> None:
+    root = Path(__file__).resolve().parents[3]
+    makers = [
+        path.relative_to(root).as_posix()
+        for package in ("bot", "signals", "strategies")
+        for path in (root / package).rglob("*.py")
+        if re.search(r"\bApprovedOrder\(", path.read_text(encoding="utf-8"))
+    ]
+
+    assert makers == ["bot/risk/gate.py"]

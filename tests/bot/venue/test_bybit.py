@@ -16,7 +16,7 @@ from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.venue.bybit import READ_ATTEMPTS, BybitVenue
 from bot.venue.errors import AmbiguousError, KeyFatalError, RetryableError
-from tests.factories import make_intent
+from tests.factories import approve, make_intent
 
 KEY, SECRET = "venue-test-key", "venue-test-secret-value"
 
@@ -55,7 +55,7 @@ def test_reads_market_and_account_state(venue: BybitVenue) -> None:
 
 
 def test_position_fills_and_orders_are_read_back_in_bybit_shapes(venue: BybitVenue) -> None:
-    request = build_request(make_intent(side="Sell", signal_id="short-1"), "main")
+    request = build_request(approve(make_intent(side="Sell", signal_id="short-1")), "main")
 
     async def trade() -> tuple[list[PositionUpdate], list[Execution], object, object]:
         await venue.place_order(request)  # an acknowledgement: the fill follows, as on Bybit
@@ -89,7 +89,7 @@ def test_pybit_does_not_retry_orders_itself(
     sim[0].set_faults(SimFaults(rate_limit_10006=1.0))
 
     with pytest.raises(RetryableError) as caught:
-        asyncio.run(venue.place_order(build_request(make_intent(), "main")))
+        asyncio.run(venue.place_order(build_request(approve(make_intent()), "main")))
 
     assert caught.value.ret_code == 10006
     assert requests_to(sim[0], "/v5/order/create") == 1  # the executor alone decides retries
@@ -110,7 +110,7 @@ def test_clock_drift_is_retryable(sim: tuple[SimExchange, SimServer], venue: Byb
     sim[0].set_faults(SimFaults(clock_skew_ms=60_000))
 
     with pytest.raises(RetryableError) as caught:
-        asyncio.run(venue.place_order(build_request(make_intent(), "main")))
+        asyncio.run(venue.place_order(build_request(approve(make_intent()), "main")))
 
     assert caught.value.ret_code == 10002
 
@@ -132,7 +132,7 @@ def test_the_secret_is_in_no_repr_or_error(
     sim[0].set_faults(SimFaults(rate_limit_10006=1.0))
 
     with pytest.raises(RetryableError) as caught:
-        asyncio.run(venue.place_order(build_request(make_intent(), "main")))
+        asyncio.run(venue.place_order(build_request(approve(make_intent()), "main")))
 
     sessions = venue._sessions
     texts = [

@@ -1,0 +1,72 @@
+"""What each scope uses of its limits now, from the journal: the numbers of `bot risk status`.
+
+The same sources the gate reads: each strategy's own book (its fills), the orders not yet
+terminal (counted in the worst case, as in flight), today's orders and today's realized PnL
+net of fees. Positions are priced at the venue's last reported mark price, orders in flight
+at their limit price when the symbol has no mark yet.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from bot.account import AccountProjection
+from bot.journal import Journal
+from bot.risk.counts import utc_day_start
+from bot.risk.exposure import ExposureLedger, reserve_unfinished
+from bot.risk.states import BOT_SCOPE
+
+__all__ = ["ScopeUsage", "usage"]
+
+
+@dataclass(frozen=True)
+class ScopeUsage:
+    """One scope's use of its limits (the bot's: every strategy together)."""
+
+    exposure_usdt: Decimal  # worst case, with orders in flight
+    open_orders: int
+    orders_today: int
+    pnl_today_usdt: Decimal  # realized, net of fees
+
+
+def usage(journal: Journal, key_of: Mapping[str, str], now: datetime) -> dict[str, ScopeUsage]:
+    """Each strategy's usage (`key_of` maps it to its key), and the bot's under BOT_SCOPE."""
+    projection = AccountProjection.from_journal(journal)
+    records = journal.unfinished_orders()
+    ledger = ExposureLedger(
+        lambda strategy, symbol: projection.strategy_size(
+            key_of.get(strategy, ""), strategy, symbol
+        )
+    )
+    reserve_unfinished(ledger, records)
+    prices: dict[str, Decimal] = {}
+    for record in records:  # the weakest price first: a mark replaces it below
+        if record.request.price is not None:
+            prices[record.request.symbol] = record.request.price
+    for book in projection.books():
+        mark = projection.mark_price(book.key_name, book.symbol)
+        if mark is not None:
+            prices[book.symbol] = mark
+        elif book.size and book.symbol not in prices:
+            prices[book.symbol] = book.entry_price
+    today = Counter(strategy for strategy, _ in journal.order_times_since(utc_day_start(now)))
+    scopes = {
+        strategy: ScopeUsage(
+            exposure_usdt=ledger.strategy_exposure(strategy, prices, prices),
+            open_orders=ledger.open_orders(strategy),
+            orders_today=today[strategy],
+            pnl_today_usdt=projection.pnl_today(strategy, now),
+        )
+        for strategy in key_of
+    }
+    scopes[BOT_SCOPE] = ScopeUsage(
+        exposure_usdt=sum((scope.exposure_usdt for scope in scopes.values()), Decimal(0)),
+        open_orders=sum(scope.open_orders for scope in scopes.values()),
+        orders_today=sum(scope.orders_today for scope in scopes.values()),
+        pnl_today_usdt=projection.pnl_today(None, now),
+    )
+    return scopes

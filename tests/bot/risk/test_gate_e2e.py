@@ -1,0 +1,77 @@
+"""The gate's two reproductions, through the whole bot: real pybit against the simulator.
+
+- A follow sell with an entry far below the market passed as 1,000 USDT and filled for 2,425.
+- A plug-in setting reference_price=1 got a 48,500 USDT order through a 1,000 USDT cap.
+Both are now priced at the venue's price and rejected; the simulator never sees an order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+from bot.messages import Signal
+from strategies.base import MarketView, Strategy, StrategyOutput
+from tests.bot.test_admin import decision_of, sim_price
+from tests.bot.test_service import RunningBot, signal
+
+
+class Liar(Strategy):
+    """A plug-in that claims its 0.5 BTC market order is priced at 1 USDT."""
+
+    def on_signal(self, signal: Signal, market: MarketView) -> StrategyOutput:
+        assert signal.side is not None
+        intent = self.intent(signal, market, side=signal.side, qty=Decimal("0.5"))
+        return [intent.model_copy(update={"reference_price": Decimal(1)})]
+
+
+LIAR = """
+[strategies.follow]
+plugin = "tests.bot.risk.test_gate_e2e:Liar"
+key = "follow_sim"
+"""
+
+
+def sim_link_ids(bot: RunningBot) -> list[object]:
+    return [order["orderLinkId"] for order in bot.sim_orders()]
+
+
+def test_a_sell_with_an_entry_far_below_the_market_is_priced_at_the_market(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config()  # a limit 55 % from the market passes the price sanity rule here
+    config.write_text(
+        config.read_text().replace("[risk]\n", "[risk]\nmax_limit_distance_pct = 90\n")
+    )
+    bot = RunningBot(config).start()
+    try:
+        market = sim_price(bot)
+        entry = round(market * 0.45)  # follow sizes 500 USDT at the entry: ~1,100 at market
+        far = signal("far-entry", side="sell", entry=entry, stop_loss=round(market * 0.5))
+
+        assert bot.post(far).status_code == 202
+        decision, reason = decision_of(bot, "far-entry")
+
+        assert decision == "rejected"
+        assert reason.startswith("notional ") and "exceeds max_order_notional_usdt = 1000" in reason
+        assert sim_link_ids(bot) == []
+    finally:
+        bot.stop()
+
+
+def test_a_plug_in_lying_about_its_price_gains_nothing(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config()
+    config.write_text(config.read_text().split("[strategies.follow]")[0] + LIAR)
+    bot = RunningBot(config).start()
+    try:
+        assert bot.post(signal("liar")).status_code == 202
+        decision, reason = decision_of(bot, "liar")
+
+        assert decision == "rejected"
+        assert "exceeds max_order_notional_usdt = 1000" in reason
+        assert sim_link_ids(bot) == []
+    finally:
+        bot.stop()
