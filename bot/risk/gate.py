@@ -274,27 +274,24 @@ class RiskGate:
         if intent.reduce_only:
             return None
         strategy = intent.strategy
-        open_orders = self._ledger.open_orders(strategy)
-        if open_orders >= config.max_open_orders:
-            return (
-                "MAX_OPEN_ORDERS",
-                f"{strategy} has {open_orders} orders open (max_open_orders = "
-                f"{config.max_open_orders})",
-            )
-        minute = self.counts.last_minute(strategy, now)
-        if minute >= config.max_orders_per_minute:
-            return (
+        for rule, count, limit_name, what in (
+            ("MAX_OPEN_ORDERS", self._ledger.open_orders(strategy), "max_open_orders", "open"),
+            (
                 "MAX_ORDERS_PER_MINUTE",
-                f"{strategy} placed {minute} orders in the last minute "
-                f"(max_orders_per_minute = {config.max_orders_per_minute})",
-            )
-        today = self.counts.today(strategy, now)
-        if today >= config.max_orders_per_day:
-            return (
+                self.counts.last_minute(strategy, now),
+                "max_orders_per_minute",
+                "in the last minute",
+            ),
+            (
                 "MAX_ORDERS_PER_DAY",
-                f"{strategy} placed {today} orders today (UTC) "
-                f"(max_orders_per_day = {config.max_orders_per_day})",
-            )
+                self.counts.today(strategy, now),
+                "max_orders_per_day",
+                "today (UTC)",
+            ),
+        ):
+            limit = getattr(config, limit_name)
+            if count >= limit:
+                return rule, f"{strategy} has {count} orders {what} ({limit_name} = {limit})"
         return None
 
     def _size(
