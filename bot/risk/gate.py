@@ -230,7 +230,11 @@ class RiskGate:
 
     def screen(self, signal: Signal) -> Rejection:
         """(rule, reason) if no intent from `signal` could pass, else None."""
-        closing = signal.action is SignalAction.CLOSE
+        # A close of a symbol no longer allowed passes only where there is something to close:
+        # arbitrary symbols must not cost a venue round trip each.
+        closing = signal.action is SignalAction.CLOSE and any(
+            self._ledger.worst_position(name, signal.symbol) for name in self._strategies
+        )
         return _symbol(self._config, signal.symbol, closing) or self._staleness(
             self._config, signal.ts
         )

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.messages import OrderIntent, OrderType, Side, Signal, parse_signal
+from bot.messages import OrderIntent, OrderType, Side, Signal, SignalAction, parse_signal
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.exposure import ExposureLedger
 from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
@@ -363,12 +363,17 @@ def test_the_signal_leverage_is_capped_never_raised() -> None:
 
 
 def test_closing_is_possible_on_a_symbol_denied_after_the_position_opened() -> None:
-    gate = new_gate(strategies={"follow": StrategyRiskConfig(denied_symbols=("BTCUSDT",))})
-    close = signal_at("BTCUSDT", 1).model_copy(update={"action": "close", "side": None})
+    denied = {"follow": StrategyRiskConfig(denied_symbols=("BTCUSDT",))}
+    held = {("follow", "BTCUSDT"): Decimal("0.01"), ("follow", "SOLUSDT"): Decimal(1)}
+    gate = new_gate(held, strategies=denied)
+    close = signal_at("SOLUSDT", 1).model_copy(update={"action": SignalAction.CLOSE, "side": None})
+    nothing_held = close.model_copy(update={"symbol": "DOGEUSDT"})
 
     assert decide(gate, intent()).rule == "SYMBOL_NOT_ALLOWED"
     assert decide(gate, intent(reduce_only=True)).approved
-    assert gate.screen(close) is None
+    assert gate.screen(close) is None  # SOLUSDT is not allowed, but a position is held
+    refused = gate.screen(nothing_held)
+    assert refused is not None and refused[0] == "SYMBOL_NOT_ALLOWED"
 
 
 def test_strategy_overrides_tighten_lists_and_cooldowns_too() -> None:
