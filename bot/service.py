@@ -40,7 +40,7 @@ from bot.messages import utc_now
 from bot.net import tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
-from bot.risk.counts import utc_day_start
+from bot.risk.counts import counting_since
 from bot.risk.exposure import ExposureLedger, reserve_unfinished
 from bot.risk.gate import RiskGate
 from bot.risk.kill_switch import KillSwitch, announce_state
@@ -439,8 +439,8 @@ class Service:
             last_loss_at=account.projection.last_loss_at,
             state_entered=lambda state: _journal_state(journal, state),
         )
-        for strategy, created_at in journal.order_times_since(utc_day_start(utc_now())):
-            gate.counts.count(strategy, created_at)  # a restart does not reset the day
+        for strategy, created_at in journal.order_times_since(counting_since(utc_now())):
+            gate.counts.count(strategy, created_at)  # a restart resets neither day nor minute
         for state in journal.trading_states():  # a halt survives a restart
             gate.set_state(state)
         return gate

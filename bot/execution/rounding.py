@@ -22,7 +22,9 @@ def round_to_step(value: Decimal, step: Decimal, *, up: bool) -> Decimal:
     return units * step
 
 
-def conform(intent: OrderIntent, instrument: Instrument, market_price: Decimal) -> OrderIntent | str:
+def conform(
+    intent: OrderIntent, instrument: Instrument, market_price: Decimal
+) -> OrderIntent | str:
     """The intent with every number on the instrument's grid, or why it cannot be sent.
 
     A market order is valued at `market_price` (the venue's), never at the price the strategy

@@ -11,7 +11,7 @@ from collections import deque
 from datetime import date, datetime, timedelta
 from typing import Final
 
-__all__ = ["OrderCounts", "utc_day_start"]
+__all__ = ["OrderCounts", "counting_since", "utc_day_start"]
 
 _MINUTE: Final = timedelta(minutes=1)
 
@@ -19,6 +19,12 @@ _MINUTE: Final = timedelta(minutes=1)
 def utc_day_start(now: datetime) -> datetime:
     """Midnight (UTC) that began `now`'s day."""
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def counting_since(now: datetime) -> datetime:
+    """The oldest approval that still counts at `now`: from the UTC day's start, or from a
+    minute ago when that is earlier (just after midnight). What a restart re-counts."""
+    return min(utc_day_start(now), now - _MINUTE)
 
 
 class OrderCounts:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from bot.messages import OrderIntent, OrderType, Side, Signal, SignalAction, parse_signal
 from bot.risk.config import RiskConfig, StrategyRiskConfig
+from bot.risk.counts import counting_since
 from bot.risk.exposure import ExposureLedger
 from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
@@ -407,3 +408,10 @@ def test_nothing_outside_the_gate_constructs_an_approved_order() -> None:
     ]
 
     assert makers == ["bot/risk/gate.py"]
+
+
+def test_a_restart_recounts_the_last_minute_even_across_midnight() -> None:
+    just_after = datetime(2026, 11, 25, 0, 0, 5, tzinfo=UTC)
+
+    assert counting_since(just_after) == datetime(2026, 11, 24, 23, 59, 5, tzinfo=UTC)
+    assert counting_since(NOW) == datetime(2026, 11, 24, tzinfo=UTC)
