@@ -266,6 +266,11 @@ class AccountProjection:
         names = {key for key, _, _ in self._books} | set(self._wallets)
         return sorted(names | {key for key, _ in self._positions})
 
+    def leverage(self, key_name: str, symbol: str) -> Decimal | None:
+        """The leverage of the key's `symbol` as the venue last reported it, if it did."""
+        position = self._positions.get((key_name, symbol))
+        return position.leverage if position is not None and position.leverage else None
+
     def mark_price(self, key_name: str, symbol: str) -> Decimal | None:
         position = self._positions.get((key_name, symbol))
         return position.mark_price if position is not None and position.mark_price else None

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from bot.logs import logger
 from bot.messages import utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, signature_problem
@@ -99,7 +100,12 @@ class AdminRoutes:
         entered = ScopeState(
             command.strategy or BOT_SCOPE, state, command.reason or default, utc_now()
         )
-        return JSONResponse(await self._apply(entered, command))
+        try:
+            report = await self._apply(entered, command)
+        except Exception as exc:  # the operator gets the reason, never a bare 500
+            logger.exception("admin {route} failed", route=state.value)
+            return _answer(503, "failed", f"{type(exc).__name__}: {exc}; see the bot's log")
+        return JSONResponse(report)
 
 
 def _answer(status: int, error: str, detail: str) -> JSONResponse:

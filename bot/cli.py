@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -22,13 +23,26 @@ from rich.table import Table
 from bot import logs
 from bot.account import AccountProjection, StrategyBook
 from bot.admin import ADMIN_SECRET_NAME
-from bot.config import BotSettings, ConfigError, load_settings
+from bot.config import BotSettings, ConfigError, Environment, load_settings
 from bot.journal import Journal, JournalError
+from bot.keys.audit import Verdict, strategies_by_key
 from bot.messages import utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.risk.usage import ScopeUsage, usage
-from bot.secrets import DEFAULT_SECRETS_DIR, MissingSecretError, webhook_secret_name
-from bot.service import Service, secret_resolver, sim_accounts, simulator_config
+from bot.secrets import (
+    DEFAULT_SECRETS_DIR,
+    MissingSecretError,
+    SecretResolver,
+    webhook_secret_name,
+)
+from bot.service import (
+    Service,
+    audit_credentials,
+    secret_resolver,
+    sim_accounts,
+    simulator_config,
+    start_simulator,
+)
 from bot.sim import DEFAULT_SIM_PORT, SimExchange, parse_faults, run_forever
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
@@ -49,6 +63,8 @@ signal_app = typer.Typer(help="Work with signals.", no_args_is_help=True)
 app.add_typer(signal_app, name="signal")
 risk_app = typer.Typer(help="The risk gate: trading states and limits.", no_args_is_help=True)
 app.add_typer(risk_app, name="risk")
+keys_app = typer.Typer(help="API keys: the audit of what each may do.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 console = Console()
 errors = Console(stderr=True)
 
@@ -288,6 +304,59 @@ def _switch(
     if status != 200:
         _fail(f"the bot refused: {status} {answer}")
     console.print(answer, highlight=False)
+
+
+@keys_app.command("check")
+def keys_check(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    config: ConfigOption = None,
+    secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
+) -> None:
+    """Audit every configured key through Bybit's /v5/user/query-api: permissions, IP
+    binding, expiry, account type; exits 1 when a key is refused or cannot be asked. Needs no
+    journal: run it before the first `bot run`."""
+    logs.configure(level="ERROR")
+    settings = _settings(config)
+    resolver = secret_resolver(settings, secrets_dir)
+    with ExitStack() as resources:
+        sim_url = ""
+        if settings.environment is Environment.SIM:
+            sim_url = settings.venue.sim_url
+            if not sim_url:
+                try:
+                    server = start_simulator(settings, resolver)
+                except (ConfigError, MissingSecretError) as exc:
+                    _fail(str(exc))
+                resources.callback(server.stop)
+                sim_url = server.url
+        rows = [_key_row(settings, name, resolver, sim_url) for name in sorted(settings.keys)]
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, separators=(",", ":")))
+    else:
+        console.print(_table(rows, ()))
+    if any(row["verdict"] not in (Verdict.OK, Verdict.WARN) for row in rows):
+        raise typer.Exit(1)
+
+
+def _key_row(
+    settings: BotSettings, name: str, resolver: SecretResolver, sim_url: str
+) -> dict[str, str]:
+    """One key's audit row; a missing secret is a refusal with what to do."""
+    try:
+        credentials = resolver.credentials(name)
+    except MissingSecretError as exc:
+        return {
+            "key": name,
+            "environment": settings.keys[name].environment.value,
+            "strategies": ",".join(strategies_by_key(settings)[name]),
+            "permissions": "?",
+            "ip_binding": "?",
+            "expiry": "?",
+            "verdict": Verdict.REFUSED.value,
+            "reason": str(exc),
+        }
+    return asyncio.run(audit_credentials(settings, credentials, sim_url)).row()
 
 
 @risk_app.command("status")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -18,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from bot.execution.config import ExecutionConfig
 from bot.risk.config import RiskConfig, StrategyRiskConfig
+from bot.secrets import api_key_names
 from signals.config import WebhookSourceConfig
 
 __all__ = [
@@ -34,6 +36,10 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("config/bot.toml")
+#: Names of keys that hold secrets: never accepted in the configuration file.
+_SECRET_WORDS: Final = re.compile(r"secret|api_?key|password|passphrase|token", re.IGNORECASE)
+#: The first mainnet opt-in must be written in the file: an environment variable cannot give it.
+_MAINNET_OPT_IN_VARIABLE: Final = "BOT_ALLOW_MAINNET"
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
@@ -81,9 +87,11 @@ class VenueConfig(_Section):
 class KeyConfig(_Section):
     """An API key: credentials come from secrets, this only binds and scopes it."""
 
-    environment: Environment = Field(description="the only environment this key may trade in")
-    strategies: tuple[str, ...] = Field(
-        (), description="strategies allowed to share this key; a key is never shared implicitly"
+    environment: Environment = Field(
+        description="the only environment this key may trade in; it alone decides the URLs"
+    )
+    shared: bool = Field(
+        False, description="true lets several strategies use this key; never implicit"
     )
 
 
@@ -153,6 +161,12 @@ def load_settings(path: Path | None = None) -> BotSettings:
     Raises `ConfigError` with every problem, each naming the key and the file.
     """
     path = path or Path(os.environ.get("BOT_CONFIG") or DEFAULT_CONFIG_PATH)
+    if _MAINNET_OPT_IN_VARIABLE in os.environ:
+        raise ConfigError(
+            f"{_MAINNET_OPT_IN_VARIABLE} is not accepted: the mainnet opt-in must be written in "
+            f"the configuration file ({path}: allow_mainnet = true) and given as --mainnet on the "
+            f"command line; unset {_MAINNET_OPT_IN_VARIABLE}"
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -172,14 +186,31 @@ def load_settings(path: Path | None = None) -> BotSettings:
 
 
 def _describe(exc: ValidationError, path: Path) -> str:
+    """Every problem on its own line, naming the key; never a value (it may be a secret)."""
     lines = [f"invalid configuration in {path} (or a BOT_ environment variable):"]
     for error in exc.errors(include_url=False):
-        key = ".".join(str(part) for part in error["loc"])
-        if error["type"] == "extra_forbidden":
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc)
+        if error["type"] == "extra_forbidden" and _SECRET_WORDS.search(loc[-1]):
+            lines.append(f"  {key}: {_secret_in_config(loc, path)}")
+        elif error["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{key}': remove it or check its spelling")
         else:
             lines.append(f"  {key}: {error['msg']}")
     return "\n".join(lines)
+
+
+def _secret_in_config(loc: list[str], path: Path) -> str:
+    """What to do about a secret written into the configuration file."""
+    if len(loc) == 3 and loc[0] == "keys":
+        names = " / ".join(api_key_names(loc[1]))
+        where = f"the environment variables {names} (or files of those names in lower case)"
+    else:
+        where = "its BOT_ secret variable or secrets file (see README, Configuration)"
+    return (
+        f"secrets never go in the configuration file: delete it from {path} (and rotate it if "
+        f"the file was ever shared or committed), then provide it through {where}"
+    )
 
 
 def _check_bindings(settings: BotSettings, path: Path) -> None:
@@ -200,17 +231,17 @@ def _check_bindings(settings: BotSettings, path: Path) -> None:
         for source in strategy.sources:
             if source not in settings.sources:
                 problems.append(f"strategies.{name}.sources names '{source}', not in [sources]")
+    if settings.risk.max_price_age_s < settings.venue.market_cache_s:
+        problems.append(
+            f"risk.max_price_age_s ({settings.risk.max_price_age_s:g}) is below "
+            f"venue.market_cache_s ({settings.venue.market_cache_s:g}): a cached price would "
+            "refuse every market order; raise the first or lower the second"
+        )
     for key_name, names in users.items():
-        allowed = set(settings.keys[key_name].strategies)
-        if len(names) > 1 and not set(names) <= allowed:
+        if len(names) > 1 and not settings.keys[key_name].shared:
             problems.append(
                 f"key '{key_name}' is used by {', '.join(sorted(names))}; sharing a key must be "
-                f"explicit: set keys.{key_name}.strategies = {sorted(names)}"
-            )
-        elif allowed and not set(names) <= allowed:
-            problems.append(
-                f"key '{key_name}' is scoped to {sorted(allowed)} by keys.{key_name}.strategies,"
-                f" but {', '.join(sorted(set(names) - allowed))} uses it"
+                f"explicit: set keys.{key_name}.shared = true, or give each strategy its own key"
             )
     if problems:
         raise ConfigError(f"invalid configuration in {path}:\n  " + "\n  ".join(problems))

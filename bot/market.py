@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 
 from bot.account import Account
+from bot.messages import Instrument
 from bot.venue.base import Venue
 from strategies.base import MarketView
 
@@ -42,9 +43,8 @@ class MarketData:
         self, key_name: str, strategy: str, symbol: str, *, with_position: bool
     ) -> MarketView:
         """A snapshot for one strategy (trading with `key_name`) and one symbol."""
-        venue = self._venues[key_name]
-        instrument, price, equity = await asyncio.gather(
-            venue.instrument(symbol), self._price(venue, symbol), self._equity_of(key_name)
+        (instrument, price), equity = await asyncio.gather(
+            self.quote(key_name, symbol), self._equity_of(key_name)
         )
         position = (
             await self._account.strategy_position(key_name, strategy, symbol)
@@ -54,6 +54,14 @@ class MarketData:
         return MarketView(
             instrument=instrument, last_price=price, equity_usdt=equity, position_qty=position
         )
+
+    async def quote(self, key_name: str, symbol: str) -> tuple[Instrument, Decimal]:
+        """The instrument's rules and its current price, through `key_name`'s venue."""
+        venue = self._venues[key_name]
+        instrument, price = await asyncio.gather(
+            venue.instrument(symbol), self._price(venue, symbol)
+        )
+        return instrument, price
 
     def known_prices(self) -> dict[str, Decimal]:
         """The last price fetched for each symbol, however old (for exposure elsewhere)."""

@@ -383,6 +383,9 @@ class OrderRequest(_Message):
     leverage: PositiveDecimal | None = Field(
         None, description="set on the venue (set-leverage) before the order is sent"
     )
+    max_leverage: PositiveDecimal | None = Field(
+        None, description="without `leverage`, the venue's is lowered to this if higher"
+    )
 
     def to_bybit_params(self) -> dict[str, Any]:
         """The `POST /v5/order/create` parameters, decimals as plain strings as Bybit wants."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import partial
 from typing import Final
 
@@ -27,10 +28,10 @@ from bot.execution.rounding import conform
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Decline, OrderIntent, RiskDecision, Signal, utc_now
+from bot.messages import Decline, Instrument, OrderIntent, RiskDecision, Signal, utc_now
 from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
 from bot.venue.errors import KeyFatalError, VenueError
-from strategies.base import MarketView, Strategy
+from strategies.base import Strategy
 
 __all__ = ["NO_STRATEGY", "Pipeline", "StrategySlot"]
 
@@ -262,7 +263,7 @@ class Pipeline:
             # through (strategy, signal, leg): a plug-in must be able to change neither.
             await self._decline(signal, decline(reason=problem))
             return
-        verdicts = [self.decide(intent, market) for intent in output]
+        verdicts = [self.decide(intent, market.instrument, market.last_price) for intent in output]
         for verdict in verdicts:
             if isinstance(verdict, ApprovedOrder):
                 metrics.DECISIONS.labels("approved").inc()
@@ -273,17 +274,17 @@ class Pipeline:
         if any(event.order_id is not None for event in events):
             metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
 
-    def decide(self, intent: OrderIntent, market: MarketView) -> Verdict:
-        """The intent on the instrument's grid, judged by the gate at the venue's price; or
+    def decide(self, intent: OrderIntent, instrument: Instrument, price: Decimal) -> Verdict:
+        """The intent on the instrument's grid, judged by the gate at the venue's `price`; or
         why it cannot be sent."""
-        conformed = conform(intent, market.instrument, market.last_price)
+        conformed = conform(intent, instrument, price)
         if isinstance(conformed, str):
             return RiskDecision(
                 intent=intent, approved=False, rule="INSTRUMENT_RULES", reason=conformed
             )
         return self._gate.decide(
             conformed,
-            price=market.last_price,
+            price=price,
             prices=self._market.known_prices(),
             price_age_s=self._market.price_age_s(conformed.symbol),
         )

@@ -16,7 +16,7 @@ import contextlib
 import signal
 import socket
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +34,8 @@ from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
 from bot.execution.reconcile import Reconciler
 from bot.journal import Journal
+from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
+from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
 from bot.messages import utc_now
@@ -46,14 +48,15 @@ from bot.risk.gate import RiskGate
 from bot.risk.kill_switch import KillSwitch, announce_state
 from bot.risk.states import ScopeState
 from bot.secrets import (
+    ApiCredentials,
     MissingSecretError,
     SecretResolver,
     webhook_secret_name,
     webhook_token_name,
 )
-from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim import SimAccountSpec, SimExchange, SimKeyProfile, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
-from bot.venue.errors import VenueError
+from bot.venue.errors import KeyFatalError, VenueError
 from bot.venue.stream import AccountStream
 from signals.voiceofchain import WebhookReceiver
 
@@ -108,19 +111,63 @@ def simulator_config(settings: BotSettings) -> SimulatorConfig:
 
 
 def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAccountSpec]:
-    """The simulator accounts for every configured sim key, with the bot's own credentials."""
+    """The simulator accounts for every configured sim key, with the bot's own credentials and
+    the key's profile from `[sim.key_profiles.<name>]` (default: trading rights, bound to
+    127.0.0.1, the only place a generated sim key is ever used)."""
+    profiles = simulator_config(settings).key_profiles
     accounts = []
     for name, key in settings.keys.items():
         if key.environment is Environment.SIM:
             credentials = resolver.credentials(name)
+            profile = profiles.get(name) or SimKeyProfile(ips=["127.0.0.1"])
             accounts.append(
                 SimAccountSpec(
+                    **profile.model_dump(),
                     api_key=credentials.api_key.get_secret_value(),
                     api_secret=credentials.api_secret,
                     note=name,
                 )
             )
     return accounts
+
+
+def start_simulator(settings: BotSettings, resolver: SecretResolver) -> SimServer:
+    """The simulator, in this process, with an account for every configured sim key."""
+    exchange = SimExchange(simulator_config(settings))
+    for account in sim_accounts(settings, resolver):
+        exchange.add_account(account)
+    server = SimServer(exchange)
+    server.start()
+    logger.info("simulator running in-process at {url}", url=server.url)
+    return server
+
+
+def open_venue(settings: BotSettings, credentials: ApiCredentials, sim_url: str) -> BybitVenue:
+    """The venue of one key; the key's own environment alone decides where it goes."""
+    return BybitVenue(
+        credentials,
+        settings.keys[credentials.name].environment,
+        sim_url=sim_url,
+        recv_window_ms=settings.venue.recv_window_ms,
+        timeout_s=settings.venue.timeout_s,
+        max_wait_s=settings.execution.max_retry_wait_s,
+    )
+
+
+async def audit_credentials(
+    settings: BotSettings, credentials: ApiCredentials, sim_url: str
+) -> KeyAudit:
+    """Audit a key through a session of its own (so new secrets are tried before use)."""
+    venue = await asyncio.to_thread(open_venue, settings, credentials, sim_url)
+    try:
+        return await audit_key(
+            credentials.name,
+            settings.keys[credentials.name].environment,
+            strategies_by_key(settings).get(credentials.name, ()),
+            venue,
+        )
+    finally:
+        await asyncio.to_thread(venue.close)
 
 
 @dataclass(frozen=True)
@@ -131,6 +178,7 @@ class _Stages:
     account: Account
     venues: Mapping[str, BybitVenue]
     app: FastAPI
+    keys: KeyGuard
 
 
 class _Server(uvicorn.Server):
@@ -165,6 +213,8 @@ class Service:
         self._stop = asyncio.Event()
         self.sim_url = ""
         self.http_port = 0
+        self._simulator: SimExchange | None = None
+        self._on_hangup: Callable[[], None] = lambda: None
 
     def request_stop(self) -> None:
         """Stop taking signals and shut down (from the event loop's thread)."""
@@ -180,19 +230,21 @@ class Service:
             resources.callback(sock.close)
             # Start-up does file, SQLite and thread I/O: keep it off the event loop too.
             stages = await asyncio.to_thread(self._build, resources)
-            await self._refuse_hedge_mode(stages.venues)
-            self._server = _Server(
-                uvicorn.Config(
-                    stages.app,
-                    host=self.settings.http.host,
-                    port=self.settings.http.port,
-                    log_config=None,
-                    access_log=False,
-                    lifespan="off",
-                    timeout_graceful_shutdown=5,
-                )
-            )
             with self._stop_on_signals():
+                if not await self._unless_stopped(self._check_accounts(stages.venues)):
+                    logger.warning("stopped during the start-up checks")
+                    return
+                self._server = _Server(
+                    uvicorn.Config(
+                        stages.app,
+                        host=self.settings.http.host,
+                        port=self.settings.http.port,
+                        log_config=None,
+                        access_log=False,
+                        lifespan="off",
+                        timeout_graceful_shutdown=5,
+                    )
+                )
                 await self._serve(stages, sock, ready)
         finally:
             # Closing venues waits for their threads' last calls: not on the event loop.
@@ -208,7 +260,7 @@ class Service:
             background += [
                 tasks.create_task(stream.run()) for stream in stages.account.streams.values()
             ]
-            if not await self._start_up_or_stop(stages):
+            if not await self._unless_stopped(self._settle_last_run(stages)):
                 logger.warning(
                     "stopped during start-up; unfinished orders settle on the next start"
                 )
@@ -216,6 +268,8 @@ class Service:
                     task.cancel()
                 return
             background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.venues]
+            background.append(tasks.create_task(stages.keys.run()))
+            self._on_hangup = stages.keys.wake
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
                 await asyncio.sleep(0.01)
@@ -241,6 +295,32 @@ class Service:
                 task.cancel()
         logger.info("bot stopped")
 
+    async def _refuse_bad_keys(self, venues: Mapping[str, BybitVenue]) -> None:
+        """Audit every key in use; refuse to start while one is refused or cannot be asked."""
+        users = strategies_by_key(self.settings)
+        audits = await asyncio.gather(
+            *(
+                audit_key(name, venue.environment, users.get(name, ()), venue)
+                for name, venue in venues.items()
+            )
+        )
+        for audit in audits:
+            log = logger.info if audit.verdict is Verdict.OK else logger.warning
+            log(
+                "key {key} ({env}): {verdict}{reason}",
+                key=audit.key,
+                env=audit.environment.value,
+                verdict=audit.verdict.value,
+                reason=f": {audit.reason}" if audit.reason else "",
+            )
+        refused = [audit for audit in audits if not audit.verdict.usable]
+        if refused:
+            raise ConfigError(
+                "refusing to start: "
+                + "; ".join(f"key {a.key} is {a.verdict.value}: {a.reason}" for a in refused)
+                + " (`bot keys check` shows every key)"
+            )
+
     async def _refuse_hedge_mode(self, venues: Mapping[str, BybitVenue]) -> None:
         """Orders carry positionIdx 0: every key's account must be in one-way mode."""
         for key_name, venue in venues.items():
@@ -261,19 +341,24 @@ class Service:
                     "POST /v5/position/switch-mode with mode 0) and start again"
                 )
 
-    async def _start_up_or_stop(self, stages: _Stages) -> bool:
-        """Settle the last run's unfinished work, unless a stop comes first (False then)."""
-        start_up = asyncio.ensure_future(self._settle_last_run(stages))
+    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run a start-up step unless a stop comes first (False then: the step is cancelled)."""
+        step = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({start_up, stop}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
-        if start_up.done():
-            start_up.result()
+        if step.done():
+            step.result()
             return True
-        start_up.cancel()
+        step.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await start_up
+            await step
         return False
+
+    async def _check_accounts(self, venues: Mapping[str, BybitVenue]) -> None:
+        """Refuse to start with a key that fails its audit or an account in hedge mode."""
+        await self._refuse_bad_keys(venues)
+        await self._refuse_hedge_mode(venues)
 
     @staticmethod
     async def _settle_last_run(stages: _Stages) -> None:
@@ -303,11 +388,17 @@ class Service:
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
+        """SIGTERM and SIGINT stop the bot; SIGHUP looks at the key secrets now."""
         loop = asyncio.get_running_loop()
         installed = []
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        handlers = {
+            signal.SIGTERM: self.request_stop,
+            signal.SIGINT: self.request_stop,
+            signal.SIGHUP: lambda: self._on_hangup(),
+        }
+        for sig, handler in handlers.items():
             try:
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, handler)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):  # not the main thread (tests)
                 pass
@@ -328,23 +419,20 @@ class Service:
             )
             for name, config in settings.strategies.items()
         }
+        credentials = {
+            key_name: self._resolver.credentials(key_name)
+            for key_name in sorted({slot.key_name for slot in strategies.values()})
+        }
         venues = {}
-        for key_name in sorted({slot.key_name for slot in strategies.values()}):
-            venue = BybitVenue(
-                self._resolver.credentials(key_name),
-                settings.environment,
-                sim_url=self.sim_url,
-                recv_window_ms=settings.venue.recv_window_ms,
-                timeout_s=settings.venue.timeout_s,
-                max_wait_s=settings.execution.max_retry_wait_s,
-            )
+        for key_name, key_credentials in credentials.items():
+            venue = open_venue(settings, key_credentials, self.sim_url)
             resources.callback(venue.close)
             venues[key_name] = venue
         account = Account(journal, venues)
         for key_name, venue in venues.items():
             account.streams[key_name] = AccountStream(
-                self._resolver.credentials(key_name),
-                settings.environment,
+                credentials[key_name],
+                settings.keys[key_name].environment,
                 account.keeper.apply,
                 partial(account.keeper.close_gap, venue),
                 sim_url=self.sim_url,
@@ -357,6 +445,8 @@ class Service:
             staleness=gate.stale_reason,
             stream_live=account.live,
             order_settled=gate.ledger.release,
+            blocked=gate.block_reason,
+            venue_leverage=account.projection.leverage,
         )
         account.on_order_update(executor.order_updated)
         account.on_order_update(
@@ -394,6 +484,19 @@ class Service:
             self._admin_routes(kill_switch),
         )
         reconciler = Reconciler(executor, journal, venues, settings.execution, account)
+
+        def swap(fresh: ApiCredentials) -> None:
+            venues[fresh.name].rotate(fresh)
+            account.streams[fresh.name].rotate(fresh)
+
+        keys = KeyGuard(
+            credentials,
+            resolve=self._resolver.credentials,
+            audit=partial(audit_credentials, settings, sim_url=self.sim_url),
+            swap=swap,
+            switch_off=lambda name, reason: executor.disable_key(name, KeyFatalError(reason)),
+            introduce=self._introduce_to_simulator,
+        )
         return _Stages(
             pipeline=pipeline,
             executor=executor,
@@ -401,6 +504,7 @@ class Service:
             account=account,
             venues=venues,
             app=app,
+            keys=keys,
         )
 
     def _admin_routes(self, kill_switch: KillSwitch) -> AdminRoutes | None:
@@ -451,14 +555,28 @@ class Service:
             return ""
         if self.settings.venue.sim_url:
             return self.settings.venue.sim_url
-        exchange = SimExchange(simulator_config(self.settings))
-        for account in sim_accounts(self.settings, self._resolver):
-            exchange.add_account(account)
-        server = SimServer(exchange)
-        server.start()
+        server = start_simulator(self.settings, self._resolver)
         resources.callback(server.stop)
-        logger.info("simulator running in-process at {url}", url=server.url)
+        self._simulator = server.exchange
         return server.url
+
+    def _introduce_to_simulator(self, old: ApiCredentials, new: ApiCredentials) -> None:
+        """A key rotated in `sim` becomes a second key of the same account in the bot's own
+        simulator, as a key created on Bybit would be (an external simulator: see `bot sim`)."""
+        if self._simulator is None or self._simulator.account_spec(new.api_key.get_secret_value()):
+            return
+        spec = self._simulator.account_spec(old.api_key.get_secret_value())
+        if spec is None:
+            return
+        self._simulator.add_account(
+            spec.model_copy(
+                update={
+                    "api_key": new.api_key.get_secret_value(),
+                    "api_secret": new.api_secret,
+                    "account_of": spec.account_of or spec.api_key,
+                }
+            )
+        )
 
     async def _health(
         self, pipeline: Pipeline, journal: Journal, account: Account

@@ -87,6 +87,7 @@ def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
         take_profit=intent.take_profit,
         reduce_only=intent.reduce_only,
         leverage=None if intent.reduce_only else approved.leverage,
+        max_leverage=None if intent.reduce_only else approved.max_leverage,
     )
 
 
@@ -106,17 +107,24 @@ class Executor:
         staleness: StalenessCheck = lambda ts: None,
         stream_live: Callable[[str], bool] = lambda key_name: False,
         order_settled: Callable[[str], None] = lambda order_link_id: None,
+        blocked: Callable[[str], str | None] = lambda strategy: None,
+        venue_leverage: Callable[[str, str], Decimal | None] = lambda key, symbol: None,
         rng: random.Random | None = None,
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
         whether a key's account stream is up (then fills are awaited, not polled for);
-        `order_settled` hears of every order that became terminal."""
+        `order_settled` hears of every order that became terminal; `blocked(strategy)` says
+        why a strategy may not increase exposure now (the gate's trading states: asked before
+        every send of an opening order, so a halt stops legs already approved);
+        `venue_leverage(key, symbol)` is the venue's leverage as last reported, if known."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
         self._staleness = staleness
         self._stream_live = stream_live
         self._order_settled = order_settled
+        self._blocked = blocked
+        self._venue_leverage = venue_leverage
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         self._in_flight: set[str] = set()
@@ -307,6 +315,11 @@ class Executor:
             disabled = self._disabled_keys.get(request.key_name)
             if disabled is not None:
                 return await self._key_disabled(request, disabled, may_exist=may_exist)
+            halted = None if request.reduce_only else self._blocked(request.strategy)
+            if halted is not None:  # a halt since the approval: never send it now
+                if may_exist:
+                    break  # an earlier send may have landed: reconciliation decides
+                return await self._reject(request, f"not sent: {halted}")
             refused = await self._set_leverage(venue, request)
             if refused is not None:
                 last = refused
@@ -320,8 +333,7 @@ class Executor:
                         OrderEvent(
                             order_link_id=request.order_link_id,
                             status=OrderStatus.REJECTED,
-                            reason=f"not sent: leverage {request.leverage} could not be set: "
-                            f"{refused.message}",
+                            reason=f"not sent: leverage could not be set: {refused.message}",
                             ret_code=refused.ret_code,
                         )
                     )
@@ -378,23 +390,28 @@ class Executor:
         return await self._give_up(request, last, may_exist=may_exist)
 
     async def _set_leverage(self, venue: Venue, request: OrderRequest) -> VenueError | None:
-        """Set the order's leverage on the venue unless this run already did; the venue's
-        refusal, if any. Leverage is per symbol and account, so it is remembered per key."""
-        leverage = request.leverage
+        """Set the order's leverage on the venue unless it is known to be so (without a wish,
+        lower the venue's to the order's `max_leverage` if it is known to be higher); the
+        venue's refusal, if any. Leverage is per symbol and account: remembered per key."""
         where = (request.key_name, request.symbol)
-        if leverage is None or self._leverage.get(where) == leverage:
+        known = self._leverage.get(where) or self._venue_leverage(*where)
+        target = request.leverage
+        if target is None and request.max_leverage is not None and known is not None:
+            target = min(known, request.max_leverage)
+        if target is None or target == known:
             return None
+        self._leverage.pop(where, None)  # until the venue confirms: an answer may be lost
         try:
-            await venue.set_leverage(request.symbol, leverage)
+            await venue.set_leverage(request.symbol, target)
         except VenueError as exc:
             logger.warning(
                 "setting leverage {x} on {symbol} failed: {error}",
-                x=leverage,
+                x=target,
                 symbol=request.symbol,
                 error=str(exc),
             )
             return exc
-        self._leverage[where] = leverage
+        self._leverage[where] = target
         return None
 
     async def _wait_to_retry(self, exc: VenueError, attempt: int) -> bool:

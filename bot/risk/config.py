@@ -66,7 +66,10 @@ class RiskConfig(BaseModel):
         Decimal(10), gt=0, description="a limit price further than this from the market is refused"
     )
     max_price_age_s: float = Field(
-        10, gt=0, description="a market order is refused when the price is older than this"
+        10,
+        gt=0,
+        description="a market order is refused when the bot's price of the symbol is older "
+        "than this (since it was fetched; at least venue.market_cache_s)",
     )
     require_stop_loss: bool = Field(False, description="refuse opening orders without a stop")
     max_stop_distance_pct: Decimal = Field(

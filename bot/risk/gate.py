@@ -41,8 +41,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import InitVar, dataclass
-from datetime import datetime
-from decimal import Decimal
+from datetime import date, datetime
+from decimal import ROUND_DOWN, Decimal
 from typing import ClassVar, Final
 
 from bot.execution.ids import order_link_id
@@ -64,6 +64,7 @@ __all__ = ["ApprovedOrder", "RiskGate", "Verdict"]
 
 Rejection = tuple[str, str] | None
 _SEAL: Final = object()
+_LEVERAGE_STEP: Final = Decimal("0.01")
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,10 @@ class ApprovedOrder:
 
     decision: RiskDecision
     order_link_id: str
-    #: the leverage to trade at (the signal's, capped at `max_leverage`); None: leave it
+    #: the leverage to trade at: the signal's, within [1, max_leverage] on Bybit's 0.01 grid;
+    #: None: no wish (the venue's is then only lowered, to `max_leverage`, if higher)
     leverage: Decimal | None
+    max_leverage: Decimal
     _seal: InitVar[object] = None  # not a field: `dataclasses.replace` cannot carry it
     #: read like a `RiskDecision`: `approved`, `rule`, `reason`
     approved: ClassVar[bool] = True
@@ -129,6 +132,7 @@ class RiskGate:
         self._pnl_today = pnl_today
         self._last_loss_at = last_loss_at
         self._state_entered = state_entered
+        self._loss_waived: dict[str, date] = {}  # scope -> the UTC day a person resumed it
         self.counts = OrderCounts()
 
     @property
@@ -177,35 +181,58 @@ class RiskGate:
         )
         self.counts.count(intent.strategy, now)
         reason = "within all limits"
-        leverage = intent.leverage
-        if leverage is not None and leverage > config.max_leverage:
-            reason += f"; leverage {leverage} capped to max_leverage = {config.max_leverage}"
-            leverage = config.max_leverage
+        leverage = _leverage(intent.leverage, config.max_leverage)
+        if leverage is not None and leverage != intent.leverage:
+            reason += f"; leverage {intent.leverage} set to {leverage} (max_leverage = "
+            reason += f"{config.max_leverage}, Bybit's step 0.01)"
         decision = RiskDecision(intent=intent, approved=True, reason=reason)
-        return ApprovedOrder(decision, link_id, leverage, _SEAL)
+        return ApprovedOrder(decision, link_id, leverage, config.max_leverage, _SEAL)
 
     def set_state(self, state: ScopeState) -> None:
-        """Enter a trading state; effective for the very next intent."""
+        """Enter a trading state; effective for the very next intent.
+
+        A person's resume while the scope's loss today is at its limit waives the daily loss
+        rule for that scope until the UTC day ends (re-applying the journaled state after a
+        restart waives it the same way).
+        """
         self._states[state.scope] = state
+        if state.state is TradingState.ACTIVE and not state.automatic:
+            limit, pnl = self._daily_loss(state.scope)
+            if -pnl >= limit:
+                self._loss_waived[state.scope] = state.since.date()
 
     def state_of(self, scope: str) -> ScopeState:
         """A scope's own state (ACTIVE unless set)."""
         return self._states.get(scope) or ScopeState(scope, TradingState.ACTIVE, "", self._since)
 
     def _trading_state(self, intent: OrderIntent) -> Rejection:
-        if not intent.reduce_only:
-            self._lift_expired(BOT_SCOPE)
-            self._lift_expired(intent.strategy)
-            self._check_daily_loss(intent.strategy)
-        effective = stricter(self.state_of(BOT_SCOPE), self.state_of(intent.strategy))
-        if intent.reduce_only or effective.state.may_increase:
+        if intent.reduce_only:
             return None
-        who = "the bot" if effective.scope == BOT_SCOPE else f"strategy {effective.scope}"
+        self._lift_expired(BOT_SCOPE)
+        self._lift_expired(intent.strategy)
+        self._check_daily_loss(intent.strategy)
+        effective = self._effective(intent.strategy)
+        if effective.state.may_increase:
+            return None
+        until = "the next UTC day or `bot resume`" if effective.automatic else "`bot resume`"
         return (
             effective.state.value,
-            f"{who} is {effective.state.value} ({effective.reason}); only reduce-only orders "
-            "pass until `bot resume`",
+            f"{self._why(effective)}; only reduce-only orders pass until {until}",
         )
+
+    def block_reason(self, strategy: str) -> str | None:
+        """Why `strategy` may not increase exposure right now (its state or the bot's), or
+        None: the executor asks before each send of an opening order."""
+        effective = self._effective(strategy)
+        return None if effective.state.may_increase else self._why(effective)
+
+    def _effective(self, strategy: str) -> ScopeState:
+        return stricter(self.state_of(BOT_SCOPE), self.state_of(strategy))
+
+    @staticmethod
+    def _why(state: ScopeState) -> str:
+        who = "the bot" if state.scope == BOT_SCOPE else f"strategy {state.scope}"
+        return f"{who} is {state.state.value} ({state.reason})"
 
     def _lift_expired(self, scope: str) -> None:
         """A state a rule entered ends with its UTC day."""
@@ -214,15 +241,22 @@ class RiskGate:
             self._enter(ScopeState(scope, TradingState.ACTIVE, "a new UTC day", self._clock()))
 
     def _check_daily_loss(self, strategy: str) -> None:
-        """Enter REDUCING for a scope whose loss today reached its limit."""
-        config = self.limits(strategy)
-        for scope, pnl, limit in (
-            (strategy, self._pnl_today(strategy), config.max_daily_loss_usdt),
-            (BOT_SCOPE, self._pnl_today(None), self._config.max_daily_loss_usdt),
-        ):
+        """Enter REDUCING for a scope whose loss today reached its limit (unless a person
+        resumed it today)."""
+        today = self._clock().date()
+        for scope in (strategy, BOT_SCOPE):
+            if self._loss_waived.get(scope) == today:
+                continue
+            limit, pnl = self._daily_loss(scope)
             if -pnl >= limit and self.state_of(scope).state is TradingState.ACTIVE:
                 reason = f"loss today {-pnl:.2f} USDT reached max_daily_loss_usdt = {limit}"
                 self._enter(ScopeState(scope, TradingState.REDUCING, reason, self._clock(), True))
+
+    def _daily_loss(self, scope: str) -> tuple[Decimal, Decimal]:
+        """The scope's daily loss limit and its PnL today (the bot's: every strategy's)."""
+        if scope == BOT_SCOPE:
+            return self._config.max_daily_loss_usdt, self._pnl_today(None)
+        return self.limits(scope).max_daily_loss_usdt, self._pnl_today(scope)
 
     def _enter(self, state: ScopeState) -> None:
         self.set_state(state)
@@ -344,6 +378,13 @@ class RiskGate:
                 f"(max_total_exposure_usdt = {self._config.max_total_exposure_usdt})",
             )
         return None
+
+
+def _leverage(wanted: Decimal | None, cap: Decimal) -> Decimal | None:
+    """A wanted leverage within [1, cap], rounded down to Bybit's 0.01 step."""
+    if wanted is None:
+        return None
+    return min(max(wanted, Decimal(1)), cap).quantize(_LEVERAGE_STEP, rounding=ROUND_DOWN)
 
 
 def _symbol(config: RiskConfig, symbol: str, closing: bool) -> Rejection:

@@ -23,6 +23,7 @@ from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.market import MarketData
 from bot.messages import (
+    Instrument,
     OrderIntent,
     OrderType,
     Side,
@@ -32,8 +33,6 @@ from bot.messages import (
 )
 from bot.risk.gate import RiskGate, Verdict
 from bot.risk.states import BOT_SCOPE, ScopeState
-from bot.venue.errors import VenueError
-from strategies.base import MarketView
 
 __all__ = ["FLATTEN_SOURCE", "KillSwitch", "announce_state"]
 
@@ -64,7 +63,7 @@ class KillSwitch:
         market: MarketData,
         account: Account,
         key_of: Mapping[str, str],
-        decide: Callable[[OrderIntent, MarketView], Verdict],
+        decide: Callable[[OrderIntent, Instrument, Decimal], Verdict],
     ) -> None:
         """`key_of` maps each configured strategy to its key name; `decide` is the
         pipeline's way to an approval (the instrument's grid, then the gate)."""
@@ -98,47 +97,49 @@ class KillSwitch:
         return report
 
     async def _cancel_open(self, strategies: frozenset[str]) -> list[dict[str, str]]:
-        """Cancel every order of `strategies` that may be open at the venue; an order being
-        sent right now is cancelled once it has landed."""
+        """Cancel every order of `strategies` that may be open at the venue. An order being
+        sent right now is waited for (the executor refuses to send an opening order once its
+        scope is halted, and a send in progress lands or fails), then cancelled; one still
+        busy after `_CANCEL_WAIT_S` is reported as such."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CANCEL_WAIT_S
         done: dict[str, dict[str, str]] = {}
         while True:
-            records = [
-                record
-                for record in await self._journal.call(self._journal.unfinished_orders)
-                if record.request.strategy in strategies
-                and record.status in OPEN_AT_VENUE | MAY_EXIST_AT_VENUE
-                and record.request.order_link_id not in done
-            ]
             busy = self._executor.in_flight()
-            waiting = False
-            for record in records:
-                if record.request.order_link_id in busy:
-                    waiting = True
+            waiting = []
+            for record in await self._journal.call(self._journal.unfinished_orders):
+                link_id = record.request.order_link_id
+                if record.request.strategy not in strategies or link_id in done:
                     continue
-                done[record.request.order_link_id] = await self._cancel(record)
+                if link_id in busy:
+                    waiting.append(record)
+                elif record.status in OPEN_AT_VENUE | MAY_EXIST_AT_VENUE:
+                    done[link_id] = await self._cancel(record)
             if not waiting:
                 break
             if loop.time() > deadline:
-                logger.warning("cancel: orders still being sent after {s:g} s", s=_CANCEL_WAIT_S)
+                for record in waiting:
+                    logger.error(
+                        "cancel: {id} is still being sent", id=record.request.order_link_id
+                    )
+                    done[record.request.order_link_id] = _row(
+                        record, "still being sent: not cancelled; run the halt again"
+                    )
                 break
             await asyncio.sleep(_CANCEL_POLL_S)
         return list(done.values())
 
     async def _cancel(self, record: OrderRecord) -> dict[str, str]:
         request = record.request
-        row = {"order_link_id": request.order_link_id, "strategy": request.strategy}
         try:
             event = await self._executor.cancel(request)
-        except VenueError as exc:
+        except Exception as exc:  # one failed cancel must not stop the others
             logger.error("cancel of {id} failed: {error}", id=request.order_link_id, error=exc)
-            return row | {"status": "cancel failed", "reason": str(exc)}
-        status = event.status.value if event is not None else "not at the venue"
-        return row | {"status": status}
+            return _row(record, f"cancel failed: {exc}")
+        return _row(record, event.status.value if event is not None else "not at the venue")
 
     async def _flatten(self, strategies: frozenset[str]) -> list[dict[str, str]]:
-        """One reduce-only market order per open position of `strategies`."""
+        """Reduce-only market orders closing each open position of `strategies`."""
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%f")
         books = [
             book
@@ -158,36 +159,48 @@ class KillSwitch:
             )
             try:
                 status = await self._close(signal, book.key_name, book.size)
-            except VenueError as exc:
+            except Exception as exc:  # one failed close must not stop the others
                 logger.error("flatten of {symbol} failed: {error}", symbol=book.symbol, error=exc)
                 status = f"failed: {exc}"
             results.append(row | {"status": status})
         return results
 
     async def _close(self, signal: Signal, key_name: str, size: Decimal) -> str:
-        """Close `size` (signed) of `signal.strategy`'s position: journaled, gated, sent."""
+        """Close `size` (signed) of `signal.strategy`'s position: journaled, gated, sent, in
+        legs of at most the instrument's largest order."""
         assert signal.strategy is not None
-        view = await self._market.view(
-            key_name, signal.strategy, signal.symbol, with_position=False
-        )
-        intent = OrderIntent(
-            strategy=signal.strategy,
-            signal_source=signal.source,
-            signal_id=signal.id,
-            symbol=signal.symbol,
-            side=Side.SELL if size > 0 else Side.BUY,
-            order_type=OrderType.MARKET,
-            qty=abs(size),
-            reference_price=view.last_price,
-            reduce_only=True,
-            signal_ts=signal.ts,
-        )
+        instrument, price = await self._market.quote(key_name, signal.symbol)
         await self._journal.call(self._journal.record_signal, signal)
+        statuses = []
         try:
-            verdict = self._decide(intent, view)
-            events = await self._executor.execute_all([verdict], key_name)
-            if not events:
-                return f"rejected ({verdict.rule}): {verdict.reason}"
-            return events[0].status.value
+            left, leg = abs(size), 0
+            while left > 0:
+                qty = min(left, instrument.max_order_qty)
+                intent = OrderIntent(
+                    strategy=signal.strategy,
+                    signal_source=signal.source,
+                    signal_id=signal.id,
+                    leg=leg,
+                    symbol=signal.symbol,
+                    side=Side.SELL if size > 0 else Side.BUY,
+                    order_type=OrderType.MARKET,
+                    qty=qty,
+                    reference_price=price,
+                    reduce_only=True,
+                    signal_ts=signal.ts,
+                )
+                verdict = self._decide(intent, instrument, price)
+                events = await self._executor.execute_all([verdict], key_name)
+                if not events:
+                    statuses.append(f"rejected ({verdict.rule}): {verdict.reason}")
+                    break
+                statuses.append(events[0].status.value)
+                left, leg = left - qty, leg + 1
         finally:
             await self._journal.call(self._journal.mark_processed, signal)
+        return ", ".join(statuses)
+
+
+def _row(record: OrderRecord, status: str) -> dict[str, str]:
+    request = record.request
+    return {"order_link_id": request.order_link_id, "strategy": request.strategy, "status": status}

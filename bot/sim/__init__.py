@@ -19,6 +19,7 @@ from bot.sim.config import (
     PriceWalk,
     SimAccountSpec,
     SimFaults,
+    SimKeyProfile,
     SimulatorConfig,
     parse_faults,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SimError",
     "SimExchange",
     "SimFaults",
+    "SimKeyProfile",
     "SimServer",
     "SimulatorConfig",
     "create_app",

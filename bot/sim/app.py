@@ -11,7 +11,8 @@ Business errors are HTTP 200 with Bybit's envelope; nothing a client sends yield
 Admin routes (unauthenticated, loopback clients only, errors as HTTP 4xx `{"error": ...}`):
 
 - `GET /sim/orders[?api_key=K]`: every order, oldest first (query lag does not apply).
-- `GET /sim/stats`: requests per path, answers per retCode and HTTP status, faults injected.
+- `GET /sim/stats`: requests per path, answers per retCode and HTTP status, faults injected,
+  authenticated requests per key note and path (which key signed what; never the key).
 - `GET|POST /sim/prices`: the body maps symbols to a price (`{"BTCUSDT": 97000}`, which also
   stops any walk of that symbol), to a seeded random walk
   (`{"BTCUSDT": {"walk": {"seed": 1, "step_bps": 5, "interval_ms": 100}}}`, optional
@@ -234,6 +235,7 @@ class _Gateway:
                 )
             except SimError as exc:
                 return self._envelope(path, exc.ret_code, exc.ret_msg)
+            self._exchange.record_signed(api_key, path)
 
             headers, allowed, refusal = self._limit(api_key, path)
             if not allowed or self._exchange.inject("rate_limit_10006"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,7 @@ __all__ = [
     "PriceWalk",
     "SimAccountSpec",
     "SimFaults",
+    "SimKeyProfile",
     "SimulatorConfig",
     "parse_faults",
 ]
@@ -245,18 +246,11 @@ class PriceWalk(BaseModel):
     )
 
 
-class SimAccountSpec(BaseModel):
-    """One API key of the simulated exchange and the account (balance, orders) behind it."""
+class SimKeyProfile(BaseModel):
+    """What an API key may do and what `/v5/user/query-api` reports about it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    api_key: str = Field(
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="The key sent in X-BAPI-API-KEY; one account per key.",
-    )
-    api_secret: SecretStr = Field(description="HMAC-SHA256 secret the client signs with.")
     read_only: bool = Field(default=False, description="Read-only keys cannot trade (10005).")
     permissions: dict[str, list[str]] = Field(
         default_factory=_default_permissions,
@@ -273,18 +267,11 @@ class SimAccountSpec(BaseModel):
         description="When the key expires (33004 from then on); None never expires. "
         "Naive datetimes are read as UTC.",
     )
-    balance_usdt: Decimal | None = Field(
-        default=None,
-        ge=0,
-        allow_inf_nan=False,
-        description="Starting USDT wallet balance; None uses the config's starting_balance_usdt.",
+    uta: Literal[0, 1] = Field(
+        default=1, description="1: the account is a unified trading account (UTA); 0: classic."
     )
-    note: str = Field(default="", max_length=128, description="Bybit's free-text key remark.")
-    hedge_mode: bool = Field(
-        default=False,
-        description="Hedge (two-way) position mode: /v5/position/list shows positionIdx 1 (Buy "
-        "side) and 2 (Sell side) per symbol, and orders with positionIdx 0 are refused 10001. "
-        "Only detection is simulated: hedge-mode orders are refused too.",
+    unified: Literal[0, 1] = Field(
+        default=0, description="Bybit's deprecated unified-margin flag, reported as is."
     )
 
     @field_validator("permissions")
@@ -315,6 +302,37 @@ class SimAccountSpec(BaseModel):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+class SimAccountSpec(SimKeyProfile):
+    """One API key of the simulated exchange and the account (balance, orders) behind it."""
+
+    api_key: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="The key sent in X-BAPI-API-KEY; one account per key.",
+    )
+    api_secret: SecretStr = Field(description="HMAC-SHA256 secret the client signs with.")
+    balance_usdt: Decimal | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Starting USDT wallet balance; None uses the config's starting_balance_usdt.",
+    )
+    note: str = Field(default="", max_length=128, description="Bybit's free-text key remark.")
+    account_of: str | None = Field(
+        default=None,
+        description="The api_key of an existing account this key is added to (Bybit accounts "
+        "hold several keys, e.g. while one is rotated); balance_usdt and hedge_mode are then "
+        "the account's.",
+    )
+    hedge_mode: bool = Field(
+        default=False,
+        description="Hedge (two-way) position mode: /v5/position/list shows positionIdx 1 (Buy "
+        "side) and 2 (Sell side) per symbol, and orders with positionIdx 0 are refused 10001. "
+        "Only detection is simulated: hedge-mode orders are refused too.",
+    )
 
 
 class SimulatorConfig(BaseModel):
@@ -435,6 +453,12 @@ class SimulatorConfig(BaseModel):
     )
     accounts: list[SimAccountSpec] = Field(
         default_factory=list, description="Accounts created at start-up, one per API key."
+    )
+    key_profiles: dict[str, SimKeyProfile] = Field(
+        default_factory=dict,
+        description="By the bot's key name: what its sim key may do (permissions, read-only, "
+        "IP binding, expiry, account type). A key without a profile has trading rights only "
+        "and is bound to 127.0.0.1.",
     )
 
     @model_validator(mode="before")

@@ -208,7 +208,10 @@ class SimExchange:
         self._engine = Scheduler(self._lock)
         self._prices: dict[str, Decimal] = dict(self._config.prices)
         self._walks: dict[str, _Walk] = {}
-        self._accounts: dict[str, AccountRecord] = {}
+        self._accounts: dict[str, AccountRecord] = {}  # by the key that opened each
+        #: every key, an account's further keys (`account_of`) included, to its account / spec
+        self._by_key: dict[str, AccountRecord] = {}
+        self._key_specs: dict[str, SimAccountSpec] = {}
         self._faults = self._config.faults
         # Faults and fills only need reproducibility, not unpredictability.
         self._rng = random.Random(self._config.seed)  # noqa: S311
@@ -221,6 +224,7 @@ class SimExchange:
         self._tick_directions: dict[str, str] = {}
         self._streams: list[StreamSink] = []
         self._requests_by_path: Counter[str] = Counter()
+        self._signed: Counter[tuple[str, str]] = Counter()  # (key note, path) -> requests
         self._answers_by_ret_code: Counter[int] = Counter()
         self._answers_by_http_status: Counter[int] = Counter()
         self._faults_injected: Counter[str] = Counter()
@@ -287,8 +291,9 @@ class SimExchange:
     def account_label(self, api_key: str) -> tuple[int, str] | None:
         """The key's account UID and key note (what the admin views show instead of the key)."""
         with self._lock:
-            account = self._accounts.get(api_key)
-            return (account.user_id, account.spec.note) if account is not None else None
+            account = self._by_key.get(api_key)
+            spec = self._key_specs.get(api_key)
+            return (account.user_id, spec.note) if account and spec else None
 
     def _ticker_row(self, symbol: str) -> dict[str, str]:
         next_funding = (self.now_ms() // _FUNDING_INTERVAL_MS + 1) * _FUNDING_INTERVAL_MS
@@ -302,13 +307,13 @@ class SimExchange:
 
     def _push(self, account: AccountRecord, topic: str, rows: Callable[[], list[Any]]) -> None:
         """Push rows (built only if someone listens) to the account's stream connections."""
-        key = account.spec.api_key
         built: list[Any] | None = None
-        for sink in self._streams:
-            if sink.wants_private(key, topic):
-                if built is None:
-                    built = rows()
-                sink.push_private(key, topic, built)
+        for key in account.api_keys:
+            for sink in self._streams:
+                if sink.wants_private(key, topic):
+                    if built is None:
+                        built = rows()
+                    sink.push_private(key, topic, built)
 
     def _push_order(self, account: AccountRecord, order: OrderRecord) -> None:
         def rows() -> list[Any]:
@@ -345,33 +350,44 @@ class SimExchange:
         return time.time_ns() // 1_000_000 + skew
 
     def add_account(self, spec: SimAccountSpec) -> None:
-        """Open an account for a new API key; an existing key raises DuplicateAccountError."""
+        """Open an account for a new API key, or (`spec.account_of`) add the key to an existing
+        account, as Bybit lets an account hold several keys; an existing key raises
+        DuplicateAccountError (an unknown `account_of`, ValueError)."""
         with self._lock:
-            if spec.api_key in self._accounts:
+            if spec.api_key in self._by_key:
                 raise DuplicateAccountError(f"an account with api_key {spec.api_key!r} exists")
-            balance = (
-                spec.balance_usdt
-                if spec.balance_usdt is not None
-                else self._config.starting_balance_usdt
-            )
-            self._accounts[spec.api_key] = AccountRecord(
-                spec=spec,
-                user_id=self._next_user_id,
-                created_ms=self.now_ms(),
-                wallet_balance=balance,
-            )
-            self._next_user_id += 1
+            if spec.account_of is not None:
+                account = self._by_key.get(spec.account_of)
+                if account is None:
+                    raise ValueError(f"account_of {spec.account_of!r}: no account has that key")
+                account.api_keys.append(spec.api_key)
+            else:
+                balance = (
+                    spec.balance_usdt
+                    if spec.balance_usdt is not None
+                    else self._config.starting_balance_usdt
+                )
+                account = AccountRecord(
+                    spec=spec,
+                    user_id=self._next_user_id,
+                    created_ms=self.now_ms(),
+                    wallet_balance=balance,
+                    api_keys=[spec.api_key],
+                )
+                self._accounts[spec.api_key] = account
+                self._next_user_id += 1
+            self._by_key[spec.api_key] = account
+            self._key_specs[spec.api_key] = spec
 
     def account_spec(self, api_key: str) -> SimAccountSpec | None:
         """The key's spec, or None when the exchange does not know the key."""
         with self._lock:
-            account = self._accounts.get(api_key)
-            return account.spec if account is not None else None
+            return self._key_specs.get(api_key)
 
     def user_id(self, api_key: str) -> int | None:
         """The UID of the key's account (rate limits count per UID), or None."""
         with self._lock:
-            account = self._accounts.get(api_key)
+            account = self._by_key.get(api_key)
             return account.user_id if account is not None else None
 
     def set_prices(self, prices: Mapping[str, Decimal | int | str]) -> None:
@@ -497,6 +513,12 @@ class SimExchange:
             if ret_code is not None:
                 self._answers_by_ret_code[ret_code] += 1
 
+    def record_signed(self, api_key: str, path: str) -> None:
+        """Count one authenticated request under its key's note (never the key itself)."""
+        with self._lock:
+            spec = self._key_specs.get(api_key)
+            self._signed[(spec.note if spec is not None else "?", path)] += 1
+
     def stats(self) -> dict[str, Any]:
         """Request and answer counters plus a few totals, JSON-ready."""
         with self._lock:
@@ -510,6 +532,7 @@ class SimExchange:
                     str(code): n for code, n in sorted(self._answers_by_http_status.items())
                 },
                 "faults_injected": dict(sorted(self._faults_injected.items())),
+                "signed_requests_by_key_note": _by_note(self._signed),
                 "accounts": len(self._accounts),
                 "orders": sum(len(account.orders) for account in accounts),
                 "open_orders": sum(len(account.open_orders) for account in accounts),
@@ -526,7 +549,7 @@ class SimExchange:
             if api_key is None:
                 accounts = list(self._accounts.values())
             else:
-                accounts = [self._accounts[api_key]] if api_key in self._accounts else []
+                accounts = [self._by_key[api_key]] if api_key in self._by_key else []
             rows = [
                 (
                     order.seq,
@@ -604,7 +627,7 @@ class SimExchange:
         """
         with self._lock:
             account = self._account(api_key)
-            self._require(account, "Order")
+            self._require(api_key, "Order")
             spec = self._instrument(params.symbol)
             self._check_position_idx(account, params.position_idx)
             price_now = self._prices[params.symbol]
@@ -651,7 +674,7 @@ class SimExchange:
         """
         with self._lock:
             account = self._account(api_key)
-            self._require(account, "Order")
+            self._require(api_key, "Order")
             self._instrument(params.symbol)
             order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
             if order is None or order.order_type == "Market":
@@ -713,7 +736,7 @@ class SimExchange:
         """`POST /v5/order/cancel` by orderId (preferred) or orderLinkId."""
         with self._lock:
             account = self._account(api_key)
-            self._require(account, "Order")
+            self._require(api_key, "Order")
             self._instrument(params.symbol)
             if params.order_id is None and params.order_link_id is None:
                 raise SimError(
@@ -729,7 +752,7 @@ class SimExchange:
         """`POST /v5/order/cancel-all` by symbol, baseCoin or settleCoin."""
         with self._lock:
             account = self._account(api_key)
-            self._require(account, "Order")
+            self._require(api_key, "Order")
             if params.symbol is None and params.base_coin is None and params.settle_coin is None:
                 raise SimError(
                     RetCode.PARAMS_ERROR,
@@ -760,7 +783,7 @@ class SimExchange:
         """`POST /v5/position/set-leverage` (one-way mode: buy and sell leverage equal)."""
         with self._lock:
             account = self._account(api_key)
-            self._require(account, "Position")
+            self._require(api_key, "Position")
             spec = self._instrument(params.symbol)
             if params.buy_leverage != params.sell_leverage:
                 raise SimError(
@@ -905,7 +928,8 @@ class SimExchange:
         """`GET /v5/user/query-api`."""
         with self._lock:
             account = self._account(api_key)
-            return api_key_view(account.spec, account.user_id, account.created_ms, self.now_ms())
+            spec = self._key_specs[api_key]
+            return api_key_view(spec, account.user_id, account.created_ms, self.now_ms())
 
     def account_info(self, api_key: str, params: NoParams) -> dict[str, Any]:
         """`GET /v5/account/info`."""
@@ -927,14 +951,15 @@ class SimExchange:
     # ----------------------------------------------------------------- internals (lock held)
 
     def _account(self, api_key: str) -> AccountRecord:
-        account = self._accounts.get(api_key)
+        account = self._by_key.get(api_key)
         if account is None:
             raise SimError(RetCode.INVALID_API_KEY, "API key is invalid.")
         return account
 
-    @staticmethod
-    def _require(account: AccountRecord, right: str) -> None:
-        if account.spec.read_only or right not in account.spec.permissions.get("ContractTrade", []):
+    def _require(self, api_key: str, right: str) -> None:
+        """The key itself (not its account) must hold the ContractTrade `right`."""
+        spec = self._key_specs[api_key]
+        if spec.read_only or right not in spec.permissions.get("ContractTrade", []):
             raise SimError(
                 RetCode.PERMISSION_DENIED,
                 "Permission denied, please check your API key permissions.",
@@ -1543,3 +1568,11 @@ class SimExchange:
             self._leverage(account, symbol),
             account.created_ms,
         )
+
+
+def _by_note(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    """{note: {path: requests}}, sorted."""
+    table: dict[str, dict[str, int]] = {}
+    for (note, path), n in sorted(counts.items()):
+        table.setdefault(note, {})[path] = n
+    return table

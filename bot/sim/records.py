@@ -161,6 +161,8 @@ class AccountRecord:
     closed_pnl: list[ClosedPnlRecord] = field(default_factory=list)
     #: The closed-pnl record of each closing order, to add later fills of the same order to.
     closed_pnl_by_order: dict[str, ClosedPnlRecord] = field(default_factory=dict)
+    #: every API key of the account (the one that opened it first); each gets its pushes
+    api_keys: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Final, Protocol
 
 from bot.config import Environment
 from bot.messages import (
@@ -24,7 +24,17 @@ from bot.messages import (
     WalletUpdate,
 )
 
-__all__ = ["Venue", "check_sim_url"]
+__all__ = ["BYBIT_URLS", "Venue", "check_sim_url", "venue_urls"]
+
+#: Bybit's V5 hosts per environment: (REST, private stream). The only place they are named.
+BYBIT_URLS: Final = {
+    Environment.MAINNET: ("https://api.bybit.com", "wss://stream.bybit.com/v5/private"),
+    Environment.TESTNET: (
+        "https://api-testnet.bybit.com",
+        "wss://stream-testnet.bybit.com/v5/private",
+    ),
+    Environment.DEMO: ("https://api-demo.bybit.com", "wss://stream-demo.bybit.com/v5/private"),
+}
 
 
 def check_sim_url(environment: Environment, sim_url: str) -> None:
@@ -32,6 +42,15 @@ def check_sim_url(environment: Environment, sim_url: str) -> None:
     in `sim` and refused everywhere else (no flag can send a real key to the simulator)."""
     if (environment is Environment.SIM) != bool(sim_url):
         raise ValueError("a simulator URL is required in sim and forbidden elsewhere")
+
+
+def venue_urls(environment: Environment, sim_url: str = "") -> tuple[str, str]:
+    """(REST, private stream) URLs of a key of `environment`: decided by it alone."""
+    check_sim_url(environment, sim_url)
+    if environment is Environment.SIM:
+        rest = sim_url.rstrip("/")
+        return rest, rest.replace("http", "ws", 1) + "/v5/private"
+    return BYBIT_URLS[environment]
 
 
 class Venue(Protocol):

@@ -43,7 +43,7 @@ from bot.messages import (
     WalletUpdate,
 )
 from bot.secrets import ApiCredentials
-from bot.venue.base import check_sim_url
+from bot.venue.base import venue_urls
 from bot.venue.errors import (
     CLOCK_DRIFT_CODE,
     IP_WIDE_CODES,
@@ -57,11 +57,13 @@ from bot.venue.errors import (
 )
 from bot.venue.shapes import (
     POSITION_EXEC_TYPES,
+    KeyInfo,
     closed_pnl,
     decimal_field,
     execution,
     exit_order,
     is_exit_order,
+    key_info,
     order_event,
     position_update,
     wallet_update,
@@ -100,10 +102,17 @@ class _VenueClock:
 
 
 class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
-    """pybit's client holding the API secret as SecretStr, unwrapped only to sign a request."""
+    """pybit's client holding the API key and secret as SecretStr, unwrapped only to sign."""
 
-    def __init__(self, *, api_secret: SecretStr, clock: _VenueClock, **kwargs: Any) -> None:
-        super().__init__(api_secret="<held-as-SecretStr>", **kwargs)  # noqa: S106
+    def __init__(
+        self, *, api_key: SecretStr, api_secret: SecretStr, clock: _VenueClock, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            api_key="<held-as-SecretStr>",
+            api_secret="<held-as-SecretStr>",  # noqa: S106
+            **kwargs,
+        )
+        self._key = api_key
         self._secret = api_secret
         self._clock = clock
 
@@ -114,7 +123,7 @@ class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
         timestamp = int(time.time() * 1000) + self._clock.offset_ms
         return {
             "Content-Type": content_type,
-            "X-BAPI-API-KEY": self.api_key,
+            "X-BAPI-API-KEY": self._key.get_secret_value(),
             "X-BAPI-SIGN": self._auth(payload, recv_window, timestamp),
             "X-BAPI-SIGN-TYPE": "2",
             "X-BAPI-TIMESTAMP": str(timestamp),
@@ -123,7 +132,8 @@ class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
 
     def _auth(self, payload: str, recv_window: int, timestamp: int) -> str:
         # Same string-to-sign as pybit's HMAC path: timestamp + api_key + recv_window + payload.
-        message = f"{timestamp}{self.api_key}{recv_window}{payload}".encode()
+        key = self._key.get_secret_value()
+        message = f"{timestamp}{key}{recv_window}{payload}".encode()
         secret = self._secret.get_secret_value().encode()
         return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
@@ -147,16 +157,14 @@ class BybitVenue:
     ) -> None:
         """`max_wait_s` bounds a wait for room under a rate limit: past it a call fails as
         retryable (with the wait) instead of sleeping through a ban."""
-        check_sim_url(environment, sim_url)
+        self._rest_url, _ = venue_urls(environment, sim_url)
         self.name = credentials.name
         self.environment = environment
         self._clock = _VenueClock()
         self._session_options: dict[str, Any] = {
-            "api_key": credentials.api_key.get_secret_value(),
+            "api_key": credentials.api_key,
             "api_secret": credentials.api_secret,
             "clock": self._clock,
-            "testnet": environment is Environment.TESTNET,
-            "demo": environment is Environment.DEMO,
             "recv_window": recv_window_ms,
             "timeout": timeout_s,
             "force_retry": False,
@@ -164,9 +172,9 @@ class BybitVenue:
             "retry_codes": set(_NO_PYBIT_RETRIES),
             "return_response_headers": True,
         }
-        self._sim_url = sim_url.rstrip("/")
         self._sessions: list[_SigningHTTP] = []
         self._sessions_lock = threading.Lock()
+        self._generation = 0  # bumped by `rotate`: each thread then opens a new session
         self._local = threading.local()
         self._endpoint = str(self._session().endpoint)
         self._pool = ThreadPoolExecutor(
@@ -186,17 +194,38 @@ class BybitVenue:
             for session in self._sessions:
                 session.client.close()
 
+    def rotate(self, credentials: ApiCredentials) -> None:
+        """Sign every new request with `credentials` (a new key of the same account): the key
+        name, and with it the rate limiter and the journal's identity, stay. A request in
+        flight finishes with the old key."""
+        if credentials.name != self.name:
+            raise ValueError(f"credentials of key {credentials.name} given to key {self.name}")
+        with self._sessions_lock:
+            self._session_options = {
+                **self._session_options,
+                "api_key": credentials.api_key,
+                "api_secret": credentials.api_secret,
+            }
+            self._generation += 1
+
     def _session(self) -> _SigningHTTP:
-        """This thread's pybit session (requests sessions are not shared between threads)."""
+        """This thread's pybit session (requests sessions are not shared between threads),
+        opened anew after a rotation; the old one is idle then (a thread makes one call at a
+        time) and is closed."""
         session: _SigningHTTP | None = getattr(self._local, "session", None)
-        if session is None:
-            session = _SigningHTTP(**self._session_options)
-            if self._sim_url:
-                session.endpoint = self._sim_url
-            self._local.session = session
-            with self._sessions_lock:
-                self._sessions.append(session)
-        return session
+        if session is not None and self._local.generation == self._generation:
+            return session
+        with self._sessions_lock:
+            options, generation = self._session_options, self._generation
+            if session is not None:
+                self._sessions.remove(session)
+                session.client.close()
+        fresh = _SigningHTTP(**options)
+        fresh.endpoint = self._rest_url  # the key's environment alone decides it
+        self._local.session, self._local.generation = fresh, generation
+        with self._sessions_lock:
+            self._sessions.append(fresh)
+        return fresh
 
     # orders --------------------------------------------------------------------------------
 
@@ -375,6 +404,12 @@ class BybitVenue:
         return rows
 
     # market and account --------------------------------------------------------------------
+
+    async def api_key_info(self) -> KeyInfo:
+        """What this key may do: `/v5/user/query-api`."""
+        return key_info(
+            await self._read("api_key_info", "/v5/user/query-api", "get_api_key_information")
+        )
 
     async def last_price(self, symbol: str) -> Decimal:
         result = await self._read("last_price", "", "get_tickers", category=CATEGORY, symbol=symbol)

@@ -37,6 +37,7 @@ from bot.venue.errors import (
     KeyFatalError,
     OrderRejectedError,
     RetryableError,
+    VenueError,
 )
 
 __all__ = ["FakeVenue", "Outcome"]
@@ -93,6 +94,8 @@ class FakeVenue:
         self.fills: list[Execution] = []  # every execution, oldest first
         self.hedged: set[str] = set()  # symbols the account trades in hedge mode
         self.leverage: dict[str, Decimal] = {}  # symbol -> leverage set
+        #: what the next set_leverage calls raise, in order (after applying it, if `applied`)
+        self.leverage_failures: deque[tuple[VenueError, bool]] = deque()
         self._script: deque[Outcome] = deque()
         self._ids = itertools.count(1)
 
@@ -145,7 +148,13 @@ class FakeVenue:
 
     async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
         self.calls["set_leverage"] += 1
-        self.leverage[symbol] = leverage
+        if not self.leverage_failures:
+            self.leverage[symbol] = leverage
+            return
+        error, applied = self.leverage_failures.popleft()
+        if applied:  # the venue did it, but its answer was lost
+            self.leverage[symbol] = leverage
+        raise error
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
         self.calls["get_order"] += 1

@@ -6,6 +6,7 @@ makes the whole answer ambiguous (never a guess).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -26,11 +27,13 @@ from bot.venue.errors import AmbiguousError
 __all__ = [
     "EXIT_KINDS",
     "POSITION_EXEC_TYPES",
+    "KeyInfo",
     "closed_pnl",
     "decimal_field",
     "execution",
     "exit_order",
     "is_exit_order",
+    "key_info",
     "order_event",
     "position_update",
     "wallet_update",
@@ -186,3 +189,51 @@ def _from_ms(value: object) -> datetime:
         return datetime.fromtimestamp(int(str(value)) / 1000, tz=UTC)
     except (ValueError, OverflowError):
         return utc_now()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """An API key as `/v5/user/query-api` describes it (never its secret)."""
+
+    read_only: bool
+    #: permission group (ContractTrade, Wallet, ...) -> granted rights, empty groups left out
+    permissions: dict[str, tuple[str, ...]]
+    ips: tuple[str, ...]  # ("*",): not bound to any IP
+    expires_at: datetime | None  # None: never expires
+    uta: bool  # the account is a unified trading account
+    note: str
+
+    @property
+    def ip_bound(self) -> bool:
+        return bool(self.ips) and "*" not in self.ips
+
+
+def key_info(row: dict[str, Any]) -> KeyInfo:
+    """A `/v5/user/query-api` result; AmbiguousError if it cannot be read."""
+    try:
+        permissions = {
+            str(group): tuple(str(right) for right in rights)
+            for group, rights in (row.get("permissions") or {}).items()
+            if rights
+        }
+        expires_at = _key_expiry(str(row.get("expiredAt") or ""))
+        return KeyInfo(
+            read_only=int(row.get("readOnly") or 0) == 1,
+            permissions=permissions,
+            ips=tuple(str(ip) for ip in row.get("ips") or ("*",)),
+            expires_at=expires_at,
+            uta=int(row.get("uta") or 0) == 1,
+            note=str(row.get("note") or ""),
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise AmbiguousError(f"unreadable API key information: {exc}") from None
+
+
+def _key_expiry(text: str) -> datetime | None:
+    """Bybit reports a key that never expires with an empty or epoch-zero `expiredAt`."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return None if moment.year <= 1970 else moment

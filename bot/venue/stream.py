@@ -33,7 +33,7 @@ from bot.config import Environment
 from bot.logs import logger
 from bot.messages import Execution, ExitOrder, OrderEvent, PositionUpdate, WalletUpdate
 from bot.secrets import ApiCredentials
-from bot.venue.base import check_sim_url
+from bot.venue.base import venue_urls
 from bot.venue.errors import AmbiguousError
 from bot.venue.shapes import (
     POSITION_EXEC_TYPES,
@@ -93,15 +93,18 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
         self,
         *,
         url: str,
+        api_key: SecretStr,
         api_secret: SecretStr,
         on_closed: Callable[[], None],
         **kwargs: Any,
     ) -> None:
         self._url_override = url
+        self._key = api_key
         self._secret = api_secret
         self._on_closed_callback = on_closed
         super().__init__(
             channel_type="private",
+            api_key="<held-as-SecretStr>",
             api_secret="<held-as-SecretStr>",  # noqa: S106
             restart_on_error=False,
             # pybit counts down before it checks: 1 would fail even a connection that worked.
@@ -111,16 +114,15 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
         )
 
     def _connect(self, url: str) -> None:
-        # pybit formats its URL template; a plain URL (the simulator's) survives it unchanged.
-        super()._connect(self._url_override or url)
+        # pybit formats its URL template; a plain URL survives it unchanged.
+        super()._connect(self._url_override)
 
     def _auth(self) -> None:
         expires = int(time.time() * 1000) + _AUTH_EXPIRY_S * 1000
         secret = self._secret.get_secret_value().encode()
         signature = hmac.new(secret, f"GET/realtime{expires}".encode(), hashlib.sha256)
-        self.ws.send(
-            json.dumps({"op": "auth", "args": [self.api_key, expires, signature.hexdigest()]})
-        )
+        key = self._key.get_secret_value()
+        self.ws.send(json.dumps({"op": "auth", "args": [key, expires, signature.hexdigest()]}))
 
     def subscribe_all(self, topics: tuple[str, ...], callback: Callable[[Any], None]) -> None:
         """Subscribe to `topics` with one request, the callbacks registered first.
@@ -175,16 +177,24 @@ class AccountStream:
         sim_url: str = "",
         rng: random.Random | None = None,
     ) -> None:
-        check_sim_url(environment, sim_url)
+        _, self.url = venue_urls(environment, sim_url)  # the key's environment alone decides
         self.name = credentials.name
         self._credentials = credentials
-        self._environment = environment
-        self._url = sim_url.rstrip("/").replace("http", "ws", 1) + "/v5/private" if sim_url else ""
         self._on_message = on_message
         self._on_connected = on_connected
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.live = False
         self.connects = 0
+        self._closed: asyncio.Event | None = None  # set to drop the current connection
+
+    def rotate(self, credentials: ApiCredentials) -> None:
+        """Reconnect with `credentials` (a new key of the same account); the gap is closed on
+        the new connection as after any drop."""
+        if credentials.name != self.name:
+            raise ValueError(f"credentials of key {credentials.name} given to key {self.name}")
+        self._credentials = credentials
+        if self._closed is not None:
+            self._closed.set()
 
     async def run(self) -> None:
         """Connect, close the gap, relay messages; reconnect with backoff after a drop."""
@@ -192,7 +202,7 @@ class AccountStream:
         failures = 0
         while True:
             inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-            closed = asyncio.Event()
+            closed = self._closed = asyncio.Event()
             try:
                 socket = await asyncio.to_thread(self._open, loop, inbox, closed)
             except Exception as exc:  # any failure to connect is retried, with a bound
@@ -253,12 +263,11 @@ class AccountStream:
         websocket.setdefaulttimeout(CONNECT_TIMEOUT_S)
 
         socket = _PrivateSocket(
-            url=self._url,
+            url=self.url,
+            api_key=self._credentials.api_key,
             api_secret=self._credentials.api_secret,
             on_closed=on_closed,
-            api_key=self._credentials.api_key.get_secret_value(),
-            testnet=self._environment is Environment.TESTNET,
-            demo=self._environment is Environment.DEMO,
+            testnet=False,  # pybit's URL table is not used: `url` above is the one
         )
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while not socket.auth and not socket.exited and time.monotonic() < deadline:

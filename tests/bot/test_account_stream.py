@@ -110,7 +110,7 @@ def test_fills_while_the_stream_is_down_are_caught_up_once(
 SHARED = """
 [keys.follow_sim]
 environment = "sim"
-strategies = ["follow", "second"]
+shared = true
 
 [strategies.second]
 plugin = "follow"

@@ -84,19 +84,42 @@ def test_strategy_cannot_use_a_key_of_another_environment(tmp_path: Path) -> Non
 def test_sharing_a_key_must_be_explicit(tmp_path: Path) -> None:
     text = KEYED + '[strategies.other]\nplugin = "follow"\nkey = "alpha"\n'
 
-    with pytest.raises(ConfigError, match="sharing a key must be explicit"):
+    with pytest.raises(ConfigError, match=r"sharing a key must be explicit: set keys.alpha.shared"):
         load_settings(write(tmp_path, text))
-    shared = text.replace(
-        'environment = "sim"', 'environment = "sim"\nstrategies = ["follow", "other"]'
-    )
-    assert load_settings(write(tmp_path, shared)).keys["alpha"].strategies == ("follow", "other")
+    shared = text.replace('environment = "sim"', 'environment = "sim"\nshared = true')
+    assert load_settings(write(tmp_path, shared)).keys["alpha"].shared
 
 
-def test_a_key_scoped_to_strategies_refuses_any_other(tmp_path: Path) -> None:
-    scoped = KEYED.replace('environment = "sim"', 'environment = "sim"\nstrategies = ["alpha"]')
+@pytest.mark.parametrize(
+    ("section", "variable"),
+    [
+        ("[keys.alpha]\napi_secret", "BOT_KEY_ALPHA_API_SECRET"),
+        ("[keys.alpha]\napi_key", "BOT_KEY_ALPHA_API_KEY"),
+        ("[sources.voiceofchain]\nsecret", "BOT_ secret variable"),
+    ],
+)
+def test_a_secret_in_the_config_file_is_refused_without_echoing_it(
+    tmp_path: Path, section: str, variable: str
+) -> None:
+    text = KEYED.replace("[keys.alpha]\n", "") + f'{section} = "s3cr3t-value-1234"\n'
+    text += 'environment = "sim"\n' if section.startswith("[keys") else ""
 
-    with pytest.raises(ConfigError, match=r"scoped to \['alpha'\].*but follow uses it"):
-        load_settings(write(tmp_path, scoped))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, text))
+
+    message = str(caught.value)
+    assert "secrets never go in the configuration file" in message
+    assert variable in message
+    assert "s3cr3t" not in message
+
+
+def test_the_mainnet_opt_in_cannot_come_from_an_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_ALLOW_MAINNET", "true")
+
+    with pytest.raises(ConfigError, match="must be written in the configuration file"):
+        load_settings(write(tmp_path, KEYED))
 
 
 def test_strategy_naming_a_missing_key_is_refused(tmp_path: Path) -> None:

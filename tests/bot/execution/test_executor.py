@@ -223,20 +223,6 @@ def test_the_approved_leverage_is_set_on_the_venue_once_before_the_order(
     assert set_leverage_calls(sim) == before + 1  # the second order found it set already
 
 
-def test_an_order_whose_leverage_the_venue_refuses_is_never_sent(
-    exchange: tuple[SimExchange, str], tmp_path: Path
-) -> None:
-    executor, _ = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
-    item = intent().model_copy(update={"leverage": Decimal("2.005")})  # off Bybit's 0.01 grid
-
-    event = asyncio.run(executor.execute(approve(item), "k"))
-
-    assert event.status is OrderStatus.REJECTED
-    assert event.reason.startswith("not sent: leverage 2.005 could not be set")
-    assert event.ret_code == 10001
-    assert orders_for(exchange[0], item) == []
-
-
 def test_the_executor_refuses_an_approval_the_gate_did_not_make(tmp_path: Path) -> None:
     executor = Executor(Journal(tmp_path / "j.sqlite3"), {}, FAST)
     forged = RiskDecision(intent=intent(), approved=True, reason="trust me")

@@ -22,6 +22,7 @@ from bot.messages import (
     Signal,
     parse_signal,
 )
+from bot.venue.errors import OrderRejectedError
 from bot.venue.fake import Crash, FakeVenue
 from tests.factories import approve, make_intent
 
@@ -278,3 +279,63 @@ def _signal_for(intent: OrderIntent) -> Signal:
             "ts": intent.signal_ts.isoformat(),
         },
     )
+
+
+def with_leverage(leverage: str, **fields: object) -> OrderIntent:
+    return make_intent(leverage=Decimal(leverage), **fields)
+
+
+def test_an_order_whose_leverage_the_venue_refuses_is_never_sent(journal: Journal) -> None:
+    venue = FakeVenue()
+    venue.leverage_failures.append((OrderRejectedError("leverage invalid", ret_code=10001), False))
+
+    event = execute(Executor(journal, {"k": venue}, FAST), with_leverage("7"))
+
+    assert event.status is OrderStatus.REJECTED
+    assert event.reason == "not sent: leverage could not be set: leverage invalid"
+    assert venue.calls["place_order"] == 0
+
+
+def test_a_lost_leverage_answer_is_never_trusted_as_unchanged(journal: Journal) -> None:
+    venue = FakeVenue()
+    executor = Executor(journal, {"k": venue}, FAST)
+    execute(executor, with_leverage("5", signal_id="a"))
+    # 20x is applied by the venue but its answer is lost, and the send is then refused.
+    venue.leverage_failures.append((OrderRejectedError("refused", ret_code=10001), True))
+    execute(executor, with_leverage("20", signal_id="b"))
+
+    execute(executor, with_leverage("5", signal_id="c"))
+
+    assert venue.leverage["BTCUSDT"] == 5  # set again: the cache forgot what it could not know
+
+
+def test_without_a_wish_a_known_higher_venue_leverage_is_lowered_to_the_cap(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    executor = Executor(
+        journal, {"k": venue}, FAST, venue_leverage=lambda key, symbol: Decimal(125)
+    )
+
+    execute(executor, make_intent())
+
+    assert venue.leverage["BTCUSDT"] == 100  # approve()'s cap (UNLIMITED.max_leverage)
+    assert venue.calls["set_leverage"] == 1
+    execute(executor, make_intent(signal_id="again"))
+    assert venue.calls["set_leverage"] == 1  # known now
+
+
+def test_a_halt_after_the_approval_stops_the_send(journal: Journal) -> None:
+    venue = FakeVenue()
+    executor = Executor(
+        journal, {"k": venue}, FAST, blocked=lambda strategy: "the bot is HALTED (drill)"
+    )
+
+    opening = execute(executor, make_intent(signal_id="open"))
+    closing = execute(executor, make_intent(signal_id="close", reduce_only=True))
+
+    assert (opening.status, opening.reason) == (
+        OrderStatus.REJECTED,
+        "not sent: the bot is HALTED (drill)",
+    )
+    assert closing.status is OrderStatus.FILLED

@@ -350,17 +350,42 @@ def test_a_market_order_needs_a_current_price_and_a_limit_order_does_not() -> No
     assert limit.approved and closing.approved
 
 
-def test_the_signal_leverage_is_capped_never_raised() -> None:
+def test_the_signal_leverage_is_capped_never_raised_and_on_bybits_grid() -> None:
     gate = new_gate(strategies={"follow": StrategyRiskConfig(max_leverage=Decimal(5))})
 
-    high = decide(gate, intent().model_copy(update={"leverage": Decimal(50)}))
-    low = decide(gate, intent().model_copy(update={"leverage": Decimal(3)}))
-    none = decide(gate, intent())
+    def approved_leverage(wanted: str | None) -> Decimal | None:
+        lever = None if wanted is None else Decimal(wanted)
+        verdict = decide(gate, intent().model_copy(update={"leverage": lever}))
+        assert isinstance(verdict, ApprovedOrder) and verdict.max_leverage == 5
+        gate.ledger.release(verdict.order_link_id)
+        return verdict.leverage
 
-    assert isinstance(high, ApprovedOrder) and high.leverage == 5
-    assert "leverage 50 capped to max_leverage = 5" in high.reason
-    assert isinstance(low, ApprovedOrder) and low.leverage == 3
-    assert isinstance(none, ApprovedOrder) and none.leverage is None
+    high = decide(gate, intent().model_copy(update={"leverage": Decimal(50)}))
+    assert isinstance(high, ApprovedOrder)
+    gate.ledger.release(high.order_link_id)
+    assert "leverage 50 set to 5.00 (max_leverage = 5" in high.reason
+    assert approved_leverage("3") == 3
+    assert approved_leverage("2.129") == Decimal("2.12")
+    assert approved_leverage("0.5") == 1
+    assert approved_leverage(None) is None
+
+
+def test_a_resume_lifts_the_daily_loss_reducing_until_the_next_utc_day() -> None:
+    day = [NOW]
+    gate = RiskGate(
+        CONFIG.model_copy(update={"max_daily_loss_usdt": Decimal(100)}),
+        {"follow": StrategyRiskConfig()},
+        clock=lambda: day[0],
+        pnl_today=lambda strategy: Decimal(-150),
+    )
+    assert decide(gate, intent()).rule == "REDUCING"
+
+    for scope in ("follow", BOT_SCOPE):
+        gate.set_state(ScopeState(scope, TradingState.ACTIVE, "resumed by the operator", NOW))
+
+    assert decide(gate, intent()).approved
+    day[0] = NOW + timedelta(days=1)  # still -150 on the new day: the limit applies again
+    assert decide(gate, intent(age_s=-86399)).rule == "REDUCING"
 
 
 def test_closing_is_possible_on_a_symbol_denied_after_the_position_opened() -> None:
@@ -393,7 +418,7 @@ def test_only_the_gate_makes_an_approved_order() -> None:
     assert isinstance(approval, ApprovedOrder)
 
     with pytest.raises(TypeError, match="only the risk gate"):
-        ApprovedOrder(approval.decision, approval.order_link_id, None)
+        ApprovedOrder(approval.decision, approval.order_link_id, None, Decimal(10))
     with pytest.raises(TypeError, match="only the risk gate"):
         dataclasses.replace(approval, leverage=Decimal(100))
 

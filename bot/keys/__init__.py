@@ -1,0 +1,1 @@
+"""API keys: the audit of what each key may do, and rotation without a restart."""

@@ -1,0 +1,146 @@
+"""Keys kept trustworthy while the bot runs: audited daily, and rotated without a restart.
+
+A key's secrets are read again every `poll_s` (and at once on SIGHUP). Changed secrets are
+audited first; only a key that passes replaces the old one, for new requests (requests in
+flight finish on the old key; the key's name, and with it its rate limiter and its journal
+identity, stay). A refused new key leaves the old one in service with an alert. Every day the
+keys in service are audited again: one refused since (expired, permissions changed) is
+switched off with an alert; one about to expire is warned about. Values are never logged:
+only key names, verdicts and reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
+
+from bot.keys.audit import KeyAudit, Verdict
+from bot.logs import logger
+from bot.secrets import ApiCredentials, MissingSecretError
+
+__all__ = ["DAILY_S", "KeyGuard"]
+
+DAILY_S: Final = 86_400.0
+#: After an audit the venue could not answer, the next try comes this much sooner than daily.
+_RETRY_UNREACHABLE_S: Final = 600.0
+
+#: Audits one key's credentials (a fresh session with them, asking `/v5/user/query-api`).
+Audit = Callable[[ApiCredentials], Awaitable[KeyAudit]]
+
+
+def _fingerprint(credentials: ApiCredentials) -> bytes:
+    """Tells two credentials apart without keeping another copy of either value."""
+    pair = f"{credentials.api_key.get_secret_value()}\0{credentials.api_secret.get_secret_value()}"
+    return hashlib.sha256(pair.encode()).digest()
+
+
+class KeyGuard:
+    """Watches every key in service for new secrets and audits them daily."""
+
+    def __init__(
+        self,
+        current: Mapping[str, ApiCredentials],
+        *,
+        resolve: Callable[[str], ApiCredentials],
+        audit: Audit,
+        swap: Callable[[ApiCredentials], None],
+        switch_off: Callable[[str, str], None],
+        introduce: Callable[[ApiCredentials, ApiCredentials], None] | None = None,
+        poll_s: float = 2.0,
+        audit_interval_s: float = DAILY_S,
+    ) -> None:
+        """`current` is each key's credentials in service; `resolve(name)` reads them again
+        (blocking: run in a thread); `swap` puts audited credentials in service; `switch_off
+        (name, reason)` stops a key refused by a daily audit; `introduce(old, new)` tells the
+        bot's own simulator of a new key (in `sim` only)."""
+        self._current = dict(current)
+        self._fingerprints = {name: _fingerprint(c) for name, c in current.items()}
+        self._refused: dict[str, bytes] = {}  # a refused new key is not audited again
+        self._resolve = resolve
+        self._audit = audit
+        self._swap = swap
+        self._switch_off = switch_off
+        self._introduce = introduce
+        self._poll_s = poll_s
+        self._audit_interval_s = audit_interval_s
+        self._wake = asyncio.Event()
+        self.rotations = 0
+
+    def wake(self) -> None:
+        """Look at the secrets now (SIGHUP)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled: rotations every `poll_s` (or on `wake`), audits every day."""
+        loop = asyncio.get_running_loop()
+        next_audit = loop.time() + self._audit_interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+            self._wake.clear()
+            for name in list(self._current):
+                await self.check_secrets(name)
+            if loop.time() >= next_audit:
+                unanswered = await self.audit_in_service()
+                next_audit = loop.time() + (
+                    _RETRY_UNREACHABLE_S if unanswered else self._audit_interval_s
+                )
+
+    async def check_secrets(self, name: str) -> None:
+        """Read key `name`'s secrets again; audit and swap in new ones that pass."""
+        try:
+            fresh = await asyncio.to_thread(self._resolve, name)
+        except MissingSecretError as exc:  # a file being rewritten: the old key stays
+            logger.warning("key {key}: {error}; the key in service stays", key=name, error=exc)
+            return
+        fingerprint = _fingerprint(fresh)
+        if fingerprint in (self._fingerprints[name], self._refused.get(name)):
+            return
+        logger.info("key {key}: new secrets found; auditing them before use", key=name)
+        if self._introduce is not None:
+            self._introduce(self._current[name], fresh)
+        verdict = await self._audit(fresh)
+        if not verdict.verdict.usable:
+            self._refused[name] = fingerprint
+            logger.critical(
+                "ALERT: the new secrets of key {key} were {verdict} ({reason}); the old key "
+                "stays in service",
+                key=name,
+                verdict=verdict.verdict.value,
+                reason=verdict.reason,
+            )
+            return
+        self._swap(fresh)
+        self._current[name], self._fingerprints[name] = fresh, fingerprint
+        self._refused.pop(name, None)
+        self.rotations += 1
+        logger.warning(
+            "key {key} rotated: the new key passed its audit ({verdict}{reason}); new requests "
+            "use it, requests in flight finish on the old one",
+            key=name,
+            verdict=verdict.verdict.value,
+            reason=f": {verdict.reason}" if verdict.reason else "",
+        )
+
+    async def audit_in_service(self) -> bool:
+        """Audit every key in service again; True if the venue could not answer for one."""
+        unanswered = False
+        for name, credentials in list(self._current.items()):
+            verdict = await self._audit(credentials)
+            if verdict.verdict is Verdict.REFUSED:
+                logger.critical(
+                    "ALERT: key {key} failed its daily audit ({reason}); its strategies are "
+                    "stopped until a key that passes is in place",
+                    key=name,
+                    reason=verdict.reason,
+                )
+                self._switch_off(name, verdict.reason)
+            elif verdict.verdict is Verdict.UNREACHABLE:
+                unanswered = True
+                logger.warning("key {key}: {reason}", key=name, reason=verdict.reason)
+            elif verdict.warnings:
+                logger.warning("key {key}: {reason}", key=name, reason=verdict.reason)
+        return unanswered
