@@ -306,12 +306,13 @@ class Service:
         )
         for audit in audits:
             log = logger.info if audit.verdict is Verdict.OK else logger.warning
+            row = audit.row()
             log(
-                "key {key} ({env}): {verdict}{reason}",
-                key=audit.key,
+                "key {key} ({env}): {verdict}; permissions {permissions}, IP binding "
+                "{ip_binding}, expires {expiry}{reason}",
+                **{name: value for name, value in row.items() if name != "reason"},
                 env=audit.environment.value,
-                verdict=audit.verdict.value,
-                reason=f": {audit.reason}" if audit.reason else "",
+                reason=f"; {audit.reason}" if audit.reason else "",
             )
         refused = [audit for audit in audits if not audit.verdict.usable]
         if refused:
