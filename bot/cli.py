@@ -81,7 +81,7 @@ PortOption = Annotated[int | None, typer.Option(help="listen port [default: from
 
 
 def _fail(message: str) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    errors.print(f"[bold red]error:[/] {logs.scrub(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -119,8 +119,16 @@ def run(
     except BaseExceptionGroup as group:  # raised inside the service's task group
         known = group.subgroup(lambda exc: isinstance(exc, _USER_ERRORS))
         if known is None:
-            raise
+            _crashed()
         _fail(str(_first_leaf(known)))
+    except Exception:
+        _crashed()
+
+
+def _crashed() -> NoReturn:
+    """An error nobody expected: its traceback through the (scrubbing) log, then exit 1."""
+    logs.logger.exception("the bot stopped on an unexpected error")
+    raise typer.Exit(1)
 
 
 _USER_ERRORS: Final = (ConfigError, MissingSecretError, JournalError)

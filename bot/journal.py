@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
 from bot.execution.orders import TransitionRefused, check_transition
-from bot.logs import logger
+from bot.logs import logger, scrub
 from bot.messages import (
     ClosedPnl,
     Decline,
@@ -406,7 +406,7 @@ class Journal:
                     signal.id,
                     decline.strategy,
                     rule,
-                    decline.reason,
+                    scrub(decline.reason),
                     utc_now().isoformat(),
                 ),
             )
@@ -438,7 +438,7 @@ class Journal:
                 intent.leg,
                 int(decision.approved),
                 decision.rule,
-                decision.reason,
+                scrub(decision.reason),
                 intent.model_dump_json(),
                 decision.decided_at.isoformat(),
             ),
@@ -515,10 +515,10 @@ class Journal:
                 (
                     event.order_link_id,
                     event.status.value,
-                    event.model_dump_json(),
+                    scrub(event.model_dump_json()),
                     event.ts.isoformat(),
                     event.ret_code,
-                    event.reason,
+                    scrub(event.reason),
                 ),
             )
             # A venue state (New...Filled, or the venue's own rejection) is the venue's word.
@@ -536,8 +536,8 @@ class Journal:
                     str(max(event.filled_qty, filled)),
                     None if event.avg_price is None else str(event.avg_price),
                     from_venue,
-                    event.reason,
-                    event.reason,
+                    scrub(event.reason),
+                    scrub(event.reason),
                     from_venue,
                     event.ret_code,
                     event.ret_code,
@@ -852,7 +852,7 @@ class Journal:
                 (
                     state.scope,
                     state.state.value,
-                    state.reason,
+                    scrub(state.reason),
                     state.since.isoformat(),
                     int(state.automatic),
                 ),

@@ -3,15 +3,29 @@
 Secret values are registered with `redact()` when they are resolved, and the sink scrubs
 them from the *rendered* line, after loguru has formatted everything (message, bound
 context of any type, tracebacks with their chained causes), so nothing can slip past.
-`diagnose=False` keeps variable values out of tracebacks. Standard-library logging
-(uvicorn, pybit) is routed through the same sink.
+A value is scrubbed in every spelling a line can carry it in: as is, JSON-escaped (JSON
+mode escapes the whole line; `ensure_ascii` either way), inside a `repr` (a `KeyError`, a
+dict or a bytes object in a traceback or in `extra`), URL-encoded, and these escapes nested
+(a `repr` inside a JSON line). The spellings are computed once, when a value is registered,
+into one regular expression per secret, run only on lines holding the secret's longest
+stretch that no escape changes. `diagnose=False` keeps variable values out of tracebacks.
+Standard-library logging (uvicorn, pybit) is routed through the same sink, and so are
+uncaught exceptions (main thread, other threads, "exception ignored"): no traceback reaches
+stderr unscrubbed once `configure()` has run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import re
 import sys
 import threading
+import traceback
+import urllib.parse
+from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Final, TextIO
 
 from loguru import logger
@@ -19,14 +33,23 @@ from loguru import logger
 if TYPE_CHECKING:
     from loguru import Message, Record
 
-__all__ = ["REDACTED", "configure", "logger", "redact", "scrub"]
+__all__ = ["REDACTED", "configure", "logger", "redact", "scrub", "spellings"]
 
 REDACTED: Final = "***"
 # Shorter values would redact ordinary words; real secrets are far longer.
 _MIN_SECRET_LENGTH: Final = 8
+# Escapes nest: a repr inside a JSON line is two levels, a JSON body in a bytes repr in a
+# JSON line three.
+_ESCAPE_DEPTH: Final = 3
 
-_secrets: set[str] = set()
+# Characters no escape changes (JSON, repr, URL-encoding).
+_INVARIANT_RUN: Final = re.compile(r"[A-Za-z0-9_.~-]+")
+
+_secrets: dict[str, tuple[str, re.Pattern[str]]] = {}
 _secrets_lock = threading.Lock()
+# (anchor, pattern of every spelling) per secret, longest secret first. Replaced whole on
+# registration, so `scrub`, which runs on every line, reads it without the lock.
+_scrubbers: tuple[tuple[str, re.Pattern[str]], ...] = ()
 
 _CONSOLE_FORMAT: Final = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -34,20 +57,75 @@ _CONSOLE_FORMAT: Final = (
 )
 
 
+def _per_char(escape: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda text: "".join(escape(char) for char in text)
+
+
+# repr escapes a quote only when the whole string holds both kinds, so a secret inside a
+# longer string can be spelled with `'` bare or escaped; every other character's escape is
+# independent of its neighbours.
+_repr_bare = _per_char(lambda char: repr(char)[1:-1])
+_ascii_bare = _per_char(lambda char: ascii(char)[1:-1])
+_bytes_bare = _per_char(lambda char: repr(char.encode("utf-8", "surrogatepass"))[2:-1])
+
+_ESCAPES: Final[tuple[Callable[[str], str], ...]] = (
+    lambda text: json.dumps(text)[1:-1],
+    lambda text: json.dumps(text, ensure_ascii=False)[1:-1],
+    _repr_bare,
+    lambda text: _repr_bare(text).replace("'", "\\'"),
+    _ascii_bare,
+    lambda text: _ascii_bare(text).replace("'", "\\'"),
+    _bytes_bare,
+    lambda text: _bytes_bare(text).replace("'", "\\'"),
+)
+
+
+def spellings(secret: str) -> set[str]:
+    """Every form in which a log line can carry `secret`: as is, escaped (JSON, repr, bytes
+    repr, up to three levels deep) and URL-encoded."""
+    found = {secret}
+    level = {secret}
+    for _ in range(_ESCAPE_DEPTH):
+        level = {escape(text) for text in level for escape in _ESCAPES} - found
+        found |= level
+    found |= {
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),
+        urllib.parse.quote_plus(secret, safe=""),
+    }
+    return found
+
+
+def _anchor(secret: str) -> str:
+    """The longest run of `secret` that every spelling holds unchanged (no escape touches
+    these characters): a cheap substring test tells which lines can hold the secret."""
+    return max(_INVARIANT_RUN.findall(secret), key=len, default="")
+
+
+def _pattern(secret: str) -> re.Pattern[str]:
+    # Longest first: where one spelling contains another, the whole of it goes.
+    forms = sorted(spellings(secret), key=lambda form: (-len(form), form))
+    return re.compile("|".join(map(re.escape, forms)))
+
+
 def redact(secret: str) -> None:
-    """Never let `secret` appear in a log line from now on."""
-    if len(secret) >= _MIN_SECRET_LENGTH:
-        with _secrets_lock:
-            _secrets.add(secret)
+    """Never let `secret` appear in a log line from now on, in any spelling."""
+    global _scrubbers
+    if len(secret) < _MIN_SECRET_LENGTH:
+        return
+    with _secrets_lock:
+        if secret in _secrets:
+            return
+        _secrets[secret] = (_anchor(secret), _pattern(secret))
+        # Longest secret first, so a secret holding another one goes whole.
+        _scrubbers = tuple(_secrets[key] for key in sorted(_secrets, key=len, reverse=True))
 
 
 def scrub(text: str) -> str:
-    """`text` with every registered secret replaced by REDACTED."""
-    with _secrets_lock:
-        secrets = tuple(_secrets)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
+    """`text` with every spelling of every registered secret replaced by REDACTED."""
+    for anchor, pattern in _scrubbers:
+        if anchor in text:
+            text = pattern.sub(REDACTED, text)
     return text
 
 
@@ -83,6 +161,51 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
+def _log_uncaught(
+    what: str,
+    exc_type: type[BaseException],
+    exc_value: BaseException | None,
+    exc_traceback: TracebackType | None,
+) -> None:
+    """An exception nobody caught, through the scrubbing sink (never raw to stderr)."""
+    try:
+        logger.opt(exception=(exc_type, exc_value, exc_traceback)).critical(what)
+    except Exception:  # the sink itself failed: still no unscrubbed text
+        text = "".join(traceback.format_exception(exc_type, exc_value, exc_traceback))
+        with contextlib.suppress(Exception):
+            sys.stderr.write(scrub(f"{what}\n{text}"))
+
+
+def _excepthook(
+    exc_type: type[BaseException],
+    exc_value: BaseException,
+    exc_traceback: TracebackType | None,
+) -> None:
+    _log_uncaught(f"uncaught {exc_type.__name__}", exc_type, exc_value, exc_traceback)
+
+
+def _thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return  # as the default hook: a thread's clean exit
+    name = args.thread.name if args.thread is not None else "?"
+    _log_uncaught(
+        f"uncaught {args.exc_type.__name__} in thread {name}",
+        args.exc_type,
+        args.exc_value,
+        args.exc_traceback,
+    )
+
+
+def _unraisable_hook(args: sys.UnraisableHookArgs) -> None:
+    message = args.err_msg or "Exception ignored in"
+    if args.object is not None:
+        try:
+            message = f"{message}: {args.object!r}"
+        except Exception:  # as the default hook: an object without a repr is not named
+            message = f"{message}: <object repr() failed>"
+    _log_uncaught(message, args.exc_type, args.exc_value, args.exc_traceback)
+
+
 def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Install the one sink (on stderr unless `stream`); safe to call again."""
     logger.remove()
@@ -103,3 +226,6 @@ def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None 
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "pybit"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    sys.excepthook = _excepthook
+    threading.excepthook = _thread_excepthook
+    sys.unraisablehook = _unraisable_hook

@@ -120,14 +120,21 @@ def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAcc
         if key.environment is Environment.SIM:
             credentials = resolver.credentials(name)
             profile = profiles.get(name) or SimKeyProfile(ips=["127.0.0.1"])
-            accounts.append(
-                SimAccountSpec(
+            try:
+                account = SimAccountSpec(
                     **profile.model_dump(),
                     api_key=credentials.api_key.get_secret_value(),
                     api_secret=credentials.api_secret,
                     note=name,
                 )
-            )
+            except ValidationError as exc:  # the message never holds the value
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(part) for part in first["loc"])
+                raise ConfigError(
+                    f"the secrets of sim key {name} do not fit the simulator: {where}: "
+                    f"{first['msg']}"
+                ) from None
+            accounts.append(account)
     return accounts
 
 

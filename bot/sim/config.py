@@ -249,7 +249,8 @@ class PriceWalk(BaseModel):
 class SimKeyProfile(BaseModel):
     """What an API key may do and what `/v5/user/query-api` reports about it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # An error must never echo a value: the API key is a credential.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     read_only: bool = Field(default=False, description="Read-only keys cannot trade (10005).")
     permissions: dict[str, list[str]] = Field(

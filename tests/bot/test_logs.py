@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import secrets
+import sys
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,6 +19,62 @@ from bot.logs import logger
 @pytest.fixture
 def capture() -> io.StringIO:
     return io.StringIO()
+
+
+@pytest.fixture(autouse=True)
+def _restore_hooks() -> Iterator[None]:
+    """`configure()` installs the uncaught-exception hooks; put the test run's back."""
+    hooks = sys.excepthook, threading.excepthook, sys.unraisablehook
+    yield
+    sys.excepthook, threading.excepthook, sys.unraisablehook = hooks
+
+
+def awkward(kind: str) -> str:
+    """A fresh secret (unique, random-looking first 8 characters) holding `kind`."""
+    return f"{secrets.token_hex(6)}{kind}{secrets.token_hex(8)}"
+
+
+#: Secrets with every character class an escape changes.
+AWKWARD = {
+    "double quote": '"',
+    "single quote": "'",
+    "both quotes": "'\"",
+    "backslash": "\\",
+    "newline and tab": "\n\t",
+    "non-ascii": "é€",
+    "astral": "😀",
+    "everything": "\"'\\\n\x7fé😀 /?&=%",
+}
+
+
+EMPTY: dict[str, str] = {}
+
+
+def forms(secret: str) -> dict[str, str]:
+    """The spellings a leak test looks for: the value, its first 8 characters, and the value
+    JSON-escaped (both ensure_ascii ways) and repr-escaped (as in a KeyError), and both nested."""
+    repr_inner = repr(secret)[1:-1]
+    return {
+        "value": secret,
+        "first 8": secret[:8],
+        "json": json.dumps(secret)[1:-1],
+        "json unicode": json.dumps(secret, ensure_ascii=False)[1:-1],
+        "repr": repr_inner,
+        "repr with both quotes": repr(f"'\"{secret}")[4:-1],
+        "json of repr": json.dumps(repr_inner, ensure_ascii=False)[1:-1],
+        "bytes repr": repr(secret.encode())[2:-1],
+    }
+
+
+def leaks(text: str, secret: str) -> list[str]:
+    return [name for name, form in forms(secret).items() if form in text]
+
+
+@pytest.fixture(params=sorted(AWKWARD), ids=sorted(AWKWARD))
+def awkward_secret(request: pytest.FixtureRequest) -> str:
+    secret = awkward(AWKWARD[request.param])
+    logs.redact(secret)
+    return secret
 
 
 def test_secret_is_redacted_in_messages_and_context_in_json(capture: io.StringIO) -> None:
@@ -55,3 +116,171 @@ def test_short_values_are_not_treated_as_secrets(capture: io.StringIO) -> None:
     logger.info("abc is fine")
 
     assert "abc is fine" in capture.getvalue()
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "console"])
+def test_awkward_secret_is_redacted_from_message_and_extra(
+    capture: io.StringIO, awkward_secret: str, as_json: bool
+) -> None:
+    logs.configure(json=as_json, stream=capture)
+
+    logger.bind(
+        header=f"X-BAPI-SIGN {awkward_secret}",
+        body={"secret": awkward_secret, "nested": [awkward_secret]},
+        raw=json.dumps({"secret": awkward_secret}).encode(),
+        text=json.dumps({"secret": awkward_secret}),
+    ).info("signing with {} and {!r}", awkward_secret, awkward_secret)
+
+    text = capture.getvalue()
+    assert leaks(text, awkward_secret) == []
+    if as_json:
+        record = json.loads(text)["record"]  # still one valid JSON line
+        # repr quotes a value holding `'` with `"`
+        assert record["message"].replace('"', "'") == "signing with *** and '***'"
+        assert record["extra"]["header"] == "X-BAPI-SIGN ***"
+        assert record["extra"]["body"] == {"secret": "***", "nested": ["***"]}
+        assert record["extra"]["text"] == '{"secret": "***"}'
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "console"])
+def test_awkward_secret_is_redacted_from_exception_text_and_traceback(
+    capture: io.StringIO, awkward_secret: str, as_json: bool
+) -> None:
+    logs.configure(json=as_json, stream=capture)
+
+    try:
+        try:
+            EMPTY[awkward_secret]  # KeyError: the traceback shows the key's repr
+        except KeyError as inner:
+            raise RuntimeError(f"signing failed for {awkward_secret}") from inner
+    except RuntimeError:
+        logger.exception("venue call failed")
+
+    text = capture.getvalue()
+    assert leaks(text, awkward_secret) == []
+    assert "KeyError" in text
+    assert "signing failed for ***" in (json.loads(text)["text"] if as_json else text)
+    if as_json:
+        record = json.loads(text)["record"]
+        assert record["exception"]["value"] == "signing failed for ***"
+
+
+def test_standard_logging_is_scrubbed_too(capture: io.StringIO, awkward_secret: str) -> None:
+    logs.configure(json=True, stream=capture)
+
+    try:
+        raise ValueError(awkward_secret)
+    except ValueError:
+        logging.getLogger("uvicorn.error").exception("request with %r failed", awkward_secret)
+
+    text = capture.getvalue()
+    assert leaks(text, awkward_secret) == []
+    message = json.loads(text)["record"]["message"]
+    assert message.replace('"', "'") == "request with '***' failed"
+
+
+def test_url_encoded_secret_is_redacted(capture: io.StringIO) -> None:
+    secret = awkward("/+ &=?")
+    logs.redact(secret)
+    logs.configure(stream=capture)
+    from urllib.parse import quote, quote_plus
+
+    logger.info("GET /webhooks/x?token={} {}", quote(secret, safe=""), quote_plus(secret))
+
+    assert capture.getvalue().count("***") == 2
+
+
+def test_a_secret_holding_another_goes_whole(capture: io.StringIO) -> None:
+    inner = secrets.token_hex(8)
+    outer = f"prefix-{inner}-suffix"
+    logs.redact(inner)
+    logs.redact(outer)
+    logs.configure(stream=capture)
+
+    logger.info("a {} b {}", outer, inner)
+
+    assert capture.getvalue().rstrip().endswith("a *** b ***")
+
+
+def test_a_secret_made_only_of_escaped_characters_is_redacted(capture: io.StringIO) -> None:
+    secret = "\"'\\\n" * 3 + "é"  # nothing every spelling keeps unchanged
+    logs.redact(secret)
+    logs.configure(json=True, stream=capture)
+
+    logger.bind(value=secret).info("value {!r}", secret)
+
+    text = capture.getvalue()
+    assert json.dumps(secret)[1:-1] not in text
+    assert json.dumps(repr(secret)[1:-1])[1:-1] not in text
+    assert json.loads(text)["record"]["extra"]["value"] == "***"
+
+
+def test_each_spelling_is_precomputed_once() -> None:
+    secret = awkward('"\\é')
+    spellings = logs.spellings(secret)
+
+    assert {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]} <= (
+        spellings
+    )
+    assert repr(secret)[1:-1] in spellings
+    assert json.dumps(json.dumps(secret)[1:-1])[1:-1] in spellings  # JSON inside JSON
+    assert logs.spellings("plain-secret-123") == {"plain-secret-123"}
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "console"])
+def test_an_uncaught_exception_is_logged_scrubbed(
+    capture: io.StringIO, awkward_secret: str, as_json: bool
+) -> None:
+    logs.configure(json=as_json, stream=capture)
+
+    try:
+        EMPTY[awkward_secret]
+    except KeyError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+
+    text = capture.getvalue()
+    assert leaks(text, awkward_secret) == []
+    assert "uncaught KeyError" in text
+    assert "Traceback" in (json.loads(text)["text"] if as_json else text)
+
+
+def test_an_exception_ending_a_thread_is_logged_scrubbed(
+    capture: io.StringIO, awkward_secret: str
+) -> None:
+    logs.configure(json=True, stream=capture)
+
+    def fail() -> None:
+        raise RuntimeError(f"stream auth failed: {awkward_secret!r}")
+
+    thread = threading.Thread(target=fail, name="stream")
+    thread.start()
+    thread.join(5)
+
+    text = capture.getvalue()
+    assert leaks(text, awkward_secret) == []
+    assert "uncaught RuntimeError in thread stream" in text
+
+
+def test_lines_without_secrets_are_left_alone() -> None:
+    for kind in AWKWARD.values():
+        logs.redact(awkward(kind))
+    line = json.dumps({"text": "an ordinary log line\n" * 10, "record": {"extra": {"n": 1}}})
+
+    assert logs.scrub(line) == line
+
+
+def test_an_exception_ignored_in_a_finalizer_is_logged_scrubbed(
+    capture: io.StringIO, awkward_secret: str
+) -> None:
+    logs.configure(json=True, stream=capture)
+
+    class Connection:
+        def __del__(self) -> None:
+            raise RuntimeError(f"close failed: {awkward_secret!r}")
+
+    Connection()  # dropped at once: its __del__ raises into sys.unraisablehook
+
+    text = capture.getvalue()
+    assert leaks(text, awkward_secret) == []
+    assert "Exception ignored in" in text
+    assert "close failed: " in text
