@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from bot import metrics
 from bot.admin import AdminRoutes
-from signals.voiceofchain import WebhookReceiver
+from signals.webhook import WebhookReceiver
 
 __all__ = ["create_app"]
 
@@ -28,7 +28,13 @@ def create_app(
 ) -> FastAPI:
     """`health()` returns the /healthz body; a false `ready` in it makes the answer 503.
     The admin routes are served only when `admin` is given (an admin secret exists)."""
-    app = FastAPI(title="bybit-signal-bot", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="bybit-signal-bot",
+        description="Signals in (webhooks), health and metrics out; orders go to Bybit.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
     for receiver in receivers:
         app.include_router(receiver.router())
     if admin is not None:

@@ -33,6 +33,7 @@ from bot.secrets import (
     DEFAULT_SECRETS_DIR,
     MissingSecretError,
     SecretResolver,
+    split_secrets,
     webhook_secret_name,
 )
 from bot.service import (
@@ -180,7 +181,10 @@ def signal_send(
     payload.update({key: value for key, value in optional.items() if value is not None})
     body = json.dumps(payload, default=_decimal_as_number).encode()
     try:
-        secret = secret_resolver(settings, secrets_dir).get(webhook_secret_name(source))
+        # The first of the source's secrets (one per line while a sender rotates) signs.
+        secret = split_secrets(
+            secret_resolver(settings, secrets_dir).get(webhook_secret_name(source))
+        )[0]
     except MissingSecretError as exc:
         _fail(str(exc))
     target = url or f"{_bot_url(settings)}/webhooks/{source}"

@@ -37,7 +37,9 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH: Final = Path("config/bot.toml")
 #: Names of keys that hold secrets: never accepted in the configuration file.
-_SECRET_WORDS: Final = re.compile(r"secret|api_?key|password|passphrase|token", re.IGNORECASE)
+_SECRET_WORDS: Final = re.compile(
+    r"(?:^|_)(?:secret|api_?key|api_?secret|password|passphrase)$|^token$", re.IGNORECASE
+)
 #: The first mainnet opt-in must be written in the file: an environment variable cannot give it.
 _MAINNET_OPT_IN_VARIABLE: Final = "BOT_ALLOW_MAINNET"
 

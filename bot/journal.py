@@ -50,7 +50,7 @@ __all__ = ["Journal", "JournalError", "OrderRecord", "TraceRow"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _ACCOUNT: Final = """
 CREATE TABLE IF NOT EXISTS executions (
     exec_id         TEXT PRIMARY KEY,
@@ -113,6 +113,16 @@ CREATE TABLE IF NOT EXISTS exit_orders (
 );
 CREATE INDEX IF NOT EXISTS exit_orders_by_parent ON exit_orders (parent_order_link_id);
 """
+_REJECTIONS: Final = """
+CREATE TABLE IF NOT EXISTS rejections (
+    id       INTEGER PRIMARY KEY,
+    source   TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    remote   TEXT NOT NULL,
+    at       TEXT NOT NULL
+);
+"""
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS signals (
     source       TEXT NOT NULL,
@@ -170,7 +180,7 @@ CREATE TABLE IF NOT EXISTS order_events (
     ret_code      INTEGER,
     reason        TEXT NOT NULL DEFAULT ''
 );
-{_EXIT_ORDERS}{_ACCOUNT}"""
+{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -178,6 +188,7 @@ ALTER TABLE orders ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE order_events ADD COLUMN ret_code INTEGER;
 ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 {_EXIT_ORDERS}{_ACCOUNT}""",
+    3: _REJECTIONS,
 }
 _VENUE_STATES: Final = frozenset(
     {
@@ -391,6 +402,25 @@ class Journal:
                     error=str(exc).splitlines()[0],
                 )
         return signals
+
+    def record_rejection(self, source: str, kind: str, reason: str, remote: str) -> None:
+        """A request or message refused before it became a signal: which source, what kind
+        (`unauthorized`, `invalid`, ...), why, and from where; never a secret or signature."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO rejections (source, kind, reason, remote, at) VALUES (?, ?, ?, ?, ?)",
+                (source, kind, scrub(reason), remote, utc_now().isoformat()),
+            )
+
+    def rejections(self, limit: int = 100) -> list[dict[str, str]]:
+        """The latest refused requests and messages, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT source, kind, reason, remote, at FROM rejections ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        names = ("source", "kind", "reason", "remote", "at")
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     # decisions -----------------------------------------------------------------------------
 
@@ -881,23 +911,31 @@ class Journal:
 
     # reading -------------------------------------------------------------------------------
 
-    def trace(self, limit: int = 100) -> list[TraceRow]:
-        """The latest signals, newest first, each with its decisions and orders."""
-        query = """
+    def trace(self, limit: int = 100, signal: tuple[str, str] | None = None) -> list[TraceRow]:
+        """The latest signals (or the one `signal`, as (source, id)), newest first, each with
+        its decisions and orders."""
+        chosen = (
+            "SELECT * FROM signals WHERE source = ? AND signal_id = ?"
+            if signal is not None
+            else "SELECT * FROM signals ORDER BY received_at DESC LIMIT ?"
+        )
+        params: tuple[object, ...] = signal if signal is not None else (limit,)
+        # `chosen` is one of the two literals above; every value is a bound parameter.
+        query = f"""
             SELECT s.source, s.signal_id, s.symbol, s.received_at, d.strategy,
                    CASE WHEN d.id IS NULL THEN 'pending'
                         WHEN d.rule = 'strategy' THEN 'declined'
                         WHEN d.approved = 1 THEN 'approved' ELSE 'rejected' END,
                    COALESCE(NULLIF(o.reason, ''), d.reason, ''),
                    o.order_link_id, o.side, o.qty, o.status, o.avg_price, o.filled_qty
-            FROM (SELECT * FROM signals ORDER BY received_at DESC LIMIT ?) AS s
+            FROM ({chosen}) AS s
             LEFT JOIN decisions AS d ON d.source = s.source AND d.signal_id = s.signal_id
             LEFT JOIN orders AS o ON o.source = d.source AND o.signal_id = d.signal_id
                  AND o.strategy = d.strategy AND o.leg = d.leg AND d.approved = 1
             ORDER BY s.received_at DESC, d.id
-        """
+        """  # noqa: S608
         with self._lock:
-            rows = [TraceRow(*row) for row in self._db.execute(query, (limit,)).fetchall()]
+            rows = [TraceRow(*row) for row in self._db.execute(query, params).fetchall()]
             exits = self._exits_of([row.order_link_id for row in rows if row.order_link_id])
         traced: list[TraceRow] = []
         for row in rows:

@@ -193,7 +193,7 @@ class Signal(_Message):
     @model_validator(mode="after")
     def _side_unless_close(self) -> Signal:
         if self.side is None and self.action is SignalAction.OPEN:
-            raise ValueError("side is required unless action is close")
+            raise ValueError("side: is required unless action is close")
         return self
 
 
@@ -287,6 +287,9 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     for error in exc.errors(include_url=False, include_input=False):
         field = ".".join(str(part) for part in error["loc"]) or "body"
         message = str(error["msg"]).removeprefix("Value error, ")
+        named, _, rest = message.partition(": ")
+        if field == "body" and named in Signal.model_fields:  # a rule across fields names one
+            field, message = named, rest
         problems.append((field, message))
     return problems
 

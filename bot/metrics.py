@@ -12,6 +12,7 @@ __all__ = [
     "ORDERS",
     "REGISTRY",
     "SIGNAL_QUEUE",
+    "SIGNAL_REJECTIONS",
     "SIGNAL_TO_ORDER",
 ]
 
@@ -28,6 +29,12 @@ DECISIONS: Final = Counter(
 )
 ORDERS: Final = Counter(
     "bot_orders", "Orders by the status the executor last saw", ["status"], registry=REGISTRY
+)
+SIGNAL_REJECTIONS: Final = Counter(
+    "bot_signal_rejections",
+    "Requests and messages refused before they became signals, by source and kind",
+    ["source", "kind"],
+    registry=REGISTRY,
 )
 SIGNAL_QUEUE: Final = Gauge(
     "bot_signal_queue", "Journaled signals waiting for a worker", registry=REGISTRY

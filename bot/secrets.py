@@ -26,6 +26,7 @@ __all__ = [
     "MissingSecretError",
     "SecretResolver",
     "api_key_names",
+    "split_secrets",
     "webhook_secret_name",
     "webhook_token_name",
 ]
@@ -41,8 +42,17 @@ def webhook_secret_name(source: str) -> str:
     return f"BOT_WEBHOOK_SECRET_{source.upper()}"
 
 
+def split_secrets(secret: SecretStr) -> list[SecretStr]:
+    """A secret holding several values, one per line (an old and a new one while a sender
+    rotates): each of them, each registered with the log redactor."""
+    values = [line.strip() for line in secret.get_secret_value().splitlines() if line.strip()]
+    for value in values:
+        logs.redact(value)
+    return [SecretStr(value) for value in values]
+
+
 def webhook_token_name(source: str) -> str:
-    """The query-string token of a source, used only with `allow_query_token`."""
+    """The token of a source whose `auth` is `body_token` or `query_token`."""
     return f"BOT_WEBHOOK_TOKEN_{source.upper()}"
 
 

@@ -51,6 +51,7 @@ from bot.secrets import (
     ApiCredentials,
     MissingSecretError,
     SecretResolver,
+    split_secrets,
     webhook_secret_name,
     webhook_token_name,
 )
@@ -58,7 +59,9 @@ from bot.sim import SimAccountSpec, SimExchange, SimKeyProfile, SimServer, Simul
 from bot.venue.bybit import BybitVenue
 from bot.venue.errors import KeyFatalError, VenueError
 from bot.venue.stream import AccountStream
-from signals.voiceofchain import WebhookReceiver
+from signals.base import SignalSink
+from signals.presets import ResolvedSource, resolve
+from signals.webhook import WebhookReceiver
 
 __all__ = [
     "Service",
@@ -465,15 +468,7 @@ class Service:
         market = MarketData(venues, account, settings.venue.market_cache_s)
         pipeline = Pipeline(journal, strategies, gate, executor, market)
         receivers = [
-            WebhookReceiver(
-                source,
-                self._resolver.get(webhook_secret_name(source)),
-                config,
-                pipeline.submit,
-                token=self._resolver.get(webhook_token_name(source))
-                if config.allow_query_token
-                else None,
-            )
+            self._webhook(resolve(source, config), journal, pipeline.submit)
             for source, config in settings.sources.items()
             if config.enabled
         ]
@@ -514,6 +509,51 @@ class Service:
             app=app,
             keys=keys,
         )
+
+    def _webhook(
+        self, source: ResolvedSource, journal: Journal, sink: SignalSink
+    ) -> WebhookReceiver:
+        """One source's receiver: its secrets (several, one per line, while one rotates), its
+        token in the token modes, its refusals journaled, its signals' status readable."""
+
+        def rejected(kind: str, reason: str, client: str) -> None:
+            journal.submit(journal.record_rejection, source.name, kind, reason, client)
+
+        async def status(name: str, signal_id: str) -> dict[str, Any] | None:
+            rows = await journal.call(journal.trace, 1, (name, signal_id))
+            if not rows:
+                return None
+            first = rows[0]
+            return {
+                "source": first.source,
+                "id": first.signal_id,
+                "symbol": first.symbol,
+                "received_at": first.received_at,
+                "decisions": [
+                    {k: v for k, v in row.as_dict().items() if k not in ("source", "signal_id")}
+                    for row in rows
+                ],
+            }
+
+        token = (
+            None
+            if source.auth == "signature"
+            else self._resolver.get(webhook_token_name(source.name))
+        )
+        try:
+            return WebhookReceiver(
+                source,
+                split_secrets(self._resolver.get(webhook_secret_name(source.name))),
+                sink,
+                token=token,
+                on_reject=rejected,
+                status=status,
+            )
+        except ValueError as exc:
+            raise ConfigError(
+                f"{exc}: set {webhook_token_name(source.name)} (or its file) to a random string, "
+                "e.g. `openssl rand -hex 24`"
+            ) from None
 
     def _admin_routes(self, kill_switch: KillSwitch) -> AdminRoutes | None:
         """The kill switch's routes, if an admin secret exists (generated in `sim`)."""

@@ -81,7 +81,7 @@ def test_close_needs_no_side() -> None:
     [
         ({"id": "bad id with spaces"}, "id"),
         ({"id": "x" * 65}, "id"),
-        ({"side": None}, "body"),
+        ({"side": None}, "side"),  # required unless action is close
         ({"side": "up"}, "side"),
         ({"entry": -1}, "entry"),
         ({"entry": True}, "entry"),

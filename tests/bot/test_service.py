@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -232,7 +233,7 @@ def test_http_socket_is_tcp_so_answers_get_tcp_nodelay(sim_config: Callable[...,
 
 
 def test_query_token_is_a_separate_secret_when_enabled(sim_config: Callable[..., Path]) -> None:
-    config = sim_config(extra="\n[sources.voiceofchain]\nallow_query_token = true\n")
+    config = sim_config(extra='\n[sources.voiceofchain]\nauth = "query_token"\n')
     running = RunningBot(config).start()
     try:
         secrets = running.settings.state_dir / "secrets"
@@ -244,3 +245,57 @@ def test_query_token_is_a_separate_secret_when_enabled(sim_config: Callable[...,
         assert requests.post(url + token, data=body, timeout=10).status_code == 202
     finally:
         running.stop()
+
+
+def test_a_sender_reads_what_became_of_its_signal_and_refusals_are_journaled(
+    bot: RunningBot,
+) -> None:
+    accepted = bot.post(signal("traced"))
+    status_url = bot.url + accepted.json()["status_url"]
+    wait_for(lambda: bot.journal_status("traced") == ["Filled"], what="the order")
+    now = int(time.time())
+
+    unsigned = requests.get(status_url, timeout=10)
+    signed = requests.get(
+        status_url, headers={SIGNATURE_HEADER: sign(bot.secret(), b"", now)}, timeout=10
+    )
+    forged = bot.post(signal("forged"), secret="not-the-secret")
+    openapi = requests.get(f"{bot.url}/openapi.json", timeout=10).json()
+
+    assert unsigned.status_code == 401
+    assert signed.status_code == 200
+    (decision,) = signed.json()["decisions"]
+    assert (decision["decision"], decision["status"]) == ("approved", "Filled")
+    assert forged.status_code == 401
+    rejections = wait_for(
+        lambda: bot.read_journal(lambda journal: journal.rejections()), what="the refusal"
+    )
+    assert (rejections[0]["kind"], rejections[0]["remote"]) == ("unauthorized", "127.0.0.1")
+    assert "/webhooks/voiceofchain" in openapi["paths"]
+    assert "/webhooks/voiceofchain/signals/{signal_id}" in openapi["paths"]
+
+
+def test_a_half_sent_body_times_out_without_holding_up_other_senders(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config(extra="\n[sources.voiceofchain]\nbody_timeout_s = 0.5\n")
+    running = RunningBot(config).start()
+    try:
+        with socket.create_connection(("127.0.0.1", running.service.http_port), timeout=10) as slow:
+            slow.sendall(
+                b"POST /webhooks/voiceofchain HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 400\r\n\r\n{"id": '
+            )
+            meanwhile = running.post(signal("not-held-up"))
+            answer = b""
+            while b"not sent within" not in answer:  # until the whole answer is in
+                chunk = slow.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    finally:
+        running.stop()
+
+    assert meanwhile.status_code == 202
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b"not sent within 0.5 s" in answer

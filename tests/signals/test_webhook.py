@@ -1,0 +1,415 @@
+"""The webhook contract: authentication, limits, answers, presets, and what reaches the sink."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from bot.messages import Signal
+from signals.config import WebhookSourceConfig
+from signals.presets import resolve
+from signals.voiceofchain import SIGNATURE_HEADER, sign
+from signals.webhook import WebhookReceiver
+
+SECRET = "webhook-secret-for-tests"
+PATH = "/webhooks/voiceofchain"
+
+
+class Sink:
+    """Records signals; the second one with an id is a duplicate, like the journal says."""
+
+    def __init__(self) -> None:
+        self.signals: list[Signal] = []
+        self.fail = False
+
+    async def __call__(self, signal: Signal) -> bool:
+        if self.fail:
+            raise OSError("disk full")
+        if any(s.id == signal.id for s in self.signals):
+            return False
+        self.signals.append(signal)
+        return True
+
+
+TOKEN = "query-token-for-tests-0123456789abcdef"
+
+
+class Rejections(list[tuple[str, str, str]]):
+    def __call__(self, kind: str, reason: str, client: str) -> None:
+        self.append((kind, reason, client))
+
+
+def receiver_for(
+    sink: Sink,
+    source: str = "voiceofchain",
+    secrets: tuple[str, ...] = (SECRET,),
+    rejections: Rejections | None = None,
+    **config: object,
+) -> WebhookReceiver:
+    settings = WebhookSourceConfig(**config)  # type: ignore[arg-type]
+    resolved = resolve(source, settings)
+    token = SecretStr(TOKEN) if resolved.auth != "signature" else None
+    return WebhookReceiver(
+        resolved,
+        [SecretStr(secret) for secret in secrets],
+        sink,
+        token=token,
+        on_reject=rejections if rejections is not None else Rejections(),
+    )
+
+
+def client_for(sink: Sink, client: str = "testclient", **config: object) -> TestClient:
+    app = FastAPI()
+    app.include_router(receiver_for(sink, **config).router())  # type: ignore[arg-type]
+    return TestClient(app, client=(client, 50000))
+
+
+@pytest.fixture
+def sink() -> Sink:
+    return Sink()
+
+
+@pytest.fixture
+def client(sink: Sink) -> TestClient:
+    return client_for(sink)
+
+
+def body(**fields: object) -> bytes:
+    signal = {
+        "id": "s-1",
+        "symbol": "BTCUSDT",
+        "side": "buy",
+        "stop_loss": 95000,
+        "ts": int(time.time() * 1000),
+    }
+    signal.update(fields)
+    return json.dumps(signal).encode()
+
+
+def post(  # type: ignore[no-untyped-def]
+    client: TestClient,
+    data: bytes,
+    signature: str | None = None,
+    forwarded: str | None = None,
+    **kwargs: object,
+):
+    headers = {"Content-Type": "application/json"}
+    headers[SIGNATURE_HEADER] = signature or sign(SECRET, data, int(time.time()))
+    if forwarded is not None:
+        headers["X-Forwarded-For"] = forwarded
+    return client.post(PATH, content=data, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+
+def test_signed_signal_is_accepted_and_reaches_the_sink(client: TestClient, sink: Sink) -> None:
+    response = post(client, body())
+
+    assert response.status_code == 202
+    assert response.json() == {
+        "status": "accepted",
+        "id": "s-1",
+        "status_url": "/webhooks/voiceofchain/signals/s-1",
+    }
+    assert [s.id for s in sink.signals] == ["s-1"]
+
+
+def test_duplicate_id_answers_200_and_adds_nothing(client: TestClient, sink: Sink) -> None:
+    post(client, body())
+
+    response = post(client, body(side="sell"))
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "duplicate"
+    assert len(sink.signals) == 1
+
+
+@pytest.mark.parametrize(
+    ("signature", "detail"),
+    [
+        (lambda data: sign("wrong-secret", data, int(time.time())), "does not match"),
+        (lambda data: sign(SECRET, data, int(time.time()) - 301), "from the server's clock"),
+        (lambda data: "v1=abc", "malformed"),
+        (lambda data: sign(SECRET, data + b" ", int(time.time())), "does not match"),
+    ],
+)
+def test_bad_signature_is_401_and_nothing_reaches_the_sink(
+    client: TestClient, sink: Sink, signature: Callable[[bytes], str], detail: str
+) -> None:
+    data = body()
+
+    response = post(client, data, signature=signature(data))
+
+    assert response.status_code == 401
+    assert detail in response.json()["detail"]
+    assert sink.signals == []
+
+
+def test_missing_signature_is_401(client: TestClient) -> None:
+    response = client.post(PATH, content=body())
+
+    assert response.status_code == 401
+    assert "missing X-Signature" in response.json()["detail"]
+
+
+def test_a_second_v1_lets_senders_rotate_secrets(client: TestClient) -> None:
+    data = body()
+    now = int(time.time())
+    old = sign("old-secret", data, now).split(",")[1]
+
+    response = post(client, data, signature=f"{sign(SECRET, data, now)},{old}")
+
+    assert response.status_code == 202
+
+
+def test_invalid_json_is_400_and_invalid_signal_422_naming_the_field(client: TestClient) -> None:
+    assert post(client, b"{not json").status_code == 400
+
+    response = post(client, body(side="up", stop_loss=-5))
+
+    assert response.status_code == 422
+    fields = {problem["field"] for problem in response.json()["problems"]}
+    assert fields == {"side", "stop_loss"}
+
+
+def test_body_over_the_limit_is_413(sink: Sink) -> None:
+    client = client_for(sink, max_body_bytes=256)
+
+    response = post(client, body(note="x" * 300))
+
+    assert response.status_code == 413
+    assert sink.signals == []
+
+
+def test_burst_over_the_rate_limit_is_429(sink: Sink) -> None:
+    client = client_for(sink, requests_per_s=0.001, burst=2)
+
+    codes = [post(client, body(id=f"s{i}")).status_code for i in range(3)]
+
+    assert codes == [202, 202, 429]
+
+
+def test_rate_limit_is_per_client_address() -> None:
+    from signals.webhook import _ClientRateLimit
+
+    limit = _ClientRateLimit(rate_per_s=0.5, burst=1, clock=lambda: 0.0)
+
+    assert [limit.wait_s("flooder"), limit.wait_s("flooder")] == [0.0, 2.0]
+    assert limit.wait_s("sender") == 0.0
+
+
+def test_query_token_only_in_its_mode(sink: Sink) -> None:
+    data = body()
+    off = client_for(sink)
+    on = client_for(sink, auth="query_token")
+
+    assert off.post(f"{PATH}?token={TOKEN}", content=data).status_code == 401
+    assert on.post(f"{PATH}?token={SECRET}", content=data).status_code == 401  # not the HMAC key
+    assert on.post(f"{PATH}?token={TOKEN}", content=data).status_code == 202
+
+
+def test_a_token_mode_needs_a_long_token(sink: Sink) -> None:
+    resolved = resolve("voiceofchain", WebhookSourceConfig(auth="query_token"))
+    with pytest.raises(ValueError, match="must be at least 32 characters"):
+        WebhookReceiver(resolved, [SecretStr(SECRET)], sink, token=SecretStr("short"))
+
+
+def test_journal_failure_is_503_so_the_sender_retries(client: TestClient, sink: Sink) -> None:
+    sink.fail = True
+
+    response = post(client, body())
+
+    assert response.status_code == 503
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
+def test_no_signed_body_ever_gets_a_500(sink: Sink, data: bytes) -> None:
+    client = client_for(sink, requests_per_s=10_000, burst=10_000)
+
+    response = post(client, data)
+
+    assert response.status_code in {202, 200, 400, 422}
+
+
+@pytest.mark.parametrize("header", ["t=\xb2,v1=" + "a" * 64, "t=1,v1=\xe9" + "a" * 63])
+def test_non_ascii_signature_header_is_401_not_500(client: TestClient, header: str) -> None:
+    response = client.post(
+        PATH, content=body(), headers={SIGNATURE_HEADER: header.encode("latin-1")}
+    )
+
+    assert response.status_code == 401
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=120))
+def test_no_signature_header_ever_gets_a_500(sink: Sink, header: str) -> None:
+    client = client_for(sink, requests_per_s=10_000, burst=10_000)
+
+    response = client.post(
+        PATH, content=body(), headers={SIGNATURE_HEADER: header.encode("latin-1")}
+    )
+
+    assert response.status_code == 401
+
+
+def test_every_429_says_when_to_retry(sink: Sink) -> None:
+    client = client_for(sink, requests_per_s=0.5, burst=1)
+    post(client, body(id="first"))
+
+    response = post(client, body(id="second"))
+
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "2"
+
+
+def test_repeated_failed_logins_lock_that_address_out_and_no_other(sink: Sink) -> None:
+    rejections = Rejections()
+    app = FastAPI()
+    receiver = receiver_for(
+        sink, rejections=rejections, auth_failures_before_lockout=3, lockout_s=120
+    )
+    app.include_router(receiver.router())
+    attacker = TestClient(app, client=("203.0.113.9", 1))
+    sender = TestClient(app, client=("198.51.100.7", 1))
+    forged = sign("guessed-secret", body(), int(time.time()))
+
+    codes = [post(attacker, body(), signature=forged).status_code for _ in range(3)]
+    locked = post(attacker, body(id="even-a-good-one"))
+
+    assert codes == [401, 401, 401]
+    assert (locked.status_code, locked.headers["Retry-After"]) == (429, "120")
+    assert post(sender, body(id="real")).status_code == 202
+    kinds = [kind for kind, _, client in rejections if client == "203.0.113.9"]
+    assert kinds == ["unauthorized"] * 3 + ["locked_out"]
+
+
+def test_every_rejection_is_reported_without_secrets(sink: Sink) -> None:
+    rejections = Rejections()
+    app = FastAPI()
+    app.include_router(receiver_for(sink, rejections=rejections).router())
+    client = TestClient(app, client=("192.0.2.1", 1))
+    signature = sign("wrong-secret", body(), int(time.time()))
+
+    post(client, body(), signature=signature)
+    post(client, body(side="up"))
+
+    assert [(kind, client) for kind, _, client in rejections] == [
+        ("unauthorized", "192.0.2.1"),
+        ("invalid", "192.0.2.1"),
+    ]
+    assert all(SECRET not in reason and signature not in reason for _, reason, _ in rejections)
+
+
+def test_any_of_several_secrets_signs_so_a_secret_rotates_without_downtime(sink: Sink) -> None:
+    app = FastAPI()
+    app.include_router(receiver_for(sink, secrets=("old-secret-123", SECRET)).router())
+    client = TestClient(app)
+
+    old = post(
+        client, body(id="old"), signature=sign("old-secret-123", body(id="old"), int(time.time()))
+    )
+    new = post(client, body(id="new"))
+
+    assert (old.status_code, new.status_code) == (202, 202)
+
+
+def test_only_allowed_addresses_and_x_forwarded_for_only_from_trusted_proxies(
+    sink: Sink,
+) -> None:
+    config = {"allowed_ips": ["198.51.100.0/24"], "trusted_proxies": ["10.0.0.1"]}
+    app = FastAPI()
+    app.include_router(receiver_for(sink, **config).router())  # type: ignore[arg-type]
+    proxy = TestClient(app, client=("10.0.0.1", 1))
+    stranger = TestClient(app, client=("203.0.113.5", 1))
+    forwarded = {"X-Forwarded-For": "203.0.113.5, 198.51.100.7"}
+
+    via_proxy = post(proxy, body(id="a"), forwarded=forwarded["X-Forwarded-For"])
+    spoofed = post(stranger, body(id="b"), forwarded="198.51.100.7")
+    outside = post(proxy, body(id="c"), forwarded="203.0.113.5")
+
+    assert via_proxy.status_code == 202  # the last untrusted hop is the client
+    assert spoofed.status_code == 403  # a stranger's X-Forwarded-For is not believed
+    assert outside.status_code == 403
+    assert "203.0.113.5 may not send" in outside.json()["detail"]
+
+
+TRADINGVIEW = "/webhooks/tradingview"
+
+
+def tradingview_client(sink: Sink, **config: object) -> TestClient:
+    app = FastAPI()
+    app.include_router(receiver_for(sink, source="tradingview", **config).router())  # type: ignore[arg-type]
+    return TestClient(app)
+
+
+def alert(**fields: object) -> bytes:
+    message = {"token": TOKEN, "ticker": "BTCUSDT", "action": "long", "sl": 95000, "tp1": 99000}
+    message.update(fields)
+    return json.dumps(message).encode()
+
+
+def test_a_tradingview_alert_is_mapped_and_its_retry_is_a_duplicate(sink: Sink) -> None:
+    client = tradingview_client(sink)
+    headers = {"Content-Type": "text/plain"}
+
+    first = client.post(TRADINGVIEW, content=alert(), headers=headers)
+    retry = client.post(TRADINGVIEW, content=alert(), headers=headers)
+
+    assert (first.status_code, retry.status_code) == (202, 200)
+    (signal,) = sink.signals
+    assert (signal.symbol, signal.side, signal.stop_loss) == ("BTCUSDT", "Buy", 95000)
+    assert signal.take_profit == (99000,)
+    assert "token" not in signal.raw  # never stored
+    assert signal.id.startswith("tradingview:")
+
+
+def test_a_tradingview_close_and_its_token_rules(sink: Sink) -> None:
+    client = tradingview_client(sink)
+
+    close = client.post(TRADINGVIEW, content=alert(action="close", id="c1"))
+    no_token = client.post(TRADINGVIEW, content=alert(token="wrong", id="c2"))
+    unmapped = client.post(TRADINGVIEW, content=alert(action="sideways", id="c3"))
+
+    assert close.status_code == 202
+    assert sink.signals[0].action == "close"
+    assert no_token.status_code == 401
+    assert "the body's 'token' field" in no_token.json()["detail"]
+    assert unmapped.status_code == 422
+    assert [p["field"] for p in unmapped.json()["problems"]] == ["side"]
+
+
+def test_tradingview_may_be_limited_to_its_published_addresses(sink: Sink) -> None:
+    app = FastAPI()
+    receiver = receiver_for(sink, source="tradingview", allow_preset_ips=True)
+    app.include_router(receiver.router())
+
+    outside = TestClient(app, client=("203.0.113.5", 1)).post(TRADINGVIEW, content=alert())
+    inside = TestClient(app, client=("52.89.214.238", 1)).post(TRADINGVIEW, content=alert())
+
+    assert (outside.status_code, inside.status_code) == (403, 202)
+
+
+def test_a_custom_mapping_names_what_is_missing(sink: Sink) -> None:
+    mapping = {"fields": {"symbol": "pair", "side": "direction"}}
+    app = FastAPI()
+    app.include_router(
+        receiver_for(sink, source="myfeed", mapping=mapping).router()  # type: ignore[arg-type]
+    )
+    client = TestClient(app)
+    data = json.dumps({"direction": "buy"}).encode()
+
+    response = client.post(
+        "/webhooks/myfeed",
+        content=data,
+        headers={SIGNATURE_HEADER: sign(SECRET, data, int(time.time()))},
+    )
+
+    assert response.status_code == 422
+    assert [p["field"] for p in response.json()["problems"]] == ["symbol"]
