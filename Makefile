@@ -6,7 +6,26 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup run test lint clean
 
+# The MQTT tests run a real broker: install Debian's mosquitto unless it is already there
+# (on PATH or at /usr/sbin/mosquitto); sudo only when not root. A failure is reported, not fatal:
+# only the MQTT tests need it.
 setup: $(STAMP)
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make setup: mosquitto is not installed and apt-get is not available; install the mosquitto broker yourself (the MQTT tests need it)" >&2; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+		else SUDO=none; fi; \
+		if [ "$$SUDO" = none ]; then \
+			echo "make setup: mosquitto is not installed and installing it needs root (no sudo here): run apt-get install -y mosquitto as root (the MQTT tests need it)" >&2; \
+		else \
+			echo "make setup: installing mosquitto (the MQTT tests need a real broker)"; \
+			$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto \
+			|| { $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends mosquitto; } \
+			|| echo "make setup: could not install mosquitto; run apt-get install -y mosquitto as root (the MQTT tests need it)" >&2; \
+		fi; \
+	fi
 
 # Reinstall when the dependencies change.
 $(STAMP): pyproject.toml

@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from bot import metrics
 from bot.admin import AdminRoutes
-from signals.webhook import WebhookReceiver
 
 __all__ = ["create_app"]
 
@@ -24,7 +23,7 @@ HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def create_app(
-    receivers: Iterable[WebhookReceiver], health: HealthCheck, admin: AdminRoutes | None = None
+    routers: Iterable[APIRouter], health: HealthCheck, admin: AdminRoutes | None = None
 ) -> FastAPI:
     """`health()` returns the /healthz body; a false `ready` in it makes the answer 503.
     The admin routes are served only when `admin` is given (an admin secret exists)."""
@@ -35,8 +34,8 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    for receiver in receivers:
-        app.include_router(receiver.router())
+    for router in routers:
+        app.include_router(router)
     if admin is not None:
         app.include_router(admin.router())
 

@@ -45,6 +45,9 @@ from bot.service import (
     start_simulator,
 )
 from bot.sim import DEFAULT_SIM_PORT, SimExchange, parse_faults, run_forever
+from signals.mqtt import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
+from signals.mqtt import SIGNING_SECRET_NAME as MQTT_SIGNING_SECRET_NAME
+from signals.mqtt import MqttPublishError, publish_signal
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
 __all__ = ["app", "main"]
@@ -160,10 +163,15 @@ def signal_send(
     url: Annotated[
         str | None, typer.Option(help="webhook URL [default: the configured server]")
     ] = None,
+    mqtt: Annotated[
+        bool,
+        typer.Option("--mqtt", help="publish to the [mqtt] broker and topic instead (QoS 1)"),
+    ] = False,
     config: ConfigOption = None,
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
 ) -> None:
-    """Sign a signal with the source's webhook secret and POST it to the bot."""
+    """Sign a signal with the source's webhook secret and POST it to the bot (or, with
+    --mqtt, publish it to the broker, signed with BOT_MQTT_SIGNING_SECRET if set)."""
     settings = _settings(config)
     payload: dict[str, object] = {
         "id": signal_id or f"cli-{uuid.uuid4().hex[:16]}",
@@ -179,6 +187,9 @@ def signal_send(
         "strategy": strategy,
     }
     payload.update({key: value for key, value in optional.items() if value is not None})
+    if mqtt:
+        _publish(settings, secret_resolver(settings, secrets_dir), payload)
+        return
     body = json.dumps(payload, default=_decimal_as_number).encode()
     try:
         # The first of the source's secrets (one per line while a sender rotates) signs.
@@ -201,6 +212,31 @@ def signal_send(
     console.print(f"signal id: {payload['id']}", highlight=False)
     if status >= 300:
         raise typer.Exit(1)
+
+
+def _publish(settings: BotSettings, resolver: SecretResolver, payload: dict[str, object]) -> None:
+    """`bot signal send --mqtt`: one signal to the configured broker."""
+
+    def optional(name: str) -> SecretStr | None:
+        try:
+            return resolver.get(name, generate=False)
+        except MissingSecretError:
+            return None
+
+    numbers = json.loads(json.dumps(payload, default=_decimal_as_number))
+    try:
+        topic = asyncio.run(
+            publish_signal(
+                settings.mqtt,
+                numbers,
+                password=optional(MQTT_PASSWORD_NAME),
+                signing_secret=optional(MQTT_SIGNING_SECRET_NAME),
+            )
+        )
+    except MqttPublishError as exc:
+        _fail(f"{exc}; is the broker running (mqtt.host, mqtt.port)?")
+    console.print(f"published to {topic}", highlight=False)
+    console.print(f"signal id: {payload['id']}", highlight=False)
 
 
 def _bot_url(settings: BotSettings) -> str:

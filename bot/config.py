@@ -21,6 +21,7 @@ from bot.execution.config import ExecutionConfig
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.secrets import api_key_names
 from signals.config import WebhookSourceConfig
+from signals.mqtt import MqttConfig
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -136,6 +137,7 @@ class BotSettings(BaseSettings):
     sources: dict[Name, WebhookSourceConfig] = Field(
         default_factory=lambda: {"voiceofchain": WebhookSourceConfig()}
     )
+    mqtt: MqttConfig = MqttConfig()
     keys: dict[Name, KeyConfig] = Field(default_factory=dict)
     strategies: dict[Name, StrategyConfig] = Field(default_factory=dict)
 

@@ -88,10 +88,11 @@ class SecretResolver:
         self._generated_dir = generated_dir
         self._environ = os.environ if environ is None else environ
 
-    def get(self, name: str) -> SecretStr:
-        """The secret `name`, or `MissingSecretError` naming the variable and the file."""
+    def get(self, name: str, *, generate: bool = True) -> SecretStr:
+        """The secret `name`, or `MissingSecretError` naming the variable and the file.
+        `generate=False`: never make one up, even in `sim` (an optional secret)."""
         value = self._environ.get(name) or self._read(self._secrets_dir / name.lower())
-        if not value and self._generated_dir is not None:
+        if not value and generate and self._generated_dir is not None:
             value = self._generated(name)
         if not value:
             raise MissingSecretError(

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from bot.account import Account
 from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes
@@ -51,17 +51,13 @@ from bot.secrets import (
     ApiCredentials,
     MissingSecretError,
     SecretResolver,
-    split_secrets,
-    webhook_secret_name,
-    webhook_token_name,
 )
 from bot.sim import SimAccountSpec, SimExchange, SimKeyProfile, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
 from bot.venue.errors import KeyFatalError, VenueError
 from bot.venue.stream import AccountStream
 from signals.base import SignalSink
-from signals.presets import ResolvedSource, resolve
-from signals.webhook import WebhookReceiver
+from signals.sources import SignalSource, SourceContext, build_sources
 
 __all__ = [
     "Service",
@@ -189,6 +185,7 @@ class _Stages:
     venues: Mapping[str, BybitVenue]
     app: FastAPI
     keys: KeyGuard
+    sources: list[SignalSource]
 
 
 class _Server(uvicorn.Server):
@@ -279,6 +276,7 @@ class Service:
                 return
             background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.venues]
             background.append(tasks.create_task(stages.keys.run()))
+            background += [tasks.create_task(source.run()) for source in stages.sources]
             self._on_hangup = stages.keys.wake
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
@@ -467,11 +465,7 @@ class Service:
         )
         market = MarketData(venues, account, settings.venue.market_cache_s)
         pipeline = Pipeline(journal, strategies, gate, executor, market)
-        receivers = [
-            self._webhook(resolve(source, config), journal, pipeline.submit)
-            for source, config in settings.sources.items()
-            if config.enabled
-        ]
+        sources = self._signal_sources(journal, pipeline.submit)
         kill_switch = KillSwitch(
             gate,
             executor,
@@ -482,8 +476,8 @@ class Service:
             pipeline.decide,
         )
         app = create_app(
-            receivers,
-            lambda: self._health(pipeline, journal, account),
+            [router for source in sources if (router := source.router()) is not None],
+            lambda: self._health(pipeline, journal, account, sources),
             self._admin_routes(kill_switch),
         )
         reconciler = Reconciler(executor, journal, venues, settings.execution, account)
@@ -508,19 +502,17 @@ class Service:
             venues=venues,
             app=app,
             keys=keys,
+            sources=sources,
         )
 
-    def _webhook(
-        self, source: ResolvedSource, journal: Journal, sink: SignalSink
-    ) -> WebhookReceiver:
-        """One source's receiver: its secrets (several, one per line, while one rotates), its
-        token in the token modes, its refusals journaled, its signals' status readable."""
+    def _signal_sources(self, journal: Journal, sink: SignalSink) -> list[SignalSource]:
+        """Every configured way in for signals: refusals journaled, status readable."""
 
-        def rejected(kind: str, reason: str, client: str) -> None:
-            journal.submit(journal.record_rejection, source.name, kind, reason, client)
+        def rejected(source: str, kind: str, reason: str, where: str) -> None:
+            journal.submit(journal.record_rejection, source, kind, reason, where)
 
-        async def status(name: str, signal_id: str) -> dict[str, Any] | None:
-            rows = await journal.call(journal.trace, 1, (name, signal_id))
+        async def status(source: str, signal_id: str) -> dict[str, Any] | None:
+            rows = await journal.call(journal.trace, 1, (source, signal_id))
             if not rows:
                 return None
             first = rows[0]
@@ -535,25 +527,17 @@ class Service:
                 ],
             }
 
-        token = (
-            None
-            if source.auth == "signature"
-            else self._resolver.get(webhook_token_name(source.name))
-        )
+        def optional(name: str) -> SecretStr | None:
+            try:
+                return self._resolver.get(name, generate=False)
+            except MissingSecretError:
+                return None
+
+        context = SourceContext(sink, self._resolver.get, optional, rejected, status)
         try:
-            return WebhookReceiver(
-                source,
-                split_secrets(self._resolver.get(webhook_secret_name(source.name))),
-                sink,
-                token=token,
-                on_reject=rejected,
-                status=status,
-            )
+            return build_sources(self.settings.sources, self.settings.mqtt, context)
         except ValueError as exc:
-            raise ConfigError(
-                f"{exc}: set {webhook_token_name(source.name)} (or its file) to a random string, "
-                "e.g. `openssl rand -hex 24`"
-            ) from None
+            raise ConfigError(str(exc)) from None
 
     def _admin_routes(self, kill_switch: KillSwitch) -> AdminRoutes | None:
         """The kill switch's routes, if an admin secret exists (generated in `sim`)."""
@@ -627,11 +611,12 @@ class Service:
         )
 
     async def _health(
-        self, pipeline: Pipeline, journal: Journal, account: Account
+        self, pipeline: Pipeline, journal: Journal, account: Account, sources: list[SignalSource]
     ) -> dict[str, Any]:
         counts = await journal.call(journal.counts)
+        signal_sources = {source.name: source.health() for source in sources}
         return {
-            "ready": True,
+            "ready": all(health["ready"] for health in signal_sources.values()),
             "environment": self.settings.environment.value,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "queued_signals": pipeline.queued,
@@ -641,6 +626,7 @@ class Service:
                 key: "live" if account.live(key) else "down (REST reconciliation)"
                 for key in account.streams
             },
+            "signal_sources": signal_sources,
         }
 
 

@@ -176,7 +176,7 @@ class WebhookReceiver:
                 f"source {source.name} authenticates with a token ({source.auth}): its token "
                 f"must be at least {MIN_TOKEN_LENGTH} characters"
             )
-        self.source = source.name
+        self.name = self.source = source.name
         self._resolved = source
         self._config = source.config
         self._secrets = tuple(secrets)
@@ -200,6 +200,12 @@ class WebhookReceiver:
     @property
     def path(self) -> str:
         return f"/webhooks/{self.source}"
+
+    async def run(self) -> None:
+        """A webhook has no background work: requests come to its routes."""
+
+    def health(self) -> dict[str, Any]:
+        return {"ready": True, "route": self.path, "auth": self._resolved.auth}
 
     def router(self) -> APIRouter:
         router = APIRouter()

@@ -49,7 +49,7 @@ def _app() -> Any:
         )
         for name in ("voiceofchain", "tradingview")
     ]
-    return create_app(receivers, _healthy)
+    return create_app([receiver.router() for receiver in receivers], _healthy)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app())

@@ -1,0 +1,703 @@
+"""MQTT signals: a broker's topic, each message acknowledged only once its signal is journaled.
+
+    broker ─PUBLISH (QoS 1)─► MqttSubscriber ─► checks ─► SignalSink (journal) ─► PUBACK
+                                                  │ rejected
+                                                  └─► on_reject(reason, topic) ──► PUBACK
+
+Delivery: MQTT v5 with a persistent session (clean_start=False and a session expiry interval,
+under a stable client id), a QoS 1 subscription, and manual acknowledgement: the PUBACK goes out
+only after the sink returned, i.e. after the signal is journaled, new or duplicate. A crash
+before that makes the broker redeliver on the next connection, and the journal's (source, id)
+dedupe makes redelivery harmless. A message that can never become a signal is rejected,
+reported, counted and acknowledged: redelivering it would not change it. When the sink raises
+(journal unavailable) the message is *not* acknowledged; the subscriber drops the connection
+and reconnects after a backoff, and the broker redelivers every unacknowledged message then.
+
+Checks run cheapest first: size → signature → JSON → topic strategy → signal fields.
+
+Authentication (optional; HMAC-SHA256 with `BOT_MQTT_SIGNING_SECRET`, the webhook's scheme and
+its `signature_problem`):
+- MQTT v5 publishers send the user property `x-signature: t=<unix seconds>,v1=<hex>`, the HMAC
+  over `"<t>." + payload bytes` exactly as published (`signals.voiceofchain.sign`).
+- MQTT 3.1.1 publishers have no properties, so the payload's top-level member `signature` holds
+  the same `t=<unix seconds>,v1=<hex>` string. The signed bytes are the payload exactly as
+  published with that member's value emptied: serialize the signal with `"signature": ""`,
+  compute the HMAC over `"<t>." + those bytes`, then write `t=...,v1=...` between the two quotes
+  of that empty string, changing no other byte (`sign_payload` does exactly this). The value
+  must be written literally (no JSON escapes) and appear exactly once in the payload. The member
+  is removed before the payload becomes a signal.
+The user property wins when both are present. Without a signing secret no message is checked;
+with one, a signed message must verify, and with `require_signature` every message must be
+signed. `t` may be up to `max_signature_age_s` from now, a day by default: a persistent session
+delivers messages published while the bot was down. A replay is a duplicate to the journal, and
+a stale signal is the risk gate's `max_signal_age_s` to judge.
+
+Topic: when the filter ends in a wildcard (the default `signals/voiceofchain/#`), the level that
+wildcard starts at names the strategy: a message on `signals/voiceofchain/follow` is routed to
+strategy `follow` unless its payload names one, and a payload naming another strategy is
+rejected. Levels below that one are free for the publisher's use; a message on
+`signals/voiceofchain` itself names no strategy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import random
+import re
+import secrets
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiomqtt
+import paho.mqtt.client as paho_mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from bot import logs
+from bot.logs import logger
+from bot.messages import Signal, SignalError, parse_signal
+from signals.base import SignalSink
+from signals.voiceofchain import sign, signature_problem
+
+__all__ = [
+    "PASSWORD_SECRET_NAME",
+    "PAYLOAD_SIGNATURE_FIELD",
+    "SIGNATURE_PROPERTY",
+    "SIGNING_SECRET_NAME",
+    "MqttConfig",
+    "MqttCounters",
+    "MqttPublishError",
+    "MqttSubscriber",
+    "RejectHandler",
+    "publish_signal",
+    "publish_topic",
+    "sign_payload",
+]
+
+PASSWORD_SECRET_NAME: Final = "BOT_MQTT_PASSWORD"  # noqa: S105 - the name, not the secret
+SIGNING_SECRET_NAME: Final = "BOT_MQTT_SIGNING_SECRET"  # noqa: S105 - the name
+SIGNATURE_PROPERTY: Final = "x-signature"
+PAYLOAD_SIGNATURE_FIELD: Final = "signature"
+
+_STRATEGY_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # Signal.strategy's rule
+# The in-payload form is matched byte for byte, so only its exact spelling is accepted.
+_LITERAL_SIGNATURE: Final = re.compile(r"t=[0-9]{1,12}(?:,v1=[0-9a-fA-F]{64})+")
+_MAX_REASON_CHARS: Final = 300
+
+RejectHandler = Callable[[str, str], Awaitable[None] | None]
+"""Called with (reason, topic) for each rejected message, before it is acknowledged.
+
+`reason` is one printable line of at most 300 characters that never holds a secret; `topic` is
+the message's topic as the broker gave it (untrusted text). The handler may be sync or async; if
+it raises, the error is logged and the message is acknowledged all the same. It runs in line
+with the stream, so it should be quick (a journal write is fine)."""
+
+
+class MqttConfig(BaseModel):
+    """The `[mqtt]` section: where signals come from and how they are delivered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, description="subscribe to the broker when the bot runs")
+    host: str = Field(
+        "127.0.0.1", min_length=1, pattern=r"^\S+$", description="broker host name or address"
+    )
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
+    topic: str = Field(
+        "signals/voiceofchain/#",
+        description="topic filter, subscribed with QoS 1; a trailing wildcard level names the "
+        "strategy (see the module docstring)",
+    )
+    source: str = Field(
+        "voiceofchain",
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description="source the signals are attributed to: strategies subscribed to it get them, "
+        "and an id seen on the webhook and on MQTT is one signal",
+    )
+    client_id: str = Field(
+        "bybit-signal-bot",
+        pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="stable MQTT client id: the broker keeps the session under it; every bot "
+        "instance needs its own (a second connection with the same id evicts the first)",
+    )
+    session_expiry_s: int = Field(
+        86_400,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="how long the broker keeps the session and queues messages while the bot is "
+        "away (0: no persistent session)",
+    )
+    shared_group: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.-]{0,64}$",
+        description="subscribe as $share/<group>/<topic> so instances split one stream; "
+        "empty = no shared subscription. mosquitto 2.0 also deals an instance that is down but "
+        "whose session lives its share, delivered when it returns: keep session_expiry_s short",
+    )
+    username: str = Field("", description=f"broker user; its password is {PASSWORD_SECRET_NAME}")
+    tls: bool = Field(False, description="TLS with the system's CA certificates")
+    require_signature: bool = Field(
+        False,
+        description=f"reject every message not signed with {SIGNING_SECRET_NAME} (when false, "
+        "only signed messages are checked)",
+    )
+    max_signature_age_s: int = Field(
+        86_400,
+        ge=1,
+        le=0xFFFFFFFF,
+        description="how far a signature's `t` may be from now; messages queued in the session "
+        "arrive late, so as long as session_expiry_s by default (raise both together)",
+    )
+    max_payload_bytes: int = Field(
+        16_384, ge=256, le=1_048_576, description="larger messages are rejected"
+    )
+    max_unacked_messages: int = Field(
+        100,
+        ge=1,
+        le=65_535,
+        description="MQTT v5 Receive Maximum: messages the broker may send ahead of our acks "
+        "(bounds memory)",
+    )
+    keepalive_s: int = Field(30, ge=5, le=65_535, description="MQTT keepalive interval")
+    connect_timeout_s: float = Field(
+        10, gt=0, le=120, description="bound on connecting, CONNACK, SUBACK and DISCONNECT"
+    )
+    reconnect_min_s: float = Field(
+        0.5, gt=0, le=60, description="first delay before reconnecting; doubles per failure"
+    )
+    reconnect_max_s: float = Field(30, gt=0, le=3600, description="longest reconnect delay")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_filter(cls, value: str) -> str:
+        if not value or len(value.encode()) > 65_535 or "\x00" in value:
+            raise ValueError("must be 1 to 65535 bytes of UTF-8 without NUL")
+        if value.startswith("$share/"):
+            raise ValueError("set shared_group instead of writing $share/ into the topic")
+        levels = value.split("/")
+        for index, level in enumerate(levels):
+            if "#" in level and (level != "#" or index != len(levels) - 1):
+                raise ValueError("'#' must be a whole level, and the last one")
+            if "+" in level and level != "+":
+                raise ValueError("'+' must be a whole level")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+    @property
+    def subscription(self) -> str:
+        """The filter actually subscribed: the topic, or its shared form."""
+        return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic
+
+
+@dataclass
+class MqttCounters:
+    """What the subscriber has seen since it was created (for /metrics and /healthz)."""
+
+    received: int = 0
+    accepted: int = 0  # journaled as new
+    duplicates: int = 0  # already journaled; acknowledged, nothing new happens
+    rejected: int = 0  # can never become a signal; reported and acknowledged
+    sink_errors: int = 0  # not journaled; not acknowledged, so the broker redelivers
+    connections: int = 0  # successful connect + subscribe
+
+
+class MqttPublishError(Exception):
+    """A signal could not be published (broker unreachable, refused, or too slow)."""
+
+
+class _Rejected(Exception):
+    """The message can never become a signal; the message is the one-line reason."""
+
+
+class _SinkFailed(Exception):
+    """The sink raised: the message stays unacknowledged and the connection is dropped."""
+
+
+class MqttSubscriber:
+    """Subscribes to the configured topic and hands each message's signal to the bot's sink.
+
+    `run()` runs until cancelled: it connects, subscribes, consumes, and on any failure
+    reconnects forever with bounded exponential backoff and jitter, each attempt logged.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        sink: SignalSink,
+        *,
+        password: SecretStr | None = None,
+        signing_secret: SecretStr | Sequence[SecretStr] | None = None,
+        on_reject: RejectHandler | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`signing_secret` may hold several secrets, one per line (or be a sequence): a message
+        signed with any of them passes, so the secret rotates without downtime.
+        `on_reject(reason, topic)` runs for each rejected message before it is acked; the
+        subscriber logs every rejection itself. `clock` gives unix seconds for signatures."""
+        self._secrets = _secret_values(signing_secret)
+        if config.require_signature and not self._secrets:
+            raise ValueError(f"mqtt.require_signature needs the secret {SIGNING_SECRET_NAME}")
+        if password is not None and not config.username:
+            raise ValueError(f"{PASSWORD_SECRET_NAME} is set but mqtt.username is empty")
+        if password is not None:
+            logs.redact(password.get_secret_value())
+        self.counters = MqttCounters()
+        self.last_error: str | None = None
+        self._config = config
+        self._sink = sink
+        self._password = password
+        self._on_reject = on_reject
+        self._clock = clock
+        self._connected = False
+        self._session_present = False
+        self._connect_failures = 0
+        self._sink_failures = 0
+        levels = config.topic.split("/")
+        # Index of the topic level that names the strategy, if the filter ends in a wildcard.
+        self._strategy_level = len(levels) - 1 if levels[-1] in ("#", "+") else None
+
+    @property
+    def connected(self) -> bool:
+        """True while connected and subscribed (readiness)."""
+        return self._connected
+
+    async def run(self) -> None:
+        """Receive signals until cancelled; never returns otherwise."""
+        self._log_settings()
+        tls = await asyncio.to_thread(ssl.create_default_context) if self._config.tls else None
+        while True:
+            try:
+                await self._connection(tls)
+                problem = "the broker closed the connection"
+            except _SinkFailed as exc:
+                self._sink_failures += 1
+                problem = str(exc)
+                logger.opt(exception=exc.__cause__).error("mqtt: {problem}", problem=problem)
+            except aiomqtt.MqttError as exc:
+                self._connect_failures += 1
+                problem = f"{type(exc).__name__}: {exc}"
+            except OSError as exc:
+                self._connect_failures += 1
+                problem = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # a bug or a library surprise: log it, keep receiving
+                self._connect_failures += 1
+                problem = f"unexpected {type(exc).__name__}: {exc}"
+                logger.opt(exception=exc).error("mqtt: {problem}", problem=problem)
+            finally:
+                self._connected = False
+            self.last_error = problem
+            failures = max(self._connect_failures, self._sink_failures, 1)
+            delay = self._backoff_s(failures)
+            logger.warning(
+                "mqtt: {problem}; reconnecting to {host}:{port} in {delay:.2f} s (attempt {n})",
+                problem=problem,
+                host=self._config.host,
+                port=self._config.port,
+                delay=delay,
+                n=failures,
+            )
+            await asyncio.sleep(delay)
+
+    def _backoff_s(self, failures: int) -> float:
+        config = self._config
+        ceiling = min(config.reconnect_max_s, config.reconnect_min_s * 2.0 ** min(failures - 1, 30))
+        # Jitter spreads the reconnects of many instances after a broker restart.
+        return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+
+    def _log_settings(self) -> None:
+        config = self._config
+        if not self._secrets:
+            logger.warning(
+                "mqtt: messages are not authenticated: anyone who can publish to {topic} on the "
+                "broker can send signals (set {name} and require_signature)",
+                topic=config.topic,
+                name=SIGNING_SECRET_NAME,
+            )
+        elif not config.require_signature:
+            logger.info("mqtt: signed messages are checked; unsigned ones are accepted too")
+        if config.session_expiry_s == 0:
+            logger.warning(
+                "mqtt: session_expiry_s is 0: messages published while the bot is down are lost"
+            )
+        if self._password is not None and not config.tls:
+            logger.warning("mqtt: the broker password is sent without TLS")
+
+    async def _connection(self, tls: ssl.SSLContext | None) -> None:
+        """One connection: connect, subscribe, consume until it fails."""
+        config = self._config
+        client = _client(
+            config,
+            identifier=config.client_id,
+            password=self._password,
+            tls=tls,
+            clean_start=False,
+            session_expiry_s=config.session_expiry_s,
+            receive_maximum=config.max_unacked_messages,
+            timeout_s=config.connect_timeout_s,
+        )
+        # aiomqtt 2.x has no manual-ack API, but its paho client does: with it set before
+        # connecting, paho sends no PUBACK on receipt and `ack()` sends it when we say so.
+        paho = client._client
+        paho.manual_ack_set(True)
+        self._watch_session_flag(paho)
+        logger.info(
+            "mqtt: connecting to {host}:{port} as {client_id}",
+            host=config.host,
+            port=config.port,
+            client_id=config.client_id,
+        )
+        async with client:
+            granted = await client.subscribe(
+                config.subscription,
+                options=SubscribeOptions(
+                    qos=1,
+                    # A retained signal is an old one: never replay it on (re)subscribing.
+                    retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
+                ),
+                timeout=config.connect_timeout_s,
+            )
+            self._check_granted(granted)
+            if self._session_present or self.counters.connections == 0:
+                logger.info(
+                    "mqtt: subscribed to {subscription} ({session})",
+                    subscription=config.subscription,
+                    session="session resumed" if self._session_present else "new session",
+                )
+            else:
+                logger.warning(
+                    "mqtt: subscribed to {subscription}, but the broker had lost the session "
+                    "(restarted without persistence, or session_expiry_s passed): messages "
+                    "published while no session existed were not kept for the bot",
+                    subscription=config.subscription,
+                )
+            self._connected = True
+            self._connect_failures = 0
+            self.counters.connections += 1
+            async for message in client.messages:
+                await self._handle(paho, message)
+
+    def _watch_session_flag(self, paho: paho_mqtt.Client) -> None:
+        """Record CONNACK's session-present flag, then let aiomqtt handle CONNACK as before."""
+        original = paho.on_connect
+        self._session_present = False
+
+        def on_connect(*args: Any) -> None:
+            flags = args[2]
+            self._session_present = bool(getattr(flags, "session_present", False))
+            if original is not None:
+                original(*args)
+
+        paho.on_connect = on_connect
+
+    def _check_granted(self, granted: tuple[int, ...] | list[ReasonCode]) -> None:
+        for code in granted:
+            if isinstance(code, ReasonCode) and code.is_failure:
+                raise aiomqtt.MqttError(
+                    f"the broker refused the subscription to {self._config.subscription}: {code}"
+                )
+            if int(code.value if isinstance(code, ReasonCode) else code) == 0:
+                logger.warning(
+                    "mqtt: the broker granted QoS 0 only: a message lost in a crash is not "
+                    "redelivered"
+                )
+
+    async def _handle(self, paho: paho_mqtt.Client, message: aiomqtt.Message) -> None:
+        self.counters.received += 1
+        topic = message.topic.value
+        try:
+            signal = self._signal_from(topic, message.payload, message.properties)
+        except _Rejected as exc:
+            await self._reject(str(exc), topic)
+        except Exception as exc:  # a bug in a check must not stop the stream
+            logger.opt(exception=exc).error("mqtt: checking a message failed")
+            await self._reject(f"internal error while checking: {type(exc).__name__}", topic)
+        else:
+            try:
+                is_new = await self._sink(signal)
+            except Exception as exc:
+                self.counters.sink_errors += 1
+                raise _SinkFailed(
+                    f"signal {signal.id} could not be journaled ({type(exc).__name__}); "
+                    "not acknowledged, the broker will redeliver it"
+                ) from exc
+            self._sink_failures = 0
+            if is_new:
+                self.counters.accepted += 1
+            else:
+                self.counters.duplicates += 1
+        self._ack(paho, message)
+
+    def _ack(self, paho: paho_mqtt.Client, message: aiomqtt.Message) -> None:
+        if message.qos == 0:
+            return
+        result = paho.ack(message.mid, message.qos)
+        if result != paho_mqtt.MQTT_ERR_SUCCESS:
+            # The connection is gone: the broker redelivers, and the journal finds a duplicate.
+            logger.warning(
+                "mqtt: could not acknowledge message {mid} ({rc}); it will be redelivered",
+                mid=message.mid,
+                rc=paho_mqtt.error_string(result),
+            )
+
+    async def _reject(self, reason: str, topic: str) -> None:
+        self.counters.rejected += 1
+        reason = _one_line(reason)
+        logger.warning(
+            "mqtt: rejected a message on {topic}: {reason}", topic=_one_line(topic), reason=reason
+        )
+        if self._on_reject is None:
+            return
+        try:
+            result = self._on_reject(reason, topic)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("mqtt: the rejection handler failed")
+
+    def _signal_from(self, topic: str, payload: bytes, properties: Properties | None) -> Signal:
+        """The message's signal, or `_Rejected` saying why it can never be one."""
+        config = self._config
+        if len(payload) > config.max_payload_bytes:
+            raise _Rejected(
+                f"payload is {len(payload)} bytes, over the limit of {config.max_payload_bytes}"
+            )
+        header = _signature_property(properties)
+        if header is not None and self._secrets:
+            problem = self._signature_problem(header, payload)
+            if problem is not None:
+                raise _Rejected(f"{SIGNATURE_PROPERTY} user property: {problem}")
+        try:
+            document = json.loads(payload)
+        except (ValueError, RecursionError) as exc:
+            raise _Rejected(f"payload is not JSON: {exc}") from None
+        signed = header is not None
+        if isinstance(document, dict) and PAYLOAD_SIGNATURE_FIELD in document:
+            embedded = document.pop(PAYLOAD_SIGNATURE_FIELD)
+            if header is None and self._secrets and embedded is not None:
+                self._check_embedded_signature(embedded, payload)
+            signed = signed or embedded is not None
+        if config.require_signature and not signed:
+            raise _Rejected(
+                f"unsigned message: a signature is required (the {SIGNATURE_PROPERTY} user "
+                f"property, or a {PAYLOAD_SIGNATURE_FIELD!r} field)"
+            )
+        strategy = self._topic_strategy(topic)
+        if strategy is not None and isinstance(document, dict):
+            named = document.get("strategy")
+            if named is None:
+                document["strategy"] = strategy
+            elif named != strategy:
+                raise _Rejected(
+                    f"payload strategy {_clip(repr(named), 80)} contradicts the topic's "
+                    f"strategy {strategy!r}"
+                )
+        try:
+            return parse_signal(config.source, document)
+        except SignalError as exc:
+            raise _Rejected(f"invalid signal: {exc}") from None
+
+    def _signature_problem(self, header: str, signed: bytes) -> str | None:
+        """None when any of the secrets signed `signed`; else why the first did not."""
+        now, max_age_s = self._clock(), self._config.max_signature_age_s
+        problems = [
+            signature_problem(header, signed, secret, now, max_age_s) for secret in self._secrets
+        ]
+        return None if None in problems else problems[0]
+
+    def _check_embedded_signature(self, value: object, payload: bytes) -> None:
+        name = f"{PAYLOAD_SIGNATURE_FIELD!r} field"
+        if not isinstance(value, str) or not _LITERAL_SIGNATURE.fullmatch(value):
+            raise _Rejected(f"{name}: expected the string t=<unix seconds>,v1=<hex>")
+        quoted = f'"{value}"'.encode()
+        if payload.count(quoted) != 1:
+            raise _Rejected(f"{name}: its value must appear literally, and once, in the payload")
+        problem = self._signature_problem(value, payload.replace(quoted, b'""', 1))
+        if problem is not None:
+            raise _Rejected(f"{name}: {problem}")
+
+    def _topic_strategy(self, topic: str) -> str | None:
+        if self._strategy_level is None:
+            return None
+        levels = topic.split("/")
+        if len(levels) <= self._strategy_level:
+            return None
+        level = levels[self._strategy_level]
+        if not _STRATEGY_NAME.fullmatch(level):
+            raise _Rejected(
+                f"topic level {_clip(repr(level), 80)} is not a strategy name "
+                "(1-64 letters, digits, '_', '.', '-')"
+            )
+        return level
+
+
+def sign_payload(secret: str, payload: Mapping[str, Any], timestamp: int) -> bytes:
+    """`payload` as JSON bytes carrying its own `signature` member (the MQTT 3.1.1 form).
+
+    The member is written first, so the emptied value is at a fixed place: the signed bytes
+    are exactly the returned bytes with the signature's value replaced by "".
+    """
+    fields = {key: value for key, value in payload.items() if key != PAYLOAD_SIGNATURE_FIELD}
+    unsigned = json.dumps(
+        {PAYLOAD_SIGNATURE_FIELD: "", **fields}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    prefix = f'{{"{PAYLOAD_SIGNATURE_FIELD}":""'.encode()
+    value = sign(secret, unsigned, timestamp)
+    return f'{{"{PAYLOAD_SIGNATURE_FIELD}":"{value}"'.encode() + unsigned[len(prefix) :]
+
+
+def publish_topic(topic_filter: str, strategy: object = None) -> str:
+    """The topic to publish a signal on so that a subscriber of `topic_filter` receives it:
+    the filter's fixed part, plus the strategy's level when the filter ends in a wildcard."""
+    levels = topic_filter.split("/")
+    wildcard = levels[-1] if levels[-1] in ("#", "+") else None
+    base = levels[:-1] if wildcard else levels
+    if any(level in ("#", "+") for level in base):
+        raise ValueError(f"topic filter {topic_filter!r} has inner wildcards: pass a topic")
+    if wildcard is not None and isinstance(strategy, str) and _STRATEGY_NAME.fullmatch(strategy):
+        return "/".join([*base, strategy])
+    if wildcard == "+" or not base:
+        raise ValueError(
+            f"a subscriber of {topic_filter!r} receives only topics one level deeper: "
+            "name a strategy or pass a topic"
+        )
+    return "/".join(base)
+
+
+async def publish_signal(
+    config: MqttConfig,
+    payload: Mapping[str, Any],
+    *,
+    password: SecretStr | None,
+    signing_secret: SecretStr | Sequence[SecretStr] | None,
+    qos: int = 1,
+    timeout_s: float = 10.0,
+    topic: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> str:
+    """Publish one signal (`bot signal send --mqtt`) and return the topic it went to.
+
+    Signed with the `x-signature` user property when a signing secret exists (one `v1=` per
+    line of it, so subscribers holding either secret accept it while it rotates). The topic is
+    `publish_topic(config.topic, payload["strategy"])` unless given. With QoS 1 this returns
+    once the broker acknowledged; the whole call is bounded by `timeout_s`.
+    """
+    target = topic or publish_topic(config.topic, payload.get("strategy"))
+    body = json.dumps(dict(payload), separators=(",", ":"), ensure_ascii=False).encode()
+    if len(body) > config.max_payload_bytes:
+        raise MqttPublishError(
+            f"the signal is {len(body)} bytes, over mqtt.max_payload_bytes "
+            f"({config.max_payload_bytes}): subscribers would reject it"
+        )
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.ContentType = "application/json"
+    signers = _secret_values(signing_secret)
+    if signers:
+        timestamp = int(clock())
+        digests = [
+            sign(secret.get_secret_value(), body, timestamp).partition(",")[2] for secret in signers
+        ]
+        properties.UserProperty = (SIGNATURE_PROPERTY, ",".join([f"t={timestamp}", *digests]))
+    try:
+        async with asyncio.timeout(timeout_s):
+            tls = await asyncio.to_thread(ssl.create_default_context) if config.tls else None
+            client = _client(
+                config,
+                # Never the subscriber's id: a second connection under it would evict the bot.
+                identifier=f"{config.client_id}-send-{secrets.token_hex(4)}",
+                password=password,
+                tls=tls,
+                clean_start=True,
+                session_expiry_s=0,
+                receive_maximum=None,
+                timeout_s=timeout_s,
+            )
+            async with client:
+                await client.publish(target, body, qos=qos, properties=properties)
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise MqttPublishError(
+            f"could not publish to {config.host}:{config.port} ({target}): {detail}"
+        ) from exc
+    return target
+
+
+def _client(
+    config: MqttConfig,
+    *,
+    identifier: str,
+    password: SecretStr | None,
+    tls: ssl.SSLContext | None,
+    clean_start: bool,
+    session_expiry_s: int,
+    receive_maximum: int | None,
+    timeout_s: float,
+) -> aiomqtt.Client:
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        properties.ReceiveMaximum = receive_maximum
+    client = aiomqtt.Client(
+        config.host,
+        config.port,
+        username=config.username or None,
+        # Unwrapped here, at the point of use; paho keeps it only to send it in CONNECT.
+        password=password.get_secret_value() if password is not None else None,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=clean_start,
+        keepalive=config.keepalive_s,
+        timeout=timeout_s,
+        properties=properties,
+        tls_context=tls,
+    )
+    # Bounds the TCP (and TLS) connect that aiomqtt runs in a worker thread.
+    client._client.connect_timeout = timeout_s
+    return client
+
+
+def _secret_values(secret: SecretStr | Sequence[SecretStr] | None) -> tuple[SecretStr, ...]:
+    """Each secret, one per line of each given value, registered with the log redactor."""
+    given = () if secret is None else (secret,) if isinstance(secret, SecretStr) else secret
+    values = []
+    for item in given:
+        for line in item.get_secret_value().splitlines():
+            if line.strip():
+                logs.redact(line.strip())
+                values.append(SecretStr(line.strip()))
+    return tuple(values)
+
+
+def _signature_property(properties: Properties | None) -> str | None:
+    if properties is None:
+        return None
+    values = [
+        value
+        for name, value in getattr(properties, "UserProperty", ())
+        if name.lower() == SIGNATURE_PROPERTY
+    ]
+    if len(values) > 1:
+        raise _Rejected(f"more than one {SIGNATURE_PROPERTY} user property")
+    return values[0] if values else None
+
+
+def _one_line(text: str) -> str:
+    """`text` on one line, without control characters, clipped (it may come from anyone)."""
+    cleaned = "".join(char if char.isprintable() else " " for char in text)
+    return _clip(cleaned, _MAX_REASON_CHARS)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,74 @@
+"""The whole bot on a real mosquitto: `bot signal send --mqtt` becomes an order, and the
+broker's state shows in /healthz (not ready while it is down, ready again when it is back)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from tests.bot.test_service import RunningBot
+from tests.conftest import wait_for
+from tests.signals.mosquitto import Mosquitto, mosquitto  # noqa: F401 - the broker fixture
+
+
+def health(bot: RunningBot) -> requests.Response:
+    return requests.get(f"{bot.url}/healthz", timeout=10)
+
+
+def test_a_signal_published_with_the_cli_becomes_an_order_and_healthz_follows_the_broker(
+    sim_config: Callable[..., Path],
+    mosquitto: Mosquitto,  # noqa: F811
+) -> None:
+    extra = (
+        f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "bot-e2e"\n'
+        "reconnect_max_s = 0.5\n"
+    )
+    config = sim_config(extra=extra)
+    bot = RunningBot(config).start()
+    try:
+        wait_for(lambda: health(bot).status_code == 200, what="the broker connected")
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bot",
+                "signal",
+                "send",
+                "--mqtt",
+                "--config",
+                str(config),
+                "--symbol",
+                "BTCUSDT",
+                "--side",
+                "buy",
+                "--stop-loss",
+                "95000",
+                "--id",
+                "via-mqtt",
+            ],
+            cwd=config.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert "published to signals/voiceofchain" in sent.stdout
+        wait_for(lambda: bot.journal_status("via-mqtt") == ["Filled"], what="the order")
+        sources = health(bot).json()["signal_sources"]
+        assert sources["mqtt:voiceofchain"]["state"] == "connected"
+
+        mosquitto.stop()
+        # (a requests.Response is falsy when its status is an error: wait on its body)
+        down = wait_for(
+            lambda: (h := health(bot)).status_code == 503 and h.json(), what="not ready"
+        )
+        assert down["signal_sources"]["mqtt:voiceofchain"]["state"] == "down"
+        mosquitto.start()
+        wait_for(lambda: health(bot).status_code == 200, what="ready again")
+    finally:
+        bot.stop()

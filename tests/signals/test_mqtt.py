@@ -1,0 +1,744 @@
+"""MQTT signals against a real mosquitto: delivery, persistent sessions, manual acks, rejections.
+
+Each test has its own broker (tests/signals/mosquitto.py) on a free loopback port. A subscriber
+runs as the bot runs it, `run()` on an event loop, here in a thread so a test can publish,
+restart the broker or kill a process while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho_mqtt
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import SecretStr, ValidationError
+
+from bot.journal import Journal
+from bot.logs import logger
+from bot.messages import Signal, SignalError, parse_signal
+from signals.mqtt import (
+    SIGNATURE_PROPERTY,
+    MqttConfig,
+    MqttSubscriber,
+    publish_signal,
+    publish_topic,
+    sign_payload,
+)
+from signals.voiceofchain import sign
+from tests.conftest import wait_for
+from tests.signals import mosquitto as mosquitto_helper
+from tests.signals.mosquitto import Mosquitto, running_mosquitto
+
+ROOT = Path(__file__).resolve().parents[2]
+SIGNING_SECRET = SecretStr("mqtt-signing-secret-for-tests")
+TOPIC = "signals/voiceofchain"
+
+
+# helpers --------------------------------------------------------------------------------------
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def signal_payload(signal_id: str, **fields: object) -> dict[str, Any]:
+    payload: dict[str, Any] = {"id": signal_id, "symbol": "BTCUSDT", "side": "buy", "ts": now_ms()}
+    payload.update(fields)
+    return payload
+
+
+def config_for(broker: Mosquitto, **fields: Any) -> MqttConfig:
+    """Short timeouts and backoffs, so a test waits for the broker, not for our delays."""
+    settings: dict[str, Any] = {
+        "enabled": True,
+        "port": broker.port,
+        "client_id": "test-bot",
+        "keepalive_s": 5,
+        "connect_timeout_s": 3,
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.2,
+    }
+    settings.update(fields)
+    return MqttConfig(**settings)
+
+
+def publish(config: MqttConfig, payload: dict[str, Any], **kwargs: Any) -> str:
+    """Publish like `bot signal send --mqtt` does (QoS 1: returns once the broker has it)."""
+    kwargs.setdefault("password", None)
+    kwargs.setdefault("signing_secret", None)
+    return asyncio.run(publish_signal(config, payload, timeout_s=5, **kwargs))
+
+
+class RecordingSink:
+    """A sink that remembers signals; a repeated id is a duplicate, as the journal says."""
+
+    def __init__(self) -> None:
+        self.signals: list[Signal] = []
+        self.calls = 0
+
+    async def __call__(self, signal: Signal) -> bool:
+        self.calls += 1
+        if any(seen.id == signal.id for seen in self.signals):
+            return False
+        self.signals.append(signal)
+        return True
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.signals]
+
+
+class JournalSink:
+    """The bot's sink: `Journal.record_signal` on the journal's thread."""
+
+    def __init__(self, journal: Journal, failures: int = 0) -> None:
+        self.journal = journal
+        self.calls: list[str] = []  # every id the sink saw, redeliveries included
+        self.new: list[str] = []  # ids the journal recorded as new
+        self._failures = failures
+
+    async def __call__(self, signal: Signal) -> bool:
+        self.calls.append(signal.id)
+        if self._failures > 0:
+            self._failures -= 1
+            raise OSError("journal unavailable")
+        is_new = await self.journal.call(self.journal.record_signal, signal)
+        if is_new:
+            self.new.append(signal.id)
+        return is_new
+
+
+def journaled(journal: Journal) -> list[str]:
+    return sorted(signal.id for signal in journal.unprocessed_signals())
+
+
+class Running:
+    """`subscriber.run()` on its own event loop in a thread, until `stop()` cancels it."""
+
+    def __init__(self, subscriber: MqttSubscriber) -> None:
+        self.subscriber = subscriber
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="mqtt-subscriber", daemon=True)
+
+    def __enter__(self) -> Running:
+        self._thread.start()
+        assert self._started.wait(5), "the subscriber's loop did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_connected(self) -> None:
+        wait_for(lambda: self.subscriber.connected, 10, "the subscriber to connect and subscribe")
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            assert self._loop is not None and self._task is not None
+            self._loop.call_soon_threadsafe(self._task.cancel)
+            self._thread.join(10)
+            assert not self._thread.is_alive(), "the subscriber did not stop when cancelled"
+        assert self.error is None, f"run() ended with {self.error!r}"
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            self._started.set()
+            await self.subscriber.run()
+
+        try:
+            asyncio.run(main())
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:
+            self.error = exc
+
+
+class RawPublisher:
+    """A plain paho publisher for bytes no well-behaved sender would send."""
+
+    def __init__(self, broker: Mosquitto, protocol: int = paho_mqtt.MQTTv5) -> None:
+        self.protocol = protocol
+        self.client = paho_mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-publisher-{secrets.token_hex(4)}",
+            protocol=protocol,
+        )
+        self.client.connect("127.0.0.1", broker.port, keepalive=10)
+        self.client.loop_start()
+        wait_for(self.client.is_connected, 5, "the test publisher to connect")
+
+    def publish(self, payload: bytes, *, topic: str = TOPIC, signature: str | None = None) -> None:
+        properties = None
+        if signature is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.UserProperty = (SIGNATURE_PROPERTY, signature)
+        info = self.client.publish(topic, payload, qos=1, properties=properties)
+        info.wait_for_publish(timeout=5)
+        assert info.is_published(), "the broker did not acknowledge the test's publish"
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def signed(payload: bytes, secret: SecretStr = SIGNING_SECRET, age_s: int = 0) -> str:
+    return sign(secret.get_secret_value(), payload, int(time.time()) - age_s)
+
+
+def nothing_more_after_restart(config: MqttConfig, broker: Mosquitto) -> list[str]:
+    """Connect again on `config`'s session and publish a marker: what arrives before it was
+    left unacknowledged (the broker redelivers unacked messages first, in order)."""
+    broker.wait_gone(config.client_id)
+    sink = RecordingSink()
+    with Running(MqttSubscriber(config, sink, signing_secret=SIGNING_SECRET)) as running:
+        running.wait_connected()
+        publish(config, signal_payload("marker"), signing_secret=SIGNING_SECRET)
+        wait_for(lambda: "marker" in sink.ids, 10, "the marker")
+    return sink.ids[:-1]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with running_mosquitto(tmp_path / "mosquitto") as started:
+        yield started
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    opened = Journal(tmp_path / "journal.sqlite3")
+    yield opened
+    opened.close()
+
+
+# configuration ------------------------------------------------------------------------------
+
+
+def test_a_missing_broker_fails_the_test_and_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mosquitto_helper.shutil, "which", lambda name: None)
+    monkeypatch.setattr(mosquitto_helper.Path, "is_file", lambda self: False)
+
+    with pytest.raises(pytest.fail.Exception, match="`make setup` installs it"):
+        mosquitto_helper.find_mosquitto()
+
+
+def test_config_defaults_are_the_documented_ones() -> None:
+    config = MqttConfig()
+
+    assert config.model_dump(
+        include={
+            "enabled",
+            "host",
+            "port",
+            "topic",
+            "source",
+            "session_expiry_s",
+            "shared_group",
+            "username",
+            "tls",
+            "require_signature",
+        }
+    ) == {
+        "enabled": False,
+        "host": "127.0.0.1",
+        "port": 1883,
+        "topic": "signals/voiceofchain/#",
+        "source": "voiceofchain",
+        "session_expiry_s": 86400,
+        "shared_group": "",
+        "username": "",
+        "tls": False,
+        "require_signature": False,
+    }
+    assert config.client_id == "bybit-signal-bot"
+    assert config.subscription == "signals/voiceofchain/#"
+    assert MqttConfig(shared_group="bots").subscription == "$share/bots/signals/voiceofchain/#"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"topic": ""},
+        {"topic": "signals/#/more"},
+        {"topic": "signals/voice#"},
+        {"topic": "signals/+x"},
+        {"topic": "$share/bots/signals/#"},
+        {"client_id": ""},
+        {"client_id": "has space"},
+        {"shared_group": "a/b"},
+        {"source": "Voice Of Chain"},
+        {"reconnect_min_s": 5, "reconnect_max_s": 1},
+        {"password": "never in the config"},
+    ],
+)
+def test_config_refuses_what_cannot_work(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        MqttConfig(**fields)
+
+
+def test_subscriber_refuses_a_required_signature_without_a_secret() -> None:
+    with pytest.raises(ValueError, match="BOT_MQTT_SIGNING_SECRET"):
+        MqttSubscriber(MqttConfig(require_signature=True), RecordingSink())
+    with pytest.raises(ValueError, match="username"):
+        MqttSubscriber(MqttConfig(), RecordingSink(), password=SecretStr("a-password-here"))
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "strategy", "topic"),
+    [
+        ("signals/voiceofchain/#", None, "signals/voiceofchain"),
+        ("signals/voiceofchain/#", "follow", "signals/voiceofchain/follow"),
+        ("signals/voiceofchain/+", "follow", "signals/voiceofchain/follow"),
+        ("signals/fixed", "follow", "signals/fixed"),
+    ],
+)
+def test_publish_topic_is_one_the_subscriber_receives(
+    topic_filter: str, strategy: str | None, topic: str
+) -> None:
+    assert publish_topic(topic_filter, strategy) == topic
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "strategy"), [("a/+", None), ("a/+/b/#", "s"), ("#", None)]
+)
+def test_publish_topic_refuses_filters_it_cannot_target(
+    topic_filter: str, strategy: str | None
+) -> None:
+    with pytest.raises(ValueError, match="pass a topic"):
+        publish_topic(topic_filter, strategy)
+
+
+# delivery ---------------------------------------------------------------------------------------
+
+
+def test_a_signal_is_journaled_and_acked_and_a_duplicate_is_acked_too(
+    broker: Mosquitto, journal: Journal
+) -> None:
+    config = config_for(broker)
+    sink = JournalSink(journal)
+    subscriber = MqttSubscriber(config, sink, signing_secret=SIGNING_SECRET)
+
+    with Running(subscriber) as running:
+        running.wait_connected()
+        assert publish(config, signal_payload("s-1"), signing_secret=SIGNING_SECRET) == TOPIC
+        publish(config, signal_payload("s-1", side="sell"), signing_secret=SIGNING_SECRET)
+        wait_for(lambda: subscriber.counters.received == 2, 10, "both messages")
+        wait_for(
+            lambda: subscriber.counters.accepted + subscriber.counters.duplicates == 2,
+            10,
+            "both messages through the sink",
+        )
+
+    assert journaled(journal) == ["s-1"]
+    assert (subscriber.counters.accepted, subscriber.counters.duplicates) == (1, 1)
+    assert subscriber.counters.rejected == subscriber.counters.sink_errors == 0
+    assert nothing_more_after_restart(config, broker) == []
+
+
+def test_messages_published_while_the_bot_is_down_arrive_when_it_is_back(
+    broker: Mosquitto, journal: Journal
+) -> None:
+    config = config_for(broker)
+    sink = JournalSink(journal)
+    with Running(MqttSubscriber(config, sink)) as running:  # creates the session
+        running.wait_connected()
+
+    publish(config, signal_payload("down-1"))
+    publish(config, signal_payload("down-2"))
+    broker.restart()  # the broker's persistence keeps the session and its queue
+    publish(config, signal_payload("down-3"))
+    with Running(MqttSubscriber(config, sink)):
+        wait_for(lambda: len(sink.new) == 3, 10, "the three queued signals")
+
+    assert journaled(journal) == ["down-1", "down-2", "down-3"]
+
+
+_CRASHING_SUBSCRIBER = """
+import asyncio, sys
+from pathlib import Path
+from signals.mqtt import MqttConfig, MqttSubscriber
+
+port, client_id, seen = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+
+async def sink(signal):
+    with seen.open("a") as handle:
+        handle.write(signal.id + "\\n")
+    if signal.id.startswith("block"):
+        await asyncio.Event().wait()  # never reaches the journal: killed first
+    return True
+
+config = MqttConfig(
+    enabled=True, port=port, client_id=client_id, reconnect_min_s=0.05, reconnect_max_s=0.2
+)
+asyncio.run(MqttSubscriber(config, sink).run())
+"""
+
+
+def test_a_subscriber_killed_before_journaling_gets_the_message_again(
+    broker: Mosquitto, journal: Journal, tmp_path: Path
+) -> None:
+    config = config_for(broker, client_id="crashing-bot")
+    with Running(MqttSubscriber(config, RecordingSink())) as running:  # creates the session
+        running.wait_connected()
+    publish(config, signal_payload("ok-1"))
+    publish(config, signal_payload("block-1"))
+    seen = tmp_path / "seen.txt"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_SUBSCRIBER, str(broker.port), config.client_id, str(seen)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def child_blocked() -> bool:
+        assert child.poll() is None, f"the child subscriber died: {child.communicate()[1]!r}"
+        return seen.exists() and "block-1" in seen.read_text().split()
+
+    try:
+        wait_for(child_blocked, 15, "the child to block on block-1")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=5)
+    assert seen.read_text().split() == ["ok-1", "block-1"]
+    broker.wait_gone(config.client_id)
+
+    sink = JournalSink(journal)
+    with Running(MqttSubscriber(config, sink)) as running:
+        running.wait_connected()
+        publish(config, signal_payload("after-1"))
+        wait_for(lambda: "after-1" in sink.new, 10, "the marker after the crash")
+
+    # block-1 was never acked, so it came back; ok-1 was acked, so it did not.
+    assert sink.calls == ["block-1", "after-1"]
+    assert journaled(journal) == ["after-1", "block-1"]
+
+
+def test_a_signal_the_journal_cannot_take_is_not_acked_and_comes_back(
+    broker: Mosquitto, journal: Journal
+) -> None:
+    config = config_for(broker)
+    sink = JournalSink(journal, failures=2)
+    subscriber = MqttSubscriber(config, sink)
+
+    with Running(subscriber) as running:
+        running.wait_connected()
+        publish(config, signal_payload("s-1"))
+        publish(config, signal_payload("s-2"))
+        wait_for(lambda: len(sink.new) == 2, 10, "both signals journaled after the failures")
+
+    assert journaled(journal) == ["s-1", "s-2"]
+    assert subscriber.counters.sink_errors == 2
+    assert subscriber.counters.accepted == 2
+    assert subscriber.counters.connections >= 2  # reconnected so the broker redelivered
+    assert nothing_more_after_restart(config, broker) == []
+
+
+def test_a_broker_killed_mid_stream_loses_nothing_published_after_it_is_back(
+    broker: Mosquitto, journal: Journal
+) -> None:
+    config = config_for(broker)
+    sink = JournalSink(journal)
+    subscriber = MqttSubscriber(config, sink)
+    before = [f"before-{n}" for n in range(20)]
+    after = [f"after-{n}" for n in range(20)]
+
+    with Running(subscriber) as running:
+        running.wait_connected()
+        publisher = RawPublisher(broker)
+        for signal_id in before:
+            publisher.publish(json.dumps(signal_payload(signal_id)).encode())
+        broker.stop(kill=True)  # whatever was in flight is in flight
+        publisher.client.loop_stop()
+        wait_for(lambda: not subscriber.connected, 10, "the subscriber to notice")
+        broker.start()
+        running.wait_connected()
+        for signal_id in after:
+            publish(config, signal_payload(signal_id))
+        wait_for(lambda: set(after) <= set(sink.new), 15, "every signal published after")
+
+    assert all(sink.new.count(signal_id) == 1 for signal_id in after)
+    assert len(sink.new) == len(set(sink.new))  # a redelivered one was a duplicate, no more
+    assert set(journaled(journal)) >= set(after)
+    assert subscriber.counters.connections >= 2
+
+
+def test_a_shared_subscription_splits_the_stream_between_instances(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    journals = [Journal(tmp_path / f"journal-{name}.sqlite3") for name in ("a", "b")]
+    sinks = [JournalSink(j) for j in journals]
+    subscribers = [
+        MqttSubscriber(config_for(broker, client_id=f"bot-{n}", shared_group="bots"), sink)
+        for n, sink in enumerate(sinks)
+    ]
+    ids = [f"s-{n}" for n in range(30)]
+
+    with Running(subscribers[0]) as first, Running(subscribers[1]) as second:
+        first.wait_connected()
+        second.wait_connected()
+        for signal_id in ids:
+            publish(subscribers[0]._config, signal_payload(signal_id))
+        wait_for(lambda: sum(len(s.new) for s in sinks) >= len(ids), 10, "every signal")
+        time.sleep(0.2)  # room for a (wrong) second delivery to show up
+
+    for opened in journals:
+        opened.close()
+    assert sorted(sinks[0].new + sinks[1].new) == sorted(ids)
+    assert sorted(sinks[0].calls + sinks[1].calls) == sorted(ids)  # each delivered once
+    assert sinks[0].new and sinks[1].new  # both instances took a share
+
+
+# rejection and authentication ---------------------------------------------------------------
+
+
+def test_invalid_messages_are_rejected_counted_and_acked_while_valid_ones_flow(
+    broker: Mosquitto,
+) -> None:
+    config = config_for(broker, require_signature=True)
+    sink = RecordingSink()
+    rejections: list[tuple[str, str]] = []
+
+    async def on_reject(reason: str, topic: str) -> None:
+        rejections.append((reason, topic))
+
+    subscriber = MqttSubscriber(config, sink, signing_secret=SIGNING_SECRET, on_reject=on_reject)
+    valid = json.dumps(signal_payload("ok-v5")).encode()
+    deep = json.dumps(signal_payload("deep", extra=json.loads("[" * 30 + "]" * 30))).encode()
+    bad_field = json.dumps(signal_payload("bad id!")).encode()
+    large = json.dumps(signal_payload("large", pad="x" * 20_000)).encode()
+    follow = f"{TOPIC}/follow"
+    strategy_clash = json.dumps(signal_payload("clash", strategy="other")).encode()
+    wrongly_signed_311 = sign_payload("wrong-secret", signal_payload("bad-311"), int(time.time()))
+    # (payload, topic, x-signature, what the reason says)
+    bad: list[tuple[bytes, str, str | None, str]] = [
+        (b"not json {", TOPIC, "sign", "not JSON"),
+        (b"\xff\xfe\x00", TOPIC, "sign", "not JSON"),
+        (b"[1, 2]", TOPIC, "sign", "must be a JSON object"),
+        (bad_field, TOPIC, "sign", "invalid signal: id"),
+        (deep, TOPIC, "sign", "nested more than"),
+        (large, TOPIC, "sign", "over the limit"),
+        (valid, TOPIC, None, "unsigned"),
+        (valid, TOPIC, signed(valid, SecretStr("wrong-secret")), "does not match"),
+        (valid, TOPIC, signed(valid, age_s=3 * 86_400), "from the server's clock"),
+        (valid, TOPIC, "t=1,v1=zz", "malformed"),
+        (strategy_clash, follow, "sign", "contradicts"),
+        (valid, f"{TOPIC}/no spaces", "sign", "not a strategy name"),
+    ]
+
+    with Running(subscriber) as running:
+        running.wait_connected()
+        v5, v311 = RawPublisher(broker), RawPublisher(broker, paho_mqtt.MQTTv311)
+        for payload, topic, signature, _ in bad:
+            v5.publish(
+                payload,
+                topic=topic,
+                signature=signed(payload) if signature == "sign" else signature,
+            )
+        v311.publish(wrongly_signed_311)
+        v5.publish(valid, signature=signed(valid))
+        v311.publish(
+            sign_payload(
+                SIGNING_SECRET.get_secret_value(), signal_payload("ok-311"), int(time.time())
+            )
+        )
+        routed = json.dumps(signal_payload("ok-topic")).encode()
+        v5.publish(routed, topic=follow, signature=signed(routed))
+        total = len(bad) + 4
+        wait_for(lambda: subscriber.counters.received == total, 10, "every message")
+        wait_for(lambda: len(rejections) == len(bad) + 1, 10, "every rejection reported")
+        wait_for(lambda: subscriber.counters.accepted == 3, 10, "the valid ones through the sink")
+        v5.close()
+        v311.close()
+
+    assert sink.ids == ["ok-v5", "ok-311", "ok-topic"]
+    assert sink.signals[2].strategy == "follow"
+    assert "signature" not in sink.signals[1].raw  # transport, not signal content
+    assert subscriber.counters.rejected == len(bad) + 1
+    assert subscriber.counters.accepted == 3
+    for (reason, topic), (_, sent_to, _, expected) in zip(rejections, bad, strict=False):
+        assert expected in reason, reason
+        assert topic == sent_to
+    assert "'signature' field" in rejections[-1][0]
+    assert "does not match" in rejections[-1][0]
+    assert all("\n" not in reason and len(reason) <= 300 for reason, _ in rejections)
+    assert nothing_more_after_restart(config, broker) == []
+
+
+def test_a_rotating_signing_secret_accepts_either_while_it_rotates(broker: Mosquitto) -> None:
+    old, new = "old-signing-secret-value", "new-signing-secret-value"
+    config = config_for(broker, require_signature=True)
+    sink = RecordingSink()
+    rejections: list[str] = []
+    subscriber = MqttSubscriber(
+        config,
+        sink,
+        signing_secret=SecretStr(f"{old}\n{new}\n"),  # a secret file, one value per line
+        on_reject=lambda reason, _: rejections.append(reason),
+    )
+
+    with Running(subscriber) as running:
+        running.wait_connected()
+        publish(config, signal_payload("by-old"), signing_secret=SecretStr(old))
+        publish(config, signal_payload("by-new"), signing_secret=SecretStr(new))
+        publish(config, signal_payload("by-both"), signing_secret=SecretStr(f"{old}\n{new}"))
+        publish(config, signal_payload("by-other"), signing_secret=SecretStr("another-secret"))
+        wait_for(lambda: subscriber.counters.received == 4, 10, "every message")
+        wait_for(lambda: subscriber.counters.accepted == 3, 10, "the signed ones")
+
+    assert sink.ids == ["by-old", "by-new", "by-both"]
+    assert len(rejections) == 1 and "does not match" in rejections[0]
+
+
+def test_reconnects_forever_logging_each_attempt_and_never_a_secret(broker: Mosquitto) -> None:
+    password = SecretStr("broker-password-never-logged")
+    config = config_for(broker, username="bot", require_signature=True)
+    sink = RecordingSink()
+    subscriber = MqttSubscriber(config, sink, password=password, signing_secret=SIGNING_SECRET)
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="DEBUG", format="{message} | {extra} | {exception}")
+    try:
+        broker.stop()
+        with Running(subscriber):
+            wait_for(lambda: sum("reconnecting" in line for line in lines) >= 3, 10, "3 attempts")
+            assert not subscriber.connected
+            broker.start()
+            wait_for(lambda: subscriber.connected, 10, "a connection once the broker is back")
+            publish(config, signal_payload("s-1"), signing_secret=SIGNING_SECRET)
+            wait_for(lambda: sink.ids == ["s-1"], 10, "the signal")
+    finally:
+        logger.remove(handler)
+
+    assert subscriber.last_error is not None
+    text = "\n".join(lines)
+    assert "attempt 3" in text
+    for secret in (password, SIGNING_SECRET):
+        assert secret.get_secret_value() not in text
+
+
+# arbitrary bytes ------------------------------------------------------------------------------
+
+_JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+)
+_JSON = st.recursive(
+    _JSON_LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_SIGNAL_LIKE = st.fixed_dictionaries(
+    {
+        "id": st.from_regex(r"[A-Za-z0-9._:-]{1,10}", fullmatch=True) | _JSON,
+        "symbol": st.sampled_from(["BTCUSDT", "ethusdt", "B", "BTC/USDT"]) | _JSON,
+        "ts": st.sampled_from([now_ms(), "2025-01-01T00:00:00Z", 12, "yesterday"]) | _JSON,
+    },
+    optional={
+        "side": st.sampled_from(["buy", "sell", "long", "short", "up"]) | _JSON,
+        "action": st.sampled_from(["open", "close", "flip"]) | _JSON,
+        "entry": st.decimals(allow_nan=False, places=2).map(str) | _JSON,
+        "stop_loss": st.floats() | _JSON,
+        "take_profit": st.lists(st.floats(min_value=-1, max_value=1e6), max_size=3) | _JSON,
+        "leverage": st.integers(-2, 200) | _JSON,
+        "strategy": st.sampled_from(["follow", "bad name"]) | _JSON,
+        "signature": _JSON,
+    },
+)
+_VALID_SIGNALS = st.fixed_dictionaries(
+    {
+        "id": st.from_regex(r"[A-Za-z0-9._:-]{1,10}", fullmatch=True),
+        "symbol": st.sampled_from(["BTCUSDT", "ethusdt"]),
+        "side": st.sampled_from(["buy", "sell", "long", "short"]),
+        "ts": st.sampled_from([now_ms(), "2025-01-01T00:00:00Z"]),
+    },
+    optional={
+        "entry": st.integers(1, 10**6),
+        "take_profit": st.lists(st.floats(min_value=0.5, max_value=1e6), max_size=3),
+        "strategy": st.just("follow"),
+        "note": _JSON,
+    },
+)
+_PAYLOADS = st.one_of(
+    st.binary(max_size=256),
+    _VALID_SIGNALS.map(lambda value: json.dumps(value).encode()),
+    _JSON.map(lambda value: json.dumps(value).encode()),
+    _SIGNAL_LIKE.map(lambda value: json.dumps(value).encode()),
+)
+
+
+def _is_valid_signal(payload: bytes) -> bool:
+    """What the subscriber must conclude, found independently (no secret: unsigned is fine)."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(document, dict):
+        return False
+    document.pop("signature", None)
+    try:
+        parse_signal("voiceofchain", document)
+    except SignalError:
+        return False
+    return True
+
+
+@pytest.fixture
+def fuzz_target(broker: Mosquitto) -> Iterator[tuple[MqttSubscriber, RecordingSink, RawPublisher]]:
+    sink = RecordingSink()
+    subscriber = MqttSubscriber(config_for(broker), sink)
+    with Running(subscriber) as running:
+        running.wait_connected()
+        publisher = RawPublisher(broker)
+        yield subscriber, sink, publisher
+        publisher.close()
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(payload=_PAYLOADS)
+def test_arbitrary_payloads_never_stop_the_subscriber_nor_pass_as_signals(
+    fuzz_target: tuple[MqttSubscriber, RecordingSink, RawPublisher], payload: bytes
+) -> None:
+    subscriber, sink, publisher = fuzz_target
+    received, calls, rejected = (
+        subscriber.counters.received,
+        sink.calls,
+        subscriber.counters.rejected,
+    )
+
+    publisher.publish(payload)
+    wait_for(lambda: subscriber.counters.received == received + 1, 10, "the message")
+    wait_for(lambda: sink.calls + subscriber.counters.rejected > calls + rejected, 10, "a verdict")
+
+    valid = _is_valid_signal(payload)
+    event("a valid signal" if valid else "an invalid payload")
+    assert sink.calls == calls + valid, payload
+    assert subscriber.counters.rejected == rejected + (not valid), payload
+    assert subscriber.connected
