@@ -25,7 +25,7 @@ from bot.messages import utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, signature_problem
 
-__all__ = ["ADMIN_SECRET_NAME", "AdminCommand", "AdminRoutes"]
+__all__ = ["ADMIN_SECRET_NAME", "AdminCommand", "AdminRoutes", "parse_command"]
 
 ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 _MAX_BODY_BYTES: Final = 4096
@@ -86,26 +86,34 @@ class AdminRoutes:
         if problem is not None:
             return _answer(401, "unauthorized", problem)
         try:
-            command = AdminCommand.model_validate(json.loads(body or b"{}"))
-        except (ValueError, ValidationError) as exc:
-            first = str(exc).splitlines()[0]
-            return _answer(
-                422, "invalid", f"expected {{strategy, reason, cancel_open, flatten}}: {first}"
-            )
-        if command.strategy is not None and command.strategy not in self._strategies:
-            return _answer(422, "invalid", f"strategy '{command.strategy}' is not configured")
-        if state is TradingState.ACTIVE and (command.cancel_open or command.flatten):
-            return _answer(422, "invalid", "cancel_open and flatten go with a halt, not a resume")
-        default = "halted by the operator" if state is TradingState.HALTED else "resumed"
-        entered = ScopeState(
-            command.strategy or BOT_SCOPE, state, command.reason or default, utc_now()
-        )
+            entered, command = parse_command(body, state, self._strategies)
+        except ValueError as exc:
+            return _answer(422, "invalid", str(exc))
         try:
             report = await self._apply(entered, command)
         except Exception as exc:  # the operator gets the reason, never a bare 500
             logger.exception("admin {route} failed", route=state.value)
             return _answer(503, "failed", f"{type(exc).__name__}: {exc}; see the bot's log")
         return JSONResponse(report)
+
+
+def parse_command(
+    body: bytes, state: TradingState, strategies: Collection[str]
+) -> tuple[ScopeState, AdminCommand]:
+    """The state a halt or resume body enters, and the command; ValueError saying what is
+    wrong (the HTTP routes and the MQTT control topic read commands alike)."""
+    try:
+        command = AdminCommand.model_validate(json.loads(body or b"{}"))
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"expected {{strategy, reason, cancel_open, flatten}}: {first}") from None
+    if command.strategy is not None and command.strategy not in strategies:
+        raise ValueError(f"strategy '{command.strategy}' is not configured")
+    if state is TradingState.ACTIVE and (command.cancel_open or command.flatten):
+        raise ValueError("cancel_open and flatten go with a halt, not a resume")
+    default = "halted by the operator" if state is TradingState.HALTED else "resumed"
+    entered = ScopeState(command.strategy or BOT_SCOPE, state, command.reason or default, utc_now())
+    return entered, command
 
 
 def _answer(status: int, error: str, detail: str) -> JSONResponse:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
 import time
@@ -28,7 +29,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
 
 from bot.account import Account
-from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes
+from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
 from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
@@ -46,7 +47,7 @@ from bot.risk.counts import counting_since
 from bot.risk.exposure import ExposureLedger, reserve_unfinished
 from bot.risk.gate import RiskGate
 from bot.risk.kill_switch import KillSwitch, announce_state
-from bot.risk.states import ScopeState
+from bot.risk.states import ScopeState, TradingState
 from bot.secrets import (
     ApiCredentials,
     MissingSecretError,
@@ -57,6 +58,8 @@ from bot.venue.bybit import BybitVenue
 from bot.venue.errors import KeyFatalError, VenueError
 from bot.venue.stream import AccountStream
 from signals.base import SignalSink
+from signals.mqtt import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
+from signals.mqtt import MqttControl
 from signals.sources import SignalSource, SourceContext, build_sources
 
 __all__ = [
@@ -186,6 +189,7 @@ class _Stages:
     app: FastAPI
     keys: KeyGuard
     sources: list[SignalSource]
+    control: MqttControl | None
 
 
 class _Server(uvicorn.Server):
@@ -277,6 +281,8 @@ class Service:
             background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.venues]
             background.append(tasks.create_task(stages.keys.run()))
             background += [tasks.create_task(source.run()) for source in stages.sources]
+            if stages.control is not None:
+                background.append(tasks.create_task(stages.control.run()))
             self._on_hangup = stages.keys.wake
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
@@ -475,6 +481,7 @@ class Service:
             {name: slot.key_name for name, slot in strategies.items()},
             pipeline.decide,
         )
+        control = self._mqtt_control(kill_switch)
         app = create_app(
             [router for source in sources if (router := source.router()) is not None],
             lambda: self._health(pipeline, journal, account, sources),
@@ -503,6 +510,7 @@ class Service:
             app=app,
             keys=keys,
             sources=sources,
+            control=control,
         )
 
     def _signal_sources(self, journal: Journal, sink: SignalSink) -> list[SignalSource]:
@@ -538,6 +546,32 @@ class Service:
             return build_sources(self.settings.sources, self.settings.mqtt, context)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _mqtt_control(self, kill_switch: KillSwitch) -> MqttControl | None:
+        """The kill switch on `<mqtt.control_topic>/halt|resume`, if configured."""
+        mqtt = self.settings.mqtt
+        if not (mqtt.enabled and mqtt.control_topic):
+            return None
+        try:
+            secret = self._resolver.get(ADMIN_SECRET_NAME)
+        except MissingSecretError as exc:
+            raise ConfigError(f"mqtt.control_topic needs the admin secret: {exc}") from None
+        states = {"halt": TradingState.HALTED, "resume": TradingState.ACTIVE}
+
+        async def apply(command: str, body: bytes) -> str:
+            if command not in states:
+                raise ValueError(f"unknown command {command!r}: the topic ends in halt or resume")
+            entered, parsed = parse_command(body, states[command], self.settings.strategies)
+            report = await kill_switch.enter(
+                entered, cancel_open=parsed.cancel_open, flatten=parsed.flatten
+            )
+            return json.dumps(report)
+
+        try:
+            password = self._resolver.get(MQTT_PASSWORD_NAME, generate=False)
+        except MissingSecretError:
+            password = None
+        return MqttControl(mqtt, apply, secret=secret, password=password)
 
     def _admin_routes(self, kill_switch: KillSwitch) -> AdminRoutes | None:
         """The kill switch's routes, if an admin secret exists (generated in `sim`)."""

@@ -64,15 +64,18 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from bot import logs
 from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
+from bot.secrets import split_secrets
 from signals.base import SignalSink
 from signals.voiceofchain import sign, signature_problem
 
 __all__ = [
+    "CONTROL_MAX_SKEW_S",
     "PASSWORD_SECRET_NAME",
     "PAYLOAD_SIGNATURE_FIELD",
     "SIGNATURE_PROPERTY",
     "SIGNING_SECRET_NAME",
     "MqttConfig",
+    "MqttControl",
     "MqttCounters",
     "MqttPublishError",
     "MqttSubscriber",
@@ -144,6 +147,12 @@ class MqttConfig(BaseModel):
     )
     username: str = Field("", description=f"broker user; its password is {PASSWORD_SECRET_NAME}")
     tls: bool = Field(False, description="TLS with the system's CA certificates")
+    control_topic: str = Field(
+        "",
+        pattern=r"^$|^[A-Za-z0-9_./-]{1,128}$",
+        description="the kill switch over MQTT: halt/resume commands signed with "
+        "BOT_ADMIN_SECRET (empty: off; no wildcards)",
+    )
     require_signature: bool = Field(
         False,
         description=f"reject every message not signed with {SIGNING_SECRET_NAME} (when false, "
@@ -634,6 +643,105 @@ async def publish_signal(
     return target
 
 
+#: A control command older than this is refused: a queued resume must not act hours later.
+CONTROL_MAX_SKEW_S: Final = 300.0
+#: Applies one verified control command (its topic, its JSON body); returns what it did.
+ControlHandler = Callable[[str, bytes], Awaitable[str]]
+
+
+class MqttControl:
+    """The kill switch's MQTT topic: every message must carry the admin secret's signature in
+    the `x-signature` user property (at most `CONTROL_MAX_SKEW_S` old); the command is the
+    last topic level (`<control_topic>/halt` or `/resume`) and the body is the admin route's
+    JSON. A command is acknowledged once applied (a crash before means redelivery); a refused
+    one is logged and acknowledged. Its own persistent session, under `<client_id>-control`.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        apply: ControlHandler,
+        *,
+        secret: SecretStr,
+        password: SecretStr | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._apply = apply
+        self._secrets = _secret_values(secret)
+        self._password = password
+        self._clock = clock
+        self.connected = False
+        self.applied = 0
+        self.refused = 0
+
+    async def run(self) -> None:
+        """Take commands until cancelled; reconnect with bounded backoff after a failure."""
+        failures = 0
+        while True:
+            try:
+                await self._connection()
+            except (aiomqtt.MqttError, OSError) as exc:
+                failures += 1
+                logger.warning("mqtt control: {error}; reconnecting", error=str(exc) or type(exc))
+            finally:
+                self.connected = False
+            base = min(
+                self._config.reconnect_min_s * 2 ** min(failures, 16), self._config.reconnect_max_s
+            )
+            await asyncio.sleep(base * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+
+    async def _connection(self) -> None:
+        config = self._config
+        client = _client(
+            config,
+            identifier=f"{config.client_id}-control",
+            password=self._password,
+            tls=await asyncio.to_thread(ssl.create_default_context) if config.tls else None,
+            clean_start=False,
+            session_expiry_s=config.session_expiry_s,
+            receive_maximum=10,
+            timeout_s=config.connect_timeout_s,
+        )
+        paho = client._client
+        paho.manual_ack_set(True)
+        async with client:
+            await client.subscribe(
+                f"{config.control_topic}/+", qos=1, timeout=config.connect_timeout_s
+            )
+            self.connected = True
+            logger.info("mqtt control: commands on {topic}/halt|resume", topic=config.control_topic)
+            async for message in client.messages:
+                await self._handle(message)
+                if message.qos:
+                    paho.ack(message.mid, message.qos)
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        header = _signature_property(message.properties)
+        problems = [
+            signature_problem(header, payload, secret, self._clock(), CONTROL_MAX_SKEW_S)
+            for secret in self._secrets
+        ]
+        if None not in problems:
+            self.refused += 1
+            logger.warning(
+                "mqtt control: refused a command on {topic}: {why}",
+                topic=_one_line(topic),
+                why=problems[0] or "no admin secret",
+            )
+            return
+        try:
+            done = await self._apply(topic.rsplit("/", 1)[-1], payload)
+        except ValueError as exc:
+            self.refused += 1
+            logger.warning("mqtt control: refused {topic}: {why}", topic=_one_line(topic), why=exc)
+            return
+        self.applied += 1
+        logger.warning("mqtt control: {topic}: {done}", topic=_one_line(topic), done=done)
+
+
 def _client(
     config: MqttConfig,
     *,
@@ -671,13 +779,7 @@ def _client(
 def _secret_values(secret: SecretStr | Sequence[SecretStr] | None) -> tuple[SecretStr, ...]:
     """Each secret, one per line of each given value, registered with the log redactor."""
     given = () if secret is None else (secret,) if isinstance(secret, SecretStr) else secret
-    values = []
-    for item in given:
-        for line in item.get_secret_value().splitlines():
-            if line.strip():
-                logs.redact(line.strip())
-                values.append(SecretStr(line.strip()))
-    return tuple(values)
+    return tuple(value for item in given for value in split_secrets(item))
 
 
 def _signature_property(properties: Properties | None) -> str | None:

@@ -3,14 +3,18 @@ broker's state shows in /healthz (not ready while it is down, ready again when i
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from pydantic import SecretStr
 
-from tests.bot.test_service import RunningBot
+from signals.mqtt import publish_signal
+from tests.bot.test_admin import decision_of
+from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
 from tests.signals.mosquitto import Mosquitto, mosquitto  # noqa: F401 - the broker fixture
 
@@ -70,5 +74,49 @@ def test_a_signal_published_with_the_cli_becomes_an_order_and_healthz_follows_th
         assert down["signal_sources"]["mqtt:voiceofchain"]["state"] == "down"
         mosquitto.start()
         wait_for(lambda: health(bot).status_code == 200, what="ready again")
+    finally:
+        bot.stop()
+
+
+def test_the_kill_switch_answers_signed_commands_on_the_control_topic(
+    sim_config: Callable[..., Path],
+    mosquitto: Mosquitto,  # noqa: F811
+) -> None:
+    extra = (
+        f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "bot-control"\n'
+        'control_topic = "bot/control"\n'
+    )
+    bot = RunningBot(sim_config(extra=extra)).start()
+    secret = SecretStr(
+        (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
+    )
+
+    def command(name: str, body: dict[str, object], signing: SecretStr | None) -> None:
+        asyncio.run(
+            publish_signal(
+                bot.settings.mqtt,
+                body,
+                password=None,
+                signing_secret=signing,
+                topic=f"bot/control/{name}",
+            )
+        )
+
+    def state(scope: str = "(bot)") -> str:
+        states = bot.read_journal(lambda journal: journal.trading_states())
+        return next((s.state.value for s in states if s.scope == scope), "ACTIVE")
+
+    try:
+        wait_for(lambda: health(bot).status_code == 200, what="the broker connected")
+        command("halt", {"reason": "over mqtt"}, secret)
+        wait_for(lambda: state() == "HALTED", what="the halt")
+        assert bot.post(signal("while-halted")).status_code == 202
+        assert decision_of(bot, "while-halted")[0] == "rejected"
+        command("resume", {}, SecretStr("not-the-admin-secret"))
+        command("halt", {"strategy": "follow"}, secret)  # handled after the forged resume
+        wait_for(lambda: state("follow") == "HALTED", what="the strategy's halt")
+        assert state() == "HALTED"  # the forged resume was refused
+        command("resume", {}, secret)
+        wait_for(lambda: state() == "ACTIVE", what="the resume")
     finally:
         bot.stop()
