@@ -50,7 +50,7 @@ clean:
 
 # Chaos soak of the real bot (bench/soak.py): 1,000 signals, 10 SIGKILLs, 20 % venue faults.
 # SOAK_ARGS passes flags, e.g. `make soak SOAK_ARGS="--signals 200 --kills 3 --seed 7"`.
-.PHONY: soak bench bench-stream bench-gate
+.PHONY: soak bench bench-stream bench-gate bench-intake bench-typical
 soak: setup
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
@@ -65,4 +65,15 @@ bench-stream: setup
 bench-gate: setup
 	$(BIN)/python -m bench.gate_latency
 
-bench: soak bench-stream bench-gate
+# Signal -> order through the real bot (webhook and MQTT) against the floor measured in the same
+# run, a 300-signal burst under Bybit's limits, and the footprint (bench/intake.py).
+# INTAKE_ARGS passes flags, e.g. `make bench-intake INTAKE_ARGS="--signals 4000 --rate 50"`.
+bench-intake: setup
+	$(BIN)/python -m bench.intake $(INTAKE_ARGS)
+
+# The common Flask-and-pybit webhook bot beside ours, steady and with the venue stalled
+# (bench/typical_bot.py).
+bench-typical: setup
+	$(BIN)/python -m bench.typical_bot
+
+bench: soak bench-stream bench-gate bench-intake bench-typical

@@ -1,0 +1,617 @@
+"""Intake benchmark: signal to order, against the floor measured in the same run.
+
+One machine, one clock: `time.perf_counter_ns` (CLOCK_MONOTONIC, shared by every process on
+Linux). The simulator runs in this process; each order-create request is stamped as it
+reaches `SimExchange.place_order` (orderLinkIds are deterministic, so a signal id says which
+order is its own). The bot runs as a subprocess (`python -m bot run`) against it, as a user
+runs it, with 10 strategies on 10 keys (Bybit allows 10 orders/s per account: 50 and 100
+signals/s need that many), each signal routed to one strategy by its `strategy` field.
+
+Measured, each over `--signals` signals at a steady `--rate` and at twice that:
+
+- **webhook 202**: the sender's wait, request sent → answer received;
+- **signal → order**: request sent → the order-create request at the simulator;
+- **MQTT → order**: publish (QoS 1) to a real mosquitto → the order-create at the simulator;
+- **floor**: a bare POST to an empty FastAPI endpoint on uvicorn (the same server stack, in a
+  subprocess), and a bare pybit `place_order` to the same simulator, both at the same pace;
+  the bot's overhead is signal → order minus (POST + place_order), p50 and p99;
+- **burst**: 300 signals at once over 3 strategies and 3 keys, the simulator enforcing
+  Bybit's limits: time to the last order against the minimum the limits allow, and 10006s;
+- **footprint**: the bot's start-up time to ready, RSS after start-up and after the load, CPU
+  per signal.
+
+Run: `make bench-intake` or `python -m bench.intake [--signals N] [--rate R] [--json-out F]`.
+Exit code 0: every signal became exactly one order; 1: a correctness check failed; 2: the
+benchmark could not run. Targets are reported, never enforced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import paho.mqtt.client as paho_mqtt
+import requests
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from paho.mqtt.enums import CallbackAPIVersion
+from pybit.unified_trading import HTTP
+from pydantic import SecretStr
+from rich.console import Console
+from rich.table import Table
+
+from bot.execution.ids import order_link_id
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from signals.voiceofchain import SIGNATURE_HEADER, sign
+
+__all__ = ["main", "run"]
+
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+STRATEGIES: Final = 10
+BURST_SIGNALS: Final = 300
+BURST_KEYS: Final = 3
+ORDERS_PER_S_PER_KEY: Final = 10  # Bybit's /v5/order/create limit per UID
+WEBHOOK_SECRET: Final = "bench-webhook-secret-" + "0" * 16
+TARGETS: Final = {
+    "overhead_p50_ms": 1.0,
+    "overhead_p99_ms": 2.0,
+    "webhook_202_p99_ms": 2.0,
+    "burst_ratio": 1.2,
+    "rss_mb": 150.0,
+    "ready_s": 2.0,
+}
+_MS: Final = 1_000_000
+
+
+class BenchError(Exception):
+    """The benchmark could not run (not a finding about the bot)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(probe: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _summary(samples_ns: Sequence[int]) -> dict[str, float]:
+    if not samples_ns:
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    ordered = sorted(samples_ns)
+    return {
+        "n": len(ordered),
+        "p50_ms": ordered[len(ordered) // 2] / _MS,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / _MS,
+        "max_ms": ordered[-1] / _MS,
+        "mean_ms": statistics.fmean(ordered) / _MS,
+    }
+
+
+class _Simulator:
+    """The simulator in this process, stamping each order-create as it arrives."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.exchange = SimExchange(SimulatorConfig(seed=11, starting_balance_usdt=10**7))
+        for key in keys:
+            self.exchange.add_account(
+                SimAccountSpec(
+                    api_key=key, api_secret=SecretStr(f"{key}-secret"), ips=["127.0.0.1"]
+                )
+            )
+        self.arrivals: dict[str, int] = {}
+        original = self.exchange.place_order
+
+        def stamped(api_key: str, params: Any) -> dict[str, Any]:
+            if params.order_link_id:
+                self.arrivals.setdefault(params.order_link_id, time.perf_counter_ns())
+            return original(api_key, params)
+
+        self.exchange.place_order = stamped  # type: ignore[method-assign]
+        self.server = SimServer(self.exchange)
+
+    def __enter__(self) -> _Simulator:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    def rate_limited(self) -> int:
+        return int(self.exchange.stats()["answers_by_ret_code"].get("10006", 0))
+
+
+def _process_stats(pid: int) -> tuple[float, float]:
+    """(RSS in MB, CPU seconds user+system) of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+_BOT_CONFIG: Final = """
+environment = "sim"
+state_dir = "{state}"
+[http]
+host = "127.0.0.1"
+port = {port}
+[venue]
+sim_url = "{sim_url}"
+[risk]
+symbols = ["BTCUSDT"]
+max_order_notional_usdt = 100000
+max_position_notional_usdt = 100000000
+max_strategy_exposure_usdt = 100000000
+max_total_exposure_usdt = 1000000000
+max_daily_loss_usdt = 100000000
+max_open_orders = 100000
+max_orders_per_minute = 100000
+max_orders_per_day = 10000000
+max_signal_age_s = 60
+[sources.voiceofchain]
+requests_per_s = 100000
+burst = 100000
+{mqtt}
+"""
+
+
+class _Bot:
+    """`python -m bot run` as a subprocess, with one `follow` strategy per key."""
+
+    def __init__(self, work: Path, sim_url: str, keys: Sequence[str], mqtt_port: int) -> None:
+        """`mqtt_port` 0: no MQTT."""
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        client_id = f"bench-{secrets.token_hex(3)}"
+        mqtt = (
+            f'[mqtt]\nenabled = true\nport = {mqtt_port}\nclient_id = "{client_id}"'
+            if mqtt_port
+            else ""
+        )
+        text = _BOT_CONFIG.format(state=work / "var", port=self.port, sim_url=sim_url, mqtt=mqtt)
+        for index in range(len(keys)):
+            text += (
+                f'\n[keys.k{index}]\nenvironment = "sim"\n[strategies.s{index}]\nplugin = "follow"'
+                f'\nkey = "k{index}"\n[strategies.s{index}.params]\nrisk_fraction = 0.001\n'
+                "max_notional_usdt = 200\n"
+            )
+        self.config = work / "bot.toml"
+        self.config.write_text(text)
+        self.env = {**os.environ, "BOT_WEBHOOK_SECRET_VOICEOFCHAIN": WEBHOOK_SECRET}
+        for index, key in enumerate(keys):
+            self.env[f"BOT_KEY_K{index}_API_KEY"] = key
+            self.env[f"BOT_KEY_K{index}_API_SECRET"] = f"{key}-secret"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.ready_s = 0.0
+        self.log = work / "bot.log"
+
+    def start(self) -> None:
+        started = time.perf_counter()
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "bot", "run", "--config", str(self.config)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.config.parent,
+            )
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise BenchError(f"the bot exited at start-up: {self.log.read_text()[-800:]}")
+            try:
+                return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        _wait(ready, 30, "the bot to be ready")
+        self.ready_s = time.perf_counter() - started
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+def _signal_body(signal_id: str, strategy: str) -> bytes:
+    return json.dumps(
+        {
+            "id": signal_id,
+            "symbol": "BTCUSDT",
+            "side": "buy",
+            "stop_loss": 90000,
+            "strategy": strategy,
+            "ts": int(time.time() * 1000),
+        }
+    ).encode()
+
+
+def _paced(count: int, rate: float, send: Callable[[int], None], workers: int = 16) -> None:
+    """Call `send(i)` for i in range(count) at a steady `rate`, on a pool of threads."""
+    interval = 1 / rate
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for index in range(count):
+            due = start + index * interval
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            pool.submit(send, index)
+
+
+def _webhook_load(
+    bot: _Bot, sim: _Simulator, count: int, rate: float, tag: str, strategies: int
+) -> dict[str, Any]:
+    """`count` signed signals at `rate`; the 202 wait and signal → order per signal."""
+    local = threading.local()
+    sent: dict[str, int] = {}
+    waits: list[int] = []
+    codes: list[int] = []
+
+    def send(index: int) -> None:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        strategy = f"s{index % strategies}"
+        signal_id = f"{tag}-{index}"
+        body = _signal_body(signal_id, strategy)
+        headers = {SIGNATURE_HEADER: sign(WEBHOOK_SECRET, body, int(time.time()))}
+        link = order_link_id(strategy, "voiceofchain", signal_id, 0)
+        started = time.perf_counter_ns()
+        sent[link] = started
+        answer = session.post(
+            f"{bot.url}/webhooks/voiceofchain", data=body, headers=headers, timeout=10
+        )
+        waits.append(time.perf_counter_ns() - started)
+        codes.append(answer.status_code)
+
+    _paced(count, rate, send)
+    _wait(lambda: all(link in sim.arrivals for link in sent), 60, f"{tag}: every order")
+    return {
+        "rate_per_s": rate,
+        "accepted": codes.count(202),
+        "webhook_202": _summary(waits),
+        "signal_to_order": _summary([sim.arrivals[link] - at for link, at in sent.items()]),
+    }
+
+
+def _mqtt_load(
+    sim: _Simulator, port: int, count: int, rate: float, strategies: int
+) -> dict[str, Any]:
+    """`count` signals published with QoS 1 at `rate`; publish → order per signal."""
+    client = paho_mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{secrets.token_hex(3)}"
+    )
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    sent: dict[str, int] = {}
+    lock = threading.Lock()
+    try:
+
+        def publish(index: int) -> None:
+            strategy = f"s{index % strategies}"
+            signal_id = f"mqtt-{index}"
+            body = _signal_body(signal_id, strategy)
+            with lock:
+                sent[order_link_id(strategy, "voiceofchain", signal_id, 0)] = time.perf_counter_ns()
+                client.publish(f"signals/voiceofchain/{strategy}", body, qos=1)
+
+        _paced(count, rate, publish, workers=1)
+        _wait(lambda: all(link in sim.arrivals for link in sent), 60, "every MQTT order")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return {
+        "rate_per_s": rate,
+        "publish_to_order": _summary([sim.arrivals[link] - at for link, at in sent.items()]),
+    }
+
+
+def _floor_server(port: int) -> None:
+    """A bare FastAPI POST endpoint on uvicorn (run in a subprocess by `--serve-floor`)."""
+    app = FastAPI()
+
+    @app.post("/empty")
+    async def empty(request: Request) -> Response:
+        await request.body()
+        return Response(status_code=202)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+@contextmanager
+def _floor_endpoint() -> Iterator[str]:
+    port = _free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own module
+        [sys.executable, "-m", "bench.intake", "--serve-floor", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/empty"
+
+    def up() -> bool:
+        try:
+            return requests.post(url, data=b"{}", timeout=1).status_code == 202
+        except requests.RequestException:
+            return False
+
+    try:
+        _wait(up, 20, "the floor endpoint")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _floor(sim: _Simulator, keys: Sequence[str], count: int, rate: float) -> dict[str, Any]:
+    """A bare POST and a bare pybit place_order, at the same pace."""
+    local = threading.local()
+    posts: list[int] = []
+    with _floor_endpoint() as url:
+
+        def post(index: int) -> None:
+            session = getattr(local, "session", None) or requests.Session()
+            local.session = session
+            body = _signal_body(f"floor-{index}", "s0")
+            started = time.perf_counter_ns()
+            session.post(url, data=body, timeout=10)
+            posts.append(time.perf_counter_ns() - started)
+
+        _paced(count, rate, post)
+    sessions = []
+    for key in keys:
+        session = HTTP(api_key=key, api_secret=f"{key}-secret", max_retries=1)
+        session.endpoint = sim.server.url
+        sessions.append(session)
+    placed: dict[str, int] = {}
+
+    def place(index: int) -> None:
+        link = f"floor-{index}-{secrets.token_hex(4)}"
+        placed[link] = time.perf_counter_ns()
+        sessions[index % len(sessions)].place_order(
+            category="linear",
+            symbol="BTCUSDT",
+            side="Buy",
+            orderType="Market",
+            qty="0.001",
+            orderLinkId=link,
+        )
+
+    _paced(count, rate, place)
+    _wait(lambda: all(link in sim.arrivals for link in placed), 30, "the floor's orders")
+    return {
+        "bare_post": _summary(posts),
+        "bare_place_order_to_arrival": _summary(
+            [sim.arrivals[link] - at for link, at in placed.items()]
+        ),
+    }
+
+
+def _burst(work: Path, signals: int) -> dict[str, Any]:
+    """`signals` (300) at once over 3 strategies and 3 keys, Bybit's limits enforced."""
+    keys = [f"burst-key-{index}" for index in range(BURST_KEYS)]
+    with _Simulator(keys) as sim:
+        (work / "burst").mkdir(exist_ok=True)
+        bot = _Bot(work / "burst", sim.server.url, keys, 0)
+        bot.start()
+        try:
+            first = time.perf_counter_ns()
+            result = _webhook_load(bot, sim, signals, 100_000, "burst", BURST_KEYS)
+            last = max(sim.arrivals.values())
+        finally:
+            bot.stop()
+        per_key = signals / BURST_KEYS
+        # The first 10 of a key go at once, then 10 more each second.
+        minimum_s = max(per_key - ORDERS_PER_S_PER_KEY, 1) / ORDERS_PER_S_PER_KEY
+        elapsed_s = (last - first) / 1e9
+        return {
+            "signals": signals,
+            "orders": result["signal_to_order"]["n"],
+            "rate_limited_10006": sim.rate_limited(),
+            "elapsed_s": round(elapsed_s, 2),
+            "minimum_s": minimum_s,
+            "ratio": round(elapsed_s / minimum_s, 3),
+        }
+
+
+@contextmanager
+def _mosquitto(work: Path) -> Iterator[int]:
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").is_file() else None
+    )
+    if binary is None:
+        raise BenchError("mosquitto is not installed: `make setup` installs it")
+    port = _free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    process = subprocess.Popen(  # noqa: S603 - the broker
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    try:
+        _wait(accepts, 10, "mosquitto")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def run(
+    signals: int = 2000,
+    rate: float = 50.0,
+    work_dir: Path | None = None,
+    burst_signals: int = BURST_SIGNALS,
+) -> dict[str, Any]:
+    """The whole benchmark; returns the report."""
+    owned = work_dir is None
+    work = work_dir or Path(tempfile.mkdtemp(prefix="bench-intake-"))
+    keys = [f"bench-key-{index}" for index in range(STRATEGIES)]
+    failures: list[str] = []
+    try:
+        with _Simulator(keys) as sim, _mosquitto(work) as broker:
+            bot = _Bot(work, sim.server.url, keys, broker)
+            bot.start()
+            try:
+                rss_start, cpu_start = _process_stats(bot.pid)
+                loads = [
+                    _webhook_load(bot, sim, signals, pace, f"w{int(pace)}", STRATEGIES)
+                    for pace in (rate, rate * 2)
+                ]
+                mqtt = _mqtt_load(sim, broker, signals // 2, rate, STRATEGIES)
+                rss_end, cpu_end = _process_stats(bot.pid)
+            finally:
+                bot.stop()
+            floor = _floor(sim, keys, signals // 2, rate)
+        burst = _burst(work, burst_signals)
+        total = sum(load["signal_to_order"]["n"] for load in loads) + mqtt["publish_to_order"]["n"]
+        for load in loads:
+            if load["accepted"] != signals:
+                failures.append(f"{load['rate_per_s']}/s: {load['accepted']} of {signals} accepted")
+        if burst["orders"] != burst_signals:
+            failures.append(f"burst: {burst['orders']} orders of {burst_signals}")
+        floor_ms = {
+            q: floor["bare_post"][q] + floor["bare_place_order_to_arrival"][q]
+            for q in ("p50_ms", "p99_ms")
+        }
+        for load in loads:
+            load["overhead_over_floor_ms"] = {
+                q: round(load["signal_to_order"][q] - floor_ms[q], 3) for q in ("p50_ms", "p99_ms")
+            }
+            load["ratio_to_floor"] = round(
+                load["signal_to_order"]["p50_ms"] / floor_ms["p50_ms"], 2
+            )
+        return {
+            "started_at": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+            },
+            "signals_per_load": signals,
+            "strategies_and_keys": STRATEGIES,
+            "webhook": loads,
+            "mqtt": mqtt,
+            "floor": floor,
+            "floor_ms": floor_ms,
+            "burst": burst,
+            "footprint": {
+                "ready_s": round(bot.ready_s, 2),
+                "rss_after_start_mb": round(rss_start, 1),
+                "rss_after_load_mb": round(rss_end, 1),
+                "cpu_ms_per_signal": round((cpu_end - cpu_start) * 1000 / max(total, 1), 3),
+            },
+            "targets": TARGETS,
+            "failures": failures,
+        }
+    finally:
+        if owned:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"intake {report['started_at']} ({report['machine']['cpus']} CPUs), ms")
+    for column in ("what", "n", "p50", "p99", "max"):
+        table.add_column(column)
+
+    def row(what: str, summary: dict[str, float]) -> None:
+        table.add_row(
+            what,
+            str(summary["n"]),
+            f"{summary['p50_ms']:.2f}",
+            f"{summary['p99_ms']:.2f}",
+            f"{summary['max_ms']:.2f}",
+        )
+
+    for load in report["webhook"]:
+        pace = f"{load['rate_per_s']:g}/s"
+        row(f"webhook 202 @ {pace}", load["webhook_202"])
+        row(f"signal -> order @ {pace}", load["signal_to_order"])
+    row(
+        f"MQTT publish -> order @ {report['mqtt']['rate_per_s']:g}/s",
+        report["mqtt"]["publish_to_order"],
+    )
+    row("floor: bare POST", report["floor"]["bare_post"])
+    row("floor: bare place_order -> sim", report["floor"]["bare_place_order_to_arrival"])
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--signals", type=int, default=2000, help="per load (>= 2000 for the report)"
+    )
+    parser.add_argument("--rate", type=float, default=50.0, help="signals/s; also run at twice it")
+    parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument("--serve-floor", type=int, default=0, help=argparse.SUPPRESS)
+    arguments = parser.parse_args(argv)
+    if arguments.serve_floor:
+        _floor_server(arguments.serve_floor)
+        return 0
+    console = Console(width=shutil.get_terminal_size((120, 24)).columns)
+    try:
+        report = run(arguments.signals, arguments.rate)
+    except BenchError as exc:
+        console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)
+        return 2
+    console.print(_table(report))
+    for load in report["webhook"]:
+        console.print(
+            f"overhead over the floor @ {load['rate_per_s']:g}/s: p50 "
+            f"{load['overhead_over_floor_ms']['p50_ms']} ms, p99 "
+            f"{load['overhead_over_floor_ms']['p99_ms']} ms (ratio {load['ratio_to_floor']}x)",
+            highlight=False,
+        )
+    console.print(f"burst: {report['burst']}", highlight=False)
+    console.print(f"footprint: {report['footprint']}", highlight=False)
+    target = arguments.json_out or RESULTS_DIR / f"intake-{report['started_at']}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2))
+    console.print(f"results: {target}", highlight=False)
+    for failure in report["failures"]:
+        console.print(f"[bold red]failed:[/] {failure}", highlight=False)
+    return 1 if report["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""The intake benchmark in short form: it runs end to end and every signal becomes exactly one
+order (its timings are reported by `make bench-intake`, never asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.intake import run
+
+
+def test_the_intake_benchmark_places_one_order_per_signal(tmp_path: Path) -> None:
+    report = run(signals=40, rate=20, work_dir=tmp_path, burst_signals=45)
+
+    assert report["failures"] == []
+    assert [load["signal_to_order"]["n"] for load in report["webhook"]] == [40, 40]
+    assert report["mqtt"]["publish_to_order"]["n"] == 20
+    assert report["burst"]["orders"] == 45
+    assert report["burst"]["rate_limited_10006"] == 0
+    assert report["footprint"]["rss_after_load_mb"] > 0
