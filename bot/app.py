@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot import metrics
 from bot.admin import AdminRoutes
@@ -39,15 +40,7 @@ def create_app(
     if admin is not None:
         app.include_router(admin.router())
 
-    @app.middleware("http")
-    async def count_responses(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        route = request.scope.get("route")
-        label = getattr(route, "path", "unmatched")
-        metrics.HTTP_RESPONSES.labels(label, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_CountResponses)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -65,3 +58,25 @@ def create_app(
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+class _CountResponses:
+    """Counts every answer by route and status: a plain ASGI middleware (Starlette's
+    `BaseHTTPMiddleware` costs a task and a stream per request, on every webhook's path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = scope.get("route")
+                label = getattr(route, "path", "unmatched")
+                metrics.HTTP_RESPONSES.labels(label, str(message["status"])).inc()
+            await send(message)
+
+        await self._app(scope, receive, counted)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
+import uvloop
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
@@ -117,7 +118,7 @@ def run(
     settings = _settings(config, host, port)
     try:
         service = Service(settings, secrets_dir=secrets_dir, mainnet_flag=mainnet)
-        asyncio.run(service.run())
+        uvloop.run(service.run())  # libuv's event loop: measured in bench/intake.py
     except _USER_ERRORS as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:  # raised inside the service's task group

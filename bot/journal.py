@@ -278,6 +278,7 @@ class Journal:
     def __init__(self, path: Path, *, synchronous: str = "FULL", read_only: bool = False) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._writer_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         try:
             if read_only and not path.exists():
@@ -332,10 +333,14 @@ class Journal:
 
         Work runs in the order it was queued, so a later `call` sees every earlier `submit`.
         """
-        with self._lock:
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-            writer = self._writer
+        writer = self._writer
+        if writer is None:
+            # Its own lock: the database lock is held by the journal thread while it commits,
+            # and the event loop must never wait for a commit just to queue work.
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+                writer = self._writer
         return writer.submit(lambda: method(*args, **kwargs))
 
     def flush(self) -> None:
