@@ -425,7 +425,7 @@ class Service:
 
     def _build(self, resources: ExitStack) -> _Stages:
         settings = self.settings
-        journal = Journal(settings.journal_path)
+        journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
         resources.callback(journal.close)
         self.sim_url = self._venue_url(resources)
         strategies = {
