@@ -91,6 +91,9 @@ _FILL_OVERLAP_MS: Final = 60_000
 READ_ATTEMPTS: Final = 4
 _READ_BACKOFF_S: Final = (0.1, 0.3, 0.6)
 _MAX_READ_WAIT_S: Final = 2.0
+_CLOCK_SAMPLES: Final = 3
+#: A `/v5/market/time` round trip slower than this sets no clock (its error would be half).
+_CLOCK_MAX_RTT_S: Final = 1.0
 
 
 @dataclass
@@ -447,19 +450,39 @@ class BybitVenue:
     # plumbing ------------------------------------------------------------------------------
 
     async def sync_clock(self) -> int:
-        """Set the signing clock's offset from the venue's `/v5/market/time`; returns it (ms)."""
-        before = time.time()
-        result = await self._call("sync_clock", "", "get_server_time")
-        after = time.time()
-        venue_ms = int(str(result.get("timeNano") or "0")) // 1_000_000 or (
-            int(str(result.get("timeSecond") or "0")) * 1000
-        )
-        offset = venue_ms - int((before + after) / 2 * 1000)
-        self._clock.offset_ms = offset
+        """Set the signing clock's offset from the venue's `/v5/market/time`; returns it (ms).
+
+        The offset is the venue's time minus the midpoint of the round trip, so its error is
+        up to half the round trip: of `_CLOCK_SAMPLES` tries the quickest is used, and none
+        slower than `_CLOCK_MAX_RTT_S` (a stalled answer would set the clock seconds off and
+        every signed request after would be refused). Without a usable one the offset stays.
+        """
+        best: tuple[float, int] | None = None  # (round trip s, offset ms)
+        for _ in range(_CLOCK_SAMPLES):
+            before = time.time()
+            result = await self._call("sync_clock", "", "get_server_time")
+            after = time.time()
+            venue_ms = int(str(result.get("timeNano") or "0")) // 1_000_000 or (
+                int(str(result.get("timeSecond") or "0")) * 1000
+            )
+            sample = (after - before, venue_ms - int((before + after) / 2 * 1000))
+            if sample[0] <= _CLOCK_MAX_RTT_S and (best is None or sample < best):
+                best = sample
+        if best is None:
+            logger.warning(
+                "venue time answered too slowly to set the signing clock; offset kept",
+                key=self.name,
+                offset_ms=self._clock.offset_ms,
+            )
+            return self._clock.offset_ms
+        self._clock.offset_ms = best[1]
         logger.warning(
-            "signing clock resynchronised with the venue", key=self.name, offset_ms=offset
+            "signing clock resynchronised with the venue",
+            key=self.name,
+            offset_ms=best[1],
+            round_trip_ms=round(best[0] * 1000, 1),
         )
-        return offset
+        return best[1]
 
     async def _call(self, operation: str, path: str, method: str, **params: Any) -> Any:
         """One pybit call (`method` names it) on one of this key's threads, paced when `path`

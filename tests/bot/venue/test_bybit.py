@@ -115,6 +115,19 @@ def test_clock_drift_is_retryable(sim: tuple[SimExchange, SimServer], venue: Byb
     assert caught.value.ret_code == 10002
 
 
+def test_the_signing_clock_follows_the_venue_but_never_a_stalled_answer(
+    sim: tuple[SimExchange, SimServer], venue: BybitVenue
+) -> None:
+    sim[0].set_faults(SimFaults(clock_skew_ms=60_000))
+    offset = asyncio.run(venue.sync_clock())
+    assert 59_000 < offset < 61_000
+    asyncio.run(venue.place_order(build_request(approve(make_intent()), "main")))  # accepted
+
+    sim[0].set_faults(SimFaults(delay=1.0, delay_ms=1500))  # every answer held 1.5 s
+
+    assert asyncio.run(venue.sync_clock()) == offset  # kept: half a stall is no clock
+
+
 def test_wrong_secret_is_fatal_for_the_key(sim: tuple[SimExchange, SimServer]) -> None:
     credentials = ApiCredentials("main", SecretStr(KEY), SecretStr("not-the-secret"))
     venue = BybitVenue(credentials, Environment.SIM, sim_url=sim[1].url)
