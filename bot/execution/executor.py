@@ -130,6 +130,7 @@ class Executor:
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
         self._watches: dict[str, asyncio.Event] = {}
+        self._terminal: set[str] = set()  # followed orders the stream reported terminal
         self._leverage: dict[tuple[str, str], Decimal] = {}  # (key, symbol) -> leverage set
 
     def disabled_reason(self, key_name: str) -> str | None:
@@ -503,22 +504,28 @@ class Executor:
         return None
 
     def order_updated(self, event: OrderEvent) -> None:
-        """The account stream moved an order forward: wake whoever follows it."""
+        """The account stream moved an order forward: wake whoever follows it (the stream is
+        alive), saying whether the order is terminal now."""
         watch = self._watches.get(event.order_link_id)
         if watch is not None:
+            if event.status.is_terminal:
+                self._terminal.add(event.order_link_id)
             watch.set()
 
     async def _follow(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
         """Follow a new order until it is terminal or `follow_s` has passed.
 
         The account stream normally reports the fill within milliseconds; only if it stays
-        silent (it is down, or slow) is the order looked up by REST.
+        silent (it is down, or slow) is the order looked up by REST. The journal is read when
+        the stream reports the order terminal (its write is queued before the read, so the
+        read sees it), and once at first, in case that report came before the acknowledgement.
         """
         link_id = request.order_link_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.follow_s
         watch = self._watches.setdefault(link_id, asyncio.Event())
         watch.set()  # the stream's report may have come before the acknowledgement: look first
+        self._terminal.add(link_id)
         try:
             while self._stream_live(request.key_name) and loop.time() < deadline:
                 wait = min(_STREAM_GRACE_S, deadline - loop.time())
@@ -527,11 +534,15 @@ class Executor:
                 if not watch.is_set():
                     break  # the stream is silent: look it up instead
                 watch.clear()
+                if link_id not in self._terminal:
+                    continue  # New or a partial fill: nothing to read yet
+                self._terminal.discard(link_id)
                 record = await self._journal.call(self._journal.order, link_id)
                 if record is not None and record.status.is_terminal:
                     return _event_of(record)
         finally:
             self._watches.pop(link_id, None)
+            self._terminal.discard(link_id)
         return await self._poll(venue, request, deadline)
 
     async def _poll(
