@@ -4,8 +4,9 @@ One machine, one clock: `time.perf_counter_ns` (CLOCK_MONOTONIC, shared by every
 Linux). The simulator runs in this process; each order-create request is stamped as it
 reaches `SimExchange.place_order` (orderLinkIds are deterministic, so a signal id says which
 order is its own). The bot runs as a subprocess (`python -m bot run`) against it, as a user
-runs it, with 10 strategies on 10 keys (Bybit allows 10 orders/s per account: 50 and 100
-signals/s need that many), each signal routed to one strategy by its `strategy` field.
+runs it, with 20 strategies on 20 keys (Bybit allows 10 orders/s per account: at 100
+signals/s each key then runs at half its limit), each signal routed to one strategy by its
+`strategy` field.
 
 Measured, each over `--signals` signals at a steady `--rate` and at twice that:
 
@@ -65,7 +66,9 @@ from signals.voiceofchain import SIGNATURE_HEADER, sign
 __all__ = ["main", "run"]
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
-STRATEGIES: Final = 10
+#: Keys (one strategy each): 100 signals/s at Bybit's 10 orders/s per account would run every
+#: key at its limit, measuring the pacing queue; 20 keys keep each at half of it.
+STRATEGIES: Final = 20
 BURST_SIGNALS: Final = 300
 BURST_KEYS: Final = 3
 ORDERS_PER_S_PER_KEY: Final = 10  # Bybit's /v5/order/create limit per UID

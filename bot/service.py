@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import signal
 import socket
@@ -295,6 +296,9 @@ class Service:
                     host=self.settings.http.host,
                     port=self.http_port,
                 )
+                # What start-up built lives as long as the bot: keep it out of every collection.
+                gc.collect()
+                gc.freeze()
                 if ready is not None:
                     ready(self)
             await serving
