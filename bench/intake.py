@@ -18,8 +18,9 @@ Measured, each over `--signals` signals at a steady `--rate` and at twice that:
   the bot's overhead is signal → order minus (POST + place_order), p50 and p99;
 - **burst**: 300 signals at once over 3 strategies and 3 keys, the simulator enforcing
   Bybit's limits: time to the last order against the minimum the limits allow, and 10006s;
-- **footprint**: the bot's start-up time to ready, RSS after start-up and after the load, CPU
-  per signal.
+- **footprint**: the bot's start-up time to ready, RSS after start-up, after the loads, and
+  half-way through and after `--footprint-signals` (10,000) more at 150/s (no growth), CPU per
+  signal over the loads.
 
 Run: `make bench-intake` or `python -m bench.intake [--signals N] [--rate R] [--json-out F]`.
 Exit code 0: every signal became exactly one order; 1: a correctness check failed; 2: the
@@ -73,6 +74,8 @@ BURST_SIGNALS: Final = 300
 BURST_KEYS: Final = 3
 ORDERS_PER_S_PER_KEY: Final = 10  # Bybit's /v5/order/create limit per UID
 WEBHOOK_SECRET: Final = "bench-webhook-secret-" + "0" * 16
+#: The footprint load: 150/s over 20 keys, three quarters of Bybit's limits.
+FOOTPRINT_RATE: Final = 150.0
 TARGETS: Final = {
     "overhead_p50_ms": 1.0,
     "overhead_p99_ms": 2.0,
@@ -485,6 +488,7 @@ def run(
     rate: float = 50.0,
     work_dir: Path | None = None,
     burst_signals: int = BURST_SIGNALS,
+    footprint_signals: int = 10_000,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the report."""
     owned = work_dir is None
@@ -503,6 +507,12 @@ def run(
                 ]
                 mqtt = _mqtt_load(sim, broker, signals // 2, rate, STRATEGIES)
                 rss_end, cpu_end = _process_stats(bot.pid)
+                # Footprint: many more signals, RSS at half-way and at the end (no growth).
+                half = footprint_signals // 2
+                _webhook_load(bot, sim, half, FOOTPRINT_RATE, "fa", STRATEGIES)
+                rss_half, _ = _process_stats(bot.pid)
+                _webhook_load(bot, sim, footprint_signals - half, FOOTPRINT_RATE, "fb", STRATEGIES)
+                rss_full, _ = _process_stats(bot.pid)
             finally:
                 bot.stop()
             floor = _floor(sim, keys, signals // 2, rate)
@@ -542,6 +552,9 @@ def run(
                 "ready_s": round(bot.ready_s, 2),
                 "rss_after_start_mb": round(rss_start, 1),
                 "rss_after_load_mb": round(rss_end, 1),
+                "footprint_signals": footprint_signals,
+                "rss_after_half_mb": round(rss_half, 1),
+                "rss_after_all_mb": round(rss_full, 1),
                 "cpu_ms_per_signal": round((cpu_end - cpu_start) * 1000 / max(total, 1), 3),
             },
             "targets": TARGETS,
@@ -585,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--signals", type=int, default=2000, help="per load (>= 2000 for the report)"
     )
     parser.add_argument("--rate", type=float, default=50.0, help="signals/s; also run at twice it")
+    parser.add_argument("--footprint-signals", type=int, default=10_000, help="RSS after these")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--serve-floor", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
@@ -593,7 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     console = Console(width=shutil.get_terminal_size((120, 24)).columns)
     try:
-        report = run(arguments.signals, arguments.rate)
+        report = run(
+            arguments.signals, arguments.rate, footprint_signals=arguments.footprint_signals
+        )
     except BenchError as exc:
         console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)
         return 2

@@ -9,7 +9,7 @@ from bench.intake import run
 
 
 def test_the_intake_benchmark_places_one_order_per_signal(tmp_path: Path) -> None:
-    report = run(signals=40, rate=20, work_dir=tmp_path, burst_signals=45)
+    report = run(signals=40, rate=20, work_dir=tmp_path, burst_signals=45, footprint_signals=60)
 
     assert report["failures"] == []
     assert [load["signal_to_order"]["n"] for load in report["webhook"]] == [40, 40]
