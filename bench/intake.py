@@ -19,7 +19,7 @@ Measured, each over `--signals` signals at a steady `--rate` and at twice that:
 - **burst**: 300 signals at once over 3 strategies and 3 keys, the simulator enforcing
   Bybit's limits: time to the last order against the minimum the limits allow, and 10006s;
 - **footprint**: the bot's start-up time to ready, RSS after start-up, after the loads, and
-  half-way through and after `--footprint-signals` (10,000) more at 150/s (no growth), CPU per
+  half-way through and after `--footprint-signals` (10,000) more at 100/s (no growth), CPU per
   signal over the loads.
 
 Run: `make bench-intake` or `python -m bench.intake [--signals N] [--rate R] [--json-out F]`.
@@ -74,8 +74,8 @@ BURST_SIGNALS: Final = 300
 BURST_KEYS: Final = 3
 ORDERS_PER_S_PER_KEY: Final = 10  # Bybit's /v5/order/create limit per UID
 WEBHOOK_SECRET: Final = "bench-webhook-secret-" + "0" * 16
-#: The footprint load: 150/s over 20 keys, three quarters of Bybit's limits.
-FOOTPRINT_RATE: Final = 150.0
+#: The footprint load: 100/s over 20 keys, half of Bybit's limits (what 2 CPUs sustain).
+FOOTPRINT_RATE: Final = 100.0
 TARGETS: Final = {
     "overhead_p50_ms": 1.0,
     "overhead_p99_ms": 2.0,
