@@ -17,6 +17,7 @@ with the fill, so replaying the journal rebuilds the same books.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ ZERO: Final = Decimal(0)
 _STRATEGY_CACHE: Final = 10_000
 #: Precision of a fill split among strategies: far below any lot size, and finite.
 _SPLIT_QUANTUM: Final = Decimal("1e-12")
+#: Orders whose booked fill quantity is remembered (a follower asks only of recent ones).
+_BOOKED_ORDERS: Final = 10_000
 
 
 @dataclass
@@ -122,6 +125,7 @@ class AccountProjection:
         self._positions: dict[tuple[str, str], PositionUpdate] = {}
         self._wallets: dict[str, WalletUpdate] = {}
         self._closed: dict[tuple[str, str], ClosedPnl] = {}
+        self._booked: OrderedDict[str, Decimal] = OrderedDict()  # orderLinkId -> filled qty
 
     @classmethod
     def replay(
@@ -188,6 +192,11 @@ class AccountProjection:
 
     def apply_execution(self, execution: Execution, allocation: Mapping[str, Decimal]) -> None:
         """Apply a fill once (the journal's execId dedupe decides what is new)."""
+        link_id = execution.order_link_id
+        if link_id:
+            self._booked[link_id] = self._booked.pop(link_id, ZERO) + abs(execution.qty)
+            if len(self._booked) > _BOOKED_ORDERS:
+                self._booked.popitem(last=False)
         total = abs(execution.qty)
         for strategy, signed_qty in allocation.items():
             fee = execution.fee * abs(signed_qty) / total if total else ZERO
@@ -209,6 +218,10 @@ class AccountProjection:
         self._closed[(record.key_name, record.order_id)] = record
 
     # reading ------------------------------------------------------------------------------
+
+    def booked_qty(self, order_link_id: str) -> Decimal:
+        """How much of an order's fills the books hold (recent orders only)."""
+        return self._booked.get(order_link_id, ZERO)
 
     def strategy_size(self, key_name: str, strategy: str, symbol: str) -> Decimal:
         """The strategy's own signed position in `symbol` on `key_name`."""
@@ -300,11 +313,14 @@ class AccountKeeper:
         projection: AccountProjection,
         order_updated: Callable[[OrderEvent], None] = lambda event: None,
         seen_fills: Iterable[str] = (),
+        fill_booked: Callable[[str], None] = lambda order_link_id: None,
     ) -> None:
-        """`seen_fills`: the execIds already journaled (the dedupe survives a restart)."""
+        """`seen_fills`: the execIds already journaled (the dedupe survives a restart);
+        `fill_booked(orderLinkId)` hears of every fill applied to the books."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
+        self._fill_booked = fill_booked
         self._seen_fills = set(seen_fills)
         self._strategies: dict[str, str | None] = {}
 
@@ -336,6 +352,8 @@ class AccountKeeper:
         allocation = self._projection.allocate(fill, strategy)
         self._projection.apply_execution(fill, allocation)
         self._write(self._journal.record_execution, fill, allocation)
+        if fill.order_link_id:
+            self._fill_booked(fill.order_link_id)
 
     async def _strategy_of(self, order_link_id: str) -> str | None:
         """The strategy whose order it is (None for the venue's own orders, or another
@@ -429,13 +447,23 @@ class Account:
         )
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
+        self._fill_listeners: list[Callable[[str], None]] = []
         self.keeper = AccountKeeper(
             journal,
             self.projection,
             self._order_updated,
             seen_fills=(fill.exec_id for fill, _ in fills),
+            fill_booked=self._fill_booked,
         )
         self.streams: dict[str, AccountStream] = {}
+
+    def on_fill_booked(self, listener: Callable[[str], None]) -> None:
+        """Call `listener` with the orderLinkId of every fill applied to the books."""
+        self._fill_listeners.append(listener)
+
+    def _fill_booked(self, order_link_id: str) -> None:
+        for listener in self._fill_listeners:
+            listener(order_link_id)
 
     def on_order_update(self, listener: Callable[[OrderEvent], None]) -> None:
         """Call `listener` with every order change the venue reports that moved an order."""

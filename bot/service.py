@@ -466,8 +466,10 @@ class Service:
             order_settled=gate.ledger.release,
             blocked=gate.block_reason,
             venue_leverage=account.projection.leverage,
+            booked_qty=account.projection.booked_qty,
         )
         account.on_order_update(executor.order_updated)
+        account.on_fill_booked(executor.fill_booked)
         account.on_order_update(
             lambda event: (
                 gate.ledger.release(event.order_link_id) if event.status.is_terminal else None

@@ -109,6 +109,7 @@ class Executor:
         order_settled: Callable[[str], None] = lambda order_link_id: None,
         blocked: Callable[[str], str | None] = lambda strategy: None,
         venue_leverage: Callable[[str, str], Decimal | None] = lambda key, symbol: None,
+        booked_qty: Callable[[str], Decimal] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
@@ -116,7 +117,9 @@ class Executor:
         `order_settled` hears of every order that became terminal; `blocked(strategy)` says
         why a strategy may not increase exposure now (the gate's trading states: asked before
         every send of an opening order, so a halt stops legs already approved);
-        `venue_leverage(key, symbol)` is the venue's leverage as last reported, if known."""
+        `venue_leverage(key, symbol)` is the venue's leverage as last reported, if known;
+        `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
+        follower waits for them, so the next signal of the lane sees the position)."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
@@ -125,6 +128,7 @@ class Executor:
         self._order_settled = order_settled
         self._blocked = blocked
         self._venue_leverage = venue_leverage
+        self._booked_qty = booked_qty
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         self._in_flight: set[str] = set()
@@ -503,6 +507,12 @@ class Executor:
             raise _LookupFailed
         return None
 
+    def fill_booked(self, order_link_id: str) -> None:
+        """A fill of the order is in the account's books: wake whoever follows it."""
+        watch = self._watches.get(order_link_id)
+        if watch is not None:
+            watch.set()
+
     def order_updated(self, event: OrderEvent) -> None:
         """The account stream moved an order forward: wake whoever follows it (the stream is
         alive), saying whether the order is terminal now."""
@@ -526,6 +536,7 @@ class Executor:
         watch = self._watches.setdefault(link_id, asyncio.Event())
         watch.set()  # the stream's report may have come before the acknowledgement: look first
         self._terminal.add(link_id)
+        terminal: OrderRecord | None = None  # once the journal has it terminal
         try:
             while self._stream_live(request.key_name) and loop.time() < deadline:
                 wait = min(_STREAM_GRACE_S, deadline - loop.time())
@@ -534,16 +545,29 @@ class Executor:
                 if not watch.is_set():
                     break  # the stream is silent: look it up instead
                 watch.clear()
-                if link_id not in self._terminal:
-                    continue  # New or a partial fill: nothing to read yet
-                self._terminal.discard(link_id)
-                record = await self._journal.call(self._journal.order, link_id)
-                if record is not None and record.status.is_terminal:
-                    return _event_of(record)
+                if terminal is None:
+                    if link_id not in self._terminal:
+                        continue  # New or a partial fill: nothing to read yet
+                    self._terminal.discard(link_id)
+                    record = await self._journal.call(self._journal.order, link_id)
+                    if record is None or not record.status.is_terminal:
+                        continue
+                    terminal = record
+                if self._books_hold(terminal):
+                    return _event_of(terminal)
+            if terminal is not None:  # its fills were not booked in time: say so, go on
+                logger.warning("order {id}: terminal, its fills not booked yet", id=link_id)
+                return _event_of(terminal)
         finally:
             self._watches.pop(link_id, None)
             self._terminal.discard(link_id)
         return await self._poll(venue, request, deadline)
+
+    def _books_hold(self, record: OrderRecord) -> bool:
+        """Whether the account's books hold every fill of a terminal order."""
+        if self._booked_qty is None or record.filled_qty == 0:
+            return True
+        return self._booked_qty(record.request.order_link_id) >= record.filled_qty
 
     async def _poll(
         self, venue: Venue, request: OrderRequest, deadline: float
