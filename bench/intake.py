@@ -60,6 +60,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import UNLIMITED_RISK, cpu_seconds, free_port, rss_mb, wait_until
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from signals.voiceofchain import SIGNATURE_HEADER, sign
@@ -91,18 +92,17 @@ class BenchError(Exception):
     """The benchmark could not run (not a finding about the bot)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait(probe: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.01)
+    if not wait_until(probe, timeout_s):
+        raise BenchError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def _process_stats(pid: int) -> tuple[float, float]:
+    """(RSS in MB, CPU seconds user+system) of a running process."""
+    rss, cpu = rss_mb(pid), cpu_seconds(pid)
+    if rss is None or cpu is None:
+        raise BenchError(f"process {pid} is gone")
+    return rss, cpu
 
 
 def _summary(samples_ns: Sequence[int]) -> dict[str, float]:
@@ -151,15 +151,6 @@ class _Simulator:
         return int(self.exchange.stats()["answers_by_ret_code"].get("10006", 0))
 
 
-def _process_stats(pid: int) -> tuple[float, float]:
-    """(RSS in MB, CPU seconds user+system) of a process, from /proc."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
-
-
 _BOT_CONFIG: Final = """
 environment = "sim"
 state_dir = "{state}"
@@ -170,15 +161,7 @@ port = {port}
 sim_url = "{sim_url}"
 [risk]
 symbols = ["BTCUSDT"]
-max_order_notional_usdt = 100000
-max_position_notional_usdt = 100000000
-max_strategy_exposure_usdt = 100000000
-max_total_exposure_usdt = 1000000000
-max_daily_loss_usdt = 100000000
-max_open_orders = 100000
-max_orders_per_minute = 100000
-max_orders_per_day = 10000000
-max_signal_age_s = 60
+{limits}max_signal_age_s = 60
 [sources.voiceofchain]
 requests_per_s = 100000
 burst = 100000
@@ -191,7 +174,7 @@ class _Bot:
 
     def __init__(self, work: Path, sim_url: str, keys: Sequence[str], mqtt_port: int) -> None:
         """`mqtt_port` 0: no MQTT."""
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         client_id = f"bench-{secrets.token_hex(3)}"
         mqtt = (
@@ -199,7 +182,9 @@ class _Bot:
             if mqtt_port
             else ""
         )
-        text = _BOT_CONFIG.format(state=work / "var", port=self.port, sim_url=sim_url, mqtt=mqtt)
+        text = _BOT_CONFIG.format(
+            state=work / "var", port=self.port, sim_url=sim_url, mqtt=mqtt, limits=UNLIMITED_RISK
+        )
         for index in range(len(keys)):
             text += (
                 f'\n[keys.k{index}]\nenvironment = "sim"\n[strategies.s{index}]\nplugin = "follow"'
@@ -361,7 +346,7 @@ def _floor_server(port: int) -> None:
 
 @contextmanager
 def _floor_endpoint() -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(  # noqa: S603 - our own module
         [sys.executable, "-m", "bench.intake", "--serve-floor", str(port)],
         stdout=subprocess.DEVNULL,
@@ -461,7 +446,7 @@ def _mosquitto(work: Path) -> Iterator[int]:
     )
     if binary is None:
         raise BenchError("mosquitto is not installed: `make setup` installs it")
-    port = _free_port()
+    port = free_port()
     conf = work / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
     process = subprocess.Popen(  # noqa: S603 - the broker

@@ -25,7 +25,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import UNLIMITED_RISK, Check, free_port, wait_until
 from bot.execution.ids import order_link_id
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
@@ -128,18 +128,6 @@ class SoakOptions:
 
 
 @dataclass
-class Check:
-    """One line of the report: a measured value against its target."""
-
-    name: str
-    value: float | int | str
-    target: str
-    ok: bool
-    correctness: bool  # a failure here fails the soak (exit code 1)
-    samples: list[str] = field(default_factory=list)
-
-
-@dataclass
 class SoakReport:
     """Everything the soak measured; `failures` lists the correctness checks that failed."""
 
@@ -172,12 +160,6 @@ class SoakReport:
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _key_name(strategy: str) -> str:
@@ -234,16 +216,8 @@ starting_balance_usdt = 100000
 
 [risk]
 symbols = {json.dumps(list(SYMBOLS))}
-max_order_notional_usdt = 100000
-# The soak is about the order lifecycle: exposure limits stay out of its way.
-max_position_notional_usdt = 10000000
-max_strategy_exposure_usdt = 10000000
-max_total_exposure_usdt = 10000000
-max_daily_loss_usdt = 10000000
-max_open_orders = 100000
-max_orders_per_minute = 100000
-max_orders_per_day = 10000000
-max_signal_age_s = {max_signal_age_s}
+# The soak is about the order lifecycle: the limits stay out of its way.
+{UNLIMITED_RISK}max_signal_age_s = {max_signal_age_s}
 {strategies}"""
 
 
@@ -307,15 +281,6 @@ class Process:
             self._log.close()
 
 
-def _wait_until(probe: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if probe():
-            return True
-        time.sleep(interval_s)
-    return probe()
-
-
 def _http_ok(client: httpx.Client, url: str) -> bool:
     try:
         return client.get(url, timeout=1.0).status_code == 200
@@ -333,8 +298,8 @@ class Harness:
         self.secrets_dir = root / "secrets"
         self.logs_dir = root / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
-        self.sim_port = _free_port()
-        self.bot_port = _free_port()
+        self.sim_port = free_port()
+        self.bot_port = free_port()
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
         self.bot_url = f"http://127.0.0.1:{self.bot_port}"
         self.config = root / "bot.toml"
@@ -361,7 +326,9 @@ class Harness:
         ]
         sim = self.sim = Process("sim", argv, self.logs_dir / "sim.log")
         stats = f"{self.sim_url}/sim/stats"
-        _wait_until(lambda: not sim.alive or _http_ok(self.client, stats), PROCESS_START_TIMEOUT_S)
+        wait_until(
+            lambda: not sim.alive or _http_ok(self.client, stats), PROCESS_START_TIMEOUT_S, 0.05
+        )
         if not (sim.alive and _http_ok(self.client, stats)):
             raise SoakError(f"the simulator did not come up:\n{sim.tail()}")
 
@@ -388,8 +355,8 @@ class Harness:
     def _came_up(self, bot: Process) -> bool:
         """Wait until `bot` answers /healthz (True) or exits (False)."""
         healthz = f"{self.bot_url}/healthz"
-        _wait_until(
-            lambda: not bot.alive or _http_ok(self.client, healthz), PROCESS_START_TIMEOUT_S
+        wait_until(
+            lambda: not bot.alive or _http_ok(self.client, healthz), PROCESS_START_TIMEOUT_S, 0.05
         )
         return bot.alive and _http_ok(self.client, healthz)
 

@@ -59,6 +59,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import Check
 from bot.account import Account
 from bot.config import Environment
 from bot.execution.ids import order_link_id
@@ -217,16 +218,6 @@ class PassResult:
     #: How long `AccountKeeper.apply` took per message type (the relay applies one at a time).
     keeper_apply: dict[str, Latency] = field(default_factory=dict)
     drained: bool = True
-
-
-@dataclass
-class Check:
-    name: str
-    value: float | int | str
-    target: str
-    ok: bool
-    correctness: bool
-    samples: list[str] = field(default_factory=list)
 
 
 @dataclass

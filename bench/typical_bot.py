@@ -79,6 +79,7 @@ from rich.console import Console
 from rich.table import Table
 from starlette.requests import ClientDisconnect
 
+from bench.common import UNLIMITED_RISK, Check, cpu_seconds, free_port, wait_until
 from bot.config import load_settings
 from bot.execution.ids import order_link_id
 from bot.journal import Journal
@@ -253,17 +254,6 @@ def latency_ms(nanoseconds: Sequence[int]) -> dict[str, float | int | None]:
     }
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process (all its threads) so far, from /proc; None if unknown."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
-
-
 # --------------------------------------------------------------------------- the simulator
 
 
@@ -353,12 +343,6 @@ def _account(note: str) -> tuple[SimAccountSpec, str, str]:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Process:
     """A subprocess with its output in a log file; stopped (SIGTERM, then SIGKILL) by `stop`."""
 
@@ -429,15 +413,6 @@ def _get(port: int, path: str, timeout_s: float = 2.0) -> tuple[int, bytes] | No
         connection.close()
 
 
-def _wait_until(probe: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_S)
-    return True
-
-
 @dataclass
 class Bot:
     """One bot under test: its process, where to send, how its orders are named."""
@@ -475,16 +450,8 @@ burst = {max(100, math.ceil(4 * rate_per_s))}
 
 [risk]
 symbols = {json.dumps(list(SYMBOLS))}
-max_order_notional_usdt = 100000
 # Loose limits: the bench is about latency and CPU, not the risk rules.
-max_position_notional_usdt = 10000000
-max_strategy_exposure_usdt = 10000000
-max_total_exposure_usdt = 10000000
-max_daily_loss_usdt = 10000000
-max_open_orders = 100000
-max_orders_per_minute = 1000000
-max_orders_per_day = 10000000
-max_signal_age_s = 60
+{UNLIMITED_RISK}max_signal_age_s = 60
 
 [keys.{KEY_NAME}]
 environment = "sim"
@@ -560,7 +527,7 @@ def _ours_ready(bot: Bot) -> bool:
 
 
 def _wait_ready(bot: Bot, ready: Callable[[Bot], bool]) -> None:
-    if not _wait_until(lambda: not bot.process.alive or ready(bot), START_TIMEOUT_S):
+    if not wait_until(lambda: not bot.process.alive or ready(bot), START_TIMEOUT_S, POLL_S):
         raise BenchError(
             f"the {bot.name} bot was not ready within {START_TIMEOUT_S} s:\n{bot.process.tail()}"
         )
@@ -731,7 +698,7 @@ class Harness:
 
     def wait_orders(self, bot: Bot, ids: Sequence[str], timeout_s: float) -> bool:
         links = [bot.link(signal_id) for signal_id in ids]
-        return _wait_until(lambda: self.clock.arrived(links), timeout_s)
+        return wait_until(lambda: self.clock.arrived(links), timeout_s, POLL_S)
 
     def warm_up(self) -> None:
         """A few signals each, 10 a second: imports, connections and caches warmed."""
@@ -900,16 +867,6 @@ def _stall(harness: Harness) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-@dataclass
-class Check:
-    name: str
-    value: float | int | str
-    target: str
-    ok: bool
-    correctness: bool
-    samples: list[str] = field(default_factory=list)
 
 
 def _ours_checks(harness: Harness, journal: Mapping[str, list[dict[str, Any]]]) -> list[Check]:

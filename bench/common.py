@@ -1,0 +1,78 @@
+"""What every benchmark needs: free ports, bounded waits, a process's CPU and memory, the
+risk limits that stay out of a benchmark's way, and one line of a report."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+__all__ = ["UNLIMITED_RISK", "Check", "cpu_seconds", "free_port", "rss_mb", "wait_until"]
+
+#: `[risk]` lines (under the section header, beside `symbols` and `max_signal_age_s`) that
+#: keep the gate's limits out of a benchmark about latency, pacing or the lifecycle.
+UNLIMITED_RISK: Final = """\
+max_order_notional_usdt = 100000
+max_position_notional_usdt = 100000000
+max_strategy_exposure_usdt = 100000000
+max_total_exposure_usdt = 1000000000
+max_daily_loss_usdt = 100000000
+max_open_orders = 100000
+max_orders_per_minute = 1000000
+max_orders_per_day = 10000000
+"""
+
+
+@dataclass
+class Check:
+    """One line of a report: a measured value against its target."""
+
+    name: str
+    value: float | int | str
+    target: str
+    ok: bool
+    correctness: bool  # a failure here fails the benchmark (exit code 1)
+    samples: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(probe: Callable[[], bool], timeout_s: float, interval_s: float = 0.01) -> bool:
+    """Poll `probe` until it is true (True) or `timeout_s` has passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not probe():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
+    return True
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process (all its threads) so far, from /proc; None if unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process, from /proc; None if unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
