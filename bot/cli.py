@@ -218,20 +218,14 @@ def signal_send(
 def _publish(settings: BotSettings, resolver: SecretResolver, payload: dict[str, object]) -> None:
     """`bot signal send --mqtt`: one signal to the configured broker."""
 
-    def optional(name: str) -> SecretStr | None:
-        try:
-            return resolver.get(name, generate=False)
-        except MissingSecretError:
-            return None
-
     numbers = json.loads(json.dumps(payload, default=_decimal_as_number))
     try:
         topic = asyncio.run(
             publish_signal(
                 settings.mqtt,
                 numbers,
-                password=optional(MQTT_PASSWORD_NAME),
-                signing_secret=optional(MQTT_SIGNING_SECRET_NAME),
+                password=resolver.optional(MQTT_PASSWORD_NAME),
+                signing_secret=resolver.optional(MQTT_SIGNING_SECRET_NAME),
             )
         )
     except MqttPublishError as exc:

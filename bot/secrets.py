@@ -88,11 +88,10 @@ class SecretResolver:
         self._generated_dir = generated_dir
         self._environ = os.environ if environ is None else environ
 
-    def get(self, name: str, *, generate: bool = True) -> SecretStr:
-        """The secret `name`, or `MissingSecretError` naming the variable and the file.
-        `generate=False`: never make one up, even in `sim` (an optional secret)."""
-        value = self._environ.get(name) or self._read(self._secrets_dir / name.lower())
-        if not value and generate and self._generated_dir is not None:
+    def get(self, name: str) -> SecretStr:
+        """The secret `name`, or `MissingSecretError` naming the variable and the file."""
+        value = self._lookup(name)
+        if not value and self._generated_dir is not None:
             value = self._generated(name)
         if not value:
             raise MissingSecretError(
@@ -102,6 +101,17 @@ class SecretResolver:
             )
         logs.redact(value)
         return SecretStr(value)
+
+    def optional(self, name: str) -> SecretStr | None:
+        """An optional secret, or None when it is not set (never generated, even in `sim`)."""
+        value = self._lookup(name)
+        if not value:
+            return None
+        logs.redact(value)
+        return SecretStr(value)
+
+    def _lookup(self, name: str) -> str:
+        return self._environ.get(name) or self._read(self._secrets_dir / name.lower())
 
     def credentials(self, key: str) -> ApiCredentials:
         key_name, secret_name = api_key_names(key)

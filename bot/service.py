@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import uvicorn
 from fastapi import FastAPI
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from bot.account import Account
 from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes, parse_command
@@ -541,13 +541,8 @@ class Service:
                 ],
             }
 
-        def optional(name: str) -> SecretStr | None:
-            try:
-                return self._resolver.get(name, generate=False)
-            except MissingSecretError:
-                return None
-
-        context = SourceContext(sink, self._resolver.get, optional, rejected, status)
+        resolver = self._resolver
+        context = SourceContext(sink, resolver.get, resolver.optional, rejected, status)
         try:
             return build_sources(self.settings.sources, self.settings.mqtt, context)
         except ValueError as exc:
@@ -573,10 +568,7 @@ class Service:
             )
             return json.dumps(report)
 
-        try:
-            password = self._resolver.get(MQTT_PASSWORD_NAME, generate=False)
-        except MissingSecretError:
-            password = None
+        password = self._resolver.optional(MQTT_PASSWORD_NAME)
         return MqttControl(mqtt, apply, secret=secret, password=password)
 
     def _admin_routes(self, kill_switch: KillSwitch) -> AdminRoutes | None:
