@@ -66,7 +66,7 @@ from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
 from bot.secrets import split_secrets
 from signals.base import SignalSink
-from signals.voiceofchain import sign, signature_problem
+from signals.voiceofchain import any_signature_problem, sign
 
 __all__ = [
     "CONTROL_MAX_SKEW_S",
@@ -309,7 +309,7 @@ class MqttSubscriber:
                 self._connected = False
             self.last_error = problem
             failures = max(self._connect_failures, self._sink_failures, 1)
-            delay = self._backoff_s(failures)
+            delay = _reconnect_delay_s(self._config, failures)
             logger.warning(
                 "mqtt: {problem}; reconnecting to {host}:{port} in {delay:.2f} s (attempt {n})",
                 problem=problem,
@@ -319,12 +319,6 @@ class MqttSubscriber:
                 n=failures,
             )
             await asyncio.sleep(delay)
-
-    def _backoff_s(self, failures: int) -> float:
-        config = self._config
-        ceiling = min(config.reconnect_max_s, config.reconnect_min_s * 2.0 ** min(failures - 1, 30))
-        # Jitter spreads the reconnects of many instances after a broker restart.
-        return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
 
     def _log_settings(self) -> None:
         config = self._config
@@ -520,11 +514,9 @@ class MqttSubscriber:
 
     def _signature_problem(self, header: str, signed: bytes) -> str | None:
         """None when any of the secrets signed `signed`; else why the first did not."""
-        now, max_age_s = self._clock(), self._config.max_signature_age_s
-        problems = [
-            signature_problem(header, signed, secret, now, max_age_s) for secret in self._secrets
-        ]
-        return None if None in problems else problems[0]
+        return any_signature_problem(
+            header, signed, self._secrets, self._clock(), self._config.max_signature_age_s
+        )
 
     def _check_embedded_signature(self, value: object, payload: bytes) -> None:
         name = f"{PAYLOAD_SIGNATURE_FIELD!r} field"
@@ -686,10 +678,7 @@ class MqttControl:
                 logger.warning("mqtt control: {error}; reconnecting", error=str(exc) or type(exc))
             finally:
                 self.connected = False
-            base = min(
-                self._config.reconnect_min_s * 2 ** min(failures, 16), self._config.reconnect_max_s
-            )
-            await asyncio.sleep(base * random.uniform(0.5, 1.0))  # noqa: S311 - jitter
+            await asyncio.sleep(_reconnect_delay_s(self._config, failures + 1))
 
     async def _connection(self) -> None:
         config = self._config
@@ -720,16 +709,15 @@ class MqttControl:
         topic = message.topic.value
         payload = message.payload if isinstance(message.payload, bytes) else b""
         header = _signature_property(message.properties)
-        problems = [
-            signature_problem(header, payload, secret, self._clock(), CONTROL_MAX_SKEW_S)
-            for secret in self._secrets
-        ]
-        if None not in problems:
+        problem = any_signature_problem(
+            header, payload, self._secrets, self._clock(), CONTROL_MAX_SKEW_S
+        )
+        if problem is not None:
             self.refused += 1
             logger.warning(
                 "mqtt control: refused a command on {topic}: {why}",
                 topic=_one_line(topic),
-                why=problems[0] or "no admin secret",
+                why=problem,
             )
             return
         try:
@@ -774,6 +762,14 @@ def _client(
     # Bounds the TCP (and TLS) connect that aiomqtt runs in a worker thread.
     client._client.connect_timeout = timeout_s
     return client
+
+
+def _reconnect_delay_s(config: MqttConfig, failures: int) -> float:
+    """The wait before reconnect attempt `failures` (1 = the first): doubling from
+    `reconnect_min_s` up to `reconnect_max_s`, jittered."""
+    ceiling = min(config.reconnect_max_s, config.reconnect_min_s * 2.0 ** min(failures - 1, 30))
+    # Jitter spreads the reconnects of many instances after a broker restart.
+    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
 
 
 def _secret_values(secret: SecretStr | Sequence[SecretStr] | None) -> tuple[SecretStr, ...]:

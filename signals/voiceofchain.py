@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from pydantic import SecretStr
 
-__all__ = ["SIGNATURE_HEADER", "sign", "signature_problem"]
+__all__ = ["SIGNATURE_HEADER", "any_signature_problem", "sign", "signature_problem"]
 
 SIGNATURE_HEADER: Final = "X-Signature"
 _UNIX_SECONDS: Final = re.compile(r"[0-9]{1,12}")
@@ -58,6 +59,21 @@ def signature_problem(
     if not any(hmac.compare_digest(expected, candidate) for candidate in candidates):
         return "signature does not match the body and the secret"
     return None
+
+
+def any_signature_problem(
+    header: str | None,
+    body: bytes,
+    secrets: Sequence[SecretStr],
+    now: float,
+    max_skew_s: float,
+) -> str | None:
+    """None when any of `secrets` signed `body` (a secret being rotated has two); else why
+    the first did not."""
+    problems = [signature_problem(header, body, secret, now, max_skew_s) for secret in secrets]
+    if None in problems:
+        return None
+    return problems[0] if problems else "no signing secret is configured"
 
 
 def _parse_signature(header: str) -> tuple[int, list[str]]:

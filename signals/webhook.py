@@ -41,7 +41,7 @@ from bot import metrics
 from bot.messages import SignalError, parse_signal, utc_now
 from signals.base import SignalSink
 from signals.presets import ResolvedSource, map_payload
-from signals.voiceofchain import SIGNATURE_HEADER, signature_problem
+from signals.voiceofchain import SIGNATURE_HEADER, any_signature_problem
 
 __all__ = ["MIN_TOKEN_LENGTH", "OnReject", "SignalStatus", "WebhookReceiver"]
 
@@ -368,14 +368,11 @@ class WebhookReceiver:
         header = request.headers.get(SIGNATURE_HEADER)
         mode = self._resolved.auth
         if header is not None or mode == "signature":
-            problems = [
-                signature_problem(
-                    header, body, secret, self._clock(), self._config.max_clock_skew_s
-                )
-                for secret in self._secrets
-            ]
-            if None not in problems:
-                self._auth_failed(client, problems[0] or "no signing secret")
+            problem = any_signature_problem(
+                header, body, self._secrets, self._clock(), self._config.max_clock_skew_s
+            )
+            if problem is not None:
+                self._auth_failed(client, problem)
             return payload
         token = None
         if mode == "body_token" and isinstance(payload, dict) and request.method == "POST":
