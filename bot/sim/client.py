@@ -13,6 +13,8 @@ from typing import Any, Final
 
 from pybit.unified_trading import WebSocket
 
+from bot.venue.stream import exit_bounded
+
 __all__ = ["SimWebSocket"]
 
 _RECORD_WAIT_S: Final = 1.0
@@ -36,11 +38,4 @@ class SimWebSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hint
         super()._process_subscription_message(message)
 
     def exit(self) -> None:
-        self.exited = True
-        self._stop_custom_ping_timer()
-        if not hasattr(self, "ws"):
-            return
-        self.ws.close()
-        deadline = time.monotonic() + _CLOSE_WAIT_S
-        while self.ws.sock and time.monotonic() < deadline:
-            time.sleep(0.01)
+        exit_bounded(self, _CLOSE_WAIT_S)

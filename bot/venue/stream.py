@@ -85,6 +85,18 @@ def parse_stream_message(message: dict[str, Any], key_name: str) -> list[StreamM
     return parsed
 
 
+def exit_bounded(socket: WebSocket, timeout_s: float) -> None:
+    """Close a pybit WebSocket, waiting at most `timeout_s` (pybit's own wait has no bound)."""
+    socket.exited = True
+    socket._stop_custom_ping_timer()
+    if not hasattr(socket, "ws"):
+        return
+    socket.ws.close()
+    deadline = time.monotonic() + timeout_s
+    while socket.ws.sock and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hints
     """pybit's private WebSocket with the URL we choose, the secret held as SecretStr, and
     reconnection left to our supervisor (`on_closed` tells it)."""
@@ -138,15 +150,7 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
         self.ws.send(message)
 
     def exit(self) -> None:
-        """Close the connection, waiting a bounded time (pybit's own wait has no bound)."""
-        self.exited = True
-        self._stop_custom_ping_timer()
-        if not hasattr(self, "ws"):
-            return
-        self.ws.close()
-        deadline = time.monotonic() + _CLOSE_TIMEOUT_S
-        while self.ws.sock and time.monotonic() < deadline:
-            time.sleep(0.01)
+        exit_bounded(self, _CLOSE_TIMEOUT_S)
 
     def _on_close(self) -> None:
         super()._on_close()
