@@ -277,7 +277,7 @@ class Journal:
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", read_only: bool = False) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # write_all holds it around writes that take it too
         self._writer_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         try:
@@ -347,9 +347,25 @@ class Journal:
         """Block until every queued journal write is done (tests, tools; not on the loop)."""
         self.submit(lambda: None).result()
 
+    def write_all(self, writes: Sequence[Callable[[], object]]) -> None:
+        """Run journal writes in one transaction, one commit for all; each under its own
+        savepoint, so one that fails is rolled back alone (and logged) and the rest stay."""
+        with self._transaction() as db:
+            for write in writes:
+                db.execute("SAVEPOINT one_write")
+                try:
+                    write()
+                except Exception:
+                    db.execute("ROLLBACK TO one_write")
+                    logger.exception("journal write failed and was rolled back")
+                db.execute("RELEASE one_write")
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._db.in_transaction:  # within write_all: its savepoint covers this write
+                yield self._db
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db

@@ -345,12 +345,20 @@ class Executor:
                 if not await self._wait_to_retry(refused, attempt):
                     break
                 continue
-            await self._record(
-                OrderEvent(order_link_id=request.order_link_id, status=OrderStatus.SUBMITTING)
+            # The send attempt is journaled while the order travels, not before: the journal's
+            # queue keeps it ahead of every later write, and a crash that loses it leaves the
+            # order Pending, whose resend the venue refuses as a duplicate orderLinkId (looked
+            # up then, never placed twice).
+            submitting = OrderEvent(
+                order_link_id=request.order_link_id, status=OrderStatus.SUBMITTING
             )
+            written = self._journal.submit(self._journal.record_order_event, submitting)
             sends += 1
             try:
-                ack = await venue.place_order(request)
+                try:
+                    ack = await venue.place_order(request)
+                finally:  # a journal that cannot write stops the drive here
+                    self._count(submitting, await asyncio.wrap_future(written))
             except DuplicateOrderError as exc:
                 # It exists (a lost answer of an earlier send): look it up, with patience.
                 last, may_exist = exc, True
@@ -599,11 +607,15 @@ class Executor:
         return event if record is None else _event_of(record)
 
     async def _record(self, event: OrderEvent) -> OrderEvent:
-        if await self._journal.call(self._journal.record_order_event, event):
+        self._count(event, await self._journal.call(self._journal.record_order_event, event))
+        return event
+
+    def _count(self, event: OrderEvent, moved: bool) -> None:
+        """Metrics and the risk ledger hear of an event the journal applied."""
+        if moved:
             metrics.ORDERS.labels(event.status.value).inc()
             if event.status.is_terminal:
                 self._order_settled(event.order_link_id)
-        return event
 
     async def _reject(self, request: OrderRequest, reason: str) -> OrderEvent:
         logger.warning("order {id} rejected: {reason}", id=request.order_link_id, reason=reason)
