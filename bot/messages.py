@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from bot import clock
+
 __all__ = [
     "ORDER_LINK_ID_PATTERN",
     "SIGNAL_ID_PATTERN",
@@ -47,8 +49,11 @@ __all__ = [
     "Signal",
     "SignalAction",
     "SignalError",
+    "StopMove",
     "WalletUpdate",
+    "json_number",
     "parse_signal",
+    "parse_ts",
 ]
 
 SIGNAL_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -71,8 +76,10 @@ class _Message(BaseModel):
 
 
 def utc_now() -> datetime:
-    """Timezone-aware current time; every timestamp in a message is aware and in UTC."""
-    return datetime.now(UTC)
+    """Timezone-aware current time; every timestamp in a message is aware and in UTC.
+
+    Read from `bot.clock`: the wall clock, or the virtual clock of a replay."""
+    return clock.now()
 
 
 class Side(enum.StrEnum):
@@ -167,7 +174,7 @@ class Signal(_Message):
     @field_validator("entry", "stop_loss", "leverage", mode="before")
     @classmethod
     def _number(cls, value: object) -> object:
-        return _json_number(value)
+        return json_number(value)
 
     @field_validator("take_profit", mode="before")
     @classmethod
@@ -175,13 +182,13 @@ class Signal(_Message):
         if value is None:
             return ()
         if isinstance(value, list | tuple):
-            return tuple(_json_number(item) for item in value)
-        return (_json_number(value),)
+            return tuple(json_number(item) for item in value)
+        return (json_number(value),)
 
     @field_validator("ts", mode="before")
     @classmethod
     def _timestamp(cls, value: object) -> object:
-        return _parse_ts(value)
+        return parse_ts(value)
 
     @field_validator("ts", "received_at")
     @classmethod
@@ -197,7 +204,7 @@ class Signal(_Message):
         return self
 
 
-def _json_number(value: object) -> object:
+def json_number(value: object) -> object:
     """Accept JSON numbers and numeric strings; refuse booleans, which Python treats as ints."""
     if isinstance(value, bool):
         raise ValueError("must be a number, not a boolean")
@@ -213,7 +220,7 @@ def _json_number(value: object) -> object:
     return value
 
 
-def _parse_ts(value: object) -> object:
+def parse_ts(value: object) -> object:
     """`ts` is an ISO-8601 string or epoch milliseconds (a number or a string of digits)."""
     if isinstance(value, bool):
         raise ValueError("must be an ISO-8601 string or epoch milliseconds")
@@ -346,6 +353,17 @@ class Instrument(_Message):
 
     def round_price(self, price: Decimal) -> Decimal:
         return (price / self.tick_size).to_integral_value() * self.tick_size
+
+
+class StopMove(_Message):
+    """A strategy's wish to set the stop loss of its key's position in `symbol` (Bybit's
+    position-level stop: it covers the whole position, whichever strategy opened it)."""
+
+    strategy: str
+    signal_source: str
+    signal_id: str
+    symbol: Symbol
+    stop_loss: PositiveDecimal
 
 
 class Decline(_Message):

@@ -65,6 +65,7 @@ from bot.sim.params import (
     PlaceOrderParams,
     PositionQueryParams,
     SetLeverageParams,
+    TradingStopParams,
     WalletBalanceParams,
     params_error_message,
 )
@@ -484,6 +485,10 @@ def create_app(exchange: SimExchange) -> Starlette:
         (
             "/v5/position/set-leverage",
             gateway.private(exchange.set_leverage, SetLeverageParams),
+        ),
+        (
+            "/v5/position/trading-stop",
+            gateway.private(exchange.set_trading_stop, TradingStopParams),
         ),
     ]
     routes: list[BaseRoute] = [

@@ -69,7 +69,7 @@ def authenticate(
             RetCode.PARAMS_ERROR,
             "params error: X-BAPI-RECV-WINDOW must be a positive integer (ms)",
         )
-    server_ms = exchange.now_ms()
+    server_ms = exchange.signing_clock_ms()  # what clients sign on, even under a replay
     try:
         request_ms = int(timestamp)
     except ValueError:

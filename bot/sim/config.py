@@ -44,6 +44,7 @@ DEFAULT_RATE_LIMITS_PER_S: dict[str, int] = {
     "/v5/position/list": 50,
     "/v5/position/closed-pnl": 50,
     "/v5/position/set-leverage": 10,
+    "/v5/position/trading-stop": 10,
     "/v5/account/wallet-balance": 50,
     "/v5/account/info": 50,
     "/v5/asset/coin/query-info": 5,

@@ -28,6 +28,8 @@ class RetCode(IntEnum):
     UNMATCHED_IP = 10010
     SERVER_TIMEOUT = 10016
     API_KEY_EXPIRED = 33004
+    #: Set Trading Stop with the TP/SL already set, or with nothing to set.
+    TPSL_NOT_MODIFIED = 34040
     ORDER_NOT_EXISTS = 110001
     INSUFFICIENT_AVAILABLE_BALANCE = 110007
     REDUCE_ONLY_RULE_NOT_SATISFIED = 110017

@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from bot import clock
 from bot.sim.config import InstrumentSpec, PriceWalk, SimAccountSpec, SimFaults, SimulatorConfig
 from bot.sim.engine import Scheduler
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
@@ -42,6 +43,7 @@ from bot.sim.params import (
     PlaceOrderParams,
     PositionQueryParams,
     SetLeverageParams,
+    TradingStopParams,
     WalletBalanceParams,
 )
 from bot.sim.records import (
@@ -343,11 +345,21 @@ class SimExchange:
     # ----------------------------------------------------------------- admin and clock
 
     def now_ms(self) -> int:
-        """The exchange clock in epoch ms, including injected clock skew (steady or burst)."""
+        """The exchange clock in epoch ms, including injected clock skew (steady or burst):
+        `bot.clock`, the wall clock unless a replay runs the calendar on a virtual one."""
+        return clock.now_ms() + self._skew_ms()
+
+    def signing_clock_ms(self) -> int:
+        """The clock signed requests are checked against (recv_window, a stream's `expires`)
+        and `/v5/market/time` reports: the wall clock clients sign on, with the same skew.
+        Equal to `now_ms()` except under a replay's virtual calendar."""
+        return time.time_ns() // 1_000_000 + self._skew_ms()
+
+    def _skew_ms(self) -> int:
         skew = self._faults.clock_skew_ms
         if self._engine.now_ms() < self._burst_until_ms:
             skew += self._burst_skew_ms
-        return time.time_ns() // 1_000_000 + skew
+        return skew
 
     def add_account(self, spec: SimAccountSpec) -> None:
         """Open an account for a new API key, or (`spec.account_of`) add the key to an existing
@@ -564,7 +576,8 @@ class SimExchange:
 
     def server_time(self, params: NoParams) -> dict[str, Any]:
         """`GET /v5/market/time`."""
-        now_ns = time.time_ns() + (self.now_ms() - time.time_ns() // 1_000_000) * 1_000_000
+        # The clock clients sign on (see signing_clock_ms), to the nanosecond.
+        now_ns = time.time_ns() + self._skew_ms() * 1_000_000
         return {"timeSecond": str(now_ns // 1_000_000_000), "timeNano": str(now_ns)}
 
     def instruments_info(self, params: MarketParams) -> dict[str, Any]:
@@ -692,17 +705,12 @@ class SimExchange:
             if params.price is not None and params.price != order.price:
                 self._check_price("price", params.symbol, params.price)
                 changes["price"] = params.price
-            for name, attribute, value in (
-                ("takeProfit", "take_profit", params.take_profit),
-                ("stopLoss", "stop_loss", params.stop_loss),
-            ):
-                if value is None:
-                    continue
-                level = value or None
-                if level is not None:
-                    self._check_price(name, params.symbol, level)
-                if level != getattr(order, attribute):
-                    changes[attribute] = level
+            changes |= self._tpsl_changes(
+                order,
+                params.take_profit,
+                params.stop_loss,
+                lambda name, level: self._check_price(name, params.symbol, level),
+            )
             if not changes:
                 raise SimError(
                     RetCode.PARAMS_ERROR,
@@ -802,6 +810,35 @@ class SimExchange:
             account.leverage[params.symbol] = leverage
             self._push_position(account, params.symbol)
             self._push_wallet(account)
+            return {}
+
+    def set_trading_stop(self, api_key: str, params: TradingStopParams) -> dict[str, Any]:
+        """`POST /v5/position/trading-stop` (tpslMode Full): set or cancel ("0") the open
+        position's take profit and stop loss, which then close it as an order's would."""
+        with self._lock:
+            account = self._account(api_key)
+            self._require(api_key, "Position")
+            self._instrument(params.symbol)
+            self._check_position_idx(account, params.position_idx)
+            position = account.positions.get(params.symbol)
+            if position is None or position.size == 0:
+                raise SimError(RetCode.PARAMS_ERROR, "can not set tp/sl/ts for zero position")
+            side = "Buy" if position.size > 0 else "Sell"
+            price = self._prices[params.symbol]
+            changes = self._tpsl_changes(
+                position,
+                params.take_profit,
+                params.stop_loss,
+                lambda name, level: self._check_tpsl_level(
+                    name, params.symbol, level, side, price, "position"
+                ),
+            )
+            if not changes:
+                raise SimError(RetCode.TPSL_NOT_MODIFIED, "not modified")
+            for attribute, value in changes.items():
+                setattr(position, attribute, value)
+            position.updated_ms = self.now_ms()
+            self._push_position(account, params.symbol)
             return {}
 
     # ----------------------------------------------------------------- private queries
@@ -1049,7 +1086,8 @@ class SimExchange:
         return params.price
 
     def _check_tpsl(self, params: PlaceOrderParams, reference: Decimal) -> None:
-        """TP above and SL below a buy's base price (the reverse for a sell), on the tick."""
+        """An order's attached TP/SL: none on a reduce-only order, each on its side of the
+        order's base price."""
         take_profit, stop_loss = params.take_profit or None, params.stop_loss or None
         if take_profit is None and stop_loss is None:
             return
@@ -1058,21 +1096,53 @@ class SimExchange:
                 RetCode.PARAMS_ERROR,
                 "params error: takeProfit/stopLoss cannot be set on a reduceOnly order",
             )
-        buy = params.side == "Buy"
-        for name, level, must_be_above in (
-            ("takeProfit", take_profit, buy),
-            ("stopLoss", stop_loss, not buy),
+        for name, level in (("takeProfit", take_profit), ("stopLoss", stop_loss)):
+            if level is not None:
+                self._check_tpsl_level(name, params.symbol, level, params.side, reference, "order")
+
+    def _check_tpsl_level(
+        self,
+        name: str,
+        symbol: str,
+        level: Decimal,
+        side: str,
+        reference: Decimal,
+        holder: Literal["order", "position"],
+    ) -> None:
+        """A takeProfit above and a stopLoss below a Buy's base price (the reverse for a
+        Sell), on the tick: Bybit answers 10001 for a level that would trigger at once."""
+        self._check_price(name, symbol, level)
+        must_be_above = (name == "takeProfit") == (side == "Buy")
+        if (level > reference) != must_be_above or level == reference:
+            where = "above" if must_be_above else "below"
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                f"params error: {name} {fmt(level)} of a {side} {holder} must be {where} its "
+                f"base price {fmt(reference)}",
+            )
+
+    @staticmethod
+    def _tpsl_changes(
+        target: OrderRecord | PositionRecord,
+        take_profit: Decimal | None,
+        stop_loss: Decimal | None,
+        check: Callable[[str, Decimal], None],
+    ) -> dict[str, Decimal | None]:
+        """The take_profit / stop_loss a request changes on target: a level not sent keeps
+        its value, "0" cancels it, any other is checked first."""
+        changes: dict[str, Decimal | None] = {}
+        for name, attribute, value in (
+            ("takeProfit", "take_profit", take_profit),
+            ("stopLoss", "stop_loss", stop_loss),
         ):
-            if level is None:
+            if value is None:
                 continue
-            self._check_price(name, params.symbol, level)
-            if (level > reference) != must_be_above or level == reference:
-                where = "above" if must_be_above else "below"
-                raise SimError(
-                    RetCode.PARAMS_ERROR,
-                    f"params error: {name} {fmt(level)} of a {params.side} order must be "
-                    f"{where} its base price {fmt(reference)}",
-                )
+            level = value or None
+            if level is not None:
+                check(name, level)
+            if level != getattr(target, attribute):
+                changes[attribute] = level
+        return changes
 
     def _order_qty(
         self, account: AccountRecord, params: PlaceOrderParams, spec: InstrumentSpec

@@ -30,6 +30,7 @@ __all__ = [
     "PlaceOrderParams",
     "PositionQueryParams",
     "SetLeverageParams",
+    "TradingStopParams",
     "WalletBalanceParams",
     "params_error_message",
 ]
@@ -74,6 +75,22 @@ def _known_category(value: Any) -> Any:
     return value
 
 
+def _full_tpsl_mode(value: Any) -> Any:
+    if value == "Partial":
+        raise ValueError(
+            "'Partial' is not supported: the simulator keeps entire-position TP/SL only (Full)"
+        )
+    if value != "Full":
+        raise ValueError(f"{value!r} is not one of Full, Partial")
+    return value
+
+
+def _no_trailing_stop(value: Decimal) -> Decimal:
+    if value != 0:
+        raise ValueError('trailing stops are not simulated; only "0" (none) is accepted')
+    return value
+
+
 def _kline_interval(value: str) -> str:
     if value not in KLINE_INTERVALS:
         raise ValueError(f"{value!r} is not one of {', '.join(KLINE_INTERVALS)}")
@@ -85,6 +102,9 @@ Category = Annotated[str, BeforeValidator(_linear_only)]
 #: Market data takes every Bybit category; the simulator lists linear instruments only.
 AnyCategory = Annotated[str, BeforeValidator(_known_category)]
 OrderLinkId = Annotated[str, BeforeValidator(_order_link_id)]
+PositionIdx = Annotated[int, AfterValidator(_position_idx)]
+#: The simulator has one price per symbol, so last, mark and index price trigger alike.
+TriggerBy = Literal["LastPrice", "MarkPrice", "IndexPrice"]
 
 
 class _Params(BaseModel):
@@ -141,7 +161,7 @@ class PlaceOrderParams(_Params):
     close_on_trigger: bool = False
     take_profit: DecimalText | None = None
     stop_loss: DecimalText | None = None
-    position_idx: Annotated[int, AfterValidator(_position_idx)] = 0
+    position_idx: PositionIdx = 0
     trigger_price: None = Field(
         default=None, description="Conditional orders are not simulated; any value is refused."
     )
@@ -252,6 +272,20 @@ class SetLeverageParams(_Params):
     symbol: str
     buy_leverage: DecimalText
     sell_leverage: DecimalText
+
+
+class TradingStopParams(_Params):
+    """`POST /v5/position/trading-stop`: a level left out keeps its value, "0" cancels it."""
+
+    category: Category
+    symbol: str
+    tpsl_mode: Annotated[str, BeforeValidator(_full_tpsl_mode)]
+    position_idx: PositionIdx
+    take_profit: DecimalText | None = None
+    stop_loss: DecimalText | None = None
+    tp_trigger_by: TriggerBy | None = None
+    sl_trigger_by: TriggerBy | None = None
+    trailing_stop: Annotated[DecimalText, AfterValidator(_no_trailing_stop)] | None = None
 
 
 def params_error_message(error: ValidationError) -> str:

@@ -340,7 +340,7 @@ class StreamHub:
         ).hexdigest()
         if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
             return "Invalid sign"
-        now = self._exchange.now_ms()
+        now = self._exchange.signing_clock_ms()  # what clients sign on, even under a replay
         if expires_ms <= now:
             return "Params Error: expires is in the past"
         if spec.expired_at is not None and spec.expired_at.timestamp() * 1000 <= now:

@@ -56,9 +56,9 @@ def venue_urls(environment: Environment, sim_url: str = "") -> tuple[str, str]:
 class Venue(Protocol):
     """An exchange account reached with one API key.
 
-    Required: `place_order`, `cancel_order`, `set_leverage`, `get_order`, `exit_orders`,
-    `open_orders`, `positions`, `executions_since`, `closed_pnl_since`, `wallet`,
-    `hedge_mode_symbols`, `last_price`, `instrument`, `close`.
+    Required: `place_order`, `cancel_order`, `set_leverage`, `set_trading_stop`, `get_order`,
+    `exit_orders`, `open_orders`, `positions`, `executions_since`, `closed_pnl_since`,
+    `wallet`, `hedge_mode_symbols`, `last_price`, `instrument`, `close`.
     """
 
     name: str
@@ -73,6 +73,13 @@ class Venue(Protocol):
 
     async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
         """Trade `symbol` at `leverage` (both sides: one-way mode); already so is success."""
+        ...
+
+    async def set_trading_stop(
+        self, symbol: str, *, stop_loss: Decimal | None, take_profit: Decimal | None
+    ) -> None:
+        """Move the open position's stop loss / take profit (e.g. the stop to break-even):
+        None leaves a level as it is, zero cancels it; already so is success."""
         ...
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:

@@ -27,9 +27,10 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 from pybit.unified_trading import HTTP
-from requests.utils import get_environ_proxies
 from pydantic import SecretStr
+from requests.utils import get_environ_proxies
 
+from bot import clock
 from bot.config import Environment
 from bot.execution.pacing import Pacer, PaceTooLong, RateWindow
 from bot.logs import logger
@@ -51,6 +52,7 @@ from bot.venue.errors import (
     IP_WIDE_CODES,
     LEVERAGE_NOT_MODIFIED_CODE,
     ORDER_NOT_FOUND_CODE,
+    TPSL_NOT_MODIFIED_CODE,
     AmbiguousError,
     OrderRejectedError,
     RetryableError,
@@ -274,7 +276,7 @@ class BybitVenue:
         return True
 
     async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
-        value = format(leverage.normalize(), "f")
+        value = _plain(leverage)
         try:
             await self._call(
                 "set_leverage",
@@ -287,6 +289,33 @@ class BybitVenue:
             )
         except OrderRejectedError as exc:
             if exc.ret_code != LEVERAGE_NOT_MODIFIED_CODE:
+                raise
+
+    async def set_trading_stop(
+        self, symbol: str, *, stop_loss: Decimal | None, take_profit: Decimal | None
+    ) -> None:
+        """Set Trading Stop on the whole one-way position (tpslMode Full); like an order, it
+        is sent once, never retried here. Bybit's 34040 (already set) is success."""
+        levels = {
+            name: _plain(level)
+            for name, level in (("stopLoss", stop_loss), ("takeProfit", take_profit))
+            if level is not None
+        }
+        if not levels:
+            return  # nothing to change; Bybit would answer 34040
+        try:
+            await self._call(
+                "set_trading_stop",
+                "/v5/position/trading-stop",
+                "set_trading_stop",
+                category=CATEGORY,
+                symbol=symbol,
+                tpslMode="Full",
+                positionIdx=0,  # one-way mode; start-up refuses an account in hedge mode
+                **levels,
+            )
+        except OrderRejectedError as exc:
+            if exc.ret_code != TPSL_NOT_MODIFIED_CODE:
                 raise
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
@@ -383,7 +412,7 @@ class BybitVenue:
         rows = result.get("list") or []
         if not rows:
             raise VenueError("wallet balance is empty", operation="wallet")
-        return wallet_update(rows[0], self.name, int(time.time() * 1000))
+        return wallet_update(rows[0], self.name, clock.now_ms())  # a replay's calendar too
 
     async def hedge_mode_symbols(self, symbols: Sequence[str]) -> list[str]:
         """The symbols whose position rows say hedge mode (positionIdx 1 and 2)."""
@@ -566,6 +595,11 @@ class BybitVenue:
                 logger.warning("venue read failed, retrying", key=self.name, error=str(exc))
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
+
+
+def _plain(value: Decimal) -> str:
+    """A decimal as Bybit takes it: a plain string, never an exponent ("95000", not "9.5E+4")."""
+    return format(value.normalize(), "f")
 
 
 def _observe_limits(window: RateWindow, headers: Mapping[str, str], clock_offset_ms: int) -> None:

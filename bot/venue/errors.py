@@ -28,6 +28,7 @@ __all__ = [
     "LEVERAGE_NOT_MODIFIED_CODE",
     "ORDER_NOT_FOUND_CODE",
     "RETRYABLE_CODES",
+    "TPSL_NOT_MODIFIED_CODE",
     "AmbiguousError",
     "DuplicateOrderError",
     "KeyFatalError",
@@ -50,6 +51,7 @@ AMBIGUOUS_CODES: Final = frozenset({10000, 10016})
 DUPLICATE_ORDER_CODE: Final = 110072
 ORDER_NOT_FOUND_CODE: Final = 110001  # "order does not exist" (cancel, amend)
 LEVERAGE_NOT_MODIFIED_CODE: Final = 110043  # set-leverage to the leverage already set
+TPSL_NOT_MODIFIED_CODE: Final = 34040  # trading-stop to the TP/SL already set
 FATAL_CODES: Final = frozenset({10003, 10004, 10005, 10010, 33004})
 _DEFAULT_RETRY_AFTER_S: Final = 1.0
 #: How long Bybit bans an IP after HTTP 403 (its rate-limit page: "at least 10 minutes").

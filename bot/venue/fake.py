@@ -96,6 +96,9 @@ class FakeVenue:
         self.leverage: dict[str, Decimal] = {}  # symbol -> leverage set
         #: what the next set_leverage calls raise, in order (after applying it, if `applied`)
         self.leverage_failures: deque[tuple[VenueError, bool]] = deque()
+        #: symbol -> the levels set_trading_stop set (zero cancels one)
+        self.stop_losses: dict[str, Decimal] = {}
+        self.take_profits: dict[str, Decimal] = {}
         self._script: deque[Outcome] = deque()
         self._ids = itertools.count(1)
 
@@ -155,6 +158,18 @@ class FakeVenue:
         if applied:  # the venue did it, but its answer was lost
             self.leverage[symbol] = leverage
         raise error
+
+    async def set_trading_stop(
+        self, symbol: str, *, stop_loss: Decimal | None, take_profit: Decimal | None
+    ) -> None:
+        self.calls["set_trading_stop"] += 1
+        for levels, level in ((self.stop_losses, stop_loss), (self.take_profits, take_profit)):
+            if level is None:
+                continue
+            if level:
+                levels[symbol] = level
+            else:
+                levels.pop(symbol, None)
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
         self.calls["get_order"] += 1

@@ -421,6 +421,108 @@ def test_set_leverage_changes_margin_and_refuses_a_no_op(
     assert unchanged == 110043
 
 
+def _trading_stop(session: HTTP, **fields: Any) -> Any:
+    """Set Trading Stop on the BTCUSDT one-way position, entire position (Full)."""
+    return session.set_trading_stop(
+        **{"category": "linear", "symbol": "BTCUSDT", "tpslMode": "Full", "positionIdx": 0} | fields
+    )
+
+
+def test_trading_stop_moves_the_stop_which_then_closes_the_position(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
+    settle(server)
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 98000})
+
+    answer = _trading_stop(session, stopLoss="97000")  # to break-even
+
+    assert (answer["retCode"], answer["retMsg"], answer["result"]) == (0, "OK", {})
+    assert (_position(session)["stopLoss"], _position(session)["takeProfit"]) == ("97000", "99000")
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 96900})
+    settle(server)
+    assert _position(session)["size"] == "0"
+    stops = [o for o in admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
+    assert [(o["stopOrderType"], o["triggerPrice"], o["avgPrice"]) for o in stops] == [
+        ("StopLoss", "97000", "96900")
+    ]
+
+
+def test_trading_stop_zero_cancels_one_side_and_leaves_the_other(trader: HTTP) -> None:
+    _market(trader, "Sell", "0.01", stopLoss="99000", takeProfit="95000")
+    eventually(lambda: _position(trader)["size"], lambda size: size == "0.01", "the short")
+
+    _trading_stop(trader, takeProfit="0", slTriggerBy="MarkPrice")
+
+    assert (_position(trader)["stopLoss"], _position(trader)["takeProfit"]) == ("99000", "0")
+
+
+def test_trading_stop_without_a_position_is_10001_counted_under_its_limit(trader: HTTP) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        _trading_stop(trader, stopLoss="90000")
+
+    assert caught.value.status_code == 10001
+    assert "can not set tp/sl/ts for zero position" in caught.value.message
+    assert caught.value.resp_headers["X-Bapi-Limit"] == "10"  # Bybit's 10/s for this path
+
+
+@pytest.mark.parametrize(
+    ("side", "levels"),
+    [
+        ("Buy", {"stopLoss": "97000"}),  # at the last price: it would trigger at once
+        ("Buy", {"stopLoss": "98000"}),
+        ("Buy", {"takeProfit": "96000"}),
+        ("Sell", {"stopLoss": "96000"}),
+        ("Sell", {"takeProfit": "97500"}),
+    ],
+)
+def test_trading_stop_on_the_wrong_side_of_the_price_is_10001(
+    trader: HTTP, side: str, levels: dict[str, str]
+) -> None:
+    _market(trader, side, "0.01")
+    eventually(lambda: _position(trader)["size"], lambda size: size == "0.01", "the position")
+
+    with pytest.raises(InvalidRequestError) as caught:
+        _trading_stop(trader, **levels)
+
+    assert caught.value.status_code == 10001
+    assert f"of a {side} position must be" in caught.value.message
+    assert (_position(trader)["stopLoss"], _position(trader)["takeProfit"]) == ("0", "0")
+
+
+def test_trading_stop_that_changes_nothing_is_34040(trader: HTTP) -> None:
+    _market(trader, "Buy", "0.01", stopLoss="95000")
+    eventually(lambda: _position(trader)["size"], lambda size: size == "0.01", "the long")
+
+    same = _error_code(lambda: _trading_stop(trader, stopLoss="95000"))
+    nothing = _error_code(lambda: _trading_stop(trader))
+
+    assert (same, nothing) == (34040, 34040)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"tpslMode": "Partial", "tpSize": "0.01", "slSize": "0.01"}, "tpslMode"),
+        ({"positionIdx": None}, "positionIdx is required"),
+        ({"trailingStop": "100"}, "trailingStop"),
+        ({"slTriggerBy": "Mark"}, "slTriggerBy"),
+    ],
+)
+def test_trading_stop_parameters_the_simulator_does_not_take_are_10001(
+    trader: HTTP, fields: dict[str, Any], named: str
+) -> None:
+    _market(trader, "Buy", "0.01")
+    eventually(lambda: _position(trader)["size"], lambda size: size == "0.01", "the long")
+
+    with pytest.raises(InvalidRequestError) as caught:
+        _trading_stop(trader, stopLoss="95000", **fields)
+
+    assert caught.value.status_code == 10001
+    assert named in caught.value.message
+    assert _position(trader)["stopLoss"] == "0"
+
+
 # ------------------------------------------------------------------ authentication
 
 

@@ -296,6 +296,38 @@ def test_a_filled_resting_order_streams_order_execution_position_and_wallet(
     assert stats["stream_messages_sent"] >= 9
 
 
+def test_trading_stop_streams_the_position_with_its_new_levels(
+    server: SimServer, open_ws: Callable[..., SimWebSocket], http: HTTP
+) -> None:
+    http.place_order(
+        category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.01"
+    )
+    eventually(lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "the fill")
+    ws = open_ws("private", api_key=KEY, api_secret=SECRET)
+    positions = _Collector()
+    ws.position_stream(positions)
+    eventually(
+        lambda: [c["topics"] for c in _connections(server)],
+        lambda topics: topics == [["position"]],
+        "the position topic",
+    )
+
+    http.set_trading_stop(
+        category="linear",
+        symbol="BTCUSDT",
+        tpslMode="Full",
+        positionIdx=0,
+        stopLoss="96000",
+        takeProfit="99000",
+    )
+
+    message = eventually(lambda: positions.messages, bool, "a position update")[-1]
+    assert message["topic"] == "position"
+    position = message["data"][0]
+    assert (position["stopLoss"], position["takeProfit"]) == ("96000", "99000")
+    assert (position["side"], position["size"], position["entryPrice"]) == ("Buy", "0.01", "97000")
+
+
 def _connections(server: SimServer) -> list[dict[str, Any]]:
     answer = requests.get(server.url + "/sim/streams", timeout=5)
     connections: list[dict[str, Any]] = answer.json()["connections"]

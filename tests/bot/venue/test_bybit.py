@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 from bot.config import Environment
 from bot.execution.executor import build_request
-from bot.messages import Execution, PositionUpdate, Side
+from bot.messages import Execution, OrderEvent, OrderRequest, PositionUpdate, Side
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+from bot.sim.params import PositionQueryParams
 from bot.venue.bybit import READ_ATTEMPTS, BybitVenue
-from bot.venue.errors import AmbiguousError, KeyFatalError, RetryableError
+from bot.venue.errors import AmbiguousError, KeyFatalError, OrderRejectedError, RetryableError
+from tests.conftest import wait_for
 from tests.factories import approve, make_intent
 
 KEY, SECRET = "venue-test-key", "venue-test-secret-value"
@@ -54,16 +57,32 @@ def test_reads_market_and_account_state(venue: BybitVenue) -> None:
     assert asyncio.run(read()) == (Decimal(97000), Decimal(10000), Decimal("0.001"), Decimal(0))
 
 
+async def filled(venue: BybitVenue, request: OrderRequest) -> OrderEvent | None:
+    """Place `request` and wait (bounded) for its fill: the answer is only an acknowledgement,
+    the fill follows, as on Bybit."""
+    await venue.place_order(request)
+    for _ in range(200):
+        found = await venue.get_order(request.order_link_id, "BTCUSDT")
+        if found is not None and found.status == "Filled":
+            break
+        await asyncio.sleep(0.01)
+    return found
+
+
+def position_row(exchange: SimExchange) -> dict[str, Any]:
+    """The BTCUSDT position as the simulator's `/v5/position/list` answers it."""
+    query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    row: dict[str, Any] = exchange.positions(KEY, query)["list"][0]
+    return row
+
+
 def test_position_fills_and_orders_are_read_back_in_bybit_shapes(venue: BybitVenue) -> None:
     request = build_request(approve(make_intent(side="Sell", signal_id="short-1")), "main")
 
-    async def trade() -> tuple[list[PositionUpdate], list[Execution], object, object]:
-        await venue.place_order(request)  # an acknowledgement: the fill follows, as on Bybit
-        for _ in range(200):
-            found = await venue.get_order(request.order_link_id, "BTCUSDT")
-            if found is not None and found.status == "Filled":
-                break
-            await asyncio.sleep(0.01)
+    async def trade() -> tuple[
+        list[PositionUpdate], list[Execution], OrderEvent | None, OrderEvent | None
+    ]:
+        found = await filled(venue, request)
         return (
             await venue.positions(),
             await venue.executions_since(None),
@@ -81,6 +100,75 @@ def test_position_fills_and_orders_are_read_back_in_bybit_shapes(venue: BybitVen
     assert found is not None
     assert found.status == "Filled"
     assert missing is None
+
+
+def test_trading_stop_moves_the_stop_and_an_unchanged_stop_is_success(
+    sim: tuple[SimExchange, SimServer], venue: BybitVenue
+) -> None:
+    exchange = sim[0]
+    intent = make_intent(stop_loss=Decimal(95000), take_profit=Decimal(99000))
+    asyncio.run(filled(venue, build_request(approve(intent), "main")))
+    exchange.set_prices({"BTCUSDT": 98000})
+
+    async def move_to_break_even() -> None:
+        await venue.set_trading_stop("BTCUSDT", stop_loss=Decimal(97000), take_profit=None)
+        await venue.set_trading_stop("BTCUSDT", stop_loss=Decimal(97000), take_profit=None)
+
+    asyncio.run(move_to_break_even())  # the second is Bybit's 34040 "not modified"
+
+    assert (position_row(exchange)["stopLoss"], position_row(exchange)["takeProfit"]) == (
+        "97000",
+        "99000",
+    )
+    assert requests_to(exchange, "/v5/position/trading-stop") == 2
+    assert exchange.stats()["answers_by_ret_code"].get("34040") == 1
+    exchange.set_prices({"BTCUSDT": 96900})
+    exits = wait_for(lambda: asyncio.run(venue.exit_orders("BTCUSDT")), what="the stop")
+    assert [(e.kind, e.trigger_price) for e in exits] == [("StopLoss", Decimal(97000))]
+
+
+def test_trading_stop_zero_cancels_and_no_level_sends_nothing(
+    sim: tuple[SimExchange, SimServer], venue: BybitVenue
+) -> None:
+    intent = make_intent(stop_loss=Decimal(95000), take_profit=Decimal(99000))
+    asyncio.run(filled(venue, build_request(approve(intent), "main")))
+
+    async def cancel_take_profit() -> None:
+        await venue.set_trading_stop("BTCUSDT", stop_loss=None, take_profit=Decimal(0))
+        await venue.set_trading_stop("BTCUSDT", stop_loss=None, take_profit=None)
+
+    asyncio.run(cancel_take_profit())
+
+    assert (position_row(sim[0])["stopLoss"], position_row(sim[0])["takeProfit"]) == (
+        "95000",
+        "0",
+    )
+    assert requests_to(sim[0], "/v5/position/trading-stop") == 1
+
+
+@pytest.mark.parametrize(
+    ("open_long", "stop_loss", "message"),
+    [
+        (False, Decimal(90000), "zero position"),
+        (True, Decimal(98000), "must be below"),  # a long's stop above the price
+    ],
+)
+def test_a_refused_trading_stop_is_a_rejection_sent_once(
+    sim: tuple[SimExchange, SimServer],
+    venue: BybitVenue,
+    open_long: bool,
+    stop_loss: Decimal,
+    message: str,
+) -> None:
+    if open_long:
+        asyncio.run(filled(venue, build_request(approve(make_intent()), "main")))
+
+    with pytest.raises(OrderRejectedError) as caught:
+        asyncio.run(venue.set_trading_stop("BTCUSDT", stop_loss=stop_loss, take_profit=None))
+
+    assert caught.value.ret_code == 10001
+    assert message in caught.value.message
+    assert requests_to(sim[0], "/v5/position/trading-stop") == 1
 
 
 def test_pybit_does_not_retry_orders_itself(
