@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 from bot.journal import Journal
 from bot.logs import logger
@@ -229,6 +229,14 @@ class AccountProjection:
         book = self._books.get((key_name, strategy, symbol))
         return book.size if book is not None else ZERO
 
+    def open_books(self, key_name: str, strategy: str) -> list[StrategyBook]:
+        """The strategy's own open positions on `key_name` (flat ones left out)."""
+        return [
+            book
+            for (key, name, _), book in self._books.items()
+            if key == key_name and name == strategy and book.size != 0
+        ]
+
     def pnl_today(self, strategy: str | None = None, now: datetime | None = None) -> Decimal:
         """Realized PnL minus fees of the current UTC day: one strategy's, or every one's."""
         total = ZERO
@@ -314,10 +322,10 @@ class AccountKeeper:
         projection: AccountProjection,
         order_updated: Callable[[OrderEvent], None] = lambda event: None,
         seen_fills: Iterable[str] = (),
-        fill_booked: Callable[[str], None] = lambda order_link_id: None,
+        fill_booked: Callable[[Execution], None] = lambda fill: None,
     ) -> None:
         """`seen_fills`: the execIds already journaled (the dedupe survives a restart);
-        `fill_booked(orderLinkId)` hears of every fill applied to the books."""
+        `fill_booked(fill)` hears of every fill of an order of ours applied to the books."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
@@ -356,7 +364,7 @@ class AccountKeeper:
         self._projection.apply_execution(fill, allocation)
         self._write(self._journal.record_execution, fill, allocation)
         if fill.order_link_id:
-            self._fill_booked(fill.order_link_id)
+            self._fill_booked(fill)
 
     async def _strategy_of(self, order_link_id: str) -> str | None:
         """The strategy whose order it is (None for the venue's own orders, or another
@@ -466,7 +474,7 @@ class Account:
         )
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
-        self._fill_listeners: list[Callable[[str], None]] = []
+        self._fill_listeners: list[Callable[[Execution], None]] = []
         self.keeper = AccountKeeper(
             journal,
             self.projection,
@@ -476,13 +484,14 @@ class Account:
         )
         self.streams: dict[str, AccountStream] = {}
 
-    def on_fill_booked(self, listener: Callable[[str], None]) -> None:
-        """Call `listener` with the orderLinkId of every fill applied to the books."""
+    def on_fill_booked(self, listener: Callable[[Execution], None]) -> None:
+        """Call `listener` with every fill of an order with an orderLinkId, once it is in
+        the books."""
         self._fill_listeners.append(listener)
 
-    def _fill_booked(self, order_link_id: str) -> None:
+    def _fill_booked(self, fill: Execution) -> None:
         for listener in self._fill_listeners:
-            listener(order_link_id)
+            listener(fill)
 
     def on_order_update(self, listener: Callable[[OrderEvent], None]) -> None:
         """Call `listener` with every order change the venue reports that moved an order."""
@@ -493,12 +502,12 @@ class Account:
         stream = self.streams.get(key_name)
         return stream is not None and stream.live
 
-    async def strategy_position(self, key_name: str, strategy: str, symbol: str) -> Decimal:
-        """The strategy's own signed position; with the stream down, fills are fetched by
-        REST first, so a position is never read from a book that misses them."""
+    async def open_books(self, key_name: str, strategy: str) -> list[StrategyBook]:
+        """The strategy's own open positions; with the stream down, fills are fetched by REST
+        first, so a position is never read from a book that misses them."""
         if not self.live(key_name):
             await self.keeper.catch_up_fills(self._venues[key_name])
-        return self.projection.strategy_size(key_name, strategy, symbol)
+        return self.projection.open_books(key_name, strategy)
 
     def equity_usdt(self, key_name: str) -> Decimal | None:
         """The key's equity as last reported by the stream, or None if it is not live."""
@@ -510,6 +519,6 @@ class Account:
             listener(event)
 
 
-def _log_failure(done: Future[object]) -> None:
+def _log_failure(done: Future[Any]) -> None:
     if not done.cancelled() and (error := done.exception()) is not None:
         logger.opt(exception=error).error("journaling an account report failed")

@@ -14,7 +14,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bot.execution.config import ExecutionConfig
@@ -102,11 +109,21 @@ class StrategyConfig(_Section):
     """One strategy instance: which plug-in, which key, which sources feed it."""
 
     plugin: str = Field(
-        description="`module:Class`, or a module name in `strategies/` with one Strategy"
+        description="`module:Class` from any importable module, a module name in "
+        "`strategies/` with one Strategy, or an entry point of the group `bot.strategies`"
     )
     key: Name
     sources: tuple[str, ...] = ("voiceofchain",)
     params: dict[str, Any] = Field(default_factory=dict)
+    time_budget_ms: int = Field(
+        50,
+        gt=0,
+        le=60_000,
+        description="longest a call of the strategy's code may take; past it the call fails",
+    )
+    max_failures: int = Field(
+        3, ge=1, description="failed calls in a row (raised or overran) that halt the strategy"
+    )
     risk: StrategyRiskConfig = Field(
         default_factory=StrategyRiskConfig,
         description="this strategy's own limits; each can only tighten `[risk]`",
@@ -161,6 +178,13 @@ class BotSettings(BaseSettings):
         # and no secrets here: secrets are resolved separately and never become settings.
         return (env_settings, init_settings)
 
+    #: the configuration file these settings were read from (None: built in code)
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
     @property
     def journal_path(self) -> Path:
         return self.state_dir / "journal.sqlite3"
@@ -193,6 +217,7 @@ def load_settings(path: Path | None = None) -> BotSettings:
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
     _check_bindings(settings, path)
+    settings._source = path
     return settings
 
 

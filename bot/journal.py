@@ -40,6 +40,7 @@ from bot.messages import (
     RiskDecision,
     Side,
     Signal,
+    StopMove,
     WalletUpdate,
     utc_now,
 )
@@ -50,7 +51,7 @@ __all__ = ["Journal", "JournalError", "OrderRecord", "TraceRow"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _ACCOUNT: Final = """
 CREATE TABLE IF NOT EXISTS executions (
     exec_id         TEXT PRIMARY KEY,
@@ -123,6 +124,25 @@ CREATE TABLE IF NOT EXISTS rejections (
     at       TEXT NOT NULL
 );
 """
+#: A strategy's stop-loss moves (Bybit's position-level stop) and what came of each.
+_STOP_MOVES: Final = """
+CREATE TABLE IF NOT EXISTS stop_moves (
+    id         INTEGER PRIMARY KEY,
+    source     TEXT NOT NULL,
+    signal_id  TEXT NOT NULL,
+    strategy   TEXT NOT NULL,
+    key_name   TEXT NOT NULL,
+    symbol     TEXT NOT NULL,
+    stop_loss  TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    at         TEXT NOT NULL
+);
+"""
+#: Unfinished orders are looked up per signal (a strategy's open orders): not by a scan.
+_ORDERS_BY_STATUS: Final = """
+CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status, key_name, strategy, symbol);
+"""
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS signals (
     source       TEXT NOT NULL,
@@ -180,7 +200,7 @@ CREATE TABLE IF NOT EXISTS order_events (
     ret_code      INTEGER,
     reason        TEXT NOT NULL DEFAULT ''
 );
-{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}"""
+{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -189,6 +209,7 @@ ALTER TABLE order_events ADD COLUMN ret_code INTEGER;
 ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 {_EXIT_ORDERS}{_ACCOUNT}""",
     3: _REJECTIONS,
+    4: _STOP_MOVES + _ORDERS_BY_STATUS,
 }
 _VENUE_STATES: Final = frozenset(
     {
@@ -204,6 +225,19 @@ _NON_TERMINAL: Final = tuple(status.value for status in OrderStatus if not statu
 
 class JournalError(Exception):
     """The journal file cannot be opened or is not a journal of this version."""
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    """One journaled verdict of a strategy on a signal (`leg` None: on the whole signal);
+    `rule` is `strategy` for the strategy's own decline, None for an approval."""
+
+    source: str
+    signal_id: str
+    strategy: str
+    leg: int | None
+    approved: bool
+    rule: str | None
 
 
 @dataclass(frozen=True)
@@ -231,7 +265,7 @@ class TraceRow:
     symbol: str
     received_at: str
     strategy: str | None
-    decision: str  # pending | declined | approved | rejected | exit
+    decision: str  # pending | declined | failed | approved | rejected | exit
     reason: str
     order_link_id: str | None
     side: str | None
@@ -393,6 +427,20 @@ class Journal:
             )
             return cursor.rowcount == 1
 
+    def signal(self, source: str, signal_id: str) -> Signal | None:
+        """A journaled signal, or None if the journal does not hold it (or cannot read it)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT payload FROM signals WHERE source = ? AND signal_id = ?",
+                (source, signal_id),
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            return Signal.model_validate_json(row[0])
+        except ValueError:
+            return None
+
     def mark_processed(self, signal: Signal) -> None:
         with self._transaction() as db:
             db.execute(
@@ -475,6 +523,19 @@ class Journal:
             for decision in decisions:
                 self._insert_decision(db, decision)
             return {order.order_link_id for order in orders if self._insert_order(db, order)}
+
+    def decisions(self) -> list[DecisionRow]:
+        """Every verdict journaled (the strategies' declines and failures, the gate's
+        approvals and rejections), oldest first, with the rule that decided it."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT source, signal_id, strategy, leg, approved, rule FROM decisions"
+                " ORDER BY id"
+            ).fetchall()
+        return [
+            DecisionRow(source, signal_id, strategy, leg, bool(approved), rule)
+            for source, signal_id, strategy, leg, approved, rule in rows
+        ]
 
     @staticmethod
     def _insert_decision(db: sqlite3.Connection, decision: RiskDecision) -> None:
@@ -611,6 +672,45 @@ class Journal:
         return self._orders(
             f"WHERE o.status IN ({marks}) AND o.key_name = ?", (*_NON_TERMINAL, key_name)
         )
+
+    def open_orders_of(self, key_name: str, strategy: str, symbol: str) -> list[OrderRecord]:
+        """A strategy's unfinished orders in one symbol on one key, oldest first."""
+        marks = ", ".join("?" * len(_NON_TERMINAL))
+        return self._orders(
+            f"WHERE o.status IN ({marks}) AND o.key_name = ? AND o.strategy = ? AND o.symbol = ?",
+            (*_NON_TERMINAL, key_name, strategy, symbol),
+        )
+
+    def record_stop_move(self, move: StopMove, key_name: str, outcome: str, reason: str) -> None:
+        """Journal a strategy's stop-loss move and its outcome (`moved`, `rejected`,
+        `failed`), with why."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO stop_moves (source, signal_id, strategy, key_name, symbol,"
+                " stop_loss, outcome, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    move.signal_source,
+                    move.signal_id,
+                    move.strategy,
+                    key_name,
+                    move.symbol,
+                    str(move.stop_loss),
+                    outcome,
+                    scrub(reason),
+                    utc_now().isoformat(),
+                ),
+            )
+
+    def stop_moves(self, limit: int = 100) -> list[dict[str, str]]:
+        """The latest stop-loss moves, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT strategy, key_name, symbol, stop_loss, outcome, reason, at"
+                " FROM stop_moves ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        names = ("strategy", "key_name", "symbol", "stop_loss", "outcome", "reason", "at")
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def order_times_since(self, since: datetime) -> list[tuple[str, datetime]]:
         """(strategy, created_at) of every order journaled from `since` on, oldest first."""
@@ -946,6 +1046,7 @@ class Journal:
             SELECT s.source, s.signal_id, s.symbol, s.received_at, d.strategy,
                    CASE WHEN d.id IS NULL THEN 'pending'
                         WHEN d.rule = 'strategy' THEN 'declined'
+                        WHEN d.rule = 'STRATEGY_FAILED' THEN 'failed'
                         WHEN d.approved = 1 THEN 'approved' ELSE 'rejected' END,
                    COALESCE(NULLIF(o.reason, ''), d.reason, ''),
                    o.order_link_id, o.side, o.qty, o.status, o.avg_price, o.filled_qty

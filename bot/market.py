@@ -1,4 +1,5 @@
-"""Market snapshots for strategies: last price, equity and (on demand) their own position.
+"""Context snapshots for strategies: last price, equity, balances, their own positions and
+open orders.
 
 The position is the strategy's own, from the account projection (its fills, not the key's
 whole position). Equity comes from the account stream while it is live; otherwise, like the
@@ -15,44 +16,72 @@ from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 
 from bot.account import Account
-from bot.messages import Instrument
+from bot.journal import Journal, OrderRecord
+from bot.messages import Instrument, utc_now
 from bot.venue.base import Venue
-from strategies.base import MarketView
+from strategies.base import OpenOrder, Position, StrategyContext, StrategyParams
 
 __all__ = ["MarketData"]
 
 
 class MarketData:
-    """Builds `MarketView`s from the venues, reusing recent prices and equity."""
+    """Builds `StrategyContext`s from the venues, reusing recent prices and equity."""
 
     def __init__(
         self,
         venues: Mapping[str, Venue],
         account: Account,
+        journal: Journal,
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._venues = venues
         self._account = account
+        self._journal = journal
         self._max_age_s = max_age_s
         self._clock = clock
         self._prices: dict[str, tuple[float, Decimal]] = {}
         self._equity: dict[str, tuple[float, Decimal]] = {}
 
-    async def view(
-        self, key_name: str, strategy: str, symbol: str, *, with_position: bool
-    ) -> MarketView:
-        """A snapshot for one strategy (trading with `key_name`) and one symbol."""
-        (instrument, price), equity = await asyncio.gather(
-            self.quote(key_name, symbol), self._equity_of(key_name)
+    async def context(
+        self,
+        key_name: str,
+        strategy: str,
+        params: StrategyParams,
+        symbol: str,
+        *,
+        orders_today: int = 0,
+    ) -> StrategyContext:
+        """A snapshot for one strategy (trading with `key_name`) and one symbol;
+        `orders_today` is the risk gate's count of the strategy's orders today."""
+        (instrument, price), equity, books, open_orders = await asyncio.gather(
+            self.quote(key_name, symbol),
+            self._equity_of(key_name),
+            self._account.open_books(key_name, strategy),
+            self._journal.call(self._journal.open_orders_of, key_name, strategy, symbol),
         )
-        position = (
-            await self._account.strategy_position(key_name, strategy, symbol)
-            if with_position
-            else None
+        wallet = self._account.projection.wallet(key_name)
+        balances = (
+            {
+                "equity": wallet.equity_usdt,
+                "available": wallet.available_usdt,
+                "wallet_balance": wallet.wallet_balance_usdt,
+            }
+            if wallet is not None
+            else {"equity": equity}
         )
-        return MarketView(
-            instrument=instrument, last_price=price, equity_usdt=equity, position_qty=position
+        return StrategyContext(
+            strategy=strategy,
+            params=params,
+            symbol=symbol,
+            instrument=instrument,
+            last_price=price,
+            equity_usdt=equity,
+            now=utc_now(),
+            balances=balances,
+            positions={book.symbol: Position(book.size, book.entry_price) for book in books},
+            open_orders=tuple(_open_order(record) for record in open_orders),
+            orders_today=orders_today,
         )
 
     async def quote(self, key_name: str, symbol: str) -> tuple[Instrument, Decimal]:
@@ -62,6 +91,12 @@ class MarketData:
             venue.instrument(symbol), self._price(venue, symbol)
         )
         return instrument, price
+
+    async def fresh_price(self, key_name: str, symbol: str) -> Decimal:
+        """The venue's price right now (no cache), kept as the latest known."""
+        price = await self._venues[key_name].last_price(symbol)
+        self._prices[symbol] = (self._clock(), price)
+        return price
 
     def known_prices(self) -> dict[str, Decimal]:
         """The last price fetched for each symbol, however old (for exposure elsewhere)."""
@@ -99,3 +134,20 @@ class MarketData:
         value = await fetch()
         cache[key] = (self._clock(), value)
         return value
+
+
+def _open_order(record: OrderRecord) -> OpenOrder:
+    request = record.request
+    return OpenOrder(
+        order_link_id=request.order_link_id,
+        signal_id=request.signal_id,
+        leg=request.leg,
+        symbol=request.symbol,
+        side=request.side,
+        order_type=request.order_type,
+        qty=request.qty,
+        filled_qty=record.filled_qty,
+        price=request.price,
+        reduce_only=request.reduce_only,
+        status=record.status.value,
+    )

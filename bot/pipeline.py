@@ -16,26 +16,56 @@ executor), and deterministic orderLinkIds keep anything from being placed twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Final
 
 from bot import metrics
+from bot.config import ConfigError
 from bot.execution.executor import Executor
 from bot.execution.rounding import conform
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Decline, Instrument, OrderIntent, RiskDecision, Signal, utc_now
-from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
+from bot.messages import (
+    Decline,
+    Execution,
+    Instrument,
+    OrderEvent,
+    OrderIntent,
+    OrderStatus,
+    RiskDecision,
+    Signal,
+    SignalAction,
+    StopMove,
+    utc_now,
+)
+from bot.risk.gate import ApprovedOrder, RiskGate, Verdict, stop_move_problem
+from bot.risk.kill_switch import announce_state
+from bot.risk.states import ScopeState, TradingState
+from bot.runner import Failed, StrategyRunner
 from bot.venue.errors import KeyFatalError, VenueError
-from strategies.base import Strategy
+from strategies.base import Fill, OrderRejection, Strategy, StrategyContext, StrategyOutput
 
-__all__ = ["NO_STRATEGY", "Pipeline", "StrategySlot"]
+__all__ = ["NO_STRATEGY", "TIMER_SOURCE", "Pipeline", "StrategySlot", "StrategyStartError"]
 
 NO_STRATEGY: Final = "(none)"
+#: The rule journaled when a strategy's code raised or overran (the journal's trace says
+#: "failed" for it).
+STRATEGY_FAILED: Final = "STRATEGY_FAILED"
+#: `on_start` may load a model or warm a cache: its budget, not the per-call one.
+ON_START_BUDGET_S: Final = 30.0
+#: The source of the synthetic signals `on_timer` gets.
+TIMER_SOURCE: Final = "timer"
+ZERO: Final = Decimal(0)
+
+
+class StrategyStartError(ConfigError):
+    """A strategy's `on_start` raised or overran: the bot does not start (most often its
+    parameters, so it reads like a configuration error)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +91,14 @@ class _Job:
     remaining: list[int] = field(default_factory=lambda: [1])
 
 
+@dataclass(frozen=True)
+class _HookJob:
+    """A strategy hook's work on a lane (after what was queued there before it)."""
+
+    label: str
+    run: Callable[[], Awaitable[None]]
+
+
 Lane = tuple[str, str]  # (key name, symbol)
 
 
@@ -74,13 +112,19 @@ class Pipeline:
         gate: RiskGate,
         executor: Executor,
         market: MarketData,
+        runner: StrategyRunner,
+        booked_qty: Callable[[str], Decimal] = lambda order_link_id: ZERO,
     ) -> None:
+        """`runner` runs the strategies' code (each on its own thread, within its budget);
+        `booked_qty(orderLinkId)` says how much of an order the account's books hold."""
         self._journal = journal
         self._strategies = strategies
         self._gate = gate
         self._executor = executor
         self._market = market
-        self._lanes: dict[Lane, asyncio.Queue[_Job]] = {}
+        self._runner = runner
+        self._booked_qty = booked_qty
+        self._lanes: dict[Lane, asyncio.Queue[_Job | _HookJob]] = {}
         self._workers: dict[Lane, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._outstanding = 0
@@ -148,7 +192,13 @@ class Pipeline:
         self._idle.clear()
         metrics.SIGNAL_QUEUE.set(self._outstanding)
 
-    def _queue(self, lane: Lane) -> asyncio.Queue[_Job]:
+    def _queue_hook(self, lane: Lane, label: str, run: Callable[[], Awaitable[None]]) -> None:
+        self._queue(lane).put_nowait(_HookJob(label, run))
+        self._outstanding += 1
+        self._idle.clear()
+        metrics.SIGNAL_QUEUE.set(self._outstanding)
+
+    def _queue(self, lane: Lane) -> asyncio.Queue[_Job | _HookJob]:
         if lane not in self._lanes:
             self._lanes[lane] = asyncio.Queue()
             if self._group is not None:
@@ -172,9 +222,17 @@ class Pipeline:
             while not queue.empty():
                 job = queue.get_nowait()
                 try:
-                    await self._run_job(job)
-                except Exception:  # one bad signal must not stop the lane
-                    logger.exception("signal {id} failed; it stays unprocessed", id=job.signal.id)
+                    if isinstance(job, _HookJob):
+                        await job.run()
+                    else:
+                        await self._run_job(job)
+                except Exception:  # one bad signal or hook must not stop the lane
+                    if isinstance(job, _HookJob):
+                        logger.exception("{what} failed", what=job.label)
+                    else:
+                        logger.exception(
+                            "signal {id} failed; it stays unprocessed", id=job.signal.id
+                        )
                 finally:
                     self._outstanding -= 1
                     metrics.SIGNAL_QUEUE.set(self._outstanding)
@@ -218,7 +276,29 @@ class Pipeline:
         ]
 
     async def _run_strategy(self, signal: Signal, slot: StrategySlot) -> None:
-        strategy = slot.strategy
+        context = await self._context(signal, slot)
+        if context is None:
+            return
+        output = await self._runner.call(
+            slot.name, "on_signal", partial(slot.strategy.on_signal, signal, context)
+        )
+        if output is None:
+            output = Decline(strategy=slot.name, reason="on_signal returned None, not a list")
+        elif isinstance(output, Sequence) and not output:
+            output = Decline(strategy=slot.name, reason="no intents")
+        await self._act(signal, slot, context, output, may_hear_rejections=True)
+        if (
+            isinstance(output, list | tuple)
+            and output
+            and not any(isinstance(item, OrderIntent) for item in output)
+        ):  # stop moves only (journaled on their own): the signal still gets its answer
+            await self._decline(
+                signal, Decline(strategy=slot.name, reason="no orders: stop moves only")
+            )
+
+    async def _context(self, signal: Signal, slot: StrategySlot) -> StrategyContext | None:
+        """What the strategy may know for `signal`; None (the decline journaled) when the
+        key is disabled or the venue cannot say."""
         decline = partial(Decline, strategy=slot.name)
         disabled = self._executor.disabled_reason(slot.key_name)
         if disabled is not None:
@@ -227,13 +307,14 @@ class Pipeline:
                 decline(reason=f"key {slot.key_name} is disabled by the venue: {disabled}"),
                 rule="KEY_DISABLED",
             )
-            return
+            return None
         try:
-            market = await self._market.view(
+            return await self._market.context(
                 slot.key_name,
                 slot.name,
+                slot.strategy.params,
                 signal.symbol,
-                with_position=strategy.wants_position(signal),
+                orders_today=self._gate.counts.today(slot.name, utc_now()),
             )
         except KeyFatalError as exc:
             self._executor.disable_key(slot.key_name, exc)
@@ -242,28 +323,60 @@ class Pipeline:
                 decline(reason=f"key {slot.key_name} is disabled by the venue: {exc.message}"),
                 rule="KEY_DISABLED",
             )
-            return
         except VenueError as exc:
             await self._decline(signal, decline(reason=f"market data unavailable: {exc}"))
+        return None
+
+    async def _act(
+        self,
+        signal: Signal,
+        slot: StrategySlot,
+        context: StrategyContext,
+        output: StrategyOutput | Failed | None,
+        *,
+        may_hear_rejections: bool,
+    ) -> None:
+        """Carry out what a strategy's call returned: journal a decline or failure, move
+        stops, and send intents through the gate to the executor. With
+        `may_hear_rejections`, the strategy's `on_order_rejected` hears of each intent the
+        gate or the venue refused (never for what that hook itself returned: no loops)."""
+        if output is None:
             return
-        try:
-            output = strategy.on_signal(signal, market)
-        except Exception as exc:  # a plug-in's bug is journaled, not fatal
-            logger.exception("strategy {name} raised", name=slot.name)
+        if isinstance(output, Failed):
             await self._decline(
-                signal, decline(reason=f"strategy raised {type(exc).__name__}: {exc}")
+                signal, Decline(strategy=slot.name, reason=output.reason), rule=STRATEGY_FAILED
             )
+            if output.halt:
+                await self._halt(slot.name, output.reason)
             return
         if isinstance(output, Decline):
-            await self._decline(signal, decline(reason=output.reason))
+            await self._decline(signal, Decline(strategy=slot.name, reason=output.reason))
             return
-        problem = _foreign_or_repeated(output, slot.name, signal)
+        problem = _unusable(output, slot.name, signal)
         if problem:
             # An intent names the key it trades with through its strategy, and its order
             # through (strategy, signal, leg): a plug-in must be able to change neither.
-            await self._decline(signal, decline(reason=problem))
+            await self._decline(signal, Decline(strategy=slot.name, reason=problem))
             return
-        verdicts = [self.decide(intent, market.instrument, market.last_price) for intent in output]
+        for move in output:
+            if isinstance(move, StopMove):
+                await self._move_stop(slot, move, context)
+        intents = [intent for intent in output if isinstance(intent, OrderIntent)]
+        if intents:
+            await self._execute(signal, slot, context, intents, may_hear_rejections)
+
+    async def _execute(
+        self,
+        signal: Signal,
+        slot: StrategySlot,
+        context: StrategyContext,
+        intents: Sequence[OrderIntent],
+        may_hear_rejections: bool,
+    ) -> None:
+        """Judge the intents, send the approved ones, and tell the strategy what was refused."""
+        verdicts = [
+            self.decide(intent, context.instrument, context.last_price) for intent in intents
+        ]
         for verdict in verdicts:
             if isinstance(verdict, ApprovedOrder):
                 metrics.DECISIONS.labels("approved").inc()
@@ -273,6 +386,146 @@ class Pipeline:
         events = await self._executor.execute_all(verdicts, slot.key_name)
         if any(event.order_id is not None for event in events):
             metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
+        if may_hear_rejections and _overrides(slot.strategy, "on_order_rejected"):
+            for rejection in _rejections(verdicts, events):
+                output = await self._runner.call(
+                    slot.name,
+                    "on_order_rejected",
+                    partial(slot.strategy.on_order_rejected, rejection, signal, context),
+                )
+                await self._act(signal, slot, context, output, may_hear_rejections=False)
+
+    async def _move_stop(
+        self, slot: StrategySlot, move: StopMove, context: StrategyContext
+    ) -> None:
+        held = context.positions.get(move.symbol)
+        problem: tuple[str, str] | None
+        try:
+            # Afresh, not the context's cached price: a target reached within the cache's
+            # age would make a break-even stop look like it sits at the price.
+            price = await self._market.fresh_price(slot.key_name, move.symbol)
+        except VenueError as exc:
+            price, problem = None, ("NO_PRICE", f"the price cannot be read: {exc}")
+        if price is not None:
+            problem = stop_move_problem(move, held.qty if held else ZERO, price)
+        if problem is None:
+            outcome, reason = await self._executor.move_stop(move, slot.key_name)
+        else:
+            outcome, reason = "rejected", f"{problem[0]}: {problem[1]}"
+        logger.info(
+            "stop move of {strategy} on {symbol}: {outcome} ({reason})",
+            strategy=slot.name,
+            symbol=move.symbol,
+            outcome=outcome,
+            reason=reason,
+        )
+        await self._journal.call(
+            self._journal.record_stop_move, move, slot.key_name, outcome, reason
+        )
+
+    async def _halt(self, strategy: str, reason: str) -> None:
+        """Halt a strategy that keeps failing: opening orders refused until a person resumes
+        it (`bot resume --strategy NAME`); the other strategies go on."""
+        state = ScopeState(
+            strategy,
+            TradingState.HALTED,
+            f"its code failed {self._runner.max_failures(strategy)} times in a row; last: {reason}",
+            utc_now(),
+        )
+        self._gate.set_state(state)
+        announce_state(state)
+        await self._journal.call(self._journal.record_trading_state, state)
+
+    # hooks ----------------------------------------------------------------------------------
+
+    async def start_strategies(self) -> None:
+        """Each strategy's `on_start`, before any signal; one that fails stops the start."""
+        for slot in self._strategies.values():
+            outcome = await self._runner.call(
+                slot.name, "on_start", slot.strategy.on_start, budget_s=ON_START_BUDGET_S
+            )
+            if isinstance(outcome, Failed):
+                raise StrategyStartError(f"strategy {slot.name}: {outcome.reason}")
+
+    def fill_booked(self, fill: Execution) -> None:
+        """The account booked a fill of one of our orders: queue its strategy's `on_fill` on
+        the lane of its key and symbol (after the signals already queued there)."""
+        if not any(
+            slot.key_name == fill.key_name and _overrides(slot.strategy, "on_fill")
+            for slot in self._strategies.values()
+        ):
+            return
+        self._queue_hook(
+            (fill.key_name, fill.symbol),
+            f"on_fill of {fill.order_link_id}",
+            partial(self._on_fill, fill, self._booked_qty(fill.order_link_id)),
+        )
+
+    async def _on_fill(self, fill: Execution, booked: Decimal) -> None:
+        """`booked`: how much of the order the books held once this fill was in them."""
+        record = await self._journal.call(self._journal.order, fill.order_link_id)
+        slot = None if record is None else self._strategies.get(record.request.strategy)
+        if record is None or slot is None or not _overrides(slot.strategy, "on_fill"):
+            return
+        request = record.request
+        signal = await self._journal.call(
+            self._journal.signal, request.signal_source, request.signal_id
+        )
+        if signal is None:
+            signal = _synthetic_signal(
+                request.signal_source, request.signal_id, request.symbol, fill.ts
+            )
+        context = await self._context(signal, slot)
+        if context is None:
+            return
+        report = Fill(
+            order_link_id=fill.order_link_id,
+            leg=request.leg,
+            symbol=fill.symbol,
+            side=fill.side,
+            qty=fill.qty,
+            price=fill.price,
+            fee=fill.fee,
+            order_qty=request.qty,
+            order_filled_qty=booked,
+            reduce_only=request.reduce_only,
+            ts=fill.ts,
+        )
+        output = await self._runner.call(
+            slot.name, "on_fill", partial(slot.strategy.on_fill, report, signal, context)
+        )
+        await self._act(signal, slot, context, output, may_hear_rejections=True)
+
+    async def run_timers(self) -> None:
+        """Tick each strategy that asks for it (`timer_interval_s`), until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            for slot in self._strategies.values():
+                interval = slot.strategy.timer_interval_s
+                if interval is not None and slot.strategy.timer_symbols:
+                    group.create_task(self._tick_forever(slot, interval))
+
+    async def _tick_forever(self, slot: StrategySlot, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            now = utc_now()
+            for symbol in slot.strategy.timer_symbols:
+                # One id per symbol and tick (the orderLinkId holds the strategy already).
+                tick_id = f"{symbol}-{int(now.timestamp() * 1000)}"
+                tick = _synthetic_signal(TIMER_SOURCE, tick_id, symbol, now)
+                self._queue_hook(
+                    (slot.key_name, symbol),
+                    f"on_timer of {slot.name}",
+                    partial(self._on_tick, slot, tick),
+                )
+
+    async def _on_tick(self, slot: StrategySlot, tick: Signal) -> None:
+        context = await self._context(tick, slot)
+        if context is None:
+            return
+        output = await self._runner.call(
+            slot.name, "on_timer", partial(slot.strategy.on_timer, tick, context)
+        )
+        await self._act(tick, slot, context, output, may_hear_rejections=True)
 
     def decide(self, intent: OrderIntent, instrument: Instrument, price: Decimal) -> Verdict:
         """The intent on the instrument's grid, judged by the gate at the venue's `price`; or
@@ -292,19 +545,82 @@ class Pipeline:
     async def _decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:
         """Journal that `signal` gets no order from a strategy, by its choice or a risk rule."""
         logger.info("no order for signal {id}: {reason}", id=signal.id, reason=decline.reason)
-        metrics.DECISIONS.labels("declined" if rule == "strategy" else "rejected").inc()
+        outcome = {"strategy": "declined", STRATEGY_FAILED: "failed"}.get(rule, "rejected")
+        metrics.DECISIONS.labels(outcome).inc()
         await self._journal.call(self._journal.record_decline, signal, decline, rule)
 
 
-def _foreign_or_repeated(intents: Sequence[OrderIntent], strategy: str, signal: Signal) -> str:
-    """Why a strategy's intents cannot be executed as returned, or "" if they can."""
+def _unusable(output: object, strategy: str, signal: Signal) -> str:
+    """Why a strategy's output cannot be carried out as returned, or "" if it can."""
+    if not isinstance(output, list | tuple):
+        return (
+            f"strategy returned {type(output).__name__}; expected a list of OrderIntent or "
+            "StopMove, or a Decline"
+        )
+    strange = [
+        type(item).__name__ for item in output if not isinstance(item, OrderIntent | StopMove)
+    ]
+    if strange:
+        return f"strategy returned {', '.join(strange)}; expected OrderIntent or StopMove items"
+    items: Sequence[OrderIntent | StopMove] = output
     if any(
-        (intent.strategy, intent.signal_source, intent.signal_id)
-        != (strategy, signal.source, signal.id)
-        for intent in intents
+        (item.strategy, item.signal_source, item.signal_id) != (strategy, signal.source, signal.id)
+        for item in items
     ):
         return "strategy returned an intent for another strategy or signal"
-    legs = [intent.leg for intent in intents]
+    legs = [intent.leg for intent in items if isinstance(intent, OrderIntent)]
     if len(set(legs)) != len(legs):
         return f"strategy returned several intents for one leg (legs {legs}); number them"
     return ""
+
+
+def _overrides(strategy: Strategy, hook: str) -> bool:
+    """Whether the strategy implements `hook` itself (no work is queued for a default)."""
+    return getattr(type(strategy), hook) is not getattr(Strategy, hook)
+
+
+def _rejections(verdicts: Sequence[Verdict], events: Sequence[OrderEvent]) -> list[OrderRejection]:
+    """What the gate refused, then what the venue refused, of one call's intents."""
+    refused = [
+        OrderRejection(
+            leg=verdict.intent.leg,
+            symbol=verdict.intent.symbol,
+            rule=verdict.rule or "RISK",
+            reason=verdict.reason,
+        )
+        for verdict in verdicts
+        if isinstance(verdict, RiskDecision)
+    ]
+    sent = [verdict for verdict in verdicts if isinstance(verdict, ApprovedOrder)]
+    for approval, event in zip(sent, events, strict=False):
+        if event.status is OrderStatus.REJECTED:
+            refused.append(
+                OrderRejection(
+                    leg=approval.intent.leg,
+                    symbol=approval.intent.symbol,
+                    rule="VENUE",
+                    reason=event.reason,
+                    order_link_id=event.order_link_id,
+                )
+            )
+    return refused
+
+
+def _synthetic_signal(source: str, signal_id: str, symbol: str, ts: datetime) -> Signal:
+    """A signal the bot makes up for a hook (a timer tick, or an order whose signal the
+    journal no longer holds): no side, nothing but where and when."""
+    return Signal.model_construct(
+        source=source,
+        id=signal_id,
+        symbol=symbol,
+        side=None,
+        action=SignalAction.OPEN,
+        entry=None,
+        stop_loss=None,
+        take_profit=(),
+        leverage=None,
+        strategy=None,
+        ts=ts,
+        received_at=ts,
+        raw={},
+    )

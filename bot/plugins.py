@@ -1,64 +1,156 @@
-"""Loading strategies by name from configuration."""
+"""Loading strategies named in the configuration.
+
+`plugin` says where a strategy's class lives, in one of three forms:
+
+- `module:Class`: any importable module (a package installed in the environment, or a module
+  next to the configuration file or in the working directory), and the class in it;
+- `name`: an installed package's entry point of the group `bot.strategies` with that name
+  (pointing at a class, or at a module holding one), else a module `strategies/name.py`
+  shipped with the bot, else an importable module `name`; the module must define exactly one
+  Strategy;
+- `package.module`: an importable module with exactly one Strategy.
+
+Every problem is a `ConfigError` naming the strategy, the field and the configuration file,
+raised before anything starts.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import sys
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Final
 
 from pydantic import ValidationError
 
 from bot.config import ConfigError, StrategyConfig
 from strategies.base import INTERFACE_VERSION, Strategy
 
-__all__ = ["load_strategy"]
+__all__ = ["ENTRY_POINT_GROUP", "load_strategy"]
+
+ENTRY_POINT_GROUP: Final = "bot.strategies"
 
 
-def load_strategy(name: str, config: StrategyConfig) -> Strategy:
-    """Instantiate `config.plugin` as strategy `name`, validating its params.
-
-    `plugin` is `package.module:Class`, or a module name under `strategies/` (e.g. `follow`)
-    that defines exactly one Strategy subclass.
-    """
-    module_name, _, class_name = config.plugin.partition(":")
-    if "." not in module_name:
-        module_name = f"strategies.{module_name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"strategies.{name}.plugin: cannot import {module_name}: {exc}") from None
-    cls = _strategy_class(name, module, class_name)
+def load_strategy(name: str, config: StrategyConfig, source: Path | None = None) -> Strategy:
+    """Instantiate `config.plugin` as strategy `name`, its params validated; `source` is the
+    configuration file (named in errors, and its folder searched for plug-in modules)."""
+    where = f" in {source}" if source is not None else ""
+    if source is not None:
+        _search(source.resolve().parent)
+    _search(Path.cwd())
+    cls = _strategy_class(name, config.plugin, where)
     if cls.INTERFACE_VERSION != INTERFACE_VERSION:
         raise ConfigError(
-            f"strategies.{name}: {cls.__name__} is written for strategy interface "
-            f"{cls.INTERFACE_VERSION}, this bot provides {INTERFACE_VERSION}"
+            f"strategies.{name}.plugin{where}: {cls.__name__} is written for strategy interface "
+            f"{cls.INTERFACE_VERSION}, this bot provides {INTERFACE_VERSION}; see "
+            "docs/strategies.md"
         )
     try:
         params = cls.Params(**config.params)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+            # a rule across several params (a model validator) has no field of its own
+            ".".join(["strategies", name, "params", *map(str, e["loc"])]) + f": {e['msg']}"
+            for e in exc.errors(include_url=False)
         )
-        raise ConfigError(f"strategies.{name}.params: {problems}") from None
-    return cls(name, params)
+        raise ConfigError(f"{problems}{where}") from None
+    try:
+        return cls(name, params)
+    except Exception as exc:  # the plug-in's own constructor: still named, before any start
+        raise ConfigError(
+            f"strategies.{name}.plugin{where}: {cls.__name__}({name!r}, params) raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
 
 
-def _strategy_class(name: str, module: object, class_name: str) -> type[Strategy]:
-    if class_name:
-        cls = getattr(module, class_name, None)
-        if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
-            raise ConfigError(f"strategies.{name}.plugin: {class_name} is not a Strategy class")
-        return cls
+def _search(folder: Path) -> None:
+    """Let plug-in modules in `folder` be imported (appended: never shadowing the bot's)."""
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+
+
+def _strategy_class(name: str, plugin: str, where: str) -> type[Strategy]:
+    field = f"strategies.{name}.plugin{where}"
+    module_name, colon, class_name = plugin.partition(":")
+    if colon:
+        return _named_class(field, _import(field, [module_name]), class_name)
+    entry = _entry_point(plugin)
+    if entry is not None:
+        try:
+            loaded = entry.load()
+        except Exception as exc:  # the package's own import error
+            raise ConfigError(
+                f"{field}: entry point {plugin} ({entry.value}) cannot be loaded: {exc}"
+            ) from None
+        if inspect.isclass(loaded):
+            return _checked(field, loaded, entry.value)
+        if isinstance(loaded, ModuleType):
+            return _only_class(field, loaded)
+        raise ConfigError(f"{field}: entry point {plugin} is neither a class nor a module")
+    candidates = [module_name] if "." in module_name else [f"strategies.{module_name}", module_name]
+    return _only_class(field, _import(field, candidates))
+
+
+def _entry_point(name: str) -> EntryPoint | None:
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    return next(iter(found), None)
+
+
+def _import(field: str, candidates: list[str]) -> ModuleType:
+    """The first of `candidates` that exists; an error inside a module that exists is its
+    own (not "not found")."""
+    for module_name in candidates:
+        try:
+            return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # This candidate (or a package it is in) does not exist: try the next. A missing
+            # module that merely starts the same (`talib` for `talib_signals`) is its own error.
+            if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+                continue
+            raise ConfigError(f"{field}: importing {module_name} failed: {exc}") from None
+        except Exception as exc:  # the plug-in's own bug at import time
+            raise ConfigError(
+                f"{field}: importing {module_name} failed: {type(exc).__name__}: {exc}"
+            ) from None
+    tried = " or ".join(candidates)
+    raise ConfigError(
+        f"{field}: no module {tried}; put it next to the configuration file, install it, or "
+        "name it as module:Class"
+    )
+
+
+def _named_class(field: str, module: ModuleType, class_name: str) -> type[Strategy]:
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigError(f"{field}: module {module.__name__} has no {class_name}")
+    return _checked(field, cls, f"{module.__name__}:{class_name}")
+
+
+def _checked(field: str, cls: object, what: str) -> type[Strategy]:
+    if not (inspect.isclass(cls) and issubclass(cls, Strategy)):
+        raise ConfigError(
+            f"{field}: {what} is not a Strategy class (subclass strategies.base.Strategy)"
+        )
+    if inspect.isabstract(cls):
+        raise ConfigError(f"{field}: {what} does not implement on_signal")
+    return cls
+
+
+def _only_class(field: str, module: ModuleType) -> type[Strategy]:
     found = [
         obj
         for obj in vars(module).values()
         if inspect.isclass(obj)
         and issubclass(obj, Strategy)
         and not inspect.isabstract(obj)
-        and obj.__module__ == getattr(module, "__name__", None)
+        and obj.__module__ == module.__name__
     ]
     if len(found) != 1:
         raise ConfigError(
-            f"strategies.{name}.plugin: expected one Strategy in the module, found "
-            f"{len(found)}; name it as module:Class"
+            f"{field}: expected one Strategy in {module.__name__}, found {len(found)}; name it "
+            "as module:Class"
         )
     return found[0]

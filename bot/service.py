@@ -49,6 +49,7 @@ from bot.risk.exposure import ExposureLedger, reserve_unfinished
 from bot.risk.gate import RiskGate
 from bot.risk.kill_switch import KillSwitch, announce_state
 from bot.risk.states import ScopeState, TradingState
+from bot.runner import StrategyRunner
 from bot.secrets import (
     ApiCredentials,
     MissingSecretError,
@@ -279,6 +280,8 @@ class Service:
                 for task in background:
                     task.cancel()
                 return
+            await stages.pipeline.start_strategies()
+            background.append(tasks.create_task(stages.pipeline.run_timers()))
             background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.venues]
             background.append(tasks.create_task(stages.keys.run()))
             background += [tasks.create_task(source.run()) for source in stages.sources]
@@ -429,15 +432,19 @@ class Service:
 
     def _build(self, resources: ExitStack) -> _Stages:
         settings = self.settings
-        journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
-        resources.callback(journal.close)
-        self.sim_url = self._venue_url(resources)
+        # Strategies first: a plug-in that cannot load stops the start before anything runs.
         strategies = {
             name: StrategySlot(
-                name, load_strategy(name, config), config.key, frozenset(config.sources)
+                name,
+                load_strategy(name, config, settings.source),
+                config.key,
+                frozenset(config.sources),
             )
             for name, config in settings.strategies.items()
         }
+        journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
+        resources.callback(journal.close)
+        self.sim_url = self._venue_url(resources)
         credentials = {
             key_name: self._resolver.credentials(key_name)
             for key_name in sorted({slot.key_name for slot in strategies.values()})
@@ -475,8 +482,23 @@ class Service:
                 gate.ledger.release(event.order_link_id) if event.status.is_terminal else None
             )
         )
-        market = MarketData(venues, account, settings.venue.market_cache_s)
-        pipeline = Pipeline(journal, strategies, gate, executor, market)
+        market = MarketData(venues, account, journal, settings.venue.market_cache_s)
+        runner = StrategyRunner()
+        resources.callback(runner.close)
+        for name, config in settings.strategies.items():
+            runner.add(
+                name, budget_s=config.time_budget_ms / 1000, max_failures=config.max_failures
+            )
+        pipeline = Pipeline(
+            journal,
+            strategies,
+            gate,
+            executor,
+            market,
+            runner,
+            booked_qty=account.projection.booked_qty,
+        )
+        account.on_fill_booked(pipeline.fill_booked)
         sources = self._signal_sources(journal, pipeline.submit)
         kill_switch = KillSwitch(
             gate,

@@ -3,8 +3,9 @@
 Size = equity x `risk_fraction` / |entry - stop loss|, so hitting the stop loses about
 `risk_fraction` of equity; then capped by `max_notional_usdt` and rounded down to the lot size.
 A signal with an `entry` becomes a Limit order there, otherwise a Market order sized at the
-last price. The first `take_profit` target and the stop loss ride on the order. A `close`
-signal flattens the position with a reduce-only Market order.
+last price. The first `take_profit` target and the stop loss ride on the order, at the
+signal's leverage hint capped to `max_leverage` (the risk gate caps it again to its own
+limit). A `close` signal flattens the strategy's own position with a reduce-only Market order.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from decimal import Decimal
 from pydantic import Field
 
 from bot.messages import Side, Signal, SignalAction
-from strategies.base import MarketView, Strategy, StrategyOutput, StrategyParams
+from strategies.base import Strategy, StrategyContext, StrategyOutput, StrategyParams
 
-__all__ = ["Follow"]
+__all__ = ["Follow", "capped_leverage", "limit_price", "risk_sized_qty"]
 
 
 class Follow(Strategy):
@@ -29,52 +30,62 @@ class Follow(Strategy):
         max_notional_usdt: Decimal = Field(
             Decimal(1000), gt=0, description="cap on qty x price of one order"
         )
+        max_leverage: Decimal = Field(
+            Decimal(3), ge=1, le=100, description="cap on the signal's leverage hint"
+        )
 
     params: Params
 
-    def on_signal(self, signal: Signal, market: MarketView) -> StrategyOutput:
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
         if signal.action is SignalAction.CLOSE:
-            return self._close(signal, market)
+            return self._close(signal, context)
+        reference = signal.entry or context.last_price
+        return self.enter(signal, context, take_profit=self._first_target(signal, reference))
+
+    def enter(
+        self, signal: Signal, context: StrategyContext, *, take_profit: Decimal | None
+    ) -> StrategyOutput:
+        """The entry order (leg 0) for an `open` signal, risk-sized between its entry (or the
+        last price) and its stop loss, with the stop and `take_profit` riding on it; or why
+        none can be placed."""
         assert signal.side is not None  # Signal guarantees a side for `open`
         if signal.stop_loss is None:
-            return self.decline("signal has no stop_loss: follow sizes by the risk to the stop")
-        reference = signal.entry or market.last_price
-        risk_per_unit = (reference - signal.stop_loss) * (1 if signal.side is Side.BUY else -1)
-        if risk_per_unit <= 0:
             return self.decline(
-                f"stop_loss {signal.stop_loss} is on the wrong side of {reference} "
-                f"for a {signal.side.value.lower()}"
+                f"signal has no stop_loss: {type(self).__name__} sizes by the risk to the stop"
             )
-        qty = min(
-            market.equity_usdt * self.params.risk_fraction / risk_per_unit,
-            self.params.max_notional_usdt / reference,
-            market.instrument.max_order_qty,
+        reference = signal.entry or context.last_price
+        qty = risk_sized_qty(
+            signal.side,
+            reference,
+            signal.stop_loss,
+            context,
+            self.params.risk_fraction,
+            self.params.max_notional_usdt,
         )
-        qty = market.instrument.round_qty(qty)
-        if qty < market.instrument.min_order_qty:
-            return self.decline(
-                f"size {qty} is below the minimum order qty {market.instrument.min_order_qty} "
-                f"(equity {market.equity_usdt} USDT, risk {self.params.risk_fraction})"
-            )
-        price = None if signal.entry is None else market.instrument.round_price(signal.entry)
+        if isinstance(qty, str):
+            return self.decline(qty)
+        price = limit_price(signal, context)
+        if isinstance(price, str):
+            return self.decline(price)
         return [
             self.intent(
                 signal,
-                market,
+                context,
                 side=signal.side,
                 qty=qty,
                 price=price,
                 stop_loss=signal.stop_loss,
-                take_profit=self._first_target(signal, reference),
+                take_profit=take_profit,
+                leverage=capped_leverage(signal, self.params.max_leverage),
             )
         ]
 
-    def _close(self, signal: Signal, market: MarketView) -> StrategyOutput:
-        position = market.position_qty or Decimal(0)
+    def _close(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        position = context.position_qty
         if position == 0:
             return self.decline(f"no open {signal.symbol} position to close")
         side = Side.SELL if position > 0 else Side.BUY
-        return [self.intent(signal, market, side=side, qty=abs(position), reduce_only=True)]
+        return [self.intent(signal, context, side=side, qty=abs(position), reduce_only=True)]
 
     @staticmethod
     def _first_target(signal: Signal, reference: Decimal) -> Decimal | None:
@@ -82,3 +93,50 @@ class Follow(Strategy):
         direction = 1 if signal.side is Side.BUY else -1
         targets = [tp for tp in signal.take_profit if (tp - reference) * direction > 0]
         return min(targets, key=lambda tp: abs(tp - reference)) if targets else None
+
+
+def risk_sized_qty(
+    side: Side,
+    reference: Decimal,
+    stop_loss: Decimal,
+    context: StrategyContext,
+    risk_fraction: Decimal,
+    max_notional_usdt: Decimal,
+) -> Decimal | str:
+    """The quantity that loses `risk_fraction` of equity if the stop hits, from `reference`,
+    capped by `max_notional_usdt` and the instrument and rounded down to its lot size; or why
+    no order can be sized (for a decline)."""
+    risk_per_unit = (reference - stop_loss) * (1 if side is Side.BUY else -1)
+    if risk_per_unit <= 0:
+        return (
+            f"stop_loss {stop_loss} is on the wrong side of {reference} for a {side.value.lower()}"
+        )
+    instrument = context.instrument
+    qty = min(
+        context.equity_usdt * risk_fraction / risk_per_unit,
+        max_notional_usdt / reference,
+        instrument.max_order_qty,
+    )
+    qty = instrument.round_qty(qty)
+    if qty < instrument.min_order_qty:
+        return (
+            f"size {qty} is below the minimum order qty {instrument.min_order_qty} "
+            f"(equity {context.equity_usdt} USDT, risk {risk_fraction})"
+        )
+    return qty
+
+
+def capped_leverage(signal: Signal, cap: Decimal) -> Decimal | None:
+    """The signal's leverage hint, never above `cap` (None: the venue's leverage as it is)."""
+    return None if signal.leverage is None else min(signal.leverage, cap)
+
+
+def limit_price(signal: Signal, context: StrategyContext) -> Decimal | str | None:
+    """The signal's entry on the instrument's tick (None: no entry, a Market order), or why it
+    cannot be one (an entry below half a tick rounds to no price)."""
+    if signal.entry is None:
+        return None
+    price = context.instrument.round_price(signal.entry)
+    if price <= 0:
+        return f"entry {signal.entry} is below half a tick ({context.instrument.tick_size})"
+    return price

@@ -39,11 +39,13 @@ from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.messages import (
+    Execution,
     OrderEvent,
     OrderRequest,
     OrderStatus,
     OrderType,
     RiskDecision,
+    StopMove,
     utc_now,
 )
 from bot.risk.gate import ApprovedOrder, Verdict
@@ -191,6 +193,30 @@ class Executor:
         """`execute_all` for one approved intent; returns its order's latest state."""
         (event,) = await self.execute_all([approved], key_name)
         return event
+
+    async def move_stop(self, move: StopMove, key_name: str) -> tuple[str, str]:
+        """Set the stop loss of `key_name`'s position in `move.symbol`: (outcome, why), the
+        outcome `moved`, `rejected` (the venue's final no) or `failed` (attempts spent, or the
+        key disabled). Setting a stop is idempotent, so an ambiguous answer is simply retried."""
+        venue = self._venues[key_name]
+        last: VenueError | None = None
+        for attempt in range(self._config.max_send_attempts):
+            try:
+                await venue.set_trading_stop(
+                    move.symbol, stop_loss=move.stop_loss, take_profit=None
+                )
+            except KeyFatalError as exc:
+                self.disable_key(key_name, exc)
+                return "failed", f"key {key_name} is disabled by the venue: {exc.message}"
+            except OrderRejectedError as exc:
+                return "rejected", str(exc)
+            except VenueError as exc:
+                last = exc
+                if not await self._wait_to_retry(exc, attempt):
+                    break
+                continue
+            return "moved", f"stop loss of {move.symbol} set to {move.stop_loss}"
+        return "failed", f"attempts spent: {last}"
 
     async def cancel(self, request: OrderRequest) -> OrderEvent | None:
         """Ask the venue to cancel an order, then journal what the venue shows of it (the
@@ -515,9 +541,9 @@ class Executor:
             raise _LookupFailed
         return None
 
-    def fill_booked(self, order_link_id: str) -> None:
+    def fill_booked(self, fill: Execution) -> None:
         """A fill of the order is in the account's books: wake whoever follows it."""
-        watch = self._watches.get(order_link_id)
+        watch = self._watches.get(fill.order_link_id)
         if watch is not None:
             watch.set()
 

@@ -53,6 +53,7 @@ from bot.messages import (
     Side,
     Signal,
     SignalAction,
+    StopMove,
     utc_now,
 )
 from bot.risk.config import RiskConfig, StrategyRiskConfig
@@ -60,7 +61,7 @@ from bot.risk.counts import OrderCounts
 from bot.risk.exposure import ExposureLedger, Reservation
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState, stricter
 
-__all__ = ["ApprovedOrder", "RiskGate", "Verdict"]
+__all__ = ["ApprovedOrder", "RiskGate", "Verdict", "stop_move_problem"]
 
 Rejection = tuple[str, str] | None
 _SEAL: Final = object()
@@ -378,6 +379,30 @@ class RiskGate:
                 f"(max_total_exposure_usdt = {self._config.max_total_exposure_usdt})",
             )
         return None
+
+
+def stop_move_problem(move: StopMove, position_qty: Decimal, price: Decimal) -> Rejection:
+    """Why a strategy may not move its position's stop loss to `move.stop_loss`, or None.
+
+    A stop only ever protects: the strategy must hold a position in the symbol, and the stop
+    must sit on its losing side of the price (below it for a long, above for a short), or it
+    would close the position at once. Moving a stop needs no other rule: it never adds
+    exposure, so it passes in every trading state.
+    """
+    if position_qty == 0:
+        return (
+            "NO_POSITION",
+            f"strategy {move.strategy} holds no {move.symbol} position whose stop could move",
+        )
+    long = position_qty > 0
+    if (move.stop_loss >= price) if long else (move.stop_loss <= price):
+        where = "below" if long else "above"
+        side = "long" if long else "short"
+        return (
+            "STOP_SIDE",
+            f"a {side}'s stop loss must be {where} the price {price}, not {move.stop_loss}",
+        )
+    return None
 
 
 def _leverage(wanted: Decimal | None, cap: Decimal) -> Decimal | None:

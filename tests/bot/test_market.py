@@ -16,6 +16,7 @@ from bot.market import MarketData
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
+from strategies.base import StrategyParams
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_cached_for_max_age_then_fetched_again(
     journal = Journal(tmp_path / "journal.sqlite3")
     now = [0.0]
     account = Account(journal, {"k": venue})  # no live stream: equity comes by REST
-    market = MarketData({"k": venue}, account, max_age_s=1.0, clock=lambda: now[0])
+    market = MarketData({"k": venue}, account, journal, max_age_s=1.0, clock=lambda: now[0])
 
     def requests(path: str) -> int:
         return int(exchange.stats()["requests_by_path"].get(path, 0))
@@ -44,7 +45,7 @@ def test_cached_for_max_age_then_fetched_again(
     async def views(times: list[float]) -> None:
         for at in times:
             now[0] = at
-            await market.view("k", "follow", "BTCUSDT", with_position=False)
+            await market.context("k", "follow", StrategyParams(), "BTCUSDT")
 
     asyncio.run(views([0.0, 0.5, 1.0]))
     cached = (requests("/v5/market/tickers"), requests("/v5/account/wallet-balance"))

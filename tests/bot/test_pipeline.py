@@ -21,40 +21,41 @@ from bot.messages import OrderIntent, Signal, parse_signal
 from bot.pipeline import Pipeline, StrategySlot
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
+from bot.runner import StrategyRunner
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
-from strategies.base import MarketView, Strategy, StrategyOutput, StrategyParams
+from strategies.base import Strategy, StrategyContext, StrategyOutput, StrategyParams
 from strategies.follow import Follow
 
 
 class Exploding(Strategy):
-    def on_signal(self, signal: Signal, market: MarketView) -> StrategyOutput:
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
         raise ZeroDivisionError("plug-in bug")
 
 
 class Impostor(Strategy):
     """Tries to trade under another strategy's name, i.e. with that strategy's key."""
 
-    def on_signal(self, signal: Signal, market: MarketView) -> Sequence[OrderIntent]:
+    def on_signal(self, signal: Signal, context: StrategyContext) -> Sequence[OrderIntent]:
         assert signal.side is not None
-        intent = self.intent(signal, market, side=signal.side, qty=Decimal("0.001"))
+        intent = self.intent(signal, context, side=signal.side, qty=Decimal("0.001"))
         return [intent.model_copy(update={"strategy": "follow"})]
 
 
 class Renamed(Impostor):
     """Renames itself before building intents, so they carry the other strategy's name."""
 
-    def on_signal(self, signal: Signal, market: MarketView) -> Sequence[OrderIntent]:
+    def on_signal(self, signal: Signal, context: StrategyContext) -> Sequence[OrderIntent]:
         self.name = "follow"
         assert signal.side is not None
-        return [self.intent(signal, market, side=signal.side, qty=Decimal("0.001"))]
+        return [self.intent(signal, context, side=signal.side, qty=Decimal("0.001"))]
 
 
 class TwoOnOneLeg(Impostor):
-    def on_signal(self, signal: Signal, market: MarketView) -> Sequence[OrderIntent]:
+    def on_signal(self, signal: Signal, context: StrategyContext) -> Sequence[OrderIntent]:
         assert signal.side is not None
-        intent = self.intent(signal, market, side=signal.side, qty=Decimal("0.001"))
+        intent = self.intent(signal, context, side=signal.side, qty=Decimal("0.001"))
         return [intent, intent.model_copy(update={"qty": Decimal("0.002")})]
 
 
@@ -90,7 +91,8 @@ def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
             slots,
             RiskGate(RiskConfig()),
             executor,
-            MarketData(venues, Account(journal, venues), 1.0),
+            MarketData(venues, Account(journal, venues), journal, 1.0),
+            StrategyRunner(budget_s=5.0),
         )
         yield pipeline, journal, exchange
         for venue in venues.values():
@@ -137,7 +139,7 @@ def test_a_raising_strategy_is_journaled_and_does_not_stop_the_others(
     process(pipeline, journal, signal())
 
     found = decisions(journal)
-    assert found["exploding"] == ("declined", "strategy raised ZeroDivisionError: plug-in bug")
+    assert found["exploding"] == ("failed", "on_signal raised ZeroDivisionError: plug-in bug")
     assert found["follow"][0] == "approved"
     assert len(exchange.orders()) == 1
 

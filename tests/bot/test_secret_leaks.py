@@ -79,7 +79,7 @@ from strategies.base import Strategy
 
 
 class Boom(Strategy):
-    def on_signal(self, signal, market):
+    def on_signal(self, signal, context):
         try:
             {}[os.environ["BOT_WEBHOOK_SECRET_VOICEOFCHAIN"]]
         except KeyError as exc:
@@ -325,7 +325,7 @@ def _drive(bot: BotProcess, console: BotProcess, scenario: Scenario) -> None:
         "by-cli": "Filled",
         "gate-rejects": "rejected",
         "no-stop": "declined",
-        "raises": "declined",
+        "raises": "failed",
     }
     wait_for(
         lambda: all(bot.outcome(sid) == status for sid, status in expected.items()),
@@ -455,7 +455,7 @@ def test_the_scenario_did_what_it_says(scenario: Scenario) -> None:
     )
     assert facts["exit codes"] == (0, 0)  # SIGTERM: a clean stop
     json_logs = outputs["bot run --log-json"].decode()
-    assert "strategy boom raised" in json_logs
+    assert "strategy boom: on_signal raised" in json_logs
     assert "KeyError: '***'" in json_logs  # the repr-escaped webhook secret, scrubbed
     for effect in ("HTTP 503", "account stream error", "retCode 10016", "retCode 10002"):
         assert effect in json_logs

@@ -7,19 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from bot.messages import Decline, Instrument, OrderType, Side, Signal, parse_signal
-from strategies.base import MarketView
+from bot.messages import Decline, OrderType, Side, Signal, parse_signal
 from strategies.follow import Follow
+from tests.strategies.contexts import context
 
-BTC = Instrument(
-    symbol="BTCUSDT",
-    qty_step=Decimal("0.001"),
-    min_order_qty=Decimal("0.001"),
-    max_order_qty=Decimal(100),
-    tick_size=Decimal("0.1"),
-    min_notional_usdt=Decimal(5),
-)
-MARKET = MarketView(instrument=BTC, last_price=Decimal(97000), equity_usdt=Decimal(10000))
+MARKET = context()
 
 
 def follow(risk: str = "0.01", cap: str = "100000") -> Follow:
@@ -87,14 +79,20 @@ def test_declines_say_why(fields: dict[str, object], reason: str) -> None:
 
 def test_close_flattens_the_position_reduce_only() -> None:
     close = signal(side=None, action="close")
-    market = MarketView(BTC, Decimal(97000), Decimal(10000), position_qty=Decimal("-0.2"))
-
-    [intent] = follow().on_signal(close, market)  # type: ignore[misc]
-    flat = follow().on_signal(close, MarketView(BTC, Decimal(97000), Decimal(10000), Decimal(0)))
+    [intent] = follow().on_signal(close, context(position_qty="-0.2"))  # type: ignore[misc]
+    flat = follow().on_signal(close, context(position_qty=0))
 
     assert (intent.side, intent.qty, intent.reduce_only) == (Side.BUY, Decimal("0.2"), True)
     assert isinstance(flat, Decline)
-    assert follow().wants_position(close)
+
+
+def test_leverage_hint_is_capped() -> None:
+    strategy = Follow("follow", Follow.Params(max_leverage=Decimal(3)))
+    [high] = strategy.on_signal(signal(stop_loss=95000, leverage=20), MARKET)  # type: ignore[misc]
+    [low] = strategy.on_signal(signal(stop_loss=95000, leverage=2), MARKET)  # type: ignore[misc]
+    [none] = strategy.on_signal(signal(stop_loss=95000), MARKET)  # type: ignore[misc]
+
+    assert (high.leverage, low.leverage, none.leverage) == (Decimal(3), Decimal(2), None)
 
 
 def test_params_are_validated() -> None:

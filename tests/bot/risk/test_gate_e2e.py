@@ -12,7 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from bot.messages import Signal
-from strategies.base import MarketView, Strategy, StrategyOutput
+from strategies.base import Strategy, StrategyContext, StrategyOutput
 from tests.bot.test_admin import decision_of, sim_price
 from tests.bot.test_service import RunningBot, signal
 
@@ -20,9 +20,9 @@ from tests.bot.test_service import RunningBot, signal
 class Liar(Strategy):
     """A plug-in that claims its 0.5 BTC market order is priced at 1 USDT."""
 
-    def on_signal(self, signal: Signal, market: MarketView) -> StrategyOutput:
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
         assert signal.side is not None
-        intent = self.intent(signal, market, side=signal.side, qty=Decimal("0.5"))
+        intent = self.intent(signal, context, side=signal.side, qty=Decimal("0.5"))
         return [intent.model_copy(update={"reference_price": Decimal(1)})]
 
 

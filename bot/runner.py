@@ -1,0 +1,135 @@
+"""Running strategy code in isolation: off the event loop, within a time budget.
+
+A strategy is someone else's code. Each one gets its own worker thread, so a slow call never
+delays a webhook answer or another strategy, and a time budget: a call that overruns is
+abandoned (its result, whenever it comes, is dropped) and counts as a failure, as does one
+that raises (anything: a plug-in's `sys.exit()` fails its call, it does not stop the bot).
+The traceback goes to the log; the caller journals the failure. After
+`max_failures` failures in a row the strategy is reported failing, so the caller can halt
+it, and the count starts again; one good call resets it too.
+
+A strategy's calls take turns: the pipeline may call it from several lanes at once (one per
+key and symbol), and each call waits for the one before it. A thread cannot be killed: while
+an overrunning call is still running, the strategy's next calls fail at once ("still
+running") instead of queueing behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bot.logs import logger
+
+__all__ = ["Failed", "StrategyRunner"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A strategy call that raised or overran; `reason` is one line for the journal."""
+
+    reason: str
+    #: this failure is the `max_failures`-th in a row: the strategy should be halted now
+    halt: bool = False
+
+
+@dataclass
+class _Lane:
+    pool: ThreadPoolExecutor
+    budget_s: float
+    max_failures: int
+    failures: int = 0
+    running: Future[Any] | None = None
+    #: held while one of the strategy's calls runs within its budget: the next waits for it
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class StrategyRunner:
+    """Calls strategy code on the strategy's own thread, within its time budget."""
+
+    def __init__(self, *, budget_s: float = 0.05, max_failures: int = 3) -> None:
+        """Defaults for strategies not `add`ed with their own."""
+        self._budget_s = budget_s
+        self._max_failures = max_failures
+        self._lanes: dict[str, _Lane] = {}
+
+    def add(self, strategy: str, *, budget_s: float, max_failures: int) -> None:
+        self._lanes[strategy] = _Lane(
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"strategy-{strategy}"),
+            budget_s,
+            max_failures,
+        )
+
+    def max_failures(self, strategy: str) -> int:
+        return self._lane(strategy).max_failures
+
+    def _lane(self, strategy: str) -> _Lane:
+        if strategy not in self._lanes:
+            self.add(strategy, budget_s=self._budget_s, max_failures=self._max_failures)
+        return self._lanes[strategy]
+
+    def close(self) -> None:
+        """Stop the threads (a call still running is left to finish on its own)."""
+        for lane in self._lanes.values():
+            lane.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def call(
+        self, strategy: str, what: str, call: Callable[[], T], *, budget_s: float | None = None
+    ) -> T | Failed:
+        """`call()` on `strategy`'s thread; its result, or `Failed` saying why not.
+        `what` names the call in messages (e.g. "on_signal"); `budget_s` overrides the
+        strategy's budget for this call."""
+        lane = self._lane(strategy)
+        async with lane.turn:
+            return await self._call(strategy, lane, what, call, budget_s or lane.budget_s)
+
+    async def _call(
+        self, strategy: str, lane: _Lane, what: str, call: Callable[[], T], budget_s: float
+    ) -> T | Failed:
+        if lane.running is not None and not lane.running.done():  # it overran: abandoned
+            return self._failed(
+                strategy, lane, f"{what} not called: its previous call is still running"
+            )
+        future = lane.pool.submit(call)
+        lane.running = future
+        outcome = asyncio.wrap_future(future)
+        try:
+            # `wait` never raises what the call raised: a TimeoutError of the plug-in's own is
+            # not an overrun, and its SystemExit or KeyboardInterrupt must not reach the loop.
+            done, _ = await asyncio.wait({outcome}, timeout=budget_s)
+        except asyncio.CancelledError:
+            outcome.cancel()  # the caller is going away: drop the result, whenever it comes
+            raise
+        if not done:
+            outcome.cancel()  # the thread runs on; its result, whenever it comes, is dropped
+            budget_ms = round(budget_s * 1000)
+            return self._failed(strategy, lane, f"{what} overran its time budget of {budget_ms} ms")
+        if outcome.cancelled():  # the runner was closed before the call could start
+            return self._failed(strategy, lane, f"{what} not called: the runner is closed")
+        error = outcome.exception()
+        if error is not None:  # the plug-in's own bug (anything it raised): with its traceback
+            logger.opt(exception=error).error(
+                "strategy {name}: {what} raised", name=strategy, what=what
+            )
+            return self._failed(strategy, lane, f"{what} raised {type(error).__name__}: {error}")
+        lane.failures = 0
+        return outcome.result()
+
+    @staticmethod
+    def _failed(strategy: str, lane: _Lane, reason: str) -> Failed:
+        lane.failures += 1
+        logger.warning(
+            "strategy {name} failed ({n} in a row): {reason}",
+            name=strategy,
+            n=lane.failures,
+            reason=reason,
+        )
+        if lane.failures < lane.max_failures:
+            return Failed(reason)
+        lane.failures = 0  # counted afresh: after a resume, as many failures halt it again
+        return Failed(reason, halt=True)

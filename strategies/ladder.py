@@ -1,0 +1,138 @@
+"""Take-profit ladder: enter once, take profit in steps across the signal's targets.
+
+Leg 0 enters (Market, or Limit at the signal's `entry`) with the signal's stop loss, sized
+like `follow` (equity x `risk_fraction` lost if the stop hits, capped by `max_notional_usdt`).
+Once the entry is completely filled (`on_fill`), the filled quantity is split across the
+profitable `take_profit` targets: legs 1..n, each a reduce-only Limit order at its target with
+its own orderLinkId (split by `weights`, equal by default; a share below the minimum order qty
+joins the next leg). When the first target's leg is filled, the stop moves to break-even: the
+strategy's own entry price.
+
+The stop is Bybit's position-level stop: it covers the key's whole position in the symbol, so
+give a ladder a key of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from pydantic import Field, field_validator
+
+from bot.messages import Instrument, Side, Signal, SignalAction
+from strategies.base import (
+    Fill,
+    StrategyContext,
+    StrategyOutput,
+)
+from strategies.follow import Follow
+
+__all__ = ["TakeProfitLadder", "split"]
+
+ENTRY_LEG = 0
+FIRST_TARGET_LEG = 1
+MAX_TARGETS = 10
+
+
+class TakeProfitLadder(Follow):
+    """Enter with a stop, then scale out across the targets; break-even after the first."""
+
+    class Params(Follow.Params):
+        weights: tuple[Decimal, ...] = Field(
+            (),
+            description="share of the position per target, nearest first (default: equal); "
+            "scaled to sum to 1",
+            max_length=MAX_TARGETS,
+        )
+        break_even_after_first: bool = Field(
+            True, description="move the stop to the entry price once the first target fills"
+        )
+
+        @field_validator("weights")
+        @classmethod
+        def _positive_weights(cls, weights: tuple[Decimal, ...]) -> tuple[Decimal, ...]:
+            if any(weight <= 0 for weight in weights):
+                raise ValueError("weights must all be positive")
+            return weights
+
+    params: Params
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        if signal.action is SignalAction.CLOSE:
+            return self.decline("a ladder closes through its targets and stop, not on signals")
+        reference = signal.entry or context.last_price
+        if not _targets(signal, reference, context.instrument):
+            return self.decline(
+                f"no take_profit target on the profitable side of {reference}: nothing to ladder"
+            )
+        return self.enter(signal, context, take_profit=None)  # the targets come as legs
+
+    def on_fill(
+        self, fill: Fill, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput | None:
+        if fill.leg == ENTRY_LEG and fill.order_done:
+            return self._ladder(signal, context, fill.order_filled_qty, fill.price)
+        if fill.leg == FIRST_TARGET_LEG and fill.order_done and self.params.break_even_after_first:
+            position = context.positions.get(signal.symbol)
+            if position is None or position.qty == 0:
+                return None  # the stop (or a manual close) came first: nothing to protect
+            return [self.move_stop(signal, stop_loss=position.entry_price)]
+        return None
+
+    def _ladder(
+        self, signal: Signal, context: StrategyContext, filled: Decimal, fill_price: Decimal
+    ) -> StrategyOutput:
+        """Reduce-only Limit orders at each target for the entry's filled quantity; a target
+        is judged against the entry (its limit, or a market entry's fill price), not against
+        where the price went while the fill was reported."""
+        assert signal.side is not None
+        reference = signal.entry or fill_price
+        targets = _targets(signal, reference, context.instrument)
+        weights = self.params.weights or tuple(Decimal(1) for _ in targets)
+        shares = split(filled, weights[: len(targets)], context)
+        exit_side = Side.SELL if signal.side is Side.BUY else Side.BUY
+        return [
+            self.intent(
+                signal,
+                context,
+                side=exit_side,
+                qty=qty,
+                price=target,
+                reduce_only=True,
+                leg=FIRST_TARGET_LEG + index,
+            )
+            for index, (target, qty) in enumerate(zip(targets, shares, strict=False))
+            if qty > 0
+        ]
+
+
+def _targets(signal: Signal, reference: Decimal, instrument: Instrument) -> list[Decimal]:
+    """The profitable targets on the instrument's tick, nearest first, each once (at most
+    MAX_TARGETS); a target that rounds to no price is left out."""
+    direction = 1 if signal.side is Side.BUY else -1
+    rounded = {instrument.round_price(tp) for tp in signal.take_profit}
+    targets = sorted(
+        (tp for tp in rounded if tp > 0 and (tp - reference) * direction > 0),
+        key=lambda tp: abs(tp - reference),
+    )
+    return targets[:MAX_TARGETS]
+
+
+def split(total: Decimal, weights: Sequence[Decimal], context: StrategyContext) -> list[Decimal]:
+    """`total` split by `weights` on the lot size; a share below the minimum order qty joins
+    the next one, and the last share takes what rounding left, so the shares sum to `total`."""
+    instrument = context.instrument
+    whole = sum(weights)
+    shares: list[Decimal] = []
+    carried = Decimal(0)
+    for weight in weights[:-1]:
+        share = instrument.round_qty(total * weight / whole) + carried
+        carried = share if share < instrument.min_order_qty else Decimal(0)
+        shares.append(Decimal(0) if carried else share)
+    last = total - sum(shares)
+    if last < instrument.min_order_qty:  # too small alone: it joins the nearest share before it
+        kept = [index for index, share in enumerate(shares) if share > 0]
+        if kept:
+            shares[kept[-1]] += last
+            last = Decimal(0)
+    return [*shares, last]

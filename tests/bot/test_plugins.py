@@ -1,0 +1,358 @@
+"""Loading strategies by `module:Class`, by name, by entry point; every problem a ConfigError
+naming the strategy, the field and the configuration file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, StrategyConfig
+from bot.plugins import ENTRY_POINT_GROUP, load_strategy
+from strategies.follow import Follow
+from strategies.ladder import TakeProfitLadder
+from strategies.selective import Selective
+
+GOOD = """
+from decimal import Decimal
+
+from strategies.base import Strategy, StrategyParams
+
+
+class {name}(Strategy):
+    class Params(StrategyParams):
+        size: Decimal = Decimal("0.001")
+
+    def on_signal(self, signal, context):
+        return self.decline("test plug-in")
+"""
+
+
+class Plugins:
+    """Plug-in modules written for one test, under names no other test uses."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.folder = tmp_path / "config"
+        self.folder.mkdir()
+        self.config = self.folder / "bot.toml"  # errors name it; its folder is searched
+        self.config.write_text("# the strategies are given to load_strategy directly\n")
+        self.names: list[str] = []
+
+    def module(self, source: str, folder: Path | None = None, name: str | None = None) -> str:
+        """Write `source` as a new module (next to the configuration file); its name."""
+        name = name or f"plugin_{uuid.uuid4().hex[:10]}"
+        (folder or self.folder).joinpath(f"{name}.py").write_text(textwrap.dedent(source))
+        self.names.append(name)
+        return name
+
+    def load(self, plugin: str, name: str = "mine", **params: object) -> object:
+        config = StrategyConfig(plugin=plugin, key="k", params=params)
+        return load_strategy(name, config, self.config)
+
+    def refused(self, plugin: str, **params: object) -> str:
+        """The message of the ConfigError loading `plugin` as strategy `mine` raises."""
+        with pytest.raises(ConfigError) as refused:
+            self.load(plugin, "mine", **params)
+        message = str(refused.value)
+        assert str(self.config) in message, message
+        return message
+
+
+@pytest.fixture
+def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Plugins]:
+    # The loader adds the configuration's folder to sys.path: undone after each test.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    made = Plugins(tmp_path)
+    yield made
+    for name in made.names:
+        sys.modules.pop(name, None)
+
+
+# where a plug-in comes from -----------------------------------------------------------------
+
+
+def test_module_colon_class_from_a_module_next_to_the_configuration_file(
+    plugins: Plugins,
+) -> None:
+    module = plugins.module(GOOD.format(name="Mine") + GOOD.format(name="Other"))
+
+    strategy = plugins.load(f"{module}:Mine", size="0.5")
+
+    assert type(strategy).__name__ == "Mine"
+    assert type(strategy).__module__ == module
+    assert strategy.name == "mine"  # type: ignore[attr-defined]
+    assert strategy.params.size == Decimal("0.5")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("plugin", "cls"),
+    [("follow", Follow), ("ladder", TakeProfitLadder), ("selective", Selective)],
+)
+def test_a_name_under_strategies_loads_the_example(
+    plugins: Plugins, plugin: str, cls: type
+) -> None:
+    strategy = plugins.load(plugin, name="mine", risk_fraction="0.02")
+
+    assert type(strategy) is cls
+    assert strategy.params.risk_fraction == Decimal("0.02")  # type: ignore[attr-defined]
+
+
+def test_a_bare_module_name_next_to_the_configuration_loads_its_one_strategy(
+    plugins: Plugins,
+) -> None:
+    module = plugins.module(GOOD.format(name="Only"))
+
+    assert type(plugins.load(module)).__name__ == "Only"
+
+
+def test_an_imported_base_does_not_count_as_a_second_strategy(plugins: Plugins) -> None:
+    module = plugins.module(
+        """
+        from strategies.follow import Follow
+
+        class Cautious(Follow):
+            pass
+        """
+    )
+
+    assert type(plugins.load(module)).__name__ == "Cautious"
+
+
+def installed(site: Path, dist: str, entry_points: str) -> None:
+    """The metadata pip would install for distribution `dist` in `site`: a real dist-info."""
+    info = site / f"{dist}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{entry_points}\n")
+
+
+@pytest.fixture
+def site(tmp_path: Path, plugins: Plugins) -> Path:
+    """A folder on sys.path holding installed distributions (sys.path is restored after)."""
+    folder = tmp_path / "site-packages"
+    folder.mkdir()
+    sys.path.insert(0, str(folder))
+    return folder
+
+
+def test_an_entry_point_naming_a_class(plugins: Plugins, site: Path) -> None:
+    module = plugins.module(GOOD.format(name="Packaged"), folder=site)
+    point = f"packaged_{uuid.uuid4().hex[:8]}"
+    installed(site, f"dist_{point}", f"{point} = {module}:Packaged")
+
+    strategy = plugins.load(point, size="0.25")
+
+    assert type(strategy).__name__ == "Packaged"
+    assert strategy.params.size == Decimal("0.25")  # type: ignore[attr-defined]
+
+
+def test_an_entry_point_naming_a_module_with_one_strategy(plugins: Plugins, site: Path) -> None:
+    module = plugins.module(GOOD.format(name="InModule"), folder=site)
+    point = f"packaged_{uuid.uuid4().hex[:8]}"
+    installed(site, f"dist_{point}", f"{point} = {module}")
+
+    assert type(plugins.load(point)).__name__ == "InModule"
+
+
+def test_an_entry_point_that_cannot_be_loaded_says_so(plugins: Plugins, site: Path) -> None:
+    module = plugins.module("raise RuntimeError('missing licence file')\n", folder=site)
+    point = f"packaged_{uuid.uuid4().hex[:8]}"
+    installed(site, f"dist_{point}", f"{point} = {module}:Anything")
+
+    message = plugins.refused(point)
+
+    assert message.startswith(f"strategies.mine.plugin in {plugins.config}: entry point {point}")
+    assert "cannot be loaded: missing licence file" in message
+
+
+# parameters ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("plugin", "params", "expected"),
+    [
+        (
+            "follow",
+            {"risk_fraction": "0.5"},
+            "strategies.mine.params.risk_fraction: Input should be less than or equal to 0.1",
+        ),
+        (
+            "follow",
+            {"risk_fracton": "0.01"},
+            "strategies.mine.params.risk_fracton: Extra inputs are not permitted",
+        ),
+        ("ladder", {"weights": [1, 0]}, "strategies.mine.params.weights: "),
+        ("ladder", {"weights": [1, "lots"]}, "strategies.mine.params.weights.1: "),
+        ("selective", {"sides": ["up"]}, "strategies.mine.params.sides.0: "),
+    ],
+)
+def test_wrong_params_name_the_strategy_the_field_and_the_file(
+    plugins: Plugins, plugin: str, params: dict[str, object], expected: str
+) -> None:
+    message = plugins.refused(plugin, **params)
+
+    assert message.startswith(expected), message
+    assert message.endswith(f" in {plugins.config}")
+
+
+def test_a_rule_across_params_names_the_params(plugins: Plugins) -> None:
+    module = plugins.module(
+        """
+        from pydantic import model_validator
+
+        from strategies.base import Strategy, StrategyParams
+
+
+        class Banded(Strategy):
+            class Params(StrategyParams):
+                low: int = 1
+                high: int = 2
+
+                @model_validator(mode="after")
+                def _ordered(self):
+                    if self.low >= self.high:
+                        raise ValueError("low must be below high")
+                    return self
+
+            def on_signal(self, signal, context):
+                return []
+        """
+    )
+
+    message = plugins.refused(f"{module}:Banded", low=3)
+
+    assert message.startswith("strategies.mine.params: Value error, low must be below high")
+
+
+# what cannot be loaded ----------------------------------------------------------------------
+
+
+def test_an_unknown_module(plugins: Plugins) -> None:
+    assert "no module strategies.no_such_x or no_such_x" in plugins.refused("no_such_x")
+    assert "no module no_such_x;" in plugins.refused("no_such_x:Thing")
+
+
+def test_an_unknown_class(plugins: Plugins) -> None:
+    module = plugins.module(GOOD.format(name="Mine"))
+
+    assert f"module {module} has no Nope" in plugins.refused(f"{module}:Nope")
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["by-name", "module:Class"])
+def test_a_module_whose_own_import_fails_reports_its_error_not_not_found(
+    plugins: Plugins, named: bool
+) -> None:
+    module = plugins.module("import talib_not_installed_x\n" + GOOD.format(name="Mine"))
+
+    message = plugins.refused(f"{module}:Mine" if named else module)
+
+    assert f"importing {module} failed" in message
+    assert "No module named 'talib_not_installed_x'" in message
+    assert "no module" not in message
+
+
+def test_a_missing_dependency_whose_name_starts_the_modules_name_is_its_own_error(
+    plugins: Plugins,
+) -> None:
+    # `talib_signals` importing a missing `talib` must not read as "no module talib_signals".
+    dependency = f"dep_{uuid.uuid4().hex[:10]}"
+    module = plugins.module(f"import {dependency}\n", name=f"{dependency}_signals")
+
+    message = plugins.refused(module)
+
+    assert f"importing {module} failed" in message
+    assert f"No module named '{dependency}'" in message
+
+
+def test_a_module_raising_at_import(plugins: Plugins) -> None:
+    module = plugins.module("raise RuntimeError('needs an API key')\n")
+
+    message = plugins.refused(module)
+
+    assert f"importing strategies.{module} failed" not in message
+    assert f"importing {module} failed: RuntimeError: needs an API key" in message
+
+
+def test_two_strategies_in_a_module_need_the_class_named(plugins: Plugins) -> None:
+    module = plugins.module(GOOD.format(name="One") + GOOD.format(name="Two"))
+
+    message = plugins.refused(module)
+
+    assert f"expected one Strategy in {module}, found 2; name it as module:Class" in message
+    assert type(plugins.load(f"{module}:Two")).__name__ == "Two"
+
+
+def test_an_abstract_strategy(plugins: Plugins) -> None:
+    module = plugins.module(
+        """
+        from strategies.base import Strategy
+
+        class Unfinished(Strategy):
+            pass
+        """
+    )
+
+    assert f"{module}:Unfinished does not implement on_signal" in plugins.refused(
+        f"{module}:Unfinished"
+    )
+    assert f"expected one Strategy in {module}, found 0" in plugins.refused(module)
+
+
+def test_something_that_is_not_a_strategy(plugins: Plugins) -> None:
+    module = plugins.module("class Helper:\n    pass\n")
+
+    assert "is not a Strategy class (subclass strategies.base.Strategy)" in plugins.refused(
+        f"{module}:Helper"
+    )
+
+
+def test_a_strategy_written_for_another_interface_version(plugins: Plugins) -> None:
+    module = plugins.module(GOOD.format(name="Old") + "\nOld.INTERFACE_VERSION = 1\n")
+
+    message = plugins.refused(f"{module}:Old")
+
+    assert message.startswith(f"strategies.mine.plugin in {plugins.config}: Old is written for")
+    assert "strategy interface 1, this bot provides 2" in message
+
+
+def test_a_strategy_whose_constructor_raises(plugins: Plugins) -> None:
+    fussy = (
+        "    def __init__(self, name, params):\n        raise RuntimeError('model file missing')\n"
+    )
+    module = plugins.module(GOOD.format(name="Fussy") + fussy)
+
+    message = plugins.refused(f"{module}:Fussy")
+
+    assert message.startswith(f"strategies.mine.plugin in {plugins.config}: Fussy")
+    assert "RuntimeError: model file missing" in message
+
+
+# through the real command line --------------------------------------------------------------
+
+
+def test_bot_run_with_a_bad_param_exits_with_one_line_naming_strategy_field_and_file(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config(extra="max_leverage = 500\n")  # in [strategies.follow.params]
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "run", "--config", str(config)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "strategies.follow.params.max_leverage" in lines[0]
+    assert str(config) in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout

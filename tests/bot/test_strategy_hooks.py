@@ -1,0 +1,526 @@
+"""The plug-in API's hooks and guard rails through the pipeline, against the simulator.
+
+Signal-driven cases run the pipeline's real stages in-process (as tests/bot/test_pipeline.py
+does), so the risk gate can be asked directly; fills and timers need the account stream, so
+those run the real bot (tests/bot/test_service.py's RunningBot) with these plug-ins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import SecretStr
+
+from bot.account import Account
+from bot.config import Environment
+from bot.execution.executor import Executor
+from bot.execution.ids import order_link_id
+from bot.journal import Journal
+from bot.market import MarketData
+from bot.messages import Side, Signal
+from bot.pipeline import TIMER_SOURCE, Pipeline, StrategySlot, StrategyStartError
+from bot.risk.config import RiskConfig
+from bot.risk.gate import RiskGate
+from bot.risk.states import TradingState
+from bot.runner import StrategyRunner
+from bot.secrets import ApiCredentials
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue.bybit import BybitVenue
+from strategies.base import (
+    Fill,
+    OrderRejection,
+    Strategy,
+    StrategyContext,
+    StrategyOutput,
+    StrategyParams,
+)
+from strategies.follow import Follow
+from tests.bot.test_pipeline import signal
+from tests.bot.test_service import RunningBot
+from tests.bot.test_service import signal as posted
+from tests.conftest import wait_for
+
+#: What the plug-ins below heard, by strategy name (they run on their own threads).
+HEARD: dict[str, list[Any]] = defaultdict(list)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ears() -> Iterator[None]:
+    HEARD.clear()
+    yield
+    HEARD.clear()
+
+
+def small_buy(strategy: Strategy, item: Signal, context: StrategyContext, **fields: Any) -> Any:
+    """A 0.001 BTC market buy for `item` (about 97 USDT)."""
+    return strategy.intent(item, context, side=Side.BUY, qty=Decimal("0.001"), **fields)
+
+
+class Silent(Strategy):
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return []
+
+
+class ReturnsNone(Strategy):
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return None  # type: ignore[return-value]  # a plug-in's mistake
+
+
+class Exploding(Strategy):
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        raise ZeroDivisionError("plug-in bug")
+
+
+class Slow(Strategy):
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        time.sleep(0.3)
+        return self.decline("too late to matter")
+
+
+class Deliberate(Strategy):
+    """Thinks for 50 ms (well within its budget), then buys a little."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        time.sleep(0.05)
+        return [self.intent(signal, context, side=Side.BUY, qty=context.instrument.min_order_qty)]
+
+
+class GreedyThenModest(Strategy):
+    """Asks for too much, then, told why, for too much again and for a little."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [self.intent(signal, context, side=Side.BUY, qty=Decimal(1))]  # ~97000 USDT
+
+    def on_order_rejected(
+        self, rejection: OrderRejection, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput:
+        HEARD[self.name].append(rejection)
+        return [
+            self.intent(signal, context, side=Side.BUY, qty=Decimal(1), leg=1),
+            small_buy(self, signal, context, leg=2),
+        ]
+
+
+class ClosesNothing(Strategy):
+    """A reduce-only sell with no position: the gate passes it, the exchange refuses it."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [
+            self.intent(signal, context, side=Side.SELL, qty=Decimal("0.001"), reduce_only=True)
+        ]
+
+    def on_order_rejected(
+        self, rejection: OrderRejection, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput | None:
+        HEARD[self.name].append(rejection)
+        return None
+
+
+class EarlyStop(Strategy):
+    """Moves a stop before it has anything to protect."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [self.move_stop(signal, stop_loss=Decimal(90000))]
+
+
+class BadStart(Strategy):
+    def on_start(self) -> None:
+        raise RuntimeError("model file missing")
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return []
+
+
+class SlowStart(BadStart):
+    """Loads a model for 200 ms, as on_start's documentation suggests it may."""
+
+    def on_start(self) -> None:
+        time.sleep(0.2)
+
+
+# the pipeline's stages, in-process ----------------------------------------------------------
+
+#: Room for several orders per test: only the order notional cap (1000 USDT) bites.
+ROOMY = RiskConfig(
+    max_position_notional_usdt=Decimal(100000),
+    max_strategy_exposure_usdt=Decimal(100000),
+    max_total_exposure_usdt=Decimal(100000),
+    max_orders_per_minute=1000,
+)
+
+
+@dataclass
+class Stages:
+    pipeline: Pipeline
+    journal: Journal
+    gate: RiskGate
+    exchange: SimExchange
+
+    def process(self, *signals: Signal, together: bool = False) -> None:
+        """Submit each signal as an adapter does and wait until it has run, one at a time
+        (`together`: all of them at once, then wait)."""
+
+        async def submit_and_drain() -> None:
+            lanes = asyncio.create_task(self.pipeline.run())
+            try:
+                for item in signals:
+                    assert await self.pipeline.submit(item)
+                    if not together:
+                        await self.pipeline.drain()
+                await self.pipeline.drain()
+            finally:
+                lanes.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lanes
+
+        asyncio.run(submit_and_drain())
+
+    def rows(self, strategy: str) -> list[tuple[str, str]]:
+        """(decision, reason) of each of `strategy`'s decisions, oldest first."""
+        return [
+            (row.decision, row.reason)
+            for row in sorted(self.journal.trace(1000), key=lambda row: row.received_at)
+            if row.strategy == strategy
+        ]
+
+    def orders_of(self, strategy: str) -> list[dict[str, Any]]:
+        prefix = f"{strategy[:8]}-"
+        return [o for o in self.exchange.orders() if str(o["orderLinkId"]).startswith(prefix)]
+
+
+Build = Callable[..., Stages]
+
+
+@pytest.fixture
+def build(tmp_path: Path) -> Iterator[Build]:
+    """Pipeline stages for the plug-ins given as {name: (strategy, key, source)}, against an
+    in-process simulator with accounts k1 and k2; `budgets_s` and `max_failures` per name."""
+    with ExitStack() as resources:
+
+        def make(
+            plugins: Mapping[str, tuple[Strategy, str, str]],
+            budgets_s: Mapping[str, float] | None = None,
+            max_failures: int = 3,
+        ) -> Stages:
+            exchange = SimExchange(SimulatorConfig())
+            for key in ("k1", "k2"):
+                exchange.add_account(
+                    SimAccountSpec(api_key=key, api_secret=SecretStr("secret-" + key))
+                )
+            server = resources.enter_context(SimServer(exchange))
+            venues = {
+                key: BybitVenue(
+                    ApiCredentials(key, SecretStr(key), SecretStr("secret-" + key)),
+                    Environment.SIM,
+                    sim_url=server.url,
+                )
+                for key in ("k1", "k2")
+            }
+            for venue in venues.values():
+                resources.callback(venue.close)
+            journal = Journal(tmp_path / "journal.sqlite3")
+            resources.callback(journal.close)
+            runner = StrategyRunner(budget_s=5.0, max_failures=max_failures)
+            resources.callback(runner.close)
+            for name, budget_s in (budgets_s or {}).items():
+                runner.add(name, budget_s=budget_s, max_failures=max_failures)
+            gate = RiskGate(ROOMY)
+            slots = {
+                name: StrategySlot(name, plugin, key, frozenset({source}))
+                for name, (plugin, key, source) in plugins.items()
+            }
+            pipeline = Pipeline(
+                journal,
+                slots,
+                gate,
+                Executor(journal, venues),
+                MarketData(venues, Account(journal, venues), journal, 1.0),
+                runner,
+            )
+            return Stages(pipeline, journal, gate, exchange)
+
+        yield make
+
+
+def follow() -> Follow:
+    return Follow("follow", Follow.Params())
+
+
+@pytest.mark.parametrize(
+    ("plugin", "reason"),
+    [
+        (Silent("quiet", StrategyParams()), "no intents"),
+        (ReturnsNone("quiet", StrategyParams()), "on_signal returned None, not a list"),
+    ],
+    ids=["empty-list", "none"],
+)
+def test_a_strategy_wanting_nothing_is_journaled_as_a_decline_with_the_reason(
+    build: Build, plugin: Strategy, reason: str
+) -> None:
+    stages = build({"quiet": (plugin, "k2", "voc")})
+
+    stages.process(signal())
+
+    assert stages.rows("quiet") == [("declined", reason)]
+    assert stages.exchange.orders() == []
+
+
+def test_a_raising_or_overrunning_strategy_is_journaled_failed_and_the_others_trade(
+    build: Build,
+) -> None:
+    stages = build(
+        {
+            "exploding": (Exploding("exploding", StrategyParams()), "k2", "voc"),
+            "slow": (Slow("slow", StrategyParams()), "k2", "voc"),
+            "follow": (follow(), "k1", "voc"),
+        },
+        budgets_s={"slow": 0.05},
+    )
+
+    stages.process(signal())
+
+    assert stages.rows("exploding") == [
+        ("failed", "on_signal raised ZeroDivisionError: plug-in bug")
+    ]
+    assert stages.rows("slow") == [("failed", "on_signal overran its time budget of 50 ms")]
+    assert [decision for decision, _ in stages.rows("follow")] == ["approved"]
+    assert len(stages.orders_of("follow")) == 1
+
+
+def test_max_failures_in_a_row_halt_the_strategy_and_the_others_keep_trading(
+    build: Build,
+) -> None:
+    stages = build(
+        {
+            "exploding": (Exploding("exploding", StrategyParams()), "k2", "voc"),
+            "follow": (follow(), "k1", "voc"),
+        },
+        max_failures=3,
+    )
+
+    stages.process(*(signal(id=f"h-{n}") for n in range(4)))
+
+    halted = stages.gate.state_of("exploding")
+    assert halted.state is TradingState.HALTED
+    assert halted.reason == (
+        "its code failed 3 times in a row; last: on_signal raised ZeroDivisionError: plug-in bug"
+    )
+    assert [(s.scope, s.state) for s in stages.journal.trading_states()] == [
+        ("exploding", TradingState.HALTED)
+    ]
+    assert stages.gate.state_of("follow").state is TradingState.ACTIVE
+    assert [decision for decision, _ in stages.rows("exploding")] == ["failed"] * 4
+    assert len(stages.orders_of("follow")) == 4  # before, at and after the halt
+
+
+def test_signals_of_two_symbols_at_once_both_reach_a_strategy(build: Build) -> None:
+    # One lane per (key, symbol): both signals call the strategy at the same time.
+    stages = build({"both": (Deliberate("both", StrategyParams()), "k2", "voc")})
+
+    stages.process(
+        signal(id="btc-1"), signal(id="eth-1", symbol="ETHUSDT", stop_loss=3000), together=True
+    )
+
+    assert [decision for decision, _ in stages.rows("both")] == ["approved", "approved"]
+    assert sorted(o["symbol"] for o in stages.orders_of("both")) == ["BTCUSDT", "ETHUSDT"]
+
+
+def test_on_order_rejected_hears_the_gates_rule_and_what_it_returns_is_carried_out_once(
+    build: Build,
+) -> None:
+    stages = build({"greedy": (GreedyThenModest("greedy", StrategyParams()), "k2", "voc")})
+
+    stages.process(signal(id="greedy-1"))
+
+    [rejection] = HEARD["greedy"]  # its own leg 1, refused again, is not told to it
+    assert (rejection.leg, rejection.symbol, rejection.rule) == (0, "BTCUSDT", "MAX_ORDER_NOTIONAL")
+    assert "exceeds max_order_notional_usdt = 1000" in rejection.reason
+    assert rejection.order_link_id is None
+    assert [decision for decision, _ in stages.rows("greedy")] == [
+        "rejected",
+        "rejected",
+        "approved",
+    ]
+    [placed] = stages.exchange.orders()
+    assert placed["orderLinkId"] == order_link_id("greedy", "voc", "greedy-1", 2)
+    assert placed["qty"] == "0.001"
+
+
+def test_on_order_rejected_hears_the_venues_refusal(build: Build) -> None:
+    stages = build({"closer": (ClosesNothing("closer", StrategyParams()), "k2", "voc")})
+
+    stages.process(signal(id="close-1"))
+
+    [rejection] = HEARD["closer"]
+    assert (rejection.leg, rejection.rule) == (0, "VENUE")
+    assert rejection.order_link_id == order_link_id("closer", "voc", "close-1", 0)
+    assert rejection.reason == "current position is zero, cannot fix reduce-only order qty"
+    [row] = stages.journal.trace()
+    assert (row.decision, row.status, row.reason) == ("approved", "Rejected", rejection.reason)
+
+
+def test_a_stop_move_without_a_position_is_journaled_as_rejected_and_never_sent(
+    build: Build,
+) -> None:
+    stages = build({"early": (EarlyStop("early", StrategyParams()), "k2", "voc")})
+
+    stages.process(signal(id="early-1"))
+
+    [move] = stages.journal.stop_moves()
+    assert (move["strategy"], move["key_name"], move["symbol"]) == ("early", "k2", "BTCUSDT")
+    assert move["outcome"] == "rejected"
+    assert move["reason"].startswith("NO_POSITION: strategy early holds no BTCUSDT position")
+    assert "/v5/position/trading-stop" not in stages.exchange.stats()["requests_by_path"]
+
+
+def test_on_start_raising_stops_the_start_naming_the_strategy(build: Build) -> None:
+    stages = build(
+        {
+            "follow": (follow(), "k1", "voc"),
+            "bad_start": (BadStart("bad_start", StrategyParams()), "k2", "voc"),
+        }
+    )
+
+    with pytest.raises(StrategyStartError) as stopped:
+        asyncio.run(stages.pipeline.start_strategies())
+
+    assert str(stopped.value) == (
+        "strategy bad_start: on_start raised RuntimeError: model file missing"
+    )
+
+
+def test_on_start_may_take_longer_than_a_signals_budget(build: Build) -> None:
+    stages = build(
+        {"loader": (SlowStart("loader", StrategyParams()), "k2", "voc")},
+        budgets_s={"loader": 0.05},
+    )
+
+    asyncio.run(stages.pipeline.start_strategies())  # loads its model for 200 ms
+
+
+# fills and timers: the whole bot ------------------------------------------------------------
+
+
+class Listener(Strategy):
+    """Buys 0.002 BTC on each signal and writes down every fill it is told of."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [self.intent(signal, context, side=Side.BUY, qty=Decimal("0.002"))]
+
+    def on_fill(
+        self, fill: Fill, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput | None:
+        HEARD[self.name].append((fill, signal.id, context.position_qty))
+        return None
+
+
+class Ticker(Strategy):
+    """On its first tick, buys 0.001 of the tick's symbol."""
+
+    timer_interval_s: ClassVar[float | None] = 0.1
+    timer_symbols: ClassVar[tuple[str, ...]] = ("BTCUSDT",)
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return []
+
+    def on_timer(self, tick: Signal, context: StrategyContext) -> StrategyOutput | None:
+        HEARD[self.name].append(tick)
+        if len(HEARD[self.name]) > 1:
+            return None
+        return [small_buy(self, tick, context)]
+
+
+class TwoSymbolTicker(Ticker):
+    timer_symbols: ClassVar[tuple[str, ...]] = ("BTCUSDT", "ETHUSDT")
+
+    def on_timer(self, tick: Signal, context: StrategyContext) -> StrategyOutput | None:
+        HEARD[self.name].append(tick)
+        return None
+
+
+def only(plugin: str, extra: str = "") -> Callable[[Callable[..., Path]], Path]:
+    """A sim configuration whose one strategy `hooked` is this module's `plugin`."""
+
+    def write(sim_config: Callable[..., Path]) -> Path:
+        config = sim_config()
+        base = config.read_text().split("[strategies.follow]")[0]
+        config.write_text(
+            base
+            + f'[strategies.hooked]\nplugin = "{__name__}:{plugin}"\nkey = "follow_sim"\n'
+            + extra
+        )
+        return config
+
+    return write
+
+
+@contextlib.contextmanager
+def running(config: Path) -> Iterator[RunningBot]:
+    bot = RunningBot(config).start()
+    try:
+        yield bot
+    finally:
+        bot.stop()
+
+
+def test_on_fill_hears_the_fill_of_its_market_order(sim_config: Callable[..., Path]) -> None:
+    with running(only("Listener")(sim_config)) as bot:
+        assert bot.post(posted("fill-1")).status_code == 202
+        [(fill, signal_id, position)] = wait_for(lambda: HEARD["hooked"], what="on_fill")
+        [order] = bot.sim_orders()
+
+    assert signal_id == "fill-1"
+    assert fill.order_link_id == order["orderLinkId"]
+    assert (fill.leg, fill.symbol, fill.side, fill.reduce_only) == (0, "BTCUSDT", Side.BUY, False)
+    assert (fill.qty, fill.order_qty, fill.order_filled_qty) == (Decimal("0.002"),) * 3
+    assert fill.order_done
+    assert fill.price == Decimal(str(order["avgPrice"]))
+    assert position == Decimal("0.002")  # its context already holds the fill
+
+
+def test_each_partial_fill_reports_how_much_was_filled_by_then(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = only("Listener", extra="\n[sim]\npartial_fills = 2\n")(sim_config)
+    with running(config) as bot:
+        assert bot.post(posted("partly-1")).status_code == 202
+        heard = wait_for(
+            lambda: HEARD["hooked"] if len(HEARD["hooked"]) >= 2 else None, what="fills"
+        )
+
+    fills = [fill for fill, _, _ in heard]
+    assert [fill.qty for fill in fills] == [Decimal("0.001"), Decimal("0.001")]
+    assert [fill.order_filled_qty for fill in fills] == [Decimal("0.001"), Decimal("0.002")]
+    assert [fill.order_done for fill in fills] == [False, True]
+
+
+def test_on_timer_ticks_become_orders(sim_config: Callable[..., Path]) -> None:
+    with running(only("Ticker")(sim_config)) as bot:
+        [order] = wait_for(lambda: bot.sim_orders(), what="the tick's order")
+        ticks = wait_for(
+            lambda: HEARD["hooked"] if len(HEARD["hooked"]) >= 2 else None, what="2 ticks"
+        )
+
+    first = ticks[0]
+    assert (first.source, first.symbol, first.side) == (TIMER_SOURCE, "BTCUSDT", None)
+    assert order["orderLinkId"] == order_link_id("hooked", TIMER_SOURCE, first.id, 0)
+    assert (order["symbol"], order["side"], order["qty"]) == ("BTCUSDT", "Buy", "0.001")
+
+
+def test_every_tick_of_every_symbol_has_its_own_id(sim_config: Callable[..., Path]) -> None:
+    with running(only("TwoSymbolTicker")(sim_config)):
+        ticks = wait_for(
+            lambda: HEARD["hooked"] if len(HEARD["hooked"]) >= 4 else None, what="4 ticks"
+        )
+
+    assert len({tick.id for tick in ticks}) == len(ticks)

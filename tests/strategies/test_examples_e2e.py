@@ -1,0 +1,167 @@
+"""Each example strategy through the whole bot: a signal posted to the webhook, real pybit
+against a simulator the test owns, the exchange's own book read back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from pydantic import SecretStr
+
+from bot.execution.ids import order_link_id
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim.params import PositionQueryParams
+from tests.bot.test_admin import decision_of
+from tests.bot.test_service import RunningBot, signal
+from tests.conftest import wait_for, write_key_secrets
+
+KEY, SECRET = "examples-key", "examples-secret"
+SOURCE = "voiceofchain"
+
+
+@dataclass
+class Trading:
+    """The bot running one example strategy, named `name`, against `exchange`."""
+
+    bot: RunningBot
+    exchange: SimExchange
+    server: SimServer
+    name: str
+
+    def link(self, signal_id: str, leg: int = 0) -> str:
+        return order_link_id(self.name, SOURCE, signal_id, leg)
+
+    def orders(self) -> dict[str, dict[str, Any]]:
+        return {str(order["orderLinkId"]): order for order in self.exchange.orders()}
+
+    def position(self, symbol: str = "BTCUSDT") -> dict[str, Any]:
+        query = PositionQueryParams.model_validate({"category": "linear", "symbol": symbol})
+        row: dict[str, Any] = self.exchange.positions(KEY, query)["list"][0]
+        return row
+
+    def set_price(self, price: int) -> None:
+        """Move the market through the simulator's admin route, as a demo would."""
+        answer = requests.post(f"{self.server.url}/sim/prices", json={"BTCUSDT": price}, timeout=10)
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.fixture
+def trading(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> Iterator[Callable[[str, str, str], Trading]]:
+    """Start the bot with one strategy (`name`, `plugin`, its params as TOML lines)."""
+    write_key_secrets(tmp_path, KEY, SECRET)
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
+    started: list[RunningBot] = []
+    with SimServer(exchange) as server:
+
+        def start(name: str, plugin: str, params: str = "", venue: str = "") -> Trading:
+            config = sim_config()
+            base = config.read_text().split("[strategies.follow]")[0]
+            config.write_text(
+                base
+                + f'[strategies.{name}]\nplugin = "{plugin}"\nkey = "follow_sim"\n'
+                + f"[strategies.{name}.params]\n{params}\n"
+                + f'[venue]\nsim_url = "{server.url}"\n{venue}'
+            )
+            bot = RunningBot(config).start()
+            started.append(bot)
+            return Trading(bot, exchange, server, name)
+
+        try:
+            yield start
+        finally:
+            for bot in started:
+                bot.stop()
+
+
+def test_follow_places_one_order_with_the_stop(trading: Callable[..., Trading]) -> None:
+    run = trading("follow", "follow", "max_notional_usdt = 500")
+
+    assert run.bot.post(signal("f-1", stop_loss=95000, take_profit=[99000])).status_code == 202
+    wait_for(lambda: run.bot.journal_status("f-1") == ["Filled"], what="the order filled")
+
+    [order] = run.exchange.orders()
+    assert order["orderLinkId"] == run.link("f-1")
+    assert (order["side"], order["orderType"], order["qty"]) == ("Buy", "Market", "0.005")
+    assert (order["stopLoss"], order["takeProfit"]) == ("95000", "99000")
+    assert (run.position()["size"], run.position()["stopLoss"]) == ("0.005", "95000")
+
+
+LADDER = "max_notional_usdt = 500\nweights = [2, 3]"
+
+
+def enter_and_reach_the_first_target(run: Trading) -> dict[str, str]:
+    """Enter the ladder, check its legs, move the market to its first target; the stop move
+    the journal records then."""
+    entry, first, second = (run.link("l-1", leg) for leg in (0, 1, 2))
+
+    # Enter: 0.005 BTC at the market (97000) with the stop at 95000.
+    posted = run.bot.post(signal("l-1", stop_loss=95000, take_profit=[99000, 98000]))
+    assert posted.status_code == 202
+
+    # The entry's fill makes the legs: reduce-only limits at the targets, 2:3.
+    legs = wait_for(
+        lambda: run.orders() if {first, second} <= set(run.orders()) else None, what="legs"
+    )
+    assert legs[entry]["orderStatus"] == "Filled"
+    assert [(legs[leg]["price"], legs[leg]["qty"]) for leg in (first, second)] == [
+        ("98000", "0.002"),
+        ("99000", "0.003"),
+    ]
+    assert all(legs[leg]["reduceOnly"] and legs[leg]["side"] == "Sell" for leg in (first, second))
+    assert run.position()["stopLoss"] == "95000"
+
+    # The market reaches the first target: leg 1 fills, and the ladder moves its stop.
+    run.set_price(98500)
+    [move] = wait_for(
+        lambda: run.bot.read_journal(lambda journal: journal.stop_moves()), what="a stop move"
+    )
+    assert run.orders()[first]["orderStatus"] == "Filled"
+    assert run.orders()[second]["orderStatus"] == "New"
+    return move
+
+
+def test_ladder_enters_then_scales_out_and_moves_its_stop_to_break_even(
+    trading: Callable[..., Trading],
+) -> None:
+    run = trading("ladder", "ladder", LADDER)  # market_cache_s = 1 s: the stop reads afresh
+
+    move = enter_and_reach_the_first_target(run)
+
+    assert (move["strategy"], move["outcome"]) == ("ladder", "moved"), move["reason"]
+    position = run.position()
+    assert Decimal(position["stopLoss"]) == Decimal(position["avgPrice"]) == Decimal(97000)
+    assert position["size"] == "0.003"
+
+
+SELECTIVE = 'max_notional_usdt = 500\nsides = ["buy"]\nmin_reward_risk = 1.5'
+
+
+def test_selective_places_what_passes_and_declines_what_it_filters(
+    trading: Callable[..., Trading],
+) -> None:
+    run = trading("picky", "selective", SELECTIVE)
+
+    # 4000 to the target over 2000 to the stop passes; 1000 over 2000 does not; nor a sell.
+    assert run.bot.post(signal("good", take_profit=[101000])).status_code == 202
+    assert run.bot.post(signal("poor", take_profit=[98000])).status_code == 202
+    short = signal("short", side="sell", stop_loss=98000, take_profit=[90000])
+    assert run.bot.post(short).status_code == 202
+
+    assert decision_of(run.bot, "poor") == (
+        "declined",
+        "filtered out: reward/risk 0.50 is below 1.5",
+    )
+    assert decision_of(run.bot, "short") == (
+        "declined",
+        "filtered out: side Sell is not one of Buy",
+    )
+    wait_for(lambda: run.bot.journal_status("good") == ["Filled"], what="the good one filled")
+    assert list(run.orders()) == [run.link("good")]

@@ -1,0 +1,315 @@
+"""TakeProfitLadder: the entry, the split across targets, the legs and the break-even move."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.messages import (
+    Decline,
+    Instrument,
+    OrderIntent,
+    OrderType,
+    Side,
+    Signal,
+    StopMove,
+    parse_signal,
+)
+from strategies.base import Fill
+from strategies.ladder import TakeProfitLadder, split
+from tests.strategies.contexts import context
+
+MARKET = context()  # BTCUSDT at 97000, equity 10000, lot 0.001
+
+
+def ladder(**params: object) -> TakeProfitLadder:
+    fields: dict[str, object] = {"max_notional_usdt": Decimal(100000)} | params
+    return TakeProfitLadder("ladder", TakeProfitLadder.Params.model_validate(fields))
+
+
+def signal(**fields: object) -> Signal:
+    body: dict[str, object] = {
+        "id": "s1",
+        "symbol": "BTCUSDT",
+        "side": "buy",
+        "stop_loss": 95000,
+        "take_profit": [98000, 99000],
+        "ts": datetime.now(UTC).isoformat(),
+    }
+    body.update(fields)
+    return parse_signal("voiceofchain", body)
+
+
+def fill(
+    leg: int,
+    qty: str,
+    *,
+    order_qty: str | None = None,
+    filled: str | None = None,
+    side: Side = Side.BUY,
+    price: int = 97000,
+) -> Fill:
+    """A fill of `qty` of leg `leg`; the order is `order_qty` (default: `qty`), `filled` of it
+    done so far (default: all of it)."""
+    order = Decimal(order_qty or qty)
+    return Fill(
+        order_link_id=f"ladder-{leg}-x",
+        leg=leg,
+        symbol="BTCUSDT",
+        side=side,
+        qty=Decimal(qty),
+        price=Decimal(price),
+        fee=Decimal(0),
+        order_qty=order,
+        order_filled_qty=Decimal(filled) if filled is not None else order,
+        reduce_only=leg > 0,
+        ts=datetime.now(UTC),
+    )
+
+
+def intents(output: object) -> list[OrderIntent]:
+    assert isinstance(output, Sequence), output
+    found = [item for item in output if isinstance(item, OrderIntent)]
+    assert len(found) == len(output), output
+    return found
+
+
+# the entry ---------------------------------------------------------------------------------
+
+
+def test_the_entry_is_leg_0_risk_sized_with_the_stop_and_no_target_on_it() -> None:
+    [entry] = intents(ladder().on_signal(signal(), MARKET))
+
+    # 1% of 10000 USDT over 2000 USDT per BTC between last price and stop = 0.05 BTC
+    assert (entry.leg, entry.side, entry.qty) == (0, Side.BUY, Decimal("0.050"))
+    assert entry.order_type is OrderType.MARKET
+    assert (entry.stop_loss, entry.take_profit, entry.reduce_only) == (Decimal(95000), None, False)
+
+
+def test_an_entry_price_makes_a_limit_entry_sized_from_it() -> None:
+    [entry] = intents(ladder().on_signal(signal(entry=96000.04), MARKET))
+
+    assert entry.order_type is OrderType.LIMIT
+    assert entry.price == Decimal("96000.0")  # on the 0.1 tick
+    assert entry.qty == Decimal("0.099")  # 100 USDT over 1000.04 USDT per BTC, lot 0.001
+
+
+def test_the_entry_is_capped_by_max_notional_and_its_leverage_hint_by_max_leverage() -> None:
+    strategy = ladder(max_notional_usdt=1000, max_leverage=3)
+
+    [entry] = intents(strategy.on_signal(signal(leverage=20), MARKET))
+
+    assert entry.qty == Decimal("0.010")  # 1000 / 97000 = 0.0103 → 0.010
+    assert entry.leverage == Decimal(3)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"side": None, "action": "close"}, "closes through its targets and stop"),
+        ({"stop_loss": None}, "no stop_loss"),
+        ({"take_profit": None}, "no take_profit target on the profitable side"),
+        ({"take_profit": [96000, 90000]}, "no take_profit target on the profitable side"),
+        ({"side": "sell", "take_profit": [99000]}, "no take_profit target"),
+        ({"stop_loss": 98000, "take_profit": [99000]}, "wrong side"),
+        ({"stop_loss": 1}, "below the minimum order qty"),
+    ],
+)
+def test_declines_say_why(fields: dict[str, object], reason: str) -> None:
+    out = ladder(risk_fraction="0.0001").on_signal(signal(**fields), MARKET)
+
+    assert isinstance(out, Decline)
+    assert reason in out.reason
+    assert out.strategy == "ladder"
+
+
+def test_an_entry_below_half_a_tick_is_declined_not_a_crash() -> None:
+    # Rounded to the 0.1 tick, an entry of 0.01 is a price of 0: no order can carry it.
+    out = ladder().on_signal(signal(entry=0.01, stop_loss=0.001, take_profit=[1]), MARKET)
+
+    assert isinstance(out, Decline)
+    assert "below half a tick" in out.reason
+
+
+def test_a_target_below_half_a_tick_gets_no_leg_instead_of_a_crash() -> None:
+    short = signal(side="sell", stop_loss=99000, take_profit=[96000, 0.01])
+
+    legs = intents(ladder().on_fill(fill(0, "0.010", side=Side.SELL), short, MARKET))
+
+    assert [(leg.price, leg.qty) for leg in legs] == [(Decimal(96000), Decimal("0.010"))]
+
+
+def test_weights_must_be_positive_and_the_error_names_them() -> None:
+    with pytest.raises(ValueError, match="weights") as raised:
+        TakeProfitLadder.Params.model_validate({"weights": [1, 0]})
+
+    assert raised.value.errors()[0]["loc"][0] == "weights"  # type: ignore[attr-defined]
+
+
+# the split ---------------------------------------------------------------------------------
+
+STEPS = [Decimal("0.001"), Decimal("0.01"), Decimal("0.1"), Decimal(1)]
+
+
+def instrument(step: Decimal, min_steps: int) -> Instrument:
+    return Instrument(
+        symbol="BTCUSDT",
+        qty_step=step,
+        min_order_qty=step * min_steps,
+        max_order_qty=Decimal(10**6),
+        tick_size=Decimal("0.1"),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    step=st.sampled_from(STEPS),
+    min_steps=st.integers(1, 20),
+    extra_steps=st.integers(0, 5000),
+    weights=st.lists(
+        st.decimals(min_value=Decimal("0.01"), max_value=Decimal(100), places=2),
+        min_size=1,
+        max_size=10,
+    ),
+)
+def test_split_shares_sum_to_the_total_each_tradable_one_per_weight(
+    step: Decimal, min_steps: int, extra_steps: int, weights: list[Decimal]
+) -> None:
+    rules = instrument(step, min_steps)
+    total = rules.min_order_qty + step * extra_steps  # a filled entry: at least the minimum
+
+    shares = split(total, weights, context(instrument=rules))
+
+    assert sum(shares) == total
+    assert len(shares) == len(weights)
+    assert all(share >= 0 for share in shares)
+    for share in (share for share in shares if share > 0):
+        assert share >= rules.min_order_qty
+        assert share % step == 0
+
+
+def test_split_follows_the_weights_and_gives_the_rounding_to_the_last_share() -> None:
+    assert split(Decimal("0.010"), [Decimal(1), Decimal(3)], MARKET) == [
+        Decimal("0.002"),
+        Decimal("0.008"),
+    ]
+    assert split(Decimal("0.010"), [Decimal(1)] * 3, MARKET) == [
+        Decimal("0.003"),
+        Decimal("0.003"),
+        Decimal("0.004"),
+    ]
+
+
+def test_a_share_below_the_minimum_joins_the_next_one() -> None:
+    rules = instrument(Decimal("0.001"), 10)  # lot 0.001, minimum 0.01
+
+    shares = split(Decimal("0.015"), [Decimal(1)] * 2, context(instrument=rules))
+
+    assert shares == [Decimal(0), Decimal("0.015")]  # 0.007 alone could not be placed
+
+
+# the legs ----------------------------------------------------------------------------------
+
+
+def test_the_full_fill_of_the_entry_places_reduce_only_legs_at_the_targets_nearest_first() -> None:
+    out = ladder().on_fill(fill(0, "0.010"), signal(take_profit=[99000, 90000, 98000.04]), MARKET)
+
+    legs = intents(out)
+    assert [(leg.leg, leg.price, leg.qty) for leg in legs] == [
+        (1, Decimal("98000.0"), Decimal("0.005")),
+        (2, Decimal(99000), Decimal("0.005")),
+    ]
+    assert all(leg.side is Side.SELL and leg.reduce_only for leg in legs)
+    assert all(leg.order_type is OrderType.LIMIT and leg.stop_loss is None for leg in legs)
+    assert {(leg.strategy, leg.signal_id) for leg in legs} == {("ladder", "s1")}
+
+
+def test_a_short_ladders_down_with_buy_legs_split_by_weight() -> None:
+    short = signal(side="sell", stop_loss=99000, take_profit=[96000, 95000, 94000])
+
+    legs = intents(
+        ladder(weights=[1, 1, 2]).on_fill(fill(0, "0.040", side=Side.SELL), short, MARKET)
+    )
+
+    assert [(leg.leg, leg.side, leg.price, leg.qty) for leg in legs] == [
+        (1, Side.BUY, Decimal(96000), Decimal("0.010")),
+        (2, Side.BUY, Decimal(95000), Decimal("0.010")),
+        (3, Side.BUY, Decimal(94000), Decimal("0.020")),
+    ]
+
+
+def test_targets_are_judged_against_the_entry_fill_not_where_the_price_ran_since() -> None:
+    # A market entry filled at 97000; by the time its fill is reported the price is 98500.
+    # The 98000 target is still a profit on the position: it keeps its leg.
+    ran = context(last_price=98500, position_qty="0.010", entry_price=97000)
+
+    legs = intents(ladder().on_fill(fill(0, "0.010", price=97000), signal(), ran))
+
+    assert [leg.price for leg in legs] == [Decimal(98000), Decimal(99000)]
+
+
+def test_a_partial_fill_of_the_entry_waits_for_the_rest() -> None:
+    partial = fill(0, "0.004", order_qty="0.010", filled="0.004")
+
+    assert ladder().on_fill(partial, signal(), MARKET) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    targets=st.lists(st.integers(97001, 200000), min_size=1, max_size=14, unique=True),
+    lots=st.integers(1, 100000),
+)
+def test_never_more_legs_than_targets_and_every_leg_distinct(targets: list[int], lots: int) -> None:
+    filled = Decimal("0.001") * lots
+
+    legs = intents(ladder().on_fill(fill(0, str(filled)), signal(take_profit=targets), MARKET))
+
+    assert 1 <= len(legs) <= min(len(targets), 10)
+    assert len({leg.leg for leg in legs}) == len(legs)
+    assert len({leg.price for leg in legs}) == len(legs)
+    assert sum(leg.qty for leg in legs) == filled
+
+
+# break-even --------------------------------------------------------------------------------
+
+
+def test_the_first_targets_fill_moves_the_stop_to_the_entry_price() -> None:
+    holding = context(last_price=98000, position_qty="0.005", entry_price=97012)
+
+    out = ladder().on_fill(fill(1, "0.005", side=Side.SELL, price=98000), signal(), holding)
+
+    assert out == [
+        StopMove(
+            strategy="ladder",
+            signal_source="voiceofchain",
+            signal_id="s1",
+            symbol="BTCUSDT",
+            stop_loss=Decimal(97012),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("leg_fill", "strategy"),
+    [
+        (fill(1, "0.002", order_qty="0.005", filled="0.002", side=Side.SELL), ladder()),
+        (fill(2, "0.005", side=Side.SELL), ladder()),
+        (fill(1, "0.005", side=Side.SELL), ladder(break_even_after_first=False)),
+    ],
+    ids=["first-target-partly-filled", "second-target", "break-even-off"],
+)
+def test_no_stop_move_otherwise(leg_fill: Fill, strategy: TakeProfitLadder) -> None:
+    holding = context(last_price=98000, position_qty="0.005", entry_price=97000)
+
+    assert strategy.on_fill(leg_fill, signal(), holding) is None
+
+
+def test_nothing_when_flat_by_the_time_the_first_target_fills() -> None:
+    flat = context(last_price=98000, position_qty=0)
+
+    assert ladder().on_fill(fill(1, "0.005", side=Side.SELL), signal(), flat) is None
