@@ -50,7 +50,7 @@ clean:
 
 # Chaos soak of the real bot (bench/soak.py): 1,000 signals, 10 SIGKILLs, 20 % venue faults.
 # SOAK_ARGS passes flags, e.g. `make soak SOAK_ARGS="--signals 200 --kills 3 --seed 7"`.
-.PHONY: soak bench bench-stream bench-gate bench-intake bench-typical
+.PHONY: soak bench bench-stream bench-gate bench-intake bench-typical bench-replay
 soak: setup
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
@@ -76,4 +76,10 @@ bench-intake: setup
 bench-typical: setup
 	$(BIN)/python -m bench.typical_bot
 
-bench: soak bench-stream bench-gate bench-intake bench-typical
+# Replay speed (bench/replay.py): 1,000 signals with their price points through `bot replay`,
+# signals/s and the time against the 30 s target. REPLAY_ARGS passes flags, e.g.
+# `make bench-replay REPLAY_ARGS="--signals 100"` (the short form).
+bench-replay: setup
+	$(BIN)/python -m bench.replay $(REPLAY_ARGS)
+
+bench: soak bench-stream bench-gate bench-intake bench-typical bench-replay

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -19,6 +22,8 @@ import typer
 import uvloop
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bot import logs
@@ -28,6 +33,18 @@ from bot.config import BotSettings, ConfigError, Environment, load_settings
 from bot.journal import Journal, JournalError
 from bot.keys.audit import Verdict, strategies_by_key
 from bot.messages import utc_now
+from bot.replay import (
+    History,
+    HistoryError,
+    ReplayError,
+    ReplayReport,
+    StrategyReport,
+    build_report,
+    check_replayable,
+    read_history,
+    replay,
+)
+from bot.replay import plot as replay_plot
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.risk.usage import ScopeUsage, usage
 from bot.secrets import (
@@ -85,9 +102,12 @@ HostOption = Annotated[str | None, typer.Option(help="listen address [default: f
 PortOption = Annotated[int | None, typer.Option(help="listen port [default: from config]")]
 
 
-def _fail(message: str) -> NoReturn:
-    errors.print(f"[bold red]error:[/] {logs.scrub(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    # escape: a message may name a section ("[sim.instruments]"), which is not markup
+    errors.print(
+        f"[bold red]error:[/] {escape(logs.scrub(message))}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(code)
 
 
 def _settings(config: Path | None, host: str | None = None, port: int | None = None) -> BotSettings:
@@ -116,23 +136,35 @@ def run(
     """Run the bot: webhook server, strategies, risk gate and executor."""
     logs.configure(json=log_json, level=log_level.upper())
     settings = _settings(config, host, port)
-    try:
+    with _one_line_errors():
         service = Service(settings, secrets_dir=secrets_dir, mainnet_flag=mainnet)
         uvloop.run(service.run())  # libuv's event loop: measured in bench/intake.py
+
+
+@contextmanager
+def _one_line_errors(log: Path | None = None) -> Iterator[None]:
+    """What a user can act on is one line and exit 2, raised directly or inside the service's
+    task group; anything else is a crash: its traceback to the log (`log`: that file), exit 1."""
+    try:
+        yield
+    except typer.Exit:
+        raise
     except _USER_ERRORS as exc:
         _fail(str(exc))
     except BaseExceptionGroup as group:  # raised inside the service's task group
         known = group.subgroup(lambda exc: isinstance(exc, _USER_ERRORS))
         if known is None:
-            _crashed()
+            _crashed(log)
         _fail(str(_first_leaf(known)))
     except Exception:
-        _crashed()
+        _crashed(log)
 
 
-def _crashed() -> NoReturn:
+def _crashed(log: Path | None = None) -> NoReturn:
     """An error nobody expected: its traceback through the (scrubbing) log, then exit 1."""
     logs.logger.exception("the bot stopped on an unexpected error")
+    if log is not None:
+        _fail(f"stopped on an unexpected error; its traceback is in {log}", 1)
     raise typer.Exit(1)
 
 
@@ -596,6 +628,195 @@ def _read_journal(config: Path | None, read: Callable[[Journal], T]) -> T:
         return read(journal)
     finally:
         journal.close()
+
+
+@app.command("replay")
+def replay_history(
+    history_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE",
+            help='JSON lines: signals (the webhook\'s schema) and price points {"ts": ..., '
+            '"prices": {"BTCUSDT": 97000}}, in any order',
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot", help="draw prices, signals and equity per strategy to this image (.png)"
+        ),
+    ] = None,
+    source: Annotated[str, typer.Option(help="the webhook source the signals come from")] = (
+        "voiceofchain"
+    ),
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="keep the replay's journal and log in this new directory "
+            "[default: a temporary one, removed after a clean run]",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
+) -> None:
+    """Replay a signal history through the real bot against the simulator, on a virtual clock
+    (a month in seconds), and report per strategy: signals, intents, approvals and rejections
+    per rule, orders, fills, fees, realized and unrealized PnL, win rate, max drawdown.
+
+    Never touches the configured journal: the replay has a state directory of its own (see
+    `BOT_STATE_DIR=DIR bot orders` after --state-dir DIR). Exit 0 when it ran, 2 for a file,
+    configuration or option it cannot use (one line naming it), 1 when the bot could not finish.
+    """
+    settings = _settings(config)
+    try:
+        check_replayable(settings, source)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if plot is not None:
+        try:
+            replay_plot.pyplot()  # before the replay, not after it ran
+        except replay_plot.PlotUnavailable as exc:
+            _fail(str(exc))
+    try:
+        history = read_history(history_file, source)
+    except HistoryError as exc:
+        _fail(str(exc))
+    state = _replay_state_dir(settings, state_dir)
+    keep = state_dir is not None
+    try:
+        report = _replay_report(settings, history, state, secrets_dir, source, plot)
+    except typer.Exit as stopped:
+        keep = keep or stopped.exit_code == 1  # the bot could not finish: its log says why
+        raise
+    finally:
+        if not keep:
+            shutil.rmtree(state, ignore_errors=True)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), default=_json_value, separators=(",", ":")))
+    else:
+        _print_replay(report)
+        if plot is not None:
+            console.print(f"plot: {plot}", highlight=False)
+
+
+def _replay_report(
+    settings: BotSettings,
+    history: History,
+    state: Path,
+    secrets_dir: Path,
+    source: str,
+    plot: Path | None,
+) -> ReplayReport:
+    """Run the replay (the bot logging to `state`/bot.log, a progress bar on the screen) and
+    read its report; every failure is one line."""
+    log = state / "bot.log"
+    with log.open("w", encoding="utf-8") as log_stream:
+        logs.configure(stream=log_stream)
+        with _one_line_errors(log), _replay_progress(len(history.records)) as advance:
+            try:
+                run = replay(
+                    settings,
+                    history,
+                    state_dir=state,
+                    secrets_dir=secrets_dir,
+                    source=source,
+                    on_record=lambda record: advance(),
+                )
+            except HistoryError as exc:
+                _fail(str(exc))
+            except ReplayError as exc:
+                _fail(f"{exc} (journal and log kept in {state})", 1)
+            report = build_report(history, run, settings.strategies)
+            if plot is not None:
+                replay_plot.draw(report, history, run.start_prices, plot)
+    return report
+
+
+def _replay_state_dir(settings: BotSettings, chosen: Path | None) -> Path:
+    """The replay's own state directory: `chosen` if it holds no journal yet, else a new
+    temporary one."""
+    if chosen is None:
+        return Path(tempfile.mkdtemp(prefix="bot-replay-"))
+    journal = settings.model_copy(update={"state_dir": chosen}).journal_path
+    if journal.exists():
+        _fail(f"--state-dir {chosen} already holds a journal; give a new directory")
+    chosen.mkdir(parents=True, exist_ok=True)
+    return chosen
+
+
+@contextmanager
+def _replay_progress(total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr while records are replayed (when stderr is a terminal)."""
+    progress = Progress(
+        TextColumn("replaying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=True,
+        disable=not errors.is_terminal,
+    )
+    task = progress.add_task("replay", total=total)
+    with progress:
+        yield lambda: progress.advance(task)
+
+
+def _print_replay(report: ReplayReport) -> None:
+    """The report as people read it: a line of totals, then one column per strategy."""
+    console.print(
+        f"{report.signals} signals and {report.price_points} price points from "
+        f"{report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC replayed in "
+        f"{report.elapsed_s:.1f} s ({report.signals_per_s:.0f} signals/s); "
+        f"{report.duplicates} duplicates, {len(report.refused)} refused by the webhook",
+        highlight=False,
+    )
+    strategies = report.strategies
+    console.print(_table(_replay_rows(strategies), ()))
+    for answer in report.refused:
+        console.print(
+            f"line {answer.line}: {answer.signal_id} refused ({answer.status}): {answer.detail}",
+            highlight=False,
+        )
+
+
+def _replay_rows(strategies: Sequence[StrategyReport]) -> list[dict[str, str]]:
+    """One row per figure, one column per strategy (a few strategies, many figures)."""
+    rules = sorted({rule for strategy in strategies for rule in strategy.rejected})
+    figures: list[tuple[str, Callable[[StrategyReport], object]]] = [
+        ("signals", lambda s: s.signals),
+        ("declined by the strategy", lambda s: s.declined),
+        ("intents", lambda s: s.intents),
+        ("approved", lambda s: s.approved),
+        *((f"rejected {rule}", partial(_rejected, rule)) for rule in rules),
+        ("orders (filled, open)", lambda s: f"{s.orders} ({s.filled_orders}, {s.open_orders})"),
+        ("fills", lambda s: s.fills),
+        ("fees (USDT)", lambda s: f"{s.fees_usdt:.2f}"),
+        ("realized PnL (USDT)", lambda s: f"{s.realized_pnl_usdt:.2f}"),
+        ("unrealized PnL (USDT)", lambda s: f"{s.unrealized_pnl_usdt:.2f}"),
+        ("net PnL (USDT)", lambda s: f"{s.net_pnl_usdt:.2f}"),
+        ("trades closed (won)", lambda s: f"{len(s.trades)} ({s.wins})"),
+        ("win rate", lambda s: "-" if s.win_rate is None else f"{s.win_rate:.0%}"),
+        ("max drawdown (USDT)", lambda s: f"{s.max_drawdown_usdt:.2f}"),
+    ]
+    return [
+        {"figure": name} | {strategy.strategy: str(value(strategy)) for strategy in strategies}
+        for name, value in figures
+    ]
+
+
+def _rejected(rule: str, strategy: StrategyReport) -> int:
+    return strategy.rejected[rule]
+
+
+def _json_value(value: object) -> object:
+    """Decimals as exact plain strings (like every JSON row of the CLI), times in ISO-8601."""
+    if isinstance(value, Decimal):
+        return _plain(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 @app.command()

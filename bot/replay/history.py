@@ -1,0 +1,188 @@
+"""A signal history: JSON lines of signals (the webhook's schema) and price points.
+
+    {"id": "s1", "symbol": "BTCUSDT", "side": "buy", "stop_loss": 95000, "ts": 1790000000000}
+    {"ts": "2026-10-01T09:30:00Z", "prices": {"BTCUSDT": 95800, "ETHUSDT": 2480}}
+
+A line with `prices` is a price point (only `ts` and `prices`); any other line is a signal,
+checked here by the webhook's own rules (`parse_signal`), so a file that reads cleanly is one
+the webhook will accept. Blank lines are skipped. Records are returned in time order (ties in
+file order): a history merged from several files need not be sorted. Every problem is a
+`HistoryError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from bot.messages import (
+    MAX_NUMBER,
+    Signal,
+    SignalError,
+    json_number,  # the signal schema's own rules: a price point reads like a signal
+    parse_signal,
+    parse_ts,
+)
+
+__all__ = ["History", "HistoryError", "PricePoint", "SignalRecord", "read_history"]
+
+_PRICE_POINT_KEYS: Final = frozenset({"ts", "prices"})
+
+
+class HistoryError(ValueError):
+    """The history file cannot be replayed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class SignalRecord:
+    """A signal line: the body the webhook receives, as written, and what it parses to."""
+
+    line: int
+    body: bytes
+    signal: Signal
+
+    @property
+    def ts(self) -> datetime:
+        return self.signal.ts
+
+
+class _Prices(BaseModel):
+    """A price point's fields, validated like a signal's `ts` and prices."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ts: datetime
+    prices: dict[str, Decimal]
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _timestamp(cls, value: object) -> object:
+        return parse_ts(value)
+
+    @field_validator("ts")
+    @classmethod
+    def _aware_utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _numbers(cls, value: object) -> object:
+        if not isinstance(value, dict) or not value:
+            raise ValueError('must be an object of symbol to price, e.g. {"BTCUSDT": 97000}')
+        return {str(symbol).strip().upper(): json_number(price) for symbol, price in value.items()}
+
+    @field_validator("prices")
+    @classmethod
+    def _positive(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for symbol, price in value.items():
+            if not price.is_finite() or not 0 < price <= MAX_NUMBER:
+                raise ValueError(f"{symbol}: must be a positive number, got {price}")
+        return value
+
+
+@dataclass(frozen=True)
+class PricePoint:
+    """A price line: the venue's price of each symbol from `ts` on."""
+
+    line: int
+    ts: datetime
+    prices: Mapping[str, Decimal]
+
+
+Record = SignalRecord | PricePoint
+
+
+@dataclass(frozen=True)
+class History:
+    """Every record of one file, in time order."""
+
+    path: Path
+    records: tuple[Record, ...]
+    signals: tuple[SignalRecord, ...] = field(init=False)
+    price_points: tuple[PricePoint, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        signals = tuple(r for r in self.records if isinstance(r, SignalRecord))
+        object.__setattr__(self, "signals", signals)
+        points = tuple(r for r in self.records if isinstance(r, PricePoint))
+        object.__setattr__(self, "price_points", points)
+
+    @property
+    def start(self) -> datetime:
+        return self.records[0].ts
+
+    @property
+    def end(self) -> datetime:
+        return self.records[-1].ts
+
+    def symbols(self) -> list[str]:
+        """Every symbol a signal or a price point names, sorted."""
+        named = {record.signal.symbol for record in self.signals}
+        named.update(symbol for point in self.price_points for symbol in point.prices)
+        return sorted(named)
+
+    def first_prices(self) -> dict[str, tuple[int, Decimal]]:
+        """Each symbol's first price in time, with its line: the venue's price at the start."""
+        first: dict[str, tuple[int, Decimal]] = {}
+        for point in self.price_points:
+            for symbol, price in point.prices.items():
+                first.setdefault(symbol, (point.line, price))
+        return first
+
+
+def read_history(path: Path, source: str) -> History:
+    """Read and check the whole file (signals attributed to `source`) before anything runs."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HistoryError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HistoryError(f"{path}: cannot be read: {exc}") from None
+    records = [_record(path, number, line, source) for number, line in _lines(text)]
+    if not any(isinstance(record, SignalRecord) for record in records):
+        raise HistoryError(f"{path}: holds no signal (one JSON object per line)")
+    return History(path, tuple(sorted(records, key=lambda record: (record.ts, record.line))))
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield number, line.strip()
+
+
+def _record(path: Path, number: int, line: str, source: str) -> Record:
+    where = f"{path}:{number}"
+    try:
+        payload = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise HistoryError(f"{where}: not a JSON object: {exc}") from None
+    if not isinstance(payload, dict):
+        raise HistoryError(f"{where}: not a JSON object (a signal or a price point)")
+    if "prices" in payload:
+        return _price_point(where, number, payload)
+    try:
+        signal = parse_signal(source, payload)
+    except SignalError as exc:
+        raise HistoryError(f"{where}: invalid signal: {exc}") from None
+    return SignalRecord(number, line.encode(), signal)
+
+
+def _price_point(where: str, number: int, payload: dict[str, Any]) -> PricePoint:
+    extra = sorted(set(payload) - _PRICE_POINT_KEYS)
+    if extra:
+        raise HistoryError(f"{where}: a price point has only ts and prices, not {', '.join(extra)}")
+    try:
+        point = _Prices.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        name = ".".join(str(part) for part in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise HistoryError(f"{where}: invalid price point: {name}: {message}") from None
+    return PricePoint(number, point.ts, point.prices)
