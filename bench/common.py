@@ -3,13 +3,14 @@ risk limits that stay out of a benchmark's way, and one line of a report."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["UNLIMITED_RISK", "Check", "cpu_seconds", "free_port", "rss_mb", "wait_until"]
 
@@ -76,3 +77,15 @@ def rss_mb(pid: int) -> float | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return None
+
+
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+
+
+def write_results(report: Any, name: str, started_at: str, path: Path | None = None) -> Path:
+    """Write a benchmark's JSON report to `path`, else bench/results/<name>-<started_at>.json;
+    returns where it went."""
+    target = path or RESULTS_DIR / f"{name}-{started_at}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return target

@@ -14,7 +14,6 @@ Run: `make bench-gate` or `python -m bench.gate_latency [--decisions N] [--json-
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
@@ -30,6 +29,7 @@ from typing import Final
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import write_results
 from bot.messages import OrderIntent, OrderType, Side
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.exposure import ExposureLedger, Reservation
@@ -37,7 +37,6 @@ from bot.risk.gate import ApprovedOrder, RiskGate
 
 __all__ = ["main", "run"]
 
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 PRICES: Final = {"BTCUSDT": Decimal(97000), "ETHUSDT": Decimal(3500), "SOLUSDT": Decimal(180)}
 STRATEGIES: Final = tuple(f"strategy{i}" for i in range(10))
@@ -216,9 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{report['approved_share']:.0%}",
         highlight=False,
     )
-    target = arguments.json_out or RESULTS_DIR / f"gate-latency-{report['started_at']}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
+    target = write_results(report, "gate-latency", str(report["started_at"]), arguments.json_out)
     console.print(f"results: {target}", highlight=False)
     return 0
 

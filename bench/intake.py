@@ -60,14 +60,13 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import UNLIMITED_RISK, cpu_seconds, free_port, rss_mb, wait_until
+from bench.common import UNLIMITED_RISK, cpu_seconds, free_port, rss_mb, wait_until, write_results
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
 __all__ = ["main", "run"]
 
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 #: Keys (one strategy each): 100 signals/s at Bybit's 10 orders/s per account would run every
 #: key at its limit, measuring the pacing queue; 20 keys keep each at half of it.
 STRATEGIES: Final = 20
@@ -608,9 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     console.print(f"burst: {report['burst']}", highlight=False)
     console.print(f"footprint: {report['footprint']}", highlight=False)
-    target = arguments.json_out or RESULTS_DIR / f"intake-{report['started_at']}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2))
+    target = write_results(report, "intake", report["started_at"], arguments.json_out)
     console.print(f"results: {target}", highlight=False)
     for failure in report["failures"]:
         console.print(f"[bold red]failed:[/] {failure}", highlight=False)

@@ -42,7 +42,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import UNLIMITED_RISK, Check, free_port, wait_until
+from bench.common import UNLIMITED_RISK, Check, free_port, wait_until, write_results
 from bot.execution.ids import order_link_id
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
@@ -54,7 +54,6 @@ STRATEGIES: Final = ("alpha", "beta", "gamma")
 WEBHOOK_SECRET_NAME: Final = "bot_webhook_secret_voiceofchain"  # noqa: S105 - a file name
 ORDER_CREATE_PER_S: Final = 10  # Bybit's (and the simulator's) per-key order/create limit
 STOP_DISTANCE: Final = Decimal("0.02")
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 HTTP_TIMEOUT_S: Final = 5.0
@@ -1087,10 +1086,7 @@ def print_report(report: SoakReport, console: Console) -> None:
 
 
 def write_json(report: SoakReport, path: Path | None) -> Path:
-    target = path or RESULTS_DIR / f"soak-{report.started_at}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report.as_json(), indent=2, default=str) + "\n", encoding="utf-8")
-    return target
+    return write_results(report.as_json(), "soak", report.started_at, path)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:

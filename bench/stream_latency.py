@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import secrets
@@ -59,7 +58,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import Check
+from bench.common import Check, write_results
 from bot.account import Account
 from bot.config import Environment
 from bot.execution.ids import order_link_id
@@ -91,7 +90,6 @@ SOURCE: Final = "bench"
 ORDER_CREATE_PER_S: Final = 10  # Bybit's (and the simulator's) per-UID order/create limit
 TARGET_P99_MS: Final = 5.0
 BALANCE_USDT: Final = Decimal(1_000_000)
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 POLL_S: Final = 0.02
 STREAM_CLOSE_GRACE_S: Final = 0.5
 SAMPLES: Final = 10
@@ -840,10 +838,7 @@ def _print_breakdown(result: PassResult, console: Console) -> None:
 
 
 def write_json(report: StreamLatencyReport, path: Path | None) -> Path:
-    target = path or RESULTS_DIR / f"stream-latency-{report.started_at}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report.as_json(), indent=2, default=str) + "\n", encoding="utf-8")
-    return target
+    return write_results(report.as_json(), "stream-latency", report.started_at, path)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -79,7 +79,7 @@ from rich.console import Console
 from rich.table import Table
 from starlette.requests import ClientDisconnect
 
-from bench.common import UNLIMITED_RISK, Check, cpu_seconds, free_port, wait_until
+from bench.common import UNLIMITED_RISK, Check, cpu_seconds, free_port, wait_until, write_results
 from bot.config import load_settings
 from bot.execution.ids import order_link_id
 from bot.journal import Journal
@@ -117,7 +117,6 @@ STOP_DISTANCE: Final = Decimal("0.02")
 BALANCE_USDT: Final = Decimal(100_000)
 TRADINGVIEW_TIMEOUT_S: Final = 3.0
 TARGET_STALL_WAIT_MS: Final = 5.0
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 START_TIMEOUT_S: Final = 45.0
@@ -1145,10 +1144,7 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
 
 
 def write_json(report: Mapping[str, Any], path: Path | None) -> Path:
-    target = path or RESULTS_DIR / f"typical-bot-{report['started_at']}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    return target
+    return write_results(report, "typical-bot", report["started_at"], path)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
