@@ -83,3 +83,17 @@ bench-replay: setup
 	$(BIN)/python -m bench.replay $(REPLAY_ARGS)
 
 bench: soak bench-stream bench-gate bench-intake bench-typical bench-replay
+
+# docker/requirements.txt: the image's dependencies (pyproject.toml's), each pinned with the
+# hashes of all its files, for Python 3.11 on every platform; the Dockerfile and
+# tests/docker install from it with --require-hashes. Rerun after changing a dependency;
+# versions already pinned are kept unless UV_ARGS=--upgrade. uv runs from a temporary venv.
+UV_VERSION ?= 0.13.9
+.PHONY: docker-requirements
+docker-requirements:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp/venv" && \
+	"$$tmp/venv/bin/python" -m pip install --quiet "uv==$(UV_VERSION)" && \
+	"$$tmp/venv/bin/uv" pip compile pyproject.toml --quiet --generate-hashes --universal \
+		--python-version 3.11 --custom-compile-command "make docker-requirements" \
+		--output-file docker/requirements.txt $(UV_ARGS)

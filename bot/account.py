@@ -363,6 +363,16 @@ class AccountKeeper:
         allocation = self._projection.allocate(fill, strategy)
         self._projection.apply_execution(fill, allocation)
         self._write(self._journal.record_execution, fill, allocation)
+        logger.bind(notify="fill").info(
+            "fill on key {key}: {side} {qty} {symbol} at {price}, fee {fee} USDT ({whose})",
+            key=fill.key_name,
+            side=fill.side.value,
+            qty=fill.qty,
+            symbol=fill.symbol,
+            price=fill.price,
+            fee=fill.fee,
+            whose=strategy or fill.stop_order_type or "not the bot's order",
+        )
         if fill.order_link_id:
             self._fill_booked(fill)
 

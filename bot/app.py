@@ -1,4 +1,4 @@
-"""The bot's HTTP server: webhook receivers, `GET /healthz` and `GET /metrics`.
+"""The bot's HTTP server: webhook receivers, `GET /healthz`, `GET /livez` and `GET /metrics`.
 
 Anything a client sends is answered with a 4xx that says what is wrong; the handlers of
 FastAPI's own validation and of unknown routes are replaced to keep every answer JSON.
@@ -24,10 +24,15 @@ HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def create_app(
-    routers: Iterable[APIRouter], health: HealthCheck, admin: AdminRoutes | None = None
+    routers: Iterable[APIRouter],
+    health: HealthCheck,
+    admin: AdminRoutes | None = None,
+    *,
+    refresh_metrics: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """`health()` returns the /healthz body; a false `ready` in it makes the answer 503.
-    The admin routes are served only when `admin` is given (an admin secret exists)."""
+    `/livez` answers 200 while the event loop does. The admin routes are served only when
+    `admin` is given (an admin secret exists); `refresh_metrics()` runs before each scrape."""
     app = FastAPI(
         title="bybit-signal-bot",
         description="Signals in (webhooks), health and metrics out; orders go to Bybit.",
@@ -53,8 +58,14 @@ def create_app(
         status = await health()
         return JSONResponse(status, status_code=200 if status.get("ready") else 503)
 
+    @app.get("/livez")
+    async def livez() -> JSONResponse:
+        return JSONResponse({"live": True})
+
     @app.get("/metrics")
     async def prometheus() -> Response:
+        if refresh_metrics is not None:
+            await refresh_metrics()
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -10,27 +10,37 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from datetime import datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from datetime import date, datetime
 from decimal import Decimal
 from functools import partial
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
 import uvloop
 from pydantic import SecretStr
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from bot import logs
 from bot.account import AccountProjection, StrategyBook
 from bot.admin import ADMIN_SECRET_NAME
-from bot.config import BotSettings, ConfigError, Environment, load_settings
-from bot.journal import Journal, JournalError
+from bot.audit import AuditLog, RequestObserver, parse_since, read_audit, summary
+from bot.config import (
+    SECRETS_DIR_VARIABLE,
+    BotSettings,
+    ConfigError,
+    Environment,
+    load_settings,
+)
+from bot.journal import Journal, JournalError, TraceRow
 from bot.keys.audit import Verdict, strategies_by_key
 from bot.messages import utc_now
 from bot.replay import (
@@ -71,6 +81,7 @@ from signals.voiceofchain import SIGNATURE_HEADER, sign
 __all__ = ["app", "main"]
 
 SEND_TIMEOUT_S: Final = 10.0
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: A halt that cancels and flattens waits for the venue: orders in flight, then fills.
 ADMIN_ACTION_TIMEOUT_S: Final = 120.0
 T = TypeVar("T")
@@ -80,6 +91,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help as plain text: rich markup would swallow every "[...]" (defaults, "[mqtt]").
+    rich_markup_mode=None,
 )
 signal_app = typer.Typer(help="Work with signals.", no_args_is_help=True)
 app.add_typer(signal_app, name="signal")
@@ -89,17 +102,45 @@ keys_app = typer.Typer(help="API keys: the audit of what each may do.", no_args_
 app.add_typer(keys_app, name="keys")
 console = Console()
 errors = Console(stderr=True)
+DISTRIBUTION: Final = "bybit-signal-bot"
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"{DISTRIBUTION} {metadata.version(DISTRIBUTION)}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _bot(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Turn trading signals into Bybit orders, safely. Offline by default (simulator)."""
+
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="configuration file [default: $BOT_CONFIG or config/bot.toml]"),
+    typer.Option(
+        "--config", help="configuration file", show_default="$BOT_CONFIG or config/bot.toml"
+    ),
 ]
 SecretsDirOption = Annotated[
     Path,
-    typer.Option("--secrets-dir", envvar="BOT_SECRETS_DIR", help="directory of secret files"),
+    typer.Option(
+        "--secrets-dir", envvar=SECRETS_DIR_VARIABLE, help="directory of secret files"
+    ),
 ]
-HostOption = Annotated[str | None, typer.Option(help="listen address [default: from config]")]
-PortOption = Annotated[int | None, typer.Option(help="listen port [default: from config]")]
+HostOption = Annotated[
+    str | None, typer.Option(help="listen address", show_default="the config's http.host")
+]
+PortOption = Annotated[
+    int | None, typer.Option(help="listen port", show_default="the config's http.port")
+]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -131,14 +172,21 @@ def run(
         bool, typer.Option("--mainnet", help="second opt-in for real money (with allow_mainnet)")
     ] = False,
     log_json: Annotated[bool, typer.Option("--log-json", help="log JSON lines")] = False,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
+    log_level: Annotated[str, typer.Option(help=", ".join(LOG_LEVELS))] = "INFO",
 ) -> None:
     """Run the bot: webhook server, strategies, risk gate and executor."""
-    logs.configure(json=log_json, level=log_level.upper())
+    logs.configure(json=log_json, level=_log_level(log_level))
     settings = _settings(config, host, port)
     with _one_line_errors():
         service = Service(settings, secrets_dir=secrets_dir, mainnet_flag=mainnet)
         uvloop.run(service.run())  # libuv's event loop: measured in bench/intake.py
+
+
+def _log_level(name: str) -> str:
+    """--log-level, checked here: loguru would refuse an unknown level with a traceback."""
+    if name.upper() not in LOG_LEVELS:
+        _fail(f"--log-level {name!r} is not a level: use one of {', '.join(LOG_LEVELS)}")
+    return name.upper()
 
 
 @contextmanager
@@ -190,15 +238,18 @@ def signal_send(
     action: Annotated[str, typer.Option(help="open or close")] = "open",
     strategy: Annotated[str | None, typer.Option(help="route to this strategy only")] = None,
     signal_id: Annotated[
-        str | None, typer.Option("--id", help="signal id [default: a new random one]")
+        str | None, typer.Option("--id", help="signal id", show_default="a new random one")
     ] = None,
     source: Annotated[str, typer.Option(help="webhook source")] = "voiceofchain",
     url: Annotated[
-        str | None, typer.Option(help="webhook URL [default: the configured server]")
+        str | None, typer.Option(help="webhook URL", show_default="the configured server")
     ] = None,
     mqtt: Annotated[
         bool,
         typer.Option("--mqtt", help="publish to the [mqtt] broker and topic instead (QoS 1)"),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="the answer as one JSON object, with its http_status")
     ] = False,
     config: ConfigOption = None,
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
@@ -221,7 +272,7 @@ def signal_send(
     }
     payload.update({key: value for key, value in optional.items() if value is not None})
     if mqtt:
-        _publish(settings, secret_resolver(settings, secrets_dir), payload)
+        _publish(settings, secret_resolver(settings, secrets_dir), payload, as_json)
         return
     body = json.dumps(payload, default=_decimal_as_number).encode()
     try:
@@ -241,13 +292,33 @@ def signal_send(
             f"no answer from {target} within {SEND_TIMEOUT_S:g} s; the signal may have been "
             "received: see `bot orders` before sending it again (the same id is deduplicated)"
         )
-    console.print(f"{status} {answer}", highlight=False)
-    console.print(f"signal id: {payload['id']}", highlight=False)
+    if as_json:
+        typer.echo(_answer_json(status, str(payload["id"]), answer))
+    else:  # plain lines, never wrapped: the answer is the bot's JSON
+        typer.echo(f"{status} {answer}")
+        typer.echo(f"signal id: {payload['id']}")
     if status >= 300:
         raise typer.Exit(1)
 
 
-def _publish(settings: BotSettings, resolver: SecretResolver, payload: dict[str, object]) -> None:
+def _answer_json(status: int, signal_id: str, answer: str) -> str:
+    """`bot signal send --json`: the bot's answer (its JSON fields, else its text as `body`)
+    as one line, after the HTTP status and the signal's id."""
+    try:
+        body = json.loads(answer)
+    except ValueError:
+        body = None
+    fields = body if isinstance(body, dict) else {"body": answer}
+    line = {"http_status": status, "signal_id": signal_id} | fields
+    return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+
+
+def _publish(
+    settings: BotSettings,
+    resolver: SecretResolver,
+    payload: dict[str, object],
+    as_json: bool = False,
+) -> None:
     """`bot signal send --mqtt`: one signal to the configured broker."""
 
     numbers = json.loads(json.dumps(payload, default=_decimal_as_number))
@@ -262,8 +333,12 @@ def _publish(settings: BotSettings, resolver: SecretResolver, payload: dict[str,
         )
     except MqttPublishError as exc:
         _fail(f"{exc}; is the broker running (mqtt.host, mqtt.port)?")
-    console.print(f"published to {topic}", highlight=False)
-    console.print(f"signal id: {payload['id']}", highlight=False)
+    if as_json:
+        line = {"published_to": topic, "signal_id": payload["id"]}
+        typer.echo(json.dumps(line, separators=(",", ":")))
+        return
+    typer.echo(f"published to {topic}")
+    typer.echo(f"signal id: {payload['id']}")
 
 
 def _bot_url(settings: BotSettings) -> str:
@@ -300,7 +375,9 @@ def _post_signed(
 
 @app.command()
 def halt(
-    strategy: Annotated[str | None, typer.Option(help="halt one strategy [default: all]")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="halt one strategy", show_default="the bot: all")
+    ] = None,
     reason: Annotated[str, typer.Option(help="why; journaled")] = "halted by the operator",
     cancel_open: Annotated[
         bool, typer.Option("--cancel-open", help="also cancel the scope's open orders")
@@ -322,7 +399,7 @@ def halt(
 @app.command()
 def resume(
     strategy: Annotated[
-        str | None, typer.Option(help="resume one strategy [default: the bot]")
+        str | None, typer.Option(help="resume one strategy", show_default="the bot: all")
     ] = None,
     config: ConfigOption = None,
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
@@ -346,14 +423,17 @@ def _switch(
     route = "halt" if state is TradingState.HALTED else "resume"
     acting = bool(command.get("cancel_open") or command.get("flatten"))
     target = f"{_bot_url(settings)}/admin/{route}"
+    # Cancelling and flattening wait for the venue (up to ADMIN_ACTION_TIMEOUT_S): a spinner.
+    waiting = "the bot cancels and flattens" if acting and errors.is_terminal else None
     try:
         secret = secret_resolver(settings, secrets_dir).get(ADMIN_SECRET_NAME)
-        status, answer = _post_signed(
-            target,
-            json.dumps(command).encode(),
-            secret,
-            ADMIN_ACTION_TIMEOUT_S if acting else SEND_TIMEOUT_S,
-        )
+        with errors.status(waiting) if waiting else nullcontext():
+            status, answer = _post_signed(
+                target,
+                json.dumps(command).encode(),
+                secret,
+                ADMIN_ACTION_TIMEOUT_S if acting else SEND_TIMEOUT_S,
+            )
     except MissingSecretError as exc:
         _fail(f"{exc} (the admin secret signs halt and resume)")
     except TimeoutError:
@@ -366,8 +446,8 @@ def _switch(
         finally:
             journal.close()
         console.print(
-            f"the bot is not running: {scope.scope} {state.value} is journaled and applies "
-            "when it starts",
+            f"the bot is not running: {scope.scope} {state.value} is journaled (in "
+            f"{settings.journal_path.absolute()}) and applies when it starts",
             highlight=False,
         )
         if acting:
@@ -378,12 +458,15 @@ def _switch(
         return
     if status != 200:
         _fail(f"the bot refused: {status} {answer}")
-    console.print(answer, highlight=False)
+    typer.echo(answer)  # the bot's JSON, never wrapped
 
 
 @keys_app.command("check")
 def keys_check(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="the strategies, permissions and reasons in full")
+    ] = False,
     config: ConfigOption = None,
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
 ) -> None:
@@ -404,20 +487,33 @@ def keys_check(
                     _fail(str(exc))
                 resources.callback(server.stop)
                 sim_url = server.url
-        rows = [_key_row(settings, name, resolver, sim_url) for name in sorted(settings.keys)]
+        audit_log = AuditLog(settings.audit_dir, settings.audit)  # these are signed requests too
+        resources.callback(audit_log.close)
+        rows = []
+        with _progress("auditing keys", len(settings.keys)) as advance:
+            for name in sorted(settings.keys):
+                rows.append(_key_row(settings, name, resolver, sim_url, audit_log.write))
+                advance()
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, separators=(",", ":")))
     else:
-        console.print(_table(rows, ()))
+        hidden = () if wide else ("strategies",)  # configuration, not the audit
+        giving_way = {"permissions": 11, "ip_binding": 9, "reason": 12}
+        _print_table(rows, giving_way, hidden=hidden, wide=wide)
     if any(row["verdict"] not in (Verdict.OK, Verdict.WARN) for row in rows):
         raise typer.Exit(1)
 
 
 def _key_row(
-    settings: BotSettings, name: str, resolver: SecretResolver, sim_url: str
+    settings: BotSettings,
+    name: str,
+    resolver: SecretResolver,
+    sim_url: str,
+    observer: RequestObserver,
 ) -> dict[str, str]:
-    """One key's audit row; a missing secret is a refusal with what to do."""
+    """One key's audit row; a missing secret is a refusal with what to do. `observer` hears
+    of the signed request (the audit log)."""
     try:
         credentials = resolver.credentials(name)
     except MissingSecretError as exc:
@@ -431,12 +527,13 @@ def _key_row(
             "verdict": Verdict.REFUSED.value,
             "reason": str(exc),
         }
-    return asyncio.run(audit_credentials(settings, credentials, sim_url)).row()
+    return asyncio.run(audit_credentials(settings, credentials, sim_url, (observer,))).row()
 
 
 @risk_app.command("status")
 def risk_status(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="reasons in full, and since when")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Each scope's trading state and why, its limits and what it uses of them now:
@@ -459,8 +556,9 @@ def risk_status(
         for row in rows:
             typer.echo(json.dumps(row, separators=(",", ":")))
         return
-    shown = ("scope", "state", "reason", "exposure", "open_orders", "orders_today", "loss_today")
-    console.print(_table(rows, tuple(column for column in rows[0] if column not in shown)))
+    shown = {"scope", "state", "reason", "exposure", "open_orders", "orders_today", "loss_today"}
+    hidden = [column for column in rows[0] if column not in shown | ({"since"} if wide else set())]
+    _print_table(rows, {"scope": 8, "reason": 10}, hidden=hidden, wide=wide)
 
 
 def _risk_row(
@@ -502,9 +600,16 @@ def _risk_row(
 
 
 def _decimal_as_number(value: object) -> object:
-    """Decimals as JSON numbers; the bot reads them back exactly (shortest repr)."""
+    """A Decimal as the JSON number it was typed as: whole, an int (99000, never 99000.0);
+    else the float of the same digits, read back exactly (shortest repr); a value no float
+    spells exactly (over 15 digits) as a numeric string, which the bot reads exactly too."""
     if isinstance(value, Decimal):
-        return float(value)
+        if not value.is_finite():
+            return str(value)  # refused by the bot, by field name
+        if value == value.to_integral_value():
+            return int(value)
+        number = float(value)
+        return number if Decimal(repr(number)) == value else str(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
@@ -512,44 +617,94 @@ def _decimal_as_number(value: object) -> object:
 def orders(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     limit: Annotated[int, typer.Option(min=1, help="latest N signals")] = 50,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="every value in full: date, ids, decision and reason")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """What the journal holds: each signal, its decisions and its orders."""
+    """What the journal holds: each signal, its decisions and its orders (times in UTC)."""
     rows = _read_journal(config, lambda journal: journal.trace(limit))
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row.as_dict(), separators=(",", ":")))
         return
-    table = Table()
-    for column in (
-        "time",
-        "signal",
-        "strategy",
-        "decision",
-        "order",
-        "status",
-        "fill",
-        "orderLinkId",
-    ):
-        table.add_column(column, overflow="fold")  # ids are never cut short
-    for row in rows:
-        approved = row.decision == "approved"
-        table.add_row(
-            row.received_at[11:19],
-            row.signal_id,
-            row.strategy or "",
-            row.decision if approved else f"{row.decision}: {row.reason}",
-            f"{row.side} {row.qty} {row.symbol}" if row.side else "",
-            row.status or "",
-            row.avg_price or "",
-            row.order_link_id or "",
-        )
-    console.print(table)
+    today = utc_now().date()
+    _print_table(
+        [_wide_order_row(row) if wide else _order_row(row, today) for row in rows],
+        _ORDER_COLUMNS_GIVING_WAY,
+        wide=wide,
+    )
+
+
+#: `bot orders`' columns that give way to fit the terminal, and their narrowest width.
+_ORDER_COLUMNS_GIVING_WAY: Final = {"signal": 9, "status": 15, "orderLinkId": 13}
+
+
+def _order_row(row: TraceRow, today: date) -> dict[str, str]:
+    """A row of `bot orders` at a glance: the time of day (with the date when not today), the
+    order's status or else the decision and why; an exit (stop, target) of the order above is
+    marked ↳ with its trigger. The strategy shows in full with --wide (and an orderLinkId
+    starts with it)."""
+    received = datetime.fromisoformat(row.received_at)
+    return {
+        "time": f"{received:%H:%M:%S}" if received.date() == today else f"{received:%m-%d %H:%M}",
+        "signal": f"↳ {row.reason}" if row.decision == "exit" else row.signal_id,
+        "order": f"{row.side} {row.qty} {row.symbol}" if row.side else "",
+        "status": row.status or (f"{row.decision}: {row.reason}" if row.reason else row.decision),
+        "fill": row.avg_price or "",
+        "orderLinkId": row.order_link_id or "",
+    }
+
+
+def _wide_order_row(row: TraceRow) -> dict[str, str]:
+    """A row of `bot orders --wide`: every field whole."""
+    approved = row.decision == "approved"
+    return {
+        "time": f"{datetime.fromisoformat(row.received_at):%Y-%m-%d %H:%M:%S}",
+        "signal": row.signal_id,
+        "strategy": row.strategy or "",
+        "decision": row.decision if approved or not row.reason else f"{row.decision}: {row.reason}",
+        "order": f"{row.side} {row.qty} {row.symbol}" if row.side else "",
+        "status": row.status or "",
+        "fill": row.avg_price or "",
+        "filled": row.filled_qty or "",
+        "orderLinkId": row.order_link_id or "",
+    }
+
+
+@app.command()
+def audit(
+    since: Annotated[
+        str | None,
+        typer.Option(help="only requests since then: 30m, 1h, 2d, or an ISO-8601 time"),
+    ] = None,
+    key: Annotated[str | None, typer.Option(help="only the requests of this key")] = None,
+    limit: Annotated[int, typer.Option(min=0, help="the latest N requests (0: all)")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The audit log: every signed request to the venue (time in UTC, key, endpoint,
+    orderLinkId, retCode, latency), newest last, from <state_dir>/audit/. Needs no running
+    bot."""
+    settings = _settings(config)
+    try:
+        start = None if since is None else parse_since(since, utc_now())
+    except ValueError as exc:
+        _fail(str(exc))
+    rows = read_audit(settings.audit_dir, since=start, key=key, limit=limit)
+    if not rows:
+        errors.print(f"no signed requests match in {settings.audit_dir}", highlight=False)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, separators=(",", ":")))
+        return
+    _print_table([summary(row) for row in rows], {"key": 8, "endpoint": 12, "answer": 6})
 
 
 @app.command()
 def positions(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="key and strategy names in full")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Positions per key and strategy, from the journal: each strategy's own fills, marked at
@@ -566,8 +721,14 @@ def positions(
         for row in positions + accounts:
             typer.echo(json.dumps(row, separators=(",", ":")))
         return
-    console.print(_table(positions, ("row",)))
-    console.print(_table(accounts, ("row",)))
+    _print_table(
+        positions,
+        {"key": 6, "strategy": 6},
+        hidden=("row",),
+        labels={"unrealized_pnl": "uPnL", "realized_pnl_today": "rPnL today"},
+        wide=wide,
+    )
+    _print_table(accounts, {"key": 6}, hidden=("row",), wide=wide)
 
 
 def _position_row(projection: AccountProjection, book: StrategyBook) -> dict[str, str]:
@@ -599,16 +760,69 @@ def _account_row(projection: AccountProjection, key_name: str) -> dict[str, str]
     }
 
 
-def _table(rows: list[dict[str, str]], hidden: tuple[str, ...]) -> Table:
-    """Rows of one shape as a table, their keys as headers (`hidden` ones left out)."""
-    table = Table()
-    if rows:
-        for column in rows[0]:
-            if column not in hidden:
-                table.add_column(column.replace("_", " "), overflow="fold")
-    for row in rows:
-        table.add_row(*(value for column, value in row.items() if column not in hidden))
-    return table
+def _print_table(
+    rows: Sequence[Mapping[str, str]],
+    giving_way: Mapping[str, int] | None = None,
+    *,
+    hidden: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
+    wide: bool = False,
+) -> None:
+    """Rows of one shape as a table, their keys as headers (or their `labels`; `hidden` ones
+    left out), each row on one line. To fit the terminal, headers wrap between words first;
+    then the columns in `giving_way` are cut short with "…", none below the width it gives
+    (in a terminal too narrow for even that, down to a few characters). `wide`: every value
+    whole, however long the lines."""
+    if not rows:
+        return
+    columns = [column for column in rows[0] if column not in hidden]
+    headers = [(labels or {}).get(column, column.replace("_", " ")) for column in columns]
+    values = [[row[column] for column in columns] for row in rows]
+    natural = [
+        max(cell_len(text) for text in (header, *(line[i] for line in values)))
+        for i, header in enumerate(headers)
+    ]
+    gaps = _COLUMN_GAP * (len(columns) - 1)
+    if wide:  # as wide as it takes: a narrower terminal folds the lines, never the table
+        widths, out = natural, Console(width=sum(natural) + gaps, highlight=False)
+    else:
+        words = [  # a header may wrap between its words; a value never does
+            max(cell_len(text) for text in (*header.split(), *(line[i] for line in values)))
+            for i, header in enumerate(headers)
+        ]
+        widths = _fit(natural, words, console.width - gaps)
+        giving = giving_way or {}
+        for least in (giving, dict.fromkeys(giving, _NARROWEST_COLUMN)):
+            floors = [
+                min(width, least.get(column, width))
+                for column, width in zip(columns, widths, strict=True)
+            ]
+            widths = _fit(widths, floors, console.width - gaps)
+        out = console
+    table = Table(box=None, padding=(0, _COLUMN_GAP, 0, 0), pad_edge=False, header_style="bold")
+    for header, width in zip(headers, widths, strict=True):
+        table.add_column(Text(header, overflow="ellipsis"), width=width)
+    for line in values:
+        table.add_row(*(Text(text, no_wrap=True, overflow="ellipsis") for text in line))
+    out.print(table)
+
+
+#: Spaces between two columns of a table.
+_COLUMN_GAP: Final = 2
+#: A column that gives way keeps at least this much of its values, with "…".
+_NARROWEST_COLUMN: Final = 4
+
+
+def _fit(widths: Sequence[int], floors: Sequence[int], room: int) -> list[int]:
+    """`widths` narrowed to `room` in all: the widest column that can give way (above its
+    floor) loses a character at a time; what no column can give stays over."""
+    fitted = list(widths)
+    while sum(fitted) > room:
+        narrowable = [i for i, width in enumerate(fitted) if width > floors[i]]
+        if not narrowable:
+            break
+        fitted[max(narrowable, key=lambda i: fitted[i])] -= 1
+    return fitted
 
 
 def _plain(value: Decimal) -> str:
@@ -654,8 +868,8 @@ def replay_history(
         Path | None,
         typer.Option(
             "--state-dir",
-            help="keep the replay's journal and log in this new directory "
-            "[default: a temporary one, removed after a clean run]",
+            help="keep the replay's journal and log in this new directory",
+            show_default="a temporary one, removed after a clean run",
         ),
     ] = None,
     config: ConfigOption = None,
@@ -714,7 +928,7 @@ def _replay_report(
     log = state / "bot.log"
     with log.open("w", encoding="utf-8") as log_stream:
         logs.configure(stream=log_stream)
-        with _one_line_errors(log), _replay_progress(len(history.records)) as advance:
+        with _one_line_errors(log), _progress("replaying", len(history.records)) as advance:
             try:
                 run = replay(
                     settings,
@@ -747,10 +961,10 @@ def _replay_state_dir(settings: BotSettings, chosen: Path | None) -> Path:
 
 
 @contextmanager
-def _replay_progress(total: int) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr while records are replayed (when stderr is a terminal)."""
+def _progress(what: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr while `what` goes on (when stderr is a terminal)."""
     progress = Progress(
-        TextColumn("replaying"),
+        TextColumn(escape(what)),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -758,7 +972,7 @@ def _replay_progress(total: int) -> Iterator[Callable[[], None]]:
         transient=True,
         disable=not errors.is_terminal,
     )
-    task = progress.add_task("replay", total=total)
+    task = progress.add_task(what, total=total)
     with progress:
         yield lambda: progress.advance(task)
 
@@ -773,7 +987,7 @@ def _print_replay(report: ReplayReport) -> None:
         highlight=False,
     )
     strategies = report.strategies
-    console.print(_table(_replay_rows(strategies), ()))
+    _print_table(_replay_rows(strategies), {"figure": 12})
     for answer in report.refused:
         console.print(
             f"line {answer.line}: {answer.signal_id} refused ({answer.status}): {answer.detail}",

@@ -1,8 +1,12 @@
 """Configuration: one TOML file, overridden by `BOT_<SECTION>__<FIELD>` environment variables.
 
 Every section is a frozen model with `extra="forbid"`: a misspelt key is a start-up error that
-names the key and the file, never a silently ignored setting. Secrets are not configuration
-and never live here; see `bot.secrets`.
+names the key and the file, never a silently ignored setting; so is a `BOT_` variable that is
+neither a setting nor one the bot reads (a secret, `BOT_CONFIG`), with the closest valid name.
+A bad value is one line naming the setting, the value, where it came from and what is allowed.
+A list may be given in a variable as `A,B` (or JSON). A relative `state_dir` written in the
+file is relative to the file's directory. Secrets are not configuration and never live here;
+see `bot.secrets`.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ import enum
 import os
 import re
 import tomllib
+import types
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from difflib import get_close_matches
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -22,21 +30,36 @@ from pydantic import (
     StringConstraints,
     ValidationError,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from bot.admin import ADMIN_SECRET_NAME
 from bot.execution.config import ExecutionConfig
 from bot.risk.config import RiskConfig, StrategyRiskConfig
-from bot.secrets import api_key_names
+from bot.secrets import api_key_names, webhook_secret_name, webhook_token_name
 from signals.config import WebhookSourceConfig
+from signals.mqtt import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
+from signals.mqtt import SIGNING_SECRET_NAME as MQTT_SIGNING_SECRET_NAME
 from signals.mqtt import MqttConfig
 
 __all__ = [
+    "CONFIG_VARIABLE",
     "DEFAULT_CONFIG_PATH",
+    "SECRETS_DIR_VARIABLE",
+    "AuditConfig",
     "BotSettings",
     "ConfigError",
     "Environment",
     "HttpConfig",
     "KeyConfig",
+    "NotifyConfig",
+    "NotifyEvent",
     "RiskConfig",
     "StrategyConfig",
     "VenueConfig",
@@ -46,10 +69,32 @@ __all__ = [
 DEFAULT_CONFIG_PATH: Final = Path("config/bot.toml")
 #: Names of keys that hold secrets: never accepted in the configuration file.
 _SECRET_WORDS: Final = re.compile(
-    r"(?:^|_)(?:secret|api_?key|api_?secret|password|passphrase)$|^token$", re.IGNORECASE
+    r"(?:^|_)(?:secret|api_?key|api_?secret|password|passphrase)$|^(?:token|urls?)$", re.IGNORECASE
 )
 #: The first mainnet opt-in must be written in the file: an environment variable cannot give it.
 _MAINNET_OPT_IN_VARIABLE: Final = "BOT_ALLOW_MAINNET"
+#: Overrides are `BOT_<SECTION>__<FIELD>`, e.g. BOT_HTTP__PORT.
+_ENV_PREFIX: Final = "BOT_"
+_ENV_DELIMITER: Final = "__"
+#: The configuration file, when --config is not given.
+CONFIG_VARIABLE: Final = "BOT_CONFIG"
+#: The secrets directory, when --secrets-dir is not given.
+SECRETS_DIR_VARIABLE: Final = "BOT_SECRETS_DIR"
+#: The `BOT_` variables the bot reads that are not settings, as named where they are read
+#: (`*`: a key's or a source's name); a module that reads a new one adds it here, or, if it
+#: imports this module (bot.notify), in `_other_variables`.
+_OTHER_VARIABLES: Final = (
+    CONFIG_VARIABLE,
+    SECRETS_DIR_VARIABLE,
+    ADMIN_SECRET_NAME,
+    MQTT_PASSWORD_NAME,
+    MQTT_SIGNING_SECRET_NAME,
+    webhook_secret_name("*"),
+    webhook_token_name("*"),
+    *api_key_names("*"),
+)
+#: A value shown in an error is cut to this many characters.
+_SHOWN_CHARS: Final = 60
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
@@ -92,6 +137,23 @@ class VenueConfig(_Section):
     market_cache_s: float = Field(
         1.0, ge=0, le=60, description="how long a fetched price or equity is reused for sizing"
     )
+    unready_after_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a key's REST requests failing, or its private stream down, this long "
+        "makes /healthz not ready",
+    )
+
+
+class AuditConfig(_Section):
+    """The audit log of every signed request to the venue, in `<state_dir>/audit/`."""
+
+    max_file_mb: float = Field(
+        20.0, gt=0, le=1024, description="the current file is rotated once it would pass this"
+    )
+    retention_days: int = Field(90, ge=1, description="rotated files older than this are deleted")
+    max_files: int = Field(50, ge=1, description="rotated files kept at most; the oldest go first")
 
 
 class KeyConfig(_Section):
@@ -102,6 +164,29 @@ class KeyConfig(_Section):
     )
     shared: bool = Field(
         False, description="true lets several strategies use this key; never implicit"
+    )
+
+
+#: The kinds of event a notification can be about; each tagged log call names one.
+NotifyEvent = Literal["fill", "rejection", "trading_state", "key", "venue_error", "stream"]
+
+
+class NotifyConfig(_Section):
+    """Notifications (bot/notify.py) to the apprise URLs of the secret BOT_NOTIFY_URLS; with no
+    URL set they are off. Per kind, the first event is sent at once and the rest of its window
+    as one summary."""
+
+    events: tuple[NotifyEvent, ...] = Field(
+        get_args(NotifyEvent), description="the kinds of event sent; [] turns notifications off"
+    )
+    min_interval_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="per kind: after one is sent, the others of this long go as one summary",
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, le=120, description="longest one notification may take to reach every URL"
     )
 
 
@@ -130,11 +215,40 @@ class StrategyConfig(_Section):
     )
 
 
+class _Environment(EnvSettingsSource):
+    """The `BOT_` variables, where a list setting may also be written `BTCUSDT,ETHUSDT`."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        """JSON when it looks like JSON; else, for a list, its comma-separated items. What is
+        neither goes to validation as it is, which names the setting, the value and what
+        fits (pydantic-settings would raise a bare parse error instead)."""
+        text = str(value).strip()
+        if not text.startswith(("[", "{")):
+            return [item.strip() for item in text.split(",")] if _is_list(field) else value
+        try:
+            return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
+        except ValueError:
+            return value
+
+
+def _is_list(field: FieldInfo | None) -> bool:
+    """A list setting: a tuple or list, perhaps optional (`tuple[str, ...] | None`)."""
+    annotation = field.annotation if field is not None else None
+    return any(get_origin(member) in (tuple, list) for member in _members(annotation))
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The members of a union (`X | None`), or the annotation itself."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
 class BotSettings(BaseSettings):
     """The whole configuration; built by `load_settings`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="BOT_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=_ENV_PREFIX, env_nested_delimiter=_ENV_DELIMITER, extra="forbid", frozen=True
     )
 
     environment: Environment = Environment.SIM
@@ -152,6 +266,7 @@ class BotSettings(BaseSettings):
     http: HttpConfig = HttpConfig()
     venue: VenueConfig = VenueConfig()
     execution: ExecutionConfig = ExecutionConfig()
+    audit: AuditConfig = AuditConfig()
     sim: dict[str, Any] = Field(
         default_factory=dict,
         description="the in-process simulator's settings (`bot.sim.SimulatorConfig`); "
@@ -162,6 +277,7 @@ class BotSettings(BaseSettings):
         default_factory=lambda: {"voiceofchain": WebhookSourceConfig()}
     )
     mqtt: MqttConfig = MqttConfig()
+    notify: NotifyConfig = NotifyConfig()
     keys: dict[Name, KeyConfig] = Field(default_factory=dict)
     strategies: dict[Name, StrategyConfig] = Field(default_factory=dict)
 
@@ -176,7 +292,7 @@ class BotSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first so it overrides the file (passed as init values); no .env files
         # and no secrets here: secrets are resolved separately and never become settings.
-        return (env_settings, init_settings)
+        return (_Environment(settings_cls), init_settings)
 
     #: the configuration file these settings were read from (None: built in code)
     _source: Path | None = PrivateAttr(None)
@@ -189,13 +305,17 @@ class BotSettings(BaseSettings):
     def journal_path(self) -> Path:
         return self.state_dir / "journal.sqlite3"
 
+    @property
+    def audit_dir(self) -> Path:
+        return self.state_dir / "audit"
+
 
 def load_settings(path: Path | None = None) -> BotSettings:
     """Read the TOML file (`path`, else $BOT_CONFIG, else config/bot.toml) plus env overrides.
 
     Raises `ConfigError` with every problem, each naming the key and the file.
     """
-    path = path or Path(os.environ.get("BOT_CONFIG") or DEFAULT_CONFIG_PATH)
+    path = path or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG_PATH)
     if _MAINNET_OPT_IN_VARIABLE in os.environ:
         raise ConfigError(
             f"{_MAINNET_OPT_IN_VARIABLE} is not accepted: the mainnet opt-in must be written in "
@@ -206,14 +326,17 @@ def load_settings(path: Path | None = None) -> BotSettings:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            f"config file {path} not found; pass --config PATH or set BOT_CONFIG"
+            f"config file {path} not found; pass --config PATH or set {CONFIG_VARIABLE}"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    unknown = _unknown_variables(os.environ, data)
+    if unknown:
+        raise ConfigError("\n".join(unknown))
     try:
-        settings = BotSettings(**data)
+        settings = BotSettings(**_state_dir_beside(data, path))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path)) from None
     _check_bindings(settings, path)
@@ -221,19 +344,168 @@ def load_settings(path: Path | None = None) -> BotSettings:
     return settings
 
 
+def _state_dir_beside(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A relative `state_dir` written in the file (or the default) is relative to the file's
+    directory, so every command finds the same journal wherever it runs; BOT_STATE_DIR, set in
+    a shell, is relative to where the command runs, as any path typed there."""
+    state_dir = data.get("state_dir", BotSettings.model_fields["state_dir"].default)
+    if not isinstance(state_dir, str | Path):  # for validation to refuse
+        return data
+    return {**data, "state_dir": (path.parent / Path(state_dir).expanduser()).resolve()}
+
+
 def _describe(exc: ValidationError, path: Path) -> str:
-    """Every problem on its own line, naming the key; never a value (it may be a secret)."""
-    lines = [f"invalid configuration in {path} (or a BOT_ environment variable):"]
-    for error in exc.errors(include_url=False):
-        loc = [str(part) for part in error["loc"]]
-        key = ".".join(loc)
-        if error["type"] == "extra_forbidden" and _SECRET_WORDS.search(loc[-1]):
-            lines.append(f"  {key}: {_secret_in_config(loc, path)}")
-        elif error["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}': remove it or check its spelling")
-        else:
-            lines.append(f"  {key}: {error['msg']}")
-    return "\n".join(lines)
+    """Every problem on one line of its own, naming the setting, where it was set (the file or
+    a BOT_ variable) and, for a bad value, the value and what is allowed. Only a setting's
+    value is shown: a secret is never a setting (it is refused by name, unshown)."""
+    return "\n".join(_problem(error, path) for error in exc.errors(include_url=False))
+
+
+def _problem(error: ErrorDetails, path: Path) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    if error["type"] == "extra_forbidden" and _SECRET_WORDS.search(loc[-1]):
+        return f"{key}: {_secret_in_config(loc, path)}"
+    variable = _variable_of(loc)
+    where = f"from {variable}" if variable else f"in {path}"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}' {where}: remove it or check its spelling"
+    if error["type"] == "missing":  # perhaps of a section a misspelt variable created
+        setters = _variables_under(loc[:-1])
+        also = f"; {'.'.join(loc[:-1])} is also set by {', '.join(setters)}" if setters else ""
+        return f"{key} is required {where}{also}: {error['msg']}"
+    allowed = error["msg"].removeprefix("Value error, ")
+    return f"invalid {key} = {_shown(error['input'])} {where}: {allowed}"
+
+
+def _variable_of(loc: Sequence[str]) -> str | None:
+    """The BOT_ variable that set the value at `loc`, or a section holding it, if one did."""
+    for end in range(len(loc), 0, -1):
+        name = _variable_name(loc[:end])
+        if name in os.environ:
+            return name
+    return None
+
+
+def _variables_under(loc: Sequence[str]) -> list[str]:
+    """The BOT_ variables that set something inside the section at `loc`."""
+    prefix = _variable_name(loc) + _ENV_DELIMITER
+    return sorted(name for name in os.environ if name.startswith(prefix))
+
+
+def _variable_name(loc: Sequence[str]) -> str:
+    """["risk", "max_leverage"] -> BOT_RISK__MAX_LEVERAGE"""
+    return _ENV_PREFIX + _ENV_DELIMITER.join(loc).upper()
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _unknown_variables(environ: Mapping[str, str], data: Mapping[str, Any]) -> list[str]:
+    """A line for each BOT_ variable that is neither a setting nor one the bot reads, with the
+    closest valid name: a misspelt override must stop the start, not be ignored."""
+    patterns = _other_variables()
+    unknown = [
+        name
+        for name in sorted(environ)
+        if name.startswith(_ENV_PREFIX)
+        and not _names_a_setting(BotSettings, _setting_path(name))
+        and not any(fnmatchcase(name, pattern) for pattern in patterns)
+    ]
+    if not unknown:
+        return []
+    fields = BotSettings.model_fields
+    named = [*_configured(fields["keys"], data.get("keys"))]
+    named += _configured(fields["sources"], data.get("sources"))
+    valid = [*_setting_variables(BotSettings, data, _ENV_PREFIX), *_other_variables(named)]
+    return [_unknown_variable(name, valid) for name in unknown]
+
+
+def _unknown_variable(name: str, valid: Sequence[str]) -> str:
+    close = get_close_matches(name, valid, n=1)
+    hint = (
+        f"did you mean {close[0]}?"
+        if close
+        else f"settings are {_ENV_PREFIX}<SECTION>{_ENV_DELIMITER}<FIELD>, e.g. BOT_HTTP__PORT"
+    )
+    return (
+        f"environment variable {name} is neither a setting nor a variable this bot reads "
+        f"({hint}): rename or unset it (see README, Configuration)"
+    )
+
+
+def _setting_path(variable: str) -> list[str]:
+    """BOT_RISK__MAX_LEVERAGE -> ["risk", "max_leverage"], the inverse of `_variable_name`"""
+    return variable.removeprefix(_ENV_PREFIX).lower().split(_ENV_DELIMITER)
+
+
+def _names_a_setting(annotation: Any, path: Sequence[str]) -> bool:
+    """Whether `path` leads to a setting (or a section) under `annotation`; in a table of
+    sections (strategies, keys, sources) any name leads on, and `dict[str, Any]` (`sim`,
+    `params`) takes anything: the simulator and the strategy validate those."""
+    if not path:
+        return True
+    model = _model_in(annotation)
+    if model is not None:
+        field = model.model_fields.get(path[0])
+        return field is not None and _names_a_setting(field.annotation, path[1:])
+    if get_origin(annotation) is dict:
+        value = get_args(annotation)[1]
+        return value is Any or _names_a_setting(value, path[1:])
+    return False
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model `annotation` is, or has as a union member (`FieldMapping | None`)."""
+    for member in _members(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
+
+
+def _setting_variables(model: type[BaseModel], data: object, prefix: str) -> Iterator[str]:
+    """Every setting's variable under `model`, for a table of sections under each name it
+    has in `data` (the file) or by default: the candidates for a misspelt name."""
+    values = data if isinstance(data, Mapping) else {}
+    for name, field in model.model_fields.items():
+        variable = prefix + name.upper()
+        yield variable
+        section = _model_in(field.annotation)
+        entry = _table_entry(field.annotation)
+        if section is not None:
+            yield from _setting_variables(section, values.get(name), variable + _ENV_DELIMITER)
+        elif entry is not None:
+            for entry_name, entry_data in _configured(field, values.get(name)).items():
+                yield from _setting_variables(
+                    entry,
+                    entry_data,
+                    f"{variable}{_ENV_DELIMITER}{entry_name.upper()}{_ENV_DELIMITER}",
+                )
+
+
+def _table_entry(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a table of sections (`dict[Name, StrategyConfig]`), if it is one."""
+    return _model_in(get_args(annotation)[-1]) if get_origin(annotation) is dict else None
+
+
+def _configured(field: FieldInfo, table: object) -> Mapping[str, Any]:
+    """A table of sections (strategies, keys, sources) by name: the file's, else the default."""
+    if isinstance(table, Mapping):
+        return table
+    default = field.get_default(call_default_factory=True)
+    return default if isinstance(default, Mapping) else {}
+
+
+def _other_variables(names: Iterable[str] = ("*",)) -> list[str]:
+    """The non-setting variables, `*` standing for each of `names` (a key's or a source's);
+    by default `*` stays, for `fnmatchcase`."""
+    # Imported here: bot.notify imports this module for its section.
+    from bot.notify import NOTIFY_URLS_NAME
+
+    patterns = (*_OTHER_VARIABLES, NOTIFY_URLS_NAME)
+    return sorted({pattern.replace("*", name.upper()) for pattern in patterns for name in names})
 
 
 def _secret_in_config(loc: list[str], path: Path) -> str:

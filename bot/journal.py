@@ -14,8 +14,12 @@ nothing blocks the loop and writes keep their order.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import shlex
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TextIO, TypeVar
 
 from bot.execution.orders import TransitionRefused, check_transition
 from bot.logs import logger, scrub
@@ -46,7 +50,7 @@ from bot.messages import (
 )
 from bot.risk.states import ScopeState, TradingState
 
-__all__ = ["Journal", "JournalError", "OrderRecord", "TraceRow"]
+__all__ = ["Journal", "JournalError", "OrderRecord", "TraceRow", "lock_journal"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -227,6 +231,52 @@ class JournalError(Exception):
     """The journal file cannot be opened or is not a journal of this version."""
 
 
+def lock_journal(path: Path) -> TextIO:
+    """The journal at `path` for this process alone, as long as the returned file is open.
+
+    Two bots on one journal would each take the other's signals and orders for its own. The
+    lock is an flock of `<journal>.lock`, which the kernel drops with its process: a bot killed
+    with kill -9 leaves no stale lock. The file names the holder (PID, then command line) for
+    the refusal; it is the flock, not the file, that locks."""
+    lock_path = path.with_name(f"{path.name}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_path.open("a+", encoding="utf-8")  # not "w": the holder's name stays
+    except OSError as exc:
+        raise JournalError(f"cannot lock journal {path.absolute()}: {exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid, _, command = handle.read().strip().partition("\n")
+        handle.close()
+        raise JournalError(
+            f"journal {path.absolute()} is in use by another bot: PID {pid or '?'} "
+            f"({command or 'starting'}); stop it first (`kill {pid or '<PID>'}` finishes what is "
+            "in flight and exits) or give this one another state_dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n{shlex.join(sys.argv)}\n")
+    handle.flush()
+    return handle
+
+
+#: A decision's outcome as the trace and the metrics name it; `{d}` is the table's prefix.
+_OUTCOME: Final = (
+    "CASE WHEN {d}rule = 'strategy' THEN 'declined' WHEN {d}rule = 'STRATEGY_FAILED'"
+    " THEN 'failed' WHEN {d}approved = 1 THEN 'approved' ELSE 'rejected' END"
+)
+
+
+@dataclass(frozen=True)
+class Tallies:
+    """Counts for the metrics: decisions by (strategy, outcome, rule) and orders by
+    (strategy, status, the venue's last retCode); "" where a rule or retCode is absent."""
+
+    decisions: tuple[tuple[str, str, str, int], ...] = ()
+    orders: tuple[tuple[str, str, str, int], ...] = ()
+
+
 @dataclass(frozen=True)
 class DecisionRow:
     """One journaled verdict of a strategy on a signal (`leg` None: on the whole signal);
@@ -317,7 +367,7 @@ class Journal:
         try:
             if read_only and not path.exists():
                 raise JournalError(
-                    f"no journal at {path}: has the bot run with this state_dir? "
+                    f"no journal at {path.absolute()}: has the bot run with this state_dir? "
                     "(--config or BOT_STATE_DIR select another)"
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -1044,10 +1094,7 @@ class Journal:
         # `chosen` is one of the two literals above; every value is a bound parameter.
         query = f"""
             SELECT s.source, s.signal_id, s.symbol, s.received_at, d.strategy,
-                   CASE WHEN d.id IS NULL THEN 'pending'
-                        WHEN d.rule = 'strategy' THEN 'declined'
-                        WHEN d.rule = 'STRATEGY_FAILED' THEN 'failed'
-                        WHEN d.approved = 1 THEN 'approved' ELSE 'rejected' END,
+                   CASE WHEN d.id IS NULL THEN 'pending' ELSE {_OUTCOME.format(d="d.")} END,
                    COALESCE(NULLIF(o.reason, ''), d.reason, ''),
                    o.order_link_id, o.side, o.qty, o.status, o.avg_price, o.filled_qty
             FROM ({chosen}) AS s
@@ -1081,6 +1128,25 @@ class Journal:
             ):
                 found.setdefault(parent, []).append(tuple(fields))
         return found
+
+    def probe(self) -> None:
+        """Prove the journal can be written right now: a real write (the schema version,
+        written again as it is) in a transaction of its own. Raises what a write would."""
+        with self._transaction() as db:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def tallies(self) -> Tallies:
+        """Decisions and orders counted by what the metrics label them with."""
+        with self._lock:
+            decisions = self._db.execute(
+                f"SELECT strategy, {_OUTCOME.format(d='')}, COALESCE(rule, ''), COUNT(*)"  # noqa: S608
+                " FROM decisions GROUP BY 1, 2, 3"
+            ).fetchall()
+            orders = self._db.execute(
+                "SELECT strategy, status, COALESCE(CAST(ret_code AS TEXT), ''), COUNT(*)"
+                " FROM orders GROUP BY 1, 2, 3"
+            ).fetchall()
+        return Tallies(tuple(map(tuple, decisions)), tuple(map(tuple, orders)))
 
     def counts(self) -> dict[str, int]:
         """Rows per table, for /healthz and tests."""

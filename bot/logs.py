@@ -1,5 +1,10 @@
 """Logging through loguru: a human console by default, JSON lines with `--log-json`.
 
+A JSON line is one compact object: `time` (ISO 8601, UTC), `level`, `message`, the record's
+bound fields (`logger.bind(...)` and the message's keyword arguments) under their own names,
+and `exception` (the traceback's text) when there is one; a bound field named like one of
+those four is written as `extra.<name>`.
+
 Secret values are registered with `redact()` when they are resolved, and the sink scrubs
 them from the *rendered* line, after loguru has formatted everything (message, bound
 context of any type, tracebacks with their chained causes), so nothing can slip past.
@@ -25,6 +30,7 @@ import threading
 import traceback
 import urllib.parse
 from collections.abc import Callable
+from datetime import UTC
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, TextIO
 
@@ -55,6 +61,8 @@ _CONSOLE_FORMAT: Final = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
     "<cyan>{name}</cyan> {message}"
 )
+# The JSON line's own fields, in order; a bound field of the same name is renamed.
+_JSON_FIELDS: Final = ("time", "level", "message", "exception")
 
 
 def _per_char(escape: Callable[[str], str]) -> Callable[[str], str]:
@@ -132,12 +140,46 @@ def scrub(text: str) -> str:
 class _ScrubbingSink:
     """Writes each fully rendered log line to `stream` with the secrets taken out."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, render: Callable[[Message], str] = str) -> None:
         self._stream = stream
+        self._render = render
 
     def write(self, message: Message) -> None:
-        self._stream.write(scrub(str(message)))
+        self._stream.write(scrub(self._render(message)))
         self._stream.flush()
+
+
+def _json_line(message: Message) -> str:
+    """The record as one compact JSON line (see the module docstring); `message` itself is
+    loguru's rendering of the exception alone (format "{exception}"), empty without one."""
+    record = message.record
+    line: dict[str, object] = {
+        "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z",
+        "level": record["level"].name,
+        "message": record["message"],
+    }
+    for key, value in record["extra"].items():
+        line[f"extra.{key}" if key in _JSON_FIELDS else key] = value
+    exception = str(message).rstrip("\n")
+    if exception:
+        line["exception"] = exception
+    try:
+        text = json.dumps(line, default=str, ensure_ascii=False, separators=(",", ":"))
+    except Exception:  # a bound value JSON cannot hold (a tuple key, a cycle, a failing str)
+        # Never let the sink fail: loguru would print the raw record, unscrubbed, to stderr.
+        text = json.dumps(
+            {key: value if key in _JSON_FIELDS else _repr(value) for key, value in line.items()},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+    return text + "\n"
+
+
+def _repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 def _console_format(record: Record) -> str:
@@ -209,10 +251,18 @@ def _unraisable_hook(args: sys.UnraisableHookArgs) -> None:
 def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Install the one sink (on stderr unless `stream`); safe to call again."""
     logger.remove()
-    sink = _ScrubbingSink(stream or sys.stderr)
     if json:
-        logger.add(sink.write, level=level, serialize=True, diagnose=False, backtrace=False)
+        sink = _ScrubbingSink(stream or sys.stderr, _json_line)
+        logger.add(
+            sink.write,
+            level=level,
+            format=lambda record: "{exception}",  # the rest is read from the record
+            diagnose=False,
+            backtrace=False,
+            colorize=False,
+        )
     else:
+        sink = _ScrubbingSink(stream or sys.stderr)
         colorize = (stream or sys.stderr).isatty()
         logger.add(
             sink.write,

@@ -135,7 +135,10 @@ class Pipeline:
         """Journal `signal` durably and queue it; False if it is a duplicate."""
         if not await self._journal.call(self._journal.record_signal, signal):
             logger.info("duplicate signal ignored", source=signal.source, signal_id=signal.id)
+            metrics.SIGNALS.labels(signal.source, "duplicate").inc()
             return False
+        metrics.SIGNALS.labels(signal.source, "accepted").inc()
+        metrics.LAST_SIGNAL.labels(signal.source).set_to_current_time()
         self._dispatch(signal, self._route(signal))
         return True
 
@@ -378,11 +381,14 @@ class Pipeline:
             self.decide(intent, context.instrument, context.last_price) for intent in intents
         ]
         for verdict in verdicts:
-            if isinstance(verdict, ApprovedOrder):
-                metrics.DECISIONS.labels("approved").inc()
-            else:
-                metrics.DECISIONS.labels("rejected").inc()
-                logger.info("intent rejected: {reason}", reason=verdict.reason, rule=verdict.rule)
+            if not isinstance(verdict, ApprovedOrder):
+                logger.bind(notify="rejection").info(
+                    "intent rejected: {reason}",
+                    reason=verdict.reason,
+                    rule=verdict.rule,
+                    strategy=slot.name,
+                    signal_id=signal.id,
+                )
         events = await self._executor.execute_all(verdicts, slot.key_name)
         if any(event.order_id is not None for event in events):
             metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
@@ -545,8 +551,6 @@ class Pipeline:
     async def _decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:
         """Journal that `signal` gets no order from a strategy, by its choice or a risk rule."""
         logger.info("no order for signal {id}: {reason}", id=signal.id, reason=decline.reason)
-        outcome = {"strategy": "declined", STRATEGY_FAILED: "failed"}.get(rule, "rejected")
-        metrics.DECISIONS.labels(outcome).inc()
         await self._journal.call(self._journal.record_decline, signal, decline, rule)
 
 

@@ -18,7 +18,7 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -29,13 +29,16 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from bot import metrics, notify
 from bot.account import Account
 from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
+from bot.audit import AuditLog, RequestObserver
 from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
 from bot.execution.reconcile import Reconciler
-from bot.journal import Journal
+from bot.health import Readiness, VenueHealth, body_of
+from bot.journal import Journal, lock_journal
 from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
 from bot.keys.rotation import KeyGuard
 from bot.logs import logger
@@ -56,6 +59,7 @@ from bot.secrets import (
     SecretResolver,
 )
 from bot.sim import SimAccountSpec, SimExchange, SimKeyProfile, SimServer, SimulatorConfig
+from bot.state_metrics import StateCollector
 from bot.venue.bybit import BybitVenue
 from bot.venue.errors import KeyFatalError, VenueError
 from bot.venue.stream import AccountStream
@@ -153,7 +157,12 @@ def start_simulator(settings: BotSettings, resolver: SecretResolver) -> SimServe
     return server
 
 
-def open_venue(settings: BotSettings, credentials: ApiCredentials, sim_url: str) -> BybitVenue:
+def open_venue(
+    settings: BotSettings,
+    credentials: ApiCredentials,
+    sim_url: str,
+    observers: Sequence[RequestObserver] = (),
+) -> BybitVenue:
     """The venue of one key; the key's own environment alone decides where it goes."""
     return BybitVenue(
         credentials,
@@ -162,14 +171,18 @@ def open_venue(settings: BotSettings, credentials: ApiCredentials, sim_url: str)
         recv_window_ms=settings.venue.recv_window_ms,
         timeout_s=settings.venue.timeout_s,
         max_wait_s=settings.execution.max_retry_wait_s,
+        observers=observers,
     )
 
 
 async def audit_credentials(
-    settings: BotSettings, credentials: ApiCredentials, sim_url: str
+    settings: BotSettings,
+    credentials: ApiCredentials,
+    sim_url: str,
+    observers: Sequence[RequestObserver] = (),
 ) -> KeyAudit:
     """Audit a key through a session of its own (so new secrets are tried before use)."""
-    venue = await asyncio.to_thread(open_venue, settings, credentials, sim_url)
+    venue = await asyncio.to_thread(open_venue, settings, credentials, sim_url, observers)
     try:
         return await audit_key(
             credentials.name,
@@ -326,7 +339,7 @@ class Service:
             )
         )
         for audit in audits:
-            log = logger.info if audit.verdict is Verdict.OK else logger.warning
+            log = logger.info if audit.verdict is Verdict.OK else logger.bind(notify="key").warning
             row = audit.row()
             log(
                 "key {key} ({env}): {verdict}; permissions {permissions}, IP binding "
@@ -432,7 +445,9 @@ class Service:
 
     def _build(self, resources: ExitStack) -> _Stages:
         settings = self.settings
-        # Strategies first: a plug-in that cannot load stops the start before anything runs.
+        # A bot already on this journal stops the start before anything runs; so does a
+        # strategy plug-in that cannot load.
+        resources.callback(lock_journal(settings.journal_path).close)
         strategies = {
             name: StrategySlot(
                 name,
@@ -442,6 +457,16 @@ class Service:
             )
             for name, config in settings.strategies.items()
         }
+        # Before the other stages, so that every event of the run reaches the operator.
+        notifier = notify.start(
+            settings.notify,
+            self._resolver.optional(notify.NOTIFY_URLS_NAME),
+            f"bybit-signal-bot ({settings.environment})",
+        )
+        if notifier is not None:
+            resources.callback(notifier.close)  # after the stages: their last events go out
+        if not settings.journal_path.exists():
+            logger.info("new journal at {path}", path=settings.journal_path.absolute())
         journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
         resources.callback(journal.close)
         self.sim_url = self._venue_url(resources)
@@ -449,9 +474,14 @@ class Service:
             key_name: self._resolver.credentials(key_name)
             for key_name in sorted({slot.key_name for slot in strategies.values()})
         }
+        venue_health = VenueHealth()
+        audit_log = AuditLog(settings.audit_dir, settings.audit)
+        resources.callback(audit_log.close)  # after the venues (registered later) are closed
+        # Every signed request: the audit log, the metrics, the readiness of the venue.
+        observers = (audit_log.write, metrics.observe_venue_request, venue_health.observe)
         venues = {}
         for key_name, key_credentials in credentials.items():
-            venue = open_venue(settings, key_credentials, self.sim_url)
+            venue = open_venue(settings, key_credentials, self.sim_url, observers)
             resources.callback(venue.close)
             venues[key_name] = venue
         account = Account(journal, venues)
@@ -462,6 +492,7 @@ class Service:
                 account.keeper.apply,
                 partial(account.keeper.close_gap, venue),
                 sim_url=self.sim_url,
+                observers=observers,
             )
         gate = self._risk_gate(journal, account, strategies)
         executor = Executor(
@@ -500,20 +531,33 @@ class Service:
         )
         account.on_fill_booked(pipeline.fill_booked)
         sources = self._signal_sources(journal, pipeline.submit)
+        key_of = {name: slot.key_name for name, slot in strategies.items()}
         kill_switch = KillSwitch(
             gate,
             executor,
             journal,
             market,
             account,
-            {name: slot.key_name for name, slot in strategies.items()},
+            key_of,
             pipeline.decide,
         )
         control = self._mqtt_control(kill_switch)
+        readiness = Readiness(
+            journal,
+            venues,
+            executor.disabled_reason,
+            venue_health,
+            lambda key: account.streams[key].down_for(),
+            settings.venue.unready_after_s,
+        )
+        state_metrics = StateCollector(journal, account, gate, market, key_of)
+        metrics.REGISTRY.register(state_metrics)
+        resources.callback(metrics.REGISTRY.unregister, state_metrics)
         app = create_app(
             [router for source in sources if (router := source.router()) is not None],
-            lambda: self._health(pipeline, journal, account, sources),
+            lambda: self._health(readiness, pipeline, journal, account, sources),
             self._admin_routes(kill_switch),
+            refresh_metrics=state_metrics.refresh,
         )
         reconciler = Reconciler(executor, journal, venues, settings.execution, account)
 
@@ -524,7 +568,7 @@ class Service:
         keys = KeyGuard(
             credentials,
             resolve=self._resolver.credentials,
-            audit=partial(audit_credentials, settings, sim_url=self.sim_url),
+            audit=partial(audit_credentials, settings, sim_url=self.sim_url, observers=observers),
             swap=swap,
             switch_off=lambda name, reason: executor.disable_key(name, KeyFatalError(reason)),
             introduce=self._introduce_to_simulator,
@@ -665,12 +709,20 @@ class Service:
         )
 
     async def _health(
-        self, pipeline: Pipeline, journal: Journal, account: Account, sources: list[SignalSource]
+        self,
+        readiness: Readiness,
+        pipeline: Pipeline,
+        journal: Journal,
+        account: Account,
+        sources: list[SignalSource],
     ) -> dict[str, Any]:
-        counts = await journal.call(journal.counts)
+        """Liveness, readiness with each check's verdict, and a short status."""
         signal_sources = {source.name: source.health() for source in sources}
+        checks = await readiness.checks(signal_sources)
+        # The journal's counts only when it answers: a locked one must not hold the answer.
+        counts = await journal.call(journal.counts) if checks["journal"].ok else None
         return {
-            "ready": all(health["ready"] for health in signal_sources.values()),
+            **body_of(checks),
             "environment": self.settings.environment.value,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "queued_signals": pipeline.queued,

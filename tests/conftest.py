@@ -5,10 +5,14 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from pydantic import SecretStr
+
+from bot.sim import SimAccountSpec, SimExchange, SimulatorConfig
 
 T = TypeVar("T")
 
@@ -52,6 +56,24 @@ def write_key_secrets(folder: Path, api_key: str, api_secret: str) -> None:
     secrets.mkdir(exist_ok=True)
     (secrets / "bot_key_follow_sim_api_key").write_text(api_key)
     (secrets / "bot_key_follow_sim_api_secret").write_text(api_secret)
+
+
+def venue_with_key(
+    folder: Path, api_key: str, api_secret: str, expired_at: datetime | None = None
+) -> SimExchange:
+    """A simulator of the tests' own with one account for the `follow_sim` key (expiring at
+    `expired_at`), the key's secrets written where the tests' bots look."""
+    write_key_secrets(folder, api_key, api_secret)
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(
+        SimAccountSpec(
+            api_key=api_key,
+            api_secret=SecretStr(api_secret),
+            ips=["127.0.0.1"],
+            expired_at=expired_at,
+        )
+    )
+    return exchange
 
 
 def free_port() -> int:

@@ -33,7 +33,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Final
 
-from bot import metrics
 from bot.execution.config import ExecutionConfig
 from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE
 from bot.journal import Journal, OrderRecord
@@ -146,7 +145,7 @@ class Executor:
     def disable_key(self, key_name: str, exc: KeyFatalError) -> None:
         """Stop every order of `key_name` until restart: the venue says the key is bad."""
         if key_name not in self._disabled_keys:
-            logger.critical(
+            logger.bind(notify="key").critical(
                 "ALERT: the venue refused key {key} ({error}); its strategies are stopped "
                 "until the key is fixed and the bot restarted",
                 key=key_name,
@@ -260,7 +259,9 @@ class Executor:
                 try:
                     await self._resume(record, resend=resend)
                 except VenueError as exc:
-                    logger.warning("reconciliation of {id} failed: {error}", id=link_id, error=exc)
+                    logger.bind(notify="venue_error").warning(
+                        "reconciliation of {id} failed: {error}", id=link_id, error=exc
+                    )
                 finally:
                     self._in_flight.discard(link_id)
                 resumed += 1
@@ -384,7 +385,7 @@ class Executor:
                 try:
                     ack = await venue.place_order(request)
                 finally:  # a journal that cannot write stops the drive here
-                    self._count(submitting, await asyncio.wrap_future(written))
+                    self._settled(submitting, await asyncio.wrap_future(written))
             except DuplicateOrderError as exc:
                 # It exists (a lost answer of an earlier send): look it up, with patience.
                 last, may_exist = exc, True
@@ -414,7 +415,7 @@ class Executor:
                     except _LookupFailed:
                         found = None
                     return found or await self._record(_failure(request, OrderStatus.UNKNOWN, exc))
-                log.warning("order rejected: {error}", error=str(exc))
+                log.bind(notify="rejection").warning("order rejected: {error}", error=str(exc))
                 return await self._record(_failure(request, OrderStatus.REJECTED, exc))
             except KeyFatalError as exc:
                 self.disable_key(request.key_name, exc)
@@ -473,10 +474,11 @@ class Executor:
         """Attempts are spent: Unknown if the venue may hold it (reconciled later), else
         Rejected with the venue's last answer."""
         status = OrderStatus.UNKNOWN if may_exist else OrderStatus.REJECTED
-        logger.warning(
+        logger.bind(notify="venue_error").warning(
             "order {id}: attempts spent, journaled {status}",
             id=request.order_link_id,
             status=status,
+            error=str(last or "no answer"),
         )
         if last is None:
             last = VenueError("attempts spent without an answer")
@@ -633,15 +635,13 @@ class Executor:
         return event if record is None else _event_of(record)
 
     async def _record(self, event: OrderEvent) -> OrderEvent:
-        self._count(event, await self._journal.call(self._journal.record_order_event, event))
+        self._settled(event, await self._journal.call(self._journal.record_order_event, event))
         return event
 
-    def _count(self, event: OrderEvent, moved: bool) -> None:
-        """Metrics and the risk ledger hear of an event the journal applied."""
-        if moved:
-            metrics.ORDERS.labels(event.status.value).inc()
-            if event.status.is_terminal:
-                self._order_settled(event.order_link_id)
+    def _settled(self, event: OrderEvent, moved: bool) -> None:
+        """The risk ledger hears of an order the journal has just made terminal."""
+        if moved and event.status.is_terminal:
+            self._order_settled(event.order_link_id)
 
     async def _reject(self, request: OrderRequest, reason: str) -> OrderEvent:
         logger.warning("order {id} rejected: {reason}", id=request.order_link_id, reason=reason)

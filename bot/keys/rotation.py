@@ -105,7 +105,7 @@ class KeyGuard:
         verdict = await self._audit(fresh)
         if not verdict.verdict.usable:
             self._refused[name] = fingerprint
-            logger.critical(
+            logger.bind(notify="key").critical(
                 "ALERT: the new secrets of key {key} were {verdict} ({reason}); the old key "
                 "stays in service",
                 key=name,
@@ -117,7 +117,7 @@ class KeyGuard:
         self._current[name], self._fingerprints[name] = fresh, fingerprint
         self._refused.pop(name, None)
         self.rotations += 1
-        logger.warning(
+        logger.bind(notify="key").warning(
             "key {key} rotated: the new key passed its audit ({verdict}{reason}); new requests "
             "use it, requests in flight finish on the old one",
             key=name,
@@ -131,7 +131,7 @@ class KeyGuard:
         for name, credentials in list(self._current.items()):
             verdict = await self._audit(credentials)
             if verdict.verdict is Verdict.REFUSED:
-                logger.critical(
+                logger.bind(notify="key").critical(
                     "ALERT: key {key} failed its daily audit ({reason}); its strategies are "
                     "stopped until a key that passes is in place",
                     key=name,
@@ -140,7 +140,11 @@ class KeyGuard:
                 self._switch_off(name, verdict.reason)
             elif verdict.verdict is Verdict.UNREACHABLE:
                 unanswered = True
-                logger.warning("key {key}: {reason}", key=name, reason=verdict.reason)
+                logger.bind(notify="key").warning(
+                    "key {key}: {reason}", key=name, reason=verdict.reason
+                )
             elif verdict.warnings:
-                logger.warning("key {key}: {reason}", key=name, reason=verdict.reason)
+                logger.bind(notify="key").warning(
+                    "key {key}: {reason}", key=name, reason=verdict.reason
+                )
         return unanswered

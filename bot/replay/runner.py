@@ -18,7 +18,8 @@ here with the first price points and Bybit's per-second limits lifted (they bind
 seconds, and a replay packs a month into a few of them: the gate's own limits, on the virtual
 clock, still apply), orders reaching the simulator's matching engine at once (its
 `market_fill_delay_ms` is wall-clock time too), prices read fresh for every signal (no
-`market_cache_s`: the next record may be hours later), and no MQTT.
+`market_cache_s`: the next record may be hours later), no MQTT, and no notifications (a
+month of replayed fills is not news for the operator's phone).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def replay_settings(settings: BotSettings, state_dir: Path, source: str) -> BotS
             "http": settings.http.model_copy(update={"host": "127.0.0.1", "port": 0}),
             "venue": settings.venue.model_copy(update={"sim_url": "", "market_cache_s": 0.0}),
             "mqtt": settings.mqtt.model_copy(update={"enabled": False, "control_topic": ""}),
+            "notify": settings.notify.model_copy(update={"events": ()}),
             "sources": {**settings.sources, source: unthrottled},
             "sim": {
                 **settings.sim,

@@ -44,7 +44,7 @@ _CANCEL_POLL_S: Final = 0.1
 
 
 def announce_state(state: ScopeState) -> None:
-    logger.warning(
+    logger.bind(notify="trading_state").warning(
         "trading state of {scope}: {state} ({reason})",
         scope=state.scope,
         state=state.state.value,

@@ -8,7 +8,8 @@ is the only retry authority for orders); idempotent reads are retried here, a bo
 of times. Every private request waits for room in its endpoint's rate window (`Pacer`), and
 every answer's X-Bapi-Limit* headers correct that window. A 10002 (timestamp outside the
 recv window) resynchronises the signing clock with `/v5/market/time` before it is reported.
-Every failure leaves this module classified (`bot.venue.errors`).
+Every failure leaves this module classified (`bot.venue.errors`). Every signed request, and
+its outcome, is told to the venue's observers (`bot.audit`: the audit log, the metrics).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
+from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 from requests.utils import get_environ_proxies
 
 from bot import clock
+from bot.audit import RequestObserver, VenueRequest, notify
 from bot.config import Environment
 from bot.execution.pacing import Pacer, PaceTooLong, RateWindow
 from bot.logs import logger
@@ -122,6 +125,19 @@ class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
         self._key = api_key
         self._secret = api_secret
         self._clock = clock
+        self.http_method = ""  # of the last request, for its audit record
+
+    def _submit_request(
+        self,
+        method: str | None = None,
+        path: str | None = None,
+        query: Any = None,
+        auth: bool = False,
+    ) -> Any:
+        # A session serves one thread, one request at a time: the method read after the call
+        # is this request's.
+        self.http_method = method or ""
+        return super()._submit_request(method=method, path=path, query=query, auth=auth)
 
     def _prepare_headers(
         self, payload: Any, recv_window: int, content_type: str = "application/json"
@@ -173,9 +189,12 @@ class BybitVenue:
         timeout_s: float = 5.0,
         max_wait_s: float = 30.0,
         pacer: Pacer | None = None,
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
         """`max_wait_s` bounds a wait for room under a rate limit: past it a call fails as
-        retryable (with the wait) instead of sleeping through a ban."""
+        retryable (with the wait) instead of sleeping through a ban. `observers` are told of
+        every signed request, whatever its outcome, on the venue thread that sent it (the
+        audit log, the metrics): each must be quick."""
         self._rest_url, _ = venue_urls(environment, sim_url)
         self.name = credentials.name
         self.environment = environment
@@ -201,6 +220,7 @@ class BybitVenue:
         )
         self._pacer = pacer or Pacer()
         self._max_wait_s = max_wait_s
+        self._observers = tuple(observers)
         self._instruments: dict[str, Instrument] = {}
 
     @property
@@ -541,7 +561,7 @@ class BybitVenue:
         def send() -> Any:
             slot.sent = True
             try:
-                return getattr(self._session(), method)(**params)
+                return self._send(path, method, params)
             finally:
                 slot.finish()
 
@@ -555,12 +575,56 @@ class BybitVenue:
             error = classify(exc, operation, clock_offset_ms=self._clock.offset_ms)
             await self._after_failure(window, error, getattr(exc, "resp_headers", None))
             raise error from exc
-        response, headers = (answer[0], answer[2]) if isinstance(answer, tuple) else (answer, {})
+        response, headers = _unpack(answer)
         if path:
             _observe_limits(window, headers, self._clock.offset_ms)
         if not isinstance(response, dict) or not isinstance(response.get("result"), dict):
             raise AmbiguousError("answer without a result object", operation=operation)
         return response["result"]
+
+    def _send(self, path: str, method: str, params: dict[str, Any]) -> Any:
+        """The pybit call on this thread's session. A signed one (a private `path`) is told to
+        the observers whatever its outcome: built from the fields of `VenueRequest` alone,
+        never from headers or parameters that could hold a signature."""
+        session = self._session()
+        if not path or not self._observers:
+            return getattr(session, method)(**params)
+        at, started = time.time(), time.perf_counter()
+        try:
+            answer = getattr(session, method)(**params)
+        except Exception as exc:
+            self._observe(session, path, params, (at, started), _failed(exc))
+            raise
+        self._observe(session, path, params, (at, started), _answered(answer))
+        return answer
+
+    def _observe(
+        self,
+        session: _SigningHTTP,
+        path: str,
+        params: dict[str, Any],
+        sent: tuple[float, float],
+        outcome: _Outcome,
+    ) -> None:
+        """Tell the observers of one signed request; `sent` is (wall time, perf counter)."""
+        limit, remaining = (
+            _int_header(outcome.headers, name) for name in ("X-Bapi-Limit", "X-Bapi-Limit-Status")
+        )
+        record = VenueRequest(
+            at=sent[0],
+            key=self.name,
+            environment=self.environment.value,
+            endpoint=path,
+            method=session.http_method,
+            order_link_id=str(params.get("orderLinkId") or "") or None,
+            ret_code=outcome.ret_code,
+            http_status=outcome.http_status,
+            error=outcome.error,
+            latency_ms=(time.perf_counter() - sent[1]) * 1000,
+            limit=limit,
+            limit_remaining=remaining,
+        )
+        notify(self._observers, record)
 
     async def _after_failure(
         self, window: RateWindow, error: VenueError, headers: Mapping[str, str] | None
@@ -595,6 +659,37 @@ class BybitVenue:
                 logger.warning("venue read failed, retrying", key=self.name, error=str(exc))
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
+
+
+class _Outcome(NamedTuple):
+    """What came back from one request, for its `VenueRequest`."""
+
+    ret_code: int | None
+    http_status: int | None
+    error: str | None
+    headers: Mapping[str, str]
+
+
+def _unpack(answer: Any) -> tuple[Any, Mapping[str, str]]:
+    """pybit's answer (with `return_response_headers`) as (response, headers)."""
+    return (answer[0], answer[2]) if isinstance(answer, tuple) else (answer, {})
+
+
+def _answered(answer: Any) -> _Outcome:
+    response, headers = _unpack(answer)
+    code = response.get("retCode") if isinstance(response, dict) else None
+    # pybit returns only HTTP 200 answers; any other status raises.
+    return _Outcome(code if isinstance(code, int) else None, 200, None, headers)
+
+
+def _failed(exc: Exception) -> _Outcome:
+    headers = getattr(exc, "resp_headers", None) or {}
+    if isinstance(exc, InvalidRequestError):  # an answer with a retCode other than 0
+        return _Outcome(int(exc.status_code), 200, None, headers)
+    if isinstance(exc, FailedRequestError) and exc.resp_headers is not None:
+        return _Outcome(None, int(exc.status_code), None, headers)
+    # No usable answer: a timeout, a dropped connection, an undecodable body.
+    return _Outcome(None, None, type(exc).__name__, headers)
 
 
 def _plain(value: Decimal) -> str:

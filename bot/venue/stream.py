@@ -22,13 +22,15 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import websocket
 from pybit.unified_trading import WebSocket
 from pydantic import SecretStr
 
+from bot import metrics
+from bot.audit import RequestObserver, VenueRequest, notify
 from bot.config import Environment
 from bot.logs import logger
 from bot.messages import Execution, ExitOrder, OrderEvent, PositionUpdate, WalletUpdate
@@ -114,6 +116,10 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
         self._key = api_key
         self._secret = api_secret
         self._on_closed_callback = on_closed
+        #: (wall time, perf counter) when the auth request was sent, and (accepted, perf
+        #: counter) when its answer came: the stream's signed request, for the audit log
+        self.auth_sent: tuple[float, float] | None = None
+        self.auth_answer: tuple[bool, float] | None = None
         super().__init__(
             channel_type="private",
             api_key="<held-as-SecretStr>",
@@ -134,7 +140,12 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
         secret = self._secret.get_secret_value().encode()
         signature = hmac.new(secret, f"GET/realtime{expires}".encode(), hashlib.sha256)
         key = self._key.get_secret_value()
+        self.auth_sent = (time.time(), time.perf_counter())
         self.ws.send(json.dumps({"op": "auth", "args": [key, expires, signature.hexdigest()]}))
+
+    def _process_auth_message(self, message: dict[str, Any]) -> None:
+        self.auth_answer = (message.get("success") is True, time.perf_counter())
+        super()._process_auth_message(message)
 
     def subscribe_all(self, topics: tuple[str, ...], callback: Callable[[Any], None]) -> None:
         """Subscribe to `topics` with one request, the callbacks registered first.
@@ -180,14 +191,20 @@ class AccountStream:
         *,
         sim_url: str = "",
         rng: random.Random | None = None,
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
+        """`observers` are told of each authentication (a signed request, `ws:auth`)."""
         _, self.url = venue_urls(environment, sim_url)  # the key's environment alone decides
         self.name = credentials.name
+        self.environment = environment
+        self._observers = tuple(observers)
         self._credentials = credentials
         self._on_message = on_message
         self._on_connected = on_connected
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.live = False
+        #: since when (monotonic) the stream has not been live: from the start until it is
+        self._down_since: float | None = time.monotonic()
         self.connects = 0
         self._closed: asyncio.Event | None = None  # set to drop the current connection
 
@@ -212,7 +229,7 @@ class AccountStream:
             except Exception as exc:  # any failure to connect is retried, with a bound
                 failures += 1
                 wait = self._backoff(failures)
-                logger.warning(
+                logger.bind(notify="stream").warning(
                     "account stream of key {key} could not connect ({error}); attempt {n}, "
                     "next in {wait:.1f} s",
                     key=self.name,
@@ -229,18 +246,24 @@ class AccountStream:
                 # Live only once the gap is closed: until then readers use REST.
                 await self._on_connected()
                 self.live = True
+                metrics.STREAM_LIVE.labels(self.name).set(1)
+                self._down_since = None
                 logger.info("account stream of key {key} is live", key=self.name)
                 await closed.wait()
             except Exception:  # a failed gap-fill is retried with a new connection
                 logger.exception("closing the gap of key {key} failed", key=self.name)
             finally:
                 self.live = False
+                metrics.STREAM_LIVE.labels(self.name).set(0)
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
                 relay.cancel()
                 await asyncio.to_thread(socket.exit)
             # A connection that did not last (refused auth, a flapping link) backs off too.
             failures = failures + 1 if loop.time() - connected_at < _STABLE_S else 1
             wait = self._backoff(failures)
-            logger.warning(
+            metrics.STREAM_RECONNECTS.labels(self.name).inc()
+            logger.bind(notify="stream").warning(
                 "account stream of key {key} dropped; reconnecting in {wait:.1f} s",
                 key=self.name,
                 wait=wait,
@@ -276,11 +299,34 @@ class AccountStream:
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while not socket.auth and not socket.exited and time.monotonic() < deadline:
             time.sleep(0.005)
+        self._observe_auth(socket)
         if not socket.auth:
             socket.exit()
             raise ConnectionError("the venue did not confirm the stream's authentication")
         socket.subscribe_all(TOPICS, deliver)
         return socket
+
+    def _observe_auth(self, socket: _PrivateSocket) -> None:
+        """Tell the observers of the stream's authentication: accepted (retCode 0), refused,
+        or no answer in time."""
+        if socket.auth_sent is None:
+            return  # never connected: nothing was signed
+        at, started = socket.auth_sent
+        accepted, answered_at = socket.auth_answer or (False, time.perf_counter())
+        refusal = None if accepted else "refused" if socket.auth_answer else "no answer"
+        record = VenueRequest(
+            at=at,
+            key=self.name,
+            environment=self.environment.value,
+            endpoint="ws:auth",
+            method="WS",
+            order_link_id=None,
+            ret_code=0 if accepted else None,
+            http_status=None,
+            error=refusal,
+            latency_ms=(answered_at - started) * 1000,
+        )
+        notify(self._observers, record)
 
     async def _relay(self, inbox: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
@@ -295,6 +341,10 @@ class AccountStream:
                     await self._on_message(item)
                 except Exception:  # one bad message must not stop the stream
                     logger.exception("stream message could not be applied")
+
+    def down_for(self) -> float:
+        """Seconds the stream has not been live (0 while it is)."""
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     def _backoff(self, failures: int) -> float:
         base = min(_BACKOFF_BASE_S * 2.0 ** (failures - 1), _BACKOFF_MAX_S)

@@ -67,7 +67,15 @@ def test_a_limit_order_filled_later_reaches_journal_and_books_by_the_stream(
         sim.set_prices({"BTCUSDT": Decimal(95900)})
 
         wait_for(lambda: bot.journal_status("limit-1") == ["Filled"], what="Filled by push")
-        book = books(bot)
+
+        # The order's status and its fill are separate reports: the fill may land a moment later.
+        def booked() -> AccountProjection | None:
+            projection = books(bot)
+            return (
+                projection if projection.strategy_size("follow_sim", "follow", "BTCUSDT") else None
+            )
+
+        book = wait_for(booked, what="the fill in the books")
         size = book.strategy_size("follow_sim", "follow", "BTCUSDT")
         position = book.position("follow_sim", "BTCUSDT")
     finally:

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import free_port, wait_for
+from bot import cli
+from tests.conftest import SIM_CONFIG, free_port, wait_for
 
 
-def bot(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def bot(
+    *args: str, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A `bot` command to its end; `env` adds variables to this environment."""
     return subprocess.run(
         [sys.executable, "-m", "bot", *args],
         cwd=cwd,
+        env=_environment(env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -35,6 +43,10 @@ def send(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return bot("signal", "send", "--config", str(config), *options, cwd=config.parent)
 
 
+def _environment(extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    return None if extra is None else {**os.environ, **extra}
+
+
 def healthy(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
@@ -42,25 +54,45 @@ def healthy(port: int) -> bool:
         return False
 
 
+StartBot = Callable[..., subprocess.Popen[str]]
+
+
 @pytest.fixture
-def running(sim_config: Callable[..., Path]) -> Iterator[tuple[Path, int, subprocess.Popen[str]]]:
-    port = free_port()
-    config = sim_config(port=port)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bot", "run", "--config", str(config)],
-        cwd=config.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
+def start_bot() -> Iterator[StartBot]:
+    """`start_bot(config, port, cwd=..., env=...)`: `bot run` in the background until it listens
+    on `port` (or exits); each one still running is killed after the test."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(
+        config: Path, port: int, cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "run", "--config", str(config), "--port", str(port)],
+            cwd=cwd or config.parent,
+            env=_environment(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        processes.append(process)
         wait_for(lambda: healthy(port) or process.poll() is not None, 30, "the bot to listen")
         assert process.poll() is None, process.communicate()[0]
-        yield config, port, process
-    finally:
+        return process
+
+    yield start
+    for process in processes:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.fixture
+def running(
+    sim_config: Callable[..., Path], start_bot: StartBot
+) -> tuple[Path, int, subprocess.Popen[str]]:
+    port = free_port()
+    config = sim_config(port=port)
+    return config, port, start_bot(config, port)
 
 
 def test_send_then_orders_shows_the_filled_order_and_sigterm_exits_cleanly(
@@ -208,3 +240,329 @@ def _listening(port: int) -> bool:
     except requests.ConnectionError:
         return False
     return True
+
+
+def _one_line(stderr: str) -> str:
+    """A refusal as the user sees it: exactly one line, never a traceback."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_a_misspelt_variable_is_refused_naming_the_setting_it_meant(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config()
+
+    result = bot(
+        "run",
+        "--config",
+        str(config),
+        cwd=config.parent,
+        env={"BOT_RISK_MAX_ORDER_NOTIONAL_USDT": "250"},
+    )
+
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert "BOT_RISK_MAX_ORDER_NOTIONAL_USDT is neither a setting" in line
+    assert "did you mean BOT_RISK__MAX_ORDER_NOTIONAL_USDT?" in line
+
+
+def test_a_list_setting_takes_comma_separated_values(
+    sim_config: Callable[..., Path], start_bot: StartBot
+) -> None:
+    port = free_port()
+    config = sim_config(port=port)
+    start_bot(config, port, env={"BOT_RISK__SYMBOLS": "ETHUSDT,SOLUSDT"})
+
+    send(config, *BUY_BTC, "--id", "btc")
+    send(config, "--symbol", "ETHUSDT", "--side", "buy", "--stop-loss", "3000", "--id", "eth")
+
+    def decided() -> dict[str, str] | None:
+        listed = bot("orders", "--json", "--config", str(config), cwd=config.parent)
+        rows = {row["signal_id"]: row for row in map(json.loads, listed.stdout.splitlines())}
+        return {key: rows[key]["decision"] for key in ("btc", "eth")} if len(rows) == 2 else None
+
+    decisions = wait_for(decided, what="both signals decided")
+    assert decisions == {"btc": "rejected", "eth": "approved"}
+
+
+@pytest.mark.parametrize(
+    ("variables", "edit", "expected"),
+    [
+        ({"BOT_HTTP__PORT": "eighty"}, None, ("http.port = 'eighty'", "from BOT_HTTP__PORT")),
+        ({"BOT_RISK__SIDES": "Buy,Short"}, None, ("risk.sides.1 = 'Short'", "'Buy' or 'Sell'")),
+        ({}, ("max_signal_age_s = 60", "max_signal_age_s = -5"), ("risk.max_signal_age_s = -5",)),
+    ],
+)
+def test_an_invalid_value_is_one_line_naming_setting_value_and_what_is_allowed(
+    sim_config: Callable[..., Path],
+    variables: dict[str, str],
+    edit: tuple[str, str] | None,
+    expected: tuple[str, ...],
+) -> None:
+    config = sim_config()
+    if edit is not None:
+        config.write_text(config.read_text().replace(*edit))
+
+    result = bot("run", "--config", str(config), cwd=config.parent, env=variables)
+
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert all(part in line for part in expected), line
+    assert "should be" in line  # what is allowed, in pydantic's words
+    if not variables:
+        assert f"in {config}" in line
+
+
+def test_an_unknown_log_level_is_one_line_listing_the_levels(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config()
+
+    result = bot("run", "--log-level", "verbose", "--config", str(config), cwd=config.parent)
+
+    assert result.returncode == 2
+    line = _one_line(result.stderr)
+    assert "'verbose'" in line
+    assert "DEBUG, INFO, WARNING, ERROR" in line
+
+
+@pytest.fixture
+def relative_config(tmp_path: Path) -> tuple[Path, int]:
+    """A configuration in a folder of its own whose state_dir is relative ("var"), and its
+    port; `tmp_path / "elsewhere"` is another directory to run commands from."""
+    port = free_port()
+    (tmp_path / "elsewhere").mkdir()
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    config = folder / "bot.toml"
+    config.write_text(SIM_CONFIG.format(state_dir="var", port=port))
+    return config, port
+
+
+def test_orders_from_another_directory_finds_the_journal(
+    relative_config: tuple[Path, int], start_bot: StartBot, tmp_path: Path
+) -> None:
+    config, port = relative_config
+    elsewhere = tmp_path / "elsewhere"
+    journal = config.parent / "var" / "journal.sqlite3"
+    before = bot("orders", "--config", str(config), cwd=elsewhere)
+    start_bot(config, port)
+    send(config, *BUY_BTC, "--id", "seen-from-afar")
+
+    wait_for(
+        lambda: "seen-from-afar" in bot("orders", "--config", str(config), cwd=elsewhere).stdout,
+        what="the signal in `bot orders` run from another directory",
+    )
+
+    assert before.returncode == 2
+    assert f"no journal at {journal}:" in _one_line(before.stderr)  # the absolute path
+
+
+def test_run_from_another_directory_keeps_the_configs_journal_and_its_dedupe(
+    relative_config: tuple[Path, int], start_bot: StartBot, tmp_path: Path
+) -> None:
+    config, port = relative_config
+    elsewhere = tmp_path / "elsewhere"
+    first = start_bot(config, port)
+    assert send(config, *BUY_BTC, "--id", "once").stdout.startswith("202 ")
+    first.send_signal(signal.SIGTERM)
+    first.wait(30)
+
+    start_bot(config, port, cwd=elsewhere)
+    again = bot("signal", "send", "--config", str(config), *BUY_BTC, "--id", "once", cwd=elsewhere)
+
+    assert again.stdout.startswith("200 "), again.stdout + again.stderr  # one journal, deduped
+    assert not (elsewhere / "var").exists()
+
+
+def test_a_second_bot_on_one_journal_is_refused_until_the_first_is_gone(
+    sim_config: Callable[..., Path], start_bot: StartBot
+) -> None:
+    port, other_port = free_port(), free_port()
+    config = sim_config(port=port)
+    first = start_bot(config, port)
+
+    refused = bot("run", "--config", str(config), "--port", str(other_port), cwd=config.parent)
+    first.send_signal(signal.SIGTERM)
+    first.wait(30)
+    second = start_bot(config, other_port)  # after a clean stop
+    second.kill()  # kill -9: the kernel drops its lock
+    second.wait(10)
+    third = start_bot(config, port)
+
+    assert refused.returncode == 2
+    line = _one_line(refused.stderr)
+    assert f"is in use by another bot: PID {first.pid} (" in line
+    assert f"kill {first.pid}" in line
+    assert third.poll() is None
+
+
+# A CLI that fits a terminal (issue 12): tables at 80 columns, JSON never wrapped, help with
+# defaults, --version, decimals as typed, compact JSON logs.
+
+NARROW = {"COLUMNS": "80"}
+LONG_ID = "a-signal-id-long-enough-to-fill-any-column-of-its-own-64"
+THE_TIME = re.compile(r"^(\d\d:\d\d:\d\d|\d\d-\d\d \d\d:\d\d)  ")
+
+
+def orders_json(config: Path) -> list[dict[str, str]]:
+    listed = bot("orders", "--json", "--config", str(config), cwd=config.parent)
+    return [json.loads(line) for line in listed.stdout.splitlines()]
+
+
+def test_orders_fit_80_columns_one_row_a_line_and_wide_shows_every_id_whole(
+    running: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
+    config, _, _ = running
+    send(config, *BUY_BTC, "--id", "fits-1")
+    send(config, "--symbol", "ETHUSDT", "--side", "sell", "--stop-loss", "3600", "--id", LONG_ID)
+    send(config, "--symbol", "SOLUSDT", "--side", "buy", "--stop-loss", "100", "--id", "fits-3")
+
+    def settled() -> list[dict[str, str]] | None:
+        rows = orders_json(config)
+        done = len(rows) == 3 and all(r["status"] == "Filled" or not r["side"] for r in rows)
+        return rows if done and all(r["decision"] != "pending" for r in rows) else None
+
+    rows = wait_for(settled, what="three signals decided and their orders filled")
+    table = bot("orders", "--config", str(config), cwd=config.parent, env=NARROW)
+    wide = bot("orders", "--wide", "--config", str(config), cwd=config.parent, env=NARROW)
+
+    lines = table.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, table.stdout
+    assert lines[0].split() == ["time", "signal", "order", "status", "fill", "orderLinkId"]
+    assert len(lines) == 1 + len(rows)  # one line per row, nothing wrapped
+    assert all(THE_TIME.match(line) for line in lines[1:]), table.stdout
+    links = [row["order_link_id"] for row in rows if row["order_link_id"]]
+    assert len(links) == 2
+    assert not any(link in table.stdout for link in links)  # shortened, with an ellipsis
+    assert "…" in table.stdout
+    assert "fits-1" in table.stdout
+    assert "rejected: SOL" in table.stdout  # the reason starts, cut short
+    wide_lines = wide.stdout.splitlines()
+    assert len(wide_lines) == 1 + len(rows)
+    assert all(link in wide.stdout for link in links)
+    assert LONG_ID in wide.stdout
+    assert next(r for r in rows if r["decision"] == "rejected")["reason"] in wide.stdout
+
+
+def test_json_outputs_are_one_object_a_line_however_narrow_the_terminal(
+    running: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
+    config, _, _ = running
+
+    def narrow(*args: str) -> subprocess.CompletedProcess[str]:
+        return bot(*args, "--config", str(config), cwd=config.parent, env={"COLUMNS": "40"})
+
+    sent = narrow("signal", "send", *BUY_BTC, "--id", LONG_ID, "--json")
+    plain = narrow("signal", "send", *BUY_BTC, "--id", LONG_ID)
+    wait_for(lambda: orders_json(config)[0]["status"] == "Filled", what="the order filled")
+    outputs = {
+        command: narrow(*command.split(), "--json")
+        for command in ("orders", "positions", "risk status")
+    }
+
+    (answer,) = map(json.loads, sent.stdout.splitlines())
+    assert answer["http_status"] == 202
+    assert answer["signal_id"] == LONG_ID
+    assert answer["status_url"].endswith(f"/signals/{LONG_ID}")
+    first, second = plain.stdout.splitlines()
+    assert first.startswith("200 ")
+    assert json.loads(first.removeprefix("200 "))["status"] == "duplicate"
+    assert second == f"signal id: {LONG_ID}"
+    for command, output in outputs.items():
+        lines = output.stdout.splitlines()
+        assert lines, (command, output.stderr)
+        assert all(isinstance(json.loads(line), dict) for line in lines), command
+
+
+def test_help_shows_every_default(tmp_path: Path) -> None:
+    run_help = bot("run", "--help", cwd=tmp_path, env=NARROW)
+    send_help = bot("signal", "send", "--help", cwd=tmp_path, env=NARROW)
+
+    run_text, send_text = (" ".join(result.stdout.split()) for result in (run_help, send_help))
+    assert "[default: INFO]" in run_text
+    assert "default: /run/secrets]" in run_text
+    assert "[default: ($BOT_CONFIG or config/bot.toml)]" in run_text
+    assert "[default: (the config's http.port)]" in run_text
+    assert "[default: (a new random one)]" in send_text
+    assert "[default: voiceofchain]" in send_text
+    assert "publish to the [mqtt] broker" in send_text  # brackets are text, not markup
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    result = bot("--version", cwd=tmp_path)
+
+    assert result.returncode == 0
+    assert result.stdout == f"bybit-signal-bot {metadata.version('bybit-signal-bot')}\n"
+
+
+@pytest.mark.parametrize(
+    ("typed", "sent"),
+    [("99000", "99000"), ("97000.50", "97000.5"), ("0.00001", "1e-05"), ("1E+3", "1000")],
+)
+def test_a_decimal_goes_out_as_the_number_typed(typed: str, sent: str) -> None:
+    body = json.dumps({"stop_loss": Decimal(typed)}, default=cli._decimal_as_number)
+
+    assert body == f'{{"stop_loss": {sent}}}'
+    assert Decimal(repr(json.loads(body)["stop_loss"])) == Decimal(typed)
+
+
+def test_a_decimal_no_float_spells_goes_out_as_its_digits() -> None:
+    digits = "97000.123456789012345"
+
+    body = json.dumps({"entry": Decimal(digits)}, default=cli._decimal_as_number)
+
+    assert body == f'{{"entry": "{digits}"}}'  # the webhook reads numeric strings exactly
+
+
+def test_a_stop_typed_99000_is_reported_as_99000(
+    running: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
+    config, _, process = running
+
+    send(config, "--symbol", "BTCUSDT", "--side", "buy", "--stop-loss", "99000", "--id", "above")
+    row = wait_for(
+        lambda: next((r for r in orders_json(config) if r["decision"] != "pending"), None),
+        what="the signal decided",
+    )
+    process.send_signal(signal.SIGTERM)
+    log, _ = process.communicate(timeout=30)
+
+    assert row["decision"] == "declined"  # a buy's stop above the market price
+    assert "stop_loss 99000 " in row["reason"]
+    assert "99000.0" not in row["reason"] + log
+    assert "stop_loss 99000 " in log
+
+
+def test_log_json_lines_are_compact_and_hold_no_secret(sim_config: Callable[..., Path]) -> None:
+    port = free_port()
+    config = sim_config(port=port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--log-json", "--config", str(config)],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: healthy(port) or process.poll() is not None, 30, "the bot to listen")
+        send(config, *BUY_BTC, "--id", "logged")
+        wait_for(lambda: orders_json(config)[0]["status"] == "Filled", what="the order filled")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    secrets = [path.read_text().strip() for path in (config.parent / "var" / "secrets").iterdir()]
+
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert len(lines) > 3
+    assert all({"time", "level", "message"} <= line.keys() for line in lines)
+    assert all(line["time"].endswith("Z") for line in lines)  # ISO 8601, UTC
+    assert max(len(line.encode()) for line in output.splitlines()) < 1024
+    started = next(line for line in lines if "simulator running in-process" in line["message"])
+    assert started["url"].startswith("http://127.0.0.1:")  # a bound field, by its name
+    assert len(json.dumps(started)) < 200
+    assert any(line["message"] == "bot stopped" for line in lines)
+    assert len(secrets) >= 3
+    assert not any(secret in output for secret in secrets)

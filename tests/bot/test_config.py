@@ -125,3 +125,100 @@ def test_the_mainnet_opt_in_cannot_come_from_an_environment_variable(
 def test_strategy_naming_a_missing_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="names 'ghost', which is not in \\[keys\\]"):
         load_settings(write(tmp_path, '[strategies.f]\nplugin = "follow"\nkey = "ghost"\n'))
+
+
+def test_a_misspelt_variable_is_refused_with_the_closest_valid_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_RISK_MAX_ORDER_NOTIONAL_USDT", "250")
+    monkeypatch.setenv("BOT_KEY_ALPHA_API_SECRT", "s3cr3t-value-1234")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, KEYED))
+
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2
+    assert "BOT_KEY_ALPHA_API_SECRT" in lines[0]
+    assert "did you mean BOT_KEY_ALPHA_API_SECRET?" in lines[0]
+    assert "did you mean BOT_RISK__MAX_ORDER_NOTIONAL_USDT?" in lines[1]
+    assert "s3cr3t" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "BOT_CONFIG",
+        "BOT_SECRETS_DIR",
+        "BOT_STATE_DIR",
+        "BOT_ADMIN_SECRET",
+        "BOT_MQTT_PASSWORD",
+        "BOT_MQTT_SIGNING_SECRET",
+        "BOT_NOTIFY_URLS",
+        "BOT_WEBHOOK_SECRET_TRADINGVIEW",
+        "BOT_WEBHOOK_TOKEN_TRADINGVIEW",
+        "BOT_KEY_ANY_OTHER_API_KEY",
+        "BOT_KEY_ALPHA_API_SECRET",
+        "BOT_STRATEGIES__FOLLOW__PARAMS__RISK_FRACTION",
+        "BOT_SIM__STARTING_BALANCE_USDT",
+        "BOT_SOURCES__VOICEOFCHAIN__MAPPING__FIELDS__SYMBOL",
+    ],
+)
+def test_secrets_controls_and_open_tables_are_not_unknown_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, str(tmp_path))
+
+    assert load_settings(write(tmp_path, KEYED)).keys["alpha"]
+
+
+@pytest.mark.parametrize(
+    ("value", "symbols"),
+    [
+        ("BTCUSDT", ("BTCUSDT",)),
+        ("BTCUSDT, ETHUSDT", ("BTCUSDT", "ETHUSDT")),
+        ('["BTCUSDT", "SOLUSDT"]', ("BTCUSDT", "SOLUSDT")),
+    ],
+)
+def test_a_list_variable_is_comma_separated_or_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, symbols: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("BOT_RISK__SYMBOLS", value)
+    monkeypatch.setenv("BOT_STRATEGIES__FOLLOW__RISK__SYMBOLS", value)  # optional: `| None`
+
+    settings = load_settings(write(tmp_path, KEYED))
+
+    assert settings.risk.symbols == symbols
+    assert settings.strategies["follow"].risk.symbols == symbols
+
+
+def test_a_bad_value_is_one_line_naming_setting_value_origin_and_what_is_allowed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_JOURNAL_SYNCHRONOUS", "OFF")
+    path = write(tmp_path, "[http]\nport = 70000\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    assert str(caught.value).splitlines() == [
+        "invalid journal_synchronous = 'OFF' from BOT_JOURNAL_SYNCHRONOUS: "
+        "Input should be 'NORMAL' or 'FULL'",
+        f"invalid http.port = 70000 in {path}: Input should be less than or equal to 65535",
+    ]
+
+
+def test_a_relative_state_dir_in_the_file_is_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    folder = tmp_path / "conf"
+    folder.mkdir()
+
+    written = load_settings(write(folder, 'state_dir = "../state"\n'))
+    default = load_settings(write(folder, ""))
+    monkeypatch.setenv("BOT_STATE_DIR", "typed")  # typed in a shell: where the command runs
+    typed = load_settings(write(folder, 'state_dir = "../state"\n'))
+
+    assert written.journal_path == tmp_path / "state" / "journal.sqlite3"
+    assert default.state_dir == folder / "var"
+    assert typed.state_dir == Path("typed")

@@ -9,6 +9,8 @@ import secrets
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -86,9 +88,9 @@ def test_secret_is_redacted_in_messages_and_context_in_json(capture: io.StringIO
 
     text = capture.getvalue()
     assert secret not in text
-    record = json.loads(text.splitlines()[0])["record"]
-    assert record["message"] == "signing with ***"
-    assert record["extra"]["header"] == "X-BAPI-SIGN ***"
+    line = json.loads(text.splitlines()[0])
+    assert line["message"] == "signing with ***"
+    assert line["header"] == "X-BAPI-SIGN ***"
 
 
 def test_secret_is_redacted_from_chained_exceptions(capture: io.StringIO) -> None:
@@ -134,12 +136,12 @@ def test_awkward_secret_is_redacted_from_message_and_extra(
     text = capture.getvalue()
     assert leaks(text, awkward_secret) == []
     if as_json:
-        record = json.loads(text)["record"]  # still one valid JSON line
+        line = json.loads(text)  # still one valid JSON line
         # repr quotes a value holding `'` with `"`
-        assert record["message"].replace('"', "'") == "signing with *** and '***'"
-        assert record["extra"]["header"] == "X-BAPI-SIGN ***"
-        assert record["extra"]["body"] == {"secret": "***", "nested": ["***"]}
-        assert record["extra"]["text"] == '{"secret": "***"}'
+        assert line["message"].replace('"', "'") == "signing with *** and '***'"
+        assert line["header"] == "X-BAPI-SIGN ***"
+        assert line["body"] == {"secret": "***", "nested": ["***"]}
+        assert line["text"] == '{"secret": "***"}'
 
 
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "console"])
@@ -159,10 +161,9 @@ def test_awkward_secret_is_redacted_from_exception_text_and_traceback(
     text = capture.getvalue()
     assert leaks(text, awkward_secret) == []
     assert "KeyError" in text
-    assert "signing failed for ***" in (json.loads(text)["text"] if as_json else text)
+    assert "signing failed for ***" in (json.loads(text)["exception"] if as_json else text)
     if as_json:
-        record = json.loads(text)["record"]
-        assert record["exception"]["value"] == "signing failed for ***"
+        assert json.loads(text)["exception"].endswith("RuntimeError: signing failed for ***")
 
 
 def test_standard_logging_is_scrubbed_too(capture: io.StringIO, awkward_secret: str) -> None:
@@ -175,7 +176,7 @@ def test_standard_logging_is_scrubbed_too(capture: io.StringIO, awkward_secret: 
 
     text = capture.getvalue()
     assert leaks(text, awkward_secret) == []
-    message = json.loads(text)["record"]["message"]
+    message = json.loads(text)["message"]
     assert message.replace('"', "'") == "request with '***' failed"
 
 
@@ -212,7 +213,7 @@ def test_a_secret_made_only_of_escaped_characters_is_redacted(capture: io.String
     text = capture.getvalue()
     assert json.dumps(secret)[1:-1] not in text
     assert json.dumps(repr(secret)[1:-1])[1:-1] not in text
-    assert json.loads(text)["record"]["extra"]["value"] == "***"
+    assert json.loads(text)["value"] == "***"
 
 
 def test_each_spelling_is_precomputed_once() -> None:
@@ -241,7 +242,7 @@ def test_an_uncaught_exception_is_logged_scrubbed(
     text = capture.getvalue()
     assert leaks(text, awkward_secret) == []
     assert "uncaught KeyError" in text
-    assert "Traceback" in (json.loads(text)["text"] if as_json else text)
+    assert "Traceback" in (json.loads(text)["exception"] if as_json else text)
 
 
 def test_an_exception_ending_a_thread_is_logged_scrubbed(
@@ -264,7 +265,7 @@ def test_an_exception_ending_a_thread_is_logged_scrubbed(
 def test_lines_without_secrets_are_left_alone() -> None:
     for kind in AWKWARD.values():
         logs.redact(awkward(kind))
-    line = json.dumps({"text": "an ordinary log line\n" * 10, "record": {"extra": {"n": 1}}})
+    line = json.dumps({"message": "an ordinary log line\n" * 10, "n": 1})
 
     assert logs.scrub(line) == line
 
@@ -284,3 +285,78 @@ def test_an_exception_ignored_in_a_finalizer_is_logged_scrubbed(
     assert leaks(text, awkward_secret) == []
     assert "Exception ignored in" in text
     assert "close failed: " in text
+
+
+def test_a_json_line_is_compact_time_level_message_and_bound_fields(
+    capture: io.StringIO,
+) -> None:
+    logs.configure(json=True, stream=capture)
+
+    logger.bind(order_link_id="follow-0-k3jq4m2z7xw5v8ryt6a9d", strategy="follow").info(
+        "order {id} filled at {price}", id="follow-0-k3jq4m2z7xw5v8ryt6a9d", price=Decimal("99000")
+    )
+
+    text = capture.getvalue()
+    assert text.count("\n") == 1
+    assert len(text.encode()) < 300  # loguru's whole record was about 1 KB
+    line = json.loads(text)
+    assert list(line) == ["time", "level", "message", "order_link_id", "strategy", "id", "price"]
+    assert line["level"] == "INFO"
+    assert line["message"] == "order follow-0-k3jq4m2z7xw5v8ryt6a9d filled at 99000"
+    assert (line["strategy"], line["price"]) == ("follow", "99000")
+    assert line["time"].endswith("Z")
+    logged = datetime.fromisoformat(line["time"])
+    assert logged.utcoffset() == timedelta(0)
+    assert abs(datetime.now(UTC) - logged) < timedelta(seconds=60)
+
+
+def test_a_json_line_carries_the_exception_text_only_when_there_is_one(
+    capture: io.StringIO,
+) -> None:
+    logs.configure(json=True, stream=capture)
+
+    logger.info("quiet")
+    try:
+        raise ValueError("venue said no")
+    except ValueError:
+        logger.exception("venue call failed")
+
+    quiet, failed = map(json.loads, capture.getvalue().splitlines())
+    assert "exception" not in quiet
+    assert failed["message"] == "venue call failed"
+    assert failed["exception"].startswith("Traceback (most recent call last):")
+    assert failed["exception"].endswith("ValueError: venue said no")
+
+
+def test_a_bound_field_named_like_a_line_field_is_kept_apart(capture: io.StringIO) -> None:
+    logs.configure(json=True, stream=capture)
+
+    logger.bind(time="09:30", level=3, message="theirs").warning("ours")
+
+    line = json.loads(capture.getvalue())
+    assert (line["level"], line["message"]) == ("WARNING", "ours")
+    renamed = (line["extra.time"], line["extra.level"], line["extra.message"])
+    assert renamed == ("09:30", 3, "theirs")
+
+
+def test_a_bound_value_json_cannot_hold_still_makes_one_scrubbed_line(
+    capture: io.StringIO, awkward_secret: str
+) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError(awkward_secret)
+
+        __repr__ = __str__
+
+    logs.configure(json=True, stream=capture)
+
+    logger.bind(by_pair={("BTCUSDT", awkward_secret): 1}).info("odd context")
+    logger.bind(broken=Unprintable(), key=awkward_secret).info("unprintable context")
+
+    text = capture.getvalue()
+    assert leaks(text, awkward_secret) == []
+    odd, unprintable = map(json.loads, text.splitlines())
+    assert odd["message"] == "odd context"
+    assert "BTCUSDT" in odd["by_pair"]
+    assert unprintable["broken"] == "<Unprintable>"
+    assert unprintable["key"].replace('"', "'") == "'***'"  # its repr, scrubbed

@@ -24,7 +24,7 @@ from bot.journal import Journal
 from bot.messages import OrderEvent, OrderRequest, OrderStatus, parse_signal
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for, write_key_secrets
+from tests.conftest import venue_with_key, wait_for, write_key_secrets
 from tests.factories import approve, make_intent
 
 
@@ -134,17 +134,8 @@ def _statuses(bot: RunningBot) -> dict[str, str]:
 def test_a_key_that_goes_bad_while_running_stops_its_strategy_with_a_reason_per_signal(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    write_key_secrets(tmp_path, "short-lived-key", "short-lived-secret")
-    exchange = SimExchange(SimulatorConfig())
     expires = datetime.now(UTC) + timedelta(seconds=3)
-    exchange.add_account(
-        SimAccountSpec(
-            api_key="short-lived-key",
-            api_secret=SecretStr("short-lived-secret"),
-            ips=["127.0.0.1"],
-            expired_at=expires,
-        )
-    )
+    exchange = venue_with_key(tmp_path, "short-lived-key", "short-lived-secret", expires)
     with SimServer(exchange) as server:
         bot = RunningBot(sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n')).start()
         try:

@@ -221,7 +221,7 @@ class BotProcess:
             pytest.fail(f"the bot exited {self.process.returncode}:\n{self.output().decode()}")
         try:
             return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up, or too busy starting to answer yet
             return False
 
     def sim_url(self) -> str:
@@ -230,7 +230,7 @@ class BotProcess:
         def logged() -> str | None:
             for line in self.output().splitlines():
                 if b"simulator running in-process" in line:
-                    return str(json.loads(line)["record"]["extra"]["url"])
+                    return str(json.loads(line)["url"])
             return None
 
         return wait_for(logged, what="the simulator's URL in the log")
