@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from rich.console import Console
+
 __all__ = ["UNLIMITED_RISK", "Check", "cpu_seconds", "free_port", "rss_mb", "wait_until"]
 
 #: `[risk]` lines (under the section header, beside `symbols` and `max_signal_age_s`) that
@@ -89,3 +91,13 @@ def write_results(report: Any, name: str, started_at: str, path: Path | None = N
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return target
+
+
+def finish(console: Console, report: dict[str, Any], name: str, path: Path | None) -> int:
+    """Write the report, say where, list its failed checks; the benchmark's exit code (0, or
+    1 when a correctness check failed)."""
+    target = write_results(report, name, str(report["started_at"]), path)
+    console.print(f"results: {target}", highlight=False)
+    for failure in report["failures"]:
+        console.print(f"[bold red]failed:[/] {failure}", highlight=False)
+    return 1 if report["failures"] else 0

@@ -60,7 +60,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import UNLIMITED_RISK, cpu_seconds, free_port, rss_mb, wait_until, write_results
+from bench.common import UNLIMITED_RISK, cpu_seconds, finish, free_port, rss_mb, wait_until
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from signals.voiceofchain import SIGNATURE_HEADER, sign
@@ -607,11 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     console.print(f"burst: {report['burst']}", highlight=False)
     console.print(f"footprint: {report['footprint']}", highlight=False)
-    target = write_results(report, "intake", report["started_at"], arguments.json_out)
-    console.print(f"results: {target}", highlight=False)
-    for failure in report["failures"]:
-        console.print(f"[bold red]failed:[/] {failure}", highlight=False)
-    return 1 if report["failures"] else 0
+    return finish(console, report, "intake", arguments.json_out)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import UNLIMITED_RISK, Check, write_results
+from bench.common import UNLIMITED_RISK, Check, finish
 
 __all__ = ["history_lines", "main", "run"]
 
@@ -254,11 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)
         return 2
     console.print(_table(report))
-    target = write_results(report, "replay", report["started_at"], arguments.json_out)
-    console.print(f"results: {target}", highlight=False)
-    for failure in report["failures"]:
-        console.print(f"[bold red]failed:[/] {failure}", highlight=False)
-    return 1 if report["failures"] else 0
+    return finish(console, report, "replay", arguments.json_out)
 
 
 if __name__ == "__main__":
