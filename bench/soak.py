@@ -25,6 +25,7 @@ import random
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from rich.table import Table
 
 from bench.common import UNLIMITED_RISK, Check, free_port, wait_until, write_results
 from bot.execution.ids import order_link_id
+from bot.journal import Journal, JournalError
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
 __all__ = ["SoakOptions", "SoakReport", "main", "run_soak"]
@@ -394,6 +396,23 @@ class Harness:
         result: dict[str, Any] = answer.json()
         return result
 
+    def unfinished_orders(self) -> int | None:
+        """How many orders the journal still holds unfinished (None while it cannot say):
+        the bot is not done while it still reconciles one."""
+        path = self.state_dir / "journal.sqlite3"
+        if not path.exists():
+            return None
+        try:
+            journal = Journal(path, read_only=True)
+        except JournalError:
+            return None
+        try:
+            return len(journal.unfinished_orders())
+        except sqlite3.Error:
+            return None
+        finally:
+            journal.close()
+
     def journal(self) -> list[dict[str, Any]]:
         """`bot orders --json`, every signal: one dict per (signal, decision) row."""
         argv = self._bot_argv("orders", "--json", "--limit", "1000000")
@@ -661,8 +680,8 @@ class Chaos:
 
 
 def _snapshot(harness: Harness) -> tuple[Any, ...] | None:
-    """What changes while the bot works: its queue and journal counts, the venue's orders
-    and the order writes it received."""
+    """What changes while the bot works: its queue, its unfinished orders and journal
+    counts, the venue's orders and the order writes it received."""
     try:
         health = harness.client.get(f"{harness.bot_url}/healthz").json()
         stats = harness.sim_get("/sim/stats")
@@ -671,6 +690,7 @@ def _snapshot(harness: Harness) -> tuple[Any, ...] | None:
     requests = stats.get("requests_by_path", {})
     return (
         health.get("queued_signals"),
+        harness.unfinished_orders(),
         json.dumps(health.get("journal"), sort_keys=True),
         stats.get("orders"),
         stats.get("open_orders"),
@@ -681,7 +701,8 @@ def _snapshot(harness: Harness) -> tuple[Any, ...] | None:
 
 
 def wait_for_quiescence(harness: Harness, options: SoakOptions) -> tuple[bool, float]:
-    """Wait until nothing changes for `quiet_for_s` with an empty queue and no open orders.
+    """Wait until nothing changes for `quiet_for_s` with an empty queue, no order left
+    unfinished in the journal (one the bot still reconciles) and none open at the venue.
 
     Returns (quiet, monotonic time of the last change).
     """
@@ -693,7 +714,7 @@ def wait_for_quiescence(harness: Harness, options: SoakOptions) -> tuple[bool, f
         now = time.monotonic()
         if current != last or current is None:
             last, last_change = current, now
-        elif current[0] == 0 and current[3] == 0 and now - last_change >= options.quiet_for_s:
+        elif current[:2] == (0, 0) and current[4] == 0 and now - last_change >= options.quiet_for_s:
             return True, last_change
         time.sleep(0.25)
     return False, last_change

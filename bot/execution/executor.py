@@ -34,7 +34,7 @@ from decimal import Decimal
 from typing import Final
 
 from bot.execution.config import ExecutionConfig
-from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE
+from bot.execution.orders import OPEN_AT_VENUE
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.messages import (
@@ -178,7 +178,7 @@ class Executor:
             for approval, request in zip(approved, requests, strict=True):
                 if request.order_link_id in created:
                     signal_ts = approval.intent.signal_ts
-                    event = await self._drive(request, OrderStatus.PENDING, signal_ts, 0)
+                    event = await self._drive(request, signal_ts, 0, may_exist=False)
                     events.append(event)
                     continue
                 known = await self._journal.call(self._journal.order, request.order_link_id)
@@ -285,16 +285,14 @@ class Executor:
         if status in OPEN_AT_VENUE:
             return await self._look_up_safely(request) or _event_of(record)
         stale = self._stale(record.signal_ts)
-        if status is OrderStatus.PENDING:
-            if stale is not None:  # never sent: a stale signal is declined, not traded
-                return await self._reject(request, f"not sent: {stale}")
-            if not resend:
-                return _event_of(record)  # its lane is sending it, or the next start will
-            return await self._drive(request, status, record.signal_ts, record.attempts)
-        # Submitting or Unknown: it may exist. Look, and resend only what the venue lacks.
+        if status is OrderStatus.PENDING and not resend and stale is None:
+            return _event_of(record)  # its lane is sending it, or the next start will
+        # It may exist, Pending included: its send attempt is journaled while the order
+        # travels, so a crash can leave a sent order Pending. Look, and resend only what the
+        # venue lacks.
         spent = record.attempts >= self._config.max_total_sends
         if resend and stale is None and not spent:
-            return await self._drive(request, status, record.signal_ts, record.attempts)
+            return await self._drive(request, record.signal_ts, record.attempts, may_exist=True)
         try:
             found = await self._look_up_patiently(request, (0.0, self._config.lookup_delays_s[-1]))
         except _LookupFailed:
@@ -315,17 +313,18 @@ class Executor:
     async def _drive(
         self,
         request: OrderRequest,
-        status: OrderStatus,
         signal_ts: datetime | None,
         sends: int,
+        *,
+        may_exist: bool,
     ) -> OrderEvent:
         """Send until the venue holds the order or says a final no; bounded attempts.
 
-        `sends` is how many times the order was sent before (its journaled attempts).
+        `sends` is how many times the order was sent before (its journaled attempts);
+        `may_exist`: an earlier send may have reached the venue (look before sending).
         """
         venue = self._venues[request.key_name]
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
-        may_exist = status in MAY_EXIST_AT_VENUE
         last: VenueError | None = None
         for attempt in range(self._config.max_send_attempts):
             if may_exist:

@@ -219,14 +219,36 @@ def test_a_pending_order_of_a_stale_signal_is_declined_at_start_up(journal: Jour
     journal.record_signal(_signal_for(intent))
     request = build_request(approve(intent), "k")
     journal.record_decisions([approve(intent).decision], [request])  # crashed before the send
+    settled = FAST.model_copy(update={"unseen_final_after_s": 0.0})
+
+    executor = Executor(journal, {"k": venue}, settled, staleness=stale_after(60))
+    asyncio.run(executor.reconcile(limit=None, resend=True))
+
+    record = journal.order(request.order_link_id)
+    assert record is not None and record.status is OrderStatus.REJECTED
+    assert "never reached the venue" in record.reason
+    assert venue.calls["get_order"] >= 1  # looked for first: it may have left before the crash
+    assert venue.calls["place_order"] == 0
+
+
+def test_a_pending_order_that_reached_the_venue_before_a_crash_is_found_not_resent(
+    journal: Journal,
+) -> None:
+    """The send attempt is journaled while the order travels: a crash in between leaves an
+    order the venue holds journaled Pending. At start-up it is looked up, never sent again."""
+    venue = FakeVenue()
+    intent = make_intent()
+    journal.record_signal(_signal_for(intent))
+    request = build_request(approve(intent), "k")
+    journal.record_decisions([approve(intent).decision], [request])
+    asyncio.run(venue.place_order(request))  # it left; the crash came before its journal row
 
     executor = Executor(journal, {"k": venue}, FAST, staleness=stale_after(60))
     asyncio.run(executor.reconcile(limit=None, resend=True))
 
     record = journal.order(request.order_link_id)
-    assert record is not None and record.status is OrderStatus.REJECTED
-    assert "not sent" in record.reason
-    assert venue.calls["place_order"] == 0
+    assert record is not None and record.status is OrderStatus.FILLED
+    assert venue.calls["place_order"] == 1
 
 
 def test_a_pending_order_of_a_fresh_signal_is_sent_once_at_start_up(journal: Journal) -> None:
