@@ -505,6 +505,7 @@ class Service:
             blocked=gate.block_reason,
             venue_leverage=account.projection.leverage,
             booked_qty=account.projection.booked_qty,
+            order_journaled=account.keeper.expect_order,
         )
         account.on_order_update(executor.order_updated)
         account.on_fill_booked(executor.fill_booked)

@@ -111,6 +111,7 @@ class Executor:
         blocked: Callable[[str], str | None] = lambda strategy: None,
         venue_leverage: Callable[[str, str], Decimal | None] = lambda key, symbol: None,
         booked_qty: Callable[[str], Decimal] | None = None,
+        order_journaled: Callable[[OrderRequest], None] = lambda request: None,
         rng: random.Random | None = None,
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
@@ -120,7 +121,8 @@ class Executor:
         every send of an opening order, so a halt stops legs already approved);
         `venue_leverage(key, symbol)` is the venue's leverage as last reported, if known;
         `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
-        follower waits for them, so the next signal of the lane sees the position)."""
+        follower waits for them, so the next signal of the lane sees the position);
+        `order_journaled` hears of each order journaled by `execute_all`, before its send."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
@@ -130,6 +132,7 @@ class Executor:
         self._blocked = blocked
         self._venue_leverage = venue_leverage
         self._booked_qty = booked_qty
+        self._order_journaled = order_journaled
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         self._in_flight: set[str] = set()
@@ -174,6 +177,8 @@ class Executor:
         self._in_flight |= links
         try:
             created = await self._journal.call(self._journal.record_decisions, decisions, requests)
+            for request in requests:
+                self._order_journaled(request)
             events = []
             for approval, request in zip(approved, requests, strict=True):
                 if request.order_link_id in created:
@@ -384,7 +389,10 @@ class Executor:
                 try:
                     ack = await venue.place_order(request)
                 finally:  # a journal that cannot write stops the drive here
-                    self._settled(submitting, await asyncio.wrap_future(written))
+                    # Mostly written by now: then without a trip through the event loop.
+                    if not written.done():
+                        await asyncio.wrap_future(written)
+                    self._settled(submitting, written.result())
             except DuplicateOrderError as exc:
                 # It exists (a lost answer of an earlier send): look it up, with patience.
                 last, may_exist = exc, True

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -179,6 +180,35 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
         return f"_PrivateSocket(endpoint={getattr(self, 'endpoint', '')!r})"
 
 
+class _Inbox:
+    """Messages handed from pybit's thread to the event loop, in order, with one wake-up of
+    the loop for all that arrive before it takes them (a fill comes as four or five
+    messages), not one per message."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._waiting: list[dict[str, Any]] = []
+        self._arrived = asyncio.Event()  # touched on the loop only
+
+    def put(self, message: dict[str, Any]) -> None:
+        """On pybit's thread."""
+        with self._lock:
+            self._waiting.append(message)
+            if len(self._waiting) > 1:
+                return  # the first one's wake-up has not been served yet: it takes this too
+        with contextlib.suppress(RuntimeError):  # the loop closed: we are shutting down
+            self._loop.call_soon_threadsafe(self._arrived.set)
+
+    async def take(self) -> list[dict[str, Any]]:
+        """Every message arrived since the last take (waiting for one if none has)."""
+        await self._arrived.wait()
+        self._arrived.clear()
+        with self._lock:
+            taken, self._waiting = self._waiting, []
+        return taken
+
+
 class AccountStream:
     """The private stream of one key, kept connected until cancelled."""
 
@@ -222,7 +252,7 @@ class AccountStream:
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
-            inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            inbox = _Inbox(loop)
             closed = self._closed = asyncio.Event()
             try:
                 socket = await asyncio.to_thread(self._open, loop, inbox, closed)
@@ -273,14 +303,10 @@ class AccountStream:
     def _open(
         self,
         loop: asyncio.AbstractEventLoop,
-        inbox: asyncio.Queue[dict[str, Any]],
+        inbox: _Inbox,
         closed: asyncio.Event,
     ) -> _PrivateSocket:
         """Connect, authenticate and subscribe (blocking: run in a thread)."""
-
-        def deliver(message: dict[str, Any]) -> None:  # on pybit's thread
-            with contextlib.suppress(RuntimeError):  # the loop closed: we are shutting down
-                loop.call_soon_threadsafe(inbox.put_nowait, message)
 
         def on_closed() -> None:  # on pybit's thread
             with contextlib.suppress(RuntimeError):
@@ -303,7 +329,7 @@ class AccountStream:
         if not socket.auth:
             socket.exit()
             raise ConnectionError("the venue did not confirm the stream's authentication")
-        socket.subscribe_all(TOPICS, deliver)
+        socket.subscribe_all(TOPICS, inbox.put)
         return socket
 
     def _observe_auth(self, socket: _PrivateSocket) -> None:
@@ -328,19 +354,22 @@ class AccountStream:
         )
         notify(self._observers, record)
 
-    async def _relay(self, inbox: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _relay(self, inbox: _Inbox) -> None:
         while True:
-            message = await inbox.get()
+            for message in await inbox.take():
+                await self._apply(message)
+
+    async def _apply(self, message: dict[str, Any]) -> None:
+        try:
+            parsed = parse_stream_message(message, self.name)
+        except (AmbiguousError, ValueError) as exc:
+            logger.warning("unreadable stream message skipped: {error}", error=str(exc))
+            return
+        for item in parsed:
             try:
-                parsed = parse_stream_message(message, self.name)
-            except (AmbiguousError, ValueError) as exc:
-                logger.warning("unreadable stream message skipped: {error}", error=str(exc))
-                continue
-            for item in parsed:
-                try:
-                    await self._on_message(item)
-                except Exception:  # one bad message must not stop the stream
-                    logger.exception("stream message could not be applied")
+                await self._on_message(item)
+            except Exception:  # one bad message must not stop the stream
+                logger.exception("stream message could not be applied")
 
     def down_for(self) -> float:
         """Seconds the stream has not been live (0 while it is)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -182,3 +182,40 @@ def test_a_partial_stop_shared_by_three_strategies_adds_up_exactly() -> None:
 
     assert sum(book.size for book in projection.books()) == Decimal("0.01")
     assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
+
+
+def test_a_fill_of_an_expected_order_is_attributed_without_asking_the_journal(
+    journal: Journal,
+) -> None:
+    # The journal holds no order "beta-0-y": only the executor's word says whose it is.
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    keeper.expect_order(make_request(order_link_id="beta-0-y", strategy="beta"))
+
+    asyncio.run(keeper.apply(fill(Side.BUY, "0.02", "100", link="beta-0-y")))
+
+    assert projection.strategy_size("k", "beta", "BTCUSDT") == Decimal("0.02")
+
+
+def test_a_fills_reports_are_journaled_together_and_before_any_later_journal_call(
+    journal: Journal,
+) -> None:
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    commits: list[int] = []
+    write_all = journal.write_all
+
+    def counted(writes: Sequence[Callable[[], object]]) -> None:
+        commits.append(len(writes))
+        write_all(writes)
+
+    journal.write_all = counted  # type: ignore[method-assign]
+
+    async def reports_then_a_read() -> int:
+        for index in range(3):  # in one turn of the event loop, as one stream batch
+            report = fill(Side.BUY, "0.01", "100", link="alpha-0-x", exec_id=f"x{index}")
+            await keeper.apply(report)
+        return len(await journal.call(journal.executions))
+
+    assert asyncio.run(reports_then_a_read()) == 3
+    assert commits == [3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.journal import Journal, JournalError
+from bot.logs import logger
 from bot.messages import (
     Decline,
     OrderEvent,
@@ -206,3 +208,55 @@ def _write_v1_journal(path: Path) -> None:
         """
     )
     db.close()
+
+
+def test_a_failing_write_in_a_batch_loses_only_itself(journal: Journal) -> None:
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    journal.write_all(
+        [
+            lambda: journal.record_signal(signal("a")),
+            broken,
+            lambda: journal.record_signal(signal("b")),
+        ]
+    )
+
+    assert journal.counts()["signals"] == 2
+
+
+def test_deferred_writes_run_in_order_before_any_later_call(journal: Journal) -> None:
+    done: list[str] = []
+
+    async def defer_then_call() -> list[str]:
+        journal.defer(lambda: done.append("first"))
+        journal.defer(lambda: done.append("second"))
+        await journal.call(lambda: done.append("call"))
+        journal.defer(lambda: done.append("after"))
+        await asyncio.sleep(0)  # the turn ends: the deferred write is handed over
+        journal.flush()
+        return done
+
+    assert asyncio.run(defer_then_call()) == ["first", "second", "call", "after"]
+
+
+def test_a_failing_deferred_write_is_logged_and_the_next_still_runs(journal: Journal) -> None:
+    done: list[str] = []
+    errors: list[str] = []
+    sink = logger.add(lambda message: errors.append(str(message)), level="ERROR")
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async def defer_both() -> None:
+        journal.defer(broken)
+        journal.defer(lambda: done.append("next"))
+
+    try:
+        asyncio.run(defer_both())
+        journal.close()  # what was deferred is written before the journal closes
+    finally:
+        logger.remove(sink)
+
+    assert done == ["next"]
+    assert any("a deferred journal write failed" in line for line in errors)
