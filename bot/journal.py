@@ -365,6 +365,11 @@ class Journal:
         self._writer_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         self._deferred: list[Callable[[], object]] = []  # by `defer`, for the journal's thread
+        # The unfinished orders as committed, kept in memory for readers on the event loop:
+        # the orders a transaction writes are read back once it commits.
+        self._unfinished: dict[str, OrderRecord] = {}
+        self._unfinished_lock = threading.Lock()
+        self._written_orders: dict[str, OrderRequest | None] = {}  # by the open transaction
         try:
             if read_only and not path.exists():
                 raise JournalError(
@@ -381,6 +386,10 @@ class Journal:
             self._migrate()
             if read_only:
                 self._db.execute("PRAGMA query_only=1")
+            else:
+                self._unfinished = {
+                    record.request.order_link_id: record for record in self.unfinished_orders()
+                }
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {path}: {exc}") from None
 
@@ -494,9 +503,12 @@ class Journal:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
+                self._written_orders.clear()
                 if self._db.in_transaction:  # a failed COMMIT can leave it open
                     self._db.execute("ROLLBACK")
                 raise
+            if self._written_orders:
+                self._publish_unfinished()
 
     # signals -------------------------------------------------------------------------------
 
@@ -653,8 +665,7 @@ class Journal:
         with self._transaction() as db:
             return self._insert_order(db, request)
 
-    @staticmethod
-    def _insert_order(db: sqlite3.Connection, request: OrderRequest) -> bool:
+    def _insert_order(self, db: sqlite3.Connection, request: OrderRequest) -> bool:
         now = utc_now().isoformat()
         cursor = db.execute(
             "INSERT OR IGNORE INTO orders (order_link_id, source, signal_id, strategy, leg,"
@@ -678,7 +689,10 @@ class Journal:
                 now,
             ),
         )
-        return cursor.rowcount == 1
+        if cursor.rowcount != 1:
+            return False
+        self._written_orders[request.order_link_id] = request
+        return True
 
     def record_order_event(self, event: OrderEvent, *, missing_ok: bool = False) -> bool:
         """Apply one event to its order if it moves the order forward; False if refused.
@@ -748,6 +762,7 @@ class Journal:
                     event.order_link_id,
                 ),
             )
+            self._written_orders.setdefault(event.order_link_id, None)
             return True
 
     def order(self, order_link_id: str) -> OrderRecord | None:
@@ -764,12 +779,34 @@ class Journal:
         )
 
     def open_orders_of(self, key_name: str, strategy: str, symbol: str) -> list[OrderRecord]:
-        """A strategy's unfinished orders in one symbol on one key, oldest first."""
-        marks = ", ".join("?" * len(_NON_TERMINAL))
-        return self._orders(
-            f"WHERE o.status IN ({marks}) AND o.key_name = ? AND o.strategy = ? AND o.symbol = ?",
-            (*_NON_TERMINAL, key_name, strategy, symbol),
-        )
+        """A strategy's unfinished orders in one symbol on one key, oldest first, as
+        committed. From memory: safe to call from the event loop (no thread hop, no I/O)."""
+        with self._unfinished_lock:
+            records = list(self._unfinished.values())
+        return [
+            record
+            for record in records
+            if (record.request.key_name, record.request.strategy, record.request.symbol)
+            == (key_name, strategy, symbol)
+        ]
+
+    def _publish_unfinished(self) -> None:
+        """After a commit: the in-memory unfinished orders take the committed state of the
+        orders the transaction wrote (a terminal one leaves them)."""
+        written, self._written_orders = self._written_orders, {}
+        marks = ", ".join("?" * len(written))
+        rows = self._db.execute(
+            f"{_ORDER_QUERY} WHERE o.order_link_id IN ({marks})", tuple(written)
+        ).fetchall()
+        with self._unfinished_lock:
+            for row in rows:
+                link_id = row[0]
+                if OrderStatus(row[2]).is_terminal:
+                    self._unfinished.pop(link_id, None)
+                    continue
+                known = self._unfinished.get(link_id)
+                request = known.request if known is not None else written[link_id]
+                self._unfinished[link_id] = _order_record(row, request)
 
     def record_stop_move(self, move: StopMove, key_name: str, outcome: str, reason: str) -> None:
         """Journal a strategy's stop-loss move and its outcome (`moved`, `rejected`,
@@ -823,40 +860,11 @@ class Journal:
 
     def _orders(self, where: str, params: tuple[object, ...]) -> list[OrderRecord]:
         # `where` is one of this module's literals; every value is a bound parameter.
-        query = (
-            "SELECT o.request, o.status, o.order_id, o.filled_qty, o.avg_price, o.reason,"  # noqa: S608
-            " o.ret_code, o.attempts, s.ts, o.updated_at FROM orders AS o LEFT JOIN signals AS s"
-            " ON s.source = o.source AND s.signal_id = o.signal_id "
-            f"{where} ORDER BY o.created_at, o.rowid"
-        )
         with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        return [
-            OrderRecord(
-                request=OrderRequest.model_validate_json(request),
-                status=OrderStatus(status),
-                order_id=order_id,
-                filled_qty=Decimal(filled_qty),
-                avg_price=None if avg_price is None else Decimal(avg_price),
-                reason=reason,
-                ret_code=ret_code,
-                attempts=attempts,
-                signal_ts=None if signal_ts is None else datetime.fromisoformat(signal_ts),
-                updated_at=datetime.fromisoformat(updated_at),
-            )
-            for (
-                request,
-                status,
-                order_id,
-                filled_qty,
-                avg_price,
-                reason,
-                ret_code,
-                attempts,
-                signal_ts,
-                updated_at,
-            ) in rows
-        ]
+            rows = self._db.execute(
+                f"{_ORDER_QUERY} {where} ORDER BY o.created_at, o.rowid", params
+            ).fetchall()
+        return [_order_record(row) for row in rows]
 
     def record_exit(self, exit_order: ExitOrder) -> bool:
         """Journal a stop-loss / take-profit order the venue created, or its progress.
@@ -1202,6 +1210,32 @@ class Journal:
                     "executions",
                 )
             }
+
+
+#: An order's row with its signal's ts, as `_order_record` reads it.
+_ORDER_QUERY: Final = (
+    "SELECT o.order_link_id, o.request, o.status, o.order_id, o.filled_qty, o.avg_price,"
+    " o.reason, o.ret_code, o.attempts, s.ts, o.updated_at FROM orders AS o"
+    " LEFT JOIN signals AS s ON s.source = o.source AND s.signal_id = o.signal_id"
+)
+
+
+def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> OrderRecord:
+    """An `_ORDER_QUERY` row; `request` spares parsing the stored one when it is at hand."""
+    _, stored, status, order_id, filled_qty, avg_price, reason, ret_code, attempts = row[:9]
+    signal_ts, updated_at = row[9:]
+    return OrderRecord(
+        request=request or OrderRequest.model_validate_json(stored),
+        status=OrderStatus(status),
+        order_id=order_id,
+        filled_qty=Decimal(filled_qty),
+        avg_price=None if avg_price is None else Decimal(avg_price),
+        reason=reason,
+        ret_code=ret_code,
+        attempts=attempts,
+        signal_ts=None if signal_ts is None else datetime.fromisoformat(signal_ts),
+        updated_at=datetime.fromisoformat(updated_at),
+    )
 
 
 def _log_deferred_failure(done: Future[Any]) -> None:

@@ -248,7 +248,9 @@ class Pipeline:
         await self._run_slots(job.signal, job.slots)
         job.remaining[0] -= 1
         if job.remaining[0] == 0:
-            await self._journal.call(self._journal.mark_processed, job.signal)
+            # Nothing waits for it: it goes with the journal's next work (a crash before it
+            # only means the signal is looked at again, its decided strategies skipped).
+            self._journal.defer(partial(self._journal.mark_processed, job.signal))
 
     # strategies -----------------------------------------------------------------------------
 

@@ -196,6 +196,18 @@ class OrderLifecycle(RuleBasedStateMachine):
             self.seen[link_id] = history
 
     @invariant()
+    def the_open_orders_held_in_memory_are_the_journaled_ones(self) -> None:
+        journaled = self.journal.unfinished_orders()
+        for strategy in ("follow", "scalp"):
+            for symbol in {record.request.symbol for record in journaled} | {"BTCUSDT"}:
+                expected = [
+                    record
+                    for record in journaled
+                    if (record.request.strategy, record.request.symbol) == (strategy, symbol)
+                ]
+                assert self.journal.open_orders_of(KEY, strategy, symbol) == expected
+
+    @invariant()
     def what_the_journal_says_the_venue_holds_it_holds(self) -> None:
         for link_id in self.order_types:
             record = self.journal.order(link_id)
