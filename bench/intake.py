@@ -85,6 +85,8 @@ TARGETS: Final = {
     "ready_s": 2.0,
 }
 _MS: Final = 1_000_000
+#: The simulator's price walk of BTCUSDT during the run: 1 bp a step, every 100 ms.
+MARKET_WALK: Final = {"seed": 11, "step_bps": 1, "interval_ms": 100}
 
 
 class BenchError(Exception):
@@ -122,6 +124,9 @@ class _Simulator:
 
     def __init__(self, keys: Sequence[str]) -> None:
         self.exchange = SimExchange(SimulatorConfig(seed=11, starting_balance_usdt=10**7))
+        # A market that trades: the price ticks every 100 ms, as Bybit pushes a ticker, so the
+        # bot's prices come from the public stream as they would live.
+        self.exchange.update_prices({"BTCUSDT": {"walk": MARKET_WALK}})
         for key in keys:
             self.exchange.add_account(
                 SimAccountSpec(

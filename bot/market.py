@@ -2,10 +2,11 @@
 open orders.
 
 The position is the strategy's own, from the account projection (its fills, not the key's
-whole position). Equity comes from the account stream while it is live; otherwise, like the
-last price, from the venue, cached for `venue.market_cache_s`, so a burst of signals costs one
-venue round trip, not one per signal; sizing from a price a second old is fine, and the risk
-gate re-checks the result.
+whole position). The last price comes from the public ticker stream while it is live
+(`bot.venue.prices`), and equity from the account stream while it is live: no signal waits on
+the venue for them. Otherwise both come from the venue, cached for `venue.market_cache_s`, so
+a burst of signals costs one venue round trip, not one per signal; sizing from a price a
+second old is fine, and the risk gate re-checks the result.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bot.account import Account
 from bot.journal import Journal, OrderRecord
 from bot.messages import Instrument, utc_now
 from bot.venue.base import Venue
+from bot.venue.prices import PriceStream
 from strategies.base import OpenOrder, Position, StrategyContext, StrategyParams
 
 __all__ = ["MarketData"]
@@ -34,8 +36,11 @@ class MarketData:
         journal: Journal,
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
+        price_streams: Mapping[str, PriceStream] | None = None,
     ) -> None:
+        """`price_streams` maps a key name to the price stream of its environment."""
         self._venues = venues
+        self._price_streams = price_streams or {}
         self._account = account
         self._journal = journal
         self._max_age_s = max_age_s
@@ -54,12 +59,20 @@ class MarketData:
     ) -> StrategyContext:
         """A snapshot for one strategy (trading with `key_name`) and one symbol;
         `orders_today` is the risk gate's count of the strategy's orders today."""
-        (instrument, price), equity, books, open_orders = await asyncio.gather(
-            self.quote(key_name, symbol),
-            self._equity_of(key_name),
-            self._account.open_books(key_name, strategy),
-            self._journal.call(self._journal.open_orders_of, key_name, strategy, symbol),
-        )
+        self._take_streamed_price(key_name, symbol)
+        if self._account.live(key_name) and self.price_age_s(symbol) <= self._max_age_s:
+            # All at hand (streamed, cached): awaited in turn, which costs far less than a
+            # task for each.
+            instrument, price = await self.quote(key_name, symbol)
+            equity = await self._equity_of(key_name)
+            books = await self._account.open_books(key_name, strategy)
+        else:  # something comes from the venue: its round trips go together
+            (instrument, price), equity, books = await asyncio.gather(
+                self.quote(key_name, symbol),
+                self._equity_of(key_name),
+                self._account.open_books(key_name, strategy),
+            )
+        open_orders = self._journal.open_orders_of(key_name, strategy, symbol)
         wallet = self._account.projection.wallet(key_name)
         balances = (
             {
@@ -108,7 +121,20 @@ class MarketData:
         return float("inf") if entry is None else self._clock() - entry[0]
 
     async def _price(self, venue: Venue, symbol: str) -> Decimal:
+        self._take_streamed_price(venue.name, symbol)
         return await self._cached(self._prices, symbol, lambda: venue.last_price(symbol))
+
+    def _take_streamed_price(self, key_name: str, symbol: str) -> None:
+        """Keep the price stream's price of `symbol`, with its age, as the latest known if
+        the stream has a fresh one; ask the stream to follow `symbol` if it does not yet."""
+        stream = self._price_streams.get(key_name)
+        if stream is None:
+            return
+        stream.watch((symbol,))
+        streamed = stream.price(symbol, self._max_age_s)
+        if streamed is not None:
+            price, age_s = streamed
+            self._prices[symbol] = (self._clock() - age_s, price)
 
     async def _equity_of(self, key_name: str) -> Decimal:
         streamed = self._account.equity_usdt(key_name)

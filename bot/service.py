@@ -62,6 +62,7 @@ from bot.sim import SimAccountSpec, SimExchange, SimKeyProfile, SimServer, Simul
 from bot.state_metrics import StateCollector
 from bot.venue.bybit import BybitVenue
 from bot.venue.errors import KeyFatalError, VenueError
+from bot.venue.prices import PriceStream
 from bot.venue.stream import AccountStream
 from signals.base import SignalSink
 from signals.mqtt import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
@@ -205,6 +206,7 @@ class _Stages:
     keys: KeyGuard
     sources: list[SignalSource]
     control: MqttControl | None
+    price_streams: list[PriceStream]
 
 
 class _Server(uvicorn.Server):
@@ -286,6 +288,7 @@ class Service:
             background += [
                 tasks.create_task(stream.run()) for stream in stages.account.streams.values()
             ]
+            background += [tasks.create_task(stream.run()) for stream in stages.price_streams]
             if not await self._unless_stopped(self._settle_last_run(stages)):
                 logger.warning(
                     "stopped during start-up; unfinished orders settle on the next start"
@@ -514,7 +517,21 @@ class Service:
                 gate.ledger.release(event.order_link_id) if event.status.is_terminal else None
             )
         )
-        market = MarketData(venues, account, journal, settings.venue.market_cache_s)
+        # One public price stream per environment the keys trade in, following the allowed
+        # symbols from the start (and any other a signal asks about).
+        price_streams = {
+            environment: PriceStream(environment, sim_url=self.sim_url)
+            for environment in sorted({settings.keys[key].environment for key in venues})
+        }
+        for stream in price_streams.values():
+            stream.watch(settings.risk.symbols)
+        market = MarketData(
+            venues,
+            account,
+            journal,
+            settings.venue.market_cache_s,
+            price_streams={key: price_streams[settings.keys[key].environment] for key in venues},
+        )
         runner = StrategyRunner()
         resources.callback(runner.close)
         for name, config in settings.strategies.items():
@@ -556,7 +573,9 @@ class Service:
         resources.callback(metrics.REGISTRY.unregister, state_metrics)
         app = create_app(
             [router for source in sources if (router := source.router()) is not None],
-            lambda: self._health(readiness, pipeline, journal, account, sources),
+            lambda: self._health(
+                readiness, pipeline, journal, account, sources, list(price_streams.values())
+            ),
             self._admin_routes(kill_switch),
             refresh_metrics=state_metrics.refresh,
         )
@@ -584,6 +603,7 @@ class Service:
             keys=keys,
             sources=sources,
             control=control,
+            price_streams=list(price_streams.values()),
         )
 
     def _signal_sources(self, journal: Journal, sink: SignalSink) -> list[SignalSource]:
@@ -716,6 +736,7 @@ class Service:
         journal: Journal,
         account: Account,
         sources: list[SignalSource],
+        price_streams: list[PriceStream],
     ) -> dict[str, Any]:
         """Liveness, readiness with each check's verdict, and a short status."""
         signal_sources = {source.name: source.health() for source in sources}
@@ -732,6 +753,11 @@ class Service:
             "account_streams": {
                 key: "live" if account.live(key) else "down (REST reconciliation)"
                 for key in account.streams
+            },
+            # Prices come from the venue's REST API while a price stream is down: degraded.
+            "price_streams": {
+                stream.name: "live" if stream.live else "down (REST prices)"
+                for stream in price_streams
             },
             "signal_sources": signal_sources,
         }

@@ -24,7 +24,14 @@ from bot.messages import (
     WalletUpdate,
 )
 
-__all__ = ["BYBIT_URLS", "Venue", "check_sim_url", "venue_urls"]
+__all__ = [
+    "BYBIT_URLS",
+    "PUBLIC_LINEAR_URLS",
+    "Venue",
+    "check_sim_url",
+    "public_stream_url",
+    "venue_urls",
+]
 
 #: Bybit's V5 hosts per environment: (REST, private stream). The only place they are named.
 BYBIT_URLS: Final = {
@@ -35,6 +42,23 @@ BYBIT_URLS: Final = {
     ),
     Environment.DEMO: ("https://api-demo.bybit.com", "wss://stream-demo.bybit.com/v5/private"),
 }
+
+
+#: Bybit's public stream of USDT perpetuals per environment. Demo trading has no public
+#: stream of its own: it trades on mainnet's market data.
+PUBLIC_LINEAR_URLS: Final = {
+    Environment.MAINNET: "wss://stream.bybit.com/v5/public/linear",
+    Environment.TESTNET: "wss://stream-testnet.bybit.com/v5/public/linear",
+    Environment.DEMO: "wss://stream.bybit.com/v5/public/linear",
+}
+
+
+def public_stream_url(environment: Environment, sim_url: str = "") -> str:
+    """The public (market data) stream of `environment`, decided by it alone."""
+    check_sim_url(environment, sim_url)
+    if environment is Environment.SIM:
+        return sim_url.rstrip("/").replace("http", "ws", 1) + "/v5/public/linear"
+    return PUBLIC_LINEAR_URLS[environment]
 
 
 def check_sim_url(environment: Environment, sim_url: str) -> None:

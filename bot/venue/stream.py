@@ -23,6 +23,7 @@ import random
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
@@ -209,8 +210,107 @@ class _Inbox:
         return taken
 
 
-class AccountStream:
-    """The private stream of one key, kept connected until cancelled."""
+class SupervisedStream(ABC):
+    """A pybit WebSocket kept connected until cancelled: connect (on a thread), serve it
+    until it drops, then reconnect with bounded, jittered backoff, logging each attempt.
+
+    A subclass opens its socket (`_open`, blocking), says what a live connection needs
+    (`_serve`, awaited until the connection drops) and names itself for the log (`label`).
+    """
+
+    label: str  # e.g. "account stream of key k", for the log
+
+    def __init__(self, name: str, rng: random.Random | None = None) -> None:
+        self.name = name  # its STREAM_* metrics' label
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self.live = False
+        #: since when (monotonic) the stream has not been live: from the start until it is
+        self._down_since: float | None = time.monotonic()
+        self.connects = 0
+        self._closed: asyncio.Event | None = None  # set to drop the current connection
+
+    @abstractmethod
+    def _open(self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[], None]) -> Any:
+        """Connect and subscribe (blocking: run in a thread); `on_closed` is for pybit's
+        thread to call when the connection ends. Returns the socket (with `exit()`)."""
+
+    @abstractmethod
+    async def _serve(self) -> None:
+        """What a new connection needs before it counts as live."""
+
+    @abstractmethod
+    def _dropped(self) -> None:
+        """A connection ended (on the loop)."""
+
+    def drop(self) -> None:
+        """Drop the current connection (it reconnects as after any drop)."""
+        if self._closed is not None:
+            self._closed.set()
+
+    async def run(self) -> None:
+        """Connect and serve; reconnect with backoff after a drop."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        while True:
+            closed = self._closed = asyncio.Event()
+
+            def on_closed(closed: asyncio.Event = closed) -> None:  # on pybit's thread
+                with contextlib.suppress(RuntimeError):  # the loop closed: shutting down
+                    loop.call_soon_threadsafe(closed.set)
+
+            try:
+                socket = await asyncio.to_thread(self._open, loop, on_closed)
+            except Exception as exc:  # any failure to connect is retried, with a bound
+                failures += 1
+                wait = self._backoff(failures)
+                logger.bind(notify="stream").warning(
+                    "{what} could not connect ({error}); attempt {n}, next in {wait:.1f} s",
+                    what=self.label,
+                    error=type(exc).__name__,
+                    n=failures,
+                    wait=wait,
+                )
+                await asyncio.sleep(wait)
+                continue
+            self.connects += 1
+            connected_at = loop.time()
+            try:
+                await self._serve()
+                self.live = True
+                metrics.STREAM_LIVE.labels(self.name).set(1)
+                self._down_since = None
+                logger.info("{what} is live", what=self.label)
+                await closed.wait()
+            except Exception:  # a failed start is retried with a new connection
+                logger.exception("starting the {what} failed", what=self.label)
+            finally:
+                self.live = False
+                metrics.STREAM_LIVE.labels(self.name).set(0)
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                self._dropped()
+                await asyncio.to_thread(socket.exit)
+            # A connection that did not last (refused auth, a flapping link) backs off too.
+            failures = failures + 1 if loop.time() - connected_at < _STABLE_S else 1
+            wait = self._backoff(failures)
+            metrics.STREAM_RECONNECTS.labels(self.name).inc()
+            logger.bind(notify="stream").warning(
+                "{what} dropped; reconnecting in {wait:.1f} s", what=self.label, wait=wait
+            )
+            await asyncio.sleep(wait)
+
+    def down_for(self) -> float:
+        """Seconds the stream has not been live (0 while it is)."""
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
+    def _backoff(self, failures: int) -> float:
+        base = min(_BACKOFF_BASE_S * 2.0 ** (failures - 1), _BACKOFF_MAX_S)
+        return base + self._rng.uniform(0.0, base / 4)
+
+
+class AccountStream(SupervisedStream):
+    """The private stream of one key: each connection closes the gap (what may have been
+    missed while down) before it counts as live, then relays its messages to `on_message`."""
 
     def __init__(
         self,
@@ -224,19 +324,16 @@ class AccountStream:
         observers: Sequence[RequestObserver] = (),
     ) -> None:
         """`observers` are told of each authentication (a signed request, `ws:auth`)."""
+        super().__init__(credentials.name, rng)
         _, self.url = venue_urls(environment, sim_url)  # the key's environment alone decides
-        self.name = credentials.name
+        self.label = f"account stream of key {self.name}"
         self.environment = environment
         self._observers = tuple(observers)
         self._credentials = credentials
         self._on_message = on_message
         self._on_connected = on_connected
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
-        self.live = False
-        #: since when (monotonic) the stream has not been live: from the start until it is
-        self._down_since: float | None = time.monotonic()
-        self.connects = 0
-        self._closed: asyncio.Event | None = None  # set to drop the current connection
+        self._inbox: _Inbox | None = None  # the current connection's
+        self._relay_task: asyncio.Task[None] | None = None
 
     def rotate(self, credentials: ApiCredentials) -> None:
         """Reconnect with `credentials` (a new key of the same account); the gap is closed on
@@ -244,74 +341,25 @@ class AccountStream:
         if credentials.name != self.name:
             raise ValueError(f"credentials of key {credentials.name} given to key {self.name}")
         self._credentials = credentials
-        if self._closed is not None:
-            self._closed.set()
+        self.drop()
 
-    async def run(self) -> None:
-        """Connect, close the gap, relay messages; reconnect with backoff after a drop."""
-        loop = asyncio.get_running_loop()
-        failures = 0
-        while True:
-            inbox = _Inbox(loop)
-            closed = self._closed = asyncio.Event()
-            try:
-                socket = await asyncio.to_thread(self._open, loop, inbox, closed)
-            except Exception as exc:  # any failure to connect is retried, with a bound
-                failures += 1
-                wait = self._backoff(failures)
-                logger.bind(notify="stream").warning(
-                    "account stream of key {key} could not connect ({error}); attempt {n}, "
-                    "next in {wait:.1f} s",
-                    key=self.name,
-                    error=type(exc).__name__,
-                    n=failures,
-                    wait=wait,
-                )
-                await asyncio.sleep(wait)
-                continue
-            self.connects += 1
-            connected_at = loop.time()
-            relay = asyncio.create_task(self._relay(inbox))
-            try:
-                # Live only once the gap is closed: until then readers use REST.
-                await self._on_connected()
-                self.live = True
-                metrics.STREAM_LIVE.labels(self.name).set(1)
-                self._down_since = None
-                logger.info("account stream of key {key} is live", key=self.name)
-                await closed.wait()
-            except Exception:  # a failed gap-fill is retried with a new connection
-                logger.exception("closing the gap of key {key} failed", key=self.name)
-            finally:
-                self.live = False
-                metrics.STREAM_LIVE.labels(self.name).set(0)
-                if self._down_since is None:
-                    self._down_since = time.monotonic()
-                relay.cancel()
-                await asyncio.to_thread(socket.exit)
-            # A connection that did not last (refused auth, a flapping link) backs off too.
-            failures = failures + 1 if loop.time() - connected_at < _STABLE_S else 1
-            wait = self._backoff(failures)
-            metrics.STREAM_RECONNECTS.labels(self.name).inc()
-            logger.bind(notify="stream").warning(
-                "account stream of key {key} dropped; reconnecting in {wait:.1f} s",
-                key=self.name,
-                wait=wait,
-            )
-            await asyncio.sleep(wait)
+    async def _serve(self) -> None:
+        # Messages flow from now on, but the stream is live only once the gap is closed:
+        # until then readers use REST.
+        assert self._inbox is not None
+        self._relay_task = asyncio.create_task(self._relay(self._inbox))
+        await self._on_connected()
+
+    def _dropped(self) -> None:
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            self._relay_task = None
 
     def _open(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        inbox: _Inbox,
-        closed: asyncio.Event,
+        self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[], None]
     ) -> _PrivateSocket:
         """Connect, authenticate and subscribe (blocking: run in a thread)."""
-
-        def on_closed() -> None:  # on pybit's thread
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(closed.set)
-
+        inbox = self._inbox = _Inbox(loop)
         # pybit sets no timeout: a peer that accepts TCP but never answers would hang it.
         websocket.setdefaulttimeout(CONNECT_TIMEOUT_S)
 
@@ -370,11 +418,3 @@ class AccountStream:
                 await self._on_message(item)
             except Exception:  # one bad message must not stop the stream
                 logger.exception("stream message could not be applied")
-
-    def down_for(self) -> float:
-        """Seconds the stream has not been live (0 while it is)."""
-        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
-
-    def _backoff(self, failures: int) -> float:
-        base = min(_BACKOFF_BASE_S * 2.0 ** (failures - 1), _BACKOFF_MAX_S)
-        return base + self._rng.uniform(0.0, base / 4)

@@ -1,0 +1,187 @@
+"""Last prices from Bybit's public `tickers` stream, so that no signal waits on the venue for
+its price.
+
+One `PriceStream` per environment (prices are public: no key is sent) follows the symbols
+the bot has been asked about, subscribing to each one's `tickers.{symbol}` the first time it
+is asked for (and to all of them again on every new connection). pybit merges Bybit's ticker
+deltas into the full ticker; the last price is kept on pybit's thread, so a ticker costs the
+event loop nothing.
+
+A streamed price is only as fresh as the connection is known to be alive: `price` gives it
+while the connection was heard from (any message: a ticker of any symbol, or the answer to
+pybit's ping, sent every `PING_INTERVAL_S`) within the caller's bound, and None otherwise, so
+the caller falls back to a REST fetch. Bybit pushes tickers every 100 ms while a market
+trades; a quiet market (the simulator with no price walk) is heard from at each ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+import websocket
+from pybit.unified_trading import WebSocket
+
+from bot.config import Environment
+from bot.logs import logger
+from bot.venue.base import public_stream_url
+from bot.venue.stream import CONNECT_TIMEOUT_S, SupervisedStream, exit_bounded
+
+__all__ = ["PING_INTERVAL_S", "PriceStream"]
+
+#: How often pybit pings the public stream: the longest silence of a quiet but live market.
+PING_INTERVAL_S: Final = 5
+_PONG_TIMEOUT_S: Final = 4
+#: Bybit takes at most this many topics in one subscription request.
+_TOPICS_PER_REQUEST: Final = 10
+_CLOSE_TIMEOUT_S: Final = 2.0
+
+
+class _PublicSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hints
+    """pybit's public linear WebSocket with the URL we choose, telling `on_heard` of every
+    message, and reconnection left to our supervisor (`on_closed` tells it)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        on_closed: Callable[[], None],
+        on_heard: Callable[[], None],
+        **kwargs: Any,
+    ) -> None:
+        self._url_override = url
+        self._on_closed_callback = on_closed
+        self._on_heard = on_heard
+        super().__init__(
+            channel_type="linear",
+            testnet=False,  # pybit's URL table is not used: `url` above is the one
+            restart_on_error=False,
+            retries=2,  # pybit counts down before it checks: 1 would fail one that worked
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=_PONG_TIMEOUT_S,
+            **kwargs,
+        )
+
+    def _connect(self, url: str) -> None:
+        super()._connect(self._url_override)
+
+    def _on_message(self, message: str) -> None:
+        self._on_heard()
+        super()._on_message(message)
+
+    def watch(self, symbols: Iterable[str], callback: Callable[[dict[str, Any]], None]) -> None:
+        """Subscribe to the symbols' tickers, the callbacks registered before each request
+        is sent (an answer or a first push can arrive at once)."""
+        topics = [f"tickers.{symbol}" for symbol in symbols if symbol]
+        topics = [topic for topic in topics if topic not in self.callback_directory]
+        for start in range(0, len(topics), _TOPICS_PER_REQUEST):
+            batch = topics[start : start + _TOPICS_PER_REQUEST]
+            req_id = f"tickers-{time.monotonic_ns()}-{start}"
+            message = json.dumps({"op": "subscribe", "req_id": req_id, "args": batch})
+            self.subscriptions[req_id] = message
+            for topic in batch:
+                self._set_callback(topic, callback)
+            self.ws.send(message)
+
+    def exit(self) -> None:
+        exit_bounded(self, _CLOSE_TIMEOUT_S)
+
+    def _on_close(self) -> None:
+        super()._on_close()
+        self._on_closed_callback()
+
+    def _on_error(self, error: Exception) -> None:
+        logger.warning(
+            "price stream error: {kind}: {error}", kind=type(error).__name__, error=str(error)
+        )
+        self.exited = True
+        self._on_closed_callback()
+
+    def __repr__(self) -> str:
+        return f"_PublicSocket(endpoint={self._url_override!r})"
+
+
+class PriceStream(SupervisedStream):
+    """The last prices of the symbols asked about, from one environment's public stream."""
+
+    def __init__(
+        self, environment: Environment, *, sim_url: str = "", rng: random.Random | None = None
+    ) -> None:
+        super().__init__(f"prices-{environment.value}", rng)
+        self.url = public_stream_url(environment, sim_url)
+        self.label = f"price stream of {environment.value}"
+        self._lock = threading.Lock()  # pybit's thread writes, the event loop reads
+        self._watched: set[str] = set()
+        self._prices: dict[str, Decimal] = {}
+        self._heard_at: float | None = None  # monotonic: last message of this connection
+        self._socket: _PublicSocket | None = None
+
+    def watch(self, symbols: Iterable[str]) -> None:
+        """Follow these symbols' prices from now on: at once if connected, else as soon as
+        the stream connects. Call from the event loop; returns without waiting."""
+        with self._lock:
+            new = sorted(set(symbols) - self._watched)
+            self._watched.update(new)
+            socket = self._socket
+        if new and socket is not None:
+            loop = asyncio.get_running_loop()
+            sent = loop.run_in_executor(None, socket.watch, new, self._on_ticker)
+            sent.add_done_callback(_log_failed_subscription)
+
+    def price(self, symbol: str, max_age_s: float) -> tuple[Decimal, float] | None:
+        """(last price, seconds since the connection was last heard from) if the stream holds
+        one for `symbol` and was heard from within `max_age_s`; else None."""
+        with self._lock:
+            price, heard_at = self._prices.get(symbol), self._heard_at
+        if not self.live or price is None or heard_at is None:
+            return None
+        age_s = time.monotonic() - heard_at
+        return (price, age_s) if age_s <= max_age_s else None
+
+    def _open(self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[], None]) -> Any:
+        """Connect and subscribe to every symbol watched so far (blocking: run in a thread)."""
+        # pybit sets no timeout: a peer that accepts TCP but never answers would hang it.
+        websocket.setdefaulttimeout(CONNECT_TIMEOUT_S)
+        socket = _PublicSocket(url=self.url, on_closed=on_closed, on_heard=self._heard)
+        with self._lock:
+            self._socket = socket
+            watched = sorted(self._watched)
+        socket.watch(watched, self._on_ticker)
+        return socket
+
+    async def _serve(self) -> None:
+        """Live at once: each subscription answers with a snapshot of its ticker."""
+
+    def _dropped(self) -> None:
+        with self._lock:
+            self._socket = None
+            self._prices.clear()
+            self._heard_at = None
+
+    def _heard(self) -> None:  # on pybit's thread
+        with self._lock:
+            self._heard_at = time.monotonic()
+
+    def _on_ticker(self, message: dict[str, Any]) -> None:  # on pybit's thread
+        data = message.get("data")
+        if not isinstance(data, dict):
+            return
+        symbol, last = data.get("symbol"), data.get("lastPrice")
+        try:
+            price = Decimal(str(last))
+        except InvalidOperation:
+            return  # a ticker without a price yet: the next one has it
+        if isinstance(symbol, str) and price.is_finite() and price > 0:
+            with self._lock:
+                self._prices[symbol] = price
+
+
+def _log_failed_subscription(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled() and (error := done.exception()) is not None:
+        logger.warning("subscribing to tickers failed: {error}", error=str(error))

@@ -1,0 +1,196 @@
+"""Prices from the public ticker stream: real pybit against the simulator's `/v5/public/linear`."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+from pydantic import SecretStr
+
+from bot.account import Account
+from bot.config import Environment
+from bot.journal import Journal
+from bot.market import MarketData
+from bot.secrets import ApiCredentials
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue.bybit import BybitVenue
+from bot.venue.prices import PriceStream
+from tests.bot.test_service import RunningBot, signal
+from tests.conftest import wait_for, write_key_secrets
+
+T = TypeVar("T")
+KEY, SECRET = "prices-key", "prices-secret"
+
+
+class LoopThread:
+    """An event loop in a thread, running the price stream as the service would."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, call: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(call, self.loop).result(30)
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self.run(cancel_all())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def sim() -> Iterator[tuple[SimExchange, SimServer]]:
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET), note="k"))
+    with SimServer(exchange) as server:
+        yield exchange, server
+
+
+@pytest.fixture
+def streaming(sim: tuple[SimExchange, SimServer]) -> Iterator[tuple[PriceStream, LoopThread]]:
+    _, server = sim
+    stream = PriceStream(Environment.SIM, sim_url=server.url)
+    loop = LoopThread()
+
+    async def start() -> None:
+        stream.watch(["BTCUSDT"])
+        asyncio.get_running_loop().create_task(stream.run())
+
+    loop.run(start())
+    try:
+        yield stream, loop
+    finally:
+        loop.close()
+
+
+def streamed(stream: PriceStream, symbol: str = "BTCUSDT") -> Decimal | None:
+    held = stream.price(symbol, max_age_s=60)
+    return None if held is None else held[0]
+
+
+def test_a_watched_symbol_has_the_venue_price_and_follows_its_changes(
+    sim: tuple[SimExchange, SimServer], streaming: tuple[PriceStream, LoopThread]
+) -> None:
+    exchange, _ = sim
+    stream, _ = streaming
+    start = exchange.prices()["BTCUSDT"]
+
+    assert wait_for(lambda: streamed(stream), what="the first ticker") == start
+
+    exchange.set_prices({"BTCUSDT": start + 250})
+    wait_for(lambda: streamed(stream) == start + 250 or None, what="the new price pushed")
+
+
+def test_a_symbol_asked_for_later_is_subscribed_on_the_live_connection(
+    sim: tuple[SimExchange, SimServer], streaming: tuple[PriceStream, LoopThread]
+) -> None:
+    exchange, _ = sim
+    stream, loop = streaming
+    wait_for(lambda: streamed(stream), what="the first ticker")
+
+    async def watch() -> None:
+        stream.watch(["ETHUSDT"])
+
+    loop.run(watch())
+
+    assert wait_for(lambda: streamed(stream, "ETHUSDT"), what="ETH") == exchange.prices()["ETHUSDT"]
+    assert stream.connects == 1
+
+
+def test_a_dropped_stream_gives_no_price_until_it_is_back_and_subscribed_again(
+    sim: tuple[SimExchange, SimServer], streaming: tuple[PriceStream, LoopThread]
+) -> None:
+    exchange, server = sim
+    stream, _ = streaming
+    wait_for(lambda: streamed(stream), what="the first ticker")
+    dropped = requests.post(f"{server.url}/sim/streams/drop", json={}, timeout=5).json()
+    assert dropped["dropped"] >= 1
+    # While it is down the price is not given (the caller fetches it by REST) ...
+    wait_for(lambda: stream.connects == 2 or None, 30, "the reconnection")
+    # ... and once it is back, the symbols watched before are subscribed again.
+    exchange.set_prices({"BTCUSDT": Decimal(91234)})
+    wait_for(lambda: streamed(stream) == Decimal(91234) or None, what="the price after reconnect")
+
+
+def test_a_price_is_not_given_once_the_connection_is_silent_for_longer_than_asked(
+    streaming: tuple[PriceStream, LoopThread],
+) -> None:
+    stream, _ = streaming
+    wait_for(lambda: streamed(stream), what="the first ticker")
+
+    assert stream.price("BTCUSDT", max_age_s=60) is not None
+    assert stream.price("BTCUSDT", max_age_s=0) is None  # heard from 0 s ago is impossible
+
+
+def test_market_data_sizes_from_the_stream_without_asking_the_venue(
+    sim: tuple[SimExchange, SimServer], streaming: tuple[PriceStream, LoopThread], tmp_path: Path
+) -> None:
+    exchange, server = sim
+    stream, loop = streaming
+    wait_for(lambda: streamed(stream), what="the first ticker")
+    credentials = ApiCredentials("main", SecretStr(KEY), SecretStr(SECRET))
+    venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    venues = {venue.name: venue}
+    market = MarketData(
+        venues, Account(journal, venues), journal, 1.0, price_streams={venue.name: stream}
+    )
+    before = exchange.stats()["requests_by_path"].get("/v5/market/tickers", 0)
+
+    async def price() -> Decimal:
+        _, last = await market.quote(venue.name, "BTCUSDT")
+        return last
+
+    try:
+        last = loop.run(price())
+    finally:
+        venue.close()
+        journal.close()
+
+    assert last == exchange.prices()["BTCUSDT"]
+    assert exchange.stats()["requests_by_path"].get("/v5/market/tickers", 0) == before
+    assert market.price_age_s("BTCUSDT") < 60
+
+
+def test_the_bot_trades_on_streamed_prices_and_reports_the_stream(
+    sim_config: Callable[..., Path], sim: tuple[SimExchange, SimServer], tmp_path: Path
+) -> None:
+    exchange, server = sim
+    write_key_secrets(tmp_path, KEY, SECRET)
+    bot = RunningBot(sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n')).start()
+    try:
+        wait_for(
+            lambda: (
+                requests.get(f"{bot.url}/healthz", timeout=10).json()["price_streams"]
+                == {"prices-sim": "live"}
+                or None
+            ),
+            what="the price stream live",
+        )
+        before = exchange.stats()["requests_by_path"].get("/v5/market/tickers", 0)
+        for index in range(3):
+            assert bot.post(signal(f"streamed-{index}")).status_code == 202
+        wait_for(
+            lambda: (
+                all(bot.journal_status(f"streamed-{i}") == ["Filled"] for i in range(3)) or None
+            ),
+            what="three filled orders",
+        )
+        after = exchange.stats()["requests_by_path"].get("/v5/market/tickers", 0)
+    finally:
+        bot.stop()
+
+    assert after == before  # every signal's price came from the stream
