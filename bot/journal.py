@@ -370,6 +370,7 @@ class Journal:
         self._unfinished: dict[str, OrderRecord] = {}
         self._unfinished_lock = threading.Lock()
         self._written_orders: dict[str, OrderRequest | None] = {}  # by the open transaction
+        self._checkpoints: tuple[threading.Event, threading.Thread] | None = None
         try:
             if read_only and not path.exists():
                 raise JournalError(
@@ -413,11 +414,42 @@ class Journal:
             )
             logger.info("journal {path} migrated to schema {v}", path=self.path, v=target)
 
+    def checkpoint_in_background(self, interval_s: float = 1.0) -> None:
+        """Copy the WAL into the database from a thread of its own, every `interval_s`,
+        instead of inside whichever commit fills the WAL past SQLite's threshold: that
+        commit would wait for the copy and its syncs (milliseconds), and with it the signal
+        or order it journals. A passive checkpoint never blocks the writer."""
+        if self._checkpoints is not None:
+            return
+        stop = threading.Event()
+
+        def run() -> None:
+            connection = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                connection.execute("PRAGMA busy_timeout=5000")
+                while not stop.wait(interval_s):
+                    try:
+                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    except sqlite3.Error as exc:  # the next one tries again
+                        logger.warning("journal checkpoint failed: {error}", error=str(exc))
+            finally:
+                connection.close()
+
+        with self._lock:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+        thread = threading.Thread(target=run, name="journal-checkpoint", daemon=True)
+        thread.start()
+        self._checkpoints = (stop, thread)
+
     def close(self) -> None:
         self._submit_deferred()
         if self._writer is not None:
             self._writer.shutdown(wait=True)
-        self._db.close()
+        if self._checkpoints is not None:
+            stop, thread = self._checkpoints
+            stop.set()
+            thread.join(10)
+        self._db.close()  # the last connection to close checkpoints what is left
 
     async def call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a journal method on the journal's own thread without blocking the event loop."""

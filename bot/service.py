@@ -472,6 +472,7 @@ class Service:
             logger.info("new journal at {path}", path=settings.journal_path.absolute())
         journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
         resources.callback(journal.close)
+        journal.checkpoint_in_background()
         self.sim_url = self._venue_url(resources)
         credentials = {
             key_name: self._resolver.credentials(key_name)

@@ -19,6 +19,7 @@ from bot.messages import (
     RiskDecision,
     parse_signal,
 )
+from tests.conftest import wait_for
 from tests.factories import make_intent, make_request
 
 
@@ -260,3 +261,19 @@ def test_a_failing_deferred_write_is_logged_and_the_next_still_runs(journal: Jou
 
     assert done == ["next"]
     assert any("a deferred journal write failed" in line for line in errors)
+
+
+def test_background_checkpoints_copy_the_wal_into_the_database(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3", synchronous="NORMAL")
+    journal.checkpoint_in_background(interval_s=0.05)
+    try:
+        # No commit checkpoints any more: the writer leaves that to the thread.
+        assert journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        before = journal.path.stat().st_size
+        for index in range(200):
+            journal.record_signal(signal(f"c{index}"))
+        wait_for(lambda: journal.path.stat().st_size > before, what="the WAL copied over")
+    finally:
+        journal.close()
+
+    assert Journal(tmp_path / "journal.sqlite3").counts()["signals"] == 200
