@@ -38,8 +38,6 @@ __all__ = ["PING_INTERVAL_S", "PriceStream"]
 #: How often pybit pings the public stream: the longest silence of a quiet but live market.
 PING_INTERVAL_S: Final = 5
 _PONG_TIMEOUT_S: Final = 4
-#: Bybit takes at most this many topics in one subscription request.
-_TOPICS_PER_REQUEST: Final = 10
 _CLOSE_TIMEOUT_S: Final = 2.0
 
 
@@ -76,18 +74,33 @@ class _PublicSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hin
         super()._on_message(message)
 
     def watch(self, symbols: Iterable[str], callback: Callable[[dict[str, Any]], None]) -> None:
-        """Subscribe to the symbols' tickers, the callbacks registered before each request
+        """Subscribe to the symbols' tickers, one request each (the venue refuses a whole
+        request for one symbol it does not list), the callback registered before the request
         is sent (an answer or a first push can arrive at once)."""
-        topics = [f"tickers.{symbol}" for symbol in symbols if symbol]
-        topics = [topic for topic in topics if topic not in self.callback_directory]
-        for start in range(0, len(topics), _TOPICS_PER_REQUEST):
-            batch = topics[start : start + _TOPICS_PER_REQUEST]
-            req_id = f"tickers-{time.monotonic_ns()}-{start}"
-            message = json.dumps({"op": "subscribe", "req_id": req_id, "args": batch})
+        for symbol in symbols:
+            topic = f"tickers.{symbol}"
+            if topic in self.callback_directory:
+                continue
+            req_id = f"{topic}-{time.monotonic_ns()}"
+            message = json.dumps({"op": "subscribe", "req_id": req_id, "args": [topic]})
             self.subscriptions[req_id] = message
-            for topic in batch:
-                self._set_callback(topic, callback)
+            self._set_callback(topic, callback)
             self.ws.send(message)
+
+    def _process_subscription_message(self, message: dict[str, Any]) -> None:
+        # pybit's own handling of a refusal fails (it looks up the wrong key) and with it the
+        # connection: a symbol the venue does not list would drop every other symbol's prices.
+        if message.get("success") is not False:
+            return
+        request = self.subscriptions.pop(str(message.get("req_id")), None)
+        topics = json.loads(request)["args"] if request else []
+        for topic in topics:
+            self.callback_directory.pop(topic, None)
+        logger.warning(
+            "the venue refused the price stream of {topics}: {why}; their prices come by REST",
+            topics=", ".join(topics) or "a subscription",
+            why=message.get("ret_msg"),
+        )
 
     def exit(self) -> None:
         exit_bounded(self, _CLOSE_TIMEOUT_S)

@@ -194,3 +194,21 @@ def test_the_bot_trades_on_streamed_prices_and_reports_the_stream(
         bot.stop()
 
     assert after == before  # every signal's price came from the stream
+
+
+def test_a_symbol_the_venue_does_not_list_costs_only_its_own_price(
+    sim: tuple[SimExchange, SimServer], streaming: tuple[PriceStream, LoopThread]
+) -> None:
+    exchange, _ = sim
+    stream, loop = streaming
+    wait_for(lambda: streamed(stream), what="the first ticker")
+
+    async def watch() -> None:
+        stream.watch(["NOPEUSDT", "ETHUSDT"])
+
+    loop.run(watch())
+
+    assert wait_for(lambda: streamed(stream, "ETHUSDT"), what="ETH") == exchange.prices()["ETHUSDT"]
+    assert streamed(stream, "NOPEUSDT") is None
+    assert streamed(stream) is not None  # the connection stayed up with BTC on it
+    assert stream.connects == 1
