@@ -8,6 +8,11 @@ runs it, with 20 strategies on 20 keys (Bybit allows 10 orders/s per account: at
 signals/s each key then runs at half its limit), each signal routed to one strategy by its
 `strategy` field.
 
+The simulator walks BTCUSDT's price by 1 bp every 100 ms, as a trading market ticks: the
+bot's prices then come from the public ticker stream, as they would live (with a price that
+never moves, a quiet stream is only heard from at its pings, and the bot fetches prices by
+REST whenever the last word is older than `venue.market_cache_s`).
+
 Measured, each over `--signals` signals at a steady `--rate` and at twice that:
 
 - **webhook 202**: the sender's wait, request sent → answer received;

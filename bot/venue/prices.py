@@ -26,24 +26,23 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
 import websocket
-from pybit.unified_trading import WebSocket
 
 from bot.config import Environment
 from bot.logs import logger
 from bot.venue.base import public_stream_url
-from bot.venue.stream import CONNECT_TIMEOUT_S, SupervisedStream, exit_bounded
+from bot.venue.stream import CONNECT_TIMEOUT_S, SupervisedSocket, SupervisedStream
 
 __all__ = ["PING_INTERVAL_S", "PriceStream"]
 
 #: How often pybit pings the public stream: the longest silence of a quiet but live market.
 PING_INTERVAL_S: Final = 5
 _PONG_TIMEOUT_S: Final = 4
-_CLOSE_TIMEOUT_S: Final = 2.0
 
 
-class _PublicSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hints
-    """pybit's public linear WebSocket with the URL we choose, telling `on_heard` of every
-    message, and reconnection left to our supervisor (`on_closed` tells it)."""
+class _PublicSocket(SupervisedSocket):
+    """pybit's public linear WebSocket, telling `on_heard` of every message."""
+
+    kind = "price stream"
 
     def __init__(
         self,
@@ -53,21 +52,16 @@ class _PublicSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hin
         on_heard: Callable[[], None],
         **kwargs: Any,
     ) -> None:
-        self._url_override = url
-        self._on_closed_callback = on_closed
         self._on_heard = on_heard
         super().__init__(
+            url=url,
+            on_closed=on_closed,
             channel_type="linear",
             testnet=False,  # pybit's URL table is not used: `url` above is the one
-            restart_on_error=False,
-            retries=2,  # pybit counts down before it checks: 1 would fail one that worked
             ping_interval=PING_INTERVAL_S,
             ping_timeout=_PONG_TIMEOUT_S,
             **kwargs,
         )
-
-    def _connect(self, url: str) -> None:
-        super()._connect(self._url_override)
 
     def _on_message(self, message: str) -> None:
         self._on_heard()
@@ -101,23 +95,6 @@ class _PublicSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hin
             topics=", ".join(topics) or "a subscription",
             why=message.get("ret_msg"),
         )
-
-    def exit(self) -> None:
-        exit_bounded(self, _CLOSE_TIMEOUT_S)
-
-    def _on_close(self) -> None:
-        super()._on_close()
-        self._on_closed_callback()
-
-    def _on_error(self, error: Exception) -> None:
-        logger.warning(
-            "price stream error: {kind}: {error}", kind=type(error).__name__, error=str(error)
-        )
-        self.exited = True
-        self._on_closed_callback()
-
-    def __repr__(self) -> str:
-        return f"_PublicSocket(endpoint={self._url_override!r})"
 
 
 class PriceStream(SupervisedStream):

@@ -54,6 +54,8 @@ __all__ = [
     "TOPICS",
     "AccountStream",
     "StreamMessage",
+    "SupervisedSocket",
+    "SupervisedStream",
     "parse_stream_message",
 ]
 
@@ -101,9 +103,53 @@ def exit_bounded(socket: WebSocket, timeout_s: float) -> None:
         time.sleep(0.01)
 
 
-class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hints
-    """pybit's private WebSocket with the URL we choose, the secret held as SecretStr, and
-    reconnection left to our supervisor (`on_closed` tells it)."""
+class SupervisedSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hints
+    """pybit's WebSocket at the URL we choose, its reconnection left to our supervisor
+    (`on_closed` tells it of the end of the connection), and an exit with a bound."""
+
+    kind = "stream"  # names it in the log
+
+    def __init__(self, *, url: str, on_closed: Callable[[], None], **kwargs: Any) -> None:
+        # Set before pybit's __init__, which connects (and may call back) at once.
+        self._url_override = url
+        self._on_closed_callback = on_closed
+        super().__init__(
+            restart_on_error=False,
+            # pybit counts down before it checks: 1 would fail even a connection that worked.
+            retries=2,
+            **kwargs,
+        )
+
+    def _connect(self, url: str) -> None:
+        # pybit formats its URL template; a plain URL survives it unchanged.
+        super()._connect(self._url_override)
+
+    def exit(self) -> None:
+        exit_bounded(self, _CLOSE_TIMEOUT_S)
+
+    def _on_close(self) -> None:
+        super()._on_close()
+        self._on_closed_callback()
+
+    def _on_error(self, error: Exception) -> None:
+        # The venue's words (a refused auth says why); no secret is ever in them.
+        logger.warning(
+            "{kind} error: {what}: {error}",
+            kind=self.kind,
+            what=type(error).__name__,
+            error=str(error),
+        )
+        self.exited = True
+        self._on_closed_callback()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(endpoint={self._url_override!r})"
+
+
+class _PrivateSocket(SupervisedSocket):
+    """The private WebSocket of one key, the secret held as SecretStr."""
+
+    kind = "account stream"
 
     def __init__(
         self,
@@ -114,28 +160,21 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
         on_closed: Callable[[], None],
         **kwargs: Any,
     ) -> None:
-        self._url_override = url
         self._key = api_key
         self._secret = api_secret
-        self._on_closed_callback = on_closed
         #: (wall time, perf counter) when the auth request was sent, and (accepted, perf
         #: counter) when its answer came: the stream's signed request, for the audit log
         self.auth_sent: tuple[float, float] | None = None
         self.auth_answer: tuple[bool, float] | None = None
         super().__init__(
+            url=url,
+            on_closed=on_closed,
             channel_type="private",
             api_key="<held-as-SecretStr>",
             api_secret="<held-as-SecretStr>",  # noqa: S106
-            restart_on_error=False,
-            # pybit counts down before it checks: 1 would fail even a connection that worked.
-            retries=2,
             private_auth_expire=_AUTH_EXPIRY_S,
             **kwargs,
         )
-
-    def _connect(self, url: str) -> None:
-        # pybit formats its URL template; a plain URL survives it unchanged.
-        super()._connect(self._url_override)
 
     def _auth(self) -> None:
         expires = int(time.time() * 1000) + _AUTH_EXPIRY_S * 1000
@@ -162,23 +201,6 @@ class _PrivateSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type hi
             self._set_callback(topic, callback)
         self.ws.send(message)
 
-    def exit(self) -> None:
-        exit_bounded(self, _CLOSE_TIMEOUT_S)
-
-    def _on_close(self) -> None:
-        super()._on_close()
-        self._on_closed_callback()
-
-    def _on_error(self, error: Exception) -> None:
-        # The venue's words (a refused auth says why); no secret is ever in them.
-        logger.warning(
-            "account stream error: {kind}: {error}", kind=type(error).__name__, error=str(error)
-        )
-        self.exited = True
-        self._on_closed_callback()
-
-    def __repr__(self) -> str:
-        return f"_PrivateSocket(endpoint={getattr(self, 'endpoint', '')!r})"
 
 
 class _Inbox:

@@ -76,6 +76,15 @@ def streaming(sim: tuple[SimExchange, SimServer]) -> Iterator[tuple[PriceStream,
         loop.close()
 
 
+def watch(stream: PriceStream, loop: LoopThread, symbols: list[str]) -> None:
+    """`stream.watch(symbols)` on the stream's loop, as MarketData calls it."""
+
+    async def on_the_loop() -> None:
+        stream.watch(symbols)
+
+    loop.run(on_the_loop())
+
+
 def streamed(stream: PriceStream, symbol: str = "BTCUSDT") -> Decimal | None:
     held = stream.price(symbol, max_age_s=60)
     return None if held is None else held[0]
@@ -101,10 +110,7 @@ def test_a_symbol_asked_for_later_is_subscribed_on_the_live_connection(
     stream, loop = streaming
     wait_for(lambda: streamed(stream), what="the first ticker")
 
-    async def watch() -> None:
-        stream.watch(["ETHUSDT"])
-
-    loop.run(watch())
+    watch(stream, loop, ["ETHUSDT"])
 
     assert wait_for(lambda: streamed(stream, "ETHUSDT"), what="ETH") == exchange.prices()["ETHUSDT"]
     assert stream.connects == 1
@@ -118,7 +124,10 @@ def test_a_dropped_stream_gives_no_price_until_it_is_back_and_subscribed_again(
     wait_for(lambda: streamed(stream), what="the first ticker")
     dropped = requests.post(f"{server.url}/sim/streams/drop", json={}, timeout=5).json()
     assert dropped["dropped"] >= 1
-    # While it is down the price is not given (the caller fetches it by REST) ...
+    # While it is down (at least the 0.5 s of the first backoff) the price is not given:
+    # the caller fetches it by REST ...
+    wait_for(lambda: not stream.live, what="the stream down")
+    assert streamed(stream) is None
     wait_for(lambda: stream.connects == 2 or None, 30, "the reconnection")
     # ... and once it is back, the symbols watched before are subscribed again.
     exchange.set_prices({"BTCUSDT": Decimal(91234)})
@@ -203,10 +212,7 @@ def test_a_symbol_the_venue_does_not_list_costs_only_its_own_price(
     stream, loop = streaming
     wait_for(lambda: streamed(stream), what="the first ticker")
 
-    async def watch() -> None:
-        stream.watch(["NOPEUSDT", "ETHUSDT"])
-
-    loop.run(watch())
+    watch(stream, loop, ["NOPEUSDT", "ETHUSDT"])
 
     assert wait_for(lambda: streamed(stream, "ETHUSDT"), what="ETH") == exchange.prices()["ETHUSDT"]
     assert streamed(stream, "NOPEUSDT") is None
