@@ -370,6 +370,7 @@ class Journal:
         self._unfinished: dict[str, OrderRecord] = {}
         self._unfinished_lock = threading.Lock()
         self._written_orders: dict[str, OrderRequest | None] = {}  # by the open transaction
+        self._unpublished: set[str] = set()  # committed, but their read-back failed
         self._checkpoints: tuple[threading.Event, threading.Thread] | None = None
         try:
             if read_only and not path.exists():
@@ -539,7 +540,7 @@ class Journal:
                 if self._db.in_transaction:  # a failed COMMIT can leave it open
                     self._db.execute("ROLLBACK")
                 raise
-            if self._written_orders:
+            if self._written_orders or self._unpublished:
                 self._publish_unfinished()
 
     # signals -------------------------------------------------------------------------------
@@ -824,12 +825,19 @@ class Journal:
 
     def _publish_unfinished(self) -> None:
         """After a commit: the in-memory unfinished orders take the committed state of the
-        orders the transaction wrote (a terminal one leaves them)."""
-        written, self._written_orders = self._written_orders, {}
+        orders the transaction wrote (a terminal one leaves them). Should the read fail, the
+        commit stands and those orders are read again after the next one."""
+        written = {link_id: None for link_id in self._unpublished} | self._written_orders
+        self._written_orders, self._unpublished = {}, set()
         marks = ", ".join("?" * len(written))
-        rows = self._db.execute(
-            f"{_ORDER_QUERY} WHERE o.order_link_id IN ({marks})", tuple(written)
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                f"{_ORDER_QUERY} WHERE o.order_link_id IN ({marks})", tuple(written)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            self._unpublished = set(written)
+            logger.warning("reading back committed orders failed: {error}", error=str(exc))
+            return
         with self._unfinished_lock:
             for row in rows:
                 link_id = row[0]

@@ -277,3 +277,37 @@ def test_background_checkpoints_copy_the_wal_into_the_database(tmp_path: Path) -
         journal.close()
 
     assert Journal(tmp_path / "journal.sqlite3").counts()["signals"] == 200
+
+
+class _ReadBackFailsOnce:
+    """The journal's connection, whose first read-back of committed orders fails."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.failed = False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if not self.failed and sql.startswith("SELECT o.order_link_id"):
+            self.failed = True
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_a_failed_read_back_keeps_the_commit_and_is_made_good_after_the_next(
+    journal: Journal,
+) -> None:
+    connection = _ReadBackFailsOnce(journal._db)
+    journal._db = connection  # type: ignore[assignment]
+
+    assert journal.record_order(make_request()) is True  # committed, whatever the read-back
+    assert connection.failed
+    assert journal.open_orders_of("k", "follow", "BTCUSDT") == []
+
+    journal.record_signal(signal("next"))  # any later commit reads the order back
+
+    assert [record.request for record in journal.open_orders_of("k", "follow", "BTCUSDT")] == [
+        make_request()
+    ]
