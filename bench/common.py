@@ -1,20 +1,36 @@
-"""What every benchmark needs: free ports, bounded waits, a process's CPU and memory, the
-risk limits that stay out of a benchmark's way, and one line of a report."""
+"""What every benchmark needs: free ports, bounded waits, a subprocess with its log, a
+process's CPU and memory, the risk limits that stay out of a benchmark's way, and one line of
+a report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 from rich.console import Console
 
-__all__ = ["UNLIMITED_RISK", "Check", "cpu_seconds", "free_port", "rss_mb", "wait_until"]
+__all__ = [
+    "UNLIMITED_RISK",
+    "Check",
+    "Process",
+    "cpu_seconds",
+    "free_port",
+    "rss_mb",
+    "wait_until",
+]
+
+#: How long a benchmark's subprocess gets to stop on SIGTERM before it is killed.
+STOP_TIMEOUT_S: Final = 20.0
 
 #: `[risk]` lines (under the section header, beside `symbols` and `max_signal_age_s`) that
 #: keep the gate's limits out of a benchmark about latency, pacing or the lifecycle.
@@ -28,6 +44,81 @@ max_open_orders = 100000
 max_orders_per_minute = 1000000
 max_orders_per_day = 10000000
 """
+
+
+class Process:
+    """A subprocess with its output in a log file (a header line for each start), in a
+    session of its own so that a Ctrl-C of the benchmark does not reach it directly; stopped
+    with SIGTERM, then SIGKILL."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env` replaces the environment (None: this one's)."""
+        self.name = name
+        self.log_path = log_path
+        self._log: TextIO = log_path.open("a", encoding="utf-8")
+        self._log.write(f"\n===== {datetime.now(UTC).isoformat()} {' '.join(argv)}\n")
+        self._log.flush()
+        self.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            list(argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, then reap."""
+        if self.alive:
+            self.popen.send_signal(signal.SIGKILL)
+        self._reap(STOP_TIMEOUT_S)
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """SIGTERM and wait; SIGKILL after `timeout_s`. True if it exited on SIGTERM."""
+        if not self.alive:
+            self._reap(1.0)
+            return True
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return False
+        self._reap(1.0)
+        return True
+
+    def tail(self, lines: int = 15) -> str:
+        """The last lines of its log."""
+        if not self._log.closed:
+            self._log.flush()
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _reap(self, timeout_s: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout_s)
+        if not self._log.closed:
+            self._log.close()
 
 
 @dataclass

@@ -19,7 +19,6 @@ could not run (a process would not start, ...).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import secrets
@@ -37,13 +36,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import UNLIMITED_RISK, Check, free_port, wait_until, write_results
+from bench.common import UNLIMITED_RISK, Check, Process, free_port, wait_until, write_results
 from bot.execution.ids import order_link_id
 from bot.journal import Journal, JournalError
 from signals.voiceofchain import SIGNATURE_HEADER, sign
@@ -60,7 +59,6 @@ REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 HTTP_TIMEOUT_S: Final = 5.0
 PROCESS_START_TIMEOUT_S: Final = 30.0
-PROCESS_STOP_TIMEOUT_S: Final = 20.0
 ORDERS_CLI_TIMEOUT_S: Final = 60.0
 SIGNAL_RETRY_BUDGET_S: Final = 90.0  # per signal: resend while the bot is down or busy
 MAX_START_ATTEMPTS: Final = 5
@@ -225,63 +223,6 @@ symbols = {json.dumps(list(SYMBOLS))}
 # --------------------------------------------------------------------------- processes
 
 
-class Process:
-    """A subprocess with its output in a log file; never outlives the soak."""
-
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log: TextIO = log_path.open("a", encoding="utf-8")
-        self._log.write(f"\n===== {datetime.now(UTC).isoformat()} {' '.join(argv)}\n")
-        self._log.flush()
-        self.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            list(argv),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO_ROOT,
-            start_new_session=True,  # a Ctrl-C of the soak does not reach the bot directly
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, then reap."""
-        if self.alive:
-            self.popen.send_signal(signal.SIGKILL)
-        self._reap(PROCESS_STOP_TIMEOUT_S)
-
-    def terminate(self, timeout_s: float = PROCESS_STOP_TIMEOUT_S) -> bool:
-        """SIGTERM and wait; SIGKILL after `timeout_s`. True if it exited on SIGTERM."""
-        if not self.alive:
-            self._reap(1.0)
-            return True
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return False
-        self._reap(1.0)
-        return True
-
-    def tail(self, lines: int = 15) -> str:
-        self._log.flush()
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _reap(self, timeout_s: float) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout_s)
-        if not self._log.closed:
-            self._log.close()
-
-
 def _http_ok(client: httpx.Client, url: str) -> bool:
     try:
         return client.get(url, timeout=1.0).status_code == 200
@@ -325,7 +266,7 @@ class Harness:
             "--secrets-dir",
             str(self.secrets_dir),
         ]
-        sim = self.sim = Process("sim", argv, self.logs_dir / "sim.log")
+        sim = self.sim = Process("sim", argv, self.logs_dir / "sim.log", cwd=REPO_ROOT)
         stats = f"{self.sim_url}/sim/stats"
         wait_until(
             lambda: not sim.alive or _http_ok(self.client, stats), PROCESS_START_TIMEOUT_S, 0.05
@@ -343,7 +284,7 @@ class Harness:
                     "--secrets-dir",
                     str(self.secrets_dir),
                 ]
-                bot = self.bot = Process("bot", argv, self.logs_dir / "bot.log")
+                bot = self.bot = Process("bot", argv, self.logs_dir / "bot.log", cwd=REPO_ROOT)
             if self._came_up(bot):
                 return
             code = bot.popen.poll()
@@ -370,7 +311,7 @@ class Harness:
     def stop_bot(self) -> bool:
         with self._lock:
             bot = self.bot
-        return True if bot is None else bot.terminate()
+        return True if bot is None else bot.stop()
 
     def bot_alive(self) -> bool:
         with self._lock:

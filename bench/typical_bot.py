@@ -58,9 +58,7 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -72,14 +70,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 from starlette.requests import ClientDisconnect
 
-from bench.common import UNLIMITED_RISK, Check, cpu_seconds, free_port, wait_until, write_results
+from bench.common import (
+    UNLIMITED_RISK,
+    Check,
+    Process,
+    cpu_seconds,
+    free_port,
+    wait_until,
+    write_results,
+)
 from bot.config import load_settings
 from bot.execution.ids import order_link_id
 from bot.journal import Journal
@@ -120,7 +126,6 @@ TARGET_STALL_WAIT_MS: Final = 5.0
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 START_TIMEOUT_S: Final = 45.0
-STOP_TIMEOUT_S: Final = 15.0
 STEADY_SENDER_TIMEOUT_S: Final = 10.0
 POLL_S: Final = 0.02
 SAMPLES: Final = 10
@@ -342,59 +347,6 @@ def _account(note: str) -> tuple[SimAccountSpec, str, str]:
 # --------------------------------------------------------------------------- processes
 
 
-class Process:
-    """A subprocess with its output in a log file; stopped (SIGTERM, then SIGKILL) by `stop`."""
-
-    def __init__(
-        self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str], cwd: Path
-    ) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log: IO[str] = log_path.open("a", encoding="utf-8")
-        self.popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            list(argv),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=cwd,
-            env=dict(env),
-            start_new_session=True,  # a Ctrl-C of the bench does not reach it directly
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> bool:
-        """SIGTERM and wait; SIGKILL after `timeout_s`. True if it exited on SIGTERM."""
-        clean = True
-        if self.alive:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                clean = False
-                self.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(5.0)
-        if not self._log.closed:
-            self._log.close()
-        return clean
-
-    def tail(self, lines: int = 20) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
 def _base_env() -> dict[str, str]:
     """This environment without any BOT_ variable (the bot's configuration overrides)."""
     return {name: value for name, value in os.environ.items() if not name.startswith("BOT_")}
@@ -477,7 +429,8 @@ def _start_typical(root: Path, sim_url: str, api_key: str, api_secret: str) -> B
         "PORT": str(port),
         "PYTHONUNBUFFERED": "1",
     }
-    process = Process("typical", [sys.executable, str(script)], root / "typical.log", env, cwd=root)
+    argv = [sys.executable, str(script)]
+    process = Process("typical", argv, root / "typical.log", cwd=root, env=env)
     return Bot("typical", process, port, TYPICAL_PATH, secret, api_key, 200)
 
 
@@ -503,7 +456,7 @@ def _start_ours(
         "--secrets-dir",
         str(root / "no-secrets"),
     ]
-    process = Process("ours", argv, root / "ours.log", env, cwd=REPO_ROOT)
+    process = Process("ours", argv, root / "ours.log", cwd=REPO_ROOT, env=env)
     return Bot("ours", process, port, WEBHOOK_PATH, secret, api_key, 202), config
 
 
