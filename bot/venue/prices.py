@@ -142,7 +142,12 @@ class PriceStream(SupervisedStream):
         with self._lock:
             self._socket = socket
             watched = sorted(self._watched)
-        socket.watch(watched, self._on_ticker)
+        try:
+            socket.watch(watched, self._on_ticker)
+        except Exception:  # the connection failed as it began: the supervisor tries again
+            self._dropped()
+            socket.exit()
+            raise
         return socket
 
     async def _serve(self) -> None:
