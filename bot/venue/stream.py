@@ -202,7 +202,6 @@ class _PrivateSocket(SupervisedSocket):
         self.ws.send(message)
 
 
-
 class _Inbox:
     """Messages handed from pybit's thread to the event loop, in order, with one wake-up of
     the loop for all that arrive before it takes them (a fill comes as four or five
@@ -236,8 +235,9 @@ class SupervisedStream(ABC):
     """A pybit WebSocket kept connected until cancelled: connect (on a thread), serve it
     until it drops, then reconnect with bounded, jittered backoff, logging each attempt.
 
-    A subclass opens its socket (`_open`, blocking), says what a live connection needs
-    (`_serve`, awaited until the connection drops) and names itself for the log (`label`).
+    A subclass opens its socket (`_open`, blocking), says what a new connection needs before
+    it counts as live (`_serve`) and what to undo when it ends (`_dropped`), and names itself
+    for the log (`label`).
     """
 
     label: str  # e.g. "account stream of key k", for the log
