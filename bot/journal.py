@@ -489,10 +489,11 @@ class Journal:
                 self._queue_deferred(self._writer_pool())
 
     def _queue_deferred(self, writer: ThreadPoolExecutor) -> None:
-        """Hand the deferred writes to the journal's thread (the writer lock held)."""
+        """Hand the deferred writes to the journal's thread (the writer lock held), as one
+        piece of work: one hand-over for all."""
         deferred, self._deferred = self._deferred, []
-        for write in deferred:
-            writer.submit(write).add_done_callback(_log_deferred_failure)
+        if deferred:
+            writer.submit(_write_each, deferred)
 
     def _writer_pool(self) -> ThreadPoolExecutor:
         if self._writer is None:
@@ -1278,9 +1279,13 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
     )
 
 
-def _log_deferred_failure(done: Future[Any]) -> None:
-    if not done.cancelled() and (error := done.exception()) is not None:
-        logger.opt(exception=error).error("a deferred journal write failed")
+def _write_each(writes: Sequence[Callable[[], object]]) -> None:
+    """Run each write in turn; one that fails is logged and the next still runs."""
+    for write in writes:
+        try:
+            write()
+        except Exception:
+            logger.exception("a deferred journal write failed")
 
 
 def _text(value: Decimal | None) -> str | None:
