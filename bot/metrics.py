@@ -18,6 +18,8 @@ from prometheus_client import (
 __all__ = [
     "HTTP_RESPONSES",
     "LAST_SIGNAL",
+    "PRICE_STREAM_LIVE",
+    "PRICE_STREAM_RECONNECTS",
     "REGISTRY",
     "SIGNALS",
     "SIGNAL_QUEUE",
@@ -68,6 +70,18 @@ STREAM_RECONNECTS: Final = Counter(
     "bot_account_stream_reconnects",
     "Private-stream connections lost and opened again, per key",
     ["key"],
+    registry=REGISTRY,
+)
+PRICE_STREAM_LIVE: Final = Gauge(
+    "bot_price_stream_live",
+    "1 while the environment's public ticker stream is connected, else 0 (prices by REST)",
+    ["environment"],
+    registry=REGISTRY,
+)
+PRICE_STREAM_RECONNECTS: Final = Counter(
+    "bot_price_stream_reconnects",
+    "Public ticker stream connections lost and opened again, per environment",
+    ["environment"],
     registry=REGISTRY,
 )
 SIGNAL_REJECTIONS: Final = Counter(

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import websocket
 
+from bot import metrics
 from bot.config import Environment
 from bot.logs import logger
 from bot.venue.base import public_stream_url
@@ -103,7 +104,12 @@ class PriceStream(SupervisedStream):
     def __init__(
         self, environment: Environment, *, sim_url: str = "", rng: random.Random | None = None
     ) -> None:
-        super().__init__(f"prices-{environment.value}", rng)
+        super().__init__(
+            f"prices-{environment.value}",
+            metrics.PRICE_STREAM_LIVE.labels(environment.value),
+            metrics.PRICE_STREAM_RECONNECTS.labels(environment.value),
+            rng,
+        )
         self.url = public_stream_url(environment, sim_url)
         self.label = f"price stream of {environment.value}"
         self._lock = threading.Lock()  # pybit's thread writes, the event loop reads

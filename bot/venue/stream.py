@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import websocket
+from prometheus_client import Counter, Gauge
 from pybit.unified_trading import WebSocket
 from pydantic import SecretStr
 
@@ -242,8 +243,17 @@ class SupervisedStream(ABC):
 
     label: str  # e.g. "account stream of key k", for the log
 
-    def __init__(self, name: str, rng: random.Random | None = None) -> None:
-        self.name = name  # its STREAM_* metrics' label
+    def __init__(
+        self,
+        name: str,
+        live: Gauge,
+        reconnects: Counter,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`live` and `reconnects`: this stream's metrics (their labelled series)."""
+        self.name = name
+        self._live_metric = live
+        self._reconnects_metric = reconnects
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.live = False
         #: since when (monotonic) the stream has not been live: from the start until it is
@@ -299,7 +309,7 @@ class SupervisedStream(ABC):
             try:
                 await self._serve()
                 self.live = True
-                metrics.STREAM_LIVE.labels(self.name).set(1)
+                self._live_metric.set(1)
                 self._down_since = None
                 logger.info("{what} is live", what=self.label)
                 await closed.wait()
@@ -307,7 +317,7 @@ class SupervisedStream(ABC):
                 logger.exception("starting the {what} failed", what=self.label)
             finally:
                 self.live = False
-                metrics.STREAM_LIVE.labels(self.name).set(0)
+                self._live_metric.set(0)
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                 self._dropped()
@@ -315,7 +325,7 @@ class SupervisedStream(ABC):
             # A connection that did not last (refused auth, a flapping link) backs off too.
             failures = failures + 1 if loop.time() - connected_at < _STABLE_S else 1
             wait = self._backoff(failures)
-            metrics.STREAM_RECONNECTS.labels(self.name).inc()
+            self._reconnects_metric.inc()
             logger.bind(notify="stream").warning(
                 "{what} dropped; reconnecting in {wait:.1f} s", what=self.label, wait=wait
             )
@@ -346,7 +356,10 @@ class AccountStream(SupervisedStream):
         observers: Sequence[RequestObserver] = (),
     ) -> None:
         """`observers` are told of each authentication (a signed request, `ws:auth`)."""
-        super().__init__(credentials.name, rng)
+        name = credentials.name
+        super().__init__(
+            name, metrics.STREAM_LIVE.labels(name), metrics.STREAM_RECONNECTS.labels(name), rng
+        )
         _, self.url = venue_urls(environment, sim_url)  # the key's environment alone decides
         self.label = f"account stream of key {self.name}"
         self.environment = environment

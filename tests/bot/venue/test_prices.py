@@ -199,10 +199,14 @@ def test_the_bot_trades_on_streamed_prices_and_reports_the_stream(
             what="three filled orders",
         )
         after = exchange.stats()["requests_by_path"].get("/v5/market/tickers", 0)
+        exposition = requests.get(f"{bot.url}/metrics", timeout=10).text
     finally:
         bot.stop()
 
     assert after == before  # every signal's price came from the stream
+    # Its own series, never taken for a key's account stream.
+    assert 'bot_price_stream_live{environment="sim"} 1.0' in exposition
+    assert 'bot_account_stream_live{key="prices-sim"}' not in exposition
 
 
 def test_a_symbol_the_venue_does_not_list_costs_only_its_own_price(
