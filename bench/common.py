@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -25,7 +26,9 @@ __all__ = [
     "Process",
     "cpu_seconds",
     "free_port",
+    "machine",
     "rss_mb",
+    "run_started_at",
     "wait_until",
 ]
 
@@ -173,6 +176,20 @@ def rss_mb(pid: int) -> float | None:
 
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+
+
+def run_started_at() -> str:
+    """Now (UTC) as a run's id: its report's `started_at` and its results file's name."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def machine() -> dict[str, Any]:
+    """The machine a run measured, for its report."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def write_results(report: Any, name: str, started_at: str, path: Path | None = None) -> Path:

@@ -29,7 +29,10 @@ from typing import Final
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import write_results
+from bench.common import (
+    run_started_at,
+    write_results,
+)
 from bot.messages import OrderIntent, OrderType, Side
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.exposure import ExposureLedger, Reservation
@@ -174,7 +177,7 @@ def run(decisions: int, seed: int = 7) -> dict[str, object]:
     gate_samples = _timed(decide, intents, settle)
     elapsed = time.perf_counter() - started
     return {
-        "started_at": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "started_at": run_started_at(),
         "decisions": decisions,
         "strategies": len(STRATEGIES),
         "in_flight": 100,

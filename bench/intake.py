@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -51,7 +50,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -65,7 +63,16 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import UNLIMITED_RISK, cpu_seconds, finish, free_port, rss_mb, wait_until
+from bench.common import (
+    UNLIMITED_RISK,
+    cpu_seconds,
+    finish,
+    free_port,
+    machine,
+    rss_mb,
+    run_started_at,
+    wait_until,
+)
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from signals.voiceofchain import SIGNATURE_HEADER, sign
@@ -529,12 +536,8 @@ def run(
                 load["signal_to_order"]["p50_ms"] / floor_ms["p50_ms"], 2
             )
         return {
-            "started_at": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            "started_at": run_started_at(),
+            "machine": machine(),
             "signals_per_load": signals,
             "strategies_and_keys": STRATEGIES,
             "webhook": loads,

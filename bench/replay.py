@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import shutil
 import subprocess
@@ -37,7 +35,13 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import UNLIMITED_RISK, Check, finish
+from bench.common import (
+    UNLIMITED_RISK,
+    Check,
+    finish,
+    machine,
+    run_started_at,
+)
 
 __all__ = ["history_lines", "main", "run"]
 
@@ -204,12 +208,8 @@ def _report(signals: int, seed: int, wall_s: float, replay: dict[str, Any]) -> d
         Check("process wall time, start-up included, s", round(wall_s, 2), "-", True, False),
     ]
     return {
-        "started_at": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "started_at": run_started_at(),
+        "machine": machine(),
         "signals": signals,
         "price_points": replay["price_points"],
         "seed": seed,

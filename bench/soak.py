@@ -33,7 +33,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
@@ -42,7 +41,15 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import UNLIMITED_RISK, Check, Process, free_port, wait_until, write_results
+from bench.common import (
+    UNLIMITED_RISK,
+    Check,
+    Process,
+    free_port,
+    run_started_at,
+    wait_until,
+    write_results,
+)
 from bot.execution.ids import order_link_id
 from bot.journal import Journal, JournalError
 from signals.voiceofchain import SIGNATURE_HEADER, sign
@@ -926,7 +933,7 @@ def run_soak(options: SoakOptions) -> SoakReport:
     """Run one soak and report; subprocesses never outlive it."""
     seed = options.seed if options.seed is not None else secrets.randbits(32)
     rng = random.Random(seed)  # noqa: S311 - load shape, not security
-    started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    started_at = run_started_at()
     root = options.work_dir or Path(tempfile.mkdtemp(prefix="soak-"))
     root.mkdir(parents=True, exist_ok=True)
     harness = Harness(options, root)

@@ -48,7 +48,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -58,7 +57,11 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import Check, write_results
+from bench.common import (
+    Check,
+    run_started_at,
+    write_results,
+)
 from bot.account import Account
 from bot.config import Environment
 from bot.execution.ids import order_link_id
@@ -721,7 +724,7 @@ async def _run_passes(options: StreamLatencyOptions, root: Path, passes: list[Pa
 
 def run_stream_latency(options: StreamLatencyOptions) -> StreamLatencyReport:
     """Run every load's floor and bot passes; nothing it started outlives it."""
-    started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    started_at = run_started_at()
     root = options.work_dir or Path(tempfile.mkdtemp(prefix="stream-latency-"))
     root.mkdir(parents=True, exist_ok=True)
     passes: list[PassResult] = []

@@ -55,7 +55,6 @@ import json
 import logging
 import math
 import os
-import platform
 import secrets
 import shutil
 import socket
@@ -67,7 +66,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -83,6 +81,8 @@ from bench.common import (
     Process,
     cpu_seconds,
     free_port,
+    machine,
+    run_started_at,
     wait_until,
     write_results,
 )
@@ -924,7 +924,7 @@ def run(options: TypicalBotOptions) -> dict[str, Any]:
     """Both scenarios for both bots; the report. Raises BenchError if it could not run;
     nothing it started outlives it."""
     options.check()
-    started_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    started_at = run_started_at()
     root = options.work_dir or Path(tempfile.mkdtemp(prefix="typical-bot-"))
     root.mkdir(parents=True, exist_ok=True)
     wall = time.monotonic()
@@ -985,9 +985,7 @@ def run(options: TypicalBotOptions) -> dict[str, Any]:
         "ours_journal_decisions": dict(sorted(ours_journal.items())),
         "stopped_on_sigterm": stopped_cleanly,
         "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
+            **machine(),
             "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"),
             "pybit": _version("pybit"),
             "flask": _version("flask"),
