@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -12,7 +13,10 @@ from typing import TypeVar
 import pytest
 from pydantic import SecretStr
 
-from bot.sim import SimAccountSpec, SimExchange, SimulatorConfig
+from bot.config import Environment
+from bot.secrets import ApiCredentials
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue.bybit import BybitVenue
 
 T = TypeVar("T")
 
@@ -74,6 +78,28 @@ def venue_with_key(
         )
     )
     return exchange
+
+
+def sim_venues(
+    resources: ExitStack, keys: Sequence[str] = ("k1", "k2")
+) -> tuple[SimExchange, dict[str, BybitVenue]]:
+    """An in-process simulator serving an account per key (secret "secret-<key>"), and a
+    venue for each; `resources` stops the server and closes the venues."""
+    exchange = SimExchange(SimulatorConfig())
+    for key in keys:
+        exchange.add_account(SimAccountSpec(api_key=key, api_secret=SecretStr("secret-" + key)))
+    server = resources.enter_context(SimServer(exchange))
+    venues = {
+        key: BybitVenue(
+            ApiCredentials(key, SecretStr(key), SecretStr("secret-" + key)),
+            Environment.SIM,
+            sim_url=server.url,
+        )
+        for key in keys
+    }
+    for venue in venues.values():
+        resources.callback(venue.close)
+    return exchange, venues
 
 
 def free_port() -> int:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from bot.account import Account
-from bot.config import Environment
 from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.market import MarketData
@@ -22,11 +21,10 @@ from bot.pipeline import Pipeline, StrategySlot
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
 from bot.runner import StrategyRunner
-from bot.secrets import ApiCredentials
-from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
-from bot.venue.bybit import BybitVenue
+from bot.sim import SimExchange
 from strategies.base import Strategy, StrategyContext, StrategyOutput, StrategyParams
 from strategies.follow import Follow
+from tests.conftest import sim_venues
 
 
 class Exploding(Strategy):
@@ -61,18 +59,8 @@ class TwoOnOneLeg(Impostor):
 
 @pytest.fixture
 def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
-    exchange = SimExchange(SimulatorConfig())
-    for key in ("k1", "k2"):
-        exchange.add_account(SimAccountSpec(api_key=key, api_secret=SecretStr("secret-" + key)))
-    with SimServer(exchange) as server:
-        venues = {
-            key: BybitVenue(
-                ApiCredentials(key, SecretStr(key), SecretStr("secret-" + key)),
-                Environment.SIM,
-                sim_url=server.url,
-            )
-            for key in ("k1", "k2")
-        }
+    with ExitStack() as resources:
+        exchange, venues = sim_venues(resources)
         plugins: list[tuple[str, Strategy, str, str]] = [
             ("follow", Follow("follow", Follow.Params()), "k1", "voc"),
             ("exploding", Exploding("exploding", StrategyParams()), "k2", "voc"),
@@ -95,8 +83,6 @@ def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
             StrategyRunner(budget_s=5.0),
         )
         yield pipeline, journal, exchange
-        for venue in venues.values():
-            venue.close()
 
 
 def signal(source: str = "voc", **fields: object) -> Signal:

@@ -19,10 +19,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from pydantic import SecretStr
 
 from bot.account import Account
-from bot.config import Environment
 from bot.execution.executor import Executor
 from bot.execution.ids import order_link_id
 from bot.journal import Journal
@@ -33,9 +31,7 @@ from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
 from bot.risk.states import TradingState
 from bot.runner import StrategyRunner
-from bot.secrets import ApiCredentials
-from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
-from bot.venue.bybit import BybitVenue
+from bot.sim import SimExchange
 from strategies.base import (
     Fill,
     OrderRejection,
@@ -48,7 +44,7 @@ from strategies.follow import Follow
 from tests.bot.test_pipeline import signal
 from tests.bot.test_service import RunningBot
 from tests.bot.test_service import signal as posted
-from tests.conftest import wait_for
+from tests.conftest import sim_venues, wait_for
 
 #: What the plug-ins below heard, by strategy name (they run on their own threads).
 HEARD: dict[str, list[Any]] = defaultdict(list)
@@ -212,22 +208,7 @@ def build(tmp_path: Path) -> Iterator[Build]:
             budgets_s: Mapping[str, float] | None = None,
             max_failures: int = 3,
         ) -> Stages:
-            exchange = SimExchange(SimulatorConfig())
-            for key in ("k1", "k2"):
-                exchange.add_account(
-                    SimAccountSpec(api_key=key, api_secret=SecretStr("secret-" + key))
-                )
-            server = resources.enter_context(SimServer(exchange))
-            venues = {
-                key: BybitVenue(
-                    ApiCredentials(key, SecretStr(key), SecretStr("secret-" + key)),
-                    Environment.SIM,
-                    sim_url=server.url,
-                )
-                for key in ("k1", "k2")
-            }
-            for venue in venues.values():
-                resources.callback(venue.close)
+            exchange, venues = sim_venues(resources)
             journal = Journal(tmp_path / "journal.sqlite3")
             resources.callback(journal.close)
             runner = StrategyRunner(budget_s=5.0, max_failures=max_failures)
