@@ -63,12 +63,13 @@ class MarketData:
         if self._account.live(key_name) and self.price_age_s(symbol) <= self._max_age_s:
             # All at hand (streamed, cached): awaited in turn, which costs far less than a
             # task for each.
-            instrument, price = await self.quote(key_name, symbol)
+            instrument = await self._venues[key_name].instrument(symbol)
+            price = self._prices[symbol][1]
             equity = await self._equity_of(key_name)
             books = await self._account.open_books(key_name, strategy)
         else:  # something comes from the venue: its round trips go together
             (instrument, price), equity, books = await asyncio.gather(
-                self.quote(key_name, symbol),
+                self._quote(key_name, symbol),
                 self._equity_of(key_name),
                 self._account.open_books(key_name, strategy),
             )
@@ -99,6 +100,10 @@ class MarketData:
 
     async def quote(self, key_name: str, symbol: str) -> tuple[Instrument, Decimal]:
         """The instrument's rules and its current price, through `key_name`'s venue."""
+        self._take_streamed_price(key_name, symbol)
+        return await self._quote(key_name, symbol)
+
+    async def _quote(self, key_name: str, symbol: str) -> tuple[Instrument, Decimal]:
         venue = self._venues[key_name]
         instrument, price = await asyncio.gather(
             venue.instrument(symbol), self._price(venue, symbol)
@@ -121,7 +126,6 @@ class MarketData:
         return float("inf") if entry is None else self._clock() - entry[0]
 
     async def _price(self, venue: Venue, symbol: str) -> Decimal:
-        self._take_streamed_price(venue.name, symbol)
         return await self._cached(self._prices, symbol, lambda: venue.last_price(symbol))
 
     def _take_streamed_price(self, key_name: str, symbol: str) -> None:
