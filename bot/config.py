@@ -258,10 +258,12 @@ class BotSettings(BaseSettings):
     state_dir: Path = Field(Path("var"), description="journal and generated sim secrets")
     journal_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",
-        description="SQLite synchronous mode of the journal (WAL): NORMAL survives a crash or "
-        "kill -9 of the bot (a commit is ~10 us); FULL also survives a power loss of the "
-        "machine (each commit waits for the disk, ~0.2-1 ms, three of them on each signal's "
-        "way to its order)",
+        description="SQLite synchronous mode of the journal's promises (WAL): NORMAL survives "
+        "a crash or kill -9 of the bot (a commit is ~10 us); FULL also survives a power loss "
+        "of the machine for what was promised: the signal before its sender is answered, the "
+        "decisions and Pending orders before they are sent, trading states (each of those "
+        "commits waits for the disk, ~0.2-1 ms, two on each signal's way to its order). "
+        "Every other commit is NORMAL: after a power loss the venue tells it again",
     )
     http: HttpConfig = HttpConfig()
     venue: VenueConfig = VenueConfig()

@@ -2,13 +2,23 @@
 
 It is the bot's memory across restarts and the answer to "what happened to signal X":
 - `signals` is unique per (source, id): recording a signal twice is how duplicates are found;
-  a signal is journaled (synchronous=FULL, survives power loss) before its sender is answered.
+  a signal is journaled durably before its sender is answered.
 - `decisions` holds each strategy's decline and each risk verdict, with the reason.
 - `orders` holds each order by its deterministic orderLinkId, written *before* it is sent, so
   a crash leaves a row to reconcile instead of an order nobody knows about.
 
 Writes from the event loop go through `call()`, which runs them on one dedicated thread:
 nothing blocks the loop and writes keep their order.
+
+Durability comes in two grades. Every commit survives a crash or `kill -9` of the bot (WAL,
+synchronous=NORMAL). With `synchronous="FULL"`, the commits that make a promise also wait for
+the disk, so they survive a power loss of the machine: a signal its sender was told was
+accepted, the decisions and Pending orders written before anything is sent, and a trading
+state a person or the kill switch set. The rest (the order's progress, the account's reports,
+declines, "processed" marks) is what the venue or the pipeline tells again after a restart:
+a power loss can lose the last of those commits, never one before a durable commit (the WAL
+keeps commits in order), and start-up reconciliation looks every unfinished order up, by its
+deterministic orderLinkId, before anything is sent again.
 """
 
 from __future__ import annotations
@@ -360,7 +370,13 @@ class Journal:
     """One SQLite journal file. Methods are synchronous; use `call()` from the event loop."""
 
     def __init__(self, path: Path, *, synchronous: str = "FULL", read_only: bool = False) -> None:
+        """`synchronous`: SQLite's synchronous mode of the durable commits (the promises);
+        every other commit is NORMAL."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise JournalError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = path
+        self._durable_sync = synchronous == "FULL"
+        self._durable_open = False  # the open transaction is a durable one
         self._lock = threading.RLock()  # write_all holds it around writes that take it too
         self._writer_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
@@ -382,7 +398,8 @@ class Journal:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            # What every commit gets; a durable one raises it to `synchronous` for its commit.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             # An older journal is brought up to date even when opened to read (e.g. by
             # `bot orders` after an upgrade): every migration is one forward transaction.
             self._migrate()
@@ -505,9 +522,11 @@ class Journal:
         self.submit(lambda: None).result()
 
     def write_all(self, writes: Sequence[Callable[[], object]]) -> None:
-        """Run journal writes in one transaction, one commit for all. Should one fail, that
-        transaction is rolled back whole and each write runs again in its own, so only the
-        failing one is lost (and logged) and the rest stay.
+        """Run journal writes (each a call of one journal method) in one transaction, one
+        commit for all. Should one fail, that transaction is rolled back whole and each write
+        runs again in its own, so only the failing one is lost (and logged) and the rest
+        stay. A durable write (a promise) cannot share a commit: it fails the batch, then
+        gets its own.
 
         (No savepoint per write: two more statements for each, on every fill, to serve a case
         that does not happen in normal running.)"""
@@ -521,26 +540,38 @@ class Journal:
             return
         for write in writes:
             try:
-                with self._transaction():
-                    write()
+                write()  # a journal method: its own transaction, durable if it is a promise
             except Exception:
                 logger.exception("journal write failed and was rolled back")
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction; a `durable` one waits for the disk at its commit (see the
+        module's notes), for which SQLite must be told before it begins."""
         with self._lock:
             if self._db.in_transaction:  # within write_all: its transaction covers this write
+                if durable and not self._durable_open:
+                    raise JournalError("a durable write cannot join a batch of other writes")
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            sync = durable and self._durable_sync
+            if sync:
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._durable_open = durable
             try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._written_orders.clear()
-                if self._db.in_transaction:  # a failed COMMIT can leave it open
-                    self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._written_orders.clear()
+                    if self._db.in_transaction:  # a failed COMMIT can leave it open
+                        self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                self._durable_open = False
+                if sync:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
             if self._written_orders or self._unpublished:
                 self._publish_unfinished()
 
@@ -548,7 +579,7 @@ class Journal:
 
     def record_signal(self, signal: Signal) -> bool:
         """Journal a signal durably; False when (source, id) was already seen (a duplicate)."""
-        with self._transaction() as db:
+        with self._transaction(durable=True) as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO signals"
                 " (source, signal_id, symbol, ts, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
@@ -655,7 +686,7 @@ class Journal:
         Returns the orderLinkIds newly journaled; one missing from it already existed: the
         same signal run again, whose order must be resumed, never created twice.
         """
-        with self._transaction() as db:
+        with self._transaction(durable=True) as db:
             for decision in decisions:
                 self._insert_decision(db, decision)
             return {order.order_link_id for order in orders if self._insert_order(db, order)}
@@ -696,7 +727,7 @@ class Journal:
 
     def record_order(self, request: OrderRequest) -> bool:
         """Journal an order as Pending before it is sent; False if its orderLinkId exists."""
-        with self._transaction() as db:
+        with self._transaction(durable=True) as db:
             return self._insert_order(db, request)
 
     def _insert_order(self, db: sqlite3.Connection, request: OrderRequest) -> bool:
@@ -1135,7 +1166,7 @@ class Journal:
 
     def record_trading_state(self, state: ScopeState) -> None:
         """Journal a scope's trading state (it survives a restart)."""
-        with self._transaction() as db:
+        with self._transaction(durable=True) as db:
             db.execute(
                 "INSERT OR REPLACE INTO trading_states (scope, state, reason, since, automatic)"
                 " VALUES (?, ?, ?, ?, ?)",

@@ -211,6 +211,79 @@ def _write_v1_journal(path: Path) -> None:
     db.close()
 
 
+def _commits(journal: Journal) -> list[list[str]]:
+    """The statements of each transaction the journal's connection runs from now on, each
+    with the synchronous pragmas around it."""
+    statements: list[str] = []
+    journal._db.set_trace_callback(statements.append)
+    commits: list[list[str]] = []
+
+    def split() -> list[list[str]]:
+        current: list[str] = []
+        for statement in statements:
+            current.append(statement.strip())
+            if statement.startswith("PRAGMA synchronous=NORMAL") or (
+                statement == "COMMIT" and not current[0].startswith("PRAGMA synchronous=FULL")
+            ):
+                commits.append(current)
+                current = []
+        return commits
+
+    journal.split_commits = split  # type: ignore[attr-defined]
+    return commits
+
+
+def test_only_the_promises_wait_for_the_disk(journal: Journal) -> None:
+    _commits(journal)
+    request = make_request()
+
+    journal.record_signal(signal("s1"))  # the sender is answered after this
+    journal.record_decisions([], [request])  # the order is sent after this
+    journal.record_order_event(
+        OrderEvent(order_link_id=request.order_link_id, status=OrderStatus.SUBMITTING)
+    )
+    journal.record_order_event(
+        OrderEvent(order_link_id=request.order_link_id, status=OrderStatus.NEW, order_id="o-1")
+    )
+    journal.mark_processed(signal("s1"))
+    journal.record_decline(signal("s2"), Decline(strategy="follow", reason="no"))
+
+    commits = journal.split_commits()  # type: ignore[attr-defined]
+    durable = [commit[0] == "PRAGMA synchronous=FULL" for commit in commits]
+    assert durable == [True, True, False, False, False, False]
+    assert all(commit[-1] == "PRAGMA synchronous=NORMAL" for commit in commits[:2])
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL between
+
+
+def test_a_normal_journal_never_waits_for_the_disk(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite3", synchronous="NORMAL")
+    _commits(journal)
+
+    journal.record_signal(signal("s1"))
+    journal.record_decisions([], [make_request()])
+
+    commits = journal.split_commits()  # type: ignore[attr-defined]
+    assert len(commits) == 2
+    assert not any("synchronous=FULL" in statement for c in commits for statement in c)
+
+
+def test_a_durable_write_in_a_batch_still_gets_its_own_durable_commit(journal: Journal) -> None:
+    _commits(journal)
+
+    journal.write_all(
+        [lambda: journal.mark_processed(signal("s0")), lambda: journal.record_signal(signal())]
+    )
+
+    commits = journal.split_commits()  # type: ignore[attr-defined]
+    assert [commit[0] == "PRAGMA synchronous=FULL" for commit in commits] == [False, True]
+    assert journal.counts()["signals"] == 1
+
+
+def test_an_unknown_synchronous_mode_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(JournalError, match="NORMAL or FULL"):
+        Journal(tmp_path / "j.sqlite3", synchronous="OFF")
+
+
 def test_a_failing_write_in_a_batch_loses_only_itself(journal: Journal) -> None:
     def broken() -> None:
         raise sqlite3.OperationalError("disk I/O error")
