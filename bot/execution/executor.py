@@ -327,7 +327,28 @@ class Executor:
 
         `sends` is how many times the order was sent before (its journaled attempts);
         `may_exist`: an earlier send may have reached the venue (look before sending).
+
+        A market order is followed once placed: what the account stream says of it is
+        listened for from before its first send, so a report that beats the venue's
+        acknowledgement is kept for the follower.
         """
+        link_id = request.order_link_id
+        if request.order_type is OrderType.MARKET:
+            self._watches[link_id] = asyncio.Event()
+        try:
+            return await self._send_until_held(request, signal_ts, sends, may_exist=may_exist)
+        finally:
+            self._watches.pop(link_id, None)
+            self._terminal.discard(link_id)
+
+    async def _send_until_held(
+        self,
+        request: OrderRequest,
+        signal_ts: datetime | None,
+        sends: int,
+        *,
+        may_exist: bool,
+    ) -> OrderEvent:
         venue = self._venues[request.key_name]
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
         last: VenueError | None = None
@@ -569,41 +590,38 @@ class Executor:
         """Follow a new order until it is terminal or `follow_s` has passed.
 
         The account stream normally reports the fill within milliseconds; only if it stays
-        silent (it is down, or slow) is the order looked up by REST. The journal is read when
-        the stream reports the order terminal (its write is queued before the read, so the
-        read sees it), and once at first, in case that report came before the acknowledgement.
+        silent (it is down, or slow) is the order looked up by REST. The journal is read once
+        the stream has reported the order terminal (its write is queued before the read, so
+        the read sees it); `_drive` listens from before the send, so a report that came
+        before the acknowledgement is already here.
         """
         link_id = request.order_link_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.follow_s
         watch = self._watches.setdefault(link_id, asyncio.Event())
-        watch.set()  # the stream's report may have come before the acknowledgement: look first
-        self._terminal.add(link_id)
         terminal: OrderRecord | None = None  # once the journal has it terminal
-        try:
-            while self._stream_live(request.key_name) and loop.time() < deadline:
-                wait = min(_STREAM_GRACE_S, deadline - loop.time())
+        while self._stream_live(request.key_name) and loop.time() < deadline:
+            if not watch.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(watch.wait(), wait)
+                    await asyncio.wait_for(
+                        watch.wait(), min(_STREAM_GRACE_S, deadline - loop.time())
+                    )
                 if not watch.is_set():
                     break  # the stream is silent: look it up instead
-                watch.clear()
-                if terminal is None:
-                    if link_id not in self._terminal:
-                        continue  # New or a partial fill: nothing to read yet
-                    self._terminal.discard(link_id)
-                    record = await self._journal.call(self._journal.order, link_id)
-                    if record is None or not record.status.is_terminal:
-                        continue
-                    terminal = record
-                if self._books_hold(terminal):
-                    return _event_of(terminal)
-            if terminal is not None:  # its fills were not booked in time: say so, go on
-                logger.warning("order {id}: terminal, its fills not booked yet", id=link_id)
+            watch.clear()
+            if terminal is None:
+                if link_id not in self._terminal:
+                    continue  # New or a partial fill: nothing to read yet
+                self._terminal.discard(link_id)
+                record = await self._journal.call(self._journal.order, link_id)
+                if record is None or not record.status.is_terminal:
+                    continue
+                terminal = record
+            if self._books_hold(terminal):
                 return _event_of(terminal)
-        finally:
-            self._watches.pop(link_id, None)
-            self._terminal.discard(link_id)
+        if terminal is not None:  # its fills were not booked in time: say so, go on
+            logger.warning("order {id}: terminal, its fills not booked yet", id=link_id)
+            return _event_of(terminal)
         return await self._poll(venue, request, deadline)
 
     def _books_hold(self, record: OrderRecord) -> bool:

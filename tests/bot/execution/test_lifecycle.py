@@ -17,6 +17,7 @@ from bot.journal import Journal
 from bot.messages import (
     OrderEvent,
     OrderIntent,
+    OrderRequest,
     OrderStatus,
     OrderType,
     Signal,
@@ -361,3 +362,41 @@ def test_a_halt_after_the_approval_stops_the_send(journal: Journal) -> None:
         "not sent: the bot is HALTED (drill)",
     )
     assert closing.status is OrderStatus.FILLED
+
+
+class _StreamBeatsTheAnswer(FakeVenue):
+    """A venue whose account stream reports a market order filled (and the bot journals it)
+    before the create request's answer is back, as a fast venue often does."""
+
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+        self.executor: Executor | None = None
+
+    async def place_order(self, request: OrderRequest) -> OrderEvent:
+        ack = await super().place_order(request)
+        filled = OrderEvent(
+            order_link_id=request.order_link_id,
+            status=OrderStatus.FILLED,
+            order_id=ack.order_id,
+            filled_qty=request.qty,
+            avg_price=self.price,
+        )
+        self.journal.flush()  # the Submitting write first, as the journal's queue keeps it
+        self.journal.record_order_event(filled)  # what the account keeper journals
+        assert self.executor is not None
+        self.executor.order_updated(filled)  # and the stream's word to the executor
+        return ack
+
+
+def test_a_fill_reported_before_the_answer_is_not_missed(journal: Journal) -> None:
+    venue = _StreamBeatsTheAnswer(journal)
+    config = FAST.model_copy(update={"follow_s": 5.0})
+    executor = Executor(journal, {"k": venue}, config, stream_live=lambda key: True)
+    venue.executor = executor
+
+    event = execute(executor, make_intent())
+
+    assert event.status is OrderStatus.FILLED
+    # Heard from the stream: no wait for its silence, then a look-up by REST.
+    assert venue.calls["get_order"] == 0
