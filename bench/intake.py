@@ -27,6 +27,9 @@ Measured, each over `--signals` signals at a steady `--rate` and at twice that:
   half-way through and after `--footprint-signals` (10,000) more at 100/s (no growth), CPU per
   signal over the loads.
 
+The bot's journal is NORMAL (its default); `--journal-synchronous FULL` runs it as
+config/mainnet.toml does, its promises waiting for the disk.
+
 Run: `make bench-intake` or `python -m bench.intake [--signals N] [--rate R] [--json-out F]`.
 Exit code 0: every signal became exactly one order; 1: a correctness check failed; 2: the
 benchmark could not run. Targets are reported, never enforced.
@@ -170,6 +173,7 @@ class _Simulator:
 _BOT_CONFIG: Final = """
 environment = "sim"
 state_dir = "{state}"
+journal_synchronous = "{synchronous}"
 [http]
 host = "127.0.0.1"
 port = {port}
@@ -188,8 +192,15 @@ burst = 100000
 class _Bot:
     """`python -m bot run` as a subprocess, with one `follow` strategy per key."""
 
-    def __init__(self, work: Path, sim_url: str, keys: Sequence[str], mqtt_port: int) -> None:
-        """`mqtt_port` 0: no MQTT."""
+    def __init__(
+        self,
+        work: Path,
+        sim_url: str,
+        keys: Sequence[str],
+        mqtt_port: int,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        """`mqtt_port` 0: no MQTT; `synchronous`: the journal's (`journal_synchronous`)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         client_id = f"bench-{secrets.token_hex(3)}"
@@ -199,7 +210,12 @@ class _Bot:
             else ""
         )
         text = _BOT_CONFIG.format(
-            state=work / "var", port=self.port, sim_url=sim_url, mqtt=mqtt, limits=UNLIMITED_RISK
+            state=work / "var",
+            synchronous=synchronous,
+            port=self.port,
+            sim_url=sim_url,
+            mqtt=mqtt,
+            limits=UNLIMITED_RISK,
         )
         for index in range(len(keys)):
             text += (
@@ -428,12 +444,12 @@ def _floor(sim: _Simulator, keys: Sequence[str], count: int, rate: float) -> dic
     }
 
 
-def _burst(work: Path, signals: int) -> dict[str, Any]:
+def _burst(work: Path, signals: int, synchronous: str) -> dict[str, Any]:
     """`signals` (300) at once over 3 strategies and 3 keys, Bybit's limits enforced."""
     keys = [f"burst-key-{index}" for index in range(BURST_KEYS)]
     with _Simulator(keys) as sim:
         (work / "burst").mkdir(exist_ok=True)
-        bot = _Bot(work / "burst", sim.server.url, keys, 0)
+        bot = _Bot(work / "burst", sim.server.url, keys, 0, synchronous)
         bot.start()
         try:
             first = time.perf_counter_ns()
@@ -490,15 +506,17 @@ def run(
     work_dir: Path | None = None,
     burst_signals: int = BURST_SIGNALS,
     footprint_signals: int = 10_000,
+    synchronous: str = "NORMAL",
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the report."""
+    """The whole benchmark; returns the report. `synchronous`: the bot's
+    `journal_synchronous` (NORMAL, its default; FULL, as config/mainnet.toml sets it)."""
     owned = work_dir is None
     work = work_dir or Path(tempfile.mkdtemp(prefix="bench-intake-"))
     keys = [f"bench-key-{index}" for index in range(STRATEGIES)]
     failures: list[str] = []
     try:
         with _Simulator(keys) as sim, _mosquitto(work) as broker:
-            bot = _Bot(work, sim.server.url, keys, broker)
+            bot = _Bot(work, sim.server.url, keys, broker, synchronous)
             bot.start()
             try:
                 rss_start, cpu_start = _process_stats(bot.pid)
@@ -517,7 +535,7 @@ def run(
             finally:
                 bot.stop()
             floor = _floor(sim, keys, signals // 2, rate)
-        burst = _burst(work, burst_signals)
+        burst = _burst(work, burst_signals, synchronous)
         total = sum(load["signal_to_order"]["n"] for load in loads) + mqtt["publish_to_order"]["n"]
         for load in loads:
             if load["accepted"] != signals:
@@ -538,6 +556,7 @@ def run(
         return {
             "started_at": run_started_at(),
             "machine": machine(),
+            "journal_synchronous": synchronous,
             "signals_per_load": signals,
             "strategies_and_keys": STRATEGIES,
             "webhook": loads,
@@ -563,7 +582,10 @@ def run(
 
 
 def _table(report: dict[str, Any]) -> Table:
-    table = Table(title=f"intake {report['started_at']} ({report['machine']['cpus']} CPUs), ms")
+    table = Table(
+        title=f"intake {report['started_at']} ({report['machine']['cpus']} CPUs, journal "
+        f"{report['journal_synchronous']}), ms"
+    )
     for column in ("what", "n", "p50", "p99", "max"):
         table.add_column(column)
 
@@ -596,6 +618,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rate", type=float, default=50.0, help="signals/s; also run at twice it")
     parser.add_argument("--footprint-signals", type=int, default=10_000, help="RSS after these")
+    parser.add_argument(
+        "--journal-synchronous",
+        choices=("NORMAL", "FULL"),
+        default="NORMAL",
+        help="the bot's journal_synchronous (FULL: as config/mainnet.toml)",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--serve-floor", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
@@ -605,7 +633,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(width=shutil.get_terminal_size((120, 24)).columns)
     try:
         report = run(
-            arguments.signals, arguments.rate, footprint_signals=arguments.footprint_signals
+            arguments.signals,
+            arguments.rate,
+            footprint_signals=arguments.footprint_signals,
+            synchronous=arguments.journal_synchronous,
         )
     except BenchError as exc:
         console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)
