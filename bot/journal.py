@@ -545,9 +545,16 @@ class Journal:
                 logger.exception("journal write failed and was rolled back")
 
     @contextmanager
-    def _transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+    def _transaction(
+        self, *, durable: bool = False, one_statement: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         """One transaction; a `durable` one waits for the disk at its commit (see the
-        module's notes), for which SQLite must be told before it begins."""
+        module's notes), for which SQLite must be told before it begins.
+
+        With `one_statement` (the body runs exactly one), SQLite commits that statement on
+        its own, without BEGIN and COMMIT: every statement is a moment this thread hands the
+        GIL to a busy event loop and waits to get it back, so two fewer of them shorten a
+        write the sender of a signal is waiting for."""
         with self._lock:
             if self._db.in_transaction:  # within write_all: its transaction covers this write
                 if durable and not self._durable_open:
@@ -559,15 +566,18 @@ class Journal:
                 self._db.execute("PRAGMA synchronous=FULL")
             self._durable_open = durable
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._written_orders.clear()
-                    if self._db.in_transaction:  # a failed COMMIT can leave it open
-                        self._db.execute("ROLLBACK")
-                    raise
+                if one_statement:
+                    yield self._db  # a failed statement is rolled back by SQLite itself
+                else:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield self._db
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._written_orders.clear()
+                        if self._db.in_transaction:  # a failed COMMIT can leave it open
+                            self._db.execute("ROLLBACK")
+                        raise
             finally:
                 self._durable_open = False
                 if sync:
@@ -579,7 +589,7 @@ class Journal:
 
     def record_signal(self, signal: Signal) -> bool:
         """Journal a signal durably; False when (source, id) was already seen (a duplicate)."""
-        with self._transaction(durable=True) as db:
+        with self._transaction(durable=True, one_statement=True) as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO signals"
                 " (source, signal_id, symbol, ts, received_at, payload) VALUES (?, ?, ?, ?, ?, ?)",
@@ -609,7 +619,7 @@ class Journal:
             return None
 
     def mark_processed(self, signal: Signal) -> None:
-        with self._transaction() as db:
+        with self._transaction(one_statement=True) as db:
             db.execute(
                 "UPDATE signals SET processed_at = ? WHERE source = ? AND signal_id = ?",
                 (utc_now().isoformat(), signal.source, signal.id),

@@ -212,19 +212,31 @@ def _write_v1_journal(path: Path) -> None:
 
 
 def _commits(journal: Journal) -> list[list[str]]:
-    """The statements of each transaction the journal's connection runs from now on, each
-    with the synchronous pragmas around it."""
+    """The statements of each commit the journal's connection runs from now on (filled in
+    by `journal.split_commits()`), each with the synchronous pragmas around it: a write
+    outside BEGIN ... COMMIT is a commit of its own."""
     statements: list[str] = []
     journal._db.set_trace_callback(statements.append)
     commits: list[list[str]] = []
 
     def split() -> list[list[str]]:
         current: list[str] = []
-        for statement in statements:
-            current.append(statement.strip())
-            if statement.startswith("PRAGMA synchronous=NORMAL") or (
-                statement == "COMMIT" and not current[0].startswith("PRAGMA synchronous=FULL")
-            ):
+        in_transaction = False
+        for statement in (text.strip() for text in statements):
+            if statement.startswith("SELECT") and not in_transaction:
+                continue  # a read (the read-back after a commit) commits nothing
+            current.append(statement)
+            if statement == "BEGIN IMMEDIATE":
+                in_transaction = True
+            elif statement == "ROLLBACK":  # nothing was committed
+                in_transaction, current = False, []
+                continue
+            elif statement == "COMMIT":
+                in_transaction = False
+            durable = current[0] == "PRAGMA synchronous=FULL"
+            if in_transaction or statement == "PRAGMA synchronous=FULL":
+                continue
+            if not durable or statement == "PRAGMA synchronous=NORMAL":
                 commits.append(current)
                 current = []
         return commits
@@ -252,6 +264,9 @@ def test_only_the_promises_wait_for_the_disk(journal: Journal) -> None:
     durable = [commit[0] == "PRAGMA synchronous=FULL" for commit in commits]
     assert durable == [True, True, False, False, False, False]
     assert all(commit[-1] == "PRAGMA synchronous=NORMAL" for commit in commits[:2])
+    # A signal, and its "processed" mark, are one statement each: no BEGIN and COMMIT.
+    assert [statement.split()[0] for statement in commits[0]] == ["PRAGMA", "INSERT", "PRAGMA"]
+    assert [statement.split()[0] for statement in commits[4]] == ["UPDATE"]
     assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL between
 
 
