@@ -158,8 +158,6 @@ DEFAULT_LOADS: Final = (
 @dataclass(frozen=True)
 class StreamLatencyOptions:
     loads: tuple[LoadSpec, ...] = DEFAULT_LOADS
-    #: PRAGMA synchronous of the journal; FULL is what `bot.service` opens it with.
-    journal_synchronous: str = "FULL"
     connect_timeout_s: float = 20.0
     drain_timeout_s: float = 60.0
     #: After the last fill arrived: how long to keep watching for a second application.
@@ -511,10 +509,8 @@ async def _bot_pass(load: LoadSpec, root: Path, options: StreamLatencyOptions) -
     exchange.attach_stream(clock)
     server = SimServer(exchange)
     await asyncio.to_thread(server.start)
-    journal = Journal(
-        root / f"journal-{load.name.replace('/', '-')}.sqlite3",
-        synchronous=options.journal_synchronous,
-    )
+    # A fill's account writes are synchronous=NORMAL whatever `journal_synchronous` says.
+    journal = Journal(root / f"journal-{load.name.replace('/', '-')}.sqlite3")
     venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url)
     task: asyncio.Task[None] | None = None
     try:
@@ -737,7 +733,6 @@ def run_stream_latency(options: StreamLatencyOptions) -> StreamLatencyReport:
     return StreamLatencyReport(
         options={
             "loads": [asdict(load) | {"describe": load.describe()} for load in options.loads],
-            "journal_synchronous": options.journal_synchronous,
             "drain_timeout_s": options.drain_timeout_s,
         },
         started_at=started_at,
@@ -806,7 +801,7 @@ def print_report(report: StreamLatencyReport, console: Console) -> None:
         if result.path == "bot":
             _print_breakdown(result, console)
     console.print(
-        f"journal PRAGMA synchronous={report.options.get('journal_synchronous')} on "
+        "journal (a fill's writes: synchronous=NORMAL) on "
         f"{report.facts.get('journal_dir_filesystem')}; {report.facts.get('cpus')} CPUs; "
         f"wall {report.facts.get('wall_s')} s",
         highlight=False,
@@ -857,12 +852,6 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--modest-fills", type=int, default=300, help="fills of the modest run (300)"
     )
     parser.add_argument(
-        "--journal-synchronous",
-        choices=("FULL", "NORMAL", "OFF"),
-        default="FULL",
-        help="the journal's PRAGMA synchronous (FULL: as bot.service opens it)",
-    )
-    parser.add_argument(
         "--work-dir", type=Path, default=None, help="where the journals go (kept); default tmp"
     )
     parser.add_argument("--json-out", type=Path, default=None, help="result file")
@@ -890,7 +879,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     options = StreamLatencyOptions(
         loads=loads,
-        journal_synchronous=arguments.journal_synchronous,
         work_dir=arguments.work_dir,
         json_out=arguments.json_out,
     )
