@@ -211,18 +211,19 @@ def _write_v1_journal(path: Path) -> None:
     db.close()
 
 
-def _commits(journal: Journal) -> list[list[str]]:
-    """The statements of each commit the journal's connection runs from now on (filled in
-    by `journal.split_commits()`), each with the synchronous pragmas around it: a write
-    outside BEGIN ... COMMIT is a commit of its own."""
-    statements: list[str] = []
-    journal._db.set_trace_callback(statements.append)
-    commits: list[list[str]] = []
+class _Commits:
+    """The commits a journal's connection runs from now on, each as its statements with the
+    synchronous pragmas around it: a write outside BEGIN ... COMMIT is a commit of its own."""
 
-    def split() -> list[list[str]]:
+    def __init__(self, journal: Journal) -> None:
+        self._statements: list[str] = []
+        journal._db.set_trace_callback(self._statements.append)
+
+    def split(self) -> list[list[str]]:
+        commits: list[list[str]] = []
         current: list[str] = []
         in_transaction = False
-        for statement in (text.strip() for text in statements):
+        for statement in (text.strip() for text in self._statements):
             if statement.startswith("SELECT") and not in_transaction:
                 continue  # a read (the read-back after a commit) commits nothing
             current.append(statement)
@@ -241,12 +242,9 @@ def _commits(journal: Journal) -> list[list[str]]:
                 current = []
         return commits
 
-    journal.split_commits = split  # type: ignore[attr-defined]
-    return commits
-
 
 def test_only_the_promises_wait_for_the_disk(journal: Journal) -> None:
-    _commits(journal)
+    log = _Commits(journal)
     request = make_request()
 
     journal.record_signal(signal("s1"))  # the sender is answered after this
@@ -260,7 +258,7 @@ def test_only_the_promises_wait_for_the_disk(journal: Journal) -> None:
     journal.mark_processed(signal("s1"))
     journal.record_decline(signal("s2"), Decline(strategy="follow", reason="no"))
 
-    commits = journal.split_commits()  # type: ignore[attr-defined]
+    commits = log.split()
     durable = [commit[0] == "PRAGMA synchronous=FULL" for commit in commits]
     assert durable == [True, True, False, False, False, False]
     assert all(commit[-1] == "PRAGMA synchronous=NORMAL" for commit in commits[:2])
@@ -272,24 +270,24 @@ def test_only_the_promises_wait_for_the_disk(journal: Journal) -> None:
 
 def test_a_normal_journal_never_waits_for_the_disk(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j.sqlite3", synchronous="NORMAL")
-    _commits(journal)
+    log = _Commits(journal)
 
     journal.record_signal(signal("s1"))
     journal.record_decisions([], [make_request()])
 
-    commits = journal.split_commits()  # type: ignore[attr-defined]
+    commits = log.split()
     assert len(commits) == 2
     assert not any("synchronous=FULL" in statement for c in commits for statement in c)
 
 
 def test_a_durable_write_in_a_batch_still_gets_its_own_durable_commit(journal: Journal) -> None:
-    _commits(journal)
+    log = _Commits(journal)
 
     journal.write_all(
         [lambda: journal.mark_processed(signal("s0")), lambda: journal.record_signal(signal())]
     )
 
-    commits = journal.split_commits()  # type: ignore[attr-defined]
+    commits = log.split()
     assert [commit[0] == "PRAGMA synchronous=FULL" for commit in commits] == [False, True]
     assert journal.counts()["signals"] == 1
 
