@@ -538,11 +538,8 @@ class Journal:
             logger.warning("{n} journal writes failed together; writing each alone", n=len(writes))
         else:
             return
-        for write in writes:
-            try:
-                write()  # a journal method: its own transaction, durable if it is a promise
-            except Exception:
-                logger.exception("journal write failed and was rolled back")
+        # Each a journal method: its own transaction, durable if it is a promise.
+        _write_each(writes, failure="journal write failed and was rolled back")
 
     @contextmanager
     def _transaction(
@@ -1320,13 +1317,15 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
     )
 
 
-def _write_each(writes: Sequence[Callable[[], object]]) -> None:
-    """Run each write in turn; one that fails is logged and the next still runs."""
+def _write_each(
+    writes: Sequence[Callable[[], object]], failure: str = "a deferred journal write failed"
+) -> None:
+    """Run each write in turn; one that fails is logged (`failure`) and the next still runs."""
     for write in writes:
         try:
             write()
         except Exception:
-            logger.exception("a deferred journal write failed")
+            logger.exception(failure)
 
 
 def _text(value: Decimal | None) -> str | None:
