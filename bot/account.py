@@ -84,8 +84,11 @@ class StrategyBook:
 
     def today(self, now: datetime | None = None) -> tuple[Decimal, Decimal]:
         """Realized PnL and fees of the current UTC day."""
-        current = (now or utc_now()).astimezone(UTC).date()
-        return (self.day_realized_pnl, self.day_fees) if self.day == current else (ZERO, ZERO)
+        return self.on((now or utc_now()).astimezone(UTC).date())
+
+    def on(self, day: date) -> tuple[Decimal, Decimal]:
+        """Realized PnL and fees of `day` (UTC) if it is the day of the latest fill, else 0."""
+        return (self.day_realized_pnl, self.day_fees) if self.day == day else (ZERO, ZERO)
 
     def fill(self, signed_qty: Decimal, price: Decimal, fee: Decimal, when: datetime) -> None:
         """Apply a fill of `signed_qty` at `price` (average-cost accounting)."""
@@ -239,10 +242,11 @@ class AccountProjection:
 
     def pnl_today(self, strategy: str | None = None, now: datetime | None = None) -> Decimal:
         """Realized PnL minus fees of the current UTC day: one strategy's, or every one's."""
+        day = (now or utc_now()).astimezone(UTC).date()  # once: the gate asks on every intent
         total = ZERO
         for book in self._books.values():
             if strategy is None or book.strategy == strategy:
-                realized, fees = book.today(now)
+                realized, fees = book.on(day)
                 total += realized - fees
         return total
 

@@ -602,10 +602,10 @@ class Executor:
         terminal: OrderRecord | None = None  # once the journal has it terminal
         while self._stream_live(request.key_name) and loop.time() < deadline:
             if not watch.is_set():
+                # A timeout scope, not `wait_for`: no task per wake-up of every order.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        watch.wait(), min(_STREAM_GRACE_S, deadline - loop.time())
-                    )
+                    async with asyncio.timeout(min(_STREAM_GRACE_S, deadline - loop.time())):
+                        await watch.wait()
                 if not watch.is_set():
                     break  # the stream is silent: look it up instead
             watch.clear()

@@ -19,6 +19,7 @@ ORDER_LINK_ID_PATTERN: Final = re.compile(messages.ORDER_LINK_ID_PATTERN)
 MAX_LEG: Final = 99
 _SLUG_CHARS: Final = 8
 _DIGEST_CHARS: Final = 24  # 120 bits of SHA-256: collisions are not a practical concern
+_NOT_SLUG: Final = re.compile(r"[^A-Za-z0-9]")
 
 
 def order_link_id(strategy: str, source: str, signal_id: str, leg: int) -> str:
@@ -33,5 +34,5 @@ def order_link_id(strategy: str, source: str, signal_id: str, leg: int) -> str:
     text = "\x1f".join((strategy, source, signal_id, str(leg)))
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     tag = base64.b32encode(digest).decode("ascii").lower()[:_DIGEST_CHARS]
-    slug = re.sub(r"[^A-Za-z0-9]", "", strategy)[:_SLUG_CHARS] or "s"
+    slug = _NOT_SLUG.sub("", strategy)[:_SLUG_CHARS] or "s"
     return f"{slug}-{leg}-{tag}"
