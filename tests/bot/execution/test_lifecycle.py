@@ -400,3 +400,18 @@ def test_a_fill_reported_before_the_answer_is_not_missed(journal: Journal) -> No
     assert event.status is OrderStatus.FILLED
     # Heard from the stream: no wait for its silence, then a look-up by REST.
     assert venue.calls["get_order"] == 0
+
+
+def test_a_live_stream_that_stays_silent_is_not_waited_on_past_its_grace(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    config = FAST.model_copy(update={"follow_s": 5.0})
+    executor = Executor(journal, {"k": venue}, config, stream_live=lambda key: True)
+
+    # The stream never reports the fill. Its silence must end the wait long before
+    # follow_s (a cap of 4 s against a grace of a quarter second): then a look-up.
+    event = asyncio.run(asyncio.wait_for(executor.execute(approve(make_intent()), "k"), 4.0))
+
+    assert event.status is OrderStatus.FILLED
+    assert venue.calls["get_order"] >= 1
