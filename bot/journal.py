@@ -385,8 +385,9 @@ class Journal:
         # the orders a transaction writes are read back once it commits.
         self._unfinished: dict[str, OrderRecord] = {}
         self._unfinished_lock = threading.Lock()
-        self._written_orders: dict[str, OrderRequest | None] = {}  # by the open transaction
-        self._unpublished: set[str] = set()  # committed, but their read-back failed
+        # The orders the open transaction wrote: each one's row as its latest write returned
+        # it (`_ORDER_FIELDS`), and its request when that write was its insert.
+        self._written_orders: dict[str, tuple[Sequence[Any], OrderRequest | None]] = {}
         self._checkpoints: tuple[threading.Event, threading.Thread] | None = None
         try:
             if read_only and not path.exists():
@@ -579,7 +580,7 @@ class Journal:
                 self._durable_open = False
                 if sync:
                     self._db.execute("PRAGMA synchronous=NORMAL")
-            if self._written_orders or self._unpublished:
+            if self._written_orders:
                 self._publish_unfinished()
 
     # signals -------------------------------------------------------------------------------
@@ -739,10 +740,10 @@ class Journal:
 
     def _insert_order(self, db: sqlite3.Connection, request: OrderRequest) -> bool:
         now = utc_now().isoformat()
-        cursor = db.execute(
+        inserted = db.execute(
             "INSERT OR IGNORE INTO orders (order_link_id, source, signal_id, strategy, leg,"
             " key_name, symbol, side, order_type, qty, price, request, status, created_at,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f" updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {_RETURNING}",
             (
                 request.order_link_id,
                 request.signal_source,
@@ -760,10 +761,10 @@ class Journal:
                 now,
                 now,
             ),
-        )
-        if cursor.rowcount != 1:
+        ).fetchall()
+        if not inserted:
             return False
-        self._written_orders[request.order_link_id] = request
+        self._written_orders[request.order_link_id] = (inserted[0], request)
         return True
 
     def record_order_event(self, event: OrderEvent, *, missing_ok: bool = False) -> bool:
@@ -773,7 +774,20 @@ class Journal:
         reconciliation loop, the account stream) can never interleave a backward move. A
         Submitting event counts one more send attempt. With `missing_ok`, an event for an
         order the journal does not hold (not ours) is ignored rather than an error.
+
+        The venue's answer and the account stream both report a new order: whichever comes
+        second says nothing new. Outside a transaction the in-memory unfinished orders are
+        exactly what is committed, so it is told from them, without a transaction of its own.
         """
+        with self._lock:
+            if not self._db.in_transaction:
+                with self._unfinished_lock:
+                    known = self._unfinished.get(event.order_link_id)
+                if known is not None and _nothing_new(known.status, known.filled_qty, event):
+                    return False
+            return self._apply_order_event(event, missing_ok=missing_ok)
+
+    def _apply_order_event(self, event: OrderEvent, *, missing_ok: bool) -> bool:
         with self._transaction() as db:
             row = db.execute(
                 "SELECT status, filled_qty FROM orders WHERE order_link_id = ?",
@@ -784,10 +798,8 @@ class Journal:
                     return False
                 raise JournalError(f"no journaled order {event.order_link_id}")
             current, filled = OrderStatus(row[0]), Decimal(row[1])
-            if current is event.status is not OrderStatus.SUBMITTING and filled == (
-                event.filled_qty
-            ):
-                return False  # nothing new (a look-up that found what the journal knows)
+            if _nothing_new(current, filled, event):
+                return False
             try:
                 check_transition(
                     current, event.status, filled_before=filled, filled_after=event.filled_qty
@@ -811,13 +823,13 @@ class Journal:
             )
             # A venue state (New...Filled, or the venue's own rejection) is the venue's word.
             from_venue = event.status in _VENUE_STATES and event.order_id is not None
-            db.execute(
+            (updated,) = db.execute(
                 "UPDATE orders SET status = ?, order_id = COALESCE(?, order_id), filled_qty = ?,"
                 " avg_price = COALESCE(?, avg_price),"
                 # What the venue says replaces our own failure notes; our notes accumulate.
                 " reason = CASE WHEN ? THEN ? ELSE COALESCE(NULLIF(?, ''), reason) END,"
                 " ret_code = CASE WHEN ? THEN ? ELSE COALESCE(?, ret_code) END,"
-                " updated_at = ?, attempts = attempts + ? WHERE order_link_id = ?",
+                f" updated_at = ?, attempts = attempts + ? WHERE order_link_id = ? {_RETURNING}",
                 (
                     event.status.value,
                     event.order_id,
@@ -833,21 +845,23 @@ class Journal:
                     int(event.status is OrderStatus.SUBMITTING),
                     event.order_link_id,
                 ),
-            )
-            self._written_orders.setdefault(event.order_link_id, None)
+            ).fetchall()
+            earlier = self._written_orders.get(event.order_link_id)
+            self._written_orders[event.order_link_id] = (updated, earlier and earlier[1])
             return True
 
     def order(self, order_link_id: str) -> OrderRecord | None:
-        rows = self._orders("WHERE o.order_link_id = ?", (order_link_id,))
+        rows = self._orders("WHERE orders.order_link_id = ?", (order_link_id,))
         return rows[0] if rows else None
 
     def unfinished_orders(self, key_name: str | None = None) -> list[OrderRecord]:
         """Every order not yet terminal (of one key, or of all), oldest first."""
         marks = ", ".join("?" * len(_NON_TERMINAL))
         if key_name is None:
-            return self._orders(f"WHERE o.status IN ({marks})", _NON_TERMINAL)
+            return self._orders(f"WHERE orders.status IN ({marks})", _NON_TERMINAL)
         return self._orders(
-            f"WHERE o.status IN ({marks}) AND o.key_name = ?", (*_NON_TERMINAL, key_name)
+            f"WHERE orders.status IN ({marks}) AND orders.key_name = ?",
+            (*_NON_TERMINAL, key_name),
         )
 
     def open_orders_of(self, key_name: str, strategy: str, symbol: str) -> list[OrderRecord]:
@@ -864,28 +878,18 @@ class Journal:
 
     def _publish_unfinished(self) -> None:
         """After a commit: the in-memory unfinished orders take the committed state of the
-        orders the transaction wrote (a terminal one leaves them). Should the read fail, the
-        commit stands and those orders are read again after the next one."""
-        written = {link_id: None for link_id in self._unpublished} | self._written_orders
-        self._written_orders, self._unpublished = {}, set()
-        marks = ", ".join("?" * len(written))
-        try:
-            rows = self._db.execute(
-                f"{_ORDER_QUERY} WHERE o.order_link_id IN ({marks})", tuple(written)
-            ).fetchall()
-        except sqlite3.Error as exc:
-            self._unpublished = set(written)
-            logger.warning("reading back committed orders failed: {error}", error=str(exc))
-            return
+        orders the transaction wrote, as their writes returned it, with no read of the rows
+        again (a terminal one leaves them)."""
+        written, self._written_orders = self._written_orders, {}
         with self._unfinished_lock:
-            for row in rows:
-                link_id = row[0]
+            for link_id, (row, request) in written.items():
                 if OrderStatus(row[2]).is_terminal:
                     self._unfinished.pop(link_id, None)
                     continue
                 known = self._unfinished.get(link_id)
-                request = known.request if known is not None else written[link_id]
-                self._unfinished[link_id] = _order_record(row, request)
+                self._unfinished[link_id] = _order_record(
+                    row, known.request if known is not None else request
+                )
 
     def record_stop_move(self, move: StopMove, key_name: str, outcome: str, reason: str) -> None:
         """Journal a strategy's stop-loss move and its outcome (`moved`, `rejected`,
@@ -941,7 +945,7 @@ class Journal:
         # `where` is one of this module's literals; every value is a bound parameter.
         with self._lock:
             rows = self._db.execute(
-                f"{_ORDER_QUERY} {where} ORDER BY o.created_at, o.rowid", params
+                f"{_ORDER_QUERY} {where} ORDER BY orders.created_at, orders.rowid", params
             ).fetchall()
         return [_order_record(row) for row in rows]
 
@@ -1291,16 +1295,21 @@ class Journal:
             }
 
 
-#: An order's row with its signal's ts, as `_order_record` reads it.
-_ORDER_QUERY: Final = (
-    "SELECT o.order_link_id, o.request, o.status, o.order_id, o.filled_qty, o.avg_price,"
-    " o.reason, o.ret_code, o.attempts, s.ts, o.updated_at FROM orders AS o"
-    " LEFT JOIN signals AS s ON s.source = o.source AND s.signal_id = o.signal_id"
+#: An order's fields with its signal's ts, as `_order_record` reads them. Written against the
+#: table's own name, they serve a query and a write's RETURNING alike: a write that returns
+#: them spares reading the row back after its commit.
+_ORDER_FIELDS: Final = (
+    "orders.order_link_id, orders.request, orders.status, orders.order_id, orders.filled_qty,"
+    " orders.avg_price, orders.reason, orders.ret_code, orders.attempts,"
+    " (SELECT s.ts FROM signals AS s WHERE s.source = orders.source"
+    " AND s.signal_id = orders.signal_id), orders.updated_at"
 )
+_ORDER_QUERY: Final = f"SELECT {_ORDER_FIELDS} FROM orders"
+_RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
 
 
 def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> OrderRecord:
-    """An `_ORDER_QUERY` row; `request` spares parsing the stored one when it is at hand."""
+    """An `_ORDER_FIELDS` row; `request` spares parsing the stored one when it is at hand."""
     _, stored, status, order_id, filled_qty, avg_price, reason, ret_code, attempts = row[:9]
     signal_ts, updated_at = row[9:]
     return OrderRecord(
@@ -1315,6 +1324,12 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
         signal_ts=None if signal_ts is None else datetime.fromisoformat(signal_ts),
         updated_at=datetime.fromisoformat(updated_at),
     )
+
+
+def _nothing_new(current: OrderStatus, filled: Decimal, event: OrderEvent) -> bool:
+    """Whether `event` repeats an order's state (a second report of it, or a look-up that
+    found what the journal knows); a Submitting event never does (it counts an attempt)."""
+    return current is event.status is not OrderStatus.SUBMITTING and filled == event.filled_qty
 
 
 def _write_each(

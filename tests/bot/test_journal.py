@@ -365,35 +365,65 @@ def test_background_checkpoints_copy_the_wal_into_the_database(tmp_path: Path) -
     assert Journal(tmp_path / "journal.sqlite3").counts()["signals"] == 200
 
 
-class _ReadBackFailsOnce:
-    """The journal's connection, whose first read-back of committed orders fails."""
+def test_committed_orders_are_published_as_their_writes_returned_them(journal: Journal) -> None:
+    journal.record_signal(signal("s1"))  # the order's signal: its ts rides on the record
+    statements: list[str] = []
+    journal._db.set_trace_callback(statements.append)
+    request = make_request()
+    link = request.order_link_id
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        self.failed = False
+    assert journal.record_order(request) is True
+    assert journal.record_order_event(OrderEvent(order_link_id=link, status=OrderStatus.SUBMITTING))
+    assert journal.record_order_event(
+        OrderEvent(order_link_id=link, status=OrderStatus.NEW, order_id="o-1")
+    )
 
-    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
-        if not self.failed and sql.startswith("SELECT o.order_link_id"):
-            self.failed = True
-            raise sqlite3.OperationalError("disk I/O error")
-        return self._db.execute(sql, *args)
+    # No order row is read again after its commit: each write returned it.
+    read_back = [
+        text for text in statements if text.lstrip().startswith("SELECT") and "request" in text
+    ]
+    assert read_back == []
+    (published,) = journal.open_orders_of("k", "follow", "BTCUSDT")
+    assert published == journal.order(link)  # just as the table holds it
+    assert (published.status, published.order_id, published.attempts) == (
+        OrderStatus.NEW,
+        "o-1",
+        1,
+    )
+    assert published.signal_ts is not None
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._db, name)
 
-
-def test_a_failed_read_back_keeps_the_commit_and_is_made_good_after_the_next(
+def test_an_order_written_in_a_rolled_back_transaction_is_never_published(
     journal: Journal,
 ) -> None:
-    connection = _ReadBackFailsOnce(journal._db)
-    journal._db = connection  # type: ignore[assignment]
+    request = make_request()
 
-    assert journal.record_order(make_request()) is True  # committed, whatever the read-back
-    assert connection.failed
+    with pytest.raises(JournalError), journal._transaction():
+        assert journal.record_order(request) is True  # written, then rolled back
+        raise JournalError("the disk is full")
+    journal.record_signal(signal("later"))  # a later commit publishes nothing of it either
+
+    assert journal.order(request.order_link_id) is None
     assert journal.open_orders_of("k", "follow", "BTCUSDT") == []
 
-    journal.record_signal(signal("next"))  # any later commit reads the order back
 
-    assert [record.request for record in journal.open_orders_of("k", "follow", "BTCUSDT")] == [
-        make_request()
+def test_a_repeated_report_of_an_order_is_told_from_memory_without_sql(journal: Journal) -> None:
+    request = make_request()
+    link = request.order_link_id
+    journal.record_order(request)
+    journal.record_order_event(OrderEvent(order_link_id=link, status=OrderStatus.SUBMITTING))
+    new = OrderEvent(order_link_id=link, status=OrderStatus.NEW, order_id="o-1")
+    assert journal.record_order_event(new) is True
+    statements: list[str] = []
+    journal._db.set_trace_callback(statements.append)
+
+    assert journal.record_order_event(new) is False  # the stream's word after the answer's
+    assert statements == []
+    # A send attempt is never a repeat: each one is counted.
+    submitting = OrderEvent(order_link_id=link, status=OrderStatus.SUBMITTING)
+    assert journal.record_order_event(submitting) is False  # refused: New cannot go back
+    assert statements != []
+    assert [event.status for event in journal.order_events(link)] == [
+        OrderStatus.SUBMITTING,
+        OrderStatus.NEW,
     ]
