@@ -741,7 +741,7 @@ class Journal:
     def _insert_order(self, db: sqlite3.Connection, request: OrderRequest) -> bool:
         now = utc_now().isoformat()
         inserted = db.execute(
-            "INSERT OR IGNORE INTO orders (order_link_id, source, signal_id, strategy, leg,"
+            "INSERT OR IGNORE INTO orders (order_link_id, source, signal_id, strategy, leg,"  # noqa: S608
             " key_name, symbol, side, order_type, qty, price, request, status, created_at,"
             f" updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {_RETURNING}",
             (
@@ -824,7 +824,7 @@ class Journal:
             # A venue state (New...Filled, or the venue's own rejection) is the venue's word.
             from_venue = event.status in _VENUE_STATES and event.order_id is not None
             (updated,) = db.execute(
-                "UPDATE orders SET status = ?, order_id = COALESCE(?, order_id), filled_qty = ?,"
+                "UPDATE orders SET status = ?, order_id = COALESCE(?, order_id), filled_qty = ?,"  # noqa: S608
                 " avg_price = COALESCE(?, avg_price),"
                 # What the venue says replaces our own failure notes; our notes accumulate.
                 " reason = CASE WHEN ? THEN ? ELSE COALESCE(NULLIF(?, ''), reason) END,"
@@ -1304,7 +1304,7 @@ _ORDER_FIELDS: Final = (
     " (SELECT s.ts FROM signals AS s WHERE s.source = orders.source"
     " AND s.signal_id = orders.signal_id), orders.updated_at"
 )
-_ORDER_QUERY: Final = f"SELECT {_ORDER_FIELDS} FROM orders"
+_ORDER_QUERY: Final = f"SELECT {_ORDER_FIELDS} FROM orders"  # noqa: S608 - our own fields
 _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
 
 

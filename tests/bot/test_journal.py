@@ -398,9 +398,13 @@ def test_an_order_written_in_a_rolled_back_transaction_is_never_published(
 ) -> None:
     request = make_request()
 
-    with pytest.raises(JournalError), journal._transaction():
-        assert journal.record_order(request) is True  # written, then rolled back
-        raise JournalError("the disk is full")
+    def write_then_fail() -> None:
+        with journal._transaction():
+            assert journal.record_order(request) is True  # written, then rolled back
+            raise JournalError("the disk is full")
+
+    with pytest.raises(JournalError):
+        write_then_fail()
     journal.record_signal(signal("later"))  # a later commit publishes nothing of it either
 
     assert journal.order(request.order_link_id) is None
