@@ -650,7 +650,7 @@ class Journal:
     def record_rejection(self, source: str, kind: str, reason: str, remote: str) -> None:
         """A request or message refused before it became a signal: which source, what kind
         (`unauthorized`, `invalid`, ...), why, and from where; never a secret or signature."""
-        with self._transaction() as db:
+        with self._transaction(one_statement=True) as db:
             db.execute(
                 "INSERT INTO rejections (source, kind, reason, remote, at) VALUES (?, ?, ?, ?, ?)",
                 (source, kind, scrub(reason), remote, utc_now().isoformat()),
@@ -671,7 +671,7 @@ class Journal:
     def record_decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:
         """No order for `signal` from `decline.strategy`: the strategy's own choice (rule
         "strategy") or a risk rule that refused the whole signal."""
-        with self._transaction() as db:
+        with self._transaction(one_statement=True) as db:
             db.execute(
                 "INSERT INTO decisions (source, signal_id, strategy, leg, approved, rule, reason,"
                 " decided_at) VALUES (?, ?, ?, NULL, 0, ?, ?, ?)",
@@ -776,11 +776,12 @@ class Journal:
         order the journal does not hold (not ours) is ignored rather than an error.
 
         The venue's answer and the account stream both report a new order: whichever comes
-        second says nothing new. Outside a transaction the in-memory unfinished orders are
-        exactly what is committed, so it is told from them, without a transaction of its own.
+        second says nothing new. That is told from the in-memory unfinished orders, without a
+        statement: they are exactly what is committed, and so what the table holds for every
+        order the open transaction (if any) has not written yet.
         """
         with self._lock:
-            if not self._db.in_transaction:
+            if event.order_link_id not in self._written_orders:  # else the open transaction's
                 with self._unfinished_lock:
                     known = self._unfinished.get(event.order_link_id)
                 if known is not None and _nothing_new(known.status, known.filled_qty, event):
@@ -894,7 +895,7 @@ class Journal:
     def record_stop_move(self, move: StopMove, key_name: str, outcome: str, reason: str) -> None:
         """Journal a strategy's stop-loss move and its outcome (`moved`, `rejected`,
         `failed`), with why."""
-        with self._transaction() as db:
+        with self._transaction(one_statement=True) as db:
             db.execute(
                 "INSERT INTO stop_moves (source, signal_id, strategy, key_name, symbol,"
                 " stop_loss, outcome, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1035,7 +1036,7 @@ class Journal:
         """Journal a fill once (by execId) with how its quantity is split among strategies;
         False if it was already journaled (a stream message and a REST page may both bring
         it)."""
-        with self._transaction() as db:
+        with self._transaction(one_statement=True) as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO executions (exec_id, key_name, order_id, order_link_id,"
                 " symbol, side, qty, price, fee, is_maker, stop_order_type, exec_time,"
@@ -1136,7 +1137,7 @@ class Journal:
         columns = ", ".join((*key_columns, "snapshot", "updated_at"))
         marks = ", ".join("?" * (len(key_columns) + 2))
         conflict = ", ".join(key_columns)
-        with self._transaction() as db:
+        with self._transaction(one_statement=True) as db:
             cursor = db.execute(
                 f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608 - our names
                 f" ON CONFLICT ({conflict}) DO UPDATE SET snapshot = excluded.snapshot,"
@@ -1177,7 +1178,7 @@ class Journal:
 
     def record_trading_state(self, state: ScopeState) -> None:
         """Journal a scope's trading state (it survives a restart)."""
-        with self._transaction(durable=True) as db:
+        with self._transaction(durable=True, one_statement=True) as db:
             db.execute(
                 "INSERT OR REPLACE INTO trading_states (scope, state, reason, since, automatic)"
                 " VALUES (?, ?, ?, ?, ?)",

@@ -431,3 +431,30 @@ def test_a_repeated_report_of_an_order_is_told_from_memory_without_sql(journal: 
         OrderStatus.SUBMITTING,
         OrderStatus.NEW,
     ]
+
+
+def test_in_a_batch_a_repeat_is_told_from_memory_unless_the_batch_wrote_the_order(
+    journal: Journal,
+) -> None:
+    first, second = make_request(order_link_id="a"), make_request(order_link_id="b")
+    for request in (first, second):
+        journal.record_order(request)
+    new_a = OrderEvent(order_link_id="a", status=OrderStatus.NEW, order_id="o-a")
+    journal.record_order_event(new_a)
+    new_b = OrderEvent(order_link_id="b", status=OrderStatus.NEW, order_id="o-b")
+    statements: list[str] = []
+    journal._db.set_trace_callback(statements.append)
+    results: list[bool] = []
+
+    journal.write_all(
+        [
+            lambda: results.append(journal.record_order_event(new_a)),  # a repeat: no SQL
+            lambda: results.append(journal.record_order_event(new_b)),  # written here
+            lambda: results.append(journal.record_order_event(new_b)),  # so asked of the table
+        ]
+    )
+
+    assert results == [False, True, False]
+    reads = [text for text in statements if text.lstrip().startswith("SELECT status")]
+    assert [read.rstrip().endswith("'b'") for read in reads] == [True, True]
+    assert journal.order("b").status is OrderStatus.NEW  # type: ignore[union-attr]
