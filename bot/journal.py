@@ -381,8 +381,9 @@ class Journal:
         self._writer_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         self._deferred: list[Callable[[], object]] = []  # by `defer`, for the journal's thread
-        # The unfinished orders as committed, kept in memory for readers on the event loop:
-        # the orders a transaction writes are read back once it commits.
+        # The unfinished orders as committed, kept in memory for readers on the event loop
+        # (and for telling a repeated report): a transaction's orders take the state its
+        # writes returned once it commits.
         self._unfinished: dict[str, OrderRecord] = {}
         self._unfinished_lock = threading.Lock()
         # The orders the open transaction wrote: each one's row as its latest write returned
