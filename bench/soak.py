@@ -826,6 +826,8 @@ def evaluate(
     answered_10006 = int(stats.get("answers_by_ret_code", {}).get("10006", 0))
     injected_10006 = int(stats.get("faults_injected", {}).get("rate_limit_10006", 0))
     own_10006 = max(0, answered_10006 - injected_10006)
+    # No fault injects an HTTP 403: each one is the IP limit, which bans every key.
+    ip_bans = int(stats.get("answers_by_http_status", {}).get("403", 0))
     per_key = Counter(str(order.get("note")) for order in venue_orders)
     # The fastest any bot could finish: no sooner than the load is offered, and no sooner
     # than the busiest key's orders fit through its order/create limit.
@@ -894,6 +896,14 @@ def evaluate(
             own_10006 == 0,
             False,
             [f"{answered_10006} answered, {injected_10006} injected"],
+        ),
+        Check(
+            "HTTP 403 (IP limit) answers",
+            ip_bans,
+            "0",
+            ip_bans == 0,
+            True,  # every key stops for at least 10 minutes: an outage
+            ["over Bybit's 600 requests per 5 s: every key banned"] if ip_bans else [],
         ),
         Check(
             "wall time / limits' minimum",

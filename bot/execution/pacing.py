@@ -11,6 +11,11 @@ crashed), which is why a new window sends one request at a time until the first 
 A request counts from the moment its answer arrives: the venue counted it when it arrived,
 which is earlier, so our window is never more optimistic than the venue's, however long the
 request waited for a thread or on the network. Until then it counts as inside the window.
+
+Above every key sits the machine's `IpGate`: Bybit also limits an IP, over all its keys and
+public requests, and a breach bans them all for at least 10 minutes. After restarts and
+venue faults, catch-up reads, look-ups and retries of several keys can bunch together; the
+gate holds them to `IP_REQUESTS_PER_WINDOW` in any 5 s.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Final
 
 __all__ = [
     "BYBIT_LIMITS_PER_S",
+    "IP_REQUESTS_PER_WINDOW",
     "SHARED_IP_GATE",
     "IpGate",
     "PaceTooLong",
@@ -50,6 +56,10 @@ BYBIT_LIMITS_PER_S: Final[Mapping[str, int]] = {
     "/v5/user/query-api": 10,
 }
 _DEFAULT_LIMIT_PER_S: Final = 10
+#: Bybit's IP limit is 600 requests in any 5 s ("do not run at the very edge"): a sixth is
+#: left for other programs on the same address and for requests that bunch on the way.
+IP_REQUESTS_PER_WINDOW: Final = 500
+IP_WINDOW_S: Final = 5.0
 _UNLIMITED: Final = 1_000_000
 _WINDOW_S: Final = 1.0
 #: Added to the window for clock granularity between us and the venue.
@@ -67,16 +77,35 @@ class PaceTooLong(Exception):
 
 @dataclass
 class IpGate:
-    """A pause of every request from this machine: Bybit bans an IP, not a key (HTTP 403)."""
+    """Every request from this machine, whichever key or public path it is for: Bybit limits
+    an IP to 600 requests in any 5 s, and answers the one over with HTTP 403 and a ban of at
+    least 10 minutes (every key stops). At most `limit` in any rolling `window_s`, counted as
+    they leave, and nothing during a ban."""
 
     clock: Callable[[], float] = time.monotonic
+    limit: int = IP_REQUESTS_PER_WINDOW
+    window_s: float = IP_WINDOW_S
     until: float = 0.0
+    _sent: deque[float] = field(default_factory=deque)
 
     def pause(self, seconds: float) -> None:
         self.until = max(self.until, self.clock() + seconds)
 
-    def remaining_s(self) -> float:
-        return max(0.0, self.until - self.clock())
+    def wait_s(self) -> float:
+        """How long before one more request may leave: the ban, or the oldest request in a
+        full window ageing out of it."""
+        now = self.clock()
+        horizon = now - self.window_s - _GUARD_S
+        while self._sent and self._sent[0] < horizon:
+            self._sent.popleft()
+        banned = self.until - now
+        if len(self._sent) < self.limit:
+            return max(0.0, banned)
+        return max(banned, self._sent[0] - horizon)
+
+    def count(self) -> None:
+        """A request leaves now."""
+        self._sent.append(self.clock())
 
 
 #: One process, one IP: every key's pacer shares this gate.
@@ -121,6 +150,7 @@ class RateWindow:
                 if wait <= 0:
                     slot = Slot()
                     self._slots.append(slot)
+                    self.ip_gate.count()
                     return slot
                 await asyncio.sleep(wait)
 
@@ -129,7 +159,7 @@ class RateWindow:
         horizon = now - _WINDOW_S - _GUARD_S
         while self._slots and (done := self._slots[0].done) is not None and done < horizon:
             self._slots.popleft()
-        paused = max(self._blocked_until - now, self.ip_gate.remaining_s())
+        paused = max(self._blocked_until - now, self.ip_gate.wait_s())
         if paused > 0:
             return paused
         if not self.calibrated and any(slot.done is None for slot in self._slots):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -123,3 +124,42 @@ def test_a_new_window_sends_one_request_at_a_time_until_the_venue_answers() -> N
 
     assert blocked > 0
     assert after == 0
+
+
+def test_a_full_ip_window_holds_every_key_and_endpoint_until_its_oldest_request_leaves() -> None:
+    clock = Clock()
+    gate = IpGate(clock=clock, limit=3, window_s=5.0)
+    first, second = Pacer(clock=clock, ip_gate=gate), Pacer(clock=clock, ip_gate=gate)
+
+    async def send_three() -> None:
+        for window in (first.window(""), first.window("/v5/order/create"), second.window("")):
+            (await window.acquire()).finish(clock)
+
+    asyncio.run(send_three())
+
+    # Each key's own windows have room; the machine's address has none.
+    assert 5.0 < second.window("/v5/position/list")._wait_s() <= 5.05
+    clock.now += 5.02
+    assert second.window("/v5/position/list")._wait_s() == 0
+
+
+def test_a_burst_over_many_keys_never_puts_more_than_the_ip_limit_in_any_window() -> None:
+    gate = IpGate(limit=5, window_s=0.2)
+    pacers = [Pacer(ip_gate=gate) for _ in range(4)]
+    granted: list[float] = []
+
+    async def request(pacer: Pacer, path: str) -> None:
+        slot = await pacer.window(path).acquire()
+        granted.append(time.monotonic())
+        slot.finish()
+
+    async def burst() -> None:
+        await asyncio.gather(
+            *(request(pacer, path) for pacer in pacers for path in ("", "/v5/order/realtime") * 2)
+        )
+
+    asyncio.run(burst())
+
+    assert len(granted) == 16
+    busiest = max(sum(1 for t in granted if start <= t < start + 0.2) for start in granted)
+    assert busiest <= 5
