@@ -36,6 +36,7 @@ from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
 from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
+from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
 from bot.execution.reconcile import Reconciler
 from bot.health import Readiness, VenueHealth, body_of
 from bot.journal import Journal, lock_journal
@@ -473,6 +474,9 @@ class Service:
         journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
         resources.callback(journal.close)
         journal.checkpoint_in_background()
+        # The address's request count outlives the process (the journal's lock: one per dir).
+        SHARED_IP_GATE.remember(settings.state_dir / IP_REQUESTS_FILE)
+        resources.callback(SHARED_IP_GATE.forget)
         self.sim_url = self._venue_url(resources)
         credentials = {
             key_name: self._resolver.credentials(key_name)

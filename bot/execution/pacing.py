@@ -21,14 +21,19 @@ gate holds them to `IP_REQUESTS_PER_WINDOW` in any 5 s.
 from __future__ import annotations
 
 import asyncio
+import mmap
+import os
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 __all__ = [
     "BYBIT_LIMITS_PER_S",
+    "IP_REQUESTS_FILE",
     "IP_REQUESTS_PER_WINDOW",
     "SHARED_IP_GATE",
     "IpGate",
@@ -56,10 +61,15 @@ BYBIT_LIMITS_PER_S: Final[Mapping[str, int]] = {
     "/v5/user/query-api": 10,
 }
 _DEFAULT_LIMIT_PER_S: Final = 10
-#: Bybit's IP limit is 600 requests in any 5 s ("do not run at the very edge"): a sixth is
-#: left for other programs on the same address and for requests that bunch on the way.
-IP_REQUESTS_PER_WINDOW: Final = 500
+#: Bybit's IP limit is 600 requests in any 5 s ("do not run at the very edge"): 50 are left
+#: for requests that bunch on the way and for a look by `bot keys check` meanwhile.
+IP_REQUESTS_PER_WINDOW: Final = 550
 IP_WINDOW_S: Final = 5.0
+#: `IpGate.remember`'s file in the state directory, and its size: more slots than a full
+#: window holds, one time each.
+IP_REQUESTS_FILE: Final = "ip_requests.bin"
+_RING_SLOTS: Final = 1024
+_RING_SLOT: Final = struct.Struct("<d")
 _UNLIMITED: Final = 1_000_000
 _WINDOW_S: Final = 1.0
 #: Added to the window for clock granularity between us and the venue.
@@ -87,6 +97,33 @@ class IpGate:
     window_s: float = IP_WINDOW_S
     until: float = 0.0
     _sent: deque[float] = field(default_factory=deque)
+    #: the send times in a file as well (`remember`), and the slot the next one takes
+    _ring: mmap.mmap | None = None
+    _next: int = 0
+
+    def remember(self, path: Path) -> None:
+        """Keep the send times in `path` too, and count those of an earlier run that are
+        still inside the window: Bybit counts the address, not the process, and a bot killed
+        and started again at once would otherwise begin with an empty window over a full
+        one. The file is a ring of wall-clock times mapped into memory, so a kill -9 loses
+        none of them. One process per file (the journal's lock sees to it for a state dir)."""
+        self.forget()
+        size = _RING_SLOTS * _RING_SLOT.size
+        with path.open("a+b") as file:  # created if missing, never emptied
+            if file.seek(0, os.SEEK_END) != size:
+                file.truncate(size)
+            ring = mmap.mmap(file.fileno(), size)
+        times = [when for (when,) in _RING_SLOT.iter_unpack(ring)]
+        wall, now = time.time(), self.clock()
+        recent = [now - (wall - when) for when in times if wall - self.window_s <= when <= wall]
+        self._sent = deque(sorted([*self._sent, *recent]))
+        self._ring, self._next = ring, (times.index(max(times)) + 1) % _RING_SLOTS
+
+    def forget(self) -> None:
+        """Stop keeping the send times in a file."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
 
     def pause(self, seconds: float) -> None:
         self.until = max(self.until, self.clock() + seconds)
@@ -106,6 +143,9 @@ class IpGate:
     def count(self) -> None:
         """A request leaves now."""
         self._sent.append(self.clock())
+        if self._ring is not None:
+            _RING_SLOT.pack_into(self._ring, self._next * _RING_SLOT.size, time.time())
+            self._next = (self._next + 1) % _RING_SLOTS
 
 
 #: One process, one IP: every key's pacer shares this gate.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +165,33 @@ def test_a_burst_over_many_keys_never_puts_more_than_the_ip_limit_in_any_window(
     assert len(granted) == 16
     busiest = max(sum(1 for t in granted if start <= t < start + 0.2) for start in granted)
     assert busiest <= 5
+
+
+def test_a_restarted_process_counts_what_the_killed_one_sent_within_the_window(
+    tmp_path: Path,
+) -> None:
+    ring = tmp_path / "ip_requests.bin"
+    killed = IpGate(limit=3)
+    killed.remember(ring)
+    for _ in range(3):
+        killed.count()
+    # kill -9: nothing is closed or flushed; the mapped file still holds the times.
+
+    restarted = IpGate(limit=3)
+    restarted.remember(ring)
+
+    assert restarted.wait_s() > 4.9  # the window is full until those three age out
+    fresh = IpGate(limit=3)
+    fresh.remember(tmp_path / "another.bin")
+    assert fresh.wait_s() == 0
+
+
+def test_requests_older_than_the_window_are_not_counted_again(tmp_path: Path) -> None:
+    ring = tmp_path / "ip_requests.bin"
+    ring.write_bytes(struct.pack("<3d", *(time.time() - 6.0 for _ in range(3))))
+
+    restarted = IpGate(limit=3)
+    restarted.remember(ring)
+
+    assert restarted.wait_s() == 0
+    assert ring.stat().st_size == 1024 * 8  # grown to its ring, never emptied
