@@ -423,9 +423,10 @@ def test_a_repeated_report_of_an_order_is_told_from_memory_without_sql(journal: 
 
     assert journal.record_order_event(new) is False  # the stream's word after the answer's
     assert statements == []
-    # A send attempt is never a repeat: each one is counted.
+    # A Submitting event is never told from memory (each one counts an attempt): it goes to
+    # the table, which refuses this one (New cannot go back).
     submitting = OrderEvent(order_link_id=link, status=OrderStatus.SUBMITTING)
-    assert journal.record_order_event(submitting) is False  # refused: New cannot go back
+    assert journal.record_order_event(submitting) is False
     assert statements != []
     assert [event.status for event in journal.order_events(link)] == [
         OrderStatus.SUBMITTING,
