@@ -522,8 +522,13 @@ class Account:
 
     def live(self, key_name: str) -> bool:
         """Whether the key's account stream is connected (else REST keeps the books)."""
+        return self.live_connection(key_name) is not None
+
+    def live_connection(self, key_name: str) -> int | None:
+        """The number of the key's account stream connection while it is live, None while it
+        is down: the same number at two moments means the stream stayed up in between."""
         stream = self.streams.get(key_name)
-        return stream is not None and stream.live
+        return stream.connects if stream is not None and stream.live else None
 
     async def open_books(self, key_name: str, strategy: str) -> list[StrategyBook]:
         """The strategy's own open positions; with the stream down, fills are fetched by REST

@@ -866,16 +866,22 @@ class Journal:
             (*_NON_TERMINAL, key_name),
         )
 
-    def open_orders_of(self, key_name: str, strategy: str, symbol: str) -> list[OrderRecord]:
-        """A strategy's unfinished orders in one symbol on one key, oldest first, as
-        committed. From memory: safe to call from the event loop (no thread hop, no I/O)."""
+    def committed_unfinished(self, key_name: str | None = None) -> list[OrderRecord]:
+        """`unfinished_orders` as committed, from memory: safe to call from the event loop
+        (no thread hop, no I/O). Oldest first: in the order they were first committed."""
         with self._unfinished_lock:
             records = list(self._unfinished.values())
+        if key_name is None:
+            return records
+        return [record for record in records if record.request.key_name == key_name]
+
+    def open_orders_of(self, key_name: str, strategy: str, symbol: str) -> list[OrderRecord]:
+        """A strategy's unfinished orders in one symbol on one key, oldest first, as
+        committed; from memory, as `committed_unfinished`."""
         return [
             record
-            for record in records
-            if (record.request.key_name, record.request.strategy, record.request.symbol)
-            == (key_name, strategy, symbol)
+            for record in self.committed_unfinished(key_name)
+            if (record.request.strategy, record.request.symbol) == (strategy, symbol)
         ]
 
     def _publish_unfinished(self) -> None:

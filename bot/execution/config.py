@@ -60,7 +60,15 @@ class ExecutionConfig(BaseModel):
         5.0,
         gt=0,
         le=300,
-        description="how often the venue is asked for stop-loss / take-profit exits it executed",
+        description="how often the venue is asked for stop-loss / take-profit exits it executed "
+        "and for its closed PnL, after the key's account stream was down",
+    )
+    exit_scan_live_interval_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="the same while the key's account stream has stayed up since the last "
+        "scan (it reports exits itself); never more often than exit_scan_interval_s",
     )
     reconcile_batch: int = Field(
         50, ge=1, le=1000, description="orders looked up per key per reconciliation pass"

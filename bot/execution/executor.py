@@ -250,7 +250,7 @@ class Executor:
         through the backlog; None for all).
         """
         batch = self._config.reconcile_batch if limit == -1 else limit
-        records = await self._journal.call(self._journal.unfinished_orders, key_name)
+        records = self._journal.committed_unfinished(key_name)
         by_key: dict[str, list[OrderRecord]] = {}
         for record in records:
             key = record.request.key_name

@@ -393,6 +393,25 @@ def test_committed_orders_are_published_as_their_writes_returned_them(journal: J
     assert published.signal_ts is not None
 
 
+def test_the_unfinished_orders_in_memory_are_the_tables_per_key_oldest_first(
+    journal: Journal,
+) -> None:
+    requests = [
+        make_request(order_link_id="a-0", key_name="k1"),
+        make_request(order_link_id="b-0", key_name="k2"),
+        make_request(order_link_id="c-0", key_name="k1"),
+        make_request(order_link_id="d-0", key_name="k1"),
+    ]
+    for request in requests:
+        journal.record_order(request)
+    journal.record_order_event(OrderEvent(order_link_id="c-0", status=OrderStatus.FILLED))
+    journal.record_order_event(OrderEvent(order_link_id="a-0", status=OrderStatus.NEW))
+
+    for key in ("k1", "k2", None):
+        assert journal.committed_unfinished(key) == journal.unfinished_orders(key)
+    assert [r.request.order_link_id for r in journal.committed_unfinished("k1")] == ["a-0", "d-0"]
+
+
 def test_an_order_written_in_a_rolled_back_transaction_is_never_published(
     journal: Journal,
 ) -> None:
