@@ -776,30 +776,43 @@ class Journal:
         Submitting event counts one more send attempt. With `missing_ok`, an event for an
         order the journal does not hold (not ours) is ignored rather than an error.
 
-        The venue's answer and the account stream both report a new order: whichever comes
-        second says nothing new. That is told from the in-memory unfinished orders, without a
-        statement: they are exactly what is committed, and so what the table holds for every
-        order the open transaction (if any) has not written yet.
+        The order's current state is read from the in-memory unfinished orders, without a
+        statement, when they hold it: they are exactly what is committed, and so what the table
+        holds for every order the open transaction (if any) has not written yet. So the venue's
+        answer and the account stream, which both report a new order, cost whichever comes
+        second nothing at all.
         """
         with self._lock:
+            committed: tuple[OrderStatus, Decimal] | None = None
             if event.order_link_id not in self._written_orders:  # else the open transaction's
                 with self._unfinished_lock:
                     known = self._unfinished.get(event.order_link_id)
-                if known is not None and _nothing_new(known.status, known.filled_qty, event):
-                    return False
-            return self._apply_order_event(event, missing_ok=missing_ok)
+                if known is not None:
+                    if _nothing_new(known.status, known.filled_qty, event):
+                        return False
+                    committed = (known.status, known.filled_qty)
+            return self._apply_order_event(event, committed, missing_ok=missing_ok)
 
-    def _apply_order_event(self, event: OrderEvent, *, missing_ok: bool) -> bool:
+    def _apply_order_event(
+        self,
+        event: OrderEvent,
+        committed: tuple[OrderStatus, Decimal] | None,
+        *,
+        missing_ok: bool,
+    ) -> bool:
+        """`committed`: the order's (status, filled qty) as the table holds it, if known."""
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT status, filled_qty FROM orders WHERE order_link_id = ?",
-                (event.order_link_id,),
-            ).fetchone()
-            if row is None:
-                if missing_ok:
-                    return False
-                raise JournalError(f"no journaled order {event.order_link_id}")
-            current, filled = OrderStatus(row[0]), Decimal(row[1])
+            if committed is None:
+                row = db.execute(
+                    "SELECT status, filled_qty FROM orders WHERE order_link_id = ?",
+                    (event.order_link_id,),
+                ).fetchone()
+                if row is None:
+                    if missing_ok:
+                        return False
+                    raise JournalError(f"no journaled order {event.order_link_id}")
+                committed = (OrderStatus(row[0]), Decimal(row[1]))
+            current, filled = committed
             if _nothing_new(current, filled, event):
                 return False
             try:
