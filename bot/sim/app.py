@@ -3,10 +3,12 @@
 Every /v5 request goes through the same gateway, in this order: the per-IP limit (HTTP 403,
 then a ban of `ip_ban_ms`), a possible burst of clock skew, injected delay and HTTP 5xx,
 authentication (private routes), the per-UID per-endpoint rate limit with Bybit's
-X-Bapi-Limit* headers (10006), injected 10006 and 10016, parameter parsing (10001), the
-exchange itself, and finally, for order writes (create, amend, cancel, cancel-all), the
-faults that strike after the change is made: a dropped answer (create only), 10016 or HTTP 503.
-Business errors are HTTP 200 with Bybit's envelope; nothing a client sends yields HTTP 500.
+X-Bapi-Limit* headers (10006; a batch counts each of its orders, and those past the limit fail
+10006 on their own), injected 10006 and 10016, parameter parsing (10001), the exchange itself,
+and finally, for order writes (create, amend, cancel, cancel-all and the batches), the faults
+that strike after the change is made: a dropped answer (create and create-batch), 10016 or
+HTTP 503. Business errors are HTTP 200 with Bybit's envelope; nothing a client sends yields
+HTTP 500.
 
 Admin routes (unauthenticated, loopback clients only, errors as HTTP 4xx `{"error": ...}`):
 
@@ -49,23 +51,35 @@ from starlette.types import Receive, Scope, Send
 from bot.sim.auth import authenticate
 from bot.sim.config import SimAccountSpec, SimFaults
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
-from bot.sim.exchange import SimExchange
+from bot.sim.exchange import BatchAnswer, SimExchange
 from bot.sim.params import (
+    BATCH_MAX_ORDERS,
     AmendOrderParams,
+    BatchCancelParams,
+    BatchPlaceParams,
     CancelAllParams,
     CancelOrderParams,
     ClosedPnlParams,
     CoinInfoParams,
     ExecutionQueryParams,
+    FeeRateParams,
+    FundingHistoryParams,
     KlineParams,
     MarketParams,
+    MarkKlineParams,
     NoParams,
+    OpenInterestParams,
     OrderbookParams,
     OrderQueryParams,
     PlaceOrderParams,
     PositionQueryParams,
+    RecentTradeParams,
     SetLeverageParams,
+    SetMarginModeParams,
+    SwitchModeParams,
+    SystemStatusParams,
     TradingStopParams,
+    TransactionLogParams,
     WalletBalanceParams,
     params_error_message,
 )
@@ -78,10 +92,16 @@ P = TypeVar("P", bound=BaseModel)
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 ORDER_CREATE_PATH = "/v5/order/create"
+ORDER_CREATE_BATCH_PATH = "/v5/order/create-batch"
+#: Requests that create orders: an answer may be dropped after they took effect.
+ORDER_CREATE_PATHS = frozenset({ORDER_CREATE_PATH, ORDER_CREATE_BATCH_PATH})
 #: Requests that change orders: the accept-then-error faults strike after they took effect.
-ORDER_WRITE_PATHS = frozenset(
-    {ORDER_CREATE_PATH, "/v5/order/amend", "/v5/order/cancel", "/v5/order/cancel-all"}
-)
+ORDER_WRITE_PATHS = ORDER_CREATE_PATHS | {
+    "/v5/order/amend",
+    "/v5/order/cancel",
+    "/v5/order/cancel-all",
+    "/v5/order/cancel-batch",
+}
 _JSON = "application/json"
 _MAX_BODY_BYTES = 64 * 1024
 _UVICORN_ERROR_LOGGER = "uvicorn.error"
@@ -170,6 +190,19 @@ def _query(raw: bytes) -> dict[str, Any]:
     return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
 
 
+def _batch_size(body: bytes) -> int:
+    """How many orders a batch body holds, which is what its rate limit counts (Bybit:
+    "Number of consumption = number of requests * number of orders"); a body that is not a
+    valid batch counts as one request."""
+    try:
+        items = _json_object(body).get("request")
+    except ValueError:
+        return 1
+    if isinstance(items, list) and 1 <= len(items) <= BATCH_MAX_ORDERS:
+        return len(items)
+    return 1
+
+
 def _limit_headers(limit: int, remaining: int, reset_ms: int) -> dict[str, str]:
     return {
         "X-Bapi-Limit": str(limit),
@@ -217,6 +250,23 @@ class _Gateway:
     def private(self, handler: Callable[[str, P], dict[str, Any]], model: type[P]) -> Endpoint:
         """A signed endpoint; GET reads the query string, POST the JSON body."""
 
+        def run(api_key: str, params: P, granted: int) -> tuple[dict[str, Any], None]:
+            return handler(api_key, params), None
+
+        return self._signed(run, model, None)
+
+    def batch(self, handler: Callable[[str, P, int], BatchAnswer], model: type[P]) -> Endpoint:
+        """A signed batch endpoint: its rate limit counts each order, and the handler is told
+        how many fit (the rest fail 10006 in retExtInfo); a request with no room left at all is
+        refused 10006 as a whole."""
+        return self._signed(handler, model, _batch_size)
+
+    def _signed(
+        self,
+        run: Callable[[str, P, int], tuple[dict[str, Any], dict[str, Any] | None]],
+        model: type[P],
+        cost: Callable[[bytes], int] | None,
+    ) -> Endpoint:
         async def endpoint(request: Request) -> Response:
             path: str = request.scope["path"]
             refused = self._refuse_ip(request, path) or await self._delay_or_fail(path)
@@ -238,8 +288,9 @@ class _Gateway:
                 return self._envelope(path, exc.ret_code, exc.ret_msg)
             self._exchange.record_signed(api_key, path)
 
-            headers, allowed, refusal = self._limit(api_key, path)
-            if not allowed or self._exchange.inject("rate_limit_10006"):
+            count = cost(body) if cost is not None and request.method == "POST" else 1
+            headers, granted, refusal = self._limit(api_key, path, count)
+            if granted == 0 or self._exchange.inject("rate_limit_10006"):
                 # An injected refusal reports an exhausted window, with a reset in the future
                 # as a real one does (pybit sleeps until it and fails on a time in the past).
                 return self._envelope(
@@ -250,17 +301,19 @@ class _Gateway:
 
             try:
                 data = _body_params(body) if request.method == "POST" else _query(body)
-                result = handler(api_key, _parse(model, data))
+                result, ext_info = run(api_key, _parse(model, data), granted)
             except SimError as exc:
                 return self._envelope(path, exc.ret_code, exc.ret_msg, None, headers)
 
             if path in ORDER_WRITE_PATHS:
-                if path == ORDER_CREATE_PATH and self._exchange.inject(
+                if path in ORDER_CREATE_PATHS and self._exchange.inject(
                     "drop_response_after_accept"
                 ):
                     self._exchange.record(path, None, None)
                     return _TruncatedResponse(
-                        self._body(RetCode.OK, "OK", result), media_type=_JSON, headers=headers
+                        self._body(RetCode.OK, "OK", result, ext_info),
+                        media_type=_JSON,
+                        headers=headers,
                     )
                 if self._exchange.inject("accept_then_10016"):
                     return self._envelope(
@@ -268,13 +321,15 @@ class _Gateway:
                     )
                 if self._exchange.inject("accept_then_5xx"):
                     return self._unavailable(path)
-            return self._envelope(path, RetCode.OK, "OK", result, headers)
+            return self._envelope(path, RetCode.OK, "OK", result, headers, ext_info)
 
         return endpoint
 
-    def _limit(self, api_key: str, path: str) -> tuple[dict[str, str], bool, dict[str, str]]:
-        """Count the request against its UID's limit for the path: Bybit's headers, the
-        verdict, and the headers a refusal would carry.
+    def _limit(
+        self, api_key: str, path: str, count: int
+    ) -> tuple[dict[str, str], int, dict[str, str]]:
+        """Count `count` requests (a batch's orders) against the UID's limit for the path:
+        Bybit's headers, how many fit, and the headers a refusal would carry.
 
         Windows are kept on the unskewed clock (a burst of skew must not leave hits in the
         future); the reset timestamp is reported on the exchange's (possibly skewed) clock.
@@ -285,13 +340,14 @@ class _Gateway:
             self._uid_limiters[path] = limiter
         wall = time.time_ns() // 1_000_000
         now = self._exchange.now_ms()
-        decision = limiter.hit(self._exchange.user_id(api_key), wall)
+        decision = limiter.hit(self._exchange.user_id(api_key), wall, count)
         # When refused: the moment the oldest counted request leaves the window.
         reset = decision.window_reset_ms + (now - wall)
         refused = _limit_headers(decision.limit, 0, reset)
         if decision.allowed:
-            return _limit_headers(decision.limit, decision.remaining, now), True, refused
-        return refused, False, refused
+            headers = _limit_headers(decision.limit, decision.remaining, now)
+            return headers, decision.granted, refused
+        return refused, decision.granted, refused
 
     def _refuse_ip(self, request: Request, path: str) -> Response | None:
         """HTTP 403 once a client IP exceeds its limit, and for ip_ban_ms after; else None."""
@@ -322,13 +378,19 @@ class _Gateway:
             return self._unavailable(path)
         return None
 
-    def _body(self, ret_code: RetCode, ret_msg: str, result: dict[str, Any] | None) -> bytes:
+    def _body(
+        self,
+        ret_code: RetCode,
+        ret_msg: str,
+        result: dict[str, Any] | None,
+        ext_info: dict[str, Any] | None = None,
+    ) -> bytes:
         return _dumps(
             {
                 "retCode": int(ret_code),
                 "retMsg": ret_msg,
                 "result": result if result is not None else {},
-                "retExtInfo": {},
+                "retExtInfo": ext_info if ext_info is not None else {},
                 "time": self._exchange.now_ms(),
             }
         )
@@ -340,9 +402,12 @@ class _Gateway:
         ret_msg: str,
         result: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        ext_info: dict[str, Any] | None = None,
     ) -> Response:
         self._exchange.record(path, 200, int(ret_code))
-        return Response(self._body(ret_code, ret_msg, result), media_type=_JSON, headers=headers)
+        return Response(
+            self._body(ret_code, ret_msg, result, ext_info), media_type=_JSON, headers=headers
+        )
 
 
 def _loopback_only(request: Request) -> Response | None:
@@ -462,6 +527,17 @@ def create_app(exchange: SimExchange) -> Starlette:
         ("/v5/market/tickers", gateway.public(exchange.tickers, MarketParams)),
         ("/v5/market/orderbook", gateway.public(exchange.orderbook, OrderbookParams)),
         ("/v5/market/kline", gateway.public(exchange.kline, KlineParams)),
+        (
+            "/v5/market/mark-price-kline",
+            gateway.public(exchange.mark_price_kline, MarkKlineParams),
+        ),
+        ("/v5/market/recent-trade", gateway.public(exchange.recent_trades, RecentTradeParams)),
+        ("/v5/market/open-interest", gateway.public(exchange.open_interest, OpenInterestParams)),
+        (
+            "/v5/market/funding/history",
+            gateway.public(exchange.funding_history, FundingHistoryParams),
+        ),
+        ("/v5/system/status", gateway.public(exchange.system_status, SystemStatusParams)),
     ]
     private_get: list[tuple[str, Endpoint]] = [
         ("/v5/order/realtime", gateway.private(exchange.open_orders, OrderQueryParams)),
@@ -474,6 +550,11 @@ def create_app(exchange: SimExchange) -> Starlette:
             gateway.private(exchange.wallet_balance, WalletBalanceParams),
         ),
         ("/v5/account/info", gateway.private(exchange.account_info, NoParams)),
+        ("/v5/account/fee-rate", gateway.private(exchange.fee_rate, FeeRateParams)),
+        (
+            "/v5/account/transaction-log",
+            gateway.private(exchange.transaction_log, TransactionLogParams),
+        ),
         ("/v5/asset/coin/query-info", gateway.private(exchange.coin_info, CoinInfoParams)),
         ("/v5/user/query-api", gateway.private(exchange.api_key_info, NoParams)),
     ]
@@ -482,6 +563,8 @@ def create_app(exchange: SimExchange) -> Starlette:
         ("/v5/order/amend", gateway.private(exchange.amend_order, AmendOrderParams)),
         ("/v5/order/cancel", gateway.private(exchange.cancel_order, CancelOrderParams)),
         ("/v5/order/cancel-all", gateway.private(exchange.cancel_all, CancelAllParams)),
+        (ORDER_CREATE_BATCH_PATH, gateway.batch(exchange.place_batch, BatchPlaceParams)),
+        ("/v5/order/cancel-batch", gateway.batch(exchange.cancel_batch, BatchCancelParams)),
         (
             "/v5/position/set-leverage",
             gateway.private(exchange.set_leverage, SetLeverageParams),
@@ -489,6 +572,14 @@ def create_app(exchange: SimExchange) -> Starlette:
         (
             "/v5/position/trading-stop",
             gateway.private(exchange.set_trading_stop, TradingStopParams),
+        ),
+        (
+            "/v5/position/switch-mode",
+            gateway.private(exchange.switch_position_mode, SwitchModeParams),
+        ),
+        (
+            "/v5/account/set-margin-mode",
+            gateway.private(exchange.set_margin_mode, SetMarginModeParams),
         ),
     ]
     routes: list[BaseRoute] = [

@@ -33,11 +33,15 @@ __all__ = [
 #: unified account, from https://bybit-exchange.github.io/docs/v5/rate-limit ("API Rate Limit
 #: Table": Trade, Position, Account, Asset, User). Private paths not listed here get
 #: `SimulatorConfig.other_private_per_s`.
+#: The batch endpoints count every order of a request (Bybit: "Number of consumption = number
+#: of requests * number of orders included in a single request").
 DEFAULT_RATE_LIMITS_PER_S: dict[str, int] = {
     "/v5/order/create": 10,
     "/v5/order/amend": 10,
     "/v5/order/cancel": 10,
     "/v5/order/cancel-all": 10,
+    "/v5/order/create-batch": 10,
+    "/v5/order/cancel-batch": 10,
     "/v5/order/realtime": 50,
     "/v5/order/history": 50,
     "/v5/execution/list": 50,
@@ -45,8 +49,12 @@ DEFAULT_RATE_LIMITS_PER_S: dict[str, int] = {
     "/v5/position/closed-pnl": 50,
     "/v5/position/set-leverage": 10,
     "/v5/position/trading-stop": 10,
+    "/v5/position/switch-mode": 10,
     "/v5/account/wallet-balance": 50,
     "/v5/account/info": 50,
+    "/v5/account/fee-rate": 5,
+    "/v5/account/transaction-log": 25,
+    "/v5/account/set-margin-mode": 5,
     "/v5/asset/coin/query-info": 5,
     "/v5/user/query-api": 10,
 }
@@ -151,8 +159,8 @@ class SimFaults(BaseModel):
 
     drop_response_after_accept: Probability = Field(
         default=0.0,
-        description="Chance that an accepted order's answer is cut off mid-body: the order "
-        "exists, the client gets a connection error (never a success).",
+        description="Chance that an accepted order's answer (create, create-batch) is cut off "
+        "mid-body: the order exists, the client gets a connection error (never a success).",
     )
     delay: Probability = Field(
         default=0.0, description="Chance that a /v5 request is held for delay_ms before work."
@@ -183,9 +191,9 @@ class SimFaults(BaseModel):
     )
     accept_then_10016: Probability = Field(
         default=0.0,
-        description="Chance that an order write (create, amend, cancel, cancel-all) is "
-        "executed and then answered 10016 'Server error.': the change happened, the client "
-        "is told it may not have.",
+        description="Chance that an order write (create, amend, cancel, cancel-all, "
+        "create-batch, cancel-batch) is executed and then answered 10016 'Server error.': the "
+        "change happened, the client is told it may not have.",
     )
     accept_then_5xx: Probability = Field(
         default=0.0,
@@ -331,9 +339,10 @@ class SimAccountSpec(SimKeyProfile):
     )
     hedge_mode: bool = Field(
         default=False,
-        description="Hedge (two-way) position mode: /v5/position/list shows positionIdx 1 (Buy "
-        "side) and 2 (Sell side) per symbol, and orders with positionIdx 0 are refused 10001. "
-        "Only detection is simulated: hedge-mode orders are refused too.",
+        description="Hedge (two-way) position mode at start: /v5/position/list shows "
+        "positionIdx 1 (Buy side) and 2 (Sell side) per symbol, and orders with positionIdx 0 "
+        "are refused 10001. Only detection is simulated: hedge-mode orders are refused too, "
+        "and /v5/position/switch-mode can switch symbols to one-way mode (not back).",
     )
 
 

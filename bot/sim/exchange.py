@@ -11,40 +11,55 @@ price reaches them. Prices move by admin request or by seeded random walks. All 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from bot import clock
 from bot.sim.config import InstrumentSpec, PriceWalk, SimAccountSpec, SimFaults, SimulatorConfig
 from bot.sim.engine import Scheduler
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
 from bot.sim.params import (
+    OPEN_INTEREST_INTERVALS_MS,
     AmendOrderParams,
+    BatchCancelParams,
+    BatchPlaceParams,
     CancelAllParams,
     CancelOrderParams,
     ClosedPnlParams,
     CoinInfoParams,
     ExecutionQueryParams,
+    FeeRateParams,
+    FundingHistoryParams,
     KlineParams,
     MarketParams,
+    MarkKlineParams,
     NoParams,
+    OpenInterestParams,
     OrderbookParams,
     OrderQueryParams,
     PlaceOrderParams,
     PositionQueryParams,
+    RecentTradeParams,
     SetLeverageParams,
+    SetMarginModeParams,
+    SwitchModeParams,
+    SystemStatusParams,
     TradingStopParams,
+    TransactionLogParams,
     WalletBalanceParams,
+    params_error_message,
 )
 from bot.sim.records import (
     MAINTENANCE_MARGIN_RATE,
@@ -58,35 +73,55 @@ from bot.sim.records import (
     PositionRecord,
 )
 from bot.sim.views import (
+    LAUNCH_TIME_MS,
     MAX_PRICE_TICKS,
     account_info_view,
     api_key_view,
+    batch_cancel_row,
+    batch_place_row,
     closed_pnl_view,
     coin_info_view,
     execution_stream_view,
     execution_view,
+    fee_rate_view,
     fmt,
+    funding_rate_view,
     instrument_view,
     kline_rows,
+    mark_kline_rows,
+    open_interest_view,
     order_stream_view,
     order_view,
     orderbook_view,
     position_stream_view,
     position_view,
+    public_trade_view,
     ticker_stream_view,
     ticker_view,
     to_tick,
+    transaction_log_view,
     wallet_stream_view,
     wallet_view,
 )
 
-__all__ = ["FaultName", "SimExchange", "StreamSink"]
+__all__ = ["BatchAnswer", "FaultName", "SimExchange", "StreamSink"]
+
+#: A batch endpoint's answer: its `result` and its `retExtInfo` (one code per item).
+BatchAnswer = tuple[dict[str, Any], dict[str, Any]]
+M = TypeVar("M", bound=BaseModel)
 
 #: How many closed orders `/v5/order/realtime?openOnly=1` keeps per account, as Bybit does.
 _CLOSED_ORDERS_IN_REALTIME = 500
+#: Fills kept per symbol for `/v5/market/recent-trade` (its largest limit).
+_PUBLIC_TRADES_KEPT = 1000
+#: `/v5/market/recent-trade` limits: spot [1, 60] default 60, the rest [1, 1000] default 500.
+_SPOT_TRADES_MAX = 60
+_TRADES_DEFAULT = 500
 _FUNDING_INTERVAL_MS = 8 * 3_600_000
 #: Bybit answers executions and closed PnL for at most 7 days per request.
 _QUERY_WINDOW_MS = 7 * 86_400_000
+#: The transaction log's span when a bound is missing: 24 hours.
+_LOG_SPAN_MS = 86_400_000
 _BPS = Decimal(10_000)
 _MINUTE_MS = 60_000
 _WEEK_MS = 7 * 86_400_000
@@ -94,28 +129,63 @@ _WEEK_MS = 7 * 86_400_000
 _FIRST_MONDAY_MS = 4 * 86_400_000
 
 
+def _cursor_offset(cursor: str | None) -> int:
+    """The offset behind Bybit's opaque cursor (one this server issued)."""
+    if not cursor:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 12):
+        raise SimError(RetCode.PARAMS_ERROR, "params error: cursor is not one this server issued")
+    return int(cursor)
+
+
 def _page(items: list[Any], limit: int, cursor: str | None) -> tuple[list[Any], str]:
     """Offset pagination behind Bybit's opaque cursor."""
-    start = 0
-    if cursor:
-        if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 12):
-            raise SimError(
-                RetCode.PARAMS_ERROR, "params error: cursor is not one this server issued"
-            )
-        start = int(cursor)
+    start = _cursor_offset(cursor)
     end = start + limit
     return items[start:end], (str(end) if end < len(items) else "")
 
 
-def _time_window(start: int | None, end: int | None, now: int) -> tuple[int, int]:
-    """Bybit's 7-day query window: both bounds optional, at most 7 days apart."""
+def _history_bounds(start: int | None, end: int | None, now: int) -> tuple[int, int]:
+    """The span a market-history request covers: from startTime (or the listing) to endTime
+    (or now), never before the listing nor after now."""
+    if start is not None and end is not None and end < start:
+        raise SimError(RetCode.PARAMS_ERROR, "params error: endTime must not be before startTime")
+    first = LAUNCH_TIME_MS if start is None else max(start, LAUNCH_TIME_MS)
+    last = now if end is None else min(end, now)
+    return first, last
+
+
+def _item(model: type[M], item: dict[str, Any], category: str) -> M:
+    """One batch item as the single endpoint's parameters (the batch's category applies)."""
+    try:
+        return model.model_validate({**item, "category": category})
+    except ValidationError as exc:
+        raise SimError(RetCode.PARAMS_ERROR, params_error_message(exc)) from exc
+
+
+def _echo(item: dict[str, Any], name: str) -> str:
+    """A batch item's field as sent, for the row of an item that failed ("" if not text)."""
+    value = item.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def _outcome(ret_code: RetCode, ret_msg: str) -> dict[str, Any]:
+    """One item's entry in a batch answer's `retExtInfo.list`."""
+    return {"code": int(ret_code), "msg": ret_msg}
+
+
+def _time_window(
+    start: int | None, end: int | None, now: int, span_ms: int = _QUERY_WINDOW_MS
+) -> tuple[int, int]:
+    """Bybit's query window: both bounds optional (a missing one is `span_ms` from the other,
+    or from now), at most 7 days apart."""
     if start is None and end is None:
-        return now - _QUERY_WINDOW_MS, now
+        return now - span_ms, now
     if start is None:
         assert end is not None
-        return end - _QUERY_WINDOW_MS, end
+        return end - span_ms, end
     if end is None:
-        return start, start + _QUERY_WINDOW_MS
+        return start, start + span_ms
     if end < start or end - start > _QUERY_WINDOW_MS:
         raise SimError(
             RetCode.PARAMS_ERROR,
@@ -224,6 +294,16 @@ class SimExchange:
         self._seq = 0
         self._book_updates = 0
         self._tick_directions: dict[str, str] = {}
+        #: Per symbol: what all accounts hold (one side of the open interest), and its history
+        #: as (times ms, values) after each fill, for `/v5/market/open-interest`.
+        self._open_interest: dict[str, Decimal] = dict.fromkeys(self._config.instruments, ZERO)
+        self._open_interest_history: dict[str, tuple[list[int], list[Decimal]]] = {
+            symbol: ([], []) for symbol in self._config.instruments
+        }
+        #: Per symbol: the latest fills of every account, for `/v5/market/recent-trade`.
+        self._public_trades: dict[str, deque[ExecutionRecord]] = {
+            symbol: deque(maxlen=_PUBLIC_TRADES_KEPT) for symbol in self._config.instruments
+        }
         self._streams: list[StreamSink] = []
         self._requests_by_path: Counter[str] = Counter()
         self._signed: Counter[tuple[str, str]] = Counter()  # (key note, path) -> requests
@@ -304,6 +384,7 @@ class SimExchange:
             self._prices[symbol],
             next_funding,
             *self._quote(symbol),
+            self._open_interest[symbol],
             self._tick_directions.get(symbol, "ZeroPlusTick"),
         )
 
@@ -334,7 +415,7 @@ class SimExchange:
                     account.created_ms,
                     idx,
                 )
-                for idx in ((1, 2) if account.spec.hedge_mode else (0,))
+                for idx in ((1, 2) if symbol in account.hedge_symbols else (0,))
             ]
 
         self._push(account, "position", rows)
@@ -385,6 +466,7 @@ class SimExchange:
                     created_ms=self.now_ms(),
                     wallet_balance=balance,
                     api_keys=[spec.api_key],
+                    hedge_symbols=set(self._config.instruments) if spec.hedge_mode else set(),
                 )
                 self._accounts[spec.api_key] = account
                 self._next_user_id += 1
@@ -600,7 +682,13 @@ class SimExchange:
         next_funding = (self.now_ms() // _FUNDING_INTERVAL_MS + 1) * _FUNDING_INTERVAL_MS
         with self._lock:
             rows = [
-                ticker_view(symbol, self._prices[symbol], next_funding, *self._quote(symbol))
+                ticker_view(
+                    symbol,
+                    self._prices[symbol],
+                    next_funding,
+                    *self._quote(symbol),
+                    self._open_interest[symbol],
+                )
                 for symbol in self._symbols(params.symbol)
             ]
         return {"category": "linear", "list": rows}
@@ -620,14 +708,99 @@ class SimExchange:
         """`GET /v5/market/kline`: synthetic candles, deterministic in time and price."""
         if params.category != "linear":
             return {"category": params.category, "symbol": params.symbol, "list": []}
-        with self._lock:
-            spec = self._instrument(params.symbol)
-            price = self._prices[params.symbol]
-        starts = _candle_starts(
-            params.interval, params.start, params.end, params.limit, self.now_ms()
-        )
-        rows = kline_rows(params.symbol, params.interval, starts, price, spec.tick_size)
+        rows = self._candles(params.symbol, params.interval, params.start, params.end, params.limit)
         return {"category": "linear", "symbol": params.symbol, "list": rows}
+
+    def mark_price_kline(self, params: MarkKlineParams) -> dict[str, Any]:
+        """`GET /v5/market/mark-price-kline`: the kline's candles without volume and turnover
+        (the simulator's mark price is its last price)."""
+        if params.category != "linear":
+            return {"category": params.category, "symbol": params.symbol, "list": []}
+        rows = self._candles(params.symbol, params.interval, params.start, params.end, params.limit)
+        return {"category": "linear", "symbol": params.symbol, "list": mark_kline_rows(rows)}
+
+    def _candles(
+        self, symbol: str, interval: str, start: int | None, end: int | None, limit: int
+    ) -> list[list[str]]:
+        with self._lock:
+            spec = self._instrument(symbol)
+            price = self._prices[symbol]
+        starts = _candle_starts(interval, start, end, limit, self.now_ms())
+        return kline_rows(symbol, interval, starts, price, spec.tick_size)
+
+    def recent_trades(self, params: RecentTradeParams) -> dict[str, Any]:
+        """`GET /v5/market/recent-trade`: the symbol's latest fills, of every account, newest
+        first; other categories list nothing."""
+        if params.symbol is None and params.category != "option":
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                f"params error: symbol is required for category {params.category}",
+            )
+        spot_limit = params.limit if params.category == "spot" else None
+        if spot_limit is not None and spot_limit > _SPOT_TRADES_MAX:
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                f"params error: limit {spot_limit} is outside [1, {_SPOT_TRADES_MAX}] for spot",
+            )
+        if params.category != "linear" or params.symbol is None:
+            return {"category": params.category, "list": []}
+        limit = params.limit if params.limit is not None else _TRADES_DEFAULT
+        with self._lock:
+            self._instrument(params.symbol)
+            latest = itertools.islice(reversed(self._public_trades[params.symbol]), limit)
+            rows = [public_trade_view(execution) for execution in latest]
+        return {"category": "linear", "list": rows}
+
+    def open_interest(self, params: OpenInterestParams) -> dict[str, Any]:
+        """`GET /v5/market/open-interest`: one point per interval, stamped with its start and
+        holding what all accounts held when it closed (or at endTime; the interval still open:
+        now, what tickers report), newest first, from the listing (or startTime) to now (or
+        endTime)."""
+        empty = {"category": params.category, "symbol": params.symbol, "list": []}
+        if params.category != "linear":
+            return {**empty, "nextPageCursor": ""}
+        length = OPEN_INTEREST_INTERVALS_MS[params.interval_time]
+        first, last = _history_bounds(params.start_time, params.end_time, self.now_ms())
+        newest = last // length * length
+        oldest = -(-first // length) * length
+        count = max((newest - oldest) // length + 1, 0)
+        offset = _cursor_offset(params.cursor)
+        end = min(offset + params.limit, count)
+        stamps = [newest - index * length for index in range(offset, end)]
+        with self._lock:
+            self._instrument(params.symbol)
+            times, values = self._open_interest_history[params.symbol]
+            rows = []
+            for stamp in stamps:
+                held = bisect.bisect_right(times, min(stamp + length - 1, last))
+                rows.append(open_interest_view(values[held - 1] if held else ZERO, stamp))
+        return {**empty, "list": rows, "nextPageCursor": str(end) if end < count else ""}
+
+    def funding_history(self, params: FundingHistoryParams) -> dict[str, Any]:
+        """`GET /v5/market/funding/history`: the settlements every 8 h at the rate tickers
+        publish, newest first, up to endTime (or now); a lone startTime is refused."""
+        if params.start_time is not None and params.end_time is None:
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                "params error: startTime needs endTime (Bybit refuses a lone startTime)",
+            )
+        if params.category != "linear":
+            return {"category": params.category, "list": []}
+        with self._lock:
+            self._instrument(params.symbol)
+        first, last = _history_bounds(params.start_time, params.end_time, self.now_ms())
+        newest = last // _FUNDING_INTERVAL_MS * _FUNDING_INTERVAL_MS
+        count = min(max((newest - first) // _FUNDING_INTERVAL_MS + 1, 0), params.limit)
+        rows = [
+            funding_rate_view(params.symbol, newest - index * _FUNDING_INTERVAL_MS)
+            for index in range(count)
+        ]
+        return {"category": "linear", "list": rows}
+
+    def system_status(self, params: SystemStatusParams) -> dict[str, Any]:
+        """`GET /v5/system/status`: the simulator never schedules maintenance, so whatever the
+        filters, nothing is listed."""
+        return {"list": []}
 
     # ----------------------------------------------------------------- trading
 
@@ -639,46 +812,65 @@ class SimExchange:
         only `{orderId, orderLinkId}`; the order trades `market_fill_delay_ms` later.
         """
         with self._lock:
-            account = self._account(api_key)
-            self._require(api_key, "Order")
-            spec = self._instrument(params.symbol)
-            self._check_position_idx(account, params.position_idx)
-            price_now = self._prices[params.symbol]
-            qty = self._order_qty(account, params, spec)
-            limit_price = self._check_order_params(params, qty)
-            if params.order_link_id is not None and params.order_link_id in account.link_ids:
-                raise SimError(RetCode.DUPLICATE_ORDER_LINK_ID, "OrderLinkedID is duplicate")
-            reference = limit_price if limit_price is not None else price_now
-            self._check_tpsl(params, reference)
-            if params.reduce_only:
-                qty = self._reducible_qty(account, params.symbol, params.side, qty)
-            else:
-                self._check_margin(account, params, spec, qty, reference)
-            now = self.now_ms()
-            lag = self._config.query_lag_ms
-            if self._draw("order_visibility_lag"):
-                lag = max(lag, self._faults.order_visibility_lag_ms)
-            order = OrderRecord(
-                order_id=str(uuid.uuid4()),
-                order_link_id=params.order_link_id or "",
-                symbol=params.symbol,
-                side=params.side,
-                order_type=params.order_type,
-                price=limit_price,
-                qty=qty,
-                time_in_force="IOC" if limit_price is None else params.time_in_force or "GTC",
-                reduce_only=params.reduce_only,
-                close_on_trigger=params.close_on_trigger,
-                take_profit=params.take_profit or None,
-                stop_loss=params.stop_loss or None,
-                last_price_on_created=price_now,
-                created_ms=now,
-                updated_ms=now,
-                seq=self._next_seq(),
-                visible_from_ms=self._engine.now_ms() + lag,
-            )
-            self._submit(account, order)
+            order = self._place(api_key, params)
             return {"orderId": order.order_id, "orderLinkId": order.order_link_id}
+
+    def place_batch(self, api_key: str, params: BatchPlaceParams, granted: int) -> BatchAnswer:
+        """`POST /v5/order/create-batch`: each item as `/v5/order/create` would take it, in
+        order; one that fails (or lies beyond the `granted` rate-limit budget: 10006) fails
+        alone. The result lists a row per item, `retExtInfo` a code per item."""
+        with self._lock:
+            self._account(api_key)
+            self._require(api_key, "Order")
+            return self._run_batch(
+                params.request,
+                granted,
+                lambda item: self._place(api_key, _item(PlaceOrderParams, item, params.category)),
+                batch_place_row,
+            )
+
+    def _place(self, api_key: str, params: PlaceOrderParams) -> OrderRecord:
+        """Check and book one new order (lock held); SimError with Bybit's code otherwise."""
+        account = self._account(api_key)
+        self._require(api_key, "Order")
+        spec = self._instrument(params.symbol)
+        self._check_position_idx(account, params.symbol, params.position_idx)
+        price_now = self._prices[params.symbol]
+        qty = self._order_qty(account, params, spec)
+        limit_price = self._check_order_params(params, qty)
+        if params.order_link_id is not None and params.order_link_id in account.link_ids:
+            raise SimError(RetCode.DUPLICATE_ORDER_LINK_ID, "OrderLinkedID is duplicate")
+        reference = limit_price if limit_price is not None else price_now
+        self._check_tpsl(params, reference)
+        if params.reduce_only:
+            qty = self._reducible_qty(account, params.symbol, params.side, qty)
+        else:
+            self._check_margin(account, params, spec, qty, reference)
+        now = self.now_ms()
+        lag = self._config.query_lag_ms
+        if self._draw("order_visibility_lag"):
+            lag = max(lag, self._faults.order_visibility_lag_ms)
+        order = OrderRecord(
+            order_id=str(uuid.uuid4()),
+            order_link_id=params.order_link_id or "",
+            symbol=params.symbol,
+            side=params.side,
+            order_type=params.order_type,
+            price=limit_price,
+            qty=qty,
+            time_in_force="IOC" if limit_price is None else params.time_in_force or "GTC",
+            reduce_only=params.reduce_only,
+            close_on_trigger=params.close_on_trigger,
+            take_profit=params.take_profit or None,
+            stop_loss=params.stop_loss or None,
+            last_price_on_created=price_now,
+            created_ms=now,
+            updated_ms=now,
+            seq=self._next_seq(),
+            visible_from_ms=self._engine.now_ms() + lag,
+        )
+        self._submit(account, order)
+        return order
 
     def amend_order(self, api_key: str, params: AmendOrderParams) -> dict[str, Any]:
         """`POST /v5/order/amend`: change qty, price, takeProfit or stopLoss of an open order.
@@ -743,18 +935,59 @@ class SimExchange:
     def cancel_order(self, api_key: str, params: CancelOrderParams) -> dict[str, Any]:
         """`POST /v5/order/cancel` by orderId (preferred) or orderLinkId."""
         with self._lock:
-            account = self._account(api_key)
-            self._require(api_key, "Order")
-            self._instrument(params.symbol)
-            if params.order_id is None and params.order_link_id is None:
-                raise SimError(
-                    RetCode.PARAMS_ERROR, "params error: orderId or orderLinkId is required"
-                )
-            order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
-            if order is None:
-                raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to cancel")
-            self._close(account, order, cancel_type="CancelByUser")
+            order = self._cancel(api_key, params)
             return {"orderId": order.order_id, "orderLinkId": order.order_link_id}
+
+    def cancel_batch(self, api_key: str, params: BatchCancelParams, granted: int) -> BatchAnswer:
+        """`POST /v5/order/cancel-batch`: each item as `/v5/order/cancel` would take it; one
+        that fails (or lies beyond the `granted` rate-limit budget: 10006) fails alone."""
+        with self._lock:
+            self._account(api_key)
+            self._require(api_key, "Order")
+            return self._run_batch(
+                params.request,
+                granted,
+                lambda item: self._cancel(api_key, _item(CancelOrderParams, item, params.category)),
+                batch_cancel_row,
+            )
+
+    @staticmethod
+    def _run_batch(
+        items: list[dict[str, Any]],
+        granted: int,
+        run: Callable[[dict[str, Any]], OrderRecord],
+        row: Callable[[OrderRecord | None, str, str], dict[str, str]],
+    ) -> BatchAnswer:
+        """Run a batch's items in order (lock held): each succeeds or fails alone, and those
+        past the `granted` rate-limit budget fail 10006. A result row and a retExtInfo code
+        per item, in the items' order."""
+        rows: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            order: OrderRecord | None = None
+            outcome = _outcome(RetCode.TOO_MANY_VISITS, "Too many visits!")
+            if index < granted:
+                try:
+                    order = run(item)
+                    outcome = _outcome(RetCode.OK, "OK")
+                except SimError as exc:
+                    outcome = _outcome(exc.ret_code, exc.ret_msg)
+            rows.append(row(order, _echo(item, "symbol"), _echo(item, "orderLinkId")))
+            outcomes.append(outcome)
+        return {"list": rows}, {"list": outcomes}
+
+    def _cancel(self, api_key: str, params: CancelOrderParams) -> OrderRecord:
+        """Cancel one open order (lock held); SimError with Bybit's code otherwise."""
+        account = self._account(api_key)
+        self._require(api_key, "Order")
+        self._instrument(params.symbol)
+        if params.order_id is None and params.order_link_id is None:
+            raise SimError(RetCode.PARAMS_ERROR, "params error: orderId or orderLinkId is required")
+        order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
+        if order is None:
+            raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to cancel")
+        self._close(account, order, cancel_type="CancelByUser")
+        return order
 
     def cancel_all(self, api_key: str, params: CancelAllParams) -> dict[str, Any]:
         """`POST /v5/order/cancel-all` by symbol, baseCoin or settleCoin."""
@@ -812,6 +1045,63 @@ class SimExchange:
             self._push_wallet(account)
             return {}
 
+    def switch_position_mode(self, api_key: str, params: SwitchModeParams) -> dict[str, Any]:
+        """`POST /v5/position/switch-mode` for a symbol, or (coin) every USDT contract.
+
+        Switching to one-way works (from a `hedge_mode` account's start); switching to hedge
+        mode is refused 110029, as Bybit refuses it for a symbol without hedge mode, because
+        hedge trading is not simulated. Nothing to change is 110025.
+        """
+        with self._lock:
+            account = self._account(api_key)
+            self._require(api_key, "Position")
+            if params.symbol is not None:
+                self._instrument(params.symbol)
+                symbols = [params.symbol]
+            elif params.coin is not None:
+                if params.coin != SETTLE_COIN:
+                    raise SimError(
+                        RetCode.PARAMS_ERROR,
+                        f"params error: coin {params.coin!r}: every simulated linear contract "
+                        f"settles in {SETTLE_COIN}",
+                    )
+                symbols = sorted(self._config.instruments)
+            else:
+                raise SimError(RetCode.PARAMS_ERROR, "params error: symbol or coin is required")
+            hedge = params.mode == 3
+            changing = [symbol for symbol in symbols if (symbol in account.hedge_symbols) != hedge]
+            if not changing:
+                raise SimError(
+                    RetCode.POSITION_MODE_NOT_MODIFIED, "Position mode has not been modified."
+                )
+            if hedge:
+                raise SimError(
+                    RetCode.HEDGE_MODE_NOT_SUPPORTED,
+                    "Hedge mode is not supported for this symbol. The simulator trades in "
+                    "one-way mode only (mode 0).",
+                )
+            # A hedge-mode symbol never holds a position or an order here (its orders are
+            # refused), so Bybit's 110024 / 110028 cannot arise.
+            account.hedge_symbols.difference_update(changing)
+            for symbol in changing:
+                self._push_position(account, symbol)
+            return {}
+
+    def set_margin_mode(self, api_key: str, params: SetMarginModeParams) -> dict[str, Any]:
+        """`POST /v5/account/set-margin-mode`: every simulated account trades in regular
+        (cross) margin, so REGULAR_MARGIN succeeds with no reasons and the others are 10001:
+        none of Bybit's documented failure reasons says "not simulated"."""
+        with self._lock:
+            self._account(api_key)
+            self._require(api_key, "Position")
+        if params.set_margin_mode != "REGULAR_MARGIN":
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                f"params error: setMarginMode {params.set_margin_mode} is not simulated: every "
+                "simulated account trades in REGULAR_MARGIN (cross margin)",
+            )
+        return {"reasons": []}
+
     def set_trading_stop(self, api_key: str, params: TradingStopParams) -> dict[str, Any]:
         """`POST /v5/position/trading-stop` (tpslMode Full): set or cancel ("0") the open
         position's take profit and stop loss, which then close it as an order's would."""
@@ -819,7 +1109,7 @@ class SimExchange:
             account = self._account(api_key)
             self._require(api_key, "Position")
             self._instrument(params.symbol)
-            self._check_position_idx(account, params.position_idx)
+            self._check_position_idx(account, params.symbol, params.position_idx)
             position = account.positions.get(params.symbol)
             if position is None or position.size == 0:
                 raise SimError(RetCode.PARAMS_ERROR, "can not set tp/sl/ts for zero position")
@@ -923,6 +1213,39 @@ class SimExchange:
             page, cursor = _page(rows, params.limit, params.cursor)
             return {"category": "linear", "list": page, "nextPageCursor": cursor}
 
+    def transaction_log(self, api_key: str, params: TransactionLogParams) -> dict[str, Any]:
+        """`GET /v5/account/transaction-log`: a TRADE entry per fill of the account, newest
+        first, within 24 h (or 7 days between both bounds). Nothing else moves the simulated
+        wallet (no transfers, no funding), so no other type is ever listed."""
+        with self._lock:
+            account = self._account(api_key)
+            if params.account_type is not None and params.account_type != "UNIFIED":
+                raise SimError(
+                    RetCode.PARAMS_ERROR,
+                    f"params error: accountType {params.account_type!r} is not supported; "
+                    "the simulator has one UNIFIED account per key",
+                )
+            start, end = _time_window(
+                params.start_time, params.end_time, self.now_ms(), _LOG_SPAN_MS
+            )
+            wanted = (
+                params.category in {None, "linear"}
+                and params.currency in {None, SETTLE_COIN}
+                and params.type in {None, "TRADE"}
+                and params.trans_sub_type is None
+            )
+            rows = [
+                transaction_log_view(execution, account.user_id)
+                for execution in (reversed(account.executions) if wanted else ())
+                if start <= execution.exec_ms <= end
+                and (
+                    params.base_coin is None
+                    or execution.order.symbol == params.base_coin + SETTLE_COIN
+                )
+            ]
+            page, cursor = _page(rows, params.limit, params.cursor)
+            return {"list": page, "nextPageCursor": cursor}
+
     def positions(self, api_key: str, params: PositionQueryParams) -> dict[str, Any]:
         """`GET /v5/position/list`: a symbol's position even if flat, else all open ones."""
         with self._lock:
@@ -967,6 +1290,20 @@ class SimExchange:
             account = self._account(api_key)
             spec = self._key_specs[api_key]
             return api_key_view(spec, account.user_id, account.created_ms, self.now_ms())
+
+    def fee_rate(self, api_key: str, params: FeeRateParams) -> dict[str, Any]:
+        """`GET /v5/account/fee-rate`: the configured taker and maker rates of the symbol, or of
+        every listed symbol; derivatives answers carry no category, spot and option do."""
+        with self._lock:
+            self._account(api_key)
+            if params.category != "linear":
+                extra = (
+                    {"category": params.category} if params.category in {"spot", "option"} else {}
+                )
+                return {**extra, "list": []}
+            symbols = self._symbols(params.symbol)
+        taker, maker = self._config.taker_fee_rate, self._config.maker_fee_rate
+        return {"list": [fee_rate_view(symbol, taker, maker) for symbol in symbols]}
 
     def account_info(self, api_key: str, params: NoParams) -> dict[str, Any]:
         """`GET /v5/account/info`."""
@@ -1223,11 +1560,12 @@ class SimExchange:
             raise SimError(RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order")
 
     @staticmethod
-    def _check_position_idx(account: AccountRecord, position_idx: int) -> None:
-        """positionIdx must fit the account's position mode (Bybit: 10001 otherwise)."""
-        if account.spec.hedge_mode != (position_idx != 0):
+    def _check_position_idx(account: AccountRecord, symbol: str, position_idx: int) -> None:
+        """positionIdx must fit the symbol's position mode (Bybit: 10001 otherwise)."""
+        hedge = symbol in account.hedge_symbols
+        if hedge != (position_idx != 0):
             raise SimError(RetCode.PARAMS_ERROR, "position idx not match position mode")
-        if account.spec.hedge_mode:
+        if hedge:
             raise SimError(
                 RetCode.PARAMS_ERROR,
                 "params error: trading in hedge mode is not simulated (only its detection)",
@@ -1395,7 +1733,9 @@ class SimExchange:
         closing = ZERO
         if size_before != 0 and (size_before > 0) != (signed_qty > 0):
             closing = min(abs(size_before), qty)
-        realised = self._apply(position, signed_qty, price) - fee
+        cash_flow = self._apply(position, signed_qty, price)
+        realised = cash_flow - fee
+        self._record_open_interest(order.symbol, abs(position.size) - abs(size_before), now)
         if closing:
             open_fee = position.open_fee * closing / abs(size_before)
             position.open_fee -= open_fee
@@ -1429,13 +1769,30 @@ class SimExchange:
             closed_size=closing,
             exec_ms=now,
             seq=position.seq,
+            cash_flow=cash_flow,
+            position_size=position.size,
+            cash_balance=account.wallet_balance,
         )
         account.executions.append(execution)
+        self._public_trades[order.symbol].append(execution)
         # Bybit's order of pushes for a fill: the order, its execution, position, wallet.
         self._push_order(account, order)
         self._push(account, "execution", lambda: [execution_stream_view(execution)])
         self._push_position(account, order.symbol)
         self._push_wallet(account)
+
+    def _record_open_interest(self, symbol: str, change: Decimal, now: int) -> None:
+        """Move the symbol's open interest by what a fill changed, and note the new value.
+
+        Times are kept ascending (a burst of clock skew may move the clock back), so the
+        history stays searchable.
+        """
+        if change == 0:
+            return
+        self._open_interest[symbol] += change
+        times, values = self._open_interest_history[symbol]
+        times.append(max(now, times[-1]) if times else now)
+        values.append(self._open_interest[symbol])
 
     def _record_close(
         self,
@@ -1618,7 +1975,7 @@ class SimExchange:
 
     def _position_rows(self, account: AccountRecord, symbol: str) -> list[dict[str, Any]]:
         """One row in one-way mode; in hedge mode positionIdx 1 (Buy side), 2 (Sell side)."""
-        if not account.spec.hedge_mode:
+        if symbol not in account.hedge_symbols:
             return [self._position_view(account, symbol)]
         return [
             position_view(

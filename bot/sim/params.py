@@ -15,28 +15,58 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "BATCH_MAX_ORDERS",
     "KLINE_INTERVALS",
+    "OPEN_INTEREST_INTERVALS_MS",
     "AmendOrderParams",
+    "BatchCancelParams",
+    "BatchPlaceParams",
     "CancelAllParams",
     "CancelOrderParams",
     "ClosedPnlParams",
     "CoinInfoParams",
     "ExecutionQueryParams",
+    "FeeRateParams",
+    "FundingHistoryParams",
     "KlineParams",
+    "MarkKlineParams",
     "MarketParams",
     "NoParams",
+    "OpenInterestParams",
     "OrderQueryParams",
     "OrderbookParams",
     "PlaceOrderParams",
     "PositionQueryParams",
+    "RecentTradeParams",
     "SetLeverageParams",
+    "SetMarginModeParams",
+    "SwitchModeParams",
+    "SystemStatusParams",
     "TradingStopParams",
+    "TransactionLogParams",
     "WalletBalanceParams",
     "params_error_message",
 ]
 
 #: Kline intervals Bybit accepts: minutes, then day, week, month.
 KLINE_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
+
+#: Orders per batch request for category=linear (Bybit: "A maximum of 20 orders (linear) can
+#: be placed per request", docs/v5/order/batch-place and batch-cancel).
+BATCH_MAX_ORDERS = 20
+#: Open-interest intervals Bybit accepts (`intervalTime`) and their length in ms.
+OPEN_INTEREST_INTERVALS_MS = {
+    "5min": 300_000,
+    "15min": 900_000,
+    "30min": 1_800_000,
+    "1h": 3_600_000,
+    "4h": 14_400_000,
+    "1d": 86_400_000,
+}
+#: Bybit's system states (`GET /v5/system/status`, enum `state`).
+_SYSTEM_STATES = ("scheduled", "ongoing", "completed", "canceled")
+#: Bybit's account margin modes (`POST /v5/account/set-margin-mode`).
+_MARGIN_MODES = ("ISOLATED_MARGIN", "REGULAR_MARGIN", "PORTFOLIO_MARGIN")
 
 _DECIMAL_TEXT = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
 _ORDER_LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
@@ -75,6 +105,23 @@ def _known_category(value: Any) -> Any:
     return value
 
 
+def _one_of(*allowed: str) -> Any:
+    """A validator accepting exactly the given strings, naming them when it refuses."""
+
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _position_mode(value: int) -> int:
+    if value not in (0, 3):
+        raise ValueError("must be 0 (one-way: Merged Single) or 3 (hedge: Both Sides)")
+    return value
+
+
 def _full_tpsl_mode(value: Any) -> Any:
     if value == "Partial":
         raise ValueError(
@@ -101,6 +148,8 @@ DecimalText = Annotated[Decimal, BeforeValidator(_decimal_text)]
 Category = Annotated[str, BeforeValidator(_linear_only)]
 #: Market data takes every Bybit category; the simulator lists linear instruments only.
 AnyCategory = Annotated[str, BeforeValidator(_known_category)]
+#: Perpetual and futures market data (funding, open interest): Bybit's linear and inverse.
+DerivativesCategory = Annotated[str, BeforeValidator(_one_of("linear", "inverse"))]
 OrderLinkId = Annotated[str, BeforeValidator(_order_link_id)]
 PositionIdx = Annotated[int, AfterValidator(_position_idx)]
 #: The simulator has one price per symbol, so last, mark and index price trigger alike.
@@ -146,6 +195,57 @@ class KlineParams(_Params):
     limit: int = Field(default=200, ge=1, le=1000)
 
 
+class MarkKlineParams(_Params):
+    """`GET /v5/market/mark-price-kline`: category linear (the default), inverse or option."""
+
+    category: Annotated[str, BeforeValidator(_one_of("linear", "inverse", "option"))] = "linear"
+    symbol: str
+    interval: Annotated[str, AfterValidator(_kline_interval)]
+    start: int | None = Field(default=None, ge=0)
+    end: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+class RecentTradeParams(_Params):
+    """`GET /v5/market/recent-trade`: the exchange checks symbol and limit per category
+    (symbol required but for option; limit [1, 60] for spot, [1, 1000] otherwise)."""
+
+    category: AnyCategory
+    symbol: str | None = None
+    base_coin: str | None = None
+    option_type: Literal["Call", "Put"] | None = None
+    limit: int | None = Field(default=None, ge=1, le=1000)
+
+
+class OpenInterestParams(_Params):
+    """`GET /v5/market/open-interest`."""
+
+    category: DerivativesCategory
+    symbol: str
+    interval_time: Annotated[str, BeforeValidator(_one_of(*OPEN_INTEREST_INTERVALS_MS))]
+    start_time: int | None = Field(default=None, ge=0)
+    end_time: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = None
+
+
+class FundingHistoryParams(_Params):
+    """`GET /v5/market/funding/history`: a lone startTime is refused, as on Bybit."""
+
+    category: DerivativesCategory
+    symbol: str
+    start_time: int | None = Field(default=None, ge=0)
+    end_time: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=200, ge=1, le=200)
+
+
+class SystemStatusParams(_Params):
+    """`GET /v5/system/status`: optional filters by maintenance id and state."""
+
+    id: str | None = None
+    state: Annotated[str, BeforeValidator(_one_of(*_SYSTEM_STATES))] | None = None
+
+
 class PlaceOrderParams(_Params):
     """`POST /v5/order/create` (linear); the exchange checks positionIdx against the mode."""
 
@@ -188,6 +288,21 @@ class CancelAllParams(_Params):
     base_coin: str | None = None
     settle_coin: str | None = None
     order_filter: str | None = None
+
+
+class BatchPlaceParams(_Params):
+    """`POST /v5/order/create-batch`: each item is a `/v5/order/create` body without category,
+    parsed and checked on its own (a bad item fails alone, in `retExtInfo.list`)."""
+
+    category: Category
+    request: list[dict[str, Any]] = Field(min_length=1, max_length=BATCH_MAX_ORDERS)
+
+
+class BatchCancelParams(_Params):
+    """`POST /v5/order/cancel-batch`: each item is `{symbol, orderId | orderLinkId}`."""
+
+    category: Category
+    request: list[dict[str, Any]] = Field(min_length=1, max_length=BATCH_MAX_ORDERS)
 
 
 class ExecutionQueryParams(_Params):
@@ -256,6 +371,45 @@ class PositionQueryParams(_Params):
     settle_coin: str | None = None
     limit: int = Field(default=20, ge=1, le=200)
     cursor: str | None = None
+
+
+class TransactionLogParams(_Params):
+    """`GET /v5/account/transaction-log` (UTA): every filter optional."""
+
+    account_type: str | None = None
+    category: AnyCategory | None = None
+    currency: str | None = None
+    base_coin: str | None = None
+    type: str | None = None
+    trans_sub_type: str | None = None
+    start_time: int | None = Field(default=None, ge=0)
+    end_time: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=20, ge=1, le=50)
+    cursor: str | None = None
+
+
+class FeeRateParams(_Params):
+    """`GET /v5/account/fee-rate`. Bybit's table marks category required, yet its own request
+    examples (HTTP and pybit) leave it out and get linear rates: absent means linear."""
+
+    category: AnyCategory = "linear"
+    symbol: str | None = None
+    base_coin: str | None = None
+
+
+class SwitchModeParams(_Params):
+    """`POST /v5/position/switch-mode`: symbol (preferred) or coin, mode 0 or 3."""
+
+    category: Category
+    symbol: str | None = None
+    coin: str | None = None
+    mode: Annotated[int, AfterValidator(_position_mode)]
+
+
+class SetMarginModeParams(_Params):
+    """`POST /v5/account/set-margin-mode`."""
+
+    set_margin_mode: Annotated[str, BeforeValidator(_one_of(*_MARGIN_MODES))]
 
 
 class WalletBalanceParams(_Params):

@@ -103,7 +103,7 @@ class PositionRecord:
 
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:
-    """One fill, as `/v5/execution/list` reports it."""
+    """One fill, as `/v5/execution/list` reports it (and `/v5/account/transaction-log`)."""
 
     exec_id: str
     order: OrderRecord
@@ -119,6 +119,11 @@ class ExecutionRecord:
     closed_size: Decimal
     exec_ms: int
     seq: int
+    #: PnL the fill realised on the closed part, fees aside (the log's cashFlow).
+    cash_flow: Decimal
+    #: The signed position size after the fill (short < 0) and the wallet balance after it.
+    position_size: Decimal
+    cash_balance: Decimal
 
 
 @dataclass(slots=True)
@@ -163,6 +168,8 @@ class AccountRecord:
     closed_pnl_by_order: dict[str, ClosedPnlRecord] = field(default_factory=dict)
     #: every API key of the account (the one that opened it first); each gets its pushes
     api_keys: list[str] = field(default_factory=list)
+    #: Symbols in hedge (two-way) position mode; the rest are one-way (Bybit's default).
+    hedge_symbols: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,31 +22,46 @@ from bot.sim.records import (
 )
 
 __all__ = [
+    "FUNDING_RATE",
+    "LAUNCH_TIME_MS",
     "MAX_PRICE_TICKS",
     "account_info_view",
     "api_key_view",
+    "batch_cancel_row",
+    "batch_place_row",
     "closed_pnl_view",
     "coin_info_view",
     "execution_stream_view",
     "execution_view",
+    "fee_rate_view",
     "fmt",
+    "funding_rate_view",
     "instrument_view",
     "kline_rows",
+    "mark_kline_rows",
+    "open_interest_view",
     "order_stream_view",
     "order_view",
     "orderbook_view",
     "position_stream_view",
     "position_view",
+    "public_trade_view",
     "ticker_stream_view",
     "ticker_view",
     "to_tick",
+    "transaction_log_view",
     "wallet_stream_view",
     "wallet_view",
 ]
 
 #: priceFilter.maxPrice in ticks; the simulator refuses prices above it.
 MAX_PRICE_TICKS = 20_000_000
-_LAUNCH_TIME_MS = "1584230400000"
+#: When every simulated instrument was listed (instruments-info `launchTime`); market history
+#: (funding, open interest) starts there.
+LAUNCH_TIME_MS = 1_584_230_400_000
+#: The funding rate every simulated perpetual publishes, each 8 h (tickers, funding history).
+#: The simulator does not charge funding to positions.
+FUNDING_RATE = Decimal("0.0001")
 _RATE_PLACES = Decimal("0.0001")
 _AVG_PLACES = Decimal("1e-8")
 
@@ -310,6 +325,129 @@ def kline_rows(
     return rows
 
 
+def mark_kline_rows(rows: list[list[str]]) -> list[list[str]]:
+    """Mark-price candles from the candles of the same request: the simulator has one price,
+    so the mark price traded exactly as the last price; Bybit sends start, open, high, low,
+    close only (no volume, no turnover)."""
+    return [row[:5] for row in rows]
+
+
+def public_trade_view(execution: ExecutionRecord) -> dict[str, Any]:
+    """A fill as `/v5/market/recent-trade` lists it. `side` is the taker's: the order's own
+    side when it took liquidity, the opposite when it rested and the market came to it."""
+    side = execution.order.side
+    if execution.is_maker:
+        side = "Sell" if side == "Buy" else "Buy"
+    return {
+        "execId": execution.exec_id,
+        "symbol": execution.order.symbol,
+        "price": fmt(execution.price),
+        "size": fmt(execution.qty),
+        "side": side,
+        "time": str(execution.exec_ms),
+        "isBlockTrade": False,
+        "isRPITrade": False,
+        "seq": str(execution.seq),
+    }
+
+
+def open_interest_view(single_open_interest: Decimal, timestamp_ms: int) -> dict[str, str]:
+    """One `/v5/market/open-interest` point: both sides and one side, in base coin."""
+    return {
+        "openInterest": fmt(single_open_interest * 2),
+        "singleOpenInterest": fmt(single_open_interest),
+        "timestamp": str(timestamp_ms),
+    }
+
+
+def funding_rate_view(symbol: str, timestamp_ms: int) -> dict[str, str]:
+    """One settlement of `/v5/market/funding/history`, at the rate tickers publish."""
+    return {
+        "symbol": symbol,
+        "fundingRate": fmt(FUNDING_RATE),
+        "fundingRateTimestamp": str(timestamp_ms),
+    }
+
+
+def transaction_log_view(execution: ExecutionRecord, user_id: int) -> dict[str, Any]:
+    """A fill as a TRADE entry of `/v5/account/transaction-log`: cashFlow is the PnL it
+    realised, change = cashFlow - fee, cashBalance the wallet balance after it, size the
+    position after it (short negative)."""
+    order = execution.order
+    return {
+        "id": f"{user_id}_{order.symbol}_{execution.seq}",
+        "symbol": order.symbol,
+        "category": "linear",
+        "side": order.side,
+        "transactionTime": str(execution.exec_ms),
+        "type": "TRADE",
+        "transSubType": "",
+        "qty": fmt(execution.qty),
+        "size": fmt(execution.position_size),
+        "currency": SETTLE_COIN,
+        "tradePrice": fmt(execution.price),
+        "funding": "",
+        "fee": fmt(execution.fee),
+        "cashFlow": fmt(execution.cash_flow),
+        "change": fmt(execution.cash_flow - execution.fee),
+        "cashBalance": fmt(execution.cash_balance),
+        "feeRate": fmt(execution.fee_rate),
+        "bonusChange": "",
+        "tradeId": execution.exec_id,
+        "orderId": order.order_id,
+        "orderLinkId": order.order_link_id,
+        "extraFees": "",
+    }
+
+
+def fee_rate_view(symbol: str, taker_fee_rate: Decimal, maker_fee_rate: Decimal) -> dict[str, str]:
+    """A symbol's trading fees as `/v5/account/fee-rate` lists them (derivatives: no
+    baseCoin)."""
+    return {
+        "symbol": symbol,
+        "takerFeeRate": fmt(taker_fee_rate),
+        "makerFeeRate": fmt(maker_fee_rate),
+    }
+
+
+def batch_place_row(order: OrderRecord | None, symbol: str, order_link_id: str) -> dict[str, str]:
+    """One `/v5/order/create-batch` result row: the order created, or (None) the blanks Bybit
+    sends for an item that failed, whose reason is in `retExtInfo.list`."""
+    if order is None:
+        return {
+            "category": "linear",
+            "symbol": symbol,
+            "orderId": "",
+            "orderLinkId": order_link_id,
+            "createAt": "",
+        }
+    return {
+        "category": "linear",
+        "symbol": order.symbol,
+        "orderId": order.order_id,
+        "orderLinkId": order.order_link_id,
+        "createAt": str(order.created_ms),
+    }
+
+
+def batch_cancel_row(order: OrderRecord | None, symbol: str, order_link_id: str) -> dict[str, str]:
+    """One `/v5/order/cancel-batch` result row: the order cancelled, or (None) the item as sent
+    with an empty orderId, as Bybit answers an item that failed."""
+    if order is None:
+        return {
+            "category": "linear",
+            "symbol": symbol,
+            "orderId": "",
+            "orderLinkId": order_link_id,
+        }
+    return {
+        "category": "linear",
+        "symbol": order.symbol,
+        "orderId": order.order_id,
+        "orderLinkId": order.order_link_id,
+    }
+
+
 def position_view(
     position: PositionRecord,
     mark: Decimal,
@@ -456,7 +594,7 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
         "status": "Trading",
         "baseCoin": symbol.removesuffix(SETTLE_COIN),
         "quoteCoin": SETTLE_COIN,
-        "launchTime": _LAUNCH_TIME_MS,
+        "launchTime": str(LAUNCH_TIME_MS),
         "deliveryTime": "0",
         "deliveryFeeRate": "",
         "priceScale": str(max(0, -int(tick.as_tuple().exponent))),
@@ -490,10 +628,20 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
 
 
 def ticker_view(
-    symbol: str, price: Decimal, next_funding_ms: int, bid: Decimal, ask: Decimal
+    symbol: str,
+    price: Decimal,
+    next_funding_ms: int,
+    bid: Decimal,
+    ask: Decimal,
+    single_open_interest: Decimal,
 ) -> dict[str, Any]:
-    """A ticker as `/v5/market/tickers` lists it: last, mark and index are the one price."""
+    """A ticker as `/v5/market/tickers` lists it: last, mark and index are the one price.
+
+    single_open_interest is what the accounts hold (the simulated market is the other side
+    of every position); Bybit's openInterest counts both sides.
+    """
     text = fmt(price)
+    both_sides = single_open_interest * 2
     return {
         "symbol": symbol,
         "lastPrice": text,
@@ -504,11 +652,13 @@ def ticker_view(
         "highPrice24h": text,
         "lowPrice24h": text,
         "prevPrice1h": text,
-        "openInterest": "0",
-        "openInterestValue": "0",
+        "openInterest": fmt(both_sides),
+        "openInterestValue": fmt(both_sides * price),
+        "singleOpenInterest": fmt(single_open_interest),
+        "singleOpenInterestValue": fmt(single_open_interest * price),
         "turnover24h": "0",
         "volume24h": "0",
-        "fundingRate": "0.0001",
+        "fundingRate": fmt(FUNDING_RATE),
         "nextFundingTime": str(next_funding_ms),
         "predictedDeliveryPrice": "",
         "basisRate": "",
@@ -595,9 +745,13 @@ def ticker_stream_view(
     next_funding_ms: int,
     bid: Decimal,
     ask: Decimal,
+    single_open_interest: Decimal,
     tick_direction: str,
 ) -> dict[str, str]:
     """A linear ticker as a `tickers.{symbol}` snapshot carries it (a delta carries the
     fields that changed, and symbol)."""
-    row = {**ticker_view(symbol, price, next_funding_ms, bid, ask), "tickDirection": tick_direction}
+    row = {
+        **ticker_view(symbol, price, next_funding_ms, bid, ask, single_open_interest),
+        "tickDirection": tick_direction,
+    }
     return {name: str(row[name]) for name in _TICKER_STREAM_FIELDS}

@@ -41,18 +41,22 @@ def server() -> Iterator[SimServer]:
         yield running
 
 
-@pytest.fixture
-def bybit(server: SimServer, loopback_only: None) -> ccxt.bybit:
+def _client(server: SimServer, key: str = KEY, secret: str = SECRET) -> ccxt.bybit:
     """ccxt's bybit as a user would configure it, with only its API URLs pointed here.
 
     ccxt's own client-side throttle is off: the simulator enforces Bybit's limits itself.
     """
     exchange = ccxt.bybit(
-        {"apiKey": KEY, "secret": SECRET, "timeout": 5000, "enableRateLimit": False}
+        {"apiKey": key, "secret": secret, "timeout": 5000, "enableRateLimit": False}
     )
     exchange.urls["api"] = {name: server.url for name in exchange.urls["api"]}
     exchange.options["defaultType"] = "swap"
     return exchange
+
+
+@pytest.fixture
+def bybit(server: SimServer, loopback_only: None) -> ccxt.bybit:
+    return _client(server)
 
 
 def test_load_markets_lists_the_linear_perpetuals(bybit: ccxt.bybit) -> None:
@@ -113,3 +117,143 @@ def test_bybit_errors_map_to_ccxt_exceptions(bybit: ccxt.bybit) -> None:
         bybit.create_order(SYMBOL, "market", "buy", 2)
     with pytest.raises(ccxt.OrderNotFound):
         bybit.cancel_order("no-such-order", SYMBOL)
+
+
+# ------------------------------------------------------------------ account and position modes
+
+
+def test_fetch_trading_fee_reads_the_configured_rates(bybit: ccxt.bybit) -> None:
+    fee = bybit.fetch_trading_fee(SYMBOL)
+    fees = bybit.fetch_trading_fees()
+
+    assert (fee["symbol"], fee["taker"], fee["maker"]) == (SYMBOL, 0.00055, 0.0002)
+    assert sorted(fees) == ["BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT"]
+
+
+def test_set_position_mode_keeps_one_way_and_refuses_hedged(bybit: ccxt.bybit) -> None:
+    with pytest.raises(ccxt.NoChange, match="110025"):
+        bybit.set_position_mode(False, SYMBOL)
+    with pytest.raises(ccxt.BadRequest, match="110029"):
+        bybit.set_position_mode(True, SYMBOL)
+
+
+def test_a_hedge_mode_account_switches_to_one_way_and_can_then_trade(
+    server: SimServer, loopback_only: None
+) -> None:
+    server.exchange.add_account(
+        SimAccountSpec(api_key="ccxt-hedged", api_secret=SecretStr(SECRET), hedge_mode=True)
+    )
+    hedged = _client(server, "ccxt-hedged")
+    with pytest.raises(ccxt.BadRequest, match="position idx not match position mode"):
+        hedged.create_order(SYMBOL, "limit", "buy", 0.01, 90000)
+
+    answer = hedged.set_position_mode(False)  # by coin: every USDT contract
+    created = hedged.create_order(SYMBOL, "limit", "buy", 0.01, 90000)
+
+    assert answer["retCode"] == 0
+    assert created["id"]
+
+
+def test_set_margin_mode_accepts_cross_and_refuses_isolated(bybit: ccxt.bybit) -> None:
+    answer = bybit.set_margin_mode("cross", SYMBOL)
+
+    assert answer["result"] == {"reasons": []}
+    with pytest.raises(ccxt.BadRequest, match="ISOLATED_MARGIN is not simulated"):
+        bybit.set_margin_mode("isolated", SYMBOL)
+
+
+def test_fetch_ledger_lists_each_fill_with_the_balance_after_it(bybit: ccxt.bybit) -> None:
+    bybit.create_order(SYMBOL, "market", "buy", 0.01)
+    eventually(lambda: bybit.fetch_my_trades(SYMBOL), lambda found: len(found) == 1, "the fill")
+
+    ledger = bybit.fetch_ledger("USDT")
+
+    assert len(ledger) == 1
+    entry = ledger[0]
+    assert (entry["currency"], entry["direction"], entry["type"]) == ("USDT", "out", "trade")
+    assert entry["amount"] == pytest.approx(0.5335)  # the taker fee
+    assert entry["after"] == pytest.approx(9999.4665)
+
+
+# ------------------------------------------------------------------ batches
+
+
+def test_create_orders_and_cancel_orders_go_through_the_batch_endpoints(
+    bybit: ccxt.bybit,
+) -> None:
+    created = bybit.create_orders(
+        [
+            {"symbol": SYMBOL, "type": "limit", "side": "buy", "amount": 0.01, "price": 90000},
+            {"symbol": SYMBOL, "type": "limit", "side": "buy", "amount": 0.01, "price": 90500},
+        ]
+    )
+    ids = [order["id"] for order in created]
+    open_ids = eventually(
+        lambda: sorted(order["id"] for order in bybit.fetch_open_orders(SYMBOL)),
+        lambda found: len(found) == 2,
+        "two open orders",
+    )
+
+    cancelled = bybit.cancel_orders([*ids, "no-such-order"], SYMBOL)
+
+    assert open_ids == sorted(ids)
+    assert [order["id"] for order in cancelled[:2]] == ids
+    assert cancelled[2]["info"]["orderId"] == ""  # Bybit's blank row for a failed item
+    assert bybit.fetch_open_orders(SYMBOL) == []
+
+
+# ------------------------------------------------------------------ market data
+
+
+def test_fetch_status_reports_no_maintenance(bybit: ccxt.bybit) -> None:
+    status = bybit.fetch_status()
+
+    assert (status["status"], status["eta"]) == ("ok", None)
+
+
+def test_fetch_trades_lists_the_fills_of_every_account(bybit: ccxt.bybit) -> None:
+    created = bybit.create_order(SYMBOL, "market", "buy", 0.01)
+    mine = eventually(
+        lambda: bybit.fetch_my_trades(SYMBOL), lambda found: len(found) == 1, "the fill"
+    )
+
+    trades = bybit.fetch_trades(SYMBOL)
+
+    assert [(t["id"], t["price"], t["amount"], t["side"]) for t in trades] == [
+        (mine[0]["id"], 97000, 0.01, "buy")
+    ]
+    assert mine[0]["order"] == created["id"]
+
+
+def test_fetch_mark_ohlcv_has_prices_but_no_volume(bybit: ccxt.bybit) -> None:
+    candles = bybit.fetch_mark_ohlcv(SYMBOL, "1m", None, 5)
+
+    assert len(candles) == 5
+    assert all(candle[5] is None for candle in candles)
+    assert candles[-1][4] == 97000  # oldest first in ccxt; the open one closes at the price
+
+
+def test_fetch_open_interest_counts_the_positions_held(bybit: ccxt.bybit) -> None:
+    assert bybit.fetch_open_interest(SYMBOL)["openInterestAmount"] == 0
+
+    bybit.create_order(SYMBOL, "market", "buy", 0.01)
+    interest = eventually(
+        lambda: bybit.fetch_open_interest(SYMBOL),
+        lambda found: found["openInterestAmount"] > 0,
+        "the fill to count",
+    )
+
+    assert interest["openInterestAmount"] == 0.02  # both sides: the account's and the market's
+    assert interest["info"]["singleOpenInterest"] == "0.01"
+
+
+def test_fetch_funding_rate_history_matches_the_published_rate(bybit: ccxt.bybit) -> None:
+    since = 1_700_000_000_000
+    current = bybit.fetch_funding_rate(SYMBOL)
+
+    history = bybit.fetch_funding_rate_history(SYMBOL, since, 3)
+
+    assert [rate["fundingRate"] for rate in history] == [current["fundingRate"]] * 3
+    stamps = [rate["timestamp"] for rate in history]
+    first = -(-since // 28_800_000) * 28_800_000
+    assert stamps == [first, first + 28_800_000, first + 57_600_000]
