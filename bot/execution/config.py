@@ -61,7 +61,8 @@ class ExecutionConfig(BaseModel):
         gt=0,
         le=300,
         description="how often the venue is asked for stop-loss / take-profit exits it executed "
-        "and for its closed PnL, after the key's account stream was down",
+        "and for its closed PnL while the key's account stream is down, has reconnected since "
+        "the last complete scan, or the key has placed 25 orders since",
     )
     exit_scan_live_interval_s: float = Field(
         60.0,

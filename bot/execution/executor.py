@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -140,6 +141,11 @@ class Executor:
         self._watches: dict[str, asyncio.Event] = {}
         self._terminal: set[str] = set()  # followed orders the stream reported terminal
         self._leverage: dict[tuple[str, str], Decimal] = {}  # (key, symbol) -> leverage set
+        self._placed: Counter[str] = Counter()  # orders the venue accepted, per key
+
+    def orders_placed(self, key_name: str) -> int:
+        """How many orders the venue has accepted from this run on `key_name`."""
+        return self._placed[key_name]
 
     def disabled_reason(self, key_name: str) -> str | None:
         """Why the venue refused `key_name` (its strategies are stopped), or None."""
@@ -250,6 +256,8 @@ class Executor:
         through the backlog; None for all).
         """
         batch = self._config.reconcile_batch if limit == -1 else limit
+        # As committed: a write still queued for the journal (a fill the stream just
+        # reported) may not be in it yet. That is safe: a look-up comes before any resend.
         records = self._journal.committed_unfinished(key_name)
         by_key: dict[str, list[OrderRecord]] = {}
         for record in records:
@@ -451,6 +459,7 @@ class Executor:
                     request, exc.message, may_exist=may_exist, ret_code=exc.ret_code
                 )
             log.info("order placed", order_id=ack.order_id, attempt=attempt + 1)
+            self._placed[request.key_name] += 1
             event = await self._record(ack)
             if request.order_type is OrderType.MARKET:
                 return await self._follow(venue, request) or event

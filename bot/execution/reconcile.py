@@ -11,28 +11,38 @@ and symbol.
 It also asks the venue for the stop-loss and take-profit orders it executed on its own
 (journaled under the order that set them) and for its closed-PnL records (the key-level
 cross-check of the strategies' books): every `exit_scan_interval_s` while the key's account
-stream is down or has reconnected since the last scan, and every `exit_scan_live_interval_s`
-while it has stayed up (the stream reports exits itself; the scan is the safety net).
+stream is down or has reconnected since the last complete scan, and every
+`exit_scan_live_interval_s` while it has stayed up (the stream reports exits itself; the scan
+is the safety net). The venue lists a symbol's latest `EXIT_SCAN_ORDERS` orders, so a scan also
+runs once the key has placed half that many orders since the last: what happened in between
+stays inside what the scan reads, exits included.
 
-Each key's loop runs at its own phase of the interval, so that the keys' passes and their
-requests never come all at once. Each pass is bounded and paced by the key's rate windows; a
-failed pass is logged and the loop goes on.
+Each key's passes keep their own phase of the interval, so that the keys' passes and their
+requests do not come all at once; a pass that overran skips the slots it missed rather than
+leaving its key in step with others held up with it. Each pass is bounded and paced by the
+key's rate windows; a failed pass is logged and the loop goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
 
 from bot.account import Account
 from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.logs import logger
-from bot.venue.base import Venue
+from bot.venue.base import EXIT_SCAN_ORDERS, Venue
 from bot.venue.errors import VenueError
 
-__all__ = ["Reconciler"]
+__all__ = ["Reconciler", "next_slot"]
+
+#: Orders placed on a key after which its exit scan is due whatever the interval.
+ORDERS_BETWEEN_SCANS: Final = EXIT_SCAN_ORDERS // 2
 
 
 class Reconciler:
@@ -56,51 +66,47 @@ class Reconciler:
         """Reconcile `key_name` until cancelled."""
         loop = asyncio.get_running_loop()
         interval = self._config.reconcile_interval_s
-        next_pass = loop.time() + interval * (1 + self._phase(key_name))
-        last_scan: float | None = None
-        scanned_on: int | None = None  # the stream connection live at the last scan
+        slot = loop.time() + interval * (1 + self._phase(key_name))
+        scans = _ExitScans(self._config)
         while True:
-            await asyncio.sleep(max(0.0, next_pass - loop.time()))
-            next_pass = max(next_pass + interval, loop.time())
+            await asyncio.sleep(max(0.0, slot - loop.time()))
             try:
                 await self._executor.reconcile(key_name)
-                if not self._account.live(key_name):  # the stream is down: fills by REST
-                    await self._account.keeper.catch_up_fills(self._venues[key_name])
                 connection = self._account.live_connection(key_name)
-                if last_scan is None or loop.time() >= last_scan + self._scan_interval(
-                    connection is not None and connection == scanned_on
-                ):
-                    last_scan, scanned_on = loop.time(), connection
-                    await self.scan_exits(key_name)
-                    await self._account.keeper.catch_up_closed_pnl(self._venues[key_name])
+                if connection is None:  # the stream is down: fills by REST
+                    await self._account.keeper.catch_up_fills(self._venues[key_name])
+                placed = self._executor.orders_placed(key_name)
+                if scans.due(loop.time(), connection, placed):
+                    started, complete = loop.time(), False
+                    try:
+                        complete = await self.scan_exits(key_name)
+                        await self._account.keeper.catch_up_closed_pnl(self._venues[key_name])
+                    finally:  # a failed scan is tried again at the short interval
+                        scans.done(started, connection if complete else None, placed)
             except Exception:  # the safety net must outlive any one bad pass
                 logger.exception("reconciliation pass for key {key} failed", key=key_name)
+            slot = next_slot(slot, loop.time(), interval)
 
     def _phase(self, key_name: str) -> float:
         """The key's share of an interval (0 to 1) its passes are offset by."""
         keys = sorted(self._venues)
         return keys.index(key_name) / len(keys) if key_name in keys else 0.0
 
-    def _scan_interval(self, stayed_live: bool) -> float:
-        config = self._config
-        if stayed_live:
-            return max(config.exit_scan_live_interval_s, config.exit_scan_interval_s)
-        return config.exit_scan_interval_s
-
-    async def scan_exits(self, key_name: str) -> int:
-        """Journal the exits the venue executed for `key_name`; returns how many were new."""
+    async def scan_exits(self, key_name: str) -> bool:
+        """Journal the exits the venue executed for `key_name`; False if a symbol could not
+        be read (it is logged)."""
         venue = self._venues[key_name]
         symbols = await self._journal.call(self._journal.protected_symbols, key_name)
-        recorded = 0
+        complete = True
         for symbol in symbols:
             try:
                 exits = await venue.exit_orders(symbol)
             except VenueError as exc:
                 logger.warning("exit scan of {symbol} failed: {error}", symbol=symbol, error=exc)
+                complete = False
                 continue
             for exit_order in reversed(exits):  # oldest first
                 if await self._journal.call(self._journal.record_exit, exit_order):
-                    recorded += 1
                     logger.info(
                         "{kind} executed by the venue",
                         kind=exit_order.kind,
@@ -108,4 +114,33 @@ class Reconciler:
                         symbol=symbol,
                         status=exit_order.status,
                     )
-        return recorded
+        return complete
+
+
+def next_slot(slot: float, now: float, interval: float) -> float:
+    """The slot after `slot` on its timetable (every `interval`) that is not past at `now`:
+    a pass that overran skips the slots it missed and keeps its phase."""
+    return slot + interval * (math.floor(max(0.0, now - slot) / interval) + 1)
+
+
+@dataclass
+class _ExitScans:
+    """When a key's exit scan is due: see the module's notes."""
+
+    config: ExecutionConfig
+    at: float | None = None  # when the last scan started (loop time)
+    live_on: int | None = None  # the stream connection live all through it, if any
+    placed: int = 0  # the key's orders placed by then
+
+    def due(self, now: float, connection: int | None, placed: int) -> bool:
+        if self.at is None or placed - self.placed >= ORDERS_BETWEEN_SCANS:
+            return True
+        interval = self.config.exit_scan_interval_s
+        if connection is not None and connection == self.live_on:  # the stream stayed up
+            interval = max(interval, self.config.exit_scan_live_interval_s)
+        return now >= self.at + interval
+
+    def done(self, started: float, live_on: int | None, placed: int) -> None:
+        """A scan started at `started`; `live_on`: the stream's connection if the scan was
+        complete (None makes the next one come at the short interval)."""
+        self.at, self.live_on, self.placed = started, live_on, placed

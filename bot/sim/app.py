@@ -81,7 +81,7 @@ from bot.sim.params import (
     TradingStopParams,
     TransactionLogParams,
     WalletBalanceParams,
-    params_error_message,
+    parse_params,
 )
 from bot.sim.ratelimit import RollingWindowLimiter
 from bot.sim.stream import PRIVATE_PATH, PUBLIC_LINEAR_PATH, StreamHub
@@ -154,13 +154,6 @@ def _json_response(value: Any, status_code: int = 200) -> Response:
 def _client_host(request: Request) -> str | None:
     client = request.scope.get("client")
     return client[0] if client else None
-
-
-def _parse(model: type[P], data: dict[str, Any]) -> P:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise SimError(RetCode.PARAMS_ERROR, params_error_message(exc)) from exc
 
 
 def _json_object(body: bytes, *, parse_float: Callable[[str], Any] = float) -> dict[str, Any]:
@@ -240,7 +233,7 @@ class _Gateway:
             if self._exchange.inject("timeout_10016"):
                 return self._envelope(path, RetCode.SERVER_TIMEOUT, "Server error.")
             try:
-                result = handler(_parse(model, _query(request.scope["query_string"])))
+                result = handler(parse_params(model, _query(request.scope["query_string"])))
             except SimError as exc:
                 return self._envelope(path, exc.ret_code, exc.ret_msg)
             return self._envelope(path, RetCode.OK, "OK", result)
@@ -301,7 +294,7 @@ class _Gateway:
 
             try:
                 data = _body_params(body) if request.method == "POST" else _query(body)
-                result, ext_info = run(api_key, _parse(model, data), granted)
+                result, ext_info = run(api_key, parse_params(model, data), granted)
             except SimError as exc:
                 return self._envelope(path, exc.ret_code, exc.ret_msg, None, headers)
 

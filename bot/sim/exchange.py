@@ -59,7 +59,7 @@ from bot.sim.params import (
     TradingStopParams,
     TransactionLogParams,
     WalletBalanceParams,
-    params_error_message,
+    parse_params,
 )
 from bot.sim.records import (
     MAINTENANCE_MARGIN_RATE,
@@ -157,10 +157,7 @@ def _history_bounds(start: int | None, end: int | None, now: int) -> tuple[int, 
 
 def _item(model: type[M], item: dict[str, Any], category: str) -> M:
     """One batch item as the single endpoint's parameters (the batch's category applies)."""
-    try:
-        return model.model_validate({**item, "category": category})
-    except ValidationError as exc:
-        raise SimError(RetCode.PARAMS_ERROR, params_error_message(exc)) from exc
+    return parse_params(model, {**item, "category": category})
 
 
 def _echo(item: dict[str, Any], name: str) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+
+from bot.sim.errors import RetCode, SimError
 
 __all__ = [
     "BATCH_MAX_ORDERS",
@@ -46,6 +48,7 @@ __all__ = [
     "TransactionLogParams",
     "WalletBalanceParams",
     "params_error_message",
+    "parse_params",
 ]
 
 #: Kline intervals Bybit accepts: minutes, then day, week, month.
@@ -440,6 +443,17 @@ class TradingStopParams(_Params):
     tp_trigger_by: TriggerBy | None = None
     sl_trigger_by: TriggerBy | None = None
     trailing_stop: Annotated[DecimalText, AfterValidator(_no_trailing_stop)] | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_params(model: type[M], data: dict[str, Any]) -> M:
+    """`data` as `model`'s parameters, or Bybit's 10001 saying what is wrong."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SimError(RetCode.PARAMS_ERROR, params_error_message(exc)) from exc
 
 
 def params_error_message(error: ValidationError) -> str:

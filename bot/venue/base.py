@@ -26,12 +26,16 @@ from bot.messages import (
 
 __all__ = [
     "BYBIT_URLS",
+    "EXIT_SCAN_ORDERS",
     "PUBLIC_LINEAR_URLS",
     "Venue",
     "check_sim_url",
     "public_stream_url",
     "venue_urls",
 ]
+
+#: How many of a symbol's latest orders `Venue.exit_orders` reads (Bybit's page size).
+EXIT_SCAN_ORDERS: Final = 50
 
 #: Bybit's V5 hosts per environment: (REST, private stream). The only place they are named.
 BYBIT_URLS: Final = {
@@ -111,7 +115,8 @@ class Venue(Protocol):
         ...
 
     async def exit_orders(self, symbol: str) -> list[ExitOrder]:
-        """The venue's recent stop-loss / take-profit executions on `symbol`, newest first."""
+        """The venue's stop-loss / take-profit executions among the latest `EXIT_SCAN_ORDERS`
+        orders on `symbol`, newest first."""
         ...
 
     async def open_orders(self) -> list[OrderEvent]:

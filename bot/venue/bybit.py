@@ -49,7 +49,7 @@ from bot.messages import (
     WalletUpdate,
 )
 from bot.secrets import ApiCredentials
-from bot.venue.base import venue_urls
+from bot.venue.base import EXIT_SCAN_ORDERS, venue_urls
 from bot.venue.errors import (
     CLOCK_DRIFT_CODE,
     IP_WIDE_CODES,
@@ -87,7 +87,6 @@ _NO_PYBIT_RETRIES: Final = frozenset({-1})
 #: Worker threads (each with its own pybit session) per key; pacing, not threads, bounds the
 #: request rate.
 THREADS_PER_KEY: Final = 4
-_EXIT_SCAN_LIMIT: Final = 50
 SETTLE_COIN: Final = "USDT"
 _MAX_PAGES: Final = 20
 #: Bybit answers fills in windows of at most 7 days.
@@ -357,7 +356,7 @@ class BybitVenue:
             "get_order_history",
             category=CATEGORY,
             symbol=symbol,
-            limit=_EXIT_SCAN_LIMIT,
+            limit=EXIT_SCAN_ORDERS,
         )
         return [
             exit_order(row, self.name) for row in result.get("list") or [] if is_exit_order(row)

@@ -1,5 +1,6 @@
-"""The reconciliation loop's schedule: each key at its own phase, and the exit scan slowed
-only while the key's account stream stays up."""
+"""The reconciliation loop's schedule: each key at its own phase (kept after a pass that
+overran), and the exit scan slowed only while the key's account stream stays up, no more
+orders have been placed than the scan reads, and the last scan was complete."""
 
 from __future__ import annotations
 
@@ -7,18 +8,26 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from bot.execution.config import ExecutionConfig
-from bot.execution.reconcile import Reconciler
+from bot.execution.reconcile import ORDERS_BETWEEN_SCANS, Reconciler, next_slot
+from bot.venue.errors import RetryableError
 
 
 class _Executor:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.passes: dict[str, list[float]] = {}
+        self.placed = 0
 
     async def reconcile(self, key_name: str) -> int:
         self.passes.setdefault(key_name, []).append(self._clock())
         return 0
+
+    def orders_placed(self, key_name: str) -> int:
+        return self.placed
 
 
 class _Keeper:
@@ -52,24 +61,69 @@ class _Journal:
         return method(*args)
 
     def protected_symbols(self, key_name: str) -> list[str]:
-        return []  # nothing to ask the venue: the scan is counted by its closed-PnL catch-up
+        return ["BTCUSDT"]
+
+    def record_exit(self, exit_order: object) -> bool:
+        return False
+
+
+class _Venue:
+    def __init__(self) -> None:
+        self.failing = False
+
+    async def exit_orders(self, symbol: str) -> list[object]:
+        if self.failing:
+            raise RetryableError("HTTP 503", retry_after_s=0.0)
+        return []
 
 
 def _reconciler(
-    keys: list[str], config: ExecutionConfig, account: _Account, executor: _Executor
+    keys: list[str],
+    config: ExecutionConfig,
+    account: _Account,
+    executor: _Executor,
+    venue: _Venue | None = None,
 ) -> Reconciler:
     return Reconciler(
         cast(Any, executor),
         cast(Any, _Journal()),
-        {key: cast(Any, object()) for key in keys},
+        {key: cast(Any, venue or _Venue()) for key in keys},
         config,
         cast(Any, account),
     )
 
 
+@given(
+    slot=st.floats(0, 1e6),
+    late=st.floats(0, 1e4),
+    interval=st.floats(0.01, 60),
+)
+def test_the_next_slot_keeps_the_phase_and_is_never_past(
+    slot: float, late: float, interval: float
+) -> None:
+    now = slot + late
+
+    following = next_slot(slot, now, interval)
+
+    assert following > now - 1e-6 * max(1.0, now)  # never in the past
+    assert following <= now + interval * (1 + 1e-6) + 1e-6  # nor a slot too far
+    steps = (following - slot) / interval
+    assert abs(steps - round(steps)) < 1e-6 * max(1.0, steps)  # on the key's own timetable
+
+
+def test_keys_held_up_together_do_not_stay_in_step() -> None:
+    # Four keys a quarter of a second apart, all held up by the same wait (a full IP window)
+    # until 10.0: each goes on at its own next slot, not all together.
+    slots = [1.0, 1.25, 1.5, 1.75]
+
+    after = [next_slot(slot, 10.0, 1.0) for slot in slots]
+
+    assert after == [11.0, 10.25, 10.5, 10.75]
+
+
 def test_each_key_passes_at_its_own_phase_of_the_interval() -> None:
     keys = ["k0", "k1", "k2", "k3"]
-    config = ExecutionConfig(reconcile_interval_s=0.4)
+    config = ExecutionConfig(reconcile_interval_s=1.0)
 
     async def scenario() -> dict[str, list[float]]:
         loop = asyncio.get_running_loop()
@@ -77,7 +131,7 @@ def test_each_key_passes_at_its_own_phase_of_the_interval() -> None:
         reconciler = _reconciler(keys, config, _Account(), executor)
         started = loop.time()
         tasks = [asyncio.create_task(reconciler.run(key)) for key in keys]
-        await asyncio.sleep(1.3)
+        await asyncio.sleep(1.9)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -87,11 +141,8 @@ def test_each_key_passes_at_its_own_phase_of_the_interval() -> None:
 
     firsts = [passes[key][0] for key in keys]
     assert firsts == sorted(firsts)  # k0 first, k3 last: a quarter of the interval apart
-    assert firsts[0] >= 0.4
-    assert firsts[-1] - firsts[0] >= 0.2  # 0.3 s apart by phase; never all at once
-    for key in keys:  # one pass per interval each, on the key's own grid
-        gaps = [b - a for a, b in zip(passes[key], passes[key][1:], strict=False)]
-        assert gaps and all(gap >= 0.35 for gap in gaps)
+    assert firsts[0] >= 1.0
+    assert firsts[-1] - firsts[0] >= 0.3  # 0.75 s apart by phase; never all at once
 
 
 def test_the_exit_scan_slows_while_the_stream_stays_up_and_not_after_it_reconnects() -> None:
@@ -123,6 +174,63 @@ def test_the_exit_scan_slows_while_the_stream_stays_up_and_not_after_it_reconnec
     assert reconnected == 2
     assert down >= reconnected + 3  # 0.5 s at one scan per 0.05 s (or per pass, if slower)
     assert account.keeper.fill_catch_ups > 0  # while down, fills come by REST
+
+
+def test_a_key_placing_many_orders_is_scanned_before_they_push_exits_out_of_reach() -> None:
+    config = ExecutionConfig(
+        reconcile_interval_s=0.02, exit_scan_interval_s=0.05, exit_scan_live_interval_s=60
+    )
+    account = _Account()
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        executor = _Executor(loop.time)
+        reconciler = _reconciler(["k"], config, account, executor)
+        task = asyncio.create_task(reconciler.run("k"))
+        seen = []
+        await asyncio.sleep(0.2)
+        seen.append(account.keeper.scans)
+        executor.placed = ORDERS_BETWEEN_SCANS - 1  # the scan still reaches back far enough
+        await asyncio.sleep(0.2)
+        seen.append(account.keeper.scans)
+        executor.placed = ORDERS_BETWEEN_SCANS
+        await asyncio.sleep(0.2)
+        seen.append(account.keeper.scans)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 1, 2]
+
+
+def test_a_scan_that_could_not_read_a_symbol_is_tried_again_at_the_short_interval() -> None:
+    config = ExecutionConfig(
+        reconcile_interval_s=0.02, exit_scan_interval_s=0.3, exit_scan_live_interval_s=60
+    )
+    account, venue = _Account(), _Venue()
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        reconciler = _reconciler(["k"], config, account, _Executor(loop.time), venue)
+        venue.failing = True
+        task = asyncio.create_task(reconciler.run("k"))
+        seen = []
+        await asyncio.sleep(0.15)
+        seen.append(account.keeper.scans)  # the first, incomplete
+        venue.failing = False
+        await asyncio.sleep(0.5)
+        seen.append(account.keeper.scans)  # again 0.3 s after it, complete this time
+        await asyncio.sleep(0.5)
+        seen.append(account.keeper.scans)  # then the live interval holds
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return seen
+
+    first, again, after = asyncio.run(scenario())
+
+    assert first == 1
+    assert again == 2
+    assert after == again
 
 
 def test_a_live_interval_shorter_than_the_scan_interval_does_not_speed_the_scan_up() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 import uuid
@@ -21,7 +19,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
-from tests.bot.sim.kit import admin, eventually, settle
+from tests.bot.sim.kit import admin, eventually, pybit_sessions, settle, signed_post, simulators
 
 KEY = "test-key"
 SECRET = "test-secret"
@@ -40,17 +38,10 @@ def _spec(**fields: Any) -> SimAccountSpec:
 @pytest.fixture
 def start_sim() -> Iterator[StartSim]:
     """Start simulators with config overrides; every one is stopped after the test."""
-    servers: list[SimServer] = []
-
-    def start(**config_fields: Any) -> SimServer:
-        config = SimulatorConfig(seed=7, accounts=[_spec()], **config_fields)
-        server = SimServer(SimExchange(config)).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    with simulators(
+        lambda **fields: SimulatorConfig(seed=7, accounts=[_spec()], **fields)
+    ) as start:
+        yield start
 
 
 @pytest.fixture
@@ -60,25 +51,8 @@ def server(start_sim: StartSim) -> SimServer:
 
 @pytest.fixture
 def connect() -> Iterator[Callable[..., HTTP]]:
-    """pybit sessions pointed at a simulator, with pybit's own retries disabled."""
-    sessions: list[HTTP] = []
-
-    def make(server: SimServer, key: str = KEY, secret: str = SECRET, **options: Any) -> HTTP:
-        session = HTTP(
-            api_key=key,
-            api_secret=secret,
-            timeout=5,
-            max_retries=1,
-            retry_codes={-1},
-            **options,
-        )
-        session.endpoint = server.url
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.client.close()
+    with pybit_sessions(KEY, SECRET) as make:
+        yield make
 
 
 @pytest.fixture
@@ -152,25 +126,7 @@ def _first_failure(call: Callable[[], Any], error: type[E], attempts: int = 50) 
 
 
 def _signed_post(server: SimServer, path: str, body: bytes) -> dict[str, Any]:
-    """A POST signed the way Bybit documents it, independently of the simulator's code."""
-    timestamp, recv_window = str(int(time.time() * 1000)), "5000"
-    signature = hmac.new(
-        SECRET.encode(), f"{timestamp}{KEY}{recv_window}".encode() + body, hashlib.sha256
-    ).hexdigest()
-    answer = requests.post(
-        server.url + path,
-        data=body,
-        headers={
-            "Content-Type": "application/json",
-            "X-BAPI-API-KEY": KEY,
-            "X-BAPI-SIGN": signature,
-            "X-BAPI-TIMESTAMP": timestamp,
-            "X-BAPI-RECV-WINDOW": recv_window,
-        },
-        timeout=5,
-    )
-    assert answer.status_code == 200
-    return dict(answer.json())
+    return signed_post(server, path, body, KEY, SECRET)
 
 
 # ------------------------------------------------------------------ trading

@@ -3,8 +3,6 @@ over loopback (and raw signed requests where pybit would not send the mistake)."
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +24,7 @@ from bot.sim import (
 )
 from bot.sim.params import OpenInterestParams, PlaceOrderParams, RecentTradeParams
 from bot.sim.ratelimit import RollingWindowLimiter
-from tests.bot.sim.kit import admin, settle
+from tests.bot.sim.kit import admin, pybit_sessions, settle, signed_post, simulators
 
 KEY = "more-key"
 OTHER_KEY = "more-other"
@@ -47,22 +45,14 @@ def _spec(key: str, **fields: Any) -> SimAccountSpec:
 @pytest.fixture
 def start_sim() -> Iterator[StartSim]:
     """Start simulators (four accounts) with config overrides; each is stopped after the test."""
-    servers: list[SimServer] = []
-
-    def start(**config: Any) -> SimServer:
-        accounts = [
-            _spec(KEY),
-            _spec(OTHER_KEY),
-            _spec(HEDGE_KEY, hedge_mode=True),
-            _spec(READ_ONLY_KEY, read_only=True),
-        ]
-        server = SimServer(SimExchange(SimulatorConfig(seed=3, accounts=accounts, **config)))
-        servers.append(server.start())
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    accounts = [
+        _spec(KEY),
+        _spec(OTHER_KEY),
+        _spec(HEDGE_KEY, hedge_mode=True),
+        _spec(READ_ONLY_KEY, read_only=True),
+    ]
+    with simulators(lambda **config: SimulatorConfig(seed=3, accounts=accounts, **config)) as start:
+        yield start
 
 
 @pytest.fixture
@@ -72,20 +62,8 @@ def server(start_sim: StartSim) -> SimServer:
 
 @pytest.fixture
 def connect() -> Iterator[Callable[..., HTTP]]:
-    """pybit sessions pointed at a simulator, with pybit's own retries disabled."""
-    sessions: list[HTTP] = []
-
-    def make(server: SimServer, key: str = KEY, **options: Any) -> HTTP:
-        session = HTTP(
-            api_key=key, api_secret=SECRET, timeout=5, max_retries=1, retry_codes={-1}, **options
-        )
-        session.endpoint = server.url
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.client.close()
+    with pybit_sessions(KEY, SECRET) as make:
+        yield make
 
 
 @pytest.fixture
@@ -123,25 +101,7 @@ def _limit(session: HTTP, price: str, side: str = "Buy", **extra: Any) -> str:
 
 def _signed_post(server: SimServer, path: str, body: dict[str, Any]) -> dict[str, Any]:
     """A POST signed as Bybit documents it, for bodies pybit would not build."""
-    raw = json.dumps(body).encode()
-    timestamp, window = str(int(time.time() * 1000)), "5000"
-    signature = hmac.new(
-        SECRET.encode(), f"{timestamp}{KEY}{window}".encode() + raw, hashlib.sha256
-    ).hexdigest()
-    answer = requests.post(
-        server.url + path,
-        data=raw,
-        headers={
-            "Content-Type": "application/json",
-            "X-BAPI-API-KEY": KEY,
-            "X-BAPI-SIGN": signature,
-            "X-BAPI-TIMESTAMP": timestamp,
-            "X-BAPI-RECV-WINDOW": window,
-        },
-        timeout=5,
-    )
-    assert answer.status_code == 200
-    return dict(answer.json())
+    return signed_post(server, path, json.dumps(body).encode(), KEY, SECRET)
 
 
 def _public(server: SimServer, path: str, **query: Any) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from bot.cli import app
-from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig, parse_faults
-from tests.bot.sim.kit import admin, eventually, settle
+from bot.sim import SimAccountSpec, SimServer, SimulatorConfig, parse_faults
+from tests.bot.sim.kit import admin, eventually, pybit_sessions, settle, simulators
 
 KEY = "routes-key"
 SECRET = "routes-secret"
@@ -23,17 +23,9 @@ SECRET = "routes-secret"
 
 @pytest.fixture
 def start_sim() -> Iterator[Callable[..., SimServer]]:
-    servers: list[SimServer] = []
-
-    def start(**config: Any) -> SimServer:
-        spec = SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET))
-        server = SimServer(SimExchange(SimulatorConfig(seed=5, accounts=[spec], **config)))
-        servers.append(server.start())
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    spec = SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET))
+    with simulators(lambda **config: SimulatorConfig(seed=5, accounts=[spec], **config)) as start:
+        yield start
 
 
 @pytest.fixture
@@ -43,19 +35,8 @@ def server(start_sim: Callable[..., SimServer]) -> SimServer:
 
 @pytest.fixture
 def connect() -> Iterator[Callable[..., HTTP]]:
-    sessions: list[HTTP] = []
-
-    def make(server: SimServer, **options: Any) -> HTTP:
-        session = HTTP(
-            api_key=KEY, api_secret=SECRET, timeout=5, max_retries=1, retry_codes={-1}, **options
-        )
-        session.endpoint = server.url
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        session.client.close()
+    with pybit_sessions(KEY, SECRET) as make:
+        yield make
 
 
 @pytest.fixture
