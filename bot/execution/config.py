@@ -69,7 +69,7 @@ class ExecutionConfig(BaseModel):
         gt=0,
         le=3600,
         description="the same while the key's account stream has stayed up since the last "
-        "scan (it reports exits itself); never more often than exit_scan_interval_s",
+        "complete scan (it reports exits itself); never more often than exit_scan_interval_s",
     )
     reconcile_batch: int = Field(
         50, ge=1, le=1000, description="orders looked up per key per reconciliation pass"
