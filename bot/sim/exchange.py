@@ -155,11 +155,6 @@ def _history_bounds(start: int | None, end: int | None, now: int) -> tuple[int, 
     return first, last
 
 
-def _item(model: type[M], item: dict[str, Any], category: str) -> M:
-    """One batch item as the single endpoint's parameters (the batch's category applies)."""
-    return parse_params(model, {**item, "category": category})
-
-
 def _echo(item: dict[str, Any], name: str) -> str:
     """A batch item's field as sent, for the row of an item that failed ("" if not text)."""
     value = item.get(name)
@@ -816,15 +811,9 @@ class SimExchange:
         """`POST /v5/order/create-batch`: each item as `/v5/order/create` would take it, in
         order; one that fails (or lies beyond the `granted` rate-limit budget: 10006) fails
         alone. The result lists a row per item, `retExtInfo` a code per item."""
-        with self._lock:
-            self._account(api_key)
-            self._require(api_key, "Order")
-            return self._run_batch(
-                params.request,
-                granted,
-                lambda item: self._place(api_key, _item(PlaceOrderParams, item, params.category)),
-                batch_place_row,
-            )
+        return self._run_batch(
+            api_key, params, granted, PlaceOrderParams, self._place, batch_place_row
+        )
 
     def _place(self, api_key: str, params: PlaceOrderParams) -> OrderRecord:
         """Check and book one new order (lock held); SimError with Bybit's code otherwise."""
@@ -938,39 +927,41 @@ class SimExchange:
     def cancel_batch(self, api_key: str, params: BatchCancelParams, granted: int) -> BatchAnswer:
         """`POST /v5/order/cancel-batch`: each item as `/v5/order/cancel` would take it; one
         that fails (or lies beyond the `granted` rate-limit budget: 10006) fails alone."""
+        return self._run_batch(
+            api_key, params, granted, CancelOrderParams, self._cancel, batch_cancel_row
+        )
+
+    def _run_batch(
+        self,
+        api_key: str,
+        batch: BatchPlaceParams | BatchCancelParams,
+        granted: int,
+        model: type[M],
+        apply: Callable[[str, M], OrderRecord],
+        row: Callable[[OrderRecord | None, str, str], dict[str, str]],
+    ) -> BatchAnswer:
+        """Run a batch's items in order, each as the single endpoint's `model` (the batch's
+        category applies) through `apply`: each succeeds or fails alone, and those past the
+        `granted` rate-limit budget fail 10006. An unknown key, or one without the right, fails
+        the whole batch. A result row and a retExtInfo code per item, in the items' order."""
+        rows: list[dict[str, Any]] = []
+        outcomes: list[dict[str, Any]] = []
         with self._lock:
             self._account(api_key)
             self._require(api_key, "Order")
-            return self._run_batch(
-                params.request,
-                granted,
-                lambda item: self._cancel(api_key, _item(CancelOrderParams, item, params.category)),
-                batch_cancel_row,
-            )
-
-    @staticmethod
-    def _run_batch(
-        items: list[dict[str, Any]],
-        granted: int,
-        run: Callable[[dict[str, Any]], OrderRecord],
-        row: Callable[[OrderRecord | None, str, str], dict[str, str]],
-    ) -> BatchAnswer:
-        """Run a batch's items in order (lock held): each succeeds or fails alone, and those
-        past the `granted` rate-limit budget fail 10006. A result row and a retExtInfo code
-        per item, in the items' order."""
-        rows: list[dict[str, Any]] = []
-        outcomes: list[dict[str, Any]] = []
-        for index, item in enumerate(items):
-            order: OrderRecord | None = None
-            outcome = _outcome(RetCode.TOO_MANY_VISITS, "Too many visits!")
-            if index < granted:
-                try:
-                    order = run(item)
-                    outcome = _outcome(RetCode.OK, "OK")
-                except SimError as exc:
-                    outcome = _outcome(exc.ret_code, exc.ret_msg)
-            rows.append(row(order, _echo(item, "symbol"), _echo(item, "orderLinkId")))
-            outcomes.append(outcome)
+            for index, item in enumerate(batch.request):
+                order: OrderRecord | None = None
+                outcome = _outcome(RetCode.TOO_MANY_VISITS, "Too many visits!")
+                if index < granted:
+                    try:
+                        order = apply(
+                            api_key, parse_params(model, {**item, "category": batch.category})
+                        )
+                        outcome = _outcome(RetCode.OK, "OK")
+                    except SimError as exc:
+                        outcome = _outcome(exc.ret_code, exc.ret_msg)
+                rows.append(row(order, _echo(item, "symbol"), _echo(item, "orderLinkId")))
+                outcomes.append(outcome)
         return {"list": rows}, {"list": outcomes}
 
     def _cancel(self, api_key: str, params: CancelOrderParams) -> OrderRecord:

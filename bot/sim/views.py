@@ -411,23 +411,10 @@ def fee_rate_view(symbol: str, taker_fee_rate: Decimal, maker_fee_rate: Decimal)
 
 
 def batch_place_row(order: OrderRecord | None, symbol: str, order_link_id: str) -> dict[str, str]:
-    """One `/v5/order/create-batch` result row: the order created, or (None) the blanks Bybit
-    sends for an item that failed, whose reason is in `retExtInfo.list`."""
-    if order is None:
-        return {
-            "category": "linear",
-            "symbol": symbol,
-            "orderId": "",
-            "orderLinkId": order_link_id,
-            "createAt": "",
-        }
-    return {
-        "category": "linear",
-        "symbol": order.symbol,
-        "orderId": order.order_id,
-        "orderLinkId": order.order_link_id,
-        "createAt": str(order.created_ms),
-    }
+    """One `/v5/order/create-batch` result row: the cancel-batch row with `createAt`, blank
+    for an item that failed (its reason is in `retExtInfo.list`)."""
+    created = "" if order is None else str(order.created_ms)
+    return {**batch_cancel_row(order, symbol, order_link_id), "createAt": created}
 
 
 def batch_cancel_row(order: OrderRecord | None, symbol: str, order_link_id: str) -> dict[str, str]:
