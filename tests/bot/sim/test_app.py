@@ -19,7 +19,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
-from tests.bot.sim.kit import admin, eventually, pybit_sessions, settle, signed_post, simulators
+from tests.bot.sim.kit import admin, eventually, settle, signed_post, simulators
 
 KEY = "test-key"
 SECRET = "test-secret"
@@ -42,22 +42,6 @@ def start_sim() -> Iterator[StartSim]:
         lambda **fields: SimulatorConfig(seed=7, accounts=[_spec()], **fields)
     ) as start:
         yield start
-
-
-@pytest.fixture
-def server(start_sim: StartSim) -> SimServer:
-    return start_sim()
-
-
-@pytest.fixture
-def connect() -> Iterator[Callable[..., HTTP]]:
-    with pybit_sessions(KEY, SECRET) as make:
-        yield make
-
-
-@pytest.fixture
-def session(server: SimServer, connect: Callable[..., HTTP]) -> HTTP:
-    return connect(server)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from bot.sim import (
 )
 from bot.sim.params import OpenInterestParams, PlaceOrderParams, RecentTradeParams
 from bot.sim.ratelimit import RollingWindowLimiter
-from tests.bot.sim.kit import admin, pybit_sessions, settle, signed_post, simulators
+from tests.bot.sim.kit import admin, settle, signed_post, simulators
 
 KEY = "more-key"
 OTHER_KEY = "more-other"
@@ -53,22 +53,6 @@ def start_sim() -> Iterator[StartSim]:
     ]
     with simulators(lambda **config: SimulatorConfig(seed=3, accounts=accounts, **config)) as start:
         yield start
-
-
-@pytest.fixture
-def server(start_sim: StartSim) -> SimServer:
-    return start_sim()
-
-
-@pytest.fixture
-def connect() -> Iterator[Callable[..., HTTP]]:
-    with pybit_sessions(KEY, SECRET) as make:
-        yield make
-
-
-@pytest.fixture
-def session(server: SimServer, connect: Callable[..., HTTP]) -> HTTP:
-    return connect(server)
 
 
 def _error(call: Callable[[], Any]) -> tuple[int, str]:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.sim import SimAccountSpec, SimServer, SimulatorConfig, parse_faults
-from tests.bot.sim.kit import admin, eventually, pybit_sessions, settle, simulators
+from tests.bot.sim.kit import admin, eventually, settle, simulators
 
 KEY = "routes-key"
 SECRET = "routes-secret"
@@ -26,22 +26,6 @@ def start_sim() -> Iterator[Callable[..., SimServer]]:
     spec = SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET))
     with simulators(lambda **config: SimulatorConfig(seed=5, accounts=[spec], **config)) as start:
         yield start
-
-
-@pytest.fixture
-def server(start_sim: Callable[..., SimServer]) -> SimServer:
-    return start_sim()
-
-
-@pytest.fixture
-def connect() -> Iterator[Callable[..., HTTP]]:
-    with pybit_sessions(KEY, SECRET) as make:
-        yield make
-
-
-@pytest.fixture
-def session(server: SimServer, connect: Callable[..., HTTP]) -> HTTP:
-    return connect(server)
 
 
 def _market(session: HTTP, side: str = "Buy", qty: str = "0.01", **extra: Any) -> Any:
