@@ -5,7 +5,8 @@ orders have been placed than the scan reads, and the last scan was complete."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 from hypothesis import given
@@ -93,6 +94,18 @@ def _reconciler(
     )
 
 
+@asynccontextmanager
+async def _running(reconciler: Reconciler, *keys: str) -> AsyncIterator[None]:
+    """The reconciliation loops of `keys`, cancelled on leaving."""
+    tasks = [asyncio.create_task(reconciler.run(key)) for key in keys]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @given(
     slot=st.floats(0, 1e6),
     late=st.floats(0, 1e4),
@@ -130,11 +143,8 @@ def test_each_key_passes_at_its_own_phase_of_the_interval() -> None:
         executor = _Executor(loop.time)
         reconciler = _reconciler(keys, config, _Account(), executor)
         started = loop.time()
-        tasks = [asyncio.create_task(reconciler.run(key)) for key in keys]
-        await asyncio.sleep(1.9)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        async with _running(reconciler, *keys):
+            await asyncio.sleep(1.9)
         return {key: [at - started for at in times] for key, times in executor.passes.items()}
 
     passes = asyncio.run(scenario())
@@ -154,18 +164,16 @@ def test_the_exit_scan_slows_while_the_stream_stays_up_and_not_after_it_reconnec
     async def scenario() -> list[int]:
         loop = asyncio.get_running_loop()
         reconciler = _reconciler(["k"], config, account, _Executor(loop.time))
-        task = asyncio.create_task(reconciler.run("k"))
-        seen = []
-        await asyncio.sleep(0.5)  # live all along: the first scan only
-        seen.append(account.keeper.scans)
-        account.connection = 2  # dropped and reconnected: what the gap hid is scanned for
-        await asyncio.sleep(0.5)
-        seen.append(account.keeper.scans)
-        account.connection = None  # down: every exit_scan_interval_s
-        await asyncio.sleep(0.5)
-        seen.append(account.keeper.scans)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with _running(reconciler, "k"):
+            seen = []
+            await asyncio.sleep(0.5)  # live all along: the first scan only
+            seen.append(account.keeper.scans)
+            account.connection = 2  # dropped and reconnected: what the gap hid is scanned for
+            await asyncio.sleep(0.5)
+            seen.append(account.keeper.scans)
+            account.connection = None  # down: every exit_scan_interval_s
+            await asyncio.sleep(0.5)
+            seen.append(account.keeper.scans)
         return seen
 
     live, reconnected, down = asyncio.run(scenario())
@@ -186,18 +194,16 @@ def test_a_key_placing_many_orders_is_scanned_before_they_push_exits_out_of_reac
         loop = asyncio.get_running_loop()
         executor = _Executor(loop.time)
         reconciler = _reconciler(["k"], config, account, executor)
-        task = asyncio.create_task(reconciler.run("k"))
-        seen = []
-        await asyncio.sleep(0.2)
-        seen.append(account.keeper.scans)
-        executor.placed = ORDERS_BETWEEN_SCANS - 1  # the scan still reaches back far enough
-        await asyncio.sleep(0.2)
-        seen.append(account.keeper.scans)
-        executor.placed = ORDERS_BETWEEN_SCANS
-        await asyncio.sleep(0.2)
-        seen.append(account.keeper.scans)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with _running(reconciler, "k"):
+            seen = []
+            await asyncio.sleep(0.2)
+            seen.append(account.keeper.scans)
+            executor.placed = ORDERS_BETWEEN_SCANS - 1  # the scan still reaches back far enough
+            await asyncio.sleep(0.2)
+            seen.append(account.keeper.scans)
+            executor.placed = ORDERS_BETWEEN_SCANS
+            await asyncio.sleep(0.2)
+            seen.append(account.keeper.scans)
         return seen
 
     assert asyncio.run(scenario()) == [1, 1, 2]
@@ -213,17 +219,15 @@ def test_a_scan_that_could_not_read_a_symbol_is_tried_again_at_the_short_interva
         loop = asyncio.get_running_loop()
         reconciler = _reconciler(["k"], config, account, _Executor(loop.time), venue)
         venue.failing = True
-        task = asyncio.create_task(reconciler.run("k"))
-        seen = []
-        await asyncio.sleep(0.15)
-        seen.append(account.keeper.scans)  # the first, incomplete
-        venue.failing = False
-        await asyncio.sleep(0.5)
-        seen.append(account.keeper.scans)  # again 0.3 s after it, complete this time
-        await asyncio.sleep(0.5)
-        seen.append(account.keeper.scans)  # then the live interval holds
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with _running(reconciler, "k"):
+            seen = []
+            await asyncio.sleep(0.15)
+            seen.append(account.keeper.scans)  # the first, incomplete
+            venue.failing = False
+            await asyncio.sleep(0.5)
+            seen.append(account.keeper.scans)  # again 0.3 s after it, complete this time
+            await asyncio.sleep(0.5)
+            seen.append(account.keeper.scans)  # then the live interval holds
         return seen
 
     first, again, after = asyncio.run(scenario())
@@ -242,10 +246,8 @@ def test_a_live_interval_shorter_than_the_scan_interval_does_not_speed_the_scan_
     async def scenario() -> int:
         loop = asyncio.get_running_loop()
         reconciler = _reconciler(["k"], config, account, _Executor(loop.time))
-        task = asyncio.create_task(reconciler.run("k"))
-        await asyncio.sleep(0.45)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with _running(reconciler, "k"):
+            await asyncio.sleep(0.45)
         return account.keeper.scans
 
     assert asyncio.run(scenario()) == 2  # at the first pass and 0.3 s later
