@@ -28,7 +28,8 @@ Measured, each over `--signals` signals at a steady `--rate` and at twice that:
   signal over the loads.
 
 The bot's journal is NORMAL (its default); `--journal-synchronous FULL` runs it as
-config/mainnet.toml does, its promises waiting for the disk.
+config/mainnet.toml does, its promises waiting for the disk. The bot runs wherever the system
+schedules it (its default); `--cpus 1` pins it to CPU 1 (`cpus = [1]`, see bot/cpus.py).
 
 Run: `make bench-intake` or `python -m bench.intake [--signals N] [--rate R] [--json-out F]`.
 Exit code 0: every signal became exactly one order; 1: a correctness check failed; 2: the
@@ -53,6 +54,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -102,6 +104,15 @@ TARGETS: Final = {
 _MS: Final = 1_000_000
 #: The simulator's price walk of BTCUSDT during the run: 1 bp a step, every 100 ms.
 MARKET_WALK: Final = {"seed": 11, "step_bps": 1, "interval_ms": 100}
+
+
+@dataclass(frozen=True)
+class BotOptions:
+    """The bot's settings a run compares: `journal_synchronous` (NORMAL, its default; FULL,
+    as config/mainnet.toml sets it) and `cpus` (empty, its default: any)."""
+
+    synchronous: str = "NORMAL"
+    cpus: tuple[int, ...] = ()
 
 
 class BenchError(Exception):
@@ -174,6 +185,7 @@ _BOT_CONFIG: Final = """
 environment = "sim"
 state_dir = "{state}"
 journal_synchronous = "{synchronous}"
+cpus = {cpus}
 [http]
 host = "127.0.0.1"
 port = {port}
@@ -198,9 +210,9 @@ class _Bot:
         sim_url: str,
         keys: Sequence[str],
         mqtt_port: int,
-        synchronous: str = "NORMAL",
+        options: BotOptions,
     ) -> None:
-        """`mqtt_port` 0: no MQTT; `synchronous`: the journal's (`journal_synchronous`)."""
+        """`mqtt_port` 0: no MQTT."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         client_id = f"bench-{secrets.token_hex(3)}"
@@ -211,7 +223,8 @@ class _Bot:
         )
         text = _BOT_CONFIG.format(
             state=work / "var",
-            synchronous=synchronous,
+            synchronous=options.synchronous,
+            cpus=list(options.cpus),
             port=self.port,
             sim_url=sim_url,
             mqtt=mqtt,
@@ -444,12 +457,12 @@ def _floor(sim: _Simulator, keys: Sequence[str], count: int, rate: float) -> dic
     }
 
 
-def _burst(work: Path, signals: int, synchronous: str) -> dict[str, Any]:
+def _burst(work: Path, signals: int, options: BotOptions) -> dict[str, Any]:
     """`signals` (300) at once over 3 strategies and 3 keys, Bybit's limits enforced."""
     keys = [f"burst-key-{index}" for index in range(BURST_KEYS)]
     with _Simulator(keys) as sim:
         (work / "burst").mkdir(exist_ok=True)
-        bot = _Bot(work / "burst", sim.server.url, keys, 0, synchronous)
+        bot = _Bot(work / "burst", sim.server.url, keys, 0, options)
         bot.start()
         try:
             first = time.perf_counter_ns()
@@ -506,17 +519,18 @@ def run(
     work_dir: Path | None = None,
     burst_signals: int = BURST_SIGNALS,
     footprint_signals: int = 10_000,
-    synchronous: str = "NORMAL",
+    options: BotOptions | None = None,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns the report. `synchronous`: the bot's
-    `journal_synchronous` (NORMAL, its default; FULL, as config/mainnet.toml sets it)."""
+    """The whole benchmark; returns the report. `options`: the bot's settings under test
+    (its defaults when None)."""
+    options = options or BotOptions()
     owned = work_dir is None
     work = work_dir or Path(tempfile.mkdtemp(prefix="bench-intake-"))
     keys = [f"bench-key-{index}" for index in range(STRATEGIES)]
     failures: list[str] = []
     try:
         with _Simulator(keys) as sim, _mosquitto(work) as broker:
-            bot = _Bot(work, sim.server.url, keys, broker, synchronous)
+            bot = _Bot(work, sim.server.url, keys, broker, options)
             bot.start()
             try:
                 rss_start, cpu_start = _process_stats(bot.pid)
@@ -535,7 +549,7 @@ def run(
             finally:
                 bot.stop()
             floor = _floor(sim, keys, signals // 2, rate)
-        burst = _burst(work, burst_signals, synchronous)
+        burst = _burst(work, burst_signals, options)
         total = sum(load["signal_to_order"]["n"] for load in loads) + mqtt["publish_to_order"]["n"]
         for load in loads:
             if load["accepted"] != signals:
@@ -556,7 +570,8 @@ def run(
         return {
             "started_at": run_started_at(),
             "machine": machine(),
-            "journal_synchronous": synchronous,
+            "journal_synchronous": options.synchronous,
+            "bot_cpus": list(options.cpus),
             "signals_per_load": signals,
             "strategies_and_keys": STRATEGIES,
             "webhook": loads,
@@ -584,7 +599,7 @@ def run(
 def _table(report: dict[str, Any]) -> Table:
     table = Table(
         title=f"intake {report['started_at']} ({report['machine']['cpus']} CPUs, journal "
-        f"{report['journal_synchronous']}), ms"
+        f"{report['journal_synchronous']}, bot on CPUs {report['bot_cpus'] or 'any'}), ms"
     )
     for column in ("what", "n", "p50", "p99", "max"):
         table.add_column(column)
@@ -624,6 +639,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="NORMAL",
         help="the bot's journal_synchronous (FULL: as config/mainnet.toml)",
     )
+    parser.add_argument(
+        "--cpus",
+        type=int,
+        nargs="*",
+        default=[],
+        help="pin the bot to these CPUs (its cpus setting); default: any",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--serve-floor", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
@@ -636,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments.signals,
             arguments.rate,
             footprint_signals=arguments.footprint_signals,
-            synchronous=arguments.journal_synchronous,
+            options=BotOptions(arguments.journal_synchronous, tuple(arguments.cpus)),
         )
     except BenchError as exc:
         console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)

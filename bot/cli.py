@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from bot import logs
+from bot import cpus, logs
 from bot.account import AccountProjection, StrategyBook
 from bot.admin import ADMIN_SECRET_NAME
 from bot.audit import AuditLog, RequestObserver, parse_since, read_audit, summary
@@ -178,6 +178,7 @@ def run(
     logs.configure(json=log_json, level=_log_level(log_level))
     settings = _settings(config, host, port)
     with _one_line_errors():
+        cpus.pin(settings.cpus)  # before any thread starts: they all inherit it
         service = Service(settings, secrets_dir=secrets_dir, mainnet_flag=mainnet)
         uvloop.run(service.run())  # libuv's event loop: measured in bench/intake.py
 

@@ -265,6 +265,11 @@ class BotSettings(BaseSettings):
         "commits waits for the disk, ~0.2-1 ms, two on each signal's way to its order). "
         "Every other commit is NORMAL: after a power loss the venue tells it again",
     )
+    cpus: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list,
+        description="CPUs (Linux) every thread of `bot run` is pinned to, e.g. [1]; [] lets the "
+        "system choose. One CPU costs less CPU per signal than several (see bot.cpus)",
+    )
     http: HttpConfig = HttpConfig()
     venue: VenueConfig = VenueConfig()
     execution: ExecutionConfig = ExecutionConfig()

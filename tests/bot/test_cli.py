@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -566,3 +567,25 @@ def test_log_json_lines_are_compact_and_hold_no_secret(sim_config: Callable[...,
     assert any(line["message"] == "bot stopped" for line in lines)
     assert len(secrets) >= 3
     assert not any(secret in output for secret in secrets)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_run_with_cpus_runs_every_thread_on_them_and_refuses_one_it_may_not_use(
+    sim_config: Callable[..., Path], start_bot: StartBot
+) -> None:
+    allowed = os.sched_getaffinity(0)
+    port = free_port()
+    config = sim_config(port=port)
+
+    refused = bot("run", "--config", str(config), cwd=config.parent, env={"BOT_CPUS": "4096"})
+    assert refused.returncode == 2
+    assert "CPU 4096 is not one this process may use" in _one_line(refused.stderr)
+
+    target = max(allowed)
+    process = start_bot(config, port, env={"BOT_CPUS": str(target)})
+    affinities = []
+    for task in Path(f"/proc/{process.pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            affinities.append(os.sched_getaffinity(int(task.name)))
+    assert len(affinities) > 3  # the event loop's, the journal's, the venue's, the streams'
+    assert all(affinity == {target} for affinity in affinities), affinities
