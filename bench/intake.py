@@ -18,8 +18,9 @@ Measured, each over `--signals` signals at a steady `--rate` and at twice that:
 - **webhook 202**: the sender's wait, request sent → answer received;
 - **signal → order**: request sent → the order-create request at the simulator;
 - **MQTT → order**: publish (QoS 1) to a real mosquitto → the order-create at the simulator;
-- **floor**: a bare POST to an empty FastAPI endpoint on uvicorn (the same server stack, in a
-  subprocess), and a bare pybit `place_order` to the same simulator, both at the same pace;
+- **floor**: a bare POST to an empty endpoint on the bot's own server stack (`bot.app`'s
+  app on uvicorn, the endpoint served as the webhooks are, in a subprocess), and a bare pybit
+  `place_order` to the same simulator, both at the same pace;
   the bot's overhead is signal → order minus (POST + place_order), p50 and p99;
 - **burst**: 300 signals at once over 3 strategies and 3 keys, the simulator enforcing
   Bybit's limits: time to the last order against the minimum the limits allow, and 10006s;
@@ -61,7 +62,7 @@ from typing import Any, Final
 import paho.mqtt.client as paho_mqtt
 import requests
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from paho.mqtt.enums import CallbackAPIVersion
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
@@ -78,6 +79,7 @@ from bench.common import (
     run_started_at,
     wait_until,
 )
+from bot.app import DirectRoute, create_app
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from signals.voiceofchain import SIGNATURE_HEADER, sign
@@ -378,14 +380,19 @@ def _mqtt_load(
 
 
 def _floor_server(port: int) -> None:
-    """A bare FastAPI POST endpoint on uvicorn (run in a subprocess by `--serve-floor`)."""
-    app = FastAPI()
+    """A bare POST endpoint on the bot's own HTTP stack: `bot.app.create_app` on uvicorn, the
+    endpoint a `DirectRoute` as the webhooks are (run in a subprocess by `--serve-floor`)."""
 
-    @app.post("/empty")
     async def empty(request: Request) -> Response:
         await request.body()
         return Response(status_code=202)
 
+    async def healthy() -> dict[str, Any]:
+        return {"ready": True}
+
+    router = APIRouter()
+    router.add_api_route("/empty", empty, methods=["POST"], route_class_override=DirectRoute)
+    app = create_app([router], healthy)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 

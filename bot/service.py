@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from bot import metrics, notify
 from bot.account import Account
@@ -203,7 +203,7 @@ class _Stages:
     reconciler: Reconciler
     account: Account
     venues: Mapping[str, BybitVenue]
-    app: FastAPI
+    app: ASGIApp
     keys: KeyGuard
     sources: list[SignalSource]
     control: MqttControl | None

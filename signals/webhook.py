@@ -38,6 +38,7 @@ from loguru import logger
 from pydantic import BaseModel, Field, SecretStr
 
 from bot import metrics
+from bot.app import DirectRoute
 from bot.messages import SignalError, parse_signal, utc_now
 from signals.base import SignalSink
 from signals.presets import ResolvedSource, map_payload
@@ -226,6 +227,7 @@ class WebhookReceiver:
             self.path,
             self.receive,
             methods=["POST"],
+            route_class_override=DirectRoute,  # a signal's way to its order: no middleware
             status_code=202,
             summary=f"Receive a {self.source} signal",
             response_model=Accepted,

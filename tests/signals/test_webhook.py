@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
+from starlette.types import ASGIApp
 
+from bot.app import create_app
 from bot.messages import Signal
 from signals.config import WebhookSourceConfig
 from signals.presets import resolve
@@ -66,10 +67,18 @@ def receiver_for(
     )
 
 
+async def _healthy() -> dict[str, object]:
+    return {"ready": True}
+
+
+def served(receiver: WebhookReceiver) -> ASGIApp:
+    """The receiver's routes served as the bot serves them (`create_app`: its POST a
+    `DirectRoute`, ahead of FastAPI's middleware)."""
+    return create_app([receiver.router()], _healthy)
+
+
 def client_for(sink: Sink, client: str = "testclient", **config: object) -> TestClient:
-    app = FastAPI()
-    app.include_router(receiver_for(sink, **config).router())  # type: ignore[arg-type]
-    return TestClient(app, client=(client, 50000))
+    return TestClient(served(receiver_for(sink, **config)), client=(client, 50000))
 
 
 @pytest.fixture
@@ -271,11 +280,10 @@ def test_every_429_says_when_to_retry(sink: Sink) -> None:
 
 def test_repeated_failed_logins_lock_that_address_out_and_no_other(sink: Sink) -> None:
     rejections = Rejections()
-    app = FastAPI()
     receiver = receiver_for(
         sink, rejections=rejections, auth_failures_before_lockout=3, lockout_s=120
     )
-    app.include_router(receiver.router())
+    app = served(receiver)
     attacker = TestClient(app, client=("203.0.113.9", 1))
     sender = TestClient(app, client=("198.51.100.7", 1))
     forged = sign("guessed-secret", body(), int(time.time()))
@@ -292,8 +300,7 @@ def test_repeated_failed_logins_lock_that_address_out_and_no_other(sink: Sink) -
 
 def test_every_rejection_is_reported_without_secrets(sink: Sink) -> None:
     rejections = Rejections()
-    app = FastAPI()
-    app.include_router(receiver_for(sink, rejections=rejections).router())
+    app = served(receiver_for(sink, rejections=rejections))
     client = TestClient(app, client=("192.0.2.1", 1))
     signature = sign("wrong-secret", body(), int(time.time()))
 
@@ -308,8 +315,7 @@ def test_every_rejection_is_reported_without_secrets(sink: Sink) -> None:
 
 
 def test_any_of_several_secrets_signs_so_a_secret_rotates_without_downtime(sink: Sink) -> None:
-    app = FastAPI()
-    app.include_router(receiver_for(sink, secrets=("old-secret-123", SECRET)).router())
+    app = served(receiver_for(sink, secrets=("old-secret-123", SECRET)))
     client = TestClient(app)
 
     payload = body(id="old")  # one body: signed and sent as it is (it carries the time)
@@ -323,8 +329,7 @@ def test_only_allowed_addresses_and_x_forwarded_for_only_from_trusted_proxies(
     sink: Sink,
 ) -> None:
     config = {"allowed_ips": ["198.51.100.0/24"], "trusted_proxies": ["10.0.0.1"]}
-    app = FastAPI()
-    app.include_router(receiver_for(sink, **config).router())  # type: ignore[arg-type]
+    app = served(receiver_for(sink, **config))
     proxy = TestClient(app, client=("10.0.0.1", 1))
     stranger = TestClient(app, client=("203.0.113.5", 1))
     forwarded = {"X-Forwarded-For": "203.0.113.5, 198.51.100.7"}
@@ -343,8 +348,7 @@ TRADINGVIEW = "/webhooks/tradingview"
 
 
 def tradingview_client(sink: Sink, **config: object) -> TestClient:
-    app = FastAPI()
-    app.include_router(receiver_for(sink, source="tradingview", **config).router())  # type: ignore[arg-type]
+    app = served(receiver_for(sink, source="tradingview", **config))
     return TestClient(app)
 
 
@@ -385,9 +389,8 @@ def test_a_tradingview_close_and_its_token_rules(sink: Sink) -> None:
 
 
 def test_tradingview_may_be_limited_to_its_published_addresses(sink: Sink) -> None:
-    app = FastAPI()
     receiver = receiver_for(sink, source="tradingview", allow_preset_ips=True)
-    app.include_router(receiver.router())
+    app = served(receiver)
 
     outside = TestClient(app, client=("203.0.113.5", 1)).post(TRADINGVIEW, content=alert())
     inside = TestClient(app, client=("52.89.214.238", 1)).post(TRADINGVIEW, content=alert())
@@ -397,11 +400,7 @@ def test_tradingview_may_be_limited_to_its_published_addresses(sink: Sink) -> No
 
 def test_a_custom_mapping_names_what_is_missing(sink: Sink) -> None:
     mapping = {"fields": {"symbol": "pair", "side": "direction"}}
-    app = FastAPI()
-    app.include_router(
-        receiver_for(sink, source="myfeed", mapping=mapping).router()  # type: ignore[arg-type]
-    )
-    client = TestClient(app)
+    client = TestClient(served(receiver_for(sink, source="myfeed", mapping=mapping)))
     data = json.dumps({"direction": "buy"}).encode()
 
     response = client.post(

@@ -1,0 +1,93 @@
+"""The bot's HTTP app: a `DirectRoute` (a signal's webhook) is served ahead of FastAPI's
+middleware and routing, and still answers, counts and documents itself like any route."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
+
+from bot import metrics
+from bot.app import DirectRoute, create_app
+from bot.logs import logger
+
+
+async def _healthy() -> dict[str, Any]:
+    return {"ready": True}
+
+
+def _client(endpoint: Any, path: str = "/hot", methods: tuple[str, ...] = ("POST",)) -> TestClient:
+    router = APIRouter()
+    router.add_api_route(path, endpoint, methods=list(methods), route_class_override=DirectRoute)
+    return TestClient(create_app([router], _healthy), raise_server_exceptions=False)
+
+
+async def _echo(request: Request) -> Response:
+    return JSONResponse({"got": (await request.body()).decode()}, status_code=202)
+
+
+def _count(route: str, status: str) -> float:
+    return (
+        metrics.REGISTRY.get_sample_value(
+            "bot_http_responses_total", {"route": route, "status": status}
+        )
+        or 0.0
+    )
+
+
+def test_a_direct_post_is_answered_counted_and_stays_in_the_openapi_document() -> None:
+    client = _client(_echo)
+    before = _count("/hot", "202")
+
+    answer = client.post("/hot", content=b"signal")
+
+    assert (answer.status_code, answer.json()) == (202, {"got": "signal"})
+    assert _count("/hot", "202") == before + 1
+    assert "post" in client.get("/openapi.json").json()["paths"]["/hot"]
+
+
+def test_everything_else_at_its_path_goes_the_usual_way() -> None:
+    client = _client(_echo)
+
+    wrong_method = client.get("/hot")
+    slashed = client.post("/hot/", content=b"x", follow_redirects=False)
+
+    assert wrong_method.status_code == 405
+    assert "detail" in wrong_method.json()
+    assert slashed.status_code != 202  # FastAPI's answer (a redirect), not the endpoint's
+    assert client.get("/livez").json() == {"live": True}
+
+
+def test_an_endpoint_that_fails_answers_a_json_500_and_logs_the_traceback() -> None:
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    client = _client(broken)
+    with _logged_errors() as lines:
+        answer = client.post("/hot", content=b"{}")
+
+    assert answer.status_code == 500
+    assert answer.json()["error"] == "internal error"
+    assert any("/hot failed" in line and "RuntimeError: a bug" in line for line in lines)
+
+
+@pytest.mark.parametrize(("path", "methods"), [("/hot/{signal_id}", ("POST",)), ("/hot", ("GET",))])
+def test_a_direct_route_is_a_post_at_a_fixed_path(path: str, methods: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="a DirectRoute is a POST at a fixed path"):
+        _client(_echo, path, methods)
+
+
+@contextmanager
+def _logged_errors() -> Iterator[list[str]]:
+    """loguru's error lines, with their tracebacks, while the block runs."""
+    lines: list[str] = []
+    handler = logger.add(lines.append, format="{message}\n{exception}", level="ERROR")
+    try:
+        yield lines
+    finally:
+        logger.remove(handler)
