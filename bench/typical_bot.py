@@ -224,6 +224,9 @@ class TypicalBotOptions:
     recover_timeout_s: float = 60.0
     work_dir: Path | None = None
     json_out: Path | None = None
+    #: Our bot pinned to these CPUs (its `cpus` setting); empty: any, its default. The
+    #: typical bot always runs as its users run it.
+    our_cpus: tuple[int, ...] = ()
     log: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
 
     def check(self) -> None:
@@ -435,16 +438,19 @@ def _start_typical(root: Path, sim_url: str, api_key: str, api_secret: str) -> B
 
 
 def _start_ours(
-    root: Path, sim_url: str, api_key: str, api_secret: str, rate_per_s: float
+    root: Path, sim_url: str, api_key: str, api_secret: str, options: TypicalBotOptions
 ) -> tuple[Bot, Path]:
     port, secret = free_port(), secrets.token_hex(24)
     config = root / "bot.toml"
-    config.write_text(_ours_config(root / "var", port, sim_url, rate_per_s), encoding="utf-8")
+    config.write_text(
+        _ours_config(root / "var", port, sim_url, options.rate_per_s), encoding="utf-8"
+    )
     (root / "no-secrets").mkdir(exist_ok=True)
     env = _base_env() | {
         f"BOT_KEY_{KEY_NAME.upper()}_API_KEY": api_key,
         f"BOT_KEY_{KEY_NAME.upper()}_API_SECRET": api_secret,
         f"BOT_WEBHOOK_SECRET_{SOURCE.upper()}": secret,
+        "BOT_CPUS": ",".join(map(str, options.our_cpus)),  # empty: none, the default
     }
     argv = [
         sys.executable,
@@ -614,9 +620,7 @@ class Harness:
             raise BenchError(f"the simulator would not start: {exc}") from None
         sim_url = self.server.url
         self.bots["typical"] = _start_typical(self.root, sim_url, *self._keys["typical"])
-        ours, self.config_path = _start_ours(
-            self.root, sim_url, *self._keys["ours"], self.options.rate_per_s
-        )
+        ours, self.config_path = _start_ours(self.root, sim_url, *self._keys["ours"], self.options)
         self.bots["ours"] = ours
         _wait_ready(self.bots["typical"], _typical_ready)
         _wait_ready(ours, _ours_ready)
@@ -990,6 +994,7 @@ def run(options: TypicalBotOptions) -> dict[str, Any]:
             "pybit": _version("pybit"),
             "flask": _version("flask"),
             "werkzeug": _version("werkzeug"),
+            "our_cpus": list(options.our_cpus) or "any",
         },
         "simulator": {
             "order_create_per_s": harness.exchange.config.rate_limit_per_s("/v5/order/create"),
@@ -1089,7 +1094,8 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
     console.print(
         f"{machine['cpus']} CPUs, Python {machine['python']}, pybit {machine['pybit']}, "
         f"Flask {machine['flask']}; simulator order/create "
-        f"{report['simulator']['order_create_per_s']}/s per UID; wall {report['wall_s']} s",
+        f"{report['simulator']['order_create_per_s']}/s per UID; ours on CPUs "
+        f"{machine['our_cpus']}; wall {report['wall_s']} s",
         highlight=False,
     )
 
@@ -1119,6 +1125,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--work-dir", type=Path, default=None, help="config, logs, journal (kept); default tmp"
     )
     parser.add_argument("--json-out", type=Path, default=None, help="result file")
+    parser.add_argument(
+        "--our-cpus", type=int, nargs="*", default=[], help="pin our bot to these CPUs"
+    )
     return parser.parse_args(argv)
 
 
@@ -1136,6 +1145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle_s=arguments.idle,
         work_dir=arguments.work_dir,
         json_out=arguments.json_out,
+        our_cpus=tuple(arguments.our_cpus),
     )
     try:
         options.check()

@@ -219,12 +219,15 @@ class _Environment(EnvSettingsSource):
     """The `BOT_` variables, where a list setting may also be written `BTCUSDT,ETHUSDT`."""
 
     def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
-        """JSON when it looks like JSON; else, for a list, its comma-separated items. What is
-        neither goes to validation as it is, which names the setting, the value and what
-        fits (pydantic-settings would raise a bare parse error instead)."""
+        """JSON when it looks like JSON; else, for a list, its comma-separated items (none
+        when the value is empty). What is neither goes to validation as it is, which names
+        the setting, the value and what fits (pydantic-settings would raise a bare parse
+        error instead)."""
         text = str(value).strip()
         if not text.startswith(("[", "{")):
-            return [item.strip() for item in text.split(",")] if _is_list(field) else value
+            if not _is_list(field):
+                return value
+            return [item.strip() for item in text.split(",")] if text else []
         try:
             return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
         except ValueError:

@@ -191,6 +191,15 @@ def test_a_list_variable_is_comma_separated_or_json(
     assert settings.strategies["follow"].risk.symbols == symbols
 
 
+@pytest.mark.parametrize(("value", "cpus"), [("", []), ("  ", []), ("1", [1]), ("0,1", [0, 1])])
+def test_an_empty_list_variable_is_an_empty_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, cpus: list[int]
+) -> None:
+    monkeypatch.setenv("BOT_CPUS", value)
+
+    assert load_settings(write(tmp_path, KEYED)).cpus == cpus
+
+
 def test_a_bad_value_is_one_line_naming_setting_value_origin_and_what_is_allowed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
