@@ -253,10 +253,11 @@ def secret_names(compose: dict[str, Any], service: str = "bot") -> dict[str, str
 
 
 def service_env(compose: dict[str, Any], service: str = "bot") -> dict[str, str]:
+    """The service's environment as compose sets it, every `${NAME:-default}` at its default."""
     environment = compose["services"][service].get("environment") or {}
     if isinstance(environment, list):
         environment = dict(item.split("=", 1) for item in environment)
-    return {str(k): str(v) for k, v in environment.items()}
+    return {str(k): interpolate(str(v)) for k, v in environment.items()}
 
 
 # --- mosquitto as compose runs it -------------------------------------------------------------
