@@ -52,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -319,7 +320,7 @@ def _webhook_load(
     local = threading.local()
     sent: dict[str, int] = {}
     waits: list[int] = []
-    codes: list[int] = []
+    answers: dict[str, int | str] = {}  # by orderLinkId: the status, or why there was none
 
     def send(index: int) -> None:
         session = getattr(local, "session", None) or requests.Session()
@@ -331,19 +332,33 @@ def _webhook_load(
         link = order_link_id(strategy, "voiceofchain", signal_id, 0)
         started = time.perf_counter_ns()
         sent[link] = started
-        answer = session.post(
-            f"{bot.url}/webhooks/voiceofchain", data=body, headers=headers, timeout=10
-        )
+        try:
+            answer = session.post(
+                f"{bot.url}/webhooks/voiceofchain", data=body, headers=headers, timeout=10
+            )
+        except requests.RequestException as exc:  # reported with the answers, not lost
+            answers[link] = f"no answer ({type(exc).__name__})"
+            return
         waits.append(time.perf_counter_ns() - started)
-        codes.append(answer.status_code)
+        answers[link] = answer.status_code
 
     _paced(count, rate, send)
-    _wait(lambda: all(link in sim.arrivals for link in sent), 60, f"{tag}: every order")
+    accepted = [link for link, answer in answers.items() if answer == 202]
+
+    def orders_missing() -> int:
+        return sum(link not in sim.arrivals for link in accepted)
+
+    if not wait_until(lambda: orders_missing() == 0, 60):
+        raise BenchError(
+            f"{tag}: {orders_missing()} of the {len(accepted)} accepted signals had no order "
+            "after 60 s (the bot's log says why)"
+        )
     return {
         "rate_per_s": rate,
-        "accepted": codes.count(202),
+        "accepted": len(accepted),
+        "answers": dict(Counter(str(answer) for answer in answers.values())),
         "webhook_202": _summary(waits),
-        "signal_to_order": _summary([sim.arrivals[link] - at for link, at in sent.items()]),
+        "signal_to_order": _summary([sim.arrivals[link] - sent[link] for link in accepted]),
     }
 
 
@@ -560,7 +575,10 @@ def run(
         total = sum(load["signal_to_order"]["n"] for load in loads) + mqtt["publish_to_order"]["n"]
         for load in loads:
             if load["accepted"] != signals:
-                failures.append(f"{load['rate_per_s']}/s: {load['accepted']} of {signals} accepted")
+                failures.append(
+                    f"{load['rate_per_s']}/s: {load['accepted']} of {signals} accepted; "
+                    f"answers {load['answers']}"
+                )
         if burst["orders"] != burst_signals:
             failures.append(f"burst: {burst['orders']} orders of {burst_signals}")
         floor_ms = {
