@@ -36,6 +36,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel, Field, SecretStr
+from starlette.requests import ClientDisconnect
 
 from bot import metrics
 from bot.app import DirectRoute
@@ -329,7 +330,8 @@ class WebhookReceiver:
             raise _Refused(403, "address_not_allowed", f"{client} may not send to {self.path}")
 
     async def _read_body(self, request: Request) -> bytes:
-        """The raw body; refused as soon as it exceeds the limit or is not sent in time."""
+        """The raw body; refused as soon as it exceeds the limit, is not sent in time, or the
+        sender hangs up before it is whole (nothing is journaled; the refusal is kept)."""
         limit = self._config.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -348,6 +350,12 @@ class WebhookReceiver:
         except TimeoutError:
             raise _Refused(
                 408, "timeout", f"the body was not sent within {self._config.body_timeout_s:g} s"
+            ) from None
+        except ClientDisconnect:
+            raise _Refused(
+                400,
+                "incomplete",
+                f"the connection closed after {len(body)} bytes of the body; send it again",
             ) from None
 
     def _json(self, body: bytes) -> object:

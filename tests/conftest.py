@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.config import Environment
+from bot.logs import logger
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
@@ -100,6 +101,17 @@ def sim_venues(
     for venue in venues.values():
         resources.callback(venue.close)
     return exchange, venues
+
+
+@contextmanager
+def logged_errors() -> Iterator[list[str]]:
+    """loguru's ERROR lines (message and traceback) while the block runs."""
+    lines: list[str] = []
+    handler = logger.add(lines.append, format="{message}\n{exception}", level="ERROR")
+    try:
+        yield lines
+    finally:
+        logger.remove(handler)
 
 
 def free_port() -> int:

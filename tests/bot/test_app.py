@@ -3,8 +3,6 @@ middleware and routing, and still answers, counts and documents itself like any 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -14,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from bot import metrics
 from bot.app import DirectRoute, create_app
-from bot.logs import logger
+from tests.conftest import logged_errors
 
 
 async def _healthy() -> dict[str, Any]:
@@ -68,7 +66,7 @@ def test_an_endpoint_that_fails_answers_a_json_500_and_logs_the_traceback() -> N
         raise RuntimeError("a bug")
 
     client = _client(broken)
-    with _logged_errors() as lines:
+    with logged_errors() as lines:
         answer = client.post("/hot", content=b"{}")
 
     assert answer.status_code == 500
@@ -81,13 +79,3 @@ def test_a_direct_route_is_a_post_at_a_fixed_path(path: str, methods: tuple[str,
     with pytest.raises(ValueError, match="a DirectRoute is a POST at a fixed path"):
         _client(_echo, path, methods)
 
-
-@contextmanager
-def _logged_errors() -> Iterator[list[str]]:
-    """loguru's error lines, with their tracebacks, while the block runs."""
-    lines: list[str] = []
-    handler = logger.add(lines.append, format="{message}\n{exception}", level="ERROR")
-    try:
-        yield lines
-    finally:
-        logger.remove(handler)

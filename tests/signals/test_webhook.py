@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from signals.config import WebhookSourceConfig
 from signals.presets import resolve
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 from signals.webhook import WebhookReceiver
+from tests.conftest import logged_errors
 
 SECRET = "webhook-secret-for-tests"
 PATH = "/webhooks/voiceofchain"
@@ -411,3 +413,56 @@ def test_a_custom_mapping_names_what_is_missing(sink: Sink) -> None:
 
     assert response.status_code == 422
     assert [p["field"] for p in response.json()["problems"]] == ["symbol"]
+
+
+def test_a_sender_that_hangs_up_mid_body_is_refused_as_incomplete_not_a_crash(
+    sink: Sink,
+) -> None:
+    """As uvicorn reports it: part of the body, then `http.disconnect`."""
+    rejections = Rejections()
+    app = served(receiver_for(sink, rejections=rejections))
+    data = body()
+    messages = [
+        {"type": "http.request", "body": data[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+            (SIGNATURE_HEADER.lower().encode(), sign(SECRET, data, int(time.time())).encode()),
+        ],
+        "client": ("198.51.100.3", 4000),
+        "server": ("127.0.0.1", 8080),
+    }
+    with logged_errors() as errors:
+        asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+
+    assert sent[0]["status"] == 400
+    assert errors == []
+    assert sink.signals == []
+    assert rejections == [
+        (
+            "incomplete",
+            "the connection closed after 10 bytes of the body; send it again",
+            "198.51.100.3",
+        )
+    ]
+
