@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from bot.bodies import BodyRefused, read_body
 from bot.logs import logger
 from bot.messages import utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
@@ -29,6 +30,7 @@ __all__ = ["ADMIN_SECRET_NAME", "AdminCommand", "AdminRoutes", "parse_command"]
 
 ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 _MAX_BODY_BYTES: Final = 4096
+_BODY_TIMEOUT_S: Final = 10.0
 _MAX_SKEW_S: Final = 300.0
 
 
@@ -77,9 +79,10 @@ class AdminRoutes:
         return router
 
     async def _handle(self, request: Request, state: TradingState) -> JSONResponse:
-        body = await request.body()
-        if len(body) > _MAX_BODY_BYTES:
-            return _answer(413, "too_large", f"body over {_MAX_BODY_BYTES} bytes")
+        try:
+            body = await read_body(request, _MAX_BODY_BYTES, _BODY_TIMEOUT_S, "a command")
+        except BodyRefused as refused:
+            return _answer(refused.status, refused.kind, refused.detail)
         problem = signature_problem(
             request.headers.get(SIGNATURE_HEADER), body, self._secret, self._clock(), _MAX_SKEW_S
         )

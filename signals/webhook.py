@@ -23,7 +23,6 @@ an empty body, or the token in the query string), answers what became of the sig
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import json
@@ -36,10 +35,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel, Field, SecretStr
-from starlette.requests import ClientDisconnect
 
 from bot import metrics
 from bot.app import DirectRoute
+from bot.bodies import BodyRefused, read_body
 from bot.messages import SignalError, parse_signal, utc_now
 from signals.base import SignalSink
 from signals.presets import ResolvedSource, map_payload
@@ -330,33 +329,14 @@ class WebhookReceiver:
             raise _Refused(403, "address_not_allowed", f"{client} may not send to {self.path}")
 
     async def _read_body(self, request: Request) -> bytes:
-        """The raw body; refused as soon as it exceeds the limit, is not sent in time, or the
-        sender hangs up before it is whole (nothing is journaled; the refusal is kept)."""
-        limit = self._config.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise _Refused(413, "too_large", f"a signal is at most {limit} bytes")
-
-        body = bytearray()
+        """The raw body (`bot.bodies.read_body`): bounded in size and time; a sender that
+        hangs up before it is whole is refused (nothing is journaled, the refusal is kept)."""
         try:
-            # A timeout scope, not `wait_for`: no task of its own (and no extra turns of the
-            # event loop) for every signal.
-            async with asyncio.timeout(self._config.body_timeout_s):
-                async for chunk in request.stream():
-                    body += chunk
-                    if len(body) > limit:
-                        raise _Refused(413, "too_large", f"a signal is at most {limit} bytes")
-            return bytes(body)
-        except TimeoutError:
-            raise _Refused(
-                408, "timeout", f"the body was not sent within {self._config.body_timeout_s:g} s"
-            ) from None
-        except ClientDisconnect:
-            raise _Refused(
-                400,
-                "incomplete",
-                f"the connection closed after {len(body)} bytes of the body; send it again",
-            ) from None
+            return await read_body(
+                request, self._config.max_body_bytes, self._config.body_timeout_s, "a signal"
+            )
+        except BodyRefused as refused:
+            raise _Refused(refused.status, refused.kind, refused.detail) from None
 
     def _json(self, body: bytes) -> object:
         try:
