@@ -155,10 +155,14 @@ def test_each_key_passes_at_its_own_phase_of_the_interval() -> None:
     assert firsts[-1] - firsts[0] >= 0.3  # 0.75 s apart by phase; never all at once
 
 
+#: Passes every 20 ms, exit scans every 50 ms, and every minute while the stream stays up.
+_QUICK_PASSES_SLOW_LIVE_SCANS = ExecutionConfig(
+    reconcile_interval_s=0.02, exit_scan_interval_s=0.05, exit_scan_live_interval_s=60
+)
+
+
 def test_the_exit_scan_slows_while_the_stream_stays_up_and_not_after_it_reconnects() -> None:
-    config = ExecutionConfig(
-        reconcile_interval_s=0.02, exit_scan_interval_s=0.05, exit_scan_live_interval_s=60
-    )
+    config = _QUICK_PASSES_SLOW_LIVE_SCANS
     account = _Account()
 
     async def scenario() -> list[int]:
@@ -185,9 +189,7 @@ def test_the_exit_scan_slows_while_the_stream_stays_up_and_not_after_it_reconnec
 
 
 def test_a_key_placing_many_orders_is_scanned_before_they_push_exits_out_of_reach() -> None:
-    config = ExecutionConfig(
-        reconcile_interval_s=0.02, exit_scan_interval_s=0.05, exit_scan_live_interval_s=60
-    )
+    config = _QUICK_PASSES_SLOW_LIVE_SCANS
     account = _Account()
 
     async def scenario() -> list[int]:

@@ -105,3 +105,11 @@ def signed_post(server: SimServer, path: str, body: bytes, key: str, secret: str
     )
     assert answer.status_code == 200
     return dict(answer.json())
+
+
+def assert_first_request_limit_headers(headers: Any, limit: str) -> None:
+    """Bybit's rate-limit headers on a path's first request: its documented limit, one of it
+    used, and the window's reset within seconds."""
+    assert headers["X-Bapi-Limit"] == limit
+    assert int(headers["X-Bapi-Limit-Status"]) == int(limit) - 1
+    assert abs(int(headers["X-Bapi-Limit-Reset-Timestamp"]) - time.time() * 1000) < 5000

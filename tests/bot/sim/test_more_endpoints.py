@@ -24,7 +24,13 @@ from bot.sim import (
 )
 from bot.sim.params import OpenInterestParams, PlaceOrderParams, RecentTradeParams
 from bot.sim.ratelimit import RollingWindowLimiter
-from tests.bot.sim.kit import admin, settle, signed_post, simulators
+from tests.bot.sim.kit import (
+    admin,
+    assert_first_request_limit_headers,
+    settle,
+    signed_post,
+    simulators,
+)
 
 KEY = "more-key"
 OTHER_KEY = "more-other"
@@ -633,8 +639,7 @@ def test_the_new_private_paths_report_bybits_documented_limits(
 
     _, _, headers = call(session)
 
-    assert headers["X-Bapi-Limit"] == limit
-    assert int(headers["X-Bapi-Limit-Status"]) == int(limit) - 1
+    assert_first_request_limit_headers(headers, limit)
 
 
 def test_switch_mode_is_limited_to_10_per_second(
