@@ -17,10 +17,11 @@ with the fill, so replaying the journal rebuilds the same books.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Final
@@ -47,6 +48,7 @@ __all__ = [
     "AccountKeeper",
     "AccountProjection",
     "AccountReport",
+    "RecentFills",
     "StrategyBook",
 ]
 
@@ -62,6 +64,11 @@ _STRATEGY_CACHE: Final = 10_000
 _SPLIT_QUANTUM: Final = Decimal("1e-12")
 #: Orders whose booked fill quantity is remembered (a follower asks only of recent ones).
 _BOOKED_ORDERS: Final = 10_000
+#: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
+#: asks from a minute before the newest journaled fill, so its pages land well inside; an
+#: older fill is looked up in the journal instead (right, only slower), so the memory stays
+#: bounded however long the bot runs.
+FILL_MEMORY: Final = timedelta(minutes=10)
 
 
 @dataclass
@@ -308,6 +315,47 @@ class AccountProjection:
         return self._books[index]
 
 
+class RecentFills:
+    """The execIds of the fills applied in the last `horizon` of each key's fills (by the
+    venue's exec time, behind the key's newest): enough to tell a fill met again from a new
+    one without asking the journal, and bounded however many fills a bot sees.
+
+    `seen(fill)` says True (met before), False (new), or None: older than the memory
+    reaches, so only the journal can tell.
+    """
+
+    def __init__(self, horizon: timedelta = FILL_MEMORY) -> None:
+        self._horizon = horizon
+        self._ids: set[str] = set()
+        # per key: (exec time, execId) as added, and the key's newest exec time
+        self._added: dict[str, deque[tuple[datetime, str]]] = {}
+        self._newest: dict[str, datetime] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def seen(self, fill: Execution) -> bool | None:
+        if fill.exec_id in self._ids:
+            return True
+        newest = self._newest.get(fill.key_name)
+        if newest is not None and fill.ts < newest - self._horizon:
+            return None
+        return False
+
+    def add(self, fill: Execution) -> None:
+        """Remember `fill`; forget what has fallen out of the horizon (an entry only goes
+        once its time is behind it, so every fill within the horizon stays known)."""
+        key = fill.key_name
+        newest = max(fill.ts, self._newest.get(key, fill.ts))
+        self._newest[key] = newest
+        added = self._added.setdefault(key, deque())
+        added.append((fill.ts, fill.exec_id))
+        self._ids.add(fill.exec_id)
+        floor = newest - self._horizon
+        while added and added[0][0] < floor:
+            self._ids.discard(added.popleft()[1])
+
+
 class AccountKeeper:
     """Applies the venue's reports of one bot's keys to the projection and the journal.
 
@@ -325,16 +373,23 @@ class AccountKeeper:
         journal: Journal,
         projection: AccountProjection,
         order_updated: Callable[[OrderEvent], None] = lambda event: None,
-        seen_fills: Iterable[str] = (),
+        seen_fills: Iterable[Execution] = (),
         fill_booked: Callable[[Execution], None] = lambda fill: None,
+        fill_memory: timedelta = FILL_MEMORY,
     ) -> None:
-        """`seen_fills`: the execIds already journaled (the dedupe survives a restart);
-        `fill_booked(fill)` hears of every fill of an order of ours applied to the books."""
+        """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
+        restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
+        books; `fill_memory`: see `RecentFills`."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
         self._fill_booked = fill_booked
-        self._seen_fills = set(seen_fills)
+        self._recent_fills = RecentFills(fill_memory)
+        for fill in seen_fills:
+            self._recent_fills.add(fill)
+        # One fill too old for the memory is checked against the journal at a time, so a
+        # second copy's check queues behind the first one's write.
+        self._old_fill_check = asyncio.Lock()
         self._strategies: dict[str, str | None] = {}
         self._unwritten: deque[Callable[[], object]] = deque()  # appended here, taken by _drain
         self._drain_queued = False
@@ -360,10 +415,21 @@ class AccountKeeper:
 
     async def _apply_execution(self, fill: Execution) -> None:
         strategy = await self._strategy_of(fill.order_link_id)
-        # Nothing is awaited from the check to the write: a cancellation cannot split them.
-        if fill.exec_id in self._seen_fills:
-            return  # a stream message and a REST page may both bring it
-        self._seen_fills.add(fill.exec_id)
+        # A stream message and a REST page may both bring a fill: apply it once.
+        seen = self._recent_fills.seen(fill)
+        if seen is None:
+            journal = self._journal
+            async with self._old_fill_check:
+                # The journal's thread has every write queued before this call.
+                if not await journal.call(journal.has_execution, fill.exec_id):
+                    self._book(fill, strategy)
+        elif not seen:
+            self._book(fill, strategy)
+
+    def _book(self, fill: Execution, strategy: str | None) -> None:
+        """Apply a new fill and queue its journal write (nothing awaited in between: a
+        cancellation cannot split them)."""
+        self._recent_fills.add(fill)
         allocation = self._projection.allocate(fill, strategy)
         self._projection.apply_execution(fill, allocation)
         self._write(self._journal.record_execution, fill, allocation)
@@ -502,7 +568,7 @@ class Account:
             journal,
             self.projection,
             self._order_updated,
-            seen_fills=(fill.exec_id for fill, _ in fills),
+            seen_fills=(fill for fill, _ in fills),
             fill_booked=self._fill_booked,
         )
         self.streams: dict[str, AccountStream] = {}
@@ -545,4 +611,3 @@ class Account:
     def _order_updated(self, event: OrderEvent) -> None:
         for listener in self._order_listeners:
             listener(event)
-

@@ -1079,6 +1079,13 @@ class Journal:
             )
             return cursor.rowcount == 1
 
+    def has_execution(self, exec_id: str) -> bool:
+        """Whether the fill `exec_id` is journaled."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM executions WHERE exec_id = ?", (exec_id,))
+            found = row.fetchone()
+        return found is not None
+
     def executions(self) -> list[tuple[Execution, dict[str, Decimal]]]:
         """Every journaled fill with its allocation to strategies, oldest first."""
         with self._lock:

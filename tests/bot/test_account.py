@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.account import UNATTRIBUTED, AccountKeeper, AccountProjection
+from bot.account import UNATTRIBUTED, AccountKeeper, AccountProjection, RecentFills
 from bot.journal import Journal
 from bot.messages import Execution, Side
 from tests.factories import make_request
@@ -219,3 +219,75 @@ def test_a_fills_reports_are_journaled_together_and_before_any_later_journal_cal
 
     assert asyncio.run(reports_then_a_read()) == 3
     assert commits == [3]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    minutes=st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=30),
+    order=st.randoms(use_true_random=False),
+    duplicates=st.integers(min_value=0, max_value=15),
+    restart_at=st.integers(min_value=0, max_value=45),
+)
+def test_fills_older_than_the_memory_are_still_applied_once(
+    minutes: list[int], order: object, duplicates: int, restart_at: int
+) -> None:
+    # Arrange: fills spread over an hour, against a memory of five minutes; copies of them
+    # arrive shuffled, some of them twice at once, and the bot restarts once on the way.
+    venue = [
+        fill(
+            Side.BUY,
+            "0.001",
+            "100",
+            link="alpha-0-x",
+            exec_id=f"x{i}",
+            at=T0 + timedelta(minutes=m),
+        )
+        for i, m in enumerate(minutes)
+    ]
+    rng = order  # hypothesis' seeded Random
+    stream = list(venue) + [rng.choice(venue) for _ in range(duplicates)]  # type: ignore[attr-defined]
+    rng.shuffle(stream)  # type: ignore[attr-defined]
+    memory = timedelta(minutes=5)
+    with tempfile.TemporaryDirectory() as folder:
+        journal = Journal(Path(folder) / "journal.sqlite3")
+        journal.record_order(make_request(order_link_id="alpha-0-x", strategy="alpha"))
+
+        def start() -> tuple[AccountKeeper, AccountProjection]:
+            fills = journal.executions()
+            projection = AccountProjection.replay(fills)
+            seen = (item for item, _ in fills)
+            return AccountKeeper(
+                journal, projection, seen_fills=seen, fill_memory=memory
+            ), projection
+
+        async def deliver() -> AccountProjection:
+            keeper, projection = start()
+            for index, report in enumerate(stream):
+                if index == restart_at:
+                    journal.flush()
+                    keeper, projection = start()
+                await asyncio.gather(keeper.apply(report), keeper.apply(report))
+            return projection
+
+        projection = asyncio.run(deliver())
+        journal.flush()
+        journaled = len(journal.executions())
+        journal.close()
+
+    # Assert: each fill journaled and counted once.
+    assert journaled == len(venue)
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.001") * len(venue)
+
+
+def test_the_fill_memory_holds_only_its_horizon_however_many_fills_pass() -> None:
+    recent = RecentFills(timedelta(minutes=10))
+    for second in range(20_000):  # five and a half hours, a fill a second, on two keys
+        recent.add(
+            fill(Side.BUY, "0.001", "100", key=f"k{second % 2}", at=T0 + timedelta(seconds=second))
+        )
+
+    assert len(recent) <= 2 * (10 * 60 // 2 + 1)  # each key's last ten minutes
+    newest = T0 + timedelta(seconds=19_999)
+    assert recent.seen(fill(Side.BUY, "0.001", "100", key="k1", at=newest)) is False
+    too_old = fill(Side.BUY, "0.001", "100", key="k1", at=newest - timedelta(minutes=11))
+    assert recent.seen(too_old) is None  # only the journal can tell
