@@ -66,6 +66,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 4
+#: Refused requests the journal keeps, the newest (older ones are pruned every
+#: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
+REJECTIONS_KEPT: Final = 100_000
+_REJECTIONS_PRUNED_EVERY: Final = 1_000
 _ACCOUNT: Final = """
 CREATE TABLE IF NOT EXISTS executions (
     exec_id         TEXT PRIMARY KEY,
@@ -652,13 +656,18 @@ class Journal:
         """A request or message refused before it became a signal: which source, what kind
         (`unauthorized`, `invalid`, ...), why, and from where; never a secret or signature."""
         with self._transaction(one_statement=True) as db:
-            db.execute(
+            cursor = db.execute(
                 "INSERT INTO rejections (source, kind, reason, remote, at) VALUES (?, ?, ?, ?, ?)",
                 (source, kind, scrub(reason), remote, utc_now().isoformat()),
             )
+        row_id = cursor.lastrowid or 0
+        if row_id % _REJECTIONS_PRUNED_EVERY == 0:  # hostile senders must not fill the disk
+            with self._transaction(one_statement=True) as db:
+                db.execute("DELETE FROM rejections WHERE id <= ?", (row_id - REJECTIONS_KEPT,))
 
     def rejections(self, limit: int = 100) -> list[dict[str, str]]:
-        """The latest refused requests and messages, newest first."""
+        """The latest refused requests and messages (the journal keeps the last
+        `REJECTIONS_KEPT`), newest first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT source, kind, reason, remote, at FROM rejections ORDER BY id DESC LIMIT ?",

@@ -50,6 +50,8 @@ MIN_TOKEN_LENGTH: Final = 32
 _FAILURE_WINDOW_S: Final = 60.0
 _MAX_CLIENTS: Final = 4096
 _FLOOD_NOTE_S: Final = 60.0
+#: Refusals of an address for its pace or its lockout: journaled once per `_FLOOD_NOTE_S`.
+_FLOOD_KINDS: Final = frozenset({"rate_limited", "locked_out"})
 
 #: Hears of every refusal: (kind, reason, client address). Must not block.
 OnReject = Callable[[str, str, str], None]
@@ -110,7 +112,11 @@ class _ClientRateLimit:
 
 
 class _Lockout:
-    """Addresses that failed authentication `limit` times within a minute wait `lockout_s`."""
+    """Addresses that failed authentication `limit` times within a minute wait `lockout_s`.
+
+    At most `_MAX_CLIENTS` lockouts are kept: the earliest (ending first) goes first, and
+    those over are forgotten as new ones come, so addresses without end cannot grow it.
+    """
 
     def __init__(self, limit: int, lockout_s: float, clock: Callable[[], float]) -> None:
         self._limit = limit
@@ -140,10 +146,18 @@ class _Lockout:
         if len(self._failures) > _MAX_CLIENTS:
             self._failures.popitem(last=False)
         if len(recent) >= self._limit:
-            self._locked[client] = now + self._lockout_s
+            self._lock_out(client, now)
             recent.clear()
             return True
         return False
+
+    def _lock_out(self, client: str, now: float) -> None:
+        # Kept in the order they end (one lockout_s for all, added as they start).
+        locked = self._locked
+        locked.pop(client, None)
+        locked[client] = now + self._lockout_s
+        while locked and (len(locked) > _MAX_CLIENTS or next(iter(locked.values())) <= now):
+            del locked[next(iter(locked))]
 
 
 class _Refused(Exception):
@@ -407,8 +421,10 @@ class WebhookReceiver:
         return answer
 
     def _worth_journaling(self, refused: _Refused, client: str) -> bool:
-        """Everything but a flood: rate-limited requests once a minute per address."""
-        if refused.kind != "rate_limited":
+        """Everything but a flood: requests refused for their address's pace or lockout
+        (refused before anything else is read) once a minute per address, so a sender that
+        keeps on cannot grow the journal at its own pace."""
+        if refused.kind not in _FLOOD_KINDS:
             return True
         now = time.monotonic()
         noted = self._flood_noted.pop(client, None)

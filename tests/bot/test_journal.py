@@ -508,3 +508,21 @@ def test_in_a_batch_a_repeat_is_told_from_memory_unless_the_batch_wrote_the_orde
     reads = [text for text in statements if text.lstrip().startswith("SELECT status")]
     assert [read.rstrip().endswith("'b'") for read in reads] == [True]
     assert journal.order("b").status is OrderStatus.NEW  # type: ignore[union-attr]
+
+
+def test_the_journal_keeps_only_the_newest_rejections(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A flood of refusals from ever new addresses must not grow the journal without end.
+    monkeypatch.setattr("bot.journal.REJECTIONS_KEPT", 50)
+    monkeypatch.setattr("bot.journal._REJECTIONS_PRUNED_EVERY", 10)
+
+    for index in range(1, 206):
+        journal.record_rejection(
+            "voiceofchain", "unauthorized", f"bad signature {index}", f"a{index}"
+        )
+
+    kept = journal.rejections(limit=1_000)
+    assert 50 <= len(kept) < 60
+    assert [row["remote"] for row in kept[:2]] == ["a205", "a204"]  # newest first, all there
+    assert {row["remote"] for row in kept} == {f"a{index}" for index in range(206 - len(kept), 206)}

@@ -19,7 +19,7 @@ from bot.messages import Signal
 from signals.config import WebhookSourceConfig
 from signals.presets import resolve
 from signals.voiceofchain import SIGNATURE_HEADER, sign
-from signals.webhook import WebhookReceiver
+from signals.webhook import _MAX_CLIENTS, WebhookReceiver, _Lockout
 from tests.conftest import logged_errors
 
 SECRET = "webhook-secret-for-tests"
@@ -298,6 +298,38 @@ def test_repeated_failed_logins_lock_that_address_out_and_no_other(sink: Sink) -
     assert post(sender, body(id="real")).status_code == 202
     kinds = [kind for kind, _, client in rejections if client == "203.0.113.9"]
     assert kinds == ["unauthorized"] * 3 + ["locked_out"]
+
+
+def test_a_locked_out_address_that_keeps_sending_is_journaled_once_a_minute(sink: Sink) -> None:
+    # A locked-out sender is refused before the rate limit counts it: each of its requests
+    # must not cost a journal row (the journal would grow at the attacker's pace).
+    rejections = Rejections()
+    receiver = receiver_for(
+        sink, rejections=rejections, auth_failures_before_lockout=3, lockout_s=120
+    )
+    attacker = TestClient(served(receiver), client=("203.0.113.9", 1))
+    forged = sign("guessed-secret", body(), int(time.time()))
+
+    codes = [post(attacker, body(), signature=forged).status_code for _ in range(200)]
+
+    assert codes == [401] * 3 + [429] * 197
+    kinds = [kind for kind, _, _ in rejections]
+    assert kinds == ["unauthorized"] * 3 + ["locked_out"]
+
+
+def test_lockouts_of_addresses_without_end_stay_bounded() -> None:
+    now = [1000.0]
+    lockout = _Lockout(limit=1, lockout_s=120, clock=lambda: now[0])
+
+    for index in range(3 * _MAX_CLIENTS):  # one failure each locks an address out
+        now[0] += 0.001
+        assert lockout.failed(f"2001:db8::{index:x}")
+    assert len(lockout._locked) == _MAX_CLIENTS
+    assert lockout.wait_s(f"2001:db8::{3 * _MAX_CLIENTS - 1:x}") > 0  # the newest still are
+    now[0] += 121  # every lockout has ended: the next one forgets them all
+    lockout.failed("203.0.113.9")
+
+    assert len(lockout._locked) == 1
 
 
 def test_every_rejection_is_reported_without_secrets(sink: Sink) -> None:
