@@ -64,6 +64,7 @@ from bot.sim.params import (
     ExecutionQueryParams,
     FeeRateParams,
     FundingHistoryParams,
+    IndexKlineParams,
     KlineParams,
     MarketParams,
     MarkKlineParams,
@@ -73,6 +74,7 @@ from bot.sim.params import (
     OrderQueryParams,
     PlaceOrderParams,
     PositionQueryParams,
+    PremiumKlineParams,
     RecentTradeParams,
     SetLeverageParams,
     SetMarginModeParams,
@@ -523,6 +525,14 @@ def create_app(exchange: SimExchange) -> Starlette:
         (
             "/v5/market/mark-price-kline",
             gateway.public(exchange.mark_price_kline, MarkKlineParams),
+        ),
+        (
+            "/v5/market/index-price-kline",
+            gateway.public(exchange.index_price_kline, IndexKlineParams),
+        ),
+        (
+            "/v5/market/premium-index-price-kline",
+            gateway.public(exchange.premium_index_price_kline, PremiumKlineParams),
         ),
         ("/v5/market/recent-trade", gateway.public(exchange.recent_trades, RecentTradeParams)),
         ("/v5/market/open-interest", gateway.public(exchange.open_interest, OpenInterestParams)),

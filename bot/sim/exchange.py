@@ -42,6 +42,7 @@ from bot.sim.params import (
     ExecutionQueryParams,
     FeeRateParams,
     FundingHistoryParams,
+    IndexKlineParams,
     KlineParams,
     MarketParams,
     MarkKlineParams,
@@ -51,6 +52,7 @@ from bot.sim.params import (
     OrderQueryParams,
     PlaceOrderParams,
     PositionQueryParams,
+    PremiumKlineParams,
     RecentTradeParams,
     SetLeverageParams,
     SetMarginModeParams,
@@ -95,6 +97,7 @@ from bot.sim.views import (
     orderbook_view,
     position_stream_view,
     position_view,
+    premium_kline_rows,
     public_trade_view,
     ticker_stream_view,
     ticker_view,
@@ -710,6 +713,29 @@ class SimExchange:
             return {"category": params.category, "symbol": params.symbol, "list": []}
         rows = self._candles(params.symbol, params.interval, params.start, params.end, params.limit)
         return {"category": "linear", "symbol": params.symbol, "list": mark_kline_rows(rows)}
+
+    def index_price_kline(self, params: IndexKlineParams) -> dict[str, Any]:
+        """`GET /v5/market/index-price-kline`: the simulator's index price is its last price
+        (as tickers report it), so these are the mark-price candles; inverse lists nothing."""
+        if params.category != "linear":
+            return {"category": params.category, "symbol": params.symbol, "list": []}
+        rows = self._candles(params.symbol, params.interval, params.start, params.end, params.limit)
+        return {"category": "linear", "symbol": params.symbol, "list": mark_kline_rows(rows)}
+
+    def premium_index_price_kline(self, params: PremiumKlineParams) -> dict[str, Any]:
+        """`GET /v5/market/premium-index-price-kline`: with one price for mark, index and the
+        book, the premium is zero, and the funding rate tickers report is the interest
+        rate's alone (0.01 %), as Bybit's formula gives for a zero premium."""
+        with self._lock:
+            self._instrument(params.symbol)
+        starts = _candle_starts(
+            params.interval, params.start, params.end, params.limit, self.now_ms()
+        )
+        return {
+            "category": "linear",
+            "symbol": params.symbol,
+            "list": premium_kline_rows(starts),
+        }
 
     def _candles(
         self, symbol: str, interval: str, start: int | None, end: int | None, limit: int

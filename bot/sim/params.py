@@ -209,6 +209,29 @@ class MarkKlineParams(_Params):
     limit: int = Field(default=200, ge=1, le=1000)
 
 
+class IndexKlineParams(_Params):
+    """`GET /v5/market/index-price-kline`: category required (linear or inverse); at most 200
+    candles a page, as Bybit documents it."""
+
+    category: DerivativesCategory
+    symbol: str
+    interval: Annotated[str, AfterValidator(_kline_interval)]
+    start: int | None = Field(default=None, ge=0)
+    end: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=200, ge=1, le=200)
+
+
+class PremiumKlineParams(_Params):
+    """`GET /v5/market/premium-index-price-kline`: linear only (the default)."""
+
+    category: Annotated[str, BeforeValidator(_one_of("linear"))] = "linear"
+    symbol: str
+    interval: Annotated[str, AfterValidator(_kline_interval)]
+    start: int | None = Field(default=None, ge=0)
+    end: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
 class RecentTradeParams(_Params):
     """`GET /v5/market/recent-trade`: the exchange checks symbol and limit per category
     (symbol required but for option; limit [1, 60] for spot, [1, 1000] otherwise)."""

@@ -45,6 +45,7 @@ __all__ = [
     "orderbook_view",
     "position_stream_view",
     "position_view",
+    "premium_kline_rows",
     "public_trade_view",
     "ticker_stream_view",
     "ticker_view",
@@ -330,6 +331,13 @@ def mark_kline_rows(rows: list[list[str]]) -> list[list[str]]:
     so the mark price traded exactly as the last price; Bybit sends start, open, high, low,
     close only (no volume, no turnover)."""
     return [row[:5] for row in rows]
+
+
+def premium_kline_rows(starts: list[int]) -> list[list[str]]:
+    """Premium-index candles (start, open, high, low, close), newest first: the simulator's
+    premium is zero throughout."""
+    zero = "0.000000"
+    return [[str(start), zero, zero, zero, zero] for start in starts]
 
 
 def public_trade_view(execution: ExecutionRecord) -> dict[str, Any]:

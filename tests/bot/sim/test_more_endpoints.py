@@ -443,6 +443,45 @@ def test_mark_price_kline_parameters_are_checked(server: SimServer) -> None:
     )
 
 
+def test_index_price_kline_is_the_mark_price_kline(server: SimServer, session: HTTP) -> None:
+    query = {"category": "linear", "symbol": "BTCUSDT", "interval": "60", "limit": 3}
+
+    index = session.get_index_price_kline(**query)["result"]
+
+    assert (index["category"], index["symbol"]) == ("linear", "BTCUSDT")
+    assert index["list"] == session.get_mark_price_kline(**query)["result"]["list"]
+    assert len(index["list"]) == 3
+    path = "/v5/market/index-price-kline"
+    assert _public(server, path, symbol="BTCUSDT", interval="1")["retCode"] == 10001  # category
+    assert (
+        _public(server, path, category="linear", symbol="BTCUSDT", interval="1", limit=201)[
+            "retCode"
+        ]
+        == 10001
+    )
+    inverse = _public(server, path, category="inverse", symbol="BTCUSD", interval="1")
+    assert inverse["result"]["list"] == []
+
+
+def test_premium_index_price_kline_is_zero_in_bybits_shape(
+    server: SimServer, session: HTTP
+) -> None:
+    answer = session.get_premium_index_price_kline(
+        category="linear", symbol="BTCUSDT", interval="D", limit=2
+    )["result"]
+
+    assert (answer["category"], answer["symbol"]) == ("linear", "BTCUSDT")
+    (newest, older) = answer["list"]
+    assert int(newest[0]) - int(older[0]) == 86_400_000  # newest first, one a day
+    assert newest[1:] == ["0.000000"] * 4
+    path = "/v5/market/premium-index-price-kline"
+    assert _public(server, path, symbol="BTCUSDT", interval="1")["result"]["category"] == "linear"
+    assert _public(server, path, category="inverse", symbol="BTCUSD", interval="1")["retCode"] == (
+        10001
+    )
+    assert _public(server, path, symbol="NOPEUSDT", interval="1")["retCode"] != 0
+
+
 def test_open_interest_is_what_the_accounts_hold_as_tickers_report_it(
     server: SimServer, connect: Callable[..., HTTP]
 ) -> None:
