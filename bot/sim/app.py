@@ -76,6 +76,7 @@ from bot.sim.params import (
     PositionQueryParams,
     PremiumKlineParams,
     RecentTradeParams,
+    RiskLimitParams,
     SetLeverageParams,
     SetMarginModeParams,
     SwitchModeParams,
@@ -534,6 +535,7 @@ def create_app(exchange: SimExchange) -> Starlette:
             "/v5/market/premium-index-price-kline",
             gateway.public(exchange.premium_index_price_kline, PremiumKlineParams),
         ),
+        ("/v5/market/risk-limit", gateway.public(exchange.risk_limit, RiskLimitParams)),
         ("/v5/market/recent-trade", gateway.public(exchange.recent_trades, RecentTradeParams)),
         ("/v5/market/open-interest", gateway.public(exchange.open_interest, OpenInterestParams)),
         (

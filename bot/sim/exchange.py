@@ -54,6 +54,7 @@ from bot.sim.params import (
     PositionQueryParams,
     PremiumKlineParams,
     RecentTradeParams,
+    RiskLimitParams,
     SetLeverageParams,
     SetMarginModeParams,
     SwitchModeParams,
@@ -99,6 +100,7 @@ from bot.sim.views import (
     position_view,
     premium_kline_rows,
     public_trade_view,
+    risk_limit_view,
     ticker_stream_view,
     ticker_view,
     to_tick,
@@ -669,6 +671,15 @@ class SimExchange:
         rows = [instrument_view(symbol, self._config.instruments[symbol]) for symbol in symbols]
         page, cursor = _page(rows, params.limit, params.cursor)
         return {"category": params.category, "list": page, "nextPageCursor": cursor}
+
+    def risk_limit(self, params: RiskLimitParams) -> dict[str, Any]:
+        """`GET /v5/market/risk-limit`: one tier per listed symbol (the simulator has one);
+        inverse lists nothing."""
+        if params.category != "linear":
+            return {"category": params.category, "list": []}
+        symbols = self._symbols(params.symbol)
+        rows = [risk_limit_view(symbol, self._config.instruments[symbol]) for symbol in symbols]
+        return {"category": "linear", "list": rows}
 
     def tickers(self, params: MarketParams) -> dict[str, Any]:
         """`GET /v5/market/tickers`; other categories list nothing."""

@@ -232,6 +232,13 @@ class PremiumKlineParams(_Params):
     limit: int = Field(default=200, ge=1, le=1000)
 
 
+class RiskLimitParams(_Params):
+    """`GET /v5/market/risk-limit`: category required (linear or inverse), symbol optional."""
+
+    category: DerivativesCategory
+    symbol: str | None = None
+
+
 class RecentTradeParams(_Params):
     """`GET /v5/market/recent-trade`: the exchange checks symbol and limit per category
     (symbol required but for option; limit [1, 60] for spot, [1, 1000] otherwise)."""

@@ -12,6 +12,7 @@ from bot.sim.config import SimAccountSpec
 
 __all__ = [
     "MAINTENANCE_MARGIN_RATE",
+    "RISK_LIMIT_VALUE",
     "SETTLE_COIN",
     "ZERO",
     "AccountRecord",
@@ -27,6 +28,8 @@ ZERO = Decimal(0)
 SETTLE_COIN = "USDT"
 #: Maintenance margin as a fraction of position value (Bybit's lowest risk tier).
 MAINTENANCE_MARGIN_RATE = Decimal("0.005")
+#: The one risk tier every position is in (`riskId` 1): the position value it allows, USDT.
+RISK_LIMIT_VALUE = Decimal(2_000_000)
 _OPEN_STATUSES = frozenset({"New", "PartiallyFilled"})
 
 

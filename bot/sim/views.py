@@ -13,6 +13,7 @@ from typing import Any
 from bot.sim.config import PERMISSION_GROUPS, InstrumentSpec, SimAccountSpec
 from bot.sim.records import (
     MAINTENANCE_MARGIN_RATE,
+    RISK_LIMIT_VALUE,
     SETTLE_COIN,
     ClosedPnlRecord,
     ExecutionRecord,
@@ -47,6 +48,7 @@ __all__ = [
     "position_view",
     "premium_kline_rows",
     "public_trade_view",
+    "risk_limit_view",
     "ticker_stream_view",
     "ticker_view",
     "to_tick",
@@ -340,6 +342,21 @@ def premium_kline_rows(starts: list[int]) -> list[list[str]]:
     return [[str(start), zero, zero, zero, zero] for start in starts]
 
 
+def risk_limit_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
+    """The symbol's one risk tier as `/v5/market/risk-limit` lists it: the position value it
+    allows, its margin rates (fractions) and the instrument's maximum leverage."""
+    return {
+        "id": 1,
+        "symbol": symbol,
+        "riskLimitValue": fmt(RISK_LIMIT_VALUE),
+        "maintenanceMargin": fmt(MAINTENANCE_MARGIN_RATE),
+        "initialMargin": fmt((1 / spec.max_leverage).quantize(Decimal("1e-8"))),
+        "isLowestRisk": 1,
+        "maxLeverage": f"{spec.max_leverage:.2f}",
+        "mmDeduction": "",
+    }
+
+
 def public_trade_view(execution: ExecutionRecord) -> dict[str, Any]:
     """A fill as `/v5/market/recent-trade` lists it. `side` is the taker's: the order's own
     side when it took liquidity, the opposite when it rested and the market came to it."""
@@ -460,7 +477,7 @@ def position_view(
     return {
         "positionIdx": position_idx,
         "riskId": 1,
-        "riskLimitValue": "2000000",
+        "riskLimitValue": fmt(RISK_LIMIT_VALUE),
         "symbol": position.symbol,
         "side": side,
         "size": fmt(abs(position.size)),

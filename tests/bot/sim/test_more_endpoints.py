@@ -22,7 +22,12 @@ from bot.sim import (
     SimServer,
     SimulatorConfig,
 )
-from bot.sim.params import OpenInterestParams, PlaceOrderParams, RecentTradeParams
+from bot.sim.params import (
+    MarketParams,
+    OpenInterestParams,
+    PlaceOrderParams,
+    RecentTradeParams,
+)
 from bot.sim.ratelimit import RollingWindowLimiter
 from tests.bot.sim.kit import (
     admin,
@@ -480,6 +485,26 @@ def test_premium_index_price_kline_is_zero_in_bybits_shape(
         10001
     )
     assert _public(server, path, symbol="NOPEUSDT", interval="1")["retCode"] != 0
+
+
+def test_risk_limit_lists_the_one_tier_positions_report(server: SimServer, session: HTTP) -> None:
+    tiers = session.get_risk_limit(category="linear")["result"]
+    position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+
+    assert tiers["category"] == "linear"
+    assert [tier["symbol"] for tier in tiers["list"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    (btc,) = session.get_risk_limit(category="linear", symbol="BTCUSDT")["result"]["list"]
+    assert (btc["id"], btc["riskLimitValue"]) == (position["riskId"], position["riskLimitValue"])
+    assert (btc["maintenanceMargin"], btc["isLowestRisk"]) == ("0.005", 1)
+    max_leverage = server.exchange.instruments_info(MarketParams(category="linear"))["list"][0][
+        "leverageFilter"
+    ]["maxLeverage"]
+    assert Decimal(btc["maxLeverage"]) == Decimal(max_leverage)
+    assert Decimal(btc["initialMargin"]) == 1 / Decimal(max_leverage)
+    path = "/v5/market/risk-limit"
+    assert _public(server, path)["retCode"] == 10001  # category is required
+    assert _public(server, path, category="inverse")["result"]["list"] == []
+    assert _public(server, path, category="linear", symbol="NOPEUSDT")["retCode"] == 10001
 
 
 def test_open_interest_is_what_the_accounts_hold_as_tickers_report_it(
