@@ -105,11 +105,13 @@ def parse_command(
 ) -> tuple[ScopeState, AdminCommand]:
     """The state a halt or resume body enters, and the command; ValueError saying what is
     wrong (the HTTP routes and the MQTT control topic read commands alike)."""
+    expected = "expected {strategy, reason, cancel_open, flatten}"
     try:
         command = AdminCommand.model_validate(json.loads(body or b"{}"))
+    except RecursionError:
+        raise ValueError(f"{expected}: nested too deep") from None
     except (ValueError, ValidationError) as exc:
-        first = str(exc).splitlines()[0]
-        raise ValueError(f"expected {{strategy, reason, cancel_open, flatten}}: {first}") from None
+        raise ValueError(f"{expected}: {str(exc).splitlines()[0]}") from None
     if command.strategy is not None and command.strategy not in strategies:
         raise ValueError(f"strategy '{command.strategy}' is not configured")
     if state is TradingState.ACTIVE and (command.cancel_open or command.flatten):

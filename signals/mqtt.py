@@ -706,28 +706,35 @@ class MqttControl:
                     paho.ack(message.mid, message.qos)
 
     async def _handle(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+        """Apply one command, or refuse it; never raise: whatever a message holds, it is
+        acknowledged and the control loop (and the bot) goes on."""
+        topic = _one_line(message.topic.value)
+        try:
+            done = await self._command(message)
+        except (_Rejected, ValueError) as exc:
+            self.refused += 1
+            logger.warning(
+                "mqtt control: refused a command on {topic}: {why}", topic=topic, why=exc
+            )
+            return
+        except Exception:  # the command's own failure: reported, not retried
+            self.refused += 1
+            logger.exception("mqtt control: the command on {topic} failed", topic=topic)
+            return
+        self.applied += 1
+        logger.warning("mqtt control: {topic}: {done}", topic=topic, done=done)
+
+    async def _command(self, message: aiomqtt.Message) -> str:
+        """Check the command's signature, then apply it; `_Rejected` or ValueError say why
+        it is refused."""
         payload = message.payload if isinstance(message.payload, bytes) else b""
         header = _signature_property(message.properties)
         problem = any_signature_problem(
             header, payload, self._secrets, self._clock(), CONTROL_MAX_SKEW_S
         )
         if problem is not None:
-            self.refused += 1
-            logger.warning(
-                "mqtt control: refused a command on {topic}: {why}",
-                topic=_one_line(topic),
-                why=problem,
-            )
-            return
-        try:
-            done = await self._apply(topic.rsplit("/", 1)[-1], payload)
-        except ValueError as exc:
-            self.refused += 1
-            logger.warning("mqtt control: refused {topic}: {why}", topic=_one_line(topic), why=exc)
-            return
-        self.applied += 1
-        logger.warning("mqtt control: {topic}: {done}", topic=_one_line(topic), done=done)
+            raise _Rejected(problem)
+        return await self._apply(message.topic.value.rsplit("/", 1)[-1], payload)
 
 
 def _client(

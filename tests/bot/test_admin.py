@@ -11,8 +11,11 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 import requests
 
+from bot.admin import parse_command
+from bot.risk.states import TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
@@ -170,3 +173,10 @@ def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
         assert admin(bot, "resume", {"flatten": True}) == 422
     finally:
         bot.stop()
+
+
+def test_a_command_nested_too_deep_is_invalid_not_a_crash() -> None:
+    deep = b"[" * 5000 + b"]" * 5000  # the HTTP routes and the MQTT control topic alike
+
+    with pytest.raises(ValueError, match="nested too deep"):
+        parse_command(deep, TradingState.HALTED, ["follow"])

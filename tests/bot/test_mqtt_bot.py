@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiomqtt
 import requests
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import SecretStr
 
-from signals.mqtt import publish_signal
+from signals.mqtt import SIGNATURE_PROPERTY, publish_signal
+from signals.voiceofchain import sign
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
@@ -118,5 +123,49 @@ def test_the_kill_switch_answers_signed_commands_on_the_control_topic(
         assert state() == "HALTED"  # the forged resume was refused
         command("resume", {}, secret)
         wait_for(lambda: state() == "ACTIVE", what="the resume")
+    finally:
+        bot.stop()
+
+
+def test_a_control_message_nobody_signed_or_nested_too_deep_is_refused_and_the_bot_goes_on(
+    sim_config: Callable[..., Path],
+    mosquitto: Mosquitto,  # noqa: F811
+) -> None:
+    extra = (
+        f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "bot-poison"\n'
+        'control_topic = "bot/control"\n'
+    )
+    bot = RunningBot(sim_config(extra=extra)).start()
+    secret = (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
+    deep = b"[" * 5000 + b"]" * 5000
+
+    async def publish(payload: bytes, signatures: list[str]) -> None:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.UserProperty = [(SIGNATURE_PROPERTY, value) for value in signatures]
+        async with aiomqtt.Client(
+            "127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            await client.publish("bot/control/halt", payload, qos=1, properties=properties)
+
+    def signed(payload: bytes) -> str:
+        return sign(secret, payload, int(time.time()))  # "t=<unix>,v1=<hex>"
+
+    try:
+        wait_for(lambda: health(bot).status_code == 200, what="the broker connected")
+        asyncio.run(publish(b"{}", ["t=1,v1=aa", "t=2,v1=bb"]))  # two signatures: no secret
+        asyncio.run(publish(deep, [signed(deep)]))  # signed, but nested 5,000 deep
+        asyncio.run(
+            publish(b'{"reason": "still listening"}', [signed(b'{"reason": "still listening"}')])
+        )
+
+        wait_for(
+            lambda: any(
+                s.reason == "still listening"
+                for s in bot.read_journal(lambda journal: journal.trading_states())
+            ),
+            what="the good command after the bad ones",
+        )
+        assert health(bot).status_code == 200
+        assert bot.error is None
     finally:
         bot.stop()
