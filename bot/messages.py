@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final, Literal
@@ -257,8 +258,9 @@ def parse_signal(source: str, payload: object, received_at: datetime | None = No
     """
     if not isinstance(payload, dict):
         raise SignalError([("body", "must be a JSON object")])
-    if _depth(payload) > MAX_PAYLOAD_DEPTH:
-        raise SignalError([("body", f"is nested more than {MAX_PAYLOAD_DEPTH} levels deep")])
+    problem = _shape_problem(payload)
+    if problem is not None:
+        raise SignalError([("body", problem)])
     known = {key: value for key, value in payload.items() if key in _SIGNAL_FIELDS}
     try:
         return Signal(
@@ -274,19 +276,43 @@ def parse_signal(source: str, payload: object, received_at: datetime | None = No
         raise SignalError([("body", f"cannot be parsed: {type(exc).__name__}")]) from None
 
 
-def _depth(value: object) -> int:
-    """Nesting depth of decoded JSON, counted without recursion (the input is untrusted)."""
-    deepest, stack = 0, [(value, 1)]
+def _shape_problem(value: object) -> str | None:
+    """What makes decoded JSON unfit to journal, if anything: nesting deeper than
+    `MAX_PAYLOAD_DEPTH`, or a string (key or value) that is not valid Unicode (JSON may
+    escape a lone surrogate, `\\ud800`, which no UTF-8 text can hold). Walked without
+    recursion: the input is untrusted."""
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        deepest = max(deepest, depth)
         if depth > MAX_PAYLOAD_DEPTH:
-            break
-        children = (
-            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        )
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
+            return f"is nested more than {MAX_PAYLOAD_DEPTH} levels deep"
+        if isinstance(item, dict):
+            if not all(map(_is_unicode, item)):
+                return _NOT_UNICODE
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif isinstance(child, str) and not _is_unicode(child):
+                return _NOT_UNICODE
+    return None
+
+
+_NOT_UNICODE: Final = "holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

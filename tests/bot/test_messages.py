@@ -112,11 +112,11 @@ def test_non_object_body_is_refused() -> None:
         parse_signal("voiceofchain", [1, 2])
 
 
+# JSON may escape a lone surrogate ("\\ud800"): text no journal can hold.
+texts = st.text(max_size=20) | st.sampled_from(["\ud800", "buy\udfff"])
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
+    st.none() | st.booleans() | st.integers() | st.floats() | texts,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
     max_leaves=12,
 )
 signal_like = st.fixed_dictionaries(
@@ -148,6 +148,7 @@ def test_parsing_never_raises_anything_but_signal_error(body: object) -> None:
         assert exc.problems
     else:
         assert signal.id and signal.symbol
+        signal.model_dump_json()  # what the journal writes: every accepted signal can be kept
 
 
 @given(text=st.text(max_size=200))
@@ -202,3 +203,22 @@ def test_deeply_nested_payload_is_refused_so_the_journal_can_always_read_it_back
         parse_signal("voiceofchain", payload(extra=nested))
     shallow = parse_signal("voiceofchain", payload(extra=[[[1]]]))
     assert type(shallow).model_validate_json(shallow.model_dump_json()) == shallow
+
+
+@settings(max_examples=300)
+@given(extra=st.dictionaries(texts, json_values, max_size=4))
+def test_a_valid_signal_with_any_extra_fields_is_refused_or_journalable(
+    extra: dict[str, object],
+) -> None:
+    try:
+        signal = parse_signal("voiceofchain", {**extra, **payload()})
+    except SignalError as exc:
+        assert exc.problems
+    else:
+        assert type(signal).model_validate_json(signal.model_dump_json()).id == "sig-1"
+
+
+def test_a_lone_surrogate_anywhere_is_refused_in_one_line() -> None:
+    for body in (payload(note="\ud800"), {**payload(), "\udfff": 1}, payload(x=[{"y": "a\ud800"}])):
+        with pytest.raises(SignalError, match="not valid Unicode"):
+            parse_signal("voiceofchain", body)
