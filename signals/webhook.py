@@ -50,8 +50,11 @@ MIN_TOKEN_LENGTH: Final = 32
 _FAILURE_WINDOW_S: Final = 60.0
 _MAX_CLIENTS: Final = 4096
 _FLOOD_NOTE_S: Final = 60.0
-#: Refusals of an address for its pace or its lockout: journaled once per `_FLOOD_NOTE_S`.
-_FLOOD_KINDS: Final = frozenset({"rate_limited", "locked_out"})
+#: Refusals made before a sender is known (its pace, its lockout, a body too large, too slow
+#: or cut off): journaled once per `_FLOOD_NOTE_S` per address, as anyone can repeat them.
+_FLOOD_KINDS: Final = frozenset(
+    {"rate_limited", "locked_out", "too_large", "timeout", "incomplete"}
+)
 
 #: Hears of every refusal: (kind, reason, client address). Must not block.
 OnReject = Callable[[str, str, str], None]
@@ -421,9 +424,8 @@ class WebhookReceiver:
         return answer
 
     def _worth_journaling(self, refused: _Refused, client: str) -> bool:
-        """Everything but a flood: requests refused for their address's pace or lockout
-        (refused before anything else is read) once a minute per address, so a sender that
-        keeps on cannot grow the journal at its own pace."""
+        """Everything but a flood: the refusals of `_FLOOD_KINDS` once a minute per address,
+        so a sender that keeps on cannot grow the journal at its own pace."""
         if refused.kind not in _FLOOD_KINDS:
             return True
         now = time.monotonic()

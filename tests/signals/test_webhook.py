@@ -317,6 +317,20 @@ def test_a_locked_out_address_that_keeps_sending_is_journaled_once_a_minute(sink
     assert kinds == ["unauthorized"] * 3 + ["locked_out"]
 
 
+def test_an_address_that_keeps_sending_oversized_bodies_is_journaled_once_a_minute(
+    sink: Sink,
+) -> None:
+    rejections = Rejections()
+    receiver = receiver_for(sink, rejections=rejections, requests_per_s=10_000, burst=10_000)
+    sender = TestClient(served(receiver), client=("203.0.113.9", 1))
+    huge = b"x" * 100_000
+
+    codes = {sender.post(PATH, content=huge).status_code for _ in range(50)}
+
+    assert codes == {413}
+    assert [kind for kind, _, _ in rejections] == ["too_large"]
+
+
 def test_lockouts_of_addresses_without_end_stay_bounded() -> None:
     now = [1000.0]
     lockout = _Lockout(limit=1, lockout_s=120, clock=lambda: now[0])
