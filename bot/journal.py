@@ -394,6 +394,10 @@ class Journal:
         # it (`_ORDER_FIELDS`), and its request when that write was its insert.
         self._written_orders: dict[str, tuple[Sequence[Any], OrderRequest | None]] = {}
         self._checkpoints: tuple[threading.Event, threading.Thread] | None = None
+        # A second connection for slow reads that need not queue behind the writes (WAL
+        # readers see the last commit and never block the writer): see `tallies`.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         try:
             if read_only and not path.exists():
                 raise JournalError(
@@ -473,6 +477,9 @@ class Journal:
             stop, thread = self._checkpoints
             stop.set()
             thread.join(10)
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
         self._db.close()  # the last connection to close checkpoints what is left
 
     async def call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -1304,13 +1311,19 @@ class Journal:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def tallies(self) -> Tallies:
-        """Decisions and orders counted by what the metrics label them with."""
-        with self._lock:
-            decisions = self._db.execute(
+        """Decisions and orders counted by what the metrics label them with, as of the last
+        commit. Scans both tables, so it runs on a connection of its own: call it from any
+        thread but the journal's (`asyncio.to_thread`), and signals are journaled meanwhile."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path, check_same_thread=False)
+                self._reader.execute("PRAGMA query_only=1")
+            db = self._reader
+            decisions = db.execute(
                 f"SELECT strategy, {_OUTCOME.format(d='')}, COALESCE(rule, ''), COUNT(*)"  # noqa: S608
                 " FROM decisions GROUP BY 1, 2, 3"
             ).fetchall()
-            orders = self._db.execute(
+            orders = db.execute(
                 "SELECT strategy, status, COALESCE(CAST(ret_code AS TEXT), ''), COUNT(*)"
                 " FROM orders GROUP BY 1, 2, 3"
             ).fetchall()

@@ -4,12 +4,14 @@ gate), trading states, and the journal's size.
 
 Counting at the source on every event would miss what arrives by other paths (an order
 filled on the stream, a restart); reading the state at scrape time cannot. The journal's
-counts come from one query on the journal's thread, run by `refresh()` just before each
-scrape (`/metrics` awaits it); everything else is in memory and read as it is.
+counts come from one query, run by `refresh()` just before a scrape (`/metrics` awaits it) on
+a connection and a thread of its own, so signals are journaled meanwhile; scrapes that come
+together share one query. Everything else is in memory and read as it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -43,10 +45,18 @@ class StateCollector(Collector):
         self._market = market
         self._key_of = key_of
         self._tallies = Tallies()
+        self._counting: asyncio.Future[Tallies] | None = None
 
     async def refresh(self) -> None:
-        """Read the journal's counts (on its thread) for the next `collect`."""
-        self._tallies = await self._journal.call(self._journal.tallies)
+        """Read the journal's counts for the next `collect`; a scrape that comes while they
+        are being read waits for that read instead of starting another."""
+        if self._counting is None:
+            self._counting = asyncio.ensure_future(asyncio.to_thread(self._journal.tallies))
+            self._counting.add_done_callback(self._counted)
+        self._tallies = await asyncio.shield(self._counting)
+
+    def _counted(self, counting: asyncio.Future[Tallies]) -> None:
+        self._counting = None
 
     def collect(self) -> Iterator[Metric]:
         yield from self._journal_counts()
