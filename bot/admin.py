@@ -24,14 +24,15 @@ from bot.bodies import BodyRefused, read_body
 from bot.logs import logger
 from bot.messages import utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
-from signals.voiceofchain import SIGNATURE_HEADER, signature_problem
+from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, signature_problem
 
-__all__ = ["ADMIN_SECRET_NAME", "AdminCommand", "AdminRoutes", "parse_command"]
+__all__ = ["ADMIN_SECRET_NAME", "MAX_SKEW_S", "AdminCommand", "AdminRoutes", "parse_command"]
 
 ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 _MAX_BODY_BYTES: Final = 4096
 _BODY_TIMEOUT_S: Final = 10.0
-_MAX_SKEW_S: Final = 300.0
+#: How far a command's signature time may be from the bot's clock, either way.
+MAX_SKEW_S: Final = 300.0
 
 
 class AdminCommand(BaseModel):
@@ -59,11 +60,14 @@ class AdminRoutes:
         apply: Apply,
         strategies: Collection[str],
         clock: Callable[[], float] = time.time,
+        used: UsedSignatures | None = None,
     ) -> None:
+        """`used`: shared with every other way in for commands (the MQTT control topic)."""
         self._secret = secret
         self._apply = apply
         self._strategies = frozenset(strategies)
         self._clock = clock
+        self._used = used or UsedSignatures(MAX_SKEW_S)
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -83,15 +87,16 @@ class AdminRoutes:
             body = await read_body(request, _MAX_BODY_BYTES, _BODY_TIMEOUT_S, "a command")
         except BodyRefused as refused:
             return _answer(refused.status, refused.kind, refused.detail)
-        problem = signature_problem(
-            request.headers.get(SIGNATURE_HEADER), body, self._secret, self._clock(), _MAX_SKEW_S
-        )
-        if problem is not None:
-            return _answer(401, "unauthorized", problem)
+        header = request.headers.get(SIGNATURE_HEADER)
+        problem = signature_problem(header, body, self._secret, self._clock(), MAX_SKEW_S)
+        if problem is not None or header is None:
+            return _answer(401, "unauthorized", problem or "unsigned")
         try:
             entered, command = parse_command(body, state, self._strategies)
         except ValueError as exc:
             return _answer(422, "invalid", str(exc))
+        if not self._used.first_use(header, body, self._clock()):
+            return _answer(409, "replayed", "this signed command was used already; sign it anew")
         try:
             report = await self._apply(entered, command)
         except Exception as exc:  # the operator gets the reason, never a bare 500

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp
 
 from bot import metrics, notify
 from bot.account import Account
-from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes, parse_command
+from bot.admin import ADMIN_SECRET_NAME, MAX_SKEW_S, AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
 from bot.config import BotSettings, ConfigError, Environment
@@ -69,6 +69,7 @@ from signals.base import SignalSink
 from signals.mqtt import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
 from signals.mqtt import MqttControl
 from signals.sources import SignalSource, SourceContext, build_sources
+from signals.voiceofchain import UsedSignatures
 
 __all__ = [
     "Service",
@@ -564,7 +565,9 @@ class Service:
             key_of,
             pipeline.decide,
         )
-        control = self._mqtt_control(kill_switch)
+        # A signed command is acted on once, whichever way in it comes and however often.
+        used = UsedSignatures(MAX_SKEW_S)
+        control = self._mqtt_control(kill_switch, used)
         readiness = Readiness(
             journal,
             venues,
@@ -581,7 +584,7 @@ class Service:
             lambda: self._health(
                 readiness, pipeline, journal, account, sources, list(price_streams.values())
             ),
-            self._admin_routes(kill_switch),
+            self._admin_routes(kill_switch, used),
             refresh_metrics=state_metrics.refresh,
         )
         reconciler = Reconciler(executor, journal, venues, settings.execution, account)
@@ -640,7 +643,7 @@ class Service:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
-    def _mqtt_control(self, kill_switch: KillSwitch) -> MqttControl | None:
+    def _mqtt_control(self, kill_switch: KillSwitch, used: UsedSignatures) -> MqttControl | None:
         """The kill switch on `<mqtt.control_topic>/halt|resume`, if configured."""
         mqtt = self.settings.mqtt
         if not (mqtt.enabled and mqtt.control_topic):
@@ -661,9 +664,9 @@ class Service:
             return json.dumps(report)
 
         password = self._resolver.optional(MQTT_PASSWORD_NAME)
-        return MqttControl(mqtt, apply, secret=secret, password=password)
+        return MqttControl(mqtt, apply, secret=secret, password=password, used=used)
 
-    def _admin_routes(self, kill_switch: KillSwitch) -> AdminRoutes | None:
+    def _admin_routes(self, kill_switch: KillSwitch, used: UsedSignatures) -> AdminRoutes | None:
         """The kill switch's routes, if an admin secret exists (generated in `sim`)."""
         try:
             secret = self._resolver.get(ADMIN_SECRET_NAME)
@@ -676,7 +679,7 @@ class Service:
                 state, cancel_open=command.cancel_open, flatten=command.flatten
             )
 
-        return AdminRoutes(secret, enter, self.settings.strategies)
+        return AdminRoutes(secret, enter, self.settings.strategies, used=used)
 
     def _risk_gate(
         self, journal: Journal, account: Account, strategies: Mapping[str, StrategySlot]

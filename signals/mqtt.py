@@ -66,7 +66,7 @@ from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
 from bot.secrets import split_secrets
 from signals.base import SignalSink
-from signals.voiceofchain import any_signature_problem, sign
+from signals.voiceofchain import UsedSignatures, any_signature_problem, sign
 
 __all__ = [
     "CONTROL_MAX_SKEW_S",
@@ -657,12 +657,15 @@ class MqttControl:
         secret: SecretStr,
         password: SecretStr | None = None,
         clock: Callable[[], float] = time.time,
+        used: UsedSignatures | None = None,
     ) -> None:
+        """`used`: shared with every other way in for commands (the admin routes)."""
         self._config = config
         self._apply = apply
         self._secrets = _secret_values(secret)
         self._password = password
         self._clock = clock
+        self._used = used or UsedSignatures(CONTROL_MAX_SKEW_S)
         self.connected = False
         self.applied = 0
         self.refused = 0
@@ -729,11 +732,12 @@ class MqttControl:
         it is refused."""
         payload = message.payload if isinstance(message.payload, bytes) else b""
         header = _signature_property(message.properties)
-        problem = any_signature_problem(
-            header, payload, self._secrets, self._clock(), CONTROL_MAX_SKEW_S
-        )
-        if problem is not None:
-            raise _Rejected(problem)
+        now = self._clock()
+        problem = any_signature_problem(header, payload, self._secrets, now, CONTROL_MAX_SKEW_S)
+        if problem is not None or header is None:
+            raise _Rejected(problem or "unsigned")
+        if not self._used.first_use(header, payload, now):
+            raise _Rejected("this signed command was used already; sign it anew")
         return await self._apply(message.topic.value.rsplit("/", 1)[-1], payload)
 
 

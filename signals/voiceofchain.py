@@ -18,7 +18,13 @@ from typing import Final
 
 from pydantic import SecretStr
 
-__all__ = ["SIGNATURE_HEADER", "any_signature_problem", "sign", "signature_problem"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "UsedSignatures",
+    "any_signature_problem",
+    "sign",
+    "signature_problem",
+]
 
 SIGNATURE_HEADER: Final = "X-Signature"
 _UNIX_SECONDS: Final = re.compile(r"[0-9]{1,12}")
@@ -74,6 +80,27 @@ def any_signature_problem(
     if None in problems:
         return None
     return problems[0] if problems else "no signing secret is configured"
+
+
+class UsedSignatures:
+    """The signed commands already acted on, each remembered for as long as its signature is
+    accepted (`max_skew_s` past its time), so that one captured command cannot be replayed,
+    to the same route or another (a halt's body sent again as a resume). A signature covers
+    the time and the body, so that pair is what is remembered."""
+
+    def __init__(self, max_skew_s: float) -> None:
+        self._max_skew_s = max_skew_s
+        self._until: dict[bytes, float] = {}  # sha256 of "<t>." + body -> when it expires
+
+    def first_use(self, header: str, body: bytes, now: float) -> bool:
+        """Record a command whose signature was verified; False if it was already used."""
+        timestamp, _ = _parse_signature(header)
+        self._until = {key: until for key, until in self._until.items() if until > now}
+        key = hashlib.sha256(f"{timestamp}.".encode() + body).digest()
+        if key in self._until:
+            return False
+        self._until[key] = timestamp + self._max_skew_s
+        return True
 
 
 def _parse_signature(header: str) -> tuple[int, list[str]]:

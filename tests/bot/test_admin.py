@@ -16,7 +16,7 @@ import requests
 
 from bot.admin import parse_command
 from bot.risk.states import TradingState
-from signals.voiceofchain import SIGNATURE_HEADER, sign
+from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, sign
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
 
@@ -180,3 +180,37 @@ def test_a_command_nested_too_deep_is_invalid_not_a_crash() -> None:
 
     with pytest.raises(ValueError, match="nested too deep"):
         parse_command(deep, TradingState.HALTED, ["follow"])
+
+
+def test_a_captured_command_cannot_be_replayed_to_any_route(
+    sim_config: Callable[..., Path],
+) -> None:
+    bot = RunningBot(sim_config()).start()
+    secret = (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
+    raw = json.dumps({"reason": "incident"}).encode()
+    captured = {SIGNATURE_HEADER: sign(secret, raw, int(time.time()))}
+
+    def send(route: str) -> requests.Response:
+        return requests.post(f"{bot.url}/admin/{route}", data=raw, headers=captured, timeout=60)
+
+    try:
+        assert send("halt").status_code == 200
+        replays = [send("resume"), send("halt")]
+
+        assert [answer.status_code for answer in replays] == [409, 409]
+        assert "sign it anew" in replays[0].json()["detail"]
+        assert risk_status(bot, "(bot)")["state"] == "HALTED"  # the replayed resume did nothing
+        assert admin(bot, "resume", {"reason": "incident"}) == 200  # signed anew: applied
+    finally:
+        bot.stop()
+
+
+def test_used_signatures_are_forgotten_once_they_could_not_pass_anyway() -> None:
+    used = UsedSignatures(max_skew_s=300)
+    header = sign("secret", b"{}", 1_000)
+
+    assert used.first_use(header, b"{}", now=1_000)
+    assert not used.first_use(header, b"{}", now=1_299)
+    assert used.first_use(sign("secret", b"{}", 1_001), b"{}", now=1_001)  # another time
+    assert used.first_use(header, b"{}", now=1_301)  # expired (and refused by its age)
+    assert len(used._until) == 1
