@@ -8,8 +8,9 @@
   published sender addresses can be allowed alone (`allow_preset_ips = true`).
 
 A mapped body without an `id` gets one from the hash of its bytes and a time bucket
-(`id_bucket_s`), so a provider's retry of the same alert is a duplicate; without a time, it
-takes the time it was received.
+(`id_bucket_s`), so a provider's retry of the same alert is a duplicate. The time is the
+signature's when the request is signed (a signed request sent again, however much later
+within its validity, is then the same signal), else the time it was received.
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ def map_payload(
     source: str,
     received_at: datetime,
     id_bucket_s: int,
+    signed_at: int | None = None,
 ) -> dict[str, Any]:
-    """The provider's payload in the Signal schema (unmapped keys are kept as they are)."""
+    """The provider's payload in the Signal schema (unmapped keys are kept as they are);
+    `signed_at`: the verified signature's time (unix seconds), if the request was signed."""
     taken: set[str] = set()
     signal: dict[str, Any] = {}
     for field, keys in mapping.fields.items():
@@ -117,7 +120,8 @@ def map_payload(
         if key not in taken and key not in signal:
             signal[key] = value
     if "id" not in signal:
-        bucket = int(received_at.timestamp()) // id_bucket_s
+        sent = signed_at if signed_at is not None else int(received_at.timestamp())
+        bucket = sent // id_bucket_s
         digest = hashlib.sha256(body).hexdigest()[:24]
         signal["id"] = f"{source[:16]}:{digest}:{bucket}"
     signal.setdefault("ts", received_at.isoformat())

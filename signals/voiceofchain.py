@@ -24,6 +24,7 @@ __all__ = [
     "any_signature_problem",
     "sign",
     "signature_problem",
+    "signed_at",
 ]
 
 SIGNATURE_HEADER: Final = "X-Signature"
@@ -82,6 +83,11 @@ def any_signature_problem(
     return problems[0] if problems else "no signing secret is configured"
 
 
+def signed_at(header: str) -> int:
+    """The time (unix seconds) a verified `X-Signature` header was signed at."""
+    return _parse_signature(header)[0]
+
+
 class UsedSignatures:
     """The signed commands already acted on, each remembered for as long as its signature is
     accepted (`max_skew_s` past its time), so that one captured command cannot be replayed,
@@ -94,7 +100,7 @@ class UsedSignatures:
 
     def first_use(self, header: str, body: bytes, now: float) -> bool:
         """Record a command whose signature was verified; False if it was already used."""
-        timestamp, _ = _parse_signature(header)
+        timestamp = signed_at(header)
         self._until = {key: until for key, until in self._until.items() if until > now}
         key = hashlib.sha256(f"{timestamp}.".encode() + body).digest()
         if key in self._until:

@@ -42,7 +42,7 @@ from bot.bodies import BodyRefused, read_body
 from bot.messages import SignalError, parse_signal, utc_now
 from signals.base import SignalSink
 from signals.presets import ResolvedSource, map_payload
-from signals.voiceofchain import SIGNATURE_HEADER, any_signature_problem
+from signals.voiceofchain import SIGNATURE_HEADER, any_signature_problem, signed_at
 
 __all__ = ["MIN_TOKEN_LENGTH", "OnReject", "SignalStatus", "WebhookReceiver"]
 
@@ -161,6 +161,11 @@ class _Lockout:
         locked[client] = now + self._lockout_s
         while locked and (len(locked) > _MAX_CLIENTS or next(iter(locked.values())) <= now):
             del locked[next(iter(locked))]
+
+
+def _signed_at(header: str | None) -> int | None:
+    """The time of an authenticated request's signature (None: it was not signed)."""
+    return None if header is None else signed_at(header)
 
 
 class _Refused(Exception):
@@ -307,6 +312,7 @@ class WebhookReceiver:
                 source=self.source,
                 received_at=received_at,
                 id_bucket_s=self._config.id_bucket_s,
+                signed_at=_signed_at(request.headers.get(SIGNATURE_HEADER)),
             )
         try:
             signal = parse_signal(self.source, payload, received_at)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 from starlette.types import ASGIApp
 
+from bot import clock
 from bot.app import create_app
 from bot.messages import Signal
 from signals.config import WebhookSourceConfig
@@ -512,3 +514,30 @@ def test_a_sender_that_hangs_up_mid_body_is_refused_as_incomplete_not_a_crash(
         )
     ]
 
+
+
+def test_a_signed_mapped_request_sent_again_minutes_later_is_still_one_signal(sink: Sink) -> None:
+    # Its id comes from the body and the signature's time, not the time it arrived: a copy
+    # sent again within the signature's validity (a replay, or a retry over a minute
+    # boundary) is the same signal, never a second order.
+    signed_at = 1_800_000_000 - 1  # one second before a minute boundary
+    virtual = clock.VirtualClock(datetime.fromtimestamp(signed_at, UTC))
+    receiver = WebhookReceiver(
+        resolve("tradingview", WebhookSourceConfig()),
+        [SecretStr(SECRET)],
+        sink,
+        token=SecretStr(TOKEN),
+        clock=lambda: virtual.now().timestamp(),
+    )
+    client = TestClient(served(receiver))
+    body = alert(token=None)
+    headers = {SIGNATURE_HEADER: sign(SECRET, body, signed_at)}
+
+    codes = []
+    with clock.installed(virtual):
+        for delay in (0, 2, 62, 125, 250):
+            virtual.advance_to(datetime.fromtimestamp(signed_at + delay, UTC))
+            codes.append(client.post(TRADINGVIEW, content=body, headers=headers).status_code)
+
+    assert codes == [202, 200, 200, 200, 200]
+    assert len(sink.signals) == 1
