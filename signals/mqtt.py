@@ -166,7 +166,11 @@ class MqttConfig(BaseModel):
         "arrive late, so as long as session_expiry_s by default (raise both together)",
     )
     max_payload_bytes: int = Field(
-        16_384, ge=256, le=1_048_576, description="larger messages are rejected"
+        16_384,
+        ge=256,
+        le=1_048_576,
+        description="larger messages are rejected; the broker is told (MQTT v5 Maximum Packet "
+        "Size) not to send one much larger at all",
     )
     max_unacked_messages: int = Field(
         100,
@@ -637,6 +641,8 @@ async def publish_signal(
 
 #: A control command older than this is refused: a queued resume must not act hours later.
 CONTROL_MAX_SKEW_S: Final = 300.0
+#: Room for a message's topic (at most 65,535 bytes) and properties besides its payload.
+_PACKET_MARGIN_BYTES: Final = 70_000
 #: Applies one verified control command (its topic, its JSON body); returns what it did.
 ControlHandler = Callable[[str, bytes], Awaitable[str]]
 
@@ -754,6 +760,10 @@ def _client(
 ) -> aiomqtt.Client:
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = session_expiry_s
+    # The broker drops (for us) a message larger than this instead of sending it: one of
+    # megabytes would otherwise be read whole, held in memory and parsed on the event loop,
+    # only to be rejected. The margin holds the topic and the properties.
+    properties.MaximumPacketSize = config.max_payload_bytes + _PACKET_MARGIN_BYTES
     if receive_maximum is not None:
         properties.ReceiveMaximum = receive_maximum
     client = aiomqtt.Client(

@@ -742,3 +742,23 @@ def test_arbitrary_payloads_never_stop_the_subscriber_nor_pass_as_signals(
     assert sink.calls == calls + valid, payload
     assert subscriber.counters.rejected == rejected + (not valid), payload
     assert subscriber.connected
+
+
+def test_the_broker_never_sends_a_message_far_over_the_payload_limit(broker: Mosquitto) -> None:
+    # A message of megabytes would be read whole and held before it could be rejected: the
+    # subscriber tells the broker its Maximum Packet Size, and the broker drops it for us.
+    sink = RecordingSink()
+    subscriber = MqttSubscriber(config_for(broker), sink)
+    huge = json.dumps(signal_payload("huge", pad="x" * 2_000_000)).encode()
+    valid = json.dumps(signal_payload("after-huge")).encode()
+
+    with Running(subscriber) as running:
+        running.wait_connected()
+        publisher = RawPublisher(broker)
+        publisher.publish(huge)
+        publisher.publish(valid)
+        wait_for(lambda: subscriber.counters.accepted == 1, 10, "the valid one through")
+        publisher.close()
+
+    assert sink.ids == ["after-huge"]
+    assert (subscriber.counters.received, subscriber.counters.rejected) == (1, 0)
