@@ -187,49 +187,41 @@ class OrderbookParams(_Params):
     limit: int = Field(default=25, ge=1, le=1000)
 
 
-class KlineParams(_Params):
+class _Candles(_Params):
+    """What every candle request names: the symbol, the interval, the window and the page
+    size (1-1000, 200 by default); each kind of candle adds its categories."""
+
+    symbol: str
+    interval: Annotated[str, AfterValidator(_kline_interval)]
+    start: int | None = Field(default=None, ge=0)
+    end: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+class KlineParams(_Candles):
     """`GET /v5/market/kline`: category defaults to linear, as on Bybit."""
 
     category: AnyCategory = "linear"
-    symbol: str
-    interval: Annotated[str, AfterValidator(_kline_interval)]
-    start: int | None = Field(default=None, ge=0)
-    end: int | None = Field(default=None, ge=0)
-    limit: int = Field(default=200, ge=1, le=1000)
 
 
-class MarkKlineParams(_Params):
+class MarkKlineParams(_Candles):
     """`GET /v5/market/mark-price-kline`: category linear (the default), inverse or option."""
 
     category: Annotated[str, BeforeValidator(_one_of("linear", "inverse", "option"))] = "linear"
-    symbol: str
-    interval: Annotated[str, AfterValidator(_kline_interval)]
-    start: int | None = Field(default=None, ge=0)
-    end: int | None = Field(default=None, ge=0)
-    limit: int = Field(default=200, ge=1, le=1000)
 
 
-class IndexKlineParams(_Params):
+class IndexKlineParams(_Candles):
     """`GET /v5/market/index-price-kline`: category required (linear or inverse); at most 200
     candles a page, as Bybit documents it."""
 
     category: DerivativesCategory
-    symbol: str
-    interval: Annotated[str, AfterValidator(_kline_interval)]
-    start: int | None = Field(default=None, ge=0)
-    end: int | None = Field(default=None, ge=0)
     limit: int = Field(default=200, ge=1, le=200)
 
 
-class PremiumKlineParams(_Params):
+class PremiumKlineParams(_Candles):
     """`GET /v5/market/premium-index-price-kline`: linear only (the default)."""
 
     category: Annotated[str, BeforeValidator(_one_of("linear"))] = "linear"
-    symbol: str
-    interval: Annotated[str, AfterValidator(_kline_interval)]
-    start: int | None = Field(default=None, ge=0)
-    end: int | None = Field(default=None, ge=0)
-    limit: int = Field(default=200, ge=1, le=1000)
 
 
 class RiskLimitParams(_Params):

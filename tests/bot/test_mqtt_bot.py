@@ -83,18 +83,26 @@ def test_a_signal_published_with_the_cli_becomes_an_order_and_healthz_follows_th
         bot.stop()
 
 
+def controlled_bot(
+    sim_config: Callable[..., Path],
+    mosquitto: Mosquitto,  # noqa: F811
+    client_id: str,
+) -> tuple[RunningBot, str]:
+    """A running bot taking commands on `bot/control/<halt|resume>`, and its admin secret."""
+    extra = (
+        f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "{client_id}"\n'
+        'control_topic = "bot/control"\n'
+    )
+    bot = RunningBot(sim_config(extra=extra)).start()
+    return bot, (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
+
+
 def test_the_kill_switch_answers_signed_commands_on_the_control_topic(
     sim_config: Callable[..., Path],
     mosquitto: Mosquitto,  # noqa: F811
 ) -> None:
-    extra = (
-        f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "bot-control"\n'
-        'control_topic = "bot/control"\n'
-    )
-    bot = RunningBot(sim_config(extra=extra)).start()
-    secret = SecretStr(
-        (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
-    )
+    bot, admin_secret = controlled_bot(sim_config, mosquitto, "bot-control")
+    secret = SecretStr(admin_secret)
 
     def command(name: str, body: dict[str, object], signing: SecretStr | None) -> None:
         asyncio.run(
@@ -131,12 +139,7 @@ def test_a_control_message_nobody_signed_or_nested_too_deep_is_refused_and_the_b
     sim_config: Callable[..., Path],
     mosquitto: Mosquitto,  # noqa: F811
 ) -> None:
-    extra = (
-        f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "bot-poison"\n'
-        'control_topic = "bot/control"\n'
-    )
-    bot = RunningBot(sim_config(extra=extra)).start()
-    secret = (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
+    bot, secret = controlled_bot(sim_config, mosquitto, "bot-poison")
     deep = b"[" * 5000 + b"]" * 5000
 
     async def publish(payload: bytes, signatures: list[str]) -> None:
