@@ -65,7 +65,7 @@ from bot import logs
 from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
 from bot.secrets import split_secrets
-from signals.base import SignalSink
+from signals.base import FloodNotes, SignalSink
 from signals.voiceofchain import UsedSignatures, any_signature_problem, sign
 
 __all__ = [
@@ -232,7 +232,12 @@ class MqttPublishError(Exception):
 
 
 class _Rejected(Exception):
-    """The message can never become a signal; the message is the one-line reason."""
+    """The message can never become a signal; the message is the one-line reason.
+    `verified`: it carried a valid signature, so its sender is known."""
+
+    def __init__(self, reason: str, *, verified: bool = False) -> None:
+        super().__init__(reason)
+        self.verified = verified
 
 
 class _SinkFailed(Exception):
@@ -278,6 +283,7 @@ class MqttSubscriber:
         self._session_present = False
         self._connect_failures = 0
         self._sink_failures = 0
+        self._floods = FloodNotes()
         levels = config.topic.split("/")
         # Index of the topic level that names the strategy, if the filter ends in a wildcard.
         self._strategy_level = len(levels) - 1 if levels[-1] in ("#", "+") else None
@@ -427,10 +433,12 @@ class MqttSubscriber:
         try:
             signal = self._signal_from(topic, message.payload, message.properties)
         except _Rejected as exc:
-            await self._reject(str(exc), topic)
+            await self._reject(str(exc), topic, verified=exc.verified)
         except Exception as exc:  # a bug in a check must not stop the stream
             logger.opt(exception=exc).error("mqtt: checking a message failed")
-            await self._reject(f"internal error while checking: {type(exc).__name__}", topic)
+            await self._reject(
+                f"internal error while checking: {type(exc).__name__}", topic, verified=True
+            )
         else:
             try:
                 is_new = await self._sink(signal)
@@ -459,8 +467,13 @@ class MqttSubscriber:
                 rc=paho_mqtt.error_string(result),
             )
 
-    async def _reject(self, reason: str, topic: str) -> None:
+    async def _reject(self, reason: str, topic: str, *, verified: bool) -> None:
+        """Count a refusal; log it and report it (`on_reject`: the journal) unless its sender
+        is not known (no valid signature) and its topic had one reported within
+        `FLOOD_NOTE_S`: anyone who may publish could otherwise grow both at their pace."""
         self.counters.rejected += 1
+        if not verified and not self._floods.first_in_a_while(topic):
+            return
         reason = _one_line(reason)
         logger.warning(
             "mqtt: rejected a message on {topic}: {reason}", topic=_one_line(topic), reason=reason
@@ -482,19 +495,22 @@ class MqttSubscriber:
                 f"payload is {len(payload)} bytes, over the limit of {config.max_payload_bytes}"
             )
         header = _signature_property(properties)
+        verified = False  # a secret of ours signed it
         if header is not None and self._secrets:
             problem = self._signature_problem(header, payload)
             if problem is not None:
                 raise _Rejected(f"{SIGNATURE_PROPERTY} user property: {problem}")
+            verified = True
         try:
             document = json.loads(payload)
         except (ValueError, RecursionError) as exc:
-            raise _Rejected(f"payload is not JSON: {exc}") from None
+            raise _Rejected(f"payload is not JSON: {exc}", verified=verified) from None
         signed = header is not None
         if isinstance(document, dict) and PAYLOAD_SIGNATURE_FIELD in document:
             embedded = document.pop(PAYLOAD_SIGNATURE_FIELD)
             if header is None and self._secrets and embedded is not None:
                 self._check_embedded_signature(embedded, payload)
+                verified = True
             signed = signed or embedded is not None
         if config.require_signature and not signed:
             raise _Rejected(
@@ -509,12 +525,13 @@ class MqttSubscriber:
             elif named != strategy:
                 raise _Rejected(
                     f"payload strategy {_clip(repr(named), 80)} contradicts the topic's "
-                    f"strategy {strategy!r}"
+                    f"strategy {strategy!r}",
+                    verified=verified,
                 )
         try:
             return parse_signal(config.source, document)
         except SignalError as exc:
-            raise _Rejected(f"invalid signal: {exc}") from None
+            raise _Rejected(f"invalid signal: {exc}", verified=verified) from None
 
     def _signature_problem(self, header: str, signed: bytes) -> str | None:
         """None when any of the secrets signed `signed`; else why the first did not."""

@@ -40,7 +40,7 @@ from bot import metrics
 from bot.app import DirectRoute
 from bot.bodies import BodyRefused, read_body
 from bot.messages import SignalError, parse_signal, utc_now
-from signals.base import SignalSink
+from signals.base import FloodNotes, SignalSink
 from signals.presets import ResolvedSource, map_payload
 from signals.voiceofchain import SIGNATURE_HEADER, any_signature_problem, signed_at
 
@@ -49,9 +49,8 @@ __all__ = ["MIN_TOKEN_LENGTH", "OnReject", "SignalStatus", "WebhookReceiver"]
 MIN_TOKEN_LENGTH: Final = 32
 _FAILURE_WINDOW_S: Final = 60.0
 _MAX_CLIENTS: Final = 4096
-_FLOOD_NOTE_S: Final = 60.0
 #: Refusals made before a sender is known (its pace, its lockout, a body too large, too slow
-#: or cut off): journaled once per `_FLOOD_NOTE_S` per address, as anyone can repeat them.
+#: or cut off): journaled once per `FLOOD_NOTE_S` per address, as anyone can repeat them.
 _FLOOD_KINDS: Final = frozenset(
     {"rate_limited", "locked_out", "too_large", "timeout", "incomplete"}
 )
@@ -218,7 +217,7 @@ class WebhookReceiver:
         self._proxies = tuple(
             ipaddress.ip_network(n, strict=False) for n in self._config.trusted_proxies
         )
-        self._flood_noted: OrderedDict[str, float] = OrderedDict()
+        self._floods = FloodNotes()
 
     @property
     def path(self) -> str:
@@ -432,17 +431,7 @@ class WebhookReceiver:
     def _worth_journaling(self, refused: _Refused, client: str) -> bool:
         """Everything but a flood: the refusals of `_FLOOD_KINDS` once a minute per address,
         so a sender that keeps on cannot grow the journal at its own pace."""
-        if refused.kind not in _FLOOD_KINDS:
-            return True
-        now = time.monotonic()
-        noted = self._flood_noted.pop(client, None)
-        if noted is not None and now - noted < _FLOOD_NOTE_S:
-            self._flood_noted[client] = noted
-            return False
-        self._flood_noted[client] = now
-        if len(self._flood_noted) > _MAX_CLIENTS:
-            self._flood_noted.popitem(last=False)
-        return True
+        return refused.kind not in _FLOOD_KINDS or self._floods.first_in_a_while(client)
 
     def _client(self, request: Request) -> str:
         """The client's address: the peer, or behind a trusted proxy the last untrusted

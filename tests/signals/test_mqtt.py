@@ -529,32 +529,34 @@ def test_invalid_messages_are_rejected_counted_and_acked_while_valid_ones_flow(
     follow = f"{TOPIC}/follow"
     strategy_clash = json.dumps(signal_payload("clash", strategy="other")).encode()
     wrongly_signed_311 = sign_payload("wrong-secret", signal_payload("bad-311"), int(time.time()))
-    # (payload, topic, x-signature, what the reason says)
-    bad: list[tuple[bytes, str, str | None, str]] = [
-        (b"not json {", TOPIC, "sign", "not JSON"),
-        (b"\xff\xfe\x00", TOPIC, "sign", "not JSON"),
-        (b"[1, 2]", TOPIC, "sign", "must be a JSON object"),
-        (bad_field, TOPIC, "sign", "invalid signal: id"),
-        (deep, TOPIC, "sign", "nested more than"),
-        (large, TOPIC, "sign", "over the limit"),
-        (valid, TOPIC, None, "unsigned"),
-        (valid, TOPIC, signed(valid, SecretStr("wrong-secret")), "does not match"),
-        (valid, TOPIC, signed(valid, age_s=3 * 86_400), "from the server's clock"),
-        (valid, TOPIC, "t=1,v1=zz", "malformed"),
-        (strategy_clash, follow, "sign", "contradicts"),
-        (valid, f"{TOPIC}/no spaces", "sign", "not a strategy name"),
+    # (payload, topic, x-signature, what the reason says, reported): each is counted; one
+    # from a sender not known by its signature is reported (logged, journaled) only if it is
+    # the first such on its topic within a minute.
+    bad: list[tuple[bytes, str, str | None, str, bool]] = [
+        (b"not json {", TOPIC, "sign", "not JSON", True),
+        (b"\xff\xfe\x00", TOPIC, "sign", "not JSON", True),
+        (b"[1, 2]", TOPIC, "sign", "must be a JSON object", True),
+        (bad_field, TOPIC, "sign", "invalid signal: id", True),
+        (deep, TOPIC, "sign", "nested more than", True),
+        (large, TOPIC, "sign", "over the limit", True),  # checked before its signature
+        (valid, TOPIC, None, "unsigned", False),
+        (valid, TOPIC, signed(valid, SecretStr("wrong-secret")), "does not match", False),
+        (valid, TOPIC, signed(valid, age_s=3 * 86_400), "from the server's clock", False),
+        (valid, TOPIC, "t=1,v1=zz", "malformed", False),
+        (strategy_clash, follow, "sign", "contradicts", True),
+        (valid, f"{TOPIC}/no spaces", "sign", "not a strategy name", True),
     ]
 
     with Running(subscriber) as running:
         running.wait_connected()
         v5, v311 = RawPublisher(broker), RawPublisher(broker, paho_mqtt.MQTTv311)
-        for payload, topic, signature, _ in bad:
+        for payload, topic, signature, _, _ in bad:
             v5.publish(
                 payload,
                 topic=topic,
                 signature=signed(payload) if signature == "sign" else signature,
             )
-        v311.publish(wrongly_signed_311)
+        v311.publish(wrongly_signed_311, topic=f"{TOPIC}/s311")  # first unknown one there
         v5.publish(valid, signature=signed(valid))
         v311.publish(
             sign_payload(
@@ -565,7 +567,8 @@ def test_invalid_messages_are_rejected_counted_and_acked_while_valid_ones_flow(
         v5.publish(routed, topic=follow, signature=signed(routed))
         total = len(bad) + 4
         wait_for(lambda: subscriber.counters.received == total, 10, "every message")
-        wait_for(lambda: len(rejections) == len(bad) + 1, 10, "every rejection reported")
+        reported = [item for item in bad if item[4]]
+        wait_for(lambda: len(rejections) == len(reported) + 1, 10, "the reported rejections")
         wait_for(lambda: subscriber.counters.accepted == 3, 10, "the valid ones through the sink")
         v5.close()
         v311.close()
@@ -575,9 +578,11 @@ def test_invalid_messages_are_rejected_counted_and_acked_while_valid_ones_flow(
     assert "signature" not in sink.signals[1].raw  # transport, not signal content
     assert subscriber.counters.rejected == len(bad) + 1
     assert subscriber.counters.accepted == 3
-    for (reason, topic), (_, sent_to, _, expected) in zip(rejections, bad, strict=False):
+    assert len(rejections) == len(reported) + 1
+    for (reason, topic), (_, sent_to, _, expected, _) in zip(rejections, reported, strict=False):
         assert expected in reason, reason
         assert topic == sent_to
+    assert rejections[-1][1] == f"{TOPIC}/s311"
     assert "'signature' field" in rejections[-1][0]
     assert "does not match" in rejections[-1][0]
     assert all("\n" not in reason and len(reason) <= 300 for reason, _ in rejections)
@@ -742,6 +747,36 @@ def test_arbitrary_payloads_never_stop_the_subscriber_nor_pass_as_signals(
     assert sink.calls == calls + valid, payload
     assert subscriber.counters.rejected == rejected + (not valid), payload
     assert subscriber.connected
+
+
+def test_a_flood_from_senders_not_known_is_counted_but_reported_once_a_minute(
+    broker: Mosquitto,
+) -> None:
+    config = config_for(broker, require_signature=True)
+    rejections: list[tuple[str, str]] = []
+
+    async def on_reject(reason: str, topic: str) -> None:
+        rejections.append((reason, topic))
+
+    subscriber = MqttSubscriber(
+        config, RecordingSink(), signing_secret=SIGNING_SECRET, on_reject=on_reject
+    )
+    unsigned = json.dumps(signal_payload("flood")).encode()
+    invalid = json.dumps(signal_payload("bad id!")).encode()
+
+    with Running(subscriber) as running:
+        running.wait_connected()
+        publisher = RawPublisher(broker)
+        for _ in range(200):
+            publisher.publish(unsigned)
+        for _ in range(3):  # a known sender's mistakes are each reported
+            publisher.publish(invalid, signature=signed(invalid))
+        wait_for(lambda: subscriber.counters.rejected == 203, 10, "every message counted")
+        publisher.close()
+
+    assert [reason.split(":")[0] for reason, _ in rejections] == ["unsigned message"] + [
+        "invalid signal"
+    ] * 3
 
 
 def test_the_broker_never_sends_a_message_far_over_the_payload_limit(broker: Mosquitto) -> None:
