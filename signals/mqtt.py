@@ -469,10 +469,11 @@ class MqttSubscriber:
 
     async def _reject(self, reason: str, topic: str, *, verified: bool) -> None:
         """Count a refusal; log it and report it (`on_reject`: the journal) unless its sender
-        is not known (no valid signature) and its topic had one reported within
+        is not known (no valid signature) and such a refusal was reported within
         `FLOOD_NOTE_S`: anyone who may publish could otherwise grow both at their pace."""
         self.counters.rejected += 1
-        if not verified and not self._floods.first_in_a_while(topic):
+        # Keyed by the source, not the topic: a publisher chooses the topic's last levels.
+        if not verified and not self._floods.first_in_a_while(self._config.source):
             return
         reason = _one_line(reason)
         logger.warning(
@@ -517,7 +518,7 @@ class MqttSubscriber:
                 f"unsigned message: a signature is required (the {SIGNATURE_PROPERTY} user "
                 f"property, or a {PAYLOAD_SIGNATURE_FIELD!r} field)"
             )
-        strategy = self._topic_strategy(topic)
+        strategy = self._topic_strategy(topic, verified=verified)
         if strategy is not None and isinstance(document, dict):
             named = document.get("strategy")
             if named is None:
@@ -550,7 +551,7 @@ class MqttSubscriber:
         if problem is not None:
             raise _Rejected(f"{name}: {problem}")
 
-    def _topic_strategy(self, topic: str) -> str | None:
+    def _topic_strategy(self, topic: str, *, verified: bool) -> str | None:
         if self._strategy_level is None:
             return None
         levels = topic.split("/")
@@ -560,7 +561,8 @@ class MqttSubscriber:
         if not _STRATEGY_NAME.fullmatch(level):
             raise _Rejected(
                 f"topic level {_clip(repr(level), 80)} is not a strategy name "
-                "(1-64 letters, digits, '_', '.', '-')"
+                "(1-64 letters, digits, '_', '.', '-')",
+                verified=verified,
             )
         return level
 
