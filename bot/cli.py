@@ -40,7 +40,7 @@ from bot.config import (
     Environment,
     load_settings,
 )
-from bot.journal import Journal, JournalError, TraceRow
+from bot.journal import Journal, JournalError, JournalInUse, TraceRow, lock_journal
 from bot.keys.audit import Verdict, strategies_by_key
 from bot.messages import utc_now
 from bot.replay import (
@@ -139,7 +139,8 @@ HostOption = Annotated[
     str | None, typer.Option(help="listen address", show_default="the config's http.host")
 ]
 PortOption = Annotated[
-    int | None, typer.Option(help="listen port", show_default="the config's http.port")
+    int | None,
+    typer.Option(help="listen port", show_default="the config's http.port", min=0, max=65535),
 ]
 
 
@@ -441,11 +442,8 @@ def _switch(
         _fail(f"no answer from {target} in time; see `bot risk status` and `bot orders`")
     except ConnectionError:
         scope = ScopeState(strategy or BOT_SCOPE, state, command["reason"], utc_now())
-        journal = Journal(settings.journal_path)
-        try:
-            journal.record_trading_state(scope)
-        finally:
-            journal.close()
+        with _one_line_errors():
+            _journal_while_stopped(settings.journal_path, scope, target)
         console.print(
             f"the bot is not running: {scope.scope} {state.value} is journaled (in "
             f"{settings.journal_path.absolute()}) and applies when it starts",
@@ -460,6 +458,28 @@ def _switch(
     if status != 200:
         _fail(f"the bot refused: {status} {answer}")
     typer.echo(answer)  # the bot's JSON, never wrapped
+
+
+def _journal_while_stopped(path: Path, scope: ScopeState, target: str) -> None:
+    """Journal `scope` for the bot's next start, if no bot holds the journal. One that does
+    runs but did not answer at `target` (it listens elsewhere, say `bot run --port`): then
+    nothing is journaled and the user is told to reach it, never that it is not running."""
+    try:
+        lock = lock_journal(path)
+    except JournalInUse as exc:
+        raise JournalError(
+            f"no bot answered at {target}, but bot PID {exc.pid} is running on this journal "
+            "(listening elsewhere?). Nothing was changed: run this command with the config "
+            "(http.host, http.port) that bot runs with"
+        ) from None
+    try:
+        journal = Journal(path)
+        try:
+            journal.record_trading_state(scope)
+        finally:
+            journal.close()
+    finally:
+        lock.close()
 
 
 @keys_app.command("check")

@@ -60,7 +60,7 @@ from bot.messages import (
 )
 from bot.risk.states import ScopeState, TradingState
 
-__all__ = ["Journal", "JournalError", "OrderRecord", "TraceRow", "lock_journal"]
+__all__ = ["Journal", "JournalError", "JournalInUse", "OrderRecord", "TraceRow", "lock_journal"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -245,6 +245,14 @@ class JournalError(Exception):
     """The journal file cannot be opened or is not a journal of this version."""
 
 
+class JournalInUse(JournalError):
+    """Another process (a running bot) holds the journal's lock; `pid` is its, as it wrote."""
+
+    def __init__(self, message: str, pid: str) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
 def lock_journal(path: Path) -> TextIO:
     """The journal at `path` for this process alone, as long as the returned file is open.
 
@@ -264,10 +272,11 @@ def lock_journal(path: Path) -> TextIO:
         handle.seek(0)
         pid, _, command = handle.read().strip().partition("\n")
         handle.close()
-        raise JournalError(
+        raise JournalInUse(
             f"journal {path.absolute()} is in use by another bot: PID {pid or '?'} "
             f"({command or 'starting'}); stop it first (`kill {pid or '<PID>'}` finishes what is "
-            "in flight and exits) or give this one another state_dir"
+            "in flight and exits) or give this one another state_dir",
+            pid or "?",
         ) from None
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n{shlex.join(sys.argv)}\n")

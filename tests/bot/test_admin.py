@@ -4,6 +4,7 @@ next intent, journaled, and still in force after a restart; `bot halt` with no b
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -214,3 +215,32 @@ def test_used_signatures_are_forgotten_once_they_could_not_pass_anyway() -> None
     assert used.first_use(sign("secret", b"{}", 1_001), b"{}", now=1_001)  # another time
     assert used.first_use(header, b"{}", now=1_301)  # expired (and refused by its age)
     assert len(used._until) == 1
+
+
+def test_bot_halt_never_says_not_running_while_a_bot_holds_the_journal(
+    sim_config: Callable[..., Path],
+) -> None:
+    # The bot was started on another port than its config says (`bot run --port`): the
+    # halt finds no one at the config's address, but must not journal a halt "for its next
+    # start" and report success while that bot keeps trading.
+    config = sim_config()
+    bot = RunningBot(config).start()
+    try:
+        sim_config(port=1)  # the config now names an address where nothing listens
+        halted = subprocess.run(
+            [sys.executable, "-m", "bot", "halt", "--config", str(config)],
+            cwd=config.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert halted.returncode == 2, halted.stdout
+        assert f"bot PID {os.getpid()} is running on this journal" in halted.stderr
+        assert "Nothing was changed" in halted.stderr
+        assert len(halted.stderr.strip().splitlines()) <= 3  # one message, soft-wrapped
+        states = bot.read_journal(lambda journal: journal.trading_states())
+        assert [s.state.value for s in states if s.scope == "(bot)"] in ([], ["ACTIVE"])
+    finally:
+        bot.stop()

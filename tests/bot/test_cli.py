@@ -486,10 +486,19 @@ def test_help_shows_every_default(tmp_path: Path) -> None:
     assert "[default: INFO]" in run_text
     assert "default: /run/secrets]" in run_text
     assert "[default: ($BOT_CONFIG or config/bot.toml)]" in run_text
-    assert "[default: (the config's http.port)]" in run_text
+    assert "[default: (the config's http.port); 0<=x<=65535]" in run_text
     assert "[default: (a new random one)]" in send_text
     assert "[default: voiceofchain]" in send_text
     assert "publish to the [mqtt] broker" in send_text  # brackets are text, not markup
+
+
+def test_a_port_out_of_range_is_refused_in_one_line(tmp_path: Path) -> None:
+    for port in ("70000", "-1"):
+        result = bot("run", "--port", port, cwd=tmp_path)
+
+        assert result.returncode == 2
+        assert "Traceback" not in result.stderr
+        assert "Invalid value for '--port'" in result.stderr
 
 
 def test_version_prints_the_package_version(tmp_path: Path) -> None:
