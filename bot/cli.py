@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import shutil
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -351,9 +354,16 @@ def _bot_url(settings: BotSettings) -> str:
 def _post_signed(
     target: str, body: bytes, secret: SecretStr, timeout_s: float = SEND_TIMEOUT_S
 ) -> tuple[int, str]:
-    """POST `body` signed with `secret` (X-Signature); ConnectionError if nothing listens,
-    TimeoutError if the request went out but no answer came within `timeout_s`."""
-    request = urllib.request.Request(  # noqa: S310 - the URL is the user's own bot
+    """POST `body` signed with `secret` (X-Signature); ConnectionError if nothing listens or
+    what answers is not HTTP, TimeoutError if no whole answer came within `timeout_s` (the
+    whole exchange: a server that answers a byte at a time cannot hold the command)."""
+    try:
+        scheme = urllib.parse.urlsplit(target).scheme
+    except ValueError as exc:
+        raise ConnectionError(f"{target!r} is not a URL ({exc})") from None
+    if scheme not in ("http", "https"):
+        raise ConnectionError(f"{target!r} is not an http:// or https:// URL")
+    request = urllib.request.Request(  # noqa: S310 - an http(s) URL of the user's own bot
         target,
         data=body,
         method="POST",
@@ -362,17 +372,35 @@ def _post_signed(
             SIGNATURE_HEADER: sign(secret.get_secret_value(), body, int(time.time())),
         },
     )
+    outcome: list[tuple[int, str] | BaseException] = []
+    exchange = threading.Thread(
+        target=lambda: outcome.append(_exchange(request, timeout_s)), daemon=True
+    )
+    exchange.start()
+    exchange.join(timeout_s)
+    if not outcome:
+        raise TimeoutError(f"no whole answer within {timeout_s:g} s")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, str] | OSError:
+    """One request and its answer (status, text); the failure as ConnectionError or
+    TimeoutError, returned for the waiting thread to raise."""
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
-            return response.status, response.read().decode()
+            return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except TimeoutError:
-        raise
+        return exc.code, exc.read().decode(errors="replace")
+    except TimeoutError as exc:
+        return exc
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError):
-            raise exc.reason from None
-        raise ConnectionError(str(exc.reason)) from None
+            return exc.reason
+        return ConnectionError(str(exc.reason))
+    except (http.client.HTTPException, ValueError, OSError) as exc:
+        return ConnectionError(f"not an HTTP answer ({type(exc).__name__}: {exc})")
 
 
 @app.command()

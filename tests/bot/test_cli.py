@@ -7,8 +7,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from importlib import metadata
@@ -598,3 +601,37 @@ def test_run_with_cpus_runs_every_thread_on_them_and_refuses_one_it_may_not_use(
             affinities.append(os.sched_getaffinity(int(task.name)))
     assert len(affinities) > 3  # the event loop's, the journal's, the venue's, the streams'
     assert all(affinity == {target} for affinity in affinities), affinities
+
+
+def test_signal_send_to_a_bad_url_or_a_trickling_server_ends_in_one_line(tmp_path: Path) -> None:
+    # A server that answers one byte a second: each read is within the timeout, the whole
+    # answer never is; the command still ends within its timeout, in one line.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        connection.recv(65536)
+        with contextlib.suppress(OSError):
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n" + b"x" * 50:
+                connection.send(bytes([byte]))
+                time.sleep(1)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    config = tmp_path / "bot.toml"
+    config.write_text(SIM_CONFIG.format(state_dir="var", port=free_port()))
+    try:
+        started = time.monotonic()
+        slow = send(config, *BUY_BTC, "--url", f"http://127.0.0.1:{port}/x")
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    answers = [send(config, *BUY_BTC, "--url", url) for url in ("notaurl", "http://[::1")]
+
+    assert slow.returncode == 2 and "no answer from" in slow.stderr
+    assert took < 30  # its 10 s timeout, not the trickle's 90 s
+    for answer in answers:
+        assert answer.returncode == 2
+        assert "Traceback" not in answer.stderr and "not" in answer.stderr
