@@ -22,6 +22,18 @@ from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
 
 
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`bot <args> --config <config>` as a user runs it, beside whatever bot is running."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args, "--config", str(config)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def admin_answer(
     bot: RunningBot, route: str, body: dict[str, object], secret: str | None = None
 ) -> requests.Response:
@@ -85,18 +97,8 @@ def test_bot_halt_with_no_bot_running_is_journaled_for_its_start(
 ) -> None:
     config = sim_config(port=1)  # nothing listens there
 
-    def bot(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bot", *args, "--config", str(config)],
-            cwd=config.parent,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    halted = bot("halt", "--strategy", "follow", "--reason", "weekend")
-    status = bot("risk", "status", "--json")
+    halted = cli(config, "halt", "--strategy", "follow", "--reason", "weekend")
+    status = cli(config, "risk", "status", "--json")
 
     assert halted.returncode == 0, halted.stderr
     assert "applies when it starts" in halted.stdout
@@ -122,15 +124,8 @@ def venue_position(bot: RunningBot, symbol: str = "BTCUSDT") -> Decimal:
 
 def risk_status(bot: RunningBot, scope: str = "follow") -> dict[str, str]:
     """`bot risk status --json` run as a user would, beside the running bot."""
-    config = bot.settings.state_dir.parent / "bot.toml"
-    done = subprocess.run(
-        [sys.executable, "-m", "bot", "risk", "status", "--json", "--config", str(config)],
-        cwd=config.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = cli(bot.settings.state_dir.parent / "bot.toml", "risk", "status", "--json")
+    assert done.returncode == 0, done.stderr
     rows = {row["scope"]: row for row in map(json.loads, done.stdout.splitlines())}
     return dict(rows[scope])
 
@@ -227,14 +222,7 @@ def test_bot_halt_never_says_not_running_while_a_bot_holds_the_journal(
     bot = RunningBot(config).start()
     try:
         sim_config(port=1)  # the config now names an address where nothing listens
-        halted = subprocess.run(
-            [sys.executable, "-m", "bot", "halt", "--config", str(config)],
-            cwd=config.parent,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        halted = cli(config, "halt")
 
         assert halted.returncode == 2, halted.stdout
         assert f"bot PID {os.getpid()} is running on this journal" in halted.stderr
