@@ -24,15 +24,18 @@ from bot.bodies import BodyRefused, read_body
 from bot.logs import logger
 from bot.messages import utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
-from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, signature_problem
+from signals.voiceofchain import (
+    COMMAND_MAX_SKEW_S,
+    SIGNATURE_HEADER,
+    UsedSignatures,
+    signature_problem,
+)
 
-__all__ = ["ADMIN_SECRET_NAME", "MAX_SKEW_S", "AdminCommand", "AdminRoutes", "parse_command"]
+__all__ = ["ADMIN_SECRET_NAME", "AdminCommand", "AdminRoutes", "parse_command"]
 
 ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 _MAX_BODY_BYTES: Final = 4096
 _BODY_TIMEOUT_S: Final = 10.0
-#: How far a command's signature time may be from the bot's clock, either way.
-MAX_SKEW_S: Final = 300.0
 
 
 class AdminCommand(BaseModel):
@@ -67,7 +70,7 @@ class AdminRoutes:
         self._apply = apply
         self._strategies = frozenset(strategies)
         self._clock = clock
-        self._used = used or UsedSignatures(MAX_SKEW_S)
+        self._used = used or UsedSignatures()
 
     def router(self) -> APIRouter:
         router = APIRouter()
@@ -88,7 +91,7 @@ class AdminRoutes:
         except BodyRefused as refused:
             return _answer(refused.status, refused.kind, refused.detail)
         header = request.headers.get(SIGNATURE_HEADER)
-        problem = signature_problem(header, body, self._secret, self._clock(), MAX_SKEW_S)
+        problem = signature_problem(header, body, self._secret, self._clock(), COMMAND_MAX_SKEW_S)
         if problem is not None or header is None:
             return _answer(401, "unauthorized", problem or "unsigned")
         try:

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp
 
 from bot import metrics, notify
 from bot.account import Account
-from bot.admin import ADMIN_SECRET_NAME, MAX_SKEW_S, AdminCommand, AdminRoutes, parse_command
+from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
 from bot.config import BotSettings, ConfigError, Environment
@@ -566,7 +566,7 @@ class Service:
             pipeline.decide,
         )
         # A signed command is acted on once, whichever way in it comes and however often.
-        used = UsedSignatures(MAX_SKEW_S)
+        used = UsedSignatures()
         control = self._mqtt_control(kill_switch, used)
         readiness = Readiness(
             journal,

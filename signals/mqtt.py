@@ -66,10 +66,14 @@ from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
 from bot.secrets import split_secrets
 from signals.base import FloodNotes, SignalSink
-from signals.voiceofchain import UsedSignatures, any_signature_problem, sign
+from signals.voiceofchain import (
+    COMMAND_MAX_SKEW_S,
+    UsedSignatures,
+    any_signature_problem,
+    sign,
+)
 
 __all__ = [
-    "CONTROL_MAX_SKEW_S",
     "PASSWORD_SECRET_NAME",
     "PAYLOAD_SIGNATURE_FIELD",
     "SIGNATURE_PROPERTY",
@@ -659,7 +663,6 @@ async def publish_signal(
 
 
 #: A control command older than this is refused: a queued resume must not act hours later.
-CONTROL_MAX_SKEW_S: Final = 300.0
 #: Room for a message's topic (at most 65,535 bytes) and properties besides its payload.
 _PACKET_MARGIN_BYTES: Final = 70_000
 #: Applies one verified control command (its topic, its JSON body); returns what it did.
@@ -668,10 +671,11 @@ ControlHandler = Callable[[str, bytes], Awaitable[str]]
 
 class MqttControl:
     """The kill switch's MQTT topic: every message must carry the admin secret's signature in
-    the `x-signature` user property (at most `CONTROL_MAX_SKEW_S` old); the command is the
-    last topic level (`<control_topic>/halt` or `/resume`) and the body is the admin route's
-    JSON. A command is acknowledged once applied (a crash before means redelivery); a refused
-    one is logged and acknowledged. Its own persistent session, under `<client_id>-control`.
+    the `x-signature` user property (at most `COMMAND_MAX_SKEW_S` from the bot's clock); the
+    command is the last topic level (`<control_topic>/halt` or `/resume`) and the body is the
+    admin route's JSON. A command is acknowledged once applied (a crash before means
+    redelivery); a refused one is logged and acknowledged. Its own persistent session, under
+    `<client_id>-control`.
     """
 
     def __init__(
@@ -690,7 +694,7 @@ class MqttControl:
         self._secrets = _secret_values(secret)
         self._password = password
         self._clock = clock
-        self._used = used or UsedSignatures(CONTROL_MAX_SKEW_S)
+        self._used = used or UsedSignatures()
         self.connected = False
         self.applied = 0
         self.refused = 0
@@ -758,7 +762,7 @@ class MqttControl:
         payload = message.payload if isinstance(message.payload, bytes) else b""
         header = _signature_property(message.properties)
         now = self._clock()
-        problem = any_signature_problem(header, payload, self._secrets, now, CONTROL_MAX_SKEW_S)
+        problem = any_signature_problem(header, payload, self._secrets, now, COMMAND_MAX_SKEW_S)
         if problem is not None or header is None:
             raise _Rejected(problem or "unsigned")
         if not self._used.first_use(header, payload, now):

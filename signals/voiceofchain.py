@@ -19,6 +19,7 @@ from typing import Final
 from pydantic import SecretStr
 
 __all__ = [
+    "COMMAND_MAX_SKEW_S",
     "SIGNATURE_HEADER",
     "UsedSignatures",
     "any_signature_problem",
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 SIGNATURE_HEADER: Final = "X-Signature"
+#: How far a signed command's time may be from the bot's clock, either way: the admin routes
+#: and the MQTT control topic alike, and so how long `UsedSignatures` must remember one.
+COMMAND_MAX_SKEW_S: Final = 300.0
 _UNIX_SECONDS: Final = re.compile(r"[0-9]{1,12}")
 _HEX_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -94,7 +98,7 @@ class UsedSignatures:
     to the same route or another (a halt's body sent again as a resume). A signature covers
     the time and the body, so that pair is what is remembered."""
 
-    def __init__(self, max_skew_s: float) -> None:
+    def __init__(self, max_skew_s: float = COMMAND_MAX_SKEW_S) -> None:
         self._max_skew_s = max_skew_s
         self._until: dict[bytes, float] = {}  # sha256 of "<t>." + body -> when it expires
 
