@@ -486,6 +486,31 @@ def _switch(
     if status != 200:
         _fail(f"the bot refused: {status} {answer}")
     typer.echo(answer)  # the bot's JSON, never wrapped
+    undone = _undone(answer)
+    if undone:
+        _fail(
+            f"the {route} holds, but {undone} did not complete (see each row's status "
+            "above): check `bot orders` and `bot positions`, then run this command again",
+            1,
+        )
+
+
+def _undone(answer: str) -> str:
+    """What a halt's answer reports as not done: its rows of "cancelled" and "flattened"
+    whose `done` is false, counted ("1 cancel and 2 closes"); "" when everything was done."""
+    try:
+        report = json.loads(answer)
+    except ValueError:
+        return ""
+    if not isinstance(report, dict):
+        return ""
+    counts = [
+        (sum(1 for row in report.get(part, ()) if row.get("done") is False), noun)
+        for part, noun in (("cancelled", "cancel"), ("flattened", "close"))
+    ]
+    return " and ".join(
+        f"{count} {noun}{'s' if count > 1 else ''}" for count, noun in counts if count
+    )
 
 
 def _journal_while_stopped(path: Path, scope: ScopeState, target: str) -> None:

@@ -7,6 +7,10 @@ orders being sent right now to land, so none slips past the halt. Flattening sen
 reduce-only market order per position of each strategy in scope (its own book, not the key's
 whole position); each is approved by the gate like any other order and journaled under a
 signal of source `admin`, so `bot orders` shows it.
+
+Each row of the report says `done`: the order is cancelled (or was not open), the position's
+close reached the venue. A row not done (a refused or failed cancel or close, an order still
+being sent) needs the operator: `bot halt` exits 1 on one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from bot.market import MarketData
 from bot.messages import (
     Instrument,
     OrderIntent,
+    OrderStatus,
     OrderType,
     Side,
     Signal,
@@ -96,14 +101,14 @@ class KillSwitch:
             report["flattened"] = await self._flatten(strategies)
         return report
 
-    async def _cancel_open(self, strategies: frozenset[str]) -> list[dict[str, str]]:
+    async def _cancel_open(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
         """Cancel every order of `strategies` that may be open at the venue. An order being
         sent right now is waited for (the executor refuses to send an opening order once its
         scope is halted, and a send in progress lands or fails), then cancelled; one still
         busy after `_CANCEL_WAIT_S` is reported as such."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CANCEL_WAIT_S
-        done: dict[str, dict[str, str]] = {}
+        done: dict[str, dict[str, str | bool]] = {}
         while True:
             busy = self._executor.in_flight()
             waiting = []
@@ -123,22 +128,24 @@ class KillSwitch:
                         "cancel: {id} is still being sent", id=record.request.order_link_id
                     )
                     done[record.request.order_link_id] = _row(
-                        record, "still being sent: not cancelled; run the halt again"
+                        record, "still being sent: not cancelled; run the halt again", False
                     )
                 break
             await asyncio.sleep(_CANCEL_POLL_S)
         return list(done.values())
 
-    async def _cancel(self, record: OrderRecord) -> dict[str, str]:
+    async def _cancel(self, record: OrderRecord) -> dict[str, str | bool]:
         request = record.request
         try:
             event = await self._executor.cancel(request)
         except Exception as exc:  # one failed cancel must not stop the others
             logger.error("cancel of {id} failed: {error}", id=request.order_link_id, error=exc)
-            return _row(record, f"cancel failed: {exc}")
-        return _row(record, event.status.value if event is not None else "not at the venue")
+            return _row(record, f"cancel failed: {exc}", False)
+        if event is None:
+            return _row(record, "not at the venue", True)
+        return _row(record, event.status.value, event.status.is_terminal)
 
-    async def _flatten(self, strategies: frozenset[str]) -> list[dict[str, str]]:
+    async def _flatten(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
         """Reduce-only market orders closing each open position of `strategies`."""
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%f")
         books = [
@@ -148,7 +155,11 @@ class KillSwitch:
         ]
         results = []
         for index, book in enumerate(books):
-            row = {"strategy": book.strategy, "symbol": book.symbol, "qty": str(abs(book.size))}
+            row: dict[str, str | bool] = {
+                "strategy": book.strategy,
+                "symbol": book.symbol,
+                "qty": str(abs(book.size)),
+            }
             signal = Signal(
                 source=FLATTEN_SOURCE,
                 id=f"flatten-{stamp}-{index}",
@@ -158,16 +169,17 @@ class KillSwitch:
                 ts=utc_now(),
             )
             try:
-                status = await self._close(signal, book.key_name, book.size)
+                status, done = await self._close(signal, book.key_name, book.size)
             except Exception as exc:  # one failed close must not stop the others
                 logger.error("flatten of {symbol} failed: {error}", symbol=book.symbol, error=exc)
-                status = f"failed: {exc}"
-            results.append(row | {"status": status})
+                status, done = f"failed: {exc}", False
+            results.append(row | {"status": status, "done": done})
         return results
 
-    async def _close(self, signal: Signal, key_name: str, size: Decimal) -> str:
+    async def _close(self, signal: Signal, key_name: str, size: Decimal) -> tuple[str, bool]:
         """Close `size` (signed) of `signal.strategy`'s position: journaled, gated, sent, in
-        legs of at most the instrument's largest order."""
+        legs of at most the instrument's largest order. Returns each leg's status, and whether
+        every leg reached the venue (not refused by the gate, not rejected or unknown)."""
         assert signal.strategy is not None
         instrument, price = await self._market.quote(key_name, signal.symbol)
         await self._journal.call(self._journal.record_signal, signal)
@@ -193,14 +205,25 @@ class KillSwitch:
                 events = await self._executor.execute_all([verdict], key_name)
                 if not events:
                     statuses.append(f"rejected ({verdict.rule}): {verdict.reason}")
-                    break
+                    return ", ".join(statuses), False
                 statuses.append(events[0].status.value)
+                if events[0].status not in _AT_VENUE:
+                    return ", ".join(statuses), False
                 left, leg = left - qty, leg + 1
         finally:
             await self._journal.call(self._journal.mark_processed, signal)
-        return ", ".join(statuses)
+        return ", ".join(statuses), True
 
 
-def _row(record: OrderRecord, status: str) -> dict[str, str]:
+#: A close in one of these states reached the venue (a market order fills).
+_AT_VENUE: Final = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED})
+
+
+def _row(record: OrderRecord, status: str, done: bool) -> dict[str, str | bool]:
     request = record.request
-    return {"order_link_id": request.order_link_id, "strategy": request.strategy, "status": status}
+    return {
+        "order_link_id": request.order_link_id,
+        "strategy": request.strategy,
+        "status": status,
+        "done": done,
+    }

@@ -158,9 +158,11 @@ def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
 
         assert answer.status_code == 200, answer.text
         report = answer.json()
-        assert [row["status"] for row in report["cancelled"]] == ["Cancelled"]
-        assert [(row["strategy"], row["status"]) for row in report["flattened"]] == [
-            ("follow", "Filled")
+        assert [(row["status"], row["done"]) for row in report["cancelled"]] == [
+            ("Cancelled", True)
+        ]
+        assert [(row["strategy"], row["status"], row["done"]) for row in report["flattened"]] == [
+            ("follow", "Filled", True)
         ]
         assert bot.journal_status("resting") == ["Cancelled"]
         wait_for(lambda: venue_position(bot) == 0, what="a flat position at the venue")
@@ -232,4 +234,30 @@ def test_bot_halt_never_says_not_running_while_a_bot_holds_the_journal(
         states = bot.read_journal(lambda journal: journal.trading_states())
         assert [s.state.value for s in states if s.scope == "(bot)"] in ([], ["ACTIVE"])
     finally:
+        bot.stop()
+
+
+def test_bot_halt_exits_1_naming_a_flatten_the_venue_did_not_take(
+    sim_config: Callable[..., Path],
+) -> None:
+    quick_retries = "\n[execution]\nbackoff_base_s = 0.01\nbackoff_max_s = 0.02\n"
+    bot = RunningBot(sim_config(extra=quick_retries)).start()
+    try:
+        assert bot.post(signal("filled")).status_code == 202
+        wait_for(lambda: venue_position(bot) > 0, what="the venue's position")
+        faults = requests.post(
+            f"{bot.service.sim_url}/sim/faults", json={"http_5xx": 1.0}, timeout=10
+        )
+        assert faults.status_code == 200
+
+        port = int(bot.url.rsplit(":", 1)[1])
+        halted = cli(sim_config(port, quick_retries), "halt", "--flatten")  # the bot's address
+
+        assert halted.returncode == 1, halted.stderr
+        report = json.loads(halted.stdout)
+        assert [row["done"] for row in report["flattened"]] == [False]
+        assert "the halt holds, but 1 close did not complete" in halted.stderr
+        assert risk_status(bot, "(bot)")["state"] == "HALTED"
+    finally:
+        requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
         bot.stop()
