@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
 from bot.config import AuditConfig, ConfigError
 from bot.logs import logger, scrub
@@ -230,7 +230,13 @@ def parse_since(text: str, now: datetime) -> datetime:
     duration = _SINCE_DURATION.match(text.strip())
     if duration is not None:
         amount, unit = duration.groups()
-        return now - timedelta(**{_UNITS[unit]: int(amount)})
+        try:
+            return now - timedelta(**{_UNITS[unit]: int(amount)})
+        except OverflowError:
+            raise ValueError(
+                f"--since {text!r} reaches back before the year 1: give a shorter duration, "
+                "or leave --since out for every request"
+            ) from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -262,15 +268,20 @@ def read_audit(
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of one file; a line that is not a JSON object (torn by a crash) is skipped."""
+    """The records of one file; a line that is not a JSON object (torn by a crash, damaged:
+    nested too deep, or holding NaN, which no JSON reader takes back) is skipped."""
     with path.open(encoding="utf-8", errors="replace") as stream:
         for line in stream:
             try:
-                row = json.loads(line)
-            except ValueError:
+                row = json.loads(line, parse_constant=_refuse_constant)
+            except (ValueError, RecursionError):
                 continue
             if isinstance(row, dict):
                 yield row
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _matching(
@@ -305,7 +316,7 @@ def summary(row: dict[str, Any]) -> dict[str, str]:
     (shortened), answer, ms."""
     try:
         when = f"{datetime.fromisoformat(str(row.get('ts'))).astimezone(UTC):%m-%d %H:%M:%S}"
-    except ValueError:
+    except (ValueError, OverflowError):  # not a time (a damaged line), or past year 9999 in UTC
         when = str(row.get("ts"))
     latency = row.get("latency_ms")
     return {
@@ -313,6 +324,6 @@ def summary(row: dict[str, Any]) -> dict[str, str]:
         "key": str(row.get("key") or ""),
         "endpoint": str(row.get("endpoint") or "").removeprefix("/v5/"),
         "orderLinkId": _shorten(str(row.get("order_link_id") or ""), 13),
-        "answer": _outcome(row.get("ret_code"), row.get("http_status"), row.get("error")),
+        "answer": str(_outcome(row.get("ret_code"), row.get("http_status"), row.get("error"))),
         "ms": f"{latency:.1f}" if isinstance(latency, int | float) else "",
     }

@@ -70,6 +70,7 @@ SCHEMA_VERSION: Final = 4
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
 _REJECTIONS_PRUNED_EVERY: Final = 1_000
+_SQL_MAX_INT: Final = 2**63 - 1
 _ACCOUNT: Final = """
 CREATE TABLE IF NOT EXISTS executions (
     exec_id         TEXT PRIMARY KEY,
@@ -1274,7 +1275,8 @@ class Journal:
             if signal is not None
             else "SELECT * FROM signals ORDER BY received_at DESC LIMIT ?"
         )
-        params: tuple[object, ...] = signal if signal is not None else (limit,)
+        # SQLite's integers are 64-bit: a larger limit (`bot orders --limit 10**20`) means all
+        params: tuple[object, ...] = signal if signal is not None else (min(limit, _SQL_MAX_INT),)
         # `chosen` is one of the two literals above; every value is a bound parameter.
         query = f"""
             SELECT s.source, s.signal_id, s.symbol, s.received_at, d.strategy,

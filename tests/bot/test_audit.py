@@ -9,17 +9,21 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from bot.audit import CURRENT_FILE, AuditLog, VenueRequest, read_audit
+from bot.audit import CURRENT_FILE, AuditLog, VenueRequest, read_audit, summary
 from bot.config import AuditConfig, Environment
 from bot.execution.executor import build_request
 from bot.secrets import ApiCredentials
@@ -267,6 +271,7 @@ def test_bot_audit_filters_prints_80_columns_or_json_and_refuses_a_bad_since(
     as_json = bot_audit(config, "--json", "--since", "2h")
     everything = bot_audit(config, "--json", "--limit", "0")
     bad = bot_audit(config, "--since", "yesterday")
+    too_far = bot_audit(config, "--since", "99999999d")
 
     assert table.returncode == 0, table.stderr
     assert "old-one" not in table.stdout
@@ -284,6 +289,9 @@ def test_bot_audit_filters_prints_80_columns_or_json_and_refuses_a_bad_since(
     assert len(bad.stderr.strip().splitlines()) == 1
     assert "--since 'yesterday'" in bad.stderr
     assert "ISO-8601" in bad.stderr
+    assert too_far.returncode == 2
+    assert too_far.stderr.strip().endswith("or leave --since out for every request")
+    assert len(too_far.stderr.strip().splitlines()) == 1
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -355,3 +363,36 @@ def test_bot_keys_check_audits_its_signed_request(sim_config: Callable[..., Path
     assert [(row["key"], row["endpoint"]) for row in rows] == [
         ("follow_sim", "/v5/user/query-api")
     ]
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN and Infinity too: json.dumps writes them, a damaged line may hold them
+    | st.text()
+    | st.sampled_from(["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2026-01-05"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+_AUDIT_FIELDS = ("ts", "key", "endpoint", "order_link_id", "ret_code", "http_status", "error")
+
+
+@given(
+    rows=st.lists(st.dictionaries(st.sampled_from(_AUDIT_FIELDS), _JSON_VALUES), max_size=4),
+    garbage=st.lists(st.binary(max_size=40), max_size=3),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_damaged_audit_file_reads_as_rows_that_print_and_serialize(
+    rows: list[dict[str, object]], garbage: list[bytes]
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        lines = [json.dumps(row).encode() for row in rows] + garbage + [b"[" * 5000]
+        (Path(directory) / CURRENT_FILE).write_bytes(b"\n".join(lines) + b"\n")
+
+        found = read_audit(Path(directory), since=datetime(2026, 1, 1, tzinfo=UTC), key=None)
+        found += read_audit(Path(directory))
+
+        for row in found:
+            json.dumps(row, allow_nan=False)  # `bot audit --json` prints valid JSON
+            assert all(isinstance(cell, str) for cell in summary(row).values())

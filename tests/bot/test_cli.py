@@ -120,8 +120,12 @@ def test_send_then_orders_shows_the_filled_order_and_sigterm_exits_cleanly(
     assert {"signal_id", "strategy", "decision", "reason", "order_link_id", "status"} <= row.keys()
     assert (row["strategy"], row["decision"]) == ("follow", "approved")
     assert str(row["order_link_id"]).startswith("follow-0-")
-    table = bot("orders", "--config", str(config), cwd=config.parent)
+    here = config.parent
+    table = bot("orders", "--config", str(config), cwd=here)
     assert "cli-1" in table.stdout
+    beyond_sqlite = bot("orders", "--limit", f"{10**20}", "--config", str(config), cwd=here)
+    assert beyond_sqlite.returncode == 0, beyond_sqlite.stderr
+    assert "cli-1" in beyond_sqlite.stdout
 
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
