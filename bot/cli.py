@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -45,7 +46,7 @@ from bot.config import (
 )
 from bot.journal import Journal, JournalError, JournalInUse, TraceRow, lock_journal
 from bot.keys.audit import Verdict, strategies_by_key
-from bot.messages import utc_now
+from bot.messages import is_unicode, utc_now
 from bot.replay import (
     History,
     HistoryError,
@@ -148,11 +149,15 @@ PortOption = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
+    _print_error(message)
+    raise typer.Exit(code)
+
+
+def _print_error(message: str) -> None:
     # escape: a message may name a section ("[sim.instruments]"), which is not markup
     errors.print(
         f"[bold red]error:[/] {escape(logs.scrub(message))}", highlight=False, soft_wrap=True
     )
-    raise typer.Exit(code)
 
 
 def _settings(config: Path | None, host: str | None = None, port: int | None = None) -> BotSettings:
@@ -1151,4 +1156,13 @@ def sim(
 
 
 def main() -> None:
+    for position, argument in enumerate(sys.argv[1:], 1):
+        if not is_unicode(argument):  # Python keeps undecodable bytes as lone surrogates
+            shown = argument.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            _print_error(
+                f"argument {position} ({shown!r}) is not UTF-8 text: names, reasons and paths "
+                "are read as UTF-8; check the terminal's encoding (locale)"
+            )
+            sys.exit(2)
     app()
+

@@ -52,6 +52,7 @@ __all__ = [
     "SignalError",
     "StopMove",
     "WalletUpdate",
+    "is_unicode",
     "json_number",
     "parse_signal",
     "parse_ts",
@@ -287,7 +288,7 @@ def _shape_problem(value: object) -> str | None:
         if depth > MAX_PAYLOAD_DEPTH:
             return f"is nested more than {MAX_PAYLOAD_DEPTH} levels deep"
         if isinstance(item, dict):
-            if not all(map(_is_unicode, item)):
+            if not all(map(is_unicode, item)):
                 return _NOT_UNICODE
             children: Iterable[object] = item.values()
         elif isinstance(item, list):
@@ -297,7 +298,7 @@ def _shape_problem(value: object) -> str | None:
         for child in children:
             if isinstance(child, dict | list):
                 stack.append((child, depth + 1))
-            elif isinstance(child, str) and not _is_unicode(child):
+            elif isinstance(child, str) and not is_unicode(child):
                 return _NOT_UNICODE
     return None
 
@@ -305,7 +306,9 @@ def _shape_problem(value: object) -> str | None:
 _NOT_UNICODE: Final = "holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
 
 
-def _is_unicode(text: str) -> bool:
+def is_unicode(text: str) -> bool:
+    """Whether `text` is valid Unicode, so it encodes as UTF-8: no lone surrogate (escaped
+    in JSON, or one Python decoded undecodable bytes to: argv, the environment)."""
     if text.isascii():
         return True
     try:

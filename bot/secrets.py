@@ -19,6 +19,7 @@ from typing import Final
 from pydantic import SecretStr
 
 from bot import logs
+from bot.messages import is_unicode
 
 __all__ = [
     "DEFAULT_SECRETS_DIR",
@@ -111,7 +112,15 @@ class SecretResolver:
         return SecretStr(value)
 
     def _lookup(self, name: str) -> str:
-        return self._environ.get(name) or self._read(self._secrets_dir / name.lower())
+        value = self._environ.get(name)
+        if not value:
+            return self._read(self._secrets_dir / name.lower())
+        if not is_unicode(value):  # bytes that are not UTF-8, as Python decodes the environment
+            raise MissingSecretError(
+                f"the environment variable {name} is not UTF-8 text: set the secret as text "
+                "(hex or base64 for random bytes)"
+            )
+        return value
 
     def credentials(self, key: str) -> ApiCredentials:
         key_name, secret_name = api_key_names(key)
@@ -130,6 +139,11 @@ class SecretResolver:
                 f"cannot read secret file {path}: permission denied (the bot's user must be "
                 "able to read it)"
             ) from None
+        except UnicodeDecodeError:
+            raise MissingSecretError(
+                f"secret file {path} is not UTF-8 text: write the secret as text (hex or "
+                "base64 for random bytes)"
+            ) from None
 
     def _generated(self, name: str) -> str:
         assert self._generated_dir is not None
@@ -147,3 +161,4 @@ class SecretResolver:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(value + "\n")
         return value
+

@@ -639,3 +639,41 @@ def test_signal_send_to_a_bad_url_or_a_trickling_server_ends_in_one_line(tmp_pat
     for answer in answers:
         assert answer.returncode == 2
         assert "Traceback" not in answer.stderr and "not" in answer.stderr
+
+
+def test_bytes_that_are_not_utf8_in_an_argument_or_a_secret_are_one_line(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = sim_config()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "bot_webhook_secret_voiceofchain").write_bytes(b"\xff\xfe")
+    environment = {  # "\udcff": how Python reads the byte \xff in the environment
+        **os.environ,
+        "BOT_ADMIN_SECRET": "x\udcff",
+        "BOT_SECRETS_DIR": str(secrets),
+    }
+    runs = {
+        "argument": [b"halt", b"--reason", b"\xffstop", b"--config", bytes(config)],
+        "file": [b"signal", b"send", *map(str.encode, BUY_BTC), b"--config", bytes(config)],
+        "variable": [b"halt", b"--config", bytes(config)],
+    }
+
+    done = {
+        what: subprocess.run(
+            [sys.executable.encode(), b"-m", b"bot", *arguments],
+            cwd=tmp_path,
+            env={k: v.encode("utf-8", "surrogateescape") for k, v in environment.items()},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        for what, arguments in runs.items()
+    }
+
+    for what, run in done.items():
+        assert run.returncode == 2, (what, run.stderr)
+        assert len(run.stderr.strip().splitlines()) == 1, (what, run.stderr)
+    assert b"argument 3 ('\xef\xbf\xbdstop') is not UTF-8 text" in done["argument"].stderr
+    assert b"bot_webhook_secret_voiceofchain is not UTF-8 text" in done["file"].stderr
+    assert b"BOT_ADMIN_SECRET is not UTF-8 text" in done["variable"].stderr
