@@ -165,6 +165,11 @@ def _settings(config: Path | None, host: str | None = None, port: int | None = N
         settings = load_settings(config)
     except ConfigError as exc:
         _fail(str(exc))
+    if host is not None and not host.strip():
+        _fail(
+            f"--host {host!r} is no address: give 127.0.0.1 (this machine only) or 0.0.0.0 "
+            "(every interface)"
+        )
     http = settings.http.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )

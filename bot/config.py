@@ -119,7 +119,11 @@ class _Section(BaseModel):
 class HttpConfig(_Section):
     """The HTTP server that receives webhooks and serves /healthz and /metrics."""
 
-    host: str = Field("127.0.0.1", description="bind address; loopback unless behind a proxy")
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,  # uvicorn takes "" as every interface: that must be said, 0.0.0.0
+        description="bind address; loopback unless behind a proxy",
+    )
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
 
 
