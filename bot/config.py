@@ -238,6 +238,29 @@ class _Environment(EnvSettingsSource):
             return value
 
 
+    def explode_env_vars(
+        self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        """The nested settings (`BOT_RISK__SYMBOLS`), where an empty value of a list setting
+        is an empty list: pydantic-settings passes an empty value on undecoded."""
+        exploded = super().explode_env_vars(field_name, field, env_vars)
+        prefix = f"{self.env_prefix}{field_name}{self.env_nested_delimiter}"
+        prefix = prefix if self.case_sensitive else prefix.lower()  # as env_vars' names are
+        for env_name, env_val in env_vars.items():
+            if env_val or not env_name.startswith(prefix):
+                continue
+            *keys, last_key = env_name[len(prefix) :].split(self.env_nested_delimiter)
+            parent: Any = exploded
+            target: FieldInfo | None = field
+            for key in keys:
+                target = self.next_field(target, key, self.case_sensitive)
+                parent = parent.get(key) if isinstance(parent, dict) else None
+            target = self.next_field(target, last_key, self.case_sensitive)
+            if isinstance(parent, dict) and _is_list(target):
+                parent[last_key] = []
+        return exploded
+
+
 def _is_list(field: FieldInfo | None) -> bool:
     """A list setting: a tuple or list, perhaps optional (`tuple[str, ...] | None`)."""
     annotation = field.annotation if field is not None else None

@@ -200,6 +200,24 @@ def test_an_empty_list_variable_is_an_empty_list(
     assert load_settings(write(tmp_path, KEYED)).cpus == cpus
 
 
+def test_an_empty_list_variable_in_a_section_is_an_empty_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_RISK__SYMBOLS", "")
+    monkeypatch.setenv("BOT_RISK__DENIED_SYMBOLS", "  ")
+    monkeypatch.setenv("BOT_STRATEGIES__FOLLOW__RISK__SYMBOLS", "")
+    monkeypatch.setenv("BOT_STRATEGIES__FOLLOW__SOURCES", "")
+
+    settings = load_settings(write(tmp_path, KEYED))
+
+    assert (settings.risk.symbols, settings.risk.denied_symbols) == ((), ())
+    assert settings.strategies["follow"].risk.symbols == ()
+    assert settings.strategies["follow"].sources == ()
+    monkeypatch.setenv("BOT_HTTP__PORT", "")  # empty is no value for a setting not a list
+    with pytest.raises(ConfigError, match=r"invalid http\.port = '' from BOT_HTTP__PORT"):
+        load_settings(write(tmp_path, KEYED))
+
+
 def test_a_bad_value_is_one_line_naming_setting_value_origin_and_what_is_allowed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
