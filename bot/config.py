@@ -347,6 +347,23 @@ class BotSettings(BaseSettings):
         return self.state_dir / "audit"
 
 
+#: Far beyond any configuration (the shipped one is 8 KB); what is larger (`--config
+#: /dev/zero`) is refused before it fills the memory.
+_MAX_CONFIG_BYTES: Final = 1024 * 1024
+
+
+def _config_text(path: Path) -> str:
+    """The configuration file's text, read up to `_MAX_CONFIG_BYTES`."""
+    with path.open("rb") as stream:
+        raw = stream.read(_MAX_CONFIG_BYTES + 1)
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {_MAX_CONFIG_BYTES // 1024 // 1024} MiB: is it the "
+            "configuration? pass --config PATH with a TOML file"
+        )
+    return raw.decode("utf-8")
+
+
 def load_settings(path: Path | None = None) -> BotSettings:
     """Read the TOML file (`path`, else $BOT_CONFIG, else config/bot.toml) plus env overrides.
 
@@ -360,7 +377,7 @@ def load_settings(path: Path | None = None) -> BotSettings:
             f"command line; unset {_MAINNET_OPT_IN_VARIABLE}"
         )
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(_config_text(path))
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} not found; pass --config PATH or set {CONFIG_VARIABLE}"

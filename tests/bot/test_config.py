@@ -68,6 +68,11 @@ def test_missing_file_and_bad_toml_say_what_to_do(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "[http\n"))
 
 
+def test_a_config_path_that_never_ends_is_refused_not_read_forever() -> None:
+    with pytest.raises(ConfigError, match=r"^config file /dev/zero is larger than 1 MiB"):
+        load_settings(Path("/dev/zero"))
+
+
 def test_config_path_comes_from_bot_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOT_CONFIG", str(write(tmp_path, "[http]\nport = 8111\n")))
 
