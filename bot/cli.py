@@ -949,7 +949,7 @@ def replay_history(
         "voiceofchain"
     ),
     state_dir: Annotated[
-        Path | None,
+        str | None,  # a str: typer would make '' the current directory
         typer.Option(
             "--state-dir",
             help="keep the replay's journal and log in this new directory",
@@ -1032,11 +1032,14 @@ def _replay_report(
     return report
 
 
-def _replay_state_dir(settings: BotSettings, chosen: Path | None) -> Path:
-    """The replay's own state directory: `chosen` if it holds no journal yet, else a new
-    temporary one."""
-    if chosen is None:
+def _replay_state_dir(settings: BotSettings, typed: str | None) -> Path:
+    """The replay's own state directory: the one `typed`, if it holds no journal yet, or a
+    new temporary one."""
+    if typed is None:
         return Path(tempfile.mkdtemp(prefix="bot-replay-"))
+    if not typed.strip():
+        _fail(f"--state-dir {typed!r} names no directory: give a new directory's path")
+    chosen = Path(typed)
     journal = settings.model_copy(update={"state_dir": chosen}).journal_path
     if journal.exists():
         _fail(f"--state-dir {chosen} already holds a journal; give a new directory")

@@ -316,6 +316,18 @@ def test_a_state_dir_with_a_journal_is_refused(tmp_path: Path) -> None:
     assert "already holds a journal" in run.stderr
 
 
+def test_an_empty_state_dir_is_refused_not_taken_as_the_current_directory(
+    tmp_path: Path,
+) -> None:
+    run = replay(tmp_path, SAMPLE, "--state-dir", "")
+
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        "error: --state-dir '' names no directory: give a new directory's path"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing written where it runs
+
+
 # the history reader --------------------------------------------------------------------------
 
 
