@@ -191,33 +191,68 @@ def _time_window(
     return start, end
 
 
+def _plain_orders(order_filter: str | None) -> bool:
+    """Whether an `orderFilter` selects plain orders: the simulator has no conditional, TP/SL
+    or OCO orders, so any other filter finds nothing."""
+    return order_filter in (None, "Order")
+
+
 def _candle_starts(
     interval: str, start: int | None, end: int | None, limit: int, now: int
 ) -> list[int]:
-    """Start times (ms, newest first) of the candles a kline request covers."""
-    last = min(end, now) if end is not None else now
-    starts: list[int] = []
-    if interval == "M":
-        moment = datetime.fromtimestamp(last / 1000, tz=UTC)
-        year, month = moment.year, moment.month
-        while len(starts) < limit and year >= 1970:
-            opened = int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
-            if start is not None and opened + 31 * 86_400_000 <= start:
-                break
-            starts.append(opened)
-            year, month = (year, month - 1) if month > 1 else (year - 1, 12)
-        return starts
-    if interval == "W":
-        length, origin = _WEEK_MS, _FIRST_MONDAY_MS
-    else:
-        length, origin = (86_400_000 if interval == "D" else int(interval) * _MINUTE_MS), 0
-    opened = (last - origin) // length * length + origin
-    while len(starts) < limit and opened >= 0:
-        if start is not None and opened + length <= start:
+    """Start times (ms, newest first) of the candles a kline request covers: with `start`
+    alone, the first `limit` candles from the one holding `start` on (as Bybit pages forward
+    through history); otherwise the last `limit` up to `end` (or now), none before `start`."""
+    if start is not None and end is None:
+        forward: list[int] = []
+        opened = _candle_open(interval, max(start, 0))
+        while len(forward) < limit and opened <= now:
+            forward.append(opened)
+            opened = _candle_after(interval, opened)
+        return forward[::-1]
+    backward: list[int] = []
+    opened = _candle_open(interval, min(end, now) if end is not None else now)
+    while len(backward) < limit and opened >= 0:
+        if start is not None and _candle_after(interval, opened) <= start:
             break
-        starts.append(opened)
-        opened -= length
-    return starts
+        backward.append(opened)
+        opened = _candle_before(interval, opened)
+    return backward
+
+
+def _candle_open(interval: str, moment: int) -> int:
+    """When the `interval` candle holding `moment` (ms) opened."""
+    if interval == "M":
+        at = datetime.fromtimestamp(moment / 1000, tz=UTC)
+        return int(datetime(at.year, at.month, 1, tzinfo=UTC).timestamp() * 1000)
+    length, origin = _candle_length(interval)
+    return (moment - origin) // length * length + origin
+
+
+def _candle_after(interval: str, opened: int) -> int:
+    if interval == "M":
+        at = datetime.fromtimestamp(opened / 1000, tz=UTC)
+        year, month = (at.year, at.month + 1) if at.month < 12 else (at.year + 1, 1)
+        return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
+    return opened + _candle_length(interval)[0]
+
+
+def _candle_before(interval: str, opened: int) -> int:
+    """The previous candle's open; negative before 1970 (the first candle)."""
+    if interval == "M":
+        at = datetime.fromtimestamp(opened / 1000, tz=UTC)
+        if at.year == 1970 and at.month == 1:
+            return -1
+        year, month = (at.year, at.month - 1) if at.month > 1 else (at.year - 1, 12)
+        return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
+    return opened - _candle_length(interval)[0]
+
+
+def _candle_length(interval: str) -> tuple[int, int]:
+    """(length, origin) in ms of a fixed-length interval: weeks open on Mondays."""
+    if interval == "W":
+        return _WEEK_MS, _FIRST_MONDAY_MS
+    return (86_400_000 if interval == "D" else int(interval) * _MINUTE_MS), 0
 
 
 #: The injectable faults that are drawn per request (see SimFaults).
@@ -1026,11 +1061,10 @@ class SimExchange:
                 )
             if params.symbol is not None:
                 self._instrument(params.symbol)
-            # The simulator has no conditional orders: a StopOrder filter finds nothing.
             selected = [
                 order
                 for order in list(account.open_orders.values())
-                if params.order_filter != "StopOrder"
+                if _plain_orders(params.order_filter)
                 and (params.symbol is None or order.symbol == params.symbol)
                 and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
                 and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
@@ -1622,7 +1656,8 @@ class SimExchange:
 
     def _matches(self, order: OrderRecord, params: OrderQueryParams) -> bool:
         return (
-            order.visible_from_ms <= self._engine.now_ms()
+            _plain_orders(params.order_filter)
+            and order.visible_from_ms <= self._engine.now_ms()
             and (params.symbol is None or order.symbol == params.symbol)
             and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
             and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)

@@ -305,6 +305,10 @@ class AmendOrderParams(_Params):
     stop_loss: DecimalText | None = None
 
 
+#: Bybit's kinds of order (`orderFilter`); every order of the simulator is a plain "Order"
+OrderFilter = Literal["Order", "StopOrder", "tpslOrder", "OcoOrder", "BidirectionalTpslOrder"]
+
+
 class CancelAllParams(_Params):
     """`POST /v5/order/cancel-all`: linear needs symbol, baseCoin or settleCoin."""
 
@@ -312,7 +316,7 @@ class CancelAllParams(_Params):
     symbol: str | None = None
     base_coin: str | None = None
     settle_coin: str | None = None
-    order_filter: str | None = None
+    order_filter: OrderFilter | None = None
 
 
 class BatchPlaceParams(_Params):
@@ -383,6 +387,7 @@ class OrderQueryParams(_Params):
     order_link_id: str | None = None
     open_only: int = Field(default=0, ge=0, le=2)
     order_status: str | None = None
+    order_filter: OrderFilter | None = None
     limit: int = Field(default=20, ge=1, le=50)
     cursor: str | None = None
 

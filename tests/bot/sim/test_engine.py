@@ -328,6 +328,41 @@ def test_klines_are_deterministic_and_end_at_the_current_price() -> None:
     assert [row[1] for row in first[:-1]] == [row[4] for row in first[1:]]
 
 
+@pytest.mark.parametrize(
+    ("interval", "start", "opens"),
+    [
+        # ccxt pages forward through history with `start` alone: the first candles from it
+        ("60", 1_699_999_999_999, [1_699_999_200_000 + hour * 3_600_000 for hour in range(3)]),
+        ("W", 1_700_000_000_000, [1_699_833_600_000 + week * 604_800_000 for week in range(3)]),
+        ("M", 1_700_000_000_000, [1_698_796_800_000, 1_701_388_800_000, 1_704_067_200_000]),
+    ],
+)
+def test_klines_from_a_start_alone_are_the_first_ones_from_it_newest_first(
+    interval: str, start: int, opens: list[int]
+) -> None:
+    exchange = _exchange()
+    query = KlineParams.model_validate(
+        {"symbol": "BTCUSDT", "interval": interval, "start": start, "limit": 3}
+    )
+
+    rows = exchange.kline(query)["list"]
+
+    assert [int(row[0]) for row in rows] == opens[::-1]
+
+
+def test_klines_from_a_start_stop_at_the_current_candle() -> None:
+    exchange = _exchange()
+    now = exchange.now_ms()
+    query = KlineParams.model_validate(
+        {"symbol": "BTCUSDT", "interval": "60", "start": now - 2 * 3_600_000, "limit": 200}
+    )
+
+    rows = exchange.kline(query)["list"]
+
+    assert len(rows) == 3  # two hours back, and the hour that is open now
+    assert int(rows[0][0]) <= now < int(rows[0][0]) + 3_600_000
+
+
 def test_the_orderbook_surrounds_the_quote_one_tick_apart() -> None:
     exchange = _exchange(spread_bps=Decimal(1))
 

@@ -122,6 +122,25 @@ def test_cancel_all_answers_the_cancelled_orders(server: SimServer, session: HTT
     assert _error_code(lambda: session.cancel_all_orders(category="linear")) == 10001
 
 
+def test_an_order_filter_for_conditional_orders_finds_and_cancels_none(session: HTTP) -> None:
+    resting = _limit(session, "95000")["result"]["orderId"]
+
+    def open_ids(**extra: str) -> list[str]:
+        answer = session.get_open_orders(category="linear", symbol="BTCUSDT", **extra)
+        return [row["orderId"] for row in answer["result"]["list"]]
+
+    def history_ids(**extra: str) -> list[str]:
+        answer = session.get_order_history(category="linear", symbol="BTCUSDT", **extra)
+        return [row["orderId"] for row in answer["result"]["list"]]
+
+    assert open_ids(orderFilter="StopOrder") == [] == history_ids(orderFilter="tpslOrder")
+    assert open_ids(orderFilter="Order") == [resting] == history_ids(orderFilter="Order")
+    none = session.cancel_all_orders(category="linear", symbol="BTCUSDT", orderFilter="tpslOrder")
+    assert none["result"]["list"] == []
+    assert open_ids() == [resting]
+    assert _error_code(lambda: open_ids(orderFilter="Stop")) == 10001
+
+
 # ------------------------------------------------------------------ account and market data
 
 
