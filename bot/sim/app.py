@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -224,6 +225,21 @@ class _Gateway:
         )
         self._ip_banned_until: dict[str, int] = {}
         self._uid_limiters: dict[str, RollingWindowLimiter] = {}
+
+    async def not_served(self, request: Request, exc: Exception) -> Response:
+        """A path the simulator does not serve (404), or serves with another method (405):
+        Bybit's envelope with 10017, so that a client reads a final "bad request", never an
+        HTML page it would take for an outage and retry."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        what = "request method is invalid" if status == 405 else "request path not found"
+        served = "" if status == 405 else " (the simulator serves a subset of Bybit's V5 API)"
+        message = f"{what}: {request.method} {request.url.path}{served}"
+        return Response(
+            self._body(RetCode.ROUTE_NOT_FOUND, message, None),
+            status_code=status,
+            media_type=_JSON,
+            headers=exc.headers if isinstance(exc, HTTPException) else None,
+        )
 
     def public(self, handler: Callable[[P], dict[str, Any]], model: type[P]) -> Endpoint:
         """An unsigned /v5/market endpoint."""
@@ -594,4 +610,5 @@ def create_app(exchange: SimExchange) -> Starlette:
         WebSocketRoute(PRIVATE_PATH, hub.endpoint("private")),
         WebSocketRoute(PUBLIC_LINEAR_PATH, hub.endpoint("linear")),
     ]
-    return Starlette(routes=routes)
+    not_served = {404: gateway.not_served, 405: gateway.not_served}
+    return Starlette(routes=routes, exception_handlers=not_served)

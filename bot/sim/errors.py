@@ -27,6 +27,8 @@ class RetCode(IntEnum):
     TOO_MANY_VISITS = 10006
     UNMATCHED_IP = 10010
     SERVER_TIMEOUT = 10016
+    #: "request path not found or request method is invalid"
+    ROUTE_NOT_FOUND = 10017
     API_KEY_EXPIRED = 33004
     #: Set Trading Stop with the TP/SL already set, or with nothing to set.
     TPSL_NOT_MODIFIED = 34040

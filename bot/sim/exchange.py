@@ -1415,9 +1415,9 @@ class SimExchange:
         spec = self._config.instruments.get(symbol)
         if spec is None:
             listed = ", ".join(sorted(self._config.instruments))
-            raise SimError(
+            raise SimError(  # Bybit's words first: clients match them (ccxt: BadSymbol)
                 RetCode.PARAMS_ERROR,
-                f"params error: symbol {symbol!r} is not listed (listed: {listed})",
+                f"Not supported symbols: {symbol!r} is not listed (listed: {listed})",
             )
         return spec
 

@@ -117,6 +117,8 @@ def test_bybit_errors_map_to_ccxt_exceptions(bybit: ccxt.bybit) -> None:
         bybit.create_order(SYMBOL, "market", "buy", 2)
     with pytest.raises(ccxt.OrderNotFound):
         bybit.cancel_order("no-such-order", SYMBOL)
+    with pytest.raises(ccxt.BadSymbol):  # a symbol ccxt's markets hold but the venue does not
+        bybit.public_get_v5_market_tickers({"category": "linear", "symbol": "FOOUSDT"})
 
 
 # ------------------------------------------------------------------ account and position modes
@@ -257,3 +259,34 @@ def test_fetch_funding_rate_history_matches_the_published_rate(bybit: ccxt.bybit
     stamps = [rate["timestamp"] for rate in history]
     first = -(-since // 28_800_000) * 28_800_000
     assert stamps == [first, first + 28_800_000, first + 57_600_000]
+
+
+def test_fetch_ohlcv_since_pages_forward_over_the_whole_range(bybit: ccxt.bybit) -> None:
+    since = bybit.milliseconds() - 2500 * 60_000
+
+    first = bybit.fetch_ohlcv(SYMBOL, "1h", since - 46 * 3_600_000, 5)
+    paged = bybit.fetch_ohlcv(
+        SYMBOL, "1m", since, None, {"paginate": True, "paginationCalls": 3}
+    )
+
+    hour = 3_600_000  # ccxt asks from the next whole interval after `since`
+    assert [candle[0] for candle in first] == [
+        -(-(since - 46 * hour) // hour) * hour + n * hour for n in range(5)
+    ]
+    stamps = [candle[0] for candle in paged]
+    assert stamps[0] == -(-since // 60_000) * 60_000
+    assert stamps == list(range(stamps[0], stamps[-1] + 1, 60_000))  # none skipped
+    assert len(stamps) >= 2499
+
+
+def test_trigger_orders_are_none_and_a_path_not_served_is_a_bad_request(
+    bybit: ccxt.bybit,
+) -> None:
+    bybit.create_order(SYMBOL, "limit", "buy", 0.01, 90000)
+
+    conditional = bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True})
+
+    assert conditional == []  # the plain limit order is not a conditional one
+    assert len(bybit.fetch_open_orders(SYMBOL)) == 1
+    with pytest.raises(ccxt.BadRequest, match="simulator serves a subset"):
+        bybit.fetch_deposits()  # final: never an outage (ExchangeNotAvailable) to retry
