@@ -1173,4 +1173,3 @@ def main() -> None:
             )
             sys.exit(2)
     app()
-

@@ -237,7 +237,6 @@ class _Environment(EnvSettingsSource):
         except ValueError:
             return value
 
-
     def explode_env_vars(
         self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]
     ) -> dict[str, Any]:

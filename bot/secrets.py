@@ -161,4 +161,3 @@ class SecretResolver:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(value + "\n")
         return value
-

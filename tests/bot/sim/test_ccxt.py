@@ -265,9 +265,7 @@ def test_fetch_ohlcv_since_pages_forward_over_the_whole_range(bybit: ccxt.bybit)
     since = bybit.milliseconds() - 2500 * 60_000
 
     first = bybit.fetch_ohlcv(SYMBOL, "1h", since - 46 * 3_600_000, 5)
-    paged = bybit.fetch_ohlcv(
-        SYMBOL, "1m", since, None, {"paginate": True, "paginationCalls": 3}
-    )
+    paged = bybit.fetch_ohlcv(SYMBOL, "1m", since, None, {"paginate": True, "paginationCalls": 3})
 
     hour = 3_600_000  # ccxt asks from the next whole interval after `since`
     assert [candle[0] for candle in first] == [
