@@ -376,14 +376,17 @@ class AccountKeeper:
         seen_fills: Iterable[Execution] = (),
         fill_booked: Callable[[Execution], None] = lambda fill: None,
         fill_memory: timedelta = FILL_MEMORY,
+        position_updated: Callable[[PositionUpdate], None] = lambda update: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
         restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
-        books; `fill_memory`: see `RecentFills`."""
+        books; `fill_memory`: see `RecentFills`; `position_updated(update)` hears of every
+        position the venue reports (its leverage, which anyone may change)."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
         self._fill_booked = fill_booked
+        self._position_updated = position_updated
         self._recent_fills = RecentFills(fill_memory)
         for fill in seen_fills:
             self._recent_fills.add(fill)
@@ -406,6 +409,7 @@ class AccountKeeper:
         elif isinstance(report, PositionUpdate):
             projection.apply_position(report)
             self._write(journal.record_position, report)
+            self._position_updated(report)
         elif isinstance(report, ClosedPnl):
             projection.apply_closed_pnl(report)
             self._write(journal.record_closed_pnl, report)
@@ -564,12 +568,14 @@ class Account:
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
         self._fill_listeners: list[Callable[[Execution], None]] = []
+        self._position_listeners: list[Callable[[PositionUpdate], None]] = []
         self.keeper = AccountKeeper(
             journal,
             self.projection,
             self._order_updated,
             seen_fills=(fill for fill, _ in fills),
             fill_booked=self._fill_booked,
+            position_updated=self._position_updated,
         )
         self.streams: dict[str, AccountStream] = {}
 
@@ -581,6 +587,14 @@ class Account:
     def _fill_booked(self, fill: Execution) -> None:
         for listener in self._fill_listeners:
             listener(fill)
+
+    def on_position_update(self, listener: Callable[[PositionUpdate], None]) -> None:
+        """Call `listener` with every position the venue reports, as it is applied."""
+        self._position_listeners.append(listener)
+
+    def _position_updated(self, update: PositionUpdate) -> None:
+        for listener in self._position_listeners:
+            listener(update)
 
     def on_order_update(self, listener: Callable[[OrderEvent], None]) -> None:
         """Call `listener` with every order change the venue reports that moved an order."""

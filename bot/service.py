@@ -517,6 +517,7 @@ class Service:
             order_journaled=account.keeper.expect_order,
         )
         account.on_order_update(executor.order_updated)
+        account.on_position_update(executor.position_updated)
         account.on_fill_booked(executor.fill_booked)
         account.on_order_update(
             lambda event: (

@@ -44,6 +44,7 @@ from bot.messages import (
     OrderRequest,
     OrderStatus,
     OrderType,
+    PositionUpdate,
     RiskDecision,
     StopMove,
     utc_now,
@@ -585,6 +586,23 @@ class Executor:
         watch = self._watches.get(fill.order_link_id)
         if watch is not None:
             watch.set()
+
+    def position_updated(self, update: PositionUpdate) -> None:
+        """The venue reported a position: a leverage other than the one this run set was
+        changed since, by hand or by another client of the key, so it is set again before
+        the next order (a report older than our own change costs one request too many)."""
+        where = (update.key_name, update.symbol)
+        ours = self._leverage.get(where)
+        if update.leverage and ours not in (None, update.leverage):
+            logger.info(
+                "the venue reports {symbol} on key {key} at {x}x, not the {ours}x this run "
+                "set: it is set again before the next order",
+                symbol=update.symbol,
+                key=update.key_name,
+                x=update.leverage,
+                ours=ours,
+            )
+            del self._leverage[where]
 
     def order_updated(self, event: OrderEvent) -> None:
         """The account stream moved an order forward: wake whoever follows it (the stream is

@@ -261,3 +261,4 @@ def test_bot_halt_exits_1_naming_a_flatten_the_venue_did_not_take(
     finally:
         requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
         bot.stop()
+

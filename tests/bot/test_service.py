@@ -11,11 +11,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import requests
+from pybit.unified_trading import HTTP
 
 from bot.config import ConfigError, load_settings
 from bot.journal import Journal
@@ -299,3 +301,38 @@ def test_a_half_sent_body_times_out_without_holding_up_other_senders(
     assert meanwhile.status_code == 202
     assert answer.startswith(b"HTTP/1.1 408")
     assert b"not sent within 0.5 s" in answer
+
+
+def test_a_leverage_another_client_sets_on_the_key_is_set_back_before_the_next_order(
+    sim_config: Callable[..., Path],
+) -> None:
+    bot = RunningBot(sim_config()).start()
+    secrets = bot.settings.state_dir / "secrets"
+    other = HTTP(
+        api_key=(secrets / "bot_key_follow_sim_api_key").read_text().strip(),
+        api_secret=(secrets / "bot_key_follow_sim_api_secret").read_text().strip(),
+        max_retries=1,
+    )
+    other.endpoint = bot.service.sim_url
+
+    def venue_leverage() -> Decimal:
+        rows = other.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"]
+        return Decimal(rows[0]["leverage"])
+
+    def journaled_leverage() -> Decimal | None:
+        positions = bot.read_journal(lambda journal: journal.positions())
+        return next((p.leverage for p in positions if p.symbol == "BTCUSDT"), None)
+
+    try:
+        assert bot.post(signal("first", leverage=3)).status_code == 202
+        wait_for(lambda: bot.journal_status("first") == ["Filled"], what="the first order")
+        assert venue_leverage() == 3
+        other.set_leverage(category="linear", symbol="BTCUSDT", buyLeverage="50", sellLeverage="50")
+        wait_for(lambda: journaled_leverage() == 50, what="the stream to report 50x")
+
+        assert bot.post(signal("second", leverage=3)).status_code == 202
+        wait_for(lambda: bot.journal_status("second") == ["Filled"], what="the second order")
+
+        assert venue_leverage() == 3  # set back before the order, never traded at 50x
+    finally:
+        bot.stop()

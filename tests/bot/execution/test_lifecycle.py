@@ -20,6 +20,7 @@ from bot.messages import (
     OrderRequest,
     OrderStatus,
     OrderType,
+    PositionUpdate,
     Signal,
     parse_signal,
 )
@@ -346,6 +347,42 @@ def test_without_a_wish_a_known_higher_venue_leverage_is_lowered_to_the_cap(
     assert venue.calls["set_leverage"] == 1
     execute(executor, make_intent(signal_id="again"))
     assert venue.calls["set_leverage"] == 1  # known now
+
+
+def test_a_leverage_changed_at_the_venue_by_someone_else_is_set_again(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    reported: dict[str, Decimal] = {}
+    executor = Executor(
+        journal, {"k": venue}, FAST, venue_leverage=lambda key, symbol: reported.get(symbol)
+    )
+    execute(executor, with_leverage("5", signal_id="a"))
+    # Another client of the key (or its owner, by hand) sets 50x; the stream reports it.
+    venue.leverage["BTCUSDT"] = reported["BTCUSDT"] = Decimal(50)
+    executor.position_updated(position_at(Decimal(50)))
+
+    execute(executor, with_leverage("5", signal_id="b"))
+
+    assert venue.leverage["BTCUSDT"] == 5
+    assert venue.calls["set_leverage"] == 2
+    executor.position_updated(position_at(Decimal(5)))  # the venue reports our own change
+    execute(executor, with_leverage("5", signal_id="c"))
+    assert venue.calls["set_leverage"] == 2
+
+
+def position_at(leverage: Decimal) -> PositionUpdate:
+    return PositionUpdate(
+        key_name="k",
+        symbol="BTCUSDT",
+        size=Decimal(0),
+        entry_price=Decimal(0),
+        mark_price=Decimal(97000),
+        unrealized_pnl=Decimal(0),
+        cum_realized_pnl=Decimal(0),
+        leverage=leverage,
+        ts=datetime.now(UTC),
+    )
 
 
 def test_a_halt_after_the_approval_stops_the_send(journal: Journal) -> None:
