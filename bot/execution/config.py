@@ -38,7 +38,9 @@ class ExecutionConfig(BaseModel):
         gt=0,
         le=900,
         description="longest wait for a rate limit's reset before a resend; a longer ban ends "
-        "the attempt (the order stays for reconciliation, or is Rejected if it never left)",
+        "the attempt (the order stays for reconciliation, or is Rejected if it never left). "
+        "Refusals for the limit (unread: they spend none of max_send_attempts) end the "
+        "attempt once they have gone on this long",
     )
     lookup_delays_s: tuple[float, ...] = Field(
         (0.05, 0.25, 1.0),

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -361,7 +362,9 @@ class Executor:
         venue = self._venues[request.key_name]
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
         last: VenueError | None = None
-        for attempt in range(self._config.max_send_attempts):
+        attempts = _Attempts(self._config.max_send_attempts, self._config.max_retry_wait_s)
+        while attempts.next():
+            attempt = attempts.number
             if may_exist:
                 try:
                     found = await self._look_up(venue, request)
@@ -403,6 +406,8 @@ class Executor:
                             ret_code=refused.ret_code,
                         )
                     )
+                if isinstance(refused, RetryableError):
+                    attempts.refused_unread()
                 if not await self._wait_to_retry(refused, attempt):
                     break
                 continue
@@ -441,6 +446,8 @@ class Executor:
                 continue
             except RetryableError as exc:
                 last = exc
+                sends -= 1  # refused unread (a rate limit, a ban): it never reached the venue
+                attempts.refused_unread()
                 if not await self._wait_to_retry(exc, attempt):
                     break
                 continue
@@ -711,6 +718,37 @@ class Executor:
 
     def _jitter(self, scale: float) -> float:
         return self._rng.uniform(0, _JITTER * scale)
+
+
+class _Attempts:
+    """The attempts of one drive of an order: `limit` of them, except that a try the venue
+    refused unread (its rate limit, a ban: nothing reached it) is followed by one that does
+    not count, for as long as such refusals have gone on for under `refused_for_s`. Another
+    client of the key can take the whole rate limit for a while: counted, those refusals
+    would spend the attempts in a second or two, and lose the signal; the signal's age
+    bounds them too (a stale order is never sent)."""
+
+    def __init__(self, limit: int, refused_for_s: float) -> None:
+        self.number = -1  # of the current attempt, counted ones only
+        self._limit = limit
+        self._refused_for_s = refused_for_s
+        self._refused_since: float | None = None
+        self._free = False
+
+    def next(self) -> bool:
+        """Start the next attempt; False once they are spent."""
+        if self._free:
+            self._free = False
+            return True
+        self.number += 1
+        return self.number < self._limit
+
+    def refused_unread(self) -> None:
+        """This try was refused unread: the next one is free while refusals are recent."""
+        now = time.monotonic()
+        if self._refused_since is None:
+            self._refused_since = now
+        self._free = now - self._refused_since < self._refused_for_s
 
 
 def _decision_of(verdict: Verdict) -> RiskDecision:

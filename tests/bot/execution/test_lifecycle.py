@@ -97,17 +97,32 @@ def test_a_rate_limit_waits_and_resends(journal: Journal) -> None:
     assert venue.creates[event.order_link_id] == 1
 
 
-def test_rate_limits_past_the_attempt_bound_end_rejected_with_the_venue_code(
+def test_rate_limits_do_not_spend_the_attempts_of_an_order_that_never_reached_the_venue(
     journal: Journal,
 ) -> None:
+    # Another client of the key takes its whole rate limit for a while: each 10006 is a
+    # refusal unread, so the order is sent again past the attempt bound, and placed once.
     venue = FakeVenue()
-    venue.script(*["rate_limited"] * FAST.max_send_attempts)
+    venue.script(*["rate_limited"] * (3 * FAST.max_send_attempts))
 
     event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
 
+    assert event.status is OrderStatus.FILLED
+    assert venue.calls["place_order"] == 3 * FAST.max_send_attempts + 1
+    assert venue.creates[event.order_link_id] == 1
+
+
+def test_rate_limits_that_go_on_end_rejected_with_the_venue_code(journal: Journal) -> None:
+    venue = FakeVenue()
+    venue.script(*["rate_limited"] * 100_000)
+    config = FAST.model_copy(update={"max_retry_wait_s": 0.05})
+
+    event = execute(Executor(journal, {"k": venue}, config), make_intent())
+
     assert event.status is OrderStatus.REJECTED
     assert event.ret_code == 10006
-    assert venue.calls["place_order"] == FAST.max_send_attempts
+    assert venue.calls["place_order"] < 100_000  # refusals for 50 ms, then 6 counted ones
+    assert venue.creates == {}
 
 
 def test_a_rejection_after_an_ambiguous_send_is_never_final_on_a_guess(
