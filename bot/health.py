@@ -6,7 +6,8 @@
   `_JOURNAL_PROBE_S`: a locked, read-only or full journal cannot take a signal;
 - `keys`: a key the venue refused (its strategies are stopped);
 - `venue`: a key's REST requests have failed for `venue.unready_after_s` seconds in a row,
-  or its private stream has been down that long;
+  or its private stream has been down that long, or the venue has stopped this address
+  (a 403 ban, 10 minutes: no request may leave, for any key);
 - `signal_sources`: a source that cannot receive (the MQTT broker is down).
 
 Liveness (`/livez`) only says the process and its event loop answer: a supervisor restarts
@@ -70,15 +71,18 @@ class Readiness:
         venue_health: VenueHealth,
         stream_down_for: Callable[[str], float],
         unready_after_s: float,
+        address_paused_for: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """`disabled(key)` is why the venue refused a key (or None); `stream_down_for(key)`
-        how long its private stream has been down (0 while live)."""
+        how long its private stream has been down (0 while live); `address_paused_for()` how
+        long the venue still refuses this address (0 when it does not)."""
         self._journal = journal
         self._keys = tuple(keys)
         self._disabled = disabled
         self._venue_health = venue_health
         self._stream_down_for = stream_down_for
         self._unready_after_s = unready_after_s
+        self._address_paused_for = address_paused_for
         self._probe: asyncio.Future[None] | None = None
 
     async def checks(self, sources: Mapping[str, Mapping[str, Any]]) -> dict[str, _Check]:
@@ -109,6 +113,12 @@ class Readiness:
     def _venue_reachable(self) -> _Check:
         limit = self._unready_after_s
         problems = []
+        paused = self._address_paused_for()
+        if paused > 0:
+            problems.append(
+                f"the venue refuses this address (IP limit) for {paused:.0f} s more: "
+                "no request leaves"
+            )
         for key in self._keys:
             failing = self._venue_health.failing_for(key)
             if failing >= limit:

@@ -576,6 +576,7 @@ class Service:
             venue_health,
             lambda key: account.streams[key].down_for(),
             settings.venue.unready_after_s,
+            SHARED_IP_GATE.paused_for,
         )
         state_metrics = StateCollector(journal, account, gate, market, key_of)
         metrics.REGISTRY.register(state_metrics)

@@ -128,6 +128,10 @@ class IpGate:
     def pause(self, seconds: float) -> None:
         self.until = max(self.until, self.clock() + seconds)
 
+    def paused_for(self) -> float:
+        """Seconds left of a pause the venue imposed on this address (a ban: 10 minutes)."""
+        return max(0.0, self.until - self.clock())
+
     def wait_s(self) -> float:
         """How long before one more request may leave: the ban, or the oldest request in a
         full window ageing out of it."""

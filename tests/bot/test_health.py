@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from bot.audit import VenueRequest
+from bot.execution.pacing import SHARED_IP_GATE
 from bot.health import VenueHealth
 from bot.sim import SimServer
 from tests.bot.test_service import RunningBot, signal
@@ -106,6 +107,19 @@ def test_a_venue_gone_for_longer_than_unready_after_s_is_not_ready(
 
     assert "follow_sim" in found[0] and "down for" in found[0]
     assert live == 200
+
+
+def test_an_address_the_venue_banned_is_not_ready_at_once(bot: RunningBot) -> None:
+    # What a 403 from Bybit's edge does (bot.venue.bybit): the whole address waits.
+    SHARED_IP_GATE.pause(600)
+    try:
+        banned = problems(bot)
+    finally:
+        SHARED_IP_GATE.until = 0.0  # the ban is over (the gate is the process's own)
+
+    assert len(banned) == 1 and banned[0].startswith("venue: the venue refuses this address")
+    assert "for 600 s more" in banned[0] or "for 599 s more" in banned[0]
+    assert health(bot).status_code == 200
 
 
 def test_metrics_show_the_state_with_no_created_series(bot: RunningBot) -> None:
