@@ -11,8 +11,10 @@ orders (the strategy whose orderLinkId a fill carries): signed size, average ent
 PnL and fees, today (UTC) and in total. A strategy sharing a key therefore sees only its own
 position, and its `close` flattens only that. A fill of an order the venue created itself (a
 position's stop loss or take profit closes the whole position) is shared among the
-strategies holding that position, in proportion to what each holds; the split is journaled
-with the fill, so replaying the journal rebuilds the same books.
+strategies holding that position, in proportion to what each holds; so is a fill of another
+client's order (by hand, another program on the key) beyond what other clients hold (the
+unattributed book), which the venue's one net position no longer holds for them. The split
+is journaled with the fill, so replaying the journal rebuilds the same books.
 """
 
 from __future__ import annotations
@@ -172,11 +174,23 @@ class AccountProjection:
 
         A fill of a strategy's own order is all its own. A fill of an order the venue created
         (stop loss, take profit) reduces the strategies holding the opposite side, in
-        proportion to their sizes; what none of them holds is unattributed.
+        proportion to their sizes; what none of them holds is unattributed. A fill of an order
+        another client placed (by hand on Bybit, another program on the key) first closes what
+        other clients hold (the unattributed book), then, the key's one position being net,
+        reduces the strategies holding the opposite side in the same proportion: the venue no
+        longer holds what their books would say. What is left opens the unattributed book.
         """
         signed = execution.signed_qty
         if strategy is not None:
             return {strategy: signed}
+        allocation: dict[str, Decimal] = {}
+        rest = signed
+        if not execution.stop_order_type:
+            foreign = self.strategy_size(execution.key_name, UNATTRIBUTED, execution.symbol)
+            if foreign != 0 and (foreign > 0) != (signed > 0):
+                closed = min(abs(signed), abs(foreign))
+                allocation[UNATTRIBUTED] = closed if signed > 0 else -closed
+                rest = signed - allocation[UNATTRIBUTED]
         holders = {
             book.strategy: book.size
             for (key, name, symbol), book in self._books.items()
@@ -187,18 +201,18 @@ class AccountProjection:
             and (book.size > 0) != (signed > 0)
         }
         held = sum((abs(size) for size in holders.values()), ZERO)
-        if not execution.stop_order_type or held == 0:
-            return {UNATTRIBUTED: signed}
-        share = min(abs(signed), held)
-        names = sorted(holders)
-        allocation = {
-            name: (-holders[name] * share / held).quantize(_SPLIT_QUANTUM) for name in names[:-1]
-        }
-        # The last holder takes what is left, so the parts add up exactly (no 1/3 dust).
-        allocation[names[-1]] = (share if signed > 0 else -share) - sum(allocation.values(), ZERO)
-        rest = signed - sum(allocation.values(), ZERO)
+        if rest != 0 and held != 0:
+            share = min(abs(rest), held)
+            names = sorted(holders)
+            for name in names[:-1]:
+                allocation[name] = (-holders[name] * share / held).quantize(_SPLIT_QUANTUM)
+            # The last holder takes what is left, so the parts add up exactly (no 1/3 dust).
+            allocation[names[-1]] = (share if rest > 0 else -share) - sum(
+                (allocation[name] for name in names[:-1]), ZERO
+            )
+            rest -= share if rest > 0 else -share
         if rest != 0:
-            allocation[UNATTRIBUTED] = rest
+            allocation[UNATTRIBUTED] = allocation.get(UNATTRIBUTED, ZERO) + rest
         return allocation
 
     def apply_execution(self, execution: Execution, allocation: Mapping[str, Decimal]) -> None:
@@ -248,11 +262,12 @@ class AccountProjection:
         ]
 
     def pnl_today(self, strategy: str | None = None, now: datetime | None = None) -> Decimal:
-        """Realized PnL minus fees of the current UTC day: one strategy's, or every one's."""
+        """Realized PnL minus fees of the current UTC day: one strategy's, or every one's
+        (the bot's: what other clients of its keys did, the unattributed book, is theirs)."""
         day = (now or utc_now()).astimezone(UTC).date()  # once: the gate asks on every intent
         total = ZERO
         for book in self._books.values():
-            if strategy is None or book.strategy == strategy:
+            if book.strategy == strategy or (strategy is None and book.strategy != UNATTRIBUTED):
                 realized, fees = book.on(day)
                 total += realized - fees
         return total

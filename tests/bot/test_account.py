@@ -94,6 +94,73 @@ def test_a_fill_of_an_order_no_strategy_placed_is_unattributed() -> None:
     assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("0.01")
 
 
+def test_another_clients_close_of_our_position_closes_our_book() -> None:
+    # Someone closes the key's position by hand on Bybit: the venue holds nothing, and
+    # the strategy's book must not go on claiming it (its own close would be refused).
+    projection = AccountProjection()
+    apply(projection, fill(Side.BUY, "0.14", "100"), "alpha")
+
+    apply(projection, fill(Side.SELL, "0.14", "90", fee="0.05"), None)
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
+    (book,) = projection.books()
+    assert (book.realized_pnl, book.fees) == (Decimal("-1.40"), Decimal("0.05"))
+
+
+def test_another_clients_own_round_trip_leaves_our_book_alone() -> None:
+    projection = AccountProjection()
+    apply(projection, fill(Side.BUY, "0.14", "100"), "alpha")
+
+    apply(projection, fill(Side.BUY, "0.1", "101"), None)  # its own long, beside ours
+    apply(projection, fill(Side.SELL, "0.3", "99"), None)  # closes its own, then ours, then
+    # goes short 0.06 of its own
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("-0.06")
+
+    apply(projection, fill(Side.BUY, "0.14", "100"), "alpha")
+    apply(projection, fill(Side.BUY, "0.06", "105", fee="0.3"), None)  # it buys back its short
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.14")
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
+    # The bot's loss today is its strategies': alpha lost 0.14 at 99, not the other's 0.6
+    assert projection.pnl_today(None, T0) == projection.pnl_today("alpha", T0) == Decimal("-0.14")
+
+
+OURS = ("alpha", "beta")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([*OURS, "foreign", "stop"]),
+            st.sampled_from(Side),
+            st.integers(min_value=1, max_value=40),
+        ),
+        max_size=30,
+    )
+)
+def test_the_books_always_add_up_to_the_venues_position_and_others_only_reduce_ours(
+    fills: list[tuple[str, Side, int]],
+) -> None:
+    projection = AccountProjection()
+    venue = Decimal(0)
+    for who, side, qty in fills:
+        item = fill(side, f"{qty / 1000:.3f}", "100", stop="StopLoss" if who == "stop" else "")
+        before = {name: projection.strategy_size("k", name, "BTCUSDT") for name in OURS}
+
+        apply(projection, item, who if who in OURS else None)
+
+        venue += item.signed_qty
+        assert sum((book.size for book in projection.books()), Decimal(0)) == venue
+        if who in ("foreign", "stop"):  # another's fill only ever takes from what we hold
+            for name, size in before.items():
+                after = projection.strategy_size("k", name, "BTCUSDT")
+                assert abs(after) <= abs(size) and after * size >= 0
+
+
 @pytest.fixture
 def journal(tmp_path: Path) -> Iterator[Journal]:
     journal = Journal(tmp_path / "journal.sqlite3")
