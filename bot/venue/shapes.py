@@ -62,15 +62,26 @@ def decimal_field(value: object, field: str) -> Decimal:
 
 def order_event(row: dict[str, Any]) -> OrderEvent:
     """An order row (REST /v5/order/realtime, /history, or the `order` stream)."""
+    status = _order_status(row)
     return OrderEvent(
         order_link_id=str(row.get("orderLinkId")),
-        status=_order_status(row),
+        status=status,
         order_id=row.get("orderId") or None,
         filled_qty=decimal_field(row.get("cumExecQty") or "0", "cumExecQty"),
         avg_price=_avg_price(row),
-        reason=str(row.get("rejectReason") or "").removeprefix("EC_NoError"),
+        reason=_reason(row, status),
         ts=_from_ms(row.get("updatedTime") or ""),
     )
+
+
+def _reason(row: dict[str, Any], status: OrderStatus) -> str:
+    """Why the venue rejected the order, or who cancelled it (Bybit's cancelType: an order
+    cancelled by hand on Bybit, or by another client of the key, says CancelByUser too)."""
+    rejected = str(row.get("rejectReason") or "").removeprefix("EC_NoError")
+    cancel_type = str(row.get("cancelType") or "")
+    if rejected or status is not OrderStatus.CANCELLED or cancel_type in ("", "UNKNOWN"):
+        return rejected
+    return f"cancelled at the venue ({cancel_type})"
 
 
 def exit_order(row: dict[str, Any], key_name: str) -> ExitOrder:

@@ -1,0 +1,51 @@
+"""The venue's rows as the bot reads them: what an order event says of why it ended."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bot.messages import OrderStatus
+from bot.venue.shapes import order_event
+
+
+def row(status: str, **fields: str) -> dict[str, Any]:
+    return {
+        "orderLinkId": "follow-0-x",
+        "orderId": "o-1",
+        "orderStatus": status,
+        "cumExecQty": "0",
+        "avgPrice": "",
+        "rejectReason": "EC_NoError",
+        "updatedTime": "1795000000000",
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "fields", "reason"),
+    [
+        # cancelled by hand on Bybit, or by another client of the key: the operator must see it
+        ("Cancelled", {"cancelType": "CancelByUser"}, "cancelled at the venue (CancelByUser)"),
+        (
+            "Cancelled",
+            {"cancelType": "CancelByReduceOnly"},
+            "cancelled at the venue (CancelByReduceOnly)",
+        ),
+        ("Cancelled", {"cancelType": "UNKNOWN"}, ""),
+        (
+            "Rejected",
+            {"rejectReason": "EC_PostOnlyWillTakeLiquidity"},
+            "EC_PostOnlyWillTakeLiquidity",
+        ),
+        ("New", {"cancelType": "UNKNOWN"}, ""),
+    ],
+)
+def test_an_order_event_says_why_the_order_ended(
+    status: str, fields: dict[str, str], reason: str
+) -> None:
+    event = order_event(row(status, **fields))
+
+    assert event.status is OrderStatus(status)
+    assert event.reason == reason
