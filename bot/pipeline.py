@@ -329,7 +329,9 @@ class Pipeline:
                 rule="KEY_DISABLED",
             )
         except VenueError as exc:
-            await self._decline(signal, decline(reason=f"market data unavailable: {exc}"))
+            await self._decline(
+                signal, decline(reason=f"market data unavailable: {exc}"), rule="MARKET_DATA"
+            )
         return None
 
     async def _act(

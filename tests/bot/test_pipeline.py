@@ -21,7 +21,7 @@ from bot.pipeline import Pipeline, StrategySlot
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
 from bot.runner import StrategyRunner
-from bot.sim import SimExchange
+from bot.sim import SimExchange, SimFaults
 from strategies.base import Strategy, StrategyContext, StrategyOutput, StrategyParams
 from strategies.follow import Follow
 from tests.conftest import sim_venues
@@ -128,6 +128,20 @@ def test_a_raising_strategy_is_journaled_and_does_not_stop_the_others(
     assert found["exploding"] == ("failed", "on_signal raised ZeroDivisionError: plug-in bug")
     assert found["follow"][0] == "approved"
     assert len(exchange.orders()) == 1
+
+
+def test_market_data_the_venue_cannot_give_declines_under_its_own_rule(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, exchange = stages
+    exchange.set_faults(SimFaults(http_5xx=1.0))  # prices and equity cannot be fetched
+
+    process(pipeline, journal, signal())
+
+    (row,) = [row for row in journal.decisions() if row.strategy == "follow"]
+    assert (row.approved, row.rule) == (False, "MARKET_DATA")  # the venue's, not the strategy's
+    assert decisions(journal)["follow"][1].startswith("market data unavailable")
+    assert exchange.orders() == []
 
 
 def test_a_strategy_cannot_trade_under_another_strategys_name(
