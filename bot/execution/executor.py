@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -362,7 +361,11 @@ class Executor:
         venue = self._venues[request.key_name]
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
         last: VenueError | None = None
-        attempts = _Attempts(self._config.max_send_attempts, self._config.max_retry_wait_s)
+        attempts = _Attempts(
+            self._config.max_send_attempts,
+            self._config.max_retry_wait_s,
+            asyncio.get_running_loop().time,  # the clock the waits between tries sleep on
+        )
         while attempts.next():
             attempt = attempts.number
             if may_exist:
@@ -728,10 +731,11 @@ class _Attempts:
     would spend the attempts in a second or two, and lose the signal; the signal's age
     bounds them too (a stale order is never sent)."""
 
-    def __init__(self, limit: int, refused_for_s: float) -> None:
+    def __init__(self, limit: int, refused_for_s: float, clock: Callable[[], float]) -> None:
         self.number = -1  # of the current attempt, counted ones only
         self._limit = limit
         self._refused_for_s = refused_for_s
+        self._clock = clock
         self._refused_since: float | None = None
         self._free = False
 
@@ -745,7 +749,7 @@ class _Attempts:
 
     def refused_unread(self) -> None:
         """This try was refused unread: the next one is free while refusals are recent."""
-        now = time.monotonic()
+        now = self._clock()
         if self._refused_since is None:
             self._refused_since = now
         self._free = now - self._refused_since < self._refused_for_s
