@@ -52,6 +52,7 @@ from bot.messages import (
 from bot.risk.gate import ApprovedOrder, Verdict
 from bot.venue.base import Venue
 from bot.venue.errors import (
+    CLOCK_DRIFT_CODE,
     AmbiguousError,
     DuplicateOrderError,
     KeyFatalError,
@@ -361,6 +362,7 @@ class Executor:
         venue = self._venues[request.key_name]
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
         last: VenueError | None = None
+        refused_unread = False  # the last send was refused unread (a rate limit, a ban)
         attempts = _Attempts(
             self._config.max_send_attempts,
             self._config.max_retry_wait_s,
@@ -409,28 +411,34 @@ class Executor:
                             ret_code=refused.ret_code,
                         )
                     )
-                if isinstance(refused, RetryableError):
-                    attempts.refused_unread()
-                if not await self._wait_to_retry(refused, attempt):
+                if not await self._wait_to_retry(refused, attempt, attempts):
                     break
                 continue
             # The send attempt is journaled while the order travels, not before: the journal's
             # queue keeps it ahead of every later write, and a crash that loses it leaves the
             # order Pending, whose resend the venue refuses as a duplicate orderLinkId (looked
             # up then, never placed twice).
+            # After a try refused unread, the journal's Submitting (and its count of sends)
+            # is that try's, which never reached the venue: it stands for this one.
             submitting = OrderEvent(
                 order_link_id=request.order_link_id, status=OrderStatus.SUBMITTING
             )
-            written = self._journal.submit(self._journal.record_order_event, submitting)
+            written = (
+                None
+                if refused_unread
+                else self._journal.submit(self._journal.record_order_event, submitting)
+            )
+            refused_unread = False
             sends += 1
             try:
                 try:
                     ack = await venue.place_order(request)
                 finally:  # a journal that cannot write stops the drive here
                     # Mostly written by now: then without a trip through the event loop.
-                    if not written.done():
-                        await asyncio.wrap_future(written)
-                    self._settled(submitting, written.result())
+                    if written is not None:
+                        if not written.done():
+                            await asyncio.wrap_future(written)
+                        self._settled(submitting, written.result())
             except DuplicateOrderError as exc:
                 # It exists (a lost answer of an earlier send): look it up, with patience.
                 last, may_exist = exc, True
@@ -448,10 +456,9 @@ class Executor:
                 await self._backoff(attempt)
                 continue
             except RetryableError as exc:
-                last = exc
+                last, refused_unread = exc, True
                 sends -= 1  # refused unread (a rate limit, a ban): it never reached the venue
-                attempts.refused_unread()
-                if not await self._wait_to_retry(exc, attempt):
+                if not await self._wait_to_retry(exc, attempt, attempts):
                     break
                 continue
             except OrderRejectedError as exc:
@@ -502,11 +509,17 @@ class Executor:
         self._leverage[where] = target
         return None
 
-    async def _wait_to_retry(self, exc: VenueError, attempt: int) -> bool:
-        """Wait as the venue asked (a rate limit) or back off; False if the wait is too long."""
+    async def _wait_to_retry(
+        self, exc: VenueError, attempt: int, attempts: _Attempts | None = None
+    ) -> bool:
+        """Wait as the venue asked (a rate limit) or back off; False if the wait is too long.
+        A refusal for the rate limit or a ban makes the next of `attempts` free (a clock
+        error is retried at once, so it stays counted)."""
         if not isinstance(exc, RetryableError):
             await self._backoff(attempt)
             return True
+        if attempts is not None and exc.ret_code != CLOCK_DRIFT_CODE:
+            attempts.refused_unread()
         if exc.retry_after_s > self._config.max_retry_wait_s:
             logger.warning("venue asks to wait {s:.0f} s; giving up this run", s=exc.retry_after_s)
             return False
@@ -725,8 +738,8 @@ class Executor:
 
 class _Attempts:
     """The attempts of one drive of an order: `limit` of them, except that a try the venue
-    refused unread (its rate limit, a ban: nothing reached it) is followed by one that does
-    not count, for as long as such refusals have gone on for under `refused_for_s`. Another
+    refused unread for its rate limit or a ban (nothing reached it) is followed by one that
+    does not count, while the drive's first such refusal is under `refused_for_s` old. Another
     client of the key can take the whole rate limit for a while: counted, those refusals
     would spend the attempts in a second or two, and lose the signal; the signal's age
     bounds them too (a stale order is never sent)."""

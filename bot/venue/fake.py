@@ -44,9 +44,12 @@ __all__ = ["FakeVenue", "Outcome"]
 
 #: What one `place_order` call does:
 #: ok - accepted and answered; lost - accepted, the answer is lost (ambiguous);
-#: unsent - not accepted, no answer (ambiguous); rate_limited - 10006; rejected - 110007;
-#: fatal - 10003; crash - accepted, then the caller dies (a BaseException, like kill -9).
-Outcome = Literal["ok", "lost", "unsent", "rate_limited", "rejected", "fatal", "crash"]
+#: unsent - not accepted, no answer (ambiguous); rate_limited - 10006; clock_drift - 10002;
+#: rejected - 110007; fatal - 10003; crash - accepted, then the caller dies (a BaseException,
+#: like kill -9).
+Outcome = Literal[
+    "ok", "lost", "unsent", "rate_limited", "clock_drift", "rejected", "fatal", "crash"
+]
 
 _INSTRUMENT: Final = Instrument(
     symbol="BTCUSDT",
@@ -126,6 +129,8 @@ class FakeVenue:
             raise AmbiguousError("connection reset before the venue read it")
         if outcome == "rate_limited":
             raise RetryableError("Too many visits!", retry_after_s=0.0, ret_code=10006)
+        if outcome == "clock_drift":
+            raise RetryableError("invalid request, timestamp", retry_after_s=0.0, ret_code=10002)
         if outcome == "rejected":
             raise OrderRejectedError("ab not enough for new order", ret_code=110007)
         if outcome == "fatal":

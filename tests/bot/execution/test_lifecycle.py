@@ -110,6 +110,20 @@ def test_rate_limits_do_not_spend_the_attempts_of_an_order_that_never_reached_th
     assert event.status is OrderStatus.FILLED
     assert venue.calls["place_order"] == 3 * FAST.max_send_attempts + 1
     assert venue.creates[event.order_link_id] == 1
+    record = journal.order(event.order_link_id)
+    assert record is not None and record.attempts == 1  # the refusals were no sends
+
+
+def test_clock_errors_stay_counted_sends(journal: Journal) -> None:
+    # A 10002 is resent at once (after a resync): free, it would hammer the venue.
+    venue = FakeVenue()
+    venue.script(*["clock_drift"] * 100)
+
+    event = execute(Executor(journal, {"k": venue}, FAST), make_intent())
+
+    assert event.status is OrderStatus.REJECTED
+    assert event.ret_code == 10002
+    assert venue.calls["place_order"] == FAST.max_send_attempts
 
 
 def test_rate_limits_that_go_on_end_rejected_with_the_venue_code(journal: Journal) -> None:
