@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from functools import partial
 from typing import Final
 
@@ -64,6 +64,9 @@ ZERO: Final = Decimal(0)
 _STRATEGY_CACHE: Final = 10_000
 #: Precision of a fill split among strategies: far below any lot size, and finite.
 _SPLIT_QUANTUM: Final = Decimal("1e-12")
+#: The venue's exits of a whole position (tpslMode Full, as the bot sets them); a partial
+#: one was set by another client for its own part, and counts as its order.
+_WHOLE_POSITION_EXITS: Final = frozenset({"StopLoss", "TakeProfit", "TrailingStop"})
 #: Orders whose booked fill quantity is remembered (a follower asks only of recent ones).
 _BOOKED_ORDERS: Final = 10_000
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
@@ -130,6 +133,25 @@ class StrategyBook:
         return self.size * (mark - self.entry_price) if self.size else ZERO
 
 
+def _shares(holders: Mapping[str, Decimal], share: Decimal, held: Decimal) -> dict[str, Decimal]:
+    """`share` (at most `held`, the sum of the holders' sizes) split among `holders` in
+    proportion, as amounts that add up to it exactly and never exceed a holder's size: each
+    part is rounded down, and what rounding left goes to the largest holders first (so the
+    1/3 dust never grows a book, nor flips its side)."""
+    parts = {
+        name: (abs(size) * share / held).quantize(_SPLIT_QUANTUM, rounding=ROUND_DOWN)
+        for name, size in holders.items()
+    }
+    left = share - sum(parts.values(), ZERO)
+    for name in sorted(holders, key=lambda name: (-abs(holders[name]), name)):
+        if left <= 0:
+            break
+        extra = min(left, abs(holders[name]) - parts[name])
+        parts[name] += extra
+        left -= extra
+    return parts
+
+
 class AccountProjection:
     """Positions, fills, PnL and balances per key and per strategy, kept in memory."""
 
@@ -175,7 +197,8 @@ class AccountProjection:
         A fill of a strategy's own order is all its own. A fill of an order the venue created
         (stop loss, take profit) reduces the strategies holding the opposite side, in
         proportion to their sizes; what none of them holds is unattributed. A fill of an order
-        another client placed (by hand on Bybit, another program on the key) first closes what
+        another client placed (by hand on Bybit, another program on the key, a partial stop
+        loss or take profit: the bot sets only whole-position exits) first closes what
         other clients hold (the unattributed book), then, the key's one position being net,
         reduces the strategies holding the opposite side in the same proportion: the venue no
         longer holds what their books would say. What is left opens the unattributed book.
@@ -185,7 +208,7 @@ class AccountProjection:
             return {strategy: signed}
         allocation: dict[str, Decimal] = {}
         rest = signed
-        if not execution.stop_order_type:
+        if execution.stop_order_type not in _WHOLE_POSITION_EXITS:
             foreign = self.strategy_size(execution.key_name, UNATTRIBUTED, execution.symbol)
             if foreign != 0 and (foreign > 0) != (signed > 0):
                 closed = min(abs(signed), abs(foreign))
@@ -203,13 +226,8 @@ class AccountProjection:
         held = sum((abs(size) for size in holders.values()), ZERO)
         if rest != 0 and held != 0:
             share = min(abs(rest), held)
-            names = sorted(holders)
-            for name in names[:-1]:
-                allocation[name] = (-holders[name] * share / held).quantize(_SPLIT_QUANTUM)
-            # The last holder takes what is left, so the parts add up exactly (no 1/3 dust).
-            allocation[names[-1]] = (share if rest > 0 else -share) - sum(
-                (allocation[name] for name in names[:-1]), ZERO
-            )
+            for name, part in _shares(holders, share, held).items():
+                allocation[name] = part if rest > 0 else -part
             rest -= share if rest > 0 else -share
         if rest != 0:
             allocation[UNATTRIBUTED] = allocation.get(UNATTRIBUTED, ZERO) + rest
