@@ -29,6 +29,7 @@ from pydantic import (
     PrivateAttr,
     StringConstraints,
     ValidationError,
+    field_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
@@ -119,12 +120,18 @@ class _Section(BaseModel):
 class HttpConfig(_Section):
     """The HTTP server that receives webhooks and serves /healthz and /metrics."""
 
-    host: str = Field(
-        "127.0.0.1",
-        min_length=1,  # uvicorn takes "" as every interface: that must be said, 0.0.0.0
-        description="bind address; loopback unless behind a proxy",
-    )
+    host: str = Field("127.0.0.1", description="bind address; loopback unless behind a proxy")
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+
+    @field_validator("host")
+    @classmethod
+    def _an_address(cls, host: str) -> str:
+        """uvicorn takes "" as every interface: that must be said, as 0.0.0.0."""
+        if not host.strip():
+            raise ValueError(
+                "no address: give 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+            )
+        return host
 
 
 class VenueConfig(_Section):

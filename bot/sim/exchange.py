@@ -205,6 +205,8 @@ def _candle_starts(
     through history); otherwise the last `limit` up to `end` (or now), none before `start`."""
     if start is not None and end is None:
         forward: list[int] = []
+        if start > now:
+            return forward  # nothing has opened yet (and a far future has no calendar)
         opened = _candle_open(interval, max(start, 0))
         while len(forward) < limit and opened <= now:
             forward.append(opened)

@@ -515,14 +515,17 @@ def test_an_empty_listen_address_is_refused_not_taken_as_every_interface(
 
     flag = bot("run", "--host", "", "--config", str(config), cwd=config.parent)
     variable = bot("run", "--config", str(config), cwd=config.parent, env={"BOT_HTTP__HOST": ""})
+    blank = bot("run", "--config", str(config), cwd=config.parent, env={"BOT_HTTP__HOST": " "})
 
     assert (flag.returncode, variable.returncode) == (2, 2)
     assert flag.stderr.strip() == (
         "error: --host '' is no address: give 127.0.0.1 (this machine only) or 0.0.0.0 "
         "(every interface)"
     )
-    assert "invalid http.host = '' from BOT_HTTP__HOST" in variable.stderr
+    assert "invalid http.host = '' from BOT_HTTP__HOST: no address" in variable.stderr
     assert len(variable.stderr.strip().splitlines()) == 1
+    assert blank.returncode == 2
+    assert "invalid http.host = ' ' from BOT_HTTP__HOST: no address" in blank.stderr
 
 
 def test_version_prints_the_package_version(tmp_path: Path) -> None:

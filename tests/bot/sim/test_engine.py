@@ -350,6 +350,15 @@ def test_klines_from_a_start_alone_are_the_first_ones_from_it_newest_first(
     assert [int(row[0]) for row in rows] == opens[::-1]
 
 
+@pytest.mark.parametrize("interval", ["60", "W", "M"])
+def test_klines_from_a_start_in_the_future_are_none(interval: str) -> None:
+    query = KlineParams.model_validate(
+        {"symbol": "BTCUSDT", "interval": interval, "start": 10**17, "limit": 3}
+    )
+
+    assert _exchange().kline(query)["list"] == []  # never a 500 (year 3170843)
+
+
 def test_klines_from_a_start_stop_at_the_current_candle() -> None:
     exchange = _exchange()
     now = exchange.now_ms()
