@@ -25,7 +25,7 @@ from typing import Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
 import uvloop
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
@@ -42,6 +42,7 @@ from bot.config import (
     BotSettings,
     ConfigError,
     Environment,
+    HttpConfig,
     load_settings,
 )
 from bot.journal import Journal, JournalError, JournalInUse, TraceRow, lock_journal
@@ -165,14 +166,13 @@ def _settings(config: Path | None, host: str | None = None, port: int | None = N
         settings = load_settings(config)
     except ConfigError as exc:
         _fail(str(exc))
-    if host is not None and not host.strip():
-        _fail(
-            f"--host {host!r} is no address: give 127.0.0.1 (this machine only) or 0.0.0.0 "
-            "(every interface)"
-        )
-    http = settings.http.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    )
+    options = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    try:  # validated as the file's values are (a copy with an update would not be)
+        http = HttpConfig.model_validate(settings.http.model_dump() | options)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = str(error["loc"][0])
+        _fail(f"--{name} {options[name]!r} is {error['msg'].removeprefix('Value error, ')}")
     return settings.model_copy(update={"http": http})
 
 
