@@ -81,7 +81,9 @@ from bench.common import (
     wait_until,
 )
 from bot.app import DirectRoute, create_app
+from bot.config import HttpConfig
 from bot.execution.ids import order_link_id
+from bot.http_limits import guarded_protocol
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
@@ -395,8 +397,9 @@ def _mqtt_load(
 
 
 def _floor_server(port: int) -> None:
-    """A bare POST endpoint on the bot's own HTTP stack: `bot.app.create_app` on uvicorn, the
-    endpoint a `DirectRoute` as the webhooks are (run in a subprocess by `--serve-floor`)."""
+    """A bare POST endpoint on the bot's own HTTP stack: `bot.app.create_app` on uvicorn with
+    the bot's guarded protocol (`bot.http_limits`), the endpoint a `DirectRoute` as the
+    webhooks are (run in a subprocess by `--serve-floor`)."""
 
     async def empty(request: Request) -> Response:
         await request.body()
@@ -408,7 +411,15 @@ def _floor_server(port: int) -> None:
     router = APIRouter()
     router.add_api_route("/empty", empty, methods=["POST"], route_class_override=DirectRoute)
     app = create_app([router], healthy)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+    limits = HttpConfig()
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        access_log=False,
+        http=guarded_protocol(limits.max_connections, limits.head_timeout_s),
+    )
 
 
 @contextmanager

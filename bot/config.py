@@ -122,6 +122,20 @@ class HttpConfig(_Section):
 
     host: str = Field("127.0.0.1", description="bind address; loopback unless behind a proxy")
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        le=60000,
+        description="open connections at most; more are closed on arrival (a flood cannot "
+        "take the file descriptors the bot needs)",
+    )
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a request's line and headers must arrive within this, else 408 and the "
+        "connection is closed",
+    )
 
     @field_validator("host")
     @classmethod

@@ -16,6 +16,7 @@ from prometheus_client import (
 )
 
 __all__ = [
+    "HTTP_CONNECTIONS_REFUSED",
     "HTTP_RESPONSES",
     "LAST_SIGNAL",
     "PRICE_STREAM_LIVE",
@@ -82,6 +83,11 @@ PRICE_STREAM_RECONNECTS: Final = Counter(
     "bot_price_stream_reconnects",
     "Public ticker stream connections lost and opened again, per environment",
     ["environment"],
+    registry=REGISTRY,
+)
+HTTP_CONNECTIONS_REFUSED: Final = Counter(
+    "bot_http_connections_refused",
+    "HTTP connections closed on arrival: http.max_connections were already open",
     registry=REGISTRY,
 )
 SIGNAL_REJECTIONS: Final = Counter(

@@ -144,6 +144,8 @@ class SecretResolver:
                 f"secret file {path} is not UTF-8 text: write the secret as text (hex or "
                 "base64 for random bytes)"
             ) from None
+        except OSError as exc:  # e.g. out of file descriptors, an I/O error: never a crash
+            raise MissingSecretError(f"cannot read secret file {path}: {exc.strerror}") from None
 
     def _generated(self, name: str) -> str:
         assert self._generated_dir is not None

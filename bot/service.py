@@ -39,6 +39,7 @@ from bot.execution.executor import Executor
 from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
 from bot.execution.reconcile import Reconciler
 from bot.health import Readiness, VenueHealth, body_of
+from bot.http_limits import guarded_protocol, raise_descriptor_limit
 from bot.journal import Journal, lock_journal
 from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
 from bot.keys.rotation import KeyGuard
@@ -273,6 +274,10 @@ class Service:
                         access_log=False,
                         lifespan="off",
                         timeout_graceful_shutdown=5,
+                        http=guarded_protocol(
+                            raise_descriptor_limit(self.settings.http.max_connections),
+                            self.settings.http.head_timeout_s,
+                        ),
                     )
                 )
                 await self._serve(stages, sock, ready)

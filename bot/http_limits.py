@@ -1,0 +1,158 @@
+"""The limits uvicorn's HTTP protocol lacks, for a port anyone on the network may reach.
+
+uvicorn (httptools) times out a connection only once it has answered a request: one that sends
+nothing, or sends its request line and headers a byte at a time, stays open for good, and the
+headers it buffers have no size limit. Enough such connections exhaust the process's file
+descriptors (and with them the journal, the secrets and the venue's sockets) or its memory,
+before any authentication can refuse them. `guarded_protocol` adds, per connection:
+
+- a request's head (request line and headers) must arrive within `head_timeout_s` of the
+  connection or of its first byte: else `408` and the connection is closed;
+- the head must fit in `MAX_HEAD_BYTES`: else `431` and the connection is closed;
+- past `max_connections` open connections, a new one is closed at once (counted in
+  `bot_http_connections_refused_total`), so a flood cannot take the descriptors the bot needs;
+
+and answers a malformed request with the bot's JSON error body instead of uvicorn's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+from typing import Any, Final
+
+from loguru import logger
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from bot import metrics
+
+__all__ = ["MAX_HEAD_BYTES", "guarded_protocol", "raise_descriptor_limit"]
+
+#: nginx's default room for a request's head is 32 KiB (4 x 8k); a signal's is a few hundred
+#: bytes.
+MAX_HEAD_BYTES: Final = 64 * 1024
+#: Descriptors kept for everything but client connections: the journal, the venues' sockets
+#: and streams, the secrets read on rotation, the MQTT client, logs.
+_RESERVED_DESCRIPTORS: Final = 256
+_DESCRIPTOR_CEILING: Final = 65536
+
+
+def raise_descriptor_limit(max_connections: int) -> int:
+    """Raise this process's soft limit on open files to its hard limit (as nginx and most
+    servers do), and return how many client connections fit beside what the bot itself
+    holds: `max_connections`, or fewer (with a warning) when the limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = _DESCRIPTOR_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            soft = ceiling
+        except (ValueError, OSError):  # a container may forbid it: live with the soft one
+            pass
+    room = (ceiling if soft == resource.RLIM_INFINITY else soft) - _RESERVED_DESCRIPTORS
+    if room < max_connections:
+        logger.warning(
+            "the limit on open files ({soft}) leaves room for {room} HTTP connections, fewer "
+            "than http.max_connections ({wanted}); raise it (ulimit -n, LimitNOFILE=)",
+            soft=soft,
+            room=max(room, 1),
+            wanted=max_connections,
+        )
+    return max(1, min(max_connections, room))
+
+
+def guarded_protocol(max_connections: int, head_timeout_s: float) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with these limits (pass it as `uvicorn.Config(http=...)`)."""
+
+    class GuardedProtocol(_Guarded):
+        _max_connections = max_connections
+        _head_timeout_s = head_timeout_s
+
+    return GuardedProtocol
+
+
+class _Guarded(HttpToolsProtocol):
+    _max_connections: int
+    _head_timeout_s: float
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0
+    _refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self._max_connections:
+            self._refused = True
+            metrics.HTTP_CONNECTIONS_REFUSED.inc()
+            transport.abort()  # never counted, never read: its descriptor is freed at once
+            return
+        super().connection_made(transport)
+        self._await_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._head_done()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_timer is not None and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._head_done()
+                self._answer_and_close(
+                    431,
+                    "request header fields too large",
+                    f"the request line and headers exceed {MAX_HEAD_BYTES // 1024} KiB",
+                )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._await_head()
+
+    def on_headers_complete(self) -> None:
+        self._head_done()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._head_done()
+        self._answer_and_close(400, "bad request", f"{msg.rstrip('.')}: not valid HTTP/1.1")
+
+    # ------------------------------------------------------------------------------------------
+
+    def _await_head(self) -> None:
+        self._head_done()
+        self._head_bytes = 0
+        self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_too_slow)
+
+    def _head_done(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head behind a request still being answered: wait for the answer.
+            self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_too_slow)
+            return
+        if not self.transport.is_closing():
+            self._answer_and_close(
+                408,
+                "request timeout",
+                f"the request line and headers did not arrive within {self._head_timeout_s:g} s",
+            )
+
+    def _answer_and_close(self, status: int, error: str, detail: str) -> None:
+        body = json.dumps({"error": error, "detail": detail}).encode()
+        head: list[Any] = [f"HTTP/1.1 {status} {error.title()}\r\n".encode()]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n\r\n",
+            body,
+        ]
+        self.transport.write(b"".join(head))
+        self.transport.close()

@@ -1,0 +1,105 @@
+"""The HTTP port's limits (bot/http_limits.py), through the bot's real uvicorn server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bot.http_limits import MAX_HEAD_BYTES
+from bot.secrets import MissingSecretError, SecretResolver
+from tests.bot.test_service import RunningBot
+
+HEAD_TIMEOUT_S = 0.5
+MAX_CONNECTIONS = 4
+
+
+@pytest.fixture
+def bot(sim_config: Callable[..., Path]) -> Iterator[RunningBot]:
+    config = sim_config()
+    limits = f"[http]\nmax_connections = {MAX_CONNECTIONS}\nhead_timeout_s = {HEAD_TIMEOUT_S}\n"
+    config.write_text(config.read_text().replace("[http]\n", limits))
+    running = RunningBot(config).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _connect(bot: RunningBot) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", bot.service.http_port), timeout=5)
+    sock.settimeout(5)
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str]]:
+    """The status and JSON body of the one answer before the server closes."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_a_connection_that_sends_no_head_in_time_gets_408_and_is_closed(bot: RunningBot) -> None:
+    silent, slow = _connect(bot), _connect(bot)
+    slow.sendall(b"POST /webhooks/voiceofchain HTTP/1.1\r\nHost: x\r\n")  # and no more
+
+    for sock in (silent, slow):
+        status, body = _answer(sock)
+        assert status == 408
+        assert "did not arrive within 0.5 s" in body["detail"]
+
+
+def test_a_head_over_the_limit_gets_431(bot: RunningBot) -> None:
+    sock = _connect(bot)
+    pad = b"X-Pad: " + b"a" * 1000 + b"\r\n"
+    # A little over the limit, all of it read by the server before it answers and closes.
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + pad * (MAX_HEAD_BYTES // len(pad) + 6))
+
+    status, body = _answer(sock)
+
+    assert status == 431
+    assert body["detail"] == "the request line and headers exceed 64 KiB"
+
+
+def test_connections_past_the_limit_are_closed_and_the_port_keeps_serving(
+    bot: RunningBot,
+) -> None:
+    idle = [_connect(bot) for _ in range(MAX_CONNECTIONS)]
+    time.sleep(0.1)
+    extra = _connect(bot)
+    assert extra.recv(1) == b""  # closed on arrival, nothing read
+
+    for sock in idle:  # the idle ones time out ...
+        assert _answer(sock)[0] == 408
+    # ... and the port serves again.
+    assert requests.get(f"{bot.url}/healthz", timeout=5).status_code == 200
+    metrics = requests.get(f"{bot.url}/metrics", timeout=5).text
+    assert "bot_http_connections_refused_total 1.0" in metrics
+
+
+def test_a_malformed_request_gets_a_json_400(bot: RunningBot) -> None:
+    sock = _connect(bot)
+    sock.sendall(
+        b"POST /webhooks/voiceofchain HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+    )
+
+    status, body = _answer(sock)
+
+    assert status == 400
+    assert body["error"] == "bad request"
+
+
+def test_an_unreadable_secret_file_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    loop = tmp_path / "bot_key_x_api_key"
+    os.symlink(loop, loop)  # reading it fails with ELOOP, an OSError like EMFILE
+
+    with pytest.raises(MissingSecretError, match=r"cannot read secret file .*symbolic links"):
+        SecretResolver(tmp_path, environ={}).get("BOT_KEY_X_API_KEY")
