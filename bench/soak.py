@@ -700,7 +700,13 @@ def evaluate(
     downtime_s: float,
     rate_per_s: float,
 ) -> tuple[list[Check], dict[str, Any]]:
-    """Compare what was accepted, what the journal says and what the venue holds."""
+    """Compare what was accepted, what the journal says and what the venue holds.
+
+    The venue's own orders (a position's take profit / stop loss: no orderLinkId, a
+    stopOrderType) are not the bot's: they are counted apart, and the checks of the bot's
+    orders, and the journal's rows for them (decision `exit`), leave them out."""
+    venue_exits = [o for o in venue_orders if not o.get("orderLinkId") and o.get("stopOrderType")]
+    venue_orders = [o for o in venue_orders if o.get("orderLinkId")]
     by_id = {item.id: item for item in plan}
     accepted = [item for item in plan if item.accepted]
     key_to_strategy = {_key_name(name): name for name in STRATEGIES}
@@ -811,7 +817,7 @@ def evaluate(
     decided: Counter[tuple[str, str]] = Counter(
         (str(row.get("signal_id")), str(row.get("strategy")))
         for row in journal
-        if row.get("decision") != "pending"
+        if row.get("decision") not in ("pending", "exit")
     )
     repeated = [
         f"{signal_id} ({strategy}): {count} decisions"
@@ -938,6 +944,7 @@ def evaluate(
         "decisions": dict(decisions),
         "decline_or_reject_reasons": dict(reasons.most_common(10)),
         "venue_order_statuses": dict(statuses),
+        "venue_exit_statuses": dict(Counter(str(o.get("orderStatus")) for o in venue_exits)),
         "venue_orders_per_key": dict(per_key),
         "wall_s": round(wall_s, 3),
         "downtime_s": round(downtime_s, 3),
@@ -1068,6 +1075,7 @@ def print_report(report: SoakReport, console: Console) -> None:
     console.print(f"decisions: {facts.get('decisions')}", highlight=False)
     console.print(f"reasons: {facts.get('decline_or_reject_reasons')}", highlight=False)
     console.print(f"venue statuses: {facts.get('venue_order_statuses')}", highlight=False)
+    console.print(f"venue's TP/SL orders: {facts.get('venue_exit_statuses')}", highlight=False)
     console.print(f"retCodes: {facts.get('answers_by_ret_code')}", highlight=False)
     console.print(f"faults injected: {facts.get('faults_injected')}", highlight=False)
     for check in report.checks:

@@ -650,7 +650,12 @@ class Harness:
         return sent
 
     def orders_by_link(self, bot: Bot) -> Counter[str]:
-        return Counter(str(order["orderLinkId"]) for order in self.exchange.orders(bot.api_key))
+        """The bot's orders by orderLinkId (not the venue's own TP/SL orders, which have none)."""
+        return Counter(
+            str(order["orderLinkId"])
+            for order in self.exchange.orders(bot.api_key)
+            if order["orderLinkId"]
+        )
 
     def wait_orders(self, bot: Bot, ids: Sequence[str], timeout_s: float) -> bool:
         links = [bot.link(signal_id) for signal_id in ids]

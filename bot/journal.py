@@ -731,8 +731,7 @@ class Journal:
         approvals and rejections), oldest first, with the rule that decided it."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT source, signal_id, strategy, leg, approved, rule FROM decisions"
-                " ORDER BY id"
+                "SELECT source, signal_id, strategy, leg, approved, rule FROM decisions ORDER BY id"
             ).fetchall()
         return [
             DecisionRow(source, signal_id, strategy, leg, bool(approved), rule)
@@ -1000,24 +999,30 @@ class Journal:
         """Journal a stop-loss / take-profit order the venue created, or its progress.
 
         It is attributed to the latest filled order of its key and symbol whose stop loss or
-        take profit is the trigger price (else the latest filled opening order). False when
-        nothing moved forward.
+        take profit is the trigger price (else the latest filled opening order). Bybit keeps a
+        position's TP/SL as a waiting order from the moment it is set: one that moves or is
+        resized with the position while it waits is progress too. False when nothing moved
+        forward.
         """
         with self._transaction() as db:
             row = db.execute(
-                "SELECT status, filled_qty FROM exit_orders WHERE order_id = ?",
+                "SELECT status, filled_qty, trigger_price, qty FROM exit_orders WHERE order_id = ?",
                 (exit_order.order_id,),
             ).fetchone()
             if row is not None:
+                before = OrderStatus(row[0])
+                moved = (row[2], row[3]) != (_text(exit_order.trigger_price), str(exit_order.qty))
+                waiting = before is exit_order.status is OrderStatus.NEW
                 try:
                     check_transition(
-                        OrderStatus(row[0]),
+                        before,
                         exit_order.status,
                         filled_before=Decimal(row[1]),
                         filled_after=exit_order.filled_qty,
                     )
                 except TransitionRefused:
-                    return False
+                    if not (waiting and moved):
+                        return False
             parent, strategy = self._exit_parent(db, exit_order)
             db.execute(
                 "INSERT OR REPLACE INTO exit_orders (order_id, key_name, symbol, side, kind,"
@@ -1221,6 +1226,16 @@ class Journal:
         with self._lock:
             rows = self._db.execute("SELECT snapshot FROM positions").fetchall()
         return [PositionUpdate.model_validate_json(row[0]) for row in rows]
+
+    def waiting_exits(self) -> list[tuple[str, str, str, Decimal]]:
+        """The take-profit / stop-loss orders the venue last said it holds, waiting:
+        (key_name, symbol, kind, trigger price)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key_name, symbol, kind, trigger_price FROM exit_orders"
+                " WHERE status = 'New' AND trigger_price IS NOT NULL"
+            ).fetchall()
+        return [(key, symbol, kind, Decimal(trigger)) for key, symbol, kind, trigger in rows]
 
     def wallets(self) -> list[WalletUpdate]:
         with self._lock:

@@ -120,6 +120,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def client_orders(orders: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """The orders a client placed (they carry an orderLinkId), without the venue's own: the
+    take-profit / stop-loss orders Bybit holds for a position, as the simulator does."""
+    return [order for order in orders if order.get("orderLinkId")]
+
+
 def wait_for(probe: Callable[[], T | None], timeout_s: float = 15.0, what: str = "condition") -> T:
     """Poll `probe` until it returns something truthy; fail after `timeout_s` (a bound, not a
     performance assertion: it only keeps a broken test from hanging)."""

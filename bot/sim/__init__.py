@@ -25,6 +25,7 @@ from bot.sim.config import (
 )
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
 from bot.sim.exchange import SimExchange
+from bot.sim.records import ResumedOrder, ResumedPosition
 from bot.sim.server import DEFAULT_SIM_PORT, SimServer, run_forever
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "DuplicateAccountError",
     "InstrumentSpec",
     "PriceWalk",
+    "ResumedOrder",
+    "ResumedPosition",
     "RetCode",
     "SimAccountSpec",
     "SimError",

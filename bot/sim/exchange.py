@@ -12,13 +12,14 @@ price reaches them. Prices move by admin request or by seeded random walks. All 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import random
 import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
@@ -74,6 +75,8 @@ from bot.sim.records import (
     MarginFigures,
     OrderRecord,
     PositionRecord,
+    ResumedOrder,
+    ResumedPosition,
 )
 from bot.sim.views import (
     LAUNCH_TIME_MS,
@@ -150,6 +153,34 @@ def _page(items: list[Any], limit: int, cursor: str | None) -> tuple[list[Any], 
     return items[start:end], (str(end) if end < len(items) else "")
 
 
+R = TypeVar("R")
+_MAX_CURSOR_PARTS = 3
+
+
+def _keyed_page(
+    records: list[R], limit: int, cursor: str | None, position: Callable[[R], tuple[int, ...]]
+) -> tuple[list[R], str]:
+    """Bybit's cursor over a newest-first list: the next page starts after the last record
+    handed out, by its `position` (strictly decreasing along `records`), so records that
+    arrive or leave between two pages shift nothing, as they would with an offset."""
+    if cursor:
+        after = _cursor_position(cursor)
+        records = [record for record in records if position(record) < after]
+    page = records[:limit]
+    more = len(records) > limit
+    return page, (":".join(str(part) for part in position(page[-1])) if more else "")
+
+
+def _cursor_position(cursor: str) -> tuple[int, ...]:
+    """The position behind a cursor `_keyed_page` issued."""
+    parts = cursor.split(":")
+    if len(parts) > _MAX_CURSOR_PARTS or not all(
+        part.isascii() and part.isdigit() and len(part) <= 20 for part in parts
+    ):
+        raise SimError(RetCode.PARAMS_ERROR, "params error: cursor is not one this server issued")
+    return tuple(int(part) for part in parts)
+
+
 def _history_bounds(start: int | None, end: int | None, now: int) -> tuple[int, int]:
     """The span a market-history request covers: from startTime (or the listing) to endTime
     (or now), never before the listing nor after now."""
@@ -191,10 +222,53 @@ def _time_window(
     return start, end
 
 
-def _plain_orders(order_filter: str | None) -> bool:
-    """Whether an `orderFilter` selects plain orders: the simulator has no conditional, TP/SL
-    or OCO orders, so any other filter finds nothing."""
-    return order_filter in (None, "Order")
+def _selects(order_filter: str | None, order: OrderRecord) -> bool:
+    """Whether an `orderFilter` selects the order. None: every kind (Bybit's default);
+    `Order` and cancel-all's `OpenOrder`: plain orders; `StopOrder`: conditional ones (the
+    simulator's are the positions' TP/SL orders). Spot's kinds select nothing here."""
+    if order_filter is None:
+        return True
+    if order_filter in ("Order", "OpenOrder"):
+        return not order.stop_order_type
+    return order_filter == "StopOrder" and bool(order.stop_order_type)
+
+
+def _order_position(order: OrderRecord) -> tuple[int, ...]:
+    return (order.seq,)
+
+
+def _fill_position(execution: ExecutionRecord) -> tuple[int, ...]:
+    return (execution.seq,)
+
+
+def _closed_pnl_position(record: ClosedPnlRecord) -> tuple[int, ...]:
+    return (record.updated_ms, record.order.seq)
+
+
+class _Listing(Protocol):
+    @property
+    def category(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Listing)
+Listing = Callable[["SimExchange", str, L], dict[str, Any]]
+
+
+def _linear_listing(query: Listing[L]) -> Listing[L]:
+    """A private list query: another category (spot, inverse, option) lists nothing, as
+    Bybit answers an account that holds nothing in it; linear is `query`'s."""
+
+    @functools.wraps(query)
+    def listing(exchange: SimExchange, api_key: str, params: L) -> dict[str, Any]:
+        if params.category != "linear":
+            return {"category": params.category, "list": [], "nextPageCursor": ""}
+        return query(exchange, api_key, params)
+
+    return listing
+
+
+#: A position's exits: Bybit's stopOrderType and the position's attribute holding its level.
+_EXIT_LEVELS = (("TakeProfit", "take_profit"), ("StopLoss", "stop_loss"))
 
 
 def _candle_starts(
@@ -517,6 +591,66 @@ class SimExchange:
         with self._lock:
             account = self._by_key.get(api_key)
             return account.user_id if account is not None else None
+
+    def resume_account(
+        self,
+        api_key: str,
+        balance: Decimal | None,
+        positions: Sequence[ResumedPosition],
+        orders: Sequence[ResumedOrder] = (),
+    ) -> None:
+        """Set an account back to what an earlier run of this simulator left (the bot's `sim`
+        resumes from its journal, so that a restart does not find its positions gone): the
+        wallet balance, each position with its leverage and TP/SL, as if opened at its entry
+        price (no fill), and each resting limit order under its own ids, back on the book (it
+        trades if the price has come to it). Call before any stream connects."""
+        with self._lock:
+            account = self._account(api_key)
+            if balance is not None:
+                account.wallet_balance = balance
+            now = self.now_ms()
+            for resumed in positions:
+                self._instrument(resumed.symbol)
+                if resumed.size == 0 or resumed.symbol in account.hedge_symbols:
+                    continue
+                account.leverage[resumed.symbol] = resumed.leverage
+                account.positions[resumed.symbol] = PositionRecord(
+                    symbol=resumed.symbol,
+                    size=resumed.size,
+                    avg_price=resumed.entry_price,
+                    take_profit=resumed.take_profit,
+                    stop_loss=resumed.stop_loss,
+                    created_ms=now,
+                    updated_ms=now,
+                    seq=self._next_seq(),
+                )
+                self._record_open_interest(resumed.symbol, abs(resumed.size), now)
+                self._sync_exits(account, resumed.symbol)
+            for resting in orders:
+                self._instrument(resting.symbol)
+                filled_value = resting.filled_qty * (resting.avg_price or resting.price)
+                order = OrderRecord(
+                    order_id=resting.order_id,
+                    order_link_id=resting.order_link_id,
+                    symbol=resting.symbol,
+                    side=resting.side,
+                    order_type="Limit",
+                    price=resting.price,
+                    qty=resting.qty,
+                    time_in_force="GTC",
+                    reduce_only=resting.reduce_only,
+                    close_on_trigger=False,
+                    take_profit=resting.take_profit,
+                    stop_loss=resting.stop_loss,
+                    last_price_on_created=self._prices[resting.symbol],
+                    created_ms=now,
+                    updated_ms=now,
+                    seq=self._next_seq(),
+                    status="PartiallyFilled" if resting.filled_qty else "New",
+                    cum_exec_qty=resting.filled_qty,
+                    cum_exec_value=filled_value,
+                )
+                self._submit(account, order)
 
     def set_prices(self, prices: Mapping[str, Decimal | int | str]) -> None:
         """Move prices (all or none), stop any walk of those symbols, then fill crossed limit
@@ -941,9 +1075,17 @@ class SimExchange:
             account = self._account(api_key)
             self._require(api_key, "Order")
             self._instrument(params.symbol)
+            exit_order = self._waiting_exit(account, params.symbol, params.order_id)
+            if exit_order is not None:
+                self._amend_exit(account, exit_order, params)
+                return {"orderId": exit_order.order_id, "orderLinkId": ""}
             order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
             if order is None or order.order_type == "Market":
                 raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
+            if params.trigger_price is not None:
+                raise SimError(
+                    RetCode.PARAMS_ERROR, "params error: triggerPrice amends TP/SL orders only"
+                )
             changes: dict[str, Any] = {}
             if params.qty is not None and params.qty != order.qty:
                 self._check_qty(params.symbol, params.qty)
@@ -991,6 +1133,40 @@ class SimExchange:
                     self._config.market_fill_delay_ms, lambda: self._arrive(account, order)
                 )
             return {"orderId": order.order_id, "orderLinkId": order.order_link_id}
+
+    def _amend_exit(
+        self, account: AccountRecord, order: OrderRecord, params: AmendOrderParams
+    ) -> None:
+        """Move a position's TP/SL order: its triggerPrice is the position's level (checked
+        as `/v5/position/trading-stop` checks it); nothing else of it can be amended."""
+        if params.trigger_price is None or any(
+            value is not None
+            for value in (params.qty, params.price, params.take_profit, params.stop_loss)
+        ):
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                "params error: a TP/SL order amends its triggerPrice only (or use "
+                "/v5/position/trading-stop)",
+            )
+        position = account.positions[order.symbol]  # an Untriggered exit has a position
+        kind, attribute = order.stop_order_type, dict(_EXIT_LEVELS)[order.stop_order_type]
+        if params.trigger_price == getattr(position, attribute):
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                "The order remains unchanged as the parameters entered match the existing ones.",
+            )
+        self._check_tpsl_level(
+            "takeProfit" if kind == "TakeProfit" else "stopLoss",
+            order.symbol,
+            params.trigger_price,
+            "Buy" if position.size > 0 else "Sell",
+            self._prices[order.symbol],
+            "position",
+        )
+        setattr(position, attribute, params.trigger_price)
+        position.updated_ms = self.now_ms()
+        self._push_position(account, order.symbol)
+        self._sync_exits(account, order.symbol)
 
     def cancel_order(self, api_key: str, params: CancelOrderParams) -> dict[str, Any]:
         """`POST /v5/order/cancel` by orderId (preferred) or orderLinkId."""
@@ -1045,6 +1221,10 @@ class SimExchange:
         self._instrument(params.symbol)
         if params.order_id is None and params.order_link_id is None:
             raise SimError(RetCode.PARAMS_ERROR, "params error: orderId or orderLinkId is required")
+        exit_order = self._waiting_exit(account, params.symbol, params.order_id)
+        if exit_order is not None:
+            self._cancel_exit(account, exit_order)
+            return exit_order
         order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
         if order is None:
             raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to cancel")
@@ -1065,14 +1245,17 @@ class SimExchange:
                 self._instrument(params.symbol)
             selected = [
                 order
-                for order in list(account.open_orders.values())
-                if _plain_orders(params.order_filter)
+                for order in self._waiting_orders(account)
+                if _selects(params.order_filter, order)
                 and (params.symbol is None or order.symbol == params.symbol)
                 and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
                 and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
             ]
             for order in selected:
-                self._close(account, order, cancel_type="CancelByUser")
+                if order.status == "Untriggered":
+                    self._cancel_exit(account, order)
+                else:
+                    self._close(account, order, cancel_type="CancelByUser")
             return {
                 "list": [
                     {"orderId": order.order_id, "orderLinkId": order.order_link_id}
@@ -1190,10 +1373,12 @@ class SimExchange:
                 setattr(position, attribute, value)
             position.updated_ms = self.now_ms()
             self._push_position(account, params.symbol)
+            self._sync_exits(account, params.symbol)
             return {}
 
     # ----------------------------------------------------------------- private queries
 
+    @_linear_listing
     def open_orders(self, api_key: str, params: OrderQueryParams) -> dict[str, Any]:
         """`GET /v5/order/realtime`: one order by id whatever its status, else open orders."""
         with self._lock:
@@ -1208,25 +1393,38 @@ class SimExchange:
                     "params error: symbol, baseCoin or settleCoin is required for linear",
                 )
             if params.open_only == 0:
-                candidates = list(account.open_orders.values())
+                candidates = self._waiting_orders(account)
             else:
-                closed = [order for order in account.orders.values() if not order.is_open]
+                closed = [
+                    order
+                    for order in account.orders.values()
+                    if not order.is_open and order.status != "Untriggered"
+                ]
                 candidates = closed[-_CLOSED_ORDERS_IN_REALTIME:]
             selected = [order for order in reversed(candidates) if self._matches(order, params)]
             return self._order_page(selected, params)
 
+    @_linear_listing
     def order_history(self, api_key: str, params: OrderQueryParams) -> dict[str, Any]:
-        """`GET /v5/order/history`: every order of the account, newest first."""
+        """`GET /v5/order/history`: the account's orders, newest first: one by id, else those
+        created within Bybit's window (the last 7 days, or startTime/endTime, at most 7 days
+        apart)."""
         with self._lock:
             account = self._account(api_key)
             if params.order_id is not None or params.order_link_id is not None:
                 order = self._find(account, params.order_id, params.order_link_id)
                 candidates = [order] if order is not None else []
             else:
-                candidates = list(reversed(account.orders.values()))
+                start, end = _time_window(params.start_time, params.end_time, self.now_ms())
+                candidates = [
+                    order
+                    for order in reversed(account.orders.values())
+                    if start <= order.created_ms <= end
+                ]
             selected = [order for order in candidates if self._matches(order, params)]
             return self._order_page(selected, params)
 
+    @_linear_listing
     def executions(self, api_key: str, params: ExecutionQueryParams) -> dict[str, Any]:
         """`GET /v5/execution/list`: the account's fills, newest first, within 7 days."""
         with self._lock:
@@ -1235,8 +1433,8 @@ class SimExchange:
                 self._instrument(params.symbol)
             start, end = _time_window(params.start_time, params.end_time, self.now_ms())
             engine_now = self._engine.now_ms()
-            rows = [
-                execution_view(execution)
+            fills = [
+                execution
                 for execution in reversed(account.executions)
                 if execution.order.visible_from_ms <= engine_now
                 and start <= execution.exec_ms <= end
@@ -1253,9 +1451,14 @@ class SimExchange:
                 and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
                 and (params.exec_type is None or params.exec_type == "Trade")
             ]
-            page, cursor = _page(rows, params.limit, params.cursor)
-            return {"category": "linear", "list": page, "nextPageCursor": cursor}
+            page, cursor = _keyed_page(fills, params.limit, params.cursor, _fill_position)
+            return {
+                "category": "linear",
+                "list": [execution_view(execution) for execution in page],
+                "nextPageCursor": cursor,
+            }
 
+    @_linear_listing
     def closed_pnl(self, api_key: str, params: ClosedPnlParams) -> dict[str, Any]:
         """`GET /v5/position/closed-pnl`: one record per closing order, newest first."""
         with self._lock:
@@ -1263,16 +1466,18 @@ class SimExchange:
             if params.symbol is not None:
                 self._instrument(params.symbol)
             start, end = _time_window(params.start_time, params.end_time, self.now_ms())
-            rows = [
-                closed_pnl_view(record)
-                for record in sorted(
-                    account.closed_pnl, key=lambda item: item.updated_ms, reverse=True
-                )
+            records = [
+                record
+                for record in sorted(account.closed_pnl, key=_closed_pnl_position, reverse=True)
                 if start <= record.updated_ms <= end
                 and (params.symbol is None or record.order.symbol == params.symbol)
             ]
-            page, cursor = _page(rows, params.limit, params.cursor)
-            return {"category": "linear", "list": page, "nextPageCursor": cursor}
+            page, cursor = _keyed_page(records, params.limit, params.cursor, _closed_pnl_position)
+            return {
+                "category": "linear",
+                "list": [closed_pnl_view(record) for record in page],
+                "nextPageCursor": cursor,
+            }
 
     def transaction_log(self, api_key: str, params: TransactionLogParams) -> dict[str, Any]:
         """`GET /v5/account/transaction-log`: a TRADE entry per fill of the account, newest
@@ -1295,8 +1500,8 @@ class SimExchange:
                 and params.type in {None, "TRADE"}
                 and params.trans_sub_type is None
             )
-            rows = [
-                transaction_log_view(execution, account.user_id)
+            fills = [
+                execution
                 for execution in (reversed(account.executions) if wanted else ())
                 if start <= execution.exec_ms <= end
                 and (
@@ -1304,9 +1509,13 @@ class SimExchange:
                     or execution.order.symbol == params.base_coin + SETTLE_COIN
                 )
             ]
-            page, cursor = _page(rows, params.limit, params.cursor)
-            return {"list": page, "nextPageCursor": cursor}
+            page, cursor = _keyed_page(fills, params.limit, params.cursor, _fill_position)
+            return {
+                "list": [transaction_log_view(execution, account.user_id) for execution in page],
+                "nextPageCursor": cursor,
+            }
 
+    @_linear_listing
     def positions(self, api_key: str, params: PositionQueryParams) -> dict[str, Any]:
         """`GET /v5/position/list`: a symbol's position even if flat, else all open ones."""
         with self._lock:
@@ -1451,10 +1660,10 @@ class SimExchange:
             problem = "qty must be greater than 0"
         elif qty > spec.max_order_qty:
             problem = f"{fmt(qty)} is above maxOrderQty {fmt(spec.max_order_qty)}"
-        elif qty % spec.qty_step != 0:
-            problem = f"{fmt(qty)} is not a multiple of qtyStep {fmt(spec.qty_step)}"
         elif qty < spec.min_order_qty:
             problem = f"{fmt(qty)} is below minOrderQty {fmt(spec.min_order_qty)}"
+        elif qty % spec.qty_step != 0:
+            problem = f"{fmt(qty)} is not a multiple of qtyStep {fmt(spec.qty_step)}"
         if problem is not None:
             raise SimError(RetCode.PARAMS_ERROR, f"Qty invalid: {problem} ({symbol})")
 
@@ -1658,7 +1867,7 @@ class SimExchange:
 
     def _matches(self, order: OrderRecord, params: OrderQueryParams) -> bool:
         return (
-            _plain_orders(params.order_filter)
+            _selects(params.order_filter, order)
             and order.visible_from_ms <= self._engine.now_ms()
             and (params.symbol is None or order.symbol == params.symbol)
             and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
@@ -1668,8 +1877,13 @@ class SimExchange:
 
     @staticmethod
     def _order_page(orders: list[OrderRecord], params: OrderQueryParams) -> dict[str, Any]:
-        page, cursor = _page([order_view(order) for order in orders], params.limit, params.cursor)
-        return {"category": "linear", "list": page, "nextPageCursor": cursor}
+        """Orders newest first (by their exchange-wide creation sequence), one page."""
+        page, cursor = _keyed_page(orders, params.limit, params.cursor, _order_position)
+        return {
+            "category": "linear",
+            "list": [order_view(order) for order in page],
+            "nextPageCursor": cursor,
+        }
 
     # ----------------------------------------------------------------- matching (lock held)
 
@@ -1842,6 +2056,7 @@ class SimExchange:
         self._push(account, "execution", lambda: [execution_stream_view(execution)])
         self._push_position(account, order.symbol)
         self._push_wallet(account)
+        self._sync_exits(account, order.symbol)
 
     def _record_open_interest(self, symbol: str, change: Decimal, now: int) -> None:
         """Move the symbol's open interest by what a fill changed, and note the new value.
@@ -1944,27 +2159,44 @@ class SimExchange:
     def _trigger_stops(
         self, account: AccountRecord, position: PositionRecord, price: Decimal
     ) -> None:
-        """When the price reaches SL or TP, clear both and send a reduce-only market order
-        for the whole position; it fills like any market order, a moment later."""
+        """When the price reaches SL or TP, clear both and send that level's order, a
+        reduce-only market order for the whole position; it fills like any market order, a
+        moment later."""
         long = position.size > 0
         stop, profit = position.stop_loss, position.take_profit
         if stop is not None and (price <= stop if long else price >= stop):
-            kind, trigger = "StopLoss", stop
+            kind = "StopLoss"
         elif profit is not None and (price >= profit if long else price <= profit):
-            kind, trigger = "TakeProfit", profit
+            kind = "TakeProfit"
         else:
             return
+        order = account.exit_orders.pop((position.symbol, kind))  # see `_sync_exits`
         position.take_profit = position.stop_loss = None
         self._push_position(account, position.symbol)
+        self._sync_exits(account, position.symbol)  # the other exit is deactivated
+        # Bybit's order goes Untriggered -> Triggered -> New (-> Filled), one orderId.
+        order.status = "Triggered"
+        order.updated_ms = self.now_ms()
+        self._push_order(account, order)
+        order.status = "New"
+        order.qty = abs(position.size)
+        order.visible_from_ms = self._engine.now_ms()
+        self._submit(account, order)
+
+    def _exit_order(
+        self, symbol: str, kind: str, trigger: Decimal, size: Decimal, price: Decimal
+    ) -> OrderRecord:
+        """A position's take-profit or stop-loss order, Untriggered: a reduce-only market
+        order for the whole position, sent when the price reaches `trigger`."""
         now = self.now_ms()
-        order = OrderRecord(
+        return OrderRecord(
             order_id=str(uuid.uuid4()),
             order_link_id="",
-            symbol=position.symbol,
-            side="Sell" if long else "Buy",
+            symbol=symbol,
+            side="Sell" if size > 0 else "Buy",
             order_type="Market",
             price=None,
-            qty=abs(position.size),
+            qty=abs(size),
             time_in_force="IOC",
             reduce_only=True,
             close_on_trigger=True,
@@ -1974,12 +2206,71 @@ class SimExchange:
             created_ms=now,
             updated_ms=now,
             seq=self._next_seq(),
+            status="Untriggered",
             stop_order_type=kind,
             create_type=f"CreateBy{kind}",
             trigger_price=trigger,
             visible_from_ms=self._engine.now_ms(),
         )
-        self._submit(account, order)
+
+    def _sync_exits(self, account: AccountRecord, symbol: str) -> None:
+        """Keep the position's TP/SL orders in step with it, as Bybit does: one Untriggered
+        order per level set, sized to the position; when a level is cleared or the position
+        closes, its order is Deactivated. Each change is pushed."""
+        position = account.positions.get(symbol)
+        for kind, attribute in _EXIT_LEVELS:
+            level = getattr(position, attribute) if position is not None else None
+            order = account.exit_orders.get((symbol, kind))
+            if position is None or level is None or position.size == 0:
+                if order is not None:
+                    self._end_exit(account, order, "Deactivated", "UNKNOWN")
+                continue
+            side = "Sell" if position.size > 0 else "Buy"
+            if order is None:
+                order = self._exit_order(symbol, kind, level, position.size, self._prices[symbol])
+                account.exit_orders[(symbol, kind)] = order
+                account.orders[order.order_id] = order
+            elif (order.trigger_price, order.qty, order.side) == (level, abs(position.size), side):
+                continue
+            else:
+                order.trigger_price, order.qty, order.side = level, abs(position.size), side
+                order.updated_ms = self.now_ms()
+            self._push_order(account, order)
+
+    def _end_exit(
+        self, account: AccountRecord, order: OrderRecord, status: str, cancel_type: str
+    ) -> None:
+        account.exit_orders.pop((order.symbol, order.stop_order_type), None)
+        order.status, order.cancel_type = status, cancel_type
+        order.updated_ms = self.now_ms()
+        self._push_order(account, order)
+
+    def _cancel_exit(self, account: AccountRecord, order: OrderRecord) -> None:
+        """A TP/SL order cancelled by its owner: the position's level goes with it."""
+        position = account.positions.get(order.symbol)
+        if position is not None:
+            attribute = dict(_EXIT_LEVELS)[order.stop_order_type]
+            setattr(position, attribute, None)
+            position.updated_ms = self.now_ms()
+            self._push_position(account, order.symbol)
+        self._end_exit(account, order, "Cancelled", "CancelByUser")
+
+    @staticmethod
+    def _waiting_exit(
+        account: AccountRecord, symbol: str, order_id: str | None
+    ) -> OrderRecord | None:
+        """The Untriggered TP/SL order `order_id` of `symbol`, if it is one (they have no
+        orderLinkId)."""
+        order = account.orders.get(order_id) if order_id is not None else None
+        if order is None or order.symbol != symbol or order.status != "Untriggered":
+            return None
+        return order
+
+    @staticmethod
+    def _waiting_orders(account: AccountRecord) -> list[OrderRecord]:
+        """The open orders and the Untriggered TP/SL orders, oldest first."""
+        waiting = [*account.open_orders.values(), *account.exit_orders.values()]
+        return sorted(waiting, key=lambda order: order.seq)
 
     def _start_walk(self, symbol: str, spec: PriceWalk) -> None:
         if spec.start is not None:

@@ -8,6 +8,7 @@ ignored, as Bybit ignores them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -133,6 +134,15 @@ def _full_tpsl_mode(value: Any) -> Any:
     if value != "Full":
         raise ValueError(f"{value!r} is not one of Full, Partial")
     return value
+
+
+def _not_simulated(what: str) -> Callable[[Any], None]:
+    """A field of a feature the simulator does not have: refused whatever its value."""
+
+    def refuse(value: Any) -> None:
+        raise ValueError(f"{what} are not simulated; leave it out")
+
+    return refuse
 
 
 def _no_trailing_stop(value: Decimal) -> Decimal:
@@ -287,13 +297,18 @@ class PlaceOrderParams(_Params):
     take_profit: DecimalText | None = None
     stop_loss: DecimalText | None = None
     position_idx: PositionIdx = 0
-    trigger_price: None = Field(
-        default=None, description="Conditional orders are not simulated; any value is refused."
-    )
+    trigger_price: Annotated[None, BeforeValidator(_not_simulated("conditional orders"))] = None
+    # The attached TP/SL is entire-position and market (Bybit's Full mode): the rest is refused.
+    tpsl_mode: Annotated[str, BeforeValidator(_full_tpsl_mode)] | None = None
+    tp_order_type: Literal["Market"] | None = None
+    sl_order_type: Literal["Market"] | None = None
+    tp_limit_price: Annotated[None, BeforeValidator(_not_simulated("limit TP/SL orders"))] = None
+    sl_limit_price: Annotated[None, BeforeValidator(_not_simulated("limit TP/SL orders"))] = None
 
 
 class AmendOrderParams(_Params):
-    """`POST /v5/order/amend`: fields left out keep their value; "0" clears takeProfit/stopLoss."""
+    """`POST /v5/order/amend`: fields left out keep their value; "0" clears takeProfit/stopLoss.
+    `triggerPrice` moves a position's TP/SL order."""
 
     category: Category
     symbol: str
@@ -303,10 +318,14 @@ class AmendOrderParams(_Params):
     price: DecimalText | None = None
     take_profit: DecimalText | None = None
     stop_loss: DecimalText | None = None
+    trigger_price: DecimalText | None = None
 
 
-#: Bybit's kinds of order (`orderFilter`); every order of the simulator is a plain "Order"
+#: Bybit's kinds of order (`orderFilter`): the simulator's are plain (`Order`) and the
+#: positions' TP/SL orders (`StopOrder`); the rest are spot's.
 OrderFilter = Literal["Order", "StopOrder", "tpslOrder", "OcoOrder", "BidirectionalTpslOrder"]
+#: cancel-all also takes `OpenOrder` for linear (the plain open orders).
+CancelAllFilter = Literal[OrderFilter, "OpenOrder"]
 
 
 class CancelAllParams(_Params):
@@ -316,7 +335,7 @@ class CancelAllParams(_Params):
     symbol: str | None = None
     base_coin: str | None = None
     settle_coin: str | None = None
-    order_filter: OrderFilter | None = None
+    order_filter: CancelAllFilter | None = None
 
 
 class BatchPlaceParams(_Params):
@@ -337,7 +356,7 @@ class BatchCancelParams(_Params):
 class ExecutionQueryParams(_Params):
     """`GET /v5/execution/list`."""
 
-    category: Category
+    category: AnyCategory  # other categories list nothing (see `SimExchange`)
     symbol: str | None = None
     order_id: str | None = None
     order_link_id: str | None = None
@@ -353,7 +372,7 @@ class ExecutionQueryParams(_Params):
 class ClosedPnlParams(_Params):
     """`GET /v5/position/closed-pnl`."""
 
-    category: Category
+    category: AnyCategory  # other categories list nothing (see `SimExchange`)
     symbol: str | None = None
     start_time: int | None = Field(default=None, ge=0)
     end_time: int | None = Field(default=None, ge=0)
@@ -379,7 +398,7 @@ class CancelOrderParams(_Params):
 class OrderQueryParams(_Params):
     """`GET /v5/order/realtime` and `GET /v5/order/history`."""
 
-    category: Category
+    category: AnyCategory  # other categories list nothing (see `SimExchange`)
     symbol: str | None = None
     base_coin: str | None = None
     settle_coin: str | None = None
@@ -388,6 +407,8 @@ class OrderQueryParams(_Params):
     open_only: int = Field(default=0, ge=0, le=2)
     order_status: str | None = None
     order_filter: OrderFilter | None = None
+    start_time: int | None = Field(default=None, ge=0)  # history only
+    end_time: int | None = Field(default=None, ge=0)
     limit: int = Field(default=20, ge=1, le=50)
     cursor: str | None = None
 
@@ -395,7 +416,7 @@ class OrderQueryParams(_Params):
 class PositionQueryParams(_Params):
     """`GET /v5/position/list`."""
 
-    category: Category
+    category: AnyCategory  # other categories list nothing (see `SimExchange`)
     symbol: str | None = None
     base_coin: str | None = None
     settle_coin: str | None = None

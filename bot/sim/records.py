@@ -76,7 +76,8 @@ class OrderRecord:
 
     @property
     def leaves_qty(self) -> Decimal:
-        return self.qty - self.cum_exec_qty if self.is_open else ZERO
+        waiting = self.is_open or self.status == "Untriggered"
+        return self.qty - self.cum_exec_qty if waiting else ZERO
 
     @property
     def direction(self) -> int:
@@ -102,6 +103,35 @@ class PositionRecord:
     seq: int = -1
     #: Fees paid on the opening fills still in the position (closed-pnl's openFee).
     open_fee: Decimal = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedPosition:
+    """A position an account resumes with (`SimExchange.resume_account`)."""
+
+    symbol: str
+    size: Decimal
+    entry_price: Decimal
+    leverage: Decimal
+    take_profit: Decimal | None = None
+    stop_loss: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumedOrder:
+    """A resting limit order an account resumes with (`SimExchange.resume_account`)."""
+
+    order_id: str
+    order_link_id: str
+    symbol: str
+    side: str
+    price: Decimal
+    qty: Decimal
+    filled_qty: Decimal
+    avg_price: Decimal | None
+    reduce_only: bool
+    take_profit: Decimal | None
+    stop_loss: Decimal | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +192,9 @@ class AccountRecord:
     wallet_balance: Decimal
     orders: dict[str, OrderRecord] = field(default_factory=dict)
     open_orders: dict[str, OrderRecord] = field(default_factory=dict)
+    #: The positions' take-profit / stop-loss orders, Untriggered, by (symbol, stopOrderType):
+    #: Bybit makes one for each level a position has (see `SimExchange._sync_exits`).
+    exit_orders: dict[tuple[str, str], OrderRecord] = field(default_factory=dict)
     link_ids: dict[str, str] = field(default_factory=dict)
     positions: dict[str, PositionRecord] = field(default_factory=dict)
     leverage: dict[str, Decimal] = field(default_factory=dict)

@@ -32,7 +32,7 @@ from bot.venue.bybit import BybitVenue
 from bot.venue.errors import OrderRejectedError, RetryableError, VenueError
 from bot.venue.stream import AccountStream, StreamMessage
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for, write_key_secrets
+from tests.conftest import client_orders, wait_for, write_key_secrets
 from tests.factories import approve, make_intent
 
 KEY, SECRET = "audit-test-api-key", "audit-test-api-secret-value"
@@ -330,7 +330,7 @@ def test_a_running_bot_audits_every_signed_request_and_serves_the_venue_metrics(
     rest = [line for line in lines if line["endpoint"] != "ws:auth"]
     assert Counter(line["endpoint"] for line in rest) == signed
     links = {line["order_link_id"] for line in rest if line["endpoint"] == "/v5/order/create"}
-    assert links == {str(order["orderLinkId"]) for order in exchange.orders()}
+    assert links == {str(order["orderLinkId"]) for order in client_orders(exchange.orders())}
     assert len(links) == 3
     auths = [line for line in lines if line["endpoint"] == "ws:auth"]
     assert auths
@@ -360,9 +360,7 @@ def test_bot_keys_check_audits_its_signed_request(sim_config: Callable[..., Path
 
     rows = [json.loads(line) for line in bot_audit(config, "--json").stdout.splitlines()]
     assert checked.returncode == 0, checked.stderr
-    assert [(row["key"], row["endpoint"]) for row in rows] == [
-        ("follow_sim", "/v5/user/query-api")
-    ]
+    assert [(row["key"], row["endpoint"]) for row in rows] == [("follow_sim", "/v5/user/query-api")]
 
 
 _JSON_VALUES = st.recursive(

@@ -14,9 +14,11 @@ from bot.journal import Journal, JournalError
 from bot.logs import logger
 from bot.messages import (
     Decline,
+    ExitOrder,
     OrderEvent,
     OrderStatus,
     RiskDecision,
+    Side,
     parse_signal,
 )
 from tests.conftest import wait_for
@@ -526,3 +528,37 @@ def test_the_journal_keeps_only_the_newest_rejections(
     assert 50 <= len(kept) < 60
     assert [row["remote"] for row in kept[:2]] == ["a205", "a204"]  # newest first, all there
     assert {row["remote"] for row in kept} == {f"a{index}" for index in range(206 - len(kept), 206)}
+
+
+def test_a_waiting_exit_that_moves_or_resizes_is_journaled_again(journal: Journal) -> None:
+    """Bybit keeps a position's stop loss as an Untriggered order from the moment it is set;
+    moved (trading-stop) or resized with the position, the same order is reported again."""
+
+    def exit_order(trigger: str, qty: str, status: OrderStatus = OrderStatus.NEW) -> ExitOrder:
+        return ExitOrder(
+            order_id="sl-1",
+            key_name="main",
+            symbol="BTCUSDT",
+            side=Side.SELL,
+            kind="StopLoss",
+            trigger_price=Decimal(trigger),
+            qty=Decimal(qty),
+            status=status,
+            ts=datetime.now(UTC),
+        )
+
+    def stored() -> tuple[str, str, str]:
+        with journal._lock:
+            row = journal._db.execute(
+                "SELECT trigger_price, qty, status FROM exit_orders WHERE order_id = 'sl-1'"
+            ).fetchone()
+        return tuple(row)
+
+    assert journal.record_exit(exit_order("95000", "0.01"))
+    assert not journal.record_exit(exit_order("95000", "0.01"))  # nothing new
+    assert journal.record_exit(exit_order("96000", "0.01"))  # moved
+    assert journal.record_exit(exit_order("96000", "0.03"))  # resized
+    assert stored() == ("96000", "0.03", "New")
+    assert journal.record_exit(exit_order("96000", "0.03", OrderStatus.CANCELLED))  # deactivated
+    assert not journal.record_exit(exit_order("97000", "0.03"))  # never back from an end
+    assert stored() == ("96000", "0.03", "Cancelled")

@@ -228,6 +228,14 @@ def test_a_stop_loss_the_venue_executes_appears_under_its_order(
         assert bot.post(signal("protected", stop_loss=95000)).status_code == 202
         wait_for(lambda: bot.journal_status("protected") == ["Filled"], what="the entry filled")
 
+        def exits() -> list[dict[str, object]]:
+            rows = [r for r in bot.rows() if r["signal_id"] == "protected"]
+            return [r for r in rows if r["decision"] == "exit"]
+
+        # Bybit holds the stop as a waiting order from the fill on: shown as such.
+        waiting = wait_for(lambda: exits() or None, 30, "the waiting stop in the journal")
+        assert [(r["reason"], r["status"]) for r in waiting] == [("StopLoss at 95000", "New")]
+
         moved = requests.post(
             f"{bot.service.sim_url}/sim/prices", json={"BTCUSDT": 94000}, timeout=10
         )
@@ -242,5 +250,6 @@ def test_a_stop_loss_the_venue_executes_appears_under_its_order(
         row = wait_for(exit_row, 30, "the stop loss in the journal")
         assert row["reason"] == "StopLoss at 95000"
         assert (row["side"], row["status"], row["strategy"]) == ("Sell", "Filled", "follow")
+        assert len(exits()) == 1  # the waiting order itself executed: one row, not two
     finally:
         bot.stop()

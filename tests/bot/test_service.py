@@ -23,7 +23,7 @@ from bot.config import ConfigError, load_settings
 from bot.journal import Journal
 from bot.service import Service, check_mainnet_opt_in
 from signals.voiceofchain import SIGNATURE_HEADER, sign
-from tests.conftest import wait_for
+from tests.conftest import client_orders, wait_for
 
 T = TypeVar("T")
 
@@ -87,8 +87,9 @@ class RunningBot:
         )
 
     def sim_orders(self) -> list[dict[str, object]]:
+        """The orders the bot placed at the simulator (not the venue's own TP/SL orders)."""
         answer = requests.get(f"{self.service.sim_url}/sim/orders", timeout=10).json()
-        return list(answer["result"]["list"] if "result" in answer else answer["orders"])
+        return client_orders(answer["result"]["list"] if "result" in answer else answer["orders"])
 
     def read_journal(self, read: Callable[[Journal], T]) -> T:
         """Read the bot's journal from the test, as `bot orders` does (read-only)."""
@@ -103,10 +104,12 @@ class RunningBot:
         return self.read_journal(lambda journal: [r.as_dict() for r in journal.trace(10_000)])
 
     def journal_status(self, signal_id: str) -> list[str]:
+        """The status (or decision) of each of the signal's own rows, not of the exits the
+        venue holds for its position (`exit` rows)."""
         return [
             str(row["status"] or row["decision"])
             for row in self.rows()
-            if row["signal_id"] == signal_id
+            if row["signal_id"] == signal_id and row["decision"] != "exit"
         ]
 
 
@@ -266,8 +269,9 @@ def test_a_sender_reads_what_became_of_its_signal_and_refusals_are_journaled(
 
     assert unsigned.status_code == 401
     assert signed.status_code == 200
-    (decision,) = signed.json()["decisions"]
+    decision, stop = signed.json()["decisions"]  # its order, and the stop the venue holds
     assert (decision["decision"], decision["status"]) == ("approved", "Filled")
+    assert (stop["decision"], stop["status"]) == ("exit", "New")
     assert forged.status_code == 401
     rejections = wait_for(
         lambda: bot.read_journal(lambda journal: journal.rejections()), what="the refusal"

@@ -44,7 +44,7 @@ from strategies.follow import Follow
 from tests.bot.test_pipeline import signal
 from tests.bot.test_service import RunningBot
 from tests.bot.test_service import signal as posted
-from tests.conftest import sim_venues, wait_for
+from tests.conftest import client_orders, sim_venues, wait_for
 
 #: What the plug-ins below heard, by strategy name (they run on their own threads).
 HEARD: dict[str, list[Any]] = defaultdict(list)
@@ -253,7 +253,7 @@ def test_a_strategy_wanting_nothing_is_journaled_as_a_decline_with_the_reason(
     stages.process(signal())
 
     assert stages.rows("quiet") == [("declined", reason)]
-    assert stages.exchange.orders() == []
+    assert client_orders(stages.exchange.orders()) == []
 
 
 def test_a_raising_or_overrunning_strategy_is_journaled_failed_and_the_others_trade(
@@ -332,7 +332,7 @@ def test_on_order_rejected_hears_the_gates_rule_and_what_it_returns_is_carried_o
         "rejected",
         "approved",
     ]
-    [placed] = stages.exchange.orders()
+    [placed] = client_orders(stages.exchange.orders())
     assert placed["orderLinkId"] == order_link_id("greedy", "voc", "greedy-1", 2)
     assert placed["qty"] == "0.001"
 

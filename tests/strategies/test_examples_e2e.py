@@ -18,7 +18,7 @@ from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim.params import PositionQueryParams
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for, write_key_secrets
+from tests.conftest import client_orders, wait_for, write_key_secrets
 
 KEY, SECRET = "examples-key", "examples-secret"
 SOURCE = "voiceofchain"
@@ -37,7 +37,7 @@ class Trading:
         return order_link_id(self.name, SOURCE, signal_id, leg)
 
     def orders(self) -> dict[str, dict[str, Any]]:
-        return {str(order["orderLinkId"]): order for order in self.exchange.orders()}
+        return {str(order["orderLinkId"]): order for order in client_orders(self.exchange.orders())}
 
     def position(self, symbol: str = "BTCUSDT") -> dict[str, Any]:
         query = PositionQueryParams.model_validate({"category": "linear", "symbol": symbol})
@@ -87,7 +87,7 @@ def test_follow_places_one_order_with_the_stop(trading: Callable[..., Trading]) 
     assert run.bot.post(signal("f-1", stop_loss=95000, take_profit=[99000])).status_code == 202
     wait_for(lambda: run.bot.journal_status("f-1") == ["Filled"], what="the order filled")
 
-    [order] = run.exchange.orders()
+    [order] = client_orders(run.exchange.orders())
     assert order["orderLinkId"] == run.link("f-1")
     assert (order["side"], order["orderType"], order["qty"]) == ("Buy", "Market", "0.005")
     assert (order["stopLoss"], order["takeProfit"]) == ("95000", "99000")

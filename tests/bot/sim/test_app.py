@@ -222,8 +222,12 @@ def test_stop_loss_attached_to_an_order_closes_the_position(
 
     assert _position(session)["size"] == "0"
     stops = [o for o in admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
-    assert [(o["stopOrderType"], o["avgPrice"], o["side"]) for o in stops] == [
-        ("StopLoss", "94000", "Sell")
+    # Bybit's TP/SL orders: the stop loss triggered and filled, the take profit deactivated.
+    assert sorted(
+        (o["stopOrderType"], o["avgPrice"], o["side"], o["orderStatus"]) for o in stops
+    ) == [
+        ("StopLoss", "94000", "Sell", "Filled"),
+        ("TakeProfit", "", "Sell", "Deactivated"),
     ]
 
 
@@ -383,8 +387,9 @@ def test_trading_stop_moves_the_stop_which_then_closes_the_position(
     settle(server)
     assert _position(session)["size"] == "0"
     stops = [o for o in admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
-    assert [(o["stopOrderType"], o["triggerPrice"], o["avgPrice"]) for o in stops] == [
-        ("StopLoss", "97000", "96900")
+    assert sorted((o["stopOrderType"], o["triggerPrice"], o["avgPrice"]) for o in stops) == [
+        ("StopLoss", "97000", "96900"),
+        ("TakeProfit", "99000", ""),
     ]
 
 

@@ -122,23 +122,169 @@ def test_cancel_all_answers_the_cancelled_orders(server: SimServer, session: HTT
     assert _error_code(lambda: session.cancel_all_orders(category="linear")) == 10001
 
 
-def test_an_order_filter_for_conditional_orders_finds_and_cancels_none(session: HTTP) -> None:
-    resting = _limit(session, "95000")["result"]["orderId"]
+def _ids(session: HTTP, history: bool = False, **extra: str) -> list[str]:
+    query = session.get_order_history if history else session.get_open_orders
+    return [
+        row["orderId"]
+        for row in query(category="linear", symbol="BTCUSDT", **extra)["result"]["list"]
+    ]
 
-    def open_ids(**extra: str) -> list[str]:
-        answer = session.get_open_orders(category="linear", symbol="BTCUSDT", **extra)
-        return [row["orderId"] for row in answer["result"]["list"]]
 
-    def history_ids(**extra: str) -> list[str]:
-        answer = session.get_order_history(category="linear", symbol="BTCUSDT", **extra)
-        return [row["orderId"] for row in answer["result"]["list"]]
+def _exits(session: HTTP) -> dict[str, dict[str, Any]]:
+    """The open TP/SL orders by stopOrderType."""
+    rows = session.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
+    return {row["stopOrderType"]: row for row in rows["result"]["list"]}
 
-    assert open_ids(orderFilter="StopOrder") == [] == history_ids(orderFilter="tpslOrder")
-    assert open_ids(orderFilter="Order") == [resting] == history_ids(orderFilter="Order")
-    none = session.cancel_all_orders(category="linear", symbol="BTCUSDT", orderFilter="tpslOrder")
-    assert none["result"]["list"] == []
-    assert open_ids() == [resting]
-    assert _error_code(lambda: open_ids(orderFilter="Stop")) == 10001
+
+def test_a_positions_tp_and_sl_are_untriggered_orders_sized_to_it(
+    server: SimServer, session: HTTP
+) -> None:
+    """Bybit: "Passing these parameters will create conditional orders by the system
+    internally. The system will cancel these orders if the position is closed, and adjust
+    the qty according to the size of the open position." """
+    _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
+    settle(server)
+
+    exits = _exits(session)
+    assert {
+        kind: (row["orderStatus"], row["triggerPrice"], row["qty"], row["side"])
+        for kind, row in exits.items()
+    } == {
+        "StopLoss": ("Untriggered", "95000", "0.01", "Sell"),
+        "TakeProfit": ("Untriggered", "99000", "0.01", "Sell"),
+    }
+    assert all(row["orderLinkId"] == "" and row["reduceOnly"] for row in exits.values())
+    assert set(_ids(session)) == {row["orderId"] for row in exits.values()}  # every kind
+    assert _ids(session, orderFilter="Order") == []
+
+    _market(session, "Buy", "0.02")  # the position grows: so do its exits
+    settle(server)
+    assert {row["qty"] for row in _exits(session).values()} == {"0.03"}
+
+    _market(session, "Sell", "0.03", reduceOnly=True)  # closed: the exits are deactivated
+    settle(server)
+    assert _exits(session) == {}
+    ended = [
+        row
+        for row in session.get_order_history(category="linear", symbol="BTCUSDT")["result"]["list"]
+        if row["stopOrderType"]
+    ]
+    assert sorted((row["stopOrderType"], row["orderStatus"]) for row in ended) == [
+        ("StopLoss", "Deactivated"),
+        ("TakeProfit", "Deactivated"),
+    ]
+
+
+def test_cancel_all_takes_the_positions_tp_and_sl_unless_filtered(
+    server: SimServer, session: HTTP
+) -> None:
+    """Bybit's cancel-all: "If not passed, all kinds of orders will be cancelled, like active
+    order, conditional order, TP/SL order"; a stop loss cancelled so is gone from the position."""
+    _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
+    settle(server)
+    resting = _limit(session, "90000")["result"]["orderId"]
+
+    plain = session.cancel_all_orders(category="linear", symbol="BTCUSDT", orderFilter="OpenOrder")
+    assert [row["orderId"] for row in plain["result"]["list"]] == [resting]
+    assert set(_exits(session)) == {"StopLoss", "TakeProfit"}
+    spot_only = session.cancel_all_orders(
+        category="linear", symbol="BTCUSDT", orderFilter="tpslOrder"
+    )
+    assert spot_only["result"]["list"] == []
+
+    everything = session.cancel_all_orders(category="linear", symbol="BTCUSDT")
+
+    assert len(everything["result"]["list"]) == 2
+    assert _exits(session) == {}
+    position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+    assert (position["size"], position["stopLoss"], position["takeProfit"]) == ("0.01", "0", "0")
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 94000})  # no stop left to trigger
+    settle(server)
+    assert (
+        session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]["size"]
+        == "0.01"
+    )
+    assert _error_code(lambda: _ids(session, orderFilter="Stop")) == 10001
+
+
+def test_a_tp_or_sl_order_is_cancelled_or_moved_by_its_order_id(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
+    settle(server)
+    exits = _exits(session)
+    stop, profit = exits["StopLoss"]["orderId"], exits["TakeProfit"]["orderId"]
+
+    moved = session.amend_order(
+        category="linear", symbol="BTCUSDT", orderId=stop, triggerPrice="96000"
+    )
+    assert moved["result"]["orderId"] == stop
+    assert _exits(session)["StopLoss"]["triggerPrice"] == "96000"
+    position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+    assert position["stopLoss"] == "96000"
+    # A stop loss above the price would trigger at once: refused as trading-stop refuses it.
+    assert (
+        _error_code(
+            lambda: session.amend_order(
+                category="linear", symbol="BTCUSDT", orderId=stop, triggerPrice="98000"
+            )
+        )
+        == 10001
+    )
+    assert (
+        _error_code(
+            lambda: session.amend_order(category="linear", symbol="BTCUSDT", orderId=stop, qty="1")
+        )
+        == 10001
+    )
+
+    session.cancel_order(category="linear", symbol="BTCUSDT", orderId=profit)
+
+    assert set(_exits(session)) == {"StopLoss"}
+    position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+    assert (position["stopLoss"], position["takeProfit"]) == ("96000", "0")
+    cancelled = session.get_open_orders(category="linear", symbol="BTCUSDT", orderId=profit)
+    assert [(row["orderStatus"], row["cancelType"]) for row in cancelled["result"]["list"]] == [
+        ("Cancelled", "CancelByUser")
+    ]
+    assert (
+        _error_code(
+            lambda: session.cancel_order(category="linear", symbol="BTCUSDT", orderId=profit)
+        )
+        == 110001
+    )
+
+
+def test_a_triggered_stop_keeps_its_order_id_and_deactivates_the_take_profit(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
+    settle(server)
+    stop = _exits(session)["StopLoss"]["orderId"]
+
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 94000})
+    settle(server)
+
+    rows = session.get_order_history(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
+    by_kind = {row["stopOrderType"]: row for row in rows["result"]["list"]}
+    assert (by_kind["StopLoss"]["orderId"], by_kind["StopLoss"]["orderStatus"]) == (stop, "Filled")
+    assert by_kind["StopLoss"]["createType"] == "CreateByStopLoss"
+    assert by_kind["TakeProfit"]["orderStatus"] == "Deactivated"
+
+
+def test_limit_or_partial_tpsl_on_create_is_refused_not_ignored(session: HTTP) -> None:
+    for unsupported in (
+        {"tpslMode": "Partial"},
+        {"tpOrderType": "Limit", "tpLimitPrice": "99500"},
+        {"slLimitPrice": "94000"},
+    ):
+        refused = _error_code(
+            lambda extra=unsupported: _market(session, takeProfit="99000", **extra)
+        )
+        assert refused == 10001, unsupported
+    assert (
+        _market(session, takeProfit="99000", tpslMode="Full", tpOrderType="Market")["retCode"] == 0
+    )
 
 
 # ------------------------------------------------------------------ account and market data
@@ -174,6 +320,16 @@ def test_other_categories_list_nothing(session: HTTP, category: str) -> None:
     assert (instruments["category"], instruments["list"]) == (category, [])
     assert tickers["list"] == []
     assert (book["b"], book["a"]) == ([], [])
+    # An account's private lists in that category are empty too, not refused (Bybit's answer
+    # for an account that holds nothing there).
+    for listing in (
+        session.get_open_orders(category=category, symbol="BTCUSDT"),
+        session.get_order_history(category=category),
+        session.get_executions(category=category),
+        session.get_positions(category=category, symbol="BTCUSDT"),
+        session.get_closed_pnl(category=category),
+    ):
+        assert (listing["result"]["category"], listing["result"]["list"]) == (category, [])
 
 
 def test_an_unknown_category_or_interval_is_10001(session: HTTP) -> None:
@@ -360,3 +516,61 @@ def test_bad_walks_are_400(server: SimServer, body: Any, message: str) -> None:
 
     assert answer.status_code == 400
     assert message in answer.json()["error"]
+
+
+def test_order_history_keeps_to_bybits_window(server: SimServer, session: HTTP) -> None:
+    """Bybit's order history: the last 7 days by default, or startTime..endTime (at most 7 days
+    apart); an order asked for by id is found whatever its time."""
+    placed = _limit(session, "90000")["result"]["orderId"]
+    now = server.exchange.now_ms()
+    hour, day = 3_600_000, 86_400_000
+
+    assert _ids(session, history=True) == [placed]
+    assert _ids(session, history=True, startTime=str(now - hour)) == [placed]
+    assert _ids(session, history=True, startTime=str(now + hour)) == []
+    assert _ids(session, history=True, endTime=str(now - hour)) == []
+    assert (
+        _error_code(
+            lambda: _ids(session, history=True, startTime=str(now - 8 * day), endTime=str(now))
+        )
+        == 10001
+    )
+    assert _ids(session, history=True, orderId=placed, startTime=str(now + hour)) == [placed]
+
+
+def test_a_qty_below_the_minimum_says_so(session: HTTP) -> None:
+    with pytest.raises(InvalidRequestError, match="below minOrderQty"):
+        _market(session, qty="0.0001")
+
+
+def test_pages_stay_put_when_rows_arrive_between_them(server: SimServer, session: HTTP) -> None:
+    """Bybit's cursors mark a position in the list, not an offset: a fill or an order that
+    arrives between two pages neither repeats a row nor skips one."""
+    for _ in range(3):
+        _market(session, "Buy", "0.01")
+    settle(server)
+
+    def fills(**extra: str) -> dict[str, Any]:
+        result: dict[str, Any] = session.get_executions(
+            category="linear", symbol="BTCUSDT", limit=2, **extra
+        )["result"]
+        return result
+
+    def orders(**extra: str) -> dict[str, Any]:
+        result: dict[str, Any] = session.get_order_history(
+            category="linear", symbol="BTCUSDT", limit=2, **extra
+        )["result"]
+        return result
+
+    first_fills, first_orders = fills(), orders()
+    _market(session, "Buy", "0.01")  # arrives between the pages, newest: on no later page
+    settle(server)
+    rest_fills = fills(cursor=first_fills["nextPageCursor"])
+    rest_orders = orders(cursor=first_orders["nextPageCursor"])
+
+    fill_ids = [row["execId"] for row in first_fills["list"] + rest_fills["list"]]
+    order_ids = [row["orderId"] for row in first_orders["list"] + rest_orders["list"]]
+    assert len(fill_ids) == len(set(fill_ids)) == 3
+    assert len(order_ids) == len(set(order_ids)) == 3
+    assert rest_fills["nextPageCursor"] == rest_orders["nextPageCursor"] == ""
+    assert _error_code(lambda: fills(cursor="1:2:3:4")) == 10001

@@ -12,7 +12,15 @@ from pydantic import SecretStr
 
 from bot.config import Environment
 from bot.execution.executor import build_request
-from bot.messages import Execution, OrderEvent, OrderRequest, PositionUpdate, Side
+from bot.messages import (
+    Execution,
+    ExitOrder,
+    OrderEvent,
+    OrderRequest,
+    OrderStatus,
+    PositionUpdate,
+    Side,
+)
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.sim.params import PositionQueryParams
@@ -123,8 +131,17 @@ def test_trading_stop_moves_the_stop_and_an_unchanged_stop_is_success(
     assert requests_to(exchange, "/v5/position/trading-stop") == 2
     assert exchange.stats()["answers_by_ret_code"].get("34040") == 1
     exchange.set_prices({"BTCUSDT": 96900})
-    exits = wait_for(lambda: asyncio.run(venue.exit_orders("BTCUSDT")), what="the stop")
-    assert [(e.kind, e.trigger_price) for e in exits] == [("StopLoss", Decimal(97000))]
+
+    def executed() -> list[ExitOrder] | None:
+        exits = asyncio.run(venue.exit_orders("BTCUSDT"))
+        return exits if any(e.status is OrderStatus.FILLED for e in exits) else None
+
+    # The stop executed; the take profit, a waiting order too, was deactivated with it.
+    exits = wait_for(executed, what="the stop")
+    assert sorted((e.kind, e.trigger_price, e.status) for e in exits) == [
+        ("StopLoss", Decimal(97000), OrderStatus.FILLED),
+        ("TakeProfit", Decimal(99000), OrderStatus.CANCELLED),
+    ]
 
 
 def test_trading_stop_zero_cancels_and_no_level_sends_nothing(
