@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from bot.bodies import BodyRefused, read_body
 from bot.logs import logger
-from bot.messages import utc_now
+from bot.messages import field_problems, is_unicode, utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from signals.voiceofchain import (
     COMMAND_MAX_SKEW_S,
@@ -48,6 +49,14 @@ class AdminCommand(BaseModel):
     reason: str = Field("", max_length=200)
     cancel_open: bool = False
     flatten: bool = False
+
+    @field_validator("reason")
+    @classmethod
+    def _printable(cls, reason: str) -> str:
+        """One line of text: it is logged, journaled and shown by `bot risk status`."""
+        if not is_unicode(reason) or any(unicodedata.category(c) == "Cc" for c in reason):
+            raise ValueError("must be one line of printable text (no control characters)")
+        return reason
 
 
 #: Enters a state for the operator, cancelling and flattening as asked; returns the report.
@@ -118,8 +127,11 @@ def parse_command(
         command = AdminCommand.model_validate(json.loads(body or b"{}"))
     except RecursionError:
         raise ValueError(f"{expected}: nested too deep") from None
-    except (ValueError, ValidationError) as exc:
-        raise ValueError(f"{expected}: {str(exc).splitlines()[0]}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{field}: {message}" for field, message in field_problems(exc))
+        raise ValueError(f"{expected}: {problems}") from None
+    except ValueError as exc:
+        raise ValueError(f"{expected}: the body is not JSON ({exc})") from None
     if command.strategy is not None and command.strategy not in strategies:
         raise ValueError(f"strategy '{command.strategy}' is not configured")
     if state is TradingState.ACTIVE and (command.cancel_open or command.flatten):

@@ -55,6 +55,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
+        # No 307 to the path without its trailing slash: its Location would be built from the
+        # client's Host header, and a sender must use the exact route anyway.
+        redirect_slashes=False,
     )
     for router in routers:
         app.include_router(router)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +35,7 @@ from rich.text import Text
 
 from bot import cpus, logs
 from bot.account import AccountProjection, StrategyBook
-from bot.admin import ADMIN_SECRET_NAME
+from bot.admin import ADMIN_SECRET_NAME, parse_command
 from bot.audit import AuditLog, RequestObserver, parse_since, read_audit, summary
 from bot.config import (
     SECRETS_DIR_VARIABLE,
@@ -47,7 +47,7 @@ from bot.config import (
 )
 from bot.journal import Journal, JournalError, JournalInUse, TraceRow, lock_journal
 from bot.keys.audit import Verdict, strategies_by_key
-from bot.messages import is_unicode, utc_now
+from bot.messages import SignalError, is_unicode, parse_signal, utc_now
 from bot.replay import (
     History,
     HistoryError,
@@ -105,8 +105,21 @@ risk_app = typer.Typer(help="The risk gate: trading states and limits.", no_args
 app.add_typer(risk_app, name="risk")
 keys_app = typer.Typer(help="API keys: the audit of what each may do.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-console = Console()
-errors = Console(stderr=True)
+#: A narrower terminal (a COLUMNS of 0 or a few, misset) would print nothing at all.
+_NARROWEST_TERMINAL: Final = 20
+
+
+def _terminal(*, stderr: bool = False) -> Console:
+    made = Console(stderr=stderr)
+    return (
+        made
+        if made.width >= _NARROWEST_TERMINAL
+        else Console(stderr=stderr, width=_NARROWEST_TERMINAL)
+    )
+
+
+console = _terminal()
+errors = _terminal(stderr=True)
 DISTRIBUTION: Final = "bybit-signal-bot"
 
 
@@ -136,9 +149,7 @@ ConfigOption = Annotated[
 ]
 SecretsDirOption = Annotated[
     Path,
-    typer.Option(
-        "--secrets-dir", envvar=SECRETS_DIR_VARIABLE, help="directory of secret files"
-    ),
+    typer.Option("--secrets-dir", envvar=SECRETS_DIR_VARIABLE, help="directory of secret files"),
 ]
 HostOption = Annotated[
     str | None, typer.Option(help="listen address", show_default="the config's http.host")
@@ -337,6 +348,10 @@ def _publish(
     """`bot signal send --mqtt`: one signal to the configured broker."""
 
     numbers = json.loads(json.dumps(payload, default=_decimal_as_number))
+    try:  # the bot would refuse it, and the broker cannot say so: refused here instead
+        parse_signal(settings.mqtt.source, numbers)
+    except SignalError as exc:
+        _fail(f"not published: {exc}")
     try:
         topic = asyncio.run(
             publish_signal(
@@ -460,6 +475,10 @@ def _switch(
         _fail(
             f"strategy '{strategy}' is not configured; it is one of {sorted(settings.strategies)}"
         )
+    try:  # checked here as the bot checks it: also when it is journaled for a stopped bot
+        parse_command(json.dumps(command).encode(), state, settings.strategies)
+    except ValueError as exc:
+        _fail(str(exc))
     route = "halt" if state is TradingState.HALTED else "resume"
     acting = bool(command.get("cancel_open") or command.get("flatten"))
     target = f"{_bot_url(settings)}/admin/{route}"
@@ -882,7 +901,10 @@ def _print_table(
                 for column, width in zip(columns, widths, strict=True)
             ]
             widths = _fit(widths, floors, console.width - gaps)
-        out = console
+        # A terminal narrower than even that (or COLUMNS=0): the table as narrow as it goes,
+        # folded by the terminal, never cut to nothing.
+        too_narrow = sum(widths) + gaps > console.width
+        out = Console(width=sum(widths) + gaps, highlight=False) if too_narrow else console
     table = Table(box=None, padding=(0, _COLUMN_GAP, 0, 0), pad_edge=False, header_style="bold")
     for header, width in zip(headers, widths, strict=True):
         table.add_column(Text(header, overflow="ellipsis"), width=width)
@@ -911,7 +933,10 @@ def _fit(widths: Sequence[int], floors: Sequence[int], room: int) -> list[int]:
 
 def _plain(value: Decimal) -> str:
     """Decimal for people: plain notation, at most 8 decimals, no trailing zeros."""
-    text = format(value.quantize(Decimal("1e-8")).normalize(), "f")
+    try:
+        text = format(value.quantize(Decimal("1e-8")).normalize(), "f")
+    except InvalidOperation:  # more digits than 8 decimals leave room for: huge, kept whole
+        text = format(value, "f").partition(".")[0]
     return "0" if text in ("-0", "0") else text
 
 
@@ -1123,7 +1148,7 @@ def _json_value(value: object) -> object:
 @app.command()
 def sim(
     host: Annotated[str, typer.Option(help="listen address (keep it loopback)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="listen port")] = DEFAULT_SIM_PORT,
+    port: Annotated[int, typer.Option(help="listen port", min=0, max=65535)] = DEFAULT_SIM_PORT,
     config: ConfigOption = None,
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
     faults: Annotated[

@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -67,7 +68,25 @@ MAX_NUMBER: Final = Decimal("1e15")
 # Epoch values above this are milliseconds; below, a sender probably sent seconds by mistake.
 _MIN_EPOCH_MS: Final = 10**11
 
-PositiveDecimal = Annotated[Decimal, Field(gt=0, le=MAX_NUMBER, allow_inf_nan=False, max_digits=30)]
+_MAX_DIGITS: Final = 30
+
+
+def _not_too_precise(value: Decimal) -> Decimal:
+    """At most `_MAX_DIGITS` digits (counted as pydantic's `max_digits` counts them), checked
+    after the range, so that 1e400 is refused as too large, not as too many digits."""
+    _, digits, exponent = value.normalize().as_tuple()
+    assert isinstance(exponent, int)  # finite: inf and nan are refused before
+    total = len(digits) + exponent if exponent >= 0 else max(len(digits), -exponent)
+    if total > _MAX_DIGITS:
+        raise ValueError(f"has more than {_MAX_DIGITS} digits: round it")
+    return value
+
+
+PositiveDecimal = Annotated[
+    Decimal,
+    Field(gt=0, le=MAX_NUMBER, allow_inf_nan=False),
+    AfterValidator(_not_too_precise),
+]
 Symbol = Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)]
 
 
@@ -197,7 +216,10 @@ class Signal(_Message):
     def _aware_utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59
+            raise ValueError("is out of range once in UTC (years 1 to 9999)") from None
 
     @model_validator(mode="after")
     def _side_unless_close(self) -> Signal:
@@ -318,11 +340,20 @@ def is_unicode(text: str) -> bool:
     return True
 
 
+def field_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """Each problem of a validation as (field, what is wrong): "body" for the whole."""
+    return [
+        (
+            ".".join(str(part) for part in error["loc"]) or "body",
+            str(error["msg"]).removeprefix("Value error, "),
+        )
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+
+
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     problems = []
-    for error in exc.errors(include_url=False, include_input=False):
-        field = ".".join(str(part) for part in error["loc"]) or "body"
-        message = str(error["msg"]).removeprefix("Value error, ")
+    for field, message in field_problems(exc):
         named, _, rest = message.partition(": ")
         if field == "body" and named in Signal.model_fields:  # a rule across fields names one
             field, message = named, rest

@@ -13,6 +13,7 @@ file order): a history merged from several files need not be sorted. Every probl
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ from bot.messages import (
 __all__ = ["History", "HistoryError", "PricePoint", "SignalRecord", "read_history"]
 
 _PRICE_POINT_KEYS: Final = frozenset({"ts", "prices"})
+#: A history is read whole before the replay starts (every line checked first).
+_MAX_HISTORY_BYTES: Final = 512 * 2**20
 
 
 class HistoryError(ValueError):
@@ -140,6 +143,7 @@ class History:
 def read_history(path: Path, source: str) -> History:
     """Read and check the whole file (signals attributed to `source`) before anything runs."""
     try:
+        _check_readable(path)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise HistoryError(f"{path}: no such file") from None
@@ -149,6 +153,19 @@ def read_history(path: Path, source: str) -> History:
     if not any(isinstance(record, SignalRecord) for record in records):
         raise HistoryError(f"{path}: holds no signal (one JSON object per line)")
     return History(path, tuple(sorted(records, key=lambda record: (record.ts, record.line))))
+
+
+def _check_readable(path: Path) -> None:
+    """A history is a file of JSON lines: a device, a pipe or a directory is refused before
+    it is read, and so is a file too large to hold in memory."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise HistoryError(f"{path}: not a regular file (a history is a file of JSON lines)")
+    if info.st_size > _MAX_HISTORY_BYTES:
+        raise HistoryError(
+            f"{path}: {info.st_size // 2**20} MiB, over {_MAX_HISTORY_BYTES // 2**20} MiB: "
+            "replay a part of it at a time"
+        )
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:

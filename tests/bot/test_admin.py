@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -171,6 +172,35 @@ def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
         assert admin(bot, "resume", {"flatten": True}) == 422
     finally:
         bot.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b'{"strategy": null, "x": 1}', "x: Extra inputs are not permitted"),
+        (b'{"reason": "' + b"a" * 201 + b'"}', "reason: String should have at most 200"),
+        (b'{"strategy": 5}', "strategy: Input should be a valid string"),
+        (b"[]", "body: Input should be a valid dictionary"),
+        (b'{"reason": "a\\u0000b\\nFAKE LOG LINE"}', "reason: must be one line of printable"),
+        (b"nope", "the body is not JSON"),
+    ],
+)
+def test_a_bad_command_is_refused_naming_the_field_and_the_rule(body: bytes, problem: str) -> None:
+    expected = re.escape("expected {strategy, reason, cancel_open, flatten}: ")
+    with pytest.raises(ValueError, match=f"^{expected}.*{re.escape(problem)}"):
+        parse_command(body, TradingState.HALTED, ["follow"])
+
+
+def test_bot_halt_refuses_a_reason_it_could_not_log_as_one_line(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config(port=1)  # no bot running: it would be journaled as it is
+
+    halted = cli(config, "halt", "--reason", "weekend\nFAKE LOG LINE")
+
+    assert halted.returncode == 2  # bad input, as every refused argument
+    assert "reason: must be one line of printable text" in halted.stderr
+    assert "Traceback" not in halted.stderr
 
 
 def test_a_command_nested_too_deep_is_invalid_not_a_crash() -> None:

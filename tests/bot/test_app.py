@@ -79,3 +79,13 @@ def test_a_direct_route_is_a_post_at_a_fixed_path(path: str, methods: tuple[str,
     with pytest.raises(ValueError, match="a DirectRoute is a POST at a fixed path"):
         _client(_echo, path, methods)
 
+
+
+def test_a_trailing_slash_is_not_redirected_by_the_clients_host_header() -> None:
+    client = _client(_echo)
+
+    answer = client.post("/hot/", content=b"x", headers={"Host": "evil.example"})
+
+    assert answer.status_code == 404
+    assert "location" not in answer.headers
+    assert answer.json()["error"] == "Not Found"

@@ -704,3 +704,41 @@ def test_bytes_that_are_not_utf8_in_an_argument_or_a_secret_are_one_line(
     assert b"bot_webhook_secret_voiceofchain is not UTF-8 text" in done["file"].stderr
     assert b"BOT_ADMIN_SECRET is not UTF-8 text" in done["variable"].stderr
 
+
+@pytest.mark.parametrize("columns", ["0", "5"])
+def test_a_terminal_too_narrow_for_a_table_still_gets_every_row(
+    columns: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "console", cli.Console(width=int(columns) or 1, highlight=False))
+
+    cli._print_table([{"signal": "one", "status": "Filled"}, {"signal": "two", "status": "New"}])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [
+        ["signal", "status"],
+        ["one", "Filled"],
+        ["two", "New"],
+    ]
+
+
+def test_huge_amounts_are_shown_whole_not_a_traceback() -> None:
+    assert cli._plain(Decimal("1e30")) == "1" + "0" * 30
+    assert cli._plain(Decimal("9" * 29)) == "9" * 29
+    assert cli._plain(Decimal("0.123456789")) == "0.12345679"
+
+
+def test_bot_sim_refuses_a_port_out_of_range(tmp_path: Path) -> None:
+    refused = bot("sim", "--port", "99999", cwd=tmp_path)
+
+    assert refused.returncode == 2
+    assert "Invalid value for '--port'" in refused.stderr
+    assert "less than or equal to 65535" in refused.stderr
+
+
+def test_errors_are_printed_even_with_columns_zero(tmp_path: Path) -> None:
+    refused = bot(
+        "orders", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path, env={"COLUMNS": "0"}
+    )
+
+    assert refused.returncode == 2
+    assert "error:" in refused.stderr

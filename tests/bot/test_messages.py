@@ -100,6 +100,30 @@ def test_invalid_fields_are_named(overrides: dict[str, object], field: str) -> N
     assert field in [name for name, _ in caught.value.problems], caught.value.problems
 
 
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"entry": "1e400"}, ("entry", "Input should be less than or equal to 1E+15")),
+        ({"stop_loss": "1e-1000000"}, ("stop_loss", "has more than 30 digits: round it")),
+        (
+            {"ts": "9999-12-31T23:59:59-23:59"},
+            ("ts", "is out of range once in UTC (years 1 to 9999)"),
+        ),
+        (
+            {"ts": "0001-01-01T00:00:00+23:59"},
+            ("ts", "is out of range once in UTC (years 1 to 9999)"),
+        ),
+    ],
+)
+def test_extreme_values_are_refused_saying_what_is_wrong(
+    overrides: dict[str, object], problem: tuple[str, str]
+) -> None:
+    with pytest.raises(SignalError) as caught:
+        parse_signal("voiceofchain", payload(**overrides))
+
+    assert caught.value.problems == [problem]
+
+
 def test_missing_required_fields_are_all_reported() -> None:
     with pytest.raises(SignalError) as caught:
         parse_signal("voiceofchain", {"side": "buy"})

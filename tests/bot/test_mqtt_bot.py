@@ -172,3 +172,27 @@ def test_a_control_message_nobody_signed_or_nested_too_deep_is_refused_and_the_b
         assert bot.error is None
     finally:
         bot.stop()
+
+
+def test_cli_refuses_to_publish_a_signal_the_bot_would_refuse(
+    sim_config: Callable[..., Path],
+) -> None:
+    """The broker cannot answer 422 as the webhook does: the CLI checks first (nothing needs to
+    listen: it is refused before any connection)."""
+    config = sim_config(extra="\n[mqtt]\nenabled = true\nport = 1\n")
+    sent = subprocess.run(
+        [
+            *(sys.executable, "-m", "bot", "signal", "send", "--mqtt", "--config", str(config)),
+            *("--symbol", "BTCUSDT", "--side", "buy", "--strategy", "s" * 70),
+        ],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert sent.returncode == 2
+    assert sent.stderr.startswith("error: not published: ")
+    assert "strategy" in sent.stderr
+    assert "Traceback" not in sent.stderr

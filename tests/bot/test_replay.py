@@ -381,3 +381,11 @@ def test_a_file_without_signals_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(HistoryError, match="holds no signal"):
         read_history(path, "voiceofchain")
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "a directory"])
+def test_a_device_or_directory_is_refused_before_it_is_read(tmp_path: Path, name: str) -> None:
+    path = Path(name) if name.startswith("/") else tmp_path
+
+    with pytest.raises(HistoryError, match="not a regular file"):
+        read_history(path, "voiceofchain")
