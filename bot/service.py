@@ -36,6 +36,7 @@ from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
 from bot.config import BotSettings, ConfigError, Environment
 from bot.execution.executor import Executor
+from bot.execution.orders import OPEN_AT_VENUE
 from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
 from bot.execution.reconcile import Reconciler
 from bot.health import Readiness, VenueHealth, body_of
@@ -60,7 +61,15 @@ from bot.secrets import (
     MissingSecretError,
     SecretResolver,
 )
-from bot.sim import SimAccountSpec, SimExchange, SimKeyProfile, SimServer, SimulatorConfig
+from bot.sim import (
+    ResumedOrder,
+    ResumedPosition,
+    SimAccountSpec,
+    SimExchange,
+    SimKeyProfile,
+    SimServer,
+    SimulatorConfig,
+)
 from bot.state_metrics import StateCollector
 from bot.venue.bybit import BybitVenue
 from bot.venue.errors import KeyFatalError, VenueError
@@ -150,15 +159,88 @@ def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAcc
     return accounts
 
 
-def start_simulator(settings: BotSettings, resolver: SecretResolver) -> SimServer:
-    """The simulator, in this process, with an account for every configured sim key."""
+def start_simulator(
+    settings: BotSettings, resolver: SecretResolver, journal: Journal | None = None
+) -> SimServer:
+    """The simulator, in this process, with an account for every configured sim key; with the
+    bot's `journal`, each account resumes where the journal last saw it (`_resume`)."""
     exchange = SimExchange(simulator_config(settings))
     for account in sim_accounts(settings, resolver):
         exchange.add_account(account)
+    if journal is not None:
+        _resume(exchange, settings, resolver, journal)
     server = SimServer(exchange)
     server.start()
     logger.info("simulator running in-process at {url}", url=server.url)
     return server
+
+
+def _resume(
+    exchange: SimExchange, settings: BotSettings, resolver: SecretResolver, journal: Journal
+) -> None:
+    """An in-process simulator starts empty: each sim key's account is set back to the
+    journal's last view of it (balance, positions with their leverage and waiting TP/SL,
+    resting limit orders), so that the books and the venue agree after a restart instead of
+    the books holding positions and orders the venue lost."""
+    positions, resting = _journaled_positions(journal), _journaled_resting_orders(journal)
+    balances = {wallet.key_name: wallet.wallet_balance_usdt for wallet in journal.wallets()}
+    for name, key in settings.keys.items():
+        known = name in balances or name in positions or name in resting
+        if key.environment is not Environment.SIM or not known:
+            continue
+        api_key = resolver.credentials(name).api_key.get_secret_value()
+        exchange.resume_account(
+            api_key, balances.get(name), positions.get(name, []), resting.get(name, [])
+        )
+        logger.info(
+            "simulator: key {key} resumes from the journal ({p} positions, {o} resting orders)",
+            key=name,
+            p=len(positions.get(name, [])),
+            o=len(resting.get(name, [])),
+        )
+
+
+def _journaled_positions(journal: Journal) -> dict[str, list[ResumedPosition]]:
+    """Each key's open positions as last reported, with the TP/SL the venue held waiting."""
+    exits = {(key, symbol, kind): price for key, symbol, kind, price in journal.waiting_exits()}
+    positions: dict[str, list[ResumedPosition]] = {}
+    for held in journal.positions():
+        if held.size != 0:
+            positions.setdefault(held.key_name, []).append(
+                ResumedPosition(
+                    symbol=held.symbol,
+                    size=held.size,
+                    entry_price=held.entry_price,
+                    leverage=held.leverage,
+                    take_profit=exits.get((held.key_name, held.symbol, "TakeProfit")),
+                    stop_loss=exits.get((held.key_name, held.symbol, "StopLoss")),
+                )
+            )
+    return positions
+
+
+def _journaled_resting_orders(journal: Journal) -> dict[str, list[ResumedOrder]]:
+    """Each key's limit orders the venue last said were open."""
+    resting: dict[str, list[ResumedOrder]] = {}
+    for record in journal.unfinished_orders():
+        request = record.request
+        if record.status in OPEN_AT_VENUE and record.order_id and request.price is not None:
+            resting.setdefault(request.key_name, []).append(
+                ResumedOrder(
+                    order_id=record.order_id,
+                    order_link_id=request.order_link_id,
+                    symbol=request.symbol,
+                    side=request.side.value,
+                    price=request.price,
+                    qty=request.qty,
+                    filled_qty=record.filled_qty,
+                    avg_price=record.avg_price,
+                    reduce_only=request.reduce_only,
+                    take_profit=request.take_profit,
+                    stop_loss=request.stop_loss,
+                )
+            )
+    return resting
 
 
 def open_venue(
@@ -483,7 +565,7 @@ class Service:
         # The address's request count outlives the process (the journal's lock: one per dir).
         SHARED_IP_GATE.remember(settings.state_dir / IP_REQUESTS_FILE)
         resources.callback(SHARED_IP_GATE.forget)
-        self.sim_url = self._venue_url(resources)
+        self.sim_url = self._venue_url(resources, journal)
         credentials = {
             key_name: self._resolver.credentials(key_name)
             for key_name in sorted({slot.key_name for slot in strategies.values()})
@@ -715,13 +797,13 @@ class Service:
             gate.set_state(state)
         return gate
 
-    def _venue_url(self, resources: ExitStack) -> str:
+    def _venue_url(self, resources: ExitStack, journal: Journal) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""
         if self.settings.environment is not Environment.SIM:
             return ""
         if self.settings.venue.sim_url:
             return self.settings.venue.sim_url
-        server = start_simulator(self.settings, self._resolver)
+        server = start_simulator(self.settings, self._resolver, journal)
         resources.callback(server.stop)
         self._simulator = server.exchange
         return server.url

@@ -292,3 +292,53 @@ def test_bot_halt_exits_1_naming_a_flatten_the_venue_did_not_take(
         requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
         bot.stop()
 
+
+def test_a_restarted_sim_bot_finds_its_position_and_stop_where_it_left_them(
+    sim_config: Callable[..., Path],
+) -> None:
+    """The in-process simulator starts empty: it resumes from the journal, so the books and the
+    venue still agree after a restart (the position can be flattened, its stop still waits)."""
+    config = sim_config()
+    first = RunningBot(config).start()
+    try:
+        assert first.post(signal("before-restart", stop_loss=90000)).status_code == 202
+        price = sim_price(first)
+        resting = signal("resting", entry=round(price * 0.95), stop_loss=round(price * 0.9))
+        assert first.post(resting).status_code == 202
+        wait_for(lambda: venue_position(first) > 0, what="the position")
+        wait_for(lambda: first.journal_status("resting") == ["New"], what="the resting order")
+        held = venue_position(first)
+    finally:
+        first.stop()
+
+    second = RunningBot(config).start()
+    try:
+        stops = wait_for(
+            lambda: [
+                order
+                for order in requests.get(
+                    f"{second.service.sim_url}/sim/orders", timeout=10
+                ).json()["orders"]
+                if order["stopOrderType"] == "StopLoss" and order["orderStatus"] == "Untriggered"
+            ],
+            what="the stop at the restarted simulator",
+        )
+        assert [(stop["triggerPrice"], Decimal(stop["qty"])) for stop in stops] == [("90000", held)]
+
+        answer = admin_answer(second, "halt", {"reason": "after restart", "flatten": True})
+
+        assert answer.status_code == 200, answer.text
+        assert [(row["status"], row["done"]) for row in answer.json()["flattened"]] == [
+            ("Filled", True)
+        ]
+        wait_for(lambda: venue_position(second) == 0, what="a flat position")
+
+        cancelled = admin_answer(second, "halt", {"reason": "and its order", "cancel_open": True})
+
+        assert cancelled.status_code == 200, cancelled.text
+        assert [(row["status"], row["done"]) for row in cancelled.json()["cancelled"]] == [
+            ("Cancelled", True)  # the resting order was still at the venue, under its ids
+        ]
+        assert second.journal_status("resting") == ["Cancelled"]
+    finally:
+        second.stop()
