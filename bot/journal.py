@@ -1006,11 +1006,14 @@ class Journal:
         """
         with self._transaction() as db:
             row = db.execute(
-                "SELECT status, filled_qty, trigger_price, qty FROM exit_orders WHERE order_id = ?",
+                "SELECT status, filled_qty, trigger_price, qty, parent_order_link_id, strategy"
+                " FROM exit_orders WHERE order_id = ?",
                 (exit_order.order_id,),
             ).fetchone()
-            if row is not None:
-                before = OrderStatus(row[0])
+            if row is None:
+                parent, strategy = self._exit_parent(db, exit_order)
+            else:  # attributed when first seen: the order that opened the position
+                before, parent, strategy = OrderStatus(row[0]), row[4], row[5]
                 moved = (row[2], row[3]) != (_text(exit_order.trigger_price), str(exit_order.qty))
                 waiting = before is exit_order.status is OrderStatus.NEW
                 try:
@@ -1023,7 +1026,6 @@ class Journal:
                 except TransitionRefused:
                     if not (waiting and moved):
                         return False
-            parent, strategy = self._exit_parent(db, exit_order)
             db.execute(
                 "INSERT OR REPLACE INTO exit_orders (order_id, key_name, symbol, side, kind,"
                 " trigger_price, qty, status, filled_qty, avg_price, parent_order_link_id,"
