@@ -608,49 +608,55 @@ class SimExchange:
             account = self._account(api_key)
             if balance is not None:
                 account.wallet_balance = balance
-            now = self.now_ms()
-            for resumed in positions:
-                self._instrument(resumed.symbol)
-                if resumed.size == 0 or resumed.symbol in account.hedge_symbols:
-                    continue
-                account.leverage[resumed.symbol] = resumed.leverage
-                account.positions[resumed.symbol] = PositionRecord(
-                    symbol=resumed.symbol,
-                    size=resumed.size,
-                    avg_price=resumed.entry_price,
-                    take_profit=resumed.take_profit,
-                    stop_loss=resumed.stop_loss,
-                    created_ms=now,
-                    updated_ms=now,
-                    seq=self._next_seq(),
-                )
-                self._record_open_interest(resumed.symbol, abs(resumed.size), now)
-                self._sync_exits(account, resumed.symbol)
+            for position in positions:
+                self._resume_position(account, position)
             for resting in orders:
-                self._instrument(resting.symbol)
-                filled_value = resting.filled_qty * (resting.avg_price or resting.price)
-                order = OrderRecord(
-                    order_id=resting.order_id,
-                    order_link_id=resting.order_link_id,
-                    symbol=resting.symbol,
-                    side=resting.side,
-                    order_type="Limit",
-                    price=resting.price,
-                    qty=resting.qty,
-                    time_in_force="GTC",
-                    reduce_only=resting.reduce_only,
-                    close_on_trigger=False,
-                    take_profit=resting.take_profit,
-                    stop_loss=resting.stop_loss,
-                    last_price_on_created=self._prices[resting.symbol],
-                    created_ms=now,
-                    updated_ms=now,
-                    seq=self._next_seq(),
-                    status="PartiallyFilled" if resting.filled_qty else "New",
-                    cum_exec_qty=resting.filled_qty,
-                    cum_exec_value=filled_value,
-                )
-                self._submit(account, order)
+                self._resume_order(account, resting)
+
+    def _resume_position(self, account: AccountRecord, resumed: ResumedPosition) -> None:
+        self._instrument(resumed.symbol)
+        if resumed.size == 0 or resumed.symbol in account.hedge_symbols:
+            return
+        now = self.now_ms()
+        account.leverage[resumed.symbol] = resumed.leverage
+        account.positions[resumed.symbol] = PositionRecord(
+            symbol=resumed.symbol,
+            size=resumed.size,
+            avg_price=resumed.entry_price,
+            take_profit=resumed.take_profit,
+            stop_loss=resumed.stop_loss,
+            created_ms=now,
+            updated_ms=now,
+            seq=self._next_seq(),
+        )
+        self._record_open_interest(resumed.symbol, abs(resumed.size), now)
+        self._sync_exits(account, resumed.symbol)
+
+    def _resume_order(self, account: AccountRecord, resting: ResumedOrder) -> None:
+        self._instrument(resting.symbol)
+        now = self.now_ms()
+        order = OrderRecord(
+            order_id=resting.order_id,
+            order_link_id=resting.order_link_id,
+            symbol=resting.symbol,
+            side=resting.side,
+            order_type="Limit",
+            price=resting.price,
+            qty=resting.qty,
+            time_in_force="GTC",
+            reduce_only=resting.reduce_only,
+            close_on_trigger=False,
+            take_profit=resting.take_profit,
+            stop_loss=resting.stop_loss,
+            last_price_on_created=self._prices[resting.symbol],
+            created_ms=now,
+            updated_ms=now,
+            seq=self._next_seq(),
+            status="PartiallyFilled" if resting.filled_qty else "New",
+            cum_exec_qty=resting.filled_qty,
+            cum_exec_value=resting.filled_qty * (resting.avg_price or resting.price),
+        )
+        self._submit(account, order)  # back on the book: it trades if the price came to it
 
     def set_prices(self, prices: Mapping[str, Decimal | int | str]) -> None:
         """Move prices (all or none), stop any walk of those symbols, then fill crossed limit
