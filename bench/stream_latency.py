@@ -271,10 +271,16 @@ class FillClock:
         for row in rows:
             self.at_sim.setdefault(str(row.get("execId")), now)
 
-    def wants_ticker(self, symbol: str) -> bool:
+    def wants_market_data(self, symbol: str) -> bool:
         return False
 
-    def push_ticker(self, symbol: str, cs: int, row: dict[str, str]) -> None:
+    def price_moved(self, symbol: str, cs: int, row: dict[str, str]) -> None:
+        return None
+
+    def wants_trades(self, symbol: str) -> bool:
+        return False
+
+    def push_trade(self, symbol: str, row: dict[str, Any]) -> None:
         return None
 
 

@@ -102,6 +102,7 @@ from bot.sim.views import (
     position_stream_view,
     position_view,
     premium_kline_rows,
+    public_trade_stream_view,
     public_trade_view,
     risk_limit_view,
     ticker_stream_view,
@@ -361,12 +362,21 @@ class StreamSink(Protocol):
         """One private message's `data` rows for the key's connections."""
         ...
 
-    def wants_ticker(self, symbol: str) -> bool:
-        """Whether a connection listens to `tickers.{symbol}`."""
+    def wants_market_data(self, symbol: str) -> bool:
+        """Whether a connection listens to the symbol's ticker, book or candles."""
         ...
 
-    def push_ticker(self, symbol: str, cs: int, row: dict[str, str]) -> None:
-        """The symbol's full ticker after a price change, with its cross sequence."""
+    def price_moved(self, symbol: str, cs: int, row: dict[str, str]) -> None:
+        """The symbol's price changed: its full ticker, with its cross sequence (the book and
+        the candles are read from the exchange as they are pushed)."""
+        ...
+
+    def wants_trades(self, symbol: str) -> bool:
+        """Whether a connection listens to `publicTrade.{symbol}`."""
+        ...
+
+    def push_trade(self, symbol: str, row: dict[str, Any]) -> None:
+        """One fill of the symbol, as `publicTrade.{symbol}` carries it."""
         ...
 
 
@@ -878,14 +888,28 @@ class SimExchange:
 
     def orderbook(self, params: OrderbookParams) -> dict[str, Any]:
         """`GET /v5/market/orderbook`: a synthetic book around the bid and ask."""
-        now = self.now_ms()
         if params.category != "linear":
+            now = self.now_ms()
             return {"s": params.symbol, "b": [], "a": [], "ts": now, "u": 0, "seq": 0, "cts": now}
+        return self.book(params.symbol, params.limit)
+
+    def book(self, symbol: str, depth: int) -> dict[str, Any]:
+        """The symbol's synthetic book, `depth` levels a side (`s`, `b`, `a`, `ts`, `u`,
+        `seq`, `cts`, as the REST orderbook answers it); `u` and `seq` count price changes."""
         with self._lock:
-            spec = self._instrument(params.symbol)
-            bid, ask = self._quote(params.symbol)
+            spec = self._instrument(symbol)
+            bid, ask = self._quote(symbol)
             update_id = self._book_updates
-        return orderbook_view(params.symbol, bid, ask, spec, params.limit, now, update_id)
+        return orderbook_view(symbol, bid, ask, spec, depth, self.now_ms(), update_id)
+
+    def live_candles(self, symbol: str, interval: str) -> list[list[str]]:
+        """The open `interval` candle of the symbol and the one before it, newest first, as
+        `/v5/market/kline` rows ([start, open, high, low, close, volume, turnover])."""
+        return self._candles(symbol, interval, None, None, 2)
+
+    def candle_end(self, interval: str, start: int) -> int:
+        """The last ms of the `interval` candle that opened at `start`."""
+        return _candle_after(interval, start) - 1
 
     def kline(self, params: KlineParams) -> dict[str, Any]:
         """`GET /v5/market/kline`: synthetic candles, deterministic in time and price."""
@@ -2057,6 +2081,11 @@ class SimExchange:
         )
         account.executions.append(execution)
         self._public_trades[order.symbol].append(execution)
+        for sink in self._streams:
+            if sink.wants_trades(order.symbol):
+                sink.push_trade(
+                    order.symbol, public_trade_stream_view(execution, self._tick_directions)
+                )
         # Bybit's order of pushes for a fill: the order, its execution, position, wallet.
         self._push_order(account, order)
         self._push(account, "execution", lambda: [execution_stream_view(execution)])
@@ -2134,11 +2163,11 @@ class SimExchange:
             self._tick_directions[symbol] = "ZeroMinusTick"
         self._prices[symbol] = price
         self._book_updates += 1
-        if any(sink.wants_ticker(symbol) for sink in self._streams):
+        if any(sink.wants_market_data(symbol) for sink in self._streams):
             row = self._ticker_row(symbol)
             for sink in self._streams:
-                if sink.wants_ticker(symbol):
-                    sink.push_ticker(symbol, self._book_updates, row)
+                if sink.wants_market_data(symbol):
+                    sink.price_moved(symbol, self._book_updates, row)
         for account in self._accounts.values():
             for order in [
                 o

@@ -3,8 +3,14 @@
 - `/v5/private`: `auth` (HMAC-SHA256 of "GET/realtime" + expires), `ping`, `subscribe` and
   `unsubscribe` to `order`, `execution`, `position`, `wallet` (also `order.linear`,
   `execution.linear`, `position.linear`); every change of the account is pushed as it happens.
-- `/v5/public/linear`: `tickers.{symbol}`, a snapshot on subscribe, then a delta (the changed
-  fields) on every price change.
+- `/v5/public/linear`, on every price change:
+  - `tickers.{symbol}`: a snapshot on subscribe, then a delta (the changed fields);
+  - `orderbook.{depth}.{symbol}` (depth 1, 50, 200, 1000): a snapshot on subscribe, then a
+    delta (levels changed or added; a removed level with size "0") with `u` one more each
+    time; depth 1 sends snapshots only, as Bybit's does;
+  - `kline.{interval}.{symbol}`: the open candle (`confirm` false); when a new one opens, the
+    one that closed first, `confirm` true;
+  - and on every fill of any account, `publicTrade.{symbol}`.
 
 The exchange calls the hub (a `StreamSink`) with its lock held, from a request on the server's
 event loop or from the engine thread; the hub only hands the data to the loop
@@ -30,6 +36,7 @@ from typing import Any, Literal
 from starlette.types import Receive, Scope, Send
 
 from bot.sim.exchange import SimExchange
+from bot.sim.params import KLINE_INTERVALS
 from bot.sim.websocket import ABORT_EXTENSION
 
 __all__ = ["PRIVATE_PATH", "PRIVATE_TOPICS", "PUBLIC_LINEAR_PATH", "StreamHub"]
@@ -47,6 +54,7 @@ PRIVATE_TOPICS: dict[str, str] = {
     "wallet": "wallet",
 }
 _TICKER_PREFIX = "tickers."
+_BOOK_DEPTHS = frozenset({1, 50, 200, 1000})  # Bybit's for linear
 _MAX_REQUEST_CHARS = 64 * 1024
 _MAX_TOPICS = 500
 Channel = Literal["private", "linear"]
@@ -69,11 +77,55 @@ class _Connection:
     messages_sent: int = 0
     #: Last ticker sent per symbol (cross sequence, fields), to build deltas against.
     tickers: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
+    #: Last book sent per orderbook topic: its update id and both sides (price -> size).
+    books: dict[str, tuple[int, dict[str, str], dict[str, str]]] = field(default_factory=dict)
+    #: Start of the candle last sent per kline topic.
+    candles: dict[str, int] = field(default_factory=dict)
     dropped: bool = False
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class _PublicTopic:
+    """A public topic: `kind` (tickers, orderbook, kline, publicTrade), its symbol, and its
+    depth or interval."""
+
+    kind: str
+    symbol: str
+    detail: str = ""
+
+    @classmethod
+    def parse(cls, topic: str, symbols: Any) -> _PublicTopic | None:
+        """The topic if the simulator serves it (for a listed symbol), else None."""
+        parts = topic.split(".")
+        kind, symbol = parts[0], parts[-1]
+        if symbol not in symbols:
+            return None
+        if len(parts) == 2 and kind in ("tickers", "publicTrade"):
+            return cls(kind, symbol)
+        if len(parts) == 3 and kind == "kline" and parts[1] in KLINE_INTERVALS:
+            return cls(kind, symbol, parts[1])
+        if len(parts) == 3 and kind == "orderbook" and parts[1].isdigit():
+            return cls(kind, symbol, parts[1]) if int(parts[1]) in _BOOK_DEPTHS else None
+        return None
+
+    @property
+    def is_market_data(self) -> bool:
+        """Pushed on a price change (else on a fill: publicTrade)."""
+        return self.kind != "publicTrade"
+
+
+def _levels(side: list[list[str]]) -> dict[str, str]:
+    return {price: size for price, size in side}
+
+
+def _level_changes(before: dict[str, str], after: dict[str, str]) -> list[list[str]]:
+    """Bybit's delta of one book side: levels new or resized, and removed ones with size 0."""
+    changed = [[price, size] for price, size in after.items() if before.get(price) != size]
+    return changed + [[price, "0"] for price in before if price not in after]
 
 
 class StreamHub:
@@ -87,7 +139,9 @@ class StreamHub:
         self._connections: dict[str, _Connection] = {}
         #: (api_key, exchange topic) and symbol -> number of listening connections.
         self._private_interest: Counter[tuple[str, str]] = Counter()
-        self._ticker_interest: Counter[str] = Counter()
+        #: symbol -> connections listening to its ticker, book or candles; to its trades.
+        self._market_interest: Counter[str] = Counter()
+        self._trade_interest: Counter[str] = Counter()
         self._messages_sent = 0
         self._connections_opened = 0
         self._connections_dropped = 0
@@ -100,15 +154,22 @@ class StreamHub:
         with self._lock:
             return self._private_interest[(api_key, topic)] > 0
 
-    def wants_ticker(self, symbol: str) -> bool:
+    def wants_market_data(self, symbol: str) -> bool:
         with self._lock:
-            return self._ticker_interest[symbol] > 0
+            return self._market_interest[symbol] > 0
+
+    def wants_trades(self, symbol: str) -> bool:
+        with self._lock:
+            return self._trade_interest[symbol] > 0
 
     def push_private(self, api_key: str, topic: str, rows: list[dict[str, Any]]) -> None:
         self._call_soon(self._deliver_private, api_key, topic, rows, self._exchange.now_ms())
 
-    def push_ticker(self, symbol: str, cs: int, row: dict[str, str]) -> None:
-        self._call_soon(self._deliver_ticker, symbol, cs, row, self._exchange.now_ms())
+    def price_moved(self, symbol: str, cs: int, row: dict[str, str]) -> None:
+        self._call_soon(self._deliver_market_data, symbol, cs, row, self._exchange.now_ms())
+
+    def push_trade(self, symbol: str, row: dict[str, Any]) -> None:
+        self._call_soon(self._deliver_trade, symbol, row, self._exchange.now_ms())
 
     def _call_soon(self, callback: Any, *args: Any) -> None:
         loop = self._loop
@@ -363,6 +424,8 @@ class StreamHub:
                         conn.topics.discard(topic)
                         self._lose_interest(conn, topic)
                         conn.tickers.pop(topic.removeprefix(_TICKER_PREFIX), None)
+                        conn.books.pop(topic, None)
+                        conn.candles.pop(topic, None)
             self._answer(conn, op, req_id, True, "")
             return
         refusal = self._check_topics(conn, topics)
@@ -376,7 +439,7 @@ class StreamHub:
                     assert conn.api_key is not None
                     self._private_interest[(conn.api_key, PRIVATE_TOPICS[topic])] += 1
                 else:
-                    self._ticker_interest[topic.removeprefix(_TICKER_PREFIX)] += 1
+                    self._public_interest(topic)[self._public(topic).symbol] += 1
         self._answer(conn, op, req_id, True, "")
         if conn.channel == "linear":
             for topic in topics:
@@ -391,12 +454,21 @@ class StreamHub:
                     return f"error:handler not found,topic:{topic}"
                 if conn.api_key is None:
                     return "Request not authorized"
-            elif not (
-                topic.startswith(_TICKER_PREFIX)
-                and topic.removeprefix(_TICKER_PREFIX) in self._exchange.config.instruments
-            ):
+            elif _PublicTopic.parse(topic, self._exchange.config.instruments) is None:
                 return f"error:handler not found,topic:{topic}"
         return None
+
+    def _public(self, topic: str) -> _PublicTopic:
+        """A public topic `_check_topics` accepted."""
+        parsed = _PublicTopic.parse(topic, self._exchange.config.instruments)
+        assert parsed is not None
+        return parsed
+
+    def _public_interest(self, topic: str) -> Counter[str]:
+        """The interest counter a public topic counts in."""
+        if self._public(topic).is_market_data:
+            return self._market_interest
+        return self._trade_interest
 
     def _lose_interest(self, conn: _Connection, topic: str) -> None:
         """Lock held."""
@@ -404,12 +476,21 @@ class StreamHub:
             if conn.api_key is not None and topic in PRIVATE_TOPICS:
                 self._private_interest[(conn.api_key, PRIVATE_TOPICS[topic])] -= 1
         else:
-            self._ticker_interest[topic.removeprefix(_TICKER_PREFIX)] -= 1
+            self._public_interest(topic)[self._public(topic).symbol] -= 1
 
     # ------------------------------------------------------------------ pushes (event loop)
 
     def _send_snapshot(self, conn: _Connection, topic: str) -> None:
-        symbol = topic.removeprefix(_TICKER_PREFIX)
+        public = self._public(topic)
+        if public.kind == "orderbook":
+            self._send_book(conn, topic, int(public.detail), self._exchange.now_ms(), {})
+            return
+        if public.kind == "kline":
+            self._send_candles(conn, topic, public, self._exchange.now_ms())
+            return
+        if public.kind != "tickers":
+            return  # publicTrade: no snapshot, the next fill
+        symbol = public.symbol
         snapshot = self._exchange.ticker_snapshot(symbol)
         if snapshot is None:
             return
@@ -441,6 +522,77 @@ class StreamHub:
                         {"id": message_id, "topic": name, "creationTime": created_ms, "data": rows}
                     )
                     texts[name] = text
+                self._enqueue(conn, text, pushed=True)
+
+    def _deliver_market_data(self, symbol: str, cs: int, row: dict[str, str], ts: int) -> None:
+        self._deliver_ticker(symbol, cs, row, ts)
+        books: dict[int, dict[str, Any]] = {}  # by depth: built once for all connections
+        for conn in list(self._connections.values()):
+            for topic in [topic for topic in conn.topics if topic.endswith("." + symbol)]:
+                public = self._public(topic)
+                if public.kind == "orderbook" and topic in conn.books:
+                    self._send_book(conn, topic, int(public.detail), ts, books)
+                elif public.kind == "kline":
+                    self._send_candles(conn, topic, public, ts)
+
+    def _send_book(
+        self, conn: _Connection, topic: str, depth: int, ts: int, books: dict[int, dict[str, Any]]
+    ) -> None:
+        """The book as a snapshot (the first, and always at depth 1), else as a delta."""
+        book = books.get(depth)
+        if book is None:
+            book = books[depth] = self._exchange.book(topic.rsplit(".", 1)[1], depth)
+        bids, asks = _levels(book["b"]), _levels(book["a"])
+        last = conn.books.get(topic)
+        if last is not None and (last[1], last[2]) == (bids, asks):
+            return
+        update_id = 1 if last is None else last[0] + 1
+        conn.books[topic] = (update_id, bids, asks)
+        data: dict[str, Any] = {"s": book["s"], "b": book["b"], "a": book["a"]}
+        kind = "snapshot"
+        if last is not None and depth != 1:
+            kind = "delta"
+            data = {
+                "s": book["s"],
+                "b": _level_changes(last[1], bids),
+                "a": _level_changes(last[2], asks),
+            }
+        data |= {"u": update_id, "seq": book["seq"]}
+        message = {"topic": topic, "type": kind, "ts": ts, "data": data, "cts": book["cts"]}
+        self._enqueue(conn, _dumps(message), pushed=True)
+
+    def _send_candles(self, conn: _Connection, topic: str, public: _PublicTopic, ts: int) -> None:
+        """The open candle; first, the one that closed since the last push (`confirm`)."""
+        current, previous = self._exchange.live_candles(public.symbol, public.detail)
+        started = int(current[0])
+        rows = [(current, False)]
+        if conn.candles.get(topic, started) != started:
+            rows.insert(0, (previous, True))
+        conn.candles[topic] = started
+        data = [
+            {
+                "start": int(row[0]),
+                "end": self._exchange.candle_end(public.detail, int(row[0])),
+                "interval": public.detail,
+                "open": row[1],
+                "close": row[4],
+                "high": row[2],
+                "low": row[3],
+                "volume": row[5],
+                "turnover": row[6],
+                "confirm": confirm,
+                "timestamp": ts,
+            }
+            for row, confirm in rows
+        ]
+        message = {"topic": topic, "data": data, "ts": ts, "type": "snapshot"}
+        self._enqueue(conn, _dumps(message), pushed=True)
+
+    def _deliver_trade(self, symbol: str, row: dict[str, Any], ts: int) -> None:
+        topic = f"publicTrade.{symbol}"
+        text = _dumps({"topic": topic, "type": "snapshot", "ts": ts, "data": [row]})
+        for conn in list(self._connections.values()):
+            if topic in conn.topics:
                 self._enqueue(conn, text, pushed=True)
 
     def _deliver_ticker(self, symbol: str, cs: int, row: dict[str, str], ts: int) -> None:

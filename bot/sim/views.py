@@ -6,6 +6,7 @@ Numbers are decimal strings as Bybit sends them ("97000", "0.001"), never floats
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "position_stream_view",
     "position_view",
     "premium_kline_rows",
+    "public_trade_stream_view",
     "public_trade_view",
     "risk_limit_view",
     "ticker_stream_view",
@@ -373,6 +375,25 @@ def public_trade_view(execution: ExecutionRecord) -> dict[str, Any]:
         "isBlockTrade": False,
         "isRPITrade": False,
         "seq": str(execution.seq),
+    }
+
+
+def public_trade_stream_view(
+    execution: ExecutionRecord, tick_directions: Mapping[str, str]
+) -> dict[str, Any]:
+    """A fill as the `publicTrade.{symbol}` stream carries it (Bybit's short names)."""
+    trade = public_trade_view(execution)
+    return {
+        "T": execution.exec_ms,
+        "s": trade["symbol"],
+        "S": trade["side"],
+        "v": trade["size"],
+        "p": trade["price"],
+        "L": tick_directions.get(trade["symbol"], "ZeroPlusTick"),
+        "i": trade["execId"],
+        "BT": False,
+        "RPI": False,
+        "seq": execution.seq,
     }
 
 

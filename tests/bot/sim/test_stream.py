@@ -387,6 +387,75 @@ def test_a_price_walk_streams_deltas(
     assert [d["cs"] for d in deltas] == sorted(d["cs"] for d in deltas)
 
 
+def test_pybit_keeps_the_book_of_snapshot_and_deltas_equal_to_the_rest_book(
+    server: SimServer, open_ws: Callable[..., SimWebSocket], http: HTTP
+) -> None:
+    """pybit applies Bybit's deltas (size 0 deletes a level): its book after price moves must
+    be the book /v5/market/orderbook answers."""
+    ws = open_ws("linear")
+    books = _Collector()
+    ws.orderbook_stream(50, "BTCUSDT", books)
+    eventually(lambda: books.messages, bool, "the snapshot")
+
+    for price in (97500, 96800, 96801.5):
+        _post(server, "/sim/prices", {"BTCUSDT": price})
+        rest = http.get_orderbook(category="linear", symbol="BTCUSDT", limit=50)["result"]
+        eventually(
+            lambda: books.messages[-1]["data"],
+            lambda data, rest=rest: (
+                sorted(data["b"], key=lambda level: -float(level[0])) == rest["b"]
+                and sorted(data["a"], key=lambda level: float(level[0])) == rest["a"]
+            ),
+            f"pybit's book at {price}",
+        )
+
+    assert books.messages[0]["type"] == "snapshot"
+    assert [m["data"]["u"] for m in books.messages] == list(range(1, len(books.messages) + 1))
+
+
+def test_depth_1_sends_snapshots_and_an_unserved_depth_is_refused(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket]
+) -> None:
+    sock = raw("/v5/public/linear")
+    refused = _ask(sock, {"op": "subscribe", "args": ["orderbook.7.BTCUSDT"]})
+    _ask(sock, {"op": "subscribe", "args": ["orderbook.1.BTCUSDT"]})
+    first = json.loads(sock.recv())
+
+    _post(server, "/sim/prices", {"BTCUSDT": 97500})
+    second = json.loads(sock.recv())
+
+    assert refused["success"] is False and "orderbook.7.BTCUSDT" in refused["ret_msg"]
+    assert [m["type"] for m in (first, second)] == ["snapshot", "snapshot"]
+    assert len(second["data"]["b"]) == len(second["data"]["a"]) == 1
+    assert second["data"]["u"] == first["data"]["u"] + 1
+    assert isinstance(second["cts"], int) and isinstance(second["ts"], int)
+
+
+def test_every_fill_is_a_public_trade_and_the_candle_follows_the_price(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket], http: HTTP
+) -> None:
+    sock = raw("/v5/public/linear")
+    _ask(sock, {"op": "subscribe", "args": ["publicTrade.BTCUSDT", "kline.1.BTCUSDT"]})
+    opened = json.loads(sock.recv())  # the kline's snapshot (trades have none)
+
+    http.place_order(
+        category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.01"
+    )
+    trade = json.loads(sock.recv())
+    _post(server, "/sim/prices", {"BTCUSDT": 97777})
+    candle = json.loads(sock.recv())
+
+    assert opened["topic"] == "kline.1.BTCUSDT" and opened["data"][0]["confirm"] is False
+    assert trade["topic"] == "publicTrade.BTCUSDT" and trade["type"] == "snapshot"
+    (row,) = trade["data"]
+    assert (row["s"], row["S"], row["v"], row["BT"]) == ("BTCUSDT", "Buy", "0.01", False)
+    assert float(row["p"]) >= 97000 and isinstance(row["T"], int) and row["i"]
+    (bar,) = candle["data"]
+    assert (bar["interval"], bar["close"], bar["confirm"]) == ("1", "97777", False)
+    assert bar["end"] - bar["start"] == 59_999
+    assert float(bar["high"]) >= 97777
+
+
 def test_unknown_public_topic_is_refused(raw: Callable[[str], websocket.WebSocket]) -> None:
     sock = raw("/v5/public/linear")
 
