@@ -243,7 +243,9 @@ def _fill_position(execution: ExecutionRecord) -> tuple[int, ...]:
 
 
 def _closed_pnl_position(record: ClosedPnlRecord) -> tuple[int, ...]:
-    return (record.updated_ms, record.order.seq)
+    # The closing order's creation, not the record's last update: a later fill of the same
+    # order must not move it past a cursor already handed out.
+    return (record.order.seq,)
 
 
 class _Listing(Protocol):
@@ -2054,9 +2056,12 @@ class SimExchange:
         position.cur_realised_pnl += realised
         position.updated_ms = now
         position.seq = self._next_seq()
-        if position.size == 0:
+        flipped = (
+            size_before != 0 and position.size != 0 and (size_before > 0) != (position.size > 0)
+        )
+        if position.size == 0 or flipped:  # the position closed: its TP/SL go with it
             position.take_profit = position.stop_loss = None
-        elif (position.size > 0) == (signed_qty > 0):
+        if position.size != 0 and (position.size > 0) == (signed_qty > 0):
             if order.take_profit is not None:
                 position.take_profit = order.take_profit
             if order.stop_loss is not None:
@@ -2261,14 +2266,17 @@ class SimExchange:
                     self._end_exit(account, order, "Deactivated", "UNKNOWN")
                 continue
             side = "Sell" if position.size > 0 else "Buy"
+            if order is not None and order.side != side:  # another position: never reused
+                self._end_exit(account, order, "Deactivated", "UNKNOWN")
+                order = None
             if order is None:
                 order = self._exit_order(symbol, kind, level, position.size, self._prices[symbol])
                 account.exit_orders[(symbol, kind)] = order
                 account.orders[order.order_id] = order
-            elif (order.trigger_price, order.qty, order.side) == (level, abs(position.size), side):
+            elif (order.trigger_price, order.qty) == (level, abs(position.size)):
                 continue
             else:
-                order.trigger_price, order.qty, order.side = level, abs(position.size), side
+                order.trigger_price, order.qty = level, abs(position.size)
                 order.updated_ms = self.now_ms()
             self._push_order(account, order)
 
@@ -2288,7 +2296,8 @@ class SimExchange:
             setattr(position, attribute, None)
             position.updated_ms = self.now_ms()
             self._push_position(account, order.symbol)
-        self._end_exit(account, order, "Cancelled", "CancelByUser")
+        # Bybit (UTA): "Deactivated: ... conditional order ... cancelled before triggered".
+        self._end_exit(account, order, "Deactivated", "CancelByUser")
 
     @staticmethod
     def _waiting_exit(

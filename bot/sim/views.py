@@ -96,6 +96,15 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _trigger_direction(order: OrderRecord) -> int:
+    """Bybit's: 1 triggers when the price rises to the trigger, 2 when it falls (0: none). A
+    long's take profit and a short's stop loss rise; the others fall."""
+    if not order.stop_order_type:
+        return 0
+    closes_long = order.side == "Sell"
+    return 1 if (order.stop_order_type == "TakeProfit") == closes_long else 2
+
+
 def order_view(order: OrderRecord) -> dict[str, Any]:
     """An order as `/v5/order/realtime` and `/v5/order/history` list it."""
     leaves = order.leaves_qty
@@ -135,7 +144,7 @@ def order_view(order: OrderRecord) -> dict[str, Any]:
         "slLimitPrice": "",
         "tpTriggerBy": "LastPrice" if order.take_profit is not None else "",
         "slTriggerBy": "LastPrice" if order.stop_loss is not None else "",
-        "triggerDirection": 0,
+        "triggerDirection": _trigger_direction(order),
         "triggerBy": "LastPrice" if order.trigger_price is not None else "",
         "lastPriceOnCreated": fmt(order.last_price_on_created),
         "reduceOnly": order.reduce_only,

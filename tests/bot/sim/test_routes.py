@@ -244,8 +244,9 @@ def test_a_tp_or_sl_order_is_cancelled_or_moved_by_its_order_id(
     position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
     assert (position["stopLoss"], position["takeProfit"]) == ("96000", "0")
     cancelled = session.get_open_orders(category="linear", symbol="BTCUSDT", orderId=profit)
+    # Bybit (UTA): a conditional order cancelled before it triggered is Deactivated.
     assert [(row["orderStatus"], row["cancelType"]) for row in cancelled["result"]["list"]] == [
-        ("Cancelled", "CancelByUser")
+        ("Deactivated", "CancelByUser")
     ]
     assert (
         _error_code(
@@ -574,3 +575,35 @@ def test_pages_stay_put_when_rows_arrive_between_them(server: SimServer, session
     assert len(order_ids) == len(set(order_ids)) == 3
     assert rest_fills["nextPageCursor"] == rest_orders["nextPageCursor"] == ""
     assert _error_code(lambda: fills(cursor="1:2:3:4")) == 10001
+
+
+def test_a_position_that_flips_leaves_its_tp_and_sl_behind(
+    server: SimServer, session: HTTP
+) -> None:
+    """Bybit cancels a position's TP/SL orders when it closes: a sell of twice the long opens a
+    short without the long's stop (which, on the short's side, would fire at once)."""
+    _market(session, "Buy", "0.01", stopLoss="90000", takeProfit="110000")
+    settle(server)
+    exits = _exits(session)
+    assert {kind: row["triggerDirection"] for kind, row in exits.items()} == {
+        "StopLoss": 2,  # a long's stop: the price falls to it
+        "TakeProfit": 1,
+    }
+
+    _market(session, "Sell", "0.02")
+    settle(server)
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 96990})
+    settle(server)
+
+    position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+    assert (position["side"], position["size"]) == ("Sell", "0.01")
+    assert (position["stopLoss"], position["takeProfit"]) == ("0", "0")
+    assert _exits(session) == {}
+    ended = {
+        row["orderId"]: row["orderStatus"]
+        for row in session.get_order_history(
+            category="linear", symbol="BTCUSDT", orderFilter="StopOrder"
+        )["result"]["list"]
+    }
+    assert set(ended.values()) == {"Deactivated"}
+    assert set(ended) == {row["orderId"] for row in exits.values()}
