@@ -7,8 +7,11 @@ descriptors (and with them the journal, the secrets and the venue's sockets) or 
 before any authentication can refuse them. `guarded_protocol` adds, per connection:
 
 - a request's head (request line and headers) must arrive within `head_timeout_s` of the
-  connection or of its first byte: else `408` and the connection is closed;
-- the head must fit in `MAX_HEAD_BYTES`: else `431` and the connection is closed;
+  connection, of the previous answer, or of its own first byte: else `408` and the
+  connection is closed (so at most twice `head_timeout_s` in all);
+- the head must fit in `MAX_HEAD_BYTES` and `MAX_HEAD_FIELDS`: else `431`, closed;
+- an answer given without reading the whole body (the app's 408, 413) closes the connection,
+  which would otherwise stay open for a body no one reads;
 - past `max_connections` open connections, a new one is closed at once (counted in
   `bot_http_connections_refused_total`), so a flood cannot take the descriptors the bot needs;
 
@@ -27,11 +30,19 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bot import metrics
 
-__all__ = ["MAX_HEAD_BYTES", "guarded_protocol", "raise_descriptor_limit"]
+__all__ = ["MAX_HEAD_BYTES", "MAX_HEAD_FIELDS", "guarded_protocol", "raise_descriptor_limit"]
 
 #: nginx's default room for a request's head is 32 KiB (4 x 8k); a signal's is a few hundred
 #: bytes.
 MAX_HEAD_BYTES: Final = 64 * 1024
+#: Header fields a head may have (nginx, Apache: 100): many tiny ones cost far more memory
+#: in the parser's and the app's structures than their bytes.
+MAX_HEAD_FIELDS: Final = 100
+#: After a refusal, what a client still sends is read and dropped for this long (or this
+#: much) before the close, as nginx's lingering close: closing on unread bytes would reset
+#: the connection, and the client would lose the answer that says what was wrong.
+_LINGER_S: Final = 2.0
+_LINGER_BYTES: Final = 1024 * 1024
 #: Descriptors kept for everything but client connections: the journal, the venues' sockets
 #: and streams, the secrets read on rotation, the MQTT client, logs.
 _RESERVED_DESCRIPTORS: Final = 256
@@ -72,12 +83,25 @@ def guarded_protocol(max_connections: int, head_timeout_s: float) -> type[HttpTo
     return GuardedProtocol
 
 
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a head over the limits."""
+
+
 class _Guarded(HttpToolsProtocol):
     _max_connections: int
     _head_timeout_s: float
     _head_timer: asyncio.TimerHandle | None = None
+    #: The head being read: bytes as received, bytes as parsed (line and fields), fields.
     _head_bytes = 0
+    _parsed_bytes = 0
+    _fields = 0
     _refused = False
+    _too_large = False
+    #: A refusal waiting for the answer in progress on this connection (pipelining).
+    _pending: tuple[int, str, str] | None = None
+    #: Bytes dropped since a refusal was sent (None: not lingering).
+    _dropped: int | None = None
+    _linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self._max_connections:
@@ -92,37 +116,83 @@ class _Guarded(HttpToolsProtocol):
         if self._refused:
             return
         self._head_done()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._dropped is not None:  # answered and closing: what comes now is dropped
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES:
+                self.transport.abort()
+            return
+        # Counted only when a head was already being read as the bytes came: a chunk that
+        # also holds the end of the previous request's body is counted by the parser's
+        # callbacks instead. Bounds what the parser buffers of a head never completed.
+        counting = self._head_timer is not None
         super().data_received(data)
-        if self._head_timer is not None and not self.transport.is_closing():
+        if counting and self._head_timer is not None and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self._head_done()
-                self._answer_and_close(
-                    431,
-                    "request header fields too large",
-                    f"the request line and headers exceed {MAX_HEAD_BYTES // 1024} KiB",
-                )
+                self._refuse_head_size()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._await_head()
 
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
         self._head_done()
         super().on_headers_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self._pending is not None:
+            self._answer_and_close(*self._pending)
+        elif self.cycle.more_body:  # answered without reading the whole body (408, 413)
+            self.transport.close()  # else the rest would keep the connection open, unread
+        elif self._head_timer is None and not self.pipeline:
+            # Idle until the next head: uvicorn's keep-alive timer stops at any byte, even a
+            # blank line, so the next head is held to its time from now.
+            self._await_head()
+
     def send_400_response(self, msg: str) -> None:
         self._head_done()
+        if self._too_large:  # raised from a callback: the parser reports it as an error
+            self._refuse_head_size()
+            return
         self._answer_and_close(400, "bad request", f"{msg.rstrip('.')}: not valid HTTP/1.1")
 
     # ------------------------------------------------------------------------------------------
 
+    def _count_head(self, size: int) -> None:
+        self._parsed_bytes += size
+        if self._parsed_bytes > MAX_HEAD_BYTES or self._fields > MAX_HEAD_FIELDS:
+            self._too_large = True
+            raise _HeadTooLarge
+
+    def _refuse_head_size(self) -> None:
+        self._head_done()
+        self._answer_and_close(
+            431,
+            "request header fields too large",
+            f"the request line and headers exceed {MAX_HEAD_BYTES // 1024} KiB or "
+            f"{MAX_HEAD_FIELDS} fields",
+        )
+
     def _await_head(self) -> None:
         self._head_done()
-        self._head_bytes = 0
+        self._head_bytes = self._parsed_bytes = self._fields = 0
         self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_too_slow)
 
     def _head_done(self) -> None:
@@ -132,10 +202,6 @@ class _Guarded(HttpToolsProtocol):
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined head behind a request still being answered: wait for the answer.
-            self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_too_slow)
-            return
         if not self.transport.is_closing():
             self._answer_and_close(
                 408,
@@ -144,6 +210,12 @@ class _Guarded(HttpToolsProtocol):
             )
 
     def _answer_and_close(self, status: int, error: str, detail: str) -> None:
+        """Answer and close; behind an answer still in progress (pipelining), once it is
+        sent (reading stops meanwhile)."""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._pending = (status, error, detail)
+            self.transport.pause_reading()
+            return
         body = json.dumps({"error": error, "detail": detail}).encode()
         head: list[Any] = [f"HTTP/1.1 {status} {error.title()}\r\n".encode()]
         for name, value in self.server_state.default_headers:
@@ -155,4 +227,16 @@ class _Guarded(HttpToolsProtocol):
             body,
         ]
         self.transport.write(b"".join(head))
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after the answer: no more to send (FIN), then read and drop what the client
+        still sends for `_LINGER_S` at most, so that its unread bytes cannot reset the
+        connection before it read the answer."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._dropped = 0
+        self.transport.resume_reading()
+        self._linger_timer = self.loop.call_later(_LINGER_S, self.transport.close)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot.http_limits import MAX_HEAD_BYTES
+from bot.http_limits import MAX_HEAD_BYTES, MAX_HEAD_FIELDS
 from bot.secrets import MissingSecretError, SecretResolver
 from tests.bot.test_service import RunningBot
 
@@ -36,6 +36,22 @@ def _connect(bot: RunningBot) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", bot.service.http_port), timeout=5)
     sock.settimeout(5)
     return sock
+
+
+def _one_response(sock: socket.socket) -> bytes:
+    """One whole response (its head, and the body its content-length says)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
 
 
 def _answer(sock: socket.socket) -> tuple[int, dict[str, str]]:
@@ -66,7 +82,68 @@ def test_a_head_over_the_limit_gets_431(bot: RunningBot) -> None:
     status, body = _answer(sock)
 
     assert status == 431
-    assert body["detail"] == "the request line and headers exceed 64 KiB"
+    assert body["detail"] == "the request line and headers exceed 64 KiB or 100 fields"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /healthz HTTP/1.1\r\n" + b"a: b\r\n" * (MAX_HEAD_FIELDS + 1) + b"\r\n",
+        # Whole in one read, so the head completes inside it: the parser's count refuses it.
+        b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * (3 * MAX_HEAD_BYTES) + b"\r\n\r\n",
+    ],
+    ids=["many small fields", "one large head in one piece"],
+)
+def test_a_head_over_the_limits_in_any_shape_gets_431(bot: RunningBot, head: bytes) -> None:
+    sock = _connect(bot)
+    sock.sendall(head)
+
+    assert _answer(sock)[0] == 431
+
+
+def test_a_keep_alive_connection_must_send_its_next_head_in_time(bot: RunningBot) -> None:
+    """uvicorn's keep-alive timer stops at any byte, a blank line too: the head timer holds."""
+    sock = _connect(bot)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = _one_response(sock)
+    sock.sendall(b"\r\n")  # and nothing more
+
+    status, _ = _answer(sock)
+
+    assert first.startswith(b"HTTP/1.1 200")
+    assert status == 408
+
+
+def test_a_body_refused_unread_closes_the_connection(bot: RunningBot) -> None:
+    sock = _connect(bot)
+    sock.sendall(
+        b"POST /webhooks/voiceofchain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 999999999\r\n\r\n{"
+    )
+
+    status, body = _answer(sock)  # returns once the server closed
+
+    assert status == 413
+    assert body["error"] == "too large"
+
+
+def test_a_long_body_before_a_pipelined_request_is_not_taken_for_a_head(bot: RunningBot) -> None:
+    big = b"x" * (MAX_HEAD_BYTES + 1024)
+    sock = _connect(bot)
+    sock.sendall(
+        b"POST /webhooks/voiceofchain HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        + str(len(big)).encode()
+        + b"\r\n\r\n"
+        + big
+        + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+
+    assert data.count(b"HTTP/1.1 ") == 2, data[:400]
+    assert b" 431 " not in data
 
 
 def test_connections_past_the_limit_are_closed_and_the_port_keeps_serving(
@@ -77,8 +154,9 @@ def test_connections_past_the_limit_are_closed_and_the_port_keeps_serving(
     extra = _connect(bot)
     assert extra.recv(1) == b""  # closed on arrival, nothing read
 
-    for sock in idle:  # the idle ones time out ...
+    for sock in idle:  # the idle ones time out (and, answered, close) ...
         assert _answer(sock)[0] == 408
+        sock.close()
     # ... and the port serves again.
     assert requests.get(f"{bot.url}/healthz", timeout=5).status_code == 200
     metrics = requests.get(f"{bot.url}/metrics", timeout=5).text
