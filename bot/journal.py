@@ -31,7 +31,7 @@ import shlex
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1229,15 +1229,31 @@ class Journal:
             rows = self._db.execute("SELECT snapshot FROM positions").fetchall()
         return [PositionUpdate.model_validate_json(row[0]) for row in rows]
 
-    def waiting_exits(self) -> list[tuple[str, str, str, Decimal]]:
-        """The take-profit / stop-loss orders the venue last said it holds, waiting:
-        (key_name, symbol, kind, trigger price)."""
+    def waiting_exits(self) -> list[tuple[str, str, str, Side, Decimal]]:
+        """The take-profit / stop-loss orders the venue last said it holds, waiting, oldest
+        first: (key_name, symbol, kind, side, trigger price)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key_name, symbol, kind, trigger_price FROM exit_orders"
-                " WHERE status = 'New' AND trigger_price IS NOT NULL"
+                "SELECT key_name, symbol, kind, side, trigger_price FROM exit_orders"
+                " WHERE status = 'New' AND trigger_price IS NOT NULL ORDER BY updated_at, rowid"
             ).fetchall()
-        return [(key, symbol, kind, Decimal(trigger)) for key, symbol, kind, trigger in rows]
+        return [
+            (key, symbol, kind, Side(side), Decimal(trigger))
+            for key, symbol, kind, side, trigger in rows
+        ]
+
+    def end_waiting_exits(self, key_names: Collection[str]) -> int:
+        """Mark the keys' waiting exits Cancelled: a venue that lost them (the in-process
+        simulator, restarted) will report the ones it holds again, under new ids."""
+        if not key_names:
+            return 0
+        marks = ", ".join("?" * len(key_names))
+        with self._transaction() as db:
+            return db.execute(
+                f"UPDATE exit_orders SET status = 'Cancelled' WHERE status = 'New'"  # noqa: S608
+                f" AND key_name IN ({marks})",
+                tuple(key_names),
+            ).rowcount
 
     def wallets(self) -> list[WalletUpdate]:
         with self._lock:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -46,7 +47,7 @@ from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
 from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import utc_now
+from bot.messages import Execution, Side, utc_now
 from bot.net import tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
@@ -179,68 +180,100 @@ def _resume(
     exchange: SimExchange, settings: BotSettings, resolver: SecretResolver, journal: Journal
 ) -> None:
     """An in-process simulator starts empty: each sim key's account is set back to the
-    journal's last view of it (balance, positions with their leverage and waiting TP/SL,
-    resting limit orders), so that the books and the venue agree after a restart instead of
-    the books holding positions and orders the venue lost."""
-    positions, resting = _journaled_positions(journal), _journaled_resting_orders(journal)
+    journal's last view of it (the last prices; the balance; positions with their leverage
+    and waiting TP/SL; orders under their ids: resting ones, and those the journal cannot yet
+    call done whose fills it holds, so that a look-up finds them and nothing is sent twice),
+    so that the books and the venue agree after a restart. The old waiting exits are then
+    ended: the simulator reports the ones it holds again, under new ids."""
+    notes = exchange.resume_prices(_journaled_prices(journal))
+    positions, orders = _journaled_positions(journal), _journaled_orders(journal)
     balances = {wallet.key_name: wallet.wallet_balance_usdt for wallet in journal.wallets()}
+    resumed = []
     for name, key in settings.keys.items():
-        known = name in balances or name in positions or name in resting
+        known = name in balances or name in positions or name in orders
         if key.environment is not Environment.SIM or not known:
             continue
         api_key = resolver.credentials(name).api_key.get_secret_value()
-        exchange.resume_account(
-            api_key, balances.get(name), positions.get(name, []), resting.get(name, [])
+        notes += exchange.resume_account(
+            api_key, balances.get(name), positions.get(name, []), orders.get(name, [])
         )
+        resumed.append(name)
         logger.info(
-            "simulator: key {key} resumes from the journal ({p} positions, {o} resting orders)",
+            "simulator: key {key} resumes from the journal ({p} positions, {o} orders)",
             key=name,
             p=len(positions.get(name, [])),
-            o=len(resting.get(name, [])),
+            o=len(orders.get(name, [])),
         )
+    journal.end_waiting_exits(resumed)
+    for note in notes:
+        logger.warning("simulator resume: {note}", note=note)
+
+
+def _journaled_prices(journal: Journal) -> dict[str, Decimal]:
+    """Each symbol's last mark price in the journal's position reports."""
+    latest = sorted(journal.positions(), key=lambda update: update.ts)
+    return {update.symbol: update.mark_price for update in latest if update.mark_price > 0}
 
 
 def _journaled_positions(journal: Journal) -> dict[str, list[ResumedPosition]]:
-    """Each key's open positions as last reported, with the TP/SL the venue held waiting."""
-    exits = {(key, symbol, kind): price for key, symbol, kind, price in journal.waiting_exits()}
+    """Each key's open positions as last reported, with the newest waiting TP/SL that
+    closes each (a stop of an earlier position on the other side is not its)."""
+    exits = {
+        (key, symbol, kind, side): price
+        for key, symbol, kind, side, price in journal.waiting_exits()
+    }
     positions: dict[str, list[ResumedPosition]] = {}
     for held in journal.positions():
-        if held.size != 0:
-            positions.setdefault(held.key_name, []).append(
-                ResumedPosition(
-                    symbol=held.symbol,
-                    size=held.size,
-                    entry_price=held.entry_price,
-                    leverage=held.leverage,
-                    take_profit=exits.get((held.key_name, held.symbol, "TakeProfit")),
-                    stop_loss=exits.get((held.key_name, held.symbol, "StopLoss")),
-                )
+        if held.size == 0:
+            continue
+        closing = Side.SELL if held.size > 0 else Side.BUY
+        where = (held.key_name, held.symbol)
+        positions.setdefault(held.key_name, []).append(
+            ResumedPosition(
+                symbol=held.symbol,
+                size=held.size,
+                entry_price=held.entry_price,
+                leverage=held.leverage,
+                take_profit=exits.get((*where, "TakeProfit", closing)),
+                stop_loss=exits.get((*where, "StopLoss", closing)),
             )
+        )
     return positions
 
 
-def _journaled_resting_orders(journal: Journal) -> dict[str, list[ResumedOrder]]:
-    """Each key's limit orders the venue last said were open."""
-    resting: dict[str, list[ResumedOrder]] = {}
+def _journaled_orders(journal: Journal) -> dict[str, list[ResumedOrder]]:
+    """Each key's orders the venue must still know: those it last said were open (a limit one
+    rests again; a market one, whose fill the journal never got, is over) and those not yet
+    done whose fills the journal holds (the fills are in the positions)."""
+    fills: dict[str, list[Execution]] = {}
+    for fill, _ in journal.executions():
+        if fill.order_link_id:
+            fills.setdefault(fill.order_link_id, []).append(fill)
+    orders: dict[str, list[ResumedOrder]] = {}
     for record in journal.unfinished_orders():
         request = record.request
-        if record.status in OPEN_AT_VENUE and record.order_id and request.price is not None:
-            resting.setdefault(request.key_name, []).append(
-                ResumedOrder(
-                    order_id=record.order_id,
-                    order_link_id=request.order_link_id,
-                    symbol=request.symbol,
-                    side=request.side.value,
-                    price=request.price,
-                    qty=request.qty,
-                    filled_qty=record.filled_qty,
-                    avg_price=record.avg_price,
-                    reduce_only=request.reduce_only,
-                    take_profit=request.take_profit,
-                    stop_loss=request.stop_loss,
-                )
+        own = fills.get(request.order_link_id, [])
+        filled = sum((fill.qty for fill in own), Decimal(0))
+        order_id = record.order_id or (own[0].order_id if own else None)
+        if order_id is None or not (record.status in OPEN_AT_VENUE or own):
+            continue
+        value = sum((fill.qty * fill.price for fill in own), Decimal(0))
+        orders.setdefault(request.key_name, []).append(
+            ResumedOrder(
+                order_id=order_id,
+                order_link_id=request.order_link_id,
+                symbol=request.symbol,
+                side=request.side.value,
+                price=request.price,
+                qty=request.qty,
+                filled_qty=max(filled, record.filled_qty),
+                avg_price=value / filled if filled else record.avg_price,
+                reduce_only=request.reduce_only,
+                take_profit=request.take_profit,
+                stop_loss=request.stop_loss,
             )
-    return resting
+        )
+    return orders
 
 
 def open_venue(

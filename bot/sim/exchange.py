@@ -604,71 +604,125 @@ class SimExchange:
             account = self._by_key.get(api_key)
             return account.user_id if account is not None else None
 
+    def resume_prices(self, prices: Mapping[str, Decimal]) -> list[str]:
+        """Set listed symbols' last prices (a running walk goes on from them), before accounts
+        resume; the symbols that are not listed, to be said."""
+        with self._lock:
+            skipped = [symbol for symbol in prices if symbol not in self._config.instruments]
+            for symbol, price in prices.items():
+                if symbol not in skipped:
+                    spec = self._config.instruments[symbol]
+                    self._prices[symbol] = max(
+                        to_tick(price, spec.tick_size, up=False), spec.tick_size
+                    )
+            return [f"{symbol}: not listed here, its price is not resumed" for symbol in skipped]
+
     def resume_account(
         self,
         api_key: str,
         balance: Decimal | None,
         positions: Sequence[ResumedPosition],
         orders: Sequence[ResumedOrder] = (),
-    ) -> None:
+    ) -> list[str]:
         """Set an account back to what an earlier run of this simulator left (the bot's `sim`
         resumes from its journal, so that a restart does not find its positions gone): the
-        wallet balance, each position with its leverage and TP/SL, as if opened at its entry
-        price (no fill), and each resting limit order under its own ids, back on the book (it
-        trades if the price has come to it). Call before any stream connects."""
+        wallet balance; each position with its leverage and TP/SL, as if opened at its entry
+        price (no fill); each order under its own ids, a resting one back on the book (it
+        trades if the price has come to it), a done one in the history. Call before any
+        stream connects. What could not be resumed as given is returned, one line each (an
+        unlisted symbol, a leverage over the instrument's, a TP/SL the price has passed)."""
+        notes: list[str] = []
         with self._lock:
             account = self._account(api_key)
             if balance is not None:
                 account.wallet_balance = balance
             for position in positions:
-                self._resume_position(account, position)
-            for resting in orders:
-                self._resume_order(account, resting)
+                if self._listed(position.symbol, notes):
+                    self._resume_position(account, position, notes)
+            for order in orders:
+                if self._listed(order.symbol, notes):
+                    self._resume_order(account, order)
+        return notes
 
-    def _resume_position(self, account: AccountRecord, resumed: ResumedPosition) -> None:
-        self._instrument(resumed.symbol)
-        if resumed.size == 0 or resumed.symbol in account.hedge_symbols:
+    def _listed(self, symbol: str, notes: list[str]) -> bool:
+        if symbol in self._config.instruments:
+            return True
+        notes.append(f"{symbol}: not listed here, its position and orders are not resumed")
+        return False
+
+    def _resume_position(
+        self, account: AccountRecord, resumed: ResumedPosition, notes: list[str]
+    ) -> None:
+        symbol = resumed.symbol
+        if resumed.size == 0 or symbol in account.hedge_symbols:
             return
+        spec = self._config.instruments[symbol]
+        leverage = min(resumed.leverage, spec.max_leverage)
+        if leverage != resumed.leverage:
+            notes.append(f"{symbol}: leverage {fmt(resumed.leverage)} resumed as {fmt(leverage)}")
+        side = "Buy" if resumed.size > 0 else "Sell"
+        levels: dict[str, Decimal] = {}
+        for name, level in (("takeProfit", resumed.take_profit), ("stopLoss", resumed.stop_loss)):
+            if level is None:
+                continue
+            try:
+                self._check_tpsl_level(name, symbol, level, side, self._prices[symbol], "position")
+            except SimError as exc:
+                notes.append(f"{symbol}: {name} {fmt(level)} not resumed: {exc.ret_msg}")
+            else:
+                levels[name] = level
         now = self.now_ms()
-        account.leverage[resumed.symbol] = resumed.leverage
-        account.positions[resumed.symbol] = PositionRecord(
-            symbol=resumed.symbol,
+        account.leverage[symbol] = leverage
+        account.positions[symbol] = PositionRecord(
+            symbol=symbol,
             size=resumed.size,
             avg_price=resumed.entry_price,
+            take_profit=levels.get("takeProfit"),
+            stop_loss=levels.get("stopLoss"),
+            created_ms=now,
+            updated_ms=now,
+            seq=self._next_seq(),
+        )
+        self._record_open_interest(symbol, abs(resumed.size), now)
+        self._sync_exits(account, symbol)
+
+    def _resume_order(self, account: AccountRecord, resumed: ResumedOrder) -> None:
+        now = self.now_ms()
+        done = resumed.filled_qty >= resumed.qty or resumed.price is None
+        if resumed.filled_qty >= resumed.qty:
+            status = "Filled"
+        elif done:  # a market order that filled in part: the rest was cancelled
+            status = "Cancelled"
+        else:
+            status = "PartiallyFilled" if resumed.filled_qty else "New"
+        order = OrderRecord(
+            order_id=resumed.order_id,
+            order_link_id=resumed.order_link_id,
+            symbol=resumed.symbol,
+            side=resumed.side,
+            order_type="Market" if resumed.price is None else "Limit",
+            price=resumed.price,
+            qty=resumed.qty,
+            time_in_force="IOC" if resumed.price is None else "GTC",
+            reduce_only=resumed.reduce_only,
+            close_on_trigger=False,
             take_profit=resumed.take_profit,
             stop_loss=resumed.stop_loss,
+            last_price_on_created=self._prices[resumed.symbol],
             created_ms=now,
             updated_ms=now,
             seq=self._next_seq(),
+            status=status,
+            cum_exec_qty=resumed.filled_qty,
+            cum_exec_value=resumed.filled_qty * (resumed.avg_price or resumed.price or ZERO),
+            arrived=done,
         )
-        self._record_open_interest(resumed.symbol, abs(resumed.size), now)
-        self._sync_exits(account, resumed.symbol)
-
-    def _resume_order(self, account: AccountRecord, resting: ResumedOrder) -> None:
-        self._instrument(resting.symbol)
-        now = self.now_ms()
-        order = OrderRecord(
-            order_id=resting.order_id,
-            order_link_id=resting.order_link_id,
-            symbol=resting.symbol,
-            side=resting.side,
-            order_type="Limit",
-            price=resting.price,
-            qty=resting.qty,
-            time_in_force="GTC",
-            reduce_only=resting.reduce_only,
-            close_on_trigger=False,
-            take_profit=resting.take_profit,
-            stop_loss=resting.stop_loss,
-            last_price_on_created=self._prices[resting.symbol],
-            created_ms=now,
-            updated_ms=now,
-            seq=self._next_seq(),
-            status="PartiallyFilled" if resting.filled_qty else "New",
-            cum_exec_qty=resting.filled_qty,
-            cum_exec_value=resting.filled_qty * (resting.avg_price or resting.price),
-        )
-        self._submit(account, order)  # back on the book: it trades if the price came to it
+        if not done:
+            self._submit(account, order)  # back on the book: it trades if the price came to it
+            return
+        account.orders[order.order_id] = order
+        if order.order_link_id:
+            account.link_ids[order.order_link_id] = order.order_id
 
     def set_prices(self, prices: Mapping[str, Decimal | int | str]) -> None:
         """Move prices (all or none), stop any walk of those symbols, then fill crossed limit

@@ -119,13 +119,14 @@ class ResumedPosition:
 
 @dataclass(frozen=True, slots=True)
 class ResumedOrder:
-    """A resting limit order an account resumes with (`SimExchange.resume_account`)."""
+    """An order an account resumes with (`SimExchange.resume_account`): a limit order still
+    resting, or (what it filled of it done) one the venue must still know by its ids."""
 
     order_id: str
     order_link_id: str
     symbol: str
     side: str
-    price: Decimal
+    price: Decimal | None  # None: a market order
     qty: Decimal
     filled_qty: Decimal
     avg_price: Decimal | None

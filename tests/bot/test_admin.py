@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +18,9 @@ import pytest
 import requests
 
 from bot.admin import parse_command
+from bot.config import load_settings
+from bot.journal import Journal
+from bot.messages import ExitOrder, OrderStatus, PositionUpdate, Side
 from bot.risk.states import TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, sign
 from tests.bot.test_service import RunningBot, signal
@@ -342,3 +346,53 @@ def test_a_restarted_sim_bot_finds_its_position_and_stop_where_it_left_them(
         assert second.journal_status("resting") == ["Cancelled"]
     finally:
         second.stop()
+
+
+def test_a_resumed_position_never_takes_a_stop_of_an_earlier_one(
+    sim_config: Callable[..., Path],
+) -> None:
+    """The journal still holds an earlier long's stop as waiting (the simulator that held it
+    is gone): a short resumed now must not get it (on the short's side it would fire at
+    once), and the stale row is ended."""
+    config = sim_config()
+    now = datetime.now(UTC)
+    journal = Journal(load_settings(config).journal_path)
+    journal.record_exit(
+        ExitOrder(
+            order_id="stop-of-the-long",
+            key_name="follow_sim",
+            symbol="BTCUSDT",
+            side=Side.SELL,
+            kind="StopLoss",
+            trigger_price=Decimal(90000),
+            qty=Decimal("0.01"),
+            status=OrderStatus.NEW,
+            ts=now - timedelta(hours=1),
+        )
+    )
+    journal.record_position(
+        PositionUpdate(
+            key_name="follow_sim",
+            symbol="BTCUSDT",
+            size=Decimal("-0.01"),
+            entry_price=Decimal(97000),
+            mark_price=Decimal(97000),
+            unrealized_pnl=Decimal(0),
+            cum_realized_pnl=Decimal(0),
+            leverage=Decimal(1),
+            ts=now,
+        )
+    )
+    journal.close()
+
+    bot = RunningBot(config).start()
+    try:
+        time.sleep(0.5)  # a tick or two: a wrong stop would have fired by now
+        orders = requests.get(f"{bot.service.sim_url}/sim/orders", timeout=10).json()["orders"]
+        assert venue_position(bot) == Decimal("-0.01")
+        waiting = bot.read_journal(lambda j: j.waiting_exits())
+    finally:
+        bot.stop()
+
+    assert [o for o in orders if o["stopOrderType"]] == []
+    assert waiting == []

@@ -21,7 +21,15 @@ from pydantic import SecretStr
 from bot.config import ConfigError, load_settings
 from bot.execution.executor import build_request
 from bot.journal import Journal
-from bot.messages import OrderEvent, OrderRequest, OrderStatus, parse_signal
+from bot.messages import (
+    Execution,
+    OrderEvent,
+    OrderRequest,
+    OrderStatus,
+    PositionUpdate,
+    Side,
+    parse_signal,
+)
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import venue_with_key, wait_for, write_key_secrets
@@ -253,3 +261,59 @@ def test_a_stop_loss_the_venue_executes_appears_under_its_order(
         assert len(exits()) == 1  # the waiting order itself executed: one row, not two
     finally:
         bot.stop()
+
+
+def test_an_order_filled_before_a_crash_is_found_after_it_not_sent_again(
+    sim_config: Callable[..., Path],
+) -> None:
+    """The journal got the fill (and the position) but not the order's acknowledgement when
+    the bot died; the in-process simulator restarts empty. It resumes that order under its ids,
+    so the start-up look-up finds it Filled and nothing is sent twice."""
+    config = sim_config()
+    now = datetime.now(UTC)
+    journal = Journal(load_settings(config).journal_path)
+    request = _in_flight(journal, "filled-then-crashed", now, OrderStatus.SUBMITTING)
+    journal.record_execution(
+        Execution(
+            exec_id="fill-before-crash",
+            key_name="follow_sim",
+            order_id="order-before-crash",
+            order_link_id=request.order_link_id,
+            symbol="BTCUSDT",
+            side=Side.BUY,
+            qty=request.qty,
+            price=Decimal(97000),
+            fee=Decimal("0.05"),
+            ts=now,
+        ),
+        {"follow": request.qty},
+    )
+    journal.record_position(
+        PositionUpdate(
+            key_name="follow_sim",
+            symbol="BTCUSDT",
+            size=request.qty,
+            entry_price=Decimal(97000),
+            mark_price=Decimal(97000),
+            unrealized_pnl=Decimal(0),
+            cum_realized_pnl=Decimal(0),
+            leverage=Decimal(1),
+            ts=now,
+        )
+    )
+    journal.close()
+
+    bot = RunningBot(config).start()
+    try:
+        wait_for(
+            lambda: bot.journal_status("filled-then-crashed") == ["Filled"], what="the order found"
+        )
+        stats = requests.get(f"{bot.service.sim_url}/sim/stats", timeout=10).json()
+        at_venue = [o for o in bot.sim_orders() if o["orderLinkId"] == request.order_link_id]
+    finally:
+        bot.stop()
+
+    assert stats["requests_by_path"].get("/v5/order/create", 0) == 0
+    assert [(o["orderId"], o["orderStatus"], o["cumExecQty"]) for o in at_venue] == [
+        ("order-before-crash", "Filled", str(request.qty))
+    ]
