@@ -39,6 +39,11 @@ _MAX_BODY_BYTES: Final = 4096
 _BODY_TIMEOUT_S: Final = 10.0
 
 
+#: Unicode categories a one-line reason must not hold: controls (NUL, CR, LF...), format
+#: characters (bidi overrides) and line and paragraph separators.
+_NOT_TEXT: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
 class AdminCommand(BaseModel):
     """The body of a halt or resume: which scope (null: the whole bot), why, and (a halt
     only) whether to cancel the scope's open orders and flatten its positions."""
@@ -54,7 +59,7 @@ class AdminCommand(BaseModel):
     @classmethod
     def _printable(cls, reason: str) -> str:
         """One line of text: it is logged, journaled and shown by `bot risk status`."""
-        if not is_unicode(reason) or any(unicodedata.category(c) == "Cc" for c in reason):
+        if not is_unicode(reason) or any(unicodedata.category(c) in _NOT_TEXT for c in reason):
             raise ValueError("must be one line of printable text (no control characters)")
         return reason
 
@@ -133,7 +138,9 @@ def parse_command(
     except ValueError as exc:
         raise ValueError(f"{expected}: the body is not JSON ({exc})") from None
     if command.strategy is not None and command.strategy not in strategies:
-        raise ValueError(f"strategy '{command.strategy}' is not configured")
+        raise ValueError(
+            f"strategy '{command.strategy}' is not configured; it is one of {sorted(strategies)}"
+        )
     if state is TradingState.ACTIVE and (command.cancel_open or command.flatten):
         raise ValueError("cancel_open and flatten go with a halt, not a resume")
     default = "halted by the operator" if state is TradingState.HALTED else "resumed"

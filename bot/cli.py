@@ -470,13 +470,8 @@ def _switch(
     """Tell the running bot (signed admin route); if none runs, journal the state for its
     start (cancelling and flattening need the running bot)."""
     settings = _settings(config)
-    strategy = command["strategy"]
-    if strategy is not None and strategy not in settings.strategies:
-        _fail(
-            f"strategy '{strategy}' is not configured; it is one of {sorted(settings.strategies)}"
-        )
     try:  # checked here as the bot checks it: also when it is journaled for a stopped bot
-        parse_command(json.dumps(command).encode(), state, settings.strategies)
+        scope, _ = parse_command(json.dumps(command).encode(), state, settings.strategies)
     except ValueError as exc:
         _fail(str(exc))
     route = "halt" if state is TradingState.HALTED else "resume"
@@ -498,7 +493,6 @@ def _switch(
     except TimeoutError:
         _fail(f"no answer from {target} in time; see `bot risk status` and `bot orders`")
     except ConnectionError:
-        scope = ScopeState(strategy or BOT_SCOPE, state, command["reason"], utc_now())
         with _one_line_errors():
             _journal_while_stopped(settings.journal_path, scope, target)
         console.print(

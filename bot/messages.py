@@ -16,7 +16,7 @@ import enum
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -69,12 +69,16 @@ MAX_NUMBER: Final = Decimal("1e15")
 _MIN_EPOCH_MS: Final = 10**11
 
 _MAX_DIGITS: Final = 30
+#: Enough digits to normalize any number that reaches the check (at most 1e15) exactly.
+_EXACT_DIGITS: Final = 1000
 
 
 def _not_too_precise(value: Decimal) -> Decimal:
     """At most `_MAX_DIGITS` digits (counted as pydantic's `max_digits` counts them), checked
     after the range, so that 1e400 is refused as too large, not as too many digits."""
-    _, digits, exponent = value.normalize().as_tuple()
+    with localcontext() as exact:  # the default 28-digit context would round it first
+        exact.prec = _EXACT_DIGITS
+        _, digits, exponent = value.normalize().as_tuple()
     assert isinstance(exponent, int)  # finite: inf and nan are refused before
     total = len(digits) + exponent if exponent >= 0 else max(len(digits), -exponent)
     if total > _MAX_DIGITS:

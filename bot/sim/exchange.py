@@ -234,6 +234,21 @@ def _selects(order_filter: str | None, order: OrderRecord) -> bool:
     return order_filter == "StopOrder" and bool(order.stop_order_type)
 
 
+#: Bybit's order history keeps an order that ended without a fill for a day only.
+_UNFILLED_HISTORY_MS = 86_400_000
+_ENDED_UNFILLED = frozenset({"Cancelled", "Rejected", "Deactivated"})
+
+
+def _still_in_history(order: OrderRecord, now: int) -> bool:
+    """Bybit: "Cancelled", "Rejected" and "Deactivated" orders are listed for the past 24
+    hours only (one that filled in part stays)."""
+    return not (
+        order.status in _ENDED_UNFILLED
+        and order.cum_exec_qty == 0
+        and now - order.updated_ms > _UNFILLED_HISTORY_MS
+    )
+
+
 def _order_position(order: OrderRecord) -> tuple[int, ...]:
     return (order.seq,)
 
@@ -1497,17 +1512,22 @@ class SimExchange:
         apart)."""
         with self._lock:
             account = self._account(api_key)
+            now = self.now_ms()
             if params.order_id is not None or params.order_link_id is not None:
                 order = self._find(account, params.order_id, params.order_link_id)
                 candidates = [order] if order is not None else []
             else:
-                start, end = _time_window(params.start_time, params.end_time, self.now_ms())
+                start, end = _time_window(params.start_time, params.end_time, now)
                 candidates = [
                     order
                     for order in reversed(account.orders.values())
                     if start <= order.created_ms <= end
                 ]
-            selected = [order for order in candidates if self._matches(order, params)]
+            selected = [
+                order
+                for order in candidates
+                if self._matches(order, params) and _still_in_history(order, now)
+            ]
             return self._order_page(selected, params)
 
     @_linear_listing

@@ -186,6 +186,8 @@ def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
         (b'{"strategy": 5}', "strategy: Input should be a valid string"),
         (b"[]", "body: Input should be a valid dictionary"),
         (b'{"reason": "a\\u0000b\\nFAKE LOG LINE"}', "reason: must be one line of printable"),
+        (b'{"reason": "one\\u2028two"}', "reason: must be one line of printable"),
+        (b'{"reason": "a\\u202eb"}', "reason: must be one line of printable"),
         (b"nope", "the body is not JSON"),
     ],
 )

@@ -106,6 +106,10 @@ def test_invalid_fields_are_named(overrides: dict[str, object], field: str) -> N
         ({"entry": "1e400"}, ("entry", "Input should be less than or equal to 1E+15")),
         ({"stop_loss": "1e-1000000"}, ("stop_loss", "has more than 30 digits: round it")),
         (
+            {"entry": "97000.000000000000000000000000000001"},  # 36 digits, exact
+            ("entry", "has more than 30 digits: round it"),
+        ),
+        (
             {"ts": "9999-12-31T23:59:59-23:59"},
             ("ts", "is out of range once in UTC (years 1 to 9999)"),
         ),

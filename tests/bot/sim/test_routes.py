@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
+from bot import clock
 from bot.cli import app
+from bot.clock import VirtualClock
 from bot.sim import SimAccountSpec, SimServer, SimulatorConfig, parse_faults
 from tests.bot.sim.kit import (
     admin,
@@ -607,3 +610,23 @@ def test_a_position_that_flips_leaves_its_tp_and_sl_behind(
     }
     assert set(ended.values()) == {"Deactivated"}
     assert set(ended) == {row["orderId"] for row in exits.values()}
+
+
+def test_order_history_keeps_an_order_that_ended_unfilled_for_a_day(
+    server: SimServer, session: HTTP
+) -> None:
+    """Bybit: Cancelled, Rejected and Deactivated orders are listed for the past 24 h only."""
+    started = datetime.now(UTC)
+    with clock.installed(VirtualClock(started)) as calendar:  # the exchange's clock
+        cancelled = _limit(session, "90000")["result"]["orderId"]
+        session.cancel_order(category="linear", symbol="BTCUSDT", orderId=cancelled)
+        filled = _market(session, "Buy", "0.01")["result"]["orderId"]
+        settle(server)
+        assert set(_ids(session, history=True)) == {cancelled, filled}
+
+        calendar.advance_to(started + timedelta(hours=24, minutes=1))
+
+        assert _ids(
+            session, history=True, startTime=str(server.exchange.now_ms() - 6 * 86_400_000)
+        ) == [filled]
+        assert _ids(session, history=True, orderId=cancelled) == []
