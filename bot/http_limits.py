@@ -166,6 +166,12 @@ class _Guarded(HttpToolsProtocol):
             # blank line, so the next head is held to its time from now.
             self._await_head()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn warns twice per request (and advises installing a WebSocket library): a
+        # client asking this port for WebSocket or h2c is answered as plain HTTP, and anyone
+        # could fill the log with it.
+        self.logger.debug("upgrade request answered as plain HTTP")
+
     def send_400_response(self, msg: str) -> None:
         self._head_done()
         if self._too_large:  # raised from a callback: the parser reports it as an error

@@ -181,3 +181,17 @@ def test_an_unreadable_secret_file_is_a_clear_error_not_a_crash(tmp_path: Path) 
 
     with pytest.raises(MissingSecretError, match=r"cannot read secret file .*symbolic links"):
         SecretResolver(tmp_path, environ={}).get("BOT_KEY_X_API_KEY")
+
+
+def test_an_upgrade_request_is_answered_as_plain_http_without_log_lines(
+    bot: RunningBot, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sock = _connect(bot)
+    sock.sendall(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    )
+
+    answer = _one_response(sock)
+
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert "Unsupported upgrade" not in capfd.readouterr().err
