@@ -216,9 +216,11 @@ class _Guarded(HttpToolsProtocol):
             )
 
     def _answer_and_close(self, status: int, error: str, detail: str) -> None:
-        """Answer and close; behind an answer still in progress (pipelining), once it is
-        sent (reading stops meanwhile)."""
-        if self.cycle is not None and not self.cycle.response_complete:
+        """Answer and close; behind an earlier request's answer still being produced
+        (pipelining), once it is sent (reading stops meanwhile). A request whose own body was
+        still arriving is answered at once, as uvicorn answers it."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
             self._pending = (status, error, detail)
             self.transport.pause_reading()
             return

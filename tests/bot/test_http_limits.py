@@ -197,3 +197,18 @@ def test_an_upgrade_request_is_answered_as_plain_http_without_log_lines(
 
     assert answer.startswith(b"HTTP/1.1 200")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_broken_body_is_answered_400_at_once_not_after_the_body_timeout(
+    bot: RunningBot,
+) -> None:
+    sock = _connect(bot)
+    sock.sendall(
+        b"POST /webhooks/voiceofchain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n"  # not a chunk size
+    )
+
+    status, body = _answer(sock)
+
+    assert status == 400
+    assert body["error"] == "bad request"
