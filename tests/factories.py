@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from bot.messages import OrderIntent, OrderRequest, OrderType, Side
+from bot.messages import OrderIntent, OrderRequest, OrderType, PositionUpdate, Side
 from bot.risk.config import RiskConfig
 from bot.risk.gate import ApprovedOrder, RiskGate
 
@@ -69,3 +69,21 @@ def approve(intent: OrderIntent) -> ApprovedOrder:
     verdict = gate.decide(intent, price=intent.reference_price, prices={})
     assert isinstance(verdict, ApprovedOrder), verdict.reason
     return verdict
+
+
+def sim_position(
+    size: Decimal, price: Decimal = Decimal(97000), **overrides: Any
+) -> PositionUpdate:
+    """The sim key's BTCUSDT position as the venue would report it, opened at `price`."""
+    fields: dict[str, Any] = {
+        "key_name": "follow_sim",
+        "symbol": "BTCUSDT",
+        "size": size,
+        "entry_price": price,
+        "mark_price": price,
+        "unrealized_pnl": Decimal(0),
+        "cum_realized_pnl": Decimal(0),
+        "leverage": Decimal(1),
+        "ts": datetime.now(UTC),
+    }
+    return PositionUpdate(**(fields | overrides))

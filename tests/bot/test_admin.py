@@ -20,11 +20,12 @@ import requests
 from bot.admin import parse_command
 from bot.config import load_settings
 from bot.journal import Journal
-from bot.messages import ExitOrder, OrderStatus, PositionUpdate, Side
+from bot.messages import ExitOrder, OrderStatus, Side
 from bot.risk.states import TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, sign
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
+from tests.factories import sim_position
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -372,19 +373,7 @@ def test_a_resumed_position_never_takes_a_stop_of_an_earlier_one(
             ts=now - timedelta(hours=1),
         )
     )
-    journal.record_position(
-        PositionUpdate(
-            key_name="follow_sim",
-            symbol="BTCUSDT",
-            size=Decimal("-0.01"),
-            entry_price=Decimal(97000),
-            mark_price=Decimal(97000),
-            unrealized_pnl=Decimal(0),
-            cum_realized_pnl=Decimal(0),
-            leverage=Decimal(1),
-            ts=now,
-        )
-    )
+    journal.record_position(sim_position(Decimal("-0.01"), ts=now))
     journal.close()
 
     bot = RunningBot(config).start()

@@ -26,14 +26,13 @@ from bot.messages import (
     OrderEvent,
     OrderRequest,
     OrderStatus,
-    PositionUpdate,
     Side,
     parse_signal,
 )
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import venue_with_key, wait_for, write_key_secrets
-from tests.factories import approve, make_intent
+from tests.factories import approve, make_intent, sim_position
 
 
 def sim_stats(bot: RunningBot) -> dict[str, dict[str, int]]:
@@ -288,19 +287,7 @@ def test_an_order_filled_before_a_crash_is_found_after_it_not_sent_again(
         ),
         {"follow": request.qty},
     )
-    journal.record_position(
-        PositionUpdate(
-            key_name="follow_sim",
-            symbol="BTCUSDT",
-            size=request.qty,
-            entry_price=Decimal(97000),
-            mark_price=Decimal(97000),
-            unrealized_pnl=Decimal(0),
-            cum_realized_pnl=Decimal(0),
-            leverage=Decimal(1),
-            ts=now,
-        )
-    )
+    journal.record_position(sim_position(request.qty, ts=now))
     journal.close()
 
     bot = RunningBot(config).start()
