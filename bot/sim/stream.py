@@ -30,6 +30,7 @@ import json
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,7 +99,7 @@ class _PublicTopic:
     detail: str = ""
 
     @classmethod
-    def parse(cls, topic: str, symbols: Any) -> _PublicTopic | None:
+    def parse(cls, topic: str, symbols: Collection[str]) -> _PublicTopic | None:
         """The topic if the simulator serves it (for a listed symbol), else None."""
         parts = topic.split(".")
         kind, symbol = parts[0], parts[-1]
