@@ -541,13 +541,17 @@ class AccountKeeper:
     async def _positions_with_flats(self, venue: Venue) -> list[PositionUpdate]:
         """The venue's open positions, and a flat one for each the books hold that it no
         longer lists (Bybit lists only positions with a size)."""
+        before = {known.symbol: known for known in self._projection.positions_of(venue.name)}
         listed = await venue.positions()
         symbols = {update.symbol for update in listed}
         now = utc_now()
         flats = [
             known.model_copy(update={"size": ZERO, "unrealized_pnl": ZERO, "ts": now})
             for known in self._projection.positions_of(venue.name)
-            if known.symbol not in symbols and known.size != 0
+            if known.symbol not in symbols
+            and known.size != 0
+            # One the stream reported while the list was asked for is newer than the list.
+            and before.get(known.symbol) is known
         ]
         return [*listed, *flats]
 

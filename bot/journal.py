@@ -60,7 +60,15 @@ from bot.messages import (
 )
 from bot.risk.states import ScopeState, TradingState
 
-__all__ = ["Journal", "JournalError", "JournalInUse", "OrderRecord", "TraceRow", "lock_journal"]
+__all__ = [
+    "Journal",
+    "JournalError",
+    "JournalInUse",
+    "OrderRecord",
+    "TraceRow",
+    "WaitingExit",
+    "lock_journal",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -328,6 +336,18 @@ class OrderRecord:
     attempts: int
     signal_ts: datetime | None
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class WaitingExit:
+    """A position's take profit or stop loss the venue last said it holds, untriggered."""
+
+    order_id: str
+    key_name: str
+    symbol: str
+    kind: str  # TakeProfit | StopLoss
+    side: Side  # the side that closes the position
+    trigger_price: Decimal
 
 
 @dataclass(frozen=True)
@@ -1012,6 +1032,12 @@ class Journal:
             ).fetchone()
             if row is None:
                 parent, strategy = self._exit_parent(db, exit_order)
+                if exit_order.status is OrderStatus.NEW:  # one waiting order per level
+                    db.execute(
+                        "UPDATE exit_orders SET status = 'Cancelled' WHERE status = 'New'"
+                        " AND key_name = ? AND symbol = ? AND kind = ?",
+                        (exit_order.key_name, exit_order.symbol, exit_order.kind),
+                    )
             else:  # attributed when first seen: the order that opened the position
                 before, parent, strategy = OrderStatus(row[0]), row[4], row[5]
                 moved = (row[2], row[3]) != (_text(exit_order.trigger_price), str(exit_order.qty))
@@ -1229,31 +1255,27 @@ class Journal:
             rows = self._db.execute("SELECT snapshot FROM positions").fetchall()
         return [PositionUpdate.model_validate_json(row[0]) for row in rows]
 
-    def waiting_exits(self) -> list[tuple[str, str, str, Side, Decimal]]:
+    def waiting_exits(self) -> list[WaitingExit]:
         """The take-profit / stop-loss orders the venue last said it holds, waiting, oldest
-        first: (key_name, symbol, kind, side, trigger price)."""
+        first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key_name, symbol, kind, side, trigger_price FROM exit_orders"
+                "SELECT order_id, key_name, symbol, kind, side, trigger_price FROM exit_orders"
                 " WHERE status = 'New' AND trigger_price IS NOT NULL ORDER BY updated_at, rowid"
             ).fetchall()
         return [
-            (key, symbol, kind, Side(side), Decimal(trigger))
-            for key, symbol, kind, side, trigger in rows
+            WaitingExit(order_id, key, symbol, kind, Side(side), Decimal(trigger))
+            for order_id, key, symbol, kind, side, trigger in rows
         ]
 
-    def end_waiting_exits(self, key_names: Collection[str]) -> int:
-        """Mark the keys' waiting exits Cancelled: a venue that lost them (the in-process
-        simulator, restarted) will report the ones it holds again, under new ids."""
-        if not key_names:
-            return 0
-        marks = ", ".join("?" * len(key_names))
+    def end_exits(self, order_ids: Collection[str]) -> None:
+        """Mark waiting exits Cancelled: the venue that held them is gone (the in-process
+        simulator, restarted) and nothing holds them now."""
         with self._transaction() as db:
-            return db.execute(
-                f"UPDATE exit_orders SET status = 'Cancelled' WHERE status = 'New'"  # noqa: S608
-                f" AND key_name IN ({marks})",
-                tuple(key_names),
-            ).rowcount
+            db.executemany(
+                "UPDATE exit_orders SET status = 'Cancelled' WHERE status = 'New' AND order_id = ?",
+                [(order_id,) for order_id in order_ids],
+            )
 
     def wallets(self) -> list[WalletUpdate]:
         with self._lock:

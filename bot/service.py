@@ -42,12 +42,12 @@ from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
 from bot.execution.reconcile import Reconciler
 from bot.health import Readiness, VenueHealth, body_of
 from bot.http_limits import guarded_protocol, raise_descriptor_limit
-from bot.journal import Journal, lock_journal
+from bot.journal import Journal, WaitingExit, lock_journal
 from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
 from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Execution, Side, utc_now
+from bot.messages import Execution, PositionUpdate, Side, utc_now
 from bot.net import tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
@@ -183,28 +183,28 @@ def _resume(
     journal's last view of it (the last prices; the balance; positions with their leverage
     and waiting TP/SL; orders under their ids: resting ones, and those the journal cannot yet
     call done whose fills it holds, so that a look-up finds them and nothing is sent twice),
-    so that the books and the venue agree after a restart. The old waiting exits are then
-    ended: the simulator reports the ones it holds again, under new ids."""
+    so that the books and the venue agree after a restart. A waiting exit no resumed position
+    takes is ended; one that is taken stays until the simulator reports its own again."""
     notes = exchange.resume_prices(_journaled_prices(journal))
-    positions, orders = _journaled_positions(journal), _journaled_orders(journal)
+    fills = [fill for fill, _ in journal.executions()]
+    exits = journal.waiting_exits()
+    positions, taken = _journaled_positions(journal.positions(), fills, exits)
+    orders = _journaled_orders(journal, fills)
     balances = {wallet.key_name: wallet.wallet_balance_usdt for wallet in journal.wallets()}
-    resumed = []
     for name, key in settings.keys.items():
         known = name in balances or name in positions or name in orders
         if key.environment is not Environment.SIM or not known:
             continue
         api_key = resolver.credentials(name).api_key.get_secret_value()
-        notes += exchange.resume_account(
-            api_key, balances.get(name), positions.get(name, []), orders.get(name, [])
-        )
-        resumed.append(name)
+        held = positions.get(name, [])
+        notes += exchange.resume_account(api_key, balances.get(name), held, orders.get(name, []))
         logger.info(
             "simulator: key {key} resumes from the journal ({p} positions, {o} orders)",
             key=name,
-            p=len(positions.get(name, [])),
+            p=sum(position.size != 0 for position in held),
             o=len(orders.get(name, [])),
         )
-    journal.end_waiting_exits(resumed)
+    journal.end_exits([exit.order_id for exit in exits if exit.order_id not in taken])
     for note in notes:
         logger.warning("simulator resume: {note}", note=note)
 
@@ -215,44 +215,63 @@ def _journaled_prices(journal: Journal) -> dict[str, Decimal]:
     return {update.symbol: update.mark_price for update in latest if update.mark_price > 0}
 
 
-def _journaled_positions(journal: Journal) -> dict[str, list[ResumedPosition]]:
-    """Each key's open positions as last reported, with the newest waiting TP/SL that
-    closes each (a stop of an earlier position on the other side is not its)."""
-    exits = {
-        (key, symbol, kind, side): price
-        for key, symbol, kind, side, price in journal.waiting_exits()
-    }
+def _journaled_positions(
+    reports: Sequence[PositionUpdate], fills: Sequence[Execution], exits: Sequence[WaitingExit]
+) -> tuple[dict[str, list[ResumedPosition]], set[str]]:
+    """Each key's positions (flat ones too: their leverage): the last report, moved by the
+    fills journaled after it (a fill fetched by REST while the stream was down comes with no
+    report), with the newest waiting TP/SL that closes each (a stop of an earlier position on
+    the other side is not its); and the ids of the exits so taken."""
+    latest = {(report.key_name, report.symbol): report for report in reports}
+    sizes = {where: report.size for where, report in latest.items()}
+    entries = {where: report.entry_price for where, report in latest.items()}
+    for fill in fills:
+        where = (fill.key_name, fill.symbol)
+        report = latest.get(where)
+        if report is None or fill.ts > report.ts:
+            signed = fill.qty if fill.side is Side.BUY else -fill.qty
+            before = sizes.get(where, Decimal(0))
+            sizes[where] = before + signed
+            if before == 0 or (before > 0) != (sizes[where] > 0):
+                entries[where] = fill.price  # opened (or flipped) by this fill
+    newest = {(e.key_name, e.symbol, e.kind, e.side): e for e in exits}
     positions: dict[str, list[ResumedPosition]] = {}
-    for held in journal.positions():
-        if held.size == 0:
-            continue
-        closing = Side.SELL if held.size > 0 else Side.BUY
-        where = (held.key_name, held.symbol)
-        positions.setdefault(held.key_name, []).append(
+    taken: set[str] = set()
+    for (key_name, symbol), size in sizes.items():
+        closing = Side.SELL if size > 0 else Side.BUY
+        levels = {
+            kind: newest.get((key_name, symbol, kind, closing)) if size != 0 else None
+            for kind in ("TakeProfit", "StopLoss")
+        }
+        report = latest.get((key_name, symbol))
+        positions.setdefault(key_name, []).append(
             ResumedPosition(
-                symbol=held.symbol,
-                size=held.size,
-                entry_price=held.entry_price,
-                leverage=held.leverage,
-                take_profit=exits.get((*where, "TakeProfit", closing)),
-                stop_loss=exits.get((*where, "StopLoss", closing)),
+                symbol=symbol,
+                size=size,
+                entry_price=entries[(key_name, symbol)],
+                leverage=report.leverage if report is not None else Decimal(0),
+                take_profit=levels["TakeProfit"].trigger_price if levels["TakeProfit"] else None,
+                stop_loss=levels["StopLoss"].trigger_price if levels["StopLoss"] else None,
             )
         )
-    return positions
+        taken |= {level.order_id for level in levels.values() if level is not None}
+    return positions, taken
 
 
-def _journaled_orders(journal: Journal) -> dict[str, list[ResumedOrder]]:
+def _journaled_orders(
+    journal: Journal, fills: Sequence[Execution]
+) -> dict[str, list[ResumedOrder]]:
     """Each key's orders the venue must still know: those it last said were open (a limit one
     rests again; a market one, whose fill the journal never got, is over) and those not yet
     done whose fills the journal holds (the fills are in the positions)."""
-    fills: dict[str, list[Execution]] = {}
-    for fill, _ in journal.executions():
+    by_link: dict[str, list[Execution]] = {}
+    for fill in fills:
         if fill.order_link_id:
-            fills.setdefault(fill.order_link_id, []).append(fill)
+            by_link.setdefault(fill.order_link_id, []).append(fill)
     orders: dict[str, list[ResumedOrder]] = {}
     for record in journal.unfinished_orders():
         request = record.request
-        own = fills.get(request.order_link_id, [])
+        own = by_link.get(request.order_link_id, [])
         filled = sum((fill.qty for fill in own), Decimal(0))
         order_id = record.order_id or (own[0].order_id if own else None)
         if order_id is None or not (record.status in OPEN_AT_VENUE or own):

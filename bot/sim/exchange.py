@@ -656,8 +656,33 @@ class SimExchange:
                     self._resume_position(account, position, notes)
             for order in orders:
                 if self._listed(order.symbol, notes):
-                    self._resume_order(account, order)
+                    self._resume_order(account, order, notes)
         return notes
+
+    def _keep_resting(self, order: OrderRecord, notes: list[str]) -> None:
+        """A limit order the exchange that held it had resting: the market was not at its
+        price. Should the resumed price (the journal's last word) be there, it moves to the
+        order's far side, so that the order rests again instead of filling at a stale
+        price."""
+        assert order.price is not None
+        bid, ask = self._quote(order.symbol)
+        if (ask > order.price) if order.side == "Buy" else (bid < order.price):
+            return
+        spec = self._config.instruments[order.symbol]
+        spread = order.price * self._config.spread_bps / _BPS
+        if order.side == "Buy":
+            price = to_tick(order.price + spread + spec.tick_size, spec.tick_size, up=True)
+        else:
+            price = max(
+                to_tick(order.price - spread - spec.tick_size, spec.tick_size, up=False),
+                spec.tick_size,
+            )
+        journaled = self._prices[order.symbol]
+        notes.append(
+            f"{order.symbol}: price resumed at {fmt(price)}, not {fmt(journaled)}, where the "
+            f"resting {order.side} at {fmt(order.price)} would have filled"
+        )
+        self._prices[order.symbol] = price
 
     def _listed(self, symbol: str, notes: list[str]) -> bool:
         if symbol in self._config.instruments:
@@ -668,40 +693,38 @@ class SimExchange:
     def _resume_position(
         self, account: AccountRecord, resumed: ResumedPosition, notes: list[str]
     ) -> None:
+        """The symbol's leverage (a flat position's too: a resting order opens at it), and an
+        open position with its TP/SL; a level the resumed price has already passed triggers
+        at once, as it would have on the exchange that held it."""
         symbol = resumed.symbol
-        if resumed.size == 0 or symbol in account.hedge_symbols:
+        if symbol in account.hedge_symbols:
             return
         spec = self._config.instruments[symbol]
         leverage = min(resumed.leverage, spec.max_leverage)
         if leverage != resumed.leverage:
             notes.append(f"{symbol}: leverage {fmt(resumed.leverage)} resumed as {fmt(leverage)}")
-        side = "Buy" if resumed.size > 0 else "Sell"
-        levels: dict[str, Decimal] = {}
-        for name, level in (("takeProfit", resumed.take_profit), ("stopLoss", resumed.stop_loss)):
-            if level is None:
-                continue
-            try:
-                self._check_tpsl_level(name, symbol, level, side, self._prices[symbol], "position")
-            except SimError as exc:
-                notes.append(f"{symbol}: {name} {fmt(level)} not resumed: {exc.ret_msg}")
-            else:
-                levels[name] = level
+        if leverage >= 1:
+            account.leverage[symbol] = leverage
+        if resumed.size == 0:
+            return
         now = self.now_ms()
-        account.leverage[symbol] = leverage
-        account.positions[symbol] = PositionRecord(
+        position = account.positions[symbol] = PositionRecord(
             symbol=symbol,
             size=resumed.size,
             avg_price=resumed.entry_price,
-            take_profit=levels.get("takeProfit"),
-            stop_loss=levels.get("stopLoss"),
+            take_profit=resumed.take_profit,
+            stop_loss=resumed.stop_loss,
             created_ms=now,
             updated_ms=now,
             seq=self._next_seq(),
         )
         self._record_open_interest(symbol, abs(resumed.size), now)
         self._sync_exits(account, symbol)
+        self._trigger_stops(account, position, self._prices[symbol])
 
-    def _resume_order(self, account: AccountRecord, resumed: ResumedOrder) -> None:
+    def _resume_order(
+        self, account: AccountRecord, resumed: ResumedOrder, notes: list[str]
+    ) -> None:
         now = self.now_ms()
         done = resumed.filled_qty >= resumed.qty or resumed.price is None
         if resumed.filled_qty >= resumed.qty:
@@ -733,7 +756,8 @@ class SimExchange:
             arrived=done,
         )
         if not done:
-            self._submit(account, order)  # back on the book: it trades if the price came to it
+            self._keep_resting(order, notes)
+            self._submit(account, order)  # back on the book, resting
             return
         account.orders[order.order_id] = order
         if order.order_link_id:
