@@ -185,10 +185,11 @@ def _resume(
     call done whose fills it holds, so that a look-up finds them and nothing is sent twice),
     so that the books and the venue agree after a restart. A waiting exit no resumed position
     takes is ended; one that is taken stays until the simulator reports its own again."""
-    notes = exchange.resume_prices(_journaled_prices(journal))
+    reports = journal.positions()
+    notes = exchange.resume_prices(_journaled_prices(reports))
     fills = [fill for fill, _ in journal.executions()]
     exits = journal.waiting_exits()
-    positions, taken = _journaled_positions(journal.positions(), fills, exits)
+    positions, taken = _journaled_positions(reports, fills, exits)
     orders = _journaled_orders(journal, fills)
     balances = {wallet.key_name: wallet.wallet_balance_usdt for wallet in journal.wallets()}
     for name, key in settings.keys.items():
@@ -209,9 +210,9 @@ def _resume(
         logger.warning("simulator resume: {note}", note=note)
 
 
-def _journaled_prices(journal: Journal) -> dict[str, Decimal]:
+def _journaled_prices(reports: Sequence[PositionUpdate]) -> dict[str, Decimal]:
     """Each symbol's last mark price in the journal's position reports."""
-    latest = sorted(journal.positions(), key=lambda update: update.ts)
+    latest = sorted(reports, key=lambda update: update.ts)
     return {update.symbol: update.mark_price for update in latest if update.mark_price > 0}
 
 
@@ -229,9 +230,8 @@ def _journaled_positions(
         where = (fill.key_name, fill.symbol)
         report = latest.get(where)
         if report is None or fill.ts > report.ts:
-            signed = fill.qty if fill.side is Side.BUY else -fill.qty
             before = sizes.get(where, Decimal(0))
-            sizes[where] = before + signed
+            sizes[where] = before + fill.signed_qty
             if before == 0 or (before > 0) != (sizes[where] > 0):
                 entries[where] = fill.price  # opened (or flipped) by this fill
     newest = {(e.key_name, e.symbol, e.kind, e.side): e for e in exits}
