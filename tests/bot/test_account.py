@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from bot.account import UNATTRIBUTED, AccountKeeper, AccountProjection, RecentFills
 from bot.journal import Journal
-from bot.messages import Execution, Side
-from tests.factories import make_request
+from bot.messages import Execution, PositionUpdate, Side
+from bot.venue.fake import FakeVenue
+from tests.factories import make_request, sim_position
 
 T0 = datetime(2026, 11, 28, 12, tzinfo=UTC)
 _ids = itertools.count()
@@ -385,3 +386,49 @@ def test_the_fill_memory_holds_only_its_horizon_however_many_fills_pass() -> Non
     assert recent.seen(fill(Side.BUY, "0.001", "100", key="k1", at=newest)) is False
     too_old = fill(Side.BUY, "0.001", "100", key="k1", at=newest - timedelta(minutes=11))
     assert recent.seen(too_old) is None  # only the journal can tell
+
+
+class _SlowPositionList(FakeVenue):
+    """A venue whose position list is taken at once but answered only when `answer` is set:
+    what the stream reports in between is newer than the list."""
+
+    def __init__(self) -> None:
+        super().__init__(name="follow_sim")
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def positions(self) -> list[PositionUpdate]:
+        listed = await super().positions()  # no fills: Bybit lists no position
+        self.asked.set()
+        await self.answer.wait()
+        return listed
+
+
+@pytest.mark.parametrize("stream_reports_meanwhile", [True, False])
+def test_catching_up_flattens_only_a_position_the_stream_did_not_report_meanwhile(
+    journal: Journal, stream_reports_meanwhile: bool
+) -> None:
+    # Arrange: the books hold a long the venue's list (taken before the stream's report of a
+    # bigger one, answered after it) no longer shows.
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    venue = _SlowPositionList()
+    opened = sim_position(Decimal("0.01"), ts=datetime.now(UTC) - timedelta(seconds=5))
+    grown = sim_position(Decimal("0.02"), ts=datetime.now(UTC))
+
+    async def catch_up() -> None:
+        await keeper.apply(opened)
+        closing = asyncio.create_task(keeper.close_gap(venue))
+        await venue.asked.wait()
+        if stream_reports_meanwhile:
+            await keeper.apply(grown)
+        venue.answer.set()
+        await closing
+
+    # Act
+    asyncio.run(catch_up())
+
+    # Assert: the stream's report stands; without one, the list's silence is a flat.
+    position = projection.position("follow_sim", "BTCUSDT")
+    assert position is not None
+    assert position.size == (Decimal("0.02") if stream_reports_meanwhile else 0)
