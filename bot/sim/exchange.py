@@ -21,13 +21,13 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from bot import clock
+from bot.sim.candles import PriceHistory, candle_after, candle_starts
 from bot.sim.config import InstrumentSpec, PriceWalk, SimAccountSpec, SimFaults, SimulatorConfig
 from bot.sim.engine import Scheduler
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
@@ -93,7 +93,6 @@ from bot.sim.views import (
     fmt,
     funding_rate_view,
     instrument_view,
-    kline_rows,
     mark_kline_rows,
     open_interest_view,
     order_stream_view,
@@ -132,10 +131,6 @@ _QUERY_WINDOW_MS = 7 * 86_400_000
 #: The transaction log's span when a bound is missing: 24 hours.
 _LOG_SPAN_MS = 86_400_000
 _BPS = Decimal(10_000)
-_MINUTE_MS = 60_000
-_WEEK_MS = 7 * 86_400_000
-#: Bybit's weekly candles start on Monday 00:00 UTC; 1970-01-05 was the first Monday.
-_FIRST_MONDAY_MS = 4 * 86_400_000
 
 
 def _cursor_offset(cursor: str | None) -> int:
@@ -289,64 +284,9 @@ def _linear_listing(query: Listing[L]) -> Listing[L]:
 _EXIT_LEVELS = (("TakeProfit", "take_profit"), ("StopLoss", "stop_loss"))
 
 
-def _candle_starts(
-    interval: str, start: int | None, end: int | None, limit: int, now: int
-) -> list[int]:
-    """Start times (ms, newest first) of the candles a kline request covers: with `start`
-    alone, the first `limit` candles from the one holding `start` on (as Bybit pages forward
-    through history); otherwise the last `limit` up to `end` (or now), none before `start`."""
-    if start is not None and end is None:
-        forward: list[int] = []
-        if start > now:
-            return forward  # nothing has opened yet (and a far future has no calendar)
-        opened = _candle_open(interval, max(start, 0))
-        while len(forward) < limit and opened <= now:
-            forward.append(opened)
-            opened = _candle_after(interval, opened)
-        return forward[::-1]
-    backward: list[int] = []
-    opened = _candle_open(interval, min(end, now) if end is not None else now)
-    while len(backward) < limit and opened >= 0:
-        if start is not None and _candle_after(interval, opened) <= start:
-            break
-        backward.append(opened)
-        opened = _candle_before(interval, opened)
-    return backward
-
-
-def _candle_open(interval: str, moment: int) -> int:
-    """When the `interval` candle holding `moment` (ms) opened."""
-    if interval == "M":
-        at = datetime.fromtimestamp(moment / 1000, tz=UTC)
-        return int(datetime(at.year, at.month, 1, tzinfo=UTC).timestamp() * 1000)
-    length, origin = _candle_length(interval)
-    return (moment - origin) // length * length + origin
-
-
-def _candle_after(interval: str, opened: int) -> int:
-    if interval == "M":
-        at = datetime.fromtimestamp(opened / 1000, tz=UTC)
-        year, month = (at.year, at.month + 1) if at.month < 12 else (at.year + 1, 1)
-        return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
-    return opened + _candle_length(interval)[0]
-
-
-def _candle_before(interval: str, opened: int) -> int:
-    """The previous candle's open; negative before 1970 (the first candle)."""
-    if interval == "M":
-        at = datetime.fromtimestamp(opened / 1000, tz=UTC)
-        if at.year == 1970 and at.month == 1:
-            return -1
-        year, month = (at.year, at.month - 1) if at.month > 1 else (at.year - 1, 12)
-        return int(datetime(year, month, 1, tzinfo=UTC).timestamp() * 1000)
-    return opened - _candle_length(interval)[0]
-
-
-def _candle_length(interval: str) -> tuple[int, int]:
-    """(length, origin) in ms of a fixed-length interval: weeks open on Mondays."""
-    if interval == "W":
-        return _WEEK_MS, _FIRST_MONDAY_MS
-    return (86_400_000 if interval == "D" else int(interval) * _MINUTE_MS), 0
+def _next_funding_ms(now: int) -> int:
+    """When funding is next settled (every 8 hours from 00:00 UTC)."""
+    return (now // _FUNDING_INTERVAL_MS + 1) * _FUNDING_INTERVAL_MS
 
 
 #: The injectable faults that are drawn per request (see SimFaults).
@@ -414,6 +354,7 @@ class SimExchange:
         self._lock = threading.Lock()
         self._engine = Scheduler(self._lock)
         self._prices: dict[str, Decimal] = dict(self._config.prices)
+        self._history = PriceHistory(self._prices, clock.now_ms())
         self._walks: dict[str, _Walk] = {}
         self._accounts: dict[str, AccountRecord] = {}  # by the key that opened each
         #: every key, an account's further keys (`account_of`) included, to its account / spec
@@ -513,13 +454,15 @@ class SimExchange:
             return (account.user_id, spec.note) if account and spec else None
 
     def _ticker_row(self, symbol: str) -> dict[str, str]:
-        next_funding = (self.now_ms() // _FUNDING_INTERVAL_MS + 1) * _FUNDING_INTERVAL_MS
+        now = self.now_ms()
         return ticker_stream_view(
             symbol,
+            self._config.instruments[symbol],
             self._prices[symbol],
-            next_funding,
+            _next_funding_ms(now),
             *self._quote(symbol),
             self._open_interest[symbol],
+            self._history.day_stats(symbol, now),
             self._tick_directions.get(symbol, "ZeroPlusTick"),
         )
 
@@ -627,8 +570,8 @@ class SimExchange:
             for symbol, price in prices.items():
                 if symbol not in skipped:
                     spec = self._config.instruments[symbol]
-                    self._prices[symbol] = max(
-                        to_tick(price, spec.tick_size, up=False), spec.tick_size
+                    self._resume_price(
+                        symbol, max(to_tick(price, spec.tick_size, up=False), spec.tick_size)
                     )
             return [f"{symbol}: not listed here, its price is not resumed" for symbol in skipped]
 
@@ -682,7 +625,12 @@ class SimExchange:
             f"{order.symbol}: price resumed at {fmt(price)}, not {fmt(journaled)}, where the "
             f"resting {order.side} at {fmt(order.price)} would have filled"
         )
-        self._prices[order.symbol] = price
+        self._resume_price(order.symbol, price)
+
+    def _resume_price(self, symbol: str, price: Decimal) -> None:
+        """A resumed price: the history starts again from it (lock held)."""
+        self._prices[symbol] = price
+        self._history.restart(symbol, price, self.now_ms())
 
     def _listed(self, symbol: str, notes: list[str]) -> bool:
         if symbol in self._config.instruments:
@@ -967,15 +915,17 @@ class SimExchange:
         """`GET /v5/market/tickers`; other categories list nothing."""
         if params.category != "linear":
             return {"category": params.category, "list": []}
-        next_funding = (self.now_ms() // _FUNDING_INTERVAL_MS + 1) * _FUNDING_INTERVAL_MS
+        now = self.now_ms()
         with self._lock:
             rows = [
                 ticker_view(
                     symbol,
+                    self._config.instruments[symbol],
                     self._prices[symbol],
-                    next_funding,
+                    _next_funding_ms(now),
                     *self._quote(symbol),
                     self._open_interest[symbol],
+                    self._history.day_stats(symbol, now),
                 )
                 for symbol in self._symbols(params.symbol)
             ]
@@ -1004,7 +954,7 @@ class SimExchange:
 
     def candle_end(self, interval: str, start: int) -> int:
         """The last ms of the `interval` candle that opened at `start`."""
-        return _candle_after(interval, start) - 1
+        return candle_after(interval, start) - 1
 
     def kline(self, params: KlineParams) -> dict[str, Any]:
         """`GET /v5/market/kline`: synthetic candles, deterministic in time and price."""
@@ -1035,7 +985,7 @@ class SimExchange:
         rate's alone (0.01 %), as Bybit's formula gives for a zero premium."""
         with self._lock:
             self._instrument(params.symbol)
-        starts = _candle_starts(
+        starts = candle_starts(
             params.interval, params.start, params.end, params.limit, self.now_ms()
         )
         return {
@@ -1047,11 +997,10 @@ class SimExchange:
     def _candles(
         self, symbol: str, interval: str, start: int | None, end: int | None, limit: int
     ) -> list[list[str]]:
+        starts = candle_starts(interval, start, end, limit, self.now_ms())
         with self._lock:
             spec = self._instrument(symbol)
-            price = self._prices[symbol]
-        starts = _candle_starts(interval, start, end, limit, self.now_ms())
-        return kline_rows(symbol, interval, starts, price, spec.tick_size)
+            return self._history.candles(symbol, interval, starts, spec.tick_size)
 
     def recent_trades(self, params: RecentTradeParams) -> dict[str, Any]:
         """`GET /v5/market/recent-trade`: the symbol's latest fills, of every account, newest
@@ -2184,6 +2133,7 @@ class SimExchange:
         )
         account.executions.append(execution)
         self._public_trades[order.symbol].append(execution)
+        self._history.record_trade(order.symbol, price, qty, now)
         for sink in self._streams:
             if sink.wants_trades(order.symbol):
                 sink.push_trade(
@@ -2265,6 +2215,7 @@ class SimExchange:
         else:
             self._tick_directions[symbol] = "ZeroMinusTick"
         self._prices[symbol] = price
+        self._history.record_price(symbol, price, self.now_ms())
         self._book_updates += 1
         if any(sink.wants_market_data(symbol) for sink in self._streams):
             row = self._ticker_row(symbol)

@@ -9,7 +9,10 @@ import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from bot.sim.candles import DayStats
 
 from bot.sim.config import PERMISSION_GROUPS, InstrumentSpec, SimAccountSpec
 from bot.sim.records import (
@@ -39,7 +42,6 @@ __all__ = [
     "fmt",
     "funding_rate_view",
     "instrument_view",
-    "kline_rows",
     "mark_kline_rows",
     "open_interest_view",
     "order_stream_view",
@@ -55,6 +57,7 @@ __all__ = [
     "ticker_view",
     "to_tick",
     "transaction_log_view",
+    "unit",
     "wallet_stream_view",
     "wallet_view",
 ]
@@ -68,7 +71,7 @@ LAUNCH_TIME_MS = 1_584_230_400_000
 #: The simulator does not charge funding to positions.
 FUNDING_RATE = Decimal("0.0001")
 _RATE_PLACES = Decimal("0.0001")
-_AVG_PLACES = Decimal("1e-8")
+_PLACES = Decimal("1e-8")
 
 
 def fmt(value: Decimal) -> str:
@@ -78,9 +81,10 @@ def fmt(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def _fmt_avg(value: Decimal) -> str:
-    """Average prices are rounded to 8 places so weighted means stay readable."""
-    return fmt(value.quantize(_AVG_PLACES))
+def _fmt8(value: Decimal) -> str:
+    """An average price or an amount of money, rounded to 8 places as Bybit shows them (a
+    weighted mean, and what is worked out from it, would run to 28 digits)."""
+    return fmt(value.quantize(_PLACES))
 
 
 def to_tick(price: Decimal, tick: Decimal, *, up: bool) -> Decimal:
@@ -123,7 +127,7 @@ def order_view(order: OrderRecord) -> dict[str, Any]:
         "cancelType": order.cancel_type,
         "rejectReason": order.reject_reason,
         "avgPrice": (
-            _fmt_avg(order.cum_exec_value / order.cum_exec_qty) if order.cum_exec_qty else ""
+            _fmt8(order.cum_exec_value / order.cum_exec_qty) if order.cum_exec_qty else ""
         ),
         "leavesQty": fmt(leaves),
         "leavesValue": fmt(leaves * order.price) if order.price is not None else "0",
@@ -211,9 +215,9 @@ def closed_pnl_view(record: ClosedPnlRecord) -> dict[str, Any]:
         "execType": "Trade",
         "closedSize": fmt(size),
         "cumEntryValue": fmt(record.cum_entry_value),
-        "avgEntryPrice": _fmt_avg(record.cum_entry_value / size) if size else "0",
+        "avgEntryPrice": _fmt8(record.cum_entry_value / size) if size else "0",
         "cumExitValue": fmt(record.cum_exit_value),
-        "avgExitPrice": _fmt_avg(record.cum_exit_value / size) if size else "0",
+        "avgExitPrice": _fmt8(record.cum_exit_value / size) if size else "0",
         "closedPnl": fmt(record.closed_pnl),
         "fillCount": str(record.fill_count),
         "leverage": fmt(record.leverage),
@@ -269,10 +273,16 @@ def coin_info_view(coins: list[str]) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def _unit(*parts: object) -> Decimal:
+def unit(*parts: object) -> Decimal:
     """A deterministic number in [0, 1) from the parts (a hash, not a random draw)."""
     digest = hashlib.sha256(":".join(str(part) for part in parts).encode()).digest()
     return Decimal(int.from_bytes(digest[:6], "big")) / Decimal(2**48)
+
+
+def book_size(symbol: str, spec: InstrumentSpec, side: Literal["b", "a"], level: int) -> str:
+    """The synthetic book's size at a level (0: the best) of a side, fixed per level."""
+    steps = 1 + int(unit(symbol, side, level) * 500)
+    return fmt(spec.qty_step * steps)
 
 
 def orderbook_view(
@@ -285,14 +295,13 @@ def orderbook_view(
     update_id: int,
 ) -> dict[str, Any]:
     """A synthetic book around the quote: levels one tick apart, sizes fixed per level."""
-
-    def size(side: str, level: int) -> str:
-        steps = 1 + int(_unit(symbol, side, level) * 500)
-        return fmt(spec.qty_step * steps)
-
     tick = spec.tick_size
-    bids = [[fmt(bid - tick * i), size("b", i)] for i in range(depth) if bid - tick * i > 0]
-    asks = [[fmt(ask + tick * i), size("a", i)] for i in range(depth)]
+    bids = [
+        [fmt(bid - tick * i), book_size(symbol, spec, "b", i)]
+        for i in range(depth)
+        if bid - tick * i > 0
+    ]
+    asks = [[fmt(ask + tick * i), book_size(symbol, spec, "a", i)] for i in range(depth)]
     return {
         "s": symbol,
         "b": bids,
@@ -302,41 +311,6 @@ def orderbook_view(
         "seq": update_id,
         "cts": now_ms,
     }
-
-
-#: Largest deviation of a synthetic candle's close from the current price (0.5 %).
-_KLINE_SWING = Decimal("0.005")
-
-
-def kline_rows(
-    symbol: str, interval: str, starts: list[int], price: Decimal, tick: Decimal
-) -> list[list[str]]:
-    """Synthetic candles, newest first, deterministic in (symbol, interval, start, price).
-
-    Each close lies within 0.5 % of the current price, each open is the previous close,
-    and the newest candle (the one still open) closes at the current price.
-    """
-
-    def close_at(index: int) -> Decimal:
-        if index == 0:
-            return price
-        offset = (_unit(symbol, interval, starts[index], "c") * 2 - 1) * _KLINE_SWING
-        return max(to_tick(price * (1 + offset), tick, up=False), tick)
-
-    rows = []
-    for index, start in enumerate(starts):
-        close = close_at(index)
-        opened = close_at(index + 1) if index + 1 < len(starts) else close
-        wick_up = _unit(symbol, interval, start, "h") * _KLINE_SWING / 2
-        wick_down = _unit(symbol, interval, start, "l") * _KLINE_SWING / 2
-        high = to_tick(max(opened, close) * (1 + wick_up), tick, up=True)
-        low = max(to_tick(min(opened, close) * (1 - wick_down), tick, up=False), tick)
-        volume = (_unit(symbol, interval, start, "v") * 1000).quantize(Decimal("0.001"))
-        turnover = (volume * (opened + close) / 2).quantize(Decimal("0.0001"))
-        rows.append(
-            [str(start), fmt(opened), fmt(high), fmt(low), fmt(close), fmt(volume), fmt(turnover)]
-        )
-    return rows
 
 
 def mark_kline_rows(rows: list[list[str]]) -> list[list[str]]:
@@ -511,26 +485,26 @@ def position_view(
         "symbol": position.symbol,
         "side": side,
         "size": fmt(abs(position.size)),
-        "avgPrice": _fmt_avg(position.avg_price) if position.size else "0",
-        "positionValue": fmt(value),
+        "avgPrice": _fmt8(position.avg_price) if position.size else "0",
+        "positionValue": _fmt8(value),
         "tradeMode": 0,
         "positionStatus": "Normal",
         "autoAddMargin": 0,
         "adlRankIndicator": 2 if position.size else 0,
         "leverage": fmt(leverage),
-        "positionBalance": fmt(initial_margin),
+        "positionBalance": _fmt8(initial_margin),
         "markPrice": fmt(mark),
         "liqPrice": "",
         "bustPrice": "",
-        "positionIM": fmt(initial_margin),
-        "positionMM": fmt(value * MAINTENANCE_MARGIN_RATE),
+        "positionIM": _fmt8(initial_margin),
+        "positionMM": _fmt8(value * MAINTENANCE_MARGIN_RATE),
         "tpslMode": "Full",
         "takeProfit": fmt(position.take_profit) if position.take_profit else "0",
         "stopLoss": fmt(position.stop_loss) if position.stop_loss else "0",
         "trailingStop": "0",
-        "unrealisedPnl": fmt((mark - position.avg_price) * position.size),
-        "curRealisedPnl": fmt(position.cur_realised_pnl),
-        "cumRealisedPnl": fmt(position.cum_realised_pnl),
+        "unrealisedPnl": _fmt8((mark - position.avg_price) * position.size),
+        "curRealisedPnl": _fmt8(position.cur_realised_pnl),
+        "cumRealisedPnl": _fmt8(position.cum_realised_pnl),
         "sessionAvgPrice": "",
         "isReduceOnly": False,
         "mmrSysUpdatedTime": "",
@@ -547,9 +521,9 @@ def wallet_view(figures: MarginFigures, include_usdt: bool) -> dict[str, Any]:
     coins = [
         {
             "coin": SETTLE_COIN,
-            "equity": fmt(equity),
-            "usdValue": fmt(equity),
-            "walletBalance": fmt(figures.wallet_balance),
+            "equity": _fmt8(equity),
+            "usdValue": _fmt8(equity),
+            "walletBalance": _fmt8(figures.wallet_balance),
             "free": "",
             "locked": "0",
             "spotHedgingQty": "0",
@@ -557,11 +531,11 @@ def wallet_view(figures: MarginFigures, include_usdt: bool) -> dict[str, Any]:
             "availableToWithdraw": "",
             "availableToBorrow": "",
             "accruedInterest": "0",
-            "totalOrderIM": fmt(figures.order_im),
-            "totalPositionIM": fmt(figures.position_im),
-            "totalPositionMM": fmt(figures.position_mm),
-            "unrealisedPnl": fmt(figures.unrealised_pnl),
-            "cumRealisedPnl": fmt(figures.cum_realised_pnl),
+            "totalOrderIM": _fmt8(figures.order_im),
+            "totalPositionIM": _fmt8(figures.position_im),
+            "totalPositionMM": _fmt8(figures.position_mm),
+            "unrealisedPnl": _fmt8(figures.unrealised_pnl),
+            "cumRealisedPnl": _fmt8(figures.cum_realised_pnl),
             "bonus": "0",
             "marginCollateral": True,
             "collateralSwitch": True,
@@ -576,13 +550,13 @@ def wallet_view(figures: MarginFigures, include_usdt: bool) -> dict[str, Any]:
         "accountLTV": "0",
         "accountIMRate": rate(figures.initial_margin),
         "accountMMRate": rate(figures.position_mm),
-        "totalEquity": fmt(equity),
-        "totalWalletBalance": fmt(figures.wallet_balance),
-        "totalMarginBalance": fmt(equity),
-        "totalAvailableBalance": fmt(figures.available),
-        "totalPerpUPL": fmt(figures.unrealised_pnl),
-        "totalInitialMargin": fmt(figures.initial_margin),
-        "totalMaintenanceMargin": fmt(figures.position_mm),
+        "totalEquity": _fmt8(equity),
+        "totalWalletBalance": _fmt8(figures.wallet_balance),
+        "totalMarginBalance": _fmt8(equity),
+        "totalAvailableBalance": _fmt8(figures.available),
+        "totalPerpUPL": _fmt8(figures.unrealised_pnl),
+        "totalInitialMargin": _fmt8(figures.initial_margin),
+        "totalMaintenanceMargin": _fmt8(figures.position_mm),
         "coin": coins if include_usdt else [],
     }
     return {"list": [account]}
@@ -671,13 +645,16 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
 
 def ticker_view(
     symbol: str,
+    spec: InstrumentSpec,
     price: Decimal,
     next_funding_ms: int,
     bid: Decimal,
     ask: Decimal,
     single_open_interest: Decimal,
+    day: DayStats,
 ) -> dict[str, Any]:
-    """A ticker as `/v5/market/tickers` lists it: last, mark and index are the one price.
+    """A ticker as `/v5/market/tickers` lists it: last, mark and index are the one price;
+    the 24 h figures are the simulator's own (`bot.sim.candles`).
 
     single_open_interest is what the accounts hold (the simulated market is the other side
     of every position); Bybit's openInterest counts both sides.
@@ -689,17 +666,17 @@ def ticker_view(
         "lastPrice": text,
         "indexPrice": text,
         "markPrice": text,
-        "prevPrice24h": text,
-        "price24hPcnt": "0",
-        "highPrice24h": text,
-        "lowPrice24h": text,
-        "prevPrice1h": text,
+        "prevPrice24h": fmt(day.prev_24h),
+        "price24hPcnt": fmt(day.change_24h(price)),
+        "highPrice24h": fmt(day.high_24h),
+        "lowPrice24h": fmt(day.low_24h),
+        "prevPrice1h": fmt(day.prev_1h),
         "openInterest": fmt(both_sides),
         "openInterestValue": fmt(both_sides * price),
         "singleOpenInterest": fmt(single_open_interest),
         "singleOpenInterestValue": fmt(single_open_interest * price),
-        "turnover24h": "0",
-        "volume24h": "0",
+        "turnover24h": fmt(day.turnover_24h.quantize(Decimal("0.0001"))),
+        "volume24h": fmt(day.volume_24h),
         "fundingRate": fmt(FUNDING_RATE),
         "nextFundingTime": str(next_funding_ms),
         "predictedDeliveryPrice": "",
@@ -707,9 +684,9 @@ def ticker_view(
         "deliveryFeeRate": "",
         "deliveryTime": "0",
         "bid1Price": fmt(bid),
-        "bid1Size": "1",
+        "bid1Size": book_size(symbol, spec, "b", 0),
         "ask1Price": fmt(ask),
-        "ask1Size": "1",
+        "ask1Size": book_size(symbol, spec, "a", 0),
         "basis": "",
     }
 
@@ -783,17 +760,19 @@ _TICKER_STREAM_FIELDS = (
 
 def ticker_stream_view(
     symbol: str,
+    spec: InstrumentSpec,
     price: Decimal,
     next_funding_ms: int,
     bid: Decimal,
     ask: Decimal,
     single_open_interest: Decimal,
+    day: DayStats,
     tick_direction: str,
 ) -> dict[str, str]:
     """A linear ticker as a `tickers.{symbol}` snapshot carries it (a delta carries the
     fields that changed, and symbol)."""
     row = {
-        **ticker_view(symbol, price, next_funding_ms, bid, ask, single_open_interest),
+        **ticker_view(symbol, spec, price, next_funding_ms, bid, ask, single_open_interest, day),
         "tickDirection": tick_direction,
     }
     return {name: str(row[name]) for name in _TICKER_STREAM_FIELDS}

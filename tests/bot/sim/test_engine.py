@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from bot import clock
 from bot.sim import RetCode, SimAccountSpec, SimError, SimExchange, SimulatorConfig
 from bot.sim.params import (
     AmendOrderParams,
@@ -15,10 +17,12 @@ from bot.sim.params import (
     ClosedPnlParams,
     ExecutionQueryParams,
     KlineParams,
+    MarketParams,
     OrderbookParams,
     OrderQueryParams,
     PlaceOrderParams,
     PositionQueryParams,
+    WalletBalanceParams,
 )
 
 KEY = "engine-key"
@@ -309,23 +313,80 @@ def test_cancel_all_cancels_the_open_orders_of_a_symbol_only() -> None:
 # ------------------------------------------------------------------ market data
 
 
-def test_klines_are_deterministic_and_end_at_the_current_price() -> None:
+def _klines(exchange: SimExchange, **query: Any) -> list[list[str]]:
+    rows: list[list[str]] = exchange.kline(
+        KlineParams.model_validate({"symbol": "BTCUSDT", **query})
+    )["list"]
+    return rows
+
+
+def test_klines_before_the_start_are_history_whatever_the_window() -> None:
     exchange = _exchange()
-    query = KlineParams.model_validate(
-        {"symbol": "BTCUSDT", "interval": "60", "end": 1_700_000_000_000, "limit": 5}
-    )
+    end = 1_700_000_000_000
 
-    first, again = exchange.kline(query)["list"], exchange.kline(query)["list"]
+    three = _klines(exchange, interval="60", end=end, limit=3)
+    five = _klines(exchange, interval="60", end=end, limit=5)
 
-    assert first == again
-    assert [int(row[0]) for row in first] == [
+    assert [int(row[0]) for row in five] == [
         1_699_999_200_000 - hour * 3_600_000 for hour in range(5)
     ]
-    assert first[0][4] == "97000"
-    for _start, opened, high, low, close, _volume, _turnover in first:
+    assert five[:3] == three  # the oldest of a window is not special
+    assert [row[1] for row in five[:-1]] == [row[4] for row in five[1:]]  # open: the close before
+    for _start, opened, high, low, close, _volume, _turnover in five:
         assert Decimal(low) <= min(Decimal(opened), Decimal(close))
         assert Decimal(high) >= max(Decimal(opened), Decimal(close))
-    assert [row[1] for row in first[:-1]] == [row[4] for row in first[1:]]
+
+
+def test_the_candles_are_what_the_price_did_since_the_start() -> None:
+    hour = 3_600_000
+    virtual = clock.VirtualClock(datetime(2026, 11, 28, 12, 0, 10, tzinfo=UTC))
+    with clock.installed(virtual):
+        exchange = _exchange()
+        before = _klines(exchange, interval="60", limit=2)
+
+        # Arrange: the price moves within the hour, and a buy fills
+        for price in ("97100", "96900", "97050"):
+            exchange.set_prices({"BTCUSDT": price})
+        _submit(exchange, side="Buy", qty="0.01")
+        exchange.advance(DELAY_MS)
+        later = datetime(2026, 11, 28, 13, 0, 5, tzinfo=UTC)
+        virtual.advance_to(later)
+        exchange.set_prices({"BTCUSDT": "97200"})
+
+        # Act
+        rows = _klines(exchange, interval="60", limit=3)
+
+    # Assert: the hour before the start closed at the start price and never changes; the
+    # start's hour is what the price did, its volume the fill; the open hour opened there.
+    started, previous = rows[1], rows[2]
+    assert previous == before[1]
+    assert previous[4] == "97000"
+    assert started[1:5] == ["97000", "97100", "96900", "97050"]
+    assert started[5] == "0.01"
+    assert rows[0][1:5] == ["97050", "97200", "97050", "97200"]
+    assert int(rows[0][0]) - int(started[0]) == hour
+
+
+def test_a_ticker_reports_the_last_24_hours_of_the_simulators_own_trading() -> None:
+    virtual = clock.VirtualClock(datetime(2026, 11, 28, 12, tzinfo=UTC))
+    with clock.installed(virtual):
+        exchange = _exchange()
+        exchange.set_prices({"BTCUSDT": "98000"})
+        _submit(exchange, side="Buy", qty="0.02")
+        exchange.advance(DELAY_MS)
+        virtual.advance_to(datetime(2026, 11, 28, 14, tzinfo=UTC))
+        exchange.set_prices({"BTCUSDT": "96030"})
+
+        ticker = exchange.tickers(
+            MarketParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+        )["list"][0]
+
+    assert ticker["prevPrice24h"] == "97000"  # younger than a day: the start price
+    assert ticker["prevPrice1h"] == "98000"
+    assert (ticker["highPrice24h"], ticker["lowPrice24h"]) == ("98000", "96030")
+    assert ticker["price24hPcnt"] == "-0.01"
+    assert ticker["volume24h"] == "0.02"
+    assert Decimal(ticker["turnover24h"]) == Decimal("0.02") * Decimal(ticker["highPrice24h"])
 
 
 @pytest.mark.parametrize(
@@ -381,3 +442,28 @@ def test_the_orderbook_surrounds_the_quote_one_tick_apart() -> None:
 
     assert [level[0] for level in book["b"]] == ["96995.1", "96995", "96994.9"]
     assert [level[0] for level in book["a"]] == ["97004.9", "97005", "97005.1"]
+
+
+def test_amounts_worked_out_from_an_average_price_show_at_most_8_places() -> None:
+    exchange = _exchange()
+    _submit(exchange, side="Buy", qty="0.001")
+    exchange.advance(DELAY_MS)
+    exchange.set_prices({"BTCUSDT": "97000.1"})
+    _submit(exchange, side="Buy", qty="0.002")  # the average is 97000.0666...
+    exchange.advance(DELAY_MS)
+    exchange.set_prices({"BTCUSDT": "97000.2"})
+
+    position = exchange.positions(
+        KEY, PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    )["list"][0]
+    wallet = exchange.wallet_balance(
+        KEY, WalletBalanceParams.model_validate({"accountType": "UNIFIED"})
+    )["list"][0]
+
+    amounts = [
+        position[name]
+        for name in ("avgPrice", "positionValue", "positionIM", "positionMM", "unrealisedPnl")
+    ] + [wallet[name] for name in ("totalEquity", "totalPerpUPL", "totalAvailableBalance")]
+    assert Decimal(position["unrealisedPnl"]) != 0
+    for amount in amounts:
+        assert -Decimal(amount).as_tuple().exponent <= 8, amount
