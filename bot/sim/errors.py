@@ -34,11 +34,17 @@ class RetCode(IntEnum):
     TPSL_NOT_MODIFIED = 34040
     ORDER_NOT_EXISTS = 110001
     INSUFFICIENT_AVAILABLE_BALANCE = 110007
+    #: "The number of stop orders exceeds maximum limit allowed" (10 per symbol)
+    TOO_MANY_CONDITIONAL_ORDERS = 110009
     REDUCE_ONLY_RULE_NOT_SATISFIED = 110017
     POSITION_MODE_NOT_MODIFIED = 110025
     HEDGE_MODE_NOT_SUPPORTED = 110029
     LEVERAGE_NOT_MODIFIED = 110043
     DUPLICATE_ORDER_LINK_ID = 110072
+    #: A conditional order's trigger already passed: "expect Rising (110092) / Falling
+    #: (110093), but trigger_price ... current ..."
+    TRIGGER_NOT_ABOVE_PRICE = 110092
+    TRIGGER_NOT_BELOW_PRICE = 110093
     ORDER_VALUE_BELOW_MINIMUM = 110094
 
 

@@ -280,6 +280,9 @@ def _linear_listing(query: Listing[L]) -> Listing[L]:
     return listing
 
 
+#: Bybit's limit of active conditional orders per symbol and account.
+_CONDITIONAL_ORDERS_PER_SYMBOL = 10
+
 #: A position's exits: Bybit's stopOrderType and the position's attribute holding its level.
 _EXIT_LEVELS = (("TakeProfit", "take_profit"), ("StopLoss", "stop_loss"))
 
@@ -1108,12 +1111,15 @@ class SimExchange:
         limit_price = self._check_order_params(params, qty)
         if params.order_link_id is not None and params.order_link_id in account.link_ids:
             raise SimError(RetCode.DUPLICATE_ORDER_LINK_ID, "OrderLinkedID is duplicate")
+        if params.trigger_price is not None:
+            return self._place_conditional(account, params, spec, qty, limit_price, price_now)
         reference = limit_price if limit_price is not None else price_now
         self._check_tpsl(params, reference)
         if params.reduce_only:
             qty = self._reducible_qty(account, params.symbol, params.side, qty)
         else:
-            self._check_margin(account, params, spec, qty, reference)
+            self._check_min_value(spec, qty, reference)
+            self._check_available(account, params.symbol, params.side, qty, reference)
         now = self.now_ms()
         lag = self._config.query_lag_ms
         if self._draw("order_visibility_lag"):
@@ -1140,6 +1146,153 @@ class SimExchange:
         self._submit(account, order)
         return order
 
+    def _place_conditional(
+        self,
+        account: AccountRecord,
+        params: PlaceOrderParams,
+        spec: InstrumentSpec,
+        qty: Decimal,
+        limit_price: Decimal | None,
+        price_now: Decimal,
+    ) -> OrderRecord:
+        """Book a conditional order (lock held): Untriggered, holding no margin, until the
+        price reaches its trigger (`_fire_conditionals`). Its direction, when left out, is
+        the side of the price the trigger lies on. A reduce-only one is checked against the
+        position when it fires, not now: the position may change before."""
+        trigger = params.trigger_price
+        assert trigger is not None
+        self._check_price("triggerPrice", params.symbol, trigger)
+        direction = params.trigger_direction or (1 if trigger > price_now else 2)
+        self._check_trigger(direction, trigger, price_now)
+        waiting = sum(1 for o in account.conditional_orders.values() if o.symbol == params.symbol)
+        if waiting >= _CONDITIONAL_ORDERS_PER_SYMBOL:
+            raise SimError(
+                RetCode.TOO_MANY_CONDITIONAL_ORDERS,
+                "The number of stop orders exceeds maximum limit allowed",
+            )
+        reference = limit_price if limit_price is not None else trigger
+        self._check_tpsl(params, reference)
+        self._check_min_value(spec, qty, reference)
+        now = self.now_ms()
+        order = OrderRecord(
+            order_id=str(uuid.uuid4()),
+            order_link_id=params.order_link_id or "",
+            symbol=params.symbol,
+            side=params.side,
+            order_type=params.order_type,
+            price=limit_price,
+            qty=qty,
+            time_in_force="IOC" if limit_price is None else params.time_in_force or "GTC",
+            reduce_only=params.reduce_only,
+            close_on_trigger=params.close_on_trigger,
+            take_profit=params.take_profit or None,
+            stop_loss=params.stop_loss or None,
+            last_price_on_created=price_now,
+            created_ms=now,
+            updated_ms=now,
+            seq=self._next_seq(),
+            status="Untriggered",
+            stop_order_type="Stop",
+            create_type="CreateByStopOrder",
+            trigger_price=trigger,
+            trigger_direction=direction,
+            trigger_by=params.trigger_by or "LastPrice",
+            visible_from_ms=self._engine.now_ms() + self._config.query_lag_ms,
+        )
+        account.orders[order.order_id] = order
+        account.conditional_orders[order.order_id] = order
+        if order.order_link_id:
+            account.link_ids[order.order_link_id] = order.order_id
+        self._push_order(account, order)
+        return order
+
+    @staticmethod
+    def _check_trigger(direction: int, trigger: Decimal, price: Decimal) -> None:
+        """A trigger on the side of the price its direction says (Bybit: 110092 / 110093)."""
+        if direction == 1 and trigger <= price:
+            raise SimError(
+                RetCode.TRIGGER_NOT_ABOVE_PRICE,
+                f"expect Rising, but trigger_price[{fmt(trigger)}] <= current[{fmt(price)}]"
+                "??LastPrice",
+            )
+        if direction == 2 and trigger >= price:
+            raise SimError(
+                RetCode.TRIGGER_NOT_BELOW_PRICE,
+                f"expect Falling, but trigger_price[{fmt(trigger)}] >= current[{fmt(price)}]"
+                "??LastPrice",
+            )
+
+    def _fire_conditionals(self, account: AccountRecord, symbol: str, price: Decimal) -> None:
+        """Send each conditional order of `symbol` whose trigger the price has reached, as
+        Bybit does: Untriggered -> Triggered -> New (one orderId), then it trades as an order
+        of its type; without the margin to open it, it is cancelled."""
+        for order in [o for o in account.conditional_orders.values() if o.symbol == symbol]:
+            assert order.trigger_price is not None
+            rising = order.trigger_direction == 1
+            if price < order.trigger_price if rising else price > order.trigger_price:
+                continue
+            del account.conditional_orders[order.order_id]
+            order.status = "Triggered"
+            order.updated_ms = self.now_ms()
+            self._push_order(account, order)
+            if not order.reduce_only:
+                reference = order.price if order.price is not None else price
+                try:
+                    self._check_available(account, symbol, order.side, order.qty, reference)
+                except SimError:
+                    order.status, order.reject_reason = "Cancelled", "EC_Others"
+                    order.updated_ms = self.now_ms()
+                    self._push_order(account, order)
+                    continue
+            order.status = "New"
+            order.visible_from_ms = self._engine.now_ms()
+            self._submit(account, order)
+
+    def _amend_conditional(
+        self, account: AccountRecord, order: OrderRecord, params: AmendOrderParams
+    ) -> None:
+        """Change a conditional order before it fires: its trigger (on the side of the price
+        its direction says), qty, limit price or attached TP/SL."""
+        changes: dict[str, Any] = {}
+        if params.trigger_price is not None and params.trigger_price != order.trigger_price:
+            self._check_price("triggerPrice", order.symbol, params.trigger_price)
+            self._check_trigger(
+                order.trigger_direction, params.trigger_price, self._prices[order.symbol]
+            )
+            changes["trigger_price"] = params.trigger_price
+        if params.qty is not None and params.qty != order.qty:
+            self._check_qty(order.symbol, params.qty)
+            changes["qty"] = params.qty
+        if params.price is not None and params.price != order.price:
+            if order.price is None:
+                raise SimError(
+                    RetCode.PARAMS_ERROR, "params error: a market order's price cannot be amended"
+                )
+            self._check_price("price", order.symbol, params.price)
+            changes["price"] = params.price
+        changes |= self._tpsl_changes(
+            order,
+            params.take_profit,
+            params.stop_loss,
+            lambda name, level: self._check_price(name, order.symbol, level),
+        )
+        if not changes:
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                "The order remains unchanged as the parameters entered match the existing ones.",
+            )
+        for name, value in changes.items():
+            setattr(order, name, value)
+        order.updated_ms = self.now_ms()
+        self._push_order(account, order)
+
+    def _end_conditional(self, account: AccountRecord, order: OrderRecord) -> None:
+        """A conditional order cancelled before it fired: Deactivated (Bybit's UTA)."""
+        del account.conditional_orders[order.order_id]
+        order.status, order.cancel_type = "Deactivated", "CancelByUser"
+        order.updated_ms = self.now_ms()
+        self._push_order(account, order)
+
     def amend_order(self, api_key: str, params: AmendOrderParams) -> dict[str, Any]:
         """`POST /v5/order/amend`: change qty, price, takeProfit or stopLoss of an open order.
 
@@ -1153,12 +1306,19 @@ class SimExchange:
             if exit_order is not None:
                 self._amend_exit(account, exit_order, params)
                 return {"orderId": exit_order.order_id, "orderLinkId": ""}
+            conditional = self._waiting_conditional(
+                account, params.symbol, params.order_id, params.order_link_id
+            )
+            if conditional is not None:
+                self._amend_conditional(account, conditional, params)
+                return {"orderId": conditional.order_id, "orderLinkId": conditional.order_link_id}
             order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
             if order is None or order.order_type == "Market":
                 raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
             if params.trigger_price is not None:
                 raise SimError(
-                    RetCode.PARAMS_ERROR, "params error: triggerPrice amends TP/SL orders only"
+                    RetCode.PARAMS_ERROR,
+                    "params error: triggerPrice amends conditional and TP/SL orders only",
                 )
             changes: dict[str, Any] = {}
             if params.qty is not None and params.qty != order.qty:
@@ -1299,6 +1459,12 @@ class SimExchange:
         if exit_order is not None:
             self._cancel_exit(account, exit_order)
             return exit_order
+        conditional = self._waiting_conditional(
+            account, params.symbol, params.order_id, params.order_link_id
+        )
+        if conditional is not None:
+            self._end_conditional(account, conditional)
+            return conditional
         order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
         if order is None:
             raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to cancel")
@@ -1326,7 +1492,9 @@ class SimExchange:
                 and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
             ]
             for order in selected:
-                if order.status == "Untriggered":
+                if order.order_id in account.conditional_orders:
+                    self._end_conditional(account, order)
+                elif order.status == "Untriggered":
                     self._cancel_exit(account, order)
                 else:
                     self._close(account, order, cancel_type="CancelByUser")
@@ -1882,27 +2050,27 @@ class SimExchange:
             )
         return min(qty, reducible)
 
-    def _check_margin(
-        self,
-        account: AccountRecord,
-        params: PlaceOrderParams,
-        spec: InstrumentSpec,
-        qty: Decimal,
-        reference: Decimal,
-    ) -> None:
-        """Minimum order value (110094), then available balance (110007)."""
+    @staticmethod
+    def _check_min_value(spec: InstrumentSpec, qty: Decimal, reference: Decimal) -> None:
+        """An order worth at least the instrument's minimum (110094)."""
         if qty * reference < spec.min_notional_usdt:
             raise SimError(
                 RetCode.ORDER_VALUE_BELOW_MINIMUM,
                 f"Order does not meet minimum order value {fmt(spec.min_notional_usdt)}USDT",
             )
-        position = account.positions.get(params.symbol)
+
+    def _check_available(
+        self, account: AccountRecord, symbol: str, side: str, qty: Decimal, reference: Decimal
+    ) -> None:
+        """The margin and fee of an order's opening part within the available balance
+        (110007)."""
+        position = account.positions.get(symbol)
         size = position.size if position is not None else ZERO
         # Only the part that opens exposure needs margin; closing an opposite position frees it.
-        same_direction = size == 0 or (size > 0) == (params.side == "Buy")
+        same_direction = size == 0 or (size > 0) == (side == "Buy")
         opening = qty if same_direction else max(qty - abs(size), ZERO)
         required = (
-            opening * reference / self._leverage(account, params.symbol)
+            opening * reference / self._leverage(account, symbol)
             + qty * reference * self._config.taker_fee_rate
         )
         if required > self._figures(account).available:
@@ -2244,6 +2412,7 @@ class SimExchange:
             position = account.positions.get(symbol)
             if position is not None and position.size != 0:
                 self._trigger_stops(account, position, price)
+            self._fire_conditionals(account, symbol, price)
 
     def _trigger_stops(
         self, account: AccountRecord, position: PositionRecord, price: Decimal
@@ -2357,12 +2526,25 @@ class SimExchange:
         order = account.orders.get(order_id) if order_id is not None else None
         if order is None or order.symbol != symbol or order.status != "Untriggered":
             return None
-        return order
+        return order if order.stop_order_type in dict(_EXIT_LEVELS) else None
+
+    def _waiting_conditional(
+        self, account: AccountRecord, symbol: str, order_id: str | None, link_id: str | None
+    ) -> OrderRecord | None:
+        """The Untriggered conditional order of `symbol` by orderId or orderLinkId, if any."""
+        order = self._find(account, order_id, link_id)
+        if order is None or order.symbol != symbol:
+            return None
+        return account.conditional_orders.get(order.order_id)
 
     @staticmethod
     def _waiting_orders(account: AccountRecord) -> list[OrderRecord]:
-        """The open orders and the Untriggered TP/SL orders, oldest first."""
-        waiting = [*account.open_orders.values(), *account.exit_orders.values()]
+        """The open orders and the Untriggered conditional and TP/SL orders, oldest first."""
+        waiting = [
+            *account.open_orders.values(),
+            *account.conditional_orders.values(),
+            *account.exit_orders.values(),
+        ]
         return sorted(waiting, key=lambda order: order.seq)
 
     def _start_walk(self, symbol: str, spec: PriceWalk) -> None:

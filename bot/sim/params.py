@@ -297,7 +297,11 @@ class PlaceOrderParams(_Params):
     take_profit: DecimalText | None = None
     stop_loss: DecimalText | None = None
     position_idx: PositionIdx = 0
-    trigger_price: Annotated[None, BeforeValidator(_not_simulated("conditional orders"))] = None
+    #: A conditional order: Untriggered until the price reaches it (see SimExchange._place).
+    trigger_price: DecimalText | None = None
+    #: 1: when the price rises to triggerPrice, 2: when it falls to it.
+    trigger_direction: Literal[1, 2] | None = None
+    trigger_by: TriggerBy | None = None
     # The attached TP/SL is entire-position and market (Bybit's Full mode): the rest is refused.
     tpsl_mode: Annotated[str, BeforeValidator(_full_tpsl_mode)] | None = None
     tp_order_type: Literal["Market"] | None = None
@@ -308,7 +312,7 @@ class PlaceOrderParams(_Params):
 
 class AmendOrderParams(_Params):
     """`POST /v5/order/amend`: fields left out keep their value; "0" clears takeProfit/stopLoss.
-    `triggerPrice` moves a position's TP/SL order."""
+    `triggerPrice` moves a conditional order's trigger, or a position's TP/SL order."""
 
     category: Category
     symbol: str
@@ -512,6 +516,4 @@ def params_error_message(error: ValidationError) -> str:
         return f"params error: {name} is required"
     if first["type"] in {"value_error", "type_error"} and "error" in first.get("ctx", {}):
         return f"params error: {name}: {first['ctx']['error']}"
-    if name == "triggerPrice":
-        return "params error: triggerPrice: conditional orders are not supported by the simulator"
     return f"params error: {name}: {first['msg']}"

@@ -63,6 +63,10 @@ class OrderRecord:
     stop_order_type: str = ""
     create_type: str = "CreateByUser"
     trigger_price: Decimal | None = None
+    #: A conditional order's: 1 triggers when the price rises to it, 2 when it falls (0: set
+    #: by its kind, for a position's TP/SL order); and the price it watches.
+    trigger_direction: int = 0
+    trigger_by: str = "LastPrice"
     #: Whether the matching engine has seen the order (it is acknowledged before that).
     arrived: bool = False
     #: Engine-clock ms from which queries show the order (query lag, visibility faults).
@@ -196,6 +200,8 @@ class AccountRecord:
     #: The positions' take-profit / stop-loss orders, Untriggered, by (symbol, stopOrderType):
     #: Bybit makes one for each level a position has (see `SimExchange._sync_exits`).
     exit_orders: dict[tuple[str, str], OrderRecord] = field(default_factory=dict)
+    #: The conditional orders (a triggerPrice at creation), Untriggered, by orderId.
+    conditional_orders: dict[str, OrderRecord] = field(default_factory=dict)
     link_ids: dict[str, str] = field(default_factory=dict)
     positions: dict[str, PositionRecord] = field(default_factory=dict)
     leverage: dict[str, Decimal] = field(default_factory=dict)

@@ -102,9 +102,10 @@ def _iso(moment: datetime) -> str:
 
 def _trigger_direction(order: OrderRecord) -> int:
     """Bybit's: 1 triggers when the price rises to the trigger, 2 when it falls (0: none). A
-    long's take profit and a short's stop loss rise; the others fall."""
-    if not order.stop_order_type:
-        return 0
+    conditional order says which; a long's take profit and a short's stop loss rise, the
+    other TP/SL orders fall."""
+    if order.trigger_direction or not order.stop_order_type:
+        return order.trigger_direction
     closes_long = order.side == "Sell"
     return 1 if (order.stop_order_type == "TakeProfit") == closes_long else 2
 
@@ -149,7 +150,7 @@ def order_view(order: OrderRecord) -> dict[str, Any]:
         "tpTriggerBy": "LastPrice" if order.take_profit is not None else "",
         "slTriggerBy": "LastPrice" if order.stop_loss is not None else "",
         "triggerDirection": _trigger_direction(order),
-        "triggerBy": "LastPrice" if order.trigger_price is not None else "",
+        "triggerBy": order.trigger_by if order.trigger_price is not None else "",
         "lastPriceOnCreated": fmt(order.last_price_on_created),
         "reduceOnly": order.reduce_only,
         "closeOnTrigger": order.close_on_trigger,

@@ -288,3 +288,37 @@ def test_trigger_orders_are_none_and_a_path_not_served_is_a_bad_request(
     assert len(bybit.fetch_open_orders(SYMBOL)) == 1
     with pytest.raises(ccxt.BadRequest, match="simulator serves a subset"):
         bybit.fetch_deposits()  # final: never an outage (ExchangeNotAvailable) to retry
+
+
+def test_stop_orders_wait_for_their_trigger_and_a_reduce_only_stop_closes_the_position(
+    bybit: ccxt.bybit, server: SimServer
+) -> None:
+    bybit.create_order(SYMBOL, "market", "buy", 0.01)
+    breakout = bybit.create_order(
+        SYMBOL, "market", "buy", 0.01, None, {"triggerPrice": 99000, "triggerDirection": "above"}
+    )
+    stop = bybit.create_order(
+        SYMBOL, "market", "sell", 0.01, None, {"stopLossPrice": 96000, "reduceOnly": True}
+    )
+
+    waiting = {
+        order["id"]: order
+        for order in bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True})
+    }
+    assert set(waiting) == {breakout["id"], stop["id"]}
+    assert (waiting[breakout["id"]]["triggerPrice"], waiting[stop["id"]]["triggerPrice"]) == (
+        99000,
+        96000,
+    )
+    bybit.cancel_order(breakout["id"], SYMBOL, {"trigger": True})
+    server.exchange.set_prices({"BTCUSDT": "95900"})
+
+    closed = eventually(
+        lambda: bybit.fetch_order(stop["id"], SYMBOL, {"acknowledged": True}),
+        lambda order: order["status"] == "closed",
+        "the stop to fill",
+    )
+    assert (closed["filled"], closed["reduceOnly"]) == (0.01, True)
+    assert not [p for p in bybit.fetch_positions([SYMBOL]) if p["contracts"]]
+    cancelled = bybit.fetch_order(breakout["id"], SYMBOL, {"acknowledged": True})
+    assert cancelled["status"] == "canceled"
