@@ -37,6 +37,7 @@ from bot.messages import (
     OrderEvent,
     OrderRequest,
     PositionUpdate,
+    Side,
     WalletUpdate,
     utc_now,
 )
@@ -69,6 +70,9 @@ _SPLIT_QUANTUM: Final = Decimal("1e-12")
 _WHOLE_POSITION_EXITS: Final = frozenset({"StopLoss", "TakeProfit", "TrailingStop"})
 #: Orders whose booked fill quantity is remembered (a follower asks only of recent ones).
 _BOOKED_ORDERS: Final = 10_000
+#: The cancelled exit orders already warned of (a stream message and a REST scan may both
+#: report one), oldest forgotten first.
+_WARNED_EXITS_KEPT: Final = 1_000
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
 #: asks from a minute before the newest journaled fill, so its pages land well inside; an
 #: older fill is looked up in the journal instead (right, only slower), so the memory stays
@@ -202,8 +206,20 @@ class AccountProjection:
         other clients hold (the unattributed book), then, the key's one position being net,
         reduces the strategies holding the opposite side in the same proportion: the venue no
         longer holds what their books would say. What is left opens the unattributed book.
+
+        Whoever's fill it is, one that leaves the key's position flat leaves every book of
+        it flat: books on opposite sides (a strategy's short beside another client's long)
+        must not go on claiming a position the venue no longer holds.
         """
         signed = execution.signed_qty
+        books = {
+            book.strategy: book.size
+            for (key, _, symbol), book in self._books.items()
+            if key == execution.key_name and symbol == execution.symbol and book.size != 0
+        }
+        net = sum(books.values(), ZERO)
+        if net != 0 and net + signed == 0:
+            return {name: -size for name, size in books.items()}
         if strategy is not None:
             return {strategy: signed}
         allocation: dict[str, Decimal] = {}
@@ -215,13 +231,9 @@ class AccountProjection:
                 allocation[UNATTRIBUTED] = closed if signed > 0 else -closed
                 rest = signed - allocation[UNATTRIBUTED]
         holders = {
-            book.strategy: book.size
-            for (key, name, symbol), book in self._books.items()
-            if key == execution.key_name
-            and symbol == execution.symbol
-            and name != UNATTRIBUTED
-            and book.size != 0
-            and (book.size > 0) != (signed > 0)
+            name: size
+            for name, size in books.items()
+            if name != UNATTRIBUTED and (size > 0) != (signed > 0)
         }
         held = sum((abs(size) for size in holders.values()), ZERO)
         if rest != 0 and held != 0:
@@ -240,7 +252,8 @@ class AccountProjection:
             self._booked[link_id] = self._booked.pop(link_id, ZERO) + abs(execution.qty)
             if len(self._booked) > _BOOKED_ORDERS:
                 self._booked.popitem(last=False)
-        total = abs(execution.qty)
+        # Parts on both sides (a fill that flattens opposite books) share the fee by size.
+        total = sum((abs(part) for part in allocation.values()), ZERO)
         for strategy, signed_qty in allocation.items():
             fee = execution.fee * abs(signed_qty) / total if total else ZERO
             self._book(execution.key_name, strategy, execution.symbol).fill(
@@ -421,6 +434,7 @@ class AccountKeeper:
         self._fill_booked = fill_booked
         self._position_updated = position_updated
         self._recent_fills = RecentFills(fill_memory)
+        self._warned_exits: OrderedDict[str, None] = OrderedDict()
         for fill in seen_fills:
             self._recent_fills.add(fill)
         # One fill too old for the memory is checked against the journal at a time, so a
@@ -437,6 +451,7 @@ class AccountKeeper:
             self._order_updated(report)
         elif isinstance(report, ExitOrder):
             self._write(journal.record_exit, report)
+            self._warn_if_unprotected(report)
         elif isinstance(report, Execution):
             await self._apply_execution(report)
         elif isinstance(report, PositionUpdate):
@@ -449,6 +464,29 @@ class AccountKeeper:
         else:
             projection.apply_wallet(report)
             self._write(journal.record_wallet, report)
+
+    def _warn_if_unprotected(self, exit_order: ExitOrder) -> None:
+        """Say so, once per order, when someone cancels a stop loss or take profit at the
+        venue while the position it protects is still open."""
+        if not exit_order.cancelled_by_hand or exit_order.order_id in self._warned_exits:
+            return
+        position = self._projection.position(exit_order.key_name, exit_order.symbol)
+        closes_long = exit_order.side is Side.SELL
+        if position is None or position.size == 0 or (position.size > 0) != closes_long:
+            return
+        self._warned_exits[exit_order.order_id] = None
+        if len(self._warned_exits) > _WARNED_EXITS_KEPT:
+            self._warned_exits.popitem(last=False)
+        logger.bind(notify="exit").warning(
+            "the {kind} at {trigger} of the {symbol} position on key {key} was cancelled at "
+            "the venue (orderId {order_id}); the position stays open without it: set it again "
+            "(POST /v5/position/trading-stop) or close the position",
+            kind=exit_order.kind,
+            trigger=exit_order.trigger_price,
+            symbol=exit_order.symbol,
+            key=exit_order.key_name,
+            order_id=exit_order.order_id,
+        )
 
     async def _apply_execution(self, fill: Execution) -> None:
         strategy = await self._strategy_of(fill.order_link_id)

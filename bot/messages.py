@@ -530,7 +530,16 @@ class ExitOrder(_Message):
     status: OrderStatus
     filled_qty: Decimal = Decimal(0)
     avg_price: Decimal | None = None
+    cancel_type: str = Field(
+        "", description="Bybit's cancelType: CancelByUser when someone cancelled the order"
+    )
     ts: datetime = Field(default_factory=utc_now)
+
+    @property
+    def cancelled_by_hand(self) -> bool:
+        """Cancelled at the venue by a client (the bot never cancels an exit order: it moves
+        or clears the position's level), not ended by the position closing."""
+        return self.status is OrderStatus.CANCELLED and self.cancel_type == "CancelByUser"
 
 
 class Execution(_Message):

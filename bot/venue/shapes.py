@@ -100,6 +100,7 @@ def exit_order(row: dict[str, Any], key_name: str) -> ExitOrder:
         status=_order_status(row),
         filled_qty=decimal_field(row.get("cumExecQty") or "0", "cumExecQty"),
         avg_price=_avg_price(row),
+        cancel_type=str(row.get("cancelType") or ""),
         ts=_from_ms(row.get("updatedTime") or ""),
     )
 

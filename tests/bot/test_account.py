@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from loguru import logger
 
 from bot.account import UNATTRIBUTED, AccountKeeper, AccountProjection, RecentFills
 from bot.journal import Journal
-from bot.messages import Execution, PositionUpdate, Side
+from bot.messages import Execution, ExitOrder, OrderStatus, PositionUpdate, Side
 from bot.venue.fake import FakeVenue
 from tests.factories import make_request, sim_position
 
@@ -127,6 +128,24 @@ def test_another_clients_own_round_trip_leaves_our_book_alone() -> None:
     assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
     # The bot's loss today is its strategies': alpha lost 0.14 at 99, not the other's 0.6
     assert projection.pnl_today(None, T0) == projection.pnl_today("alpha", T0) == Decimal("-0.14")
+
+
+@pytest.mark.parametrize("closer", [None, "alpha"], ids=["another client", "the strategy"])
+def test_a_fill_that_leaves_the_position_flat_leaves_no_book_claiming_it(
+    closer: str | None,
+) -> None:
+    # Another client's long beside the strategy's bigger short: the venue is short 0.09.
+    projection = AccountProjection()
+    apply(projection, fill(Side.BUY, "0.05", "100"), None)
+    apply(projection, fill(Side.SELL, "0.14", "100"), "alpha")
+
+    # Someone closes what the venue holds (another client by hand, or the strategy's
+    # reduce-only close, which the venue trims to 0.09).
+    apply(projection, fill(Side.BUY, "0.09", "90", fee="0.09"), closer)
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
+    assert sum(book.fees for book in projection.books()) == Decimal("0.09")
 
 
 def test_another_clients_partial_stop_closes_its_own_part_first() -> None:
@@ -432,3 +451,45 @@ def test_catching_up_flattens_only_a_position_the_stream_did_not_report_meanwhil
     position = projection.position("follow_sim", "BTCUSDT")
     assert position is not None
     assert position.size == (Decimal("0.02") if stream_reports_meanwhile else 0)
+
+
+@pytest.mark.parametrize(
+    ("cancel_type", "size", "warned"),
+    [
+        ("CancelByUser", "0.01", True),  # someone cancelled the long's stop: unprotected
+        ("UNKNOWN", "0.01", False),  # ended by the venue, as when the level is cleared
+        ("CancelByUser", "0", False),  # the position is gone: nothing left to protect
+        ("CancelByUser", "-0.01", False),  # a Sell stop protects no short
+    ],
+)
+def test_a_stop_cancelled_at_the_venue_under_an_open_position_is_warned_of_once(
+    journal: Journal, cancel_type: str, size: str, warned: bool
+) -> None:
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    stop = ExitOrder(
+        order_id="stop-1",
+        key_name="follow_sim",
+        symbol="BTCUSDT",
+        side=Side.SELL,
+        kind="StopLoss",
+        trigger_price=Decimal(95000),
+        qty=Decimal("0.01"),
+        status=OrderStatus.CANCELLED,
+        cancel_type=cancel_type,
+    )
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message} {extra[notify]}")
+
+    async def report() -> None:
+        await keeper.apply(sim_position(Decimal(size)))
+        for _ in range(2):  # by the stream, then again by a REST scan
+            await keeper.apply(stop)
+
+    try:
+        asyncio.run(report())
+    finally:
+        logger.remove(handler)
+
+    expected = 1 if warned else 0
+    assert len([line for line in lines if "StopLoss" in line and "exit" in line]) == expected
