@@ -5,7 +5,7 @@ and pybit's stream threads take turns at one interpreter lock. Spread over sever
 every hand-over of that lock wakes a thread on another core, which then often finds the lock
 taken again and sleeps: CPU spent on moving the lock, not on work. Kept on one core, a
 thread runs until it blocks and the next one takes over. Measured with 20 keys at 50
-signals/s (bench/intake.py, README "Speed, measured"): 13-24 % less CPU per signal and
+signals/s (bench/intake.py; docs/performance.md): 13-24 % less CPU per signal and
 a shorter tail.
 
 `cpus = []` (the default) leaves the scheduler free: two bots pinned to the same CPU would

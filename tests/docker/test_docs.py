@@ -21,15 +21,25 @@ def test_readme_links_each_guide_and_keeps_its_two_commands() -> None:
     assert "make run " in readme and "make test " in readme
 
 
-@pytest.mark.parametrize("guide", GUIDES, ids=lambda path: path.name)
-def test_relative_links_resolve(guide: Path) -> None:
-    text = guide.read_text(encoding="utf-8")
+def _anchors(markdown: Path) -> set[str]:
+    """The heading anchors GitHub makes of a Markdown file's headings."""
+    headings = re.findall(r"^#+ (.+)$", markdown.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
 
-    targets = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text)
 
-    assert targets
-    for target in targets:
-        assert (ROOT / "docs" / target).resolve().exists(), f"{guide.name}: broken link {target}"
+@pytest.mark.parametrize(
+    "page",
+    [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))],
+    ids=lambda path: path.name,
+)
+def test_relative_links_and_their_anchors_resolve(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+
+    for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", text):
+        linked = (page.parent / target).resolve() if target else page
+        assert linked.exists(), f"{page.name}: broken link {target}"
+        if anchor and linked.suffix == ".md":
+            assert anchor in _anchors(linked), f"{page.name}: no heading for {target}#{anchor}"
 
 
 def test_the_vps_guide_creates_every_secret_file_compose_mounts() -> None:
