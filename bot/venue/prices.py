@@ -8,10 +8,13 @@ deltas into the full ticker; the last price is kept on pybit's thread, so a tick
 event loop nothing.
 
 A streamed price is only as fresh as the connection is known to be alive: `price` gives it
-while the connection was heard from (any message: a ticker of any symbol, or the answer to
-pybit's ping, sent every `PING_INTERVAL_S`) within the caller's bound, and None otherwise, so
-the caller falls back to a REST fetch. Bybit pushes tickers every 100 ms while a market
-trades; a quiet market (the simulator with no price walk) is heard from at each ping.
+while the connection was heard from (any message: a ticker of any symbol, or the answer to a
+ping) within the caller's bound, and None otherwise, so the caller falls back to a REST
+fetch. Bybit pushes tickers every 100 ms while a market trades; a quiet market is heard from
+by its pings: besides the WebSocket ping frames (every `PING_INTERVAL_S`, which drop a
+connection that stops answering), a JSON ping goes out every `HEARTBEAT_S`, so a quiet but
+live market keeps its streamed price within the default one-second bound instead of sending
+every signal to REST (which an IP ban would also block).
 """
 
 from __future__ import annotations
@@ -33,11 +36,15 @@ from bot.logs import logger
 from bot.venue.base import public_stream_url
 from bot.venue.stream import CONNECT_TIMEOUT_S, SupervisedSocket, SupervisedStream
 
-__all__ = ["PING_INTERVAL_S", "PriceStream"]
+__all__ = ["HEARTBEAT_S", "PING_INTERVAL_S", "PriceStream"]
 
-#: How often pybit pings the public stream: the longest silence of a quiet but live market.
+#: How often the WebSocket ping frames go out; one not answered within _PONG_TIMEOUT_S drops
+#: the connection.
 PING_INTERVAL_S: Final = 5
 _PONG_TIMEOUT_S: Final = 4
+#: How often a JSON ping asks a quiet but live stream to be heard from (Bybit answers each
+#: with a pong message): the longest silence of a live connection.
+HEARTBEAT_S: Final = 0.4
 
 
 class _PublicSocket(SupervisedSocket):
@@ -54,6 +61,7 @@ class _PublicSocket(SupervisedSocket):
         **kwargs: Any,
     ) -> None:
         self._on_heard = on_heard
+        self._stopped = threading.Event()
         super().__init__(
             url=url,
             on_closed=on_closed,
@@ -67,6 +75,19 @@ class _PublicSocket(SupervisedSocket):
     def _on_message(self, message: str) -> None:
         self._on_heard()
         super()._on_message(message)
+
+    def beat(self) -> None:
+        """Send a JSON ping every `HEARTBEAT_S` until the socket exits or cannot send (its
+        supervisor then reconnects). Blocking: run it on a thread of its own."""
+        while not self._stopped.wait(HEARTBEAT_S):
+            try:
+                self.ws.send(self.custom_ping_message)
+            except Exception:  # closed under us (any of websocket-client's errors)
+                return
+
+    def exit(self) -> None:
+        self._stopped.set()
+        super().exit()
 
     def watch(self, symbols: Iterable[str], callback: Callable[[dict[str, Any]], None]) -> None:
         """Subscribe to the symbols' tickers, one request each (the venue refuses a whole
@@ -154,6 +175,7 @@ class PriceStream(SupervisedStream):
             self._dropped()
             socket.exit()
             raise
+        threading.Thread(target=socket.beat, name=f"{self.name}-heartbeat", daemon=True).start()
         return socket
 
     async def _serve(self) -> None:

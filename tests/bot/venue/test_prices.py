@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +21,7 @@ from bot.market import MarketData
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
-from bot.venue.prices import PriceStream
+from bot.venue.prices import HEARTBEAT_S, PriceStream
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for, write_key_secrets
 
@@ -142,6 +143,26 @@ def test_a_price_is_not_given_once_the_connection_is_silent_for_longer_than_aske
 
     assert stream.price("BTCUSDT", max_age_s=60) is not None
     assert stream.price("BTCUSDT", max_age_s=0) is None  # heard from 0 s ago is impossible
+
+
+def test_a_quiet_but_live_market_keeps_its_streamed_price_within_a_second(
+    streaming: tuple[PriceStream, LoopThread],
+) -> None:
+    # The simulator's price does not move: no ticker comes after the first, only the pongs
+    # of the stream's heartbeat, so the price stays usable under the one-second default.
+    stream, _ = streaming
+    wait_for(lambda: streamed(stream), what="the first ticker")
+    silent_for = 3 * HEARTBEAT_S + 0.6  # past the heartbeat's phase, and past one second
+
+    time.sleep(silent_for)
+    ages = []
+    for _ in range(10):
+        held = stream.price("BTCUSDT", max_age_s=1.0)
+        assert held is not None, "a live stream with a quiet market gave no price"
+        ages.append(held[1])
+        time.sleep(HEARTBEAT_S / 3)
+
+    assert max(ages) < 1.0
 
 
 def test_market_data_sizes_from_the_stream_without_asking_the_venue(
