@@ -477,7 +477,7 @@ class AccountKeeper:
         self._warned_exits[exit_order.order_id] = None
         if len(self._warned_exits) > _WARNED_EXITS_KEPT:
             self._warned_exits.popitem(last=False)
-        logger.bind(notify="exit").warning(
+        logger.bind(notify="foreign").warning(
             "the {kind} at {trigger} of the {symbol} position on key {key} was cancelled at "
             "the venue (orderId {order_id}); the position stays open without it: set it again "
             "(POST /v5/position/trading-stop) or close the position",

@@ -193,7 +193,9 @@ class KeyConfig(_Section):
 
 
 #: The kinds of event a notification can be about; each tagged log call names one.
-NotifyEvent = Literal["fill", "rejection", "exit", "trading_state", "key", "venue_error", "stream"]
+NotifyEvent = Literal[
+    "fill", "rejection", "foreign", "trading_state", "key", "venue_error", "stream"
+]
 
 
 class NotifyConfig(_Section):

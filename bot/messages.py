@@ -508,6 +508,9 @@ class OrderEvent(_Message):
     order_id: str | None = None
     filled_qty: Decimal = Decimal(0)
     avg_price: Decimal | None = None
+    #: The order's quantity as the venue holds it (its reports only): another client may
+    #: amend it, or the venue trim a reduce-only order.
+    venue_qty: Decimal | None = None
     reason: str = ""
     ret_code: int | None = None
     ts: datetime = Field(default_factory=utc_now)

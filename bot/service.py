@@ -658,11 +658,7 @@ class Service:
         account.on_order_update(executor.order_updated)
         account.on_position_update(executor.position_updated)
         account.on_fill_booked(executor.fill_booked)
-        account.on_order_update(
-            lambda event: (
-                gate.ledger.release(event.order_link_id) if event.status.is_terminal else None
-            )
-        )
+        account.on_order_update(gate.ledger.follow)
         # One public price stream per environment the keys trade in, following the allowed
         # symbols from the start (and any other a signal asks about).
         price_streams = {

@@ -10,11 +10,12 @@ reduce-only order cannot add exposure: it counts as an open order, never as expo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
-from bot.messages import Side
+from bot.logs import logger
+from bot.messages import OrderEvent, Side
 
 if TYPE_CHECKING:  # the journal imports the risk package: no import cycle at run time
     from bot.journal import OrderRecord
@@ -32,6 +33,14 @@ class Reservation:
     symbol: str
     signed_qty: Decimal
     reduce_only: bool = False
+    #: The order's quantity, when the reservation is not all of it (what was left to fill
+    #: of an order a previous run left in flight).
+    order_qty: Decimal | None = None
+
+    @property
+    def qty(self) -> Decimal:
+        """The order's quantity."""
+        return self.order_qty if self.order_qty is not None else abs(self.signed_qty)
 
 
 class ExposureLedger:
@@ -56,6 +65,38 @@ class ExposureLedger:
         reservation = self._in_flight.pop(order_link_id, None)
         if reservation is not None:
             self._add(reservation, -1)
+
+    def follow(self, event: OrderEvent) -> None:
+        """Keep an order in flight as the venue reports it: released once terminal, resized
+        when the venue holds another quantity than the one approved (another client amended
+        it: said as a warning). A reduce-only order, which the venue may trim, adds no
+        exposure either way."""
+        if event.status.is_terminal:
+            self.release(event.order_link_id)
+            return
+        reservation = self._in_flight.get(event.order_link_id)
+        venue_qty = event.venue_qty
+        if reservation is None or venue_qty is None or reservation.reduce_only:
+            return
+        if venue_qty == reservation.qty:
+            return
+        logger.bind(notify="foreign").warning(
+            "order {order_link_id} of strategy {strategy}: the venue holds {venue_qty} "
+            "{symbol}, not the {approved} the risk gate approved (amended by another client); "
+            "its exposure counts the venue's quantity from now on",
+            order_link_id=event.order_link_id,
+            strategy=reservation.strategy,
+            venue_qty=venue_qty,
+            symbol=reservation.symbol,
+            approved=reservation.qty,
+        )
+        sign = 1 if reservation.signed_qty > 0 else -1
+        self.reserve(
+            event.order_link_id,
+            replace(
+                reservation, signed_qty=sign * (venue_qty - event.filled_qty), order_qty=venue_qty
+            ),
+        )
 
     def open_orders(self, strategy: str) -> int:
         """How many of the strategy's approved orders are not terminal yet."""
@@ -115,5 +156,6 @@ def reserve_unfinished(ledger: ExposureLedger, records: Iterable[OrderRecord]) -
                 request.symbol,
                 left if request.side is Side.BUY else -left,
                 request.reduce_only,
+                order_qty=request.qty,
             ),
         )

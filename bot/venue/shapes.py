@@ -69,6 +69,7 @@ def order_event(row: dict[str, Any]) -> OrderEvent:
         order_id=row.get("orderId") or None,
         filled_qty=decimal_field(row.get("cumExecQty") or "0", "cumExecQty"),
         avg_price=_avg_price(row),
+        venue_qty=decimal_field(row["qty"], "qty") if row.get("qty") else None,
         reason=_reason(row, status),
         ts=_from_ms(row.get("updatedTime") or ""),
     )

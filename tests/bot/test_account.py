@@ -492,4 +492,4 @@ def test_a_stop_cancelled_at_the_venue_under_an_open_position_is_warned_of_once(
         logger.remove(handler)
 
     expected = 1 if warned else 0
-    assert len([line for line in lines if "StopLoss" in line and "exit" in line]) == expected
+    assert len([line for line in lines if "StopLoss" in line and "foreign" in line]) == expected
