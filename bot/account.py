@@ -137,6 +137,26 @@ class StrategyBook:
         return self.size * (mark - self.entry_price) if self.size else ZERO
 
 
+def _own_fill(signed: Decimal, strategy: str, books: Mapping[str, Decimal]) -> dict[str, Decimal]:
+    """A strategy's own fill (`books`: the key's nonzero books of the symbol, by name): what
+    reduces its book is its own; of what opens it, the part that meets an opposite
+    unattributed book closes that book (with its share of the fee)."""
+    held = books.get(strategy, ZERO)
+    reducing = min(abs(signed), abs(held)) if held != 0 and (held > 0) != (signed > 0) else ZERO
+    foreign = books.get(UNATTRIBUTED, ZERO)
+    if foreign == 0 or (foreign > 0) == (signed > 0):
+        return {strategy: signed}
+    netted = min(abs(signed) - reducing, abs(foreign))
+    if netted == 0:
+        return {strategy: signed}
+    netted = netted if signed > 0 else -netted
+    return (
+        {UNATTRIBUTED: netted, strategy: signed - netted}
+        if netted != signed
+        else {UNATTRIBUTED: signed}
+    )
+
+
 def _shares(holders: Mapping[str, Decimal], share: Decimal, held: Decimal) -> dict[str, Decimal]:
     """`share` (at most `held`, the sum of the holders' sizes) split among `holders` in
     proportion, as amounts that add up to it exactly and never exceed a holder's size: each
@@ -207,9 +227,11 @@ class AccountProjection:
         reduces the strategies holding the opposite side in the same proportion: the venue no
         longer holds what their books would say. What is left opens the unattributed book.
 
-        Whoever's fill it is, one that leaves the key's position flat leaves every book of
-        it flat: books on opposite sides (a strategy's short beside another client's long)
-        must not go on claiming a position the venue no longer holds.
+        A strategy's own fill that would open its book against what other clients hold on
+        the other side closes theirs first: the key's one position is net, and a strategy's
+        short beside another client's long would both go on claiming a position once the
+        venue's, their difference, is closed (phantom exposure; the strategy's close refused
+        110017). Other fills never leave the two books on opposite sides (see above).
         """
         signed = execution.signed_qty
         books = {
@@ -217,11 +239,8 @@ class AccountProjection:
             for (key, _, symbol), book in self._books.items()
             if key == execution.key_name and symbol == execution.symbol and book.size != 0
         }
-        net = sum(books.values(), ZERO)
-        if net != 0 and net + signed == 0:
-            return {name: -size for name, size in books.items()}
         if strategy is not None:
-            return {strategy: signed}
+            return _own_fill(signed, strategy, books)
         allocation: dict[str, Decimal] = {}
         rest = signed
         if execution.stop_order_type not in _WHOLE_POSITION_EXITS:
@@ -252,8 +271,7 @@ class AccountProjection:
             self._booked[link_id] = self._booked.pop(link_id, ZERO) + abs(execution.qty)
             if len(self._booked) > _BOOKED_ORDERS:
                 self._booked.popitem(last=False)
-        # Parts on both sides (a fill that flattens opposite books) share the fee by size.
-        total = sum((abs(part) for part in allocation.values()), ZERO)
+        total = abs(execution.qty)
         for strategy, signed_qty in allocation.items():
             fee = execution.fee * abs(signed_qty) / total if total else ZERO
             self._book(execution.key_name, strategy, execution.symbol).fill(

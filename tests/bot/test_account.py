@@ -110,7 +110,7 @@ def test_another_clients_close_of_our_position_closes_our_book() -> None:
     assert (book.realized_pnl, book.fees) == (Decimal("-1.40"), Decimal("0.05"))
 
 
-def test_another_clients_own_round_trip_leaves_our_book_alone() -> None:
+def test_another_clients_trades_and_ours_net_as_the_venues_one_position_does() -> None:
     projection = AccountProjection()
     apply(projection, fill(Side.BUY, "0.14", "100"), "alpha")
 
@@ -121,11 +121,14 @@ def test_another_clients_own_round_trip_leaves_our_book_alone() -> None:
     assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
     assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("-0.06")
 
+    # alpha buys 0.14: 0.06 of it closes the other's short (the key's position is net)
     apply(projection, fill(Side.BUY, "0.14", "100"), "alpha")
-    apply(projection, fill(Side.BUY, "0.06", "105", fee="0.3"), None)  # it buys back its short
-
-    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.14")
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.08")
     assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
+    apply(projection, fill(Side.BUY, "0.06", "105", fee="0.3"), None)  # a long of its own now
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.08")
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("0.06")
     # The bot's loss today is its strategies': alpha lost 0.14 at 99, not the other's 0.6
     assert projection.pnl_today(None, T0) == projection.pnl_today("alpha", T0) == Decimal("-0.14")
 
@@ -134,10 +137,13 @@ def test_another_clients_own_round_trip_leaves_our_book_alone() -> None:
 def test_a_fill_that_leaves_the_position_flat_leaves_no_book_claiming_it(
     closer: str | None,
 ) -> None:
-    # Another client's long beside the strategy's bigger short: the venue is short 0.09.
+    # Another client's long, then the strategy's bigger short: the venue is short 0.09.
     projection = AccountProjection()
     apply(projection, fill(Side.BUY, "0.05", "100"), None)
     apply(projection, fill(Side.SELL, "0.14", "100"), "alpha")
+    # 0.05 of the strategy's sell closed the other's long: never two opposite books
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("-0.09")
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
 
     # Someone closes what the venue holds (another client by hand, or the strategy's
     # reduce-only close, which the venue trims to 0.09).
