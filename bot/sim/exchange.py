@@ -1120,11 +1120,26 @@ class SimExchange:
         else:
             self._check_min_value(spec, qty, reference)
             self._check_available(account, params.symbol, params.side, qty, reference)
-        now = self.now_ms()
         lag = self._config.query_lag_ms
         if self._draw("order_visibility_lag"):
             lag = max(lag, self._faults.order_visibility_lag_ms)
-        order = OrderRecord(
+        order = self._new_order(params, qty, limit_price, price_now, lag)
+        self._submit(account, order)
+        return order
+
+    def _new_order(
+        self,
+        params: PlaceOrderParams,
+        qty: Decimal,
+        limit_price: Decimal | None,
+        price_now: Decimal,
+        lag_ms: int,
+        **kind: Any,
+    ) -> OrderRecord:
+        """A new order of `params` (`kind`: the fields of a conditional one), shown by queries
+        `lag_ms` from now."""
+        now = self.now_ms()
+        return OrderRecord(
             order_id=str(uuid.uuid4()),
             order_link_id=params.order_link_id or "",
             symbol=params.symbol,
@@ -1141,10 +1156,9 @@ class SimExchange:
             created_ms=now,
             updated_ms=now,
             seq=self._next_seq(),
-            visible_from_ms=self._engine.now_ms() + lag,
+            visible_from_ms=self._engine.now_ms() + lag_ms,
+            **kind,
         )
-        self._submit(account, order)
-        return order
 
     def _place_conditional(
         self,
@@ -1173,31 +1187,18 @@ class SimExchange:
         reference = limit_price if limit_price is not None else trigger
         self._check_tpsl(params, reference)
         self._check_min_value(spec, qty, reference)
-        now = self.now_ms()
-        order = OrderRecord(
-            order_id=str(uuid.uuid4()),
-            order_link_id=params.order_link_id or "",
-            symbol=params.symbol,
-            side=params.side,
-            order_type=params.order_type,
-            price=limit_price,
-            qty=qty,
-            time_in_force="IOC" if limit_price is None else params.time_in_force or "GTC",
-            reduce_only=params.reduce_only,
-            close_on_trigger=params.close_on_trigger,
-            take_profit=params.take_profit or None,
-            stop_loss=params.stop_loss or None,
-            last_price_on_created=price_now,
-            created_ms=now,
-            updated_ms=now,
-            seq=self._next_seq(),
+        order = self._new_order(
+            params,
+            qty,
+            limit_price,
+            price_now,
+            self._config.query_lag_ms,
             status="Untriggered",
             stop_order_type="Stop",
             create_type="CreateByStopOrder",
             trigger_price=trigger,
             trigger_direction=direction,
             trigger_by=params.trigger_by or "LastPrice",
-            visible_from_ms=self._engine.now_ms() + self._config.query_lag_ms,
         )
         account.orders[order.order_id] = order
         account.conditional_orders[order.order_id] = order
@@ -1253,8 +1254,23 @@ class SimExchange:
     ) -> None:
         """Change a conditional order before it fires: its trigger (on the side of the price
         its direction says), qty, limit price or attached TP/SL."""
+        for name, value in self._amendment(order, params, trigger=True).items():
+            setattr(order, name, value)
+        order.updated_ms = self.now_ms()
+        self._push_order(account, order)
+
+    def _amendment(
+        self, order: OrderRecord, params: AmendOrderParams, *, trigger: bool
+    ) -> dict[str, Any]:
+        """What `params` change of `order`, each value checked (`trigger`: whether the order
+        has a trigger to move); 10001 when nothing changes."""
         changes: dict[str, Any] = {}
         if params.trigger_price is not None and params.trigger_price != order.trigger_price:
+            if not trigger:
+                raise SimError(
+                    RetCode.PARAMS_ERROR,
+                    "params error: triggerPrice amends conditional and TP/SL orders only",
+                )
             self._check_price("triggerPrice", order.symbol, params.trigger_price)
             self._check_trigger(
                 order.trigger_direction, params.trigger_price, self._prices[order.symbol]
@@ -1262,6 +1278,12 @@ class SimExchange:
             changes["trigger_price"] = params.trigger_price
         if params.qty is not None and params.qty != order.qty:
             self._check_qty(order.symbol, params.qty)
+            if params.qty <= order.cum_exec_qty:
+                raise SimError(
+                    RetCode.PARAMS_ERROR,
+                    f"params error: qty {fmt(params.qty)} must exceed the executed qty "
+                    f"{fmt(order.cum_exec_qty)}",
+                )
             changes["qty"] = params.qty
         if params.price is not None and params.price != order.price:
             if order.price is None:
@@ -1281,10 +1303,7 @@ class SimExchange:
                 RetCode.PARAMS_ERROR,
                 "The order remains unchanged as the parameters entered match the existing ones.",
             )
-        for name, value in changes.items():
-            setattr(order, name, value)
-        order.updated_ms = self.now_ms()
-        self._push_order(account, order)
+        return changes
 
     def _end_conditional(self, account: AccountRecord, order: OrderRecord) -> None:
         """A conditional order cancelled before it fired: Deactivated (Bybit's UTA)."""
@@ -1315,36 +1334,7 @@ class SimExchange:
             order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
             if order is None or order.order_type == "Market":
                 raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
-            if params.trigger_price is not None:
-                raise SimError(
-                    RetCode.PARAMS_ERROR,
-                    "params error: triggerPrice amends conditional and TP/SL orders only",
-                )
-            changes: dict[str, Any] = {}
-            if params.qty is not None and params.qty != order.qty:
-                self._check_qty(params.symbol, params.qty)
-                if params.qty <= order.cum_exec_qty:
-                    raise SimError(
-                        RetCode.PARAMS_ERROR,
-                        f"params error: qty {fmt(params.qty)} must exceed the executed qty "
-                        f"{fmt(order.cum_exec_qty)}",
-                    )
-                changes["qty"] = params.qty
-            if params.price is not None and params.price != order.price:
-                self._check_price("price", params.symbol, params.price)
-                changes["price"] = params.price
-            changes |= self._tpsl_changes(
-                order,
-                params.take_profit,
-                params.stop_loss,
-                lambda name, level: self._check_price(name, params.symbol, level),
-            )
-            if not changes:
-                raise SimError(
-                    RetCode.PARAMS_ERROR,
-                    "The order remains unchanged as the parameters entered match the existing "
-                    "ones.",
-                )
+            changes = self._amendment(order, params, trigger=False)
             if not order.reduce_only and order.price is not None:
                 # Only what the amendment adds to the order's value needs margin.
                 price: Decimal = changes.get("price", order.price)
