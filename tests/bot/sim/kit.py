@@ -14,8 +14,18 @@ import requests
 from pybit.unified_trading import HTTP
 
 from bot.sim import SimExchange, SimServer, SimulatorConfig
+from bot.sim.params import OrderQueryParams, PlaceOrderParams
 
-__all__ = ["admin", "eventually", "pybit_sessions", "settle", "signed_post", "simulators"]
+__all__ = [
+    "admin",
+    "eventually",
+    "order_row",
+    "place",
+    "pybit_sessions",
+    "settle",
+    "signed_post",
+    "simulators",
+]
 
 T = TypeVar("T")
 _WAIT_S = 5.0
@@ -113,3 +123,26 @@ def assert_first_request_limit_headers(headers: Any, limit: str) -> None:
     assert headers["X-Bapi-Limit"] == limit
     assert int(headers["X-Bapi-Limit-Status"]) == int(limit) - 1
     assert abs(int(headers["X-Bapi-Limit-Reset-Timestamp"]) - time.time() * 1000) < 5000
+
+
+def place(exchange: SimExchange, key: str, **fields: Any) -> str:
+    """Place a linear order on the engine directly (a 0.01 BTCUSDT market buy unless
+    `fields` say otherwise, in Bybit's names); its orderId."""
+    request = {
+        "category": "linear",
+        "symbol": "BTCUSDT",
+        "side": "Buy",
+        "orderType": "Market",
+        "qty": "0.01",
+        **fields,
+    }
+    order_id: str = exchange.place_order(key, PlaceOrderParams.model_validate(request))["orderId"]
+    return order_id
+
+
+def order_row(exchange: SimExchange, key: str, order_id: str) -> dict[str, Any]:
+    """The order as `/v5/order/realtime` shows it by id, whatever its status."""
+    query = OrderQueryParams.model_validate({"category": "linear", "orderId": order_id})
+    found: list[dict[str, Any]] = exchange.open_orders(key, query)["list"]
+    assert len(found) == 1
+    return found[0]

@@ -16,9 +16,9 @@ from bot.sim.params import (
     CancelAllParams,
     CancelOrderParams,
     OrderQueryParams,
-    PlaceOrderParams,
     PositionQueryParams,
 )
+from tests.bot.sim.kit import order_row, place
 
 KEY = "conditional-key"
 DELAY_MS = 5
@@ -30,23 +30,11 @@ def _exchange(balance: str = "10000") -> SimExchange:
 
 
 def _place(exchange: SimExchange, **fields: Any) -> str:
-    request = {
-        "category": "linear",
-        "symbol": "BTCUSDT",
-        "side": "Buy",
-        "orderType": "Market",
-        "qty": "0.01",
-        **fields,
-    }
-    order_id: str = exchange.place_order(KEY, PlaceOrderParams.model_validate(request))["orderId"]
-    return order_id
+    return place(exchange, KEY, **fields)
 
 
 def _order(exchange: SimExchange, order_id: str) -> dict[str, Any]:
-    query = OrderQueryParams.model_validate({"category": "linear", "orderId": order_id})
-    rows: list[dict[str, Any]] = exchange.order_history(KEY, query)["list"]
-    assert len(rows) == 1
-    return rows[0]
+    return order_row(exchange, KEY, order_id)
 
 
 def _open(exchange: SimExchange, **filters: Any) -> list[str]:

@@ -20,10 +20,10 @@ from bot.sim.params import (
     MarketParams,
     OrderbookParams,
     OrderQueryParams,
-    PlaceOrderParams,
     PositionQueryParams,
     WalletBalanceParams,
 )
+from tests.bot.sim.kit import order_row, place
 
 KEY = "engine-key"
 DELAY_MS = 5
@@ -40,16 +40,11 @@ def _exchange(**config: Any) -> SimExchange:
 
 
 def _submit(exchange: SimExchange, **fields: Any) -> str:
-    request = {"category": "linear", "symbol": "BTCUSDT", "orderType": "Market", **fields}
-    order_id: str = exchange.place_order(KEY, PlaceOrderParams.model_validate(request))["orderId"]
-    return order_id
+    return place(exchange, KEY, **fields)
 
 
 def _order(exchange: SimExchange, order_id: str) -> dict[str, Any]:
-    query = OrderQueryParams.model_validate({"category": "linear", "orderId": order_id})
-    found: list[dict[str, Any]] = exchange.open_orders(KEY, query)["list"]
-    assert len(found) == 1
-    return found[0]
+    return order_row(exchange, KEY, order_id)
 
 
 def _size(exchange: SimExchange, symbol: str = "BTCUSDT") -> str:
