@@ -50,6 +50,7 @@ NOTIFY_URLS_NAME: Final = "BOT_NOTIFY_URLS"
 _NAMES: Final[Mapping[str, tuple[str, str]]] = {
     "fill": ("fill", "fills"),
     "rejection": ("rejection", "rejections"),
+    "foreign": ("change by another client", "changes by another client"),
     "trading_state": ("trading state change", "trading state changes"),
     "key": ("key warning", "key warnings"),
     "venue_error": ("venue error", "venue errors"),

@@ -198,6 +198,22 @@ def test_each_kind_has_its_own_window(
     ]
 
 
+def test_every_kind_is_sent_and_summed_up_by_its_name(
+    target: Target, notifier_for: Callable[..., Notifier]
+) -> None:
+    notifier = notifier_for(target.url())
+
+    for kind in get_args(NotifyEvent):
+        for _ in range(2):
+            logger.bind(notify=kind).warning("a {kind} event", kind=kind)
+    notifier.close()  # each kind's second event goes out as its window's summary
+
+    titles = sorted(message["title"] for message in target.received)
+    assert len(titles) == 2 * len(get_args(NotifyEvent))
+    assert "test-bot (sim): change by another client" in titles
+    assert "test-bot (sim): 1 more change by another client" in titles
+
+
 @pytest.mark.parametrize("kind", ["slow", "hung"])
 def test_a_slow_or_hung_target_never_delays_the_caller(
     kind: str,
