@@ -173,6 +173,7 @@ class _Symbol:
         self.last = price
         self.bars: dict[int, _Bar] = {}
         self.minutes: list[int] = []  # the bars' starts, sorted
+        self._forgotten_close: Decimal | None = None  # the close of the newest bar let go
         self._day: tuple[int, _Range | None] | None = None  # closed_day's, for one minute
 
     def bar(self, at_ms: int) -> _Bar:
@@ -183,14 +184,17 @@ class _Symbol:
             bar = self.bars[minute] = _Bar(opened, opened, opened, opened)
             bisect.insort(self.minutes, minute)
             if len(self.minutes) > KEPT_MINUTES:
-                del self.bars[self.minutes.pop(0)]
+                self._forgotten_close = self.bars.pop(self.minutes.pop(0)).close
         return bar
 
     def price_at(self, moment: int) -> Decimal:
-        """The price at `moment` (ms): the close of the last bar opened before it (a bar
-        still open: the last price), or the anchor price before the first bar."""
+        """The price at `moment` (ms, from the anchor on): the close of the last bar opened
+        before it (a bar still open: the last price); before the first bar kept, the close
+        of the last one let go, or the anchor price."""
         index = bisect.bisect_left(self.minutes, moment)
-        return self.bars[self.minutes[index - 1]].close if index else self.anchor_price
+        if index:
+            return self.bars[self.minutes[index - 1]].close
+        return self._forgotten_close if self._forgotten_close is not None else self.anchor_price
 
     def bars_between(self, start: int, end: int) -> Iterable[_Bar]:
         """The bars of [start, end), oldest first."""
@@ -199,10 +203,11 @@ class _Symbol:
         return (self.bars[minute] for minute in self.minutes[first:last])
 
     def closed_day(self, minute: int) -> _Range | None:
-        """The range and trades of the bars of the 24 h before `minute` (not its own),
-        worked out once a minute."""
+        """The range and trades of the bars of the 24 h to `minute` but its own (1,439 of
+        them), worked out once a minute."""
         if self._day is None or self._day[0] != minute:
-            self._day = (minute, _Range.of(self.bars_between(minute - DAY_MS, minute)))
+            since = minute - DAY_MS + MINUTE_MS
+            self._day = (minute, _Range.of(self.bars_between(since, minute)))
         return self._day[1]
 
 
@@ -219,12 +224,12 @@ class PriceHistory:
 
     def record_price(self, symbol: str, price: Decimal, now_ms: int) -> None:
         history = self._current(symbol, now_ms)
-        bar = history.bar(now_ms)
+        bar = self._newest_bar(history, now_ms)
         bar.take(price)
         bar.close = history.last = price
 
     def record_trade(self, symbol: str, price: Decimal, qty: Decimal, now_ms: int) -> None:
-        bar = self._current(symbol, now_ms).bar(now_ms)
+        bar = self._newest_bar(self._current(symbol, now_ms), now_ms)
         bar.take(price)
         bar.volume += qty
         bar.turnover += qty * price
@@ -266,6 +271,14 @@ class PriceHistory:
             volume_24h=sum((found.volume for found in day), Decimal(0)),
             turnover_24h=sum((found.turnover for found in day), Decimal(0)),
         )
+
+    @staticmethod
+    def _newest_bar(history: _Symbol, now_ms: int) -> _Bar:
+        """The bar of `now_ms`; a clock that went back (a skew) never rewrites a closed bar:
+        the newest one takes what comes."""
+        if history.minutes and now_ms < history.minutes[-1]:
+            return history.bars[history.minutes[-1]]
+        return history.bar(now_ms)
 
     def _current(self, symbol: str, now_ms: int) -> _Symbol:
         history = self._symbols[symbol]

@@ -220,8 +220,9 @@ def _time_window(
 
 def _selects(order_filter: str | None, order: OrderRecord) -> bool:
     """Whether an `orderFilter` selects the order. None: every kind (Bybit's default);
-    `Order` and cancel-all's `OpenOrder`: plain orders; `StopOrder`: conditional ones (the
-    simulator's are the positions' TP/SL orders). Spot's kinds select nothing here."""
+    `Order` and cancel-all's `OpenOrder`: plain orders; `StopOrder`: conditional ones (those
+    created with a triggerPrice, and the positions' TP/SL orders). Spot's kinds select
+    nothing here."""
     if order_filter is None:
         return True
     if order_filter in ("Order", "OpenOrder"):
@@ -457,8 +458,13 @@ class SimExchange:
             return (account.user_id, spec.note) if account and spec else None
 
     def _ticker_row(self, symbol: str) -> dict[str, str]:
-        now = self.now_ms()
         return ticker_stream_view(
+            self._ticker(symbol, self.now_ms()), self._tick_directions.get(symbol, "ZeroPlusTick")
+        )
+
+    def _ticker(self, symbol: str, now: int) -> dict[str, Any]:
+        """The symbol's ticker as `/v5/market/tickers` lists it (lock held)."""
+        return ticker_view(
             symbol,
             self._config.instruments[symbol],
             self._prices[symbol],
@@ -466,7 +472,6 @@ class SimExchange:
             *self._quote(symbol),
             self._open_interest[symbol],
             self._history.day_stats(symbol, now),
-            self._tick_directions.get(symbol, "ZeroPlusTick"),
         )
 
     def _push(self, account: AccountRecord, topic: str, rows: Callable[[], list[Any]]) -> None:
@@ -920,18 +925,7 @@ class SimExchange:
             return {"category": params.category, "list": []}
         now = self.now_ms()
         with self._lock:
-            rows = [
-                ticker_view(
-                    symbol,
-                    self._config.instruments[symbol],
-                    self._prices[symbol],
-                    _next_funding_ms(now),
-                    *self._quote(symbol),
-                    self._open_interest[symbol],
-                    self._history.day_stats(symbol, now),
-                )
-                for symbol in self._symbols(params.symbol)
-            ]
+            rows = [self._ticker(symbol, now) for symbol in self._symbols(params.symbol)]
         return {"category": "linear", "list": rows}
 
     def orderbook(self, params: OrderbookParams) -> dict[str, Any]:
@@ -960,7 +954,7 @@ class SimExchange:
         return candle_after(interval, start) - 1
 
     def kline(self, params: KlineParams) -> dict[str, Any]:
-        """`GET /v5/market/kline`: synthetic candles, deterministic in time and price."""
+        """`GET /v5/market/kline`: the simulator's price history (`bot.sim.candles`)."""
         if params.category != "linear":
             return {"category": params.category, "symbol": params.symbol, "list": []}
         rows = self._candles(params.symbol, params.interval, params.start, params.end, params.limit)
@@ -1186,7 +1180,8 @@ class SimExchange:
             )
         reference = limit_price if limit_price is not None else trigger
         self._check_tpsl(params, reference)
-        self._check_min_value(spec, qty, reference)
+        if not params.reduce_only:  # as for a plain order: closing any amount is allowed
+            self._check_min_value(spec, qty, reference)
         order = self._new_order(
             params,
             qty,
@@ -1233,9 +1228,7 @@ class SimExchange:
             if price < order.trigger_price if rising else price > order.trigger_price:
                 continue
             del account.conditional_orders[order.order_id]
-            order.status = "Triggered"
-            order.updated_ms = self.now_ms()
-            self._push_order(account, order)
+            self._mark_triggered(account, order)
             if not order.reduce_only:
                 reference = order.price if order.price is not None else price
                 try:
@@ -1245,28 +1238,26 @@ class SimExchange:
                     order.updated_ms = self.now_ms()
                     self._push_order(account, order)
                     continue
-            order.status = "New"
-            order.visible_from_ms = self._engine.now_ms()
-            self._submit(account, order)
+            self._send_triggered(account, order)
 
     def _amend_conditional(
         self, account: AccountRecord, order: OrderRecord, params: AmendOrderParams
     ) -> None:
         """Change a conditional order before it fires: its trigger (on the side of the price
         its direction says), qty, limit price or attached TP/SL."""
-        for name, value in self._amendment(order, params, trigger=True).items():
+        for name, value in self._amendment(order, params, triggered_by_price=True).items():
             setattr(order, name, value)
         order.updated_ms = self.now_ms()
         self._push_order(account, order)
 
     def _amendment(
-        self, order: OrderRecord, params: AmendOrderParams, *, trigger: bool
+        self, order: OrderRecord, params: AmendOrderParams, *, triggered_by_price: bool
     ) -> dict[str, Any]:
-        """What `params` change of `order`, each value checked (`trigger`: whether the order
-        has a trigger to move); 10001 when nothing changes."""
+        """What `params` change of `order`, each value checked (`triggered_by_price`: a
+        conditional order, whose trigger may move); 10001 when nothing changes."""
         changes: dict[str, Any] = {}
         if params.trigger_price is not None and params.trigger_price != order.trigger_price:
-            if not trigger:
+            if not triggered_by_price:
                 raise SimError(
                     RetCode.PARAMS_ERROR,
                     "params error: triggerPrice amends conditional and TP/SL orders only",
@@ -1313,7 +1304,9 @@ class SimExchange:
         self._push_order(account, order)
 
     def amend_order(self, api_key: str, params: AmendOrderParams) -> dict[str, Any]:
-        """`POST /v5/order/amend`: change qty, price, takeProfit or stopLoss of an open order.
+        """`POST /v5/order/amend`: change qty, price, takeProfit or stopLoss of an open order,
+        or also the triggerPrice of a conditional order that has not fired (a position's TP/SL
+        order: its triggerPrice only).
 
         A limit order amended into the market trades as taker when the engine sees it.
         """
@@ -1334,7 +1327,7 @@ class SimExchange:
             order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
             if order is None or order.order_type == "Market":
                 raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
-            changes = self._amendment(order, params, trigger=False)
+            changes = self._amendment(order, params, triggered_by_price=False)
             if not order.reduce_only and order.price is not None:
                 # Only what the amendment adds to the order's value needs margin.
                 price: Decimal = changes.get("price", order.price)
@@ -2423,11 +2416,18 @@ class SimExchange:
         self._push_position(account, position.symbol)
         self._sync_exits(account, position.symbol)  # the other exit is deactivated
         # Bybit's order goes Untriggered -> Triggered -> New (-> Filled), one orderId.
+        self._mark_triggered(account, order)
+        order.qty = abs(position.size)
+        self._send_triggered(account, order)
+
+    def _mark_triggered(self, account: AccountRecord, order: OrderRecord) -> None:
         order.status = "Triggered"
         order.updated_ms = self.now_ms()
         self._push_order(account, order)
+
+    def _send_triggered(self, account: AccountRecord, order: OrderRecord) -> None:
+        """A triggered order goes New under its orderId and trades as an order of its type."""
         order.status = "New"
-        order.qty = abs(position.size)
         order.visible_from_ms = self._engine.now_ms()
         self._submit(account, order)
 

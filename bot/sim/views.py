@@ -215,11 +215,11 @@ def closed_pnl_view(record: ClosedPnlRecord) -> dict[str, Any]:
         "orderType": order.order_type,
         "execType": "Trade",
         "closedSize": fmt(size),
-        "cumEntryValue": fmt(record.cum_entry_value),
+        "cumEntryValue": _fmt8(record.cum_entry_value),
         "avgEntryPrice": _fmt8(record.cum_entry_value / size) if size else "0",
-        "cumExitValue": fmt(record.cum_exit_value),
+        "cumExitValue": _fmt8(record.cum_exit_value),
         "avgExitPrice": _fmt8(record.cum_exit_value / size) if size else "0",
-        "closedPnl": fmt(record.closed_pnl),
+        "closedPnl": _fmt8(record.closed_pnl),
         "fillCount": str(record.fill_count),
         "leverage": fmt(record.leverage),
         "openFee": fmt(record.open_fee),
@@ -417,10 +417,10 @@ def transaction_log_view(execution: ExecutionRecord, user_id: int) -> dict[str, 
         "currency": SETTLE_COIN,
         "tradePrice": fmt(execution.price),
         "funding": "",
-        "fee": fmt(execution.fee),
-        "cashFlow": fmt(execution.cash_flow),
-        "change": fmt(execution.cash_flow - execution.fee),
-        "cashBalance": fmt(execution.cash_balance),
+        "fee": _fmt8(execution.fee),
+        "cashFlow": _fmt8(execution.cash_flow),
+        "change": _fmt8(execution.cash_flow - execution.fee),
+        "cashBalance": _fmt8(execution.cash_balance),
         "feeRate": fmt(execution.fee_rate),
         "bonusChange": "",
         "tradeId": execution.exec_id,
@@ -701,7 +701,7 @@ def order_stream_view(order: OrderRecord, closed_pnl: Decimal | None) -> dict[st
     return {
         "category": "linear",
         **order_view(order),
-        "closedPnl": fmt(closed_pnl) if closed_pnl is not None else "0",
+        "closedPnl": _fmt8(closed_pnl) if closed_pnl is not None else "0",
         "feeCurrency": "",
         "brokerOrderPrice": "",
         "slippageToleranceType": "UNKNOWN",
@@ -759,21 +759,8 @@ _TICKER_STREAM_FIELDS = (
 )
 
 
-def ticker_stream_view(
-    symbol: str,
-    spec: InstrumentSpec,
-    price: Decimal,
-    next_funding_ms: int,
-    bid: Decimal,
-    ask: Decimal,
-    single_open_interest: Decimal,
-    day: DayStats,
-    tick_direction: str,
-) -> dict[str, str]:
-    """A linear ticker as a `tickers.{symbol}` snapshot carries it (a delta carries the
-    fields that changed, and symbol)."""
-    row = {
-        **ticker_view(symbol, spec, price, next_funding_ms, bid, ask, single_open_interest, day),
-        "tickDirection": tick_direction,
-    }
+def ticker_stream_view(ticker: dict[str, Any], tick_direction: str) -> dict[str, str]:
+    """A linear ticker (`ticker_view`'s) as a `tickers.{symbol}` snapshot carries it (a delta
+    carries the fields that changed, and symbol)."""
+    row = {**ticker, "tickDirection": tick_direction}
     return {name: str(row[name]) for name in _TICKER_STREAM_FIELDS}

@@ -10,7 +10,14 @@ import pytest
 from pydantic import SecretStr
 
 from bot import clock
-from bot.sim import RetCode, SimAccountSpec, SimError, SimExchange, SimulatorConfig
+from bot.sim import (
+    RetCode,
+    SimAccountSpec,
+    SimError,
+    SimExchange,
+    SimFaults,
+    SimulatorConfig,
+)
 from bot.sim.params import (
     AmendOrderParams,
     CancelAllParams,
@@ -21,6 +28,7 @@ from bot.sim.params import (
     OrderbookParams,
     OrderQueryParams,
     PositionQueryParams,
+    TransactionLogParams,
     WalletBalanceParams,
 )
 from tests.bot.sim.kit import order_row, place
@@ -362,6 +370,24 @@ def test_the_candles_are_what_the_price_did_since_the_start() -> None:
     assert int(rows[0][0]) - int(started[0]) == hour
 
 
+def test_a_clock_skewed_back_never_rewrites_a_closed_candle() -> None:
+    virtual = clock.VirtualClock(datetime(2026, 11, 28, 12, 0, 10, tzinfo=UTC))
+    with clock.installed(virtual):
+        exchange = _exchange()
+        exchange.set_prices({"BTCUSDT": "97100"})
+        virtual.advance_to(datetime(2026, 11, 28, 12, 3, 10, tzinfo=UTC))
+        exchange.set_prices({"BTCUSDT": "97200"})
+        before = _klines(exchange, interval="1", limit=4)
+
+        exchange.set_faults(SimFaults(clock_skew_ms=-100_000))  # back to 12:01:30
+        exchange.set_prices({"BTCUSDT": "96000"})
+        exchange.set_faults(SimFaults())
+        after = _klines(exchange, interval="1", limit=4)
+
+    assert after[1:] == before[1:]  # 12:02, 12:01 and 12:00 stay as they closed
+    assert after[0][1:5] == ["97100", "97200", "96000", "96000"]  # 12:03 took the price
+
+
 def test_a_ticker_reports_the_last_24_hours_of_the_simulators_own_trading() -> None:
     virtual = clock.VirtualClock(datetime(2026, 11, 28, 12, tzinfo=UTC))
     with clock.installed(virtual):
@@ -381,7 +407,7 @@ def test_a_ticker_reports_the_last_24_hours_of_the_simulators_own_trading() -> N
     assert (ticker["highPrice24h"], ticker["lowPrice24h"]) == ("98000", "96030")
     assert ticker["price24hPcnt"] == "-0.01"
     assert ticker["volume24h"] == "0.02"
-    assert Decimal(ticker["turnover24h"]) == Decimal("0.02") * Decimal(ticker["highPrice24h"])
+    assert ticker["turnover24h"] == "1960"  # 0.02 filled at 98000
 
 
 @pytest.mark.parametrize(
@@ -447,6 +473,8 @@ def test_amounts_worked_out_from_an_average_price_show_at_most_8_places() -> Non
     _submit(exchange, side="Buy", qty="0.002")  # the average is 97000.0666...
     exchange.advance(DELAY_MS)
     exchange.set_prices({"BTCUSDT": "97000.2"})
+    _submit(exchange, side="Sell", qty="0.001")  # closes a third at the long average
+    exchange.advance(DELAY_MS)
 
     position = exchange.positions(
         KEY, PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
@@ -455,10 +483,19 @@ def test_amounts_worked_out_from_an_average_price_show_at_most_8_places() -> Non
         KEY, WalletBalanceParams.model_validate({"accountType": "UNIFIED"})
     )["list"][0]
 
+    closed = exchange.closed_pnl(
+        KEY, ClosedPnlParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    )["list"][0]
+    logged = exchange.transaction_log(
+        KEY, TransactionLogParams.model_validate({"category": "linear"})
+    )["list"][0]
+
     amounts = [
-        position[name]
-        for name in ("avgPrice", "positionValue", "positionIM", "positionMM", "unrealisedPnl")
-    ] + [wallet[name] for name in ("totalEquity", "totalPerpUPL", "totalAvailableBalance")]
+        *(position[name] for name in ("avgPrice", "positionValue", "positionIM", "unrealisedPnl")),
+        *(wallet[name] for name in ("totalEquity", "totalPerpUPL", "totalAvailableBalance")),
+        *(closed[name] for name in ("closedPnl", "cumEntryValue", "avgEntryPrice")),
+        *(logged[name] for name in ("cashFlow", "change", "cashBalance")),
+    ]
     assert Decimal(position["unrealisedPnl"]) != 0
     for amount in amounts:
         assert -Decimal(amount).as_tuple().exponent <= 8, amount
