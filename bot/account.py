@@ -70,8 +70,8 @@ _SPLIT_QUANTUM: Final = Decimal("1e-12")
 _WHOLE_POSITION_EXITS: Final = frozenset({"StopLoss", "TakeProfit", "TrailingStop"})
 #: Orders whose booked fill quantity is remembered (a follower asks only of recent ones).
 _BOOKED_ORDERS: Final = 10_000
-#: The cancelled exit orders already warned of (a stream message and a REST scan may both
-#: report one), oldest forgotten first.
+#: The cancelled exit orders already warned of (a stream that reconnects may report one
+#: again), oldest forgotten first.
 _WARNED_EXITS_KEPT: Final = 1_000
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
 #: asks from a minute before the newest journaled fill, so its pages land well inside; an
@@ -218,7 +218,8 @@ class AccountProjection:
     def allocate(self, execution: Execution, strategy: str | None) -> dict[str, Decimal]:
         """How a new fill's quantity is split among strategies (signed, summing to the fill).
 
-        A fill of a strategy's own order is all its own. A fill of an order the venue created
+        A fill of a strategy's own order is its own (but see the last paragraph). A fill of an
+        order the venue created
         (stop loss, take profit) reduces the strategies holding the opposite side, in
         proportion to their sizes; what none of them holds is unattributed. A fill of an order
         another client placed (by hand on Bybit, another program on the key, a partial stop

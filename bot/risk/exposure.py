@@ -33,8 +33,8 @@ class Reservation:
     symbol: str
     signed_qty: Decimal
     reduce_only: bool = False
-    #: The order's quantity, when the reservation is not all of it (what was left to fill
-    #: of an order a previous run left in flight).
+    #: The order's quantity, when the reservation is not all of it: what was left to fill of
+    #: an order a previous run left in flight, or of one resized to the venue's (`follow`).
     order_qty: Decimal | None = None
 
     @property
@@ -78,17 +78,17 @@ class ExposureLedger:
         venue_qty = event.venue_qty
         if reservation is None or venue_qty is None or reservation.reduce_only:
             return
-        if venue_qty == reservation.qty:
-            return
+        if venue_qty == reservation.qty or reservation.signed_qty == 0:
+            return  # as counted (or nothing of it left to fill: nothing to resize)
         logger.bind(notify="foreign").warning(
             "order {order_link_id} of strategy {strategy}: the venue holds {venue_qty} "
-            "{symbol}, not the {approved} the risk gate approved (amended by another client); "
+            "{symbol}, not the {counted} the risk gate counted (amended by another client); "
             "its exposure counts the venue's quantity from now on",
             order_link_id=event.order_link_id,
             strategy=reservation.strategy,
             venue_qty=venue_qty,
             symbol=reservation.symbol,
-            approved=reservation.qty,
+            counted=reservation.qty,
         )
         sign = 1 if reservation.signed_qty > 0 else -1
         self.reserve(

@@ -489,7 +489,7 @@ def test_a_stop_cancelled_at_the_venue_under_an_open_position_is_warned_of_once(
 
     async def report() -> None:
         await keeper.apply(sim_position(Decimal(size)))
-        for _ in range(2):  # by the stream, then again by a REST scan
+        for _ in range(2):  # reported again (a stream that reconnected)
             await keeper.apply(stop)
 
     try:

@@ -22,8 +22,9 @@ def test_readme_links_each_guide_and_keeps_its_two_commands() -> None:
 
 
 def _anchors(markdown: Path) -> set[str]:
-    """The heading anchors GitHub makes of a Markdown file's headings."""
-    headings = re.findall(r"^#+ (.+)$", markdown.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    """The heading anchors GitHub makes of a Markdown file's headings (outside code blocks)."""
+    prose = re.sub(r"^```.*?^```", "", markdown.read_text(encoding="utf-8"), flags=re.M | re.S)
+    headings = re.findall(r"^#+ (.+)$", prose, flags=re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
 
 
@@ -34,8 +35,11 @@ def _anchors(markdown: Path) -> set[str]:
 )
 def test_relative_links_and_their_anchors_resolve(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", text)
 
-    for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", text):
+    if page in GUIDES or page.name == "README.md":
+        assert links, f"{page.name}: no relative link found (has the link syntax changed?)"
+    for target, anchor in links:
         linked = (page.parent / target).resolve() if target else page
         assert linked.exists(), f"{page.name}: broken link {target}"
         if anchor and linked.suffix == ".md":

@@ -43,7 +43,7 @@ def test_an_order_amended_at_the_venue_counts_at_its_venue_quantity(
 
     assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.1")
     assert len(warnings) == 1
-    assert "holds 0.1 BTCUSDT, not the 0.005" in warnings[0]
+    assert "holds 0.1 BTCUSDT, not the 0.005 the risk gate counted" in warnings[0]
     assert warnings[0].rstrip().endswith("foreign")
     ledger.follow(_report(OrderStatus.FILLED, "0.1", filled="0.1"))
     assert (ledger.worst_position("follow", "BTCUSDT"), ledger.open_orders("follow")) == (0, 0)
