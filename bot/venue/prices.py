@@ -82,7 +82,8 @@ class _PublicSocket(SupervisedSocket):
         while not self._stopped.wait(HEARTBEAT_S):
             try:
                 self.ws.send(self.custom_ping_message)
-            except Exception:  # closed under us (any of websocket-client's errors)
+            except Exception as exc:  # closed under us (any of websocket-client's errors)
+                logger.debug("price stream heartbeat stopped: {error}", error=repr(exc))
                 return
 
     def exit(self) -> None:
