@@ -14,7 +14,9 @@ fetch. Bybit pushes tickers every 100 ms while a market trades; a quiet market i
 by its pings: besides the WebSocket ping frames (every `PING_INTERVAL_S`, which drop a
 connection that stops answering), a JSON ping goes out every `HEARTBEAT_S`, so a quiet but
 live market keeps its streamed price within the default one-second bound instead of sending
-every signal to REST (which an IP ban would also block).
+every signal to REST (which an IP ban would also block). A symbol that has sent no ticker for
+`TICKER_SILENCE_S` goes to REST all the same: a live connection does not prove the venue
+still serves that one subscription.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from bot.logs import logger
 from bot.venue.base import public_stream_url
 from bot.venue.stream import CONNECT_TIMEOUT_S, SupervisedSocket, SupervisedStream
 
-__all__ = ["HEARTBEAT_S", "PING_INTERVAL_S", "PriceStream"]
+__all__ = ["HEARTBEAT_S", "PING_INTERVAL_S", "TICKER_SILENCE_S", "PriceStream"]
 
 #: How often the WebSocket ping frames go out; one not answered within _PONG_TIMEOUT_S drops
 #: the connection.
@@ -45,6 +47,9 @@ _PONG_TIMEOUT_S: Final = 4
 #: How often a JSON ping asks a quiet but live stream to be heard from (Bybit answers each
 #: with a pong message): the longest silence of a live connection.
 HEARTBEAT_S: Final = 0.4
+#: A symbol with no ticker for this long is fetched by REST even on a live connection: the
+#: pongs prove the connection, not that the venue still serves that symbol's subscription.
+TICKER_SILENCE_S: Final = 60.0
 
 
 class _PublicSocket(SupervisedSocket):
@@ -137,6 +142,7 @@ class PriceStream(SupervisedStream):
         self._lock = threading.Lock()  # pybit's thread writes, the event loop reads
         self._watched: set[str] = set()
         self._prices: dict[str, Decimal] = {}
+        self._ticked_at: dict[str, float] = {}  # monotonic: each symbol's last ticker
         self._heard_at: float | None = None  # monotonic: last message of this connection
         self._socket: _PublicSocket | None = None
 
@@ -154,13 +160,18 @@ class PriceStream(SupervisedStream):
 
     def price(self, symbol: str, max_age_s: float) -> tuple[Decimal, float] | None:
         """(last price, seconds since the connection was last heard from) if the stream holds
-        one for `symbol` and was heard from within `max_age_s`; else None."""
+        one for `symbol`, was heard from within `max_age_s`, and sent a ticker of `symbol`
+        within `TICKER_SILENCE_S`; else None."""
         with self._lock:
             price, heard_at = self._prices.get(symbol), self._heard_at
-        if not self.live or price is None or heard_at is None:
+            ticked_at = self._ticked_at.get(symbol)
+        if not self.live or price is None or heard_at is None or ticked_at is None:
             return None
-        age_s = time.monotonic() - heard_at
-        return (price, age_s) if age_s <= max_age_s else None
+        now = time.monotonic()
+        age_s = now - heard_at
+        if age_s > max_age_s or now - ticked_at > TICKER_SILENCE_S:
+            return None
+        return price, age_s
 
     def _open(self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[], None]) -> Any:
         """Connect and subscribe to every symbol watched so far (blocking: run in a thread)."""
@@ -186,6 +197,7 @@ class PriceStream(SupervisedStream):
         with self._lock:
             self._socket = None
             self._prices.clear()
+            self._ticked_at.clear()
             self._heard_at = None
 
     def _heard(self) -> None:  # on pybit's thread
@@ -204,6 +216,7 @@ class PriceStream(SupervisedStream):
         if isinstance(symbol, str) and price.is_finite() and price > 0:
             with self._lock:
                 self._prices[symbol] = price
+                self._ticked_at[symbol] = time.monotonic()
 
 
 def _log_failed_subscription(done: asyncio.Future[Any]) -> None:

@@ -20,6 +20,7 @@ from bot.journal import Journal
 from bot.market import MarketData
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue import prices
 from bot.venue.bybit import BybitVenue
 from bot.venue.prices import HEARTBEAT_S, PriceStream
 from tests.bot.test_service import RunningBot, signal
@@ -163,6 +164,19 @@ def test_a_quiet_but_live_market_keeps_its_streamed_price_within_a_second(
         time.sleep(HEARTBEAT_S / 3)
 
     assert max(ages) < 1.0
+
+
+def test_a_symbol_silent_too_long_goes_to_rest_though_the_connection_lives(
+    streaming: tuple[PriceStream, LoopThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pongs prove the connection, not that the venue still serves this subscription.
+    stream, _ = streaming
+    wait_for(lambda: streamed(stream), what="the first ticker")
+    monkeypatch.setattr(prices, "TICKER_SILENCE_S", 0.5)
+
+    time.sleep(0.8)
+
+    assert stream.price("BTCUSDT", max_age_s=1.0) is None
 
 
 def test_market_data_sizes_from_the_stream_without_asking_the_venue(
