@@ -653,9 +653,16 @@ class Account:
     keys' streams are live. What strategies (through `MarketData`) and the risk gate read.
     """
 
-    def __init__(self, journal: Journal, venues: Mapping[str, Venue]) -> None:
-        """Replays the journal's fills and snapshots (blocking: build it off the loop)."""
-        fills = journal.executions()
+    def __init__(
+        self,
+        journal: Journal,
+        venues: Mapping[str, Venue],
+        fills: Sequence[tuple[Execution, Mapping[str, Decimal]]] | None = None,
+    ) -> None:
+        """Replays the journal's fills (`fills`, when the caller has read them already) and
+        snapshots (blocking: build it off the loop)."""
+        if fills is None:
+            fills = journal.executions()
         self.projection = AccountProjection.replay(
             fills, journal.positions(), journal.wallets(), journal.closed_pnl()
         )

@@ -161,15 +161,21 @@ def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAcc
 
 
 def start_simulator(
-    settings: BotSettings, resolver: SecretResolver, journal: Journal | None = None
+    settings: BotSettings,
+    resolver: SecretResolver,
+    journal: Journal | None = None,
+    fills: Sequence[Execution] | None = None,
 ) -> SimServer:
     """The simulator, in this process, with an account for every configured sim key; with the
-    bot's `journal`, each account resumes where the journal last saw it (`_resume`)."""
+    bot's `journal`, each account resumes where the journal last saw it (`_resume`). `fills`:
+    the journal's fills, when the caller has read them already."""
     exchange = SimExchange(simulator_config(settings))
     for account in sim_accounts(settings, resolver):
         exchange.add_account(account)
     if journal is not None:
-        _resume(exchange, settings, resolver, journal)
+        if fills is None:
+            fills = [fill for fill, _ in journal.executions()]
+        _resume(exchange, settings, resolver, journal, fills)
     server = SimServer(exchange)
     server.start()
     logger.info("simulator running in-process at {url}", url=server.url)
@@ -177,7 +183,11 @@ def start_simulator(
 
 
 def _resume(
-    exchange: SimExchange, settings: BotSettings, resolver: SecretResolver, journal: Journal
+    exchange: SimExchange,
+    settings: BotSettings,
+    resolver: SecretResolver,
+    journal: Journal,
+    fills: Sequence[Execution],
 ) -> None:
     """An in-process simulator starts empty: each sim key's account is set back to the
     journal's last view of it (the last prices; the balance; positions with their leverage
@@ -187,7 +197,6 @@ def _resume(
     takes is ended; one that is taken stays until the simulator reports its own again."""
     reports = journal.positions()
     notes = exchange.resume_prices(_journaled_prices(reports))
-    fills = [fill for fill, _ in journal.executions()]
     exits = journal.waiting_exits()
     positions, taken = _journaled_positions(reports, fills, exits)
     orders = _journaled_orders(journal, fills)
@@ -617,7 +626,9 @@ class Service:
         # The address's request count outlives the process (the journal's lock: one per dir).
         SHARED_IP_GATE.remember(settings.state_dir / IP_REQUESTS_FILE)
         resources.callback(SHARED_IP_GATE.forget)
-        self.sim_url = self._venue_url(resources, journal)
+        # Read once: the in-process simulator resumes from them, the account replays them.
+        history = journal.executions()
+        self.sim_url = self._venue_url(resources, journal, [fill for fill, _ in history])
         credentials = {
             key_name: self._resolver.credentials(key_name)
             for key_name in sorted({slot.key_name for slot in strategies.values()})
@@ -632,7 +643,7 @@ class Service:
             venue = open_venue(settings, key_credentials, self.sim_url, observers)
             resources.callback(venue.close)
             venues[key_name] = venue
-        account = Account(journal, venues)
+        account = Account(journal, venues, history)
         for key_name, venue in venues.items():
             account.streams[key_name] = AccountStream(
                 credentials[key_name],
@@ -845,13 +856,13 @@ class Service:
             gate.set_state(state)
         return gate
 
-    def _venue_url(self, resources: ExitStack, journal: Journal) -> str:
+    def _venue_url(self, resources: ExitStack, journal: Journal, fills: Sequence[Execution]) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""
         if self.settings.environment is not Environment.SIM:
             return ""
         if self.settings.venue.sim_url:
             return self.settings.venue.sim_url
-        server = start_simulator(self.settings, self._resolver, journal)
+        server = start_simulator(self.settings, self._resolver, journal, fills)
         resources.callback(server.stop)
         self._simulator = server.exchange
         return server.url
