@@ -6,7 +6,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from bot.messages import OrderIntent, OrderRequest, OrderType, PositionUpdate, Side
+from bot.messages import (
+    ExitOrder,
+    OrderIntent,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    PositionUpdate,
+    Side,
+)
 from bot.risk.config import RiskConfig
 from bot.risk.gate import ApprovedOrder, RiskGate
 
@@ -87,3 +95,19 @@ def sim_position(
         "ts": datetime.now(UTC),
     }
     return PositionUpdate(**(fields | overrides))
+
+
+def stop_loss(**overrides: Any) -> ExitOrder:
+    """The venue's stop-loss order of the sim key's BTCUSDT long, waiting at 95000."""
+    fields: dict[str, Any] = {
+        "order_id": "sl-1",
+        "key_name": "follow_sim",
+        "symbol": "BTCUSDT",
+        "side": Side.SELL,
+        "kind": "StopLoss",
+        "trigger_price": Decimal(95000),
+        "qty": Decimal("0.01"),
+        "status": OrderStatus.NEW,
+        "ts": datetime.now(UTC),
+    }
+    return ExitOrder(**(fields | overrides))

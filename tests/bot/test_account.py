@@ -18,9 +18,9 @@ from loguru import logger
 
 from bot.account import UNATTRIBUTED, AccountKeeper, AccountProjection, RecentFills
 from bot.journal import Journal
-from bot.messages import Execution, ExitOrder, OrderStatus, PositionUpdate, Side
+from bot.messages import Execution, OrderStatus, PositionUpdate, Side
 from bot.venue.fake import FakeVenue
-from tests.factories import make_request, sim_position
+from tests.factories import make_request, sim_position, stop_loss
 
 T0 = datetime(2026, 11, 28, 12, tzinfo=UTC)
 _ids = itertools.count()
@@ -473,17 +473,7 @@ def test_a_stop_cancelled_at_the_venue_under_an_open_position_is_warned_of_once(
 ) -> None:
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)
-    stop = ExitOrder(
-        order_id="stop-1",
-        key_name="follow_sim",
-        symbol="BTCUSDT",
-        side=Side.SELL,
-        kind="StopLoss",
-        trigger_price=Decimal(95000),
-        qty=Decimal("0.01"),
-        status=OrderStatus.CANCELLED,
-        cancel_type=cancel_type,
-    )
+    stop = stop_loss(status=OrderStatus.CANCELLED, cancel_type=cancel_type)
     lines: list[str] = []
     handler = logger.add(lines.append, level="WARNING", format="{message} {extra[notify]}")
 

@@ -20,12 +20,11 @@ import requests
 from bot.admin import parse_command
 from bot.config import load_settings
 from bot.journal import Journal
-from bot.messages import ExitOrder, OrderStatus, Side
 from bot.risk.states import TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, sign
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
-from tests.factories import sim_position
+from tests.factories import sim_position, stop_loss
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -361,15 +360,9 @@ def test_a_resumed_position_never_takes_a_stop_of_an_earlier_one(
     now = datetime.now(UTC)
     journal = Journal(load_settings(config).journal_path)
     journal.record_exit(
-        ExitOrder(
+        stop_loss(
             order_id="stop-of-the-long",
-            key_name="follow_sim",
-            symbol="BTCUSDT",
-            side=Side.SELL,
-            kind="StopLoss",
             trigger_price=Decimal(90000),
-            qty=Decimal("0.01"),
-            status=OrderStatus.NEW,
             ts=now - timedelta(hours=1),
         )
     )

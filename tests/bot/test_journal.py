@@ -18,11 +18,10 @@ from bot.messages import (
     OrderEvent,
     OrderStatus,
     RiskDecision,
-    Side,
     parse_signal,
 )
 from tests.conftest import wait_for
-from tests.factories import make_intent, make_request
+from tests.factories import make_intent, make_request, stop_loss
 
 
 @pytest.fixture
@@ -535,16 +534,8 @@ def test_a_waiting_exit_that_moves_or_resizes_is_journaled_again(journal: Journa
     moved (trading-stop) or resized with the position, the same order is reported again."""
 
     def exit_order(trigger: str, qty: str, status: OrderStatus = OrderStatus.NEW) -> ExitOrder:
-        return ExitOrder(
-            order_id="sl-1",
-            key_name="main",
-            symbol="BTCUSDT",
-            side=Side.SELL,
-            kind="StopLoss",
-            trigger_price=Decimal(trigger),
-            qty=Decimal(qty),
-            status=status,
-            ts=datetime.now(UTC),
+        return stop_loss(
+            key_name="main", trigger_price=Decimal(trigger), qty=Decimal(qty), status=status
         )
 
     def stored() -> tuple[str, str, str]:

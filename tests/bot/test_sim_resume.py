@@ -21,7 +21,7 @@ from bot.service import secret_resolver, start_simulator
 from bot.sim import SimServer
 from bot.sim.params import PositionQueryParams, parse_params
 from tests.conftest import client_orders
-from tests.factories import approve, make_intent, sim_position
+from tests.factories import approve, make_intent, sim_position, stop_loss
 
 NOW = datetime.now(UTC)
 
@@ -56,17 +56,7 @@ def resume(
 
 
 def _stop(order_id: str, side: Side, trigger: int, at: datetime = NOW) -> ExitOrder:
-    return ExitOrder(
-        order_id=order_id,
-        key_name="follow_sim",
-        symbol="BTCUSDT",
-        side=side,
-        kind="StopLoss",
-        trigger_price=Decimal(trigger),
-        qty=Decimal("0.01"),
-        status=OrderStatus.NEW,
-        ts=at,
-    )
+    return stop_loss(order_id=order_id, side=side, trigger_price=Decimal(trigger), ts=at)
 
 
 def _position(server: SimServer, settings: BotSettings) -> dict[str, Any]:
