@@ -37,6 +37,8 @@ _FIRST_MONDAY_MS: Final = 4 * DAY_MS
 KEPT_MINUTES: Final = 31 * 24 * 60
 _SWING: Final = Decimal("0.005")
 _PERCENT_STEP: Final = Decimal("0.000001")  # Bybit's price24hPcnt: a fraction, 6 places
+#: Candles whose settled sums are kept per symbol (every interval's open and last candle).
+_SETTLED_KEPT: Final = 64
 
 
 # ------------------------------------------------------------------------ the calendar
@@ -132,8 +134,8 @@ class _Range:
     turnover: Decimal
 
     @classmethod
-    def of(cls, bars: Iterable[_Bar]) -> _Range | None:
-        found: _Range | None = None
+    def of(cls, bars: Iterable[_Bar], found: _Range | None = None) -> _Range | None:
+        """The range of `bars`, added to `found` if given."""
         for bar in bars:
             found = (
                 cls(bar.high, bar.low, bar.volume, bar.turnover)
@@ -175,6 +177,8 @@ class _Symbol:
         self.minutes: list[int] = []  # the bars' starts, sorted
         self._forgotten_close: Decimal | None = None  # the close of the newest bar let go
         self._day: tuple[int, _Range | None] | None = None  # closed_day's, for one minute
+        #: settled's sums, by candle start: (up to, range, last close)
+        self._settled: dict[int, tuple[int, _Range | None, Decimal | None]] = {}
 
     def bar(self, at_ms: int) -> _Bar:
         minute = at_ms - at_ms % MINUTE_MS
@@ -201,6 +205,21 @@ class _Symbol:
         first = bisect.bisect_left(self.minutes, start)
         last = bisect.bisect_left(self.minutes, end)
         return (self.bars[minute] for minute in self.minutes[first:last])
+
+    def settled(self, start: int, end: int) -> tuple[_Range | None, Decimal | None]:
+        """The range and the last close of the bars of [start, end), `end` no later than the
+        newest bar's minute: bars that no longer change (a clock gone back goes to the newest
+        one), so each start's sums are kept and extended as minutes pass, not summed again
+        at every push of an open daily or monthly candle."""
+        up_to, found, close = self._settled.pop(start, (start, None, None))
+        if up_to > end:  # asked for less than was summed: sum afresh
+            up_to, found, close = start, None, None
+        for bar in self.bars_between(up_to, end):
+            found, close = _Range.of((bar,), found), bar.close
+        self._settled[start] = (max(up_to, end), found, close)  # the latest asked last
+        if len(self._settled) > _SETTLED_KEPT:
+            del self._settled[next(iter(self._settled))]
+        return found, close
 
     def closed_day(self, minute: int) -> _Range | None:
         """The range and trades of the bars of the 24 h to `minute` but its own (1,439 of
@@ -289,13 +308,18 @@ class PriceHistory:
     @staticmethod
     def _real(history: _Symbol, interval: str, start: int) -> list[str]:
         opened = history.price_at(start) if start >= history.anchor_ms else history.anchor_price
-        high = low = close = opened
-        volume = turnover = Decimal(0)
-        for bar in history.bars_between(start, candle_after(interval, start)):
-            high, low, close = max(high, bar.high), min(low, bar.low), bar.close
-            volume += bar.volume
-            turnover += bar.turnover
-        return _row(start, opened, high, low, close, volume, turnover)
+        end = candle_after(interval, start)
+        # Only the bars before the newest one are settled (none, before the first bar).
+        newest = history.minutes[-1] if history.minutes else None
+        settled_to = start if newest is None else max(start, min(end, newest))
+        found, close = history.settled(start, settled_to)
+        if newest is not None and start <= newest < end:  # the bar still taking prices
+            found, close = _Range.of((history.bars[newest],), found), history.bars[newest].close
+        if found is None:
+            return _row(start, opened, opened, opened, opened, Decimal(0), Decimal(0))
+        assert close is not None
+        high, low = max(opened, found.high), min(opened, found.low)
+        return _row(start, opened, high, low, close, found.volume, found.turnover)
 
     @staticmethod
     def _synthetic(

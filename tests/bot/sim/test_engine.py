@@ -18,6 +18,7 @@ from bot.sim import (
     SimFaults,
     SimulatorConfig,
 )
+from bot.sim.candles import PriceHistory, candle_open
 from bot.sim.params import (
     AmendOrderParams,
     CancelAllParams,
@@ -368,6 +369,28 @@ def test_the_candles_are_what_the_price_did_since_the_start() -> None:
     assert started[5] == "0.01"
     assert rows[0][1:5] == ["97050", "97200", "97050", "97200"]
     assert int(rows[0][0]) - int(started[0]) == hour
+
+
+def test_a_candle_asked_at_every_push_is_the_candle_summed_afresh() -> None:
+    # The open candle's settled minutes are kept and extended between pushes: asked after
+    # every price, it must end as what one look at the whole history gives.
+    start_ms = 1_790_000_000_000
+    followed = PriceHistory({"BTCUSDT": Decimal(97000)}, start_ms)
+    fresh = PriceHistory({"BTCUSDT": Decimal(97000)}, start_ms)
+    hour = candle_open("60", start_ms)
+    for step in range(200):
+        at = start_ms + step * 17_000  # several prices a minute, over an hour's edge
+        price = Decimal(97000 + (step * 37) % 101 - 50)
+        for history in (followed, fresh):
+            history.record_price("BTCUSDT", price, at)
+            if step % 3 == 0:
+                history.record_trade("BTCUSDT", price, Decimal("0.001"), at)
+        followed.candles("BTCUSDT", "60", [hour, hour + 3_600_000], Decimal("0.1"))
+
+    asked = [hour, hour + 3_600_000]
+    assert followed.candles("BTCUSDT", "60", asked, Decimal("0.1")) == fresh.candles(
+        "BTCUSDT", "60", asked, Decimal("0.1")
+    )
 
 
 def test_a_clock_skewed_back_never_rewrites_a_closed_candle() -> None:
