@@ -484,6 +484,13 @@ class SimExchange:
                         built = rows()
                     sink.push_private(key, topic, built)
 
+    def _update(self, account: AccountRecord, order: OrderRecord, **changes: Any) -> None:
+        """Change an order's fields, stamp the change and push the order (lock held)."""
+        for name, value in changes.items():
+            setattr(order, name, value)
+        order.updated_ms = self.now_ms()
+        self._push_order(account, order)
+
     def _push_order(self, account: AccountRecord, order: OrderRecord) -> None:
         def rows() -> list[Any]:
             record = account.closed_pnl_by_order.get(order.order_id)
@@ -1234,9 +1241,7 @@ class SimExchange:
                 try:
                     self._check_available(account, symbol, order.side, order.qty, reference)
                 except SimError:
-                    order.status, order.reject_reason = "Cancelled", "EC_Others"
-                    order.updated_ms = self.now_ms()
-                    self._push_order(account, order)
+                    self._update(account, order, status="Cancelled", reject_reason="EC_Others")
                     continue
             self._send_triggered(account, order)
 
@@ -1245,10 +1250,7 @@ class SimExchange:
     ) -> None:
         """Change a conditional order before it fires: its trigger (on the side of the price
         its direction says), qty, limit price or attached TP/SL."""
-        for name, value in self._amendment(order, params, triggered_by_price=True).items():
-            setattr(order, name, value)
-        order.updated_ms = self.now_ms()
-        self._push_order(account, order)
+        self._update(account, order, **self._amendment(order, params, triggered_by_price=True))
 
     def _amendment(
         self, order: OrderRecord, params: AmendOrderParams, *, triggered_by_price: bool
@@ -1299,9 +1301,7 @@ class SimExchange:
     def _end_conditional(self, account: AccountRecord, order: OrderRecord) -> None:
         """A conditional order cancelled before it fired: Deactivated (Bybit's UTA)."""
         del account.conditional_orders[order.order_id]
-        order.status, order.cancel_type = "Deactivated", "CancelByUser"
-        order.updated_ms = self.now_ms()
-        self._push_order(account, order)
+        self._update(account, order, status="Deactivated", cancel_type="CancelByUser")
 
     def amend_order(self, api_key: str, params: AmendOrderParams) -> dict[str, Any]:
         """`POST /v5/order/amend`: change qty, price, takeProfit or stopLoss of an open order,
@@ -1339,10 +1339,7 @@ class SimExchange:
                     raise SimError(
                         RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order"
                     )
-            for attribute, value in changes.items():
-                setattr(order, attribute, value)
-            order.updated_ms = self.now_ms()
-            self._push_order(account, order)
+            self._update(account, order, **changes)
             self._push_wallet(account)
             if order.arrived and ("price" in changes or "qty" in changes):
                 order.arrived = False
@@ -2198,12 +2195,10 @@ class SimExchange:
     ) -> None:
         # Bybit: "PartiallyFilledCanceled: only spot has this order status"; a derivatives
         # order cancelled after a partial fill is Cancelled with its executed qty.
-        order.status = "Cancelled"
-        order.cancel_type = cancel_type
-        order.reject_reason = reject_reason
-        order.updated_ms = self.now_ms()
         account.open_orders.pop(order.order_id, None)
-        self._push_order(account, order)
+        self._update(
+            account, order, status="Cancelled", cancel_type=cancel_type, reject_reason=reject_reason
+        )
         self._push_wallet(account)
 
     def _fill(
@@ -2421,9 +2416,7 @@ class SimExchange:
         self._send_triggered(account, order)
 
     def _mark_triggered(self, account: AccountRecord, order: OrderRecord) -> None:
-        order.status = "Triggered"
-        order.updated_ms = self.now_ms()
-        self._push_order(account, order)
+        self._update(account, order, status="Triggered")
 
     def _send_triggered(self, account: AccountRecord, order: OrderRecord) -> None:
         """A triggered order goes New under its orderId and trades as an order of its type."""
@@ -2481,20 +2474,15 @@ class SimExchange:
                 order = self._exit_order(symbol, kind, level, position.size, self._prices[symbol])
                 account.exit_orders[(symbol, kind)] = order
                 account.orders[order.order_id] = order
-            elif (order.trigger_price, order.qty) == (level, abs(position.size)):
-                continue
-            else:
-                order.trigger_price, order.qty = level, abs(position.size)
-                order.updated_ms = self.now_ms()
-            self._push_order(account, order)
+                self._push_order(account, order)
+            elif (order.trigger_price, order.qty) != (level, abs(position.size)):
+                self._update(account, order, trigger_price=level, qty=abs(position.size))
 
     def _end_exit(
         self, account: AccountRecord, order: OrderRecord, status: str, cancel_type: str
     ) -> None:
         account.exit_orders.pop((order.symbol, order.stop_order_type), None)
-        order.status, order.cancel_type = status, cancel_type
-        order.updated_ms = self.now_ms()
-        self._push_order(account, order)
+        self._update(account, order, status=status, cancel_type=cancel_type)
 
     def _cancel_exit(self, account: AccountRecord, order: OrderRecord) -> None:
         """A TP/SL order cancelled by its owner: the position's level goes with it."""
