@@ -73,7 +73,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -170,6 +170,14 @@ CREATE TABLE IF NOT EXISTS stop_moves (
 _ORDERS_BY_STATUS: Final = """
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status, key_name, strategy, symbol);
 """
+#: Lookups made for every venue-created exit and every order's history, which would otherwise
+#: scan tables that grow with every signal: an exit's parent (the latest filled order of its
+#: key and symbol), the waiting exit it replaces, and an order's events.
+_LOOKUP_INDEXES: Final = """
+CREATE INDEX IF NOT EXISTS orders_by_symbol ON orders (key_name, symbol, updated_at);
+CREATE INDEX IF NOT EXISTS exit_orders_by_level ON exit_orders (key_name, symbol, kind, status);
+CREATE INDEX IF NOT EXISTS order_events_by_order ON order_events (order_link_id);
+"""
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS signals (
     source       TEXT NOT NULL,
@@ -227,7 +235,7 @@ CREATE TABLE IF NOT EXISTS order_events (
     ret_code      INTEGER,
     reason        TEXT NOT NULL DEFAULT ''
 );
-{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}"""
+{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -237,6 +245,7 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 {_EXIT_ORDERS}{_ACCOUNT}""",
     3: _REJECTIONS,
     4: _STOP_MOVES + _ORDERS_BY_STATUS,
+    5: _LOOKUP_INDEXES,
 }
 _VENUE_STATES: Final = frozenset(
     {

@@ -553,3 +553,36 @@ def test_a_waiting_exit_that_moves_or_resizes_is_journaled_again(journal: Journa
     assert journal.record_exit(exit_order("96000", "0.03", OrderStatus.CANCELLED))  # deactivated
     assert not journal.record_exit(exit_order("97000", "0.03"))  # never back from an end
     assert stored() == ("96000", "0.03", "Cancelled")
+
+
+def test_what_a_filled_order_and_its_stop_loss_journal_never_scans_a_table(
+    journal: Journal,
+) -> None:
+    """These run for every signal, and the tables grow with every signal: each statement must
+    be an index lookup, or a bot that has traded for months slows down with every order."""
+    statements: list[str] = []
+    journal._db.set_trace_callback(statements.append)
+    journal.record_order(make_request(stop_loss=Decimal(95000)))
+    for status in (OrderStatus.SUBMITTING, OrderStatus.NEW, OrderStatus.FILLED):
+        journal.record_order_event(
+            OrderEvent(order_link_id="follow-0-x", status=status, order_id="o-1")
+        )
+    journal.record_exit(stop_loss(key_name="k"))
+    journal.record_exit(stop_loss(key_name="k", order_id="sl-2"))
+    journal.order_events("follow-0-x")
+    journal._db.set_trace_callback(None)
+
+    plans = {
+        statement: [
+            row[3]
+            for row in journal._db.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()
+        ]
+        for statement in statements
+        if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT"))
+    }
+    scans = {
+        statement: plan
+        for statement, plan in plans.items()
+        if any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan)
+    }
+    assert len(plans) >= 6 and scans == {}
