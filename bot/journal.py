@@ -170,11 +170,19 @@ CREATE TABLE IF NOT EXISTS stop_moves (
 _ORDERS_BY_STATUS: Final = """
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status, key_name, strategy, symbol);
 """
-#: Lookups made for every venue-created exit and every order's history, which would otherwise
-#: scan tables that grow with every signal: an exit's parent (the latest filled order of its
-#: key and symbol), the waiting exit it replaces, and an order's events.
-_LOOKUP_INDEXES: Final = """
+#: A filled order with a stop loss or take profit, whose exits the venue may execute.
+_PROTECTED: Final = (
+    "status IN ('Filled', 'PartiallyFilled') AND (json_extract(request, '$.stop_loss')"
+    " IS NOT NULL OR json_extract(request, '$.take_profit') IS NOT NULL)"
+)
+#: Lookups made for every venue-created exit, every order's history and every exit scan,
+#: which would otherwise scan tables that grow with every signal: an exit's parent (the
+#: latest filled order of its key and symbol), the waiting exit it replaces, an order's
+#: events, and the symbols whose exits the venue may execute (`protected_symbols`, whose
+#: WHERE this partial index repeats word for word so that the planner can use it).
+_LOOKUP_INDEXES: Final = f"""
 CREATE INDEX IF NOT EXISTS orders_by_symbol ON orders (key_name, symbol, updated_at);
+CREATE INDEX IF NOT EXISTS orders_protected ON orders (key_name, symbol) WHERE {_PROTECTED};
 CREATE INDEX IF NOT EXISTS exit_orders_by_level ON exit_orders (key_name, symbol, kind, status);
 CREATE INDEX IF NOT EXISTS order_events_by_order ON order_events (order_link_id);
 """
@@ -1110,10 +1118,7 @@ class Journal:
         exits the venue may execute on its own."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT DISTINCT symbol FROM orders WHERE key_name = ?"
-                " AND status IN ('Filled', 'PartiallyFilled')"
-                " AND (json_extract(request, '$.stop_loss') IS NOT NULL"
-                "      OR json_extract(request, '$.take_profit') IS NOT NULL)",
+                f"SELECT DISTINCT symbol FROM orders WHERE key_name = ? AND {_PROTECTED}",
                 (key_name,),
             ).fetchall()
         return sorted(row[0] for row in rows)

@@ -555,11 +555,12 @@ def test_a_waiting_exit_that_moves_or_resizes_is_journaled_again(journal: Journa
     assert stored() == ("96000", "0.03", "Cancelled")
 
 
-def test_what_a_filled_order_and_its_stop_loss_journal_never_scans_a_table(
+def test_what_an_order_and_its_stop_loss_journal_and_look_up_never_scans_a_table(
     journal: Journal,
 ) -> None:
-    """These run for every signal, and the tables grow with every signal: each statement must
-    be an index lookup, or a bot that has traded for months slows down with every order."""
+    """These run for every signal or every exit scan, and the tables grow with every signal:
+    each statement must be an index lookup, or a bot that has traded for months slows down
+    with every order."""
     statements: list[str] = []
     journal._db.set_trace_callback(statements.append)
     journal.record_order(make_request(stop_loss=Decimal(95000)))
@@ -570,6 +571,7 @@ def test_what_a_filled_order_and_its_stop_loss_journal_never_scans_a_table(
     journal.record_exit(stop_loss(key_name="k"))
     journal.record_exit(stop_loss(key_name="k", order_id="sl-2"))
     journal.order_events("follow-0-x")
+    assert journal.protected_symbols("k") == ["BTCUSDT"]
     journal._db.set_trace_callback(None)
 
     plans = {
@@ -586,3 +588,8 @@ def test_what_a_filled_order_and_its_stop_loss_journal_never_scans_a_table(
         if any(step.startswith("SCAN") or "TEMP B-TREE" in step for step in plan)
     }
     assert len(plans) >= 6 and scans == {}
+    # ... and the exit scan's symbols come from its partial index, without reading every
+    # filled order's request as JSON.
+    assert [plan for statement, plan in plans.items() if "DISTINCT symbol" in statement] == [
+        ["SEARCH orders USING INDEX orders_protected (key_name=?)"]
+    ]
