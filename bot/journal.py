@@ -1118,7 +1118,7 @@ class Journal:
         exits the venue may execute on its own."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT DISTINCT symbol FROM orders WHERE key_name = ? AND {_PROTECTED}",
+                f"SELECT DISTINCT symbol FROM orders WHERE key_name = ? AND {_PROTECTED}",  # noqa: S608 - our own condition
                 (key_name,),
             ).fetchall()
         return sorted(row[0] for row in rows)

@@ -576,8 +576,7 @@ def test_what_an_order_and_its_stop_loss_journal_and_look_up_never_scans_a_table
 
     plans = {
         statement: [
-            row[3]
-            for row in journal._db.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()
+            row[3] for row in journal._db.execute(f"EXPLAIN QUERY PLAN {statement}").fetchall()
         ]
         for statement in statements
         if statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT"))
