@@ -26,7 +26,7 @@ Measured, each over `--signals` signals at a steady `--rate` and at twice that:
   Bybit's limits: time to the last order against the minimum the limits allow, and 10006s;
 - **footprint**: the bot's start-up time to ready, RSS after start-up, after the loads, and
   half-way through and after `--footprint-signals` (10,000) more at 100/s (no growth), CPU per
-  signal over the loads.
+  signal over the loads and over each half of the footprint's signals (no growth).
 
 The bot's journal is NORMAL (its default); `--journal-synchronous FULL` runs it as
 config/mainnet.toml does, its promises waiting for the disk. The bot runs wherever the system
@@ -573,12 +573,13 @@ def run(
                 ]
                 mqtt = _mqtt_load(sim, broker, signals // 2, rate, STRATEGIES)
                 rss_end, cpu_end = _process_stats(bot.pid)
-                # Footprint: many more signals, RSS at half-way and at the end (no growth).
+                # Footprint: many more signals; RSS and CPU per signal over each half (no
+                # growth: a journal lookup that scans grows with every signal).
                 half = footprint_signals // 2
                 _webhook_load(bot, sim, half, FOOTPRINT_RATE, "fa", STRATEGIES)
-                rss_half, _ = _process_stats(bot.pid)
+                rss_half, cpu_half = _process_stats(bot.pid)
                 _webhook_load(bot, sim, footprint_signals - half, FOOTPRINT_RATE, "fb", STRATEGIES)
-                rss_full, _ = _process_stats(bot.pid)
+                rss_full, cpu_full = _process_stats(bot.pid)
             finally:
                 bot.stop()
             floor = _floor(sim, keys, signals // 2, rate)
@@ -623,6 +624,12 @@ def run(
                 "rss_after_half_mb": round(rss_half, 1),
                 "rss_after_all_mb": round(rss_full, 1),
                 "cpu_ms_per_signal": round((cpu_end - cpu_start) * 1000 / max(total, 1), 3),
+                "cpu_ms_per_signal_first_half": round(
+                    (cpu_half - cpu_end) * 1000 / max(half, 1), 3
+                ),
+                "cpu_ms_per_signal_second_half": round(
+                    (cpu_full - cpu_half) * 1000 / max(footprint_signals - half, 1), 3
+                ),
             },
             "targets": TARGETS,
             "failures": failures,
