@@ -56,6 +56,7 @@ from bot.sim.exchange import BatchAnswer, SimExchange
 from bot.sim.params import (
     BATCH_MAX_ORDERS,
     AmendOrderParams,
+    BatchAmendParams,
     BatchCancelParams,
     BatchPlaceParams,
     CancelAllParams,
@@ -102,6 +103,7 @@ ORDER_CREATE_PATHS = frozenset({ORDER_CREATE_PATH, ORDER_CREATE_BATCH_PATH})
 #: Requests that change orders: the accept-then-error faults strike after they took effect.
 ORDER_WRITE_PATHS = ORDER_CREATE_PATHS | {
     "/v5/order/amend",
+    "/v5/order/amend-batch",
     "/v5/order/cancel",
     "/v5/order/cancel-all",
     "/v5/order/cancel-batch",
@@ -586,6 +588,7 @@ def create_app(exchange: SimExchange) -> Starlette:
         ("/v5/order/cancel-all", gateway.private(exchange.cancel_all, CancelAllParams)),
         (ORDER_CREATE_BATCH_PATH, gateway.batch(exchange.place_batch, BatchPlaceParams)),
         ("/v5/order/cancel-batch", gateway.batch(exchange.cancel_batch, BatchCancelParams)),
+        ("/v5/order/amend-batch", gateway.batch(exchange.amend_batch, BatchAmendParams)),
         (
             "/v5/position/set-leverage",
             gateway.private(exchange.set_leverage, SetLeverageParams),

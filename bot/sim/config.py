@@ -42,6 +42,7 @@ DEFAULT_RATE_LIMITS_PER_S: dict[str, int] = {
     "/v5/order/cancel-all": 10,
     "/v5/order/create-batch": 10,
     "/v5/order/cancel-batch": 10,
+    "/v5/order/amend-batch": 10,
     "/v5/order/realtime": 50,
     "/v5/order/history": 50,
     "/v5/execution/list": 50,
@@ -192,8 +193,8 @@ class SimFaults(BaseModel):
     accept_then_10016: Probability = Field(
         default=0.0,
         description="Chance that an order write (create, amend, cancel, cancel-all, "
-        "create-batch, cancel-batch) is executed and then answered 10016 'Server error.': the "
-        "change happened, the client is told it may not have.",
+        "create-batch, cancel-batch, amend-batch) is executed and then answered 10016 "
+        "'Server error.': the change happened, the client is told it may not have.",
     )
     accept_then_5xx: Probability = Field(
         default=0.0,

@@ -34,6 +34,7 @@ from bot.sim.errors import DuplicateAccountError, RetCode, SimError
 from bot.sim.params import (
     OPEN_INTEREST_INTERVALS_MS,
     AmendOrderParams,
+    BatchAmendParams,
     BatchCancelParams,
     BatchPlaceParams,
     CancelAllParams,
@@ -1311,42 +1312,64 @@ class SimExchange:
         A limit order amended into the market trades as taker when the engine sees it.
         """
         with self._lock:
-            account = self._account(api_key)
-            self._require(api_key, "Order")
-            self._instrument(params.symbol)
-            exit_order = self._waiting_exit(account, params.symbol, params.order_id)
-            if exit_order is not None:
-                self._amend_exit(account, exit_order, params)
-                return {"orderId": exit_order.order_id, "orderLinkId": ""}
-            conditional = self._waiting_conditional(
-                account, params.symbol, params.order_id, params.order_link_id
-            )
-            if conditional is not None:
-                self._amend_conditional(account, conditional, params)
-                return {"orderId": conditional.order_id, "orderLinkId": conditional.order_link_id}
-            order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
-            if order is None or order.order_type == "Market":
-                raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
-            changes = self._amendment(order, params, triggered_by_price=False)
-            if not order.reduce_only and order.price is not None:
-                # Only what the amendment adds to the order's value needs margin.
-                price: Decimal = changes.get("price", order.price)
-                qty: Decimal = changes.get("qty", order.qty)
-                extra = (qty * price - order.qty * order.price) / self._leverage(
-                    account, order.symbol
-                )
-                if extra > 0 and extra > self._figures(account).available:
-                    raise SimError(
-                        RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order"
-                    )
-            self._update(account, order, **changes)
-            self._push_wallet(account)
-            if order.arrived and ("price" in changes or "qty" in changes):
-                order.arrived = False
-                self._engine.schedule(
-                    self._config.market_fill_delay_ms, lambda: self._arrive(account, order)
-                )
+            order = self._amend(api_key, params)
             return {"orderId": order.order_id, "orderLinkId": order.order_link_id}
+
+    def amend_batch(self, api_key: str, params: BatchAmendParams, granted: int) -> BatchAnswer:
+        """`POST /v5/order/amend-batch`: each item as `/v5/order/amend` would take it, for open
+        orders only (Bybit: "Conditional orders are not supported"); one that fails (or lies
+        beyond the `granted` rate-limit budget: 10006) fails alone."""
+        return self._run_batch(
+            api_key, params, granted, AmendOrderParams, self._amend_open, batch_cancel_row
+        )
+
+    def _amend(self, api_key: str, params: AmendOrderParams) -> OrderRecord:
+        """Amend one open order, conditional order or position TP/SL order (lock held);
+        SimError with Bybit's code otherwise."""
+        account = self._account(api_key)
+        self._require(api_key, "Order")
+        self._instrument(params.symbol)
+        exit_order = self._waiting_exit(account, params.symbol, params.order_id)
+        if exit_order is not None:
+            self._amend_exit(account, exit_order, params)
+            return exit_order
+        conditional = self._waiting_conditional(
+            account, params.symbol, params.order_id, params.order_link_id
+        )
+        if conditional is not None:
+            self._amend_conditional(account, conditional, params)
+            return conditional
+        return self._amend_open(api_key, params)
+
+    def _amend_open(self, api_key: str, params: AmendOrderParams) -> OrderRecord:
+        """Amend one open (resting) order: its qty, price, takeProfit or stopLoss (lock held);
+        SimError with Bybit's code otherwise."""
+        account = self._account(api_key)
+        self._require(api_key, "Order")
+        self._instrument(params.symbol)
+        if params.order_id is None and params.order_link_id is None:
+            raise SimError(RetCode.PARAMS_ERROR, "params error: orderId or orderLinkId is required")
+        order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
+        if order is None or order.order_type == "Market":
+            raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
+        changes = self._amendment(order, params, triggered_by_price=False)
+        if not order.reduce_only and order.price is not None:
+            # Only what the amendment adds to the order's value needs margin.
+            price: Decimal = changes.get("price", order.price)
+            qty: Decimal = changes.get("qty", order.qty)
+            extra = (qty * price - order.qty * order.price) / self._leverage(account, order.symbol)
+            if extra > 0 and extra > self._figures(account).available:
+                raise SimError(
+                    RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order"
+                )
+        self._update(account, order, **changes)
+        self._push_wallet(account)
+        if order.arrived and ("price" in changes or "qty" in changes):
+            order.arrived = False
+            self._engine.schedule(
+                self._config.market_fill_delay_ms, lambda: self._arrive(account, order)
+            )
+        return order
 
     def _amend_exit(
         self, account: AccountRecord, order: OrderRecord, params: AmendOrderParams
@@ -1398,7 +1421,7 @@ class SimExchange:
     def _run_batch(
         self,
         api_key: str,
-        batch: BatchPlaceParams | BatchCancelParams,
+        batch: BatchPlaceParams | BatchCancelParams | BatchAmendParams,
         granted: int,
         model: type[M],
         apply: Callable[[str, M], OrderRecord],

@@ -22,6 +22,7 @@ __all__ = [
     "KLINE_INTERVALS",
     "OPEN_INTEREST_INTERVALS_MS",
     "AmendOrderParams",
+    "BatchAmendParams",
     "BatchCancelParams",
     "BatchPlaceParams",
     "CancelAllParams",
@@ -56,7 +57,7 @@ __all__ = [
 KLINE_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
 
 #: Orders per batch request for category=linear (Bybit: "A maximum of 20 orders (linear) can
-#: be placed per request", docs/v5/order/batch-place and batch-cancel).
+#: be placed per request", docs/v5/order/batch-place, batch-cancel and batch-amend).
 BATCH_MAX_ORDERS = 20
 #: Open-interest intervals Bybit accepts (`intervalTime`) and their length in ms.
 OPEN_INTEREST_INTERVALS_MS = {
@@ -352,6 +353,13 @@ class BatchPlaceParams(_Params):
 
 class BatchCancelParams(_Params):
     """`POST /v5/order/cancel-batch`: each item is `{symbol, orderId | orderLinkId}`."""
+
+    category: Category
+    request: list[dict[str, Any]] = Field(min_length=1, max_length=BATCH_MAX_ORDERS)
+
+
+class BatchAmendParams(_Params):
+    """`POST /v5/order/amend-batch`: each item is a `/v5/order/amend` body without category."""
 
     category: Category
     request: list[dict[str, Any]] = Field(min_length=1, max_length=BATCH_MAX_ORDERS)

@@ -448,8 +448,9 @@ def batch_place_row(order: OrderRecord | None, symbol: str, order_link_id: str) 
 
 
 def batch_cancel_row(order: OrderRecord | None, symbol: str, order_link_id: str) -> dict[str, str]:
-    """One `/v5/order/cancel-batch` result row: the order cancelled, or (None) the item as sent
-    with an empty orderId, as Bybit answers an item that failed."""
+    """One `/v5/order/cancel-batch` or `/v5/order/amend-batch` result row: the order
+    cancelled or amended, or (None) the item as sent with an empty orderId, as Bybit answers
+    an item that failed."""
     if order is None:
         return {
             "category": "linear",

@@ -180,7 +180,7 @@ def test_fetch_ledger_lists_each_fill_with_the_balance_after_it(bybit: ccxt.bybi
 # ------------------------------------------------------------------ batches
 
 
-def test_create_orders_and_cancel_orders_go_through_the_batch_endpoints(
+def test_create_edit_and_cancel_orders_go_through_the_batch_endpoints(
     bybit: ccxt.bybit,
 ) -> None:
     created = bybit.create_orders(
@@ -196,8 +196,18 @@ def test_create_orders_and_cancel_orders_go_through_the_batch_endpoints(
         "two open orders",
     )
 
+    edited = bybit.edit_orders(
+        [
+            {"id": ids[0], "symbol": SYMBOL, "type": "limit", "side": "buy", "price": 89000},
+            {"id": ids[1], "symbol": SYMBOL, "type": "limit", "side": "buy", "amount": 0.02},
+        ]
+    )
+    resting = {order["id"]: order for order in bybit.fetch_open_orders(SYMBOL)}
     cancelled = bybit.cancel_orders([*ids, "no-such-order"], SYMBOL)
 
+    assert [order["id"] for order in edited] == ids
+    assert (resting[ids[0]]["price"], resting[ids[0]]["amount"]) == (89000, 0.01)
+    assert (resting[ids[1]]["price"], resting[ids[1]]["amount"]) == (90500, 0.02)
     assert open_ids == sorted(ids)
     assert [order["id"] for order in cancelled[:2]] == ids
     assert cancelled[2]["info"]["orderId"] == ""  # Bybit's blank row for a failed item

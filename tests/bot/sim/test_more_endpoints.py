@@ -354,6 +354,48 @@ def test_cancel_batch_cancels_each_item_and_reports_unknown_ones(
     assert statuses == {by_id: "Cancelled", by_link: "Cancelled"}
 
 
+def test_amend_batch_amends_each_open_order_and_fails_the_others_alone(
+    server: SimServer, session: HTTP
+) -> None:
+    by_id = _limit(session, "90000")
+    by_link = _limit(session, "90100", orderLinkId="amend-me")
+    waiting = session.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Buy",
+        orderType="Market",
+        qty="0.01",
+        triggerPrice="200000",
+        triggerDirection=1,
+    )["result"]["orderId"]
+
+    answer = session.amend_batch_order(
+        category="linear",
+        request=[
+            {"symbol": "BTCUSDT", "orderId": by_id, "price": "89000"},
+            {"symbol": "BTCUSDT", "orderLinkId": "amend-me", "qty": "0.02"},
+            {"symbol": "BTCUSDT", "orderLinkId": "never-placed", "qty": "0.02"},
+            {"symbol": "BTCUSDT", "orderId": waiting, "triggerPrice": "210000"},
+            {"symbol": "BTCUSDT", "price": "89000"},
+        ],
+    )
+
+    rows, codes = answer["result"]["list"], answer["retExtInfo"]["list"]
+    assert answer["retCode"] == 0
+    assert [c["code"] for c in codes] == [0, 0, 110001, 110001, 10001]
+    assert [(r["category"], r["orderId"], r["orderLinkId"]) for r in rows] == [
+        ("linear", by_id, ""),
+        ("linear", by_link, "amend-me"),
+        ("linear", "", "never-placed"),
+        ("linear", "", ""),
+        ("linear", "", ""),
+    ]
+    held = {o["orderId"]: o for o in server.exchange.orders(KEY)}
+    assert (held[by_id]["price"], held[by_id]["qty"]) == ("89000", "0.01")
+    assert (held[by_link]["price"], held[by_link]["qty"]) == ("90100", "0.02")
+    assert held[waiting]["triggerPrice"] == "200000"  # a conditional order is not amended
+
+
 def test_a_batch_counts_each_order_and_the_orders_past_the_limit_fail_10006(
     start_sim: StartSim, connect: Callable[..., HTTP]
 ) -> None:
@@ -386,7 +428,9 @@ def test_a_batch_counts_each_order_and_the_orders_past_the_limit_fail_10006(
         ({"category": "spot", "request": [{}]}, "category"),
     ],
 )
-@pytest.mark.parametrize("path", ["/v5/order/create-batch", "/v5/order/cancel-batch"])
+@pytest.mark.parametrize(
+    "path", ["/v5/order/create-batch", "/v5/order/cancel-batch", "/v5/order/amend-batch"]
+)
 def test_a_malformed_batch_is_10001_as_a_whole(
     server: SimServer, path: str, body: dict[str, Any], message: str
 ) -> None:
