@@ -1101,7 +1101,7 @@ class Journal:
             " AND symbol = ? AND status IN ('Filled', 'PartiallyFilled')"
             " AND updated_at <= ? ORDER BY updated_at DESC LIMIT 50",
             (exit_order.key_name, exit_order.symbol, exit_order.ts.isoformat()),
-        ).fetchall()
+        )  # read row by row: the newest usually matches, and the rest are never fetched
         fallback: tuple[str | None, str | None] = (None, None)
         for link_id, strategy, request_json in candidates:
             request = OrderRequest.model_validate_json(request_json)
