@@ -141,7 +141,8 @@ class Executor:
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
         self._watches: dict[str, asyncio.Event] = {}
-        self._terminal: set[str] = set()  # followed orders the stream reported terminal
+        # Followed orders the stream reported terminal: what it said of each.
+        self._terminal: dict[str, OrderEvent] = {}
         self._leverage: dict[tuple[str, str], Decimal] = {}  # (key, symbol) -> leverage set
         self._placed: Counter[str] = Counter()  # orders the venue accepted, per key
 
@@ -349,7 +350,7 @@ class Executor:
             return await self._send_until_held(request, signal_ts, sends, may_exist=may_exist)
         finally:
             self._watches.pop(link_id, None)
-            self._terminal.discard(link_id)
+            self._terminal.pop(link_id, None)
 
     async def _send_until_held(
         self,
@@ -633,23 +634,24 @@ class Executor:
         watch = self._watches.get(event.order_link_id)
         if watch is not None:
             if event.status.is_terminal:
-                self._terminal.add(event.order_link_id)
+                self._terminal[event.order_link_id] = event
             watch.set()
 
     async def _follow(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
         """Follow a new order until it is terminal or `follow_s` has passed.
 
         The account stream normally reports the fill within milliseconds; only if it stays
-        silent (it is down, or slow) is the order looked up by REST. The journal is read once
-        the stream has reported the order terminal (its write is queued before the read, so
-        the read sees it); `_drive` listens from before the send, so a report that came
-        before the acknowledgement is already here.
+        silent (it is down, or slow) is the order looked up by REST. What the stream said of
+        the terminal order is the answer, without reading it back from the journal: the
+        venue's word on an order it has ended is what the journal takes too (its write is
+        queued ahead of anything the caller journals next). `_drive` listens from before the
+        send, so a report that came before the acknowledgement is already here.
         """
         link_id = request.order_link_id
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.follow_s
         watch = self._watches.setdefault(link_id, asyncio.Event())
-        terminal: OrderRecord | None = None  # once the journal has it terminal
+        terminal: OrderEvent | None = None
         while self._stream_live(request.key_name) and loop.time() < deadline:
             if not watch.is_set():
                 # A timeout scope, not `wait_for`: no task per wake-up of every order.
@@ -659,26 +661,21 @@ class Executor:
                 if not watch.is_set():
                     break  # the stream is silent: look it up instead
             watch.clear()
+            terminal = terminal or self._terminal.pop(link_id, None)
             if terminal is None:
-                if link_id not in self._terminal:
-                    continue  # New or a partial fill: nothing to read yet
-                self._terminal.discard(link_id)
-                record = await self._journal.call(self._journal.order, link_id)
-                if record is None or not record.status.is_terminal:
-                    continue
-                terminal = record
+                continue  # New or a partial fill: nothing to answer yet
             if self._books_hold(terminal):
-                return _event_of(terminal)
+                return terminal
         if terminal is not None:  # its fills were not booked in time: say so, go on
             logger.warning("order {id}: terminal, its fills not booked yet", id=link_id)
-            return _event_of(terminal)
+            return terminal
         return await self._poll(venue, request, deadline)
 
-    def _books_hold(self, record: OrderRecord) -> bool:
+    def _books_hold(self, terminal: OrderEvent) -> bool:
         """Whether the account's books hold every fill of a terminal order."""
-        if self._booked_qty is None or record.filled_qty == 0:
+        if self._booked_qty is None or terminal.filled_qty == 0:
             return True
-        return self._booked_qty(record.request.order_link_id) >= record.filled_qty
+        return self._booked_qty(terminal.order_link_id) >= terminal.filled_qty
 
     async def _poll(
         self, venue: Venue, request: OrderRequest, deadline: float
