@@ -1326,9 +1326,7 @@ class SimExchange:
     def _amend(self, api_key: str, params: AmendOrderParams) -> OrderRecord:
         """Amend one open order, conditional order or position TP/SL order (lock held);
         SimError with Bybit's code otherwise."""
-        account = self._account(api_key)
-        self._require(api_key, "Order")
-        self._instrument(params.symbol)
+        account = self._amending(api_key, params)
         exit_order = self._waiting_exit(account, params.symbol, params.order_id)
         if exit_order is not None:
             self._amend_exit(account, exit_order, params)
@@ -1339,16 +1337,24 @@ class SimExchange:
         if conditional is not None:
             self._amend_conditional(account, conditional, params)
             return conditional
-        return self._amend_open(api_key, params)
+        return self._amend_resting(account, params)
 
     def _amend_open(self, api_key: str, params: AmendOrderParams) -> OrderRecord:
-        """Amend one open (resting) order: its qty, price, takeProfit or stopLoss (lock held);
-        SimError with Bybit's code otherwise."""
+        """Amend one open (resting) order, as amend-batch does (lock held); SimError with
+        Bybit's code otherwise."""
+        return self._amend_resting(self._amending(api_key, params), params)
+
+    def _amending(self, api_key: str, params: AmendOrderParams) -> AccountRecord:
+        """The account of a key that may amend, checked as every amend is checked."""
         account = self._account(api_key)
         self._require(api_key, "Order")
         self._instrument(params.symbol)
         if params.order_id is None and params.order_link_id is None:
             raise SimError(RetCode.PARAMS_ERROR, "params error: orderId or orderLinkId is required")
+        return account
+
+    def _amend_resting(self, account: AccountRecord, params: AmendOrderParams) -> OrderRecord:
+        """Change an open order's qty, price, takeProfit or stopLoss (lock held)."""
         order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
         if order is None or order.order_type == "Market":
             raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
