@@ -643,21 +643,30 @@ class BybitVenue:
             window.pause(error.retry_after_s)
 
     async def _read(self, operation: str, path: str, method: str, **params: Any) -> Any:
-        """An idempotent read, retried a bounded number of times on transient failures."""
-        for attempt in range(READ_ATTEMPTS):
+        """An idempotent read, retried a bounded number of times on transient failures.
+
+        A last attempt refused for its timestamp (10002) after which the resync moved the
+        signing clock gets one more: the clock had moved under the earlier attempts (a skewed
+        venue coming back), and the next request is signed right."""
+        attempts, made = READ_ATTEMPTS, 0
+        while True:
+            offset = self._clock.offset_ms
             try:
                 return await self._call(operation, path, method, **params)
             except (RetryableError, AmbiguousError) as exc:
-                if attempt == READ_ATTEMPTS - 1:
+                made += 1
+                drift = isinstance(exc, RetryableError) and exc.ret_code == CLOCK_DRIFT_CODE
+                if made == attempts == READ_ATTEMPTS and drift and self._clock.offset_ms != offset:
+                    attempts += 1
+                if made >= attempts:
                     raise
-                wait = _READ_BACKOFF_S[attempt]
-                if isinstance(exc, RetryableError) and exc.ret_code == CLOCK_DRIFT_CODE:
+                wait = _READ_BACKOFF_S[min(made, len(_READ_BACKOFF_S)) - 1]
+                if drift:
                     wait = 0.0  # the clock was just resynchronised: try again at once
                 elif isinstance(exc, RetryableError):
                     wait = min(max(wait, exc.retry_after_s), _MAX_READ_WAIT_S)
                 logger.warning("venue read failed, retrying", key=self.name, error=str(exc))
                 await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
 
 
 class _Outcome(NamedTuple):

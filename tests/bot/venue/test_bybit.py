@@ -211,6 +211,41 @@ def test_reads_are_retried_a_bounded_number_of_times(
     assert requests_to(sim[0], "/v5/market/tickers") == READ_ATTEMPTS
 
 
+@pytest.mark.parametrize(
+    ("resync_moves_the_clock", "expected_calls"),
+    [(True, READ_ATTEMPTS + 1), (False, READ_ATTEMPTS)],
+)
+def test_a_read_whose_last_try_met_a_clock_just_fixed_gets_one_more(
+    venue: BybitVenue,
+    monkeypatch: pytest.MonkeyPatch,
+    resync_moves_the_clock: bool,
+    expected_calls: int,
+) -> None:
+    """A skewed venue coming back: the last try is refused 10002 and its resync moves the
+    signing clock; one more try (signed right) is worth making, and only one."""
+    calls: list[str] = []
+
+    async def scripted(operation: str, *args: Any, **params: Any) -> Any:
+        calls.append(operation)
+        if len(calls) < READ_ATTEMPTS:
+            raise AmbiguousError("HTTP 503", operation=operation)
+        if len(calls) == READ_ATTEMPTS:
+            if resync_moves_the_clock:
+                venue._clock.offset_ms += 6_000  # what the failure's resync does
+            raise RetryableError("timestamp", retry_after_s=0, ret_code=10002, operation=operation)
+        return {"list": [{"symbol": "BTCUSDT", "lastPrice": "97000"}]}
+
+    monkeypatch.setattr(venue, "_call", scripted)
+    monkeypatch.setattr("bot.venue.bybit._READ_BACKOFF_S", (0.0, 0.0, 0.0))
+
+    if resync_moves_the_clock:
+        assert asyncio.run(venue.last_price("BTCUSDT")) == Decimal(97000)
+    else:
+        with pytest.raises(RetryableError):
+            asyncio.run(venue.last_price("BTCUSDT"))
+    assert len(calls) == expected_calls
+
+
 def test_clock_drift_is_retryable(sim: tuple[SimExchange, SimServer], venue: BybitVenue) -> None:
     sim[0].set_faults(SimFaults(clock_skew_ms=60_000))
 
