@@ -1326,7 +1326,7 @@ class SimExchange:
     def _amend(self, api_key: str, params: AmendOrderParams) -> OrderRecord:
         """Amend one open order, conditional order or position TP/SL order (lock held);
         SimError with Bybit's code otherwise."""
-        account = self._amending(api_key, params)
+        account = self._order_owner(api_key, params)
         exit_order = self._waiting_exit(account, params.symbol, params.order_id)
         if exit_order is not None:
             self._amend_exit(account, exit_order, params)
@@ -1342,10 +1342,13 @@ class SimExchange:
     def _amend_open(self, api_key: str, params: AmendOrderParams) -> OrderRecord:
         """Amend one open (resting) order, as amend-batch does (lock held); SimError with
         Bybit's code otherwise."""
-        return self._amend_resting(self._amending(api_key, params), params)
+        return self._amend_resting(self._order_owner(api_key, params), params)
 
-    def _amending(self, api_key: str, params: AmendOrderParams) -> AccountRecord:
-        """The account of a key that may amend, checked as every amend is checked."""
+    def _order_owner(
+        self, api_key: str, params: AmendOrderParams | CancelOrderParams
+    ) -> AccountRecord:
+        """The account of a key that may change its orders, asked to change one (named by
+        orderId or orderLinkId) in a listed symbol; SimError with Bybit's code otherwise."""
         account = self._account(api_key)
         self._require(api_key, "Order")
         self._instrument(params.symbol)
@@ -1459,11 +1462,7 @@ class SimExchange:
 
     def _cancel(self, api_key: str, params: CancelOrderParams) -> OrderRecord:
         """Cancel one open order (lock held); SimError with Bybit's code otherwise."""
-        account = self._account(api_key)
-        self._require(api_key, "Order")
-        self._instrument(params.symbol)
-        if params.order_id is None and params.order_link_id is None:
-            raise SimError(RetCode.PARAMS_ERROR, "params error: orderId or orderLinkId is required")
+        account = self._order_owner(api_key, params)
         exit_order = self._waiting_exit(account, params.symbol, params.order_id)
         if exit_order is not None:
             self._cancel_exit(account, exit_order)
