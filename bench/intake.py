@@ -107,6 +107,8 @@ TARGETS: Final = {
     "ready_s": 2.0,
 }
 _MS: Final = 1_000_000
+#: How long a footprint reading waits for the bot to finish the work of the signals before it.
+SETTLE_S: Final = 1.0
 #: The simulator's price walk of BTCUSDT during the run: 1 bp a step, every 100 ms.
 MARKET_WALK: Final = {"seed": 11, "step_bps": 1, "interval_ms": 100}
 
@@ -574,11 +576,16 @@ def run(
                 mqtt = _mqtt_load(sim, broker, signals // 2, rate, STRATEGIES)
                 rss_end, cpu_end = _process_stats(bot.pid)
                 # Footprint: many more signals; RSS and CPU per signal over each half (no
-                # growth: a journal lookup that scans grows with every signal).
+                # growth: a journal lookup that scans grows with every signal). Each reading
+                # waits for the work of the signals before it (fills, the journal) to end.
                 half = footprint_signals // 2
+                time.sleep(SETTLE_S)
+                _, cpu_settled = _process_stats(bot.pid)
                 _webhook_load(bot, sim, half, FOOTPRINT_RATE, "fa", STRATEGIES)
+                time.sleep(SETTLE_S)
                 rss_half, cpu_half = _process_stats(bot.pid)
                 _webhook_load(bot, sim, footprint_signals - half, FOOTPRINT_RATE, "fb", STRATEGIES)
+                time.sleep(SETTLE_S)
                 rss_full, cpu_full = _process_stats(bot.pid)
             finally:
                 bot.stop()
@@ -625,7 +632,7 @@ def run(
                 "rss_after_all_mb": round(rss_full, 1),
                 "cpu_ms_per_signal": round((cpu_end - cpu_start) * 1000 / max(total, 1), 3),
                 "cpu_ms_per_signal_first_half": round(
-                    (cpu_half - cpu_end) * 1000 / max(half, 1), 3
+                    (cpu_half - cpu_settled) * 1000 / max(half, 1), 3
                 ),
                 "cpu_ms_per_signal_second_half": round(
                     (cpu_full - cpu_half) * 1000 / max(footprint_signals - half, 1), 3

@@ -641,11 +641,12 @@ class Executor:
         """Follow a new order until it is terminal or `follow_s` has passed.
 
         The account stream normally reports the fill within milliseconds; only if it stays
-        silent (it is down, or slow) is the order looked up by REST. What the stream said of
-        the terminal order is the answer, without reading it back from the journal: the
-        venue's word on an order it has ended is what the journal takes too (its write is
-        queued ahead of anything the caller journals next). `_drive` listens from before the
-        send, so a report that came before the acknowledgement is already here.
+        silent (it is down, or slow) is the order looked up by REST. The answer is what the
+        stream said of the terminal order, not a read-back from the journal: the journal
+        records the same report (its write is queued ahead of anything the caller journals
+        next; one that fails is logged, and the next start's catch-up brings the order's
+        state again). `_drive` listens from before the send, so a report that came before the
+        acknowledgement is already here.
         """
         link_id = request.order_link_id
         loop = asyncio.get_running_loop()

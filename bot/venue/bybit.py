@@ -98,6 +98,10 @@ READ_ATTEMPTS: Final = 4
 _READ_BACKOFF_S: Final = (0.1, 0.3, 0.6)
 _MAX_READ_WAIT_S: Final = 2.0
 _CLOCK_SAMPLES: Final = 3
+#: A resync that moves the signing clock this far changes whether a request is on time
+#: (Bybit takes a timestamp from recv_window before its clock to 1 s after it); smaller moves
+#: are the estimate's own noise.
+_CLOCK_MOVE_MS: Final = 1_000
 #: A `/v5/market/time` round trip slower than this sets no clock (its error would be half).
 _CLOCK_MAX_RTT_S: Final = 1.0
 
@@ -646,8 +650,9 @@ class BybitVenue:
         """An idempotent read, retried a bounded number of times on transient failures.
 
         A last attempt refused for its timestamp (10002) after which the resync moved the
-        signing clock gets one more: the clock had moved under the earlier attempts (a skewed
-        venue coming back), and the next request is signed right."""
+        signing clock by a second or more gets one more: the venue's clock had moved under
+        the earlier attempts (a skewed venue coming back), and the next request is signed
+        right."""
         attempts, made = READ_ATTEMPTS, 0
         while True:
             offset = self._clock.offset_ms
@@ -656,7 +661,8 @@ class BybitVenue:
             except (RetryableError, AmbiguousError) as exc:
                 made += 1
                 drift = isinstance(exc, RetryableError) and exc.ret_code == CLOCK_DRIFT_CODE
-                if made == attempts == READ_ATTEMPTS and drift and self._clock.offset_ms != offset:
+                moved = abs(self._clock.offset_ms - offset) >= _CLOCK_MOVE_MS
+                if made == attempts == READ_ATTEMPTS and drift and moved:
                     attempts += 1
                 if made >= attempts:
                     raise

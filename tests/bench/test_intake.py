@@ -29,4 +29,4 @@ def test_the_intake_benchmark_places_one_order_per_signal(tmp_path: Path) -> Non
     assert report["burst"]["rate_limited_10006"] == 0
     assert report["footprint"]["rss_after_load_mb"] > 0
     halves = ("cpu_ms_per_signal_first_half", "cpu_ms_per_signal_second_half")
-    assert all(report["footprint"][half] >= 0 for half in halves)
+    assert all(report["footprint"][half] > 0 for half in halves)

@@ -592,3 +592,27 @@ def test_what_an_order_and_its_stop_loss_journal_and_look_up_never_scans_a_table
     assert [plan for statement, plan in plans.items() if "DISTINCT symbol" in statement] == [
         ["SEARCH orders USING INDEX orders_protected (key_name=?)"]
     ]
+
+
+def test_a_version_4_journal_gains_the_lookup_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "v4.sqlite3"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    new_indexes = (
+        "orders_by_symbol",
+        "orders_protected",
+        "exit_orders_by_level",
+        "order_events_by_order",
+    )
+    db.executescript(
+        "".join(f"DROP INDEX {name};" for name in new_indexes) + "PRAGMA user_version=4;"
+    )
+    db.close()
+
+    journal = Journal(path)
+
+    indexes = {
+        row[0] for row in journal._db.execute("SELECT name FROM sqlite_master WHERE type='index'")
+    }
+    assert set(new_indexes) <= indexes
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == 5
