@@ -138,15 +138,17 @@ def scrub(text: str) -> str:
 
 
 class _ScrubbingSink:
-    """Writes each fully rendered log line to `stream` with the secrets taken out."""
+    """Writes each fully rendered log line to `stream` with the secrets taken out; without a
+    stream, to whatever `sys.stderr` is at the time of writing (a test harness swaps it)."""
 
-    def __init__(self, stream: TextIO, render: Callable[[Message], str] = str) -> None:
+    def __init__(self, stream: TextIO | None, render: Callable[[Message], str] = str) -> None:
         self._stream = stream
         self._render = render
 
     def write(self, message: Message) -> None:
-        self._stream.write(scrub(self._render(message)))
-        self._stream.flush()
+        stream = self._stream or sys.stderr
+        stream.write(scrub(self._render(message)))
+        stream.flush()
 
 
 def _json_line(message: Message) -> str:
@@ -252,7 +254,7 @@ def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None 
     """Install the one sink (on stderr unless `stream`); safe to call again."""
     logger.remove()
     if json:
-        sink = _ScrubbingSink(stream or sys.stderr, _json_line)
+        sink = _ScrubbingSink(stream, _json_line)
         logger.add(
             sink.write,
             level=level,
@@ -262,7 +264,7 @@ def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None 
             colorize=False,
         )
     else:
-        sink = _ScrubbingSink(stream or sys.stderr)
+        sink = _ScrubbingSink(stream)
         colorize = (stream or sys.stderr).isatty()
         logger.add(
             sink.write,
