@@ -125,10 +125,10 @@ def assert_first_request_limit_headers(headers: Any, limit: str) -> None:
     assert abs(int(headers["X-Bapi-Limit-Reset-Timestamp"]) - time.time() * 1000) < 5000
 
 
-def place(exchange: SimExchange, key: str, **fields: Any) -> str:
-    """Place a linear order on the engine directly (a 0.01 BTCUSDT market buy unless
-    `fields` say otherwise, in Bybit's names); its orderId."""
-    request = {
+def order_body(**fields: Any) -> dict[str, Any]:
+    """A `/v5/order/create` body: a 0.01 BTCUSDT linear market buy unless `fields` (in
+    Bybit's names) say otherwise."""
+    return {
         "category": "linear",
         "symbol": "BTCUSDT",
         "side": "Buy",
@@ -136,7 +136,12 @@ def place(exchange: SimExchange, key: str, **fields: Any) -> str:
         "qty": "0.01",
         **fields,
     }
-    order_id: str = exchange.place_order(key, PlaceOrderParams.model_validate(request))["orderId"]
+
+
+def place(exchange: SimExchange, key: str, **fields: Any) -> str:
+    """Place `order_body(**fields)` on the engine directly; its orderId."""
+    request = PlaceOrderParams.model_validate(order_body(**fields))
+    order_id: str = exchange.place_order(key, request)["orderId"]
     return order_id
 
 

@@ -19,7 +19,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
-from tests.bot.sim.kit import admin, eventually, settle, signed_post, simulators
+from tests.bot.sim.kit import admin, eventually, order_body, settle, signed_post, simulators
 
 KEY = "test-key"
 SECRET = "test-secret"
@@ -292,17 +292,8 @@ def test_invalid_orders_are_rejected_with_bybits_codes(
     code: int,
     message: str,
 ) -> None:
-    request = {
-        "category": "linear",
-        "symbol": "BTCUSDT",
-        "side": "Buy",
-        "orderType": "Market",
-        "qty": "0.01",
-        **order,
-    }
-
     with pytest.raises(InvalidRequestError) as caught:
-        trader.place_order(**request)
+        trader.place_order(**order_body(**order))
 
     assert (caught.value.status_code, message in caught.value.message) == (code, True)
     assert shared_server.exchange.orders(account) == []
