@@ -460,8 +460,6 @@ class AccountKeeper:
         # second copy's check queues behind the first one's write.
         self._old_fill_check = asyncio.Lock()
         self._strategies: dict[str, str | None] = {}
-        self._unwritten: deque[Callable[[], object]] = deque()  # appended here, taken by _drain
-        self._drain_queued = False
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
@@ -563,23 +561,11 @@ class AccountKeeper:
     def _write(self, method: Callable[..., object], *args: object, **kwargs: object) -> None:
         """Queue a journal write; a failure is logged (the next gap-fill repairs it).
 
-        Writes queued in one turn of the event loop (`Journal.defer`), or while the journal's
-        thread is busy, go in one transaction: a fill's order, execution, position and wallet
-        reports cost one commit and one thread hop, not four. Order is kept: a later journal
+        Deferred (`Journal.defer`): a fill's order, execution, position and wallet reports
+        share one transaction and one thread hop, not four. Order is kept: a later journal
         call still sees every earlier write.
         """
-        self._unwritten.append(partial(method, *args, **kwargs))
-        if not self._drain_queued:
-            self._drain_queued = True
-            self._journal.defer(self._drain)
-
-    def _drain(self) -> None:
-        """On the journal's thread: write everything queued so far."""
-        self._drain_queued = False  # before taking: a write queued from now on queues a drain
-        writes = []
-        while self._unwritten:
-            writes.append(self._unwritten.popleft())
-        self._journal.write_all(writes)
+        self._journal.defer(partial(method, *args, **kwargs))
 
     async def close_gap(self, venue: Venue) -> None:
         """Fetch by REST what the stream may have missed while it was down: fills since the

@@ -79,6 +79,8 @@ SCHEMA_VERSION: Final = 5
 REJECTIONS_KEPT: Final = 100_000
 _REJECTIONS_PRUNED_EVERY: Final = 1_000
 _SQL_MAX_INT: Final = 2**63 - 1
+#: How long a deferred write waits for others to share its transaction (`Journal.defer`).
+DEFER_WINDOW_S: Final = 0.010
 _ACCOUNT: Final = """
 CREATE TABLE IF NOT EXISTS executions (
     exec_id         TEXT PRIMARY KEY,
@@ -533,32 +535,46 @@ class Journal:
         """Run a journal method on the journal's own thread without blocking the event loop."""
         return await asyncio.wrap_future(self.submit(method, *args, **kwargs))
 
+    async def call_ahead(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`call`, queued ahead of the deferred writes still waiting for their window (they
+        keep it): for a write none of them bears on, such as a new signal's, whose sender
+        waits for it. Every earlier `submit` still runs first."""
+        return await asyncio.wrap_future(self._queue(lambda: method(*args, **kwargs)))
+
     def submit(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Queue a journal method on the journal's own thread and return at once.
 
         Work runs in the order it was queued, so a later `call` sees every earlier `submit`
         and every earlier `defer`.
         """
+        return self._queue(lambda: method(*args, **kwargs), after_deferred=True)
+
+    def _queue(self, work: Callable[[], T], *, after_deferred: bool = False) -> Future[T]:
         # Its own lock: the database lock is held by the journal thread while it commits, and
         # the event loop must never wait for a commit just to queue work.
         with self._writer_lock:
             writer = self._writer_pool()
-            self._queue_deferred(writer)
-            return writer.submit(lambda: method(*args, **kwargs))
+            if after_deferred:
+                self._queue_deferred(writer)
+            return writer.submit(work)
 
     def defer(self, write: Callable[[], object]) -> None:
-        """Queue `write` for the journal's thread once this turn of the event loop is over,
-        or sooner if another journal call is queued first (so it still runs before every
-        later call). A failure is logged. Call from the event loop.
+        """Queue `write` (a call of one journal method) for the journal's thread within
+        `DEFER_WINDOW_S`, or sooner if another journal call is queued first (so it still
+        runs before every later call). A failure is logged. Call from the event loop.
 
-        The account's reports of one fill (order, execution, position, wallet) mostly arrive
-        together: deferred, they cost one thread hop and one commit, not four.
+        What is deferred together is written in one transaction (`write_all`): the reports
+        of one fill (the order's acknowledgement, then the stream's order, execution,
+        position and wallet) arrive within a few milliseconds, as a handful of stream
+        messages; held for the window, they cost one thread hop and one commit, not one each.
+        Only writes the venue or the pipeline would tell again after a crash are deferred
+        (never a promise), so the window adds nothing a restart does not bring back.
         """
         with self._writer_lock:
             self._deferred.append(write)
             first = len(self._deferred) == 1
         if first:
-            asyncio.get_running_loop().call_soon(self._submit_deferred)
+            asyncio.get_running_loop().call_later(DEFER_WINDOW_S, self._submit_deferred)
 
     def _submit_deferred(self) -> None:
         with self._writer_lock:
@@ -567,10 +583,10 @@ class Journal:
 
     def _queue_deferred(self, writer: ThreadPoolExecutor) -> None:
         """Hand the deferred writes to the journal's thread (the writer lock held), as one
-        piece of work: one hand-over for all."""
+        piece of work: one hand-over and one transaction for all."""
         deferred, self._deferred = self._deferred, []
         if deferred:
-            writer.submit(_write_each, deferred)
+            writer.submit(self.write_all, deferred, "a deferred journal write failed")
 
     def _writer_pool(self) -> ThreadPoolExecutor:
         if self._writer is None:
@@ -581,15 +597,24 @@ class Journal:
         """Block until every queued journal write is done (tests, tools; not on the loop)."""
         self.submit(lambda: None).result()
 
-    def write_all(self, writes: Sequence[Callable[[], object]]) -> None:
+    def write_all(
+        self,
+        writes: Sequence[Callable[[], object]],
+        failure: str = "journal write failed and was rolled back",
+    ) -> None:
         """Run journal writes (each a call of one journal method) in one transaction, one
         commit for all. Should one fail, that transaction is rolled back whole and each write
-        runs again in its own, so only the failing one is lost (and logged) and the rest
-        stay. A durable write (a promise) cannot share a commit: it fails the batch, then
+        runs again in its own, so only the failing one is lost (logged as `failure`) and the
+        rest stay. A durable write (a promise) cannot share a commit: it fails the batch, then
         gets its own.
 
         (No savepoint per write: two more statements for each, on every fill, to serve a case
         that does not happen in normal running.)"""
+        with self._lock:
+            if self._db.in_transaction:  # within another batch, whose failure redoes each
+                for write in writes:
+                    write()
+                return
         try:
             with self._transaction():
                 for write in writes:
@@ -599,7 +624,7 @@ class Journal:
         else:
             return
         # Each a journal method: its own transaction, durable if it is a promise.
-        _write_each(writes, failure="journal write failed and was rolled back")
+        _write_each(writes, failure)
 
     @contextmanager
     def _transaction(
@@ -838,21 +863,25 @@ class Journal:
         Submitting event counts one more send attempt. With `missing_ok`, an event for an
         order the journal does not hold (not ours) is ignored rather than an error.
 
-        The order's current state is read from the in-memory unfinished orders, without a
-        statement, when they hold it: they are exactly what is committed, and so what the table
-        holds for every order the open transaction (if any) has not written yet. So the venue's
-        answer and the account stream, which both report a new order, cost whichever comes
-        second nothing at all.
+        The order's current state is read without a statement when it is known: from the
+        row the open transaction's own write of the order returned, else from the in-memory
+        unfinished orders, which are exactly what is committed. So the venue's answer and
+        the account stream, which both report a new order, cost whichever comes second
+        nothing at all, in one transaction or in two.
         """
         with self._lock:
             committed: tuple[OrderStatus, Decimal] | None = None
-            if event.order_link_id not in self._written_orders:  # else the open transaction's
+            written = self._written_orders.get(event.order_link_id)
+            if written is not None:  # as the open transaction left it
+                row = written[0]
+                committed = (OrderStatus(row[2]), Decimal(row[4]))
+            else:
                 with self._unfinished_lock:
                     known = self._unfinished.get(event.order_link_id)
                 if known is not None:
-                    if _nothing_new(known.status, known.filled_qty, event):
-                        return False
                     committed = (known.status, known.filled_qty)
+            if committed is not None and _nothing_new(*committed, event):
+                return False
             return self._apply_order_event(event, committed, missing_ok=missing_ok)
 
     def _apply_order_event(
@@ -1462,9 +1491,7 @@ def _nothing_new(current: OrderStatus, filled: Decimal, event: OrderEvent) -> bo
     return current is event.status is not OrderStatus.SUBMITTING and filled == event.filled_qty
 
 
-def _write_each(
-    writes: Sequence[Callable[[], object]], failure: str = "a deferred journal write failed"
-) -> None:
+def _write_each(writes: Sequence[Callable[[], object]], failure: str) -> None:
     """Run each write in turn; one that fails is logged (`failure`) and the next still runs."""
     for write in writes:
         try:

@@ -133,7 +133,7 @@ class Pipeline:
 
     async def submit(self, signal: Signal) -> bool:
         """Journal `signal` durably and queue it; False if it is a duplicate."""
-        if not await self._journal.call(self._journal.record_signal, signal):
+        if not await self._journal.call_ahead(self._journal.record_signal, signal):
             logger.info("duplicate signal ignored", source=signal.source, signal_id=signal.id)
             metrics.SIGNALS.labels(signal.source, "duplicate").inc()
             return False

@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Final
 
 from bot.execution.config import ExecutionConfig
@@ -479,10 +480,13 @@ class Executor:
                 )
             log.info("order placed", order_id=ack.order_id, attempt=attempt + 1)
             self._placed[request.key_name] += 1
-            event = await self._record(ack)
+            # Journaled with the stream's reports of the order, which follow within
+            # milliseconds: one commit for all. Lost in a crash, it leaves the order
+            # Submitting, which start-up looks up at the venue before anything is sent again.
+            self._journal.defer(partial(self._journal.record_order_event, ack))
             if request.order_type is OrderType.MARKET:
-                return await self._follow(venue, request) or event
-            return event
+                return await self._follow(venue, request) or ack
+            return ack
         return await self._give_up(request, last, may_exist=may_exist)
 
     async def _set_leverage(self, venue: Venue, request: OrderRequest) -> VenueError | None:

@@ -325,9 +325,9 @@ def test_a_fills_reports_are_journaled_together_and_before_any_later_journal_cal
     commits: list[int] = []
     write_all = journal.write_all
 
-    def counted(writes: Sequence[Callable[[], object]]) -> None:
+    def counted(writes: Sequence[Callable[[], object]], failure: str) -> None:
         commits.append(len(writes))
-        write_all(writes)
+        write_all(writes, failure)
 
     journal.write_all = counted  # type: ignore[method-assign]
 

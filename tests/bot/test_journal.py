@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.journal import Journal, JournalError
+from bot.journal import DEFER_WINDOW_S, Journal, JournalError
 from bot.logs import logger
 from bot.messages import (
     Decline,
@@ -328,6 +328,45 @@ def test_deferred_writes_run_in_order_before_any_later_call(journal: Journal) ->
     assert asyncio.run(defer_then_call()) == ["first", "second", "call", "after"]
 
 
+def test_writes_deferred_within_the_window_share_one_commit_without_a_later_call(
+    journal: Journal,
+) -> None:
+    journal.record_order(make_request(order_link_id="a"))
+    journal.record_order(make_request(order_link_id="b"))
+    log = _Commits(journal)
+    new_a = OrderEvent(order_link_id="a", status=OrderStatus.NEW, order_id="o-a")
+    new_b = OrderEvent(order_link_id="b", status=OrderStatus.NEW, order_id="o-b")
+
+    async def defer_apart() -> None:
+        journal.defer(lambda: journal.record_order_event(new_a))
+        await asyncio.sleep(DEFER_WINDOW_S / 4)  # a later turn of the loop, still in the window
+        journal.defer(lambda: journal.record_order_event(new_b))
+        # Nothing else is queued: the window's end alone hands them over.
+        await asyncio.sleep(DEFER_WINDOW_S)  # its timer is due first, so it has run
+        assert not journal._deferred
+        journal.flush()  # wait for the write handed over
+
+    asyncio.run(defer_apart())
+
+    commits = log.split()
+    assert len(commits) == 1
+    assert sum(statement.startswith("UPDATE orders") for statement in commits[0]) == 2
+
+
+def test_a_call_ahead_does_not_wait_for_the_deferred_writes(journal: Journal) -> None:
+    done: list[str] = []
+
+    async def defer_then_call_ahead() -> list[str]:
+        journal.defer(lambda: done.append("deferred"))
+        await journal.call_ahead(lambda: done.append("ahead"))
+        seen = list(done)
+        await journal.call(lambda: done.append("call"))  # an ordinary call flushes them
+        return seen
+
+    assert asyncio.run(defer_then_call_ahead()) == ["ahead"]
+    assert done == ["ahead", "deferred", "call"]
+
+
 def test_a_failing_deferred_write_is_logged_and_the_next_still_runs(journal: Journal) -> None:
     done: list[str] = []
     errors: list[str] = []
@@ -482,33 +521,35 @@ def test_an_order_in_memory_moves_on_without_reading_its_row_and_still_cannot_go
     assert journal.order(link).status is OrderStatus.FILLED  # type: ignore[union-attr]
 
 
-def test_in_a_batch_a_repeat_is_told_from_memory_unless_the_batch_wrote_the_order(
-    journal: Journal,
-) -> None:
+def test_in_a_batch_an_order_state_is_known_without_a_read(journal: Journal) -> None:
     first, second = make_request(order_link_id="a"), make_request(order_link_id="b")
     for request in (first, second):
         journal.record_order(request)
     new_a = OrderEvent(order_link_id="a", status=OrderStatus.NEW, order_id="o-a")
     journal.record_order_event(new_a)
     new_b = OrderEvent(order_link_id="b", status=OrderStatus.NEW, order_id="o-b")
+    filled_b = new_b.model_copy(update={"status": OrderStatus.FILLED, "filled_qty": second.qty})
     statements: list[str] = []
     journal._db.set_trace_callback(statements.append)
     results: list[bool] = []
 
     journal.write_all(
         [
-            lambda: results.append(journal.record_order_event(new_a)),  # a repeat: no SQL
-            lambda: results.append(journal.record_order_event(new_b)),  # written here
-            lambda: results.append(journal.record_order_event(new_b)),  # so asked of the table
+            lambda: results.append(journal.record_order_event(new_a)),  # committed New: a repeat
+            lambda: results.append(journal.record_order_event(new_b)),  # committed Pending
+            # From here on, b's state is the row the batch's own write of it returned.
+            lambda: results.append(journal.record_order_event(new_b)),  # a repeat
+            lambda: results.append(journal.record_order_event(filled_b)),  # a move forward
         ]
     )
 
-    assert results == [False, True, False]
-    # b's first event read its state from memory (Pending, committed); its repeat, after the
-    # batch wrote b, had to ask the table.
-    reads = [text for text in statements if text.lstrip().startswith("SELECT status")]
-    assert [read.rstrip().endswith("'b'") for read in reads] == [True]
-    assert journal.order("b").status is OrderStatus.NEW  # type: ignore[union-attr]
+    assert results == [False, True, False, True]
+    assert not [text for text in statements if text.lstrip().startswith("SELECT")]
+    assert journal.order("b").status is OrderStatus.FILLED  # type: ignore[union-attr]
+    assert [event.status for event in journal.order_events("b")] == [
+        OrderStatus.NEW,
+        OrderStatus.FILLED,
+    ]
 
 
 def test_the_journal_keeps_only_the_newest_rejections(
