@@ -25,6 +25,7 @@ from bot.bodies import BodyRefused, read_body
 from bot.logs import logger
 from bot.messages import field_problems, is_unicode, utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
+from bot.secrets import ADMIN_SECRET_NAME
 from signals.voiceofchain import (
     COMMAND_MAX_SKEW_S,
     SIGNATURE_HEADER,
@@ -34,7 +35,6 @@ from signals.voiceofchain import (
 
 __all__ = ["ADMIN_SECRET_NAME", "AdminCommand", "AdminRoutes", "parse_command"]
 
-ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 _MAX_BODY_BYTES: Final = 4096
 _BODY_TIMEOUT_S: Final = 10.0
 

@@ -21,22 +21,17 @@ from decimal import Decimal, InvalidOperation
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
-import uvloop
 from pydantic import SecretStr, ValidationError
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from bot import cpus, logs
-from bot.account import AccountProjection, StrategyBook
-from bot.admin import ADMIN_SECRET_NAME, parse_command
-from bot.audit import AuditLog, RequestObserver, parse_since, read_audit, summary
 from bot.config import (
     SECRETS_DIR_VARIABLE,
     BotSettings,
@@ -44,44 +39,32 @@ from bot.config import (
     Environment,
     HttpConfig,
     load_settings,
+    secret_resolver,
 )
 from bot.journal import Journal, JournalError, JournalInUse, TraceRow, lock_journal
-from bot.keys.audit import Verdict, strategies_by_key
 from bot.messages import SignalError, is_unicode, parse_signal, utc_now
-from bot.replay import (
-    History,
-    HistoryError,
-    ReplayError,
-    ReplayReport,
-    StrategyReport,
-    build_report,
-    check_replayable,
-    read_history,
-    replay,
-)
-from bot.replay import plot as replay_plot
+from bot.net import DEFAULT_SIM_PORT
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
-from bot.risk.usage import ScopeUsage, usage
 from bot.secrets import (
+    ADMIN_SECRET_NAME,
     DEFAULT_SECRETS_DIR,
     MissingSecretError,
     SecretResolver,
     split_secrets,
     webhook_secret_name,
 )
-from bot.service import (
-    Service,
-    audit_credentials,
-    secret_resolver,
-    sim_accounts,
-    simulator_config,
-    start_simulator,
-)
-from bot.sim import DEFAULT_SIM_PORT, SimExchange, parse_faults, run_forever
-from signals.mqtt import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
-from signals.mqtt import SIGNING_SECRET_NAME as MQTT_SIGNING_SECRET_NAME
-from signals.mqtt import MqttPublishError, publish_signal
+from signals.config import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
+from signals.config import SIGNING_SECRET_NAME as MQTT_SIGNING_SECRET_NAME
 from signals.voiceofchain import SIGNATURE_HEADER, sign
+
+# What one command alone needs (the service, the simulator, the venue's client, replays,
+# the MQTT client) is imported in that command: every other one, and --help, starts without
+# them, in a fraction of the time.
+if TYPE_CHECKING:
+    from bot.account import AccountProjection, StrategyBook
+    from bot.audit import RequestObserver
+    from bot.replay import History, ReplayReport, StrategyReport
+    from bot.risk.usage import ScopeUsage
 
 __all__ = ["app", "main"]
 
@@ -202,6 +185,10 @@ def run(
     """Run the bot: webhook server, strategies, risk gate and executor."""
     logs.configure(json=log_json, level=_log_level(log_level))
     settings = _settings(config, host, port)
+    import uvloop
+
+    from bot.service import Service
+
     with _one_line_errors():
         cpus.pin(settings.cpus)  # before any thread starts: they all inherit it
         service = Service(settings, secrets_dir=secrets_dir, mainnet_flag=mainnet)
@@ -346,6 +333,7 @@ def _publish(
     as_json: bool = False,
 ) -> None:
     """`bot signal send --mqtt`: one signal to the configured broker."""
+    from signals.mqtt import MqttPublishError, publish_signal
 
     numbers = json.loads(json.dumps(payload, default=_decimal_as_number))
     try:  # the bot would refuse it, and the broker cannot say so: refused here instead
@@ -469,6 +457,8 @@ def _switch(
 ) -> None:
     """Tell the running bot (signed admin route); if none runs, journal the state for its
     start (cancelling and flattening need the running bot)."""
+    from bot.admin import parse_command
+
     settings = _settings(config)
     try:  # checked here as the bot checks it: also when it is journaled for a stopped bot
         scope, _ = parse_command(json.dumps(command).encode(), state, settings.strategies)
@@ -570,6 +560,10 @@ def keys_check(
     """Audit every configured key through Bybit's /v5/user/query-api: permissions, IP
     binding, expiry, account type; exits 1 when a key is refused or cannot be asked. Needs no
     journal: run it before the first `bot run`."""
+    from bot.audit import AuditLog
+    from bot.keys.audit import Verdict
+    from bot.simulated import start_simulator
+
     logs.configure(level="ERROR")
     settings = _settings(config)
     resolver = secret_resolver(settings, secrets_dir)
@@ -611,6 +605,9 @@ def _key_row(
 ) -> dict[str, str]:
     """One key's audit row; a missing secret is a refusal with what to do. `observer` hears
     of the signed request (the audit log)."""
+    from bot.keys.audit import Verdict, strategies_by_key
+    from bot.service import audit_credentials
+
     try:
         credentials = resolver.credentials(name)
     except MissingSecretError as exc:
@@ -636,6 +633,8 @@ def risk_status(
     """Each scope's trading state and why, its limits and what it uses of them now:
     exposure (positions and orders in flight, worst case), open orders, orders today, loss
     today (realized plus fees)."""
+    from bot.risk.usage import usage
+
     settings = _settings(config)
     key_of = {name: strategy.key for name, strategy in settings.strategies.items()}
     states, used = _read_journal(
@@ -783,6 +782,8 @@ def audit(
     """The audit log: every signed request to the venue (time in UTC, key, endpoint,
     orderLinkId, retCode, latency), newest last, from <state_dir>/audit/. Needs no running
     bot."""
+    from bot.audit import parse_since, read_audit, summary
+
     settings = _settings(config)
     try:
         start = None if since is None else parse_since(since, utc_now())
@@ -807,6 +808,8 @@ def positions(
     """Positions per key and strategy, from the journal: each strategy's own fills, marked at
     the venue's last reported price, realized PnL and fees of today (UTC); then each key's
     equity and the venue's own closed PnL of today (net of fees), the cross-check."""
+    from bot.account import AccountProjection
+
     projection = _read_journal(config, AccountProjection.from_journal)
     positions = [  # open now, or traded today
         row
@@ -986,6 +989,9 @@ def replay_history(
     `BOT_STATE_DIR=DIR bot orders` after --state-dir DIR). Exit 0 when it ran, 2 for a file,
     configuration or option it cannot use (one line naming it), 1 when the bot could not finish.
     """
+    from bot.replay import HistoryError, check_replayable, read_history
+    from bot.replay import plot as replay_plot
+
     settings = _settings(config)
     try:
         check_replayable(settings, source)
@@ -1028,6 +1034,9 @@ def _replay_report(
 ) -> ReplayReport:
     """Run the replay (the bot logging to `state`/bot.log, a progress bar on the screen) and
     read its report; every failure is one line."""
+    from bot.replay import HistoryError, ReplayError, build_report, replay
+    from bot.replay import plot as replay_plot
+
     log = state / "bot.log"
     with log.open("w", encoding="utf-8") as log_stream:
         logs.configure(stream=log_stream)
@@ -1069,6 +1078,8 @@ def _replay_state_dir(settings: BotSettings, typed: str | None) -> Path:
 @contextmanager
 def _progress(what: str, total: int) -> Iterator[Callable[[], None]]:
     """A progress bar on stderr while `what` goes on (when stderr is a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn(escape(what)),
         BarColumn(),
@@ -1159,6 +1170,9 @@ def sim(
     Point a bot at it with `venue.sim_url = "http://127.0.0.1:PORT"` (or BOT_VENUE__SIM_URL);
     it keeps its orders and balances while bots restart.
     """
+    from bot.sim import SimExchange, parse_faults, run_forever
+    from bot.simulated import sim_accounts, simulator_config
+
     logs.configure()
     settings = _settings(config)
     try:

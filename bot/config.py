@@ -40,14 +40,18 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from bot.admin import ADMIN_SECRET_NAME
 from bot.execution.config import ExecutionConfig
 from bot.risk.config import RiskConfig, StrategyRiskConfig
-from bot.secrets import api_key_names, webhook_secret_name, webhook_token_name
-from signals.config import WebhookSourceConfig
-from signals.mqtt import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
-from signals.mqtt import SIGNING_SECRET_NAME as MQTT_SIGNING_SECRET_NAME
-from signals.mqtt import MqttConfig
+from bot.secrets import (
+    ADMIN_SECRET_NAME,
+    SecretResolver,
+    api_key_names,
+    webhook_secret_name,
+    webhook_token_name,
+)
+from signals.config import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
+from signals.config import SIGNING_SECRET_NAME as MQTT_SIGNING_SECRET_NAME
+from signals.config import MqttConfig, WebhookSourceConfig
 
 __all__ = [
     "CONFIG_VARIABLE",
@@ -65,6 +69,7 @@ __all__ = [
     "StrategyConfig",
     "VenueConfig",
     "load_settings",
+    "secret_resolver",
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("config/bot.toml")
@@ -384,6 +389,12 @@ def _config_text(path: Path) -> str:
             "configuration? pass --config PATH with a TOML file"
         )
     return raw.decode("utf-8")
+
+
+def secret_resolver(settings: BotSettings, secrets_dir: Path) -> SecretResolver:
+    """Secrets for this environment; only `sim` may generate missing ones (in the state dir)."""
+    generated = settings.state_dir / "secrets" if settings.environment is Environment.SIM else None
+    return SecretResolver(secrets_dir, generated_dir=generated)
 
 
 def load_settings(path: Path | None = None) -> BotSettings:

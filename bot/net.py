@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
+from typing import Final
 
-__all__ = ["tcp_listener"]
+__all__ = ["DEFAULT_SIM_PORT", "tcp_listener"]
+
+#: Where `bot sim` listens unless told otherwise.
+DEFAULT_SIM_PORT: Final = 8090
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:

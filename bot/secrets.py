@@ -22,6 +22,7 @@ from bot import logs
 from bot.messages import is_unicode
 
 __all__ = [
+    "ADMIN_SECRET_NAME",
     "DEFAULT_SECRETS_DIR",
     "ApiCredentials",
     "MissingSecretError",
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 DEFAULT_SECRETS_DIR: Final = Path("/run/secrets")
+#: Signs the kill switch's halt and resume commands (the /admin routes, the MQTT control topic).
+ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 
 
 class MissingSecretError(Exception):

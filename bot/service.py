@@ -21,33 +21,30 @@ import time
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import uvicorn
-from pydantic import ValidationError
 from starlette.types import ASGIApp
 
 from bot import metrics, notify
 from bot.account import Account
-from bot.admin import ADMIN_SECRET_NAME, AdminCommand, AdminRoutes, parse_command
+from bot.admin import AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
-from bot.config import BotSettings, ConfigError, Environment
+from bot.config import BotSettings, ConfigError, Environment, secret_resolver
 from bot.execution.executor import Executor
-from bot.execution.orders import OPEN_AT_VENUE
 from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
 from bot.execution.reconcile import Reconciler
 from bot.health import Readiness, VenueHealth, body_of
 from bot.http_limits import guarded_protocol, raise_descriptor_limit
-from bot.journal import Journal, WaitingExit, lock_journal
+from bot.journal import Journal, lock_journal
 from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
 from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Execution, PositionUpdate, Side, utc_now
+from bot.messages import Execution, utc_now
 from bot.net import tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
@@ -58,18 +55,9 @@ from bot.risk.kill_switch import KillSwitch, announce_state
 from bot.risk.states import ScopeState, TradingState
 from bot.runner import StrategyRunner
 from bot.secrets import (
+    ADMIN_SECRET_NAME,
     ApiCredentials,
     MissingSecretError,
-    SecretResolver,
-)
-from bot.sim import (
-    ResumedOrder,
-    ResumedPosition,
-    SimAccountSpec,
-    SimExchange,
-    SimKeyProfile,
-    SimServer,
-    SimulatorConfig,
 )
 from bot.state_metrics import StateCollector
 from bot.venue.bybit import BybitVenue
@@ -77,18 +65,15 @@ from bot.venue.errors import KeyFatalError, VenueError
 from bot.venue.prices import PriceStream
 from bot.venue.stream import AccountStream
 from signals.base import SignalSink
-from signals.mqtt import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
+from signals.config import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
 from signals.mqtt import MqttControl
 from signals.sources import SignalSource, SourceContext, build_sources
 from signals.voiceofchain import UsedSignatures
 
-__all__ = [
-    "Service",
-    "check_mainnet_opt_in",
-    "secret_resolver",
-    "sim_accounts",
-    "simulator_config",
-]
+if TYPE_CHECKING:
+    from bot.sim import SimExchange
+
+__all__ = ["Service", "check_mainnet_opt_in"]
 
 #: SIGTERM to exit: the drain gets what is left once a venue call in flight could time out.
 SHUTDOWN_BUDGET_S: Final = 10.0
@@ -112,196 +97,6 @@ def check_mainnet_opt_in(settings: BotSettings, *, mainnet_flag: bool) -> None:
             "refusing to trade real money on mainnet without both opt-ins; missing: "
             + " and ".join(missing)
         )
-
-
-def secret_resolver(settings: BotSettings, secrets_dir: Path) -> SecretResolver:
-    """Secrets for this environment; only `sim` may generate missing ones (in the state dir)."""
-    generated = settings.state_dir / "secrets" if settings.environment is Environment.SIM else None
-    return SecretResolver(secrets_dir, generated_dir=generated)
-
-
-def simulator_config(settings: BotSettings) -> SimulatorConfig:
-    """The `[sim]` section as the simulator's own model; a bad key is a ConfigError."""
-    try:
-        return SimulatorConfig.model_validate(settings.sim)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"sim.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"invalid [sim] configuration: {problems}") from None
-
-
-def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAccountSpec]:
-    """The simulator accounts for every configured sim key, with the bot's own credentials and
-    the key's profile from `[sim.key_profiles.<name>]` (default: trading rights, bound to
-    127.0.0.1, the only place a generated sim key is ever used)."""
-    profiles = simulator_config(settings).key_profiles
-    accounts = []
-    for name, key in settings.keys.items():
-        if key.environment is Environment.SIM:
-            credentials = resolver.credentials(name)
-            profile = profiles.get(name) or SimKeyProfile(ips=["127.0.0.1"])
-            try:
-                account = SimAccountSpec(
-                    **profile.model_dump(),
-                    api_key=credentials.api_key.get_secret_value(),
-                    api_secret=credentials.api_secret,
-                    note=name,
-                )
-            except ValidationError as exc:  # the message never holds the value
-                first = exc.errors(include_url=False)[0]
-                where = ".".join(str(part) for part in first["loc"])
-                raise ConfigError(
-                    f"the secrets of sim key {name} do not fit the simulator: {where}: "
-                    f"{first['msg']}"
-                ) from None
-            accounts.append(account)
-    return accounts
-
-
-def start_simulator(
-    settings: BotSettings,
-    resolver: SecretResolver,
-    journal: Journal | None = None,
-    fills: Sequence[Execution] | None = None,
-) -> SimServer:
-    """The simulator, in this process, with an account for every configured sim key; with the
-    bot's `journal`, each account resumes where the journal last saw it (`_resume`). `fills`:
-    the journal's fills, when the caller has read them already."""
-    exchange = SimExchange(simulator_config(settings))
-    for account in sim_accounts(settings, resolver):
-        exchange.add_account(account)
-    if journal is not None:
-        if fills is None:
-            fills = [fill for fill, _ in journal.executions()]
-        _resume(exchange, settings, resolver, journal, fills)
-    server = SimServer(exchange)
-    server.start()
-    logger.info("simulator running in-process at {url}", url=server.url)
-    return server
-
-
-def _resume(
-    exchange: SimExchange,
-    settings: BotSettings,
-    resolver: SecretResolver,
-    journal: Journal,
-    fills: Sequence[Execution],
-) -> None:
-    """An in-process simulator starts empty: each sim key's account is set back to the
-    journal's last view of it (the last prices; the balance; positions with their leverage
-    and waiting TP/SL; orders under their ids: resting ones, and those the journal cannot yet
-    call done whose fills it holds, so that a look-up finds them and nothing is sent twice),
-    so that the books and the venue agree after a restart. A waiting exit no resumed position
-    takes is ended; one that is taken stays until the simulator reports its own again."""
-    reports = journal.positions()
-    notes = exchange.resume_prices(_journaled_prices(reports))
-    exits = journal.waiting_exits()
-    positions, taken = _journaled_positions(reports, fills, exits)
-    orders = _journaled_orders(journal, fills)
-    balances = {wallet.key_name: wallet.wallet_balance_usdt for wallet in journal.wallets()}
-    for name, key in settings.keys.items():
-        known = name in balances or name in positions or name in orders
-        if key.environment is not Environment.SIM or not known:
-            continue
-        api_key = resolver.credentials(name).api_key.get_secret_value()
-        held = positions.get(name, [])
-        notes += exchange.resume_account(api_key, balances.get(name), held, orders.get(name, []))
-        logger.info(
-            "simulator: key {key} resumes from the journal ({p} positions, {o} orders)",
-            key=name,
-            p=sum(position.size != 0 for position in held),
-            o=len(orders.get(name, [])),
-        )
-    journal.end_exits([exit.order_id for exit in exits if exit.order_id not in taken])
-    for note in notes:
-        logger.warning("simulator resume: {note}", note=note)
-
-
-def _journaled_prices(reports: Sequence[PositionUpdate]) -> dict[str, Decimal]:
-    """Each symbol's last mark price in the journal's position reports."""
-    latest = sorted(reports, key=lambda update: update.ts)
-    return {update.symbol: update.mark_price for update in latest if update.mark_price > 0}
-
-
-def _journaled_positions(
-    reports: Sequence[PositionUpdate], fills: Sequence[Execution], exits: Sequence[WaitingExit]
-) -> tuple[dict[str, list[ResumedPosition]], set[str]]:
-    """Each key's positions (flat ones too: their leverage): the last report, moved by the
-    fills journaled after it (a fill fetched by REST while the stream was down comes with no
-    report), with the newest waiting TP/SL that closes each (a stop of an earlier position on
-    the other side is not its); and the ids of the exits so taken."""
-    latest = {(report.key_name, report.symbol): report for report in reports}
-    sizes = {where: report.size for where, report in latest.items()}
-    entries = {where: report.entry_price for where, report in latest.items()}
-    for fill in fills:
-        where = (fill.key_name, fill.symbol)
-        report = latest.get(where)
-        if report is None or fill.ts > report.ts:
-            before = sizes.get(where, Decimal(0))
-            sizes[where] = before + fill.signed_qty
-            if before == 0 or (before > 0) != (sizes[where] > 0):
-                entries[where] = fill.price  # opened (or flipped) by this fill
-    newest = {(e.key_name, e.symbol, e.kind, e.side): e for e in exits}
-    positions: dict[str, list[ResumedPosition]] = {}
-    taken: set[str] = set()
-    for (key_name, symbol), size in sizes.items():
-        closing = Side.SELL if size > 0 else Side.BUY
-        levels = {
-            kind: newest.get((key_name, symbol, kind, closing)) if size != 0 else None
-            for kind in ("TakeProfit", "StopLoss")
-        }
-        report = latest.get((key_name, symbol))
-        positions.setdefault(key_name, []).append(
-            ResumedPosition(
-                symbol=symbol,
-                size=size,
-                entry_price=entries[(key_name, symbol)],
-                leverage=report.leverage if report is not None else Decimal(0),
-                take_profit=levels["TakeProfit"].trigger_price if levels["TakeProfit"] else None,
-                stop_loss=levels["StopLoss"].trigger_price if levels["StopLoss"] else None,
-            )
-        )
-        taken |= {level.order_id for level in levels.values() if level is not None}
-    return positions, taken
-
-
-def _journaled_orders(
-    journal: Journal, fills: Sequence[Execution]
-) -> dict[str, list[ResumedOrder]]:
-    """Each key's orders the venue must still know: those it last said were open (a limit one
-    rests again; a market one, whose fill the journal never got, is over) and those not yet
-    done whose fills the journal holds (the fills are in the positions)."""
-    by_link: dict[str, list[Execution]] = {}
-    for fill in fills:
-        if fill.order_link_id:
-            by_link.setdefault(fill.order_link_id, []).append(fill)
-    orders: dict[str, list[ResumedOrder]] = {}
-    for record in journal.unfinished_orders():
-        request = record.request
-        own = by_link.get(request.order_link_id, [])
-        filled = sum((fill.qty for fill in own), Decimal(0))
-        order_id = record.order_id or (own[0].order_id if own else None)
-        if order_id is None or not (record.status in OPEN_AT_VENUE or own):
-            continue
-        value = sum((fill.qty * fill.price for fill in own), Decimal(0))
-        orders.setdefault(request.key_name, []).append(
-            ResumedOrder(
-                order_id=order_id,
-                order_link_id=request.order_link_id,
-                symbol=request.symbol,
-                side=request.side.value,
-                price=request.price,
-                qty=request.qty,
-                filled_qty=max(filled, record.filled_qty),
-                avg_price=value / filled if filled else record.avg_price,
-                reduce_only=request.reduce_only,
-                take_profit=request.take_profit,
-                stop_loss=request.stop_loss,
-            )
-        )
-    return orders
 
 
 def open_venue(
@@ -862,6 +657,8 @@ class Service:
             return ""
         if self.settings.venue.sim_url:
             return self.settings.venue.sim_url
+        from bot.simulated import start_simulator  # only `sim` without a sim_url needs it
+
         server = start_simulator(self.settings, self._resolver, journal, fills)
         resources.callback(server.stop)
         self._simulator = server.exchange

@@ -1,4 +1,5 @@
-"""Configuration of the webhook sources: one `[sources.<name>]` section each.
+"""Configuration of the signal sources: one `[sources.<name>]` section per webhook source,
+and the `[mqtt]` section (`MqttConfig`; the subscriber is `signals.mqtt`).
 
 A source is configuration, not code: its route is `/webhooks/<name>`, its authentication is
 one of three modes, and a field mapping turns the provider's JSON into the Signal schema.
@@ -9,11 +10,21 @@ field given here replaces the preset's.
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["AuthMode", "FieldMapping", "WebhookSourceConfig"]
+__all__ = [
+    "PASSWORD_SECRET_NAME",
+    "SIGNING_SECRET_NAME",
+    "AuthMode",
+    "FieldMapping",
+    "MqttConfig",
+    "WebhookSourceConfig",
+]
+
+PASSWORD_SECRET_NAME: Final = "BOT_MQTT_PASSWORD"  # noqa: S105 - the name, not the secret
+SIGNING_SECRET_NAME: Final = "BOT_MQTT_SIGNING_SECRET"  # noqa: S105 - the name
 
 #: `signature`: `X-Signature` HMAC over the body (the strongest); `body_token`: a `token` field
 #: in the JSON body (for senders that cannot set headers, e.g. TradingView); `query_token`:
@@ -102,3 +113,114 @@ class WebhookSourceConfig(BaseModel):
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or CIDR network") from None
         return value
+
+
+class MqttConfig(BaseModel):
+    """The `[mqtt]` section: where signals come from and how they are delivered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(False, description="subscribe to the broker when the bot runs")
+    host: str = Field(
+        "127.0.0.1", min_length=1, pattern=r"^\S+$", description="broker host name or address"
+    )
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
+    topic: str = Field(
+        "signals/voiceofchain/#",
+        description="topic filter, subscribed with QoS 1; a trailing wildcard level names the "
+        "strategy (see signals.mqtt)",
+    )
+    source: str = Field(
+        "voiceofchain",
+        pattern=r"^[a-z0-9_]{1,32}$",
+        description="source the signals are attributed to: strategies subscribed to it get them, "
+        "and an id seen on the webhook and on MQTT is one signal",
+    )
+    client_id: str = Field(
+        "bybit-signal-bot",
+        pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="stable MQTT client id: the broker keeps the session under it; every bot "
+        "instance needs its own (a second connection with the same id evicts the first)",
+    )
+    session_expiry_s: int = Field(
+        86_400,
+        ge=0,
+        le=0xFFFFFFFF,
+        description="how long the broker keeps the session and queues messages while the bot is "
+        "away (0: no persistent session)",
+    )
+    shared_group: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.-]{0,64}$",
+        description="subscribe as $share/<group>/<topic> so instances split one stream; "
+        "empty = no shared subscription. mosquitto 2.0 also deals an instance that is down but "
+        "whose session lives its share, delivered when it returns: keep session_expiry_s short",
+    )
+    username: str = Field("", description=f"broker user; its password is {PASSWORD_SECRET_NAME}")
+    tls: bool = Field(False, description="TLS with the system's CA certificates")
+    control_topic: str = Field(
+        "",
+        pattern=r"^$|^[A-Za-z0-9_./-]{1,128}$",
+        description="the kill switch over MQTT: halt/resume commands signed with "
+        "BOT_ADMIN_SECRET (empty: off; no wildcards)",
+    )
+    require_signature: bool = Field(
+        False,
+        description=f"reject every message not signed with {SIGNING_SECRET_NAME} (when false, "
+        "only signed messages are checked)",
+    )
+    max_signature_age_s: int = Field(
+        86_400,
+        ge=1,
+        le=0xFFFFFFFF,
+        description="how far a signature's `t` may be from now; messages queued in the session "
+        "arrive late, so as long as session_expiry_s by default (raise both together)",
+    )
+    max_payload_bytes: int = Field(
+        16_384,
+        ge=256,
+        le=1_048_576,
+        description="larger messages are rejected; the broker is told (MQTT v5 Maximum Packet "
+        "Size) not to send one much larger at all",
+    )
+    max_unacked_messages: int = Field(
+        100,
+        ge=1,
+        le=65_535,
+        description="MQTT v5 Receive Maximum: messages the broker may send ahead of our acks "
+        "(bounds memory)",
+    )
+    keepalive_s: int = Field(30, ge=5, le=65_535, description="MQTT keepalive interval")
+    connect_timeout_s: float = Field(
+        10, gt=0, le=120, description="bound on connecting, CONNACK, SUBACK and DISCONNECT"
+    )
+    reconnect_min_s: float = Field(
+        0.5, gt=0, le=60, description="first delay before reconnecting; doubles per failure"
+    )
+    reconnect_max_s: float = Field(30, gt=0, le=3600, description="longest reconnect delay")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_filter(cls, value: str) -> str:
+        if not value or len(value.encode()) > 65_535 or "\x00" in value:
+            raise ValueError("must be 1 to 65535 bytes of UTF-8 without NUL")
+        if value.startswith("$share/"):
+            raise ValueError("set shared_group instead of writing $share/ into the topic")
+        levels = value.split("/")
+        for index, level in enumerate(levels):
+            if "#" in level and (level != "#" or index != len(levels) - 1):
+                raise ValueError("'#' must be a whole level, and the last one")
+            if "+" in level and level != "+":
+                raise ValueError("'+' must be a whole level")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+    @property
+    def subscription(self) -> str:
+        """The filter actually subscribed: the topic, or its shared form."""
+        return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic

@@ -59,13 +59,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import SecretStr
 
 from bot import logs
 from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
 from bot.secrets import split_secrets
 from signals.base import FloodNotes, SignalSink
+from signals.config import PASSWORD_SECRET_NAME, SIGNING_SECRET_NAME, MqttConfig
 from signals.voiceofchain import (
     COMMAND_MAX_SKEW_S,
     UsedSignatures,
@@ -89,8 +90,6 @@ __all__ = [
     "sign_payload",
 ]
 
-PASSWORD_SECRET_NAME: Final = "BOT_MQTT_PASSWORD"  # noqa: S105 - the name, not the secret
-SIGNING_SECRET_NAME: Final = "BOT_MQTT_SIGNING_SECRET"  # noqa: S105 - the name
 SIGNATURE_PROPERTY: Final = "x-signature"
 PAYLOAD_SIGNATURE_FIELD: Final = "signature"
 
@@ -106,117 +105,6 @@ RejectHandler = Callable[[str, str], Awaitable[None] | None]
 the message's topic as the broker gave it (untrusted text). The handler may be sync or async; if
 it raises, the error is logged and the message is acknowledged all the same. It runs in line
 with the stream, so it should be quick (a journal write is fine)."""
-
-
-class MqttConfig(BaseModel):
-    """The `[mqtt]` section: where signals come from and how they are delivered."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(False, description="subscribe to the broker when the bot runs")
-    host: str = Field(
-        "127.0.0.1", min_length=1, pattern=r"^\S+$", description="broker host name or address"
-    )
-    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
-    topic: str = Field(
-        "signals/voiceofchain/#",
-        description="topic filter, subscribed with QoS 1; a trailing wildcard level names the "
-        "strategy (see the module docstring)",
-    )
-    source: str = Field(
-        "voiceofchain",
-        pattern=r"^[a-z0-9_]{1,32}$",
-        description="source the signals are attributed to: strategies subscribed to it get them, "
-        "and an id seen on the webhook and on MQTT is one signal",
-    )
-    client_id: str = Field(
-        "bybit-signal-bot",
-        pattern=r"^[A-Za-z0-9._-]{1,128}$",
-        description="stable MQTT client id: the broker keeps the session under it; every bot "
-        "instance needs its own (a second connection with the same id evicts the first)",
-    )
-    session_expiry_s: int = Field(
-        86_400,
-        ge=0,
-        le=0xFFFFFFFF,
-        description="how long the broker keeps the session and queues messages while the bot is "
-        "away (0: no persistent session)",
-    )
-    shared_group: str = Field(
-        "",
-        pattern=r"^[A-Za-z0-9_.-]{0,64}$",
-        description="subscribe as $share/<group>/<topic> so instances split one stream; "
-        "empty = no shared subscription. mosquitto 2.0 also deals an instance that is down but "
-        "whose session lives its share, delivered when it returns: keep session_expiry_s short",
-    )
-    username: str = Field("", description=f"broker user; its password is {PASSWORD_SECRET_NAME}")
-    tls: bool = Field(False, description="TLS with the system's CA certificates")
-    control_topic: str = Field(
-        "",
-        pattern=r"^$|^[A-Za-z0-9_./-]{1,128}$",
-        description="the kill switch over MQTT: halt/resume commands signed with "
-        "BOT_ADMIN_SECRET (empty: off; no wildcards)",
-    )
-    require_signature: bool = Field(
-        False,
-        description=f"reject every message not signed with {SIGNING_SECRET_NAME} (when false, "
-        "only signed messages are checked)",
-    )
-    max_signature_age_s: int = Field(
-        86_400,
-        ge=1,
-        le=0xFFFFFFFF,
-        description="how far a signature's `t` may be from now; messages queued in the session "
-        "arrive late, so as long as session_expiry_s by default (raise both together)",
-    )
-    max_payload_bytes: int = Field(
-        16_384,
-        ge=256,
-        le=1_048_576,
-        description="larger messages are rejected; the broker is told (MQTT v5 Maximum Packet "
-        "Size) not to send one much larger at all",
-    )
-    max_unacked_messages: int = Field(
-        100,
-        ge=1,
-        le=65_535,
-        description="MQTT v5 Receive Maximum: messages the broker may send ahead of our acks "
-        "(bounds memory)",
-    )
-    keepalive_s: int = Field(30, ge=5, le=65_535, description="MQTT keepalive interval")
-    connect_timeout_s: float = Field(
-        10, gt=0, le=120, description="bound on connecting, CONNACK, SUBACK and DISCONNECT"
-    )
-    reconnect_min_s: float = Field(
-        0.5, gt=0, le=60, description="first delay before reconnecting; doubles per failure"
-    )
-    reconnect_max_s: float = Field(30, gt=0, le=3600, description="longest reconnect delay")
-
-    @field_validator("topic")
-    @classmethod
-    def _topic_filter(cls, value: str) -> str:
-        if not value or len(value.encode()) > 65_535 or "\x00" in value:
-            raise ValueError("must be 1 to 65535 bytes of UTF-8 without NUL")
-        if value.startswith("$share/"):
-            raise ValueError("set shared_group instead of writing $share/ into the topic")
-        levels = value.split("/")
-        for index, level in enumerate(levels):
-            if "#" in level and (level != "#" or index != len(levels) - 1):
-                raise ValueError("'#' must be a whole level, and the last one")
-            if "+" in level and level != "+":
-                raise ValueError("'+' must be a whole level")
-        return value
-
-    @model_validator(mode="after")
-    def _backoff_order(self) -> MqttConfig:
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
-        return self
-
-    @property
-    def subscription(self) -> str:
-        """The filter actually subscribed: the topic, or its shared form."""
-        return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic
 
 
 @dataclass

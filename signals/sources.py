@@ -17,8 +17,13 @@ from pydantic import SecretStr
 
 from bot.secrets import split_secrets, webhook_secret_name, webhook_token_name
 from signals.base import SignalSink
-from signals.config import WebhookSourceConfig
-from signals.mqtt import PASSWORD_SECRET_NAME, SIGNING_SECRET_NAME, MqttConfig, MqttSubscriber
+from signals.config import (
+    PASSWORD_SECRET_NAME,
+    SIGNING_SECRET_NAME,
+    MqttConfig,
+    WebhookSourceConfig,
+)
+from signals.mqtt import MqttSubscriber
 from signals.presets import resolve
 from signals.webhook import SignalStatus, WebhookReceiver
 

@@ -41,12 +41,13 @@ import uvloop
 from pydantic import SecretStr
 
 from bot import clock
-from bot.config import BotSettings, ConfigError, Environment
+from bot.config import BotSettings, ConfigError, Environment, secret_resolver
 from bot.journal import Journal
 from bot.replay.history import History, HistoryError, PricePoint, Record, SignalRecord
 from bot.secrets import split_secrets, webhook_secret_name
-from bot.service import Service, secret_resolver, start_simulator
+from bot.service import Service
 from bot.sim import DEFAULT_RATE_LIMITS_PER_S, SimExchange
+from bot.simulated import start_simulator
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 
 __all__ = ["Answer", "ReplayError", "ReplayRun", "check_replayable", "replay", "replay_settings"]

@@ -18,15 +18,13 @@ from typing import Self
 
 import uvicorn
 
-from bot.net import tcp_listener
+from bot.net import DEFAULT_SIM_PORT, tcp_listener
 from bot.sim.app import create_app
 from bot.sim.exchange import SimExchange
 from bot.sim.websocket import SimWebSocketProtocol
 
 __all__ = ["DEFAULT_SIM_PORT", "SimServer", "run_forever"]
 
-#: Port of a standalone simulator when the command line names none.
-DEFAULT_SIM_PORT = 8090
 _POLL_S = 0.005
 _GRACEFUL_SHUTDOWN_S = 2
 

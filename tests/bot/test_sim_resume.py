@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from bot.config import BotSettings, load_settings
+from bot.config import BotSettings, load_settings, secret_resolver
 from bot.execution.executor import build_request
 from bot.journal import Journal
 from bot.messages import Execution, ExitOrder, OrderEvent, OrderStatus, OrderType, Side
-from bot.service import secret_resolver, start_simulator
 from bot.sim import SimServer
 from bot.sim.params import PositionQueryParams, parse_params
+from bot.simulated import start_simulator
 from tests.conftest import client_orders
 from tests.factories import approve, make_intent, sim_position, stop_loss
 
