@@ -537,8 +537,9 @@ class Journal:
 
     async def call_ahead(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`call`, queued ahead of the deferred writes still waiting for their window (they
-        keep it): for a write none of them bears on, such as a new signal's, whose sender
-        waits for it. Every earlier `submit` still runs first."""
+        keep it): for a write none of them bears on and someone waits for, such as a new
+        signal's (its sender waits) or a new order's (its send waits). Every earlier `submit`
+        still runs first."""
         return await asyncio.wrap_future(self._queue(lambda: method(*args, **kwargs)))
 
     def submit(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:

@@ -186,7 +186,11 @@ class Executor:
         links = {request.order_link_id for request in requests}
         self._in_flight |= links
         try:
-            created = await self._journal.call(self._journal.record_decisions, decisions, requests)
+            # New rows, which no write still waiting in the journal's window bears on: written
+            # ahead of them, so the order is not sent after a batch of some earlier fill's.
+            created = await self._journal.call_ahead(
+                self._journal.record_decisions, decisions, requests
+            )
             for request in requests:
                 self._order_journaled(request)
             events = []
