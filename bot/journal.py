@@ -73,7 +73,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -233,7 +233,8 @@ CREATE TABLE IF NOT EXISTS orders (
     ret_code      INTEGER,
     created_at    TEXT NOT NULL,
     updated_at    TEXT NOT NULL,
-    attempts      INTEGER NOT NULL DEFAULT 0
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    venue_qty     TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_by_signal ON orders (source, signal_id);
 CREATE TABLE IF NOT EXISTS order_events (
@@ -256,6 +257,8 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     3: _REJECTIONS,
     4: _STOP_MOVES + _ORDERS_BY_STATUS,
     5: _LOOKUP_INDEXES,
+    # The quantity the venue holds, when its reports say (another client may amend an order).
+    6: "ALTER TABLE orders ADD COLUMN venue_qty TEXT;",
 }
 _VENUE_STATES: Final = frozenset(
     {
@@ -355,6 +358,9 @@ class OrderRecord:
     attempts: int
     signal_ts: datetime | None
     updated_at: datetime
+    #: The quantity the venue holds as its last report said (another client may have amended
+    #: the order, or the venue trimmed a reduce-only one); the requested one until a report.
+    venue_qty: Decimal
 
 
 @dataclass(frozen=True)
@@ -871,46 +877,53 @@ class Journal:
         nothing at all, in one transaction or in two.
         """
         with self._lock:
-            committed: tuple[OrderStatus, Decimal] | None = None
+            committed: _OrderState | None = None
             written = self._written_orders.get(event.order_link_id)
             if written is not None:  # as the open transaction left it
                 row = written[0]
-                committed = (OrderStatus(row[2]), Decimal(row[4]))
+                committed = (OrderStatus(row[2]), Decimal(row[4]), Decimal(row[11]))
             else:
                 with self._unfinished_lock:
                     known = self._unfinished.get(event.order_link_id)
                 if known is not None:
-                    committed = (known.status, known.filled_qty)
-            if committed is not None and _nothing_new(*committed, event):
+                    committed = (known.status, known.filled_qty, known.venue_qty)
+            if committed is not None and _nothing_new(committed, event):
                 return False
             return self._apply_order_event(event, committed, missing_ok=missing_ok)
 
     def _apply_order_event(
         self,
         event: OrderEvent,
-        committed: tuple[OrderStatus, Decimal] | None,
+        committed: _OrderState | None,
         *,
         missing_ok: bool,
     ) -> bool:
-        """`committed`: the order's (status, filled qty) as the table holds it, if known."""
+        """`committed`: the order's (status, filled qty, venue qty) as the table holds it, if
+        known. A report that changes only the venue's quantity (an amendment by another
+        client) is journaled as it is, with no transition to check."""
         with self._transaction() as db:
             if committed is None:
                 row = db.execute(
-                    "SELECT status, filled_qty FROM orders WHERE order_link_id = ?",
+                    "SELECT status, filled_qty, COALESCE(venue_qty, qty) FROM orders"
+                    " WHERE order_link_id = ?",
                     (event.order_link_id,),
                 ).fetchone()
                 if row is None:
                     if missing_ok:
                         return False
                     raise JournalError(f"no journaled order {event.order_link_id}")
-                committed = (OrderStatus(row[0]), Decimal(row[1]))
-            current, filled = committed
-            if _nothing_new(current, filled, event):
+                committed = (OrderStatus(row[0]), Decimal(row[1]), Decimal(row[2]))
+            if _nothing_new(committed, event):
                 return False
+            current, filled, _ = committed
+            amended = (
+                current is event.status is not OrderStatus.SUBMITTING and filled == event.filled_qty
+            )
             try:
-                check_transition(
-                    current, event.status, filled_before=filled, filled_after=event.filled_qty
-                )
+                if not amended:
+                    check_transition(
+                        current, event.status, filled_before=filled, filled_after=event.filled_qty
+                    )
             except TransitionRefused as refused:
                 logger.debug(
                     "order {id}: event refused: {why}", id=event.order_link_id, why=str(refused)
@@ -936,6 +949,7 @@ class Journal:
                 # What the venue says replaces our own failure notes; our notes accumulate.
                 " reason = CASE WHEN ? THEN ? ELSE COALESCE(NULLIF(?, ''), reason) END,"
                 " ret_code = CASE WHEN ? THEN ? ELSE COALESCE(?, ret_code) END,"
+                " venue_qty = COALESCE(?, venue_qty),"
                 f" updated_at = ?, attempts = attempts + ? WHERE order_link_id = ? {_RETURNING}",
                 (
                     event.status.value,
@@ -948,6 +962,7 @@ class Journal:
                     from_venue,
                     event.ret_code,
                     event.ret_code,
+                    _text(event.venue_qty),
                     event.ts.isoformat(),
                     int(event.status is OrderStatus.SUBMITTING),
                     event.order_link_id,
@@ -1462,7 +1477,8 @@ _ORDER_FIELDS: Final = (
     "orders.order_link_id, orders.request, orders.status, orders.order_id, orders.filled_qty,"
     " orders.avg_price, orders.reason, orders.ret_code, orders.attempts,"
     " (SELECT s.ts FROM signals AS s WHERE s.source = orders.source"
-    " AND s.signal_id = orders.signal_id), orders.updated_at"
+    " AND s.signal_id = orders.signal_id), orders.updated_at,"
+    " COALESCE(orders.venue_qty, orders.qty)"
 )
 _ORDER_QUERY: Final = f"SELECT {_ORDER_FIELDS} FROM orders"  # noqa: S608 - our own fields
 _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
@@ -1471,7 +1487,7 @@ _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
 def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> OrderRecord:
     """An `_ORDER_FIELDS` row; `request` spares parsing the stored one when it is at hand."""
     _, stored, status, order_id, filled_qty, avg_price, reason, ret_code, attempts = row[:9]
-    signal_ts, updated_at = row[9:]
+    signal_ts, updated_at, venue_qty = row[9:]
     return OrderRecord(
         request=request or OrderRequest.model_validate_json(stored),
         status=OrderStatus(status),
@@ -1483,13 +1499,23 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
         attempts=attempts,
         signal_ts=None if signal_ts is None else datetime.fromisoformat(signal_ts),
         updated_at=datetime.fromisoformat(updated_at),
+        venue_qty=Decimal(venue_qty),
     )
 
 
-def _nothing_new(current: OrderStatus, filled: Decimal, event: OrderEvent) -> bool:
+#: An order's (status, filled qty, quantity the venue holds) as the journal holds them.
+_OrderState = tuple[OrderStatus, Decimal, Decimal]
+
+
+def _nothing_new(state: _OrderState, event: OrderEvent) -> bool:
     """Whether `event` repeats an order's state (a second report of it, or a look-up that
     found what the journal knows); a Submitting event never does (it counts an attempt)."""
-    return current is event.status is not OrderStatus.SUBMITTING and filled == event.filled_qty
+    status, filled, venue_qty = state
+    return (
+        status is event.status is not OrderStatus.SUBMITTING
+        and filled == event.filled_qty
+        and event.venue_qty in (None, venue_qty)
+    )
 
 
 def _write_each(writes: Sequence[Callable[[], object]], failure: str) -> None:

@@ -145,10 +145,11 @@ class ExposureLedger:
 
 def reserve_unfinished(ledger: ExposureLedger, records: Iterable[OrderRecord]) -> None:
     """Reserve the journal's unfinished orders (what is left of each to fill): the orders a
-    previous run left in flight count until they are terminal."""
+    previous run left in flight count until they are terminal, each at the quantity the venue
+    last said it holds (an amendment another client made is not news again after a restart)."""
     for record in records:
         request = record.request
-        left = request.qty - record.filled_qty
+        left = record.venue_qty - record.filled_qty
         ledger.reserve(
             request.order_link_id,
             Reservation(
@@ -156,6 +157,6 @@ def reserve_unfinished(ledger: ExposureLedger, records: Iterable[OrderRecord]) -
                 request.symbol,
                 left if request.side is Side.BUY else -left,
                 request.reduce_only,
-                order_qty=request.qty,
+                order_qty=record.venue_qty,
             ),
         )

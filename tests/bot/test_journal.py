@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.journal import DEFER_WINDOW_S, Journal, JournalError
+from bot.journal import DEFER_WINDOW_S, SCHEMA_VERSION, Journal, JournalError
 from bot.logs import logger
 from bot.messages import (
     Decline,
@@ -552,6 +552,36 @@ def test_in_a_batch_an_order_state_is_known_without_a_read(journal: Journal) -> 
     ]
 
 
+def test_the_quantity_the_venue_holds_is_journaled_when_a_report_changes_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    request = make_request(qty=Decimal("0.01"))
+    journal.record_order(request)
+    link = request.order_link_id
+    new = OrderEvent(order_link_id=link, status=OrderStatus.NEW, order_id="o1")
+    assert journal.record_order_event(new)  # the acknowledgement: no quantity in it
+    # The stream's report of the same order at the requested quantity is no news ...
+    assert not journal.record_order_event(new.model_copy(update={"venue_qty": Decimal("0.010")}))
+    # ... one at another (another client amended it) is, though nothing else moved.
+    amended = new.model_copy(update={"venue_qty": Decimal("0.1")})
+    assert journal.record_order_event(amended)
+    assert not journal.record_order_event(amended)  # and only once
+    journal.close()
+
+    reopened = Journal(path)  # as after a restart: from the table, not from memory
+    (record,) = reopened.unfinished_orders()
+    assert (record.status, record.venue_qty, record.request.qty) == (
+        OrderStatus.NEW,
+        Decimal("0.1"),
+        Decimal("0.01"),
+    )
+    assert [event.status for event in reopened.order_events(link)] == [OrderStatus.NEW] * 2
+    filled = amended.model_copy(update={"status": OrderStatus.FILLED, "filled_qty": Decimal("0.1")})
+    assert reopened.record_order_event(filled)
+
+
 def test_the_journal_keeps_only_the_newest_rejections(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -635,7 +665,7 @@ def test_what_an_order_and_its_stop_loss_journal_and_look_up_never_scans_a_table
     ]
 
 
-def test_a_version_4_journal_gains_the_lookup_indexes(tmp_path: Path) -> None:
+def test_a_version_4_journal_gains_the_lookup_indexes_and_the_venue_qty(tmp_path: Path) -> None:
     path = tmp_path / "v4.sqlite3"
     Journal(path).close()
     db = sqlite3.connect(path)
@@ -646,7 +676,8 @@ def test_a_version_4_journal_gains_the_lookup_indexes(tmp_path: Path) -> None:
         "order_events_by_order",
     )
     db.executescript(
-        "".join(f"DROP INDEX {name};" for name in new_indexes) + "PRAGMA user_version=4;"
+        "".join(f"DROP INDEX {name};" for name in new_indexes)
+        + "ALTER TABLE orders DROP COLUMN venue_qty; PRAGMA user_version=4;"
     )
     db.close()
 
@@ -656,4 +687,6 @@ def test_a_version_4_journal_gains_the_lookup_indexes(tmp_path: Path) -> None:
         row[0] for row in journal._db.execute("SELECT name FROM sqlite_master WHERE type='index'")
     }
     assert set(new_indexes) <= indexes
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == 5
+    columns = {row[1] for row in journal._db.execute("PRAGMA table_info(orders)")}
+    assert "venue_qty" in columns
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6

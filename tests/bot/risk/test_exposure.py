@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from loguru import logger
 
+from bot.journal import Journal
 from bot.messages import OrderEvent, OrderStatus
-from bot.risk.exposure import ExposureLedger, Reservation
+from bot.risk.exposure import ExposureLedger, Reservation, reserve_unfinished
+from tests.factories import make_request
 
 LINK = "follow-0-x"
 
@@ -57,3 +60,17 @@ def test_a_reduce_only_order_the_venue_trims_is_no_news(warnings: list[str]) -> 
 
     assert warnings == []
     assert ledger.open_orders("follow") == 1
+
+
+def test_an_amendment_is_no_news_again_after_a_restart(tmp_path: Path, warnings: list[str]) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.record_order(make_request(order_link_id=LINK, qty=Decimal("0.005")))
+    journal.record_order_event(_report(OrderStatus.NEW, "0.1"))  # amended before the restart
+    ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
+
+    reserve_unfinished(ledger, journal.unfinished_orders())  # the next start
+    ledger.follow(_report(OrderStatus.NEW, "0.1"))  # the stream's first report since
+
+    assert warnings == []
+    assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.1")
+    journal.close()
