@@ -562,7 +562,6 @@ def keys_check(
     journal: run it before the first `bot run`."""
     from bot.audit import AuditLog
     from bot.keys.audit import Verdict
-    from bot.simulated import start_simulator
 
     logs.configure(level="ERROR")
     settings = _settings(config)
@@ -572,6 +571,8 @@ def keys_check(
         if settings.environment is Environment.SIM:
             sim_url = settings.venue.sim_url
             if not sim_url:
+                from bot.simulated import start_simulator
+
                 try:
                     server = start_simulator(settings, resolver)
                 except (ConfigError, MissingSecretError) as exc:

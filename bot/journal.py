@@ -8,7 +8,9 @@ It is the bot's memory across restarts and the answer to "what happened to signa
   a crash leaves a row to reconcile instead of an order nobody knows about.
 
 Writes from the event loop go through `call()`, which runs them on one dedicated thread:
-nothing blocks the loop and writes keep their order.
+nothing blocks the loop and writes keep their order. What the venue would tell again after a
+crash (the account's reports, an order's acknowledgement) is deferred and written in batches
+(`defer`); a new signal's or order's rows may pass a batch still waiting (`call_ahead`).
 
 Durability comes in two grades. Every commit survives a crash or `kill -9` of the bot (WAL,
 synchronous=NORMAL). With `synchronous="FULL"`, the commits that make a promise also wait for
@@ -440,6 +442,7 @@ class Journal:
         self._writer_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         self._deferred: list[Callable[[], object]] = []  # by `defer`, for the journal's thread
+        self._batch: Future[None] | None = None  # the deferred writes last handed over
         # The unfinished orders as committed, kept in memory for readers on the event loop
         # (and for telling a repeated report): a transaction's orders take the state its
         # writes returned once it commits.
@@ -551,8 +554,9 @@ class Journal:
     def submit(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Queue a journal method on the journal's own thread and return at once.
 
-        Work runs in the order it was queued, so a later `call` sees every earlier `submit`
-        and every earlier `defer`.
+        Work runs in the order it was queued (a `call_ahead` passes only the deferred writes
+        still waiting), so a later `call` sees every earlier `submit` and every earlier
+        `defer`.
         """
         return self._queue(lambda: method(*args, **kwargs), after_deferred=True)
 
@@ -583,6 +587,20 @@ class Journal:
         if first:
             asyncio.get_running_loop().call_later(DEFER_WINDOW_S, self._submit_deferred)
 
+    def write_deferred(self) -> None:
+        """Hand the deferred writes to the journal's thread now, not at the window's end:
+        for when nothing more will join them soon (the signal they belong to is done)."""
+        self._submit_deferred()
+
+    async def settle(self) -> None:
+        """Return once every write deferred so far is committed; at once, with no thread
+        hop, when none is waiting or being written. For a reader of the committed state in
+        memory (a strategy's open orders) that must see what the stream has reported."""
+        with self._writer_lock:
+            waiting = bool(self._deferred) or (self._batch is not None and not self._batch.done())
+        if waiting:
+            await self.call(lambda: None)
+
     def _submit_deferred(self) -> None:
         with self._writer_lock:
             if self._deferred:
@@ -593,7 +611,7 @@ class Journal:
         piece of work: one hand-over and one transaction for all."""
         deferred, self._deferred = self._deferred, []
         if deferred:
-            writer.submit(self.write_all, deferred, "a deferred journal write failed")
+            self._batch = writer.submit(self.write_all, deferred, "a deferred journal write failed")
 
     def _writer_pool(self) -> ThreadPoolExecutor:
         if self._writer is None:

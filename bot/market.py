@@ -73,6 +73,9 @@ class MarketData:
                 self._equity_of(key_name),
                 self._account.open_books(key_name, strategy),
             )
+        # The order states the stream reported are deferred writes: committed first, so that
+        # an order the last signal filled is not shown as open.
+        await self._journal.settle()
         open_orders = self._journal.open_orders_of(key_name, strategy, symbol)
         wallet = self._account.projection.wallet(key_name)
         balances = (

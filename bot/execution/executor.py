@@ -18,9 +18,11 @@ drives the order through its lifecycle (`bot.execution.orders`) with bounded att
 - a key-fatal answer switches the key off for all its strategies until restart.
 
 A new market order is then followed for a moment (`follow_s`) until it is terminal, so the
-next signal of its key and symbol sees the fill. `reconcile` is the safety net: it resumes
-every order the journal holds as not terminal, at start-up before any new signal and then in
-a loop (`bot.execution.reconcile`), until each is terminal.
+next signal of its key and symbol sees the fill (its position at once; its order's state once
+the journal has written what the stream said, which a strategy's context waits for).
+`reconcile` is the safety net: it resumes every order the journal holds as not terminal, at
+start-up before any new signal and then in a loop (`bot.execution.reconcile`), until each is
+terminal.
 """
 
 from __future__ import annotations
@@ -651,9 +653,9 @@ class Executor:
         The account stream normally reports the fill within milliseconds; only if it stays
         silent (it is down, or slow) is the order looked up by REST. The answer is what the
         stream said of the terminal order, not a read-back from the journal: the journal
-        records the same report (its write is queued ahead of anything the caller journals
-        next; one that fails is logged, and the next start's catch-up brings the order's
-        state again). `_drive` listens from before the send, so a report that came before the
+        records the same report (a deferred write, which any later `call` writes first; one
+        that fails is logged, and the next start's catch-up brings the order's state again).
+        `_drive` listens from before the send, so a report that came before the
         acknowledgement is already here.
         """
         link_id = request.order_link_id

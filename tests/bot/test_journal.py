@@ -367,6 +367,35 @@ def test_a_call_ahead_does_not_wait_for_the_deferred_writes(journal: Journal) ->
     assert done == ["ahead", "deferred", "call"]
 
 
+def test_settle_waits_for_the_deferred_writes_and_write_deferred_hands_them_over_now(
+    journal: Journal,
+) -> None:
+    request = make_request()
+    journal.record_order(request)
+    filled = OrderEvent(
+        order_link_id=request.order_link_id,
+        status=OrderStatus.FILLED,
+        order_id="o1",
+        filled_qty=request.qty,
+    )
+
+    journal.record_signal(signal())
+
+    async def defer_then_read() -> list[int]:
+        open_counts = []
+        journal.defer(lambda: journal.record_order_event(filled))
+        open_counts.append(len(journal.open_orders_of("k", "follow", "BTCUSDT")))  # waiting
+        await journal.settle()
+        open_counts.append(len(journal.open_orders_of("k", "follow", "BTCUSDT")))
+        journal.defer(lambda: journal.mark_processed(signal()))
+        journal.write_deferred()  # handed over at once, though the window is still open
+        # The loop is blocked here, so the window's timer cannot be what writes it.
+        wait_for(lambda: not journal.unprocessed_signals(), 5.0, "the hand-over's write")
+        return open_counts
+
+    assert asyncio.run(defer_then_read()) == [1, 0]
+
+
 def test_a_failing_deferred_write_is_logged_and_the_next_still_runs(journal: Journal) -> None:
     done: list[str] = []
     errors: list[str] = []

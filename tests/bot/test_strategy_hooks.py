@@ -405,6 +405,14 @@ class Listener(Strategy):
         return None
 
 
+class Stacker(Strategy):
+    """Buys 0.001 BTC on each signal and writes down what its context showed."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        HEARD[self.name].append((context.open_orders, context.position_qty))
+        return [small_buy(self, signal, context)]
+
+
 class Ticker(Strategy):
     """On its first tick, buys 0.001 of the tick's symbol."""
 
@@ -467,6 +475,21 @@ def test_on_fill_hears_the_fill_of_its_market_order(sim_config: Callable[..., Pa
     assert fill.order_done
     assert fill.price == Decimal(str(order["avgPrice"]))
     assert position == Decimal("0.002")  # its context already holds the fill
+
+
+def test_a_signal_right_after_a_fill_sees_the_order_done_and_the_position_held(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Back to back, so each waits in the strategy's lane for the one before: its context is
+    # built the moment the previous order is filled, whose journal writes are still waiting.
+    with running(only("Stacker")(sim_config)) as bot:
+        for index in range(4):
+            assert bot.post(posted(f"stack-{index}")).status_code == 202
+        wait_for(lambda: len(bot.sim_orders()) == 4, what="four orders")
+
+    seen = HEARD["hooked"]
+    assert [open_orders for open_orders, _ in seen] == [()] * 4
+    assert [position for _, position in seen] == [Decimal("0.001") * n for n in range(4)]
 
 
 def test_each_partial_fill_reports_how_much_was_filled_by_then(
