@@ -464,7 +464,10 @@ class AccountKeeper:
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
         if isinstance(report, OrderEvent):
-            self._write(journal.record_order_event, report, missing_ok=True)
+            journal.defer(
+                partial(journal.record_order_event, report, missing_ok=True),
+                order_link_id=report.order_link_id,
+            )
             self._order_updated(report)
         elif isinstance(report, ExitOrder):
             self._write(journal.record_exit, report)

@@ -33,6 +33,7 @@ import shlex
 import sqlite3
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -442,7 +443,10 @@ class Journal:
         self._writer_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
         self._deferred: list[Callable[[], object]] = []  # by `defer`, for the journal's thread
-        self._batch: Future[None] | None = None  # the deferred writes last handed over
+        # The orders (by orderLinkId) `defer` was told a waiting or unfinished write reports
+        # on, with how many such writes: see `open_orders_written`.
+        self._unwritten_orders: Counter[str] = Counter()
+        self._deferred_orders: list[str] = []  # those of `_deferred`
         # The unfinished orders as committed, kept in memory for readers on the event loop
         # (and for telling a repeated report): a transaction's orders take the state its
         # writes returned once it commits.
@@ -569,7 +573,7 @@ class Journal:
                 self._queue_deferred(writer)
             return writer.submit(work)
 
-    def defer(self, write: Callable[[], object]) -> None:
+    def defer(self, write: Callable[[], object], *, order_link_id: str | None = None) -> None:
         """Queue `write` (a call of one journal method) for the journal's thread within
         `DEFER_WINDOW_S`, or sooner if another journal call is queued first (so it still
         runs before every later call). A failure is logged. Call from the event loop.
@@ -580,10 +584,16 @@ class Journal:
         messages; held for the window, they cost one thread hop and one commit, not one each.
         Only writes the venue or the pipeline would tell again after a crash are deferred
         (never a promise), so the window adds nothing a restart does not bring back.
+
+        `order_link_id`: the order `write` reports on (its state), if any; until it is
+        written, `open_orders_written` writes it first.
         """
         with self._writer_lock:
             self._deferred.append(write)
             first = len(self._deferred) == 1
+            if order_link_id is not None:
+                self._deferred_orders.append(order_link_id)
+                self._unwritten_orders[order_link_id] += 1
         if first:
             asyncio.get_running_loop().call_later(DEFER_WINDOW_S, self._submit_deferred)
 
@@ -592,14 +602,19 @@ class Journal:
         for when nothing more will join them soon (the signal they belong to is done)."""
         self._submit_deferred()
 
-    async def settle(self) -> None:
-        """Return once every write deferred so far is committed; at once, with no thread
-        hop, when none is waiting or being written. For a reader of the committed state in
-        memory (a strategy's open orders) that must see what the stream has reported."""
+    async def open_orders_written(
+        self, key_name: str, strategy: str, symbol: str
+    ) -> list[OrderRecord]:
+        """`open_orders_of`, once every report deferred about those orders is written: an
+        order the stream has said is filled is not shown as open. With none waiting (the
+        usual case) at once, with no thread hop; else after one `call`."""
+        records = self.open_orders_of(key_name, strategy, symbol)
         with self._writer_lock:
-            waiting = bool(self._deferred) or (self._batch is not None and not self._batch.done())
-        if waiting:
-            await self.call(lambda: None)
+            waiting = any(r.request.order_link_id in self._unwritten_orders for r in records)
+        if not waiting:
+            return records
+        await self.call(lambda: None)
+        return self.open_orders_of(key_name, strategy, symbol)
 
     def _submit_deferred(self) -> None:
         with self._writer_lock:
@@ -610,8 +625,23 @@ class Journal:
         """Hand the deferred writes to the journal's thread (the writer lock held), as one
         piece of work: one hand-over and one transaction for all."""
         deferred, self._deferred = self._deferred, []
+        orders, self._deferred_orders = self._deferred_orders, []
         if deferred:
-            self._batch = writer.submit(self.write_all, deferred, "a deferred journal write failed")
+            writer.submit(self._write_deferred_batch, deferred, orders)
+
+    def _write_deferred_batch(
+        self, writes: Sequence[Callable[[], object]], orders: list[str]
+    ) -> None:
+        """On the journal's thread: a batch of deferred writes; then its orders' reports are
+        no longer waiting (written, or failed and logged)."""
+        try:
+            self.write_all(writes, "a deferred journal write failed")
+        finally:
+            with self._writer_lock:
+                self._unwritten_orders.subtract(orders)
+                for link in set(orders):
+                    if self._unwritten_orders[link] <= 0:
+                        del self._unwritten_orders[link]
 
     def _writer_pool(self) -> ThreadPoolExecutor:
         if self._writer is None:

@@ -73,10 +73,9 @@ class MarketData:
                 self._equity_of(key_name),
                 self._account.open_books(key_name, strategy),
             )
-        # The order states the stream reported are deferred writes: committed first, so that
-        # an order the last signal filled is not shown as open.
-        await self._journal.settle()
-        open_orders = self._journal.open_orders_of(key_name, strategy, symbol)
+        # Once what the stream reported of them is written: an order the last signal filled
+        # is not shown as open.
+        open_orders = await self._journal.open_orders_written(key_name, strategy, symbol)
         wallet = self._account.projection.wallet(key_name)
         balances = (
             {

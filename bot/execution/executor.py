@@ -489,7 +489,9 @@ class Executor:
             # Journaled with the stream's reports of the order, which follow within
             # milliseconds: one commit for all. Lost in a crash, it leaves the order
             # Submitting, which start-up looks up at the venue before anything is sent again.
-            self._journal.defer(partial(self._journal.record_order_event, ack))
+            self._journal.defer(
+                partial(self._journal.record_order_event, ack), order_link_id=ack.order_link_id
+            )
             if request.order_type is OrderType.MARKET:
                 return await self._follow(venue, request) or ack
             return ack

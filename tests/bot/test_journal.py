@@ -367,11 +367,10 @@ def test_a_call_ahead_does_not_wait_for_the_deferred_writes(journal: Journal) ->
     assert done == ["ahead", "deferred", "call"]
 
 
-def test_settle_waits_for_the_deferred_writes_and_write_deferred_hands_them_over_now(
-    journal: Journal,
-) -> None:
+def test_open_orders_written_waits_only_for_reports_on_those_orders(journal: Journal) -> None:
     request = make_request()
     journal.record_order(request)
+    journal.record_signal(signal())
     filled = OrderEvent(
         order_link_id=request.order_link_id,
         status=OrderStatus.FILLED,
@@ -379,21 +378,35 @@ def test_settle_waits_for_the_deferred_writes_and_write_deferred_hands_them_over
         filled_qty=request.qty,
     )
 
+    def open_now() -> int:
+        return len(journal.open_orders_of("k", "follow", "BTCUSDT"))
+
+    async def defer_then_read() -> list[object]:
+        seen: list[object] = []
+        journal.defer(lambda: journal.mark_processed(signal()))  # about no order
+        seen.append(len(await journal.open_orders_written("k", "follow", "BTCUSDT")))
+        seen.append(len(journal.unprocessed_signals()))  # so still waiting: nothing was asked
+        journal.defer(
+            lambda: journal.record_order_event(filled), order_link_id=request.order_link_id
+        )
+        seen.append(open_now())  # the fill's report waits in the window
+        seen.append(await journal.open_orders_written("k", "follow", "BTCUSDT"))
+        return seen
+
+    assert asyncio.run(defer_then_read()) == [1, 1, 1, []]
+    assert journal.unprocessed_signals() == []  # written with the fill's report
+
+
+def test_write_deferred_hands_them_over_before_the_window_ends(journal: Journal) -> None:
     journal.record_signal(signal())
 
-    async def defer_then_read() -> list[int]:
-        open_counts = []
-        journal.defer(lambda: journal.record_order_event(filled))
-        open_counts.append(len(journal.open_orders_of("k", "follow", "BTCUSDT")))  # waiting
-        await journal.settle()
-        open_counts.append(len(journal.open_orders_of("k", "follow", "BTCUSDT")))
+    async def defer_then_hand_over() -> None:
         journal.defer(lambda: journal.mark_processed(signal()))
-        journal.write_deferred()  # handed over at once, though the window is still open
+        journal.write_deferred()
         # The loop is blocked here, so the window's timer cannot be what writes it.
         wait_for(lambda: not journal.unprocessed_signals(), 5.0, "the hand-over's write")
-        return open_counts
 
-    assert asyncio.run(defer_then_read()) == [1, 0]
+    asyncio.run(defer_then_hand_over())
 
 
 def test_a_failing_deferred_write_is_logged_and_the_next_still_runs(journal: Journal) -> None:
