@@ -564,9 +564,10 @@ class AccountKeeper:
     def _write(self, method: Callable[..., object], *args: object, **kwargs: object) -> None:
         """Queue a journal write; a failure is logged (the next gap-fill repairs it).
 
-        Deferred (`Journal.defer`): a fill's order, execution, position and wallet reports
-        share one transaction and one thread hop, not four. Order is kept: a later journal
-        call still sees every earlier write.
+        Deferred (`Journal.defer`): a fill's execution, position and wallet reports share one
+        transaction and one thread hop with its order's (deferred in `apply`, naming the
+        order), not one each. Order is kept: a later journal call still sees every earlier
+        write.
         """
         self._journal.defer(partial(method, *args, **kwargs))
 

@@ -532,7 +532,7 @@ class Journal:
         self._checkpoints = (stop, thread)
 
     def close(self) -> None:
-        self._submit_deferred()
+        self.write_deferred()
         if self._writer is not None:
             self._writer.shutdown(wait=True)
         if self._checkpoints is not None:
@@ -595,12 +595,15 @@ class Journal:
                 self._deferred_orders.append(order_link_id)
                 self._unwritten_orders[order_link_id] += 1
         if first:
-            asyncio.get_running_loop().call_later(DEFER_WINDOW_S, self._submit_deferred)
+            asyncio.get_running_loop().call_later(DEFER_WINDOW_S, self.write_deferred)
 
     def write_deferred(self) -> None:
         """Hand the deferred writes to the journal's thread now, not at the window's end:
-        for when nothing more will join them soon (the signal they belong to is done)."""
-        self._submit_deferred()
+        for when nothing more will join them soon (the signal they belong to is done, the
+        journal closes). The window's own end calls it too."""
+        with self._writer_lock:
+            if self._deferred:
+                self._queue_deferred(self._writer_pool())
 
     async def open_orders_written(
         self, key_name: str, strategy: str, symbol: str
@@ -615,11 +618,6 @@ class Journal:
             return records
         await self.call(lambda: None)
         return self.open_orders_of(key_name, strategy, symbol)
-
-    def _submit_deferred(self) -> None:
-        with self._writer_lock:
-            if self._deferred:
-                self._queue_deferred(self._writer_pool())
 
     def _queue_deferred(self, writer: ThreadPoolExecutor) -> None:
         """Hand the deferred writes to the journal's thread (the writer lock held), as one
