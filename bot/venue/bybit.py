@@ -27,6 +27,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, NamedTuple, TypeVar
 
+import requests
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
@@ -75,6 +76,7 @@ from bot.venue.shapes import (
     position_update,
     wallet_update,
 )
+from bot.venue.transport import KeptAliveSession
 
 __all__ = ["READ_ATTEMPTS", "THREADS_PER_KEY", "BybitVenue"]
 
@@ -115,7 +117,10 @@ class _VenueClock:
 
 
 class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
-    """pybit's client holding the API key and secret as SecretStr, unwrapped only to sign."""
+    """pybit's client holding the API key and secret as SecretStr, unwrapped only to sign,
+    sending over a `KeptAliveSession` (a third of requests' CPU per call, measured)."""
+
+    client: requests.Session
 
     def __init__(
         self, *, api_key: SecretStr, api_secret: SecretStr, clock: _VenueClock, **kwargs: Any
@@ -125,6 +130,10 @@ class _SigningHTTP(HTTP):  # type: ignore[misc]  # pybit ships no type hints
             api_secret="<held-as-SecretStr>",  # noqa: S106
             **kwargs,
         )
+        session = KeptAliveSession()
+        session.headers.update(self.client.headers)  # pybit's own (Content-Type, Accept, ...)
+        self.client.close()
+        self.client = session
         self._key = api_key
         self._secret = api_secret
         self._clock = clock
