@@ -19,6 +19,7 @@ answer, not each read alone, so a server trickling bytes cannot hold a call past
 from __future__ import annotations
 
 import contextlib
+import functools
 import select
 import socket
 import ssl
@@ -233,7 +234,7 @@ class _Connection:
         self._socket = sock
 
     @classmethod
-    def open(cls, origin: _Origin, timeout_s: float | None, verify: Any) -> _Connection:
+    def open(cls, origin: _Origin, timeout_s: float | None, verify: bool | str) -> _Connection:
         try:
             sock = socket.create_connection((origin.host, origin.port), timeout=timeout_s)
         except TimeoutError as exc:
@@ -313,9 +314,10 @@ class _Connection:
             self._socket.close()
 
 
-def _tls_context(verify: Any) -> ssl.SSLContext:
+@functools.lru_cache(maxsize=8)
+def _tls_context(verify: bool | str) -> ssl.SSLContext:
     """requests' rules: True verifies against certifi's bundle, a path against that file or
-    directory, False not at all."""
+    directory, False not at all. Built once per setting: loading a bundle costs milliseconds."""
     if verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -325,17 +327,7 @@ def _tls_context(verify: Any) -> ssl.SSLContext:
         if Path(verify).is_dir():
             return ssl.create_default_context(capath=verify)
         return ssl.create_default_context(cafile=verify)
-    return _default_context()
-
-
-_CONTEXT: ssl.SSLContext | None = None
-
-
-def _default_context() -> ssl.SSLContext:
-    global _CONTEXT  # built once: loading the bundle costs milliseconds
-    if _CONTEXT is None:
-        _CONTEXT = ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
-    return _CONTEXT
+    return ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
 
 
 def _response(
