@@ -50,7 +50,7 @@ clean:
 
 # Chaos soak of the real bot (bench/soak.py): 1,000 signals, 10 SIGKILLs, 20 % venue faults.
 # SOAK_ARGS passes flags, e.g. `make soak SOAK_ARGS="--signals 200 --kills 3 --seed 7"`.
-.PHONY: soak bench bench-stream bench-gate bench-intake bench-typical bench-replay
+.PHONY: soak bench bench-stream bench-gate bench-intake bench-typical bench-replay bench-transport
 soak: setup
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
@@ -82,7 +82,12 @@ bench-typical: setup
 bench-replay: setup
 	$(BIN)/python -m bench.replay $(REPLAY_ARGS)
 
-bench: soak bench-stream bench-gate bench-intake bench-typical bench-replay
+# pybit's place_order through requests (the floor) and through the bot's kept-alive session
+# (bench/transport.py): CPU and wall time per call against one simulator.
+bench-transport: setup
+	$(BIN)/python -m bench.transport
+
+bench: soak bench-stream bench-gate bench-intake bench-typical bench-replay bench-transport
 
 # docker/requirements.txt: the image's dependencies (pyproject.toml's), each pinned with the
 # hashes of all its files, for Python 3.11 on every platform; the Dockerfile and
