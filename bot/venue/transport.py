@@ -9,11 +9,15 @@ and does the sending itself: the request written on one socket it keeps open, th
 by httptools (uvicorn's C parser, already a dependency).
 
 It takes only what pybit sends: a method, a full http(s) URL, headers and a text body, no proxy.
-Anything else (a proxy for the URL, `stream=True`, files, hooks, auth, a client certificate) is
-handed to requests unchanged. Its guarantees are requests' own with no retries (requests'
-default): a request is written once and never resent here; a connection the server closed
-while idle is noticed before it is reused. On top of them, `timeout` also bounds the whole
-answer, not each read alone, so a server trickling bytes cannot hold a call past it.
+Anything else (a proxy for the URL, `stream=True`, files, hooks, auth, a client certificate,
+HEAD) is handed to requests unchanged. Its guarantees are requests' own with no retries
+(requests' default): a request is written once and never resent here; a connection the server
+closed while idle is noticed before it is reused; interim 1xx answers are skipped. Where it
+differs from requests, it is stricter: `timeout` also bounds the whole answer, not each read
+alone, so a server trickling bytes cannot hold a call past it; answers are bounded
+(`MAX_ANSWER_BYTES`, inflated too); bytes after a complete answer spoil the connection, which
+is dropped; redirects are returned, not followed (a 3xx is a failed call, never an order sent
+again elsewhere); cookies are neither kept nor sent (Bybit's API uses none).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from urllib.parse import urlsplit
 
 import httptools
 import requests
+from requests.cookies import RequestsCookieJar
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import ConnectTimeout, ReadTimeout, SSLError
 from requests.structures import CaseInsensitiveDict
@@ -62,17 +67,15 @@ class KeptAliveSession(requests.Session):
         self._connection: _Connection | None = None
 
     def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        if not request.method or not self._plain(request):
+        method = (request.method or "").upper()
+        if method in ("", "HEAD") or not self._plain(request):  # HEAD: an answer without body
             return super().prepare_request(request)
         headers: CaseInsensitiveDict[str | bytes] = CaseInsensitiveDict(self.headers)
-        for name, value in request.headers.items():
-            if value is None:
-                headers.pop(name, None)
-            else:
-                headers[name] = value
+        headers.update(request.headers)
+        for name in [name for name, value in headers.items() if value is None]:
+            del headers[name]  # None unsets a header, as in requests
         data = request.data
         body = data.encode() if isinstance(data, str) else data if isinstance(data, bytes) else b""
-        method = str(request.method).upper()
         if body:
             headers["Content-Length"] = str(len(body))
         elif method not in ("GET", "HEAD"):
@@ -83,6 +86,7 @@ class KeptAliveSession(requests.Session):
         prepared.headers = headers
         prepared.body = body or None
         prepared.hooks = {"response": []}
+        prepared._cookies = RequestsCookieJar()  # read by requests' redirects, if it sends it
         return prepared
 
     def _plain(self, request: requests.Request) -> bool:
@@ -179,7 +183,10 @@ def _request_bytes(request: requests.PreparedRequest, origin: _Origin, path: str
         if "\r" in text or "\n" in text or "\r" in name or "\n" in name:
             raise requests.exceptions.InvalidHeader(f"header {name!r} holds a line break")
         lines.append(f"{name}: {text}")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    try:
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise requests.exceptions.InvalidHeader(f"a header is not latin-1: {exc}") from exc
     body = request.body
     return head + body if isinstance(body, bytes) else head
 
@@ -194,9 +201,14 @@ class _Answer:
     body: list[bytes] = field(default_factory=list)
     size: int = 0
     headers_done: bool = False
+    interim: bool = False  # a 1xx answer before the real one (100 Continue, 103 Early Hints)
     complete: bool = False
     keep_alive: bool = False
     parser: Any = None  # the httptools parser feeding this answer
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes after the answer: stop, never merge them into it
+            raise _Leftover
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason.decode("latin-1")
@@ -209,6 +221,7 @@ class _Answer:
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
         self.headers_done = True
+        self.interim = 100 <= self.status < 200 and self.status != 101
 
     def on_body(self, chunk: bytes) -> None:
         # Not raised here: httptools would wrap it as a parser error.
@@ -217,6 +230,10 @@ class _Answer:
             self.body.append(chunk)
 
     def on_message_complete(self) -> None:
+        if self.interim:  # skipped, as http.client does: the real answer follows
+            self.status, self.reason, self.headers = 0, "", []
+            self.headers_done = self.interim = False
+            return
         self.complete = True
 
     def ended_by_close(self) -> bool:
@@ -224,6 +241,10 @@ class _Answer:
         and give it no length (RFC 9112 6.3: the body then runs to the close)."""
         names = {name.lower() for name, _ in self.headers}
         return self.headers_done and not names & {"content-length", "transfer-encoding"}
+
+
+class _Leftover(Exception):
+    """Bytes followed a complete answer on the connection."""
 
 
 class _Connection:
@@ -239,6 +260,8 @@ class _Connection:
             sock = socket.create_connection((origin.host, origin.port), timeout=timeout_s)
         except TimeoutError as exc:
             raise ConnectTimeout(f"no connection to {origin.host}:{origin.port}: {exc}") from exc
+        except UnicodeError as exc:
+            raise requests.exceptions.InvalidURL(f"unusable host name {origin.host!r}") from exc
         except OSError as exc:
             raise RequestsConnectionError(
                 f"cannot connect to {origin.host}:{origin.port}: {exc}"
@@ -303,8 +326,11 @@ class _Connection:
                 raise RequestsConnectionError("the server closed the connection mid-answer")
             try:
                 parser.feed_data(chunk)
-            except httptools.HttpParserError as exc:
-                raise RequestsConnectionError(f"malformed HTTP answer: {exc}") from exc
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                if answer.complete:  # bytes after a whole answer: the connection is spoilt
+                    answer.keep_alive = False
+                    return answer
+                raise RequestsConnectionError(f"malformed HTTP answer: {exc!r}") from exc
             if answer.size > MAX_ANSWER_BYTES:
                 raise RequestsConnectionError(f"answer larger than {MAX_ANSWER_BYTES} bytes")
         return answer
@@ -350,18 +376,24 @@ def _response(
 
 
 def _decoded(body: bytes, encoding: str) -> bytes:
-    """The body as sent before any gzip or deflate (asked for identity; a server may not care)."""
+    """The body before any gzip or deflate (identity was asked for; a server may not care).
+    As requests: an empty body or an unknown coding is given as it came; a body that fails
+    to inflate, or would inflate past `MAX_ANSWER_BYTES`, raises."""
     coding = encoding.strip().lower()
-    if coding in ("", "identity"):
+    if not body or coding not in ("gzip", "x-gzip", "deflate"):
         return body
-    try:
-        if coding in ("gzip", "x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if coding == "deflate":
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except zlib.error as exc:
-        raise requests.exceptions.ContentDecodingError(f"undecodable {coding} body: {exc}") from exc
-    raise requests.exceptions.ContentDecodingError(f"unsupported Content-Encoding {encoding!r}")
+    attempts = (16 + zlib.MAX_WBITS,) if coding != "deflate" else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    for index, wbits in enumerate(attempts):
+        inflater = zlib.decompressobj(wbits)
+        try:
+            plain = inflater.decompress(body, MAX_ANSWER_BYTES + 1)
+        except zlib.error as exc:
+            if index + 1 < len(attempts):
+                continue  # deflate sent raw, without its zlib header
+            raise requests.exceptions.ContentDecodingError(
+                f"undecodable {coding} body: {exc}"
+            ) from exc
+        if len(plain) > MAX_ANSWER_BYTES:
+            raise RequestsConnectionError(f"answer inflates past {MAX_ANSWER_BYTES} bytes")
+        return plain
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -319,6 +319,86 @@ def test_oversized_and_malformed_answers_are_connection_errors(
         post(session, garbage.url)
 
 
+def test_interim_answers_are_skipped_and_never_read_as_the_next_call(
+    serve: Callable[..., Server],
+) -> None:
+    """A 100 Continue (alone, or in one segment with the answer) is not the answer, and the
+    answer that follows it is not left for the next request to read."""
+
+    def continued(conn: Conn) -> None:
+        conn.read_request()
+        conn.sock.sendall(b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n")
+        time.sleep(0.1)
+        conn.sock.sendall(answer(b'{"link":1}'))
+        conn.read_request()
+        conn.sock.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n" + answer(b'{"link":2}'))
+        conn.read_request()
+
+    server = serve(continued)
+    session = KeptAliveSession()
+    first = post(session, server.url)
+    assert (first.status_code, first.reason, first.json()) == (200, "OK", {"link": 1})
+    assert "X-Interim" not in first.headers
+    assert post(session, server.url).json() == {"link": 2}
+    assert server.connections == 1
+
+
+def test_bytes_after_an_answer_never_merge_into_it_and_spoil_the_connection(
+    serve: Callable[..., Server],
+) -> None:
+    trailing = (
+        answer(b'{"retCode":0}') + answer(b'{"retCode":10016}', status="500 Internal Server Error"),
+        answer(b'{"retCode":0}') + b"HTTP/1.1 500 Inter",
+        answer(b'{"retCode":0}') + b"\x00garbage",
+    )
+    for data in trailing:
+        server = serve(forever(data))
+        session = KeptAliveSession()
+        response = post(session, server.url)
+        assert (response.status_code, response.reason) == (200, "OK")
+        assert response.json() == {"retCode": 0}
+        assert response.headers["Content-Length"] == "13"
+        post(session, server.url)
+        assert server.connections == 2  # the spoilt connection was not used again
+
+
+def test_an_upgrade_answer_is_its_status_and_the_connection_is_dropped(
+    serve: Callable[..., Server],
+) -> None:
+    """As http.client gives it (pybit then raises on a status other than 200); the socket
+    belongs to another protocol now."""
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    server = serve(forever(upgrade + b"\r\n\x81\x05hello"))
+    session = KeptAliveSession()
+    assert post(session, server.url).status_code == 101
+    post(session, server.url)
+    assert server.connections == 2
+
+
+def test_codings_are_taken_as_requests_takes_them(
+    serve: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    banned = serve(
+        forever(answer(b"denied", status="403 Forbidden", extra="Content-Encoding: br\r\n"))
+    )
+    empty = serve(forever(answer(b"", extra="Content-Encoding: gzip\r\n")))
+    response = post(KeptAliveSession(), banned.url)
+    assert (response.status_code, response.content) == (403, b"denied")  # the status counts
+    assert post(KeptAliveSession(), empty.url).content == b""
+    monkeypatch.setattr(transport, "MAX_ANSWER_BYTES", 1000)
+    bomb = serve(forever(answer(gzip.compress(b"0" * 100_000), extra="Content-Encoding: gzip\r\n")))
+    with pytest.raises(requests.ConnectionError, match="inflates past 1000 bytes"):
+        post(KeptAliveSession(), bomb.url)
+
+
+def test_a_session_header_set_to_none_is_not_sent(serve: Callable[..., Server]) -> None:
+    server = serve(forever(answer()))
+    session = KeptAliveSession()
+    session.headers["User-Agent"] = None  # type: ignore[assignment]  # requests' way to unset
+    post(session, server.url)
+    assert b"User-Agent" not in server.requests[0]
+
+
 def test_a_header_with_a_line_break_is_refused_before_sending(
     serve: Callable[..., Server],
 ) -> None:
@@ -337,6 +417,22 @@ def test_a_proxied_url_goes_through_requests(serve: Callable[..., Server]) -> No
     session.proxies = {"http": proxy.url}
     assert post(session, "http://venue.invalid").status_code == 200
     assert proxy.requests[0].startswith(b"POST http://venue.invalid/v5/order/create HTTP/1.1")
+
+
+def test_a_proxied_request_follows_a_redirect_like_requests(serve: Callable[..., Server]) -> None:
+    """The fallback to requests gets a request it can carry through a redirect."""
+    proxy = serve(
+        answering(
+            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://venue.invalid/v5/other\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            answer(),
+        )
+    )
+    session = KeptAliveSession()
+    session.proxies = {"http": proxy.url}
+    response = post(session, "http://venue.invalid")
+    assert (response.status_code, len(response.history)) == (200, 1)
+    assert proxy.requests[1].startswith(b"POST http://venue.invalid/v5/other HTTP/1.1")
 
 
 @pytest.fixture(scope="module")
