@@ -378,22 +378,24 @@ def _response(
 def _decoded(body: bytes, encoding: str) -> bytes:
     """The body before any gzip or deflate (identity was asked for; a server may not care).
     As requests: an empty body or an unknown coding is given as it came; a body that fails
-    to inflate, or would inflate past `MAX_ANSWER_BYTES`, raises."""
+    to inflate raises."""
     coding = encoding.strip().lower()
     if not body or coding not in ("gzip", "x-gzip", "deflate"):
         return body
-    attempts = (16 + zlib.MAX_WBITS,) if coding != "deflate" else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
-    for index, wbits in enumerate(attempts):
-        inflater = zlib.decompressobj(wbits)
+    try:
+        if coding != "deflate":
+            return _inflated(body, 16 + zlib.MAX_WBITS)
         try:
-            plain = inflater.decompress(body, MAX_ANSWER_BYTES + 1)
-        except zlib.error as exc:
-            if index + 1 < len(attempts):
-                continue  # deflate sent raw, without its zlib header
-            raise requests.exceptions.ContentDecodingError(
-                f"undecodable {coding} body: {exc}"
-            ) from exc
-        if len(plain) > MAX_ANSWER_BYTES:
-            raise RequestsConnectionError(f"answer inflates past {MAX_ANSWER_BYTES} bytes")
-        return plain
-    raise AssertionError("unreachable")  # pragma: no cover
+            return _inflated(body, zlib.MAX_WBITS)
+        except zlib.error:
+            return _inflated(body, -zlib.MAX_WBITS)  # deflate sent raw, without its header
+    except zlib.error as exc:
+        raise requests.exceptions.ContentDecodingError(f"undecodable {coding} body: {exc}") from exc
+
+
+def _inflated(body: bytes, window_bits: int) -> bytes:
+    """`body` inflated, bounded like an answer (a small body can inflate to gigabytes)."""
+    plain = zlib.decompressobj(window_bits).decompress(body, MAX_ANSWER_BYTES + 1)
+    if len(plain) > MAX_ANSWER_BYTES:
+        raise RequestsConnectionError(f"answer inflates past {MAX_ANSWER_BYTES} bytes")
+    return plain
