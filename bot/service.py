@@ -182,6 +182,8 @@ class Service:
         self._stop = asyncio.Event()
         self.sim_url = ""
         self.http_port = 0
+        #: The journal once opened: for what drives the bot in-process (`bot replay`).
+        self.journal: Journal | None = None
         self._simulator: SimExchange | None = None
         self._on_hangup: Callable[[], None] = lambda: None
 
@@ -417,6 +419,7 @@ class Service:
             logger.info("new journal at {path}", path=settings.journal_path.absolute())
         journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
         resources.callback(journal.close)
+        self.journal = journal
         journal.checkpoint_in_background()
         # The address's request count outlives the process (the journal's lock: one per dir).
         SHARED_IP_GATE.remember(settings.state_dir / IP_REQUESTS_FILE)

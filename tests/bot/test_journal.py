@@ -14,10 +14,12 @@ from bot.journal import DEFER_WINDOW_S, SCHEMA_VERSION, Journal, JournalError
 from bot.logs import logger
 from bot.messages import (
     Decline,
+    Execution,
     ExitOrder,
     OrderEvent,
     OrderStatus,
     RiskDecision,
+    Side,
     parse_signal,
 )
 from tests.conftest import wait_for
@@ -732,3 +734,24 @@ def test_a_version_4_journal_gains_the_lookup_indexes_and_the_venue_qty(tmp_path
     columns = {row[1] for row in journal._db.execute("PRAGMA table_info(orders)")}
     assert "venue_qty" in columns
     assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+
+
+def test_execution_count_counts_each_fill_once(journal: Journal) -> None:
+    def fill(exec_id: str) -> Execution:
+        return Execution(
+            exec_id=exec_id,
+            key_name="main",
+            order_id="o1",
+            order_link_id="l1",
+            symbol="BTCUSDT",
+            side=Side.BUY,
+            qty=Decimal("0.01"),
+            price=Decimal(97000),
+            fee=Decimal("0.05"),
+            ts=datetime.now(UTC),
+        )
+
+    assert journal.execution_count() == 0
+    for exec_id in ("e1", "e2", "e1"):  # the stream tells e1 twice
+        journal.record_execution(fill(exec_id), {"follow": Decimal("0.01")})
+    assert journal.execution_count() == 2 == journal.counts()["executions"]
