@@ -21,6 +21,7 @@ from typing import Any, Final, TextIO
 from rich.console import Console
 
 __all__ = [
+    "REPO_ROOT",
     "UNLIMITED_RISK",
     "Check",
     "Process",
@@ -29,6 +30,7 @@ __all__ = [
     "machine",
     "rss_mb",
     "run_started_at",
+    "this_tree",
     "wait_until",
 ]
 
@@ -176,6 +178,16 @@ def rss_mb(pid: int) -> float | None:
 
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+#: The tree these benchmarks belong to: the bot they start is this tree's.
+REPO_ROOT: Final = Path(__file__).resolve().parent.parent
+
+
+def this_tree(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with this tree first on PYTHONPATH, so that a `python -m bot` started in another
+    directory runs this tree's bot, not the installed package's (a benchmark run from another
+    checkout, to compare two versions, then measures that checkout's code)."""
+    path = os.pathsep.join(filter(None, (str(REPO_ROOT), env.get("PYTHONPATH", ""))))
+    return {**env, "PYTHONPATH": path}
 
 
 def run_started_at() -> str:

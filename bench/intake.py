@@ -78,6 +78,7 @@ from bench.common import (
     machine,
     rss_mb,
     run_started_at,
+    this_tree,
     wait_until,
 )
 from bot.app import DirectRoute, create_app
@@ -245,7 +246,7 @@ class _Bot:
             )
         self.config = work / "bot.toml"
         self.config.write_text(text)
-        self.env = {**os.environ, "BOT_WEBHOOK_SECRET_VOICEOFCHAIN": WEBHOOK_SECRET}
+        self.env = this_tree(os.environ) | {"BOT_WEBHOOK_SECRET_VOICEOFCHAIN": WEBHOOK_SECRET}
         for index, key in enumerate(keys):
             self.env[f"BOT_KEY_K{index}_API_KEY"] = key
             self.env[f"BOT_KEY_K{index}_API_SECRET"] = f"{key}-secret"
@@ -429,6 +430,7 @@ def _floor_endpoint() -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(  # noqa: S603 - our own module
         [sys.executable, "-m", "bench.intake", "--serve-floor", str(port)],
+        env=this_tree(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -41,6 +42,7 @@ from bench.common import (
     finish,
     machine,
     run_started_at,
+    this_tree,
 )
 
 __all__ = ["history_lines", "main", "run"]
@@ -157,6 +159,7 @@ def run(
             capture_output=True,
             text=True,
             cwd=work,
+            env=this_tree(os.environ),
             timeout=_TIMEOUT_S,
             check=False,
         )

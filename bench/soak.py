@@ -42,6 +42,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import (
+    REPO_ROOT,
     UNLIMITED_RISK,
     Check,
     Process,
@@ -62,7 +63,6 @@ STRATEGIES: Final = ("alpha", "beta", "gamma")
 WEBHOOK_SECRET_NAME: Final = "bot_webhook_secret_voiceofchain"  # noqa: S105 - a file name
 ORDER_CREATE_PER_S: Final = 10  # Bybit's (and the simulator's) per-key order/create limit
 STOP_DISTANCE: Final = Decimal("0.02")
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 HTTP_TIMEOUT_S: Final = 5.0
 PROCESS_START_TIMEOUT_S: Final = 30.0

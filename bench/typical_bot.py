@@ -76,6 +76,7 @@ from rich.table import Table
 from starlette.requests import ClientDisconnect
 
 from bench.common import (
+    REPO_ROOT,
     UNLIMITED_RISK,
     Check,
     Process,
@@ -123,7 +124,6 @@ STOP_DISTANCE: Final = Decimal("0.02")
 BALANCE_USDT: Final = Decimal(100_000)
 TRADINGVIEW_TIMEOUT_S: Final = 3.0
 TARGET_STALL_WAIT_MS: Final = 5.0
-REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 
 START_TIMEOUT_S: Final = 45.0
 STEADY_SENDER_TIMEOUT_S: Final = 10.0
