@@ -1501,7 +1501,8 @@ class Journal:
         return Tallies(tuple(map(tuple, decisions)), tuple(map(tuple, orders)))
 
     def execution_count(self) -> int:
-        """Fills journaled: `counts()`' one table a replay asks for after every record."""
+        """How many fills are journaled: the one count a replay asks for after every record
+        (`counts()` counts six tables)."""
         with self._lock:
             count: int = self._db.execute("SELECT COUNT(*) FROM executions").fetchone()[0]
         return count
