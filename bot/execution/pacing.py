@@ -21,6 +21,7 @@ gate holds them to `IP_REQUESTS_PER_WINDOW` in any 5 s.
 from __future__ import annotations
 
 import asyncio
+import math
 import mmap
 import os
 import struct
@@ -30,6 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+
+from bot.logs import logger
 
 __all__ = [
     "BYBIT_LIMITS_PER_S",
@@ -70,6 +73,10 @@ IP_WINDOW_S: Final = 5.0
 IP_REQUESTS_FILE: Final = "ip_requests.bin"
 _RING_SLOTS: Final = 1024
 _RING_SLOT: Final = struct.Struct("<d")
+#: Beside it, the wall-clock end of a ban the venue imposed (`IpGate.pause`), and the most of
+#: one a restart believes (a corrupt file, or a clock set back, never stops the bot for long).
+_BAN_SUFFIX: Final = ".ban"
+_MAX_REMEMBERED_BAN_S: Final = 3600.0
 _UNLIMITED: Final = 1_000_000
 _WINDOW_S: Final = 1.0
 #: Added to the window for clock granularity between us and the venue.
@@ -80,8 +87,13 @@ _POLL_S: Final = 0.005
 class PaceTooLong(Exception):
     """Room in the window is further away than the caller is willing to wait."""
 
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(f"the rate limit leaves no room for {wait_s:.1f} s")
+    def __init__(self, wait_s: float, *, banned: bool = False) -> None:
+        super().__init__(
+            f"the venue refuses this address (Bybit's IP limit) for another {wait_s:.0f} s;"
+            " nothing is sent until then"
+            if banned
+            else f"the rate limit leaves no room for {wait_s:.1f} s"
+        )
         self.wait_s = wait_s
 
 
@@ -100,6 +112,8 @@ class IpGate:
     #: the send times in a file as well (`remember`), and the slot the next one takes
     _ring: mmap.mmap | None = None
     _next: int = 0
+    #: where a ban's end is kept for the next run (`remember`)
+    _ban_file: Path | None = None
 
     def remember(self, path: Path) -> None:
         """Keep the send times in `path` too, and count those of an earlier run that are
@@ -118,15 +132,25 @@ class IpGate:
         recent = [now - (wall - when) for when in times if wall - self.window_s <= when <= wall]
         self._sent = deque(sorted([*self._sent, *recent]))
         self._ring, self._next = ring, (times.index(max(times)) + 1) % _RING_SLOTS
+        self._ban_file = path.with_suffix(_BAN_SUFFIX)
+        self.until = max(self.until, now + _ban_left_s(self._ban_file, wall))
 
     def forget(self) -> None:
         """Stop keeping the send times in a file."""
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        self._ban_file = None
 
     def pause(self, seconds: float) -> None:
-        self.until = max(self.until, self.clock() + seconds)
+        """Send nothing for `seconds` (a ban). Kept in the ban file too, when remembering: a
+        bot restarted during a ban would otherwise start with requests that prolong it."""
+        until = self.clock() + seconds
+        if until <= self.until:
+            return
+        self.until = until
+        if self._ban_file is not None:
+            _keep_ban_end(self._ban_file, time.time() + seconds)
 
     def paused_for(self) -> float:
         """Seconds left of a pause the venue imposed on this address (a ban: 10 minutes)."""
@@ -150,6 +174,28 @@ class IpGate:
         if self._ring is not None:
             _RING_SLOT.pack_into(self._ring, self._next * _RING_SLOT.size, time.time())
             self._next = (self._next + 1) % _RING_SLOTS
+
+
+def _ban_left_s(path: Path, wall: float) -> float:
+    """Seconds left of the ban `path` records (0: none, over, or unreadable), at most
+    `_MAX_REMEMBERED_BAN_S`."""
+    try:
+        end = float(path.read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return 0.0
+    left = end - wall
+    return min(left, _MAX_REMEMBERED_BAN_S) if math.isfinite(left) and left > 0 else 0.0
+
+
+def _keep_ban_end(path: Path, end: float) -> None:
+    """Write a ban's wall-clock end to `path` whole (a temporary file, then a rename); a
+    failure only loses the memory of it, so it is logged, never raised."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_text(repr(end), encoding="ascii")
+        os.replace(temporary, path)
+    except OSError as exc:
+        logger.warning("cannot keep the IP ban's end in {path}: {error}", path=path, error=exc)
 
 
 #: One process, one IP: every key's pacer shares this gate.
@@ -190,7 +236,7 @@ class RateWindow:
             while True:
                 wait = self._wait_s()
                 if wait > max_wait_s:
-                    raise PaceTooLong(wait)
+                    raise PaceTooLong(wait, banned=self.ip_gate.paused_for() > 0)
                 if wait <= 0:
                     slot = Slot()
                     self._slots.append(slot)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,47 @@ def test_requests_older_than_the_window_are_not_counted_again(tmp_path: Path) ->
 
     assert restarted.wait_s() == 0
     assert ring.stat().st_size == 1024 * 8  # grown to its ring, never emptied
+
+
+def test_a_restarted_process_keeps_to_a_ban_the_killed_one_was_given(tmp_path: Path) -> None:
+    """Requests sent during a ban prolong it: a bot killed and started again waits it out."""
+    ring = tmp_path / "ip_requests.bin"
+    killed = IpGate()
+    killed.remember(ring)
+    killed.pause(600)
+
+    restarted = IpGate()
+    restarted.remember(ring)
+
+    assert 595 < restarted.paused_for() <= 600
+    assert restarted.wait_s() == pytest.approx(restarted.paused_for(), abs=0.5)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "believed"),
+    [
+        (lambda now: f"{now - 5}", (0.0, 0.0)),  # over
+        (lambda now: "not a time", (0.0, 0.0)),  # unreadable
+        (lambda now: "nan", (0.0, 0.0)),
+        (lambda now: f"{now + 10 * 86400}", (3590.0, 3600.0)),  # a clock set back: capped
+    ],
+)
+def test_a_remembered_ban_that_is_over_or_unbelievable_stops_nothing_for_long(
+    tmp_path: Path, recorded: Callable[[float], str], believed: tuple[float, float]
+) -> None:
+    (tmp_path / "ip_requests.ban").write_text(recorded(time.time()))
+    gate = IpGate()
+    gate.remember(tmp_path / "ip_requests.bin")
+    low, high = believed
+    assert low <= gate.paused_for() <= high
+
+
+def test_a_shorter_pause_never_shortens_the_remembered_ban(tmp_path: Path) -> None:
+    ring = tmp_path / "ip_requests.bin"
+    gate = IpGate()
+    gate.remember(ring)
+    gate.pause(600)
+    gate.pause(30)  # a later 10006 of the whole address, say
+    restarted = IpGate()
+    restarted.remember(ring)
+    assert restarted.paused_for() > 590
