@@ -962,11 +962,8 @@ class Journal:
             if _nothing_new(committed, event):
                 return False
             current, filled, _ = committed
-            amended = (
-                current is event.status is not OrderStatus.SUBMITTING and filled == event.filled_qty
-            )
             try:
-                if not amended:
+                if not _same_progress(committed, event):  # else only the venue's qty moved
                     check_transition(
                         current, event.status, filled_before=filled, filled_after=event.filled_qty
                     )
@@ -1563,12 +1560,14 @@ _OrderState = tuple[OrderStatus, Decimal, Decimal]
 def _nothing_new(state: _OrderState, event: OrderEvent) -> bool:
     """Whether `event` repeats an order's state (a second report of it, or a look-up that
     found what the journal knows); a Submitting event never does (it counts an attempt)."""
-    status, filled, venue_qty = state
-    return (
-        status is event.status is not OrderStatus.SUBMITTING
-        and filled == event.filled_qty
-        and event.venue_qty in (None, venue_qty)
-    )
+    return _same_progress(state, event) and event.venue_qty in (None, state[2])
+
+
+def _same_progress(state: _OrderState, event: OrderEvent) -> bool:
+    """Whether `event` leaves an order's status and filled quantity as they are (what else it
+    may change: the quantity the venue holds); a Submitting event never does."""
+    status, filled, _ = state
+    return status is event.status is not OrderStatus.SUBMITTING and filled == event.filled_qty
 
 
 def _write_each(writes: Sequence[Callable[[], object]], failure: str) -> None:
