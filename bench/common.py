@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import signal
@@ -27,6 +28,7 @@ __all__ = [
     "Process",
     "cpu_seconds",
     "free_port",
+    "latency_ms",
     "machine",
     "rss_mb",
     "run_started_at",
@@ -188,6 +190,24 @@ def this_tree(env: Mapping[str, str]) -> dict[str, str]:
     checkout, to compare two versions, then measures that checkout's code)."""
     path = os.pathsep.join(filter(None, (str(REPO_ROOT), env.get("PYTHONPATH", ""))))
     return {**env, "PYTHONPATH": path}
+
+
+def latency_ms(nanoseconds: Sequence[int]) -> dict[str, float | int | None]:
+    """Nearest-rank p50/p99 and the max, in milliseconds (None without samples)."""
+    if not nanoseconds:
+        return {"n": 0, "p50": None, "p99": None, "max": None, "mean": None}
+    ordered = sorted(nanoseconds)
+
+    def rank(q: float) -> float:
+        return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)] / 1e6, 3)
+
+    return {
+        "n": len(ordered),
+        "p50": rank(0.50),
+        "p99": rank(0.99),
+        "max": round(ordered[-1] / 1e6, 3),
+        "mean": round(sum(ordered) / len(ordered) / 1e6, 3),
+    }
 
 
 def run_started_at() -> str:

@@ -36,7 +36,14 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import free_port, machine, run_started_at, wait_until, write_results
+from bench.common import (
+    free_port,
+    latency_ms,
+    machine,
+    run_started_at,
+    wait_until,
+    write_results,
+)
 from bot.venue.transport import KeptAliveSession
 
 __all__ = ["main", "run"]
@@ -127,14 +134,11 @@ def _timed_calls(place: Callable[[int], None], first: int, count: int) -> list[t
     return samples
 
 
-def _summary(samples: Sequence[tuple[int, int]]) -> dict[str, float | int]:
-    walls = sorted(wall for _, wall in samples)
+def _summary(samples: Sequence[tuple[int, int]]) -> dict[str, Any]:
     return {
         "calls": len(samples),
         "cpu_mean_ms": round(statistics.fmean(cpu for cpu, _ in samples) / 1e6, 3),
-        "wall_p50_ms": round(walls[len(walls) // 2] / 1e6, 3),
-        "wall_p99_ms": round(walls[min(len(walls) - 1, int(len(walls) * 0.99))] / 1e6, 3),
-        "wall_max_ms": round(walls[-1] / 1e6, 3),
+        "wall_ms": latency_ms([wall for _, wall in samples]),
     }
 
 
@@ -178,7 +182,7 @@ def run(calls: int = 2000, blocks: int = 10, warmup: int = 50) -> dict[str, Any]
     }
     floor, ours = report["requests"], report["kept-alive"]
     report["cpu_ratio"] = round(ours["cpu_mean_ms"] / floor["cpu_mean_ms"], 3)
-    report["wall_p50_saved_ms"] = round(floor["wall_p50_ms"] - ours["wall_p50_ms"], 3)
+    report["wall_p50_saved_ms"] = round(floor["wall_ms"]["p50"] - ours["wall_ms"]["p50"], 3)
     return report
 
 
@@ -187,14 +191,14 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for column in ("transport", "calls", "CPU mean", "wall p50", "wall p99", "wall max"):
         table.add_column(column)
     for name in TRANSPORTS:
-        row = report[name]
+        row, wall = report[name], report[name]["wall_ms"]
         table.add_row(
             name + (" (floor)" if name == "requests" else ""),
             str(row["calls"]),
             f"{row['cpu_mean_ms']:.3f}",
-            f"{row['wall_p50_ms']:.3f}",
-            f"{row['wall_p99_ms']:.3f}",
-            f"{row['wall_max_ms']:.3f}",
+            f"{wall['p50']:.3f}",
+            f"{wall['p99']:.3f}",
+            f"{wall['max']:.3f}",
         )
     console.print(table)
     console.print(

@@ -82,6 +82,7 @@ from bench.common import (
     Process,
     cpu_seconds,
     free_port,
+    latency_ms,
     machine,
     run_started_at,
     wait_until,
@@ -241,24 +242,6 @@ class TypicalBotOptions:
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def latency_ms(nanoseconds: Sequence[int]) -> dict[str, float | int | None]:
-    """Nearest-rank p50/p99 and the max, in milliseconds (None without samples)."""
-    if not nanoseconds:
-        return {"n": 0, "p50": None, "p99": None, "max": None, "mean": None}
-    ordered = sorted(nanoseconds)
-
-    def rank(q: float) -> float:
-        return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)] / 1e6, 3)
-
-    return {
-        "n": len(ordered),
-        "p50": rank(0.50),
-        "p99": rank(0.99),
-        "max": round(ordered[-1] / 1e6, 3),
-        "mean": round(sum(ordered) / len(ordered) / 1e6, 3),
-    }
 
 
 # --------------------------------------------------------------------------- the simulator
