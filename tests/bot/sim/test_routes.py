@@ -386,14 +386,15 @@ def test_limits_are_configurable_per_path(
 def test_an_ip_over_its_limit_stays_banned_after_the_window(
     start_sim: Callable[..., SimServer], connect: Callable[..., HTTP]
 ) -> None:
-    server = start_sim(ip_requests_per_5s=2, ip_window_ms=20, ip_ban_ms=60_000)
+    # A window long enough for three requests on a slow, shared host (20 ms was not).
+    server = start_sim(ip_requests_per_5s=2, ip_window_ms=500, ip_ban_ms=60_000)
     session = connect(server)
     session.get_server_time()
     session.get_server_time()
 
     with pytest.raises(FailedRequestError) as first:
         session.get_server_time()
-    time.sleep(0.05)  # the window is over; the ban is not
+    time.sleep(0.6)  # the window is over; the ban is not
     with pytest.raises(FailedRequestError) as later:
         session.get_server_time()
 
