@@ -387,7 +387,7 @@ class SimulatorConfig(BaseModel):
         description="Fee as a fraction of notional for resting limit orders the price reaches.",
     )
     market_fill_delay_ms: int = Field(
-        default=5,
+        default=0,
         ge=0,
         le=60_000,
         description="Time between an order's acknowledgement and its arrival at the matching "
