@@ -77,6 +77,7 @@ from bot.sim.params import (
     PlaceOrderParams,
     PositionQueryParams,
     PremiumKlineParams,
+    PriceLimitParams,
     RecentTradeParams,
     RiskLimitParams,
     SetLeverageParams,
@@ -554,6 +555,7 @@ def create_app(exchange: SimExchange) -> Starlette:
             gateway.public(exchange.premium_index_price_kline, PremiumKlineParams),
         ),
         ("/v5/market/risk-limit", gateway.public(exchange.risk_limit, RiskLimitParams)),
+        ("/v5/market/price-limit", gateway.public(exchange.price_limit, PriceLimitParams)),
         ("/v5/market/recent-trade", gateway.public(exchange.recent_trades, RecentTradeParams)),
         ("/v5/market/open-interest", gateway.public(exchange.open_interest, OpenInterestParams)),
         (

@@ -103,6 +103,16 @@ class InstrumentSpec(BaseModel):
     max_leverage: PositiveDecimal = Field(
         default=Decimal(100), description="Highest leverage accepted by set-leverage (x)."
     )
+    price_limit_ratio_x: PositiveDecimal = Field(
+        default=Decimal("0.01"),
+        description="riskParameters.priceLimitRatioX: how far above the mark price a buy may "
+        "trade (below it, a sell), as a fraction, before the book's premium is added.",
+    )
+    price_limit_ratio_y: PositiveDecimal = Field(
+        default=Decimal("0.02"),
+        description="riskParameters.priceLimitRatioY: the furthest any order may trade from "
+        "the mark price, as a fraction; at least priceLimitRatioX.",
+    )
 
     @model_validator(mode="after")
     def _quantities_consistent(self) -> Self:
@@ -112,6 +122,8 @@ class InstrumentSpec(BaseModel):
             raise ValueError("min_order_qty must be a multiple of qty_step")
         if self.max_leverage < 1:
             raise ValueError("max_leverage must be at least 1")
+        if not self.price_limit_ratio_x <= self.price_limit_ratio_y < 1:
+            raise ValueError("price limit ratios must satisfy 0 < x <= y < 1")
         return self
 
 

@@ -55,6 +55,7 @@ from bot.sim.params import (
     PlaceOrderParams,
     PositionQueryParams,
     PremiumKlineParams,
+    PriceLimitParams,
     RecentTradeParams,
     RiskLimitParams,
     SetLeverageParams,
@@ -76,6 +77,7 @@ from bot.sim.records import (
     MarginFigures,
     OrderRecord,
     PositionRecord,
+    PriceLimits,
     ResumedOrder,
     ResumedPosition,
 )
@@ -102,6 +104,7 @@ from bot.sim.views import (
     position_stream_view,
     position_view,
     premium_kline_rows,
+    price_limit_view,
     public_trade_stream_view,
     public_trade_view,
     risk_limit_view,
@@ -450,6 +453,14 @@ class SimExchange:
             if symbol not in self._config.instruments:
                 return None
             return self._book_updates, self._ticker_row(symbol)
+
+    def price_limit_row(self, symbol: str) -> dict[str, str] | None:
+        """The symbol's order price limit as `priceLimit.{symbol}` pushes it; None for an
+        unlisted symbol."""
+        with self._lock:
+            if symbol not in self._config.instruments:
+                return None
+            return price_limit_view(symbol, self._price_limits(symbol))
 
     def account_label(self, api_key: str) -> tuple[int, str] | None:
         """The key's account UID and key note (what the admin views show instead of the key)."""
@@ -917,6 +928,39 @@ class SimExchange:
         rows = [instrument_view(symbol, self._config.instruments[symbol]) for symbol in symbols]
         page, cursor = _page(rows, params.limit, params.cursor)
         return {"category": params.category, "list": page, "nextPageCursor": cursor}
+
+    def price_limit(self, params: PriceLimitParams) -> dict[str, Any]:
+        """`GET /v5/market/price-limit`: the highest price a buy may trade at now, and the
+        lowest a sell may (linear only: the simulator lists no other market)."""
+        if params.category != "linear":
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                f"Not supported symbols: the simulator lists no {params.category} market",
+            )
+        with self._lock:
+            limits = self._price_limits(params.symbol)
+        return {**price_limit_view(params.symbol, limits), "ts": str(self.now_ms())}
+
+    def _price_limits(self, symbol: str) -> PriceLimits:
+        """Bybit's order price limit of a perpetual (lock held; an unlisted symbol: 10001):
+
+            highest buy = min(mark x (1 + Y), max(index, mark x (1 + X) + max(0, premium)))
+            lowest sell = max(mark x (1 - Y), min(index, mark x (1 - X) + min(0, premium)))
+
+        X and Y are the instrument's ratios, the premium the book's mid price less the mark.
+        The simulator's mark and index are its last price and its premium is the one of the
+        moment (Bybit averages 30 s of it). Rounded inwards to the tick."""
+        spec = self._instrument(symbol)
+        mark = self._prices[symbol]
+        bid, ask = self._quote(symbol)
+        premium = (bid + ask) / 2 - mark
+        x, y = spec.price_limit_ratio_x, spec.price_limit_ratio_y
+        buy = min(mark * (1 + y), max(mark, mark * (1 + x) + max(ZERO, premium)))
+        sell = max(mark * (1 - y), min(mark, mark * (1 - x) + min(ZERO, premium)))
+        tick = spec.tick_size
+        return PriceLimits(
+            buy=to_tick(buy, tick, up=False), sell=max(to_tick(sell, tick, up=True), tick)
+        )
 
     def risk_limit(self, params: RiskLimitParams) -> dict[str, Any]:
         """`GET /v5/market/risk-limit`: one tier per listed symbol (the simulator has one);
@@ -1897,15 +1941,16 @@ class SimExchange:
 
     def _taker_price(self, order: OrderRecord) -> Decimal:
         """Where a taker piece trades: the far side of the book plus slippage, never beyond
-        a limit order's price."""
+        the order's price (a market order's: its price limit)."""
         bid, ask = self._quote(order.symbol)
         tick = self._config.instruments[order.symbol].tick_size
         slip = self._config.slippage_bps / _BPS
+        limit = order.limit_price
         if order.side == "Buy":
             price = to_tick(ask * (1 + slip), tick, up=True)
-            return min(price, order.price) if order.price is not None else price
+            return min(price, limit) if limit is not None else price
         price = max(to_tick(bid * (1 - slip), tick, up=False), tick)
-        return max(price, order.price) if order.price is not None else price
+        return max(price, limit) if limit is not None else price
 
     def _check_qty(self, symbol: str, qty: Decimal) -> None:
         spec = self._config.instruments[symbol]
@@ -2143,7 +2188,10 @@ class SimExchange:
     # ----------------------------------------------------------------- matching (lock held)
 
     def _submit(self, account: AccountRecord, order: OrderRecord) -> None:
-        """Book an acknowledged order (status New, margin reserved) and schedule its arrival."""
+        """Book an acknowledged order (status New, margin reserved) and schedule its arrival.
+        A market order gets its price, the order price limit of this moment."""
+        if order.price is None:
+            order.price_limit = self._price_limits(order.symbol).of(order.side)
         account.orders[order.order_id] = order
         if order.order_link_id:
             account.link_ids[order.order_link_id] = order.order_id
@@ -2159,9 +2207,10 @@ class SimExchange:
         if not order.is_open or order.arrived:
             return
         order.arrived = True
-        if order.price is not None:
+        limit = order.limit_price
+        if limit is not None:  # a market order is an IOC limit at its price limit
             bid, ask = self._quote(order.symbol)
-            marketable = ask <= order.price if order.side == "Buy" else bid >= order.price
+            marketable = ask <= limit if order.side == "Buy" else bid >= limit
             if not marketable:
                 if order.time_in_force == "IOC":
                     self._close(account, order, reject_reason="EC_NoImmediateQtyToFill")

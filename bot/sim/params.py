@@ -41,6 +41,7 @@ __all__ = [
     "OrderbookParams",
     "PlaceOrderParams",
     "PositionQueryParams",
+    "PriceLimitParams",
     "RecentTradeParams",
     "SetLeverageParams",
     "SetMarginModeParams",
@@ -240,6 +241,14 @@ class RiskLimitParams(_Params):
 
     category: DerivativesCategory
     symbol: str | None = None
+
+
+class PriceLimitParams(_Params):
+    """`GET /v5/market/price-limit`: category spot, linear (the default) or inverse; symbol
+    required."""
+
+    category: Annotated[str, BeforeValidator(_one_of("spot", "linear", "inverse"))] = "linear"
+    symbol: str
 
 
 class RecentTradeParams(_Params):

@@ -21,6 +21,7 @@ __all__ = [
     "MarginFigures",
     "OrderRecord",
     "PositionRecord",
+    "PriceLimits",
 ]
 
 ZERO = Decimal(0)
@@ -73,10 +74,19 @@ class OrderRecord:
     visible_from_ms: int = 0
     #: Taker pieces still to execute after this one (partial fills).
     pieces_left: int = 1
+    #: A market order's price, once sent: Bybit turns it into an IOC limit order at the
+    #: order price limit of that moment (the most a buy may pay, the least a sell may take).
+    price_limit: Decimal | None = None
 
     @property
     def is_open(self) -> bool:
         return self.status in _OPEN_STATUSES
+
+    @property
+    def limit_price(self) -> Decimal | None:
+        """The furthest price the order may trade at: its own, or a market order's price
+        limit once it is sent (None before)."""
+        return self.price if self.price is not None else self.price_limit
 
     @property
     def leaves_qty(self) -> Decimal:
@@ -137,6 +147,17 @@ class ResumedOrder:
     reduce_only: bool
     take_profit: Decimal | None
     stop_loss: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class PriceLimits:
+    """An order price limit: the highest price a buy may trade at, the lowest a sell may."""
+
+    buy: Decimal
+    sell: Decimal
+
+    def of(self, side: str) -> Decimal:
+        return self.buy if side == "Buy" else self.sell
 
 
 @dataclass(frozen=True, slots=True)

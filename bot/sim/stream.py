@@ -10,6 +10,7 @@
     time; depth 1 sends snapshots only, as Bybit's does;
   - `kline.{interval}.{symbol}`: the open candle (`confirm` false); when a new one opens, the
     one that closed first, `confirm` true;
+  - `priceLimit.{symbol}`: the order price limit, on subscribe and on every price change;
   - and on every fill of any account, `publicTrade.{symbol}`.
 
 The exchange calls the hub (a `StreamSink`) with its lock held, from a request on the server's
@@ -105,7 +106,7 @@ class _PublicTopic:
         kind, symbol = parts[0], parts[-1]
         if symbol not in symbols:
             return None
-        if len(parts) == 2 and kind in ("tickers", "publicTrade"):
+        if len(parts) == 2 and kind in ("tickers", "publicTrade", "priceLimit"):
             return cls(kind, symbol)
         if len(parts) == 3 and kind == "kline" and parts[1] in KLINE_INTERVALS:
             return cls(kind, symbol, parts[1])
@@ -489,6 +490,9 @@ class StreamHub:
         if public.kind == "kline":
             self._send_candles(conn, topic, public, self._exchange.now_ms())
             return
+        if public.kind == "priceLimit":
+            self._send_price_limit(conn, topic, self._exchange.price_limit_row(public.symbol))
+            return
         if public.kind != "tickers":
             return  # publicTrade: no snapshot, the next fill
         symbol = public.symbol
@@ -528,6 +532,7 @@ class StreamHub:
     def _deliver_market_data(self, symbol: str, cs: int, row: dict[str, str], ts: int) -> None:
         self._deliver_ticker(symbol, cs, row, ts)
         books: dict[int, dict[str, Any]] = {}  # by depth: built once for all connections
+        limits: list[dict[str, str] | None] = []  # the price limit, read once if listened to
         for conn in list(self._connections.values()):
             for topic in [topic for topic in conn.topics if topic.endswith("." + symbol)]:
                 public = self._public(topic)
@@ -535,6 +540,17 @@ class StreamHub:
                     self._send_book(conn, topic, int(public.detail), ts, books)
                 elif public.kind == "kline":
                     self._send_candles(conn, topic, public, ts)
+                elif public.kind == "priceLimit":
+                    if not limits:
+                        limits.append(self._exchange.price_limit_row(symbol))
+                    self._send_price_limit(conn, topic, limits[0])
+
+    def _send_price_limit(self, conn: _Connection, topic: str, row: dict[str, str] | None) -> None:
+        """`priceLimit.{symbol}`: Bybit pushes it every 300 ms; the simulator on every price
+        change, and on subscribe."""
+        if row is not None:
+            message = {"topic": topic, "ts": self._exchange.now_ms(), "data": row}
+            self._enqueue(conn, _dumps(message), pushed=True)
 
     def _send_book(
         self, conn: _Connection, topic: str, depth: int, ts: int, books: dict[int, dict[str, Any]]

@@ -24,6 +24,7 @@ from bot.sim.records import (
     MarginFigures,
     OrderRecord,
     PositionRecord,
+    PriceLimits,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "position_stream_view",
     "position_view",
     "premium_kline_rows",
+    "price_limit_view",
     "public_trade_stream_view",
     "public_trade_view",
     "risk_limit_view",
@@ -118,7 +120,8 @@ def order_view(order: OrderRecord) -> dict[str, Any]:
         "orderLinkId": order.order_link_id,
         "blockTradeId": "",
         "symbol": order.symbol,
-        "price": fmt(order.price) if order.price is not None else "0",
+        # A market order is an IOC limit at its price limit, and shows that price (once sent).
+        "price": _fmt_optional(order.limit_price) or "0",
         "qty": fmt(order.qty),
         "side": order.side,
         "isLeverage": "",
@@ -642,7 +645,17 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
         "lowerFundingRate": "-0.005",
         "isPreListing": False,
         "preListingInfo": None,
+        "riskParameters": {
+            "priceLimitRatioX": fmt(spec.price_limit_ratio_x),
+            "priceLimitRatioY": fmt(spec.price_limit_ratio_y),
+        },
     }
+
+
+def price_limit_view(symbol: str, limits: PriceLimits) -> dict[str, str]:
+    """An order price limit as `/v5/market/price-limit` answers it and `priceLimit.{symbol}`
+    pushes it (without `ts`)."""
+    return {"symbol": symbol, "buyLmt": fmt(limits.buy), "sellLmt": fmt(limits.sell)}
 
 
 def ticker_view(

@@ -551,6 +551,62 @@ def test_risk_limit_lists_the_one_tier_positions_report(server: SimServer, sessi
     assert _public(server, path, category="linear", symbol="NOPEUSDT")["retCode"] == 10001
 
 
+def test_price_limit_is_the_mark_moved_by_ratio_x_rounded_inwards(
+    server: SimServer, session: HTTP
+) -> None:
+    (btc,) = session.get_instruments_info(category="linear", symbol="BTCUSDT")["result"]["list"]
+    at_97000 = session.get_price_limit(category="linear", symbol="BTCUSDT")["result"]
+    server.exchange.set_prices({"BTCUSDT": "97000.3"})
+    rounded = session.get_price_limit(symbol="BTCUSDT")["result"]  # category: linear
+
+    assert btc["riskParameters"] == {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"}
+    assert (at_97000["symbol"], at_97000["buyLmt"], at_97000["sellLmt"]) == (
+        "BTCUSDT",
+        "97970",
+        "96030",
+    )
+    assert at_97000["ts"].isdigit()
+    # 97970.303 and 96030.297: the limits never let an order past the ratio
+    assert (rounded["buyLmt"], rounded["sellLmt"]) == ("97970.3", "96030.3")
+
+
+def test_price_limit_parameters_are_checked(server: SimServer) -> None:
+    path = "/v5/market/price-limit"
+    assert _public(server, path)["retCode"] == 10001  # symbol is required
+    assert _public(server, path, symbol="NOPEUSDT")["retCode"] == 10001
+    assert _public(server, path, category="spot", symbol="BTCUSDT")["retCode"] == 10001
+    assert _public(server, path, category="option", symbol="BTCUSDT")["retCode"] == 10001
+
+
+def test_a_market_order_is_an_ioc_limit_at_its_price_limit(
+    start_sim: StartSim, connect: Callable[..., HTTP]
+) -> None:
+    server = start_sim(slippage_bps=300)  # 3 % past the book: beyond the 1 % limit
+    session = connect(server)
+    buy = _market(session, "Buy", "0.01")
+    settle(server)
+    sell = _market(session, "Sell", "0.01")
+    settle(server)
+
+    listed = session.get_order_history(category="linear", symbol="BTCUSDT")["result"]["list"]
+    orders = {order["orderId"]: order for order in listed}
+    assert (orders[buy]["price"], orders[buy]["timeInForce"]) == ("97970", "IOC")
+    assert Decimal(orders[buy]["avgPrice"]) == Decimal("97970")
+    assert orders[sell]["price"] == "96030"
+    assert Decimal(orders[sell]["avgPrice"]) == Decimal("96030")
+
+
+def test_a_market_order_within_its_limit_trades_at_the_book(
+    session: HTTP, server: SimServer
+) -> None:
+    order_id = _market(session, "Buy", "0.01")
+    settle(server)
+
+    (order,) = session.get_order_history(category="linear", orderId=order_id)["result"]["list"]
+    assert order["orderStatus"] == "Filled"
+    assert (order["price"], Decimal(order["avgPrice"])) == ("97970", Decimal(97000))
+
+
 def test_open_interest_is_what_the_accounts_hold_as_tickers_report_it(
     server: SimServer, connect: Callable[..., HTTP]
 ) -> None:

@@ -387,6 +387,21 @@ def test_a_price_walk_streams_deltas(
     assert [d["cs"] for d in deltas] == sorted(d["cs"] for d in deltas)
 
 
+def test_price_limit_is_sent_on_subscribe_and_on_a_price_change(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket]
+) -> None:
+    sock = raw("/v5/public/linear")
+    subscribed = _ask(sock, {"op": "subscribe", "args": ["priceLimit.BTCUSDT"]})
+    first = json.loads(sock.recv())
+    server.exchange.set_prices({"BTCUSDT": "100000"})
+    moved = json.loads(sock.recv())
+
+    assert subscribed["success"] is True
+    assert first["topic"] == "priceLimit.BTCUSDT" and isinstance(first["ts"], int)
+    assert first["data"] == {"symbol": "BTCUSDT", "buyLmt": "97970", "sellLmt": "96030"}
+    assert moved["data"] == {"symbol": "BTCUSDT", "buyLmt": "101000", "sellLmt": "99000"}
+
+
 def test_pybit_keeps_the_book_of_snapshot_and_deltas_equal_to_the_rest_book(
     server: SimServer, open_ws: Callable[..., SimWebSocket], http: HTTP
 ) -> None:
