@@ -403,7 +403,8 @@ def test_an_ip_over_its_limit_stays_banned_after_the_window(
 
 
 def test_an_ip_ban_ends(start_sim: Callable[..., SimServer], connect: Callable[..., HTTP]) -> None:
-    server = start_sim(ip_requests_per_5s=1, ip_window_ms=20, ip_ban_ms=20)
+    # A window long enough for two requests on a slow, shared host (20 ms was not).
+    server = start_sim(ip_requests_per_5s=1, ip_window_ms=500, ip_ban_ms=50)
     session = connect(server)
     session.get_server_time()
     with pytest.raises(FailedRequestError):
