@@ -442,11 +442,11 @@ class Journal:
         self._lock = threading.RLock()  # write_all holds it around writes that take it too
         self._writer_lock = threading.Lock()
         self._writer: ThreadPoolExecutor | None = None
-        self._deferred: list[Callable[[], object]] = []  # by `defer`, for the journal's thread
+        # By `defer`, for the journal's thread: each write, with the order it reports on.
+        self._deferred: list[tuple[Callable[[], object], str | None]] = []
         # The orders (by orderLinkId) `defer` was told a waiting or unfinished write reports
         # on, with how many such writes: see `open_orders_written`.
         self._unwritten_orders: Counter[str] = Counter()
-        self._deferred_orders: list[str] = []  # those of `_deferred`
         # The unfinished orders as committed, kept in memory for readers on the event loop
         # (and for telling a repeated report): a transaction's orders take the state its
         # writes returned once it commits.
@@ -589,10 +589,9 @@ class Journal:
         written, `open_orders_written` writes it first.
         """
         with self._writer_lock:
-            self._deferred.append(write)
+            self._deferred.append((write, order_link_id))
             first = len(self._deferred) == 1
             if order_link_id is not None:
-                self._deferred_orders.append(order_link_id)
                 self._unwritten_orders[order_link_id] += 1
         if first:
             asyncio.get_running_loop().call_later(DEFER_WINDOW_S, self.write_deferred)
@@ -623,17 +622,17 @@ class Journal:
         """Hand the deferred writes to the journal's thread (the writer lock held), as one
         piece of work: one hand-over and one transaction for all."""
         deferred, self._deferred = self._deferred, []
-        orders, self._deferred_orders = self._deferred_orders, []
         if deferred:
-            writer.submit(self._write_deferred_batch, deferred, orders)
+            writer.submit(self._write_deferred_batch, deferred)
 
     def _write_deferred_batch(
-        self, writes: Sequence[Callable[[], object]], orders: list[str]
+        self, deferred: Sequence[tuple[Callable[[], object], str | None]]
     ) -> None:
         """On the journal's thread: a batch of deferred writes; then its orders' reports are
         no longer waiting (written, or failed and logged)."""
+        orders = [link for _, link in deferred if link is not None]
         try:
-            self.write_all(writes, "a deferred journal write failed")
+            self.write_all([write for write, _ in deferred], "a deferred journal write failed")
         finally:
             with self._writer_lock:
                 self._unwritten_orders.subtract(orders)
