@@ -192,22 +192,49 @@ def this_tree(env: Mapping[str, str]) -> dict[str, str]:
     return {**env, "PYTHONPATH": path}
 
 
+@dataclass(frozen=True)
+class Spread:
+    """How a set of durations spreads: their count, nearest-rank p50 and p99, max and mean,
+    in one unit (3 decimals). Every benchmark summarises durations with this one definition."""
+
+    n: int
+    p50: float
+    p99: float
+    max: float
+    mean: float
+
+    @classmethod
+    def of(cls, nanoseconds: Sequence[int], unit_ns: float) -> Spread | None:
+        """The spread of `nanoseconds` in units of `unit_ns` (1e6: ms); None without any."""
+        if not nanoseconds:
+            return None
+        ordered = sorted(nanoseconds)
+
+        def rank(q: float) -> float:
+            return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)] / unit_ns, 3)
+
+        return cls(
+            n=len(ordered),
+            p50=rank(0.50),
+            p99=rank(0.99),
+            max=round(ordered[-1] / unit_ns, 3),
+            mean=round(sum(ordered) / len(ordered) / unit_ns, 3),
+        )
+
+    def named(self, suffix: str) -> dict[str, float | int]:
+        """As a report's fields: `n`, then `p50{suffix}`, `p99{suffix}`, `max...`, `mean...`."""
+        return {
+            "n": self.n,
+            **{f"{name}{suffix}": getattr(self, name) for name in ("p50", "p99", "max", "mean")},
+        }
+
+
 def latency_ms(nanoseconds: Sequence[int]) -> dict[str, float | int | None]:
-    """Nearest-rank p50/p99 and the max, in milliseconds (None without samples)."""
-    if not nanoseconds:
+    """Nearest-rank p50/p99, the max and the mean, in milliseconds (None without samples)."""
+    spread = Spread.of(nanoseconds, 1e6)
+    if spread is None:
         return {"n": 0, "p50": None, "p99": None, "max": None, "mean": None}
-    ordered = sorted(nanoseconds)
-
-    def rank(q: float) -> float:
-        return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)] / 1e6, 3)
-
-    return {
-        "n": len(ordered),
-        "p50": rank(0.50),
-        "p99": rank(0.99),
-        "max": round(ordered[-1] / 1e6, 3),
-        "mean": round(sum(ordered) / len(ordered) / 1e6, 3),
-    }
+    return dict(spread.named(""))
 
 
 def run_started_at() -> str:

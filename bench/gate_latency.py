@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import statistics
 import sys
 import time
 from collections import deque
@@ -30,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import (
+    Spread,
     run_started_at,
     write_results,
 )
@@ -135,15 +135,10 @@ def _timed(
     return samples
 
 
-def _summary(samples: list[int]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "n": len(ordered),
-        "p50_us": ordered[len(ordered) // 2] / 1000,
-        "p99_us": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1000,
-        "max_us": ordered[-1] / 1000,
-        "mean_us": statistics.fmean(ordered) / 1000,
-    }
+def _summary(samples: list[int]) -> dict[str, float | int]:
+    spread = Spread.of(samples, 1e3)
+    assert spread is not None  # every run times at least one decision
+    return spread.named("_us")
 
 
 def run(decisions: int, seed: int = 7) -> dict[str, object]:

@@ -46,7 +46,6 @@ import secrets
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,7 @@ from rich.table import Table
 
 from bench.common import (
     UNLIMITED_RISK,
+    Spread,
     cpu_seconds,
     finish,
     free_port,
@@ -140,17 +140,12 @@ def _process_stats(pid: int) -> tuple[float, float]:
     return rss, cpu
 
 
-def _summary(samples_ns: Sequence[int]) -> dict[str, float]:
-    if not samples_ns:
-        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
-    ordered = sorted(samples_ns)
-    return {
-        "n": len(ordered),
-        "p50_ms": ordered[len(ordered) // 2] / _MS,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / _MS,
-        "max_ms": ordered[-1] / _MS,
-        "mean_ms": statistics.fmean(ordered) / _MS,
-    }
+def _summary(samples_ns: Sequence[int]) -> dict[str, float | int]:
+    spread = Spread.of(samples_ns, _MS)
+    if spread is None:
+        nan = float("nan")
+        return {"n": 0, "p50_ms": nan, "p99_ms": nan, "max_ms": nan, "mean_ms": nan}
+    return spread.named("_ms")
 
 
 class _Simulator:

@@ -59,6 +59,7 @@ from rich.table import Table
 
 from bench.common import (
     Check,
+    Spread,
     run_started_at,
     write_results,
 )
@@ -179,20 +180,10 @@ class Latency:
 
     @classmethod
     def of(cls, nanoseconds: Sequence[int]) -> Latency:
-        if not nanoseconds:
+        spread = Spread.of(nanoseconds, 1e6)
+        if spread is None:
             return cls(0, math.nan, math.nan, math.nan, math.nan)
-        ordered = sorted(nanoseconds)
-
-        def rank(q: float) -> float:
-            return ordered[max(0, math.ceil(q * len(ordered)) - 1)] / 1e6
-
-        return cls(
-            count=len(ordered),
-            p50_ms=round(rank(0.50), 3),
-            p99_ms=round(rank(0.99), 3),
-            max_ms=round(ordered[-1] / 1e6, 3),
-            mean_ms=round(sum(ordered) / len(ordered) / 1e6, 3),
-        )
+        return cls(spread.n, spread.p50, spread.p99, spread.max, spread.mean)
 
 
 @dataclass
