@@ -17,9 +17,9 @@ state directory (never the configured journal), a free loopback port, the simula
 here with the first price points and Bybit's per-second limits lifted (they bind wall-clock
 seconds, and a replay packs a month into a few of them: the gate's own limits, on the virtual
 clock, still apply), orders reaching the simulator's matching engine at once whatever the
-configuration sets (its `market_fill_delay_ms` is wall-clock time too), prices read fresh for every signal (no
-`market_cache_s`: the next record may be hours later), no MQTT, and no notifications (a
-month of replayed fills is not news for the operator's phone).
+configuration sets (its `market_fill_delay_ms` is wall-clock time too), prices read fresh for
+every signal (no `market_cache_s`: the next record may be hours later), no MQTT, and no
+notifications (a month of replayed fills is not news for the operator's phone).
 """
 
 from __future__ import annotations

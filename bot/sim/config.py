@@ -122,6 +122,10 @@ class InstrumentSpec(BaseModel):
             raise ValueError("min_order_qty must be a multiple of qty_step")
         if self.max_leverage < 1:
             raise ValueError("max_leverage must be at least 1")
+        return self
+
+    @model_validator(mode="after")
+    def _price_limit_ordered(self) -> Self:
         if not self.price_limit_ratio_x <= self.price_limit_ratio_y < 1:
             raise ValueError("price limit ratios must satisfy 0 < x <= y < 1")
         return self
@@ -517,6 +521,14 @@ class SimulatorConfig(BaseModel):
                 raise ValueError(
                     f"default_leverage {self.default_leverage} exceeds {symbol} max_leverage "
                     f"{spec.max_leverage}"
+                )
+            # A market order trades up to its price limit, mark x (1 + X): the ask must fit.
+            room = self.prices[symbol] * (spec.price_limit_ratio_x - self.spread_bps / 20_000)
+            if room < spec.tick_size:
+                raise ValueError(
+                    f"spread_bps {self.spread_bps} puts {symbol}'s ask at or past its price "
+                    f"limit (price_limit_ratio_x {spec.price_limit_ratio_x}), where no market "
+                    "order could fill: narrow the spread or raise the ratio"
                 )
         keys = [account.api_key for account in self.accounts]
         if len(keys) != len(set(keys)):

@@ -947,9 +947,11 @@ class SimExchange:
             highest buy = min(mark x (1 + Y), max(index, mark x (1 + X) + max(0, premium)))
             lowest sell = max(mark x (1 - Y), min(index, mark x (1 - X) + min(0, premium)))
 
-        X and Y are the instrument's ratios, the premium the book's mid price less the mark.
-        The simulator's mark and index are its last price and its premium is the one of the
-        moment (Bybit averages 30 s of it). Rounded inwards to the tick."""
+        X and Y are the instrument's ratios, the premium the book's mid price less the mark
+        (Bybit's weight on it, alpha, 1 by default, is 1 here; Bybit averages 30 s of premium, the
+        simulator takes the moment's). The simulator's mark and index are its last price and
+        its book is symmetric around it, so the premium is zero but for the book's rounding to
+        the tick and the limits come to mark x (1 +- X). Rounded inwards to the tick."""
         spec = self._instrument(symbol)
         mark = self._prices[symbol]
         bid, ask = self._quote(symbol)
@@ -1945,12 +1947,12 @@ class SimExchange:
         bid, ask = self._quote(order.symbol)
         tick = self._config.instruments[order.symbol].tick_size
         slip = self._config.slippage_bps / _BPS
-        limit = order.limit_price
+        worst = order.worst_price
         if order.side == "Buy":
             price = to_tick(ask * (1 + slip), tick, up=True)
-            return min(price, limit) if limit is not None else price
+            return min(price, worst) if worst is not None else price
         price = max(to_tick(bid * (1 - slip), tick, up=False), tick)
-        return max(price, limit) if limit is not None else price
+        return max(price, worst) if worst is not None else price
 
     def _check_qty(self, symbol: str, qty: Decimal) -> None:
         spec = self._config.instruments[symbol]
@@ -2207,19 +2209,15 @@ class SimExchange:
         if not order.is_open or order.arrived:
             return
         order.arrived = True
-        limit = order.limit_price
-        if limit is not None:  # a market order is an IOC limit at its price limit
-            bid, ask = self._quote(order.symbol)
-            marketable = ask <= limit if order.side == "Buy" else bid >= limit
-            if not marketable:
-                if order.time_in_force == "IOC":
-                    self._close(account, order, reject_reason="EC_NoImmediateQtyToFill")
-                elif order.time_in_force == "FOK":
-                    self._close(account, order, reject_reason="EC_NoEnoughQtyToFill")
-                return  # GTC and PostOnly rest on the book
-            if order.time_in_force == "PostOnly":
-                self._close(account, order, reject_reason="EC_PostOnlyWillTakeLiquidity")
-                return
+        if not self._marketable(order):
+            if order.time_in_force == "IOC":  # every market order is
+                self._close(account, order, reject_reason="EC_NoImmediateQtyToFill")
+            elif order.time_in_force == "FOK":
+                self._close(account, order, reject_reason="EC_NoEnoughQtyToFill")
+            return  # GTC and PostOnly rest on the book
+        if order.time_in_force == "PostOnly":
+            self._close(account, order, reject_reason="EC_PostOnlyWillTakeLiquidity")
+            return
         pieces = self._config.partial_fills
         if pieces > 1 and order.time_in_force != "FOK":
             if self._fill_rng.random() >= self._config.partial_fill_probability:
@@ -2229,10 +2227,24 @@ class SimExchange:
         order.pieces_left = pieces
         self._take(account, order)
 
+    def _marketable(self, order: OrderRecord) -> bool:
+        """Whether the book's far side is within the order's worst price (a market order's:
+        its price limit; Bybit matches it as an IOC limit order there)."""
+        worst = order.worst_price
+        if worst is None:
+            return True
+        bid, ask = self._quote(order.symbol)
+        return ask <= worst if order.side == "Buy" else bid >= worst
+
     def _take(self, account: AccountRecord, order: OrderRecord) -> None:
         """Execute one taker piece of the order at the current bid/ask."""
         if not order.is_open:
             return
+        if not self._marketable(order):  # the price moved past it since the last piece
+            order.pieces_left = 0
+            if order.time_in_force == "IOC":  # every market order is
+                self._close(account, order, reject_reason="EC_NoImmediateQtyToFill")
+            return  # a GTC limit order rests on the book with what is left
         step = self._config.instruments[order.symbol].qty_step
         leaves = order.leaves_qty
         qty = leaves

@@ -83,9 +83,9 @@ class OrderRecord:
         return self.status in _OPEN_STATUSES
 
     @property
-    def limit_price(self) -> Decimal | None:
-        """The furthest price the order may trade at: its own, or a market order's price
-        limit once it is sent (None before)."""
+    def worst_price(self) -> Decimal | None:
+        """The worst price the order may trade at: its own, or a market order's price limit
+        once it is sent (None before)."""
         return self.price if self.price is not None else self.price_limit
 
     @property

@@ -10,7 +10,7 @@
     time; depth 1 sends snapshots only, as Bybit's does;
   - `kline.{interval}.{symbol}`: the open candle (`confirm` false); when a new one opens, the
     one that closed first, `confirm` true;
-  - `priceLimit.{symbol}`: the order price limit, on subscribe and on every price change;
+  - `priceLimit.{symbol}`: the order price limit, on subscribe and when a price change moves it;
   - and on every fill of any account, `publicTrade.{symbol}`.
 
 The exchange calls the hub (a `StreamSink`) with its lock held, from a request on the server's
@@ -83,6 +83,8 @@ class _Connection:
     books: dict[str, tuple[int, dict[str, str], dict[str, str]]] = field(default_factory=dict)
     #: Start of the candle last sent per kline topic.
     candles: dict[str, int] = field(default_factory=dict)
+    #: Last order price limit sent per priceLimit topic.
+    price_limits: dict[str, dict[str, str]] = field(default_factory=dict)
     dropped: bool = False
 
 
@@ -92,8 +94,8 @@ def _dumps(value: Any) -> str:
 
 @dataclass(frozen=True)
 class _PublicTopic:
-    """A public topic: `kind` (tickers, orderbook, kline, publicTrade), its symbol, and its
-    depth or interval."""
+    """A public topic: `kind` (tickers, orderbook, kline, publicTrade, priceLimit), its symbol,
+    and its depth or interval."""
 
     kind: str
     symbol: str
@@ -141,7 +143,8 @@ class StreamHub:
         self._connections: dict[str, _Connection] = {}
         #: (api_key, exchange topic) and symbol -> number of listening connections.
         self._private_interest: Counter[tuple[str, str]] = Counter()
-        #: symbol -> connections listening to its ticker, book or candles; to its trades.
+        #: symbol -> connections listening to its ticker, book, candles or price limit; to its
+        #: trades.
         self._market_interest: Counter[str] = Counter()
         self._trade_interest: Counter[str] = Counter()
         self._messages_sent = 0
@@ -491,7 +494,8 @@ class StreamHub:
             self._send_candles(conn, topic, public, self._exchange.now_ms())
             return
         if public.kind == "priceLimit":
-            self._send_price_limit(conn, topic, self._exchange.price_limit_row(public.symbol))
+            now = self._exchange.now_ms()
+            self._send_price_limit(conn, topic, self._exchange.price_limit_row(public.symbol), now)
             return
         if public.kind != "tickers":
             return  # publicTrade: no snapshot, the next fill
@@ -532,7 +536,7 @@ class StreamHub:
     def _deliver_market_data(self, symbol: str, cs: int, row: dict[str, str], ts: int) -> None:
         self._deliver_ticker(symbol, cs, row, ts)
         books: dict[int, dict[str, Any]] = {}  # by depth: built once for all connections
-        limits: list[dict[str, str] | None] = []  # the price limit, read once if listened to
+        limit: dict[str, str] | None = None  # read once, for the first connection wanting it
         for conn in list(self._connections.values()):
             for topic in [topic for topic in conn.topics if topic.endswith("." + symbol)]:
                 public = self._public(topic)
@@ -541,15 +545,18 @@ class StreamHub:
                 elif public.kind == "kline":
                     self._send_candles(conn, topic, public, ts)
                 elif public.kind == "priceLimit":
-                    if not limits:
-                        limits.append(self._exchange.price_limit_row(symbol))
-                    self._send_price_limit(conn, topic, limits[0])
+                    limit = limit or self._exchange.price_limit_row(symbol)
+                    if conn.price_limits.get(topic) != limit:
+                        self._send_price_limit(conn, topic, limit, ts)
 
-    def _send_price_limit(self, conn: _Connection, topic: str, row: dict[str, str] | None) -> None:
-        """`priceLimit.{symbol}`: Bybit pushes it every 300 ms; the simulator on every price
-        change, and on subscribe."""
+    def _send_price_limit(
+        self, conn: _Connection, topic: str, row: dict[str, str] | None, ts: int
+    ) -> None:
+        """`priceLimit.{symbol}`: Bybit pushes it every 300 ms; the simulator on subscribe,
+        then when a price change moves it (as the book and the candles, read as it is sent)."""
         if row is not None:
-            message = {"topic": topic, "ts": self._exchange.now_ms(), "data": row}
+            conn.price_limits[topic] = row
+            message = {"topic": topic, "ts": ts, "data": row}
             self._enqueue(conn, _dumps(message), pushed=True)
 
     def _send_book(

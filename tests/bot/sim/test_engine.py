@@ -122,6 +122,45 @@ def test_partial_fills_come_in_pieces_at_the_price_of_their_moment() -> None:
     assert _order(exchange, order_id)["orderStatus"] == "Filled"
 
 
+def test_a_market_orders_later_pieces_stop_where_the_price_passes_its_limit() -> None:
+    exchange = _exchange(partial_fills=2)
+
+    order_id = _submit(exchange, side="Buy", qty="0.02")
+    exchange.advance(DELAY_MS)  # the first piece, at 97000; the limit is 97970
+    exchange.set_prices({"BTCUSDT": 105000})
+    exchange.advance(DELAY_MS)
+
+    order = _order(exchange, order_id)
+    assert (order["orderStatus"], order["rejectReason"]) == ("Cancelled", "EC_NoImmediateQtyToFill")
+    assert (order["cumExecQty"], order["price"]) == ("0.01", "97970")
+    (fill,) = _executions(exchange, orderId=order_id)
+    assert (fill["execPrice"], fill["orderPrice"]) == ("97000", "97970")
+
+
+def test_a_limit_orders_later_pieces_rest_once_the_price_passes_it() -> None:
+    exchange = _exchange(partial_fills=2)
+
+    order_id = _submit(exchange, side="Buy", qty="0.02", orderType="Limit", price="97100")
+    exchange.advance(DELAY_MS)
+    exchange.set_prices({"BTCUSDT": 97200})
+    exchange.advance(DELAY_MS)
+
+    order = _order(exchange, order_id)
+    assert (order["orderStatus"], order["cumExecQty"], order["leavesValue"]) == (
+        "PartiallyFilled",
+        "0.01",
+        "971",
+    )
+    exchange.set_prices({"BTCUSDT": 97100})  # back to its price: it fills there, as a maker
+    assert _order(exchange, order_id)["orderStatus"] == "Filled"
+    assert [e["isMaker"] for e in _executions(exchange, orderId=order_id)] == [True, False]
+
+
+def test_a_spread_wider_than_the_price_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="spread_bps 250 puts BTCUSDT's ask at or past"):
+        _exchange(spread_bps=Decimal(250))
+
+
 def test_query_lag_hides_a_new_order_from_queries_but_not_from_trading() -> None:
     exchange = _exchange(query_lag_ms=10_000)
 
