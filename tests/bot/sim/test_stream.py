@@ -387,19 +387,28 @@ def test_a_price_walk_streams_deltas(
     assert [d["cs"] for d in deltas] == sorted(d["cs"] for d in deltas)
 
 
-def test_price_limit_is_sent_on_subscribe_and_on_a_price_change(
-    server: SimServer, raw: Callable[[str], websocket.WebSocket]
+def test_price_limit_is_sent_on_subscribe_and_when_a_price_change_moves_it(
+    server: SimServer,
+    open_ws: Callable[..., SimWebSocket],
+    raw: Callable[[str], websocket.WebSocket],
 ) -> None:
     sock = raw("/v5/public/linear")
     subscribed = _ask(sock, {"op": "subscribe", "args": ["priceLimit.BTCUSDT"]})
     first = json.loads(sock.recv())
+    ws = open_ws("linear")
+    heard = _Collector()
+    ws.price_limit_stream("BTCUSDT", heard)
+    eventually(lambda: heard.messages, lambda m: len(m) == 1, "pybit's first price limit")
+
     server.exchange.set_prices({"BTCUSDT": "100000"})
     moved = json.loads(sock.recv())
+    eventually(lambda: heard.messages, lambda m: len(m) == 2, "pybit's moved price limit")
 
     assert subscribed["success"] is True
     assert first["topic"] == "priceLimit.BTCUSDT" and isinstance(first["ts"], int)
     assert first["data"] == {"symbol": "BTCUSDT", "buyLmt": "97970", "sellLmt": "96030"}
     assert moved["data"] == {"symbol": "BTCUSDT", "buyLmt": "101000", "sellLmt": "99000"}
+    assert [m["data"]["buyLmt"] for m in heard.messages] == ["97970", "101000"]
 
 
 def test_pybit_keeps_the_book_of_snapshot_and_deltas_equal_to_the_rest_book(
