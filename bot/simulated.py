@@ -105,8 +105,8 @@ def _resume(
     journal's last view of it (the last prices; the balance; positions with their leverage
     and waiting TP/SL; orders under their ids: resting ones, and those the journal cannot yet
     call done whose fills it holds, so that a look-up finds them and nothing is sent twice),
-    so that the books and the venue agree after a restart. A waiting exit no resumed position
-    takes is ended; one that is taken stays until the simulator reports its own again."""
+    so that the books and the venue agree after a restart. A waiting exit a resumed position
+    takes waits at the simulator again under its own id; one no position takes is ended."""
     reports = journal.positions()
     notes = exchange.resume_prices(_journaled_prices(reports))
     exits = journal.waiting_exits()
@@ -173,6 +173,10 @@ def _journaled_positions(
                 leverage=report.leverage if report is not None else Decimal(0),
                 take_profit=levels["TakeProfit"].trigger_price if levels["TakeProfit"] else None,
                 stop_loss=levels["StopLoss"].trigger_price if levels["StopLoss"] else None,
+                take_profit_order_id=levels["TakeProfit"].order_id
+                if levels["TakeProfit"]
+                else None,
+                stop_loss_order_id=levels["StopLoss"].order_id if levels["StopLoss"] else None,
             )
         )
         taken |= {level.order_id for level in levels.values() if level is not None}

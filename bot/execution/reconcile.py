@@ -108,7 +108,7 @@ class Reconciler:
             for exit_order in reversed(exits):  # oldest first
                 if await self._journal.call(self._journal.record_exit, exit_order):
                     logger.info(
-                        "{kind} executed by the venue",
+                        "{kind} order of {symbol} at the venue: {status} (found by a scan)",
                         kind=exit_order.kind,
                         key=key_name,
                         symbol=symbol,

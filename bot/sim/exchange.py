@@ -694,7 +694,11 @@ class SimExchange:
             seq=self._next_seq(),
         )
         self._record_open_interest(symbol, abs(resumed.size), now)
-        self._sync_exits(account, symbol)
+        resumed_ids = {
+            "TakeProfit": resumed.take_profit_order_id,
+            "StopLoss": resumed.stop_loss_order_id,
+        }
+        self._sync_exits(account, symbol, resumed_ids)
         self._trigger_stops(account, position, self._prices[symbol])
 
     def _resume_order(
@@ -2514,13 +2518,20 @@ class SimExchange:
         self._submit(account, order)
 
     def _exit_order(
-        self, symbol: str, kind: str, trigger: Decimal, size: Decimal, price: Decimal
+        self,
+        symbol: str,
+        kind: str,
+        trigger: Decimal,
+        size: Decimal,
+        price: Decimal,
+        order_id: str | None = None,
     ) -> OrderRecord:
         """A position's take-profit or stop-loss order, Untriggered: a reduce-only market
-        order for the whole position, sent when the price reaches `trigger`."""
+        order for the whole position, sent when the price reaches `trigger` (a new id unless
+        `order_id` is given)."""
         now = self.now_ms()
         return OrderRecord(
-            order_id=str(uuid.uuid4()),
+            order_id=order_id or str(uuid.uuid4()),
             order_link_id="",
             symbol=symbol,
             side="Sell" if size > 0 else "Buy",
@@ -2543,10 +2554,16 @@ class SimExchange:
             visible_from_ms=self._engine.now_ms(),
         )
 
-    def _sync_exits(self, account: AccountRecord, symbol: str) -> None:
+    def _sync_exits(
+        self,
+        account: AccountRecord,
+        symbol: str,
+        resumed_ids: Mapping[str, str | None] | None = None,
+    ) -> None:
         """Keep the position's TP/SL orders in step with it, as Bybit does: one Untriggered
         order per level set, sized to the position; when a level is cleared or the position
-        closes, its order is Deactivated. Each change is pushed."""
+        closes, its order is Deactivated. Each change is pushed. A new order takes a new id,
+        or its kind's in `resumed_ids` (a resumed position's exits keep the ids they had)."""
         position = account.positions.get(symbol)
         for kind, attribute in _EXIT_LEVELS:
             level = getattr(position, attribute) if position is not None else None
@@ -2560,7 +2577,14 @@ class SimExchange:
                 self._end_exit(account, order, "Deactivated", "UNKNOWN")
                 order = None
             if order is None:
-                order = self._exit_order(symbol, kind, level, position.size, self._prices[symbol])
+                order = self._exit_order(
+                    symbol,
+                    kind,
+                    level,
+                    position.size,
+                    self._prices[symbol],
+                    (resumed_ids or {}).get(kind),
+                )
                 account.exit_orders[(symbol, kind)] = order
                 account.orders[order.order_id] = order
                 self._push_order(account, order)

@@ -121,7 +121,8 @@ class PositionRecord:
 
 @dataclass(frozen=True, slots=True)
 class ResumedPosition:
-    """A position an account resumes with (`SimExchange.resume_account`)."""
+    """A position an account resumes with (`SimExchange.resume_account`); its TP/SL orders
+    keep the ids given (the orders the client knows), or get new ones."""
 
     symbol: str
     size: Decimal
@@ -129,6 +130,8 @@ class ResumedPosition:
     leverage: Decimal
     take_profit: Decimal | None = None
     stop_loss: Decimal | None = None
+    take_profit_order_id: str | None = None
+    stop_loss_order_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -303,8 +304,18 @@ def test_a_restarted_sim_bot_finds_its_position_and_stop_where_it_left_them(
     sim_config: Callable[..., Path],
 ) -> None:
     """The in-process simulator starts empty: it resumes from the journal, so the books and the
-    venue still agree after a restart (the position can be flattened, its stop still waits)."""
+    venue still agree after a restart (the position can be flattened, its stop still waits,
+    under the id the journal knows: not reported gone and replaced at each restart)."""
     config = sim_config()
+
+    def waiting_stops(bot: RunningBot) -> list[dict[str, Any]]:
+        orders = requests.get(f"{bot.service.sim_url}/sim/orders", timeout=10).json()["orders"]
+        return [
+            order
+            for order in orders
+            if order["stopOrderType"] == "StopLoss" and order["orderStatus"] == "Untriggered"
+        ]
+
     first = RunningBot(config).start()
     try:
         assert first.post(signal("before-restart", stop_loss=90000)).status_code == 202
@@ -314,22 +325,15 @@ def test_a_restarted_sim_bot_finds_its_position_and_stop_where_it_left_them(
         wait_for(lambda: venue_position(first) > 0, what="the position")
         wait_for(lambda: first.journal_status("resting") == ["New"], what="the resting order")
         held = venue_position(first)
+        (first_stop,) = wait_for(lambda: waiting_stops(first), what="the stop")
     finally:
         first.stop()
 
     second = RunningBot(config).start()
     try:
-        stops = wait_for(
-            lambda: [
-                order
-                for order in requests.get(
-                    f"{second.service.sim_url}/sim/orders", timeout=10
-                ).json()["orders"]
-                if order["stopOrderType"] == "StopLoss" and order["orderStatus"] == "Untriggered"
-            ],
-            what="the stop at the restarted simulator",
-        )
+        stops = wait_for(lambda: waiting_stops(second), what="the stop at the restarted simulator")
         assert [(stop["triggerPrice"], Decimal(stop["qty"])) for stop in stops] == [("90000", held)]
+        assert [stop["orderId"] for stop in stops] == [first_stop["orderId"]]
 
         answer = admin_answer(second, "halt", {"reason": "after restart", "flatten": True})
 

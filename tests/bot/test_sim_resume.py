@@ -67,20 +67,26 @@ def _position(server: SimServer, settings: BotSettings) -> dict[str, Any]:
     return row
 
 
-def test_a_stop_resumed_stays_waiting_in_the_journal_until_its_successor_is_reported(
+def test_a_resumed_stop_waits_at_the_simulator_under_its_journaled_id(
     journal: Journal, resume: Callable[[], SimServer], settings: BotSettings
 ) -> None:
-    """A crash right after a restart must not lose the stop: the journal's row is what the
-    next restart resumes from, until the simulator's own stop is reported (V1 of the probe)."""
+    """A crash right after a restart must not lose the stop (V1 of the probe), and a restart
+    must not replace it: the simulator holds it under the id the journal knows, so the bot
+    sees no stop gone and no new one (each restart once added a cancelled stop to `bot
+    orders`)."""
     journal.record_exit(_stop("stop-of-the-long", Side.SELL, 90000))
     journal.record_position(sim_position(Decimal("0.01"), ts=NOW))
 
     server = resume()
 
     assert _position(server, settings)["stopLoss"] == "90000"
+    (stop,) = [o for o in server.exchange.orders() if o["stopOrderType"] == "StopLoss"]
+    assert (stop["orderId"], stop["orderStatus"], stop["triggerPrice"]) == (
+        "stop-of-the-long",
+        "Untriggered",
+        "90000",
+    )
     assert [e.order_id for e in journal.waiting_exits()] == ["stop-of-the-long"]
-    journal.record_exit(_stop("its-successor", Side.SELL, 90000, NOW + timedelta(seconds=1)))
-    assert [e.order_id for e in journal.waiting_exits()] == ["its-successor"]
 
 
 def test_a_stop_the_price_passed_before_the_crash_triggers_on_resume(
