@@ -1000,7 +1000,7 @@ def replay_history(
         _fail(str(exc))
     if plot is not None:
         try:
-            replay_plot.pyplot()  # before the replay, not after it ran
+            replay_plot.check_target(plot)  # before the replay, not after it ran
         except replay_plot.PlotUnavailable as exc:
             _fail(str(exc))
     try:

@@ -1,14 +1,16 @@
 """`bot replay --plot FILE`: each symbol's price with the signals on it, and each strategy's
 equity, on one time axis.
 
-matplotlib is an optional extra (`pip install 'bybit-signal-bot[plot]'`): the bot never needs
-it, so it is imported only here, and `pyplot()` says how to install it when it is missing
-(checked before a replay starts, not after it ran).
+matplotlib is an optional extra (`pip install -e '.[plot]'` in the checkout): the bot never
+needs it, so it is imported only here. `check_target` says how to install it when it is
+missing, and what is wrong with a path it could not write to, before a replay starts, not
+after it ran.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from bisect import bisect_right
 from datetime import datetime
 from decimal import Decimal
@@ -20,14 +22,17 @@ from bot.messages import Side, SignalAction
 from bot.replay.history import History
 from bot.replay.report import ReplayReport
 
-__all__ = ["PlotUnavailable", "draw", "pyplot"]
+__all__ = ["PlotUnavailable", "check_target", "draw", "pyplot"]
 
-INSTALL_HINT: Final = "pip install 'bybit-signal-bot[plot]' (or pip install matplotlib)"
+INSTALL_HINT: Final = (
+    ".venv/bin/pip install -e '.[plot]' in the bot's checkout (or pip install matplotlib)"
+)
 _MARKERS: Final = {Side.BUY: ("^", "tab:green"), Side.SELL: ("v", "tab:red")}
 
 
 class PlotUnavailable(Exception):
-    """matplotlib is not installed; the message says how to get it."""
+    """No chart can be written: matplotlib is not installed, or the path will not take one;
+    the message says what to do."""
 
 
 def pyplot() -> ModuleType:
@@ -40,6 +45,27 @@ def pyplot() -> ModuleType:
         ) from None
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     return importlib.import_module("matplotlib.pyplot")
+
+
+def check_target(path: Path) -> None:
+    """PlotUnavailable unless a chart can be written to `path`: matplotlib installed, a format
+    it writes named by the suffix, and a directory there to write in."""
+    plt = pyplot()
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    suffix = path.suffix.lower().removeprefix(".")
+    if suffix not in formats:
+        named = ", ".join(f".{name}" for name in ("png", "svg", "pdf") if name in formats)
+        raise PlotUnavailable(
+            f"--plot {path}: {'.' + suffix if suffix else 'no suffix'} is not an image format "
+            f"matplotlib writes; end the name with {named} or another of "
+            f"{', '.join(sorted(formats))}"
+        )
+    folder = path.parent
+    if not folder.is_dir():
+        raise PlotUnavailable(f"--plot {path}: there is no directory {folder}; create it first")
+    if not os.access(folder, os.W_OK):
+        raise PlotUnavailable(f"--plot {path}: cannot write in {folder}; choose another path")
 
 
 def draw(

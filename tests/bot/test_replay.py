@@ -279,7 +279,7 @@ def test_plot_without_matplotlib_says_how_to_install_it_before_replaying(tmp_pat
 
     assert run.returncode == 2
     assert "--plot needs matplotlib" in run.stderr
-    assert "pip install 'bybit-signal-bot[plot]'" in run.stderr
+    assert "pip install -e '.[plot]'" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out.png").exists()
 
@@ -294,6 +294,26 @@ def test_plot_draws_prices_signals_and_equity(
 
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("target", "problem"),
+    [
+        ("report.txt", ".txt is not an image format matplotlib writes; end the name with .png"),
+        ("report", "no suffix is not an image format"),
+        ("missing/report.png", "there is no directory missing; create it first"),
+    ],
+)
+def test_a_plot_it_could_not_write_is_refused_before_replaying(
+    tmp_path: Path, target: str, problem: str
+) -> None:
+    pytest.importorskip("matplotlib")
+
+    run = replay(tmp_path, SAMPLE, "--plot", target)
+
+    assert run.returncode == 2
+    assert f"--plot {target}: {problem}" in run.stderr
+    assert "Traceback" not in run.stderr and "replaying" not in run.stderr
 
 
 def test_a_configuration_outside_sim_is_refused(tmp_path: Path) -> None:
