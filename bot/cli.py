@@ -255,7 +255,12 @@ def signal_send(
     ] = None,
     source: Annotated[str, typer.Option(help="webhook source")] = "voiceofchain",
     url: Annotated[
-        str | None, typer.Option(help="webhook URL", show_default="the configured server")
+        str | None,
+        typer.Option(
+            help="the bot's URL (http://host:port: the source's webhook path is added) or a "
+            "full webhook URL",
+            show_default="the configured server",
+        ),
     ] = None,
     mqtt: Annotated[
         bool,
@@ -288,6 +293,7 @@ def signal_send(
         _publish(settings, secret_resolver(settings, secrets_dir), payload, as_json)
         return
     body = json.dumps(payload, default=_decimal_as_number).encode()
+    target = _webhook_url(settings, source, url)
     try:
         # The first of the source's secrets (one per line while a sender rotates) signs.
         secret = split_secrets(
@@ -295,11 +301,13 @@ def signal_send(
         )[0]
     except MissingSecretError as exc:
         _fail(str(exc))
-    target = url or f"{_bot_url(settings)}/webhooks/{source}"
     try:
         status, answer = _post_signed(target, body, secret)
     except ConnectionError as exc:
-        _fail(f"cannot reach the bot at {target}: {exc}. Is `bot run` running?")
+        _fail(
+            f"cannot reach the bot at {target}: {exc}. Is `bot run` running, and listening "
+            "there (its [http] port, or --url)?"
+        )
     except TimeoutError:
         _fail(
             f"no answer from {target} within {SEND_TIMEOUT_S:g} s; the signal may have been "
@@ -310,8 +318,33 @@ def signal_send(
     else:  # plain lines, never wrapped: the answer is the bot's JSON
         typer.echo(f"{status} {answer}")
         typer.echo(f"signal id: {payload['id']}")
+    if status == 404:
+        typer.echo(
+            f"no webhook at {target}: the bot serves /webhooks/<source> for each enabled "
+            "[sources.<source>] (--source, --url)",
+            err=True,
+        )
     if status >= 300:
         raise typer.Exit(1)
+
+
+def _webhook_url(settings: BotSettings, source: str, url: str | None) -> str:
+    """Where `bot signal send` posts: `url` as given, or with the source's webhook path
+    added if it names only the bot (no path); else the configured server's, for a source it
+    has enabled (a one-line error otherwise)."""
+    if url is not None:
+        try:
+            path = urllib.parse.urlsplit(url).path
+        except ValueError:
+            return url  # refused, with its reason, when it is posted to
+        return f"{url.rstrip('/')}/webhooks/{source}" if path in ("", "/") else url
+    receiving = settings.sources.get(source)
+    if receiving is None or not receiving.enabled:
+        _fail(
+            f"source '{source}' is not an enabled [sources.{source}] of the configuration; "
+            f"it has {sorted(settings.sources)} (--source chooses)"
+        )
+    return f"{_bot_url(settings)}/webhooks/{source}"
 
 
 def _answer_json(status: int, signal_id: str, answer: str) -> str:

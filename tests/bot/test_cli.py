@@ -149,7 +149,24 @@ def test_send_without_a_running_bot_says_so(sim_config: Callable[..., Path]) -> 
     sent = send(config, *BUY_BTC)
 
     assert sent.returncode == 2
-    assert "Is `bot run` running?" in sent.stderr
+    assert "Is `bot run` running, and listening there" in sent.stderr
+
+
+def test_send_takes_the_bots_own_url_and_names_what_a_404_or_a_source_lacks(
+    running: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
+    config, port, _ = running
+
+    to_the_bot = send(config, *BUY_BTC, "--url", f"http://127.0.0.1:{port}/")
+    to_nowhere = send(config, *BUY_BTC, "--url", f"http://127.0.0.1:{port}/hooks")
+    unknown_source = send(config, *BUY_BTC, "--source", "nosuch")
+
+    assert to_the_bot.returncode == 0 and to_the_bot.stdout.startswith("202 "), to_the_bot.stderr
+    assert to_nowhere.returncode == 1 and to_nowhere.stdout.startswith("404 ")
+    assert f"no webhook at http://127.0.0.1:{port}/hooks: the bot serves" in to_nowhere.stderr
+    assert unknown_source.returncode == 2
+    assert "source 'nosuch' is not an enabled [sources.nosuch]" in unknown_source.stderr
+    assert "Traceback" not in to_nowhere.stderr + unknown_source.stderr
 
 
 def test_orders_before_any_run_explains(sim_config: Callable[..., Path]) -> None:
