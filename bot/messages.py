@@ -157,7 +157,7 @@ class SignalError(ValueError):
 
 
 class Signal(_Message):
-    """A trading signal from one source, as the contract in DESIGN.md defines it.
+    """A trading signal from one source, as the signal contract (README, "Signals") defines it.
 
     (`source`, `id`) identifies it: a second signal with the same pair is a duplicate.
     Unknown fields of the payload are kept in `raw` and otherwise ignored.

@@ -1,6 +1,7 @@
 """Source presets and the field mapping that turns a provider's JSON into the Signal schema.
 
-- `voiceofchain`: DESIGN.md's Signal schema as is, signed with `X-Signature`.
+- `voiceofchain`: the signal contract's schema (README, "Signals") as is, signed with
+  `X-Signature`.
 - `tradingview`: an alert whose message is JSON, e.g.
   `{"token": "...", "ticker": "{{ticker}}", "action": "{{strategy.order.action}}",
   "sl": 95000, "tp1": 99000, "time": "{{timenow}}"}`. TradingView sends it as `text/plain`,

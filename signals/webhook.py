@@ -62,7 +62,8 @@ SignalStatus = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 
 
 class SignalBody(BaseModel):
-    """A signal as DESIGN.md's contract defines it (the OpenAPI document of the route)."""
+    """A signal as the signal contract (README, "Signals") defines it (the OpenAPI document of
+    the route)."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$", description="unique per source")
     symbol: str = Field(description="Bybit symbol, e.g. BTCUSDT")
