@@ -369,6 +369,12 @@ def _publish(
     from signals.mqtt import MqttPublishError, publish_signal
 
     numbers = json.loads(json.dumps(payload, default=_decimal_as_number))
+    if not settings.mqtt.enabled:
+        typer.echo(
+            "note: [mqtt] is off in this configuration, so a bot run with it does not "
+            "subscribe (mqtt.enabled = true turns it on)",
+            err=True,
+        )
     try:  # the bot would refuse it, and the broker cannot say so: refused here instead
         parse_signal(settings.mqtt.source, numbers)
     except SignalError as exc:
@@ -758,6 +764,9 @@ def orders(
         for row in rows:
             typer.echo(json.dumps(row.as_dict(), separators=(",", ":")))
         return
+    if not rows:
+        typer.echo("no signals journaled yet (`bot signal send` sends one)", err=True)
+        return
     today = utc_now().date()
     _print_table(
         [_wide_order_row(row) if wide else _order_row(row, today) for row in rows],
@@ -854,6 +863,9 @@ def positions(
     if as_json:
         for row in positions + accounts:
             typer.echo(json.dumps(row, separators=(",", ":")))
+        return
+    if not positions and not accounts:
+        typer.echo("no positions or balances journaled yet", err=True)
         return
     _print_table(
         positions,

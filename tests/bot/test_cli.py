@@ -21,6 +21,8 @@ import pytest
 import requests
 
 from bot import cli
+from bot.config import load_settings
+from bot.journal import Journal
 from tests.conftest import SIM_CONFIG, client_orders, free_port, wait_for
 
 
@@ -176,6 +178,19 @@ def test_orders_before_any_run_explains(sim_config: Callable[..., Path]) -> None
 
     assert listed.returncode == 2
     assert "has the bot run" in listed.stderr
+
+
+def test_an_empty_journal_is_said_to_be_empty(sim_config: Callable[..., Path]) -> None:
+    config = sim_config()
+    Journal(load_settings(config).journal_path).close()
+
+    listed = bot("orders", "--config", str(config), cwd=config.parent)
+    held = bot("positions", "--config", str(config), cwd=config.parent)
+
+    assert (listed.returncode, listed.stdout) == (0, "")
+    assert "no signals journaled yet" in listed.stderr
+    assert (held.returncode, held.stdout) == (0, "")
+    assert "no positions or balances journaled yet" in held.stderr
 
 
 def test_unknown_config_key_stops_run_with_its_name(sim_config: Callable[..., Path]) -> None:

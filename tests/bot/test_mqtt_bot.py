@@ -196,3 +196,25 @@ def test_cli_refuses_to_publish_a_signal_the_bot_would_refuse(
     assert sent.stderr.startswith("error: not published: ")
     assert "strategy" in sent.stderr
     assert "Traceback" not in sent.stderr
+
+
+def test_cli_publishing_with_mqtt_off_says_the_bot_will_not_hear_it(
+    sim_config: Callable[..., Path],
+    mosquitto: Mosquitto,  # noqa: F811
+) -> None:
+    config = sim_config(extra=f"\n[mqtt]\nenabled = false\nport = {mosquitto.port}\n")
+    sent = subprocess.run(
+        [
+            *(sys.executable, "-m", "bot", "signal", "send", "--mqtt", "--config", str(config)),
+            *("--symbol", "BTCUSDT", "--side", "buy", "--stop-loss", "95000"),
+        ],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert sent.returncode == 0, sent.stderr
+    assert "published to signals/voiceofchain" in sent.stdout
+    assert "note: [mqtt] is off in this configuration" in sent.stderr
