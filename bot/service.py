@@ -415,6 +415,11 @@ class Service:
         )
         if notifier is not None:
             resources.callback(notifier.close)  # after the stages: their last events go out
+        # Before the journal: a key without its secret stops the start with nothing created.
+        credentials = {
+            key_name: self._resolver.credentials(key_name)
+            for key_name in sorted({slot.key_name for slot in strategies.values()})
+        }
         if not settings.journal_path.exists():
             logger.info("new journal at {path}", path=settings.journal_path.absolute())
         journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
@@ -427,10 +432,6 @@ class Service:
         # Read once: the in-process simulator resumes from them, the account replays them.
         history = journal.executions()
         self.sim_url = self._venue_url(resources, journal, [fill for fill, _ in history])
-        credentials = {
-            key_name: self._resolver.credentials(key_name)
-            for key_name in sorted({slot.key_name for slot in strategies.values()})
-        }
         venue_health = VenueHealth()
         audit_log = AuditLog(settings.audit_dir, settings.audit)
         resources.callback(audit_log.close)  # after the venues (registered later) are closed

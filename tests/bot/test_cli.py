@@ -217,6 +217,8 @@ def test_missing_secret_outside_sim_names_variable_and_file(
     assert result.returncode == 2
     assert "BOT_KEY_FOLLOW_SIM_API_KEY" in result.stderr
     assert str(tmp_path / "secrets" / "bot_key_follow_sim_api_key") in result.stderr
+    assert "new journal" not in result.stderr  # nothing is created for a start that fails
+    assert not load_settings(config).journal_path.exists()
 
 
 def test_standalone_simulator_keeps_state_across_a_killed_bot(
