@@ -415,8 +415,15 @@ def load_settings(path: Path | None = None) -> BotSettings:
         raise ConfigError(
             f"config file {path} not found; pass --config PATH or set {CONFIG_VARIABLE}"
         ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"config file {path} is a directory; pass the path of a TOML file, e.g. "
+            f"{path / 'bot.toml'}"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        raise ConfigError(
+            f"cannot read config file {path}: {exc}; check its permissions and encoding (UTF-8)"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     unknown = _unknown_variables(os.environ, data)

@@ -66,6 +66,8 @@ def test_missing_file_and_bad_toml_say_what_to_do(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[http\n"))
+    with pytest.raises(ConfigError, match="is a directory; pass the path of a TOML file"):
+        load_settings(tmp_path)
 
 
 def test_a_config_path_that_never_ends_is_refused_not_read_forever() -> None:
