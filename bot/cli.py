@@ -1160,9 +1160,11 @@ def _print_replay(report: ReplayReport) -> None:
 
 def _replay_rows(strategies: Sequence[StrategyReport]) -> list[dict[str, str]]:
     """One row per figure, one column per strategy (a few strategies, many figures)."""
+    screens = sorted({rule for strategy in strategies for rule in strategy.screened})
     rules = sorted({rule for strategy in strategies for rule in strategy.rejected})
     figures: list[tuple[str, Callable[[StrategyReport], object]]] = [
         ("signals", lambda s: s.signals),
+        *((f"refused {rule}", partial(_screened, rule)) for rule in screens),
         ("declined by the strategy", lambda s: s.declined),
         ("intents", lambda s: s.intents),
         ("approved", lambda s: s.approved),
@@ -1181,6 +1183,10 @@ def _replay_rows(strategies: Sequence[StrategyReport]) -> list[dict[str, str]]:
         {"figure": name} | {strategy.strategy: str(value(strategy)) for strategy in strategies}
         for name, value in figures
     ]
+
+
+def _screened(rule: str, strategy: StrategyReport) -> int:
+    return strategy.screened[rule]
 
 
 def _rejected(rule: str, strategy: StrategyReport) -> int:

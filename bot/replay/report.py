@@ -45,10 +45,12 @@ class StrategyReport:
 
     strategy: str
     signals: int = 0
+    #: Signals the gate refused before the strategy saw them (a symbol not allowed), by rule.
+    screened: Counter[str] = field(default_factory=Counter)
     declined: int = 0
     intents: int = 0
     approved: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)  # by rule
+    rejected: Counter[str] = field(default_factory=Counter)  # intents refused, by rule
     orders: int = 0
     filled_orders: int = 0
     open_orders: int = 0
@@ -77,6 +79,7 @@ class StrategyReport:
         return {
             "strategy": self.strategy,
             "signals": self.signals,
+            "screened": dict(sorted(self.screened.items())),
             "declined": self.declined,
             "intents": self.intents,
             "approved": self.approved,
@@ -130,6 +133,7 @@ class ReplayReport:
         """Every risk rejection, by rule, over all strategies."""
         total: Counter[str] = Counter()
         for strategy in self.strategies:
+            total.update(strategy.screened)
             total.update(strategy.rejected)
         return dict(sorted(total.items()))
 
@@ -199,8 +203,8 @@ def build_report(history: History, run: ReplayRun, configured: Iterable[str]) ->
 def _tally_decisions(
     decisions: Iterable[DecisionRow], of: Callable[[str], StrategyReport]
 ) -> frozenset[tuple[str, str]]:
-    """Count each strategy's signals, declines, intents, approvals and rejections per rule;
-    returns the signals that got an approval."""
+    """Count each strategy's signals, those refused before it (per rule), its declines,
+    intents, approvals and rejections per rule; returns the signals that got an approval."""
     signals: dict[str, set[tuple[str, str]]] = {}
     traded: set[tuple[str, str]] = set()
     for decision in decisions:
@@ -213,6 +217,8 @@ def _tally_decisions(
             traded.add(signal)
         elif decision.rule == _DECLINED:
             report.declined += 1
+        elif decision.leg is None:  # refused before the strategy: no intent
+            report.screened[decision.rule or "?"] += 1
         else:
             report.rejected[decision.rule or "?"] += 1
     for strategy, seen in signals.items():

@@ -141,7 +141,11 @@ def test_the_sample_history_replays_in_one_command_with_every_kind_of_outcome(
     assert (report["signals"], report["duplicates"], report["refused"]) == (33, 1, [])
     assert report["from"].startswith("2026-10-01") and report["to"].startswith("2026-10-31")
     assert follow["declined"] == 1  # a signal without a stop loss
-    assert follow["rejected"] == {"PRICE_SANITY": 1, "STOP_LOSS": 1, "SYMBOL_NOT_ALLOWED": 1}
+    assert follow["screened"] == {"SYMBOL_NOT_ALLOWED": 1}  # never reached the strategy
+    assert follow["rejected"] == {"PRICE_SANITY": 1, "STOP_LOSS": 1}
+    # Every signal is accounted for once: refused first, declined, or an intent decided.
+    assert follow["signals"] == 1 + follow["declined"] + follow["intents"]
+    assert follow["intents"] == follow["approved"] + sum(follow["rejected"].values())
     assert follow["approved"] == follow["orders"] == 28
     assert follow["open_orders"] == 1  # a limit the price never reached
     assert follow["fills"] > follow["filled_orders"]  # stop-loss and take-profit exits too
@@ -160,7 +164,7 @@ def test_the_table_names_each_figure_per_strategy(tmp_path: Path) -> None:
     run = replay(tmp_path, SAMPLE)
 
     assert run.returncode == 0, run.stderr
-    for figure in ("rejected SYMBOL_NOT_ALLOWED", "win rate", "max drawdown", "net PnL"):
+    for figure in ("refused SYMBOL_NOT_ALLOWED", "win rate", "max drawdown", "net PnL"):
         assert figure in run.stdout
     assert "33 signals and" in run.stdout and "1 duplicates" in run.stdout
 
