@@ -528,6 +528,7 @@ def _switch(
             f"the bot is not running: {scope.scope} {state.value} is journaled (in "
             f"{settings.journal_path.absolute()}) and applies when it starts",
             highlight=False,
+            soft_wrap=True,  # one line: a path is never cut in two
         )
         if acting:
             _fail(
