@@ -88,12 +88,36 @@ class AdminRoutes:
 
     def router(self) -> APIRouter:
         router = APIRouter()
+        # The body is read and checked by hand (its signature covers the exact bytes): the
+        # document still says what it holds.
+        documented = {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": AdminCommand.model_json_schema()}},
+            },
+            "parameters": [
+                {
+                    "name": SIGNATURE_HEADER,
+                    "in": "header",
+                    "required": True,
+                    "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.' + body> "
+                    "with the admin secret",
+                    "schema": {"type": "string"},
+                }
+            ],
+        }
 
-        @router.post("/admin/halt")
+        @router.post(
+            "/admin/halt",
+            summary="Halt the bot or one strategy (optionally cancel and flatten)",
+            openapi_extra=documented,
+        )
         async def halt(request: Request) -> JSONResponse:
             return await self._handle(request, TradingState.HALTED)
 
-        @router.post("/admin/resume")
+        @router.post(
+            "/admin/resume", summary="Resume the bot or one strategy", openapi_extra=documented
+        )
         async def resume(request: Request) -> JSONResponse:
             return await self._handle(request, TradingState.ACTIVE)
 

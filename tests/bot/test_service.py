@@ -279,6 +279,9 @@ def test_a_sender_reads_what_became_of_its_signal_and_refusals_are_journaled(
     assert (rejections[0]["kind"], rejections[0]["remote"]) == ("unauthorized", "127.0.0.1")
     assert "/webhooks/voiceofchain" in openapi["paths"]
     assert "/webhooks/voiceofchain/signals/{signal_id}" in openapi["paths"]
+    halt = openapi["paths"]["/admin/halt"]["post"]
+    fields = halt["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"strategy", "reason", "cancel_open", "flatten"} <= set(fields)
 
 
 def test_a_half_sent_body_times_out_without_holding_up_other_senders(
