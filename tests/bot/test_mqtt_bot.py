@@ -28,6 +28,28 @@ def health(bot: RunningBot) -> requests.Response:
     return requests.get(f"{bot.url}/healthz", timeout=10)
 
 
+def send_mqtt(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`bot signal send --mqtt` with `config`, to its end."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "signal",
+            "send",
+            "--mqtt",
+            "--config",
+            str(config),
+            *options,
+        ],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_signal_published_with_the_cli_becomes_an_order_and_healthz_follows_the_broker(
     sim_config: Callable[..., Path],
     mosquitto: Mosquitto,  # noqa: F811
@@ -40,30 +62,16 @@ def test_a_signal_published_with_the_cli_becomes_an_order_and_healthz_follows_th
     bot = RunningBot(config).start()
     try:
         wait_for(lambda: health(bot).status_code == 200, what="the broker connected")
-        sent = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bot",
-                "signal",
-                "send",
-                "--mqtt",
-                "--config",
-                str(config),
-                "--symbol",
-                "BTCUSDT",
-                "--side",
-                "buy",
-                "--stop-loss",
-                "95000",
-                "--id",
-                "via-mqtt",
-            ],
-            cwd=config.parent,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        sent = send_mqtt(
+            config,
+            "--symbol",
+            "BTCUSDT",
+            "--side",
+            "buy",
+            "--stop-loss",
+            "95000",
+            "--id",
+            "via-mqtt",
         )
         assert sent.returncode == 0, sent.stderr
         assert "published to signals/voiceofchain" in sent.stdout
@@ -180,17 +188,7 @@ def test_cli_refuses_to_publish_a_signal_the_bot_would_refuse(
     """The broker cannot answer 422 as the webhook does: the CLI checks first (nothing needs to
     listen: it is refused before any connection)."""
     config = sim_config(extra="\n[mqtt]\nenabled = true\nport = 1\n")
-    sent = subprocess.run(
-        [
-            *(sys.executable, "-m", "bot", "signal", "send", "--mqtt", "--config", str(config)),
-            *("--symbol", "BTCUSDT", "--side", "buy", "--strategy", "s" * 70),
-        ],
-        cwd=config.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    sent = send_mqtt(config, "--symbol", "BTCUSDT", "--side", "buy", "--strategy", "s" * 70)
 
     assert sent.returncode == 2
     assert sent.stderr.startswith("error: not published: ")
@@ -203,17 +201,7 @@ def test_cli_publishing_with_mqtt_off_says_the_bot_will_not_hear_it(
     mosquitto: Mosquitto,  # noqa: F811
 ) -> None:
     config = sim_config(extra=f"\n[mqtt]\nenabled = false\nport = {mosquitto.port}\n")
-    sent = subprocess.run(
-        [
-            *(sys.executable, "-m", "bot", "signal", "send", "--mqtt", "--config", str(config)),
-            *("--symbol", "BTCUSDT", "--side", "buy", "--stop-loss", "95000"),
-        ],
-        cwd=config.parent,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    sent = send_mqtt(config, "--symbol", "BTCUSDT", "--side", "buy", "--stop-loss", "95000")
 
     assert sent.returncode == 0, sent.stderr
     assert "published to signals/voiceofchain" in sent.stdout
