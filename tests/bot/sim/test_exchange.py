@@ -279,8 +279,19 @@ def test_prices_can_move_from_other_threads_while_orders_trade(exchange: SimExch
     exchange.advance(FILL_DELAY_MS)
 
     assert failures == []
-    assert len(exchange.orders(KEY)) == 100
-    assert _position(exchange)["size"] == "0"
+    orders = exchange.orders(KEY)
+    assert len(orders) == 100
+    # The three movers take turns, so the price can jump 2 % between an order's price limit
+    # (set when it is placed) and its match: that order is cancelled unfilled, as on Bybit.
+    # Every order ended one way or the other, and the position is what the fills add up to.
+    outcomes = {(order["orderStatus"], order["rejectReason"]) for order in orders}
+    assert outcomes <= {("Filled", "EC_NoError"), ("Cancelled", "EC_NoImmediateQtyToFill")}
+    net = sum(
+        Decimal(order["cumExecQty"]) * (1 if order["side"] == "Buy" else -1) for order in orders
+    )
+    position = _position(exchange)
+    held = Decimal(position["size"]) * (-1 if position["side"] == "Sell" else 1)
+    assert held == net
 
 
 # ------------------------------------------------------------------ server lifecycle
