@@ -1165,6 +1165,13 @@ class SimExchange:
             raise SimError(RetCode.DUPLICATE_ORDER_LINK_ID, "OrderLinkedID is duplicate")
         if params.trigger_price is not None:
             return self._place_conditional(account, params, spec, qty, limit_price, price_now)
+        if limit_price is not None:  # Bybit's futures default: moved in to the price limit
+            limits = self._price_limits(params.symbol)
+            limit_price = (
+                min(limit_price, limits.buy)
+                if params.side == "Buy"
+                else max(limit_price, limits.sell)
+            )
         reference = limit_price if limit_price is not None else price_now
         self._check_tpsl(params, reference)
         if params.reduce_only:

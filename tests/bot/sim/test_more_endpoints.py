@@ -596,6 +596,24 @@ def test_a_market_order_is_an_ioc_limit_at_its_price_limit(
     assert Decimal(orders[sell]["avgPrice"]) == Decimal("96030")
 
 
+def test_a_limit_order_priced_past_the_limit_is_moved_in_to_it(
+    session: HTTP, server: SimServer
+) -> None:
+    buy = _limit(session, "200000")
+    sell = _limit(session, "1000", side="Sell")
+    settle(server)
+
+    orders = {
+        order["orderId"]: order
+        for order in session.get_order_history(category="linear", symbol="BTCUSDT")["result"][
+            "list"
+        ]
+    }
+    assert (orders[buy]["price"], orders[buy]["orderStatus"]) == ("97970", "Filled")
+    assert Decimal(orders[buy]["avgPrice"]) == Decimal(97000)
+    assert (orders[sell]["price"], orders[sell]["orderStatus"]) == ("96030", "Filled")
+
+
 def test_a_market_order_within_its_limit_trades_at_the_book(
     session: HTTP, server: SimServer
 ) -> None:
