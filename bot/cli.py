@@ -338,12 +338,10 @@ def _webhook_url(settings: BotSettings, source: str, url: str | None) -> str:
         except ValueError:
             return url  # refused, with its reason, when it is posted to
         return f"{url.rstrip('/')}/webhooks/{source}" if path in ("", "/") else url
-    receiving = settings.sources.get(source)
-    if receiving is None or not receiving.enabled:
-        _fail(
-            f"source '{source}' is not an enabled [sources.{source}] of the configuration; "
-            f"it has {sorted(settings.sources)} (--source chooses)"
-        )
+    try:
+        settings.require_source(source)
+    except ConfigError as exc:
+        _fail(str(exc))
     return f"{_bot_url(settings)}/webhooks/{source}"
 
 

@@ -373,6 +373,16 @@ class BotSettings(BaseSettings):
     def audit_dir(self) -> Path:
         return self.state_dir / "audit"
 
+    def require_source(self, source: str) -> WebhookSourceConfig:
+        """The webhook source `source`; ConfigError unless it is configured and enabled."""
+        receiving = self.sources.get(source)
+        if receiving is None or not receiving.enabled:
+            raise ConfigError(
+                f"source '{source}' is not an enabled [sources.{source}] of the configuration; "
+                f"it has {sorted(self.sources)} (--source chooses)"
+            )
+        return receiving
+
 
 #: Far beyond any configuration (the shipped one is 8 KB); what is larger (`--config
 #: /dev/zero`) is refused before it fills the memory.

@@ -134,12 +134,7 @@ def check_replayable(settings: BotSettings, source: str) -> None:
             f"bot replay trades against the simulator only; the configuration's environment is "
             f'{settings.environment}: use a configuration with environment = "sim"'
         )
-    receiving = settings.sources.get(source)
-    if receiving is None or not receiving.enabled:
-        raise ConfigError(
-            f"source '{source}' is not an enabled [sources.{source}] of the configuration; "
-            f"it has {sorted(settings.sources)} (--source chooses)"
-        )
+    settings.require_source(source)
 
 
 def replay_settings(settings: BotSettings, state_dir: Path, source: str) -> BotSettings:

@@ -635,8 +635,7 @@ class SimExchange:
         order's far side, so that the order rests again instead of filling at a stale
         price."""
         assert order.price is not None
-        bid, ask = self._quote(order.symbol)
-        if (ask > order.price) if order.side == "Buy" else (bid < order.price):
+        if not self._marketable(order):
             return
         spec = self._config.instruments[order.symbol]
         spread = order.price * self._config.spread_bps / _BPS
