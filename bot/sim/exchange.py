@@ -1948,8 +1948,10 @@ class SimExchange:
         price = self._prices[symbol]
         tick = self._config.instruments[symbol].tick_size
         half = price * self._config.spread_bps / _BPS / 2
-        bid = max(to_tick(price - half, tick, up=False), tick)
-        return bid, to_tick(price + half, tick, up=True)
+        ask = to_tick(price + half, tick, up=True)
+        # A book is never locked: the bid is at least a tick below the ask, as on Bybit.
+        bid = max(min(to_tick(price - half, tick, up=False), ask - tick), tick)
+        return bid, ask
 
     def _taker_price(self, order: OrderRecord) -> Decimal:
         """Where a taker piece trades: the far side of the book plus slippage, never beyond

@@ -206,8 +206,10 @@ def test_reducing_realises_pnl_into_the_wallet(server: SimServer, session: HTTP)
 
     position = _position(session)
     assert (position["size"], position["side"]) == ("0", "")
-    fees = Decimal("0.1") * (Decimal(97000) + Decimal(98000)) * Decimal("0.00055")
-    assert Decimal(_wallet(session)["totalWalletBalance"]) == Decimal(10000) + 100 - fees
+    # Bought at the ask (the last price), sold at the bid a tick (0.1) below the new one.
+    fees = Decimal("0.1") * (Decimal(97000) + Decimal("97999.9")) * Decimal("0.00055")
+    expected = Decimal(10000) + Decimal("99.99") - fees
+    assert Decimal(_wallet(session)["totalWalletBalance"]) == expected
 
 
 def test_stop_loss_attached_to_an_order_closes_the_position(
@@ -222,11 +224,12 @@ def test_stop_loss_attached_to_an_order_closes_the_position(
 
     assert _position(session)["size"] == "0"
     stops = [o for o in admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
-    # Bybit's TP/SL orders: the stop loss triggered and filled, the take profit deactivated.
+    # Bybit's TP/SL orders: the stop loss triggered and filled (at the bid, a tick under the
+    # last price), the take profit deactivated.
     assert sorted(
         (o["stopOrderType"], o["avgPrice"], o["side"], o["orderStatus"]) for o in stops
     ) == [
-        ("StopLoss", "94000", "Sell", "Filled"),
+        ("StopLoss", "93999.9", "Sell", "Filled"),
         ("TakeProfit", "", "Sell", "Deactivated"),
     ]
 
@@ -381,7 +384,7 @@ def test_trading_stop_moves_the_stop_which_then_closes_the_position(
     assert _position(session)["size"] == "0"
     stops = [o for o in admin(server, "GET", "/sim/orders").json()["orders"] if o["stopOrderType"]]
     assert sorted((o["stopOrderType"], o["triggerPrice"], o["avgPrice"]) for o in stops) == [
-        ("StopLoss", "97000", "96900"),
+        ("StopLoss", "97000", "96899.9"),  # a sell fills at the bid, a tick under the last
         ("TakeProfit", "99000", ""),
     ]
 
@@ -732,8 +735,9 @@ def test_market_data_uses_bybit_shapes(trader: HTTP) -> None:
     assert rules["lotSizeFilter"]["qtyStep"] == "0.001"
     assert rules["lotSizeFilter"]["minNotionalValue"] == "5"
     assert rules["priceFilter"]["tickSize"] == "0.1"
-    assert {ticker[k] for k in ("lastPrice", "markPrice", "indexPrice", "bid1Price")} == {"3500"}
-    assert ticker["ask1Price"] == "3500"  # no spread configured
+    assert {ticker[k] for k in ("lastPrice", "markPrice", "indexPrice", "ask1Price")} == {"3500"}
+    # No spread configured: the book is still never locked, the bid a tick under the ask.
+    assert ticker["bid1Price"] == "3499.99"
 
 
 def test_exchange_state_outlives_a_server_restart(connect: Callable[..., HTTP]) -> None:

@@ -191,7 +191,7 @@ def test_a_stop_loss_closes_the_position_with_a_market_order_a_moment_later() ->
     assert (stop["stopOrderType"], stop["createType"], stop["avgPrice"]) == (
         "StopLoss",
         "CreateByStopLoss",
-        "95500",
+        "95499.9",  # a sell takes the bid, a tick under the last price
     )
 
 
@@ -290,13 +290,16 @@ def test_executions_and_closed_pnl_carry_bybits_fee_fields() -> None:
     )
     record = closed["list"][0]
     assert record["orderId"] == closing
+    # Bought at the ask (the last price); sold at the bid, a tick under the new last price.
     assert (record["closedSize"], record["avgEntryPrice"], record["avgExitPrice"]) == (
         "0.02",
         "97000",
-        "98000",
+        "97999.9",
     )
-    assert (record["openFee"], record["closeFee"]) == ("1.067", "1.078")
-    assert Decimal(record["closedPnl"]) == Decimal(20) - Decimal("1.067") - Decimal("1.078")
+    assert (record["openFee"], record["closeFee"]) == ("1.067", "1.0779989")  # 0.055 %
+    assert Decimal(record["closedPnl"]) == Decimal("19.998") - Decimal("1.067") - Decimal(
+        "1.0779989"
+    )
 
 
 def test_amending_a_resting_limit_into_the_market_fills_it_as_taker() -> None:

@@ -165,10 +165,11 @@ def test_flipping_a_position_realises_the_closed_part_and_reopens_at_the_fill_pr
 
     _place(exchange, side="Sell", qty="0.03")
 
+    # Bought at the ask (the last price), sold at the bid a tick (0.1) under the new one.
     position = _position(exchange)
-    assert (position["side"], position["size"], position["avgPrice"]) == ("Sell", "0.01", "98000")
-    fees = (Decimal("0.02") * 97000 + Decimal("0.03") * 98000) * Decimal("0.00055")
-    assert Decimal(position["cumRealisedPnl"]) == Decimal(20) - fees
+    assert (position["side"], position["size"], position["avgPrice"]) == ("Sell", "0.01", "97999.9")
+    fees = (Decimal("0.02") * 97000 + Decimal("0.03") * Decimal("97999.9")) * Decimal("0.00055")
+    assert Decimal(position["cumRealisedPnl"]) == Decimal("19.998") - fees
 
 
 def test_resting_limit_orders_reserve_margin(exchange: SimExchange) -> None:

@@ -773,9 +773,10 @@ def test_transaction_log_has_a_trade_entry_per_fill_with_the_cash_it_moved(
         "0.5335",
     )
     assert (buy["cashFlow"], buy["change"], buy["cashBalance"]) == ("0", "-0.5335", "9999.4665")
-    assert (sell["size"], sell["cashFlow"], sell["fee"]) == ("0", "10", "0.539")
-    assert sell["change"] == "9.461"  # cashFlow - fee
-    assert sell["cashBalance"] == wallet["totalWalletBalance"] == "10008.9275"
+    # Sold at the bid, a tick (0.1) under the new last price.
+    assert (sell["size"], sell["cashFlow"], sell["fee"]) == ("0", "9.999", "0.53899945")
+    assert sell["change"] == "9.46000055"  # cashFlow - fee
+    assert sell["cashBalance"] == wallet["totalWalletBalance"] == "10008.92650055"
     assert [e["tradeId"] for e in entries] == [f["execId"] for f in fills]
     assert {e["currency"] for e in entries} == {"USDT"}
     assert sell["id"] != buy["id"]

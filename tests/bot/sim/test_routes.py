@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -92,9 +93,11 @@ def test_closed_pnl_reports_the_closing_order(server: SimServer, session: HTTP) 
     records = session.get_closed_pnl(category="linear")["result"]["list"]
 
     assert [(r["orderId"], r["closedSize"], r["avgExitPrice"]) for r in records] == [
-        (closing, "0.01", "98000")
+        (closing, "0.01", "97999.9")  # sold at the bid, a tick under the last price
     ]
-    assert float(records[0]["closedPnl"]) == pytest.approx(10 - 0.5335 - 0.539)
+    assert Decimal(records[0]["closedPnl"]) == Decimal("9.999") - Decimal("0.5335") - Decimal(
+        "0.53899945"
+    )
 
 
 def test_amend_changes_a_resting_order(server: SimServer, session: HTTP) -> None:
@@ -308,7 +311,9 @@ def test_orderbook_and_klines_are_served_for_linear(session: HTTP) -> None:
     candles = session.get_kline(category="linear", symbol="ETHUSDT", interval="D", limit=3)
 
     assert (book["s"], len(book["b"]), len(book["a"])) == ("ETHUSDT", 5, 5)
-    assert book["b"][0][0] == book["a"][0][0] == "3500"
+    # The book is never locked: with no spread configured the ask is the last price, the
+    # bid a tick under it.
+    assert (book["b"][0][0], book["a"][0][0]) == ("3499.99", "3500")
     rows = candles["result"]["list"]
     assert len(rows) == 3
     assert rows[0][4] == "3500"
