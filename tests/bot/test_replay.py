@@ -41,8 +41,9 @@ max_notional_usdt = 500
 
 #: `a` buys BTC at 100000 (stop 98000, target 104000) and the price falls through its stop to
 #: 97500; `b` buys ETH at 3000 (stop 2900, target 3200) and the price rises through its target
-#: to 3250. Follow sizes at 500 USDT: 0.005 BTC loses 0.005 x 2500 = 12.5 USDT; 0.16 ETH
-#: (500 / 3000, down to the 0.01 lot) wins 0.16 x 250 = 40 USDT (before fees).
+#: to 3250. Follow sizes at 500 USDT: 0.005 BTC, bought at 100000 and sold at the bid a tick
+#: under 97500, loses 0.005 x 2500.1 = 12.5005 USDT; 0.16 ETH (500 / 3000, down to the 0.01
+#: lot) sold at 3249.99 wins 0.16 x 249.99 = 39.9984 USDT (before fees).
 STOP_AND_TARGET: list[dict[str, Any]] = [
     {"ts": "2026-10-01T00:00:00Z", "prices": {"BTCUSDT": 100000, "ETHUSDT": 3000}},
     {
@@ -183,10 +184,10 @@ def test_a_stop_hit_loses_and_a_target_hit_wins(
 
     a, b = strategies["a"], strategies["b"]
     assert (a["trades"], a["wins"], a["win_rate"]) == (1, 0, 0.0)
-    assert Decimal(a["realized_pnl_usdt"]) == Decimal("-12.5")
-    assert Decimal(a["max_drawdown_usdt"]) >= Decimal("12.5")
+    assert Decimal(a["realized_pnl_usdt"]) == Decimal("-12.5005")
+    assert Decimal(a["max_drawdown_usdt"]) >= Decimal("12.5005")
     assert (b["trades"], b["wins"], b["win_rate"]) == (1, 1, 1.0)
-    assert Decimal(b["realized_pnl_usdt"]) == Decimal(40)
+    assert Decimal(b["realized_pnl_usdt"]) == Decimal("39.9984")
     for strategy in (a, b):
         assert (strategy["signals"], strategy["approved"], strategy["fills"]) == (1, 1, 2)
         assert Decimal(strategy["fees_usdt"]) > 0
@@ -203,8 +204,8 @@ def test_an_out_of_order_file_is_replayed_in_time_order(
         report_of(replay(tmp_path, history, "--json", config=config_of(TWO_STRATEGIES)))
     )
 
-    assert Decimal(strategies["a"]["realized_pnl_usdt"]) == Decimal("-12.5")
-    assert Decimal(strategies["b"]["realized_pnl_usdt"]) == Decimal(40)
+    assert Decimal(strategies["a"]["realized_pnl_usdt"]) == Decimal("-12.5005")
+    assert Decimal(strategies["b"]["realized_pnl_usdt"]) == Decimal("39.9984")
 
 
 def test_a_limit_crossed_is_a_rejection_per_rule_until_the_next_utc_day(
