@@ -45,23 +45,25 @@ _SETTLED_KEPT: Final = 64
 
 
 def candle_starts(
-    interval: str, start: int | None, end: int | None, limit: int, now: int
+    interval: str, start: int | None, end: int | None, limit: int, now: int, listed: int
 ) -> list[int]:
     """Start times (ms, newest first) of the candles a kline request covers: with `start`
     alone, the first `limit` candles from the one holding `start` on (as Bybit pages forward
-    through history); otherwise the last `limit` up to `end` (or now), none before `start`."""
+    through history); otherwise the last `limit` up to `end` (or now), none before `start`.
+    A market has no candles before the one holding `listed`, its listing time."""
+    first = candle_open(interval, listed)
     if start is not None and end is None:
         forward: list[int] = []
         if start > now:
             return forward  # nothing has opened yet (and a far future has no calendar)
-        opened = candle_open(interval, max(start, 0))
+        opened = max(candle_open(interval, max(start, 0)), first)
         while len(forward) < limit and opened <= now:
             forward.append(opened)
             opened = candle_after(interval, opened)
         return forward[::-1]
     backward: list[int] = []
     opened = candle_open(interval, min(end, now) if end is not None else now)
-    while len(backward) < limit and opened >= 0:
+    while len(backward) < limit and opened >= first:
         if start is not None and candle_after(interval, opened) <= start:
             break
         backward.append(opened)

@@ -1040,7 +1040,7 @@ class SimExchange:
         with self._lock:
             self._instrument(params.symbol)
         starts = candle_starts(
-            params.interval, params.start, params.end, params.limit, self.now_ms()
+            params.interval, params.start, params.end, params.limit, self.now_ms(), LAUNCH_TIME_MS
         )
         return {
             "category": "linear",
@@ -1051,7 +1051,7 @@ class SimExchange:
     def _candles(
         self, symbol: str, interval: str, start: int | None, end: int | None, limit: int
     ) -> list[list[str]]:
-        starts = candle_starts(interval, start, end, limit, self.now_ms())
+        starts = candle_starts(interval, start, end, limit, self.now_ms(), LAUNCH_TIME_MS)
         with self._lock:
             spec = self._instrument(symbol)
             return self._history.candles(symbol, interval, starts, spec.tick_size)

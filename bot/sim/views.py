@@ -67,7 +67,7 @@ __all__ = [
 #: priceFilter.maxPrice in ticks; the simulator refuses prices above it.
 MAX_PRICE_TICKS = 20_000_000
 #: When every simulated instrument was listed (instruments-info `launchTime`); market history
-#: (funding, open interest) starts there.
+#: (candles, funding, open interest) starts there.
 LAUNCH_TIME_MS = 1_584_230_400_000
 #: The funding rate every simulated perpetual publishes, each 8 h (tickers, funding history).
 #: The simulator does not charge funding to positions.

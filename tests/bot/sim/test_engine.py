@@ -506,6 +506,28 @@ def test_klines_from_a_start_in_the_future_are_none(interval: str) -> None:
     assert _exchange().kline(query)["list"] == []  # never a 500 (year 3170843)
 
 
+@pytest.mark.parametrize("interval", ["1", "D", "M"])
+def test_klines_begin_with_the_candle_of_the_listing(interval: str) -> None:
+    """As on Bybit, a market has no history before its listing (instruments-info
+    `launchTime`): paging forward from 0 starts there, and paging back stops there."""
+    exchange = _exchange()
+    listed = int(
+        exchange.instruments_info(
+            MarketParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+        )["list"][0]["launchTime"]
+    )
+    first = candle_open(interval, listed)
+    forward = KlineParams.model_validate(
+        {"symbol": "BTCUSDT", "interval": interval, "start": 0, "limit": 3}
+    )
+    backward = KlineParams.model_validate(
+        {"symbol": "BTCUSDT", "interval": interval, "end": listed + 1, "limit": 3}
+    )
+
+    assert int(exchange.kline(forward)["list"][-1][0]) == first
+    assert [int(row[0]) for row in exchange.kline(backward)["list"]] == [first]
+
+
 def test_klines_from_a_start_stop_at_the_current_candle() -> None:
     exchange = _exchange()
     now = exchange.now_ms()
