@@ -41,6 +41,7 @@ from pydantic_settings import (
 )
 
 from bot.execution.config import ExecutionConfig
+from bot.files import FileTooLargeError, NotRegularFileError, read_small_file
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -390,15 +391,19 @@ _MAX_CONFIG_BYTES: Final = 1024 * 1024
 
 
 def _config_text(path: Path) -> str:
-    """The configuration file's text, read up to `_MAX_CONFIG_BYTES`."""
-    with path.open("rb") as stream:
-        raw = stream.read(_MAX_CONFIG_BYTES + 1)
-    if len(raw) > _MAX_CONFIG_BYTES:
+    """The configuration file's text: a regular file of at most `_MAX_CONFIG_BYTES`."""
+    try:
+        return read_small_file(path, _MAX_CONFIG_BYTES).decode("utf-8")
+    except FileTooLargeError:
         raise ConfigError(
             f"config file {path} is larger than {_MAX_CONFIG_BYTES // 1024 // 1024} MiB: is it the "
             "configuration? pass --config PATH with a TOML file"
-        )
-    return raw.decode("utf-8")
+        ) from None
+    except NotRegularFileError:
+        raise ConfigError(
+            f"config file {path} is not a regular file (a pipe or a device?): pass --config "
+            "PATH with a TOML file"
+        ) from None
 
 
 def secret_resolver(settings: BotSettings, secrets_dir: Path) -> SecretResolver:

@@ -19,6 +19,7 @@ from typing import Final
 from pydantic import SecretStr
 
 from bot import logs
+from bot.files import FileTooLargeError, NotRegularFileError, read_small_file
 from bot.messages import is_unicode
 
 __all__ = [
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 DEFAULT_SECRETS_DIR: Final = Path("/run/secrets")
+#: Far beyond any secret (an RSA private key in PEM is about 2 KiB); a larger file, or
+#: /dev/zero, is refused before it fills the memory.
+_MAX_SECRET_BYTES: Final = 64 * 1024
 #: Signs the kill switch's halt and resume commands (the /admin routes, the MQTT control topic).
 ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 
@@ -134,9 +138,19 @@ class SecretResolver:
     @staticmethod
     def _read(path: Path) -> str:
         try:
-            return path.read_text(encoding="utf-8").strip()
+            return read_small_file(path, _MAX_SECRET_BYTES).decode("utf-8").strip()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return ""
+        except NotRegularFileError:
+            raise MissingSecretError(
+                f"secret file {path} is not a regular file (a pipe or a device?): write the "
+                "secret into a file"
+            ) from None
+        except FileTooLargeError:
+            raise MissingSecretError(
+                f"secret file {path} is larger than {_MAX_SECRET_BYTES // 1024} KiB: is it the "
+                "secret? write only the secret into it"
+            ) from None
         except PermissionError:
             raise MissingSecretError(
                 f"cannot read secret file {path}: permission denied (the bot's user must be "

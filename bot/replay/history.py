@@ -13,7 +13,6 @@ file order): a history merged from several files need not be sorted. Every probl
 from __future__ import annotations
 
 import json
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from bot.files import FileTooLargeError, NotRegularFileError, read_small_file
 from bot.messages import (
     MAX_NUMBER,
     Signal,
@@ -143,29 +143,23 @@ class History:
 def read_history(path: Path, source: str) -> History:
     """Read and check the whole file (signals attributed to `source`) before anything runs."""
     try:
-        _check_readable(path)
-        text = path.read_text(encoding="utf-8")
+        text = read_small_file(path, _MAX_HISTORY_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise HistoryError(f"{path}: no such file") from None
+    except (NotRegularFileError, IsADirectoryError):
+        raise HistoryError(
+            f"{path}: not a regular file (a history is a file of JSON lines)"
+        ) from None
+    except FileTooLargeError:
+        raise HistoryError(
+            f"{path}: over {_MAX_HISTORY_BYTES // 2**20} MiB: replay a part of it at a time"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise HistoryError(f"{path}: cannot be read: {exc}") from None
     records = [_record(path, number, line, source) for number, line in _lines(text)]
     if not any(isinstance(record, SignalRecord) for record in records):
         raise HistoryError(f"{path}: holds no signal (one JSON object per line)")
     return History(path, tuple(sorted(records, key=lambda record: (record.ts, record.line))))
-
-
-def _check_readable(path: Path) -> None:
-    """A history is a file of JSON lines: a device, a pipe or a directory is refused before
-    it is read, and so is a file too large to hold in memory."""
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode):
-        raise HistoryError(f"{path}: not a regular file (a history is a file of JSON lines)")
-    if info.st_size > _MAX_HISTORY_BYTES:
-        raise HistoryError(
-            f"{path}: {info.st_size // 2**20} MiB, over {_MAX_HISTORY_BYTES // 2**20} MiB: "
-            "replay a part of it at a time"
-        )
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bot.messages import MAX_NUMBER
+
 __all__ = ["RiskConfig", "StrategyRiskConfig"]
 
 SideName = Literal["Buy", "Sell"]
@@ -48,6 +50,7 @@ class RiskConfig(BaseModel):
     max_leverage: Decimal = Field(
         Decimal(10),
         ge=1,
+        le=MAX_NUMBER,  # what an order can carry
         description="a signal's leverage above this is capped to it; set on the venue "
         "before the order when it differs",
     )
@@ -112,7 +115,7 @@ class StrategyRiskConfig(BaseModel):
     max_position_notional_usdt: Decimal | None = Field(None, gt=0)
     max_strategy_exposure_usdt: Decimal | None = Field(None, gt=0)
     max_open_orders: int | None = Field(None, gt=0)
-    max_leverage: Decimal | None = Field(None, ge=1)
+    max_leverage: Decimal | None = Field(None, ge=1, le=MAX_NUMBER)
     max_orders_per_minute: int | None = Field(None, gt=0)
     max_orders_per_day: int | None = Field(None, gt=0)
     cooldown_after_loss_s: float | None = Field(None, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,28 @@ def test_bad_value_names_the_key(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "[http]\nport = 'eighty'\n"))
 
 
+@pytest.mark.parametrize(
+    ("section", "where"),
+    [
+        ("[risk]", "risk"),
+        (
+            '[strategies.follow]\nplugin = "follow"\nkey = "k"\n[strategies.follow.risk]',
+            "strategies.follow.risk",
+        ),
+    ],
+)
+def test_a_max_leverage_no_order_can_carry_is_refused_at_the_start(
+    tmp_path: Path, section: str, where: str
+) -> None:
+    # Accepted, it would have failed every approved order as it was built, leaving each
+    # signal unprocessed for ever.
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, f"{section}\nmax_leverage = 1e16\n"))
+
+    assert f"invalid {where}.max_leverage = 1e+16" in str(caught.value)
+    assert "less than or equal to 1E+15" in str(caught.value)
+
+
 def test_missing_file_and_bad_toml_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--config PATH or set BOT_CONFIG"):
         load_settings(tmp_path / "absent.toml")
@@ -70,9 +93,17 @@ def test_missing_file_and_bad_toml_say_what_to_do(tmp_path: Path) -> None:
         load_settings(tmp_path)
 
 
-def test_a_config_path_that_never_ends_is_refused_not_read_forever() -> None:
-    with pytest.raises(ConfigError, match=r"^config file /dev/zero is larger than 1 MiB"):
+def test_a_config_path_that_never_ends_is_refused_not_read_forever(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # opening it would wait for a writer for ever
+    huge = write(tmp_path, "# " + "x" * 1024 * 1024)
+
+    with pytest.raises(ConfigError, match=r"^config file /dev/zero is not a regular file"):
         load_settings(Path("/dev/zero"))
+    with pytest.raises(ConfigError, match=r"^config file .*fifo.toml is not a regular file"):
+        load_settings(fifo)
+    with pytest.raises(ConfigError, match=r"^config file .* is larger than 1 MiB"):
+        load_settings(huge)
 
 
 def test_config_path_comes_from_bot_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -35,6 +36,24 @@ def test_missing_secret_names_variable_and_file(tmp_path: Path) -> None:
 
     assert "BOT_KEY_MAIN_API_SECRET" in str(caught.value)
     assert str(tmp_path / "bot_key_main_api_secret") in str(caught.value)
+
+
+def test_a_secret_file_that_is_a_pipe_a_device_or_huge_is_refused_not_read(
+    tmp_path: Path,
+) -> None:
+    """A FIFO would block the start for ever and /dev/zero fill the memory: each is one line."""
+    os.mkfifo(tmp_path / "bot_key_pipe_api_key")
+    (tmp_path / "bot_key_zero_api_key").symlink_to("/dev/zero")
+    (tmp_path / "bot_key_huge_api_key").write_text("x" * (64 * 1024 + 1))
+    resolver = SecretResolver(tmp_path, environ={})
+
+    for key, problem in [
+        ("pipe", "is not a regular file"),
+        ("zero", "is not a regular file"),
+        ("huge", "is larger than 64 KiB"),
+    ]:
+        with pytest.raises(MissingSecretError, match=f"^secret file .*_{key}_api_key {problem}"):
+            resolver.get(f"BOT_KEY_{key.upper()}_API_KEY")
 
 
 def test_sim_generates_once_with_mode_0600(tmp_path: Path) -> None:
