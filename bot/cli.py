@@ -1116,7 +1116,10 @@ def _replay_state_dir(settings: BotSettings, typed: str | None) -> Path:
     journal = settings.model_copy(update={"state_dir": chosen}).journal_path
     if journal.exists():
         _fail(f"--state-dir {chosen} already holds a journal; give a new directory")
-    chosen.mkdir(parents=True, exist_ok=True)
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, a read-only place, ...
+        _fail(f"--state-dir {chosen}: cannot make it a directory ({exc.strerror}); give a new one")
     return chosen
 
 

@@ -37,6 +37,10 @@ __all__ = ["History", "HistoryError", "PricePoint", "SignalRecord", "read_histor
 _PRICE_POINT_KEYS: Final = frozenset({"ts", "prices"})
 #: A history is read whole before the replay starts (every line checked first).
 _MAX_HISTORY_BYTES: Final = 512 * 2**20
+#: A replay's virtual clock runs in epoch milliseconds, from a little before the first record
+#: to a little after the last: records are kept inside these bounds.
+_FIRST_TS: Final = datetime(1970, 1, 2, tzinfo=UTC)
+_LAST_TS: Final = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 class HistoryError(ValueError):
@@ -176,13 +180,20 @@ def _record(path: Path, number: int, line: str, source: str) -> Record:
         raise HistoryError(f"{where}: not a JSON object: {exc}") from None
     if not isinstance(payload, dict):
         raise HistoryError(f"{where}: not a JSON object (a signal or a price point)")
+    record: Record
     if "prices" in payload:
-        return _price_point(where, number, payload)
-    try:
-        signal = parse_signal(source, payload)
-    except SignalError as exc:
-        raise HistoryError(f"{where}: invalid signal: {exc}") from None
-    return SignalRecord(number, line.encode(), signal)
+        record = _price_point(where, number, payload)
+    else:
+        try:
+            record = SignalRecord(number, line.encode(), parse_signal(source, payload))
+        except SignalError as exc:
+            raise HistoryError(f"{where}: invalid signal: {exc}") from None
+    if not _FIRST_TS <= record.ts <= _LAST_TS:
+        raise HistoryError(
+            f"{where}: ts {record.ts.isoformat()} is outside the times a replay's clock runs "
+            f"({_FIRST_TS.date()} to {_LAST_TS.date()}): give the record its real time"
+        )
+    return record
 
 
 def _price_point(where: str, number: int, payload: dict[str, Any]) -> PricePoint:

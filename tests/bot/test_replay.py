@@ -341,6 +341,19 @@ def test_a_state_dir_with_a_journal_is_refused(tmp_path: Path) -> None:
     assert "already holds a journal" in run.stderr
 
 
+def test_a_state_dir_that_is_a_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("kept\n")
+
+    run = replay(tmp_path, SAMPLE, "--state-dir", str(taken))
+
+    assert run.returncode == 2
+    assert run.stderr.strip() == (
+        f"error: --state-dir {taken}: cannot make it a directory (File exists); give a new one"
+    )
+    assert taken.read_text() == "kept\n"
+
+
 def test_an_empty_state_dir_is_refused_not_taken_as_the_current_directory(
     tmp_path: Path,
 ) -> None:
@@ -388,6 +401,11 @@ def test_records_come_in_time_order_ties_in_file_order(tmp_path: Path) -> None:
             "only ts and prices, not id",
         ),
         ("[1, 2]", "not a JSON object"),
+        (
+            '{"id": "old", "symbol": "BTCUSDT", "side": "buy", "ts": "0001-01-01T00:00:00Z"}',
+            "ts 0001-01-01T00:00:00+00:00 is outside the times a replay's clock runs",
+        ),
+        ('{"ts": "9999-12-31T00:00:00Z", "prices": {"BTCUSDT": 1}}', "is outside the times"),
     ],
 )
 def test_a_bad_line_names_file_line_and_problem(tmp_path: Path, line: str, problem: str) -> None:
