@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import shutil
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -41,7 +42,7 @@ from bot.config import (
     load_settings,
     secret_resolver,
 )
-from bot.journal import Journal, JournalError, JournalInUse, TraceRow, lock_journal
+from bot.journal import Journal, JournalError, JournalInUse, TraceRow, damaged, lock_journal
 from bot.messages import SignalError, is_unicode, parse_signal, utc_now
 from bot.net import DEFAULT_SIM_PORT
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
@@ -991,6 +992,8 @@ def _read_journal(config: Path | None, read: Callable[[Journal], T]) -> T:
         _fail(str(exc))
     try:
         return read(journal)
+    except sqlite3.DatabaseError as exc:
+        _fail(damaged(settings.journal_path, str(exc)))
     finally:
         journal.close()
 

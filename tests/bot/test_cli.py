@@ -23,6 +23,7 @@ import requests
 from bot import cli
 from bot.config import load_settings
 from bot.journal import Journal
+from tests.bot.test_journal import damage
 from tests.conftest import SIM_CONFIG, client_orders, free_port, wait_for
 
 
@@ -178,6 +179,23 @@ def test_orders_before_any_run_explains(sim_config: Callable[..., Path]) -> None
 
     assert listed.returncode == 2
     assert "has the bot run" in listed.stderr
+
+
+def test_a_damaged_journal_is_one_line_with_what_to_do(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config()
+    path = load_settings(config).journal_path
+    damage(path)
+
+    listed = bot("orders", "--config", str(config), cwd=config.parent)
+    started = bot("run", "--config", str(config), cwd=config.parent)
+
+    for run in (listed, started):
+        assert run.returncode != 0
+        assert "Traceback" not in run.stderr + run.stdout
+    assert _one_line(listed.stderr).startswith(f"error: journal {path} is damaged (")
+    assert f"error: journal {path} is damaged (" in started.stderr + started.stdout
 
 
 def test_an_empty_journal_is_said_to_be_empty(sim_config: Callable[..., Path]) -> None:

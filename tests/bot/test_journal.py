@@ -38,6 +38,28 @@ def signal(signal_id: str = "s1"):  # type: ignore[no-untyped-def]
     )
 
 
+def damage(path: Path) -> None:
+    """Zeros over 16 KiB in the middle of a journal of many signals, as a failing disk would."""
+    journal = Journal(path)
+    for index in range(3000):
+        journal.record_signal(signal(f"s{index}"))
+    journal.close()
+    with path.open("r+b") as raw:
+        raw.seek(path.stat().st_size // 2)
+        raw.write(bytes(16 * 1024))
+
+
+def test_a_damaged_journal_is_refused_before_the_bot_trades_on_it(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    damage(path)
+
+    with pytest.raises(JournalError) as refused:
+        Journal(path)
+
+    assert str(refused.value).startswith(f"journal {path} is damaged (")
+    assert f"sqlite3 {path} .recover" in str(refused.value)
+
+
 def test_opens_in_wal_mode(journal: Journal) -> None:
     mode = sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0]
 
