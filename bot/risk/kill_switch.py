@@ -8,6 +8,10 @@ reduce-only market order per position of each strategy in scope (its own book, n
 whole position); each is approved by the gate like any other order and journaled under a
 signal of source `admin`, so `bot orders` shows it.
 
+Cancels and flattens of concurrent commands run one command after the other (the states
+themselves take effect at once), so the second finds what the first left: nothing to close
+twice.
+
 Each row of the report says `done`: the order is cancelled (or was not open), the position's
 close reached the venue. A row not done (a refused or failed cancel or close, an order still
 being sent) needs the operator: `bot halt` exits 1 on one.
@@ -79,6 +83,10 @@ class KillSwitch:
         self._account = account
         self._key_of = key_of
         self._decide = decide
+        # Cancels and flattens run one command at a time: two halts with --flatten at once
+        # would each close the same positions (the second's orders refused by the venue as
+        # reduce-only with nothing to reduce, and reported as failed).
+        self._acting = asyncio.Lock()
 
     async def enter(
         self, state: ScopeState, *, cancel_open: bool = False, flatten: bool = False
@@ -95,10 +103,13 @@ class KillSwitch:
         strategies = (
             frozenset(self._key_of) if state.scope == BOT_SCOPE else frozenset({state.scope})
         )
-        if cancel_open:
-            report["cancelled"] = await self._cancel_open(strategies)
-        if flatten:
-            report["flattened"] = await self._flatten(strategies)
+        if not (cancel_open or flatten):
+            return report
+        async with self._acting:  # the state above is set at once, whatever runs here
+            if cancel_open:
+                report["cancelled"] = await self._cancel_open(strategies)
+            if flatten:
+                report["flattened"] = await self._flatten(strategies)
         return report
 
     async def _cancel_open(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:

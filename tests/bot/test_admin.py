@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -175,6 +176,36 @@ def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
         assert bot.post(signal("after-halt")).status_code == 202
         assert decision_of(bot, "after-halt")[0] == "rejected"
         assert admin(bot, "resume", {"flatten": True}) == 422
+    finally:
+        bot.stop()
+
+
+def test_halts_with_flatten_at_once_close_each_position_once(
+    sim_config: Callable[..., Path],
+) -> None:
+    """Operators (or a retrying script) sending the same flatten together: one close reaches
+    the venue, and no answer reports the others' positions as failed to close."""
+    bot = RunningBot(sim_config()).start()
+    try:
+        assert bot.post(signal("filled")).status_code == 202
+        wait_for(lambda: venue_position(bot) > 0, what="the venue's position")
+
+        with ThreadPoolExecutor(max_workers=4) as senders:
+            answers = list(
+                senders.map(
+                    lambda index: admin_answer(
+                        bot, "halt", {"reason": f"drill {index}", "flatten": True}
+                    ),
+                    range(4),
+                )
+            )
+
+        assert [answer.status_code for answer in answers] == [200] * 4
+        rows = [row for answer in answers for row in answer.json()["flattened"]]
+        assert [(row["status"], row["done"]) for row in rows] == [("Filled", True)]
+        closes = [row for row in bot.rows() if str(row["signal_id"]).startswith("flatten-")]
+        assert [row["status"] for row in closes] == ["Filled"]
+        wait_for(lambda: venue_position(bot) == 0, what="a flat position at the venue")
     finally:
         bot.stop()
 
