@@ -61,7 +61,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import SecretStr
 
-from bot import logs
+from bot import logs, metrics
 from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
 from bot.secrets import split_secrets
@@ -123,13 +123,19 @@ class MqttPublishError(Exception):
     """A signal could not be published (broker unreachable, refused, or too slow)."""
 
 
+#: The refusal kind of a message whose signature is missing or wrong (as the webhook's 401).
+_UNAUTHORIZED: Final = "unauthorized"
+
+
 class _Rejected(Exception):
     """The message can never become a signal; the message is the one-line reason.
-    `verified`: it carried a valid signature, so its sender is known."""
+    `verified`: it carried a valid signature, so its sender is known. `kind` labels it in
+    `bot_signal_rejections_total`, as the webhook's refusals are labelled."""
 
-    def __init__(self, reason: str, *, verified: bool = False) -> None:
+    def __init__(self, reason: str, *, verified: bool = False, kind: str = "invalid") -> None:
         super().__init__(reason)
         self.verified = verified
+        self.kind = kind
 
 
 class _SinkFailed(Exception):
@@ -325,11 +331,14 @@ class MqttSubscriber:
         try:
             signal = self._signal_from(topic, message.payload, message.properties)
         except _Rejected as exc:
-            await self._reject(str(exc), topic, verified=exc.verified)
+            await self._reject(str(exc), topic, verified=exc.verified, kind=exc.kind)
         except Exception as exc:  # a bug in a check must not stop the stream
             logger.opt(exception=exc).error("mqtt: checking a message failed")
             await self._reject(
-                f"internal error while checking: {type(exc).__name__}", topic, verified=True
+                f"internal error while checking: {type(exc).__name__}",
+                topic,
+                verified=True,
+                kind="internal_error",
             )
         else:
             try:
@@ -359,11 +368,13 @@ class MqttSubscriber:
                 rc=paho_mqtt.error_string(result),
             )
 
-    async def _reject(self, reason: str, topic: str, *, verified: bool) -> None:
-        """Count a refusal; log it and report it (`on_reject`: the journal) unless its sender
-        is not known (no valid signature) and such a refusal was reported within
-        `FLOOD_NOTE_S`: anyone who may publish could otherwise grow both at their pace."""
+    async def _reject(self, reason: str, topic: str, *, verified: bool, kind: str) -> None:
+        """Count a refusal (and in `bot_signal_rejections_total`, by `kind`); log it and
+        report it (`on_reject`: the journal) unless its sender is not known (no valid
+        signature) and such a refusal was reported within `FLOOD_NOTE_S`: anyone who may
+        publish could otherwise grow both at their pace."""
         self.counters.rejected += 1
+        metrics.SIGNAL_REJECTIONS.labels(self._config.source, kind).inc()
         # Keyed by the source, not the topic: a publisher chooses the topic's last levels.
         if not verified and not self._floods.first_in_a_while(self._config.source):
             return
@@ -385,19 +396,24 @@ class MqttSubscriber:
         config = self._config
         if len(payload) > config.max_payload_bytes:
             raise _Rejected(
-                f"payload is {len(payload)} bytes, over the limit of {config.max_payload_bytes}"
+                f"payload is {len(payload)} bytes, over the limit of {config.max_payload_bytes}",
+                kind="too_large",
             )
         header = _signature_property(properties)
         verified = False  # a secret of ours signed it
         if header is not None and self._secrets:
             problem = self._signature_problem(header, payload)
             if problem is not None:
-                raise _Rejected(f"{SIGNATURE_PROPERTY} user property: {problem}")
+                raise _Rejected(
+                    f"{SIGNATURE_PROPERTY} user property: {problem}", kind=_UNAUTHORIZED
+                )
             verified = True
         try:
             document = json.loads(payload)
         except (ValueError, RecursionError) as exc:
-            raise _Rejected(f"payload is not JSON: {exc}", verified=verified) from None
+            raise _Rejected(
+                f"payload is not JSON: {exc}", verified=verified, kind="invalid_json"
+            ) from None
         signed = header is not None
         if isinstance(document, dict) and PAYLOAD_SIGNATURE_FIELD in document:
             embedded = document.pop(PAYLOAD_SIGNATURE_FIELD)
@@ -408,7 +424,8 @@ class MqttSubscriber:
         if config.require_signature and not signed:
             raise _Rejected(
                 f"unsigned message: a signature is required (the {SIGNATURE_PROPERTY} user "
-                f"property, or a {PAYLOAD_SIGNATURE_FIELD!r} field)"
+                f"property, or a {PAYLOAD_SIGNATURE_FIELD!r} field)",
+                kind=_UNAUTHORIZED,
             )
         strategy = self._topic_strategy(topic, verified=verified)
         if strategy is not None and isinstance(document, dict):
@@ -435,13 +452,18 @@ class MqttSubscriber:
     def _check_embedded_signature(self, value: object, payload: bytes) -> None:
         name = f"{PAYLOAD_SIGNATURE_FIELD!r} field"
         if not isinstance(value, str) or not _LITERAL_SIGNATURE.fullmatch(value):
-            raise _Rejected(f"{name}: expected the string t=<unix seconds>,v1=<hex>")
+            raise _Rejected(
+                f"{name}: expected the string t=<unix seconds>,v1=<hex>", kind=_UNAUTHORIZED
+            )
         quoted = f'"{value}"'.encode()
         if payload.count(quoted) != 1:
-            raise _Rejected(f"{name}: its value must appear literally, and once, in the payload")
+            raise _Rejected(
+                f"{name}: its value must appear literally, and once, in the payload",
+                kind=_UNAUTHORIZED,
+            )
         problem = self._signature_problem(value, payload.replace(quoted, b'""', 1))
         if problem is not None:
-            raise _Rejected(f"{name}: {problem}")
+            raise _Rejected(f"{name}: {problem}", kind=_UNAUTHORIZED)
 
     def _topic_strategy(self, topic: str, *, verified: bool) -> str | None:
         if self._strategy_level is None:

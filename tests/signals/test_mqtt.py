@@ -31,6 +31,7 @@ from pydantic import SecretStr, ValidationError
 from bot.journal import Journal
 from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
+from bot.metrics import REGISTRY
 from signals.mqtt import (
     SIGNATURE_PROPERTY,
     MqttConfig,
@@ -766,6 +767,11 @@ def test_a_flood_from_senders_not_known_is_counted_but_reported_once_a_minute(
     unsigned = json.dumps(signal_payload("flood")).encode()
     invalid = json.dumps(signal_payload("bad id!")).encode()
 
+    def counted(kind: str) -> float:
+        labels = {"source": config.source, "kind": kind}
+        return REGISTRY.get_sample_value("bot_signal_rejections_total", labels) or 0.0
+
+    before = {kind: counted(kind) for kind in ("unauthorized", "invalid")}
     with Running(subscriber) as running:
         running.wait_connected()
         publisher = RawPublisher(broker)
@@ -779,6 +785,11 @@ def test_a_flood_from_senders_not_known_is_counted_but_reported_once_a_minute(
     assert [reason.split(":")[0] for reason, _ in rejections] == ["unsigned message"] + [
         "invalid signal"
     ] * 3
+    # Every one is in the metrics, as the webhook's refusals are.
+    assert {kind: counted(kind) - before[kind] for kind in before} == {
+        "unauthorized": 200,
+        "invalid": 3,
+    }
 
 
 def test_the_broker_never_sends_a_message_far_over_the_payload_limit(broker: Mosquitto) -> None:
