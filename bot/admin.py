@@ -11,7 +11,6 @@ answer says what was cancelled and flattened. The routes exist only when an admi
 
 from __future__ import annotations
 
-import json
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Collection
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from bot.bodies import BodyRefused, read_body
 from bot.logs import logger
-from bot.messages import field_problems, is_unicode, utc_now
+from bot.messages import field_problems, is_unicode, load_json, utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import ADMIN_SECRET_NAME
 from signals.voiceofchain import (
@@ -153,9 +152,7 @@ def parse_command(
     wrong (the HTTP routes and the MQTT control topic read commands alike)."""
     expected = "expected {strategy, reason, cancel_open, flatten}"
     try:
-        command = AdminCommand.model_validate(json.loads(body or b"{}"))
-    except RecursionError:
-        raise ValueError(f"{expected}: nested too deep") from None
+        command = AdminCommand.model_validate(load_json(body or b"{}"))
     except ValidationError as exc:
         problems = "; ".join(f"{field}: {message}" for field, message in field_problems(exc))
         raise ValueError(f"{expected}: {problems}") from None

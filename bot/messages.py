@@ -13,7 +13,9 @@ every signal traced to its orders or to the reason it produced none. Prices and 
 from __future__ import annotations
 
 import enum
+import json
 import math
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation, localcontext
@@ -55,6 +57,7 @@ __all__ = [
     "WalletUpdate",
     "is_unicode",
     "json_number",
+    "load_json",
     "parse_signal",
     "parse_ts",
 ]
@@ -232,6 +235,32 @@ class Signal(_Message):
         return self
 
 
+def load_json(document: bytes | str) -> object:
+    """A JSON document, as `json.loads` reads it, with what it would take silently or word
+    in Python's terms refused in plain ones (ValueError): a key given twice in one object (a
+    signer and a reader could each take a different one), a number of more digits than
+    Python converts, nesting deeper than the interpreter's stack."""
+    try:
+        return json.loads(document, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            raise ValueError(
+                f"a number has more than {sys.get_int_max_str_digits()} digits"
+            ) from None
+        raise
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ValueError(f"the key {key!r} is given twice in one object")
+        document[key] = value
+    return document
+
+
 def json_number(value: object) -> object:
     """Accept JSON numbers and numeric strings; refuse booleans, which Python treats as ints."""
     if isinstance(value, bool):
@@ -241,6 +270,8 @@ def json_number(value: object) -> object:
     if isinstance(value, float):
         return Decimal(repr(value))  # the shortest decimal that round-trips, not binary noise
     if isinstance(value, str):
+        if "_" in value:  # Decimal reads "97_000" as Python source would; JSON has no such form
+            raise ValueError("must be a number")
         try:
             return Decimal(value.strip())
         except InvalidOperation:

@@ -63,7 +63,7 @@ from pydantic import SecretStr
 
 from bot import logs, metrics
 from bot.logs import logger
-from bot.messages import Signal, SignalError, parse_signal
+from bot.messages import Signal, SignalError, load_json, parse_signal
 from bot.secrets import split_secrets
 from signals.base import FloodNotes, SignalSink
 from signals.config import PASSWORD_SECRET_NAME, SIGNING_SECRET_NAME, MqttConfig
@@ -409,8 +409,8 @@ class MqttSubscriber:
                 )
             verified = True
         try:
-            document = json.loads(payload)
-        except (ValueError, RecursionError) as exc:
+            document = load_json(payload)
+        except ValueError as exc:
             raise _Rejected(
                 f"payload is not JSON: {exc}", verified=verified, kind="invalid_json"
             ) from None

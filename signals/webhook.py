@@ -3,8 +3,8 @@
 Checks run cheapest-first, and an unauthenticated sender learns nothing about validation:
 
     429 locked out (repeated authentication failures) → 429 rate limit → 403 address not
-    allowed → 408 body not sent in time → 413 body size → 401 authentication → 400 JSON
-    → 422 signal fields → journal → 202 accepted | 200 duplicate
+    allowed → 408 body not sent in time → 413 body size → 415 compressed body → 401
+    authentication → 400 JSON → 422 signal fields → journal → 202 accepted | 200 duplicate
 
 Every 429 carries `Retry-After`. Every refusal is counted (`bot_signal_rejections_total`) and
 journaled with the source, what kind, why and the client's address (never a secret, token or
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -39,7 +38,7 @@ from pydantic import BaseModel, Field, SecretStr
 from bot import metrics
 from bot.app import DirectRoute
 from bot.bodies import BodyRefused, read_body
-from bot.messages import SignalError, parse_signal, utc_now
+from bot.messages import SignalError, load_json, parse_signal, utc_now
 from signals.base import FloodNotes, SignalSink
 from signals.presets import ResolvedSource, map_payload
 from signals.voiceofchain import SIGNATURE_HEADER, any_signature_problem, signed_at
@@ -240,6 +239,7 @@ class WebhookReceiver:
                 (403, "the client's address is not allowed"),
                 (408, "the body was not sent in time"),
                 (413, "body too large"),
+                (415, "the body is compressed (Content-Encoding): send it as it is"),
                 (422, "not a valid signal; `problems` names each field"),
                 (429, "too many requests, or locked out after failed logins; see Retry-After"),
                 (503, "could not be journaled: retry"),
@@ -299,6 +299,13 @@ class WebhookReceiver:
     async def _receive(self, request: Request, client: str) -> JSONResponse:
         self._admit(client)
         body = await self._read_body(request)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":  # read whole first, so the connection stays usable
+            raise _Refused(
+                415,
+                "unsupported_encoding",
+                f"Content-Encoding {encoding[:40]!r} is not accepted: send the body uncompressed",
+            )
         payload = self._authenticate(request, body, self._json(body), client)
         if not isinstance(payload, dict):
             payload = self._json_object(body)
@@ -363,14 +370,14 @@ class WebhookReceiver:
 
     def _json(self, body: bytes) -> object:
         try:
-            return json.loads(body)
-        except (ValueError, RecursionError):
+            return load_json(body)
+        except ValueError:
             return None
 
     def _json_object(self, body: bytes) -> dict[str, Any]:
         try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError) as exc:
+            payload = load_json(body)
+        except ValueError as exc:
             raise _Refused(400, "invalid_json", f"the body is not a JSON document: {exc}") from None
         if not isinstance(payload, dict):
             raise _Refused(422, "invalid", "the body must be a JSON object (a signal)")

@@ -221,6 +221,8 @@ def test_halts_with_flatten_at_once_close_each_position_once(
         (b'{"reason": "one\\u2028two"}', "reason: must be one line of printable"),
         (b'{"reason": "a\\u202eb"}', "reason: must be one line of printable"),
         (b"nope", "the body is not JSON"),
+        # Read as the last one, this halt of one strategy would have halted the whole bot.
+        (b'{"strategy": "follow", "strategy": null}', "the key 'strategy' is given twice"),
     ],
 )
 def test_a_bad_command_is_refused_naming_the_field_and_the_rule(body: bytes, problem: str) -> None:

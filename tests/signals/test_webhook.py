@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import Callable
@@ -189,6 +190,50 @@ def test_invalid_json_is_400_and_invalid_signal_422_naming_the_field(client: Tes
     assert response.status_code == 422
     fields = {problem["field"] for problem in response.json()["problems"]}
     assert fields == {"side", "stop_loss"}
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        # A signer and a reader could each take a different `id`: refused, never guessed.
+        (b'{"id": "a", "id": "b", "symbol": "BTCUSDT", "side": "buy"}', "'id' is given twice"),
+        (
+            b'{"id": "a", "symbol": "BTCUSDT", "side": "buy", "entry": 1' + b"0" * 5000 + b"}",
+            "a number has more than 4300 digits",
+        ),
+    ],
+)
+def test_a_body_json_reads_ambiguously_or_in_python_terms_is_400_saying_why(
+    client: TestClient, sink: Sink, data: bytes, problem: str
+) -> None:
+    response = post(client, data)
+
+    assert response.status_code == 400
+    assert problem in response.json()["detail"]
+    assert "sys." not in response.text
+    assert sink.signals == []
+
+
+def test_a_price_written_with_underscores_is_not_a_number(client: TestClient) -> None:
+    response = post(client, body(stop_loss="95_000"))
+
+    assert response.status_code == 422
+    assert [problem["field"] for problem in response.json()["problems"]] == ["stop_loss"]
+
+
+def test_a_compressed_body_is_415_saying_to_send_it_as_it_is(client: TestClient) -> None:
+    data = gzip.compress(body())
+    response = client.post(
+        PATH,
+        content=data,
+        headers={
+            "Content-Encoding": "gzip",
+            SIGNATURE_HEADER: sign(SECRET, data, int(time.time())),
+        },
+    )
+
+    assert response.status_code == 415
+    assert "send the body uncompressed" in response.json()["detail"]
 
 
 def test_body_over_the_limit_is_413(sink: Sink) -> None:
@@ -513,7 +558,6 @@ def test_a_sender_that_hangs_up_mid_body_is_refused_as_incomplete_not_a_crash(
             "198.51.100.3",
         )
     ]
-
 
 
 def test_a_signed_mapped_request_sent_again_minutes_later_is_still_one_signal(sink: Sink) -> None:
