@@ -12,7 +12,6 @@ file order): a history merged from several files need not be sorted. Every probl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from bot.messages import (
     Signal,
     SignalError,
     json_number,  # the signal schema's own rules: a price point reads like a signal
+    load_json,
     parse_signal,
     parse_ts,
 )
@@ -175,8 +175,8 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
 def _record(path: Path, number: int, line: str, source: str) -> Record:
     where = f"{path}:{number}"
     try:
-        payload = json.loads(line)
-    except (ValueError, RecursionError) as exc:
+        payload = load_json(line)
+    except ValueError as exc:
         raise HistoryError(f"{where}: not a JSON object: {exc}") from None
     if not isinstance(payload, dict):
         raise HistoryError(f"{where}: not a JSON object (a signal or a price point)")
