@@ -291,6 +291,11 @@ def signal_send(
     }
     payload.update({key: value for key, value in optional.items() if value is not None})
     if mqtt:
+        if url is not None:
+            _fail(
+                "--url names a webhook; with --mqtt the signal goes to the [mqtt] broker and "
+                "topic (mqtt.host, mqtt.port): leave --url out"
+            )
         _publish(settings, secret_resolver(settings, secrets_dir), payload, as_json)
         return
     body = json.dumps(payload, default=_decimal_as_number).encode()

@@ -196,6 +196,19 @@ def test_cli_refuses_to_publish_a_signal_the_bot_would_refuse(
     assert "Traceback" not in sent.stderr
 
 
+def test_cli_publishing_refuses_a_webhook_url_it_would_not_use(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config(extra="\n[mqtt]\nenabled = true\nport = 1\n")
+    sent = send_mqtt(config, "--symbol", "BTCUSDT", "--side", "buy", "--url", "http://x:1")
+
+    assert sent.returncode == 2
+    assert sent.stderr.strip() == (
+        "error: --url names a webhook; with --mqtt the signal goes to the [mqtt] broker and "
+        "topic (mqtt.host, mqtt.port): leave --url out"
+    )
+
+
 def test_cli_publishing_with_mqtt_off_says_the_bot_will_not_hear_it(
     sim_config: Callable[..., Path],
     mosquitto: Mosquitto,  # noqa: F811
