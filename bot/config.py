@@ -359,6 +359,14 @@ class BotSettings(BaseSettings):
         # and no secrets here: secrets are resolved separately and never become settings.
         return (_Environment(settings_cls), init_settings)
 
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _names_a_directory(cls, value: object) -> object:
+        # An empty value would be the current directory: a journal wherever the bot starts.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: name the directory of the journal, e.g. var")
+        return value
+
     #: the configuration file these settings were read from (None: built in code)
     _source: Path | None = PrivateAttr(None)
 
@@ -458,8 +466,8 @@ def _state_dir_beside(data: dict[str, Any], path: Path) -> dict[str, Any]:
     directory, so every command finds the same journal wherever it runs; BOT_STATE_DIR, set in
     a shell, is relative to where the command runs, as any path typed there."""
     state_dir = data.get("state_dir", BotSettings.model_fields["state_dir"].default)
-    if not isinstance(state_dir, str | Path):  # for validation to refuse
-        return data
+    if not isinstance(state_dir, str | Path) or not str(state_dir).strip():
+        return data  # for validation to refuse
     return {**data, "state_dir": (path.parent / Path(state_dir).expanduser()).resolve()}
 
 

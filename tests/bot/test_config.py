@@ -84,6 +84,16 @@ def test_a_max_leverage_no_order_can_carry_is_refused_at_the_start(
     assert "less than or equal to 1E+15" in str(caught.value)
 
 
+def test_an_empty_state_dir_is_refused_not_taken_as_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match=r"invalid state_dir = '' in .*: is empty"):
+        load_settings(write(tmp_path, 'state_dir = ""\n'))
+    monkeypatch.setenv("BOT_STATE_DIR", "")
+    with pytest.raises(ConfigError, match=r"invalid state_dir = '' from BOT_STATE_DIR: is empty"):
+        load_settings(write(tmp_path, ""))
+
+
 def test_missing_file_and_bad_toml_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--config PATH or set BOT_CONFIG"):
         load_settings(tmp_path / "absent.toml")
