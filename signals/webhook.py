@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,9 +50,10 @@ MIN_TOKEN_LENGTH: Final = 32
 _FAILURE_WINDOW_S: Final = 60.0
 _MAX_CLIENTS: Final = 4096
 #: Refusals made before a sender is known (its pace, its lockout, a body too large, too slow
-#: or cut off): journaled once per `FLOOD_NOTE_S` per address, as anyone can repeat them.
+#: or cut off, or compressed): journaled once per `FLOOD_NOTE_S` per address, as anyone can
+#: repeat them.
 _FLOOD_KINDS: Final = frozenset(
-    {"rate_limited", "locked_out", "too_large", "timeout", "incomplete"}
+    {"rate_limited", "locked_out", "too_large", "timeout", "incomplete", "unsupported_encoding"}
 )
 
 #: Hears of every refusal: (kind, reason, client address). Must not block.
@@ -160,6 +162,21 @@ class _Lockout:
         locked[client] = now + self._lockout_s
         while locked and (len(locked) > _MAX_CLIENTS or next(iter(locked.values())) <= now):
             del locked[next(iter(locked))]
+
+
+def _read_json(body: bytes) -> tuple[object, str | None]:
+    """The body as JSON, and why the strict reading (`load_json`) refuses it, if it does.
+    A body only the strict reading refuses (a key given twice) is still read as JSON reads
+    it, for authentication alone: a TradingView alert carrying the right token is then
+    refused for its JSON (400), not taken for a wrong token (401, towards a lockout of
+    every alert from TradingView's shared addresses)."""
+    try:
+        return load_json(body), None
+    except ValueError as strict:
+        try:
+            return json.loads(body), str(strict)
+        except (ValueError, RecursionError):
+            return None, str(strict)
 
 
 def _signed_at(header: str | None) -> int | None:
@@ -299,16 +316,19 @@ class WebhookReceiver:
     async def _receive(self, request: Request, client: str) -> JSONResponse:
         self._admit(client)
         body = await self._read_body(request)
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding != "identity":  # read whole first, so the connection stays usable
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):  # read whole first: the connection stays usable
             raise _Refused(
                 415,
                 "unsupported_encoding",
                 f"Content-Encoding {encoding[:40]!r} is not accepted: send the body uncompressed",
             )
-        payload = self._authenticate(request, body, self._json(body), client)
+        document, problem = _read_json(body)
+        payload = self._authenticate(request, body, document, client)
+        if problem is not None:  # only an authenticated sender learns what is wrong with it
+            raise _Refused(400, "invalid_json", f"the body is not a JSON document: {problem}")
         if not isinstance(payload, dict):
-            payload = self._json_object(body)
+            raise _Refused(422, "invalid", "the body must be a JSON object (a signal)")
         received_at = utc_now()
         mapping = self._resolved.mapping
         if mapping is not None:
@@ -367,21 +387,6 @@ class WebhookReceiver:
             )
         except BodyRefused as refused:
             raise _Refused(refused.status, refused.kind, refused.detail) from None
-
-    def _json(self, body: bytes) -> object:
-        try:
-            return load_json(body)
-        except ValueError:
-            return None
-
-    def _json_object(self, body: bytes) -> dict[str, Any]:
-        try:
-            payload = load_json(body)
-        except ValueError as exc:
-            raise _Refused(400, "invalid_json", f"the body is not a JSON document: {exc}") from None
-        if not isinstance(payload, dict):
-            raise _Refused(422, "invalid", "the body must be a JSON object (a signal)")
-        return payload
 
     def _authenticate(self, request: Request, body: bytes, payload: object, client: str) -> object:
         """The payload the request may be trusted with (the body token removed), or 401."""

@@ -483,6 +483,23 @@ def test_a_tradingview_close_and_its_token_rules(sink: Sink) -> None:
     assert [p["field"] for p in unmapped.json()["problems"]] == ["side"]
 
 
+def test_an_alert_with_the_right_token_and_a_key_twice_is_400_never_a_lockout(
+    sink: Sink,
+) -> None:
+    """TradingView sends every user's alerts from a few shared addresses: an alert template
+    with a key given twice must be told so, not counted as a wrong token until every alert
+    is locked out."""
+    client = tradingview_client(sink, auth_failures_before_lockout=3)
+    twice = alert()[:-1] + b', "comment": "a", "comment": "b"}'
+
+    answers = [client.post(TRADINGVIEW, content=twice) for _ in range(5)]
+    valid = client.post(TRADINGVIEW, content=alert())
+
+    assert {answer.status_code for answer in answers} == {400}
+    assert "the key 'comment' is given twice" in answers[0].json()["detail"]
+    assert valid.status_code == 202
+
+
 def test_tradingview_may_be_limited_to_its_published_addresses(sink: Sink) -> None:
     receiver = receiver_for(sink, source="tradingview", allow_preset_ips=True)
     app = served(receiver)
