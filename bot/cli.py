@@ -42,7 +42,15 @@ from bot.config import (
     load_settings,
     secret_resolver,
 )
-from bot.journal import Journal, JournalError, JournalInUse, TraceRow, damaged, lock_journal
+from bot.journal import (
+    Journal,
+    JournalError,
+    JournalInUse,
+    TraceRow,
+    damage_message,
+    is_damage,
+    lock_journal,
+)
 from bot.messages import SignalError, is_unicode, parse_signal, utc_now
 from bot.net import DEFAULT_SIM_PORT
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
@@ -997,8 +1005,10 @@ def _read_journal(config: Path | None, read: Callable[[Journal], T]) -> T:
         _fail(str(exc))
     try:
         return read(journal)
-    except sqlite3.DatabaseError as exc:
-        _fail(damaged(settings.journal_path, str(exc)))
+    except sqlite3.Error as exc:
+        if not is_damage(exc):
+            _fail(f"cannot read journal {settings.journal_path}: {exc}")
+        _fail(damage_message(settings.journal_path, str(exc)))
     finally:
         journal.close()
 

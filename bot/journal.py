@@ -70,7 +70,8 @@ __all__ = [
     "OrderRecord",
     "TraceRow",
     "WaitingExit",
-    "damaged",
+    "damage_message",
+    "is_damage",
     "lock_journal",
 ]
 
@@ -429,12 +430,19 @@ class TraceRow:
         )
 
 
-def damaged(path: Path, problem: str) -> str:
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is damaged (SQLITE_CORRUPT), not that it cannot be
+    opened, locked, written or read right now (a read-only mount, a full disk, ...)."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_CORRUPT
+
+
+def damage_message(path: Path, problem: str) -> str:
     """What to tell of a journal SQLite finds damaged, and what to do about it (one line)."""
+    where = shlex.quote(str(path))
     return (
         f"journal {path} is damaged ({' '.join(problem.split())}): restore it from a backup, "
-        f"or recover what it holds with `sqlite3 {path} .recover | sqlite3 recovered.sqlite3` "
-        "and use that file"
+        f"or recover what it holds with SQLite's command-line tool (`sqlite3 {where} .recover "
+        "| sqlite3 recovered.sqlite3`) and use that file"
     )
 
 
@@ -482,30 +490,30 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             # What every commit gets; a durable one raises it to `synchronous` for its commit.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            if not read_only:
+                self._check_intact()  # before anything is written to it
             # An older journal is brought up to date even when opened to read (e.g. by
             # `bot orders` after an upgrade): every migration is one forward transaction.
             self._migrate()
             if read_only:
                 self._db.execute("PRAGMA query_only=1")
             else:
-                self._check_intact()
                 self._unfinished = {
                     record.request.order_link_id: record for record in self.unfinished_orders()
                 }
-        except sqlite3.DatabaseError as exc:
-            if "not a database" in str(exc):  # another file, or a header beyond repair
-                raise JournalError(f"cannot open journal {path}: {exc}") from None
-            raise JournalError(damaged(path, str(exc))) from None
         except sqlite3.Error as exc:
+            if is_damage(exc):
+                raise JournalError(damage_message(path, str(exc))) from None
             raise JournalError(f"cannot open journal {path}: {exc}") from None
 
     def _check_intact(self) -> None:
         """Refuse a damaged journal before the bot trades on it: SQLite's quick check reads
-        every page (about 50 ms for 50 MB here), where a damaged one would otherwise stop
-        the bot at the first query that reaches it, or hide orders from reconciliation."""
+        every page (about 50 ms for 50 MB in the page cache; a journal read cold from disk
+        takes its disk's time), where a damaged one would otherwise stop the bot at the
+        first query that reaches it, or hide orders from reconciliation."""
         problem = self._db.execute("PRAGMA quick_check(1)").fetchone()[0]
         if problem != "ok":
-            raise JournalError(damaged(self.path, problem))
+            raise JournalError(damage_message(self.path, problem))
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

@@ -60,6 +60,20 @@ def test_a_damaged_journal_is_refused_before_the_bot_trades_on_it(tmp_path: Path
     assert f"sqlite3 {path} .recover" in str(refused.value)
 
 
+def test_a_journal_that_cannot_be_opened_is_not_called_damaged(tmp_path: Path) -> None:
+    # Restoring a backup over a healthy journal would lose the orders sent since: only
+    # SQLite's own word for damage (SQLITE_CORRUPT) says "damaged".
+    taken = tmp_path / "journal.sqlite3"
+    taken.mkdir()  # as a read-only mount or a wrong path would, SQLite cannot open it
+
+    for read_only in (False, True):
+        with pytest.raises(JournalError) as refused:
+            Journal(taken, read_only=read_only)
+
+        assert str(refused.value).startswith(f"cannot open journal {taken}: ")
+        assert "damaged" not in str(refused.value)
+
+
 def test_opens_in_wal_mode(journal: Journal) -> None:
     mode = sqlite3.connect(journal.path).execute("PRAGMA journal_mode").fetchone()[0]
 
