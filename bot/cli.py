@@ -562,7 +562,8 @@ def _switch(
 
 def _undone(answer: str) -> str:
     """What a halt's answer reports as not done: its rows of "cancelled" and "flattened"
-    whose `done` is false, counted ("1 cancel and 2 closes"); "" when everything was done."""
+    whose `done` is false, counted ("1 cancel and 2 closes"), and a flatten `superseded`;
+    "" when everything was done."""
     try:
         report = json.loads(answer)
     except ValueError:
@@ -573,9 +574,10 @@ def _undone(answer: str) -> str:
         (sum(1 for row in report.get(part, ()) if row.get("done") is False), noun)
         for part, noun in (("cancelled", "cancel"), ("flattened", "close"))
     ]
-    return " and ".join(
-        f"{count} {noun}{'s' if count > 1 else ''}" for count, noun in counts if count
-    )
+    undone = [f"{count} {noun}{'s' if count > 1 else ''}" for count, noun in counts if count]
+    if report.get("superseded") is True:
+        undone.append("the flatten (another command changed the state while it waited)")
+    return " and ".join(undone)
 
 
 def _journal_while_stopped(path: Path, scope: ScopeState, target: str) -> None:

@@ -8,9 +8,11 @@ reduce-only market order per position of each strategy in scope (its own book, n
 whole position); each is approved by the gate like any other order and journaled under a
 signal of source `admin`, so `bot orders` shows it.
 
-Cancels and flattens of concurrent commands run one command after the other (the states
-themselves take effect at once), so the second finds what the first left: nothing to close
-twice.
+Flattens of concurrent commands run one after the other (the states themselves take effect
+at once), so the second finds what the first left, and skips a position whose close from an
+earlier flatten is still unfinished: nothing is closed twice. A flatten that waited while
+another command changed the scope's state (a resume) is not done: its answer says
+`superseded`.
 
 Each row of the report says `done`: the order is cancelled (or was not open), the position's
 close reached the venue. A row not done (a refused or failed cancel or close, an order still
@@ -83,10 +85,10 @@ class KillSwitch:
         self._account = account
         self._key_of = key_of
         self._decide = decide
-        # Cancels and flattens run one command at a time: two halts with --flatten at once
-        # would each close the same positions (the second's orders refused by the venue as
-        # reduce-only with nothing to reduce, and reported as failed).
-        self._acting = asyncio.Lock()
+        # Flattens run one command at a time: two halts with --flatten at once would each
+        # close the same positions (the second's orders refused by the venue as reduce-only
+        # with nothing to reduce, and reported as failed).
+        self._flattening = asyncio.Lock()
 
     async def enter(
         self, state: ScopeState, *, cancel_open: bool = False, flatten: bool = False
@@ -103,13 +105,15 @@ class KillSwitch:
         strategies = (
             frozenset(self._key_of) if state.scope == BOT_SCOPE else frozenset({state.scope})
         )
-        if not (cancel_open or flatten):
-            return report
-        async with self._acting:  # the state above is set at once, whatever runs here
-            if cancel_open:
-                report["cancelled"] = await self._cancel_open(strategies)
-            if flatten:
-                report["flattened"] = await self._flatten(strategies)
+        if cancel_open:
+            report["cancelled"] = await self._cancel_open(strategies)
+        if flatten:
+            async with self._flattening:  # the state above is set at once, whatever waits
+                if self._gate.state_of(state.scope) is not state:
+                    report["flattened"] = []  # another command changed the state meanwhile
+                    report["superseded"] = True
+                else:
+                    report["flattened"] = await self._flatten(strategies)
         return report
 
     async def _cancel_open(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
@@ -159,10 +163,17 @@ class KillSwitch:
     async def _flatten(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
         """Reduce-only market orders closing each open position of `strategies`."""
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%f")
+        closing = {  # a close an earlier flatten sent, not finished yet: never sent twice
+            (record.request.strategy, record.request.symbol)
+            for record in self._journal.committed_unfinished()
+            if record.request.signal_source == FLATTEN_SOURCE
+        }
         books = [
             book
             for book in self._account.projection.books()
-            if book.strategy in strategies and book.size != 0
+            if book.strategy in strategies
+            and book.size != 0
+            and (book.strategy, book.symbol) not in closing
         ]
         results = []
         for index, book in enumerate(books):

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from bot.admin import parse_command
+from bot.cli import _undone
 from bot.config import load_settings
 from bot.journal import Journal
 from bot.risk.states import TradingState
@@ -206,6 +207,44 @@ def test_halts_with_flatten_at_once_close_each_position_once(
         closes = [row for row in bot.rows() if str(row["signal_id"]).startswith("flatten-")]
         assert [row["status"] for row in closes] == ["Filled"]
         wait_for(lambda: venue_position(bot) == 0, what="a flat position at the venue")
+    finally:
+        bot.stop()
+
+
+def test_a_flatten_waiting_behind_another_is_superseded_by_a_resume_meanwhile(
+    sim_config: Callable[..., Path],
+) -> None:
+    """A halt with flatten queued behind another must not close what was opened after an
+    operator resumed: it reports itself superseded, and `bot halt` would exit 1 on it."""
+    bot = RunningBot(sim_config()).start()
+    try:
+        assert bot.post(signal("filled")).status_code == 202
+        wait_for(lambda: venue_position(bot) > 0, what="the venue's position")
+        faults = f"{bot.service.sim_url}/sim/faults"
+        requests.post(faults, json={"delay": 1.0, "delay_ms": 1500}, timeout=10)
+        try:
+            with ThreadPoolExecutor(max_workers=2) as senders:
+                first = senders.submit(
+                    admin_answer, bot, "halt", {"reason": "first", "flatten": True}
+                )
+                time.sleep(0.3)  # the first holds the flatten; its close waits at the venue
+                second = senders.submit(
+                    admin_answer, bot, "halt", {"reason": "second", "flatten": True}
+                )
+                time.sleep(0.3)
+                assert admin(bot, "resume", {}) == 200
+                answers = first.result(), second.result()
+        finally:
+            requests.post(faults, json={}, timeout=10)
+
+        assert [answer.status_code for answer in answers] == [200, 200]
+        assert [(row["status"], row["done"]) for row in answers[0].json()["flattened"]] == [
+            ("Filled", True)
+        ]
+        assert (answers[1].json()["flattened"], answers[1].json()["superseded"]) == ([], True)
+        assert _undone(answers[1].text) == (  # what `bot halt` names as not done
+            "the flatten (another command changed the state while it waited)"
+        )
     finally:
         bot.stop()
 
