@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -261,6 +262,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
+#: A decimal number written as text: digits 0-9, an optional sign, point and exponent.
+_NUMBER_TEXT: Final = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def json_number(value: object) -> object:
     """Accept JSON numbers and numeric strings; refuse booleans, which Python treats as ints."""
     if isinstance(value, bool):
@@ -270,7 +275,9 @@ def json_number(value: object) -> object:
     if isinstance(value, float):
         return Decimal(repr(value))  # the shortest decimal that round-trips, not binary noise
     if isinstance(value, str):
-        if "_" in value:  # Decimal reads "97_000" as Python source would; JSON has no such form
+        # A number as JSON writes one, ASCII digits only: Decimal also reads "97_000" (as
+        # Python source would), "٩٧٠٠٠" and full-width digits, and NaN and Infinity by name.
+        if not _NUMBER_TEXT.fullmatch(value.strip()):
             raise ValueError("must be a number")
         try:
             return Decimal(value.strip())
@@ -283,7 +290,7 @@ def parse_ts(value: object) -> object:
     """`ts` is an ISO-8601 string or epoch milliseconds (a number or a string of digits)."""
     if isinstance(value, bool):
         raise ValueError("must be an ISO-8601 string or epoch milliseconds")
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
     if isinstance(value, float) and math.isfinite(value):
         value = int(value)
