@@ -1944,14 +1944,16 @@ class SimExchange:
         return spec
 
     def _quote(self, symbol: str) -> tuple[Decimal, Decimal]:
-        """Best bid and ask: the last price minus/plus half the spread, rounded outwards."""
+        """Best bid and ask: the last price minus/plus half the spread, rounded outwards. A
+        book is never locked, as on Bybit: the bid is at least a tick below the ask (with no
+        spread, the ask is the last price), and at least a tick itself (then the ask is
+        above the last price)."""
         price = self._prices[symbol]
         tick = self._config.instruments[symbol].tick_size
         half = price * self._config.spread_bps / _BPS / 2
         ask = to_tick(price + half, tick, up=True)
-        # A book is never locked: the bid is at least a tick below the ask, as on Bybit.
         bid = max(min(to_tick(price - half, tick, up=False), ask - tick), tick)
-        return bid, ask
+        return bid, max(ask, bid + tick)
 
     def _taker_price(self, order: OrderRecord) -> Decimal:
         """Where a taker piece trades: the far side of the book plus slippage, never beyond

@@ -541,6 +541,20 @@ def test_klines_from_a_start_stop_at_the_current_candle() -> None:
     assert int(rows[0][0]) <= now < int(rows[0][0]) + 3_600_000
 
 
+@pytest.mark.parametrize("price", ["97000", "0.1"])  # the lowest price: a single tick
+def test_the_book_is_never_locked_even_without_a_spread(price: str) -> None:
+    exchange = _exchange()
+    exchange.set_prices({"BTCUSDT": Decimal(price)})
+
+    book = exchange.orderbook(
+        OrderbookParams.model_validate({"category": "linear", "symbol": "BTCUSDT", "limit": 1})
+    )
+
+    best_bid, best_ask = Decimal(book["b"][0][0]), Decimal(book["a"][0][0])
+    assert best_ask - best_bid == Decimal("0.1")  # one tick
+    assert best_bid >= Decimal("0.1")
+
+
 def test_the_orderbook_surrounds_the_quote_one_tick_apart() -> None:
     exchange = _exchange(spread_bps=Decimal(1))
 
