@@ -741,7 +741,7 @@ def _signature_property(properties: Properties | None) -> str | None:
         if name.lower() == SIGNATURE_PROPERTY
     ]
     if len(values) > 1:
-        raise _Rejected(f"more than one {SIGNATURE_PROPERTY} user property")
+        raise _Rejected(f"more than one {SIGNATURE_PROPERTY} user property", kind=_UNAUTHORIZED)
     return values[0] if values else None
 
 
