@@ -214,7 +214,17 @@ def test_a_body_json_reads_ambiguously_or_in_python_terms_is_400_saying_why(
     assert sink.signals == []
 
 
-@pytest.mark.parametrize("written", ["95_000", "٩٥٠٠٠", "９５０００", "NaN", "Infinity"])
+@pytest.mark.parametrize(
+    "written",
+    # Arabic-Indic and full-width 95000 too
+    [
+        "95_000",
+        "\u0669\u0665\u0660\u0660\u0660",
+        "\uff19\uff15\uff10\uff10\uff10",
+        "NaN",
+        "Infinity",
+    ],
+)
 def test_a_price_only_python_reads_as_a_number_is_not_one(client: TestClient, written: str) -> None:
     # Decimal reads each of these; a JSON number or a decimal string in ASCII is what counts.
     response = post(client, body(stop_loss=written))
