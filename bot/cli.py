@@ -1279,4 +1279,20 @@ def main() -> None:
                 "are read as UTF-8; check the terminal's encoding (locale)"
             )
             sys.exit(2)
-    app()
+    try:
+        # Not standalone: a mistyped command or option is said on one line, as every other
+        # refusal is, not in click's four (usage, hint, blank, error).
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage and parameter errors
+        message = exc.format_message()
+        if "\n" in message:  # a group run bare answers with its help: shown as it is
+            errors.print(message, highlight=False, markup=False)
+            sys.exit(exc.exit_code)
+        context = getattr(exc, "ctx", None)
+        where = context.command_path if context is not None else "bot"
+        _print_error(f"{message.rstrip('.')}; see `{where} --help`")
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # Ctrl-D at a prompt
+        _print_error("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -563,7 +563,28 @@ def test_a_port_out_of_range_is_refused_in_one_line(tmp_path: Path) -> None:
 
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
-        assert "Invalid value for '--port'" in result.stderr
+        assert "Invalid value for '--port'" in _one_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        # As the user typed it: `bot`, or here `python -m bot`.
+        (
+            ("orderz",),
+            "No such command 'orderz'. Did you mean 'orders'?; see `python -m bot --help`",
+        ),
+        (("orders", "--bogus"), "No such option: --bogus; see `python -m bot orders --help`"),
+        (("signal", "send"), "Missing option '--symbol'; see `python -m bot signal send --help`"),
+    ],
+)
+def test_a_mistyped_command_or_option_is_one_line_naming_the_help(
+    tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    result = bot(*args, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert _one_line(result.stderr) == f"error: {said}"
 
 
 def test_an_empty_listen_address_is_refused_not_taken_as_every_interface(
