@@ -849,7 +849,13 @@ def audit(
         _fail(str(exc))
     rows = read_audit(settings.audit_dir, since=start, key=key, limit=limit)
     if not rows:
-        errors.print(f"no signed requests match in {settings.audit_dir}", highlight=False)
+        unknown = key is not None and key not in settings.keys
+        named = f" (no key {key!r} is configured: {', '.join(settings.keys) or 'none'})"
+        errors.print(
+            f"no signed requests match in {settings.audit_dir}{named if unknown else ''}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, separators=(",", ":")))

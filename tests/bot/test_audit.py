@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from bot.audit import CURRENT_FILE, AuditLog, VenueRequest, read_audit, summary
-from bot.config import AuditConfig, Environment
+from bot.config import AuditConfig, Environment, load_settings
 from bot.execution.executor import build_request
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
@@ -272,6 +272,7 @@ def test_bot_audit_filters_prints_80_columns_or_json_and_refuses_a_bad_since(
     everything = bot_audit(config, "--json", "--limit", "0")
     bad = bot_audit(config, "--since", "yesterday")
     too_far = bot_audit(config, "--since", "99999999d")
+    mistyped = bot_audit(config, "--key", "alpah")
 
     assert table.returncode == 0, table.stderr
     assert "old-one" not in table.stdout
@@ -292,6 +293,10 @@ def test_bot_audit_filters_prints_80_columns_or_json_and_refuses_a_bad_since(
     assert too_far.returncode == 2
     assert too_far.stderr.strip().endswith("or leave --since out for every request")
     assert len(too_far.stderr.strip().splitlines()) == 1
+    assert (mistyped.returncode, mistyped.stdout) == (0, "")
+    assert mistyped.stderr.strip().endswith(
+        f"(no key 'alpah' is configured: {', '.join(load_settings(config).keys)})"
+    )
 
 
 def metric(text: str, name: str, **labels: str) -> float:
