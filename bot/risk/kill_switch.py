@@ -11,8 +11,8 @@ signal of source `admin`, so `bot orders` shows it.
 Flattens of concurrent commands run one after the other (the states themselves take effect
 at once), so the second finds what the first left, and skips a position whose close from an
 earlier flatten is still unfinished: nothing is closed twice. A flatten that waited while
-another command changed the scope's state (a resume) is not done: its answer says
-`superseded`.
+another command moved the scope to another trading state (a resume) is not done: its answer
+says `superseded`.
 
 Each row of the report says `done`: the order is cancelled (or was not open), the position's
 close reached the venue. A row not done (a refused or failed cancel or close, an order still
@@ -109,8 +109,8 @@ class KillSwitch:
             report["cancelled"] = await self._cancel_open(strategies)
         if flatten:
             async with self._flattening:  # the state above is set at once, whatever waits
-                if self._gate.state_of(state.scope) is not state:
-                    report["flattened"] = []  # another command changed the state meanwhile
+                if self._gate.state_of(state.scope).state is not state.state:
+                    report["flattened"] = []  # another command (a resume) changed it meanwhile
                     report["superseded"] = True
                 else:
                     report["flattened"] = await self._flatten(strategies)

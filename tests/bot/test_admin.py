@@ -202,6 +202,7 @@ def test_halts_with_flatten_at_once_close_each_position_once(
             )
 
         assert [answer.status_code for answer in answers] == [200] * 4
+        assert not any(answer.json().get("superseded") for answer in answers)  # all HALTED
         rows = [row for answer in answers for row in answer.json()["flattened"]]
         assert [(row["status"], row["done"]) for row in rows] == [("Filled", True)]
         closes = [row for row in bot.rows() if str(row["signal_id"]).startswith("flatten-")]
