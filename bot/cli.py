@@ -576,7 +576,7 @@ def _undone(answer: str) -> str:
     ]
     undone = [f"{count} {noun}{'s' if count > 1 else ''}" for count, noun in counts if count]
     if report.get("superseded") is True:
-        undone.append("the flatten (another command changed the state while it waited)")
+        undone.append("the flatten (a resume came while it waited)")
     return " and ".join(undone)
 
 

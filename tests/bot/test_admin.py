@@ -244,7 +244,7 @@ def test_a_flatten_waiting_behind_another_is_superseded_by_a_resume_meanwhile(
         ]
         assert (answers[1].json()["flattened"], answers[1].json()["superseded"]) == ([], True)
         assert _undone(answers[1].text) == (  # what `bot halt` names as not done
-            "the flatten (another command changed the state while it waited)"
+            "the flatten (a resume came while it waited)"
         )
     finally:
         bot.stop()
