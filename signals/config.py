@@ -57,6 +57,11 @@ class FieldMapping(BaseModel):
 
     fields: dict[SignalField, str | tuple[str, ...]] = Field(default_factory=dict)
     values: dict[SignalField, dict[str, str]] = Field(default_factory=dict)
+    tradingview_ticker: bool = Field(
+        False,
+        description="the symbol is TradingView's {{ticker}}: an exchange prefix (BYBIT:) and "
+        "the perpetual contract's suffix (.P) are dropped, BYBIT:BTCUSDT.P is BTCUSDT",
+    )
 
 
 class WebhookSourceConfig(BaseModel):

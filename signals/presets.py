@@ -6,7 +6,9 @@
   `{"token": "...", "ticker": "{{ticker}}", "action": "{{strategy.order.action}}",
   "sl": 95000, "tp1": 99000, "time": "{{timenow}}"}`. TradingView sends it as `text/plain`,
   cannot set headers and gives up after 3 s, so it authenticates with a token in the body; its
-  published sender addresses can be allowed alone (`allow_preset_ips = true`).
+  published sender addresses can be allowed alone (`allow_preset_ips = true`). Its ticker of a
+  Bybit perpetual chart, `BTCUSDT.P` (`BYBIT:BTCUSDT.P` with the exchange), is the symbol
+  `BTCUSDT`.
 
 A mapped body without an `id` gets one from the hash of its bytes and a time bucket
 (`id_bucket_s`), so a provider's retry of the same alert is a duplicate. The time is the
@@ -28,6 +30,7 @@ __all__ = [
     "TRADINGVIEW_SENDER_IPS",
     "Preset",
     "ResolvedSource",
+    "bybit_symbol",
     "map_payload",
     "resolve",
 ]
@@ -60,6 +63,7 @@ PRESETS: Final = {
                 "side": {"buy": "buy", "sell": "sell", "long": "buy", "short": "sell"},
                 "action": {"close": "close", "exit": "close", "flat": "close"},
             },
+            tradingview_ticker=True,
         ),
         TRADINGVIEW_SENDER_IPS,
     ),
@@ -88,6 +92,13 @@ def resolve(name: str, config: WebhookSourceConfig) -> ResolvedSource:
         mapping=config.mapping if config.mapping is not None else preset.mapping,
         allowed_ips=allowed,
     )
+
+
+def bybit_symbol(ticker: str) -> str:
+    """The Bybit symbol of a TradingView ticker: `BYBIT:BTCUSDT.P` (exchange prefix, the
+    perpetual contract's suffix) is `BTCUSDT`; a plain `BTCUSDT` stays as it is."""
+    symbol = ticker.strip().rsplit(":", 1)[-1]
+    return symbol[:-2] if symbol.upper().endswith(".P") else symbol
 
 
 def map_payload(
@@ -120,6 +131,8 @@ def map_payload(
     for key, value in payload.items():
         if key not in taken and key not in signal:
             signal[key] = value
+    if mapping.tradingview_ticker and isinstance(signal.get("symbol"), str):
+        signal["symbol"] = bybit_symbol(signal["symbol"])
     if "id" not in signal:
         sent = signed_at if signed_at is not None else int(received_at.timestamp())
         bucket = sent // id_bucket_s

@@ -480,6 +480,18 @@ def test_a_tradingview_alert_is_mapped_and_its_retry_is_a_duplicate(sink: Sink) 
     assert signal.id.startswith("tradingview:")
 
 
+@pytest.mark.parametrize("ticker", ["BTCUSDT.P", "BYBIT:BTCUSDT.P", "bybit:btcusdt.p", "BTCUSDT"])
+def test_a_tradingview_ticker_of_a_perpetual_chart_is_the_bybit_symbol(
+    sink: Sink, ticker: str
+) -> None:
+    # {{ticker}} on Bybit's BTCUSDT perpetual chart is BTCUSDT.P ({{exchange}}:{{ticker}}:
+    # BYBIT:BTCUSDT.P): refused as a symbol, every alert of such a chart would be lost.
+    response = tradingview_client(sink).post(TRADINGVIEW, content=alert(ticker=ticker))
+
+    assert response.status_code == 202, response.text
+    assert [signal.symbol for signal in sink.signals] == ["BTCUSDT"]
+
+
 def test_a_tradingview_close_and_its_token_rules(sink: Sink) -> None:
     client = tradingview_client(sink)
 
