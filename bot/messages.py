@@ -32,6 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from bot import clock
 
@@ -385,12 +386,25 @@ def is_unicode(text: str) -> bool:
 def field_problems(exc: ValidationError) -> list[tuple[str, str]]:
     """Each problem of a validation as (field, what is wrong): "body" for the whole."""
     return [
-        (
-            ".".join(str(part) for part in error["loc"]) or "body",
-            str(error["msg"]).removeprefix("Value error, "),
-        )
+        (".".join(str(part) for part in error["loc"]) or "body", _said(error))
         for error in exc.errors(include_url=False, include_input=False)
     ]
+
+
+#: What a value that does not match one of the schema's patterns should be, in words.
+_PATTERNS_SAID: Final = {
+    SYMBOL_PATTERN: "must be a Bybit symbol such as BTCUSDT (2-30 capital letters and digits)",
+    SIGNAL_ID_PATTERN: "must be 1-64 characters of letters, digits and . _ : -",
+    ORDER_LINK_ID_PATTERN: "must be 1-36 characters of letters, digits and _ -",
+}
+
+
+def _said(error: ErrorDetails) -> str:
+    if error["type"] == "string_pattern_mismatch":
+        said = _PATTERNS_SAID.get(str(error.get("ctx", {}).get("pattern")))
+        if said is not None:
+            return said
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

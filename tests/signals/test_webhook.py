@@ -248,6 +248,19 @@ def test_a_compressed_body_is_415_saying_to_send_it_as_it_is(client: TestClient)
     assert "send the body uncompressed" in response.json()["detail"]
 
 
+def test_a_bad_symbol_or_id_is_said_in_words_not_as_a_pattern(client: TestClient) -> None:
+    response = post(client, body(id="a b", symbol="BTC/USDT"))
+
+    assert response.status_code == 422
+    assert response.json()["problems"] == [
+        {"field": "id", "reason": "must be 1-64 characters of letters, digits and . _ : -"},
+        {
+            "field": "symbol",
+            "reason": "must be a Bybit symbol such as BTCUSDT (2-30 capital letters and digits)",
+        },
+    ]
+
+
 def test_body_over_the_limit_is_413(sink: Sink) -> None:
     client = client_for(sink, max_body_bytes=256)
 
