@@ -284,6 +284,8 @@ def json_number(value: object) -> object:
             return Decimal(value.strip())
         except InvalidOperation:
             raise ValueError("must be a number") from None
+    if value is not None and not isinstance(value, int | Decimal):  # an object, a list, ...
+        raise ValueError("must be a number")
     return value
 
 

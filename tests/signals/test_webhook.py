@@ -223,14 +223,17 @@ def test_a_body_json_reads_ambiguously_or_in_python_terms_is_400_saying_why(
         "\uff19\uff15\uff10\uff10\uff10",
         "NaN",
         "Infinity",
+        {"price": 95000},  # and anything not a number at all, said as plainly
     ],
 )
-def test_a_price_only_python_reads_as_a_number_is_not_one(client: TestClient, written: str) -> None:
+def test_a_price_only_python_reads_as_a_number_is_not_one(
+    client: TestClient, written: object
+) -> None:
     # Decimal reads each of these; a JSON number or a decimal string in ASCII is what counts.
     response = post(client, body(stop_loss=written))
 
     assert response.status_code == 422
-    assert [problem["field"] for problem in response.json()["problems"]] == ["stop_loss"]
+    assert response.json()["problems"] == [{"field": "stop_loss", "reason": "must be a number"}]
 
 
 def test_a_compressed_body_is_415_saying_to_send_it_as_it_is(client: TestClient) -> None:
