@@ -47,8 +47,7 @@ from bot.journal import (
     JournalError,
     JournalInUse,
     TraceRow,
-    damage_message,
-    is_damage,
+    failure_message,
     lock_journal,
 )
 from bot.messages import SignalError, is_unicode, parse_signal, utc_now
@@ -1014,9 +1013,7 @@ def _read_journal(config: Path | None, read: Callable[[Journal], T]) -> T:
     try:
         return read(journal)
     except sqlite3.Error as exc:
-        if not is_damage(exc):
-            _fail(f"cannot read journal {settings.journal_path}: {exc}")
-        _fail(damage_message(settings.journal_path, str(exc)))
+        _fail(failure_message(settings.journal_path, exc, "read"))
     finally:
         journal.close()
 

@@ -70,8 +70,7 @@ __all__ = [
     "OrderRecord",
     "TraceRow",
     "WaitingExit",
-    "damage_message",
-    "is_damage",
+    "failure_message",
     "lock_journal",
 ]
 
@@ -430,10 +429,14 @@ class TraceRow:
         )
 
 
-def is_damage(exc: sqlite3.Error) -> bool:
-    """Whether SQLite says the file itself is damaged (SQLITE_CORRUPT), not that it cannot be
-    opened, locked, written or read right now (a read-only mount, a full disk, ...)."""
-    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_CORRUPT
+def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
+    """One line for a SQLite error met while `doing` ("open", "read") the journal: damage,
+    with what to do about it, only when SQLite says the file itself is damaged
+    (SQLITE_CORRUPT); otherwise what failed (a read-only mount, a full disk, ...), for which
+    restoring a backup would be the wrong advice."""
+    if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_CORRUPT:
+        return damage_message(path, str(exc))
+    return f"cannot {doing} journal {path}: {exc}"
 
 
 def damage_message(path: Path, problem: str) -> str:
@@ -502,9 +505,7 @@ class Journal:
                     record.request.order_link_id: record for record in self.unfinished_orders()
                 }
         except sqlite3.Error as exc:
-            if is_damage(exc):
-                raise JournalError(damage_message(path, str(exc))) from None
-            raise JournalError(f"cannot open journal {path}: {exc}") from None
+            raise JournalError(failure_message(path, exc, "open")) from None
 
     def _check_intact(self) -> None:
         """Refuse a damaged journal before the bot trades on it: SQLite's quick check reads
