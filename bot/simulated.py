@@ -165,18 +165,17 @@ def _journaled_positions(
             for kind in ("TakeProfit", "StopLoss")
         }
         report = latest.get((key_name, symbol))
+        take_profit, stop_loss = levels["TakeProfit"], levels["StopLoss"]
         positions.setdefault(key_name, []).append(
             ResumedPosition(
                 symbol=symbol,
                 size=size,
                 entry_price=entries[(key_name, symbol)],
                 leverage=report.leverage if report is not None else Decimal(0),
-                take_profit=levels["TakeProfit"].trigger_price if levels["TakeProfit"] else None,
-                stop_loss=levels["StopLoss"].trigger_price if levels["StopLoss"] else None,
-                take_profit_order_id=levels["TakeProfit"].order_id
-                if levels["TakeProfit"]
-                else None,
-                stop_loss_order_id=levels["StopLoss"].order_id if levels["StopLoss"] else None,
+                take_profit=take_profit.trigger_price if take_profit else None,
+                stop_loss=stop_loss.trigger_price if stop_loss else None,
+                take_profit_order_id=take_profit.order_id if take_profit else None,
+                stop_loss_order_id=stop_loss.order_id if stop_loss else None,
             )
         )
         taken |= {level.order_id for level in levels.values() if level is not None}
