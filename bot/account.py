@@ -28,7 +28,7 @@ from decimal import ROUND_DOWN, Decimal
 from functools import partial
 from typing import Final
 
-from bot.journal import Journal
+from bot.journal import Journal, OrderOwner
 from bot.logs import logger
 from bot.messages import (
     ClosedPnl,
@@ -61,8 +61,8 @@ AccountReport = StreamMessage | ClosedPnl
 #: The book of fills no strategy of this bot placed (manual orders, another program).
 UNATTRIBUTED: Final = "(unattributed)"
 ZERO: Final = Decimal(0)
-#: orderLinkIds whose strategy the keeper remembers (the latest; fills of an order come close)
-_STRATEGY_CACHE: Final = 10_000
+#: orderLinkIds whose owner the keeper remembers (the latest; fills of an order come close)
+_OWNER_CACHE: Final = 10_000
 #: Precision of a fill split among strategies: far below any lot size, and finite.
 _SPLIT_QUANTUM: Final = Decimal("1e-12")
 #: The venue's exits of a whole position (tpslMode Full, as the bot sets them); a partial
@@ -70,9 +70,9 @@ _SPLIT_QUANTUM: Final = Decimal("1e-12")
 _WHOLE_POSITION_EXITS: Final = frozenset({"StopLoss", "TakeProfit", "TrailingStop"})
 #: Orders whose booked fill quantity is remembered (a follower asks only of recent ones).
 _BOOKED_ORDERS: Final = 10_000
-#: The cancelled exit orders already warned of (a stream that reconnects may report one
-#: again), oldest forgotten first.
-_WARNED_EXITS_KEPT: Final = 1_000
+#: The cancelled exit orders, and the orderLinkIds of ours another client used, already
+#: warned of (a stream that reconnects may report one again), oldest forgotten first.
+_WARNED_KEPT: Final = 1_000
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
 #: asks from a minute before the newest journaled fill, so its pages land well inside; an
 #: older fill is looked up in the journal instead (right, only slower), so the memory stays
@@ -454,16 +454,21 @@ class AccountKeeper:
         self._position_updated = position_updated
         self._recent_fills = RecentFills(fill_memory)
         self._warned_exits: OrderedDict[str, None] = OrderedDict()
+        self._warned_foreign: OrderedDict[str, None] = OrderedDict()
         for fill in seen_fills:
             self._recent_fills.add(fill)
         # One fill too old for the memory is checked against the journal at a time, so a
         # second copy's check queues behind the first one's write.
         self._old_fill_check = asyncio.Lock()
-        self._strategies: dict[str, str | None] = {}
+        self._owners: dict[str, OrderOwner | None] = {}
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
         if isinstance(report, OrderEvent):
+            problem = journal.foreign_report(report)
+            if problem is not None:
+                self._warn_foreign(report.order_link_id, problem)
+                return
             journal.defer(
                 partial(journal.record_order_event, report, missing_ok=True),
                 order_link_id=report.order_link_id,
@@ -494,9 +499,7 @@ class AccountKeeper:
         closes_long = exit_order.side is Side.SELL
         if position is None or position.size == 0 or (position.size > 0) != closes_long:
             return
-        self._warned_exits[exit_order.order_id] = None
-        if len(self._warned_exits) > _WARNED_EXITS_KEPT:
-            self._warned_exits.popitem(last=False)
+        _remember_warned(self._warned_exits, exit_order.order_id)
         logger.bind(notify="foreign").warning(
             "the {kind} at {trigger} of the {symbol} position on key {key} was cancelled at "
             "the venue (orderId {order_id}); the position stays open without it: set it again "
@@ -508,8 +511,22 @@ class AccountKeeper:
             order_id=exit_order.order_id,
         )
 
+    def _warn_foreign(self, order_link_id: str, problem: str) -> None:
+        """Say so, once per orderLinkId, when another client of the key uses the orderLinkId
+        of one of our orders for an order of its own: its reports are not ours."""
+        if order_link_id in self._warned_foreign:
+            return
+        _remember_warned(self._warned_foreign, order_link_id)
+        logger.bind(notify="foreign").warning(
+            "another client of the key used orderLinkId {id} for an order of its own "
+            "({problem}): its reports and fills are not applied to ours; give each program "
+            "on a key its own strategy names, or its own key",
+            id=order_link_id,
+            problem=problem,
+        )
+
     async def _apply_execution(self, fill: Execution) -> None:
-        strategy = await self._strategy_of(fill.order_link_id)
+        strategy = await self._strategy_of(fill)
         # A stream message and a REST page may both bring a fill: apply it once.
         seen = self._recent_fills.seen(fill)
         if seen is None:
@@ -544,22 +561,34 @@ class AccountKeeper:
     def expect_order(self, request: OrderRequest) -> None:
         """An order of ours is journaled and about to be sent: its fills will be attributed
         to its strategy without asking the journal (one thread hop less on each fill)."""
-        self._remember(request.order_link_id, request.strategy)
+        self._remember(
+            request.order_link_id, OrderOwner(request.strategy, request.symbol, request.side)
+        )
 
-    def _remember(self, order_link_id: str, strategy: str | None) -> None:
-        self._strategies[order_link_id] = strategy
-        if len(self._strategies) > _STRATEGY_CACHE:
-            del self._strategies[next(iter(self._strategies))]
+    def _remember(self, order_link_id: str, owner: OrderOwner | None) -> None:
+        self._owners[order_link_id] = owner
+        if len(self._owners) > _OWNER_CACHE:
+            del self._owners[next(iter(self._owners))]
 
-    async def _strategy_of(self, order_link_id: str) -> str | None:
-        """The strategy whose order it is (None for the venue's own orders, or another
-        program's); remembered, since an order's fills come in a row."""
-        if not order_link_id:
+    async def _strategy_of(self, fill: Execution) -> str | None:
+        """The strategy whose order the fill is of (None for the venue's own orders, or
+        another program's, also one that used the orderLinkId of ours for an order in
+        another symbol or side); remembered, since an order's fills come in a row."""
+        link_id = fill.order_link_id
+        if not link_id:
             return None
-        if order_link_id not in self._strategies:
+        if link_id not in self._owners:
             journal = self._journal
-            self._remember(order_link_id, await journal.call(journal.strategy_of, order_link_id))
-        return self._strategies[order_link_id]
+            self._remember(link_id, await journal.call(journal.order_owner, link_id))
+        owner = self._owners[link_id]
+        if owner is None:
+            return None
+        if (fill.symbol, fill.side) != (owner.symbol, owner.side):
+            self._warn_foreign(
+                link_id, f"a fill of {fill.side} {fill.symbol}, ours {owner.side} {owner.symbol}"
+            )
+            return None
+        return owner.strategy
 
     def _write(self, method: Callable[..., object], *args: object, **kwargs: object) -> None:
         """Queue a journal write; a failure is logged (the next gap-fill repairs it).
@@ -632,6 +661,12 @@ class AccountKeeper:
             return
         for report in reports:
             await self.apply(report)
+
+
+def _remember_warned(warned: OrderedDict[str, None], key: str) -> None:
+    warned[key] = None
+    if len(warned) > _WARNED_KEPT:
+        warned.popitem(last=False)
 
 
 async def _one(fetch: Callable[[], Awaitable[WalletUpdate]]) -> list[WalletUpdate]:

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TextIO, TypeVar
+from typing import Any, Final, NamedTuple, ParamSpec, TextIO, TypeVar
 
-from bot.execution.orders import TransitionRefused, check_transition
+from bot.execution.orders import TransitionRefused, check_transition, not_ours
 from bot.logs import logger, scrub
 from bot.messages import (
     ClosedPnl,
@@ -53,6 +53,7 @@ from bot.messages import (
     OrderEvent,
     OrderRequest,
     OrderStatus,
+    OrderType,
     PositionUpdate,
     RiskDecision,
     Side,
@@ -67,6 +68,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalInUse",
+    "OrderOwner",
     "OrderRecord",
     "TraceRow",
     "WaitingExit",
@@ -365,6 +367,15 @@ class OrderRecord:
     #: The quantity the venue holds as its last report said (another client may have amended
     #: the order, or the venue trimmed a reduce-only one); the requested one until a report.
     venue_qty: Decimal
+
+
+class OrderOwner(NamedTuple):
+    """The strategy that placed an order, and what the order trades: a fill under its
+    orderLinkId in another symbol or side is another client's (see `not_ours`)."""
+
+    strategy: str
+    symbol: str
+    side: Side
 
 
 @dataclass(frozen=True)
@@ -952,21 +963,37 @@ class Journal:
         unfinished orders, which are exactly what is committed. So the venue's answer and
         the account stream, which both report a new order, cost whichever comes second
         nothing at all, in one transaction or in two.
+
+        A venue report of another client's order under our orderLinkId (`not_ours`: another
+        symbol, side, type or orderId) is refused, and logged while our order is unfinished.
         """
         with self._lock:
             committed: _OrderState | None = None
+            with self._unfinished_lock:
+                known = self._unfinished.get(event.order_link_id)
             written = self._written_orders.get(event.order_link_id)
             if written is not None:  # as the open transaction left it
                 row = written[0]
                 committed = (OrderStatus(row[2]), Decimal(row[4]), Decimal(row[11]))
-            else:
-                with self._unfinished_lock:
-                    known = self._unfinished.get(event.order_link_id)
-                if known is not None:
-                    committed = (known.status, known.filled_qty, known.venue_qty)
+                request = written[1] or (known.request if known is not None else None)
+                if request is not None and _refused_as_foreign(event, request, row[3]):
+                    return False
+            elif known is not None:
+                committed = (known.status, known.filled_qty, known.venue_qty)
+                if _refused_as_foreign(event, known.request, known.order_id):
+                    return False
             if committed is not None and _nothing_new(committed, event):
                 return False
             return self._apply_order_event(event, committed, missing_ok=missing_ok)
+
+    def foreign_report(self, event: OrderEvent) -> str | None:
+        """What shows that a venue report is of another client's order under the orderLinkId
+        of one of our unfinished orders (see `not_ours`); None if nothing does, or if the
+        order is finished or not ours (`record_order_event` checks those). From memory, as
+        committed: safe to call from the event loop."""
+        with self._unfinished_lock:
+            known = self._unfinished.get(event.order_link_id)
+        return None if known is None else _not_our_order(event, known.request, known.order_id)
 
     def _apply_order_event(
         self,
@@ -981,8 +1008,8 @@ class Journal:
         with self._transaction() as db:
             if committed is None:
                 row = db.execute(
-                    "SELECT status, filled_qty, COALESCE(venue_qty, qty) FROM orders"
-                    " WHERE order_link_id = ?",
+                    "SELECT status, filled_qty, COALESCE(venue_qty, qty), symbol, side,"
+                    " order_type, order_id FROM orders WHERE order_link_id = ?",
                     (event.order_link_id,),
                 ).fetchone()
                 if row is None:
@@ -990,6 +1017,17 @@ class Journal:
                         return False
                     raise JournalError(f"no journaled order {event.order_link_id}")
                 committed = (OrderStatus(row[0]), Decimal(row[1]), Decimal(row[2]))
+                problem = not_ours(
+                    event,
+                    symbol=row[3],
+                    side=Side(row[4]),
+                    order_type=OrderType(row[5]),
+                    order_id=row[6],
+                )
+                if problem is not None:
+                    if not committed[0].is_terminal:  # else nothing would move it anyway
+                        _log_foreign(event, problem)
+                    return False
             if _nothing_new(committed, event):
                 return False
             current, filled, _ = committed
@@ -1328,13 +1366,14 @@ class Journal:
             ).fetchone()
         return None if row[0] is None else datetime.fromisoformat(row[0])
 
-    def strategy_of(self, order_link_id: str) -> str | None:
-        """The strategy whose order this is, or None if the journal does not hold it."""
+    def order_owner(self, order_link_id: str) -> OrderOwner | None:
+        """Whose order this is, and what it trades; None if the journal does not hold it."""
         with self._lock:
             row = self._db.execute(
-                "SELECT strategy FROM orders WHERE order_link_id = ?", (order_link_id,)
+                "SELECT strategy, symbol, side FROM orders WHERE order_link_id = ?",
+                (order_link_id,),
             ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else OrderOwner(str(row[0]), str(row[1]), Side(row[2]))
 
     def record_position(self, update: PositionUpdate) -> bool:
         """Keep the venue's latest view of a key's position; an older one changes nothing."""
@@ -1586,6 +1625,31 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
 
 #: An order's (status, filled qty, quantity the venue holds) as the journal holds them.
 _OrderState = tuple[OrderStatus, Decimal, Decimal]
+
+
+def _not_our_order(event: OrderEvent, request: OrderRequest, order_id: str | None) -> str | None:
+    return not_ours(
+        event,
+        symbol=request.symbol,
+        side=request.side,
+        order_type=request.order_type,
+        order_id=order_id,
+    )
+
+
+def _refused_as_foreign(event: OrderEvent, request: OrderRequest, order_id: str | None) -> bool:
+    problem = _not_our_order(event, request, order_id)
+    if problem is not None:
+        _log_foreign(event, problem)
+    return problem is not None
+
+
+def _log_foreign(event: OrderEvent, problem: str) -> None:
+    logger.warning(
+        "a report under orderLinkId {id} is of another order ({problem}): not applied to ours",
+        id=event.order_link_id,
+        problem=problem,
+    )
 
 
 def _nothing_new(state: _OrderState, event: OrderEvent) -> bool:

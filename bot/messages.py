@@ -568,6 +568,11 @@ class OrderEvent(_Message):
     reason: str = ""
     ret_code: int | None = None
     ts: datetime = Field(default_factory=utc_now)
+    #: What the venue's report says the order is (its reports only): another client of the
+    #: key may use the same orderLinkId for an order of its own, which is not ours.
+    symbol: str | None = None
+    side: Side | None = None
+    order_type: OrderType | None = None
 
 
 class ExitOrder(_Message):

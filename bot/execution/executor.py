@@ -38,7 +38,7 @@ from functools import partial
 from typing import Final
 
 from bot.execution.config import ExecutionConfig
-from bot.execution.orders import OPEN_AT_VENUE
+from bot.execution.orders import OPEN_AT_VENUE, not_ours
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.messages import (
@@ -578,13 +578,32 @@ class Executor:
     # look-ups --------------------------------------------------------------------------------
 
     async def _look_up(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
-        """The venue's view of the order, journaled; None if it holds no such order."""
+        """The venue's view of the order, journaled; None if it holds no such order.
+
+        Should the venue hold another client's order under our orderLinkId (another symbol,
+        side or type: see `not_ours`), ours cannot be there under it, and never will be: the
+        order is rejected, not taken for that one."""
         try:
             found = await venue.get_order(request.order_link_id, request.symbol)
         except VenueError as exc:
             logger.warning("order look-up failed: {error}", id=request.order_link_id, error=exc)
             raise _LookupFailed from exc
-        return None if found is None else await self._apply(found)
+        if found is None:
+            return None
+        problem = not_ours(
+            found,
+            symbol=request.symbol,
+            side=request.side,
+            order_type=request.order_type,
+            order_id=None,
+        )
+        if problem is not None:
+            return await self._reject(
+                request,
+                f"the venue holds another client's order under its orderLinkId ({problem}); "
+                "give each program on a key its own strategy names, or its own key",
+            )
+        return await self._apply(found)
 
     async def _look_up_safely(self, request: OrderRequest) -> OrderEvent | None:
         """A look-up whose failure counts as 'not seen'."""

@@ -15,7 +15,8 @@
 
 Transitions only move forward; `check_transition` is the one rule the journal applies to every
 event, and refusing a backward move is how a stale answer (a look-up overtaken by a fill, a
-retry's late answer) can never rewind what the journal knows.
+retry's late answer) can never rewind what the journal knows. A report under one of our
+orderLinkIds that `not_ours` shows to be of another order is not applied at all.
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Final
 
-from bot.messages import OrderStatus
+from bot.messages import OrderEvent, OrderStatus, OrderType, Side
 
-__all__ = ["MAY_EXIST_AT_VENUE", "OPEN_AT_VENUE", "TransitionRefused", "check_transition"]
+__all__ = [
+    "MAY_EXIST_AT_VENUE",
+    "OPEN_AT_VENUE",
+    "TransitionRefused",
+    "check_transition",
+    "not_ours",
+]
 
 #: States in which the venue may hold the order although the journal cannot prove it.
 MAY_EXIST_AT_VENUE: Final = frozenset({OrderStatus.SUBMITTING, OrderStatus.UNKNOWN})
@@ -73,3 +80,28 @@ def check_transition(
         )
     if current is new is OrderStatus.PARTIALLY_FILLED and filled_after == filled_before:
         raise TransitionRefused("PartiallyFilled again with nothing more filled")
+
+
+def not_ours(
+    event: OrderEvent,
+    *,
+    symbol: str,
+    side: Side,
+    order_type: OrderType,
+    order_id: str | None,
+) -> str | None:
+    """What shows that a venue report under one of our orderLinkIds is of another order (a
+    client of the same key used that id for an order of its own): a symbol, side or type
+    other than our order's, or an orderId other than the one the venue gave ours. None if
+    nothing does (a report of ours, or one that says too little to tell)."""
+    differences = [
+        f"{what} {theirs}, not {ours}"
+        for what, theirs, ours in (
+            ("symbol", event.symbol, symbol),
+            ("side", event.side, side),
+            ("type", event.order_type, order_type),
+            ("orderId", event.order_id, order_id),
+        )
+        if theirs is not None and ours is not None and theirs != ours
+    ]
+    return "; ".join(differences) or None

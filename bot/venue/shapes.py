@@ -17,6 +17,7 @@ from bot.messages import (
     ExitOrder,
     OrderEvent,
     OrderStatus,
+    OrderType,
     PositionUpdate,
     Side,
     WalletUpdate,
@@ -72,7 +73,17 @@ def order_event(row: dict[str, Any]) -> OrderEvent:
         venue_qty=decimal_field(row["qty"], "qty") if row.get("qty") else None,
         reason=_reason(row, status),
         ts=_from_ms(row.get("updatedTime") or ""),
+        symbol=str(row["symbol"]) if row.get("symbol") else None,
+        side=_side(row) if row.get("side") in ("Buy", "Sell") else None,
+        order_type=_order_type(row),
     )
+
+
+def _order_type(row: dict[str, Any]) -> OrderType | None:
+    try:
+        return OrderType(str(row.get("orderType")))
+    except ValueError:
+        return None
 
 
 def _reason(row: dict[str, Any], status: OrderStatus) -> str:

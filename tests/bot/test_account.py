@@ -18,7 +18,7 @@ from loguru import logger
 
 from bot.account import UNATTRIBUTED, AccountKeeper, AccountProjection, RecentFills
 from bot.journal import Journal
-from bot.messages import Execution, OrderStatus, PositionUpdate, Side
+from bot.messages import Execution, OrderEvent, OrderStatus, OrderType, PositionUpdate, Side
 from bot.venue.fake import FakeVenue
 from tests.factories import make_request, sim_position, stop_loss
 
@@ -239,6 +239,51 @@ def test_the_keeper_applies_a_fill_once_however_often_it_is_reported(journal: Jo
     assert replayed.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
 
 
+@pytest.mark.parametrize(
+    ("symbol", "side"), [("ETHUSDT", Side.BUY), ("BTCUSDT", Side.SELL)], ids=["symbol", "side"]
+)
+def test_another_clients_order_under_our_order_link_id_is_not_ours(
+    journal: Journal, symbol: str, side: Side
+) -> None:
+    # Our buy of BTCUSDT is journaled; another client of the key places an order of its own
+    # under the same orderLinkId, and the stream reports it and its fill.
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    theirs = OrderEvent(
+        order_link_id="alpha-0-x",
+        status=OrderStatus.FILLED,
+        order_id="their-order",
+        filled_qty=Decimal("0.01"),
+        avg_price=Decimal(3000),
+        venue_qty=Decimal("0.01"),
+        symbol=symbol,
+        side=side,
+        order_type=OrderType.MARKET,
+    )
+    their_fill = fill(side, "0.01", "3000", link="alpha-0-x").model_copy(update={"symbol": symbol})
+    warnings: list[str] = []
+    sink = logger.add(warnings.append, level="WARNING", format="{message}")
+
+    async def deliver() -> None:
+        await keeper.apply(theirs)
+        await keeper.apply(their_fill)
+
+    try:
+        asyncio.run(deliver())
+        journal.flush()
+    finally:
+        logger.remove(sink)
+
+    record = journal.order("alpha-0-x")
+    assert record is not None
+    assert (record.status, record.order_id) == (OrderStatus.PENDING, None)
+    assert projection.strategy_size("k", "alpha", symbol) == 0
+    signed = their_fill.signed_qty
+    assert projection.strategy_size("k", UNATTRIBUTED, symbol) == signed
+    assert len(journal.executions()) == 1  # the venue's fill is journaled, as not ours
+    assert len(warnings) == 1 and "another client of the key" in warnings[0]
+
+
 reports = st.lists(
     st.tuples(st.sampled_from(Side), st.integers(min_value=1, max_value=50)),
     min_size=1,
@@ -256,9 +301,11 @@ reports = st.lists(
 def test_the_books_converge_to_the_venue_whatever_the_order_and_duplicates(
     fills: list[tuple[Side, int]], order: object, duplicates: int, rest_after: int
 ) -> None:
-    # Arrange: the venue's fills, and the reports of them the bot sees (shuffled, repeated).
+    # Arrange: the venue's fills of a buy and a sell order, and the reports of them the bot
+    # sees (shuffled, repeated).
+    links = {Side.BUY: "alpha-0-x", Side.SELL: "alpha-1-x"}
     venue = [
-        fill(side, f"{qty / 1000:.3f}", "100", link="alpha-0-x", exec_id=f"x{i}", fee="0.01")
+        fill(side, f"{qty / 1000:.3f}", "100", link=links[side], exec_id=f"x{i}", fee="0.01")
         for i, (side, qty) in enumerate(fills)
     ]
     rng = order  # hypothesis' seeded Random
@@ -266,7 +313,8 @@ def test_the_books_converge_to_the_venue_whatever_the_order_and_duplicates(
     rng.shuffle(stream)  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory() as folder:
         journal = Journal(Path(folder) / "journal.sqlite3")
-        journal.record_order(make_request(order_link_id="alpha-0-x", strategy="alpha"))
+        for side, link in links.items():
+            journal.record_order(make_request(order_link_id=link, strategy="alpha", side=side))
         projection = AccountProjection()
         keeper = AccountKeeper(journal, projection)
 

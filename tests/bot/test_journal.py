@@ -18,6 +18,7 @@ from bot.messages import (
     ExitOrder,
     OrderEvent,
     OrderStatus,
+    OrderType,
     RiskDecision,
     Side,
     parse_signal,
@@ -192,6 +193,89 @@ def test_a_backward_move_is_refused_and_the_order_keeps_its_state(journal: Journ
     record = journal.order("follow-0-x")
     assert record is not None and record.status is OrderStatus.FILLED
     assert [e.status for e in journal.order_events("follow-0-x")] == [OrderStatus.FILLED]
+
+
+@pytest.mark.parametrize(
+    "theirs",
+    [
+        {"symbol": "ETHUSDT"},
+        {"side": Side.SELL},
+        {"order_type": OrderType.LIMIT},
+        {"order_id": "their-order"},
+    ],
+    ids=["symbol", "side", "type", "orderId"],
+)
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "in-one-transaction"])
+def test_a_report_of_another_order_under_our_order_link_id_is_refused(
+    journal: Journal, theirs: dict[str, object], committed: bool
+) -> None:
+    # Our buy at the market, acknowledged as orderId "our-order"; then a report under its
+    # orderLinkId that differs in one of what identifies an order: another client's.
+    request = make_request()
+    ours = {"symbol": "BTCUSDT", "side": Side.BUY, "order_type": OrderType.MARKET}
+    acknowledged = OrderEvent(
+        order_link_id=request.order_link_id,
+        status=OrderStatus.NEW,
+        order_id="our-order",
+        **ours,  # type: ignore[arg-type]
+    )
+    report = OrderEvent(
+        order_link_id=request.order_link_id,
+        status=OrderStatus.FILLED,
+        filled_qty=Decimal("0.5"),
+        avg_price=Decimal(3000),
+        **({"order_id": "our-order"} | ours | theirs),  # type: ignore[arg-type]
+    )
+
+    if committed:
+        journal.record_order(request)
+        assert journal.record_order_event(acknowledged) is True
+        assert journal.foreign_report(report) is not None
+        applied = journal.record_order_event(report)
+    else:  # the order, its acknowledgement and the report in one batch
+        results: list[object] = []
+        journal.write_all(
+            [
+                lambda: journal.record_order(request),
+                lambda: results.append(journal.record_order_event(acknowledged)),
+                lambda: results.append(journal.record_order_event(report)),
+            ]
+        )
+        assert results[0] is True
+        applied = results[1]
+
+    assert applied is False
+    record = journal.order(request.order_link_id)
+    assert record is not None
+    assert (record.status, record.order_id, record.filled_qty) == (
+        OrderStatus.NEW,
+        "our-order",
+        Decimal(0),
+    )
+
+
+def test_a_report_of_another_order_under_a_finished_order_link_id_changes_nothing(
+    journal: Journal,
+) -> None:
+    request = make_request()
+    journal.record_order(request)
+    journal.record_order_event(
+        OrderEvent(order_link_id=request.order_link_id, status=OrderStatus.REJECTED)
+    )
+    theirs = OrderEvent(
+        order_link_id=request.order_link_id,
+        status=OrderStatus.NEW,
+        order_id="their-order",
+        symbol="ETHUSDT",
+        side=Side.BUY,
+        order_type=OrderType.LIMIT,
+    )
+
+    assert journal.foreign_report(theirs) is None  # finished: nothing in memory to compare
+    assert journal.record_order_event(theirs) is False
+
+    record = journal.order(request.order_link_id)
+    assert record is not None and (record.status, record.order_id) == (OrderStatus.REJECTED, None)
 
 
 def test_each_send_counts_one_attempt(journal: Journal) -> None:

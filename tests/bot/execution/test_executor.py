@@ -17,7 +17,7 @@ from bot.config import Environment
 from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor, build_request
 from bot.journal import Journal
-from bot.messages import OrderIntent, OrderStatus, RiskDecision
+from bot.messages import OrderIntent, OrderStatus, OrderType, RiskDecision, Side
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.sim.params import PositionQueryParams
@@ -108,6 +108,28 @@ def test_a_lost_journal_cannot_cause_a_second_order(
     assert len(orders_for(exchange[0], item)) == 1
     venue1.close()
     venue2.close()
+
+
+def test_another_clients_order_under_our_order_link_id_is_not_taken_for_ours(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # Another program on the key (a second bot with the same strategy names, or one that
+    # copies the id scheme) places a sell under the orderLinkId our buy will use.
+    item = intent()
+    ours = build_request(approve(item), "k")
+    executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
+    squatter = ours.model_copy(
+        update={"side": Side.SELL, "order_type": OrderType.LIMIT, "price": Decimal(120000)}
+    )
+    asyncio.run(venue.place_order(squatter))
+
+    event = asyncio.run(executor.execute(approve(item), "k"))
+
+    assert event.status is OrderStatus.REJECTED
+    assert "another client's order" in event.reason and "side Sell, not Buy" in event.reason
+    (only,) = orders_for(exchange[0], item)  # theirs; ours was never placed, nor adopted
+    assert only["side"] == "Sell"
+    venue.close()
 
 
 def test_a_dropped_answer_is_looked_up_and_found(
