@@ -1551,6 +1551,11 @@ class SimExchange:
                 order
                 for order in self._waiting_orders(account)
                 if _selects(params.order_filter, order)
+                and (
+                    params.stop_order_type is None
+                    or params.order_filter != "StopOrder"
+                    or order.stop_order_type == params.stop_order_type
+                )
                 and (params.symbol is None or order.symbol == params.symbol)
                 and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
                 and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)

@@ -350,6 +350,9 @@ class CancelAllParams(_Params):
     base_coin: str | None = None
     settle_coin: str | None = None
     order_filter: CancelAllFilter | None = None
+    #: With `orderFilter` StopOrder: only the conditional orders (stopOrderType `Stop`), not
+    #: the positions' TP/SL (Bybit: "except TP/SL order and Trailing stop orders").
+    stop_order_type: Literal["Stop"] | None = None
 
 
 class BatchPlaceParams(_Params):

@@ -181,6 +181,26 @@ def test_a_positions_tp_and_sl_are_untriggered_orders_sized_to_it(
     ]
 
 
+def test_cancel_all_of_stop_orders_of_type_stop_leaves_the_positions_tp_and_sl(
+    server: SimServer, session: HTTP
+) -> None:
+    """Bybit's cancel-all `stopOrderType` `Stop` (with orderFilter StopOrder): "you can cancel
+    conditional orders except TP/SL order and Trailing stop orders with this param"."""
+    _market(session, "Buy", "0.01", stopLoss="95000", takeProfit="99000")
+    settle(server)
+    breakout = _market(session, "Buy", "0.01", triggerPrice="98000", triggerDirection=1)
+    breakout_id = breakout["result"]["orderId"]
+
+    answer = session.cancel_all_orders(
+        category="linear", symbol="BTCUSDT", orderFilter="StopOrder", stopOrderType="Stop"
+    )
+
+    assert [row["orderId"] for row in answer["result"]["list"]] == [breakout_id]
+    assert set(_exits(session)) == {"StopLoss", "TakeProfit"}
+    position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+    assert (position["stopLoss"], position["takeProfit"]) == ("95000", "99000")
+
+
 def test_cancel_all_takes_the_positions_tp_and_sl_unless_filtered(
     server: SimServer, session: HTTP
 ) -> None:
