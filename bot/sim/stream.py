@@ -12,6 +12,12 @@
     one that closed first, `confirm` true;
   - `priceLimit.{symbol}`: the order price limit, on subscribe and when a price change moves it;
   - and on every fill of any account, `publicTrade.{symbol}`.
+  And while the price stands still, every `_REFRESH_S` (Bybit pushes a market's data on a
+  timer, not only on a price change): a ticker delta of what fills changed (volume,
+  turnover, open interest), the open candle when fills changed it or a new one opened (so
+  the closed one comes, `confirm` true, at the boundary), and the depth-1 book again,
+  as a snapshot, after `_LEVEL1_RESEND_MS` without a push ("if 3 seconds have elapsed
+  without a change in the orderbook, a snapshot message will be pushed again").
 
 The exchange calls the hub (a `StreamSink`) with its lock held, from a request on the server's
 event loop or from the engine thread; the hub only hands the data to the loop
@@ -58,6 +64,8 @@ PRIVATE_TOPICS: dict[str, str] = {
 _TICKER_PREFIX = "tickers."
 _BOOK_DEPTHS = frozenset({1, 50, 200, 1000})  # Bybit's for linear
 _MAX_REQUEST_CHARS = 64 * 1024
+_REFRESH_S = 1.0
+_LEVEL1_RESEND_MS = 3000
 _MAX_TOPICS = 500
 Channel = Literal["private", "linear"]
 
@@ -81,8 +89,11 @@ class _Connection:
     tickers: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)
     #: Last book sent per orderbook topic: its update id and both sides (price -> size).
     books: dict[str, tuple[int, dict[str, str], dict[str, str]]] = field(default_factory=dict)
-    #: Start of the candle last sent per kline topic.
-    candles: dict[str, int] = field(default_factory=dict)
+    #: When (exchange ms) each orderbook topic was last pushed.
+    books_sent_ms: dict[str, int] = field(default_factory=dict)
+    #: The open candle last sent per kline topic ([start, open, high, low, close, volume,
+    #: turnover]).
+    candles: dict[str, list[str]] = field(default_factory=dict)
     #: Last order price limit sent per priceLimit topic.
     price_limits: dict[str, dict[str, str]] = field(default_factory=dict)
     dropped: bool = False
@@ -120,6 +131,12 @@ class _PublicTopic:
     def is_market_data(self) -> bool:
         """Pushed on a price change (else on a fill: publicTrade)."""
         return self.kind != "publicTrade"
+
+
+def _quiet(conn: _Connection, topic: str, ts: int) -> bool:
+    """Whether a book sent on `topic` has had no push for `_LEVEL1_RESEND_MS`."""
+    sent = conn.books_sent_ms.get(topic)
+    return sent is not None and ts - sent >= _LEVEL1_RESEND_MS
 
 
 def _levels(side: list[list[str]]) -> dict[str, str]:
@@ -247,6 +264,7 @@ class StreamHub:
         self._connections[conn.conn_id] = conn
         self._connections_opened += 1
         sender = asyncio.create_task(self._send_loop(conn))
+        refresher = asyncio.create_task(self._refresh_loop(conn)) if channel == "linear" else None
         try:
             while True:
                 message = await receive()
@@ -259,9 +277,11 @@ class StreamHub:
                 self._handle(conn, text)
         finally:
             self._forget(conn)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+            for task in (sender, refresher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _send_loop(self, conn: _Connection) -> None:
         while True:
@@ -272,6 +292,38 @@ class StreamHub:
             await conn.send({"type": "websocket.send", "text": text})
             conn.messages_sent += 1
             self._messages_sent += 1
+
+    async def _refresh_loop(self, conn: _Connection) -> None:
+        while not conn.dropped:
+            await asyncio.sleep(_REFRESH_S)
+            self._refresh(conn, self._exchange.now_ms())
+
+    def _refresh(self, conn: _Connection, ts: int) -> None:
+        """What the connection's public topics push while the price stands still (see the
+        module's notes); a price change pushes them anyway."""
+        for topic in list(conn.topics):
+            public = self._public(topic)
+            if public.kind == "tickers":
+                self._refresh_ticker(conn, topic, public.symbol, ts)
+            elif public.kind == "kline":
+                self._send_candles(conn, topic, public, ts, changed_only=True)
+            elif public.kind == "orderbook" and public.detail == "1" and _quiet(conn, topic, ts):
+                self._send_book(conn, topic, 1, ts, {}, again=True)
+
+    def _refresh_ticker(self, conn: _Connection, topic: str, symbol: str, ts: int) -> None:
+        last = conn.tickers.get(symbol)
+        snapshot = self._exchange.ticker_snapshot(symbol)
+        if last is None or snapshot is None:
+            return
+        cs, row = snapshot
+        changed = {name: value for name, value in row.items() if last[1].get(name) != value}
+        if not changed:
+            return
+        cs = max(cs, last[0])
+        conn.tickers[symbol] = (cs, row)
+        data = {"symbol": symbol, **changed}
+        message = {"topic": topic, "type": "delta", "data": data, "cs": cs, "ts": ts}
+        self._enqueue(conn, _dumps(message), pushed=True)
 
     def _enqueue(self, conn: _Connection, message: str, *, pushed: bool) -> None:
         if conn.dropped:
@@ -560,18 +612,27 @@ class StreamHub:
             self._enqueue(conn, _dumps(message), pushed=True)
 
     def _send_book(
-        self, conn: _Connection, topic: str, depth: int, ts: int, books: dict[int, dict[str, Any]]
+        self,
+        conn: _Connection,
+        topic: str,
+        depth: int,
+        ts: int,
+        books: dict[int, dict[str, Any]],
+        *,
+        again: bool = False,
     ) -> None:
-        """The book as a snapshot (the first, and always at depth 1), else as a delta."""
+        """The book as a snapshot (the first, and always at depth 1), else as a delta; only
+        if it changed, unless `again` (depth 1's resend of an unchanged book)."""
         book = books.get(depth)
         if book is None:
             book = books[depth] = self._exchange.book(topic.rsplit(".", 1)[1], depth)
         bids, asks = _levels(book["b"]), _levels(book["a"])
         last = conn.books.get(topic)
-        if last is not None and (last[1], last[2]) == (bids, asks):
+        if last is not None and (last[1], last[2]) == (bids, asks) and not again:
             return
         update_id = 1 if last is None else last[0] + 1
         conn.books[topic] = (update_id, bids, asks)
+        conn.books_sent_ms[topic] = ts
         data: dict[str, Any] = {"s": book["s"], "b": book["b"], "a": book["a"]}
         kind = "snapshot"
         if last is not None and depth != 1:
@@ -585,14 +646,25 @@ class StreamHub:
         message = {"topic": topic, "type": kind, "ts": ts, "data": data, "cts": book["cts"]}
         self._enqueue(conn, _dumps(message), pushed=True)
 
-    def _send_candles(self, conn: _Connection, topic: str, public: _PublicTopic, ts: int) -> None:
-        """The open candle; first, the one that closed since the last push (`confirm`)."""
+    def _send_candles(
+        self,
+        conn: _Connection,
+        topic: str,
+        public: _PublicTopic,
+        ts: int,
+        *,
+        changed_only: bool = False,
+    ) -> None:
+        """The open candle; first, the one that closed since the last push (`confirm`). With
+        `changed_only`, nothing if the open candle is the one last sent, unchanged."""
         current, previous = self._exchange.live_candles(public.symbol, public.detail)
-        started = int(current[0])
+        last = conn.candles.get(topic)
+        if changed_only and last == current:
+            return
         rows = [(current, False)]
-        if conn.candles.get(topic, started) != started:
+        if last is not None and last[0] != current[0]:
             rows.insert(0, (previous, True))
-        conn.candles[topic] = started
+        conn.candles[topic] = current
         data = [
             {
                 "start": int(row[0]),

@@ -465,9 +465,9 @@ def test_every_fill_is_a_public_trade_and_the_candle_follows_the_price(
     http.place_order(
         category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.01"
     )
-    trade = json.loads(sock.recv())
+    trade = _next(sock, lambda message: message["topic"] == "publicTrade.BTCUSDT")
     _post(server, "/sim/prices", {"BTCUSDT": 97777})
-    candle = json.loads(sock.recv())
+    candle = _next(sock, lambda message: message["data"][-1]["close"] == "97777")
 
     assert opened["topic"] == "kline.1.BTCUSDT" and opened["data"][0]["confirm"] is False
     assert trade["topic"] == "publicTrade.BTCUSDT" and trade["type"] == "snapshot"
@@ -480,6 +480,56 @@ def test_every_fill_is_a_public_trade_and_the_candle_follows_the_price(
     assert (bar["interval"], bar["close"], bar["confirm"]) == ("1", "97777", False)
     assert bar["end"] - bar["start"] == 59_999
     assert float(bar["high"]) >= 97777
+
+
+def _next(
+    sock: websocket.WebSocket, wanted: Callable[[dict[str, Any]], bool], within_s: float = 5.0
+) -> dict[str, Any]:
+    """The next message `wanted` accepts (a refresh of the market may come before it)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        message = json.loads(sock.recv())
+        if wanted(message):
+            return message
+    raise AssertionError("no such message in time")
+
+
+def test_a_still_market_still_streams_what_fills_change_and_its_level_1_book(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket], http: HTTP
+) -> None:
+    """Bybit pushes on a timer, not only on a price change: the ticker's volume and the open
+    candle after a fill at the same price, and the depth-1 book again after 3 s unchanged."""
+    sock = raw("/v5/public/linear")
+    topics = ["tickers.BTCUSDT", "kline.1.BTCUSDT", "orderbook.1.BTCUSDT"]
+    _ask(sock, {"op": "subscribe", "args": topics})
+    first = {}
+    while len(first) < len(topics):
+        message = json.loads(sock.recv())
+        first.setdefault(message["topic"], message)
+
+    http.place_order(
+        category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.01"
+    )
+    later: dict[str, dict[str, Any]] = {}  # the first message of each topic since the fill
+
+    def every_topic_heard(message: dict[str, Any]) -> bool:
+        later.setdefault(message["topic"], message)
+        return len(later) == len(topics)
+
+    _next(sock, every_topic_heard)
+    ticker, candle, book = (later[topic] for topic in topics)
+
+    assert first["tickers.BTCUSDT"]["data"]["volume24h"] == "0"
+    assert ticker["type"] == "delta" and ticker["data"]["volume24h"] == "0.01"
+    assert "lastPrice" not in ticker["data"]  # the price stood still
+    assert ticker["cs"] >= first["tickers.BTCUSDT"]["cs"]
+    assert candle["data"][-1]["volume"] == "0.01" and candle["data"][-1]["confirm"] is False
+    assert book["type"] == "snapshot"
+    assert (book["data"]["b"], book["data"]["a"]) == (
+        first["orderbook.1.BTCUSDT"]["data"]["b"],
+        first["orderbook.1.BTCUSDT"]["data"]["a"],
+    )
+    assert book["ts"] - first["orderbook.1.BTCUSDT"]["ts"] >= 3000
 
 
 def test_unknown_public_topic_is_refused(raw: Callable[[str], websocket.WebSocket]) -> None:
