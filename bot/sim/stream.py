@@ -2,7 +2,8 @@
 
 - `/v5/private`: `auth` (HMAC-SHA256 of "GET/realtime" + expires), `ping`, `subscribe` and
   `unsubscribe` to `order`, `execution`, `position`, `wallet` (also `order.linear`,
-  `execution.linear`, `position.linear`); every change of the account is pushed as it happens.
+  `execution.linear`, `position.linear`), and `execution.fast` (`.linear`: the trades, with
+  fewer fields); every change of the account is pushed as it happens.
 - `/v5/public/linear`, on every price change:
   - `tickers.{symbol}`: a snapshot on subscribe, then a delta (the changed fields);
   - `orderbook.{depth}.{symbol}` (depth 1, 50, 200, 1000): a snapshot on subscribe, then a
@@ -11,7 +12,8 @@
   - `kline.{interval}.{symbol}`: the open candle (`confirm` false); when a new one opens, the
     one that closed first, `confirm` true;
   - `priceLimit.{symbol}`: the order price limit, on subscribe and when a price change moves it;
-  - and on every fill of any account, `publicTrade.{symbol}`.
+  - and on every fill of any account, `publicTrade.{symbol}`;
+  - `allLiquidation.{symbol}` is served, and silent: the simulator liquidates no one.
   And while the price stands still, every `_REFRESH_S` (Bybit pushes a market's data on a
   timer, not only on a price change): a ticker delta of what fills changed (volume,
   turnover, open interest), the open candle when fills changed it or a new one opened (so
@@ -57,10 +59,27 @@ PRIVATE_TOPICS: dict[str, str] = {
     "order.linear": "order",
     "execution": "execution",
     "execution.linear": "execution",
+    "execution.fast": "execution",
+    "execution.fast.linear": "execution",
     "position": "position",
     "position.linear": "position",
     "wallet": "wallet",
 }
+#: Bybit's `execution.fast`: trades only, and these fields of them (orderLinkId only for a
+#: taker's fill).
+_FAST_EXECUTION_TOPICS = frozenset({"execution.fast", "execution.fast.linear"})
+_FAST_EXECUTION_FIELDS = (
+    "category",
+    "symbol",
+    "execId",
+    "execPrice",
+    "execQty",
+    "orderId",
+    "orderLinkId",
+    "side",
+    "execTime",
+    "seq",
+)
 _TICKER_PREFIX = "tickers."
 _BOOK_DEPTHS = frozenset({1, 50, 200, 1000})  # Bybit's for linear
 _MAX_REQUEST_CHARS = 64 * 1024
@@ -119,7 +138,7 @@ class _PublicTopic:
         kind, symbol = parts[0], parts[-1]
         if symbol not in symbols:
             return None
-        if len(parts) == 2 and kind in ("tickers", "publicTrade", "priceLimit"):
+        if len(parts) == 2 and kind in ("tickers", "publicTrade", "priceLimit", "allLiquidation"):
             return cls(kind, symbol)
         if len(parts) == 3 and kind == "kline" and parts[1] in KLINE_INTERVALS:
             return cls(kind, symbol, parts[1])
@@ -129,8 +148,22 @@ class _PublicTopic:
 
     @property
     def is_market_data(self) -> bool:
-        """Pushed on a price change (else on a fill: publicTrade)."""
-        return self.kind != "publicTrade"
+        """Pushed on a price change (else on a fill: publicTrade; or never: allLiquidation,
+        since the simulator liquidates no one)."""
+        return self.kind not in ("publicTrade", "allLiquidation")
+
+
+def _fast_executions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`execution` rows as `execution.fast` carries them."""
+    return [
+        {
+            name: row[name]
+            for name in _FAST_EXECUTION_FIELDS
+            if name in row and (name != "orderLinkId" or not row.get("isMaker"))
+        }
+        for row in rows
+        if row.get("execType", "Trade") == "Trade"
+    ]
 
 
 def _quiet(conn: _Connection, topic: str, ts: int) -> bool:
@@ -579,8 +612,11 @@ class StreamHub:
                     continue
                 text = texts.get(name)
                 if text is None:
+                    data = _fast_executions(rows) if name in _FAST_EXECUTION_TOPICS else rows
+                    if not data:
+                        continue
                     text = _dumps(
-                        {"id": message_id, "topic": name, "creationTime": created_ms, "data": rows}
+                        {"id": message_id, "topic": name, "creationTime": created_ms, "data": data}
                     )
                     texts[name] = text
                 self._enqueue(conn, text, pushed=True)

@@ -532,6 +532,60 @@ def test_a_still_market_still_streams_what_fills_change_and_its_level_1_book(
     assert book["ts"] - first["orderbook.1.BTCUSDT"]["ts"] >= 3000
 
 
+def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
+    raw: Callable[[str], websocket.WebSocket], http: HTTP
+) -> None:
+    """Bybit's `execution.fast`: trades only; category, symbol, execId, execPrice, execQty,
+    orderId, orderLinkId (a taker's fill only), side, execTime, seq."""
+    sock = raw("/v5/private")
+    _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
+    subscribed = _ask(sock, {"op": "subscribe", "args": ["execution.fast", "execution"]})
+
+    http.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Buy",
+        orderType="Market",
+        qty="0.01",
+        orderLinkId="fast-1",
+    )
+    heard: dict[str, dict[str, Any]] = {}
+
+    def both_heard(message: dict[str, Any]) -> bool:
+        heard.setdefault(message["topic"], message)
+        return len(heard) == 2
+
+    _next(sock, both_heard)
+
+    assert subscribed["success"] is True
+    (fast,) = heard["execution.fast"]["data"]
+    (full,) = heard["execution"]["data"]
+    assert set(fast) == {
+        "category",
+        "symbol",
+        "execId",
+        "execPrice",
+        "execQty",
+        "orderId",
+        "orderLinkId",
+        "side",
+        "execTime",
+        "seq",
+    }
+    assert {name: full[name] for name in fast} == fast
+    assert (fast["orderLinkId"], fast["execQty"]) == ("fast-1", "0.01")
+    assert isinstance(heard["execution.fast"]["creationTime"], int)
+
+
+def test_all_liquidation_is_served_and_silent(raw: Callable[[str], websocket.WebSocket]) -> None:
+    sock = raw("/v5/public/linear")
+    subscribed = _ask(sock, {"op": "subscribe", "args": ["allLiquidation.BTCUSDT"]})
+    unknown = _ask(sock, {"op": "subscribe", "args": ["allLiquidation.NOPEUSDT"]})
+
+    assert subscribed["success"] is True
+    assert unknown["success"] is False
+
+
 def test_unknown_public_topic_is_refused(raw: Callable[[str], websocket.WebSocket]) -> None:
     sock = raw("/v5/public/linear")
 
