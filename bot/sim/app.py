@@ -91,6 +91,7 @@ from bot.sim.params import (
 )
 from bot.sim.ratelimit import RollingWindowLimiter
 from bot.sim.stream import PRIVATE_PATH, PUBLIC_LINEAR_PATH, StreamHub
+from bot.sim.trade_ws import TRADE_PATH, TradeDesk
 
 __all__ = ["AnswerDropped", "create_app"]
 
@@ -304,7 +305,7 @@ class _Gateway:
             self._exchange.record_signed(api_key, path)
 
             count = cost(body) if cost is not None and request.method == "POST" else 1
-            headers, granted, refusal = self._limit(api_key, path, count)
+            headers, granted, refusal = self.limit(api_key, path, count)
             if granted == 0 or self._exchange.inject("rate_limit_10006"):
                 # An injected refusal reports an exhausted window, with a reset in the future
                 # as a real one does (pybit sleeps until it and fails on a time in the past).
@@ -340,7 +341,7 @@ class _Gateway:
 
         return endpoint
 
-    def _limit(
+    def limit(
         self, api_key: str, path: str, count: int
     ) -> tuple[dict[str, str], int, dict[str, str]]:
         """Count `count` requests (a batch's orders) against the UID's limit for the path:
@@ -535,7 +536,7 @@ def create_app(exchange: SimExchange) -> Starlette:
     if _QUIET_DROPPED_ANSWERS not in logger.filters:
         logger.addFilter(_QUIET_DROPPED_ANSWERS)
     gateway = _Gateway(exchange)
-    hub = StreamHub(exchange)
+    hub = StreamHub(exchange, TradeDesk(exchange, gateway.limit))
     public: list[tuple[str, Endpoint]] = [
         ("/v5/market/time", gateway.public(exchange.server_time, NoParams)),
         ("/v5/market/instruments-info", gateway.public(exchange.instruments_info, MarketParams)),
@@ -614,6 +615,7 @@ def create_app(exchange: SimExchange) -> Starlette:
         *_admin_routes(exchange, hub),
         WebSocketRoute(PRIVATE_PATH, hub.endpoint("private")),
         WebSocketRoute(PUBLIC_LINEAR_PATH, hub.endpoint("linear")),
+        WebSocketRoute(TRADE_PATH, hub.endpoint("trade")),
     ]
     not_served = {404: gateway.not_served, 405: gateway.not_served}
     return Starlette(routes=routes, exception_handlers=not_served)

@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from bot.sim.errors import RetCode, SimError
 from bot.sim.exchange import SimExchange
 
-__all__ = ["DEFAULT_RECV_WINDOW_MS", "FUTURE_TOLERANCE_MS", "authenticate", "sign"]
+__all__ = [
+    "DEFAULT_RECV_WINDOW_MS",
+    "FUTURE_TOLERANCE_MS",
+    "authenticate",
+    "check_time_window",
+    "ip_allowed",
+    "sign",
+]
 
 #: recv_window Bybit assumes when X-BAPI-RECV-WINDOW is absent.
 DEFAULT_RECV_WINDOW_MS = 5000
@@ -60,6 +67,22 @@ def authenticate(
             RetCode.INVALID_SIGN, "Error sign, please check your signature generation algorithm."
         )
 
+    server_ms = check_time_window(exchange, timestamp, recv_window_text)
+
+    if spec.expired_at is not None and spec.expired_at.timestamp() * 1000 <= server_ms:
+        raise SimError(RetCode.API_KEY_EXPIRED, "Your api key has expired.")
+
+    if not ip_allowed(client_host, spec.ips):
+        raise SimError(
+            RetCode.UNMATCHED_IP,
+            "Unmatched IP, please check your API key's bound IP addresses.",
+        )
+    return api_key
+
+
+def check_time_window(exchange: SimExchange, timestamp: str, recv_window_text: str) -> int:
+    """Raise SimError unless a request's X-BAPI-TIMESTAMP lies in its receive window
+    (X-BAPI-RECV-WINDOW, or Bybit's default) of the server's clock; the server's time."""
     try:
         recv_window = int(recv_window_text) if recv_window_text else DEFAULT_RECV_WINDOW_MS
     except ValueError:
@@ -83,19 +106,13 @@ def authenticate(
             f"req_timestamp[{timestamp[:32]}],server_timestamp[{server_ms}],"
             f"recv_window[{recv_window}]",
         )
-
-    if spec.expired_at is not None and spec.expired_at.timestamp() * 1000 <= server_ms:
-        raise SimError(RetCode.API_KEY_EXPIRED, "Your api key has expired.")
-
-    if "*" not in spec.ips and not _ip_allowed(client_host, spec.ips):
-        raise SimError(
-            RetCode.UNMATCHED_IP,
-            "Unmatched IP, please check your API key's bound IP addresses.",
-        )
-    return api_key
+    return server_ms
 
 
-def _ip_allowed(client_host: str | None, allowed: Sequence[str]) -> bool:
+def ip_allowed(client_host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a key bound to the addresses `allowed` ("*": any) may be used from the host."""
+    if "*" in allowed:
+        return True
     if client_host is None:
         return False
     try:

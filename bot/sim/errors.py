@@ -29,6 +29,11 @@ class RetCode(IntEnum):
     SERVER_TIMEOUT = 10016
     #: "request path not found or request method is invalid"
     ROUTE_NOT_FOUND = 10017
+    #: The WebSocket trade API's (`/v5/trade`): an op it does not know, a second auth, a
+    #: reqId the connection used before.
+    OP_NOT_FOUND = 10404
+    REPEAT_AUTH = 20001
+    REQ_ID_DUPLICATED = 20006
     API_KEY_EXPIRED = 33004
     #: Set Trading Stop with the TP/SL already set, or with nothing to set.
     TPSL_NOT_MODIFIED = 34040

@@ -45,8 +45,10 @@ from typing import Any, Literal
 
 from starlette.types import Receive, Scope, Send
 
+from bot.sim.errors import RetCode
 from bot.sim.exchange import SimExchange
 from bot.sim.params import KLINE_INTERVALS
+from bot.sim.trade_ws import TradeDesk
 from bot.sim.websocket import ABORT_EXTENSION
 
 __all__ = ["PRIVATE_PATH", "PRIVATE_TOPICS", "PUBLIC_LINEAR_PATH", "StreamHub"]
@@ -86,7 +88,7 @@ _MAX_REQUEST_CHARS = 64 * 1024
 _REFRESH_S = 1.0
 _LEVEL1_RESEND_MS = 3000
 _MAX_TOPICS = 500
-Channel = Literal["private", "linear"]
+Channel = Literal["private", "linear", "trade"]
 
 
 @dataclass(eq=False)
@@ -115,6 +117,8 @@ class _Connection:
     candles: dict[str, list[str]] = field(default_factory=dict)
     #: Last order price limit sent per priceLimit topic.
     price_limits: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The reqIds a trade connection used (a repeat is refused).
+    req_ids: dict[str, None] = field(default_factory=dict)
     dropped: bool = False
 
 
@@ -185,8 +189,9 @@ def _level_changes(before: dict[str, str], after: dict[str, str]) -> list[list[s
 class StreamHub:
     """Every stream connection of one app, and the exchange's `StreamSink`."""
 
-    def __init__(self, exchange: SimExchange) -> None:
+    def __init__(self, exchange: SimExchange, trade: TradeDesk | None = None) -> None:
         self._exchange = exchange
+        self._trade = trade
         self._queue_max = exchange.config.stream_queue_max_messages
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -400,6 +405,9 @@ class StreamHub:
         if len(text) <= _MAX_REQUEST_CHARS:
             with contextlib.suppress(ValueError, RecursionError):
                 request = json.loads(text)
+        if conn.channel == "trade":
+            self._reply(conn, self._trade_answer(conn, request))
+            return
         if not isinstance(request, dict):
             self._reply(conn, {"success": False, "ret_msg": "error:request is not a JSON object"})
             return
@@ -437,9 +445,41 @@ class StreamHub:
         self._reply(conn, answer)
 
     def _reply(self, conn: _Connection, answer: dict[str, Any]) -> None:
-        if "conn_id" not in answer:
-            answer = {**answer, "conn_id": conn.conn_id}
+        name = "connId" if conn.channel == "trade" else "conn_id"
+        if name not in answer:
+            answer = {**answer, name: conn.conn_id}
         self._enqueue(conn, _dumps(answer), pushed=False)
+
+    def _trade_answer(self, conn: _Connection, request: Any) -> dict[str, Any]:
+        """The trade API's answer (`bot.sim.trade_ws`): ping and auth here, orders at the
+        desk; every answer `{retCode, retMsg, op, ...}`."""
+        if not isinstance(request, dict):
+            return {"retCode": int(RetCode.PARAMS_ERROR), "retMsg": "request is not a JSON object"}
+        op = request.get("op")
+        req_id = {} if request.get("reqId") is None else {"reqId": request["reqId"]}
+        if op == "ping":
+            return {
+                "retCode": 0,
+                "retMsg": "OK",
+                "op": "pong",
+                "data": [str(self._exchange.now_ms())],
+            }
+        if op == "auth":
+            refusal = self._check_auth(conn, request.get("args"))
+            if refusal is None and conn.api_key is not None:
+                refusal = (RetCode.REPEAT_AUTH, "repeat auth")
+            if refusal is None:
+                self._authenticated(conn, str(request["args"][0]))
+            code, message = refusal or (RetCode.OK, "OK")
+            return {**req_id, "retCode": int(code), "retMsg": message, "op": "auth"}
+        if self._trade is None:
+            return {
+                **req_id,
+                "retCode": int(RetCode.OP_NOT_FOUND),
+                "retMsg": "not served",
+                "op": str(op)[:32],
+            }
+        return self._trade.answer(conn.api_key, conn.req_ids, request)
 
     def _pong(self, conn: _Connection, req_id: str | int | None) -> None:
         if conn.channel == "private":
@@ -454,17 +494,20 @@ class StreamHub:
     def _auth(self, conn: _Connection, req_id: str | int | None, args: Any) -> None:
         refusal = self._check_auth(conn, args)
         if refusal is not None:
-            self._answer(conn, "auth", req_id, False, refusal)
+            self._answer(conn, "auth", req_id, False, refusal[1])
             return
-        api_key = str(args[0])
+        self._authenticated(conn, str(args[0]))
+        self._answer(conn, "auth", req_id, True, "")
+
+    def _authenticated(self, conn: _Connection, api_key: str) -> None:
         label = self._exchange.account_label(api_key)
         if label is not None:
             conn.api_key = api_key
             conn.user_id, conn.note = label
-        self._answer(conn, "auth", req_id, True, "")
 
-    def _check_auth(self, conn: _Connection, args: Any) -> str | None:
-        """None when the auth args are good, else the ret_msg of the refusal."""
+    def _check_auth(self, conn: _Connection, args: Any) -> tuple[RetCode, str] | None:
+        """None when the auth args are good, else the refusal: the trade API's retCode and
+        the message both channels send."""
         if not (
             isinstance(args, list)
             and len(args) == 3
@@ -473,29 +516,29 @@ class StreamHub:
             and isinstance(args[1], int | str)
             and not isinstance(args[1], bool)
         ):
-            return "Params Error"
+            return RetCode.PARAMS_ERROR, "Params Error"
         api_key, expires, signature = args
         try:
             expires_ms = int(expires)
         except ValueError:
-            return "Params Error"
+            return RetCode.PARAMS_ERROR, "Params Error"
         if conn.api_key is not None and conn.api_key != api_key:
-            return "Repeat auth with another API key"
+            return RetCode.REPEAT_AUTH, "Repeat auth with another API key"
         spec = self._exchange.account_spec(api_key)
         if spec is None:
-            return "Invalid apikey"
+            return RetCode.INVALID_API_KEY, "Invalid apikey"
         expected = hmac.new(
             spec.api_secret.get_secret_value().encode(),
             f"GET/realtime{expires}".encode(),
             hashlib.sha256,
         ).hexdigest()
         if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
-            return "Invalid sign"
+            return RetCode.INVALID_SIGN, "Invalid sign"
         now = self._exchange.signing_clock_ms()  # what clients sign on, even under a replay
         if expires_ms <= now:
-            return "Params Error: expires is in the past"
+            return RetCode.PARAMS_ERROR, "Params Error: expires is in the past"
         if spec.expired_at is not None and spec.expired_at.timestamp() * 1000 <= now:
-            return "Your api key has expired."
+            return RetCode.API_KEY_EXPIRED, "Your api key has expired."
         return None
 
     def _subscribe(self, conn: _Connection, op: str, req_id: str | int | None, args: Any) -> None:

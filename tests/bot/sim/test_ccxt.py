@@ -3,12 +3,14 @@ simulator over loopback. If it needs an endpoint, the simulator serves it in Byb
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterator
 from typing import Any
 
 import ccxt
+import ccxt.pro
 import pytest
 from pydantic import SecretStr
 
@@ -332,3 +334,51 @@ def test_stop_orders_wait_for_their_trigger_and_a_reduce_only_stop_closes_the_po
     assert not [p for p in bybit.fetch_positions([SYMBOL]) if p["contracts"]]
     cancelled = bybit.fetch_order(breakout["id"], SYMBOL, {"acknowledged": True})
     assert cancelled["status"] == "canceled"
+
+
+def _pro_client(server: SimServer) -> Any:
+    """ccxt.pro's bybit, its REST and WebSocket URLs pointed here."""
+    exchange = ccxt.pro.bybit(
+        {"apiKey": KEY, "secret": SECRET, "timeout": 5000, "enableRateLimit": False}
+    )
+    exchange.urls["api"] = {name: server.url for name in exchange.urls["api"] if name != "ws"}
+    streams = server.ws_url
+    exchange.urls["api"]["ws"] = {
+        "public": {"linear": streams + "/v5/public/linear"},
+        "private": {
+            "contract": streams + "/v5/private",
+            "unified": streams + "/v5/private",
+            "trade": streams + "/v5/trade",
+        },
+    }
+    exchange.options["defaultType"] = "swap"
+    return exchange
+
+
+def test_ccxt_pro_creates_edits_and_cancels_over_the_trade_websocket(
+    server: SimServer, loopback_only: None
+) -> None:
+    """Bybit's `/v5/trade`: ccxt.pro's create_order_ws, edit_order_ws and cancel_order_ws."""
+
+    async def trade() -> tuple[Any, Any, Any, Any]:
+        exchange = _pro_client(server)
+        try:
+            created = await exchange.create_order_ws(SYMBOL, "limit", "buy", 0.01, 90000)
+            edited = await exchange.edit_order_ws(
+                created["id"], SYMBOL, "limit", "buy", 0.02, 91000
+            )
+            cancelled = await exchange.cancel_order_ws(created["id"], SYMBOL)
+            with pytest.raises(ccxt.InsufficientFunds):
+                await exchange.create_order_ws(SYMBOL, "limit", "buy", 100, 90000)
+            book = [await exchange.watch_order_book(SYMBOL, 1) for _ in range(2)]
+            return created, edited, cancelled, book
+        finally:
+            await exchange.close()
+
+    created, edited, cancelled, book = asyncio.run(asyncio.wait_for(trade(), 30))
+
+    rest = _client(server)
+    (order,) = [o for o in rest.fetch_canceled_orders(SYMBOL) if o["id"] == created["id"]]
+    assert created["id"] and edited["id"] == cancelled["id"] == created["id"]
+    assert (order["amount"], order["price"], order["status"]) == (0.02, 91000, "canceled")
+    assert book[1]["bids"] and book[1]["asks"]  # a still book comes again within 3 s

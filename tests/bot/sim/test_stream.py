@@ -586,6 +586,40 @@ def test_all_liquidation_is_served_and_silent(raw: Callable[[str], websocket.Web
     assert unknown["success"] is False
 
 
+def test_the_trade_websocket_answers_in_bybits_shapes(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    sock = raw("/v5/trade")
+    now = int(time.time() * 1000)
+
+    def order(req_id: str, op: str = "order.create", **header: str) -> dict[str, Any]:
+        item = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit"}
+        item |= {"qty": "0.01", "price": "90000"}
+        stamp = {"X-BAPI-TIMESTAMP": str(int(time.time() * 1000))} | header
+        return _ask(sock, {"reqId": req_id, "header": stamp, "op": op, "args": [item]})
+
+    early = order("r0")
+    auth = _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, now + 5000)})
+    again = _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, now + 5000)})
+    pong = _ask(sock, {"op": "ping"})
+    created = order("r1")
+    repeated = order("r1")
+    unknown = order("r2", op="order.explode")
+    stale = order("r3", **{"X-BAPI-TIMESTAMP": str(now - 60_000)})
+
+    assert early["retCode"] == 10003 and early["reqId"] == "r0"
+    assert auth == {"retCode": 0, "retMsg": "OK", "op": "auth", "connId": auth["connId"]}
+    assert again["retCode"] == 20001
+    assert (pong["retCode"], pong["op"]) == (0, "pong") and pong["data"][0].isdigit()
+    assert (created["retCode"], created["retMsg"], created["op"]) == (0, "OK", "order.create")
+    assert created["reqId"] == "r1" and created["data"]["orderId"]
+    assert {"X-Bapi-Limit", "X-Bapi-Limit-Status", "Traceid", "Timenow"} <= set(created["header"])
+    assert created["connId"] == auth["connId"]
+    assert repeated["retCode"] == 20006
+    assert unknown["retCode"] == 10404
+    assert stale["retCode"] == 10002
+
+
 def test_unknown_public_topic_is_refused(raw: Callable[[str], websocket.WebSocket]) -> None:
     sock = raw("/v5/public/linear")
 
