@@ -274,6 +274,9 @@ class FillClock:
     def push_trade(self, symbol: str, row: dict[str, Any]) -> None:
         return None
 
+    def push_liquidation(self, symbol: str, row: dict[str, Any]) -> None:
+        return None
+
 
 def _journal_timer(journal: Journal) -> dict[str, list[tuple[int, int]]]:
     """Wrap `journal.call` to time each call: (await total, work on the journal thread), ns."""

@@ -545,7 +545,15 @@ class AccountKeeper:
         allocation = self._projection.allocate(fill, strategy)
         self._projection.apply_execution(fill, allocation)
         self._write(self._journal.record_execution, fill, allocation)
-        logger.bind(notify="fill").info(
+        # What the venue did itself (a liquidation, auto-deleveraging) is said louder.
+        by_venue = fill.exec_type != "Trade"
+        whose = (
+            f"{fill.exec_type} by the venue"
+            if by_venue
+            else strategy or fill.stop_order_type or "not the bot's order"
+        )
+        logger.bind(notify="fill").log(
+            "WARNING" if by_venue else "INFO",
             "fill on key {key}: {side} {qty} {symbol} at {price}, fee {fee} USDT ({whose})",
             key=fill.key_name,
             side=fill.side.value,
@@ -553,7 +561,7 @@ class AccountKeeper:
             symbol=fill.symbol,
             price=fill.price,
             fee=fill.fee,
-            whose=strategy or fill.stop_order_type or "not the bot's order",
+            whose=whose,
         )
         if fill.order_link_id:
             self._fill_booked(fill)

@@ -622,6 +622,9 @@ class Execution(_Message):
     is_maker: bool = False
     stop_order_type: str = ""
     ts: datetime
+    #: Bybit's execType: Trade, or what the venue did itself (BustTrade: a liquidation,
+    #: AdlTrade: auto-deleveraging, ...). Not journaled: a replayed fill reads Trade.
+    exec_type: str = "Trade"
 
     @property
     def signed_qty(self) -> Decimal:

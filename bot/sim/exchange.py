@@ -68,6 +68,7 @@ from bot.sim.params import (
     parse_params,
 )
 from bot.sim.records import (
+    LIQUIDATION_CREATE_TYPE,
     MAINTENANCE_MARGIN_RATE,
     SETTLE_COIN,
     ZERO,
@@ -344,6 +345,11 @@ class StreamSink(Protocol):
         """One fill of the symbol, as `publicTrade.{symbol}` carries it."""
         ...
 
+    def push_liquidation(self, symbol: str, row: dict[str, Any]) -> None:
+        """One position of the symbol liquidated, as `allLiquidation.{symbol}` carries it
+        (sent to whoever listens: it is rare, so nobody is asked first)."""
+        ...
+
 
 @dataclass(slots=True)
 class _Walk:
@@ -512,16 +518,7 @@ class SimExchange:
 
     def _push_position(self, account: AccountRecord, symbol: str) -> None:
         def rows() -> list[Any]:
-            return [
-                position_stream_view(
-                    account.positions.get(symbol) or PositionRecord(symbol=symbol),
-                    self._prices[symbol],
-                    self._leverage(account, symbol),
-                    account.created_ms,
-                    idx,
-                )
-                for idx in ((1, 2) if symbol in account.hedge_symbols else (0,))
-            ]
+            return [position_stream_view(row) for row in self._position_rows(account, symbol)]
 
         self._push(account, "position", rows)
 
@@ -1355,10 +1352,12 @@ class SimExchange:
             )
         return changes
 
-    def _end_conditional(self, account: AccountRecord, order: OrderRecord) -> None:
+    def _end_conditional(
+        self, account: AccountRecord, order: OrderRecord, *, cancel_type: str = "CancelByUser"
+    ) -> None:
         """A conditional order cancelled before it fired: Deactivated (Bybit's UTA)."""
         del account.conditional_orders[order.order_id]
-        self._update(account, order, status="Deactivated", cancel_type="CancelByUser")
+        self._update(account, order, status="Deactivated", cancel_type=cancel_type)
 
     def amend_order(self, api_key: str, params: AmendOrderParams) -> dict[str, Any]:
         """`POST /v5/order/amend`: change qty, price, takeProfit or stopLoss of an open order,
@@ -2322,6 +2321,8 @@ class SimExchange:
         execution record and the closing order's closed-PnL record."""
         now = self.now_ms()
         rate = self._config.maker_fee_rate if maker else self._config.taker_fee_rate
+        if order.is_liquidation:
+            rate = ZERO  # what the holder had left went to the insurance fund already
         fee = qty * price * rate
         order.cum_exec_qty += qty
         order.cum_exec_value += qty * price
@@ -2499,6 +2500,62 @@ class SimExchange:
             if position is not None and position.size != 0:
                 self._trigger_stops(account, position, price)
             self._fire_conditionals(account, symbol, price)
+            position = account.positions.get(symbol)
+            if position is not None and position.size != 0:
+                self._liquidate_if_due(account)
+
+    def _liquidate_if_due(self, account: AccountRecord) -> None:
+        """Bybit's liquidation of a unified account in cross margin, simplified: once its
+        equity is down to its maintenance margin (the maintenance margin rate at 100 %), its
+        orders are cancelled (`CancelAllBeforeLiq`) and the liquidation engine takes over
+        every position at its bankruptcy price (`_liquidation_prices`), one after another:
+        an order `CreateByLiq` filled at once, no fee, its fill `BustTrade`. The wallet is
+        then left at about 0 (what the rounding of prices leaves), never below."""
+        figures = self._figures(account)
+        held = [position for position in account.positions.values() if position.size != 0]
+        if not held or figures.equity > figures.position_mm:
+            return
+        for order in self._waiting_orders(account):
+            if order.order_id in account.conditional_orders:
+                self._end_conditional(account, order, cancel_type="CancelAllBeforeLiq")
+            elif order.is_open:
+                self._close(account, order, cancel_type="CancelAllBeforeLiq")
+        for position in held:  # its TP/SL go with it (`_fill` syncs the exits)
+            levels = self._liquidation_prices(account, position)
+            bankruptcy = levels[1] if levels else self._prices[position.symbol]
+            size = position.size
+            now = self.now_ms()
+            order = OrderRecord(
+                order_id=str(uuid.uuid4()),
+                order_link_id="",
+                symbol=position.symbol,
+                side="Sell" if size > 0 else "Buy",
+                order_type="Limit",
+                price=bankruptcy,
+                qty=abs(size),
+                time_in_force="IOC",
+                reduce_only=True,
+                close_on_trigger=False,
+                take_profit=None,
+                stop_loss=None,
+                last_price_on_created=self._prices[position.symbol],
+                created_ms=now,
+                updated_ms=now,
+                seq=self._next_seq(),
+                create_type=LIQUIDATION_CREATE_TYPE,
+                arrived=True,
+            )
+            account.orders[order.order_id] = order
+            self._fill(account, order, abs(size), bankruptcy, maker=False)
+            row = {
+                "T": now,
+                "s": position.symbol,
+                "S": "Buy" if size > 0 else "Sell",  # the side of the position liquidated
+                "v": fmt(abs(size)),
+                "p": fmt(bankruptcy),
+            }
+            for sink in self._streams:
+                sink.push_liquidation(position.symbol, row)
 
     def _trigger_stops(
         self, account: AccountRecord, position: PositionRecord, price: Decimal
@@ -2723,11 +2780,38 @@ class SimExchange:
         ]
 
     def _position_view(self, account: AccountRecord, symbol: str) -> dict[str, Any]:
+        position = account.positions.get(symbol) or PositionRecord(symbol=symbol)
         return position_view(
-            account.positions.get(symbol) or PositionRecord(symbol=symbol),
+            position,
             self._prices[symbol],
             self._leverage(account, symbol),
             account.created_ms,
+            liquidation=self._liquidation_prices(account, position),
+        )
+
+    def _liquidation_prices(
+        self, account: AccountRecord, position: PositionRecord
+    ) -> tuple[Decimal, Decimal] | None:
+        """The position's estimated liquidation and bankruptcy prices, the other positions
+        at their current prices (cross margin: the account's equity against its maintenance
+        margin, `_liquidate_if_due`), rounded to the tick; None if flat, or if no positive
+        price would liquidate it."""
+        if position.size == 0:
+            return None
+        figures = self._figures(account)
+        own = (self._prices[position.symbol] - position.avg_price) * position.size
+        rest = figures.wallet_balance + figures.unrealised_pnl - own  # equity without it
+        liquidation = position.avg_price + (figures.position_mm - rest) / position.size
+        bankruptcy = position.avg_price - rest / position.size
+        if liquidation <= 0:
+            return None
+        tick = self._instrument(position.symbol).tick_size
+        # Estimates: the liquidation price rounded towards the position's side, the
+        # bankruptcy price in the holder's favour.
+        long = position.size > 0
+        return (
+            to_tick(liquidation, tick, up=long),
+            max(to_tick(bankruptcy, tick, up=long), tick),
         )
 
 

@@ -11,6 +11,7 @@ from decimal import Decimal
 from bot.sim.config import SimAccountSpec
 
 __all__ = [
+    "LIQUIDATION_CREATE_TYPE",
     "MAINTENANCE_MARGIN_RATE",
     "RISK_LIMIT_VALUE",
     "SETTLE_COIN",
@@ -27,6 +28,8 @@ __all__ = [
 ZERO = Decimal(0)
 #: Every simulated instrument is a linear perpetual settled in USDT.
 SETTLE_COIN = "USDT"
+#: createType of the orders the liquidation engine closes a position with.
+LIQUIDATION_CREATE_TYPE = "CreateByLiq"
 #: Maintenance margin as a fraction of position value (Bybit's lowest risk tier).
 MAINTENANCE_MARGIN_RATE = Decimal("0.005")
 #: The one risk tier every position is in (`riskId` 1): the position value it allows, USDT.
@@ -97,6 +100,16 @@ class OrderRecord:
     def direction(self) -> int:
         """+1 for a buy, -1 for a sell."""
         return 1 if self.side == "Buy" else -1
+
+    @property
+    def is_liquidation(self) -> bool:
+        """The order the liquidation engine took a position over with."""
+        return self.create_type == LIQUIDATION_CREATE_TYPE
+
+    @property
+    def exec_type(self) -> str:
+        """Bybit's execType of the order's fills."""
+        return "BustTrade" if self.is_liquidation else "Trade"
 
 
 @dataclass(slots=True)

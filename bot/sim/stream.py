@@ -13,7 +13,7 @@
     one that closed first, `confirm` true;
   - `priceLimit.{symbol}`: the order price limit, on subscribe and when a price change moves it;
   - and on every fill of any account, `publicTrade.{symbol}`;
-  - `allLiquidation.{symbol}` is served, and silent: the simulator liquidates no one.
+  - and on every liquidation of any account, `allLiquidation.{symbol}`.
   And while the price stands still, every `_REFRESH_S` (Bybit pushes a market's data on a
   timer, not only on a price change): a ticker delta of what fills changed (volume,
   turnover, open interest), the open candle when fills changed it or a new one opened (so
@@ -152,8 +152,7 @@ class _PublicTopic:
 
     @property
     def is_market_data(self) -> bool:
-        """Pushed on a price change (else on a fill: publicTrade; or never: allLiquidation,
-        since the simulator liquidates no one)."""
+        """Pushed on a price change (else on an event: a fill, a liquidation)."""
         return self.kind not in ("publicTrade", "allLiquidation")
 
 
@@ -230,6 +229,9 @@ class StreamHub:
 
     def push_trade(self, symbol: str, row: dict[str, Any]) -> None:
         self._call_soon(self._deliver_trade, symbol, row, self._exchange.now_ms())
+
+    def push_liquidation(self, symbol: str, row: dict[str, Any]) -> None:
+        self._call_soon(self._deliver_liquidation, symbol, row, self._exchange.now_ms())
 
     def _call_soon(self, callback: Any, *args: Any) -> None:
         loop = self._loop
@@ -764,7 +766,13 @@ class StreamHub:
         self._enqueue(conn, _dumps(message), pushed=True)
 
     def _deliver_trade(self, symbol: str, row: dict[str, Any], ts: int) -> None:
-        topic = f"publicTrade.{symbol}"
+        self._deliver_public(f"publicTrade.{symbol}", row, ts)
+
+    def _deliver_liquidation(self, symbol: str, row: dict[str, Any], ts: int) -> None:
+        self._deliver_public(f"allLiquidation.{symbol}", row, ts)
+
+    def _deliver_public(self, topic: str, row: dict[str, Any], ts: int) -> None:
+        """One row of an event topic, a `snapshot` to each connection listening."""
         text = _dumps({"topic": topic, "type": "snapshot", "ts": ts, "data": [row]})
         for conn in list(self._connections.values()):
             if topic in conn.topics:

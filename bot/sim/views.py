@@ -187,7 +187,7 @@ def execution_view(execution: ExecutionRecord) -> dict[str, Any]:
         "execId": execution.exec_id,
         "execPrice": fmt(execution.price),
         "execQty": fmt(execution.qty),
-        "execType": "Trade",
+        "execType": order.exec_type,
         "execValue": fmt(execution.qty * execution.price),
         "execTime": str(execution.exec_ms),
         "feeCurrency": SETTLE_COIN,
@@ -216,7 +216,7 @@ def closed_pnl_view(record: ClosedPnlRecord) -> dict[str, Any]:
         "qty": fmt(order.qty),
         "orderPrice": _fmt_optional(order.worst_price) or "0",
         "orderType": order.order_type,
-        "execType": "Trade",
+        "execType": order.exec_type,
         "closedSize": fmt(size),
         "cumEntryValue": _fmt8(record.cum_entry_value),
         "avgEntryPrice": _fmt8(record.cum_entry_value / size) if size else "0",
@@ -413,7 +413,7 @@ def transaction_log_view(execution: ExecutionRecord, user_id: int) -> dict[str, 
         "category": "linear",
         "side": order.side,
         "transactionTime": str(execution.exec_ms),
-        "type": "TRADE",
+        "type": "LIQUIDATION" if order.is_liquidation else "TRADE",
         "transSubType": "",
         "qty": fmt(execution.qty),
         "size": fmt(execution.position_size),
@@ -475,10 +475,14 @@ def position_view(
     leverage: Decimal,
     never_traded_ms: int,
     position_idx: int = 0,
+    *,
+    liquidation: tuple[Decimal, Decimal] | None = None,
 ) -> dict[str, Any]:
     """A position as `/v5/position/list` reports it (side "" and size "0" when flat).
 
     position_idx is 0 in one-way mode, 1 (Buy side) or 2 (Sell side) in hedge mode.
+    `liquidation`: its estimated liquidation and bankruptcy prices, if it can be liquidated
+    (else "", as Bybit shows a price out of the instrument's range).
     """
     value = abs(position.size) * position.avg_price
     initial_margin = value / leverage
@@ -499,8 +503,8 @@ def position_view(
         "leverage": fmt(leverage),
         "positionBalance": _fmt8(initial_margin),
         "markPrice": fmt(mark),
-        "liqPrice": "",
-        "bustPrice": "",
+        "liqPrice": fmt(liquidation[0]) if liquidation else "",
+        "bustPrice": fmt(liquidation[1]) if liquidation else "",
         "positionIM": _fmt8(initial_margin),
         "positionMM": _fmt8(value * MAINTENANCE_MARGIN_RATE),
         "tpslMode": "Full",
@@ -728,16 +732,10 @@ def execution_stream_view(execution: ExecutionRecord) -> dict[str, Any]:
     return {"category": "linear", **execution_view(execution), "isLeverage": "0"}
 
 
-def position_stream_view(
-    position: PositionRecord,
-    mark: Decimal,
-    leverage: Decimal,
-    never_traded_ms: int,
-    position_idx: int = 0,
-) -> dict[str, Any]:
-    """A position as the private `position` topic pushes it: entryPrice in place of REST's
-    avgPrice, plus category."""
-    row = position_view(position, mark, leverage, never_traded_ms, position_idx)
+def position_stream_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A `position_view` row as the private `position` topic pushes it: entryPrice in place
+    of REST's avgPrice, plus category."""
+    row = dict(row)
     entry = row.pop("avgPrice")
     return {"category": "linear", **row, "entryPrice": entry}
 

@@ -136,6 +136,7 @@ def execution(row: dict[str, Any], key_name: str) -> Execution:
         is_maker=bool(row.get("isMaker")),
         stop_order_type=_stop_order_type(row),
         ts=_from_ms(row.get("execTime") or ""),
+        exec_type=str(row.get("execType") or "Trade"),
     )
 
 

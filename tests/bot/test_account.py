@@ -222,6 +222,33 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     journal.close()
 
 
+def test_a_liquidation_closes_the_strategies_books_and_is_said_as_a_warning(
+    journal: Journal,
+) -> None:
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    ours = fill(Side.BUY, "0.01", "100", link="alpha-0-x")
+    taken = fill(Side.SELL, "0.01", "90").model_copy(update={"exec_type": "BustTrade"})
+    said: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])))
+
+    async def deliver() -> None:
+        await keeper.apply(ours)
+        await keeper.apply(taken)
+
+    try:
+        asyncio.run(deliver())
+        journal.flush()
+    finally:
+        logger.remove(sink)
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
+    fills = [(level, message) for level, message in said if message.startswith("fill on key")]
+    assert fills[0][0] == "INFO" and fills[0][1].endswith("(alpha)")
+    assert fills[1][0] == "WARNING" and fills[1][1].endswith("(BustTrade by the venue)")
+
+
 def test_the_keeper_applies_a_fill_once_however_often_it_is_reported(journal: Journal) -> None:
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import pytest
@@ -657,3 +657,62 @@ def test_order_history_keeps_an_order_that_ended_unfilled_for_a_day(
             session, history=True, startTime=str(server.exchange.now_ms() - 6 * 86_400_000)
         ) == [filled]
         assert _ids(session, history=True, orderId=cancelled) == []
+
+
+def _wallet(session: HTTP) -> dict[str, Any]:
+    account: dict[str, Any] = session.get_wallet_balance(accountType="UNIFIED")["result"]["list"][0]
+    return account
+
+
+def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_maintenance(
+    server: SimServer, session: HTTP
+) -> None:
+    """UTA cross margin: liquidation once equity is down to the maintenance margin (0.5 % of
+    the position's value here); the position shows both prices before it happens."""
+    _market(session, "Buy", "1")
+    settle(server)
+    resting = _limit(session, "80000")["result"]["orderId"]
+    wallet = Decimal(_wallet(session)["totalWalletBalance"])
+    entry = Decimal(97000)
+    maintenance = entry * Decimal("0.005")
+    shown = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+    liquidation = Decimal(shown["liqPrice"])
+    bankruptcy = Decimal(shown["bustPrice"])
+
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": str(liquidation + 1)})
+    settle(server)
+    still = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": str(liquidation - 1)})
+    settle(server)
+
+    # Before: the estimates, on the tick, and nothing happens above the liquidation price.
+    assert liquidation == (entry + maintenance - wallet).quantize(Decimal("0.1"), ROUND_CEILING)
+    assert bankruptcy == (entry - wallet).quantize(Decimal("0.1"), ROUND_CEILING)
+    assert still["size"] == "1"
+    # After: flat, the fill a fee-less BustTrade at the bankruptcy price, orders cancelled.
+    position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+    assert (position["size"], position["liqPrice"], position["bustPrice"]) == ("0", "", "")
+    (fill,) = session.get_executions(category="linear", symbol="BTCUSDT", limit=1)["result"]["list"]
+    assert (fill["execType"], fill["execPrice"], fill["execFee"], fill["side"]) == (
+        "BustTrade",
+        str(bankruptcy),
+        "0",
+        "Sell",
+    )
+    (taken,) = session.get_order_history(
+        category="linear", symbol="BTCUSDT", orderId=fill["orderId"]
+    )["result"]["list"]
+    assert (taken["createType"], taken["orderStatus"], taken["orderLinkId"]) == (
+        "CreateByLiq",
+        "Filled",
+        "",
+    )
+    (cancelled,) = session.get_order_history(category="linear", symbol="BTCUSDT", orderId=resting)[
+        "result"
+    ]["list"]
+    assert (cancelled["orderStatus"], cancelled["cancelType"]) == (
+        "Cancelled",
+        "CancelAllBeforeLiq",
+    )
+    left = Decimal(_wallet(session)["totalWalletBalance"])
+    assert 0 <= left < Decimal("0.1")  # the rounding of the price, in the holder's favour

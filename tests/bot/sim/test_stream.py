@@ -577,13 +577,27 @@ def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
     assert isinstance(heard["execution.fast"]["creationTime"], int)
 
 
-def test_all_liquidation_is_served_and_silent(raw: Callable[[str], websocket.WebSocket]) -> None:
+def test_all_liquidation_pushes_each_position_the_engine_takes_over(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket], http: HTTP
+) -> None:
     sock = raw("/v5/public/linear")
     subscribed = _ask(sock, {"op": "subscribe", "args": ["allLiquidation.BTCUSDT"]})
     unknown = _ask(sock, {"op": "subscribe", "args": ["allLiquidation.NOPEUSDT"]})
+    http.place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="1")
+    eventually(
+        lambda: http.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0],
+        lambda row: row["size"] == "1",
+        "the long",
+    )
 
-    assert subscribed["success"] is True
-    assert unknown["success"] is False
+    _post(server, "/sim/prices", {"BTCUSDT": 80000})
+    pushed = json.loads(sock.recv())
+
+    assert subscribed["success"] is True and unknown["success"] is False
+    assert (pushed["topic"], pushed["type"]) == ("allLiquidation.BTCUSDT", "snapshot")
+    (row,) = pushed["data"]
+    assert (row["s"], row["S"], row["v"]) == ("BTCUSDT", "Buy", "1")  # a long taken over
+    assert float(row["p"]) > 80000 and isinstance(row["T"], int)
 
 
 def test_the_trade_websocket_answers_in_bybits_shapes(
