@@ -13,13 +13,15 @@
     one that closed first, `confirm` true;
   - `priceLimit.{symbol}`: the order price limit, on subscribe and when a price change moves it;
   - and on every fill of any account, `publicTrade.{symbol}`;
-  - and on every liquidation of any account, `allLiquidation.{symbol}`.
-  And while the price stands still, every `_REFRESH_S` (Bybit pushes a market's data on a
+  - and on every liquidation of any account, `allLiquidation.{symbol}`;
+  and while the price stands still, every `_REFRESH_S` (Bybit pushes a market's data on a
   timer, not only on a price change): a ticker delta of what fills changed (volume,
   turnover, open interest), the open candle when fills changed it or a new one opened (so
-  the closed one comes, `confirm` true, at the boundary), and the depth-1 book again,
-  as a snapshot, after `_LEVEL1_RESEND_MS` without a push ("if 3 seconds have elapsed
-  without a change in the orderbook, a snapshot message will be pushed again").
+  the closed one comes, `confirm` true, at the boundary), and the depth-1 book again, as a
+  snapshot, after `_LEVEL1_RESEND_MS` without a push ("if 3 seconds have elapsed without a
+  change in the orderbook, a snapshot message will be pushed again").
+- `/v5/trade`: the WebSocket trade API, `auth` and `ping` here, its orders answered by
+  `bot.sim.trade_ws.TradeDesk`.
 
 The exchange calls the hub (a `StreamSink`) with its lock held, from a request on the server's
 event loop or from the engine thread; the hub only hands the data to the loop
