@@ -2524,31 +2524,20 @@ class SimExchange:
             levels = self._liquidation_prices(account, position)
             bankruptcy = levels[1] if levels else self._prices[position.symbol]
             size = position.size
-            now = self.now_ms()
-            order = OrderRecord(
-                order_id=str(uuid.uuid4()),
-                order_link_id="",
-                symbol=position.symbol,
-                side="Sell" if size > 0 else "Buy",
+            order = self._closing_order(
+                position.symbol,
+                size,
+                self._prices[position.symbol],
                 order_type="Limit",
                 price=bankruptcy,
-                qty=abs(size),
-                time_in_force="IOC",
-                reduce_only=True,
                 close_on_trigger=False,
-                take_profit=None,
-                stop_loss=None,
-                last_price_on_created=self._prices[position.symbol],
-                created_ms=now,
-                updated_ms=now,
-                seq=self._next_seq(),
                 create_type=LIQUIDATION_CREATE_TYPE,
                 arrived=True,
             )
             account.orders[order.order_id] = order
             self._fill(account, order, abs(size), bankruptcy, maker=False)
             row = {
-                "T": now,
+                "T": order.created_ms,
                 "s": position.symbol,
                 "S": "Buy" if size > 0 else "Sell",  # the side of the position liquidated
                 "v": fmt(abs(size)),
@@ -2601,29 +2590,48 @@ class SimExchange:
         """A position's take-profit or stop-loss order, Untriggered: a reduce-only market
         order for the whole position, sent when the price reaches `trigger` (a new id unless
         `order_id` is given)."""
+        return self._closing_order(
+            symbol,
+            size,
+            price,
+            order_id=order_id,
+            order_type="Market",
+            price=None,
+            close_on_trigger=True,
+            status="Untriggered",
+            stop_order_type=kind,
+            create_type=f"CreateBy{kind}",
+            trigger_price=trigger,
+            visible_from_ms=self._engine.now_ms(),
+        )
+
+    def _closing_order(
+        self,
+        symbol: str,
+        size: Decimal,
+        price_now: Decimal,
+        *,
+        order_id: str | None = None,
+        **kind: Any,
+    ) -> OrderRecord:
+        """An order the venue creates to close a whole position of `size` (signed): reduce-
+        only, IOC, without an orderLinkId; `kind`: the rest of what it is."""
         now = self.now_ms()
         return OrderRecord(
             order_id=order_id or str(uuid.uuid4()),
             order_link_id="",
             symbol=symbol,
             side="Sell" if size > 0 else "Buy",
-            order_type="Market",
-            price=None,
             qty=abs(size),
             time_in_force="IOC",
             reduce_only=True,
-            close_on_trigger=True,
             take_profit=None,
             stop_loss=None,
-            last_price_on_created=price,
+            last_price_on_created=price_now,
             created_ms=now,
             updated_ms=now,
             seq=self._next_seq(),
-            status="Untriggered",
-            stop_order_type=kind,
-            create_type=f"CreateBy{kind}",
-            trigger_price=trigger,
-            visible_from_ms=self._engine.now_ms(),
+            **kind,
         )
 
     def _sync_exits(
