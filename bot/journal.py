@@ -403,7 +403,7 @@ class TraceRow:
     reason: str
     order_link_id: str | None
     side: str | None
-    qty: str | None
+    qty: str | None  # as the venue holds it (another client may have amended it)
     status: str | None
     avg_price: str | None
     filled_qty: str | None
@@ -1509,7 +1509,8 @@ class Journal:
             SELECT s.source, s.signal_id, s.symbol, s.received_at, d.strategy,
                    CASE WHEN d.id IS NULL THEN 'pending' ELSE {_OUTCOME.format(d="d.")} END,
                    COALESCE(NULLIF(o.reason, ''), d.reason, ''),
-                   o.order_link_id, o.side, o.qty, o.status, o.avg_price, o.filled_qty
+                   o.order_link_id, o.side, COALESCE(o.venue_qty, o.qty), o.status,
+                   o.avg_price, o.filled_qty
             FROM ({chosen}) AS s
             LEFT JOIN decisions AS d ON d.source = s.source AND d.signal_id = s.signal_id
             LEFT JOIN orders AS o ON o.source = d.source AND o.signal_id = d.signal_id

@@ -146,6 +146,26 @@ def test_trace_joins_signal_decision_and_order(journal: Journal) -> None:
     )
 
 
+def test_trace_shows_the_quantity_the_venue_holds(journal: Journal) -> None:
+    journal.record_signal(signal("s1"))
+    request = make_request(qty=Decimal("0.14"))
+    journal.record_decisions(
+        [RiskDecision(intent=make_intent(), approved=True, reason="ok")], [request]
+    )
+    (asked,) = journal.trace()
+    amended = OrderEvent(
+        order_link_id=request.order_link_id,
+        status=OrderStatus.NEW,
+        order_id="o1",
+        venue_qty=Decimal(2),  # another client amended it at the venue
+    )
+    journal.record_order_event(amended)
+
+    (held,) = journal.trace()
+
+    assert (asked.qty, held.qty) == ("0.14", "2")
+
+
 def test_read_only_open_of_a_missing_journal_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="has the bot run"):
         Journal(tmp_path / "missing.sqlite3", read_only=True)
