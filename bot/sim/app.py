@@ -44,7 +44,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
@@ -290,7 +290,11 @@ class _Gateway:
                 return refused
 
             if request.method == "POST":
-                body = await request.body()
+                try:
+                    body = await request.body()
+                except ClientDisconnect:  # gone while an injected delay held it: no one to answer
+                    self._exchange.record(path, None, None)
+                    return Response(status_code=400)
                 payloads: tuple[bytes, ...] = (body,)
             else:
                 body = request.scope["query_string"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -645,6 +646,28 @@ def test_injected_delay_still_answers(server: SimServer, session: HTTP) -> None:
 
     assert _market(session)["retCode"] == 0
     assert admin(server, "GET", "/sim/stats").json()["faults_injected"] == {"delay": 1}
+
+
+def test_a_client_gone_during_an_injected_delay_leaves_no_traceback(
+    server: SimServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bot killed while the simulator held its order: the body never comes in full.
+    admin(server, "POST", "/sim/faults", {"delay": 1.0, "delay_ms": 200})
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v5/order/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"category"'
+        )
+    eventually(
+        lambda: admin(server, "GET", "/sim/stats").json()["faults_injected"],
+        lambda injected: injected.get("delay") == 1,
+        "the delay",
+    )
+    time.sleep(0.4)  # past the delay, when the body is read
+
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "Traceback" not in caplog.text
 
 
 def test_faults_are_validated_and_readable(server: SimServer) -> None:
