@@ -28,6 +28,7 @@ from decimal import ROUND_DOWN, Decimal
 from functools import partial
 from typing import Final
 
+from bot.execution.orders import differences
 from bot.journal import Journal, OrderOwner
 from bot.logs import logger
 from bot.messages import (
@@ -68,6 +69,9 @@ _SPLIT_QUANTUM: Final = Decimal("1e-12")
 #: The venue's exits of a whole position (tpslMode Full, as the bot sets them); a partial
 #: one was set by another client for its own part, and counts as its order.
 _WHOLE_POSITION_EXITS: Final = frozenset({"StopLoss", "TakeProfit", "TrailingStop"})
+#: Bybit's execTypes of what the venue does to a position itself: liquidation,
+#: auto-deleveraging, a future's delivery and settlement.
+_VENUE_EXEC_TYPES: Final = frozenset({"BustTrade", "AdlTrade", "Delivery", "Settle"})
 #: Orders whose booked fill quantity is remembered (a follower asks only of recent ones).
 _BOOKED_ORDERS: Final = 10_000
 #: The cancelled exit orders, and the orderLinkIds of ours another client used, already
@@ -265,10 +269,18 @@ class AccountProjection:
             allocation[UNATTRIBUTED] = allocation.get(UNATTRIBUTED, ZERO) + rest
         return allocation
 
-    def apply_execution(self, execution: Execution, allocation: Mapping[str, Decimal]) -> None:
-        """Apply a fill once (the journal's execId dedupe decides what is new)."""
+    def apply_execution(
+        self,
+        execution: Execution,
+        allocation: Mapping[str, Decimal],
+        *,
+        of_our_order: bool = True,
+    ) -> None:
+        """Apply a fill once (the journal's execId dedupe decides what is new); one not
+        `of_our_order` (another client's order under our orderLinkId) is not counted as a
+        fill of ours (`booked_qty`)."""
         link_id = execution.order_link_id
-        if link_id:
+        if link_id and of_our_order:
             self._booked[link_id] = self._booked.pop(link_id, ZERO) + abs(execution.qty)
             if len(self._booked) > _BOOKED_ORDERS:
                 self._booked.popitem(last=False)
@@ -526,7 +538,7 @@ class AccountKeeper:
         )
 
     async def _apply_execution(self, fill: Execution) -> None:
-        strategy = await self._strategy_of(fill)
+        strategy, ours = await self._strategy_of(fill)
         # A stream message and a REST page may both bring a fill: apply it once.
         seen = self._recent_fills.seen(fill)
         if seen is None:
@@ -534,19 +546,20 @@ class AccountKeeper:
             async with self._old_fill_check:
                 # The journal's thread has every write queued before this call.
                 if not await journal.call(journal.has_execution, fill.exec_id):
-                    self._book(fill, strategy)
+                    self._book(fill, strategy, ours=ours)
         elif not seen:
-            self._book(fill, strategy)
+            self._book(fill, strategy, ours=ours)
 
-    def _book(self, fill: Execution, strategy: str | None) -> None:
+    def _book(self, fill: Execution, strategy: str | None, *, ours: bool) -> None:
         """Apply a new fill and queue its journal write (nothing awaited in between: a
-        cancellation cannot split them)."""
+        cancellation cannot split them). Not `ours`: another client's fill under one of our
+        orderLinkIds, which never counts as a fill of our order."""
         self._recent_fills.add(fill)
         allocation = self._projection.allocate(fill, strategy)
-        self._projection.apply_execution(fill, allocation)
+        self._projection.apply_execution(fill, allocation, of_our_order=ours)
         self._write(self._journal.record_execution, fill, allocation)
         # What the venue did itself (a liquidation, auto-deleveraging) is said louder.
-        by_venue = fill.exec_type != "Trade"
+        by_venue = fill.exec_type in _VENUE_EXEC_TYPES
         whose = (
             f"{fill.exec_type} by the venue"
             if by_venue
@@ -563,7 +576,7 @@ class AccountKeeper:
             fee=fill.fee,
             whose=whose,
         )
-        if fill.order_link_id:
+        if fill.order_link_id and ours:
             self._fill_booked(fill)
 
     def expect_order(self, request: OrderRequest) -> None:
@@ -578,25 +591,34 @@ class AccountKeeper:
         if len(self._owners) > _OWNER_CACHE:
             del self._owners[next(iter(self._owners))]
 
-    async def _strategy_of(self, fill: Execution) -> str | None:
+    async def _strategy_of(self, fill: Execution) -> tuple[str | None, bool]:
         """The strategy whose order the fill is of (None for the venue's own orders, or
-        another program's, also one that used the orderLinkId of ours for an order in
-        another symbol or side); remembered, since an order's fills come in a row."""
+        another program's), and whether the fill is of the order its orderLinkId names
+        (False: another client used that id for an order in another symbol or side, or of
+        another orderId: warned of). The owner is remembered: an order's fills come in a
+        row."""
         link_id = fill.order_link_id
         if not link_id:
-            return None
+            return None, True
         if link_id not in self._owners:
             journal = self._journal
             self._remember(link_id, await journal.call(journal.order_owner, link_id))
         owner = self._owners[link_id]
         if owner is None:
-            return None
-        if (fill.symbol, fill.side) != (owner.symbol, owner.side):
-            self._warn_foreign(
-                link_id, f"a fill of {fill.side} {fill.symbol}, ours {owner.side} {owner.symbol}"
-            )
-            return None
-        return owner.strategy
+            return None, True
+        order_id = owner.order_id
+        if order_id is None:  # the venue's id of ours, once committed
+            known = self._journal.unfinished(link_id)
+            order_id = known.order_id if known is not None else None
+        problem = differences(
+            ("symbol", fill.symbol, owner.symbol),
+            ("side", fill.side, owner.side),
+            ("orderId", fill.order_id or None, order_id),
+        )
+        if problem is not None:
+            self._warn_foreign(link_id, f"a fill of {problem}")
+            return None, False
+        return owner.strategy, True
 
     def _write(self, method: Callable[..., object], *args: object, **kwargs: object) -> None:
         """Queue a journal write; a failure is logged (the next gap-fill repairs it).

@@ -53,7 +53,6 @@ from bot.messages import (
     OrderEvent,
     OrderRequest,
     OrderStatus,
-    OrderType,
     PositionUpdate,
     RiskDecision,
     Side,
@@ -370,12 +369,14 @@ class OrderRecord:
 
 
 class OrderOwner(NamedTuple):
-    """The strategy that placed an order, and what the order trades: a fill under its
-    orderLinkId in another symbol or side is another client's (see `not_ours`)."""
+    """The strategy that placed an order, what the order trades, and the venue's id of it
+    once known: a fill under its orderLinkId in another symbol or side, or of another
+    orderId, is another client's (see `not_ours`)."""
 
     strategy: str
     symbol: str
     side: Side
+    order_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -972,16 +973,20 @@ class Journal:
             with self._unfinished_lock:
                 known = self._unfinished.get(event.order_link_id)
             written = self._written_orders.get(event.order_link_id)
+            problem = None
             if written is not None:  # as the open transaction left it
                 row = written[0]
                 committed = (OrderStatus(row[2]), Decimal(row[4]), Decimal(row[11]))
-                request = written[1] or (known.request if known is not None else None)
-                if request is not None and _refused_as_foreign(event, request, row[3]):
-                    return False
+                request = written[1] or (
+                    known.request if known is not None else OrderRequest.model_validate_json(row[1])
+                )
+                problem = not_ours(event, request, row[3])
             elif known is not None:
                 committed = (known.status, known.filled_qty, known.venue_qty)
-                if _refused_as_foreign(event, known.request, known.order_id):
-                    return False
+                problem = not_ours(event, known.request, known.order_id)
+            if problem is not None:
+                _log_foreign(event, problem)
+                return False
             if committed is not None and _nothing_new(committed, event):
                 return False
             return self._apply_order_event(event, committed, missing_ok=missing_ok)
@@ -991,9 +996,13 @@ class Journal:
         of one of our unfinished orders (see `not_ours`); None if nothing does, or if the
         order is finished or not ours (`record_order_event` checks those). From memory, as
         committed: safe to call from the event loop."""
+        known = self.unfinished(event.order_link_id)
+        return None if known is None else not_ours(event, known.request, known.order_id)
+
+    def unfinished(self, order_link_id: str) -> OrderRecord | None:
+        """One unfinished order as committed, from memory (`committed_unfinished`)."""
         with self._unfinished_lock:
-            known = self._unfinished.get(event.order_link_id)
-        return None if known is None else _not_our_order(event, known.request, known.order_id)
+            return self._unfinished.get(order_link_id)
 
     def _apply_order_event(
         self,
@@ -1008,8 +1017,8 @@ class Journal:
         with self._transaction() as db:
             if committed is None:
                 row = db.execute(
-                    "SELECT status, filled_qty, COALESCE(venue_qty, qty), symbol, side,"
-                    " order_type, order_id FROM orders WHERE order_link_id = ?",
+                    "SELECT status, filled_qty, COALESCE(venue_qty, qty), request, order_id"
+                    " FROM orders WHERE order_link_id = ?",
                     (event.order_link_id,),
                 ).fetchone()
                 if row is None:
@@ -1017,13 +1026,7 @@ class Journal:
                         return False
                     raise JournalError(f"no journaled order {event.order_link_id}")
                 committed = (OrderStatus(row[0]), Decimal(row[1]), Decimal(row[2]))
-                problem = not_ours(
-                    event,
-                    symbol=row[3],
-                    side=Side(row[4]),
-                    order_type=OrderType(row[5]),
-                    order_id=row[6],
-                )
+                problem = not_ours(event, OrderRequest.model_validate_json(row[3]), row[4])
                 if problem is not None:
                     if not committed[0].is_terminal:  # else nothing would move it anyway
                         _log_foreign(event, problem)
@@ -1370,10 +1373,10 @@ class Journal:
         """Whose order this is, and what it trades; None if the journal does not hold it."""
         with self._lock:
             row = self._db.execute(
-                "SELECT strategy, symbol, side FROM orders WHERE order_link_id = ?",
+                "SELECT strategy, symbol, side, order_id FROM orders WHERE order_link_id = ?",
                 (order_link_id,),
             ).fetchone()
-        return None if row is None else OrderOwner(str(row[0]), str(row[1]), Side(row[2]))
+        return None if row is None else OrderOwner(str(row[0]), str(row[1]), Side(row[2]), row[3])
 
     def record_position(self, update: PositionUpdate) -> bool:
         """Keep the venue's latest view of a key's position; an older one changes nothing."""
@@ -1626,23 +1629,6 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
 
 #: An order's (status, filled qty, quantity the venue holds) as the journal holds them.
 _OrderState = tuple[OrderStatus, Decimal, Decimal]
-
-
-def _not_our_order(event: OrderEvent, request: OrderRequest, order_id: str | None) -> str | None:
-    return not_ours(
-        event,
-        symbol=request.symbol,
-        side=request.side,
-        order_type=request.order_type,
-        order_id=order_id,
-    )
-
-
-def _refused_as_foreign(event: OrderEvent, request: OrderRequest, order_id: str | None) -> bool:
-    problem = _not_our_order(event, request, order_id)
-    if problem is not None:
-        _log_foreign(event, problem)
-    return problem is not None
 
 
 def _log_foreign(event: OrderEvent, problem: str) -> None:

@@ -493,7 +493,7 @@ class Executor:
                 partial(self._journal.record_order_event, ack), order_link_id=ack.order_link_id
             )
             if request.order_type is OrderType.MARKET:
-                return await self._follow(venue, request) or ack
+                return await self._follow(venue, request, ack.order_id) or ack
             return ack
         return await self._give_up(request, last, may_exist=may_exist)
 
@@ -577,12 +577,18 @@ class Executor:
 
     # look-ups --------------------------------------------------------------------------------
 
-    async def _look_up(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
+    async def _look_up(
+        self, venue: Venue, request: OrderRequest, order_id: str | None = None
+    ) -> OrderEvent | None:
         """The venue's view of the order, journaled; None if it holds no such order.
+        `order_id`: the venue's id of ours, if the caller knows it (else the journal's).
 
-        Should the venue hold another client's order under our orderLinkId (another symbol,
-        side or type: see `not_ours`), ours cannot be there under it, and never will be: the
-        order is rejected, not taken for that one."""
+        What the venue shows under our orderLinkId may be another client's order (`not_ours`:
+        another side or type, or, once the venue has given ours an orderId, another one).
+        Before ours has an orderId, ours cannot be there under that id, and never will be:
+        the order is rejected. After, the row is not ours, and is passed over. (A foreign
+        order in another symbol is not found at all, the look-up asking for ours: the order
+        then ends Unknown, and is rejected once the venue has shown no such order.)"""
         try:
             found = await venue.get_order(request.order_link_id, request.symbol)
         except VenueError as exc:
@@ -590,20 +596,25 @@ class Executor:
             raise _LookupFailed from exc
         if found is None:
             return None
-        problem = not_ours(
-            found,
-            symbol=request.symbol,
-            side=request.side,
-            order_type=request.order_type,
-            order_id=None,
-        )
-        if problem is not None:
+        if order_id is None:
+            known = self._journal.unfinished(request.order_link_id)
+            order_id = known.order_id if known is not None else None
+        problem = not_ours(found, request, order_id)
+        if problem is None:
+            return await self._apply(found)
+        if order_id is None:
             return await self._reject(
                 request,
                 f"the venue holds another client's order under its orderLinkId ({problem}); "
                 "give each program on a key its own strategy names, or its own key",
             )
-        return await self._apply(found)
+        logger.warning(
+            "order look-up found another client's order under our orderLinkId ({problem}): "
+            "passed over",
+            id=request.order_link_id,
+            problem=problem,
+        )
+        return None
 
     async def _look_up_safely(self, request: OrderRequest) -> OrderEvent | None:
         """A look-up whose failure counts as 'not seen'."""
@@ -668,8 +679,11 @@ class Executor:
                 self._terminal[event.order_link_id] = event
             watch.set()
 
-    async def _follow(self, venue: Venue, request: OrderRequest) -> OrderEvent | None:
-        """Follow a new order until it is terminal or `follow_s` has passed.
+    async def _follow(
+        self, venue: Venue, request: OrderRequest, order_id: str | None
+    ) -> OrderEvent | None:
+        """Follow a new order (the venue's `order_id`) until it is terminal or `follow_s` has
+        passed.
 
         The account stream normally reports the fill within milliseconds; only if it stays
         silent (it is down, or slow) is the order looked up by REST. The answer is what the
@@ -677,7 +691,8 @@ class Executor:
         records the same report (a deferred write, which any later `call` writes first; one
         that fails is logged, and the next start's catch-up brings the order's state again).
         `_drive` listens from before the send, so a report that came before the
-        acknowledgement is already here.
+        acknowledgement is already here. A terminal report of another orderId under our
+        orderLinkId (another client's order, `not_ours`) is passed over.
         """
         link_id = request.order_link_id
         loop = asyncio.get_running_loop()
@@ -694,6 +709,8 @@ class Executor:
                     break  # the stream is silent: look it up instead
             watch.clear()
             terminal = terminal or self._terminal.pop(link_id, None)
+            if terminal is not None and not_ours(terminal, request, order_id) is not None:
+                terminal = None  # the keeper has warned of it
             if terminal is None:
                 continue  # New or a partial fill: nothing to answer yet
             if self._books_hold(terminal):
@@ -701,7 +718,7 @@ class Executor:
         if terminal is not None:  # its fills were not booked in time: say so, go on
             logger.warning("order {id}: terminal, its fills not booked yet", id=link_id)
             return terminal
-        return await self._poll(venue, request, deadline)
+        return await self._poll(venue, request, order_id, deadline)
 
     def _books_hold(self, terminal: OrderEvent) -> bool:
         """Whether the account's books hold every fill of a terminal order."""
@@ -710,7 +727,7 @@ class Executor:
         return self._booked_qty(terminal.order_link_id) >= terminal.filled_qty
 
     async def _poll(
-        self, venue: Venue, request: OrderRequest, deadline: float
+        self, venue: Venue, request: OrderRequest, order_id: str | None, deadline: float
     ) -> OrderEvent | None:
         """Look a new order up by REST until it is terminal or the deadline passes."""
         loop = asyncio.get_running_loop()
@@ -720,7 +737,7 @@ class Executor:
                 break
             await asyncio.sleep(pause)
             try:
-                found = await self._look_up(venue, request)
+                found = await self._look_up(venue, request, order_id)
             except _LookupFailed:
                 continue
             if found is not None:

@@ -24,13 +24,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Final
 
-from bot.messages import OrderEvent, OrderStatus, OrderType, Side
+from bot.messages import OrderEvent, OrderRequest, OrderStatus
 
 __all__ = [
     "MAY_EXIST_AT_VENUE",
     "OPEN_AT_VENUE",
     "TransitionRefused",
     "check_transition",
+    "differences",
     "not_ours",
 ]
 
@@ -82,26 +83,25 @@ def check_transition(
         raise TransitionRefused("PartiallyFilled again with nothing more filled")
 
 
-def not_ours(
-    event: OrderEvent,
-    *,
-    symbol: str,
-    side: Side,
-    order_type: OrderType,
-    order_id: str | None,
-) -> str | None:
-    """What shows that a venue report under one of our orderLinkIds is of another order (a
+def not_ours(event: OrderEvent, request: OrderRequest, order_id: str | None) -> str | None:
+    """What shows that a venue report under `request`'s orderLinkId is of another order (a
     client of the same key used that id for an order of its own): a symbol, side or type
-    other than our order's, or an orderId other than the one the venue gave ours. None if
-    nothing does (a report of ours, or one that says too little to tell)."""
-    differences = [
-        f"{what} {theirs}, not {ours}"
-        for what, theirs, ours in (
-            ("symbol", event.symbol, symbol),
-            ("side", event.side, side),
-            ("type", event.order_type, order_type),
-            ("orderId", event.order_id, order_id),
-        )
+    other than the request's, or an orderId other than `order_id`, the one the venue gave
+    ours (None: not known yet). None if nothing does (a report of ours, or one that says too
+    little to tell)."""
+    return differences(
+        ("symbol", event.symbol, request.symbol),
+        ("side", event.side, request.side),
+        ("type", event.order_type, request.order_type),
+        ("orderId", event.order_id, order_id),
+    )
+
+
+def differences(*fields: tuple[str, object, object]) -> str | None:
+    """`(name, theirs, ours)` that differ where both are known, in words; None if none do."""
+    said = [
+        f"{name} {theirs}, not {ours}"
+        for name, theirs, ours in fields
         if theirs is not None and ours is not None and theirs != ours
     ]
-    return "; ".join(differences) or None
+    return "; ".join(said) or None

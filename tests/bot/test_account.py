@@ -311,6 +311,26 @@ def test_another_clients_order_under_our_order_link_id_is_not_ours(
     assert len(warnings) == 1 and "another client of the key" in warnings[0]
 
 
+def test_a_fill_of_another_orderid_under_our_order_link_id_is_not_ours(journal: Journal) -> None:
+    # Our order is acknowledged as orderId "our-order"; a fill of the same symbol and side
+    # comes under its orderLinkId, of another orderId: another client's.
+    journal.record_order_event(
+        OrderEvent(order_link_id="alpha-0-x", status=OrderStatus.NEW, order_id="our-order")
+    )
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    theirs = fill(Side.BUY, "0.01", "100", link="alpha-0-x").model_copy(
+        update={"order_id": "their-order"}
+    )
+
+    asyncio.run(keeper.apply(theirs))
+    journal.flush()
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("0.01")
+    assert projection.booked_qty("alpha-0-x") == 0  # no fill of our order
+
+
 reports = st.lists(
     st.tuples(st.sampled_from(Side), st.integers(min_value=1, max_value=50)),
     min_size=1,

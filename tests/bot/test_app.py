@@ -80,7 +80,6 @@ def test_a_direct_route_is_a_post_at_a_fixed_path(path: str, methods: tuple[str,
         _client(_echo, path, methods)
 
 
-
 def test_a_trailing_slash_is_not_redirected_by_the_clients_host_header() -> None:
     client = _client(_echo)
 

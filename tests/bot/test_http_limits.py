@@ -189,9 +189,7 @@ def test_an_upgrade_request_is_answered_as_plain_http_without_log_lines(
 ) -> None:
     caplog.set_level(logging.INFO, logger="uvicorn.error")
     sock = _connect(bot)
-    sock.sendall(
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-    )
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
 
     answer = _one_response(sock)
 

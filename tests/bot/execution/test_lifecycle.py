@@ -310,6 +310,30 @@ def test_a_resting_limit_order_is_followed_until_it_fills(journal: Journal) -> N
     assert record is not None and record.status is OrderStatus.FILLED
 
 
+def test_a_look_up_that_finds_another_orderid_under_our_link_passes_it_over(
+    journal: Journal,
+) -> None:
+    # Ours rests as orderId 1; then the venue shows another order under the same orderLinkId
+    # (a venue that lets a finished order's id be used again, by another client), filled.
+    venue = FakeVenue()
+    intent = make_intent(
+        order_type=OrderType.LIMIT, price=Decimal(96000), reference_price=Decimal(96000)
+    )
+    executor = Executor(journal, {"k": venue}, FAST)
+    event = execute(executor, intent)
+    journal.flush()  # the acknowledgement, deferred
+    ours = journal.order(event.order_link_id)
+    assert ours is not None and ours.order_id is not None
+    theirs = venue.orders[event.order_link_id]
+    theirs.order_id, theirs.status, theirs.filled = "their-order", OrderStatus.FILLED, Decimal(1)
+
+    asyncio.run(executor.reconcile())
+
+    record = journal.order(event.order_link_id)
+    assert record is not None
+    assert (record.status, record.order_id) == (OrderStatus.NEW, ours.order_id)
+
+
 def test_running_the_same_approval_again_sends_nothing(journal: Journal) -> None:
     venue = FakeVenue()
     executor = Executor(journal, {"k": venue}, FAST)
