@@ -11,6 +11,7 @@ import hmac
 import ipaddress
 from collections.abc import Mapping, Sequence
 
+from bot.sim.config import SimAccountSpec
 from bot.sim.errors import RetCode, SimError
 from bot.sim.exchange import SimExchange
 
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_RECV_WINDOW_MS",
     "FUTURE_TOLERANCE_MS",
     "authenticate",
+    "check_key_use",
     "check_time_window",
     "ip_allowed",
     "sign",
@@ -68,16 +70,19 @@ def authenticate(
         )
 
     server_ms = check_time_window(exchange, timestamp, recv_window_text)
+    check_key_use(spec, server_ms, client_host)
+    return api_key
 
+
+def check_key_use(spec: SimAccountSpec, server_ms: int, client_host: str | None) -> None:
+    """Raise SimError if the key has expired by `server_ms`, or is bound to other IPs."""
     if spec.expired_at is not None and spec.expired_at.timestamp() * 1000 <= server_ms:
         raise SimError(RetCode.API_KEY_EXPIRED, "Your api key has expired.")
-
     if not ip_allowed(client_host, spec.ips):
         raise SimError(
             RetCode.UNMATCHED_IP,
             "Unmatched IP, please check your API key's bound IP addresses.",
         )
-    return api_key
 
 
 def check_time_window(exchange: SimExchange, timestamp: str, recv_window_text: str) -> int:

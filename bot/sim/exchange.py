@@ -2789,12 +2789,15 @@ class SimExchange:
 
     def _position_view(self, account: AccountRecord, symbol: str) -> dict[str, Any]:
         position = account.positions.get(symbol) or PositionRecord(symbol=symbol)
+        levels = self._liquidation_prices(account, position)
+        tick = self._instrument(symbol).tick_size
+        shown = levels is not None and tick < levels[0] < tick * MAX_PRICE_TICKS
         return position_view(
             position,
             self._prices[symbol],
             self._leverage(account, symbol),
             account.created_ms,
-            liquidation=self._liquidation_prices(account, position),
+            liquidation_price=levels[0] if levels is not None and shown else None,
         )
 
     def _liquidation_prices(

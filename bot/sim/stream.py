@@ -69,17 +69,18 @@ PRIVATE_TOPICS: dict[str, str] = {
     "position.linear": "position",
     "wallet": "wallet",
 }
-#: Bybit's `execution.fast`: trades only, and these fields of them (orderLinkId only for a
-#: taker's fill).
+#: Bybit's `execution.fast`: trades only, and these fields of them (orderLinkId "" for a
+#: maker's fill).
 _FAST_EXECUTION_TOPICS = frozenset({"execution.fast", "execution.fast.linear"})
 _FAST_EXECUTION_FIELDS = (
     "category",
     "symbol",
+    "orderId",
+    "isMaker",
+    "orderLinkId",
     "execId",
     "execPrice",
     "execQty",
-    "orderId",
-    "orderLinkId",
     "side",
     "execTime",
     "seq",
@@ -162,9 +163,9 @@ def _fast_executions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`execution` rows as `execution.fast` carries them."""
     return [
         {
-            name: row[name]
+            name: "" if name == "orderLinkId" and row.get("isMaker") else row[name]
             for name in _FAST_EXECUTION_FIELDS
-            if name in row and (name != "orderLinkId" or not row.get("isMaker"))
+            if name in row
         }
         for row in rows
         if row.get("execType", "Trade") == "Trade"
@@ -483,7 +484,8 @@ class StreamHub:
                 "retMsg": "not served",
                 "op": str(op)[:32],
             }
-        return self._trade.answer(conn.api_key, conn.req_ids, request)
+        host = conn.client.rsplit(":", 1)[0] if conn.client else None
+        return self._trade.answer(conn.api_key, host, conn.req_ids, request)
 
     def _pong(self, conn: _Connection, req_id: str | int | None) -> None:
         if conn.channel == "private":
@@ -711,9 +713,11 @@ class StreamHub:
             book = books[depth] = self._exchange.book(topic.rsplit(".", 1)[1], depth)
         bids, asks = _levels(book["b"]), _levels(book["a"])
         last = conn.books.get(topic)
-        if last is not None and (last[1], last[2]) == (bids, asks) and not again:
+        unchanged = last is not None and (last[1], last[2]) == (bids, asks)
+        if unchanged and not again:
             return
-        update_id = 1 if last is None else last[0] + 1
+        # Bybit's resend of an unchanged depth-1 book keeps its `u`.
+        update_id = 1 if last is None else last[0] if unchanged else last[0] + 1
         conn.books[topic] = (update_id, bids, asks)
         conn.books_sent_ms[topic] = ts
         data: dict[str, Any] = {"s": book["s"], "b": book["b"], "a": book["a"]}

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from bot.sim.auth import check_time_window
+from bot.sim.auth import check_key_use, check_time_window
 from bot.sim.errors import RetCode, SimError
 from bot.sim.exchange import SimExchange
 from bot.sim.params import AmendOrderParams, CancelOrderParams, PlaceOrderParams, parse_params
@@ -56,14 +56,19 @@ class TradeDesk:
         }
 
     def answer(
-        self, api_key: str | None, seen: dict[str, None], request: dict[str, Any]
+        self,
+        api_key: str | None,
+        client_host: str | None,
+        seen: dict[str, None],
+        request: dict[str, Any],
     ) -> dict[str, Any]:
-        """The answer to one request of a connection authenticated as `api_key` (None: not
-        yet), which used the reqIds in `seen` before (this one's is added)."""
+        """The answer to one request of a connection from `client_host`, authenticated as
+        `api_key` (None: not yet), which used the reqIds in `seen` before (this one's is
+        added)."""
         op = str(request.get("op"))[:32]
         first: dict[str, Any] = {} if request.get("reqId") is None else {"reqId": request["reqId"]}
         try:
-            found, order = self._check(api_key, seen, op, request)
+            found, order = self._check(api_key, client_host, seen, op, request)
         except SimError as exc:
             return self._answer(first, op, exc.ret_code, exc.ret_msg, {}, {})
         assert api_key is not None  # `_check` refused it otherwise
@@ -102,9 +107,15 @@ class TradeDesk:
         }
 
     def _check(
-        self, api_key: str | None, seen: dict[str, None], op: str, request: dict[str, Any]
+        self,
+        api_key: str | None,
+        client_host: str | None,
+        seen: dict[str, None],
+        op: str,
+        request: dict[str, Any],
     ) -> tuple[_Op, dict[str, Any]]:
-        """The op and its one order; SimError for what Bybit's trade gateway refuses."""
+        """The op and its one order; SimError for what Bybit's trade gateway refuses (as REST
+        would: the time window, the key's expiry and its bound IPs, for every order)."""
         found = self._ops.get(op)
         if found is None:
             raise SimError(RetCode.OP_NOT_FOUND, f"op type is not found: {op}")
@@ -123,11 +134,15 @@ class TradeDesk:
             raise SimError(
                 RetCode.PARAMS_ERROR, "params error: header.X-BAPI-TIMESTAMP is required"
             )
-        check_time_window(
+        server_ms = check_time_window(
             self._exchange,
             str(header["X-BAPI-TIMESTAMP"]),
             str(header.get("X-BAPI-RECV-WINDOW", "")),
         )
+        spec = self._exchange.account_spec(api_key)
+        if spec is None:
+            raise SimError(RetCode.INVALID_API_KEY, "API key is invalid.")
+        check_key_use(spec, server_ms, client_host)
         args = request.get("args")
         if not (isinstance(args, list) and len(args) == 1 and isinstance(args[0], dict)):
             raise SimError(RetCode.PARAMS_ERROR, "params error: args must hold exactly one order")

@@ -476,13 +476,14 @@ def position_view(
     never_traded_ms: int,
     position_idx: int = 0,
     *,
-    liquidation: tuple[Decimal, Decimal] | None = None,
+    liquidation_price: Decimal | None = None,
 ) -> dict[str, Any]:
     """A position as `/v5/position/list` reports it (side "" and size "0" when flat).
 
     position_idx is 0 in one-way mode, 1 (Buy side) or 2 (Sell side) in hedge mode.
-    `liquidation`: its estimated liquidation and bankruptcy prices, if it can be liquidated
-    (else "", as Bybit shows a price out of the instrument's range).
+    `liquidation_price`: its estimate, if within the instrument's price range (else "", as
+    Bybit shows it). `bustPrice` is "" as in every unified account ("no position
+    bankruptcy price").
     """
     value = abs(position.size) * position.avg_price
     initial_margin = value / leverage
@@ -503,8 +504,8 @@ def position_view(
         "leverage": fmt(leverage),
         "positionBalance": _fmt8(initial_margin),
         "markPrice": fmt(mark),
-        "liqPrice": fmt(liquidation[0]) if liquidation else "",
-        "bustPrice": fmt(liquidation[1]) if liquidation else "",
+        "liqPrice": _fmt_optional(liquidation_price),
+        "bustPrice": "",
         "positionIM": _fmt8(initial_margin),
         "positionMM": _fmt8(value * MAINTENANCE_MARGIN_RATE),
         "tpslMode": "Full",

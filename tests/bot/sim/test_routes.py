@@ -668,7 +668,8 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
     server: SimServer, session: HTTP
 ) -> None:
     """UTA cross margin: liquidation once equity is down to the maintenance margin (0.5 % of
-    the position's value here); the position shows both prices before it happens."""
+    the position's value here), at the bankruptcy price (where equity is 0); the position
+    shows its liquidation price before (its bustPrice is "", as in every unified account)."""
     _market(session, "Buy", "1")
     settle(server)
     resting = _limit(session, "80000")["result"]["orderId"]
@@ -677,7 +678,7 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
     maintenance = entry * Decimal("0.005")
     shown = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
     liquidation = Decimal(shown["liqPrice"])
-    bankruptcy = Decimal(shown["bustPrice"])
+    bankruptcy = (entry - wallet).quantize(Decimal("0.1"), ROUND_CEILING)
 
     admin(server, "POST", "/sim/prices", {"BTCUSDT": str(liquidation + 1)})
     settle(server)
@@ -685,9 +686,9 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
     admin(server, "POST", "/sim/prices", {"BTCUSDT": str(liquidation - 1)})
     settle(server)
 
-    # Before: the estimates, on the tick, and nothing happens above the liquidation price.
+    # Before: the estimate, on the tick, and nothing happens above the liquidation price.
     assert liquidation == (entry + maintenance - wallet).quantize(Decimal("0.1"), ROUND_CEILING)
-    assert bankruptcy == (entry - wallet).quantize(Decimal("0.1"), ROUND_CEILING)
+    assert shown["bustPrice"] == ""
     assert still["size"] == "1"
     # After: flat, the fill a fee-less BustTrade at the bankruptcy price, orders cancelled.
     position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]

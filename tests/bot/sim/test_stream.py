@@ -530,6 +530,7 @@ def test_a_still_market_still_streams_what_fills_change_and_its_level_1_book(
         first["orderbook.1.BTCUSDT"]["data"]["a"],
     )
     assert book["ts"] - first["orderbook.1.BTCUSDT"]["ts"] >= 3000
+    assert book["data"]["u"] == first["orderbook.1.BTCUSDT"]["data"]["u"]  # Bybit: the same
 
 
 def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
@@ -563,6 +564,7 @@ def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
     assert set(fast) == {
         "category",
         "symbol",
+        "isMaker",
         "execId",
         "execPrice",
         "execQty",
@@ -632,6 +634,24 @@ def test_the_trade_websocket_answers_in_bybits_shapes(
     assert repeated["retCode"] == 20006
     assert unknown["retCode"] == 10404
     assert stale["retCode"] == 10002
+
+
+def test_the_trade_websocket_keeps_to_the_keys_bound_ips() -> None:
+    bound = SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET), ips=["10.1.2.3"])
+    with SimServer(SimExchange(SimulatorConfig(seed=3, accounts=[bound]))) as running:
+        sock = websocket.create_connection(running.ws_url + "/v5/trade", timeout=5)
+        try:
+            now = int(time.time() * 1000)
+            _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, now + 5000)})
+            item = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy"}
+            item |= {"orderType": "Market", "qty": "0.01"}
+            header = {"X-BAPI-TIMESTAMP": str(int(time.time() * 1000))}
+            answer = _ask(sock, {"header": header, "op": "order.create", "args": [item]})
+        finally:
+            sock.close()
+        created = running.exchange.orders()
+
+    assert answer["retCode"] == 10010 and created == []
 
 
 def test_unknown_public_topic_is_refused(raw: Callable[[str], websocket.WebSocket]) -> None:
