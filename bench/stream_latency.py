@@ -521,8 +521,10 @@ async def _bot_pass(load: LoadSpec, root: Path, options: StreamLatencyOptions) -
         at_keeper: dict[str, int] = {}
         original_apply = projection.apply_execution
 
-        def apply_execution(execution: Execution, allocation: Mapping[str, Decimal]) -> None:
-            original_apply(execution, allocation)
+        def apply_execution(
+            execution: Execution, allocation: Mapping[str, Decimal], *, of_our_order: bool = True
+        ) -> None:
+            original_apply(execution, allocation, of_our_order=of_our_order)
             applied[execution.exec_id].append(time.perf_counter_ns())
 
         projection.apply_execution = apply_execution  # type: ignore[method-assign]
