@@ -334,6 +334,41 @@ def test_a_look_up_that_finds_another_orderid_under_our_link_passes_it_over(
     assert (record.status, record.order_id) == (OrderStatus.NEW, ours.order_id)
 
 
+def test_the_follower_passes_over_a_terminal_report_of_another_orderid(journal: Journal) -> None:
+    # The stream reports, under our market order's orderLinkId, another order's fill first
+    # (another client's, under an id the venue let it use again), then ours.
+    venue = FakeVenue()
+    config = ExecutionConfig(lookup_delays_s=(0.001,), follow_s=2.0)
+    executor = Executor(journal, {"k": venue}, config, stream_live=lambda key: True)
+    intent = make_intent()
+
+    async def run() -> OrderEvent:
+        task = asyncio.create_task(executor.execute(approve(intent), "k"))
+        for _ in range(1000):  # until the order reached the venue
+            if venue.orders:
+                break
+            await asyncio.sleep(0.001)
+        (ours,) = venue.orders.values()
+        link = ours.request.order_link_id
+        filled = {"status": OrderStatus.FILLED, "filled_qty": ours.request.qty}
+        executor.order_updated(
+            OrderEvent(order_link_id=link, order_id="their-order", **filled)  # type: ignore[arg-type]
+        )
+        await asyncio.sleep(0.05)
+        assert not task.done()  # not taken for ours
+        executor.order_updated(
+            OrderEvent(order_link_id=link, order_id=ours.order_id, **filled)  # type: ignore[arg-type]
+        )
+        return await task
+
+    event = asyncio.run(run())
+
+    assert (event.status, event.order_id) == (
+        OrderStatus.FILLED,
+        venue.orders[event.order_link_id].order_id,
+    )
+
+
 def test_running_the_same_approval_again_sends_nothing(journal: Journal) -> None:
     venue = FakeVenue()
     executor = Executor(journal, {"k": venue}, FAST)
