@@ -83,6 +83,7 @@ from bot.sim.records import (
     ResumedPosition,
 )
 from bot.sim.views import (
+    FUNDING_INTERVAL_MINUTES,
     LAUNCH_TIME_MS,
     MAX_PRICE_TICKS,
     account_info_view,
@@ -130,7 +131,7 @@ _PUBLIC_TRADES_KEPT = 1000
 #: `/v5/market/recent-trade` limits: spot [1, 60] default 60, the rest [1, 1000] default 500.
 _SPOT_TRADES_MAX = 60
 _TRADES_DEFAULT = 500
-_FUNDING_INTERVAL_MS = 8 * 3_600_000
+_FUNDING_INTERVAL_MS = FUNDING_INTERVAL_MINUTES * 60_000
 #: Bybit answers executions and closed PnL for at most 7 days per request.
 _QUERY_WINDOW_MS = 7 * 86_400_000
 #: The transaction log's span when a bound is missing: 24 hours.

@@ -28,6 +28,7 @@ from bot.sim.records import (
 )
 
 __all__ = [
+    "FUNDING_INTERVAL_MINUTES",
     "FUNDING_RATE",
     "LAUNCH_TIME_MS",
     "MAX_PRICE_TICKS",
@@ -72,6 +73,10 @@ LAUNCH_TIME_MS = 1_584_230_400_000
 #: The funding rate every simulated perpetual publishes, each 8 h (tickers, funding history).
 #: The simulator does not charge funding to positions.
 FUNDING_RATE = Decimal("0.0001")
+#: Every simulated perpetual's funding interval (instruments' fundingInterval, in minutes)
+#: and the bound of its rate (upper/lowerFundingRate, the tickers' fundingCap).
+FUNDING_INTERVAL_MINUTES = 480
+FUNDING_CAP = "0.005"
 _RATE_PLACES = Decimal("0.0001")
 _PLACES = Decimal("1e-8")
 
@@ -643,11 +648,11 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
             "minNotionalValue": fmt(spec.min_notional_usdt),
         },
         "unifiedMarginTrade": True,
-        "fundingInterval": 480,
+        "fundingInterval": FUNDING_INTERVAL_MINUTES,
         "settleCoin": SETTLE_COIN,
         "copyTrading": "both",
-        "upperFundingRate": "0.005",
-        "lowerFundingRate": "-0.005",
+        "upperFundingRate": FUNDING_CAP,
+        "lowerFundingRate": f"-{FUNDING_CAP}",
         "isPreListing": False,
         "preListingInfo": None,
         "riskParameters": {
@@ -708,6 +713,12 @@ def ticker_view(
         "ask1Price": fmt(ask),
         "ask1Size": book_size(symbol, spec, "a", 0),
         "basis": "",
+        "preOpenPrice": "",
+        "preQty": "",
+        "curPreListingPhase": "",
+        "fundingIntervalHour": str(FUNDING_INTERVAL_MINUTES // 60),
+        "basisRateYear": "",
+        "fundingCap": FUNDING_CAP,
     }
 
 

@@ -382,3 +382,14 @@ def test_ccxt_pro_creates_edits_and_cancels_over_the_trade_websocket(
     assert created["id"] and edited["id"] == cancelled["id"] == created["id"]
     assert (order["amount"], order["price"], order["status"]) == (0.02, 91000, "canceled")
     assert book[1]["bids"] and book[1]["asks"]  # a still book comes again within 3 s
+
+
+def test_fetch_funding_rate_reads_the_interval_and_the_next_time(bybit: ccxt.bybit) -> None:
+    rate = bybit.fetch_funding_rate(SYMBOL)
+
+    assert (rate["fundingRate"], rate["interval"]) == (0.0001, "8h")
+    assert rate["fundingTimestamp"] % (8 * 3_600_000) == 0
+    # Bybit's ticker fields for it, as its docs show them (strings)
+    info = rate["info"]
+    assert (info["fundingIntervalHour"], info["fundingCap"]) == ("8", "0.005")
+    assert (info["preOpenPrice"], info["curPreListingPhase"], info["basisRateYear"]) == ("", "", "")
