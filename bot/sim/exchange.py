@@ -2388,13 +2388,14 @@ class SimExchange:
             cash_balance=account.wallet_balance,
         )
         account.executions.append(execution)
-        self._public_trades[order.symbol].append(execution)
-        self._history.record_trade(order.symbol, price, qty, now)
-        for sink in self._streams:
-            if sink.wants_trades(order.symbol):
-                sink.push_trade(
-                    order.symbol, public_trade_stream_view(execution, self._tick_directions)
-                )
+        if not order.is_liquidation:  # the engine's takeover is not a trade of the market
+            self._public_trades[order.symbol].append(execution)
+            self._history.record_trade(order.symbol, price, qty, now)
+            for sink in self._streams:
+                if sink.wants_trades(order.symbol):
+                    sink.push_trade(
+                        order.symbol, public_trade_stream_view(execution, self._tick_directions)
+                    )
         # Bybit's order of pushes for a fill: the order, its execution, position, wallet.
         self._push_order(account, order)
         self._push(account, "execution", lambda: [execution_stream_view(execution)])
@@ -2508,10 +2509,13 @@ class SimExchange:
     def _liquidate_if_due(self, account: AccountRecord) -> None:
         """Bybit's liquidation of a unified account in cross margin, simplified: once its
         equity is down to its maintenance margin (the maintenance margin rate at 100 %), its
-        orders are cancelled (`CancelAllBeforeLiq`) and the liquidation engine takes over
-        every position at its bankruptcy price (`_liquidation_prices`), one after another:
-        an order `CreateByLiq` filled at once, no fee, its fill `BustTrade`. The wallet is
-        then left at about 0 (what the rounding of prices leaves), never below."""
+        orders, conditional orders and positions' TP/SL are cancelled (`CancelAllBeforeLiq`)
+        and the liquidation engine takes over every position: each at its current price,
+        the one losing most last, at its bankruptcy price (`_liquidation_prices`: where the
+        equity left is 0), so the shortfall is the losing position's alone. Each takeover is
+        an order `CreateByLiq` filled at once, no fee, its fill `BustTrade`, which is not a
+        public trade (the engine's own book); `allLiquidation` tells it. The wallet is then
+        left at about 0 (what the rounding of the price leaves), never below."""
         figures = self._figures(account)
         held = [position for position in account.positions.values() if position.size != 0]
         if not held or figures.equity > figures.position_mm:
@@ -2519,33 +2523,45 @@ class SimExchange:
         for order in self._waiting_orders(account):
             if order.order_id in account.conditional_orders:
                 self._end_conditional(account, order, cancel_type="CancelAllBeforeLiq")
+            elif order.status == "Untriggered":
+                self._cancel_exit(account, order, cancel_type="CancelAllBeforeLiq")
             elif order.is_open:
                 self._close(account, order, cancel_type="CancelAllBeforeLiq")
-        for position in held:  # its TP/SL go with it (`_fill` syncs the exits)
-            levels = self._liquidation_prices(account, position)
-            bankruptcy = levels[1] if levels else self._prices[position.symbol]
-            size = position.size
-            order = self._closing_order(
-                position.symbol,
-                size,
-                self._prices[position.symbol],
-                order_type="Limit",
-                price=bankruptcy,
-                close_on_trigger=False,
-                create_type=LIQUIDATION_CREATE_TYPE,
-                arrived=True,
-            )
-            account.orders[order.order_id] = order
-            self._fill(account, order, abs(size), bankruptcy, maker=False)
-            row = {
-                "T": order.created_ms,
-                "s": position.symbol,
-                "S": "Buy" if size > 0 else "Sell",  # the side of the position liquidated
-                "v": fmt(abs(size)),
-                "p": fmt(bankruptcy),
-            }
-            for sink in self._streams:
-                sink.push_liquidation(position.symbol, row)
+        held.sort(key=lambda position: self._unrealised(position), reverse=True)
+        for position in held:
+            price = self._prices[position.symbol]
+            if position is held[-1]:
+                levels = self._liquidation_prices(account, position)
+                price = levels[1] if levels else price
+            self._take_over(account, position, price)
+
+    def _unrealised(self, position: PositionRecord) -> Decimal:
+        return (self._prices[position.symbol] - position.avg_price) * position.size
+
+    def _take_over(self, account: AccountRecord, position: PositionRecord, price: Decimal) -> None:
+        """The liquidation engine's takeover of a whole position at `price`."""
+        size = position.size
+        order = self._closing_order(
+            position.symbol,
+            size,
+            self._prices[position.symbol],
+            order_type="Limit",
+            price=price,
+            close_on_trigger=False,
+            create_type=LIQUIDATION_CREATE_TYPE,
+            arrived=True,
+        )
+        account.orders[order.order_id] = order
+        self._fill(account, order, abs(size), price, maker=False)
+        row = {
+            "T": order.created_ms,
+            "s": position.symbol,
+            "S": "Buy" if size > 0 else "Sell",  # the side of the position liquidated
+            "v": fmt(abs(size)),
+            "p": fmt(price),
+        }
+        for sink in self._streams:
+            sink.push_liquidation(position.symbol, row)
 
     def _trigger_stops(
         self, account: AccountRecord, position: PositionRecord, price: Decimal
@@ -2678,8 +2694,11 @@ class SimExchange:
         account.exit_orders.pop((order.symbol, order.stop_order_type), None)
         self._update(account, order, status=status, cancel_type=cancel_type)
 
-    def _cancel_exit(self, account: AccountRecord, order: OrderRecord) -> None:
-        """A TP/SL order cancelled by its owner: the position's level goes with it."""
+    def _cancel_exit(
+        self, account: AccountRecord, order: OrderRecord, *, cancel_type: str = "CancelByUser"
+    ) -> None:
+        """A TP/SL order cancelled (by its owner, unless `cancel_type` says otherwise): the
+        position's level goes with it."""
         position = account.positions.get(order.symbol)
         if position is not None:
             attribute = dict(_EXIT_LEVELS)[order.stop_order_type]
@@ -2687,7 +2706,7 @@ class SimExchange:
             position.updated_ms = self.now_ms()
             self._push_position(account, order.symbol)
         # Bybit (UTA): "Deactivated: ... conditional order ... cancelled before triggered".
-        self._end_exit(account, order, "Deactivated", "CancelByUser")
+        self._end_exit(account, order, "Deactivated", cancel_type)
 
     @staticmethod
     def _waiting_exit(
@@ -2818,11 +2837,11 @@ class SimExchange:
         if liquidation <= 0:
             return None
         tick = self._instrument(position.symbol).tick_size
-        # Estimates: the liquidation price rounded towards the position's side, the
-        # bankruptcy price in the holder's favour.
+        # The liquidation price on the first tick that liquidates (below it for a long,
+        # above for a short); the bankruptcy price in the holder's favour.
         long = position.size > 0
         return (
-            to_tick(liquidation, tick, up=long),
+            to_tick(liquidation, tick, up=not long),
             max(to_tick(bankruptcy, tick, up=long), tick),
         )
 

@@ -120,8 +120,8 @@ class _Connection:
     candles: dict[str, list[str]] = field(default_factory=dict)
     #: Last order price limit sent per priceLimit topic.
     price_limits: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: The reqIds a trade connection used (a repeat is refused).
-    req_ids: dict[str, None] = field(default_factory=dict)
+    #: Digests of the reqIds a trade connection used (a repeat is refused).
+    req_ids: dict[bytes, None] = field(default_factory=dict)
     dropped: bool = False
 
 

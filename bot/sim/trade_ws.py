@@ -6,13 +6,15 @@ with `op` `order.create`, `order.amend` or `order.cancel` does what the REST rou
 same checks, the same per-UID rate limit, counted together with REST's), and is answered
 `{"reqId", "retCode", "retMsg", "op", "data", "retExtInfo", "header", "connId"}`: `data` is
 REST's `result`, `header` its rate-limit headers with `Traceid` and `Timenow`. Bybit's own
-codes: 10404 for an op it does not know, 20006 for a reqId the connection used before, 10003
-before `auth`. The faults the REST gateway injects (lost answers, 10016, delays) are not
-injected here.
+codes: 10404 for an op it does not know or a category other than linear, 20006 for a reqId
+the connection used before, 10003 before `auth`. The batch ops (`order.create-batch`...)
+are not served (10404: the REST batch routes are), and the faults the REST gateway injects
+(lost answers, 10016, delays) are not injected here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,7 +61,7 @@ class TradeDesk:
         self,
         api_key: str | None,
         client_host: str | None,
-        seen: dict[str, None],
+        seen: dict[bytes, None],
         request: dict[str, Any],
     ) -> dict[str, Any]:
         """The answer to one request of a connection from `client_host`, authenticated as
@@ -110,7 +112,7 @@ class TradeDesk:
         self,
         api_key: str | None,
         client_host: str | None,
-        seen: dict[str, None],
+        seen: dict[bytes, None],
         op: str,
         request: dict[str, Any],
     ) -> tuple[_Op, dict[str, Any]]:
@@ -122,13 +124,8 @@ class TradeDesk:
         if api_key is None:
             raise SimError(RetCode.INVALID_API_KEY, "Request not authorized")
         req_id = request.get("reqId")
-        if req_id is not None:
-            key = str(req_id)
-            if key in seen:
-                raise SimError(RetCode.REQ_ID_DUPLICATED, f"reqId is duplicated: {key[:64]}")
-            seen[key] = None
-            if len(seen) > _REQ_IDS_KEPT:
-                del seen[next(iter(seen))]
+        if req_id is not None and not isinstance(req_id, str):
+            raise SimError(RetCode.PARAMS_ERROR, "params error: reqId must be a string")
         header = request.get("header")
         if not isinstance(header, dict) or "X-BAPI-TIMESTAMP" not in header:
             raise SimError(
@@ -146,4 +143,16 @@ class TradeDesk:
         args = request.get("args")
         if not (isinstance(args, list) and len(args) == 1 and isinstance(args[0], dict)):
             raise SimError(RetCode.PARAMS_ERROR, "params error: args must hold exactly one order")
+        category = args[0].get("category")
+        if category != "linear":  # the only one simulated
+            raise SimError(
+                RetCode.OP_NOT_FOUND, f"category is not correct or supported: {category}"
+            )
+        if req_id is not None:  # a valid request's id, kept as a digest: bounded memory
+            digest = hashlib.blake2b(req_id.encode("utf-8", "replace"), digest_size=16).digest()
+            if digest in seen:
+                raise SimError(RetCode.REQ_ID_DUPLICATED, f"reqId is duplicated: {req_id[:64]}")
+            seen[digest] = None
+            if len(seen) > _REQ_IDS_KEPT:
+                del seen[next(iter(seen))]
         return found, args[0]

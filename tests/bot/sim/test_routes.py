@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 import pytest
@@ -670,9 +670,10 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
     """UTA cross margin: liquidation once equity is down to the maintenance margin (0.5 % of
     the position's value here), at the bankruptcy price (where equity is 0); the position
     shows its liquidation price before (its bustPrice is "", as in every unified account)."""
-    _market(session, "Buy", "1")
+    _market(session, "Buy", "1", stopLoss="80000")  # a stop beyond the liquidation price
     settle(server)
     resting = _limit(session, "80000")["result"]["orderId"]
+    (stop,) = _exits(session).values()
     wallet = Decimal(_wallet(session)["totalWalletBalance"])
     entry = Decimal(97000)
     maintenance = entry * Decimal("0.005")
@@ -680,14 +681,14 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
     liquidation = Decimal(shown["liqPrice"])
     bankruptcy = (entry - wallet).quantize(Decimal("0.1"), ROUND_CEILING)
 
-    admin(server, "POST", "/sim/prices", {"BTCUSDT": str(liquidation + 1)})
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": str(liquidation + Decimal("0.1"))})
     settle(server)
     still = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
-    admin(server, "POST", "/sim/prices", {"BTCUSDT": str(liquidation - 1)})
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": str(liquidation)})
     settle(server)
 
-    # Before: the estimate, on the tick, and nothing happens above the liquidation price.
-    assert liquidation == (entry + maintenance - wallet).quantize(Decimal("0.1"), ROUND_CEILING)
+    # Before: the estimate, the first tick that liquidates; nothing happens a tick above it.
+    assert liquidation == (entry + maintenance - wallet).quantize(Decimal("0.1"), ROUND_FLOOR)
     assert shown["bustPrice"] == ""
     assert still["size"] == "1"
     # After: flat, the fill a fee-less BustTrade at the bankruptcy price, orders cancelled.
@@ -708,12 +709,41 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
         "Filled",
         "",
     )
-    (cancelled,) = session.get_order_history(category="linear", symbol="BTCUSDT", orderId=resting)[
-        "result"
-    ]["list"]
-    assert (cancelled["orderStatus"], cancelled["cancelType"]) == (
-        "Cancelled",
-        "CancelAllBeforeLiq",
-    )
+    for order_id, status in ((resting, "Cancelled"), (stop["orderId"], "Deactivated")):
+        history = session.get_order_history(category="linear", symbol="BTCUSDT", orderId=order_id)
+        (cancelled,) = history["result"]["list"]
+        assert (cancelled["orderStatus"], cancelled["cancelType"]) == (
+            status,
+            "CancelAllBeforeLiq",
+        )
+    # The engine's takeover is no trade of the market: the public trades do not show it.
+    trades = session.get_public_trade_history(category="linear", symbol="BTCUSDT", limit=5)
+    assert str(bankruptcy) not in {row["price"] for row in trades["result"]["list"]}
     left = Decimal(_wallet(session)["totalWalletBalance"])
     assert 0 <= left < Decimal("0.1")  # the rounding of the price, in the holder's favour
+
+
+def test_a_liquidation_takes_the_healthy_position_at_its_price_and_the_loser_at_bankruptcy(
+    server: SimServer, session: HTTP
+) -> None:
+    """Cross margin: a losing BTC short brings the account down; the SOL long that is fine
+    is taken over at the market's price, the short bears the whole shortfall."""
+    session.place_order(
+        category="linear", symbol="SOLUSDT", side="Buy", orderType="Market", qty="1"
+    )
+    _market(session, "Sell", "1")
+    settle(server)
+    sol = Decimal(
+        session.get_tickers(category="linear", symbol="SOLUSDT")["result"]["list"][0]["lastPrice"]
+    )
+    btc = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": btc["liqPrice"]})
+    settle(server)
+
+    fills = session.get_executions(category="linear", limit=4)["result"]["list"]
+    taken = {row["symbol"]: row for row in fills if row["execType"] == "BustTrade"}
+    assert Decimal(taken["SOLUSDT"]["execPrice"]) == sol
+    assert Decimal(taken["BTCUSDT"]["execPrice"]) > Decimal(btc["liqPrice"])  # a short's loss
+    left = Decimal(_wallet(session)["totalWalletBalance"])
+    assert 0 <= left < Decimal("0.1")

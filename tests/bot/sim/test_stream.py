@@ -608,8 +608,10 @@ def test_the_trade_websocket_answers_in_bybits_shapes(
     sock = raw("/v5/trade")
     now = int(time.time() * 1000)
 
-    def order(req_id: str, op: str = "order.create", **header: str) -> dict[str, Any]:
-        item = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit"}
+    def order(
+        req_id: object, op: str = "order.create", category: str = "linear", **header: str
+    ) -> dict[str, Any]:
+        item = {"category": category, "symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit"}
         item |= {"qty": "0.01", "price": "90000"}
         stamp = {"X-BAPI-TIMESTAMP": str(int(time.time() * 1000))} | header
         return _ask(sock, {"reqId": req_id, "header": stamp, "op": op, "args": [item]})
@@ -622,6 +624,8 @@ def test_the_trade_websocket_answers_in_bybits_shapes(
     repeated = order("r1")
     unknown = order("r2", op="order.explode")
     stale = order("r3", **{"X-BAPI-TIMESTAMP": str(now - 60_000)})
+    spot = order("r4", category="spot")
+    odd_id = order({"not": "a string"})
 
     assert early["retCode"] == 10003 and early["reqId"] == "r0"
     assert auth == {"retCode": 0, "retMsg": "OK", "op": "auth", "connId": auth["connId"]}
@@ -634,6 +638,8 @@ def test_the_trade_websocket_answers_in_bybits_shapes(
     assert repeated["retCode"] == 20006
     assert unknown["retCode"] == 10404
     assert stale["retCode"] == 10002
+    assert spot["retCode"] == 10404  # Bybit: "category is not correct/supported"
+    assert odd_id["retCode"] == 10001
 
 
 def test_the_trade_websocket_keeps_to_the_keys_bound_ips() -> None:
