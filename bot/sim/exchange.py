@@ -2830,7 +2830,7 @@ class SimExchange:
         if position.size == 0:
             return None
         figures = self._figures(account)
-        own = (self._prices[position.symbol] - position.avg_price) * position.size
+        own = self._unrealised(position)
         rest = figures.wallet_balance + figures.unrealised_pnl - own  # equity without it
         liquidation = position.avg_price + (figures.position_mm - rest) / position.size
         bankruptcy = position.avg_price - rest / position.size
