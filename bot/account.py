@@ -606,10 +606,8 @@ class AccountKeeper:
         owner = self._owners[link_id]
         if owner is None:
             return None, True
-        order_id = owner.order_id
-        if order_id is None:  # the venue's id of ours, once committed
-            known = self._journal.unfinished(link_id)
-            order_id = known.order_id if known is not None else None
+        # The venue's id of ours: as the journal held it, or once committed since.
+        order_id = owner.order_id or self._journal.venue_order_id(link_id)
         problem = differences(
             ("symbol", fill.symbol, owner.symbol),
             ("side", fill.side, owner.side),

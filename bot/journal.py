@@ -970,8 +970,7 @@ class Journal:
         """
         with self._lock:
             committed: _OrderState | None = None
-            with self._unfinished_lock:
-                known = self._unfinished.get(event.order_link_id)
+            known = self.unfinished(event.order_link_id)
             written = self._written_orders.get(event.order_link_id)
             problem = None
             if written is not None:  # as the open transaction left it
@@ -1003,6 +1002,12 @@ class Journal:
         """One unfinished order as committed, from memory (`committed_unfinished`)."""
         with self._unfinished_lock:
             return self._unfinished.get(order_link_id)
+
+    def venue_order_id(self, order_link_id: str) -> str | None:
+        """The venue's orderId of one of our unfinished orders, as committed; None if it has
+        none yet, or the order is finished (from memory, as `unfinished`)."""
+        known = self.unfinished(order_link_id)
+        return known.order_id if known is not None else None
 
     def _apply_order_event(
         self,

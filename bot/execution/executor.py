@@ -596,9 +596,7 @@ class Executor:
             raise _LookupFailed from exc
         if found is None:
             return None
-        if order_id is None:
-            known = self._journal.unfinished(request.order_link_id)
-            order_id = known.order_id if known is not None else None
+        order_id = order_id or self._journal.venue_order_id(request.order_link_id)
         problem = not_ours(found, request, order_id)
         if problem is None:
             return await self._apply(found)

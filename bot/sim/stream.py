@@ -172,6 +172,11 @@ def _fast_executions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _changed_fields(last: dict[str, str], row: dict[str, str]) -> dict[str, str]:
+    """The fields of a ticker `row` that differ from the `last` sent: a delta's data."""
+    return {name: value for name, value in row.items() if last.get(name) != value}
+
+
 def _quiet(conn: _Connection, topic: str, ts: int) -> bool:
     """Whether a book sent on `topic` has had no push for `_LEVEL1_RESEND_MS`."""
     sent = conn.books_sent_ms.get(topic)
@@ -359,11 +364,22 @@ class StreamHub:
         if last is None or snapshot is None:
             return
         cs, row = snapshot
-        changed = {name: value for name, value in row.items() if last[1].get(name) != value}
+        changed = _changed_fields(last[1], row)
         if not changed:
             return
         cs = max(cs, last[0])
         conn.tickers[symbol] = (cs, row)
+        self._send_ticker_delta(conn, topic, symbol, changed, cs, ts)
+
+    def _send_ticker_delta(
+        self,
+        conn: _Connection,
+        topic: str,
+        symbol: str,
+        changed: dict[str, str],
+        cs: int,
+        ts: int,
+    ) -> None:
         data = {"symbol": symbol, **changed}
         message = {"topic": topic, "type": "delta", "data": data, "cs": cs, "ts": ts}
         self._enqueue(conn, _dumps(message), pushed=True)
@@ -790,13 +806,10 @@ class StreamHub:
             last = conn.tickers.get(symbol)
             if topic not in conn.topics or last is None or cs <= last[0]:
                 continue  # a change the snapshot (or an earlier delta) already carried
-            changed = {name: value for name, value in row.items() if last[1].get(name) != value}
+            changed = _changed_fields(last[1], row)
             conn.tickers[symbol] = (cs, row)
-            if not changed:
-                continue
-            data = {"symbol": symbol, **changed}
-            message = {"topic": topic, "type": "delta", "data": data, "cs": cs, "ts": ts}
-            self._enqueue(conn, _dumps(message), pushed=True)
+            if changed:
+                self._send_ticker_delta(conn, topic, symbol, changed, cs, ts)
 
 
 class _Endpoint:

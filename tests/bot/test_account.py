@@ -16,7 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
-from bot.account import UNATTRIBUTED, AccountKeeper, AccountProjection, RecentFills
+from bot.account import (
+    UNATTRIBUTED,
+    AccountKeeper,
+    AccountProjection,
+    AccountReport,
+    RecentFills,
+)
 from bot.journal import Journal
 from bot.messages import Execution, OrderEvent, OrderStatus, OrderType, PositionUpdate, Side
 from bot.venue.fake import FakeVenue
@@ -55,6 +61,26 @@ def fill(
 
 def apply(projection: AccountProjection, item: Execution, strategy: str | None) -> None:
     projection.apply_execution(item, projection.allocate(item, strategy))
+
+
+def apply_logged(
+    keeper: AccountKeeper, journal: Journal, *reports: AccountReport
+) -> list[tuple[str, str]]:
+    """Hand `reports` to the keeper in turn, its journal writes done; what it logged, as
+    (level, message)."""
+    said: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])))
+
+    async def deliver() -> None:
+        for report in reports:
+            await keeper.apply(report)
+
+    try:
+        asyncio.run(deliver())
+        journal.flush()
+    finally:
+        logger.remove(sink)
+    return said
 
 
 def test_a_strategy_book_is_average_cost_with_realized_pnl_and_fees() -> None:
@@ -229,18 +255,7 @@ def test_a_liquidation_closes_the_strategies_books_and_is_said_as_a_warning(
     keeper = AccountKeeper(journal, projection)
     ours = fill(Side.BUY, "0.01", "100", link="alpha-0-x")
     taken = fill(Side.SELL, "0.01", "90").model_copy(update={"exec_type": "BustTrade"})
-    said: list[tuple[str, str]] = []
-    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])))
-
-    async def deliver() -> None:
-        await keeper.apply(ours)
-        await keeper.apply(taken)
-
-    try:
-        asyncio.run(deliver())
-        journal.flush()
-    finally:
-        logger.remove(sink)
+    said = apply_logged(keeper, journal, ours, taken)
 
     assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
     assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == 0
@@ -288,18 +303,9 @@ def test_another_clients_order_under_our_order_link_id_is_not_ours(
         order_type=OrderType.MARKET,
     )
     their_fill = fill(side, "0.01", "3000", link="alpha-0-x").model_copy(update={"symbol": symbol})
-    warnings: list[str] = []
-    sink = logger.add(warnings.append, level="WARNING", format="{message}")
-
-    async def deliver() -> None:
-        await keeper.apply(theirs)
-        await keeper.apply(their_fill)
-
-    try:
-        asyncio.run(deliver())
-        journal.flush()
-    finally:
-        logger.remove(sink)
+    said = apply_logged(keeper, journal, theirs, their_fill)
+    warning = logger.level("WARNING").no
+    warnings = [message for level, message in said if logger.level(level).no >= warning]
 
     record = journal.order("alpha-0-x")
     assert record is not None

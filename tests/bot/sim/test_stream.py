@@ -536,8 +536,8 @@ def test_a_still_market_still_streams_what_fills_change_and_its_level_1_book(
 def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
     raw: Callable[[str], websocket.WebSocket], http: HTTP
 ) -> None:
-    """Bybit's `execution.fast`: trades only; category, symbol, execId, execPrice, execQty,
-    orderId, orderLinkId (a taker's fill only), side, execTime, seq."""
+    """Bybit's `execution.fast`: trades only; category, symbol, orderId, isMaker,
+    orderLinkId ("" for a maker's fill), execId, execPrice, execQty, side, execTime, seq."""
     sock = raw("/v5/private")
     _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
     subscribed = _ask(sock, {"op": "subscribe", "args": ["execution.fast", "execution"]})
