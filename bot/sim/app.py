@@ -54,7 +54,6 @@ from bot.sim.config import SimAccountSpec, SimFaults
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
 from bot.sim.exchange import BatchAnswer, SimExchange
 from bot.sim.params import (
-    BATCH_MAX_ORDERS,
     AmendOrderParams,
     BatchAmendParams,
     BatchCancelParams,
@@ -87,6 +86,7 @@ from bot.sim.params import (
     TradingStopParams,
     TransactionLogParams,
     WalletBalanceParams,
+    batch_size,
     parse_params,
 )
 from bot.sim.ratelimit import RollingWindowLimiter
@@ -192,16 +192,11 @@ def _query(raw: bytes) -> dict[str, Any]:
 
 
 def _batch_size(body: bytes) -> int:
-    """How many orders a batch body holds, which is what its rate limit counts (Bybit:
-    "Number of consumption = number of requests * number of orders"); a body that is not a
-    valid batch counts as one request."""
+    """`batch_size` of a batch body; one that is not JSON counts as one request."""
     try:
-        items = _json_object(body).get("request")
+        return batch_size(_json_object(body))
     except ValueError:
         return 1
-    if isinstance(items, list) and 1 <= len(items) <= BATCH_MAX_ORDERS:
-        return len(items)
-    return 1
 
 
 def _limit_headers(limit: int, remaining: int, reset_ms: int) -> dict[str, str]:

@@ -177,7 +177,8 @@ class SimFaults(BaseModel):
     drop_response_after_accept: Probability = Field(
         default=0.0,
         description="Chance that an accepted order's answer (create, create-batch) is cut off "
-        "mid-body: the order exists, the client gets a connection error (never a success).",
+        "mid-body: the order exists, the client gets a connection error (never a success); "
+        "on the WebSocket trade API, the answer is never sent.",
     )
     delay: Probability = Field(
         default=0.0, description="Chance that a /v5 request is held for delay_ms before work."
@@ -192,8 +193,8 @@ class SimFaults(BaseModel):
     )
     timeout_10016: Probability = Field(
         default=0.0,
-        description="Chance that a /v5 request is answered 10016 'Server error.' without "
-        "being executed.",
+        description="Chance that a /v5 request (or a WebSocket trade API order request) is "
+        "answered 10016 'Server error.' without being executed.",
     )
     http_5xx: Probability = Field(
         default=0.0,
@@ -209,8 +210,9 @@ class SimFaults(BaseModel):
     accept_then_10016: Probability = Field(
         default=0.0,
         description="Chance that an order write (create, amend, cancel, cancel-all, "
-        "create-batch, cancel-batch, amend-batch) is executed and then answered 10016 "
-        "'Server error.': the change happened, the client is told it may not have.",
+        "create-batch, cancel-batch, amend-batch, over REST or the WebSocket trade API) is "
+        "executed and then answered 10016 'Server error.': the change happened, the client "
+        "is told it may not have.",
     )
     accept_then_5xx: Probability = Field(
         default=0.0,

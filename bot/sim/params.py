@@ -50,6 +50,7 @@ __all__ = [
     "TradingStopParams",
     "TransactionLogParams",
     "WalletBalanceParams",
+    "batch_size",
     "params_error_message",
     "parse_params",
 ]
@@ -60,6 +61,18 @@ KLINE_INTERVALS = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", 
 #: Orders per batch request for category=linear (Bybit: "A maximum of 20 orders (linear) can
 #: be placed per request", docs/v5/order/batch-place, batch-cancel and batch-amend).
 BATCH_MAX_ORDERS = 20
+
+
+def batch_size(document: object) -> int:
+    """How many orders a batch request (`{category, request: [...]}`) holds, which is what its
+    rate limit counts (Bybit: "Number of consumption = number of requests * number of
+    orders"); anything that is not a valid batch counts as one request."""
+    items = document.get("request") if isinstance(document, dict) else None
+    if isinstance(items, list) and 1 <= len(items) <= BATCH_MAX_ORDERS:
+        return len(items)
+    return 1
+
+
 #: Open-interest intervals Bybit accepts (`intervalTime`) and their length in ms.
 OPEN_INTEREST_INTERVALS_MS = {
     "5min": 300_000,

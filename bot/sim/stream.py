@@ -427,7 +427,9 @@ class StreamHub:
             with contextlib.suppress(ValueError, RecursionError):
                 request = json.loads(text)
         if conn.channel == "trade":
-            self._reply(conn, self._trade_answer(conn, request))
+            answer = self._trade_answer(conn, request)
+            if answer is not None:  # None: a fault lost it
+                self._reply(conn, answer)
             return
         if not isinstance(request, dict):
             self._reply(conn, {"success": False, "ret_msg": "error:request is not a JSON object"})
@@ -471,9 +473,9 @@ class StreamHub:
             answer = {**answer, name: conn.conn_id}
         self._enqueue(conn, _dumps(answer), pushed=False)
 
-    def _trade_answer(self, conn: _Connection, request: Any) -> dict[str, Any]:
+    def _trade_answer(self, conn: _Connection, request: Any) -> dict[str, Any] | None:
         """The trade API's answer (`bot.sim.trade_ws`): ping and auth here, orders at the
-        desk; every answer `{retCode, retMsg, op, ...}`."""
+        desk; every answer `{retCode, retMsg, op, ...}`, or None when a fault loses it."""
         if not isinstance(request, dict):
             return {"retCode": int(RetCode.PARAMS_ERROR), "retMsg": "request is not a JSON object"}
         op = request.get("op")

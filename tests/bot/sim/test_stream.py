@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
-from bot.sim.client import SimWebSocket
+from bot.sim.client import SimWebSocket, SimWebSocketTrading
 from tests.bot.sim.kit import eventually
 
 KEY = "stream-key"
@@ -640,6 +641,105 @@ def test_the_trade_websocket_answers_in_bybits_shapes(
     assert stale["retCode"] == 10002
     assert spot["retCode"] == 10404  # Bybit: "category is not correct/supported"
     assert odd_id["retCode"] == 10001
+
+
+def test_pybits_trade_client_places_amends_and_cancels_batches(
+    server: SimServer, http: HTTP
+) -> None:
+    answers: queue.Queue[dict[str, Any]] = queue.Queue()
+    ws = SimWebSocketTrading(
+        server.ws_url + "/v5/trade", testnet=False, api_key=KEY, api_secret=SECRET
+    )
+
+    def ask(send: Callable[..., None], *orders: dict[str, Any]) -> dict[str, Any]:
+        send(answers.put, answers.put, category="linear", request=list(orders))
+        return answers.get(timeout=5)
+
+    def bid(link: str, price: str, qty: str = "0.01") -> dict[str, Any]:
+        return {"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit", "qty": qty} | {
+            "price": price,
+            "orderLinkId": link,
+        }
+
+    try:
+        placed = ask(ws.place_batch_order, bid("wsb-0", "90000"), bid("wsb-1", "90001"))
+        refused = ask(ws.place_batch_order, bid("wsb-2", "90002"), bid("wsb-3", "90003", "0"))
+        amended = ask(
+            ws.amend_batch_order, {"symbol": "BTCUSDT", "orderLinkId": "wsb-0"} | {"price": "89000"}
+        )
+        cancelled = ask(
+            ws.cancel_batch_order,
+            {"symbol": "BTCUSDT", "orderLinkId": "wsb-1"},
+            {"symbol": "BTCUSDT", "orderLinkId": "no-such-order"},
+        )
+    finally:
+        ws.exit()
+    resting = http.get_open_orders(category="linear", symbol="BTCUSDT")["result"]["list"]
+
+    assert (placed["retCode"], placed["op"]) == (0, "order.create-batch")
+    assert [row["orderLinkId"] for row in placed["data"]["list"]] == ["wsb-0", "wsb-1"]
+    assert all(row["orderId"] and row["createAt"].isdigit() for row in placed["data"]["list"])
+    assert placed["retExtInfo"] == {"list": [{"code": 0, "msg": "OK"}] * 2}
+    assert refused["retCode"] == 0  # each order succeeds or fails alone
+    first, bad = refused["retExtInfo"]["list"]
+    assert first["code"] == 0 and bad["code"] != 0
+    assert (amended["retCode"], amended["retExtInfo"]["list"][0]["code"]) == (0, 0)
+    done, missing = cancelled["retExtInfo"]["list"]
+    assert (done["code"], missing["code"]) == (0, 110001)  # 110001: order does not exist
+    assert sorted((row["orderLinkId"], row["price"]) for row in resting) == [
+        ("wsb-0", "89000"),
+        ("wsb-2", "90002"),
+    ]
+
+
+def test_a_trade_websocket_batch_counts_each_order_against_the_limit(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    sock = raw("/v5/trade")
+    _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
+    orders = [
+        {"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit", "qty": "0.01"}
+        | {"price": str(90000 + index)}
+        for index in range(12)
+    ]
+    header = {"X-BAPI-TIMESTAMP": str(int(time.time() * 1000))}
+    request = {"category": "linear", "request": orders}
+
+    answer = _ask(sock, {"header": header, "op": "order.create-batch", "args": [request]})
+
+    codes = [item["code"] for item in answer["retExtInfo"]["list"]]
+    assert answer["retCode"] == 0 and "reqId" not in answer
+    assert codes == [0] * 10 + [10006] * 2  # linear create-batch: 10 orders a second
+    assert answer["header"]["X-Bapi-Limit-Status"] == "0"
+
+
+def test_the_trade_websocket_suffers_the_gateways_faults(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket], http: HTTP
+) -> None:
+    sock = raw("/v5/trade")
+    _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
+
+    def send(op: str, item: dict[str, Any]) -> None:
+        header = {"X-BAPI-TIMESTAMP": str(int(time.time() * 1000))}
+        sock.send(json.dumps({"header": header, "op": op, "args": [item | {"category": "linear"}]}))
+
+    order = {"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit", "qty": "0.01"}
+    _post(server, "/sim/faults", {"drop_response_after_accept": 1.0})
+    send("order.create", order | {"price": "90000", "orderLinkId": "lost-ack"})
+    sock.settimeout(0.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        sock.recv()  # done, and never answered
+    sock.settimeout(5)
+    _post(server, "/sim/faults", {"drop_response_after_accept": 0.0, "accept_then_10016": 1.0})
+    send("order.cancel", {"symbol": "BTCUSDT", "orderLinkId": "lost-ack"})
+    cancelled = json.loads(sock.recv())
+    _post(server, "/sim/faults", {"accept_then_10016": 0.0})
+    long_id = _ask(sock, {"reqId": "x" * 37, "op": "order.cancel"})
+    history = http.get_order_history(category="linear", orderLinkId="lost-ack")["result"]["list"]
+
+    assert (cancelled["retCode"], cancelled["data"]) == (10016, {})
+    assert [row["orderStatus"] for row in history] == ["Cancelled"]  # done all the same
+    assert long_id["retCode"] == 10001 and "36" in long_id["retMsg"]
 
 
 def test_the_trade_websocket_keeps_to_the_keys_bound_ips() -> None:
