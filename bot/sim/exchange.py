@@ -2803,6 +2803,7 @@ class SimExchange:
                 self._leverage(account, symbol),
                 account.created_ms,
                 idx,
+                taker_fee_rate=self._config.taker_fee_rate,
             )
             for idx in (1, 2)
         ]
@@ -2817,6 +2818,7 @@ class SimExchange:
             self._prices[symbol],
             self._leverage(account, symbol),
             account.created_ms,
+            taker_fee_rate=self._config.taker_fee_rate,
             liquidation_price=levels[0] if levels is not None and shown else None,
         )
 

@@ -79,6 +79,8 @@ FUNDING_INTERVAL_MINUTES = 480
 FUNDING_CAP = "0.005"
 _RATE_PLACES = Decimal("0.0001")
 _PLACES = Decimal("1e-8")
+#: The least fee rate Bybit's break-even price assumes ("max(taker fee rate, 0.00055)").
+_BREAK_EVEN_MIN_FEE = Decimal("0.00055")
 
 
 def fmt(value: Decimal) -> str:
@@ -481,6 +483,7 @@ def position_view(
     never_traded_ms: int,
     position_idx: int = 0,
     *,
+    taker_fee_rate: Decimal,
     liquidation_price: Decimal | None = None,
 ) -> dict[str, Any]:
     """A position as `/v5/position/list` reports it (side "" and size "0" when flat).
@@ -488,10 +491,13 @@ def position_view(
     position_idx is 0 in one-way mode, 1 (Buy side) or 2 (Sell side) in hedge mode.
     `liquidation_price`: its estimate, if within the instrument's price range (else "", as
     Bybit shows it). `bustPrice` is "" as in every unified account ("no position
-    bankruptcy price").
+    bankruptcy price"). The "ByMp" margins are the same figures (Bybit: "the same value as
+    positionIM"); `breakEvenPrice` is Bybit's formula with the account's taker fee rate (at
+    least 0.055 %), `openTime` when the position last opened from flat (0 while flat).
     """
     value = abs(position.size) * position.avg_price
-    initial_margin = value / leverage
+    initial_margin = _fmt8(value / leverage)
+    maintenance_margin = _fmt8(value * MAINTENANCE_MARGIN_RATE)
     side = "Buy" if position.size > 0 else "Sell" if position.size < 0 else ""
     return {
         "positionIdx": position_idx,
@@ -507,12 +513,14 @@ def position_view(
         "autoAddMargin": 0,
         "adlRankIndicator": 2 if position.size else 0,
         "leverage": fmt(leverage),
-        "positionBalance": _fmt8(initial_margin),
+        "positionBalance": initial_margin,
         "markPrice": fmt(mark),
         "liqPrice": _fmt_optional(liquidation_price),
         "bustPrice": "",
-        "positionIM": _fmt8(initial_margin),
-        "positionMM": _fmt8(value * MAINTENANCE_MARGIN_RATE),
+        "positionIM": initial_margin,
+        "positionIMByMp": initial_margin,
+        "positionMM": maintenance_margin,
+        "positionMMByMp": maintenance_margin,
         "tpslMode": "Full",
         "takeProfit": fmt(position.take_profit) if position.take_profit else "0",
         "stopLoss": fmt(position.stop_loss) if position.stop_loss else "0",
@@ -521,6 +529,8 @@ def position_view(
         "curRealisedPnl": _fmt8(position.cur_realised_pnl),
         "cumRealisedPnl": _fmt8(position.cum_realised_pnl),
         "sessionAvgPrice": "",
+        "breakEvenPrice": _break_even(position, taker_fee_rate),
+        "openTime": position.created_ms if position.size else 0,
         "isReduceOnly": False,
         "mmrSysUpdatedTime": "",
         "leverageSysUpdatedTime": "",
@@ -528,6 +538,16 @@ def position_view(
         "updatedTime": str(position.updated_ms or never_traded_ms),
         "seq": position.seq,
     }
+
+
+def _break_even(position: PositionRecord, taker_fee_rate: Decimal) -> str:
+    """Bybit: (entry_price * qty - realized_pnl) / (qty - abs(qty) * max(taker fee rate,
+    0.00055)), qty signed and realized_pnl the position's since it opened; "0" when flat."""
+    size = position.size
+    if not size:
+        return "0"
+    fee = max(taker_fee_rate, _BREAK_EVEN_MIN_FEE)
+    return _fmt8((position.avg_price * size - position.cur_realised_pnl) / (size - abs(size) * fee))
 
 
 def wallet_view(figures: MarginFigures, include_usdt: bool) -> dict[str, Any]:
@@ -554,6 +574,8 @@ def wallet_view(figures: MarginFigures, include_usdt: bool) -> dict[str, Any]:
             "bonus": "0",
             "marginCollateral": True,
             "collateralSwitch": True,
+            "colRes": "0",
+            "spotBorrow": "0",
         }
     ]
 
@@ -572,6 +594,11 @@ def wallet_view(figures: MarginFigures, include_usdt: bool) -> dict[str, Any]:
         "totalPerpUPL": _fmt8(figures.unrealised_pnl),
         "totalInitialMargin": _fmt8(figures.initial_margin),
         "totalMaintenanceMargin": _fmt8(figures.position_mm),
+        # Bybit: "You can ignore this field ... which has the same calculation".
+        "accountIMRateByMp": rate(figures.initial_margin),
+        "accountMMRateByMp": rate(figures.position_mm),
+        "totalInitialMarginByMp": _fmt8(figures.initial_margin),
+        "totalMaintenanceMarginByMp": _fmt8(figures.position_mm),
         "coin": coins if include_usdt else [],
     }
     return {"list": [account]}

@@ -57,7 +57,7 @@ def _environment(extra: Mapping[str, str] | None) -> dict[str, str] | None:
 def healthy(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except requests.ConnectionError:
+    except requests.RequestException:  # not listening yet, or slow on a busy host: ask again
         return False
 
 
@@ -298,7 +298,7 @@ def test_standalone_simulator_keeps_state_across_a_killed_bot(
 def _listening(port: int) -> bool:
     try:
         requests.get(f"http://127.0.0.1:{port}/sim/stats", timeout=1)
-    except requests.ConnectionError:
+    except requests.RequestException:  # not listening yet, or slow on a busy host
         return False
     return True
 

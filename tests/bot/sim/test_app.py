@@ -362,6 +362,46 @@ def test_set_leverage_changes_margin_and_refuses_a_no_op(
     assert unchanged == 110043
 
 
+def test_a_position_reports_its_break_even_price_and_when_it_opened(
+    shared_server: SimServer, trader: HTTP
+) -> None:
+    flat = _position(trader)
+    _market(trader, "Buy", "0.01")
+    settle(shared_server)
+    held = _position(trader)
+    _market(trader, "Sell", "0.01")
+    settle(shared_server)
+    closed = _position(trader)
+
+    entry = Decimal(held["avgPrice"])
+    paid = entry * Decimal("0.01") * Decimal("0.00055")  # the opening fill's taker fee
+    # Bybit: (entry * qty - realised) / (qty - |qty| * max(taker fee rate, 0.00055))
+    expected = (entry * Decimal("0.01") + paid) / (Decimal("0.01") * (1 - Decimal("0.00055")))
+    assert held["breakEvenPrice"] == f"{expected.quantize(Decimal('1e-8')).normalize():f}"
+    assert Decimal(held["breakEvenPrice"]) > entry
+    assert held["openTime"] >= int(held["createdTime"]) > 0
+    assert (held["positionIMByMp"], held["positionMMByMp"]) == (
+        held["positionIM"],
+        held["positionMM"],
+    )
+    assert (flat["openTime"], flat["breakEvenPrice"]) == (0, "0")
+    assert (closed["openTime"], closed["breakEvenPrice"]) == (0, "0")
+
+
+def test_the_wallets_by_mark_price_figures_are_its_margin_figures(
+    shared_server: SimServer, trader: HTTP
+) -> None:
+    _market(trader, "Buy", "0.01")
+    settle(shared_server)
+
+    (account,) = trader.get_wallet_balance(accountType="UNIFIED")["result"]["list"]
+
+    assert Decimal(account["totalInitialMargin"]) > 0
+    for name in ("accountIMRate", "accountMMRate", "totalInitialMargin", "totalMaintenanceMargin"):
+        assert account[name + "ByMp"] == account[name]
+    assert (account["coin"][0]["colRes"], account["coin"][0]["spotBorrow"]) == ("0", "0")
+
+
 def _trading_stop(session: HTTP, **fields: Any) -> Any:
     """Set Trading Stop on the BTCUSDT one-way position, entire position (Full)."""
     return session.set_trading_stop(
