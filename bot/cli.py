@@ -898,7 +898,9 @@ def positions(
 
 
 def _position_row(projection: AccountProjection, book: StrategyBook) -> dict[str, str]:
-    mark = projection.mark_price(book.key_name, book.symbol)
+    # A closed position (listed for today's PnL) has nothing to mark: its venue position is
+    # gone, so the last mark journaled would be stale.
+    mark = projection.mark_price(book.key_name, book.symbol) if book.size else None
     realized, fees = book.today()
     return {
         "row": "position",

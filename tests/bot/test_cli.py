@@ -21,10 +21,14 @@ import pytest
 import requests
 
 from bot import cli
+from bot.account import AccountProjection
 from bot.config import load_settings
 from bot.journal import Journal
+from bot.messages import Side
+from tests.bot.test_account import fill
 from tests.bot.test_journal import damage
 from tests.conftest import SIM_CONFIG, client_orders, free_port, wait_for
+from tests.factories import sim_position
 
 
 def bot(
@@ -815,3 +819,18 @@ def test_errors_are_printed_even_with_columns_zero(tmp_path: Path) -> None:
 
     assert refused.returncode == 2
     assert "error:" in refused.stderr
+
+
+def test_positions_marks_an_open_book_and_leaves_a_closed_ones_mark_blank() -> None:
+    projection = AccountProjection()
+    for strategy, sides in (("open", [Side.BUY]), ("closed", [Side.BUY, Side.SELL])):
+        for side in sides:
+            execution = fill(side, "0.01", "97000", key="follow_sim", link=f"{strategy}-{side}")
+            projection.apply_execution(execution, projection.allocate(execution, strategy))
+    projection.apply_position(sim_position(Decimal("0.01"), mark_price=Decimal(98000)))
+
+    rows = {book.strategy: cli._position_row(projection, book) for book in projection.books()}
+
+    assert (rows["open"]["mark"], rows["open"]["unrealized_pnl"]) == ("98000", "10")
+    assert (rows["closed"]["mark"], rows["closed"]["unrealized_pnl"]) == ("", "")
+    assert rows["closed"]["size"] == "0"
