@@ -224,6 +224,16 @@ def _time_window(
     return start, end
 
 
+def _clear_trailing_stop(position: PositionRecord) -> None:
+    position.trailing_stop = position.trailing_activation = position.trailing_level = None
+
+
+def _clear_exit_levels(position: PositionRecord) -> None:
+    """The position's TP, SL and trailing stop gone (it closed, or one of them fired)."""
+    position.take_profit = position.stop_loss = None
+    _clear_trailing_stop(position)
+
+
 def _selects(order_filter: str | None, order: OrderRecord) -> bool:
     """Whether an `orderFilter` selects the order. None: every kind (Bybit's default);
     `Order` and cancel-all's `OpenOrder`: plain orders; `StopOrder`: conditional ones (those
@@ -291,7 +301,13 @@ def _linear_listing(query: Listing[L]) -> Listing[L]:
 _CONDITIONAL_ORDERS_PER_SYMBOL = 10
 
 #: A position's exits: Bybit's stopOrderType and the position's attribute holding its level.
-_EXIT_LEVELS = (("TakeProfit", "take_profit"), ("StopLoss", "stop_loss"))
+#: A position's exit orders by kind (`stopOrderType`), and the attribute holding the level
+#: each triggers at.
+_EXIT_LEVELS = (
+    ("TakeProfit", "take_profit"),
+    ("StopLoss", "stop_loss"),
+    ("TrailingStop", "trailing_level"),
+)
 
 
 def _next_funding_ms(now: int) -> int:
@@ -1440,7 +1456,14 @@ class SimExchange:
         self, account: AccountRecord, order: OrderRecord, params: AmendOrderParams
     ) -> None:
         """Move a position's TP/SL order: its triggerPrice is the position's level (checked
-        as `/v5/position/trading-stop` checks it); nothing else of it can be amended."""
+        as `/v5/position/trading-stop` checks it); nothing else of it can be amended, and a
+        trailing stop's level follows the price (its distance is the position's)."""
+        if order.stop_order_type == "TrailingStop":
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                "params error: a trailing stop's order is not amended: set its distance with "
+                "/v5/position/trading-stop",
+            )
         if params.trigger_price is None or any(
             value is not None
             for value in (params.qty, params.price, params.take_profit, params.stop_loss)
@@ -1678,6 +1701,7 @@ class SimExchange:
                     name, params.symbol, level, side, price, "position"
                 ),
             )
+            changes |= self._trailing_changes(position, params, side, price)
             if not changes:
                 raise SimError(RetCode.TPSL_NOT_MODIFIED, "not modified")
             for attribute, value in changes.items():
@@ -1686,6 +1710,49 @@ class SimExchange:
             self._push_position(account, params.symbol)
             self._sync_exits(account, params.symbol)
             return {}
+
+    def _trailing_changes(
+        self, position: PositionRecord, params: TradingStopParams, side: str, price: Decimal
+    ) -> dict[str, Decimal | None]:
+        """What `trailingStop` (a distance; "0" cancels) and `activePrice` change on the
+        position; each checked (10001) first. Active at once without an activePrice, else once
+        the price reaches it, which must lie on the position's profitable side."""
+        distance, activation = params.trailing_stop, params.active_price or None
+        if distance is None:
+            if activation is not None:
+                raise SimError(
+                    RetCode.PARAMS_ERROR, "params error: activePrice needs a trailingStop"
+                )
+            return {}
+        if distance == 0:
+            cleared = dict.fromkeys(("trailing_stop", "trailing_activation", "trailing_level"))
+            return cleared if position.trailing_stop is not None else {}
+        self._check_price("trailingStop", params.symbol, distance)
+        long = side == "Buy"
+        if activation is not None:
+            self._check_price("activePrice", params.symbol, activation)
+            if activation == price or (activation > price) != long:
+                where = "above" if long else "below"
+                raise SimError(
+                    RetCode.PARAMS_ERROR,
+                    f"params error: activePrice {fmt(activation)} of a {side} position must be "
+                    f"{where} the last price {fmt(price)}",
+                )
+        start = activation if activation is not None else price
+        level = start - distance if long else start + distance
+        if level <= 0:
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                f"params error: trailingStop {fmt(distance)} is not below the price "
+                f"{fmt(start)} it trails",
+            )
+        if (distance, activation) == (position.trailing_stop, position.trailing_activation):
+            return {}
+        return {
+            "trailing_stop": distance,
+            "trailing_activation": activation,
+            "trailing_level": level,
+        }
 
     # ----------------------------------------------------------------- private queries
 
@@ -2362,8 +2429,8 @@ class SimExchange:
         flipped = (
             size_before != 0 and position.size != 0 and (size_before > 0) != (position.size > 0)
         )
-        if position.size == 0 or flipped:  # the position closed: its TP/SL go with it
-            position.take_profit = position.stop_loss = None
+        if position.size == 0 or flipped:  # the position closed: its exits go with it
+            _clear_exit_levels(position)
         if position.size != 0 and (position.size > 0) == (signed_qty > 0):
             if order.take_profit is not None:
                 position.take_profit = order.take_profit
@@ -2566,25 +2633,48 @@ class SimExchange:
     def _trigger_stops(
         self, account: AccountRecord, position: PositionRecord, price: Decimal
     ) -> None:
-        """When the price reaches SL or TP, clear both and send that level's order, a
-        reduce-only market order for the whole position; it fills like any market order, a
-        moment later."""
+        """When the price reaches SL, TP or an active trailing stop (moved first), clear them
+        all and send that level's order, a reduce-only market order for the whole position; it
+        fills like any market order, a moment later."""
         long = position.size > 0
+        self._trail(account, position, price)
         stop, profit = position.stop_loss, position.take_profit
+        trailing = position.trailing_level if position.trailing_activation is None else None
         if stop is not None and (price <= stop if long else price >= stop):
             kind = "StopLoss"
         elif profit is not None and (price >= profit if long else price <= profit):
             kind = "TakeProfit"
+        elif trailing is not None and (price <= trailing if long else price >= trailing):
+            kind = "TrailingStop"
         else:
             return
         order = account.exit_orders.pop((position.symbol, kind))  # see `_sync_exits`
-        position.take_profit = position.stop_loss = None
+        _clear_exit_levels(position)
         self._push_position(account, position.symbol)
         self._sync_exits(account, position.symbol)  # the other exit is deactivated
         # Bybit's order goes Untriggered -> Triggered -> New (-> Filled), one orderId.
         self._mark_triggered(account, order)
         order.qty = abs(position.size)
         self._send_triggered(account, order)
+
+    def _trail(self, account: AccountRecord, position: PositionRecord, price: Decimal) -> None:
+        """Move the position's trailing stop after `price`: activate it once the price
+        reaches its activePrice, then keep it `trailing_stop` behind the best price since (its
+        order's triggerPrice follows, pushed)."""
+        distance = position.trailing_stop
+        if distance is None:
+            return
+        long = position.size > 0
+        activation = position.trailing_activation
+        if activation is not None:
+            if price < activation if long else price > activation:
+                return
+            position.trailing_activation = None
+        level = price - distance if long else price + distance
+        current = position.trailing_level
+        if current is None or (level > current if long else level < current):
+            position.trailing_level = level
+            self._sync_exits(account, position.symbol)
 
     def _mark_triggered(self, account: AccountRecord, order: OrderRecord) -> None:
         self._update(account, order, status="Triggered")
@@ -2701,8 +2791,10 @@ class SimExchange:
         position's level goes with it."""
         position = account.positions.get(order.symbol)
         if position is not None:
-            attribute = dict(_EXIT_LEVELS)[order.stop_order_type]
-            setattr(position, attribute, None)
+            if order.stop_order_type == "TrailingStop":
+                _clear_trailing_stop(position)
+            else:
+                setattr(position, dict(_EXIT_LEVELS)[order.stop_order_type], None)
             position.updated_ms = self.now_ms()
             self._push_position(account, order.symbol)
         # Bybit (UTA): "Deactivated: ... conditional order ... cancelled before triggered".

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from bot.sim.errors import RetCode, SimError
@@ -158,12 +166,6 @@ def _not_simulated(what: str) -> Callable[[Any], None]:
         raise ValueError(f"{what} are not simulated; leave it out")
 
     return refuse
-
-
-def _no_trailing_stop(value: Decimal) -> Decimal:
-    if value != 0:
-        raise ValueError('trailing stops are not simulated; only "0" (none) is accepted')
-    return value
 
 
 def _kline_interval(value: str) -> str:
@@ -517,17 +519,37 @@ class SetLeverageParams(_Params):
 
 
 class TradingStopParams(_Params):
-    """`POST /v5/position/trading-stop`: a level left out keeps its value, "0" cancels it."""
+    """`POST /v5/position/trading-stop`: a level left out keeps its value, "0" cancels it.
+
+    Bybit documents tpslMode and positionIdx as required, yet takes a request without them
+    (clients such as ccxt send neither for a trailing stop) as Full and one-way; an order
+    type for the TP or SL needs tpslMode ("slOrderType can not have a value when tpSlMode is
+    empty"), and Full takes Market only."""
 
     category: Category
     symbol: str
-    tpsl_mode: Annotated[str, BeforeValidator(_full_tpsl_mode)]
-    position_idx: PositionIdx
+    tpsl_mode: Annotated[str, BeforeValidator(_full_tpsl_mode)] | None = None
+    position_idx: PositionIdx = 0
+    tp_order_type: Literal["Market", "Limit"] | None = None
+    sl_order_type: Literal["Market", "Limit"] | None = None
     take_profit: DecimalText | None = None
     stop_loss: DecimalText | None = None
     tp_trigger_by: TriggerBy | None = None
     sl_trigger_by: TriggerBy | None = None
-    trailing_stop: Annotated[DecimalText, AfterValidator(_no_trailing_stop)] | None = None
+    trailing_stop: DecimalText | None = None
+    active_price: DecimalText | None = None
+
+    @model_validator(mode="after")
+    def _order_types_need_full_mode(self) -> TradingStopParams:
+        for name, value in (
+            ("tpOrderType", self.tp_order_type),
+            ("slOrderType", self.sl_order_type),
+        ):
+            if value is not None and self.tpsl_mode is None:
+                raise ValueError(f"{name} can not have a value when tpSlMode is empty")
+            if value == "Limit":
+                raise ValueError(f"{name} only support Market when tpSlMode is Full")
+        return self
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -130,6 +130,12 @@ class PositionRecord:
     seq: int = -1
     #: Fees paid on the opening fills still in the position (closed-pnl's openFee).
     open_fee: Decimal = ZERO
+    #: A trailing stop: its distance from the best price since it activated, the price that
+    #: activates it (None once active, or when it was set without one), and its stop level
+    #: now (while waiting to activate, the level it will start at).
+    trailing_stop: Decimal | None = None
+    trailing_activation: Decimal | None = None
+    trailing_level: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -524,7 +524,7 @@ def position_view(
         "tpslMode": "Full",
         "takeProfit": fmt(position.take_profit) if position.take_profit else "0",
         "stopLoss": fmt(position.stop_loss) if position.stop_loss else "0",
-        "trailingStop": "0",
+        "trailingStop": fmt(position.trailing_stop) if position.trailing_stop else "0",
         "unrealisedPnl": _fmt8((mark - position.avg_price) * position.size),
         "curRealisedPnl": _fmt8(position.cur_realised_pnl),
         "cumRealisedPnl": _fmt8(position.cum_realised_pnl),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from loguru import logger
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
@@ -113,6 +114,35 @@ def test_fills_while_the_stream_is_down_are_caught_up_once(
     assert sorted(journaled) == sorted(at_venue)
     assert len(set(journaled)) == len(journaled) == 3
     assert size == Decimal("0.015")
+
+
+def test_a_trailing_stop_set_at_the_venue_closes_the_strategys_book_when_it_fires(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    sim, server = exchange
+    errors: list[str] = []
+    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
+    bot = start(sim_config, server, STREAM_ONLY)
+    session = HTTP(api_key=KEY, api_secret=SECRET)
+    session.endpoint = server.url
+    try:
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+        assert bot.post(signal("trailed")).status_code == 202
+        wait_for(lambda: bot.journal_status("trailed") == ["Filled"], what="the long")
+        session.set_trading_stop(category="linear", symbol="BTCUSDT", trailingStop="500")
+        sim.set_prices({"BTCUSDT": Decimal(98000)})
+        sim.set_prices({"BTCUSDT": Decimal(97400)})  # 600 off the best: the stop fires
+        book = wait_for(
+            lambda: (p := books(bot)).strategy_size("follow_sim", "follow", "BTCUSDT") == 0 and p,
+            what="the strategy flat",
+        )
+    finally:
+        bot.stop()
+        logger.remove(sink)
+
+    position = book.position("follow_sim", "BTCUSDT")
+    assert position is not None and position.size == 0
+    assert errors == []
 
 
 SHARED = """

@@ -486,8 +486,8 @@ def test_trading_stop_that_changes_nothing_is_34040(trader: HTTP) -> None:
     ("fields", "named"),
     [
         ({"tpslMode": "Partial", "tpSize": "0.01", "slSize": "0.01"}, "tpslMode"),
-        ({"positionIdx": None}, "positionIdx is required"),
-        ({"trailingStop": "100"}, "trailingStop"),
+        ({"slOrderType": "Limit", "slLimitPrice": "95000"}, "only support Market"),
+        ({"tpslMode": None, "slOrderType": "Market"}, "can not have a value when tpSlMode"),
         ({"slTriggerBy": "Mark"}, "slTriggerBy"),
     ],
 )
@@ -503,6 +503,81 @@ def test_trading_stop_parameters_the_simulator_does_not_take_are_10001(
     assert caught.value.status_code == 10001
     assert named in caught.value.message
     assert _position(trader)["stopLoss"] == "0"
+
+
+def _exit_orders(server: SimServer, kind: str) -> list[tuple[str, str, str]]:
+    """(orderStatus, triggerPrice, createType) of the simulator's `kind` exit orders."""
+    orders = admin(server, "GET", "/sim/orders").json()["orders"]
+    return [
+        (o["orderStatus"], o["triggerPrice"], o["createType"])
+        for o in orders
+        if o["stopOrderType"] == kind
+    ]
+
+
+def test_a_trailing_stop_follows_the_best_price_then_closes_the_position(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Buy", "0.01")
+    settle(server)
+
+    _trading_stop(session, trailingStop="500")
+    set_at = (_position(session)["trailingStop"], _exit_orders(server, "TrailingStop"))
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 98000})
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 97800})  # back: the stop stays put
+    risen = _exit_orders(server, "TrailingStop")
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 97500})
+    settle(server)
+
+    assert set_at == ("500", [("Untriggered", "96500", "CreateByTrailingStop")])
+    assert risen == [("Untriggered", "97500", "CreateByTrailingStop")]
+    assert _exit_orders(server, "TrailingStop") == [("Filled", "97500", "CreateByTrailingStop")]
+    assert (_position(session)["size"], _position(session)["trailingStop"]) == ("0", "0")
+
+
+def test_a_trailing_stop_with_an_active_price_trails_only_once_it_is_reached(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Sell", "0.01")
+    settle(server)
+
+    _trading_stop(session, trailingStop="300", activePrice="96000", stopLoss="99000")
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 96400})  # beyond 96300: not active yet
+    waiting = _exit_orders(server, "TrailingStop")
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 95500})  # active: 95800 and following
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 95900})
+    settle(server)
+
+    assert waiting == [("Untriggered", "96300", "CreateByTrailingStop")]
+    assert _exit_orders(server, "TrailingStop") == [("Filled", "95800", "CreateByTrailingStop")]
+    assert _exit_orders(server, "StopLoss")[0][0] == "Deactivated"  # the position is gone
+    assert _position(session)["size"] == "0"
+
+
+def test_a_trailing_stop_is_cancelled_by_zero_and_refused_where_bybit_refuses_it(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Buy", "0.01")
+    settle(server)
+
+    below = _error_code(lambda: _trading_stop(session, trailingStop="300", activePrice="96000"))
+    alone = _error_code(lambda: _trading_stop(session, activePrice="98000"))
+    too_far = _error_code(lambda: _trading_stop(session, trailingStop="97000"))
+    off_tick = _error_code(lambda: _trading_stop(session, trailingStop="300.05"))
+    _trading_stop(session, trailingStop="300")
+    (order,) = session.get_open_orders(category="linear", symbol="BTCUSDT")["result"]["list"]
+    amended = _error_code(
+        lambda: session.amend_order(
+            category="linear", symbol="BTCUSDT", orderId=order["orderId"], triggerPrice="96900"
+        )
+    )
+    _trading_stop(session, trailingStop="0")
+
+    assert (below, alone, too_far, off_tick, amended) == (10001,) * 5
+    assert _exit_orders(server, "TrailingStop") == [
+        ("Deactivated", "96700", "CreateByTrailingStop")
+    ]
+    assert _position(session)["trailingStop"] == "0"
 
 
 # ------------------------------------------------------------------ authentication

@@ -336,6 +336,29 @@ def test_stop_orders_wait_for_their_trigger_and_a_reduce_only_stop_closes_the_po
     assert cancelled["status"] == "canceled"
 
 
+def test_a_trailing_amount_order_sets_the_positions_trailing_stop(
+    bybit: ccxt.bybit, server: SimServer
+) -> None:
+    bybit.create_order(SYMBOL, "market", "buy", 0.01)
+    eventually(lambda: bybit.fetch_positions([SYMBOL])[0]["contracts"], bool, "the long")
+
+    bybit.create_order(SYMBOL, "market", "sell", 0.01, None, {"trailingAmount": "500"})
+    (trailing,) = bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True})
+    server.exchange.set_prices({"BTCUSDT": "98000"})
+    raised = bybit.fetch_order(trailing["id"], SYMBOL, {"acknowledged": True})["triggerPrice"]
+    server.exchange.set_prices({"BTCUSDT": "97400"})
+
+    closed = eventually(
+        lambda: bybit.fetch_order(trailing["id"], SYMBOL, {"acknowledged": True}),
+        lambda order: order["status"] == "closed",
+        "the trailing stop to fill",
+    )
+    assert (trailing["info"]["stopOrderType"], trailing["triggerPrice"]) == ("TrailingStop", 96500)
+    assert raised == 97500
+    assert closed["filled"] == 0.01
+    assert not [p for p in bybit.fetch_positions([SYMBOL]) if p["contracts"]]
+
+
 def _pro_client(server: SimServer) -> Any:
     """ccxt.pro's bybit, its REST and WebSocket URLs pointed here."""
     exchange = ccxt.pro.bybit(
