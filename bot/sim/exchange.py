@@ -1708,7 +1708,7 @@ class SimExchange:
                 setattr(position, attribute, value)
             position.updated_ms = self.now_ms()
             self._push_position(account, params.symbol)
-            self._sync_exits(account, params.symbol)
+            self._sync_exits(account, params.symbol, cleared_by="CancelByUser")
             return {}
 
     def _trailing_changes(
@@ -1832,7 +1832,7 @@ class SimExchange:
                     or execution.order.symbol == params.base_coin + SETTLE_COIN
                 )
                 and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
-                and (params.exec_type is None or params.exec_type == "Trade")
+                and (params.exec_type is None or params.exec_type == execution.order.exec_type)
             ]
             page, cursor = _keyed_page(fills, params.limit, params.cursor, _fill_position)
             return {
@@ -1863,9 +1863,10 @@ class SimExchange:
             }
 
     def transaction_log(self, api_key: str, params: TransactionLogParams) -> dict[str, Any]:
-        """`GET /v5/account/transaction-log`: a TRADE entry per fill of the account, newest
-        first, within 24 h (or 7 days between both bounds). Nothing else moves the simulated
-        wallet (no transfers, no funding), so no other type is ever listed."""
+        """`GET /v5/account/transaction-log`: a TRADE entry per fill of the account (a
+        LIQUIDATION entry per takeover), newest first, within 24 h (or 7 days between both
+        bounds). Nothing else moves the simulated wallet (no transfers, no funding), so no
+        other type is ever listed."""
         with self._lock:
             account = self._account(api_key)
             if params.account_type is not None and params.account_type != "UNIFIED":
@@ -1880,13 +1881,13 @@ class SimExchange:
             wanted = (
                 params.category in {None, "linear"}
                 and params.currency in {None, SETTLE_COIN}
-                and params.type in {None, "TRADE"}
                 and params.trans_sub_type is None
             )
             fills = [
                 execution
                 for execution in (reversed(account.executions) if wanted else ())
                 if start <= execution.exec_ms <= end
+                and (params.type is None or params.type == execution.order.log_type)
                 and (
                     params.base_coin is None
                     or execution.order.symbol == params.base_coin + SETTLE_COIN
@@ -2746,10 +2747,14 @@ class SimExchange:
         account: AccountRecord,
         symbol: str,
         resumed_ids: Mapping[str, str | None] | None = None,
+        *,
+        cleared_by: str = "CancelByTpSlTsClear",
     ) -> None:
         """Keep the position's TP/SL orders in step with it, as Bybit does: one Untriggered
-        order per level set, sized to the position; when a level is cleared or the position
-        closes, its order is Deactivated. Each change is pushed. A new order takes a new id,
+        order per level set, sized to the position; when a level is cleared (its order ends
+        with `cleared_by`: the default is Bybit's "TP/SL order cancelled when the position is
+        cleared", as when another exit fires) or the position closes or flips (with that same
+        default), its order is Deactivated. Each change is pushed. A new order takes a new id,
         or its kind's in `resumed_ids` (a resumed position's exits keep the ids they had)."""
         position = account.positions.get(symbol)
         for kind, attribute in _EXIT_LEVELS:
@@ -2757,11 +2762,13 @@ class SimExchange:
             order = account.exit_orders.get((symbol, kind))
             if position is None or level is None or position.size == 0:
                 if order is not None:
-                    self._end_exit(account, order, "Deactivated", "UNKNOWN")
+                    closed = position is None or position.size == 0
+                    ended_by = "CancelByTpSlTsClear" if closed else cleared_by
+                    self._end_exit(account, order, "Deactivated", ended_by)
                 continue
             side = "Sell" if position.size > 0 else "Buy"
             if order is not None and order.side != side:  # another position: never reused
-                self._end_exit(account, order, "Deactivated", "UNKNOWN")
+                self._end_exit(account, order, "Deactivated", "CancelByTpSlTsClear")
                 order = None
             if order is None:
                 order = self._exit_order(

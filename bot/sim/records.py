@@ -111,6 +111,11 @@ class OrderRecord:
         """Bybit's execType of the order's fills."""
         return "BustTrade" if self.is_liquidation else "Trade"
 
+    @property
+    def log_type(self) -> str:
+        """The `type` of its fills' entries in the transaction log."""
+        return "LIQUIDATION" if self.is_liquidation else "TRADE"
+
 
 @dataclass(slots=True)
 class PositionRecord:

@@ -437,6 +437,9 @@ def test_trading_stop_zero_cancels_one_side_and_leaves_the_other(trader: HTTP) -
     _trading_stop(trader, takeProfit="0", slTriggerBy="MarkPrice")
 
     assert (_position(trader)["stopLoss"], _position(trader)["takeProfit"]) == ("99000", "0")
+    history = trader.get_order_history(category="linear", symbol="BTCUSDT")["result"]["list"]
+    (profit,) = [row for row in history if row["stopOrderType"] == "TakeProfit"]
+    assert (profit["orderStatus"], profit["cancelType"]) == ("Deactivated", "CancelByUser")
 
 
 def test_trading_stop_without_a_position_is_10001_counted_under_its_limit(trader: HTTP) -> None:

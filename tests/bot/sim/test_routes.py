@@ -175,9 +175,12 @@ def test_a_positions_tp_and_sl_are_untriggered_orders_sized_to_it(
         for row in session.get_order_history(category="linear", symbol="BTCUSDT")["result"]["list"]
         if row["stopOrderType"]
     ]
-    assert sorted((row["stopOrderType"], row["orderStatus"]) for row in ended) == [
-        ("StopLoss", "Deactivated"),
-        ("TakeProfit", "Deactivated"),
+    # Bybit's cancelType: "TP/SL order cancelled when the position is cleared".
+    assert sorted(
+        (row["stopOrderType"], row["orderStatus"], row["cancelType"]) for row in ended
+    ) == [
+        ("StopLoss", "Deactivated", "CancelByTpSlTsClear"),
+        ("TakeProfit", "Deactivated", "CancelByTpSlTsClear"),
     ]
 
 
@@ -670,10 +673,11 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
     """UTA cross margin: liquidation once equity is down to the maintenance margin (0.5 % of
     the position's value here), at the bankruptcy price (where equity is 0); the position
     shows its liquidation price before (its bustPrice is "", as in every unified account)."""
-    _market(session, "Buy", "1", stopLoss="80000")  # a stop beyond the liquidation price
+    # A stop beyond the liquidation price, and a take profit that never comes.
+    _market(session, "Buy", "1", stopLoss="80000", takeProfit="120000")
     settle(server)
     resting = _limit(session, "80000")["result"]["orderId"]
-    (stop,) = _exits(session).values()
+    exits = _exits(session)
     wallet = Decimal(_wallet(session)["totalWalletBalance"])
     entry = Decimal(97000)
     maintenance = entry * Decimal("0.005")
@@ -709,13 +713,25 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
         "Filled",
         "",
     )
-    for order_id, status in ((resting, "Cancelled"), (stop["orderId"], "Deactivated")):
+    waiting = (
+        (resting, "Cancelled"),
+        (exits["StopLoss"]["orderId"], "Deactivated"),
+        (exits["TakeProfit"]["orderId"], "Deactivated"),
+    )
+    for order_id, status in waiting:
         history = session.get_order_history(category="linear", symbol="BTCUSDT", orderId=order_id)
         (cancelled,) = history["result"]["list"]
         assert (cancelled["orderStatus"], cancelled["cancelType"]) == (
             status,
             "CancelAllBeforeLiq",
         )
+    # Fills and the transaction log filter by their type, as ccxt's liquidation queries ask.
+    for exec_type, order_type in (("BustTrade", "Limit"), ("Trade", "Market")):
+        rows = session.get_executions(category="linear", execType=exec_type)["result"]["list"]
+        assert [(row["execType"], row["orderType"]) for row in rows] == [(exec_type, order_type)]
+    for log_type in ("LIQUIDATION", "TRADE"):
+        log = session.get_transaction_log(accountType="UNIFIED", type=log_type)["result"]["list"]
+        assert [entry["type"] for entry in log] == [log_type]
     # The engine's takeover is no trade of the market: the public trades do not show it.
     trades = session.get_public_trade_history(category="linear", symbol="BTCUSDT", limit=5)
     assert str(bankruptcy) not in {row["price"] for row in trades["result"]["list"]}
