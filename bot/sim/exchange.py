@@ -1242,13 +1242,15 @@ class SimExchange:
         price_now: Decimal,
     ) -> OrderRecord:
         """Book a conditional order (lock held): Untriggered, holding no margin, until the
-        price reaches its trigger (`_fire_conditionals`). Its direction, when left out, is
-        the side of the price the trigger lies on. A reduce-only one is checked against the
-        position when it fires, not now: the position may change before."""
+        price reaches its trigger (`_fire_conditionals`) from its `triggerDirection` (required,
+        as on Bybit's linear contracts). A reduce-only one is checked against the position
+        when it fires, not now: the position may change before."""
         trigger = params.trigger_price
         assert trigger is not None
+        direction = params.trigger_direction
+        if direction is None:  # Bybit's answer for linear, where it is required
+            raise SimError(RetCode.PARAMS_ERROR, "params error: TriggerDirection invalid")
         self._check_price("triggerPrice", params.symbol, trigger)
-        direction = params.trigger_direction or (1 if trigger > price_now else 2)
         self._check_trigger(direction, trigger, price_now)
         waiting = sum(1 for o in account.conditional_orders.values() if o.symbol == params.symbol)
         if waiting >= _CONDITIONAL_ORDERS_PER_SYMBOL:

@@ -285,7 +285,8 @@ def test_duplicate_order_link_id_is_110072_and_creates_nothing(
         ({"stopLoss": "98000"}, 10001, "stopLoss"),
         ({"triggerPrice": "96000", "triggerDirection": 1}, 110092, "expect Rising"),
         ({"triggerPrice": "98000", "triggerDirection": 2}, 110093, "expect Falling"),
-        ({"triggerPrice": "98000.05"}, 10001, "triggerPrice 98000.05 is not a multiple"),
+        ({"triggerPrice": "98000.05", "triggerDirection": 1}, 10001, "98000.05 is not a multiple"),
+        ({"triggerPrice": "98000"}, 10001, "TriggerDirection invalid"),  # required for linear
     ],
 )
 def test_invalid_orders_are_rejected_with_bybits_codes(

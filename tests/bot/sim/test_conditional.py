@@ -30,6 +30,11 @@ def _exchange(balance: str = "10000") -> SimExchange:
 
 
 def _place(exchange: SimExchange, **fields: Any) -> str:
+    """`place`; a conditional order's triggerDirection, when the test leaves it out, as the
+    client means it: towards the trigger from the price now."""
+    if "triggerPrice" in fields and "triggerDirection" not in fields:
+        price = exchange.prices()[fields.get("symbol", "BTCUSDT")]
+        fields["triggerDirection"] = 1 if Decimal(fields["triggerPrice"]) > price else 2
     return place(exchange, KEY, **fields)
 
 
