@@ -45,6 +45,8 @@ class RetCode(IntEnum):
     POSITION_MODE_NOT_MODIFIED = 110025
     HEDGE_MODE_NOT_SUPPORTED = 110029
     LEVERAGE_NOT_MODIFIED = 110043
+    #: Set leverage lower than the account's free margin can carry.
+    AVAILABLE_MARGIN_INSUFFICIENT = 110044
     DUPLICATE_ORDER_LINK_ID = 110072
     #: A conditional order's trigger already passed: "expect Rising (110092) / Falling
     #: (110093), but trigger_price ... current ..."

@@ -1601,7 +1601,8 @@ class SimExchange:
             }
 
     def set_leverage(self, api_key: str, params: SetLeverageParams) -> dict[str, Any]:
-        """`POST /v5/position/set-leverage` (one-way mode: buy and sell leverage equal)."""
+        """`POST /v5/position/set-leverage` (one-way mode: buy and sell leverage equal); a
+        lower leverage whose initial margin the account cannot cover is 110044."""
         with self._lock:
             account = self._account(api_key)
             self._require(api_key, "Position")
@@ -1618,9 +1619,16 @@ class SimExchange:
                     f"params error: leverage {fmt(leverage)} must be a multiple of 0.01 "
                     f"within [1, {fmt(spec.max_leverage)}]",
                 )
-            if leverage == self._leverage(account, params.symbol):
+            before = self._leverage(account, params.symbol)
+            if leverage == before:
                 raise SimError(RetCode.LEVERAGE_NOT_MODIFIED, "leverage not modified")
             account.leverage[params.symbol] = leverage
+            if leverage < before and self._figures(account).available < 0:
+                # Less leverage needs more margin for what is held and resting: not there.
+                account.leverage[params.symbol] = before
+                raise SimError(
+                    RetCode.AVAILABLE_MARGIN_INSUFFICIENT, "Available margin is insufficient."
+                )
             self._push_position(account, params.symbol)
             self._push_wallet(account)
             return {}

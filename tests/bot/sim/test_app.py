@@ -403,6 +403,25 @@ def test_the_wallets_by_mark_price_figures_are_its_margin_figures(
     assert (account["coin"][0]["colRes"], account["coin"][0]["spotBorrow"]) == ("0", "0")
 
 
+def test_a_lower_leverage_the_margin_cannot_carry_is_110044_and_changes_nothing(
+    shared_server: SimServer, trader: HTTP
+) -> None:
+    _market(trader, "Buy", "0.5")  # 48,500 USDT of BTC on 10,000 at 10x: 4,850 of margin
+    settle(shared_server)
+
+    refused = _error_code(
+        lambda: trader.set_leverage(
+            category="linear", symbol="BTCUSDT", buyLeverage="1", sellLeverage="1"
+        )
+    )
+    kept = _position(trader)
+    trader.set_leverage(category="linear", symbol="BTCUSDT", buyLeverage="5", sellLeverage="5")
+
+    assert refused == 110044  # "Available margin is insufficient."
+    assert (kept["leverage"], kept["positionIM"]) == ("10", "4850")
+    assert _position(trader)["leverage"] == "5"  # 9,700 of margin: still covered
+
+
 def _trading_stop(session: HTTP, **fields: Any) -> Any:
     """Set Trading Stop on the BTCUSDT one-way position, entire position (Full)."""
     return session.set_trading_stop(
