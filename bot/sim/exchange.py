@@ -934,13 +934,15 @@ class SimExchange:
         return {"timeSecond": str(now_ns // 1_000_000_000), "timeNano": str(now_ns)}
 
     def instruments_info(self, params: MarketParams) -> dict[str, Any]:
-        """`GET /v5/market/instruments-info`; other categories and statuses list nothing."""
+        """`GET /v5/market/instruments-info`; other categories and statuses list nothing,
+        and so does a symbol not listed (Bybit answers it retCode 0 with an empty list)."""
         symbols: list[str] = []
         if params.category == "linear" and params.status in {None, "Trading"}:
             symbols = [
                 symbol
-                for symbol in self._symbols(params.symbol)
-                if params.base_coin is None or symbol == params.base_coin + SETTLE_COIN
+                for symbol in sorted(self._config.instruments)
+                if params.symbol in (None, symbol)
+                and (params.base_coin is None or symbol == params.base_coin + SETTLE_COIN)
             ]
         rows = [instrument_view(symbol, self._config.instruments[symbol]) for symbol in symbols]
         page, cursor = _page(rows, params.limit, params.cursor)

@@ -901,6 +901,12 @@ def test_market_data_uses_bybit_shapes(trader: HTTP) -> None:
     assert ticker["bid1Price"] == "3499.99"
 
 
+def test_instruments_info_of_a_symbol_not_listed_is_an_empty_list(trader: HTTP) -> None:
+    answer = trader.get_instruments_info(category="linear", symbol="BTC/USDT")
+
+    assert (answer["retCode"], answer["result"]["list"]) == (0, [])  # as Bybit answers it
+
+
 def test_exchange_state_outlives_a_server_restart(connect: Callable[..., HTTP]) -> None:
     exchange = SimExchange(SimulatorConfig(accounts=[_spec()]))
     with SimServer(exchange) as first:
