@@ -231,6 +231,7 @@ def _clear_trailing_stop(position: PositionRecord) -> None:
 def _clear_exit_levels(position: PositionRecord) -> None:
     """The position's TP, SL and trailing stop gone (it closed, or one of them fired)."""
     position.take_profit = position.stop_loss = None
+    position.tp_trigger_by = position.sl_trigger_by = "LastPrice"
     _clear_trailing_stop(position)
 
 
@@ -308,6 +309,8 @@ _EXIT_LEVELS = (
     ("StopLoss", "stop_loss"),
     ("TrailingStop", "trailing_level"),
 )
+#: The position's attribute naming the price each kind watches (a trailing stop: the last).
+_EXIT_TRIGGER_BY = {"TakeProfit": "tp_trigger_by", "StopLoss": "sl_trigger_by"}
 
 
 def _next_funding_ms(now: int) -> int:
@@ -1226,6 +1229,8 @@ class SimExchange:
             close_on_trigger=params.close_on_trigger,
             take_profit=params.take_profit or None,
             stop_loss=params.stop_loss or None,
+            tp_trigger_by=params.tp_trigger_by or "LastPrice",
+            sl_trigger_by=params.sl_trigger_by or "LastPrice",
             last_price_on_created=price_now,
             created_ms=now,
             updated_ms=now,
@@ -1361,10 +1366,7 @@ class SimExchange:
             self._check_price("price", order.symbol, params.price)
             changes["price"] = params.price
         changes |= self._tpsl_changes(
-            order,
-            params.take_profit,
-            params.stop_loss,
-            lambda name, level: self._check_price(name, order.symbol, level),
+            order, params, lambda name, level: self._check_price(name, order.symbol, level)
         )
         if not changes:
             raise SimError(
@@ -1707,8 +1709,7 @@ class SimExchange:
             price = self._prices[params.symbol]
             changes = self._tpsl_changes(
                 position,
-                params.take_profit,
-                params.stop_loss,
+                params,
                 lambda name, level: self._check_tpsl_level(
                     name, params.symbol, level, side, price, "position"
                 ),
@@ -2132,13 +2133,21 @@ class SimExchange:
     @staticmethod
     def _tpsl_changes(
         target: OrderRecord | PositionRecord,
-        take_profit: Decimal | None,
-        stop_loss: Decimal | None,
+        params: AmendOrderParams | TradingStopParams,
         check: Callable[[str, Decimal], None],
-    ) -> dict[str, Decimal | None]:
-        """The take_profit / stop_loss a request changes on target: a level not sent keeps
-        its value, "0" cancels it, any other is checked first."""
-        changes: dict[str, Decimal | None] = {}
+    ) -> dict[str, Any]:
+        """The take_profit / stop_loss (and the prices they watch) a request changes on
+        target: a level not sent keeps its value, "0" cancels it, any other is checked
+        first."""
+        take_profit, stop_loss = params.take_profit, params.stop_loss
+        changes: dict[str, Any] = {
+            attribute: value
+            for attribute, value in (
+                ("tp_trigger_by", params.tp_trigger_by),
+                ("sl_trigger_by", params.sl_trigger_by),
+            )
+            if value is not None and value != getattr(target, attribute)
+        }
         for name, attribute, value in (
             ("takeProfit", "take_profit", take_profit),
             ("stopLoss", "stop_loss", stop_loss),
@@ -2446,9 +2455,12 @@ class SimExchange:
             _clear_exit_levels(position)
         if position.size != 0 and (position.size > 0) == (signed_qty > 0):
             if order.take_profit is not None:
-                position.take_profit = order.take_profit
+                position.take_profit, position.tp_trigger_by = (
+                    order.take_profit,
+                    order.tp_trigger_by,
+                )
             if order.stop_loss is not None:
-                position.stop_loss = order.stop_loss
+                position.stop_loss, position.sl_trigger_by = order.stop_loss, order.sl_trigger_by
         execution = ExecutionRecord(
             exec_id=str(uuid.uuid4()),
             order=order,
@@ -2700,21 +2712,21 @@ class SimExchange:
 
     def _exit_order(
         self,
-        symbol: str,
+        position: PositionRecord,
         kind: str,
         trigger: Decimal,
-        size: Decimal,
-        price: Decimal,
+        trigger_by: str,
         order_id: str | None = None,
     ) -> OrderRecord:
-        """A position's take-profit or stop-loss order, Untriggered: a reduce-only market
-        order for the whole position, sent when the price reaches `trigger` (a new id unless
-        `order_id` is given)."""
+        """A position's take-profit, stop-loss or trailing-stop order, Untriggered: a
+        reduce-only market order for the whole position, sent when the price (`trigger_by`)
+        reaches `trigger` (a new id unless `order_id` is given)."""
         return self._closing_order(
-            symbol,
-            size,
-            price,
+            position.symbol,
+            position.size,
+            self._prices[position.symbol],
             order_id=order_id,
+            trigger_by=trigger_by,
             order_type="Market",
             price=None,
             close_on_trigger=True,
@@ -2782,20 +2794,27 @@ class SimExchange:
             if order is not None and order.side != side:  # another position: never reused
                 self._end_exit(account, order, "Deactivated", "CancelByTpSlTsClear")
                 order = None
+            watched_by = _EXIT_TRIGGER_BY.get(kind)
+            watched = getattr(position, watched_by) if watched_by else "LastPrice"
             if order is None:
                 order = self._exit_order(
-                    symbol,
-                    kind,
-                    level,
-                    position.size,
-                    self._prices[symbol],
-                    (resumed_ids or {}).get(kind),
+                    position, kind, level, watched, (resumed_ids or {}).get(kind)
                 )
                 account.exit_orders[(symbol, kind)] = order
                 account.orders[order.order_id] = order
                 self._push_order(account, order)
-            elif (order.trigger_price, order.qty) != (level, abs(position.size)):
-                self._update(account, order, trigger_price=level, qty=abs(position.size))
+            elif (order.trigger_price, order.qty, order.trigger_by) != (
+                level,
+                abs(position.size),
+                watched,
+            ):
+                self._update(
+                    account,
+                    order,
+                    trigger_price=level,
+                    qty=abs(position.size),
+                    trigger_by=watched,
+                )
 
     def _end_exit(
         self, account: AccountRecord, order: OrderRecord, status: str, cancel_type: str

@@ -327,6 +327,8 @@ class PlaceOrderParams(_Params):
     #: 1: when the price rises to triggerPrice, 2: when it falls to it.
     trigger_direction: Literal[1, 2] | None = None
     trigger_by: TriggerBy | None = None
+    tp_trigger_by: TriggerBy | None = None
+    sl_trigger_by: TriggerBy | None = None
     # The attached TP/SL is entire-position and market (Bybit's Full mode): the rest is refused.
     tpsl_mode: Annotated[str, BeforeValidator(_full_tpsl_mode)] | None = None
     tp_order_type: Literal["Market"] | None = None
@@ -347,6 +349,8 @@ class AmendOrderParams(_Params):
     price: DecimalText | None = None
     take_profit: DecimalText | None = None
     stop_loss: DecimalText | None = None
+    tp_trigger_by: TriggerBy | None = None
+    sl_trigger_by: TriggerBy | None = None
     trigger_price: DecimalText | None = None
 
 

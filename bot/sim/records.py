@@ -71,6 +71,9 @@ class OrderRecord:
     #: by its kind, for a position's TP/SL order); and the price it watches.
     trigger_direction: int = 0
     trigger_by: str = "LastPrice"
+    #: The prices its take profit and stop loss watch (echoed: the simulator has one price).
+    tp_trigger_by: str = "LastPrice"
+    sl_trigger_by: str = "LastPrice"
     #: Whether the matching engine has seen the order (it is acknowledged before that).
     arrived: bool = False
     #: Engine-clock ms from which queries show the order (query lag, visibility faults).
@@ -141,6 +144,9 @@ class PositionRecord:
     trailing_stop: Decimal | None = None
     trailing_activation: Decimal | None = None
     trailing_level: Decimal | None = None
+    #: The prices its take profit and stop loss watch (echoed on their orders).
+    tp_trigger_by: str = "LastPrice"
+    sl_trigger_by: str = "LastPrice"
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,6 +184,34 @@ def test_a_positions_tp_and_sl_are_untriggered_orders_sized_to_it(
     ]
 
 
+def test_the_prices_a_tp_and_sl_watch_are_kept_on_the_order_and_on_their_exit_orders(
+    server: SimServer, session: HTTP
+) -> None:
+    placed = _market(
+        session,
+        "Buy",
+        "0.01",
+        takeProfit="99000",
+        stopLoss="95000",
+        tpTriggerBy="MarkPrice",
+        slTriggerBy="IndexPrice",
+    )["result"]["orderId"]
+    settle(server)
+    (order,) = session.get_order_history(category="linear", orderId=placed)["result"]["list"]
+    watched = {kind: row["triggerBy"] for kind, row in _exits(session).items()}
+    session.set_trading_stop(
+        category="linear", symbol="BTCUSDT", tpslMode="Full", positionIdx=0, slTriggerBy="LastPrice"
+    )
+    moved = {kind: row["triggerBy"] for kind, row in _exits(session).items()}
+    with pytest.raises(InvalidRequestError) as refused:
+        _market(session, "Buy", "0.01", takeProfit="99000", tpTriggerBy="Foo")
+
+    assert (order["tpTriggerBy"], order["slTriggerBy"]) == ("MarkPrice", "IndexPrice")
+    assert watched == {"TakeProfit": "MarkPrice", "StopLoss": "IndexPrice"}
+    assert moved == {"TakeProfit": "MarkPrice", "StopLoss": "LastPrice"}
+    assert refused.value.status_code == 10001 and "tpTriggerBy" in refused.value.message
+
+
 def test_cancel_all_of_stop_orders_of_type_stop_leaves_the_positions_tp_and_sl(
     server: SimServer, session: HTTP
 ) -> None:
