@@ -608,6 +608,18 @@ class AccountKeeper:
             return None, True
         # The venue's id of ours: as the journal held it, or once committed since.
         order_id = owner.order_id or self._journal.venue_order_id(link_id)
+        if order_id is None and self._journal.unfinished(link_id) is None:
+            # Finished, and no orderId remembered (it may predate the acknowledgement): as
+            # the journal committed it. Finished without one, the venue never took it from
+            # us (rejected, or never sent): a fill under its orderLinkId is another client's.
+            owner = await self._journal.call(self._journal.order_owner, link_id)
+            self._remember(link_id, owner)
+            if owner is None:
+                return None, True
+            if owner.order_id is None:
+                self._warn_foreign(link_id, "a fill of an order the venue never took from us")
+                return None, False
+            order_id = owner.order_id
         problem = differences(
             ("symbol", fill.symbol, owner.symbol),
             ("side", fill.side, owner.side),

@@ -573,6 +573,14 @@ class OrderEvent(_Message):
     symbol: str | None = None
     side: Side | None = None
     order_type: OrderType | None = None
+    #: The order's terms as the venue's report gives them (its reports only; None: not
+    #: said): a limit price, the reduce-only flag, and the stop loss and take profit it
+    #: carries (0: none). Before the venue has given ours an orderId, only these tell an
+    #: order of another client under our orderLinkId from ours.
+    venue_price: Decimal | None = None
+    venue_reduce_only: bool | None = None
+    venue_stop_loss: Decimal | None = None
+    venue_take_profit: Decimal | None = None
 
 
 class ExitOrder(_Message):

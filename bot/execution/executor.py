@@ -38,7 +38,7 @@ from functools import partial
 from typing import Final
 
 from bot.execution.config import ExecutionConfig
-from bot.execution.orders import OPEN_AT_VENUE, not_ours
+from bot.execution.orders import OPEN_AT_VENUE, not_ours, unlike_request
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.messages import (
@@ -448,7 +448,8 @@ class Executor:
                             await asyncio.wrap_future(written)
                         self._settled(submitting, written.result())
             except DuplicateOrderError as exc:
-                # It exists (a lost answer of an earlier send): look it up, with patience.
+                # It exists (a lost answer of an earlier send, or an earlier journal's): look
+                # it up, with patience.
                 last, may_exist = exc, True
                 try:
                     found = await self._look_up_patiently(request, self._config.lookup_delays_s)
@@ -584,7 +585,8 @@ class Executor:
         `order_id`: the venue's id of ours, if the caller knows it (else the journal's).
 
         What the venue shows under our orderLinkId may be another client's order (`not_ours`:
-        another side or type, or, once the venue has given ours an orderId, another one).
+        another side or type, or, once the venue has given ours an orderId, another one;
+        before, `unlike_request`: terms other than ours, such as its qty, price or stop).
         Before ours has an orderId, ours cannot be there under that id, and never will be:
         the order is rejected. After, the row is not ours, and is passed over. (A foreign
         order in another symbol is not found at all, the look-up asking for ours: the order
@@ -598,14 +600,12 @@ class Executor:
             return None
         order_id = order_id or self._journal.venue_order_id(request.order_link_id)
         problem = not_ours(found, request, order_id)
+        if problem is None and order_id is None:
+            problem = unlike_request(found, request)
         if problem is None:
             return await self._apply(found)
         if order_id is None:
-            return await self._reject(
-                request,
-                f"the venue holds another client's order under its orderLinkId ({problem}); "
-                "give each program on a key its own strategy names, or its own key",
-            )
+            return await self._reject_foreign(request, problem)
         logger.warning(
             "order look-up found another client's order under our orderLinkId ({problem}): "
             "passed over",
@@ -762,12 +762,25 @@ class Executor:
         if moved and event.status.is_terminal:
             self._order_settled(event.order_link_id)
 
-    async def _reject(self, request: OrderRequest, reason: str) -> OrderEvent:
-        logger.warning("order {id} rejected: {reason}", id=request.order_link_id, reason=reason)
+    async def _reject(
+        self, request: OrderRequest, reason: str, *, notify: str | None = None
+    ) -> OrderEvent:
+        log = logger.bind(notify=notify) if notify else logger
+        log.warning("order {id} rejected: {reason}", id=request.order_link_id, reason=reason)
         return await self._record(
             OrderEvent(
                 order_link_id=request.order_link_id, status=OrderStatus.REJECTED, reason=reason
             )
+        )
+
+    async def _reject_foreign(self, request: OrderRequest, problem: str) -> OrderEvent:
+        """Reject an order never placed because the venue holds another client's order under
+        its orderLinkId (`problem` says how we know), said as a foreign-client warning."""
+        return await self._reject(
+            request,
+            f"the venue holds another client's order under its orderLinkId ({problem}); "
+            "give each program on a key its own strategy names, or its own key",
+            notify="foreign",
         )
 
     # waiting ---------------------------------------------------------------------------------

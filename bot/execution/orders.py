@@ -24,7 +24,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Final
 
-from bot.messages import OrderEvent, OrderRequest, OrderStatus
+from bot.messages import OrderEvent, OrderRequest, OrderStatus, OrderType, Side
 
 __all__ = [
     "MAY_EXIST_AT_VENUE",
@@ -33,6 +33,7 @@ __all__ = [
     "check_transition",
     "differences",
     "not_ours",
+    "unlike_request",
 ]
 
 #: States in which the venue may hold the order although the journal cannot prove it.
@@ -95,6 +96,35 @@ def not_ours(event: OrderEvent, request: OrderRequest, order_id: str | None) -> 
         ("type", event.order_type, request.order_type),
         ("orderId", event.order_id, order_id),
     )
+
+
+def unlike_request(event: OrderEvent, request: OrderRequest) -> str | None:
+    """What a venue report under `request`'s orderLinkId shows of terms other than the
+    request's, where it says them: a quantity (a reduce-only order's may be trimmed to the
+    position, never grown), a limit price (the venue may move it in to its price band, towards
+    the market, never away), the reduce-only flag, the stop loss or the take profit. Asked
+    before the venue has given ours an orderId, when an order of the same symbol, side and
+    type may still be another client's; None if nothing differs (ours, or an exact copy,
+    which trades as ours would)."""
+    qty, price, said = event.venue_qty, event.venue_price, []
+    if qty is not None and (qty > request.qty if request.reduce_only else qty != request.qty):
+        said.append(f"qty {qty}, not {request.qty}")
+    limit = request.price if request.order_type is OrderType.LIMIT else None
+    if price is not None and limit is not None and _worse(price, limit, request.side):
+        said.append(f"price {price}, not {limit}")
+    zero = Decimal(0)
+    terms = differences(
+        ("reduceOnly", event.venue_reduce_only, request.reduce_only),
+        ("stopLoss", event.venue_stop_loss, request.stop_loss or zero),
+        ("takeProfit", event.venue_take_profit, request.take_profit or zero),
+    )
+    return "; ".join([*said, terms] if terms else said) or None
+
+
+def _worse(price: Decimal, limit: Decimal, side: Side) -> bool:
+    """Whether `price` lies beyond `limit` away from the market (a buy's above, a sell's
+    below): a limit the venue's price band moved lies towards the market, never away."""
+    return price > limit if side is Side.BUY else price < limit
 
 
 def differences(*fields: tuple[str, object, object]) -> str | None:

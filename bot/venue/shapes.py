@@ -76,7 +76,19 @@ def order_event(row: dict[str, Any]) -> OrderEvent:
         symbol=str(row["symbol"]) if row.get("symbol") else None,
         side=_side(row) if row.get("side") in ("Buy", "Sell") else None,
         order_type=_order_type(row),
+        venue_price=_level(row, "price") or None,
+        venue_reduce_only=row["reduceOnly"] if isinstance(row.get("reduceOnly"), bool) else None,
+        venue_stop_loss=_level(row, "stopLoss"),
+        venue_take_profit=_level(row, "takeProfit"),
     )
+
+
+def _level(row: dict[str, Any], name: str) -> Decimal | None:
+    """A price field of an order row: 0 when it says none ("", "0"), None when absent."""
+    if name not in row:
+        return None
+    text = str(row[name] or "0")
+    return decimal_field(text, name)
 
 
 def _order_type(row: dict[str, Any]) -> OrderType | None:

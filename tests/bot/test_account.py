@@ -337,6 +337,52 @@ def test_a_fill_of_another_orderid_under_our_order_link_id_is_not_ours(journal: 
     assert projection.booked_qty("alpha-0-x") == 0  # no fill of our order
 
 
+def test_a_fill_under_the_order_link_id_of_an_order_the_venue_never_took_is_not_ours(
+    journal: Journal,
+) -> None:
+    # Our order was told of as journaled (its owner remembered), then rejected without ever
+    # reaching the venue; another client's order under its orderLinkId fills.
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    keeper.expect_order(make_request(order_link_id="alpha-0-x", strategy="alpha"))
+    journal.record_order_event(
+        OrderEvent(order_link_id="alpha-0-x", status=OrderStatus.REJECTED, reason="not ours")
+    )
+    theirs = fill(Side.BUY, "0.01", "100", link="alpha-0-x").model_copy(
+        update={"order_id": "their-order"}
+    )
+
+    said = apply_logged(keeper, journal, theirs)
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("0.01")
+    assert any("never took from us" in message for level, message in said if level == "WARNING")
+
+
+def test_a_late_fill_of_a_finished_order_of_ours_is_still_ours(journal: Journal) -> None:
+    # The owner was remembered before the acknowledgement (no orderId); the order has since
+    # filled and left the unfinished orders: the journal's committed orderId decides.
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    keeper.expect_order(make_request(order_link_id="alpha-0-x", strategy="alpha"))
+    for status in (OrderStatus.NEW, OrderStatus.FILLED):
+        journal.record_order_event(
+            OrderEvent(
+                order_link_id="alpha-0-x",
+                status=status,
+                order_id="our-order",
+                filled_qty=Decimal("0.01") if status is OrderStatus.FILLED else Decimal(0),
+            )
+        )
+    late = fill(Side.BUY, "0.01", "100", link="alpha-0-x").model_copy(
+        update={"order_id": "our-order"}
+    )
+
+    apply_logged(keeper, journal, late)
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
+
+
 reports = st.lists(
     st.tuples(st.sampled_from(Side), st.integers(min_value=1, max_value=50)),
     min_size=1,
@@ -408,10 +454,14 @@ def test_a_partial_stop_shared_by_three_strategies_adds_up_exactly() -> None:
 def test_a_fill_of_an_expected_order_is_attributed_without_asking_the_journal(
     journal: Journal,
 ) -> None:
-    # The journal holds no order "beta-0-y": only the executor's word says whose it is.
+    # The executor's word says whose it is, once the order is journaled (as it is told,
+    # before the send): no look-up of the journal's rows on the fill's way.
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)
-    keeper.expect_order(make_request(order_link_id="beta-0-y", strategy="beta"))
+    request = make_request(order_link_id="beta-0-y", strategy="beta")
+    journal.record_order(request)
+    journal.order_owner = None  # type: ignore[method-assign,assignment]  # asked: a TypeError
+    keeper.expect_order(request)
 
     asyncio.run(keeper.apply(fill(Side.BUY, "0.02", "100", link="beta-0-y")))
 

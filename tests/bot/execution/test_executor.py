@@ -132,6 +132,48 @@ def test_another_clients_order_under_our_order_link_id_is_not_taken_for_ours(
     venue.close()
 
 
+@pytest.mark.parametrize(
+    ("theirs", "named"),
+    [
+        ({"qty": Decimal("0.002")}, "qty 0.002, not 0.001"),
+        ({"stop_loss": Decimal(90000)}, "stopLoss 90000, not 0"),
+        ({"take_profit": Decimal(99000)}, "takeProfit 99000, not 0"),
+    ],
+)
+def test_another_clients_order_of_our_symbol_side_and_type_but_other_terms_is_not_ours(
+    exchange: tuple[SimExchange, str], tmp_path: Path, theirs: dict[str, object], named: str
+) -> None:
+    # The orderLinkId scheme is public: another program can place its own buy under the id
+    # our buy will use before we send it. Only the terms tell it from ours.
+    item = intent()
+    ours = build_request(approve(item), "k")
+    executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
+    asyncio.run(venue.place_order(ours.model_copy(update=theirs)))
+
+    event = asyncio.run(executor.execute(approve(item), "k"))
+
+    assert event.status is OrderStatus.REJECTED
+    assert "another client's order" in event.reason and named in event.reason
+    (only,) = orders_for(exchange[0], item)  # theirs; ours was never placed, nor adopted
+    assert only["qty"] == str(theirs.get("qty", "0.001"))
+    venue.close()
+
+
+def test_an_exact_copy_of_our_order_under_our_order_link_id_is_taken_as_ours(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # As after a lost journal: what the venue holds is in every way the order we would send.
+    item = intent()
+    executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
+    asyncio.run(venue.place_order(build_request(approve(item), "k")))
+
+    event = asyncio.run(executor.execute(approve(item), "k"))
+
+    assert event.status is OrderStatus.FILLED
+    assert len(orders_for(exchange[0], item)) == 1
+    venue.close()
+
+
 def test_a_dropped_answer_is_looked_up_and_found(
     exchange: tuple[SimExchange, str], tmp_path: Path
 ) -> None:
