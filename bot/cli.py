@@ -51,7 +51,7 @@ from bot.journal import (
     lock_journal,
 )
 from bot.messages import SignalError, is_unicode, parse_signal, utc_now
-from bot.net import DEFAULT_SIM_PORT
+from bot.net import DEFAULT_SIM_PORT, tcp_listener
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -347,10 +347,13 @@ def _webhook_url(settings: BotSettings, source: str, url: str | None) -> str:
     has enabled (a one-line error otherwise)."""
     if url is not None:
         try:
-            path = urllib.parse.urlsplit(url).path
-        except ValueError:
-            return url  # refused, with its reason, when it is posted to
-        return f"{url.rstrip('/')}/webhooks/{source}" if path in ("", "/") else url
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - checked here: http.client would wrap 99999 to 34463
+        except ValueError as exc:
+            _fail(f"--url {url!r} is not a usable URL ({exc}): give http://host:port")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            _fail(f"--url {url!r} is not an http:// or https:// URL with a host")
+        return f"{url.rstrip('/')}/webhooks/{source}" if parts.path in ("", "/") else url
     try:
         settings.require_source(source)
     except ConfigError as exc:
@@ -1267,12 +1270,19 @@ def sim(
         exchange.add_account(account)
     if injected is not None:
         exchange.set_faults(injected)
+    try:
+        sock = tcp_listener(host, port)
+    except OSError as exc:
+        _fail(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; is a simulator already "
+            "running there? Choose another with --port"
+        )
     console.print(
         f"simulator on http://{host}:{port} with keys: "
         + (", ".join(account.note for account in accounts) or "(none)"),
         highlight=False,
     )
-    run_forever(exchange, host, port)
+    run_forever(exchange, host, port, sock=sock)
 
 
 def main() -> None:

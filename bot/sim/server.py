@@ -154,10 +154,16 @@ class SimServer:
 
 
 def run_forever(
-    exchange: SimExchange, host: str = "127.0.0.1", port: int = DEFAULT_SIM_PORT
+    exchange: SimExchange,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_SIM_PORT,
+    *,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve the exchange, and run its engine, in the foreground until SIGINT/SIGTERM
-    (`bot sim --port N`)."""
+    (`bot sim --port N`), on `sock` if given (bound by the caller, who can then say why a
+    port cannot be had), else on one bound to host:port here (OSError if it cannot be)."""
+    sock = sock or tcp_listener(host, port)
     config = uvicorn.Config(
         create_app(exchange),
         host=host,
@@ -173,6 +179,7 @@ def run_forever(
     exchange.start_engine()
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.Server(config).run()
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         exchange.stop_engine()
+        sock.close()

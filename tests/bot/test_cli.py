@@ -735,13 +735,15 @@ def test_signal_send_to_a_bad_url_or_a_trickling_server_ends_in_one_line(tmp_pat
         took = time.monotonic() - started
     finally:
         server.close()
-    answers = [send(config, *BUY_BTC, "--url", url) for url in ("notaurl", "http://[::1")]
+    bad_urls = ("notaurl", "http://[::1", "ftp://127.0.0.1:1/", "http://127.0.0.1:99999")
+    answers = [send(config, *BUY_BTC, "--url", url) for url in bad_urls]
 
     assert slow.returncode == 2 and "no answer from" in slow.stderr
     assert took < 30  # its 10 s timeout, not the trickle's 90 s
-    for answer in answers:
+    for url, answer in zip(bad_urls, answers, strict=True):
         assert answer.returncode == 2
-        assert "Traceback" not in answer.stderr and "not" in answer.stderr
+        assert _one_line(answer.stderr).startswith(f"error: --url {url!r} is not")
+    assert "Port out of range" in answers[-1].stderr  # never sent to 99999 - 65536
 
 
 def test_bytes_that_are_not_utf8_in_an_argument_or_a_secret_are_one_line(
@@ -810,6 +812,19 @@ def test_bot_sim_refuses_a_port_out_of_range(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "Invalid value for '--port'" in refused.stderr
     assert "less than or equal to 65535" in refused.stderr
+
+
+def test_bot_sim_on_a_port_in_use_says_so_in_one_line(sim_config: Callable[..., Path]) -> None:
+    config = sim_config()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = bot("sim", "--port", str(port), "--config", str(config), cwd=config.parent)
+
+    assert refused.returncode == 2
+    assert _one_line(refused.stderr).startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert refused.stdout == ""  # not announced as running
 
 
 def test_errors_are_printed_even_with_columns_zero(tmp_path: Path) -> None:
