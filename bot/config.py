@@ -69,6 +69,7 @@ __all__ = [
     "RiskConfig",
     "StrategyConfig",
     "VenueConfig",
+    "describe_section",
     "load_settings",
     "secret_resolver",
 ]
@@ -476,6 +477,16 @@ def _describe(exc: ValidationError, path: Path) -> str:
     a BOT_ variable) and, for a bad value, the value and what is allowed. Only a setting's
     value is shown: a secret is never a setting (it is refused by name, unshown)."""
     return "\n".join(_problem(error, path) for error in exc.errors(include_url=False))
+
+
+def describe_section(exc: ValidationError, section: str, path: Path | None) -> str:
+    """`_describe` for a section validated apart from the settings (its own model): each
+    problem names `section.key`, the value, what is allowed and where it was set."""
+    where = path or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG_PATH)
+    return "\n".join(
+        _problem({**error, "loc": (section, *error["loc"])}, where)
+        for error in exc.errors(include_url=False)
+    )
 
 
 def _problem(error: ErrorDetails, path: Path) -> str:

@@ -420,6 +420,10 @@ class Service:
             key_name: self._resolver.credentials(key_name)
             for key_name in sorted({slot.key_name for slot in strategies.values()})
         }
+        if self._starts_simulator():  # a bad [sim] section too stops the start before it
+            from bot.simulated import simulator_config
+
+            simulator_config(settings)
         if not settings.journal_path.exists():
             logger.info("new journal at {path}", path=settings.journal_path.absolute())
         journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
@@ -657,16 +661,20 @@ class Service:
 
     def _venue_url(self, resources: ExitStack, journal: Journal, fills: Sequence[Execution]) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""
-        if self.settings.environment is not Environment.SIM:
-            return ""
-        if self.settings.venue.sim_url:
-            return self.settings.venue.sim_url
+        if not self._starts_simulator():
+            return (
+                self.settings.venue.sim_url if self.settings.environment is Environment.SIM else ""
+            )
         from bot.simulated import start_simulator  # only `sim` without a sim_url needs it
 
         server = start_simulator(self.settings, self._resolver, journal, fills)
         resources.callback(server.stop)
         self._simulator = server.exchange
         return server.url
+
+    def _starts_simulator(self) -> bool:
+        """Whether this run starts its own simulator: `sim` without a `venue.sim_url`."""
+        return self.settings.environment is Environment.SIM and not self.settings.venue.sim_url
 
     def _introduce_to_simulator(self, old: ApiCredentials, new: ApiCredentials) -> None:
         """A key rotated in `sim` becomes a second key of the same account in the bot's own

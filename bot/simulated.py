@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from pydantic import ValidationError
 
-from bot.config import BotSettings, ConfigError, Environment
+from bot.config import BotSettings, ConfigError, Environment, describe_section
 from bot.execution.orders import OPEN_AT_VENUE
 from bot.journal import Journal, WaitingExit
 from bot.logs import logger
@@ -37,11 +37,7 @@ def simulator_config(settings: BotSettings) -> SimulatorConfig:
     try:
         return SimulatorConfig.model_validate(settings.sim)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"sim.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"invalid [sim] configuration: {problems}") from None
+        raise ConfigError(describe_section(exc, "sim", settings.source)) from None
 
 
 def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAccountSpec]:

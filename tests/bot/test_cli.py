@@ -215,6 +215,22 @@ def test_an_empty_journal_is_said_to_be_empty(sim_config: Callable[..., Path]) -
     assert "no positions or balances journaled yet" in held.stderr
 
 
+def test_a_bad_sim_setting_stops_run_before_a_journal_is_made(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config(extra="\n[sim]\nstarting_balance_usdt = -10\n")
+
+    result = bot("run", "--config", str(config), cwd=config.parent)
+
+    assert result.returncode == 2
+    assert (
+        f"error: invalid sim.starting_balance_usdt = -10 in {config}: "
+        "Input should be greater than or equal to 0\n"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr and "new journal" not in result.stderr
+    assert not load_settings(config).journal_path.exists()
+
+
 def test_unknown_config_key_stops_run_with_its_name(sim_config: Callable[..., Path]) -> None:
     config = sim_config(extra="\n[venue]\nrecv_windw_ms = 5000\n")
 
