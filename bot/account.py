@@ -77,6 +77,10 @@ _BOOKED_ORDERS: Final = 10_000
 #: The cancelled exit orders, and the orderLinkIds of ours another client used, already
 #: warned of (a stream that reconnects may report one again), oldest forgotten first.
 _WARNED_KEPT: Final = 1_000
+#: Position exits whose level only a client moves (a trailing stop's moves by itself).
+_MOVABLE_EXITS: Final = frozenset({"StopLoss", "TakeProfit"})
+#: Levels the bot set lately, per position exit, that a move to is the bot's own.
+_LEVELS_KEPT: Final = 8
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
 #: asks from a minute before the newest journaled fill, so its pages land well inside; an
 #: older fill is looked up in the journal instead (right, only slower), so the memory stays
@@ -467,6 +471,11 @@ class AccountKeeper:
         self._recent_fills = RecentFills(fill_memory)
         self._warned_exits: OrderedDict[str, None] = OrderedDict()
         self._warned_foreign: OrderedDict[str, None] = OrderedDict()
+        # The trigger each position exit (by orderId) last showed, and the levels the bot
+        # itself set or asked for lately, per (key, symbol, kind): a move to any other level
+        # was made by another client.
+        self._exit_triggers: OrderedDict[str, Decimal] = OrderedDict()
+        self._levels_set: dict[tuple[str, str, str], deque[Decimal]] = {}
         for fill in seen_fills:
             self._recent_fills.add(fill)
         # One fill too old for the memory is checked against the journal at a time, so a
@@ -489,6 +498,7 @@ class AccountKeeper:
         elif isinstance(report, ExitOrder):
             self._write(journal.record_exit, report)
             self._warn_if_unprotected(report)
+            self._warn_if_moved(report)
         elif isinstance(report, Execution):
             await self._apply_execution(report)
         elif isinstance(report, PositionUpdate):
@@ -521,6 +531,42 @@ class AccountKeeper:
             symbol=exit_order.symbol,
             key=exit_order.key_name,
             order_id=exit_order.order_id,
+        )
+
+    def expect_level(self, key_name: str, symbol: str, kind: str, level: Decimal) -> None:
+        """The bot sets (or is about to set) the `kind` exit (StopLoss, TakeProfit) of the
+        key's `symbol` position to `level`: a move of that exit to it is the bot's own."""
+        levels = self._levels_set.setdefault((key_name, symbol, kind), deque(maxlen=_LEVELS_KEPT))
+        levels.append(level)
+
+    def _warn_if_moved(self, exit_order: ExitOrder) -> None:
+        """Say so, once per level, when a stop loss or take profit of a position moves at the
+        venue to a level the bot did not set (another client amended it, or set the
+        position's level): the position is then protected otherwise than the bot meant."""
+        trigger, order_id = exit_order.trigger_price, exit_order.order_id
+        if (
+            trigger is None
+            or exit_order.kind not in _MOVABLE_EXITS
+            or exit_order.status.is_terminal
+        ):
+            return
+        before = self._exit_triggers.pop(order_id, None)
+        self._exit_triggers[order_id] = trigger
+        if len(self._exit_triggers) > _WARNED_KEPT:
+            self._exit_triggers.popitem(last=False)
+        where = (exit_order.key_name, exit_order.symbol, exit_order.kind)
+        if before is None or before == trigger or trigger in self._levels_set.get(where, ()):
+            return
+        logger.bind(notify="foreign").warning(
+            "the {kind} of the {symbol} position on key {key} was moved at the venue from "
+            "{before} to {trigger}, not by the bot (orderId {order_id}); set it again (POST "
+            "/v5/position/trading-stop) if that was not meant",
+            kind=exit_order.kind,
+            symbol=exit_order.symbol,
+            key=exit_order.key_name,
+            before=before,
+            trigger=trigger,
+            order_id=order_id,
         )
 
     def _warn_foreign(self, order_link_id: str, problem: str) -> None:
@@ -581,10 +627,14 @@ class AccountKeeper:
 
     def expect_order(self, request: OrderRequest) -> None:
         """An order of ours is journaled and about to be sent: its fills will be attributed
-        to its strategy without asking the journal (one thread hop less on each fill)."""
+        to its strategy without asking the journal (one thread hop less on each fill), and
+        the stop loss and take profit it carries become its position's levels."""
         self._remember(
             request.order_link_id, OrderOwner(request.strategy, request.symbol, request.side)
         )
+        for kind, level in (("StopLoss", request.stop_loss), ("TakeProfit", request.take_profit)):
+            if level is not None:
+                self.expect_level(request.key_name, request.symbol, kind, level)
 
     def _remember(self, order_link_id: str, owner: OrderOwner | None) -> None:
         self._owners[order_link_id] = owner

@@ -468,6 +468,9 @@ class Service:
             venue_leverage=account.projection.leverage,
             booked_qty=account.projection.booked_qty,
             order_journaled=account.keeper.expect_order,
+            stop_moving=lambda key_name, move: account.keeper.expect_level(
+                key_name, move.symbol, "StopLoss", move.stop_loss
+            ),
         )
         account.on_order_update(executor.order_updated)
         account.on_position_update(executor.position_updated)

@@ -118,6 +118,7 @@ class Executor:
         venue_leverage: Callable[[str, str], Decimal | None] = lambda key, symbol: None,
         booked_qty: Callable[[str], Decimal] | None = None,
         order_journaled: Callable[[OrderRequest], None] = lambda request: None,
+        stop_moving: Callable[[str, StopMove], None] = lambda key_name, move: None,
         rng: random.Random | None = None,
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
@@ -128,7 +129,8 @@ class Executor:
         `venue_leverage(key, symbol)` is the venue's leverage as last reported, if known;
         `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
         follower waits for them, so the next signal of the lane sees the position);
-        `order_journaled` hears of each order journaled by `execute_all`, before its send."""
+        `order_journaled` hears of each order journaled by `execute_all`, before its send,
+        and `stop_moving(key, move)` of each stop loss `move_stop` is about to set."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
@@ -139,6 +141,7 @@ class Executor:
         self._venue_leverage = venue_leverage
         self._booked_qty = booked_qty
         self._order_journaled = order_journaled
+        self._stop_moving = stop_moving
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         self._in_flight: set[str] = set()
@@ -219,6 +222,7 @@ class Executor:
         outcome `moved`, `rejected` (the venue's final no) or `failed` (attempts spent, or the
         key disabled). Setting a stop is idempotent, so an ambiguous answer is simply retried."""
         venue = self._venues[key_name]
+        self._stop_moving(key_name, move)
         last: VenueError | None = None
         for attempt in range(self._config.max_send_attempts):
             try:

@@ -640,3 +640,25 @@ def test_a_stop_cancelled_at_the_venue_under_an_open_position_is_warned_of_once(
 
     expected = 1 if warned else 0
     assert len([line for line in lines if "StopLoss" in line and "foreign" in line]) == expected
+
+
+def test_a_stop_moved_at_the_venue_to_a_level_the_bot_did_not_set_is_warned_of_once(
+    journal: Journal,
+) -> None:
+    keeper = AccountKeeper(journal, AccountProjection())
+    keeper.expect_order(
+        make_request(order_link_id="follow-0-sl", key_name="follow_sim", stop_loss=Decimal(95000))
+    )
+    keeper.expect_level("follow_sim", "BTCUSDT", "StopLoss", Decimal(96000))  # a stop move
+    levels = (95000, 95000, 96000, 50000, 50000)  # resized, moved by the bot, then by another
+
+    said = apply_logged(
+        keeper, journal, *(stop_loss(trigger_price=Decimal(level)) for level in levels)
+    )
+
+    warnings = [message for level, message in said if level == "WARNING"]
+    assert len(warnings) == 1
+    assert (
+        "StopLoss of the BTCUSDT position on key follow_sim was moved at the venue" in (warnings[0])
+    )
+    assert "from 96000 to 50000, not by the bot" in warnings[0]

@@ -145,6 +145,39 @@ def test_a_trailing_stop_set_at_the_venue_closes_the_strategys_book_when_it_fire
     assert errors == []
 
 
+def test_a_stop_loss_another_client_moves_at_the_venue_is_warned_of(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    _, server = exchange
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    bot = start(sim_config, server, STREAM_ONLY)
+    session = HTTP(api_key=KEY, api_secret=SECRET)
+    session.endpoint = server.url
+    try:
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+        assert bot.post(signal("widened")).status_code == 202  # its stop loss at 95000
+        wait_for(lambda: bot.journal_status("widened") == ["Filled"], what="the long")
+        stops = wait_for(
+            lambda: session.get_open_orders(
+                category="linear", symbol="BTCUSDT", orderFilter="StopOrder"
+            )["result"]["list"],
+            what="the stop loss order",
+        )
+        session.amend_order(
+            category="linear", symbol="BTCUSDT", orderId=stops[0]["orderId"], triggerPrice="50000"
+        )
+        moved = wait_for(
+            lambda: [line for line in warnings if "was moved at the venue" in line],
+            what="the warning",
+        )
+    finally:
+        bot.stop()
+        logger.remove(sink)
+
+    assert len(moved) == 1 and "from 95000 to 50000" in moved[0]
+
+
 SHARED = """
 [keys.follow_sim]
 environment = "sim"

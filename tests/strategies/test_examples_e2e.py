@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import requests
+from loguru import logger
 from pydantic import SecretStr
 
 from bot.execution.ids import order_link_id
@@ -132,13 +133,27 @@ def test_ladder_enters_then_scales_out_and_moves_its_stop_to_break_even(
     trading: Callable[..., Trading],
 ) -> None:
     run = trading("ladder", "ladder", LADDER)  # market_cache_s = 1 s: the stop reads afresh
-
-    move = enter_and_reach_the_first_target(run)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        move = enter_and_reach_the_first_target(run)
+        wait_for(  # the venue's report of the moved stop has reached the bot
+            lambda: (
+                run.bot.read_journal(
+                    lambda journal: [e.trigger_price for e in journal.waiting_exits()]
+                )
+                == [Decimal(97000)]
+            ),
+            what="the stop's new level journaled",
+        )
+    finally:
+        logger.remove(sink)
 
     assert (move["strategy"], move["outcome"]) == ("ladder", "moved"), move["reason"]
     position = run.position()
     assert Decimal(position["stopLoss"]) == Decimal(position["avgPrice"]) == Decimal(97000)
     assert position["size"] == "0.003"
+    assert not [line for line in warnings if "moved at the venue" in line]  # the bot's own
 
 
 SELECTIVE = 'max_notional_usdt = 500\nsides = ["buy"]\nmin_reward_risk = 1.5'
