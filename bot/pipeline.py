@@ -61,6 +61,18 @@ ON_START_BUDGET_S: Final = 30.0
 #: The source of the synthetic signals `on_timer` gets.
 TIMER_SOURCE: Final = "timer"
 ZERO: Final = Decimal(0)
+#: What a signal asks to trade: two signals under one id that differ in any of these are two
+#: signals (the id reused), not a resend of one.
+_SIGNAL_TERMS: Final = (
+    "symbol",
+    "side",
+    "action",
+    "entry",
+    "stop_loss",
+    "take_profit",
+    "leverage",
+    "strategy",
+)
 
 
 class StrategyStartError(ConfigError):
@@ -136,11 +148,30 @@ class Pipeline:
         if not await self._journal.call_ahead(self._journal.record_signal, signal):
             logger.info("duplicate signal ignored", source=signal.source, signal_id=signal.id)
             metrics.SIGNALS.labels(signal.source, "duplicate").inc()
+            await self._warn_if_reused(signal)
             return False
         metrics.SIGNALS.labels(signal.source, "accepted").inc()
         metrics.LAST_SIGNAL.labels(signal.source).set_to_current_time()
         self._dispatch(signal, self._route(signal))
         return True
+
+    async def _warn_if_reused(self, signal: Signal) -> None:
+        """Say so when a duplicate's id was used before for another signal (another symbol,
+        side, action or price, not a resend of the same one): the first is kept, so the
+        second is never traded, which its sender must hear of."""
+        first = await self._journal.call(self._journal.signal, signal.source, signal.id)
+        if first is None:
+            return
+        changed = [name for name in _SIGNAL_TERMS if getattr(first, name) != getattr(signal, name)]
+        if changed:
+            logger.bind(notify="rejection").warning(
+                "signal id {signal_id} of {source} was used before for another signal (its "
+                "{fields} differ): the first is kept and this one is not traded; give each "
+                "signal its own id",
+                signal_id=signal.id,
+                source=signal.source,
+                fields=", ".join(changed),
+            )
 
     async def recover(self) -> int:
         """Queue, in their original order, the signals a previous run journaled but never

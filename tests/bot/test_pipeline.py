@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from bot.account import Account
 from bot.execution.executor import Executor
@@ -201,3 +202,26 @@ def test_a_signal_nobody_subscribes_to_is_journaled_with_the_reason(
     assert decisions(journal) == {
         "ghost": ("declined", "strategy 'ghost' is not configured for source 'voc'")
     }
+
+
+def test_an_id_reused_for_another_signal_is_warned_of_and_a_resend_is_not(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline = stages[0]
+    first = signal("nobody", id="reused")
+    resent = signal("nobody", id="reused", ts=datetime.now(UTC).isoformat())  # a later copy
+    other = signal("nobody", id="reused", side="sell", stop_loss=99000)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+
+    async def submit_all() -> list[bool]:
+        return [await pipeline.submit(item) for item in (first, resent, other)]
+
+    try:
+        accepted = asyncio.run(submit_all())
+    finally:
+        logger.remove(sink)
+
+    assert accepted == [True, False, False]
+    reused = [line for line in warnings if "was used before for another signal" in line]
+    assert len(reused) == 1 and "its side, stop_loss differ" in reused[0]
