@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -63,6 +63,7 @@ from bot.venue.errors import (
     RetryableError,
     VenueError,
 )
+from bot.venue.shapes import cancelled_reason
 
 __all__ = ["Executor", "StalenessCheck", "build_request"]
 
@@ -73,6 +74,10 @@ _FOLLOW_POLLS_S: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 #: How long a follower waits for the account stream before it looks the order up itself.
 _STREAM_GRACE_S: Final = 0.25
 _JITTER: Final = 0.25
+#: How many orders the bot cancelled, and cancels by others warned of, are remembered.
+_CANCELS_KEPT: Final = 10_000
+#: An order report's reason when a user (not the venue's own rules) cancelled it.
+_CANCELLED_BY_USER: Final = cancelled_reason("CancelByUser")
 
 
 def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
@@ -144,6 +149,9 @@ class Executor:
         self._stop_moving = stop_moving
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
+        # Orders the bot asked the venue to cancel, and those cancelled elsewhere warned of.
+        self._cancelling: OrderedDict[str, None] = OrderedDict()
+        self._warned_cancels: OrderedDict[str, None] = OrderedDict()
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
         self._watches: dict[str, asyncio.Event] = {}
@@ -246,6 +254,9 @@ class Executor:
         """Ask the venue to cancel an order, then journal what the venue shows of it (the
         cancel, or the fill that beat it); None if the venue holds no such order."""
         venue = self._venues[request.key_name]
+        self._cancelling[request.order_link_id] = None  # its cancel is the bot's own
+        if len(self._cancelling) > _CANCELS_KEPT:
+            self._cancelling.popitem(last=False)
         cancelled = await venue.cancel_order(request.order_link_id, request.symbol)
         logger.info(
             "cancel of {id}: {result}",
@@ -674,12 +685,35 @@ class Executor:
 
     def order_updated(self, event: OrderEvent) -> None:
         """The account stream moved an order forward: wake whoever follows it (the stream is
-        alive), saying whether the order is terminal now."""
+        alive), saying whether the order is terminal now; and say so when an order of ours
+        was cancelled at the venue by someone other than the bot."""
+        self._warn_if_cancelled_elsewhere(event)
         watch = self._watches.get(event.order_link_id)
         if watch is not None:
             if event.status.is_terminal:
                 self._terminal[event.order_link_id] = event
             watch.set()
+
+    def _warn_if_cancelled_elsewhere(self, event: OrderEvent) -> None:
+        """A WARNING (notify foreign), once per order, when one of our open orders is
+        cancelled at the venue by a user (by hand on Bybit, or another client of the key)
+        while the bot did not ask for it: what its signal asked for is not traded further."""
+        link_id = event.order_link_id
+        if (
+            event.reason != _CANCELLED_BY_USER
+            or link_id in self._cancelling
+            or link_id in self._warned_cancels
+            or self._journal.unfinished(link_id) is None  # not ours, or known to be over
+        ):
+            return
+        self._warned_cancels[link_id] = None
+        if len(self._warned_cancels) > _CANCELS_KEPT:
+            self._warned_cancels.popitem(last=False)
+        logger.bind(notify="foreign").warning(
+            "order {id} was cancelled at the venue, not by the bot (by hand on Bybit, or by "
+            "another client of the key); what is left of it is not traded",
+            id=link_id,
+        )
 
     async def _follow(
         self, venue: Venue, request: OrderRequest, order_id: str | None
@@ -753,6 +787,7 @@ class Executor:
     async def _apply(self, event: OrderEvent) -> OrderEvent:
         """Journal what the venue showed, if it moves the order forward; return the order's
         journaled state either way."""
+        self._warn_if_cancelled_elsewhere(event)  # a look-up may be the first to see it
         await self._record(event)
         record = await self._journal.call(self._journal.order, event.order_link_id)
         return event if record is None else _event_of(record)

@@ -29,6 +29,7 @@ __all__ = [
     "EXIT_KINDS",
     "POSITION_EXEC_TYPES",
     "KeyInfo",
+    "cancelled_reason",
     "closed_pnl",
     "decimal_field",
     "execution",
@@ -105,6 +106,11 @@ def _reason(row: dict[str, Any], status: OrderStatus) -> str:
     cancel_type = str(row.get("cancelType") or "")
     if rejected or status is not OrderStatus.CANCELLED or cancel_type in ("", "UNKNOWN"):
         return rejected
+    return cancelled_reason(cancel_type)
+
+
+def cancelled_reason(cancel_type: str) -> str:
+    """The reason an order report carries when the venue says who cancelled it."""
     return f"cancelled at the venue ({cancel_type})"
 
 

@@ -178,6 +178,33 @@ def test_a_stop_loss_another_client_moves_at_the_venue_is_warned_of(
     assert len(moved) == 1 and "from 95000 to 50000" in moved[0]
 
 
+def test_an_order_of_ours_another_client_cancels_is_warned_of_once(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    _, server = exchange
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    bot = start(sim_config, server, STREAM_ONLY)
+    session = HTTP(api_key=KEY, api_secret=SECRET)
+    session.endpoint = server.url
+    try:
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+        assert bot.post(signal("resting", entry=96000)).status_code == 202
+        wait_for(lambda: bot.journal_status("resting") == ["New"], what="the order resting")
+        (order,) = session.get_open_orders(
+            category="linear", symbol="BTCUSDT", orderFilter="Order"
+        )["result"]["list"]
+        session.cancel_order(category="linear", symbol="BTCUSDT", orderId=order["orderId"])
+        wait_for(lambda: bot.journal_status("resting") == ["Cancelled"], what="the cancel")
+        time.sleep(0.3)  # a late REST look-up of the same cancel must not warn again
+    finally:
+        bot.stop()
+        logger.remove(sink)
+
+    said = [line for line in warnings if "was cancelled at the venue, not by the bot" in line]
+    assert len(said) == 1 and order["orderLinkId"] in said[0]
+
+
 SHARED = """
 [keys.follow_sim]
 environment = "sim"

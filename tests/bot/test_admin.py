@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import requests
+from loguru import logger
 
 from bot.admin import parse_command
 from bot.cli import _undone
@@ -141,6 +142,8 @@ def risk_status(bot: RunningBot, scope: str = "follow") -> dict[str, str]:
 def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
     sim_config: Callable[..., Path],
 ) -> None:
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
     bot = RunningBot(sim_config()).start()
     try:
         price = sim_price(bot)
@@ -179,6 +182,8 @@ def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
         assert admin(bot, "resume", {"flatten": True}) == 422
     finally:
         bot.stop()
+        logger.remove(sink)
+    assert not [line for line in warnings if "not by the bot" in line]  # its own cancel
 
 
 def test_halts_with_flatten_at_once_close_each_position_once(
