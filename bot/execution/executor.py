@@ -603,9 +603,9 @@ class Executor:
         another side or type, or, once the venue has given ours an orderId, another one;
         before, `unlike_request`: terms other than ours, such as its qty, price or stop).
         Before ours has an orderId, ours cannot be there under that id, and never will be:
-        the order is rejected. After, the row is not ours, and is passed over. (A foreign
-        order in another symbol is not found at all, the look-up asking for ours: the order
-        then ends Unknown, and is rejected once the venue has shown no such order.)"""
+        the order is rejected. After, the row is not ours, and is passed over. (The venue
+        looks in every symbol, so a foreign order in another symbol is found, and told apart
+        by it.)"""
         try:
             found = await venue.get_order(request.order_link_id, request.symbol)
         except VenueError as exc:

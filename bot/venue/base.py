@@ -111,7 +111,8 @@ class Venue(Protocol):
         ...
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
-        """The venue's view of an order, or None if it holds no such order."""
+        """The venue's view of the order under `order_link_id` (ours trades `symbol`; one
+        another client placed under the id may trade another), or None if it holds none."""
         ...
 
     async def exit_orders(self, symbol: str) -> list[ExitOrder]:

@@ -351,7 +351,11 @@ class BybitVenue:
                 raise
 
     async def get_order(self, order_link_id: str, symbol: str) -> OrderEvent | None:
-        query = {"category": CATEGORY, "symbol": symbol, "orderLinkId": order_link_id}
+        """The order under `order_link_id`, asked in every USDT contract, not only `symbol`:
+        an order another client placed under that id in another symbol is found too (the
+        executor tells it from ours by its symbol), instead of nothing."""
+        del symbol  # see above
+        query = {"category": CATEGORY, "settleCoin": SETTLE_COIN, "orderLinkId": order_link_id}
         for path, method in (
             ("/v5/order/realtime", "get_open_orders"),
             ("/v5/order/history", "get_order_history"),

@@ -17,11 +17,12 @@ from bot.config import Environment
 from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor, build_request
 from bot.journal import Journal
-from bot.messages import OrderIntent, OrderStatus, OrderType, RiskDecision, Side
+from bot.messages import OrderIntent, OrderRequest, OrderStatus, OrderType, RiskDecision, Side
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.sim.params import PositionQueryParams
 from bot.venue.bybit import BybitVenue
+from tests.bot.sim.kit import place
 from tests.factories import approve, make_intent
 
 KEY, SECRET = "executor-test-key", "executor-test-secret-value"
@@ -58,6 +59,12 @@ def intent(qty: str = "0.001", signal_id: str | None = None) -> OrderIntent:
 def orders_for(exchange: SimExchange, item: OrderIntent) -> list[dict[str, object]]:
     link_id = build_request(approve(item), "k").order_link_id
     return [o for o in exchange.orders() if o["orderLinkId"] == link_id]
+
+
+def squat(exchange: SimExchange, request: OrderRequest) -> None:
+    """Another client's order, as `request` says, placed at the exchange itself (outside the
+    key's rate limit, which the tests' own orders share)."""
+    place(exchange, KEY, **request.to_bybit_params())
 
 
 def test_market_order_is_placed_filled_and_journaled(
@@ -148,7 +155,7 @@ def test_another_clients_order_of_our_symbol_side_and_type_but_other_terms_is_no
     item = intent()
     ours = build_request(approve(item), "k")
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
-    asyncio.run(venue.place_order(ours.model_copy(update=theirs)))
+    squat(exchange[0], ours.model_copy(update=theirs))
 
     event = asyncio.run(executor.execute(approve(item), "k"))
 
@@ -159,13 +166,29 @@ def test_another_clients_order_of_our_symbol_side_and_type_but_other_terms_is_no
     venue.close()
 
 
+def test_another_clients_order_under_our_order_link_id_in_another_symbol_is_found(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    item = intent()
+    ours = build_request(approve(item), "k")
+    executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
+    squat(exchange[0], ours.model_copy(update={"symbol": "ETHUSDT", "qty": Decimal("0.01")}))
+
+    event = asyncio.run(executor.execute(approve(item), "k"))
+
+    assert event.status is OrderStatus.REJECTED  # at once, not after its attempts are spent
+    assert "symbol ETHUSDT, not BTCUSDT" in event.reason
+    assert [o["symbol"] for o in orders_for(exchange[0], item)] == ["ETHUSDT"]
+    venue.close()
+
+
 def test_an_exact_copy_of_our_order_under_our_order_link_id_is_taken_as_ours(
     exchange: tuple[SimExchange, str], tmp_path: Path
 ) -> None:
     # As after a lost journal: what the venue holds is in every way the order we would send.
     item = intent()
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
-    asyncio.run(venue.place_order(build_request(approve(item), "k")))
+    squat(exchange[0], build_request(approve(item), "k"))
 
     event = asyncio.run(executor.execute(approve(item), "k"))
 
