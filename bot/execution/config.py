@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["ExecutionConfig"]
 
@@ -76,3 +78,20 @@ class ExecutionConfig(BaseModel):
     reconcile_batch: int = Field(
         50, ge=1, le=1000, description="orders looked up per key per reconciliation pass"
     )
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> Self:
+        """Settings that bound one another: a lifetime's sends cover one run's, and the
+        longest backoff is not shorter than the first."""
+        if self.max_total_sends < self.max_send_attempts:
+            raise ValueError(
+                f"max_total_sends ({self.max_total_sends}) must be at least max_send_attempts "
+                f"({self.max_send_attempts}): it counts every send of an order, restarts "
+                "included"
+            )
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError(
+                f"backoff_max_s ({self.backoff_max_s:g}) must be at least backoff_base_s "
+                f"({self.backoff_base_s:g}), the first wait it caps"
+            )
+        return self

@@ -63,6 +63,24 @@ def test_bad_value_names_the_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ("max_total_sends = 2", "max_total_sends (2) must be at least max_send_attempts (6)"),
+        ("backoff_max_s = 0.01", "backoff_max_s (0.01) must be at least backoff_base_s (0.1)"),
+    ],
+)
+def test_execution_bounds_that_contradict_each_other_are_refused(
+    tmp_path: Path, settings: str, said: str
+) -> None:
+    path = write(tmp_path, f"[execution]\n{settings}\n")
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(path)
+
+    assert said in str(refused.value) and str(path) in str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("section", "where"),
     [
         ("[risk]", "risk"),
