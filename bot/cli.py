@@ -51,7 +51,7 @@ from bot.journal import (
     lock_journal,
 )
 from bot.messages import SignalError, is_unicode, parse_signal, utc_now
-from bot.net import DEFAULT_SIM_PORT, tcp_listener
+from bot.net import DEFAULT_SIM_PORT, cannot_listen, tcp_listener
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -1274,8 +1274,9 @@ def sim(
         sock = tcp_listener(host, port)
     except OSError as exc:
         _fail(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}; is a simulator already "
-            "running there? Choose another with --port"
+            cannot_listen(
+                host, port, exc, who="a simulator", host_option="--host", port_option="--port"
+            )
         )
     console.print(
         f"simulator on http://{host}:{port} with keys: "

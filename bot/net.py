@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Final
 
-__all__ = ["DEFAULT_SIM_PORT", "tcp_listener"]
+__all__ = ["DEFAULT_SIM_PORT", "cannot_listen", "tcp_listener"]
 
 #: Where `bot sim` listens unless told otherwise.
 DEFAULT_SIM_PORT: Final = 8090
@@ -27,3 +28,19 @@ def tcp_listener(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def cannot_listen(
+    host: str, port: int, exc: OSError, *, who: str, host_option: str, port_option: str
+) -> str:
+    """One line saying why `tcp_listener(host, port)` failed and what to change: `who` may be
+    holding the port already, `host_option` and `port_option` name the settings to change."""
+    if exc.errno == errno.EADDRINUSE:
+        hint = f"is {who} already running there? Choose another port with {port_option}"
+    elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        hint = f"{host} is not an address of this machine; choose one with {host_option}"
+    elif exc.errno == errno.EACCES:
+        hint = f"port {port} needs privileges; choose one above 1023 with {port_option}"
+    else:
+        hint = f"choose another address or port ({host_option}, {port_option})"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}; {hint}"

@@ -45,7 +45,7 @@ from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
 from bot.messages import Execution, utc_now
-from bot.net import tcp_listener
+from bot.net import cannot_listen, tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
 from bot.risk.counts import counting_since
@@ -364,8 +364,14 @@ class Service:
             sock = tcp_listener(host, port)
         except OSError as exc:
             raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror}; is another bot running? "
-                "Choose another with --port or BOT_HTTP__PORT"
+                cannot_listen(
+                    host,
+                    port,
+                    exc,
+                    who="another bot",
+                    host_option="--host or BOT_HTTP__HOST",
+                    port_option="--port or BOT_HTTP__PORT",
+                )
             ) from None
         sock.listen(2048)
         sock.setblocking(False)

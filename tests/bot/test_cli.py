@@ -840,7 +840,26 @@ def test_bot_sim_on_a_port_in_use_says_so_in_one_line(sim_config: Callable[..., 
 
     assert refused.returncode == 2
     assert _one_line(refused.stderr).startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert "is a simulator already running there?" in refused.stderr
     assert refused.stdout == ""  # not announced as running
+
+
+@pytest.mark.parametrize("host", ["999.1.1.1", "10.9.9.9"])
+def test_bot_sim_and_run_on_an_address_not_of_this_machine_say_so(
+    sim_config: Callable[..., Path], host: str
+) -> None:
+    config = sim_config()
+
+    refused = [
+        bot(command, "--host", host, "--config", str(config), cwd=config.parent)
+        for command in ("sim", "run")
+    ]
+
+    for answer in refused:
+        assert answer.returncode == 2 and "Traceback" not in answer.stderr
+        assert f"{host} is not an address of this machine; choose one with --host" in (
+            answer.stderr
+        )
 
 
 def test_errors_are_printed_even_with_columns_zero(tmp_path: Path) -> None:
