@@ -289,6 +289,24 @@ class JournalInUse(JournalError):
         self.pid = pid
 
 
+def _check_place(path: Path) -> None:
+    """JournalError, saying what to do, when the journal's directory or file at `path` is
+    something else (a file where the state directory goes, a FIFO or a device as the
+    journal), which SQLite would only answer with an OS error or "disk I/O error"."""
+    state_dir = path.parent
+    if state_dir.exists() and not state_dir.is_dir():
+        raise JournalError(
+            f"state_dir {state_dir.absolute()} is a file, not a directory: move it away, or "
+            "choose another state_dir (--config or BOT_STATE_DIR)"
+        )
+    if path.exists() and not path.is_file():
+        raise JournalError(
+            f"cannot open journal {path.absolute()}: it is not a regular file (a directory, a "
+            "FIFO or a device): move it away, or choose another state_dir (--config or "
+            "BOT_STATE_DIR)"
+        )
+
+
 def lock_journal(path: Path) -> TextIO:
     """The journal at `path` for this process alone, as long as the returned file is open.
 
@@ -297,6 +315,7 @@ def lock_journal(path: Path) -> TextIO:
     with kill -9 leaves no stale lock. The file names the holder (PID, then command line) for
     the refusal; it is the flock, not the file, that locks."""
     lock_path = path.with_name(f"{path.name}.lock")
+    _check_place(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = lock_path.open("a+", encoding="utf-8")  # not "w": the holder's name stays
@@ -493,6 +512,7 @@ class Journal:
         # readers see the last commit and never block the writer): see `tallies`.
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
+        _check_place(path)
         try:
             if read_only and not path.exists():
                 raise JournalError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.journal import DEFER_WINDOW_S, SCHEMA_VERSION, Journal, JournalError
+from bot.journal import DEFER_WINDOW_S, SCHEMA_VERSION, Journal, JournalError, lock_journal
 from bot.logs import logger
 from bot.messages import (
     Decline,
@@ -73,6 +74,22 @@ def test_a_journal_that_cannot_be_opened_is_not_called_damaged(tmp_path: Path) -
 
         assert str(refused.value).startswith(f"cannot open journal {taken}: ")
         assert "damaged" not in str(refused.value)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_state_dir_or_journal_of_the_wrong_kind_says_what_it_is(
+    tmp_path: Path, read_only: bool
+) -> None:
+    (tmp_path / "file-dir").write_text("")
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "dir" / "journal.sqlite3")
+
+    with pytest.raises(JournalError, match=r"file-dir is a file, not a directory: move it"):
+        Journal(tmp_path / "file-dir" / "journal.sqlite3", read_only=read_only)
+    with pytest.raises(JournalError, match=r"journal.sqlite3: it is not a regular file"):
+        Journal(tmp_path / "dir" / "journal.sqlite3", read_only=read_only)
+    with pytest.raises(JournalError, match=r"file-dir is a file, not a directory"):
+        lock_journal(tmp_path / "file-dir" / "journal.sqlite3")
 
 
 def test_opens_in_wal_mode(journal: Journal) -> None:
