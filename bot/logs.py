@@ -205,6 +205,15 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
+class _DemoteErrors(logging.Filter):
+    """Passes every record, an ERROR as a WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _log_uncaught(
     what: str,
     exc_type: type[BaseException],
@@ -278,6 +287,11 @@ def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None 
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "pybit"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+    # websocket-client calls a dropped connection an ERROR; the bot says the same of the
+    # stream, once, as the WARNING it is (it reconnects): said as a WARNING here too.
+    websocket_logger = logging.getLogger("websocket")
+    if not any(isinstance(f, _DemoteErrors) for f in websocket_logger.filters):
+        websocket_logger.addFilter(_DemoteErrors())
     sys.excepthook = _excepthook
     threading.excepthook = _thread_excepthook
     sys.unraisablehook = _unraisable_hook

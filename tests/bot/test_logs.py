@@ -180,6 +180,18 @@ def test_standard_logging_is_scrubbed_too(capture: io.StringIO, awkward_secret: 
     assert message.replace('"', "'") == "request with '***' failed"
 
 
+def test_a_dropped_websocket_is_a_warning_not_an_error(capture: io.StringIO) -> None:
+    logs.configure(json=True, stream=capture)
+    logs.configure(json=True, stream=capture)  # configured again: still one filter
+
+    logging.getLogger("websocket").error("Connection to remote host was lost. - goodbye")
+    logging.getLogger("websocket").critical("something worse")
+
+    levels = [json.loads(line)["level"] for line in capture.getvalue().splitlines()]
+    assert levels == ["WARNING", "CRITICAL"]
+    assert len(logging.getLogger("websocket").filters) == 1
+
+
 def test_url_encoded_secret_is_redacted(capture: io.StringIO) -> None:
     secret = awkward("/+ &=?")
     logs.redact(secret)
