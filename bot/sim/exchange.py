@@ -1229,6 +1229,8 @@ class SimExchange:
             close_on_trigger=params.close_on_trigger,
             take_profit=params.take_profit or None,
             stop_loss=params.stop_loss or None,
+            slippage_tolerance_type=params.slippage_tolerance_type or "UNKNOWN",
+            slippage_tolerance=params.slippage_tolerance or ZERO,
             tp_trigger_by=params.tp_trigger_by or "LastPrice",
             sl_trigger_by=params.sl_trigger_by or "LastPrice",
             last_price_on_created=price_now,
@@ -2301,7 +2303,7 @@ class SimExchange:
         """Book an acknowledged order (status New, margin reserved) and schedule its arrival.
         A market order gets its price, the order price limit of this moment."""
         if order.price is None:
-            order.price_limit = self._price_limits(order.symbol).of(order.side)
+            order.price_limit = self._market_price_limit(order)
         account.orders[order.order_id] = order
         if order.order_link_id:
             account.link_ids[order.order_link_id] = order.order_id
@@ -2334,6 +2336,24 @@ class SimExchange:
             pieces = 1
         order.pieces_left = pieces
         self._take(account, order)
+
+    def _market_price_limit(self, order: OrderRecord) -> Decimal:
+        """The price a market order is matched at as an IOC limit order: the order price
+        limit, or, nearer to the book, its own slippage tolerance from ask1 (a buy) or bid1
+        (a sell), in ticks or percent (rounded to the tick towards the book)."""
+        limit = self._price_limits(order.symbol).of(order.side)
+        value = order.slippage_tolerance
+        if not value:
+            return limit
+        bid, ask = self._quote(order.symbol)
+        tick = self._config.instruments[order.symbol].tick_size
+        buy = order.side == "Buy"
+        if order.slippage_tolerance_type == "TickSize":
+            tolerated = ask + value * tick if buy else bid - value * tick
+        else:
+            share = value / 100
+            tolerated = to_tick(ask * (1 + share) if buy else bid * (1 - share), tick, up=not buy)
+        return min(limit, tolerated) if buy else max(limit, max(tolerated, tick))
 
     def _marketable(self, order: OrderRecord) -> bool:
         """Whether the book's far side is within the order's worst price (a market order's:

@@ -335,6 +335,27 @@ class PlaceOrderParams(_Params):
     sl_order_type: Literal["Market"] | None = None
     tp_limit_price: Annotated[None, BeforeValidator(_not_simulated("limit TP/SL orders"))] = None
     sl_limit_price: Annotated[None, BeforeValidator(_not_simulated("limit TP/SL orders"))] = None
+    #: A market order's own protection (Bybit): the most a buy pays over ask1, the least a
+    #: sell takes under bid1, in ticks (an integer in [1, 10000]) or percent ([0.01, 10]).
+    slippage_tolerance_type: Literal["TickSize", "Percent"] | None = None
+    slippage_tolerance: DecimalText | None = None
+
+    @model_validator(mode="after")
+    def _slippage_tolerance_of_a_market_order(self) -> PlaceOrderParams:
+        kind, value = self.slippage_tolerance_type, self.slippage_tolerance
+        if kind is None and value is None:
+            return self
+        if kind is None or value is None:
+            raise ValueError("slippageToleranceType and slippageTolerance go together")
+        if self.order_type != "Market" or self.trigger_price is not None:
+            raise ValueError("slippage tolerance is for market orders only (not conditional)")
+        if kind == "TickSize" and not (1 <= value <= 10_000 and value == value.to_integral()):
+            raise ValueError("slippageTolerance in TickSize must be an integer in [1, 10000]")
+        if kind == "Percent" and not (
+            Decimal("0.01") <= value <= 10 and value == value.quantize(Decimal("0.01"))
+        ):
+            raise ValueError("slippageTolerance in Percent must be in [0.01, 10], 2 decimals")
+        return self
 
 
 class AmendOrderParams(_Params):

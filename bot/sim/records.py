@@ -81,8 +81,11 @@ class OrderRecord:
     #: Taker pieces still to execute after this one (partial fills).
     pieces_left: int = 1
     #: A market order's price, once sent: Bybit turns it into an IOC limit order at the
-    #: order price limit of that moment (the most a buy may pay, the least a sell may take).
+    #: order price limit of that moment (the most a buy may pay, the least a sell may take),
+    #: or nearer, at its own slippage tolerance ("TickSize" or "Percent", and how many).
     price_limit: Decimal | None = None
+    slippage_tolerance_type: str = "UNKNOWN"
+    slippage_tolerance: Decimal = ZERO
 
     @property
     def is_open(self) -> bool:

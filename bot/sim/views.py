@@ -761,8 +761,8 @@ def order_stream_view(order: OrderRecord, closed_pnl: Decimal | None) -> dict[st
         "closedPnl": _fmt8(closed_pnl) if closed_pnl is not None else "0",
         "feeCurrency": "",
         "brokerOrderPrice": "",
-        "slippageToleranceType": "UNKNOWN",
-        "slippageTolerance": "0",
+        "slippageToleranceType": order.slippage_tolerance_type,
+        "slippageTolerance": fmt(order.slippage_tolerance),
     }
 
 

@@ -28,11 +28,13 @@ from bot.sim.params import (
     MarketParams,
     OrderbookParams,
     OrderQueryParams,
+    PlaceOrderParams,
     PositionQueryParams,
     TransactionLogParams,
     WalletBalanceParams,
+    parse_params,
 )
-from tests.bot.sim.kit import order_row, place
+from tests.bot.sim.kit import order_body, order_row, place
 
 KEY = "engine-key"
 DELAY_MS = 5
@@ -105,6 +107,50 @@ def test_a_marketable_limit_takes_at_the_ask_but_never_beyond_its_price() -> Non
     order = _order(exchange, order_id)
     assert (order["orderStatus"], order["avgPrice"]) == ("Filled", "97100")
     assert _executions(exchange)[0]["isMaker"] is False
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "buy_at", "sell_at"),
+    [
+        # ask 97009.7 x 1.001 = 97106.7097, down to the tick; bid 96990.3 x 0.999, up.
+        ({"slippageToleranceType": "Percent", "slippageTolerance": "0.1"}, "97106.7", "96893.4"),
+        # ask + 30 ticks, bid - 30 ticks.
+        ({"slippageToleranceType": "TickSize", "slippageTolerance": "30"}, "97012.7", "96987.3"),
+    ],
+)
+def test_a_market_orders_slippage_tolerance_caps_what_it_pays(
+    tolerance: dict[str, str], buy_at: str, sell_at: str
+) -> None:
+    exchange = _exchange(spread_bps=Decimal(2), slippage_bps=Decimal(50))  # 0.5 % past the book
+
+    buy = _submit(exchange, side="Buy", qty="0.01", **tolerance)
+    sell = _submit(exchange, side="Sell", qty="0.01", **tolerance)
+    exchange.advance(DELAY_MS)
+
+    assert (_order(exchange, buy)["avgPrice"], _order(exchange, sell)["avgPrice"]) == (
+        buy_at,
+        sell_at,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"slippageToleranceType": "Percent"}, "go together"),
+        ({"slippageToleranceType": "Percent", "slippageTolerance": "11"}, "[0.01, 10]"),
+        ({"slippageToleranceType": "TickSize", "slippageTolerance": "2.5"}, "integer"),
+        (
+            {"orderType": "Limit", "price": "97000"}
+            | {"slippageToleranceType": "TickSize", "slippageTolerance": "5"},
+            "market orders only",
+        ),
+    ],
+)
+def test_a_slippage_tolerance_bybit_refuses_is_10001(fields: dict[str, str], said: str) -> None:
+    with pytest.raises(SimError) as refused:  # as the routes parse every request
+        parse_params(PlaceOrderParams, order_body(side="Buy", qty="0.01", **fields))
+
+    assert refused.value.ret_code == RetCode.PARAMS_ERROR and said in refused.value.ret_msg
 
 
 def test_partial_fills_come_in_pieces_at_the_price_of_their_moment() -> None:
