@@ -61,17 +61,11 @@ ON_START_BUDGET_S: Final = 30.0
 #: The source of the synthetic signals `on_timer` gets.
 TIMER_SOURCE: Final = "timer"
 ZERO: Final = Decimal(0)
-#: What a signal asks to trade: two signals under one id that differ in any of these are two
-#: signals (the id reused), not a resend of one.
-_SIGNAL_TERMS: Final = (
-    "symbol",
-    "side",
-    "action",
-    "entry",
-    "stop_loss",
-    "take_profit",
-    "leverage",
-    "strategy",
+#: What a signal asks to trade (every field but who sent it, when, and its raw body): two
+#: signals under one id that differ in any of these are two signals (the id reused), not a
+#: resend of one.
+_SIGNAL_TERMS: Final = tuple(
+    name for name in Signal.model_fields if name not in {"source", "id", "ts", "received_at", "raw"}
 )
 
 

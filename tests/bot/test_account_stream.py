@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -53,6 +54,25 @@ def venue_fills(server: SimServer) -> list[dict[str, object]]:
 def streams(bot: RunningBot) -> dict[str, str]:
     health = requests.get(f"{bot.url}/healthz", timeout=10).json()
     return dict(health["account_streams"])
+
+
+@contextmanager
+def beside_another_client(
+    config: Callable[..., Path], server: SimServer, level: str
+) -> Iterator[tuple[RunningBot, HTTP, list[str]]]:
+    """The bot following its key's stream live, another client of the key (pybit), and
+    the messages the bot logs at `level` and above meanwhile."""
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level=level)
+    bot = start(config, server, STREAM_ONLY)
+    client = HTTP(api_key=KEY, api_secret=SECRET)
+    client.endpoint = server.url
+    try:
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+        yield bot, client, said
+    finally:
+        bot.stop()
+        logger.remove(sink)
 
 
 def test_a_limit_order_filled_later_reaches_journal_and_books_by_the_stream(
@@ -120,25 +140,16 @@ def test_a_trailing_stop_set_at_the_venue_closes_the_strategys_book_when_it_fire
     sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
 ) -> None:
     sim, server = exchange
-    errors: list[str] = []
-    sink = logger.add(lambda m: errors.append(m.record["message"]), level="ERROR")
-    bot = start(sim_config, server, STREAM_ONLY)
-    session = HTTP(api_key=KEY, api_secret=SECRET)
-    session.endpoint = server.url
-    try:
-        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+    with beside_another_client(sim_config, server, "ERROR") as (bot, client, errors):
         assert bot.post(signal("trailed")).status_code == 202
         wait_for(lambda: bot.journal_status("trailed") == ["Filled"], what="the long")
-        session.set_trading_stop(category="linear", symbol="BTCUSDT", trailingStop="500")
+        client.set_trading_stop(category="linear", symbol="BTCUSDT", trailingStop="500")
         sim.set_prices({"BTCUSDT": Decimal(98000)})
         sim.set_prices({"BTCUSDT": Decimal(97400)})  # 600 off the best: the stop fires
         book = wait_for(
             lambda: (p := books(bot)).strategy_size("follow_sim", "follow", "BTCUSDT") == 0 and p,
             what="the strategy flat",
         )
-    finally:
-        bot.stop()
-        logger.remove(sink)
 
     position = book.position("follow_sim", "BTCUSDT")
     assert position is not None and position.size == 0
@@ -148,32 +159,22 @@ def test_a_trailing_stop_set_at_the_venue_closes_the_strategys_book_when_it_fire
 def test_a_stop_loss_another_client_moves_at_the_venue_is_warned_of(
     sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
 ) -> None:
-    _, server = exchange
-    warnings: list[str] = []
-    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
-    bot = start(sim_config, server, STREAM_ONLY)
-    session = HTTP(api_key=KEY, api_secret=SECRET)
-    session.endpoint = server.url
-    try:
-        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+    with beside_another_client(sim_config, exchange[1], "WARNING") as (bot, client, warnings):
         assert bot.post(signal("widened")).status_code == 202  # its stop loss at 95000
         wait_for(lambda: bot.journal_status("widened") == ["Filled"], what="the long")
         stops = wait_for(
-            lambda: session.get_open_orders(
+            lambda: client.get_open_orders(
                 category="linear", symbol="BTCUSDT", orderFilter="StopOrder"
             )["result"]["list"],
             what="the stop loss order",
         )
-        session.amend_order(
+        client.amend_order(
             category="linear", symbol="BTCUSDT", orderId=stops[0]["orderId"], triggerPrice="50000"
         )
         moved = wait_for(
             lambda: [line for line in warnings if "was moved at the venue" in line],
             what="the warning",
         )
-    finally:
-        bot.stop()
-        logger.remove(sink)
 
     assert len(moved) == 1 and "from 95000 to 50000" in moved[0]
 
@@ -181,25 +182,15 @@ def test_a_stop_loss_another_client_moves_at_the_venue_is_warned_of(
 def test_an_order_of_ours_another_client_cancels_is_warned_of_once(
     sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
 ) -> None:
-    _, server = exchange
-    warnings: list[str] = []
-    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
-    bot = start(sim_config, server, STREAM_ONLY)
-    session = HTTP(api_key=KEY, api_secret=SECRET)
-    session.endpoint = server.url
-    try:
-        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+    with beside_another_client(sim_config, exchange[1], "WARNING") as (bot, client, warnings):
         assert bot.post(signal("resting", entry=96000)).status_code == 202
         wait_for(lambda: bot.journal_status("resting") == ["New"], what="the order resting")
-        (order,) = session.get_open_orders(
-            category="linear", symbol="BTCUSDT", orderFilter="Order"
-        )["result"]["list"]
-        session.cancel_order(category="linear", symbol="BTCUSDT", orderId=order["orderId"])
+        (order,) = client.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="Order")[
+            "result"
+        ]["list"]
+        client.cancel_order(category="linear", symbol="BTCUSDT", orderId=order["orderId"])
         wait_for(lambda: bot.journal_status("resting") == ["Cancelled"], what="the cancel")
         time.sleep(0.3)  # a late REST look-up of the same cancel must not warn again
-    finally:
-        bot.stop()
-        logger.remove(sink)
 
     said = [line for line in warnings if "was cancelled at the venue, not by the bot" in line]
     assert len(said) == 1 and order["orderLinkId"] in said[0]
