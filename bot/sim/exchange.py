@@ -225,7 +225,7 @@ def _time_window(
 
 
 def _clear_trailing_stop(position: PositionRecord) -> None:
-    position.trailing_stop = position.trailing_activation = position.trailing_level = None
+    position.trailing_stop = position.trailing_active_price = position.trailing_level = None
 
 
 def _clear_exit_levels(position: PositionRecord) -> None:
@@ -307,7 +307,7 @@ _CONDITIONAL_ORDERS_PER_SYMBOL = 10
 _EXIT_LEVELS = (
     ("TakeProfit", "take_profit"),
     ("StopLoss", "stop_loss"),
-    ("TrailingStop", "trailing_level"),
+    ("TrailingStop", "trailing_active_price"),  # Bybit: "it is activate price"
 )
 #: The position's attribute naming the price each kind watches (a trailing stop: the last).
 _EXIT_TRIGGER_BY = {"TakeProfit": "tp_trigger_by", "StopLoss": "sl_trigger_by"}
@@ -1731,7 +1731,8 @@ class SimExchange:
     ) -> dict[str, Decimal | None]:
         """What `trailingStop` (a distance; "0" cancels) and `activePrice` change on the
         position; each checked (10001) first. Active at once without an activePrice, else once
-        the price reaches it, which must lie on the position's profitable side."""
+        the price reaches it, which must lie on the position's profitable side. The same
+        distance sent again (with the same activePrice, if any) changes nothing."""
         distance, activation = params.trailing_stop, params.active_price or None
         if distance is None:
             if activation is not None:
@@ -1740,8 +1741,13 @@ class SimExchange:
                 )
             return {}
         if distance == 0:
-            cleared = dict.fromkeys(("trailing_stop", "trailing_activation", "trailing_level"))
+            cleared = dict.fromkeys(("trailing_stop", "trailing_active_price", "trailing_level"))
             return cleared if position.trailing_stop is not None else {}
+        if distance == position.trailing_stop and activation in (
+            None,
+            position.trailing_active_price,
+        ):
+            return {}
         self._check_price("trailingStop", params.symbol, distance)
         long = side == "Buy"
         if activation is not None:
@@ -1754,20 +1760,14 @@ class SimExchange:
                     f"{where} the last price {fmt(price)}",
                 )
         start = activation if activation is not None else price
-        level = start - distance if long else start + distance
-        if level <= 0:
+        if (start - distance if long else start + distance) <= 0:
             raise SimError(
                 RetCode.PARAMS_ERROR,
                 f"params error: trailingStop {fmt(distance)} is not below the price "
                 f"{fmt(start)} it trails",
             )
-        if (distance, activation) == (position.trailing_stop, position.trailing_activation):
-            return {}
-        return {
-            "trailing_stop": distance,
-            "trailing_activation": activation,
-            "trailing_level": level,
-        }
+        level = None if activation is not None else (price - distance if long else price + distance)
+        return {"trailing_stop": distance, "trailing_active_price": start, "trailing_level": level}
 
     # ----------------------------------------------------------------- private queries
 
@@ -2471,6 +2471,9 @@ class SimExchange:
         flipped = (
             size_before != 0 and position.size != 0 and (size_before > 0) != (position.size > 0)
         )
+        if flipped:  # a new position opened from the old one's close: its own PnL and time
+            position.cur_realised_pnl = -fee * (qty - closing) / qty
+            position.created_ms = now
         if position.size == 0 or flipped:  # the position closed: its exits go with it
             _clear_exit_levels(position)
         if position.size != 0 and (position.size > 0) == (signed_qty > 0):
@@ -2682,9 +2685,8 @@ class SimExchange:
         all and send that level's order, a reduce-only market order for the whole position; it
         fills like any market order, a moment later."""
         long = position.size > 0
-        self._trail(account, position, price)
-        stop, profit = position.stop_loss, position.take_profit
-        trailing = position.trailing_level if position.trailing_activation is None else None
+        self._trail(position, price)
+        stop, profit, trailing = position.stop_loss, position.take_profit, position.trailing_level
         if stop is not None and (price <= stop if long else price >= stop):
             kind = "StopLoss"
         elif profit is not None and (price >= profit if long else price <= profit):
@@ -2702,24 +2704,21 @@ class SimExchange:
         order.qty = abs(position.size)
         self._send_triggered(account, order)
 
-    def _trail(self, account: AccountRecord, position: PositionRecord, price: Decimal) -> None:
+    @staticmethod
+    def _trail(position: PositionRecord, price: Decimal) -> None:
         """Move the position's trailing stop after `price`: activate it once the price
-        reaches its activePrice, then keep it `trailing_stop` behind the best price since (its
-        order's triggerPrice follows, pushed)."""
-        distance = position.trailing_stop
-        if distance is None:
+        reaches its activation price, then keep it `trailing_stop` behind the best price since
+        (its order, which shows the activation price, does not change)."""
+        distance, active_at = position.trailing_stop, position.trailing_active_price
+        if distance is None or active_at is None:
             return
         long = position.size > 0
-        activation = position.trailing_activation
-        if activation is not None:
-            if price < activation if long else price > activation:
-                return
-            position.trailing_activation = None
-        level = price - distance if long else price + distance
         current = position.trailing_level
+        if current is None and (price < active_at if long else price > active_at):
+            return  # not active yet
+        level = price - distance if long else price + distance
         if current is None or (level > current if long else level < current):
             position.trailing_level = level
-            self._sync_exits(account, position.symbol)
 
     def _mark_triggered(self, account: AccountRecord, order: OrderRecord) -> None:
         self._update(account, order, status="Triggered")

@@ -142,10 +142,11 @@ class PositionRecord:
     #: Fees paid on the opening fills still in the position (closed-pnl's openFee).
     open_fee: Decimal = ZERO
     #: A trailing stop: its distance from the best price since it activated, the price that
-    #: activates it (None once active, or when it was set without one), and its stop level
-    #: now (while waiting to activate, the level it will start at).
+    #: activates it (its order's triggerPrice, as Bybit shows it: the activePrice, or the
+    #: last price when it was set without one), and its stop level once active (None while
+    #: it waits for that price).
     trailing_stop: Decimal | None = None
-    trailing_activation: Decimal | None = None
+    trailing_active_price: Decimal | None = None
     trailing_level: Decimal | None = None
     #: The prices its take profit and stop loss watch (echoed on their orders).
     tp_trigger_by: str = "LastPrice"

@@ -389,6 +389,26 @@ def test_a_position_reports_its_break_even_price_and_when_it_opened(
     assert (closed["openTime"], closed["breakEvenPrice"]) == (0, "0")
 
 
+def test_a_flipped_position_opens_anew_with_its_own_break_even_and_time(
+    shared_server: SimServer, trader: HTTP
+) -> None:
+    _market(trader, "Buy", "0.01")
+    settle(shared_server)
+    long = _position(trader)
+    _market(trader, "Sell", "0.02")  # closes the long, opens a short of 0.01
+    settle(shared_server)
+    short = _position(trader)
+
+    entry = Decimal(short["avgPrice"])
+    paid = entry * Decimal("0.01") * Decimal("0.00055")  # the fee of the short's own part
+    assert Decimal(short["curRealisedPnl"]) == -paid
+    # Bybit: (entry * qty - realised) / (qty - |qty| * fee), qty signed: below a short's entry.
+    expected = (-entry * Decimal("0.01") + paid) / (Decimal("-0.01") * (1 + Decimal("0.00055")))
+    assert short["breakEvenPrice"] == f"{expected.quantize(Decimal('1e-8')).normalize():f}"
+    assert Decimal(short["breakEvenPrice"]) < entry
+    assert short["openTime"] >= long["openTime"]
+
+
 def test_the_wallets_by_mark_price_figures_are_its_margin_figures(
     shared_server: SimServer, trader: HTTP
 ) -> None:
@@ -552,9 +572,17 @@ def test_a_trailing_stop_follows_the_best_price_then_closes_the_position(
     admin(server, "POST", "/sim/prices", {"BTCUSDT": 97500})
     settle(server)
 
-    assert set_at == ("500", [("Untriggered", "96500", "CreateByTrailingStop")])
-    assert risen == [("Untriggered", "97500", "CreateByTrailingStop")]
-    assert _exit_orders(server, "TrailingStop") == [("Filled", "97500", "CreateByTrailingStop")]
+    # Bybit shows a trailing stop's activation price as its triggerPrice: here the last
+    # price when it was set, as it was active at once; the level it trails at is its own.
+    assert set_at == ("500", [("Untriggered", "97000", "CreateByTrailingStop")])
+    assert risen == [("Untriggered", "97000", "CreateByTrailingStop")]
+    assert _exit_orders(server, "TrailingStop") == [("Filled", "97000", "CreateByTrailingStop")]
+    (fill,) = [
+        row
+        for row in session.get_executions(category="linear", symbol="BTCUSDT")["result"]["list"]
+        if row["stopOrderType"] == "TrailingStop"
+    ]
+    assert Decimal(fill["execPrice"]) < Decimal(97500)  # fired 500 off the best, 98000
     assert (_position(session)["size"], _position(session)["trailingStop"]) == ("0", "0")
 
 
@@ -568,11 +596,13 @@ def test_a_trailing_stop_with_an_active_price_trails_only_once_it_is_reached(
     admin(server, "POST", "/sim/prices", {"BTCUSDT": 96400})  # beyond 96300: not active yet
     waiting = _exit_orders(server, "TrailingStop")
     admin(server, "POST", "/sim/prices", {"BTCUSDT": 95500})  # active: 95800 and following
+    again = _error_code(lambda: _trading_stop(session, trailingStop="300", activePrice="96000"))
     admin(server, "POST", "/sim/prices", {"BTCUSDT": 95900})
     settle(server)
 
-    assert waiting == [("Untriggered", "96300", "CreateByTrailingStop")]
-    assert _exit_orders(server, "TrailingStop") == [("Filled", "95800", "CreateByTrailingStop")]
+    assert waiting == [("Untriggered", "96000", "CreateByTrailingStop")]
+    assert again == 34040  # the same stop sent again, though the price is past its activePrice
+    assert _exit_orders(server, "TrailingStop") == [("Filled", "96000", "CreateByTrailingStop")]
     assert _exit_orders(server, "StopLoss")[0][0] == "Deactivated"  # the position is gone
     assert _position(session)["size"] == "0"
 
@@ -598,7 +628,7 @@ def test_a_trailing_stop_is_cancelled_by_zero_and_refused_where_bybit_refuses_it
 
     assert (below, alone, too_far, off_tick, amended) == (10001,) * 5
     assert _exit_orders(server, "TrailingStop") == [
-        ("Deactivated", "96700", "CreateByTrailingStop")
+        ("Deactivated", "97000", "CreateByTrailingStop")
     ]
     assert _position(session)["trailingStop"] == "0"
 

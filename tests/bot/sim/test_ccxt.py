@@ -345,7 +345,9 @@ def test_a_trailing_amount_order_sets_the_positions_trailing_stop(
     bybit.create_order(SYMBOL, "market", "sell", 0.01, None, {"trailingAmount": "500"})
     (trailing,) = bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True})
     server.exchange.set_prices({"BTCUSDT": "98000"})
-    raised = bybit.fetch_order(trailing["id"], SYMBOL, {"acknowledged": True})["triggerPrice"]
+    after_the_rise = bybit.fetch_order(trailing["id"], SYMBOL, {"acknowledged": True})[
+        "triggerPrice"
+    ]
     server.exchange.set_prices({"BTCUSDT": "97400"})
 
     closed = eventually(
@@ -353,8 +355,9 @@ def test_a_trailing_amount_order_sets_the_positions_trailing_stop(
         lambda order: order["status"] == "closed",
         "the trailing stop to fill",
     )
-    assert (trailing["info"]["stopOrderType"], trailing["triggerPrice"]) == ("TrailingStop", 96500)
-    assert raised == 97500
+    # Bybit shows the activation price as the triggerPrice: the last price, active at once.
+    assert (trailing["info"]["stopOrderType"], trailing["triggerPrice"]) == ("TrailingStop", 97000)
+    assert after_the_rise == 97000  # the activation price: it does not move
     assert closed["filled"] == 0.01
     assert not [p for p in bybit.fetch_positions([SYMBOL]) if p["contracts"]]
 
