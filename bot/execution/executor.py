@@ -464,10 +464,12 @@ class Executor:
                         self._settled(submitting, written.result())
             except DuplicateOrderError as exc:
                 # It exists (a lost answer of an earlier send, or an earlier journal's): look
-                # it up, with patience.
-                last, may_exist = exc, True
+                # it up, with patience. Before this one, had any send of ours reached it?
+                sent_before, may_exist, last = may_exist, True, exc
                 try:
-                    found = await self._look_up_patiently(request, self._config.lookup_delays_s)
+                    found = await self._look_up_patiently(
+                        request, self._config.lookup_delays_s, sent_before=sent_before
+                    )
                 except _LookupFailed:
                     continue
                 if found is not None:
@@ -594,18 +596,26 @@ class Executor:
     # look-ups --------------------------------------------------------------------------------
 
     async def _look_up(
-        self, venue: Venue, request: OrderRequest, order_id: str | None = None
+        self,
+        venue: Venue,
+        request: OrderRequest,
+        order_id: str | None = None,
+        *,
+        sent_before: bool = True,
     ) -> OrderEvent | None:
         """The venue's view of the order, journaled; None if it holds no such order.
-        `order_id`: the venue's id of ours, if the caller knows it (else the journal's).
+        `order_id`: the venue's id of ours, if the caller knows it (else the journal's);
+        `sent_before`: whether a send of ours may have reached the venue before (False when
+        the first send it read was refused as a duplicate: what is there is not ours).
 
         What the venue shows under our orderLinkId may be another client's order (`not_ours`:
-        another side or type, or, once the venue has given ours an orderId, another one;
-        before, `unlike_request`: terms other than ours, such as its qty, price or stop).
-        Before ours has an orderId, ours cannot be there under that id, and never will be:
-        the order is rejected. After, the row is not ours, and is passed over. (The venue
-        looks in every symbol, so a foreign order in another symbol is found, and told apart
-        by it.)"""
+        another symbol, side, type or reduce-only flag, or, once the venue has given ours an
+        orderId, another one): before ours has an orderId, ours cannot be there under that id,
+        and never will be, so the order is rejected; after, the row is passed over. Before
+        ours has an orderId, terms a client can amend that differ from ours (`unlike_request`)
+        tell another client's order only if no send of ours can have landed; else the order is
+        taken as ours, amended, with a warning. (The venue looks in every symbol, so a foreign
+        order in another symbol is found, and told apart by it.)"""
         try:
             found = await venue.get_order(request.order_link_id, request.symbol)
         except VenueError as exc:
@@ -615,8 +625,16 @@ class Executor:
             return None
         order_id = order_id or self._journal.venue_order_id(request.order_link_id)
         problem = not_ours(found, request, order_id)
-        if problem is None and order_id is None:
-            problem = unlike_request(found, request)
+        amended = unlike_request(found, request) if problem is None and order_id is None else None
+        if amended is not None and not sent_before:
+            problem = amended  # there before our first send reached the venue: not ours
+        elif amended is not None:
+            logger.bind(notify="foreign").warning(
+                "order {id} is at the venue with other terms than it was sent with ({terms}): "
+                "taken as ours, amended by another client; check that it is what you want",
+                id=request.order_link_id,
+                terms=amended,
+            )
         if problem is None:
             return await self._apply(found)
         if order_id is None:
@@ -637,10 +655,11 @@ class Executor:
             return None
 
     async def _look_up_patiently(
-        self, request: OrderRequest, delays_s: Sequence[float]
+        self, request: OrderRequest, delays_s: Sequence[float], *, sent_before: bool = True
     ) -> OrderEvent | None:
         """Look up an order that may exist, once after each delay, until the venue shows it
-        (a new order can take a moment to become visible to queries).
+        (a new order can take a moment to become visible to queries); `sent_before` as for
+        `_look_up`.
 
         None only if at least one look-up succeeded and none showed the order; raises
         `_LookupFailed` if every look-up failed, since nothing is known then.
@@ -650,7 +669,7 @@ class Executor:
         for delay in delays_s:
             await asyncio.sleep(delay)
             try:
-                found = await self._look_up(venue, request)
+                found = await self._look_up(venue, request, sent_before=sent_before)
             except _LookupFailed:
                 continue
             if found is not None:

@@ -86,26 +86,27 @@ def check_transition(
 
 def not_ours(event: OrderEvent, request: OrderRequest, order_id: str | None) -> str | None:
     """What shows that a venue report under `request`'s orderLinkId is of another order (a
-    client of the same key used that id for an order of its own): a symbol, side or type
-    other than the request's, or an orderId other than `order_id`, the one the venue gave
-    ours (None: not known yet). None if nothing does (a report of ours, or one that says too
-    little to tell)."""
+    client of the same key used that id for an order of its own): a symbol, side, type or
+    reduce-only flag (none of which an amendment changes) other than the request's, or an
+    orderId other than `order_id`, the one the venue gave ours (None: not known yet). None if
+    nothing does (a report of ours, or one that says too little to tell)."""
     return differences(
         ("symbol", event.symbol, request.symbol),
         ("side", event.side, request.side),
         ("type", event.order_type, request.order_type),
+        ("reduceOnly", event.venue_reduce_only, request.reduce_only),
         ("orderId", event.order_id, order_id),
     )
 
 
 def unlike_request(event: OrderEvent, request: OrderRequest) -> str | None:
-    """What a venue report under `request`'s orderLinkId shows of terms other than the
-    request's, where it says them: a quantity (a reduce-only order's may be trimmed to the
-    position, never grown), a limit price (the venue may move it in to its price band, towards
-    the market, never away), the reduce-only flag, the stop loss or the take profit. Asked
-    before the venue has given ours an orderId, when an order of the same symbol, side and
-    type may still be another client's; None if nothing differs (ours, or an exact copy,
-    which trades as ours would)."""
+    """What a venue report under `request`'s orderLinkId shows of the terms a client can
+    amend other than the request's, where it says them: a quantity (a reduce-only order's may
+    also be trimmed to the position, never grown), a limit price (the venue may also move it
+    in to its price band, towards the market, never away), the stop loss or the take profit.
+    Asked before the venue has given ours an orderId: an order of our symbol, side, type and
+    reduce-only flag with other terms is ours amended by another client, or another client's
+    own; None if nothing differs (ours, or an exact copy, which trades as ours would)."""
     qty, price, said = event.venue_qty, event.venue_price, []
     if qty is not None and (qty > request.qty if request.reduce_only else qty != request.qty):
         said.append(f"qty {qty}, not {request.qty}")
@@ -113,12 +114,11 @@ def unlike_request(event: OrderEvent, request: OrderRequest) -> str | None:
     if price is not None and limit is not None and _worse(price, limit, request.side):
         said.append(f"price {price}, not {limit}")
     zero = Decimal(0)
-    terms = differences(
-        ("reduceOnly", event.venue_reduce_only, request.reduce_only),
+    levels = differences(
         ("stopLoss", event.venue_stop_loss, request.stop_loss or zero),
         ("takeProfit", event.venue_take_profit, request.take_profit or zero),
     )
-    return "; ".join([*said, terms] if terms else said) or None
+    return "; ".join([*said, levels] if levels else said) or None
 
 
 def _worse(price: Decimal, limit: Decimal, side: Side) -> bool:

@@ -11,16 +11,25 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loguru import logger
 from pydantic import SecretStr
 
 from bot.config import Environment
 from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor, build_request
 from bot.journal import Journal
-from bot.messages import OrderIntent, OrderRequest, OrderStatus, OrderType, RiskDecision, Side
+from bot.messages import (
+    OrderEvent,
+    OrderIntent,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    RiskDecision,
+    Side,
+)
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
-from bot.sim.params import PositionQueryParams
+from bot.sim.params import AmendOrderParams, PositionQueryParams
 from bot.venue.bybit import BybitVenue
 from tests.bot.sim.kit import place
 from tests.factories import approve, make_intent
@@ -179,6 +188,51 @@ def test_another_clients_order_under_our_order_link_id_in_another_symbol_is_foun
     assert event.status is OrderStatus.REJECTED  # at once, not after its attempts are spent
     assert "symbol ETHUSDT, not BTCUSDT" in event.reason
     assert [o["symbol"] for o in orders_for(exchange[0], item)] == ["ETHUSDT"]
+    venue.close()
+
+
+def test_our_order_amended_by_another_client_before_we_knew_its_id_stays_ours(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # Our resting buy reached the venue, but its answer was lost (a crash, a cut connection):
+    # the journal holds it Submitting, with no orderId. Another client amends it meanwhile.
+    item = make_intent(
+        qty=Decimal("0.002"),
+        order_type=OrderType.LIMIT,
+        price=Decimal(90000),
+        reference_price=Decimal(90000),
+        signal_id=f"exec-{next(_ids)}",
+    )
+    ours = build_request(approve(item), "k")
+    journal = Journal(tmp_path / "j.sqlite3")
+    journal.record_order(ours)
+    journal.record_order_event(
+        OrderEvent(order_link_id=ours.order_link_id, status=OrderStatus.SUBMITTING)
+    )
+    order_id = place(exchange[0], KEY, **ours.to_bybit_params())
+    exchange[0].amend_order(
+        KEY,
+        AmendOrderParams.model_validate(
+            {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, "qty": "0.003"}
+        ),
+    )
+    executor, venue = make_executor(exchange[1], journal)
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        asyncio.run(executor.reconcile("k", limit=None, resend=True))
+    finally:
+        logger.remove(sink)
+
+    record = journal.order(ours.order_link_id)
+    assert record is not None
+    assert (record.status, record.order_id, record.venue_qty) == (
+        OrderStatus.NEW,
+        order_id,
+        Decimal("0.003"),
+    )
+    assert [o["orderStatus"] for o in orders_for(exchange[0], item)] == ["New"]  # one, ours
+    assert any("qty 0.003, not 0.002" in line and "taken as ours" in line for line in warnings)
     venue.close()
 
 
