@@ -498,7 +498,7 @@ class AccountKeeper:
         elif isinstance(report, ExitOrder):
             self._write(journal.record_exit, report)
             self._warn_if_unprotected(report)
-            self._warn_if_moved(report)
+            await self._warn_if_moved(report)
         elif isinstance(report, Execution):
             await self._apply_execution(report)
         elif isinstance(report, PositionUpdate):
@@ -539,10 +539,12 @@ class AccountKeeper:
         levels = self._levels_set.setdefault((key_name, symbol, kind), deque(maxlen=_LEVELS_KEPT))
         levels.append(level)
 
-    def _warn_if_moved(self, exit_order: ExitOrder) -> None:
+    async def _warn_if_moved(self, exit_order: ExitOrder) -> None:
         """Say so, once per level, when a stop loss or take profit of a position moves at the
         venue to a level the bot did not set (another client amended it, or set the
-        position's level): the position is then protected otherwise than the bot meant."""
+        position's level): the position is then protected otherwise than the bot meant. The
+        levels the bot set lately are in memory; older ones, or those of an earlier run, are
+        asked of the journal (only when a move is seen)."""
         trigger, order_id = exit_order.trigger_price, exit_order.order_id
         if (
             trigger is None
@@ -556,6 +558,10 @@ class AccountKeeper:
             self._exit_triggers.popitem(last=False)
         where = (exit_order.key_name, exit_order.symbol, exit_order.kind)
         if before is None or before == trigger or trigger in self._levels_set.get(where, ()):
+            return
+        journal = self._journal
+        if trigger in await journal.call(journal.levels_set, *where):
+            self.expect_level(*where, trigger)
             return
         logger.bind(notify="foreign").warning(
             "the {kind} of the {symbol} position on key {key} was moved at the venue from "

@@ -158,6 +158,8 @@ CREATE TABLE IF NOT EXISTS rejections (
     at       TEXT NOT NULL
 );
 """
+#: How many of a position's latest orders and stop moves `levels_set` reads.
+_LEVELS_LOOKED_AT: Final = 200
 #: A strategy's stop-loss moves (Bybit's position-level stop) and what came of each.
 _STOP_MOVES: Final = """
 CREATE TABLE IF NOT EXISTS stop_moves (
@@ -1178,6 +1180,25 @@ class Journal:
                     utc_now().isoformat(),
                 ),
             )
+
+    def levels_set(self, key_name: str, symbol: str, kind: str) -> set[Decimal]:
+        """The stop-loss (`kind` StopLoss) or take-profit levels the bot set on the key's
+        `symbol` position lately: those its latest orders there carried and, for a stop
+        loss, its latest stop moves."""
+        field = "$.stop_loss" if kind == "StopLoss" else "$.take_profit"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT json_extract(request, ?) FROM orders WHERE key_name = ? AND symbol = ?"
+                " ORDER BY updated_at DESC LIMIT ?",
+                (field, key_name, symbol, _LEVELS_LOOKED_AT),
+            ).fetchall()
+            if kind == "StopLoss":
+                rows += self._db.execute(
+                    "SELECT stop_loss FROM stop_moves WHERE key_name = ? AND symbol = ?"
+                    " AND outcome = 'moved' ORDER BY id DESC LIMIT ?",
+                    (key_name, symbol, _LEVELS_LOOKED_AT),
+                ).fetchall()
+        return {Decimal(str(level)) for (level,) in rows if level is not None}
 
     def stop_moves(self, limit: int = 100) -> list[dict[str, str]]:
         """The latest stop-loss moves, newest first."""

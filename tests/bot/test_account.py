@@ -662,3 +662,25 @@ def test_a_stop_moved_at_the_venue_to_a_level_the_bot_did_not_set_is_warned_of_o
         "StopLoss of the BTCUSDT position on key follow_sim was moved at the venue" in (warnings[0])
     )
     assert "from 96000 to 50000, not by the bot" in warnings[0]
+
+
+def test_a_stop_moved_back_to_a_level_the_bot_set_in_an_earlier_run_is_not_warned_of(
+    journal: Journal,
+) -> None:
+    # Orders of an earlier run (or more than memory holds) carried these stops; this keeper,
+    # freshly started, was told of none of them.
+    for index, level in enumerate(range(93000, 93010)):
+        journal.record_order(
+            make_request(
+                order_link_id=f"follow-{index}-z", key_name="follow_sim", stop_loss=Decimal(level)
+            )
+        )
+    keeper = AccountKeeper(journal, AccountProjection())
+    levels = (93009, 93000, 50000)  # seen at one level, moved to another of the bot's, then not
+
+    said = apply_logged(
+        keeper, journal, *(stop_loss(trigger_price=Decimal(level)) for level in levels)
+    )
+
+    warnings = [message for level, message in said if level == "WARNING"]
+    assert len(warnings) == 1 and "from 93000 to 50000" in warnings[0]
