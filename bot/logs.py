@@ -205,11 +205,11 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
-class _DemoteErrors(logging.Filter):
-    """Passes every record, an ERROR as a WARNING."""
+class _ConnectionEndsAsWarning(logging.Filter):
+    """Passes every record; websocket-client's ERROR for a connection's end as a WARNING."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR:
+        if record.levelno == logging.ERROR and record.getMessage().endswith(" - goodbye"):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
@@ -287,11 +287,12 @@ def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None 
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "pybit"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
-    # websocket-client calls a dropped connection an ERROR; the bot says the same of the
-    # stream, once, as the WARNING it is (it reconnects): said as a WARNING here too.
+    # websocket-client ends a connection with an ERROR ("<why> - goodbye") after handing the
+    # bot the reason, which the bot logs as the WARNING it is (it reconnects): that line is a
+    # WARNING too. Its other errors (a failing callback) stay errors.
     websocket_logger = logging.getLogger("websocket")
-    if not any(isinstance(f, _DemoteErrors) for f in websocket_logger.filters):
-        websocket_logger.addFilter(_DemoteErrors())
+    if not any(isinstance(f, _ConnectionEndsAsWarning) for f in websocket_logger.filters):
+        websocket_logger.addFilter(_ConnectionEndsAsWarning())
     sys.excepthook = _excepthook
     threading.excepthook = _thread_excepthook
     sys.unraisablehook = _unraisable_hook

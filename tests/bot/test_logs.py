@@ -185,10 +185,10 @@ def test_a_dropped_websocket_is_a_warning_not_an_error(capture: io.StringIO) -> 
     logs.configure(json=True, stream=capture)  # configured again: still one filter
 
     logging.getLogger("websocket").error("Connection to remote host was lost. - goodbye")
-    logging.getLogger("websocket").critical("something worse")
+    logging.getLogger("websocket").error("error from callback <handler>: boom")
 
     levels = [json.loads(line)["level"] for line in capture.getvalue().splitlines()]
-    assert levels == ["WARNING", "CRITICAL"]
+    assert levels == ["WARNING", "ERROR"]  # a failing callback is still an error
     assert len(logging.getLogger("websocket").filters) == 1
 
 
