@@ -574,9 +574,10 @@ class OrderEvent(_Message):
     side: Side | None = None
     order_type: OrderType | None = None
     #: The order's terms as the venue's report gives them (its reports only; None: not
-    #: said): a limit price, the reduce-only flag, and the stop loss and take profit it
-    #: carries (0: none). Before the venue has given ours an orderId, only these tell an
-    #: order of another client under our orderLinkId from ours.
+    #: said): its price (a limit order's limit; a market order's, the protection price the
+    #: venue gave it), the reduce-only flag, and the stop loss and take profit it carries
+    #: (0: none). Before the venue has given ours an orderId, these tell an order of another
+    #: client under our orderLinkId from ours (`bot.execution.orders.unlike_request`).
     venue_price: Decimal | None = None
     venue_reduce_only: bool | None = None
     venue_stop_loss: Decimal | None = None

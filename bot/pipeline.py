@@ -16,6 +16,7 @@ executor), and deterministic orderLinkIds keep anything from being placed twice.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +62,8 @@ ON_START_BUDGET_S: Final = 30.0
 #: The source of the synthetic signals `on_timer` gets.
 TIMER_SOURCE: Final = "timer"
 ZERO: Final = Decimal(0)
+#: How many reused signal ids are remembered, each warned of once.
+_REUSED_IDS_KEPT: Final = 1_000
 #: What a signal asks to trade (every field but who sent it, when, and its raw body): two
 #: signals under one id that differ in any of these are two signals (the id reused), not a
 #: resend of one.
@@ -136,6 +139,8 @@ class Pipeline:
         self._outstanding = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # (source, id) of the signals whose id was reused, said once each (bounded).
+        self._reused: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def submit(self, signal: Signal) -> bool:
         """Journal `signal` durably and queue it; False if it is a duplicate."""
@@ -152,12 +157,18 @@ class Pipeline:
     async def _warn_if_reused(self, signal: Signal) -> None:
         """Say so when a duplicate's id was used before for another signal (another symbol,
         side, action or price, not a resend of the same one): the first is kept, so the
-        second is never traded, which its sender must hear of."""
+        second is never traded, which its sender must hear of, once (a sender retrying it
+        is not told again)."""
+        if (signal.source, signal.id) in self._reused:
+            return
         first = await self._journal.call(self._journal.signal, signal.source, signal.id)
         if first is None:
             return
         changed = [name for name in _SIGNAL_TERMS if getattr(first, name) != getattr(signal, name)]
         if changed:
+            self._reused[(signal.source, signal.id)] = None
+            if len(self._reused) > _REUSED_IDS_KEPT:
+                self._reused.popitem(last=False)
             logger.bind(notify="rejection").warning(
                 "signal id {signal_id} of {source} was used before for another signal (its "
                 "{fields} differ): the first is kept and this one is not traded; give each "

@@ -301,9 +301,8 @@ def _linear_listing(query: Listing[L]) -> Listing[L]:
 #: Bybit's limit of active conditional orders per symbol and account.
 _CONDITIONAL_ORDERS_PER_SYMBOL = 10
 
-#: A position's exits: Bybit's stopOrderType and the position's attribute holding its level.
-#: A position's exit orders by kind (`stopOrderType`), and the attribute holding the level
-#: each triggers at.
+#: A position's exit orders by kind (`stopOrderType`), and the position's attribute holding
+#: the price its order shows as `triggerPrice` (a TP/SL: the level it fires at).
 _EXIT_LEVELS = (
     ("TakeProfit", "take_profit"),
     ("StopLoss", "stop_loss"),
