@@ -81,6 +81,8 @@ _WARNED_KEPT: Final = 1_000
 _MOVABLE_EXITS: Final = frozenset({"StopLoss", "TakeProfit"})
 #: Levels the bot set lately, per position exit, that a move to is the bot's own.
 _LEVELS_KEPT: Final = 8
+#: Reconciliation passes that fetch a key's closed PnL after one of its positions closed.
+_CLOSED_PNL_FETCHES: Final = 3
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
 #: asks from a minute before the newest journaled fill, so its pages land well inside; an
 #: older fill is looked up in the journal instead (right, only slower), so the memory stays
@@ -476,6 +478,8 @@ class AccountKeeper:
         # was made by another client.
         self._exit_triggers: OrderedDict[str, Decimal] = OrderedDict()
         self._levels_set: dict[tuple[str, str, str], deque[Decimal]] = {}
+        # Keys a position of which closed lately: how many passes still fetch closed PnL.
+        self._closes_to_fetch: dict[str, int] = {}
         for fill in seen_fills:
             self._recent_fills.add(fill)
         # One fill too old for the memory is checked against the journal at a time, so a
@@ -502,9 +506,12 @@ class AccountKeeper:
         elif isinstance(report, Execution):
             await self._apply_execution(report)
         elif isinstance(report, PositionUpdate):
+            before = projection.position(report.key_name, report.symbol)
             projection.apply_position(report)
             self._write(journal.record_position, report)
             self._position_updated(report)
+            if report.size == 0 and before is not None and before.size != 0:
+                self._closes_to_fetch[report.key_name] = _CLOSED_PNL_FETCHES
         elif isinstance(report, ClosedPnl):
             projection.apply_closed_pnl(report)
             self._write(journal.record_closed_pnl, report)
@@ -732,6 +739,15 @@ class AccountKeeper:
         journal = self._journal
         since = await journal.call(journal.last_execution_time, venue.name)
         await self._apply_fetched(venue.name, "executions", lambda: venue.executions_since(since))
+
+    def closed_pnl_due(self, key_name: str) -> bool:
+        """Whether a position of the key closed lately, so that its closed-PnL record is
+        fetched now rather than at the next exit scan (up to a minute away while the stream
+        is live); True for a few calls in a row, as the venue may list it a moment after."""
+        left = self._closes_to_fetch.pop(key_name, 0)
+        if left > 1:
+            self._closes_to_fetch[key_name] = left - 1
+        return left > 0
 
     async def catch_up_closed_pnl(self, venue: Venue) -> None:
         """Journal the venue's closed-PnL records since the last one journaled (REST)."""

@@ -10,7 +10,8 @@ and symbol.
 
 It also asks the venue for the stop-loss and take-profit orders it executed on its own
 (journaled under the order that set them) and for its closed-PnL records (the key-level
-cross-check of the strategies' books): every `exit_scan_interval_s` while the key's account
+cross-check of the strategies' books; also on the few passes after a position of the key
+closed, so that they show at once): every `exit_scan_interval_s` while the key's account
 stream is down or has reconnected since the last complete scan, and every
 `exit_scan_live_interval_s` while it has stayed up (the stream reports exits itself; the scan
 is the safety net). The venue lists a symbol's latest `EXIT_SCAN_ORDERS` orders, so a scan also
@@ -73,8 +74,11 @@ class Reconciler:
             try:
                 await self._executor.reconcile(key_name)
                 connection = self._account.live_connection(key_name)
+                keeper = self._account.keeper
                 if connection is None:  # the stream is down: fills by REST
-                    await self._account.keeper.catch_up_fills(self._venues[key_name])
+                    await keeper.catch_up_fills(self._venues[key_name])
+                if keeper.closed_pnl_due(key_name):  # a position closed: its PnL now
+                    await keeper.catch_up_closed_pnl(self._venues[key_name])
                 placed = self._executor.orders_placed(key_name)
                 if scans.due(loop.time(), connection, placed):
                     started, complete = loop.time(), False

@@ -684,3 +684,17 @@ def test_a_stop_moved_back_to_a_level_the_bot_set_in_an_earlier_run_is_not_warne
 
     warnings = [message for level, message in said if level == "WARNING"]
     assert len(warnings) == 1 and "from 93000 to 50000" in warnings[0]
+
+
+def test_a_position_that_closes_has_its_closed_pnl_fetched_on_the_next_passes(
+    journal: Journal,
+) -> None:
+    keeper = AccountKeeper(journal, AccountProjection())
+    apply_logged(keeper, journal, sim_position(Decimal("0.01")))
+    before_close = keeper.closed_pnl_due("follow_sim")
+    apply_logged(keeper, journal, sim_position(Decimal(0)), sim_position(Decimal(0)))
+
+    due = [keeper.closed_pnl_due("follow_sim") for _ in range(4)]
+
+    assert before_close is False
+    assert due == [True, True, True, False]  # a few passes, as the record may come late

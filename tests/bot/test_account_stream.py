@@ -196,6 +196,30 @@ def test_an_order_of_ours_another_client_cancels_is_warned_of_once(
     assert len(said) == 1 and order["orderLinkId"] in said[0]
 
 
+def test_a_closed_positions_pnl_at_the_venue_shows_at_once_not_at_the_next_scan(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    # The default loop: a pass a second, exit scans a minute apart while the stream is live.
+    bot = start(sim_config, exchange[1])
+    try:
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+        assert bot.post(signal("opened")).status_code == 202
+        wait_for(lambda: bot.journal_status("opened") == ["Filled"], what="the long")
+        time.sleep(1.5)  # the start's first exit scan is done
+        close = {"id": "closed", "symbol": "BTCUSDT", "action": "close"}
+        assert bot.post(close | {"ts": int(time.time() * 1000)}).status_code == 202
+        wait_for(lambda: bot.journal_status("closed") == ["Filled"], what="the close")
+        pnl = wait_for(
+            lambda: books(bot).venue_closed_pnl_today("follow_sim") or None,
+            15,
+            "the venue's closed PnL, well before the next scan",
+        )
+    finally:
+        bot.stop()
+
+    assert pnl < 0  # the round trip's fees
+
+
 SHARED = """
 [keys.follow_sim]
 environment = "sim"
