@@ -42,6 +42,9 @@ class _Keeper:
     async def catch_up_closed_pnl(self, venue: object) -> None:
         self.scans += 1  # every exit scan is followed by the closed-PnL catch-up
 
+    def closed_pnl_due(self, key_name: str) -> bool:
+        return False  # no position closes here: closed PnL comes with the scans only
+
 
 class _Account:
     """One key's stream: `connection` is the live connection's number, None while down."""
