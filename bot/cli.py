@@ -346,14 +346,11 @@ def _webhook_url(settings: BotSettings, source: str, url: str | None) -> str:
     added if it names only the bot (no path); else the configured server's, for a source it
     has enabled (a one-line error otherwise)."""
     if url is not None:
-        try:
-            parts = urllib.parse.urlsplit(url)
-            parts.port  # noqa: B018 - checked here: http.client would wrap 99999 to 34463
-        except ValueError as exc:
-            _fail(f"--url {url!r} is not a usable URL ({exc}): give http://host:port")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            _fail(f"--url {url!r} is not an http:// or https:// URL with a host")
-        return f"{url.rstrip('/')}/webhooks/{source}" if parts.path in ("", "/") else url
+        problem = _url_problem(url)
+        if problem is not None:
+            _fail(f"--url {url!r} is {problem}: give http://host:port")
+        path = urllib.parse.urlsplit(url).path
+        return f"{url.rstrip('/')}/webhooks/{source}" if path in ("", "/") else url
     try:
         settings.require_source(source)
     except ConfigError as exc:
@@ -417,18 +414,29 @@ def _bot_url(settings: BotSettings) -> str:
     return f"http://{host}:{settings.http.port}"
 
 
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be posted to, worded to follow "<url> is", or None if it can: not
+    a URL, a port out of range (which http.client would wrap: 99999 to 34463), not http(s),
+    no host."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - read for its ValueError
+    except ValueError as exc:
+        return f"not a usable URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http:// or https:// URL with a host"
+    return None
+
+
 def _post_signed(
     target: str, body: bytes, secret: SecretStr, timeout_s: float = SEND_TIMEOUT_S
 ) -> tuple[int, str]:
     """POST `body` signed with `secret` (X-Signature); ConnectionError if nothing listens or
     what answers is not HTTP, TimeoutError if no whole answer came within `timeout_s` (the
     whole exchange: a server that answers a byte at a time cannot hold the command)."""
-    try:
-        scheme = urllib.parse.urlsplit(target).scheme
-    except ValueError as exc:
-        raise ConnectionError(f"{target!r} is not a URL ({exc})") from None
-    if scheme not in ("http", "https"):
-        raise ConnectionError(f"{target!r} is not an http:// or https:// URL")
+    problem = _url_problem(target)
+    if problem is not None:
+        raise ConnectionError(f"{target!r} is {problem}")
     request = urllib.request.Request(  # noqa: S310 - an http(s) URL of the user's own bot
         target,
         data=body,
