@@ -20,7 +20,7 @@ is journaled with the fill, so replaying the journal rebuilds the same books.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -28,6 +28,7 @@ from decimal import ROUND_DOWN, Decimal
 from functools import partial
 from typing import Final
 
+from bot.bounded import remember
 from bot.execution.orders import differences
 from bot.journal import Journal, OrderOwner
 from bot.logs import logger
@@ -194,7 +195,7 @@ class AccountProjection:
         self._positions: dict[tuple[str, str], PositionUpdate] = {}
         self._wallets: dict[str, WalletUpdate] = {}
         self._closed: dict[tuple[str, str], ClosedPnl] = {}
-        self._booked: OrderedDict[str, Decimal] = OrderedDict()  # orderLinkId -> filled qty
+        self._booked: dict[str, Decimal] = {}  # orderLinkId -> filled qty
 
     @classmethod
     def replay(
@@ -287,9 +288,8 @@ class AccountProjection:
         fill of ours (`booked_qty`)."""
         link_id = execution.order_link_id
         if link_id and of_our_order:
-            self._booked[link_id] = self._booked.pop(link_id, ZERO) + abs(execution.qty)
-            if len(self._booked) > _BOOKED_ORDERS:
-                self._booked.popitem(last=False)
+            booked = self._booked.get(link_id, ZERO) + abs(execution.qty)
+            remember(self._booked, link_id, booked, _BOOKED_ORDERS)
         total = abs(execution.qty)
         for strategy, signed_qty in allocation.items():
             fee = execution.fee * abs(signed_qty) / total if total else ZERO
@@ -471,12 +471,12 @@ class AccountKeeper:
         self._fill_booked = fill_booked
         self._position_updated = position_updated
         self._recent_fills = RecentFills(fill_memory)
-        self._warned_exits: OrderedDict[str, None] = OrderedDict()
-        self._warned_foreign: OrderedDict[str, None] = OrderedDict()
+        self._warned_exits: dict[str, None] = {}
+        self._warned_foreign: dict[str, None] = {}
         # The trigger each position exit (by orderId) last showed, and the levels the bot
         # itself set or asked for lately, per (key, symbol, kind): a move to any other level
         # was made by another client.
-        self._exit_triggers: OrderedDict[str, Decimal] = OrderedDict()
+        self._exit_triggers: dict[str, Decimal] = {}
         self._levels_set: dict[tuple[str, str, str], deque[Decimal]] = {}
         # Keys a position of which closed lately: how many passes still fetch closed PnL.
         self._closes_to_fetch: dict[str, int] = {}
@@ -528,7 +528,7 @@ class AccountKeeper:
         closes_long = exit_order.side is Side.SELL
         if position is None or position.size == 0 or (position.size > 0) != closes_long:
             return
-        _remember_warned(self._warned_exits, exit_order.order_id)
+        remember(self._warned_exits, exit_order.order_id, None, _WARNED_KEPT)
         logger.bind(notify="foreign").warning(
             "the {kind} at {trigger} of the {symbol} position on key {key} was cancelled at "
             "the venue (orderId {order_id}); the position stays open without it: set it again "
@@ -559,10 +559,8 @@ class AccountKeeper:
             or exit_order.status.is_terminal
         ):
             return
-        before = self._exit_triggers.pop(order_id, None)
-        self._exit_triggers[order_id] = trigger
-        if len(self._exit_triggers) > _WARNED_KEPT:
-            self._exit_triggers.popitem(last=False)
+        before = self._exit_triggers.get(order_id)
+        remember(self._exit_triggers, order_id, trigger, _WARNED_KEPT)
         where = (exit_order.key_name, exit_order.symbol, exit_order.kind)
         if before is None or before == trigger or trigger in self._levels_set.get(where, ()):
             return
@@ -587,7 +585,7 @@ class AccountKeeper:
         of one of our orders for an order of its own: its reports are not ours."""
         if order_link_id in self._warned_foreign:
             return
-        _remember_warned(self._warned_foreign, order_link_id)
+        remember(self._warned_foreign, order_link_id, None, _WARNED_KEPT)
         logger.bind(notify="foreign").warning(
             "another client of the key used orderLinkId {id} for an order of its own "
             "({problem}): its reports and fills are not applied to ours; give each program "
@@ -642,17 +640,11 @@ class AccountKeeper:
         """An order of ours is journaled and about to be sent: its fills will be attributed
         to its strategy without asking the journal (one thread hop less on each fill), and
         the stop loss and take profit it carries become its position's levels."""
-        self._remember(
-            request.order_link_id, OrderOwner(request.strategy, request.symbol, request.side)
-        )
+        owner = OrderOwner(request.strategy, request.symbol, request.side)
+        remember(self._owners, request.order_link_id, owner, _OWNER_CACHE)
         for kind, level in (("StopLoss", request.stop_loss), ("TakeProfit", request.take_profit)):
             if level is not None:
                 self.expect_level(request.key_name, request.symbol, kind, level)
-
-    def _remember(self, order_link_id: str, owner: OrderOwner | None) -> None:
-        self._owners[order_link_id] = owner
-        if len(self._owners) > _OWNER_CACHE:
-            del self._owners[next(iter(self._owners))]
 
     async def _strategy_of(self, fill: Execution) -> tuple[str | None, bool]:
         """The strategy whose order the fill is of (None for the venue's own orders, or
@@ -665,7 +657,8 @@ class AccountKeeper:
             return None, True
         if link_id not in self._owners:
             journal = self._journal
-            self._remember(link_id, await journal.call(journal.order_owner, link_id))
+            owner = await journal.call(journal.order_owner, link_id)
+            remember(self._owners, link_id, owner, _OWNER_CACHE)
         owner = self._owners[link_id]
         if owner is None:
             return None, True
@@ -676,7 +669,7 @@ class AccountKeeper:
             # the journal committed it. Finished without one, the venue never took it from
             # us (rejected, or never sent): a fill under its orderLinkId is another client's.
             owner = await self._journal.call(self._journal.order_owner, link_id)
-            self._remember(link_id, owner)
+            remember(self._owners, link_id, owner, _OWNER_CACHE)
             if owner is None:
                 return None, True
             if owner.order_id is None:
@@ -773,12 +766,6 @@ class AccountKeeper:
             return
         for report in reports:
             await self.apply(report)
-
-
-def _remember_warned(warned: OrderedDict[str, None], key: str) -> None:
-    warned[key] = None
-    if len(warned) > _WARNED_KEPT:
-        warned.popitem(last=False)
 
 
 async def _one(fetch: Callable[[], Awaitable[WalletUpdate]]) -> list[WalletUpdate]:

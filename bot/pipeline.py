@@ -16,7 +16,6 @@ executor), and deterministic orderLinkIds keep anything from being placed twice.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +24,7 @@ from functools import partial
 from typing import Final
 
 from bot import metrics
+from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
 from bot.execution.rounding import conform
@@ -140,7 +140,7 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         # (source, id) of the signals whose id was reused, said once each (bounded).
-        self._reused: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._reused: dict[tuple[str, str], None] = {}
 
     async def submit(self, signal: Signal) -> bool:
         """Journal `signal` durably and queue it; False if it is a duplicate."""
@@ -166,9 +166,7 @@ class Pipeline:
             return
         changed = [name for name in _SIGNAL_TERMS if getattr(first, name) != getattr(signal, name)]
         if changed:
-            self._reused[(signal.source, signal.id)] = None
-            if len(self._reused) > _REUSED_IDS_KEPT:
-                self._reused.popitem(last=False)
+            remember(self._reused, (signal.source, signal.id), None, _REUSED_IDS_KEPT)
             logger.bind(notify="rejection").warning(
                 "signal id {signal_id} of {source} was used before for another signal (its "
                 "{fields} differ): the first is kept and this one is not traded; give each "

@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Final
 
+from bot.bounded import remember
 from bot.execution.config import ExecutionConfig
 from bot.execution.orders import OPEN_AT_VENUE, not_ours, unlike_request
 from bot.journal import Journal, OrderRecord
@@ -150,8 +151,8 @@ class Executor:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         # Orders the bot asked the venue to cancel, and those cancelled elsewhere warned of.
-        self._cancelling: OrderedDict[str, None] = OrderedDict()
-        self._warned_cancels: OrderedDict[str, None] = OrderedDict()
+        self._cancelling: dict[str, None] = {}
+        self._warned_cancels: dict[str, None] = {}
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
         self._watches: dict[str, asyncio.Event] = {}
@@ -254,9 +255,7 @@ class Executor:
         """Ask the venue to cancel an order, then journal what the venue shows of it (the
         cancel, or the fill that beat it); None if the venue holds no such order."""
         venue = self._venues[request.key_name]
-        self._cancelling[request.order_link_id] = None  # its cancel is the bot's own
-        if len(self._cancelling) > _CANCELS_KEPT:
-            self._cancelling.popitem(last=False)
+        remember(self._cancelling, request.order_link_id, None, _CANCELS_KEPT)  # the bot's own
         cancelled = await venue.cancel_order(request.order_link_id, request.symbol)
         logger.info(
             "cancel of {id}: {result}",
@@ -725,9 +724,7 @@ class Executor:
             or self._journal.unfinished(link_id) is None  # not ours, or known to be over
         ):
             return
-        self._warned_cancels[link_id] = None
-        if len(self._warned_cancels) > _CANCELS_KEPT:
-            self._warned_cancels.popitem(last=False)
+        remember(self._warned_cancels, link_id, None, _CANCELS_KEPT)
         logger.bind(notify="foreign").warning(
             "order {id} was cancelled at the venue, not by the bot (by hand on Bybit, or by "
             "another client of the key); what is left of it is not traded",
