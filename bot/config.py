@@ -472,20 +472,23 @@ def _state_dir_beside(data: dict[str, Any], path: Path) -> dict[str, Any]:
     return {**data, "state_dir": (path.parent / Path(state_dir).expanduser()).resolve()}
 
 
-def _describe(exc: ValidationError, path: Path) -> str:
-    """Every problem on one line of its own, naming the setting, where it was set (the file or
-    a BOT_ variable) and, for a bad value, the value and what is allowed. Only a setting's
-    value is shown: a secret is never a setting (it is refused by name, unshown)."""
-    return "\n".join(_problem(error, path) for error in exc.errors(include_url=False))
+def _describe(exc: ValidationError, path: Path, section: str | None = None) -> str:
+    """Every problem on one line of its own, naming the setting (under `section`, for one
+    validated apart by its own model), where it was set (the file or a BOT_ variable) and, for
+    a bad value, the value and what is allowed. Only a setting's value is shown: a secret is
+    never a setting (it is refused by name, unshown)."""
+    prefix = (section,) if section else ()
+    return "\n".join(
+        _problem({**error, "loc": (*prefix, *error["loc"])}, path)
+        for error in exc.errors(include_url=False)
+    )
 
 
 def describe_section(exc: ValidationError, section: str, path: Path | None) -> str:
-    """`_describe` for a section validated apart from the settings (its own model): each
-    problem names `section.key`, the value, what is allowed and where it was set."""
-    where = path or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG_PATH)
-    return "\n".join(
-        _problem({**error, "loc": (section, *error["loc"])}, where)
-        for error in exc.errors(include_url=False)
+    """`_describe` for the `[section]` the settings keep as it was written (its own model
+    validates it); `path`: the settings' file, if they were read from one."""
+    return _describe(
+        exc, path or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG_PATH), section
     )
 
 
