@@ -39,7 +39,7 @@ run: setup
 	$(BIN)/bot run
 
 test: setup
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 lint: setup
 	$(BIN)/ruff check bot signals strategies tests bench
