@@ -310,6 +310,11 @@ _EXIT_LEVELS = (
 )
 #: The position's attribute naming the price each kind watches (a trailing stop: the last).
 _EXIT_TRIGGER_BY = {"TakeProfit": "tp_trigger_by", "StopLoss": "sl_trigger_by"}
+#: Partial TP/SL orders by kind, and the cancelType of its pair's other half when it fires.
+_PARTIAL_EXITS = {
+    "PartialTakeProfit": "CancelByOCOSlCanceledByTpTriggered",
+    "PartialStopLoss": "CancelByOCOTpCanceledBySlTriggered",
+}
 
 
 def _next_funding_ms(now: int) -> int:
@@ -1232,6 +1237,9 @@ class SimExchange:
             slippage_tolerance=params.slippage_tolerance or ZERO,
             tp_trigger_by=params.tp_trigger_by or "LastPrice",
             sl_trigger_by=params.sl_trigger_by or "LastPrice",
+            partial_tpsl=params.tpsl_mode == "Partial",
+            tp_limit_price=params.tp_limit_price if params.tp_order_type == "Limit" else None,
+            sl_limit_price=params.sl_limit_price if params.sl_order_type == "Limit" else None,
             last_price_on_created=price_now,
             created_ms=now,
             updated_ms=now,
@@ -1260,7 +1268,11 @@ class SimExchange:
             raise SimError(RetCode.PARAMS_ERROR, "params error: TriggerDirection invalid")
         self._check_price("triggerPrice", params.symbol, trigger)
         self._check_trigger(direction, trigger, price_now)
-        waiting = sum(1 for o in account.conditional_orders.values() if o.symbol == params.symbol)
+        waiting = sum(
+            1
+            for o in account.conditional_orders.values()
+            if o.symbol == params.symbol and o.stop_order_type == "Stop"
+        )
         if waiting >= _CONDITIONAL_ORDERS_PER_SYMBOL:
             raise SimError(
                 RetCode.TOO_MANY_CONDITIONAL_ORDERS,
@@ -1311,11 +1323,15 @@ class SimExchange:
         Bybit does: Untriggered -> Triggered -> New (one orderId), then it trades as an order
         of its type; without the margin to open it, it is cancelled."""
         for order in [o for o in account.conditional_orders.values() if o.symbol == symbol]:
+            if order.order_id not in account.conditional_orders:
+                continue  # the other half of a partial TP/SL that fired just now
             assert order.trigger_price is not None
             rising = order.trigger_direction == 1
             if price < order.trigger_price if rising else price > order.trigger_price:
                 continue
             del account.conditional_orders[order.order_id]
+            if order.stop_order_type in _PARTIAL_EXITS:
+                self._end_pair_of(account, order, _PARTIAL_EXITS[order.stop_order_type])
             self._mark_triggered(account, order)
             if not order.reduce_only:
                 reference = order.price if order.price is not None else price
@@ -1382,6 +1398,13 @@ class SimExchange:
         """A conditional order cancelled before it fired: Deactivated (Bybit's UTA)."""
         del account.conditional_orders[order.order_id]
         self._update(account, order, status="Deactivated", cancel_type=cancel_type)
+
+    def _end_pair_of(self, account: AccountRecord, order: OrderRecord, cancel_type: str) -> None:
+        """The other half of a partial TP/SL pair ends with `order` (fired or cancelled), if
+        it still waits."""
+        partner = account.conditional_orders.get(order.paired_with or "")
+        if partner is not None:
+            self._end_conditional(account, partner, cancel_type=cancel_type)
 
     def amend_order(self, api_key: str, params: AmendOrderParams) -> dict[str, Any]:
         """`POST /v5/order/amend`: change qty, price, takeProfit or stopLoss of an open order,
@@ -1558,6 +1581,7 @@ class SimExchange:
         )
         if conditional is not None:
             self._end_conditional(account, conditional)
+            self._end_pair_of(account, conditional, "CancelByUser")
             return conditional
         order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
         if order is None:
@@ -1696,8 +1720,9 @@ class SimExchange:
         return {"reasons": []}
 
     def set_trading_stop(self, api_key: str, params: TradingStopParams) -> dict[str, Any]:
-        """`POST /v5/position/trading-stop` (tpslMode Full): set or cancel ("0") the open
-        position's take profit and stop loss, which then close it as an order's would."""
+        """`POST /v5/position/trading-stop`: Full sets or cancels ("0") the open position's
+        take profit and stop loss, which then close it as an order's would; Partial adds a
+        pair of partial TP/SL orders; either sets or cancels the trailing stop."""
         with self._lock:
             account = self._account(api_key)
             self._require(api_key, "Position")
@@ -1708,22 +1733,69 @@ class SimExchange:
                 raise SimError(RetCode.PARAMS_ERROR, "can not set tp/sl/ts for zero position")
             side = "Buy" if position.size > 0 else "Sell"
             price = self._prices[params.symbol]
-            changes = self._tpsl_changes(
-                position,
-                params,
-                lambda name, level: self._check_tpsl_level(
-                    name, params.symbol, level, side, price, "position"
-                ),
-            )
+
+            def check_level(name: str, level: Decimal) -> None:
+                self._check_tpsl_level(name, params.symbol, level, side, price, "position")
+
+            partial = params.tpsl_mode == "Partial"
+            changes = {} if partial else self._tpsl_changes(position, params, check_level)
             changes |= self._trailing_changes(position, params, side, price)
-            if not changes:
+            adds_partial = partial and (params.take_profit or params.stop_loss)
+            if not changes and not adds_partial:
                 raise SimError(RetCode.TPSL_NOT_MODIFIED, "not modified")
+            if adds_partial:
+                self._add_partial_pair_of(account, position, params, check_level)
+            if not changes:
+                return {}
             for attribute, value in changes.items():
                 setattr(position, attribute, value)
             position.updated_ms = self.now_ms()
             self._push_position(account, params.symbol)
             self._sync_exits(account, params.symbol, cleared_by="CancelByUser")
             return {}
+
+    def _add_partial_pair_of(
+        self,
+        account: AccountRecord,
+        position: PositionRecord,
+        params: TradingStopParams,
+        check_level: Callable[[str, Decimal], None],
+    ) -> None:
+        """trading-stop's Partial TP/SL: its levels, size and limit prices checked, then a
+        pair of orders of that size (see `_add_partial_pair`)."""
+        size = params.tp_size if params.take_profit else params.sl_size
+        assert size is not None  # TradingStopParams requires it with its level
+        self._check_qty(params.symbol, size)
+        halves = {}
+        for name, level, order_type, (limit_name, limit_price), watched in (
+            (
+                "takeProfit",
+                params.take_profit,
+                params.tp_order_type,
+                ("tpLimitPrice", params.tp_limit_price),
+                params.tp_trigger_by,
+            ),
+            (
+                "stopLoss",
+                params.stop_loss,
+                params.sl_order_type,
+                ("slLimitPrice", params.sl_limit_price),
+                params.sl_trigger_by,
+            ),
+        ):
+            limit = limit_price if order_type == "Limit" else None
+            if level is not None:
+                check_level(name, level)
+            if limit is not None:
+                self._check_price(limit_name, params.symbol, limit)
+            halves[name] = (level, limit, watched or "LastPrice")
+        self._add_partial_pair(
+            account,
+            position,
+            size,
+            take_profit=halves["takeProfit"],
+            stop_loss=halves["stopLoss"],
+        )
 
     def _trailing_changes(
         self, position: PositionRecord, params: TradingStopParams, side: str, price: Decimal
@@ -2109,6 +2181,12 @@ class SimExchange:
         for name, level in (("takeProfit", take_profit), ("stopLoss", stop_loss)):
             if level is not None:
                 self._check_tpsl_level(name, params.symbol, level, params.side, reference, "order")
+        for name, order_type, limit_price in (
+            ("tpLimitPrice", params.tp_order_type, params.tp_limit_price),
+            ("slLimitPrice", params.sl_order_type, params.sl_limit_price),
+        ):
+            if order_type == "Limit" and limit_price is not None:
+                self._check_price(name, params.symbol, limit_price)
 
     def _check_tpsl_level(
         self,
@@ -2475,7 +2553,8 @@ class SimExchange:
             position.created_ms = now
         if position.size == 0 or flipped:  # the position closed: its exits go with it
             _clear_exit_levels(position)
-        if position.size != 0 and (position.size > 0) == (signed_qty > 0):
+        opened = position.size != 0 and (position.size > 0) == (signed_qty > 0)
+        if opened and not order.partial_tpsl:
             if order.take_profit is not None:
                 position.take_profit, position.tp_trigger_by = (
                     order.take_profit,
@@ -2516,6 +2595,76 @@ class SimExchange:
         self._push_position(account, order.symbol)
         self._push_wallet(account)
         self._sync_exits(account, order.symbol)
+        if opened and order.partial_tpsl and qty > closing:
+            self._attach_partial_exits(account, order, qty - closing)
+
+    def _attach_partial_exits(
+        self, account: AccountRecord, order: OrderRecord, opened_qty: Decimal
+    ) -> None:
+        """Partial TP/SL of an order (Bybit: "it will create tp/sl orders with the qty you
+        actually fill"): a fill that opened `opened_qty` adds it to the order's pair while a
+        half of it still waits, else makes a new pair of that qty."""
+        waiting = [
+            account.conditional_orders[order_id]
+            for order_id in order.exit_pair
+            if order_id in account.conditional_orders
+        ]
+        for half in waiting:
+            self._update(account, half, qty=half.qty + opened_qty)
+        if waiting or (order.take_profit is None and order.stop_loss is None):
+            return
+        order.exit_pair = self._add_partial_pair(
+            account,
+            account.positions[order.symbol],
+            opened_qty,
+            take_profit=(order.take_profit, order.tp_limit_price, order.tp_trigger_by),
+            stop_loss=(order.stop_loss, order.sl_limit_price, order.sl_trigger_by),
+        )
+
+    def _add_partial_pair(
+        self,
+        account: AccountRecord,
+        position: PositionRecord,
+        qty: Decimal,
+        *,
+        take_profit: tuple[Decimal | None, Decimal | None, str],
+        stop_loss: tuple[Decimal | None, Decimal | None, str],
+    ) -> list[str]:
+        """A partial TP and/or SL of `qty` closing `position`, each (level, limit price or
+        None for market, price watched), Untriggered like a conditional order; the two are a
+        pair, of which the first to fire cancels the other. Returns their orderIds."""
+        halves = []
+        for kind, (level, limit_price, watched) in (
+            ("PartialTakeProfit", take_profit),
+            ("PartialStopLoss", stop_loss),
+        ):
+            if level is None:
+                continue
+            rises = (kind == "PartialTakeProfit") == (position.size > 0)
+            half = self._closing_order(
+                position.symbol,
+                qty if position.size > 0 else -qty,
+                self._prices[position.symbol],
+                order_type="Market" if limit_price is None else "Limit",
+                price=limit_price,
+                time_in_force="IOC" if limit_price is None else "GTC",
+                close_on_trigger=True,
+                status="Untriggered",
+                stop_order_type=kind,
+                create_type=f"CreateBy{kind}",
+                trigger_price=level,
+                trigger_direction=1 if rises else 2,
+                trigger_by=watched,
+                visible_from_ms=self._engine.now_ms(),
+            )
+            account.orders[half.order_id] = half
+            account.conditional_orders[half.order_id] = half
+            halves.append(half)
+        if len(halves) == 2:
+            halves[0].paired_with, halves[1].paired_with = halves[1].order_id, halves[0].order_id
+        for half in halves:
+            self._push_order(account, half)
+        return [half.order_id for half in halves]
 
     def _record_open_interest(self, symbol: str, change: Decimal, now: int) -> None:
         """Move the symbol's open interest by what a fill changed, and note the new value.
@@ -2762,10 +2911,12 @@ class SimExchange:
         price_now: Decimal,
         *,
         order_id: str | None = None,
+        time_in_force: str = "IOC",
         **kind: Any,
     ) -> OrderRecord:
-        """An order the venue creates to close a whole position of `size` (signed): reduce-
-        only, IOC, without an orderLinkId; `kind`: the rest of what it is."""
+        """An order the venue creates to close `size` (signed) of a position: reduce-only,
+        without an orderLinkId, IOC unless `time_in_force` says otherwise; `kind`: the rest of
+        what it is."""
         now = self.now_ms()
         return OrderRecord(
             order_id=order_id or str(uuid.uuid4()),
@@ -2773,7 +2924,7 @@ class SimExchange:
             symbol=symbol,
             side="Sell" if size > 0 else "Buy",
             qty=abs(size),
-            time_in_force="IOC",
+            time_in_force=time_in_force,
             reduce_only=True,
             take_profit=None,
             stop_loss=None,
@@ -2797,8 +2948,10 @@ class SimExchange:
         with `cleared_by`: the default is Bybit's "TP/SL order cancelled when the position is
         cleared", as when another exit fires) or the position closes or flips (with that same
         default), its order is Deactivated. Each change is pushed. A new order takes a new id,
-        or its kind's in `resumed_ids` (a resumed position's exits keep the ids they had)."""
+        or its kind's in `resumed_ids` (a resumed position's exits keep the ids they had).
+        Partial TP/SL orders end with the position too."""
         position = account.positions.get(symbol)
+        self._end_partial_exits_of_closed(account, symbol, position)
         for kind, attribute in _EXIT_LEVELS:
             level = getattr(position, attribute) if position is not None else None
             order = account.exit_orders.get((symbol, kind))
@@ -2833,6 +2986,21 @@ class SimExchange:
                     qty=abs(position.size),
                     trigger_by=watched,
                 )
+
+    def _end_partial_exits_of_closed(
+        self, account: AccountRecord, symbol: str, position: PositionRecord | None
+    ) -> None:
+        """Deactivate the partial TP/SL orders of `symbol` that no longer close its position
+        (it closed or flipped): "The system will cancel these orders if the position is
+        closed"."""
+        size = position.size if position is not None else ZERO
+        for order in [
+            o
+            for o in account.conditional_orders.values()
+            if o.symbol == symbol and o.stop_order_type in _PARTIAL_EXITS
+        ]:
+            if size == 0 or (order.side == "Sell") != (size > 0):
+                self._end_conditional(account, order, cancel_type="CancelByTpSlTsClear")
 
     def _end_exit(
         self, account: AccountRecord, order: OrderRecord, status: str, cancel_type: str

@@ -8,7 +8,6 @@ ignored, as Bybit ignores them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -149,23 +148,23 @@ def _position_mode(value: int) -> int:
     return value
 
 
-def _full_tpsl_mode(value: Any) -> Any:
-    if value == "Partial":
-        raise ValueError(
-            "'Partial' is not supported: the simulator keeps entire-position TP/SL only (Full)"
-        )
-    if value != "Full":
-        raise ValueError(f"{value!r} is not one of Full, Partial")
-    return value
-
-
-def _not_simulated(what: str) -> Callable[[Any], None]:
-    """A field of a feature the simulator does not have: refused whatever its value."""
-
-    def refuse(value: Any) -> None:
-        raise ValueError(f"{what} are not simulated; leave it out")
-
-    return refuse
+def _check_exit_order_types(
+    mode: str | None,
+    order_types: tuple[tuple[str, str | None, Decimal | None], ...],
+) -> None:
+    """Bybit's rules for the order a TP or SL sends when it fires, for each (name, order type,
+    limit price): a Limit one needs tpslMode Partial ("When create limit tp/sl, tpslMode is
+    required and it must be Partial"; Full "only support Market") and its limit price."""
+    for name, order_type, limit_price in order_types:
+        if order_type != "Limit":
+            continue
+        if mode == "Full":
+            raise ValueError(f"{name} only support Market when tpSlMode is Full")
+        if mode is None:
+            raise ValueError(f"{name} Limit needs tpslMode Partial")
+        if limit_price is None:
+            limit_name = name.replace("OrderType", "LimitPrice")
+            raise ValueError(f"{limit_name} is required when {name} is Limit")
 
 
 def _kline_interval(value: str) -> str:
@@ -180,6 +179,7 @@ Category = Annotated[str, BeforeValidator(_linear_only)]
 AnyCategory = Annotated[str, BeforeValidator(_known_category)]
 #: Perpetual and futures market data (funding, open interest): Bybit's linear and inverse.
 DerivativesCategory = Annotated[str, BeforeValidator(_one_of("linear", "inverse"))]
+TpslMode = Annotated[str, BeforeValidator(_one_of("Full", "Partial"))]
 OrderLinkId = Annotated[str, BeforeValidator(_order_link_id)]
 PositionIdx = Annotated[int, AfterValidator(_position_idx)]
 #: The simulator has one price per symbol, so last, mark and index price trigger alike.
@@ -329,12 +329,13 @@ class PlaceOrderParams(_Params):
     trigger_by: TriggerBy | None = None
     tp_trigger_by: TriggerBy | None = None
     sl_trigger_by: TriggerBy | None = None
-    # The attached TP/SL is entire-position and market (Bybit's Full mode): the rest is refused.
-    tpsl_mode: Annotated[str, BeforeValidator(_full_tpsl_mode)] | None = None
-    tp_order_type: Literal["Market"] | None = None
-    sl_order_type: Literal["Market"] | None = None
-    tp_limit_price: Annotated[None, BeforeValidator(_not_simulated("limit TP/SL orders"))] = None
-    sl_limit_price: Annotated[None, BeforeValidator(_not_simulated("limit TP/SL orders"))] = None
+    #: The attached TP/SL: Full (the position's, market) or Partial (orders of the filled
+    #: qty, market or limit at tp/slLimitPrice); see SimExchange._attach_partial_exits.
+    tpsl_mode: TpslMode | None = None
+    tp_order_type: Literal["Market", "Limit"] | None = None
+    sl_order_type: Literal["Market", "Limit"] | None = None
+    tp_limit_price: DecimalText | None = None
+    sl_limit_price: DecimalText | None = None
     #: A market order's own protection (Bybit): the most a buy pays over ask1, the least a
     #: sell takes under bid1, in ticks (an integer in [1, 10000]) or percent ([0.01, 10]).
     slippage_tolerance_type: Literal["TickSize", "Percent"] | None = None
@@ -355,6 +356,17 @@ class PlaceOrderParams(_Params):
             Decimal("0.01") <= value <= 10 and value == value.quantize(Decimal("0.01"))
         ):
             raise ValueError("slippageTolerance in Percent must be in [0.01, 10], 2 decimals")
+        return self
+
+    @model_validator(mode="after")
+    def _exit_order_types_fit_the_mode(self) -> PlaceOrderParams:
+        _check_exit_order_types(
+            self.tpsl_mode,
+            (
+                ("tpOrderType", self.tp_order_type, self.tp_limit_price),
+                ("slOrderType", self.sl_order_type, self.sl_limit_price),
+            ),
+        )
         return self
 
 
@@ -547,13 +559,13 @@ class TradingStopParams(_Params):
     """`POST /v5/position/trading-stop`: a level left out keeps its value, "0" cancels it.
 
     Bybit documents tpslMode and positionIdx as required, yet takes a request without them
-    (clients such as ccxt send neither for a trailing stop) as Full and one-way; an order
-    type for the TP or SL needs tpslMode ("slOrderType can not have a value when tpSlMode is
-    empty"), and Full takes Market only."""
+    (clients such as ccxt send neither for a trailing stop) as Full and one-way. Full sets the
+    position's own TP/SL (market orders); Partial only adds TP/SL orders of tpSize / slSize
+    (equal when both are given), market or limit."""
 
     category: Category
     symbol: str
-    tpsl_mode: Annotated[str, BeforeValidator(_full_tpsl_mode)] | None = None
+    tpsl_mode: TpslMode | None = None
     position_idx: PositionIdx = 0
     tp_order_type: Literal["Market", "Limit"] | None = None
     sl_order_type: Literal["Market", "Limit"] | None = None
@@ -563,17 +575,42 @@ class TradingStopParams(_Params):
     sl_trigger_by: TriggerBy | None = None
     trailing_stop: DecimalText | None = None
     active_price: DecimalText | None = None
+    tp_size: DecimalText | None = None
+    sl_size: DecimalText | None = None
+    tp_limit_price: DecimalText | None = None
+    sl_limit_price: DecimalText | None = None
 
     @model_validator(mode="after")
-    def _order_types_need_full_mode(self) -> TradingStopParams:
+    def _exit_orders_fit_the_mode(self) -> TradingStopParams:
         for name, value in (
             ("tpOrderType", self.tp_order_type),
             ("slOrderType", self.sl_order_type),
         ):
             if value is not None and self.tpsl_mode is None:
                 raise ValueError(f"{name} can not have a value when tpSlMode is empty")
-            if value == "Limit":
-                raise ValueError(f"{name} only support Market when tpSlMode is Full")
+        _check_exit_order_types(
+            self.tpsl_mode,
+            (
+                ("tpOrderType", self.tp_order_type, self.tp_limit_price),
+                ("slOrderType", self.sl_order_type, self.sl_limit_price),
+            ),
+        )
+        if self.tpsl_mode != "Partial":
+            return self
+        for name, level, size in (
+            ("takeProfit", self.take_profit, self.tp_size),
+            ("stopLoss", self.stop_loss, self.sl_size),
+        ):
+            if level == 0:
+                raise ValueError(
+                    f"{name} 0 does not cancel a partial TP/SL: cancel its order instead"
+                )
+            if level is not None and not size:
+                size_name = "tpSize" if name == "takeProfit" else "slSize"
+                raise ValueError(f"{size_name} is required for a Partial {name}")
+        sizes = (self.tp_size, self.sl_size)
+        if None not in sizes and sizes[0] != sizes[1]:
+            raise ValueError("the value of tpSize and slSize must equal")
         return self
 
 

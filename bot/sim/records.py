@@ -86,6 +86,14 @@ class OrderRecord:
     price_limit: Decimal | None = None
     slippage_tolerance_type: str = "UNKNOWN"
     slippage_tolerance: Decimal = ZERO
+    #: An order whose TP/SL is Partial (tpslMode): each fill that opens adds its qty to a
+    #: pair of TP/SL orders of its own (`exit_pair`), market or at the limit prices here.
+    partial_tpsl: bool = False
+    tp_limit_price: Decimal | None = None
+    sl_limit_price: Decimal | None = None
+    exit_pair: list[str] = field(default_factory=list)
+    #: A partial TP/SL order's other half (the SL of its TP): the first to fire cancels it.
+    paired_with: str | None = None
 
     @property
     def is_open(self) -> bool:

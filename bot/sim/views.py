@@ -119,6 +119,13 @@ def _trigger_direction(order: OrderRecord) -> int:
     return 1 if (order.stop_order_type == "TakeProfit") == closes_long else 2
 
 
+def _tpsl_mode(order: OrderRecord) -> str:
+    """Partial for an order with partial TP/SL, Full for one with the position's, else ""."""
+    if not (order.take_profit or order.stop_loss):
+        return ""
+    return "Partial" if order.partial_tpsl else "Full"
+
+
 def order_view(order: OrderRecord) -> dict[str, Any]:
     """An order as `/v5/order/realtime` and `/v5/order/history` list it."""
     leaves = order.leaves_qty
@@ -153,10 +160,10 @@ def order_view(order: OrderRecord) -> dict[str, Any]:
         "triggerPrice": _fmt_optional(order.trigger_price),
         "takeProfit": _fmt_optional(order.take_profit),
         "stopLoss": _fmt_optional(order.stop_loss),
-        "tpslMode": "Full" if order.take_profit or order.stop_loss else "",
+        "tpslMode": _tpsl_mode(order),
         "ocoTriggerBy": "",
-        "tpLimitPrice": "",
-        "slLimitPrice": "",
+        "tpLimitPrice": _fmt_optional(order.tp_limit_price),
+        "slLimitPrice": _fmt_optional(order.sl_limit_price),
         "tpTriggerBy": order.tp_trigger_by if order.take_profit is not None else "",
         "slTriggerBy": order.sl_trigger_by if order.stop_loss is not None else "",
         "triggerDirection": _trigger_direction(order),

@@ -528,7 +528,7 @@ def test_trading_stop_that_changes_nothing_is_34040(trader: HTTP) -> None:
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"tpslMode": "Partial", "tpSize": "0.01", "slSize": "0.01"}, "tpslMode"),
+        ({"tpslMode": "Partial"}, "slSize is required"),
         ({"slOrderType": "Limit", "slLimitPrice": "95000"}, "only support Market"),
         ({"tpslMode": None, "slOrderType": "Market"}, "can not have a value when tpSlMode"),
         ({"slTriggerBy": "Mark"}, "slTriggerBy"),

@@ -362,6 +362,47 @@ def test_a_trailing_amount_order_sets_the_positions_trailing_stop(
     assert not [p for p in bybit.fetch_positions([SYMBOL]) if p["contracts"]]
 
 
+def test_partial_tp_and_sl_from_ccxt_become_orders_of_their_size(
+    bybit: ccxt.bybit, server: SimServer
+) -> None:
+    """ccxt sends tpslMode Partial for an attached stop loss with a limit price, and for a
+    stop loss and take profit of an amount through trading-stop."""
+    bybit.create_order(
+        SYMBOL, "market", "buy", 0.02, None, {"stopLoss": {"triggerPrice": 95000, "price": 94900}}
+    )
+    eventually(lambda: bybit.fetch_positions([SYMBOL])[0]["contracts"], bool, "the long")
+    (attached,) = bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True})
+
+    bybit.create_order(
+        SYMBOL, "market", "sell", 0.01, None, {"stopLossPrice": 96000, "takeProfitPrice": 99000}
+    )
+    added = bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True})
+    server.exchange.set_prices({"BTCUSDT": "95950"})  # the 96000 stop: 0.01 sold, TP cancelled
+    eventually(
+        lambda: bybit.fetch_positions([SYMBOL])[0]["contracts"],
+        lambda contracts: contracts == 0.01,
+        "0.01 left",
+    )
+
+    assert (attached["info"]["stopOrderType"], attached["type"], attached["price"]) == (
+        "PartialStopLoss",
+        "limit",
+        94900,
+    )
+    assert (attached["amount"], attached["triggerPrice"], attached["reduceOnly"]) == (
+        0.02,
+        95000,
+        True,
+    )
+    assert sorted((o["info"]["stopOrderType"], o["amount"]) for o in added) == [
+        ("PartialStopLoss", 0.01),
+        ("PartialStopLoss", 0.02),
+        ("PartialTakeProfit", 0.01),
+    ]
+    (left,) = bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True})
+    assert left["id"] == attached["id"]
+
+
 def _pro_client(server: SimServer) -> Any:
     """ccxt.pro's bybit, its REST and WebSocket URLs pointed here."""
     exchange = ccxt.pro.bybit(

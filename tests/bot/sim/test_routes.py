@@ -330,19 +330,185 @@ def test_a_triggered_stop_keeps_its_order_id_and_deactivates_the_take_profit(
     assert by_kind["TakeProfit"]["orderStatus"] == "Deactivated"
 
 
-def test_limit_or_partial_tpsl_on_create_is_refused_not_ignored(session: HTTP) -> None:
-    for unsupported in (
-        {"tpslMode": "Partial"},
-        {"tpOrderType": "Limit", "tpLimitPrice": "99500"},
-        {"slLimitPrice": "94000"},
-    ):
-        refused = _error_code(
-            lambda extra=unsupported: _market(session, takeProfit="99000", **extra)
-        )
-        assert refused == 10001, unsupported
-    assert (
-        _market(session, takeProfit="99000", tpslMode="Full", tpOrderType="Market")["retCode"] == 0
+def _history_by_kind(session: HTTP) -> dict[str, dict[str, Any]]:
+    """The TP/SL orders in the order history by stopOrderType (one of each kind)."""
+    rows = session.get_order_history(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
+    return {row["stopOrderType"]: row for row in rows["result"]["list"]}
+
+
+def test_partial_tpsl_on_create_is_a_pair_of_orders_of_the_filled_qty(
+    server: SimServer, session: HTTP
+) -> None:
+    """Bybit: Partial "will create tp/sl orders with the qty you actually fill"; "Limit TP/SL
+    order are supported"; the first of the pair to fire cancels the other."""
+    _market(
+        session,
+        "Buy",
+        "0.02",
+        takeProfit="99000",
+        stopLoss="95000",
+        tpslMode="Partial",
+        tpOrderType="Limit",
+        tpLimitPrice="99500",
     )
+    settle(server)
+    (parent,) = session.get_order_history(category="linear", symbol="BTCUSDT", orderFilter="Order")[
+        "result"
+    ]["list"]
+    pair = _exits(session)
+    position = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
+
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 94000})
+    settle(server)
+
+    assert (parent["tpslMode"], parent["tpLimitPrice"], parent["slLimitPrice"]) == (
+        "Partial",
+        "99500",
+        "",
+    )
+    assert sorted(pair) == ["PartialStopLoss", "PartialTakeProfit"]
+    take, stop = pair["PartialTakeProfit"], pair["PartialStopLoss"]
+    assert (take["orderType"], take["price"], take["triggerPrice"]) == ("Limit", "99500", "99000")
+    assert (stop["orderType"], stop["triggerPrice"], stop["side"]) == ("Market", "95000", "Sell")
+    assert (take["triggerDirection"], stop["triggerDirection"]) == (1, 2)
+    assert {(o["qty"], o["orderStatus"], o["reduceOnly"]) for o in pair.values()} == {
+        ("0.02", "Untriggered", True)
+    }
+    assert take["createType"] == "CreateByPartialTakeProfit"
+    assert (position["takeProfit"], position["stopLoss"]) == ("0", "0")  # not the position's
+    ended = _history_by_kind(session)
+    assert (ended["PartialStopLoss"]["orderStatus"], ended["PartialStopLoss"]["orderId"]) == (
+        "Filled",
+        stop["orderId"],
+    )
+    assert (
+        ended["PartialTakeProfit"]["orderStatus"],
+        ended["PartialTakeProfit"]["cancelType"],
+    ) == (
+        "Deactivated",
+        "CancelByOCOTpCanceledBySlTriggered",
+    )
+    assert _position_size(session) == "0"
+
+
+def _position_size(session: HTTP) -> str:
+    rows = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"]
+    return str(rows[0]["size"])
+
+
+def _partial_stop(session: HTTP, **fields: str) -> Any:
+    return session.set_trading_stop(
+        **{"category": "linear", "symbol": "BTCUSDT", "tpslMode": "Partial", "positionIdx": 0}
+        | fields
+    )
+
+
+def test_trading_stop_partial_adds_orders_of_its_size_which_end_with_the_position(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Buy", "0.03")
+    settle(server)
+    _partial_stop(session, takeProfit="99000", stopLoss="95000", tpSize="0.01", slSize="0.01")
+    _partial_stop(session, stopLoss="96000", slSize="0.01", slOrderType="Market")
+    added = sorted((o["stopOrderType"], o["triggerPrice"], o["qty"]) for o in _open_stops(session))
+
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 95900})  # the 96000 stop fires alone
+    settle(server)
+    after_stop = (_position_size(session), len(_open_stops(session)))
+    _market(session, "Sell", "0.02", reduceOnly=True)
+    settle(server)
+
+    assert added == [
+        ("PartialStopLoss", "95000", "0.01"),
+        ("PartialStopLoss", "96000", "0.01"),
+        ("PartialTakeProfit", "99000", "0.01"),
+    ]
+    assert after_stop == ("0.02", 2)
+    assert _open_stops(session) == []
+    rows = session.get_order_history(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
+    ended = {(o["triggerPrice"], o["orderStatus"], o["cancelType"]) for o in rows["result"]["list"]}
+    assert ended == {
+        ("96000", "Filled", "UNKNOWN"),
+        ("95000", "Deactivated", "CancelByTpSlTsClear"),  # the position closed
+        ("99000", "Deactivated", "CancelByTpSlTsClear"),
+    }
+
+
+def _open_stops(session: HTTP) -> list[dict[str, Any]]:
+    rows = session.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
+    return list(rows["result"]["list"])
+
+
+def test_a_partial_half_amends_and_cancelling_it_cancels_both(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session, "Buy", "0.01")
+    settle(server)
+    _partial_stop(session, takeProfit="99000", stopLoss="95000", tpSize="0.01", slSize="0.01")
+    take, stop = _exits(session)["PartialTakeProfit"], _exits(session)["PartialStopLoss"]
+
+    session.amend_order(
+        category="linear", symbol="BTCUSDT", orderId=stop["orderId"], triggerPrice="96000"
+    )
+    moved = _exits(session)["PartialStopLoss"]["triggerPrice"]
+    session.cancel_order(category="linear", symbol="BTCUSDT", orderId=take["orderId"])
+
+    assert moved == "96000"
+
+    assert _open_stops(session) == []
+    ended = _history_by_kind(session)
+    assert {(o["orderStatus"], o["cancelType"]) for o in ended.values()} == {
+        ("Deactivated", "CancelByUser")
+    }
+    assert _position_size(session) == "0.01"
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"tpOrderType": "Limit", "tpLimitPrice": "99500"}, "tpOrderType Limit needs tpslMode"),
+        ({"tpslMode": "Full", "tpOrderType": "Limit", "tpLimitPrice": "99500"}, "only support"),
+        ({"tpslMode": "Partial", "tpOrderType": "Limit"}, "tpLimitPrice is required"),
+        ({"tpslMode": "Partial", "tpOrderType": "Limit", "tpLimitPrice": "99500.05"}, "tickSize"),
+        ({"tpslMode": "Half"}, "is not one of Full, Partial"),
+    ],
+)
+def test_tpsl_order_types_bybit_refuses_on_create_are_10001(
+    session: HTTP, fields: dict[str, str], named: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        _market(session, takeProfit="99000", **fields)
+
+    assert caught.value.status_code == 10001
+    assert named in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"stopLoss": "95000"}, "slSize is required"),
+        ({"stopLoss": "95000", "slSize": "0"}, "slSize is required"),
+        (
+            {"takeProfit": "99000", "stopLoss": "95000", "tpSize": "0.01", "slSize": "0.02"},
+            "must equal",
+        ),
+        ({"stopLoss": "0", "slSize": "0.01"}, "cancel its order instead"),
+        ({"stopLoss": "98000", "slSize": "0.01"}, "must be below"),
+        ({"stopLoss": "95000", "slSize": "0.0001"}, "Qty invalid"),
+    ],
+)
+def test_trading_stop_partial_requests_bybit_refuses_are_10001(
+    server: SimServer, session: HTTP, fields: dict[str, str], named: str
+) -> None:
+    _market(session, "Buy", "0.01")
+    settle(server)
+
+    with pytest.raises(InvalidRequestError) as caught:
+        _partial_stop(session, **fields)
+
+    assert caught.value.status_code == 10001
+    assert named in caught.value.message
+    assert _open_stops(session) == []
 
 
 # ------------------------------------------------------------------ account and market data
