@@ -1382,6 +1382,10 @@ class SimExchange:
                 )
             self._check_price("price", order.symbol, params.price)
             changes["price"] = params.price
+            if not triggered_by_price:  # as on create: moved in to the order price limit
+                limits = self._price_limits(order.symbol)
+                clamp = min if order.side == "Buy" else max
+                changes["price"] = clamp(params.price, limits.of(order.side))
         changes |= self._tpsl_changes(
             order, params, lambda name, level: self._check_price(name, order.symbol, level)
         )
@@ -1390,7 +1394,34 @@ class SimExchange:
                 RetCode.PARAMS_ERROR,
                 "The order remains unchanged as the parameters entered match the existing ones.",
             )
+        self._check_amended(order, changes)
         return changes
+
+    def _check_amended(self, order: OrderRecord, changes: Mapping[str, Any]) -> None:
+        """The order as amended keeps the rules its creation had to meet: no TP/SL on a
+        reduce-only order, each level on its side of the order's base price (its limit
+        price, else its trigger, else the last price), and the minimum order value."""
+        amended = {
+            name: changes.get(name, getattr(order, name))
+            for name in ("price", "qty", "trigger_price", "take_profit", "stop_loss")
+        }
+        levels = (("takeProfit", amended["take_profit"]), ("stopLoss", amended["stop_loss"]))
+        if order.reduce_only and any(
+            changes.get(name) is not None for name in ("take_profit", "stop_loss")
+        ):
+            raise SimError(
+                RetCode.PARAMS_ERROR,
+                "params error: takeProfit/stopLoss cannot be set on a reduceOnly order",
+            )
+        reference = next(
+            (value for value in (amended["price"], amended["trigger_price"]) if value is not None),
+            self._prices[order.symbol],
+        )
+        for name, level in levels:
+            if level is not None:
+                self._check_tpsl_level(name, order.symbol, level, order.side, reference, "order")
+        if not order.reduce_only and changes.keys() & {"price", "qty"}:
+            self._check_min_value(self._instrument(order.symbol), amended["qty"], reference)
 
     def _end_conditional(
         self, account: AccountRecord, order: OrderRecord, *, cancel_type: str = "CancelByUser"

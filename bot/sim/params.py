@@ -99,7 +99,8 @@ _ORDER_LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 
 
 def _decimal_text(value: Any) -> Decimal:
-    """Bybit sends and expects decimals as strings: '0.001', never 1e-3, never a JSON number."""
+    """Bybit sends and expects decimals as strings: '0.001', never 1e-3, never a JSON number
+    (pybit, Bybit's own SDK, turns a caller's number into a string before sending it)."""
     if not isinstance(value, str):
         raise ValueError("must be a decimal string such as '0.01'")
     if not _DECIMAL_TEXT.match(value):

@@ -403,6 +403,21 @@ def test_partial_tp_and_sl_from_ccxt_become_orders_of_their_size(
     assert left["id"] == attached["id"]
 
 
+def test_edit_order_moves_a_stop_and_refuses_one_on_the_wrong_side(bybit: ccxt.bybit) -> None:
+    """An amended order is checked as a new one is. ccxt passes its params through as given:
+    decimals as strings, as Bybit (and pybit, which turns numbers into strings) sends them."""
+    placed = bybit.create_order(SYMBOL, "limit", "buy", 0.001, 95000)
+
+    bybit.edit_order(placed["id"], SYMBOL, "limit", "buy", None, None, {"stopLoss": "94000.5"})
+    with pytest.raises(ccxt.BadRequest, match="must be below its base price"):
+        bybit.edit_order(placed["id"], SYMBOL, "limit", "buy", None, None, {"stopLoss": "99000"})
+    with pytest.raises(ccxt.BadRequest, match="must be a decimal string"):
+        bybit.edit_order(placed["id"], SYMBOL, "limit", "buy", None, None, {"stopLoss": 94000})
+
+    order = bybit.fetch_open_order(placed["id"], SYMBOL)
+    assert (order["price"], order["stopLossPrice"]) == (95000, 94000.5)
+
+
 def _pro_client(server: SimServer) -> Any:
     """ccxt.pro's bybit, its REST and WebSocket URLs pointed here."""
     exchange = ccxt.pro.bybit(

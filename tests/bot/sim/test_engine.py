@@ -385,6 +385,83 @@ def test_amending_nothing_or_a_filled_order_is_refused() -> None:
     assert amend(filled, qty="0.02") is RetCode.ORDER_NOT_EXISTS
 
 
+def _amend_error(exchange: SimExchange, order_id: str, **change: Any) -> tuple[RetCode, str]:
+    request = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, **change}
+    with pytest.raises(SimError) as caught:
+        exchange.amend_order(KEY, AmendOrderParams.model_validate(request))
+    return caught.value.ret_code, caught.value.ret_msg
+
+
+def test_an_amended_order_keeps_the_rules_its_creation_met() -> None:
+    """Bybit checks an amended order as it checks a new one: TP/SL on their sides of the
+    base price, none on a reduce-only order, the minimum order value."""
+    exchange = _exchange()
+    resting = _submit(
+        exchange, side="Buy", qty="0.01", orderType="Limit", price="95000", stopLoss="94000"
+    )
+    _submit(exchange, side="Buy", qty="0.01")
+    exchange.advance(DELAY_MS)
+    reducing = _submit(
+        exchange, side="Sell", qty="0.01", orderType="Limit", price="99000", reduceOnly=True
+    )
+    stop_entry = _submit(
+        exchange,
+        side="Buy",
+        qty="0.01",
+        orderType="Market",
+        triggerPrice="98000",
+        triggerDirection=1,
+        stopLoss="97500",
+    )
+
+    assert _amend_error(exchange, resting, stopLoss="96000") == (
+        RetCode.PARAMS_ERROR,
+        "params error: stopLoss 96000 of a Buy order must be below its base price 95000",
+    )
+    assert _amend_error(exchange, resting, takeProfit="90000")[0] is RetCode.PARAMS_ERROR
+    assert _amend_error(exchange, resting, price="93000")[1].startswith(
+        "params error: stopLoss 94000 of a Buy order must be below"
+    )  # the stop it has would now lie above the order's price
+    assert _amend_error(exchange, resting, qty="0.00001")[0] is RetCode.PARAMS_ERROR  # qtyStep
+    assert _amend_error(exchange, resting, price="100", stopLoss="0")[0] is (
+        RetCode.ORDER_VALUE_BELOW_MINIMUM
+    )
+    assert _amend_error(exchange, reducing, takeProfit="90000") == (
+        RetCode.PARAMS_ERROR,
+        "params error: takeProfit/stopLoss cannot be set on a reduceOnly order",
+    )
+    assert _amend_error(exchange, stop_entry, triggerPrice="97400")[0] in {
+        RetCode.PARAMS_ERROR,
+        RetCode.TRIGGER_NOT_ABOVE_PRICE,
+    }
+    assert _amend_error(exchange, stop_entry, triggerPrice="99000", stopLoss="99500")[1].startswith(
+        "params error: stopLoss 99500 of a Buy order must be below its base price 99000"
+    )
+    assert (_order(exchange, resting)["price"], _order(exchange, resting)["stopLoss"]) == (
+        "95000",
+        "94000",
+    )
+
+
+def test_an_amended_price_beyond_the_price_limit_is_moved_in_to_it() -> None:
+    exchange = _exchange()
+    order_id = _submit(exchange, side="Sell", qty="0.01", orderType="Limit", price="99000")
+    exchange.advance(DELAY_MS)
+    floor = exchange.price_limit_row("BTCUSDT")
+    assert floor is not None
+
+    exchange.amend_order(
+        KEY,
+        AmendOrderParams.model_validate(
+            {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, "price": "1000"}
+        ),
+    )
+    exchange.advance(DELAY_MS)
+
+    order = _order(exchange, order_id)
+    assert (order["price"], order["orderStatus"]) == (floor["sellLmt"], "Filled")
+
+
 def test_cancel_all_cancels_the_open_orders_of_a_symbol_only() -> None:
     exchange = _exchange()
     btc = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96000")
