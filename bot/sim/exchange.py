@@ -406,7 +406,8 @@ class SimExchange:
         self._burst_skew_ms = 0
         self._next_user_id = 100_001
         self._seq = 0
-        self._book_updates = 0
+        # The books' update id (`u`, `seq`): 1 for a fresh book, as Bybit's after a restart.
+        self._book_updates = 1
         self._tick_directions: dict[str, str] = {}
         #: Per symbol: what all accounts hold (one side of the open interest), and its history
         #: as (times ms, values) after each fill, for `/v5/market/open-interest`.

@@ -734,8 +734,10 @@ class StreamHub:
         unchanged = last is not None and (last[1], last[2]) == (bids, asks)
         if unchanged and not again:
             return
-        # Bybit's resend of an unchanged depth-1 book keeps its `u`.
-        update_id = 1 if last is None else last[0] if unchanged else last[0] + 1
+        # `u` is the book's update id, which the REST orderbook answers too (Bybit: its `u`
+        # "corresponds to u in the 1000-level WebSocket orderbook stream"), so a REST snapshot
+        # and the stream's deltas line up; a resend of an unchanged depth-1 book keeps its `u`.
+        update_id = last[0] if unchanged and last is not None else book["u"]
         conn.books[topic] = (update_id, bids, asks)
         conn.books_sent_ms[topic] = ts
         data: dict[str, Any] = {"s": book["s"], "b": book["b"], "a": book["a"]}
