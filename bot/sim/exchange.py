@@ -100,6 +100,7 @@ from bot.sim.views import (
     instrument_view,
     mark_kline_rows,
     open_interest_view,
+    order_history_view,
     order_stream_view,
     order_view,
     orderbook_view,
@@ -995,10 +996,10 @@ class SimExchange:
         """`GET /v5/market/risk-limit`: one tier per listed symbol (the simulator has one);
         inverse lists nothing."""
         if params.category != "linear":
-            return {"category": params.category, "list": []}
+            return {"category": params.category, "list": [], "nextPageCursor": ""}
         symbols = self._symbols(params.symbol)
         rows = [risk_limit_view(symbol, self._config.instruments[symbol]) for symbol in symbols]
-        return {"category": "linear", "list": rows}
+        return {"category": "linear", "list": rows, "nextPageCursor": ""}  # one page
 
     def tickers(self, params: MarketParams) -> dict[str, Any]:
         """`GET /v5/market/tickers`; other categories list nothing."""
@@ -1923,7 +1924,7 @@ class SimExchange:
                 for order in candidates
                 if self._matches(order, params) and _still_in_history(order, now)
             ]
-            return self._order_page(selected, params)
+            return self._order_page(selected, params, order_history_view)
 
     @_linear_listing
     def executions(self, api_key: str, params: ExecutionQueryParams) -> dict[str, Any]:
@@ -2397,12 +2398,17 @@ class SimExchange:
         )
 
     @staticmethod
-    def _order_page(orders: list[OrderRecord], params: OrderQueryParams) -> dict[str, Any]:
-        """Orders newest first (by their exchange-wide creation sequence), one page."""
+    def _order_page(
+        orders: list[OrderRecord],
+        params: OrderQueryParams,
+        view: Callable[[OrderRecord], dict[str, Any]] = order_view,
+    ) -> dict[str, Any]:
+        """Orders newest first (by their exchange-wide creation sequence), one page, each as
+        `view` shows it."""
         page, cursor = _keyed_page(orders, params.limit, params.cursor, _order_position)
         return {
             "category": "linear",
-            "list": [order_view(order) for order in page],
+            "list": [view(order) for order in page],
             "nextPageCursor": cursor,
         }
 

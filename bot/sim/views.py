@@ -6,6 +6,7 @@ Numbers are decimal strings as Bybit sends them ("97000", "0.001"), never floats
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -46,6 +47,7 @@ __all__ = [
     "instrument_view",
     "mark_kline_rows",
     "open_interest_view",
+    "order_history_view",
     "order_stream_view",
     "order_view",
     "orderbook_view",
@@ -655,6 +657,8 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
     tick = spec.tick_size.normalize()
     return {
         "symbol": symbol,
+        # A stable id per symbol name (Bybit's are small integers too).
+        "symbolId": zlib.crc32(symbol.encode()) % 1_000_000,
         "contractType": "LinearPerpetual",
         "status": "Trading",
         "baseCoin": symbol.removesuffix(SETTLE_COIN),
@@ -689,6 +693,9 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
         "lowerFundingRate": f"-{FUNDING_CAP}",
         "isPreListing": False,
         "preListingInfo": None,
+        "symbolType": "",
+        "displayName": "",
+        "forbidUplWithdrawal": False,
         "riskParameters": {
             "priceLimitRatioX": fmt(spec.price_limit_ratio_x),
             "priceLimitRatioY": fmt(spec.price_limit_ratio_y),
@@ -759,6 +766,19 @@ def ticker_view(
 # ----------------------------------------------------------------- WebSocket stream shapes
 
 
+def order_history_view(order: OrderRecord) -> dict[str, Any]:
+    """An order as `/v5/order/history` lists it: the `/v5/order/realtime` fields and the
+    history's own (the simulator has no RPI orders and no extra fees)."""
+    return {
+        **order_view(order),
+        "slippageToleranceType": order.slippage_tolerance_type,
+        "slippageTolerance": fmt(order.slippage_tolerance),
+        "extraFees": "",
+        "rpiTakerAccess": False,
+        "rpiMatchedQty": "0",
+    }
+
+
 def order_stream_view(order: OrderRecord, closed_pnl: Decimal | None) -> dict[str, Any]:
     """An order as the private `order` topic pushes it: the REST fields plus category,
     closedPnl (the order's closed PnL so far) and the stream-only fields."""
@@ -774,8 +794,14 @@ def order_stream_view(order: OrderRecord, closed_pnl: Decimal | None) -> dict[st
 
 
 def execution_stream_view(execution: ExecutionRecord) -> dict[str, Any]:
-    """One fill as the private `execution` topic pushes it."""
-    return {"category": "linear", **execution_view(execution), "isLeverage": "0"}
+    """One fill as the private `execution` topic pushes it; its `execPnl` is the fill's
+    `cashFlow` in the transaction log, as Bybit documents it."""
+    return {
+        "category": "linear",
+        **execution_view(execution),
+        "isLeverage": "0",
+        "execPnl": _fmt8(execution.cash_flow),
+    }
 
 
 def position_stream_view(row: dict[str, Any]) -> dict[str, Any]:

@@ -514,6 +514,39 @@ def test_trading_stop_partial_requests_bybit_refuses_are_10001(
 # ------------------------------------------------------------------ account and market data
 
 
+def test_order_history_instruments_and_risk_limits_carry_bybits_documented_fields(
+    server: SimServer, session: HTTP
+) -> None:
+    _market(session)
+    settle(server)
+
+    (order,) = session.get_order_history(category="linear", symbol="BTCUSDT")["result"]["list"]
+    (instrument,) = session.get_instruments_info(category="linear", symbol="BTCUSDT")["result"][
+        "list"
+    ]
+    limits = session.get_risk_limit(category="linear", symbol="BTCUSDT")["result"]
+
+    assert {
+        key: order[key]
+        for key in (
+            "slippageToleranceType",
+            "slippageTolerance",
+            "extraFees",
+            "rpiTakerAccess",
+            "rpiMatchedQty",
+        )
+    } == {
+        "slippageToleranceType": "UNKNOWN",
+        "slippageTolerance": "0",
+        "extraFees": "",
+        "rpiTakerAccess": False,
+        "rpiMatchedQty": "0",
+    }
+    assert isinstance(instrument["symbolId"], int)
+    assert (instrument["symbolType"], instrument["forbidUplWithdrawal"]) == ("", False)
+    assert limits["nextPageCursor"] == ""
+
+
 def test_account_info_and_coin_info_have_bybits_shape(session: HTTP) -> None:
     info = session.get_account_info()["result"]
     coins = session.get_coin_info()["result"]["rows"]

@@ -589,6 +589,7 @@ def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
     }
     assert {name: full[name] for name in fast} == fast
     assert (fast["orderLinkId"], fast["execQty"]) == ("fast-1", "0.01")
+    assert full["execPnl"] == "0"  # an opening fill: the log's cashFlow is 0 too
     assert isinstance(heard["execution.fast"]["creationTime"], int)
 
 
