@@ -20,6 +20,7 @@ is journaled with the fill, so replaying the journal rebuilds the same books.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,10 @@ _MOVABLE_EXITS: Final = frozenset({"StopLoss", "TakeProfit"})
 _LEVELS_KEPT: Final = 8
 #: Reconciliation passes that fetch a key's closed PnL after one of its positions closed.
 _CLOSED_PNL_FETCHES: Final = 3
+#: How long a fill of our order that came before the venue's answer to the send is held for
+#: the orderId the answer brings (it normally comes within milliseconds); then it is booked
+#: as the order's, its orderId unchecked, as a fill of an order in flight always was.
+_IDENTITY_WAIT_S: Final = 10.0
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
 #: asks from a minute before the newest journaled fill, so its pages land well inside; an
 #: older fill is looked up in the journal instead (right, only slower), so the memory stays
@@ -486,6 +491,14 @@ class AccountKeeper:
         # second copy's check queues behind the first one's write.
         self._old_fill_check = asyncio.Lock()
         self._owners: dict[str, OrderOwner | None] = {}
+        # The venue's orderId of each order of ours it answered lately (None: it never took
+        # the order), told by the executor at once, before the journal's deferred write.
+        self._identified: dict[str, str | None] = {}
+        # Fills that came under the orderLinkId of an order of ours in flight, before the
+        # venue's answer told its orderId, by orderLinkId; and what wakes their release.
+        self._held: dict[str, list[Execution]] = {}
+        self._identities: dict[str, asyncio.Event] = {}
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
@@ -594,7 +607,57 @@ class AccountKeeper:
             problem=problem,
         )
 
-    async def _apply_execution(self, fill: Execution) -> None:
+    def order_identified(self, order_link_id: str, order_id: str | None) -> None:
+        """The venue answered a send of our order `order_link_id` with its orderId (None:
+        the order ended without the venue ever taking it). A fill under that orderLinkId of
+        another orderId (or of an order it never took) is another client's; fills held until
+        now for this answer are applied."""
+        remember(self._identified, order_link_id, order_id, _OWNER_CACHE)
+        waiting = self._identities.pop(order_link_id, None)
+        if waiting is not None:
+            waiting.set()
+
+    def _identity_pending(self, fill: Execution) -> bool:
+        """Whether the fill is under the orderLinkId of our unfinished order, of its symbol
+        and side, which the venue has not answered with an orderId yet: it may be ours (the
+        stream is often faster than the answer) or another client's order under the same id
+        (ours is then refused as a duplicate); only the answer can tell."""
+        link_id = fill.order_link_id
+        if not link_id or link_id in self._identified:
+            return False
+        known = self._journal.unfinished(link_id)
+        return (
+            known is not None
+            and known.order_id is None
+            and (known.request.symbol, known.request.side) == (fill.symbol, fill.side)
+        )
+
+    def _hold(self, fill: Execution) -> None:
+        """Hold a fill until the venue's answer tells whose order it is (`_release`)."""
+        held = self._held.setdefault(fill.order_link_id, [])
+        held.append(fill)
+        if len(held) == 1:
+            identified = self._identities.setdefault(fill.order_link_id, asyncio.Event())
+            task = asyncio.get_running_loop().create_task(
+                self._release(fill.order_link_id, identified)
+            )
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release(self, order_link_id: str, identified: asyncio.Event) -> None:
+        """Apply the fills held for `order_link_id` once its orderId is told, or after
+        `_IDENTITY_WAIT_S` (lost to a crash meanwhile, they are fetched again at start)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_IDENTITY_WAIT_S):
+                await identified.wait()
+        self._identities.pop(order_link_id, None)
+        for fill in self._held.pop(order_link_id, []):
+            await self._apply_execution(fill, held=True)
+
+    async def _apply_execution(self, fill: Execution, *, held: bool = False) -> None:
+        if not held and self._identity_pending(fill):
+            self._hold(fill)
+            return
         strategy, ours = await self._strategy_of(fill)
         # A stream message and a REST page may both bring a fill: apply it once.
         seen = self._recent_fills.seen(fill)
@@ -662,8 +725,13 @@ class AccountKeeper:
         owner = self._owners[link_id]
         if owner is None:
             return None, True
-        # The venue's id of ours: as the journal held it, or once committed since.
-        order_id = owner.order_id or self._journal.venue_order_id(link_id)
+        if link_id in self._identified and self._identified[link_id] is None:
+            self._warn_foreign(link_id, "a fill of an order the venue never took from us")
+            return None, False
+        # The venue's id of ours: as the executor was told it, or as the journal holds it.
+        order_id = (
+            owner.order_id or self._identified.get(link_id) or self._journal.venue_order_id(link_id)
+        )
         if order_id is None and self._journal.unfinished(link_id) is None:
             # Finished, and no orderId remembered (it may predate the acknowledgement): as
             # the journal committed it. Finished without one, the venue never took it from

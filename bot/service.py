@@ -474,6 +474,7 @@ class Service:
             venue_leverage=account.projection.leverage,
             booked_qty=account.projection.booked_qty,
             order_journaled=account.keeper.expect_order,
+            order_identified=account.keeper.order_identified,
             stop_moving=lambda key_name, move: account.keeper.expect_level(
                 key_name, move.symbol, "StopLoss", move.stop_loss
             ),

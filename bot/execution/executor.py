@@ -124,6 +124,7 @@ class Executor:
         venue_leverage: Callable[[str, str], Decimal | None] = lambda key, symbol: None,
         booked_qty: Callable[[str], Decimal] | None = None,
         order_journaled: Callable[[OrderRequest], None] = lambda request: None,
+        order_identified: Callable[[str, str | None], None] = lambda link_id, order_id: None,
         stop_moving: Callable[[str, StopMove], None] = lambda key_name, move: None,
         rng: random.Random | None = None,
     ) -> None:
@@ -136,7 +137,10 @@ class Executor:
         `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
         follower waits for them, so the next signal of the lane sees the position);
         `order_journaled` hears of each order journaled by `execute_all`, before its send,
-        and `stop_moving(key, move)` of each stop loss `move_stop` is about to set."""
+        `order_identified(orderLinkId, orderId)` of the venue's orderId of each order of ours
+        as soon as an answer or a look-up tells it (None: the order ended without the venue
+        taking it), and `stop_moving(key, move)` of each stop loss `move_stop` is about to
+        set."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
@@ -147,6 +151,7 @@ class Executor:
         self._venue_leverage = venue_leverage
         self._booked_qty = booked_qty
         self._order_journaled = order_journaled
+        self._order_identified = order_identified
         self._stop_moving = stop_moving
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
@@ -503,6 +508,7 @@ class Executor:
                 )
             log.info("order placed", order_id=ack.order_id, attempt=attempt + 1)
             self._placed[request.key_name] += 1
+            self._order_identified(request.order_link_id, ack.order_id)
             # Journaled with the stream's reports of the order, which follow within
             # milliseconds: one commit for all. Lost in a crash, it leaves the order
             # Submitting, which start-up looks up at the venue before anything is sent again.
@@ -809,7 +815,12 @@ class Executor:
         return event if record is None else _event_of(record)
 
     async def _record(self, event: OrderEvent) -> OrderEvent:
-        self._settled(event, await self._journal.call(self._journal.record_order_event, event))
+        moved = await self._journal.call(self._journal.record_order_event, event)
+        self._settled(event, moved)
+        if event.order_id:
+            self._order_identified(event.order_link_id, event.order_id)
+        elif moved and event.status.is_terminal:  # ended without the venue ever taking it
+            self._order_identified(event.order_link_id, None)
         return event
 
     def _settled(self, event: OrderEvent, moved: bool) -> None:

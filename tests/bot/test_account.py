@@ -59,6 +59,21 @@ def fill(
     )
 
 
+def placed(journal: Journal, link: str, strategy: str = "alpha", side: Side = Side.BUY) -> None:
+    """Journal our order `link` and the venue's answer to its send (`acknowledged`)."""
+    journal.record_order(make_request(order_link_id=link, strategy=strategy, side=side))
+    acknowledged(journal, link)
+
+
+def acknowledged(journal: Journal, link: str) -> None:
+    """Journal the venue's answer to the send of our order `link`: the orderId the fills of
+    `fill(link=link)` carry. (Before it, a fill under that orderLinkId is held until the
+    answer tells whose order it is.)"""
+    journal.record_order_event(
+        OrderEvent(order_link_id=link, status=OrderStatus.NEW, order_id=f"o-{link}")
+    )
+
+
 def apply(projection: AccountProjection, item: Execution, strategy: str | None) -> None:
     projection.apply_execution(item, projection.allocate(item, strategy))
 
@@ -251,6 +266,7 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
 def test_a_liquidation_closes_the_strategies_books_and_is_said_as_a_warning(
     journal: Journal,
 ) -> None:
+    acknowledged(journal, "alpha-0-x")
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)
     ours = fill(Side.BUY, "0.01", "100", link="alpha-0-x")
@@ -265,6 +281,7 @@ def test_a_liquidation_closes_the_strategies_books_and_is_said_as_a_warning(
 
 
 def test_the_keeper_applies_a_fill_once_however_often_it_is_reported(journal: Journal) -> None:
+    acknowledged(journal, "alpha-0-x")
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)
     item = fill(Side.BUY, "0.01", "100", link="alpha-0-x", exec_id="same")
@@ -413,7 +430,7 @@ def test_the_books_converge_to_the_venue_whatever_the_order_and_duplicates(
     with tempfile.TemporaryDirectory() as folder:
         journal = Journal(Path(folder) / "journal.sqlite3")
         for side, link in links.items():
-            journal.record_order(make_request(order_link_id=link, strategy="alpha", side=side))
+            placed(journal, link, side=side)
         projection = AccountProjection()
         keeper = AccountKeeper(journal, projection)
 
@@ -462,15 +479,100 @@ def test_a_fill_of_an_expected_order_is_attributed_without_asking_the_journal(
     journal.record_order(request)
     journal.order_owner = None  # type: ignore[method-assign,assignment]  # asked: a TypeError
     keeper.expect_order(request)
+    keeper.order_identified("beta-0-y", "o-beta-0-y")  # the venue's answer to the send
 
     asyncio.run(keeper.apply(fill(Side.BUY, "0.02", "100", link="beta-0-y")))
 
     assert projection.strategy_size("k", "beta", "BTCUSDT") == Decimal("0.02")
 
 
+def _held_then_told(
+    journal: Journal, told: str | None, *, fill_order_id: str = "o-alpha-0-x"
+) -> tuple[AccountProjection, list[tuple[str, str]], Decimal]:
+    """A fill under our order's orderLinkId comes before the venue's answer to its send;
+    then the executor tells the orderId the answer brought (`told`; None: the order ended
+    without the venue taking it). The books, what was logged, and the strategy's size
+    while the fill was held."""
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    early = fill(Side.BUY, "0.01", "100", link="alpha-0-x").model_copy(
+        update={"order_id": fill_order_id}
+    )
+    said: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])))
+
+    async def deliver() -> Decimal:
+        await keeper.apply(early)
+        while_held = projection.strategy_size("k", "alpha", "BTCUSDT")
+        keeper.order_identified("alpha-0-x", told)
+        for _ in range(500):  # the release runs as its own task, and may ask the journal
+            if projection.books():
+                break
+            await asyncio.sleep(0.01)
+        return while_held
+
+    try:
+        while_held = asyncio.run(deliver())
+        journal.flush()
+    finally:
+        logger.remove(sink)
+    return projection, said, while_held
+
+
+def test_a_fill_before_the_answer_is_held_then_booked_as_the_order_the_answer_names(
+    journal: Journal,
+) -> None:
+    projection, _, while_held = _held_then_told(journal, "o-alpha-0-x")
+
+    assert while_held == 0
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
+    assert projection.booked_qty("alpha-0-x") == Decimal("0.01")
+
+
+def test_a_fill_before_the_answer_of_another_orderid_is_another_clients(
+    journal: Journal,
+) -> None:
+    # Another client's order under our orderLinkId filled; ours got another orderId.
+    projection, said, _ = _held_then_told(journal, "our-order", fill_order_id="their-order")
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("0.01")
+    assert any("another client of the key" in message for _, message in said)
+
+
+def test_a_fill_before_an_order_the_venue_never_took_is_another_clients(
+    journal: Journal,
+) -> None:
+    # Ours was refused as a duplicate of another client's order under the same orderLinkId,
+    # whose fill came first; ours ended Rejected, without an orderId.
+    projection, said, _ = _held_then_told(journal, None)
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("0.01")
+    assert any("never took from us" in message for _, message in said)
+
+
+def test_a_held_fill_whose_answer_never_comes_is_booked_as_the_orders_after_the_wait(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.account._IDENTITY_WAIT_S", 0.05)
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+
+    async def deliver() -> Decimal:
+        await keeper.apply(fill(Side.BUY, "0.01", "100", link="alpha-0-x"))
+        while_held = projection.strategy_size("k", "alpha", "BTCUSDT")
+        await asyncio.sleep(0.2)
+        return while_held
+
+    assert asyncio.run(deliver()) == 0
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
+
+
 def test_a_fills_reports_are_journaled_together_and_before_any_later_journal_call(
     journal: Journal,
 ) -> None:
+    acknowledged(journal, "alpha-0-x")
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)
     commits: list[int] = []
@@ -521,7 +623,7 @@ def test_fills_older_than_the_memory_are_still_applied_once(
     memory = timedelta(minutes=5)
     with tempfile.TemporaryDirectory() as folder:
         journal = Journal(Path(folder) / "journal.sqlite3")
-        journal.record_order(make_request(order_link_id="alpha-0-x", strategy="alpha"))
+        placed(journal, "alpha-0-x")
 
         def start() -> tuple[AccountKeeper, AccountProjection]:
             fills = journal.executions()
