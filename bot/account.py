@@ -514,8 +514,7 @@ class AccountKeeper:
             self._order_updated(report)
         elif isinstance(report, ExitOrder):
             self._write(journal.record_exit, report)
-            self._warn_if_unprotected(report)
-            await self._warn_if_moved(report)
+            await self.check_exit(report)
         elif isinstance(report, Execution):
             await self._apply_execution(report)
         elif isinstance(report, PositionUpdate):
@@ -531,6 +530,12 @@ class AccountKeeper:
         else:
             projection.apply_wallet(report)
             self._write(journal.record_wallet, report)
+
+    async def check_exit(self, exit_order: ExitOrder) -> None:
+        """Warn of a position exit that another client cancelled or moved, however the bot
+        learns of it: the stream, or a REST scan (after a restart, or a stream outage)."""
+        self._warn_if_unprotected(exit_order)
+        await self._warn_if_moved(exit_order)
 
     def _warn_if_unprotected(self, exit_order: ExitOrder) -> None:
         """Say so, once per order, when someone cancels a stop loss or take profit at the
@@ -560,11 +565,14 @@ class AccountKeeper:
         levels.append(level)
 
     async def _warn_if_moved(self, exit_order: ExitOrder) -> None:
-        """Say so, once per level, when a stop loss or take profit of a position moves at the
-        venue to a level the bot did not set (another client amended it, or set the
-        position's level): the position is then protected otherwise than the bot meant. The
-        levels the bot set lately are in memory; older ones, or those of an earlier run, are
-        asked of the journal (only when a move is seen)."""
+        """Say so, once per level, when a stop loss or take profit of a position is at a level
+        the bot did not set: moved at the venue since it was last seen, or, first seen (after
+        a restart, or a new exit order), at a level other than every one the bot set for that
+        exit (another client amended it, amended the order that opened the position, or set
+        the position's level): the position is then protected otherwise than the bot meant.
+        An exit the bot never set a level for is not judged. The levels the bot set lately
+        are in memory; older ones, or those of an earlier run, are asked of the journal (only
+        when the level is not in memory)."""
         trigger, order_id = exit_order.trigger_price, exit_order.order_id
         if (
             trigger is None
@@ -575,21 +583,27 @@ class AccountKeeper:
         before = self._exit_triggers.get(order_id)
         remember(self._exit_triggers, order_id, trigger, _WARNED_KEPT)
         where = (exit_order.key_name, exit_order.symbol, exit_order.kind)
-        if before is None or before == trigger or trigger in self._levels_set.get(where, ()):
+        if before == trigger or trigger in self._levels_set.get(where, ()):
             return
         journal = self._journal
-        if trigger in await journal.call(journal.levels_set, *where):
+        levels = await journal.call(journal.levels_set, *where)
+        if trigger in levels:
             self.expect_level(*where, trigger)
             return
+        if before is None and not levels:
+            return  # an exit of a position the bot never protected
         logger.bind(notify="foreign").warning(
-            "the {kind} of the {symbol} position on key {key} was moved at the venue from "
-            "{before} to {trigger}, not by the bot (orderId {order_id}); set it again (POST "
-            "/v5/position/trading-stop) if that was not meant",
+            "the {kind} of the {symbol} position on key {key} {change}, not by the bot "
+            "(orderId {order_id}); set it again (POST /v5/position/trading-stop) if that was "
+            "not meant",
             kind=exit_order.kind,
             symbol=exit_order.symbol,
             key=exit_order.key_name,
-            before=before,
-            trigger=trigger,
+            change=(
+                f"was moved at the venue from {before} to {trigger}"
+                if before is not None
+                else f"was set at the venue to {trigger}, a level the bot never set"
+            ),
             order_id=order_id,
         )
 

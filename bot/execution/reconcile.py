@@ -97,8 +97,8 @@ class Reconciler:
         return keys.index(key_name) / len(keys) if key_name in keys else 0.0
 
     async def scan_exits(self, key_name: str) -> bool:
-        """Journal the exits the venue executed for `key_name`; False if a symbol could not
-        be read (it is logged)."""
+        """Journal the exits the venue executed for `key_name`, and warn of those another
+        client cancelled or moved; False if a symbol could not be read (it is logged)."""
         venue = self._venues[key_name]
         symbols = await self._journal.call(self._journal.protected_symbols, key_name)
         complete = True
@@ -118,6 +118,8 @@ class Reconciler:
                         symbol=symbol,
                         status=exit_order.status,
                     )
+                    # Cancelled or moved by another client while no stream told of it.
+                    await self._account.keeper.check_exit(exit_order)
         return complete
 
 

@@ -788,6 +788,36 @@ def test_a_stop_moved_back_to_a_level_the_bot_set_in_an_earlier_run_is_not_warne
     assert len(warnings) == 1 and "from 93000 to 50000" in warnings[0]
 
 
+def test_a_stop_first_seen_at_a_level_the_bot_never_set_is_warned_of(
+    journal: Journal,
+) -> None:
+    # The bot set 95000 on this position (in an earlier run); after a restart, or on a new
+    # exit order, the venue shows the stop at 90000: another client amended or set it.
+    journal.record_order(
+        make_request(order_link_id="follow-0-r", key_name="follow_sim", stop_loss=Decimal(95000))
+    )
+    keeper = AccountKeeper(journal, AccountProjection())
+
+    said = apply_logged(
+        keeper,
+        journal,
+        stop_loss(trigger_price=Decimal(95000)),  # the bot's own: nothing to say
+        stop_loss(trigger_price=Decimal(90000)).model_copy(update={"order_id": "other-exit"}),
+    )
+
+    warnings = [message for level, message in said if level == "WARNING"]
+    assert len(warnings) == 1
+    assert "was set at the venue to 90000, a level the bot never set" in warnings[0]
+
+
+def test_a_stop_of_a_position_the_bot_never_protected_is_not_judged(journal: Journal) -> None:
+    keeper = AccountKeeper(journal, AccountProjection())
+
+    said = apply_logged(keeper, journal, stop_loss(trigger_price=Decimal(90000)))
+
+    assert [message for level, message in said if level == "WARNING"] == []
+
+
 def test_a_position_that_closes_has_its_closed_pnl_fetched_on_the_next_passes(
     journal: Journal,
 ) -> None:

@@ -179,6 +179,34 @@ def test_a_stop_loss_another_client_moves_at_the_venue_is_warned_of(
     assert len(moved) == 1 and "from 95000 to 50000" in moved[0]
 
 
+def test_a_stop_cancelled_while_the_stream_is_down_is_warned_of_by_the_scan(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    sim, server = exchange
+    scans = "\n[execution]\nexit_scan_interval_s = 0.5\n"
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    bot = start(sim_config, server, scans)
+    client = HTTP(api_key=KEY, api_secret=SECRET)
+    client.endpoint = server.url
+    try:
+        wait_for(lambda: streams(bot) == {"follow_sim": "live"}, what="the stream live")
+        assert bot.post(signal("unseen")).status_code == 202  # its stop loss at 95000
+        wait_for(lambda: bot.journal_status("unseen") == ["Filled"], what="the long")
+        sim.set_faults(SimFaults(stream_drop=1.0))  # no push reaches the bot now
+        client.cancel_all_orders(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
+        warned = wait_for(
+            lambda: [line for line in said if "StopLoss" in line and "was cancelled" in line],
+            what="the scan's warning",
+        )
+    finally:
+        sim.set_faults(SimFaults())
+        bot.stop()
+        logger.remove(sink)
+
+    assert len(warned) == 1 and "the position stays open without it" in warned[0]
+
+
 def test_an_order_of_ours_another_client_cancels_is_warned_of_once(
     sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
 ) -> None:
