@@ -2,9 +2,13 @@
 
 Checks run cheapest-first, and an unauthenticated sender learns nothing about validation:
 
-    429 locked out (repeated authentication failures) → 429 rate limit → 403 address not
-    allowed → 408 body not sent in time → 413 body size → 415 compressed body → 401
-    authentication → 400 JSON → 422 signal fields → journal → 202 accepted | 200 duplicate
+    429 rate limit → 403 address not allowed → 408 body not sent in time → 413 body size →
+    415 compressed body → 401 authentication (429 from an address locked out after repeated
+    failures) → 400 JSON → 422 signal fields → journal → 202 accepted | 200 duplicate
+
+A lockout refuses only requests that fail authentication: a correctly signed request from
+the same address (TradingView sends every user's alerts from a few shared addresses) is
+never refused because a stranger failed from there.
 
 Every 429 carries `Retry-After`. Every refusal is counted (`bot_signal_rejections_total`) and
 journaled with the source, what kind, why and the client's address (never a secret, token or
@@ -363,15 +367,7 @@ class WebhookReceiver:
         return JSONResponse(body_out, status_code=202 if is_new else 200)
 
     def _admit(self, client: str) -> None:
-        """Lockout, rate limit and address allowlist."""
-        locked = self._lockout.wait_s(client)
-        if locked:
-            raise _Refused(
-                429,
-                "locked_out",
-                "too many failed authentications from this address; wait and sign correctly",
-                retry_after=locked,
-            )
+        """Rate limit and address allowlist."""
         wait = self._rate_limit.wait_s(client)
         if wait:
             raise _Refused(429, "rate_limited", "too many requests; slow down", retry_after=wait)
@@ -418,6 +414,15 @@ class WebhookReceiver:
         return hmac.compare_digest(token.encode(), self._token.get_secret_value().encode())
 
     def _auth_failed(self, client: str, reason: str) -> None:
+        """401, counted towards the address's lockout; 429 while it is locked out."""
+        locked = self._lockout.wait_s(client)
+        if locked:
+            raise _Refused(
+                429,
+                "locked_out",
+                "too many failed authentications from this address; wait and sign correctly",
+                retry_after=locked,
+            )
         if self._lockout.failed(client):
             logger.warning(
                 "{client} locked out of {path} for {s:g} s after failed authentications",
