@@ -192,6 +192,25 @@ def test_a_dropped_websocket_is_a_warning_not_an_error(capture: io.StringIO) -> 
     assert len(logging.getLogger("websocket").filters) == 1
 
 
+def test_a_flood_of_malformed_requests_is_logged_once_a_minute() -> None:
+    now = [0.0]
+    once = logs._OncePerMinute("Invalid HTTP request received.", clock=lambda: now[0])
+
+    def passed(message: str) -> str | None:
+        record = logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, message, None, None)
+        return record.getMessage() if once.filter(record) else None
+
+    first = [passed("Invalid HTTP request received.") for _ in range(1000)]
+    other = passed("Something else.")
+    now[0] = 61
+    next_minute = passed("Invalid HTTP request received.")
+
+    assert first[0] == "Invalid HTTP request received."
+    assert first[1:] == [None] * 999
+    assert other == "Something else."  # only the named message is held back
+    assert next_minute == "Invalid HTTP request received. (999 more in the last minute)"
+
+
 def test_url_encoded_secret_is_redacted(capture: io.StringIO) -> None:
     secret = awkward("/+ &=?")
     logs.redact(secret)
