@@ -42,6 +42,7 @@ from pydantic_settings import (
 
 from bot.execution.config import ExecutionConfig
 from bot.files import FileTooLargeError, NotRegularFileError, read_small_file
+from bot.messages import error_said
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -505,8 +506,7 @@ def _problem(error: ErrorDetails, path: Path) -> str:
         setters = _variables_under(loc[:-1])
         also = f"; {'.'.join(loc[:-1])} is also set by {', '.join(setters)}" if setters else ""
         return f"{key} is required {where}{also}: {error['msg']}"
-    allowed = error["msg"].removeprefix("Value error, ")
-    return f"invalid {key} = {_shown(error['input'])} {where}: {allowed}"
+    return f"invalid {key} = {_shown(error['input'])} {where}: {error_said(error)}"
 
 
 def _variable_of(loc: Sequence[str]) -> str | None:

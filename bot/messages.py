@@ -57,6 +57,7 @@ __all__ = [
     "SignalError",
     "StopMove",
     "WalletUpdate",
+    "error_said",
     "is_unicode",
     "json_number",
     "load_json",
@@ -388,7 +389,7 @@ def is_unicode(text: str) -> bool:
 def field_problems(exc: ValidationError) -> list[tuple[str, str]]:
     """Each problem of a validation as (field, what is wrong): "body" for the whole."""
     return [
-        (".".join(str(part) for part in error["loc"]) or "body", _said(error))
+        (".".join(str(part) for part in error["loc"]) or "body", error_said(error))
         for error in exc.errors(include_url=False, include_input=False)
     ]
 
@@ -401,7 +402,9 @@ _PATTERNS_SAID: Final = {
 }
 
 
-def _said(error: ErrorDetails) -> str:
+def error_said(error: ErrorDetails) -> str:
+    """What is wrong with a value, in words (a pattern it misses is said as what it must
+    be)."""
     if error["type"] == "string_pattern_mismatch":
         said = _PATTERNS_SAID.get(str(error.get("ctx", {}).get("pattern")))
         if said is not None:

@@ -8,16 +8,29 @@ strategy; the global value is every strategy's ceiling.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from bot.messages import MAX_NUMBER
+from bot.messages import MAX_NUMBER, SYMBOL_PATTERN, Symbol
 
 __all__ = ["RiskConfig", "StrategyRiskConfig"]
 
 SideName = Literal["Buy", "Sell"]
+
+
+def _upper_symbol(value: object) -> object:
+    """A symbol name in upper case, as Bybit's are ("uppercase only") and signals' are made:
+    "btcusdt" means BTCUSDT; anything that is no symbol name is left as written, to be
+    refused as such."""
+    if isinstance(value, str) and re.fullmatch(SYMBOL_PATTERN, value.strip().upper()):
+        return value.strip().upper()
+    return value
+
+
+ConfiguredSymbol = Annotated[Symbol, BeforeValidator(_upper_symbol)]
 _SIDES: tuple[SideName, ...] = ("Buy", "Sell")
 _LONGER_IS_STRICTER = frozenset({"cooldown_after_loss_s"})
 
@@ -27,10 +40,12 @@ class RiskConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    symbols: tuple[str, ...] = Field(
+    symbols: tuple[ConfiguredSymbol, ...] = Field(
         ("BTCUSDT", "ETHUSDT", "SOLUSDT"), description="allowlist; anything else is rejected"
     )
-    denied_symbols: tuple[str, ...] = Field((), description="never traded, even if allowed")
+    denied_symbols: tuple[ConfiguredSymbol, ...] = Field(
+        (), description="never traded, even if allowed"
+    )
     sides: tuple[SideName, ...] = Field(_SIDES, description="sides that may open: Buy, Sell")
     max_order_notional_usdt: Decimal = Field(Decimal(1000), gt=0)
     max_position_notional_usdt: Decimal = Field(
@@ -108,8 +123,8 @@ class StrategyRiskConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    symbols: tuple[str, ...] | None = None
-    denied_symbols: tuple[str, ...] | None = None
+    symbols: tuple[ConfiguredSymbol, ...] | None = None
+    denied_symbols: tuple[ConfiguredSymbol, ...] | None = None
     sides: tuple[SideName, ...] | None = Field(None, description='e.g. ["Buy"] for long-only')
     max_order_notional_usdt: Decimal | None = Field(None, gt=0)
     max_position_notional_usdt: Decimal | None = Field(None, gt=0)

@@ -47,6 +47,23 @@ def test_environment_variables_override_the_file(
     assert str(settings.risk.max_order_notional_usdt) == "250"
 
 
+def test_symbols_are_taken_in_upper_case_and_a_non_symbol_is_refused_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_RISK__SYMBOLS", "btcusdt, EthUsdt")
+    settings = load_settings(write(tmp_path, "[risk]\ndenied_symbols = ['solusdt']\n" + KEYED))
+    monkeypatch.setenv("BOT_RISK__SYMBOLS", "btc-usdt")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, KEYED))
+
+    assert settings.risk.symbols == ("BTCUSDT", "ETHUSDT")
+    assert settings.risk.denied_symbols == ("SOLUSDT",)
+    assert "invalid risk.symbols.0 = 'btc-usdt' from BOT_RISK__SYMBOLS: must be a Bybit symbol" in (
+        str(caught.value)
+    )
+
+
 def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[risk]\nmax_notional = 5\n")
 
