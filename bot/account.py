@@ -89,6 +89,11 @@ _CLOSED_PNL_FETCHES: Final = 3
 #: the orderId the answer brings (it normally comes within milliseconds); then it is booked
 #: as the order's, its orderId unchecked, as a fill of an order in flight always was.
 _IDENTITY_WAIT_S: Final = 10.0
+#: How long the books of a key's symbol (every strategy's and the unattributed one) may
+#: disagree with the venue's position before the bot fetches again what it may have missed
+#: (fills of the last `_DRIFT_LOOKBACK`, positions, open orders), then warns if they still do.
+_BOOKS_DRIFT_S: Final = 30.0
+_DRIFT_LOOKBACK: Final = timedelta(hours=1)
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
 #: asks from a minute before the newest journaled fill, so its pages land well inside; an
 #: older fill is looked up in the journal instead (right, only slower), so the memory stays
@@ -358,6 +363,20 @@ class AccountProjection:
         """Every strategy's book, open or with PnL or fees, sorted by key, strategy, symbol."""
         return [self._books[k] for k in sorted(self._books)]
 
+    def drift(self, key_name: str) -> dict[str, tuple[Decimal, Decimal]]:
+        """Each symbol whose position at the venue, as last reported, is not what the key's
+        books (every strategy's and the unattributed one) add up to: (venue, books)."""
+        venue = {update.symbol: update.size for update in self.positions_of(key_name)}
+        books: dict[str, Decimal] = {}
+        for (key, _, symbol), book in self._books.items():
+            if key == key_name:
+                books[symbol] = books.get(symbol, ZERO) + book.size
+        return {
+            symbol: (venue.get(symbol, ZERO), books.get(symbol, ZERO))
+            for symbol in venue.keys() | books.keys()
+            if venue.get(symbol, ZERO) != books.get(symbol, ZERO)
+        }
+
     def position(self, key_name: str, symbol: str) -> PositionUpdate | None:
         """The venue's view of the key's position, as last reported."""
         return self._positions.get((key_name, symbol))
@@ -499,6 +518,10 @@ class AccountKeeper:
         self._held: dict[str, list[Execution]] = {}
         self._identities: dict[str, asyncio.Event] = {}
         self._releases: set[asyncio.Task[None]] = set()
+        # Books that disagree with the venue: since when, per (key, symbol) and (venue, books);
+        # and the disagreements already warned of.
+        self._drifting: dict[tuple[str, str], tuple[float, tuple[Decimal, Decimal]]] = {}
+        self._warned_drift: dict[tuple[str, str, Decimal, Decimal], None] = {}
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
@@ -814,6 +837,51 @@ class AccountKeeper:
         journal = self._journal
         since = await journal.call(journal.last_execution_time, venue.name)
         await self._apply_fetched(venue.name, "executions", lambda: venue.executions_since(since))
+
+    async def check_books(self, venue: Venue) -> None:
+        """Compare the key's books with the venue's positions (each reconciliation pass).
+        A disagreement that lasts `_BOOKS_DRIFT_S` unchanged (a fill still held or in
+        flight makes a short one) sends the bot back to the venue for what it may have
+        missed: fills of the last `_DRIFT_LOOKBACK`, positions, open orders. One still there
+        after that is warned of, once: fills the bot never saw (made before its journal
+        began, or long ago, or lost by the venue) are in neither book."""
+        key_name, now = venue.name, asyncio.get_running_loop().time()
+        drift = self._projection.drift(key_name)
+        for where in [where for where in self._drifting if where[0] == key_name]:
+            if drift.get(where[1]) != self._drifting[where][1]:
+                del self._drifting[where]  # resolved, or changed: its time starts again
+        due = False
+        for symbol, sizes in drift.items():
+            since, _ = self._drifting.setdefault((key_name, symbol), (now, sizes))
+            due = due or (
+                now - since >= _BOOKS_DRIFT_S
+                and (key_name, symbol, *sizes) not in self._warned_drift
+            )
+        if not due:
+            return
+        await self.close_gap(venue)
+        since_time = utc_now() - _DRIFT_LOOKBACK
+        await self._apply_fetched(
+            key_name, "executions", lambda: venue.executions_since(since_time)
+        )
+        for symbol, (at_venue, in_books) in self._projection.drift(key_name).items():
+            started = self._drifting.get((key_name, symbol))
+            if started is None or now - started[0] < _BOOKS_DRIFT_S:
+                continue
+            if (key_name, symbol, at_venue, in_books) in self._warned_drift:
+                continue
+            remember(self._warned_drift, (key_name, symbol, at_venue, in_books), None, _WARNED_KEPT)
+            logger.bind(notify="venue_error").warning(
+                "key {key}: the venue's {symbol} position is {at_venue}, the bot's books hold "
+                "{in_books} (every strategy's and the unattributed one), and fetching the last "
+                "hour's fills again did not change that: fills the bot never saw (made before "
+                "its journal began, or earlier, or lost by the venue); `bot positions` shows "
+                "the books",
+                key=key_name,
+                symbol=symbol,
+                at_venue=at_venue,
+                in_books=in_books,
+            )
 
     def closed_pnl_due(self, key_name: str) -> bool:
         """Whether a position of the key closed lately, so that its closed-PnL record is

@@ -20,6 +20,7 @@ from bot.account import AccountProjection
 from bot.config import ConfigError
 from bot.journal import Journal
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+from bot.sim.records import ResumedPosition
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for, write_key_secrets
 
@@ -205,6 +206,39 @@ def test_a_stop_cancelled_while_the_stream_is_down_is_warned_of_by_the_scan(
         logger.remove(sink)
 
     assert len(warned) == 1 and "the position stays open without it" in warned[0]
+
+
+def test_books_that_disagree_with_the_venue_are_fetched_again_then_warned_of_once(
+    sim_config: Callable[..., Path],
+    exchange: tuple[SimExchange, SimServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A position the venue holds whose fills the bot never saw (here: one the simulator
+    holds with no fill, as a venue that lost them would): the books cannot know it. After a
+    fetch of what may have been missed, the disagreement is said once."""
+    monkeypatch.setattr("bot.account._BOOKS_DRIFT_S", 1.0)
+    sim, server = exchange
+    sim.resume_account(
+        KEY,
+        None,
+        [ResumedPosition("ETHUSDT", Decimal("0.5"), Decimal(3000), Decimal(10))],
+    )
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    bot = start(sim_config, server)
+    try:
+        warned = wait_for(
+            lambda: [line for line in said if "the bot's books hold" in line],
+            what="the disagreement said",
+        )
+        time.sleep(2.5)  # more passes: said once
+    finally:
+        bot.stop()
+        logger.remove(sink)
+
+    lines = [line for line in said if "the bot's books hold" in line]
+    assert lines == warned[:1]
+    assert "the venue's ETHUSDT position is 0.5, the bot's books hold 0" in lines[0]
 
 
 def test_an_order_of_ours_another_client_cancels_is_warned_of_once(

@@ -45,6 +45,9 @@ class _Keeper:
     def closed_pnl_due(self, key_name: str) -> bool:
         return False  # no position closes here: closed PnL comes with the scans only
 
+    async def check_books(self, venue: object) -> None:
+        """The books agree with the venue here."""
+
 
 class _Account:
     """One key's stream: `connection` is the live connection's number, None while down."""
