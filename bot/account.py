@@ -521,7 +521,7 @@ class AccountKeeper:
         # Books that disagree with the venue: since when, per (key, symbol) and (venue, books);
         # and the disagreements already warned of.
         self._drifting: dict[tuple[str, str], tuple[float, tuple[Decimal, Decimal]]] = {}
-        self._warned_drift: dict[tuple[str, str, Decimal, Decimal], None] = {}
+        self._warned_drift: dict[tuple[str, str], Decimal] = {}  # -> venue - books warned of
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
@@ -801,19 +801,21 @@ class AccountKeeper:
         """
         self._journal.defer(partial(method, *args, **kwargs))
 
-    async def close_gap(self, venue: Venue) -> None:
+    async def close_gap(self, venue: Venue) -> bool:
         """Fetch by REST what the stream may have missed while it was down: fills since the
         last one journaled, open orders, positions and the balance. Each part is bounded and
-        its failure logged; the reconciliation loop covers what is left."""
-        await self.catch_up_fills(venue)
-        await self.catch_up_closed_pnl(venue)
+        its failure logged; the reconciliation loop covers what is left. True if every part
+        was fetched."""
+        complete = await self.catch_up_fills(venue)
+        complete = await self.catch_up_closed_pnl(venue) and complete
         parts: list[tuple[str, Callable[[], Awaitable[Sequence[AccountReport]]]]] = [
             ("open orders", venue.open_orders),
             ("positions", lambda: self._positions_with_flats(venue)),
             ("wallet", lambda: _one(venue.wallet)),
         ]
         for what, fetch in parts:
-            await self._apply_fetched(venue.name, what, fetch)
+            complete = await self._apply_fetched(venue.name, what, fetch) and complete
+        return complete
 
     async def _positions_with_flats(self, venue: Venue) -> list[PositionUpdate]:
         """The venue's open positions, and a flat one for each the books hold that it no
@@ -832,45 +834,53 @@ class AccountKeeper:
         ]
         return [*listed, *flats]
 
-    async def catch_up_fills(self, venue: Venue) -> None:
-        """Journal the key's fills since the last one journaled (REST, deduplicated)."""
+    async def catch_up_fills(self, venue: Venue) -> bool:
+        """Journal the key's fills since the last one journaled (REST, deduplicated); False
+        if they could not be fetched (logged)."""
         journal = self._journal
         since = await journal.call(journal.last_execution_time, venue.name)
-        await self._apply_fetched(venue.name, "executions", lambda: venue.executions_since(since))
+        return await self._apply_fetched(
+            venue.name, "executions", lambda: venue.executions_since(since)
+        )
 
     async def check_books(self, venue: Venue) -> None:
         """Compare the key's books with the venue's positions (each reconciliation pass).
         A disagreement that lasts `_BOOKS_DRIFT_S` unchanged (a fill still held or in
         flight makes a short one) sends the bot back to the venue for what it may have
-        missed: fills of the last `_DRIFT_LOOKBACK`, positions, open orders. One still there
-        after that is warned of, once: fills the bot never saw (made before its journal
-        began, or long ago, or lost by the venue) are in neither book."""
+        missed: positions, open orders and fills since the last journaled (the positions may
+        only have been stale), then, if that was not it, fills of the last
+        `_DRIFT_LOOKBACK`. One still there after that is warned of, once per difference
+        between venue and books: fills the bot never saw (made before its journal began, or
+        long ago, or lost by the venue) are in neither book, and trades since do not change
+        that difference. A fetch that failed is tried again `_BOOKS_DRIFT_S` later."""
         key_name, now = venue.name, asyncio.get_running_loop().time()
         drift = self._projection.drift(key_name)
         for where in [where for where in self._drifting if where[0] == key_name]:
             if drift.get(where[1]) != self._drifting[where][1]:
                 del self._drifting[where]  # resolved, or changed: its time starts again
-        due = False
-        for symbol, sizes in drift.items():
-            since, _ = self._drifting.setdefault((key_name, symbol), (now, sizes))
-            due = due or (
-                now - since >= _BOOKS_DRIFT_S
-                and (key_name, symbol, *sizes) not in self._warned_drift
-            )
+        due: dict[str, tuple[Decimal, Decimal]] = {}
+        for symbol, (at_venue, in_books) in drift.items():
+            since, _ = self._drifting.setdefault((key_name, symbol), (now, (at_venue, in_books)))
+            warned = self._warned_drift.get((key_name, symbol))
+            if now - since >= _BOOKS_DRIFT_S and warned != at_venue - in_books:
+                due[symbol] = (at_venue, in_books)
         if not due:
             return
-        await self.close_gap(venue)
-        since_time = utc_now() - _DRIFT_LOOKBACK
-        await self._apply_fetched(
-            key_name, "executions", lambda: venue.executions_since(since_time)
-        )
-        for symbol, (at_venue, in_books) in self._projection.drift(key_name).items():
-            started = self._drifting.get((key_name, symbol))
-            if started is None or now - started[0] < _BOOKS_DRIFT_S:
-                continue
-            if (key_name, symbol, at_venue, in_books) in self._warned_drift:
-                continue
-            remember(self._warned_drift, (key_name, symbol, at_venue, in_books), None, _WARNED_KEPT)
+        complete = await self.close_gap(venue)
+        still = self._still_drifting(key_name, due)
+        if still:
+            since_time = utc_now() - _DRIFT_LOOKBACK
+            fetched = await self._apply_fetched(
+                key_name, "executions", lambda: venue.executions_since(since_time)
+            )
+            complete = complete and fetched
+            still = self._still_drifting(key_name, due)
+        if not complete:  # nothing is known: ask again later, not at every pass
+            for symbol in due:
+                self._drifting[(key_name, symbol)] = (now, due[symbol])
+            return
+        for symbol, (at_venue, in_books) in still.items():
+            remember(self._warned_drift, (key_name, symbol), at_venue - in_books, _WARNED_KEPT)
             logger.bind(notify="venue_error").warning(
                 "key {key}: the venue's {symbol} position is {at_venue}, the bot's books hold "
                 "{in_books} (every strategy's and the unattributed one), and fetching the last "
@@ -883,6 +893,16 @@ class AccountKeeper:
                 in_books=in_books,
             )
 
+    def _still_drifting(
+        self, key_name: str, due: Mapping[str, tuple[Decimal, Decimal]]
+    ) -> dict[str, tuple[Decimal, Decimal]]:
+        """The disagreements of `due` the books still have, exactly as they were."""
+        return {
+            symbol: sizes
+            for symbol, sizes in self._projection.drift(key_name).items()
+            if due.get(symbol) == sizes
+        }
+
     def closed_pnl_due(self, key_name: str) -> bool:
         """Whether a position of the key closed lately, so that its closed-PnL record is
         fetched now rather than at the next exit scan (up to a minute away while the stream
@@ -892,18 +912,22 @@ class AccountKeeper:
             self._closes_to_fetch[key_name] = left - 1
         return left > 0
 
-    async def catch_up_closed_pnl(self, venue: Venue) -> None:
-        """Journal the venue's closed-PnL records since the last one journaled (REST)."""
+    async def catch_up_closed_pnl(self, venue: Venue) -> bool:
+        """Journal the venue's closed-PnL records since the last one journaled (REST); False
+        if they could not be fetched (logged)."""
         journal = self._journal
         since = await journal.call(journal.last_closed_pnl_time, venue.name)
-        await self._apply_fetched(venue.name, "closed PnL", lambda: venue.closed_pnl_since(since))
+        return await self._apply_fetched(
+            venue.name, "closed PnL", lambda: venue.closed_pnl_since(since)
+        )
 
     async def _apply_fetched(
         self,
         key_name: str,
         what: str,
         fetch: Callable[[], Awaitable[Sequence[AccountReport]]],
-    ) -> None:
+    ) -> bool:
+        """Apply what `fetch` brings; False if it failed (logged)."""
         try:
             reports = await fetch()
         except (VenueError, ValueError) as exc:  # ValueError: a row that cannot be read
@@ -913,9 +937,10 @@ class AccountKeeper:
                 what=what,
                 error=str(exc),
             )
-            return
+            return False
         for report in reports:
             await self.apply(report)
+        return True
 
 
 async def _one(fetch: Callable[[], Awaitable[WalletUpdate]]) -> list[WalletUpdate]:

@@ -1184,7 +1184,7 @@ class Journal:
     def levels_set(self, key_name: str, symbol: str, kind: str) -> set[Decimal]:
         """The stop-loss (`kind` StopLoss) or take-profit levels the bot set on the key's
         `symbol` position lately: those its latest orders there carried and, for a stop
-        loss, its latest stop moves."""
+        loss, its latest stop moves, whatever their outcome."""
         field = "$.stop_loss" if kind == "StopLoss" else "$.take_profit"
         with self._lock:
             rows = self._db.execute(
@@ -1193,9 +1193,12 @@ class Journal:
                 (field, key_name, symbol, _LEVELS_LOOKED_AT),
             ).fetchall()
             if kind == "StopLoss":
+                # Every move asked for: one journaled as failed may still have reached the
+                # venue (its answer lost), and one cut short by a crash is not journaled
+                # either way; the level is the bot's all the same.
                 rows += self._db.execute(
                     "SELECT stop_loss FROM stop_moves WHERE key_name = ? AND symbol = ?"
-                    " AND outcome = 'moved' ORDER BY id DESC LIMIT ?",
+                    " ORDER BY id DESC LIMIT ?",
                     (key_name, symbol, _LEVELS_LOOKED_AT),
                 ).fetchall()
         return {Decimal(str(level)) for (level,) in rows if level is not None}

@@ -8,7 +8,8 @@ Checks run cheapest-first, and an unauthenticated sender learns nothing about va
 
 A lockout refuses only requests that fail authentication: a correctly signed request from
 the same address (TradingView sends every user's alerts from a few shared addresses) is
-never refused because a stranger failed from there.
+never refused because a stranger failed from there. It does not cap guessing below the rate
+limit: an HMAC secret or a token of 32 characters or more cannot be guessed at that pace.
 
 Every 429 carries `Retry-After`. Every refusal is counted (`bot_signal_rejections_total`) and
 journaled with the source, what kind, why and the client's address (never a secret, token or

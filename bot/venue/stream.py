@@ -349,7 +349,7 @@ class AccountStream(SupervisedStream):
         credentials: ApiCredentials,
         environment: Environment,
         on_message: Callable[[StreamMessage], Awaitable[None]],
-        on_connected: Callable[[], Awaitable[None]],
+        on_connected: Callable[[], Awaitable[object]],
         *,
         sim_url: str = "",
         rng: random.Random | None = None,

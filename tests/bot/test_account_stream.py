@@ -215,7 +215,8 @@ def test_books_that_disagree_with_the_venue_are_fetched_again_then_warned_of_onc
 ) -> None:
     """A position the venue holds whose fills the bot never saw (here: one the simulator
     holds with no fill, as a venue that lost them would): the books cannot know it. After a
-    fetch of what may have been missed, the disagreement is said once."""
+    fetch of what may have been missed, the disagreement is said once, and the strategy's
+    trades since, which keep the difference, do not say it again."""
     monkeypatch.setattr("bot.account._BOOKS_DRIFT_S", 1.0)
     sim, server = exchange
     sim.resume_account(
@@ -231,7 +232,10 @@ def test_books_that_disagree_with_the_venue_are_fetched_again_then_warned_of_onc
             lambda: [line for line in said if "the bot's books hold" in line],
             what="the disagreement said",
         )
-        time.sleep(2.5)  # more passes: said once
+        eth = signal("eth-after", symbol="ETHUSDT", stop_loss=2900)
+        assert bot.post(eth).status_code == 202
+        wait_for(lambda: bot.journal_status("eth-after") == ["Filled"], what="a trade since")
+        time.sleep(2.5)  # more passes, with the books and the venue both moved: said once
     finally:
         bot.stop()
         logger.remove(sink)
