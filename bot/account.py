@@ -44,7 +44,7 @@ from bot.messages import (
     WalletUpdate,
     utc_now,
 )
-from bot.venue.base import Venue
+from bot.venue.base import SETTLE_COIN, Venue
 from bot.venue.errors import VenueError
 from bot.venue.stream import AccountStream, StreamMessage
 
@@ -366,10 +366,15 @@ class AccountProjection:
     def drift(self, key_name: str) -> dict[str, tuple[Decimal, Decimal]]:
         """Each symbol whose position at the venue, as last reported, is not what the key's
         books (every strategy's and the unattributed one) add up to: (venue, books)."""
-        venue = {update.symbol: update.size for update in self.positions_of(key_name)}
+        # USDT-settled symbols only: the venue's position list is asked for those.
+        venue = {
+            update.symbol: update.size
+            for update in self.positions_of(key_name)
+            if update.symbol.endswith(SETTLE_COIN)
+        }
         books: dict[str, Decimal] = {}
         for (key, _, symbol), book in self._books.items():
-            if key == key_name:
+            if key == key_name and symbol.endswith(SETTLE_COIN):
                 books[symbol] = books.get(symbol, ZERO) + book.size
         return {
             symbol: (venue.get(symbol, ZERO), books.get(symbol, ZERO))
@@ -689,7 +694,10 @@ class AccountKeeper:
                 await identified.wait()
         self._identities.pop(order_link_id, None)
         for fill in self._held.pop(order_link_id, []):
-            await self._apply_execution(fill, held=True)
+            try:
+                await self._apply_execution(fill, held=True)
+            except Exception:  # the next one still goes; a catch-up or the books check
+                logger.exception("a held fill of {id} could not be applied", id=order_link_id)
 
     async def _apply_execution(self, fill: Execution, *, held: bool = False) -> None:
         if not held and self._identity_pending(fill):

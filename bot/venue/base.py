@@ -28,6 +28,7 @@ __all__ = [
     "BYBIT_URLS",
     "EXIT_SCAN_ORDERS",
     "PUBLIC_LINEAR_URLS",
+    "SETTLE_COIN",
     "Venue",
     "check_sim_url",
     "public_stream_url",
@@ -36,6 +37,8 @@ __all__ = [
 
 #: How many of a symbol's latest orders `Venue.exit_orders` reads (Bybit's page size).
 EXIT_SCAN_ORDERS: Final = 50
+#: The settle coin of what the bot trades and asks the venue for (positions, orders).
+SETTLE_COIN: Final = "USDT"
 
 #: Bybit's V5 hosts per environment: (REST, private stream). The only place they are named.
 BYBIT_URLS: Final = {

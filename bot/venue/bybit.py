@@ -50,7 +50,7 @@ from bot.messages import (
     WalletUpdate,
 )
 from bot.secrets import ApiCredentials
-from bot.venue.base import EXIT_SCAN_ORDERS, venue_urls
+from bot.venue.base import EXIT_SCAN_ORDERS, SETTLE_COIN, venue_urls
 from bot.venue.errors import (
     CLOCK_DRIFT_CODE,
     IP_WIDE_CODES,
@@ -89,7 +89,6 @@ _NO_PYBIT_RETRIES: Final = frozenset({-1})
 #: Worker threads (each with its own pybit session) per key; pacing, not threads, bounds the
 #: request rate.
 THREADS_PER_KEY: Final = 4
-SETTLE_COIN: Final = "USDT"
 _MAX_PAGES: Final = 20
 #: Bybit answers fills in windows of at most 7 days.
 _FILL_WINDOW_MS: Final = 7 * 24 * 3_600_000
