@@ -1391,6 +1391,14 @@ class SimExchange:
         changes |= self._tpsl_changes(
             order, params, lambda name, level: self._check_price(name, order.symbol, level)
         )
+        for name, attribute, value in (
+            ("tpLimitPrice", "tp_limit_price", params.tp_limit_price),
+            ("slLimitPrice", "sl_limit_price", params.sl_limit_price),
+        ):
+            current = getattr(order, attribute)
+            if value is not None and current is not None and value != current:
+                self._check_price(name, order.symbol, value)
+                changes[attribute] = value
         if not changes:
             raise SimError(
                 RetCode.PARAMS_ERROR,

@@ -386,6 +386,9 @@ class AmendOrderParams(_Params):
     tp_trigger_by: TriggerBy | None = None
     sl_trigger_by: TriggerBy | None = None
     trigger_price: DecimalText | None = None
+    #: "Only working when original order sets partial limit tp/sl" (else ignored).
+    tp_limit_price: DecimalText | None = None
+    sl_limit_price: DecimalText | None = None
 
 
 #: Bybit's kinds of order (`orderFilter`): the simulator's are plain (`Order`) and the

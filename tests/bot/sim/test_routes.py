@@ -369,6 +369,7 @@ def test_partial_tpsl_on_create_is_a_pair_of_orders_of_the_filled_qty(
     assert sorted(pair) == ["PartialStopLoss", "PartialTakeProfit"]
     take, stop = pair["PartialTakeProfit"], pair["PartialStopLoss"]
     assert (take["orderType"], take["price"], take["triggerPrice"]) == ("Limit", "99500", "99000")
+    assert parent["orderStatus"] == "Filled"
     assert (stop["orderType"], stop["triggerPrice"], stop["side"]) == ("Market", "95000", "Sell")
     assert (take["triggerDirection"], stop["triggerDirection"]) == (1, 2)
     assert {(o["qty"], o["orderStatus"], o["reduceOnly"]) for o in pair.values()} == {
@@ -401,6 +402,37 @@ def _partial_stop(session: HTTP, **fields: str) -> Any:
         **{"category": "linear", "symbol": "BTCUSDT", "tpslMode": "Partial", "positionIdx": 0}
         | fields
     )
+
+
+def test_a_resting_orders_partial_limit_prices_amend_and_are_ignored_on_others(
+    server: SimServer, session: HTTP
+) -> None:
+    partial = _limit(
+        session,
+        "95000",
+        takeProfit="99000",
+        tpslMode="Partial",
+        tpOrderType="Limit",
+        tpLimitPrice="99500",
+    )["result"]["orderId"]
+    plain = _limit(session, "94000", takeProfit="99000")["result"]["orderId"]
+
+    session.amend_order(category="linear", symbol="BTCUSDT", orderId=partial, tpLimitPrice="99400")
+    ignored = _error_code(
+        lambda: session.amend_order(
+            category="linear", symbol="BTCUSDT", orderId=plain, tpLimitPrice="99400"
+        )
+    )
+
+    rows = {o["orderId"]: o for o in _open_stops_and_orders(session)}
+    assert rows[partial]["tpLimitPrice"] == "99400"
+    assert ignored == 10001  # nothing else changed: "The order remains unchanged"
+    assert rows[plain]["tpLimitPrice"] == ""
+
+
+def _open_stops_and_orders(session: HTTP) -> list[dict[str, Any]]:
+    rows = session.get_open_orders(category="linear", symbol="BTCUSDT")
+    return list(rows["result"]["list"])
 
 
 def test_trading_stop_partial_adds_orders_of_its_size_which_end_with_the_position(
