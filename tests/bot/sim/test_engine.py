@@ -369,27 +369,21 @@ def test_amending_a_resting_limit_into_the_market_fills_it_as_taker() -> None:
     )
 
 
+def _amend_error(exchange: SimExchange, order_id: str, **change: Any) -> tuple[RetCode, str]:
+    request = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, **change}
+    with pytest.raises(SimError) as caught:
+        exchange.amend_order(KEY, AmendOrderParams.model_validate(request))
+    return caught.value.ret_code, caught.value.ret_msg
+
+
 def test_amending_nothing_or_a_filled_order_is_refused() -> None:
     exchange = _exchange()
     resting = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96000")
     filled = _submit(exchange, side="Buy", qty="0.01")
     exchange.advance(DELAY_MS)
 
-    def amend(order_id: str, **change: str) -> RetCode:
-        request = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, **change}
-        with pytest.raises(SimError) as caught:
-            exchange.amend_order(KEY, AmendOrderParams.model_validate(request))
-        return caught.value.ret_code
-
-    assert amend(resting, price="96000") is RetCode.PARAMS_ERROR
-    assert amend(filled, qty="0.02") is RetCode.ORDER_NOT_EXISTS
-
-
-def _amend_error(exchange: SimExchange, order_id: str, **change: Any) -> tuple[RetCode, str]:
-    request = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, **change}
-    with pytest.raises(SimError) as caught:
-        exchange.amend_order(KEY, AmendOrderParams.model_validate(request))
-    return caught.value.ret_code, caught.value.ret_msg
+    assert _amend_error(exchange, resting, price="96000")[0] is RetCode.PARAMS_ERROR
+    assert _amend_error(exchange, filled, qty="0.02")[0] is RetCode.ORDER_NOT_EXISTS
 
 
 def test_an_amended_order_keeps_the_rules_its_creation_met() -> None:

@@ -136,10 +136,17 @@ def _ids(session: HTTP, history: bool = False, **extra: str) -> list[str]:
     ]
 
 
-def _exits(session: HTTP) -> dict[str, dict[str, Any]]:
-    """The open TP/SL orders by stopOrderType."""
-    rows = session.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
-    return {row["stopOrderType"]: row for row in rows["result"]["list"]}
+def _stop_orders(session: HTTP, *, history: bool = False) -> list[dict[str, Any]]:
+    """The BTCUSDT conditional and TP/SL orders, open (or in the order history)."""
+    query = session.get_order_history if history else session.get_open_orders
+    return list(
+        query(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")["result"]["list"]
+    )
+
+
+def _exits(session: HTTP, *, history: bool = False) -> dict[str, dict[str, Any]]:
+    """The TP/SL orders by stopOrderType (the latest of each kind), open or in the history."""
+    return {row["stopOrderType"]: row for row in reversed(_stop_orders(session, history=history))}
 
 
 def test_a_positions_tp_and_sl_are_untriggered_orders_sized_to_it(
@@ -323,17 +330,10 @@ def test_a_triggered_stop_keeps_its_order_id_and_deactivates_the_take_profit(
     admin(server, "POST", "/sim/prices", {"BTCUSDT": 94000})
     settle(server)
 
-    rows = session.get_order_history(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
-    by_kind = {row["stopOrderType"]: row for row in rows["result"]["list"]}
+    by_kind = _exits(session, history=True)
     assert (by_kind["StopLoss"]["orderId"], by_kind["StopLoss"]["orderStatus"]) == (stop, "Filled")
     assert by_kind["StopLoss"]["createType"] == "CreateByStopLoss"
     assert by_kind["TakeProfit"]["orderStatus"] == "Deactivated"
-
-
-def _history_by_kind(session: HTTP) -> dict[str, dict[str, Any]]:
-    """The TP/SL orders in the order history by stopOrderType (one of each kind)."""
-    rows = session.get_order_history(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
-    return {row["stopOrderType"]: row for row in rows["result"]["list"]}
 
 
 def test_partial_tpsl_on_create_is_a_pair_of_orders_of_the_filled_qty(
@@ -377,7 +377,7 @@ def test_partial_tpsl_on_create_is_a_pair_of_orders_of_the_filled_qty(
     }
     assert take["createType"] == "CreateByPartialTakeProfit"
     assert (position["takeProfit"], position["stopLoss"]) == ("0", "0")  # not the position's
-    ended = _history_by_kind(session)
+    ended = _exits(session, history=True)
     assert (ended["PartialStopLoss"]["orderStatus"], ended["PartialStopLoss"]["orderId"]) == (
         "Filled",
         stop["orderId"],
@@ -442,11 +442,11 @@ def test_trading_stop_partial_adds_orders_of_its_size_which_end_with_the_positio
     settle(server)
     _partial_stop(session, takeProfit="99000", stopLoss="95000", tpSize="0.01", slSize="0.01")
     _partial_stop(session, stopLoss="96000", slSize="0.01", slOrderType="Market")
-    added = sorted((o["stopOrderType"], o["triggerPrice"], o["qty"]) for o in _open_stops(session))
+    added = sorted((o["stopOrderType"], o["triggerPrice"], o["qty"]) for o in _stop_orders(session))
 
     admin(server, "POST", "/sim/prices", {"BTCUSDT": 95900})  # the 96000 stop fires alone
     settle(server)
-    after_stop = (_position_size(session), len(_open_stops(session)))
+    after_stop = (_position_size(session), len(_stop_orders(session)))
     _market(session, "Sell", "0.02", reduceOnly=True)
     settle(server)
 
@@ -456,19 +456,16 @@ def test_trading_stop_partial_adds_orders_of_its_size_which_end_with_the_positio
         ("PartialTakeProfit", "99000", "0.01"),
     ]
     assert after_stop == ("0.02", 2)
-    assert _open_stops(session) == []
-    rows = session.get_order_history(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
-    ended = {(o["triggerPrice"], o["orderStatus"], o["cancelType"]) for o in rows["result"]["list"]}
+    assert _stop_orders(session) == []
+    ended = {
+        (o["triggerPrice"], o["orderStatus"], o["cancelType"])
+        for o in _stop_orders(session, history=True)
+    }
     assert ended == {
         ("96000", "Filled", "UNKNOWN"),
         ("95000", "Deactivated", "CancelByTpSlTsClear"),  # the position closed
         ("99000", "Deactivated", "CancelByTpSlTsClear"),
     }
-
-
-def _open_stops(session: HTTP) -> list[dict[str, Any]]:
-    rows = session.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
-    return list(rows["result"]["list"])
 
 
 def test_a_partial_half_amends_and_cancelling_it_cancels_both(
@@ -487,8 +484,8 @@ def test_a_partial_half_amends_and_cancelling_it_cancels_both(
 
     assert moved == "96000"
 
-    assert _open_stops(session) == []
-    ended = _history_by_kind(session)
+    assert _stop_orders(session) == []
+    ended = _exits(session, history=True)
     assert {(o["orderStatus"], o["cancelType"]) for o in ended.values()} == {
         ("Deactivated", "CancelByUser")
     }
@@ -540,7 +537,7 @@ def test_trading_stop_partial_requests_bybit_refuses_are_10001(
 
     assert caught.value.status_code == 10001
     assert named in caught.value.message
-    assert _open_stops(session) == []
+    assert _stop_orders(session) == []
 
 
 # ------------------------------------------------------------------ account and market data
