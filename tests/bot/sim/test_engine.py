@@ -348,17 +348,24 @@ def test_executions_and_closed_pnl_carry_bybits_fee_fields() -> None:
     )
 
 
+def _amend(exchange: SimExchange, order_id: str, **change: Any) -> None:
+    request = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, **change}
+    exchange.amend_order(KEY, AmendOrderParams.model_validate(request))
+
+
+def _amend_error(exchange: SimExchange, order_id: str, **change: Any) -> tuple[RetCode, str]:
+    """Bybit's code and message of an amendment refused."""
+    with pytest.raises(SimError) as caught:
+        _amend(exchange, order_id, **change)
+    return caught.value.ret_code, caught.value.ret_msg
+
+
 def test_amending_a_resting_limit_into_the_market_fills_it_as_taker() -> None:
     exchange = _exchange()
     order_id = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96000")
     exchange.advance(DELAY_MS)
 
-    exchange.amend_order(
-        KEY,
-        AmendOrderParams.model_validate(
-            {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, "price": "97500"}
-        ),
-    )
+    _amend(exchange, order_id, price="97500")
     exchange.advance(DELAY_MS)
 
     order = _order(exchange, order_id)
@@ -367,13 +374,6 @@ def test_amending_a_resting_limit_into_the_market_fills_it_as_taker() -> None:
         "97500",
         "97000",
     )
-
-
-def _amend_error(exchange: SimExchange, order_id: str, **change: Any) -> tuple[RetCode, str]:
-    request = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, **change}
-    with pytest.raises(SimError) as caught:
-        exchange.amend_order(KEY, AmendOrderParams.model_validate(request))
-    return caught.value.ret_code, caught.value.ret_msg
 
 
 def test_amending_nothing_or_a_filled_order_is_refused() -> None:
@@ -444,12 +444,7 @@ def test_an_amended_price_beyond_the_price_limit_is_moved_in_to_it() -> None:
     floor = exchange.price_limit_row("BTCUSDT")
     assert floor is not None
 
-    exchange.amend_order(
-        KEY,
-        AmendOrderParams.model_validate(
-            {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, "price": "1000"}
-        ),
-    )
+    _amend(exchange, order_id, price="1000")
     exchange.advance(DELAY_MS)
 
     order = _order(exchange, order_id)
