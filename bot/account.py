@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from functools import partial
@@ -31,7 +31,7 @@ from typing import Final
 
 from bot.bounded import remember
 from bot.execution.orders import differences
-from bot.journal import Journal, OrderOwner
+from bot.journal import Journal, OrderOwner, OrderRecord
 from bot.logs import logger
 from bot.messages import (
     ClosedPnl,
@@ -468,6 +468,16 @@ class RecentFills:
             self._ids.discard(added.popleft()[1])
 
 
+@dataclass
+class _Held:
+    """Reports of one key and symbol held for the venue's answers to our sends: in the order
+    they came, the orderLinkIds still waiting, and what wakes their release."""
+
+    reports: list[OrderEvent | Execution] = field(default_factory=list)
+    waiting: set[str] = field(default_factory=set)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class AccountKeeper:
     """Applies the venue's reports of one bot's keys to the projection and the journal.
 
@@ -518,28 +528,22 @@ class AccountKeeper:
         # The venue's orderId of each order of ours it answered lately (None: it never took
         # the order), told by the executor at once, before the journal's deferred write.
         self._identified: dict[str, str | None] = {}
-        # Fills that came under the orderLinkId of an order of ours in flight, before the
-        # venue's answer told its orderId, by orderLinkId; and what wakes their release.
-        self._held: dict[str, list[Execution]] = {}
-        self._identities: dict[str, asyncio.Event] = {}
+        # Per (key, symbol): the order reports and fills held, in the venue's order, since
+        # one came under the orderLinkId of an order of ours in flight, before the venue's
+        # answer told its orderId (see `_Held`).
+        self._held: dict[tuple[str, str], _Held] = {}
         self._releases: set[asyncio.Task[None]] = set()
-        # Books that disagree with the venue: since when, per (key, symbol) and (venue, books);
-        # and the disagreements already warned of.
-        self._drifting: dict[tuple[str, str], tuple[float, tuple[Decimal, Decimal]]] = {}
+        # Books that disagree with the venue: since when, per (key, symbol), and by how much
+        # (venue - books); and the differences already warned of.
+        self._drifting: dict[tuple[str, str], tuple[float, Decimal]] = {}
         self._warned_drift: dict[tuple[str, str], Decimal] = {}  # -> venue - books warned of
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
+        if isinstance(report, OrderEvent | Execution) and self._held_back(report):
+            return
         if isinstance(report, OrderEvent):
-            problem = journal.foreign_report(report)
-            if problem is not None:
-                self._warn_foreign(report.order_link_id, problem)
-                return
-            journal.defer(
-                partial(journal.record_order_event, report, missing_ok=True),
-                order_link_id=report.order_link_id,
-            )
-            self._order_updated(report)
+            self._apply_order_report(report)
         elif isinstance(report, ExitOrder):
             self._write(journal.record_exit, report)
             await self.check_exit(report)
@@ -649,60 +653,104 @@ class AccountKeeper:
             problem=problem,
         )
 
+    def _apply_order_report(self, report: OrderEvent) -> None:
+        problem = self._journal.foreign_report(report) or self._unlike_identified(report)
+        if problem is not None:
+            self._warn_foreign(report.order_link_id, problem)
+            return
+        self._journal.defer(
+            partial(self._journal.record_order_event, report, missing_ok=True),
+            order_link_id=report.order_link_id,
+        )
+        self._order_updated(report)
+
+    def _unlike_identified(self, report: OrderEvent) -> str | None:
+        """What shows a venue report is not of our order, by the orderId the executor was
+        told for it (before the journal has it): another one, or none (never taken)."""
+        link_id = report.order_link_id
+        if link_id not in self._identified:
+            return None
+        ours = self._identified[link_id]
+        if ours is None:
+            return "a report of an order the venue never took from us"
+        if report.order_id and report.order_id != ours:
+            return f"orderId {report.order_id}, not ours {ours}"
+        return None
+
     def order_identified(self, order_link_id: str, order_id: str | None) -> None:
         """The venue answered a send of our order `order_link_id` with its orderId (None:
-        the order ended without the venue ever taking it). A fill under that orderLinkId of
-        another orderId (or of an order it never took) is another client's; fills held until
-        now for this answer are applied."""
+        the order ended without the venue ever taking it). A report or fill under that
+        orderLinkId of another orderId (or of an order it never took) is another client's;
+        what was held until now for this answer is applied."""
         remember(self._identified, order_link_id, order_id, _OWNER_CACHE)
-        waiting = self._identities.pop(order_link_id, None)
-        if waiting is not None:
-            waiting.set()
+        for held in self._held.values():
+            held.waiting.discard(order_link_id)
+            if not held.waiting:
+                held.answered.set()
 
-    def _identity_pending(self, fill: Execution) -> bool:
-        """Whether the fill is under the orderLinkId of our unfinished order, of its symbol
-        and side, which the venue has not answered with an orderId yet: it may be ours (the
-        stream is often faster than the answer) or another client's order under the same id
-        (ours is then refused as a duplicate); only the answer can tell."""
-        link_id = fill.order_link_id
+    def _awaiting_answer(self, report: OrderEvent | Execution) -> OrderRecord | None:
+        """Our unfinished order, of the report's symbol and side, under whose orderLinkId
+        the report is, if the venue has not answered it with an orderId yet: the report may
+        be of ours (the stream is often faster than the answer) or of another client's order
+        under the same id (ours is then refused as a duplicate); only the answer can tell."""
+        link_id = report.order_link_id
         if not link_id or link_id in self._identified:
-            return False
+            return None
         known = self._journal.unfinished(link_id)
-        return (
-            known is not None
-            and known.order_id is None
-            and (known.request.symbol, known.request.side) == (fill.symbol, fill.side)
-        )
+        if known is None or known.order_id is not None:
+            return None
+        same = (known.request.symbol, known.request.side) == (report.symbol, report.side)
+        return known if same else None
 
-    def _hold(self, fill: Execution) -> None:
-        """Hold a fill until the venue's answer tells whose order it is (`_release`)."""
-        held = self._held.setdefault(fill.order_link_id, [])
-        held.append(fill)
-        if len(held) == 1:
-            identified = self._identities.setdefault(fill.order_link_id, asyncio.Event())
-            task = asyncio.get_running_loop().create_task(
-                self._release(fill.order_link_id, identified)
-            )
+    def _held_back(self, report: OrderEvent | Execution) -> bool:
+        """Hold the report if it awaits an answer (`_awaiting_answer`), or if it is a fill
+        of a key and symbol whose reports are held already (so that fills are booked in the
+        venue's order, each closing what the one before opened); True if held."""
+        ours = self._awaiting_answer(report)
+        if ours is not None:
+            market = (ours.request.key_name, ours.request.symbol)
+        elif isinstance(report, Execution) and (report.key_name, report.symbol) in self._held:
+            market = (report.key_name, report.symbol)
+        else:
+            return False
+        held = self._held.get(market)
+        if held is None:
+            held = self._held[market] = _Held()
+            task = asyncio.get_running_loop().create_task(self._release(market, held))
             self._releases.add(task)
             task.add_done_callback(self._releases.discard)
+        held.reports.append(report)
+        if ours is not None:
+            held.waiting.add(report.order_link_id)
+            held.answered.clear()
+        return True
 
-    async def _release(self, order_link_id: str, identified: asyncio.Event) -> None:
-        """Apply the fills held for `order_link_id` once its orderId is told, or after
-        `_IDENTITY_WAIT_S` (lost to a crash meanwhile, they are fetched again at start)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_IDENTITY_WAIT_S):
-                await identified.wait()
-        self._identities.pop(order_link_id, None)
-        for fill in self._held.pop(order_link_id, []):
+    async def _release(self, market: tuple[str, str], held: _Held) -> None:
+        """Apply what is held for `market`, in order: before each, wait until every order it
+        waits for has its answer, or `_IDENTITY_WAIT_S` (then a fill is booked as its
+        order's, unchecked; lost to a crash meanwhile, fills are fetched again at start).
+        What comes while they are applied queues behind them."""
+        while held.reports:
+            if held.waiting:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_IDENTITY_WAIT_S):
+                        await held.answered.wait()
+                held.waiting.clear()  # answered, or waited long enough
+            report = held.reports.pop(0)
             try:
-                await self._apply_execution(fill, held=True)
+                if isinstance(report, OrderEvent):
+                    self._apply_order_report(report)
+                else:
+                    await self._apply_execution(report)
             except Exception:  # the next one still goes; a catch-up or the books check
-                logger.exception("a held fill of {id} could not be applied", id=order_link_id)
+                logger.exception(
+                    "a held report of {id} could not be applied", id=report.order_link_id
+                )
+        del self._held[market]
 
-    async def _apply_execution(self, fill: Execution, *, held: bool = False) -> None:
-        if not held and self._identity_pending(fill):
-            self._hold(fill)
-            return
+    async def _apply_execution(self, fill: Execution) -> None:
+        if self._recent_fills.seen(fill):
+            return  # applied already (a REST page after the stream): nothing to say again
         strategy, ours = await self._strategy_of(fill)
         # A stream message and a REST page may both bring a fill: apply it once.
         seen = self._recent_fills.seen(fill)
@@ -864,14 +912,16 @@ class AccountKeeper:
         key_name, now = venue.name, asyncio.get_running_loop().time()
         drift = self._projection.drift(key_name)
         for where in [where for where in self._drifting if where[0] == key_name]:
-            if drift.get(where[1]) != self._drifting[where][1]:
+            sizes = drift.get(where[1])
+            if sizes is None or sizes[0] - sizes[1] != self._drifting[where][1]:
                 del self._drifting[where]  # resolved, or changed: its time starts again
-        due: dict[str, tuple[Decimal, Decimal]] = {}
+        due: dict[str, Decimal] = {}
         for symbol, (at_venue, in_books) in drift.items():
-            since, _ = self._drifting.setdefault((key_name, symbol), (now, (at_venue, in_books)))
+            difference = at_venue - in_books
+            since, _ = self._drifting.setdefault((key_name, symbol), (now, difference))
             warned = self._warned_drift.get((key_name, symbol))
-            if now - since >= _BOOKS_DRIFT_S and warned != at_venue - in_books:
-                due[symbol] = (at_venue, in_books)
+            if now - since >= _BOOKS_DRIFT_S and warned != difference:
+                due[symbol] = difference
         if not due:
             return
         complete = await self.close_gap(venue)
@@ -884,8 +934,8 @@ class AccountKeeper:
             complete = complete and fetched
             still = self._still_drifting(key_name, due)
         if not complete:  # nothing is known: ask again later, not at every pass
-            for symbol in due:
-                self._drifting[(key_name, symbol)] = (now, due[symbol])
+            for symbol, difference in due.items():
+                self._drifting[(key_name, symbol)] = (now, difference)
             return
         for symbol, (at_venue, in_books) in still.items():
             remember(self._warned_drift, (key_name, symbol), at_venue - in_books, _WARNED_KEPT)
@@ -902,13 +952,13 @@ class AccountKeeper:
             )
 
     def _still_drifting(
-        self, key_name: str, due: Mapping[str, tuple[Decimal, Decimal]]
+        self, key_name: str, due: Mapping[str, Decimal]
     ) -> dict[str, tuple[Decimal, Decimal]]:
-        """The disagreements of `due` the books still have, exactly as they were."""
+        """The disagreements of `due` the books still have, by the same difference."""
         return {
-            symbol: sizes
-            for symbol, sizes in self._projection.drift(key_name).items()
-            if due.get(symbol) == sizes
+            symbol: (at_venue, in_books)
+            for symbol, (at_venue, in_books) in self._projection.drift(key_name).items()
+            if due.get(symbol) == at_venue - in_books
         }
 
     def closed_pnl_due(self, key_name: str) -> bool:

@@ -552,6 +552,80 @@ def test_a_fill_before_an_order_the_venue_never_took_is_another_clients(
     assert any("never took from us" in message for _, message in said)
 
 
+def test_another_clients_order_report_before_the_answer_never_becomes_our_orders(
+    journal: Journal,
+) -> None:
+    # Another client's market buy under our orderLinkId, of our symbol, side and type, is
+    # reported (filled) while ours is in flight; ours is then refused as a duplicate.
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    theirs = OrderEvent(
+        order_link_id="alpha-0-x",
+        status=OrderStatus.FILLED,
+        order_id="their-order",
+        filled_qty=Decimal("0.002"),
+        avg_price=Decimal(100),
+        venue_qty=Decimal("0.002"),
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.MARKET,
+    )
+    their_fill = fill(Side.BUY, "0.002", "100", link="alpha-0-x").model_copy(
+        update={"order_id": "their-order"}
+    )
+    said: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: said.append((m.record["level"].name, m.record["message"])))
+
+    async def deliver() -> OrderStatus | None:
+        await keeper.apply(theirs)
+        await keeper.apply(their_fill)
+        record = await journal.call(journal.order, "alpha-0-x")
+        keeper.order_identified("alpha-0-x", None)  # ours: Rejected, never taken
+        for _ in range(500):
+            if projection.books():
+                break
+            await asyncio.sleep(0.01)
+        return record.status if record else None
+
+    try:
+        while_held = asyncio.run(deliver())
+        journal.flush()
+    finally:
+        logger.remove(sink)
+
+    record = journal.order("alpha-0-x")
+    assert while_held is OrderStatus.PENDING  # their Filled never reached our row
+    assert record is not None and record.order_id is None
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", UNATTRIBUTED, "BTCUSDT") == Decimal("0.002")
+    assert any("another client of the key" in message for _, message in said)
+
+
+def test_fills_held_for_an_answer_are_booked_in_the_venues_order(journal: Journal) -> None:
+    # Our buy fills before the answer to its send; the venue's stop loss then closes the
+    # position, before the answer too. Booked in that order, the stop's loss is the strategy's.
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    opening = fill(Side.BUY, "0.01", "100", link="alpha-0-x")
+    stopped = fill(Side.SELL, "0.01", "90", stop="StopLoss")
+
+    async def deliver() -> None:
+        await keeper.apply(opening)
+        await keeper.apply(stopped)
+        keeper.order_identified("alpha-0-x", "o-alpha-0-x")
+        for _ in range(500):  # both applied: the books hold the close
+            if any(book.realized_pnl for book in projection.books()):
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(deliver())
+
+    book = {b.strategy: b for b in projection.books()}
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert book["alpha"].realized_pnl == Decimal("-0.1")
+    assert UNATTRIBUTED not in book or book[UNATTRIBUTED].realized_pnl == 0
+
+
 def test_a_held_fill_whose_answer_never_comes_is_booked_as_the_orders_after_the_wait(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
