@@ -4,6 +4,7 @@ stream is caught up by REST with nothing counted twice; a shared key keeps books
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +17,9 @@ from loguru import logger
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
-from bot.account import AccountProjection
+from bot.account import UNATTRIBUTED, AccountProjection
 from bot.config import ConfigError
+from bot.execution.ids import order_link_id
 from bot.journal import Journal
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.sim.records import ResumedPosition
@@ -243,6 +245,53 @@ def test_books_that_disagree_with_the_venue_are_fetched_again_then_warned_of_onc
     lines = [line for line in said if "the bot's books hold" in line]
     assert lines == warned[:1]
     assert "the venue's ETHUSDT position is 0.5, the bot's books hold 0" in lines[0]
+
+
+def test_another_clients_order_under_our_next_id_that_fills_first_is_never_the_strategys(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    """Another client on the key places a market buy under the orderLinkId the bot will use
+    for its next signal; every request waits 1.5 s at the venue, so theirs fills, and the
+    stream reports it, while ours is still in flight; ours is then refused as a duplicate.
+    Their order and fill must reach neither our order's row nor the strategy's book."""
+    sim, server = exchange
+    link = order_link_id("follow", "voiceofchain", "raced", 0)
+    with beside_another_client(sim_config, server, "WARNING") as (bot, client, warnings):
+        # A first signal: from then on the price comes from the stream, so the next order is
+        # journaled and sent at once, and is in flight when theirs is reported.
+        assert bot.post(signal("warm")).status_code == 202
+        wait_for(lambda: bot.journal_status("warm") == ["Filled"], what="the first order")
+        held = books(bot).strategy_size("follow_sim", "follow", "BTCUSDT")
+        sim.set_faults(SimFaults(delay=1.0, delay_ms=1500))
+        theirs = threading.Thread(
+            target=lambda: client.place_order(
+                category="linear",
+                symbol="BTCUSDT",
+                side="Buy",
+                orderType="Market",
+                qty="0.002",
+                orderLinkId=link,
+            )
+        )
+        theirs.start()
+        time.sleep(0.5)  # theirs reaches the venue first, and fills while ours waits there
+        assert bot.post(signal("raced")).status_code == 202
+        theirs.join(timeout=10)
+        status = wait_for(
+            lambda: (found := bot.journal_status("raced")) == ["Rejected"] and found,
+            timeout_s=30,
+            what="ours refused as a duplicate",
+        )
+        sim.set_faults(SimFaults())
+        projection = wait_for(
+            lambda: (p := books(bot)).strategy_size("follow_sim", UNATTRIBUTED, "BTCUSDT") and p,
+            what="their fill in the unattributed book",
+        )
+
+    assert status == ["Rejected"]
+    assert projection.strategy_size("follow_sim", "follow", "BTCUSDT") == held
+    assert projection.strategy_size("follow_sim", UNATTRIBUTED, "BTCUSDT") == Decimal("0.002")
+    assert any("another client" in line for line in warnings)
 
 
 def test_an_order_of_ours_another_client_cancels_is_warned_of_once(
