@@ -473,7 +473,7 @@ class _Held:
     """Reports of one key and symbol held for the venue's answers to our sends: in the order
     they came, the orderLinkIds still waiting, and what wakes their release."""
 
-    reports: list[OrderEvent | Execution] = field(default_factory=list)
+    reports: list[OrderEvent | Execution | ExitOrder] = field(default_factory=list)
     waiting: set[str] = field(default_factory=set)
     answered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -540,13 +540,12 @@ class AccountKeeper:
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
-        if isinstance(report, OrderEvent | Execution) and self._held_back(report):
+        if isinstance(report, OrderEvent | Execution | ExitOrder) and self._held_back(report):
             return
         if isinstance(report, OrderEvent):
             self._apply_order_report(report)
         elif isinstance(report, ExitOrder):
-            self._write(journal.record_exit, report)
-            await self.check_exit(report)
+            await self._apply_exit(report)
         elif isinstance(report, Execution):
             await self._apply_execution(report)
         elif isinstance(report, PositionUpdate):
@@ -653,6 +652,10 @@ class AccountKeeper:
             problem=problem,
         )
 
+    async def _apply_exit(self, exit_order: ExitOrder) -> None:
+        self._write(self._journal.record_exit, exit_order)
+        await self.check_exit(exit_order)
+
     def _apply_order_report(self, report: OrderEvent) -> None:
         problem = self._journal.foreign_report(report) or self._unlike_identified(report)
         if problem is not None:
@@ -702,14 +705,15 @@ class AccountKeeper:
         same = (known.request.symbol, known.request.side) == (report.symbol, report.side)
         return known if same else None
 
-    def _held_back(self, report: OrderEvent | Execution) -> bool:
+    def _held_back(self, report: OrderEvent | Execution | ExitOrder) -> bool:
         """Hold the report if it awaits an answer (`_awaiting_answer`), or if it is a fill
-        of a key and symbol whose reports are held already (so that fills are booked in the
-        venue's order, each closing what the one before opened); True if held."""
-        ours = self._awaiting_answer(report)
+        or a position exit of a key and symbol whose reports are held already (so that fills
+        are booked in the venue's order, each closing what the one before opened, and an
+        exit is journaled after the fill of the order whose stop it is); True if held."""
+        ours = None if isinstance(report, ExitOrder) else self._awaiting_answer(report)
         if ours is not None:
             market = (ours.request.key_name, ours.request.symbol)
-        elif isinstance(report, Execution) and (report.key_name, report.symbol) in self._held:
+        elif not isinstance(report, OrderEvent) and (report.key_name, report.symbol) in self._held:
             market = (report.key_name, report.symbol)
         else:
             return False
@@ -721,7 +725,7 @@ class AccountKeeper:
             task.add_done_callback(self._releases.discard)
         held.reports.append(report)
         if ours is not None:
-            held.waiting.add(report.order_link_id)
+            held.waiting.add(ours.request.order_link_id)
             held.answered.clear()
         return True
 
@@ -740,12 +744,12 @@ class AccountKeeper:
             try:
                 if isinstance(report, OrderEvent):
                     self._apply_order_report(report)
+                elif isinstance(report, ExitOrder):
+                    await self._apply_exit(report)
                 else:
                     await self._apply_execution(report)
             except Exception:  # the next one still goes; a catch-up or the books check
-                logger.exception(
-                    "a held report of {id} could not be applied", id=report.order_link_id
-                )
+                logger.exception("a held report of {market} could not be applied", market=market)
         del self._held[market]
 
     async def _apply_execution(self, fill: Execution) -> None:

@@ -626,6 +626,43 @@ def test_fills_held_for_an_answer_are_booked_in_the_venues_order(journal: Journa
     assert UNATTRIBUTED not in book or book[UNATTRIBUTED].realized_pnl == 0
 
 
+def test_a_stop_reported_while_its_orders_fill_is_held_is_journaled_after_it(
+    journal: Journal,
+) -> None:
+    # Bybit pushes the order, its fill, then the position's stop loss: the stop must be
+    # attributed to the order whose fill opened the position, which is held for its answer.
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    filled = OrderEvent(
+        order_link_id="alpha-0-x",
+        status=OrderStatus.FILLED,
+        order_id="o-alpha-0-x",
+        filled_qty=Decimal("0.01"),
+        avg_price=Decimal(100),
+        venue_qty=Decimal("0.01"),
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.MARKET,
+    )
+    stop = stop_loss(key_name="k", trigger_price=Decimal(95))
+
+    async def deliver() -> None:
+        for report in (filled, fill(Side.BUY, "0.01", "100", link="alpha-0-x"), stop):
+            await keeper.apply(report)
+        keeper.order_identified("alpha-0-x", "o-alpha-0-x")
+        for _ in range(500):
+            if projection.books():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the stop, after the fill
+
+    asyncio.run(deliver())
+    journal.flush()
+
+    exits = journal._exits_of(["alpha-0-x"])  # the order's exits, as `bot orders` shows them
+    assert [row[0] for row in exits.get("alpha-0-x", [])] == ["StopLoss"]
+
+
 def test_a_held_fill_whose_answer_never_comes_is_booked_as_the_orders_after_the_wait(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
