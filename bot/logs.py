@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import re
 import sys
 import threading
@@ -37,6 +36,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, TextIO
 
 from loguru import logger
+
+from bot.bounded import Recently
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -224,20 +225,18 @@ class _OncePerMinute(logging.Filter):
 
     def __init__(self, *messages: str, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        self._clock = clock
-        # message -> (when it last passed, how many were held back since)
-        self._seen: dict[str, tuple[float, int]] = dict.fromkeys(messages, (-math.inf, 0))
+        self._messages = frozenset(messages)
+        self._passed = Recently(60, len(messages), clock)
+        self._held: dict[str, int] = {}  # message -> how many were held back since it passed
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        seen = self._seen.get(message)
-        if seen is None:
+        if message not in self._messages:
             return True
-        now, (passed_at, held) = self._clock(), seen
-        if now - passed_at < 60:
-            self._seen[message] = (passed_at, held + 1)
+        if not self._passed.first_in_a_while(message):
+            self._held[message] = self._held.get(message, 0) + 1
             return False
-        self._seen[message] = (now, 0)
+        held = self._held.pop(message, 0)
         if held:
             record.msg, record.args = f"{message} ({held} more in the last minute)", None
         return True

@@ -10,10 +10,10 @@ never loss.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+from bot.bounded import Recently
 from bot.messages import Signal
 
 __all__ = ["FLOOD_NOTE_S", "FloodNotes", "SignalSink"]
@@ -26,22 +26,9 @@ FLOOD_NOTE_S: Final = 60.0
 _MAX_FLOOD_KEYS: Final = 4096
 
 
-class FloodNotes:
-    """Which senders had a refusal reported lately; at most `_MAX_FLOOD_KEYS` are kept, the
-    least recently reported going first."""
+class FloodNotes(Recently):
+    """Which senders had a refusal reported within `FLOOD_NOTE_S`; at most
+    `_MAX_FLOOD_KEYS` are kept, the least recently reported going first."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._noted: OrderedDict[str, float] = OrderedDict()
-
-    def first_in_a_while(self, key: str) -> bool:
-        """True (and noted) if `key` had no refusal reported within `FLOOD_NOTE_S`."""
-        now = self._clock()
-        noted = self._noted.pop(key, None)
-        if noted is not None and now - noted < FLOOD_NOTE_S:
-            self._noted[key] = noted
-            return False
-        self._noted[key] = now
-        if len(self._noted) > _MAX_FLOOD_KEYS:
-            self._noted.popitem(last=False)
-        return True
+        super().__init__(FLOOD_NOTE_S, _MAX_FLOOD_KEYS, clock)
