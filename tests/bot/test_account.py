@@ -74,6 +74,32 @@ def acknowledged(journal: Journal, link: str) -> None:
     )
 
 
+def market_filled(
+    order_id: str, qty: str, price: int, *, symbol: str = "BTCUSDT", side: Side = Side.BUY
+) -> OrderEvent:
+    """The venue's report of a market order filled whole under orderLinkId alpha-0-x."""
+    return OrderEvent(
+        order_link_id="alpha-0-x",
+        status=OrderStatus.FILLED,
+        order_id=order_id,
+        filled_qty=Decimal(qty),
+        avg_price=Decimal(price),
+        venue_qty=Decimal(qty),
+        symbol=symbol,
+        side=side,
+        order_type=OrderType.MARKET,
+    )
+
+
+async def until(done: Callable[[], object]) -> None:
+    """Give the keeper's release of held reports (a task of its own, which may ask the
+    journal) up to 5 s to make `done()` true."""
+    for _ in range(500):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+
+
 def apply(projection: AccountProjection, item: Execution, strategy: str | None) -> None:
     projection.apply_execution(item, projection.allocate(item, strategy))
 
@@ -308,17 +334,7 @@ def test_another_clients_order_under_our_order_link_id_is_not_ours(
     # under the same orderLinkId, and the stream reports it and its fill.
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)
-    theirs = OrderEvent(
-        order_link_id="alpha-0-x",
-        status=OrderStatus.FILLED,
-        order_id="their-order",
-        filled_qty=Decimal("0.01"),
-        avg_price=Decimal(3000),
-        venue_qty=Decimal("0.01"),
-        symbol=symbol,
-        side=side,
-        order_type=OrderType.MARKET,
-    )
+    theirs = market_filled("their-order", "0.01", 3000, symbol=symbol, side=side)
     their_fill = fill(side, "0.01", "3000", link="alpha-0-x").model_copy(update={"symbol": symbol})
     said = apply_logged(keeper, journal, theirs, their_fill)
     warning = logger.level("WARNING").no
@@ -505,10 +521,7 @@ def _held_then_told(
         await keeper.apply(early)
         while_held = projection.strategy_size("k", "alpha", "BTCUSDT")
         keeper.order_identified("alpha-0-x", told)
-        for _ in range(500):  # the release runs as its own task, and may ask the journal
-            if projection.books():
-                break
-            await asyncio.sleep(0.01)
+        await until(projection.books)
         return while_held
 
     try:
@@ -559,17 +572,7 @@ def test_another_clients_order_report_before_the_answer_never_becomes_our_orders
     # reported (filled) while ours is in flight; ours is then refused as a duplicate.
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)
-    theirs = OrderEvent(
-        order_link_id="alpha-0-x",
-        status=OrderStatus.FILLED,
-        order_id="their-order",
-        filled_qty=Decimal("0.002"),
-        avg_price=Decimal(100),
-        venue_qty=Decimal("0.002"),
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-    )
+    theirs = market_filled("their-order", "0.002", 100)
     their_fill = fill(Side.BUY, "0.002", "100", link="alpha-0-x").model_copy(
         update={"order_id": "their-order"}
     )
@@ -581,10 +584,7 @@ def test_another_clients_order_report_before_the_answer_never_becomes_our_orders
         await keeper.apply(their_fill)
         record = await journal.call(journal.order, "alpha-0-x")
         keeper.order_identified("alpha-0-x", None)  # ours: Rejected, never taken
-        for _ in range(500):
-            if projection.books():
-                break
-            await asyncio.sleep(0.01)
+        await until(projection.books)
         return record.status if record else None
 
     try:
@@ -613,10 +613,8 @@ def test_fills_held_for_an_answer_are_booked_in_the_venues_order(journal: Journa
         await keeper.apply(opening)
         await keeper.apply(stopped)
         keeper.order_identified("alpha-0-x", "o-alpha-0-x")
-        for _ in range(500):  # both applied: the books hold the close
-            if any(book.realized_pnl for book in projection.books()):
-                break
-            await asyncio.sleep(0.01)
+        # Both applied: the books hold the close.
+        await until(lambda: any(book.realized_pnl for book in projection.books()))
 
     asyncio.run(deliver())
 
@@ -633,27 +631,14 @@ def test_a_stop_reported_while_its_orders_fill_is_held_is_journaled_after_it(
     # attributed to the order whose fill opened the position, which is held for its answer.
     projection = AccountProjection()
     keeper = AccountKeeper(journal, projection)
-    filled = OrderEvent(
-        order_link_id="alpha-0-x",
-        status=OrderStatus.FILLED,
-        order_id="o-alpha-0-x",
-        filled_qty=Decimal("0.01"),
-        avg_price=Decimal(100),
-        venue_qty=Decimal("0.01"),
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-    )
+    filled = market_filled("o-alpha-0-x", "0.01", 100)
     stop = stop_loss(key_name="k", trigger_price=Decimal(95))
 
     async def deliver() -> None:
         for report in (filled, fill(Side.BUY, "0.01", "100", link="alpha-0-x"), stop):
             await keeper.apply(report)
         keeper.order_identified("alpha-0-x", "o-alpha-0-x")
-        for _ in range(500):
-            if projection.books():
-                break
-            await asyncio.sleep(0.01)
+        await until(projection.books)
         await asyncio.sleep(0.05)  # the stop, after the fill
 
     asyncio.run(deliver())
