@@ -496,14 +496,15 @@ class AccountKeeper:
         projection: AccountProjection,
         order_updated: Callable[[OrderEvent], None] = lambda event: None,
         seen_fills: Iterable[Execution] = (),
-        fill_booked: Callable[[Execution], None] = lambda fill: None,
+        fill_booked: Callable[[Execution], bool] = lambda fill: False,
         fill_memory: timedelta = FILL_MEMORY,
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
         restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
-        books; `fill_memory`: see `RecentFills`; `position_updated(update)` hears of every
-        position the venue reports (its leverage, which anyone may change)."""
+        books, and says whether it queued a strategy's hook for it (journaled as due until
+        the hook is done); `fill_memory`: see `RecentFills`; `position_updated(update)`
+        hears of every position the venue reports (its leverage, which anyone may change)."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
@@ -774,7 +775,11 @@ class AccountKeeper:
         self._recent_fills.add(fill)
         allocation = self._projection.allocate(fill, strategy)
         self._projection.apply_execution(fill, allocation, of_our_order=ours)
-        self._write(self._journal.record_execution, fill, allocation)
+        # The hook is queued before the write that says it is due: both wait their turn (the
+        # hook on its lane, the write on the journal's queue), so its "done" comes after.
+        hooked = bool(fill.order_link_id) and ours and self._fill_booked(fill)
+        hook_booked = self._projection.booked_qty(fill.order_link_id) if hooked else None
+        self._write(self._journal.record_execution, fill, allocation, hook_booked)
         # What the venue did itself (a liquidation, auto-deleveraging) is said louder.
         by_venue = fill.exec_type in _VENUE_EXEC_TYPES
         whose = (
@@ -793,8 +798,6 @@ class AccountKeeper:
             fee=fill.fee,
             whose=whose,
         )
-        if fill.order_link_id and ours:
-            self._fill_booked(fill)
 
     def expect_order(self, request: OrderRequest) -> None:
         """An order of ours is journaled and about to be sent: its fills will be attributed
@@ -1029,7 +1032,7 @@ class Account:
         )
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
-        self._fill_listeners: list[Callable[[Execution], None]] = []
+        self._fill_listeners: list[Callable[[Execution], bool | None]] = []
         self._position_listeners: list[Callable[[PositionUpdate], None]] = []
         self.keeper = AccountKeeper(
             journal,
@@ -1041,14 +1044,15 @@ class Account:
         )
         self.streams: dict[str, AccountStream] = {}
 
-    def on_fill_booked(self, listener: Callable[[Execution], None]) -> None:
+    def on_fill_booked(self, listener: Callable[[Execution], bool | None]) -> None:
         """Call `listener` with every fill of an order with an orderLinkId, once it is in
-        the books."""
+        the books; it returns True when it queued a strategy hook for the fill, which the
+        journal then keeps due until `Journal.fill_hook_done`."""
         self._fill_listeners.append(listener)
 
-    def _fill_booked(self, fill: Execution) -> None:
-        for listener in self._fill_listeners:
-            listener(fill)
+    def _fill_booked(self, fill: Execution) -> bool:
+        hooked = [listener(fill) for listener in self._fill_listeners]  # every one is told
+        return any(hooked)
 
     def on_position_update(self, listener: Callable[[PositionUpdate], None]) -> None:
         """Call `listener` with every position the venue reports, as it is applied."""

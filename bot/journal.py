@@ -78,7 +78,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -175,6 +175,15 @@ CREATE TABLE IF NOT EXISTS stop_moves (
     at         TEXT NOT NULL
 );
 """
+#: Fills of our orders whose strategy's `on_fill` has not finished yet, with how much of the
+#: order the books held once the fill was in them (`booked`): written with the fill, deleted
+#: when the hook is done, so a hook a crash interrupted runs again on the next start.
+_FILL_HOOKS: Final = """
+CREATE TABLE IF NOT EXISTS fill_hooks_due (
+    exec_id TEXT PRIMARY KEY REFERENCES executions (exec_id),
+    booked  TEXT NOT NULL
+);
+"""
 #: Unfinished orders are looked up per signal (a strategy's open orders): not by a scan.
 _ORDERS_BY_STATUS: Final = """
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status, key_name, strategy, symbol);
@@ -253,7 +262,7 @@ CREATE TABLE IF NOT EXISTS order_events (
     ret_code      INTEGER,
     reason        TEXT NOT NULL DEFAULT ''
 );
-{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}"""
+{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}{_FILL_HOOKS}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -266,6 +275,7 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     5: _LOOKUP_INDEXES,
     # The quantity the venue holds, when its reports say (another client may amend an order).
     6: "ALTER TABLE orders ADD COLUMN venue_qty TEXT;",
+    7: _FILL_HOOKS,
 }
 _VENUE_STATES: Final = frozenset(
     {
@@ -277,6 +287,44 @@ _VENUE_STATES: Final = frozenset(
     }
 )
 _NON_TERMINAL: Final = tuple(status.value for status in OrderStatus if not status.is_terminal)
+
+
+_EXECUTION_COLUMNS: Final = (
+    "exec_id, key_name, order_id, order_link_id, symbol, side, qty, price, fee, is_maker,"
+    " stop_order_type, exec_time, allocation"
+)
+
+
+def _execution(row: Sequence[Any]) -> Execution:
+    """A fill from the first twelve of `_EXECUTION_COLUMNS`, as journaled."""
+    (
+        exec_id,
+        key_name,
+        order_id,
+        order_link_id,
+        symbol,
+        side,
+        qty,
+        price,
+        fee,
+        is_maker,
+        stop_order_type,
+        exec_time,
+    ) = row
+    return Execution(
+        exec_id=exec_id,
+        key_name=key_name,
+        order_id=order_id,
+        order_link_id=order_link_id,
+        symbol=symbol,
+        side=Side(side),
+        qty=Decimal(qty),
+        price=Decimal(price),
+        fee=Decimal(fee),
+        is_maker=bool(is_maker),
+        stop_order_type=stop_order_type,
+        ts=datetime.fromisoformat(exec_time),
+    )
 
 
 class JournalError(Exception):
@@ -1334,11 +1382,17 @@ class Journal:
 
     # account -------------------------------------------------------------------------------
 
-    def record_execution(self, execution: Execution, allocation: Mapping[str, Decimal]) -> bool:
+    def record_execution(
+        self,
+        execution: Execution,
+        allocation: Mapping[str, Decimal],
+        hook_booked: Decimal | None = None,
+    ) -> bool:
         """Journal a fill once (by execId) with how its quantity is split among strategies;
         False if it was already journaled (a stream message and a REST page may both bring
-        it)."""
-        with self._transaction(one_statement=True) as db:
+        it). With `hook_booked` (how much of the order the books held with this fill in
+        them), the fill's `on_fill` hook is due until `fill_hook_done`."""
+        with self._transaction(one_statement=hook_booked is None) as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO executions (exec_id, key_name, order_id, order_link_id,"
                 " symbol, side, qty, price, fee, is_maker, stop_order_type, exec_time,"
@@ -1359,7 +1413,28 @@ class Journal:
                     json.dumps({name: str(qty) for name, qty in allocation.items()}),
                 ),
             )
-            return cursor.rowcount == 1
+            new = cursor.rowcount == 1
+            if new and hook_booked is not None:
+                db.execute(
+                    "INSERT INTO fill_hooks_due (exec_id, booked) VALUES (?, ?)",
+                    (execution.exec_id, str(hook_booked)),
+                )
+            return new
+
+    def fill_hook_done(self, exec_id: str) -> None:
+        """The `on_fill` hook of the fill `exec_id` has finished (or has nothing to run)."""
+        with self._transaction(one_statement=True) as db:
+            db.execute("DELETE FROM fill_hooks_due WHERE exec_id = ?", (exec_id,))
+
+    def due_fill_hooks(self) -> list[tuple[Execution, Decimal]]:
+        """The fills whose `on_fill` hook a previous run did not finish, oldest first, each
+        with how much of its order the books held once it was in them."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_EXECUTION_COLUMNS}, due.booked FROM fill_hooks_due AS due"  # noqa: S608 - our own column list
+                " JOIN executions USING (exec_id) ORDER BY exec_time, executions.rowid"
+            ).fetchall()
+        return [(_execution(row[:-2]), Decimal(row[-1])) for row in rows]
 
     def has_execution(self, exec_id: str) -> bool:
         """Whether the fill `exec_id` is journaled."""
@@ -1372,43 +1447,14 @@ class Journal:
         """Every journaled fill with its allocation to strategies, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT exec_id, key_name, order_id, order_link_id, symbol, side, qty, price, fee,"
-                " is_maker, stop_order_type, exec_time, allocation FROM executions"
-                " ORDER BY exec_time, rowid"
+                f"SELECT {_EXECUTION_COLUMNS} FROM executions ORDER BY exec_time, rowid"  # noqa: S608 - our own column list
             ).fetchall()
         return [
             (
-                Execution(
-                    exec_id=exec_id,
-                    key_name=key_name,
-                    order_id=order_id,
-                    order_link_id=order_link_id,
-                    symbol=symbol,
-                    side=Side(side),
-                    qty=Decimal(qty),
-                    price=Decimal(price),
-                    fee=Decimal(fee),
-                    is_maker=bool(is_maker),
-                    stop_order_type=stop_order_type,
-                    ts=datetime.fromisoformat(exec_time),
-                ),
-                {name: Decimal(qty) for name, qty in json.loads(allocation).items()},
+                _execution(row[:-1]),
+                {name: Decimal(qty) for name, qty in json.loads(row[-1]).items()},
             )
-            for (
-                exec_id,
-                key_name,
-                order_id,
-                order_link_id,
-                symbol,
-                side,
-                qty,
-                price,
-                fee,
-                is_maker,
-                stop_order_type,
-                exec_time,
-                allocation,
-            ) in rows
+            for row in rows
         ]
 
     def last_execution_time(self, key_name: str) -> datetime | None:

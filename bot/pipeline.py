@@ -177,8 +177,17 @@ class Pipeline:
             )
 
     async def recover(self) -> int:
-        """Queue, in their original order, the signals a previous run journaled but never
-        finished; strategies that already decided about one are not asked again."""
+        """Queue the fill hooks a previous run did not finish, then, in their original
+        order, the signals it journaled but never finished; strategies that already decided
+        about one are not asked again. Returns how many signals were queued again."""
+        hooks = await self._journal.call(self._journal.due_fill_hooks)
+        for fill, booked in hooks:
+            self._queue_fill_hook(fill, booked)
+        if hooks:
+            logger.warning(
+                "re-queued {n} strategy fill hooks (on_fill) left unfinished by the last run",
+                n=len(hooks),
+            )
         pending = await self._journal.call(self._journal.unprocessed_signals)
         for signal in pending:
             decided = await self._journal.call(
@@ -494,22 +503,35 @@ class Pipeline:
             if isinstance(outcome, Failed):
                 raise StrategyStartError(f"strategy {slot.name}: {outcome.reason}")
 
-    def fill_booked(self, fill: Execution) -> None:
+    def fill_booked(self, fill: Execution) -> bool:
         """The account booked a fill of one of our orders: queue its strategy's `on_fill` on
-        the lane of its key and symbol (after the signals already queued there)."""
+        the lane of its key and symbol (after the signals already queued there); True if it
+        was queued."""
         if not any(
             slot.key_name == fill.key_name and _overrides(slot.strategy, "on_fill")
             for slot in self._strategies.values()
         ):
-            return
+            return False
+        self._queue_fill_hook(fill, self._booked_qty(fill.order_link_id))
+        return True
+
+    def _queue_fill_hook(self, fill: Execution, booked: Decimal) -> None:
         self._queue_hook(
             (fill.key_name, fill.symbol),
             f"on_fill of {fill.order_link_id}",
-            partial(self._on_fill, fill, self._booked_qty(fill.order_link_id)),
+            partial(self._on_fill, fill, booked),
         )
 
     async def _on_fill(self, fill: Execution, booked: Decimal) -> None:
-        """`booked`: how much of the order the books held once this fill was in them."""
+        """`booked`: how much of the order the books held once this fill was in them. The
+        journal keeps the hook due until it has run (or turns out to have nothing to run), so
+        one a crash or a stop interrupts runs again on the next start: what it returns lands
+        once all the same, as each leg's orderLinkId is placed once and a stop move to the
+        level the stop already has changes nothing."""
+        await self._hear_of_fill(fill, booked)
+        self._journal.defer(partial(self._journal.fill_hook_done, fill.exec_id))
+
+    async def _hear_of_fill(self, fill: Execution, booked: Decimal) -> None:
         record = await self._journal.call(self._journal.order, fill.order_link_id)
         slot = None if record is None else self._strategies.get(record.request.strategy)
         if record is None or slot is None or not _overrides(slot.strategy, "on_fill"):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import requests
 from pydantic import SecretStr
 
 from bot.config import Environment
@@ -149,3 +153,47 @@ def sim_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def with_environment(extra: Mapping[str, str] | None) -> dict[str, str] | None:
+    """This process's environment with `extra` added; None (inherit it) without."""
+    return None if extra is None else {**os.environ, **extra}
+
+
+def healthy(port: int) -> bool:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except requests.RequestException:  # not listening yet, or slow on a busy host: ask again
+        return False
+
+
+StartBot = Callable[..., subprocess.Popen[str]]
+
+
+@pytest.fixture
+def start_bot() -> Iterator[StartBot]:
+    """`start_bot(config, port, cwd=..., env=...)`: `bot run` in the background until it listens
+    on `port` (or exits); each one still running is killed after the test."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(
+        config: Path, port: int, cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bot", "run", "--config", str(config), "--port", str(port)],
+            cwd=cwd or config.parent,
+            env=with_environment(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        processes.append(process)
+        wait_for(lambda: healthy(port) or process.poll() is not None, 30, "the bot to listen")
+        assert process.poll() is None, process.communicate()[0]
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

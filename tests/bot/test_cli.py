@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +27,15 @@ from bot.journal import Journal
 from bot.messages import Side
 from tests.bot.test_account import fill
 from tests.bot.test_journal import damage
-from tests.conftest import SIM_CONFIG, client_orders, free_port, wait_for
+from tests.conftest import (
+    SIM_CONFIG,
+    StartBot,
+    client_orders,
+    free_port,
+    healthy,
+    wait_for,
+    with_environment,
+)
 from tests.factories import sim_position
 
 
@@ -38,7 +46,7 @@ def bot(
     return subprocess.run(
         [sys.executable, "-m", "bot", *args],
         cwd=cwd,
-        env=_environment(env),
+        env=with_environment(env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -52,49 +60,6 @@ BUY_BTC = ("--symbol", "BTCUSDT", "--side", "buy", "--stop-loss", "95000")
 def send(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """`bot signal send` with the test's configuration."""
     return bot("signal", "send", "--config", str(config), *options, cwd=config.parent)
-
-
-def _environment(extra: Mapping[str, str] | None) -> dict[str, str] | None:
-    return None if extra is None else {**os.environ, **extra}
-
-
-def healthy(port: int) -> bool:
-    try:
-        return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-    except requests.RequestException:  # not listening yet, or slow on a busy host: ask again
-        return False
-
-
-StartBot = Callable[..., subprocess.Popen[str]]
-
-
-@pytest.fixture
-def start_bot() -> Iterator[StartBot]:
-    """`start_bot(config, port, cwd=..., env=...)`: `bot run` in the background until it listens
-    on `port` (or exits); each one still running is killed after the test."""
-    processes: list[subprocess.Popen[str]] = []
-
-    def start(
-        config: Path, port: int, cwd: Path | None = None, env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot", "run", "--config", str(config), "--port", str(port)],
-            cwd=cwd or config.parent,
-            env=_environment(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        processes.append(process)
-        wait_for(lambda: healthy(port) or process.poll() is not None, 30, "the bot to listen")
-        assert process.poll() is None, process.communicate()[0]
-        return process
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from datetime import UTC, datetime
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -866,7 +867,9 @@ def test_what_an_order_and_its_stop_loss_journal_and_look_up_never_scans_a_table
     ]
 
 
-def test_a_version_4_journal_gains_the_lookup_indexes_and_the_venue_qty(tmp_path: Path) -> None:
+def test_a_version_4_journal_gains_the_lookup_indexes_venue_qty_and_fill_hooks(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "v4.sqlite3"
     Journal(path).close()
     db = sqlite3.connect(path)
@@ -878,7 +881,8 @@ def test_a_version_4_journal_gains_the_lookup_indexes_and_the_venue_qty(tmp_path
     )
     db.executescript(
         "".join(f"DROP INDEX {name};" for name in new_indexes)
-        + "ALTER TABLE orders DROP COLUMN venue_qty; PRAGMA user_version=4;"
+        + "ALTER TABLE orders DROP COLUMN venue_qty; DROP TABLE fill_hooks_due;"
+        + "PRAGMA user_version=4;"
     )
     db.close()
 
@@ -890,25 +894,53 @@ def test_a_version_4_journal_gains_the_lookup_indexes_and_the_venue_qty(tmp_path
     assert set(new_indexes) <= indexes
     columns = {row[1] for row in journal._db.execute("PRAGMA table_info(orders)")}
     assert "venue_qty" in columns
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert journal.due_fill_hooks() == []
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+
+
+def l1_fill(exec_id: str, ts: datetime | None = None) -> Execution:
+    """A fill of 0.01 BTC of the order l1 at 97000."""
+    return Execution(
+        exec_id=exec_id,
+        key_name="main",
+        order_id="o1",
+        order_link_id="l1",
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        qty=Decimal("0.01"),
+        price=Decimal(97000),
+        fee=Decimal("0.05"),
+        ts=ts or datetime.now(UTC),
+    )
 
 
 def test_execution_count_counts_each_fill_once(journal: Journal) -> None:
-    def fill(exec_id: str) -> Execution:
-        return Execution(
-            exec_id=exec_id,
-            key_name="main",
-            order_id="o1",
-            order_link_id="l1",
-            symbol="BTCUSDT",
-            side=Side.BUY,
-            qty=Decimal("0.01"),
-            price=Decimal(97000),
-            fee=Decimal("0.05"),
-            ts=datetime.now(UTC),
-        )
-
+    fill = l1_fill
     assert journal.execution_count() == 0
     for exec_id in ("e1", "e2", "e1"):  # the stream tells e1 twice
         journal.record_execution(fill(exec_id), {"follow": Decimal("0.01")})
     assert journal.execution_count() == 2 == journal.counts()["executions"]
+
+
+def test_a_fill_hook_stays_due_until_done_and_survives_a_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    start = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    first, second, plain = (
+        l1_fill(exec_id, start + timedelta(seconds=n))
+        for n, exec_id in enumerate(("e1", "e2", "e3"))
+    )
+    allocation = {"ladder": Decimal("0.01")}
+    with closing(Journal(path)) as journal:
+        # The newer fill is journaled first (a REST page may come after the stream).
+        assert journal.record_execution(second, allocation, hook_booked=Decimal("0.02"))
+        assert journal.record_execution(first, allocation, hook_booked=Decimal("0.01"))
+        assert journal.record_execution(plain, allocation)  # no hook for it
+        # Told again (the stream and a REST page): neither the fill nor its hook twice.
+        assert not journal.record_execution(first, allocation, hook_booked=Decimal("0.01"))
+
+    with closing(Journal(path)) as journal:  # as the next start finds it
+        assert journal.due_fill_hooks() == [(first, Decimal("0.01")), (second, Decimal("0.02"))]
+        journal.fill_hook_done("e1")
+        journal.fill_hook_done("e1")  # a hook run twice is done once
+        assert journal.due_fill_hooks() == [(second, Decimal("0.02"))]
+        assert journal.execution_count() == 3
