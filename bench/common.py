@@ -32,6 +32,7 @@ __all__ = [
     "machine",
     "rss_mb",
     "run_started_at",
+    "stop_children_on_sigterm",
     "this_tree",
     "wait_until",
 ]
@@ -51,6 +52,16 @@ max_open_orders = 100000
 max_orders_per_minute = 1000000
 max_orders_per_day = 10000000
 """
+
+
+def stop_children_on_sigterm() -> None:
+    """A SIGTERM of the benchmark (a `kill`, a CI timeout) ends it through its `finally`
+    blocks, which stop its bots and simulator, instead of leaving them running."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 class Process:

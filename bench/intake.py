@@ -78,6 +78,7 @@ from bench.common import (
     machine,
     rss_mb,
     run_started_at,
+    stop_children_on_sigterm,
     this_tree,
     wait_until,
 )
@@ -674,6 +675,7 @@ def _table(report: dict[str, Any]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop_children_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--signals", type=int, default=2000, help="per load (>= 2000 for the report)"

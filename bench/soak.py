@@ -23,7 +23,6 @@ import json
 import random
 import secrets
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from bench.common import (
     Process,
     free_port,
     run_started_at,
+    stop_children_on_sigterm,
     wait_until,
     write_results,
 )
@@ -1109,12 +1109,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     return arguments
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # so every `finally` stops the bot and the simulator
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    stop_children_on_sigterm()
     arguments = _arguments(argv)
     options = SoakOptions(
         signals=arguments.signals,

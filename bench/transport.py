@@ -41,6 +41,7 @@ from bench.common import (
     latency_ms,
     machine,
     run_started_at,
+    stop_children_on_sigterm,
     wait_until,
     write_results,
 )
@@ -209,6 +210,7 @@ def print_report(report: dict[str, Any], console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop_children_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--calls", type=int, default=2000, help="calls per transport")
     parser.add_argument("--blocks", type=int, default=10, help="alternating blocks")

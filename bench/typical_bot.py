@@ -85,6 +85,7 @@ from bench.common import (
     latency_ms,
     machine,
     run_started_at,
+    stop_children_on_sigterm,
     wait_until,
     write_results,
 )
@@ -1120,6 +1121,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stop_children_on_sigterm()
     arguments = _arguments(argv)
     console = Console(width=shutil.get_terminal_size((120, 24)).columns)
     options = TypicalBotOptions(
