@@ -1251,6 +1251,25 @@ class Journal:
                 ).fetchall()
         return {Decimal(str(level)) for (level,) in rows if level is not None}
 
+    def carried_out(
+        self, source: str, signal_id: str, strategy: str, since: datetime
+    ) -> tuple[set[int], bool]:
+        """What a strategy already did for a signal: the legs it has decisions about (placed
+        or refused), and whether one of its stop moves landed from `since` on. A hook run
+        again after a crash leaves them out, so they are neither decided nor counted twice."""
+        with self._lock:
+            legs = self._db.execute(
+                "SELECT DISTINCT leg FROM decisions WHERE source = ? AND signal_id = ?"
+                " AND strategy = ? AND leg IS NOT NULL",
+                (source, signal_id, strategy),
+            ).fetchall()
+            moved = self._db.execute(
+                "SELECT 1 FROM stop_moves WHERE source = ? AND signal_id = ? AND strategy = ?"
+                " AND outcome = 'moved' AND at >= ? LIMIT 1",
+                (source, signal_id, strategy, since.isoformat()),
+            ).fetchone()
+        return {leg for (leg,) in legs}, moved is not None
+
     def stop_moves(self, limit: int = 100) -> list[dict[str, str]]:
         """The latest stop-loss moves, newest first."""
         with self._lock:

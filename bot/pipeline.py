@@ -27,7 +27,7 @@ from bot import metrics
 from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
-from bot.execution.rounding import conform
+from bot.execution.rounding import conform, conform_stop_move
 from bot.journal import Journal
 from bot.logs import logger
 from bot.market import MarketData
@@ -61,6 +61,9 @@ STRATEGY_FAILED: Final = "STRATEGY_FAILED"
 ON_START_BUDGET_S: Final = 30.0
 #: The source of the synthetic signals `on_timer` gets.
 TIMER_SOURCE: Final = "timer"
+#: When an `on_fill` that could not run (no market data, the key refused) is tried again,
+#: after each failure; after the last one it is left due for the next start.
+FILL_HOOK_RETRIES_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 ZERO: Final = Decimal(0)
 #: How many reused signal ids are remembered, each warned of once.
 _REUSED_IDS_KEPT: Final = 1_000
@@ -182,7 +185,7 @@ class Pipeline:
         about one are not asked again. Returns how many signals were queued again."""
         hooks = await self._journal.call(self._journal.due_fill_hooks)
         for fill, booked in hooks:
-            self._queue_fill_hook(fill, booked)
+            self._queue_fill_hook(fill, booked, again=True)
         if hooks:
             logger.warning(
                 "re-queued {n} strategy fill hooks (on_fill) left unfinished by the last run",
@@ -455,23 +458,38 @@ class Pipeline:
         self, slot: StrategySlot, move: StopMove, context: StrategyContext
     ) -> None:
         held = context.positions.get(move.symbol)
-        problem: tuple[str, str] | None
+        qty = held.qty if held else ZERO
+        problem: tuple[str, str] | None = None
         try:
+            instrument = (
+                context.instrument
+                if context.instrument.symbol == move.symbol
+                else (await self._market.quote(slot.key_name, move.symbol))[0]
+            )
             # Afresh, not the context's cached price: a target reached within the cache's
             # age would make a break-even stop look like it sits at the price.
             price = await self._market.fresh_price(slot.key_name, move.symbol)
         except VenueError as exc:
-            price, problem = None, ("NO_PRICE", f"the price cannot be read: {exc}")
-        if price is not None:
-            problem = stop_move_problem(move, held.qty if held else ZERO, price)
+            problem = ("NO_PRICE", f"the price cannot be read: {exc}")
+        if problem is None:
+            conformed = conform_stop_move(move, instrument, long=qty > 0)
+            if isinstance(conformed, str):
+                problem = ("INSTRUMENT_RULES", conformed)
+            else:
+                move = conformed
+                problem = stop_move_problem(move, qty, price)
         if problem is None:
             outcome, reason = await self._executor.move_stop(move, slot.key_name)
         else:
             outcome, reason = "rejected", f"{problem[0]}: {problem[1]}"
-        logger.info(
-            "stop move of {strategy} on {symbol}: {outcome} ({reason})",
+        # A stop the strategy wanted and did not get leaves its position less protected than
+        # it planned: the operator hears of it.
+        log = logger.info if outcome == "moved" else logger.bind(notify="rejection").warning
+        log(
+            "stop move of {strategy} on {symbol} to {stop}: {outcome} ({reason})",
             strategy=slot.name,
             symbol=move.symbol,
+            stop=move.stop_loss,
             outcome=outcome,
             reason=reason,
         )
@@ -512,30 +530,50 @@ class Pipeline:
             for slot in self._strategies.values()
         ):
             return False
-        self._queue_fill_hook(fill, self._booked_qty(fill.order_link_id))
+        self._queue_fill_hook(fill, self._booked_qty(fill.order_link_id), again=False)
         return True
 
-    def _queue_fill_hook(self, fill: Execution, booked: Decimal) -> None:
+    def _queue_fill_hook(
+        self, fill: Execution, booked: Decimal, *, again: bool, attempt: int = 0
+    ) -> None:
         self._queue_hook(
             (fill.key_name, fill.symbol),
             f"on_fill of {fill.order_link_id}",
-            partial(self._on_fill, fill, booked),
+            partial(self._on_fill, fill, booked, again, attempt),
         )
 
-    async def _on_fill(self, fill: Execution, booked: Decimal) -> None:
-        """`booked`: how much of the order the books held once this fill was in them. The
-        journal keeps the hook due until it has run (or turns out to have nothing to run), so
-        one a crash or a stop interrupts runs again on the next start: what it returns lands
-        once all the same, as each leg's orderLinkId is placed once and a stop move to the
-        level the stop already has changes nothing."""
-        await self._hear_of_fill(fill, booked)
-        self._journal.defer(partial(self._journal.fill_hook_done, fill.exec_id))
+    async def _on_fill(self, fill: Execution, booked: Decimal, again: bool, attempt: int) -> None:
+        """`booked`: how much of the order the books held once this fill was in them.
 
-    async def _hear_of_fill(self, fill: Execution, booked: Decimal) -> None:
+        The journal keeps the hook due until it has run (or turns out to have nothing to
+        run), so one a crash or a stop interrupts runs again on the next start (`again`): of
+        what it returns then, what the interrupted run already did (legs journaled, a stop
+        moved) is left out, so nothing is decided, counted or sent twice. One that cannot run
+        for want of market data or a usable key is tried again `FILL_HOOK_RETRIES_S` later,
+        then left due for the next start: a ladder's legs or break-even stop are never
+        dropped for a passing outage."""
+        if await self._hear_of_fill(fill, booked, again):
+            self._journal.defer(partial(self._journal.fill_hook_done, fill.exec_id))
+            return
+        if attempt < len(FILL_HOOK_RETRIES_S):
+            asyncio.get_running_loop().call_later(
+                FILL_HOOK_RETRIES_S[attempt],
+                partial(self._queue_fill_hook, fill, booked, again=again, attempt=attempt + 1),
+            )
+            return
+        logger.bind(notify="venue_error").warning(
+            "on_fill of {id} could not run (see the declines above); it runs again on the "
+            "next start",
+            id=fill.order_link_id,
+        )
+
+    async def _hear_of_fill(self, fill: Execution, booked: Decimal, again: bool) -> bool:
+        """Run the strategy's `on_fill` and carry out what it returns; False if it could not
+        be run (no context: the decline is journaled)."""
         record = await self._journal.call(self._journal.order, fill.order_link_id)
         slot = None if record is None else self._strategies.get(record.request.strategy)
         if record is None or slot is None or not _overrides(slot.strategy, "on_fill"):
-            return
+            return True
         request = record.request
         signal = await self._journal.call(
             self._journal.signal, request.signal_source, request.signal_id
@@ -546,7 +584,7 @@ class Pipeline:
             )
         context = await self._context(signal, slot)
         if context is None:
-            return
+            return False
         report = Fill(
             order_link_id=fill.order_link_id,
             leg=request.leg,
@@ -555,7 +593,7 @@ class Pipeline:
             qty=fill.qty,
             price=fill.price,
             fee=fill.fee,
-            order_qty=request.qty,
+            order_qty=record.venue_qty,  # as the venue holds it: another client may amend it
             order_filled_qty=booked,
             reduce_only=request.reduce_only,
             ts=fill.ts,
@@ -563,7 +601,18 @@ class Pipeline:
         output = await self._runner.call(
             slot.name, "on_fill", partial(slot.strategy.on_fill, report, signal, context)
         )
+        if again and isinstance(output, list | tuple):
+            legs, moved = await self._journal.call(
+                self._journal.carried_out, signal.source, signal.id, slot.name, fill.ts
+            )
+            output = [
+                item
+                for item in output
+                if not (isinstance(item, OrderIntent) and item.leg in legs)
+                and not (isinstance(item, StopMove) and moved)
+            ]
         await self._act(signal, slot, context, output, may_hear_rejections=True)
+        return True
 
     async def run_timers(self) -> None:
         """Tick each strategy that asks for it (`timer_interval_s`), until cancelled."""

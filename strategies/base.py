@@ -128,7 +128,8 @@ class Fill:
     qty: Decimal
     price: Decimal
     fee: Decimal
-    #: the order's quantity and how much of it is filled so far, this fill included
+    #: the order's quantity (as the venue holds it: another client may have amended it) and
+    #: how much of it is filled so far, this fill included
     order_qty: Decimal
     order_filled_qty: Decimal
     reduce_only: bool

@@ -4,16 +4,17 @@ Every intent passes `conform` before the risk gate sees it, so the gate checks t
 that will be sent. Each price is rounded to the tick in the direction that never worsens the
 trader's risk: a buy's limit down and a sell's up (never pay more than asked), a stop loss
 toward the entry (never lose more than planned), a take profit toward the entry (a target is
-never moved out of reach). Quantities round down to the lot size.
+never moved out of reach). Quantities round down to the lot size. A stop move rounds the
+same way, toward the price (`conform_stop_move`).
 """
 
 from __future__ import annotations
 
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
-from bot.messages import Instrument, OrderIntent, Side
+from bot.messages import Instrument, OrderIntent, Side, StopMove
 
-__all__ = ["conform", "round_to_step"]
+__all__ = ["conform", "conform_stop_move", "round_to_step"]
 
 
 def round_to_step(value: Decimal, step: Decimal, *, up: bool) -> Decimal:
@@ -63,3 +64,13 @@ def conform(
             "reference_price": reference,
         }
     )
+
+
+def conform_stop_move(move: StopMove, instrument: Instrument, *, long: bool) -> StopMove | str:
+    """The move with its stop loss on the tick, rounded toward the price (up for a long,
+    down for a short: never a bigger loss than asked), or why it cannot be sent. A strategy's
+    break-even stop is an average entry price, rarely on the tick; Bybit refuses one off it."""
+    stop_loss = round_to_step(move.stop_loss, instrument.tick_size, up=long)
+    if stop_loss <= 0:
+        return f"the stop loss {move.stop_loss} rounds to zero on the tick size of {move.symbol}"
+    return move.model_copy(update={"stop_loss": stop_loss})

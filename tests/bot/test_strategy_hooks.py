@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
@@ -31,7 +31,9 @@ from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
 from bot.risk.states import TradingState
 from bot.runner import StrategyRunner
-from bot.sim import SimExchange
+from bot.sim import SimExchange, SimFaults
+from bot.sim.params import AmendOrderParams, PositionQueryParams
+from bot.venue.bybit import BybitVenue
 from strategies.base import (
     Fill,
     OrderRejection,
@@ -45,6 +47,8 @@ from tests.bot.test_pipeline import signal
 from tests.bot.test_service import RunningBot
 from tests.bot.test_service import signal as posted
 from tests.conftest import client_orders, sim_venues, wait_for
+
+T = TypeVar("T")
 
 #: What the plug-ins below heard, by strategy name (they run on their own threads).
 HEARD: dict[str, list[Any]] = defaultdict(list)
@@ -161,25 +165,43 @@ class Stages:
     journal: Journal
     gate: RiskGate
     exchange: SimExchange
+    account: Account
+    venues: Mapping[str, BybitVenue]
 
     def process(self, *signals: Signal, together: bool = False) -> None:
         """Submit each signal as an adapter does and wait until it has run, one at a time
         (`together`: all of them at once, then wait)."""
 
-        async def submit_and_drain() -> None:
+        self.run(self.submit(*signals, together=together))
+
+    async def submit(self, *signals: Signal, together: bool = False) -> None:
+        for item in signals:
+            assert await self.pipeline.submit(item)
+            if not together:
+                await self.pipeline.drain()
+        await self.pipeline.drain()
+
+    def run(self, scenario: Coroutine[Any, Any, T]) -> T:
+        """`scenario` on a new event loop with the pipeline's lanes running (once per test:
+        the pipeline's stages stay bound to the loop they first ran on)."""
+
+        async def with_lanes() -> T:
             lanes = asyncio.create_task(self.pipeline.run())
             try:
-                for item in signals:
-                    assert await self.pipeline.submit(item)
-                    if not together:
-                        await self.pipeline.drain()
-                await self.pipeline.drain()
+                return await scenario
             finally:
                 lanes.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await lanes
 
-        asyncio.run(submit_and_drain())
+        return asyncio.run(with_lanes())
+
+    async def book_fills(self, key: str = "k1") -> None:
+        """Book every fill of `key` at the simulator, as the account stream would (there is
+        none here), and let the hooks they queue run."""
+        for fill in await self.venues[key].executions_since(None):
+            await self.account.keeper.apply(fill)
+        await self.pipeline.drain()
 
     def rows(self, strategy: str) -> list[tuple[str, str]]:
         """(decision, reason) of each of `strategy`'s decisions, oldest first."""
@@ -200,13 +222,15 @@ Build = Callable[..., Stages]
 @pytest.fixture
 def build(tmp_path: Path) -> Iterator[Build]:
     """Pipeline stages for the plug-ins given as {name: (strategy, key, source)}, against an
-    in-process simulator with accounts k1 and k2; `budgets_s` and `max_failures` per name."""
+    in-process simulator with accounts k1 and k2; `budgets_s` and `max_failures` per name;
+    the account's fills reach the pipeline's `on_fill` through `Stages.book_fills`."""
     with ExitStack() as resources:
 
         def make(
             plugins: Mapping[str, tuple[Strategy, str, str]],
             budgets_s: Mapping[str, float] | None = None,
             max_failures: int = 3,
+            market_cache_s: float = 1.0,
         ) -> Stages:
             exchange, venues = sim_venues(resources)
             journal = Journal(tmp_path / "journal.sqlite3")
@@ -220,15 +244,26 @@ def build(tmp_path: Path) -> Iterator[Build]:
                 name: StrategySlot(name, plugin, key, frozenset({source}))
                 for name, (plugin, key, source) in plugins.items()
             }
+            account = Account(journal, venues)
+            # The executor tells the account of its orders, as in the bot: a fill that comes
+            # before its order's answer is otherwise held for it.
+            executor = Executor(
+                journal,
+                venues,
+                order_journaled=account.keeper.expect_order,
+                order_identified=account.keeper.order_identified,
+            )
             pipeline = Pipeline(
                 journal,
                 slots,
                 gate,
-                Executor(journal, venues),
-                MarketData(venues, Account(journal, venues), journal, 1.0),
+                executor,
+                MarketData(venues, account, journal, market_cache_s),
                 runner,
+                booked_qty=account.projection.booked_qty,
             )
-            return Stages(pipeline, journal, gate, exchange)
+            account.on_fill_booked(pipeline.fill_booked)
+            return Stages(pipeline, journal, gate, exchange, account, venues)
 
         yield make
 
@@ -528,3 +563,141 @@ def test_every_tick_of_every_symbol_has_its_own_id(sim_config: Callable[..., Pat
         )
 
     assert len({tick.id for tick in ticks}) == len(ticks)
+
+
+class LegAndStop(Strategy):
+    """Buys 0.002 BTC; once that is filled, a reduce-only take profit at 105000 (leg 1) and
+    its stop moved to 90000.05 (off the 0.1 tick)."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [self.intent(signal, context, side=Side.BUY, qty=Decimal("0.002"))]
+
+    def on_fill(
+        self, fill: Fill, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput | None:
+        HEARD[self.name].append(fill)
+        if fill.leg != 0:
+            return None
+        target = self.intent(
+            signal,
+            context,
+            side=Side.SELL,
+            qty=Decimal("0.002"),
+            price=Decimal(105000),
+            reduce_only=True,
+            leg=1,
+        )
+        return [target, self.move_stop(signal, stop_loss=Decimal("90000.05"))]
+
+
+def test_a_stop_move_off_the_tick_is_rounded_toward_the_price_and_set(build: Build) -> None:
+    stages = build({"hooked": (LegAndStop("hooked", StrategyParams()), "k1", "voc")})
+
+    async def fill_then_hook() -> None:
+        await stages.submit(signal())
+        await stages.book_fills()
+
+    stages.run(fill_then_hook())
+
+    [move] = stages.journal.stop_moves()
+    assert (move["stop_loss"], move["outcome"]) == ("90000.1", "moved")  # up: a long's stop
+    query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    [position] = stages.exchange.positions("k1", query)["list"]
+    assert position["stopLoss"] == "90000.1"
+
+
+def test_a_hook_run_again_after_a_crash_leaves_out_what_it_already_did(build: Build) -> None:
+    stages = build({"hooked": (LegAndStop("hooked", StrategyParams()), "k1", "voc")})
+    journal = stages.journal
+
+    async def hooked_then_killed_then_started() -> None:
+        await stages.submit(signal())
+        await stages.book_fills()
+        await until(lambda: journal.due_fill_hooks() == [])
+        # As a kill between carrying the hook out and journaling it done leaves the journal.
+        [(fill, _)] = journal.executions()
+        journal._db.execute(
+            "INSERT INTO fill_hooks_due (exec_id, booked) VALUES (?, '0.002')", (fill.exec_id,)
+        )
+        await stages.pipeline.recover()  # the next start
+        await stages.pipeline.drain()
+        await until(lambda: journal.due_fill_hooks() == [])
+
+    stages.run(hooked_then_killed_then_started())
+
+    assert len(HEARD["hooked"]) == 2  # the hook did run again
+    legs = [row.leg for row in stages.journal.decisions() if row.strategy == "hooked"]
+    assert sorted(legs) == [0, 1]  # each leg decided once, not twice
+    assert len(stages.journal.stop_moves()) == 1
+    assert len(stages.orders_of("hooked")) == 2
+
+
+def test_an_on_fill_without_market_data_is_tried_again_until_it_runs(build: Build) -> None:
+    stages = build(
+        {"hooked": (LegAndStop("hooked", StrategyParams()), "k1", "voc")}, market_cache_s=0.1
+    )
+
+    async def outage_while_the_fill_is_booked() -> None:
+        await stages.submit(signal())
+        fills = await stages.venues["k1"].executions_since(None)
+        stages.exchange.set_faults(SimFaults(http_5xx=1.0))
+        await asyncio.sleep(0.2)  # the cached price is too old now
+        for fill in fills:
+            await stages.account.keeper.apply(fill)
+        await stages.pipeline.drain()
+        assert HEARD["hooked"] == []  # no context: the strategy was not called
+        assert [fill.exec_id for fill, _ in stages.journal.due_fill_hooks()] == [
+            fill.exec_id for fill in fills
+        ]
+        stages.exchange.set_faults(SimFaults())
+        await asyncio.sleep(1.5)  # the first retry comes 1 s after the failure
+        await stages.pipeline.drain()
+        await until(lambda: stages.journal.due_fill_hooks() == [])
+
+    stages.run(outage_while_the_fill_is_booked())
+
+    assert len(HEARD["hooked"]) == 1
+    assert len(stages.orders_of("hooked")) == 2  # the entry and its target leg
+    assert [row.rule for row in stages.journal.decisions() if not row.approved] == ["MARKET_DATA"]
+    wait_for(lambda: stages.journal.due_fill_hooks() == [], what="the hook journaled done")
+
+
+async def until(probe: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait on the event loop (the journal's deferred writes need it) until `probe()`."""
+    async with asyncio.timeout(timeout_s):
+        while not probe():  # noqa: ASYNC110 - the journal's state has no event to wait on
+            await asyncio.sleep(0.01)
+
+
+class LimitListener(Listener):
+    """Bids for 0.002 BTC at 96900 (under the market) and writes down every fill."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [
+            self.intent(signal, context, side=Side.BUY, qty=Decimal("0.002"), price=Decimal(96900))
+        ]
+
+
+def test_an_order_another_client_shrank_is_done_when_what_the_venue_holds_is_filled(
+    build: Build,
+) -> None:
+    stages = build({"hooked": (LimitListener("hooked", StrategyParams()), "k1", "voc")})
+    link = order_link_id("hooked", "voc", "p-voc", 0)
+
+    async def shrunk_then_filled() -> None:
+        await stages.submit(signal())
+        amend = {"category": "linear", "symbol": "BTCUSDT", "orderLinkId": link, "qty": "0.001"}
+        stages.exchange.amend_order("k1", AmendOrderParams.model_validate(amend))
+        for report in await stages.venues["k1"].open_orders():  # as the stream would say
+            await stages.account.keeper.apply(report)
+        async with asyncio.timeout(10):  # the price crosses the bid once it rests
+            while not await stages.venues["k1"].executions_since(None):
+                stages.exchange.set_prices({"BTCUSDT": Decimal(96800)})
+                await asyncio.sleep(0.05)
+        await stages.book_fills()
+
+    stages.run(shrunk_then_filled())
+
+    [(fill, _, _)] = HEARD["hooked"]
+    assert (fill.qty, fill.order_qty, fill.order_filled_qty) == (Decimal("0.001"),) * 3
+    assert fill.order_done  # a ladder lays out its legs now
