@@ -326,6 +326,19 @@ class AccountProjection:
         """How much of an order's fills the books hold (recent orders only)."""
         return self._booked.get(order_link_id, ZERO)
 
+    def flat(self, key_name: str, symbol: str) -> bool:
+        """Whether the key's position in `symbol` is closed: the venue's last report of it
+        says so, and the key's books there (every strategy's and the unattributed one) agree
+        (a report older than a fill already booked does not count)."""
+        update = self._positions.get((key_name, symbol))
+        if update is None or update.size != 0:
+            return False
+        return all(
+            book.size == 0
+            for (key, _, book_symbol), book in self._books.items()
+            if key == key_name and book_symbol == symbol
+        )
+
     def strategy_size(self, key_name: str, strategy: str, symbol: str) -> Decimal:
         """The strategy's own signed position in `symbol` on `key_name`."""
         book = self._books.get((key_name, strategy, symbol))
@@ -499,17 +512,21 @@ class AccountKeeper:
         fill_booked: Callable[[Execution], bool] = lambda fill: False,
         fill_memory: timedelta = FILL_MEMORY,
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
+        position_closed: Callable[[str, str], None] = lambda key_name, symbol: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
         restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
         books, and says whether it queued a strategy's hook for it (journaled as due until
         the hook is done); `fill_memory`: see `RecentFills`; `position_updated(update)`
-        hears of every position the venue reports (its leverage, which anyone may change)."""
+        hears of every position the venue reports (its leverage, which anyone may change);
+        `position_closed(key, symbol)` of each report or fill after which the key's position
+        in the symbol is closed (`AccountProjection.flat`)."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
         self._fill_booked = fill_booked
         self._position_updated = position_updated
+        self._position_closed = position_closed
         self._recent_fills = RecentFills(fill_memory)
         self._warned_exits: dict[str, None] = {}
         self._warned_foreign: dict[str, None] = {}
@@ -556,6 +573,7 @@ class AccountKeeper:
             self._position_updated(report)
             if report.size == 0 and before is not None and before.size != 0:
                 self._closes_to_fetch[report.key_name] = _CLOSED_PNL_FETCHES
+            self._tell_if_closed(report.key_name, report.symbol)
         elif isinstance(report, ClosedPnl):
             projection.apply_closed_pnl(report)
             self._write(journal.record_closed_pnl, report)
@@ -780,6 +798,7 @@ class AccountKeeper:
         hooked = bool(fill.order_link_id) and ours and self._fill_booked(fill)
         hook_booked = self._projection.booked_qty(fill.order_link_id) if hooked else None
         self._write(self._journal.record_execution, fill, allocation, hook_booked)
+        self._tell_if_closed(fill.key_name, fill.symbol)
         # What the venue did itself (a liquidation, auto-deleveraging) is said louder.
         by_venue = fill.exec_type in _VENUE_EXEC_TYPES
         whose = (
@@ -798,6 +817,10 @@ class AccountKeeper:
             fee=fill.fee,
             whose=whose,
         )
+
+    def _tell_if_closed(self, key_name: str, symbol: str) -> None:
+        if self._projection.flat(key_name, symbol):
+            self._position_closed(key_name, symbol)
 
     def expect_order(self, request: OrderRequest) -> None:
         """An order of ours is journaled and about to be sent: its fills will be attributed
@@ -1034,6 +1057,7 @@ class Account:
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
         self._fill_listeners: list[Callable[[Execution], bool | None]] = []
         self._position_listeners: list[Callable[[PositionUpdate], None]] = []
+        self._closed_listeners: list[Callable[[str, str], None]] = []
         self.keeper = AccountKeeper(
             journal,
             self.projection,
@@ -1041,6 +1065,7 @@ class Account:
             seen_fills=(fill for fill, _ in fills),
             fill_booked=self._fill_booked,
             position_updated=self._position_updated,
+            position_closed=self._position_closed,
         )
         self.streams: dict[str, AccountStream] = {}
 
@@ -1061,6 +1086,15 @@ class Account:
     def _position_updated(self, update: PositionUpdate) -> None:
         for listener in self._position_listeners:
             listener(update)
+
+    def on_position_closed(self, listener: Callable[[str, str], None]) -> None:
+        """Call `listener(key, symbol)` whenever a report or a fill leaves the key's position
+        in the symbol closed, as the venue reports it and as the books agree."""
+        self._closed_listeners.append(listener)
+
+    def _position_closed(self, key_name: str, symbol: str) -> None:
+        for listener in self._closed_listeners:
+            listener(key_name, symbol)
 
     def on_order_update(self, listener: Callable[[OrderEvent], None]) -> None:
         """Call `listener` with every order change the venue reports that moved an order."""

@@ -481,6 +481,7 @@ class Service:
         )
         account.on_order_update(executor.order_updated)
         account.on_position_update(executor.position_updated)
+        account.on_position_closed(executor.position_closed)
         account.on_fill_booked(executor.fill_booked)
         account.on_order_update(gate.ledger.follow)
         # One public price stream per environment the keys trade in, following the allowed

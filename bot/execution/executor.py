@@ -164,6 +164,8 @@ class Executor:
         # Followed orders the stream reported terminal: what it said of each.
         self._terminal: dict[str, OrderEvent] = {}
         self._leverage: dict[tuple[str, str], Decimal] = {}  # (key, symbol) -> leverage set
+        # Cancels of reduce-only orders left by a closed position, by orderLinkId, running.
+        self._stranded: dict[str, asyncio.Task[None]] = {}
         self._placed: Counter[str] = Counter()  # orders the venue accepted, per key
 
     def orders_placed(self, key_name: str) -> int:
@@ -268,6 +270,48 @@ class Executor:
             result="sent" if cancelled else "nothing open to cancel",
         )
         return await self._look_up_safely(request)
+
+    def position_closed(self, key_name: str, symbol: str) -> None:
+        """The key's position in `symbol` is closed (a stop, a target, a manual close):
+        cancel the reduce-only orders of ours still resting there, in the background. They
+        could only close a later position, at levels meant for this one, and would take its
+        room for reduce-only orders (a ladder's legs after its stop fired)."""
+        for record in self._journal.committed_unfinished(key_name):
+            request = record.request
+            if (
+                request.symbol == symbol
+                and request.reduce_only
+                and record.order_id is not None  # placed: one in flight is refused anyway
+                and request.order_link_id not in self._stranded
+            ):
+                self._stranded[request.order_link_id] = asyncio.get_running_loop().create_task(
+                    self._cancel_stranded(request)
+                )
+
+    async def _cancel_stranded(self, request: OrderRequest) -> None:
+        """Cancel one reduce-only order left by a closed position (it leaves `_stranded`
+        when done)."""
+        try:
+            event = await self.cancel(request)
+        except VenueError as exc:
+            logger.bind(notify="venue_error").warning(
+                "could not cancel {id}, a reduce-only order of a closed {symbol} position: "
+                "{error}; cancel it by hand if it is still open",
+                id=request.order_link_id,
+                symbol=request.symbol,
+                error=str(exc),
+            )
+        else:
+            logger.info(
+                "reduce-only {id} of {strategy}: its {symbol} position is closed, so it was "
+                "cancelled (the venue shows it {status})",
+                id=request.order_link_id,
+                strategy=request.strategy,
+                symbol=request.symbol,
+                status=event.status.value if event is not None else "gone",
+            )
+        finally:
+            del self._stranded[request.order_link_id]
 
     def in_flight(self) -> frozenset[str]:
         """The orderLinkIds being sent or looked up right now."""

@@ -1889,9 +1889,7 @@ class SimExchange:
         with self._lock:
             account = self._account(api_key)
             if params.order_id is not None or params.order_link_id is not None:
-                order = self._find(account, params.order_id, params.order_link_id)
-                found = [order] if order is not None and self._matches(order, params) else []
-                return self._order_page(found, params)
+                return self._order_page(self._found_by_id(account, params), params)
             if params.symbol is None and params.base_coin is None and params.settle_coin is None:
                 raise SimError(
                     RetCode.PARAMS_ERROR,
@@ -1918,42 +1916,51 @@ class SimExchange:
             account = self._account(api_key)
             now = self.now_ms()
             if params.order_id is not None or params.order_link_id is not None:
-                order = self._find(account, params.order_id, params.order_link_id)
-                candidates = [order] if order is not None else []
-            else:
-                start, end = _time_window(params.start_time, params.end_time, now)
-                candidates = [
+                selected = [
                     order
-                    for order in reversed(account.orders.values())
-                    if start <= order.created_ms <= end
+                    for order in self._found_by_id(account, params)
+                    if _still_in_history(order, now)
                 ]
+                return self._order_page(selected, params, order_history_view)
+            start, end = _time_window(params.start_time, params.end_time, now)
             selected = [
                 order
-                for order in candidates
-                if self._matches(order, params) and _still_in_history(order, now)
+                for order in reversed(account.orders.values())
+                if start <= order.created_ms <= end
+                and self._matches(order, params)
+                and _still_in_history(order, now)
             ]
             return self._order_page(selected, params, order_history_view)
 
     @_linear_listing
     def executions(self, api_key: str, params: ExecutionQueryParams) -> dict[str, Any]:
-        """`GET /v5/execution/list`: the account's fills, newest first, within 7 days."""
+        """`GET /v5/execution/list`: the account's fills, newest first, within 7 days; or
+        the fills of one order (by orderId, else orderLinkId), whatever else is asked and
+        however old, as Bybit documents: an id outranks every other parameter."""
         with self._lock:
             account = self._account(api_key)
+            engine_now = self._engine.now_ms()
+            if params.order_id is not None or params.order_link_id is not None:
+                fills = [
+                    execution
+                    for execution in reversed(account.executions)
+                    if execution.order.visible_from_ms <= engine_now
+                    and (
+                        execution.order.order_id == params.order_id
+                        if params.order_id is not None
+                        else execution.order.order_link_id == params.order_link_id
+                    )
+                ]
+                return self._executions_page(fills, params)
             if params.symbol is not None:
                 self._instrument(params.symbol)
             start, end = _time_window(params.start_time, params.end_time, self.now_ms())
-            engine_now = self._engine.now_ms()
             fills = [
                 execution
                 for execution in reversed(account.executions)
                 if execution.order.visible_from_ms <= engine_now
                 and start <= execution.exec_ms <= end
                 and (params.symbol is None or execution.order.symbol == params.symbol)
-                and (params.order_id is None or execution.order.order_id == params.order_id)
-                and (
-                    params.order_link_id is None
-                    or execution.order.order_link_id == params.order_link_id
-                )
                 and (
                     params.base_coin is None
                     or execution.order.symbol == params.base_coin + SETTLE_COIN
@@ -1961,12 +1968,18 @@ class SimExchange:
                 and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
                 and (params.exec_type is None or params.exec_type == execution.order.exec_type)
             ]
-            page, cursor = _keyed_page(fills, params.limit, params.cursor, _fill_position)
-            return {
-                "category": "linear",
-                "list": [execution_view(execution) for execution in page],
-                "nextPageCursor": cursor,
-            }
+            return self._executions_page(fills, params)
+
+    @staticmethod
+    def _executions_page(
+        fills: list[ExecutionRecord], params: ExecutionQueryParams
+    ) -> dict[str, Any]:
+        page, cursor = _keyed_page(fills, params.limit, params.cursor, _fill_position)
+        return {
+            "category": "linear",
+            "list": [execution_view(execution) for execution in page],
+            "nextPageCursor": cursor,
+        }
 
     @_linear_listing
     def closed_pnl(self, api_key: str, params: ClosedPnlParams) -> dict[str, Any]:
@@ -2394,6 +2407,14 @@ class SimExchange:
         if order is None or order.symbol != symbol or not order.is_open:
             return None
         return order
+
+    def _found_by_id(self, account: AccountRecord, params: OrderQueryParams) -> list[OrderRecord]:
+        """The order a query names by orderId (else orderLinkId), if the account has it:
+        Bybit ranks an id above every other parameter (symbol, filters, openOnly)."""
+        order = self._find(account, params.order_id, params.order_link_id)
+        if order is None or order.visible_from_ms > self._engine.now_ms():
+            return []
+        return [order]
 
     def _matches(self, order: OrderRecord, params: OrderQueryParams) -> bool:
         return (

@@ -156,6 +156,40 @@ def test_ladder_enters_then_scales_out_and_moves_its_stop_to_break_even(
     assert not [line for line in warnings if "moved at the venue" in line]  # the bot's own
 
 
+def test_the_ladders_targets_are_cancelled_when_its_stop_closes_the_position(
+    trading: Callable[..., Trading],
+) -> None:
+    run = trading("ladder", "ladder", LADDER)
+    entry, first, second = (run.link("l-2", leg) for leg in (0, 1, 2))
+    assert run.bot.post(signal("l-2", stop_loss=95000, take_profit=[99000, 98000])).status_code
+    wait_for(lambda: {first, second} <= set(run.orders()), what="the legs")
+
+    run.set_price(94900)  # through the stop: the venue closes the position
+
+    orders = wait_for(
+        lambda: (
+            (
+                found
+                if all(found[leg]["orderStatus"] == "Cancelled" for leg in (first, second))
+                else None
+            )
+            if (found := run.orders())
+            else None
+        ),
+        what="both targets cancelled",
+    )
+    assert orders[entry]["orderStatus"] == "Filled"
+    assert run.position()["size"] == "0"
+    # Back above the targets, nothing is left to fill: no short was opened by a stale leg.
+    run.set_price(99500)
+    assert run.position()["size"] == "0"
+    statuses = wait_for(
+        lambda: rows if (rows := run.bot.journal_status("l-2")) and "New" not in rows else None,
+        what="the journal's legs terminal",
+    )
+    assert sorted(statuses) == ["Cancelled", "Cancelled", "Filled"]
+
+
 SELECTIVE = 'max_notional_usdt = 500\nsides = ["buy"]\nmin_reward_risk = 1.5'
 
 

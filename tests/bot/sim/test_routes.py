@@ -828,6 +828,34 @@ def test_order_history_keeps_to_bybits_window(server: SimServer, session: HTTP) 
     assert _ids(session, history=True, orderId=placed, startTime=str(now + hour)) == [placed]
 
 
+def test_an_order_id_outranks_every_other_parameter_of_a_query(
+    server: SimServer, session: HTTP
+) -> None:
+    """Bybit: "orderId and orderLinkId have a higher priority and as long as these two
+    parameters are in the input parameters, other input parameters will be ignored" (trade
+    history; the open orders' priority is the same). A client looking up an old order's fills
+    by its id, with a time window or a wrong symbol beside it, gets them."""
+    started = datetime.now(UTC)
+    with clock.installed(VirtualClock(started)) as calendar:  # the exchange's clock
+        filled = _market(session, "Buy", "0.01", orderLinkId="old-fill")["result"]["orderId"]
+        settle(server)
+        calendar.advance_to(started + timedelta(days=8))  # past every default window
+        later = str(server.exchange.now_ms() + 1000)
+
+        def fills(**query: str) -> list[str]:
+            rows = session.get_executions(category="linear", **query)["result"]["list"]
+            return [row["orderId"] for row in rows]
+
+        assert fills() == []  # the last 7 days hold nothing
+        assert fills(orderId=filled) == [filled]
+        assert fills(orderId=filled, symbol="ETHUSDT", startTime=later) == [filled]
+        assert fills(orderLinkId="old-fill", execType="Funding") == [filled]
+        found = session.get_open_orders(
+            category="linear", orderId=filled, symbol="ETHUSDT", orderFilter="StopOrder"
+        )["result"]["list"]
+        assert [row["orderId"] for row in found] == [filled]
+
+
 def test_a_qty_below_the_minimum_says_so(session: HTTP) -> None:
     with pytest.raises(InvalidRequestError, match="below minOrderQty"):
         _market(session, qty="0.0001")
