@@ -6,7 +6,8 @@ Once the entry is completely filled (`on_fill`), the filled quantity is split ac
 profitable `take_profit` targets: legs 1..n, each a reduce-only Limit order at its target with
 its own orderLinkId (split by `weights`, equal by default; a share below the minimum order qty
 joins the next leg). When the first target's leg is filled, the stop moves to break-even: the
-strategy's own entry price.
+strategy's own entry price. When the stop closes the position first, the bot cancels the
+legs still resting (as it does every reduce-only order of a closed position).
 
 The stop is Bybit's position-level stop: it covers the key's whole position in the symbol, so
 give a ladder a key of its own.
