@@ -42,12 +42,17 @@ class RetCode(IntEnum):
     #: "The number of stop orders exceeds maximum limit allowed" (10 per symbol)
     TOO_MANY_CONDITIONAL_ORDERS = 110009
     REDUCE_ONLY_RULE_NOT_SATISFIED = 110017
+    #: "Not allowed to have more than 500 active orders." (per symbol and account)
+    TOO_MANY_ACTIVE_ORDERS = 110020
     POSITION_MODE_NOT_MODIFIED = 110025
     HEDGE_MODE_NOT_SUPPORTED = 110029
     LEVERAGE_NOT_MODIFIED = 110043
     #: Set leverage lower than the account's free margin can carry.
     AVAILABLE_MARGIN_INSUFFICIENT = 110044
     DUPLICATE_ORDER_LINK_ID = 110072
+    #: An order that could take the position past its risk limit's value: "Order placement
+    #: failed as your position may exceed the max limit. ..."
+    POSITION_LIMIT_EXCEEDED = 110090
     #: A conditional order's trigger already passed: "expect Rising (110092) / Falling
     #: (110093), but trigger_price ... current ..."
     TRIGGER_NOT_ABOVE_PRICE = 110092

@@ -70,6 +70,7 @@ from bot.sim.params import (
 from bot.sim.records import (
     LIQUIDATION_CREATE_TYPE,
     MAINTENANCE_MARGIN_RATE,
+    RISK_LIMIT_VALUE,
     SETTLE_COIN,
     ZERO,
     AccountRecord,
@@ -301,6 +302,8 @@ def _linear_listing(query: Listing[L]) -> Listing[L]:
 
 #: Bybit's limit of active conditional orders per symbol and account.
 _CONDITIONAL_ORDERS_PER_SYMBOL = 10
+#: Bybit's limit of active (plain) orders per symbol and account.
+_ACTIVE_ORDERS_PER_SYMBOL = 500
 
 #: A position's exit orders by kind (`stopOrderType`), and the position's attribute holding
 #: the price its order shows as `triggerPrice` (a TP/SL: the level it fires at).
@@ -1198,11 +1201,13 @@ class SimExchange:
             )
         reference = limit_price if limit_price is not None else price_now
         self._check_tpsl(params, reference)
+        self._check_active_orders(account, params.symbol)
         if params.reduce_only:
             qty = self._reducible_qty(account, params.symbol, params.side, qty)
         else:
             self._check_min_value(spec, qty, reference)
             self._check_available(account, params.symbol, params.side, qty, reference)
+            self._check_position_limit(account, params.symbol, params.side, qty, reference, spec)
         lag = self._config.query_lag_ms
         if self._draw("order_visibility_lag"):
             lag = max(lag, self._faults.order_visibility_lag_ms)
@@ -2371,6 +2376,46 @@ class SimExchange:
         )
         if required > self._figures(account).available:
             raise SimError(RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order")
+
+    @staticmethod
+    def _check_active_orders(account: AccountRecord, symbol: str) -> None:
+        """At most `_ACTIVE_ORDERS_PER_SYMBOL` open orders in a symbol (110020)."""
+        active = sum(1 for order in account.open_orders.values() if order.symbol == symbol)
+        if active >= _ACTIVE_ORDERS_PER_SYMBOL:
+            raise SimError(
+                RetCode.TOO_MANY_ACTIVE_ORDERS, "Not allowed to have more than 500 active orders."
+            )
+
+    @staticmethod
+    def _check_position_limit(
+        account: AccountRecord,
+        symbol: str,
+        side: str,
+        qty: Decimal,
+        reference: Decimal,
+        spec: InstrumentSpec,
+    ) -> None:
+        """The position, with the open orders of the order's side and the order filled, at
+        most the risk limit's value (one tier here: `RISK_LIMIT_VALUE`), else 110090."""
+        position = account.positions.get(symbol)
+        direction = 1 if side == "Buy" else -1
+        resting = sum(
+            (
+                order.leaves_qty
+                for order in account.open_orders.values()
+                if order.symbol == symbol and order.side == side and not order.reduce_only
+            ),
+            ZERO,
+        )
+        size = position.size if position is not None else ZERO
+        projected = abs(size + direction * (resting + qty))
+        if projected * reference > RISK_LIMIT_VALUE:
+            raise SimError(
+                RetCode.POSITION_LIMIT_EXCEEDED,
+                "Order placement failed as your position may exceed the max limit. Please "
+                f"adjust your leverage to {fmt(spec.max_leverage)} or below to increase the "
+                "max. position limit",
+            )
 
     @staticmethod
     def _check_position_idx(account: AccountRecord, symbol: str, position_idx: int) -> None:

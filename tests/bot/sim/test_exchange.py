@@ -320,3 +320,44 @@ def test_binding_a_taken_port_fails_clearly(exchange: SimExchange) -> None:
 
         with pytest.raises(RuntimeError, match="cannot bind"):
             taken.start()
+
+
+def test_an_order_that_could_take_the_position_past_its_risk_limit_is_110090() -> None:
+    """Bybit's position limit: the position with the side's resting orders and the new one
+    filled, at most the risk limit's value (2,000,000 USDT, the one tier served); an order
+    that reduces the position passes."""
+    exchange = SimExchange(
+        SimulatorConfig(
+            accounts=[
+                SimAccountSpec(
+                    api_key=KEY, api_secret=SecretStr("s"), balance_usdt=Decimal(1_000_000)
+                )
+            ],
+            market_fill_delay_ms=FILL_DELAY_MS,
+        )
+    )
+    _place(exchange, side="Buy", qty="15")  # 1,455,000 USDT at 97000
+    _place(exchange, side="Buy", qty="6", orderType="Limit", price="90000")  # 21 x 90000
+
+    with pytest.raises(SimError) as caught:
+        _submit(exchange, side="Buy", qty="2", orderType="Limit", price="90000")  # 23 x 90000
+
+    assert caught.value.ret_code is RetCode.POSITION_LIMIT_EXCEEDED
+    assert "your position may exceed the max limit" in str(caught.value)
+    _place(exchange, side="Sell", qty="5")  # reducing: allowed
+    assert _position(exchange)["size"] == "10"
+
+
+def test_the_501st_active_order_in_a_symbol_is_110020(exchange: SimExchange) -> None:
+    for _ in range(500):
+        _submit(exchange, side="Buy", qty="0.001", orderType="Limit", price="90000")
+    exchange.advance(FILL_DELAY_MS)
+
+    with pytest.raises(SimError) as caught:
+        _submit(exchange, side="Buy", qty="0.001", orderType="Limit", price="90000")
+    other = _submit(
+        exchange, symbol="ETHUSDT", side="Buy", qty="0.1", orderType="Limit", price="3000"
+    )
+
+    assert caught.value.ret_code is RetCode.TOO_MANY_ACTIVE_ORDERS
+    assert other["orderId"]  # the cap is per symbol
