@@ -57,8 +57,9 @@ __all__ = ["PRIVATE_PATH", "PRIVATE_TOPICS", "PUBLIC_LINEAR_PATH", "StreamHub"]
 
 PRIVATE_PATH = "/v5/private"
 PUBLIC_LINEAR_PATH = "/v5/public/linear"
-#: Private topics by the name a client subscribes to -> the exchange's topic.
-PRIVATE_TOPICS: dict[str, str] = {
+#: Private topics by the name a client subscribes to -> the exchange's topic; None: a
+#: category the simulator does not trade (spot, inverse, option), taken and never pushed.
+PRIVATE_TOPICS: dict[str, str | None] = {
     "order": "order",
     "order.linear": "order",
     "execution": "execution",
@@ -68,7 +69,21 @@ PRIVATE_TOPICS: dict[str, str] = {
     "position": "position",
     "position.linear": "position",
     "wallet": "wallet",
+    **dict.fromkeys(
+        (
+            *(
+                f"{stream}.{category}"
+                for stream in ("order", "execution", "execution.fast")
+                for category in ("spot", "inverse", "option")
+            ),
+            "position.inverse",
+            "position.option",
+        )
+    ),
 }
+#: The all-in-one private topics that have categorised ones (`order` and `order.linear`).
+_ALL_IN_ONE = ("execution.fast", "execution", "order", "position")
+_CATEGORIES = frozenset({"spot", "linear", "inverse", "option"})
 #: Bybit's `execution.fast`: trades only, and these fields of them (orderLinkId "" for a
 #: maker's fill).
 _FAST_EXECUTION_TOPICS = frozenset({"execution.fast", "execution.fast.linear"})
@@ -594,7 +609,8 @@ class StreamHub:
                 conn.topics.add(topic)
                 if conn.channel == "private":
                     assert conn.api_key is not None
-                    self._private_interest[(conn.api_key, PRIVATE_TOPICS[topic])] += 1
+                    if (pushed := PRIVATE_TOPICS[topic]) is not None:
+                        self._private_interest[(conn.api_key, pushed)] += 1
                 else:
                     self._public_interest(topic)[self._public(topic).symbol] += 1
         self._answer(conn, op, req_id, True, "")
@@ -603,6 +619,13 @@ class StreamHub:
                 self._send_snapshot(conn, topic)
 
     def _check_topics(self, conn: _Connection, topics: list[str]) -> str | None:
+        if conn.channel == "private":
+            mixed = _mixed_private_topics(topics)
+            if mixed is not None:
+                return (
+                    "error:All-In-One topic and Categorised topic cannot be in the same "
+                    f"subscription request,topic:{mixed}"
+                )
         for topic in topics:
             if topic in conn.topics:
                 return f"error:already subscribed,topic:{topic}"
@@ -630,8 +653,8 @@ class StreamHub:
     def _lose_interest(self, conn: _Connection, topic: str) -> None:
         """Lock held."""
         if conn.channel == "private":
-            if conn.api_key is not None and topic in PRIVATE_TOPICS:
-                self._private_interest[(conn.api_key, PRIVATE_TOPICS[topic])] -= 1
+            if conn.api_key is not None and (pushed := PRIVATE_TOPICS.get(topic)) is not None:
+                self._private_interest[(conn.api_key, pushed)] -= 1
         else:
             self._public_interest(topic)[self._public(topic).symbol] -= 1
 
@@ -825,3 +848,15 @@ class _Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._hub.serve(self._channel, scope, receive, send)
+
+
+def _mixed_private_topics(topics: list[str]) -> str | None:
+    """An all-in-one topic asked for beside one of its categorised topics in one request
+    (Bybit: "All-In-One topic and Categorised topic cannot be in the same subscription
+    request"), or None."""
+    asked = set(topics)
+    for family in _ALL_IN_ONE:
+        categorised = [topic for topic in topics if topic.removeprefix(family + ".") in _CATEGORIES]
+        if family in asked and categorised:
+            return categorised[0]
+    return None

@@ -166,6 +166,33 @@ def test_auth_ping_and_subscribe_answer_in_bybits_private_shapes(
     assert unsubscribed["success"] is True and unsubscribed["op"] == "unsubscribe"
 
 
+def test_categorised_private_topics_are_taken_but_not_beside_their_all_in_one_topic(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    """Bybit: `order.spot` ... `order.option` (and so on for execution, execution.fast and
+    position) listen to one category; "All-In-One topic and Categorised topic cannot be in
+    the same subscription request"."""
+    sock = raw("/v5/private")
+    expires = int(time.time() * 1000) + 5000
+    assert _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, expires)})["success"]
+
+    categorised = _ask(
+        sock,
+        {
+            "op": "subscribe",
+            "args": ["order.linear", "order.spot", "execution.inverse", "position.option"],
+        },
+    )
+    mixed = _ask(sock, {"op": "subscribe", "args": ["execution", "execution.linear"]})
+    fast_beside_all = _ask(sock, {"op": "subscribe", "args": ["execution", "execution.fast"]})
+    unknown = _ask(sock, {"op": "subscribe", "args": ["position.spot"]})
+
+    assert categorised["success"] is True
+    assert mixed["success"] is False and "execution.linear" in mixed["ret_msg"]
+    assert fast_beside_all["success"] is True  # execution.fast is a topic of its own
+    assert unknown["success"] is False and "handler not found" in unknown["ret_msg"]
+
+
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
