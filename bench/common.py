@@ -61,6 +61,7 @@ def stop_children_on_sigterm() -> None:
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up
     raise SystemExit(128 + signum)
 
 

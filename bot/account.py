@@ -938,8 +938,14 @@ class AccountKeeper:
         `_DRIFT_LOOKBACK`. One still there after that is warned of, once per difference
         between venue and books: fills the bot never saw (made before its journal began, or
         long ago, or lost by the venue) are in neither book, and trades since do not change
-        that difference. A fetch that failed is tried again `_BOOKS_DRIFT_S` later."""
+        that difference. A fetch that failed is tried again `_BOOKS_DRIFT_S` later.
+
+        Each closed position is told again (`position_closed`), so that an order the venue
+        answered only after the close was told is seen to too."""
         key_name, now = venue.name, asyncio.get_running_loop().time()
+        for update in self._projection.positions_of(key_name):
+            if update.size == 0:
+                self._tell_if_closed(key_name, update.symbol)
         drift = self._projection.drift(key_name)
         for where in [where for where in self._drifting if where[0] == key_name]:
             sizes = drift.get(where[1])
@@ -1076,8 +1082,13 @@ class Account:
         self._fill_listeners.append(listener)
 
     def _fill_booked(self, fill: Execution) -> bool:
-        hooked = [listener(fill) for listener in self._fill_listeners]  # every one is told
-        return any(hooked)
+        hooked = False
+        for listener in self._fill_listeners:  # every one is told, whatever another does
+            try:
+                hooked = bool(listener(fill)) or hooked
+            except Exception:  # the fill's journal write comes after: it must not be lost
+                logger.exception("a listener failed on fill {id}", id=fill.exec_id)
+        return hooked
 
     def on_position_update(self, listener: Callable[[PositionUpdate], None]) -> None:
         """Call `listener` with every position the venue reports, as it is applied."""

@@ -180,9 +180,16 @@ CREATE TABLE IF NOT EXISTS stop_moves (
 #: when the hook is done, so a hook a crash interrupted runs again on the next start.
 _FILL_HOOKS: Final = """
 CREATE TABLE IF NOT EXISTS fill_hooks_due (
-    exec_id TEXT PRIMARY KEY REFERENCES executions (exec_id),
+    exec_id TEXT PRIMARY KEY,
     booked  TEXT NOT NULL
 );
+"""
+#: The fill whose strategy hook asked for a stop move (NULL: a signal or a timer did), so
+#: that the hook run again after a crash does not move the stop a second time.
+_STOP_MOVE_CAUSE: Final = """
+ALTER TABLE stop_moves ADD COLUMN fill_exec_id TEXT;
+CREATE INDEX IF NOT EXISTS stop_moves_by_fill ON stop_moves (fill_exec_id)
+    WHERE fill_exec_id IS NOT NULL;
 """
 #: Unfinished orders are looked up per signal (a strategy's open orders): not by a scan.
 _ORDERS_BY_STATUS: Final = """
@@ -262,7 +269,8 @@ CREATE TABLE IF NOT EXISTS order_events (
     ret_code      INTEGER,
     reason        TEXT NOT NULL DEFAULT ''
 );
-{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}{_FILL_HOOKS}"""
+{_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}{_FILL_HOOKS}
+{_STOP_MOVE_CAUSE}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -275,7 +283,7 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     5: _LOOKUP_INDEXES,
     # The quantity the venue holds, when its reports say (another client may amend an order).
     6: "ALTER TABLE orders ADD COLUMN venue_qty TEXT;",
-    7: _FILL_HOOKS,
+    7: _FILL_HOOKS + _STOP_MOVE_CAUSE,
 }
 _VENUE_STATES: Final = frozenset(
     {
@@ -1209,13 +1217,21 @@ class Journal:
                     row, known.request if known is not None else request
                 )
 
-    def record_stop_move(self, move: StopMove, key_name: str, outcome: str, reason: str) -> None:
+    def record_stop_move(
+        self,
+        move: StopMove,
+        key_name: str,
+        outcome: str,
+        reason: str,
+        fill_exec_id: str | None = None,
+    ) -> None:
         """Journal a strategy's stop-loss move and its outcome (`moved`, `rejected`,
-        `failed`), with why."""
+        `failed`), with why, and the fill whose hook asked for it, if one did."""
         with self._transaction(one_statement=True) as db:
             db.execute(
                 "INSERT INTO stop_moves (source, signal_id, strategy, key_name, symbol,"
-                " stop_loss, outcome, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " stop_loss, outcome, reason, at, fill_exec_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     move.signal_source,
                     move.signal_id,
@@ -1226,6 +1242,7 @@ class Journal:
                     outcome,
                     scrub(reason),
                     utc_now().isoformat(),
+                    fill_exec_id,
                 ),
             )
 
@@ -1252,11 +1269,12 @@ class Journal:
         return {Decimal(str(level)) for (level,) in rows if level is not None}
 
     def carried_out(
-        self, source: str, signal_id: str, strategy: str, since: datetime
+        self, source: str, signal_id: str, strategy: str, fill_exec_id: str
     ) -> tuple[set[int], bool]:
         """What a strategy already did for a signal: the legs it has decisions about (placed
-        or refused), and whether one of its stop moves landed from `since` on. A hook run
-        again after a crash leaves them out, so they are neither decided nor counted twice."""
+        or refused), and whether the hook of the fill `fill_exec_id` moved the stop. A hook
+        run again after a crash leaves them out, so they are neither decided nor counted nor
+        sent twice."""
         with self._lock:
             legs = self._db.execute(
                 "SELECT DISTINCT leg FROM decisions WHERE source = ? AND signal_id = ?"
@@ -1264,9 +1282,8 @@ class Journal:
                 (source, signal_id, strategy),
             ).fetchall()
             moved = self._db.execute(
-                "SELECT 1 FROM stop_moves WHERE source = ? AND signal_id = ? AND strategy = ?"
-                " AND outcome = 'moved' AND at >= ? LIMIT 1",
-                (source, signal_id, strategy, since.isoformat()),
+                "SELECT 1 FROM stop_moves WHERE fill_exec_id = ? AND outcome = 'moved' LIMIT 1",
+                (fill_exec_id,),
             ).fetchone()
         return {leg for (leg,) in legs}, moved is not None
 

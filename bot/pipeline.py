@@ -27,6 +27,7 @@ from bot import metrics
 from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
+from bot.execution.ids import strategy_slug
 from bot.execution.rounding import conform, conform_stop_move
 from bot.journal import Journal
 from bot.logs import logger
@@ -140,6 +141,8 @@ class Pipeline:
         self._workers: dict[Lane, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
         self._outstanding = 0
+        # Fills (by execId) whose `on_fill` is queued or running: each is queued once.
+        self._fill_hooks: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         # (source, id) of the signals whose id was reused, said once each (bounded).
@@ -185,7 +188,7 @@ class Pipeline:
         about one are not asked again. Returns how many signals were queued again."""
         hooks = await self._journal.call(self._journal.due_fill_hooks)
         for fill, booked in hooks:
-            self._queue_fill_hook(fill, booked, again=True)
+            self._queue_fill_hook(fill, booked)
         if hooks:
             logger.warning(
                 "re-queued {n} strategy fill hooks (on_fill) left unfinished by the last run",
@@ -391,6 +394,7 @@ class Pipeline:
         output: StrategyOutput | Failed | None,
         *,
         may_hear_rejections: bool,
+        cause: Execution | None = None,
     ) -> None:
         """Carry out what a strategy's call returned: journal a decline or failure, move
         stops, and send intents through the gate to the executor. With
@@ -416,7 +420,7 @@ class Pipeline:
             return
         for move in output:
             if isinstance(move, StopMove):
-                await self._move_stop(slot, move, context)
+                await self._move_stop(slot, move, context, cause)
         intents = [intent for intent in output if isinstance(intent, OrderIntent)]
         if intents:
             await self._execute(signal, slot, context, intents, may_hear_rejections)
@@ -455,8 +459,14 @@ class Pipeline:
                 await self._act(signal, slot, context, output, may_hear_rejections=False)
 
     async def _move_stop(
-        self, slot: StrategySlot, move: StopMove, context: StrategyContext
+        self,
+        slot: StrategySlot,
+        move: StopMove,
+        context: StrategyContext,
+        cause: Execution | None = None,
     ) -> None:
+        """Round, check and send a strategy's stop move, and journal what came of it (with
+        the fill whose hook asked for it, `cause`)."""
         held = context.positions.get(move.symbol)
         qty = held.qty if held else ZERO
         problem: tuple[str, str] | None = None
@@ -494,7 +504,12 @@ class Pipeline:
             reason=reason,
         )
         await self._journal.call(
-            self._journal.record_stop_move, move, slot.key_name, outcome, reason
+            self._journal.record_stop_move,
+            move,
+            slot.key_name,
+            outcome,
+            reason,
+            cause.exec_id if cause is not None else None,
         )
 
     async def _halt(self, strategy: str, reason: str) -> None:
@@ -524,50 +539,59 @@ class Pipeline:
     def fill_booked(self, fill: Execution) -> bool:
         """The account booked a fill of one of our orders: queue its strategy's `on_fill` on
         the lane of its key and symbol (after the signals already queued there); True if it
-        was queued."""
+        was queued (the journal then keeps it due until it is done)."""
+        slug = fill.order_link_id.partition("-")[0]
         if not any(
-            slot.key_name == fill.key_name and _overrides(slot.strategy, "on_fill")
+            slot.key_name == fill.key_name
+            and strategy_slug(slot.name) == slug
+            and _overrides(slot.strategy, "on_fill")
             for slot in self._strategies.values()
         ):
             return False
-        self._queue_fill_hook(fill, self._booked_qty(fill.order_link_id), again=False)
+        self._queue_fill_hook(fill, self._booked_qty(fill.order_link_id))
         return True
 
-    def _queue_fill_hook(
-        self, fill: Execution, booked: Decimal, *, again: bool, attempt: int = 0
-    ) -> None:
+    def _queue_fill_hook(self, fill: Execution, booked: Decimal, attempt: int = 0) -> None:
+        """Queue the fill's hook unless it is queued or running already: start-up's gap-fill
+        may book a fill whose hook `recover` finds due too."""
+        if fill.exec_id in self._fill_hooks:
+            return
+        self._fill_hooks.add(fill.exec_id)
         self._queue_hook(
             (fill.key_name, fill.symbol),
             f"on_fill of {fill.order_link_id}",
-            partial(self._on_fill, fill, booked, again, attempt),
+            partial(self._on_fill, fill, booked, attempt),
         )
 
-    async def _on_fill(self, fill: Execution, booked: Decimal, again: bool, attempt: int) -> None:
+    async def _on_fill(self, fill: Execution, booked: Decimal, attempt: int) -> None:
         """`booked`: how much of the order the books held once this fill was in them.
 
         The journal keeps the hook due until it has run (or turns out to have nothing to
-        run), so one a crash or a stop interrupts runs again on the next start (`again`): of
-        what it returns then, what the interrupted run already did (legs journaled, a stop
-        moved) is left out, so nothing is decided, counted or sent twice. One that cannot run
-        for want of market data or a usable key is tried again `FILL_HOOK_RETRIES_S` later,
-        then left due for the next start: a ladder's legs or break-even stop are never
-        dropped for a passing outage."""
-        if await self._hear_of_fill(fill, booked, again):
+        run), so one a crash or a stop interrupts runs again on the next start. Of what a
+        hook returns, what an earlier run of it already did (legs decided, the stop moved for
+        this fill) is left out, so nothing is decided, counted or sent twice. One that cannot
+        run for want of market data or a usable key is tried again `FILL_HOOK_RETRIES_S`
+        later, then left due for the next start: a ladder's legs or break-even stop are
+        never dropped for a passing outage."""
+        try:
+            heard = await self._hear_of_fill(fill, booked)
+        finally:
+            self._fill_hooks.discard(fill.exec_id)
+        if heard:
             self._journal.defer(partial(self._journal.fill_hook_done, fill.exec_id))
-            return
-        if attempt < len(FILL_HOOK_RETRIES_S):
+        elif attempt < len(FILL_HOOK_RETRIES_S):
             asyncio.get_running_loop().call_later(
                 FILL_HOOK_RETRIES_S[attempt],
-                partial(self._queue_fill_hook, fill, booked, again=again, attempt=attempt + 1),
+                partial(self._queue_fill_hook, fill, booked, attempt + 1),
             )
-            return
-        logger.bind(notify="venue_error").warning(
-            "on_fill of {id} could not run (see the declines above); it runs again on the "
-            "next start",
-            id=fill.order_link_id,
-        )
+        else:
+            logger.bind(notify="venue_error").warning(
+                "on_fill of {id} could not run (see the declines above); it runs again on "
+                "the next start",
+                id=fill.order_link_id,
+            )
 
-    async def _hear_of_fill(self, fill: Execution, booked: Decimal, again: bool) -> bool:
+    async def _hear_of_fill(self, fill: Execution, booked: Decimal) -> bool:
         """Run the strategy's `on_fill` and carry out what it returns; False if it could not
         be run (no context: the decline is journaled)."""
         record = await self._journal.call(self._journal.order, fill.order_link_id)
@@ -601,9 +625,9 @@ class Pipeline:
         output = await self._runner.call(
             slot.name, "on_fill", partial(slot.strategy.on_fill, report, signal, context)
         )
-        if again and isinstance(output, list | tuple):
+        if isinstance(output, list | tuple):
             legs, moved = await self._journal.call(
-                self._journal.carried_out, signal.source, signal.id, slot.name, fill.ts
+                self._journal.carried_out, signal.source, signal.id, slot.name, fill.exec_id
             )
             output = [
                 item
@@ -611,7 +635,7 @@ class Pipeline:
                 if not (isinstance(item, OrderIntent) and item.leg in legs)
                 and not (isinstance(item, StopMove) and moved)
             ]
-        await self._act(signal, slot, context, output, may_hear_rejections=True)
+        await self._act(signal, slot, context, output, may_hear_rejections=True, cause=fill)
         return True
 
     async def run_timers(self) -> None:

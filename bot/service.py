@@ -230,9 +230,8 @@ class Service:
     ) -> None:
         assert self._server is not None
         async with asyncio.TaskGroup() as tasks:
-            background = [tasks.create_task(stages.pipeline.run())]
             # The account streams connect (and close their gaps) while start-up settles.
-            background += [
+            background = [
                 tasks.create_task(stream.run()) for stream in stages.account.streams.values()
             ]
             background += [tasks.create_task(stream.run()) for stream in stages.price_streams]
@@ -244,6 +243,9 @@ class Service:
                     task.cancel()
                 return
             await stages.pipeline.start_strategies()
+            # The lanes start after every strategy's on_start: what start-up queued (signals
+            # left unfinished, fill hooks due, fills the gap-fill booked) waits for them.
+            background.append(tasks.create_task(stages.pipeline.run()))
             background.append(tasks.create_task(stages.pipeline.run_timers()))
             background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.venues]
             background.append(tasks.create_task(stages.keys.run()))

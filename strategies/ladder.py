@@ -72,7 +72,11 @@ class TakeProfitLadder(Follow):
         self, fill: Fill, signal: Signal, context: StrategyContext
     ) -> StrategyOutput | None:
         if fill.leg == ENTRY_LEG and fill.order_done:
-            return self._ladder(signal, context, fill.order_filled_qty, fill.price)
+            position = context.positions.get(signal.symbol)
+            held = position.qty if position is not None else Decimal(0)
+            if held == 0 or (held > 0) != (signal.side is Side.BUY):
+                return None  # the stop (or a manual close) came first: nothing to take profit on
+            return self._ladder(signal, context, min(fill.order_filled_qty, abs(held)), fill.price)
         if fill.leg == FIRST_TARGET_LEG and fill.order_done and self.params.break_even_after_first:
             position = context.positions.get(signal.symbol)
             if position is None or position.qty == 0:

@@ -79,6 +79,10 @@ _JITTER: Final = 0.25
 _CANCELS_KEPT: Final = 10_000
 #: An order report's reason when a user (not the venue's own rules) cancelled it.
 _CANCELLED_BY_USER: Final = cancelled_reason("CancelByUser")
+#: How long a reduce-only order still in flight when its position closed is waited for
+#: (its answer from the venue) before it is cancelled anyway, and how often it is looked at.
+_STRANDED_ANSWER_WAIT_S: Final = 15.0
+_STRANDED_POLL_S: Final = 0.05
 
 
 def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
@@ -275,43 +279,59 @@ class Executor:
         """The key's position in `symbol` is closed (a stop, a target, a manual close):
         cancel the reduce-only orders of ours still resting there, in the background. They
         could only close a later position, at levels meant for this one, and would take its
-        room for reduce-only orders (a ladder's legs after its stop fired)."""
+        room for reduce-only orders (a ladder's legs after its stop fired). Told again on
+        every reconciliation pass while the position stays closed: an order the venue
+        answered only after the close is cancelled then."""
         for record in self._journal.committed_unfinished(key_name):
             request = record.request
             if (
                 request.symbol == symbol
                 and request.reduce_only
-                and record.order_id is not None  # placed: one in flight is refused anyway
                 and request.order_link_id not in self._stranded
+                # Filled in the books already, its report still on the way: nothing to cancel.
+                and (
+                    self._booked_qty is None
+                    or self._booked_qty(request.order_link_id) < record.venue_qty
+                )
             ):
                 self._stranded[request.order_link_id] = asyncio.get_running_loop().create_task(
                     self._cancel_stranded(request)
                 )
 
     async def _cancel_stranded(self, request: OrderRequest) -> None:
-        """Cancel one reduce-only order left by a closed position (it leaves `_stranded`
-        when done)."""
+        """Cancel one reduce-only order left by a closed position, once the venue has
+        answered it if it is still in flight (it leaves `_stranded` when done)."""
+        link = request.order_link_id
         try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_STRANDED_ANSWER_WAIT_S):
+                    # The journal's committed state has no event to wait on.
+                    while (known := self._journal.unfinished(link)) is not None and (  # noqa: ASYNC110
+                        known.order_id is None
+                    ):
+                        await asyncio.sleep(_STRANDED_POLL_S)
+            if self._journal.unfinished(link) is None:
+                return  # it ended meanwhile (filled, refused): nothing rests
             event = await self.cancel(request)
-        except VenueError as exc:
+        except Exception as exc:  # a background task: nothing else would hear of it
             logger.bind(notify="venue_error").warning(
                 "could not cancel {id}, a reduce-only order of a closed {symbol} position: "
                 "{error}; cancel it by hand if it is still open",
-                id=request.order_link_id,
+                id=link,
                 symbol=request.symbol,
-                error=str(exc),
+                error=str(exc) or type(exc).__name__,
             )
         else:
             logger.info(
                 "reduce-only {id} of {strategy}: its {symbol} position is closed, so it was "
                 "cancelled (the venue shows it {status})",
-                id=request.order_link_id,
+                id=link,
                 strategy=request.strategy,
                 symbol=request.symbol,
                 status=event.status.value if event is not None else "gone",
             )
         finally:
-            del self._stranded[request.order_link_id]
+            del self._stranded[link]
 
     def in_flight(self) -> frozenset[str]:
         """The orderLinkIds being sent or looked up right now."""

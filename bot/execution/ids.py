@@ -13,7 +13,7 @@ from typing import Final
 
 from bot import messages
 
-__all__ = ["MAX_LEG", "ORDER_LINK_ID_PATTERN", "order_link_id"]
+__all__ = ["MAX_LEG", "ORDER_LINK_ID_PATTERN", "order_link_id", "strategy_slug"]
 
 ORDER_LINK_ID_PATTERN: Final = re.compile(messages.ORDER_LINK_ID_PATTERN)
 MAX_LEG: Final = 99
@@ -34,5 +34,9 @@ def order_link_id(strategy: str, source: str, signal_id: str, leg: int) -> str:
     text = "\x1f".join((strategy, source, signal_id, str(leg)))
     digest = hashlib.sha256(text.encode("utf-8")).digest()
     tag = base64.b32encode(digest).decode("ascii").lower()[:_DIGEST_CHARS]
-    slug = _NOT_SLUG.sub("", strategy)[:_SLUG_CHARS] or "s"
-    return f"{slug}-{leg}-{tag}"
+    return f"{strategy_slug(strategy)}-{leg}-{tag}"
+
+
+def strategy_slug(strategy: str) -> str:
+    """The readable prefix of a strategy's orderLinkIds (several strategies may share one)."""
+    return _NOT_SLUG.sub("", strategy)[:_SLUG_CHARS] or "s"

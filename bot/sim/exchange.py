@@ -2396,7 +2396,8 @@ class SimExchange:
         spec: InstrumentSpec,
     ) -> None:
         """The position, with the open orders of the order's side and the order filled, at
-        most the risk limit's value (one tier here: `RISK_LIMIT_VALUE`), else 110090."""
+        most the risk limit's value (one tier here: `RISK_LIMIT_VALUE`), else 110090; an
+        order that leaves less exposure than the position has passes."""
         position = account.positions.get(symbol)
         direction = 1 if side == "Buy" else -1
         resting = sum(
@@ -2409,7 +2410,7 @@ class SimExchange:
         )
         size = position.size if position is not None else ZERO
         projected = abs(size + direction * (resting + qty))
-        if projected * reference > RISK_LIMIT_VALUE:
+        if projected > abs(size) and projected * reference > RISK_LIMIT_VALUE:
             raise SimError(
                 RetCode.POSITION_LIMIT_EXCEEDED,
                 "Order placement failed as your position may exceed the max limit. Please "
@@ -2454,10 +2455,17 @@ class SimExchange:
         return order
 
     def _found_by_id(self, account: AccountRecord, params: OrderQueryParams) -> list[OrderRecord]:
-        """The order a query names by orderId (else orderLinkId), if the account has it:
-        Bybit ranks an id above every other parameter (symbol, filters, openOnly)."""
+        """The order a query names by orderId (else orderLinkId), if the account has it and
+        it passes the query's filters (`orderFilter`, `orderStatus`): Bybit ranks an id above
+        `symbol` and `baseCoin` ("orderId > orderLinkId > symbol > baseCoin"), and ignores
+        `openOnly` with one."""
         order = self._find(account, params.order_id, params.order_link_id)
-        if order is None or order.visible_from_ms > self._engine.now_ms():
+        if (
+            order is None
+            or order.visible_from_ms > self._engine.now_ms()
+            or not _selects(params.order_filter, order)
+            or (params.order_status is not None and order.status != params.order_status)
+        ):
             return []
         return [order]
 

@@ -867,7 +867,7 @@ def test_what_an_order_and_its_stop_loss_journal_and_look_up_never_scans_a_table
     ]
 
 
-def test_a_version_4_journal_gains_the_lookup_indexes_venue_qty_and_fill_hooks(
+def test_a_version_4_journal_gains_lookup_indexes_venue_qty_fill_hooks_and_stop_causes(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "v4.sqlite3"
@@ -882,6 +882,7 @@ def test_a_version_4_journal_gains_the_lookup_indexes_venue_qty_and_fill_hooks(
     db.executescript(
         "".join(f"DROP INDEX {name};" for name in new_indexes)
         + "ALTER TABLE orders DROP COLUMN venue_qty; DROP TABLE fill_hooks_due;"
+        + "DROP INDEX stop_moves_by_fill; ALTER TABLE stop_moves DROP COLUMN fill_exec_id;"
         + "PRAGMA user_version=4;"
     )
     db.close()
@@ -895,6 +896,7 @@ def test_a_version_4_journal_gains_the_lookup_indexes_venue_qty_and_fill_hooks(
     columns = {row[1] for row in journal._db.execute("PRAGMA table_info(orders)")}
     assert "venue_qty" in columns
     assert journal.due_fill_hooks() == []
+    assert journal.carried_out("voc", "s1", "follow", "e1") == (set(), False)
     assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pytest
 
+from bot import pipeline as pipeline_module
 from bot.account import Account
 from bot.execution.executor import Executor
 from bot.execution.ids import order_link_id
@@ -632,7 +633,10 @@ def test_a_hook_run_again_after_a_crash_leaves_out_what_it_already_did(build: Bu
     assert len(stages.orders_of("hooked")) == 2
 
 
-def test_an_on_fill_without_market_data_is_tried_again_until_it_runs(build: Build) -> None:
+def test_an_on_fill_without_market_data_is_tried_again_until_it_runs(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "FILL_HOOK_RETRIES_S", (0.3, 0.3))
     stages = build(
         {"hooked": (LegAndStop("hooked", StrategyParams()), "k1", "voc")}, market_cache_s=0.1
     )
@@ -650,7 +654,7 @@ def test_an_on_fill_without_market_data_is_tried_again_until_it_runs(build: Buil
             fill.exec_id for fill in fills
         ]
         stages.exchange.set_faults(SimFaults())
-        await asyncio.sleep(1.5)  # the first retry comes 1 s after the failure
+        await asyncio.sleep(0.5)  # the first retry comes 0.3 s after the failure
         await stages.pipeline.drain()
         await until(lambda: stages.journal.due_fill_hooks() == [])
 
@@ -701,3 +705,34 @@ def test_an_order_another_client_shrank_is_done_when_what_the_venue_holds_is_fil
     [(fill, _, _)] = HEARD["hooked"]
     assert (fill.qty, fill.order_qty, fill.order_filled_qty) == (Decimal("0.001"),) * 3
     assert fill.order_done  # a ladder lays out its legs now
+
+
+def test_a_fill_booked_at_start_up_and_found_due_by_recover_is_heard_of_once(
+    build: Build,
+) -> None:
+    stages = build({"hooked": (LegAndStop("hooked", StrategyParams()), "k1", "voc")})
+
+    async def start_up() -> None:
+        lanes = asyncio.create_task(stages.pipeline.run())
+        await stages.submit(signal())  # the entry, placed and filled at the venue
+        lanes.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lanes
+        # A restart: the gap-fill books the fill (its hook queued, the lanes not running
+        # yet), then `recover` finds the hook the fill's journal write marked due.
+        for fill in await stages.venues["k1"].executions_since(None):
+            await stages.account.keeper.apply(fill)
+        await stages.pipeline.recover()
+        lanes = asyncio.create_task(stages.pipeline.run())
+        try:
+            await stages.pipeline.drain()
+            await until(lambda: stages.journal.due_fill_hooks() == [])
+        finally:
+            lanes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lanes
+
+    asyncio.run(start_up())
+
+    assert len(HEARD["hooked"]) == 1
+    assert len(stages.journal.stop_moves()) == 1

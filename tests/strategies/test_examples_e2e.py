@@ -180,14 +180,18 @@ def test_the_ladders_targets_are_cancelled_when_its_stop_closes_the_position(
     )
     assert orders[entry]["orderStatus"] == "Filled"
     assert run.position()["size"] == "0"
-    # Back above the targets, nothing is left to fill: no short was opened by a stale leg.
-    run.set_price(99500)
-    assert run.position()["size"] == "0"
     statuses = wait_for(
         lambda: rows if (rows := run.bot.journal_status("l-2")) and "New" not in rows else None,
         what="the journal's legs terminal",
     )
     assert sorted(statuses) == ["Cancelled", "Cancelled", "Filled"]
+
+    # The next ladder's targets have the reduce-only room to themselves: none is refused.
+    run.set_price(97000)
+    assert run.bot.post(signal("l-3", stop_loss=95000, take_profit=[99000, 98000])).status_code
+    later = [run.link("l-3", leg) for leg in (1, 2)]
+    legs = wait_for(lambda: o if set(later) <= set(o := run.orders()) else None, what="legs")
+    assert [legs[leg]["orderStatus"] for leg in later] == ["New", "New"]
 
 
 SELECTIVE = 'max_notional_usdt = 500\nsides = ["buy"]\nmin_reward_risk = 1.5'

@@ -20,11 +20,16 @@ from bot.messages import (
     StopMove,
     parse_signal,
 )
-from strategies.base import Fill
+from strategies.base import Fill, StrategyContext
 from strategies.ladder import TakeProfitLadder, split
 from tests.strategies.contexts import context
 
 MARKET = context()  # BTCUSDT at 97000, equity 10000, lot 0.001
+
+
+def holding(qty: str | Decimal) -> StrategyContext:
+    """The market with the strategy holding `qty` BTCUSDT (negative: short) from 97000."""
+    return context(position_qty=qty, entry_price=97000)
 
 
 def ladder(**params: object) -> TakeProfitLadder:
@@ -139,9 +144,9 @@ def test_an_entry_below_half_a_tick_is_declined_not_a_crash() -> None:
 def test_a_target_below_half_a_tick_gets_no_leg_instead_of_a_crash() -> None:
     short = signal(side="sell", stop_loss=99000, take_profit=[96000, 0.01])
 
-    legs = intents(ladder().on_fill(fill(0, "0.010", side=Side.SELL), short, MARKET))
+    out = ladder().on_fill(fill(0, "0.010", side=Side.SELL), short, holding("-0.010"))
 
-    assert [(leg.price, leg.qty) for leg in legs] == [(Decimal(96000), Decimal("0.010"))]
+    assert [(leg.price, leg.qty) for leg in intents(out)] == [(Decimal(96000), Decimal("0.010"))]
 
 
 def test_weights_must_be_positive_and_the_error_names_them() -> None:
@@ -217,7 +222,8 @@ def test_a_share_below_the_minimum_joins_the_next_one() -> None:
 
 
 def test_the_full_fill_of_the_entry_places_reduce_only_legs_at_the_targets_nearest_first() -> None:
-    out = ladder().on_fill(fill(0, "0.010"), signal(take_profit=[99000, 90000, 98000.04]), MARKET)
+    targets = [99000, 90000, 98000.04]
+    out = ladder().on_fill(fill(0, "0.010"), signal(take_profit=targets), holding("0.010"))
 
     legs = intents(out)
     assert [(leg.leg, leg.price, leg.qty) for leg in legs] == [
@@ -233,7 +239,9 @@ def test_a_short_ladders_down_with_buy_legs_split_by_weight() -> None:
     short = signal(side="sell", stop_loss=99000, take_profit=[96000, 95000, 94000])
 
     legs = intents(
-        ladder(weights=[1, 1, 2]).on_fill(fill(0, "0.040", side=Side.SELL), short, MARKET)
+        ladder(weights=[1, 1, 2]).on_fill(
+            fill(0, "0.040", side=Side.SELL), short, holding("-0.040")
+        )
     )
 
     assert [(leg.leg, leg.side, leg.price, leg.qty) for leg in legs] == [
@@ -253,6 +261,19 @@ def test_targets_are_judged_against_the_entry_fill_not_where_the_price_ran_since
     assert [leg.price for leg in legs] == [Decimal(98000), Decimal(99000)]
 
 
+@pytest.mark.parametrize("held", ["0", "-0.010"], ids=["flat", "the other side"])
+def test_no_legs_when_the_position_is_gone_by_the_time_the_entry_is_heard_of(held: str) -> None:
+    # The stop fired first (or someone closed, or turned, the position): reduce-only legs
+    # for it would wait for, and cut into, a later position.
+    assert ladder().on_fill(fill(0, "0.010"), signal(), holding(held)) is None
+
+
+def test_legs_cover_no_more_than_the_position_still_held() -> None:
+    legs = intents(ladder().on_fill(fill(0, "0.010"), signal(), holding("0.004")))
+
+    assert sum(leg.qty for leg in legs) == Decimal("0.004")
+
+
 def test_a_partial_fill_of_the_entry_waits_for_the_rest() -> None:
     partial = fill(0, "0.004", order_qty="0.010", filled="0.004")
 
@@ -267,7 +288,8 @@ def test_a_partial_fill_of_the_entry_waits_for_the_rest() -> None:
 def test_never_more_legs_than_targets_and_every_leg_distinct(targets: list[int], lots: int) -> None:
     filled = Decimal("0.001") * lots
 
-    legs = intents(ladder().on_fill(fill(0, str(filled)), signal(take_profit=targets), MARKET))
+    out = ladder().on_fill(fill(0, str(filled)), signal(take_profit=targets), holding(filled))
+    legs = intents(out)
 
     assert 1 <= len(legs) <= min(len(targets), 10)
     assert len({leg.leg for leg in legs}) == len(legs)

@@ -831,10 +831,11 @@ def test_order_history_keeps_to_bybits_window(server: SimServer, session: HTTP) 
 def test_an_order_id_outranks_every_other_parameter_of_a_query(
     server: SimServer, session: HTTP
 ) -> None:
-    """Bybit: "orderId and orderLinkId have a higher priority and as long as these two
-    parameters are in the input parameters, other input parameters will be ignored" (trade
-    history; the open orders' priority is the same). A client looking up an old order's fills
-    by its id, with a time window or a wrong symbol beside it, gets them."""
+    """Bybit's trade history: "orderId and orderLinkId have a higher priority and as long as
+    these two parameters are in the input parameters, other input parameters will be
+    ignored"; its open orders rank "orderId > orderLinkId > symbol > baseCoin". A client
+    looking up an old order's fills by its id, with a time window or a wrong symbol beside
+    it, gets them."""
     started = datetime.now(UTC)
     with clock.installed(VirtualClock(started)) as calendar:  # the exchange's clock
         filled = _market(session, "Buy", "0.01", orderLinkId="old-fill")["result"]["orderId"]
@@ -850,10 +851,10 @@ def test_an_order_id_outranks_every_other_parameter_of_a_query(
         assert fills(orderId=filled) == [filled]
         assert fills(orderId=filled, symbol="ETHUSDT", startTime=later) == [filled]
         assert fills(orderLinkId="old-fill", execType="Funding") == [filled]
-        found = session.get_open_orders(
-            category="linear", orderId=filled, symbol="ETHUSDT", orderFilter="StopOrder"
-        )["result"]["list"]
-        assert [row["orderId"] for row in found] == [filled]
+        found = session.get_open_orders(category="linear", orderId=filled, symbol="ETHUSDT")
+        assert [row["orderId"] for row in found["result"]["list"]] == [filled]
+        stops = session.get_open_orders(category="linear", orderId=filled, orderFilter="StopOrder")
+        assert stops["result"]["list"] == []  # a filter still filters
 
 
 def test_a_qty_below_the_minimum_says_so(session: HTTP) -> None:
