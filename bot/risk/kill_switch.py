@@ -107,6 +107,10 @@ class KillSwitch:
         )
         if cancel_open:
             report["cancelled"] = await self._cancel_open(strategies)
+        elif flatten:
+            # Their resting reduce-only orders (a ladder's targets) would leave the close no
+            # room: Bybit trims a reduce-only order to what the others do not cover (110017).
+            report["cancelled"] = await self._cancel_open(strategies, reduce_only=True)
         if flatten:
             async with self._flattening:  # the state above is set at once, whatever waits
                 if self._gate.state_of(state.scope).state is not state.state:
@@ -116,11 +120,14 @@ class KillSwitch:
                     report["flattened"] = await self._flatten(strategies)
         return report
 
-    async def _cancel_open(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
-        """Cancel every order of `strategies` that may be open at the venue. An order being
-        sent right now is waited for (the executor refuses to send an opening order once its
-        scope is halted, and a send in progress lands or fails), then cancelled; one still
-        busy after `_CANCEL_WAIT_S` is reported as such."""
+    async def _cancel_open(
+        self, strategies: frozenset[str], *, reduce_only: bool = False
+    ) -> list[dict[str, str | bool]]:
+        """Cancel every order of `strategies` that may be open at the venue (with
+        `reduce_only`, only their reduce-only ones). An order being sent right now is waited
+        for (the executor refuses to send an opening order once its scope is halted, and a
+        send in progress lands or fails), then cancelled; one still busy after
+        `_CANCEL_WAIT_S` is reported as such."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CANCEL_WAIT_S
         done: dict[str, dict[str, str | bool]] = {}
@@ -129,7 +136,11 @@ class KillSwitch:
             waiting = []
             for record in await self._journal.call(self._journal.unfinished_orders):
                 link_id = record.request.order_link_id
-                if record.request.strategy not in strategies or link_id in done:
+                if (
+                    record.request.strategy not in strategies
+                    or link_id in done
+                    or (reduce_only and not record.request.reduce_only)
+                ):
                     continue
                 if link_id in busy:
                     waiting.append(record)

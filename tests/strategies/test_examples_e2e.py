@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim.params import PositionQueryParams
-from tests.bot.test_admin import decision_of
+from tests.bot.test_admin import admin_answer, decision_of
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import client_orders, wait_for, write_key_secrets
 
@@ -192,6 +192,27 @@ def test_the_ladders_targets_are_cancelled_when_its_stop_closes_the_position(
     later = [run.link("l-3", leg) for leg in (1, 2)]
     legs = wait_for(lambda: o if set(later) <= set(o := run.orders()) else None, what="legs")
     assert [legs[leg]["orderStatus"] for leg in later] == ["New", "New"]
+
+
+def test_a_halt_with_flatten_closes_a_ladder_whose_targets_rest(
+    trading: Callable[..., Trading],
+) -> None:
+    run = trading("ladder", "ladder", LADDER)
+    first, second = (run.link("l-4", leg) for leg in (1, 2))
+    assert run.bot.post(signal("l-4", stop_loss=95000, take_profit=[99000, 98000])).status_code
+    wait_for(lambda: {first, second} <= set(run.orders()), what="the legs")
+
+    answer = admin_answer(run.bot, "halt", {"reason": "drill", "flatten": True})
+
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    # The targets go first: resting, they would leave the close no room (110017).
+    assert sorted((row["status"], row["done"]) for row in report["cancelled"]) == [
+        ("Cancelled", True),
+        ("Cancelled", True),
+    ]
+    assert [(row["status"], row["done"]) for row in report["flattened"]] == [("Filled", True)]
+    assert run.position()["size"] == "0"
 
 
 SELECTIVE = 'max_notional_usdt = 500\nsides = ["buy"]\nmin_reward_risk = 1.5'
