@@ -512,15 +512,16 @@ class AccountKeeper:
         fill_booked: Callable[[Execution], bool] = lambda fill: False,
         fill_memory: timedelta = FILL_MEMORY,
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
-        position_closed: Callable[[str, str], None] = lambda key_name, symbol: None,
+        position_closed: Callable[[str, str, str | None], None] = lambda k, s, n: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
         restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
         books, and says whether it queued a strategy's hook for it (journaled as due until
         the hook is done); `fill_memory`: see `RecentFills`; `position_updated(update)`
         hears of every position the venue reports (its leverage, which anyone may change);
-        `position_closed(key, symbol)` of each report or fill after which the key's position
-        in the symbol is closed (`AccountProjection.flat`)."""
+        `position_closed(key, symbol, strategy)` of each fill that closes (or turns) a
+        strategy's position, and (`strategy` None) of each report or fill after which the
+        key's position in the symbol is closed (`AccountProjection.flat`)."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
@@ -792,12 +793,23 @@ class AccountKeeper:
         orderLinkIds, which never counts as a fill of our order."""
         self._recent_fills.add(fill)
         allocation = self._projection.allocate(fill, strategy)
+        before = {
+            name: self._projection.strategy_size(fill.key_name, name, fill.symbol)
+            for name in allocation
+        }
         self._projection.apply_execution(fill, allocation, of_our_order=ours)
         # The hook is queued before the write that says it is due: both wait their turn (the
         # hook on its lane, the write on the journal's queue), so its "done" comes after.
         hooked = bool(fill.order_link_id) and ours and self._fill_booked(fill)
         hook_booked = self._projection.booked_qty(fill.order_link_id) if hooked else None
         self._write(self._journal.record_execution, fill, allocation, hook_booked)
+        for name, size in before.items():
+            after = self._projection.strategy_size(fill.key_name, name, fill.symbol)
+            if size != 0 and (after == 0 or (after > 0) != (size > 0)):
+                # The strategy's position closed (or turned): whatever the venue reports
+                # next (it may already hold a new position), its reduce-only orders there
+                # were for the one that is gone.
+                self._position_closed(fill.key_name, fill.symbol, name)
         self._tell_if_closed(fill.key_name, fill.symbol)
         # What the venue did itself (a liquidation, auto-deleveraging) is said louder.
         by_venue = fill.exec_type in _VENUE_EXEC_TYPES
@@ -820,7 +832,7 @@ class AccountKeeper:
 
     def _tell_if_closed(self, key_name: str, symbol: str) -> None:
         if self._projection.flat(key_name, symbol):
-            self._position_closed(key_name, symbol)
+            self._position_closed(key_name, symbol, None)
 
     def expect_order(self, request: OrderRequest) -> None:
         """An order of ours is journaled and about to be sent: its fills will be attributed
@@ -1063,7 +1075,7 @@ class Account:
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
         self._fill_listeners: list[Callable[[Execution], bool | None]] = []
         self._position_listeners: list[Callable[[PositionUpdate], None]] = []
-        self._closed_listeners: list[Callable[[str, str], None]] = []
+        self._closed_listeners: list[Callable[[str, str, str | None], None]] = []
         self.keeper = AccountKeeper(
             journal,
             self.projection,
@@ -1098,14 +1110,16 @@ class Account:
         for listener in self._position_listeners:
             listener(update)
 
-    def on_position_closed(self, listener: Callable[[str, str], None]) -> None:
-        """Call `listener(key, symbol)` whenever a report or a fill leaves the key's position
-        in the symbol closed, as the venue reports it and as the books agree."""
+    def on_position_closed(self, listener: Callable[[str, str, str | None], None]) -> None:
+        """Call `listener(key, symbol, strategy)` whenever a fill closes or turns the
+        strategy's position in the symbol, and `listener(key, symbol, None)` whenever a
+        report or a fill leaves the key's position there closed, as the venue reports it and
+        as the books agree."""
         self._closed_listeners.append(listener)
 
-    def _position_closed(self, key_name: str, symbol: str) -> None:
+    def _position_closed(self, key_name: str, symbol: str, strategy: str | None) -> None:
         for listener in self._closed_listeners:
-            listener(key_name, symbol)
+            listener(key_name, symbol, strategy)
 
     def on_order_update(self, listener: Callable[[OrderEvent], None]) -> None:
         """Call `listener` with every order change the venue reports that moved an order."""

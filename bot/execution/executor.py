@@ -275,17 +275,19 @@ class Executor:
         )
         return await self._look_up_safely(request)
 
-    def position_closed(self, key_name: str, symbol: str) -> None:
-        """The key's position in `symbol` is closed (a stop, a target, a manual close):
-        cancel the reduce-only orders of ours still resting there, in the background. They
-        could only close a later position, at levels meant for this one, and would take its
-        room for reduce-only orders (a ladder's legs after its stop fired). Told again on
-        every reconciliation pass while the position stays closed: an order the venue
-        answered only after the close is cancelled then."""
+    def position_closed(self, key_name: str, symbol: str, strategy: str | None) -> None:
+        """A position in `symbol` closed (a stop, a target, a manual close): `strategy`'s own
+        on the key, or (None) the key's as a whole. Cancel the reduce-only orders of ours
+        (of that strategy) still resting there, in the background. They could only close a
+        later position, at levels meant for this one, and would take its room for
+        reduce-only orders (a ladder's legs after its stop fired). A closed key's position
+        is told again on every reconciliation pass: an order the venue answered only after
+        the close is cancelled then."""
         for record in self._journal.committed_unfinished(key_name):
             request = record.request
             if (
                 request.symbol == symbol
+                and (strategy is None or request.strategy == strategy)
                 and request.reduce_only
                 and request.order_link_id not in self._stranded
                 # Filled in the books already, its report still on the way: nothing to cancel.

@@ -3,6 +3,7 @@ against a simulator the test owns, the exchange's own book read back."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -33,6 +34,13 @@ class Trading:
     exchange: SimExchange
     server: SimServer
     name: str
+    config: Path
+
+    def restart(self, while_down: Callable[[], None] = lambda: None) -> None:
+        """Stop the bot, run `while_down`, start it again on the same journal."""
+        self.bot.stop()
+        while_down()
+        self.bot = RunningBot(self.config).start()
 
     def link(self, signal_id: str, leg: int = 0) -> str:
         return order_link_id(self.name, SOURCE, signal_id, leg)
@@ -59,7 +67,7 @@ def trading(
     write_key_secrets(tmp_path, KEY, SECRET)
     exchange = SimExchange(SimulatorConfig())
     exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
-    started: list[RunningBot] = []
+    started: list[Trading] = []
     with SimServer(exchange) as server:
 
         def start(name: str, plugin: str, params: str = "", venue: str = "") -> Trading:
@@ -71,15 +79,15 @@ def trading(
                 + f"[strategies.{name}.params]\n{params}\n"
                 + f'[venue]\nsim_url = "{server.url}"\n{venue}'
             )
-            bot = RunningBot(config).start()
-            started.append(bot)
-            return Trading(bot, exchange, server, name)
+            run = Trading(RunningBot(config).start(), exchange, server, name, config)
+            started.append(run)
+            return run
 
         try:
             yield start
         finally:
-            for bot in started:
-                bot.stop()
+            for run in started:
+                run.bot.stop()
 
 
 def test_follow_places_one_order_with_the_stop(trading: Callable[..., Trading]) -> None:
@@ -192,6 +200,37 @@ def test_the_ladders_targets_are_cancelled_when_its_stop_closes_the_position(
     later = [run.link("l-3", leg) for leg in (1, 2)]
     legs = wait_for(lambda: o if set(later) <= set(o := run.orders()) else None, what="legs")
     assert [legs[leg]["orderStatus"] for leg in later] == ["New", "New"]
+
+
+def test_a_ladders_targets_go_with_its_position_though_a_new_one_opened_while_the_bot_was_down(
+    trading: Callable[..., Trading],
+) -> None:
+    run = trading("ladder", "ladder", LADDER)
+    old_legs = [run.link("l-5", leg) for leg in (1, 2)]
+    new_legs = [run.link("l-6", leg) for leg in (1, 2)]
+    assert run.bot.post(signal("l-5", stop_loss=95000, take_profit=[99000, 98000])).status_code
+    wait_for(lambda: set(old_legs) <= set(run.orders()), what="the first ladder's targets")
+    later = signal("l-6", entry=94000, stop_loss=92000, take_profit=[95500, 96000])
+    assert run.bot.post(later).status_code == 202
+    wait_for(lambda: run.link("l-6") in run.orders(), what="the second ladder's resting entry")
+
+    def stop_fires_then_the_next_entry_fills() -> None:
+        for price in (94900, 93900, 94500):  # the first stop, then the second entry's bid
+            run.set_price(price)
+            time.sleep(0.1)
+
+    # The venue's position is never seen flat: closed and opened again while the bot was down.
+    run.restart(while_down=stop_fires_then_the_next_entry_fills)
+
+    orders = wait_for(
+        lambda: o if set(new_legs) <= set(o := run.orders()) else None, what="the new targets"
+    )
+    wait_for(
+        lambda: all(run.orders()[leg]["orderStatus"] == "Cancelled" for leg in old_legs),
+        what="the first ladder's targets cancelled",
+    )
+    assert [orders[leg]["orderStatus"] for leg in new_legs] == ["New", "New"]
+    assert run.position()["size"] == "0.005"
 
 
 def test_a_halt_with_flatten_closes_a_ladder_whose_targets_rest(
