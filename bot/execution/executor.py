@@ -79,8 +79,9 @@ _JITTER: Final = 0.25
 _CANCELS_KEPT: Final = 10_000
 #: An order report's reason when a user (not the venue's own rules) cancelled it.
 _CANCELLED_BY_USER: Final = cancelled_reason("CancelByUser")
-#: How long a reduce-only order still in flight when its position closed is waited for
-#: (its answer from the venue) before it is cancelled anyway, and how often it is looked at.
+#: How long a reduce-only order still in flight when its position closed is waited for (its
+#: answer from the venue, with its orderId) before it is left to the next reconciliation
+#: pass, and how often it is looked at.
 _STRANDED_ANSWER_WAIT_S: Final = 15.0
 _STRANDED_POLL_S: Final = 0.05
 
@@ -302,7 +303,8 @@ class Executor:
 
     async def _cancel_stranded(self, request: OrderRequest) -> None:
         """Cancel one reduce-only order left by a closed position, once the venue has
-        answered it if it is still in flight (it leaves `_stranded` when done)."""
+        answered it with its orderId if it is still in flight (it leaves `_stranded` when
+        done)."""
         link = request.order_link_id
         try:
             with contextlib.suppress(TimeoutError):
@@ -312,8 +314,12 @@ class Executor:
                         known.order_id is None
                     ):
                         await asyncio.sleep(_STRANDED_POLL_S)
-            if self._journal.unfinished(link) is None:
-                return  # it ended meanwhile (filled, refused): nothing rests
+            known = self._journal.unfinished(link)
+            if known is None or known.order_id is None:
+                # Ended meanwhile (filled, refused): nothing rests. Or still unanswered: a
+                # cancel by orderLinkId could hit another client's order under that id; the
+                # next reconciliation pass tells the close again.
+                return
             event = await self.cancel(request)
         except Exception as exc:  # a background task: nothing else would hear of it
             logger.bind(notify="venue_error").warning(
