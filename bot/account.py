@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from functools import partial
-from typing import Final
+from typing import Final, NamedTuple
 
 from bot.bounded import remember
 from bot.execution.orders import differences
@@ -55,6 +55,7 @@ __all__ = [
     "AccountProjection",
     "AccountReport",
     "RecentFills",
+    "StrandedBy",
     "StrategyBook",
 ]
 
@@ -195,6 +196,19 @@ def _shares(holders: Mapping[str, Decimal], share: Decimal, held: Decimal) -> di
         parts[name] += extra
         left -= extra
     return parts
+
+
+class StrandedBy(NamedTuple):
+    """A position that closed, whose reduce-only orders of ours have nothing left to reduce:
+    the key's in `symbol` (`strategy` None), or one strategy's, which was long (`was_long`)
+    until the fill of `cause` (an orderLinkId, "" for the venue's own exits) closed or
+    turned it. Orders of `cause`'s own signal are kept: they may be its next legs."""
+
+    key_name: str
+    symbol: str
+    strategy: str | None = None
+    was_long: bool | None = None
+    cause: str = ""
 
 
 class AccountProjection:
@@ -512,16 +526,16 @@ class AccountKeeper:
         fill_booked: Callable[[Execution], bool] = lambda fill: False,
         fill_memory: timedelta = FILL_MEMORY,
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
-        position_closed: Callable[[str, str, str | None], None] = lambda k, s, n: None,
+        position_closed: Callable[[StrandedBy], None] = lambda closed: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
         restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
         books, and says whether it queued a strategy's hook for it (journaled as due until
         the hook is done); `fill_memory`: see `RecentFills`; `position_updated(update)`
         hears of every position the venue reports (its leverage, which anyone may change);
-        `position_closed(key, symbol, strategy)` of each fill that closes (or turns) a
-        strategy's position, and (`strategy` None) of each report or fill after which the
-        key's position in the symbol is closed (`AccountProjection.flat`)."""
+        `position_closed(closed)` of each fill that closes (or turns) a strategy's position,
+        and of each report or fill after which the key's position in the symbol is closed
+        (`AccountProjection.flat`): see `StrandedBy`."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
@@ -805,11 +819,13 @@ class AccountKeeper:
         self._write(self._journal.record_execution, fill, allocation, hook_booked)
         for name, size in before.items():
             after = self._projection.strategy_size(fill.key_name, name, fill.symbol)
-            if size != 0 and (after == 0 or (after > 0) != (size > 0)):
+            if name != UNATTRIBUTED and size != 0 and (after == 0 or (after > 0) != (size > 0)):
                 # The strategy's position closed (or turned): whatever the venue reports
-                # next (it may already hold a new position), its reduce-only orders there
-                # were for the one that is gone.
-                self._position_closed(fill.key_name, fill.symbol, name)
+                # next (it may already hold a new position), its reduce-only orders that
+                # reduced it were for the one that is gone.
+                self._position_closed(
+                    StrandedBy(fill.key_name, fill.symbol, name, size > 0, fill.order_link_id)
+                )
         self._tell_if_closed(fill.key_name, fill.symbol)
         # What the venue did itself (a liquidation, auto-deleveraging) is said louder.
         by_venue = fill.exec_type in _VENUE_EXEC_TYPES
@@ -832,7 +848,7 @@ class AccountKeeper:
 
     def _tell_if_closed(self, key_name: str, symbol: str) -> None:
         if self._projection.flat(key_name, symbol):
-            self._position_closed(key_name, symbol, None)
+            self._position_closed(StrandedBy(key_name, symbol))
 
     def expect_order(self, request: OrderRequest) -> None:
         """An order of ours is journaled and about to be sent: its fills will be attributed
@@ -1075,7 +1091,7 @@ class Account:
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
         self._fill_listeners: list[Callable[[Execution], bool | None]] = []
         self._position_listeners: list[Callable[[PositionUpdate], None]] = []
-        self._closed_listeners: list[Callable[[str, str, str | None], None]] = []
+        self._closed_listeners: list[Callable[[StrandedBy], None]] = []
         self.keeper = AccountKeeper(
             journal,
             self.projection,
@@ -1110,16 +1126,15 @@ class Account:
         for listener in self._position_listeners:
             listener(update)
 
-    def on_position_closed(self, listener: Callable[[str, str, str | None], None]) -> None:
-        """Call `listener(key, symbol, strategy)` whenever a fill closes or turns the
-        strategy's position in the symbol, and `listener(key, symbol, None)` whenever a
-        report or a fill leaves the key's position there closed, as the venue reports it and
-        as the books agree."""
+    def on_position_closed(self, listener: Callable[[StrandedBy], None]) -> None:
+        """Call `listener` whenever a fill closes or turns a strategy's position in a
+        symbol, and whenever a report or a fill leaves the key's position there closed, as
+        the venue reports it and as the books agree (`StrandedBy`)."""
         self._closed_listeners.append(listener)
 
-    def _position_closed(self, key_name: str, symbol: str, strategy: str | None) -> None:
+    def _position_closed(self, closed: StrandedBy) -> None:
         for listener in self._closed_listeners:
-            listener(key_name, symbol, strategy)
+            listener(closed)
 
     def on_order_update(self, listener: Callable[[OrderEvent], None]) -> None:
         """Call `listener` with every order change the venue reports that moved an order."""

@@ -37,6 +37,7 @@ from decimal import Decimal
 from functools import partial
 from typing import Final
 
+from bot.account import StrandedBy
 from bot.bounded import remember
 from bot.execution.config import ExecutionConfig
 from bot.execution.orders import OPEN_AT_VENUE, not_ours, unlike_request
@@ -50,6 +51,7 @@ from bot.messages import (
     OrderType,
     PositionUpdate,
     RiskDecision,
+    Side,
     StopMove,
     utc_now,
 )
@@ -80,8 +82,9 @@ _CANCELS_KEPT: Final = 10_000
 #: An order report's reason when a user (not the venue's own rules) cancelled it.
 _CANCELLED_BY_USER: Final = cancelled_reason("CancelByUser")
 #: How long a reduce-only order still in flight when its position closed is waited for (its
-#: answer from the venue, with its orderId) before it is left to the next reconciliation
-#: pass, and how often it is looked at.
+#: answer from the venue, with its orderId), and how often it is looked at. One still without
+#: an orderId is left: a key whose position stays closed tells it again each reconciliation
+#: pass; a strategy's close on a key that holds a new position does not.
 _STRANDED_ANSWER_WAIT_S: Final = 15.0
 _STRANDED_POLL_S: Final = 0.05
 
@@ -276,20 +279,25 @@ class Executor:
         )
         return await self._look_up_safely(request)
 
-    def position_closed(self, key_name: str, symbol: str, strategy: str | None) -> None:
-        """A position in `symbol` closed (a stop, a target, a manual close): `strategy`'s own
-        on the key, or (None) the key's as a whole. Cancel the reduce-only orders of ours
-        (of that strategy) still resting there, in the background. They could only close a
+    def position_closed(self, closed: StrandedBy) -> None:
+        """A position closed (a stop, a target, a manual close): the key's, or one
+        strategy's. Cancel, in the background, the reduce-only orders of ours that reduced
+        it (of that strategy, on the side that closes what it held) still resting there,
+        but none of the closing fill's own signal (its next legs). They could only close a
         later position, at levels meant for this one, and would take its room for
-        reduce-only orders (a ladder's legs after its stop fired). A closed key's position
-        is told again on every reconciliation pass: an order the venue answered only after
-        the close is cancelled then."""
-        for record in self._journal.committed_unfinished(key_name):
+        reduce-only orders (a ladder's legs after its stop fired). A key whose position
+        stays closed is told again on every reconciliation pass: an order the venue answered
+        only after the close is cancelled then."""
+        reducing = None if closed.was_long is None else Side.SELL if closed.was_long else Side.BUY
+        # The orders resting now: one placed later is for whatever position comes next.
+        for record in self._journal.committed_unfinished(closed.key_name):
             request = record.request
             if (
-                request.symbol == symbol
-                and (strategy is None or request.strategy == strategy)
+                request.symbol == closed.symbol
                 and request.reduce_only
+                and closed.strategy in (None, request.strategy)
+                and reducing in (None, request.side)
+                and request.order_link_id != closed.cause
                 and request.order_link_id not in self._stranded
                 # Filled in the books already, its report still on the way: nothing to cancel.
                 and (
@@ -298,15 +306,21 @@ class Executor:
                 )
             ):
                 self._stranded[request.order_link_id] = asyncio.get_running_loop().create_task(
-                    self._cancel_stranded(request)
+                    self._cancel_stranded(request, closed.cause)
                 )
 
-    async def _cancel_stranded(self, request: OrderRequest) -> None:
-        """Cancel one reduce-only order left by a closed position, once the venue has
-        answered it with its orderId if it is still in flight (it leaves `_stranded` when
-        done)."""
+    async def _cancel_stranded(self, request: OrderRequest, cause: str) -> None:
+        """Cancel one reduce-only order left by a closed position, unless it belongs to the
+        signal of the order whose fill closed it (`cause`), once the venue has answered it
+        with its orderId if it is still in flight (it leaves `_stranded` when done)."""
         link = request.order_link_id
         try:
+            closing = await self._journal.call(self._journal.order, cause) if cause else None
+            if closing is not None and (
+                closing.request.signal_source,
+                closing.request.signal_id,
+            ) == (request.signal_source, request.signal_id):
+                return  # a leg of the signal that closed the position: for the next one
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_STRANDED_ANSWER_WAIT_S):
                     # The journal's committed state has no event to wait on.
@@ -317,8 +331,7 @@ class Executor:
             known = self._journal.unfinished(link)
             if known is None or known.order_id is None:
                 # Ended meanwhile (filled, refused): nothing rests. Or still unanswered: a
-                # cancel by orderLinkId could hit another client's order under that id; the
-                # next reconciliation pass tells the close again.
+                # cancel by orderLinkId could hit another client's order under that id.
                 return
             event = await self.cancel(request)
         except Exception as exc:  # a background task: nothing else would hear of it

@@ -107,16 +107,17 @@ class KillSwitch:
         )
         if cancel_open:
             report["cancelled"] = await self._cancel_open(strategies)
-        elif flatten:
-            # Their resting reduce-only orders (a ladder's targets) would leave the close no
-            # room: Bybit trims a reduce-only order to what the others do not cover (110017).
-            report["cancelled"] = await self._cancel_open(strategies, reduce_only=True)
         if flatten:
             async with self._flattening:  # the state above is set at once, whatever waits
                 if self._gate.state_of(state.scope).state is not state.state:
                     report["flattened"] = []  # another command (a resume) changed it meanwhile
                     report["superseded"] = True
                 else:
+                    if not cancel_open:
+                        # Their resting reduce-only orders (a ladder's targets) would leave
+                        # the close no room: Bybit trims a reduce-only order to what the
+                        # others do not cover (110017).
+                        report["cancelled"] = await self._cancel_open(strategies, reduce_only=True)
                     report["flattened"] = await self._flatten(strategies)
         return report
 
@@ -139,7 +140,14 @@ class KillSwitch:
                 if (
                     record.request.strategy not in strategies
                     or link_id in done
-                    or (reduce_only and not record.request.reduce_only)
+                    # Only the resting reduce-only orders, never an earlier flatten's close.
+                    or (
+                        reduce_only
+                        and (
+                            not record.request.reduce_only
+                            or record.request.signal_source == FLATTEN_SOURCE
+                        )
+                    )
                 ):
                     continue
                 if link_id in busy:

@@ -428,7 +428,9 @@ class BybitVenue:
             if row.get("execType", "Trade") in POSITION_EXEC_TYPES
             and str(row.get("symbol", "")).endswith(SETTLE_COIN)
         ]
-        return sorted(fills, key=lambda fill: fill.ts)
+        # Bybit lists each window newest first: reversed, fills of one millisecond keep the
+        # venue's order through the (stable) sort.
+        return sorted(reversed(fills), key=lambda fill: fill.ts)
 
     async def closed_pnl_since(self, since: datetime | None) -> list[ClosedPnl]:
         """Closing orders' realized PnL from `since` on (None: the last 7 days)."""

@@ -264,6 +264,7 @@ def build(tmp_path: Path) -> Iterator[Build]:
                 booked_qty=account.projection.booked_qty,
             )
             account.on_fill_booked(pipeline.fill_booked)
+            account.on_position_closed(executor.position_closed)
             return Stages(pipeline, journal, gate, exchange, account, venues)
 
         yield make
@@ -736,3 +737,49 @@ def test_a_fill_booked_at_start_up_and_found_due_by_recover_is_heard_of_once(
 
     assert len(HEARD["hooked"]) == 1
     assert len(stages.journal.stop_moves()) == 1
+
+
+class Reverser(Strategy):
+    """Buys 0.002 BTC; on a signal with a `side`, closes that (reduce-only) and, in the same
+    batch, opens 0.002 to `side` with a reduce-only target 5 % away."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        if context.position_qty == 0:
+            return [self.intent(signal, context, side=Side.BUY, qty=Decimal("0.002"))]
+        assert signal.side is not None
+        long = signal.side is Side.BUY
+        target = context.last_price * (Decimal("1.05") if long else Decimal("0.95"))
+        return [
+            self.intent(
+                signal, context, side=Side.SELL, qty=Decimal("0.002"), reduce_only=True, leg=0
+            ),
+            self.intent(signal, context, side=signal.side, qty=Decimal("0.002"), leg=1),
+            self.intent(
+                signal,
+                context,
+                side=Side.SELL if long else Side.BUY,
+                qty=Decimal("0.002"),
+                price=target.quantize(Decimal(1)),
+                reduce_only=True,
+                leg=2,
+            ),
+        ]
+
+
+@pytest.mark.parametrize("side", ["buy", "sell"], ids=["same side again", "turned"])
+def test_a_close_keeps_the_reduce_only_target_its_own_signal_placed_for_the_next_position(
+    build: Build, side: str
+) -> None:
+    stages = build({"hooked": (Reverser("hooked", StrategyParams()), "k1", "voc")})
+    target = order_link_id("hooked", "voc", "second", 2)
+
+    async def close_and_reopen() -> None:
+        await stages.submit(signal(id="first"))
+        await stages.submit(signal(id="second", side=side))
+        await stages.book_fills()  # the close brings the strategy's book to zero
+        await asyncio.sleep(0.3)  # any cancel it set off has run
+
+    stages.run(close_and_reopen())
+
+    [order] = [o for o in stages.orders_of("hooked") if o["orderLinkId"] == target]
+    assert order["orderStatus"] == "New"
