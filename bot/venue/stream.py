@@ -379,11 +379,14 @@ class AccountStream(SupervisedStream):
         self.drop()
 
     async def _serve(self) -> None:
-        # Messages flow from now on, but the stream is live only once the gap is closed:
-        # until then readers use REST.
+        # The stream's messages wait in the inbox while the gap is closed by REST, then
+        # flow: a fill made since the reconnect is booked after the older ones the gap-fill
+        # fetches, so that each strategy's book sees its fills in the venue's order (a stop
+        # fill booked after the next entry would hide the close it made). Until then
+        # readers use REST.
         assert self._inbox is not None
-        self._relay_task = asyncio.create_task(self._relay(self._inbox))
         await self._on_connected()
+        self._relay_task = asyncio.create_task(self._relay(self._inbox))
 
     def _dropped(self) -> None:
         if self._relay_task is not None:
