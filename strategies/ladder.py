@@ -42,7 +42,7 @@ class TakeProfitLadder(Follow):
         weights: tuple[Decimal, ...] = Field(
             (),
             description="share of the position per target, nearest first (default: equal); "
-            "scaled to sum to 1",
+            "scaled to sum to 1; targets beyond the weights given get no leg",
             max_length=MAX_TARGETS,
         )
         break_even_after_first: bool = Field(
