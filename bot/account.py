@@ -850,6 +850,14 @@ class AccountKeeper:
         if self._projection.flat(key_name, symbol):
             self._position_closed(StrandedBy(key_name, symbol))
 
+    def tell_closed_again(self, key_name: str) -> None:
+        """Tell each of the key's closed positions again (`position_closed`), each
+        reconciliation pass: an order the venue answered only after the close was told is
+        seen to then."""
+        for update in self._projection.positions_of(key_name):
+            if update.size == 0:
+                self._tell_if_closed(key_name, update.symbol)
+
     def expect_order(self, request: OrderRequest) -> None:
         """An order of ours is journaled and about to be sent: its fills will be attributed
         to its strategy without asking the journal (one thread hop less on each fill), and
@@ -966,14 +974,8 @@ class AccountKeeper:
         `_DRIFT_LOOKBACK`. One still there after that is warned of, once per difference
         between venue and books: fills the bot never saw (made before its journal began, or
         long ago, or lost by the venue) are in neither book, and trades since do not change
-        that difference. A fetch that failed is tried again `_BOOKS_DRIFT_S` later.
-
-        Each closed position is told again (`position_closed`), so that an order the venue
-        answered only after the close was told is seen to too."""
+        that difference. A fetch that failed is tried again `_BOOKS_DRIFT_S` later."""
         key_name, now = venue.name, asyncio.get_running_loop().time()
-        for update in self._projection.positions_of(key_name):
-            if update.size == 0:
-                self._tell_if_closed(key_name, update.symbol)
         drift = self._projection.drift(key_name)
         for where in [where for where in self._drifting if where[0] == key_name]:
             sizes = drift.get(where[1])

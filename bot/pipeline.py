@@ -132,6 +132,13 @@ class Pipeline:
         `booked_qty(orderLinkId)` says how much of an order the account's books hold."""
         self._journal = journal
         self._strategies = strategies
+        # The (key, orderLinkId prefix) of each strategy with an `on_fill` hook: whose fills
+        # queue one.
+        self._hooked = frozenset(
+            (slot.key_name, strategy_slug(slot.name))
+            for slot in strategies.values()
+            if _overrides(slot.strategy, "on_fill")
+        )
         self._gate = gate
         self._executor = executor
         self._market = market
@@ -540,13 +547,7 @@ class Pipeline:
         """The account booked a fill of one of our orders: queue its strategy's `on_fill` on
         the lane of its key and symbol (after the signals already queued there); True if it
         was queued (the journal then keeps it due until it is done)."""
-        slug = fill.order_link_id.partition("-")[0]
-        if not any(
-            slot.key_name == fill.key_name
-            and strategy_slug(slot.name) == slug
-            and _overrides(slot.strategy, "on_fill")
-            for slot in self._strategies.values()
-        ):
+        if (fill.key_name, fill.order_link_id.partition("-")[0]) not in self._hooked:
             return False
         self._queue_fill_hook(fill, self._booked_qty(fill.order_link_id))
         return True

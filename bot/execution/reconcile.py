@@ -80,6 +80,7 @@ class Reconciler:
                 if keeper.closed_pnl_due(key_name):  # a position closed: its PnL now
                     await keeper.catch_up_closed_pnl(self._venues[key_name])
                 await keeper.check_books(self._venues[key_name])
+                keeper.tell_closed_again(key_name)
                 placed = self._executor.orders_placed(key_name)
                 if scans.due(loop.time(), connection, placed):
                     started, complete = loop.time(), False

@@ -2456,26 +2456,26 @@ class SimExchange:
 
     def _found_by_id(self, account: AccountRecord, params: OrderQueryParams) -> list[OrderRecord]:
         """The order a query names by orderId (else orderLinkId), if the account has it and
-        it passes the query's filters (`orderFilter`, `orderStatus`): Bybit ranks an id above
+        it passes the query's filters (`_shown_and_filtered`): Bybit ranks an id above
         `symbol` and `baseCoin` ("orderId > orderLinkId > symbol > baseCoin"), and ignores
         `openOnly` with one."""
         order = self._find(account, params.order_id, params.order_link_id)
-        if (
-            order is None
-            or order.visible_from_ms > self._engine.now_ms()
-            or not _selects(params.order_filter, order)
-            or (params.order_status is not None and order.status != params.order_status)
-        ):
-            return []
-        return [order]
+        return [order] if order is not None and self._shown_and_filtered(order, params) else []
 
     def _matches(self, order: OrderRecord, params: OrderQueryParams) -> bool:
         return (
-            _selects(params.order_filter, order)
-            and order.visible_from_ms <= self._engine.now_ms()
+            self._shown_and_filtered(order, params)
             and (params.symbol is None or order.symbol == params.symbol)
             and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
             and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
+        )
+
+    def _shown_and_filtered(self, order: OrderRecord, params: OrderQueryParams) -> bool:
+        """Whether queries show the order by now, and it is of the query's `orderFilter` and
+        `orderStatus` (which an id does not outrank)."""
+        return (
+            _selects(params.order_filter, order)
+            and order.visible_from_ms <= self._engine.now_ms()
             and (params.order_status is None or order.status == params.order_status)
         )
 

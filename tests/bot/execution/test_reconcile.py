@@ -48,6 +48,9 @@ class _Keeper:
     async def check_books(self, venue: object) -> None:
         """The books agree with the venue here."""
 
+    def tell_closed_again(self, key_name: str) -> None:
+        """No position closes here."""
+
 
 class _Account:
     """One key's stream: `connection` is the live connection's number, None while down."""
