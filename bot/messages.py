@@ -485,6 +485,14 @@ class StopMove(_Message):
     signal_id: str
     symbol: Symbol
     stop_loss: PositiveDecimal
+    close_leg_if_crossed: int | None = Field(
+        None,
+        ge=0,
+        le=99,
+        description="if the price has already crossed `stop_loss` (the venue would refuse "
+        "such a stop), close the strategy's position at market instead, as this leg of the "
+        "signal, as the stop would have; None: the move is refused",
+    )
 
 
 class Decline(_Message):

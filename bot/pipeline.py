@@ -16,6 +16,7 @@ executor), and deterministic orderLinkIds keep anything from being placed twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,7 @@ from functools import partial
 from typing import Final
 
 from bot import metrics
+from bot.account import StrandedBy
 from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
@@ -39,13 +41,15 @@ from bot.messages import (
     OrderEvent,
     OrderIntent,
     OrderStatus,
+    OrderType,
     RiskDecision,
+    Side,
     Signal,
     SignalAction,
     StopMove,
     utc_now,
 )
-from bot.risk.gate import ApprovedOrder, RiskGate, Verdict, stop_move_problem
+from bot.risk.gate import STOP_SIDE, ApprovedOrder, RiskGate, Verdict, stop_move_problem
 from bot.risk.kill_switch import announce_state
 from bot.risk.states import ScopeState, TradingState
 from bot.runner import Failed, StrategyRunner
@@ -66,6 +70,8 @@ TIMER_SOURCE: Final = "timer"
 #: after each failure; after the last one it is left due for the next start.
 FILL_HOOK_RETRIES_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 ZERO: Final = Decimal(0)
+#: A stop move's outcome while the price is past the stop it asks for, before its close.
+CROSSED: Final = "crossed"
 #: How many reused signal ids are remembered, each warned of once.
 _REUSED_IDS_KEPT: Final = 1_000
 #: What a signal asks to trade (every field but who sent it, when, and its raw body): two
@@ -427,7 +433,7 @@ class Pipeline:
             return
         for move in output:
             if isinstance(move, StopMove):
-                await self._move_stop(slot, move, context, cause)
+                await self._move_stop(signal, slot, move, context, cause)
         intents = [intent for intent in output if isinstance(intent, OrderIntent)]
         if intents:
             await self._execute(signal, slot, context, intents, may_hear_rejections)
@@ -467,16 +473,17 @@ class Pipeline:
 
     async def _move_stop(
         self,
+        signal: Signal,
         slot: StrategySlot,
         move: StopMove,
         context: StrategyContext,
         cause: Execution | None = None,
     ) -> None:
-        """Round, check and send a strategy's stop move, and journal what came of it (with
-        the fill whose hook asked for it, `cause`)."""
+        """Round, check and send a strategy's stop move, or close its position at market if
+        the price has crossed the stop and the move asks for that; journal what came of it
+        (with the fill whose hook asked for it, `cause`)."""
         held = context.positions.get(move.symbol)
         qty = held.qty if held else ZERO
-        problem: tuple[str, str] | None = None
         try:
             instrument = (
                 context.instrument
@@ -487,20 +494,21 @@ class Pipeline:
             # age would make a break-even stop look like it sits at the price.
             price = await self._market.fresh_price(slot.key_name, move.symbol)
         except VenueError as exc:
-            problem = ("NO_PRICE", f"the price cannot be read: {exc}")
-        if problem is None:
+            outcome, reason = "rejected", f"NO_PRICE: the price cannot be read: {exc}"
+        else:
             conformed = conform_stop_move(move, instrument, long=qty > 0)
             if isinstance(conformed, str):
-                problem = ("INSTRUMENT_RULES", conformed)
+                outcome, reason = "rejected", f"INSTRUMENT_RULES: {conformed}"
             else:
                 move = conformed
-                problem = stop_move_problem(move, qty, price)
-        if problem is None:
-            outcome, reason = await self._executor.move_stop(move, slot.key_name)
-        else:
-            outcome, reason = "rejected", f"{problem[0]}: {problem[1]}"
+                outcome, reason = await self._set_stop(slot, move, qty, price)
+            if outcome == CROSSED:
+                outcome, reason = await self._close_crossed(
+                    signal, slot, move, instrument, qty, reason
+                )
         # A stop the strategy wanted and did not get leaves its position less protected than
-        # it planned: the operator hears of it.
+        # it planned, and a close it did not ask for in so many words is news: the operator
+        # hears of both.
         log = logger.info if outcome == "moved" else logger.bind(notify="rejection").warning
         log(
             "stop move of {strategy} on {symbol} to {stop}: {outcome} ({reason})",
@@ -517,6 +525,74 @@ class Pipeline:
             outcome,
             reason,
             cause.exec_id if cause is not None else None,
+        )
+
+    async def _set_stop(
+        self, slot: StrategySlot, move: StopMove, qty: Decimal, price: Decimal
+    ) -> tuple[str, str]:
+        """Check the move against the position and `price`, then send it: (outcome, why),
+        the outcome the executor's, or `rejected`, or `crossed` when the price is past the
+        stop (checked again after the venue's no: the price may have moved since)."""
+        problem = stop_move_problem(move, qty, price)
+        if problem is None:
+            outcome, reason = await self._executor.move_stop(move, slot.key_name)
+            if outcome != "rejected" or move.close_leg_if_crossed is None:
+                return outcome, reason
+            with contextlib.suppress(VenueError):  # unreadable: the venue's no stands
+                problem = stop_move_problem(
+                    move, qty, await self._market.fresh_price(slot.key_name, move.symbol)
+                )
+            if problem is None or problem[0] != STOP_SIDE:
+                return outcome, reason
+        rule, why = problem
+        crossed = rule == STOP_SIDE and move.close_leg_if_crossed is not None
+        return (CROSSED if crossed else "rejected"), f"{rule}: {why}"
+
+    async def _close_crossed(
+        self,
+        signal: Signal,
+        slot: StrategySlot,
+        move: StopMove,
+        instrument: Instrument,
+        qty: Decimal,
+        crossed: str,
+    ) -> tuple[str, str]:
+        """Close the strategy's position at market, as the leg the move names, because the
+        price has crossed the stop it wanted: what that stop would have done. Its resting
+        reduce-only orders there (a ladder's targets) are cancelled first, or they would
+        leave the close no room. Returns (`closed` or `rejected`, why)."""
+        assert move.close_leg_if_crossed is not None
+        await self._executor.clear_reduce_only(
+            StrandedBy(slot.key_name, move.symbol, slot.name, was_long=qty > 0)
+        )
+        try:
+            price = await self._market.fresh_price(slot.key_name, move.symbol)
+        except VenueError as exc:
+            return "rejected", f"{crossed}; its close at market needs the price: {exc}"
+        intent = OrderIntent(
+            strategy=slot.name,
+            signal_source=move.signal_source,
+            signal_id=move.signal_id,
+            leg=move.close_leg_if_crossed,
+            symbol=move.symbol,
+            side=Side.SELL if qty > 0 else Side.BUY,
+            order_type=OrderType.MARKET,
+            qty=abs(qty),
+            reference_price=price,
+            reduce_only=True,
+            signal_ts=signal.ts,
+        )
+        verdict = self.decide(intent, instrument, price)
+        events = await self._executor.execute_all([verdict], slot.key_name)
+        if not events:
+            assert isinstance(verdict, RiskDecision)
+            return "rejected", f"{crossed}; its close at market was refused: {verdict.reason}"
+        (event,) = events
+        if event.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
+            return "rejected", f"{crossed}; its close at market was refused: {event.reason}"
+        return "closed", (
+            f"{crossed}: the position was closed at market instead, as leg "
+            f"{move.close_leg_if_crossed} (order {event.status.value})"
         )
 
     async def _halt(self, strategy: str, reason: str) -> None:
@@ -630,11 +706,18 @@ class Pipeline:
             legs, moved = await self._journal.call(
                 self._journal.carried_out, signal.source, signal.id, slot.name, fill.exec_id
             )
+            # What it decides now is judged at the fill's time, not the signal's: a limit
+            # entry filled an hour after its signal may still call for an opening order.
+            at = min(fill.ts, utc_now())
             output = [
-                item
+                item.model_copy(update={"signal_ts": max(item.signal_ts, at)})
+                if isinstance(item, OrderIntent)
+                else item
                 for item in output
                 if not (isinstance(item, OrderIntent) and item.leg in legs)
-                and not (isinstance(item, StopMove) and moved)
+                and not (
+                    isinstance(item, StopMove) and (moved or item.close_leg_if_crossed in legs)
+                )
             ]
         await self._act(signal, slot, context, output, may_hear_rejections=True, cause=fill)
         return True
@@ -709,7 +792,11 @@ def _unusable(output: object, strategy: str, signal: Signal) -> str:
         for item in items
     ):
         return "strategy returned an intent for another strategy or signal"
-    legs = [intent.leg for intent in items if isinstance(intent, OrderIntent)]
+    legs = [
+        item.leg if isinstance(item, OrderIntent) else item.close_leg_if_crossed
+        for item in items
+        if isinstance(item, OrderIntent) or item.close_leg_if_crossed is not None
+    ]
     if len(set(legs)) != len(legs):
         return f"strategy returned several intents for one leg (legs {legs}); number them"
     return ""

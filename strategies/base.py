@@ -255,15 +255,24 @@ class Strategy(ABC):
             signal_ts=signal.ts,
         )
 
-    def move_stop(self, signal: Signal, *, stop_loss: Decimal) -> StopMove:
+    def move_stop(
+        self, signal: Signal, *, stop_loss: Decimal, close_leg_if_crossed: int | None = None
+    ) -> StopMove:
         """Set the stop loss of the position in `signal`'s symbol (the whole position on the
-        strategy's key) to `stop_loss`, e.g. to break-even after a first target fills."""
+        strategy's key) to `stop_loss`, e.g. to break-even after a first target fills.
+
+        A stop the price has already crossed cannot be set (it would close the position at
+        once). By default the move is then refused, with a warning, and the old stop stays.
+        With `close_leg_if_crossed`, the strategy's position is closed at market instead, as
+        that leg of `signal` (a leg none of its orders uses), after its resting reduce-only
+        orders in the symbol are cancelled: what the stop would have done."""
         return StopMove(
             strategy=self.name,
             signal_source=signal.source,
             signal_id=signal.id,
             symbol=signal.symbol,
             stop_loss=stop_loss,
+            close_leg_if_crossed=close_leg_if_crossed,
         )
 
     def decline(self, reason: str) -> Decline:

@@ -6,7 +6,9 @@ Once the entry is completely filled (`on_fill`), the filled quantity is split ac
 profitable `take_profit` targets: legs 1..n, each a reduce-only Limit order at its target with
 its own orderLinkId (split by `weights`, equal by default; a share below the minimum order qty
 joins the next leg). When the first target's leg is filled, the stop moves to break-even: the
-strategy's own entry price. When the stop closes the position first, the bot cancels the
+strategy's own entry price. If the price is already back past the entry by then (the venue
+refuses a stop the price has crossed), the position is closed at market instead (leg 11), as
+that stop would have done. When the stop closes the position first, the bot cancels the
 legs still resting (as it does every reduce-only order of a closed position).
 
 The stop is Bybit's position-level stop: it covers the key's whole position in the symbol, so
@@ -33,6 +35,8 @@ __all__ = ["TakeProfitLadder", "split"]
 ENTRY_LEG = 0
 FIRST_TARGET_LEG = 1
 MAX_TARGETS = 10
+#: The close at market of a break-even stop the price had already crossed.
+BREAK_EVEN_CLOSE_LEG = FIRST_TARGET_LEG + MAX_TARGETS
 
 
 class TakeProfitLadder(Follow):
@@ -81,7 +85,13 @@ class TakeProfitLadder(Follow):
             position = context.positions.get(signal.symbol)
             if position is None or position.qty == 0:
                 return None  # the stop (or a manual close) came first: nothing to protect
-            return [self.move_stop(signal, stop_loss=position.entry_price)]
+            return [
+                self.move_stop(
+                    signal,
+                    stop_loss=position.entry_price,
+                    close_leg_if_crossed=BREAK_EVEN_CLOSE_LEG,
+                )
+            ]
         return None
 
     def _ladder(

@@ -279,7 +279,7 @@ class Executor:
         )
         return await self._look_up_safely(request)
 
-    def position_closed(self, closed: StrandedBy) -> None:
+    def position_closed(self, closed: StrandedBy) -> list[asyncio.Task[None]]:
         """A position closed (a stop, a target, a manual close): the key's, or one
         strategy's. Cancel, in the background, the reduce-only orders of ours that reduced
         it (of that strategy, on the side that closes what it held) still resting there,
@@ -287,27 +287,35 @@ class Executor:
         later position, at levels meant for this one, and would take its room for
         reduce-only orders (a ladder's legs after its stop fired). A key whose position
         stays closed is told again on every reconciliation pass: an order the venue answered
-        only after the close is cancelled then."""
+        only after the close is cancelled then. Returns the cancels of those orders, new or
+        already running."""
         reducing = None if closed.was_long is None else Side.SELL if closed.was_long else Side.BUY
+        cancels = []
         # The orders resting now: one placed later is for whatever position comes next.
         for record in self._journal.committed_unfinished(closed.key_name):
             request = record.request
+            link = request.order_link_id
             if (
                 request.symbol == closed.symbol
                 and request.reduce_only
                 and closed.strategy in (None, request.strategy)
                 and reducing in (None, request.side)
-                and request.order_link_id != closed.cause
-                and request.order_link_id not in self._stranded
+                and link != closed.cause
                 # Filled in the books already, its report still on the way: nothing to cancel.
-                and (
-                    self._booked_qty is None
-                    or self._booked_qty(request.order_link_id) < record.venue_qty
-                )
+                and (self._booked_qty is None or self._booked_qty(link) < record.venue_qty)
             ):
-                self._stranded[request.order_link_id] = asyncio.get_running_loop().create_task(
-                    self._cancel_stranded(request, closed.cause)
-                )
+                if link not in self._stranded:
+                    self._stranded[link] = asyncio.get_running_loop().create_task(
+                        self._cancel_stranded(request, closed.cause)
+                    )
+                cancels.append(self._stranded[link])
+        return cancels
+
+    async def clear_reduce_only(self, closing: StrandedBy) -> None:
+        """Cancel the reduce-only orders `position_closed` would, for a position about to be
+        closed at market, and wait for them: resting, they would leave the close no room
+        (Bybit trims a reduce-only order to what the others do not cover, 110017)."""
+        await asyncio.gather(*self.position_closed(closing))
 
     async def _cancel_stranded(self, request: OrderRequest, cause: str) -> None:
         """Cancel one reduce-only order left by a closed position, unless it belongs to the
@@ -344,8 +352,8 @@ class Executor:
             )
         else:
             logger.info(
-                "reduce-only {id} of {strategy}: its {symbol} position is closed, so it was "
-                "cancelled (the venue shows it {status})",
+                "reduce-only {id} of {strategy}: its {symbol} position is closed (or being "
+                "closed), so it was cancelled (the venue shows it {status})",
                 id=link,
                 strategy=request.strategy,
                 symbol=request.symbol,
@@ -411,7 +419,7 @@ class Executor:
             return _event_of(record)
         if status in OPEN_AT_VENUE:
             return await self._look_up_safely(request) or _event_of(record)
-        stale = self._stale(record.signal_ts)
+        stale = self._stale(request, record.signal_ts)
         if status is OrderStatus.PENDING and not resend and stale is None:
             return _event_of(record)  # its lane is sending it, or the next start will
         # It may exist, Pending included: its send attempt is journaled while the order
@@ -493,7 +501,7 @@ class Executor:
                     return found
             if sends >= self._config.max_total_sends:
                 break
-            stale = self._stale(signal_ts)
+            stale = self._stale(request, signal_ts)
             if stale is not None:  # waits and retries took too long: never send it late
                 if may_exist:
                     break  # an earlier send may have landed: reconciliation decides
@@ -647,8 +655,12 @@ class Executor:
         await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))
         return True
 
-    def _stale(self, signal_ts: datetime | None) -> str | None:
-        return None if signal_ts is None else self._staleness(signal_ts)
+    def _stale(self, request: OrderRequest, signal_ts: datetime | None) -> str | None:
+        """Why it is too late to send `request` (an opening order whose signal went stale);
+        never for a reduce-only order, as in the gate: it adds no exposure."""
+        if signal_ts is None or request.reduce_only:
+            return None
+        return self._staleness(signal_ts)
 
     async def _give_up(
         self, request: OrderRequest, last: VenueError | None, *, may_exist: bool

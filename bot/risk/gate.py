@@ -8,7 +8,10 @@ strategy's own `[strategies.<name>.risk]`:
                            next UTC day or `bot resume`
   SYMBOL_NOT_ALLOWED       an opening order on a symbol not in `symbols`, or in
                            `denied_symbols`
-  STALE_SIGNAL             the signal's `ts` is older than `max_signal_age_s`, or in the future
+  STALE_SIGNAL             an opening order whose signal's `ts` (for a fill's hook, the
+                           fill's) is older than `max_signal_age_s`, or in the future; an
+                           intent that only reduces is exempt: it adds no exposure, and a
+                           target or close left unsent leaves a position unmanaged
   SIDE_NOT_ALLOWED         an opening order on a side not in `sides` (e.g. a long-only strategy)
   COOLDOWN                 an opening order within `cooldown_after_loss_s` of a losing close
   STALE_PRICE              a market order while the venue's price is older than
@@ -61,9 +64,11 @@ from bot.risk.counts import OrderCounts
 from bot.risk.exposure import ExposureLedger, Reservation
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState, stricter
 
-__all__ = ["ApprovedOrder", "RiskGate", "Verdict", "stop_move_problem"]
+__all__ = ["STOP_SIDE", "ApprovedOrder", "RiskGate", "Verdict", "stop_move_problem"]
 
 Rejection = tuple[str, str] | None
+#: The rule of a stop move the price has already crossed (it would close the position).
+STOP_SIDE: Final = "STOP_SIDE"
 _SEAL: Final = object()
 _LEVERAGE_STEP: Final = Decimal("0.01")
 
@@ -164,7 +169,7 @@ class RiskGate:
         rejection = (
             self._trading_state(intent)
             or _symbol(config, intent.symbol, intent.reduce_only)
-            or self._staleness(config, intent.signal_ts)
+            or (None if intent.reduce_only else self._staleness(config, intent.signal_ts))
             or _side(config, intent)
             or self._cooldown(config, intent, now)
             or _price_sanity(config, intent, price, price_age_s)
@@ -399,7 +404,7 @@ def stop_move_problem(move: StopMove, position_qty: Decimal, price: Decimal) -> 
         where = "below" if long else "above"
         side = "long" if long else "short"
         return (
-            "STOP_SIDE",
+            STOP_SIDE,
             f"a {side}'s stop loss must be {where} the price {price}, not {move.stop_loss}",
         )
     return None

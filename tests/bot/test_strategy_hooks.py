@@ -44,6 +44,7 @@ from strategies.base import (
     StrategyParams,
 )
 from strategies.follow import Follow
+from strategies.ladder import TakeProfitLadder
 from tests.bot.test_pipeline import signal
 from tests.bot.test_service import RunningBot
 from tests.bot.test_service import signal as posted
@@ -232,6 +233,7 @@ def build(tmp_path: Path) -> Iterator[Build]:
             budgets_s: Mapping[str, float] | None = None,
             max_failures: int = 3,
             market_cache_s: float = 1.0,
+            risk: RiskConfig = ROOMY,
         ) -> Stages:
             exchange, venues = sim_venues(resources)
             journal = Journal(tmp_path / "journal.sqlite3")
@@ -240,7 +242,7 @@ def build(tmp_path: Path) -> Iterator[Build]:
             resources.callback(runner.close)
             for name, budget_s in (budgets_s or {}).items():
                 runner.add(name, budget_s=budget_s, max_failures=max_failures)
-            gate = RiskGate(ROOMY)
+            gate = RiskGate(risk)
             slots = {
                 name: StrategySlot(name, plugin, key, frozenset({source}))
                 for name, (plugin, key, source) in plugins.items()
@@ -783,3 +785,111 @@ def test_a_close_keeps_the_reduce_only_target_its_own_signal_placed_for_the_next
 
     [order] = [o for o in stages.orders_of("hooked") if o["orderLinkId"] == target]
     assert order["orderStatus"] == "New"
+
+
+# a stop the price has crossed, and hooks long after their signal --------------------------
+
+
+def ladder() -> TakeProfitLadder:
+    return TakeProfitLadder("ladder", TakeProfitLadder.Params())
+
+
+async def price_to(stages: Stages, price: int, *, filling: str) -> None:
+    """Move the simulator's price until the resting order `filling` is filled."""
+    stages.exchange.set_prices({"BTCUSDT": Decimal(price)})
+    async with asyncio.timeout(10):
+        while not any(  # noqa: ASYNC110 - the simulator's state has no event to wait on
+            o["orderLinkId"] == filling and o["orderStatus"] == "Filled"
+            for o in stages.exchange.orders()
+        ):
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("when", ["before the check", "between the check and the send"])
+def test_a_break_even_stop_the_price_has_crossed_closes_the_position_at_market(
+    build: Build, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    stages = build({"ladder": (ladder(), "k1", "voc")})
+    first, second = (order_link_id("ladder", "voc", "p-voc", leg) for leg in (1, 2))
+    close = order_link_id("ladder", "voc", "p-voc", 11)
+    if when == "between the check and the send":
+        # The price the bot checks is still above the entry; the venue's, when the move
+        # arrives, is not: the venue refuses it, and the bot looks again.
+        market = stages.pipeline._market
+        fresh_price = market.fresh_price
+        checks = iter([Decimal(97300)])
+
+        async def one_stale_check(key_name: str, symbol: str) -> Decimal:
+            return next(checks, None) or await fresh_price(key_name, symbol)
+
+        async def stale_from_the_target_on() -> None:
+            monkeypatch.setattr(market, "fresh_price", one_stale_check)
+
+    async def target_then_back_below_the_entry() -> None:
+        await stages.submit(signal(take_profit=[97100, 105000]))  # entry at 97000
+        await stages.book_fills()  # the ladder lays out its two targets
+        await price_to(stages, 97200, filling=first)
+        stages.exchange.set_prices({"BTCUSDT": Decimal(96900)})  # back below the entry
+        if when == "between the check and the send":
+            await stale_from_the_target_on()
+        await stages.book_fills()  # the first target's fill: break-even, or a close
+
+    stages.run(target_then_back_below_the_entry())
+
+    [move] = stages.journal.stop_moves()
+    assert (move["stop_loss"], move["outcome"]) == ("97000", "closed"), move["reason"]
+    status = {o["orderLinkId"]: o["orderStatus"] for o in stages.orders_of("ladder")}
+    assert (status[second], status[close]) == ("Cancelled", "Filled")  # its room freed first
+    query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    [position] = stages.exchange.positions("k1", query)["list"]
+    assert position["size"] == "0"
+
+
+class LimitThenMore(Strategy):
+    """Bids 0.002 BTC at 96900; once filled, adds 0.001 at market (leg 1) and a reduce-only
+    target at 105000 (leg 2)."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [
+            self.intent(signal, context, side=Side.BUY, qty=Decimal("0.002"), price=Decimal(96900))
+        ]
+
+    def on_fill(
+        self, fill: Fill, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput | None:
+        if fill.leg != 0 or not fill.order_done:
+            return None
+        return [
+            small_buy(self, signal, context, leg=1),
+            self.intent(
+                signal,
+                context,
+                side=Side.SELL,
+                qty=Decimal("0.003"),
+                price=Decimal(105000),
+                reduce_only=True,
+                leg=2,
+            ),
+        ]
+
+
+def test_what_a_fill_long_after_its_signal_calls_for_is_not_stale(build: Build) -> None:
+    stages = build(
+        {"hooked": (LimitThenMore("hooked", StrategyParams()), "k1", "voc")},
+        risk=ROOMY.model_copy(update={"max_signal_age_s": 1.0}),
+    )
+
+    async def filled_after_the_signal_went_stale() -> None:
+        await stages.submit(signal())
+        await asyncio.sleep(1.2)  # the signal is stale now; the fill to come is not
+        await price_to(stages, 96800, filling=order_link_id("hooked", "voc", "p-voc", 0))
+        await stages.book_fills()
+
+    stages.run(filled_after_the_signal_went_stale())
+
+    decisions = [row for row in stages.journal.decisions() if row.strategy == "hooked"]
+    assert [(row.leg, row.approved) for row in sorted(decisions, key=lambda r: r.leg)] == [
+        (0, True),
+        (1, True),
+        (2, True),
+    ], [row.reason for row in decisions]

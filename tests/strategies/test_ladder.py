@@ -312,6 +312,7 @@ def test_the_first_targets_fill_moves_the_stop_to_the_entry_price() -> None:
             signal_id="s1",
             symbol="BTCUSDT",
             stop_loss=Decimal(97012),
+            close_leg_if_crossed=11,  # a close at market if the price is back past it
         )
     ]
 

@@ -102,6 +102,14 @@ def test_stale_and_future_signals_are_rejected() -> None:
     assert "future" in future.reason
 
 
+def test_an_intent_that_only_reduces_is_never_stale() -> None:
+    # A target or close of a position held is wanted however old its signal (a hook run
+    # again after a restart): it adds no exposure.
+    closing = decide(new_gate(), intent(age_s=3600, side=Side.SELL, reduce_only=True))
+
+    assert closing.approved, closing.reason
+
+
 def test_notional_over_limit_is_rejected_but_reduce_only_may_close() -> None:
     gate = new_gate()
 
