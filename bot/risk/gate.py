@@ -16,7 +16,9 @@ strategy's own `[strategies.<name>.risk]`:
   COOLDOWN                 an opening order within `cooldown_after_loss_s` of a losing close
   STALE_PRICE              a market order while the venue's price is older than
                            `max_price_age_s`
-  PRICE_SANITY             a limit price further than `max_limit_distance_pct` from the market
+  PRICE_SANITY             a limit price further than `max_limit_distance_pct` from the market,
+                           except a reduce-only limit on the far side of it (a take profit: it
+                           rests until the price comes, and adds no exposure)
   STOP_LOSS                no stop when `require_stop_loss`; a stop on the wrong side of the
                            entry; a stop further than `max_stop_distance_pct` from it
   MAX_OPEN_ORDERS          the strategy has `max_open_orders` orders not yet terminal
@@ -448,6 +450,9 @@ def _price_sanity(
         )
     if intent.price is None:
         return None
+    resting = intent.price >= price if intent.side is Side.SELL else intent.price <= price
+    if intent.reduce_only and resting:
+        return None  # a target, however far: a close through the market is still checked
     distance_pct = abs(intent.price - price) / price * 100
     if distance_pct <= config.max_limit_distance_pct:
         return None

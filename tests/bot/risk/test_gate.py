@@ -252,6 +252,16 @@ def test_a_limit_far_from_the_market_is_refused_as_insane() -> None:
     assert "20.0 % from the market 50000" in decision.reason
 
 
+def test_a_far_reduce_only_target_passes_but_a_far_close_through_the_market_does_not() -> None:
+    def close(side: Side, limit: int) -> Verdict:
+        return decide(new_gate(), intent(side=side, limit=Decimal(limit), reduce_only=True))
+
+    assert close(Side.SELL, 70000).approved  # a long's target 40 % up: rests until reached
+    assert close(Side.BUY, 30000).approved  # a short's, 40 % down
+    assert close(Side.SELL, 30000).rule == "PRICE_SANITY"  # would sweep the book down to it
+    assert close(Side.BUY, 70000).rule == "PRICE_SANITY"
+
+
 def test_stop_loss_rules_required_side_and_distance() -> None:
     strict = new_gate(strategies={"follow": StrategyRiskConfig(require_stop_loss=True)})
 

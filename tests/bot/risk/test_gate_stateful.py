@@ -304,10 +304,15 @@ class GateMachine(RuleBasedStateMachine):
         there is one, and name one of them."""
         limits, price = self.limits[intent.strategy], self.prices[intent.symbol]
         broken = set()
-        if intent.price is not None and (
-            abs(intent.price - price) * 100 > limits.limit_distance_pct * price
+        resting = intent.price is not None and (
+            intent.price >= price if intent.side is Side.SELL else intent.price <= price
+        )
+        if (
+            intent.price is not None
+            and not (intent.reduce_only and resting)  # a take profit may rest however far
+            and abs(intent.price - price) * 100 > limits.limit_distance_pct * price
         ):
-            broken.add("PRICE_SANITY")  # a limit's sanity applies to closing orders too
+            broken.add("PRICE_SANITY")  # so may a close through the market not
         if intent.reduce_only:
             return broken  # otherwise closing is always possible
         state = self.effective_state(intent.strategy)
