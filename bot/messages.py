@@ -186,21 +186,23 @@ class Signal(_Message):
     @field_validator("symbol", mode="before")
     @classmethod
     def _upper_symbol(cls, value: object) -> object:
-        return value.strip().upper() if isinstance(value, str) else value
+        # ASCII only: Unicode case mapping turns look-alikes into letters ("ſOLUSDT".upper()
+        # is "SOLUSDT"); left as they are, the pattern refuses them.
+        return value.strip().upper() if isinstance(value, str) and value.isascii() else value
 
     @field_validator("side", mode="before")
     @classmethod
     def _side_alias(cls, value: object) -> object:
         if value is None or isinstance(value, Side):
             return value
-        if isinstance(value, str) and value.strip().lower() in _SIDE_ALIASES:
+        if isinstance(value, str) and value.isascii() and value.strip().lower() in _SIDE_ALIASES:
             return _SIDE_ALIASES[value.strip().lower()]
         raise ValueError("must be one of buy, sell, long, short")
 
     @field_validator("action", mode="before")
     @classmethod
     def _action_lower(cls, value: object) -> object:
-        return value.strip().lower() if isinstance(value, str) else value
+        return value.strip().lower() if isinstance(value, str) and value.isascii() else value
 
     @field_validator("entry", "stop_loss", "leverage", mode="before")
     @classmethod

@@ -98,7 +98,7 @@ def bybit_symbol(ticker: str) -> str:
     """The Bybit symbol of a TradingView ticker: `BYBIT:BTCUSDT.P` (exchange prefix, the
     perpetual contract's suffix) is `BTCUSDT`; a plain `BTCUSDT` stays as it is."""
     symbol = ticker.strip().rsplit(":", 1)[-1]
-    return symbol[:-2] if symbol.upper().endswith(".P") else symbol
+    return symbol[:-2] if symbol.endswith((".P", ".p")) else symbol
 
 
 def map_payload(

@@ -91,6 +91,12 @@ def test_close_needs_no_side() -> None:
         ({"ts": "yesterday"}, "ts"),
         ({"symbol": "BTC/USDT"}, "symbol"),
         ({"action": "flip"}, "action"),
+        # Look-alikes Unicode's case mapping would turn into a tradable symbol or a side.
+        ({"symbol": "\u017fOLUSDT"}, "symbol"),  # long s: "SOLUSDT" once upper-cased
+        ({"symbol": "ETHUSDT\u00df"}, "symbol"),  # sharp s: "ETHUSDTSS"
+        ({"symbol": "\u0131NJUSDT"}, "symbol"),  # dotless i: "INJUSDT"
+        ({"side": "\u017fell"}, "side"),
+        ({"action": "\u212alose"}, "action"),  # Kelvin sign: "klose"
     ],
 )
 def test_invalid_fields_are_named(overrides: dict[str, object], field: str) -> None:
