@@ -135,7 +135,12 @@ class AdminRoutes:
             entered, command = parse_command(body, state, self._strategies)
         except ValueError as exc:
             return _answer(422, "invalid", str(exc))
-        if not self._used.first_use(header, body, self._clock()):
+        try:
+            first = await self._used.first_use(header, body, self._clock())
+        except Exception as exc:  # the journal could not remember it: not acted on
+            logger.error("admin {route}: not done: {error}", route=state.value, error=exc)
+            return _answer(503, "not stored", f"the journal could not record it ({exc}); retry")
+        if not first:
             return _answer(409, "replayed", "this signed command was used already; sign it anew")
         try:
             report = await self._apply(entered, command)

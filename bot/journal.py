@@ -78,7 +78,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -191,6 +191,15 @@ ALTER TABLE stop_moves ADD COLUMN fill_exec_id TEXT;
 CREATE INDEX IF NOT EXISTS stop_moves_by_fill ON stop_moves (fill_exec_id)
     WHERE fill_exec_id IS NOT NULL;
 """
+#: The signed operator commands (halt, resume) already acted on, by the digest of what their
+#: signature covers, until their signature expires: one captured command cannot be replayed
+#: after a restart either.
+_USED_COMMANDS: Final = """
+CREATE TABLE IF NOT EXISTS used_commands (
+    digest BLOB PRIMARY KEY,
+    until  REAL NOT NULL
+);
+"""
 #: Unfinished orders are looked up per signal (a strategy's open orders): not by a scan.
 _ORDERS_BY_STATUS: Final = """
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status, key_name, strategy, symbol);
@@ -270,7 +279,7 @@ CREATE TABLE IF NOT EXISTS order_events (
     reason        TEXT NOT NULL DEFAULT ''
 );
 {_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}{_FILL_HOOKS}
-{_STOP_MOVE_CAUSE}"""
+{_STOP_MOVE_CAUSE}{_USED_COMMANDS}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -284,6 +293,7 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     # The quantity the venue holds, when its reports say (another client may amend an order).
     6: "ALTER TABLE orders ADD COLUMN venue_qty TEXT;",
     7: _FILL_HOOKS + _STOP_MOVE_CAUSE,
+    8: _USED_COMMANDS,
 }
 _VENUE_STATES: Final = frozenset(
     {
@@ -613,18 +623,33 @@ class Journal:
                 f"journal {self.path} has schema {version}, newer than this bot ({SCHEMA_VERSION})"
                 "; upgrade the bot or point state_dir elsewhere"
             )
+        if version < 0:
+            raise JournalError(
+                f"journal {self.path} has schema {version}, which no version of this bot wrote"
+                "; restore it from a backup or point state_dir elsewhere"
+            )
         if version == SCHEMA_VERSION:
             return
-        if version == 0:
-            self._db.executescript(
-                f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
-            return
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            self._db.executescript(
-                f"BEGIN; {_MIGRATIONS[target]} PRAGMA user_version={target}; COMMIT;"
-            )
-            logger.info("journal {path} migrated to schema {v}", path=self.path, v=target)
+        steps = (
+            [(SCHEMA_VERSION, _SCHEMA)]
+            if version == 0
+            else [
+                (target, _MIGRATIONS[target]) for target in range(version + 1, SCHEMA_VERSION + 1)
+            ]
+        )
+        for target, script in steps:
+            try:
+                self._db.executescript(f"BEGIN; {script} PRAGMA user_version={target}; COMMIT;")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.rollback()
+                raise JournalError(
+                    f"journal {self.path} could not be brought from schema {version} to "
+                    f"{target} ({exc}): the version it records does not match its tables; "
+                    "restore it from a backup or point state_dir elsewhere"
+                ) from None
+            if version:
+                logger.info("journal {path} migrated to schema {v}", path=self.path, v=target)
 
     def checkpoint_in_background(self, interval_s: float = 1.0) -> None:
         """Copy the WAL into the database from a thread of its own, every `interval_s`,
@@ -1216,6 +1241,25 @@ class Journal:
                 self._unfinished[link_id] = _order_record(
                     row, known.request if known is not None else request
                 )
+
+    def record_used_command(self, digest: bytes, until: float, now: float) -> bool:
+        """Remember a signed command acted on until `until` (unix seconds), forgetting those
+        expired by `now`; False if it was remembered already (a replay)."""
+        with self._transaction(durable=True) as db:  # before the command is acted on
+            db.execute("DELETE FROM used_commands WHERE until <= ?", (now,))
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO used_commands (digest, until) VALUES (?, ?)",
+                (digest, until),
+            ).rowcount
+        return inserted == 1
+
+    def used_commands(self, now: float) -> dict[bytes, float]:
+        """The signed commands acted on whose signatures are still accepted at `now`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT digest, until FROM used_commands WHERE until > ?", (now,)
+            ).fetchall()
+        return {bytes(digest): until for digest, until in rows}
 
     def record_stop_move(
         self,

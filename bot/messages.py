@@ -186,7 +186,7 @@ class Signal(_Message):
     @field_validator("symbol", mode="before")
     @classmethod
     def _upper_symbol(cls, value: object) -> object:
-        # ASCII only: Unicode case mapping turns look-alikes into letters ("ſOLUSDT".upper()
+        # ASCII only: Unicode case mapping turns look-alikes into letters ("\u017fOLUSDT".upper()
         # is "SOLUSDT"); left as they are, the pattern refuses them.
         return value.strip().upper() if isinstance(value, str) and value.isascii() else value
 

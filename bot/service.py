@@ -528,8 +528,13 @@ class Service:
             key_of,
             pipeline.decide,
         )
-        # A signed command is acted on once, whichever way in it comes and however often.
-        used = UsedSignatures()
+
+        # A signed command is acted on once, whichever way in it comes and however often,
+        # across restarts too: the journal remembers it before it is acted on.
+        async def remember(digest: bytes, until: float, now: float) -> bool:
+            return await journal.call(journal.record_used_command, digest, until, now)
+
+        used = UsedSignatures(remembered=journal.used_commands(time.time()), remember=remember)
         control = self._mqtt_control(kill_switch, used)
         readiness = Readiness(
             journal,

@@ -605,6 +605,7 @@ class MqttControl:
         self._password = password
         self._clock = clock
         self._used = used or UsedSignatures()
+        self._floods = FloodNotes()
         self.connected = False
         self.applied = 0
         self.refused = 0
@@ -655,9 +656,13 @@ class MqttControl:
             done = await self._command(message)
         except (_Rejected, ValueError) as exc:
             self.refused += 1
-            logger.warning(
-                "mqtt control: refused a command on {topic}: {why}", topic=topic, why=exc
-            )
+            # Anyone who may publish can send unsigned messages at their pace: those are
+            # logged once in a while, as on the signal topic.
+            verified = not isinstance(exc, _Rejected) or exc.verified
+            if verified or self._floods.first_in_a_while(self._config.control_topic):
+                logger.warning(
+                    "mqtt control: refused a command on {topic}: {why}", topic=topic, why=exc
+                )
             return
         except Exception:  # the command's own failure: reported, not retried
             self.refused += 1
@@ -675,8 +680,23 @@ class MqttControl:
         problem = any_signature_problem(header, payload, self._secrets, now, COMMAND_MAX_SKEW_S)
         if problem is not None or header is None:
             raise _Rejected(problem or "unsigned")
-        if not self._used.first_use(header, payload, now):
-            raise _Rejected("this signed command was used already; sign it anew")
+        if message.retain:
+            # The broker hands a retained message to every new subscription: a command
+            # kept there would be acted on again at each start (a resume undoing a halt).
+            raise _Rejected(
+                "a retained command is refused: publish commands without the retain flag, "
+                "and clear this one (publish an empty retained message to its topic)",
+                verified=True,
+            )
+        try:
+            first = await self._used.first_use(header, payload, now)
+        except Exception as exc:  # the journal could not remember it: not acted on
+            raise _Rejected(
+                f"not done: the journal could not record it ({exc}); send it again",
+                verified=True,
+            ) from None
+        if not first:
+            raise _Rejected("this signed command was used already; sign it anew", verified=True)
         return await self._apply(message.topic.value.rsplit("/", 1)[-1], payload)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final
 
 from pydantic import SecretStr
@@ -96,21 +96,39 @@ class UsedSignatures:
     """The signed commands already acted on, each remembered for as long as its signature is
     accepted (`max_skew_s` past its time), so that one captured command cannot be replayed,
     to the same route or another (a halt's body sent again as a resume). A signature covers
-    the time and the body, so that pair is what is remembered."""
+    the time and the body, so that pair is what is remembered: in memory, and through
+    `remember` (the journal) before the command is acted on, so that a restart forgets none
+    (`remembered`: those the journal holds)."""
 
-    def __init__(self, max_skew_s: float = COMMAND_MAX_SKEW_S) -> None:
+    def __init__(
+        self,
+        max_skew_s: float = COMMAND_MAX_SKEW_S,
+        *,
+        remembered: Mapping[bytes, float] | None = None,
+        remember: Callable[[bytes, float, float], Awaitable[bool]] | None = None,
+    ) -> None:
         self._max_skew_s = max_skew_s
-        self._until: dict[bytes, float] = {}  # sha256 of "<t>." + body -> when it expires
+        # sha256 of "<t>." + body -> when it expires
+        self._until: dict[bytes, float] = dict(remembered or {})
+        self._remember = remember
 
-    def first_use(self, header: str, body: bytes, now: float) -> bool:
-        """Record a command whose signature was verified; False if it was already used."""
+    async def first_use(self, header: str, body: bytes, now: float) -> bool:
+        """Record a command whose signature was verified; False if it was already used.
+        Raises what `remember` raises (the command is then not recorded: not acted on)."""
         timestamp = signed_at(header)
         self._until = {key: until for key, until in self._until.items() if until > now}
         key = hashlib.sha256(f"{timestamp}.".encode() + body).digest()
         if key in self._until:
             return False
-        self._until[key] = timestamp + self._max_skew_s
-        return True
+        until = timestamp + self._max_skew_s
+        self._until[key] = until  # before the await: a second copy arriving now is refused
+        if self._remember is None:
+            return True
+        try:
+            return await self._remember(key, until, now)  # False: the journal had it
+        except BaseException:
+            del self._until[key]
+            raise
 
 
 def _parse_signature(header: str) -> tuple[int, list[str]]:

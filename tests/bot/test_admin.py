@@ -3,6 +3,7 @@ next intent, journaled, and still in force after a restart; `bot halt` with no b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -295,10 +296,11 @@ def test_a_command_nested_too_deep_is_invalid_not_a_crash() -> None:
         parse_command(deep, TradingState.HALTED, ["follow"])
 
 
-def test_a_captured_command_cannot_be_replayed_to_any_route(
+def test_a_captured_command_cannot_be_replayed_to_any_route_even_after_a_restart(
     sim_config: Callable[..., Path],
 ) -> None:
-    bot = RunningBot(sim_config()).start()
+    config = sim_config()
+    bot = RunningBot(config).start()
     secret = (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
     raw = json.dumps({"reason": "incident"}).encode()
     captured = {SIGNATURE_HEADER: sign(secret, raw, int(time.time()))}
@@ -313,6 +315,10 @@ def test_a_captured_command_cannot_be_replayed_to_any_route(
         assert [answer.status_code for answer in replays] == [409, 409]
         assert "sign it anew" in replays[0].json()["detail"]
         assert risk_status(bot, "(bot)")["state"] == "HALTED"  # the replayed resume did nothing
+        bot.stop()
+        bot = RunningBot(config).start()  # what the bot remembered in memory is gone
+        assert send("resume").status_code == 409
+        assert risk_status(bot, "(bot)")["state"] == "HALTED"
         # A command of its own (the same body signed in the same second is the same bytes)
         assert admin(bot, "resume", {"reason": "incident over"}) == 200
     finally:
@@ -323,11 +329,46 @@ def test_used_signatures_are_forgotten_once_they_could_not_pass_anyway() -> None
     used = UsedSignatures(max_skew_s=300)
     header = sign("secret", b"{}", 1_000)
 
-    assert used.first_use(header, b"{}", now=1_000)
-    assert not used.first_use(header, b"{}", now=1_299)
-    assert used.first_use(sign("secret", b"{}", 1_001), b"{}", now=1_001)  # another time
-    assert used.first_use(header, b"{}", now=1_301)  # expired (and refused by its age)
+    async def uses() -> list[bool]:
+        return [
+            await used.first_use(header, b"{}", now=1_000),
+            await used.first_use(header, b"{}", now=1_299),
+            await used.first_use(sign("secret", b"{}", 1_001), b"{}", now=1_001),  # another time
+            await used.first_use(header, b"{}", now=1_301),  # expired (and refused by its age)
+        ]
+
+    assert asyncio.run(uses()) == [True, False, True, True]
     assert len(used._until) == 1
+
+
+def test_used_signatures_kept_in_the_journal_outlive_the_process(tmp_path: Path) -> None:
+    header = sign("secret", b"{}", 1_000)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+
+        async def remember(digest: bytes, until: float, now: float) -> bool:
+            return journal.record_used_command(digest, until, now)
+
+        def started(now: float) -> UsedSignatures:
+            return UsedSignatures(remembered=journal.used_commands(now), remember=remember)
+
+        assert asyncio.run(started(1_000).first_use(header, b"{}", now=1_000))
+        assert not asyncio.run(started(1_100).first_use(header, b"{}", now=1_100))
+        assert journal.used_commands(1_300) == {}  # expired: forgotten
+    finally:
+        journal.close()
+
+
+def test_a_command_the_journal_could_not_remember_is_not_counted_as_used() -> None:
+    async def failing(digest: bytes, until: float, now: float) -> bool:
+        raise OSError("disk full")
+
+    used = UsedSignatures(remember=failing)
+    header = sign("secret", b"{}", 1_000)
+
+    with pytest.raises(OSError, match="disk full"):
+        asyncio.run(used.first_use(header, b"{}", now=1_000))
+    assert used._until == {}  # sent again once the disk has room, it is acted on
 
 
 def test_bot_halt_never_says_not_running_while_a_bot_holds_the_journal(

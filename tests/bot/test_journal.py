@@ -867,7 +867,7 @@ def test_what_an_order_and_its_stop_loss_journal_and_look_up_never_scans_a_table
     ]
 
 
-def test_a_version_4_journal_gains_lookup_indexes_venue_qty_fill_hooks_and_stop_causes(
+def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used_commands(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "v4.sqlite3"
@@ -883,7 +883,7 @@ def test_a_version_4_journal_gains_lookup_indexes_venue_qty_fill_hooks_and_stop_
         "".join(f"DROP INDEX {name};" for name in new_indexes)
         + "ALTER TABLE orders DROP COLUMN venue_qty; DROP TABLE fill_hooks_due;"
         + "DROP INDEX stop_moves_by_fill; ALTER TABLE stop_moves DROP COLUMN fill_exec_id;"
-        + "PRAGMA user_version=4;"
+        + "DROP TABLE used_commands; PRAGMA user_version=4;"
     )
     db.close()
 
@@ -897,7 +897,25 @@ def test_a_version_4_journal_gains_lookup_indexes_venue_qty_fill_hooks_and_stop_
     assert "venue_qty" in columns
     assert journal.due_fill_hooks() == []
     assert journal.carried_out("voc", "s1", "follow", "e1") == (set(), False)
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
+    assert journal.used_commands(0) == {}
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+
+
+@pytest.mark.parametrize("version", [-1, 3])
+def test_a_journal_whose_recorded_version_is_wrong_is_refused_in_one_line(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / "odd.sqlite3"
+    Journal(path).close()  # current tables; the version below says otherwise
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={version}")
+    db.close()
+
+    with pytest.raises(JournalError) as refused:
+        Journal(path)
+
+    assert "\n" not in str(refused.value)
+    assert "restore it from a backup or point state_dir elsewhere" in str(refused.value)
 
 
 def l1_fill(exec_id: str, ts: datetime | None = None) -> Execution:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import paho.mqtt.client as paho_mqtt
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -35,6 +36,7 @@ from bot.metrics import REGISTRY
 from signals.mqtt import (
     SIGNATURE_PROPERTY,
     MqttConfig,
+    MqttControl,
     MqttSubscriber,
     publish_signal,
     publish_topic,
@@ -790,6 +792,42 @@ def test_a_flood_from_senders_not_known_is_counted_but_reported_once_a_minute(
         "unauthorized": 200,
         "invalid": 3,
     }
+
+
+def test_control_commands_nobody_signed_are_logged_once_in_a_while_but_all_counted() -> None:
+    applied: list[str] = []
+
+    async def apply(command: str, body: bytes) -> str:
+        applied.append(command)
+        return "done"
+
+    secret = SecretStr("admin-secret")
+    control = MqttControl(
+        MqttConfig(enabled=True, control_topic="bot/control"), apply, secret=secret
+    )
+
+    def message(body: bytes, *, signed: bool, retain: bool = False) -> aiomqtt.Message:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if signed:
+            header = sign(secret.get_secret_value(), body, int(time.time()))
+            properties.UserProperty = [(SIGNATURE_PROPERTY, header)]
+        return aiomqtt.Message("bot/control/halt", body, 1, retain, 1, properties)
+
+    async def flood_then_a_retained_command() -> None:
+        for _ in range(500):
+            await control._handle(message(b"{}", signed=False))
+        await control._handle(message(b'{"reason": "kept"}', signed=True, retain=True))
+
+    lines: list[str] = []
+    handler = logger.add(lines.append, format="{message}", level="WARNING")
+    try:
+        asyncio.run(flood_then_a_retained_command())
+    finally:
+        logger.remove(handler)
+
+    assert control.refused == 501 and applied == []
+    assert len(lines) == 2, lines  # the first unsigned one, and the signed retained one
+    assert "a retained command is refused" in lines[1]
 
 
 def test_the_broker_never_sends_a_message_far_over_the_payload_limit(broker: Mosquitto) -> None:
