@@ -218,15 +218,29 @@ def _one_line_errors(log: Path | None = None) -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except _USER_ERRORS as exc:
-        _fail(str(exc))
     except BaseExceptionGroup as group:  # raised inside the service's task group
-        known = group.subgroup(lambda exc: isinstance(exc, _USER_ERRORS))
+        known = group.subgroup(lambda exc: _user_error(exc) is not None)
         if known is None:
             _crashed(log)
-        _fail(str(_first_leaf(known)))
-    except Exception:
-        _crashed(log)
+        _fail(_user_error(_first_leaf(known)) or "")
+    except Exception as exc:
+        problem = _user_error(exc)
+        if problem is None:
+            _crashed(log)
+        _fail(problem)
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one line to show for an error the user can act on, else None."""
+    if isinstance(exc, _USER_ERRORS):
+        return str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        # Another program (an sqlite3 shell, a backup) holds the journal's write lock.
+        return (
+            f"the journal is locked by another program ({exc}): close what holds it "
+            "(an sqlite3 shell, a backup tool), then start again"
+        )
+    return None
 
 
 def _crashed(log: Path | None = None) -> NoReturn:

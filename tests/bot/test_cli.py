@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -165,6 +166,24 @@ def test_a_damaged_journal_is_one_line_with_what_to_do(
         assert "Traceback" not in run.stderr + run.stdout
     assert _one_line(listed.stderr).startswith(f"error: journal {path} is damaged (")
     assert f"error: journal {path} is damaged (" in started.stderr + started.stdout
+
+
+def test_a_journal_another_program_holds_locked_stops_run_in_one_line(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config()
+    path = load_settings(config).journal_path
+    Journal(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)  # an sqlite3 shell mid-transaction
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        started = bot("run", "--config", str(config), cwd=config.parent)
+    finally:
+        holder.close()
+
+    assert started.returncode == 2
+    assert "Traceback" not in started.stderr + started.stdout
+    assert "error: the journal is locked by another program" in started.stderr
 
 
 def test_an_empty_journal_is_said_to_be_empty(sim_config: Callable[..., Path]) -> None:
