@@ -18,7 +18,15 @@ from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 
 from bot.bodies import BodyRefused, read_body
 from bot.logs import logger
@@ -51,8 +59,9 @@ class AdminCommand(BaseModel):
 
     strategy: str | None = None
     reason: str = Field("", max_length=200)
-    cancel_open: bool = False
-    flatten: bool = False
+    # true or false only: "yes" or 0 for a flag that cancels and closes is a mistake to name.
+    cancel_open: StrictBool = False
+    flatten: StrictBool = False
 
     @field_validator("reason")
     @classmethod

@@ -267,6 +267,8 @@ def test_a_flatten_waiting_behind_another_is_superseded_by_a_resume_meanwhile(
         (b'{"reason": "one\\u2028two"}', "reason: must be one line of printable"),
         (b'{"reason": "a\\u202eb"}', "reason: must be one line of printable"),
         (b"nope", "the body is not JSON"),
+        (b'{"cancel_open": "yes"}', "cancel_open: Input should be a valid boolean"),
+        (b'{"flatten": 0}', "flatten: Input should be a valid boolean"),
         # Read as the last one, this halt of one strategy would have halted the whole bot.
         (b'{"strategy": "follow", "strategy": null}', "the key 'strategy' is given twice"),
     ],
