@@ -1520,6 +1520,7 @@ class SimExchange:
                     RetCode.INSUFFICIENT_AVAILABLE_BALANCE, "ab not enough for new order"
                 )
         self._update(account, order, **changes)
+        self._push_position(account, order.symbol)  # on every amend, as on a create
         self._push_wallet(account)
         if order.arrived and ("price" in changes or "qty" in changes):
             order.arrived = False
@@ -2509,6 +2510,7 @@ class SimExchange:
             self._config.market_fill_delay_ms, lambda: self._arrive(account, order)
         )
         self._push_order(account, order)
+        self._push_position(account, order.symbol)  # Bybit: on every create, changed or not
         self._push_wallet(account)
 
     def _arrive(self, account: AccountRecord, order: OrderRecord) -> None:
@@ -2613,6 +2615,7 @@ class SimExchange:
         self._update(
             account, order, status="Cancelled", cancel_type=cancel_type, reject_reason=reject_reason
         )
+        self._push_position(account, order.symbol)  # on every cancel, as on a create
         self._push_wallet(account)
 
     def _fill(

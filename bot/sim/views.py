@@ -790,6 +790,8 @@ def order_stream_view(order: OrderRecord, closed_pnl: Decimal | None) -> dict[st
         "brokerOrderPrice": "",
         "slippageToleranceType": order.slippage_tolerance_type,
         "slippageTolerance": fmt(order.slippage_tolerance),
+        "rpiTakerAccess": False,
+        "rpiMatchedQty": "0",
     }
 
 
@@ -832,14 +834,21 @@ _TICKER_STREAM_FIELDS = (
     "indexPrice",
     "openInterest",
     "openInterestValue",
+    "singleOpenInterest",
+    "singleOpenInterestValue",
     "turnover24h",
     "volume24h",
+    "fundingIntervalHour",
+    "fundingCap",
     "nextFundingTime",
     "fundingRate",
     "bid1Price",
     "bid1Size",
     "ask1Price",
     "ask1Size",
+    "preOpenPrice",
+    "preQty",
+    "curPreListingPhase",
 )
 
 

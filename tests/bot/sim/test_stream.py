@@ -324,6 +324,33 @@ def test_a_filled_resting_order_streams_order_execution_position_and_wallet(
     assert stats["stream_messages_sent"] >= 9
 
 
+def test_creating_amending_and_cancelling_an_order_each_push_the_position(
+    server: SimServer, open_ws: Callable[..., SimWebSocket], http: HTTP
+) -> None:
+    # Bybit: "Every time when you create/amend/cancel an order, the position topic will
+    # generate a new message (regardless if there's any actual change)".
+    ws = open_ws("private", api_key=KEY, api_secret=SECRET)
+    positions = _Collector()
+    ws.position_stream(positions)
+    eventually(
+        lambda: [c["topics"] for c in _connections(server)],
+        lambda topics: topics == [["position"]],
+        "the topic",
+    )
+    order = {"category": "linear", "symbol": "BTCUSDT", "orderLinkId": "pushed"}
+
+    http.place_order(**order, side="Buy", orderType="Limit", qty="0.01", price="96000")
+    eventually(lambda: positions.messages, lambda m: len(m) == 1, "the create's push")
+    http.amend_order(**order, price="95000")
+    eventually(lambda: positions.messages, lambda m: len(m) == 2, "the amend's push")
+    http.cancel_order(**order)
+    eventually(lambda: positions.messages, lambda m: len(m) == 3, "the cancel's push")
+
+    for message in positions.messages:  # no position: the flat one-way row
+        [row] = message["data"]
+        assert (row["symbol"], row["size"], row["side"]) == ("BTCUSDT", "0", "")
+
+
 def test_trading_stop_streams_the_position_with_its_new_levels(
     server: SimServer, open_ws: Callable[..., SimWebSocket], http: HTTP
 ) -> None:
@@ -365,6 +392,16 @@ def _connections(server: SimServer) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------- public tickers
 
 
+def http_ticker(server: SimServer) -> dict[str, str]:
+    answer = requests.get(
+        server.url + "/v5/market/tickers",
+        params={"category": "linear", "symbol": "BTCUSDT"},
+        timeout=5,
+    ).json()
+    ticker: dict[str, str] = answer["result"]["list"][0]
+    return ticker
+
+
 def test_ticker_snapshot_then_deltas_merge_in_pybit(
     server: SimServer,
     open_ws: Callable[..., SimWebSocket],
@@ -390,6 +427,10 @@ def test_ticker_snapshot_then_deltas_merge_in_pybit(
     assert isinstance(snapshot["cs"], int) and isinstance(snapshot["ts"], int)
     assert snapshot["data"]["lastPrice"] == "97000"
     assert {"symbol", "markPrice", "indexPrice", "bid1Price", "ask1Price"} <= set(snapshot["data"])
+    # Every field of the REST ticker that Bybit's linear snapshot carries too.
+    rest = http_ticker(server)
+    carried = {"fundingIntervalHour", "fundingCap", "preOpenPrice", "singleOpenInterest"}
+    assert {name: snapshot["data"][name] for name in carried} == {n: rest[n] for n in carried}
     assert delta["type"] == "delta" and delta["cs"] > snapshot["cs"]
     assert delta["data"]["symbol"] == "BTCUSDT" and delta["data"]["lastPrice"] == "97500"
     assert delta["data"]["tickDirection"] == "PlusTick"
