@@ -526,7 +526,7 @@ class AccountKeeper:
         fill_booked: Callable[[Execution], bool] = lambda fill: False,
         fill_memory: timedelta = FILL_MEMORY,
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
-        position_closed: Callable[[StrandedBy], object] = lambda closed: None,
+        position_closed: Callable[[StrandedBy], None] = lambda closed: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
         restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
@@ -1093,7 +1093,7 @@ class Account:
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
         self._fill_listeners: list[Callable[[Execution], bool | None]] = []
         self._position_listeners: list[Callable[[PositionUpdate], None]] = []
-        self._closed_listeners: list[Callable[[StrandedBy], object]] = []
+        self._closed_listeners: list[Callable[[StrandedBy], None]] = []
         self.keeper = AccountKeeper(
             journal,
             self.projection,
@@ -1128,7 +1128,7 @@ class Account:
         for listener in self._position_listeners:
             listener(update)
 
-    def on_position_closed(self, listener: Callable[[StrandedBy], object]) -> None:
+    def on_position_closed(self, listener: Callable[[StrandedBy], None]) -> None:
         """Call `listener` whenever a fill closes or turns a strategy's position in a
         symbol, and whenever a report or a fill leaves the key's position there closed, as
         the venue reports it and as the books agree (`StrandedBy`)."""

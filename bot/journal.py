@@ -295,6 +295,8 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     7: _FILL_HOOKS + _STOP_MOVE_CAUSE,
     8: _USED_COMMANDS,
 }
+#: What SQLite says when a migration meets tables its recorded version does not match.
+_SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")
 _VENUE_STATES: Final = frozenset(
     {
         OrderStatus.NEW,
@@ -495,6 +497,7 @@ class TraceRow:
     status: str | None
     avg_price: str | None
     filled_qty: str | None
+    leg: int | None = None  # the decision's leg of the signal (None: a decline)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -525,6 +528,7 @@ class TraceRow:
             status=status,
             avg_price=avg_price,
             filled_qty=filled_qty,
+            leg=self.leg,
         )
 
 
@@ -535,6 +539,11 @@ def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
     restoring a backup would be the wrong advice."""
     if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_CORRUPT:
         return damage_message(path, str(exc))
+    if "locked" in str(exc):
+        return (
+            f"cannot {doing} journal {path}: {exc}: another program holds it (an sqlite3 "
+            "shell, a backup tool): close it, then try again"
+        )
     return f"cannot {doing} journal {path}: {exc}"
 
 
@@ -643,6 +652,8 @@ class Journal:
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.rollback()
+                if not any(mark in str(exc) for mark in _SCHEMA_MISMATCH):
+                    raise  # locked, full, failing: the journal is fine, its medium is not
                 raise JournalError(
                     f"journal {self.path} could not be brought from schema {version} to "
                     f"{target} ({exc}): the version it records does not match its tables; "
@@ -1688,7 +1699,7 @@ class Journal:
                    CASE WHEN d.id IS NULL THEN 'pending' ELSE {_OUTCOME.format(d="d.")} END,
                    COALESCE(NULLIF(o.reason, ''), d.reason, ''),
                    o.order_link_id, o.side, COALESCE(o.venue_qty, o.qty), o.status,
-                   o.avg_price, o.filled_qty
+                   o.avg_price, o.filled_qty, d.leg
             FROM ({chosen}) AS s
             LEFT JOIN decisions AS d ON d.source = s.source AND d.signal_id = s.signal_id
             LEFT JOIN orders AS o ON o.source = d.source AND o.signal_id = d.signal_id

@@ -489,7 +489,7 @@ class StopMove(_Message):
     stop_loss: PositiveDecimal
     close_leg_if_crossed: int | None = Field(
         None,
-        ge=0,
+        ge=1,  # leg 0 is every signal's first order
         le=99,
         description="if the price has already crossed `stop_loss` (the venue would refuse "
         "such a stop), close the strategy's position at market instead, as this leg of the "

@@ -16,7 +16,7 @@ executor), and deterministic orderLinkIds keep anything from being placed twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -356,11 +356,12 @@ class Pipeline:
             output = Decline(strategy=slot.name, reason="on_signal returned None, not a list")
         elif isinstance(output, Sequence) and not output:
             output = Decline(strategy=slot.name, reason="no intents")
-        await self._act(signal, slot, context, output, may_hear_rejections=True)
+        decided = await self._act(signal, slot, context, output, may_hear_rejections=True)
         if (
             isinstance(output, list | tuple)
             and output
-            and not any(isinstance(item, OrderIntent) for item in output)
+            and not decided
+            and not _unusable(output, slot.name, signal)
         ):  # stop moves only (journaled on their own): the signal still gets its answer
             await self._decline(
                 signal, Decline(strategy=slot.name, reason="no orders: stop moves only")
@@ -379,7 +380,7 @@ class Pipeline:
             )
             return None
         try:
-            return await self._market.context(
+            context = await self._market.context(
                 slot.key_name,
                 slot.name,
                 slot.strategy.params,
@@ -397,6 +398,14 @@ class Pipeline:
             await self._decline(
                 signal, decline(reason=f"market data unavailable: {exc}"), rule="MARKET_DATA"
             )
+        else:
+            stranded = self._executor.stranded()
+            if stranded and any(o.order_link_id in stranded for o in context.open_orders):
+                # Being cancelled, their position closed: not open for what comes next (a
+                # ladder counts its earlier targets against the position it holds now).
+                kept = tuple(o for o in context.open_orders if o.order_link_id not in stranded)
+                context = dataclasses.replace(context, open_orders=kept)
+            return context
         return None
 
     async def _act(
@@ -408,35 +417,39 @@ class Pipeline:
         *,
         may_hear_rejections: bool,
         cause: Execution | None = None,
-    ) -> None:
+    ) -> bool:
         """Carry out what a strategy's call returned: journal a decline or failure, move
         stops, and send intents through the gate to the executor. With
         `may_hear_rejections`, the strategy's `on_order_rejected` hears of each intent the
-        gate or the venue refused (never for what that hook itself returned: no loops)."""
+        gate or the venue refused (never for what that hook itself returned: no loops).
+        True if it decided an order (an intent, or a stop move's close)."""
         if output is None:
-            return
+            return False
         if isinstance(output, Failed):
             await self._decline(
                 signal, Decline(strategy=slot.name, reason=output.reason), rule=STRATEGY_FAILED
             )
             if output.halt:
                 await self._halt(slot.name, output.reason)
-            return
+            return False
         if isinstance(output, Decline):
             await self._decline(signal, Decline(strategy=slot.name, reason=output.reason))
-            return
+            return False
         problem = _unusable(output, slot.name, signal)
         if problem:
             # An intent names the key it trades with through its strategy, and its order
             # through (strategy, signal, leg): a plug-in must be able to change neither.
             await self._decline(signal, Decline(strategy=slot.name, reason=problem))
-            return
-        for move in output:
-            if isinstance(move, StopMove):
-                await self._move_stop(signal, slot, move, context, cause)
+            return False
+        closes = [
+            await self._move_stop(slot, move, context, cause)
+            for move in output
+            if isinstance(move, StopMove)
+        ]
         intents = [intent for intent in output if isinstance(intent, OrderIntent)]
         if intents:
             await self._execute(signal, slot, context, intents, may_hear_rejections)
+        return bool(intents) or any(closes)
 
     async def _execute(
         self,
@@ -473,17 +486,17 @@ class Pipeline:
 
     async def _move_stop(
         self,
-        signal: Signal,
         slot: StrategySlot,
         move: StopMove,
         context: StrategyContext,
         cause: Execution | None = None,
-    ) -> None:
+    ) -> bool:
         """Round, check and send a strategy's stop move, or close its position at market if
         the price has crossed the stop and the move asks for that; journal what came of it
-        (with the fill whose hook asked for it, `cause`)."""
+        (with the fill whose hook asked for it, `cause`). True if it decided a close."""
         held = context.positions.get(move.symbol)
         qty = held.qty if held else ZERO
+        closing = False
         try:
             instrument = (
                 context.instrument
@@ -501,10 +514,11 @@ class Pipeline:
                 outcome, reason = "rejected", f"INSTRUMENT_RULES: {conformed}"
             else:
                 move = conformed
-                outcome, reason = await self._set_stop(slot, move, qty, price)
-            if outcome == CROSSED:
+                outcome, reason, price = await self._set_stop(slot, move, qty, price)
+            closing = outcome == CROSSED
+            if closing:
                 outcome, reason = await self._close_crossed(
-                    signal, slot, move, instrument, qty, reason
+                    slot, move, instrument, qty, price, reason
                 )
         # A stop the strategy wanted and did not get leaves its position less protected than
         # it planned, and a close it did not ask for in so many words is news: the operator
@@ -526,49 +540,46 @@ class Pipeline:
             reason,
             cause.exec_id if cause is not None else None,
         )
+        return closing
 
     async def _set_stop(
         self, slot: StrategySlot, move: StopMove, qty: Decimal, price: Decimal
-    ) -> tuple[str, str]:
-        """Check the move against the position and `price`, then send it: (outcome, why),
-        the outcome the executor's, or `rejected`, or `crossed` when the price is past the
-        stop (checked again after the venue's no: the price may have moved since)."""
+    ) -> tuple[str, str, Decimal]:
+        """Check the move against the position and `price`, then send it: (outcome, why, the
+        price last read), the outcome the executor's, or `rejected`, or `crossed` when the
+        price is past the stop and the move names a leg to close with (checked again after
+        the venue's no: the price may have moved since it was read)."""
         problem = stop_move_problem(move, qty, price)
         if problem is None:
             outcome, reason = await self._executor.move_stop(move, slot.key_name)
             if outcome != "rejected" or move.close_leg_if_crossed is None:
-                return outcome, reason
-            with contextlib.suppress(VenueError):  # unreadable: the venue's no stands
-                problem = stop_move_problem(
-                    move, qty, await self._market.fresh_price(slot.key_name, move.symbol)
-                )
+                return outcome, reason, price
+            try:
+                price = await self._market.fresh_price(slot.key_name, move.symbol)
+            except VenueError:
+                return outcome, reason, price  # unreadable: the venue's no stands
+            problem = stop_move_problem(move, qty, price)
             if problem is None or problem[0] != STOP_SIDE:
-                return outcome, reason
+                return outcome, reason, price
         rule, why = problem
         crossed = rule == STOP_SIDE and move.close_leg_if_crossed is not None
-        return (CROSSED if crossed else "rejected"), f"{rule}: {why}"
+        return (CROSSED if crossed else "rejected"), f"{rule}: {why}", price
 
     async def _close_crossed(
         self,
-        signal: Signal,
         slot: StrategySlot,
         move: StopMove,
         instrument: Instrument,
         qty: Decimal,
+        price: Decimal,
         crossed: str,
     ) -> tuple[str, str]:
         """Close the strategy's position at market, as the leg the move names, because the
-        price has crossed the stop it wanted: what that stop would have done. Its resting
-        reduce-only orders there (a ladder's targets) are cancelled first, or they would
-        leave the close no room. Returns (`closed` or `rejected`, why)."""
+        price has crossed the stop it wanted: what that stop would have done. The close is
+        judged and journaled first; then its resting reduce-only orders there (a ladder's
+        targets), which would leave it no room, are cancelled; then it is sent. Returns
+        (`closed` or `rejected`, why)."""
         assert move.close_leg_if_crossed is not None
-        await self._executor.clear_reduce_only(
-            StrandedBy(slot.key_name, move.symbol, slot.name, was_long=qty > 0)
-        )
-        try:
-            price = await self._market.fresh_price(slot.key_name, move.symbol)
-        except VenueError as exc:
-            return "rejected", f"{crossed}; its close at market needs the price: {exc}"
         intent = OrderIntent(
             strategy=slot.name,
             signal_source=move.signal_source,
@@ -580,15 +591,29 @@ class Pipeline:
             qty=abs(qty),
             reference_price=price,
             reduce_only=True,
-            signal_ts=signal.ts,
+            signal_ts=utc_now(),  # decided now: a start-up may still send it while it is fresh
         )
         verdict = self.decide(intent, instrument, price)
-        events = await self._executor.execute_all([verdict], slot.key_name)
-        if not events:
-            assert isinstance(verdict, RiskDecision)
+        if not isinstance(verdict, ApprovedOrder):  # nothing is cancelled for a close refused
+            await self._executor.execute_all([verdict], slot.key_name)  # journals the refusal
             return "rejected", f"{crossed}; its close at market was refused: {verdict.reason}"
-        (event,) = events
+        room = StrandedBy(
+            slot.key_name, move.symbol, slot.name, was_long=qty > 0, cause=verdict.order_link_id
+        )
+        (event,) = await self._executor.execute_all(
+            [verdict],
+            slot.key_name,
+            before_sending=partial(self._executor.clear_reduce_only, room),
+        )
         if event.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
+            logger.bind(notify="venue_error").error(
+                "{strategy}'s {symbol} position: its reduce-only orders were cancelled for a "
+                "close at market the venue refused ({reason}); it keeps its old stop and no "
+                "target: close or protect it by hand",
+                strategy=slot.name,
+                symbol=move.symbol,
+                reason=event.reason,
+            )
             return "rejected", f"{crossed}; its close at market was refused: {event.reason}"
         return "closed", (
             f"{crossed}: the position was closed at market instead, as leg "

@@ -124,7 +124,9 @@ def map_payload(
         value: Any = present if not isinstance(keys, str) else present[0]
         table = mapping.values.get(field)
         if table is not None:
-            value = table.get(str(value).strip().lower())
+            text = str(value).strip()
+            # ASCII only: Unicode case mapping turns look-alikes into letters ("\u212aill").
+            value = table.get(text.lower()) if text.isascii() else None
             if value is None:
                 continue
         signal[field] = value

@@ -169,7 +169,8 @@ class StrategyContext:
     balances: Mapping[str, Decimal] = field(default_factory=dict)
     #: the strategy's own open positions by symbol (its fills, not the key's); flat ones left out
     positions: Mapping[str, Position] = field(default_factory=dict)
-    #: the strategy's own unfinished orders in this symbol, oldest first
+    #: the strategy's own unfinished orders in this symbol, oldest first (but reduce-only ones
+    #: being cancelled because their position closed)
     open_orders: tuple[OpenOrder, ...] = ()
     #: the strategy's orders the risk gate approved today (UTC), every leg counted
     orders_today: int = 0

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
@@ -197,7 +197,13 @@ class Executor:
 
     # entry points ---------------------------------------------------------------------------
 
-    async def execute_all(self, verdicts: Sequence[Verdict], key_name: str) -> list[OrderEvent]:
+    async def execute_all(
+        self,
+        verdicts: Sequence[Verdict],
+        key_name: str,
+        *,
+        before_sending: Callable[[], Awaitable[object]] | None = None,
+    ) -> list[OrderEvent]:
         """Journal a strategy's verdicts on one signal, then drive each approved order.
 
         Only an `ApprovedOrder` (which only the risk gate makes) is sent; a `RiskDecision`
@@ -208,6 +214,9 @@ class Executor:
         Orders are then driven one at a time, in leg order, each through `key_name`: the key
         the configuration binds to the strategy, never one an intent names. An orderLinkId
         already journaled (the same signal run again) is resumed, never created twice.
+        `before_sending` runs once they are journaled, before the first is sent (what must
+        happen for them to succeed: a crash after their journaling leaves them to the next
+        start's reconciliation).
         """
         approved = [verdict for verdict in verdicts if isinstance(verdict, ApprovedOrder)]
         decisions = [_decision_of(verdict) for verdict in verdicts]
@@ -222,6 +231,8 @@ class Executor:
             )
             for request in requests:
                 self._order_journaled(request)
+            if before_sending is not None and requests:
+                await before_sending()
             events = []
             for approval, request in zip(approved, requests, strict=True):
                 if request.order_link_id in created:
@@ -279,7 +290,7 @@ class Executor:
         )
         return await self._look_up_safely(request)
 
-    def position_closed(self, closed: StrandedBy) -> list[asyncio.Task[None]]:
+    def position_closed(self, closed: StrandedBy) -> None:
         """A position closed (a stop, a target, a manual close): the key's, or one
         strategy's. Cancel, in the background, the reduce-only orders of ours that reduced
         it (of that strategy, on the side that closes what it held) still resting there,
@@ -287,48 +298,61 @@ class Executor:
         later position, at levels meant for this one, and would take its room for
         reduce-only orders (a ladder's legs after its stop fired). A key whose position
         stays closed is told again on every reconciliation pass: an order the venue answered
-        only after the close is cancelled then. Returns the cancels of those orders, new or
-        already running."""
-        reducing = None if closed.was_long is None else Side.SELL if closed.was_long else Side.BUY
-        cancels = []
-        # The orders resting now: one placed later is for whatever position comes next.
-        for record in self._journal.committed_unfinished(closed.key_name):
-            request = record.request
+        only after the close is cancelled then."""
+        for request in self._reducing(closed):
             link = request.order_link_id
-            if (
-                request.symbol == closed.symbol
-                and request.reduce_only
-                and closed.strategy in (None, request.strategy)
-                and reducing in (None, request.side)
-                and link != closed.cause
-                # Filled in the books already, its report still on the way: nothing to cancel.
-                and (self._booked_qty is None or self._booked_qty(link) < record.venue_qty)
-            ):
-                if link not in self._stranded:
-                    self._stranded[link] = asyncio.get_running_loop().create_task(
-                        self._cancel_stranded(request, closed.cause)
-                    )
-                cancels.append(self._stranded[link])
-        return cancels
+            if link not in self._stranded:
+                self._stranded[link] = asyncio.get_running_loop().create_task(
+                    self._cancel_stranded(request, closed.cause)
+                )
 
     async def clear_reduce_only(self, closing: StrandedBy) -> None:
-        """Cancel the reduce-only orders `position_closed` would, for a position about to be
-        closed at market, and wait for them: resting, they would leave the close no room
-        (Bybit trims a reduce-only order to what the others do not cover, 110017)."""
-        await asyncio.gather(*self.position_closed(closing))
+        """Cancel the reduce-only orders of ours resting on the side that reduces the
+        position `closing` names (all of them, whatever their signal, but `closing.cause`:
+        the close itself), and wait: the position is about to be closed at market, which
+        they would leave no room (Bybit trims a reduce-only order to what the others do not
+        cover, 110017)."""
+        await asyncio.gather(*(self._cancel_once_answered(r) for r in self._reducing(closing)))
+
+    def _reducing(self, closed: StrandedBy) -> list[OrderRequest]:
+        """Our reduce-only orders resting now on the side that reduces the position `closed`
+        names (of its strategy, if it names one), but `closed.cause`: one placed later is for
+        whatever position comes next."""
+        reducing = None if closed.was_long is None else Side.SELL if closed.was_long else Side.BUY
+        return [
+            record.request
+            for record in self._journal.committed_unfinished(closed.key_name)
+            if record.request.symbol == closed.symbol
+            and record.request.reduce_only
+            and closed.strategy in (None, record.request.strategy)
+            and reducing in (None, record.request.side)
+            and record.request.order_link_id != closed.cause
+            # Filled in the books already, its report still on the way: nothing to cancel.
+            and (
+                self._booked_qty is None
+                or self._booked_qty(record.request.order_link_id) < record.venue_qty
+            )
+        ]
 
     async def _cancel_stranded(self, request: OrderRequest, cause: str) -> None:
         """Cancel one reduce-only order left by a closed position, unless it belongs to the
-        signal of the order whose fill closed it (`cause`), once the venue has answered it
-        with its orderId if it is still in flight (it leaves `_stranded` when done)."""
-        link = request.order_link_id
+        signal of the order whose fill closed it (`cause`); it leaves `_stranded` when done."""
         try:
             closing = await self._journal.call(self._journal.order, cause) if cause else None
-            if closing is not None and (
+            if closing is None or (
                 closing.request.signal_source,
                 closing.request.signal_id,
-            ) == (request.signal_source, request.signal_id):
-                return  # a leg of the signal that closed the position: for the next one
+            ) != (request.signal_source, request.signal_id):
+                await self._cancel_once_answered(request)
+            # else a leg of the signal that closed the position: for the next one
+        finally:
+            del self._stranded[request.order_link_id]
+
+    async def _cancel_once_answered(self, request: OrderRequest) -> None:
+        """Cancel one reduce-only order of a closed (or closing) position, once the venue has
+        answered it with its orderId if it is still in flight; never raises."""
+        link = request.order_link_id
+        try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_STRANDED_ANSWER_WAIT_S):
                     # The journal's committed state has no event to wait on.
@@ -342,7 +366,7 @@ class Executor:
                 # cancel by orderLinkId could hit another client's order under that id.
                 return
             event = await self.cancel(request)
-        except Exception as exc:  # a background task: nothing else would hear of it
+        except Exception as exc:  # run in the background: nothing else would hear of it
             logger.bind(notify="venue_error").warning(
                 "could not cancel {id}, a reduce-only order of a closed {symbol} position: "
                 "{error}; cancel it by hand if it is still open",
@@ -359,8 +383,10 @@ class Executor:
                 symbol=request.symbol,
                 status=event.status.value if event is not None else "gone",
             )
-        finally:
-            del self._stranded[link]
+
+    def stranded(self) -> frozenset[str]:
+        """The orderLinkIds of reduce-only orders being cancelled, their position closed."""
+        return frozenset(self._stranded)
 
     def in_flight(self) -> frozenset[str]:
         """The orderLinkIds being sent or looked up right now."""
@@ -419,7 +445,9 @@ class Executor:
             return _event_of(record)
         if status in OPEN_AT_VENUE:
             return await self._look_up_safely(request) or _event_of(record)
-        stale = self._stale(request, record.signal_ts)
+        # Never sent and its signal stale: not sent now, reduce-only or not (after days down,
+        # the position it was meant for may be gone and another in its place).
+        stale = self._stale(request, record.signal_ts, starting=True)
         if status is OrderStatus.PENDING and not resend and stale is None:
             return _event_of(record)  # its lane is sending it, or the next start will
         # It may exist, Pending included: its send attempt is journaled while the order
@@ -655,10 +683,13 @@ class Executor:
         await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))
         return True
 
-    def _stale(self, request: OrderRequest, signal_ts: datetime | None) -> str | None:
-        """Why it is too late to send `request` (an opening order whose signal went stale);
-        never for a reduce-only order, as in the gate: it adds no exposure."""
-        if signal_ts is None or request.reduce_only:
+    def _stale(
+        self, request: OrderRequest, signal_ts: datetime | None, *, starting: bool = False
+    ) -> str | None:
+        """Why it is too late to send `request`: its signal went stale. Never for a reduce-only
+        order being sent (as in the gate: it adds no exposure), but for one a start-up finds
+        never sent (`starting`)."""
+        if signal_ts is None or (request.reduce_only and not starting):
             return None
         return self._staleness(signal_ts)
 

@@ -901,6 +901,27 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
 
 
+def test_a_migration_a_lock_holds_up_says_locked_not_restore_it(tmp_path: Path) -> None:
+    path = tmp_path / "v7.sqlite3"
+    Journal(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("DROP TABLE used_commands; PRAGMA user_version=7;")
+    db.execute("BEGIN IMMEDIATE")  # an sqlite3 shell, a backup, the old bot mid-upgrade
+    try:
+        with pytest.raises(JournalError) as refused:
+            Journal(path)
+    finally:
+        db.close()
+
+    assert "database is locked: another program holds it" in str(refused.value)
+    assert "restore" not in str(refused.value)
+    journal = Journal(path)  # the lock gone, the same file migrates
+    try:
+        assert journal.used_commands(0) == {}
+    finally:
+        journal.close()
+
+
 @pytest.mark.parametrize("version", [-1, 3])
 def test_a_journal_whose_recorded_version_is_wrong_is_refused_in_one_line(
     tmp_path: Path, version: int

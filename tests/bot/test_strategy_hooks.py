@@ -26,7 +26,7 @@ from bot.execution.executor import Executor
 from bot.execution.ids import order_link_id
 from bot.journal import Journal
 from bot.market import MarketData
-from bot.messages import Side, Signal
+from bot.messages import Instrument, OrderIntent, RiskDecision, Side, Signal
 from bot.pipeline import TIMER_SOURCE, Pipeline, StrategySlot, StrategyStartError
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
@@ -843,6 +843,35 @@ def test_a_break_even_stop_the_price_has_crossed_closes_the_position_at_market(
     query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
     [position] = stages.exchange.positions("k1", query)["list"]
     assert position["size"] == "0"
+
+
+def test_a_close_the_gate_refuses_leaves_the_targets_resting(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stages = build({"ladder": (ladder(), "k1", "voc")})
+    second = order_link_id("ladder", "voc", "p-voc", 2)
+    decide = stages.pipeline.decide
+
+    def refusing_the_close(intent: OrderIntent, instrument: Instrument, price: Decimal) -> Any:
+        if intent.leg != 11:
+            return decide(intent, instrument, price)
+        return RiskDecision(intent=intent, approved=False, rule="TEST", reason="refused here")
+
+    monkeypatch.setattr(stages.pipeline, "decide", refusing_the_close)
+
+    async def target_then_back_below_the_entry() -> None:
+        await stages.submit(signal(take_profit=[97100, 105000]))
+        await stages.book_fills()
+        await price_to(stages, 97200, filling=order_link_id("ladder", "voc", "p-voc", 1))
+        stages.exchange.set_prices({"BTCUSDT": Decimal(96900)})
+        await stages.book_fills()
+
+    stages.run(target_then_back_below_the_entry())
+
+    [move] = stages.journal.stop_moves()
+    assert move["outcome"] == "rejected" and "refused here" in move["reason"]
+    status = {o["orderLinkId"]: o["orderStatus"] for o in stages.orders_of("ladder")}
+    assert status[second] == "New"  # still there to take profit: nothing was cancelled
 
 
 class LimitThenMore(Strategy):
