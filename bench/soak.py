@@ -6,7 +6,8 @@ quant deploying real money relies on after crashes and venue faults:
 
 - every accepted signal reaches a decision (none lost),
 - no leg becomes two orders at the venue (no duplicates),
-- nothing is left non-terminal once the bot is quiet,
+- nothing is left non-terminal once the bot is quiet, but a ladder's targets resting for the
+  position they take profit on; and no reduce-only order outlives its position,
 - the journal agrees with the venue order by order (status and filled quantity),
 - the bot paces itself under Bybit's per-key limits (no 10006 of its own making),
   and its wall time is close to the minimum those limits allow.
@@ -54,12 +55,21 @@ from bench.common import (
 from bot.execution.ids import order_link_id
 from bot.journal import Journal, JournalError
 from signals.voiceofchain import SIGNATURE_HEADER, sign
+from strategies.ladder import BREAK_EVEN_CLOSE_LEG
 
 __all__ = ["SoakOptions", "SoakReport", "main", "run_soak"]
 
 SOURCE: Final = "voiceofchain"
 SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 STRATEGIES: Final = ("alpha", "beta", "gamma")
+#: Strategies run as `ladder` (the others `follow`): an entry, reduce-only targets laid out
+#: by its `on_fill`, a break-even stop after the first, their cancel once the position closes.
+LADDERS: Final = frozenset({"gamma"})
+LADDER_LEGS: Final = range(BREAK_EVEN_CLOSE_LEG + 1)
+TARGET_DISTANCES: Final = (Decimal("0.005"), Decimal("0.01"), Decimal("0.015"))
+#: Every symbol's price walks (5 bps every 100 ms), so targets fill and stops fire while the
+#: bot is killed and started again.
+PRICE_WALK: Final = {"step_bps": 5, "interval_ms": 100}
 WEBHOOK_SECRET_NAME: Final = "bot_webhook_secret_voiceofchain"  # noqa: S105 - a file name
 ORDER_CREATE_PER_S: Final = 10  # Bybit's (and the simulator's) per-key order/create limit
 STOP_DISTANCE: Final = Decimal("0.02")
@@ -196,7 +206,7 @@ def _config_text(state_dir: Path, bot_port: int, sim_port: int, max_signal_age_s
 environment = "sim"
 
 [strategies.{name}]
-plugin = "follow"
+plugin = "{"ladder" if name in LADDERS else "follow"}"
 key = "{_key_name(name)}"
 sources = ["{SOURCE}"]
 
@@ -332,6 +342,22 @@ class Harness:
 
     # ---- the simulator's admin routes
 
+    def start_price_walks(self, seed: int) -> None:
+        self._set_prices(
+            {
+                symbol: {"walk": {"seed": seed + index, **PRICE_WALK}}
+                for index, symbol in enumerate(SYMBOLS)
+            }
+        )
+
+    def stop_price_walks(self) -> None:
+        self._set_prices({symbol: {"walk": None} for symbol in SYMBOLS})
+
+    def _set_prices(self, prices: Mapping[str, Any]) -> None:
+        answer = self.client.post(f"{self.sim_url}/sim/prices", json=dict(prices))
+        if answer.status_code != 200:
+            raise SoakError(f"POST /sim/prices {prices}: {answer.status_code} {answer.text}")
+
     def sim_get(self, route: str) -> Any:
         answer = self.client.get(f"{self.sim_url}{route}")
         answer.raise_for_status()
@@ -429,13 +455,14 @@ class SoakSignal:
 
 
 def plan_signals(count: int, rng: random.Random, run_tag: str) -> list[SoakSignal]:
-    """Opens and closes interleaved per (strategy, symbol), routed by `strategy`."""
+    """Opens and closes interleaved per (strategy, symbol), routed by `strategy` (a ladder's
+    only opens: it closes through its targets and stop)."""
     plan = []
     open_legs: Counter[tuple[str, str]] = Counter()
     for index in range(count):
         strategy, symbol = rng.choice(STRATEGIES), rng.choice(SYMBOLS)
         stream = (strategy, symbol)
-        close = open_legs[stream] > 0 and rng.random() < 0.4
+        close = strategy not in LADDERS and open_legs[stream] > 0 and rng.random() < 0.4
         open_legs[stream] = 0 if close else open_legs[stream] + 1
         plan.append(
             SoakSignal(
@@ -465,6 +492,12 @@ def _body(item: SoakSignal, prices: Mapping[str, Decimal], rng: random.Random) -
         payload.update(
             {"action": "open", "side": side, "stop_loss": float(round(price * factor, places))}
         )
+        if item.strategy in LADDERS:
+            direction = 1 if side == "buy" else -1
+            payload["take_profit"] = [
+                float(round(price * (1 + direction * distance), places))
+                for distance in TARGET_DISTANCES
+            ]
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
@@ -495,7 +528,7 @@ class Sender:
             if self.stop.is_set():
                 return
             self.progress = index
-            if index % 100 == 0:
+            if index % 10 == 0:  # the prices walk: a ladder's targets are set from them
                 self.refresh_prices()
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -645,27 +678,36 @@ def _snapshot(harness: Harness) -> tuple[Any, ...] | None:
         # Order writes only: the bot's periodic reads (exit scans, closed PnL, a stream's
         # REST catch-up) go on while nothing changes, and must not count as activity.
         sum(n for path, n in requests.items() if path.startswith("/v5/order/c")),
+        requests.get("/v5/order/create", 0),
     )
 
 
 def wait_for_quiescence(harness: Harness, options: SoakOptions) -> tuple[bool, float]:
-    """Wait until nothing changes for `quiet_for_s` with an empty queue, no order left
-    unfinished in the journal (one the bot still reconciles) and none open at the venue.
+    """Wait until nothing changes for `quiet_for_s` with an empty queue and every order the
+    journal holds unfinished open at the venue (a ladder's resting targets; none the bot
+    still sends or reconciles).
 
-    Returns (quiet, monotonic time of the last change).
+    Returns (quiet, monotonic time of the last order the bot created): the walking prices
+    fill resting targets and fire stops later on, which is the market's time, not the bot's.
     """
     deadline = time.monotonic() + options.quiesce_timeout_s
     last: tuple[Any, ...] | None = None
-    last_change = time.monotonic()
+    last_change = last_create = time.monotonic()
     while time.monotonic() < deadline:
         current = _snapshot(harness)
         now = time.monotonic()
+        if current is not None and (last is None or current[-1] != last[-1]):
+            last_create = now
         if current != last or current is None:
             last, last_change = current, now
-        elif current[:2] == (0, 0) and current[4] == 0 and now - last_change >= options.quiet_for_s:
-            return True, last_change
+        elif (
+            current[0] == 0
+            and current[1] == current[4]
+            and now - last_change >= options.quiet_for_s
+        ):
+            return True, last_create
         time.sleep(0.25)
-    return False, last_change
+    return False, last_create
 
 
 # --------------------------------------------------------------------------- checks
@@ -695,6 +737,7 @@ def evaluate(
     plan: Sequence[SoakSignal],
     journal: Sequence[Mapping[str, Any]],
     venue_orders: Sequence[Mapping[str, Any]],
+    venue_positions: Sequence[Mapping[str, Any]],
     stats: Mapping[str, Any],
     wall_s: float,
     downtime_s: float,
@@ -710,7 +753,13 @@ def evaluate(
     by_id = {item.id: item for item in plan}
     accepted = [item for item in plan if item.accepted]
     key_to_strategy = {_key_name(name): name for name in STRATEGIES}
-    expected_link = {item.link_id: item for item in plan}  # (targeted strategy, signal, leg 0)
+    # (targeted strategy, signal, leg): leg 0, and a ladder's targets and break-even close
+    expected_link = {
+        order_link_id(item.strategy, SOURCE, item.id, leg): (item, leg)
+        for item in plan
+        for leg in (LADDER_LEGS if item.strategy in LADDERS else (0,))
+    }
+    held = {(str(p.get("note")), str(p.get("symbol"))) for p in venue_positions}
 
     rows_by_signal: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     rows_by_link: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -731,9 +780,10 @@ def evaluate(
                 f"orderLinkId {link}: {len(orders)} venue orders "
                 f"({', '.join(str(o.get('orderId')) for o in orders)})"
             )
-        item = expected_link.get(link)
-        if item is not None:
-            legs[(item.strategy, item.id, 0)].append(link)
+        routed = expected_link.get(link)
+        if routed is not None:
+            item, leg = routed
+            legs[(item.strategy, item.id, leg)].append(link)
     for (strategy, signal_id, leg), links in legs.items():
         if len(set(links)) > 1:
             duplicates.append(f"{strategy}/{signal_id} leg {leg}: orders {sorted(set(links))}")
@@ -754,10 +804,30 @@ def evaluate(
         ):
             lost.append(f"{item.id}: approved but no order in the journal")
 
+    # Reduce-only orders still open where their key holds no position: a ladder's targets
+    # that outlived the stop (or close) that ended it.
+    stranded = [
+        f"{order.get('orderLinkId')} ({order.get('note')} {order.get('symbol')}): "
+        f"{order.get('orderStatus')}, its position closed"
+        for order in venue_orders
+        if order.get("reduceOnly")
+        and order.get("orderStatus") not in VENUE_TERMINAL
+        and (str(order.get("note")), str(order.get("symbol"))) not in held
+    ]
+    resting = {  # a target resting for the position it takes profit on: not unfinished work
+        str(order.get("orderLinkId"))
+        for order in venue_orders
+        if order.get("reduceOnly")
+        and order.get("orderStatus") in ("New", "PartiallyFilled")
+        and (str(order.get("note")), str(order.get("symbol"))) in held
+    }
+
     # Non-terminal: in the journal or at the venue, after quiescence and a reconciliation.
     non_terminal: list[str] = []
     for link, rows in rows_by_link.items():
         status = rows[0].get("status")
+        if link in resting and status in ("New", "PartiallyFilled"):
+            continue
         if status not in JOURNAL_TERMINAL:
             at_venue = venue_by_link.get(link, [])
             venue = at_venue[0].get("orderStatus") if at_venue else "absent"
@@ -765,7 +835,9 @@ def evaluate(
                 f"journal {link} (signal {rows[0].get('signal_id')}): {status} (venue: {venue})"
             )
     for order in venue_orders:
-        if order.get("orderStatus") not in VENUE_TERMINAL:
+        if order.get("orderStatus") not in VENUE_TERMINAL and order.get("orderLinkId") not in (
+            resting
+        ):
             non_terminal.append(
                 f"venue {order.get('orderLinkId')} ({order.get('note')}): "
                 f"{order.get('orderStatus')}"
@@ -775,9 +847,8 @@ def evaluate(
     disagreements: list[str] = []
     for link in sorted(set(rows_by_link) | set(venue_by_link)):
         rows, orders = rows_by_link.get(link, []), venue_by_link.get(link, [])
-        owner_signal = (
-            rows[0].get("signal_id") if rows else getattr(expected_link.get(link), "id", "?")
-        )
+        routed = expected_link.get(link)
+        owner_signal = rows[0].get("signal_id") if rows else routed[0].id if routed else "?"
         if not orders:
             status = rows[0].get("status")
             if status != "Rejected" and status not in JOURNAL_NON_TERMINAL:
@@ -788,8 +859,8 @@ def evaluate(
         order = orders[0]
         venue_status = str(order.get("orderStatus"))
         owner = key_to_strategy.get(str(order.get("note")))
-        item = expected_link.get(link)
-        if item is None or owner != item.strategy:
+        routed = expected_link.get(link)
+        if routed is None or owner != routed[0].strategy:
             disagreements.append(
                 f"{link} at the venue ({order.get('note')}, {venue_status}) belongs to no "
                 "(strategy, signal) the soak routed"
@@ -812,16 +883,16 @@ def evaluate(
                 f"venue cumExecQty {order.get('cumExecQty')}"
             )
 
-    # A signal decided twice by one strategy (e.g. run again after a restart): not an order
+    # A leg decided twice by one strategy (e.g. run again after a restart): not an order
     # twice, but the journal no longer tells one story per signal.
-    decided: Counter[tuple[str, str]] = Counter(
-        (str(row.get("signal_id")), str(row.get("strategy")))
+    decided: Counter[tuple[str, str, str]] = Counter(
+        (str(row.get("signal_id")), str(row.get("strategy")), str(row.get("leg")))
         for row in journal
         if row.get("decision") not in ("pending", "exit")
     )
     repeated = [
-        f"{signal_id} ({strategy}): {count} decisions"
-        for (signal_id, strategy), count in sorted(decided.items())
+        f"{signal_id} ({strategy}, leg {leg}): {count} decisions"
+        for (signal_id, strategy, leg), count in sorted(decided.items())
         if count > 1
     ]
 
@@ -892,6 +963,14 @@ def evaluate(
             not non_terminal,
             True,
             _sampled(non_terminal),
+        ),
+        Check(
+            "reduce-only orders of closed positions",
+            len(stranded),
+            "0",
+            not stranded,
+            True,
+            _sampled(stranded),
         ),
         Check(
             "journal/venue disagreements",
@@ -974,6 +1053,7 @@ def run_soak(options: SoakOptions) -> SoakReport:
     log = options.log
     try:
         harness.start_sim()
+        harness.start_price_walks(seed)
         harness.start_bot()
         faults = fault_plan(harness.sim_get("/sim/faults"), options.faults)
         harness.set_faults(faults)
@@ -998,6 +1078,9 @@ def run_soak(options: SoakOptions) -> SoakReport:
         downtime_s = sum(record.downtime_s for record in chaos.kills)
         log(f"{'quiet' if quiet else 'NOT quiet'} after {wall_s:.1f} s of load")
         harness.set_faults({})
+        # The prices hold still from here: what the bot is then given time to catch up with
+        # is all the venue will hold when it is read.
+        harness.stop_price_walks()
         time.sleep(options.reconcile_s)
         if not harness.bot_alive():
             chaos.watch()
@@ -1005,10 +1088,18 @@ def run_soak(options: SoakOptions) -> SoakReport:
         stopped_cleanly = harness.stop_bot()
 
         venue_orders = harness.sim_get("/sim/orders")["orders"]
+        venue_positions = harness.sim_get("/sim/positions")["positions"]
         stats = harness.sim_get("/sim/stats")
         journal = harness.journal()
         checks, facts = evaluate(
-            plan, journal, venue_orders, stats, wall_s, downtime_s, options.rate_per_s
+            plan,
+            journal,
+            venue_orders,
+            venue_positions,
+            stats,
+            wall_s,
+            downtime_s,
+            options.rate_per_s,
         )
         checks.insert(
             1,

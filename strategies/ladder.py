@@ -3,13 +3,15 @@
 Leg 0 enters (Market, or Limit at the signal's `entry`) with the signal's stop loss, sized
 like `follow` (equity x `risk_fraction` lost if the stop hits, capped by `max_notional_usdt`).
 Once the entry is completely filled (`on_fill`), the filled quantity is split across the
-profitable `take_profit` targets: legs 1..n, each a reduce-only Limit order at its target with
-its own orderLinkId (split by `weights`, equal by default; a share below the minimum order qty
-joins the next leg). When the first target's leg is filled, the stop moves to break-even: the
-strategy's own entry price. If the price is already back past the entry by then (the venue
-refuses a stop the price has crossed), the position is closed at market instead (leg 11), as
-that stop would have done. When the stop closes the position first, the bot cancels the
-legs still resting (as it does every reduce-only order of a closed position).
+profitable `take_profit` targets (less what targets of earlier ladders still resting there
+cover: together they may not exceed the position): legs 1..n, each a reduce-only Limit order
+at its target with its own orderLinkId (split by `weights`, equal by default; a share below
+the minimum order qty joins the next leg). When the first target's leg is filled, the stop
+moves to break-even: the strategy's own entry price. If the price is already back past the
+entry by then (the venue refuses a stop the price has crossed), the position is closed at
+market instead (leg 11), as that stop would have done. When the stop closes the position
+first, the bot cancels the legs still resting (as it does every reduce-only order of a
+closed position).
 
 The stop is Bybit's position-level stop: it covers the key's whole position in the symbol, so
 give a ladder a key of its own.
@@ -80,7 +82,12 @@ class TakeProfitLadder(Follow):
             held = position.qty if position is not None else Decimal(0)
             if held == 0 or (held > 0) != (signal.side is Side.BUY):
                 return None  # the stop (or a manual close) came first: nothing to take profit on
-            return self._ladder(signal, context, min(fill.order_filled_qty, abs(held)), fill.price)
+            # Targets of earlier ladders still resting cover part of the position already:
+            # the venue refuses reduce-only orders beyond it (110017).
+            room = abs(held) - _resting_exits(signal, context)
+            if room <= 0:
+                return None
+            return self._ladder(signal, context, min(fill.order_filled_qty, room), fill.price)
         if fill.leg == FIRST_TARGET_LEG and fill.order_done and self.params.break_even_after_first:
             position = context.positions.get(signal.symbol)
             if position is None or position.qty == 0:
@@ -119,6 +126,20 @@ class TakeProfitLadder(Follow):
             for index, (target, qty) in enumerate(zip(targets, shares, strict=False))
             if qty > 0
         ]
+
+
+def _resting_exits(signal: Signal, context: StrategyContext) -> Decimal:
+    """What the strategy's unfinished reduce-only orders of other signals, on the side that
+    closes `signal`'s position, still have to fill."""
+    exit_side = Side.SELL if signal.side is Side.BUY else Side.BUY
+    return sum(
+        (
+            order.qty - order.filled_qty
+            for order in context.open_orders
+            if order.reduce_only and order.side is exit_side and order.signal_id != signal.id
+        ),
+        Decimal(0),
+    )
 
 
 def _targets(signal: Signal, reference: Decimal, instrument: Instrument) -> list[Decimal]:

@@ -450,6 +450,9 @@ def _admin_routes(exchange: SimExchange, hub: StreamHub) -> list[Route]:
             {"orders": exchange.orders(request.query_params.get("api_key"))}
         )
 
+    async def positions(request: Request) -> Response:
+        return _loopback_only(request) or _json_response({"positions": exchange.all_positions()})
+
     async def stats(request: Request) -> Response:
         return _loopback_only(request) or _json_response({**exchange.stats(), **hub.stats()})
 
@@ -518,6 +521,7 @@ def _admin_routes(exchange: SimExchange, hub: StreamHub) -> list[Route]:
 
     return [
         Route("/sim/orders", orders, methods=["GET"]),
+        Route("/sim/positions", positions, methods=["GET"]),
         Route("/sim/stats", stats, methods=["GET"]),
         Route("/sim/prices", prices, methods=["GET", "POST"]),
         Route("/sim/faults", faults, methods=["GET", "POST"]),

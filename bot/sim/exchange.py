@@ -937,6 +937,18 @@ class SimExchange:
             ]
         return [row for _, row in sorted(rows, key=lambda item: item[0])]
 
+    def all_positions(self) -> list[dict[str, Any]]:
+        """Every account's positions with a size, as `/v5/position/list` rows, each with its
+        account's `userID` and key `note`, as `orders` shows them."""
+        with self._lock:
+            return [
+                {**row, "userID": account.user_id, "note": account.spec.note}
+                for account in self._accounts.values()
+                for symbol, position in sorted(account.positions.items())
+                if position.size != 0
+                for row in self._position_rows(account, symbol)
+            ]
+
     # ----------------------------------------------------------------- public endpoints
 
     def server_time(self, params: NoParams) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from bot.messages import (
     StopMove,
     parse_signal,
 )
-from strategies.base import Fill, StrategyContext
+from strategies.base import Fill, OpenOrder, StrategyContext
 from strategies.ladder import TakeProfitLadder, split
 from tests.strategies.contexts import context
 
@@ -295,6 +295,47 @@ def test_never_more_legs_than_targets_and_every_leg_distinct(targets: list[int],
     assert len({leg.leg for leg in legs}) == len(legs)
     assert len({leg.price for leg in legs}) == len(legs)
     assert sum(leg.qty for leg in legs) == filled
+
+
+def test_targets_of_earlier_ladders_still_resting_leave_only_the_rest_of_the_position() -> None:
+    # An earlier ladder's targets cover 0.004 of a 0.010 long: this one's legs may cover 0.006.
+    earlier = OpenOrder(
+        order_link_id="ladder-1-earlier",
+        signal_id="s0",
+        leg=1,
+        symbol="BTCUSDT",
+        side=Side.SELL,
+        order_type=OrderType.LIMIT,
+        qty=Decimal("0.005"),
+        filled_qty=Decimal("0.001"),
+        price=Decimal(98500),
+        reduce_only=True,
+        status="PartiallyFilled",
+    )
+    both = context(position_qty="0.010", entry_price=97000, open_orders=(earlier,))
+
+    legs = intents(ladder().on_fill(fill(0, "0.010"), signal(), both))
+
+    assert sum(leg.qty for leg in legs) == Decimal("0.006")
+
+
+def test_no_legs_when_earlier_targets_already_cover_the_position() -> None:
+    earlier = OpenOrder(
+        order_link_id="ladder-1-earlier",
+        signal_id="s0",
+        leg=1,
+        symbol="BTCUSDT",
+        side=Side.SELL,
+        order_type=OrderType.LIMIT,
+        qty=Decimal("0.010"),
+        filled_qty=Decimal(0),
+        price=Decimal(98500),
+        reduce_only=True,
+        status="New",
+    )
+    covered = context(position_qty="0.010", entry_price=97000, open_orders=(earlier,))
+
+    assert ladder().on_fill(fill(0, "0.010"), signal(), covered) is None
 
 
 # break-even --------------------------------------------------------------------------------

@@ -548,6 +548,19 @@ def test_trading_stop_parameters_the_simulator_does_not_take_are_10001(
     assert _position(trader)["stopLoss"] == "0"
 
 
+def test_sim_positions_lists_every_accounts_open_positions_with_its_key_note(
+    server: SimServer, session: HTTP
+) -> None:
+    assert admin(server, "GET", "/sim/positions").json() == {"positions": []}
+
+    _market(session, "Buy", "0.01")
+    eventually(lambda: _position(session)["size"], lambda size: size == "0.01", "the long")
+
+    [row] = admin(server, "GET", "/sim/positions").json()["positions"]
+    assert (row["symbol"], row["side"], row["size"]) == ("BTCUSDT", "Buy", "0.01")
+    assert "note" in row and "userID" in row
+
+
 def _exit_orders(server: SimServer, kind: str) -> list[tuple[str, str, str]]:
     """(orderStatus, triggerPrice, createType) of the simulator's `kind` exit orders."""
     orders = admin(server, "GET", "/sim/orders").json()["orders"]
