@@ -62,6 +62,7 @@ from bot.messages import (
     utc_now,
 )
 from bot.risk.states import ScopeState, TradingState
+from bot.venue.errors import DUPLICATE_ORDER_CODE
 
 __all__ = [
     "Journal",
@@ -1252,6 +1253,16 @@ class Journal:
                 self._unfinished[link_id] = _order_record(
                     row, known.request if known is not None else request
                 )
+
+    def venue_said_it_exists(self, order_link_id: str) -> bool:
+        """Whether the venue answered a send of the order 110072 (it holds an order under
+        that orderLinkId) after a send of ours may have reached it: journaled as such."""
+        with self._lock:
+            found = self._db.execute(
+                "SELECT 1 FROM order_events WHERE order_link_id = ? AND ret_code = ? LIMIT 1",
+                (order_link_id, DUPLICATE_ORDER_CODE),
+            ).fetchone()
+        return found is not None
 
     def record_used_command(self, digest: bytes, until: float, now: float) -> bool:
         """Remember a signed command acted on until `until` (unix seconds), forgetting those

@@ -165,6 +165,8 @@ class Executor:
         self._disabled_keys: dict[str, str] = {}
         # Orders the bot asked the venue to cancel, and those cancelled elsewhere warned of.
         self._cancelling: dict[str, None] = {}
+        # Orders the venue said it holds (110072) but has not shown: warned of once each.
+        self._warned_unseen: dict[str, None] = {}
         self._warned_cancels: dict[str, None] = {}
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
@@ -465,6 +467,18 @@ class Executor:
         unseen_s = (utc_now() - record.updated_at).total_seconds()
         if unseen_s < self._config.unseen_final_after_s:
             return _event_of(record)  # a slow venue may still show it: a later pass decides
+        if await self._journal.call(self._journal.venue_said_it_exists, request.order_link_id):
+            # It answered a resend of ours 110072: it holds the order, however long it takes
+            # to show it. Never concluded absent; the loop keeps looking.
+            if request.order_link_id not in self._warned_unseen:
+                remember(self._warned_unseen, request.order_link_id, None, _CANCELS_KEPT)
+                logger.bind(notify="venue_error").warning(
+                    "order {id}: the venue said it holds it (110072) but has not shown it for "
+                    "{s:.0f} s; it stays Unknown and is looked up again",
+                    id=request.order_link_id,
+                    s=unseen_s,
+                )
+            return _event_of(record)
         if stale is not None:
             reason = f"never reached the venue; its signal went stale ({stale})"
         elif spent:
@@ -591,6 +605,10 @@ class Executor:
                 # It exists (a lost answer of an earlier send, or an earlier journal's): look
                 # it up, with patience. Before this one, had any send of ours reached it?
                 sent_before, may_exist, last = may_exist, True, exc
+                if sent_before:
+                    # The venue's word that ours landed, journaled (its ret_code kept with
+                    # the event): a venue slow to show it must never make it "never sent".
+                    await self._record(_failure(request, OrderStatus.UNKNOWN, exc))
                 try:
                     found = await self._look_up_patiently(
                         request, self._config.lookup_delays_s, sent_before=sent_before

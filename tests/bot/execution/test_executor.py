@@ -282,6 +282,44 @@ def test_when_the_lookup_fails_too_the_order_is_unknown_and_a_replay_settles_it(
     venue.close()
 
 
+def test_an_order_the_venue_said_it_holds_is_never_rejected_as_unseen(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # The first answer lost, every resend refused 110072, and the venue slow to show the
+    # order (longer than unseen_final_after_s): it holds it, so it is ours, filled, found.
+    journal = Journal(tmp_path / "j.sqlite3")
+    credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+    venue = BybitVenue(credentials, Environment.SIM, sim_url=exchange[1], timeout_s=2)
+    patient = FAST.model_copy(update={"unseen_final_after_s": 0.2})
+    executor = Executor(journal, {"k": venue}, patient)
+    item = intent()
+    exchange[0].set_faults(
+        SimFaults(
+            drop_response_after_accept=1.0,
+            order_visibility_lag=1.0,
+            order_visibility_lag_ms=2500,
+        )
+    )
+
+    async def sent_then_reconciled() -> list[OrderStatus]:
+        statuses = [(await executor.execute(approve(item), "k")).status]
+        await asyncio.sleep(0.5)  # past unseen_final_after_s, the order still not shown
+        await executor.reconcile("k")  # the loop's pass: it looks, never resends
+        statuses.append(journal.order(build_request(approve(item), "k").order_link_id).status)
+        exchange[0].set_faults(SimFaults())
+        await asyncio.sleep(2.5)  # now the venue shows it
+        await executor.reconcile("k")
+        statuses.append(journal.order(build_request(approve(item), "k").order_link_id).status)
+        return statuses
+
+    statuses = asyncio.run(sent_then_reconciled())
+
+    assert statuses[:2] == [OrderStatus.UNKNOWN, OrderStatus.UNKNOWN]  # never Rejected
+    assert statuses[2] is OrderStatus.FILLED
+    assert len(orders_for(exchange[0], item)) == 1
+    venue.close()
+
+
 def test_venue_rejection_is_journaled_with_bybit_reason(
     exchange: tuple[SimExchange, str], tmp_path: Path
 ) -> None:
