@@ -31,7 +31,7 @@ from typing import Final, NamedTuple
 
 from bot.bounded import remember
 from bot.execution.orders import differences
-from bot.journal import Journal, OrderOwner, OrderRecord
+from bot.journal import FillBooking, Journal, OrderOwner, OrderRecord
 from bot.logs import logger
 from bot.messages import (
     ClosedPnl,
@@ -523,16 +523,17 @@ class AccountKeeper:
         projection: AccountProjection,
         order_updated: Callable[[OrderEvent], None] = lambda event: None,
         seen_fills: Iterable[Execution] = (),
-        fill_booked: Callable[[Execution], bool] = lambda fill: False,
+        fill_booked: Callable[[Execution], FillBooking | None] = lambda fill: None,
         fill_memory: timedelta = FILL_MEMORY,
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
         position_closed: Callable[[StrandedBy], None] = lambda closed: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
         restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
-        books, and says whether it queued a strategy's hook for it (journaled as due until
-        the hook is done); `fill_memory`: see `RecentFills`; `position_updated(update)`
-        hears of every position the venue reports (its leverage, which anyone may change);
+        books, and returns the books' state it queued a strategy's hook with (journaled as
+        due until the hook is done), or None; `fill_memory`: see `RecentFills`;
+        `position_updated(update)` hears of every position the venue reports (its leverage,
+        which anyone may change);
         `position_closed(closed)` of each fill that closes (or turns) a strategy's position,
         and of each report or fill after which the key's position in the symbol is closed
         (`AccountProjection.flat`): see `StrandedBy`."""
@@ -814,9 +815,8 @@ class AccountKeeper:
         self._projection.apply_execution(fill, allocation, of_our_order=ours)
         # The hook is queued before the write that says it is due: both wait their turn (the
         # hook on its lane, the write on the journal's queue), so its "done" comes after.
-        hooked = bool(fill.order_link_id) and ours and self._fill_booked(fill)
-        hook_booked = self._projection.booked_qty(fill.order_link_id) if hooked else None
-        self._write(self._journal.record_execution, fill, allocation, hook_booked)
+        hook = self._fill_booked(fill) if fill.order_link_id and ours else None
+        self._write(self._journal.record_execution, fill, allocation, hook)
         for name, size in before.items():
             after = self._projection.strategy_size(fill.key_name, name, fill.symbol)
             if name != UNATTRIBUTED and size != 0 and (after == 0 or (after > 0) != (size > 0)):
@@ -1091,7 +1091,7 @@ class Account:
         )
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
-        self._fill_listeners: list[Callable[[Execution], bool | None]] = []
+        self._fill_listeners: list[Callable[[Execution], FillBooking | None]] = []
         self._position_listeners: list[Callable[[PositionUpdate], None]] = []
         self._closed_listeners: list[Callable[[StrandedBy], None]] = []
         self.keeper = AccountKeeper(
@@ -1105,20 +1105,20 @@ class Account:
         )
         self.streams: dict[str, AccountStream] = {}
 
-    def on_fill_booked(self, listener: Callable[[Execution], bool | None]) -> None:
+    def on_fill_booked(self, listener: Callable[[Execution], FillBooking | None]) -> None:
         """Call `listener` with every fill of an order with an orderLinkId, once it is in
-        the books; it returns True when it queued a strategy hook for the fill, which the
-        journal then keeps due until `Journal.fill_hook_done`."""
+        the books; it returns the books' state it queued a strategy hook with, which the
+        journal then keeps due until `Journal.fill_hook_done`, or None."""
         self._fill_listeners.append(listener)
 
-    def _fill_booked(self, fill: Execution) -> bool:
-        hooked = False
+    def _fill_booked(self, fill: Execution) -> FillBooking | None:
+        hook = None
         for listener in self._fill_listeners:  # every one is told, whatever another does
             try:
-                hooked = bool(listener(fill)) or hooked
+                hook = listener(fill) or hook
             except Exception:  # the fill's journal write comes after: it must not be lost
                 logger.exception("a listener failed on fill {id}", id=fill.exec_id)
-        return hooked
+        return hook
 
     def on_position_update(self, listener: Callable[[PositionUpdate], None]) -> None:
         """Call `listener` with every position the venue reports, as it is applied."""

@@ -65,6 +65,7 @@ from bot.risk.states import ScopeState, TradingState
 from bot.venue.errors import DUPLICATE_ORDER_CODE
 
 __all__ = [
+    "FillBooking",
     "Journal",
     "JournalError",
     "JournalInUse",
@@ -185,6 +186,11 @@ CREATE TABLE IF NOT EXISTS fill_hooks_due (
     booked  TEXT NOT NULL
 );
 """
+#: The strategy's signed position in the symbol once the fill was booked (NULL: journaled by
+#: a version before it): what the fill left of it, whatever later fills did.
+_FILL_HOOK_POSITION: Final = """
+ALTER TABLE fill_hooks_due ADD COLUMN position TEXT;
+"""
 #: The fill whose strategy hook asked for a stop move (NULL: a signal or a timer did), so
 #: that the hook run again after a crash does not move the stop a second time.
 _STOP_MOVE_CAUSE: Final = """
@@ -280,7 +286,7 @@ CREATE TABLE IF NOT EXISTS order_events (
     reason        TEXT NOT NULL DEFAULT ''
 );
 {_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}{_FILL_HOOKS}
-{_STOP_MOVE_CAUSE}{_USED_COMMANDS}"""
+{_STOP_MOVE_CAUSE}{_USED_COMMANDS}{_FILL_HOOK_POSITION}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -294,7 +300,7 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     # The quantity the venue holds, when its reports say (another client may amend an order).
     6: "ALTER TABLE orders ADD COLUMN venue_qty TEXT;",
     7: _FILL_HOOKS + _STOP_MOVE_CAUSE,
-    8: _USED_COMMANDS,
+    8: _USED_COMMANDS + _FILL_HOOK_POSITION,
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")
@@ -346,6 +352,15 @@ def _execution(row: Sequence[Any]) -> Execution:
         stop_order_type=stop_order_type,
         ts=datetime.fromisoformat(exec_time),
     )
+
+
+class FillBooking(NamedTuple):
+    """A fill of ours as its books held it once it was in them: how much of its order they
+    held (`booked`) and the strategy's signed position in the symbol (`position`; None when
+    not known: a hook journaled by an older version)."""
+
+    booked: Decimal
+    position: Decimal | None = None
 
 
 class JournalError(Exception):
@@ -1488,13 +1503,13 @@ class Journal:
         self,
         execution: Execution,
         allocation: Mapping[str, Decimal],
-        hook_booked: Decimal | None = None,
+        hook: FillBooking | None = None,
     ) -> bool:
         """Journal a fill once (by execId) with how its quantity is split among strategies;
         False if it was already journaled (a stream message and a REST page may both bring
-        it). With `hook_booked` (how much of the order the books held with this fill in
-        them), the fill's `on_fill` hook is due until `fill_hook_done`."""
-        with self._transaction(one_statement=hook_booked is None) as db:
+        it). With `hook` (the books once this fill was in them), the fill's `on_fill` hook is
+        due until `fill_hook_done`."""
+        with self._transaction(one_statement=hook is None) as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO executions (exec_id, key_name, order_id, order_link_id,"
                 " symbol, side, qty, price, fee, is_maker, stop_order_type, exec_time,"
@@ -1516,10 +1531,14 @@ class Journal:
                 ),
             )
             new = cursor.rowcount == 1
-            if new and hook_booked is not None:
+            if new and hook is not None:
                 db.execute(
-                    "INSERT INTO fill_hooks_due (exec_id, booked) VALUES (?, ?)",
-                    (execution.exec_id, str(hook_booked)),
+                    "INSERT INTO fill_hooks_due (exec_id, booked, position) VALUES (?, ?, ?)",
+                    (
+                        execution.exec_id,
+                        str(hook.booked),
+                        None if hook.position is None else str(hook.position),
+                    ),
                 )
             return new
 
@@ -1528,15 +1547,22 @@ class Journal:
         with self._transaction(one_statement=True) as db:
             db.execute("DELETE FROM fill_hooks_due WHERE exec_id = ?", (exec_id,))
 
-    def due_fill_hooks(self) -> list[tuple[Execution, Decimal]]:
+    def due_fill_hooks(self) -> list[tuple[Execution, FillBooking]]:
         """The fills whose `on_fill` hook a previous run did not finish, oldest first, each
-        with how much of its order the books held once it was in them."""
+        with its books once it was in them."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_EXECUTION_COLUMNS}, due.booked FROM fill_hooks_due AS due"  # noqa: S608 - our own column list
+                f"SELECT {_EXECUTION_COLUMNS}, due.booked, due.position"  # noqa: S608 - our own column list
+                " FROM fill_hooks_due AS due"
                 " JOIN executions USING (exec_id) ORDER BY exec_time, executions.rowid"
             ).fetchall()
-        return [(_execution(row[:-2]), Decimal(row[-1])) for row in rows]
+        return [
+            (
+                _execution(row[:-3]),
+                FillBooking(Decimal(row[-2]), None if row[-1] is None else Decimal(row[-1])),
+            )
+            for row in rows
+        ]
 
     def has_execution(self, exec_id: str) -> bool:
         """Whether the fill `exec_id` is journaled."""

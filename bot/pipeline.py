@@ -31,7 +31,7 @@ from bot.config import ConfigError
 from bot.execution.executor import Executor
 from bot.execution.ids import strategy_slug
 from bot.execution.rounding import conform, conform_stop_move
-from bot.journal import Journal
+from bot.journal import FillBooking, Journal
 from bot.logs import logger
 from bot.market import MarketData
 from bot.messages import (
@@ -50,7 +50,7 @@ from bot.messages import (
     utc_now,
 )
 from bot.risk.gate import STOP_SIDE, ApprovedOrder, RiskGate, Verdict, stop_move_problem
-from bot.risk.kill_switch import announce_state
+from bot.risk.kill_switch import FLATTEN_SOURCE, announce_state
 from bot.risk.states import ScopeState, TradingState
 from bot.runner import Failed, StrategyRunner
 from bot.venue.errors import KeyFatalError, VenueError
@@ -133,18 +133,21 @@ class Pipeline:
         market: MarketData,
         runner: StrategyRunner,
         booked_qty: Callable[[str], Decimal] = lambda order_link_id: ZERO,
+        strategy_size: Callable[[str, str, str], Decimal] = lambda key, strategy, symbol: ZERO,
     ) -> None:
         """`runner` runs the strategies' code (each on its own thread, within its budget);
-        `booked_qty(orderLinkId)` says how much of an order the account's books hold."""
+        `booked_qty(orderLinkId)` says how much of an order the account's books hold, and
+        `strategy_size(key, strategy, symbol)` a strategy's signed position there."""
         self._journal = journal
         self._strategies = strategies
         # The (key, orderLinkId prefix) of each strategy with an `on_fill` hook: whose fills
         # queue one.
-        self._hooked = frozenset(
-            (slot.key_name, strategy_slug(slot.name))
+        self._hooked = {
+            (slot.key_name, strategy_slug(slot.name)): slot.name
             for slot in strategies.values()
             if _overrides(slot.strategy, "on_fill")
-        )
+        }
+        self._strategy_size = strategy_size
         self._gate = gate
         self._executor = executor
         self._market = market
@@ -200,8 +203,8 @@ class Pipeline:
         order, the signals it journaled but never finished; strategies that already decided
         about one are not asked again. Returns how many signals were queued again."""
         hooks = await self._journal.call(self._journal.due_fill_hooks)
-        for fill, booked in hooks:
-            self._queue_fill_hook(fill, booked)
+        for fill, booking in hooks:
+            self._queue_fill_hook(fill, booking)
         if hooks:
             logger.warning(
                 "re-queued {n} strategy fill hooks (on_fill) left unfinished by the last run",
@@ -644,16 +647,22 @@ class Pipeline:
             if isinstance(outcome, Failed):
                 raise StrategyStartError(f"strategy {slot.name}: {outcome.reason}")
 
-    def fill_booked(self, fill: Execution) -> bool:
+    def fill_booked(self, fill: Execution) -> FillBooking | None:
         """The account booked a fill of one of our orders: queue its strategy's `on_fill` on
-        the lane of its key and symbol (after the signals already queued there); True if it
-        was queued (the journal then keeps it due until it is done)."""
-        if (fill.key_name, fill.order_link_id.partition("-")[0]) not in self._hooked:
-            return False
-        self._queue_fill_hook(fill, self._booked_qty(fill.order_link_id))
-        return True
+        the lane of its key and symbol (after the signals already queued there), with the
+        books as they are now (the journal keeps it due, with them, until it is done); None
+        if no hook was queued."""
+        strategy = self._hooked.get((fill.key_name, fill.order_link_id.partition("-")[0]))
+        if strategy is None:
+            return None
+        booking = FillBooking(
+            self._booked_qty(fill.order_link_id),
+            self._strategy_size(fill.key_name, strategy, fill.symbol),
+        )
+        self._queue_fill_hook(fill, booking)
+        return booking
 
-    def _queue_fill_hook(self, fill: Execution, booked: Decimal, attempt: int = 0) -> None:
+    def _queue_fill_hook(self, fill: Execution, booking: FillBooking, attempt: int = 0) -> None:
         """Queue the fill's hook unless it is queued or running already: start-up's gap-fill
         may book a fill whose hook `recover` finds due too."""
         if fill.exec_id in self._fill_hooks:
@@ -662,11 +671,11 @@ class Pipeline:
         self._queue_hook(
             (fill.key_name, fill.symbol),
             f"on_fill of {fill.order_link_id}",
-            partial(self._on_fill, fill, booked, attempt),
+            partial(self._on_fill, fill, booking, attempt),
         )
 
-    async def _on_fill(self, fill: Execution, booked: Decimal, attempt: int) -> None:
-        """`booked`: how much of the order the books held once this fill was in them.
+    async def _on_fill(self, fill: Execution, booking: FillBooking, attempt: int) -> None:
+        """`booking`: the books once this fill was in them.
 
         The journal keeps the hook due until it has run (or turns out to have nothing to
         run), so one a crash or a stop interrupts runs again on the next start. Of what a
@@ -676,7 +685,7 @@ class Pipeline:
         later, then left due for the next start: a ladder's legs or break-even stop are
         never dropped for a passing outage."""
         try:
-            heard = await self._hear_of_fill(fill, booked)
+            heard = await self._hear_of_fill(fill, booking)
         finally:
             self._fill_hooks.discard(fill.exec_id)
         if heard:
@@ -684,7 +693,7 @@ class Pipeline:
         elif attempt < len(FILL_HOOK_RETRIES_S):
             asyncio.get_running_loop().call_later(
                 FILL_HOOK_RETRIES_S[attempt],
-                partial(self._queue_fill_hook, fill, booked, attempt + 1),
+                partial(self._queue_fill_hook, fill, booking, attempt + 1),
             )
         else:
             logger.bind(notify="venue_error").warning(
@@ -693,7 +702,7 @@ class Pipeline:
                 id=fill.order_link_id,
             )
 
-    async def _hear_of_fill(self, fill: Execution, booked: Decimal) -> bool:
+    async def _hear_of_fill(self, fill: Execution, booking: FillBooking) -> bool:
         """Run the strategy's `on_fill` and carry out what it returns; False if it could not
         be run (no context: the decline is journaled)."""
         record = await self._journal.call(self._journal.order, fill.order_link_id)
@@ -701,6 +710,8 @@ class Pipeline:
         if record is None or slot is None or not _overrides(slot.strategy, "on_fill"):
             return True
         request = record.request
+        if request.signal_source == FLATTEN_SOURCE:
+            return True  # the operator's close, not the strategy's decision: nothing to hear
         signal = await self._journal.call(
             self._journal.signal, request.signal_source, request.signal_id
         )
@@ -720,9 +731,10 @@ class Pipeline:
             price=fill.price,
             fee=fill.fee,
             order_qty=record.venue_qty,  # as the venue holds it: another client may amend it
-            order_filled_qty=booked,
+            order_filled_qty=booking.booked,
             reduce_only=request.reduce_only,
             ts=fill.ts,
+            position_after=booking.position,
         )
         output = await self._runner.call(
             slot.name, "on_fill", partial(slot.strategy.on_fill, report, signal, context)

@@ -515,6 +515,7 @@ class Service:
             market,
             runner,
             booked_qty=account.projection.booked_qty,
+            strategy_size=account.projection.strategy_size,
         )
         account.on_fill_booked(pipeline.fill_booked)
         sources = self._signal_sources(journal, pipeline.submit)

@@ -134,6 +134,10 @@ class Fill:
     order_filled_qty: Decimal
     reduce_only: bool
     ts: datetime
+    #: the strategy's own signed position in the symbol once this fill was booked, whatever
+    #: fills came after (an entry that only closed an earlier position left 0); None when not
+    #: known (a hook journaled by an older version)
+    position_after: Decimal | None = None
 
     @property
     def order_done(self) -> bool:

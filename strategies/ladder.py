@@ -77,17 +77,25 @@ class TakeProfitLadder(Follow):
     def on_fill(
         self, fill: Fill, signal: Signal, context: StrategyContext
     ) -> StrategyOutput | None:
+        if signal.side is None:
+            return None  # not a ladder's entry (a close signal's order)
+        long = signal.side is Side.BUY
         if fill.leg == ENTRY_LEG and fill.order_done:
             position = context.positions.get(signal.symbol)
             held = position.qty if position is not None else Decimal(0)
-            if held == 0 or (held > 0) != (signal.side is Side.BUY):
+            if held == 0 or (held > 0) != long:
                 return None  # the stop (or a manual close) came first: nothing to take profit on
+            # What this entry opened: one that only closed (or cut) an earlier position in
+            # the other direction opened nothing, whatever later signals opened since.
+            after = fill.position_after if fill.position_after is not None else held
+            opened = abs(after) if after != 0 and (after > 0) == long else Decimal(0)
             # Targets of earlier ladders still resting cover part of the position already:
             # the venue refuses reduce-only orders beyond it (110017).
             room = abs(held) - _resting_exits(signal, context)
-            if room <= 0:
+            size = min(fill.order_filled_qty, opened, room)
+            if size <= 0:
                 return None
-            return self._ladder(signal, context, min(fill.order_filled_qty, room), fill.price)
+            return self._ladder(signal, context, size, fill.price)
         if fill.leg == FIRST_TARGET_LEG and fill.order_done and self.params.break_even_after_first:
             position = context.positions.get(signal.symbol)
             if position is None or position.qty == 0:
@@ -107,7 +115,6 @@ class TakeProfitLadder(Follow):
         """Reduce-only Limit orders at each target for the entry's filled quantity; a target
         is judged against the entry (its limit, or a market entry's fill price), not against
         where the price went while the fill was reported."""
-        assert signal.side is not None
         reference = signal.entry or fill_price
         targets = _targets(signal, reference, context.instrument)
         weights = self.params.weights or tuple(Decimal(1) for _ in targets)

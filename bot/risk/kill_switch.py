@@ -247,8 +247,17 @@ class KillSwitch:
                 if not events:
                     statuses.append(f"rejected ({verdict.rule}): {verdict.reason}")
                     return ", ".join(statuses), False
-                statuses.append(events[0].status.value)
-                if events[0].status not in _AT_VENUE:
+                (event,) = events
+                statuses.append(event.status.value)
+                if event.status not in _AT_VENUE:
+                    return ", ".join(statuses), False
+                if event.status is OrderStatus.FILLED and event.filled_qty < qty:
+                    # Trimmed by the venue: other reduce-only orders (another client's) cover
+                    # the rest, which stays open.
+                    statuses[-1] += (
+                        f" {event.filled_qty} of {qty}: the venue trimmed it (other reduce-only"
+                        " orders cover the rest, still open: cancel them, then flatten again)"
+                    )
                     return ", ".join(statuses), False
                 left, leg = left - qty, leg + 1
         finally:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import requests
 from loguru import logger
+from pybit.unified_trading import HTTP
 
 from bot.admin import parse_command
 from bot.cli import _undone
@@ -418,6 +419,40 @@ def test_bot_halt_exits_1_naming_a_flatten_the_venue_did_not_take(
         assert risk_status(bot, "(bot)")["state"] == "HALTED"
     finally:
         requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
+        bot.stop()
+
+
+def test_a_flatten_the_venue_trimmed_is_not_done(sim_config: Callable[..., Path]) -> None:
+    bot = RunningBot(sim_config()).start()
+    secrets = bot.settings.state_dir / "secrets"
+    other = HTTP(  # another client of the key
+        api_key=(secrets / "bot_key_follow_sim_api_key").read_text().strip(),
+        api_secret=(secrets / "bot_key_follow_sim_api_secret").read_text().strip(),
+        max_retries=1,
+    )
+    other.endpoint = bot.service.sim_url
+    try:
+        assert bot.post(signal("held")).status_code == 202
+        wait_for(lambda: venue_position(bot) or None, what="the venue's position")
+        part = Decimal("0.001")
+        other.place_order(  # resting, it takes part of the position's reduce-only room
+            category="linear",
+            symbol="BTCUSDT",
+            side="Sell",
+            orderType="Limit",
+            qty=str(part),
+            price="120000",
+            reduceOnly=True,
+        )
+
+        answer = admin_answer(bot, "halt", {"reason": "drill", "flatten": True})
+
+        [row] = answer.json()["flattened"]
+        assert row["done"] is False  # the venue closed only what the other order left
+        assert "the venue trimmed it" in row["status"], row["status"]
+        [position] = other.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"]
+        assert Decimal(position["size"]) == part  # the rest, still open
+    finally:
         bot.stop()
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.journal import DEFER_WINDOW_S, SCHEMA_VERSION, Journal, JournalError, lock_journal
+from bot.journal import (
+    DEFER_WINDOW_S,
+    SCHEMA_VERSION,
+    FillBooking,
+    Journal,
+    JournalError,
+    lock_journal,
+)
 from bot.logs import logger
 from bot.messages import (
     Decline,
@@ -905,7 +912,10 @@ def test_a_migration_a_lock_holds_up_says_locked_not_restore_it(tmp_path: Path) 
     path = tmp_path / "v7.sqlite3"
     Journal(path).close()
     db = sqlite3.connect(path, isolation_level=None)
-    db.executescript("DROP TABLE used_commands; PRAGMA user_version=7;")
+    db.executescript(
+        "DROP TABLE used_commands; ALTER TABLE fill_hooks_due DROP COLUMN position;"
+        " PRAGMA user_version=7;"
+    )
     db.execute("BEGIN IMMEDIATE")  # an sqlite3 shell, a backup, the old bot mid-upgrade
     try:
         with pytest.raises(JournalError) as refused:
@@ -973,15 +983,17 @@ def test_a_fill_hook_stays_due_until_done_and_survives_a_reopening(tmp_path: Pat
     allocation = {"ladder": Decimal("0.01")}
     with closing(Journal(path)) as journal:
         # The newer fill is journaled first (a REST page may come after the stream).
-        assert journal.record_execution(second, allocation, hook_booked=Decimal("0.02"))
-        assert journal.record_execution(first, allocation, hook_booked=Decimal("0.01"))
+        first_books = FillBooking(Decimal("0.01"), Decimal("0.01"))
+        second_books = FillBooking(Decimal("0.02"), Decimal(0))  # it closed what there was
+        assert journal.record_execution(second, allocation, second_books)
+        assert journal.record_execution(first, allocation, first_books)
         assert journal.record_execution(plain, allocation)  # no hook for it
         # Told again (the stream and a REST page): neither the fill nor its hook twice.
-        assert not journal.record_execution(first, allocation, hook_booked=Decimal("0.01"))
+        assert not journal.record_execution(first, allocation, first_books)
 
     with closing(Journal(path)) as journal:  # as the next start finds it
-        assert journal.due_fill_hooks() == [(first, Decimal("0.01")), (second, Decimal("0.02"))]
+        assert journal.due_fill_hooks() == [(first, first_books), (second, second_books)]
         journal.fill_hook_done("e1")
         journal.fill_hook_done("e1")  # a hook run twice is done once
-        assert journal.due_fill_hooks() == [(second, Decimal("0.02"))]
+        assert journal.due_fill_hooks() == [(second, second_books)]
         assert journal.execution_count() == 3

@@ -264,6 +264,7 @@ def build(tmp_path: Path) -> Iterator[Build]:
                 MarketData(venues, account, journal, market_cache_s),
                 runner,
                 booked_qty=account.projection.booked_qty,
+                strategy_size=account.projection.strategy_size,
             )
             account.on_fill_booked(pipeline.fill_booked)
             account.on_position_closed(executor.position_closed)

@@ -58,9 +58,10 @@ def fill(
     filled: str | None = None,
     side: Side = Side.BUY,
     price: int = 97000,
+    position_after: str | None = None,
 ) -> Fill:
     """A fill of `qty` of leg `leg`; the order is `order_qty` (default: `qty`), `filled` of it
-    done so far (default: all of it)."""
+    done so far (default: all of it); the strategy's position once it was booked, if known."""
     order = Decimal(order_qty or qty)
     return Fill(
         order_link_id=f"ladder-{leg}-x",
@@ -74,6 +75,7 @@ def fill(
         order_filled_qty=Decimal(filled) if filled is not None else order,
         reduce_only=leg > 0,
         ts=datetime.now(UTC),
+        position_after=Decimal(position_after) if position_after is not None else None,
     )
 
 
@@ -317,6 +319,42 @@ def test_targets_of_earlier_ladders_still_resting_leave_only_the_rest_of_the_pos
     legs = intents(ladder().on_fill(fill(0, "0.010"), signal(), both))
 
     assert sum(leg.qty for leg in legs) == Decimal("0.006")
+
+
+def test_an_entry_that_only_closed_an_earlier_position_lays_no_legs_on_a_later_one() -> None:
+    # Its sell closed a long (0 once booked); by the time its hook runs, a later signal has
+    # opened a short: that short's own hook lays its targets, not this one.
+    later_short = holding("-0.005")
+
+    out = ladder().on_fill(
+        fill(0, "0.005", side=Side.SELL, position_after="0"), signal(side="sell"), later_short
+    )
+
+    assert out is None
+
+
+def test_an_entry_that_turned_a_position_lays_legs_for_what_it_opened() -> None:
+    # A 0.010 sell turned a 0.004 long into a 0.006 short: legs for 0.006.
+    short = holding("-0.006")
+    targets = {"take_profit": [96000, 95000]}
+
+    out = ladder().on_fill(
+        fill(0, "0.010", side=Side.SELL, position_after="-0.006"),
+        signal(side="sell", stop_loss=98000, **targets),
+        short,
+    )
+
+    assert sum(leg.qty for leg in intents(out)) == Decimal("0.006")
+
+
+def test_a_fill_of_an_order_of_a_close_signal_is_not_an_entry() -> None:
+    # An operator's flatten journals its close under the strategy, from a signal with no side.
+    close = parse_signal(
+        "admin",
+        {"id": "flatten-1", "symbol": "BTCUSDT", "action": "close", "ts": "2026-11-30T00:00:00Z"},
+    )
+
+    assert ladder().on_fill(fill(0, "0.005", side=Side.SELL), close, holding("-0.002")) is None
 
 
 def test_no_legs_when_earlier_targets_already_cover_the_position() -> None:
