@@ -3,10 +3,13 @@ and flatten its positions.
 
 The state is set in the gate first, so the very next intent sees it (queued ones included),
 then journaled before the operator is answered, so it survives a crash. Cancelling waits for
-orders being sent right now to land, so none slips past the halt. Flattening sends one
-reduce-only market order per position of each strategy in scope (its own book, not the key's
-whole position); each is approved by the gate like any other order and journaled under a
-signal of source `admin`, so `bot orders` shows it.
+orders being sent right now to land, so none slips past the halt. Flattening first cancels
+the scope's open orders (an entry would open a position again; a reduce-only target would
+leave the close no room), then sends one reduce-only market order per position of each
+strategy in scope (its own book, not the key's whole position); each is approved by the gate
+like any other order and journaled under a signal of source `admin`, so `bot orders` shows
+it. The books are read again after the closes: a position an entry opened by beating its
+cancel is closed too.
 
 Flattens of concurrent commands run one after the other (the states themselves take effect
 at once), so the second finds what the first left, and skips a position whose close from an
@@ -26,7 +29,7 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Final
 
-from bot.account import Account
+from bot.account import Account, StrategyBook
 from bot.execution.executor import Executor
 from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE
 from bot.journal import Journal, OrderRecord
@@ -49,6 +52,10 @@ __all__ = ["FLATTEN_SOURCE", "KillSwitch", "announce_state"]
 
 #: The signal source of the orders a flatten sends.
 FLATTEN_SOURCE: Final = "admin"
+#: A flatten reads the books again after its closes, this long after them (the fills of an
+#: entry that beat its cancel reach the books), and closes what it finds, at most this often.
+_FLATTEN_SETTLE_S: Final = 0.3
+_FLATTEN_ROUNDS: Final = 3
 #: How long a cancel waits for orders being sent right now to land.
 _CANCEL_WAIT_S: Final = 10.0
 _CANCEL_POLL_S: Final = 0.1
@@ -114,20 +121,24 @@ class KillSwitch:
                     report["superseded"] = True
                 else:
                     if not cancel_open:
-                        # Their resting reduce-only orders (a ladder's targets) would leave
-                        # the close no room: Bybit trims a reduce-only order to what the
-                        # others do not cover (110017).
-                        report["cancelled"] = await self._cancel_open(strategies, reduce_only=True)
+                        # Their resting orders go first: an entry would open a position
+                        # again (one sent just before the halt lands meanwhile), and
+                        # reduce-only ones (a ladder's targets) would leave the close no
+                        # room: Bybit trims a reduce-only order to what the others do not
+                        # cover (110017).
+                        report["cancelled"] = await self._cancel_open(
+                            strategies, sparing_flattens=True
+                        )
                     report["flattened"] = await self._flatten(strategies)
         return report
 
     async def _cancel_open(
-        self, strategies: frozenset[str], *, reduce_only: bool = False
+        self, strategies: frozenset[str], *, sparing_flattens: bool = False
     ) -> list[dict[str, str | bool]]:
         """Cancel every order of `strategies` that may be open at the venue (with
-        `reduce_only`, only their reduce-only ones). An order being sent right now is waited
-        for (the executor refuses to send an opening order once its scope is halted, and a
-        send in progress lands or fails), then cancelled; one still busy after
+        `sparing_flattens`, but an earlier flatten's closes). An order being sent right now
+        is waited for (the executor refuses to send an opening order once its scope is
+        halted, and a send in progress lands or fails), then cancelled; one still busy after
         `_CANCEL_WAIT_S` is reported as such."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CANCEL_WAIT_S
@@ -140,14 +151,7 @@ class KillSwitch:
                 if (
                     record.request.strategy not in strategies
                     or link_id in done
-                    # Only the resting reduce-only orders, never an earlier flatten's close.
-                    or (
-                        reduce_only
-                        and (
-                            not record.request.reduce_only
-                            or record.request.signal_source == FLATTEN_SOURCE
-                        )
-                    )
+                    or (sparing_flattens and record.request.signal_source == FLATTEN_SOURCE)
                 ):
                     continue
                 if link_id in busy:
@@ -180,42 +184,63 @@ class KillSwitch:
         return _row(record, event.status.value, event.status.is_terminal)
 
     async def _flatten(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
-        """Reduce-only market orders closing each open position of `strategies`."""
+        """Reduce-only market orders closing each open position of `strategies`; the books
+        are read again after the closes, and what an entry that beat its cancel opened
+        meanwhile is closed too (at most `_FLATTEN_ROUNDS` rounds)."""
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%f")
-        closing = {  # a close an earlier flatten sent, not finished yet: never sent twice
+        results: list[dict[str, str | bool]] = []
+        for _ in range(_FLATTEN_ROUNDS):
+            failed = {(row["strategy"], row["symbol"]) for row in results if not row["done"]}
+            # One whose close did not complete would fail alike: the operator has its row.
+            books = [
+                b for b in self._open_books(strategies) if (b.strategy, b.symbol) not in failed
+            ]
+            if not books:
+                break
+            if results:
+                logger.warning("flatten: positions opened meanwhile; closing them too")
+            for book in books:
+                results.append(await self._close_book(book, f"flatten-{stamp}-{len(results)}"))
+            await asyncio.sleep(_FLATTEN_SETTLE_S)  # the fills of what was sent meanwhile
+        return results
+
+    def _open_books(self, strategies: frozenset[str]) -> list[StrategyBook]:
+        """The open positions of `strategies` no earlier flatten's close is still closing
+        (never sent twice)."""
+        closing = {
             (record.request.strategy, record.request.symbol)
             for record in self._journal.committed_unfinished()
             if record.request.signal_source == FLATTEN_SOURCE
         }
-        books = [
+        return [
             book
             for book in self._account.projection.books()
             if book.strategy in strategies
             and book.size != 0
             and (book.strategy, book.symbol) not in closing
         ]
-        results = []
-        for index, book in enumerate(books):
-            row: dict[str, str | bool] = {
-                "strategy": book.strategy,
-                "symbol": book.symbol,
-                "qty": str(abs(book.size)),
-            }
-            signal = Signal(
-                source=FLATTEN_SOURCE,
-                id=f"flatten-{stamp}-{index}",
-                symbol=book.symbol,
-                action=SignalAction.CLOSE,
-                strategy=book.strategy,
-                ts=utc_now(),
-            )
-            try:
-                status, done = await self._close(signal, book.key_name, book.size)
-            except Exception as exc:  # one failed close must not stop the others
-                logger.error("flatten of {symbol} failed: {error}", symbol=book.symbol, error=exc)
-                status, done = f"failed: {exc}", False
-            results.append(row | {"status": status, "done": done})
-        return results
+
+    async def _close_book(self, book: StrategyBook, signal_id: str) -> dict[str, str | bool]:
+        """Close one strategy's position as the signal `signal_id` of the operator: its row."""
+        row: dict[str, str | bool] = {
+            "strategy": book.strategy,
+            "symbol": book.symbol,
+            "qty": f"{abs(book.size).normalize():f}",
+        }
+        signal = Signal(
+            source=FLATTEN_SOURCE,
+            id=signal_id,
+            symbol=book.symbol,
+            action=SignalAction.CLOSE,
+            strategy=book.strategy,
+            ts=utc_now(),
+        )
+        try:
+            status, done = await self._close(signal, book.key_name, book.size)
+        except Exception as exc:  # one failed close must not stop the others
+            logger.error("flatten of {symbol} failed: {error}", symbol=book.symbol, error=exc)
+            status, done = f"failed: {exc}", False
+        return row | {"status": status, "done": done}
 
     async def _close(self, signal: Signal, key_name: str, size: Decimal) -> tuple[str, bool]:
         """Close `size` (signed) of `signal.strategy`'s position: journaled, gated, sent, in
