@@ -145,7 +145,7 @@ class KillSwitch:
         done: dict[str, dict[str, str | bool]] = {}
         while True:
             busy = self._executor.in_flight()
-            waiting = []
+            waiting, cancelling = [], []
             for record in await self._journal.call(self._journal.unfinished_orders):
                 link_id = record.request.order_link_id
                 if (
@@ -157,7 +157,11 @@ class KillSwitch:
                 if link_id in busy:
                     waiting.append(record)
                 elif record.status in OPEN_AT_VENUE | MAY_EXIST_AT_VENUE:
-                    done[link_id] = await self._cancel(record)
+                    cancelling.append(record)
+            # All at once: each takes two round trips to the venue, which a slow venue makes
+            # seconds (each key's requests still go at its own pace).
+            rows = await asyncio.gather(*(self._cancel(record) for record in cancelling))
+            done.update(zip((r.request.order_link_id for r in cancelling), rows, strict=True))
             if not waiting:
                 break
             if loop.time() > deadline:
@@ -199,8 +203,14 @@ class KillSwitch:
                 break
             if results:
                 logger.warning("flatten: positions opened meanwhile; closing them too")
-            for book in books:
-                results.append(await self._close_book(book, f"flatten-{stamp}-{len(results)}"))
+            # All at once, as the cancels: one position's close does not wait for another's.
+            start = len(results)
+            results += await asyncio.gather(
+                *(
+                    self._close_book(book, f"flatten-{stamp}-{start + index}")
+                    for index, book in enumerate(books)
+                )
+            )
             await asyncio.sleep(_FLATTEN_SETTLE_S)  # the fills of what was sent meanwhile
         return results
 
