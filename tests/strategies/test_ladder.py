@@ -299,21 +299,26 @@ def test_never_more_legs_than_targets_and_every_leg_distinct(targets: list[int],
     assert sum(leg.qty for leg in legs) == filled
 
 
-def test_targets_of_earlier_ladders_still_resting_leave_only_the_rest_of_the_position() -> None:
-    # An earlier ladder's targets cover 0.004 of a 0.010 long: this one's legs may cover 0.006.
-    earlier = OpenOrder(
+def earlier_target(qty: str, filled: str = "0") -> OpenOrder:
+    """A target of an earlier ladder (signal s0) selling `qty` of the long, `filled` of it."""
+    return OpenOrder(
         order_link_id="ladder-1-earlier",
         signal_id="s0",
         leg=1,
         symbol="BTCUSDT",
         side=Side.SELL,
         order_type=OrderType.LIMIT,
-        qty=Decimal("0.005"),
-        filled_qty=Decimal("0.001"),
+        qty=Decimal(qty),
+        filled_qty=Decimal(filled),
         price=Decimal(98500),
         reduce_only=True,
-        status="PartiallyFilled",
+        status="PartiallyFilled" if Decimal(filled) else "New",
     )
+
+
+def test_targets_of_earlier_ladders_still_resting_leave_only_the_rest_of_the_position() -> None:
+    # An earlier ladder's targets cover 0.004 of a 0.010 long: this one's legs may cover 0.006.
+    earlier = earlier_target("0.005", filled="0.001")
     both = context(position_qty="0.010", entry_price=97000, open_orders=(earlier,))
 
     legs = intents(ladder().on_fill(fill(0, "0.010"), signal(), both))
@@ -358,19 +363,7 @@ def test_a_fill_of_an_order_of_a_close_signal_is_not_an_entry() -> None:
 
 
 def test_no_legs_when_earlier_targets_already_cover_the_position() -> None:
-    earlier = OpenOrder(
-        order_link_id="ladder-1-earlier",
-        signal_id="s0",
-        leg=1,
-        symbol="BTCUSDT",
-        side=Side.SELL,
-        order_type=OrderType.LIMIT,
-        qty=Decimal("0.010"),
-        filled_qty=Decimal(0),
-        price=Decimal(98500),
-        reduce_only=True,
-        status="New",
-    )
+    earlier = earlier_target("0.010")
     covered = context(position_qty="0.010", entry_price=97000, open_orders=(earlier,))
 
     assert ladder().on_fill(fill(0, "0.010"), signal(), covered) is None
