@@ -324,19 +324,25 @@ def test_a_filled_resting_order_streams_order_execution_position_and_wallet(
     assert stats["stream_messages_sent"] >= 9
 
 
-def test_creating_amending_and_cancelling_an_order_each_push_the_position(
-    server: SimServer, open_ws: Callable[..., SimWebSocket], http: HTTP
-) -> None:
-    # Bybit: "Every time when you create/amend/cancel an order, the position topic will
-    # generate a new message (regardless if there's any actual change)".
+def _following_positions(server: SimServer, open_ws: Callable[..., SimWebSocket]) -> _Collector:
+    """What the private `position` topic pushes from now on."""
     ws = open_ws("private", api_key=KEY, api_secret=SECRET)
     positions = _Collector()
     ws.position_stream(positions)
     eventually(
         lambda: [c["topics"] for c in _connections(server)],
         lambda topics: topics == [["position"]],
-        "the topic",
+        "the position topic",
     )
+    return positions
+
+
+def test_creating_amending_and_cancelling_an_order_each_push_the_position(
+    server: SimServer, open_ws: Callable[..., SimWebSocket], http: HTTP
+) -> None:
+    # Bybit: "Every time when you create/amend/cancel an order, the position topic will
+    # generate a new message (regardless if there's any actual change)".
+    positions = _following_positions(server, open_ws)
     order = {"category": "linear", "symbol": "BTCUSDT", "orderLinkId": "pushed"}
 
     http.place_order(**order, side="Buy", orderType="Limit", qty="0.01", price="96000")
@@ -358,14 +364,7 @@ def test_trading_stop_streams_the_position_with_its_new_levels(
         category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.01"
     )
     eventually(lambda: server.exchange.stats()["pending_events"], lambda n: n == 0, "the fill")
-    ws = open_ws("private", api_key=KEY, api_secret=SECRET)
-    positions = _Collector()
-    ws.position_stream(positions)
-    eventually(
-        lambda: [c["topics"] for c in _connections(server)],
-        lambda topics: topics == [["position"]],
-        "the position topic",
-    )
+    positions = _following_positions(server, open_ws)
 
     http.set_trading_stop(
         category="linear",
