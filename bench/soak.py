@@ -759,7 +759,12 @@ def evaluate(
         for item in plan
         for leg in (LADDER_LEGS if item.strategy in LADDERS else (0,))
     }
-    held = {(str(p.get("note")), str(p.get("symbol"))) for p in venue_positions}
+    # The side of each key's position per symbol: a reduce-only order must face it.
+    held = {(str(p.get("note")), str(p.get("symbol"))): str(p.get("side")) for p in venue_positions}
+
+    def faces_its_position(order: Mapping[str, Any]) -> bool:
+        side = held.get((str(order.get("note")), str(order.get("symbol"))))
+        return side is not None and side != order.get("side")
 
     rows_by_signal: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     rows_by_link: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -804,22 +809,22 @@ def evaluate(
         ):
             lost.append(f"{item.id}: approved but no order in the journal")
 
-    # Reduce-only orders still open where their key holds no position: a ladder's targets
-    # that outlived the stop (or close) that ended it.
+    # Reduce-only orders still open where their key holds no position they would reduce: a
+    # ladder's targets that outlived the stop (or close, or turn) that ended it.
     stranded = [
-        f"{order.get('orderLinkId')} ({order.get('note')} {order.get('symbol')}): "
-        f"{order.get('orderStatus')}, its position closed"
+        f"{order.get('orderLinkId')} ({order.get('note')} {order.get('symbol')} "
+        f"{order.get('side')}): {order.get('orderStatus')}, no position it reduces"
         for order in venue_orders
         if order.get("reduceOnly")
         and order.get("orderStatus") not in VENUE_TERMINAL
-        and (str(order.get("note")), str(order.get("symbol"))) not in held
+        and not faces_its_position(order)
     ]
     resting = {  # a target resting for the position it takes profit on: not unfinished work
         str(order.get("orderLinkId"))
         for order in venue_orders
         if order.get("reduceOnly")
         and order.get("orderStatus") in ("New", "PartiallyFilled")
-        and (str(order.get("note")), str(order.get("symbol"))) in held
+        and faces_its_position(order)
     }
 
     # Non-terminal: in the journal or at the venue, after quiescence and a reconciliation.

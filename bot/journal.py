@@ -80,7 +80,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -187,7 +187,7 @@ CREATE TABLE IF NOT EXISTS fill_hooks_due (
 );
 """
 #: The strategy's signed position in the symbol once the fill was booked (NULL: journaled by
-#: a version before it): what the fill left of it, whatever later fills did.
+#: a version before it, schema 9): what the fill left of it, whatever later fills did.
 _FILL_HOOK_POSITION: Final = """
 ALTER TABLE fill_hooks_due ADD COLUMN position TEXT;
 """
@@ -300,7 +300,8 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     # The quantity the venue holds, when its reports say (another client may amend an order).
     6: "ALTER TABLE orders ADD COLUMN venue_qty TEXT;",
     7: _FILL_HOOKS + _STOP_MOVE_CAUSE,
-    8: _USED_COMMANDS + _FILL_HOOK_POSITION,
+    8: _USED_COMMANDS,
+    9: _FILL_HOOK_POSITION,
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")

@@ -30,6 +30,7 @@ from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
 from bot.execution.ids import strategy_slug
+from bot.execution.orders import trimmed
 from bot.execution.rounding import conform, conform_stop_move
 from bot.journal import FillBooking, Journal
 from bot.logs import logger
@@ -133,11 +134,12 @@ class Pipeline:
         market: MarketData,
         runner: StrategyRunner,
         booked_qty: Callable[[str], Decimal] = lambda order_link_id: ZERO,
-        strategy_size: Callable[[str, str, str], Decimal] = lambda key, strategy, symbol: ZERO,
+        strategy_size: Callable[[str, str, str], Decimal] | None = None,
     ) -> None:
         """`runner` runs the strategies' code (each on its own thread, within its budget);
         `booked_qty(orderLinkId)` says how much of an order the account's books hold, and
-        `strategy_size(key, strategy, symbol)` a strategy's signed position there."""
+        `strategy_size(key, strategy, symbol)` a strategy's signed position there (None: the
+        hooks are told it is not known)."""
         self._journal = journal
         self._strategies = strategies
         # The (key, orderLinkId prefix) of each strategy with an `on_fill` hook: whose fills
@@ -608,16 +610,24 @@ class Pipeline:
             slot.key_name,
             before_sending=partial(self._executor.clear_reduce_only, room),
         )
-        if event.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
+        asked = verdict.decision.intent.qty
+        refused = event.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
+        if refused or trimmed(event, asked):
+            why = (
+                f"the venue refused it ({event.reason})"
+                if refused
+                else f"the venue filled {event.filled_qty} of {asked}: other reduce-only "
+                "orders took the room"
+            )
             logger.bind(notify="venue_error").error(
                 "{strategy}'s {symbol} position: its reduce-only orders were cancelled for a "
-                "close at market the venue refused ({reason}); it keeps its old stop and no "
-                "target: close or protect it by hand",
+                "close at market, but {why}; what is open keeps its old stop and no target: "
+                "close or protect it by hand",
                 strategy=slot.name,
                 symbol=move.symbol,
-                reason=event.reason,
+                why=why,
             )
-            return "rejected", f"{crossed}; its close at market was refused: {event.reason}"
+            return "rejected", f"{crossed}; its close at market did not close it: {why}"
         return "closed", (
             f"{crossed}: the position was closed at market instead, as leg "
             f"{move.close_leg_if_crossed} (order {event.status.value})"
@@ -655,9 +665,10 @@ class Pipeline:
         strategy = self._hooked.get((fill.key_name, fill.order_link_id.partition("-")[0]))
         if strategy is None:
             return None
+        size = self._strategy_size
         booking = FillBooking(
             self._booked_qty(fill.order_link_id),
-            self._strategy_size(fill.key_name, strategy, fill.symbol),
+            None if size is None else size(fill.key_name, strategy, fill.symbol),
         )
         self._queue_fill_hook(fill, booking)
         return booking

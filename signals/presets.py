@@ -125,8 +125,9 @@ def map_payload(
         table = mapping.values.get(field)
         if table is not None:
             text = str(value).strip()
-            # ASCII only: Unicode case mapping turns look-alikes into letters ("\u212aill").
-            value = table.get(text.lower()) if text.isascii() else None
+            # Case folded for ASCII only: Unicode case mapping turns look-alikes into letters
+            # ("\u212aill".lower() is "kill"); other text is looked up as it is.
+            value = table.get(text.lower() if text.isascii() else text)
             if value is None:
                 continue
         signal[field] = value

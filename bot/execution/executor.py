@@ -447,9 +447,7 @@ class Executor:
             return _event_of(record)
         if status in OPEN_AT_VENUE:
             return await self._look_up_safely(request) or _event_of(record)
-        # Never sent and its signal stale: not sent now, reduce-only or not (after days down,
-        # the position it was meant for may be gone and another in its place).
-        stale = self._stale(request, record.signal_ts, starting=True)
+        stale = self._too_late(record)
         if status is OrderStatus.PENDING and not resend and stale is None:
             return _event_of(record)  # its lane is sending it, or the next start will
         # It may exist, Pending included: its send attempt is journaled while the order
@@ -479,7 +477,17 @@ class Executor:
                     s=unseen_s,
                 )
             return _event_of(record)
-        if stale is not None:
+        if stale is not None and request.reduce_only:
+            reason = f"never reached the venue, and was decided too long ago to send ({stale})"
+            logger.bind(notify="venue_error").warning(
+                "reduce-only order {id} of {strategy} ({symbol}: a target or a close) was not "
+                "sent: {reason}; check that position's targets and stop",
+                id=request.order_link_id,
+                strategy=request.strategy,
+                symbol=request.symbol,
+                reason=reason,
+            )
+        elif stale is not None:
             reason = f"never reached the venue; its signal went stale ({stale})"
         elif spent:
             reason = f"not found at the venue after {record.attempts} sends"
@@ -701,15 +709,22 @@ class Executor:
         await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))
         return True
 
-    def _stale(
-        self, request: OrderRequest, signal_ts: datetime | None, *, starting: bool = False
-    ) -> str | None:
+    def _stale(self, request: OrderRequest, signal_ts: datetime | None) -> str | None:
         """Why it is too late to send `request`: its signal went stale. Never for a reduce-only
-        order being sent (as in the gate: it adds no exposure), but for one a start-up finds
-        never sent (`starting`)."""
-        if signal_ts is None or (request.reduce_only and not starting):
+        order (as in the gate: it adds no exposure)."""
+        if signal_ts is None or request.reduce_only:
             return None
         return self._staleness(signal_ts)
+
+    def _too_late(self, record: OrderRecord) -> str | None:
+        """Why an order a start-up (or the loop) finds perhaps never sent must not be sent
+        now: an opening one whose signal went stale; a reduce-only one (a target, a close,
+        whose signal may be hours old) last journaled longer ago than a signal may be old:
+        after a long time down, the position it was meant for may be gone, another in its
+        place."""
+        if record.request.reduce_only:
+            return self._staleness(record.updated_at)
+        return self._stale(record.request, record.signal_ts)
 
     async def _give_up(
         self, request: OrderRequest, last: VenueError | None, *, may_exist: bool

@@ -33,6 +33,7 @@ __all__ = [
     "check_transition",
     "differences",
     "not_ours",
+    "trimmed",
     "unlike_request",
 ]
 
@@ -82,6 +83,12 @@ def check_transition(
         )
     if current is new is OrderStatus.PARTIALLY_FILLED and filled_after == filled_before:
         raise TransitionRefused("PartiallyFilled again with nothing more filled")
+
+
+def trimmed(event: OrderEvent, qty: Decimal) -> bool:
+    """Whether a reduce-only order of `qty` ended filled for less: the venue trimmed it to
+    the room other reduce-only orders left (what it was meant to close stays open)."""
+    return event.status is OrderStatus.FILLED and event.filled_qty < qty
 
 
 def not_ours(event: OrderEvent, request: OrderRequest, order_id: str | None) -> str | None:

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from bot.account import Account, StrategyBook
 from bot.execution.executor import Executor
-from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE
+from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE, trimmed
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.market import MarketData
@@ -52,9 +52,9 @@ __all__ = ["FLATTEN_SOURCE", "KillSwitch", "announce_state"]
 
 #: The signal source of the orders a flatten sends.
 FLATTEN_SOURCE: Final = "admin"
-#: A flatten reads the books again after its closes, this long after them (the fills of an
-#: entry that beat its cancel reach the books), and closes what it finds, at most this often.
-_FLATTEN_SETTLE_S: Final = 0.3
+#: A flatten reads the books again after its closes, once they hold the fills the venue
+#: reported (waited for this long at most), and closes what it finds, at most this often.
+_BOOKED_WAIT_S: Final = 5.0
 _FLATTEN_ROUNDS: Final = 3
 #: How long a cancel waits for orders being sent right now to land.
 _CANCEL_WAIT_S: Final = 10.0
@@ -96,6 +96,9 @@ class KillSwitch:
         # close the same positions (the second's orders refused by the venue as reduce-only
         # with nothing to reduce, and reported as failed).
         self._flattening = asyncio.Lock()
+        # orderLinkId -> filled qty the venue reported, of the orders this switch cancelled
+        # or closed, until the books hold it.
+        self._reported_fills: dict[str, Decimal] = {}
 
     async def enter(
         self, state: ScopeState, *, cancel_open: bool = False, flatten: bool = False
@@ -185,6 +188,8 @@ class KillSwitch:
             return _row(record, f"cancel failed: {exc}", False)
         if event is None:
             return _row(record, "not at the venue", True)
+        if event.filled_qty:  # filled before the cancel came: the books must hold it
+            self._reported_fills[request.order_link_id] = event.filled_qty
         return _row(record, event.status.value, event.status.is_terminal)
 
     async def _flatten(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
@@ -194,6 +199,12 @@ class KillSwitch:
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%f")
         results: list[dict[str, str | bool]] = []
         for _ in range(_FLATTEN_ROUNDS):
+            if not await self._books_caught_up():
+                logger.warning(
+                    "flatten: the books do not yet hold every fill the venue reported of the "
+                    "orders just cancelled or closed; not read again (run the flatten again)"
+                )
+                break
             failed = {(row["strategy"], row["symbol"]) for row in results if not row["done"]}
             # One whose close did not complete would fail alike: the operator has its row.
             books = [
@@ -211,8 +222,26 @@ class KillSwitch:
                     for index, book in enumerate(books)
                 )
             )
-            await asyncio.sleep(_FLATTEN_SETTLE_S)  # the fills of what was sent meanwhile
         return results
+
+    async def _books_caught_up(self) -> bool:
+        """Wait (at most `_BOOKED_WAIT_S`) until the books hold every fill the venue reported
+        of the orders this switch cancelled or closed: read sooner, they would show a
+        position already closed (closed twice) or miss one an entry opened before its
+        cancel."""
+        booked = self._account.projection.booked_qty
+        deadline = asyncio.get_running_loop().time() + _BOOKED_WAIT_S
+        while True:
+            self._reported_fills = {
+                link: filled
+                for link, filled in self._reported_fills.items()
+                if booked(link) < filled
+            }
+            if not self._reported_fills:
+                return True
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(_CANCEL_POLL_S)
 
     def _open_books(self, strategies: frozenset[str]) -> list[StrategyBook]:
         """The open positions of `strategies` no earlier flatten's close is still closing
@@ -283,10 +312,12 @@ class KillSwitch:
                     statuses.append(f"rejected ({verdict.rule}): {verdict.reason}")
                     return ", ".join(statuses), False
                 (event,) = events
+                if event.filled_qty:
+                    self._reported_fills[event.order_link_id] = event.filled_qty
                 statuses.append(event.status.value)
                 if event.status not in _AT_VENUE:
                     return ", ".join(statuses), False
-                if event.status is OrderStatus.FILLED and event.filled_qty < qty:
+                if trimmed(event, qty):
                     # Trimmed by the venue: other reduce-only orders (another client's) cover
                     # the rest, which stays open.
                     statuses[-1] += (

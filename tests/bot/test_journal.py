@@ -905,7 +905,30 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     assert journal.due_fill_hooks() == []
     assert journal.carried_out("voc", "s1", "follow", "e1") == (set(), False)
     assert journal.used_commands(0) == {}
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+
+
+def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v8.sqlite3"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        "ALTER TABLE fill_hooks_due DROP COLUMN position; PRAGMA user_version=8;"
+        "INSERT INTO executions (exec_id, key_name, order_id, order_link_id, symbol, side, qty,"
+        " price, fee, is_maker, stop_order_type, exec_time, allocation) VALUES ('x1', 'k',"
+        " 'o1', 'ladder-0-a', 'BTCUSDT', 'Buy', '0.01', '97000', '0.1', 0, '',"
+        " '2026-11-30T12:00:00+00:00', '{}');"
+        "INSERT INTO fill_hooks_due (exec_id, booked) VALUES ('x1', '0.01');"
+    )
+    db.close()
+
+    with closing(Journal(path)) as journal:
+        [(fill, booking)] = journal.due_fill_hooks()
+
+    assert fill.exec_id == "x1"
+    assert booking == FillBooking(Decimal("0.01"), None)  # the ladder then reads its books
 
 
 def test_a_migration_a_lock_holds_up_says_locked_not_restore_it(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,12 +29,13 @@ from bot.messages import (
     RiskDecision,
     Side,
 )
+from bot.risk.gate import RiskGate
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.sim.params import AmendOrderParams, PositionQueryParams
 from bot.venue.bybit import BybitVenue
 from tests.bot.sim.kit import place
-from tests.factories import approve, make_intent
+from tests.factories import UNLIMITED, approve, make_intent
 
 KEY, SECRET = "executor-test-key", "executor-test-secret-value"
 _ids = itertools.count()
@@ -317,6 +320,56 @@ def test_an_order_the_venue_said_it_holds_is_never_rejected_as_unseen(
     assert statuses[:2] == [OrderStatus.UNKNOWN, OrderStatus.UNKNOWN]  # never Rejected
     assert statuses[2] is OrderStatus.FILLED
     assert len(orders_for(exchange[0], item)) == 1
+    venue.close()
+
+
+@pytest.mark.parametrize(
+    ("journaled_ago_s", "sent"), [(0, True), (600, False)], ids=["just decided", "long ago"]
+)
+def test_a_never_sent_reduce_only_order_is_judged_by_when_it_was_decided(
+    exchange: tuple[SimExchange, str], tmp_path: Path, journaled_ago_s: int, sent: bool
+) -> None:
+    # A target decided just now for a signal an hour old (a ladder's limit entry filled late),
+    # cut short by a crash before its send: the start-up sends it. One decided long ago is
+    # not sent: its position may be gone, another in its place.
+    journal = Journal(tmp_path / "j.sqlite3")
+    credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+    venue = BybitVenue(credentials, Environment.SIM, sim_url=exchange[1], timeout_s=2)
+    gate = RiskGate(UNLIMITED.model_copy(update={"max_signal_age_s": 60}))
+    executor = Executor(journal, {"k": venue}, FAST, staleness=gate.stale_reason)
+    asyncio.run(executor.execute(approve(intent(qty="0.002")), "k"))  # the long it takes profit on
+    hour_old = datetime.now(UTC) - timedelta(hours=1)
+    target = approve(
+        make_intent(
+            signal_id=f"exec-{next(_ids)}",
+            side=Side.SELL,
+            order_type=OrderType.LIMIT,
+            qty=Decimal("0.002"),
+            price=Decimal(120000),
+            reference_price=Decimal(120000),
+            reduce_only=True,
+            signal_ts=hour_old,
+        )
+    )
+    request = build_request(target, "k")
+    journal.record_decisions([target.decision], [request])  # Pending: the crash came here
+    link = request.order_link_id
+    decided_at = datetime.now(UTC) - timedelta(seconds=journaled_ago_s)
+    journal._db.execute(  # as the journal holds it, on disk and in memory
+        "UPDATE orders SET updated_at = ? WHERE order_link_id = ?", (decided_at.isoformat(), link)
+    )
+    journal._unfinished[link] = dataclasses.replace(
+        journal._unfinished[link], updated_at=decided_at
+    )
+
+    asyncio.run(executor.reconcile("k", resend=True))  # the next start
+
+    at_venue = [o for o in exchange[0].orders() if o["orderLinkId"] == link]
+    assert bool(at_venue) is sent
+    if not sent:
+        record = journal.order(link)
+        assert record is not None and record.status is OrderStatus.REJECTED
+        assert "decided too long ago" in record.reason
     venue.close()
 
 
