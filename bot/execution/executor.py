@@ -478,10 +478,11 @@ class Executor:
                 )
             return _event_of(record)
         if stale is not None and request.reduce_only:
-            reason = f"never reached the venue, and was decided too long ago to send ({stale})"
+            tried = f"sent {record.attempts} times, not found" if record.attempts else "never sent"
+            reason = f"{tried} at the venue, and last tried too long ago to send now ({stale})"
             logger.bind(notify="venue_error").warning(
-                "reduce-only order {id} of {strategy} ({symbol}: a target or a close) was not "
-                "sent: {reason}; check that position's targets and stop",
+                "reduce-only order {id} of {strategy} ({symbol}: a target or a close) is given "
+                "up: {reason}; check that position's targets and stop",
                 id=request.order_link_id,
                 strategy=request.strategy,
                 symbol=request.symbol,
@@ -719,9 +720,9 @@ class Executor:
     def _too_late(self, record: OrderRecord) -> str | None:
         """Why an order a start-up (or the loop) finds perhaps never sent must not be sent
         now: an opening one whose signal went stale; a reduce-only one (a target, a close,
-        whose signal may be hours old) last journaled longer ago than a signal may be old:
-        after a long time down, the position it was meant for may be gone, another in its
-        place."""
+        whose signal may be hours old) decided, or last sent, longer ago than a signal may be
+        old (its journal row's time): after a long time down, the position it was meant for
+        may be gone, another in its place."""
         if record.request.reduce_only:
             return self._staleness(record.updated_at)
         return self._stale(record.request, record.signal_ts)

@@ -96,9 +96,9 @@ class KillSwitch:
         # close the same positions (the second's orders refused by the venue as reduce-only
         # with nothing to reduce, and reported as failed).
         self._flattening = asyncio.Lock()
-        # orderLinkId -> filled qty the venue reported, of the orders this switch cancelled
-        # or closed, until the books hold it.
-        self._reported_fills: dict[str, Decimal] = {}
+        # orderLinkId -> (strategy, symbol, filled qty the venue reported) of the orders this
+        # switch cancelled or closed, until the books hold it (or a flatten gives up on it).
+        self._reported_fills: dict[str, tuple[str, str, Decimal]] = {}
 
     async def enter(
         self, state: ScopeState, *, cancel_open: bool = False, flatten: bool = False
@@ -189,7 +189,11 @@ class KillSwitch:
         if event is None:
             return _row(record, "not at the venue", True)
         if event.filled_qty:  # filled before the cancel came: the books must hold it
-            self._reported_fills[request.order_link_id] = event.filled_qty
+            self._reported_fills[request.order_link_id] = (
+                request.strategy,
+                request.symbol,
+                event.filled_qty,
+            )
         return _row(record, event.status.value, event.status.is_terminal)
 
     async def _flatten(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
@@ -198,21 +202,17 @@ class KillSwitch:
         meanwhile is closed too (at most `_FLATTEN_ROUNDS` rounds)."""
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%f")
         results: list[dict[str, str | bool]] = []
-        for _ in range(_FLATTEN_ROUNDS):
-            if not await self._books_caught_up():
-                logger.warning(
-                    "flatten: the books do not yet hold every fill the venue reported of the "
-                    "orders just cancelled or closed; not read again (run the flatten again)"
-                )
-                break
-            failed = {(row["strategy"], row["symbol"]) for row in results if not row["done"]}
-            # One whose close did not complete would fail alike: the operator has its row.
+        for round_ in range(_FLATTEN_ROUNDS):
+            results += await self._books_behind()
+            # One whose close did not complete would fail alike, and one whose books are
+            # behind could be closed twice: the operator has its row, not done.
+            skipped = {(row["strategy"], row["symbol"]) for row in results if not row["done"]}
             books = [
-                b for b in self._open_books(strategies) if (b.strategy, b.symbol) not in failed
+                b for b in self._open_books(strategies) if (b.strategy, b.symbol) not in skipped
             ]
             if not books:
                 break
-            if results:
+            if round_:
                 logger.warning("flatten: positions opened meanwhile; closing them too")
             # All at once, as the cancels: one position's close does not wait for another's.
             start = len(results)
@@ -224,24 +224,43 @@ class KillSwitch:
             )
         return results
 
-    async def _books_caught_up(self) -> bool:
+    async def _books_behind(self) -> list[dict[str, str | bool]]:
         """Wait (at most `_BOOKED_WAIT_S`) until the books hold every fill the venue reported
         of the orders this switch cancelled or closed: read sooner, they would show a
         position already closed (closed twice) or miss one an entry opened before its
-        cancel."""
+        cancel. A row, not done, for each (strategy, symbol) whose books are still behind
+        then: it is not closed now; the others are. Those fills are then forgotten (a
+        later command does not wait for them)."""
         booked = self._account.projection.booked_qty
         deadline = asyncio.get_running_loop().time() + _BOOKED_WAIT_S
         while True:
             self._reported_fills = {
-                link: filled
-                for link, filled in self._reported_fills.items()
-                if booked(link) < filled
+                link: reported
+                for link, reported in self._reported_fills.items()
+                if booked(link) < reported[2]
             }
             if not self._reported_fills:
-                return True
+                return []
             if asyncio.get_running_loop().time() > deadline:
-                return False
+                break
             await asyncio.sleep(_CANCEL_POLL_S)
+        behind = {(strategy, symbol) for strategy, symbol, _ in self._reported_fills.values()}
+        self._reported_fills = {}
+        logger.bind(notify="venue_error").warning(
+            "flatten: the books do not hold yet every fill the venue reported in {where}; not "
+            "closed now (it could be closed twice): run the flatten again",
+            where=", ".join(f"{symbol} of {strategy}" for strategy, symbol in sorted(behind)),
+        )
+        return [
+            {
+                "strategy": strategy,
+                "symbol": symbol,
+                "qty": "",
+                "status": "fills not in the books yet: not closed; run the flatten again",
+                "done": False,
+            }
+            for strategy, symbol in sorted(behind)
+        ]
 
     def _open_books(self, strategies: frozenset[str]) -> list[StrategyBook]:
         """The open positions of `strategies` no earlier flatten's close is still closing
@@ -313,7 +332,11 @@ class KillSwitch:
                     return ", ".join(statuses), False
                 (event,) = events
                 if event.filled_qty:
-                    self._reported_fills[event.order_link_id] = event.filled_qty
+                    self._reported_fills[event.order_link_id] = (
+                        signal.strategy,
+                        signal.symbol,
+                        event.filled_qty,
+                    )
                 statuses.append(event.status.value)
                 if event.status not in _AT_VENUE:
                     return ", ".join(statuses), False
