@@ -1155,9 +1155,13 @@ class Account:
     async def open_books(self, key_name: str, strategy: str) -> list[StrategyBook]:
         """The strategy's own open positions; with the stream down, fills are fetched by REST
         first, so a position is never read from a book that misses them."""
+        await self.catch_up_if_down(key_name)
+        return self.projection.open_books(key_name, strategy)
+
+    async def catch_up_if_down(self, key_name: str) -> None:
+        """With the key's stream down, fetch its fills by REST into the books now."""
         if not self.live(key_name):
             await self.keeper.catch_up_fills(self._venues[key_name])
-        return self.projection.open_books(key_name, strategy)
 
     def equity_usdt(self, key_name: str) -> Decimal | None:
         """The key's equity as last reported by the stream, or None if it is not live."""

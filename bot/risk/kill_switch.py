@@ -25,6 +25,7 @@ being sent) needs the operator: `bot halt` exits 1 on one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Final
@@ -47,6 +48,7 @@ from bot.messages import (
 )
 from bot.risk.gate import RiskGate, Verdict
 from bot.risk.states import BOT_SCOPE, ScopeState
+from bot.venue.errors import VenueError
 
 __all__ = ["FLATTEN_SOURCE", "KillSwitch", "announce_state"]
 
@@ -233,6 +235,7 @@ class KillSwitch:
         later command does not wait for them)."""
         booked = self._account.projection.booked_qty
         deadline = asyncio.get_running_loop().time() + _BOOKED_WAIT_S
+        fetched = False
         while True:
             self._reported_fills = {
                 link: reported
@@ -243,6 +246,17 @@ class KillSwitch:
                 return []
             if asyncio.get_running_loop().time() > deadline:
                 break
+            if not fetched:  # a key whose stream is down has its fills fetched by REST
+                fetched = True
+                keys = {
+                    self._key_of[strategy]
+                    for strategy, _, _ in self._reported_fills.values()
+                    if strategy in self._key_of
+                }
+                for key_name in keys:
+                    with contextlib.suppress(VenueError):  # the wait goes on all the same
+                        await self._account.catch_up_if_down(key_name)
+                continue
             await asyncio.sleep(_CANCEL_POLL_S)
         behind = {(strategy, symbol) for strategy, symbol, _ in self._reported_fills.values()}
         self._reported_fills = {}
