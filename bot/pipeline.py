@@ -596,7 +596,7 @@ class Pipeline:
             qty=abs(qty),
             reference_price=price,
             reduce_only=True,
-            signal_ts=utc_now(),  # decided now: a start-up may still send it while it is fresh
+            signal_ts=utc_now(),  # decided now, whatever the age of the signal it protects
         )
         verdict = self.decide(intent, instrument, price)
         if not isinstance(verdict, ApprovedOrder):  # nothing is cancelled for a close refused
