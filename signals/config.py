@@ -49,8 +49,8 @@ class FieldMapping(BaseModel):
 
     `fields` maps a Signal field to the provider's key (`take_profit` may list several keys,
     e.g. tp1..tp3); `values` maps, per Signal field, the provider's value (compared without
-    case) to the Signal's: a value not listed leaves the field out. Fields not mapped are
-    read under their own name.
+    case when it is ASCII, exactly otherwise) to the Signal's: a value not listed leaves the
+    field out. Fields not mapped are read under their own name.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +62,17 @@ class FieldMapping(BaseModel):
         description="the symbol is TradingView's {{ticker}}: an exchange prefix (BYBIT:) and "
         "the perpetual contract's suffix (.P) are dropped, BYBIT:BTCUSDT.P is BTCUSDT",
     )
+
+    @field_validator("values")
+    @classmethod
+    def _ascii_keys_without_case(
+        cls, values: dict[SignalField, dict[str, str]]
+    ) -> dict[SignalField, dict[str, str]]:
+        """A provider's ASCII values are compared in lower case: so are the keys given."""
+        return {
+            field: {(key.lower() if key.isascii() else key): value for key, value in table.items()}
+            for field, table in values.items()
+        }
 
 
 class WebhookSourceConfig(BaseModel):

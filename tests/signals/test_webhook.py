@@ -570,6 +570,31 @@ def test_a_custom_mapping_names_what_is_missing(sink: Sink) -> None:
     assert [p["field"] for p in response.json()["problems"]] == ["symbol"]
 
 
+@pytest.mark.parametrize(
+    ("direction", "side"),
+    [("LONG", "Buy"), ("long", "Buy"), ("Short", "Sell"), ("\u043b\u043e\u043d\u0433", "Buy")],
+    ids=["upper", "lower", "mixed", "non-ascii exact"],
+)
+def test_mapped_values_match_without_case_when_ascii(sink: Sink, direction: str, side: str) -> None:
+    # The configuration's keys are compared as the provider's values are: ASCII in lower
+    # case ("Long" as given in a config still matches "LONG"), other text exactly.
+    values = {"side": {"Long": "buy", "SHORT": "sell", "\u043b\u043e\u043d\u0433": "buy"}}
+    mapping = {"fields": {"side": "direction"}, "values": values}
+    client = TestClient(served(receiver_for(sink, source="myfeed", mapping=mapping)))
+    data = json.dumps(
+        {"id": "m-1", "symbol": "BTCUSDT", "direction": direction, "ts": int(time.time() * 1000)}
+    ).encode()
+
+    response = client.post(
+        "/webhooks/myfeed",
+        content=data,
+        headers={SIGNATURE_HEADER: sign(SECRET, data, int(time.time()))},
+    )
+
+    assert response.status_code == 202, response.text
+    assert [s.side.value if s.side else None for s in sink.signals] == [side]
+
+
 def test_a_sender_that_hangs_up_mid_body_is_refused_as_incomplete_not_a_crash(
     sink: Sink,
 ) -> None:
