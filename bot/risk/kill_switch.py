@@ -205,7 +205,7 @@ class KillSwitch:
         stamp = utc_now().strftime("%Y%m%dT%H%M%S%f")
         results: list[dict[str, str | bool]] = []
         for round_ in range(_FLATTEN_ROUNDS):
-            results += await self._books_behind()
+            results += await self._books_behind(strategies)
             # One whose close did not complete would fail alike, and one whose books are
             # behind could be closed twice: the operator has its row, not done.
             skipped = {(row["strategy"], row["symbol"]) for row in results if not row["done"]}
@@ -226,13 +226,13 @@ class KillSwitch:
             )
         return results
 
-    async def _books_behind(self) -> list[dict[str, str | bool]]:
+    async def _books_behind(self, strategies: frozenset[str]) -> list[dict[str, str | bool]]:
         """Wait (at most `_BOOKED_WAIT_S`) until the books hold every fill the venue reported
-        of the orders this switch cancelled or closed: read sooner, they would show a
-        position already closed (closed twice) or miss one an entry opened before its
-        cancel. A row, not done, for each (strategy, symbol) whose books are still behind
-        then: it is not closed now; the others are. Those fills are then forgotten (a
-        later command does not wait for them)."""
+        of the orders of `strategies` this switch cancelled or closed: read sooner, they
+        would show a position already closed (closed twice) or miss one an entry opened
+        before its cancel. A row, not done, for each (strategy, symbol) whose books are
+        still behind then: it is not closed now; the others are. Those fills are then
+        forgotten (a later command does not wait for them)."""
         booked = self._account.projection.booked_qty
         deadline = asyncio.get_running_loop().time() + _BOOKED_WAIT_S
         fetched = False
@@ -242,7 +242,12 @@ class KillSwitch:
                 for link, reported in self._reported_fills.items()
                 if booked(link) < reported[2]
             }
-            if not self._reported_fills:
+            waited = {
+                link: reported
+                for link, reported in self._reported_fills.items()
+                if reported[0] in strategies
+            }
+            if not waited:
                 return []
             if asyncio.get_running_loop().time() > deadline:
                 break
@@ -250,7 +255,7 @@ class KillSwitch:
                 fetched = True
                 keys = {
                     self._key_of[strategy]
-                    for strategy, _, _ in self._reported_fills.values()
+                    for strategy, _, _ in waited.values()
                     if strategy in self._key_of
                 }
                 for key_name in keys:
@@ -258,8 +263,9 @@ class KillSwitch:
                         await self._account.catch_up_if_down(key_name)
                 continue
             await asyncio.sleep(_CANCEL_POLL_S)
-        behind = {(strategy, symbol) for strategy, symbol, _ in self._reported_fills.values()}
-        self._reported_fills = {}
+        behind = {(strategy, symbol) for strategy, symbol, _ in waited.values()}
+        for link in waited:
+            del self._reported_fills[link]
         logger.bind(notify="venue_error").warning(
             "flatten: the books do not hold yet every fill the venue reported in {where}; not "
             "closed now (it could be closed twice): run the flatten again",
