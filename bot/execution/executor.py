@@ -340,7 +340,17 @@ class Executor:
         """Cancel one reduce-only order left by a closed position, unless it belongs to the
         signal of the order whose fill closed it (`cause`); it leaves `_stranded` when done."""
         try:
-            closing = await self._journal.call(self._journal.order, cause) if cause else None
+            try:
+                closing = await self._journal.call(self._journal.order, cause) if cause else None
+            except Exception as exc:  # run in the background: nothing else would hear of it
+                logger.bind(notify="venue_error").warning(
+                    "could not tell whether {id} belongs to the close of its {symbol} position "
+                    "({error}); not cancelled: cancel it by hand if it is still open",
+                    id=request.order_link_id,
+                    symbol=request.symbol,
+                    error=str(exc) or type(exc).__name__,
+                )
+                return
             if closing is None or (
                 closing.request.signal_source,
                 closing.request.signal_id,
