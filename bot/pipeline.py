@@ -362,12 +362,7 @@ class Pipeline:
         elif isinstance(output, Sequence) and not output:
             output = Decline(strategy=slot.name, reason="no intents")
         decided = await self._act(signal, slot, context, output, may_hear_rejections=True)
-        if (
-            isinstance(output, list | tuple)
-            and output
-            and not decided
-            and not _unusable(output, slot.name, signal)
-        ):  # stop moves only (journaled on their own): the signal still gets its answer
+        if decided is False:  # stop moves only (journaled on their own): the signal's answer
             await self._decline(
                 signal, Decline(strategy=slot.name, reason="no orders: stop moves only")
             )
@@ -422,30 +417,32 @@ class Pipeline:
         *,
         may_hear_rejections: bool,
         cause: Execution | None = None,
-    ) -> bool:
+    ) -> bool | None:
         """Carry out what a strategy's call returned: journal a decline or failure, move
         stops, and send intents through the gate to the executor. With
         `may_hear_rejections`, the strategy's `on_order_rejected` hears of each intent the
         gate or the venue refused (never for what that hook itself returned: no loops).
-        True if it decided an order (an intent, or a stop move's close)."""
+        True if it decided an order (an intent, or a stop move's close), False if it moved
+        stops only, None if there was nothing to carry out (nothing, or what it journaled as
+        a decline or failure)."""
         if output is None:
-            return False
+            return None
         if isinstance(output, Failed):
             await self._decline(
                 signal, Decline(strategy=slot.name, reason=output.reason), rule=STRATEGY_FAILED
             )
             if output.halt:
                 await self._halt(slot.name, output.reason)
-            return False
+            return None
         if isinstance(output, Decline):
             await self._decline(signal, Decline(strategy=slot.name, reason=output.reason))
-            return False
+            return None
         problem = _unusable(output, slot.name, signal)
         if problem:
             # An intent names the key it trades with through its strategy, and its order
             # through (strategy, signal, leg): a plug-in must be able to change neither.
             await self._decline(signal, Decline(strategy=slot.name, reason=problem))
-            return False
+            return None
         closes = [
             await self._move_stop(slot, move, context, cause)
             for move in output

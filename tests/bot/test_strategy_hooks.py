@@ -402,6 +402,7 @@ def test_a_stop_move_without_a_position_is_journaled_as_rejected_and_never_sent(
     assert move["outcome"] == "rejected"
     assert move["reason"].startswith("NO_POSITION: strategy early holds no BTCUSDT position")
     assert "/v5/position/trading-stop" not in stages.exchange.stats()["requests_by_path"]
+    assert stages.rows("early") == [("declined", "no orders: stop moves only")]  # its answer
 
 
 def test_on_start_raising_stops_the_start_naming_the_strategy(build: Build) -> None:
