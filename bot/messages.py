@@ -459,6 +459,36 @@ class OrderIntent(_Message):
         """The notional the strategy sized at; the risk gate prices at the venue's price."""
         return self.qty * self.reference_price
 
+    @classmethod
+    def close_at_market(
+        cls,
+        *,
+        strategy: str,
+        signal_source: str,
+        signal_id: str,
+        leg: int,
+        symbol: str,
+        long: bool,
+        qty: Decimal,
+        price: Decimal,
+        signal_ts: datetime,
+    ) -> OrderIntent:
+        """A reduce-only market order closing `qty` of a `long` (or short) position, sized at
+        the venue's `price`."""
+        return cls(
+            strategy=strategy,
+            signal_source=signal_source,
+            signal_id=signal_id,
+            leg=leg,
+            symbol=symbol,
+            side=Side.SELL if long else Side.BUY,
+            order_type=OrderType.MARKET,
+            qty=qty,
+            reference_price=price,
+            reduce_only=True,
+            signal_ts=signal_ts,
+        )
+
 
 class Instrument(_Message):
     """Trading rules of one symbol, as Bybit's instruments-info gives them."""

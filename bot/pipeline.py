@@ -42,9 +42,7 @@ from bot.messages import (
     OrderEvent,
     OrderIntent,
     OrderStatus,
-    OrderType,
     RiskDecision,
-    Side,
     Signal,
     SignalAction,
     StopMove,
@@ -582,17 +580,15 @@ class Pipeline:
         targets), which would leave it no room, are cancelled; then it is sent. Returns
         (`closed` or `rejected`, why)."""
         assert move.close_leg_if_crossed is not None
-        intent = OrderIntent(
+        intent = OrderIntent.close_at_market(
             strategy=slot.name,
             signal_source=move.signal_source,
             signal_id=move.signal_id,
             leg=move.close_leg_if_crossed,
             symbol=move.symbol,
-            side=Side.SELL if qty > 0 else Side.BUY,
-            order_type=OrderType.MARKET,
+            long=qty > 0,
             qty=abs(qty),
-            reference_price=price,
-            reduce_only=True,
+            price=price,
             signal_ts=utc_now(),  # decided now, whatever the age of the signal it protects
         )
         verdict = self.decide(intent, instrument, price)

@@ -40,8 +40,6 @@ from bot.messages import (
     Instrument,
     OrderIntent,
     OrderStatus,
-    OrderType,
-    Side,
     Signal,
     SignalAction,
     utc_now,
@@ -332,17 +330,15 @@ class KillSwitch:
             left, leg = abs(size), 0
             while left > 0:
                 qty = min(left, instrument.max_order_qty)
-                intent = OrderIntent(
+                intent = OrderIntent.close_at_market(
                     strategy=signal.strategy,
                     signal_source=signal.source,
                     signal_id=signal.id,
                     leg=leg,
                     symbol=signal.symbol,
-                    side=Side.SELL if size > 0 else Side.BUY,
-                    order_type=OrderType.MARKET,
+                    long=size > 0,
                     qty=qty,
-                    reference_price=price,
-                    reduce_only=True,
+                    price=price,
                     signal_ts=signal.ts,
                 )
                 verdict = self._decide(intent, instrument, price)
