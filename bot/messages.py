@@ -499,6 +499,15 @@ class Instrument(_Message):
     max_order_qty: PositiveDecimal
     tick_size: PositiveDecimal
     min_notional_usdt: Decimal = Decimal(0)
+    #: lotSizeFilter.maxMktOrderQty: a market order's largest qty, below a limit order's
+    #: (BTCUSDT: 500 against 1190); None where the venue does not publish one.
+    max_market_order_qty: PositiveDecimal | None = None
+
+    def max_qty(self, order_type: OrderType) -> Decimal:
+        """The largest qty one order of `order_type` may have."""
+        if order_type is OrderType.MARKET and self.max_market_order_qty is not None:
+            return min(self.max_market_order_qty, self.max_order_qty)
+        return self.max_order_qty
 
     def round_qty(self, qty: Decimal) -> Decimal:
         """Round down to the lot size: rounding up could break a risk limit."""

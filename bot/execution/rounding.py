@@ -33,7 +33,9 @@ def conform(
     """
     buy = intent.side is Side.BUY
     tick = instrument.tick_size
-    qty = round_to_step(min(intent.qty, instrument.max_order_qty), instrument.qty_step, up=False)
+    qty = round_to_step(
+        min(intent.qty, instrument.max_qty(intent.order_type)), instrument.qty_step, up=False
+    )
     if qty < instrument.min_order_qty:
         return (
             f"qty {intent.qty} rounds to {qty}, below the minimum order qty "

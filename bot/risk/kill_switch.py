@@ -40,6 +40,7 @@ from bot.messages import (
     Instrument,
     OrderIntent,
     OrderStatus,
+    OrderType,
     Signal,
     SignalAction,
     utc_now,
@@ -329,7 +330,7 @@ class KillSwitch:
         try:
             left, leg = abs(size), 0
             while left > 0:
-                qty = min(left, instrument.max_order_qty)
+                qty = min(left, instrument.max_qty(OrderType.MARKET))
                 intent = OrderIntent.close_at_market(
                     strategy=signal.strategy,
                     signal_source=signal.source,

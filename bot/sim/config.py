@@ -95,7 +95,12 @@ class InstrumentSpec(BaseModel):
         description="Smallest order quantity in base coin (lotSizeFilter.minOrderQty)."
     )
     max_order_qty: PositiveDecimal = Field(
-        description="Largest order quantity in base coin (lotSizeFilter.maxOrderQty)."
+        description="Largest limit order quantity in base coin (lotSizeFilter.maxOrderQty)."
+    )
+    max_market_order_qty: PositiveDecimal | None = Field(
+        default=None,
+        description="Largest market order quantity in base coin "
+        "(lotSizeFilter.maxMktOrderQty); unset = max_order_qty.",
     )
     min_notional_usdt: PositiveDecimal = Field(
         description="Smallest order value qty * price in USDT (lotSizeFilter.minNotionalValue)."
@@ -118,11 +123,20 @@ class InstrumentSpec(BaseModel):
     def _quantities_consistent(self) -> Self:
         if self.min_order_qty > self.max_order_qty:
             raise ValueError("min_order_qty must not exceed max_order_qty")
+        if not self.min_order_qty <= self.market_order_cap <= self.max_order_qty:
+            raise ValueError(
+                "max_market_order_qty must lie between min_order_qty and max_order_qty"
+            )
         if self.min_order_qty % self.qty_step != 0:
             raise ValueError("min_order_qty must be a multiple of qty_step")
         if self.max_leverage < 1:
             raise ValueError("max_leverage must be at least 1")
         return self
+
+    @property
+    def market_order_cap(self) -> Decimal:
+        """The largest qty of one market order (maxMktOrderQty)."""
+        return self.max_market_order_qty or self.max_order_qty
 
     @model_validator(mode="after")
     def _price_limit_ordered(self) -> Self:
@@ -139,6 +153,7 @@ def _default_instruments() -> dict[str, InstrumentSpec]:
             qty_step=Decimal("0.001"),
             min_order_qty=Decimal("0.001"),
             max_order_qty=Decimal(1190),
+            max_market_order_qty=Decimal(500),
             min_notional_usdt=Decimal(5),
         ),
         "ETHUSDT": InstrumentSpec(
@@ -146,6 +161,7 @@ def _default_instruments() -> dict[str, InstrumentSpec]:
             qty_step=Decimal("0.01"),
             min_order_qty=Decimal("0.01"),
             max_order_qty=Decimal(7240),
+            max_market_order_qty=Decimal(3040),
             min_notional_usdt=Decimal(5),
         ),
         "SOLUSDT": InstrumentSpec(
@@ -153,6 +169,7 @@ def _default_instruments() -> dict[str, InstrumentSpec]:
             qty_step=Decimal("0.1"),
             min_order_qty=Decimal("0.1"),
             max_order_qty=Decimal(79770),
+            max_market_order_qty=Decimal(33500),
             min_notional_usdt=Decimal(5),
         ),
     }

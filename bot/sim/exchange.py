@@ -2199,7 +2199,7 @@ class SimExchange:
         price = max(to_tick(bid * (1 - slip), tick, up=False), tick)
         return max(price, worst) if worst is not None else price
 
-    def _check_qty(self, symbol: str, qty: Decimal) -> None:
+    def _check_qty(self, symbol: str, qty: Decimal, *, market: bool = False) -> None:
         spec = self._config.instruments[symbol]
         problem = None
         # The bounds come first: they keep the modulo below within Decimal's precision.
@@ -2207,6 +2207,8 @@ class SimExchange:
             problem = "qty must be greater than 0"
         elif qty > spec.max_order_qty:
             problem = f"{fmt(qty)} is above maxOrderQty {fmt(spec.max_order_qty)}"
+        elif market and qty > spec.market_order_cap:
+            problem = f"{fmt(qty)} is above maxMktOrderQty {fmt(spec.market_order_cap)}"
         elif qty < spec.min_order_qty:
             problem = f"{fmt(qty)} is below minOrderQty {fmt(spec.min_order_qty)}"
         elif qty % spec.qty_step != 0:
@@ -2231,8 +2233,9 @@ class SimExchange:
 
     def _check_order_params(self, params: PlaceOrderParams, qty: Decimal) -> Decimal | None:
         """Quantity and price rules of the instrument; returns the limit price, if any."""
-        self._check_qty(params.symbol, qty)
-        if params.order_type == "Market":
+        market = params.order_type == "Market"
+        self._check_qty(params.symbol, qty, market=market)
+        if market:
             return None
         if params.price is None:
             raise SimError(RetCode.PARAMS_ERROR, "params error: price is required for Limit")
@@ -2326,7 +2329,7 @@ class SimExchange:
                 RetCode.REDUCE_ONLY_RULE_NOT_SATISFIED,
                 "current position is zero, cannot fix reduce-only order qty",
             )
-        return min(size, spec.max_order_qty)
+        return min(size, spec.market_order_cap)
 
     def _reducible_qty(
         self, account: AccountRecord, symbol: str, side: str, qty: Decimal

@@ -682,7 +682,7 @@ def instrument_view(symbol: str, spec: InstrumentSpec) -> dict[str, Any]:
             "minOrderQty": fmt(spec.min_order_qty),
             "qtyStep": fmt(spec.qty_step),
             "postOnlyMaxOrderQty": fmt(spec.max_order_qty),
-            "maxMktOrderQty": fmt(spec.max_order_qty),
+            "maxMktOrderQty": fmt(spec.market_order_cap),
             "minNotionalValue": fmt(spec.min_notional_usdt),
         },
         "unifiedMarginTrade": True,

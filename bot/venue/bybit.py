@@ -525,6 +525,7 @@ class BybitVenue:
                 min_notional_usdt=decimal_field(
                     lot.get("minNotionalValue") or "0", "minNotionalValue"
                 ),
+                max_market_order_qty=_positive_or_none(lot, "maxMktOrderQty"),
             )
         return self._instruments[symbol]
 
@@ -742,3 +743,11 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _positive_or_none(fields: Mapping[str, Any], name: str) -> Decimal | None:
+    """An optional positive limit of instruments-info: absent, empty or zero means none."""
+    if not fields.get(name):
+        return None
+    value = decimal_field(fields[name], name)
+    return value if value > 0 else None

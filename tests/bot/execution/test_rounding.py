@@ -18,6 +18,7 @@ BTC = Instrument(
     max_order_qty=Decimal(1190),
     tick_size=Decimal("0.1"),
     min_notional_usdt=Decimal(5),
+    max_market_order_qty=Decimal(500),
 )
 prices = st.decimals(min_value=Decimal(1000), max_value=Decimal(200000), places=4)
 quantities = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal(5), places=6)
@@ -80,3 +81,20 @@ def test_a_reduce_only_close_is_exempt_from_the_minimum_value() -> None:
     intent = make_intent(qty=Decimal("0.001"), reduce_only=True)
 
     assert not isinstance(conform(intent, BTC, Decimal(3000)), str)
+
+
+def test_an_order_above_its_types_maximum_is_trimmed_to_it() -> None:
+    market = conform(make_intent(qty=Decimal(700)), BTC, Decimal(97000))
+    limit = conform(
+        make_intent(
+            qty=Decimal(1500),
+            order_type=OrderType.LIMIT,
+            price=Decimal(96000),
+            reference_price=Decimal(96000),
+        ),
+        BTC,
+        Decimal(97000),
+    )
+
+    assert not isinstance(market, str) and market.qty == 500  # maxMktOrderQty
+    assert not isinstance(limit, str) and limit.qty == 1190  # maxOrderQty

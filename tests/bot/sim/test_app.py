@@ -273,6 +273,7 @@ def test_duplicate_order_link_id_is_110072_and_creates_nothing(
         ({"qty": "0.0015"}, 10001, "Qty invalid"),
         ({"qty": "0.0001"}, 10001, "Qty invalid"),
         ({"qty": "5000"}, 10001, "Qty invalid"),
+        ({"qty": "600"}, 10001, "above maxMktOrderQty 500"),  # a limit order may be 1190
         ({"orderType": "Limit", "price": "96000.05"}, 10001, "tickSize"),
         ({"orderType": "Limit"}, 10001, "price is required"),
         ({"orderType": "Limit", "qty": "0.001", "price": "4000"}, 110094, "minimum order value"),

@@ -18,6 +18,7 @@ from bot.messages import (
     OrderEvent,
     OrderRequest,
     OrderStatus,
+    OrderType,
     PositionUpdate,
     Side,
 )
@@ -63,6 +64,14 @@ def test_reads_market_and_account_state(venue: BybitVenue) -> None:
         )
 
     assert asyncio.run(read()) == (Decimal(97000), Decimal(10000), Decimal("0.001"), Decimal(0))
+
+
+def test_a_market_order_is_capped_at_the_venues_smaller_market_maximum(venue: BybitVenue) -> None:
+    instrument = asyncio.run(venue.instrument("BTCUSDT"))
+
+    assert (instrument.max_order_qty, instrument.max_market_order_qty) == (1190, 500)
+    assert instrument.max_qty(OrderType.MARKET) == 500
+    assert instrument.max_qty(OrderType.LIMIT) == 1190
 
 
 async def filled(venue: BybitVenue, request: OrderRequest) -> OrderEvent | None:
