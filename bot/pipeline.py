@@ -67,7 +67,11 @@ ON_START_BUDGET_S: Final = 30.0
 TIMER_SOURCE: Final = "timer"
 #: When an `on_fill` that could not run (no market data, the key refused) is tried again,
 #: after each failure; after the last one it is left due for the next start.
+#: When a fill hook that could not run is tried again: soon, for a passing gap in market
+#: data, then each minute for an hour, for an outage of the venue (bounded: then it waits
+#: for the next start).
 FILL_HOOK_RETRIES_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
+FILL_HOOK_SLOW_RETRIES_S: Final = (60.0,) * 60
 ZERO: Final = Decimal(0)
 #: A stop move's outcome while the price is past the stop it asks for, before its close.
 CROSSED: Final = "crossed"
@@ -685,24 +689,30 @@ class Pipeline:
         run), so one a crash or a stop interrupts runs again on the next start. Of what a
         hook returns, what an earlier run of it already did (legs decided, the stop moved for
         this fill) is left out, so nothing is decided, counted or sent twice. One that cannot
-        run for want of market data or a usable key is tried again `FILL_HOOK_RETRIES_S`
-        later, then left due for the next start: a ladder's legs or break-even stop are
-        never dropped for a passing outage."""
+        run for want of market data or a usable key is tried again `FILL_HOOK_RETRIES_S`,
+        then `FILL_HOOK_SLOW_RETRIES_S` later, then left due for the next start: a ladder's
+        legs or break-even stop are never dropped for an outage."""
         try:
             heard = await self._hear_of_fill(fill, booking)
         finally:
             self._fill_hooks.discard(fill.exec_id)
         if heard:
             self._journal.defer(partial(self._journal.fill_hook_done, fill.exec_id))
-        elif attempt < len(FILL_HOOK_RETRIES_S):
+            return
+        retries = FILL_HOOK_RETRIES_S + FILL_HOOK_SLOW_RETRIES_S
+        if attempt == len(FILL_HOOK_RETRIES_S):
+            logger.bind(notify="venue_error").warning(
+                "on_fill of {id} could not run (see the declines above); it is tried again "
+                "each minute for an hour, then on the next start",
+                id=fill.order_link_id,
+            )
+        if attempt < len(retries):
             asyncio.get_running_loop().call_later(
-                FILL_HOOK_RETRIES_S[attempt],
-                partial(self._queue_fill_hook, fill, booking, attempt + 1),
+                retries[attempt], partial(self._queue_fill_hook, fill, booking, attempt + 1)
             )
         else:
-            logger.bind(notify="venue_error").warning(
-                "on_fill of {id} could not run (see the declines above); it runs again on "
-                "the next start",
+            logger.bind(notify="venue_error").error(
+                "on_fill of {id} could not run for an hour; it runs again on the next start",
                 id=fill.order_link_id,
             )
 

@@ -24,7 +24,8 @@ from bot import pipeline as pipeline_module
 from bot.account import Account
 from bot.execution.executor import Executor
 from bot.execution.ids import order_link_id
-from bot.journal import Journal
+from bot.journal import DecisionRow, Journal
+from bot.logs import logger
 from bot.market import MarketData
 from bot.messages import Instrument, OrderIntent, RiskDecision, Side, Signal
 from bot.pipeline import TIMER_SOURCE, Pipeline, StrategySlot, StrategyStartError
@@ -669,6 +670,43 @@ def test_an_on_fill_without_market_data_is_tried_again_until_it_runs(
     assert len(stages.orders_of("hooked")) == 2  # the entry and its target leg
     assert [row.rule for row in stages.journal.decisions() if not row.approved] == ["MARKET_DATA"]
     wait_for(lambda: stages.journal.due_fill_hooks() == [], what="the hook journaled done")
+
+
+def test_an_on_fill_through_an_outage_longer_than_its_quick_retries_still_runs(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "FILL_HOOK_RETRIES_S", (0.1,))
+    monkeypatch.setattr(pipeline_module, "FILL_HOOK_SLOW_RETRIES_S", (0.4,) * 3)
+    stages = build(
+        {"hooked": (LegAndStop("hooked", StrategyParams()), "k1", "voc")}, market_cache_s=0.05
+    )
+    warnings: list[str] = []
+    handler = logger.add(warnings.append, format="{message}", level="WARNING")
+
+    def declines() -> list[DecisionRow]:
+        return [row for row in stages.journal.decisions() if not row.approved]
+
+    async def outage_past_the_quick_retries() -> None:
+        await stages.submit(signal())
+        fills = await stages.venues["k1"].executions_since(None)
+        stages.exchange.set_faults(SimFaults(http_5xx=1.0))
+        await asyncio.sleep(0.1)  # the cached price is too old now
+        for fill in fills:
+            await stages.account.keeper.apply(fill)
+        await until(lambda: len(declines()) >= 2)  # the run and its one quick retry
+        assert HEARD["hooked"] == []
+        stages.exchange.set_faults(SimFaults())
+        await until(lambda: stages.journal.due_fill_hooks() == [])
+
+    try:
+        stages.run(outage_past_the_quick_retries())
+    finally:
+        logger.remove(handler)
+
+    assert len(HEARD["hooked"]) == 1  # run by a slow retry, not left for the next start
+    assert len(stages.orders_of("hooked")) == 2
+    assert {row.rule for row in declines()} == {"MARKET_DATA"}
+    assert any("tried again each minute for an hour" in line for line in warnings)
 
 
 async def until(probe: Callable[[], bool], timeout_s: float = 10.0) -> None:
