@@ -48,7 +48,7 @@ _ROTATED_PREFIX: Final = "audit-"
 _ROTATED_FORMAT: Final = "%Y%m%dT%H%M%S%fZ"
 #: Rotated files are also pruned this often, so a quiet bot still drops files past retention.
 _PRUNE_INTERVAL_S: Final = 3600.0
-_SINCE_DURATION: Final = re.compile(r"^(\d+)([smhd])$")
+_SINCE_DURATION: Final = re.compile(r"([0-9]+)([smhd])")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -227,7 +227,7 @@ def _files(directory: Path) -> list[Path]:
 def parse_since(text: str, now: datetime) -> datetime:
     """`--since`: a duration back from `now` (`90s`, `30m`, `1h`, `2d`) or an ISO-8601 time
     (UTC unless it names a zone). ValueError says what is accepted."""
-    duration = _SINCE_DURATION.match(text.strip())
+    duration = _SINCE_DURATION.fullmatch(text.strip())
     if duration is not None:
         amount, unit = duration.groups()
         try:

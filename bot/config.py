@@ -163,7 +163,7 @@ class VenueConfig(_Section):
         "",
         description="in `sim`, use a simulator already running here (`bot sim`) instead of "
         "starting one in-process",
-        pattern=r"^(|https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/?)$",
+        pattern=r"^(|https?://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?/?)$",
     )
     recv_window_ms: int = Field(5000, ge=1000, le=60000)
     timeout_s: float = Field(5.0, gt=0, le=60, description="per HTTP request to the venue")

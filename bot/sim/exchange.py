@@ -1254,6 +1254,7 @@ class SimExchange:
             stop_loss=params.stop_loss or None,
             slippage_tolerance_type=params.slippage_tolerance_type or "UNKNOWN",
             slippage_tolerance=params.slippage_tolerance or ZERO,
+            smp_type=params.smp_type or "None",
             tp_trigger_by=params.tp_trigger_by or "LastPrice",
             sl_trigger_by=params.sl_trigger_by or "LastPrice",
             partial_tpsl=params.tpsl_mode == "Partial",
@@ -2237,10 +2238,25 @@ class SimExchange:
         self._check_qty(params.symbol, qty, market=market)
         if market:
             return None
+        if params.bbo_side_type is not None and params.bbo_level is not None:
+            return self._bbo_price(
+                params.symbol, params.side, params.bbo_side_type, params.bbo_level
+            )
         if params.price is None:
             raise SimError(RetCode.PARAMS_ERROR, "params error: price is required for Limit")
         self._check_price("price", params.symbol, params.price)
         return params.price
+
+    def _bbo_price(self, symbol: str, side: str, side_type: str, level: str) -> Decimal:
+        """A limit price from the book (bboSideType, bboLevel): the `level`th price of the
+        order's own side (Queue) or of the other side (Counterparty); the book's levels are
+        a tick apart (`orderbook_view`)."""
+        bid, ask = self._quote(symbol)
+        tick = self._config.instruments[symbol].tick_size
+        steps = tick * (int(level) - 1)
+        if (side == "Buy") == (side_type == "Queue"):  # a level of the bids
+            return max(bid - steps, tick)
+        return ask + steps
 
     def _check_tpsl(self, params: PlaceOrderParams, reference: Decimal) -> None:
         """An order's attached TP/SL: none on a reduce-only order, each on its side of the

@@ -94,8 +94,8 @@ _SYSTEM_STATES = ("scheduled", "ongoing", "completed", "canceled")
 #: Bybit's account margin modes (`POST /v5/account/set-margin-mode`).
 _MARGIN_MODES = ("ISOLATED_MARGIN", "REGULAR_MARGIN", "PORTFOLIO_MARGIN")
 
-_DECIMAL_TEXT = re.compile(r"^(?:\d+(?:\.\d*)?|\.\d+)$")
-_ORDER_LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
+_DECIMAL_TEXT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_ORDER_LINK_ID = re.compile(r"[A-Za-z0-9_-]{1,36}")
 
 
 def _decimal_text(value: Any) -> Decimal:
@@ -103,13 +103,13 @@ def _decimal_text(value: Any) -> Decimal:
     (pybit, Bybit's own SDK, turns a caller's number into a string before sending it)."""
     if not isinstance(value, str):
         raise ValueError("must be a decimal string such as '0.01'")
-    if not _DECIMAL_TEXT.match(value):
+    if not _DECIMAL_TEXT.fullmatch(value):
         raise ValueError(f"{value!r} is not a non-negative decimal string such as '0.01'")
     return Decimal(value)
 
 
 def _order_link_id(value: Any) -> Any:
-    if not isinstance(value, str) or not _ORDER_LINK_ID.match(value):
+    if not isinstance(value, str) or not _ORDER_LINK_ID.fullmatch(value):
         raise ValueError("must be 1-36 characters of A-Z, a-z, 0-9, '_' and '-'")
     return value
 
@@ -341,6 +341,19 @@ class PlaceOrderParams(_Params):
     #: sell takes under bid1, in ticks (an integer in [1, 10000]) or percent ([0.01, 10]).
     slippage_tolerance_type: Literal["TickSize", "Percent"] | None = None
     slippage_tolerance: DecimalText | None = None
+    #: Self-match prevention: echoed on the order (the simulator never matches an account
+    #: against itself, so it never has to act on it).
+    smp_type: Literal["None", "CancelMaker", "CancelTaker", "CancelBoth"] | None = None
+    #: A limit order priced from the book instead of `price`: level `bboLevel` (1-5) of its
+    #: own side (Queue) or of the other side (Counterparty).
+    bbo_side_type: Literal["Queue", "Counterparty"] | None = None
+    bbo_level: Literal["1", "2", "3", "4", "5"] | None = None
+
+    @model_validator(mode="after")
+    def _bbo_fields_together(self) -> PlaceOrderParams:
+        if (self.bbo_side_type is None) != (self.bbo_level is None):
+            raise ValueError("bboSideType and bboLevel go together")
+        return self
 
     @model_validator(mode="after")
     def _slippage_tolerance_of_a_market_order(self) -> PlaceOrderParams:

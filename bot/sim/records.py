@@ -94,6 +94,7 @@ class OrderRecord:
     exit_pair: list[str] = field(default_factory=list)
     #: A partial TP/SL order's other half (the SL of its TP): the first to fire cancels it.
     paired_with: str | None = None
+    smp_type: str = "None"
 
     @property
     def is_open(self) -> bool:

@@ -174,7 +174,7 @@ def order_view(order: OrderRecord) -> dict[str, Any]:
         "reduceOnly": order.reduce_only,
         "closeOnTrigger": order.close_on_trigger,
         "placeType": "",
-        "smpType": "None",
+        "smpType": order.smp_type,
         "smpGroup": 0,
         "smpOrderId": "",
         "createdTime": str(order.created_ms),

@@ -283,6 +283,10 @@ def test_duplicate_order_link_id_is_110072_and_creates_nothing(
         ({"category": "spot"}, 10001, "category"),
         ({"side": "buy"}, 10001, "side"),
         ({"orderLinkId": "x" * 37}, 10001, "orderLinkId"),
+        ({"orderLinkId": "nl-test\n"}, 10001, "orderLinkId"),  # `$` alone lets "\n" pass
+        ({"qty": "0.01\n"}, 10001, "decimal string"),
+        ({"qty": "\uff11"}, 10001, "decimal string"),  # a fullwidth 1: Decimal() reads it
+        ({"qty": "\u0660.\u0660\u0661"}, 10001, "decimal string"),  # Arabic-Indic digits
         ({"stopLoss": "98000"}, 10001, "stopLoss"),
         ({"triggerPrice": "96000", "triggerDirection": 1}, 110092, "expect Rising"),
         ({"triggerPrice": "98000", "triggerDirection": 2}, 110093, "expect Falling"),
@@ -1059,3 +1063,44 @@ def test_any_order_body_gets_a_bybit_envelope_never_a_server_error(
 
     # 110072: hypothesis may repeat an orderLinkId across examples on one server.
     assert answer["retCode"] in {0, 10001, 110007, 110017, 110072, 110094}
+
+
+@pytest.mark.parametrize(("side", "book_side"), [("Buy", "b"), ("Sell", "a")])
+def test_a_limit_order_priced_from_the_book_rests_at_the_level_it_asked_for(
+    trader: HTTP, side: str, book_side: str
+) -> None:
+    book = trader.get_orderbook(category="linear", symbol="BTCUSDT", limit=5)["result"]
+    trader.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side=side,
+        orderType="Limit",
+        qty="0.01",
+        bboSideType="Queue",
+        bboLevel="3",
+        smpType="CancelMaker",
+        orderLinkId=f"bbo-{side}",
+    )
+
+    order = _order(trader, symbol="BTCUSDT", orderLinkId=f"bbo-{side}")
+    assert order["price"] == book[book_side][2][0]  # the third level of its own side
+    assert order["smpType"] == "CancelMaker"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"bboSideType": "Queue"}, "bboLevel"),
+        ({"bboSideType": "Queue", "bboLevel": "6"}, "bboLevel"),
+        ({"smpType": "Bogus"}, "smpType"),
+    ],
+)
+def test_book_pricing_and_self_match_fields_are_checked(
+    trader: HTTP, extra: dict[str, str], message: str
+) -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        trader.place_order(
+            category="linear", symbol="BTCUSDT", side="Buy", orderType="Limit", qty="0.01", **extra
+        )
+
+    assert caught.value.status_code == 10001 and message in caught.value.message
