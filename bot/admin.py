@@ -30,7 +30,7 @@ from pydantic import (
 
 from bot.bodies import BodyRefused, read_body
 from bot.logs import logger
-from bot.messages import field_problems, is_unicode, load_json, utc_now
+from bot.messages import field_problems, is_unicode, load_json, shape_problem, utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import ADMIN_SECRET_NAME
 from signals.voiceofchain import (
@@ -166,15 +166,20 @@ def parse_command(
     wrong (the HTTP routes and the MQTT control topic read commands alike)."""
     expected = "expected {strategy, reason, cancel_open, flatten}"
     try:
-        command = AdminCommand.model_validate(load_json(body or b"{}"))
+        document = load_json(body or b"{}")
+    except ValueError as exc:
+        raise ValueError(f"{expected}: the body is not JSON ({exc})") from None
+    problem = shape_problem(document)
+    if problem is not None:
+        raise ValueError(f"{expected}: the body {problem}")
+    try:
+        command = AdminCommand.model_validate(document)
     except ValidationError as exc:
         problems = "; ".join(f"{field}: {message}" for field, message in field_problems(exc))
         raise ValueError(f"{expected}: {problems}") from None
-    except ValueError as exc:
-        raise ValueError(f"{expected}: the body is not JSON ({exc})") from None
     if command.strategy is not None and command.strategy not in strategies:
         raise ValueError(
-            f"strategy '{command.strategy}' is not configured; it is one of {sorted(strategies)}"
+            f"strategy {command.strategy!r} is not configured; it is one of {sorted(strategies)}"
         )
     if state is TradingState.ACTIVE and (command.cancel_open or command.flatten):
         raise ValueError("cancel_open and flatten go with a halt, not a resume")

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation, localcontext
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, NoReturn
 
 from pydantic import (
     AfterValidator,
@@ -39,6 +39,7 @@ from bot import clock
 __all__ = [
     "ORDER_LINK_ID_PATTERN",
     "SIGNAL_ID_PATTERN",
+    "SYMBOL_PATTERN",
     "ClosedPnl",
     "Decline",
     "Execution",
@@ -63,6 +64,7 @@ __all__ = [
     "load_json",
     "parse_signal",
     "parse_ts",
+    "shape_problem",
 ]
 
 SIGNAL_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -244,9 +246,15 @@ def load_json(document: bytes | str) -> object:
     """A JSON document, as `json.loads` reads it, with what it would take silently or word
     in Python's terms refused in plain ones (ValueError): a key given twice in one object (a
     signer and a reader could each take a different one), a number of more digits than
-    Python converts, nesting deeper than the interpreter's stack."""
+    Python converts, nesting deeper than the interpreter's stack, NaN and Infinity (not JSON)
+    and a number beyond a float's range (read as infinity, written back as null)."""
     try:
-        return json.loads(document, object_pairs_hook=_unique_keys)
+        return json.loads(
+            document,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_not_json_constant,
+            parse_float=_finite_float,
+        )
     except RecursionError:
         raise ValueError("nested too deep") from None
     except ValueError as exc:
@@ -255,6 +263,17 @@ def load_json(document: bytes | str) -> object:
                 f"a number has more than {sys.get_int_max_str_digits()} digits"
             ) from None
         raise
+
+
+def _not_json_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is beyond the range of a float")
+    return value
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -329,7 +348,7 @@ def parse_signal(source: str, payload: object, received_at: datetime | None = No
     """
     if not isinstance(payload, dict):
         raise SignalError([("body", "must be a JSON object")])
-    problem = _shape_problem(payload)
+    problem = shape_problem(payload)
     if problem is not None:
         raise SignalError([("body", problem)])
     known = {key: value for key, value in payload.items() if key in _SIGNAL_FIELDS}
@@ -347,7 +366,7 @@ def parse_signal(source: str, payload: object, received_at: datetime | None = No
         raise SignalError([("body", f"cannot be parsed: {type(exc).__name__}")]) from None
 
 
-def _shape_problem(value: object) -> str | None:
+def shape_problem(value: object) -> str | None:
     """What makes decoded JSON unfit to journal, if anything: nesting deeper than
     `MAX_PAYLOAD_DEPTH`, or a string (key or value) that is not valid Unicode (JSON may
     escape a lone surrogate, `\\ud800`, which no UTF-8 text can hold). Walked without

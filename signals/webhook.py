@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field, SecretStr
 from bot import metrics
 from bot.app import DirectRoute
 from bot.bodies import BodyRefused, read_body
-from bot.messages import SignalError, load_json, parse_signal, utc_now
+from bot.messages import SignalError, is_unicode, load_json, parse_signal, utc_now
 from signals.base import FloodNotes, SignalSink
 from signals.presets import ResolvedSource, map_payload
 from signals.voiceofchain import SIGNATURE_HEADER, any_signature_problem, signed_at
@@ -412,6 +412,8 @@ class WebhookReceiver:
 
     def _token_matches(self, token: str) -> bool:
         assert self._token is not None
+        if not is_unicode(token):  # a lone surrogate (JSON may escape one) is no token
+            return False
         return hmac.compare_digest(token.encode(), self._token.get_secret_value().encode())
 
     def _auth_failed(self, client: str, reason: str) -> None:

@@ -272,12 +272,19 @@ def test_a_flatten_waiting_behind_another_is_superseded_by_a_resume_meanwhile(
         (b'{"flatten": 0}', "flatten: Input should be a valid boolean"),
         # Read as the last one, this halt of one strategy would have halted the whole bot.
         (b'{"strategy": "follow", "strategy": null}', "the key 'strategy' is given twice"),
+        # Quoted into the answer, these failed to encode: 500.
+        (b'{"strategy": "\\ud800"}', "the body holds text that is not valid Unicode"),
     ],
 )
 def test_a_bad_command_is_refused_naming_the_field_and_the_rule(body: bytes, problem: str) -> None:
     expected = re.escape("expected {strategy, reason, cancel_open, flatten}: ")
     with pytest.raises(ValueError, match=f"^{expected}.*{re.escape(problem)}"):
         parse_command(body, TradingState.HALTED, ["follow"])
+
+
+def test_an_unknown_strategy_is_quoted_as_one_line() -> None:
+    with pytest.raises(ValueError, match=re.escape("strategy 'x\\nFAKE' is not configured")):
+        parse_command(b'{"strategy": "x\\nFAKE"}', TradingState.HALTED, ["follow"])
 
 
 def test_bot_halt_refuses_a_reason_it_could_not_log_as_one_line(

@@ -201,6 +201,9 @@ def test_invalid_json_is_400_and_invalid_signal_422_naming_the_field(client: Tes
             b'{"id": "a", "symbol": "BTCUSDT", "side": "buy", "entry": 1' + b"0" * 5000 + b"}",
             "a number has more than 4300 digits",
         ),
+        # Kept in the signal's raw fields, these would be written back as null or not as JSON.
+        (b'{"id": "a", "symbol": "BTCUSDT", "side": "buy", "x": NaN}', "NaN is not a JSON"),
+        (b'{"id": "a", "symbol": "BTCUSDT", "side": "buy", "x": 1e400}', "beyond the range"),
     ],
 )
 def test_a_body_json_reads_ambiguously_or_in_python_terms_is_400_saying_why(
@@ -519,8 +522,10 @@ def test_a_tradingview_close_and_its_token_rules(sink: Sink) -> None:
     close = client.post(TRADINGVIEW, content=alert(action="close", id="c1"))
     no_token = client.post(TRADINGVIEW, content=alert(token="wrong", id="c2"))
     unmapped = client.post(TRADINGVIEW, content=alert(action="sideways", id="c3"))
+    not_text = client.post(TRADINGVIEW, content=alert(token="\ud800", id="c4"))  # was a 500
 
     assert close.status_code == 202
+    assert not_text.status_code == 401
     assert sink.signals[0].action == "close"
     assert no_token.status_code == 401
     assert "the body's 'token' field" in no_token.json()["detail"]
