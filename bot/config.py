@@ -104,6 +104,10 @@ _OTHER_VARIABLES: Final = (
 )
 #: A value shown in an error is cut to this many characters.
 _SHOWN_CHARS: Final = 60
+_PLUGIN_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*(?::[A-Za-z_][A-Za-z0-9_.]*)?")
+# Linux's limits on one name in a path and on a whole path, in bytes.
+_NAME_MAX: Final = 255
+_PATH_MAX: Final = 4096
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
@@ -233,6 +237,17 @@ class StrategyConfig(_Section):
         "`strategies/` with one Strategy, or an entry point of the group `bot.strategies`"
     )
     key: Name
+
+    @field_validator("plugin")
+    @classmethod
+    def _names_a_plugin(cls, value: str) -> str:
+        if not _PLUGIN_NAME.fullmatch(value):
+            raise ValueError(
+                "must be module:Class, a module name or an entry point's name (letters, "
+                "digits, _ . - and one :)"
+            )
+        return value
+
     sources: tuple[str, ...] = ("voiceofchain",)
     params: dict[str, Any] = Field(default_factory=dict)
     time_budget_ms: int = Field(
@@ -367,6 +382,9 @@ class BotSettings(BaseSettings):
         # An empty value would be the current directory: a journal wherever the bot starts.
         if isinstance(value, str) and not value.strip():
             raise ValueError("is empty: name the directory of the journal, e.g. var")
+        problem = _path_problem(value) if isinstance(value, str | Path) else None
+        if problem is not None:
+            raise ValueError(f"{problem}: name a directory the bot can create, e.g. var")
         return value
 
     #: the configuration file these settings were read from (None: built in code)
@@ -470,7 +488,25 @@ def _state_dir_beside(data: dict[str, Any], path: Path) -> dict[str, Any]:
     state_dir = data.get("state_dir", BotSettings.model_fields["state_dir"].default)
     if not isinstance(state_dir, str | Path) or not str(state_dir).strip():
         return data  # for validation to refuse
+    if _path_problem(state_dir) is not None:
+        return data  # likewise
     return {**data, "state_dir": (path.parent / Path(state_dir).expanduser()).resolve()}
+
+
+def _path_problem(value: str | Path) -> str | None:
+    """What makes `value` a path no file system call can take, if anything."""
+    text = str(value)
+    if "\0" in text:
+        return "holds a NUL character"
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~name of no such user
+        return f"starts with {text.partition('/')[0]!r}, a home directory that does not exist"
+    if any(len(os.fsencode(part)) > _NAME_MAX for part in path.parts):
+        return f"has a name longer than {_NAME_MAX} bytes"
+    if len(os.fsencode(text)) > _PATH_MAX:
+        return f"is longer than {_PATH_MAX} bytes"
+    return None
 
 
 def _describe(exc: ValidationError, path: Path, section: str | None = None) -> str:

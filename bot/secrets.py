@@ -28,6 +28,7 @@ __all__ = [
     "ApiCredentials",
     "MissingSecretError",
     "SecretResolver",
+    "UnusableSecretError",
     "api_key_names",
     "split_secrets",
     "webhook_secret_name",
@@ -44,6 +45,11 @@ ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secr
 
 class MissingSecretError(Exception):
     """A required secret is neither in the environment nor in the secrets directory."""
+
+
+class UnusableSecretError(MissingSecretError):
+    """A secret is set but cannot be used (blank, not text, an unreadable file): an error
+    even where the secret is optional, since its owner meant to set it."""
 
 
 def webhook_secret_name(source: str) -> str:
@@ -123,11 +129,15 @@ class SecretResolver:
         if not value:
             return self._read(self._secrets_dir / name.lower())
         if not is_unicode(value):  # bytes that are not UTF-8, as Python decodes the environment
-            raise MissingSecretError(
+            raise UnusableSecretError(
                 f"the environment variable {name} is not UTF-8 text: set the secret as text "
                 "(hex or base64 for random bytes)"
             )
-        return value
+        if not value.strip():
+            raise UnusableSecretError(
+                f"the environment variable {name} is blank: set the secret, or unset it"
+            )
+        return value.strip()  # as a file's: a trailing newline is not part of it
 
     def credentials(self, key: str) -> ApiCredentials:
         key_name, secret_name = api_key_names(key)
@@ -142,27 +152,27 @@ class SecretResolver:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return ""
         except NotRegularFileError:
-            raise MissingSecretError(
+            raise UnusableSecretError(
                 f"secret file {path} is not a regular file (a pipe or a device?): write the "
                 "secret into a file"
             ) from None
         except FileTooLargeError:
-            raise MissingSecretError(
+            raise UnusableSecretError(
                 f"secret file {path} is larger than {_MAX_SECRET_BYTES // 1024} KiB: is it the "
                 "secret? write only the secret into it"
             ) from None
         except PermissionError:
-            raise MissingSecretError(
+            raise UnusableSecretError(
                 f"cannot read secret file {path}: permission denied (the bot's user must be "
                 "able to read it)"
             ) from None
         except UnicodeDecodeError:
-            raise MissingSecretError(
+            raise UnusableSecretError(
                 f"secret file {path} is not UTF-8 text: write the secret as text (hex or "
                 "base64 for random bytes)"
             ) from None
         except OSError as exc:  # e.g. out of file descriptors, an I/O error: never a crash
-            raise MissingSecretError(f"cannot read secret file {path}: {exc.strerror}") from None
+            raise UnusableSecretError(f"cannot read secret file {path}: {exc.strerror}") from None
 
     def _generated(self, name: str) -> str:
         assert self._generated_dir is not None
@@ -170,13 +180,28 @@ class SecretResolver:
         existing = self._read(path)
         if existing:
             return existing
-        self._generated_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.exists():
+            raise UnusableSecretError(
+                f"the generated secret file {path} is empty: delete it and the bot generates "
+                "a new one"
+            )
+        try:
+            self._generated_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise UnusableSecretError(
+                f"cannot create the directory {self._generated_dir} for generated secrets: "
+                f"{exc.strerror} (is the state directory right?)"
+            ) from None
         value = secrets.token_hex(24)
         # O_EXCL: if two processes race to create it, the loser reads the winner's value.
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return self._read(path)
+        except OSError as exc:
+            raise UnusableSecretError(
+                f"cannot write the generated secret file {path}: {exc.strerror}"
+            ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(value + "\n")
         return value

@@ -58,6 +58,7 @@ from bot.secrets import (
     ADMIN_SECRET_NAME,
     ApiCredentials,
     MissingSecretError,
+    UnusableSecretError,
 )
 from bot.state_metrics import StateCollector
 from bot.venue.bybit import BybitVenue
@@ -640,6 +641,8 @@ class Service:
         """The kill switch's routes, if an admin secret exists (generated in `sim`)."""
         try:
             secret = self._resolver.get(ADMIN_SECRET_NAME)
+        except UnusableSecretError:
+            raise  # set, but broken: the kill switch must not go quietly
         except MissingSecretError:
             logger.info("no {name}: the /admin routes are off", name=ADMIN_SECRET_NAME)
             return None

@@ -215,6 +215,38 @@ def test_a_bad_sim_setting_stops_run_before_a_journal_is_made(
     assert not load_settings(config).journal_path.exists()
 
 
+def test_a_broken_admin_secret_stops_run_rather_than_turning_the_kill_switch_off(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config()
+    secrets = load_settings(config).state_dir / "secrets"
+    secrets.mkdir(parents=True)
+    (secrets / "bot_admin_secret").write_bytes(b"\xff\xfe")
+
+    result = bot("run", "--config", str(config), cwd=config.parent)
+
+    assert result.returncode == 2
+    assert f"error: secret file {secrets / 'bot_admin_secret'} is not UTF-8 text" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("state_dir", "problem"),
+    [("a" * 300, "has a name longer than 255 bytes"), ("~nosuchuser9/var", "does not exist")],
+)
+def test_a_state_directory_no_call_can_take_is_one_line(
+    sim_config: Callable[..., Path], state_dir: str, problem: str
+) -> None:
+    config = sim_config()
+
+    result = bot(
+        "orders", "--config", str(config), cwd=config.parent, env={"BOT_STATE_DIR": state_dir}
+    )
+
+    assert result.returncode == 2
+    assert problem in _one_line(result.stderr)
+
+
 def test_unknown_config_key_stops_run_with_its_name(sim_config: Callable[..., Path]) -> None:
     config = sim_config(extra="\n[venue]\nrecv_windw_ms = 5000\n")
 
@@ -744,6 +776,9 @@ def test_signal_send_to_a_bad_url_or_a_trickling_server_ends_in_one_line(tmp_pat
         assert answer.returncode == 2
         assert _one_line(answer.stderr).startswith(f"error: --url {url!r} is not")
     assert "Port out of range" in answers[-1].stderr  # never sent to 99999 - 65536
+    with_login = send(config, *BUY_BTC, "--url", "http://user:hunter22@127.0.0.1:1/x")
+    assert with_login.returncode == 2 and "hunter22" not in with_login.stderr
+    assert "with a user name or password" in _one_line(with_login.stderr)
 
 
 def test_bytes_that_are_not_utf8_in_an_argument_or_a_secret_are_one_line(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.secrets import MissingSecretError, SecretResolver
+from bot.secrets import MissingSecretError, SecretResolver, UnusableSecretError
 
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:
@@ -67,3 +67,54 @@ def test_sim_generates_once_with_mode_0600(tmp_path: Path) -> None:
     assert first == second
     assert len(first) >= 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("environ", "problem"),
+    [
+        ({"BOT_ADMIN_SECRET": " "}, "BOT_ADMIN_SECRET is blank"),
+        ({"BOT_ADMIN_SECRET": " \n"}, "BOT_ADMIN_SECRET is blank"),
+        ({"BOT_ADMIN_SECRET": "\udcff-not-text"}, "BOT_ADMIN_SECRET is not UTF-8 text"),
+    ],
+)
+def test_a_secret_set_but_unusable_is_an_error_even_where_it_is_optional(
+    tmp_path: Path, environ: dict[str, str], problem: str
+) -> None:
+    """A blank admin secret was a key anyone could sign with: ' ' halted the bot."""
+    resolver = SecretResolver(tmp_path, environ=environ)
+
+    for lookup in (resolver.get, resolver.optional):
+        with pytest.raises(UnusableSecretError, match=problem):
+            lookup("BOT_ADMIN_SECRET")
+
+
+def test_an_environment_secret_is_stripped_as_a_files_is(tmp_path: Path) -> None:
+    resolver = SecretResolver(tmp_path, environ={"BOT_ADMIN_SECRET": "admin-secret-1\n"})
+
+    assert resolver.get("BOT_ADMIN_SECRET").get_secret_value() == "admin-secret-1"
+
+
+def test_a_broken_secret_file_is_unusable_not_missing(tmp_path: Path) -> None:
+    (tmp_path / "bot_admin_secret").write_bytes(b"\xff\xfe binary")
+    resolver = SecretResolver(tmp_path, environ={})
+
+    with pytest.raises(UnusableSecretError, match="is not UTF-8 text"):
+        resolver.get("BOT_ADMIN_SECRET")
+
+
+def test_an_empty_generated_secret_says_to_delete_it(tmp_path: Path) -> None:
+    generated = tmp_path / "secrets"
+    generated.mkdir()
+    (generated / "bot_admin_secret").write_text("")
+    resolver = SecretResolver(tmp_path / "none", generated_dir=generated, environ={})
+
+    with pytest.raises(UnusableSecretError, match="bot_admin_secret is empty: delete it"):
+        resolver.get("BOT_ADMIN_SECRET")
+
+
+def test_a_state_directory_where_secrets_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "secrets").write_text("a file, not a directory")
+    resolver = SecretResolver(tmp_path / "none", generated_dir=tmp_path / "secrets", environ={})
+
+    with pytest.raises(UnusableSecretError, match="cannot create the directory"):
+        resolver.get("BOT_ADMIN_SECRET")
