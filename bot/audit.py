@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, NoReturn, TextIO
+from typing import Any, Final, TextIO
 
 from bot.config import AuditConfig, ConfigError
 from bot.logs import logger, scrub
+from bot.messages import load_json, shape_problem
 
 __all__ = [
     "CURRENT_FILE",
@@ -214,14 +215,15 @@ def _rotated_name(stamp: datetime) -> str:
 
 
 def _rotated_files(directory: Path) -> list[Path]:
-    """Rotated audit files, oldest first (their names are their rotation times)."""
-    return sorted(directory.glob(f"{_ROTATED_PREFIX}*.jsonl"))
+    """Rotated audit files, oldest first (their names are their rotation times); anything
+    else so named (a directory) is not one."""
+    return sorted(path for path in directory.glob(f"{_ROTATED_PREFIX}*.jsonl") if path.is_file())
 
 
 def _files(directory: Path) -> list[Path]:
     """Every audit file, oldest first: the rotated ones, then the current one."""
     current = directory / CURRENT_FILE
-    return _rotated_files(directory) + ([current] if current.exists() else [])
+    return _rotated_files(directory) + ([current] if current.is_file() else [])
 
 
 def parse_since(text: str, now: datetime) -> datetime:
@@ -269,19 +271,16 @@ def read_audit(
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:
     """The records of one file; a line that is not a JSON object (torn by a crash, damaged:
-    nested too deep, or holding NaN, which no JSON reader takes back) is skipped."""
+    nested too deep, holding NaN or a number beyond a float, which no JSON reader takes
+    back, or text that is not Unicode) is skipped."""
     with path.open(encoding="utf-8", errors="replace") as stream:
         for line in stream:
             try:
-                row = json.loads(line, parse_constant=_refuse_constant)
-            except (ValueError, RecursionError):
+                row = load_json(line)
+            except ValueError:
                 continue
-            if isinstance(row, dict):
+            if isinstance(row, dict) and shape_problem(row) is None:
                 yield row
-
-
-def _refuse_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _matching(

@@ -362,7 +362,7 @@ def _webhook_url(settings: BotSettings, source: str, url: str | None) -> str:
     if url is not None:
         problem = _url_problem(url)
         if problem is not None:
-            _fail(f"--url {url!r} is {problem}: give http://host:port")
+            _fail(f"--url {_shown(url)!r} is {problem}: give http://host:port")
         path = urllib.parse.urlsplit(url).path
         return f"{url.rstrip('/')}/webhooks/{source}" if path in ("", "/") else url
     try:
@@ -439,7 +439,18 @@ def _url_problem(url: str) -> str | None:
         return f"not a usable URL ({exc})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "not an http:// or https:// URL with a host"
+    if "@" in parts.netloc:
+        return "a URL with a user name or password (the signature authenticates: leave them out)"
     return None
+
+
+def _shown(url: str) -> str:
+    """`url` with any user name and password in it masked (it is shown in an error)."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}{separator}***@{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _post_signed(
@@ -1069,7 +1080,7 @@ def replay_history(
         str | None,  # a str: typer would make '' the current directory
         typer.Option(
             "--state-dir",
-            help="keep the replay's journal and log in this new directory",
+            help="keep the replay's journal and log in this new (or empty) directory",
             show_default="a temporary one, removed after a clean run",
         ),
     ] = None,
@@ -1166,6 +1177,8 @@ def _replay_state_dir(settings: BotSettings, typed: str | None) -> Path:
     journal = settings.model_copy(update={"state_dir": chosen}).journal_path
     if journal.exists():
         _fail(f"--state-dir {chosen} already holds a journal; give a new directory")
+    if chosen.is_dir() and any(chosen.iterdir()):  # its secrets, audit and log land there
+        _fail(f"--state-dir {chosen} is not empty; give a new or empty directory")
     try:
         chosen.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file of that name, a read-only place, ...

@@ -12,6 +12,7 @@ file order): a history merged from several files need not be sorted. Every probl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from bot.files import FileTooLargeError, NotRegularFileError, read_small_file
 from bot.messages import (
     MAX_NUMBER,
+    SYMBOL_PATTERN,
     Signal,
     SignalError,
     json_number,  # the signal schema's own rules: a price point reads like a signal
@@ -83,7 +85,7 @@ class _Prices(BaseModel):
     def _numbers(cls, value: object) -> object:
         if not isinstance(value, dict) or not value:
             raise ValueError('must be an object of symbol to price, e.g. {"BTCUSDT": 97000}')
-        return {str(symbol).strip().upper(): json_number(price) for symbol, price in value.items()}
+        return {_symbol(str(symbol)): json_number(price) for symbol, price in value.items()}
 
     @field_validator("prices")
     @classmethod
@@ -92,6 +94,16 @@ class _Prices(BaseModel):
             if not price.is_finite() or not 0 < price <= MAX_NUMBER:
                 raise ValueError(f"{symbol}: must be a positive number, got {price}")
         return value
+
+
+def _symbol(text: str) -> str:
+    """A price point's symbol, in capitals (ASCII only: "\\u017f".upper() is "S"); ValueError if
+    it is no Bybit symbol."""
+    text = text.strip()
+    symbol = text.upper() if text.isascii() else text
+    if not re.fullmatch(SYMBOL_PATTERN, symbol):
+        raise ValueError(f"{text!r} is not a Bybit symbol such as BTCUSDT")
+    return symbol
 
 
 @dataclass(frozen=True)

@@ -373,7 +373,7 @@ _JSON_VALUES = st.recursive(
     | st.booleans()
     | st.integers()
     | st.floats()  # NaN and Infinity too: json.dumps writes them, a damaged line may hold them
-    | st.text()
+    | st.text(st.characters(codec=None, exclude_categories=()))  # lone surrogates too
     | st.sampled_from(["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2026-01-05"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
     max_leaves=8,
@@ -391,7 +391,9 @@ def test_any_damaged_audit_file_reads_as_rows_that_print_and_serialize(
 ) -> None:
     with tempfile.TemporaryDirectory() as directory:
         lines = [json.dumps(row).encode() for row in rows] + garbage + [b"[" * 5000]
+        lines.append(b'{"key": "k", "latency_ms": 1e400}')  # read back as infinity
         (Path(directory) / CURRENT_FILE).write_bytes(b"\n".join(lines) + b"\n")
+        (Path(directory) / "audit-20250101T000000Z.jsonl").mkdir()  # named as a rotated file
 
         found = read_audit(Path(directory), since=datetime(2026, 1, 1, tzinfo=UTC), key=None)
         found += read_audit(Path(directory))
@@ -399,3 +401,5 @@ def test_any_damaged_audit_file_reads_as_rows_that_print_and_serialize(
         for row in found:
             json.dumps(row, allow_nan=False)  # `bot audit --json` prints valid JSON
             assert all(isinstance(cell, str) for cell in summary(row).values())
+            for cell in summary(row).values():
+                cell.encode()  # the table prints it: no lone surrogate

@@ -341,6 +341,17 @@ def test_a_state_dir_with_a_journal_is_refused(tmp_path: Path) -> None:
     assert "already holds a journal" in run.stderr
 
 
+def test_a_state_dir_holding_anything_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine\n")
+
+    run = replay(tmp_path, SAMPLE, "--state-dir", str(tmp_path / "busy"))
+
+    assert run.returncode == 2
+    assert "is not empty; give a new or empty directory" in run.stderr
+    assert [path.name for path in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
 def test_a_state_dir_that_is_a_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     taken = tmp_path / "a-file"
     taken.write_text("kept\n")
@@ -395,6 +406,8 @@ def test_records_come_in_time_order_ties_in_file_order(tmp_path: Path) -> None:
     [
         ('{"ts": "2026-10-01T00:00:00Z", "prices": {}}', "prices: must be an object of symbol"),
         ('{"ts": "2026-10-01T00:00:00Z", "prices": {"BTCUSDT": 0}}', "BTCUSDT: must be a positive"),
+        ('{"ts": 1790812800000, "prices": {"BTC\\u0000": 1}}', "'BTC\\x00' is not a Bybit symbol"),
+        ('{"ts": 1790812800000, "prices": {"\u017fOLUSDT": 1}}', "'\u017fOLUSDT' is not a Bybit"),
         ('{"ts": "yesterday", "prices": {"BTCUSDT": 1}}', "ts: must be an ISO-8601 string"),
         (
             '{"ts": 1790812800000, "prices": {"BTCUSDT": 1}, "id": "x"}',
