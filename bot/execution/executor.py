@@ -87,6 +87,12 @@ _CANCELLED_BY_USER: Final = cancelled_reason("CancelByUser")
 #: pass; a strategy's close on a key that holds a new position does not.
 _STRANDED_ANSWER_WAIT_S: Final = 15.0
 _STRANDED_POLL_S: Final = 0.05
+#: A cancel the venue may not have carried out (no clear answer, or "try again") is sent up
+#: to this many times in all: a cancel of a cancelled order is "not found", never a second
+#: effect. A wait the venue asks for beyond `_CANCEL_WAIT_MAX_S` is not waited for.
+_CANCEL_ATTEMPTS: Final = 3
+_CANCEL_RETRY_S: Final = 0.2
+_CANCEL_WAIT_MAX_S: Final = 5.0
 
 
 def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
@@ -282,15 +288,41 @@ class Executor:
     async def cancel(self, request: OrderRequest) -> OrderEvent | None:
         """Ask the venue to cancel an order, then journal what the venue shows of it (the
         cancel, or the fill that beat it); None if the venue holds no such order."""
-        venue = self._venues[request.key_name]
         remember(self._cancelling, request.order_link_id, None, _CANCELS_KEPT)  # the bot's own
-        cancelled = await venue.cancel_order(request.order_link_id, request.symbol)
+        try:
+            cancelled = await self._send_cancel(request)
+        except AmbiguousError:
+            # The venue may have carried it out: what it shows of the order says.
+            shown = await self._look_up_safely(request)
+            if shown is None or not shown.status.is_terminal:
+                raise
+            logger.info(
+                "cancel of {id}: no clear answer; the venue shows it {status}",
+                id=request.order_link_id,
+                status=shown.status.value,
+            )
+            return shown
         logger.info(
             "cancel of {id}: {result}",
             id=request.order_link_id,
             result="sent" if cancelled else "nothing open to cancel",
         )
         return await self._look_up_safely(request)
+
+    async def _send_cancel(self, request: OrderRequest) -> bool:
+        """`venue.cancel_order`, sent again (at most `_CANCEL_ATTEMPTS` in all) while the
+        venue's answer is unclear or asks for another try."""
+        venue = self._venues[request.key_name]
+        for attempt in range(1, _CANCEL_ATTEMPTS):
+            try:
+                return await venue.cancel_order(request.order_link_id, request.symbol)
+            except RetryableError as exc:
+                if exc.retry_after_s > _CANCEL_WAIT_MAX_S:
+                    raise
+                await asyncio.sleep(exc.retry_after_s)
+            except AmbiguousError:
+                await asyncio.sleep(_CANCEL_RETRY_S * attempt)
+        return await venue.cancel_order(request.order_link_id, request.symbol)  # the last try
 
     def position_closed(self, closed: StrandedBy) -> None:
         """A position closed (a stop, a target, a manual close): the key's, or one

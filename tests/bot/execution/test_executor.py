@@ -34,6 +34,7 @@ from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.sim.params import AmendOrderParams, PositionQueryParams
 from bot.venue.bybit import BybitVenue
+from bot.venue.errors import AmbiguousError
 from tests.bot.sim.kit import place
 from tests.factories import UNLIMITED, approve, make_intent
 
@@ -371,6 +372,60 @@ def test_a_never_sent_reduce_only_order_is_judged_by_when_it_was_decided(
         assert record is not None and record.status is OrderStatus.REJECTED
         assert "never sent at the venue, and last tried too long ago" in record.reason
     venue.close()
+
+
+def resting(executor: Executor) -> OrderEvent:
+    """A limit buy under the market, resting at the venue."""
+    item = make_intent(
+        order_type=OrderType.LIMIT,
+        price=Decimal(90000),
+        reference_price=Decimal(90000),
+        qty=Decimal("0.001"),
+        signal_id=f"exec-{next(_ids)}",
+    )
+    event = asyncio.run(executor.execute(approve(item), "k"))
+    assert event.status is OrderStatus.NEW
+    return event
+
+
+def test_a_cancel_the_venue_carried_out_but_answered_unclearly_is_a_cancel(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    executor, venue = make_executor(exchange[1], journal)
+    order = resting(executor)
+    record = journal.order(order.order_link_id)
+    assert record is not None
+    exchange[0].set_faults(SimFaults(accept_then_10016=1.0))  # done, then "Server error."
+
+    event = asyncio.run(executor.cancel(record.request))
+
+    assert event is not None and event.status is OrderStatus.CANCELLED
+    venue.close()
+
+
+def test_a_cancel_the_venue_never_answers_is_tried_a_bounded_number_of_times_then_raised(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    executor, venue = make_executor(exchange[1], journal)
+    order = resting(executor)
+    record = journal.order(order.order_link_id)
+    assert record is not None
+    before = exchange[0].stats()["requests_by_path"].get("/v5/order/cancel", 0)
+    exchange[0].set_faults(SimFaults(timeout_10016=1.0))  # nothing carried out, ever
+
+    with pytest.raises(AmbiguousError):
+        asyncio.run(executor.cancel(record.request))
+
+    exchange[0].set_faults(SimFaults())
+    assert exchange[0].stats()["requests_by_path"]["/v5/order/cancel"] - before == 3
+    assert [o["orderStatus"] for o in orders_of_link(exchange[0], order.order_link_id)] == ["New"]
+    venue.close()
+
+
+def orders_of_link(exchange: SimExchange, link: str) -> list[dict[str, object]]:
+    return [o for o in exchange.orders() if o["orderLinkId"] == link]
 
 
 def test_venue_rejection_is_journaled_with_bybit_reason(
