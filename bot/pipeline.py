@@ -614,7 +614,7 @@ class Pipeline:
                 f"the venue refused it ({event.reason})"
                 if refused
                 else f"the venue filled {event.filled_qty} of {asked}: other reduce-only "
-                "orders took the room"
+                "orders took the room, or the key's position is smaller than the books"
             )
             logger.bind(notify="venue_error").error(
                 "{strategy}'s {symbol} position: its reduce-only orders were cancelled for a "

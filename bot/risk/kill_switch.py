@@ -359,10 +359,12 @@ class KillSwitch:
                     return ", ".join(statuses), False
                 if trimmed(event, qty):
                     # Trimmed by the venue: other reduce-only orders (another client's) cover
-                    # the rest, which stays open.
+                    # the rest, or the key's position is smaller than the books say (another
+                    # client closed part of it on a shared key).
                     statuses[-1] += (
                         f" {event.filled_qty} of {qty}: the venue trimmed it (other reduce-only"
-                        " orders cover the rest, still open: cancel them, then flatten again)"
+                        " orders cover the rest, or the key's position is smaller than the "
+                        "books: see `bot positions`, cancel those orders, then flatten again)"
                     )
                     return ", ".join(statuses), False
                 left, leg = left - qty, leg + 1
