@@ -40,6 +40,7 @@ from bot.config import (
     Environment,
     HttpConfig,
     load_settings,
+    path_problem,
     secret_resolver,
 )
 from bot.journal import (
@@ -317,7 +318,8 @@ def signal_send(
                 "--url names a webhook; with --mqtt the signal goes to the [mqtt] broker and "
                 "topic (mqtt.host, mqtt.port): leave --url out"
             )
-        _publish(settings, secret_resolver(settings, secrets_dir), payload, as_json)
+        with _one_line_errors():  # a blank BOT_MQTT_PASSWORD, say
+            _publish(settings, secret_resolver(settings, secrets_dir), payload, as_json)
         return
     body = json.dumps(payload, default=_decimal_as_number).encode()
     target = _webhook_url(settings, source, url)
@@ -432,6 +434,8 @@ def _url_problem(url: str) -> str | None:
     """Why `url` cannot be posted to, worded to follow "<url> is", or None if it can: not
     a URL, a port out of range (which http.client would wrap: 99999 to 34463), not http(s),
     no host."""
+    if "@" in url:  # before parsing: a password holding / ? # would parse as host or port
+        return "a URL with a user name or password (the signature authenticates: leave them out)"
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - read for its ValueError
@@ -439,18 +443,16 @@ def _url_problem(url: str) -> str | None:
         return f"not a usable URL ({exc})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "not an http:// or https:// URL with a host"
-    if "@" in parts.netloc:
-        return "a URL with a user name or password (the signature authenticates: leave them out)"
     return None
 
 
 def _shown(url: str) -> str:
-    """`url` with any user name and password in it masked (it is shown in an error)."""
+    """`url` with what may be a user name and password masked (it is shown in an error):
+    everything between `://` and its last `@`."""
     scheme, separator, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
+    if "@" not in rest:
         return url
-    return f"{scheme}{separator}***@{authority.rpartition('@')[2]}{slash}{path}"
+    return f"{scheme}{separator}***@{rest.rpartition('@')[2]}"
 
 
 def _post_signed(
@@ -1173,6 +1175,9 @@ def _replay_state_dir(settings: BotSettings, typed: str | None) -> Path:
         return Path(tempfile.mkdtemp(prefix="bot-replay-"))
     if not typed.strip():
         _fail(f"--state-dir {typed!r} names no directory: give a new directory's path")
+    problem = path_problem(typed)
+    if problem is not None:
+        _fail(f"--state-dir {typed[:60]!r} {problem}: give a new directory's path")
     chosen = Path(typed)
     journal = settings.model_copy(update={"state_dir": chosen}).journal_path
     if journal.exists():

@@ -72,6 +72,7 @@ __all__ = [
     "VenueConfig",
     "describe_section",
     "load_settings",
+    "path_problem",
     "secret_resolver",
 ]
 
@@ -104,7 +105,6 @@ _OTHER_VARIABLES: Final = (
 )
 #: A value shown in an error is cut to this many characters.
 _SHOWN_CHARS: Final = 60
-_PLUGIN_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*(?::[A-Za-z_][A-Za-z0-9_.]*)?")
 # Linux's limits on one name in a path and on a whole path, in bytes.
 _NAME_MAX: Final = 255
 _PATH_MAX: Final = 4096
@@ -241,10 +241,10 @@ class StrategyConfig(_Section):
     @field_validator("plugin")
     @classmethod
     def _names_a_plugin(cls, value: str) -> str:
-        if not _PLUGIN_NAME.fullmatch(value):
+        if not value or not value.isprintable() or any(char.isspace() for char in value):
             raise ValueError(
-                "must be module:Class, a module name or an entry point's name (letters, "
-                "digits, _ . - and one :)"
+                "must be module:Class, a module name or an entry point's name, without "
+                "spaces or control characters"
             )
         return value
 
@@ -382,7 +382,7 @@ class BotSettings(BaseSettings):
         # An empty value would be the current directory: a journal wherever the bot starts.
         if isinstance(value, str) and not value.strip():
             raise ValueError("is empty: name the directory of the journal, e.g. var")
-        problem = _path_problem(value) if isinstance(value, str | Path) else None
+        problem = path_problem(value) if isinstance(value, str | Path) else None
         if problem is not None:
             raise ValueError(f"{problem}: name a directory the bot can create, e.g. var")
         return value
@@ -488,12 +488,12 @@ def _state_dir_beside(data: dict[str, Any], path: Path) -> dict[str, Any]:
     state_dir = data.get("state_dir", BotSettings.model_fields["state_dir"].default)
     if not isinstance(state_dir, str | Path) or not str(state_dir).strip():
         return data  # for validation to refuse
-    if _path_problem(state_dir) is not None:
+    if path_problem(state_dir) is not None:
         return data  # likewise
     return {**data, "state_dir": (path.parent / Path(state_dir).expanduser()).resolve()}
 
 
-def _path_problem(value: str | Path) -> str | None:
+def path_problem(value: str | Path) -> str | None:
     """What makes `value` a path no file system call can take, if anything."""
     text = str(value)
     if "\0" in text:

@@ -65,11 +65,9 @@ STRATEGY_FAILED: Final = "STRATEGY_FAILED"
 ON_START_BUDGET_S: Final = 30.0
 #: The source of the synthetic signals `on_timer` gets.
 TIMER_SOURCE: Final = "timer"
-#: When an `on_fill` that could not run (no market data, the key refused) is tried again,
-#: after each failure; after the last one it is left due for the next start.
-#: When a fill hook that could not run is tried again: soon, for a passing gap in market
-#: data, then each minute for an hour, for an outage of the venue (bounded: then it waits
-#: for the next start).
+#: When an `on_fill` that could not run (no market data, the key refused) is tried again:
+#: soon, for a passing gap in market data, then each minute for an hour, for an outage of
+#: the venue; after the last try it is left due for the next start.
 FILL_HOOK_RETRIES_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 FILL_HOOK_SLOW_RETRIES_S: Final = (60.0,) * 60
 ZERO: Final = Decimal(0)

@@ -9,8 +9,10 @@ resolved value is registered with the log redactor.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,9 @@ DEFAULT_SECRETS_DIR: Final = Path("/run/secrets")
 #: Far beyond any secret (an RSA private key in PEM is about 2 KiB); a larger file, or
 #: /dev/zero, is refused before it fills the memory.
 _MAX_SECRET_BYTES: Final = 64 * 1024
+#: How often, and how far apart, a generated secret another process is writing is read.
+_RACE_TRIES: Final = 5
+_RACE_WAIT_S: Final = 0.01
 #: Signs the kill switch's halt and resume commands (the /admin routes, the MQTT control topic).
 ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 
@@ -147,8 +152,9 @@ class SecretResolver:
 
     @staticmethod
     def _read(path: Path) -> str:
+        """The secret in file `path`; "" if there is no such file."""
         try:
-            return read_small_file(path, _MAX_SECRET_BYTES).decode("utf-8").strip()
+            value = read_small_file(path, _MAX_SECRET_BYTES).decode("utf-8").strip()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return ""
         except NotRegularFileError:
@@ -173,6 +179,11 @@ class SecretResolver:
             ) from None
         except OSError as exc:  # e.g. out of file descriptors, an I/O error: never a crash
             raise UnusableSecretError(f"cannot read secret file {path}: {exc.strerror}") from None
+        if not value:
+            raise UnusableSecretError(
+                f"secret file {path} is empty: write the secret into it, or delete it"
+            )
+        return value
 
     def _generated(self, name: str) -> str:
         assert self._generated_dir is not None
@@ -180,11 +191,6 @@ class SecretResolver:
         existing = self._read(path)
         if existing:
             return existing
-        if path.exists():
-            raise UnusableSecretError(
-                f"the generated secret file {path} is empty: delete it and the bot generates "
-                "a new one"
-            )
         try:
             self._generated_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -197,7 +203,7 @@ class SecretResolver:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return self._read(path)
+            return self._written_by_another(path)
         except OSError as exc:
             raise UnusableSecretError(
                 f"cannot write the generated secret file {path}: {exc.strerror}"
@@ -205,3 +211,12 @@ class SecretResolver:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(value + "\n")
         return value
+
+    def _written_by_another(self, path: Path) -> str:
+        """The secret another process has just created at `path`: once it has written it
+        (a moment after creating the file; a few tries, then the file is taken as it is)."""
+        for _ in range(_RACE_TRIES - 1):
+            with contextlib.suppress(UnusableSecretError):
+                return self._read(path)
+            time.sleep(_RACE_WAIT_S)
+        return self._read(path)

@@ -1387,7 +1387,7 @@ class SimExchange:
             )
             changes["trigger_price"] = params.trigger_price
         if params.qty is not None and params.qty != order.qty:
-            self._check_qty(order.symbol, params.qty)
+            self._check_qty(order.symbol, params.qty, market=order.order_type == "Market")
             if params.qty <= order.cum_exec_qty:
                 raise SimError(
                     RetCode.PARAMS_ERROR,
@@ -2335,7 +2335,8 @@ class SimExchange:
         self, account: AccountRecord, params: PlaceOrderParams, spec: InstrumentSpec
     ) -> Decimal:
         """The quantity asked for; qty "0" with reduceOnly and closeOnTrigger means the whole
-        position, up to maxMktOrderQty (Bybit's close-position order)."""
+        position, up to maxMktOrderQty (a limit order: maxOrderQty), Bybit's close-position
+        order."""
         if params.qty != 0 or not (params.reduce_only and params.close_on_trigger):
             return params.qty
         position = account.positions.get(params.symbol)
@@ -2345,7 +2346,9 @@ class SimExchange:
                 RetCode.REDUCE_ONLY_RULE_NOT_SATISFIED,
                 "current position is zero, cannot fix reduce-only order qty",
             )
-        return min(size, spec.market_order_cap)
+        return min(
+            size, spec.market_order_cap if params.order_type == "Market" else spec.max_order_qty
+        )
 
     def _reducible_qty(
         self, account: AccountRecord, symbol: str, side: str, qty: Decimal

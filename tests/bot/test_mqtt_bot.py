@@ -4,6 +4,7 @@ broker's state shows in /healthz (not ready while it is down, ready again when i
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -28,8 +29,10 @@ def health(bot: RunningBot) -> requests.Response:
     return requests.get(f"{bot.url}/healthz", timeout=10)
 
 
-def send_mqtt(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    """`bot signal send --mqtt` with `config`, to its end."""
+def send_mqtt(
+    config: Path, *options: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`bot signal send --mqtt` with `config`, to its end; `env` adds variables."""
     return subprocess.run(
         [
             sys.executable,
@@ -43,6 +46,7 @@ def send_mqtt(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
             *options,
         ],
         cwd=config.parent,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=60,
@@ -236,6 +240,18 @@ def test_cli_refuses_to_publish_a_signal_the_bot_would_refuse(
     assert sent.stderr.startswith("error: not published: ")
     assert "strategy" in sent.stderr
     assert "Traceback" not in sent.stderr
+
+
+def test_cli_publishing_with_a_blank_broker_password_is_one_line(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config(extra="\n[mqtt]\nenabled = true\nport = 1\n")
+    sent = send_mqtt(config, "--symbol", "BTCUSDT", "--side", "buy", env={"BOT_MQTT_PASSWORD": " "})
+
+    assert sent.returncode == 2
+    assert sent.stderr.strip() == (
+        "error: the environment variable BOT_MQTT_PASSWORD is blank: set the secret, or unset it"
+    )
 
 
 def test_cli_publishing_refuses_a_webhook_url_it_would_not_use(

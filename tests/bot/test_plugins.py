@@ -238,6 +238,19 @@ def test_an_unknown_module(plugins: Plugins) -> None:
     assert "no module no_such_x;" in plugins.refused("no_such_x:Thing")
 
 
+def test_a_module_named_in_any_language_loads(plugins: Plugins) -> None:
+    module = plugins.module(GOOD.format(name="Mine"), name=f"stratégie_{uuid.uuid4().hex[:6]}")
+
+    assert type(plugins.load(f"{module}:Mine")).__name__ == "Mine"
+
+
+@pytest.mark.parametrize("plugin", ["follow\n", "fol low", "", "follow\x00"])
+def test_a_plugin_name_with_space_or_control_characters_is_refused(plugin: str) -> None:
+    """Shown in its error, a newline would have split the one line in two."""
+    with pytest.raises(ValueError, match="without spaces or control characters"):
+        StrategyConfig(plugin=plugin, key="k")
+
+
 def test_an_unknown_class(plugins: Plugins) -> None:
     module = plugins.module(GOOD.format(name="Mine"))
 

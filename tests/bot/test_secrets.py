@@ -108,8 +108,20 @@ def test_an_empty_generated_secret_says_to_delete_it(tmp_path: Path) -> None:
     (generated / "bot_admin_secret").write_text("")
     resolver = SecretResolver(tmp_path / "none", generated_dir=generated, environ={})
 
-    with pytest.raises(UnusableSecretError, match="bot_admin_secret is empty: delete it"):
+    with pytest.raises(UnusableSecretError, match="bot_admin_secret is empty: write the secret"):
         resolver.get("BOT_ADMIN_SECRET")
+
+
+def test_a_blank_secret_file_is_unusable_not_missing(tmp_path: Path) -> None:
+    """Read as 'not set', a blank admin secret file turned the kill switch's routes off, and in
+    `sim` a generated secret quietly took the place of the one meant."""
+    (tmp_path / "bot_admin_secret").write_text(" \n")
+    resolver = SecretResolver(tmp_path, generated_dir=tmp_path / "generated", environ={})
+
+    for lookup in (resolver.get, resolver.optional):
+        with pytest.raises(UnusableSecretError, match="bot_admin_secret is empty"):
+            lookup("BOT_ADMIN_SECRET")
+    assert not (tmp_path / "generated").exists()
 
 
 def test_a_state_directory_where_secrets_cannot_be_made_is_one_line(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim.config import InstrumentSpec
 from tests.bot.sim.kit import admin, eventually, order_body, settle, signed_post, simulators
 
 KEY = "test-key"
@@ -1104,3 +1105,74 @@ def test_book_pricing_and_self_match_fields_are_checked(
         )
 
     assert caught.value.status_code == 10001 and message in caught.value.message
+
+
+# maxMktOrderQty: Bybit's instruments-info gives maxOrderQty as the maximum "for Limit and
+# PostOnly order", maxMktOrderQty "for Market order"; create-order closes a position with qty
+# "0" "up to maxMktOrderQty or maxOrderQty".
+
+
+def _btc(cap: str) -> dict[str, InstrumentSpec]:
+    return {
+        "BTCUSDT": InstrumentSpec(
+            tick_size=Decimal("0.1"),
+            qty_step=Decimal("0.001"),
+            min_order_qty=Decimal("0.001"),
+            max_order_qty=Decimal(1),
+            max_market_order_qty=Decimal(cap),
+            min_notional_usdt=Decimal(5),
+        )
+    }
+
+
+def _size(session: HTTP) -> str:
+    return session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]["size"]
+
+
+def test_a_conditional_market_order_cannot_be_amended_past_max_mkt_order_qty(
+    start_sim: Callable[..., object], connect: Callable[..., HTTP]
+) -> None:
+    server = start_sim(instruments=_btc("0.05"), prices={"BTCUSDT": 97000})
+    session = connect(server)
+    common = dict(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market")
+    with pytest.raises(InvalidRequestError, match="maxMktOrderQty"):  # placing: refused
+        session.place_order(**common, qty="0.1", triggerPrice="98000", triggerDirection=1)
+    session.place_order(
+        **common, qty="0.01", triggerPrice="98000", triggerDirection=1, orderLinkId="cond-1"
+    )
+
+    with pytest.raises(InvalidRequestError, match="maxMktOrderQty"):  # nor amending
+        session.amend_order(category="linear", symbol="BTCUSDT", orderLinkId="cond-1", qty="0.1")
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": 98500})  # it fires as placed
+    eventually(lambda: _size(session), lambda size: size == "0.01", "the 0.01 fill")
+
+
+def test_a_limit_close_position_order_is_capped_at_max_order_qty_not_the_market_one(
+    start_sim: Callable[..., object], connect: Callable[..., HTTP]
+) -> None:
+    server = start_sim(instruments=_btc("0.05"), prices={"BTCUSDT": 97000})
+    session = connect(server)
+    session.place_order(  # a marketable limit buy: 0.08 is within maxOrderQty 1
+        category="linear",
+        symbol="BTCUSDT",
+        side="Buy",
+        orderType="Limit",
+        qty="0.08",
+        price="97500",
+    )
+    eventually(lambda: _size(session), lambda s: s == "0.08", "the 0.08 position")
+
+    session.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Sell",
+        orderType="Limit",
+        qty="0",
+        price="120000",
+        reduceOnly=True,
+        closeOnTrigger=True,
+        orderLinkId="close-all",
+    )
+
+    order = session.get_open_orders(category="linear", orderLinkId="close-all")["result"]["list"]
+    assert order[0]["qty"] == "0.08"  # not the market maximum 0.05
