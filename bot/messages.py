@@ -59,6 +59,7 @@ __all__ = [
     "StopMove",
     "WalletUpdate",
     "error_said",
+    "field_problems",
     "is_unicode",
     "json_number",
     "load_json",

@@ -24,6 +24,8 @@ from decimal import Decimal
 from functools import partial
 from typing import Final
 
+from pydantic import ValidationError
+
 from bot import metrics
 from bot.account import StrandedBy
 from bot.bounded import remember
@@ -46,6 +48,7 @@ from bot.messages import (
     Signal,
     SignalAction,
     StopMove,
+    field_problems,
     utc_now,
 )
 from bot.risk.gate import STOP_SIDE, ApprovedOrder, RiskGate, Verdict, stop_move_problem
@@ -355,7 +358,7 @@ class Pipeline:
         if context is None:
             return
         output = await self._runner.call(
-            slot.name, "on_signal", partial(slot.strategy.on_signal, signal, context)
+            slot.name, "on_signal", partial(slot.strategy.on_signal, signal, _copy(context))
         )
         if output is None:
             output = Decline(strategy=slot.name, reason="on_signal returned None, not a list")
@@ -437,18 +440,18 @@ class Pipeline:
         if isinstance(output, Decline):
             await self._decline(signal, Decline(strategy=slot.name, reason=output.reason))
             return None
-        problem = _unusable(output, slot.name, signal)
-        if problem:
+        items = _usable(output, slot.name, signal)
+        if isinstance(items, str):
             # An intent names the key it trades with through its strategy, and its order
             # through (strategy, signal, leg): a plug-in must be able to change neither.
-            await self._decline(signal, Decline(strategy=slot.name, reason=problem))
+            await self._decline(signal, Decline(strategy=slot.name, reason=items))
             return None
         closes = [
             await self._move_stop(slot, move, context, cause)
-            for move in output
+            for move in items
             if isinstance(move, StopMove)
         ]
-        intents = [intent for intent in output if isinstance(intent, OrderIntent)]
+        intents = [intent for intent in items if isinstance(intent, OrderIntent)]
         if intents:
             await self._execute(signal, slot, context, intents, may_hear_rejections)
         return bool(intents) or any(closes)
@@ -482,7 +485,7 @@ class Pipeline:
                 output = await self._runner.call(
                     slot.name,
                     "on_order_rejected",
-                    partial(slot.strategy.on_order_rejected, rejection, signal, context),
+                    partial(slot.strategy.on_order_rejected, rejection, signal, _copy(context)),
                 )
                 await self._act(signal, slot, context, output, may_hear_rejections=False)
 
@@ -749,7 +752,7 @@ class Pipeline:
             position_after=booking.position,
         )
         output = await self._runner.call(
-            slot.name, "on_fill", partial(slot.strategy.on_fill, report, signal, context)
+            slot.name, "on_fill", partial(slot.strategy.on_fill, report, signal, _copy(context))
         )
         if isinstance(output, list | tuple):
             legs, moved = await self._journal.call(
@@ -798,7 +801,7 @@ class Pipeline:
         if context is None:
             return
         output = await self._runner.call(
-            slot.name, "on_timer", partial(slot.strategy.on_timer, tick, context)
+            slot.name, "on_timer", partial(slot.strategy.on_timer, tick, _copy(context))
         )
         await self._act(tick, slot, context, output, may_hear_rejections=True)
 
@@ -823,8 +826,16 @@ class Pipeline:
         await self._journal.call(self._journal.record_decline, signal, decline, rule)
 
 
-def _unusable(output: object, strategy: str, signal: Signal) -> str:
-    """Why a strategy's output cannot be carried out as returned, or "" if it can."""
+def _copy(context: StrategyContext) -> StrategyContext:
+    """The context a strategy's call gets: its own copy, so that whatever the strategy does
+    to it, the bot acts on the context it built (its mappings are read-only views)."""
+    return dataclasses.replace(context)
+
+
+def _usable(output: object, strategy: str, signal: Signal) -> list[OrderIntent | StopMove] | str:
+    """A strategy's output as the bot carries it out, each item validated again (one built
+    with `model_copy(update=...)` was never validated: a float or NaN qty); or why it
+    cannot be carried out."""
     if not isinstance(output, list | tuple):
         return (
             f"strategy returned {type(output).__name__}; expected a list of OrderIntent or "
@@ -835,12 +846,25 @@ def _unusable(output: object, strategy: str, signal: Signal) -> str:
     ]
     if strange:
         return f"strategy returned {', '.join(strange)}; expected OrderIntent or StopMove items"
-    items: Sequence[OrderIntent | StopMove] = output
+    items: list[OrderIntent | StopMove] = []
+    for item in output:
+        kind = OrderIntent if isinstance(item, OrderIntent) else StopMove
+        try:
+            items.append(kind.model_validate(dict(item)))
+        except ValidationError as exc:
+            problems = "; ".join(f"{field}: {said}" for field, said in field_problems(exc))
+            return f"strategy returned an invalid {kind.__name__}: {problems}"
     if any(
         (item.strategy, item.signal_source, item.signal_id) != (strategy, signal.source, signal.id)
         for item in items
     ):
         return "strategy returned an intent for another strategy or signal"
+    others = sorted({i.symbol for i in items if isinstance(i, OrderIntent)} - {signal.symbol})
+    if others:
+        return (
+            f"strategy returned an intent for {', '.join(others)}, but its call was about "
+            f"{signal.symbol}: an intent trades the symbol of its signal (or timer tick)"
+        )
     legs = [
         item.leg if isinstance(item, OrderIntent) else item.close_leg_if_crossed
         for item in items
@@ -848,7 +872,7 @@ def _unusable(output: object, strategy: str, signal: Signal) -> str:
     ]
     if len(set(legs)) != len(legs):
         return f"strategy returned several intents for one leg (legs {legs}); number them"
-    return ""
+    return items
 
 
 def _overrides(strategy: Strategy, hook: str) -> bool:

@@ -17,13 +17,19 @@ from bot.account import Account
 from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.market import MarketData
-from bot.messages import OrderIntent, Signal, parse_signal
+from bot.messages import OrderIntent, Side, Signal, parse_signal
 from bot.pipeline import Pipeline, StrategySlot
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
 from bot.runner import StrategyRunner
 from bot.sim import SimExchange, SimFaults
-from strategies.base import Strategy, StrategyContext, StrategyOutput, StrategyParams
+from strategies.base import (
+    Position,
+    Strategy,
+    StrategyContext,
+    StrategyOutput,
+    StrategyParams,
+)
 from strategies.follow import Follow
 from tests.conftest import client_orders, sim_venues
 
@@ -58,6 +64,39 @@ class TwoOnOneLeg(Impostor):
         return [intent, intent.model_copy(update={"qty": Decimal("0.002")})]
 
 
+class OtherSymbol(Impostor):
+    """Trades a symbol its signal is not about (priced at the signal's, it slipped the
+    limits: 0.05 BTC valued at ETH's price)."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> Sequence[OrderIntent]:
+        intent = self.intent(signal, context, side=Side.BUY, qty=Decimal("0.001"))
+        return [intent.model_copy(update={"symbol": "ETHUSDT"})]
+
+
+class PriceForger(Impostor):
+    """Writes its own price into the context it was given, then buys 0.5 BTC (48,500 USDT)."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> Sequence[OrderIntent]:
+        object.__setattr__(context, "last_price", Decimal(20))  # the attack
+        return [self.intent(signal, context, side=Side.BUY, qty=Decimal("0.5"))]
+
+
+class PositionForger(Impostor):
+    """Gives itself a position in the context, as if it held one."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> Sequence[OrderIntent]:
+        context.positions["BTCUSDT"] = Position(Decimal("0.001"), Decimal(97000))  # type: ignore[index]
+        return []
+
+
+class NanCopy(Impostor):
+    """Returns an intent copied with an update, which pydantic does not validate."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> Sequence[OrderIntent]:
+        intent = self.intent(signal, context, side=Side.BUY, qty=Decimal("0.001"))
+        return [intent.model_copy(update={"qty": Decimal("NaN")})]
+
+
 @pytest.fixture
 def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
     with ExitStack() as resources:
@@ -68,6 +107,11 @@ def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
             ("impostor", Impostor("impostor", StrategyParams()), "k2", "other"),
             ("renamed", Renamed("renamed", StrategyParams()), "k2", "renamed"),
             ("two_legs", TwoOnOneLeg("two_legs", StrategyParams()), "k2", "legs"),
+            ("other_symbol", OtherSymbol("other_symbol", StrategyParams()), "k2", "cross"),
+            ("forger", PriceForger("forger", StrategyParams()), "k2", "forge"),
+            ("holder", PositionForger("holder", StrategyParams()), "k2", "held"),
+            ("nan_copy", NanCopy("nan_copy", StrategyParams()), "k2", "nan"),
+            ("follow_nan", Follow("follow_nan", Follow.Params()), "k1", "nan"),
         ]
         slots = {
             name: StrategySlot(name, plugin, key, frozenset({source}))
@@ -180,6 +224,59 @@ def test_two_intents_for_one_leg_are_declined_not_half_placed(
 
     assert "several intents for one leg" in decisions(journal)["two_legs"][1]
     assert client_orders(exchange.orders()) == []
+
+
+def test_an_intent_for_a_symbol_the_signal_is_not_about_is_declined(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, exchange = stages
+
+    process(pipeline, journal, signal("cross"))
+
+    assert (
+        "an intent for ETHUSDT, but its call was about BTCUSDT"
+        in (decisions(journal)["other_symbol"][1])
+    )
+    assert client_orders(exchange.orders()) == []
+
+
+def test_the_gate_prices_an_intent_at_the_bots_price_whatever_the_strategy_wrote(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, exchange = stages
+
+    process(pipeline, journal, signal("forge"))
+
+    (row,) = [row for row in journal.decisions() if row.strategy == "forger"]
+    assert not row.approved  # 48,500 USDT, over the notional limit
+    assert client_orders(exchange.orders()) == []
+
+
+def test_a_strategy_cannot_write_into_its_contexts_positions(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, _ = stages
+
+    process(pipeline, journal, signal("held"))
+
+    assert decisions(journal)["holder"] == (
+        "failed",
+        "on_signal raised TypeError: 'mappingproxy' object does not support item assignment",
+    )
+
+
+def test_an_intent_copied_with_a_bad_value_is_declined_and_the_others_still_trade(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    pipeline, journal, exchange = stages
+
+    process(pipeline, journal, signal("nan"))
+
+    found = decisions(journal)
+    assert found["nan_copy"][0] == "declined"
+    assert "strategy returned an invalid OrderIntent: qty:" in found["nan_copy"][1]
+    assert found["follow_nan"][0] == "approved"
+    assert len(client_orders(exchange.orders())) == 1
 
 
 def test_strategy_field_routes_to_that_strategy_only(
