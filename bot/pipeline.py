@@ -164,6 +164,8 @@ class Pipeline:
         self._outstanding = 0
         # Fills (by execId) whose `on_fill` is queued or running: each is queued once.
         self._fill_hooks: set[str] = set()
+        #: strategies halted because their code kept failing: no timer ticks until resumed
+        self._halted_for_failures: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         # (source, id) of the signals whose id was reused, said once each (bounded).
@@ -641,8 +643,18 @@ class Pipeline:
             utc_now(),
         )
         self._gate.set_state(state)
+        self._halted_for_failures.add(strategy)
         announce_state(state)
         await self._journal.call(self._journal.record_trading_state, state)
+
+    def _still_halted_for_failures(self, strategy: str) -> bool:
+        """Whether `strategy` is halted because its code kept failing (and not resumed)."""
+        if strategy not in self._halted_for_failures:
+            return False
+        if self._gate.state_of(strategy).state is TradingState.HALTED:
+            return True
+        self._halted_for_failures.discard(strategy)  # resumed: its code runs again
+        return False
 
     # hooks ----------------------------------------------------------------------------------
 
@@ -797,6 +809,8 @@ class Pipeline:
                 )
 
     async def _on_tick(self, slot: StrategySlot, tick: Signal) -> None:
+        if self._still_halted_for_failures(slot.name):
+            return  # it would fail again each tick, a traceback and a decline each time
         context = await self._context(tick, slot)
         if context is None:
             return

@@ -11,14 +11,17 @@ it, and the count starts again; one good call resets it too.
 A strategy's calls take turns: the pipeline may call it from several lanes at once (one per
 key and symbol), and each call waits for the one before it. A thread cannot be killed: while
 an overrunning call is still running, the strategy's next calls fail at once ("still
-running") instead of queueing behind it.
+running") instead of queueing behind it. The threads are daemons: a call that never returns
+does not keep the process from exiting once the bot has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -38,9 +41,55 @@ class Failed:
     halt: bool = False
 
 
+class _DaemonWorker:
+    """One daemon thread running the calls submitted to it, in order. (A ThreadPoolExecutor's
+    threads are joined when the interpreter exits: one stuck in a strategy's endless loop
+    would keep a stopped bot's process alive for ever.)"""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._closed = False
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def submit(self, call: Callable[[], T]) -> Future[T]:
+        """`call()` on the thread, after those submitted before it; cancelled once closed."""
+        future: Future[T] = Future()
+        if self._closed:
+            future.cancel()
+        else:
+            self._calls.put((future, call))
+        return future
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; the thread ends after the call it is running."""
+        self._closed = True
+        self._calls.put(None)
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, call = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = call()
+            except BaseException as exc:  # the plug-in's SystemExit included
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+        while True:  # closed: what is still queued never runs
+            try:
+                left = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if left is not None:
+                left[0].cancel()
+
+
 @dataclass
 class _Lane:
-    pool: ThreadPoolExecutor
+    pool: _DaemonWorker
     budget_s: float
     max_failures: int
     failures: int = 0
@@ -59,11 +108,7 @@ class StrategyRunner:
         self._lanes: dict[str, _Lane] = {}
 
     def add(self, strategy: str, *, budget_s: float, max_failures: int) -> None:
-        self._lanes[strategy] = _Lane(
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"strategy-{strategy}"),
-            budget_s,
-            max_failures,
-        )
+        self._lanes[strategy] = _Lane(_DaemonWorker(f"strategy-{strategy}"), budget_s, max_failures)
 
     def max_failures(self, strategy: str) -> int:
         return self._lane(strategy).max_failures
@@ -76,7 +121,7 @@ class StrategyRunner:
     def close(self) -> None:
         """Stop the threads (a call still running is left to finish on its own)."""
         for lane in self._lanes.values():
-            lane.pool.shutdown(wait=False, cancel_futures=True)
+            lane.pool.shutdown()
 
     async def call(
         self, strategy: str, what: str, call: Callable[[], T], *, budget_s: float | None = None

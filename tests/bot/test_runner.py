@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import threading
 import time
@@ -252,3 +253,23 @@ def test_a_slow_strategy_never_blocks_the_event_loop() -> None:
     assert result == "done"
     # A blocked loop would have ticked at most once during the 200 ms call.
     assert ticks >= 5
+
+
+def test_a_call_that_never_returns_does_not_keep_the_process_alive() -> None:
+    """A plug-in stuck for ever (on_start past its budget, a blocked on_signal): the bot
+    stops, and its process must exit, not wait for the thread at the interpreter's exit."""
+    script = (
+        "import asyncio, threading\n"
+        "from bot.runner import StrategyRunner\n"
+        "runner = StrategyRunner(budget_s=0.1)\n"
+        "blocked = lambda: threading.Event().wait()\n"
+        "print(asyncio.run(runner.call('stuck', 'on_start', blocked)).reason)\n"
+        "runner.close()\n"
+    )
+
+    ended = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+
+    assert ended.returncode == 0, ended.stderr
+    assert "on_start overran its time budget of 100 ms" in ended.stdout

@@ -479,6 +479,14 @@ class TwoSymbolTicker(Ticker):
         return None
 
 
+class FailingTicker(Ticker):
+    """Every tick raises."""
+
+    def on_timer(self, tick: Signal, context: StrategyContext) -> StrategyOutput | None:
+        HEARD[self.name].append(tick)
+        raise RuntimeError("tick bug")
+
+
 def only(plugin: str, extra: str = "") -> Callable[[Callable[..., Path]], Path]:
     """A sim configuration whose one strategy `hooked` is this module's `plugin`."""
 
@@ -570,6 +578,17 @@ def test_every_tick_of_every_symbol_has_its_own_id(sim_config: Callable[..., Pat
         )
 
     assert len({tick.id for tick in ticks}) == len(ticks)
+
+
+def test_a_strategy_halted_for_failing_ticks_is_not_ticked_again(
+    sim_config: Callable[..., Path],
+) -> None:
+    with running(only("FailingTicker")(sim_config)):
+        wait_for(lambda: len(HEARD["hooked"]) >= 3, what="three failed ticks")
+        time.sleep(1.0)  # ten more ticks' time
+        ticked = len(HEARD["hooked"])
+
+    assert ticked == 3  # halted after max_failures (3): every later tick skipped
 
 
 class LegAndStop(Strategy):
