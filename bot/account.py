@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from functools import partial
+from operator import attrgetter
 from typing import Final, NamedTuple
 
 from bot.bounded import remember
@@ -86,6 +87,10 @@ _MOVABLE_EXITS: Final = frozenset({"StopLoss", "TakeProfit"})
 _LEVELS_KEPT: Final = 8
 #: Reconciliation passes that fetch a key's closed PnL after one of its positions closed.
 _CLOSED_PNL_FETCHES: Final = 3
+#: What a position report says, but when: two that agree on it say the same.
+_POSITION_STATE: Final = attrgetter(
+    "size", "entry_price", "mark_price", "unrealized_pnl", "cum_realized_pnl", "leverage"
+)
 #: How long a fill of our order that came before the venue's answer to the send is held for
 #: the orderId the answer brings (it normally comes within milliseconds); then it is booked
 #: as the order's, its orderId unchecked, as a fill of an order in flight always was.
@@ -585,6 +590,10 @@ class AccountKeeper:
         elif isinstance(report, PositionUpdate):
             before = projection.position(report.key_name, report.symbol)
             projection.apply_position(report)
+            if before is not None and _POSITION_STATE(before) == _POSITION_STATE(report):
+                # Bybit pushes the position on every order create, amend and cancel, changed
+                # or not: no fill came between two that agree, so nothing to write or tell.
+                return
             self._write(journal.record_position, report)
             self._position_updated(report)
             if report.size == 0 and before is not None and before.size != 0:

@@ -926,3 +926,20 @@ def test_a_position_that_closes_has_its_closed_pnl_fetched_on_the_next_passes(
 
     assert before_close is False
     assert due == [True, True, True, False]  # a few passes, as the record may come late
+
+
+def test_a_position_report_that_repeats_the_last_is_not_written_again(journal: Journal) -> None:
+    """Bybit pushes the position on every order create, amend and cancel, changed or not."""
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    first = datetime.now(UTC) - timedelta(seconds=2)
+    opened = sim_position(Decimal("0.01"), ts=first)
+    repeated = sim_position(Decimal("0.01"), ts=first + timedelta(seconds=1))
+
+    apply_logged(keeper, journal, opened, repeated)
+    [kept] = journal.positions()
+    apply_logged(keeper, journal, sim_position(Decimal("0.02"), ts=datetime.now(UTC)))
+    [grown] = journal.positions()
+
+    assert kept.ts == first  # the repeat wrote nothing
+    assert grown.size == Decimal("0.02")
