@@ -374,8 +374,8 @@ def test_a_never_sent_reduce_only_order_is_judged_by_when_it_was_decided(
     venue.close()
 
 
-def resting(executor: Executor) -> OrderEvent:
-    """A limit buy under the market, resting at the venue."""
+def resting(executor: Executor, journal: Journal) -> OrderRequest:
+    """A limit buy under the market, resting at the venue: its request, as journaled."""
     item = make_intent(
         order_type=OrderType.LIMIT,
         price=Decimal(90000),
@@ -385,7 +385,9 @@ def resting(executor: Executor) -> OrderEvent:
     )
     event = asyncio.run(executor.execute(approve(item), "k"))
     assert event.status is OrderStatus.NEW
-    return event
+    record = journal.order(event.order_link_id)
+    assert record is not None
+    return record.request
 
 
 def test_a_cancel_the_venue_carried_out_but_answered_unclearly_is_a_cancel(
@@ -393,12 +395,10 @@ def test_a_cancel_the_venue_carried_out_but_answered_unclearly_is_a_cancel(
 ) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
     executor, venue = make_executor(exchange[1], journal)
-    order = resting(executor)
-    record = journal.order(order.order_link_id)
-    assert record is not None
+    request = resting(executor, journal)
     exchange[0].set_faults(SimFaults(accept_then_10016=1.0))  # done, then "Server error."
 
-    event = asyncio.run(executor.cancel(record.request))
+    event = asyncio.run(executor.cancel(request))
 
     assert event is not None and event.status is OrderStatus.CANCELLED
     venue.close()
@@ -409,23 +409,18 @@ def test_a_cancel_the_venue_never_answers_is_tried_a_bounded_number_of_times_the
 ) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
     executor, venue = make_executor(exchange[1], journal)
-    order = resting(executor)
-    record = journal.order(order.order_link_id)
-    assert record is not None
+    request = resting(executor, journal)
     before = exchange[0].stats()["requests_by_path"].get("/v5/order/cancel", 0)
     exchange[0].set_faults(SimFaults(timeout_10016=1.0))  # nothing carried out, ever
 
     with pytest.raises(AmbiguousError):
-        asyncio.run(executor.cancel(record.request))
+        asyncio.run(executor.cancel(request))
 
     exchange[0].set_faults(SimFaults())
     assert exchange[0].stats()["requests_by_path"]["/v5/order/cancel"] - before == 3
-    assert [o["orderStatus"] for o in orders_of_link(exchange[0], order.order_link_id)] == ["New"]
+    link = request.order_link_id
+    assert [o["orderStatus"] for o in exchange[0].orders() if o["orderLinkId"] == link] == ["New"]
     venue.close()
-
-
-def orders_of_link(exchange: SimExchange, link: str) -> list[dict[str, object]]:
-    return [o for o in exchange.orders() if o["orderLinkId"] == link]
 
 
 def test_venue_rejection_is_journaled_with_bybit_reason(
