@@ -448,11 +448,12 @@ def _url_problem(url: str) -> str | None:
 
 def _shown(url: str) -> str:
     """`url` with what may be a user name and password masked (it is shown in an error):
-    everything between `://` and its last `@`."""
-    scheme, separator, rest = url.partition("://")
-    if "@" not in rest:
+    everything before its last `@` but a scheme."""
+    head, at, tail = url.rpartition("@")
+    if not at:
         return url
-    return f"{scheme}{separator}***@{rest.rpartition('@')[2]}"
+    scheme, separator, _ = head.partition("://")
+    return f"{scheme}{separator}***@{tail}" if separator else f"***@{tail}"
 
 
 def _post_signed(

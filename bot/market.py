@@ -15,7 +15,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
-from types import MappingProxyType
 
 from bot.account import Account
 from bot.journal import Journal, OrderRecord
@@ -78,7 +77,7 @@ class MarketData:
         # is not shown as open.
         open_orders = await self._journal.open_orders_written(key_name, strategy, symbol)
         wallet = self._account.projection.wallet(key_name)
-        balances = MappingProxyType(  # read-only: the bot acts on this context too
+        balances = (
             {
                 "equity": wallet.equity_usdt,
                 "available": wallet.available_usdt,
@@ -96,9 +95,7 @@ class MarketData:
             equity_usdt=equity,
             now=utc_now(),
             balances=balances,
-            positions=MappingProxyType(
-                {book.symbol: Position(book.size, book.entry_price) for book in books}
-            ),
+            positions={book.symbol: Position(book.size, book.entry_price) for book in books},
             open_orders=tuple(_open_order(record) for record in open_orders),
             orders_today=orders_today,
         )

@@ -68,6 +68,8 @@ STRATEGY_FAILED: Final = "STRATEGY_FAILED"
 ON_START_BUDGET_S: Final = 30.0
 #: The source of the synthetic signals `on_timer` gets.
 TIMER_SOURCE: Final = "timer"
+#: How the reason of a strategy's halt for its failing code begins (no timer ticks then).
+FAILURE_HALT: Final = "its code failed"
 #: When an `on_fill` that could not run (no market data, the key refused) is tried again:
 #: soon, for a passing gap in market data, then each minute for an hour, for an outage of
 #: the venue; after the last try it is left due for the next start.
@@ -164,8 +166,6 @@ class Pipeline:
         self._outstanding = 0
         # Fills (by execId) whose `on_fill` is queued or running: each is queued once.
         self._fill_hooks: set[str] = set()
-        #: strategies halted because their code kept failing: no timer ticks until resumed
-        self._halted_for_failures: set[str] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         # (source, id) of the signals whose id was reused, said once each (bounded).
@@ -636,25 +636,22 @@ class Pipeline:
     async def _halt(self, strategy: str, reason: str) -> None:
         """Halt a strategy that keeps failing: opening orders refused until a person resumes
         it (`bot resume --strategy NAME`); the other strategies go on."""
+        failures = self._runner.max_failures(strategy)
         state = ScopeState(
             strategy,
             TradingState.HALTED,
-            f"its code failed {self._runner.max_failures(strategy)} times in a row; last: {reason}",
+            f"{FAILURE_HALT} {failures} times in a row; last: {reason}",
             utc_now(),
         )
         self._gate.set_state(state)
-        self._halted_for_failures.add(strategy)
         announce_state(state)
         await self._journal.call(self._journal.record_trading_state, state)
 
-    def _still_halted_for_failures(self, strategy: str) -> bool:
-        """Whether `strategy` is halted because its code kept failing (and not resumed)."""
-        if strategy not in self._halted_for_failures:
-            return False
-        if self._gate.state_of(strategy).state is TradingState.HALTED:
-            return True
-        self._halted_for_failures.discard(strategy)  # resumed: its code runs again
-        return False
+    def _halted_for_failures(self, strategy: str) -> bool:
+        """Whether `strategy` is halted because its code kept failing (by this run or one
+        before it: the state is journaled), not resumed since, nor halted by a person."""
+        state = self._gate.state_of(strategy)
+        return state.state is TradingState.HALTED and state.reason.startswith(FAILURE_HALT)
 
     # hooks ----------------------------------------------------------------------------------
 
@@ -809,7 +806,7 @@ class Pipeline:
                 )
 
     async def _on_tick(self, slot: StrategySlot, tick: Signal) -> None:
-        if self._still_halted_for_failures(slot.name):
+        if self._halted_for_failures(slot.name):
             return  # it would fail again each tick, a traceback and a decline each time
         context = await self._context(tick, slot)
         if context is None:

@@ -188,7 +188,7 @@ class SecretResolver:
     def _generated(self, name: str) -> str:
         assert self._generated_dir is not None
         path = self._generated_dir / name.lower()
-        existing = self._read(path)
+        existing = self._read_generated(path)
         if existing:
             return existing
         try:
@@ -203,7 +203,7 @@ class SecretResolver:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return self._written_by_another(path)
+            return self._read_generated(path)
         except OSError as exc:
             raise UnusableSecretError(
                 f"cannot write the generated secret file {path}: {exc.strerror}"
@@ -212,9 +212,9 @@ class SecretResolver:
             handle.write(value + "\n")
         return value
 
-    def _written_by_another(self, path: Path) -> str:
-        """The secret another process has just created at `path`: once it has written it
-        (a moment after creating the file; a few tries, then the file is taken as it is)."""
+    def _read_generated(self, path: Path) -> str:
+        """A generated secret ("" if none yet). Another process may have just created the file
+        and not yet written it: an empty one is read a few times before it is refused."""
         for _ in range(_RACE_TRIES - 1):
             with contextlib.suppress(UnusableSecretError):
                 return self._read(path)

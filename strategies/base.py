@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import ClassVar
+from typing import ClassVar, NoReturn, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -72,6 +72,7 @@ __all__ = [
     "OpenOrder",
     "OrderRejection",
     "Position",
+    "ReadOnlyDict",
     "Strategy",
     "StrategyContext",
     "StrategyOutput",
@@ -79,6 +80,9 @@ __all__ = [
 ]
 
 INTERFACE_VERSION = 2
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: What a strategy's call returns: orders (and stop moves) to make, or why none.
 StrategyOutput = Sequence[OrderIntent | StopMove] | Decline
@@ -157,9 +161,26 @@ class OrderRejection:
     order_link_id: str | None = None
 
 
+class ReadOnlyDict(dict[K, V]):
+    """A dict a strategy can read, copy and pickle, but not change: the context is the bot's
+    snapshot (a write raises TypeError, so the call fails instead of going unnoticed)."""
+
+    def _refuse(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            "the context's mappings are read-only: copy one with dict(...) to change it"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[type[ReadOnlyDict[K, V]], tuple[dict[K, V]]]:
+        return type(self), (dict(self),)  # copied and unpickled without a write
+
+
 @dataclass(frozen=True)
 class StrategyContext:
-    """What a strategy may know when it decides; built by the bot just before each call."""
+    """What a strategy may know when it decides; built by the bot just before each call.
+    Its mappings are read-only copies, made afresh for every context."""
 
     strategy: str
     params: StrategyParams
@@ -178,6 +199,10 @@ class StrategyContext:
     open_orders: tuple[OpenOrder, ...] = ()
     #: the strategy's orders the risk gate approved today (UTC), every leg counted
     orders_today: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "balances", ReadOnlyDict(self.balances))
+        object.__setattr__(self, "positions", ReadOnlyDict(self.positions))
 
     @property
     def position_qty(self) -> Decimal:

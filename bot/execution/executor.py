@@ -291,8 +291,8 @@ class Executor:
         remember(self._cancelling, request.order_link_id, None, _CANCELS_KEPT)  # the bot's own
         try:
             cancelled = await self._send_cancel(request)
-        except AmbiguousError:
-            # The venue may have carried it out: what it shows of the order says.
+        except (AmbiguousError, RetryableError):
+            # An earlier try may have been carried out: what the venue shows of it says.
             shown = await self._look_up_safely(request)
             if shown is None or not shown.status.is_terminal:
                 raise
@@ -319,9 +319,9 @@ class Executor:
             except RetryableError as exc:
                 if exc.retry_after_s > _CANCEL_WAIT_MAX_S:
                     raise
-                await asyncio.sleep(exc.retry_after_s)
+                await asyncio.sleep(exc.retry_after_s + self._jitter(exc.retry_after_s))
             except AmbiguousError:
-                await asyncio.sleep(_CANCEL_RETRY_S * attempt)
+                await asyncio.sleep(_CANCEL_RETRY_S * attempt + self._jitter(_CANCEL_RETRY_S))
         return await venue.cancel_order(request.order_link_id, request.symbol)  # the last try
 
     def position_closed(self, closed: StrandedBy) -> None:

@@ -777,9 +777,10 @@ def test_signal_send_to_a_bad_url_or_a_trickling_server_ends_in_one_line(tmp_pat
         assert _one_line(answer.stderr).startswith(f"error: --url {url!r} is not")
     assert "Port out of range" in answers[-1].stderr  # never sent to 99999 - 65536
     for password in ("hunter22", "hunter22?", "hunter/22", "hun#ter22"):
-        with_login = send(config, *BUY_BTC, "--url", f"http://user:{password}@127.0.0.1:1/x")
-        assert with_login.returncode == 2 and "hunter" not in with_login.stderr
-        assert "with a user name or password" in _one_line(with_login.stderr)
+        for url in (f"http://user:{password}@127.0.0.1:1/x", f"user:{password}@127.0.0.1:1"):
+            with_login = send(config, *BUY_BTC, "--url", url)
+            assert with_login.returncode == 2 and "hunter" not in with_login.stderr
+            assert "with a user name or password" in _one_line(with_login.stderr)
 
 
 def test_bytes_that_are_not_utf8_in_an_argument_or_a_secret_are_one_line(

@@ -261,7 +261,8 @@ def test_a_strategy_cannot_write_into_its_contexts_positions(
 
     assert decisions(journal)["holder"] == (
         "failed",
-        "on_signal raised TypeError: 'mappingproxy' object does not support item assignment",
+        "on_signal raised TypeError: the context's mappings are read-only: copy one with "
+        "dict(...) to change it",
     )
 
 

@@ -46,6 +46,7 @@ from strategies.base import (
 )
 from strategies.follow import Follow
 from strategies.ladder import TakeProfitLadder
+from tests.bot.test_admin import admin
 from tests.bot.test_pipeline import signal
 from tests.bot.test_service import RunningBot
 from tests.bot.test_service import signal as posted
@@ -480,11 +481,15 @@ class TwoSymbolTicker(Ticker):
 
 
 class FailingTicker(Ticker):
-    """Every tick raises."""
+    """Every tick raises while `failing`."""
+
+    failing: ClassVar[bool] = True
 
     def on_timer(self, tick: Signal, context: StrategyContext) -> StrategyOutput | None:
         HEARD[self.name].append(tick)
-        raise RuntimeError("tick bug")
+        if FailingTicker.failing:
+            raise RuntimeError("tick bug")
+        return None
 
 
 def only(plugin: str, extra: str = "") -> Callable[[Callable[..., Path]], Path]:
@@ -580,15 +585,35 @@ def test_every_tick_of_every_symbol_has_its_own_id(sim_config: Callable[..., Pat
     assert len({tick.id for tick in ticks}) == len(ticks)
 
 
-def test_a_strategy_halted_for_failing_ticks_is_not_ticked_again(
-    sim_config: Callable[..., Path],
+def test_a_strategy_halted_for_failing_ticks_is_not_ticked_again_even_after_a_restart(
+    sim_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with running(only("FailingTicker")(sim_config)):
+    monkeypatch.setattr(FailingTicker, "failing", True)
+    config = only("FailingTicker")(sim_config)
+    with running(config):
         wait_for(lambda: len(HEARD["hooked"]) >= 3, what="three failed ticks")
         time.sleep(1.0)  # ten more ticks' time
         ticked = len(HEARD["hooked"])
+    with running(config):  # the halt is journaled: it holds in the next run too
+        time.sleep(1.0)
 
     assert ticked == 3  # halted after max_failures (3): every later tick skipped
+    assert len(HEARD["hooked"]) == 3
+
+
+def test_an_operators_halt_after_a_resume_does_not_stop_the_ticks(
+    sim_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Halted by the operator (not for failing), a strategy's on_timer may still close
+    positions (reduce-only orders pass a halt): it is ticked."""
+    monkeypatch.setattr(FailingTicker, "failing", True)
+    with running(only("FailingTicker")(sim_config)) as bot:
+        wait_for(lambda: len(HEARD["hooked"]) >= 3, what="three failed ticks")
+        monkeypatch.setattr(FailingTicker, "failing", False)
+        assert admin(bot, "resume", {"strategy": "hooked"}) == 200
+        assert admin(bot, "halt", {"strategy": "hooked", "reason": "news at 14:00"}) == 200
+        before = len(HEARD["hooked"])
+        wait_for(lambda: len(HEARD["hooked"]) > before + 2, what="ticks while halted")
 
 
 class LegAndStop(Strategy):
