@@ -838,9 +838,9 @@ class Pipeline:
 
 
 def _copy(context: StrategyContext) -> StrategyContext:
-    """The context a strategy's call gets: its own copy, so that whatever the strategy does
-    to it, the bot acts on the context it built (its mappings are read-only views)."""
-    return dataclasses.replace(context)
+    """The context a strategy's call gets: its own copy (its instrument too, which the venue
+    caches), so that whatever the strategy does to it, the bot acts on the one it built."""
+    return dataclasses.replace(context, instrument=context.instrument.model_copy())
 
 
 def _usable(output: object, strategy: str, signal: Signal) -> list[OrderIntent | StopMove] | str:
