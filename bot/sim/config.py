@@ -492,6 +492,14 @@ class SimulatorConfig(BaseModel):
         description="Messages a WebSocket connection may have waiting to be sent; a client that "
         "falls further behind is disconnected, as a real exchange does.",
     )
+    stream_idle_cutoff_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="A WebSocket connection with no ping-pong and no data sent for this long "
+        "is closed (Bybit: 10 minutes; a private or trade connection may ask for 30 s to "
+        "10 min with ?max_active_time=); tests shorten it.",
+    )
     seed: int | None = Field(
         default=None, description="Seed of the fault RNG; None draws a fresh one per exchange."
     )

@@ -38,7 +38,10 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import threading
+import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Collection
@@ -50,6 +53,7 @@ from starlette.types import Receive, Scope, Send
 from bot.sim.errors import RetCode
 from bot.sim.exchange import SimExchange
 from bot.sim.params import KLINE_INTERVALS
+from bot.sim.records import SETTLE_COIN
 from bot.sim.trade_ws import TradeDesk
 from bot.sim.websocket import ABORT_EXTENSION
 
@@ -78,6 +82,11 @@ PRIVATE_TOPICS: dict[str, str | None] = {
             ),
             "position.inverse",
             "position.option",
+            # Options' greeks and disconnected-cancel-all (DCP): the simulator has neither.
+            "greeks",
+            "dcp.future",
+            "dcp.spot",
+            "dcp.option",
         )
     ),
 }
@@ -100,10 +109,18 @@ _FAST_EXECUTION_FIELDS = (
     "execTime",
     "seq",
 )
+#: Public topics of a settle coin, not a symbol (`insurance.USDT`, `adlAlert.USDT`), and
+#: the book with RPI orders (`orderbook.rpi.BTCUSDT`): taken, never pushed.
+_COIN_TOPICS = frozenset({"insurance", "adlAlert"})
+_RPI_BOOK = "orderbook.rpi"
 _TICKER_PREFIX = "tickers."
 _BOOK_DEPTHS = frozenset({1, 50, 200, 1000})  # Bybit's for linear
 _MAX_REQUEST_CHARS = 64 * 1024
 _REFRESH_S = 1.0
+#: Bybit's bounds on `max_active_time`, and how often it looks for idle connections.
+_MIN_ACTIVE_S = 30
+_MAX_ACTIVE_S = 600
+_IDLE_SCAN_S = 30.0
 _LEVEL1_RESEND_MS = 3000
 _MAX_TOPICS = 500
 Channel = Literal["private", "linear", "trade"]
@@ -138,6 +155,10 @@ class _Connection:
     #: Digests of the reqIds a trade connection used (a repeat is refused).
     req_ids: dict[bytes, None] = field(default_factory=dict)
     dropped: bool = False
+    #: Closed after this long without ping-pong or data sent (`_alive_s`)...
+    alive_s: float = 600.0
+    #: ...counted from this moment (monotonic): the last message sent to it.
+    last_sent: float = field(default_factory=time.monotonic)
 
 
 def _dumps(value: Any) -> str:
@@ -158,8 +179,12 @@ class _PublicTopic:
         """The topic if the simulator serves it (for a listed symbol), else None."""
         parts = topic.split(".")
         kind, symbol = parts[0], parts[-1]
+        if len(parts) == 2 and kind in _COIN_TOPICS and symbol == SETTLE_COIN:
+            return cls(kind, symbol)
         if symbol not in symbols:
             return None
+        if parts[:2] == ["orderbook", "rpi"] and len(parts) == 3:
+            return cls(_RPI_BOOK, symbol)
         if len(parts) == 2 and kind in ("tickers", "publicTrade", "priceLimit", "allLiquidation"):
             return cls(kind, symbol)
         if len(parts) == 3 and kind == "kline" and parts[1] in KLINE_INTERVALS:
@@ -169,9 +194,29 @@ class _PublicTopic:
         return None
 
     @property
+    def silent(self) -> bool:
+        """Taken as Bybit takes it, never pushed: what the simulator has none of (insurance
+        pool changes, auto-deleveraging alerts, RPI orders)."""
+        return self.kind in _COIN_TOPICS or self.kind == _RPI_BOOK
+
+    @property
     def is_market_data(self) -> bool:
         """Pushed on a price change (else on an event: a fill, a liquidation)."""
         return self.kind not in ("publicTrade", "allLiquidation")
+
+
+def _alive_s(channel: Channel, query: bytes, default_s: float) -> float:
+    """How long a connection may go without ping-pong or data: `default_s`, or what a
+    private or trade connection asks for with `max_active_time` (`45s`, `2m`; Bybit takes
+    30 s to 10 min: a value outside is brought within, one unreadable ignored)."""
+    if channel == "linear":
+        return default_s
+    asked = urllib.parse.parse_qs(query.decode("latin-1")).get("max_active_time")
+    match = re.fullmatch(r"([0-9]{1,5})([sm])", asked[-1]) if asked else None
+    if match is None:
+        return default_s
+    seconds = int(match[1]) * (60 if match[2] == "m" else 1)
+    return float(min(max(seconds, _MIN_ACTIVE_S), _MAX_ACTIVE_S))
 
 
 def _fast_executions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -323,11 +368,15 @@ class StreamHub:
             send=send,
             abortable=ABORT_EXTENSION in (scope.get("extensions") or {}),
             queue=asyncio.Queue(self._queue_max),
+            alive_s=_alive_s(
+                channel, scope.get("query_string", b""), self._exchange.config.stream_idle_cutoff_s
+            ),
         )
         self._connections[conn.conn_id] = conn
         self._connections_opened += 1
         sender = asyncio.create_task(self._send_loop(conn))
         refresher = asyncio.create_task(self._refresh_loop(conn)) if channel == "linear" else None
+        idle = asyncio.create_task(self._close_when_idle(conn))
         try:
             while True:
                 message = await receive()
@@ -340,7 +389,7 @@ class StreamHub:
                 self._handle(conn, text)
         finally:
             self._forget(conn)
-            for task in (sender, refresher):
+            for task in (sender, refresher, idle):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -354,7 +403,19 @@ class StreamHub:
                 return
             await conn.send({"type": "websocket.send", "text": text})
             conn.messages_sent += 1
+            conn.last_sent = time.monotonic()
             self._messages_sent += 1
+
+    async def _close_when_idle(self, conn: _Connection) -> None:
+        """Close the connection once nothing (a pong, an answer, data) was sent to it for
+        `conn.alive_s`, looked at every `_IDLE_SCAN_S` at most, as Bybit's ticker does."""
+        scan_s = min(_IDLE_SCAN_S, conn.alive_s / 2)
+        while not conn.dropped:
+            await asyncio.sleep(scan_s)
+            if time.monotonic() - conn.last_sent >= conn.alive_s:
+                self._forget(conn)
+                await self._send_quietly(conn, {"type": "websocket.close", "code": 1000})
+                return
 
     async def _refresh_loop(self, conn: _Connection) -> None:
         while not conn.dropped:
@@ -611,8 +672,8 @@ class StreamHub:
                     assert conn.api_key is not None
                     if (pushed := PRIVATE_TOPICS[topic]) is not None:
                         self._private_interest[(conn.api_key, pushed)] += 1
-                else:
-                    self._public_interest(topic)[self._public(topic).symbol] += 1
+                elif not (public := self._public(topic)).silent:
+                    self._public_interest(topic)[public.symbol] += 1
         self._answer(conn, op, req_id, True, "")
         if conn.channel == "linear":
             for topic in topics:
@@ -655,8 +716,8 @@ class StreamHub:
         if conn.channel == "private":
             if conn.api_key is not None and (pushed := PRIVATE_TOPICS.get(topic)) is not None:
                 self._private_interest[(conn.api_key, pushed)] -= 1
-        else:
-            self._public_interest(topic)[self._public(topic).symbol] -= 1
+        elif not (public := self._public(topic)).silent:
+            self._public_interest(topic)[public.symbol] -= 1
 
     # ------------------------------------------------------------------ pushes (event loop)
 

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim.client import SimWebSocket, SimWebSocketTrading
+from bot.sim.stream import Channel, _alive_s
 from tests.bot.sim.kit import eventually
 
 KEY = "stream-key"
@@ -191,6 +192,30 @@ def test_categorised_private_topics_are_taken_but_not_beside_their_all_in_one_to
     assert mixed["success"] is False and "execution.linear" in mixed["ret_msg"]
     assert fast_beside_all["success"] is True  # execution.fast is a topic of its own
     assert unknown["success"] is False and "handler not found" in unknown["ret_msg"]
+
+
+def test_topics_of_what_the_simulator_has_none_of_are_taken_and_stay_silent(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    """Refused, they cut pybit's connection (its subscription answer handler fails); Bybit
+    documents each: greeks, dcp.*, insurance.USDT, adlAlert.USDT, orderbook.rpi.<symbol>."""
+    private = raw("/v5/private")
+    expires = int(time.time() * 1000) + 5000
+    assert _ask(private, {"op": "auth", "args": _auth_args(KEY, SECRET, expires)})["success"]
+    public = raw("/v5/public/linear")
+
+    taken_private = _ask(private, {"op": "subscribe", "args": ["greeks", "dcp.future"]})
+    taken_public = _ask(
+        public,
+        {"op": "subscribe", "args": ["insurance.USDT", "adlAlert.USDT", "orderbook.rpi.BTCUSDT"]},
+    )
+    wrong_coin = _ask(public, {"op": "subscribe", "args": ["insurance.BTC"]})
+
+    assert taken_private["success"] is True and taken_public["success"] is True
+    assert wrong_coin["success"] is False
+    public.settimeout(1.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):  # nothing is pushed on them
+        public.recv()
 
 
 @pytest.mark.parametrize(
@@ -940,3 +965,43 @@ def _signed_create(server: SimServer, key: str, extra: dict[str, Any]) -> dict[s
     answer = requests.post(server.url + "/v5/order/create", data=body, headers=headers, timeout=5)
     result: dict[str, Any] = answer.json()
     return result
+
+
+@pytest.mark.parametrize(
+    ("channel", "query", "alive_s"),
+    [
+        ("private", b"", 600.0),
+        ("private", b"max_active_time=45s", 45.0),
+        ("trade", b"max_active_time=2m", 120.0),
+        ("private", b"max_active_time=5s", 30.0),  # Bybit's least
+        ("private", b"max_active_time=30m", 600.0),  # and most
+        ("private", b"max_active_time=soon", 600.0),
+        ("linear", b"max_active_time=45s", 600.0),  # private and order entry only
+    ],
+)
+def test_max_active_time_sets_how_long_a_quiet_connection_lives(
+    channel: Channel, query: bytes, alive_s: float
+) -> None:
+    assert _alive_s(channel, query, 600.0) == alive_s
+
+
+def test_a_connection_without_ping_pong_or_data_is_closed_and_one_that_pings_is_not() -> None:
+    config = SimulatorConfig(
+        seed=3,
+        accounts=[SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET))],
+        stream_idle_cutoff_s=0.6,
+    )
+    with SimServer(SimExchange(config)) as server:
+        quiet = websocket.create_connection(server.ws_url + "/v5/private", timeout=5)
+        pinging = websocket.create_connection(server.ws_url + "/v5/private", timeout=5)
+        try:
+            for _ in range(8):  # 1.6 s: past the cut-off, were its pongs not data sent
+                assert _ask(pinging, {"op": "ping"})["op"] == "pong"
+                time.sleep(0.2)
+            quiet.settimeout(3)
+            closed = quiet.recv_data()[0] == websocket.ABNF.OPCODE_CLOSE
+        finally:
+            quiet.close()
+            pinging.close()
+
+    assert closed
