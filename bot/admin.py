@@ -156,6 +156,7 @@ class AdminRoutes:
         except Exception as exc:  # the operator gets the reason, never a bare 500
             logger.exception("admin {route} failed", route=state.value)
             return _answer(503, "failed", f"{type(exc).__name__}: {exc}; see the bot's log")
+        await self._used.done(header, body)
         return JSONResponse(report)
 
 

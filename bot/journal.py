@@ -80,7 +80,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 9
+SCHEMA_VERSION: Final = 10
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -207,6 +207,11 @@ CREATE TABLE IF NOT EXISTS used_commands (
     until  REAL NOT NULL
 );
 """
+#: Whether a remembered command was carried out: one a crash cut short (recorded, not
+#: acted on) may be taken once more (an MQTT command is delivered again after the crash).
+_USED_COMMAND_ACTED: Final = """
+ALTER TABLE used_commands ADD COLUMN acted INTEGER NOT NULL DEFAULT 1;
+"""
 #: Unfinished orders are looked up per signal (a strategy's open orders): not by a scan.
 _ORDERS_BY_STATUS: Final = """
 CREATE INDEX IF NOT EXISTS orders_by_status ON orders (status, key_name, strategy, symbol);
@@ -286,7 +291,7 @@ CREATE TABLE IF NOT EXISTS order_events (
     reason        TEXT NOT NULL DEFAULT ''
 );
 {_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}{_FILL_HOOKS}
-{_STOP_MOVE_CAUSE}{_USED_COMMANDS}{_FILL_HOOK_POSITION}"""
+{_STOP_MOVE_CAUSE}{_USED_COMMANDS}{_FILL_HOOK_POSITION}{_USED_COMMAND_ACTED}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -302,6 +307,7 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     7: _FILL_HOOKS + _STOP_MOVE_CAUSE,
     8: _USED_COMMANDS,
     9: _FILL_HOOK_POSITION,
+    10: _USED_COMMAND_ACTED,
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")
@@ -1281,21 +1287,33 @@ class Journal:
         return found is not None
 
     def record_used_command(self, digest: bytes, until: float, now: float) -> bool:
-        """Remember a signed command acted on until `until` (unix seconds), forgetting those
-        expired by `now`; False if it was remembered already (a replay)."""
-        with self._transaction(durable=True) as db:  # before the command is acted on
+        """Remember, before it is acted on, a signed command used until `until` (unix
+        seconds), forgetting those expired by `now`; False if one was remembered already
+        and acted on (a replay). One remembered and never acted on (a crash cut it short)
+        is taken again."""
+        with self._transaction(durable=True) as db:
             db.execute("DELETE FROM used_commands WHERE until <= ?", (now,))
             inserted = db.execute(
-                "INSERT OR IGNORE INTO used_commands (digest, until) VALUES (?, ?)",
+                "INSERT OR IGNORE INTO used_commands (digest, until, acted) VALUES (?, ?, 0)",
                 (digest, until),
             ).rowcount
-        return inserted == 1
+            if inserted:
+                return True
+            (acted,) = db.execute(
+                "SELECT acted FROM used_commands WHERE digest = ?", (digest,)
+            ).fetchone()
+        return not acted
+
+    def record_command_acted(self, digest: bytes) -> None:
+        """A remembered command was carried out: never again while its signature holds."""
+        with self._transaction(one_statement=True) as db:
+            db.execute("UPDATE used_commands SET acted = 1 WHERE digest = ?", (digest,))
 
     def used_commands(self, now: float) -> dict[bytes, float]:
         """The signed commands acted on whose signatures are still accepted at `now`."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT digest, until FROM used_commands WHERE until > ?", (now,)
+                "SELECT digest, until FROM used_commands WHERE until > ? AND acted = 1", (now,)
             ).fetchall()
         return {bytes(digest): until for digest, until in rows}
 

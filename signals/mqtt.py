@@ -281,6 +281,10 @@ class MqttSubscriber:
                 timeout=config.connect_timeout_s,
             )
             self._check_granted(granted)
+            if self._session_present and config.shared_group:
+                # A session resumed from before `shared_group` was set still holds the plain
+                # filter: with it, this bot would get every signal besides its share.
+                await client.unsubscribe(config.topic, timeout=config.connect_timeout_s)
             if self._session_present or self.counters.connections == 0:
                 logger.info(
                     "mqtt: subscribed to {subscription} ({session})",
@@ -617,7 +621,9 @@ class MqttControl:
             try:
                 await self._connection()
             except (aiomqtt.MqttError, OSError) as exc:
-                failures += 1
+                # Counted afresh after a connection: a broker's restart is not its last
+                # failure's thirtieth (a halt would trail the signals published after it).
+                failures = (0 if self.connected else failures) + 1
                 logger.warning("mqtt control: {error}; reconnecting", error=str(exc) or type(exc))
             finally:
                 self.connected = False
@@ -697,7 +703,9 @@ class MqttControl:
             ) from None
         if not first:
             raise _Rejected("this signed command was used already; sign it anew", verified=True)
-        return await self._apply(message.topic.value.rsplit("/", 1)[-1], payload)
+        done = await self._apply(message.topic.value.rsplit("/", 1)[-1], payload)
+        await self._used.done(header, payload)
+        return done
 
 
 def _client(

@@ -18,6 +18,8 @@ from typing import Final
 
 from pydantic import SecretStr
 
+from bot.logs import logger
+
 __all__ = [
     "COMMAND_MAX_SKEW_S",
     "SIGNATURE_HEADER",
@@ -98,7 +100,9 @@ class UsedSignatures:
     to the same route or another (a halt's body sent again as a resume). A signature covers
     the time and the body, so that pair is what is remembered: in memory, and through
     `remember` (the journal) before the command is acted on, so that a restart forgets none
-    (`remembered`: those the journal holds)."""
+    (`remembered`: those the journal holds). `acted` tells the journal the command was
+    carried out: one a crash cut short before that is taken once more after the restart
+    (a halt with a flatten, delivered again by the broker, finishes its flatten)."""
 
     def __init__(
         self,
@@ -106,21 +110,22 @@ class UsedSignatures:
         *,
         remembered: Mapping[bytes, float] | None = None,
         remember: Callable[[bytes, float, float], Awaitable[bool]] | None = None,
+        acted: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self._max_skew_s = max_skew_s
         # sha256 of "<t>." + body -> when it expires
         self._until: dict[bytes, float] = dict(remembered or {})
         self._remember = remember
+        self._acted = acted
 
     async def first_use(self, header: str, body: bytes, now: float) -> bool:
         """Record a command whose signature was verified; False if it was already used.
         Raises what `remember` raises (the command is then not recorded: not acted on)."""
-        timestamp = signed_at(header)
         self._until = {key: until for key, until in self._until.items() if until > now}
-        key = hashlib.sha256(f"{timestamp}.".encode() + body).digest()
+        key = _command_key(header, body)
         if key in self._until:
             return False
-        until = timestamp + self._max_skew_s
+        until = signed_at(header) + self._max_skew_s
         self._until[key] = until  # before the await: a second copy arriving now is refused
         if self._remember is None:
             return True
@@ -129,6 +134,24 @@ class UsedSignatures:
         except BaseException:
             del self._until[key]
             raise
+
+    async def done(self, header: str, body: bytes) -> None:
+        """The command `first_use` let through was carried out. A journal that cannot record
+        so costs no more than the command done once more after a restart (a WARNING)."""
+        if self._acted is None:
+            return
+        try:
+            await self._acted(_command_key(header, body))
+        except Exception as exc:
+            logger.warning(
+                "a signed command was carried out, but the journal could not record so: {error}",
+                error=exc,
+            )
+
+
+def _command_key(header: str, body: bytes) -> bytes:
+    """What a command's signature covers, hashed: its time and its body."""
+    return hashlib.sha256(f"{signed_at(header)}.".encode() + body).digest()
 
 
 def _parse_signature(header: str) -> tuple[int, list[str]]:

@@ -362,8 +362,23 @@ def test_used_signatures_kept_in_the_journal_outlive_the_process(tmp_path: Path)
         def started(now: float) -> UsedSignatures:
             return UsedSignatures(remembered=journal.used_commands(now), remember=remember)
 
+        async def acted(digest: bytes) -> None:
+            journal.record_command_acted(digest)
+
+        def restarted(now: float) -> UsedSignatures:
+            return UsedSignatures(
+                remembered=journal.used_commands(now), remember=remember, acted=acted
+            )
+
+        async def used_then_done(used: UsedSignatures, now: float) -> bool:
+            first = await used.first_use(header, b"{}", now=now)
+            await used.done(header, b"{}")
+            return first
+
         assert asyncio.run(started(1_000).first_use(header, b"{}", now=1_000))
-        assert not asyncio.run(started(1_100).first_use(header, b"{}", now=1_100))
+        # A crash before it was carried out: taken once more (a broker delivers it again).
+        assert asyncio.run(used_then_done(restarted(1_050), 1_050))
+        assert not asyncio.run(restarted(1_100).first_use(header, b"{}", now=1_100))
         assert journal.used_commands(1_300) == {}  # expired: forgotten
     finally:
         journal.close()

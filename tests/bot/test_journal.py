@@ -905,7 +905,9 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     assert journal.due_fill_hooks() == []
     assert journal.carried_out("voc", "s1", "follow", "e1") == (set(), False)
     assert journal.used_commands(0) == {}
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
+    used = {row[1] for row in journal._db.execute("PRAGMA table_info(used_commands)")}
+    assert "acted" in used
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
 
 
 def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
@@ -915,7 +917,8 @@ def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
     Journal(path).close()
     db = sqlite3.connect(path)
     db.executescript(
-        "ALTER TABLE fill_hooks_due DROP COLUMN position; PRAGMA user_version=8;"
+        "ALTER TABLE fill_hooks_due DROP COLUMN position;"
+        " ALTER TABLE used_commands DROP COLUMN acted; PRAGMA user_version=8;"
         "INSERT INTO executions (exec_id, key_name, order_id, order_link_id, symbol, side, qty,"
         " price, fee, is_maker, stop_order_type, exec_time, allocation) VALUES ('x1', 'k',"
         " 'o1', 'ladder-0-a', 'BTCUSDT', 'Buy', '0.01', '97000', '0.1', 0, '',"
@@ -1020,3 +1023,34 @@ def test_a_fill_hook_stays_due_until_done_and_survives_a_reopening(tmp_path: Pat
         journal.fill_hook_done("e1")  # a hook run twice is done once
         assert journal.due_fill_hooks() == [(second, second_books)]
         assert journal.execution_count() == 3
+
+
+def test_a_version_9_journal_takes_its_used_commands_as_carried_out(tmp_path: Path) -> None:
+    path = tmp_path / "v9.sqlite3"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.executescript(
+        "ALTER TABLE used_commands DROP COLUMN acted; PRAGMA user_version=9;"
+        "INSERT INTO used_commands (digest, until) VALUES (x'01', 2000);"
+    )
+    db.close()
+
+    with closing(Journal(path)) as journal:
+        remembered = journal.used_commands(1_000)
+        again = journal.record_used_command(b"\x01", 2_000, 1_000)
+
+    assert remembered == {b"\x01": 2_000}  # recorded before acting, by a bot that may have
+    assert again is False  # acted: never taken again
+
+
+def test_a_command_recorded_but_never_carried_out_is_taken_once_more(tmp_path: Path) -> None:
+    with closing(Journal(tmp_path / "j.sqlite3")) as journal:
+        first = journal.record_used_command(b"\x02", 2_000, 1_000)
+        remembered_then = journal.used_commands(1_000)
+        after_a_crash = journal.record_used_command(b"\x02", 2_000, 1_001)
+        journal.record_command_acted(b"\x02")
+        replayed = journal.record_used_command(b"\x02", 2_000, 1_002)
+        remembered_now = journal.used_commands(1_002)
+
+    assert (first, after_a_crash, replayed) == (True, True, False)
+    assert remembered_then == {} and remembered_now == {b"\x02": 2_000}

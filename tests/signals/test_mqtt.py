@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from bot.journal import Journal
 from bot.logs import logger
 from bot.messages import Signal, SignalError, parse_signal
 from bot.metrics import REGISTRY
+from signals import mqtt as mqtt_module
 from signals.mqtt import (
     SIGNATURE_PROPERTY,
     MqttConfig,
@@ -42,7 +44,7 @@ from signals.mqtt import (
     publish_topic,
     sign_payload,
 )
-from signals.voiceofchain import sign
+from signals.voiceofchain import UsedSignatures, sign
 from tests.conftest import wait_for
 from tests.signals import mosquitto as mosquitto_helper
 from tests.signals.mosquitto import Mosquitto, running_mosquitto
@@ -511,6 +513,34 @@ def test_a_shared_subscription_splits_the_stream_between_instances(
     assert sinks[0].new and sinks[1].new  # both instances took a share
 
 
+def test_a_bot_that_joins_a_shared_group_drops_its_old_plain_subscription(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """Its resumed session still held the plain filter: it got every signal plus its share,
+    so half the stream was handled by two bots (MQTT probe)."""
+    journals = [Journal(tmp_path / f"journal-{name}.sqlite3") for name in ("a", "b")]
+    sinks = [JournalSink(j) for j in journals]
+    with Running(MqttSubscriber(config_for(broker, client_id="bot-a"), sinks[0])) as alone:
+        alone.wait_connected()  # a session with the plain filter, kept by the broker
+    subscribers = [
+        MqttSubscriber(config_for(broker, client_id=f"bot-{n}", shared_group="bots"), sink)
+        for n, sink in zip("ab", sinks, strict=True)
+    ]
+    ids = [f"g-{n}" for n in range(30)]
+
+    with Running(subscribers[0]) as first, Running(subscribers[1]) as second:
+        first.wait_connected()
+        second.wait_connected()
+        for signal_id in ids:
+            publish(subscribers[0]._config, signal_payload(signal_id))
+        wait_for(lambda: sum(len(s.new) for s in sinks) >= len(ids), 10, "every signal")
+        time.sleep(0.3)  # room for a (wrong) second delivery to show up
+
+    for opened in journals:
+        opened.close()
+    assert sorted(sinks[0].calls + sinks[1].calls) == sorted(ids)  # each delivered once
+
+
 # rejection and authentication ---------------------------------------------------------------
 
 
@@ -848,3 +878,72 @@ def test_the_broker_never_sends_a_message_far_over_the_payload_limit(broker: Mos
 
     assert sink.ids == ["after-huge"]
     assert (subscriber.counters.received, subscriber.counters.rejected) == (1, 0)
+
+
+def test_the_control_topic_reconnects_at_once_after_a_connection_that_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its backoff grew with every broker restart (0.3 s to 26 s), so a halt published
+    right after one trailed the signals published after it."""
+    waits: list[int] = []
+
+    def delay(config: MqttConfig, failures: int) -> float:
+        waits.append(failures)
+        if len(waits) == 6:
+            raise asyncio.CancelledError  # enough
+        return 0.0
+
+    async def connected_then_lost(self: MqttControl) -> None:
+        self.connected = True
+        raise aiomqtt.MqttError("the broker restarted")
+
+    monkeypatch.setattr(mqtt_module, "_reconnect_delay_s", delay)
+    monkeypatch.setattr(MqttControl, "_connection", connected_then_lost)
+    config = MqttConfig(enabled=True, control_topic="bot/control")
+    control = MqttControl(config, None, secret=SecretStr("s"))  # type: ignore[arg-type]
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(control.run())
+
+    assert waits == [2] * 6  # as after a first failure, every time
+
+
+def test_a_command_a_crash_cut_short_is_carried_out_when_the_broker_delivers_it_again(
+    tmp_path: Path,
+) -> None:
+    """A halt with a flatten, killed mid-flatten, came back from the broker and was refused
+    as a replay: the flatten never happened (MQTT probe)."""
+    secret = SecretStr("admin-secret")
+    body = b'{"reason": "incident", "flatten": true}'
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    header = sign(secret.get_secret_value(), body, int(time.time()))
+    properties.UserProperty = [(SIGNATURE_PROPERTY, header)]
+    message = aiomqtt.Message("bot/control/halt", body, 1, False, 1, properties)
+    applied: list[str] = []
+
+    async def apply(command: str, payload: bytes) -> str:
+        applied.append(command)
+        return "done"
+
+    def started(journal: Journal) -> MqttControl:
+        async def remember(digest: bytes, until: float, now: float) -> bool:
+            return journal.record_used_command(digest, until, now)
+
+        async def acted(digest: bytes) -> None:
+            journal.record_command_acted(digest)
+
+        used = UsedSignatures(
+            remembered=journal.used_commands(time.time()), remember=remember, acted=acted
+        )
+        return MqttControl(
+            MqttConfig(enabled=True, control_topic="bot/control"), apply, secret=secret, used=used
+        )
+
+    with closing(Journal(tmp_path / "j.sqlite3")) as journal:
+        killed = started(journal)  # it took the command, then died before carrying it out
+        assert asyncio.run(killed._used.first_use(header, body, time.time()))
+        restarted = started(journal)
+        asyncio.run(restarted._handle(message))  # the broker's redelivery
+        asyncio.run(started(journal)._handle(message))  # now a replay
+
+    assert applied == ["halt"]
