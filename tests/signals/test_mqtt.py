@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -487,27 +487,38 @@ def test_a_broker_killed_mid_stream_loses_nothing_published_after_it_is_back(
     assert subscriber.counters.connections >= 2
 
 
-def test_a_shared_subscription_splits_the_stream_between_instances(
-    broker: Mosquitto, tmp_path: Path
-) -> None:
+def shared_between_two(
+    broker: Mosquitto, tmp_path: Path, ids: list[str], before: Callable[[JournalSink], None]
+) -> list[JournalSink]:
+    """Publish `ids` to two bots (client ids bot-a, bot-b) sharing the group `bots`, after
+    `before(bot-a's sink)`; each bot's sink once every id was delivered (and a moment more,
+    for a wrong second delivery to show)."""
     journals = [Journal(tmp_path / f"journal-{name}.sqlite3") for name in ("a", "b")]
     sinks = [JournalSink(j) for j in journals]
+    before(sinks[0])
     subscribers = [
         MqttSubscriber(config_for(broker, client_id=f"bot-{n}", shared_group="bots"), sink)
-        for n, sink in enumerate(sinks)
+        for n, sink in zip("ab", sinks, strict=True)
     ]
-    ids = [f"s-{n}" for n in range(30)]
-
     with Running(subscribers[0]) as first, Running(subscribers[1]) as second:
         first.wait_connected()
         second.wait_connected()
         for signal_id in ids:
             publish(subscribers[0]._config, signal_payload(signal_id))
         wait_for(lambda: sum(len(s.new) for s in sinks) >= len(ids), 10, "every signal")
-        time.sleep(0.2)  # room for a (wrong) second delivery to show up
-
+        time.sleep(0.3)
     for opened in journals:
         opened.close()
+    return sinks
+
+
+def test_a_shared_subscription_splits_the_stream_between_instances(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    ids = [f"s-{n}" for n in range(30)]
+
+    sinks = shared_between_two(broker, tmp_path, ids, lambda sink: None)
+
     assert sorted(sinks[0].new + sinks[1].new) == sorted(ids)
     assert sorted(sinks[0].calls + sinks[1].calls) == sorted(ids)  # each delivered once
     assert sinks[0].new and sinks[1].new  # both instances took a share
@@ -518,26 +529,14 @@ def test_a_bot_that_joins_a_shared_group_drops_its_old_plain_subscription(
 ) -> None:
     """Its resumed session still held the plain filter: it got every signal plus its share,
     so half the stream was handled by two bots (MQTT probe)."""
-    journals = [Journal(tmp_path / f"journal-{name}.sqlite3") for name in ("a", "b")]
-    sinks = [JournalSink(j) for j in journals]
-    with Running(MqttSubscriber(config_for(broker, client_id="bot-a"), sinks[0])) as alone:
-        alone.wait_connected()  # a session with the plain filter, kept by the broker
-    subscribers = [
-        MqttSubscriber(config_for(broker, client_id=f"bot-{n}", shared_group="bots"), sink)
-        for n, sink in zip("ab", sinks, strict=True)
-    ]
     ids = [f"g-{n}" for n in range(30)]
 
-    with Running(subscribers[0]) as first, Running(subscribers[1]) as second:
-        first.wait_connected()
-        second.wait_connected()
-        for signal_id in ids:
-            publish(subscribers[0]._config, signal_payload(signal_id))
-        wait_for(lambda: sum(len(s.new) for s in sinks) >= len(ids), 10, "every signal")
-        time.sleep(0.3)  # room for a (wrong) second delivery to show up
+    def alone_first(sink: JournalSink) -> None:
+        with Running(MqttSubscriber(config_for(broker, client_id="bot-a"), sink)) as alone:
+            alone.wait_connected()  # a session with the plain filter, kept by the broker
 
-    for opened in journals:
-        opened.close()
+    sinks = shared_between_two(broker, tmp_path, ids, alone_first)
+
     assert sorted(sinks[0].calls + sinks[1].calls) == sorted(ids)  # each delivered once
 
 
