@@ -590,11 +590,11 @@ class AccountKeeper:
         elif isinstance(report, PositionUpdate):
             before = projection.position(report.key_name, report.symbol)
             projection.apply_position(report)
-            if before is not None and _POSITION_STATE(before) == _POSITION_STATE(report):
-                # Bybit pushes the position on every order create, amend and cancel, changed
-                # or not: no fill came between two that agree, so nothing to write or tell.
-                return
-            self._write(journal.record_position, report)
+            # Bybit pushes the position on every order create, amend and cancel, changed or
+            # not: no fill came between two that agree, so nothing to write. The listeners
+            # still hear it (the executor compares its leverage with the one it set).
+            if before is None or _POSITION_STATE(before) != _POSITION_STATE(report):
+                self._write(journal.record_position, report)
             self._position_updated(report)
             if report.size == 0 and before is not None and before.size != 0:
                 self._closes_to_fetch[report.key_name] = _CLOSED_PNL_FETCHES

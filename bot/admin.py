@@ -155,6 +155,7 @@ class AdminRoutes:
             report = await self._apply(entered, command)
         except Exception as exc:  # the operator gets the reason, never a bare 500
             logger.exception("admin {route} failed", route=state.value)
+            await self._used.done(header, body)  # failed, not cut short: not taken again
             return _answer(503, "failed", f"{type(exc).__name__}: {exc}; see the bot's log")
         await self._used.done(header, body)
         return JSONResponse(report)

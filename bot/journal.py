@@ -1286,11 +1286,13 @@ class Journal:
             ).fetchone()
         return found is not None
 
-    def record_used_command(self, digest: bytes, until: float, now: float) -> bool:
+    def record_used_command(
+        self, digest: bytes, until: float, now: float, *, redelivered: bool = False
+    ) -> bool:
         """Remember, before it is acted on, a signed command used until `until` (unix
-        seconds), forgetting those expired by `now`; False if one was remembered already
-        and acted on (a replay). One remembered and never acted on (a crash cut it short)
-        is taken again."""
+        seconds), forgetting those expired by `now`; False if it was remembered already (a
+        replay). With `redelivered` (a broker delivers again what it never saw acknowledged),
+        one remembered but never carried out (a crash cut it short) is taken again."""
         with self._transaction(durable=True) as db:
             db.execute("DELETE FROM used_commands WHERE until <= ?", (now,))
             inserted = db.execute(
@@ -1302,18 +1304,21 @@ class Journal:
             (acted,) = db.execute(
                 "SELECT acted FROM used_commands WHERE digest = ?", (digest,)
             ).fetchone()
-        return not acted
+        return redelivered and not acted
 
     def record_command_acted(self, digest: bytes) -> None:
         """A remembered command was carried out: never again while its signature holds."""
         with self._transaction(one_statement=True) as db:
             db.execute("UPDATE used_commands SET acted = 1 WHERE digest = ?", (digest,))
 
-    def used_commands(self, now: float) -> dict[bytes, float]:
-        """The signed commands acted on whose signatures are still accepted at `now`."""
+    def used_commands(self, now: float, *, carried_out: bool = False) -> dict[bytes, float]:
+        """The signed commands used whose signatures are still accepted at `now` (with
+        `carried_out`, only those carried out)."""
+        acted = " AND acted = 1" if carried_out else ""
         with self._lock:
             rows = self._db.execute(
-                "SELECT digest, until FROM used_commands WHERE until > ? AND acted = 1", (now,)
+                f"SELECT digest, until FROM used_commands WHERE until > ?{acted}",  # noqa: S608 - our own text
+                (now,),
             ).fetchall()
         return {bytes(digest): until for digest, until in rows}
 

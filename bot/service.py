@@ -534,14 +534,18 @@ class Service:
         # A signed command is acted on once, whichever way in it comes and however often,
         # across restarts too: the journal remembers it before it is acted on, and that it
         # was (one a crash cut short is taken once more).
-        async def remember(digest: bytes, until: float, now: float) -> bool:
-            return await journal.call(journal.record_used_command, digest, until, now)
+        async def remember(digest: bytes, until: float, now: float, redelivered: bool) -> bool:
+            return await journal.call(
+                partial(journal.record_used_command, redelivered=redelivered), digest, until, now
+            )
 
         async def acted(digest: bytes) -> None:
             await journal.call(journal.record_command_acted, digest)
 
         used = UsedSignatures(
-            remembered=journal.used_commands(time.time()), remember=remember, acted=acted
+            remembered=journal.used_commands(time.time(), carried_out=True),
+            remember=remember,
+            acted=acted,
         )
         control = self._mqtt_control(kill_switch, used)
         readiness = Readiness(

@@ -627,7 +627,7 @@ class MqttControl:
                 logger.warning("mqtt control: {error}; reconnecting", error=str(exc) or type(exc))
             finally:
                 self.connected = False
-            await asyncio.sleep(_reconnect_delay_s(self._config, failures + 1))
+            await asyncio.sleep(_reconnect_delay_s(self._config, max(failures, 1)))
 
     async def _connection(self) -> None:
         config = self._config
@@ -695,7 +695,8 @@ class MqttControl:
                 verified=True,
             )
         try:
-            first = await self._used.first_use(header, payload, now)
+            # A broker delivers again what a crash kept us from acknowledging.
+            first = await self._used.first_use(header, payload, now, redelivered=True)
         except Exception as exc:  # the journal could not remember it: not acted on
             raise _Rejected(
                 f"not done: the journal could not record it ({exc}); send it again",
@@ -703,7 +704,11 @@ class MqttControl:
             ) from None
         if not first:
             raise _Rejected("this signed command was used already; sign it anew", verified=True)
-        done = await self._apply(message.topic.value.rsplit("/", 1)[-1], payload)
+        try:
+            done = await self._apply(message.topic.value.rsplit("/", 1)[-1], payload)
+        except Exception:
+            await self._used.done(header, payload)  # failed, and acknowledged: not taken again
+            raise
         await self._used.done(header, payload)
         return done
 

@@ -100,16 +100,17 @@ class UsedSignatures:
     to the same route or another (a halt's body sent again as a resume). A signature covers
     the time and the body, so that pair is what is remembered: in memory, and through
     `remember` (the journal) before the command is acted on, so that a restart forgets none
-    (`remembered`: those the journal holds). `acted` tells the journal the command was
-    carried out: one a crash cut short before that is taken once more after the restart
-    (a halt with a flatten, delivered again by the broker, finishes its flatten)."""
+    (`remembered`: those the journal holds carried out). `acted` tells the journal the
+    command was carried out (or failed): one a crash cut short before that is taken once
+    more if a broker delivers it again (a halt with a flatten then finishes its flatten);
+    through the HTTP routes, never."""
 
     def __init__(
         self,
         max_skew_s: float = COMMAND_MAX_SKEW_S,
         *,
         remembered: Mapping[bytes, float] | None = None,
-        remember: Callable[[bytes, float, float], Awaitable[bool]] | None = None,
+        remember: Callable[[bytes, float, float, bool], Awaitable[bool]] | None = None,
         acted: Callable[[bytes], Awaitable[None]] | None = None,
     ) -> None:
         self._max_skew_s = max_skew_s
@@ -118,9 +119,12 @@ class UsedSignatures:
         self._remember = remember
         self._acted = acted
 
-    async def first_use(self, header: str, body: bytes, now: float) -> bool:
-        """Record a command whose signature was verified; False if it was already used.
-        Raises what `remember` raises (the command is then not recorded: not acted on)."""
+    async def first_use(
+        self, header: str, body: bytes, now: float, *, redelivered: bool = False
+    ) -> bool:
+        """Record a command whose signature was verified; False if it was already used (but
+        `redelivered`: a broker's delivery of one a crash cut short). Raises what `remember`
+        raises (the command is then not recorded: not acted on)."""
         self._until = {key: until for key, until in self._until.items() if until > now}
         key = _command_key(header, body)
         if key in self._until:
@@ -130,14 +134,15 @@ class UsedSignatures:
         if self._remember is None:
             return True
         try:
-            return await self._remember(key, until, now)  # False: the journal had it
+            return await self._remember(key, until, now, redelivered)  # False: a replay
         except BaseException:
             del self._until[key]
             raise
 
     async def done(self, header: str, body: bytes) -> None:
-        """The command `first_use` let through was carried out. A journal that cannot record
-        so costs no more than the command done once more after a restart (a WARNING)."""
+        """The command `first_use` let through was carried out, or failed: it is not taken
+        again. A journal that cannot record so costs no more than the command done once more
+        if a broker delivers it again after a restart (a WARNING)."""
         if self._acted is None:
             return
         try:

@@ -48,7 +48,7 @@ strategy written for another version.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -175,6 +175,10 @@ class ReadOnlyDict(dict[K, V]):
 
     def __reduce__(self) -> tuple[type[ReadOnlyDict[K, V]], tuple[dict[K, V]]]:
         return type(self), (dict(self),)  # copied and unpickled without a write
+
+    @classmethod
+    def fromkeys(cls, keys: Iterable[K], value: V | None = None) -> ReadOnlyDict[K, V | None]:  # type: ignore[override]
+        return cls(dict.fromkeys(keys, value))
 
 
 @dataclass(frozen=True)

@@ -413,6 +413,7 @@ class StreamHub:
         while not conn.dropped:
             await asyncio.sleep(scan_s)
             if time.monotonic() - conn.last_sent >= conn.alive_s:
+                conn.dropped = True  # nothing more is queued for it
                 self._forget(conn)
                 await self._send_quietly(conn, {"type": "websocket.close", "code": 1000})
                 return

@@ -930,8 +930,8 @@ def test_a_position_that_closes_has_its_closed_pnl_fetched_on_the_next_passes(
 
 def test_a_position_report_that_repeats_the_last_is_not_written_again(journal: Journal) -> None:
     """Bybit pushes the position on every order create, amend and cancel, changed or not."""
-    projection = AccountProjection()
-    keeper = AccountKeeper(journal, projection)
+    heard: list[PositionUpdate] = []
+    keeper = AccountKeeper(journal, AccountProjection(), position_updated=heard.append)
     first = datetime.now(UTC) - timedelta(seconds=2)
     opened = sim_position(Decimal("0.01"), ts=first)
     repeated = sim_position(Decimal("0.01"), ts=first + timedelta(seconds=1))
@@ -943,3 +943,4 @@ def test_a_position_report_that_repeats_the_last_is_not_written_again(journal: J
 
     assert kept.ts == first  # the repeat wrote nothing
     assert grown.size == Decimal("0.02")
+    assert len(heard) == 3  # its listeners heard it (the executor checks its leverage)

@@ -356,36 +356,41 @@ def test_used_signatures_kept_in_the_journal_outlive_the_process(tmp_path: Path)
     journal = Journal(tmp_path / "journal.sqlite3")
     try:
 
-        async def remember(digest: bytes, until: float, now: float) -> bool:
-            return journal.record_used_command(digest, until, now)
-
-        def started(now: float) -> UsedSignatures:
-            return UsedSignatures(remembered=journal.used_commands(now), remember=remember)
+        async def remember(digest: bytes, until: float, now: float, redelivered: bool) -> bool:
+            return journal.record_used_command(digest, until, now, redelivered=redelivered)
 
         async def acted(digest: bytes) -> None:
             journal.record_command_acted(digest)
 
-        def restarted(now: float) -> UsedSignatures:
+        def started(now: float) -> UsedSignatures:
             return UsedSignatures(
-                remembered=journal.used_commands(now), remember=remember, acted=acted
+                remembered=journal.used_commands(now, carried_out=True),
+                remember=remember,
+                acted=acted,
             )
 
-        async def used_then_done(used: UsedSignatures, now: float) -> bool:
-            first = await used.first_use(header, b"{}", now=now)
-            await used.done(header, b"{}")
+        async def use(now: float, *, redelivered: bool, done: bool) -> bool:
+            used = started(now)
+            first = await used.first_use(header, b"{}", now=now, redelivered=redelivered)
+            if done:
+                await used.done(header, b"{}")
             return first
 
-        assert asyncio.run(started(1_000).first_use(header, b"{}", now=1_000))
-        # A crash before it was carried out: taken once more (a broker delivers it again).
-        assert asyncio.run(used_then_done(restarted(1_050), 1_050))
-        assert not asyncio.run(restarted(1_100).first_use(header, b"{}", now=1_100))
+        uses = [
+            asyncio.run(use(1_000, redelivered=False, done=False)),  # a crash cut it short
+            asyncio.run(use(1_020, redelivered=False, done=False)),  # the same bytes by HTTP
+            asyncio.run(use(1_050, redelivered=True, done=True)),  # the broker's redelivery
+            asyncio.run(use(1_100, redelivered=True, done=False)),  # carried out: a replay
+        ]
+
+        assert uses == [True, False, True, False]
         assert journal.used_commands(1_300) == {}  # expired: forgotten
     finally:
         journal.close()
 
 
 def test_a_command_the_journal_could_not_remember_is_not_counted_as_used() -> None:
-    async def failing(digest: bytes, until: float, now: float) -> bool:
+    async def failing(digest: bytes, until: float, now: float, redelivered: bool) -> bool:
         raise OSError("disk full")
 
     used = UsedSignatures(remember=failing)

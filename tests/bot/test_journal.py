@@ -1036,8 +1036,8 @@ def test_a_version_9_journal_takes_its_used_commands_as_carried_out(tmp_path: Pa
     db.close()
 
     with closing(Journal(path)) as journal:
-        remembered = journal.used_commands(1_000)
-        again = journal.record_used_command(b"\x01", 2_000, 1_000)
+        remembered = journal.used_commands(1_000, carried_out=True)
+        again = journal.record_used_command(b"\x01", 2_000, 1_000, redelivered=True)
 
     assert remembered == {b"\x01": 2_000}  # recorded before acting, by a bot that may have
     assert again is False  # acted: never taken again
@@ -1046,11 +1046,12 @@ def test_a_version_9_journal_takes_its_used_commands_as_carried_out(tmp_path: Pa
 def test_a_command_recorded_but_never_carried_out_is_taken_once_more(tmp_path: Path) -> None:
     with closing(Journal(tmp_path / "j.sqlite3")) as journal:
         first = journal.record_used_command(b"\x02", 2_000, 1_000)
-        remembered_then = journal.used_commands(1_000)
-        after_a_crash = journal.record_used_command(b"\x02", 2_000, 1_001)
+        remembered_then = journal.used_commands(1_000, carried_out=True)
+        sent_again = journal.record_used_command(b"\x02", 2_000, 1_001)
+        delivered_again = journal.record_used_command(b"\x02", 2_000, 1_001, redelivered=True)
         journal.record_command_acted(b"\x02")
-        replayed = journal.record_used_command(b"\x02", 2_000, 1_002)
-        remembered_now = journal.used_commands(1_002)
+        replayed = journal.record_used_command(b"\x02", 2_000, 1_002, redelivered=True)
+        remembered_now = journal.used_commands(1_002, carried_out=True)
 
-    assert (first, after_a_crash, replayed) == (True, True, False)
+    assert (first, sent_again, delivered_again, replayed) == (True, False, True, False)
     assert remembered_then == {} and remembered_now == {b"\x02": 2_000}

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from strategies.base import Position, StrategyContext
+from strategies.base import Position, ReadOnlyDict, StrategyContext
 from tests.strategies.contexts import context
 
 
@@ -47,3 +47,9 @@ def test_a_copy_has_mappings_of_its_own() -> None:
 
     assert isinstance(other, StrategyContext)
     assert other.positions is not snapshot.positions
+
+
+def test_a_read_only_dict_is_made_from_keys_too() -> None:
+    made = ReadOnlyDict.fromkeys(["equity"], Decimal(0))
+
+    assert made == {"equity": Decimal(0)} and isinstance(made, ReadOnlyDict)
