@@ -208,9 +208,14 @@ class KillSwitch:
             # One whose close did not complete would fail alike, and one whose books are
             # behind could be closed twice: the operator has its row, not done.
             skipped = {(row["strategy"], row["symbol"]) for row in results if not row["done"]}
-            books = [
-                b for b in self._open_books(strategies) if (b.strategy, b.symbol) not in skipped
+            open_books, unsettled = self._open_books(strategies)
+            results += [
+                _unsettled_row(book, record)
+                for book, record in unsettled
+                if (book.strategy, book.symbol) not in skipped
             ]
+            skipped |= {(book.strategy, book.symbol) for book, _ in unsettled}
+            books = [b for b in open_books if (b.strategy, b.symbol) not in skipped]
             if not books:
                 break
             if round_:
@@ -281,21 +286,30 @@ class KillSwitch:
             for strategy, symbol in sorted(behind)
         ]
 
-    def _open_books(self, strategies: frozenset[str]) -> list[StrategyBook]:
-        """The open positions of `strategies` no earlier flatten's close is still closing
-        (never sent twice)."""
+    def _open_books(
+        self, strategies: frozenset[str]
+    ) -> tuple[list[StrategyBook], list[tuple[StrategyBook, OrderRecord]]]:
+        """The open positions of `strategies` to close, and the unfinished closes of earlier
+        flattens standing for the others (a close the venue's answer never settled: another
+        now could close twice; each gets a row, not done)."""
         closing = {
-            (record.request.strategy, record.request.symbol)
+            (record.request.strategy, record.request.symbol): record
             for record in self._journal.committed_unfinished()
             if record.request.signal_source == FLATTEN_SOURCE
         }
-        return [
+        held = [
             book
             for book in self._account.projection.books()
-            if book.strategy in strategies
-            and book.size != 0
-            and (book.strategy, book.symbol) not in closing
+            if book.strategy in strategies and book.size != 0
         ]
+        return (
+            [book for book in held if (book.strategy, book.symbol) not in closing],
+            [
+                (book, closing[key])
+                for book in held
+                if (key := (book.strategy, book.symbol)) in closing
+            ],
+        )
 
     async def _close_book(self, book: StrategyBook, signal_id: str) -> dict[str, str | bool]:
         """Close one strategy's position as the signal `signal_id` of the operator: its row."""
@@ -375,6 +389,19 @@ class KillSwitch:
 
 #: A close in one of these states reached the venue (a market order fills).
 _AT_VENUE: Final = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED})
+
+
+def _unsettled_row(book: StrategyBook, close: OrderRecord) -> dict[str, str | bool]:
+    """The row of a position an earlier flatten's `close`, still unsettled, stands for."""
+    return {
+        "strategy": book.strategy,
+        "symbol": book.symbol,
+        "qty": f"{abs(book.size).normalize():f}",
+        "status": f"not closed: an earlier close ({close.request.order_link_id}, "
+        f"{close.status.value}) is not settled yet, and another could close it twice; run the "
+        "flatten again in a minute",
+        "done": False,
+    }
 
 
 def _row(record: OrderRecord, status: str, done: bool) -> dict[str, str | bool]:

@@ -449,6 +449,34 @@ def test_bot_halt_exits_1_naming_a_flatten_the_venue_did_not_take(
         bot.stop()
 
 
+def test_a_flatten_again_while_an_earlier_close_is_unsettled_says_so_and_exits_1(
+    sim_config: Callable[..., Path],
+) -> None:
+    """It exited 0 with no row, the position open (kill-switch probe): the earlier close,
+    unanswered, stood for it."""
+    quick_retries = "\n[execution]\nbackoff_base_s = 0.01\nbackoff_max_s = 0.02\n"
+    bot = RunningBot(sim_config(extra=quick_retries)).start()
+    faults = f"{bot.service.sim_url}/sim/faults"
+    try:
+        assert bot.post(signal("held")).status_code == 202
+        wait_for(lambda: venue_position(bot) > 0, what="the venue's position")
+        requests.post(faults, json={"timeout_10016": 1.0}, timeout=10)
+        config = sim_config(int(bot.url.rsplit(":", 1)[1]), quick_retries)
+
+        first = cli(config, "halt", "--flatten")
+        requests.post(faults, json={}, timeout=10)
+        again = cli(config, "halt", "--flatten")
+
+        assert first.returncode == 1, first.stderr
+        assert again.returncode == 1, again.stdout
+        [row] = json.loads(again.stdout)["flattened"]
+        assert row["done"] is False and "is not settled yet" in row["status"]
+        assert venue_position(bot) > 0  # not closed twice, nor closed without a row
+    finally:
+        requests.post(faults, json={}, timeout=10)
+        bot.stop()
+
+
 def test_a_flatten_leaves_nothing_open_though_an_entry_was_on_its_way(
     sim_config: Callable[..., Path],
 ) -> None:
