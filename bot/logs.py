@@ -150,7 +150,10 @@ class _ScrubbingSink:
 
     def write(self, message: Message) -> None:
         stream = self._stream or sys.stderr
-        stream.write(scrub(self._render(message)))
+        text = scrub(self._render(message))
+        if not text.isascii():  # a lone surrogate (a plug-in's text) no stream can encode
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        stream.write(text)
         stream.flush()
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "is_unicode",
     "json_number",
     "load_json",
+    "one_line",
     "parse_signal",
     "parse_ts",
     "shape_problem",
@@ -556,11 +557,28 @@ class StopMove(_Message):
     )
 
 
+#: The longest reason of a strategy's decline or failure that is kept (logged, journaled).
+MAX_REASON_CHARS: Final = 500
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """`text` on one line, without control characters or lone surrogates, clipped: for text
+    from anyone (a sender, a plug-in) that is logged and journaled."""
+    cleaned = "".join(char if char.isprintable() else " " for char in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
 class Decline(_Message):
-    """A strategy's answer when a signal should produce no order, with the reason why."""
+    """A strategy's answer when a signal should produce no order, with the reason why (made
+    one line of text: a plug-in's, it is logged and journaled)."""
 
     strategy: str
     reason: str
+
+    @field_validator("reason")
+    @classmethod
+    def _one_line(cls, reason: str) -> str:
+        return one_line(reason)
 
 
 class RiskDecision(_Message):

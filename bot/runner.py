@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bot.logs import logger
+from bot.messages import one_line
 
 __all__ = ["Failed", "StrategyRunner"]
 
@@ -161,7 +162,7 @@ class StrategyRunner:
             logger.opt(exception=error).error(
                 "strategy {name}: {what} raised", name=strategy, what=what
             )
-            return self._failed(strategy, lane, f"{what} raised {type(error).__name__}: {error}")
+            return self._failed(strategy, lane, f"{what} raised {_said(error)}")
         lane.failures = 0
         return outcome.result()
 
@@ -178,3 +179,13 @@ class StrategyRunner:
             return Failed(reason)
         lane.failures = 0  # counted afresh: after a resume, as many failures halt it again
         return Failed(reason, halt=True)
+
+
+def _said(error: BaseException) -> str:
+    """A plug-in's exception as one line: its type and text (which the plug-in's own code
+    makes, and which may fail, or hold what no log line can)."""
+    try:
+        text = str(error)
+    except Exception:  # its __str__ raised
+        text = "(its message could not be made)"
+    return one_line(f"{type(error).__name__}: {text}")

@@ -63,7 +63,7 @@ from pydantic import SecretStr
 
 from bot import logs, metrics
 from bot.logs import logger
-from bot.messages import Signal, SignalError, load_json, parse_signal
+from bot.messages import Signal, SignalError, load_json, one_line, parse_signal
 from bot.secrets import split_secrets
 from signals.base import FloodNotes, SignalSink
 from signals.config import PASSWORD_SECRET_NAME, SIGNING_SECRET_NAME, MqttConfig
@@ -780,8 +780,7 @@ def _signature_property(properties: Properties | None) -> str | None:
 
 def _one_line(text: str) -> str:
     """`text` on one line, without control characters, clipped (it may come from anyone)."""
-    cleaned = "".join(char if char.isprintable() else " " for char in text)
-    return _clip(cleaned, _MAX_REASON_CHARS)
+    return one_line(text, _MAX_REASON_CHARS)
 
 
 def _clip(text: str, limit: int) -> str:

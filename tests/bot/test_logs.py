@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -391,3 +392,16 @@ def test_a_bound_value_json_cannot_hold_still_makes_one_scrubbed_line(
     assert "BTCUSDT" in odd["by_pair"]
     assert unprintable["broken"] == "<Unprintable>"
     assert unprintable["key"].replace('"', "'") == "'***'"  # its repr, scrubbed
+
+
+def test_a_lone_surrogate_in_a_line_is_escaped_not_a_logging_error() -> None:
+    """A plug-in's text may hold one; a UTF-8 stream could not encode the line."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict")
+    logs.configure(stream=stream)
+    with contextlib.redirect_stderr(io.StringIO()) as errors:
+        logger.info("strategy said {what}", what="bad \ud800 reason")
+    stream.flush()
+
+    assert "strategy said bad \\ud800 reason" in raw.getvalue().decode()
+    assert "Logging error" not in errors.getvalue()

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.messages import (
+    Decline,
     OrderType,
     Side,
     SignalAction,
@@ -256,3 +257,13 @@ def test_a_lone_surrogate_anywhere_is_refused_in_one_line() -> None:
     for body in (payload(note="\ud800"), {**payload(), "\udfff": 1}, payload(x=[{"y": "a\ud800"}])):
         with pytest.raises(SignalError, match="not valid Unicode"):
             parse_signal("voiceofchain", body)
+
+
+def test_a_strategys_decline_reason_is_one_line_of_text_and_clipped() -> None:
+    """A lone surrogate failed the journal write (the signal stayed unprocessed) and the
+    log; 50 MB reasons made a 100 MB journal."""
+    decline = Decline(strategy="s", reason="bad \ud800 reason\nFAKE LOG LINE" + "x" * 10_000)
+
+    assert decline.reason.startswith("bad   reason FAKE LOG LINE")
+    assert len(decline.reason) == 500 and decline.reason.endswith("...")
+    decline.reason.encode()  # journal and log take it

@@ -273,3 +273,29 @@ def test_a_call_that_never_returns_does_not_keep_the_process_alive() -> None:
 
     assert ended.returncode == 0, ended.stderr
     assert "on_start overran its time budget of 100 ms" in ended.stdout
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str exploded")
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (Unprintable(), "on_signal raised Unprintable: (its message could not be made)"),
+        (ValueError("boom \udcff\nsecond line"), "on_signal raised ValueError: boom   second line"),
+    ],
+)
+def test_a_plug_ins_exception_is_a_failure_of_one_line_whatever_its_text(
+    error: Exception, said: str
+) -> None:
+    """Its text was made outside any guard: the signal's job died and the signal stayed
+    unprocessed for ever (in `bot run`; `bot replay` hung for 30 s)."""
+
+    def raising() -> None:
+        raise error
+
+    outcome = run(lambda runner: runner.call("s", "on_signal", raising), budget_s=1.0)
+
+    assert isinstance(outcome, Failed) and outcome.reason == said
