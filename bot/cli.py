@@ -1165,7 +1165,10 @@ def _replay_report(
                 _fail(f"{exc} (journal and log kept in {state})", 1)
             report = build_report(history, run, settings.strategies)
             if plot is not None:
-                replay_plot.draw(report, history, run.start_prices, plot)
+                try:
+                    replay_plot.draw(report, history, run.start_prices, plot)
+                except replay_plot.PlotUnavailable as exc:  # the report still stands
+                    typer.echo(f"warning: {exc}", err=True)
     return report
 
 

@@ -78,7 +78,12 @@ class _Prices(BaseModel):
     @field_validator("ts")
     @classmethod
     def _aware_utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-05:00 is past the year 9999 in UTC
+            raise ValueError("is out of range once in UTC") from None
 
     @field_validator("prices", mode="before")
     @classmethod

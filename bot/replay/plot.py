@@ -61,6 +61,8 @@ def check_target(path: Path) -> None:
             f"matplotlib writes; end the name with {named} or another of "
             f"{', '.join(sorted(formats))}"
         )
+    if path.exists() and not path.is_file():  # a directory, a device (/dev/full)
+        raise PlotUnavailable(f"--plot {path}: is not a regular file; name a file to write")
     folder = path.parent
     if not folder.is_dir():
         raise PlotUnavailable(f"--plot {path}: there is no directory {folder}; create it first")
@@ -85,8 +87,12 @@ def draw(
     )
     figure.autofmt_xdate()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        figure.savefig(path, dpi=110)
+    except OSError as exc:  # the disk full, the place gone or read-only since the check
+        raise PlotUnavailable(f"--plot {path}: cannot write the chart ({exc.strerror})") from None
+    finally:
+        plt.close(figure)
 
 
 def _price_panel(

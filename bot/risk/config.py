@@ -47,17 +47,24 @@ class RiskConfig(BaseModel):
         (), description="never traded, even if allowed"
     )
     sides: tuple[SideName, ...] = Field(_SIDES, description="sides that may open: Buy, Sell")
-    max_order_notional_usdt: Decimal = Field(Decimal(1000), gt=0)
+    max_order_notional_usdt: Decimal = Field(Decimal(1000), gt=0, le=MAX_NUMBER)
     max_position_notional_usdt: Decimal = Field(
         Decimal(2000),
         gt=0,
+        le=MAX_NUMBER,
         description="one strategy's position in one symbol, with its orders in flight",
     )
     max_strategy_exposure_usdt: Decimal = Field(
-        Decimal(3000), gt=0, description="one strategy over all symbols, with orders in flight"
+        Decimal(3000),
+        gt=0,
+        le=MAX_NUMBER,
+        description="one strategy over all symbols, with orders in flight",
     )
     max_total_exposure_usdt: Decimal = Field(
-        Decimal(5000), gt=0, description="every strategy together, with orders in flight"
+        Decimal(5000),
+        gt=0,
+        le=MAX_NUMBER,
+        description="every strategy together, with orders in flight",
     )
     max_open_orders: int = Field(
         10, gt=0, description="a strategy's orders not yet terminal, reduce-only ones included"
@@ -77,6 +84,7 @@ class RiskConfig(BaseModel):
     max_daily_loss_usdt: Decimal = Field(
         Decimal(300),
         gt=0,
+        le=MAX_NUMBER,
         description="realized loss plus fees today (UTC) at which a strategy (its own limit) "
         "or the bot (this one, over all strategies) goes REDUCING until the next UTC day",
     )
@@ -126,15 +134,15 @@ class StrategyRiskConfig(BaseModel):
     symbols: tuple[ConfiguredSymbol, ...] | None = None
     denied_symbols: tuple[ConfiguredSymbol, ...] | None = None
     sides: tuple[SideName, ...] | None = Field(None, description='e.g. ["Buy"] for long-only')
-    max_order_notional_usdt: Decimal | None = Field(None, gt=0)
-    max_position_notional_usdt: Decimal | None = Field(None, gt=0)
-    max_strategy_exposure_usdt: Decimal | None = Field(None, gt=0)
+    max_order_notional_usdt: Decimal | None = Field(None, gt=0, le=MAX_NUMBER)
+    max_position_notional_usdt: Decimal | None = Field(None, gt=0, le=MAX_NUMBER)
+    max_strategy_exposure_usdt: Decimal | None = Field(None, gt=0, le=MAX_NUMBER)
     max_open_orders: int | None = Field(None, gt=0)
     max_leverage: Decimal | None = Field(None, ge=1, le=MAX_NUMBER)
     max_orders_per_minute: int | None = Field(None, gt=0)
     max_orders_per_day: int | None = Field(None, gt=0)
     cooldown_after_loss_s: float | None = Field(None, ge=0)
-    max_daily_loss_usdt: Decimal | None = Field(None, gt=0)
+    max_daily_loss_usdt: Decimal | None = Field(None, gt=0, le=MAX_NUMBER)
     max_limit_distance_pct: Decimal | None = Field(None, gt=0)
     max_price_age_s: float | None = Field(None, gt=0)
     require_stop_loss: bool | None = None

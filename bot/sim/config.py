@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -177,6 +177,11 @@ def _default_instruments() -> dict[str, InstrumentSpec]:
 
 def _default_prices() -> dict[str, Decimal]:
     return {"BTCUSDT": Decimal(97000), "ETHUSDT": Decimal(3500), "SOLUSDT": Decimal(180)}
+
+
+#: The largest balance an account may start with: its 8 decimals stay within Decimal's
+#: precision (a larger one failed every wallet read).
+_MAX_BALANCE_USDT: Final = Decimal(10**15)
 
 
 def _default_permissions() -> dict[str, list[str]]:
@@ -363,6 +368,7 @@ class SimAccountSpec(SimKeyProfile):
     balance_usdt: Decimal | None = Field(
         default=None,
         ge=0,
+        le=_MAX_BALANCE_USDT,
         allow_inf_nan=False,
         description="Starting USDT wallet balance; None uses the config's starting_balance_usdt.",
     )
@@ -398,6 +404,7 @@ class SimulatorConfig(BaseModel):
     starting_balance_usdt: Decimal = Field(
         default=Decimal(10000),
         ge=0,
+        le=_MAX_BALANCE_USDT,
         allow_inf_nan=False,
         description="USDT wallet balance of an account whose spec leaves balance_usdt unset.",
     )

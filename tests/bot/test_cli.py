@@ -247,6 +247,19 @@ def test_a_state_directory_no_call_can_take_is_one_line(
     assert problem in _one_line(result.stderr)
 
 
+def test_a_sim_balance_past_what_its_wallet_can_show_stops_run(
+    sim_config: Callable[..., Path],
+) -> None:
+    """Accepted, 1e20 failed every wallet read of the simulator (HTTP 500)."""
+    config = sim_config(extra="\n[sim]\nstarting_balance_usdt = 1e20\n")
+
+    result = bot("run", "--config", str(config), cwd=config.parent)
+
+    assert result.returncode == 2
+    assert "error: invalid sim.starting_balance_usdt = 1e+20" in result.stderr
+    assert "less than or equal to 1000000000000000" in result.stderr
+
+
 def test_unknown_config_key_stops_run_with_its_name(sim_config: Callable[..., Path]) -> None:
     config = sim_config(extra="\n[venue]\nrecv_windw_ms = 5000\n")
 
@@ -393,6 +406,12 @@ def test_a_list_setting_takes_comma_separated_values(
     [
         ({"BOT_HTTP__PORT": "eighty"}, None, ("http.port = 'eighty'", "from BOT_HTTP__PORT")),
         ({"BOT_RISK__SIDES": "Buy,Short"}, None, ("risk.sides.1 = 'Short'", "'Buy' or 'Sell'")),
+        # Unbounded, `bot risk status` printed 100,000 digits (and ran out of memory on more).
+        (
+            {"BOT_RISK__MAX_TOTAL_EXPOSURE_USDT": "1e99999"},
+            None,
+            ("risk.max_total_exposure_usdt", "less than or equal to 1E+15"),
+        ),
         ({}, ("max_signal_age_s = 60", "max_signal_age_s = -5"), ("risk.max_signal_age_s = -5",)),
     ],
 )

@@ -307,12 +307,14 @@ def test_plot_draws_prices_signals_and_equity(
         ("report.txt", ".txt is not an image format matplotlib writes; end the name with .png"),
         ("report", "no suffix is not an image format"),
         ("missing/report.png", "there is no directory missing; create it first"),
+        ("folder.png", "is not a regular file; name a file to write"),  # a directory
     ],
 )
 def test_a_plot_it_could_not_write_is_refused_before_replaying(
     tmp_path: Path, target: str, problem: str
 ) -> None:
     pytest.importorskip("matplotlib")
+    (tmp_path / "folder.png").mkdir()
 
     run = replay(tmp_path, SAMPLE, "--plot", target)
 
@@ -409,6 +411,7 @@ def test_records_come_in_time_order_ties_in_file_order(tmp_path: Path) -> None:
         ('{"ts": 1790812800000, "prices": {"BTC\\u0000": 1}}', "'BTC\\x00' is not a Bybit symbol"),
         ('{"ts": 1790812800000, "prices": {"\u017fOLUSDT": 1}}', "'\u017fOLUSDT' is not a Bybit"),
         ('{"ts": "yesterday", "prices": {"BTCUSDT": 1}}', "ts: must be an ISO-8601 string"),
+        ('{"ts": "9999-12-31T23:59:59-05:00", "prices": {"BTCUSDT": 1}}', "out of range"),
         (
             '{"ts": 1790812800000, "prices": {"BTCUSDT": 1}, "id": "x"}',
             "only ts and prices, not id",
