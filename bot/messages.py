@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from bot import clock
+from bot.logs import scrub
 
 __all__ = [
     "ORDER_LINK_ID_PATTERN",
@@ -563,8 +564,9 @@ MAX_REASON_CHARS: Final = 500
 
 def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """`text` on one line, without control characters or lone surrogates, clipped: for text
-    from anyone (a sender, a plug-in) that is logged and journaled."""
-    cleaned = "".join(char if char.isprintable() else " " for char in text)
+    from anyone (a sender, a plug-in) that is logged and journaled. Secrets are scrubbed
+    first, while they are still spelled as the scrubber knows them."""
+    cleaned = "".join(char if char.isprintable() else " " for char in scrub(text))
     return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
 
 
