@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, redirect_stdout
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import partial
@@ -1118,7 +1118,9 @@ def replay_history(
     state = _replay_state_dir(settings, state_dir)
     keep = state_dir is not None
     try:
-        report = _replay_report(settings, history, state, secrets_dir, source, plot)
+        # What a plug-in prints goes to stderr: stdout holds the report (one JSON line).
+        with redirect_stdout(sys.stderr):
+            report = _replay_report(settings, history, state, secrets_dir, source, plot)
     except typer.Exit as stopped:
         keep = keep or stopped.exit_code == 1  # the bot could not finish: its log says why
         raise

@@ -448,3 +448,23 @@ def test_a_device_or_directory_is_refused_before_it_is_read(tmp_path: Path, name
 
     with pytest.raises(HistoryError, match="not a regular file"):
         read_history(path, "voiceofchain")
+
+
+def test_what_a_plug_in_prints_does_not_break_the_json_report(tmp_path: Path) -> None:
+    """Printed on stdout, it came before the report's one JSON line."""
+    (tmp_path / "talker.py").write_text(
+        "from strategies.follow import Follow\n\n\n"
+        "class Talker(Follow):\n"
+        "    def on_signal(self, signal, context):\n"
+        "        print('hello from a plug-in')\n"
+        "        return super().on_signal(signal, context)\n"
+    )
+    config = tmp_path / "talker.toml"
+    config.write_text(
+        '[keys.k]\nenvironment = "sim"\n[strategies.talker]\nplugin = "talker:Talker"\nkey = "k"\n'
+    )
+
+    run = replay(tmp_path, SAMPLE, "--json", config=config)
+
+    assert "hello from a plug-in" in run.stderr
+    assert [row["strategy"] for row in report_of(run)["strategies"]] == ["talker"]
