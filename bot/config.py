@@ -237,17 +237,6 @@ class StrategyConfig(_Section):
         "`strategies/` with one Strategy, or an entry point of the group `bot.strategies`"
     )
     key: Name
-
-    @field_validator("plugin")
-    @classmethod
-    def _names_a_plugin(cls, value: str) -> str:
-        if not value or not value.isprintable() or any(char.isspace() for char in value):
-            raise ValueError(
-                "must be module:Class, a module name or an entry point's name, without "
-                "spaces or control characters"
-            )
-        return value
-
     sources: tuple[str, ...] = ("voiceofchain",)
     params: dict[str, Any] = Field(default_factory=dict)
     time_budget_ms: int = Field(
@@ -263,6 +252,16 @@ class StrategyConfig(_Section):
         default_factory=StrategyRiskConfig,
         description="this strategy's own limits; each can only tighten `[risk]`",
     )
+
+    @field_validator("plugin")
+    @classmethod
+    def _names_a_plugin(cls, value: str) -> str:
+        if not value or not value.isprintable() or any(char.isspace() for char in value):
+            raise ValueError(
+                "must be module:Class, a module name or an entry point's name, without "
+                "spaces or control characters"
+            )
+        return value
 
 
 class _Environment(EnvSettingsSource):

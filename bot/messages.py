@@ -59,6 +59,7 @@ __all__ = [
     "SignalError",
     "StopMove",
     "WalletUpdate",
+    "clip",
     "error_said",
     "field_problems",
     "is_unicode",
@@ -566,8 +567,12 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """`text` on one line, without control characters or lone surrogates, clipped: for text
     from anyone (a sender, a plug-in) that is logged and journaled. Secrets are scrubbed
     first, while they are still spelled as the scrubber knows them."""
-    cleaned = "".join(char if char.isprintable() else " " for char in scrub(text))
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+    return clip("".join(char if char.isprintable() else " " for char in scrub(text)), limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters ("..." saying so) if it is longer."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Decline(_Message):

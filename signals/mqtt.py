@@ -63,7 +63,7 @@ from pydantic import SecretStr
 
 from bot import logs, metrics
 from bot.logs import logger
-from bot.messages import Signal, SignalError, load_json, one_line, parse_signal
+from bot.messages import Signal, SignalError, clip, load_json, one_line, parse_signal
 from bot.secrets import split_secrets
 from signals.base import FloodNotes, SignalSink
 from signals.config import PASSWORD_SECRET_NAME, SIGNING_SECRET_NAME, MqttConfig
@@ -438,7 +438,7 @@ class MqttSubscriber:
                 document["strategy"] = strategy
             elif named != strategy:
                 raise _Rejected(
-                    f"payload strategy {_clip(repr(named), 80)} contradicts the topic's "
+                    f"payload strategy {clip(repr(named), 80)} contradicts the topic's "
                     f"strategy {strategy!r}",
                     verified=verified,
                 )
@@ -478,7 +478,7 @@ class MqttSubscriber:
         level = levels[self._strategy_level]
         if not _STRATEGY_NAME.fullmatch(level):
             raise _Rejected(
-                f"topic level {_clip(repr(level), 80)} is not a strategy name "
+                f"topic level {clip(repr(level), 80)} is not a strategy name "
                 "(1-64 letters, digits, '_', '.', '-')",
                 verified=verified,
             )
@@ -781,7 +781,3 @@ def _signature_property(properties: Properties | None) -> str | None:
 def _one_line(text: str) -> str:
     """`text` on one line, without control characters, clipped (it may come from anyone)."""
     return one_line(text, _MAX_REASON_CHARS)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
