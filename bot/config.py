@@ -534,11 +534,14 @@ def _problem(error: ErrorDetails, path: Path) -> str:
     if error["type"] == "extra_forbidden" and _SECRET_WORDS.search(loc[-1]):
         return f"{key}: {_secret_in_config(loc, path)}"
     variable = _variable_of(loc)
+    setters = [] if variable else _variables_under(loc)
     where = f"from {variable}" if variable else f"in {path}"
+    if setters and error["type"] != "missing":
+        where += f" and {', '.join(setters)}"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}' {where}: remove it or check its spelling"
     if error["type"] == "missing":  # perhaps of a section a misspelt variable created
-        setters = _variables_under(loc[:-1])
+        setters = _variables_under(loc[:-1])  # the section's, not the missing key's
         also = f"; {'.'.join(loc[:-1])} is also set by {', '.join(setters)}" if setters else ""
         return f"{key} is required {where}{also}: {error['msg']}"
     return f"invalid {key} = {_shown(error['input'])} {where}: {error_said(error)}"

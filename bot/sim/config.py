@@ -179,6 +179,17 @@ def _default_prices() -> dict[str, Decimal]:
     return {"BTCUSDT": Decimal(97000), "ETHUSDT": Decimal(3500), "SOLUSDT": Decimal(180)}
 
 
+def _upper_case_keys(table: str, symbols: dict[Any, Any]) -> dict[Any, Any]:
+    """`symbols` by upper-case symbol; ValueError if two keys name one symbol."""
+    upper: dict[Any, Any] = {}
+    for key, value in symbols.items():
+        symbol = key.upper() if isinstance(key, str) else key
+        if symbol in upper:
+            raise ValueError(f"{table}: {symbol} is given twice, in two cases: keep one")
+        upper[symbol] = value
+    return upper
+
+
 #: The largest balance an account may start with: its 8 decimals stay within Decimal's
 #: precision (a larger one failed every wallet read).
 _MAX_BALANCE_USDT: Final = Decimal(10**15)
@@ -536,6 +547,28 @@ class SimulatorConfig(BaseModel):
         table = dict(data.get("rate_limits_per_s") or DEFAULT_RATE_LIMITS_PER_S)
         table["/v5/order/create"] = value
         data["rate_limits_per_s"] = table
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _symbol_tables(cls, data: Any) -> Any:
+        """Symbols in upper case, as Bybit spells them: a `BOT_SIM__PRICES__BTCUSDT` variable
+        arrives as `btcusdt` (variable names are not case-sensitive). A listed symbol with a
+        built-in starting price keeps it unless `prices` names it, so one variable can move
+        one symbol's price, and a table of instruments needs prices only for symbols without
+        one."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for table in ("instruments", "prices"):
+            if isinstance(data.get(table), dict):
+                data[table] = _upper_case_keys(table, data[table])
+        given = data.get("prices", {})
+        if isinstance(given, dict):
+            listed = data.get("instruments")
+            listed = listed if isinstance(listed, dict) else _default_instruments()
+            built_in = {s: p for s, p in _default_prices().items() if s in listed}
+            data["prices"] = {**built_in, **given}
         return data
 
     def rate_limit_per_s(self, path: str) -> int:

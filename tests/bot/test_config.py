@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, Environment, load_settings
+from bot.simulated import simulator_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -332,3 +333,34 @@ def test_a_relative_state_dir_in_the_file_is_relative_to_the_file(
     assert written.journal_path == tmp_path / "state" / "journal.sqlite3"
     assert default.state_dir == folder / "var"
     assert typed.state_dir == Path("typed")
+
+
+def test_a_simulator_price_variable_moves_one_symbol_and_keeps_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Variable names are not case-sensitive: the symbol arrives as `btcusdt`.
+    monkeypatch.setenv("BOT_SIM__PRICES__BTCUSDT", "90000")
+
+    config = simulator_config(load_settings(write(tmp_path, KEYED)))
+
+    assert config.prices["BTCUSDT"] == 90000
+    assert config.prices["ETHUSDT"] == 3500  # the built-in price stays
+
+
+def test_a_simulator_price_for_an_unlisted_symbol_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BOT_SIM__PRICES__XRPUSDT", "1")
+
+    with pytest.raises(ConfigError) as caught:
+        simulator_config(load_settings(write(tmp_path, KEYED)))
+
+    assert "BOT_SIM__PRICES__XRPUSDT" in str(caught.value)
+    assert "['XRPUSDT'] have no entry in instruments" in str(caught.value)
+
+
+def test_one_symbol_in_two_cases_is_refused(tmp_path: Path) -> None:
+    text = KEYED + "[sim.prices]\nBTCUSDT = 1\nbtcusdt = 2\n"
+
+    with pytest.raises(ConfigError, match="BTCUSDT is given twice, in two cases: keep one"):
+        simulator_config(load_settings(write(tmp_path, text)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -78,10 +79,23 @@ def _wallet(exchange: SimExchange) -> dict[str, Any]:
 # ------------------------------------------------------------------ configuration
 
 
+_XRP = InstrumentSpec(
+    tick_size=Decimal("0.0001"),
+    qty_step=Decimal(1),
+    min_order_qty=Decimal(1),
+    max_order_qty=Decimal(10**6),
+    min_notional_usdt=Decimal(5),
+)
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"prices": {"BTCUSDT": Decimal(1)}}, "no starting price"),
+        (
+            {"instruments": {"XRPUSDT": _XRP}},
+            re.escape("no starting price for listed symbol(s) ['XRPUSDT']"),
+        ),
+        ({"prices": {"BTCUSDT": Decimal(1), "btcusdt": Decimal(2)}}, "given twice"),
         ({"prices": {"BTCUSDT": Decimal(1), "ETHUSDT": 1, "SOLUSDT": 1, "XRPUSDT": 1}}, "XRPUSDT"),
         ({"default_leverage": Decimal(500)}, "max_leverage"),
         ({"prices": {"BTCUSDT": 0, "ETHUSDT": 1, "SOLUSDT": 1}}, "greater than 0"),
