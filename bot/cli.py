@@ -1096,7 +1096,8 @@ def replay_history(
 
     Never touches the configured journal: the replay has a state directory of its own (see
     `BOT_STATE_DIR=DIR bot orders` after --state-dir DIR). Exit 0 when it ran, 2 for a file,
-    configuration or option it cannot use (one line naming it), 1 when the bot could not finish.
+    configuration or option it cannot use (one line naming it), 1 when the bot could not finish
+    or the --plot chart could not be written (the report is printed first).
     """
     from bot.replay import HistoryError, check_replayable, read_history
     from bot.replay import plot as replay_plot
@@ -1120,7 +1121,7 @@ def replay_history(
     try:
         # What a plug-in prints goes to stderr: stdout holds the report (one JSON line).
         with redirect_stdout(sys.stderr):
-            report = _replay_report(settings, history, state, secrets_dir, source, plot)
+            report, unplotted = _replay_report(settings, history, state, secrets_dir, source, plot)
     except typer.Exit as stopped:
         keep = keep or stopped.exit_code == 1  # the bot could not finish: its log says why
         raise
@@ -1131,8 +1132,10 @@ def replay_history(
         typer.echo(json.dumps(report.as_dict(), default=_json_value, separators=(",", ":")))
     else:
         _print_replay(report)
-        if plot is not None:
+        if plot is not None and unplotted is None:
             console.print(f"plot: {plot}", highlight=False)
+    if unplotted is not None:  # after the report, which stands: the chart alone is missing
+        _fail(unplotted, 1)
 
 
 def _replay_report(
@@ -1142,9 +1145,10 @@ def _replay_report(
     secrets_dir: Path,
     source: str,
     plot: Path | None,
-) -> ReplayReport:
+) -> tuple[ReplayReport, str | None]:
     """Run the replay (the bot logging to `state`/bot.log, a progress bar on the screen) and
-    read its report; every failure is one line."""
+    read its report; every failure is one line. With `plot`, draw the chart too: the second
+    item says why it could not be written (None: it was, or none was asked for)."""
     from bot.replay import HistoryError, ReplayError, build_report, replay
     from bot.replay import plot as replay_plot
 
@@ -1169,9 +1173,9 @@ def _replay_report(
             if plot is not None:
                 try:
                     replay_plot.draw(report, history, run.start_prices, plot)
-                except replay_plot.PlotUnavailable as exc:  # the report still stands
-                    typer.echo(f"warning: {exc}", err=True)
-    return report
+                except replay_plot.PlotUnavailable as exc:
+                    return report, str(exc)
+    return report, None
 
 
 def _replay_state_dir(settings: BotSettings, typed: str | None) -> Path:

@@ -468,3 +468,32 @@ def test_what_a_plug_in_prints_does_not_break_the_json_report(tmp_path: Path) ->
 
     assert "hello from a plug-in" in run.stderr
     assert [row["strategy"] for row in report_of(run)["strategies"]] == ["talker"]
+
+
+def test_a_plot_write_that_fails_after_the_replay_exits_1_after_the_report(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("matplotlib")
+    # The disk fills up between the check before the replay and the chart's write.
+    program = (
+        "import errno, matplotlib.figure\n"
+        "def full(*args, **kwargs): raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "matplotlib.figure.Figure.savefig = full\n"
+        "import sys; from bot.cli import main\n"
+        f"sys.argv = ['bot', 'replay', {str(SAMPLE)!r}, '--plot', 'out.png', '--json', "
+        f"'--config', {str(ROOT / 'config' / 'bot.toml')!r}]; main()"
+    )
+
+    run = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert run.returncode == 1
+    assert json.loads(run.stdout)["signals"]  # the report is still printed
+    assert "--plot out.png: cannot write the chart (No space left on device)" in run.stderr
+    assert "Traceback" not in run.stderr
