@@ -106,6 +106,11 @@ _DRIFT_LOOKBACK: Final = timedelta(hours=1)
 #: bounded however long the bot runs.
 FILL_MEMORY: Final = timedelta(minutes=10)
 
+#: Hears of a fill of an order of ours once it is in the books, with the strategy whose order
+#: it is (None: the venue's own, e.g. a stop loss); returns the books' state it queued a
+#: strategy's hook with, if it did.
+FillListener = Callable[[Execution, str | None], FillBooking | None]
+
 
 @dataclass
 class StrategyBook:
@@ -371,6 +376,10 @@ class AccountProjection:
             if key == key_name and name == strategy and book.size != 0
         ]
 
+    def strategy_symbols(self, key_name: str, strategy: str) -> list[str]:
+        """The symbols of the strategy's own open positions on `key_name`."""
+        return [book.symbol for book in self.open_books(key_name, strategy)]
+
     def pnl_today(self, strategy: str | None = None, now: datetime | None = None) -> Decimal:
         """Realized PnL minus fees of the current UTC day: one strategy's, or every one's
         (the bot's: what other clients of its keys did, the unattributed book, is theirs)."""
@@ -528,15 +537,16 @@ class AccountKeeper:
         projection: AccountProjection,
         order_updated: Callable[[OrderEvent], None] = lambda event: None,
         seen_fills: Iterable[Execution] = (),
-        fill_booked: Callable[[Execution], FillBooking | None] = lambda fill: None,
+        fill_booked: FillListener = lambda fill, strategy: None,
         fill_memory: timedelta = FILL_MEMORY,
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
         position_closed: Callable[[StrandedBy], None] = lambda closed: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
-        restart); `fill_booked(fill)` hears of every fill of an order of ours applied to the
-        books, and returns the books' state it queued a strategy's hook with (journaled as
-        due until the hook is done), or None; `fill_memory`: see `RecentFills`;
+        restart); `fill_booked(fill, strategy)` hears of every fill of an order of ours
+        applied to the books (with the strategy that placed the order), and returns the
+        books' state it queued a strategy's hook with (journaled as due until the hook is
+        done), or None; `fill_memory`: see `RecentFills`;
         `position_updated(update)` hears of every position the venue reports (its leverage,
         which anyone may change);
         `position_closed(closed)` of each fill that closes (or turns) a strategy's position,
@@ -824,7 +834,7 @@ class AccountKeeper:
         self._projection.apply_execution(fill, allocation, of_our_order=ours)
         # The hook is queued before the write that says it is due: both wait their turn (the
         # hook on its lane, the write on the journal's queue), so its "done" comes after.
-        hook = self._fill_booked(fill) if fill.order_link_id and ours else None
+        hook = self._fill_booked(fill, strategy) if fill.order_link_id and ours else None
         self._write(self._journal.record_execution, fill, allocation, hook)
         for name, size in before.items():
             after = self._projection.strategy_size(fill.key_name, name, fill.symbol)
@@ -1100,7 +1110,7 @@ class Account:
         )
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
-        self._fill_listeners: list[Callable[[Execution], FillBooking | None]] = []
+        self._fill_listeners: list[FillListener] = []
         self._position_listeners: list[Callable[[PositionUpdate], None]] = []
         self._closed_listeners: list[Callable[[StrandedBy], None]] = []
         self.keeper = AccountKeeper(
@@ -1114,17 +1124,17 @@ class Account:
         )
         self.streams: dict[str, AccountStream] = {}
 
-    def on_fill_booked(self, listener: Callable[[Execution], FillBooking | None]) -> None:
+    def on_fill_booked(self, listener: FillListener) -> None:
         """Call `listener` with every fill of an order with an orderLinkId, once it is in
         the books; it returns the books' state it queued a strategy hook with, which the
         journal then keeps due until `Journal.fill_hook_done`, or None."""
         self._fill_listeners.append(listener)
 
-    def _fill_booked(self, fill: Execution) -> FillBooking | None:
+    def _fill_booked(self, fill: Execution, strategy: str | None) -> FillBooking | None:
         hook = None
         for listener in self._fill_listeners:  # every one is told, whatever another does
             try:
-                hook = listener(fill) or hook
+                hook = listener(fill, strategy) or hook
             except Exception:  # the fill's journal write comes after: it must not be lost
                 logger.exception("a listener failed on fill {id}", id=fill.exec_id)
         return hook

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from decimal import Decimal
 
 from bot.account import Account
 from bot.journal import Journal, OrderRecord
+from bot.logs import logger
 from bot.messages import Instrument, utc_now
 from bot.venue.base import Venue
 from bot.venue.prices import PriceStream
@@ -117,6 +118,29 @@ class MarketData:
         price = await self._venues[key_name].last_price(symbol)
         self._prices[symbol] = (self._clock(), price)
         return price
+
+    async def current_prices(self, key_name: str, symbols: Iterable[str]) -> dict[str, Decimal]:
+        """The current price of each of `symbols`: streamed, cached or fetched through
+        `key_name`'s venue when older than `max_age_s`. A symbol whose price cannot be had
+        now is left out (said as a warning)."""
+        prices: dict[str, Decimal] = {}
+        stale = []
+        for symbol in symbols:
+            self._take_streamed_price(key_name, symbol)
+            if self.price_age_s(symbol) <= self._max_age_s:
+                prices[symbol] = self._prices[symbol][1]
+            else:
+                stale.append(symbol)
+        venue = self._venues[key_name]
+        fetched = await asyncio.gather(
+            *(self._price(venue, symbol) for symbol in stale), return_exceptions=True
+        )
+        for symbol, result in zip(stale, fetched, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("no current price of {symbol}: {error}", symbol=symbol, error=result)
+            else:
+                prices[symbol] = result
+        return prices
 
     def known_prices(self) -> dict[str, Decimal]:
         """The last price fetched for each symbol, however old (for exposure elsewhere)."""

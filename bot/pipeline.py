@@ -31,7 +31,6 @@ from bot.account import StrandedBy
 from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
-from bot.execution.ids import strategy_slug
 from bot.execution.orders import trimmed
 from bot.execution.rounding import conform, conform_stop_move
 from bot.journal import FillBooking, Journal
@@ -147,13 +146,10 @@ class Pipeline:
         hooks are told it is not known)."""
         self._journal = journal
         self._strategies = strategies
-        # The (key, orderLinkId prefix) of each strategy with an `on_fill` hook: whose fills
-        # queue one.
-        self._hooked = {
-            (slot.key_name, strategy_slug(slot.name)): slot.name
-            for slot in strategies.values()
-            if _overrides(slot.strategy, "on_fill")
-        }
+        # The strategies with an `on_fill` hook: whose fills queue one.
+        self._hooked = frozenset(
+            slot.name for slot in strategies.values() if _overrides(slot.strategy, "on_fill")
+        )
         self._strategy_size = strategy_size
         self._gate = gate
         self._executor = executor
@@ -467,8 +463,14 @@ class Pipeline:
         may_hear_rejections: bool,
     ) -> None:
         """Judge the intents, send the approved ones, and tell the strategy what was refused."""
+        prices: Mapping[str, Decimal] = {}
+        if not all(intent.reduce_only for intent in intents):  # exposure is counted
+            prices = await self._market.current_prices(
+                slot.key_name, self._gate.exposure_symbols(slot.name) - {context.symbol}
+            )
         verdicts = [
-            self.decide(intent, context.instrument, context.last_price) for intent in intents
+            self.decide(intent, context.instrument, context.last_price, prices)
+            for intent in intents
         ]
         for verdict in verdicts:
             if not isinstance(verdict, ApprovedOrder):
@@ -664,13 +666,12 @@ class Pipeline:
             if isinstance(outcome, Failed):
                 raise StrategyStartError(f"strategy {slot.name}: {outcome.reason}")
 
-    def fill_booked(self, fill: Execution) -> FillBooking | None:
+    def fill_booked(self, fill: Execution, strategy: str | None) -> FillBooking | None:
         """The account booked a fill of one of our orders: queue its strategy's `on_fill` on
         the lane of its key and symbol (after the signals already queued there), with the
         books as they are now (the journal keeps it due, with them, until it is done); None
         if no hook was queued."""
-        strategy = self._hooked.get((fill.key_name, fill.order_link_id.partition("-")[0]))
-        if strategy is None:
+        if strategy not in self._hooked:
             return None
         size = self._strategy_size
         booking = FillBooking(
@@ -816,9 +817,16 @@ class Pipeline:
         )
         await self._act(tick, slot, context, output, may_hear_rejections=True)
 
-    def decide(self, intent: OrderIntent, instrument: Instrument, price: Decimal) -> Verdict:
-        """The intent on the instrument's grid, judged by the gate at the venue's `price`; or
-        why it cannot be sent."""
+    def decide(
+        self,
+        intent: OrderIntent,
+        instrument: Instrument,
+        price: Decimal,
+        prices: Mapping[str, Decimal] | None = None,
+    ) -> Verdict:
+        """The intent on the instrument's grid, judged by the gate at the venue's `price`, and
+        at `prices` the exposure elsewhere (none needed for a reduce-only intent); or why it
+        cannot be sent."""
         conformed = conform(intent, instrument, price)
         if isinstance(conformed, str):
             return RiskDecision(
@@ -827,7 +835,7 @@ class Pipeline:
         return self._gate.decide(
             conformed,
             price=price,
-            prices=self._market.known_prices(),
+            prices=prices or {},
             price_age_s=self._market.price_age_s(conformed.symbol),
         )
 

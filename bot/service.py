@@ -472,7 +472,7 @@ class Service:
             settings.execution,
             staleness=gate.stale_reason,
             stream_live=account.live,
-            order_settled=gate.ledger.release,
+            order_settled=gate.ledger.follow,
             blocked=gate.block_reason,
             venue_leverage=account.projection.leverage,
             booked_qty=account.projection.booked_qty,
@@ -487,6 +487,7 @@ class Service:
         account.on_position_closed(executor.position_closed)
         account.on_fill_booked(executor.fill_booked)
         account.on_order_update(gate.ledger.follow)
+        account.on_fill_booked(gate.ledger.fill_booked)
         # One public price stream per environment the keys trade in, following the allowed
         # symbols from the start (and any other a signal asks about).
         price_streams = {
@@ -670,12 +671,14 @@ class Service:
         """The gate, its exposure read from the account's books, with the orders a previous
         run left in flight reserved again and today's orders counted."""
         key_of = {name: slot.key_name for name, slot in strategies.items()}
+        projection = account.projection
         ledger = ExposureLedger(
-            lambda strategy, symbol: account.projection.strategy_size(
+            lambda strategy, symbol: projection.strategy_size(
                 key_of.get(strategy, ""), strategy, symbol
-            )
+            ),
+            lambda strategy: projection.strategy_symbols(key_of.get(strategy, ""), strategy),
         )
-        reserve_unfinished(ledger, journal.unfinished_orders())
+        reserve_unfinished(ledger, journal.unfinished_orders(), projection.booked_qty)
         overrides = {name: config.risk for name, config in self.settings.strategies.items()}
         gate = RiskGate(
             self.settings.risk,

@@ -133,7 +133,7 @@ class StateCollector(Collector):
         )
         prices = self._market.known_prices()
         for strategy in self._key_of:
-            value = self._gate.ledger.strategy_exposure(strategy, prices, prices)
+            value = self._gate.ledger.strategy_exposure(strategy, prices)
             exposure.add_metric([strategy], float(value))
         state = GaugeMetricFamily(
             "bot_trading_state",

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from bot.messages import (
+    Execution,
     ExitOrder,
     OrderIntent,
     OrderRequest,
@@ -68,6 +69,23 @@ def make_request(**overrides: Any) -> OrderRequest:
         "qty": Decimal("0.01"),
     }
     return OrderRequest(**(fields | overrides))
+
+
+def make_execution(**overrides: Any) -> Execution:
+    """A fill of all of `make_request()`'s order, at 97000, on key `k`."""
+    fields: dict[str, Any] = {
+        "exec_id": "e1",
+        "key_name": "k",
+        "order_id": "o1",
+        "order_link_id": "follow-0-x",
+        "symbol": "BTCUSDT",
+        "side": Side.BUY,
+        "qty": Decimal("0.01"),
+        "price": Decimal(97000),
+        "fee": Decimal(0),
+        "ts": datetime.now(UTC),
+    }
+    return Execution(**(fields | overrides))
 
 
 def approve(intent: OrderIntent) -> ApprovedOrder:

@@ -133,7 +133,7 @@ class Executor:
         *,
         staleness: StalenessCheck = lambda ts: None,
         stream_live: Callable[[str], bool] = lambda key_name: False,
-        order_settled: Callable[[str], None] = lambda order_link_id: None,
+        order_settled: Callable[[OrderEvent], None] = lambda event: None,
         blocked: Callable[[str], str | None] = lambda strategy: None,
         venue_leverage: Callable[[str, str], Decimal | None] = lambda key, symbol: None,
         booked_qty: Callable[[str], Decimal] | None = None,
@@ -144,9 +144,10 @@ class Executor:
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
         whether a key's account stream is up (then fills are awaited, not polled for);
-        `order_settled` hears of every order that became terminal; `blocked(strategy)` says
-        why a strategy may not increase exposure now (the gate's trading states: asked before
-        every send of an opening order, so a halt stops legs already approved);
+        `order_settled` hears of every order the journal made terminal (its event);
+        `blocked(strategy)` says why a strategy may not increase exposure now (the gate's
+        trading states: asked before every send of an opening order, so a halt stops legs
+        already approved);
         `venue_leverage(key, symbol)` is the venue's leverage as last reported, if known;
         `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
         follower waits for them, so the next signal of the lane sees the position);
@@ -712,22 +713,28 @@ class Executor:
 
     async def _set_leverage(self, venue: Venue, request: OrderRequest) -> VenueError | None:
         """Set the order's leverage on the venue unless it is known to be so (without a wish,
-        lower the venue's to the order's `max_leverage` if it is known to be higher); the
-        venue's refusal, if any. Leverage is per symbol and account: remembered per key."""
+        lower the venue's to the order's `max_leverage` if it is higher: for an opening order
+        whose symbol's leverage is not known yet, the venue is asked first); the venue's
+        refusal, if any. Leverage is per symbol and account: remembered per key."""
         where = (request.key_name, request.symbol)
         known = self._leverage.get(where) or self._venue_leverage(*where)
         target = request.leverage
-        if target is None and request.max_leverage is not None and known is not None:
-            target = min(known, request.max_leverage)
-        if target is None or target == known:
-            return None
-        self._leverage.pop(where, None)  # until the venue confirms: an answer may be lost
         try:
+            if target is None and request.max_leverage is not None:
+                if known is None and not request.reduce_only:
+                    known = await venue.symbol_leverage(request.symbol)
+                    if known is not None:
+                        self._leverage[where] = known
+                if known is not None:
+                    target = min(known, request.max_leverage)
+            if target is None or target == known:
+                return None
+            self._leverage.pop(where, None)  # until the venue confirms: an answer may be lost
             await venue.set_leverage(request.symbol, target)
         except VenueError as exc:
             logger.warning(
                 "setting leverage {x} on {symbol} failed: {error}",
-                x=target,
+                x=target if target is not None else f"<= {request.max_leverage}",
                 symbol=request.symbol,
                 error=str(exc),
             )
@@ -888,7 +895,7 @@ class Executor:
             raise _LookupFailed
         return None
 
-    def fill_booked(self, fill: Execution) -> None:
+    def fill_booked(self, fill: Execution, strategy: str | None = None) -> None:
         """A fill of the order is in the account's books: wake whoever follows it."""
         watch = self._watches.get(fill.order_link_id)
         if watch is not None:
@@ -1030,7 +1037,7 @@ class Executor:
     def _settled(self, event: OrderEvent, moved: bool) -> None:
         """The risk ledger hears of an order the journal has just made terminal."""
         if moved and event.status.is_terminal:
-            self._order_settled(event.order_link_id)
+            self._order_settled(event)
 
     async def _reject(
         self, request: OrderRequest, reason: str, *, notify: str | None = None

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
 from bot.logs import logger
-from bot.messages import OrderEvent, Side
+from bot.messages import Execution, OrderEvent, Side
 
 if TYPE_CHECKING:  # the journal imports the risk package: no import cycle at run time
     from bot.journal import OrderRecord
@@ -27,28 +27,51 @@ ZERO: Final = Decimal(0)
 
 @dataclass(frozen=True)
 class Reservation:
-    """An approved order not yet terminal: signed quantity (buy > 0)."""
+    """An approved order whose fills are not all in its strategy's book yet."""
 
     strategy: str
     symbol: str
+    #: The order's quantity, signed (buy > 0): the venue's once it says another.
     signed_qty: Decimal
     reduce_only: bool = False
-    #: The order's quantity, when the reservation is not all of it: what was left to fill of
-    #: an order a previous run left in flight, or of one resized to the venue's (`follow`).
-    order_qty: Decimal | None = None
+    #: How much of it the strategy's book holds already (those fills count there).
+    booked: Decimal = ZERO
+    #: Once the order is terminal, how much of it filled: only that can still reach the book.
+    final_qty: Decimal | None = None
 
     @property
     def qty(self) -> Decimal:
         """The order's quantity."""
-        return self.order_qty if self.order_qty is not None else abs(self.signed_qty)
+        return abs(self.signed_qty)
+
+    @property
+    def settled(self) -> bool:
+        """Terminal at the venue: no longer an open order, perhaps with fills to book."""
+        return self.final_qty is not None
+
+    @property
+    def counted(self) -> Decimal:
+        """The signed quantity this order may still add to its strategy's position beyond
+        what its book holds (a reduce-only order adds none)."""
+        if self.reduce_only:
+            return ZERO
+        whole = self.final_qty if self.final_qty is not None else self.qty
+        left = max(whole - self.booked, ZERO)
+        return left if self.signed_qty > 0 else -left
 
 
 class ExposureLedger:
     """Positions (from the projection) plus orders in flight, per strategy and symbol."""
 
-    def __init__(self, position_of: Callable[[str, str], Decimal]) -> None:
-        """`position_of(strategy, symbol)`: the strategy's own signed position."""
+    def __init__(
+        self,
+        position_of: Callable[[str, str], Decimal],
+        symbols_of: Callable[[str], Iterable[str]] = lambda strategy: (),
+    ) -> None:
+        """`position_of(strategy, symbol)`: the strategy's own signed position;
+        `symbols_of(strategy)`: the symbols where it holds one."""
         self._position_of = position_of
+        self._symbols_of = symbols_of
         self._in_flight: dict[str, Reservation] = {}
         # (strategy, symbol) -> (buys in flight, sells in flight): kept up to date, so a
         # decision costs no scan of every order in flight.
@@ -57,29 +80,43 @@ class ExposureLedger:
 
     def reserve(self, order_link_id: str, reservation: Reservation) -> None:
         self.release(order_link_id)  # the same order reserved again replaces itself
+        if reservation.settled and reservation.counted == 0:
+            return  # nothing of it left to count
         self._in_flight[order_link_id] = reservation
         self._add(reservation, 1)
 
     def release(self, order_link_id: str) -> None:
-        """The order is terminal: its fills are in the book now, or it never filled."""
+        """Forget the order: terminal, and every fill of it in the book (or none came)."""
         reservation = self._in_flight.pop(order_link_id, None)
         if reservation is not None:
             self._add(reservation, -1)
 
+    def fill_booked(self, fill: Execution, strategy: str | None = None) -> None:
+        """A fill of an order in flight is in its strategy's book now: it counts there from
+        this moment, so no longer here (called in the same step as the booking)."""
+        reservation = self._in_flight.get(fill.order_link_id)
+        if reservation is not None:
+            booked = reservation.booked + abs(fill.qty)
+            self.reserve(fill.order_link_id, replace(reservation, booked=booked))
+
     def follow(self, event: OrderEvent) -> None:
-        """Keep an order in flight as the venue reports it: released once terminal, resized
-        when the venue holds another quantity than the one approved (another client amended
+        """Keep an order in flight as the venue reports it. Once terminal it counts only
+        what filled and its book does not hold yet: the venue reports an order Filled
+        before its fills reach the book, and until they do they count here. Resized when
+        the venue holds another quantity than the one approved (another client amended
         it: said as a warning). A reduce-only order, which the venue may trim, adds no
         exposure either way."""
-        if event.status.is_terminal:
-            self.release(event.order_link_id)
-            return
         reservation = self._in_flight.get(event.order_link_id)
-        venue_qty = event.venue_qty
-        if reservation is None or venue_qty is None or reservation.reduce_only:
+        if reservation is None:
             return
-        if venue_qty == reservation.qty or reservation.signed_qty == 0:
-            return  # as counted (or nothing of it left to fill: nothing to resize)
+        if event.status.is_terminal:
+            self.reserve(event.order_link_id, replace(reservation, final_qty=event.filled_qty))
+            return
+        venue_qty = event.venue_qty
+        if venue_qty is None or reservation.reduce_only or reservation.settled:
+            return
+        if venue_qty == reservation.qty:
+            return  # as counted
         logger.bind(notify="foreign").warning(
             "order {order_link_id} of strategy {strategy}: the venue holds {venue_qty} "
             "{symbol}, not the {counted} the risk gate counted (amended by another client); "
@@ -91,12 +128,7 @@ class ExposureLedger:
             counted=reservation.qty,
         )
         sign = 1 if reservation.signed_qty > 0 else -1
-        self.reserve(
-            event.order_link_id,
-            replace(
-                reservation, signed_qty=sign * (venue_qty - event.filled_qty), order_qty=venue_qty
-            ),
-        )
+        self.reserve(event.order_link_id, replace(reservation, signed_qty=sign * venue_qty))
 
     def open_orders(self, strategy: str) -> int:
         """How many of the strategy's approved orders are not terminal yet."""
@@ -113,50 +145,75 @@ class ExposureLedger:
             sells += extra
         return max(abs(position + buys), abs(position + sells))
 
+    def exposure_symbols(self, strategy: str) -> set[str]:
+        """The symbols where the strategy holds a position or has orders in flight that may
+        add to one: the symbols its exposure must be priced in."""
+        symbols = set(self._symbols_of(strategy))
+        symbols.update(
+            symbol
+            for (name, symbol), (buys, sells) in self._sides.items()
+            if name == strategy and (buys or sells)
+        )
+        return symbols
+
     def _add(self, reservation: Reservation, sign: int) -> None:
-        self._open[reservation.strategy] = self.open_orders(reservation.strategy) + sign
-        if reservation.reduce_only:
+        if not reservation.settled:
+            self._open[reservation.strategy] = self.open_orders(reservation.strategy) + sign
+        counted = reservation.counted
+        if counted == 0:
             return
         index = (reservation.strategy, reservation.symbol)
         buys, sells = self._sides.get(index, (ZERO, ZERO))
-        if reservation.signed_qty > 0:
-            buys += sign * reservation.signed_qty
+        if counted > 0:
+            buys += sign * counted
         else:
-            sells += sign * reservation.signed_qty
+            sells += sign * counted
         self._sides[index] = (buys, sells)
 
     def strategy_exposure(
         self,
         strategy: str,
         prices: Mapping[str, Decimal],
-        symbols: Iterable[str],
         adding: tuple[str, Decimal] | None = None,
     ) -> Decimal:
-        """The strategy's worst-case notional over `symbols` at `prices`, with `adding`
-        (symbol, signed qty) counted as one more order in flight."""
+        """The strategy's worst-case notional at `prices` over every symbol where it has
+        exposure, with `adding` (symbol, signed qty) counted as one more order in flight. A
+        symbol `prices` has no price of is left out: `unpriced` says which."""
+        symbols = self.exposure_symbols(strategy)
+        if adding is not None:
+            symbols.add(adding[0])
         total = ZERO
-        for symbol in symbols:
-            if symbol not in prices:
-                continue
+        for symbol in symbols & prices.keys():
             extra = adding[1] if adding is not None and adding[0] == symbol else ZERO
             total += self.worst_position(strategy, symbol, extra) * prices[symbol]
         return total
 
+    def unpriced(self, strategy: str, prices: Mapping[str, Decimal]) -> list[str]:
+        """The symbols of the strategy's exposure that `prices` has no price of."""
+        return sorted(
+            symbol
+            for symbol in self.exposure_symbols(strategy) - prices.keys()
+            if self.worst_position(strategy, symbol)
+        )
 
-def reserve_unfinished(ledger: ExposureLedger, records: Iterable[OrderRecord]) -> None:
-    """Reserve the journal's unfinished orders (what is left of each to fill): the orders a
-    previous run left in flight count until they are terminal, each at the quantity the venue
-    last said it holds (an amendment another client made is not news again after a restart)."""
+
+def reserve_unfinished(
+    ledger: ExposureLedger, records: Iterable[OrderRecord], booked_qty: Callable[[str], Decimal]
+) -> None:
+    """Reserve the journal's unfinished orders: the orders a previous run left in flight
+    count until they are terminal and their fills booked, each at the quantity the venue last
+    said it holds (an amendment another client made is not news again after a restart), less
+    what `booked_qty(orderLinkId)` says the books hold of it."""
     for record in records:
         request = record.request
-        left = record.venue_qty - record.filled_qty
+        link_id = request.order_link_id
         ledger.reserve(
-            request.order_link_id,
+            link_id,
             Reservation(
                 request.strategy,
                 request.symbol,
-                left if request.side is Side.BUY else -left,
+                record.venue_qty if request.side is Side.BUY else -record.venue_qty,
                 request.reduce_only,
-                order_qty=record.venue_qty,
+                booked=booked_qty(link_id),
             ),
         )

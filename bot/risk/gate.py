@@ -27,6 +27,8 @@ strategy's own `[strategies.<name>.risk]`:
   MAX_ORDER_NOTIONAL       qty x the true price exceeds `max_order_notional_usdt`
   MAX_POSITION_NOTIONAL    the strategy's worst-case position in the symbol after this order
                            (with its orders in flight) exceeds `max_position_notional_usdt`
+  MARKET_DATA              a symbol where some strategy holds exposure has no current price
+                           among `prices`: exposure is never valued at zero
   MAX_STRATEGY_EXPOSURE    the strategy's worst case over all symbols exceeds its limit
   MAX_TOTAL_EXPOSURE       every strategy's worst case together exceeds `max_total_exposure_usdt`
 
@@ -147,6 +149,12 @@ class RiskGate:
     def ledger(self) -> ExposureLedger:
         return self._ledger
 
+    def exposure_symbols(self, strategy: str) -> set[str]:
+        """Every symbol where `strategy` or another holds exposure: what `decide` needs the
+        prices of for an intent of `strategy`."""
+        names = {strategy, *self._strategies}
+        return {symbol for name in names for symbol in self._ledger.exposure_symbols(name)}
+
     def limits(self, strategy: str | None = None) -> RiskConfig:
         """The limits a strategy's intents are judged by (None: the global ones)."""
         return self._config if strategy is None else self._configs.get(strategy, self._config)
@@ -160,8 +168,8 @@ class RiskGate:
         price_age_s: float = 0.0,
     ) -> Verdict:
         """The verdict on `intent`, with `price` the venue's current price of its symbol
-        (`price_age_s` old) and `prices` the last known price of every symbol (for exposure
-        elsewhere).
+        (`price_age_s` old) and `prices` the current price of every symbol where a strategy
+        holds exposure (`exposure_symbols`), for the exposure limits.
 
         An approval is reserved in the exposure ledger under its orderLinkId and counted in
         the same step, so the very next intent counts it in flight.
@@ -367,18 +375,24 @@ class RiskGate:
                 f"orders in flight (max_position_notional_usdt = "
                 f"{config.max_position_notional_usdt})",
             )
-        symbols = self._config.symbols
-        mine = ledger.strategy_exposure(strategy, prices, symbols, (intent.symbol, signed))
+        others = [name for name in self._strategies if name != strategy]
+        unpriced = sorted(
+            {s for name in (strategy, *others) for s in ledger.unpriced(name, prices)}
+        )
+        if unpriced:  # never valued at zero: the limits could not be checked
+            return (
+                "MARKET_DATA",
+                f"no current price of {', '.join(unpriced)}, where exposure is held: the "
+                "exposure limits cannot be checked; the next signal tries again",
+            )
+        mine = ledger.strategy_exposure(strategy, prices, (intent.symbol, signed))
         if mine > config.max_strategy_exposure_usdt:
             return (
                 "MAX_STRATEGY_EXPOSURE",
                 f"{strategy}'s exposure could reach {mine:.2f} USDT with its orders in flight "
                 f"(max_strategy_exposure_usdt = {config.max_strategy_exposure_usdt})",
             )
-        others = (name for name in self._strategies if name != strategy)
-        total = mine + sum(
-            (ledger.strategy_exposure(name, prices, symbols) for name in others), Decimal(0)
-        )
+        total = mine + sum((ledger.strategy_exposure(name, prices) for name in others), Decimal(0))
         if total > self._config.max_total_exposure_usdt:
             return (
                 "MAX_TOTAL_EXPOSURE",

@@ -40,9 +40,10 @@ def usage(journal: Journal, key_of: Mapping[str, str], now: datetime) -> dict[st
     ledger = ExposureLedger(
         lambda strategy, symbol: projection.strategy_size(
             key_of.get(strategy, ""), strategy, symbol
-        )
+        ),
+        lambda strategy: projection.strategy_symbols(key_of.get(strategy, ""), strategy),
     )
-    reserve_unfinished(ledger, records)
+    reserve_unfinished(ledger, records, projection.booked_qty)
     prices: dict[str, Decimal] = {}
     for record in records:  # the weakest price first: a mark replaces it below
         if record.request.price is not None:
@@ -56,7 +57,7 @@ def usage(journal: Journal, key_of: Mapping[str, str], now: datetime) -> dict[st
     today = Counter(strategy for strategy, _ in journal.order_times_since(utc_day_start(now)))
     scopes = {
         strategy: ScopeUsage(
-            exposure_usdt=ledger.strategy_exposure(strategy, prices, prices),
+            exposure_usdt=ledger.strategy_exposure(strategy, prices),
             open_orders=ledger.open_orders(strategy),
             orders_today=today[strategy],
             pnl_today_usdt=projection.pnl_today(strategy, now),

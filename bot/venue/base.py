@@ -106,6 +106,11 @@ class Venue(Protocol):
         """Trade `symbol` at `leverage` (both sides: one-way mode); already so is success."""
         ...
 
+    async def symbol_leverage(self, symbol: str) -> Decimal | None:
+        """The account's leverage on `symbol` (one-way mode), whether or not it holds a
+        position there; None if the venue shows none."""
+        ...
+
     async def set_trading_stop(
         self, symbol: str, *, stop_loss: Decimal | None, take_profit: Decimal | None
     ) -> None:

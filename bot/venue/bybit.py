@@ -455,16 +455,25 @@ class BybitVenue:
         """The symbols whose position rows say hedge mode (positionIdx 1 and 2)."""
         hedged = []
         for symbol in symbols:
-            result = await self._read(
-                "position_mode",
-                "/v5/position/list",
-                "get_positions",
-                category=CATEGORY,
-                symbol=symbol,
-            )
-            if any(int(row.get("positionIdx") or 0) != 0 for row in result.get("list") or []):
+            rows = await self._position_rows("position_mode", symbol)
+            if any(int(row.get("positionIdx") or 0) != 0 for row in rows):
                 hedged.append(symbol)
         return hedged
+
+    async def symbol_leverage(self, symbol: str) -> Decimal | None:
+        """From the symbol's position row, which Bybit lists with its leverage even when
+        the position is empty."""
+        for row in await self._position_rows("leverage", symbol):
+            leverage = row.get("leverage")
+            if leverage:
+                return decimal_field(leverage, "leverage")
+        return None
+
+    async def _position_rows(self, operation: str, symbol: str) -> list[dict[str, Any]]:
+        result = await self._read(
+            operation, "/v5/position/list", "get_positions", category=CATEGORY, symbol=symbol
+        )
+        return list(result.get("list") or [])
 
     async def _pages(
         self, operation: str, path: str, method: str, *, complete: bool = False, **params: Any

@@ -97,6 +97,7 @@ class FakeVenue:
         self.fills: list[Execution] = []  # every execution, oldest first
         self.hedged: set[str] = set()  # symbols the account trades in hedge mode
         self.leverage: dict[str, Decimal] = {}  # symbol -> leverage set
+        self.default_leverage = Decimal(10)  # of a symbol whose leverage was never set
         #: what the next set_leverage calls raise, in order (after applying it, if `applied`)
         self.leverage_failures: deque[tuple[VenueError, bool]] = deque()
         #: symbol -> the levels set_trading_stop set (zero cancels one)
@@ -163,6 +164,10 @@ class FakeVenue:
         if applied:  # the venue did it, but its answer was lost
             self.leverage[symbol] = leverage
         raise error
+
+    async def symbol_leverage(self, symbol: str) -> Decimal | None:
+        self.calls["symbol_leverage"] += 1
+        return self.leverage.get(symbol, self.default_leverage)
 
     async def set_trading_stop(
         self, symbol: str, *, stop_loss: Decimal | None, take_profit: Decimal | None

@@ -936,9 +936,11 @@ def test_a_close_the_gate_refuses_leaves_the_targets_resting(
     second = order_link_id("ladder", "voc", "p-voc", 2)
     decide = stages.pipeline.decide
 
-    def refusing_the_close(intent: OrderIntent, instrument: Instrument, price: Decimal) -> Any:
+    def refusing_the_close(
+        intent: OrderIntent, instrument: Instrument, price: Decimal, *prices: Any
+    ) -> Any:
         if intent.leg != 11:
-            return decide(intent, instrument, price)
+            return decide(intent, instrument, price, *prices)
         return RiskDecision(intent=intent, approved=False, rule="TEST", reason="refused here")
 
     monkeypatch.setattr(stages.pipeline, "decide", refusing_the_close)

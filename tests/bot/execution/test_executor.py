@@ -274,6 +274,8 @@ def test_when_the_lookup_fails_too_the_order_is_unknown_and_a_replay_settles_it(
 ) -> None:
     executor, venue = make_executor(exchange[1], Journal(tmp_path / "j.sqlite3"))
     item = intent()
+    # An earlier order: the symbol's leverage is known, so the next send is the create.
+    assert asyncio.run(executor.execute(approve(intent()), "k")).status is OrderStatus.FILLED
     exchange[0].set_faults(SimFaults(timeout_10016=1.0))  # every call, lookups included
 
     lost = asyncio.run(executor.execute(approve(item), "k"))

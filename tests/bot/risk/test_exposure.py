@@ -9,9 +9,9 @@ import pytest
 from loguru import logger
 
 from bot.journal import Journal
-from bot.messages import OrderEvent, OrderStatus
+from bot.messages import Execution, OrderEvent, OrderStatus
 from bot.risk.exposure import ExposureLedger, Reservation, reserve_unfinished
-from tests.factories import make_request
+from tests.factories import make_execution, make_request
 
 LINK = "follow-0-x"
 
@@ -33,6 +33,10 @@ def _report(status: OrderStatus, venue_qty: str | None, filled: str = "0") -> Or
     )
 
 
+def _fill(qty: str) -> Execution:
+    return make_execution(order_link_id=LINK, qty=Decimal(qty))
+
+
 def test_an_order_amended_at_the_venue_counts_at_its_venue_quantity(
     warnings: list[str],
 ) -> None:
@@ -49,7 +53,13 @@ def test_an_order_amended_at_the_venue_counts_at_its_venue_quantity(
     assert "holds 0.1 BTCUSDT, not the 0.005 the risk gate counted" in warnings[0]
     assert warnings[0].rstrip().endswith("foreign")
     ledger.follow(_report(OrderStatus.FILLED, "0.1", filled="0.1"))
-    assert (ledger.worst_position("follow", "BTCUSDT"), ledger.open_orders("follow")) == (0, 0)
+    # Terminal, not an open order; its fill counts until the books hold it.
+    assert (ledger.worst_position("follow", "BTCUSDT"), ledger.open_orders("follow")) == (
+        Decimal("0.1"),
+        0,
+    )
+    ledger.fill_booked(_fill("0.1"))
+    assert ledger.worst_position("follow", "BTCUSDT") == 0
 
 
 def test_a_reduce_only_order_the_venue_trims_is_no_news(warnings: list[str]) -> None:
@@ -68,9 +78,46 @@ def test_an_amendment_is_no_news_again_after_a_restart(tmp_path: Path, warnings:
     journal.record_order_event(_report(OrderStatus.NEW, "0.1"))  # amended before the restart
     ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
 
-    reserve_unfinished(ledger, journal.unfinished_orders())  # the next start
+    reserve_unfinished(ledger, journal.unfinished_orders(), lambda link_id: Decimal(0))
     ledger.follow(_report(OrderStatus.NEW, "0.1"))  # the stream's first report since
 
     assert warnings == []
     assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.1")
+    journal.close()
+
+
+def test_a_fill_reported_before_it_is_booked_counts_until_it_is() -> None:
+    # Reproduced: Bybit pushes an order Filled before its execution; the reservation was
+    # dropped at Filled, and for that moment the fill counted nowhere (7 approvals past a
+    # 3,000 USDT total in a burst).
+    book = {"size": Decimal(0)}
+    ledger = ExposureLedger(lambda strategy, symbol: book["size"])
+    ledger.reserve(LINK, Reservation("follow", "BTCUSDT", Decimal("0.01")))
+
+    ledger.follow(_report(OrderStatus.PARTIALLY_FILLED, "0.01", filled="0.004"))
+    book["size"] = Decimal("0.004")
+    ledger.fill_booked(_fill("0.004"))
+    assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.01")
+    ledger.follow(_report(OrderStatus.CANCELLED, "0.01", filled="0.006"))  # 0.002 unbooked
+
+    assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.006")
+    assert ledger.open_orders("follow") == 0
+    book["size"] = Decimal("0.006")
+    ledger.fill_booked(_fill("0.002"))
+    assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.006")  # the book's alone
+    assert ledger.exposure_symbols("follow") == set()  # nothing left in flight
+
+
+def test_after_a_restart_an_order_counts_less_what_the_books_hold_of_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.record_order(make_request(order_link_id=LINK, qty=Decimal("0.01")))
+    journal.record_order_event(_report(OrderStatus.PARTIALLY_FILLED, "0.01", filled="0.006"))
+    ledger = ExposureLedger(lambda strategy, symbol: Decimal("0.004"))  # one fill booked
+
+    reserve_unfinished(ledger, journal.unfinished_orders(), {LINK: Decimal("0.004")}.get)
+    ledger.follow(_report(OrderStatus.FILLED, "0.01", filled="0.01"))
+
+    assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.01")
+    ledger.fill_booked(_fill("0.006"))
+    assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.004")  # as the stub's book
     journal.close()

@@ -68,7 +68,12 @@ def new_gate(
     config: RiskConfig = CONFIG,
 ) -> RiskGate:
     held = positions or {}
-    ledger = ExposureLedger(lambda strategy, symbol: held.get((strategy, symbol), Decimal(0)))
+    ledger = ExposureLedger(
+        lambda strategy, symbol: held.get((strategy, symbol), Decimal(0)),
+        lambda strategy: [
+            symbol for (name, symbol), qty in held.items() if name == strategy and qty
+        ],
+    )
     return RiskGate(config, strategies or {"follow": StrategyRiskConfig()}, ledger, lambda: NOW)
 
 
@@ -163,6 +168,25 @@ def test_stacked_positions_hit_the_strategy_and_total_exposure() -> None:
 
     assert mine.rule == "MAX_STRATEGY_EXPOSURE"
     assert total.rule == "MAX_TOTAL_EXPOSURE"
+
+
+def test_exposure_in_a_symbol_no_longer_allowed_still_counts() -> None:
+    # Reproduced: a position in a symbol dropped from [risk] symbols was never counted.
+    gate = new_gate({("follow", "ETHUSDT"): Decimal("-0.7")})  # 2100 USDT short
+    gate_config = CONFIG.model_copy(update={"symbols": ("BTCUSDT",)})
+    narrowed = RiskGate(gate_config, {"follow": StrategyRiskConfig()}, gate.ledger, lambda: NOW)
+
+    assert decide(narrowed, intent(qty=Decimal("0.02"))).rule == "MAX_STRATEGY_EXPOSURE"
+
+
+def test_exposure_without_a_price_is_never_counted_as_zero() -> None:
+    # Reproduced: after a restart a position in a symbol no signal had priced counted as 0.
+    gate = new_gate({("follow", "SOLUSDT"): Decimal(10)})
+
+    decision = decide(gate, intent())  # prices of BTC and ETH only
+
+    assert decision.rule == "MARKET_DATA"
+    assert "no current price of SOLUSDT, where exposure is held" in decision.reason
 
 
 def test_a_strategy_limit_only_tightens_the_global_one() -> None:

@@ -31,13 +31,21 @@ from hypothesis.stateful import (
 )
 
 from bot.execution.rounding import conform
-from bot.messages import Instrument, OrderIntent, OrderType, Side
+from bot.messages import (
+    Execution,
+    Instrument,
+    OrderEvent,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    Side,
+)
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.counts import counting_since, utc_day_start
 from bot.risk.exposure import ExposureLedger, Reservation
 from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
-from tests.factories import make_intent
+from tests.factories import make_execution, make_intent
 
 ZERO: Final = Decimal(0)
 MINUTE: Final = timedelta(minutes=1)
@@ -199,12 +207,24 @@ def intent_specs(*, near_limits: bool) -> st.SearchStrategy[IntentSpec]:
 
 @dataclass
 class Order:
-    """An approved order not yet terminal, and what is left of it to fill (signed: buy > 0)."""
+    """An approved order not yet terminal, and what is left of it to fill (signed: buy > 0);
+    or one the venue reported filled whose fill, `left`, the books do not hold yet."""
 
     strategy: str
     symbol: str
     left: Decimal
     reduce_only: bool
+    filled: Decimal = ZERO  # how much of it filled, the books hold
+
+
+def _terminal(link_id: str, status: OrderStatus, filled: Decimal) -> OrderEvent:
+    return OrderEvent(order_link_id=link_id, status=status, filled_qty=filled)
+
+
+def _booked(link_id: str, order: Order, qty: Decimal) -> Execution:
+    """A fill of `qty` (signed) of the order, as the account books it."""
+    side = Side.BUY if qty > 0 else Side.SELL
+    return make_execution(order_link_id=link_id, symbol=order.symbol, side=side, qty=abs(qty))
 
 
 @dataclass(frozen=True)
@@ -221,6 +241,8 @@ class GateMachine(RuleBasedStateMachine):
 
     #: the orderLinkIds of the approved orders not yet terminal
     approved = Bundle("approved")
+    #: the orderLinkIds of the orders reported filled whose fill the books do not hold yet
+    unbooked = Bundle("unbooked")
 
     def __init__(self) -> None:
         super().__init__()
@@ -228,6 +250,7 @@ class GateMachine(RuleBasedStateMachine):
         self.books = {(strategy, symbol): ZERO for strategy in STRATEGIES for symbol in SYMBOLS}
         self.prices: dict[str, Decimal] = {}
         self.orders: dict[str, Order] = {}  # orderLinkId -> order in flight
+        self.unbooked: dict[str, Order] = {}  # orderLinkId -> a fill reported, not booked
         self.approvals: list[Approval] = []  # in time order
         self.states: dict[str, ScopeState] = {}  # the journal's latest state of each scope
         self.signal_ids = itertools.count()
@@ -243,8 +266,19 @@ class GateMachine(RuleBasedStateMachine):
 
     def new_gate(self) -> RiskGate:
         return RiskGate(
-            self.config, self.overrides, ExposureLedger(self.position_of), clock=self.now
+            self.config,
+            self.overrides,
+            ExposureLedger(self.position_of, self.symbols_of),
+            clock=self.now,
         )
+
+    def symbols_of(self, strategy: str) -> list[str]:
+        """Where the strategy's books hold a position."""
+        return [symbol for (name, symbol), qty in self.books.items() if name == strategy and qty]
+
+    def pending(self) -> list[Order]:
+        """What may still reach the books: the orders in flight and the unbooked fills."""
+        return [*self.orders.values(), *self.unbooked.values()]
 
     def held(self) -> list[str]:
         """The scopes HALTED or REDUCING."""
@@ -268,7 +302,7 @@ class GateMachine(RuleBasedStateMachine):
         of it in flight on one side (and `extra`, signed) filled in full."""
         lefts = [
             order.left
-            for order in self.orders.values()
+            for order in self.pending()
             if (order.strategy, order.symbol) == (strategy, symbol) and not order.reduce_only
         ]
         lefts.append(extra)
@@ -460,7 +494,7 @@ class GateMachine(RuleBasedStateMachine):
             sign = 1 if spec.side is Side.BUY else -1
             same_side = [
                 order.left
-                for order in self.orders.values()
+                for order in self.pending()
                 if (order.strategy, order.symbol) == (strategy, symbol)
                 and not order.reduce_only
                 and order.left * sign > 0
@@ -598,16 +632,42 @@ class GateMachine(RuleBasedStateMachine):
     @rule(link_id=consumes(approved))
     def fill(self, link_id: str) -> None:
         """An order fills in full (a reduce-only one at most to flat): its quantity moves into
-        the book and the order is terminal."""
+        the book, then the venue reports the order terminal."""
         order = self.orders.pop(link_id)
-        self.books[(order.strategy, order.symbol)] += self.fillable(order, abs(order.left))
-        self.gate.ledger.release(link_id)
+        filled = self.fillable(order, abs(order.left))
+        self.books[(order.strategy, order.symbol)] += filled
+        if filled:
+            self.gate.ledger.fill_booked(_booked(link_id, order, filled))
+        total = order.filled + abs(filled)
+        self.gate.ledger.follow(_terminal(link_id, OrderStatus.FILLED, total))
+
+    @rule(target=unbooked, link_id=consumes(approved))
+    def report_filled_first(self, link_id: str) -> str:
+        """The venue reports an opening order Filled before its fill reaches the books (as
+        Bybit pushes the order before the execution): until it does, it still counts."""
+        order = self.orders[link_id]
+        if order.reduce_only:
+            self.fill(link_id)  # what it may fill depends on the books
+            return link_id
+        del self.orders[link_id]
+        self.unbooked[link_id] = order
+        total = order.filled + abs(order.left)
+        self.gate.ledger.follow(_terminal(link_id, OrderStatus.FILLED, total))
+        return link_id
+
+    @rule(link_id=consumes(unbooked))
+    def book_fill(self, link_id: str) -> None:
+        """The fill of an order reported filled reaches the books."""
+        order = self.unbooked.pop(link_id, None)
+        if order is None:
+            return  # a reduce-only order: booked as it was reported
+        self.books[(order.strategy, order.symbol)] += order.left
+        self.gate.ledger.fill_booked(_booked(link_id, order, order.left))
 
     @rule(link_id=approved, fraction=st.integers(1, 99))
     def partial_fill(self, link_id: str, fraction: int) -> None:
         """About `fraction` % of what is left of an order fills (whole lots, at least one lot
-        left); it stays in flight with the rest, released and reserved again as a restarted
-        bot reserves it from the journal."""
+        left) and is booked; it stays in flight with the rest."""
         order = self.orders[link_id]
         step = INSTRUMENTS[order.symbol].qty_step
         lots = int(abs(order.left) / step)
@@ -617,32 +677,39 @@ class GateMachine(RuleBasedStateMachine):
         if filled == 0:
             return  # a reduce-only order with nothing left to reduce: the venue fills none
         self.books[(order.strategy, order.symbol)] += filled
+        self.gate.ledger.fill_booked(_booked(link_id, order, filled))
         order.left -= filled
-        self.gate.ledger.release(link_id)
-        self.gate.ledger.reserve(
-            link_id, Reservation(order.strategy, order.symbol, order.left, order.reduce_only)
-        )
+        order.filled += abs(filled)
 
     @rule(link_id=consumes(approved))
     def cancel(self, link_id: str) -> None:
         """An order is cancelled (or expires) before any more of it fills: terminal."""
-        del self.orders[link_id]
-        self.gate.ledger.release(link_id)
+        order = self.orders.pop(link_id)
+        self.gate.ledger.follow(_terminal(link_id, OrderStatus.CANCELLED, order.filled))
 
     @precondition(lambda self: bool(self.approvals or self.states))
     @rule(downtime_s=st.integers(0, 90))
     def restart(self, downtime_s: int) -> None:
         """The bot restarts after `downtime_s`: a new gate and exposure ledger over the same
-        books and clock, every unfinished order reserved again with what is left of it, the
+        books and clock, every unfinished order reserved again less what the books hold of it, the
         approvals the count rules look back at counted again in time order, and every
         journaled trading state re-applied. Those approvals are today's and the last
         minute's, which just after midnight reach into yesterday."""
         self.clock[0] += timedelta(seconds=downtime_s)
+        for order in self.unbooked.values():  # start-up books the fills it finds first
+            self.books[(order.strategy, order.symbol)] += order.left
+        self.unbooked.clear()
         gate = self.new_gate()
         for link_id, order in self.orders.items():
-            gate.ledger.reserve(
-                link_id, Reservation(order.strategy, order.symbol, order.left, order.reduce_only)
+            whole = order.filled + abs(order.left)
+            reservation = Reservation(
+                order.strategy,
+                order.symbol,
+                whole if order.left > 0 else -whole,
+                order.reduce_only,
+                booked=order.filled,
             )
+            gate.ledger.reserve(link_id, reservation)
         since = counting_since(self.now())
         for approval in self.approvals:
             if approval.at >= since:
