@@ -352,6 +352,10 @@ class Pipeline:
         ]
 
     async def _run_strategy(self, signal: Signal, slot: StrategySlot) -> None:
+        if signal.action is SignalAction.CLOSE:
+            # A close flattens: the strategy's entries still open in the symbol go first, and
+            # what filled of them is in the position it then closes.
+            await self._executor.withdraw_openings(slot.key_name, slot.name, signal.symbol)
         context = await self._context(signal, slot)
         if context is None:
             return

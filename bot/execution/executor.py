@@ -310,6 +310,67 @@ class Executor:
         )
         return await self._look_up_safely(request)
 
+    async def withdraw_openings(self, key_name: str, strategy: str, symbol: str) -> list[str]:
+        """Cancel the strategy's opening orders in `symbol` that may be open at the venue: a
+        close signal flattens, and an entry left resting (or still filling) would open the
+        position again after the close. One being sent is waited for first; then each is
+        cancelled, and what filled of it is waited for until the books hold it, so the close
+        that follows sees it. Each wait lasts at most `follow_s`. Returns a line for each
+        order that could not be withdrawn (it is logged too)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.follow_s
+        records = await self._journal.call(self._journal.unfinished_orders)
+        openings = [
+            record.request
+            for record in records
+            if (record.request.key_name, record.request.strategy, record.request.symbol)
+            == (key_name, strategy, symbol)
+            and not record.request.reduce_only
+        ]
+        while loop.time() < deadline:  # a send in progress lands or fails within follow_s
+            if not any(request.order_link_id in self._in_flight for request in openings):
+                break
+            await asyncio.sleep(_STREAM_GRACE_S)
+        outcomes = await asyncio.gather(
+            *(self._withdraw(request, deadline) for request in openings), return_exceptions=True
+        )
+        problems = []
+        for request, outcome in zip(openings, outcomes, strict=True):
+            if outcome is None:
+                continue
+            problem = f"order {request.order_link_id} could not be withdrawn: {outcome}"
+            logger.bind(notify="venue_error").warning("before a close: {problem}", problem=problem)
+            problems.append(problem)
+        return problems
+
+    async def _withdraw(self, request: OrderRequest, deadline: float) -> str | None:
+        """Cancel one opening order and wait until the books hold what filled of it; why not,
+        if it could not be done by `deadline`."""
+        if request.order_link_id in self._in_flight:
+            return "it is still being sent"
+        shown = await self.cancel(request)
+        if shown is None:
+            return None
+        if not shown.status.is_terminal:
+            return f"the venue still shows it {shown.status.value}"
+        if shown.filled_qty == 0:
+            return None
+        loop = asyncio.get_running_loop()
+        mine = request.order_link_id not in self._watches
+        watch = self._watches.setdefault(request.order_link_id, asyncio.Event())
+        try:
+            while not self._books_hold(shown):
+                if loop.time() >= deadline:
+                    return f"{shown.filled_qty} of it filled and the books do not hold it yet"
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(_STREAM_GRACE_S, deadline - loop.time())):
+                        await watch.wait()
+                watch.clear()
+        finally:
+            if mine:
+                self._watches.pop(request.order_link_id, None)
+        return None
+
     async def _send_cancel(self, request: OrderRequest) -> bool:
         """`venue.cancel_order`, sent again (at most `_CANCEL_ATTEMPTS` in all) while the
         venue's answer is unclear or asks for another try."""

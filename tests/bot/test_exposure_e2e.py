@@ -3,6 +3,7 @@ what a restart, a moving price, a symbol's first order and shared slugs must not
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -146,3 +147,46 @@ def test_ladders_whose_names_share_a_slug_each_get_their_targets(
 
     orders = wait_for(lambda: len(bot.sim_orders()) >= 3 and bot.sim_orders(), what="targets")
     assert len(orders) == 3  # the entry and its two targets
+
+
+def sim_position(bot: RunningBot) -> Decimal:
+    """The key's BTCUSDT position as the simulator holds it."""
+    answer = requests.get(f"{bot.service.sim_url}/sim/positions", timeout=10).json()
+    return sum(
+        (Decimal(str(p["size"])) for p in answer["positions"] if p["symbol"] == "BTCUSDT"),
+        Decimal(0),
+    )
+
+
+def test_a_close_withdraws_the_entry_still_resting_so_it_cannot_open_later(
+    sim_config: Callable[..., Path], running: list[RunningBot]
+) -> None:
+    # Reproduced: the close was declined (nothing to close yet) and the entry filled later.
+    bot = RunningBot(sim_config()).start()
+    running.append(bot)
+    assert bot.post(signal("open-l", entry=96500, stop_loss=96000)).status_code == 202
+    wait_for(lambda: bot.journal_status("open-l") == ["New"], what="the entry resting")
+
+    assert bot.post(signal("close-l", action="close")).status_code == 202
+    wait_for(lambda: bot.journal_status("open-l") == ["Cancelled"], what="the entry withdrawn")
+    moved = requests.post(f"{bot.service.sim_url}/sim/prices", json={"BTCUSDT": 96400}, timeout=10)
+    assert moved.status_code == 200
+
+    assert sim_position(bot) == 0
+    assert decision_of(bot, "close-l")[0] == "declined"  # nothing had filled: nothing to close
+
+
+def test_a_close_right_after_a_slow_market_entry_leaves_no_position(
+    sim_config: Callable[..., Path], running: list[RunningBot]
+) -> None:
+    # The venue fills market orders 3 s after taking them, past the 2 s the bot follows one.
+    bot = RunningBot(sim_config(extra="\n[sim]\nmarket_fill_delay_ms = 3000\n")).start()
+    running.append(bot)
+    assert bot.post(signal("open-1", stop_loss=96000)).status_code == 202
+    assert bot.post(signal("close-1", action="close")).status_code == 202
+
+    decision_of(bot, "close-1")
+    wait_for(lambda: bot.journal_status("open-1") in (["Cancelled"], ["Filled"]), what="settled")
+    time.sleep(3.5)  # a fill the venue still owed would have come by now
+
+    assert sim_position(bot) == 0
