@@ -52,7 +52,7 @@ from bot.journal import (
     lock_journal,
 )
 from bot.messages import SignalError, is_unicode, parse_signal, utc_now
-from bot.net import DEFAULT_SIM_PORT, cannot_listen, tcp_listener
+from bot.net import DEFAULT_SIM_PORT, cannot_listen, http_url, tcp_listener
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -297,9 +297,11 @@ def signal_send(
 ) -> None:
     """Sign a signal with the source's webhook secret and POST it to the bot (or, with
     --mqtt, publish it to the broker, signed with BOT_MQTT_SIGNING_SECRET if set)."""
+    if signal_id is not None and not signal_id.strip():
+        _fail("--id is empty: give the signal's id, or leave --id out for a new random one")
     settings = _settings(config)
     payload: dict[str, object] = {
-        "id": signal_id or f"cli-{uuid.uuid4().hex[:16]}",
+        "id": f"cli-{uuid.uuid4().hex[:16]}" if signal_id is None else signal_id,
         "symbol": symbol,
         "action": action,
         "ts": int(time.time() * 1000),
@@ -426,8 +428,8 @@ def _publish(
 
 
 def _bot_url(settings: BotSettings) -> str:
-    host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
-    return f"http://{host}:{settings.http.port}"
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # a server on every address: loopback
+    return http_url(wildcard.get(settings.http.host, settings.http.host), settings.http.port)
 
 
 def _url_problem(url: str) -> str | None:
@@ -788,6 +790,10 @@ def _risk_row(
     }
 
 
+#: Python writes no int of more digits (`sys.get_int_max_str_digits`).
+_INT_DIGITS_MAX: Final = 4300
+
+
 def _decimal_as_number(value: object) -> object:
     """A Decimal as the JSON number it was typed as: whole, an int (99000, never 99000.0);
     else the float of the same digits, read back exactly (shortest repr); a value no float
@@ -795,6 +801,8 @@ def _decimal_as_number(value: object) -> object:
     if isinstance(value, Decimal):
         if not value.is_finite():
             return str(value)  # refused by the bot, by field name
+        if value.adjusted() >= _INT_DIGITS_MAX:  # no JSON int: refused by the bot as too large
+            return str(value)
         if value == value.to_integral_value():
             return int(value)
         number = float(value)
@@ -1329,7 +1337,7 @@ def sim(
             )
         )
     console.print(
-        f"simulator on http://{host}:{port} with keys: "
+        f"simulator on {http_url(host, sock.getsockname()[1])} with keys: "
         + (", ".join(account.note for account in accounts) or "(none)"),
         highlight=False,
     )

@@ -445,6 +445,14 @@ def load_settings(path: Path | None = None) -> BotSettings:
     Raises `ConfigError` with every problem, each naming the key and the file.
     """
     path = path or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG_PATH)
+    lower = sorted(
+        name for name in os.environ if name.upper().startswith(_ENV_PREFIX) and name != name.upper()
+    )
+    if lower:  # settings would take them (their names are not case-sensitive), checks not
+        raise ConfigError(
+            f"environment variable(s) {', '.join(lower)} not in upper case: the bot's variables "
+            f"are upper case ({', '.join(name.upper() for name in lower)}); rename or unset them"
+        )
     if _MAINNET_OPT_IN_VARIABLE in os.environ:
         raise ConfigError(
             f"{_MAINNET_OPT_IN_VARIABLE} is not accepted: the mainnet opt-in must be written in "

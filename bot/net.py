@@ -6,10 +6,15 @@ import errno
 import socket
 from typing import Final
 
-__all__ = ["DEFAULT_SIM_PORT", "cannot_listen", "tcp_listener"]
+__all__ = ["DEFAULT_SIM_PORT", "cannot_listen", "http_url", "tcp_listener"]
 
 #: Where `bot sim` listens unless told otherwise.
 DEFAULT_SIM_PORT: Final = 8090
+
+
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, an IPv6 address in brackets (`http://[::1]:8080`)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:

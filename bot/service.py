@@ -45,7 +45,7 @@ from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
 from bot.messages import Execution, utc_now
-from bot.net import cannot_listen, tcp_listener
+from bot.net import cannot_listen, http_url, tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
 from bot.risk.counts import counting_since
@@ -260,10 +260,9 @@ class Service:
             if self._server.started:
                 self.http_port = sock.getsockname()[1]
                 logger.info(
-                    "bot ready: {env}, webhooks on http://{host}:{port}",
+                    "bot ready: {env}, webhooks on {url}",
                     env=self.settings.environment,
-                    host=self.settings.http.host,
-                    port=self.http_port,
+                    url=http_url(self.settings.http.host, self.http_port),
                 )
                 # What start-up built lives as long as the bot: keep it out of every collection.
                 gc.collect()

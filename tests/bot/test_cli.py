@@ -26,6 +26,7 @@ from bot.account import AccountProjection
 from bot.config import load_settings
 from bot.journal import Journal
 from bot.messages import Side
+from bot.net import http_url
 from tests.bot.test_account import fill
 from tests.bot.test_journal import damage
 from tests.conftest import (
@@ -686,6 +687,31 @@ def test_a_decimal_no_float_spells_goes_out_as_its_digits() -> None:
     body = json.dumps({"entry": Decimal(digits)}, default=cli._decimal_as_number)
 
     assert body == f'{{"entry": "{digits}"}}'  # the webhook reads numeric strings exactly
+
+
+def test_a_number_too_long_for_a_json_int_goes_out_as_its_digits() -> None:
+    # Reproduced: --stop-loss 1e5000 ended in a traceback (Python writes no int that long).
+    body = json.dumps({"stop_loss": Decimal("1e5000")}, default=cli._decimal_as_number)
+
+    assert body == '{"stop_loss": "1E+5000"}'  # the webhook refuses it, by name
+
+
+def test_an_empty_id_is_refused_not_replaced_by_a_random_one(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced: `--id "$UNSET"` sent the signal under a new id each time: two orders.
+    done = send(sim_config(), *BUY_BTC, "--id", "")
+
+    assert done.returncode == 2
+    assert "--id is empty: give the signal's id" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:8080"), ("::1", "http://[::1]:8080")],
+)
+def test_an_ipv6_address_is_bracketed_in_a_url(host: str, url: str) -> None:
+    assert http_url(host, 8080) == url
 
 
 def test_a_stop_typed_99000_is_reported_as_99000(

@@ -364,3 +364,17 @@ def test_one_symbol_in_two_cases_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="BTCUSDT is given twice, in two cases: keep one"):
         simulator_config(load_settings(write(tmp_path, text)))
+
+
+def test_a_variable_not_in_upper_case_is_refused_not_taken_past_the_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced: settings matched `bot_allow_mainnet` (names are not case-sensitive) while
+    # the check that refuses the mainnet opt-in from a variable looked for BOT_ALLOW_MAINNET.
+    monkeypatch.setenv("bot_allow_mainnet", "true")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, KEYED))
+
+    assert "bot_allow_mainnet not in upper case" in str(caught.value)
+    assert "(BOT_ALLOW_MAINNET); rename or unset them" in str(caught.value)
