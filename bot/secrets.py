@@ -44,6 +44,8 @@ _MAX_SECRET_BYTES: Final = 64 * 1024
 #: How often, and how far apart, a generated secret another process is writing is read.
 _RACE_TRIES: Final = 5
 _RACE_WAIT_S: Final = 0.01
+#: What to do when the folder of generated secrets (in the state directory) is not one.
+_STATE_DIR_HINT: Final = "is the state directory right?"
 #: Signs the kill switch's halt and resume commands (the /admin routes, the MQTT control topic).
 ADMIN_SECRET_NAME: Final = "BOT_ADMIN_SECRET"  # noqa: S105 - a name, not a secret
 
@@ -151,12 +153,24 @@ class SecretResolver:
         )
 
     @staticmethod
-    def _read(path: Path) -> str:
-        """The secret in file `path`; "" if there is no such file."""
+    def _read(
+        path: Path, folder_hint: str = "pass --secrets-dir (BOT_SECRETS_DIR) a directory"
+    ) -> str:
+        """The secret in file `path`; "" if there is no such file. `folder_hint` says what to
+        do if its folder is not a directory."""
         try:
             value = read_small_file(path, _MAX_SECRET_BYTES).decode("utf-8").strip()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except FileNotFoundError:
             return ""
+        except IsADirectoryError:  # Docker makes one where a bind-mounted file is missing
+            raise UnusableSecretError(
+                f"secret file {path} is a directory (a bind mount of a missing host file?): "
+                "write the secret into a file there, or remove the directory"
+            ) from None
+        except NotADirectoryError:
+            raise UnusableSecretError(
+                f"{path.parent}, where secret files are read, is not a directory: {folder_hint}"
+            ) from None
         except NotRegularFileError:
             raise UnusableSecretError(
                 f"secret file {path} is not a regular file (a pipe or a device?): write the "
@@ -217,6 +231,6 @@ class SecretResolver:
         and not yet written it: an empty one is read a few times before it is refused."""
         for _ in range(_RACE_TRIES - 1):
             with contextlib.suppress(UnusableSecretError):
-                return self._read(path)
+                return self._read(path, _STATE_DIR_HINT)
             time.sleep(_RACE_WAIT_S)
-        return self._read(path)
+        return self._read(path, _STATE_DIR_HINT)

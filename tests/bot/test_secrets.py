@@ -128,5 +128,23 @@ def test_a_state_directory_where_secrets_cannot_be_made_is_one_line(tmp_path: Pa
     (tmp_path / "secrets").write_text("a file, not a directory")
     resolver = SecretResolver(tmp_path / "none", generated_dir=tmp_path / "secrets", environ={})
 
-    with pytest.raises(UnusableSecretError, match="cannot create the directory"):
+    with pytest.raises(UnusableSecretError, match="is not a directory: is the state directory"):
         resolver.get("BOT_ADMIN_SECRET")
+
+
+def test_a_secret_file_that_is_a_directory_is_unusable_not_missing(tmp_path: Path) -> None:
+    # Docker creates a directory where a bind-mounted host file is missing: read as "not
+    # set", the kill switch's routes went off outside sim.
+    (tmp_path / "bot_admin_secret").mkdir()
+    resolver = SecretResolver(tmp_path, environ={})
+
+    with pytest.raises(UnusableSecretError, match="bot_admin_secret is a directory"):
+        resolver.optional("BOT_ADMIN_SECRET")
+
+
+def test_a_secrets_dir_that_is_a_file_is_unusable(tmp_path: Path) -> None:
+    (tmp_path / "secrets").write_text("not a directory")
+    resolver = SecretResolver(tmp_path / "secrets", environ={})
+
+    with pytest.raises(UnusableSecretError, match="is not a directory: pass --secrets-dir"):
+        resolver.optional("BOT_ADMIN_SECRET")
