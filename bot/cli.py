@@ -241,6 +241,12 @@ def _user_error(exc: BaseException) -> str | None:
             f"the journal is locked by another program ({exc}): close what holds it "
             "(an sqlite3 shell, a backup tool), then start again"
         )
+    if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+        return (
+            f"the journal cannot be written ({exc}): the bot's user must be able to write it, "
+            "its -wal and -shm files and their directory (check owner and mode, or a "
+            "read-only mount)"
+        )
     return None
 
 

@@ -567,6 +567,12 @@ def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
             f"cannot {doing} journal {path}: {exc}: another program holds it (an sqlite3 "
             "shell, a backup tool): close it, then try again"
         )
+    if "readonly" in str(exc):
+        return (
+            f"cannot {doing} journal {path}: {exc}: the bot's user must be able to write the "
+            "journal, its -wal and -shm files and their directory (check owner and mode, or "
+            "a read-only mount)"
+        )
     return f"cannot {doing} journal {path}: {exc}"
 
 
@@ -619,20 +625,28 @@ class Journal:
                     f"no journal at {path.absolute()}: has the bot run with this state_dir? "
                     "(--config or BOT_STATE_DIR select another)"
                 )
+            if path.exists() and path.stat().st_size == 0:
+                raise JournalError(
+                    f"journal {path.absolute()} is empty (0 bytes): a journal the bot wrote "
+                    "never is, so it may have been truncated. If this state_dir is new, delete "
+                    "the file; otherwise restore the journal from a backup"
+                )
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")
             # What every commit gets; a durable one raises it to `synchronous` for its commit.
             self._db.execute("PRAGMA synchronous=NORMAL")
-            if not read_only:
-                self._check_intact()  # before anything is written to it
+            self._check_intact()  # before anything is written to it, or read from it
             # An older journal is brought up to date even when opened to read (e.g. by
             # `bot orders` after an upgrade): every migration is one forward transaction.
             self._migrate()
             if read_only:
                 self._db.execute("PRAGMA query_only=1")
             else:
+                # A write that changes nothing: a journal the bot cannot write (a read-only
+                # file or mount) is refused now, not at the first fill it would lose.
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 self._unfinished = {
                     record.request.order_link_id: record for record in self.unfinished_orders()
                 }

@@ -184,7 +184,7 @@ def test_a_journal_another_program_holds_locked_stops_run_in_one_line(
 
     assert started.returncode == 2
     assert "Traceback" not in started.stderr + started.stdout
-    assert "error: the journal is locked by another program" in started.stderr
+    assert "database is locked: another program holds it" in started.stderr
 
 
 def test_an_empty_journal_is_said_to_be_empty(sim_config: Callable[..., Path]) -> None:

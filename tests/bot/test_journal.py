@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -1055,3 +1058,58 @@ def test_a_command_recorded_but_never_carried_out_is_taken_once_more(tmp_path: P
 
     assert (first, sent_again, delivered_again, replayed) == (True, False, True, False)
     assert remembered_then == {} and remembered_now == {b"\x02": 2_000}
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_an_empty_journal_file_is_refused_not_started_afresh(
+    tmp_path: Path, read_only: bool
+) -> None:
+    # Reproduced: a truncated journal was read as a new one: halts, today's loss and open
+    # orders forgotten without a word (and `bot orders` wrote a fresh schema into it).
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"")
+
+    with pytest.raises(JournalError, match=r"is empty \(0 bytes\).*delete the file"):
+        Journal(path, read_only=read_only)
+
+    assert path.read_bytes() == b""
+
+
+def test_a_damaged_journal_is_refused_by_readers_too(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    Journal(path).close()
+    with path.open("r+b") as damaged:  # a page of the schema's tables overwritten
+        damaged.seek(4096)
+        damaged.write(b"\xa5" * 4096)
+
+    with pytest.raises(JournalError, match="is damaged"):
+        Journal(path, read_only=True)
+
+
+READ_ONLY_OPEN = """
+import sys
+from pathlib import Path
+from bot.journal import Journal, JournalError
+try:
+    Journal(Path(sys.argv[1]))
+except JournalError as exc:
+    print(exc)
+"""
+
+
+def test_a_journal_the_bot_cannot_write_is_refused_at_open(tmp_path: Path) -> None:
+    # Reproduced: the bot started on a read-only journal, then lost fills to failed writes.
+    path = tmp_path / "journal.sqlite3"
+    Journal(path).close()
+    path.chmod(0o444)
+    command = [sys.executable, "-c", READ_ONLY_OPEN, str(path)]
+    if os.geteuid() == 0:  # root writes anything: drop the capability that lets it
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to drop root's write override")
+        drop = "-dac_override,-dac_read_search"
+        command = ["setpriv", "--bounding-set", drop, "--inh-caps", drop, *command]
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    assert "attempt to write a readonly database" in done.stdout, done.stderr
+    assert "the bot's user must be able to write the journal" in done.stdout
