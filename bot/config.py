@@ -716,6 +716,28 @@ def _check_bindings(settings: BotSettings, path: Path) -> None:
         for source in strategy.sources:
             if source not in settings.sources:
                 problems.append(f"strategies.{name}.sources names '{source}', not in [sources]")
+        if not strategy.sources:
+            problems.append(
+                f"strategies.{name}.sources is empty: it would never get a signal; name the "
+                'sources it takes signals from, e.g. ["voiceofchain"]'
+            )
+    for name, key in settings.keys.items():
+        if key.environment is not settings.environment and name not in users:
+            problems.append(
+                f"keys.{name} is bound to {key.environment}, but the bot runs in "
+                f"{settings.environment}: a configuration holds one environment's keys only; "
+                "move it to that environment's configuration file"
+            )
+    mqtt = settings.mqtt
+    subscribed = {
+        source for strategy in settings.strategies.values() for source in strategy.sources
+    }
+    if mqtt.enabled and mqtt.source not in subscribed:
+        problems.append(
+            f"mqtt.source is '{mqtt.source}', which no strategy's sources name: every MQTT "
+            f"signal would be declined; subscribe a strategy to it or set mqtt.source to one of "
+            f"{sorted(subscribed)}"
+        )
     if settings.risk.max_price_age_s < settings.venue.market_cache_s:
         problems.append(
             f"risk.max_price_age_s ({settings.risk.max_price_age_s:g}) is below "

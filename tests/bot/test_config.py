@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -290,13 +291,11 @@ def test_an_empty_list_variable_in_a_section_is_an_empty_list(
     monkeypatch.setenv("BOT_RISK__SYMBOLS", "")
     monkeypatch.setenv("BOT_RISK__DENIED_SYMBOLS", "  ")
     monkeypatch.setenv("BOT_STRATEGIES__FOLLOW__RISK__SYMBOLS", "")
-    monkeypatch.setenv("BOT_STRATEGIES__FOLLOW__SOURCES", "")
 
     settings = load_settings(write(tmp_path, KEYED))
 
     assert (settings.risk.symbols, settings.risk.denied_symbols) == ((), ())
     assert settings.strategies["follow"].risk.symbols == ()
-    assert settings.strategies["follow"].sources == ()
     monkeypatch.setenv("BOT_HTTP__PORT", "")  # empty is no value for a setting not a list
     with pytest.raises(ConfigError, match=r"invalid http\.port = '' from BOT_HTTP__PORT"):
         load_settings(write(tmp_path, KEYED))
@@ -378,3 +377,29 @@ def test_a_variable_not_in_upper_case_is_refused_not_taken_past_the_checks(
 
     assert "bot_allow_mainnet not in upper case" in str(caught.value)
     assert "(BOT_ALLOW_MAINNET); rename or unset them" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variables", "problem"),
+    [
+        ({"BOT_STRATEGIES__FOLLOW__SOURCES": ""}, "strategies.follow.sources is empty"),
+        (
+            {"BOT_MQTT__ENABLED": "true", "BOT_MQTT__SOURCE": "nosuch"},
+            "mqtt.source is 'nosuch', which no strategy's sources name",
+        ),
+        (
+            {"BOT_KEYS__EXTRA__ENVIRONMENT": "mainnet"},
+            "keys.extra is bound to mainnet, but the bot runs in sim",
+        ),
+    ],
+)
+def test_a_setting_that_would_silently_drop_signals_or_mix_environments_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], problem: str
+) -> None:
+    # Reproduced: each started without a word; every signal was then declined at INFO, or
+    # `bot keys check` ended in a traceback on the other environment's key.
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_settings(write(tmp_path, KEYED))
