@@ -80,7 +80,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 11
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -232,6 +232,14 @@ CREATE INDEX IF NOT EXISTS orders_protected ON orders (key_name, symbol) WHERE {
 CREATE INDEX IF NOT EXISTS exit_orders_by_level ON exit_orders (key_name, symbol, kind, status);
 CREATE INDEX IF NOT EXISTS order_events_by_order ON order_events (order_link_id);
 """
+#: Facts about the journal itself: the environment (sim, testnet, mainnet) whose bot wrote
+#: it, so that no bot of another environment acts on its signals and orders.
+_META: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS signals (
     source       TEXT NOT NULL,
@@ -291,7 +299,7 @@ CREATE TABLE IF NOT EXISTS order_events (
     reason        TEXT NOT NULL DEFAULT ''
 );
 {_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}{_FILL_HOOKS}
-{_STOP_MOVE_CAUSE}{_USED_COMMANDS}{_FILL_HOOK_POSITION}{_USED_COMMAND_ACTED}"""
+{_STOP_MOVE_CAUSE}{_USED_COMMANDS}{_FILL_HOOK_POSITION}{_USED_COMMAND_ACTED}{_META}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -308,6 +316,7 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     8: _USED_COMMANDS,
     9: _FILL_HOOK_POSITION,
     10: _USED_COMMAND_ACTED,
+    11: _META,
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")
@@ -1719,6 +1728,23 @@ class Journal:
         return [WalletUpdate.model_validate_json(row[0]) for row in rows]
 
     # trading states -------------------------------------------------------------------------
+
+    def claim_environment(self, environment: str) -> None:
+        """Bind the journal to `environment` on the first run that claims it (a journal of
+        an earlier schema too); JournalError if a bot of another environment wrote it: its
+        signals would be acted on, and its orders looked up, on the wrong venue."""
+        with self._transaction(durable=True) as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'environment'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('environment', ?)", (environment,)
+                )
+        if row is not None and row[0] != environment:
+            raise JournalError(
+                f"journal {self.path} belongs to a bot in {row[0]}, but this one runs in "
+                f"{environment}: each environment keeps its own state_dir (--config or "
+                "BOT_STATE_DIR choose it)"
+            )
 
     def record_trading_state(self, state: ScopeState) -> None:
         """Journal a scope's trading state (it survives a restart)."""

@@ -436,6 +436,7 @@ class Service:
             logger.info("new journal at {path}", path=settings.journal_path.absolute())
         journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
         resources.callback(journal.close)
+        journal.claim_environment(settings.environment.value)
         self.journal = journal
         journal.checkpoint_in_background()
         # The address's request count outlives the process (the journal's lock: one per dir).

@@ -893,7 +893,7 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
         "".join(f"DROP INDEX {name};" for name in new_indexes)
         + "ALTER TABLE orders DROP COLUMN venue_qty; DROP TABLE fill_hooks_due;"
         + "DROP INDEX stop_moves_by_fill; ALTER TABLE stop_moves DROP COLUMN fill_exec_id;"
-        + "DROP TABLE used_commands; PRAGMA user_version=4;"
+        + "DROP TABLE used_commands; DROP TABLE meta; PRAGMA user_version=4;"
     )
     db.close()
 
@@ -910,7 +910,8 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     assert journal.used_commands(0) == {}
     used = {row[1] for row in journal._db.execute("PRAGMA table_info(used_commands)")}
     assert "acted" in used
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+    journal.claim_environment("sim")  # schema 11's table
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
 
 
 def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
@@ -1113,3 +1114,16 @@ def test_a_journal_the_bot_cannot_write_is_refused_at_open(tmp_path: Path) -> No
 
     assert "attempt to write a readonly database" in done.stdout, done.stderr
     assert "the bot's user must be able to write the journal" in done.stdout
+
+
+def test_a_journal_belongs_to_the_environment_that_first_ran_on_it(tmp_path: Path) -> None:
+    # Not checked before: BOT_STATE_DIR pointed at a testnet journal let a mainnet bot
+    # recover its unprocessed signals under the mainnet configuration.
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    journal.claim_environment("testnet")
+    journal.claim_environment("testnet")  # the same one again: its own journal
+
+    with pytest.raises(JournalError, match="belongs to a bot in testnet, but this one runs in"):
+        journal.claim_environment("mainnet")
+    journal.close()
