@@ -74,6 +74,7 @@ __all__ = [
     "load_settings",
     "path_problem",
     "secret_resolver",
+    "setting_origin",
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("config/bot.toml")
@@ -418,9 +419,10 @@ _MAX_CONFIG_BYTES: Final = 1024 * 1024
 
 
 def _config_text(path: Path) -> str:
-    """The configuration file's text: a regular file of at most `_MAX_CONFIG_BYTES`."""
+    """The configuration file's text: a regular file of at most `_MAX_CONFIG_BYTES`, less
+    the byte-order mark some editors write first (TOML would refuse it at line 1)."""
     try:
-        return read_small_file(path, _MAX_CONFIG_BYTES).decode("utf-8")
+        return read_small_file(path, _MAX_CONFIG_BYTES).decode("utf-8").removeprefix("\ufeff")
     except FileTooLargeError:
         raise ConfigError(
             f"config file {path} is larger than {_MAX_CONFIG_BYTES // 1024 // 1024} MiB: is it the "
@@ -516,24 +518,33 @@ def path_problem(value: str | Path) -> str | None:
     return None
 
 
-def _describe(exc: ValidationError, path: Path, section: str | None = None) -> str:
+def _describe(exc: ValidationError, path: Path, section: Sequence[str] = ()) -> str:
     """Every problem on one line of its own, naming the setting (under `section`, for one
     validated apart by its own model), where it was set (the file or a BOT_ variable) and, for
     a bad value, the value and what is allowed. Only a setting's value is shown: a secret is
     never a setting (it is refused by name, unshown)."""
-    prefix = (section,) if section else ()
+    prefix = tuple(section)
     return "\n".join(
         _problem({**error, "loc": (*prefix, *error["loc"])}, path)
         for error in exc.errors(include_url=False)
     )
 
 
-def describe_section(exc: ValidationError, section: str, path: Path | None) -> str:
-    """`_describe` for the `[section]` the settings keep as it was written (its own model
-    validates it); `path`: the settings' file, if they were read from one."""
-    return _describe(
-        exc, path or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG_PATH), section
-    )
+def describe_section(exc: ValidationError, section: Sequence[str], path: Path | None) -> str:
+    """`_describe` for a section the settings keep as it was written, which its own model
+    validates (`("sim",)`, `("strategies", name, "params")`); `path`: the settings' file, if
+    they were read from one."""
+    return _describe(exc, _file_of(path), section)
+
+
+def setting_origin(loc: Sequence[str], path: Path | None) -> str:
+    """Where the setting at `loc` was set, for an error: "from BOT_..." or "in <file>"."""
+    variable = _variable_of(loc)
+    return f"from {variable}" if variable else f"in {_file_of(path)}"
+
+
+def _file_of(path: Path | None) -> Path:
+    return path or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG_PATH)
 
 
 def _problem(error: ErrorDetails, path: Path) -> str:

@@ -26,7 +26,7 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from bot.config import ConfigError, StrategyConfig
+from bot.config import ConfigError, StrategyConfig, describe_section, setting_origin
 from strategies.base import INTERFACE_VERSION, Strategy
 
 __all__ = ["ENTRY_POINT_GROUP", "load_strategy"]
@@ -37,7 +37,7 @@ ENTRY_POINT_GROUP: Final = "bot.strategies"
 def load_strategy(name: str, config: StrategyConfig, source: Path | None = None) -> Strategy:
     """Instantiate `config.plugin` as strategy `name`, its params validated; `source` is the
     configuration file (named in errors, and its folder searched for plug-in modules)."""
-    where = f" in {source}" if source is not None else ""
+    where = " " + setting_origin(("strategies", name, "plugin"), source)
     if source is not None:
         _search(source.resolve().parent)
     _search(Path.cwd())
@@ -51,12 +51,7 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
     try:
         params = cls.Params(**config.params)
     except ValidationError as exc:
-        problems = "; ".join(
-            # a rule across several params (a model validator) has no field of its own
-            ".".join(["strategies", name, "params", *map(str, e["loc"])]) + f": {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"{problems}{where}") from None
+        raise ConfigError(describe_section(exc, ("strategies", name, "params"), source)) from None
     try:
         return cls(name, params)
     except Exception as exc:  # the plug-in's own constructor: still named, before any start

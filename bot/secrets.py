@@ -23,10 +23,12 @@ from pydantic import SecretStr
 from bot import logs
 from bot.files import FileTooLargeError, NotRegularFileError, read_small_file
 from bot.messages import is_unicode
+from signals.config import SIGNING_SECRET_NAME as MQTT_SIGNING_SECRET_NAME
 
 __all__ = [
     "ADMIN_SECRET_NAME",
     "DEFAULT_SECRETS_DIR",
+    "MIN_SIGNING_SECRET_LENGTH",
     "ApiCredentials",
     "MissingSecretError",
     "SecretResolver",
@@ -57,6 +59,18 @@ class MissingSecretError(Exception):
 class UnusableSecretError(MissingSecretError):
     """A secret is set but cannot be used (blank, not text, an unreadable file): an error
     even where the secret is optional, since its owner meant to set it."""
+
+
+#: The shortest signing (HMAC) secret accepted: webhook, admin and MQTT signing secrets.
+MIN_SIGNING_SECRET_LENGTH: Final = 16
+
+
+def _signs(name: str) -> bool:
+    """Whether the secret `name` is an HMAC signing secret (not an API key, a password or a
+    token, each checked by what uses it)."""
+    return name in (ADMIN_SECRET_NAME, MQTT_SIGNING_SECRET_NAME) or name.startswith(
+        webhook_secret_name("")
+    )
 
 
 def webhook_secret_name(source: str) -> str:
@@ -132,6 +146,20 @@ class SecretResolver:
         return SecretStr(value)
 
     def _lookup(self, name: str) -> str:
+        """The secret `name` as set ("" if it is not), refused if unusable: a signing secret
+        (each of its lines) must be long enough not to be guessed from one signed message."""
+        value = self._given(name)
+        if value and _signs(name):
+            shortest = min(len(line.strip()) for line in value.splitlines() if line.strip())
+            if shortest < MIN_SIGNING_SECRET_LENGTH:
+                raise UnusableSecretError(
+                    f"secret {name} is shorter than {MIN_SIGNING_SECRET_LENGTH} characters: one "
+                    "signed message lets a short one be guessed offline; use a random one, e.g. "
+                    "`openssl rand -hex 32`"
+                )
+        return value
+
+    def _given(self, name: str) -> str:
         value = self._environ.get(name)
         if not value:
             return self._read(self._secrets_dir / name.lower())

@@ -403,3 +403,10 @@ def test_a_setting_that_would_silently_drop_signals_or_mix_environments_is_refus
 
     with pytest.raises(ConfigError, match=re.escape(problem)):
         load_settings(write(tmp_path, KEYED))
+
+
+def test_a_byte_order_mark_an_editor_wrote_is_no_error(tmp_path: Path) -> None:
+    path = tmp_path / "bot.toml"
+    path.write_text("\ufeff[http]\nport = 8123\n" + KEYED, encoding="utf-8")
+
+    assert load_settings(path).http.port == 8123

@@ -180,16 +180,18 @@ def test_an_entry_point_that_cannot_be_loaded_says_so(plugins: Plugins, site: Pa
         (
             "follow",
             {"risk_fraction": "0.5"},
-            "strategies.mine.params.risk_fraction: Input should be less than or equal to 0.1",
+            "invalid strategies.mine.params.risk_fraction = '0.5' in {config}: Input should be "
+            "less than or equal to 0.1",
         ),
         (
             "follow",
             {"risk_fracton": "0.01"},
-            "strategies.mine.params.risk_fracton: Extra inputs are not permitted",
+            "unknown key 'strategies.mine.params.risk_fracton' in {config}: remove it or check "
+            "its spelling",
         ),
-        ("ladder", {"weights": [1, 0]}, "strategies.mine.params.weights: "),
-        ("ladder", {"weights": [1, "lots"]}, "strategies.mine.params.weights.1: "),
-        ("selective", {"sides": ["up"]}, "strategies.mine.params.sides.0: "),
+        ("ladder", {"weights": [1, 0]}, "invalid strategies.mine.params.weights = [1, 0] in "),
+        ("ladder", {"weights": [1, "lots"]}, "invalid strategies.mine.params.weights.1 = 'lots'"),
+        ("selective", {"sides": ["up"]}, "invalid strategies.mine.params.sides.0 = 'up' in "),
     ],
 )
 def test_wrong_params_name_the_strategy_the_field_and_the_file(
@@ -197,8 +199,8 @@ def test_wrong_params_name_the_strategy_the_field_and_the_file(
 ) -> None:
     message = plugins.refused(plugin, **params)
 
-    assert message.startswith(expected), message
-    assert message.endswith(f" in {plugins.config}")
+    assert message.startswith(expected.format(config=plugins.config)), message
+    assert f" in {plugins.config}: " in message
 
 
 def test_a_rule_across_params_names_the_params(plugins: Plugins) -> None:
@@ -227,7 +229,8 @@ def test_a_rule_across_params_names_the_params(plugins: Plugins) -> None:
 
     message = plugins.refused(f"{module}:Banded", low=3)
 
-    assert message.startswith("strategies.mine.params: Value error, low must be below high")
+    assert message.startswith("invalid strategies.mine.params = {'low': 3} in ")
+    assert message.endswith(": low must be below high")
 
 
 # what cannot be loaded ----------------------------------------------------------------------

@@ -13,9 +13,14 @@ from bot.secrets import MissingSecretError, SecretResolver, UnusableSecretError
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:
     (tmp_path / "bot_webhook_secret_voiceofchain").write_text("from-file-secret\n")
-    resolver = SecretResolver(tmp_path, environ={"BOT_WEBHOOK_SECRET_VOICEOFCHAIN": "from-env-1"})
+    resolver = SecretResolver(
+        tmp_path, environ={"BOT_WEBHOOK_SECRET_VOICEOFCHAIN": "from-env-1-long-enough"}
+    )
 
-    assert resolver.get("BOT_WEBHOOK_SECRET_VOICEOFCHAIN").get_secret_value() == "from-env-1"
+    assert (
+        resolver.get("BOT_WEBHOOK_SECRET_VOICEOFCHAIN").get_secret_value()
+        == "from-env-1-long-enough"
+    )
 
 
 def test_file_in_lower_case_is_read_and_stripped(tmp_path: Path) -> None:
@@ -89,9 +94,11 @@ def test_a_secret_set_but_unusable_is_an_error_even_where_it_is_optional(
 
 
 def test_an_environment_secret_is_stripped_as_a_files_is(tmp_path: Path) -> None:
-    resolver = SecretResolver(tmp_path, environ={"BOT_ADMIN_SECRET": "admin-secret-1\n"})
+    resolver = SecretResolver(
+        tmp_path, environ={"BOT_ADMIN_SECRET": "admin-secret-1-long-enough\n"}
+    )
 
-    assert resolver.get("BOT_ADMIN_SECRET").get_secret_value() == "admin-secret-1"
+    assert resolver.get("BOT_ADMIN_SECRET").get_secret_value() == "admin-secret-1-long-enough"
 
 
 def test_a_broken_secret_file_is_unusable_not_missing(tmp_path: Path) -> None:
@@ -148,3 +155,22 @@ def test_a_secrets_dir_that_is_a_file_is_unusable(tmp_path: Path) -> None:
 
     with pytest.raises(UnusableSecretError, match="is not a directory: pass --secrets-dir"):
         resolver.optional("BOT_ADMIN_SECRET")
+
+
+@pytest.mark.parametrize(
+    "name", ["BOT_ADMIN_SECRET", "BOT_MQTT_SIGNING_SECRET", "BOT_WEBHOOK_SECRET_VOICEOFCHAIN"]
+)
+def test_a_signing_secret_too_short_to_resist_guessing_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    # Reproduced: `x1` signed admin commands; one captured signature sufficed to find it.
+    resolver = SecretResolver(tmp_path, environ={name: "a-long-enough-old-one\nx1"})
+
+    with pytest.raises(UnusableSecretError, match=f"{name} is shorter than 16 characters"):
+        resolver.optional(name)
+
+
+def test_an_api_key_is_not_held_to_a_signing_secrets_length(tmp_path: Path) -> None:
+    resolver = SecretResolver(tmp_path, environ={"BOT_KEY_MAIN_API_KEY": "short"})
+
+    assert resolver.get("BOT_KEY_MAIN_API_KEY").get_secret_value() == "short"
