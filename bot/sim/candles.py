@@ -4,7 +4,8 @@ and the 24-hour statistics of the tickers.
 On Bybit a closed candle is history: asked again, with any `limit` or window, it is the same,
 and an open candle keeps its open. So the simulator keeps what its price did, a bar a minute
 per symbol, from the moment it started (the anchor), and builds every interval's candles from
-those bars; the volume and turnover are its own trades. Before the anchor lies a synthetic
+those bars: a price move or a trade sets the close, and the volume and turnover are its own
+trades. Before the anchor lies a synthetic
 history, deterministic in (symbol, interval, candle start, anchor price): each close within
 0.5 % of the anchor price, each open the close before it, and the candle before the anchor's
 closing at the anchor price, where the real history takes over.
@@ -244,14 +245,16 @@ class PriceHistory:
         self._symbols[symbol] = _Symbol(now_ms, price)
 
     def record_price(self, symbol: str, price: Decimal, now_ms: int) -> None:
+        """The price now `price`: its candle's high, low and close take it."""
+        self.record_trade(symbol, price, Decimal(0), now_ms)
+
+    def record_trade(self, symbol: str, price: Decimal, qty: Decimal, now_ms: int) -> None:
+        """A trade of `qty` at `price`: its candle's high, low and close take the price (the
+        last trade closes a candle, as on Bybit), its volume and turnover the trade."""
         history = self._current(symbol, now_ms)
         bar = self._newest_bar(history, now_ms)
         bar.take(price)
         bar.close = history.last = price
-
-    def record_trade(self, symbol: str, price: Decimal, qty: Decimal, now_ms: int) -> None:
-        bar = self._newest_bar(self._current(symbol, now_ms), now_ms)
-        bar.take(price)
         bar.volume += qty
         bar.turnover += qty * price
 

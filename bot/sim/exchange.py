@@ -5,8 +5,10 @@ order and acknowledged at once; the order reaches the matching engine `market_fi
 later (see `bot.sim.engine`), where a market order takes the bid or ask (with spread,
 slippage and optional partial fills), a limit order trades as taker if marketable or rests
 until the price crosses it, and attached stop-loss / take-profit close the position when the
-price reaches them. Prices move by admin request or by seeded random walks. All money is
-`Decimal`; one lock guards everything (requests, engine events, admin calls).
+price reaches them. The market's price (the mark and index price, the book's centre) moves by
+admin request or by seeded random walks; every trade, a fill or such a move, sets the last
+price. All money is `Decimal`; one lock guards everything (requests, engine events, admin
+calls).
 """
 
 from __future__ import annotations
@@ -361,8 +363,8 @@ class StreamSink(Protocol):
         ...
 
     def price_moved(self, symbol: str, cs: int, row: dict[str, str]) -> None:
-        """The symbol's price changed: its full ticker, with its cross sequence (the book and
-        the candles are read from the exchange as they are pushed)."""
+        """The symbol's market moved, or it traded: its full ticker, with its cross sequence
+        (the book and the candles are read from the exchange as they are pushed)."""
         ...
 
     def wants_trades(self, symbol: str) -> bool:
@@ -395,8 +397,19 @@ class SimExchange:
         self._config = config if config is not None else SimulatorConfig()
         self._lock = threading.Lock()
         self._engine = Scheduler(self._lock)
-        self._prices: dict[str, Decimal] = dict(self._config.prices)
-        self._history = PriceHistory(self._prices, clock.now_ms())
+        #: Per symbol, the market's price, which walks and `POST /sim/prices` move: the mark
+        #: and index price (on Bybit they come from other venues, not from our fills), and
+        #: the centre of the synthetic book, the rest of the market our orders trade with.
+        self._marks: dict[str, Decimal] = dict(self._config.prices)
+        #: Per symbol, the last trade's price and tick direction: a price move's (the rest of
+        #: the market trading there) or a fill's. Tickers' lastPrice; LastPrice triggers.
+        self._last_prices: dict[str, Decimal] = dict(self._config.prices)
+        self._tick_directions: dict[str, str] = {}
+        #: The candles of the trades (kline) and of the mark price (mark- and index-price
+        #: kline).
+        started_ms = clock.now_ms()
+        self._history = PriceHistory(self._marks, started_ms)
+        self._mark_history = PriceHistory(self._marks, started_ms)
         self._walks: dict[str, _Walk] = {}
         self._accounts: dict[str, AccountRecord] = {}  # by the key that opened each
         #: every key, an account's further keys (`account_of`) included, to its account / spec
@@ -412,7 +425,8 @@ class SimExchange:
         self._seq = 0
         # The books' update id (`u`, `seq`): 1 for a fresh book, as Bybit's after a restart.
         self._book_updates = 1
-        self._tick_directions: dict[str, str] = {}
+        #: The tickers' cross sequence (`cs`): one more with every price move and trade.
+        self._cross_seq = 1
         #: Per symbol: what all accounts hold (one side of the open interest), and its history
         #: as (times ms, values) after each fill, for `/v5/market/open-interest`.
         self._open_interest: dict[str, Decimal] = dict.fromkeys(self._config.instruments, ZERO)
@@ -487,7 +501,7 @@ class SimExchange:
         with self._lock:
             if symbol not in self._config.instruments:
                 return None
-            return self._book_updates, self._ticker_row(symbol)
+            return self._cross_seq, self._ticker_row(symbol)
 
     def price_limit_row(self, symbol: str) -> dict[str, str] | None:
         """The symbol's order price limit as `priceLimit.{symbol}` pushes it; None for an
@@ -514,7 +528,8 @@ class SimExchange:
         return ticker_view(
             symbol,
             self._config.instruments[symbol],
-            self._prices[symbol],
+            self._last_prices[symbol],
+            self._marks[symbol],
             _next_funding_ms(now),
             *self._quote(symbol),
             self._open_interest[symbol],
@@ -672,7 +687,7 @@ class SimExchange:
                 to_tick(order.price - spread - spec.tick_size, spec.tick_size, up=False),
                 spec.tick_size,
             )
-        journaled = self._prices[order.symbol]
+        journaled = self._marks[order.symbol]
         notes.append(
             f"{order.symbol}: price resumed at {fmt(price)}, not {fmt(journaled)}, where the "
             f"resting {order.side} at {fmt(order.price)} would have filled"
@@ -680,9 +695,12 @@ class SimExchange:
         self._resume_price(order.symbol, price)
 
     def _resume_price(self, symbol: str, price: Decimal) -> None:
-        """A resumed price: the history starts again from it (lock held)."""
-        self._prices[symbol] = price
-        self._history.restart(symbol, price, self.now_ms())
+        """A resumed price, the market's and the last trade's: the histories start again from
+        it (lock held)."""
+        self._marks[symbol] = self._last_prices[symbol] = price
+        now = self.now_ms()
+        self._history.restart(symbol, price, now)
+        self._mark_history.restart(symbol, price, now)
 
     def _listed(self, symbol: str, notes: list[str]) -> bool:
         if symbol in self._config.instruments:
@@ -724,7 +742,7 @@ class SimExchange:
             "StopLoss": resumed.stop_loss_order_id,
         }
         self._sync_exits(account, symbol, resumed_ids)
-        self._trigger_stops(account, position, self._prices[symbol])
+        self._trigger_stops(account, position)
 
     def _resume_order(
         self, account: AccountRecord, resumed: ResumedOrder, notes: list[str]
@@ -750,7 +768,7 @@ class SimExchange:
             close_on_trigger=False,
             take_profit=resumed.take_profit,
             stop_loss=resumed.stop_loss,
-            last_price_on_created=self._prices[resumed.symbol],
+            last_price_on_created=self._last_prices[resumed.symbol],
             created_ms=now,
             updated_ms=now,
             seq=self._next_seq(),
@@ -840,9 +858,10 @@ class SimExchange:
         return price
 
     def prices(self) -> dict[str, Decimal]:
-        """Current price of every listed symbol."""
+        """The market price of every listed symbol (the mark and index price, which walks and
+        set prices move; a fill sets the last price only)."""
         with self._lock:
-            return dict(self._prices)
+            return dict(self._marks)
 
     def walks(self) -> dict[str, dict[str, Any]]:
         """The running walks by symbol, JSON-ready."""
@@ -992,11 +1011,11 @@ class SimExchange:
 
         X and Y are the instrument's ratios, the premium the book's mid price less the mark
         (Bybit's weight on it, alpha, 1 by default, is 1 here; Bybit averages 30 s of premium, the
-        simulator takes the moment's). The simulator's mark and index are its last price and
-        its book is symmetric around it, so the premium is zero but for the book's rounding to
+        simulator takes the moment's). The simulator's mark and index are the market's price
+        and its book is symmetric around it, so the premium is zero but for the book's rounding to
         the tick and the limits come to mark x (1 +- X). Rounded inwards to the tick."""
         spec = self._instrument(symbol)
-        mark = self._prices[symbol]
+        mark = self._marks[symbol]
         bid, ask = self._quote(symbol)
         premium = (bid + ask) / 2 - mark
         x, y = spec.price_limit_ratio_x, spec.price_limit_ratio_y
@@ -1058,19 +1077,23 @@ class SimExchange:
         return {"category": "linear", "symbol": params.symbol, "list": rows}
 
     def mark_price_kline(self, params: MarkKlineParams) -> dict[str, Any]:
-        """`GET /v5/market/mark-price-kline`: the kline's candles without volume and turnover
-        (the simulator's mark price is its last price)."""
+        """`GET /v5/market/mark-price-kline`: the mark price's candles (no volume, no
+        turnover): the market's price as walks and set prices moved it, not our fills."""
         if params.category != "linear":
             return {"category": params.category, "symbol": params.symbol, "list": []}
-        rows = self._candles(params.symbol, params.interval, params.start, params.end, params.limit)
+        rows = self._candles(
+            params.symbol, params.interval, params.start, params.end, params.limit, mark=True
+        )
         return {"category": "linear", "symbol": params.symbol, "list": mark_kline_rows(rows)}
 
     def index_price_kline(self, params: IndexKlineParams) -> dict[str, Any]:
-        """`GET /v5/market/index-price-kline`: the simulator's index price is its last price
+        """`GET /v5/market/index-price-kline`: the simulator's index price is its mark price
         (as tickers report it), so these are the mark-price candles; inverse lists nothing."""
         if params.category != "linear":
             return {"category": params.category, "symbol": params.symbol, "list": []}
-        rows = self._candles(params.symbol, params.interval, params.start, params.end, params.limit)
+        rows = self._candles(
+            params.symbol, params.interval, params.start, params.end, params.limit, mark=True
+        )
         return {"category": "linear", "symbol": params.symbol, "list": mark_kline_rows(rows)}
 
     def premium_index_price_kline(self, params: PremiumKlineParams) -> dict[str, Any]:
@@ -1089,12 +1112,21 @@ class SimExchange:
         }
 
     def _candles(
-        self, symbol: str, interval: str, start: int | None, end: int | None, limit: int
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None,
+        end: int | None,
+        limit: int,
+        *,
+        mark: bool = False,
     ) -> list[list[str]]:
+        """Kline rows of the trades, or (`mark`) of the mark price."""
         starts = candle_starts(interval, start, end, limit, self.now_ms(), LAUNCH_TIME_MS)
         with self._lock:
             spec = self._instrument(symbol)
-            return self._history.candles(symbol, interval, starts, spec.tick_size)
+            history = self._mark_history if mark else self._history
+            return history.candles(symbol, interval, starts, spec.tick_size)
 
     def recent_trades(self, params: RecentTradeParams) -> dict[str, Any]:
         """`GET /v5/market/recent-trade`: the symbol's latest fills, of every account, newest
@@ -1197,13 +1229,12 @@ class SimExchange:
         self._require(api_key, "Order")
         spec = self._instrument(params.symbol)
         self._check_position_idx(account, params.symbol, params.position_idx)
-        price_now = self._prices[params.symbol]
         qty = self._order_qty(account, params, spec)
         limit_price = self._check_order_params(params, qty)
         if params.order_link_id is not None and params.order_link_id in account.link_ids:
             raise SimError(RetCode.DUPLICATE_ORDER_LINK_ID, "OrderLinkedID is duplicate")
         if params.trigger_price is not None:
-            return self._place_conditional(account, params, spec, qty, limit_price, price_now)
+            return self._place_conditional(account, params, spec, qty, limit_price)
         if limit_price is not None:  # Bybit's futures default: moved in to the price limit
             limits = self._price_limits(params.symbol)
             limit_price = (
@@ -1211,7 +1242,7 @@ class SimExchange:
                 if params.side == "Buy"
                 else max(limit_price, limits.sell)
             )
-        reference = limit_price if limit_price is not None else price_now
+        reference = limit_price if limit_price is not None else self._marks[params.symbol]
         self._check_tpsl(params, reference)
         self._check_active_orders(account, params.symbol)
         if params.reduce_only:
@@ -1223,7 +1254,7 @@ class SimExchange:
         lag = self._config.query_lag_ms
         if self._draw("order_visibility_lag"):
             lag = max(lag, self._faults.order_visibility_lag_ms)
-        order = self._new_order(params, qty, limit_price, price_now, lag)
+        order = self._new_order(params, qty, limit_price, lag)
         self._submit(account, order)
         return order
 
@@ -1232,7 +1263,6 @@ class SimExchange:
         params: PlaceOrderParams,
         qty: Decimal,
         limit_price: Decimal | None,
-        price_now: Decimal,
         lag_ms: int,
         **kind: Any,
     ) -> OrderRecord:
@@ -1260,7 +1290,7 @@ class SimExchange:
             partial_tpsl=params.tpsl_mode == "Partial",
             tp_limit_price=params.tp_limit_price if params.tp_order_type == "Limit" else None,
             sl_limit_price=params.sl_limit_price if params.sl_order_type == "Limit" else None,
-            last_price_on_created=price_now,
+            last_price_on_created=self._last_prices[params.symbol],
             created_ms=now,
             updated_ms=now,
             seq=self._next_seq(),
@@ -1275,7 +1305,6 @@ class SimExchange:
         spec: InstrumentSpec,
         qty: Decimal,
         limit_price: Decimal | None,
-        price_now: Decimal,
     ) -> OrderRecord:
         """Book a conditional order (lock held): Untriggered, holding no margin, until the
         price reaches its trigger (`_fire_conditionals`) from its `triggerDirection` (required,
@@ -1287,7 +1316,8 @@ class SimExchange:
         if direction is None:  # Bybit's answer for linear, where it is required
             raise SimError(RetCode.PARAMS_ERROR, "params error: TriggerDirection invalid")
         self._check_price("triggerPrice", params.symbol, trigger)
-        self._check_trigger(direction, trigger, price_now)
+        watched = params.trigger_by or "LastPrice"
+        self._check_trigger(params.symbol, direction, trigger, watched)
         waiting = sum(
             1
             for o in account.conditional_orders.values()
@@ -1306,14 +1336,13 @@ class SimExchange:
             params,
             qty,
             limit_price,
-            price_now,
             self._config.query_lag_ms,
             status="Untriggered",
             stop_order_type="Stop",
             create_type="CreateByStopOrder",
             trigger_price=trigger,
             trigger_direction=direction,
-            trigger_by=params.trigger_by or "LastPrice",
+            trigger_by=watched,
         )
         account.orders[order.order_id] = order
         account.conditional_orders[order.order_id] = order
@@ -1322,30 +1351,37 @@ class SimExchange:
         self._push_order(account, order)
         return order
 
-    @staticmethod
-    def _check_trigger(direction: int, trigger: Decimal, price: Decimal) -> None:
-        """A trigger on the side of the price its direction says (Bybit: 110092 / 110093)."""
+    def _check_trigger(self, symbol: str, direction: int, trigger: Decimal, watched: str) -> None:
+        """A trigger on the side of the price it watches that its direction says (Bybit:
+        110092 / 110093)."""
+        price = self._watched(symbol, watched)
         if direction == 1 and trigger <= price:
             raise SimError(
                 RetCode.TRIGGER_NOT_ABOVE_PRICE,
                 f"expect Rising, but trigger_price[{fmt(trigger)}] <= current[{fmt(price)}]"
-                "??LastPrice",
+                f"??{watched}",
             )
         if direction == 2 and trigger >= price:
             raise SimError(
                 RetCode.TRIGGER_NOT_BELOW_PRICE,
                 f"expect Falling, but trigger_price[{fmt(trigger)}] >= current[{fmt(price)}]"
-                "??LastPrice",
+                f"??{watched}",
             )
 
-    def _fire_conditionals(self, account: AccountRecord, symbol: str, price: Decimal) -> None:
-        """Send each conditional order of `symbol` whose trigger the price has reached, as
-        Bybit does: Untriggered -> Triggered -> New (one orderId), then it trades as an order
-        of its type; without the margin to open it, it is cancelled."""
+    def _watched(self, symbol: str, trigger_by: str) -> Decimal:
+        """The price a trigger watches (`triggerBy`): the last trade's for LastPrice, else the
+        market's (the simulator's mark price is its index price)."""
+        return self._last_prices[symbol] if trigger_by == "LastPrice" else self._marks[symbol]
+
+    def _fire_conditionals(self, account: AccountRecord, symbol: str) -> None:
+        """Send each conditional order of `symbol` whose trigger the price it watches has
+        reached, as Bybit does: Untriggered -> Triggered -> New (one orderId), then it trades
+        as an order of its type; without the margin to open it, it is cancelled."""
         for order in [o for o in account.conditional_orders.values() if o.symbol == symbol]:
             if order.order_id not in account.conditional_orders:
                 continue  # the other half of a partial TP/SL that fired just now
             assert order.trigger_price is not None
+            price = self._watched(symbol, order.trigger_by)
             rising = order.trigger_direction == 1
             if price < order.trigger_price if rising else price > order.trigger_price:
                 continue
@@ -1383,7 +1419,7 @@ class SimExchange:
                 )
             self._check_price("triggerPrice", order.symbol, params.trigger_price)
             self._check_trigger(
-                order.trigger_direction, params.trigger_price, self._prices[order.symbol]
+                order.symbol, order.trigger_direction, params.trigger_price, order.trigger_by
             )
             changes["trigger_price"] = params.trigger_price
         if params.qty is not None and params.qty != order.qty:
@@ -1443,7 +1479,7 @@ class SimExchange:
             )
         reference = next(
             (value for value in (amended["price"], amended["trigger_price"]) if value is not None),
-            self._prices[order.symbol],
+            self._marks[order.symbol],
         )
         for name, level in levels:
             if level is not None:
@@ -1575,7 +1611,7 @@ class SimExchange:
             order.symbol,
             params.trigger_price,
             "Buy" if position.size > 0 else "Sell",
-            self._prices[order.symbol],
+            self._watched(order.symbol, order.trigger_by),
             "position",
         )
         setattr(position, attribute, params.trigger_price)
@@ -1792,14 +1828,22 @@ class SimExchange:
             if position is None or position.size == 0:
                 raise SimError(RetCode.PARAMS_ERROR, "can not set tp/sl/ts for zero position")
             side = "Buy" if position.size > 0 else "Sell"
-            price = self._prices[params.symbol]
+            partial = params.tpsl_mode == "Partial"
+            # The price each level will watch: a partial pair's own, else the position's.
+            watching = {
+                "takeProfit": params.tp_trigger_by
+                or ("LastPrice" if partial else position.tp_trigger_by),
+                "stopLoss": params.sl_trigger_by
+                or ("LastPrice" if partial else position.sl_trigger_by),
+            }
 
             def check_level(name: str, level: Decimal) -> None:
-                self._check_tpsl_level(name, params.symbol, level, side, price, "position")
+                seen = self._watched(params.symbol, watching[name])
+                self._check_tpsl_level(name, params.symbol, level, side, seen, "position")
 
-            partial = params.tpsl_mode == "Partial"
             changes = {} if partial else self._tpsl_changes(position, params, check_level)
-            changes |= self._trailing_changes(position, params, side, price)
+            last = self._last_prices[params.symbol]  # what a trailing stop follows
+            changes |= self._trailing_changes(position, params, side, last)
             adds_partial = partial and (params.take_profit or params.stop_loss)
             if not changes and not adds_partial:
                 raise SimError(RetCode.TPSL_NOT_MODIFIED, "not modified")
@@ -2176,11 +2220,12 @@ class SimExchange:
         return spec
 
     def _quote(self, symbol: str) -> tuple[Decimal, Decimal]:
-        """Best bid and ask: the last price minus/plus half the spread, rounded outwards. A
+        """Best bid and ask: the market's price minus/plus half the spread, rounded outwards
+        (the book is the rest of the market: our fills take from it without moving it). A
         book is never locked, as on Bybit: the bid is at least a tick below the ask (with no
-        spread, the ask is the last price), and at least a tick itself (then the ask is
-        above the last price)."""
-        price = self._prices[symbol]
+        spread, the ask is the market's price), and at least a tick itself (then the ask is
+        above the market's price)."""
+        price = self._marks[symbol]
         tick = self._config.instruments[symbol].tick_size
         half = price * self._config.spread_bps / _BPS / 2
         ask = to_tick(price + half, tick, up=True)
@@ -2618,6 +2663,7 @@ class SimExchange:
                 self._close(account, order, cancel_type="CancelByReduceOnly")
                 return
         self._fill(account, order, qty, self._taker_price(order), maker=False)
+        self._traded(order.symbol)
         order.pieces_left -= 1
         if not order.is_open:
             return
@@ -2729,7 +2775,7 @@ class SimExchange:
             fee=fee,
             fee_rate=rate,
             is_maker=maker,
-            mark_price=self._prices[order.symbol],
+            mark_price=self._marks[order.symbol],
             closed_size=closing,
             exec_ms=now,
             seq=position.seq,
@@ -2740,11 +2786,11 @@ class SimExchange:
         account.executions.append(execution)
         if not order.is_liquidation:  # the engine's takeover is not a trade of the market
             self._public_trades[order.symbol].append(execution)
-            self._history.record_trade(order.symbol, price, qty, now)
+            tick_direction = self._print(order.symbol, price, qty)
             for sink in self._streams:
                 if sink.wants_trades(order.symbol):
                     sink.push_trade(
-                        order.symbol, public_trade_stream_view(execution, self._tick_directions)
+                        order.symbol, public_trade_stream_view(execution, tick_direction)
                     )
         # Bybit's order of pushes for a fill: the order, its execution, position, wallet.
         self._push_order(account, order)
@@ -2801,7 +2847,6 @@ class SimExchange:
             half = self._closing_order(
                 position.symbol,
                 qty if position.size > 0 else -qty,
-                self._prices[position.symbol],
                 order_type="Market" if limit_price is None else "Limit",
                 price=limit_price,
                 time_in_force="IOC" if limit_price is None else "GTC",
@@ -2883,48 +2928,89 @@ class SimExchange:
         return realised
 
     def _move(self, symbol: str, price: Decimal) -> None:
-        """Set the last price, then fill crossed resting limits at their price, then SL/TP."""
-        before = self._prices[symbol]
-        if price != before:
-            self._tick_directions[symbol] = "PlusTick" if price > before else "MinusTick"
-        elif self._tick_directions.get(symbol, "ZeroPlusTick") in {"PlusTick", "ZeroPlusTick"}:
-            self._tick_directions[symbol] = "ZeroPlusTick"
-        else:
-            self._tick_directions[symbol] = "ZeroMinusTick"
-        self._prices[symbol] = price
-        self._history.record_price(symbol, price, self.now_ms())
+        """The market moves to `price` (a walk's step, a set price): the mark and index price
+        and the book follow it; the resting limit orders it crosses fill at their price on
+        the way; its own trade at `price` is then the last; then what watches a price fires
+        (TP/SL, conditional orders), and an account down to its maintenance margin is
+        liquidated."""
+        before = self._marks[symbol]
+        self._marks[symbol] = price
+        self._mark_history.record_price(symbol, price, self.now_ms())
         self._book_updates += 1
+        self._fill_crossed(symbol, before, price)
+        # The market's own trade: no volume of the simulator's, whose candles count fills.
+        self._print(symbol, price, ZERO)
+        self._push_market_data(symbol)
+        for account in self._accounts.values():
+            self._check_triggers(account, symbol)
+            position = account.positions.get(symbol)
+            if position is not None and position.size != 0:
+                self._liquidate_if_due(account)
+
+    def _fill_crossed(self, symbol: str, before: Decimal, price: Decimal) -> None:
+        """Fill, as makers at their price, the resting limit orders of every account that the
+        market's move from `before` to `price` crossed, in the order it reached them."""
+        crossed: list[tuple[AccountRecord, OrderRecord, Decimal]] = [
+            (account, order, order.price)
+            for account in self._accounts.values()
+            for order in account.open_orders.values()
+            if order.symbol == symbol
+            and order.arrived
+            and order.price is not None
+            and (price <= order.price if order.side == "Buy" else price >= order.price)
+        ]
+        crossed.sort(key=lambda item: abs(item[2] - before))  # stable: ties in book order
+        for account, order, limit in crossed:
+            qty = order.leaves_qty
+            if order.reduce_only:
+                qty = min(qty, self._closable(account, order))
+                if qty <= 0:
+                    self._close(account, order, cancel_type="CancelByReduceOnly")
+                    continue
+            self._fill(account, order, qty, limit, maker=True)
+            if order.is_open and order.reduce_only:
+                self._close(account, order, cancel_type="CancelByReduceOnly")
+
+    def _print(self, symbol: str, price: Decimal, qty: Decimal) -> str:
+        """A trade of `qty` at `price` (a fill, or the market's own as it moves): the last
+        price and the candles take it, and its tick direction against the trade before,
+        which it returns; the tickers' cross sequence moves on."""
+        before = self._last_prices[symbol]
+        if price != before:
+            direction = "PlusTick" if price > before else "MinusTick"
+        elif self._tick_directions.get(symbol, "ZeroPlusTick") in {"PlusTick", "ZeroPlusTick"}:
+            direction = "ZeroPlusTick"
+        else:
+            direction = "ZeroMinusTick"
+        self._tick_directions[symbol] = direction
+        self._last_prices[symbol] = price
+        self._history.record_trade(symbol, price, qty, self.now_ms())
+        self._cross_seq += 1
+        return direction
+
+    def _push_market_data(self, symbol: str) -> None:
+        """The symbol's ticker, with its cross sequence, to the streams that listen (which
+        read its book, candles and price limit as they push them)."""
         if any(sink.wants_market_data(symbol) for sink in self._streams):
             row = self._ticker_row(symbol)
             for sink in self._streams:
                 if sink.wants_market_data(symbol):
-                    sink.price_moved(symbol, self._book_updates, row)
+                    sink.price_moved(symbol, self._cross_seq, row)
+
+    def _traded(self, symbol: str) -> None:
+        """After a taker fill, which set the last price: the market data pushed, and every
+        account's TP/SL and conditional orders watching the last price checked."""
+        self._push_market_data(symbol)
         for account in self._accounts.values():
-            for order in [
-                o
-                for o in account.open_orders.values()
-                if o.symbol == symbol and o.arrived and o.price is not None
-            ]:
-                assert order.price is not None
-                crossed = price <= order.price if order.side == "Buy" else price >= order.price
-                if not crossed:
-                    continue
-                qty = order.leaves_qty
-                if order.reduce_only:
-                    qty = min(qty, self._closable(account, order))
-                    if qty <= 0:
-                        self._close(account, order, cancel_type="CancelByReduceOnly")
-                        continue
-                self._fill(account, order, qty, order.price, maker=True)
-                if order.is_open and order.reduce_only:
-                    self._close(account, order, cancel_type="CancelByReduceOnly")
-            position = account.positions.get(symbol)
-            if position is not None and position.size != 0:
-                self._trigger_stops(account, position, price)
-            self._fire_conditionals(account, symbol, price)
-            position = account.positions.get(symbol)
-            if position is not None and position.size != 0:
-                self._liquidate_if_due(account)
+            self._check_triggers(account, symbol)
+
+    def _check_triggers(self, account: AccountRecord, symbol: str) -> None:
+        """Fire the account's TP/SL, trailing stop and conditional orders of `symbol` whose
+        trigger the price each watches has reached."""
+        position = account.positions.get(symbol)
+        if position is not None and position.size != 0:
+            self._trigger_stops(account, position)
+        self._fire_conditionals(account, symbol)
 
     def _liquidate_if_due(self, account: AccountRecord) -> None:
         """Bybit's liquidation of a unified account in cross margin, simplified: once its
@@ -2949,14 +3035,14 @@ class SimExchange:
                 self._close(account, order, cancel_type="CancelAllBeforeLiq")
         held.sort(key=lambda position: self._unrealised(position), reverse=True)
         for position in held:
-            price = self._prices[position.symbol]
+            price = self._marks[position.symbol]
             if position is held[-1]:
                 levels = self._liquidation_prices(account, position)
                 price = levels[1] if levels else price
             self._take_over(account, position, price)
 
     def _unrealised(self, position: PositionRecord) -> Decimal:
-        return (self._prices[position.symbol] - position.avg_price) * position.size
+        return (self._marks[position.symbol] - position.avg_price) * position.size
 
     def _take_over(self, account: AccountRecord, position: PositionRecord, price: Decimal) -> None:
         """The liquidation engine's takeover of a whole position at `price`."""
@@ -2964,7 +3050,6 @@ class SimExchange:
         order = self._closing_order(
             position.symbol,
             size,
-            self._prices[position.symbol],
             order_type="Limit",
             price=price,
             close_on_trigger=False,
@@ -2983,20 +3068,21 @@ class SimExchange:
         for sink in self._streams:
             sink.push_liquidation(position.symbol, row)
 
-    def _trigger_stops(
-        self, account: AccountRecord, position: PositionRecord, price: Decimal
-    ) -> None:
-        """When the price reaches SL, TP or an active trailing stop (moved first), clear them
-        all and send that level's order, a reduce-only market order for the whole position; it
-        fills like any market order, a moment later."""
-        long = position.size > 0
-        self._trail(position, price)
+    def _trigger_stops(self, account: AccountRecord, position: PositionRecord) -> None:
+        """When the price it watches reaches SL or TP, or the last price an active trailing
+        stop (moved first), clear them all and send that level's order, a reduce-only market
+        order for the whole position; it fills like any market order, a moment later."""
+        symbol, long = position.symbol, position.size > 0
+        last = self._last_prices[symbol]
+        self._trail(position, last)
         stop, profit, trailing = position.stop_loss, position.take_profit, position.trailing_level
-        if stop is not None and (price <= stop if long else price >= stop):
+        stop_seen = self._watched(symbol, position.sl_trigger_by)
+        profit_seen = self._watched(symbol, position.tp_trigger_by)
+        if stop is not None and (stop_seen <= stop if long else stop_seen >= stop):
             kind = "StopLoss"
-        elif profit is not None and (price >= profit if long else price <= profit):
+        elif profit is not None and (profit_seen >= profit if long else profit_seen <= profit):
             kind = "TakeProfit"
-        elif trailing is not None and (price <= trailing if long else price >= trailing):
+        elif trailing is not None and (last <= trailing if long else last >= trailing):
             kind = "TrailingStop"
         else:
             return
@@ -3048,7 +3134,6 @@ class SimExchange:
         return self._closing_order(
             position.symbol,
             position.size,
-            self._prices[position.symbol],
             order_id=order_id,
             trigger_by=trigger_by,
             order_type="Market",
@@ -3065,7 +3150,6 @@ class SimExchange:
         self,
         symbol: str,
         size: Decimal,
-        price_now: Decimal,
         *,
         order_id: str | None = None,
         time_in_force: str = "IOC",
@@ -3085,7 +3169,7 @@ class SimExchange:
             reduce_only=True,
             take_profit=None,
             stop_loss=None,
-            last_price_on_created=price_now,
+            last_price_on_created=self._last_prices[symbol],
             created_ms=now,
             updated_ms=now,
             seq=self._next_seq(),
@@ -3227,7 +3311,7 @@ class SimExchange:
             if self._walks.get(symbol) is not walk:
                 return  # replaced or stopped since this step was scheduled
             tick = self._config.instruments[symbol].tick_size
-            price = self._prices[symbol]
+            price = self._marks[symbol]
             sign = 1 if walk.rng.random() < 0.5 else -1
             change = price * (sign * walk.spec.step_bps + walk.spec.drift_bps) / _BPS
             moved = to_tick(price + change, tick, up=change > 0)
@@ -3247,14 +3331,14 @@ class SimExchange:
             if position.size == 0:
                 continue
             value = abs(position.size) * position.avg_price
-            unrealised += (self._prices[symbol] - position.avg_price) * position.size
+            unrealised += (self._marks[symbol] - position.avg_price) * position.size
             position_im += value / self._leverage(account, symbol)
             position_mm += value * MAINTENANCE_MARGIN_RATE
         order_im = ZERO
         for order in account.open_orders.values():
             if not order.reduce_only:
                 # A market order not yet filled holds margin at the current price.
-                price = order.price if order.price is not None else self._prices[order.symbol]
+                price = order.price if order.price is not None else self._marks[order.symbol]
                 order_im += order.leaves_qty * price / self._leverage(account, order.symbol)
         return MarginFigures(
             wallet_balance=account.wallet_balance,
@@ -3272,7 +3356,7 @@ class SimExchange:
         return [
             position_view(
                 PositionRecord(symbol=symbol),
-                self._prices[symbol],
+                self._marks[symbol],
                 self._leverage(account, symbol),
                 account.created_ms,
                 idx,
@@ -3288,7 +3372,7 @@ class SimExchange:
         shown = levels is not None and tick < levels[0] < tick * MAX_PRICE_TICKS
         return position_view(
             position,
-            self._prices[symbol],
+            self._marks[symbol],
             self._leverage(account, symbol),
             account.created_ms,
             taker_fee_rate=self._config.taker_fee_rate,

@@ -4,7 +4,7 @@
   `unsubscribe` to `order`, `execution`, `position`, `wallet` (also `order.linear`,
   `execution.linear`, `position.linear`), and `execution.fast` (`.linear`: the trades, with
   fewer fields); every change of the account is pushed as it happens.
-- `/v5/public/linear`, on every price change:
+- `/v5/public/linear`, on every price change and trade:
   - `tickers.{symbol}`: a snapshot on subscribe, then a delta (the changed fields);
   - `orderbook.{depth}.{symbol}` (depth 1, 50, 200, 1000): a snapshot on subscribe, then a
     delta (levels changed or added; a removed level with size "0") with `u` one more each
@@ -15,9 +15,9 @@
   - and on every fill of any account, `publicTrade.{symbol}`;
   - and on every liquidation of any account, `allLiquidation.{symbol}`;
   and while the price stands still, every `_REFRESH_S` (Bybit pushes a market's data on a
-  timer, not only on a price change): a ticker delta of what fills changed (volume,
-  turnover, open interest), the open candle when fills changed it or a new one opened (so
-  the closed one comes, `confirm` true, at the boundary), and the depth-1 book again, as a
+  timer, not only on a price change): a ticker delta of what changed otherwise (a
+  liquidation's open interest), the open candle when a new one opened (so the closed one
+  comes, `confirm` true, at the boundary), and the depth-1 book again, as a
   snapshot, after `_LEVEL1_RESEND_MS` without a push ("if 3 seconds have elapsed without a
   change in the orderbook, a snapshot message will be pushed again").
 - `/v5/trade`: the WebSocket trade API, `auth` and `ping` here, its orders answered by

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -334,9 +333,8 @@ def orderbook_view(
 
 
 def mark_kline_rows(rows: list[list[str]]) -> list[list[str]]:
-    """Mark-price candles from the candles of the same request: the simulator has one price,
-    so the mark price traded exactly as the last price; Bybit sends start, open, high, low,
-    close only (no volume, no turnover)."""
+    """Mark-price candles from kline rows of the mark price: Bybit sends start, open, high,
+    low, close only (no volume, no turnover)."""
     return [row[:5] for row in rows]
 
 
@@ -381,10 +379,9 @@ def public_trade_view(execution: ExecutionRecord) -> dict[str, Any]:
     }
 
 
-def public_trade_stream_view(
-    execution: ExecutionRecord, tick_directions: Mapping[str, str]
-) -> dict[str, Any]:
-    """A fill as the `publicTrade.{symbol}` stream carries it (Bybit's short names)."""
+def public_trade_stream_view(execution: ExecutionRecord, tick_direction: str) -> dict[str, Any]:
+    """A fill as the `publicTrade.{symbol}` stream carries it (Bybit's short names), with
+    its tick direction (`L`) against the trade before it."""
     trade = public_trade_view(execution)
     return {
         "T": execution.exec_ms,
@@ -392,7 +389,7 @@ def public_trade_stream_view(
         "S": trade["side"],
         "v": trade["size"],
         "p": trade["price"],
-        "L": tick_directions.get(trade["symbol"], "ZeroPlusTick"),
+        "L": tick_direction,
         "i": trade["execId"],
         "BT": False,
         "RPI": False,
@@ -712,35 +709,37 @@ def price_limit_view(symbol: str, limits: PriceLimits) -> dict[str, str]:
 def ticker_view(
     symbol: str,
     spec: InstrumentSpec,
-    price: Decimal,
+    last: Decimal,
+    mark: Decimal,
     next_funding_ms: int,
     bid: Decimal,
     ask: Decimal,
     single_open_interest: Decimal,
     day: DayStats,
 ) -> dict[str, Any]:
-    """A ticker as `/v5/market/tickers` lists it: last, mark and index are the one price;
-    the 24 h figures are the simulator's own (`bot.sim.candles`).
+    """A ticker as `/v5/market/tickers` lists it: the last trade's price, and the market's
+    as mark and index price (the simulator's index is its mark); the 24 h figures are the
+    simulator's own trades (`bot.sim.candles`).
 
     single_open_interest is what the accounts hold (the simulated market is the other side
-    of every position); Bybit's openInterest counts both sides.
+    of every position); Bybit's openInterest counts both sides, valued at the mark price.
     """
-    text = fmt(price)
+    mark_text = fmt(mark)
     both_sides = single_open_interest * 2
     return {
         "symbol": symbol,
-        "lastPrice": text,
-        "indexPrice": text,
-        "markPrice": text,
+        "lastPrice": fmt(last),
+        "indexPrice": mark_text,
+        "markPrice": mark_text,
         "prevPrice24h": fmt(day.prev_24h),
-        "price24hPcnt": fmt(day.change_24h(price)),
+        "price24hPcnt": fmt(day.change_24h(last)),
         "highPrice24h": fmt(day.high_24h),
         "lowPrice24h": fmt(day.low_24h),
         "prevPrice1h": fmt(day.prev_1h),
         "openInterest": fmt(both_sides),
-        "openInterestValue": fmt(both_sides * price),
+        "openInterestValue": fmt(both_sides * mark),
         "singleOpenInterest": fmt(single_open_interest),
-        "singleOpenInterestValue": fmt(single_open_interest * price),
+        "singleOpenInterestValue": fmt(single_open_interest * mark),
         "turnover24h": fmt(day.turnover_24h.quantize(Decimal("0.0001"))),
         "volume24h": fmt(day.volume_24h),
         "fundingRate": fmt(FUNDING_RATE),

@@ -28,6 +28,7 @@ from bot.sim.params import (
     ExecutionQueryParams,
     KlineParams,
     MarketParams,
+    MarkKlineParams,
     OrderbookParams,
     OrderQueryParams,
     PlaceOrderParams,
@@ -241,6 +242,162 @@ def test_a_stop_loss_closes_the_position_with_a_market_order_a_moment_later() ->
         "CreateByStopLoss",
         "95499.9",  # a sell takes the bid, a tick under the last price
     )
+
+
+# ------------------------------------------------------------------ the last price and the market's
+
+
+class _Tape:
+    """A stream sink that listens to every market and keeps its trades and tickers."""
+
+    def __init__(self) -> None:
+        self.trades: list[dict[str, Any]] = []
+        self.tickers: list[tuple[int, dict[str, str]]] = []
+
+    def wants_private(self, api_key: str, topic: str) -> bool:
+        return False
+
+    def push_private(self, api_key: str, topic: str, rows: list[dict[str, Any]]) -> None:
+        raise AssertionError("no private topic is listened to")
+
+    def wants_market_data(self, symbol: str) -> bool:
+        return True
+
+    def price_moved(self, symbol: str, cs: int, row: dict[str, str]) -> None:
+        self.tickers.append((cs, row))
+
+    def wants_trades(self, symbol: str) -> bool:
+        return True
+
+    def push_trade(self, symbol: str, row: dict[str, Any]) -> None:
+        self.trades.append(row)
+
+    def push_liquidation(self, symbol: str, row: dict[str, Any]) -> None:
+        """Not asked for here."""
+
+
+def _ticker(exchange: SimExchange) -> dict[str, Any]:
+    query = MarketParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    row: dict[str, Any] = exchange.tickers(query)["list"][0]
+    return row
+
+
+def _closes(exchange: SimExchange) -> tuple[str, str]:
+    """The open 1-minute candle's close, of the trades and of the mark price."""
+    query = {"symbol": "BTCUSDT", "interval": "1", "limit": 1}
+    traded = exchange.kline(KlineParams.model_validate(query))["list"][0]
+    marked = exchange.mark_price_kline(MarkKlineParams.model_validate(query))["list"][0]
+    return traded[4], marked[4]
+
+
+def test_a_fill_is_the_last_price_and_closes_the_candle_but_moves_neither_mark_nor_book() -> None:
+    exchange = _exchange(spread_bps=Decimal(2))  # bid 96990.3, ask 97009.7 around 97000
+    book_before = exchange.book("BTCUSDT", 3)
+
+    _submit(exchange, side="Sell", qty="0.01")
+    exchange.advance(DELAY_MS)
+
+    ticker = _ticker(exchange)
+    assert ticker["lastPrice"] == "96990.3"  # the sell took the bid
+    assert (ticker["markPrice"], ticker["indexPrice"]) == ("97000", "97000")
+    assert (ticker["bid1Price"], ticker["ask1Price"]) == ("96990.3", "97009.7")
+    book = exchange.book("BTCUSDT", 3)
+    assert (book["b"], book["a"], book["u"]) == (
+        book_before["b"],
+        book_before["a"],
+        book_before["u"],
+    )
+    assert _closes(exchange) == ("96990.3", "97000")
+    assert exchange.prices()["BTCUSDT"] == Decimal(97000)
+    position = exchange.positions(
+        KEY, PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    )["list"][0]
+    assert (position["markPrice"], position["unrealisedPnl"]) == ("97000", "-0.097")
+
+
+def test_each_trade_carries_its_tick_direction_against_the_trade_before() -> None:
+    exchange = _exchange(spread_bps=Decimal(2))
+    tape = _Tape()
+    exchange.attach_stream(tape)
+
+    for side in ("Sell", "Sell", "Buy", "Buy"):
+        _submit(exchange, side=side, qty="0.01")
+        exchange.advance(DELAY_MS)
+    exchange.set_prices({"BTCUSDT": "97009.7"})  # the market trades where the last buy did
+
+    assert [(trade["p"], trade["L"]) for trade in tape.trades] == [
+        ("96990.3", "MinusTick"),
+        ("96990.3", "ZeroMinusTick"),
+        ("97009.7", "PlusTick"),
+        ("97009.7", "ZeroPlusTick"),
+    ]
+    # Every trade pushed the ticker at once, its cross sequence rising each time.
+    directions = [row["tickDirection"] for _, row in tape.tickers]
+    assert directions == ["MinusTick", "ZeroMinusTick", "PlusTick", "ZeroPlusTick", "ZeroPlusTick"]
+    assert [row["lastPrice"] for _, row in tape.tickers][-1] == "97009.7"
+    sequences = [cs for cs, _ in tape.tickers]
+    assert sequences == sorted(set(sequences))
+
+
+def test_a_move_fills_the_orders_it_crosses_on_its_way_then_trades_at_its_price() -> None:
+    exchange = _exchange()
+    tape = _Tape()
+    exchange.attach_stream(tape)
+    far = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96800")
+    near = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96900")
+    exchange.advance(DELAY_MS)
+
+    exchange.set_prices({"BTCUSDT": "96700"})
+
+    assert [(trade["p"], trade["L"]) for trade in tape.trades] == [
+        ("96900", "MinusTick"),  # the nearer order first, as the market fell through it
+        ("96800", "MinusTick"),
+    ]
+    assert (_order(exchange, near)["avgPrice"], _order(exchange, far)["avgPrice"]) == (
+        "96900",
+        "96800",
+    )
+    ticker = _ticker(exchange)
+    assert (ticker["lastPrice"], ticker["markPrice"]) == ("96700", "96700")
+    assert _closes(exchange) == ("96700", "96700")
+
+
+def test_a_last_price_trigger_sees_a_fill_and_a_mark_price_trigger_does_not() -> None:
+    exchange = _exchange(spread_bps=Decimal(2))
+    by_last = _submit(exchange, side="Buy", qty="0.01", triggerPrice="97005", triggerDirection=1)
+    by_mark = _submit(
+        exchange,
+        side="Buy",
+        qty="0.01",
+        triggerPrice="97005",
+        triggerDirection=1,
+        triggerBy="MarkPrice",
+    )
+
+    _submit(exchange, side="Buy", qty="0.01")  # takes the ask, 97009.7: the last price
+    exchange.advance(DELAY_MS)
+    exchange.advance(DELAY_MS)
+
+    assert _order(exchange, by_last)["orderStatus"] == "Filled"
+    assert _order(exchange, by_mark)["orderStatus"] == "Untriggered"  # the mark is 97000
+    with pytest.raises(SimError) as passed:  # a new trigger by the last price is past it
+        _submit(exchange, side="Buy", qty="0.01", triggerPrice="97005", triggerDirection=1)
+    assert passed.value.ret_code == RetCode.TRIGGER_NOT_ABOVE_PRICE
+    assert "current[97009.7]??LastPrice" in passed.value.ret_msg
+
+
+def test_a_walk_steps_from_the_market_price_not_from_a_fill() -> None:
+    exchange = _exchange(spread_bps=Decimal(2))
+    _submit(exchange, side="Sell", qty="0.01")  # the last price: the bid, 96990.3
+    exchange.advance(DELAY_MS)
+
+    exchange.update_prices(
+        {"BTCUSDT": {"walk": {"seed": 1, "step_bps": 0, "drift_bps": 10, "interval_ms": 10}}}
+    )
+    exchange.advance(10)
+
+    assert exchange.prices()["BTCUSDT"] == Decimal(97097)  # 97000 + 10 bp
+    assert _ticker(exchange)["lastPrice"] == "97097"
 
 
 # ------------------------------------------------------------------ walks

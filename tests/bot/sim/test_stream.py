@@ -582,6 +582,30 @@ def test_every_fill_is_a_public_trade_and_the_candle_follows_the_price(
     assert float(bar["high"]) >= 97777
 
 
+def test_a_trade_pushes_the_last_price_at_once_and_leaves_the_mark(
+    server: SimServer, raw: Callable[[str], websocket.WebSocket], http: HTTP
+) -> None:
+    sock = raw("/v5/public/linear")
+    _ask(sock, {"op": "subscribe", "args": ["tickers.BTCUSDT", "publicTrade.BTCUSDT"]})
+    snapshot = json.loads(sock.recv())
+
+    http.place_order(
+        category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty="0.01"
+    )
+    trade = _next(sock, lambda message: message["topic"] == "publicTrade.BTCUSDT")
+    ticker = _next(sock, lambda message: "lastPrice" in message["data"])
+
+    (row,) = trade["data"]
+    assert (row["S"], row["p"], row["L"]) == ("Sell", "96999.9", "MinusTick")  # the bid
+    assert ticker["type"] == "delta" and ticker["cs"] > snapshot["cs"]
+    assert (ticker["data"]["lastPrice"], ticker["data"]["tickDirection"]) == (
+        "96999.9",
+        "MinusTick",
+    )
+    assert "markPrice" not in ticker["data"]  # the market did not move
+    assert http_ticker(server)["markPrice"] == "97000"
+
+
 def _next(
     sock: websocket.WebSocket, wanted: Callable[[dict[str, Any]], bool], within_s: float = 5.0
 ) -> dict[str, Any]:
