@@ -1403,13 +1403,20 @@ class SimExchange:
     ) -> None:
         """Change a conditional order before it fires: its trigger (on the side of the price
         its direction says), qty, limit price or attached TP/SL."""
-        self._update(account, order, **self._amendment(order, params, triggered_by_price=True))
+        changes = self._amendment(account, order, params, triggered_by_price=True)
+        self._update(account, order, **changes)
 
     def _amendment(
-        self, order: OrderRecord, params: AmendOrderParams, *, triggered_by_price: bool
+        self,
+        account: AccountRecord,
+        order: OrderRecord,
+        params: AmendOrderParams,
+        *,
+        triggered_by_price: bool,
     ) -> dict[str, Any]:
-        """What `params` change of `order`, each value checked (`triggered_by_price`: a
-        conditional order, whose trigger may move); 10001 when nothing changes."""
+        """What `params` change of the account's `order`, each value checked
+        (`triggered_by_price`: a conditional order, whose trigger may move); 10001 when
+        nothing changes."""
         changes: dict[str, Any] = {}
         if params.trigger_price is not None and params.trigger_price != order.trigger_price:
             if not triggered_by_price:
@@ -1430,7 +1437,16 @@ class SimExchange:
                     f"params error: qty {fmt(params.qty)} must exceed the executed qty "
                     f"{fmt(order.cum_exec_qty)}",
                 )
-            changes["qty"] = params.qty
+            qty = params.qty
+            if order.reduce_only and not triggered_by_price:
+                # As on create: what is left to fill is trimmed to what the order can still
+                # close (a conditional one is held against the position when it fires).
+                leaves = self._reducible_qty(
+                    account, order.symbol, order.side, qty - order.cum_exec_qty, besides=order
+                )
+                qty = order.cum_exec_qty + leaves
+            if qty != order.qty:
+                changes["qty"] = qty
         if params.price is not None and params.price != order.price:
             if order.price is None:
                 raise SimError(
@@ -1558,7 +1574,7 @@ class SimExchange:
         order = self._open_order(account, params.symbol, params.order_id, params.order_link_id)
         if order is None or order.order_type == "Market":
             raise SimError(RetCode.ORDER_NOT_EXISTS, "order not exists or too late to replace")
-        changes = self._amendment(order, params, triggered_by_price=False)
+        changes = self._amendment(account, order, params, triggered_by_price=False)
         if not order.reduce_only and order.price is not None:
             # Only what the amendment adds to the order's value needs margin.
             price: Decimal = changes.get("price", order.price)
@@ -2396,10 +2412,17 @@ class SimExchange:
         )
 
     def _reducible_qty(
-        self, account: AccountRecord, symbol: str, side: str, qty: Decimal
+        self,
+        account: AccountRecord,
+        symbol: str,
+        side: str,
+        qty: Decimal,
+        *,
+        besides: OrderRecord | None = None,
     ) -> Decimal:
         """A reduce-only order's quantity trimmed to what it can still close: the position
-        less the other open reduce-only orders on its side; 110017 when nothing is left."""
+        less the other open reduce-only orders on its side (`besides` an order being
+        amended, not one of them); 110017 when nothing is left."""
         position = account.positions.get(symbol)
         size = position.size if position is not None else ZERO
         if size == 0:
@@ -2418,7 +2441,10 @@ class SimExchange:
             (
                 order.leaves_qty
                 for order in account.open_orders.values()
-                if order.symbol == symbol and order.reduce_only and order.side == side
+                if order.symbol == symbol
+                and order.reduce_only
+                and order.side == side
+                and order is not besides
             ),
             ZERO,
         )

@@ -599,6 +599,54 @@ def test_an_amended_order_keeps_the_rules_its_creation_met() -> None:
     )
 
 
+def _reduce_only_sell(exchange: SimExchange, qty: str) -> str:
+    return _submit(
+        exchange, side="Sell", qty=qty, orderType="Limit", price="99000", reduceOnly=True
+    )
+
+
+def test_a_reduce_only_order_amended_past_what_it_can_close_is_trimmed_as_on_create() -> None:
+    exchange = _exchange()
+    _submit(exchange, side="Buy", qty="0.01")
+    exchange.advance(DELAY_MS)
+    other = _reduce_only_sell(exchange, "0.004")
+    amended = _reduce_only_sell(exchange, "0.003")
+
+    _amend(exchange, amended, qty="0.05")
+
+    # The position (0.01) less the other reduce-only order (0.004).
+    assert _order(exchange, amended)["qty"] == "0.006"
+    assert _order(exchange, other)["qty"] == "0.004"
+
+
+def test_a_reduce_only_order_amended_when_others_cover_the_position_is_110017() -> None:
+    exchange = _exchange()
+    _submit(exchange, side="Buy", qty="0.02")
+    exchange.advance(DELAY_MS)
+    _reduce_only_sell(exchange, "0.01")
+    amended = _reduce_only_sell(exchange, "0.01")
+    _submit(exchange, side="Sell", qty="0.01")  # the position is down to 0.01
+    exchange.advance(DELAY_MS)
+
+    code, message = _amend_error(exchange, amended, qty="0.015")
+
+    assert code is RetCode.REDUCE_ONLY_RULE_NOT_SATISFIED
+    assert "already cover the position" in message
+    assert _order(exchange, amended)["qty"] == "0.01"
+
+
+def test_a_reduce_only_order_amended_to_what_it_already_is_after_trimming_is_unchanged() -> None:
+    exchange = _exchange()
+    _submit(exchange, side="Buy", qty="0.01")
+    exchange.advance(DELAY_MS)
+    amended = _reduce_only_sell(exchange, "0.01")
+
+    code, message = _amend_error(exchange, amended, qty="0.02")
+
+    assert code is RetCode.PARAMS_ERROR
+    assert message.startswith("The order remains unchanged")
+
+
 def test_an_amended_price_beyond_the_price_limit_is_moved_in_to_it() -> None:
     exchange = _exchange()
     order_id = _submit(exchange, side="Sell", qty="0.01", orderType="Limit", price="99000")
