@@ -1418,17 +1418,23 @@ class SimExchange:
         (`triggered_by_price`: a conditional order, whose trigger may move); 10001 when
         nothing changes."""
         changes: dict[str, Any] = {}
-        if params.trigger_price is not None and params.trigger_price != order.trigger_price:
-            if not triggered_by_price:
-                raise SimError(
-                    RetCode.PARAMS_ERROR,
-                    "params error: triggerPrice amends conditional and TP/SL orders only",
-                )
-            self._check_price("triggerPrice", order.symbol, params.trigger_price)
-            self._check_trigger(
-                order.symbol, order.trigger_direction, params.trigger_price, order.trigger_by
-            )
-            changes["trigger_price"] = params.trigger_price
+        for name, attribute, value in (
+            ("triggerPrice", "trigger_price", params.trigger_price),
+            ("triggerBy", "trigger_by", params.trigger_by),
+        ):
+            if value is not None and value != getattr(order, attribute):
+                if not triggered_by_price:
+                    raise SimError(
+                        RetCode.PARAMS_ERROR,
+                        f"params error: {name} amends conditional and TP/SL orders only",
+                    )
+                changes[attribute] = value
+        if changes:  # the trigger, as amended, still ahead of the price it watches
+            trigger = changes.get("trigger_price", order.trigger_price)
+            assert trigger is not None  # a conditional order has one
+            self._check_price("triggerPrice", order.symbol, trigger)
+            watched = changes.get("trigger_by", order.trigger_by)
+            self._check_trigger(order.symbol, order.trigger_direction, trigger, watched)
         if params.qty is not None and params.qty != order.qty:
             self._check_qty(order.symbol, params.qty, market=order.order_type == "Market")
             if params.qty <= order.cum_exec_qty:
@@ -1597,27 +1603,31 @@ class SimExchange:
     def _amend_exit(
         self, account: AccountRecord, order: OrderRecord, params: AmendOrderParams
     ) -> None:
-        """Move a position's TP/SL order: its triggerPrice is the position's level (checked
-        as `/v5/position/trading-stop` checks it); nothing else of it can be amended, and a
-        trailing stop's level follows the price (its distance is the position's)."""
+        """Move a position's TP/SL order: its triggerPrice is the position's level and its
+        triggerBy the price the level watches (checked as `/v5/position/trading-stop` checks
+        a level); nothing else of it can be amended, and a trailing stop's level follows the
+        price (its distance is the position's)."""
         if order.stop_order_type == "TrailingStop":
             raise SimError(
                 RetCode.PARAMS_ERROR,
                 "params error: a trailing stop's order is not amended: set its distance with "
                 "/v5/position/trading-stop",
             )
-        if params.trigger_price is None or any(
+        if (params.trigger_price is None and params.trigger_by is None) or any(
             value is not None
             for value in (params.qty, params.price, params.take_profit, params.stop_loss)
         ):
             raise SimError(
                 RetCode.PARAMS_ERROR,
-                "params error: a TP/SL order amends its triggerPrice only (or use "
-                "/v5/position/trading-stop)",
+                "params error: a TP/SL order amends its triggerPrice and triggerBy only (or "
+                "use /v5/position/trading-stop)",
             )
         position = account.positions[order.symbol]  # an Untriggered exit has a position
         kind, attribute = order.stop_order_type, dict(_EXIT_LEVELS)[order.stop_order_type]
-        if params.trigger_price == getattr(position, attribute):
+        kept = getattr(position, attribute)
+        level = params.trigger_price if params.trigger_price is not None else kept
+        watched = params.trigger_by or order.trigger_by
+        if (level, watched) == (kept, order.trigger_by):
             raise SimError(
                 RetCode.PARAMS_ERROR,
                 "The order remains unchanged as the parameters entered match the existing ones.",
@@ -1625,12 +1635,13 @@ class SimExchange:
         self._check_tpsl_level(
             "takeProfit" if kind == "TakeProfit" else "stopLoss",
             order.symbol,
-            params.trigger_price,
+            level,
             "Buy" if position.size > 0 else "Sell",
-            self._watched(order.symbol, order.trigger_by),
+            self._watched(order.symbol, watched),
             "position",
         )
-        setattr(position, attribute, params.trigger_price)
+        setattr(position, attribute, level)
+        setattr(position, _EXIT_TRIGGER_BY[kind], watched)
         position.updated_ms = self.now_ms()
         self._push_position(account, order.symbol)
         self._sync_exits(account, order.symbol)

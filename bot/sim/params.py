@@ -386,7 +386,8 @@ class PlaceOrderParams(_Params):
 
 class AmendOrderParams(_Params):
     """`POST /v5/order/amend`: fields left out keep their value; "0" clears takeProfit/stopLoss.
-    `triggerPrice` moves a conditional order's trigger, or a position's TP/SL order."""
+    `triggerPrice` moves a conditional order's trigger, or a position's TP/SL order;
+    `triggerBy` changes the price it watches."""
 
     category: Category
     symbol: str
@@ -399,6 +400,7 @@ class AmendOrderParams(_Params):
     tp_trigger_by: TriggerBy | None = None
     sl_trigger_by: TriggerBy | None = None
     trigger_price: DecimalText | None = None
+    trigger_by: TriggerBy | None = None
     #: "Only working when original order sets partial limit tp/sl" (else ignored).
     tp_limit_price: DecimalText | None = None
     sl_limit_price: DecimalText | None = None

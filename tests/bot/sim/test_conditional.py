@@ -24,9 +24,11 @@ KEY = "conditional-key"
 DELAY_MS = 5
 
 
-def _exchange(balance: str = "10000") -> SimExchange:
+def _exchange(balance: str = "10000", **config: Any) -> SimExchange:
     spec = SimAccountSpec(api_key=KEY, api_secret=SecretStr("s"), balance_usdt=Decimal(balance))
-    return SimExchange(SimulatorConfig(seed=3, accounts=[spec], market_fill_delay_ms=DELAY_MS))
+    return SimExchange(
+        SimulatorConfig(seed=3, accounts=[spec], market_fill_delay_ms=DELAY_MS, **config)
+    )
 
 
 def _place(exchange: SimExchange, **fields: Any) -> str:
@@ -165,6 +167,58 @@ def test_an_amended_trigger_fires_at_its_new_level_and_must_stay_ahead_of_the_pr
 
     assert behind.value.ret_code == RetCode.TRIGGER_NOT_ABOVE_PRICE
     assert (_order(exchange, order_id)["orderStatus"], _size(exchange)) == ("Filled", "0.02")
+
+
+def _amend(exchange: SimExchange, order_id: str, **fields: str) -> None:
+    request = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, **fields}
+    exchange.amend_order(KEY, AmendOrderParams.model_validate(request))
+
+
+def test_an_amended_trigger_by_is_the_price_the_order_then_watches() -> None:
+    exchange = _exchange(spread_bps=Decimal(2))  # a buy takes the ask, 97009.7
+    order_id = _place(exchange, triggerPrice="97005", triggerDirection=1)
+
+    _amend(exchange, order_id, triggerBy="MarkPrice")
+    _place(exchange, qty="0.01")  # the last price goes to 97009.7; the mark stays 97000
+    exchange.advance(DELAY_MS)
+    watching = _order(exchange, order_id)
+    _move(exchange, "97005")
+
+    assert (watching["orderStatus"], watching["triggerBy"]) == ("Untriggered", "MarkPrice")
+    assert _order(exchange, order_id)["orderStatus"] == "Filled"
+
+
+def test_a_trigger_by_under_which_the_trigger_is_passed_is_refused() -> None:
+    exchange = _exchange(spread_bps=Decimal(2))
+    order_id = _place(exchange, triggerPrice="97005", triggerDirection=1, triggerBy="MarkPrice")
+    _place(exchange, qty="0.01")  # the last price: 97009.7, past the trigger
+    exchange.advance(DELAY_MS)
+
+    with pytest.raises(SimError) as passed:
+        _amend(exchange, order_id, triggerBy="LastPrice")
+
+    assert passed.value.ret_code == RetCode.TRIGGER_NOT_ABOVE_PRICE
+    assert passed.value.ret_msg.endswith("current[97009.7]??LastPrice")
+    assert _order(exchange, order_id)["triggerBy"] == "MarkPrice"
+
+
+def test_trigger_by_amends_conditional_and_tpsl_orders_only() -> None:
+    exchange = _exchange()
+    _place(exchange, qty="0.01", stopLoss="96000")
+    resting = _place(exchange, orderType="Limit", price="96500")
+    exchange.advance(DELAY_MS)
+    [stop] = [row for row in exchange.orders(KEY) if row["stopOrderType"] == "StopLoss"]
+
+    with pytest.raises(SimError) as plain:
+        _amend(exchange, resting, triggerBy="MarkPrice")
+    _amend(exchange, stop["orderId"], triggerBy="MarkPrice")
+
+    assert plain.value.ret_code == RetCode.PARAMS_ERROR
+    assert "triggerBy amends conditional and TP/SL orders only" in plain.value.ret_msg
+    assert _order(exchange, stop["orderId"])["triggerBy"] == "MarkPrice"
+    assert _order(exchange, stop["orderId"])["triggerPrice"] == "96000"
+    query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    assert exchange.positions(KEY, query)["list"][0]["stopLoss"] == "96000"
 
 
 def test_it_holds_no_margin_until_it_fires_and_is_cancelled_if_it_cannot_open_then() -> None:
