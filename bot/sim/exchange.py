@@ -251,6 +251,20 @@ def _selects(order_filter: str | None, order: OrderRecord) -> bool:
     return order_filter == "StopOrder" and bool(order.stop_order_type)
 
 
+def _in_scope(
+    symbol: str, by_symbol: str | None, base_coin: str | None, settle_coin: str | None
+) -> bool:
+    """Whether `symbol` is in what a request names by one of symbol, baseCoin and settleCoin:
+    Bybit takes the first given and ignores the others ("priority is symbol > baseCoin >
+    settleCoin"; the order queries: "orderId > orderLinkId > symbol > baseCoin"); none:
+    every symbol."""
+    if by_symbol is not None:
+        return symbol == by_symbol
+    if base_coin is not None:
+        return symbol == base_coin + SETTLE_COIN
+    return settle_coin is None or settle_coin == SETTLE_COIN
+
+
 #: Bybit's order history keeps an order that ended without a fill for a day only.
 _UNFILLED_HISTORY_MS = 86_400_000
 _ENDED_UNFILLED = frozenset({"Cancelled", "Rejected", "Deactivated"})
@@ -1713,7 +1727,8 @@ class SimExchange:
         return order
 
     def cancel_all(self, api_key: str, params: CancelAllParams) -> dict[str, Any]:
-        """`POST /v5/order/cancel-all` by symbol, baseCoin or settleCoin."""
+        """`POST /v5/order/cancel-all` by symbol, else baseCoin, else settleCoin (one of them
+        is required; with several, Bybit takes the first)."""
         with self._lock:
             account = self._account(api_key)
             self._require(api_key, "Order")
@@ -1733,9 +1748,7 @@ class SimExchange:
                     or params.order_filter != "StopOrder"
                     or order.stop_order_type == params.stop_order_type
                 )
-                and (params.symbol is None or order.symbol == params.symbol)
-                and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
-                and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
+                and _in_scope(order.symbol, params.symbol, params.base_coin, params.settle_coin)
             ]
             for order in selected:
                 if order.order_id in account.conditional_orders:
@@ -1975,7 +1988,9 @@ class SimExchange:
 
     @_linear_listing
     def open_orders(self, api_key: str, params: OrderQueryParams) -> dict[str, Any]:
-        """`GET /v5/order/realtime`: one order by id whatever its status, else open orders."""
+        """`GET /v5/order/realtime`: one order by id whatever its status, else the open orders
+        of the symbol, else the base coin, else the settle coin asked for (Bybit's priority:
+        "orderId > orderLinkId > symbol > baseCoin")."""
         with self._lock:
             account = self._account(api_key)
             if params.order_id is not None or params.order_link_id is not None:
@@ -2024,9 +2039,10 @@ class SimExchange:
 
     @_linear_listing
     def executions(self, api_key: str, params: ExecutionQueryParams) -> dict[str, Any]:
-        """`GET /v5/execution/list`: the account's fills, newest first, within 7 days; or
-        the fills of one order (by orderId, else orderLinkId), whatever else is asked and
-        however old, as Bybit documents: an id outranks every other parameter."""
+        """`GET /v5/execution/list`: the account's fills, newest first, within 7 days, of
+        the symbol, else the base coin, else the settle coin asked for; or the fills of one
+        order (by orderId, else orderLinkId), whatever else is asked and however old, as
+        Bybit documents: "orderId > orderLinkId > symbol > baseCoin"."""
         with self._lock:
             account = self._account(api_key)
             engine_now = self._engine.now_ms()
@@ -2050,12 +2066,9 @@ class SimExchange:
                 for execution in reversed(account.executions)
                 if execution.order.visible_from_ms <= engine_now
                 and start <= execution.exec_ms <= end
-                and (params.symbol is None or execution.order.symbol == params.symbol)
-                and (
-                    params.base_coin is None
-                    or execution.order.symbol == params.base_coin + SETTLE_COIN
+                and _in_scope(
+                    execution.order.symbol, params.symbol, params.base_coin, params.settle_coin
                 )
-                and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
                 and (params.exec_type is None or params.exec_type == execution.order.exec_type)
             ]
             return self._executions_page(fills, params)
@@ -2580,11 +2593,10 @@ class SimExchange:
         return [order] if order is not None and self._shown_and_filtered(order, params) else []
 
     def _matches(self, order: OrderRecord, params: OrderQueryParams) -> bool:
-        return (
-            self._shown_and_filtered(order, params)
-            and (params.symbol is None or order.symbol == params.symbol)
-            and (params.base_coin is None or order.symbol == params.base_coin + SETTLE_COIN)
-            and (params.settle_coin is None or params.settle_coin == SETTLE_COIN)
+        """Whether a query without an id lists the order: shown, of its filters, and in the
+        symbol, else base coin, else settle coin it names."""
+        return self._shown_and_filtered(order, params) and _in_scope(
+            order.symbol, params.symbol, params.base_coin, params.settle_coin
         )
 
     def _shown_and_filtered(self, order: OrderRecord, params: OrderQueryParams) -> bool:

@@ -678,6 +678,67 @@ def test_cancel_all_cancels_the_open_orders_of_a_symbol_only() -> None:
     assert _order(exchange, eth)["orderStatus"] == "New"
 
 
+def _btc_and_eth_orders(exchange: SimExchange) -> tuple[str, str]:
+    btc = _submit(exchange, side="Buy", qty="0.01", orderType="Limit", price="96000")
+    eth = _submit(
+        exchange, symbol="ETHUSDT", side="Buy", qty="0.1", orderType="Limit", price="3000"
+    )
+    return btc, eth
+
+
+@pytest.mark.parametrize(
+    ("selectors", "chosen"),
+    [
+        # Bybit: "the system will process one of param, which priority is symbol > baseCoin >
+        # settleCoin": the others are ignored, not combined.
+        ({"symbol": "BTCUSDT", "baseCoin": "ETH"}, "btc"),
+        ({"symbol": "BTCUSDT", "settleCoin": "USDC"}, "btc"),
+        ({"baseCoin": "ETH", "settleCoin": "USDC"}, "eth"),
+        ({"settleCoin": "USDT"}, "both"),
+    ],
+)
+def test_cancel_all_takes_symbol_then_base_coin_then_settle_coin(
+    selectors: dict[str, str], chosen: str
+) -> None:
+    exchange = _exchange()
+    btc, eth = _btc_and_eth_orders(exchange)
+    wanted = {"btc": [btc], "eth": [eth], "both": [btc, eth]}[chosen]
+
+    answer = exchange.cancel_all(
+        KEY, CancelAllParams.model_validate({"category": "linear", **selectors})
+    )
+
+    assert [row["orderId"] for row in answer["list"]] == wanted
+    assert {_order(exchange, order_id)["orderStatus"] for order_id in wanted} == {"Cancelled"}
+
+
+@pytest.mark.parametrize(
+    ("selectors", "chosen"),
+    [
+        ({"symbol": "BTCUSDT", "baseCoin": "ETH"}, "btc"),  # orderId > orderLinkId > symbol
+        ({"baseCoin": "ETH", "settleCoin": "USDC"}, "eth"),  # > baseCoin (> settleCoin)
+    ],
+)
+def test_the_order_and_fill_queries_take_symbol_then_base_coin_then_settle_coin(
+    selectors: dict[str, str], chosen: str
+) -> None:
+    exchange = _exchange()
+    btc, eth = _btc_and_eth_orders(exchange)
+    _submit(exchange, side="Buy", qty="0.01")
+    _submit(exchange, symbol="ETHUSDT", side="Buy", qty="0.1")
+    exchange.advance(DELAY_MS)
+    symbol = {"btc": "BTCUSDT", "eth": "ETHUSDT"}[chosen]
+
+    query = OrderQueryParams.model_validate({"category": "linear", **selectors})
+    listed = exchange.open_orders(KEY, query)["list"]
+    history = exchange.order_history(KEY, query)["list"]
+    fills = _executions(exchange, **selectors)
+
+    assert [row["orderId"] for row in listed] == [{"btc": btc, "eth": eth}[chosen]]
+    assert {row["symbol"] for row in history} == {symbol} and len(history) == 2
+    assert [row["symbol"] for row in fills] == [symbol]
+
+
 # ------------------------------------------------------------------ market data
 
 
