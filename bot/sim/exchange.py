@@ -3374,13 +3374,16 @@ class SimExchange:
         return step
 
     def _figures(self, account: AccountRecord) -> MarginFigures:
+        """The account's margin at the mark prices: its positions' margins on their value
+        at the mark, as Bybit reckons them ("calculated by mark price"), and its orders'."""
         unrealised = position_im = position_mm = cum_realised = ZERO
         for symbol, position in account.positions.items():
             cum_realised += position.cum_realised_pnl
             if position.size == 0:
                 continue
-            value = abs(position.size) * position.avg_price
-            unrealised += (self._marks[symbol] - position.avg_price) * position.size
+            mark = self._marks[symbol]
+            value = abs(position.size) * mark
+            unrealised += (mark - position.avg_price) * position.size
             position_im += value / self._leverage(account, symbol)
             position_mm += value * MAINTENANCE_MARGIN_RATE
         order_im = ZERO
@@ -3434,14 +3437,24 @@ class SimExchange:
         """The position's estimated liquidation and bankruptcy prices, the other positions
         at their current prices (cross margin: the account's equity against its maintenance
         margin, `_liquidate_if_due`), rounded to the tick; None if flat, or if no positive
-        price would liquidate it."""
-        if position.size == 0:
+        price would liquidate it.
+
+        At price P the equity is rest + (P - entry) x size and the maintenance margin
+        others + |size| x P x rate (its own, on its value at P), so they meet at
+        P = (others - rest + entry x size) / (size - |size| x rate); the equity is 0 at
+        entry - rest / size."""
+        size = position.size
+        if size == 0:
             return None
         figures = self._figures(account)
         own = self._unrealised(position)
         rest = figures.wallet_balance + figures.unrealised_pnl - own  # equity without it
-        liquidation = position.avg_price + (figures.position_mm - rest) / position.size
-        bankruptcy = position.avg_price - rest / position.size
+        own_mm = abs(size) * self._marks[position.symbol] * MAINTENANCE_MARGIN_RATE
+        others = figures.position_mm - own_mm
+        liquidation = (others - rest + position.avg_price * size) / (
+            size - abs(size) * MAINTENANCE_MARGIN_RATE
+        )
+        bankruptcy = position.avg_price - rest / size
         if liquidation <= 0:
             return None
         tick = self._instrument(position.symbol).tick_size

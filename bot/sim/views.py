@@ -497,13 +497,16 @@ def position_view(
     position_idx is 0 in one-way mode, 1 (Buy side) or 2 (Sell side) in hedge mode.
     `liquidation_price`: its estimate, if within the instrument's price range (else "", as
     Bybit shows it). `bustPrice` is "" as in every unified account ("no position
-    bankruptcy price"). The "ByMp" margins are the same figures (Bybit: "the same value as
-    positionIM"); `breakEvenPrice` is Bybit's formula with the account's taker fee rate (at
-    least 0.055 %), `openTime` when the position last opened from flat (0 while flat).
+    bankruptcy price"). The margins are on the position's value at the `mark` price, and
+    the "ByMp" ones the same figures (Bybit: positionIMByMp is "Initial margin calculated by
+    mark price, the same value as positionIM"); `positionValue` is at the entry price;
+    `breakEvenPrice` is Bybit's formula with the account's taker fee rate (at least
+    0.055 %), `openTime` when the position last opened from flat (0 while flat).
     """
     value = abs(position.size) * position.avg_price
-    initial_margin = _fmt8(value / leverage)
-    maintenance_margin = _fmt8(value * MAINTENANCE_MARGIN_RATE)
+    value_at_mark = abs(position.size) * mark
+    initial_margin = _fmt8(value_at_mark / leverage)
+    maintenance_margin = _fmt8(value_at_mark * MAINTENANCE_MARGIN_RATE)
     side = "Buy" if position.size > 0 else "Sell" if position.size < 0 else ""
     return {
         "positionIdx": position_idx,

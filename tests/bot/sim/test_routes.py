@@ -956,16 +956,16 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
     server: SimServer, session: HTTP
 ) -> None:
     """UTA cross margin: liquidation once equity is down to the maintenance margin (0.5 % of
-    the position's value here), at the bankruptcy price (where equity is 0); the position
-    shows its liquidation price before (its bustPrice is "", as in every unified account)."""
+    the position's value at the mark price here), at the bankruptcy price (where equity is
+    0); the position shows its liquidation price before (its bustPrice is "", as in every
+    unified account)."""
     # A stop beyond the liquidation price, and a take profit that never comes.
     _market(session, "Buy", "1", stopLoss="80000", takeProfit="120000")
     settle(server)
     resting = _limit(session, "80000")["result"]["orderId"]
     exits = _exits(session)
     wallet = Decimal(_wallet(session)["totalWalletBalance"])
-    entry = Decimal(97000)
-    maintenance = entry * Decimal("0.005")
+    entry, maintenance_rate = Decimal(97000), Decimal("0.005")
     shown = session.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0]
     liquidation = Decimal(shown["liqPrice"])
     bankruptcy = (entry - wallet).quantize(Decimal("0.1"), ROUND_CEILING)
@@ -977,7 +977,9 @@ def test_a_position_is_liquidated_at_its_bankruptcy_price_when_equity_meets_main
     settle(server)
 
     # Before: the estimate, the first tick that liquidates; nothing happens a tick above it.
-    assert liquidation == (entry + maintenance - wallet).quantize(Decimal("0.1"), ROUND_FLOOR)
+    # wallet + (P - entry) x 1 == P x 1 x rate: the margin on the value at that price.
+    expected = (entry - wallet) / (1 - maintenance_rate)
+    assert liquidation == expected.quantize(Decimal("0.1"), ROUND_FLOOR)
     assert shown["bustPrice"] == ""
     assert still["size"] == "1"
     # After: flat, the fill a fee-less BustTrade at the bankruptcy price, orders cancelled.
