@@ -42,7 +42,7 @@ from pydantic_settings import (
 
 from bot.execution.config import ExecutionConfig
 from bot.files import FileTooLargeError, NotRegularFileError, read_small_file
-from bot.messages import error_said
+from bot.messages import error_said, load_json
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -303,7 +303,27 @@ class _Environment(EnvSettingsSource):
             target = self.next_field(target, last_key, self.case_sensitive)
             if isinstance(parent, dict) and _is_list(target):
                 parent[last_key] = []
-        return exploded
+        return _json_decoded(exploded) if _is_open_table(field) else exploded
+
+
+def _is_open_table(field: FieldInfo | None) -> bool:
+    """A section validated by its own model later (`dict[str, Any]`, e.g. `sim`): nothing
+    here tells which of its values are JSON."""
+    annotation = field.annotation if field is not None else None
+    return get_origin(annotation) is dict and get_args(annotation)[1] is Any
+
+
+def _json_decoded(value: Any) -> Any:
+    """`value` with each string that is a JSON object or array (`BOT_SIM__PRICES='{...}'`)
+    decoded; what does not parse stays as it is, for validation to name."""
+    if isinstance(value, dict):
+        return {key: _json_decoded(item) for key, item in value.items()}
+    if isinstance(value, str) and value.strip().startswith(("{", "[")):
+        try:
+            return load_json(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _is_list(field: FieldInfo | None) -> bool:

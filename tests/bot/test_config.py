@@ -410,3 +410,16 @@ def test_a_byte_order_mark_an_editor_wrote_is_no_error(tmp_path: Path) -> None:
     path.write_text("\ufeff[http]\nport = 8123\n" + KEYED, encoding="utf-8")
 
     assert load_settings(path).http.port == 8123
+
+
+def test_a_simulator_table_given_as_json_in_one_variable_is_read_as_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced: "Input should be a valid dictionary" for the dictionary given.
+    monkeypatch.setenv("BOT_SIM__PRICES", '{"BTCUSDT": 90000}')
+    monkeypatch.setenv("BOT_SIM__FAULTS", '{"http_5xx": 0.5}')
+
+    config = simulator_config(load_settings(write(tmp_path, KEYED)))
+
+    assert (config.prices["BTCUSDT"], config.prices["ETHUSDT"]) == (90000, 3500)
+    assert config.faults.http_5xx == 0.5
