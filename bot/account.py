@@ -229,6 +229,7 @@ class AccountProjection:
         self._positions: dict[tuple[str, str], PositionUpdate] = {}
         self._wallets: dict[str, WalletUpdate] = {}
         self._closed: dict[tuple[str, str], ClosedPnl] = {}
+        self._closed_day: date | None = None  # of the newest closed-PnL record
         self._booked: dict[str, Decimal] = {}  # orderLinkId -> filled qty
 
     @classmethod
@@ -343,6 +344,17 @@ class AccountProjection:
 
     def apply_closed_pnl(self, record: ClosedPnl) -> None:
         self._closed[(record.key_name, record.order_id)] = record
+        day = record.ts.astimezone(UTC).date()
+        if self._closed_day is None or day > self._closed_day:
+            # Only today's are read (`venue_closed_pnl_today`): keep today's and yesterday's,
+            # so the records do not grow with every close of a long run.
+            self._closed_day = day
+            since = day - timedelta(days=1)
+            self._closed = {
+                index: kept
+                for index, kept in self._closed.items()
+                if kept.ts.astimezone(UTC).date() >= since
+            }
 
     # reading ------------------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 11
+#: The size (bytes) the WAL file is cut back to when it starts over after a checkpoint.
+_WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -644,6 +646,9 @@ class Journal:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")
+            # A WAL a long read or a burst grew is cut back to this when it starts over, not
+            # kept at its largest size until the bot restarts.
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             # What every commit gets; a durable one raises it to `synchronous` for its commit.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._check_intact()  # before anything is written to it, or read from it

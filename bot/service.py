@@ -472,6 +472,7 @@ class Service:
             settings.execution,
             staleness=gate.stale_reason,
             stream_live=account.live,
+            stream_connection=account.live_connection,
             order_settled=gate.ledger.follow,
             blocked=gate.block_reason,
             venue_leverage=account.projection.leverage,

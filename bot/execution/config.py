@@ -60,6 +60,15 @@ class ExecutionConfig(BaseModel):
     reconcile_interval_s: float = Field(
         1.0, gt=0, le=60, description="how often every open or unknown order is looked up"
     )
+    reconcile_live_interval_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="how often an order resting at the venue (New, PartiallyFilled) is looked "
+        "up while its key's account stream has stayed up since the last look (the stream "
+        "reports its fills and cancels; this is the safety net). An order that may not exist "
+        "yet (Unknown, Submitting) is looked up every reconcile_interval_s",
+    )
     exit_scan_interval_s: float = Field(
         5.0,
         gt=0,

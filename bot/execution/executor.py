@@ -79,6 +79,8 @@ _STREAM_GRACE_S: Final = 0.25
 _JITTER: Final = 0.25
 #: How many orders the bot cancelled, and cancels by others warned of, are remembered.
 _CANCELS_KEPT: Final = 10_000
+#: Resting orders whose last look-up is remembered (beyond them, one is looked up again).
+_LOOKS_KEPT: Final = 10_000
 #: An order report's reason when a user (not the venue's own rules) cancelled it.
 _CANCELLED_BY_USER: Final = cancelled_reason("CancelByUser")
 #: How long a reduce-only order still in flight when its position closed is waited for (its
@@ -133,6 +135,7 @@ class Executor:
         *,
         staleness: StalenessCheck = lambda ts: None,
         stream_live: Callable[[str], bool] = lambda key_name: False,
+        stream_connection: Callable[[str], int | None] = lambda key_name: None,
         order_settled: Callable[[OrderEvent], None] = lambda event: None,
         blocked: Callable[[str], str | None] = lambda strategy: None,
         venue_leverage: Callable[[str, str], Decimal | None] = lambda key, symbol: None,
@@ -143,7 +146,9 @@ class Executor:
         rng: random.Random | None = None,
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
-        whether a key's account stream is up (then fills are awaited, not polled for);
+        whether a key's account stream is up (then fills are awaited, not polled for), and
+        `stream_connection` which connection of it is live (None: down), so a resting order
+        is looked up less often while one stays up;
         `order_settled` hears of every order the journal made terminal (its event);
         `blocked(strategy)` says why a strategy may not increase exposure now (the gate's
         trading states: asked before every send of an opening order, so a halt stops legs
@@ -161,6 +166,9 @@ class Executor:
         self._config = config or ExecutionConfig()
         self._staleness = staleness
         self._stream_live = stream_live
+        self._stream_connection = stream_connection
+        # orderLinkId -> (loop time, stream connection) of its last look-up by `reconcile`
+        self._looked_at: dict[str, tuple[float, int | None]] = {}
         self._order_settled = order_settled
         self._blocked = blocked
         self._venue_leverage = venue_leverage
@@ -505,7 +513,9 @@ class Executor:
 
         With `resend` (start-up, before any signal runs) an order that may never have left is
         sent; without it (the loop, while lanes run) orders are only looked up, so that a
-        resend can never overtake a later signal of the same key and symbol. Returns how many
+        resend can never overtake a later signal of the same key and symbol, and an order
+        resting at the venue only every `reconcile_live_interval_s` while the key's account
+        stream stays up (`_reported_live`). Returns how many
         orders were looked at: at most `limit` per key (default `reconcile_batch`, rotating
         through the backlog; None for all).
         """
@@ -513,15 +523,22 @@ class Executor:
         # As committed: a write still queued for the journal (a fill the stream just
         # reported) may not be in it yet. That is safe: a look-up comes before any resend.
         records = self._journal.committed_unfinished(key_name)
+        now = asyncio.get_running_loop().time()
         by_key: dict[str, list[OrderRecord]] = {}
         for record in records:
             key = record.request.key_name
-            if record.request.order_link_id not in self._in_flight and key in self._venues:
+            if (
+                record.request.order_link_id not in self._in_flight
+                and key in self._venues
+                and (resend or not self._reported_live(record, now))
+            ):
                 by_key.setdefault(key, []).append(record)
         resumed = 0
         for key, pending in by_key.items():
             for record in self._rotate(key, pending, batch):
                 link_id = record.request.order_link_id
+                looked_at = (now, self._stream_connection(key))
+                remember(self._looked_at, link_id, looked_at, _LOOKS_KEPT)
                 self._in_flight.add(link_id)
                 try:
                     await self._resume(record, resend=resend)
@@ -533,6 +550,21 @@ class Executor:
                     self._in_flight.discard(link_id)
                 resumed += 1
         return resumed
+
+    def _reported_live(self, record: OrderRecord, now: float) -> bool:
+        """Whether a resting order needs no look-up now: the key's account stream has stayed
+        up since its last one, which was within `reconcile_live_interval_s` (the stream
+        reports what happens to it; each look-up costs a request of the address's budget)."""
+        if record.status not in OPEN_AT_VENUE:
+            return False
+        looked_at = self._looked_at.get(record.request.order_link_id)
+        connection = self._stream_connection(record.request.key_name)
+        return (
+            looked_at is not None
+            and connection is not None
+            and looked_at[1] == connection
+            and now - looked_at[0] < self._config.reconcile_live_interval_s
+        )
 
     def _rotate(self, key: str, records: list[OrderRecord], batch: int | None) -> list[OrderRecord]:
         """The next `batch` of a key's backlog, so that every order gets its turn."""

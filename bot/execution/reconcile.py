@@ -1,7 +1,9 @@
 """The reconciliation loop: the journal and the venue kept in agreement, per key.
 
-Every `reconcile_interval_s` it looks up each order the journal holds as not terminal, so
-limit orders that fill later and cancellations at the venue reach the journal, and an
+Every `reconcile_interval_s` it looks up each order the journal holds as not terminal (one
+resting at the venue only every `reconcile_live_interval_s` while the key's account stream,
+which reports it, stays up: each look-up spends the address's request budget), so limit
+orders that fill later and cancellations at the venue reach the journal, and an
 unknown order is settled to what the venue shows (or, once look-ups have missed it for long
 enough, declared never sent); while the key's account stream is down it also fetches the
 key's fills by REST, so the books keep converging. It never resends: that happens only at

@@ -37,6 +37,8 @@ class OrderCounts:
     def count(self, strategy: str, at: datetime) -> None:
         """One more order of `strategy`, approved at `at`."""
         self._recent.setdefault(strategy, deque()).append(at)
+        self.last_minute(strategy, at)  # what fell out of the minute goes now: a strategy
+        # that only reduces is never asked for its counts
         day, n = self._days.get(strategy, (at.date(), 0))
         if at.date() > day:
             day, n = at.date(), 0

@@ -24,7 +24,15 @@ from bot.account import (
     RecentFills,
 )
 from bot.journal import Journal
-from bot.messages import Execution, OrderEvent, OrderStatus, OrderType, PositionUpdate, Side
+from bot.messages import (
+    ClosedPnl,
+    Execution,
+    OrderEvent,
+    OrderStatus,
+    OrderType,
+    PositionUpdate,
+    Side,
+)
 from bot.venue.fake import FakeVenue
 from tests.factories import make_request, sim_position, stop_loss
 
@@ -944,3 +952,25 @@ def test_a_position_report_that_repeats_the_last_is_not_written_again(journal: J
     assert kept.ts == first  # the repeat wrote nothing
     assert grown.size == Decimal("0.02")
     assert len(heard) == 3  # its listeners heard it (the executor checks its leverage)
+
+
+def test_closed_pnl_records_older_than_yesterday_are_not_kept() -> None:
+    # Only today's are read; a long run kept one record per closing order forever.
+    projection = AccountProjection()
+    start = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    for day in range(5):
+        for n in range(3):
+            projection.apply_closed_pnl(
+                ClosedPnl(
+                    order_id=f"{day}-{n}",
+                    key_name="k",
+                    symbol="BTCUSDT",
+                    closed_qty=Decimal("0.001"),
+                    closed_pnl=Decimal(1),
+                    ts=start + timedelta(days=day),
+                )
+            )
+
+    last = start + timedelta(days=4)
+    assert projection.venue_closed_pnl_today("k", last) == 3
+    assert len(projection._closed) == 6  # the last day's and the day before's

@@ -310,6 +310,39 @@ def test_a_resting_limit_order_is_followed_until_it_fills(journal: Journal) -> N
     assert record is not None and record.status is OrderStatus.FILLED
 
 
+def test_a_resting_order_the_live_stream_reports_is_looked_up_only_now_and_then(
+    journal: Journal,
+) -> None:
+    # Reproduced: 300 resting orders were looked up every second while the stream was up,
+    # 110 requests a second of the address's 110: every order sent waited behind them.
+    venue = FakeVenue()
+    connection = {"k": 1}
+    live = ExecutionConfig(**{**FAST.model_dump(), "reconcile_live_interval_s": 30.0})
+    executor = Executor(
+        journal, {"k": venue}, live, stream_connection=lambda key: connection.get(key)
+    )
+    intent = make_intent(
+        order_type=OrderType.LIMIT, price=Decimal(96000), reference_price=Decimal(96000)
+    )
+    assert execute(executor, intent).status is OrderStatus.NEW
+    journal.flush()
+
+    async def passes() -> list[int]:
+        looked = []
+        for reconnected in (False, False, True, False):
+            if reconnected:
+                connection["k"] = 2  # the stream reconnected: it may have missed a report
+            before = venue.calls["get_order"]
+            await executor.reconcile()
+            looked.append(venue.calls["get_order"] - before)
+        connection.pop("k")  # the stream is down: every pass looks
+        before = venue.calls["get_order"]
+        await executor.reconcile()
+        return [*looked, venue.calls["get_order"] - before]
+
+    assert asyncio.run(passes()) == [1, 0, 1, 0, 1]
+
+
 def test_a_look_up_that_finds_another_orderid_under_our_link_passes_it_over(
     journal: Journal,
 ) -> None:

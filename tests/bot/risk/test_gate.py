@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from bot.messages import OrderIntent, OrderType, Side, Signal, SignalAction, parse_signal
 from bot.risk.config import RiskConfig, StrategyRiskConfig
-from bot.risk.counts import counting_since
+from bot.risk.counts import OrderCounts, counting_since
 from bot.risk.exposure import ExposureLedger
 from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
@@ -482,3 +482,14 @@ def test_a_restart_recounts_the_last_minute_even_across_midnight() -> None:
 
     assert counting_since(just_after) == datetime(2026, 11, 24, 23, 59, 5, tzinfo=UTC)
     assert counting_since(NOW) == datetime(2026, 11, 24, tzinfo=UTC)
+
+
+def test_the_minute_count_keeps_only_its_minute_when_nobody_asks() -> None:
+    # Reproduced: a strategy that only reduces is never asked for its counts, and every
+    # approval time it ever had was kept (100,000 after 100,000 approvals).
+    counts = OrderCounts()
+    for second in range(600):
+        counts.count("closer", NOW + timedelta(seconds=second))
+
+    assert len(counts._recent["closer"]) == 60
+    assert counts.today("closer", NOW + timedelta(seconds=599)) == 600
