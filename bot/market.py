@@ -143,7 +143,8 @@ class MarketData:
         return prices
 
     def known_prices(self) -> dict[str, Decimal]:
-        """The last price fetched for each symbol, however old (for exposure elsewhere)."""
+        """The last price fetched for each symbol, however old (for the exposure gauges of
+        /metrics; the risk gate asks for `current_prices`)."""
         return {symbol: price for symbol, (_, price) in self._prices.items()}
 
     def price_age_s(self, symbol: str) -> float:

@@ -318,13 +318,14 @@ class Executor:
         )
         return await self._look_up_safely(request)
 
-    async def withdraw_openings(self, key_name: str, strategy: str, symbol: str) -> list[str]:
+    async def withdraw_openings(self, key_name: str, strategy: str, symbol: str) -> None:
         """Cancel the strategy's opening orders in `symbol` that may be open at the venue: a
         close signal flattens, and an entry left resting (or still filling) would open the
         position again after the close. One being sent is waited for first; then each is
         cancelled, and what filled of it is waited for until the books hold it, so the close
-        that follows sees it. Each wait lasts at most `follow_s`. Returns a line for each
-        order that could not be withdrawn (it is logged too)."""
+        that follows sees it. Each wait lasts at most `follow_s`; an order that could not be
+        withdrawn is said as a venue_error warning (the close goes on: it reduces what is
+        booked)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.follow_s
         records = await self._journal.call(self._journal.unfinished_orders)
@@ -342,14 +343,13 @@ class Executor:
         outcomes = await asyncio.gather(
             *(self._withdraw(request, deadline) for request in openings), return_exceptions=True
         )
-        problems = []
         for request, outcome in zip(openings, outcomes, strict=True):
-            if outcome is None:
-                continue
-            problem = f"order {request.order_link_id} could not be withdrawn: {outcome}"
-            logger.bind(notify="venue_error").warning("before a close: {problem}", problem=problem)
-            problems.append(problem)
-        return problems
+            if outcome is not None:
+                logger.bind(notify="venue_error").warning(
+                    "before a close: order {id} could not be withdrawn: {problem}",
+                    id=request.order_link_id,
+                    problem=outcome,
+                )
 
     async def _withdraw(self, request: OrderRequest, deadline: float) -> str | None:
         """Cancel one opening order and wait until the books hold what filled of it; why not,

@@ -265,6 +265,18 @@ def test_an_invalid_signal_names_its_line_and_field(tmp_path: Path) -> None:
     assert f"{history}:1: invalid signal: side: must be one of buy, sell" in run.stderr
 
 
+def run_program(program: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`program` (which patches something, then runs the CLI) in a Python of its own."""
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_plot_without_matplotlib_says_how_to_install_it_before_replaying(tmp_path: Path) -> None:
     # matplotlib made unimportable in that process, installed or not.
     program = (
@@ -273,14 +285,7 @@ def test_plot_without_matplotlib_says_how_to_install_it_before_replaying(tmp_pat
         f"{str(ROOT / 'config' / 'bot.toml')!r}]; main()"
     )
 
-    run = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    run = run_program(program, tmp_path)
 
     assert run.returncode == 2
     assert "--plot needs matplotlib" in run.stderr
@@ -484,14 +489,7 @@ def test_a_plot_write_that_fails_after_the_replay_exits_1_after_the_report(
         f"'--config', {str(ROOT / 'config' / 'bot.toml')!r}]; main()"
     )
 
-    run = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = run_program(program, tmp_path)
 
     assert run.returncode == 1
     assert json.loads(run.stdout)["signals"]  # the report is still printed

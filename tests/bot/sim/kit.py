@@ -14,7 +14,12 @@ import requests
 from pybit.unified_trading import HTTP
 
 from bot.sim import SimExchange, SimServer, SimulatorConfig
-from bot.sim.params import OrderQueryParams, PlaceOrderParams
+from bot.sim.params import (
+    OrderQueryParams,
+    PlaceOrderParams,
+    PositionQueryParams,
+    WalletBalanceParams,
+)
 
 __all__ = [
     "admin",
@@ -151,3 +156,17 @@ def order_row(exchange: SimExchange, key: str, order_id: str) -> dict[str, Any]:
     found: list[dict[str, Any]] = exchange.open_orders(key, query)["list"]
     assert len(found) == 1
     return found[0]
+
+
+def position_row(exchange: SimExchange, key: str, symbol: str = "BTCUSDT") -> dict[str, Any]:
+    """The account's position in `symbol` as `/v5/position/list` shows it."""
+    query = PositionQueryParams.model_validate({"category": "linear", "symbol": symbol})
+    row: dict[str, Any] = exchange.positions(key, query)["list"][0]
+    return row
+
+
+def wallet_row(exchange: SimExchange, key: str) -> dict[str, Any]:
+    """The account's unified wallet as `/v5/account/wallet-balance` shows it."""
+    query = WalletBalanceParams.model_validate({"accountType": "UNIFIED"})
+    row: dict[str, Any] = exchange.wallet_balance(key, query)["list"][0]
+    return row

@@ -37,7 +37,7 @@ from bot.sim.params import (
     WalletBalanceParams,
     parse_params,
 )
-from tests.bot.sim.kit import order_body, order_row, place
+from tests.bot.sim.kit import order_body, order_row, place, position_row, wallet_row
 
 KEY = "engine-key"
 DELAY_MS = 5
@@ -949,27 +949,15 @@ def test_the_orderbook_surrounds_the_quote_one_tick_apart() -> None:
     assert [level[0] for level in book["a"]] == ["97004.9", "97005", "97005.1"]
 
 
-def _position(exchange: SimExchange) -> dict[str, Any]:
-    query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
-    row: dict[str, Any] = exchange.positions(KEY, query)["list"][0]
-    return row
-
-
-def _wallet(exchange: SimExchange) -> dict[str, Any]:
-    query = WalletBalanceParams.model_validate({"accountType": "UNIFIED"})
-    account: dict[str, Any] = exchange.wallet_balance(KEY, query)["list"][0]
-    return account
-
-
 def test_a_positions_margins_are_on_its_value_at_the_mark_price() -> None:
     exchange = _exchange()
     _submit(exchange, side="Buy", qty="0.1")  # 9700 USDT at 97000, 10x
     exchange.advance(DELAY_MS)
-    balance = Decimal(_wallet(exchange)["totalWalletBalance"])
+    balance = Decimal(wallet_row(exchange, KEY)["totalWalletBalance"])
 
     exchange.set_prices({"BTCUSDT": "98000"})
 
-    position, wallet = _position(exchange), _wallet(exchange)
+    position, wallet = position_row(exchange, KEY), wallet_row(exchange, KEY)
     # Bybit: positionIMByMp is "Initial margin calculated by mark price, the same value as
     # positionIM"; the position's value stays at its entry price.
     assert (position["positionIM"], position["positionIMByMp"]) == ("980", "980")
@@ -983,16 +971,16 @@ def test_a_short_is_liquidated_on_the_tick_its_liquidation_price_shows() -> None
     exchange = _exchange()
     _submit(exchange, side="Sell", qty="1")  # 97000 USDT of BTC on 10000 USDT
     exchange.advance(DELAY_MS)
-    shown = _position(exchange)
+    shown = position_row(exchange, KEY)
     entry, liquidation = Decimal(shown["avgPrice"]), Decimal(shown["liqPrice"])
-    balance = Decimal(_wallet(exchange)["totalWalletBalance"])
+    balance = Decimal(wallet_row(exchange, KEY)["totalWalletBalance"])
 
     exchange.set_prices({"BTCUSDT": liquidation - Decimal("0.1")})
-    before = _position(exchange)["size"]
+    before = position_row(exchange, KEY)["size"]
     exchange.set_prices({"BTCUSDT": liquidation})
 
     assert before == "1"
-    assert _position(exchange)["size"] == "0"
+    assert position_row(exchange, KEY)["size"] == "0"
     # Where equity meets the margin on the value at that price, a tick's rounding aside.
     equity = balance + (entry - liquidation)
     assert equity <= liquidation * Decimal("0.005") < equity + Decimal("0.1")

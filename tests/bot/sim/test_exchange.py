@@ -24,9 +24,8 @@ from bot.sim import (
 from bot.sim.params import (
     OrderQueryParams,
     PlaceOrderParams,
-    PositionQueryParams,
-    WalletBalanceParams,
 )
+from tests.bot.sim.kit import position_row, wallet_row
 
 KEY = "unit-key"
 
@@ -62,18 +61,6 @@ def _order(exchange: SimExchange, order_id: str) -> dict[str, Any]:
     query = OrderQueryParams.model_validate({"category": "linear", "orderId": order_id})
     found: dict[str, Any] = exchange.open_orders(KEY, query)["list"][0]
     return found
-
-
-def _position(exchange: SimExchange) -> dict[str, Any]:
-    query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
-    position: dict[str, Any] = exchange.positions(KEY, query)["list"][0]
-    return position
-
-
-def _wallet(exchange: SimExchange) -> dict[str, Any]:
-    query = WalletBalanceParams.model_validate({"accountType": "UNIFIED"})
-    wallet: dict[str, Any] = exchange.wallet_balance(KEY, query)["list"][0]
-    return wallet
 
 
 # ------------------------------------------------------------------ configuration
@@ -180,7 +167,7 @@ def test_flipping_a_position_realises_the_closed_part_and_reopens_at_the_fill_pr
     _place(exchange, side="Sell", qty="0.03")
 
     # Bought at the ask (the last price), sold at the bid a tick (0.1) under the new one.
-    position = _position(exchange)
+    position = position_row(exchange, KEY)
     assert (position["side"], position["size"], position["avgPrice"]) == ("Sell", "0.01", "97999.9")
     fees = (Decimal("0.02") * 97000 + Decimal("0.03") * Decimal("97999.9")) * Decimal("0.00055")
     assert Decimal(position["cumRealisedPnl"]) == Decimal("19.998") - fees
@@ -189,7 +176,7 @@ def test_flipping_a_position_realises_the_closed_part_and_reopens_at_the_fill_pr
 def test_resting_limit_orders_reserve_margin(exchange: SimExchange) -> None:
     _place(exchange, side="Buy", qty="0.1", orderType="Limit", price="90000")
 
-    wallet = _wallet(exchange)
+    wallet = wallet_row(exchange, KEY)
 
     assert wallet["totalAvailableBalance"] == "9100"  # 9000 USDT notional at 10x
     assert wallet["coin"][0]["totalOrderIM"] == "900"
@@ -236,7 +223,7 @@ def test_a_resting_reduce_only_order_is_cancelled_when_its_position_is_gone(
 
     order = _order(exchange, resting["orderId"])
     assert (order["orderStatus"], order["cancelType"]) == ("Cancelled", "CancelByReduceOnly")
-    assert _position(exchange)["size"] == "0"
+    assert position_row(exchange, KEY)["size"] == "0"
 
 
 def test_take_profit_of_a_short_triggers_when_the_price_falls(exchange: SimExchange) -> None:
@@ -251,7 +238,7 @@ def test_take_profit_of_a_short_triggers_when_the_price_falls(exchange: SimExcha
         "Buy",
         "89000",
     )
-    assert _position(exchange)["size"] == "0"
+    assert position_row(exchange, KEY)["size"] == "0"
 
 
 def test_placing_for_an_unknown_key_is_10003(exchange: SimExchange) -> None:
@@ -304,7 +291,7 @@ def test_prices_can_move_from_other_threads_while_orders_trade(exchange: SimExch
     net = sum(
         Decimal(order["cumExecQty"]) * (1 if order["side"] == "Buy" else -1) for order in orders
     )
-    position = _position(exchange)
+    position = position_row(exchange, KEY)
     held = Decimal(position["size"]) * (-1 if position["side"] == "Sell" else 1)
     assert held == net
 
@@ -359,7 +346,7 @@ def test_an_order_that_could_take_the_position_past_its_risk_limit_is_110090() -
     assert caught.value.ret_code is RetCode.POSITION_LIMIT_EXCEEDED
     assert "your position may exceed the max limit" in str(caught.value)
     _place(exchange, side="Sell", qty="5")  # reducing: allowed
-    assert _position(exchange)["size"] == "10"
+    assert position_row(exchange, KEY)["size"] == "10"
 
 
 def test_the_501st_active_order_in_a_symbol_is_110020(exchange: SimExchange) -> None:
