@@ -81,6 +81,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION: Final = 11
+#: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
+_IDS_PER_QUERY: Final = 500
 #: The size (bytes) the WAL file is cut back to when it starts over after a checkpoint.
 _WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 #: Refused requests the journal keeps, the newest (older ones are pruned every
@@ -1270,6 +1272,22 @@ class Journal:
             f"WHERE orders.status IN ({marks}) AND orders.key_name = ?",
             (*_NON_TERMINAL, key_name),
         )
+
+    def booked_qty_of(self, order_link_ids: Sequence[str]) -> dict[str, Decimal]:
+        """How much of each of these orders the journaled fills hold: what the books, which
+        replay every fill, hold of it (orders without a fill are left out)."""
+        booked: dict[str, Decimal] = {}
+        with self._lock:
+            for start in range(0, len(order_link_ids), _IDS_PER_QUERY):
+                chunk = order_link_ids[start : start + _IDS_PER_QUERY]
+                marks = ", ".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT order_link_id, qty FROM executions WHERE order_link_id IN ({marks})",  # noqa: S608 - placeholders only
+                    chunk,
+                )
+                for link_id, qty in rows:
+                    booked[link_id] = booked.get(link_id, Decimal(0)) + Decimal(qty)
+        return booked
 
     def committed_unfinished(self, key_name: str | None = None) -> list[OrderRecord]:
         """`unfinished_orders` as committed, from memory: safe to call from the event loop

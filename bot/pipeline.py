@@ -65,6 +65,9 @@ NO_STRATEGY: Final = "(none)"
 STRATEGY_FAILED: Final = "STRATEGY_FAILED"
 #: `on_start` may load a model or warm a cache: its budget, not the per-call one.
 ON_START_BUDGET_S: Final = 30.0
+#: Rounds of fetching the prices exposure is valued at before an intent is judged: each may
+#: find that another lane added exposure in one more symbol meanwhile.
+_PRICE_ROUNDS: Final = 3
 #: The source of the synthetic signals `on_timer` gets.
 TIMER_SOURCE: Final = "timer"
 #: How the reason of a strategy's halt for its failing code begins (no timer ticks then).
@@ -467,11 +470,15 @@ class Pipeline:
         may_hear_rejections: bool,
     ) -> None:
         """Judge the intents, send the approved ones, and tell the strategy what was refused."""
-        prices: Mapping[str, Decimal] = {}
+        prices: dict[str, Decimal] = {}
         if not all(intent.reduce_only for intent in intents):  # exposure is counted
-            prices = await self._market.current_prices(
-                slot.key_name, self._gate.exposure_symbols(slot.name) - {context.symbol}
-            )
+            # While prices are fetched another lane may add exposure in one more symbol.
+            for _ in range(_PRICE_ROUNDS):
+                wanted = self._gate.exposure_symbols(slot.name) - {context.symbol} - prices.keys()
+                found = await self._market.current_prices(slot.key_name, wanted) if wanted else {}
+                prices.update(found)
+                if not found:
+                    break  # all there, or none to be had now: the gate refuses what is missing
         verdicts = [
             self.decide(intent, context.instrument, context.last_price, prices)
             for intent in intents
@@ -604,7 +611,7 @@ class Pipeline:
             price=price,
             signal_ts=utc_now(),  # decided now, whatever the age of the signal it protects
         )
-        verdict = self.decide(intent, instrument, price)
+        verdict = self.decide(intent, instrument, price, {})  # a close: no exposure
         if not isinstance(verdict, ApprovedOrder):  # nothing is cancelled for a close refused
             await self._executor.execute_all([verdict], slot.key_name)  # journals the refusal
             return "rejected", f"{crossed}; its close at market was refused: {verdict.reason}"
@@ -826,7 +833,7 @@ class Pipeline:
         intent: OrderIntent,
         instrument: Instrument,
         price: Decimal,
-        prices: Mapping[str, Decimal] | None = None,
+        prices: Mapping[str, Decimal],
     ) -> Verdict:
         """The intent on the instrument's grid, judged by the gate at the venue's `price`, and
         at `prices` the exposure elsewhere (none needed for a reduce-only intent); or why it
@@ -839,7 +846,7 @@ class Pipeline:
         return self._gate.decide(
             conformed,
             price=price,
-            prices=prices or {},
+            prices=prices,
             price_age_s=self._market.price_age_s(conformed.symbol),
         )
 

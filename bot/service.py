@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -530,7 +531,8 @@ class Service:
             market,
             account,
             key_of,
-            pipeline.decide,
+            # Its intents are closes (reduce-only): they are judged without exposure prices.
+            lambda intent, instrument, price: pipeline.decide(intent, instrument, price, {}),
         )
 
         # A signed command is acted on once, whichever way in it comes and however often,
@@ -679,7 +681,9 @@ class Service:
             ),
             lambda strategy: projection.strategy_symbols(key_of.get(strategy, ""), strategy),
         )
-        reserve_unfinished(ledger, journal.unfinished_orders(), projection.booked_qty)
+        unfinished = journal.unfinished_orders()
+        booked = journal.booked_qty_of([record.request.order_link_id for record in unfinished])
+        reserve_unfinished(ledger, unfinished, lambda link_id: booked.get(link_id, Decimal(0)))
         overrides = {name: config.risk for name, config in self.settings.strategies.items()}
         gate = RiskGate(
             self.settings.risk,

@@ -323,7 +323,7 @@ class Executor:
         close signal flattens, and an entry left resting (or still filling) would open the
         position again after the close. One being sent is waited for first; then each is
         cancelled, and what filled of it is waited for until the books hold it, so the close
-        that follows sees it. Each wait lasts at most `follow_s`; an order that could not be
+        that follows sees it. The waits together last at most `follow_s`; an order that could not be
         withdrawn is said as a venue_error warning (the close goes on: it reduces what is
         booked)."""
         loop = asyncio.get_running_loop()
@@ -336,10 +336,6 @@ class Executor:
             == (key_name, strategy, symbol)
             and not record.request.reduce_only
         ]
-        while loop.time() < deadline:  # a send in progress lands or fails within follow_s
-            if not any(request.order_link_id in self._in_flight for request in openings):
-                break
-            await asyncio.sleep(_STREAM_GRACE_S)
         outcomes = await asyncio.gather(
             *(self._withdraw(request, deadline) for request in openings), return_exceptions=True
         )
@@ -354,8 +350,11 @@ class Executor:
     async def _withdraw(self, request: OrderRequest, deadline: float) -> str | None:
         """Cancel one opening order and wait until the books hold what filled of it; why not,
         if it could not be done by `deadline`."""
-        if request.order_link_id in self._in_flight:
-            return "it is still being sent"
+        loop = asyncio.get_running_loop()
+        while request.order_link_id in self._in_flight:  # being sent, or looked up: its end
+            if loop.time() >= deadline:
+                return "it is still being sent or looked up"
+            await asyncio.sleep(_STREAM_GRACE_S)
         shown = await self.cancel(request)
         if shown is None:
             return None
@@ -363,7 +362,6 @@ class Executor:
             return f"the venue still shows it {shown.status.value}"
         if shown.filled_qty == 0:
             return None
-        loop = asyncio.get_running_loop()
         mine = request.order_link_id not in self._watches
         watch = self._watches.setdefault(request.order_link_id, asyncio.Event())
         try:
@@ -375,8 +373,9 @@ class Executor:
                         await watch.wait()
                 watch.clear()
         finally:
-            if mine:
+            if mine:  # and what the stream said of its end meanwhile, kept for a watcher
                 self._watches.pop(request.order_link_id, None)
+                self._terminal.pop(request.order_link_id, None)
         return None
 
     async def _send_cancel(self, request: OrderRequest) -> bool:
@@ -515,7 +514,7 @@ class Executor:
         sent; without it (the loop, while lanes run) orders are only looked up, so that a
         resend can never overtake a later signal of the same key and symbol, and an order
         resting at the venue only every `reconcile_live_interval_s` while the key's account
-        stream stays up (`_reported_live`). Returns how many
+        stream stays up (`_stream_covers`). Returns how many
         orders were looked at: at most `limit` per key (default `reconcile_batch`, rotating
         through the backlog; None for all).
         """
@@ -530,7 +529,7 @@ class Executor:
             if (
                 record.request.order_link_id not in self._in_flight
                 and key in self._venues
-                and (resend or not self._reported_live(record, now))
+                and (resend or not self._stream_covers(record, now))
             ):
                 by_key.setdefault(key, []).append(record)
         resumed = 0
@@ -551,7 +550,7 @@ class Executor:
                 resumed += 1
         return resumed
 
-    def _reported_live(self, record: OrderRecord, now: float) -> bool:
+    def _stream_covers(self, record: OrderRecord, now: float) -> bool:
         """Whether a resting order needs no look-up now: the key's account stream has stayed
         up since its last one, which was within `reconcile_live_interval_s` (the stream
         reports what happens to it; each look-up costs a request of the address's budget)."""
@@ -688,19 +687,8 @@ class Executor:
                     return found
             if sends >= self._config.max_total_sends:
                 break
-            stale = self._stale(request, signal_ts)
-            if stale is not None:  # waits and retries took too long: never send it late
-                if may_exist:
-                    break  # an earlier send may have landed: reconciliation decides
-                return await self._reject(request, f"not sent: {stale}")
-            disabled = self._disabled_keys.get(request.key_name)
-            if disabled is not None:
-                return await self._key_disabled(request, disabled, may_exist=may_exist)
-            halted = None if request.reduce_only else self._blocked(request.strategy)
-            if halted is not None:  # a halt since the approval: never send it now
-                if may_exist:
-                    break  # an earlier send may have landed: reconciliation decides
-                return await self._reject(request, f"not sent: {halted}")
+            # The leverage first: its requests take time, and the checks below must be the
+            # last word before the send (a halt or a deadline that came meanwhile holds it).
             refused = await self._set_leverage(venue, request)
             if refused is not None:
                 last = refused
@@ -721,6 +709,19 @@ class Executor:
                 if not await self._wait_to_retry(refused, attempt, attempts):
                     break
                 continue
+            stale = self._stale(request, signal_ts)
+            if stale is not None:  # waits and retries took too long: never send it late
+                if may_exist:
+                    break  # an earlier send may have landed: reconciliation decides
+                return await self._reject(request, f"not sent: {stale}")
+            disabled = self._disabled_keys.get(request.key_name)
+            if disabled is not None:
+                return await self._key_disabled(request, disabled, may_exist=may_exist)
+            halted = None if request.reduce_only else self._blocked(request.strategy)
+            if halted is not None:  # a halt since the approval: never send it now
+                if may_exist:
+                    break  # an earlier send may have landed: reconciliation decides
+                return await self._reject(request, f"not sent: {halted}")
             # The send attempt is journaled while the order travels, not before: the journal's
             # queue keeps it ahead of every later write, and a crash that loses it leaves the
             # order Pending, whose resend the venue refuses as a duplicate orderLinkId (looked

@@ -43,7 +43,8 @@ def usage(journal: Journal, key_of: Mapping[str, str], now: datetime) -> dict[st
         ),
         lambda strategy: projection.strategy_symbols(key_of.get(strategy, ""), strategy),
     )
-    reserve_unfinished(ledger, records, projection.booked_qty)
+    booked = journal.booked_qty_of([record.request.order_link_id for record in records])
+    reserve_unfinished(ledger, records, lambda link_id: booked.get(link_id, Decimal(0)))
     prices: dict[str, Decimal] = {}
     for record in records:  # the weakest price first: a mark replaces it below
         if record.request.price is not None:

@@ -36,7 +36,7 @@ from bot.messages import (
     parse_signal,
 )
 from tests.conftest import wait_for
-from tests.factories import make_intent, make_request, stop_loss
+from tests.factories import make_execution, make_intent, make_request, stop_loss
 
 
 @pytest.fixture
@@ -1126,4 +1126,18 @@ def test_a_journal_belongs_to_the_environment_that_first_ran_on_it(tmp_path: Pat
 
     with pytest.raises(JournalError, match="belongs to a bot in testnet, but this one runs in"):
         journal.claim_environment("mainnet")
+    journal.close()
+
+
+def test_the_booked_quantity_of_orders_comes_from_every_journaled_fill(tmp_path: Path) -> None:
+    # Read at start-up for the orders left unfinished: the books' own memory of it keeps
+    # only the latest 10,000 orders, and a fill counted twice would stay counted.
+    journal = Journal(tmp_path / "journal.sqlite3")
+    for exec_id, link_id, qty in (("e1", "a", "0.001"), ("e2", "a", "0.002"), ("e3", "b", "1")):
+        fill = make_execution(exec_id=exec_id, order_link_id=link_id, qty=Decimal(qty))
+        journal.record_execution(fill, {"follow": fill.signed_qty})
+
+    booked = journal.booked_qty_of(["a", "c"])
+
+    assert booked == {"a": Decimal("0.003")}
     journal.close()
