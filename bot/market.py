@@ -137,7 +137,12 @@ class MarketData:
         )
         for symbol, result in zip(stale, fetched, strict=True):
             if isinstance(result, BaseException):
-                logger.warning("no current price of {symbol}: {error}", symbol=symbol, error=result)
+                logger.bind(notify="venue_error").warning(
+                    "no current price of {symbol}, where exposure is held: opening orders are "
+                    "refused until there is one ({error})",
+                    symbol=symbol,
+                    error=result,
+                )
             else:
                 prices[symbol] = result
         return prices

@@ -368,9 +368,7 @@ class Executor:
             while not self._books_hold(shown):
                 if loop.time() >= deadline:
                     return f"{shown.filled_qty} of it filled and the books do not hold it yet"
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(_STREAM_GRACE_S, deadline - loop.time())):
-                        await watch.wait()
+                await _heard(watch, deadline)
                 watch.clear()
         finally:
             if mine:  # and what the stream said of its end meanwhile, kept for a watcher
@@ -826,9 +824,10 @@ class Executor:
             self._leverage.pop(where, None)  # until the venue confirms: an answer may be lost
             await venue.set_leverage(request.symbol, target)
         except VenueError as exc:
+            doing = "reading the leverage" if target is None else f"setting leverage {target}"
             logger.warning(
-                "setting leverage {x} on {symbol} failed: {error}",
-                x=target if target is not None else f"<= {request.max_leverage}",
+                "{doing} on {symbol} failed: {error}",
+                doing=doing,
                 symbol=request.symbol,
                 error=str(exc),
             )
@@ -996,15 +995,16 @@ class Executor:
             watch.set()
 
     def position_updated(self, update: PositionUpdate) -> None:
-        """The venue reported a position: a leverage other than the one this run set was
-        changed since, by hand or by another client of the key, so it is set again before
-        the next order (a report older than our own change costs one request too many)."""
+        """The venue reported a position: a leverage other than the one this run set (or
+        read) was changed since, by hand or by another client of the key, so it is checked
+        again before the next order (a report older than our own change costs one request
+        too many)."""
         where = (update.key_name, update.symbol)
         ours = self._leverage.get(where)
         if update.leverage and ours not in (None, update.leverage):
             logger.info(
                 "the venue reports {symbol} on key {key} at {x}x, not the {ours}x this run "
-                "set: it is set again before the next order",
+                "set or read: it is checked against max_leverage before the next order",
                 symbol=update.symbol,
                 key=update.key_name,
                 x=update.leverage,
@@ -1063,13 +1063,8 @@ class Executor:
         watch = self._watches.setdefault(link_id, asyncio.Event())
         terminal: OrderEvent | None = None
         while self._stream_live(request.key_name) and loop.time() < deadline:
-            if not watch.is_set():
-                # A timeout scope, not `wait_for`: no task per wake-up of every order.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(_STREAM_GRACE_S, deadline - loop.time())):
-                        await watch.wait()
-                if not watch.is_set():
-                    break  # the stream is silent: look it up instead
+            if not await _heard(watch, deadline):
+                break  # the stream is silent: look it up instead
             watch.clear()
             terminal = terminal or self._terminal.pop(link_id, None)
             if terminal is not None and not_ours(terminal, request, order_id) is not None:
@@ -1211,6 +1206,18 @@ def _failure(request: OrderRequest, status: OrderStatus, exc: VenueError) -> Ord
         reason=exc.message,
         ret_code=exc.ret_code,
     )
+
+
+async def _heard(watch: asyncio.Event, deadline: float) -> bool:
+    """Whether a report of the order (`watch`) comes within the stream's grace period, and
+    before `deadline` (loop time). A timeout scope, not `wait_for`: no task per wake-up of
+    every order."""
+    if not watch.is_set():
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(_STREAM_GRACE_S, deadline - loop.time())):
+                await watch.wait()
+    return watch.is_set()
 
 
 def _event_of(record: OrderRecord) -> OrderEvent:
