@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["FileTooLargeError", "NotRegularFileError", "read_small_file"]
+__all__ = ["FileTooLargeError", "NotRegularFileError", "file_size", "read_small_file"]
 
 
 class NotRegularFileError(OSError):
@@ -22,6 +22,14 @@ class NotRegularFileError(OSError):
 
 class FileTooLargeError(OSError):
     """The file is larger than the reader's bound."""
+
+
+def file_size(path: Path) -> int:
+    """The size of the file at `path` in bytes (0 if there is none, or it cannot be read)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def read_small_file(path: Path, limit: int) -> bytes:

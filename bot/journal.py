@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple, ParamSpec, TextIO, TypeVar
 
 from bot.execution.orders import TransitionRefused, check_transition, not_ours
+from bot.files import file_size
 from bot.logs import logger, scrub
 from bot.messages import (
     ClosedPnl,
@@ -83,8 +84,11 @@ T = TypeVar("T")
 SCHEMA_VERSION: Final = 11
 #: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
 _IDS_PER_QUERY: Final = 500
-#: The size (bytes) the WAL file is cut back to when it starts over after a checkpoint.
-_WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+#: The size (bytes) of a WAL file past which it is cut back (see `checkpoint_in_background`):
+#: far past what steady load leaves it at (a WAL is reused from its start after each
+#: checkpoint; it stays at the largest size it reached, 100-200 MB under a heavy load), as
+#: cutting it costs the writer a stall of some 50 ms; only a long read makes it grow so far.
+_WAL_SIZE_LIMIT: Final = 512 * 1024 * 1024
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
 REJECTIONS_KEPT: Final = 100_000
@@ -648,9 +652,6 @@ class Journal:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")
-            # A WAL a long read or a burst grew is cut back to this when it starts over, not
-            # kept at its largest size until the bot restarts.
-            self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             # What every commit gets; a durable one raises it to `synchronous` for its commit.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._check_intact()  # before anything is written to it, or read from it
@@ -719,7 +720,11 @@ class Journal:
         """Copy the WAL into the database from a thread of its own, every `interval_s`,
         instead of inside whichever commit fills the WAL past SQLite's threshold: that
         commit would wait for the copy and its syncs (milliseconds), and with it the signal
-        or order it journals. A passive checkpoint never blocks the writer."""
+        or order it journals. A passive checkpoint never blocks the writer. A WAL a long
+        read let grow past `_WAL_SIZE_LIMIT` is cut back to nothing by a TRUNCATE checkpoint
+        once no reader holds it (the writer waits for that one, some 50 ms; SQLite's
+        journal_size_limit, which cuts the WAL at every restart instead, cost a signal's 202
+        up to 50 ms each time)."""
         if self._checkpoints is not None:
             return
         stop = threading.Event()
@@ -728,9 +733,16 @@ class Journal:
             connection = sqlite3.connect(self.path, isolation_level=None)
             try:
                 connection.execute("PRAGMA busy_timeout=5000")
+                wal = self.path.with_name(self.path.name + "-wal")
                 while not stop.wait(interval_s):
                     try:
                         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                        if file_size(wal) > _WAL_SIZE_LIMIT:
+                            # Only if no reader holds the WAL now: never a wait the writer,
+                            # and a signal's 202, would share (tried again each interval).
+                            connection.execute("PRAGMA busy_timeout=0")
+                            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                            connection.execute("PRAGMA busy_timeout=5000")
                     except sqlite3.Error as exc:  # the next one tries again
                         logger.warning("journal checkpoint failed: {error}", error=str(exc))
             finally:

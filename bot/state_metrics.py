@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bot.account import Account
+from bot.files import file_size
 from bot.journal import Journal, Tallies
 from bot.market import MarketData
 from bot.risk.gate import RiskGate
@@ -149,16 +150,11 @@ class StateCollector(Collector):
 
     def _journal_size(self) -> Metric:
         size = GaugeMetricFamily("bot_journal_bytes", "The journal's size on disk, with its WAL")
-        size.add_metric([], float(sum(_size(path) for path in _journal_files(self._journal.path))))
+        size.add_metric(
+            [], float(sum(file_size(path) for path in _journal_files(self._journal.path)))
+        )
         return size
 
 
 def _journal_files(path: Path) -> tuple[Path, ...]:
     return (path, path.with_name(path.name + "-wal"))
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0

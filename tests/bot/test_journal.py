@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import journal as journal_module
 from bot.journal import (
     DEFER_WINDOW_S,
     SCHEMA_VERSION,
@@ -1140,4 +1141,23 @@ def test_the_booked_quantity_of_orders_comes_from_every_journaled_fill(tmp_path:
     booked = journal.booked_qty_of(["a", "c"])
 
     assert booked == {"a": Decimal("0.003")}
+    journal.close()
+
+
+def test_a_wal_grown_past_its_limit_is_cut_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced: a WAL a long read let grow (214 MB) kept its size until the bot restarted.
+    monkeypatch.setattr(journal_module, "_WAL_SIZE_LIMIT", 1)  # any WAL is "grown" here
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    wal = path.with_name(path.name + "-wal")
+    for n in range(20):
+        journal.record_order(make_request(order_link_id=f"follow-0-{n}"))
+    assert wal.stat().st_size > 0
+
+    journal.checkpoint_in_background(interval_s=0.02)
+
+    wait_for(lambda: wal.stat().st_size == 0, what="the WAL cut back")
+    assert journal.order("follow-0-19") is not None
     journal.close()
