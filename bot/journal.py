@@ -737,12 +737,19 @@ class Journal:
                 while not stop.wait(interval_s):
                     try:
                         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                        if file_size(wal) > _WAL_SIZE_LIMIT:
+                        grown = file_size(wal)
+                        if grown > _WAL_SIZE_LIMIT:
                             # Only if no reader holds the WAL now: never a wait the writer,
                             # and a signal's 202, would share (tried again each interval).
                             connection.execute("PRAGMA busy_timeout=0")
-                            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                            busy, *_ = connection.execute(
+                                "PRAGMA wal_checkpoint(TRUNCATE)"
+                            ).fetchone()
                             connection.execute("PRAGMA busy_timeout=5000")
+                            if not busy:
+                                logger.info(
+                                    "journal WAL cut back from {mb:.0f} MB", mb=grown / 2**20
+                                )
                     except sqlite3.Error as exc:  # the next one tries again
                         logger.warning("journal checkpoint failed: {error}", error=str(exc))
             finally:
