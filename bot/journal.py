@@ -84,10 +84,12 @@ T = TypeVar("T")
 SCHEMA_VERSION: Final = 11
 #: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
 _IDS_PER_QUERY: Final = 500
+#: The size (bytes) of a WAL file past which the writer is made to start it over (see
+#: `checkpoint_in_background`): it then stays about this large instead of growing.
+_WAL_RESTART_BYTES: Final = 64 * 1024 * 1024
 #: The size (bytes) of a WAL file past which it is cut back (see `checkpoint_in_background`):
-#: far past what steady load leaves it at (a WAL is reused from its start after each
-#: checkpoint; it stays at the largest size it reached, 100-200 MB under a heavy load), as
-#: cutting it costs the writer a stall of some 50 ms; only a long read makes it grow so far.
+#: far past `_WAL_RESTART_BYTES`, as cutting it costs the writer a stall (50-300 ms); only a
+#: long read, which keeps the WAL from starting over, makes it grow so far.
 _WAL_SIZE_LIMIT: Final = 512 * 1024 * 1024
 #: Refused requests the journal keeps, the newest (older ones are pruned every
 #: `_REJECTIONS_PRUNED_EVERY` refusals): enough to see any attack's shape, never the disk.
@@ -720,9 +722,10 @@ class Journal:
         """Copy the WAL into the database from a thread of its own, every `interval_s`,
         instead of inside whichever commit fills the WAL past SQLite's threshold: that
         commit would wait for the copy and its syncs (milliseconds), and with it the signal
-        or order it journals. A passive checkpoint never blocks the writer. A WAL a long
-        read let grow past `_WAL_SIZE_LIMIT` is cut back to nothing by a TRUNCATE checkpoint
-        once no reader holds it (the writer waits for that one, some 50 ms; SQLite's
+        or order it journals. A passive checkpoint never blocks the writer. Past
+        `_WAL_RESTART_BYTES` the writer is made to start the WAL over (`_let_wal_restart`);
+        a WAL a long read let grow past `_WAL_SIZE_LIMIT` anyway is cut back to nothing by a
+        TRUNCATE checkpoint once no reader holds it (the writer waits for that one; SQLite's
         journal_size_limit, which cuts the WAL at every restart instead, cost a signal's 202
         up to 50 ms each time)."""
         if self._checkpoints is not None:
@@ -734,10 +737,13 @@ class Journal:
             try:
                 connection.execute("PRAGMA busy_timeout=5000")
                 wal = self.path.with_name(self.path.name + "-wal")
+                restarting: Future[None] | None = None
                 while not stop.wait(interval_s):
                     try:
                         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                         grown = file_size(wal)
+                        if grown > _WAL_RESTART_BYTES and (restarting is None or restarting.done()):
+                            restarting = self.submit(self._let_wal_restart)
                         if grown > _WAL_SIZE_LIMIT:
                             # Only if no reader holds the WAL now: never a wait the writer,
                             # and a signal's 202, would share (tried again each interval).
@@ -761,14 +767,22 @@ class Journal:
         thread.start()
         self._checkpoints = (stop, thread)
 
+    def _let_wal_restart(self) -> None:
+        """A checkpoint on the writer's own connection, between its transactions: its next
+        one then finds the WAL copied up to its end and starts it over from the beginning.
+        Under a steady stream of writes the background checkpoint never catches up with
+        the writer at that moment, and the WAL grew without end (520 MB in one benchmark)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def close(self) -> None:
         self.write_deferred()
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
-        if self._checkpoints is not None:
+        if self._checkpoints is not None:  # first: it may queue work on the journal's thread
             stop, thread = self._checkpoints
             stop.set()
             thread.join(10)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()
