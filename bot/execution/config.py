@@ -64,10 +64,11 @@ class ExecutionConfig(BaseModel):
         30.0,
         gt=0,
         le=3600,
-        description="how often an order resting at the venue (New, PartiallyFilled) is looked "
-        "up while its key's account stream has stayed up since the last look (the stream "
-        "reports its fills and cancels; this is the safety net). An order that may not exist "
-        "yet (Unknown, Submitting) is looked up every reconcile_interval_s",
+        description="how often a limit order resting at the venue (New, PartiallyFilled) is "
+        "looked up while its key's account stream has stayed up since the last look (the "
+        "stream reports its fills and cancels; this is the safety net). A market order still "
+        "open, or one that may not exist yet (Unknown, Submitting), is looked up every "
+        "reconcile_interval_s",
     )
     exit_scan_interval_s: float = Field(
         5.0,

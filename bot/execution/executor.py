@@ -549,11 +549,11 @@ class Executor:
         return resumed
 
     def _stream_covers(self, record: OrderRecord, now: float) -> bool:
-        """Whether a resting order needs no look-up now: the key's account stream has stayed
+        """Whether a resting limit order needs no look-up now: the key's account stream has stayed
         up since its last one, which was within `reconcile_live_interval_s` (the stream
         reports what happens to it; each look-up costs a request of the address's budget)."""
-        if record.status not in OPEN_AT_VENUE:
-            return False
+        if record.status not in OPEN_AT_VENUE or record.request.order_type is not OrderType.LIMIT:
+            return False  # a market order left open is news: a report of it may be lost
         looked_at = self._looked_at.get(record.request.order_link_id)
         connection = self._stream_connection(record.request.key_name)
         return (
