@@ -147,7 +147,8 @@ class SecretResolver:
 
     def _lookup(self, name: str) -> str:
         """The secret `name` as set ("" if it is not), refused if unusable: a signing secret
-        (each of its lines) must be long enough not to be guessed from one signed message."""
+        (each line of a webhook's) must be long enough not to be guessed from one signed
+        message."""
         value = self._given(name)
         if value and _signs(name):
             # A webhook secret may hold several, one per line (`split_secrets`).
