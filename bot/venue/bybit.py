@@ -35,6 +35,7 @@ from requests.utils import get_environ_proxies
 
 from bot import clock
 from bot.audit import RequestObserver, VenueRequest, notify
+from bot.bounded import Recently
 from bot.config import Environment
 from bot.execution.pacing import Pacer, PaceTooLong, RateWindow
 from bot.logs import logger
@@ -97,6 +98,10 @@ _MAX_FILL_WINDOWS: Final = 60
 _FILL_OVERLAP_MS: Final = 60_000
 READ_ATTEMPTS: Final = 4
 _READ_BACKOFF_S: Final = (0.1, 0.3, 0.6)
+#: A read's retry is a warning once per operation in this many seconds, else a debug line
+#: (an outage made 20-50 warnings a second).
+_RETRY_NOTE_S: Final = 10.0
+_RETRY_NOTE_KEYS: Final = 64
 _MAX_READ_WAIT_S: Final = 2.0
 _CLOCK_SAMPLES: Final = 3
 #: A resync that moves the signing clock this far changes whether a request is on time
@@ -210,6 +215,7 @@ class BybitVenue:
         self.name = credentials.name
         self.environment = environment
         self._clock = _VenueClock()
+        self._retries_said = Recently(_RETRY_NOTE_S, _RETRY_NOTE_KEYS)
         self._session_options: dict[str, Any] = {
             "api_key": credentials.api_key,
             "api_secret": credentials.api_secret,
@@ -695,7 +701,11 @@ class BybitVenue:
                     wait = 0.0  # the clock was just resynchronised: try again at once
                 elif isinstance(exc, RetryableError):
                     wait = min(max(wait, exc.retry_after_s), _MAX_READ_WAIT_S)
-                logger.warning("venue read failed, retrying", key=self.name, error=str(exc))
+                # While the venue is down every read says so: once per operation a while.
+                said = self._retries_said.first_in_a_while(operation)
+                (logger.warning if said else logger.debug)(
+                    "venue read failed, retrying", key=self.name, error=str(exc)
+                )
                 await asyncio.sleep(wait)
 
 

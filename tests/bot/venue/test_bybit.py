@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from bot.config import Environment
 from bot.execution.executor import build_request
+from bot.logs import logger
 from bot.messages import (
     Execution,
     ExitOrder,
@@ -218,6 +219,23 @@ def test_reads_are_retried_a_bounded_number_of_times(
         asyncio.run(venue.last_price("BTCUSDT"))
 
     assert requests_to(sim[0], "/v5/market/tickers") == READ_ATTEMPTS
+
+
+def test_an_outage_is_a_warning_once_a_while_not_one_per_retry(
+    sim: tuple[SimExchange, SimServer], venue: BybitVenue
+) -> None:
+    # Reproduced: 20-50 warnings a second while the venue was down.
+    sim[0].set_faults(SimFaults(http_5xx=1.0))
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        for _ in range(3):
+            with pytest.raises(AmbiguousError):
+                asyncio.run(venue.last_price("BTCUSDT"))
+    finally:
+        logger.remove(handler)
+
+    assert sum("venue read failed, retrying" in line for line in lines) == 1
 
 
 @pytest.mark.parametrize(
