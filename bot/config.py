@@ -558,9 +558,13 @@ def describe_section(exc: ValidationError, section: Sequence[str], path: Path | 
 
 
 def setting_origin(loc: Sequence[str], path: Path | None) -> str:
-    """Where the setting at `loc` was set, for an error: "from BOT_..." or "in <file>"."""
+    """Where the setting at `loc` was set, for an error: "from BOT_...", or "in <file>" and
+    the BOT_ variables that set something inside it (a missing setting has none)."""
     variable = _variable_of(loc)
-    return f"from {variable}" if variable else f"in {_file_of(path)}"
+    if variable:
+        return f"from {variable}"
+    setters = _variables_under(loc)
+    return f"in {_file_of(path)}" + (f" and {', '.join(setters)}" if setters else "")
 
 
 def _file_of(path: Path | None) -> Path:
@@ -572,11 +576,7 @@ def _problem(error: ErrorDetails, path: Path) -> str:
     key = ".".join(loc)
     if error["type"] == "extra_forbidden" and _SECRET_WORDS.search(loc[-1]):
         return f"{key}: {_secret_in_config(loc, path)}"
-    variable = _variable_of(loc)
-    setters = [] if variable else _variables_under(loc)
-    where = f"from {variable}" if variable else f"in {path}"
-    if setters and error["type"] != "missing":
-        where += f" and {', '.join(setters)}"
+    where = setting_origin(loc, path)
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}' {where}: remove it or check its spelling"
     if error["type"] == "missing":  # perhaps of a section a misspelt variable created
