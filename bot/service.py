@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -50,10 +49,10 @@ from bot.net import cannot_listen, http_url, tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
 from bot.risk.counts import counting_since
-from bot.risk.exposure import ExposureLedger, reserve_unfinished
 from bot.risk.gate import RiskGate
 from bot.risk.kill_switch import KillSwitch, announce_state
 from bot.risk.states import ScopeState, TradingState
+from bot.risk.usage import restored_ledger
 from bot.runner import StrategyRunner
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -674,16 +673,7 @@ class Service:
         """The gate, its exposure read from the account's books, with the orders a previous
         run left in flight reserved again and today's orders counted."""
         key_of = {name: slot.key_name for name, slot in strategies.items()}
-        projection = account.projection
-        ledger = ExposureLedger(
-            lambda strategy, symbol: projection.strategy_size(
-                key_of.get(strategy, ""), strategy, symbol
-            ),
-            lambda strategy: projection.strategy_symbols(key_of.get(strategy, ""), strategy),
-        )
-        unfinished = journal.unfinished_orders()
-        booked = journal.booked_qty_of([record.request.order_link_id for record in unfinished])
-        reserve_unfinished(ledger, unfinished, lambda link_id: booked.get(link_id, Decimal(0)))
+        ledger = restored_ledger(journal, account.projection, key_of, journal.unfinished_orders())
         overrides = {name: config.risk for name, config in self.settings.strategies.items()}
         gate = RiskGate(
             self.settings.risk,

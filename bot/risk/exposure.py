@@ -198,12 +198,12 @@ class ExposureLedger:
 
 
 def reserve_unfinished(
-    ledger: ExposureLedger, records: Iterable[OrderRecord], booked_qty: Callable[[str], Decimal]
+    ledger: ExposureLedger, records: Iterable[OrderRecord], booked: Mapping[str, Decimal]
 ) -> None:
     """Reserve the journal's unfinished orders: the orders a previous run left in flight
     count until they are terminal and their fills booked, each at the quantity the venue last
     said it holds (an amendment another client made is not news again after a restart), less
-    what `booked_qty(orderLinkId)` says the books hold of it."""
+    what `booked` (by orderLinkId) says the books hold of it."""
     for record in records:
         request = record.request
         link_id = request.order_link_id
@@ -214,6 +214,6 @@ def reserve_unfinished(
                 request.symbol,
                 record.venue_qty if request.side is Side.BUY else -record.venue_qty,
                 request.reduce_only,
-                booked=booked_qty(link_id),
+                booked=booked.get(link_id, ZERO),
             ),
         )

@@ -9,18 +9,18 @@ at their limit price when the symbol has no mark yet.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from bot.account import AccountProjection
-from bot.journal import Journal
+from bot.journal import Journal, OrderRecord
 from bot.risk.counts import utc_day_start
 from bot.risk.exposure import ExposureLedger, reserve_unfinished
 from bot.risk.states import BOT_SCOPE
 
-__all__ = ["ScopeUsage", "usage"]
+__all__ = ["ScopeUsage", "restored_ledger", "usage"]
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,30 @@ class ScopeUsage:
     pnl_today_usdt: Decimal  # realized, net of fees
 
 
-def usage(journal: Journal, key_of: Mapping[str, str], now: datetime) -> dict[str, ScopeUsage]:
-    """Each strategy's usage (`key_of` maps it to its key), and the bot's under BOT_SCOPE."""
-    projection = AccountProjection.from_journal(journal)
-    records = journal.unfinished_orders()
+def restored_ledger(
+    journal: Journal,
+    projection: AccountProjection,
+    key_of: Mapping[str, str],
+    unfinished: Sequence[OrderRecord],
+) -> ExposureLedger:
+    """The exposure ledger over the projection's books (each strategy's on its key, `key_of`),
+    with the journal's `unfinished` orders reserved again, less what its fills hold of each."""
     ledger = ExposureLedger(
         lambda strategy, symbol: projection.strategy_size(
             key_of.get(strategy, ""), strategy, symbol
         ),
         lambda strategy: projection.strategy_symbols(key_of.get(strategy, ""), strategy),
     )
-    booked = journal.booked_qty_of([record.request.order_link_id for record in records])
-    reserve_unfinished(ledger, records, lambda link_id: booked.get(link_id, Decimal(0)))
+    booked = journal.booked_qty_of([record.request.order_link_id for record in unfinished])
+    reserve_unfinished(ledger, unfinished, booked)
+    return ledger
+
+
+def usage(journal: Journal, key_of: Mapping[str, str], now: datetime) -> dict[str, ScopeUsage]:
+    """Each strategy's usage (`key_of` maps it to its key), and the bot's under BOT_SCOPE."""
+    projection = AccountProjection.from_journal(journal)
+    records = journal.unfinished_orders()
+    ledger = restored_ledger(journal, projection, key_of, records)
     prices: dict[str, Decimal] = {}
     for record in records:  # the weakest price first: a mark replaces it below
         if record.request.price is not None:

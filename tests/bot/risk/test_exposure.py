@@ -78,7 +78,7 @@ def test_an_amendment_is_no_news_again_after_a_restart(tmp_path: Path, warnings:
     journal.record_order_event(_report(OrderStatus.NEW, "0.1"))  # amended before the restart
     ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
 
-    reserve_unfinished(ledger, journal.unfinished_orders(), lambda link_id: Decimal(0))
+    reserve_unfinished(ledger, journal.unfinished_orders(), {})
     ledger.follow(_report(OrderStatus.NEW, "0.1"))  # the stream's first report since
 
     assert warnings == []
@@ -114,7 +114,7 @@ def test_after_a_restart_an_order_counts_less_what_the_books_hold_of_it(tmp_path
     journal.record_order_event(_report(OrderStatus.PARTIALLY_FILLED, "0.01", filled="0.006"))
     ledger = ExposureLedger(lambda strategy, symbol: Decimal("0.004"))  # one fill booked
 
-    reserve_unfinished(ledger, journal.unfinished_orders(), {LINK: Decimal("0.004")}.get)
+    reserve_unfinished(ledger, journal.unfinished_orders(), {LINK: Decimal("0.004")})
     ledger.follow(_report(OrderStatus.FILLED, "0.01", filled="0.01"))
 
     assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.01")
