@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -230,7 +230,7 @@ class AccountProjection:
         self._wallets: dict[str, WalletUpdate] = {}
         self._closed: dict[tuple[str, str], ClosedPnl] = {}
         self._closed_day: date | None = None  # of the newest closed-PnL record
-        self._booked: dict[str, Decimal] = {}  # orderLinkId -> filled qty
+        self._booked: OrderedDict[str, Decimal] = OrderedDict()  # orderLinkId -> filled qty
 
     @classmethod
     def replay(
@@ -571,12 +571,12 @@ class AccountKeeper:
         self._position_updated = position_updated
         self._position_closed = position_closed
         self._recent_fills = RecentFills(fill_memory)
-        self._warned_exits: dict[str, None] = {}
-        self._warned_foreign: dict[str, None] = {}
+        self._warned_exits: OrderedDict[str, None] = OrderedDict()
+        self._warned_foreign: OrderedDict[str, None] = OrderedDict()
         # The trigger each position exit (by orderId) last showed, and the levels the bot
         # itself set or asked for lately, per (key, symbol, kind): a move to any other level
         # was made by another client.
-        self._exit_triggers: dict[str, Decimal] = {}
+        self._exit_triggers: OrderedDict[str, Decimal] = OrderedDict()
         self._levels_set: dict[tuple[str, str, str], deque[Decimal]] = {}
         # Keys a position of which closed lately: how many passes still fetch closed PnL.
         self._closes_to_fetch: dict[str, int] = {}
@@ -585,10 +585,10 @@ class AccountKeeper:
         # One fill too old for the memory is checked against the journal at a time, so a
         # second copy's check queues behind the first one's write.
         self._old_fill_check = asyncio.Lock()
-        self._owners: dict[str, OrderOwner | None] = {}
+        self._owners: OrderedDict[str, OrderOwner | None] = OrderedDict()
         # The venue's orderId of each order of ours it answered lately (None: it never took
         # the order), told by the executor at once, before the journal's deferred write.
-        self._identified: dict[str, str | None] = {}
+        self._identified: OrderedDict[str, str | None] = OrderedDict()
         # Per (key, symbol): the order reports and fills held, in the venue's order, since
         # one came under the orderLinkId of an order of ours in flight, before the venue's
         # answer told its orderId (see `_Held`).
@@ -597,7 +597,9 @@ class AccountKeeper:
         # Books that disagree with the venue: since when, per (key, symbol), and by how much
         # (venue - books); and the differences already warned of.
         self._drifting: dict[tuple[str, str], tuple[float, Decimal]] = {}
-        self._warned_drift: dict[tuple[str, str], Decimal] = {}  # -> venue - books warned of
+        self._warned_drift: OrderedDict[tuple[str, str], Decimal] = (
+            OrderedDict()
+        )  # -> venue - books warned of
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection

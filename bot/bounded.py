@@ -1,9 +1,15 @@
-"""Memories that stay bounded however long the bot runs: a dict kept in the order its keys
-were last put in, forgetting the oldest past a limit; and which keys were noted lately."""
+"""Memories that stay bounded however long the bot runs: an ordered dict kept in the order
+its keys were last put in, forgetting the oldest past a limit; and which keys were noted
+lately.
+
+An `OrderedDict`, not a dict: a dict whose oldest entry is deleted again and again keeps the
+deleted slots at its front until it is resized, so finding its oldest entry scans them (about
+10 us a call at 10,000 entries here, on every fill and order of a long run, against 0.8)."""
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -13,13 +19,13 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-def remember(memory: dict[K, V], key: K, value: V, limit: int) -> None:
+def remember(memory: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
     """Put `key` in `memory` with `value` as its newest entry (moved to the end if it was
     there); past `limit` entries, the oldest is forgotten."""
-    memory.pop(key, None)
     memory[key] = value
+    memory.move_to_end(key)
     if len(memory) > limit:
-        del memory[next(iter(memory))]
+        memory.popitem(last=False)
 
 
 class Recently:
@@ -32,7 +38,7 @@ class Recently:
         self._window_s = window_s
         self._limit = limit
         self._clock = clock
-        self._noted: dict[str, float] = {}
+        self._noted: OrderedDict[str, float] = OrderedDict()
 
     def first_in_a_while(self, key: str) -> bool:
         """True (and noted) if `key` was not noted within `window_s`."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -168,7 +169,7 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         # (source, id) of the signals whose id was reused, said once each (bounded).
-        self._reused: dict[tuple[str, str], None] = {}
+        self._reused: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def submit(self, signal: Signal) -> bool:
         """Journal `signal` durably and queue it; False if it is a duplicate."""

@@ -132,7 +132,7 @@ class _Lockout:
         self._lockout_s = lockout_s
         self._clock = clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._locked: dict[str, float] = {}
+        self._locked: OrderedDict[str, float] = OrderedDict()
 
     def wait_s(self, client: str) -> float:
         until = self._locked.get(client)
@@ -166,7 +166,7 @@ class _Lockout:
         locked.pop(client, None)
         locked[client] = now + self._lockout_s
         while locked and (len(locked) > _MAX_CLIENTS or next(iter(locked.values())) <= now):
-            del locked[next(iter(locked))]
+            locked.popitem(last=False)
 
 
 def _read_json(body: bytes) -> tuple[object, str | None]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -168,7 +168,7 @@ class Executor:
         self._stream_live = stream_live
         self._stream_connection = stream_connection
         # orderLinkId -> (loop time, stream connection) of its last look-up by `reconcile`
-        self._looked_at: dict[str, tuple[float, int | None]] = {}
+        self._looked_at: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._order_settled = order_settled
         self._blocked = blocked
         self._venue_leverage = venue_leverage
@@ -179,10 +179,10 @@ class Executor:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         # Orders the bot asked the venue to cancel, and those cancelled elsewhere warned of.
-        self._cancelling: dict[str, None] = {}
+        self._cancelling: OrderedDict[str, None] = OrderedDict()
         # Orders the venue said it holds (110072) but has not shown: warned of once each.
-        self._warned_unseen: dict[str, None] = {}
-        self._warned_cancels: dict[str, None] = {}
+        self._warned_unseen: OrderedDict[str, None] = OrderedDict()
+        self._warned_cancels: OrderedDict[str, None] = OrderedDict()
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
         self._watches: dict[str, asyncio.Event] = {}

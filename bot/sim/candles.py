@@ -18,6 +18,7 @@ the simulator started), the history starts again from there.
 from __future__ import annotations
 
 import bisect
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -181,7 +182,7 @@ class _Symbol:
         self._forgotten_close: Decimal | None = None  # the close of the newest bar let go
         self._day: tuple[int, _Range | None] | None = None  # closed_day's, for one minute
         #: settled's sums, by candle start: (up to, range, last close)
-        self._settled: dict[int, tuple[int, _Range | None, Decimal | None]] = {}
+        self._settled: OrderedDict[int, tuple[int, _Range | None, Decimal | None]] = OrderedDict()
 
     def bar(self, at_ms: int) -> _Bar:
         minute = at_ms - at_ms % MINUTE_MS
@@ -221,7 +222,7 @@ class _Symbol:
             found, close = _Range.of((bar,), found), bar.close
         self._settled[start] = (max(up_to, end), found, close)  # the latest asked last
         if len(self._settled) > _SETTLED_KEPT:
-            del self._settled[next(iter(self._settled))]
+            self._settled.popitem(last=False)
         return found, close
 
     def closed_day(self, minute: int) -> _Range | None:

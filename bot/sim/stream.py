@@ -43,7 +43,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -153,7 +153,7 @@ class _Connection:
     #: Last order price limit sent per priceLimit topic.
     price_limits: dict[str, dict[str, str]] = field(default_factory=dict)
     #: Digests of the reqIds a trade connection used (a repeat is refused).
-    req_ids: dict[bytes, None] = field(default_factory=dict)
+    req_ids: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     dropped: bool = False
     #: Closed after this long without ping-pong or data sent (`_alive_s`)...
     alive_s: float = 600.0

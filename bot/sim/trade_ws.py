@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -108,7 +109,7 @@ class TradeDesk:
         self,
         api_key: str | None,
         client_host: str | None,
-        seen: dict[bytes, None],
+        seen: OrderedDict[bytes, None],
         request: dict[str, Any],
     ) -> dict[str, Any] | None:
         """The answer to one request of a connection from `client_host`, authenticated as
@@ -176,7 +177,7 @@ class TradeDesk:
         self,
         api_key: str | None,
         client_host: str | None,
-        seen: dict[bytes, None],
+        seen: OrderedDict[bytes, None],
         op: str,
         request: dict[str, Any],
     ) -> tuple[_Op, dict[str, Any]]:
@@ -224,5 +225,5 @@ class TradeDesk:
                 raise SimError(RetCode.REQ_ID_DUPLICATED, f"reqId is duplicated: {req_id[:64]}")
             seen[digest] = None
             if len(seen) > _REQ_IDS_KEPT:
-                del seen[next(iter(seen))]
+                seen.popitem(last=False)
         return found, args[0]
