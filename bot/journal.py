@@ -75,6 +75,7 @@ __all__ = [
     "TraceRow",
     "WaitingExit",
     "failure_message",
+    "journal_files",
     "lock_journal",
 ]
 
@@ -419,6 +420,33 @@ def _check_place(path: Path) -> None:
         )
 
 
+def _create(path: Path) -> None:
+    """A new journal at `path`, made whole under another name and renamed into place: a
+    crash while it is made leaves no journal, never an empty file, which the next start
+    could not tell from a journal its disk truncated (and refuses). Its writers hold the
+    journal's lock (`lock_journal`), so no two make one at once."""
+    partial = path.with_name(path.name + ".new")
+    for leftover in journal_files(partial):  # of a start that crashed making one
+        leftover.unlink(missing_ok=True)
+    db = sqlite3.connect(partial, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+    finally:
+        db.close()  # the last connection: its WAL is copied in and removed
+    os.replace(partial, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def journal_files(path: Path) -> tuple[Path, ...]:
+    """The database file at `path` and SQLite's files beside it."""
+    return (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+
+
 def lock_journal(path: Path) -> TextIO:
     """The journal at `path` for this process alone, as long as the returned file is open.
 
@@ -651,6 +679,8 @@ class Journal:
                     "the file; otherwise restore the journal from a backup"
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not read_only and not path.exists():
+                _create(path)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.account import Account
 from bot.files import file_size
-from bot.journal import Journal, Tallies
+from bot.journal import Journal, Tallies, journal_files
 from bot.market import MarketData
 from bot.risk.gate import RiskGate
 from bot.risk.states import BOT_SCOPE, TradingState
@@ -149,12 +148,10 @@ class StateCollector(Collector):
         yield state
 
     def _journal_size(self) -> Metric:
-        size = GaugeMetricFamily("bot_journal_bytes", "The journal's size on disk, with its WAL")
+        size = GaugeMetricFamily(
+            "bot_journal_bytes", "The journal's size on disk, with its WAL and shared memory"
+        )
         size.add_metric(
-            [], float(sum(file_size(path) for path in _journal_files(self._journal.path)))
+            [], float(sum(file_size(path) for path in journal_files(self._journal.path)))
         )
         return size
-
-
-def _journal_files(path: Path) -> tuple[Path, ...]:
-    return (path, path.with_name(path.name + "-wal"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal as signals
 import sqlite3
 import subprocess
 import sys
@@ -1075,6 +1076,32 @@ def test_an_empty_journal_file_is_refused_not_started_afresh(
         Journal(path, read_only=read_only)
 
     assert path.read_bytes() == b""
+
+
+def test_a_start_killed_while_making_its_journal_leaves_none_and_the_next_makes_it(
+    tmp_path: Path,
+) -> None:
+    # The journal used to be made in place: killed between SQLite creating the file and its
+    # first write, a first start left an empty journal that every later start refused.
+    path = tmp_path / "journal.sqlite3"
+    killed_at_rename = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from bot.journal import Journal\n"
+        "os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "Journal(Path(sys.argv[1]))\n"
+    )
+    crashed = subprocess.run(
+        [sys.executable, "-c", killed_at_rename, str(path)], check=False, timeout=60
+    )
+
+    assert crashed.returncode == -signals.SIGKILL
+    assert not path.exists()
+    assert path.with_name(path.name + ".new").exists()  # the part made before the kill
+    with closing(Journal(path)) as journal:
+        assert journal.record_signal(signal()) is True
+        assert journal.counts()["signals"] == 1
+    assert not path.with_name(path.name + ".new").exists()
 
 
 def test_a_damaged_journal_is_refused_by_readers_too(tmp_path: Path) -> None:
