@@ -1705,18 +1705,19 @@ class Journal:
         return found is not None
 
     def executions(self) -> list[tuple[Execution, dict[str, Decimal]]]:
-        """Every journaled fill with its allocation to strategies, oldest first."""
+        """Every journaled fill with its allocation to strategies, oldest first. Each row is
+        made a fill as it is read (not all rows first: a start's peak memory)."""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_EXECUTION_COLUMNS} FROM executions ORDER BY exec_time, rowid"  # noqa: S608 - our own column list
-            ).fetchall()
-        return [
-            (
-                _execution(row[:-1]),
-                {name: Decimal(qty) for name, qty in json.loads(row[-1]).items()},
             )
-            for row in rows
-        ]
+            return [
+                (
+                    _execution(row[:-1]),
+                    {name: Decimal(qty) for name, qty in json.loads(row[-1]).items()},
+                )
+                for row in rows
+            ]
 
     def last_execution_time(self, key_name: str) -> datetime | None:
         with self._lock:
