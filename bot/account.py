@@ -1113,15 +1113,9 @@ class Account:
         self,
         journal: Journal,
         venues: Mapping[str, Venue],
-        fills: Sequence[tuple[Execution, Mapping[str, Decimal]]] | None = None,
     ) -> None:
-        """Replays the journal's fills (`fills`, when the caller has read them already) and
-        snapshots (blocking: build it off the loop)."""
-        if fills is None:
-            fills = journal.executions()
-        self.projection = AccountProjection.replay(
-            fills, journal.positions(), journal.wallets(), journal.closed_pnl()
-        )
+        """Replays the journal's fills and snapshots (blocking: build it off the loop)."""
+        self.projection = AccountProjection.from_journal(journal)
         self._venues = venues
         self._order_listeners: list[Callable[[OrderEvent], None]] = []
         self._fill_listeners: list[FillListener] = []
@@ -1131,7 +1125,7 @@ class Account:
             journal,
             self.projection,
             self._order_updated,
-            seen_fills=(fill for fill, _ in fills),
+            seen_fills=journal.latest_executions(FILL_MEMORY),
             fill_booked=self._fill_booked,
             position_updated=self._position_updated,
             position_closed=self._position_closed,

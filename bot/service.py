@@ -44,7 +44,7 @@ from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
 from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Execution, utc_now
+from bot.messages import utc_now
 from bot.net import cannot_listen, http_url, tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
@@ -442,9 +442,7 @@ class Service:
         # The address's request count outlives the process (the journal's lock: one per dir).
         SHARED_IP_GATE.remember(settings.state_dir / IP_REQUESTS_FILE)
         resources.callback(SHARED_IP_GATE.forget)
-        # Read once: the in-process simulator resumes from them, the account replays them.
-        history = journal.executions()
-        self.sim_url = self._venue_url(resources, journal, [fill for fill, _ in history])
+        self.sim_url = self._venue_url(resources, journal)
         venue_health = VenueHealth()
         audit_log = AuditLog(settings.audit_dir, settings.audit)
         resources.callback(audit_log.close)  # after the venues (registered later) are closed
@@ -455,7 +453,7 @@ class Service:
             venue = open_venue(settings, key_credentials, self.sim_url, observers)
             resources.callback(venue.close)
             venues[key_name] = venue
-        account = Account(journal, venues, history)
+        account = Account(journal, venues)
         for key_name, venue in venues.items():
             account.streams[key_name] = AccountStream(
                 credentials[key_name],
@@ -689,7 +687,7 @@ class Service:
             gate.set_state(state)
         return gate
 
-    def _venue_url(self, resources: ExitStack, journal: Journal, fills: Sequence[Execution]) -> str:
+    def _venue_url(self, resources: ExitStack, journal: Journal) -> str:
         """The simulator's URL in `sim` (started here unless configured), else ""."""
         if not self._starts_simulator():
             return (
@@ -697,7 +695,7 @@ class Service:
             )
         from bot.simulated import start_simulator  # only `sim` without a sim_url needs it
 
-        server = start_simulator(self.settings, self._resolver, journal, fills)
+        server = start_simulator(self.settings, self._resolver, journal)
         resources.callback(server.stop)
         self._simulator = server.exchange
         return server.url

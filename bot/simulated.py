@@ -72,18 +72,14 @@ def start_simulator(
     settings: BotSettings,
     resolver: SecretResolver,
     journal: Journal | None = None,
-    fills: Sequence[Execution] | None = None,
 ) -> SimServer:
     """The simulator, in this process, with an account for every configured sim key; with the
-    bot's `journal`, each account resumes where the journal last saw it (`_resume`). `fills`:
-    the journal's fills, when the caller has read them already."""
+    bot's `journal`, each account resumes where the journal last saw it (`_resume`)."""
     exchange = SimExchange(simulator_config(settings))
     for account in sim_accounts(settings, resolver):
         exchange.add_account(account)
     if journal is not None:
-        if fills is None:
-            fills = [fill for fill, _ in journal.executions()]
-        _resume(exchange, settings, resolver, journal, fills)
+        _resume(exchange, settings, resolver, journal, [fill for fill, _ in journal.executions()])
     server = SimServer(exchange)
     server.start()
     logger.info("simulator running in-process at {url}", url=server.url)

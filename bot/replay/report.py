@@ -169,7 +169,7 @@ def build_report(history: History, run: ReplayRun, configured: Iterable[str]) ->
             for row in journal.trace(max(signal_count, 1))
             if row.decision == "approved" and row.order_link_id
         ]
-        fills = journal.executions()
+        fills = list(journal.executions())
         decisions = journal.decisions()
     finally:
         journal.close()

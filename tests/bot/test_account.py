@@ -354,7 +354,7 @@ def test_another_clients_order_under_our_order_link_id_is_not_ours(
     assert projection.strategy_size("k", "alpha", symbol) == 0
     signed = their_fill.signed_qty
     assert projection.strategy_size("k", UNATTRIBUTED, symbol) == signed
-    assert len(journal.executions()) == 1  # the venue's fill is journaled, as not ours
+    assert len(list(journal.executions())) == 1  # the venue's fill is journaled, as not ours
     assert len(warnings) == 1 and "another client of the key" in warnings[0]
 
 
@@ -469,7 +469,7 @@ def test_the_books_converge_to_the_venue_whatever_the_order_and_duplicates(
         asyncio.run(deliver())
         journal.flush()  # the keeper queues its writes without waiting for them
         replayed = AccountProjection.replay(journal.executions())
-        journaled = len(journal.executions())
+        journaled = len(list(journal.executions()))
         journal.close()
 
     # Assert: each fill counted once; size and fees equal the venue's, live and replayed.
@@ -692,7 +692,7 @@ def test_a_fills_reports_are_journaled_together_and_before_any_later_journal_cal
         for index in range(3):  # in one turn of the event loop, as one stream batch
             report = fill(Side.BUY, "0.01", "100", link="alpha-0-x", exec_id=f"x{index}")
             await keeper.apply(report)
-        return len(await journal.call(journal.executions))
+        return await journal.call(journal.execution_count)
 
     assert asyncio.run(reports_then_a_read()) == 3
     assert commits == [3]
@@ -730,7 +730,7 @@ def test_fills_older_than_the_memory_are_still_applied_once(
         placed(journal, "alpha-0-x")
 
         def start() -> tuple[AccountKeeper, AccountProjection]:
-            fills = journal.executions()
+            fills = list(journal.executions())
             projection = AccountProjection.replay(fills)
             seen = (item for item, _ in fills)
             return AccountKeeper(
@@ -748,7 +748,7 @@ def test_fills_older_than_the_memory_are_still_applied_once(
 
         projection = asyncio.run(deliver())
         journal.flush()
-        journaled = len(journal.executions())
+        journaled = len(list(journal.executions()))
         journal.close()
 
     # Assert: each fill journaled and counted once.

@@ -20,7 +20,6 @@ from pydantic import SecretStr
 from bot.account import UNATTRIBUTED, AccountProjection
 from bot.config import ConfigError
 from bot.execution.ids import order_link_id
-from bot.journal import Journal
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.sim.records import ResumedPosition
 from tests.bot.test_service import RunningBot, signal
@@ -128,7 +127,9 @@ def test_fills_while_the_stream_is_down_are_caught_up_once(
         wait_for(lambda: streams(bot) == {"follow_sim": "live"}, 30, "the stream back")
         time.sleep(0.5)  # a reconnect's REST catch-up and any late push: both must dedupe
 
-        journaled = [fill.exec_id for fill, _ in bot.read_journal(Journal.executions)]
+        journaled = [
+            fill.exec_id for fill, _ in bot.read_journal(lambda journal: list(journal.executions()))
+        ]
         at_venue = [str(row["execId"]) for row in venue_fills(server)]
         size = books(bot).strategy_size("follow_sim", "follow", "BTCUSDT")
     finally:

@@ -357,7 +357,7 @@ def test_an_old_journal_opened_to_read_is_brought_up_to_date_first(tmp_path: Pat
 
     journal = Journal(path, read_only=True)
 
-    assert journal.executions() == []
+    assert list(journal.executions()) == []
     assert journal.trace() == []
 
 
@@ -890,6 +890,7 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
         "orders_protected",
         "exit_orders_by_level",
         "order_events_by_order",
+        "executions_by_time",
     )
     db.executescript(
         "".join(f"DROP INDEX {name};" for name in new_indexes)
@@ -913,7 +914,7 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     used = {row[1] for row in journal._db.execute("PRAGMA table_info(used_commands)")}
     assert "acted" in used
     journal.claim_environment("sim")  # schema 11's table
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
 
 
 def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
@@ -1209,3 +1210,29 @@ def test_under_a_steady_stream_of_writes_the_wal_starts_over_instead_of_growing(
 
     assert biggest < 16 * 1024 * 1024
     journal.close()
+
+
+def test_fills_are_read_back_oldest_first_across_pages_and_the_latest_per_key(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "_EXECUTIONS_PER_PAGE", 3)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    # Journaled out of time order (a REST page brings older fills late), two keys, and
+    # fills that share a time: oldest first, ties in the order they were journaled.
+    minutes = [5, 1, 9, 1, 7, 3, 3, 0, 8, 2]
+    for index, minute in enumerate(minutes):
+        fill = make_execution(
+            exec_id=f"e{index}",
+            key_name="k" if index % 3 else "other",
+            ts=start + timedelta(minutes=minute),
+        )
+        journal.record_execution(fill, {"alpha": fill.qty})
+
+    read = [(fill.exec_id, allocation) for fill, allocation in journal.executions()]
+
+    expected = sorted(range(len(minutes)), key=lambda index: (minutes[index], index))
+    assert [exec_id for exec_id, _ in read] == [f"e{index}" for index in expected]
+    assert all(allocation == {"alpha": Decimal("0.01")} for _, allocation in read)
+    latest = journal.latest_executions(timedelta(minutes=2))
+    # key k's newest is at minute 9 (e2), other's at minute 5 (e0): the 2 minutes to each
+    assert [fill.exec_id for fill in latest] == ["e6", "e0", "e4", "e8", "e2"]

@@ -666,7 +666,7 @@ def test_a_hook_run_again_after_a_crash_leaves_out_what_it_already_did(build: Bu
         await stages.book_fills()
         await until(lambda: journal.due_fill_hooks() == [])
         # As a kill between carrying the hook out and journaling it done leaves the journal.
-        [(fill, _)] = journal.executions()
+        [(fill, _)] = list(journal.executions())
         journal._db.execute(
             "INSERT INTO fill_hooks_due (exec_id, booked) VALUES (?, '0.002')", (fill.exec_id,)
         )
