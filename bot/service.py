@@ -473,7 +473,6 @@ class Service:
             stream_connection=account.live_connection,
             order_settled=gate.ledger.follow,
             blocked=gate.block_reason,
-            venue_leverage=account.projection.leverage,
             booked_qty=account.projection.booked_qty,
             order_journaled=account.keeper.expect_order,
             order_identified=account.keeper.order_identified,

@@ -138,7 +138,6 @@ class Executor:
         stream_connection: Callable[[str], int | None] = lambda key_name: None,
         order_settled: Callable[[OrderEvent], None] = lambda event: None,
         blocked: Callable[[str], str | None] = lambda strategy: None,
-        venue_leverage: Callable[[str, str], Decimal | None] = lambda key, symbol: None,
         booked_qty: Callable[[str], Decimal] | None = None,
         order_journaled: Callable[[OrderRequest], None] = lambda request: None,
         order_identified: Callable[[str, str | None], None] = lambda link_id, order_id: None,
@@ -153,7 +152,6 @@ class Executor:
         `blocked(strategy)` says why a strategy may not increase exposure now (the gate's
         trading states: asked before every send of an opening order, so a halt stops legs
         already approved);
-        `venue_leverage(key, symbol)` is the venue's leverage as last reported, if known;
         `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
         follower waits for them, so the next signal of the lane sees the position);
         `order_journaled` hears of each order journaled by `execute_all`, before its send,
@@ -171,7 +169,6 @@ class Executor:
         self._looked_at: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._order_settled = order_settled
         self._blocked = blocked
-        self._venue_leverage = venue_leverage
         self._booked_qty = booked_qty
         self._order_journaled = order_journaled
         self._order_identified = order_identified
@@ -807,9 +804,11 @@ class Executor:
         """Set the order's leverage on the venue unless it is known to be so (without a wish,
         lower the venue's to the order's `max_leverage` if it is higher: for an opening order
         whose symbol's leverage is not known yet, the venue is asked first); the venue's
-        refusal, if any. Leverage is per symbol and account: remembered per key."""
+        refusal, if any. Leverage is per symbol and account: remembered per key, and only
+        what this run set or read (the books' last report may be the journal's, from before
+        a restart: a leverage changed while the bot was down would pass for capped)."""
         where = (request.key_name, request.symbol)
-        known = self._leverage.get(where) or self._venue_leverage(*where)
+        known = self._leverage.get(where)
         target = request.leverage
         try:
             if target is None and request.max_leverage is not None:

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from pybit.unified_trading import HTTP
+from pydantic import SecretStr
 
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for
+from tests.conftest import wait_for, write_key_secrets
 
 #: Room for one order of about 875 USDT (BTC or ETH at the follow plug-in's 900 cap), not two.
 LIMITS = """
@@ -190,3 +193,37 @@ def test_a_close_right_after_a_slow_market_entry_leaves_no_position(
     time.sleep(3.5)  # a fill the venue still owed would have come by now
 
     assert sim_position(bot) == 0
+
+
+def test_a_leverage_changed_while_the_bot_was_down_is_capped_again(
+    limited: Callable[[int], Path], tmp_path: Path, running: list[RunningBot]
+) -> None:
+    # Reproduced: the journal's last report (3x, the position flat) was taken as the venue's
+    # leverage after a restart; the 10x set by hand meanwhile stayed for the next order.
+    write_key_secrets(tmp_path, "lev-key", "lev-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key="lev-key", api_secret=SecretStr("lev-secret")))
+    with SimServer(exchange) as server:
+        config = limited(100000)
+        config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
+        first = RunningBot(config).start()
+        running.append(first)
+        filled(first, "lev-1", stop_loss=96000)
+        filled(first, "lev-1-close", action="close")
+        first.stop()
+        running.remove(first)
+        by_hand = HTTP(api_key="lev-key", api_secret="lev-secret")
+        by_hand.endpoint = server.url
+        by_hand.set_leverage(
+            category="linear", symbol="BTCUSDT", buyLeverage="10", sellLeverage="10"
+        )
+
+        restarted = RunningBot(config).start()
+        running.append(restarted)
+        filled(restarted, "lev-2", stop_loss=96000)
+
+        answer = requests.get(f"{server.url}/sim/positions", timeout=10).json()
+        leverages = {
+            Decimal(str(p["leverage"])) for p in answer["positions"] if p["symbol"] == "BTCUSDT"
+        }
+        assert leverages == {Decimal(3)}

@@ -458,9 +458,8 @@ def test_without_a_wish_a_known_higher_venue_leverage_is_lowered_to_the_cap(
     journal: Journal,
 ) -> None:
     venue = FakeVenue()
-    executor = Executor(
-        journal, {"k": venue}, FAST, venue_leverage=lambda key, symbol: Decimal(125)
-    )
+    venue.default_leverage = Decimal(125)
+    executor = Executor(journal, {"k": venue}, FAST)
 
     execute(executor, make_intent())
 
@@ -474,13 +473,10 @@ def test_a_leverage_changed_at_the_venue_by_someone_else_is_set_again(
     journal: Journal,
 ) -> None:
     venue = FakeVenue()
-    reported: dict[str, Decimal] = {}
-    executor = Executor(
-        journal, {"k": venue}, FAST, venue_leverage=lambda key, symbol: reported.get(symbol)
-    )
+    executor = Executor(journal, {"k": venue}, FAST)
     execute(executor, with_leverage("5", signal_id="a"))
     # Another client of the key (or its owner, by hand) sets 50x; the stream reports it.
-    venue.leverage["BTCUSDT"] = reported["BTCUSDT"] = Decimal(50)
+    venue.leverage["BTCUSDT"] = Decimal(50)
     executor.position_updated(position_at(Decimal(50)))
 
     execute(executor, with_leverage("5", signal_id="b"))
