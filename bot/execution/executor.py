@@ -256,6 +256,10 @@ class Executor:
                     continue
                 known = await self._journal.call(self._journal.order, request.order_link_id)
                 assert known is not None  # the insert was refused because it exists
+                if known.status.is_terminal:
+                    # Over before this approval (its leg decided again, e.g. a refused entry
+                    # retried by on_order_rejected): nothing will release what it reserved.
+                    self._order_settled(_event_of(known))
                 events.append(await self._resume(known, resend=True))
             return events
         finally:

@@ -24,9 +24,10 @@ from bot.messages import (
     Signal,
     parse_signal,
 )
+from bot.risk.gate import ApprovedOrder, RiskGate
 from bot.venue.errors import OrderRejectedError
 from bot.venue.fake import Crash, FakeVenue
-from tests.factories import approve, make_intent
+from tests.factories import UNLIMITED, approve, make_intent
 
 FAST = ExecutionConfig(
     backoff_base_s=0.001, backoff_max_s=0.002, lookup_delays_s=(0.001, 0.002), follow_s=0.05
@@ -569,3 +570,30 @@ def test_a_live_stream_that_stays_silent_is_not_waited_on_past_its_grace(
 
     assert event.status is OrderStatus.FILLED
     assert venue.calls["get_order"] >= 1
+
+
+def test_a_leg_approved_again_after_its_order_ended_holds_nothing_in_flight(
+    journal: Journal,
+) -> None:
+    # Reproduced: a strategy's retry of a refused entry (from on_order_rejected, with
+    # `intent()`'s default leg 0) was approved under the refused order's orderLinkId; that
+    # order was over already, so nothing released the reservation: an open order and 0.005
+    # BTC of exposure for the rest of the run.
+    venue = FakeVenue()
+    venue.script("rejected")
+    gate = RiskGate(UNLIMITED.model_copy(update={"symbols": ("BTCUSDT",)}))
+    executor = Executor(journal, {"k": venue}, FAST, order_settled=gate.ledger.follow)
+
+    async def entry_then_retry() -> list[OrderEvent]:
+        events = []
+        for qty in ("0.01", "0.005"):
+            verdict = gate.decide(make_intent(qty=Decimal(qty)), price=Decimal(97000), prices={})
+            assert isinstance(verdict, ApprovedOrder)
+            events.append(await executor.execute(verdict, "k"))
+        return events
+
+    first, retry = asyncio.run(entry_then_retry())
+
+    assert first.status is retry.status is OrderStatus.REJECTED
+    assert gate.ledger.open_orders("follow") == 0
+    assert gate.ledger.worst_position("follow", "BTCUSDT") == 0
