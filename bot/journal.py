@@ -85,9 +85,11 @@ T = TypeVar("T")
 SCHEMA_VERSION: Final = 12
 #: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
 _IDS_PER_QUERY: Final = 500
-#: The size (bytes) of a WAL file past which the writer is made to start it over (see
-#: `checkpoint_in_background`): it then stays about this large instead of growing.
+#: The bytes written to the WAL since it last started over past which the writer is made to
+#: start it over (see `checkpoint_in_background`): it then stays about this large.
 _WAL_RESTART_BYTES: Final = 64 * 1024 * 1024
+#: The bytes of a WAL frame's header, before its page.
+_FRAME_HEADER: Final = 24
 #: The size (bytes) of a WAL file past which it is cut back (see `checkpoint_in_background`):
 #: far past `_WAL_RESTART_BYTES`, as cutting it costs the writer a stall (50-300 ms); only a
 #: long read, which keeps the WAL from starting over, makes it grow so far.
@@ -775,13 +777,26 @@ class Journal:
             try:
                 connection.execute("PRAGMA busy_timeout=5000")
                 wal = self.path.with_name(self.path.name + "-wal")
+                frame_bytes = connection.execute("PRAGMA page_size").fetchone()[0] + _FRAME_HEADER
                 restarting: Future[None] | None = None
+                last_frames = 0
                 while not stop.wait(interval_s):
                     try:
-                        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                        grown = file_size(wal)
-                        if grown > _WAL_RESTART_BYTES and (restarting is None or restarting.done()):
+                        # The frames written since the WAL last started over, not its file's
+                        # size: the file stays as large as it once grew, and would call for
+                        # a restart (a hop to the writer's thread) every interval; and only
+                        # while frames are written (an idle WAL needs none).
+                        _, frames, _ = connection.execute(
+                            "PRAGMA wal_checkpoint(PASSIVE)"
+                        ).fetchone()
+                        written, last_frames = frames != last_frames, frames
+                        if (
+                            written
+                            and frames * frame_bytes > _WAL_RESTART_BYTES
+                            and (restarting is None or restarting.done())
+                        ):
                             restarting = self.submit(self._let_wal_restart)
+                        grown = file_size(wal)
                         if grown > _WAL_SIZE_LIMIT:
                             # Only if no reader holds the WAL now: never a wait the writer,
                             # and a signal's 202, would share (tried again each interval).

@@ -9,6 +9,7 @@ import signal as signals
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -1209,6 +1210,35 @@ def test_under_a_steady_stream_of_writes_the_wal_starts_over_instead_of_growing(
         biggest = max(biggest, wal.stat().st_size)
 
     assert biggest < 16 * 1024 * 1024
+    journal.close()
+
+
+def test_an_idle_wal_that_once_grew_is_not_checkpointed_again_on_the_writers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced: the WAL's file stays as large as it once grew, and its size alone made the
+    # writer run a checkpoint (and its sync) every interval for the rest of the run.
+    monkeypatch.setattr(journal_module, "_WAL_RESTART_BYTES", 64 * 1024)
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path, synchronous="NORMAL")
+    restarts: list[float] = []
+    let_restart = journal._let_wal_restart
+
+    def counted() -> None:
+        restarts.append(time.monotonic())
+        let_restart()
+
+    monkeypatch.setattr(journal, "_let_wal_restart", counted)
+    journal.checkpoint_in_background(interval_s=0.01)
+    for n in range(500):
+        journal.submit(journal.record_order, make_request(order_link_id=f"follow-0-{n}")).result()
+    assert path.with_name(path.name + "-wal").stat().st_size > 64 * 1024
+    time.sleep(0.2)  # the background checkpoint copies the rest
+
+    idle_since = time.monotonic()
+    time.sleep(0.3)
+
+    assert [at for at in restarts if at > idle_since] == []
     journal.close()
 
 
