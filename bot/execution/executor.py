@@ -807,7 +807,8 @@ class Executor:
     async def _set_leverage(self, venue: Venue, request: OrderRequest) -> VenueError | None:
         """Set the order's leverage on the venue unless it is known to be so (without a wish,
         lower the venue's to the order's `max_leverage` if it is higher: for an opening order
-        whose symbol's leverage is not known yet, the venue is asked first); the venue's
+        whose symbol's leverage is not known yet, the venue is asked first, and if it does
+        not say, the leverage is set to `max_leverage`, never left above it); the venue's
         refusal, if any. Leverage is per symbol and account: remembered per key, and only
         what this run set or read (the books' last report may be the journal's, from before
         a restart: a leverage changed while the bot was down would pass for capped)."""
@@ -822,6 +823,8 @@ class Executor:
                         self._leverage[where] = known
                 if known is not None:
                     target = min(known, request.max_leverage)
+                elif not request.reduce_only:
+                    target = request.max_leverage
             if target is None or target == known:
                 return None
             self._leverage.pop(where, None)  # until the venue confirms: an answer may be lost

@@ -97,7 +97,8 @@ class FakeVenue:
         self.fills: list[Execution] = []  # every execution, oldest first
         self.hedged: set[str] = set()  # symbols the account trades in hedge mode
         self.leverage: dict[str, Decimal] = {}  # symbol -> leverage set
-        self.default_leverage = Decimal(10)  # of a symbol whose leverage was never set
+        # of a symbol whose leverage was never set (None: the venue does not say)
+        self.default_leverage: Decimal | None = Decimal(10)
         #: what the next set_leverage calls raise, in order (after applying it, if `applied`)
         self.leverage_failures: deque[tuple[VenueError, bool]] = deque()
         #: symbol -> the levels set_trading_stop set (zero cancels one)

@@ -470,6 +470,19 @@ def test_without_a_wish_a_known_higher_venue_leverage_is_lowered_to_the_cap(
     assert venue.calls["set_leverage"] == 1  # known now
 
 
+def test_without_a_wish_a_leverage_the_venue_does_not_say_is_set_to_the_cap(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    venue.default_leverage = None  # a position row without its leverage
+    executor = Executor(journal, {"k": venue}, FAST)
+
+    execute(executor, make_intent())
+
+    assert venue.leverage["BTCUSDT"] == 100  # approve()'s cap: never left at the venue's own
+    assert venue.calls["place_order"] == 1
+
+
 def test_a_leverage_changed_at_the_venue_by_someone_else_is_set_again(
     journal: Journal,
 ) -> None:
