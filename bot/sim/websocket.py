@@ -99,10 +99,16 @@ class SimWebSocketProtocol(asyncio.Protocol):
         self._queue.put_nowait({"type": "websocket.disconnect", "code": 1006})
 
     def pause_writing(self) -> None:
+        # Nor read what the client sends meanwhile: each of its pings is answered with a
+        # pong, and a client that never reads would otherwise grow the buffer without bound.
         self._writable.clear()
+        if self._transport is not None:
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None

@@ -1029,3 +1029,23 @@ def test_a_connection_without_ping_pong_or_data_is_closed_and_one_that_pings_is_
             pinging.close()
 
     assert closed
+
+
+def test_a_client_that_pings_and_never_reads_is_not_read_either(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    """The pongs a client does not read stop the server reading its pings, so that it
+    buffers no more than a socket's worth of them (not all it is sent); others are served."""
+    flooding = raw("/v5/public/linear")
+    pings = websocket.ABNF.create_frame(b"x" * 125, websocket.ABNF.OPCODE_PING).format() * 8000
+    flooding.sock.settimeout(2)
+    sent = 0
+    try:
+        while sent < 128 * 2**20:  # were every ping read and its pong kept: 128 MiB of them
+            flooding.sock.sendall(pings)
+            sent += len(pings)
+    except TimeoutError:  # the server stopped reading
+        pass
+    assert sent < 64 * 2**20
+
+    assert _ask(raw("/v5/public/linear"), {"op": "ping"})["ret_msg"] == "pong"
