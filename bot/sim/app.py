@@ -1,14 +1,14 @@
 """The simulator's HTTP face: Bybit V5 routes (public and signed) and the /sim admin routes.
 
 Every /v5 request goes through the same gateway, in this order: the per-IP limit (HTTP 403,
-then a ban of `ip_ban_ms`), a possible burst of clock skew, injected delay and HTTP 5xx,
-authentication (private routes), the per-UID per-endpoint rate limit with Bybit's
-X-Bapi-Limit* headers (10006; a batch counts each of its orders, and those past the limit fail
-10006 on their own), injected 10006 and 10016, parameter parsing (10001), the exchange itself,
-and finally, for order writes (create, amend, cancel, cancel-all and the batches), the faults
-that strike after the change is made: a dropped answer (create and create-batch), 10016 or
-HTTP 503. Business errors are HTTP 200 with Bybit's envelope; nothing a client sends yields
-HTTP 500.
+then a ban of `ip_ban_ms`), a possible burst of clock skew, injected delay and HTTP 5xx, a
+body over 64 KiB (10001 as soon as it is, and the connection closed), authentication (private
+routes), the per-UID per-endpoint rate limit with Bybit's X-Bapi-Limit* headers (10006; a
+batch counts each of its orders, and those past the limit fail 10006 on their own), injected
+10006 and 10016, parameter parsing (10001), the exchange itself, and finally, for order writes
+(create, amend, cancel, cancel-all and the batches), the faults that strike after the change
+is made: a dropped answer (create and create-batch), 10016 or HTTP 503. Business errors are
+HTTP 200 with Bybit's envelope; nothing a client sends yields HTTP 500.
 
 Admin routes (unauthenticated, loopback clients only, errors as HTTP 4xx `{"error": ...}`):
 
@@ -112,6 +112,7 @@ ORDER_WRITE_PATHS = ORDER_CREATE_PATHS | {
 }
 _JSON = "application/json"
 _MAX_BODY_BYTES = 64 * 1024
+_CLOSE = {"Connection": "close"}
 _UVICORN_ERROR_LOGGER = "uvicorn.error"
 
 
@@ -177,10 +178,24 @@ def _json_object(body: bytes, *, parse_float: Callable[[str], Any] = float) -> d
     return data
 
 
+class _BodyTooLarge(ValueError):
+    """A request body over `_MAX_BODY_BYTES`."""
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body, read as it arrives; `_BodyTooLarge` (a ValueError) as soon as it
+    grows over `_MAX_BODY_BYTES`, the rest unread (Starlette's `request.body()` would keep
+    whatever a client sends, however much, before any check could refuse it)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_BODY_BYTES:
+            raise _BodyTooLarge(f"request body too large (at most {_MAX_BODY_BYTES} bytes)")
+    return bytes(body)
+
+
 def _body_params(body: bytes) -> dict[str, Any]:
-    """A signed POST body as parameters; anything but a small JSON object is 10001."""
-    if len(body) > _MAX_BODY_BYTES:
-        raise SimError(RetCode.PARAMS_ERROR, "params error: request body too large")
+    """A signed POST body as parameters; anything but a JSON object is 10001."""
     try:
         return _json_object(body)
     except ValueError as exc:
@@ -286,10 +301,14 @@ class _Gateway:
 
             if request.method == "POST":
                 try:
-                    body = await request.body()
+                    body = await _body(request)
                 except ClientDisconnect:  # gone while an injected delay held it: no one to answer
                     self._exchange.record(path, None, None)
                     return Response(status_code=400)
+                except _BodyTooLarge as exc:  # the rest is not read: the connection is closed
+                    return self._envelope(
+                        path, RetCode.PARAMS_ERROR, f"params error: {exc}", None, _CLOSE
+                    )
                 payloads: tuple[bytes, ...] = (body,)
             else:
                 body = request.scope["query_string"]
@@ -464,7 +483,7 @@ def _admin_routes(exchange: SimExchange, hub: StreamHub) -> list[Route]:
         if refused is not None:
             return refused
         try:
-            body = _json_object(await request.body())
+            body = _json_object(await _body(request))
         except ValueError as exc:
             return _json_response({"error": str(exc)}, 400)
         api_key = body.get("api_key")
@@ -484,7 +503,7 @@ def _admin_routes(exchange: SimExchange, hub: StreamHub) -> list[Route]:
             return refused
         if request.method == "POST":
             try:
-                exchange.update_prices(_json_object(await request.body(), parse_float=Decimal))
+                exchange.update_prices(_json_object(await _body(request), parse_float=Decimal))
             except ValueError as exc:
                 return _json_response({"error": str(exc)}, 400)
         return _json_response(price_view())
@@ -495,7 +514,7 @@ def _admin_routes(exchange: SimExchange, hub: StreamHub) -> list[Route]:
             return refused
         if request.method == "POST":
             try:
-                exchange.set_faults(SimFaults.model_validate(_json_object(await request.body())))
+                exchange.set_faults(SimFaults.model_validate(_json_object(await _body(request))))
             except ValidationError as exc:
                 return _json_response({"error": _validation_message(exc)}, 400)
             except ValueError as exc:
@@ -508,7 +527,7 @@ def _admin_routes(exchange: SimExchange, hub: StreamHub) -> list[Route]:
             return refused
         try:
             spec = SimAccountSpec.model_validate(
-                _json_object(await request.body(), parse_float=Decimal)
+                _json_object(await _body(request), parse_float=Decimal)
             )
             exchange.add_account(spec)
         except ValidationError as exc:

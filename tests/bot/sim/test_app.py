@@ -857,6 +857,25 @@ def test_a_client_gone_during_an_injected_delay_leaves_no_traceback(
     assert "Traceback" not in caplog.text
 
 
+@pytest.mark.parametrize("path", ["/v5/order/create", "/sim/prices"])
+def test_a_body_without_end_is_refused_once_too_large_not_read_whole(
+    server: SimServer, path: str
+) -> None:
+    # Chunked, unsigned, never finished: refused as soon as it is over 64 KiB, not kept.
+    host, port = server.url.removeprefix("http://").split(":")
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b" " * 64 * 1024)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + chunk * 16
+        )
+        answer = b""  # (without an answer: a timeout)
+        while b"too large" not in answer and (data := sock.recv(65536)):
+            answer += data
+
+    assert b"too large" in answer.partition(b"\r\n\r\n")[2], answer
+
+
 def test_faults_are_validated_and_readable(server: SimServer) -> None:
     bad = admin(server, "POST", "/sim/faults", {"delay": 1.5})
     unknown = admin(server, "POST", "/sim/faults", {"explode": 1})
