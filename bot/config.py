@@ -139,8 +139,9 @@ class HttpConfig(_Section):
         1000,
         ge=1,
         le=60000,
-        description="open connections at most; more are closed on arrival (a flood cannot "
-        "take the file descriptors the bot needs)",
+        description="open connections at most; past it, the one idle longest is closed for a "
+        "new one, or the new one when all are busy (a flood cannot take the file descriptors "
+        "the bot needs)",
     )
     head_timeout_s: float = Field(
         10.0,

@@ -12,8 +12,11 @@ before any authentication can refuse them. `guarded_protocol` adds, per connecti
 - the head must fit in `MAX_HEAD_BYTES` and `MAX_HEAD_FIELDS`: else `431`, closed;
 - an answer given without reading the whole body (the app's 408, 413) closes the connection,
   which would otherwise stay open for a body no one reads;
-- past `max_connections` open connections, a new one is closed at once (counted in
-  `bot_http_connections_refused_total`), so a flood cannot take the descriptors the bot needs;
+- past `max_connections` open connections, the one that has waited longest for a request's
+  head (idle, or sending it slowly) is closed to make room for a new one, or, when every one
+  is busy with a request, the new one is closed at once (either counted in
+  `bot_http_connections_refused_total`): so a flood cannot take the descriptors the bot
+  needs, nor, by holding idle connections, keep a real sender or a liveness probe out;
 
 and answers a malformed request with the bot's JSON error body instead of uvicorn's text.
 """
@@ -91,6 +94,8 @@ class _Guarded(HttpToolsProtocol):
     _max_connections: int
     _head_timeout_s: float
     _head_timer: asyncio.TimerHandle | None = None
+    #: When (the loop's time) the head being awaited was first awaited (None: not awaiting).
+    _awaiting_since: float | None = None
     #: The head being read: bytes as received, bytes as parsed (line and fields), fields.
     _head_bytes = 0
     _parsed_bytes = 0
@@ -104,7 +109,7 @@ class _Guarded(HttpToolsProtocol):
     _linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self._max_connections:
+        if len(self.connections) >= self._max_connections and not self._close_the_idlest():
             self._refused = True
             metrics.HTTP_CONNECTIONS_REFUSED.inc()
             transport.abort()  # never counted, never read: its descriptor is freed at once
@@ -196,18 +201,39 @@ class _Guarded(HttpToolsProtocol):
             f"{MAX_HEAD_FIELDS} fields",
         )
 
+    def _close_the_idlest(self) -> bool:
+        """Close the open connection that has waited longest for a request's head, if one
+        does, to make room for a new one (counted as a refusal)."""
+        waiting = [
+            connection
+            for connection in self.connections
+            if isinstance(connection, _Guarded)
+            and connection._awaiting_since is not None
+            and not connection.transport.is_closing()
+        ]
+        if not waiting:
+            return False
+        idlest = min(waiting, key=lambda connection: connection._awaiting_since or 0.0)
+        idlest._head_done()
+        idlest.transport.close()
+        metrics.HTTP_CONNECTIONS_REFUSED.inc()
+        return True
+
     def _await_head(self) -> None:
         self._head_done()
         self._head_bytes = self._parsed_bytes = self._fields = 0
         self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_too_slow)
+        self._awaiting_since = self.loop.time()
 
     def _head_done(self) -> None:
+        self._awaiting_since = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
     def _head_too_slow(self) -> None:
         self._head_timer = None
+        self._awaiting_since = None
         if not self.transport.is_closing():
             self._answer_and_close(
                 408,

@@ -87,7 +87,8 @@ PRICE_STREAM_RECONNECTS: Final = Counter(
 )
 HTTP_CONNECTIONS_REFUSED: Final = Counter(
     "bot_http_connections_refused",
-    "HTTP connections closed on arrival: http.max_connections were already open",
+    "HTTP connections closed for room, http.max_connections being open: the one waiting "
+    "longest for a request, else the new one",
     registry=REGISTRY,
 )
 SIGNAL_REJECTIONS: Final = Counter(
