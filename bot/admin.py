@@ -98,7 +98,19 @@ class AdminRoutes:
         router = APIRouter()
         # The body is read and checked by hand (its signature covers the exact bytes): the
         # document still says what it holds.
+        refusals = {
+            str(code): {"description": what, "content": {"application/json": {}}}
+            for code, what in (
+                (401, "missing, malformed or wrong signature, or too old"),
+                (408, "the body was not sent in time"),
+                (409, "this signed command was used already"),
+                (413, "body too large"),
+                (422, "not a command; `detail` says what is wrong"),
+                (503, "not recorded or not carried out: see `detail`"),
+            )
+        }
         documented = {
+            "responses": refusals,
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": AdminCommand.model_json_schema()}},

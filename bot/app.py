@@ -81,7 +81,9 @@ def create_app(
     async def livez() -> JSONResponse:
         return JSONResponse({"live": True})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics", responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}}, response_class=Response
+    )
     async def prometheus() -> Response:
         if refresh_metrics is not None:
             await refresh_metrics()

@@ -9,8 +9,11 @@ import pytest
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import SecretStr
 
 from bot import metrics
+from bot.admin import AdminRoutes
 from bot.app import DirectRoute, create_app
 from tests.conftest import logged_errors
 
@@ -88,3 +91,17 @@ def test_a_trailing_slash_is_not_redirected_by_the_clients_host_header() -> None
     assert answer.status_code == 404
     assert "location" not in answer.headers
     assert answer.json()["error"] == "Not Found"
+
+
+def test_the_openapi_document_names_every_answer_of_the_admin_routes_and_metrics() -> None:
+    async def apply(*_: Any) -> dict[str, Any]:
+        return {}
+
+    admin = AdminRoutes(SecretStr("admin-secret"), apply, ["follow"])
+    document = TestClient(create_app([], _healthy, admin)).get("/openapi.json").json()
+
+    for route in ("/admin/halt", "/admin/resume"):
+        answers = document["paths"][route]["post"]["responses"]
+        assert {"200", "401", "408", "409", "413", "422", "503"} <= set(answers), route
+    metrics_answer = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics_answer) == [CONTENT_TYPE_LATEST]
