@@ -149,6 +149,9 @@ class PriceStream(SupervisedStream):
     def watch(self, symbols: Iterable[str]) -> None:
         """Follow these symbols' prices from now on: at once if connected, else as soon as
         the stream connects. Call from the event loop; returns without waiting."""
+        symbols = tuple(symbols)
+        if self._watched.issuperset(symbols):  # as nearly always: only this method adds
+            return
         with self._lock:
             new = sorted(set(symbols) - self._watched)
             self._watched.update(new)
