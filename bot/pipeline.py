@@ -503,7 +503,36 @@ class Pipeline:
                     "on_order_rejected",
                     partial(slot.strategy.on_order_rejected, rejection, signal, _copy(context)),
                 )
+                repeated = await self._decided_again(signal, slot, output)
+                if repeated:
+                    reason = (
+                        f"on_order_rejected returned leg {', '.join(map(str, repeated))} again, "
+                        "which this signal has decided already (placed or refused): a leg is "
+                        "one order, so a retry needs a leg of its own (intent(..., leg=N))"
+                    )
+                    await self._decline(signal, Decline(strategy=slot.name, reason=reason))
+                    continue
                 await self._act(signal, slot, context, output, may_hear_rejections=False)
+
+    async def _decided_again(
+        self, signal: Signal, slot: StrategySlot, output: StrategyOutput | Failed | None
+    ) -> list[int]:
+        """The legs of `output` the strategy has decided already for `signal`: asked for
+        again, they would be approved and counted by the gate, and never sent (the leg's
+        orderLinkId is taken)."""
+        if not isinstance(output, list | tuple):
+            return []
+        legs = {item.leg for item in output if isinstance(item, OrderIntent)} | {
+            item.close_leg_if_crossed
+            for item in output
+            if isinstance(item, StopMove) and item.close_leg_if_crossed is not None
+        }
+        if not legs:
+            return []
+        decided, _ = await self._journal.call(
+            self._journal.carried_out, signal.source, signal.id, slot.name, ""
+        )
+        return sorted(legs & decided)
 
     async def _move_stop(
         self,

@@ -115,6 +115,19 @@ class GreedyThenModest(Strategy):
         ]
 
 
+class RetriesTheSameLeg(Strategy):
+    """Asks for too much, then, told why, for less under the same leg (`intent`'s default)."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [self.intent(signal, context, side=Side.BUY, qty=Decimal(1))]  # ~97000 USDT
+
+    def on_order_rejected(
+        self, rejection: OrderRejection, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput:
+        HEARD[self.name].append(rejection)
+        return [small_buy(self, signal, context)]
+
+
 class ClosesNothing(Strategy):
     """A reduce-only sell with no position: the gate passes it, the exchange refuses it."""
 
@@ -377,6 +390,24 @@ def test_on_order_rejected_hears_the_gates_rule_and_what_it_returns_is_carried_o
     [placed] = client_orders(stages.exchange.orders())
     assert placed["orderLinkId"] == order_link_id("greedy", "voc", "greedy-1", 2)
     assert placed["qty"] == "0.001"
+
+
+def test_a_leg_asked_for_again_by_on_order_rejected_is_declined_and_holds_nothing(
+    build: Build,
+) -> None:
+    # Reproduced: the retry was approved under the refused leg's orderLinkId, never sent
+    # (the leg was over), and its reservation counted as an open order for the whole run.
+    stages = build({"retry": (RetriesTheSameLeg("retry", StrategyParams()), "k2", "voc")})
+
+    stages.process(signal(id="retry-1"))
+
+    assert [rejection.leg for rejection in HEARD["retry"]] == [0]
+    [refused, declined] = stages.rows("retry")
+    assert refused[0] == "rejected"
+    assert declined[0] == "declined"
+    assert "returned leg 0 again" in declined[1] and "leg=N" in declined[1]
+    assert client_orders(stages.exchange.orders()) == []
+    assert stages.gate.ledger.open_orders("retry") == 0
 
 
 def test_on_order_rejected_hears_the_venues_refusal(build: Build) -> None:
