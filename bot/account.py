@@ -998,6 +998,26 @@ class AccountKeeper:
             venue.name, "executions", lambda: venue.executions_since(since)
         )
 
+    async def catch_up_settled(self, venue: Venue, link_ids: Iterable[str]) -> bool:
+        """Fetch the key's fills again if the venue shows an order of `link_ids` (the last
+        run's unfinished orders, settled at start-up) filled beyond what the books hold: a
+        crash loses the stream's report of a fill held for its order's lost answer, and the
+        start's gap-fill can ask before the venue's queries show the fill (they lag). Without
+        this, the books miss the position until the books check, and a close finds nothing
+        to close. False if the fills could not be fetched (logged)."""
+        journal, unbooked = self._journal, []
+        for link_id in link_ids:
+            record = await journal.call(journal.order, link_id)
+            if record is not None and record.filled_qty > self._projection.booked_qty(link_id):
+                unbooked.append(record)
+        if not unbooked:
+            return True
+        # No fill of an order comes before its signal (a minute more: executions_since).
+        since = min(record.signal_ts or utc_now() - _DRIFT_LOOKBACK for record in unbooked)
+        return await self._apply_fetched(
+            venue.name, "executions", lambda: venue.executions_since(since)
+        )
+
     async def check_books(self, venue: Venue) -> None:
         """Compare the key's books with the venue's positions (each reconciliation pass).
         A disagreement that lasts `_BOOKS_DRIFT_S` unchanged (a fill still held or in

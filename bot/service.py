@@ -347,16 +347,25 @@ class Service:
         await self._refuse_bad_keys(venues)
         await self._refuse_hedge_mode(venues)
 
-    @staticmethod
-    async def _settle_last_run(stages: _Stages) -> None:
+    async def _settle_last_run(self, stages: _Stages) -> None:
         """Every order a previous run left unfinished is settled with the venue (and sent if
-        it never left) before the first new signal; then unfinished signals run again in
-        their original order."""
+        it never left) before the first new signal, and the fills of those the venue shows
+        filled are in the books; then unfinished signals run again in their original
+        order."""
+        journal = self.journal
+        assert journal is not None
+        unfinished: dict[str, list[str]] = {key: [] for key in stages.venues}
+        for record in await journal.call(journal.unfinished_orders):
+            unfinished.setdefault(record.request.key_name, []).append(record.request.order_link_id)
         settled = await asyncio.gather(
             *(stages.executor.reconcile(key, limit=None, resend=True) for key in stages.venues)
         )
         if sum(settled):
             logger.info("reconciled {n} unfinished orders with the venue", n=sum(settled))
+        keeper = stages.account.keeper
+        await asyncio.gather(
+            *(keeper.catch_up_settled(stages.venues[key], unfinished[key]) for key in stages.venues)
+        )
         await stages.pipeline.recover()
 
     def _bind(self) -> socket.socket:
