@@ -340,6 +340,11 @@ def signal_send(
         _fail(str(exc))
     try:
         status, answer = _post_signed(target, body, secret)
+    except AnswerLost as exc:
+        _fail(
+            f"no answer from {target} ({exc}); the signal may have been received: see `bot "
+            "orders` before sending it again (the same id is deduplicated)"
+        )
     except ConnectionError as exc:
         _fail(
             f"cannot reach the bot at {target}: {exc}. Is `bot run` running, and listening "
@@ -464,12 +469,18 @@ def _shown(url: str) -> str:
     return f"{scheme}{separator}***@{tail}" if separator else f"***@{tail}"
 
 
+class AnswerLost(ConnectionError):
+    """The request went out whole, and the connection broke before an answer came: what
+    received it (the bot, killed meanwhile?) may have acted on it."""
+
+
 def _post_signed(
     target: str, body: bytes, secret: SecretStr, timeout_s: float = SEND_TIMEOUT_S
 ) -> tuple[int, str]:
     """POST `body` signed with `secret` (X-Signature); ConnectionError if nothing listens or
-    what answers is not HTTP, TimeoutError if no whole answer came within `timeout_s` (the
-    whole exchange: a server that answers a byte at a time cannot hold the command)."""
+    what answers is not HTTP (AnswerLost: the connection broke after the request went out),
+    TimeoutError if no whole answer came within `timeout_s` (the whole exchange: a server
+    that answers a byte at a time cannot hold the command)."""
     problem = _url_problem(target)
     if problem is not None:
         raise ConnectionError(f"{target!r} is {problem}")
@@ -509,6 +520,9 @@ def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, s
         if isinstance(exc.reason, TimeoutError):
             return exc.reason
         return ConnectionError(str(exc.reason))
+    except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
+        # Raised bare (not as URLError) only once the request was sent.
+        return AnswerLost(f"no answer ({type(exc).__name__}: {exc})")
     except (http.client.HTTPException, ValueError, OSError) as exc:
         return ConnectionError(f"not an HTTP answer ({type(exc).__name__}: {exc})")
 
@@ -579,6 +593,16 @@ def _switch(
         _fail(f"{exc} (the admin secret signs halt and resume)")
     except TimeoutError:
         _fail(f"no answer from {target} in time; see `bot risk status` and `bot orders`")
+    except AnswerLost:
+        # Never "nothing was cancelled": the bot may have begun (and a close it journaled is
+        # sent when it starts again).
+        _fail(
+            f"{target} took the command and closed the connection without an answer (the bot "
+            f"stopped?): the {route} may have been carried out in part; see `bot risk "
+            "status`, `bot orders` and `bot positions`, and run this command again once the "
+            "bot runs",
+            1,
+        )
     except ConnectionError:
         with _one_line_errors():
             _journal_while_stopped(settings.journal_path, scope, target)

@@ -84,3 +84,36 @@ def test_a_fill_whose_report_a_crash_lost_is_booked_before_the_next_signal(
     assert closed.stdout.startswith("202 "), closed.stdout + closed.stderr
     wait_for(lambda: not _positions(sim_url), what="the position closed by the close signal")
     assert [order["orderStatus"] for order in _orders(sim_url)] == ["Filled", "Filled"]
+
+
+def test_a_halt_the_bot_died_in_says_it_may_have_acted(
+    simulator: tuple[Path, int, str], start_bot: StartBot
+) -> None:
+    """`bot halt --cancel-open` reached the bot, which began cancelling (the venue slow) and
+    was killed before it answered: the command must not say that nothing was cancelled."""
+    config, port, sim_url = simulator
+    crashing = start_bot(config, port, env={"BOT_VENUE__SIM_URL": sim_url})
+    for index, entry in enumerate(("96000", "95500")):
+        resting = ("--symbol", "BTCUSDT", "--side", "buy", "--entry", entry)
+        sent = send(config, *resting, "--stop-loss", "94000", "--id", f"resting-{index}")
+        assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+    wait_for(lambda: len(_orders(sim_url)) == 2, what="two resting orders")
+    _faults(sim_url, {"delay": 1.0, "delay_ms": 1500})
+    halting = subprocess.Popen(
+        [sys.executable, "-m", "bot", "halt", "--cancel-open", "--config", str(config)],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(
+        lambda: any(order["orderStatus"] == "Cancelled" for order in _orders(sim_url)),
+        what="a cancel carried out",
+    )
+    crashing.kill()  # kill -9 before the halt's answer
+    crashing.wait(10)
+    out, err = halting.communicate(timeout=30)
+
+    assert "nothing was cancelled" not in out + err
+    assert "may have" in err, out + err
+    assert halting.returncode == 1
