@@ -29,7 +29,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from bot import metrics, notify
-from bot.account import Account
+from bot.account import UNATTRIBUTED, Account, StrategyBook
 from bot.admin import AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
@@ -39,7 +39,7 @@ from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
 from bot.execution.reconcile import Reconciler
 from bot.health import Readiness, VenueHealth, body_of
 from bot.http_limits import guarded_protocol, raise_descriptor_limit
-from bot.journal import Journal, lock_journal
+from bot.journal import Journal, OrderRecord, lock_journal
 from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
 from bot.keys.rotation import KeyGuard
 from bot.logs import logger
@@ -366,7 +366,38 @@ class Service:
         await asyncio.gather(
             *(keeper.catch_up_settled(stages.venues[key], unfinished[key]) for key in stages.venues)
         )
+        self._warn_of_removed_strategies(
+            await journal.call(journal.unfinished_orders), stages.account.projection.books()
+        )
         await stages.pipeline.recover()
+
+    def _warn_of_removed_strategies(
+        self, unfinished: Sequence[OrderRecord], books: Sequence[StrategyBook]
+    ) -> None:
+        """A strategy removed from the configuration leaves its orders and positions at the
+        venue, which the bot no longer follows nor counts in its exposure: said at start-up,
+        each strategy once."""
+        left: dict[str, list[str]] = {}
+        for record in unfinished:
+            request = record.request
+            if request.strategy not in self.settings.strategies:
+                left.setdefault(request.strategy, []).append(
+                    f"order {request.order_link_id} ({record.status.value})"
+                )
+        for book in books:
+            if book.size and book.strategy not in {*self.settings.strategies, UNATTRIBUTED}:
+                left.setdefault(book.strategy, []).append(
+                    f"position {book.size.normalize():f} {book.symbol} on key {book.key_name}"
+                )
+        for strategy, what in left.items():
+            logger.bind(notify="venue_error").warning(
+                "strategy {strategy} is not configured, but the journal holds its {what}: the "
+                "bot neither follows nor counts them in its exposure; configure it again and "
+                "`bot halt --strategy {strategy} --cancel-open --flatten`, or close them at "
+                "the venue",
+                strategy=strategy,
+                what=", ".join(what),
+            )
 
     def _bind(self) -> socket.socket:
         """Bind the HTTP port here, so a port in use is a clear error (uvicorn would exit)."""

@@ -17,11 +17,19 @@ from tests.conftest import StartBot, client_orders, free_port, wait_for
 
 
 @pytest.fixture
-def simulator(sim_config: Callable[..., Path]) -> Iterator[tuple[Path, int, str]]:
+def extra_config() -> str:
+    """Configuration added to the test's (a test parametrizes it); the simulator knows its keys."""
+    return ""
+
+
+@pytest.fixture
+def simulator(
+    sim_config: Callable[..., Path], extra_config: str
+) -> Iterator[tuple[Path, int, str]]:
     """A bot configuration and a standalone simulator it trades with: (config, the bot's
     port, the simulator's URL)."""
     sim_port, http_port = free_port(), free_port()
-    config = sim_config(port=http_port)
+    config = sim_config(port=http_port, extra=extra_config)
     sim = subprocess.Popen(
         [sys.executable, "-m", "bot", "sim", "--port", str(sim_port), "--config", str(config)],
         cwd=config.parent,
@@ -117,3 +125,42 @@ def test_a_halt_the_bot_died_in_says_it_may_have_acted(
     assert "nothing was cancelled" not in out + err
     assert "may have" in err, out + err
     assert halting.returncode == 1
+
+
+OTHER_STRATEGY = """
+[keys.other_sim]
+environment = "sim"
+
+[strategies.other]
+plugin = "follow"
+key = "other_sim"
+
+[strategies.other.params]
+max_notional_usdt = 500
+"""
+
+
+@pytest.mark.parametrize("extra_config", [OTHER_STRATEGY])
+def test_a_strategy_removed_while_its_order_rests_is_warned_of_at_the_start(
+    simulator: tuple[Path, int, str], start_bot: StartBot
+) -> None:
+    """Started again without a strategy whose order rests at the venue: the bot neither
+    follows that order nor counts it in its exposure, so it says so."""
+    config, port, sim_url = simulator
+    plain = config.read_text().replace(OTHER_STRATEGY, "")
+    env = {"BOT_VENUE__SIM_URL": sim_url}
+    first = start_bot(config, port, env=env)
+    resting = ("--symbol", "BTCUSDT", "--side", "buy", "--entry", "96000", "--stop-loss", "94000")
+    sent = send(config, *resting, "--strategy", "other", "--id", "resting")
+    assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+    (order,) = wait_for(lambda: _orders(sim_url), what="the resting order")
+    first.kill()
+    first.wait(10)
+
+    config.write_text(plain)  # the strategy removed, its order still resting
+    second = start_bot(config, port, env=env)
+    second.kill()
+    output = second.communicate(timeout=10)[0]
+
+    warnings = [line for line in output.splitlines() if "WARNING" in line and "other" in line]
+    assert any(str(order["orderLinkId"]) in line for line in warnings), output
