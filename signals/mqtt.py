@@ -181,6 +181,9 @@ class MqttSubscriber:
         self._session_present = False
         self._connect_failures = 0
         self._sink_failures = 0
+        # Connections in a row the broker ended before they held (see `_note_connection_end`).
+        self._brief_connections = 0
+        self._connected_at: float | None = None  # time.monotonic() of the last subscribe
         self._floods = FloodNotes()
         levels = config.topic.split("/")
         # Index of the topic level that names the strategy, if the filter ends in a wildcard.
@@ -196,16 +199,19 @@ class MqttSubscriber:
         self._log_settings()
         tls = await asyncio.to_thread(ssl.create_default_context) if self._config.tls else None
         while True:
+            self._connected_at = None
+            broker_ended = True  # the broker (or the network) ended the connection, not we
             try:
                 await self._connection(tls)
                 problem = "the broker closed the connection"
             except _SinkFailed as exc:
                 self._sink_failures += 1
+                broker_ended = False
                 problem = str(exc)
                 logger.opt(exception=exc.__cause__).error("mqtt: {problem}", problem=problem)
             except aiomqtt.MqttError as exc:
                 self._connect_failures += 1
-                problem = f"{type(exc).__name__}: {exc}"
+                problem = f"{type(exc).__name__}: {_with_reason(exc)}"
             except OSError as exc:
                 self._connect_failures += 1
                 problem = f"{type(exc).__name__}: {exc}"
@@ -215,8 +221,12 @@ class MqttSubscriber:
                 logger.opt(exception=exc).error("mqtt: {problem}", problem=problem)
             finally:
                 self._connected = False
+            if self._connected_at is not None and broker_ended:
+                problem = self._note_connection_end(problem)
             self.last_error = problem
-            failures = max(self._connect_failures, self._sink_failures, 1)
+            failures = max(
+                self._connect_failures, self._sink_failures, self._brief_connections, 1
+            )
             delay = _reconnect_delay_s(self._config, failures)
             logger.warning(
                 "mqtt: {problem}; reconnecting to {host}:{port} in {delay:.2f} s (attempt {n})",
@@ -227,6 +237,25 @@ class MqttSubscriber:
                 n=failures,
             )
             await asyncio.sleep(delay)
+
+    def _note_connection_end(self, problem: str) -> str:
+        """Count a connection the broker ended before it held (lasted `reconnect_max_s`), and
+        name what ends them again and again: another client connecting under our client id
+        takes the session over (the broker closes ours, with MQTT v5's reason 142 or none),
+        and we take it back at our next attempt. Brief connections do not reset the backoff,
+        so two such clients take turns ever more slowly, not many times a second."""
+        held = time.monotonic() - (self._connected_at or 0.0) >= self._config.reconnect_max_s
+        self._brief_connections = 0 if held else self._brief_connections + 1
+        advice = f"every bot instance needs its own mqtt.client_id ({self._config.client_id})"
+        if _SESSION_TAKEN_OVER_TEXT in problem:
+            return f"{problem}: another client connected under our client id; {advice}"
+        if self._brief_connections >= 2:
+            return (
+                f"{problem}; the broker ended {self._brief_connections} connections in a row "
+                f"soon after they were made: is another client connected under our client id? "
+                f"{advice}"
+            )
+        return problem
 
     def _log_settings(self) -> None:
         config = self._config
@@ -299,6 +328,7 @@ class MqttSubscriber:
                     subscription=config.subscription,
                 )
             self._connected = True
+            self._connected_at = time.monotonic()
             self._connect_failures = 0
             self.counters.connections += 1
             async for message in client.messages:
@@ -749,6 +779,16 @@ def _client(
     # Bounds the TCP (and TLS) connect that aiomqtt runs in a worker thread.
     client._client.connect_timeout = timeout_s
     return client
+
+
+_SESSION_TAKEN_OVER_TEXT: Final = "Session taken over"  # paho's words for reason code 142
+
+
+def _with_reason(exc: aiomqtt.MqttError) -> str:
+    """`exc` with the reason the broker or paho gave, which aiomqtt's "Disconnected during
+    message iteration" keeps in its cause (`[code:142] Session taken over`, say)."""
+    cause = exc.__cause__
+    return f"{exc} ({cause})" if isinstance(cause, aiomqtt.MqttError) else str(exc)
 
 
 def _reconnect_delay_s(config: MqttConfig, failures: int) -> float:

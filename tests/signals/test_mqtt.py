@@ -674,6 +674,32 @@ def test_reconnects_forever_logging_each_attempt_and_never_a_secret(broker: Mosq
         assert secret.get_secret_value() not in text
 
 
+def test_a_second_bot_under_the_same_client_id_is_named_and_the_takeovers_back_off(
+    broker: Mosquitto,
+) -> None:
+    # Two instances under one client id take the session from each other at every connect:
+    # each must say why it was dropped and wait longer each time, not fight at full speed.
+    config = config_for(broker, reconnect_min_s=0.05, reconnect_max_s=5)
+    first = MqttSubscriber(config, RecordingSink())
+    second = MqttSubscriber(config, RecordingSink())
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        with Running(first) as running:
+            running.wait_connected()
+            with Running(second):
+                time.sleep(4)
+    finally:
+        logger.remove(handler)
+
+    text = "\n".join(lines)
+    assert "is another client connected under our client id?" in text
+    assert "every bot instance needs its own mqtt.client_id (test-bot)" in text
+    # Each takeover doubles the wait: 0.05, 0.1, 0.2 ... 3.2 s, a dozen connections at most,
+    # where reconnecting at once made them take turns some 20 times a second.
+    assert first.counters.connections + second.counters.connections < 20
+
+
 # arbitrary bytes ------------------------------------------------------------------------------
 
 _JSON_LEAVES = (
