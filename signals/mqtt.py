@@ -2,7 +2,7 @@
 
     broker ─PUBLISH (QoS 1)─► MqttSubscriber ─► checks ─► SignalSink (journal) ─► PUBACK
                                                   │ rejected
-                                                  └─► on_reject(reason, topic) ──► PUBACK
+                                                  └─► on_reject(kind, reason, topic) ─► PUBACK
 
 Delivery: MQTT v5 with a persistent session (clean_start=False and a session expiry interval,
 under a stable client id), a QoS 1 subscription, and manual acknowledgement: the PUBACK goes out
@@ -98,13 +98,14 @@ _STRATEGY_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # Signal.strategy's
 _LITERAL_SIGNATURE: Final = re.compile(r"t=[0-9]{1,12}(?:,v1=[0-9a-fA-F]{64})+")
 _MAX_REASON_CHARS: Final = 300
 
-RejectHandler = Callable[[str, str], Awaitable[None] | None]
-"""Called with (reason, topic) for each rejected message, before it is acknowledged.
+RejectHandler = Callable[[str, str, str], Awaitable[None] | None]
+"""Called with (kind, reason, topic) for each rejected message, before it is acknowledged.
 
-`reason` is one printable line of at most 300 characters that never holds a secret; `topic` is
-the message's topic as the broker gave it (untrusted text). The handler may be sync or async; if
-it raises, the error is logged and the message is acknowledged all the same. It runs in line
-with the stream, so it should be quick (a journal write is fine)."""
+`kind` labels the refusal as the webhook's are (`unauthorized`, `invalid_json`, `too_large`,
+`invalid`, ...); `reason` is one printable line of at most 300 characters that never holds a
+secret; `topic` is the message's topic as the broker gave it (untrusted text). The handler may
+be sync or async; if it raises, the error is logged and the message is acknowledged all the
+same. It runs in line with the stream, so it should be quick (a journal write is fine)."""
 
 
 @dataclass
@@ -161,7 +162,7 @@ class MqttSubscriber:
     ) -> None:
         """`signing_secret` may hold several secrets, one per line (or be a sequence): a message
         signed with any of them passes, so the secret rotates without downtime.
-        `on_reject(reason, topic)` runs for each rejected message before it is acked; the
+        `on_reject(kind, reason, topic)` runs for each rejected message before it is acked; the
         subscriber logs every rejection itself. `clock` gives unix seconds for signatures."""
         self._secrets = _secret_values(signing_secret)
         if config.require_signature and not self._secrets:
@@ -419,7 +420,7 @@ class MqttSubscriber:
         if self._on_reject is None:
             return
         try:
-            result = self._on_reject(reason, topic)
+            result = self._on_reject(kind, reason, topic)
             if inspect.isawaitable(result):
                 await result
         except Exception:

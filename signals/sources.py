@@ -95,8 +95,8 @@ class _Mqtt:
     def __init__(self, config: MqttConfig, context: SourceContext) -> None:
         self.name = f"mqtt:{config.source}"
 
-        def rejected(reason: str, topic: str) -> None:
-            context.on_reject(config.source, "invalid", reason, f"mqtt {topic}")
+        def rejected(kind: str, reason: str, topic: str) -> None:
+            context.on_reject(config.source, kind, reason, f"mqtt {topic}")
 
         self._subscriber = MqttSubscriber(
             config,

@@ -4,6 +4,7 @@ broker's state shows in /healthz (not ready while it is down, ready again when i
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -277,3 +278,46 @@ def test_cli_publishing_with_mqtt_off_says_the_bot_will_not_hear_it(
     assert sent.returncode == 0, sent.stderr
     assert "published to signals/voiceofchain" in sent.stdout
     assert "note: [mqtt] is off in this configuration" in sent.stderr
+
+
+def test_a_refused_message_is_journaled_with_its_kind_as_the_webhooks_are(
+    sim_config: Callable[..., Path],
+    mosquitto: Mosquitto,  # noqa: F811
+) -> None:
+    extra = (
+        f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "bot-kinds"\n'
+        "require_signature = true\n"
+    )
+    config = sim_config(extra=extra)
+    secrets = config.parent / "no-secrets"
+    secrets.mkdir(exist_ok=True)
+    signing_secret = "mqtt-signing-secret-of-this-test"
+    (secrets / "bot_mqtt_signing_secret").write_text(signing_secret)
+    bot = RunningBot(config).start()
+
+    async def publish(payload: bytes, signature: str | None) -> None:
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if signature is not None:
+            properties.UserProperty = [(SIGNATURE_PROPERTY, signature)]
+        async with aiomqtt.Client(
+            "127.0.0.1", mosquitto.port, protocol=aiomqtt.ProtocolVersion.V5
+        ) as client:
+            await client.publish("signals/voiceofchain", payload, qos=1, properties=properties)
+
+    try:
+        wait_for(lambda: health(bot).status_code == 200, what="the broker connected")
+        asyncio.run(publish(json.dumps(signal("unsigned")).encode(), None))
+        asyncio.run(publish(b"{not json", sign(signing_secret, b"{not json", int(time.time()))))
+        rows = wait_for(
+            lambda: (rows := bot.read_journal(lambda journal: journal.rejections()))
+            and len(rows) == 2
+            and rows,
+            what="both refusals journaled",
+        )
+        # An operator asks the journal for the unauthorized attempts: MQTT's are among them.
+        assert [(row["kind"], row["remote"]) for row in reversed(rows)] == [
+            ("unauthorized", "mqtt signals/voiceofchain"),
+            ("invalid_json", "mqtt signals/voiceofchain"),
+        ]
+    finally:
+        bot.stop()

@@ -550,7 +550,7 @@ def test_invalid_messages_are_rejected_counted_and_acked_while_valid_ones_flow(
     sink = RecordingSink()
     rejections: list[tuple[str, str]] = []
 
-    async def on_reject(reason: str, topic: str) -> None:
+    async def on_reject(kind: str, reason: str, topic: str) -> None:
         rejections.append((reason, topic))
 
     subscriber = MqttSubscriber(config, sink, signing_secret=SIGNING_SECRET, on_reject=on_reject)
@@ -632,7 +632,7 @@ def test_a_rotating_signing_secret_accepts_either_while_it_rotates(broker: Mosqu
         config,
         sink,
         signing_secret=SecretStr(f"{old}\n{new}\n"),  # a secret file, one value per line
-        on_reject=lambda reason, _: rejections.append(reason),
+        on_reject=lambda _, reason, __: rejections.append(reason),
     )
 
     with Running(subscriber) as running:
@@ -815,7 +815,7 @@ def test_a_flood_from_senders_not_known_is_counted_but_reported_once_a_minute(
     config = config_for(broker, require_signature=True)
     rejections: list[tuple[str, str]] = []
 
-    async def on_reject(reason: str, topic: str) -> None:
+    async def on_reject(kind: str, reason: str, topic: str) -> None:
         rejections.append((reason, topic))
 
     subscriber = MqttSubscriber(
