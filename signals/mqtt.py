@@ -349,11 +349,8 @@ class MqttSubscriber:
         paho.on_connect = on_connect
 
     def _check_granted(self, granted: tuple[int, ...] | list[ReasonCode]) -> None:
+        _check_subscribed(granted, self._config.subscription)
         for code in granted:
-            if isinstance(code, ReasonCode) and code.is_failure:
-                raise aiomqtt.MqttError(
-                    f"the broker refused the subscription to {self._config.subscription}: {code}"
-                )
             if int(code.value if isinstance(code, ReasonCode) else code) == 0:
                 logger.warning(
                     "mqtt: the broker granted QoS 0 only: a message lost in a crash is not "
@@ -675,8 +672,11 @@ class MqttControl:
         paho = client._client
         paho.manual_ack_set(True)
         async with client:
-            await client.subscribe(
-                f"{config.control_topic}/+", qos=1, timeout=config.connect_timeout_s
+            topic = f"{config.control_topic}/+"
+            # A broker's ACL may refuse it (SUBACK 0x87): the kill switch's topic is not
+            # listened to then, which must be said, and tried again, not taken for listening.
+            _check_subscribed(
+                await client.subscribe(topic, qos=1, timeout=config.connect_timeout_s), topic
             )
             self.connected = True
             logger.info("mqtt control: commands on {topic}/halt|resume", topic=config.control_topic)
@@ -780,6 +780,15 @@ def _client(
     # Bounds the TCP (and TLS) connect that aiomqtt runs in a worker thread.
     client._client.connect_timeout = timeout_s
     return client
+
+
+def _check_subscribed(granted: tuple[int, ...] | list[ReasonCode], subscription: str) -> None:
+    """MqttError when SUBACK refused the subscription (an ACL, say)."""
+    for code in granted:
+        if isinstance(code, ReasonCode) and code.is_failure:
+            raise aiomqtt.MqttError(
+                f"the broker refused the subscription to {subscription}: {code}"
+            )
 
 
 _SESSION_TAKEN_OVER_TEXT: Final = "Session taken over"  # paho's words for reason code 142
