@@ -429,7 +429,7 @@ def _publish(
             )
         )
     except MqttPublishError as exc:
-        _fail(f"{exc}; is the broker running (mqtt.host, mqtt.port)?")
+        _fail(str(exc) if exc.refused else f"{exc}; is the broker running (mqtt.host, mqtt.port)?")
     if as_json:
         line = {"published_to": topic, "signal_id": payload["id"]}
         typer.echo(json.dumps(line, separators=(",", ":")))

@@ -121,7 +121,12 @@ class MqttCounters:
 
 
 class MqttPublishError(Exception):
-    """A signal could not be published (broker unreachable, refused, or too slow)."""
+    """A signal could not be published (broker unreachable, refused, or too slow).
+    `refused`: the broker was reached and answered that it does not take the signal."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 #: The refusal kind of a message whose signature is missing or wrong (as the webhook's 401).
@@ -562,7 +567,8 @@ async def publish_signal(
     Signed with the `x-signature` user property when a signing secret exists (one `v1=` per
     line of it, so subscribers holding either secret accept it while it rotates). The topic is
     `publish_topic(config.topic, payload["strategy"])` unless given. With QoS 1 this returns
-    once the broker acknowledged; the whole call is bounded by `timeout_s`.
+    once the broker acknowledged, and raises if its PUBACK refused the signal (an ACL's Not
+    authorized: the broker drops it); the whole call is bounded by `timeout_s`.
     """
     target = topic or publish_topic(config.topic, payload.get("strategy"))
     body = json.dumps(dict(payload), separators=(",", ":"), ensure_ascii=False).encode()
@@ -594,6 +600,7 @@ async def publish_signal(
                 receive_maximum=None,
                 timeout_s=timeout_s,
             )
+            refusals = _publish_refusals(client._client)
             async with client:
                 await client.publish(target, body, qos=qos, properties=properties)
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
@@ -601,7 +608,30 @@ async def publish_signal(
         raise MqttPublishError(
             f"could not publish to {config.host}:{config.port} ({target}): {detail}"
         ) from exc
+    if refusals:
+        raise MqttPublishError(
+            f"the broker at {config.host}:{config.port} refused the signal on {target}: "
+            f"{refusals[0]}",
+            refused=True,
+        )
     return target
+
+
+def _publish_refusals(paho: paho_mqtt.Client) -> list[ReasonCode]:
+    """The failure reason codes of the PUBACKs `paho` will receive (aiomqtt takes any PUBACK
+    for a success), collected before aiomqtt handles each as before."""
+    refusals: list[ReasonCode] = []
+    original = paho.on_publish
+
+    def on_publish(*args: Any) -> None:
+        code = args[3]  # (client, userdata, mid, reason_code, properties)
+        if isinstance(code, ReasonCode) and code.is_failure:
+            refusals.append(code)
+        if original is not None:
+            original(*args)
+
+    paho.on_publish = on_publish
+    return refusals
 
 
 #: A control command older than this is refused: a queued resume must not act hours later.

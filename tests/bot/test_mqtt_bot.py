@@ -23,7 +23,11 @@ from signals.voiceofchain import sign
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
-from tests.signals.mosquitto import Mosquitto, mosquitto  # noqa: F401 - the broker fixture
+from tests.signals.mosquitto import (  # noqa: F401 - the broker fixture
+    Mosquitto,
+    dynamic_security,
+    mosquitto,
+)
 
 
 def health(bot: RunningBot) -> requests.Response:
@@ -321,3 +325,24 @@ def test_a_refused_message_is_journaled_with_its_kind_as_the_webhooks_are(
         ]
     finally:
         bot.stop()
+
+
+def test_cli_publishing_a_signal_the_broker_refuses_fails_instead_of_saying_published(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The broker's ACL does not let this user publish: it answers PUBACK 0x87, and the
+    # signal is dropped. `bot signal send --mqtt` said "published" and exited 0.
+    broker = Mosquitto(tmp_path / "acl-broker")
+    dynamic_security(broker, {"publishClientSend": False})
+    broker.start()
+    try:
+        config = sim_config(extra=f"\n[mqtt]\nenabled = true\nport = {broker.port}\n")
+        sent = send_mqtt(config, "--symbol", "BTCUSDT", "--side", "buy", "--id", "refused")
+    finally:
+        broker.stop()
+
+    assert sent.returncode == 2, sent.stdout
+    assert sent.stderr.strip() == (
+        f"error: the broker at 127.0.0.1:{broker.port} refused the signal on "
+        "signals/voiceofchain: Not authorized"
+    )

@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import getpass
+import json
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 
 from tests.conftest import free_port
 
-__all__ = ["Mosquitto", "find_mosquitto", "mosquitto", "running_mosquitto"]
+__all__ = ["Mosquitto", "dynamic_security", "find_mosquitto", "mosquitto", "running_mosquitto"]
 
 _CONFIG = """\
 listener {port} 127.0.0.1
@@ -151,6 +152,35 @@ class Mosquitto:
                 return True
         except OSError:
             return False
+
+
+def dynamic_security(
+    broker: Mosquitto, access: Mapping[str, bool], subscribe: Sequence[str] = ()
+) -> None:
+    """Before `broker.start()`: mosquitto's dynamic security plugin as the ACL of every client
+    (anonymous ones included). `access` overrides its defaults (`publishClientSend`,
+    `publishClientReceive`, `subscribe`, `unsubscribe`); `subscribe` lists the topic patterns
+    any client may subscribe to all the same. A SUBSCRIBE or PUBLISH it refuses is answered with
+    reason code 0x87, Not authorized (MQTT v5), as EMQX or HiveMQ answer one their ACL refuses."""
+    plugins = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))
+    if not plugins:
+        pytest.fail(
+            "mosquitto's dynamic security plugin is missing (Debian's mosquitto package has it)",
+            pytrace=False,
+        )
+    defaults = {"publishClientSend": True, "publishClientReceive": True, "subscribe": True}
+    acls = [{"acltype": "subscribePattern", "topic": topic, "allow": True} for topic in subscribe]
+    document = {
+        "defaultACLAccess": {**defaults, "unsubscribe": True, **access},
+        "clients": [],
+        "groups": [{"groupname": "anyone", "roles": [{"rolename": "anyone"}]}],
+        "anonymousGroup": "anyone",
+        "roles": [{"rolename": "anyone", "acls": acls}],
+    }
+    rules = broker.folder / "dynamic-security.json"
+    rules.write_text(json.dumps(document))
+    with broker.config.open("a") as config:
+        config.write(f"plugin {plugins[0]}\nplugin_opt_config_file {rules}\n")
 
 
 @contextmanager

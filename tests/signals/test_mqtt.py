@@ -47,7 +47,7 @@ from signals.mqtt import (
 from signals.voiceofchain import UsedSignatures, sign
 from tests.conftest import wait_for
 from tests.signals import mosquitto as mosquitto_helper
-from tests.signals.mosquitto import Mosquitto, running_mosquitto
+from tests.signals.mosquitto import Mosquitto, dynamic_security, running_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGNING_SECRET = SecretStr("mqtt-signing-secret-for-tests")
@@ -933,46 +933,13 @@ def test_the_control_topic_reconnects_at_once_after_a_connection_that_held(
     assert waits == [1] * 6  # as after a first failure, every time
 
 
-def _broker_refusing_subscriptions_outside(folder: Path, allowed: str) -> Mosquitto:
-    """A broker whose ACL (mosquitto's dynamic security plugin) lets every client subscribe to
-    `allowed` only: it answers any other subscription with SUBACK's Not authorized (0x87)."""
-    plugins = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))
-    if not plugins:
-        pytest.fail("mosquitto's dynamic security plugin is missing (Debian's mosquitto has it)")
-    broker = Mosquitto(folder)
-    acl = broker.folder / "dynsec.json"
-    acl.write_text(
-        json.dumps(
-            {
-                "defaultACLAccess": {
-                    "publishClientSend": True,
-                    "publishClientReceive": True,
-                    "subscribe": False,
-                    "unsubscribe": True,
-                },
-                "clients": [],
-                "groups": [{"groupname": "anyone", "roles": [{"rolename": "reader"}]}],
-                "anonymousGroup": "anyone",
-                "roles": [
-                    {
-                        "rolename": "reader",
-                        "acls": [{"acltype": "subscribePattern", "topic": allowed, "allow": True}],
-                    }
-                ],
-            }
-        )
-    )
-    with broker.config.open("a") as config:
-        config.write(f"plugin {plugins[0]}\nplugin_opt_config_file {acl}\n")
-    return broker
-
-
 def test_a_control_topic_the_broker_refuses_is_reported_not_taken_for_listening(
     tmp_path: Path,
 ) -> None:
     """An ACL that lets the bot read signals but not its control topic: the broker refused the
     subscription, yet the bot said it took commands there, and a halt sent to it was lost."""
-    broker = _broker_refusing_subscriptions_outside(tmp_path / "mosquitto", "signals/#")
+    broker = Mosquitto(tmp_path / "mosquitto")
+    dynamic_security(broker, {"subscribe": False}, subscribe=["signals/#"])
     broker.start()
     config = config_for(broker, control_topic="bot/control")
 
