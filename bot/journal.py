@@ -1879,6 +1879,16 @@ class Journal:
                 "BOT_STATE_DIR choose it)"
             )
 
+    def note_once(self, note: str) -> bool:
+        """Remember `note` (a fact of the bot's own, such as a broker session it had); False
+        if it was remembered already."""
+        with self._transaction(durable=True, one_statement=True) as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                (f"note:{note}", utc_now().isoformat()),
+            )
+        return cursor.rowcount == 1
+
     def record_trading_state(self, state: ScopeState) -> None:
         """Journal a scope's trading state (it survives a restart)."""
         with self._transaction(durable=True, one_statement=True) as db:

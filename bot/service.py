@@ -658,7 +658,13 @@ class Service:
             }
 
         resolver = self._resolver
-        context = SourceContext(sink, resolver.get, resolver.optional, rejected, status)
+
+        async def note_once(note: str) -> bool:
+            return await journal.call(journal.note_once, note)
+
+        context = SourceContext(
+            sink, resolver.get, resolver.optional, rejected, status, note_once=note_once
+        )
         try:
             return build_sources(self.settings.sources, self.settings.mqtt, context)
         except ValueError as exc:

@@ -164,6 +164,7 @@ class MqttSubscriber:
         signing_secret: SecretStr | Sequence[SecretStr] | None = None,
         on_reject: RejectHandler | None = None,
         clock: Callable[[], float] = time.time,
+        note_once: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         """`signing_secret` may hold several secrets, one per line (or be a sequence): a message
         signed with any of them passes, so the secret rotates without downtime.
@@ -183,6 +184,7 @@ class MqttSubscriber:
         self._password = password
         self._on_reject = on_reject
         self._clock = clock
+        self._note_once = note_once
         self._connected = False
         self._session_present = False
         self._connect_failures = 0
@@ -230,9 +232,7 @@ class MqttSubscriber:
             if self._connected_at is not None and broker_ended:
                 problem = self._note_connection_end(problem)
             self.last_error = problem
-            failures = max(
-                self._connect_failures, self._sink_failures, self._brief_connections, 1
-            )
+            failures = max(self._connect_failures, self._sink_failures, self._brief_connections, 1)
             delay = _reconnect_delay_s(self._config, failures)
             logger.warning(
                 "mqtt: {problem}; reconnecting to {host}:{port} in {delay:.2f} s (attempt {n})",
@@ -320,7 +320,8 @@ class MqttSubscriber:
                 # A session resumed from before `shared_group` was set still holds the plain
                 # filter: with it, this bot would get every signal besides its share.
                 await client.unsubscribe(config.topic, timeout=config.connect_timeout_s)
-            if self._session_present or self.counters.connections == 0:
+            had_session = await self._had_session()
+            if self._session_present or not had_session:
                 logger.info(
                     "mqtt: subscribed to {subscription} ({session})",
                     subscription=config.subscription,
@@ -339,6 +340,19 @@ class MqttSubscriber:
             self.counters.connections += 1
             async for message in client.messages:
                 await self._handle(paho, message)
+
+    async def _had_session(self) -> bool:
+        """Whether this bot has had a session with this broker under this client id before,
+        in this run or (told by `note_once`, which the bot keeps in its journal) an earlier
+        one: a broker that then answers with no session lost what it kept for the bot."""
+        if self.counters.connections > 0:
+            return True
+        if self._note_once is None:
+            return False
+        config = self._config
+        return not await self._note_once(
+            f"mqtt session {config.host}:{config.port} {config.client_id}"
+        )
 
     def _watch_session_flag(self, paho: paho_mqtt.Client) -> None:
         """Record CONNACK's session-present flag, then let aiomqtt handle CONNACK as before."""

@@ -8,7 +8,7 @@ each hands its signals to the bot's `SignalSink` and reports every refusal.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,6 +56,8 @@ class SourceContext:
     #: a refusal: (source, kind, reason, where from: a client address or an MQTT topic)
     on_reject: Callable[[str, str, str, str], None]
     status: SignalStatus
+    #: remembers a note across restarts; False if it was remembered already
+    note_once: Callable[[str], Awaitable[bool]] | None = None
 
 
 def build_sources(
@@ -104,6 +106,7 @@ class _Mqtt:
             password=context.optional_secret(PASSWORD_SECRET_NAME),
             signing_secret=context.optional_secret(SIGNING_SECRET_NAME),
             on_reject=rejected,
+            note_once=context.note_once,
         )
         self._where = f"{config.host}:{config.port}"
 

@@ -18,6 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import SecretStr
 
+from bot.logs import logger
 from signals.mqtt import SIGNATURE_PROPERTY, publish_signal
 from signals.voiceofchain import sign
 from tests.bot.test_admin import decision_of
@@ -313,9 +314,11 @@ def test_a_refused_message_is_journaled_with_its_kind_as_the_webhooks_are(
         asyncio.run(publish(json.dumps(signal("unsigned")).encode(), None))
         asyncio.run(publish(b"{not json", sign(signing_secret, b"{not json", int(time.time()))))
         rows = wait_for(
-            lambda: (rows := bot.read_journal(lambda journal: journal.rejections()))
-            and len(rows) == 2
-            and rows,
+            lambda: (
+                (rows := bot.read_journal(lambda journal: journal.rejections()))
+                and len(rows) == 2
+                and rows
+            ),
             what="both refusals journaled",
         )
         # An operator asks the journal for the unauthorized attempts: MQTT's are among them.
@@ -346,3 +349,40 @@ def test_cli_publishing_a_signal_the_broker_refuses_fails_instead_of_saying_publ
         f"error: the broker at 127.0.0.1:{broker.port} refused the signal on "
         "signals/voiceofchain: Not authorized"
     )
+
+
+def test_a_session_the_broker_lost_while_the_bot_was_down_is_a_warning(
+    sim_config: Callable[..., Path],
+    mosquitto: Mosquitto,  # noqa: F811
+) -> None:
+    # Reproduced: a broker that lost its saved sessions while the bot was stopped dropped the
+    # signals queued for it, and the restarted bot only said "new session" at INFO.
+    extra = (
+        f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "bot-lost"\n'
+        "reconnect_max_s = 0.5\n"
+    )
+    config = sim_config(extra=extra)
+    warnings: list[str] = []
+    handler = logger.add(warnings.append, format="{message}", level="WARNING")
+
+    def run_until_subscribed() -> None:
+        bot = RunningBot(config).start()
+        try:
+            wait_for(lambda: health(bot).status_code == 200, what="the broker connected")
+        finally:
+            bot.stop()
+
+    try:
+        for lose_the_session in (False, True):
+            run_until_subscribed()
+            mosquitto.stop()
+            if lose_the_session:
+                for saved in mosquitto.data.iterdir():
+                    saved.unlink()
+            mosquitto.start()
+        run_until_subscribed()
+    finally:
+        logger.remove(handler)
+
+    lost = [line for line in warnings if "broker had lost the session" in line]
+    assert len(lost) == 1, warnings  # the third start: its session was deleted before it
