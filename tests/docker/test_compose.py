@@ -193,6 +193,8 @@ def test_mosquitto_requires_a_login_and_persists_on_a_volume(compose: dict[str, 
     assert password_file == "/run/secrets/" + "mosquitto_passwd"
     assert "mosquitto_passwd" in secret_names(compose, "mosquitto")
     assert conf["persistence"] == ["true"]
+    # saved at each change: what it acknowledged to a publisher survives its crash
+    assert (conf["autosave_on_changes"], conf["autosave_interval"]) == (["true"], ["1"])
     (location,) = conf["persistence_location"]
     data = mounts[location.rstrip("/")]
     assert data["type"] == "volume" and data["source"] in compose["volumes"]
