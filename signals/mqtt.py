@@ -683,6 +683,7 @@ class MqttControl:
         self._used = used or UsedSignatures()
         self._floods = FloodNotes()
         self.connected = False
+        self._connected_at: float | None = None  # time.monotonic() of the last subscribe
         self.applied = 0
         self.refused = 0
 
@@ -690,13 +691,27 @@ class MqttControl:
         """Take commands until cancelled; reconnect with bounded backoff after a failure."""
         failures = 0
         while True:
+            self._connected_at = None
             try:
                 await self._connection()
             except (aiomqtt.MqttError, OSError) as exc:
-                # Counted afresh after a connection: a broker's restart is not its last
-                # failure's thirtieth (a halt would trail the signals published after it).
-                failures = (0 if self.connected else failures) + 1
-                logger.warning("mqtt control: {error}; reconnecting", error=str(exc) or type(exc))
+                # Counted afresh after a connection that held: a broker's restart is not its
+                # last failure's thirtieth (a halt would trail the signals published after
+                # it). One the broker ended at once is no such connection: another bot
+                # under our client id took the session over, and we would take it back
+                # many times a second.
+                held = (
+                    self._connected_at is not None
+                    and time.monotonic() - self._connected_at >= self._config.reconnect_max_s
+                )
+                failures = (0 if held else failures) + 1
+                error = _with_reason(exc) if isinstance(exc, aiomqtt.MqttError) else str(exc)
+                if self._connected_at is not None and not held and failures >= 2:
+                    error += (
+                        "; the broker ends our connections soon after they are made: every bot "
+                        f"instance needs its own mqtt.client_id ({self._config.client_id})"
+                    )
+                logger.warning("mqtt control: {error}; reconnecting", error=error or type(exc))
             finally:
                 self.connected = False
             await asyncio.sleep(_reconnect_delay_s(self._config, max(failures, 1)))
@@ -723,6 +738,7 @@ class MqttControl:
                 await client.subscribe(topic, qos=1, timeout=config.connect_timeout_s), topic
             )
             self.connected = True
+            self._connected_at = time.monotonic()
             logger.info("mqtt control: commands on {topic}/halt|resume", topic=config.control_topic)
             async for message in client.messages:
                 await self._handle(message)

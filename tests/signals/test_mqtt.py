@@ -920,6 +920,7 @@ def test_the_control_topic_reconnects_at_once_after_a_connection_that_held(
 
     async def connected_then_lost(self: MqttControl) -> None:
         self.connected = True
+        self._connected_at = time.monotonic() - config.reconnect_max_s  # it held
         raise aiomqtt.MqttError("the broker restarted")
 
     monkeypatch.setattr(mqtt_module, "_reconnect_delay_s", delay)
@@ -931,6 +932,40 @@ def test_the_control_topic_reconnects_at_once_after_a_connection_that_held(
         asyncio.run(control.run())
 
     assert waits == [1] * 6  # as after a first failure, every time
+
+
+def test_the_control_topic_backs_off_when_each_connection_is_ended_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two bots under one client id took the control session from each other at every
+    reconnect (`reconnect_min_s`), forever."""
+    waits: list[int] = []
+    logged: list[str] = []
+
+    def delay(config: MqttConfig, failures: int) -> float:
+        waits.append(failures)
+        if len(waits) == 4:
+            raise asyncio.CancelledError  # enough
+        return 0.0
+
+    async def taken_over(self: MqttControl) -> None:
+        self.connected = True
+        self._connected_at = time.monotonic()
+        raise aiomqtt.MqttError("Disconnected during message iteration")
+
+    monkeypatch.setattr(mqtt_module, "_reconnect_delay_s", delay)
+    monkeypatch.setattr(MqttControl, "_connection", taken_over)
+    config = MqttConfig(enabled=True, control_topic="bot/control", client_id="twin")
+    control = MqttControl(config, None, secret=SecretStr("s"))  # type: ignore[arg-type]
+    handler = logger.add(logged.append, format="{message}", level="WARNING")
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(control.run())
+    finally:
+        logger.remove(handler)
+
+    assert waits == [1, 2, 3, 4]
+    assert "needs its own mqtt.client_id (twin)" in logged[-1]
 
 
 def test_a_control_topic_the_broker_refuses_is_reported_not_taken_for_listening(
