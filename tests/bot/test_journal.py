@@ -1209,7 +1209,7 @@ def test_under_a_steady_stream_of_writes_the_wal_starts_over_instead_of_growing(
         journal.submit(journal.record_order, make_request(order_link_id=f"follow-0-{n}")).result()
         biggest = max(biggest, wal.stat().st_size)
 
-    assert biggest < 16 * 1024 * 1024
+    assert biggest < 40 * 1024 * 1024  # 2-8 MB here, 24 under a full test run; 72 unfixed
     journal.close()
 
 
