@@ -33,6 +33,7 @@ from bot.account import UNATTRIBUTED, Account, StrategyBook
 from bot.admin import AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
+from bot.coalesce import Coalesced
 from bot.config import BotSettings, ConfigError, Environment, secret_resolver
 from bot.execution.executor import Executor
 from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
@@ -602,8 +603,14 @@ class Service:
         resources.callback(metrics.REGISTRY.unregister, state_metrics)
         app = create_app(
             [router for source in sources if (router := source.router()) is not None],
-            lambda: self._health(
-                readiness, pipeline, journal, account, sources, list(price_streams.values())
+            partial(
+                self._health,
+                readiness,
+                pipeline,
+                Coalesced(journal.counts),
+                account,
+                sources,
+                list(price_streams.values()),
             ),
             self._admin_routes(kill_switch, used),
             refresh_metrics=state_metrics.refresh,
@@ -771,7 +778,7 @@ class Service:
         self,
         readiness: Readiness,
         pipeline: Pipeline,
-        journal: Journal,
+        journal_counts: Coalesced[dict[str, int]],
         account: Account,
         sources: list[SignalSource],
         price_streams: list[PriceStream],
@@ -780,7 +787,7 @@ class Service:
         signal_sources = {source.name: source.health() for source in sources}
         checks = await readiness.checks(signal_sources)
         # The journal's counts only when it answers: a locked one must not hold the answer.
-        counts = await journal.call(journal.counts) if checks["journal"].ok else None
+        counts = await journal_counts() if checks["journal"].ok else None
         return {
             **body_of(checks),
             "environment": self.settings.environment.value,

@@ -11,13 +11,13 @@ together share one query. Everything else is in memory and read as it is.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.account import Account
+from bot.coalesce import Coalesced
 from bot.files import file_size
 from bot.journal import Journal, Tallies, journal_files
 from bot.market import MarketData
@@ -45,18 +45,12 @@ class StateCollector(Collector):
         self._market = market
         self._key_of = key_of
         self._tallies = Tallies()
-        self._counting: asyncio.Future[Tallies] | None = None
+        self._count = Coalesced(journal.tallies)
 
     async def refresh(self) -> None:
         """Read the journal's counts for the next `collect`; a scrape that comes while they
         are being read waits for that read instead of starting another."""
-        if self._counting is None:
-            self._counting = asyncio.ensure_future(asyncio.to_thread(self._journal.tallies))
-            self._counting.add_done_callback(self._counted)
-        self._tallies = await asyncio.shield(self._counting)
-
-    def _counted(self, counting: asyncio.Future[Tallies]) -> None:
-        self._counting = None
+        self._tallies = await self._count()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._journal_counts()
