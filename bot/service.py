@@ -611,6 +611,7 @@ class Service:
                 account,
                 sources,
                 list(price_streams.values()),
+                control,
             ),
             self._admin_routes(kill_switch, used),
             refresh_metrics=state_metrics.refresh,
@@ -782,6 +783,7 @@ class Service:
         account: Account,
         sources: list[SignalSource],
         price_streams: list[PriceStream],
+        control: MqttControl | None,
     ) -> dict[str, Any]:
         """Liveness, readiness with each check's verdict, and a short status."""
         signal_sources = {source.name: source.health() for source in sources}
@@ -805,6 +807,16 @@ class Service:
                 for stream in price_streams
             },
             "signal_sources": signal_sources,
+            # Halt and resume also come over HTTP (bot halt): degraded, not down.
+            **(
+                {}
+                if control is None
+                else {
+                    "mqtt_control": "listening"
+                    if control.connected
+                    else "down (commands over HTTP only)"
+                }
+            ),
         }
 
 

@@ -149,6 +149,12 @@ def test_the_kill_switch_answers_signed_commands_on_the_control_topic(
         assert state() == "HALTED"  # the forged resume was refused
         command("resume", {}, secret)
         wait_for(lambda: state() == "ACTIVE", what="the resume")
+        assert health(bot).json()["mqtt_control"] == "listening"
+        mosquitto.stop()
+        wait_for(
+            lambda: health(bot).json()["mqtt_control"] == "down (commands over HTTP only)",
+            what="the control topic shown down",
+        )
     finally:
         bot.stop()
 
