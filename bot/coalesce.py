@@ -28,3 +28,5 @@ class Coalesced(Generic[T]):
 
     def _done(self, running: asyncio.Future[T]) -> None:
         self._running = None
+        if not running.cancelled():
+            running.exception()  # its callers were told (a cancelled one never asks again)
