@@ -3,7 +3,9 @@
 A key's secrets are read again every `poll_s` (and at once on SIGHUP). Changed secrets are
 audited first; only a key that passes replaces the old one, for new requests (requests in
 flight finish on the old key; the key's name, and with it its rate limiter and its journal
-identity, stay). A refused new key leaves the old one in service with an alert. Every day the
+identity, stay). A refused new key leaves the old one in service with an alert; the same
+secrets are audited again only on SIGHUP (the operator fixed on the venue what the refusal
+named), not at every look. Every day the
 keys in service are audited again: one refused since (expired, permissions changed) is
 switched off with an alert; one about to expire is warned about. Values are never logged:
 only key names, verdicts and reasons.
@@ -70,7 +72,10 @@ class KeyGuard:
         self.rotations = 0
 
     def wake(self) -> None:
-        """Look at the secrets now (SIGHUP)."""
+        """Look at the secrets now (SIGHUP), auditing again secrets refused before: what the
+        refusal named (a key not yet created, a permission) is fixed on the venue, not in the
+        files, so the files alone never say it is worth another audit."""
+        self._refused.clear()
         self._wake.set()
 
     async def run(self) -> None:

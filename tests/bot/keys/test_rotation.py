@@ -3,15 +3,22 @@ never signs a request, and no signal is lost or fails on the way."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import requests
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
-from tests.bot.test_service import RunningBot, signal
-from tests.conftest import client_orders, wait_for, write_key_secrets
+from tests.bot.test_cli import send
+from tests.bot.test_service import RunningBot
+from tests.bot.test_service import signal as signal_body
+from tests.conftest import StartBot, client_orders, free_port, wait_for, write_key_secrets
 
 BOUND = ["127.0.0.1"]
 TRADING = {"ContractTrade": ["Order", "Position"]}
@@ -57,7 +64,7 @@ def test_a_rotated_key_is_audited_first_and_no_signal_fails(
         def flow() -> None:  # a signal every 50 ms until told to stop
             while not stop.is_set():
                 signal_id = f"flow-{len(sent)}"
-                assert bot.post(signal(signal_id)).status_code == 202
+                assert bot.post(signal_body(signal_id)).status_code == 202
                 sent.append(signal_id)
                 stop.wait(0.05)
 
@@ -92,3 +99,66 @@ def test_a_rotated_key_is_audited_first_and_no_signal_fails(
     assert len(client_orders(exchange.orders())) == len(
         sent
     )  # one order per signal, none lost or doubled
+
+
+def test_sighup_audits_again_new_secrets_refused_before(
+    sim_config: Callable[..., Path], start_bot: StartBot, tmp_path: Path
+) -> None:
+    """The new key's files were written before the key existed on the venue (or with a
+    permission to fix): refused, the old key stays. Once the operator has fixed that on the
+    venue, SIGHUP must audit the same secrets again and put them in service."""
+    sim_port, port = free_port(), free_port()
+    config = sim_config(port=port)
+    write_key_secrets(tmp_path, "rot-old", "old-secret-1")
+    secrets_dir = str(tmp_path / "no-secrets")
+    command = [sys.executable, "-m", "bot", "sim", "--port", str(sim_port), "--config"]
+    sim = subprocess.Popen(
+        [*command, str(config), "--secrets-dir", secrets_dir],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{sim_port}"
+    try:
+        wait_for(lambda: _answers(f"{url}/sim/stats"), 30, "the simulator")
+        env = {"BOT_VENUE__SIM_URL": url, "BOT_SECRETS_DIR": secrets_dir}
+        bot = start_bot(config, port, env=env)
+        audits = _key_audits(tmp_path)
+        write_key_secrets(tmp_path, "rot-late", "late-secret-1")  # not on the venue yet
+        bot.send_signal(signal.SIGHUP)
+        wait_for(lambda: _key_audits(tmp_path) > audits, what="the new secrets refused")
+        late = {"api_key": "rot-late", "api_secret": "late-secret-1", "note": "late"}
+        added = requests.post(
+            f"{url}/sim/accounts", json={**late, "ips": BOUND, "account_of": "rot-old"}, timeout=5
+        )
+        assert added.status_code == 201, added.text
+        bot.send_signal(signal.SIGHUP)
+
+        def signed_by_late_key() -> dict[str, int]:
+            table = requests.get(f"{url}/sim/stats", timeout=5).json()
+            return dict(table["signed_requests_by_key_note"].get("late", {}))
+
+        wait_for(signed_by_late_key, what="the same secrets audited again after SIGHUP")
+        sent = send(config, "--symbol", "BTCUSDT", "--side", "buy", "--stop-loss", "95000")
+        assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+        wait_for(
+            lambda: "/v5/order/create" in signed_by_late_key(),
+            what="the order signed with the new key",
+        )
+    finally:
+        sim.kill()
+        sim.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:  # not listening yet
+        return False
+
+
+def _key_audits(folder: Path) -> int:
+    """The key audits (`/v5/user/query-api`) in the bot's audit log so far."""
+    log = folder / "var" / "audit" / "audit.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return sum(json.loads(line)["endpoint"] == "/v5/user/query-api" for line in lines)
