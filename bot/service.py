@@ -17,6 +17,7 @@ import gc
 import json
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
@@ -201,6 +202,7 @@ class Service:
             # Bind first: a port in use fails before anything (the simulator) is started.
             sock = self._bind()
             resources.callback(sock.close)
+            _ignore_hangups()  # until its handler is in place: start-up reads the secrets
             # Start-up does file, SQLite and thread I/O: keep it off the event loop too.
             stages = await asyncio.to_thread(self._build, resources)
             with self._stop_on_signals():
@@ -441,6 +443,8 @@ class Service:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            if installed:
+                _ignore_hangups()  # removed, its handler leaves the default: ending the bot
 
     def _build(self, resources: ExitStack) -> _Stages:
         settings = self.settings
@@ -818,6 +822,15 @@ class Service:
                 }
             ),
         }
+
+
+def _ignore_hangups() -> None:
+    """SIGHUP asks a running bot to look at its key secrets now (`_stop_on_signals`); while
+    no handler of the bot's takes it, its default action would end the bot instead: a key
+    rotated during a start-up or a stop. Only the main thread may set it (tests run the
+    service in others)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _journal_state(journal: Journal, state: ScopeState) -> None:

@@ -4,6 +4,7 @@ restart must be what the venue holds."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import pytest
 import requests
 
 from tests.bot.test_cli import send
-from tests.conftest import StartBot, client_orders, free_port, wait_for
+from tests.conftest import StartBot, client_orders, free_port, healthy, wait_for
 
 
 @pytest.fixture
@@ -164,3 +165,30 @@ def test_a_strategy_removed_while_its_order_rests_is_warned_of_at_the_start(
 
     warnings = [line for line in output.splitlines() if "WARNING" in line and "other" in line]
     assert any(str(order["orderLinkId"]) in line for line in warnings), output
+
+
+def test_a_hangup_during_start_up_does_not_end_the_bot(
+    sim_config: Callable[..., Path],
+) -> None:
+    """SIGHUP (look at the key secrets now) sent while the bot was starting, before its
+    handler was in place, ended it: a key rotated by `kill -HUP` during a restart."""
+    port = free_port()
+    config = sim_config(port=port)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--config", str(config), "--port", str(port)],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # start-up has begun: the journal is being opened
+            if "new journal at" in line:
+                break
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: healthy(port) or process.poll() is not None, 30, "the bot to listen")
+        assert process.poll() is None, "the bot ended on SIGHUP during its start-up"
+    finally:
+        process.kill()
+        process.wait(10)
