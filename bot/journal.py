@@ -790,10 +790,14 @@ class Journal:
                             "PRAGMA wal_checkpoint(PASSIVE)"
                         ).fetchone()
                         written, last_frames = frames != last_frames, frames
+                        if restarting is not None and restarting.done():
+                            if failed := restarting.exception():
+                                logger.warning("journal WAL restart failed: {e}", e=str(failed))
+                            restarting = None
                         if (
                             written
                             and frames * frame_bytes > _WAL_RESTART_BYTES
-                            and (restarting is None or restarting.done())
+                            and restarting is None
                         ):
                             restarting = self.submit(self._let_wal_restart)
                         grown = file_size(wal)
