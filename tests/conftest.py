@@ -160,6 +160,44 @@ def with_environment(extra: Mapping[str, str] | None) -> dict[str, str] | None:
     return None if extra is None else {**os.environ, **extra}
 
 
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 now."""
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:  # not listening yet
+        return False
+
+
+@contextmanager
+def standalone_simulator(config: Path, *options: str, cwd: Path | None = None) -> Iterator[str]:
+    """`bot sim --config config *options` on a free port, a process of its own that outlives
+    a killed bot, until the block ends; its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "sim",
+            "--port",
+            str(port),
+            "--config",
+            str(config),
+            *options,
+        ],
+        cwd=cwd or config.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: answers(f"{url}/sim/stats"), 30, "the simulator")
+        yield url
+    finally:
+        process.kill()
+        process.wait(10)
+
+
 def healthy(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200

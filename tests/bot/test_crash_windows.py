@@ -14,7 +14,14 @@ import pytest
 import requests
 
 from tests.bot.test_cli import send
-from tests.conftest import StartBot, client_orders, free_port, healthy, wait_for
+from tests.conftest import (
+    StartBot,
+    client_orders,
+    free_port,
+    healthy,
+    standalone_simulator,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -29,28 +36,10 @@ def simulator(
 ) -> Iterator[tuple[Path, int, str]]:
     """A bot configuration and a standalone simulator it trades with: (config, the bot's
     port, the simulator's URL)."""
-    sim_port, http_port = free_port(), free_port()
+    http_port = free_port()
     config = sim_config(port=http_port, extra=extra_config)
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "bot", "sim", "--port", str(sim_port), "--config", str(config)],
-        cwd=config.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{sim_port}"
-    try:
-        wait_for(lambda: _answers(f"{url}/sim/stats"), 30, "the simulator")
+    with standalone_simulator(config) as url:
         yield config, http_port, url
-    finally:
-        sim.kill()
-        sim.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except requests.RequestException:  # not listening yet
-        return False
 
 
 def _orders(sim_url: str) -> list[dict[str, object]]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,14 @@ from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from tests.bot.test_cli import send
 from tests.bot.test_service import RunningBot
 from tests.bot.test_service import signal as signal_body
-from tests.conftest import StartBot, client_orders, free_port, wait_for, write_key_secrets
+from tests.conftest import (
+    StartBot,
+    client_orders,
+    free_port,
+    standalone_simulator,
+    wait_for,
+    write_key_secrets,
+)
 
 BOUND = ["127.0.0.1"]
 TRADING = {"ContractTrade": ["Order", "Position"]}
@@ -107,20 +112,12 @@ def test_sighup_audits_again_new_secrets_refused_before(
     """The new key's files were written before the key existed on the venue (or with a
     permission to fix): refused, the old key stays. Once the operator has fixed that on the
     venue, SIGHUP must audit the same secrets again and put them in service."""
-    sim_port, port = free_port(), free_port()
+    port = free_port()
     config = sim_config(port=port)
     write_key_secrets(tmp_path, "rot-old", "old-secret-1")
     secrets_dir = str(tmp_path / "no-secrets")
-    command = [sys.executable, "-m", "bot", "sim", "--port", str(sim_port), "--config"]
-    sim = subprocess.Popen(
-        [*command, str(config), "--secrets-dir", secrets_dir],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{sim_port}"
-    try:
-        wait_for(lambda: _answers(f"{url}/sim/stats"), 30, "the simulator")
+    simulator = standalone_simulator(config, "--secrets-dir", secrets_dir, cwd=tmp_path)
+    with simulator as url:
         env = {"BOT_VENUE__SIM_URL": url, "BOT_SECRETS_DIR": secrets_dir}
         bot = start_bot(config, port, env=env)
         audits = _key_audits(tmp_path)
@@ -145,16 +142,6 @@ def test_sighup_audits_again_new_secrets_refused_before(
             lambda: "/v5/order/create" in signed_by_late_key(),
             what="the order signed with the new key",
         )
-    finally:
-        sim.kill()
-        sim.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=5).status_code == 200
-    except requests.RequestException:  # not listening yet
-        return False
 
 
 def _key_audits(folder: Path) -> int:
