@@ -115,11 +115,8 @@ class GreedyThenModest(Strategy):
         ]
 
 
-class RetriesTheSameLeg(Strategy):
+class RetriesTheSameLeg(GreedyThenModest):
     """Asks for too much, then, told why, for less under the same leg (`intent`'s default)."""
-
-    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
-        return [self.intent(signal, context, side=Side.BUY, qty=Decimal(1))]  # ~97000 USDT
 
     def on_order_rejected(
         self, rejection: OrderRejection, signal: Signal, context: StrategyContext
