@@ -433,8 +433,18 @@ def _check_place(path: Path) -> None:
 def _create(path: Path) -> None:
     """A new journal at `path`, made whole under another name and renamed into place: a
     crash while it is made leaves no journal, never an empty file, which the next start
-    could not tell from a journal its disk truncated (and refuses). Its writers hold the
-    journal's lock (`lock_journal`), so no two make one at once."""
+    could not tell from a journal its disk truncated (and refuses). Refused beside the WAL
+    of a journal whose file is gone. Its writers hold the journal's lock (`lock_journal`), so
+    no two make one at once."""
+    _, wal, shm = journal_files(path)
+    if file_size(wal):
+        # SQLite would apply it to the new journal: whichever database wrote a WAL, it is
+        # taken for the one beside it (the last journal's orders, half of its pages).
+        raise JournalError(
+            f"no journal at {path.absolute()}, but its WAL {wal.name} is there: the last "
+            "changes of a journal whose file was deleted or lost. Restore the journal from a "
+            f"backup; or, to start a new one, delete it (and {shm.name})"
+        )
     partial = path.with_name(path.name + ".new")
     for leftover in journal_files(partial):  # of a start that crashed making one
         leftover.unlink(missing_ok=True)

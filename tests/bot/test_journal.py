@@ -1082,6 +1082,27 @@ def test_an_empty_journal_file_is_refused_not_started_afresh(
     assert path.read_bytes() == b""
 
 
+def test_a_journal_deleted_without_its_wal_is_refused_not_made_anew_under_it(
+    tmp_path: Path,
+) -> None:
+    # Reproduced: SQLite applies a WAL it finds beside a database to it, whichever database
+    # wrote it, so a journal made new beside the last one's WAL took that one's signals (and
+    # orders: sent again) into a "new" journal, mixed with fresh pages.
+    path = tmp_path / "journal.sqlite3"
+    wal = path.with_name(path.name + "-wal")
+    with closing(Journal(path)) as journal:
+        journal.record_signal(signal())
+        shutil.copy(wal, tmp_path / "kept-wal")  # its last commits, not yet copied in
+    for leftover in (path, wal, path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    shutil.copy(tmp_path / "kept-wal", wal)  # the operator deleted the journal file only
+
+    with pytest.raises(JournalError, match=r"journal\.sqlite3-wal.*delete it"):
+        Journal(path)
+
+    assert not path.exists()
+
+
 def test_a_start_killed_while_making_its_journal_leaves_none_and_the_next_makes_it(
     tmp_path: Path,
 ) -> None:
