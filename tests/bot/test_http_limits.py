@@ -22,9 +22,15 @@ MAX_CONNECTIONS = 4
 
 
 @pytest.fixture
-def bot(sim_config: Callable[..., Path]) -> Iterator[RunningBot]:
+def head_timeout_s() -> float:
+    """The bot's http.head_timeout_s (a test parametrizes it)."""
+    return HEAD_TIMEOUT_S
+
+
+@pytest.fixture
+def bot(sim_config: Callable[..., Path], head_timeout_s: float) -> Iterator[RunningBot]:
     config = sim_config()
-    limits = f"[http]\nmax_connections = {MAX_CONNECTIONS}\nhead_timeout_s = {HEAD_TIMEOUT_S}\n"
+    limits = f"[http]\nmax_connections = {MAX_CONNECTIONS}\nhead_timeout_s = {head_timeout_s}\n"
     config.write_text(config.read_text().replace("[http]\n", limits))
     running = RunningBot(config).start()
     try:
@@ -154,6 +160,9 @@ def test_a_long_body_before_a_pipelined_request_is_not_taken_for_a_head(bot: Run
     assert b" 431 " not in data
 
 
+# Idle connections that outlive the test's steps however slow a loaded host makes them: with
+# HEAD_TIMEOUT_S, the idlest could time out (answered 408) before the probe came for its room.
+@pytest.mark.parametrize("head_timeout_s", [60.0])
 def test_past_the_limit_the_connection_idle_longest_makes_room_for_a_new_one(
     bot: RunningBot,
 ) -> None:
@@ -164,8 +173,11 @@ def test_past_the_limit_the_connection_idle_longest_makes_room_for_a_new_one(
     assert requests.get(f"{bot.url}/livez", timeout=5).status_code == 200
     assert idle[0].recv(1) == b""  # closed for room, nothing sent
 
-    for sock in idle[1:]:  # the others time out as ever
-        assert _answer(sock)[0] == 408
+    for sock in idle[1:]:  # the others stay open
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+        sock.close()
     assert _refused(bot) == refused + 1
 
 
