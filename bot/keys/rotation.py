@@ -5,7 +5,8 @@ audited first; only a key that passes replaces the old one, for new requests (re
 flight finish on the old key; the key's name, and with it its rate limiter and its journal
 identity, stay). A refused new key leaves the old one in service with an alert; the same
 secrets are audited again only on SIGHUP (the operator fixed on the venue what the refusal
-named), not at every look. Every day the
+named), not at every look; ones the venue could not be asked about (an outage) are audited
+again `_RETRY_UNANSWERED_NEW_S` later. Every day the
 keys in service are audited again: one refused since (expired, permissions changed) is
 switched off with an alert; one about to expire is warned about. Values are never logged:
 only key names, verdicts and reasons.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
@@ -28,6 +30,8 @@ __all__ = ["DAILY_S", "KeyGuard"]
 DAILY_S: Final = 86_400.0
 #: After an audit the venue could not answer, the next try comes this much sooner than daily.
 _RETRY_UNREACHABLE_S: Final = 600.0
+#: New secrets the venue could not be asked about are audited again this much later.
+_RETRY_UNANSWERED_NEW_S: Final = 60.0
 
 #: Audits one key's credentials (a fresh session with them, asking `/v5/user/query-api`).
 Audit = Callable[[ApiCredentials], Awaitable[KeyAudit]]
@@ -53,6 +57,7 @@ class KeyGuard:
         introduce: Callable[[ApiCredentials, ApiCredentials], None] | None = None,
         poll_s: float = 2.0,
         audit_interval_s: float = DAILY_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`current` is each key's credentials in service; `resolve(name)` reads them again
         (blocking: run in a thread); `swap` puts audited credentials in service; `switch_off
@@ -61,6 +66,10 @@ class KeyGuard:
         self._current = dict(current)
         self._fingerprints = {name: _fingerprint(c) for name, c in current.items()}
         self._refused: dict[str, bytes] = {}  # a refused new key is not audited again
+        # New secrets the venue could not be asked about, and when to ask again.
+        self._unanswered: dict[str, tuple[bytes, float]] = {}
+        self._wakes = 0  # SIGHUPs so far: one during an audit asks for another
+        self._clock = clock
         self._resolve = resolve
         self._audit = audit
         self._swap = swap
@@ -76,6 +85,8 @@ class KeyGuard:
         refusal named (a key not yet created, a permission) is fixed on the venue, not in the
         files, so the files alone never say it is worth another audit."""
         self._refused.clear()
+        self._unanswered.clear()
+        self._wakes += 1
         self._wake.set()
 
     async def run(self) -> None:
@@ -104,23 +115,39 @@ class KeyGuard:
         fingerprint = _fingerprint(fresh)
         if fingerprint in (self._fingerprints[name], self._refused.get(name)):
             return
+        unanswered = self._unanswered.get(name)
+        if (
+            unanswered is not None
+            and unanswered[0] == fingerprint
+            and self._clock() < unanswered[1]
+        ):
+            return
         logger.info("key {key}: new secrets found; auditing them before use", key=name)
         if self._introduce is not None:
             self._introduce(self._current[name], fresh)
+        wakes = self._wakes
         verdict = await self._audit(fresh)
         if not verdict.verdict.usable:
-            self._refused[name] = fingerprint
+            again = "audited again on SIGHUP"
+            if verdict.verdict is Verdict.UNREACHABLE:
+                retry_at = self._clock() + _RETRY_UNANSWERED_NEW_S
+                self._unanswered[name] = (fingerprint, retry_at)
+                again = f"audited again in {_RETRY_UNANSWERED_NEW_S:.0f} s"
+            elif wakes == self._wakes:  # a SIGHUP meanwhile asks for another audit
+                self._refused[name] = fingerprint
             logger.bind(notify="key").critical(
                 "ALERT: the new secrets of key {key} were {verdict} ({reason}); the old key "
-                "stays in service",
+                "stays in service; they are {again}",
                 key=name,
                 verdict=verdict.verdict.value,
                 reason=verdict.reason,
+                again=again,
             )
             return
         self._swap(fresh)
         self._current[name], self._fingerprints[name] = fresh, fingerprint
         self._refused.pop(name, None)
+        self._unanswered.pop(name, None)
         self.rotations += 1
         logger.bind(notify="key").warning(
             "key {key} rotated: the new key passed its audit ({verdict}{reason}); new requests "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pydantic import SecretStr
@@ -41,13 +43,14 @@ class Script:
     async def audit(self, credentials: ApiCredentials) -> KeyAudit:
         return self.verdicts.get(credentials.api_key.get_secret_value(), verdict(Verdict.OK))
 
-    def guard(self) -> KeyGuard:
+    def guard(self, clock: Callable[[], float] = time.monotonic) -> KeyGuard:
         return KeyGuard(
             {"main": creds("key-one")},
             resolve=self.resolve,
             audit=self.audit,
             swap=lambda fresh: self.swapped.append(fresh.api_key.get_secret_value()),
             switch_off=lambda name, reason: self.switched_off.append((name, reason)),
+            clock=clock,
         )
 
 
@@ -68,6 +71,45 @@ def test_only_new_secrets_that_pass_are_swapped_in_and_a_refusal_is_not_retried(
 
     assert script.swapped == ["key-two"]
     assert guard.rotations == 1
+
+
+def test_new_secrets_the_venue_could_not_be_asked_about_are_audited_again_a_minute_later() -> None:
+    # Reproduced: an outage during a rotation was remembered as a refusal, and the same
+    # secrets were never audited again until SIGHUP: the old key stayed in service for good.
+    now = [0.0]
+    script = Script()
+    guard = script.guard(clock=lambda: now[0])
+    script.files = creds("key-two")
+    script.verdicts["key-two"] = verdict(Verdict.UNREACHABLE, "venue did not answer")
+    asyncio.run(guard.check_secrets("main"))
+    del script.verdicts["key-two"]  # the venue is back
+    now[0] = 30.0
+    asyncio.run(guard.check_secrets("main"))  # too soon: not asked again
+    assert script.swapped == []
+
+    now[0] = 61.0
+    asyncio.run(guard.check_secrets("main"))
+
+    assert script.swapped == ["key-two"]
+
+
+def test_a_sighup_during_the_audit_of_refused_secrets_asks_for_another() -> None:
+    script = Script()
+    guard = script.guard()
+    script.files = creds("key-two")
+    script.verdicts["key-two"] = verdict(Verdict.REFUSED, "not created yet")
+
+    async def refused_while_woken(credentials: ApiCredentials) -> KeyAudit:
+        guard.wake()  # the operator fixed it on the venue while this audit ran
+        del script.verdicts["key-two"]
+        return verdict(Verdict.REFUSED, "not created yet")
+
+    guard._audit = refused_while_woken
+    asyncio.run(guard.check_secrets("main"))
+    guard._audit = script.audit
+    asyncio.run(guard.check_secrets("main"))
+
+    assert script.swapped == ["key-two"]
 
 
 def test_the_daily_audit_switches_off_a_key_refused_since() -> None:
