@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot import cli
+from bot import cli, launch
 from bot.account import AccountProjection
 from bot.config import load_settings
 from bot.journal import Journal
@@ -950,3 +950,16 @@ def test_positions_marks_an_open_book_and_leaves_a_closed_ones_mark_blank() -> N
     assert (rows["open"]["mark"], rows["open"]["unrealized_pnl"]) == ("98000", "10")
     assert (rows["closed"]["mark"], rows["closed"]["unrealized_pnl"]) == ("", "")
     assert rows["closed"]["size"] == "0"
+
+
+def test_bot_run_ignores_a_hangup_from_its_first_instant(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SIGHUP ends a process by default: sent while `bot run` imported its modules (most of a
+    # second), before the bot's own handler was in place, it ended the bot.
+    before = signal.getsignal(signal.SIGHUP)
+    monkeypatch.setattr(sys, "argv", ["bot", "run", "--help"])
+    try:
+        with pytest.raises(SystemExit):
+            launch.main()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -176,6 +177,8 @@ def test_a_hangup_during_start_up_does_not_end_the_bot(
             if "new journal at" in line:
                 break
         process.send_signal(signal.SIGHUP)
+        # Its later lines must not fill the pipe and block it.
+        threading.Thread(target=process.stdout.read, daemon=True).start()
         wait_for(lambda: healthy(port) or process.poll() is not None, 30, "the bot to listen")
         assert process.poll() is None, "the bot ended on SIGHUP during its start-up"
     finally:
