@@ -8,7 +8,7 @@ one pointed at a simulator elsewhere, starts without it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 
 from pydantic import ValidationError
@@ -79,7 +79,7 @@ def start_simulator(
     for account in sim_accounts(settings, resolver):
         exchange.add_account(account)
     if journal is not None:
-        _resume(exchange, settings, resolver, journal, [fill for fill, _ in journal.executions()])
+        _resume(exchange, settings, resolver, journal)
     server = SimServer(exchange)
     server.start()
     logger.info("simulator running in-process at {url}", url=server.url)
@@ -91,7 +91,6 @@ def _resume(
     settings: BotSettings,
     resolver: SecretResolver,
     journal: Journal,
-    fills: Sequence[Execution],
 ) -> None:
     """An in-process simulator starts empty: each sim key's account is set back to the
     journal's last view of it (the last prices; the balance; positions with their leverage
@@ -102,8 +101,9 @@ def _resume(
     reports = journal.positions()
     notes = exchange.resume_prices(_journaled_prices(reports))
     exits = journal.waiting_exits()
-    positions, taken = _journaled_positions(reports, fills, exits)
-    orders = _journaled_orders(journal, fills)
+    # The fills are read as they are used, twice, never held all at once (see Journal.executions).
+    positions, taken = _journaled_positions(reports, _fills(journal), exits)
+    orders = _journaled_orders(journal)
     balances = {wallet.key_name: wallet.wallet_balance_usdt for wallet in journal.wallets()}
     for name, key in settings.keys.items():
         known = name in balances or name in positions or name in orders
@@ -129,8 +129,12 @@ def _journaled_prices(reports: Sequence[PositionUpdate]) -> dict[str, Decimal]:
     return {update.symbol: update.mark_price for update in latest if update.mark_price > 0}
 
 
+def _fills(journal: Journal) -> Iterator[Execution]:
+    return (fill for fill, _ in journal.executions())
+
+
 def _journaled_positions(
-    reports: Sequence[PositionUpdate], fills: Sequence[Execution], exits: Sequence[WaitingExit]
+    reports: Sequence[PositionUpdate], fills: Iterable[Execution], exits: Sequence[WaitingExit]
 ) -> tuple[dict[str, list[ResumedPosition]], set[str]]:
     """Each key's positions (flat ones too: their leverage): the last report, moved by the
     fills journaled after it (a fill fetched by REST while the stream was down comes with no
@@ -174,18 +178,18 @@ def _journaled_positions(
     return positions, taken
 
 
-def _journaled_orders(
-    journal: Journal, fills: Sequence[Execution]
-) -> dict[str, list[ResumedOrder]]:
+def _journaled_orders(journal: Journal) -> dict[str, list[ResumedOrder]]:
     """Each key's orders the venue must still know: those it last said were open (a limit one
     rests again; a market one, whose fill the journal never got, is over) and those not yet
     done whose fills the journal holds (the fills are in the positions)."""
+    unfinished = journal.unfinished_orders()
+    wanted = {record.request.order_link_id for record in unfinished}
     by_link: dict[str, list[Execution]] = {}
-    for fill in fills:
-        if fill.order_link_id:
+    for fill in _fills(journal):
+        if fill.order_link_id in wanted:
             by_link.setdefault(fill.order_link_id, []).append(fill)
     orders: dict[str, list[ResumedOrder]] = {}
-    for record in journal.unfinished_orders():
+    for record in unfinished:
         request = record.request
         own = by_link.get(request.order_link_id, [])
         filled = sum((fill.qty for fill in own), Decimal(0))
