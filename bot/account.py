@@ -1005,10 +1005,13 @@ class AccountKeeper:
         start's gap-fill can ask before the venue's queries show the fill (they lag). Without
         this, the books miss the position until the books check, and a close finds nothing
         to close. False if the fills could not be fetched (logged)."""
-        journal, unbooked = self._journal, []
+        journal, link_ids = self._journal, list(link_ids)
+        # What the journal's fills hold of each (the books' memory of it is bounded).
+        booked = await journal.call(journal.booked_qty_of, link_ids)
+        unbooked = []
         for link_id in link_ids:
             record = await journal.call(journal.order, link_id)
-            if record is not None and record.filled_qty > self._projection.booked_qty(link_id):
+            if record is not None and record.filled_qty > booked.get(link_id, ZERO):
                 unbooked.append(record)
         if not unbooked:
             return True
