@@ -2,6 +2,10 @@
 the journal), positions, PnL, exposure and equity (from the account projection and the risk
 gate), trading states, and the journal's size.
 
+A signal may name any strategy, and its decline is journaled under that name: in the metrics,
+every strategy the configuration does not have is counted as `UNCONFIGURED`, so a sender
+cannot grow a series per name it makes up.
+
 Counting at the source on every event would miss what arrives by other paths (an order
 filled on the stream, a restart); reading the state at scrape time cannot. The journal's
 counts come from one query, run by `refresh()` just before a scrape (`/metrics` awaits it) on
@@ -11,7 +15,9 @@ together share one query. Everything else is in memory and read as it is.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -21,10 +27,14 @@ from bot.coalesce import Coalesced
 from bot.files import file_size
 from bot.journal import Journal, Tallies, journal_files
 from bot.market import MarketData
+from bot.pipeline import NO_STRATEGY
 from bot.risk.gate import RiskGate
 from bot.risk.states import BOT_SCOPE, TradingState
 
-__all__ = ["StateCollector"]
+__all__ = ["UNCONFIGURED", "StateCollector"]
+
+#: The label of every strategy the journal names and the configuration does not have.
+UNCONFIGURED: Final = "(unconfigured)"
 
 
 class StateCollector(Collector):
@@ -65,17 +75,27 @@ class StateCollector(Collector):
             "declined, failed) and rule",
             labels=["strategy", "outcome", "rule"],
         )
-        for strategy, outcome, rule, count in self._tallies.decisions:
-            decisions.add_metric([strategy, outcome, rule], count)
+        for labels, count in self._by_label(self._tallies.decisions):
+            decisions.add_metric(list(labels), count)
         orders = GaugeMetricFamily(
             "bot_orders",
             "Orders by strategy, current status and the venue's last retCode",
             labels=["strategy", "status", "ret_code"],
         )
-        for strategy, status, ret_code, count in self._tallies.orders:
-            orders.add_metric([strategy, status, ret_code], count)
+        for labels, count in self._by_label(self._tallies.orders):
+            orders.add_metric(list(labels), count)
         yield decisions
         yield orders
+
+    def _by_label(
+        self, rows: Iterable[tuple[str, str, str, int]]
+    ) -> Iterator[tuple[tuple[str, str, str], int]]:
+        """The journal's counts summed by their labels, strategies not configured as one."""
+        summed: Counter[tuple[str, str, str]] = Counter()
+        for strategy, first, second, count in rows:
+            known = strategy in self._key_of or strategy == NO_STRATEGY
+            summed[(strategy if known else UNCONFIGURED, first, second)] += count
+        yield from summed.items()
 
     def _books(self) -> Iterator[Metric]:
         """Each strategy's own books (its fills), and each key's equity."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from bot.journal import Journal, Tallies
-from bot.state_metrics import StateCollector
+from bot.messages import Decline, parse_signal
+from bot.state_metrics import UNCONFIGURED, StateCollector
 from tests.factories import make_request
 
 
@@ -65,3 +67,39 @@ def test_scrapes_that_come_together_share_one_read(tmp_path: Path) -> None:
         journal.close()
 
     assert len(reads) == 2
+
+
+def test_strategies_a_signal_names_but_none_configured_share_one_label(tmp_path: Path) -> None:
+    """A signal may name any strategy (`"strategy": "junk-123"`); its decline is journaled
+    under that name, but /metrics must not grow a series per name a sender makes up."""
+    journal = Journal(tmp_path / "journal.sqlite3", synchronous="NORMAL")
+    for index in range(20):
+        signal = parse_signal(
+            "voiceofchain",
+            {
+                "id": f"s{index}",
+                "symbol": "BTCUSDT",
+                "side": "buy",
+                "strategy": f"junk{index}",
+                "ts": datetime.now(UTC).isoformat(),
+            },
+        )
+        journal.record_signal(signal)
+        journal.record_decline(signal, Decline(strategy=f"junk{index}", reason="not configured"))
+    journal.record_decline(
+        parse_signal(
+            "voiceofchain",
+            {"id": "s-ok", "symbol": "BTCUSDT", "side": "buy", "ts": datetime.now(UTC).isoformat()},
+        ),
+        Decline(strategy="alpha", reason="no stop_loss"),
+    )
+    nothing = cast(Any, None)
+    collector = StateCollector(journal, nothing, nothing, nothing, {"alpha": "alpha_key"})
+    try:
+        asyncio.run(collector.refresh())
+        decisions = next(m for m in collector._journal_counts() if m.name == "bot_decisions")
+    finally:
+        journal.close()
+
+    counts = {sample.labels["strategy"]: sample.value for sample in decisions.samples}
+    assert counts == {"alpha": 1, UNCONFIGURED: 20}
