@@ -9,10 +9,15 @@ of CPU per request here, about what the webhook's own work takes): the endpoint 
 `Request`, and its answer is counted as every other route's is. It stays in the OpenAPI
 document, and everything else at its path (another method, a trailing slash) goes the usual
 way.
+
+`GET /metrics` renders every series on the event loop (a few ms): scrapes that come while one
+is being refreshed and rendered share its body, so fifty at once cost one rendering, not fifty
+back to back in front of every signal's 202.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -85,12 +90,37 @@ def create_app(
         "/metrics", responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}}, response_class=Response
     )
     async def prometheus() -> Response:
-        if refresh_metrics is not None:
-            await refresh_metrics()
-        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(await scrape(), media_type=CONTENT_TYPE_LATEST)
+
+    scrape = _SharedScrape(refresh_metrics)
 
     direct = _direct_posts(routers)
     return _DirectPosts(app, direct) if direct else app
+
+
+class _SharedScrape:
+    """`await scrape()`: the /metrics body, refreshed and rendered once for every scrape that
+    comes while it is being made."""
+
+    def __init__(self, refresh: Callable[[], Awaitable[None]] | None) -> None:
+        self._refresh = refresh
+        self._running: asyncio.Future[bytes] | None = None
+
+    async def __call__(self) -> bytes:
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._render())
+            self._running.add_done_callback(self._done)
+        return await asyncio.shield(self._running)
+
+    async def _render(self) -> bytes:
+        if self._refresh is not None:
+            await self._refresh()
+        return generate_latest(metrics.REGISTRY)
+
+    def _done(self, running: asyncio.Future[bytes]) -> None:
+        self._running = None
+        if not running.cancelled():
+            running.exception()  # its callers were told (a cancelled one never asks again)
 
 
 def _direct_posts(routers: Iterable[APIRouter]) -> dict[str, Endpoint]:

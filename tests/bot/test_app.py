@@ -3,8 +3,10 @@ middleware and routing, and still answers, counts and documents itself like any 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -12,6 +14,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
+from bot import app as bot_app
 from bot import metrics
 from bot.admin import AdminRoutes
 from bot.app import DirectRoute, create_app
@@ -105,3 +108,32 @@ def test_the_openapi_document_names_every_answer_of_the_admin_routes_and_metrics
         assert {"200", "401", "408", "409", "413", "422", "503"} <= set(answers), route
     metrics_answer = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics_answer) == [CONTENT_TYPE_LATEST]
+
+
+def test_scrapes_that_come_together_share_one_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendering /metrics runs on the event loop (a few ms): 50 scrapes at once must cost one
+    rendering, not 50 back to back, which would hold every signal's 202 up meanwhile."""
+    renders = []
+    real = bot_app.generate_latest
+
+    def counted(registry: Any) -> bytes:
+        renders.append(1)
+        return real(registry)
+
+    monkeypatch.setattr(bot_app, "generate_latest", counted)
+    release = asyncio.Event()
+
+    async def slow_refresh() -> None:
+        await release.wait()
+
+    async def fifty_scrapes() -> list[int]:
+        app = create_app([], _healthy, refresh_metrics=slow_refresh)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot") as client:
+            scrapes = [asyncio.ensure_future(client.get("/metrics")) for _ in range(50)]
+            await asyncio.sleep(0.1)
+            release.set()
+            return [answer.status_code for answer in await asyncio.gather(*scrapes)]
+
+    assert asyncio.run(fifty_scrapes()) == [200] * 50
+    assert len(renders) == 1
