@@ -277,6 +277,11 @@ def start(config: NotifyConfig, urls: SecretStr | None, name: str) -> Notifier |
     logging.getLogger("apprise").disabled = True
     targets = apprise.Apprise()
     found = split_urls(urls)
+    if not found:
+        raise ConfigError(
+            f"{NOTIFY_URLS_NAME} holds no URL (only separators): give one apprise URL per "
+            "line or comma, or unset it to turn notifications off"
+        )
     for number, url in enumerate(found, start=1):
         target = apprise.Apprise.instantiate(url)
         if target is None:

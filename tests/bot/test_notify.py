@@ -302,6 +302,13 @@ def test_no_url_means_no_notifications_and_no_error() -> None:
     assert notify.start(NotifyConfig(events=[]), SecretStr("json://127.0.0.1:1/x"), "x") is None
 
 
+@pytest.mark.parametrize("secret", [",", " ;\n, ", "\n,\n"])
+def test_a_secret_that_holds_no_url_stops_the_start(secret: str) -> None:
+    """Set, but only separators: notifications said "on: 0 target(s)" and never sent one."""
+    with pytest.raises(ConfigError, match="BOT_NOTIFY_URLS holds no URL"):
+        notify.start(NotifyConfig(), SecretStr(secret), "test-bot")
+
+
 def test_urls_split_on_lines_commas_and_spaces_but_not_inside_a_url() -> None:
     secret = SecretStr(
         "tgram://123456:abcdef/-100200\n"
