@@ -605,7 +605,7 @@ def _switch(
         )
     except ConnectionError:
         with _one_line_errors():
-            _journal_while_stopped(settings.journal_path, scope, target)
+            _journal_while_stopped(settings, scope, target)
         console.print(
             f"the bot is not running: {scope.scope} {state.value} is journaled (in "
             f"{settings.journal_path.absolute()}) and applies when it starts",
@@ -650,10 +650,13 @@ def _undone(answer: str) -> str:
     return " and ".join(undone)
 
 
-def _journal_while_stopped(path: Path, scope: ScopeState, target: str) -> None:
+def _journal_while_stopped(settings: BotSettings, scope: ScopeState, target: str) -> None:
     """Journal `scope` for the bot's next start, if no bot holds the journal. One that does
     runs but did not answer at `target` (it listens elsewhere, say `bot run --port`): then
-    nothing is journaled and the user is told to reach it, never that it is not running."""
+    nothing is journaled and the user is told to reach it, never that it is not running.
+    A journal another environment's bot wrote is never changed (JournalError): a resume
+    there would lift that bot's halt at its next start."""
+    path = settings.journal_path
     try:
         lock = lock_journal(path)
     except JournalInUse as exc:
@@ -665,6 +668,7 @@ def _journal_while_stopped(path: Path, scope: ScopeState, target: str) -> None:
     try:
         journal = Journal(path)
         try:
+            journal.claim_environment(settings.environment.value)
             journal.record_trading_state(scope)
         finally:
             journal.close()

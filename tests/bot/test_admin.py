@@ -26,7 +26,7 @@ from bot.admin import parse_command
 from bot.cli import _undone
 from bot.config import load_settings
 from bot.journal import Journal
-from bot.risk.states import TradingState
+from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, sign
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for
@@ -116,6 +116,33 @@ def test_bot_halt_with_no_bot_running_is_journaled_for_its_start(
     rows = {row["scope"]: row for row in map(json.loads, status.stdout.splitlines())}
     assert (rows["follow"]["state"], rows["follow"]["reason"]) == ("HALTED", "weekend")
     assert rows["(bot)"]["state"] == "ACTIVE"
+
+
+def test_bot_resume_with_no_bot_running_never_touches_another_environments_journal(
+    sim_config: Callable[..., Path],
+) -> None:
+    """A config pointing at the state_dir of a halted testnet (or mainnet) bot: journaling
+    ACTIVE there would lift that bot's halt at its next start."""
+    config = sim_config(port=1)  # nothing listens there
+    journal = Journal(load_settings(config).journal_path)
+    journal.claim_environment("testnet")
+    halted = ScopeState(BOT_SCOPE, TradingState.HALTED, "testnet's halt", datetime.now(UTC))
+    journal.record_trading_state(halted)
+    journal.close()
+
+    resumed = cli(config, "resume")
+    halted_too = cli(config, "halt", "--reason", "sim's halt")
+
+    for refused in (resumed, halted_too):
+        assert refused.returncode == 2
+        assert refused.stderr.startswith("error: journal ")
+        assert "belongs to a bot in testnet, but this one runs in sim" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    journal = Journal(load_settings(config).journal_path, read_only=True)
+    try:
+        assert [state.reason for state in journal.trading_states()] == ["testnet's halt"]
+    finally:
+        journal.close()
 
 
 def sim_price(bot: RunningBot, symbol: str = "BTCUSDT") -> float:
