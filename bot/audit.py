@@ -23,6 +23,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ __all__ = [
     "AuditLog",
     "RequestObserver",
     "VenueRequest",
+    "iter_audit",
     "notify",
     "parse_since",
     "read_audit",
@@ -254,19 +256,44 @@ def read_audit(
 ) -> list[dict[str, Any]]:
     """The audit lines (as dicts) matching the filters, newest last; with `limit`, only the
     latest that many. Files are read newest first and only until `limit` lines are found,
-    and a rotated file last written before `since` is not opened at all."""
+    holding no more than `limit` lines of each (a file holds 100,000 of them), and a rotated
+    file last written before `since` is not opened at all."""
+    if not limit:
+        return list(iter_audit(directory, since=since, key=key))
     found: list[dict[str, Any]] = []
     for path in reversed(_files(directory)):
         try:
             if since is not None and path.stat().st_mtime < since.timestamp():
                 break  # this file and every older one end before `since`
-            lines = list(_matching(_lines(path), since, key))
+            latest = deque(_matching(_lines(path), since, key), maxlen=limit - len(found))
         except FileNotFoundError:
             continue  # rotated or pruned away while we read
-        found[:0] = lines
-        if limit and len(found) >= limit:
+        found[:0] = latest
+        if len(found) >= limit:
             break
-    return found[-limit:] if limit else found
+    return found
+
+
+def iter_audit(
+    directory: Path, *, since: datetime | None = None, key: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every audit line (as a dict) matching the filters, oldest first, read as it is
+    yielded: `bot audit --limit 0 --json` prints a gigabyte of them in little memory."""
+    files = _files(directory)
+    if since is not None:
+        for index in range(len(files) - 1, -1, -1):
+            try:
+                ended_before = files[index].stat().st_mtime < since.timestamp()
+            except FileNotFoundError:
+                continue
+            if ended_before:  # this file and every older one end before `since`
+                files = files[index + 1 :]
+                break
+    for path in files:
+        try:
+            yield from _matching(_lines(path), since, key)
+        except FileNotFoundError:
+            continue  # rotated or pruned away before we came to it
 
 
 def _lines(path: Path) -> Iterator[dict[str, Any]]:

@@ -920,27 +920,39 @@ def audit(
     """The audit log: every signed request to the venue (time in UTC, key, endpoint,
     orderLinkId, retCode, latency), newest last, from <state_dir>/audit/. Needs no running
     bot."""
-    from bot.audit import parse_since, read_audit, summary
+    from bot.audit import iter_audit, parse_since, read_audit, summary
 
     settings = _settings(config)
     try:
         start = None if since is None else parse_since(since, utc_now())
     except ValueError as exc:
         _fail(str(exc))
+    if as_json and not limit:  # every line, printed as read: never all of them in memory
+        printed = 0
+        for row in iter_audit(settings.audit_dir, since=start, key=key):
+            typer.echo(json.dumps(row, separators=(",", ":")))
+            printed += 1
+        if not printed:
+            _no_audit_match(settings, key)
+        return
     rows = read_audit(settings.audit_dir, since=start, key=key, limit=limit)
     if not rows:
-        unknown = key is not None and key not in settings.keys
-        named = f" (no key {key!r} is configured: {', '.join(settings.keys) or 'none'})"
-        errors.print(
-            f"no signed requests match in {settings.audit_dir}{named if unknown else ''}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        _no_audit_match(settings, key)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, separators=(",", ":")))
         return
     _print_table([summary(row) for row in rows], {"key": 8, "endpoint": 12, "answer": 6})
+
+
+def _no_audit_match(settings: BotSettings, key: str | None) -> None:
+    unknown = key is not None and key not in settings.keys
+    named = f" (no key {key!r} is configured: {', '.join(settings.keys) or 'none'})"
+    errors.print(
+        f"no signed requests match in {settings.audit_dir}{named if unknown else ''}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from bot.audit import CURRENT_FILE, AuditLog, VenueRequest, read_audit, summary
+from bot.audit import CURRENT_FILE, AuditLog, VenueRequest, iter_audit, read_audit, summary
 from bot.config import AuditConfig, Environment, load_settings
 from bot.execution.executor import build_request
 from bot.secrets import ApiCredentials
@@ -214,6 +215,29 @@ def test_the_file_is_rotated_at_its_size_and_every_line_is_kept_in_order(
         "follow-38-leg",
         "follow-39-leg",
     ]
+
+
+def test_the_latest_lines_and_every_line_are_read_in_bounded_memory(tmp_path: Path) -> None:
+    """A rotated file holds 100,000 lines, and 50 are kept: `bot audit` (its latest 50) read a
+    whole file into dicts, and `--limit 0 --json` every file at once (3.5 GB for 100 MB)."""
+    directory = tmp_path / "audit"
+    directory.mkdir()
+    line = json.dumps(record(time.time(), link="follow-x-0").audit_fields()) + "\n"
+    (directory / "audit-20260101T000000000000Z.jsonl").write_text(line * 10_000)
+    (directory / CURRENT_FILE).write_text(line * 10_000)
+    tracemalloc.start()
+    try:
+        latest = read_audit(directory, limit=5)
+        _, peak_latest = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        every = sum(1 for _ in iter_audit(directory))
+        _, peak_every = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert (len(latest), every) == (5, 20_000)
+    assert peak_latest < 2**20
+    assert peak_every < 2**20
 
 
 def test_rotated_files_past_their_age_or_count_are_deleted(tmp_path: Path) -> None:
