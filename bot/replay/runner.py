@@ -165,7 +165,9 @@ def replay_settings(settings: BotSettings, state_dir: Path, source: str) -> BotS
 
 
 def _open_at_first_prices(exchange: SimExchange, history: History) -> None:
-    """The venue starts where the history does: each symbol at its first price point."""
+    """The venue starts where the history does: each symbol at its first price point. Every
+    later one is checked too (a price above the instrument's maxPrice), before the replay
+    starts rather than halfway through it."""
     listed = exchange.config.instruments
     for symbol, (line, price) in history.first_prices().items():
         if symbol not in listed:
@@ -177,6 +179,11 @@ def _open_at_first_prices(exchange: SimExchange, history: History) -> None:
             exchange.set_prices({symbol: price})
         except ValueError as exc:
             raise HistoryError(f"{history.path}:{line}: {exc}") from None
+    for point in history.price_points:
+        try:
+            exchange.check_prices(point.prices)
+        except ValueError as exc:
+            raise HistoryError(f"{history.path}:{point.line}: {exc}") from None
 
 
 class _Driver:

@@ -808,6 +808,13 @@ class SimExchange:
         """
         self.update_prices(prices)
 
+    def check_prices(self, prices: Mapping[str, Decimal | int | str]) -> None:
+        """Raise the ValueError `set_prices(prices)` would, without moving any price."""
+        for symbol, raw in prices.items():
+            if symbol not in self._config.instruments:
+                raise ValueError(f"{symbol!r} is not a listed symbol")
+            self._parse_price(symbol, raw)
+
     def update_prices(self, updates: Mapping[str, Any]) -> None:
         """Apply `POST /sim/prices` (all or none). Per symbol, one of:
 

@@ -265,6 +265,24 @@ def test_an_invalid_signal_names_its_line_and_field(tmp_path: Path) -> None:
     assert f"{history}:1: invalid signal: side: must be one of buy, sell" in run.stderr
 
 
+def test_a_later_price_the_simulator_cannot_take_is_refused_before_replaying(
+    tmp_path: Path,
+) -> None:
+    """Only each symbol's first price was checked against the simulator: a later one above the
+    instrument's maxPrice stopped the replay halfway as an unexpected error (exit 1)."""
+    history = write_lines(
+        tmp_path / "h.jsonl",
+        [*STOP_AND_TARGET, {"ts": "2026-10-03T00:00:00Z", "prices": {"BTCUSDT": 10**15}}],
+    )
+
+    run = replay(tmp_path, history)
+
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    line = len(STOP_AND_TARGET) + 1
+    assert f"{history}:{line}: BTCUSDT: price 1000000000000000 is above the maxPrice" in run.stderr
+
+
 def run_program(program: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """`program` (which patches something, then runs the CLI) in a Python of its own."""
     return subprocess.run(
