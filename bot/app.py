@@ -17,7 +17,6 @@ back to back in front of every signal's 202.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -30,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot import metrics
 from bot.admin import AdminRoutes
+from bot.coalesce import Coalesced
 from bot.logs import logger
 
 __all__ = ["DirectRoute", "create_app"]
@@ -92,35 +92,15 @@ def create_app(
     async def prometheus() -> Response:
         return Response(await scrape(), media_type=CONTENT_TYPE_LATEST)
 
-    scrape = _SharedScrape(refresh_metrics)
+    async def render() -> bytes:
+        if refresh_metrics is not None:
+            await refresh_metrics()
+        return generate_latest(metrics.REGISTRY)
+
+    scrape = Coalesced(render)
 
     direct = _direct_posts(routers)
     return _DirectPosts(app, direct) if direct else app
-
-
-class _SharedScrape:
-    """`await scrape()`: the /metrics body, refreshed and rendered once for every scrape that
-    comes while it is being made."""
-
-    def __init__(self, refresh: Callable[[], Awaitable[None]] | None) -> None:
-        self._refresh = refresh
-        self._running: asyncio.Future[bytes] | None = None
-
-    async def __call__(self) -> bytes:
-        if self._running is None:
-            self._running = asyncio.ensure_future(self._render())
-            self._running.add_done_callback(self._done)
-        return await asyncio.shield(self._running)
-
-    async def _render(self) -> bytes:
-        if self._refresh is not None:
-            await self._refresh()
-        return generate_latest(metrics.REGISTRY)
-
-    def _done(self, running: asyncio.Future[bytes]) -> None:
-        self._running = None
-        if not running.cancelled():
-            running.exception()  # its callers were told (a cancelled one never asks again)
 
 
 def _direct_posts(routers: Iterable[APIRouter]) -> dict[str, Endpoint]:

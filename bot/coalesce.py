@@ -1,11 +1,11 @@
-"""A blocking read run in a thread, once at a time: callers that come while it runs share its
-result instead of queueing more of the same work (a scrape or a health probe that many
-clients ask for at once must not occupy every thread of the event loop's executor)."""
+"""Work that many callers ask for at once, done once: callers that come while it runs share
+its result instead of queueing more of the same (a scrape or a health probe that many
+clients send together must not repeat its reads and renderings in front of every signal)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 __all__ = ["Coalesced"]
@@ -14,15 +14,16 @@ T = TypeVar("T")
 
 
 class Coalesced(Generic[T]):
-    """`await coalesced()` runs `read()` in a thread, or joins the run under way."""
+    """`await coalesced()` runs `work()`, or joins the run under way. For a blocking read,
+    `Coalesced(partial(asyncio.to_thread, read))`."""
 
-    def __init__(self, read: Callable[[], T]) -> None:
-        self._read = read
+    def __init__(self, work: Callable[[], Awaitable[T]]) -> None:
+        self._work = work
         self._running: asyncio.Future[T] | None = None
 
     async def __call__(self) -> T:
         if self._running is None:
-            self._running = asyncio.ensure_future(asyncio.to_thread(self._read))
+            self._running = asyncio.ensure_future(self._work())
             self._running.add_done_callback(self._done)
         return await asyncio.shield(self._running)
 

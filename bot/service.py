@@ -611,7 +611,7 @@ class Service:
                 self._health,
                 readiness,
                 pipeline,
-                Coalesced(journal.counts),
+                Coalesced(partial(asyncio.to_thread, journal.counts)),
                 account,
                 sources,
                 list(price_streams.values()),

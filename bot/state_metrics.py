@@ -15,8 +15,10 @@ together share one query. Everything else is in memory and read as it is.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Final
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -55,7 +57,7 @@ class StateCollector(Collector):
         self._market = market
         self._key_of = key_of
         self._tallies = Tallies()
-        self._count = Coalesced(journal.tallies)
+        self._count = Coalesced(partial(asyncio.to_thread, journal.tallies))
 
     async def refresh(self) -> None:
         """Read the journal's counts for the next `collect`; a scrape that comes while they

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from functools import partial
 
 from bot.coalesce import Coalesced
 
@@ -17,7 +18,7 @@ def test_callers_during_a_read_share_it_and_a_later_caller_reads_again() -> None
         reads.append(len(reads) + 1)
         return len(reads)
 
-    coalesced = Coalesced(read)
+    coalesced = Coalesced(partial(asyncio.to_thread, read))
 
     async def callers() -> tuple[list[int], int]:
         together = [asyncio.ensure_future(coalesced()) for _ in range(5)]
@@ -42,7 +43,7 @@ def test_a_failed_read_fails_its_callers_and_the_next_call_reads_again() -> None
             raise outcome
         return outcome
 
-    coalesced = Coalesced(read)
+    coalesced = Coalesced(partial(asyncio.to_thread, read))
 
     async def twice() -> tuple[BaseException | int, int]:
         first = (await asyncio.gather(coalesced(), return_exceptions=True))[0]
