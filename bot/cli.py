@@ -1106,6 +1106,14 @@ def _read_journal(config: Path | None, read: Callable[[Journal], T]) -> T:
     except JournalError as exc:
         _fail(str(exc))
     try:
+        owner = journal.environment()
+        if owner is not None and owner != settings.environment.value:
+            typer.echo(
+                f"note: {settings.journal_path.absolute()} is the journal of a bot in {owner}, "
+                f"not of this configuration's {settings.environment.value}: what follows is "
+                "that bot's (--config or BOT_STATE_DIR choose another)",
+                err=True,
+            )
         return read(journal)
     except sqlite3.Error as exc:
         _fail(failure_message(settings.journal_path, exc, "read"))

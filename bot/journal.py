@@ -1876,6 +1876,12 @@ class Journal:
 
     # trading states -------------------------------------------------------------------------
 
+    def environment(self) -> str | None:
+        """The environment whose bot first ran on this journal (None: none has yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'environment'").fetchone()
+        return None if row is None else str(row[0])
+
     def claim_environment(self, environment: str) -> None:
         """Bind the journal to `environment` on the first run that claims it (a journal of
         an earlier schema too); JournalError if a bot of another environment wrote it: its

@@ -152,6 +152,22 @@ def test_orders_before_any_run_explains(sim_config: Callable[..., Path]) -> None
     assert "has the bot run" in listed.stderr
 
 
+def test_reading_another_environments_journal_says_whose_it_is(
+    sim_config: Callable[..., Path],
+) -> None:
+    # `bot risk status` compared this configuration's limits with another bot's usage, and
+    # `bot orders` showed its orders as this one's, without a word.
+    config = sim_config()
+    path = load_settings(config).journal_path
+    with contextlib.closing(Journal(path)) as journal:
+        journal.claim_environment("testnet")
+
+    listed = bot("orders", "--config", str(config), cwd=config.parent)
+
+    assert listed.returncode == 0, listed.stderr
+    assert "is the journal of a bot in testnet, not of this configuration's sim" in listed.stderr
+
+
 def test_a_damaged_journal_is_one_line_with_what_to_do(
     sim_config: Callable[..., Path],
 ) -> None:
