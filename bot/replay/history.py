@@ -51,15 +51,18 @@ class HistoryError(ValueError):
 
 @dataclass(frozen=True)
 class SignalRecord:
-    """A signal line: the body the webhook receives, as written, and what it parses to."""
+    """A signal line: the body the webhook receives, as written, its time, and what it parses
+    to, parsed again when asked (`signal`): a history holds its bodies, not every signal
+    parsed (about a kilobyte each, with the raw fields it keeps)."""
 
     line: int
     body: bytes
-    signal: Signal
+    source: str
+    ts: datetime
 
     @property
-    def ts(self) -> datetime:
-        return self.signal.ts
+    def signal(self) -> Signal:
+        return parse_signal(self.source, load_json(self.body))
 
 
 class _Prices(BaseModel):
@@ -148,7 +151,7 @@ class History:
 
     def symbols(self) -> list[str]:
         """Every symbol a signal or a price point names, sorted."""
-        named = {record.signal.symbol for record in self.signals}
+        named = {record.signal.symbol for record in self.signals}  # parsed again, one at a time
         named.update(symbol for point in self.price_points for symbol in point.prices)
         return sorted(named)
 
@@ -202,7 +205,8 @@ def _record(path: Path, number: int, line: str, source: str) -> Record:
         record = _price_point(where, number, payload)
     else:
         try:
-            record = SignalRecord(number, line.encode(), parse_signal(source, payload))
+            signal = parse_signal(source, payload)  # checked now; kept as its body
+            record = SignalRecord(number, line.encode(), source, signal.ts)
         except SignalError as exc:
             raise HistoryError(f"{where}: invalid signal: {exc}") from None
     if not _FIRST_TS <= record.ts <= _LAST_TS:
