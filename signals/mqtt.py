@@ -250,9 +250,9 @@ class MqttSubscriber:
         takes the session over (the broker closes ours, with MQTT v5's reason 142 or none),
         and we take it back at our next attempt. Brief connections do not reset the backoff,
         so two such clients take turns ever more slowly, not many times a second."""
-        held = time.monotonic() - (self._connected_at or 0.0) >= self._config.reconnect_max_s
+        held = _held(self._connected_at, self._config)
         self._brief_connections = 0 if held else self._brief_connections + 1
-        advice = f"every bot instance needs its own mqtt.client_id ({self._config.client_id})"
+        advice = _own_client_id(self._config)
         if _SESSION_TAKEN_OVER_TEXT in problem:
             return f"{problem}: another client connected under our client id; {advice}"
         if self._brief_connections >= 2:
@@ -700,16 +700,13 @@ class MqttControl:
                 # it). One the broker ended at once is no such connection: another bot
                 # under our client id took the session over, and we would take it back
                 # many times a second.
-                held = (
-                    self._connected_at is not None
-                    and time.monotonic() - self._connected_at >= self._config.reconnect_max_s
-                )
+                held = _held(self._connected_at, self._config)
                 failures = (0 if held else failures) + 1
                 error = _with_reason(exc) if isinstance(exc, aiomqtt.MqttError) else str(exc)
                 if self._connected_at is not None and not held and failures >= 2:
                     error += (
-                        "; the broker ends our connections soon after they are made: every bot "
-                        f"instance needs its own mqtt.client_id ({self._config.client_id})"
+                        "; the broker ends our connections soon after they are made: "
+                        + _own_client_id(self._config)
                     )
                 logger.warning("mqtt control: {error}; reconnecting", error=error or type(exc))
             finally:
@@ -852,6 +849,17 @@ def _check_subscribed(granted: tuple[int, ...] | list[ReasonCode], subscription:
 
 
 _SESSION_TAKEN_OVER_TEXT: Final = "Session taken over"  # paho's words for reason code 142
+
+
+def _held(connected_at: float | None, config: MqttConfig) -> bool:
+    """Whether a connection subscribed at `connected_at` (time.monotonic(); None: never) held,
+    lasting `reconnect_max_s`: one the broker ends sooner is most often taken over by another
+    client under our client id, and must not reset the backoff."""
+    return connected_at is not None and time.monotonic() - connected_at >= config.reconnect_max_s
+
+
+def _own_client_id(config: MqttConfig) -> str:
+    return f"every bot instance needs its own mqtt.client_id ({config.client_id})"
 
 
 def _with_reason(exc: aiomqtt.MqttError) -> str:
