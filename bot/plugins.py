@@ -32,6 +32,9 @@ from strategies.base import INTERFACE_VERSION, Strategy
 __all__ = ["ENTRY_POINT_GROUP", "load_strategy"]
 
 ENTRY_POINT_GROUP: Final = "bot.strategies"
+#: What a plug-in's code may raise while it is loaded: anything, its `sys.exit()` included,
+#: which must not end the bot without a word about which strategy did it.
+_PLUGIN_ERRORS: Final = (Exception, SystemExit, KeyboardInterrupt)
 
 
 def load_strategy(name: str, config: StrategyConfig, source: Path | None = None) -> Strategy:
@@ -52,13 +55,21 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
         params = cls.Params(**config.params)
     except ValidationError as exc:
         raise ConfigError(describe_section(exc, ("strategies", name, "params"), source)) from None
+    except _PLUGIN_ERRORS as exc:  # a validator of its own raised what pydantic does not wrap
+        raise ConfigError(
+            f"strategies.{name}.params{where}: {cls.__name__}.Params raised {_said(exc)}"
+        ) from None
     try:
         return cls(name, params)
-    except Exception as exc:  # the plug-in's own constructor: still named, before any start
+    except _PLUGIN_ERRORS as exc:  # the plug-in's own constructor: still named, before any start
         raise ConfigError(
             f"strategies.{name}.plugin{where}: {cls.__name__}({name!r}, params) raised "
-            f"{type(exc).__name__}: {exc}"
+            f"{_said(exc)}"
         ) from None
+
+
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _search(folder: Path) -> None:
@@ -76,7 +87,7 @@ def _strategy_class(name: str, plugin: str, where: str) -> type[Strategy]:
     if entry is not None:
         try:
             loaded = entry.load()
-        except Exception as exc:  # the package's own import error
+        except _PLUGIN_ERRORS as exc:  # the package's own import error
             raise ConfigError(
                 f"{field}: entry point {plugin} ({entry.value}) cannot be loaded: {exc}"
             ) from None
@@ -106,10 +117,8 @@ def _import(field: str, candidates: list[str]) -> ModuleType:
             if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
                 continue
             raise ConfigError(f"{field}: importing {module_name} failed: {exc}") from None
-        except Exception as exc:  # the plug-in's own bug at import time
-            raise ConfigError(
-                f"{field}: importing {module_name} failed: {type(exc).__name__}: {exc}"
-            ) from None
+        except _PLUGIN_ERRORS as exc:  # the plug-in's own bug at import time (or its exit)
+            raise ConfigError(f"{field}: importing {module_name} failed: {_said(exc)}") from None
     tried = " or ".join(candidates)
     raise ConfigError(
         f"{field}: no module {tried}; put it next to the configuration file, install it, or "

@@ -372,3 +372,51 @@ def test_bot_run_with_a_bad_param_exits_with_one_line_naming_strategy_field_and_
     assert "strategies.follow.params.max_leverage" in lines[0]
     assert str(config) in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("exit_call", ["sys.exit('bye')", "raise KeyboardInterrupt"])
+def test_a_module_exiting_at_import_is_a_config_error_naming_it(
+    plugins: Plugins, exit_call: str
+) -> None:
+    module = plugins.module(f"import sys\n{exit_call}\n")
+
+    message = plugins.refused(module)
+
+    assert f"strategies.mine.plugin in {plugins.config}: importing {module} failed" in message
+
+
+def test_a_strategy_whose_constructor_exits_is_a_config_error_naming_it(plugins: Plugins) -> None:
+    leaving = "    def __init__(self, name, params):\n        import sys; sys.exit(3)\n"
+    module = plugins.module(GOOD.format(name="Leaving") + leaving)
+
+    message = plugins.refused(f"{module}:Leaving")
+
+    assert message.startswith(f"strategies.mine.plugin in {plugins.config}: Leaving")
+    assert "SystemExit: 3" in message
+
+
+def test_a_params_validator_raising_what_pydantic_does_not_wrap(plugins: Plugins) -> None:
+    picky = """
+        from pydantic import field_validator
+
+        from strategies.base import Strategy, StrategyParams
+
+
+        class Picky(Strategy):
+            class Params(StrategyParams):
+                size: int = 1
+
+                @field_validator("size")
+                @classmethod
+                def _size(cls, size):
+                    raise TypeError("size must come from the model file")
+
+            def on_signal(self, signal, context):
+                return self.decline("test plug-in")
+        """
+    module = plugins.module(picky)
+
+    message = plugins.refused(f"{module}:Picky", size=2)
+
+    assert message.startswith(f"strategies.mine.params in {plugins.config}: Picky.Params")
+    assert "TypeError: size must come from the model file" in message
