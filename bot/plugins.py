@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import sys
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -51,6 +52,9 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
             f"{cls.INTERFACE_VERSION}, this bot provides {INTERFACE_VERSION}; see "
             "docs/strategies.md"
         )
+    timer = _timer_problem(cls)
+    if timer is not None:
+        raise ConfigError(f"strategies.{name}.plugin{where}: {cls.__name__}.{timer}")
     try:
         params = cls.Params(**config.params)
     except ValidationError as exc:
@@ -63,9 +67,27 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
         return cls(name, params)
     except _PLUGIN_ERRORS as exc:  # the plug-in's own constructor: still named, before any start
         raise ConfigError(
-            f"strategies.{name}.plugin{where}: {cls.__name__}({name!r}, params) raised "
-            f"{_said(exc)}"
+            f"strategies.{name}.plugin{where}: {cls.__name__}({name!r}, params) raised {_said(exc)}"
         ) from None
+
+
+def _timer_problem(cls: type[Strategy]) -> str | None:
+    """What is wrong with the class's timer attributes, or None: an interval of 0 (or NaN)
+    would tick without pause, and a string of symbols would tick each of its letters."""
+    interval: object = cls.timer_interval_s
+    symbols: object = cls.timer_symbols
+    if interval is not None and (
+        isinstance(interval, bool)
+        or not isinstance(interval, int | float)
+        or not math.isfinite(interval)
+        or interval <= 0
+    ):
+        return f"timer_interval_s must be a positive number of seconds or None, not {interval!r}"
+    if not isinstance(symbols, tuple | list) or not all(
+        isinstance(symbol, str) and symbol for symbol in symbols
+    ):
+        return f"timer_symbols must be a tuple of symbols, such as ('BTCUSDT',), not {symbols!r}"
+    return None
 
 
 def _said(exc: BaseException) -> str:

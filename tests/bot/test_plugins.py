@@ -420,3 +420,27 @@ def test_a_params_validator_raising_what_pydantic_does_not_wrap(plugins: Plugins
 
     assert message.startswith(f"strategies.mine.params in {plugins.config}: Picky.Params")
     assert "TypeError: size must come from the model file" in message
+
+
+@pytest.mark.parametrize(
+    ("attributes", "said"),
+    [
+        ("timer_interval_s = 0", "timer_interval_s must be a positive number"),
+        ("timer_interval_s = float('nan')", "timer_interval_s must be a positive number"),
+        ("timer_interval_s = '5'", "timer_interval_s must be a positive number"),
+        ("timer_symbols = 'BTCUSDT'", "timer_symbols must be a tuple of symbols"),
+    ],
+)
+def test_a_strategy_with_timer_attributes_that_cannot_tick(
+    plugins: Plugins, attributes: str, said: str
+) -> None:
+    """Refused at start: an interval of 0 queued ticks without pause (hundreds of thousands
+    a second, a drain that never ends), a string ticked each of its letters."""
+    module = plugins.module(
+        GOOD.format(name="Ticking")
+        + f"\n    timer_symbols = ('BTCUSDT',)\n    timer_interval_s = 1.0\n    {attributes}\n"
+    )
+
+    message = plugins.refused(f"{module}:Ticking")
+
+    assert message.startswith(f"strategies.mine.plugin in {plugins.config}: Ticking.{said}")
