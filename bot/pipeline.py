@@ -364,7 +364,11 @@ class Pipeline:
         if context is None:
             return
         output = await self._runner.call(
-            slot.name, "on_signal", partial(slot.strategy.on_signal, signal, _copy(context))
+            slot.name,
+            "on_signal",
+            partial(
+                _answer, partial(slot.strategy.on_signal, signal, _copy(context)), slot.name, signal
+            ),
         )
         if output is None:
             output = Decline(strategy=slot.name, reason="on_signal returned None, not a list")
@@ -501,7 +505,12 @@ class Pipeline:
                 output = await self._runner.call(
                     slot.name,
                     "on_order_rejected",
-                    partial(slot.strategy.on_order_rejected, rejection, signal, _copy(context)),
+                    partial(
+                        _answer,
+                        partial(slot.strategy.on_order_rejected, rejection, signal, _copy(context)),
+                        slot.name,
+                        signal,
+                    ),
                 )
                 repeated = await self._decided_again(signal, slot, output)
                 if repeated:
@@ -803,7 +812,14 @@ class Pipeline:
             position_after=booking.position,
         )
         output = await self._runner.call(
-            slot.name, "on_fill", partial(slot.strategy.on_fill, report, signal, _copy(context))
+            slot.name,
+            "on_fill",
+            partial(
+                _answer,
+                partial(slot.strategy.on_fill, report, signal, _copy(context)),
+                slot.name,
+                signal,
+            ),
         )
         if isinstance(output, list | tuple):
             legs, moved = await self._journal.call(
@@ -854,7 +870,11 @@ class Pipeline:
         if context is None:
             return
         output = await self._runner.call(
-            slot.name, "on_timer", partial(slot.strategy.on_timer, tick, _copy(context))
+            slot.name,
+            "on_timer",
+            partial(
+                _answer, partial(slot.strategy.on_timer, tick, _copy(context)), slot.name, tick
+            ),
         )
         await self._act(tick, slot, context, output, may_hear_rejections=True)
 
@@ -890,6 +910,21 @@ def _copy(context: StrategyContext) -> StrategyContext:
     """The context a strategy's call gets: its own copy (its instrument too, which the venue
     caches), so that whatever the strategy does to it, the bot acts on the one it built."""
     return dataclasses.replace(context, instrument=context.instrument.model_copy())
+
+
+def _answer(call: Callable[[], object], strategy: str, signal: Signal) -> StrategyOutput | None:
+    """`call()`, a strategy's hook, with what it returned made into the bot's own objects:
+    run on the strategy's thread, within its budget, because reading the answer may run the
+    plug-in's code too (an intent's or a list's overridden `__iter__`, a Decline's `reason`),
+    which must neither block the event loop nor raise there (its `sys.exit()` would stop the
+    bot). An answer that cannot be carried out is a Decline saying why."""
+    output = call()
+    if output is None:
+        return None
+    if isinstance(output, Decline):
+        return Decline(strategy=strategy, reason=output.reason)
+    items = _usable(output, strategy, signal)
+    return Decline(strategy=strategy, reason=items) if isinstance(items, str) else items
 
 
 def _usable(output: object, strategy: str, signal: Signal) -> list[OrderIntent | StopMove] | str:

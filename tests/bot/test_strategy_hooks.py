@@ -91,6 +91,21 @@ class Slow(Strategy):
         return self.decline("too late to matter")
 
 
+class Trojan(OrderIntent):
+    """An intent whose reading runs the plug-in's code: the bot reads it to validate it."""
+
+    def __iter__(self) -> Any:
+        if self.signal_id.startswith("exit"):
+            raise SystemExit("the plug-in's exit")
+        time.sleep(0.3)
+        return super().__iter__()
+
+
+class ReturnsATrojan(Strategy):
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [Trojan.model_validate(dict(small_buy(self, signal, context)))]
+
+
 class Deliberate(Strategy):
     """Thinks for 50 ms (well within its budget), then buys a little."""
 
@@ -328,6 +343,29 @@ def test_a_raising_or_overrunning_strategy_is_journaled_failed_and_the_others_tr
     assert stages.rows("slow") == [("failed", "on_signal overran its time budget of 50 ms")]
     assert [decision for decision, _ in stages.rows("follow")] == ["approved"]
     assert len(stages.orders_of("follow")) == 1
+
+
+def test_reading_what_a_strategy_returned_runs_on_its_thread_within_its_budget(
+    build: Build,
+) -> None:
+    """An intent's own `__iter__` that sleeps is an overrun (it held up the event loop and
+    every webhook answer), and one that calls sys.exit() fails the call (it stopped the bot)."""
+    stages = build(
+        {
+            "trojan": (ReturnsATrojan("trojan", StrategyParams()), "k2", "voc"),
+            "follow": (follow(), "k1", "voc"),
+        },
+        budgets_s={"trojan": 0.05},
+    )
+
+    stages.process(signal(id="exit-1"), signal(id="sleep-1"))
+
+    assert stages.rows("trojan") == [
+        ("failed", "on_signal raised SystemExit: the plug-in's exit"),
+        ("failed", "on_signal overran its time budget of 50 ms"),
+    ]
+    assert stages.orders_of("trojan") == []
+    assert len(stages.orders_of("follow")) == 2
 
 
 def test_max_failures_in_a_row_halt_the_strategy_and_the_others_keep_trading(
