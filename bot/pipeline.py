@@ -450,12 +450,8 @@ class Pipeline:
         if isinstance(output, Decline):
             await self._decline(signal, Decline(strategy=slot.name, reason=output.reason))
             return None
-        items = _usable(output, slot.name, signal)
-        if isinstance(items, str):
-            # An intent names the key it trades with through its strategy, and its order
-            # through (strategy, signal, leg): a plug-in must be able to change neither.
-            await self._decline(signal, Decline(strategy=slot.name, reason=items))
-            return None
+        # The bot's own objects, each checked on the strategy's thread (`_answer`).
+        items = list(output)
         closes = [
             await self._move_stop(slot, move, context, cause)
             for move in items
