@@ -367,7 +367,10 @@ class Pipeline:
             slot.name,
             "on_signal",
             partial(
-                _answer, partial(slot.strategy.on_signal, signal, _copy(context)), slot.name, signal
+                _answer,
+                partial(slot.strategy.on_signal, _own(signal), _copy(context)),
+                slot.name,
+                signal,
             ),
         )
         if output is None:
@@ -503,7 +506,9 @@ class Pipeline:
                     "on_order_rejected",
                     partial(
                         _answer,
-                        partial(slot.strategy.on_order_rejected, rejection, signal, _copy(context)),
+                        partial(
+                            slot.strategy.on_order_rejected, rejection, _own(signal), _copy(context)
+                        ),
                         slot.name,
                         signal,
                     ),
@@ -812,7 +817,7 @@ class Pipeline:
             "on_fill",
             partial(
                 _answer,
-                partial(slot.strategy.on_fill, report, signal, _copy(context)),
+                partial(slot.strategy.on_fill, report, _own(signal), _copy(context)),
                 slot.name,
                 signal,
             ),
@@ -869,7 +874,10 @@ class Pipeline:
             slot.name,
             "on_timer",
             partial(
-                _answer, partial(slot.strategy.on_timer, tick, _copy(context)), slot.name, tick
+                _answer,
+                partial(slot.strategy.on_timer, _own(tick), _copy(context)),
+                slot.name,
+                tick,
             ),
         )
         await self._act(tick, slot, context, output, may_hear_rejections=True)
@@ -906,6 +914,14 @@ def _copy(context: StrategyContext) -> StrategyContext:
     """The context a strategy's call gets: its own copy (its instrument too, which the venue
     caches), so that whatever the strategy does to it, the bot acts on the one it built."""
     return dataclasses.replace(context, instrument=context.instrument.model_copy())
+
+
+def _own(signal: Signal) -> Signal:
+    """The signal a strategy's call gets: its own deep copy. The bot judges what it returns
+    against its own (the symbol, the id): a plug-in that changed what it was given (its
+    `raw` fields, or a field through `object.__setattr__`) would otherwise change that, and
+    what the next strategy is given."""
+    return signal.model_copy(deep=True)
 
 
 def _answer(call: Callable[[], object], strategy: str, signal: Signal) -> StrategyOutput | None:

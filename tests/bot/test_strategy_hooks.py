@@ -140,6 +140,15 @@ class RetriesTheSameLeg(GreedyThenModest):
         return [small_buy(self, signal, context)]
 
 
+class ChangesItsSignal(Strategy):
+    """Rewrites the signal it was given to another symbol, then trades that symbol."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        signal.raw["symbol"] = "ETHUSDT"
+        object.__setattr__(signal, "symbol", "ETHUSDT")
+        return [self.intent(signal, context, side=Side.BUY, qty=Decimal("0.001"))]
+
+
 class ClosesNothing(Strategy):
     """A reduce-only sell with no position: the gate passes it, the exchange refuses it."""
 
@@ -443,6 +452,29 @@ def test_a_leg_asked_for_again_by_on_order_rejected_is_declined_and_holds_nothin
     assert "returned leg 0 again" in declined[1] and "leg=N" in declined[1]
     assert client_orders(stages.exchange.orders()) == []
     assert stages.gate.ledger.open_orders("retry") == 0
+
+
+def test_a_strategy_that_changes_the_signal_it_was_given_changes_only_its_own_copy(
+    build: Build,
+) -> None:
+    # Reproduced: strategies were given the pipeline's own signal, so one that rewrote its
+    # symbol had an intent for ETHUSDT judged as if the call had been about it, at BTCUSDT's
+    # price and rules (an order 30 times its notional limit), and the next strategy saw the
+    # rewritten signal.
+    stages = build(
+        {
+            "changer": (ChangesItsSignal("changer", StrategyParams()), "k2", "voc"),
+            "follow": (Follow("follow", Follow.Params()), "k1", "voc"),
+        }
+    )
+
+    stages.process(signal(id="changed-1"))
+
+    [(decision, reason)] = stages.rows("changer")
+    assert decision == "declined"
+    assert "an intent for ETHUSDT, but its call was about BTCUSDT" in reason
+    assert [order["symbol"] for order in stages.orders_of("follow")] == ["BTCUSDT"]
+    assert stages.orders_of("changer") == []
 
 
 def test_on_order_rejected_hears_the_venues_refusal(build: Build) -> None:
