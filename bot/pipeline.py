@@ -166,6 +166,8 @@ class Pipeline:
         self._outstanding = 0
         # Fills (by execId) whose `on_fill` is queued or running: each is queued once.
         self._fill_hooks: set[str] = set()
+        # (strategy, symbol) of each timer tick queued or running: the next waits for it.
+        self._ticking: set[tuple[str, str]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         # (source, id) of the signals whose id was reused, said once each (bounded).
@@ -855,9 +857,14 @@ class Pipeline:
             await asyncio.sleep(interval_s)
             now = utc_now()
             for symbol in slot.strategy.timer_symbols:
+                if (slot.name, symbol) in self._ticking:
+                    # The last tick still waits its turn (a busy lane, a slow on_timer): ticks
+                    # would pile up without end behind it.
+                    continue
                 # One id per symbol and tick (the orderLinkId holds the strategy already).
                 tick_id = f"{symbol}-{int(now.timestamp() * 1000)}"
                 tick = _synthetic_signal(TIMER_SOURCE, tick_id, symbol, now)
+                self._ticking.add((slot.name, symbol))
                 self._queue_hook(
                     (slot.key_name, symbol),
                     f"on_timer of {slot.name}",
@@ -865,6 +872,12 @@ class Pipeline:
                 )
 
     async def _on_tick(self, slot: StrategySlot, tick: Signal) -> None:
+        try:
+            await self._tick(slot, tick)
+        finally:
+            self._ticking.discard((slot.name, tick.symbol))
+
+    async def _tick(self, slot: StrategySlot, tick: Signal) -> None:
         if self._halted_for_failures(slot.name):
             return  # it would fail again each tick, a traceback and a decline each time
         context = await self._context(tick, slot)

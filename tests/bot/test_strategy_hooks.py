@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pytest
+import requests
 
 from bot import pipeline as pipeline_module
 from bot.account import Account
@@ -578,6 +579,17 @@ class TwoSymbolTicker(Ticker):
         return None
 
 
+class SlowTicker(Ticker):
+    """Ticked every 10 ms, each tick taking 40 ms (within its budget)."""
+
+    timer_interval_s: ClassVar[float | None] = 0.01
+
+    def on_timer(self, tick: Signal, context: StrategyContext) -> StrategyOutput | None:
+        HEARD[self.name].append(tick)
+        time.sleep(0.04)
+        return None
+
+
 class FailingTicker(Ticker):
     """Every tick raises while `failing`."""
 
@@ -681,6 +693,21 @@ def test_every_tick_of_every_symbol_has_its_own_id(sim_config: Callable[..., Pat
         )
 
     assert len({tick.id for tick in ticks}) == len(ticks)
+
+
+def test_ticks_of_a_slow_on_timer_do_not_pile_up(sim_config: Callable[..., Path]) -> None:
+    # Reproduced: a tick was queued every interval whatever waited already, so an on_timer
+    # slower than its interval left an ever longer queue behind it (and a stop that had to
+    # drain it).
+    with running(only("SlowTicker")(sim_config)) as bot:
+        wait_for(lambda: len(HEARD["hooked"]) >= 3, what="three ticks")
+        queued = []
+        for _ in range(10):
+            time.sleep(0.05)
+            health = requests.get(f"{bot.url}/healthz", timeout=5).json()
+            queued.append(health["queued_signals"])
+
+    assert max(queued) <= 1, queued  # the one tick waiting for the one running
 
 
 def test_a_strategy_halted_for_failing_ticks_is_not_ticked_again_even_after_a_restart(
