@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
@@ -65,9 +66,9 @@ class KeyGuard:
         bot's own simulator of a new key (in `sim` only)."""
         self._current = dict(current)
         self._fingerprints = {name: _fingerprint(c) for name, c in current.items()}
-        self._refused: dict[str, bytes] = {}  # a refused new key is not audited again
-        # New secrets the venue could not be asked about, and when to ask again.
-        self._unanswered: dict[str, tuple[bytes, float]] = {}
+        # New secrets that did not pass, and when they may be audited again: refused ones
+        # never (until SIGHUP), ones the venue could not be asked about a while later.
+        self._not_before: dict[str, tuple[bytes, float]] = {}
         self._wakes = 0  # SIGHUPs so far: one during an audit asks for another
         self._clock = clock
         self._resolve = resolve
@@ -84,8 +85,7 @@ class KeyGuard:
         """Look at the secrets now (SIGHUP), auditing again secrets refused before: what the
         refusal named (a key not yet created, a permission) is fixed on the venue, not in the
         files, so the files alone never say it is worth another audit."""
-        self._refused.clear()
-        self._unanswered.clear()
+        self._not_before.clear()
         self._wakes += 1
         self._wake.set()
 
@@ -113,14 +113,10 @@ class KeyGuard:
             logger.warning("key {key}: {error}; the key in service stays", key=name, error=exc)
             return
         fingerprint = _fingerprint(fresh)
-        if fingerprint in (self._fingerprints[name], self._refused.get(name)):
+        if fingerprint == self._fingerprints[name]:
             return
-        unanswered = self._unanswered.get(name)
-        if (
-            unanswered is not None
-            and unanswered[0] == fingerprint
-            and self._clock() < unanswered[1]
-        ):
+        held = self._not_before.get(name)
+        if held is not None and held[0] == fingerprint and self._clock() < held[1]:
             return
         logger.info("key {key}: new secrets found; auditing them before use", key=name)
         if self._introduce is not None:
@@ -131,10 +127,10 @@ class KeyGuard:
             again = "audited again on SIGHUP"
             if verdict.verdict is Verdict.UNREACHABLE:
                 retry_at = self._clock() + _RETRY_UNANSWERED_NEW_S
-                self._unanswered[name] = (fingerprint, retry_at)
+                self._not_before[name] = (fingerprint, retry_at)
                 again = f"audited again in {_RETRY_UNANSWERED_NEW_S:.0f} s"
             elif wakes == self._wakes:  # a SIGHUP meanwhile asks for another audit
-                self._refused[name] = fingerprint
+                self._not_before[name] = (fingerprint, math.inf)
             logger.bind(notify="key").critical(
                 "ALERT: the new secrets of key {key} were {verdict} ({reason}); the old key "
                 "stays in service; they are {again}",
@@ -146,8 +142,7 @@ class KeyGuard:
             return
         self._swap(fresh)
         self._current[name], self._fingerprints[name] = fresh, fingerprint
-        self._refused.pop(name, None)
-        self._unanswered.pop(name, None)
+        self._not_before.pop(name, None)
         self.rotations += 1
         logger.bind(notify="key").warning(
             "key {key} rotated: the new key passed its audit ({verdict}{reason}); new requests "
