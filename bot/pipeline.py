@@ -365,16 +365,7 @@ class Pipeline:
         context = await self._context(signal, slot)
         if context is None:
             return
-        output = await self._runner.call(
-            slot.name,
-            "on_signal",
-            partial(
-                _answer,
-                partial(slot.strategy.on_signal, _own(signal), _copy(context)),
-                slot.name,
-                signal,
-            ),
-        )
+        output = await self._hear(slot, "on_signal", signal, context)
         if output is None:
             output = Decline(strategy=slot.name, reason="on_signal returned None, not a list")
         elif isinstance(output, Sequence) and not output:
@@ -503,18 +494,7 @@ class Pipeline:
             metrics.SIGNAL_TO_ORDER.observe((utc_now() - signal.received_at).total_seconds())
         if may_hear_rejections and _overrides(slot.strategy, "on_order_rejected"):
             for rejection in _rejections(verdicts, events):
-                output = await self._runner.call(
-                    slot.name,
-                    "on_order_rejected",
-                    partial(
-                        _answer,
-                        partial(
-                            slot.strategy.on_order_rejected, rejection, _own(signal), _copy(context)
-                        ),
-                        slot.name,
-                        signal,
-                    ),
-                )
+                output = await self._hear(slot, "on_order_rejected", signal, context, rejection)
                 repeated = await self._decided_again(signal, slot, output)
                 if repeated:
                     reason = (
@@ -814,16 +794,7 @@ class Pipeline:
             ts=fill.ts,
             position_after=booking.position,
         )
-        output = await self._runner.call(
-            slot.name,
-            "on_fill",
-            partial(
-                _answer,
-                partial(slot.strategy.on_fill, report, _own(signal), _copy(context)),
-                slot.name,
-                signal,
-            ),
-        )
+        output = await self._hear(slot, "on_fill", signal, context, report)
         if isinstance(output, list | tuple):
             legs, moved = await self._journal.call(
                 self._journal.carried_out, signal.source, signal.id, slot.name, fill.exec_id
@@ -883,17 +854,22 @@ class Pipeline:
         context = await self._context(tick, slot)
         if context is None:
             return
-        output = await self._runner.call(
-            slot.name,
-            "on_timer",
-            partial(
-                _answer,
-                partial(slot.strategy.on_timer, _own(tick), _copy(context)),
-                slot.name,
-                tick,
-            ),
-        )
+        output = await self._hear(slot, "on_timer", tick, context)
         await self._act(tick, slot, context, output, may_hear_rejections=True)
+
+    async def _hear(
+        self,
+        slot: StrategySlot,
+        hook: str,
+        signal: Signal,
+        context: StrategyContext,
+        *before: object,
+    ) -> StrategyOutput | Failed | None:
+        """Run the strategy's `hook(*before, signal, context)` on its thread within its
+        budget, with its own copies of the signal and the context, and its answer made the
+        bot's own objects there (`_answer`)."""
+        call = partial(getattr(slot.strategy, hook), *before, _own(signal), _copy(context))
+        return await self._runner.call(slot.name, hook, partial(_answer, call, slot.name, signal))
 
     def decide(
         self,
