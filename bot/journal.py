@@ -786,7 +786,7 @@ class Journal:
             connection = sqlite3.connect(self.path, isolation_level=None)
             try:
                 connection.execute("PRAGMA busy_timeout=5000")
-                wal = self.path.with_name(self.path.name + "-wal")
+                _, wal, _ = journal_files(self.path)
                 frame_bytes = connection.execute("PRAGMA page_size").fetchone()[0] + _FRAME_HEADER
                 restarting: Future[None] | None = None
                 last_frames = 0
