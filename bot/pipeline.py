@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
+from operator import methodcaller
 from typing import Final
 
 from pydantic import ValidationError
@@ -56,7 +57,14 @@ from bot.risk.kill_switch import FLATTEN_SOURCE, announce_state
 from bot.risk.states import ScopeState, TradingState
 from bot.runner import Failed, StrategyRunner
 from bot.venue.errors import KeyFatalError, VenueError
-from strategies.base import Fill, OrderRejection, Strategy, StrategyContext, StrategyOutput
+from strategies.base import (
+    Fill,
+    OrderRejection,
+    Strategy,
+    StrategyContext,
+    StrategyOutput,
+    StrategyParams,
+)
 
 __all__ = ["NO_STRATEGY", "TIMER_SOURCE", "Pipeline", "StrategySlot", "StrategyStartError"]
 
@@ -101,12 +109,22 @@ class StrategySlot:
     """A configured strategy: its configured name, the plug-in instance, its key, its sources.
 
     `name` comes from the configuration, not from the plug-in, which could change its own.
+    Its params and timer attributes are read from the plug-in once, as the slot is made: on
+    the event loop an attribute that is a slow property would hold up every lane.
     """
 
     name: str
     strategy: Strategy
     key_name: str
     sources: frozenset[str]
+    params: StrategyParams = field(init=False)
+    timer_interval_s: float | None = field(init=False)
+    timer_symbols: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", self.strategy.params)
+        object.__setattr__(self, "timer_interval_s", self.strategy.timer_interval_s)
+        object.__setattr__(self, "timer_symbols", tuple(self.strategy.timer_symbols))
 
 
 @dataclass
@@ -392,7 +410,7 @@ class Pipeline:
             context = await self._market.context(
                 slot.key_name,
                 slot.name,
-                slot.strategy.params,
+                slot.params,
                 signal.symbol,
                 orders_today=self._gate.counts.today(slot.name, utc_now()),
             )
@@ -819,15 +837,15 @@ class Pipeline:
         """Tick each strategy that asks for it (`timer_interval_s`), until cancelled."""
         async with asyncio.TaskGroup() as group:
             for slot in self._strategies.values():
-                interval = slot.strategy.timer_interval_s
-                if interval is not None and slot.strategy.timer_symbols:
+                interval = slot.timer_interval_s
+                if interval is not None and slot.timer_symbols:
                     group.create_task(self._tick_forever(slot, interval))
 
     async def _tick_forever(self, slot: StrategySlot, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
             now = utc_now()
-            for symbol in slot.strategy.timer_symbols:
+            for symbol in slot.timer_symbols:
                 if (slot.name, symbol) in self._ticking:
                     # The last tick still waits its turn (a busy lane, a slow on_timer): ticks
                     # would pile up without end behind it.
@@ -868,7 +886,8 @@ class Pipeline:
         """Run the strategy's `hook(*before, signal, context)` on its thread within its
         budget, with its own copies of the signal and the context, and its answer made the
         bot's own objects there (`_answer`)."""
-        call = partial(getattr(slot.strategy, hook), *before, _own(signal), _copy(context))
+        # The hook is looked up on the strategy's thread too (a plug-in's own attribute access).
+        call = partial(methodcaller(hook, *before, _own(signal), _copy(context)), slot.strategy)
         return await self._runner.call(slot.name, hook, partial(_answer, call, slot.name, signal))
 
     def decide(

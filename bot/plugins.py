@@ -52,9 +52,6 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
             f"{cls.INTERFACE_VERSION}, this bot provides {INTERFACE_VERSION}; see "
             "docs/strategies.md"
         )
-    timer = _timer_problem(cls)
-    if timer is not None:
-        raise ConfigError(f"strategies.{name}.plugin{where}: {cls.__name__}.{timer}")
     try:
         params = cls.Params(**config.params)
     except ValidationError as exc:
@@ -64,18 +61,21 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
             f"strategies.{name}.params{where}: {cls.__name__}.Params raised {_said(exc)}"
         ) from None
     try:
-        return cls(name, params)
+        strategy = cls(name, params)
+        # The instance's: its constructor may set them (from its params, say).
+        timer = _timer_problem(strategy.timer_interval_s, strategy.timer_symbols)
     except _PLUGIN_ERRORS as exc:  # the plug-in's own constructor: still named, before any start
         raise ConfigError(
             f"strategies.{name}.plugin{where}: {cls.__name__}({name!r}, params) raised {_said(exc)}"
         ) from None
+    if timer is not None:
+        raise ConfigError(f"strategies.{name}.plugin{where}: {cls.__name__}.{timer}")
+    return strategy
 
 
-def _timer_problem(cls: type[Strategy]) -> str | None:
-    """What is wrong with the class's timer attributes, or None: an interval of 0 (or NaN)
+def _timer_problem(interval: object, symbols: object) -> str | None:
+    """What is wrong with a strategy's timer attributes, or None: an interval of 0 (or NaN)
     would tick without pause, and a string of symbols would tick each of its letters."""
-    interval: object = cls.timer_interval_s
-    symbols: object = cls.timer_symbols
     if interval is not None and (
         isinstance(interval, bool)
         or not isinstance(interval, int | float)

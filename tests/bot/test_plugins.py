@@ -444,3 +444,19 @@ def test_a_strategy_with_timer_attributes_that_cannot_tick(
     message = plugins.refused(f"{module}:Ticking")
 
     assert message.startswith(f"strategies.mine.plugin in {plugins.config}: Ticking.{said}")
+
+
+def test_timer_attributes_a_constructor_sets_are_checked_too(plugins: Plugins) -> None:
+    """A plug-in may take its timer symbols from its params in `__init__`: the instance's
+    attributes are the ones that tick, so they are the ones checked."""
+    module = plugins.module(
+        GOOD.format(name="FromParams")
+        + "\n    timer_interval_s = 1.0"
+        + "\n    def __init__(self, name, params):"
+        + "\n        super().__init__(name, params)"
+        + "\n        self.timer_symbols = 'BTCUSDT'\n"
+    )
+
+    message = plugins.refused(f"{module}:FromParams")
+
+    assert "FromParams.timer_symbols must be a tuple of symbols" in message

@@ -579,6 +579,21 @@ class TwoSymbolTicker(Ticker):
         return None
 
 
+class PropertyTicker(Ticker):
+    """Its symbols are a property, counted each time it is read."""
+
+    reads: ClassVar[int] = 0
+
+    @property  # type: ignore[override]
+    def timer_symbols(self) -> tuple[str, ...]:
+        PropertyTicker.reads += 1
+        return ("BTCUSDT",)
+
+    def on_timer(self, tick: Signal, context: StrategyContext) -> StrategyOutput | None:
+        HEARD[self.name].append(tick)
+        return None
+
+
 class SlowTicker(Ticker):
     """Ticked every 10 ms, each tick taking 40 ms (within its budget)."""
 
@@ -693,6 +708,18 @@ def test_every_tick_of_every_symbol_has_its_own_id(sim_config: Callable[..., Pat
         )
 
     assert len({tick.id for tick in ticks}) == len(ticks)
+
+
+def test_a_strategys_timer_attributes_are_read_once_not_at_every_tick(
+    sim_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They were read on the event loop at every tick: a property that blocked (a file or a
+    # network read of the symbols) held up every lane each time.
+    monkeypatch.setattr(PropertyTicker, "reads", 0)
+    with running(only("PropertyTicker")(sim_config)):
+        wait_for(lambda: len(HEARD["hooked"]) >= 3, what="three ticks")
+
+    assert PropertyTicker.reads <= 2  # checked as the plug-in loads, kept as its slot is made
 
 
 def test_ticks_of_a_slow_on_timer_do_not_pile_up(sim_config: Callable[..., Path]) -> None:
