@@ -764,12 +764,14 @@ class StreamHub:
                     continue
                 text = texts.get(name)
                 if text is None:
-                    data = _fast_executions(rows) if name in _FAST_EXECUTION_TOPICS else rows
+                    fast = name in _FAST_EXECUTION_TOPICS
+                    data = _fast_executions(rows) if fast else rows
                     if not data:
                         continue
-                    text = _dumps(
-                        {"id": message_id, "topic": name, "creationTime": created_ms, "data": data}
-                    )
+                    # Bybit's execution.fast message has no `id`, only topic, creationTime
+                    # and data; the other private topics carry one.
+                    head = {"topic": name} if fast else {"id": message_id, "topic": name}
+                    text = _dumps({**head, "creationTime": created_ms, "data": data})
                     texts[name] = text
                 self._enqueue(conn, text, pushed=True)
 

@@ -710,7 +710,10 @@ def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
     assert {name: full[name] for name in fast} == fast
     assert (fast["orderLinkId"], fast["execQty"]) == ("fast-1", "0.01")
     assert full["execPnl"] == "0"  # an opening fill: the log's cashFlow is 0 too
+    # Bybit's fast message is topic, creationTime and data: no `id`, which execution has.
+    assert set(heard["execution.fast"]) == {"topic", "creationTime", "data"}
     assert isinstance(heard["execution.fast"]["creationTime"], int)
+    assert isinstance(heard["execution"]["id"], str)
 
 
 def test_all_liquidation_pushes_each_position_the_engine_takes_over(
