@@ -837,7 +837,10 @@ class StreamHub:
                 "a": _level_changes(last[2], asks),
             }
         data |= {"u": update_id, "seq": book["seq"]}
-        message = {"topic": topic, "type": kind, "ts": ts, "data": data, "cts": book["cts"]}
+        # Bybit: "Futures (Level 1): the "ts" field appears before the "type" field", the other
+        # levels' after it.
+        head = {"ts": ts, "type": kind} if depth == 1 else {"type": kind, "ts": ts}
+        message = {"topic": topic, **head, "data": data, "cts": book["cts"]}
         self._enqueue(conn, _dumps(message), pushed=True)
 
     def _send_candles(

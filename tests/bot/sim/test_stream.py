@@ -1052,3 +1052,20 @@ def test_a_client_that_pings_and_never_reads_is_not_read_either(
     assert sent < 64 * 2**20
 
     assert _ask(raw("/v5/public/linear"), {"op": "ping"})["ret_msg"] == "pong"
+
+
+def test_level_1_books_put_ts_before_type_and_the_deeper_ones_after_it(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    """Bybit's Orderbook page: for futures "the "ts" field appears before the "type" field"
+    at level 1, after it at every other level (the raw text, as an order-keeping parser
+    reads it)."""
+    sock = raw("/v5/public/linear")
+    _ask(sock, {"op": "subscribe", "args": ["orderbook.1.BTCUSDT", "orderbook.50.BTCUSDT"]})
+    keys: dict[str, list[str]] = {}
+    while len(keys) < 2:
+        message = json.loads(sock.recv())  # dicts keep the text's order
+        keys.setdefault(message["topic"], list(message))
+
+    assert keys["orderbook.1.BTCUSDT"] == ["topic", "ts", "type", "data", "cts"]
+    assert keys["orderbook.50.BTCUSDT"] == ["topic", "type", "ts", "data", "cts"]
