@@ -637,7 +637,8 @@ class StreamHub:
             return RetCode.INVALID_SIGN, "Invalid sign"
         now = self._exchange.signing_clock_ms()  # what clients sign on, even under a replay
         if expires_ms <= now:
-            return RetCode.PARAMS_ERROR, "Params Error: expires is in the past"
+            # As Bybit answers an expires already past (pybit#300, api-usage-examples#70).
+            return RetCode.PARAMS_ERROR, "Params Error"
         if spec.expired_at is not None and spec.expired_at.timestamp() * 1000 <= now:
             return RetCode.API_KEY_EXPIRED, "Your api key has expired."
         return None
