@@ -99,10 +99,17 @@ def _order_type(row: dict[str, Any]) -> OrderType | None:
         return None
 
 
+#: rejectReasons that reject nothing: Bybit shows EC_PerCancelRequest on an order its owner
+#: cancelled (cancelType CancelByUser), EC_NoError on the others.
+_NO_REJECTION = frozenset({"EC_NoError", "EC_PerCancelRequest"})
+
+
 def _reason(row: dict[str, Any], status: OrderStatus) -> str:
     """Why the venue rejected the order, or who cancelled it (Bybit's cancelType: an order
     cancelled by hand on Bybit, or by another client of the key, says CancelByUser too)."""
-    rejected = str(row.get("rejectReason") or "").removeprefix("EC_NoError")
+    rejected = str(row.get("rejectReason") or "")
+    if rejected in _NO_REJECTION:
+        rejected = ""
     cancel_type = str(row.get("cancelType") or "")
     if rejected or status is not OrderStatus.CANCELLED or cancel_type in ("", "UNKNOWN"):
         return rejected

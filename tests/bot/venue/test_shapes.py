@@ -28,6 +28,12 @@ def row(status: str, **fields: str) -> dict[str, Any]:
     [
         # cancelled by hand on Bybit, or by another client of the key: the operator must see it
         ("Cancelled", {"cancelType": "CancelByUser"}, "cancelled at the venue (CancelByUser)"),
+        # as Bybit shows such an order: its rejectReason is the cancel request, no rejection
+        (
+            "Cancelled",
+            {"cancelType": "CancelByUser", "rejectReason": "EC_PerCancelRequest"},
+            "cancelled at the venue (CancelByUser)",
+        ),
         (
             "Cancelled",
             {"cancelType": "CancelByReduceOnly"},
