@@ -2748,6 +2748,10 @@ class SimExchange:
         # Bybit: "PartiallyFilledCanceled: only spot has this order status"; a derivatives
         # order cancelled after a partial fill is Cancelled with its executed qty.
         account.open_orders.pop(order.order_id, None)
+        if cancel_type == "CancelByUser" and reject_reason == "EC_NoError":
+            # What Bybit shows on an order its owner cancelled (rejectReason's enum), in its
+            # REST lists and order stream alike.
+            reject_reason = "EC_PerCancelRequest"
         self._update(
             account, order, status="Cancelled", cancel_type=cancel_type, reject_reason=reject_reason
         )

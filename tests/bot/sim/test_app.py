@@ -249,7 +249,13 @@ def test_cancel_a_resting_order_then_cancelling_again_is_110001(trader: HTTP) ->
 
     trader.cancel_order(category="linear", symbol="ETHUSDT", orderId=order_id)
 
-    assert _order(trader, orderId=order_id)["orderStatus"] == "Cancelled"
+    cancelled = _order(trader, orderId=order_id)
+    # As Bybit shows an order its owner cancelled (rejectReason's enum: EC_PerCancelRequest).
+    assert (cancelled["orderStatus"], cancelled["cancelType"], cancelled["rejectReason"]) == (
+        "Cancelled",
+        "CancelByUser",
+        "EC_PerCancelRequest",
+    )
     again = _error_code(
         lambda: trader.cancel_order(category="linear", symbol="ETHUSDT", orderId=order_id)
     )

@@ -223,6 +223,7 @@ def test_a_resting_reduce_only_order_is_cancelled_when_its_position_is_gone(
 
     order = _order(exchange, resting["orderId"])
     assert (order["orderStatus"], order["cancelType"]) == ("Cancelled", "CancelByReduceOnly")
+    assert order["rejectReason"] == "EC_NoError"  # EC_PerCancelRequest is its owner's cancel
     assert position_row(exchange, KEY)["size"] == "0"
 
 
