@@ -279,13 +279,36 @@ class AccountProjection:
         short beside another client's long would both go on claiming a position once the
         venue's, their difference, is closed (phantom exposure; the strategy's close refused
         110017). Other fills never leave the two books on opposite sides (see above).
+
+        Two strategies may hold opposite sides (the key holds their difference). A fill
+        after which the books add up to nothing, the key's position closed, leaves none
+        of them holding one: what each still held is closed at the fill's price (their
+        long and short crossed), or they would each go on claiming a position the venue
+        no longer holds, which their sum, the venue's 0, would never show (their closes
+        refused 110017).
         """
-        signed = execution.signed_qty
         books = {
             book.strategy: book.size
             for (key, _, symbol), book in self._books.items()
             if key == execution.key_name and symbol == execution.symbol and book.size != 0
         }
+        allocation = self._split(execution, strategy, books)
+        after = dict(books)
+        for name, part in allocation.items():
+            after[name] = after.get(name, ZERO) + part
+        if sum(after.values(), ZERO) == 0:
+            for name, size in after.items():
+                if size != 0:
+                    allocation[name] = allocation.get(name, ZERO) - size
+                    if allocation[name] == 0:  # a book this fill opened, crossed at once
+                        del allocation[name]
+        return allocation
+
+    def _split(
+        self, execution: Execution, strategy: str | None, books: Mapping[str, Decimal]
+    ) -> dict[str, Decimal]:
+        """`allocate`, before the books left opposite a closed position are crossed."""
+        signed = execution.signed_qty
         if strategy is not None:
             return _own_fill(signed, strategy, books)
         allocation: dict[str, Decimal] = {}
@@ -325,7 +348,9 @@ class AccountProjection:
         if link_id and of_our_order:
             booked = self._booked.get(link_id, ZERO) + abs(execution.qty)
             remember(self._booked, link_id, booked, _BOOKED_ORDERS)
-        total = abs(execution.qty)
+        # The fee in proportion to each part: parts crossed between books (`allocate`) add
+        # up to more than the fill, and pay their share of its one fee.
+        total = sum((abs(part) for part in allocation.values()), ZERO)
         for strategy, signed_qty in allocation.items():
             fee = execution.fee * abs(signed_qty) / total if total else ZERO
             self._book(execution.key_name, strategy, execution.symbol).fill(

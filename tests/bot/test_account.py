@@ -229,6 +229,22 @@ def test_a_fill_that_leaves_the_position_flat_leaves_no_book_claiming_it(
     assert sum(book.fees for book in projection.books()) == Decimal("0.09")
 
 
+def test_a_stop_that_flattens_opposed_strategies_closes_both_books_with_one_fee() -> None:
+    # Reproduced: alpha long 0.005 and beta short 0.003 net to the key's 0.002; the stop's
+    # sell of 0.002 left alpha 0.003 and beta -0.003 on a flat key, their closes refused.
+    projection = AccountProjection()
+    apply(projection, fill(Side.BUY, "0.005", "100"), "alpha")
+    apply(projection, fill(Side.SELL, "0.003", "100"), "beta")
+
+    apply(projection, fill(Side.SELL, "0.002", "90", fee="0.8", stop="StopLoss"), None)
+
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == 0
+    assert projection.strategy_size("k", "beta", "BTCUSDT") == 0
+    alpha, beta = projection.books()
+    assert (alpha.realized_pnl, beta.realized_pnl) == (Decimal("-0.050"), Decimal("0.030"))
+    assert alpha.fees + beta.fees == Decimal("0.8")
+
+
 def test_another_clients_partial_stop_closes_its_own_part_first() -> None:
     # The bot sets only whole-position exits; a partial one is another client's, for its part.
     projection = AccountProjection()
@@ -283,6 +299,8 @@ def test_the_books_always_add_up_to_the_venues_position_and_others_only_reduce_o
 
         venue += item.signed_qty
         assert sum((book.size for book in projection.books()), Decimal(0)) == venue
+        if venue == 0:  # a flat key: no book goes on claiming a position there
+            assert all(book.size == 0 for book in projection.books())
         if who in ("foreign", "stop"):  # another's fill only ever takes from what we hold
             for name, size in before.items():
                 after = projection.strategy_size("k", name, "BTCUSDT")

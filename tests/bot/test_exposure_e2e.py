@@ -13,6 +13,7 @@ import requests
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
+from bot.account import AccountProjection
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
@@ -227,3 +228,61 @@ def test_a_leverage_changed_while_the_bot_was_down_is_capped_again(
             Decimal(str(p["leverage"])) for p in answer["positions"] if p["symbol"] == "BTCUSDT"
         }
         assert leverages == {Decimal(3)}
+
+
+OPPOSED = """
+[keys.follow_sim]
+environment = "sim"
+shared = true
+
+[strategies.alpha]
+plugin = "follow"
+key = "follow_sim"
+
+[strategies.alpha.params]
+max_notional_usdt = 500
+
+[strategies.beta]
+plugin = "follow"
+key = "follow_sim"
+
+[strategies.beta.params]
+max_notional_usdt = 300
+"""
+
+
+def books(bot: RunningBot) -> dict[str, Decimal]:
+    """Each strategy's BTCUSDT book, as the journal rebuilds it (as `bot positions` does)."""
+    projection = bot.read_journal(AccountProjection.from_journal)
+    return {book.strategy: book.size for book in projection.books() if book.symbol == "BTCUSDT"}
+
+
+@pytest.mark.parametrize("flattened_by", ["alpha's close", "the position's stop loss"])
+def test_strategies_opposed_on_a_shared_key_hold_nothing_once_the_venue_is_flat(
+    flattened_by: str, sim_config: Callable[..., Path], running: list[RunningBot]
+) -> None:
+    # Reproduced: alpha long 0.005, beta short 0.003, so the key is long 0.002; alpha's
+    # reduce-only close (trimmed by the venue to 0.002) or the position's stop flattened
+    # the key, and the books kept alpha long 0.003 and beta short 0.003 (their sum the
+    # venue's 0, so no drift was seen): beta's close was refused 110017, and each went on
+    # counting a position that does not exist.
+    config = sim_config()
+    config.write_text(config.read_text().split("[keys.follow_sim]")[0] + OPPOSED)
+    bot = RunningBot(config).start()
+    running.append(bot)
+    filled(bot, "a-open", strategy="alpha", stop_loss=95000)
+    filled(bot, "b-open", strategy="beta", side="sell", stop_loss=99000)
+    assert sim_position(bot) == Decimal("0.002")
+
+    if flattened_by == "alpha's close":
+        filled(bot, "a-close", strategy="alpha", action="close")
+    else:
+        moved = requests.post(
+            f"{bot.service.sim_url}/sim/prices", json={"BTCUSDT": 94000}, timeout=10
+        )
+        assert moved.status_code == 200
+    wait_for(lambda: sim_position(bot) == 0, what="the key flat")
+
+    time.sleep(0.5)  # the fills' reports and their journal writes
+
+    assert books(bot) == {"alpha": 0, "beta": 0}
