@@ -175,8 +175,13 @@ def judge(
     problems: list[str] = []
     warnings: list[str] = []
     if strategies and info.read_only:
+        users = (
+            f"strategy {strategies[0]} trades"
+            if len(strategies) == 1
+            else f"strategies {', '.join(strategies)} trade"
+        )
         problems.append(
-            f"read-only, but {', '.join(strategies)} trade with it: give it Read-Write with "
+            f"read-only, but {users} with it: give it Read-Write with "
             "ContractTrade Orders and Positions"
         )
     wallet = info.permissions.get(WALLET_GROUP, ())

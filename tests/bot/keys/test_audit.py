@@ -73,10 +73,12 @@ def test_a_key_without_ip_binding_is_warned_about(sim: tuple[SimExchange, str]) 
 
 def test_a_read_only_key_cannot_serve_a_trading_strategy(sim: tuple[SimExchange, str]) -> None:
     result = audit(sim, read_only=True, **BOUND)
+    shared = audit(sim, strategies=("follow", "ladder"), read_only=True, **BOUND)
     unused = audit(sim, strategies=(), read_only=True, **BOUND)
 
     assert result.verdict is Verdict.REFUSED
-    assert "read-only, but follow trade with it" in result.reason
+    assert "read-only, but strategy follow trades with it" in result.reason
+    assert "read-only, but strategies follow, ladder trade with it" in shared.reason
     assert unused.verdict is Verdict.OK  # no strategy trades with it
 
 
