@@ -43,13 +43,17 @@ def simulator_config(settings: BotSettings) -> SimulatorConfig:
 def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAccountSpec]:
     """The simulator accounts for every configured sim key, with the bot's own credentials and
     the key's profile from `[sim.key_profiles.<name>]` (default: trading rights, bound to
-    127.0.0.1, the only place a generated sim key is ever used)."""
+    127.0.0.1, the only place a generated sim key is ever used). A profile that does not set
+    `ips` keeps that binding: one that sets only `expired_at`, say, must not also unbind the key
+    (an audit warning the user did not ask for)."""
     profiles = simulator_config(settings).key_profiles
     accounts = []
     for name, key in settings.keys.items():
         if key.environment is Environment.SIM:
             credentials = resolver.credentials(name)
             profile = profiles.get(name) or SimKeyProfile(ips=["127.0.0.1"])
+            if "ips" not in profile.model_fields_set:
+                profile = profile.model_copy(update={"ips": ["127.0.0.1"]})
             try:
                 account = SimAccountSpec(
                     **profile.model_dump(),
