@@ -150,9 +150,10 @@ async def audit_key(
     try:
         info = await venue.api_key_info()
     except KeyFatalError as exc:
+        said = exc.message.rstrip(".")  # Bybit's messages end in a full stop already
         return verdict(
             Verdict.REFUSED,
-            f"the {environment} venue ({venue.endpoint}) refused the key: {exc.message}. Is it "
+            f"the {environment} venue ({venue.endpoint}) refused the key: {said}. Is it "
             f"a key of another environment, mistyped, expired or deleted? Create a "
             f"{environment} key and write its secrets again",
         )

@@ -133,7 +133,7 @@ def test_expiry_is_shown_warned_about_then_refused(sim: tuple[SimExchange, str])
     assert soon.verdict is Verdict.WARN
     assert "in 5 days: rotate it before then" in soon.reason
     assert gone.verdict is Verdict.REFUSED  # the venue refuses an expired key outright
-    assert "refused the key" in gone.reason
+    assert "refused the key: Your api key has expired. Is it" in gone.reason  # one full stop
 
 
 def test_a_key_the_venue_does_not_know_is_refused_as_of_another_environment(
