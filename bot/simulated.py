@@ -51,7 +51,7 @@ def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAcc
     for name, key in settings.keys.items():
         if key.environment is Environment.SIM:
             credentials = resolver.credentials(name)
-            profile = profiles.get(name) or SimKeyProfile(ips=["127.0.0.1"])
+            profile = profiles.get(name) or SimKeyProfile()
             if "ips" not in profile.model_fields_set:
                 profile = profile.model_copy(update={"ips": ["127.0.0.1"]})
             try:
