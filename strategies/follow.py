@@ -14,10 +14,18 @@ from decimal import Decimal
 
 from pydantic import Field
 
-from bot.messages import Side, Signal, SignalAction
+from bot.execution.rounding import round_to_step
+from bot.messages import Instrument, Side, Signal, SignalAction
 from strategies.base import Strategy, StrategyContext, StrategyOutput, StrategyParams
 
-__all__ = ["Follow", "capped_leverage", "limit_price", "risk_sized_qty"]
+__all__ = [
+    "Follow",
+    "capped_leverage",
+    "limit_price",
+    "profitable_targets",
+    "risk_sized_qty",
+    "tick_rounded",
+]
 
 
 class Follow(Strategy):
@@ -39,21 +47,30 @@ class Follow(Strategy):
     def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
         if signal.action is SignalAction.CLOSE:
             return self._close(signal, context)
-        reference = signal.entry or context.last_price
-        return self.enter(signal, context, take_profit=self._first_target(signal, reference))
+        price = limit_price(signal, context)
+        if isinstance(price, str):
+            return self.decline(price)
+        target = self._first_target(signal, price or context.last_price, context)
+        return self.enter(signal, context, price=price, take_profit=target)
 
     def enter(
-        self, signal: Signal, context: StrategyContext, *, take_profit: Decimal | None
+        self,
+        signal: Signal,
+        context: StrategyContext,
+        *,
+        price: Decimal | None,
+        take_profit: Decimal | None,
     ) -> StrategyOutput:
-        """The entry order (leg 0) for an `open` signal, risk-sized between its entry (or the
-        last price) and its stop loss, with the stop and `take_profit` riding on it; or why
-        none can be placed."""
+        """The entry order (leg 0) for an `open` signal: a Limit at `price` (its entry on the
+        tick, from `limit_price`) or a Market order, risk-sized between that price (or the last
+        price) and its stop loss, with the stop and `take_profit` riding on it; or why none
+        can be placed."""
         assert signal.side is not None  # Signal guarantees a side for `open`
         if signal.stop_loss is None:
             return self.decline(
                 f"signal has no stop_loss: {type(self).__name__} sizes by the risk to the stop"
             )
-        reference = signal.entry or context.last_price
+        reference = price or context.last_price
         qty = risk_sized_qty(
             signal.side,
             reference,
@@ -64,9 +81,6 @@ class Follow(Strategy):
         )
         if isinstance(qty, str):
             return self.decline(qty)
-        price = limit_price(signal, context)
-        if isinstance(price, str):
-            return self.decline(price)
         return [
             self.intent(
                 signal,
@@ -88,11 +102,13 @@ class Follow(Strategy):
         return [self.intent(signal, context, side=side, qty=abs(position), reduce_only=True)]
 
     @staticmethod
-    def _first_target(signal: Signal, reference: Decimal) -> Decimal | None:
-        """The nearest take-profit target that is on the profitable side of the entry."""
-        direction = 1 if signal.side is Side.BUY else -1
-        targets = [tp for tp in signal.take_profit if (tp - reference) * direction > 0]
-        return min(targets, key=lambda tp: abs(tp - reference)) if targets else None
+    def _first_target(
+        signal: Signal, reference: Decimal, context: StrategyContext
+    ) -> Decimal | None:
+        """The nearest take-profit target, on the tick, that is on the profitable side of
+        `reference` (the entry as sent, or the last price)."""
+        targets = profitable_targets(signal, reference, context.instrument)
+        return targets[0] if targets else None
 
 
 def risk_sized_qty(
@@ -131,12 +147,32 @@ def capped_leverage(signal: Signal, cap: Decimal) -> Decimal | None:
     return None if signal.leverage is None else min(signal.leverage, cap)
 
 
+def tick_rounded(price: Decimal, side: Side, instrument: Instrument) -> Decimal:
+    """`price` on the instrument's tick, rounded as the bot rounds a `side` entry's limit and
+    take profit: down for a buy, up for a sell. An entry never costs more than asked and a
+    target is never moved out of reach (the risk gate's rounding then changes nothing)."""
+    return round_to_step(price, instrument.tick_size, up=side is Side.SELL)
+
+
 def limit_price(signal: Signal, context: StrategyContext) -> Decimal | str | None:
     """The signal's entry on the instrument's tick (None: no entry, a Market order), or why it
-    cannot be one (an entry below half a tick rounds to no price)."""
+    cannot be one (an entry under one tick rounds to no price)."""
     if signal.entry is None:
         return None
-    price = context.instrument.round_price(signal.entry)
+    assert signal.side is not None  # Signal guarantees a side for `open`
+    price = tick_rounded(signal.entry, signal.side, context.instrument)
     if price <= 0:
-        return f"entry {signal.entry} is below half a tick ({context.instrument.tick_size})"
+        return f"entry {signal.entry} rounds to no price on the tick {context.instrument.tick_size}"
     return price
+
+
+def profitable_targets(signal: Signal, reference: Decimal, instrument: Instrument) -> list[Decimal]:
+    """The signal's take-profit targets on the tick (`tick_rounded`) that are on the
+    profitable side of `reference`, nearest first, each once."""
+    assert signal.side is not None  # Signal guarantees a side for `open`
+    direction = 1 if signal.side is Side.BUY else -1
+    rounded = {tick_rounded(tp, signal.side, instrument) for tp in signal.take_profit}
+    return sorted(
+        (tp for tp in rounded if tp > 0 and (tp - reference) * direction > 0),
+        key=lambda tp: abs(tp - reference),
+    )

@@ -30,7 +30,7 @@ from strategies.base import (
     StrategyContext,
     StrategyOutput,
 )
-from strategies.follow import Follow
+from strategies.follow import Follow, limit_price, profitable_targets
 
 __all__ = ["TakeProfitLadder", "split"]
 
@@ -67,12 +67,16 @@ class TakeProfitLadder(Follow):
     def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
         if signal.action is SignalAction.CLOSE:
             return self.decline("a ladder closes through its targets and stop, not on signals")
-        reference = signal.entry or context.last_price
+        price = limit_price(signal, context)
+        if isinstance(price, str):
+            return self.decline(price)
+        reference = price or context.last_price
         if not _targets(signal, reference, context.instrument):
             return self.decline(
                 f"no take_profit target on the profitable side of {reference}: nothing to ladder"
             )
-        return self.enter(signal, context, take_profit=None)  # the targets come as legs
+        # The targets come as legs once the entry is filled.
+        return self.enter(signal, context, price=price, take_profit=None)
 
     def on_fill(
         self, fill: Fill, signal: Signal, context: StrategyContext
@@ -113,9 +117,10 @@ class TakeProfitLadder(Follow):
         self, signal: Signal, context: StrategyContext, filled: Decimal, fill_price: Decimal
     ) -> StrategyOutput:
         """Reduce-only Limit orders at each target for the entry's filled quantity; a target
-        is judged against the entry (its limit, or a market entry's fill price), not against
-        where the price went while the fill was reported."""
-        reference = signal.entry or fill_price
+        is judged against the entry (its limit as sent, or a market entry's fill price), not
+        against where the price went while the fill was reported."""
+        price = limit_price(signal, context)
+        reference = price if isinstance(price, Decimal) else fill_price
         targets = _targets(signal, reference, context.instrument)
         weights = self.params.weights or tuple(Decimal(1) for _ in targets)
         shares = split(filled, weights[: len(targets)], context)
@@ -152,27 +157,28 @@ def _resting_exits(signal: Signal, context: StrategyContext) -> Decimal:
 def _targets(signal: Signal, reference: Decimal, instrument: Instrument) -> list[Decimal]:
     """The profitable targets on the instrument's tick, nearest first, each once (at most
     MAX_TARGETS); a target that rounds to no price is left out."""
-    direction = 1 if signal.side is Side.BUY else -1
-    rounded = {instrument.round_price(tp) for tp in signal.take_profit}
-    targets = sorted(
-        (tp for tp in rounded if tp > 0 and (tp - reference) * direction > 0),
-        key=lambda tp: abs(tp - reference),
-    )
-    return targets[:MAX_TARGETS]
+    return profitable_targets(signal, reference, instrument)[:MAX_TARGETS]
 
 
 def split(total: Decimal, weights: Sequence[Decimal], context: StrategyContext) -> list[Decimal]:
-    """`total` split by `weights` on the lot size; a share below the minimum order qty joins
-    the next one, and the last share takes what rounding left, so the shares sum to `total`."""
+    """`total` split by `weights` on the lot size. Each share is where the running sum of the
+    weights puts it, rounded down to the lot, less the shares before it: what rounding takes
+    from one share is carried to the next, not all left to the last. A share below the
+    minimum order qty is carried to the next one too; the last takes what is left (joining
+    the nearest share before it when too small alone), so the shares sum to `total`."""
     instrument = context.instrument
     whole = sum(weights)
     shares: list[Decimal] = []
-    carried = Decimal(0)
+    running = Decimal(0)
+    allocated = Decimal(0)
     for weight in weights[:-1]:
-        share = instrument.round_qty(total * weight / whole) + carried
-        carried = share if share < instrument.min_order_qty else Decimal(0)
-        shares.append(Decimal(0) if carried else share)
-    last = total - sum(shares)
+        running += weight
+        share = instrument.round_qty(total * running / whole) - allocated
+        if share < instrument.min_order_qty:
+            share = Decimal(0)
+        shares.append(share)
+        allocated += share
+    last = total - allocated
     if last < instrument.min_order_qty:  # too small alone: it joins the nearest share before it
         kept = [index for index, share in enumerate(shares) if share > 0]
         if kept:

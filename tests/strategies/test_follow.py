@@ -58,8 +58,21 @@ def test_entry_makes_a_limit_order_with_the_nearest_valid_target() -> None:
     [intent] = out  # type: ignore[misc]
     assert intent.side is Side.SELL
     assert intent.order_type is OrderType.LIMIT
-    assert intent.price == Decimal("98000.0")
+    assert intent.price == Decimal("98000.1")  # a sell's limit on the tick: never below the ask
     assert intent.take_profit == Decimal(96000)
+
+
+def test_a_target_is_rounded_toward_the_entry_and_judged_against_the_price_sent() -> None:
+    # Entry 97000.04 goes out as a buy at 97000.0; 97000.08 would round to 97000.0, no profit
+    # at all (Bybit refuses a buy's take profit at its price), so 97100.06 is the first target,
+    # rounded down: a long's target is never moved out of reach.
+    out = follow().on_signal(
+        signal(entry=97000.04, stop_loss=96000, take_profit=[97000.08, 97100.06]), MARKET
+    )
+
+    [intent] = out  # type: ignore[misc]
+    assert (intent.price, intent.take_profit) == (Decimal("97000.0"), Decimal("97100.0"))
+    assert intent.qty == Decimal("0.100")  # 1% of 10000 over the 1000 between 97000.0 and stop
 
 
 @pytest.mark.parametrize(

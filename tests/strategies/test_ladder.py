@@ -103,7 +103,8 @@ def test_an_entry_price_makes_a_limit_entry_sized_from_it() -> None:
 
     assert entry.order_type is OrderType.LIMIT
     assert entry.price == Decimal("96000.0")  # on the 0.1 tick
-    assert entry.qty == Decimal("0.099")  # 100 USDT over 1000.04 USDT per BTC, lot 0.001
+    # Sized from the price sent, not the signal's: 100 USDT over 1000 USDT per BTC
+    assert entry.qty == Decimal("0.100")
 
 
 def test_the_entry_is_capped_by_max_notional_and_its_leverage_hint_by_max_leverage() -> None:
@@ -135,20 +136,23 @@ def test_declines_say_why(fields: dict[str, object], reason: str) -> None:
     assert out.strategy == "ladder"
 
 
-def test_an_entry_below_half_a_tick_is_declined_not_a_crash() -> None:
-    # Rounded to the 0.1 tick, an entry of 0.01 is a price of 0: no order can carry it.
+def test_an_entry_under_one_tick_is_declined_not_a_crash() -> None:
+    # Rounded down to the 0.1 tick, a buy's entry of 0.01 is a price of 0: no order carries it.
     out = ladder().on_signal(signal(entry=0.01, stop_loss=0.001, take_profit=[1]), MARKET)
 
     assert isinstance(out, Decline)
-    assert "below half a tick" in out.reason
+    assert "rounds to no price on the tick 0.1" in out.reason
 
 
-def test_a_target_below_half_a_tick_gets_no_leg_instead_of_a_crash() -> None:
+def test_a_shorts_target_under_one_tick_rounds_up_to_one_tick_never_to_a_price_of_0() -> None:
     short = signal(side="sell", stop_loss=99000, take_profit=[96000, 0.01])
 
     out = ladder().on_fill(fill(0, "0.010", side=Side.SELL), short, holding("-0.010"))
 
-    assert [(leg.price, leg.qty) for leg in intents(out)] == [(Decimal(96000), Decimal("0.010"))]
+    assert [(leg.price, leg.qty) for leg in intents(out)] == [
+        (Decimal(96000), Decimal("0.005")),
+        (Decimal("0.1"), Decimal("0.005")),
+    ]
 
 
 def test_weights_must_be_positive_and_the_error_names_them() -> None:
@@ -220,11 +224,18 @@ def test_a_share_below_the_minimum_joins_the_next_one() -> None:
     assert shares == [Decimal(0), Decimal("0.015")]  # 0.007 alone could not be placed
 
 
+def test_shares_under_one_lot_are_carried_forward_not_all_left_to_the_farthest_target() -> None:
+    # A quarter of 0.003 is under the 0.001 lot: the first share is carried to the next.
+    shares = split(Decimal("0.003"), [Decimal(1)] * 4, MARKET)
+
+    assert shares == [Decimal(0), Decimal("0.001"), Decimal("0.001"), Decimal("0.001")]
+
+
 # the legs ----------------------------------------------------------------------------------
 
 
 def test_the_full_fill_of_the_entry_places_reduce_only_legs_at_the_targets_nearest_first() -> None:
-    targets = [99000, 90000, 98000.04]
+    targets = [99000, 90000, 98000.06]  # rounded toward the entry: 98000.0, never out of reach
     out = ladder().on_fill(fill(0, "0.010"), signal(take_profit=targets), holding("0.010"))
 
     legs = intents(out)
