@@ -5,7 +5,10 @@ Size = equity x `risk_fraction` / |entry - stop loss|, so hitting the stop loses
 A signal with an `entry` becomes a Limit order there, otherwise a Market order sized at the
 last price. The first `take_profit` target and the stop loss ride on the order, at the
 signal's leverage hint capped to `max_leverage` (the risk gate caps it again to its own
-limit). A `close` signal flattens the strategy's own position with a reduce-only Market order.
+limit). A signal against the strategy's own open position flips it: the one entry order also
+carries that position's size, so the venue closes it and opens the new one, whose stop and
+target replace the old ones. A `close` signal flattens the strategy's own position with a
+reduce-only Market order.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from decimal import Decimal
 from pydantic import Field
 
 from bot.execution.rounding import round_to_step
-from bot.messages import Instrument, Side, Signal, SignalAction
+from bot.messages import Instrument, OrderType, Side, Signal, SignalAction
 from strategies.base import Strategy, StrategyContext, StrategyOutput, StrategyParams
 
 __all__ = [
@@ -36,7 +39,9 @@ class Follow(Strategy):
             Decimal("0.01"), gt=0, le=Decimal("0.1"), description="equity lost if the stop hits"
         )
         max_notional_usdt: Decimal = Field(
-            Decimal(1000), gt=0, description="cap on qty x price of one order"
+            Decimal(1000),
+            gt=0,
+            description="cap on qty x price of what one order opens (a flip closes more)",
         )
         max_leverage: Decimal = Field(
             Decimal(3), ge=1, le=100, description="cap on the signal's leverage hint"
@@ -51,7 +56,11 @@ class Follow(Strategy):
         if isinstance(price, str):
             return self.decline(price)
         target = self._first_target(signal, price or context.last_price, context)
-        return self.enter(signal, context, price=price, take_profit=target)
+        held = context.position_qty
+        opposite = held != 0 and (held > 0) != (signal.side is Side.BUY)
+        return self.enter(
+            signal, context, price=price, take_profit=target, closing=abs(held) if opposite else 0
+        )
 
     def enter(
         self,
@@ -60,11 +69,13 @@ class Follow(Strategy):
         *,
         price: Decimal | None,
         take_profit: Decimal | None,
+        closing: Decimal | int = 0,
     ) -> StrategyOutput:
         """The entry order (leg 0) for an `open` signal: a Limit at `price` (its entry on the
         tick, from `limit_price`) or a Market order, risk-sized between that price (or the last
         price) and its stop loss, with the stop and `take_profit` riding on it; or why none
-        can be placed."""
+        can be placed. `closing`: the strategy's opposite position the same order closes
+        first (a flip, one order: the venue turns the position and sets the new stop on it)."""
         assert signal.side is not None  # Signal guarantees a side for `open`
         if signal.stop_loss is None:
             return self.decline(
@@ -81,6 +92,17 @@ class Follow(Strategy):
         )
         if isinstance(qty, str):
             return self.decline(qty)
+        if closing:
+            largest = context.instrument.max_qty(
+                OrderType.MARKET if price is None else OrderType.LIMIT
+            )
+            if qty + closing > largest:
+                return self.decline(
+                    f"flipping the {closing} {signal.symbol} position into a {qty} one takes "
+                    f"one order of {qty + closing}, above the max order qty {largest}: close "
+                    "it first with a close signal"
+                )
+            qty += closing
         return [
             self.intent(
                 signal,

@@ -15,6 +15,7 @@ import requests
 from loguru import logger
 from pydantic import SecretStr
 
+from bot.account import AccountProjection
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim.params import PositionQueryParams
@@ -277,3 +278,25 @@ def test_selective_places_what_passes_and_declines_what_it_filters(
     )
     wait_for(lambda: run.bot.journal_status("good") == ["Filled"], what="the good one filled")
     assert list(run.orders()) == [run.link("good")]
+
+
+def test_follow_flips_an_opposite_position_in_one_order_carrying_the_new_stop(
+    trading: Callable[..., Trading],
+) -> None:
+    run = trading("follow", "follow", "max_notional_usdt = 500")
+    assert run.bot.post(signal("long", stop_loss=95000)).status_code == 202
+    wait_for(lambda: run.bot.journal_status("long") == ["Filled"], what="the long filled")
+
+    assert run.bot.post(signal("short", side="sell", stop_loss=99000)).status_code == 202
+
+    wait_for(lambda: run.bot.journal_status("short") == ["Filled"], what="the flip filled")
+    flip = run.orders()[run.link("short")]
+    assert (flip["side"], flip["qty"], flip["reduceOnly"]) == ("Sell", "0.01", False)
+    position = run.position()
+    assert (position["side"], position["size"], position["stopLoss"]) == ("Sell", "0.005", "99000")
+    wait_for(lambda: strategy_sizes(run) == {"follow": Decimal("-0.005")}, what="its book short")
+
+
+def strategy_sizes(run: Trading) -> dict[str, Decimal]:
+    projection = run.bot.read_journal(AccountProjection.from_journal)
+    return {book.strategy: book.size for book in projection.books() if book.size}

@@ -99,6 +99,24 @@ def test_close_flattens_the_position_reduce_only() -> None:
     assert isinstance(flat, Decline)
 
 
+@pytest.mark.parametrize(("held", "qty"), [("-0.030", "0.080"), ("0.030", "0.050"), ("0", "0.050")])
+def test_a_signal_against_the_position_flips_it_in_one_order(held: str, qty: str) -> None:
+    # Short 0.030: the buy also closes it, so the venue turns it into the 0.050 long.
+    # Long already (adding) or flat: the risk-sized 0.050 alone.
+    [intent] = follow().on_signal(signal(stop_loss=95000), context(position_qty=held))  # type: ignore[misc]
+
+    assert (intent.side, intent.qty, intent.reduce_only) == (Side.BUY, Decimal(qty), False)
+    assert intent.stop_loss == Decimal(95000)
+
+
+def test_a_flip_above_the_max_order_qty_is_declined_with_what_to_do() -> None:
+    out = follow().on_signal(signal(side="sell", stop_loss=99000), context(position_qty="99.980"))
+
+    assert isinstance(out, Decline)
+    assert "takes one order of 100.030, above the max order qty 100" in out.reason
+    assert "close it first with a close signal" in out.reason
+
+
 def test_leverage_hint_is_capped() -> None:
     strategy = Follow("follow", Follow.Params(max_leverage=Decimal(3)))
     [high] = strategy.on_signal(signal(stop_loss=95000, leverage=20), MARKET)  # type: ignore[misc]
