@@ -15,11 +15,11 @@ import requests
 from loguru import logger
 from pydantic import SecretStr
 
-from bot.account import AccountProjection
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim.params import PositionQueryParams
 from tests.bot.test_admin import admin_answer, decision_of
+from tests.bot.test_exposure_e2e import books
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import client_orders, wait_for, write_key_secrets
 
@@ -294,9 +294,4 @@ def test_follow_flips_an_opposite_position_in_one_order_carrying_the_new_stop(
     assert (flip["side"], flip["qty"], flip["reduceOnly"]) == ("Sell", "0.01", False)
     position = run.position()
     assert (position["side"], position["size"], position["stopLoss"]) == ("Sell", "0.005", "99000")
-    wait_for(lambda: strategy_sizes(run) == {"follow": Decimal("-0.005")}, what="its book short")
-
-
-def strategy_sizes(run: Trading) -> dict[str, Decimal]:
-    projection = run.bot.read_journal(AccountProjection.from_journal)
-    return {book.strategy: book.size for book in projection.books() if book.size}
+    wait_for(lambda: books(run.bot) == {"follow": Decimal("-0.005")}, what="its book short")
