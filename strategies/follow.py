@@ -5,10 +5,11 @@ Size = equity x `risk_fraction` / |entry - stop loss|, so hitting the stop loses
 A signal with an `entry` becomes a Limit order there, otherwise a Market order sized at the
 last price. The first `take_profit` target and the stop loss ride on the order, at the
 signal's leverage hint capped to `max_leverage` (the risk gate caps it again to its own
-limit). A signal against the strategy's own open position flips it: the one entry order also
-carries that position's size, so the venue closes it and opens the new one, whose stop and
-target replace the old ones. A `close` signal flattens the strategy's own position with a
-reduce-only Market order.
+limit). A market signal against the strategy's own open position flips it: the one entry
+order also carries that position's size, so the venue closes it and opens the new one, whose
+stop and target replace the old ones (a limit one, or one while the strategy's orders in the
+symbol are unfinished, is declined: see `_flip_problem`). A `close` signal flattens the
+strategy's own position with a reduce-only Market order.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ class Follow(Strategy):
             return self.decline(price)
         target = self._first_target(signal, price or context.last_price, context)
         held = context.position_qty
-        opposite = held != 0 and (held > 0) != (signal.side is Side.BUY)
-        return self.enter(
-            signal, context, price=price, take_profit=target, closing=abs(held) if opposite else 0
-        )
+        if held == 0 or (held > 0) == (signal.side is Side.BUY):
+            return self.enter(signal, context, price=price, take_profit=target)
+        refused = _flip_problem(signal, context, price)
+        if refused:
+            return self.decline(refused)
+        return self.enter(signal, context, price=price, take_profit=target, closing=abs(held))
 
     def enter(
         self,
@@ -131,6 +134,25 @@ class Follow(Strategy):
         `reference` (the entry as sent, or the last price)."""
         targets = profitable_targets(signal, reference, context.instrument)
         return targets[0] if targets else None
+
+
+def _flip_problem(signal: Signal, context: StrategyContext, price: Decimal | None) -> str:
+    """Why `signal` cannot flip the strategy's opposite position now, or "" if it can. A flip
+    is one order of both sizes, sized from the position as booked: a Limit one left resting
+    after the position closed otherwise (its stop, a close) would open both sizes, and one
+    sent while orders are unfinished would count a position they are changing."""
+    held = f"{context.position_qty} {signal.symbol} position"
+    if price is not None:
+        return (
+            f"a limit entry cannot flip the {held}: left resting it could open more than the "
+            "signal asks; close it first with a close signal, or send a market entry"
+        )
+    if context.open_orders:
+        return (
+            f"the {held} cannot be flipped while {len(context.open_orders)} of the strategy's "
+            "orders in it are unfinished: send the signal again once they are done"
+        )
+    return ""
 
 
 def risk_sized_qty(

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from bot.messages import Decline, OrderType, Side, Signal, parse_signal
+from strategies.base import OpenOrder
 from strategies.follow import Follow
 from tests.strategies.contexts import context
 
@@ -115,6 +116,37 @@ def test_a_flip_above_the_max_order_qty_is_declined_with_what_to_do() -> None:
     assert isinstance(out, Decline)
     assert "takes one order of 100.030, above the max order qty 100" in out.reason
     assert "close it first with a close signal" in out.reason
+
+
+def test_a_limit_entry_against_the_position_is_declined_not_left_resting_as_a_flip() -> None:
+    # Left resting, an order of both sizes would open both if the short closed meanwhile.
+    out = follow().on_signal(signal(entry=96000, stop_loss=95000), context(position_qty="-0.030"))
+
+    assert isinstance(out, Decline)
+    assert "a limit entry cannot flip the -0.030 BTCUSDT position" in out.reason
+
+
+def test_no_flip_while_the_strategys_orders_in_the_symbol_are_unfinished() -> None:
+    # The earlier flip, not filled yet: the position it changes is not booked.
+    earlier = OpenOrder(
+        order_link_id="follow-0-earlier",
+        signal_id="s0",
+        leg=0,
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.MARKET,
+        qty=Decimal("0.080"),
+        filled_qty=Decimal(0),
+        price=None,
+        reduce_only=False,
+        status="New",
+    )
+    out = follow().on_signal(
+        signal(stop_loss=95000), context(position_qty="-0.030", open_orders=(earlier,))
+    )
+
+    assert isinstance(out, Decline)
+    assert "while 1 of the strategy's orders in it are unfinished" in out.reason
 
 
 def test_leverage_hint_is_capped() -> None:
