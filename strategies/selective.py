@@ -7,7 +7,8 @@ signal always passes: a filter must never keep a position from being closed.
 
 - `symbols` / `sides`: only these (empty: any);
 - `min_reward_risk`: the nearest profitable target must be at least this many times as far
-  from the entry (or the last price) as the stop is;
+  from the entry (or the last price) as the stop is, all three on the tick as the bot trades
+  them (a target rounded toward the entry earns less than the one sent);
 - `max_trades_per_day`: no more orders than this per UTC day (as the risk gate counts them);
 - `require_targets`: a signal without any take-profit target is declined.
 """
@@ -19,9 +20,10 @@ from typing import Final
 
 from pydantic import Field, field_validator
 
-from bot.messages import Side, Signal, SignalAction
+from bot.execution.rounding import round_to_step
+from bot.messages import Instrument, Side, Signal, SignalAction
 from strategies.base import StrategyContext, StrategyOutput
-from strategies.follow import Follow
+from strategies.follow import Follow, limit_price, profitable_targets
 
 __all__ = ["Selective", "reward_risk"]
 
@@ -87,23 +89,34 @@ class Selective(Follow):
         if params.require_targets and not signal.take_profit:
             return "the signal has no take_profit target"
         if params.min_reward_risk > 0:
-            ratio = reward_risk(signal, signal.entry or context.last_price)
-            if ratio is None:
-                return "reward/risk unknown: the signal needs a stop_loss and a target"
-            if ratio < params.min_reward_risk:
-                return f"reward/risk {ratio:.2f} is below {params.min_reward_risk}"
+            return self._reward_risk_problem(signal, context)
+        return ""
+
+    def _reward_risk_problem(self, signal: Signal, context: StrategyContext) -> str:
+        """Why the signal's reward/risk, as the order would carry it, is too low, or "" if it
+        is not (or if its entry has no price on the tick: `Follow` declines it, saying so)."""
+        entry = limit_price(signal, context)
+        if isinstance(entry, str):
+            return ""
+        ratio = reward_risk(signal, entry or context.last_price, context.instrument)
+        if ratio is None:
+            return "reward/risk unknown: the signal needs a stop_loss and a target"
+        if ratio < self.params.min_reward_risk:
+            return f"reward/risk {ratio:.2f} is below {self.params.min_reward_risk}"
         return ""
 
 
-def reward_risk(signal: Signal, reference: Decimal) -> Decimal | None:
-    """The nearest profitable target's distance from `reference` over the stop's; None when
-    the signal has no stop on the losing side or no target on the profitable side."""
+def reward_risk(signal: Signal, reference: Decimal, instrument: Instrument) -> Decimal | None:
+    """The nearest profitable target's distance from `reference` (the entry on the tick, or
+    the last price) over the stop's, both on the tick as the order carries them (the targets
+    as `profitable_targets` rounds them, the stop toward the price as the risk gate does);
+    None when the signal has no stop on the losing side or no target on the profitable side."""
     if signal.stop_loss is None or signal.side is None:
         return None
-    direction = 1 if signal.side is Side.BUY else -1
-    risk = (reference - signal.stop_loss) * direction
-    rewards = [(tp - reference) * direction for tp in signal.take_profit]
-    rewards = [reward for reward in rewards if reward > 0]
-    if risk <= 0 or not rewards:
+    buy = signal.side is Side.BUY
+    stop_loss = round_to_step(signal.stop_loss, instrument.tick_size, up=buy)
+    risk = (reference - stop_loss) * (1 if buy else -1)
+    targets = profitable_targets(signal, reference, instrument)
+    if risk <= 0 or not targets:
         return None
-    return min(rewards) / risk
+    return abs(targets[0] - reference) / risk

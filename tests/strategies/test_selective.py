@@ -14,7 +14,7 @@ from bot.messages import Decline, OrderIntent, Side, Signal, SignalError, parse_
 from strategies.base import StrategyContext
 from strategies.follow import Follow
 from strategies.selective import Selective, reward_risk
-from tests.strategies.contexts import context
+from tests.strategies.contexts import BTC, context
 
 MARKET = context()  # BTCUSDT at 97000, equity 10000
 
@@ -197,7 +197,40 @@ def test_symbols_are_spelt_as_signals_spell_them() -> None:
     ],
 )
 def test_reward_risk(fields: dict[str, object], reference: int, expected: Decimal | None) -> None:
-    assert reward_risk(signal(**fields), Decimal(reference)) == expected
+    assert reward_risk(signal(**fields), Decimal(reference), BTC) == expected
+
+
+#: A tick of 10 USDT: rounding moves prices far enough to change a ratio.
+COARSE = context(instrument=BTC.model_copy(update={"tick_size": Decimal(10)}))
+
+
+@pytest.mark.parametrize(
+    ("fields", "passes"),
+    [
+        # 98009 is 2.009 stops away, but the order's target is 98000 (a buy's, rounded down).
+        ({"entry": 96000, "stop_loss": 95000, "take_profit": [98009]}, False),
+        # 2001 / 1009 as sent, 2010 / 1000 as traded: the entry rounds down to 96000.
+        ({"entry": 96009, "stop_loss": 95000, "take_profit": [98010]}, True),
+        # A sell's stop rounds down, toward the price: 1000 of risk as traded, not 1009.
+        (
+            {"side": "sell", "entry": 98000, "stop_loss": 99009, "take_profit": [95990]},
+            True,
+        ),
+    ],
+)
+def test_reward_risk_is_judged_on_the_prices_the_order_carries(
+    fields: dict[str, object], passes: bool
+) -> None:
+    out = selective(min_reward_risk=Decimal("2.005")).on_signal(signal(**fields), COARSE)
+
+    assert isinstance(out, Decline) is not passes, out
+
+
+def test_an_entry_below_one_tick_is_declined_by_follow_not_by_the_ratio() -> None:
+    out = selective(min_reward_risk=2).on_signal(signal(entry="0.05"), COARSE)
+
+    assert isinstance(out, Decline)
+    assert out.reason.startswith("entry 0.05 rounds to no price"), out.reason
 
 
 prices = st.decimals(
@@ -233,7 +266,7 @@ def valid_signals(draw: st.DrawFn) -> Signal:
 def test_reward_risk_never_raises_and_is_positive_when_known(
     item: Signal, reference: Decimal
 ) -> None:
-    ratio = reward_risk(item, reference)
+    ratio = reward_risk(item, reference, BTC)
 
     assert ratio is None or ratio > 0
 
