@@ -8,23 +8,25 @@ signal's leverage hint capped to `max_leverage` (the risk gate caps it again to 
 limit). A market signal against the strategy's own open position flips it: the one entry
 order also carries that position's size, so the venue closes it and opens the new one, whose
 stop and target replace the old ones (a limit one, or one while the strategy's orders in the
-symbol are unfinished, is declined: see `_flip_problem`). A `close` signal flattens the
+symbol are unfinished, is declined: see `flip_problem`). A `close` signal flattens the
 strategy's own position with a reduce-only Market order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
 from pydantic import Field
 
 from bot.execution.rounding import round_to_step
 from bot.messages import Instrument, OrderType, Side, Signal, SignalAction
-from strategies.base import Strategy, StrategyContext, StrategyOutput, StrategyParams
+from strategies.base import OpenOrder, Strategy, StrategyContext, StrategyOutput, StrategyParams
 
 __all__ = [
     "Follow",
     "capped_leverage",
+    "flip_problem",
     "limit_price",
     "profitable_targets",
     "risk_sized_qty",
@@ -60,7 +62,7 @@ class Follow(Strategy):
         held = context.position_qty
         if held == 0 or (held > 0) == (signal.side is Side.BUY):
             return self.enter(signal, context, price=price, take_profit=target)
-        refused = _flip_problem(signal, context, price)
+        refused = flip_problem(signal, context, price, context.open_orders)
         if refused:
             return self.decline(refused)
         return self.enter(signal, context, price=price, take_profit=target, closing=abs(held))
@@ -136,20 +138,27 @@ class Follow(Strategy):
         return targets[0] if targets else None
 
 
-def _flip_problem(signal: Signal, context: StrategyContext, price: Decimal | None) -> str:
+def flip_problem(
+    signal: Signal,
+    context: StrategyContext,
+    price: Decimal | None,
+    unfinished: Sequence[OpenOrder],
+) -> str:
     """Why `signal` cannot flip the strategy's opposite position now, or "" if it can. A flip
     is one order of both sizes, sized from the position as booked: a Limit one left resting
     after the position closed otherwise (its stop, a close) would open both sizes, and one
-    sent while orders are unfinished would count a position they are changing."""
+    sent while `unfinished` orders (those of the strategy's open orders in the symbol that
+    could change the position meanwhile) are unfinished would count a position they are
+    changing."""
     held = f"{context.position_qty} {signal.symbol} position"
     if price is not None:
         return (
             f"a limit entry cannot flip the {held}: left resting it could open more than the "
             "signal asks; close it first with a close signal, or send a market entry"
         )
-    if context.open_orders:
+    if unfinished:
         return (
-            f"the {held} cannot be flipped while {len(context.open_orders)} of the strategy's "
+            f"the {held} cannot be flipped while {len(unfinished)} of the strategy's "
             "orders in it are unfinished: send the signal again once they are done"
         )
     return ""

@@ -13,6 +13,13 @@ market instead (leg 11), as that stop would have done. When the stop closes the 
 first, the bot cancels the legs still resting (as it does every reduce-only order of a
 closed position).
 
+An opposite signal flips the ladder's position as `follow` flips one: one Market entry of
+the position's size and the new one, carrying the new stop; the old targets go (the bot
+cancels a turned position's reduce-only orders) and the new ones come when it has filled. A
+limit one is declined, and so is one while the strategy has other unfinished orders in the
+symbol (an entry not yet filled). A target that fills in the instant the flip is on its way
+leaves the new position that much larger, as the old stop firing then would.
+
 The stop is Bybit's position-level stop: it covers the key's whole position in the symbol, so
 give a ladder a key of its own.
 """
@@ -27,10 +34,11 @@ from pydantic import Field, field_validator
 from bot.messages import Instrument, Side, Signal, SignalAction
 from strategies.base import (
     Fill,
+    OpenOrder,
     StrategyContext,
     StrategyOutput,
 )
-from strategies.follow import Follow, limit_price, profitable_targets
+from strategies.follow import Follow, flip_problem, limit_price, profitable_targets
 
 __all__ = ["TakeProfitLadder", "split"]
 
@@ -75,8 +83,15 @@ class TakeProfitLadder(Follow):
             return self.decline(
                 f"no take_profit target on the profitable side of {reference}: nothing to ladder"
             )
+        held = context.position_qty
+        closing = Decimal(0)
+        if held != 0 and (held > 0) != (signal.side is Side.BUY):
+            refused = flip_problem(signal, context, price, _changing_besides_exits(context))
+            if refused:
+                return self.decline(refused)
+            closing = abs(held)
         # The targets come as legs once the entry is filled.
-        return self.enter(signal, context, price=price, take_profit=None)
+        return self.enter(signal, context, price=price, take_profit=None, closing=closing)
 
     def on_fill(
         self, fill: Fill, signal: Signal, context: StrategyContext
@@ -138,6 +153,18 @@ class TakeProfitLadder(Follow):
             for index, (target, qty) in enumerate(zip(targets, shares, strict=False))
             if qty > 0
         ]
+
+
+def _changing_besides_exits(context: StrategyContext) -> list[OpenOrder]:
+    """The strategy's unfinished orders in the symbol but the reduce-only ones that close its
+    position (the targets of its ladders): those go with the position when a flip turns it
+    (the bot cancels them then), the others could change the position the flip is sized by."""
+    exit_side = Side.SELL if context.position_qty > 0 else Side.BUY
+    return [
+        order
+        for order in context.open_orders
+        if not (order.reduce_only and order.side is exit_side)
+    ]
 
 
 def _resting_exits(signal: Signal, context: StrategyContext) -> Decimal:

@@ -295,3 +295,36 @@ def test_follow_flips_an_opposite_position_in_one_order_carrying_the_new_stop(
     position = run.position()
     assert (position["side"], position["size"], position["stopLoss"]) == ("Sell", "0.005", "99000")
     wait_for(lambda: books(run.bot) == {"follow": Decimal("-0.005")}, what="its book short")
+
+
+def test_ladder_flips_an_opposite_position_its_old_targets_cancelled_new_ones_laid(
+    trading: Callable[..., Trading],
+) -> None:
+    run = trading("ladder", "ladder", LADDER)
+    old_legs = [run.link("long", leg) for leg in (1, 2)]
+    assert run.bot.post(signal("long", stop_loss=95000, take_profit=[99000, 98000])).status_code
+    wait_for(lambda: set(old_legs) <= set(run.orders()), what="the long's targets")
+
+    short = signal("short", side="sell", stop_loss=99000, take_profit=[96000, 95000])
+    assert run.bot.post(short).status_code == 202
+
+    new_legs = [run.link("short", leg) for leg in (1, 2)]
+    orders = wait_for(
+        lambda: (
+            found
+            if set(new_legs) <= set(found := run.orders())
+            and all(found[leg]["orderStatus"] == "Cancelled" for leg in old_legs)
+            else None
+        ),
+        what="the long's targets cancelled, the short's laid",
+    )
+    flip = orders[run.link("short")]
+    assert (flip["side"], flip["qty"], flip["reduceOnly"]) == ("Sell", "0.01", False)
+    assert [(orders[leg]["side"], orders[leg]["reduceOnly"]) for leg in new_legs] == [
+        ("Buy", True),
+        ("Buy", True),
+    ]
+    assert sum(Decimal(orders[leg]["qty"]) for leg in new_legs) == Decimal("0.005")
+    position = run.position()
+    assert (position["side"], position["size"], position["stopLoss"]) == ("Sell", "0.005", "99000")
+    wait_for(lambda: books(run.bot) == {"ladder": Decimal("-0.005")}, what="its book short")

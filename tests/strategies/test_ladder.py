@@ -419,3 +419,73 @@ def test_nothing_when_flat_by_the_time_the_first_target_fills() -> None:
     flat = context(last_price=98000, position_qty=0)
 
     assert ladder().on_fill(fill(1, "0.005", side=Side.SELL), signal(), flat) is None
+
+
+# an opposite signal: the flip ----------------------------------------------------------------
+
+SHORT = {"side": "sell", "stop_loss": 99000, "take_profit": [96000, 95000]}
+
+
+def test_an_opposite_signal_flips_the_position_in_one_entry_its_targets_left_to_go() -> None:
+    # The long's own targets rest: the bot cancels them when the flip turns the position.
+    long_with_targets = context(
+        position_qty="0.010", entry_price=97000, open_orders=(earlier_target("0.010"),)
+    )
+
+    [entry] = intents(ladder().on_signal(signal(**SHORT), long_with_targets))
+
+    # 0.010 closes the long, 0.050 opens the short (100 USDT over 2000 USDT per BTC).
+    assert (entry.leg, entry.side, entry.qty) == (0, Side.SELL, Decimal("0.060"))
+    assert (entry.order_type, entry.reduce_only) == (OrderType.MARKET, False)
+    assert (entry.stop_loss, entry.take_profit) == (Decimal(99000), None)
+
+
+def test_the_flips_fill_lays_legs_for_the_new_position_only() -> None:
+    out = ladder().on_fill(
+        fill(0, "0.060", side=Side.SELL, position_after="-0.050"),
+        signal(**SHORT),
+        holding("-0.050"),
+    )
+
+    legs = intents(out)
+    assert sum(leg.qty for leg in legs) == Decimal("0.050")
+    assert {(leg.side, leg.reduce_only) for leg in legs} == {(Side.BUY, True)}
+
+
+def unfinished_entry() -> OpenOrder:
+    """An entry of the strategy's (a limit buy) not filled yet."""
+    return OpenOrder(
+        order_link_id="ladder-0-pending",
+        signal_id="s0",
+        leg=0,
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.LIMIT,
+        qty=Decimal("0.005"),
+        filled_qty=Decimal(0),
+        price=Decimal(96000),
+        reduce_only=False,
+        status="New",
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "open_orders", "reason"),
+    [
+        ({"entry": 97500}, (), "a limit entry cannot flip the 0.010 BTCUSDT position"),
+        (
+            {},
+            (earlier_target("0.005"), unfinished_entry()),
+            "cannot be flipped while 1 of the strategy's orders in it are unfinished",
+        ),
+    ],
+)
+def test_a_flip_is_declined_when_it_could_open_more_than_the_signal_asks(
+    fields: dict[str, object], open_orders: tuple[OpenOrder, ...], reason: str
+) -> None:
+    long = context(position_qty="0.010", entry_price=97000, open_orders=open_orders)
+
+    out = ladder().on_signal(signal(**SHORT | fields), long)
+
+    assert isinstance(out, Decline)
+    assert reason in out.reason, out.reason
