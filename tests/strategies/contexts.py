@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from bot.messages import Instrument
+from bot.messages import Instrument, OrderType, Side
 from strategies.base import OpenOrder, Position, StrategyContext, StrategyParams
 
 BTC = Instrument(
@@ -44,4 +44,31 @@ def context(
         balances={"equity": Decimal(equity_usdt)},
         positions={instrument.symbol: position} if position.qty else {},
         open_orders=open_orders,
+    )
+
+
+def open_order(
+    link: str,
+    side: Side,
+    qty: str,
+    *,
+    leg: int = 0,
+    price: Decimal | int | None = None,
+    reduce_only: bool = False,
+    filled: str = "0",
+) -> OpenOrder:
+    """An unfinished BTCUSDT order of the strategy's, of an earlier signal (s0): a Limit at
+    `price`, or a Market order; `filled` of its `qty` done."""
+    return OpenOrder(
+        order_link_id=link,
+        signal_id="s0",
+        leg=leg,
+        symbol="BTCUSDT",
+        side=side,
+        order_type=OrderType.MARKET if price is None else OrderType.LIMIT,
+        qty=Decimal(qty),
+        filled_qty=Decimal(filled),
+        price=None if price is None else Decimal(price),
+        reduce_only=reduce_only,
+        status="PartiallyFilled" if Decimal(filled) else "New",
     )

@@ -8,9 +8,8 @@ from decimal import Decimal
 import pytest
 
 from bot.messages import Decline, OrderType, Side, Signal, parse_signal
-from strategies.base import OpenOrder
 from strategies.follow import Follow
-from tests.strategies.contexts import context
+from tests.strategies.contexts import context, open_order
 
 MARKET = context()
 
@@ -128,19 +127,7 @@ def test_a_limit_entry_against_the_position_is_declined_not_left_resting_as_a_fl
 
 def test_no_flip_while_the_strategys_orders_in_the_symbol_are_unfinished() -> None:
     # The earlier flip, not filled yet: the position it changes is not booked.
-    earlier = OpenOrder(
-        order_link_id="follow-0-earlier",
-        signal_id="s0",
-        leg=0,
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.MARKET,
-        qty=Decimal("0.080"),
-        filled_qty=Decimal(0),
-        price=None,
-        reduce_only=False,
-        status="New",
-    )
+    earlier = open_order("follow-0-earlier", Side.BUY, "0.080")
     out = follow().on_signal(
         signal(stop_loss=95000), context(position_qty="-0.030", open_orders=(earlier,))
     )

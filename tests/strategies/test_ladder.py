@@ -22,7 +22,7 @@ from bot.messages import (
 )
 from strategies.base import Fill, OpenOrder, StrategyContext
 from strategies.ladder import TakeProfitLadder, split
-from tests.strategies.contexts import context
+from tests.strategies.contexts import context, open_order
 
 MARKET = context()  # BTCUSDT at 97000, equity 10000, lot 0.001
 
@@ -312,18 +312,8 @@ def test_never_more_legs_than_targets_and_every_leg_distinct(targets: list[int],
 
 def earlier_target(qty: str, filled: str = "0") -> OpenOrder:
     """A target of an earlier ladder (signal s0) selling `qty` of the long, `filled` of it."""
-    return OpenOrder(
-        order_link_id="ladder-1-earlier",
-        signal_id="s0",
-        leg=1,
-        symbol="BTCUSDT",
-        side=Side.SELL,
-        order_type=OrderType.LIMIT,
-        qty=Decimal(qty),
-        filled_qty=Decimal(filled),
-        price=Decimal(98500),
-        reduce_only=True,
-        status="PartiallyFilled" if Decimal(filled) else "New",
+    return open_order(
+        "ladder-1-earlier", Side.SELL, qty, leg=1, price=98500, reduce_only=True, filled=filled
     )
 
 
@@ -454,19 +444,7 @@ def test_the_flips_fill_lays_legs_for_the_new_position_only() -> None:
 
 def unfinished_entry() -> OpenOrder:
     """An entry of the strategy's (a limit buy) not filled yet."""
-    return OpenOrder(
-        order_link_id="ladder-0-pending",
-        signal_id="s0",
-        leg=0,
-        symbol="BTCUSDT",
-        side=Side.BUY,
-        order_type=OrderType.LIMIT,
-        qty=Decimal("0.005"),
-        filled_qty=Decimal(0),
-        price=Decimal(96000),
-        reduce_only=False,
-        status="New",
-    )
+    return open_order("ladder-0-pending", Side.BUY, "0.005", price=96000)
 
 
 @pytest.mark.parametrize(
