@@ -117,8 +117,10 @@ class TakeProfitLadder(Follow):
             return self._ladder(signal, context, size, fill.price)
         if fill.leg == FIRST_TARGET_LEG and fill.order_done and self.params.break_even_after_first:
             position = context.positions.get(signal.symbol)
-            if position is None or position.qty == 0:
-                return None  # the stop (or a manual close) came first: nothing to protect
+            if position is None or position.qty == 0 or (position.qty > 0) != long:
+                # The stop (or a manual close) came first, or a flip turned the position:
+                # nothing of this ladder's left to protect, and a new position keeps its stop.
+                return None
             return [
                 self.move_stop(
                     signal,

@@ -405,10 +405,14 @@ def test_no_stop_move_otherwise(leg_fill: Fill, strategy: TakeProfitLadder) -> N
     assert strategy.on_fill(leg_fill, signal(), holding) is None
 
 
-def test_nothing_when_flat_by_the_time_the_first_target_fills() -> None:
-    flat = context(last_price=98000, position_qty=0)
+@pytest.mark.parametrize("held", ["0", "-0.050"], ids=["flat", "turned-by-a-flip"])
+def test_no_stop_move_when_the_ladders_position_is_gone_by_the_time_its_first_target_fills(
+    held: str,
+) -> None:
+    # A flip's short has its own stop: the long's break-even must not replace it.
+    later = context(last_price=98000, position_qty=held, entry_price=98000)
 
-    assert ladder().on_fill(fill(1, "0.005", side=Side.SELL), signal(), flat) is None
+    assert ladder().on_fill(fill(1, "0.005", side=Side.SELL), signal(), later) is None
 
 
 # an opposite signal: the flip ----------------------------------------------------------------
