@@ -141,6 +141,12 @@ _QUERY_WINDOW_MS = 7 * 86_400_000
 #: The transaction log's span when a bound is missing: 24 hours.
 _LOG_SPAN_MS = 86_400_000
 _BPS = Decimal(10_000)
+#: A wallet moves by whole 1e-8 USDT: each fill's fee and realised PnL are rounded to the 8
+#: places its records show (execFee, the transaction log's fee and cashFlow), so that each
+#: cashBalance is the one before plus its change, as in Bybit's transaction-log example
+#: (https://bybit-exchange.github.io/docs/v5/account/transaction-log). Bybit does not
+#: document the direction; half-even is what the records' 8 places used already.
+_MONEY_PLACES = Decimal("1e-8")
 
 
 def _cursor_offset(cursor: str | None) -> int:
@@ -2773,7 +2779,7 @@ class SimExchange:
         rate = self._config.maker_fee_rate if maker else self._config.taker_fee_rate
         if order.is_liquidation:
             rate = ZERO  # what the holder had left went to the insurance fund already
-        fee = qty * price * rate
+        fee = (qty * price * rate).quantize(_MONEY_PLACES)
         order.cum_exec_qty += qty
         order.cum_exec_value += qty * price
         order.cum_exec_fee += fee
@@ -2793,7 +2799,7 @@ class SimExchange:
         closing = ZERO
         if size_before != 0 and (size_before > 0) != (signed_qty > 0):
             closing = min(abs(size_before), qty)
-        cash_flow = self._apply(position, signed_qty, price)
+        cash_flow = self._apply(position, signed_qty, price).quantize(_MONEY_PLACES)
         realised = cash_flow - fee
         self._record_open_interest(order.symbol, abs(position.size) - abs(size_before), now)
         if closing:

@@ -782,6 +782,38 @@ def test_transaction_log_has_a_trade_entry_per_fill_with_the_cash_it_moved(
     assert sell["id"] != buy["id"]
 
 
+def test_the_wallet_moves_by_exactly_the_fees_and_cash_flows_the_records_show(
+    server: SimServer, session: HTTP
+) -> None:
+    """Bybit's log chains: each cashBalance is the one before plus its change, to the last
+    digit (its transaction-log example), and a fill shows one fee wherever it is listed. Fees
+    of an odd price and the PnL of an average entry run past 8 places: the wallet is charged
+    what is shown, never the unrounded amount."""
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": "97000.3"})
+    _market(session, "Buy", "0.001")  # fee 0.05335016(5)
+    settle(server)
+    admin(server, "POST", "/sim/prices", {"BTCUSDT": "97000.1"})
+    _market(session, "Buy", "0.002")  # the entry averages 97000.1666...
+    settle(server)
+    _market(session, "Sell", "0.003")  # its cash flow runs to every place
+    settle(server)
+
+    log = session.get_transaction_log(accountType="UNIFIED", category="linear", currency="USDT")
+    fills = session.get_executions(category="linear")["result"]["list"]
+    wallet = session.get_wallet_balance(accountType="UNIFIED")["result"]["list"][0]
+
+    entries = list(reversed(log["result"]["list"]))
+    balance = Decimal(10000)
+    for entry in entries:
+        assert Decimal(entry["change"]) == Decimal(entry["cashFlow"]) - Decimal(entry["fee"])
+        balance += Decimal(entry["change"])
+        assert Decimal(entry["cashBalance"]) == balance
+    assert Decimal(wallet["totalWalletBalance"]) == balance
+    fees = {entry["tradeId"]: Decimal(entry["fee"]) for entry in entries}
+    assert {fill["execId"]: Decimal(fill["execFee"]) for fill in fills} == fees
+    assert all(fee == fee.quantize(Decimal("1e-8")) for fee in fees.values())
+
+
 def test_transaction_log_filters_and_windows(server: SimServer, session: HTTP) -> None:
     _market(session, "Buy", "0.01")
     settle(server)
