@@ -52,7 +52,7 @@ from bot.journal import (
     lock_journal,
 )
 from bot.messages import SignalError, is_unicode, parse_signal, utc_now
-from bot.net import DEFAULT_SIM_PORT, cannot_listen, http_url, tcp_listener
+from bot.net import DEFAULT_SIM_PORT, cannot_listen, http_url, loopback_off_proxies, tcp_listener
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -1399,6 +1399,7 @@ def sim(
 
 
 def main() -> None:
+    loopback_off_proxies()  # the bot, its simulator and its streams are this machine's
     for position, argument in enumerate(sys.argv[1:], 1):
         if not is_unicode(argument):  # Python keeps undecodable bytes as lone surrogates
             shown = argument.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -1,15 +1,45 @@
-"""Listening sockets for the bot's HTTP servers (webhooks, simulator)."""
+"""Listening sockets for the bot's HTTP servers (webhooks, simulator), and loopback kept
+off proxies."""
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
+from collections.abc import MutableMapping
 from typing import Final
 
-__all__ = ["DEFAULT_SIM_PORT", "cannot_listen", "http_url", "tcp_listener"]
+__all__ = [
+    "DEFAULT_SIM_PORT",
+    "LOOPBACK_NAMES",
+    "cannot_listen",
+    "http_url",
+    "loopback_off_proxies",
+    "tcp_listener",
+]
 
 #: Where `bot sim` listens unless told otherwise.
 DEFAULT_SIM_PORT: Final = 8090
+
+#: This machine's loopback as `no_proxy` entries: requests and websocket-client match the
+#: bare names, urllib an IPv6 address only in brackets.
+LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def loopback_off_proxies(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Add the loopback names to `no_proxy`, keeping what it (or `NO_PROXY`) holds.
+
+    An HTTP(S)_PROXY set to reach Bybit would otherwise carry the bot's own loopback
+    traffic too (requests, urllib and websocket-client all send 127.0.0.1 through it): the
+    in-process simulator and its streams (`bot run` in `sim` could not start), and `bot
+    signal send`, `bot halt` and `bot resume` to the local bot, whose signed commands a proxy
+    elsewhere cannot deliver (its own loopback is not this one) and one here would see.
+    Every client reads the lower-case name first, so that one is set."""
+    given = environ.get("no_proxy") or environ.get("NO_PROXY") or ""
+    entries = [entry.strip() for entry in given.split(",") if entry.strip()]
+    missing = [name for name in LOOPBACK_NAMES if name not in entries]
+    if missing:
+        environ["no_proxy"] = ",".join([*entries, *missing])
 
 
 def http_url(host: str, port: int) -> str:

@@ -26,7 +26,7 @@ from bot.account import AccountProjection
 from bot.config import load_settings
 from bot.journal import Journal
 from bot.messages import Side
-from bot.net import http_url
+from bot.net import http_url, loopback_off_proxies
 from tests.bot.test_account import fill
 from tests.bot.test_journal import damage
 from tests.conftest import (
@@ -141,6 +141,42 @@ def test_send_takes_the_bots_own_url_and_names_what_a_404_or_a_source_lacks(
     assert unknown_source.returncode == 2
     assert "source 'nosuch' is not an enabled [sources.nosuch]" in unknown_source.stderr
     assert "Traceback" not in to_nowhere.stderr + unknown_source.stderr
+
+
+def test_a_proxy_in_the_environment_never_carries_the_bots_loopback_traffic(
+    sim_config: Callable[..., Path], start_bot: StartBot
+) -> None:
+    # A proxy set for reaching Bybit, where nothing listens: whatever went through it would
+    # fail. The in-process simulator, its streams and the local bot are this machine's.
+    proxy = f"http://127.0.0.1:{free_port()}"
+    names = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+    environment = dict.fromkeys(names, proxy) | {"NO_PROXY": "bybit.internal"}
+    port = free_port()
+    config = sim_config(port=port)
+
+    start_bot(config, port, env=environment)
+    sent = bot(
+        "signal", "send", "--config", str(config), *BUY_BTC, cwd=config.parent, env=environment
+    )
+    halted = bot(
+        "halt", "--strategy", "follow", "--config", str(config), cwd=config.parent, env=environment
+    )
+
+    assert sent.returncode == 0 and sent.stdout.startswith("202 "), sent.stderr
+    assert halted.returncode == 0 and '"state":"HALTED"' in halted.stdout, halted.stderr
+    streams = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).json()
+    assert set(streams["account_streams"].values()) == {"live"}
+    wait_for(lambda: any(row["status"] == "Filled" for row in orders_json(config)), what="a fill")
+
+
+def test_loopback_is_added_to_no_proxy_once_keeping_what_it_held() -> None:
+    environ = {"NO_PROXY": "bybit.internal, localhost"}
+
+    loopback_off_proxies(environ)
+    loopback_off_proxies(environ)
+
+    assert environ["no_proxy"] == "bybit.internal,localhost,127.0.0.1,::1,[::1]"
+    assert environ["NO_PROXY"] == "bybit.internal, localhost"
 
 
 def test_orders_before_any_run_explains(sim_config: Callable[..., Path]) -> None:
