@@ -378,8 +378,11 @@ def _webhook_url(settings: BotSettings, source: str, url: str | None) -> str:
         problem = _url_problem(url)
         if problem is not None:
             _fail(f"--url {_shown(url)!r} is {problem}: give http://host:port")
-        path = urllib.parse.urlsplit(url).path
-        return f"{url.rstrip('/')}/webhooks/{source}" if path in ("", "/") else url
+        parts = urllib.parse.urlsplit(url)
+        if parts.path not in ("", "/"):
+            return url
+        # The path before any query: http://host:port?x=1 is http://host:port/webhooks/...?x=1
+        return parts._replace(path=f"/webhooks/{source}").geturl()
     try:
         settings.require_source(source)
     except ConfigError as exc:
@@ -449,6 +452,9 @@ def _url_problem(url: str) -> str | None:
     no host."""
     if "@" in url:  # before parsing: a password holding / ? # would parse as host or port
         return "a URL with a user name or password (the signature authenticates: leave them out)"
+    if any(character <= " " or character == "\x7f" for character in url):
+        # http.client refuses them only once sending, which read as "cannot reach the bot"
+        return "a URL holding a space or a control character (a line break?)"
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - read for its ValueError

@@ -159,6 +159,11 @@ class HttpConfig(_Section):
             raise ValueError(
                 "no address: give 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
             )
+        if any(character <= " " or character in "\x7f/[]" for character in host):
+            raise ValueError(
+                "not an address: give the address alone, without spaces, brackets, scheme or "
+                "path, e.g. 127.0.0.1, ::1 or 0.0.0.0"
+            )
         return host
 
 

@@ -132,10 +132,12 @@ def test_send_takes_the_bots_own_url_and_names_what_a_404_or_a_source_lacks(
     config, port, _ = running
 
     to_the_bot = send(config, *BUY_BTC, "--url", f"http://127.0.0.1:{port}/")
+    with_a_query = send(config, *BUY_BTC, "--url", f"http://127.0.0.1:{port}?from=cli")
     to_nowhere = send(config, *BUY_BTC, "--url", f"http://127.0.0.1:{port}/hooks")
     unknown_source = send(config, *BUY_BTC, "--source", "nosuch")
 
     assert to_the_bot.returncode == 0 and to_the_bot.stdout.startswith("202 "), to_the_bot.stderr
+    assert with_a_query.stdout.startswith("202 "), with_a_query.stdout + with_a_query.stderr
     assert to_nowhere.returncode == 1 and to_nowhere.stdout.startswith("404 ")
     assert f"no webhook at http://127.0.0.1:{port}/hooks: the bot serves" in to_nowhere.stderr
     assert unknown_source.returncode == 2
@@ -715,6 +717,25 @@ def test_an_empty_listen_address_is_refused_not_taken_as_every_interface(
     assert "invalid http.host = ' ' from BOT_HTTP__HOST: no address" in blank.stderr
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1\n", " 127.0.0.1", "[::1]", "http://127.0.0.1"])
+def test_a_listen_address_with_more_than_the_address_is_refused_in_one_line(
+    sim_config: Callable[..., Path], host: str
+) -> None:
+    config = sim_config()
+
+    flag = bot("run", "--host", host, "--config", str(config), cwd=config.parent)
+    variable = bot("halt", "--config", str(config), cwd=config.parent, env={"BOT_HTTP__HOST": host})
+
+    assert (flag.returncode, variable.returncode) == (2, 2)
+    assert _one_line(flag.stderr) == (
+        f"error: --host {host!r} is not an address: give the address alone, without spaces, "
+        "brackets, scheme or path, e.g. 127.0.0.1, ::1 or 0.0.0.0"
+    )
+    assert _one_line(variable.stderr).startswith(
+        f"error: invalid http.host = {host!r} from BOT_HTTP__HOST: not an address"
+    )
+
+
 def test_version_prints_the_package_version(tmp_path: Path) -> None:
     result = bot("--version", cwd=tmp_path)
 
@@ -873,6 +894,13 @@ def test_signal_send_to_a_bad_url_or_a_trickling_server_ends_in_one_line(tmp_pat
         assert answer.returncode == 2
         assert _one_line(answer.stderr).startswith(f"error: --url {url!r} is not")
     assert "Port out of range" in answers[-1].stderr  # never sent to 99999 - 65536
+    for url in ("http://127.0.0.1:1\n", "http://127.0.0.1:1/a b", "http://127.0.0.1:1/\r\nX: 1"):
+        garbled = send(config, *BUY_BTC, "--url", url)
+        assert garbled.returncode == 2 and "cannot reach" not in garbled.stderr
+        assert _one_line(garbled.stderr) == (
+            f"error: --url {url!r} is a URL holding a space or a control character (a line "
+            "break?): give http://host:port"
+        )
     for password in ("hunter22", "hunter22?", "hunter/22", "hun#ter22"):
         for url in (f"http://user:{password}@127.0.0.1:1/x", f"user:{password}@127.0.0.1:1"):
             with_login = send(config, *BUY_BTC, "--url", url)
