@@ -879,7 +879,10 @@ class SimExchange:
             raise ValueError(f"{symbol}: {raw!r} is not a number") from exc
         if not price.is_finite() or price <= 0:
             raise ValueError(f"{symbol}: price must be a positive finite number, got {raw}")
-        ceiling = self._config.instruments[symbol].tick_size * MAX_PRICE_TICKS
+        tick = self._config.instruments[symbol].tick_size
+        if price < tick:  # as no order may be priced: a walk never goes below it either
+            raise ValueError(f"{symbol}: price {raw} is below the minPrice {fmt(tick)}")
+        ceiling = tick * MAX_PRICE_TICKS
         if price > ceiling:
             raise ValueError(f"{symbol}: price {raw} is above the maxPrice {fmt(ceiling)}")
         return price

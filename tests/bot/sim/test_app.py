@@ -919,6 +919,7 @@ def test_stats_count_requests_ret_codes_and_http_statuses(server: SimServer, ses
         ({"NOPEUSDT": 1}, "NOPEUSDT"),
         ({"BTCUSDT": "abc"}, "not a number"),
         ({"BTCUSDT": "1e30"}, "maxPrice"),
+        ({"BTCUSDT": "1e-30"}, "minPrice"),  # a stop would trigger there, and fill at a tick
         ([1, 2], "JSON object"),
     ],
 )
