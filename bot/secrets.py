@@ -192,6 +192,11 @@ class SecretResolver:
         try:
             value = read_small_file(path, _MAX_SECRET_BYTES).decode("utf-8").strip()
         except FileNotFoundError:
+            if path.is_symlink():  # set, but broken: never taken for a secret not set
+                raise UnusableSecretError(
+                    f"secret file {path} is a link to {os.readlink(path)}, which does not "
+                    "exist: point it at the secret's file, or remove it"
+                ) from None
             return ""
         except IsADirectoryError:  # Docker makes one where a bind-mounted file is missing
             raise UnusableSecretError(

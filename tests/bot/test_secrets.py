@@ -149,6 +149,22 @@ def test_a_secret_file_that_is_a_directory_is_unusable_not_missing(tmp_path: Pat
         resolver.optional("BOT_ADMIN_SECRET")
 
 
+def test_a_secret_file_that_is_a_link_to_nothing_is_unusable_not_missing(tmp_path: Path) -> None:
+    # Read as "not set", the admin secret's routes went off outside sim, and in sim (where
+    # the generated file could not be made over the link) too, with an INFO line.
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    for folder in (tmp_path, generated):
+        (folder / "bot_admin_secret").symlink_to(tmp_path / "gone")
+    given = SecretResolver(tmp_path, environ={})
+    in_sim = SecretResolver(tmp_path / "none", generated_dir=generated, environ={})
+
+    for lookup in (given.get, given.optional, in_sim.get):
+        with pytest.raises(UnusableSecretError, match=r"bot_admin_secret is a link to .*gone,"):
+            lookup("BOT_ADMIN_SECRET")
+    assert not (tmp_path / "gone").exists()
+
+
 def test_a_secrets_dir_that_is_a_file_is_unusable(tmp_path: Path) -> None:
     (tmp_path / "secrets").write_text("not a directory")
     resolver = SecretResolver(tmp_path / "secrets", environ={})
