@@ -485,7 +485,16 @@ class Service:
         self.journal = journal
         journal.checkpoint_in_background()
         # The address's request count outlives the process (the journal's lock: one per dir).
-        SHARED_IP_GATE.remember(settings.state_dir / IP_REQUESTS_FILE)
+        ip_requests = settings.state_dir / IP_REQUESTS_FILE
+        try:
+            SHARED_IP_GATE.remember(ip_requests)
+        except OSError as exc:  # a directory, a pipe, a device, another user's file
+            why = str(exc.strerror or exc).rstrip(".")
+            raise ConfigError(
+                f"cannot keep the venue's request times in {ip_requests}: {why}; it must be a "
+                "regular file the bot's user can write (check its owner and mode, or remove "
+                "it: the bot makes a new one)"
+            ) from None
         resources.callback(SHARED_IP_GATE.forget)
         self.sim_url = self._venue_url(resources, journal)
         venue_health = VenueHealth()

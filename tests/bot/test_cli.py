@@ -285,6 +285,28 @@ def test_a_broken_admin_secret_stops_run_rather_than_turning_the_kill_switch_off
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("make", [Path.mkdir, os.mkfifo], ids=["directory", "pipe"])
+def test_a_request_times_file_the_bot_cannot_use_stops_run_in_one_line(
+    sim_config: Callable[..., Path], make: Callable[[Path], object]
+) -> None:
+    config = sim_config()
+    state_dir = load_settings(config).state_dir
+    state_dir.mkdir(parents=True)
+    make(state_dir / "ip_requests.bin")
+
+    result = bot("run", "--config", str(config), cwd=config.parent)
+
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(  # after the INFO lines
+            f"error: cannot keep the venue's request times in {state_dir / 'ip_requests.bin'}: "
+        )
+    )
+    assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("state_dir", "problem"),
     [("a" * 300, "has a name longer than 255 bytes"), ("~nosuchuser9/var", "does not exist")],
