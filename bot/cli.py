@@ -366,6 +366,8 @@ def signal_send(
             "[sources.<source>] (--source, --url)",
             err=True,
         )
+    elif status == 401 and _MISMATCHED_SIGNATURE in answer:
+        typer.echo(_other_secret(settings, webhook_secret_name(source), target), err=True)
     if status >= 300:
         raise typer.Exit(1)
 
@@ -388,6 +390,24 @@ def _webhook_url(settings: BotSettings, source: str, url: str | None) -> str:
     except ConfigError as exc:
         _fail(str(exc))
     return f"{_bot_url(settings)}/webhooks/{source}"
+
+
+#: A bot's 401 for a signature made with another secret (not one too old, or malformed).
+_MISMATCHED_SIGNATURE: Final = "signature does not match the body and the secret"
+
+
+def _other_secret(settings: BotSettings, name: str, target: str) -> str:
+    """What to do when the bot at `target` refused our signature: it holds another secret
+    (another bot on that port, or one run with another state directory)."""
+    where = f"{name} or its file" + (
+        f" (in sim, generated in {settings.state_dir.absolute() / 'secrets'})"
+        if settings.environment is Environment.SIM
+        else ""
+    )
+    return (
+        f"the bot at {target} checks signatures with another secret than this command's "
+        f"{where}: run the command with that bot's configuration and secrets"
+    )
 
 
 def _answer_json(status: int, signal_id: str, answer: str) -> str:
@@ -624,6 +644,9 @@ def _switch(
                 "(the halt holds) and run this command again"
             )
         return
+    if status == 401 and _MISMATCHED_SIGNATURE in answer:
+        hint = _other_secret(settings, ADMIN_SECRET_NAME, target)
+        _fail(f"the bot refused: {status} {answer}; {hint}")
     if status != 200:
         _fail(f"the bot refused: {status} {answer}")
     typer.echo(answer)  # the bot's JSON, never wrapped

@@ -181,6 +181,30 @@ def test_loopback_is_added_to_no_proxy_once_keeping_what_it_held() -> None:
     assert environ["NO_PROXY"] == "bybit.internal, localhost"
 
 
+def test_a_bot_holding_another_secret_is_named_as_the_reason_for_a_401(
+    running: tuple[Path, int, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    # Another configuration (its own state_dir, so its own generated secrets) on the port of
+    # the running bot: a bare 401 left the user to guess why.
+    _, port, _ = running
+    other = tmp_path / "other" / "bot.toml"
+    other.parent.mkdir()
+    other.write_text(SIM_CONFIG.format(state_dir=other.parent / "var", port=port))
+    secrets = other.parent / "var" / "secrets"
+
+    sent = bot("signal", "send", "--config", str(other), *BUY_BTC, cwd=other.parent)
+    halted = bot("halt", "--config", str(other), cwd=other.parent)
+
+    assert sent.returncode == 1 and sent.stdout.startswith("401 ")
+    hint = (
+        "checks signatures with another secret than this command's BOT_%s or its file "
+        f"(in sim, generated in {secrets})"
+    )
+    assert hint % "WEBHOOK_SECRET_VOICEOFCHAIN" in _one_line(sent.stderr)
+    assert halted.returncode == 2
+    assert hint % "ADMIN_SECRET" in _one_line(halted.stderr)
+
+
 def test_orders_before_any_run_explains(sim_config: Callable[..., Path]) -> None:
     config = sim_config()
 
