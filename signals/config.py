@@ -12,7 +12,14 @@ from __future__ import annotations
 import ipaddress
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "PASSWORD_SECRET_NAME",
@@ -230,6 +237,20 @@ class MqttConfig(BaseModel):
                 raise ValueError("'+' must be a whole level")
         return value
 
+    @field_validator("control_topic")
+    @classmethod
+    def _apart_from_signals(cls, value: str, info: ValidationInfo) -> str:
+        """Commands on a topic the signals' filter takes reach both subscribers: each
+        refused by the other, logged and counted as an attack would be."""
+        topic = info.data.get("topic")  # absent if it was invalid itself
+        for command in ("halt", "resume"):
+            if value and topic and _filter_takes(topic, f"{value}/{command}"):
+                raise ValueError(
+                    f"its commands ({value}/{command}) would also match the signals' topic "
+                    f"{topic!r}: choose a control_topic outside it"
+                )
+        return value
+
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -240,3 +261,15 @@ class MqttConfig(BaseModel):
     def subscription(self) -> str:
         """The filter actually subscribed: the topic, or its shared form."""
         return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic
+
+
+def _filter_takes(topic_filter: str, topic: str) -> bool:
+    """Whether MQTT delivers a message on `topic` to a subscription to `topic_filter` (a
+    trailing `#` also takes its parent level, as the specification has it)."""
+    levels = topic.split("/")
+    for index, level in enumerate(topic_filter.split("/")):
+        if level == "#":
+            return True
+        if index >= len(levels) or level not in ("+", levels[index]):
+            return False
+    return len(topic_filter.split("/")) == len(levels)

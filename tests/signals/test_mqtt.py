@@ -294,11 +294,40 @@ def test_config_defaults_are_the_documented_ones() -> None:
         {"source": "Voice Of Chain"},
         {"reconnect_min_s": 5, "reconnect_max_s": 1},
         {"password": "never in the config"},
+        {"control_topic": "signals/voiceofchain"},  # its halt is a signal for strategy halt
+        {"topic": "bot/#", "control_topic": "bot/control"},
     ],
 )
 def test_config_refuses_what_cannot_work(fields: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         MqttConfig(**fields)
+
+
+_LEVELS = st.sampled_from(["a", "b", "halt", "resume"])
+
+
+@given(
+    topic=st.builds(
+        lambda levels, rest: "/".join(levels + rest),
+        st.lists(st.one_of(_LEVELS, st.just("+")), min_size=1, max_size=4),
+        st.sampled_from([[], ["#"]]),
+    ),
+    control=st.lists(_LEVELS, min_size=1, max_size=3).map("/".join),
+)
+def test_a_control_topic_is_refused_exactly_when_the_signals_filter_takes_its_commands(
+    topic: str, control: str
+) -> None:
+    taken = any(
+        paho_mqtt.topic_matches_sub(topic, f"{control}/{command}") for command in ("halt", "resume")
+    )
+
+    try:
+        MqttConfig(topic=topic, control_topic=control)
+    except ValidationError as exc:
+        assert taken, exc
+        assert "would also match the signals' topic" in str(exc)
+    else:
+        assert not taken
 
 
 def test_subscriber_refuses_a_required_signature_without_a_secret() -> None:
