@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import http.client
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -16,7 +18,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext, redirect_stdout
+from contextlib import ExitStack, contextmanager, nullcontext, redirect_stdout, suppress
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import partial
@@ -1453,4 +1455,18 @@ def main() -> None:
     except typer.Abort:  # Ctrl-D at a prompt
         _print_error("aborted")
         sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_FULL:
+            raise
+        # `bot orders --json > file` on a full disk, say: what could not be written is lost,
+        # and exiting must not try to write it again (a second error, as a traceback).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with suppress(OSError):  # stderr may be on that disk too
+            _print_error(f"cannot write the output: {exc.strerror}; the output is incomplete")
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+#: Why writing the output fails though the command worked: a full disk or quota, a file
+#: too large, an I/O error (a command's own files say what failed in their own errors).
+_OUTPUT_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})

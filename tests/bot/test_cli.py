@@ -265,6 +265,32 @@ def test_a_journal_another_program_holds_locked_stops_run_in_one_line(
     assert "database is locked: another program holds it" in started.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("command", [("risk", "status", "--json"), ("risk", "status")])
+def test_output_to_a_full_disk_is_one_line_saying_it_is_incomplete(
+    sim_config: Callable[..., Path], command: tuple[str, ...]
+) -> None:
+    # `bot risk status --json > file` on a full disk: the command worked, its output did not.
+    config = sim_config()
+    Journal(load_settings(config).journal_path).close()
+
+    with open("/dev/full", "w") as full:
+        written = subprocess.run(
+            [sys.executable, "-m", "bot", *command, "--config", str(config)],
+            cwd=config.parent,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert written.returncode == 1
+    assert _one_line(written.stderr) == (
+        "error: cannot write the output: No space left on device; the output is incomplete"
+    )
+
+
 def test_an_empty_journal_is_said_to_be_empty(sim_config: Callable[..., Path]) -> None:
     config = sim_config()
     Journal(load_settings(config).journal_path).close()
