@@ -240,6 +240,7 @@ class WebhookReceiver:
             ipaddress.ip_network(n, strict=False) for n in self._config.trusted_proxies
         )
         self._floods = FloodNotes()
+        self._journal_failures = FloodNotes()
 
     @property
     def path(self) -> str:
@@ -357,8 +358,18 @@ class WebhookReceiver:
             ) from None
         try:
             is_new = await self._sink(signal)
-        except Exception:  # the sender must retry, not believe the signal was stored
-            logger.exception("could not journal signal {id}", id=signal.id)
+        except Exception as exc:  # the sender must retry, not believe the signal was stored
+            # Its traceback once in a while: senders retrying against a full disk would
+            # otherwise log the same one per request, at their own pace.
+            if self._journal_failures.first_in_a_while(self.source):
+                logger.exception("could not journal signal {id}", id=signal.id)
+            else:
+                logger.error(
+                    "could not journal signal {id}: {what}: {error}",
+                    id=signal.id,
+                    what=type(exc).__name__,
+                    error=exc,
+                )
             return _answer(503, "not stored", "the signal could not be journaled; retry later")
         body_out = {
             "status": "accepted" if is_new else "duplicate",

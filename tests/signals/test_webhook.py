@@ -312,9 +312,14 @@ def test_a_token_mode_needs_a_long_token(sink: Sink) -> None:
 def test_journal_failure_is_503_so_the_sender_retries(client: TestClient, sink: Sink) -> None:
     sink.fail = True
 
-    response = post(client, body())
+    with logged_errors() as errors:
+        answers = [post(client, body(id=f"s-{n}")).status_code for n in range(5)]
 
-    assert response.status_code == 503
+    assert answers == [503] * 5
+    # One traceback, then a line each: a sender retrying against a full disk logged a
+    # traceback per request.
+    assert sum("Traceback" in line for line in errors) == 1
+    assert errors[-1].strip() == "could not journal signal s-4: OSError: disk full"
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
