@@ -400,6 +400,24 @@ class AccountProjection:
             if key == key_name and book_symbol == symbol
         )
 
+    def agreeing_books(self, key_name: str, symbol: str) -> list[StrategyBook]:
+        """The strategies' open books of the key's position in `symbol` when the venue's
+        last report and every book there (the unattributed one too) agree on its direction:
+        each such book's reduce-only orders on the side that would only add to it are left
+        from a position that turned (none while the report and the books disagree)."""
+        update = self._positions.get((key_name, symbol))
+        if update is None or update.size == 0:
+            return []
+        long = update.size > 0
+        books = [
+            book
+            for (key, _, book_symbol), book in self._books.items()
+            if key == key_name and book_symbol == symbol and book.size != 0
+        ]
+        if any((book.size > 0) != long for book in books):
+            return []
+        return [book for book in books if book.strategy != UNATTRIBUTED]
+
     def strategy_size(self, key_name: str, strategy: str, symbol: str) -> Decimal:
         """The strategy's own signed position in `symbol` on `key_name`."""
         book = self._books.get((key_name, strategy, symbol))
@@ -909,12 +927,20 @@ class AccountKeeper:
             self._position_closed(StrandedBy(key_name, symbol))
 
     def tell_closed_again(self, key_name: str) -> None:
-        """Tell each of the key's closed positions again (`position_closed`), each
-        reconciliation pass: an order the venue answered only after the close was told is
-        seen to then."""
+        """Tell each of the key's closed positions again (`position_closed`), and each
+        strategy's position that points the way the key's does as one that turned from the
+        other way, each reconciliation pass: an order the venue answered only after the
+        close was told is seen to then, and so is a reduce-only order left on the side that
+        no longer reduces the position by a crash between the fill that turned it (a flip)
+        and its cancel."""
         for update in self._projection.positions_of(key_name):
             if update.size == 0:
                 self._tell_if_closed(key_name, update.symbol)
+                continue
+            for book in self._projection.agreeing_books(key_name, update.symbol):
+                self._position_closed(
+                    StrandedBy(key_name, update.symbol, book.strategy, was_long=book.size < 0)
+                )
 
     def expect_order(self, request: OrderRequest) -> None:
         """An order of ours is journaled and about to be sent: its fills will be attributed

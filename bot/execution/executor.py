@@ -488,8 +488,8 @@ class Executor:
             )
         else:
             logger.info(
-                "reduce-only {id} of {strategy}: its {symbol} position is closed (or being "
-                "closed), so it was cancelled (the venue shows it {status})",
+                "reduce-only {id} of {strategy}: the {symbol} position it reduced is closed "
+                "or turned (or being closed), so it was cancelled (the venue shows it {status})",
                 id=link,
                 strategy=request.strategy,
                 symbol=request.symbol,

@@ -22,6 +22,7 @@ from bot.account import (
     AccountProjection,
     AccountReport,
     RecentFills,
+    StrandedBy,
 )
 from bot.journal import Journal
 from bot.messages import (
@@ -992,3 +993,35 @@ def test_closed_pnl_records_older_than_yesterday_are_not_kept() -> None:
     last = start + timedelta(days=4)
     assert projection.venue_closed_pnl_today("k", last) == 3
     assert len(projection._closed) == 6  # the last day's and the day before's
+
+
+@pytest.mark.parametrize(
+    ("books", "venue", "told"),
+    [
+        # A flip turned alpha's long short; a crash cut off the cancel of its old targets.
+        ({"alpha": (Side.SELL, "0.02")}, "-0.02", [StrandedBy("k", "BTCUSDT", "alpha", True)]),
+        ({"alpha": (Side.BUY, "0.02")}, "0.02", [StrandedBy("k", "BTCUSDT", "alpha", False)]),
+        # The venue's report is behind the books (or ahead of them): nothing is judged yet.
+        ({"alpha": (Side.SELL, "0.02")}, "0.02", []),
+        # Another client's opposite position on the key: the books do not agree.
+        ({"alpha": (Side.SELL, "0.02"), None: (Side.BUY, "0.03")}, "0.01", []),
+        ({}, "0", [StrandedBy("k", "BTCUSDT")]),  # closed: every reduce-only order of ours
+    ],
+    ids=["short", "long", "report-behind", "another-clients-opposite", "flat"],
+)
+def test_each_pass_tells_the_positions_whose_reduce_only_orders_on_one_side_reduce_nothing(
+    journal: Journal,
+    books: dict[str | None, tuple[Side, str]],
+    venue: str,
+    told: list[StrandedBy],
+) -> None:
+    projection = AccountProjection()
+    heard: list[StrandedBy] = []
+    keeper = AccountKeeper(journal, projection, position_closed=heard.append)
+    for strategy, (side, qty) in books.items():
+        apply(projection, fill(side, qty, "97000"), strategy)
+    projection.apply_position(sim_position(Decimal(venue), key_name="k"))
+
+    keeper.tell_closed_again("k")
+
+    assert heard == told
