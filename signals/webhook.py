@@ -31,6 +31,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,7 +45,14 @@ from pydantic import BaseModel, Field, SecretStr
 from bot import metrics
 from bot.app import DirectRoute
 from bot.bodies import BodyRefused, read_body
-from bot.messages import SignalError, is_unicode, load_json, parse_signal, utc_now
+from bot.messages import (
+    SIGNAL_ID_PATTERN,
+    SignalError,
+    is_unicode,
+    load_json,
+    parse_signal,
+    utc_now,
+)
 from signals.base import FloodNotes, SignalSink
 from signals.presets import ResolvedSource, map_payload
 from signals.voiceofchain import SIGNATURE_HEADER, any_signature_problem, signed_at
@@ -310,12 +318,25 @@ class WebhookReceiver:
         try:
             self._admit(client)
             self._authenticate(request, b"", None, client)
+            impossible = self._impossible_id(signal_id)
+            if impossible is not None:
+                return impossible
             found = await self._status(self.source, signal_id) if self._status else None
         except _Refused as refused:
             return self._refuse(refused, client)
         if found is None:
             return _answer(404, "unknown signal", f"no {self.source} signal with id {signal_id}")
         return JSONResponse(found)
+
+    def _impossible_id(self, signal_id: str) -> JSONResponse | None:
+        """The 404 for an id no signal can have (not echoed: it may be 60 KiB of anything)."""
+        if re.fullmatch(SIGNAL_ID_PATTERN, signal_id):
+            return None
+        return _answer(
+            404,
+            "unknown signal",
+            f"no {self.source} signal has that id: an id is 1-64 characters of A-Z a-z 0-9 . _ : -",
+        )
 
     # steps ------------------------------------------------------------------------------------
 

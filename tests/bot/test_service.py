@@ -264,6 +264,11 @@ def test_a_sender_reads_what_became_of_its_signal_and_refusals_are_journaled(
     signed = requests.get(
         status_url, headers={SIGNATURE_HEADER: sign(bot.secret(), b"", now)}, timeout=10
     )
+    impossible = requests.get(
+        f"{bot.url}/webhooks/voiceofchain/signals/{'x' * 1000}",
+        headers={SIGNATURE_HEADER: sign(bot.secret(), b"", now)},
+        timeout=10,
+    )
     forged = bot.post(signal("forged"), secret="not-the-secret")
     openapi = requests.get(f"{bot.url}/openapi.json", timeout=10).json()
 
@@ -272,6 +277,9 @@ def test_a_sender_reads_what_became_of_its_signal_and_refusals_are_journaled(
     decision, stop = signed.json()["decisions"]  # its order, and the stop the venue holds
     assert (decision["decision"], decision["status"]) == ("approved", "Filled")
     assert (stop["decision"], stop["status"]) == ("exit", "New")
+    assert impossible.status_code == 404
+    assert "an id is 1-64 characters" in impossible.text
+    assert "x" * 65 not in impossible.text  # never echoed
     assert forged.status_code == 401
     rejections = wait_for(
         lambda: bot.read_journal(lambda journal: journal.rejections()), what="the refusal"
