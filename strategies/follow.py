@@ -8,7 +8,7 @@ signal's leverage hint capped to `max_leverage` (the risk gate caps it again to 
 limit). A market signal against the strategy's own open position flips it: the one entry
 order also carries that position's size, so the venue closes it and opens the new one, whose
 stop and target replace the old ones (a limit one, or one while the strategy's orders in the
-symbol are unfinished, is declined: see `flip_problem`). A `close` signal flattens the
+symbol are unfinished, is declined: see `_flip_problem`). A `close` signal flattens the
 strategy's own position with a reduce-only Market order.
 """
 
@@ -26,7 +26,6 @@ from strategies.base import OpenOrder, Strategy, StrategyContext, StrategyOutput
 __all__ = [
     "Follow",
     "capped_leverage",
-    "flip_problem",
     "limit_price",
     "profitable_targets",
     "risk_sized_qty",
@@ -59,13 +58,29 @@ class Follow(Strategy):
         if isinstance(price, str):
             return self.decline(price)
         target = self._first_target(signal, price or context.last_price, context)
+        return self.enter_or_flip(
+            signal, context, price=price, take_profit=target, unfinished=context.open_orders
+        )
+
+    def enter_or_flip(
+        self,
+        signal: Signal,
+        context: StrategyContext,
+        *,
+        price: Decimal | None,
+        take_profit: Decimal | None,
+        unfinished: Sequence[OpenOrder],
+    ) -> StrategyOutput:
+        """`enter`, flipping the strategy's position when the signal goes against it (the
+        entry also closes it), or why it cannot flip now (`_flip_problem`: `unfinished` are
+        the strategy's orders in the symbol that could change the position meanwhile)."""
         held = context.position_qty
         if held == 0 or (held > 0) == (signal.side is Side.BUY):
-            return self.enter(signal, context, price=price, take_profit=target)
-        refused = flip_problem(signal, context, price, context.open_orders)
+            return self.enter(signal, context, price=price, take_profit=take_profit)
+        refused = _flip_problem(signal, context, price, unfinished)
         if refused:
             return self.decline(refused)
-        return self.enter(signal, context, price=price, take_profit=target, closing=abs(held))
+        return self.enter(signal, context, price=price, take_profit=take_profit, closing=abs(held))
 
     def enter(
         self,
@@ -138,7 +153,7 @@ class Follow(Strategy):
         return targets[0] if targets else None
 
 
-def flip_problem(
+def _flip_problem(
     signal: Signal,
     context: StrategyContext,
     price: Decimal | None,

@@ -38,7 +38,7 @@ from strategies.base import (
     StrategyContext,
     StrategyOutput,
 )
-from strategies.follow import Follow, flip_problem, limit_price, profitable_targets
+from strategies.follow import Follow, limit_price, profitable_targets
 
 __all__ = ["TakeProfitLadder", "split"]
 
@@ -83,15 +83,14 @@ class TakeProfitLadder(Follow):
             return self.decline(
                 f"no take_profit target on the profitable side of {reference}: nothing to ladder"
             )
-        held = context.position_qty
-        closing = Decimal(0)
-        if held != 0 and (held > 0) != (signal.side is Side.BUY):
-            refused = flip_problem(signal, context, price, _changing_besides_exits(context))
-            if refused:
-                return self.decline(refused)
-            closing = abs(held)
         # The targets come as legs once the entry is filled.
-        return self.enter(signal, context, price=price, take_profit=None, closing=closing)
+        return self.enter_or_flip(
+            signal,
+            context,
+            price=price,
+            take_profit=None,
+            unfinished=_changing_besides_exits(context),
+        )
 
     def on_fill(
         self, fill: Fill, signal: Signal, context: StrategyContext
