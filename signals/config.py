@@ -243,8 +243,13 @@ class MqttConfig(BaseModel):
         """Commands on a topic the signals' filter takes reach both subscribers: each
         refused by the other, logged and counted as an attack would be."""
         topic = info.data.get("topic")  # absent if it was invalid itself
+        if not (value and topic):
+            return value
+        # paho's own matching, imported only here: every command reads this module
+        from paho.mqtt.client import topic_matches_sub
+
         for command in ("halt", "resume"):
-            if value and topic and _filter_takes(topic, f"{value}/{command}"):
+            if topic_matches_sub(topic, f"{value}/{command}"):
                 raise ValueError(
                     f"its commands ({value}/{command}) would also match the signals' topic "
                     f"{topic!r}: choose a control_topic outside it"
@@ -261,15 +266,3 @@ class MqttConfig(BaseModel):
     def subscription(self) -> str:
         """The filter actually subscribed: the topic, or its shared form."""
         return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic
-
-
-def _filter_takes(topic_filter: str, topic: str) -> bool:
-    """Whether MQTT delivers a message on `topic` to a subscription to `topic_filter` (a
-    trailing `#` also takes its parent level, as the specification has it)."""
-    levels = topic.split("/")
-    for index, level in enumerate(topic_filter.split("/")):
-        if level == "#":
-            return True
-        if index >= len(levels) or level not in ("+", levels[index]):
-            return False
-    return len(topic_filter.split("/")) == len(levels)
