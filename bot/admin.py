@@ -37,6 +37,7 @@ from signals.voiceofchain import (
     COMMAND_MAX_SKEW_S,
     SIGNATURE_HEADER,
     UsedSignatures,
+    one_signature_header,
     signature_problem,
 )
 
@@ -148,7 +149,10 @@ class AdminRoutes:
             body = await read_body(request, _MAX_BODY_BYTES, _BODY_TIMEOUT_S, "a command")
         except BodyRefused as refused:
             return _answer(refused.status, refused.kind, refused.detail)
-        header = request.headers.get(SIGNATURE_HEADER)
+        try:
+            header = one_signature_header(request.headers.getlist(SIGNATURE_HEADER))
+        except ValueError as several:
+            return _answer(401, "unauthorized", str(several))
         problem = signature_problem(header, body, self._secret, self._clock(), COMMAND_MAX_SKEW_S)
         if problem is not None or header is None:
             return _answer(401, "unauthorized", problem or "unsigned")

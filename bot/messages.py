@@ -251,7 +251,11 @@ def load_json(document: bytes | str) -> object:
     in Python's terms refused in plain ones (ValueError): a key given twice in one object (a
     signer and a reader could each take a different one), a number of more digits than
     Python converts, nesting deeper than the interpreter's stack, NaN and Infinity (not JSON)
-    and a number beyond a float's range (read as infinity, written back as null)."""
+    and a number beyond a float's range (read as infinity, written back as null). Bytes must
+    be UTF-8, as JSON sent between systems is (RFC 8259): `json.loads` would also take UTF-16
+    and UTF-32. A leading byte order mark is passed over, as the RFC allows."""
+    if isinstance(document, bytes):
+        document = _utf8_text(document)
     try:
         return json.loads(
             document,
@@ -267,6 +271,14 @@ def load_json(document: bytes | str) -> object:
                 f"a number has more than {sys.get_int_max_str_digits()} digits"
             ) from None
         raise
+
+
+def _utf8_text(document: bytes) -> str:
+    try:
+        text = document.decode()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {exc.start}): send JSON encoded as UTF-8") from None
+    return text.removeprefix("\ufeff")
 
 
 def _not_json_constant(name: str) -> NoReturn:

@@ -25,6 +25,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "UsedSignatures",
     "any_signature_problem",
+    "one_signature_header",
     "sign",
     "signature_problem",
     "signed_at",
@@ -46,6 +47,17 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     """The `X-Signature` header value a sender puts on `body` (used by `bot signal send`)."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+def one_signature_header(values: Sequence[str]) -> str | None:
+    """The request's `X-Signature` header, of the `values` it came with (None: unsigned).
+    ValueError for two or more: a proxy and the bot could each read another, so a request
+    carrying several is not taken as signed by any of them."""
+    if len(values) > 1:
+        raise ValueError(
+            f"{len(values)} {SIGNATURE_HEADER} headers: send one (several v1= values may share it)"
+        )
+    return values[0] if values else None
 
 
 def signature_problem(

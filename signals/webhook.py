@@ -35,7 +35,7 @@ import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NoReturn
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -55,7 +55,12 @@ from bot.messages import (
 )
 from signals.base import FloodNotes, SignalSink
 from signals.presets import ResolvedSource, map_payload
-from signals.voiceofchain import SIGNATURE_HEADER, any_signature_problem, signed_at
+from signals.voiceofchain import (
+    SIGNATURE_HEADER,
+    any_signature_problem,
+    one_signature_header,
+    signed_at,
+)
 
 __all__ = ["MIN_TOKEN_LENGTH", "OnReject", "SignalStatus", "WebhookReceiver"]
 
@@ -419,7 +424,10 @@ class WebhookReceiver:
 
     def _authenticate(self, request: Request, body: bytes, payload: object, client: str) -> object:
         """The payload the request may be trusted with (the body token removed), or 401."""
-        header = request.headers.get(SIGNATURE_HEADER)
+        try:
+            header = one_signature_header(request.headers.getlist(SIGNATURE_HEADER))
+        except ValueError as several:
+            self._auth_failed(client, str(several))
         mode = self._resolved.auth
         if header is not None or mode == "signature":
             problem = any_signature_problem(
@@ -448,7 +456,7 @@ class WebhookReceiver:
             return False
         return hmac.compare_digest(token.encode(), self._token.get_secret_value().encode())
 
-    def _auth_failed(self, client: str, reason: str) -> None:
+    def _auth_failed(self, client: str, reason: str) -> NoReturn:
         """401, counted towards the address's lockout; 429 while it is locked out."""
         locked = self._lockout.wait_s(client)
         if locked:

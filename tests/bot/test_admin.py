@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import requests
 from loguru import logger
@@ -82,6 +83,20 @@ def test_a_halt_stops_the_next_intent_survives_a_restart_and_resume_lifts_it(
     bot = RunningBot(config).start()
     try:
         assert admin(bot, "halt", {"reason": "drill"}, secret="not-the-secret") == 401
+        raw = json.dumps({"reason": "drill"}).encode()
+        valid = sign(
+            (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip(),
+            raw,
+            int(time.time()),
+        )
+        twice = httpx.post(
+            f"{bot.url}/admin/halt",
+            content=raw,
+            headers=[(SIGNATURE_HEADER, valid), (SIGNATURE_HEADER, "t=1,v1=" + "0" * 64)],
+            timeout=60,
+        )
+        assert twice.status_code == 401, twice.text
+        assert "2 X-Signature headers" in twice.json()["detail"]
         assert admin(bot, "halt", {"strategy": "nope"}) == 422
         assert admin(bot, "halt", {"reason": "drill"}) == 200
         assert bot.post(signal("while-halted")).status_code == 202

@@ -172,6 +172,25 @@ def test_missing_signature_is_401(client: TestClient) -> None:
     assert "missing X-Signature" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("second", ["t=1,v1=" + "0" * 64, None])
+def test_two_signature_headers_are_401_whichever_is_valid(
+    client: TestClient, sink: Sink, second: str | None
+) -> None:
+    # A proxy and the bot could each read another of them: neither is taken as the signature.
+    data = body()
+    valid = sign(SECRET, data, int(time.time()))
+    for headers in ([valid, second or valid], [second or valid, valid]):
+        response = client.post(
+            PATH,
+            content=data,
+            headers=[(SIGNATURE_HEADER, value) for value in headers],
+        )
+
+        assert response.status_code == 401
+        assert response.json()["detail"].startswith("2 X-Signature headers: send one")
+    assert sink.signals == []
+
+
 def test_a_second_v1_lets_senders_rotate_secrets(client: TestClient) -> None:
     data = body()
     now = int(time.time())
@@ -215,6 +234,24 @@ def test_a_body_json_reads_ambiguously_or_in_python_terms_is_400_saying_why(
     assert problem in response.json()["detail"]
     assert "sys." not in response.text
     assert sink.signals == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-16-be", "latin-1"])
+def test_a_body_not_in_utf8_is_400_saying_so(client: TestClient, sink: Sink, encoding: str) -> None:
+    # JSON between systems is UTF-8 (RFC 8259); json.loads alone would take UTF-16 and UTF-32.
+    data = json.dumps({"id": "é-1", "symbol": "BTCUSDT", "side": "buy"}, ensure_ascii=False)
+
+    response = post(client, data.encode(encoding))
+
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert "not UTF-8 text" in detail or "not a JSON document" in detail
+    assert sink.signals == []
+
+
+def test_a_utf8_body_with_a_byte_order_mark_is_read(client: TestClient, sink: Sink) -> None:
+    assert post(client, b"\xef\xbb\xbf" + body()).status_code == 202
+    assert [signal.id for signal in sink.signals] == ["s-1"]
 
 
 @pytest.mark.parametrize(
