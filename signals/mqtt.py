@@ -382,7 +382,7 @@ class MqttSubscriber:
         try:
             signal = self._signal_from(topic, message.payload, message.properties)
         except _Rejected as exc:
-            await self._reject(str(exc), topic, verified=exc.verified, kind=exc.kind)
+            await self._reject(str(exc), topic, verified=self._known_sender(exc), kind=exc.kind)
         except Exception as exc:  # a bug in a check must not stop the stream
             logger.opt(exception=exc).error("mqtt: checking a message failed")
             await self._reject(
@@ -419,11 +419,21 @@ class MqttSubscriber:
                 rc=paho_mqtt.error_string(result),
             )
 
+    def _known_sender(self, refused: _Rejected) -> bool:
+        """Whether the refused message's sender is as known as any whose signals are traded:
+        a secret of ours signed it, or signatures are not required and it showed no bad one.
+        An unsigned message is then traded when valid, so reporting its refusal only once a
+        minute would protect nothing (the sender can grow the journal with valid signals at
+        its pace) and would hide a publisher's mistakes: the signal would vanish unexplained."""
+        if refused.verified:
+            return True
+        return not self._config.require_signature and refused.kind != _UNAUTHORIZED
+
     async def _reject(self, reason: str, topic: str, *, verified: bool, kind: str) -> None:
         """Count a refusal (and in `bot_signal_rejections_total`, by `kind`); log it and
-        report it (`on_reject`: the journal) unless its sender is not known (no valid
-        signature) and such a refusal was reported within `FLOOD_NOTE_S`: anyone who may
-        publish could otherwise grow both at their pace."""
+        report it (`on_reject`: the journal) unless its sender is not known (`_known_sender`)
+        and such a refusal was reported within `FLOOD_NOTE_S`: anyone who may publish could
+        otherwise grow both at their pace."""
         self.counters.rejected += 1
         metrics.SIGNAL_REJECTIONS.labels(self._config.source, kind).inc()
         # Keyed by the source, not the topic: a publisher chooses the topic's last levels.

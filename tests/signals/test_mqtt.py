@@ -878,6 +878,41 @@ def test_a_flood_from_senders_not_known_is_counted_but_reported_once_a_minute(
     }
 
 
+@pytest.mark.parametrize("signing_secret", [None, SIGNING_SECRET], ids=["no secret", "secret"])
+def test_without_required_signatures_each_refusal_is_reported(
+    broker: Mosquitto, signing_secret: SecretStr | None
+) -> None:
+    # Unsigned messages are traded here: a publisher's mistakes must each say why they were
+    # refused, not vanish after the first one of the minute. A bad signature stays a flood.
+    config = config_for(broker)
+    rejections: list[str] = []
+    subscriber = MqttSubscriber(
+        config,
+        RecordingSink(),
+        signing_secret=signing_secret,
+        on_reject=lambda kind, reason, topic: rejections.append(reason),
+    )
+    payloads = [b"not json", b"", json.dumps(signal_payload("bad id!")).encode(), b"[1]"]
+    with Running(subscriber) as running:
+        running.wait_connected()
+        publisher = RawPublisher(broker)
+        for payload in payloads:
+            publisher.publish(payload, topic=f"{TOPIC}/follow")
+        if signing_secret is not None:
+            for _ in range(3):
+                publisher.publish(b"{}", signature="t=1,v1=" + "0" * 64)
+        wait_for(
+            lambda: subscriber.counters.rejected == len(payloads) + 3 * bool(signing_secret),
+            10,
+            "every message refused",
+        )
+        publisher.close()
+
+    unauthorized = [r for r in rejections if r.startswith(SIGNATURE_PROPERTY)]
+    assert len(rejections) - len(unauthorized) == len(payloads), rejections
+    assert len(unauthorized) == (1 if signing_secret is not None else 0), rejections
+
+
 def test_control_commands_nobody_signed_are_logged_once_in_a_while_but_all_counted() -> None:
     applied: list[str] = []
 
