@@ -846,7 +846,43 @@ def _client(
     )
     # Bounds the TCP (and TLS) connect that aiomqtt runs in a worker thread.
     client._client.connect_timeout = timeout_s
+    _fail_when_closed_before_connack(client, config)
     return client
+
+
+def _fail_when_closed_before_connack(client: aiomqtt.Client, config: MqttConfig) -> None:
+    """Make a connection the broker closes before its CONNACK fail at once, saying so.
+
+    aiomqtt ignores a disconnect that comes before CONNACK and waits out its whole timeout,
+    then reports "Operation timed out": a plain client on a TLS listener (or any port that
+    does not speak MQTT) looked like a slow broker, each attempt stalling `connect_timeout_s`.
+    """
+    paho = client._client
+    original = paho.on_disconnect
+    hint = (
+        "is it a TLS listener (mqtt.tls is false), or not an MQTT broker's port?"
+        if not config.tls
+        else "is it an MQTT broker's TLS port?"
+    )
+
+    def fail(connected: asyncio.Future[None], reason: object) -> None:
+        if not connected.done():
+            connected.set_exception(
+                aiomqtt.MqttError(
+                    f"the broker closed the connection before answering CONNECT ({reason}): {hint}"
+                )
+            )
+
+    def on_disconnect(*args: Any) -> None:
+        # (client, userdata, flags, reason_code, properties); paho may call this from the
+        # thread that connects, so the future is completed on the event loop.
+        connected = client._connected
+        if not connected.done():
+            client._loop.call_soon_threadsafe(fail, connected, args[3])
+        if original is not None:
+            original(*args)
+
+    paho.on_disconnect = on_disconnect
 
 
 def _check_subscribed(granted: tuple[int, ...] | list[ReasonCode], subscription: str) -> None:

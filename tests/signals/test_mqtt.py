@@ -11,6 +11,7 @@ import asyncio
 import json
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -701,6 +702,48 @@ def test_reconnects_forever_logging_each_attempt_and_never_a_secret(broker: Mosq
     assert "attempt 3" in text
     for secret in (password, SIGNING_SECRET):
         assert secret.get_secret_value() not in text
+
+
+class HangUpServer:
+    """A loopback port that is no MQTT broker's: it takes each connection, reads what the
+    client sends and closes it unanswered (as a TLS listener does with a plain CONNECT)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, name="hang-up", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.connections += 1
+                conn.recv(4096)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_connection_closed_before_connack_is_reported_as_such() -> None:
+    # aiomqtt alone waits out connect_timeout_s and says "Operation timed out": a plain
+    # client on a TLS port looked like a slow broker, and each attempt stalled that long.
+    server = HangUpServer()
+    config = MqttConfig(enabled=True, port=server.port, connect_timeout_s=5, reconnect_max_s=0.5)
+    subscriber = MqttSubscriber(config, RecordingSink())
+    try:
+        with Running(subscriber):
+            wait_for(lambda: subscriber.last_error is not None, 30, "the first failed attempt")
+    finally:
+        server.close()
+
+    error = subscriber.last_error or ""
+    assert "the broker closed the connection before answering CONNECT" in error, error
+    assert "is it a TLS listener (mqtt.tls is false)" in error, error
 
 
 def test_a_second_bot_under_the_same_client_id_is_named_and_the_takeovers_back_off(
