@@ -231,6 +231,11 @@ class MqttSubscriber:
                 self._connected = False
             if self._connected_at is not None and broker_ended:
                 problem = self._note_connection_end(problem)
+            elif self._connected_at is None and broker_ended:
+                # The broker could not be reached, or refused us: the connection before this
+                # attempt ended with the broker (a restart), not in another client's takeover,
+                # which leaves the broker up and our next attempt taking the session back.
+                self._brief_connections = 0
             self.last_error = problem
             failures = max(self._connect_failures, self._sink_failures, self._brief_connections, 1)
             delay = _reconnect_delay_s(self._config, failures)
@@ -700,6 +705,7 @@ class MqttControl:
     async def run(self) -> None:
         """Take commands until cancelled; reconnect with bounded backoff after a failure."""
         failures = 0
+        brief = 0  # connections in a row the broker ended before they held
         while True:
             self._connected_at = None
             try:
@@ -712,8 +718,11 @@ class MqttControl:
                 # many times a second.
                 held = _held(self._connected_at, self._config)
                 failures = (0 if held else failures) + 1
+                # An attempt that could not connect shows the broker went away (a restart):
+                # the connections before it were not taken over by another client.
+                brief = 0 if held or self._connected_at is None else brief + 1
                 error = _with_reason(exc) if isinstance(exc, aiomqtt.MqttError) else str(exc)
-                if self._connected_at is not None and not held and failures >= 2:
+                if brief >= 2:
                     error += (
                         "; the broker ends our connections soon after they are made: "
                         + _own_client_id(self._config)

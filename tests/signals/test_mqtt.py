@@ -772,6 +772,37 @@ def test_a_second_bot_under_the_same_client_id_is_named_and_the_takeovers_back_o
     assert first.counters.connections + second.counters.connections < 20
 
 
+def test_a_broker_restarting_again_and_again_is_not_taken_for_a_second_bot(
+    broker: Mosquitto,
+) -> None:
+    # Each restart ends a connection soon after it was made, as a takeover would; but the
+    # attempts in between find no broker, which no takeover does: blaming the client id
+    # sent the operator after a second bot that does not exist.
+    config = config_for(broker, reconnect_min_s=0.05, reconnect_max_s=5)
+    subscriber = MqttSubscriber(config, RecordingSink())
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+    try:
+        with Running(subscriber) as running:
+            for restart in range(1, 4):
+                running.wait_connected()
+                assert subscriber.counters.connections == restart
+                broker.stop()
+                wait_for(
+                    lambda: any("Connection refused" in line for line in lines[-1:]),
+                    10,
+                    "an attempt that finds no broker",
+                )
+                broker.start()
+            running.wait_connected()
+    finally:
+        logger.remove(handler)
+
+    text = "\n".join(lines)
+    assert "Connection refused" in text
+    assert "client id" not in text, text
+
+
 # arbitrary bytes ------------------------------------------------------------------------------
 
 _JSON_LEAVES = (
@@ -1073,6 +1104,42 @@ def test_the_control_topic_backs_off_when_each_connection_is_ended_at_once(
 
     assert waits == [1, 2, 3, 4]
     assert "needs its own mqtt.client_id (twin)" in logged[-1]
+
+
+def test_the_control_topic_does_not_blame_a_second_bot_for_a_restarting_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker restarting again and again ends each connection soon after it was made, as a
+    takeover does; but the attempts in between find no broker, which no takeover does."""
+    logged: list[str] = []
+    attempts = iter(range(8))
+
+    def delay(config: MqttConfig, failures: int) -> float:
+        return 0.0
+
+    async def restarting(self: MqttControl) -> None:
+        attempt = next(attempts, None)
+        if attempt is None:
+            raise asyncio.CancelledError  # enough
+        if attempt % 2:  # the broker went away: the attempt after each end finds none
+            raise ConnectionRefusedError(111, "Connection refused")
+        self.connected = True
+        self._connected_at = time.monotonic()
+        raise aiomqtt.MqttError("Disconnected during message iteration")
+
+    monkeypatch.setattr(mqtt_module, "_reconnect_delay_s", delay)
+    monkeypatch.setattr(MqttControl, "_connection", restarting)
+    config = MqttConfig(enabled=True, control_topic="bot/control", client_id="alone")
+    control = MqttControl(config, None, secret=SecretStr("s"))  # type: ignore[arg-type]
+    handler = logger.add(logged.append, format="{message}", level="WARNING")
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(control.run())
+    finally:
+        logger.remove(handler)
+
+    assert sum("Connection refused" in line for line in logged) == 4, logged
+    assert not any("client_id" in line for line in logged), logged
 
 
 def test_a_control_topic_the_broker_refuses_is_reported_not_taken_for_listening(
