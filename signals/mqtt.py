@@ -728,6 +728,9 @@ class MqttControl:
                         + _own_client_id(self._config)
                     )
                 logger.warning("mqtt control: {error}; reconnecting", error=error or type(exc))
+            except _SinkFailed as exc:
+                failures += 1  # the journal's trouble: back off as after a failed attempt
+                logger.opt(exception=exc.__cause__).error("mqtt control: {error}", error=exc)
             finally:
                 self.connected = False
             await asyncio.sleep(_reconnect_delay_s(self._config, max(failures, 1)))
@@ -762,11 +765,14 @@ class MqttControl:
                     paho.ack(message.mid, message.qos)
 
     async def _handle(self, message: aiomqtt.Message) -> None:
-        """Apply one command, or refuse it; never raise: whatever a message holds, it is
-        acknowledged and the control loop (and the bot) goes on."""
+        """Apply one command, or refuse it; whatever a message holds, it is acknowledged and
+        the control loop (and the bot) goes on. Raises `_SinkFailed` only when the journal
+        could not record the command: it is then neither acted on nor acknowledged."""
         topic = _one_line(message.topic.value)
         try:
             done = await self._command(message)
+        except _SinkFailed:
+            raise
         except (_Rejected, ValueError) as exc:
             self.refused += 1
             # Anyone who may publish can send unsigned messages at their pace: those are
@@ -804,11 +810,14 @@ class MqttControl:
         try:
             # A broker delivers again what a crash kept us from acknowledging.
             first = await self._used.first_use(header, payload, now, redelivered=True)
-        except Exception as exc:  # the journal could not remember it: not acted on
-            raise _Rejected(
-                f"not done: the journal could not record it ({exc}); send it again",
-                verified=True,
-            ) from None
+        except Exception as exc:
+            # Not acted on, and not acknowledged: the broker delivers it again once we are
+            # back, as it does a signal the journal could not take. Acknowledged, a halt
+            # met by a journal hiccup was lost, its sender told nothing.
+            raise _SinkFailed(
+                f"the command on {_one_line(message.topic.value)} could not be journaled "
+                f"({type(exc).__name__}); not acknowledged, the broker will redeliver it"
+            ) from exc
         if not first:
             raise _Rejected("this signed command was used already; sign it anew", verified=True)
         try:

@@ -1142,6 +1142,43 @@ def test_the_control_topic_does_not_blame_a_second_bot_for_a_restarting_broker(
     assert not any("client_id" in line for line in logged), logged
 
 
+def test_a_command_the_journal_could_not_record_is_not_acked_and_comes_back(
+    broker: Mosquitto,
+) -> None:
+    """A halt that met a journal hiccup was refused and acknowledged: lost, its sender told
+    only by a log line. Unacknowledged, the broker delivers it again and it is carried out."""
+    secret = SecretStr("admin-secret-for-tests")
+    applied: list[str] = []
+    failures = [OSError("disk I/O error")]
+
+    async def apply(command: str, payload: bytes) -> str:
+        applied.append(command)
+        return "done"
+
+    async def remember(digest: bytes, until: float, now: float, redelivered: bool) -> bool:
+        if failures:
+            raise failures.pop()
+        return True
+
+    config = config_for(broker, control_topic="bot/control")
+    control = MqttControl(config, apply, secret=secret, used=UsedSignatures(remember=remember))
+    body = b'{"reason": "incident"}'
+    with Running(control) as running:  # type: ignore[arg-type]
+        wait_for(lambda: control.connected, 10, "the control topic")
+        publisher = RawPublisher(broker)
+        publisher.publish(
+            body,
+            topic="bot/control/halt",
+            signature=sign(secret.get_secret_value(), body, int(time.time())),
+        )
+        wait_for(lambda: applied or control.refused, 10, "the command carried out, or refused")
+        publisher.close()
+        running.stop()
+
+    assert applied == ["halt"]
+    assert control.refused == 0
+
+
 def test_a_control_topic_the_broker_refuses_is_reported_not_taken_for_listening(
     tmp_path: Path,
 ) -> None:
