@@ -474,6 +474,10 @@ class MqttSubscriber:
                     f"{SIGNATURE_PROPERTY} user property: {problem}", kind=_UNAUTHORIZED
                 )
             verified = True
+        if not payload:
+            # What clears a retained message; JSON's own words for it ("Expecting value: line
+            # 1 column 1") did not say that nothing was sent.
+            raise _Rejected("payload is empty", verified=verified, kind="invalid_json")
         try:
             document = load_json(payload)
         except ValueError as exc:

@@ -984,6 +984,7 @@ def test_without_required_signatures_each_refusal_is_reported(
 
     unauthorized = [r for r in rejections if r.startswith(SIGNATURE_PROPERTY)]
     assert len(rejections) - len(unauthorized) == len(payloads), rejections
+    assert rejections[1] == "payload is empty", rejections
     assert len(unauthorized) == (1 if signing_secret is not None else 0), rejections
 
 
