@@ -10,6 +10,8 @@ field given here replaces the preset's.
 from __future__ import annotations
 
 import ipaddress
+import ssl
+from pathlib import Path
 from typing import Final, Literal
 
 from pydantic import (
@@ -138,6 +140,22 @@ class WebhookSourceConfig(BaseModel):
         return value
 
 
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """A client's TLS context that verifies the broker's certificate and name: against the
+    system's CA certificates, or against `ca_file`'s alone; ValueError saying why the file
+    cannot serve."""
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ValueError(
+            f"{ca_file} cannot be read as PEM CA certificates ({reason}): give the file of "
+            "the CA certificate that signed the broker's"
+        ) from None
+
+
 class MqttConfig(BaseModel):
     """The `[mqtt]` section: where signals come from and how they are delivered."""
 
@@ -181,6 +199,11 @@ class MqttConfig(BaseModel):
     )
     username: str = Field("", description=f"broker user; its password is {PASSWORD_SECRET_NAME}")
     tls: bool = Field(False, description="TLS with the system's CA certificates")
+    tls_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA certificate(s) that signed the broker's certificate, "
+        "trusted instead of the system's (a private CA, a self-signed broker); needs tls = true",
+    )
     control_topic: str = Field(
         "",
         pattern=r"^$|^[A-Za-z0-9_./-]{1,128}$",
@@ -256,11 +279,30 @@ class MqttConfig(BaseModel):
                 )
         return value
 
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _usable_ca_file(cls, value: Path | None) -> Path | None:
+        """Read now, as every connection will read it: a start-up error, not one per retry."""
+        if value is not None:
+            tls_context(value)
+        return value
+
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be at least reconnect_min_s")
         return self
+
+    @model_validator(mode="after")
+    def _ca_file_needs_tls(self) -> MqttConfig:
+        if self.tls_ca_file is not None and not self.tls:
+            raise ValueError("tls_ca_file is set but tls is false: set tls = true to use it")
+        return self
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS of a connection to the broker (None: plain MQTT). Reads files: call it
+        off the event loop."""
+        return tls_context(self.tls_ca_file) if self.tls else None
 
     @property
     def subscription(self) -> str:

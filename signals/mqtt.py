@@ -205,7 +205,7 @@ class MqttSubscriber:
     async def run(self) -> None:
         """Receive signals until cancelled; never returns otherwise."""
         self._log_settings()
-        tls = await asyncio.to_thread(ssl.create_default_context) if self._config.tls else None
+        tls = await asyncio.to_thread(self._config.tls_context)
         while True:
             self._connected_at = None
             broker_ended = True  # the broker (or the network) ended the connection, not we
@@ -621,7 +621,7 @@ async def publish_signal(
         properties.UserProperty = (SIGNATURE_PROPERTY, ",".join([f"t={timestamp}", *digests]))
     try:
         async with asyncio.timeout(timeout_s):
-            tls = await asyncio.to_thread(ssl.create_default_context) if config.tls else None
+            tls = await asyncio.to_thread(config.tls_context)
             client = _client(
                 config,
                 # Never the subscriber's id: a second connection under it would evict the bot.
@@ -745,7 +745,7 @@ class MqttControl:
             config,
             identifier=f"{config.client_id}-control",
             password=self._password,
-            tls=await asyncio.to_thread(ssl.create_default_context) if config.tls else None,
+            tls=await asyncio.to_thread(config.tls_context),
             clean_start=False,
             session_expiry_s=config.session_expiry_s,
             receive_maximum=10,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import json
 import re
 import shutil
@@ -15,13 +16,26 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import free_port
 
-__all__ = ["Mosquitto", "dynamic_security", "find_mosquitto", "mosquitto", "running_mosquitto"]
+__all__ = [
+    "Mosquitto",
+    "dynamic_security",
+    "find_mosquitto",
+    "mosquitto",
+    "private_ca_certificate",
+    "running_mosquitto",
+    "tls_listener",
+]
 
 _CONFIG = """\
 listener {port} 127.0.0.1
@@ -181,6 +195,63 @@ def dynamic_security(
     rules.write_text(json.dumps(document))
     with broker.config.open("a") as config:
         config.write(f"plugin {plugins[0]}\nplugin_opt_config_file {rules}\n")
+
+
+def tls_listener(broker: Mosquitto) -> Path:
+    """Before `broker.start()`: its listener speaks TLS only, with a certificate for
+    127.0.0.1 that a CA made here signed (as a private broker's is). Returns the CA's PEM
+    file, which clients must trust: the system's CAs do not know it."""
+    ca_file, certificate, key = private_ca_certificate(broker.folder)
+    with broker.config.open("a") as config:
+        config.write(f"certfile {certificate}\nkeyfile {key}\n")
+    return ca_file
+
+
+def private_ca_certificate(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA of its own, and a certificate it signed for 127.0.0.1 with its key: three PEM
+    files in `folder` (ca.pem, broker.pem, broker.key)."""
+    now = datetime.now(UTC)
+
+    def signed(subject: str, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+        )
+
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test broker CA")])
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        signed("test broker CA", ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        signed("127.0.0.1", key)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {
+        "ca.pem": ca.public_bytes(serialization.Encoding.PEM),
+        "broker.pem": certificate.public_bytes(serialization.Encoding.PEM),
+        "broker.key": key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return folder / "ca.pem", folder / "broker.pem", folder / "broker.key"
 
 
 @contextmanager

@@ -48,7 +48,13 @@ from signals.mqtt import (
 from signals.voiceofchain import UsedSignatures, sign
 from tests.conftest import wait_for
 from tests.signals import mosquitto as mosquitto_helper
-from tests.signals.mosquitto import Mosquitto, dynamic_security, running_mosquitto
+from tests.signals.mosquitto import (
+    Mosquitto,
+    dynamic_security,
+    private_ca_certificate,
+    running_mosquitto,
+    tls_listener,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SIGNING_SECRET = SecretStr("mqtt-signing-secret-for-tests")
@@ -744,6 +750,51 @@ def test_a_connection_closed_before_connack_is_reported_as_such() -> None:
     error = subscriber.last_error or ""
     assert "the broker closed the connection before answering CONNECT" in error, error
     assert "is it a TLS listener (mqtt.tls is false)" in error, error
+
+
+def test_a_broker_whose_certificate_a_private_ca_signed_is_trusted_through_tls_ca_file(
+    tmp_path: Path,
+) -> None:
+    broker = Mosquitto(tmp_path / "mosquitto")
+    ca_file = tls_listener(broker)
+    broker.start()
+    try:
+        system_cas = config_for(broker, tls=True, connect_timeout_s=5, reconnect_max_s=0.5)
+        refused = MqttSubscriber(system_cas, RecordingSink())
+        with Running(refused):
+            wait_for(lambda: refused.last_error is not None, 30, "the first failed attempt")
+        assert "CERTIFICATE_VERIFY_FAILED" in (refused.last_error or ""), refused.last_error
+
+        config = config_for(broker, tls=True, tls_ca_file=ca_file)
+        sink = RecordingSink()
+        subscriber = MqttSubscriber(config, sink)
+        with Running(subscriber) as running:
+            running.wait_connected()
+            publish(config, signal_payload("over-tls"))
+            wait_for(lambda: sink.ids == ["over-tls"], 10, "the signal over TLS")
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [(None, "No such file or directory"), (b"not a certificate", "NO_CERTIFICATE_OR_CRL_FOUND")],
+)
+def test_a_tls_ca_file_that_cannot_serve_is_refused_with_the_config(
+    tmp_path: Path, content: bytes | None, said: str
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_bytes(content)
+
+    with pytest.raises(ValidationError) as refused:
+        MqttConfig(tls=True, tls_ca_file=ca_file)
+
+    message = refused.value.errors()[0]["msg"]
+    assert f"{ca_file} cannot be read as PEM CA certificates" in message
+    assert said in message
+    with pytest.raises(ValidationError, match="set tls = true"):
+        MqttConfig(tls_ca_file=private_ca_certificate(tmp_path / "certificates")[0])
 
 
 def test_a_second_bot_under_the_same_client_id_is_named_and_the_takeovers_back_off(
