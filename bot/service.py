@@ -4,9 +4,10 @@ Start-up refuses, with the reason, anything unsafe: mainnet without both opt-ins
 secret outside `sim`, a key bound to another environment. In `sim` it starts the simulator
 in-process (unless `venue.sim_url` points at one) and registers the configured keys with it.
 
-SIGTERM or SIGINT stops the HTTP server first (no new signals), lets the workers finish what
-is queued and in flight for up to `drain_timeout_s`, then closes everything. Whatever is not
-finished stays unprocessed in the journal and is picked up on the next start.
+SIGTERM or SIGINT stops the HTTP server and the signal sources first (no new signals), lets
+the workers finish what is queued and in flight for up to `drain_timeout_s`, then closes
+everything. Whatever is not finished stays unprocessed in the journal and is picked up on the
+next start; an MQTT message not journaled yet stays unacknowledged with the broker.
 """
 
 from __future__ import annotations
@@ -253,7 +254,8 @@ class Service:
             background.append(tasks.create_task(stages.pipeline.run_timers()))
             background += [tasks.create_task(stages.reconciler.run(key)) for key in stages.venues]
             background.append(tasks.create_task(stages.keys.run()))
-            background += [tasks.create_task(source.run()) for source in stages.sources]
+            sources = [tasks.create_task(source.run()) for source in stages.sources]
+            background += sources
             if stages.control is not None:
                 background.append(tasks.create_task(stages.control.run()))
             self._on_hangup = stages.keys.wake
@@ -273,8 +275,18 @@ class Service:
                 if ready is not None:
                     ready(self)
             await serving
+            # Every source stops taking signals before the drain, or an MQTT stream would keep
+            # it busy to its limit: a message not journaled yet stays unacknowledged in the
+            # broker's session and comes again on the next start (one cut off in its journal
+            # write is a duplicate then, resumed from the journal). Awaited, so the drain starts
+            # with every source disconnected. The control topic is no signal source and listens
+            # on: with the HTTP server gone, it is the only way a halt still reaches the drain.
+            for task in sources:
+                task.cancel()
+            await asyncio.gather(*sources, return_exceptions=True)
             logger.info(
-                "HTTP server stopped; draining {n} queued signals", n=stages.pipeline.queued
+                "HTTP server and signal sources stopped; draining {n} queued signals",
+                n=stages.pipeline.queued,
             )
             try:
                 await asyncio.wait_for(stages.pipeline.drain(), self._drain_timeout_s)

@@ -210,24 +210,31 @@ StartBot = Callable[..., subprocess.Popen[str]]
 
 @pytest.fixture
 def start_bot() -> Iterator[StartBot]:
-    """`start_bot(config, port, cwd=..., env=...)`: `bot run` in the background until it listens
-    on `port` (or exits); each one still running is killed after the test."""
+    """`start_bot(config, port, cwd=..., env=..., log=...)`: `bot run` in the background until it
+    listens on `port` (or exits); each one still running is killed after the test. Its output
+    is piped, or appended to the file `log` (to be read while it runs)."""
     processes: list[subprocess.Popen[str]] = []
 
     def start(
-        config: Path, port: int, cwd: Path | None = None, env: Mapping[str, str] | None = None
+        config: Path,
+        port: int,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
     ) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bot", "run", "--config", str(config), "--port", str(port)],
-            cwd=cwd or config.parent,
-            env=with_environment(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with ExitStack() as files:
+            output = subprocess.PIPE if log is None else files.enter_context(log.open("a"))
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bot", "run", "--config", str(config), "--port", str(port)],
+                cwd=cwd or config.parent,
+                env=with_environment(env),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         processes.append(process)
         wait_for(lambda: healthy(port) or process.poll() is not None, 30, "the bot to listen")
-        assert process.poll() is None, process.communicate()[0]
+        assert process.poll() is None, log.read_text() if log else process.communicate()[0]
         return process
 
     yield start

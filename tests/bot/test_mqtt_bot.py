@@ -18,12 +18,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import SecretStr
 
+from bot.config import load_settings
+from bot.journal import Journal, TraceRow
 from bot.logs import logger
 from signals.mqtt import SIGNATURE_PROPERTY, publish_signal
 from signals.voiceofchain import sign
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for
+from tests.conftest import StartBot, free_port, wait_for
 from tests.signals.mosquitto import (  # noqa: F401 - the broker fixture
     Mosquitto,
     dynamic_security,
@@ -392,3 +394,93 @@ def test_a_session_the_broker_lost_while_the_bot_was_down_is_a_warning(
 
     lost = [line for line in warnings if "broker had lost the session" in line]
     assert len(lost) == 1, warnings  # the third start: its session was deleted before it
+
+
+# A plug-in strategy that keeps the signal `hold_id` until the test lets it go, so a stopping
+# bot's drain stays open for as long as the test needs.
+HOLDING_STRATEGY = """
+import time
+from pathlib import Path
+
+from strategies.base import Strategy, StrategyParams
+
+
+class Holding(Strategy):
+    class Params(StrategyParams):
+        hold_id: str
+        held_file: str
+        release_file: str
+
+    def on_signal(self, signal, context):
+        if signal.id == self.params.hold_id:
+            Path(self.params.held_file).touch()
+            deadline = time.monotonic() + 50  # never for ever, even if the test broke
+            while not Path(self.params.release_file).exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return self.decline("holding test strategy")
+"""
+
+
+def test_a_stopping_bot_takes_no_mqtt_signal_while_it_drains_and_the_next_start_does(
+    sim_config: Callable[..., Path],
+    mosquitto: Mosquitto,  # noqa: F811
+    start_bot: StartBot,
+    tmp_path: Path,
+) -> None:
+    """README: on SIGTERM the bot stops taking signals, then finishes the queued ones. A
+    message published during the drain stays with the broker's session for the next start."""
+    held, release, log = tmp_path / "held", tmp_path / "release", tmp_path / "bot.log"
+    (tmp_path / "holding.py").write_text(HOLDING_STRATEGY)
+    port = free_port()
+    config = sim_config(
+        port=port,
+        extra=(
+            f'\n[mqtt]\nenabled = true\nport = {mosquitto.port}\nclient_id = "bot-drain"\n'
+            '\n[keys.holding_sim]\nenvironment = "sim"\n'
+            '\n[strategies.holding]\nplugin = "holding:Holding"\nkey = "holding_sim"\n'
+            "time_budget_ms = 60000\n"
+            f'params = {{ hold_id = "held", held_file = "{held}", release_file = "{release}" }}\n'
+        ),
+    )
+    settings = load_settings(config)
+
+    def publish(signal_id: str) -> None:
+        body = signal(signal_id, strategy="holding")
+        asyncio.run(publish_signal(settings.mqtt, body, password=None, signing_secret=None))
+
+    def trace(signal_id: str) -> list[TraceRow]:
+        journal = Journal(settings.journal_path, read_only=True)
+        try:
+            return journal.trace(signal=("voiceofchain", signal_id))
+        finally:
+            journal.close()
+
+    first = start_bot(config, port, log=log)  # listening once the broker took its subscription
+    try:
+        publish("held")
+        wait_for(held.exists, what="the strategy holding its signal")
+        first.terminate()  # SIGTERM
+        wait_for(lambda: "; draining " in log.read_text(), what="the drain")
+        publish("late")
+        # The bot is draining until the strategy lets go: by then it has either taken the
+        # late signal or left the broker.
+        wait_for(
+            lambda: trace("late") or not mosquitto.connected("bot-drain"),
+            what="the late signal journaled, or the bot gone from the broker",
+        )
+        taken_while_draining = trace("late")
+    finally:
+        release.touch()
+    assert first.wait(30) == 0, log.read_text()
+    assert taken_while_draining == []
+    assert trace("late") == []
+
+    second = start_bot(config, port, log=log)  # the session delivers it on connecting
+    rows = wait_for(
+        lambda: (rows := trace("late")) and rows[0].decision != "pending" and rows,
+        what="the late signal decided by the next start",
+    )
+    second.terminate()
+    assert second.wait(30) == 0, log.read_text()
+    assert [(row.strategy, row.decision) for row in rows] == [("holding", "declined")]
+    assert [(row.strategy, row.decision) for row in trace("held")] == [("holding", "declined")]

@@ -139,20 +139,22 @@ class Mosquitto:
         the broker had not read yet (acks included: harmless redelivery, but a test that checks
         "acked means not redelivered" must reconnect only after the broker read them).
         """
+        deadline = time.monotonic() + timeout_s
+        while self.connected(client_id):
+            if time.monotonic() > deadline:
+                pytest.fail(f"mosquitto still has a connection of {client_id!r}", pytrace=False)
+            time.sleep(0.01)
+
+    def connected(self, client_id: str) -> bool:
+        """Whether the broker's log shows a connection of `client_id` it has not finished with."""
         name = re.escape(client_id)
         opened = re.compile(rf"New client connected from \S+ as {name} \(")
         closed = re.compile(
             rf"Client {name} (disconnected|closed its connection)|"
             rf"Socket error on client {name},|Client {name} has exceeded timeout"
         )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            text = self.log.read_text(errors="replace")
-            if len(opened.findall(text)) <= len(closed.findall(text)):
-                return
-            if time.monotonic() > deadline:
-                pytest.fail(f"mosquitto still has a connection of {client_id!r}", pytrace=False)
-            time.sleep(0.01)
+        text = self.log.read_text(errors="replace")
+        return len(opened.findall(text)) > len(closed.findall(text))
 
     def log_tail(self, lines: int = 20) -> str:
         try:
