@@ -229,6 +229,7 @@ class MqttSubscriber:
                 logger.opt(exception=exc).error("mqtt: {problem}", problem=problem)
             finally:
                 self._connected = False
+            _end_if_cancelled()
             if self._connected_at is not None and broker_ended:
                 problem = self._note_connection_end(problem)
             elif self._connected_at is None and broker_ended:
@@ -737,6 +738,7 @@ class MqttControl:
                 logger.opt(exception=exc.__cause__).error("mqtt control: {error}", error=exc)
             finally:
                 self.connected = False
+            _end_if_cancelled()
             await asyncio.sleep(_reconnect_delay_s(self._config, max(failures, 1)))
 
     async def _connection(self) -> None:
@@ -905,6 +907,15 @@ def _fail_when_closed_before_connack(client: aiomqtt.Client, config: MqttConfig)
             original(*args)
 
     paho.on_disconnect = on_disconnect
+
+
+def _end_if_cancelled() -> None:
+    """Raise CancelledError if the running task was cancelled: aiomqtt turns a cancel that
+    meets a stalled DISCONNECT into an MqttError, which the reconnecting loops would take
+    for a broker's failure and connect again, never ending (a shutdown waiting for ever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _check_subscribed(granted: tuple[int, ...] | list[ReasonCode], subscription: str) -> None:

@@ -797,6 +797,39 @@ def test_a_tls_ca_file_that_cannot_serve_is_refused_with_the_config(
         MqttConfig(tls_ca_file=private_ca_certificate(tmp_path / "certificates")[0])
 
 
+@pytest.mark.parametrize("kind", ["subscriber", "control"])
+def test_a_cancel_the_connection_turns_into_an_mqtt_error_still_ends_run(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiomqtt raises MqttError for a cancel that meets a DISCONNECT it cannot finish: the
+    # loop must end, not take it for the broker's failure and reconnect (a shutdown hangs).
+    config = MqttConfig(enabled=True, reconnect_min_s=0.01, reconnect_max_s=0.01)
+    runner = (
+        MqttSubscriber(config, RecordingSink())
+        if kind == "subscriber"
+        else MqttControl(config, apply=lambda *args: None, secret=SIGNING_SECRET)  # type: ignore[arg-type]
+    )
+    connecting = asyncio.Event()
+
+    async def connection(*args: object) -> None:
+        connecting.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise aiomqtt.MqttError("Operation timed out") from None
+
+    monkeypatch.setattr(runner, "_connection", connection)
+
+    async def cancel_while_connected() -> None:
+        task = asyncio.create_task(runner.run())
+        await asyncio.wait_for(connecting.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(cancel_while_connected())
+
+
 def test_a_second_bot_under_the_same_client_id_is_named_and_the_takeovers_back_off(
     broker: Mosquitto,
 ) -> None:
