@@ -13,7 +13,7 @@ import contextlib
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -34,6 +34,7 @@ __all__ = [
     "SecretResolver",
     "UnusableSecretError",
     "api_key_names",
+    "same_api_key",
     "split_secrets",
     "webhook_secret_name",
     "webhook_token_name",
@@ -106,6 +107,24 @@ class ApiCredentials:
 
     def __repr__(self) -> str:
         return f"ApiCredentials(name={self.name!r})"
+
+
+def same_api_key(credentials: Iterable[ApiCredentials]) -> str | None:
+    """Why these credentials cannot all be in service together, or None: two configured
+    keys holding one API key would be one key shared under two names, implicitly (each
+    name's strategies trading one account, past each name's rate limiter and books)."""
+    holder: dict[str, str] = {}
+    for pair in credentials:
+        other = holder.setdefault(pair.api_key.get_secret_value(), pair.name)
+        if other != pair.name:
+            first, second = sorted((other, pair.name))
+            return (
+                f"keys {first} and {second} hold the same API key ({api_key_names(first)[0]} "
+                f"and {api_key_names(second)[0]}): a key is never shared implicitly; give "
+                f"each its own key, or name one key in both strategies with "
+                f"keys.<name>.shared = true"
+            )
+    return None
 
 
 class SecretResolver:

@@ -62,6 +62,7 @@ from bot.secrets import (
     ApiCredentials,
     MissingSecretError,
     UnusableSecretError,
+    same_api_key,
 )
 from bot.state_metrics import StateCollector
 from bot.venue.bybit import BybitVenue
@@ -485,6 +486,9 @@ class Service:
             key_name: self._resolver.credentials(key_name)
             for key_name in sorted({slot.key_name for slot in strategies.values()})
         }
+        problem = same_api_key(credentials.values())
+        if problem is not None:
+            raise ConfigError(problem)
         if self._starts_simulator():  # a bad [sim] section too stops the start before it
             from bot.simulated import simulator_config
 

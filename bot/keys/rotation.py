@@ -24,7 +24,7 @@ from typing import Final
 
 from bot.keys.audit import KeyAudit, Verdict
 from bot.logs import logger
-from bot.secrets import ApiCredentials, MissingSecretError
+from bot.secrets import ApiCredentials, MissingSecretError, same_api_key
 
 __all__ = ["DAILY_S", "KeyGuard"]
 
@@ -117,6 +117,17 @@ class KeyGuard:
             return
         held = self._not_before.get(name)
         if held is not None and held[0] == fingerprint and self._clock() < held[1]:
+            return
+        others = [c for other, c in self._current.items() if other != name]
+        taken = same_api_key([*others, fresh])
+        if taken is not None:
+            self._not_before[name] = (fingerprint, math.inf)
+            logger.bind(notify="key").critical(
+                "ALERT: the new secrets of key {key} were refused ({reason}); the old key "
+                "stays in service",
+                key=name,
+                reason=taken,
+            )
             return
         logger.info("key {key}: new secrets found; auditing them before use", key=name)
         if self._introduce is not None:

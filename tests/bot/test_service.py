@@ -23,7 +23,8 @@ from bot.config import ConfigError, load_settings
 from bot.journal import Journal
 from bot.service import Service, check_mainnet_opt_in
 from signals.voiceofchain import SIGNATURE_HEADER, sign
-from tests.conftest import client_orders, wait_for
+from bot.sim import SimServer
+from tests.conftest import client_orders, venue_with_key, wait_for
 
 T = TypeVar("T")
 
@@ -222,6 +223,31 @@ def test_mainnet_needs_both_opt_ins(sim_config: Callable[..., Path], tmp_path: P
     with pytest.raises(ConfigError, match="missing: allow_mainnet"):
         check_mainnet_opt_in(mainnet, mainnet_flag=True)
     check_mainnet_opt_in(allowed, mainnet_flag=True)
+
+
+def test_two_configured_keys_holding_one_api_key_are_refused_at_start(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Reproduced: the other key's secret files copied under this key's names started the
+    # bot, each strategy trading on the one account as if it had a key of its own (neither
+    # declared shared), past each key's rate limiter and books.
+    exchange = venue_with_key(tmp_path, "one-key-of-one-account", "its-secret-1234")
+    secrets = tmp_path / "no-secrets"
+    for kind in ("key", "secret"):
+        copied = (secrets / f"bot_key_follow_sim_api_{kind}").read_text()
+        (secrets / f"bot_key_other_sim_api_{kind}").write_text(copied)
+    with SimServer(exchange) as server:
+        config = sim_config(
+            extra=f'\n[venue]\nsim_url = "{server.url}"\n[keys.other_sim]\nenvironment = "sim"\n'
+            '[strategies.other]\nplugin = "follow"\nkey = "other_sim"\n'
+        )
+        with pytest.raises(
+            ConfigError,
+            match="keys follow_sim and other_sim hold the same API key "
+            r"\(BOT_KEY_FOLLOW_SIM_API_KEY and BOT_KEY_OTHER_SIM_API_KEY\)",
+        ):
+            RunningBot(config).start()
+    assert not (tmp_path / "var" / "journal.sqlite3").exists()
 
 
 def test_http_socket_is_tcp_so_answers_get_tcp_nodelay(sim_config: Callable[..., Path]) -> None:

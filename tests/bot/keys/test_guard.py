@@ -129,3 +129,35 @@ def test_an_unanswered_daily_audit_is_retried_sooner_and_switches_nothing_off() 
 
     assert asyncio.run(script.guard().audit_in_service())
     assert script.switched_off == []
+
+
+def test_new_secrets_holding_another_configured_keys_api_key_are_refused_unaudited() -> None:
+    # Reproduced: the other strategy's key file copied over this key's passed its audit (a
+    # good key, of the other account) and was swapped in, so that this key's strategies traded
+    # with a key no one had declared shared, on the other strategy's account.
+    audited: list[str] = []
+    swapped: list[str] = []
+    other = ApiCredentials("other", SecretStr("key-other"), SecretStr("key-other-secret"))
+    files = {"main": creds("key-one"), "other": other}
+
+    async def audit(credentials: ApiCredentials) -> KeyAudit:
+        audited.append(credentials.api_key.get_secret_value())
+        return verdict(Verdict.OK)
+
+    guard = KeyGuard(
+        {"main": creds("key-one"), "other": other},
+        resolve=lambda name: files[name],
+        audit=audit,
+        swap=lambda fresh: swapped.append(fresh.api_key.get_secret_value()),
+        switch_off=lambda name, reason: None,
+    )
+    files["main"] = ApiCredentials("main", other.api_key, other.api_secret)
+
+    asyncio.run(guard.check_secrets("main"))
+    asyncio.run(guard.check_secrets("main"))  # not audited again while the files stay
+
+    assert (swapped, audited, guard.rotations) == ([], [], 0)
+
+    files["main"] = creds("key-two")
+    asyncio.run(guard.check_secrets("main"))
+    assert swapped == ["key-two"]
