@@ -765,6 +765,13 @@ def _check_bindings(settings: BotSettings, path: Path) -> None:
                 f"{settings.environment}: a configuration holds one environment's keys only; "
                 "move it to that environment's configuration file"
             )
+    if settings.venue.sim_url and settings.environment is not Environment.SIM:
+        problems.append(
+            f"venue.sim_url = {settings.venue.sim_url!r} "
+            f"{setting_origin(['venue', 'sim_url'], path)}, but the bot runs in "
+            f"{settings.environment}, whose keys go to Bybit's {settings.environment} venue, "
+            "never to a simulator: unset venue.sim_url, or run in sim"
+        )
     mqtt = settings.mqtt
     subscribed = {
         source for strategy in settings.strategies.values() for source in strategy.sources

@@ -64,6 +64,29 @@ def test_the_simulator_is_reachable_only_from_sim() -> None:
         venue_urls(Environment.SIM, "")
 
 
+@pytest.mark.parametrize("environment", ["mainnet", "testnet", "demo"])
+def test_a_simulator_url_outside_sim_is_refused_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environment: str
+) -> None:
+    # Reproduced: BOT_VENUE__SIM_URL (or sim_url in the file) with a testnet or mainnet
+    # configuration was accepted and ignored, so that a bot its user meant to point at a
+    # local simulator traded with the real key on Bybit.
+    monkeypatch.setenv("BOT_VENUE__SIM_URL", SIM_URL)
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config(tmp_path, environment))
+
+    assert (
+        f"venue.sim_url = '{SIM_URL}' from BOT_VENUE__SIM_URL, but the bot runs in "
+        f"{environment}" in str(refused.value)
+    )
+    monkeypatch.delenv("BOT_VENUE__SIM_URL")
+    path = config(tmp_path, environment)
+    path.write_text(path.read_text() + f'[venue]\nsim_url = "{SIM_URL}"\n')
+    with pytest.raises(ConfigError, match=f"venue.sim_url = '{SIM_URL}' in {path}, but"):
+        load_settings(path)
+
+
 def test_an_environment_variable_cannot_move_a_key_to_another_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
