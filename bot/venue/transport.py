@@ -10,11 +10,12 @@ by httptools (uvicorn's C parser, already a dependency).
 
 It takes only what pybit sends: a method, a full http(s) URL, headers and a text body, no proxy.
 Anything else (a proxy for the URL, `stream=True`, files, hooks, auth, a client certificate,
-HEAD) is handed to requests unchanged. Its guarantees are requests' own with no retries
-(requests' default): a request is written once and never resent here; a connection the server
-closed while idle is noticed before it is reused; interim 1xx answers are skipped. Where it
-differs from requests, it is stricter: `timeout` also bounds the whole answer, not each read
-alone, so a server trickling bytes cannot hold a call past it; answers are bounded
+HEAD) is handed to requests, with its redirects returned too. Its guarantees are requests'
+own with no retries (requests' default): a request is written once and never resent here;
+a connection the server closed while idle is noticed before it is reused; interim 1xx
+answers are skipped. Where it differs from requests, it is stricter: `timeout` also bounds
+the whole answer, not each read alone, so a server trickling bytes cannot hold a call past
+it; answers are bounded
 (`MAX_ANSWER_BYTES`, inflated too); bytes after a complete answer spoil the connection, which
 is dropped; redirects are returned, not followed (a 3xx is a failed call, never an order sent
 again elsewhere); cookies are neither kept nor sent (Bybit's API uses none).
@@ -116,7 +117,9 @@ class KeptAliveSession(requests.Session):
             or not isinstance(request.body, (bytes, type(None)))
             or select_proxy(url, kwargs.get("proxies") or self.proxies)
         ):
-            return super().send(request, **kwargs)
+            # requests would follow a redirect, sending the signed request (the API key in
+            # its headers, an order in its body) again, to wherever it points.
+            return super().send(request, **{**kwargs, "allow_redirects": False})
         origin, path = split
         timeout = kwargs.get("timeout")
         connect_s, read_s = timeout if isinstance(timeout, tuple) else (timeout, timeout)
