@@ -43,7 +43,7 @@ from bot.execution.reconcile import Reconciler
 from bot.health import Readiness, VenueHealth, body_of
 from bot.http_limits import guarded_protocol, raise_descriptor_limit
 from bot.journal import Journal, OrderRecord, lock_journal
-from bot.keys.audit import KeyAudit, Verdict, audit_key, strategies_by_key
+from bot.keys.audit import KeyAudit, Verdict, audit_key, one_account, strategies_by_key
 from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
@@ -208,7 +208,7 @@ class Service:
             # Start-up does file, SQLite and thread I/O: keep it off the event loop too.
             stages = await asyncio.to_thread(self._build, resources)
             with self._stop_on_signals():
-                if not await self._unless_stopped(self._check_accounts(stages.venues)):
+                if not await self._unless_stopped(self._check_accounts(stages)):
                     logger.warning("stopped during the start-up checks")
                     return
                 self._server = _Server(
@@ -297,8 +297,9 @@ class Service:
                 task.cancel()
         logger.info("bot stopped")
 
-    async def _refuse_bad_keys(self, venues: Mapping[str, BybitVenue]) -> None:
-        """Audit every key in use; refuse to start while one is refused or cannot be asked."""
+    async def _refuse_bad_keys(self, venues: Mapping[str, BybitVenue]) -> list[KeyAudit]:
+        """Audit every key in use; refuse to start while one is refused or cannot be asked,
+        or two are keys of one account. Returns the audits."""
         users = strategies_by_key(self.settings)
         audits = await asyncio.gather(
             *(
@@ -323,6 +324,10 @@ class Service:
                 + "; ".join(f"key {a.key} is {a.verdict.value}: {a.reason}" for a in refused)
                 + " (`bot keys check` shows every key)"
             )
+        shared = one_account(audits)
+        if shared is not None:
+            raise ConfigError(f"refusing to start: {shared}")
+        return audits
 
     async def _refuse_hedge_mode(self, venues: Mapping[str, BybitVenue]) -> None:
         """Orders carry positionIdx 0: every key's account must be in one-way mode."""
@@ -358,10 +363,11 @@ class Service:
             await step
         return False
 
-    async def _check_accounts(self, venues: Mapping[str, BybitVenue]) -> None:
-        """Refuse to start with a key that fails its audit or an account in hedge mode."""
-        await self._refuse_bad_keys(venues)
-        await self._refuse_hedge_mode(venues)
+    async def _check_accounts(self, stages: _Stages) -> None:
+        """Refuse to start with a key that fails its audit or an account in hedge mode; the
+        key guard learns each key's account (a rotated key must be of the same one)."""
+        stages.keys.remember_accounts(await self._refuse_bad_keys(stages.venues))
+        await self._refuse_hedge_mode(stages.venues)
 
     async def _settle_last_run(self, stages: _Stages) -> None:
         """Every order a previous run left unfinished is settled with the venue (and sent if

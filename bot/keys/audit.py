@@ -17,7 +17,7 @@ runs, on every rotated key before it is used, and in `bot keys check`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final, Protocol
@@ -35,6 +35,7 @@ __all__ = [
     "Verdict",
     "audit_key",
     "judge",
+    "one_account",
     "strategies_by_key",
 ]
 
@@ -124,6 +125,28 @@ class KeyAudit:
             "verdict": self.verdict.value,
             "reason": self.reason,
         }
+
+
+def one_account(audits: Iterable[KeyAudit]) -> str | None:
+    """Why these keys cannot all be in service together, or None: two configured keys of one
+    account would be one account shared under two names, implicitly. The account's private
+    stream reports every order and fill of the account to each of its keys, so each key's
+    books would take the other's trades, and in one-way mode the strategies' positions net
+    at the venue while the books hold both."""
+    holder: dict[str, str] = {}
+    for audit in audits:
+        account = audit.info.user_id if audit.info is not None else ""
+        if not account:
+            continue
+        other = holder.setdefault(account, audit.key)
+        if other != audit.key:
+            first, second = sorted((other, audit.key))
+            return (
+                f"keys {first} and {second} are keys of one account (UID {account}): a key is "
+                "never shared implicitly; give each a key of its own account (a sub-account), "
+                "or name one key in both strategies with keys.<name>.shared = true"
+            )
+    return None
 
 
 def strategies_by_key(settings: BotSettings) -> dict[str, tuple[str, ...]]:

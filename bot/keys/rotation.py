@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Final
 
 from bot.keys.audit import KeyAudit, Verdict
@@ -80,6 +80,15 @@ class KeyGuard:
         self._audit_interval_s = audit_interval_s
         self._wake = asyncio.Event()
         self.rotations = 0
+        #: each key's account (Bybit's userID) as its audits reported it
+        self._accounts: dict[str, str] = {}
+
+    def remember_accounts(self, audits: Iterable[KeyAudit]) -> None:
+        """Each key's account, from the audits of the keys in service (start-up's): a new
+        key is put in service only if it is of the same account."""
+        for audit in audits:
+            if audit.info is not None and audit.info.user_id:
+                self._accounts[audit.key] = audit.info.user_id
 
     def wake(self) -> None:
         """Look at the secrets now (SIGHUP), auditing again secrets refused before: what the
@@ -151,7 +160,23 @@ class KeyGuard:
                 again=again,
             )
             return
+        account = verdict.info.user_id if verdict.info is not None else ""
+        in_service = self._accounts.get(name, "")
+        if account and in_service and account != in_service:
+            self._not_before[name] = (fingerprint, math.inf)
+            logger.bind(notify="key").critical(
+                "ALERT: the new secrets of key {key} were refused (a key of another account, "
+                "UID {account}, where the key in service is of UID {in_service}: its journal, "
+                "positions and orders are that account's; create the new key on the same "
+                "account); the old key stays in service",
+                key=name,
+                account=account,
+                in_service=in_service,
+            )
+            return
         self._swap(fresh)
+        if account:
+            self._accounts[name] = account
         self._current[name], self._fingerprints[name] = fresh, fingerprint
         self._not_before.pop(name, None)
         self.rotations += 1

@@ -252,6 +252,8 @@ class KeyInfo:
     expires_at: datetime | None  # None: never expires
     uta: bool  # the account is a unified trading account
     note: str
+    #: the account the key belongs to (Bybit's `userID`); "" when the venue does not say
+    user_id: str = ""
 
     @property
     def ip_bound(self) -> bool:
@@ -274,6 +276,7 @@ def key_info(row: dict[str, Any]) -> KeyInfo:
             expires_at=expires_at,
             uta=int(row.get("uta") or 0) == 1,
             note=str(row.get("note") or ""),
+            user_id=str(row.get("userID") or ""),
         )
     except (AttributeError, TypeError, ValueError) as exc:
         raise AmbiguousError(f"unreadable API key information: {exc}") from None

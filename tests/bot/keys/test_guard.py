@@ -13,6 +13,7 @@ from bot.config import Environment
 from bot.keys.audit import KeyAudit, Verdict
 from bot.keys.rotation import KeyGuard
 from bot.secrets import ApiCredentials, MissingSecretError
+from bot.venue.shapes import KeyInfo
 
 
 def creds(key: str) -> ApiCredentials:
@@ -161,3 +162,38 @@ def test_new_secrets_holding_another_configured_keys_api_key_are_refused_unaudit
     files["main"] = creds("key-two")
     asyncio.run(guard.check_secrets("main"))
     assert swapped == ["key-two"]
+
+
+def of_account(user_id: str) -> KeyAudit:
+    info = KeyInfo(
+        read_only=False,
+        permissions={"ContractTrade": ("Order", "Position")},
+        ips=("127.0.0.1",),
+        expires_at=None,
+        uta=True,
+        note="",
+        user_id=user_id,
+    )
+    return KeyAudit(
+        "main", Environment.SIM, ("follow",), Verdict.OK, (), (), info, datetime.now(UTC)
+    )
+
+
+def test_a_new_key_of_another_account_is_refused_and_one_of_the_same_account_swapped_in() -> None:
+    # Reproduced: a good key of another account passed the rotation's audit and was swapped
+    # in; the key's strategies then traded there, while its journal, positions, stops and
+    # open orders were the first account's (a `close` found no position to close).
+    script = Script()
+    guard = script.guard()
+    guard.remember_accounts([of_account("1001")])
+    script.verdicts["key-elsewhere"] = of_account("2002")
+    script.verdicts["key-two"] = of_account("1001")
+
+    script.files = creds("key-elsewhere")
+    asyncio.run(guard.check_secrets("main"))
+    asyncio.run(guard.check_secrets("main"))  # refused once: not audited again
+    assert (script.swapped, guard.rotations) == ([], 0)
+
+    script.files = creds("key-two")
+    asyncio.run(guard.check_secrets("main"))
+    assert script.swapped == ["key-two"]
