@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -59,8 +60,10 @@ from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import (
     ADMIN_SECRET_NAME,
     DEFAULT_SECRETS_DIR,
+    ApiCredentials,
     MissingSecretError,
     SecretResolver,
+    same_api_key,
     split_secrets,
     webhook_secret_name,
 )
@@ -74,6 +77,7 @@ from signals.voiceofchain import SIGNATURE_HEADER, sign
 if TYPE_CHECKING:
     from bot.account import AccountProjection, StrategyBook
     from bot.audit import RequestObserver
+    from bot.keys.audit import KeyAudit
     from bot.replay import History, ReplayReport, StrategyReport
     from bot.risk.usage import ScopeUsage
 
@@ -740,11 +744,12 @@ def keys_check(
                 sim_url = server.url
         audit_log = AuditLog(settings.audit_dir, settings.audit)  # these are signed requests too
         resources.callback(audit_log.close)
-        rows = []
+        audited: list[tuple[dict[str, str], ApiCredentials | None, KeyAudit | None]] = []
         with _progress("auditing keys", len(settings.keys)) as advance:
             for name in sorted(settings.keys):
-                rows.append(_key_row(settings, name, resolver, sim_url, audit_log.write))
+                audited.append(_key_audit(settings, name, resolver, sim_url, audit_log.write))
                 advance()
+        rows = _refuse_shared(settings, audited)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, separators=(",", ":")))
@@ -756,22 +761,22 @@ def keys_check(
         raise typer.Exit(1)
 
 
-def _key_row(
+def _key_audit(
     settings: BotSettings,
     name: str,
     resolver: SecretResolver,
     sim_url: str,
     observer: RequestObserver,
-) -> dict[str, str]:
-    """One key's audit row; a missing secret is a refusal with what to do. `observer` hears
-    of the signed request (the audit log)."""
+) -> tuple[dict[str, str], ApiCredentials | None, KeyAudit | None]:
+    """One key's audit row, its credentials and its audit; a missing secret is a refusal
+    with what to do. `observer` hears of the signed request (the audit log)."""
     from bot.keys.audit import Verdict, strategies_by_key
     from bot.service import audit_credentials
 
     try:
         credentials = resolver.credentials(name)
     except MissingSecretError as exc:
-        return {
+        row = {
             "key": name,
             "environment": settings.keys[name].environment.value,
             "strategies": ",".join(strategies_by_key(settings)[name]),
@@ -781,7 +786,33 @@ def _key_row(
             "verdict": Verdict.REFUSED.value,
             "reason": str(exc),
         }
-    return asyncio.run(audit_credentials(settings, credentials, sim_url, (observer,))).row()
+        return row, None, None
+    audit = asyncio.run(audit_credentials(settings, credentials, sim_url, (observer,)))
+    return audit.row(), credentials, audit
+
+
+def _refuse_shared(
+    settings: BotSettings,
+    audited: list[tuple[dict[str, str], ApiCredentials | None, KeyAudit | None]],
+) -> list[dict[str, str]]:
+    """The rows, those of two keys in use holding one API key or of one account refused
+    with why, as `bot run` refuses to start with them."""
+    from bot.keys.audit import Verdict, one_account, strategies_by_key
+
+    users = strategies_by_key(settings)
+    rows = [dict(row) for row, _, _ in audited]
+    in_use = [i for i, (row, _, _) in enumerate(audited) if users.get(row["key"])]
+    for first, second in itertools.combinations(in_use, 2):
+        pairs = [audited[first][1], audited[second][1]]
+        problem = same_api_key(pair for pair in pairs if pair is not None)
+        if problem is None:
+            problem = one_account(a for a in (audited[first][2], audited[second][2]) if a)
+        if problem is None:
+            continue
+        for row in (rows[first], rows[second]):
+            row["verdict"] = Verdict.REFUSED.value
+            row["reason"] = "; ".join(part for part in (problem, row["reason"]) if part)
+    return rows
 
 
 @risk_app.command("status")

@@ -18,7 +18,7 @@ from bot.execution.orders import OPEN_AT_VENUE
 from bot.journal import Journal, WaitingExit
 from bot.logs import logger
 from bot.messages import Execution, PositionUpdate, Side
-from bot.secrets import SecretResolver
+from bot.secrets import SecretResolver, same_api_key
 from bot.sim import (
     ResumedOrder,
     ResumedPosition,
@@ -48,9 +48,17 @@ def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAcc
     (an audit warning the user did not ask for)."""
     profiles = simulator_config(settings).key_profiles
     accounts = []
+    given = {
+        name: resolver.credentials(name)
+        for name, key in settings.keys.items()
+        if key.environment is Environment.SIM
+    }
+    problem = same_api_key(given.values())
+    if problem is not None:  # one account per API key: the second would not fit
+        raise ConfigError(problem)
     for name, key in settings.keys.items():
         if key.environment is Environment.SIM:
-            credentials = resolver.credentials(name)
+            credentials = given[name]
             profile = profiles.get(name) or SimKeyProfile()
             if "ips" not in profile.model_fields_set:
                 profile = profile.model_copy(update={"ips": ["127.0.0.1"]})

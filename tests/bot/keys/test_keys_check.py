@@ -10,6 +10,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from bot.sim import SimAccountSpec, SimServer
+from tests.conftest import venue_with_key
+
 PROFILES = """
 [keys.spare]
 environment = "sim"
@@ -56,3 +61,59 @@ def test_a_clean_configuration_exits_0_with_a_table(sim_config: Callable[..., Pa
     assert done.returncode == 0, done.stderr
     assert "follow_sim" in done.stdout
     assert "ok" in done.stdout
+
+
+OTHER_KEY = """
+[keys.other_sim]
+environment = "sim"
+
+[strategies.other]
+plugin = "follow"
+key = "other_sim"
+"""
+
+
+def test_two_keys_of_one_account_are_refused_as_bot_run_refuses_them(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Reproduced: both keys showed `ok` and exited 0, where `bot run` refuses to start with
+    # them: a second key of follow_sim's account given to other_sim.
+    exchange = venue_with_key(tmp_path, "first-key-of-one-account", "its-secret-1234")
+    exchange.add_account(
+        SimAccountSpec(
+            api_key="second-key-of-one-account",
+            api_secret=SecretStr("second-secret-1234"),
+            ips=["127.0.0.1"],
+            account_of="first-key-of-one-account",
+        )
+    )
+    secrets = tmp_path / "no-secrets"
+    (secrets / "bot_key_other_sim_api_key").write_text("second-key-of-one-account")
+    (secrets / "bot_key_other_sim_api_secret").write_text("second-secret-1234")
+    with SimServer(exchange) as server:
+        config = sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n{OTHER_KEY}')
+        done = keys_check(config, "--json", "--secrets-dir", str(secrets))
+
+    assert done.returncode == 1, done.stderr
+    rows = {row["key"]: row for row in map(json.loads, done.stdout.splitlines())}
+    for key in ("follow_sim", "other_sim"):
+        assert rows[key]["verdict"] == "refused"
+        assert rows[key]["reason"].startswith("keys follow_sim and other_sim are keys of one")
+
+
+def test_two_sim_keys_holding_one_api_key_are_one_line_not_a_traceback(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Reproduced: the in-process simulator's DuplicateAccountError, as an unexpected error
+    # with its traceback.
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    for name in ("follow_sim", "other_sim"):
+        (secrets / f"bot_key_{name}_api_key").write_text("one-key-of-two-names")
+        (secrets / f"bot_key_{name}_api_secret").write_text("its-secret-1234")
+
+    done = keys_check(sim_config(extra=OTHER_KEY), "--secrets-dir", str(secrets))
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: keys follow_sim and other_sim hold the same API key")
+    assert "Traceback" not in done.stderr
