@@ -1044,7 +1044,9 @@ class Journal:
                     signal.symbol,
                     signal.ts.isoformat(),
                     signal.received_at.isoformat(),
-                    signal.model_dump_json(),
+                    # The sender's own fields are kept (`raw`): a secret among them (a
+                    # query_token source's token sent in the body too) is not.
+                    scrub(signal.model_dump_json()),
                 ),
             )
             return cursor.rowcount == 1

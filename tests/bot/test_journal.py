@@ -27,7 +27,7 @@ from bot.journal import (
     JournalError,
     lock_journal,
 )
-from bot.logs import logger
+from bot.logs import REDACTED, logger, redact
 from bot.messages import (
     Decline,
     Execution,
@@ -117,6 +117,28 @@ def test_second_signal_with_same_source_and_id_is_a_duplicate(journal: Journal) 
     assert journal.record_signal(signal()) is True
     assert journal.record_signal(signal()) is False
     assert journal.counts()["signals"] == 1
+
+
+def test_a_secret_among_a_signals_own_fields_is_not_journaled(tmp_path: Path) -> None:
+    # Reproduced: a query_token source's sender that also put the token in the body had it
+    # journaled whole in the signal's payload (its `raw`), in journal.sqlite3 and its WAL.
+    token = f"{os.urandom(8).hex()}-query-token-of-the-source"
+    redact(token)
+    journal = Journal(tmp_path / "j.sqlite3")
+    sent = parse_signal(
+        "voiceofchain",
+        {"id": "t1", "symbol": "BTCUSDT", "side": "buy", "ts": "2026-01-05T14:00:00Z"}
+        | {"token": token, "note": "kept"},
+    )
+
+    assert journal.record_signal(sent)
+    kept = journal.signal("voiceofchain", "t1")
+    journal.close()
+
+    assert kept is not None
+    assert (kept.symbol, kept.raw["note"], kept.raw["token"]) == ("BTCUSDT", "kept", REDACTED)
+    for path in tmp_path.iterdir():
+        assert token.encode() not in path.read_bytes(), path.name
 
 
 def test_unprocessed_signals_survive_reopening(tmp_path: Path) -> None:
