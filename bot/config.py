@@ -73,6 +73,7 @@ __all__ = [
     "describe_section",
     "load_settings",
     "path_problem",
+    "secret_names",
     "secret_resolver",
     "setting_origin",
 ]
@@ -465,6 +466,23 @@ def secret_resolver(settings: BotSettings, secrets_dir: Path) -> SecretResolver:
     """Secrets for this environment; only `sim` may generate missing ones (in the state dir)."""
     generated = settings.state_dir / "secrets" if settings.environment is Environment.SIM else None
     return SecretResolver(secrets_dir, generated_dir=generated)
+
+
+def secret_names(settings: BotSettings) -> list[str]:
+    """The name of every secret `settings` may use: each key's two, each source's secret and
+    token, the admin, MQTT and notification secrets."""
+    from bot.notify import NOTIFY_URLS_NAME  # bot.notify imports this module
+
+    names = [name for key in sorted(settings.keys) for name in api_key_names(key)]
+    for source in sorted(settings.sources):
+        names += [webhook_secret_name(source), webhook_token_name(source)]
+    return [
+        *names,
+        ADMIN_SECRET_NAME,
+        MQTT_PASSWORD_NAME,
+        MQTT_SIGNING_SECRET_NAME,
+        NOTIFY_URLS_NAME,
+    ]
 
 
 def load_settings(path: Path | None = None) -> BotSettings:

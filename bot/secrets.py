@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -62,6 +63,8 @@ class UnusableSecretError(MissingSecretError):
     even where the secret is optional, since its owner meant to set it."""
 
 
+#: What separates the values one secret may hold (webhook secrets, notify URLs).
+_SECRET_PARTS: Final = re.compile(r"[\s,;]+")
 #: The shortest signing (HMAC) secret accepted: webhook, admin and MQTT signing secrets.
 MIN_SIGNING_SECRET_LENGTH: Final = 16
 
@@ -163,6 +166,22 @@ class SecretResolver:
             return None
         logs.redact(value)
         return SecretStr(value)
+
+    def redact_early(self, names: Iterable[str]) -> None:
+        """Register with the log redactor the value of each secret of `names` that is set
+        (or was generated), before code that may fail with one in its message runs (a
+        strategy plug-in's import, in the same process as the secrets); each line and each
+        comma- or space-separated part too (a webhook secret's several values, the notify
+        URLs). Nothing is checked or generated here: an unusable secret is refused where it
+        is used."""
+        for name in names:
+            value = ""
+            with contextlib.suppress(MissingSecretError):
+                value = self._given(name)
+                if not value and self._generated_dir is not None:
+                    value = self._read(self._generated_dir / name.lower(), _STATE_DIR_HINT)
+            for part in (value, *_SECRET_PARTS.split(value)):
+                logs.redact(part.strip())
 
     def _lookup(self, name: str) -> str:
         """The secret `name` as set ("" if it is not), refused if unusable: a signing secret

@@ -36,7 +36,7 @@ from bot.admin import AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
 from bot.coalesce import Coalesced
-from bot.config import BotSettings, ConfigError, Environment, secret_resolver
+from bot.config import BotSettings, ConfigError, Environment, secret_names, secret_resolver
 from bot.execution.executor import Executor
 from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
 from bot.execution.reconcile import Reconciler
@@ -470,6 +470,8 @@ class Service:
         # A bot already on this journal stops the start before anything runs; so does a
         # strategy plug-in that cannot load.
         resources.callback(lock_journal(settings.journal_path).close)
+        # Before any plug-in runs: one that fails with a secret in its message is scrubbed.
+        self._resolver.redact_early(secret_names(settings))
         strategies = {
             name: StrategySlot(
                 name,

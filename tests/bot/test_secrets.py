@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.logs import REDACTED, scrub
 from bot.secrets import MissingSecretError, SecretResolver, UnusableSecretError
 
 
@@ -191,3 +192,37 @@ def test_an_api_key_is_not_held_to_a_signing_secrets_length(tmp_path: Path) -> N
     resolver = SecretResolver(tmp_path, environ={"BOT_KEY_MAIN_API_KEY": "short"})
 
     assert resolver.get("BOT_KEY_MAIN_API_KEY").get_secret_value() == "short"
+
+
+def test_redact_early_registers_every_value_given_without_checking_or_generating_any(
+    tmp_path: Path,
+) -> None:
+    tag = os.urandom(6).hex()
+    urls = f"json://127.0.0.1/{tag}-first-url, tgram://{tag}-bot-token/chat"
+    (tmp_path / "bot_notify_urls").write_text(urls)
+    (tmp_path / "bot_mqtt_signing_secret").write_text(f"{tag[:8]}-short")  # 14: refused where used
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    (generated / "bot_admin_secret").write_text(f"{tag}-generated-admin-secret\n")
+    resolver = SecretResolver(
+        tmp_path,
+        generated_dir=generated,
+        environ={"BOT_WEBHOOK_SECRET_X": f"{tag}-old-webhook-secret\n{tag}-new-webhook-secret"},
+    )
+
+    resolver.redact_early(
+        [
+            "BOT_WEBHOOK_SECRET_X",
+            "BOT_NOTIFY_URLS",
+            "BOT_MQTT_SIGNING_SECRET",
+            "BOT_ADMIN_SECRET",
+            "BOT_KEY_MAIN_API_KEY",  # not set: nothing to do, nothing generated
+        ]
+    )
+
+    line = (
+        f"{tag}-new-webhook-secret json://127.0.0.1/{tag}-first-url tgram://{tag}-bot-token/chat "
+        f"{tag[:8]}-short {tag}-generated-admin-secret"
+    )
+    assert scrub(line) == " ".join([REDACTED] * 5)
+    assert sorted(path.name for path in generated.iterdir()) == ["bot_admin_secret"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from pydantic import SecretStr
 
 from bot.config import ConfigError, load_settings
 from bot.journal import Journal
+from bot.logs import scrub
 from bot.service import Service, check_mainnet_opt_in
 from bot.sim import SimAccountSpec, SimServer
 from signals.voiceofchain import SIGNATURE_HEADER, sign
@@ -280,6 +283,30 @@ def test_two_configured_keys_of_one_account_are_refused_at_start(
             r"\(UID [0-9]+\)",
         ):
             RunningBot(config).start()
+
+
+def test_a_plug_in_failing_with_a_secret_before_the_secrets_are_used_is_scrubbed(
+    sim_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced: a plug-in whose import failed with the key's API secret in its message
+    # (it read it from the environment) printed it whole: `bot run` loads the plug-ins before
+    # it resolves the secrets, so none was registered with the scrubber yet.
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader adds the config's folder
+    api_secret = f"{os.urandom(8).hex()}-api-secret-of-follow-sim"
+    monkeypatch.setenv("BOT_KEY_FOLLOW_SIM_API_SECRET", api_secret)
+    module = f"plugin_{os.urandom(4).hex()}"
+    (tmp_path / f"{module}.py").write_text(
+        "import os\n"
+        "raise RuntimeError('cannot start: ' + os.environ['BOT_KEY_FOLLOW_SIM_API_SECRET'])\n"
+    )
+    config = sim_config(extra="").read_text().replace('plugin = "follow"', f'plugin = "{module}:S"')
+    (tmp_path / "bot.toml").write_text(config)
+
+    with pytest.raises(ConfigError, match="cannot start: ") as failed:
+        RunningBot(tmp_path / "bot.toml").start()
+
+    assert api_secret in str(failed.value)  # the plug-in's own message...
+    assert api_secret not in scrub(str(failed.value))  # ...as `bot run` prints it
 
 
 def test_http_socket_is_tcp_so_answers_get_tcp_nodelay(sim_config: Callable[..., Path]) -> None:
