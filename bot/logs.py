@@ -15,8 +15,8 @@ dict or a bytes object in a traceback or in `extra`), URL-encoded, and these esc
 into one regular expression per secret, run only on lines holding the secret's longest
 stretch that no escape changes. `diagnose=False` keeps variable values out of tracebacks.
 Standard-library logging (uvicorn, pybit) is routed through the same sink, and so are
-uncaught exceptions (main thread, other threads, "exception ignored"): no traceback reaches
-stderr unscrubbed once `configure()` has run.
+uncaught exceptions (main thread, other threads, "exception ignored") and warnings: no
+traceback or warning reaches stderr unscrubbed once `configure()` has run.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+import warnings
 from collections.abc import Callable
 from datetime import UTC
 from types import TracebackType
@@ -290,6 +291,24 @@ def _unraisable_hook(args: sys.UnraisableHookArgs) -> None:
     _log_uncaught(message, args.exc_type, args.exc_value, args.exc_traceback)
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning (a library's, a plug-in's) as a WARNING line through the scrubbing sink,
+    never raw to stderr; one written to a file of its own is scrubbed there."""
+    text = warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n")
+    if file is not None and file is not sys.stderr:
+        with contextlib.suppress(OSError, ValueError):  # as the default: a closed file
+            file.write(scrub(text) + "\n")
+        return
+    logger.warning(text)
+
+
 def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Install the one sink (on stderr unless `stream`); safe to call again."""
     logger.remove()
@@ -330,3 +349,4 @@ def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None 
     sys.excepthook = _excepthook
     threading.excepthook = _thread_excepthook
     sys.unraisablehook = _unraisable_hook
+    warnings.showwarning = _show_warning

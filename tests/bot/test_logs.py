@@ -9,6 +9,7 @@ import logging
 import secrets
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -292,6 +293,22 @@ def test_an_exception_ending_a_thread_is_logged_scrubbed(
     text = capture.getvalue()
     assert leaks(text, awkward_secret) == []
     assert "uncaught RuntimeError in thread stream" in text
+
+
+def test_a_warning_is_a_scrubbed_log_line_not_raw_stderr(
+    capture: io.StringIO, awkward_secret: str
+) -> None:
+    # Reproduced: a plug-in's `warnings.warn` with a secret in it went to stderr as Python
+    # prints it, unscrubbed (and, under --log-json, not a JSON line).
+    with warnings.catch_warnings():  # puts the test run's showwarning back
+        warnings.simplefilter("always")
+        logs.configure(json=True, stream=capture)
+        warnings.warn(f"signing with {awkward_secret}", UserWarning, stacklevel=1)
+
+    line = json.loads(capture.getvalue())
+    assert leaks(capture.getvalue(), awkward_secret) == []
+    assert line["level"] == "WARNING"
+    assert "UserWarning: signing with ***" in line["message"]
 
 
 def test_lines_without_secrets_are_left_alone() -> None:
