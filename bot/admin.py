@@ -2,7 +2,9 @@
 
 The body is `{"strategy": null | "<name>", "reason": "..."}`, plus for a halt optionally
 `"cancel_open": true` (cancel the scope's open orders) and `"flatten": true` (close its
-positions with reduce-only market orders). It is signed exactly like a webhook
+positions with reduce-only market orders), and optionally `"environment"`: the environment of
+the bot the command is meant for (`bot halt` and `bot resume` send their configuration's), which
+a bot of another environment refuses. It is signed exactly like a webhook
 (`X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`) with the secret
 `BOT_ADMIN_SECRET`. A halt takes effect for the very next intent, queued ones included; the
 answer says what was cancelled and flattened. The routes exist only when an admin secret does
@@ -29,6 +31,7 @@ from pydantic import (
 )
 
 from bot.bodies import BodyRefused, read_body
+from bot.config import Environment
 from bot.logs import logger
 from bot.messages import field_problems, is_unicode, load_json, shape_problem, utc_now
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
@@ -63,6 +66,8 @@ class AdminCommand(BaseModel):
     # true or false only: "yes" or 0 for a flag that cancels and closes is a mistake to name.
     cancel_open: StrictBool = False
     flatten: StrictBool = False
+    #: the environment of the bot the command is for (None: whichever gets it)
+    environment: Environment | None = None
 
     @field_validator("reason")
     @classmethod
@@ -87,11 +92,14 @@ class AdminRoutes:
         strategies: Collection[str],
         clock: Callable[[], float] = time.time,
         used: UsedSignatures | None = None,
+        environment: Environment | None = None,
     ) -> None:
-        """`used`: shared with every other way in for commands (the MQTT control topic)."""
+        """`used`: shared with every other way in for commands (the MQTT control topic);
+        `environment`: the bot's, refusing commands meant for a bot of another."""
         self._secret = secret
         self._apply = apply
         self._strategies = frozenset(strategies)
+        self._environment = environment
         self._clock = clock
         self._used = used or UsedSignatures()
 
@@ -157,7 +165,7 @@ class AdminRoutes:
         if problem is not None or header is None:
             return _answer(401, "unauthorized", problem or "unsigned")
         try:
-            entered, command = parse_command(body, state, self._strategies)
+            entered, command = parse_command(body, state, self._strategies, self._environment)
         except ValueError as exc:
             return _answer(422, "invalid", str(exc))
         try:
@@ -178,10 +186,15 @@ class AdminRoutes:
 
 
 def parse_command(
-    body: bytes, state: TradingState, strategies: Collection[str]
+    body: bytes,
+    state: TradingState,
+    strategies: Collection[str],
+    environment: Environment | None = None,
 ) -> tuple[ScopeState, AdminCommand]:
     """The state a halt or resume body enters, and the command; ValueError saying what is
-    wrong (the HTTP routes and the MQTT control topic read commands alike)."""
+    wrong (the HTTP routes and the MQTT control topic read commands alike). A command meant
+    for a bot of another environment than `environment` is refused: a testnet `bot resume`
+    sent to the mainnet bot's port (one admin secret for both) must not resume real money."""
     expected = "expected {strategy, reason, cancel_open, flatten}"
     try:
         document = load_json(body or b"{}")
@@ -195,6 +208,11 @@ def parse_command(
     except ValidationError as exc:
         problems = "; ".join(f"{field}: {message}" for field, message in field_problems(exc))
         raise ValueError(f"{expected}: {problems}") from None
+    if environment is not None and command.environment not in (None, environment):
+        raise ValueError(
+            f"the command is for a bot in {command.environment}, but this bot runs in "
+            f"{environment}: send it with that bot's configuration (its [http] address)"
+        )
     if command.strategy is not None and command.strategy not in strategies:
         raise ValueError(
             f"strategy {command.strategy!r} is not configured; it is one of {sorted(strategies)}"

@@ -603,8 +603,12 @@ def _switch(
     from bot.admin import parse_command
 
     settings = _settings(config)
+    # For this configuration's bot only: a bot of another environment on that port refuses it.
+    command = {**command, "environment": settings.environment.value}
     try:  # checked here as the bot checks it: also when it is journaled for a stopped bot
-        scope, _ = parse_command(json.dumps(command).encode(), state, settings.strategies)
+        scope, _ = parse_command(
+            json.dumps(command).encode(), state, settings.strategies, settings.environment
+        )
     except ValueError as exc:
         _fail(str(exc))
     route = "halt" if state is TradingState.HALTED else "resume"

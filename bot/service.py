@@ -729,7 +729,9 @@ class Service:
         async def apply(command: str, body: bytes) -> str:
             if command not in states:
                 raise ValueError(f"unknown command {command!r}: the topic ends in halt or resume")
-            entered, parsed = parse_command(body, states[command], self.settings.strategies)
+            entered, parsed = parse_command(
+                body, states[command], self.settings.strategies, self.settings.environment
+            )
             report = await kill_switch.enter(
                 entered, cancel_open=parsed.cancel_open, flatten=parsed.flatten
             )
@@ -753,7 +755,13 @@ class Service:
                 state, cancel_open=command.cancel_open, flatten=command.flatten
             )
 
-        return AdminRoutes(secret, enter, self.settings.strategies, used=used)
+        return AdminRoutes(
+            secret,
+            enter,
+            self.settings.strategies,
+            used=used,
+            environment=self.settings.environment,
+        )
 
     def _risk_gate(
         self, journal: Journal, account: Account, strategies: Mapping[str, StrategySlot]

@@ -183,6 +183,40 @@ def risk_status(bot: RunningBot, scope: str = "follow") -> dict[str, str]:
     return dict(rows[scope])
 
 
+def test_bot_resume_of_another_environments_configuration_is_refused_by_the_running_bot(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Reproduced: `bot resume --config testnet.toml` sent to the port of a bot of another
+    environment that signs with the same admin secret (one secrets folder for both) resumed
+    that bot: a testnet command lifting a halt on real money."""
+    bot = RunningBot(sim_config()).start()
+    try:
+        assert admin(bot, "halt", {"reason": "drill"}) == 200
+        shared = tmp_path / "shared-secrets"
+        shared.mkdir()
+        secret = (bot.settings.state_dir / "secrets" / "bot_admin_secret").read_text().strip()
+        (shared / "bot_admin_secret").write_text(secret)
+        testnet = tmp_path / "testnet" / "testnet.toml"
+        testnet.parent.mkdir()
+        testnet.write_text(
+            'environment = "testnet"\n[http]\nport = '
+            f"{bot.url.rsplit(':', 1)[1]}\n"
+            '[keys.follow_testnet]\nenvironment = "testnet"\n'
+            '[strategies.follow]\nplugin = "follow"\nkey = "follow_testnet"\n'
+        )
+
+        resumed = cli(testnet, "resume", "--secrets-dir", str(shared))
+
+        assert resumed.returncode != 0
+        assert "the command is for a bot in testnet, but this bot runs in sim" in resumed.stderr
+        assert admin_answer(bot, "resume", {"environment": "mainnet"}).status_code == 422
+        assert bot.post(signal("still-halted")).status_code == 202
+        assert decision_of(bot, "still-halted")[0] == "rejected"
+        assert admin(bot, "resume", {"environment": "sim"}) == 200
+    finally:
+        bot.stop()
+
+
 def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
     sim_config: Callable[..., Path],
 ) -> None:
