@@ -33,7 +33,7 @@ from pydantic import SecretStr, ValidationError
 
 from bot.journal import Journal
 from bot.logs import logger
-from bot.messages import Signal, SignalError, parse_signal
+from bot.messages import Signal, SignalError, load_json, parse_signal
 from bot.metrics import REGISTRY
 from signals import mqtt as mqtt_module
 from signals.mqtt import (
@@ -943,10 +943,12 @@ _PAYLOADS = st.one_of(
 
 
 def _is_valid_signal(payload: bytes) -> bool:
-    """What the subscriber must conclude, found independently (no secret: unsigned is fine)."""
+    """What the subscriber must conclude (no secret: unsigned is fine): a JSON object as the
+    bot reads JSON (`load_json`, whose own rules test_messages checks: UTF-8, no NaN or
+    Infinity, no key twice, ...) that the webhook's rules take as a signal."""
     try:
-        document = json.loads(payload)
-    except (ValueError, RecursionError):
+        document = load_json(payload)
+    except ValueError:
         return False
     if not isinstance(document, dict):
         return False
