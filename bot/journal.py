@@ -31,6 +31,7 @@ import json
 import os
 import shlex
 import sqlite3
+import struct
 import sys
 import threading
 from collections import Counter
@@ -462,6 +463,80 @@ def _create(path: Path) -> None:
         os.close(directory)
 
 
+#: SQLite's wal-index (the -shm file): two copies of its header, then the checkpoint's
+#: progress (https://sqlite.org/walformat.html, "The WAL-Index Format"), in this machine's
+#: byte order. Of a header: the version, whether it is set up, the page size, the last
+#: committed frame and the WAL's salts; then how many frames are copied into the database.
+_SHM_HEADER: Final = struct.Struct("=I4x4xBxHI4x8x8s8x")
+_SHM_HEADER_BYTES: Final = 48
+_SHM_VERSION: Final = 3007000
+_WAL_HEADER_BYTES: Final = 32
+_WAL_FRAME_HEADER_BYTES: Final = 24
+
+
+def _shm_state(shm: Path) -> tuple[int, int, int, bytes] | None:
+    """(page size, last committed frame, frames copied into the database, salts) as the
+    -shm file at `shm` records them; None without one, or while its two header copies
+    differ (a writer is between them) or it is not set up."""
+    try:
+        with shm.open("rb") as stream:
+            head = stream.read(2 * _SHM_HEADER_BYTES + 4)
+    except OSError:
+        return None
+    if len(head) < 2 * _SHM_HEADER_BYTES + 4:
+        return None
+    first, second = head[:_SHM_HEADER_BYTES], head[_SHM_HEADER_BYTES : 2 * _SHM_HEADER_BYTES]
+    if first != second:
+        return None
+    version, is_init, page_size, max_frame, salts = _SHM_HEADER.unpack(first)
+    if version != _SHM_VERSION or is_init != 1:
+        return None
+    (backfilled,) = struct.unpack_from("=I", head, 2 * _SHM_HEADER_BYTES)
+    return (65536 if page_size == 1 else page_size), max_frame, backfilled, salts
+
+
+def _check_wal_whole(path: Path) -> None:
+    """JournalError when the WAL beside the journal at `path` lost commits its -shm says
+    it held: deleted, cut short or replaced after a crash, SQLite would open the journal
+    as of its last checkpoint, without the last signals and orders (each one promised: a
+    202, an order sent), and the bot would trade on without them, never reconciling them.
+    Read twice around the WAL's size, so that a bot writing now is never taken for it."""
+    _, wal, shm = journal_files(path)
+    if not shm.exists():
+        return  # the last connection closed it: every commit is in the journal file
+    for _ in range(10):
+        before = _shm_state(shm)
+        try:
+            with wal.open("rb") as stream:
+                wal_head = stream.read(_WAL_HEADER_BYTES)
+                wal_size = os.fstat(stream.fileno()).st_size
+        except FileNotFoundError:
+            wal_head, wal_size = b"", 0
+        except OSError:
+            return  # what SQLite itself will then say about it
+        if before is None or before != _shm_state(shm):
+            continue  # none, or moving: a writer is at work
+        page_size, max_frame, backfilled, salts = before
+        if max_frame <= backfilled:
+            return  # every committed frame is in the journal file itself
+        committed = _WAL_HEADER_BYTES + max_frame * (_WAL_FRAME_HEADER_BYTES + page_size)
+        if not wal_size:
+            what = f"its WAL {wal.name} is missing or empty"
+        elif wal_size < committed:
+            what = f"its WAL {wal.name} is cut short ({wal_size} of {committed} bytes)"
+        elif wal_head[16:24] != salts:
+            what = f"its WAL {wal.name} is another one than the one it wrote"
+        else:
+            return
+        raise JournalError(
+            f"journal {path.absolute()} lost its last changes: {what}, though {shm.name} "
+            f"records {max_frame - backfilled} committed pages not yet in the journal file "
+            "(the last signals and orders). Restore the journal with its WAL from a backup; "
+            "or, to go on without them, check the account at the venue for orders the journal "
+            f"no longer knows, then delete {shm.name}"
+        )
+
+
 def journal_files(path: Path) -> tuple[Path, ...]:
     """The database file at `path` and SQLite's files beside it."""
     return (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
@@ -686,6 +761,7 @@ class Journal:
         self._reader: sqlite3.Connection | None = None
         self._reader_lock = threading.Lock()
         _check_place(path)
+        _check_wal_whole(path)
         try:
             if read_only and not path.exists():
                 raise JournalError(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -1131,6 +1132,68 @@ def test_a_journal_deleted_without_its_wal_is_refused_not_made_anew_under_it(
         Journal(path)
 
     assert not path.exists()
+
+
+def crashed_with_signals(path: Path, *signal_ids: str) -> None:
+    """A bot that journaled `signal_ids` and was killed (-9) before SQLite copied them from
+    the WAL into the journal file: the WAL and its -shm stay behind, as after a crash."""
+    killed_after_writes = (
+        "import os, signal, sys\n"
+        "from datetime import UTC, datetime\n"
+        "from pathlib import Path\n"
+        "from bot.journal import Journal\n"
+        "from bot.messages import parse_signal\n"
+        "journal = Journal(Path(sys.argv[1]))\n"
+        "for signal_id in sys.argv[2:]:\n"
+        "    journal.record_signal(parse_signal('voiceofchain', {'id': signal_id, "
+        "'symbol': 'BTCUSDT', 'side': 'buy', 'ts': datetime.now(UTC).isoformat()}))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    crashed = subprocess.run(
+        [sys.executable, "-c", killed_after_writes, str(path), *signal_ids],
+        check=False,
+        timeout=60,
+    )
+    assert crashed.returncode == -signals.SIGKILL
+
+
+def _delete(wal: Path) -> None:
+    wal.unlink()
+
+
+def _cut_short(wal: Path) -> None:
+    os.truncate(wal, wal.stat().st_size // 2)
+
+
+def _empty(wal: Path) -> None:
+    os.truncate(wal, 0)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+@pytest.mark.parametrize("lose", [_delete, _cut_short, _empty])
+def test_a_wal_that_lost_commits_after_a_crash_is_refused_not_opened_without_them(
+    tmp_path: Path, lose: Callable[[Path], None], read_only: bool
+) -> None:
+    # Reproduced: after a kill -9, the WAL deleted or cut short (a cleanup, a copy of the
+    # state_dir without it), bot run started on the journal as of its last checkpoint: a
+    # signal answered 202 and its order, sent to the venue, were forgotten without a word.
+    path = tmp_path / "journal.sqlite3"
+    crashed_with_signals(path, "before")
+    with closing(Journal(path)) as journal:  # started again, then stopped cleanly
+        assert journal.signal("voiceofchain", "before") is not None
+    crashed_with_signals(path, "promised")
+    lose(path.with_name(path.name + "-wal"))
+
+    with pytest.raises(JournalError, match=r"lost its last changes: its WAL.*delete journal"):
+        Journal(path, read_only=read_only)
+
+
+def test_a_journal_whose_bot_was_killed_opens_with_every_commit(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    crashed_with_signals(path, "promised")
+
+    with closing(Journal(path)) as journal:
+        assert journal.signal("voiceofchain", "promised") is not None
 
 
 def test_a_start_killed_while_making_its_journal_leaves_none_and_the_next_makes_it(
