@@ -38,6 +38,7 @@ from bot.audit import AuditLog, RequestObserver
 from bot.coalesce import Coalesced
 from bot.config import BotSettings, ConfigError, Environment, secret_names, secret_resolver
 from bot.execution.executor import Executor
+from bot.execution.ids import strategies_named_by
 from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
 from bot.execution.reconcile import Reconciler
 from bot.health import Readiness, VenueHealth, body_of
@@ -391,6 +392,9 @@ class Service:
         self._warn_of_removed_strategies(
             await journal.call(journal.unfinished_orders), stages.account.projection.books()
         )
+        await asyncio.gather(
+            *(self._warn_of_unknown_orders(key, venue) for key, venue in stages.venues.items())
+        )
         await stages.pipeline.recover()
 
     def _warn_of_removed_strategies(
@@ -419,6 +423,48 @@ class Service:
                 "the venue",
                 strategy=strategy,
                 what=", ".join(what),
+            )
+
+    async def _warn_of_unknown_orders(self, key_name: str, venue: BybitVenue) -> None:
+        """An order open at the venue under an orderLinkId of one of the key's strategies
+        that the journal does not hold was placed by a bot on another journal (this one is
+        new, or lost, or an older backup): the bot neither follows it nor counts it in its
+        exposure, and a new journal would otherwise start beside it without a word. Said at
+        start-up, each order once."""
+        journal = self.journal
+        assert journal is not None
+        strategies = [
+            name for name, config in self.settings.strategies.items() if config.key == key_name
+        ]
+        try:
+            orders = await venue.open_orders()
+        except VenueError as exc:
+            logger.warning(
+                "could not list the open orders of key {key} for orders the journal does not "
+                "know: {error}",
+                key=key_name,
+                error=str(exc),
+            )
+            return
+        for order in orders:
+            named = strategies_named_by(order.order_link_id, strategies)
+            if not named or await journal.call(journal.order, order.order_link_id) is not None:
+                continue
+            price = "" if order.venue_price is None else f" at {order.venue_price.normalize():f}"
+            qty = "" if order.venue_qty is None else f" {order.venue_qty.normalize():f}"
+            logger.bind(notify="venue_error").warning(
+                "key {key} has an open order the journal does not know: {id} ({side}{qty} "
+                "{symbol}{price}), an orderLinkId of strategy {strategy}, placed by a bot on "
+                "another journal (this one new, lost, or an older backup); the bot neither "
+                "follows it nor counts it in its exposure: cancel it at the venue, or stop and "
+                "restore the journal that placed it",
+                key=key_name,
+                id=order.order_link_id,
+                side=order.side.value if order.side is not None else "?",
+                qty=qty,
+                symbol=order.symbol or "?",
+                price=price,
+                strategy=" or ".join(named),
             )
 
     def _bind(self) -> socket.socket:

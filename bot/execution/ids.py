@@ -9,17 +9,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Final
 
 from bot import messages
 
-__all__ = ["MAX_LEG", "ORDER_LINK_ID_PATTERN", "order_link_id", "strategy_slug"]
+__all__ = [
+    "MAX_LEG",
+    "ORDER_LINK_ID_PATTERN",
+    "order_link_id",
+    "strategies_named_by",
+    "strategy_slug",
+]
 
 ORDER_LINK_ID_PATTERN: Final = re.compile(messages.ORDER_LINK_ID_PATTERN)
 MAX_LEG: Final = 99
 _SLUG_CHARS: Final = 8
 _DIGEST_CHARS: Final = 24  # 120 bits of SHA-256: collisions are not a practical concern
 _NOT_SLUG: Final = re.compile(r"[^A-Za-z0-9]")
+#: What follows a slug in an orderLinkId `order_link_id` makes: the leg and the digest.
+_LEG_AND_DIGEST: Final = re.compile(rf"-(?:0|[1-9][0-9]?)-[a-z2-7]{{{_DIGEST_CHARS}}}")
 
 
 def order_link_id(strategy: str, source: str, signal_id: str, leg: int) -> str:
@@ -40,3 +49,12 @@ def order_link_id(strategy: str, source: str, signal_id: str, leg: int) -> str:
 def strategy_slug(strategy: str) -> str:
     """The readable prefix of a strategy's orderLinkIds (several strategies may share one)."""
     return _NOT_SLUG.sub("", strategy)[:_SLUG_CHARS] or "s"
+
+
+def strategies_named_by(order_link_id: str, strategies: Iterable[str]) -> list[str]:
+    """Those of `strategies` whose orderLinkIds look like `order_link_id` (its slug, a leg
+    and a digest): an order one of them may have placed, under this or another journal."""
+    slug, dash, _ = order_link_id.partition("-")
+    if not dash or _LEG_AND_DIGEST.fullmatch(order_link_id, len(slug)) is None:
+        return []
+    return sorted(name for name in strategies if strategy_slug(name) == slug)

@@ -184,3 +184,31 @@ def test_a_hangup_during_start_up_does_not_end_the_bot(
     finally:
         process.kill()
         process.wait(10)
+
+
+def test_an_order_resting_for_a_lost_journal_is_warned_of_at_the_start(
+    simulator: tuple[Path, int, str], start_bot: StartBot
+) -> None:
+    """The journal gone (deleted with its WAL, its state_dir lost): the next start makes a
+    new one, which holds nothing of the order resting at the venue under the strategy's
+    orderLinkId. Not followed nor counted in its exposure, it must not pass without a word."""
+    config, port, sim_url = simulator
+    env = {"BOT_VENUE__SIM_URL": sim_url}
+    first = start_bot(config, port, env=env)
+    resting = ("--symbol", "BTCUSDT", "--side", "buy", "--entry", "96000", "--stop-loss", "94000")
+    sent = send(config, *resting, "--id", "resting")
+    assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+    (order,) = wait_for(lambda: _orders(sim_url), what="the resting order")
+    first.kill()
+    first.wait(10)
+    for journal_file in (config.parent / "var").glob("journal.sqlite3*"):
+        journal_file.unlink()
+
+    second = start_bot(config, port, env=env)
+    second.kill()
+    output = second.communicate(timeout=10)[0]
+
+    warnings = [line for line in output.splitlines() if "WARNING" in line]
+    assert any(
+        str(order["orderLinkId"]) in line and "journal does not know" in line for line in warnings
+    ), output

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.execution.ids import ORDER_LINK_ID_PATTERN, order_link_id
+from bot.execution.ids import ORDER_LINK_ID_PATTERN, order_link_id, strategies_named_by
 
 strategy_names = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
 sources = st.from_regex(r"[a-z0-9_]{1,32}", fullmatch=True)
@@ -40,3 +40,26 @@ def test_readable_prefix_names_strategy_and_leg() -> None:
 def test_leg_out_of_range_is_refused(leg: int) -> None:
     with pytest.raises(ValueError, match="leg"):
         order_link_id("follow", "voiceofchain", "abc", leg)
+
+
+@given(
+    strategy=st.sampled_from(["follow", "ladder", "fol-low", "a_very_long_strategy_name"]),
+    signal_id=st.text(min_size=1, max_size=64),
+    leg=st.integers(min_value=0, max_value=99),
+)
+def test_an_order_link_id_names_the_strategies_that_could_have_made_it(
+    strategy: str, signal_id: str, leg: int
+) -> None:
+    configured = ["follow", "ladder", "fol-low", "a_very_long_strategy_name", "other"]
+
+    named = strategies_named_by(order_link_id(strategy, "voiceofchain", signal_id, leg), configured)
+
+    assert strategy in named
+    assert "other" not in named
+
+
+@pytest.mark.parametrize(
+    "link_id", ["", "follow", "follow-0", "follow-0-short", "follow-100-" + "a" * 24, "manual-1"]
+)
+def test_an_order_link_id_of_another_shape_names_no_strategy(link_id: str) -> None:
+    assert strategies_named_by(link_id, ["follow", "manual"]) == []
