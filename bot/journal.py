@@ -71,6 +71,7 @@ __all__ = [
     "Journal",
     "JournalError",
     "JournalInUse",
+    "JournalLock",
     "OrderOwner",
     "OrderRecord",
     "TraceRow",
@@ -542,13 +543,28 @@ def journal_files(path: Path) -> tuple[Path, ...]:
     return (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
 
 
-def lock_journal(path: Path) -> TextIO:
-    """The journal at `path` for this process alone, as long as the returned file is open.
+class JournalLock:
+    """A journal's lock (`lock_journal`), held until `close`."""
+
+    def __init__(self, handle: TextIO, directory: int) -> None:
+        self._handle = handle
+        self._directory: int | None = directory
+
+    def close(self) -> None:
+        self._handle.close()
+        if self._directory is not None:
+            os.close(self._directory)
+            self._directory = None
+
+
+def lock_journal(path: Path) -> JournalLock:
+    """The journal at `path` for this process alone, until the returned lock is closed.
 
     Two bots on one journal would each take the other's signals and orders for its own. The
     lock is an flock of `<journal>.lock`, which the kernel drops with its process: a bot killed
     with kill -9 leaves no stale lock. The file names the holder (PID, then command line) for
-    the refusal; it is the flock, not the file, that locks."""
+    the refusal. The state directory is flocked too: a lock file removed while its bot runs
+    (taken for a stale one) would otherwise let a second bot lock a new file of that name."""
     lock_path = path.with_name(f"{path.name}.lock")
     _check_place(path)
     try:
@@ -557,11 +573,28 @@ def lock_journal(path: Path) -> TextIO:
     except OSError as exc:
         raise JournalError(f"cannot lock journal {path.absolute()}: {exc}") from None
     try:
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        handle.close()
+        raise JournalError(f"cannot lock journal {path.absolute()}: {exc}") from None
+    locked_file = False
+    try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked_file = True
+        fcntl.flock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         pid, _, command = handle.read().strip().partition("\n")
         handle.close()
+        os.close(directory)
+        if locked_file:  # its bot holds the directory, but the file is another one
+            raise JournalInUse(
+                f"journal {path.absolute()} is in use by another bot, whose lock file "
+                f"{lock_path.name} was removed (`fuser -v {shlex.quote(str(path))}` names it); "
+                "stop it first (`kill <PID>` finishes what is in flight and exits) or give "
+                "this one another state_dir",
+                "?",
+            ) from None
         raise JournalInUse(
             f"journal {path.absolute()} is in use by another bot: PID {pid or '?'} "
             f"({command or 'starting'}); stop it first (`kill {pid or '<PID>'}` finishes what is "
@@ -571,7 +604,7 @@ def lock_journal(path: Path) -> TextIO:
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n{shlex.join(sys.argv)}\n")
     handle.flush()
-    return handle
+    return JournalLock(handle, directory)
 
 
 #: A decision's outcome as the trace and the metrics name it; `{d}` is the table's prefix.

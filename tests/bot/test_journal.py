@@ -26,6 +26,7 @@ from bot.journal import (
     FillBooking,
     Journal,
     JournalError,
+    JournalInUse,
     lock_journal,
 )
 from bot.logs import REDACTED, logger, redact
@@ -1408,3 +1409,20 @@ def test_counts_do_not_wait_for_a_write_under_way(journal: Journal) -> None:
         writer.join()
 
     assert counted["signals"] == 1
+
+
+def test_a_lock_file_removed_while_its_bot_runs_does_not_let_a_second_bot_in(
+    tmp_path: Path,
+) -> None:
+    # Reproduced: the lock file taken for a stale one and removed (as a pidfile would be),
+    # a second bot run on the same journal locked a new file of that name, and both traded.
+    path = tmp_path / "journal.sqlite3"
+    held = lock_journal(path)
+    path.with_name(path.name + ".lock").unlink()
+
+    try:
+        with pytest.raises(JournalInUse, match=r"in use by another bot, whose lock file"):
+            lock_journal(path)
+    finally:
+        held.close()
+    lock_journal(path).close()  # free once its holder is gone
