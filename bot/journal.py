@@ -735,8 +735,16 @@ def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
     with what to do about it, only when SQLite says the file itself is damaged
     (SQLITE_CORRUPT); otherwise what failed (a read-only mount, a full disk, ...), for which
     restoring a backup would be the wrong advice."""
-    if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_CORRUPT:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_CORRUPT:
         return damage_message(path, str(exc))
+    if code == sqlite3.SQLITE_NOTADB:
+        return (
+            f"cannot {doing} journal {path}: {exc}: the file there is not an SQLite database "
+            "(another file at the journal's path, or one encrypted or overwritten); move it "
+            "away and restore the journal from a backup, or choose another state_dir "
+            "(--config or BOT_STATE_DIR)"
+        )
     if "locked" in str(exc):
         return (
             f"cannot {doing} journal {path}: {exc}: another program holds it (an sqlite3 "

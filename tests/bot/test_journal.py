@@ -234,12 +234,19 @@ def test_read_only_journal_refuses_writes(journal: Journal) -> None:
         reader.record_signal(signal())
 
 
-def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path, read_only: bool) -> None:
+    # It said only "file is not a database", with nothing to do about it.
     path = tmp_path / "junk.sqlite3"
     path.write_bytes(b"this is not sqlite" * 100)
 
-    with pytest.raises(JournalError, match="cannot open journal"):
-        Journal(path)
+    with pytest.raises(JournalError) as refused:
+        Journal(path, read_only=read_only)
+
+    assert str(refused.value).startswith(f"cannot open journal {path}: file is not a database")
+    assert "move it away and restore the journal from a backup" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert path.read_bytes() == b"this is not sqlite" * 100
 
 
 def test_an_unreadable_row_does_not_keep_the_others_from_recovery(journal: Journal) -> None:
