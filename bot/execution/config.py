@@ -29,7 +29,9 @@ class ExecutionConfig(BaseModel):
         ge=0,
         le=3600,
         description="an order that may have reached the venue is declared never sent (Rejected) "
-        "only if look-ups still miss it this long after its last send, whatever else says no",
+        "only if look-ups still miss it this long after its last send, whatever else says no; "
+        "one the venue acknowledged is journaled Cancelled (gone from the venue) once look-ups "
+        "have missed it, open and in its history, this long",
     )
     backoff_base_s: float = Field(
         0.1, gt=0, le=10, description="first wait after an ambiguous failure; doubles, jittered"

@@ -179,6 +179,8 @@ class Executor:
         self._cancelling: OrderedDict[str, None] = OrderedDict()
         # Orders the venue said it holds (110072) but has not shown: warned of once each.
         self._warned_unseen: OrderedDict[str, None] = OrderedDict()
+        # Orders the venue acknowledged that look-ups no longer find: loop time of the first.
+        self._missing_since: OrderedDict[str, float] = OrderedDict()
         self._warned_cancels: OrderedDict[str, None] = OrderedDict()
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
@@ -580,7 +582,14 @@ class Executor:
         if status.is_terminal:
             return _event_of(record)
         if status in OPEN_AT_VENUE:
-            return await self._look_up_safely(request) or _event_of(record)
+            try:
+                shown = await self._venue_row(self._venues[request.key_name], request)
+            except _LookupFailed:
+                return _event_of(record)  # nothing is known: never conclude from a failed look-up
+            if shown is None:
+                return await self._gone_from_venue(record)
+            self._missing_since.pop(request.order_link_id, None)
+            return await self._take(shown, request) or _event_of(record)
         stale = self._too_late(record)
         if status is OrderStatus.PENDING and not resend and stale is None:
             return _event_of(record)  # its lane is sending it, or the next start will
@@ -629,6 +638,49 @@ class Executor:
         else:
             reason = f"not found at the venue {unseen_s:.0f} s after its last send"
         return await self._reject(request, reason)
+
+    async def _gone_from_venue(self, record: OrderRecord) -> OrderEvent:
+        """An order the venue acknowledged that a look-up, which answered, did not find open
+        nor in its history. Bybit never forgets an order, but a venue can lose its state (a
+        simulator started again without it), or the key now opens another account: the
+        order rests on no book the bot trades on, yet the journal would hold it open for
+        ever, counted in the exposure and the open orders, holding back its strategy's next
+        entries, past any cancel (the venue answers 110001). Once look-ups have missed it for
+        `unseen_final_after_s`, it is journaled Cancelled, with what it filled, and said."""
+        request = record.request
+        now = asyncio.get_running_loop().time()
+        first = self._missing_since.get(request.order_link_id)
+        if first is None:
+            remember(self._missing_since, request.order_link_id, now, _LOOKS_KEPT)
+            return _event_of(record)
+        if now - first < self._config.unseen_final_after_s:
+            return _event_of(record)  # one more look, later: a venue slow to show it
+        self._missing_since.pop(request.order_link_id, None)
+        missed_s = now - first
+        reason = (
+            f"gone from the venue: acknowledged ({record.status.value}), then not found open "
+            f"nor in its order history for {missed_s:.0f} s (the venue lost it, or the key "
+            "now opens another account)"
+        )
+        logger.bind(notify="venue_error").warning(
+            "order {id} of {strategy} ({side} {symbol}) journaled Cancelled: {reason}; check "
+            "the account at the venue",
+            id=request.order_link_id,
+            strategy=request.strategy,
+            side=request.side.value,
+            symbol=request.symbol,
+            reason=reason,
+        )
+        return await self._record(
+            OrderEvent(
+                order_link_id=request.order_link_id,
+                status=OrderStatus.CANCELLED,
+                order_id=record.order_id,
+                filled_qty=record.filled_qty,
+                avg_price=record.avg_price,
+                reason=reason,
+            )
+        )
 
     async def _drive(
         self,
@@ -931,13 +983,31 @@ class Executor:
         tell another client's order only if no send of ours can have landed; else the order is
         taken as ours, amended, with a warning. (The venue looks in every symbol, so a foreign
         order in another symbol is found, and told apart by it.)"""
+        found = await self._venue_row(venue, request)
+        if found is None:
+            return None
+        return await self._take(found, request, order_id, sent_before=sent_before)
+
+    @staticmethod
+    async def _venue_row(venue: Venue, request: OrderRequest) -> OrderEvent | None:
+        """What the venue shows under the order's orderLinkId (None: nothing); raises
+        `_LookupFailed` if it could not be asked."""
         try:
-            found = await venue.get_order(request.order_link_id, request.symbol)
+            return await venue.get_order(request.order_link_id, request.symbol)
         except VenueError as exc:
             logger.warning("order look-up failed: {error}", id=request.order_link_id, error=exc)
             raise _LookupFailed from exc
-        if found is None:
-            return None
+
+    async def _take(
+        self,
+        found: OrderEvent,
+        request: OrderRequest,
+        order_id: str | None = None,
+        *,
+        sent_before: bool = True,
+    ) -> OrderEvent | None:
+        """`found`, the venue's row under the order's orderLinkId, journaled as the order's if
+        it is ours (see `_look_up`); None if it is another client's, passed over."""
         order_id = order_id or self._journal.venue_order_id(request.order_link_id)
         problem = not_ours(found, request, order_id)
         amended = unlike_request(found, request) if problem is None and order_id is None else None

@@ -392,6 +392,64 @@ def resting(executor: Executor, journal: Journal) -> OrderRequest:
     return record.request
 
 
+def test_an_order_a_venue_lost_is_journaled_cancelled_not_held_open_for_ever(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # Reproduced with `bot sim` started again while the bot ran: the resting order gone
+    # with the venue's state, every look-up missed it, and the journal held it New for ever,
+    # counted in the exposure and the open orders, past any cancel (110001).
+    journal = Journal(tmp_path / "j.sqlite3")
+    executor, venue = make_executor(exchange[1], journal)
+    request = resting(executor, journal)
+    journal.flush()  # its acknowledgement (New) written
+    venue.close()
+    fresh = SimExchange(SimulatorConfig(seed=8))  # the venue again, without its state
+    fresh.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
+    at_once = FAST.model_copy(update={"unseen_final_after_s": 0})
+    with SimServer(fresh) as server:
+        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
+        executor = Executor(journal, {"k": venue}, at_once)
+
+        async def two_passes() -> list[OrderStatus]:
+            statuses = []
+            for _ in range(2):
+                await executor.reconcile("k")
+                record = journal.order(request.order_link_id)
+                assert record is not None
+                statuses.append(record.status)
+            return statuses
+
+        statuses = asyncio.run(two_passes())
+        venue.close()
+
+    assert statuses == [OrderStatus.NEW, OrderStatus.CANCELLED]  # one miss is never enough
+    record = journal.order(request.order_link_id)
+    assert record is not None and "gone from the venue" in record.reason
+    assert journal.unfinished_orders() == []
+
+
+def test_an_order_the_venue_holds_is_never_journaled_gone(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite3")
+    credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+    venue = BybitVenue(credentials, Environment.SIM, sim_url=exchange[1], timeout_s=2)
+    executor = Executor(journal, {"k": venue}, FAST.model_copy(update={"unseen_final_after_s": 0}))
+    request = resting(executor, journal)
+    journal.flush()  # its acknowledgement (New) written
+
+    async def three_passes() -> None:
+        for _ in range(3):
+            await executor.reconcile("k")
+
+    asyncio.run(three_passes())
+
+    record = journal.order(request.order_link_id)
+    assert record is not None and record.status is OrderStatus.NEW
+    venue.close()
+
+
 def test_a_cancel_the_venue_carried_out_but_answered_unclearly_is_a_cancel(
     exchange: tuple[SimExchange, str], tmp_path: Path
 ) -> None:
