@@ -132,6 +132,16 @@ class SupervisedSocket(WebSocket):  # type: ignore[misc]  # pybit ships no type 
         super()._on_close()
         self._on_closed_callback()
 
+    def _send_custom_ping(self) -> None:
+        # pybit's, on a timer thread of its own, catches only a closed socket: one the venue
+        # closed under it (a broken pipe, a reset: after the process was stopped a while)
+        # raised out of that thread, an "uncaught" CRITICAL with its traceback for a drop
+        # the supervisor hears of and reconnects from anyway.
+        try:
+            super()._send_custom_ping()
+        except (OSError, websocket.WebSocketException) as exc:
+            logger.debug("{kind} ping not sent: {error}", kind=self.kind, error=repr(exc))
+
     def _on_error(self, error: Exception) -> None:
         # The venue's words (a refused auth says why); no secret is ever in them.
         logger.warning(
