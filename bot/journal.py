@@ -547,8 +547,10 @@ class JournalLock:
     """A journal's lock (`lock_journal`), held until `close`."""
 
     def __init__(self, handle: TextIO, directory: int) -> None:
+        """`directory`: the state directory's locked descriptor (-1: its file system locks
+        no directory; the file's lock alone)."""
         self._handle = handle
-        self._directory: int | None = directory
+        self._directory: int | None = directory if directory >= 0 else None
 
     def close(self) -> None:
         self._handle.close()
@@ -581,7 +583,13 @@ def lock_journal(path: Path) -> JournalLock:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         locked_file = True
-        fcntl.flock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(directory, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise
+        except OSError:  # a file system that locks no directory (NFS: EBADF): the file's lock
+            os.close(directory)
+            directory = -1
     except BlockingIOError:
         handle.seek(0)
         pid, _, command = handle.read().strip().partition("\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import signal as signals
@@ -1433,3 +1434,26 @@ def test_a_lock_file_removed_while_its_bot_runs_does_not_let_a_second_bot_in(
     finally:
         held.close()
     lock_journal(path).close()  # free once its holder is gone
+
+
+def test_a_state_dir_whose_file_system_locks_no_directory_keeps_the_files_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NFS answers an flock of a directory opened to read with EBADF: that must not stop
+    # every start with a traceback, and the lock file still keeps a second bot out.
+    real_flock = journal_module.fcntl.flock
+
+    def no_directory_locks(target: object, operation: int) -> None:
+        if isinstance(target, int):  # the directory's descriptor (the file is an object)
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_flock(target, operation)
+
+    monkeypatch.setattr(journal_module.fcntl, "flock", no_directory_locks)
+    path = tmp_path / "journal.sqlite3"
+
+    held = lock_journal(path)
+    try:
+        with pytest.raises(JournalInUse, match=r"in use by another bot: PID \d+"):
+            lock_journal(path)
+    finally:
+        held.close()
