@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import shutil
 import signal as signals
@@ -1441,14 +1442,14 @@ def test_a_state_dir_whose_file_system_locks_no_directory_keeps_the_files_lock(
 ) -> None:
     # NFS answers an flock of a directory opened to read with EBADF: that must not stop
     # every start with a traceback, and the lock file still keeps a second bot out.
-    real_flock = journal_module.fcntl.flock
+    real_flock = fcntl.flock
 
     def no_directory_locks(target: object, operation: int) -> None:
         if isinstance(target, int):  # the directory's descriptor (the file is an object)
             raise OSError(errno.EBADF, "Bad file descriptor")
         real_flock(target, operation)
 
-    monkeypatch.setattr(journal_module.fcntl, "flock", no_directory_locks)
+    monkeypatch.setattr(fcntl, "flock", no_directory_locks)
     path = tmp_path / "journal.sqlite3"
 
     held = lock_journal(path)
