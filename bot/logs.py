@@ -65,6 +65,8 @@ _CONSOLE_FORMAT: Final = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
     "<cyan>{name}</cyan> {message}"
 )
+#: A number written whole in a line, not the digits of a longer one (`{}`: the number).
+_WHOLE_NUMBER: Final = r"(?<![\d.]){}(?!\d)"
 # The JSON line's own fields, in order; a bound field of the same name is renamed.
 _JSON_FIELDS: Final = ("time", "level", "message", "exception")
 
@@ -192,13 +194,29 @@ def _repr(value: object) -> str:
 
 
 def _console_format(record: Record) -> str:
-    """The console line, with the record's bound context (`key=value`) after the message."""
+    """The console line, with the record's bound context (`key=value`) after the message,
+    but for what the message spells out itself."""
+    message = record["message"]
     context = "".join(
         f" {key}={{extra[{key}]}}"
         for key, value in record["extra"].items()
-        if str(value) not in record["message"]  # already spelled out by the message itself
+        if not _spelled_out(value, message)
     )
     return _CONSOLE_FORMAT + context + "\n{exception}"
+
+
+def _spelled_out(value: object, message: str) -> bool:
+    """Whether `message` shows `value`: as `str` writes it, or, for a float, rounded to a
+    few decimals (the message's `{delay:.2f}` shows 0.47 of 0.4674788...). A float shown
+    without a decimal point is not looked for: "3" could be any number of the line."""
+    if str(value) in message:
+        return True
+    if not isinstance(value, float):
+        return False
+    forms = {f"{value:g}", *(f"{value:.{n}f}" for n in range(1, 7))}
+    return any(
+        re.search(_WHOLE_NUMBER.format(re.escape(form)), message) for form in forms if "." in form
+    )
 
 
 class _InterceptHandler(logging.Handler):

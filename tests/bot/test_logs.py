@@ -81,6 +81,27 @@ def awkward_secret(request: pytest.FixtureRequest) -> str:
     return secret
 
 
+def test_a_console_line_adds_the_context_its_message_does_not_show(
+    capture: io.StringIO,
+) -> None:
+    logs.configure(stream=capture)
+
+    logger.bind(strategy="follow").warning(
+        "reconnecting in {delay:.2f} s (attempt {n}, {late:g} s late)",
+        delay=0.4674788,
+        n=3,
+        late=3.0,  # "3" could be any number of the line: not taken as shown
+        host="broker",
+        ratio=0.123456789,
+    )
+
+    line = capture.getvalue().splitlines()[0]
+    assert line.endswith(
+        "reconnecting in 0.47 s (attempt 3, 3 s late) strategy=follow late=3.0 host=broker "
+        "ratio=0.123456789"
+    ), line
+
+
 def test_secret_is_redacted_in_messages_and_context_in_json(capture: io.StringIO) -> None:
     secret = "s3cr3t-value-for-redaction-test"
     logs.redact(secret)
