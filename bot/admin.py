@@ -195,7 +195,7 @@ def parse_command(
     wrong (the HTTP routes and the MQTT control topic read commands alike). A command meant
     for a bot of another environment than `environment` is refused: a testnet `bot resume`
     sent to the mainnet bot's port (one admin secret for both) must not resume real money."""
-    expected = "expected {strategy, reason, cancel_open, flatten}"
+    expected = "expected {strategy, reason, cancel_open, flatten, environment}"
     try:
         document = load_json(body or b"{}")
     except ValueError as exc:

@@ -353,7 +353,7 @@ def test_a_flatten_waiting_behind_another_is_superseded_by_a_resume_meanwhile(
     ],
 )
 def test_a_bad_command_is_refused_naming_the_field_and_the_rule(body: bytes, problem: str) -> None:
-    expected = re.escape("expected {strategy, reason, cancel_open, flatten}: ")
+    expected = re.escape("expected {strategy, reason, cancel_open, flatten, environment}: ")
     with pytest.raises(ValueError, match=f"^{expected}.*{re.escape(problem)}"):
         parse_command(body, TradingState.HALTED, ["follow"])
 
