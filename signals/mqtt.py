@@ -709,12 +709,15 @@ class MqttControl:
 
     async def run(self) -> None:
         """Take commands until cancelled; reconnect with bounded backoff after a failure."""
+        # Read once, as the subscriber does: a CA file read at each reconnect, and missing
+        # then (replaced in two steps), raised out of this loop and took the bot down.
+        tls = await asyncio.to_thread(self._config.tls_context)
         failures = 0
         brief = 0  # connections in a row the broker ended before they held
         while True:
             self._connected_at = None
             try:
-                await self._connection()
+                await self._connection(tls)
             except (aiomqtt.MqttError, OSError) as exc:
                 # Counted afresh after a connection that held: a broker's restart is not its
                 # last failure's thirtieth (a halt would trail the signals published after
@@ -741,13 +744,13 @@ class MqttControl:
             _end_if_cancelled()
             await asyncio.sleep(_reconnect_delay_s(self._config, max(failures, 1)))
 
-    async def _connection(self) -> None:
+    async def _connection(self, tls: ssl.SSLContext | None) -> None:
         config = self._config
         client = _client(
             config,
             identifier=f"{config.client_id}-control",
             password=self._password,
-            tls=await asyncio.to_thread(config.tls_context),
+            tls=tls,
             clean_start=False,
             session_expiry_s=config.session_expiry_s,
             receive_maximum=10,

@@ -797,6 +797,41 @@ def test_a_tls_ca_file_that_cannot_serve_is_refused_with_the_config(
         MqttConfig(tls_ca_file=private_ca_certificate(tmp_path / "certificates")[0])
 
 
+def test_the_control_topic_reads_its_tls_ca_file_once_not_at_each_reconnect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CA file that could not be read at a reconnect (replaced in two steps, removed)
+    raised out of the control loop, and its TaskGroup took the whole bot down mid-trade."""
+    ca_file = private_ca_certificate(tmp_path / "certificates")[0]
+    with closing(socket.socket()) as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    attempts: list[int] = []
+
+    def delay(config: MqttConfig, failures: int) -> float:
+        attempts.append(failures)
+        if len(attempts) == 2:
+            raise asyncio.CancelledError  # a second attempt was made and failed as the first
+        ca_file.unlink()  # gone before the next attempt
+        return 0.0
+
+    monkeypatch.setattr(mqtt_module, "_reconnect_delay_s", delay)
+    config = MqttConfig(
+        enabled=True,
+        port=port,
+        control_topic="bot/control",
+        tls=True,
+        tls_ca_file=ca_file,
+        connect_timeout_s=5,
+    )
+    control = MqttControl(config, None, secret=SecretStr("s"))  # type: ignore[arg-type]
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(control.run())
+
+    assert attempts == [1, 2]
+
+
 @pytest.mark.parametrize("kind", ["subscriber", "control"])
 def test_a_cancel_the_connection_turns_into_an_mqtt_error_still_ends_run(
     kind: str, monkeypatch: pytest.MonkeyPatch
@@ -1143,7 +1178,7 @@ def test_the_control_topic_reconnects_at_once_after_a_connection_that_held(
             raise asyncio.CancelledError  # enough
         return 0.0
 
-    async def connected_then_lost(self: MqttControl) -> None:
+    async def connected_then_lost(self: MqttControl, tls: object) -> None:
         self.connected = True
         self._connected_at = time.monotonic() - config.reconnect_max_s  # it held
         raise aiomqtt.MqttError("the broker restarted")
@@ -1173,7 +1208,7 @@ def test_the_control_topic_backs_off_when_each_connection_is_ended_at_once(
             raise asyncio.CancelledError  # enough
         return 0.0
 
-    async def taken_over(self: MqttControl) -> None:
+    async def taken_over(self: MqttControl, tls: object) -> None:
         self.connected = True
         self._connected_at = time.monotonic()
         raise aiomqtt.MqttError("Disconnected during message iteration")
@@ -1204,7 +1239,7 @@ def test_the_control_topic_does_not_blame_a_second_bot_for_a_restarting_broker(
     def delay(config: MqttConfig, failures: int) -> float:
         return 0.0
 
-    async def restarting(self: MqttControl) -> None:
+    async def restarting(self: MqttControl, tls: object) -> None:
         attempt = next(attempts, None)
         if attempt is None:
             raise asyncio.CancelledError  # enough
