@@ -641,12 +641,15 @@ class Executor:
 
     async def _gone_from_venue(self, record: OrderRecord) -> OrderEvent:
         """An order the venue acknowledged that a look-up, which answered, did not find open
-        nor in its history. Bybit never forgets an order, but a venue can lose its state (a
-        simulator started again without it), or the key now opens another account: the
-        order rests on no book the bot trades on, yet the journal would hold it open for
-        ever, counted in the exposure and the open orders, holding back its strategy's next
-        entries, past any cancel (the venue answers 110001). Once look-ups have missed it for
-        `unseen_final_after_s`, it is journaled Cancelled, with what it filled, and said."""
+        nor in its history. A venue can lose its state (a simulator started again without
+        it), the key can now open another account, or the order ended (filled, cancelled)
+        longer ago than the venue's history answers without a time range (Bybit: 7 days),
+        while the bot was down: the order rests on no book the bot trades on, yet the
+        journal would hold it open for ever, counted in the exposure and the open orders,
+        holding back its strategy's next entries, past any cancel (the venue answers
+        110001). Once look-ups have missed it for `unseen_final_after_s`, it is journaled
+        Cancelled, with what the journal knows it filled (its fills reach the books by the
+        fill look-up, not by this row), and said."""
         request = record.request
         now = asyncio.get_running_loop().time()
         first = self._missing_since.get(request.order_link_id)
@@ -659,8 +662,8 @@ class Executor:
         missed_s = now - first
         reason = (
             f"gone from the venue: acknowledged ({record.status.value}), then not found open "
-            f"nor in its order history for {missed_s:.0f} s (the venue lost it, or the key "
-            "now opens another account)"
+            f"nor in its order history for {missed_s:.0f} s (the venue lost it, the key now "
+            "opens another account, or it ended before the history the venue keeps at hand)"
         )
         logger.bind(notify="venue_error").warning(
             "order {id} of {strategy} ({side} {symbol}) journaled Cancelled: {reason}; check "
