@@ -433,9 +433,7 @@ class Service:
         start-up, each order once."""
         journal = self.journal
         assert journal is not None
-        strategies = [
-            name for name, config in self.settings.strategies.items() if config.key == key_name
-        ]
+        strategies = strategies_by_key(self.settings)[key_name]
         try:
             orders = await venue.open_orders()
         except VenueError as exc:
