@@ -428,9 +428,11 @@ class Service:
     async def _warn_of_unknown_orders(self, key_name: str, venue: BybitVenue) -> None:
         """An order open at the venue under an orderLinkId of one of the key's strategies
         that the journal does not hold was placed by a bot on another journal (this one is
-        new, or lost, or an older backup): the bot neither follows it nor counts it in its
+        new, or lost, or an older backup; or another instance trading this key, which a
+        shared MQTT subscription allows): the bot neither follows it nor counts it in its
         exposure, and a new journal would otherwise start beside it without a word. Said at
-        start-up, each order once."""
+        start-up, each order once; never cancelled here, since another instance's order is
+        live."""
         journal = self.journal
         assert journal is not None
         strategies = strategies_by_key(self.settings)[key_name]
@@ -453,9 +455,10 @@ class Service:
             logger.bind(notify="venue_error").warning(
                 "key {key} has an open order the journal does not know: {id} ({side}{qty} "
                 "{symbol}{price}), an orderLinkId of strategy {strategy}, placed by a bot on "
-                "another journal (this one new, lost, or an older backup); the bot neither "
-                "follows it nor counts it in its exposure: cancel it at the venue, or stop and "
-                "restore the journal that placed it",
+                "another journal (this one new, lost, or an older backup; or another bot "
+                "instance trading this key); the bot neither follows it nor counts it in its "
+                "exposure: unless another instance placed it, cancel it at the venue, or stop "
+                "and restore the journal that placed it",
                 key=key_name,
                 id=order.order_link_id,
                 side=order.side.value if order.side is not None else "?",
