@@ -528,7 +528,7 @@ def load_settings(path: Path | None = None) -> BotSettings:
     try:
         settings = BotSettings(**_state_dir_beside(data, path))
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path, model=BotSettings)) from None
     _check_bindings(settings, path)
     settings._source = path
     return settings
@@ -562,23 +562,56 @@ def path_problem(value: str | Path) -> str | None:
     return None
 
 
-def _describe(exc: ValidationError, path: Path, section: Sequence[str] = ()) -> str:
+def _describe(
+    exc: ValidationError,
+    path: Path,
+    section: Sequence[str] = (),
+    model: type[BaseModel] | None = None,
+) -> str:
     """Every problem on one line of its own, naming the setting (under `section`, for one
-    validated apart by its own model), where it was set (the file or a BOT_ variable) and, for
-    a bad value, the value and what is allowed. Only a setting's value is shown: a secret is
-    never a setting (it is refused by name, unshown)."""
+    validated apart by its own `model`), where it was set (the file or a BOT_ variable) and, for
+    a bad value, the value and what is allowed; for an unknown key, the closest valid one. Only a
+    setting's value is shown: a secret is never a setting (it is refused by name, unshown)."""
     prefix = tuple(section)
     return "\n".join(
-        _problem({**error, "loc": (*prefix, *error["loc"])}, path)
+        _problem(
+            {**error, "loc": (*prefix, *error["loc"])},
+            path,
+            _fields_at(model, [str(part) for part in error["loc"][:-1]]) if model else [],
+        )
         for error in exc.errors(include_url=False)
     )
 
 
-def describe_section(exc: ValidationError, section: Sequence[str], path: Path | None) -> str:
-    """`_describe` for a section the settings keep as it was written, which its own model
-    validates (`("sim",)`, `("strategies", name, "params")`); `path`: the settings' file, if
-    they were read from one."""
-    return _describe(exc, _file_of(path), section)
+def describe_section(
+    exc: ValidationError,
+    section: Sequence[str],
+    path: Path | None,
+    model: type[BaseModel] | None = None,
+) -> str:
+    """`_describe` for a section the settings keep as it was written, which its own `model`
+    validates (`("sim",)`, `("strategies", name, "params")`; given, an unknown key is told its
+    closest valid name); `path`: the settings' file, if they were read from one."""
+    return _describe(exc, _file_of(path), section, model)
+
+
+def _fields_at(model: type[BaseModel], path: Sequence[str]) -> list[str]:
+    """The keys valid at `path` under `model` (["risk"] -> RiskConfig's fields), or none where
+    the path leads to no model (a table of anything, a list)."""
+    annotation: Any = model
+    for part in path:
+        inner = _model_in(annotation)
+        if inner is not None:
+            field = inner.model_fields.get(part)
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return []
+    inner = _model_in(annotation)
+    return list(inner.model_fields) if inner is not None else []
 
 
 def setting_origin(loc: Sequence[str], path: Path | None) -> str:
@@ -595,13 +628,16 @@ def _file_of(path: Path | None) -> Path:
     return path or Path(os.environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG_PATH)
 
 
-def _problem(error: ErrorDetails, path: Path) -> str:
+def _problem(error: ErrorDetails, path: Path, valid_keys: Sequence[str] = ()) -> str:
     loc = [str(part) for part in error["loc"]]
     key = ".".join(loc)
     if error["type"] == "extra_forbidden" and _SECRET_WORDS.search(loc[-1]):
         return f"{key}: {_secret_in_config(loc, path)}"
     where = setting_origin(loc, path)
     if error["type"] == "extra_forbidden":
+        close = get_close_matches(loc[-1], valid_keys, n=1)
+        if close:
+            return f"unknown key '{key}' {where}: did you mean '{close[0]}'? rename or remove it"
         return f"unknown key '{key}' {where}: remove it or check its spelling"
     if error["type"] == "missing":  # perhaps of a section a misspelt variable created
         setters = _variables_under(loc[:-1])  # the section's, not the missing key's

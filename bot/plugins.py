@@ -55,7 +55,9 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
     try:
         params = cls.Params(**config.params)
     except ValidationError as exc:
-        raise ConfigError(describe_section(exc, ("strategies", name, "params"), source)) from None
+        raise ConfigError(
+            describe_section(exc, ("strategies", name, "params"), source, cls.Params)
+        ) from None
     except _PLUGIN_ERRORS as exc:  # a validator of its own raised what pydantic does not wrap
         raise ConfigError(
             f"strategies.{name}.params{where}: {cls.__name__}.Params raised {_said(exc)}"

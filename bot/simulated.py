@@ -37,7 +37,9 @@ def simulator_config(settings: BotSettings) -> SimulatorConfig:
     try:
         return SimulatorConfig.model_validate(settings.sim)
     except ValidationError as exc:
-        raise ConfigError(describe_section(exc, ("sim",), settings.source)) from None
+        raise ConfigError(
+            describe_section(exc, ("sim",), settings.source, SimulatorConfig)
+        ) from None
 
 
 def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAccountSpec]:

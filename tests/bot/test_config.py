@@ -76,6 +76,43 @@ def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
     assert str(path) in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("enviroment = 'sim'\n", "unknown key 'enviroment' in {path}: did you mean 'environment'?"),
+        (
+            "[risk]\nmax_order_notional_usd = 5\n",
+            "unknown key 'risk.max_order_notional_usd' in {path}: did you mean "
+            "'max_order_notional_usdt'? rename or remove it",
+        ),
+        (
+            KEYED + "[strategies.follow.risk]\nmax_position_notional = 5\n",
+            "unknown key 'strategies.follow.risk.max_position_notional' in {path}: did you mean "
+            "'max_position_notional_usdt'?",
+        ),
+        ("[sim]\nstarting_balance = 5\n", "did you mean 'starting_balance_usdt'?"),
+    ],
+)
+def test_misspelt_key_is_told_the_closest_valid_one(tmp_path: Path, text: str, said: str) -> None:
+    """As a misspelt BOT_ variable is: 'check its spelling' alone left the user to find
+    max_order_notional_usdt in the comments of config/bot.toml."""
+    path = write(tmp_path, text)
+
+    with pytest.raises(ConfigError) as caught:
+        simulator_config(load_settings(path))
+
+    assert said.format(path=path) in str(caught.value)
+
+
+def test_unknown_key_like_no_valid_one_gets_no_guess(tmp_path: Path) -> None:
+    path = write(tmp_path, "[risk]\nzzz = 5\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+
+    assert str(caught.value) == f"unknown key 'risk.zzz' in {path}: remove it or check its spelling"
+
+
 def test_bad_value_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"http.port"):
         load_settings(write(tmp_path, "[http]\nport = 'eighty'\n"))

@@ -186,8 +186,8 @@ def test_an_entry_point_that_cannot_be_loaded_says_so(plugins: Plugins, site: Pa
         (
             "follow",
             {"risk_fracton": "0.01"},
-            "unknown key 'strategies.mine.params.risk_fracton' in {config}: remove it or check "
-            "its spelling",
+            "unknown key 'strategies.mine.params.risk_fracton' in {config}: did you mean "
+            "'risk_fraction'? rename or remove it",
         ),
         ("ladder", {"weights": [1, 0]}, "invalid strategies.mine.params.weights = [1, 0] in "),
         ("ladder", {"weights": [1, "lots"]}, "invalid strategies.mine.params.weights.1 = 'lots'"),
