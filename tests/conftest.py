@@ -25,6 +25,11 @@ from bot.venue.bybit import BybitVenue
 
 T = TypeVar("T")
 
+# As the bot does for its configuration's folder (appended: never shadowing the bot's own
+# modules), so that a strategy written beside config/bot.toml imports in its tests, as
+# docs/strategies.md has them in tests/ and `make test` collects them.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "config"))
+
 SIM_CONFIG = """
 environment = "sim"
 state_dir = "{state_dir}"
