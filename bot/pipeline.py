@@ -217,8 +217,8 @@ class Pipeline:
         if changed:
             remember(self._reused, (signal.source, signal.id), None, _REUSED_IDS_KEPT)
             logger.bind(notify="rejection").warning(
-                "signal id {signal_id} of {source} was used before for another signal (its "
-                "{fields} differ): the first is kept and this one is not traded; give each "
+                "signal id {signal_id} of {source} was used before for another signal (another "
+                "{fields}): the first is kept and this one is not traded; give each "
                 "signal its own id",
                 signal_id=signal.id,
                 source=signal.source,

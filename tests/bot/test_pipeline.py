@@ -322,4 +322,4 @@ def test_an_id_reused_for_another_signal_is_warned_of_and_a_resend_is_not(
 
     assert accepted == [True, False, False, False]
     reused = [line for line in warnings if "was used before for another signal" in line]
-    assert len(reused) == 1 and "its side, stop_loss differ" in reused[0]  # once, not per retry
+    assert len(reused) == 1 and "(another side, stop_loss)" in reused[0]  # once, not per retry
