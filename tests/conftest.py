@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import pytest
 import requests
@@ -87,6 +87,35 @@ def venue_with_key(
             expired_at=expired_at,
         )
     )
+    return exchange
+
+
+#: A second key and strategy beside follow_sim's, for the configurations `sim_config` writes.
+OTHER_KEY: Final = """
+[keys.other_sim]
+environment = "sim"
+
+[strategies.other]
+plugin = "follow"
+key = "other_sim"
+"""
+
+
+def two_keys_of_one_account(folder: Path) -> SimExchange:
+    """`venue_with_key`'s simulator with a second key of the same account, written where the
+    tests' bots look as the `other_sim` key's secrets."""
+    exchange = venue_with_key(folder, "first-key-of-one-account", "its-secret-1234")
+    exchange.add_account(
+        SimAccountSpec(
+            api_key="second-key-of-one-account",
+            api_secret=SecretStr("second-secret-1234"),
+            ips=["127.0.0.1"],
+            account_of="first-key-of-one-account",
+        )
+    )
+    secrets = folder / "no-secrets"
+    (secrets / "bot_key_other_sim_api_key").write_text("second-key-of-one-account")
+    (secrets / "bot_key_other_sim_api_secret").write_text("second-secret-1234")
     return exchange
 
 

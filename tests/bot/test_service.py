@@ -20,15 +20,20 @@ from typing import TypeVar
 import pytest
 import requests
 from pybit.unified_trading import HTTP
-from pydantic import SecretStr
 
 from bot.config import ConfigError, load_settings
 from bot.journal import Journal
 from bot.logs import scrub
 from bot.service import Service, check_mainnet_opt_in
-from bot.sim import SimAccountSpec, SimServer
+from bot.sim import SimServer
 from signals.voiceofchain import SIGNATURE_HEADER, sign
-from tests.conftest import client_orders, venue_with_key, wait_for
+from tests.conftest import (
+    OTHER_KEY,
+    client_orders,
+    two_keys_of_one_account,
+    venue_with_key,
+    wait_for,
+)
 
 T = TypeVar("T")
 
@@ -241,10 +246,7 @@ def test_two_configured_keys_holding_one_api_key_are_refused_at_start(
         copied = (secrets / f"bot_key_follow_sim_api_{kind}").read_text()
         (secrets / f"bot_key_other_sim_api_{kind}").write_text(copied)
     with SimServer(exchange) as server:
-        config = sim_config(
-            extra=f'\n[venue]\nsim_url = "{server.url}"\n[keys.other_sim]\nenvironment = "sim"\n'
-            '[strategies.other]\nplugin = "follow"\nkey = "other_sim"\n'
-        )
+        config = sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n{OTHER_KEY}')
         with pytest.raises(
             ConfigError,
             match="keys follow_sim and other_sim hold the same API key "
@@ -261,22 +263,9 @@ def test_two_configured_keys_of_one_account_are_refused_at_start(
     # the account's stream told each key the other's fills (strategy other's sell was booked
     # on key follow_sim), and other's sell closed follow's long at the venue while follow's
     # book still held it.
-    exchange = venue_with_key(tmp_path, "first-key-of-one-account", "its-secret-1234")
-    exchange.add_account(
-        SimAccountSpec(
-            api_key="second-key-of-one-account",
-            api_secret=SecretStr("second-secret-1234"),
-            ips=["127.0.0.1"],
-            account_of="first-key-of-one-account",
-        )
-    )
-    (tmp_path / "no-secrets" / "bot_key_other_sim_api_key").write_text("second-key-of-one-account")
-    (tmp_path / "no-secrets" / "bot_key_other_sim_api_secret").write_text("second-secret-1234")
+    exchange = two_keys_of_one_account(tmp_path)
     with SimServer(exchange) as server:
-        config = sim_config(
-            extra=f'\n[venue]\nsim_url = "{server.url}"\n[keys.other_sim]\nenvironment = "sim"\n'
-            '[strategies.other]\nplugin = "follow"\nkey = "other_sim"\n'
-        )
+        config = sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n{OTHER_KEY}')
         with pytest.raises(
             ConfigError,
             match=r"refusing to start: keys follow_sim and other_sim are keys of one account "

@@ -1194,13 +1194,34 @@ def test_the_control_topic_reconnects_at_once_after_a_connection_that_held(
     assert waits == [1] * 6  # as after a first failure, every time
 
 
+def control_warnings(
+    monkeypatch: pytest.MonkeyPatch,
+    client_id: str,
+    connection: Callable[..., Any],
+    delay: Callable[[MqttConfig, int], float],
+) -> list[str]:
+    """The WARNING lines of a control topic's `run()` whose connections are `connection`
+    and its backoff `delay`, until one of them raises CancelledError."""
+    monkeypatch.setattr(mqtt_module, "_reconnect_delay_s", delay)
+    monkeypatch.setattr(MqttControl, "_connection", connection)
+    config = MqttConfig(enabled=True, control_topic="bot/control", client_id=client_id)
+    control = MqttControl(config, None, secret=SecretStr("s"))  # type: ignore[arg-type]
+    logged: list[str] = []
+    handler = logger.add(logged.append, format="{message}", level="WARNING")
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(control.run())
+    finally:
+        logger.remove(handler)
+    return logged
+
+
 def test_the_control_topic_backs_off_when_each_connection_is_ended_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two bots under one client id took the control session from each other at every
     reconnect (`reconnect_min_s`), forever."""
     waits: list[int] = []
-    logged: list[str] = []
 
     def delay(config: MqttConfig, failures: int) -> float:
         waits.append(failures)
@@ -1213,16 +1234,7 @@ def test_the_control_topic_backs_off_when_each_connection_is_ended_at_once(
         self._connected_at = time.monotonic()
         raise aiomqtt.MqttError("Disconnected during message iteration")
 
-    monkeypatch.setattr(mqtt_module, "_reconnect_delay_s", delay)
-    monkeypatch.setattr(MqttControl, "_connection", taken_over)
-    config = MqttConfig(enabled=True, control_topic="bot/control", client_id="twin")
-    control = MqttControl(config, None, secret=SecretStr("s"))  # type: ignore[arg-type]
-    handler = logger.add(logged.append, format="{message}", level="WARNING")
-    try:
-        with pytest.raises(asyncio.CancelledError):
-            asyncio.run(control.run())
-    finally:
-        logger.remove(handler)
+    logged = control_warnings(monkeypatch, "twin", taken_over, delay)
 
     assert waits == [1, 2, 3, 4]
     assert "needs its own mqtt.client_id (twin)" in logged[-1]
@@ -1233,7 +1245,6 @@ def test_the_control_topic_does_not_blame_a_second_bot_for_a_restarting_broker(
 ) -> None:
     """A broker restarting again and again ends each connection soon after it was made, as a
     takeover does; but the attempts in between find no broker, which no takeover does."""
-    logged: list[str] = []
     attempts = iter(range(8))
 
     def delay(config: MqttConfig, failures: int) -> float:
@@ -1249,16 +1260,7 @@ def test_the_control_topic_does_not_blame_a_second_bot_for_a_restarting_broker(
         self._connected_at = time.monotonic()
         raise aiomqtt.MqttError("Disconnected during message iteration")
 
-    monkeypatch.setattr(mqtt_module, "_reconnect_delay_s", delay)
-    monkeypatch.setattr(MqttControl, "_connection", restarting)
-    config = MqttConfig(enabled=True, control_topic="bot/control", client_id="alone")
-    control = MqttControl(config, None, secret=SecretStr("s"))  # type: ignore[arg-type]
-    handler = logger.add(logged.append, format="{message}", level="WARNING")
-    try:
-        with pytest.raises(asyncio.CancelledError):
-            asyncio.run(control.run())
-    finally:
-        logger.remove(handler)
+    logged = control_warnings(monkeypatch, "alone", restarting, delay)
 
     assert sum("Connection refused" in line for line in logged) == 4, logged
     assert not any("client_id" in line for line in logged), logged

@@ -10,10 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from bot.sim import SimAccountSpec, SimServer
-from tests.conftest import venue_with_key
+from bot.sim import SimServer
+from tests.conftest import OTHER_KEY, two_keys_of_one_account
 
 PROFILES = """
 [keys.spare]
@@ -63,33 +61,13 @@ def test_a_clean_configuration_exits_0_with_a_table(sim_config: Callable[..., Pa
     assert "ok" in done.stdout
 
 
-OTHER_KEY = """
-[keys.other_sim]
-environment = "sim"
-
-[strategies.other]
-plugin = "follow"
-key = "other_sim"
-"""
-
-
 def test_two_keys_of_one_account_are_refused_as_bot_run_refuses_them(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     # Reproduced: both keys showed `ok` and exited 0, where `bot run` refuses to start with
     # them: a second key of follow_sim's account given to other_sim.
-    exchange = venue_with_key(tmp_path, "first-key-of-one-account", "its-secret-1234")
-    exchange.add_account(
-        SimAccountSpec(
-            api_key="second-key-of-one-account",
-            api_secret=SecretStr("second-secret-1234"),
-            ips=["127.0.0.1"],
-            account_of="first-key-of-one-account",
-        )
-    )
+    exchange = two_keys_of_one_account(tmp_path)
     secrets = tmp_path / "no-secrets"
-    (secrets / "bot_key_other_sim_api_key").write_text("second-key-of-one-account")
-    (secrets / "bot_key_other_sim_api_secret").write_text("second-secret-1234")
     with SimServer(exchange) as server:
         config = sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n{OTHER_KEY}')
         done = keys_check(config, "--json", "--secrets-dir", str(secrets))
