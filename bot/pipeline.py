@@ -485,7 +485,11 @@ class Pipeline:
         may_hear_rejections: bool,
     ) -> None:
         """Judge the intents, send the approved ones, and tell the strategy what was refused."""
-        prices: dict[str, Decimal] = {}
+        # The intents are judged at the symbol's price now, not at the context's: the price
+        # may have moved while the strategy thought (or, for on_order_rejected's answer,
+        # while the first orders were sent), and an order's notional is the venue's.
+        prices = await self._market.current_prices(slot.key_name, {context.symbol})
+        price = prices.get(context.symbol, context.last_price)  # none now: the latest known
         if not all(intent.reduce_only for intent in intents):  # exposure is counted
             # While prices are fetched another lane may add exposure in one more symbol.
             for _ in range(_PRICE_ROUNDS):
@@ -494,10 +498,7 @@ class Pipeline:
                 prices.update(found)
                 if not found:
                     break  # all there, or none to be had now: the gate refuses what is missing
-        verdicts = [
-            self.decide(intent, context.instrument, context.last_price, prices)
-            for intent in intents
-        ]
+        verdicts = [self.decide(intent, context.instrument, price, prices) for intent in intents]
         for verdict in verdicts:
             if not isinstance(verdict, ApprovedOrder):
                 logger.bind(notify="rejection").info(
