@@ -1,5 +1,6 @@
-"""The risk gate as a state machine: signals, fills, cancels, price moves, halts and restarts
-in any order, against a model of the books and of the orders in flight.
+"""The risk gate as a state machine: signals, fills, cancels, another client's amendments,
+price moves, halts and restarts in any order, against a model of the books and of the orders
+in flight.
 
 At every decision the machine works out, from its own model, which rules the intent breaks:
 the gate must approve exactly when there is none, and otherwise name one of them. Every
@@ -680,6 +681,26 @@ class GateMachine(RuleBasedStateMachine):
         self.gate.ledger.fill_booked(_booked(link_id, order, filled))
         order.left -= filled
         order.filled += abs(filled)
+
+    @rule(link_id=approved, lots=st.integers(1, 60))
+    def amend(self, link_id: str, lots: int) -> None:
+        """Another client of the key amends an opening order in flight to `lots` lots more
+        than has filled of it, up or down: from the venue's report on, its exposure counts
+        the quantity the venue holds, not the one approved."""
+        order = self.orders[link_id]
+        if order.reduce_only:
+            return  # the venue may trim one: it adds no exposure either way
+        unfilled = lots * INSTRUMENTS[order.symbol].qty_step
+        status = OrderStatus.PARTIALLY_FILLED if order.filled else OrderStatus.NEW
+        self.gate.ledger.follow(
+            OrderEvent(
+                order_link_id=link_id,
+                status=status,
+                filled_qty=order.filled,
+                venue_qty=order.filled + unfilled,
+            )
+        )
+        order.left = unfilled if order.left > 0 else -unfilled
 
     @rule(link_id=consumes(approved))
     def cancel(self, link_id: str) -> None:
