@@ -35,6 +35,7 @@ __all__ = [
     "SecretResolver",
     "UnusableSecretError",
     "api_key_names",
+    "first_two_sharing",
     "same_api_key",
     "split_secrets",
     "webhook_secret_name",
@@ -116,17 +117,27 @@ def same_api_key(credentials: Iterable[ApiCredentials]) -> str | None:
     """Why these credentials cannot all be in service together, or None: two configured
     keys holding one API key would be one key shared under two names, implicitly (each
     name's strategies trading one account, past each name's rate limiter and books)."""
+    shared = first_two_sharing((pair.name, pair.api_key.get_secret_value()) for pair in credentials)
+    if shared is None:
+        return None
+    first, second, _ = shared
+    return (
+        f"keys {first} and {second} hold the same API key ({api_key_names(first)[0]} "
+        f"and {api_key_names(second)[0]}): a key is never shared implicitly; give "
+        f"each its own key, or name one key in both strategies with "
+        f"keys.<name>.shared = true"
+    )
+
+
+def first_two_sharing(named_values: Iterable[tuple[str, str]]) -> tuple[str, str, str] | None:
+    """The first two names (sorted) of `named_values` given one value, and that value; None
+    if each value has one name (a name given twice with one value is one holder)."""
     holder: dict[str, str] = {}
-    for pair in credentials:
-        other = holder.setdefault(pair.api_key.get_secret_value(), pair.name)
-        if other != pair.name:
-            first, second = sorted((other, pair.name))
-            return (
-                f"keys {first} and {second} hold the same API key ({api_key_names(first)[0]} "
-                f"and {api_key_names(second)[0]}): a key is never shared implicitly; give "
-                f"each its own key, or name one key in both strategies with "
-                f"keys.<name>.shared = true"
-            )
+    for name, value in named_values:
+        other = holder.setdefault(value, name)
+        if other != name:
+            first, second = sorted((other, name))
+            return first, second, value
     return None
 
 

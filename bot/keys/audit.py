@@ -24,6 +24,7 @@ from typing import Final, Protocol
 
 from bot.config import BotSettings, Environment
 from bot.messages import utc_now
+from bot.secrets import first_two_sharing
 from bot.venue.errors import KeyFatalError, VenueError
 from bot.venue.shapes import KeyInfo
 
@@ -133,20 +134,19 @@ def one_account(audits: Iterable[KeyAudit]) -> str | None:
     stream reports every order and fill of the account to each of its keys, so each key's
     books would take the other's trades, and in one-way mode the strategies' positions net
     at the venue while the books hold both."""
-    holder: dict[str, str] = {}
-    for audit in audits:
-        account = audit.info.user_id if audit.info is not None else ""
-        if not account:
-            continue
-        other = holder.setdefault(account, audit.key)
-        if other != audit.key:
-            first, second = sorted((other, audit.key))
-            return (
-                f"keys {first} and {second} are keys of one account (UID {account}): a key is "
-                "never shared implicitly; give each a key of its own account (a sub-account), "
-                "or name one key in both strategies with keys.<name>.shared = true"
-            )
-    return None
+    shared = first_two_sharing(
+        (audit.key, audit.info.user_id)
+        for audit in audits
+        if audit.info is not None and audit.info.user_id
+    )
+    if shared is None:
+        return None
+    first, second, account = shared
+    return (
+        f"keys {first} and {second} are keys of one account (UID {account}): a key is "
+        "never shared implicitly; give each a key of its own account (a sub-account), "
+        "or name one key in both strategies with keys.<name>.shared = true"
+    )
 
 
 def strategies_by_key(settings: BotSettings) -> dict[str, tuple[str, ...]]:
