@@ -598,19 +598,7 @@ def describe_section(
 def _fields_at(model: type[BaseModel], path: Sequence[str]) -> list[str]:
     """The keys valid at `path` under `model` (["risk"] -> RiskConfig's fields), or none where
     the path leads to no model (a table of anything, a list)."""
-    annotation: Any = model
-    for part in path:
-        inner = _model_in(annotation)
-        if inner is not None:
-            field = inner.model_fields.get(part)
-            if field is None:
-                return []
-            annotation = field.annotation
-        elif get_origin(annotation) is dict:
-            annotation = get_args(annotation)[1]
-        else:
-            return []
-    inner = _model_in(annotation)
+    inner = _model_in(_annotation_at(model, path))
     return list(inner.model_fields) if inner is not None else []
 
 
@@ -713,16 +701,26 @@ def _names_a_setting(annotation: Any, path: Sequence[str]) -> bool:
     """Whether `path` leads to a setting (or a section) under `annotation`; in a table of
     sections (strategies, keys, sources) any name leads on, and `dict[str, Any]` (`sim`,
     `params`) takes anything: the simulator and the strategy validate those."""
-    if not path:
-        return True
-    model = _model_in(annotation)
-    if model is not None:
-        field = model.model_fields.get(path[0])
-        return field is not None and _names_a_setting(field.annotation, path[1:])
-    if get_origin(annotation) is dict:
-        value = get_args(annotation)[1]
-        return value is Any or _names_a_setting(value, path[1:])
-    return False
+    return _annotation_at(annotation, path) is not None
+
+
+def _annotation_at(annotation: Any, path: Sequence[str]) -> Any:
+    """What `path` leads to under `annotation`: a field's annotation, a table's entry's, `Any`
+    once a table takes anything (`dict[str, Any]`); None where it leads nowhere."""
+    for part in path:
+        if annotation is Any:
+            return Any
+        model = _model_in(annotation)
+        if model is not None:
+            field = model.model_fields.get(part)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return annotation
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
