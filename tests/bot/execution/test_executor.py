@@ -59,10 +59,12 @@ def no_faults(exchange: tuple[SimExchange, str]) -> None:
     exchange[0].set_faults(SimFaults())
 
 
-def make_executor(url: str, journal: Journal, api_key: str = KEY) -> tuple[Executor, BybitVenue]:
+def make_executor(
+    url: str, journal: Journal, api_key: str = KEY, config: ExecutionConfig = FAST
+) -> tuple[Executor, BybitVenue]:
     credentials = ApiCredentials("k", SecretStr(api_key), SecretStr(SECRET))
     venue = BybitVenue(credentials, Environment.SIM, sim_url=url, timeout_s=2)
-    return Executor(journal, {"k": venue}, FAST), venue
+    return Executor(journal, {"k": venue}, config), venue
 
 
 def intent(qty: str = "0.001", signal_id: str | None = None) -> OrderIntent:
@@ -407,9 +409,7 @@ def test_an_order_a_venue_lost_is_journaled_cancelled_not_held_open_for_ever(
     fresh.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
     at_once = FAST.model_copy(update={"unseen_final_after_s": 0})
     with SimServer(fresh) as server:
-        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
-        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
-        executor = Executor(journal, {"k": venue}, at_once)
+        executor, venue = make_executor(server.url, journal, config=at_once)
 
         async def two_passes() -> list[OrderStatus]:
             statuses = []
@@ -433,9 +433,8 @@ def test_an_order_the_venue_holds_is_never_journaled_gone(
     exchange: tuple[SimExchange, str], tmp_path: Path
 ) -> None:
     journal = Journal(tmp_path / "j.sqlite3")
-    credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
-    venue = BybitVenue(credentials, Environment.SIM, sim_url=exchange[1], timeout_s=2)
-    executor = Executor(journal, {"k": venue}, FAST.model_copy(update={"unseen_final_after_s": 0}))
+    at_once = FAST.model_copy(update={"unseen_final_after_s": 0})
+    executor, venue = make_executor(exchange[1], journal, config=at_once)
     request = resting(executor, journal)
     journal.flush()  # its acknowledgement (New) written
 
