@@ -5,17 +5,23 @@ Positions come from the account projection (each strategy's own book). Every app
 is reserved here from its approval until it is terminal (a fill then shows in the book), and
 counted in the worst case: buys and sells in flight may each fill without the other. A
 reduce-only order cannot add exposure: it counts as an open order, never as exposure.
+
+A side's worst case is valued at the highest of the market price and the limits of that
+side's orders in flight, as the gate values the order it decides (the worse of its limit and
+the market): a sell limit above the market fills only once the market has reached it, so
+the short it may leave is worth at least its limit then, not the price of today.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
 from bot.logs import logger
-from bot.messages import Execution, OrderEvent, Side
+from bot.messages import Execution, OrderEvent, OrderType, Side
 
 if TYPE_CHECKING:  # the journal imports the risk package: no import cycle at run time
     from bot.journal import OrderRecord
@@ -38,6 +44,8 @@ class Reservation:
     booked: Decimal = ZERO
     #: Once the order is terminal, how much of it filled: only that can still reach the book.
     final_qty: Decimal | None = None
+    #: A limit order's price (the venue's once it says another); None for a market order.
+    limit: Decimal | None = None
 
     @property
     def qty(self) -> Decimal:
@@ -76,6 +84,9 @@ class ExposureLedger:
         # (strategy, symbol) -> (buys in flight, sells in flight): kept up to date, so a
         # decision costs no scan of every order in flight.
         self._sides: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+        # (strategy, symbol, buying) -> the limits of that side's orders counted, each with
+        # how many orders have it: the price its worst case is valued at no less than.
+        self._limits: dict[tuple[str, str, bool], Counter[Decimal]] = {}
         self._open: dict[str, int] = {}  # strategy -> orders in flight
 
     def reserve(self, order_link_id: str, reservation: Reservation) -> None:
@@ -104,46 +115,72 @@ class ExposureLedger:
         what filled and its book does not hold yet: the venue reports an order Filled
         before its fills reach the book, and until they do they count here. Resized when
         the venue holds another quantity than the one approved (another client amended
-        it: said as a warning). A reduce-only order, which the venue may trim, adds no
-        exposure either way."""
+        it: said as a warning), and valued at the limit price the venue holds. A reduce-only
+        order, which the venue may trim, adds no exposure either way."""
         reservation = self._in_flight.get(event.order_link_id)
         if reservation is None:
             return
         if event.status.is_terminal:
             self.reserve(event.order_link_id, replace(reservation, final_qty=event.filled_qty))
             return
-        venue_qty = event.venue_qty
-        if venue_qty is None or reservation.reduce_only or reservation.settled:
-            return
-        if venue_qty == reservation.qty:
+        if reservation.reduce_only or reservation.settled:
+            return  # a reduce-only order, which the venue may trim, adds no exposure
+        limit = reservation.limit
+        if limit is not None and event.venue_price is not None:
+            limit = event.venue_price  # moved by another client, or into the price band
+        venue_qty = reservation.qty if event.venue_qty is None else event.venue_qty
+        if venue_qty != reservation.qty:
+            logger.bind(notify="foreign").warning(
+                "order {order_link_id} of strategy {strategy}: the venue holds {venue_qty} "
+                "{symbol}, not the {counted} the risk gate counted (amended by another "
+                "client); its exposure counts the venue's quantity from now on",
+                order_link_id=event.order_link_id,
+                strategy=reservation.strategy,
+                venue_qty=venue_qty,
+                symbol=reservation.symbol,
+                counted=reservation.qty,
+            )
+        elif limit == reservation.limit:
             return  # as counted
-        logger.bind(notify="foreign").warning(
-            "order {order_link_id} of strategy {strategy}: the venue holds {venue_qty} "
-            "{symbol}, not the {counted} the risk gate counted (amended by another client); "
-            "its exposure counts the venue's quantity from now on",
-            order_link_id=event.order_link_id,
-            strategy=reservation.strategy,
-            venue_qty=venue_qty,
-            symbol=reservation.symbol,
-            counted=reservation.qty,
-        )
         sign = 1 if reservation.signed_qty > 0 else -1
-        self.reserve(event.order_link_id, replace(reservation, signed_qty=sign * venue_qty))
+        self.reserve(
+            event.order_link_id,
+            replace(reservation, signed_qty=sign * venue_qty, limit=limit),
+        )
 
     def open_orders(self, strategy: str) -> int:
         """How many of the strategy's approved orders are not terminal yet."""
         return self._open.get(strategy, 0)
 
-    def worst_position(self, strategy: str, symbol: str, extra: Decimal = ZERO) -> Decimal:
+    def worst_position(self, strategy: str, symbol: str) -> Decimal:
         """The largest absolute position the strategy could reach in `symbol` if every order
-        in flight on one side (and `extra`, signed) filled."""
+        in flight on one side filled."""
         position = self._position_of(strategy, symbol)
         buys, sells = self._sides.get((strategy, symbol), (ZERO, ZERO))
-        if extra > 0:
-            buys += extra
-        else:
-            sells += extra
         return max(abs(position + buys), abs(position + sells))
+
+    def worst_notional(
+        self, strategy: str, symbol: str, price: Decimal, adding: Reservation | None = None
+    ) -> Decimal:
+        """The largest notional the strategy's position in `symbol` could reach if every
+        order in flight on one side (and `adding`, if of this symbol) filled: each side's
+        position valued at the highest of `price` (the market's) and that side's limits."""
+        position = self._position_of(strategy, symbol)
+        buys, sells = self._sides.get((strategy, symbol), (ZERO, ZERO))
+        buy_price = self._valued_at(strategy, symbol, True, price)
+        sell_price = self._valued_at(strategy, symbol, False, price)
+        extra = adding.counted if adding is not None and adding.symbol == symbol else ZERO
+        if extra:
+            limit = price if adding is None or adding.limit is None else max(adding.limit, price)
+            if extra > 0:
+                buys, buy_price = buys + extra, max(buy_price, limit)
+            else:
+                sells, sell_price = sells + extra, max(sell_price, limit)
+        return max(abs(position + buys) * buy_price, abs(position + sells) * sell_price)
+
+    def _valued_at(self, strategy: str, symbol: str, buying: bool, price: Decimal) -> Decimal:
+        limits = self._limits.get((strategy, symbol, buying))
+        return max(price, *limits) if limits else price
 
     def exposure_symbols(self, strategy: str) -> set[str]:
         """The symbols where the strategy holds a position or has orders in flight that may
@@ -169,24 +206,31 @@ class ExposureLedger:
         else:
             sells += sign * counted
         self._sides[index] = (buys, sells)
+        if reservation.limit is not None:
+            limits = self._limits.setdefault((*index, counted > 0), Counter())
+            limits[reservation.limit] += sign
+            if not limits[reservation.limit]:
+                del limits[reservation.limit]
 
     def strategy_exposure(
         self,
         strategy: str,
         prices: Mapping[str, Decimal],
-        adding: tuple[str, Decimal] | None = None,
+        adding: Reservation | None = None,
     ) -> Decimal:
         """The strategy's worst-case notional at `prices` over every symbol where it has
-        exposure, with `adding` (symbol, signed qty) counted as one more order in flight. A
-        symbol `prices` has no price of is left out: `unpriced` says which."""
+        exposure, with `adding` counted as one more order in flight. A symbol `prices` has no
+        price of is left out: `unpriced` says which."""
         symbols = self.exposure_symbols(strategy)
         if adding is not None:
-            symbols.add(adding[0])
-        total = ZERO
-        for symbol in symbols & prices.keys():
-            extra = adding[1] if adding is not None and adding[0] == symbol else ZERO
-            total += self.worst_position(strategy, symbol, extra) * prices[symbol]
-        return total
+            symbols.add(adding.symbol)
+        return sum(
+            (
+                self.worst_notional(strategy, symbol, prices[symbol], adding)
+                for symbol in symbols & prices.keys()
+            ),
+            ZERO,
+        )
 
     def unpriced(self, strategy: str, prices: Mapping[str, Decimal]) -> list[str]:
         """The symbols of the strategy's exposure that `prices` has no price of."""
@@ -215,5 +259,6 @@ def reserve_unfinished(
                 record.venue_qty if request.side is Side.BUY else -record.venue_qty,
                 request.reduce_only,
                 booked=booked.get(link_id, ZERO),
+                limit=request.price if request.order_type is OrderType.LIMIT else None,
             ),
         )

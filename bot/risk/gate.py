@@ -33,7 +33,9 @@ strategy's own `[strategies.<name>.risk]`:
   MAX_TOTAL_EXPOSURE       every strategy's worst case together exceeds `max_total_exposure_usdt`
 
 The true price of an order is the worse (higher) of its limit price and the venue's current
-price: a strategy-supplied price is never trusted for a limit. Reduce-only intents pass the
+price: a strategy-supplied price is never trusted for a limit. So is every order in flight
+valued: each side of a symbol's worst case at the highest of the market and that side's
+limits (`ExposureLedger.worst_notional`). Reduce-only intents pass the
 size, count and exposure rules: closing must always be possible. A signal's leverage is not a
 rejection: the approval carries it capped at `max_leverage`.
 
@@ -191,10 +193,7 @@ class RiskGate:
             rule, reason = rejection
             return RiskDecision(intent=intent, approved=False, rule=rule, reason=reason)
         link_id = order_link_id(intent.strategy, intent.signal_source, intent.signal_id, intent.leg)
-        signed = intent.qty if intent.side is Side.BUY else -intent.qty
-        self._ledger.reserve(
-            link_id, Reservation(intent.strategy, intent.symbol, signed, intent.reduce_only)
-        )
+        self._ledger.reserve(link_id, _reservation(intent))
         self.counts.count(intent.strategy, now)
         reason = "within all limits"
         leverage = _leverage(intent.leverage, config.max_leverage)
@@ -365,9 +364,8 @@ class RiskGate:
                 f"notional {notional:.2f} USDT (at {true_price}) exceeds "
                 f"max_order_notional_usdt = {config.max_order_notional_usdt}",
             )
-        signed = intent.qty if intent.side is Side.BUY else -intent.qty
-        ledger, strategy = self._ledger, intent.strategy
-        position = ledger.worst_position(strategy, intent.symbol, signed) * true_price
+        ledger, strategy, adding = self._ledger, intent.strategy, _reservation(intent)
+        position = ledger.worst_notional(strategy, intent.symbol, price, adding)
         if position > config.max_position_notional_usdt:
             return (
                 "MAX_POSITION_NOTIONAL",
@@ -385,7 +383,7 @@ class RiskGate:
                 f"no current price of {', '.join(unpriced)}, where exposure is held: the "
                 "exposure limits cannot be checked; the next signal tries again",
             )
-        mine = ledger.strategy_exposure(strategy, prices, (intent.symbol, signed))
+        mine = ledger.strategy_exposure(strategy, prices, adding)
         if mine > config.max_strategy_exposure_usdt:
             return (
                 "MAX_STRATEGY_EXPOSURE",
@@ -400,6 +398,14 @@ class RiskGate:
                 f"(max_total_exposure_usdt = {self._config.max_total_exposure_usdt})",
             )
         return None
+
+
+def _reservation(intent: OrderIntent) -> Reservation:
+    """What `intent` holds in the exposure ledger once approved."""
+    signed = intent.qty if intent.side is Side.BUY else -intent.qty
+    return Reservation(
+        intent.strategy, intent.symbol, signed, intent.reduce_only, limit=intent.price
+    )
 
 
 def stop_move_problem(move: StopMove, position_qty: Decimal, price: Decimal) -> Rejection:

@@ -121,3 +121,44 @@ def test_after_a_restart_an_order_counts_less_what_the_books_hold_of_it(tmp_path
     ledger.fill_booked(_fill("0.006"))
     assert ledger.worst_position("follow", "BTCUSDT") == Decimal("0.004")  # as the stub's book
     journal.close()
+
+
+def test_a_sell_limit_in_flight_is_valued_at_its_limit_until_it_is_done() -> None:
+    ledger = ExposureLedger(lambda strategy, symbol: Decimal("0.01"))  # a long of 0.01
+    market = Decimal(50000)
+    ledger.reserve(LINK, Reservation("follow", "BTCUSDT", Decimal("-0.03"), limit=Decimal(54000)))
+
+    # If the sell fills, the market was at 54,000 at least: a short of 0.02 worth 1,080.
+    assert ledger.worst_notional("follow", "BTCUSDT", market) == Decimal(1080)
+    adding = Reservation("follow", "BTCUSDT", Decimal("-0.01"), limit=Decimal(55000))
+    assert ledger.strategy_exposure("follow", {"BTCUSDT": market}, adding) == Decimal(1650)
+    buying = Reservation("follow", "BTCUSDT", Decimal("0.02"))  # the long's side, at market
+    assert ledger.worst_notional("follow", "BTCUSDT", market, buying) == Decimal(1500)
+
+    ledger.follow(_report(OrderStatus.CANCELLED, "0.03"))  # nothing filled
+
+    assert ledger.worst_notional("follow", "BTCUSDT", market) == Decimal(500)  # the long's
+
+
+def test_a_limit_the_venue_moved_is_valued_at_the_venues_price(warnings: list[str]) -> None:
+    ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
+    ledger.reserve(LINK, Reservation("follow", "BTCUSDT", Decimal("-0.01"), limit=Decimal(51000)))
+    moved = _report(OrderStatus.NEW, "0.02").model_copy(update={"venue_price": Decimal(60000)})
+
+    ledger.follow(moved)  # another client amended its quantity and its price
+
+    assert ledger.worst_notional("follow", "BTCUSDT", Decimal(50000)) == Decimal(1200)
+    assert len(warnings) == 1
+
+
+def test_after_a_restart_a_limit_order_is_valued_at_its_limit(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.record_order(
+        make_request(order_link_id=LINK, side="Sell", order_type="Limit", price=Decimal(52000))
+    )
+    ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
+
+    reserve_unfinished(ledger, journal.unfinished_orders(), {})
+
+    assert ledger.worst_notional("follow", "BTCUSDT", Decimal(50000)) == Decimal(520)
+    journal.close()

@@ -154,6 +154,22 @@ def test_orders_in_flight_count_so_two_quick_signals_cannot_both_pass() -> None:
     assert decide(gate, intent(qty=Decimal("0.001"))).approved
 
 
+def test_resting_sells_above_the_market_count_at_their_limits() -> None:
+    # Reproduced: two sell limits 9 % above the market were counted at the market, so a
+    # third sell passed that made a 2,016 USDT short on a 2,000 limit once the market rose
+    # to fill them (as it must, for them to fill).
+    gate = new_gate()
+    for _ in range(2):  # 0.018 x 54,500 = 981 USDT each
+        resting = intent(side=Side.SELL, qty=Decimal("0.018"), limit=Decimal(54500))
+        assert decide(gate, resting).approved
+
+    third = decide(gate, intent(side=Side.SELL, qty=Decimal("0.001")))  # 50 USDT at market
+
+    assert third.rule == "MAX_POSITION_NOTIONAL"
+    assert "could reach 2016.50 USDT" in third.reason
+    assert decide(gate, intent(qty=Decimal("0.02"))).approved  # buys: at the market
+
+
 def test_stacked_positions_hit_the_strategy_and_total_exposure() -> None:
     # Reproduced: thirteen sells stacked a 6,300 USDT short on a 1,000 order cap.
     positions = {
@@ -216,7 +232,7 @@ def test_no_sequence_of_approvals_breaches_a_limit_counting_orders_in_flight(
 ) -> None:
     gate = new_gate(strategies={"follow": StrategyRiskConfig(), "other": StrategyRiskConfig()})
     prices = {"BTCUSDT": Decimal(50000), "ETHUSDT": Decimal(3000)}
-    in_flight: dict[tuple[str, str], list[Decimal]] = {}
+    in_flight: dict[tuple[str, str, bool], list[tuple[Decimal, Decimal]]] = {}
     for strategy, symbol, side, qty, limit, use_limit in orders:
         item = intent(
             strategy=strategy,
@@ -230,11 +246,13 @@ def test_no_sequence_of_approvals_breaches_a_limit_counting_orders_in_flight(
             continue
         true_price = max(limit if use_limit else prices[symbol], prices[symbol])
         assert qty * true_price <= CONFIG.max_order_notional_usdt
-        in_flight.setdefault((strategy, symbol), []).append(qty if side is Side.BUY else -qty)
-    # Whatever subset of the approved orders fills, no limit is breached.
-    for (_, symbol), sizes in in_flight.items():
-        worst = max(sum(s for s in sizes if s > 0), -sum(s for s in sizes if s < 0))
-        assert worst * prices[symbol] <= CONFIG.max_position_notional_usdt
+        side_key = (strategy, symbol, side is Side.BUY)
+        in_flight.setdefault(side_key, []).append((qty, true_price))
+    # Whatever subset of the approved orders fills, no limit is breached, even at the
+    # highest price one of them may fill at (a sell limit fills once the market reaches it).
+    for sizes in in_flight.values():
+        worst = sum(qty for qty, _ in sizes) * max(price for _, price in sizes)
+        assert worst <= CONFIG.max_position_notional_usdt
 
 
 def signal_at(symbol: str, age_s: float) -> Signal:

@@ -216,6 +216,13 @@ class Order:
     left: Decimal
     reduce_only: bool
     filled: Decimal = ZERO  # how much of it filled, the books hold
+    limit: Decimal | None = None  # a limit order's price, as the venue holds it
+
+
+def _order(intent: OrderIntent) -> Order:
+    """The order an approval of `intent` puts in flight."""
+    signed = intent.qty if intent.side is Side.BUY else -intent.qty
+    return Order(intent.strategy, intent.symbol, signed, intent.reduce_only, limit=intent.price)
 
 
 def _terminal(link_id: str, status: OrderStatus, filled: Decimal) -> OrderEvent:
@@ -298,31 +305,46 @@ class GateMachine(RuleBasedStateMachine):
         """The strategy's orders not yet terminal, reduce-only ones included."""
         return sum(order.strategy == strategy for order in self.orders.values())
 
-    def worst(self, strategy: str, symbol: str, extra: Decimal = ZERO) -> Decimal:
+    def worst(self, strategy: str, symbol: str) -> Decimal:
         """The largest |position| the strategy could reach in `symbol` if every opening order
-        of it in flight on one side (and `extra`, signed) filled in full."""
+        of it in flight on one side filled in full."""
         lefts = [
             order.left
             for order in self.pending()
             if (order.strategy, order.symbol) == (strategy, symbol) and not order.reduce_only
         ]
-        lefts.append(extra)
         position = self.books[(strategy, symbol)]
         buys = sum((left for left in lefts if left > 0), ZERO)
         sells = sum((left for left in lefts if left < 0), ZERO)
         return max(abs(position + buys), abs(position + sells))
 
-    def exposure(self, strategy: str, adding: tuple[str, Decimal] | None = None) -> Decimal:
-        """The strategy's worst case over every symbol at the market prices, with `adding`
-        (symbol, signed qty) one more order in flight."""
-        return sum(
-            (
-                self.worst(strategy, symbol, adding[1] if adding and adding[0] == symbol else ZERO)
-                * self.prices[symbol]
-                for symbol in SYMBOLS
-            ),
-            ZERO,
+    def worst_notional(self, strategy: str, symbol: str, adding: Order | None = None) -> Decimal:
+        """The largest notional the strategy's position in `symbol` could reach if every
+        opening order of it in flight on one side (and `adding`) filled in full: each side
+        valued at the highest of the market price and the limits of its orders (a sell limit
+        above the market fills only once the market has reached it)."""
+        pending = [
+            order
+            for order in [*self.pending(), *([adding] if adding else [])]
+            if (order.strategy, order.symbol) == (strategy, symbol)
+            and not order.reduce_only
+            and order.left
+        ]
+        position, price = self.books[(strategy, symbol)], self.prices[symbol]
+
+        def valued(orders: list[Order]) -> Decimal:
+            at = max([price, *(order.limit for order in orders if order.limit is not None)])
+            return abs(position + sum((order.left for order in orders), ZERO)) * at
+
+        return max(
+            valued([order for order in pending if order.left > 0]),
+            valued([order for order in pending if order.left < 0]),
         )
+
+    def exposure(self, strategy: str, adding: Order | None = None) -> Decimal:
+        """The strategy's worst case over every symbol, with `adding` one more order in
+        flight."""
+        return sum((self.worst_notional(strategy, symbol, adding) for symbol in SYMBOLS), ZERO)
 
     def last_minute(self, strategy: str) -> list[Approval]:
         """The strategy's approvals in the rolling minute ending now (60 s old is out)."""
@@ -364,14 +386,11 @@ class GateMachine(RuleBasedStateMachine):
         if len(self.today(intent.strategy)) >= limits.per_day:
             broken.add("MAX_ORDERS_PER_DAY")
         true_price = max(intent.price or price, price)
-        signed = intent.qty if intent.side is Side.BUY else -intent.qty
         if intent.qty * true_price > limits.order_notional:
             broken.add("MAX_ORDER_NOTIONAL")
-        if self.worst(intent.strategy, intent.symbol, signed) * true_price > (
-            limits.position_notional
-        ):
+        adding = _order(intent)
+        if self.worst_notional(intent.strategy, intent.symbol, adding) > limits.position_notional:
             broken.add("MAX_POSITION_NOTIONAL")
-        adding = (intent.symbol, signed)
         if self.exposure(intent.strategy, adding) > limits.strategy_exposure:
             broken.add("MAX_STRATEGY_EXPOSURE")
         total = sum(
@@ -406,12 +425,12 @@ class GateMachine(RuleBasedStateMachine):
         # 4. Fewer approvals (every one counts) in the last minute, and today, than allowed.
         assert len(self.last_minute(strategy)) < limits.per_minute
         assert len(self.today(strategy)) < limits.per_day
-        # 2. Worst cases, with every order in flight on one side filling, this one included:
-        # in the symbol (at the true price), over the strategy's symbols, over all strategies.
-        signed = intent.qty if intent.side is Side.BUY else -intent.qty
-        worst = self.worst(strategy, intent.symbol, signed) * true_price
-        assert worst <= limits.position_notional
-        mine = self.exposure(strategy, (intent.symbol, signed))
+        # 2. Worst cases, with every order in flight on one side filling, this one included,
+        # each side at the worse of the market and its limits: in the symbol, over the
+        # strategy's symbols, over all strategies.
+        adding = _order(intent)
+        assert self.worst_notional(strategy, intent.symbol, adding) <= limits.position_notional
+        mine = self.exposure(strategy, adding)
         assert mine <= limits.strategy_exposure
         others = sum((self.exposure(name) for name in STRATEGIES if name != strategy), ZERO)
         assert mine + others <= self.config.max_total_exposure_usdt
@@ -426,9 +445,7 @@ class GateMachine(RuleBasedStateMachine):
         if isinstance(verdict, ApprovedOrder):
             assert not broken, f"approved although it breaks {broken}: {intent!r}"
             self.check_approval(verdict)
-            signed = intent.qty if intent.side is Side.BUY else -intent.qty
-            order = Order(intent.strategy, intent.symbol, signed, intent.reduce_only)
-            self.orders[verdict.order_link_id] = order
+            self.orders[verdict.order_link_id] = _order(intent)
             self.approvals.append(Approval(intent.strategy, self.now(), not intent.reduce_only))
         else:
             assert not verdict.approved
@@ -494,17 +511,20 @@ class GateMachine(RuleBasedStateMachine):
         if spec.size == "room":  # what every size limit leaves (exact for the position)
             sign = 1 if spec.side is Side.BUY else -1
             same_side = [
-                order.left
+                order
                 for order in self.pending()
                 if (order.strategy, order.symbol) == (strategy, symbol)
                 and not order.reduce_only
                 and order.left * sign > 0
             ]
-            reach = self.books[(strategy, symbol)] + sum(same_side, ZERO)
+            reach = self.books[(strategy, symbol)] + sum((o.left for o in same_side), ZERO)
+            valued_at = max(
+                [price, self.limit_price(spec) or price, *(o.limit or price for o in same_side)]
+            )
             total = sum((self.exposure(name) for name in STRATEGIES), ZERO)
             room = min(
                 room,
-                limits.position_notional / price - sign * reach,
+                limits.position_notional / valued_at - sign * reach,
                 (limits.strategy_exposure - self.exposure(strategy)) / price,
                 (self.config.max_total_exposure_usdt - total) / price,
             )
@@ -729,6 +749,7 @@ class GateMachine(RuleBasedStateMachine):
                 whole if order.left > 0 else -whole,
                 order.reduce_only,
                 booked=order.filled,
+                limit=order.limit,
             )
             gate.ledger.reserve(link_id, reservation)
         since = counting_since(self.now())
@@ -778,6 +799,16 @@ class GateMachine(RuleBasedStateMachine):
             for symbol in SYMBOLS:
                 expected = self.worst(strategy, symbol)
                 assert self.gate.ledger.worst_position(strategy, symbol) == expected
+
+    @invariant()
+    def exposure_is_valued_as_the_model_values_it(self) -> None:
+        """Each strategy's exposure at the market prices, every side of a symbol at the
+        highest of the market and the limits of that side's orders in flight."""
+        if not self.prices:
+            return  # not configured yet
+        for strategy in STRATEGIES:
+            exposure = self.gate.ledger.strategy_exposure(strategy, self.prices)
+            assert exposure == self.exposure(strategy)
 
     @invariant()
     def counts_are_the_approvals(self) -> None:
