@@ -55,6 +55,7 @@ from bot.messages import (
     OrderEvent,
     OrderRequest,
     OrderStatus,
+    OrderType,
     PositionUpdate,
     RiskDecision,
     Side,
@@ -84,7 +85,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 12
+SCHEMA_VERSION: Final = 13
 #: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
 _IDS_PER_QUERY: Final = 500
 #: The bytes written to the WAL since it last started over past which the writer is made to
@@ -305,7 +306,8 @@ CREATE TABLE IF NOT EXISTS orders (
     created_at    TEXT NOT NULL,
     updated_at    TEXT NOT NULL,
     attempts      INTEGER NOT NULL DEFAULT 0,
-    venue_qty     TEXT
+    venue_qty     TEXT,
+    venue_price   TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_by_signal ON orders (source, signal_id);
 CREATE TABLE IF NOT EXISTS order_events (
@@ -338,6 +340,8 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     10: _USED_COMMAND_ACTED,
     11: _META,
     12: _EXECUTIONS_BY_TIME,
+    # A limit order's price as the venue holds it (another client may amend it too).
+    13: "ALTER TABLE orders ADD COLUMN venue_price TEXT;",
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")
@@ -661,6 +665,9 @@ class OrderRecord:
     #: The quantity the venue holds as its last report said (another client may have amended
     #: the order, or the venue trimmed a reduce-only one); the requested one until a report.
     venue_qty: Decimal
+    #: A limit order's price as the venue's last report said (another client may have
+    #: amended it); the requested one until a report; None for a market order.
+    venue_price: Decimal | None
 
 
 class OrderOwner(NamedTuple):
@@ -1369,13 +1376,13 @@ class Journal:
             problem = None
             if written is not None:  # as the open transaction left it
                 row = written[0]
-                committed = (OrderStatus(row[2]), Decimal(row[4]), Decimal(row[11]))
+                committed = _order_state(row[2], row[4], row[11], row[12])
                 request = written[1] or (
                     known.request if known is not None else OrderRequest.model_validate_json(row[1])
                 )
                 problem = not_ours(event, request, row[3])
             elif known is not None:
-                committed = (known.status, known.filled_qty, known.venue_qty)
+                committed = (known.status, known.filled_qty, known.venue_qty, known.venue_price)
                 problem = not_ours(event, known.request, known.order_id)
             if problem is not None:
                 _log_foreign(event, problem)
@@ -1410,13 +1417,14 @@ class Journal:
         *,
         missing_ok: bool,
     ) -> bool:
-        """`committed`: the order's (status, filled qty, venue qty) as the table holds it, if
-        known. A report that changes only the venue's quantity (an amendment by another
+        """`committed`: the order's `_OrderState` as the table holds it, if known. A report
+        that changes only the venue's quantity or limit price (an amendment by another
         client) is journaled as it is, with no transition to check."""
         with self._transaction() as db:
             if committed is None:
                 row = db.execute(
-                    "SELECT status, filled_qty, COALESCE(venue_qty, qty), request, order_id"
+                    "SELECT status, filled_qty, COALESCE(venue_qty, qty),"
+                    " COALESCE(venue_price, price), request, order_id"
                     " FROM orders WHERE order_link_id = ?",
                     (event.order_link_id,),
                 ).fetchone()
@@ -1424,17 +1432,17 @@ class Journal:
                     if missing_ok:
                         return False
                     raise JournalError(f"no journaled order {event.order_link_id}")
-                committed = (OrderStatus(row[0]), Decimal(row[1]), Decimal(row[2]))
-                problem = not_ours(event, OrderRequest.model_validate_json(row[3]), row[4])
+                committed = _order_state(*row[:4])
+                problem = not_ours(event, OrderRequest.model_validate_json(row[4]), row[5])
                 if problem is not None:
                     if not committed[0].is_terminal:  # else nothing would move it anyway
                         _log_foreign(event, problem)
                     return False
             if _nothing_new(committed, event):
                 return False
-            current, filled, _ = committed
+            current, filled = committed[:2]
             try:
-                if not _same_progress(committed, event):  # else only the venue's qty moved
+                if not _same_progress(committed, event):  # else only the venue's terms moved
                     check_transition(
                         current, event.status, filled_before=filled, filled_after=event.filled_qty
                     )
@@ -1463,7 +1471,7 @@ class Journal:
                 # What the venue says replaces our own failure notes; our notes accumulate.
                 " reason = CASE WHEN ? THEN ? ELSE COALESCE(NULLIF(?, ''), reason) END,"
                 " ret_code = CASE WHEN ? THEN ? ELSE COALESCE(?, ret_code) END,"
-                " venue_qty = COALESCE(?, venue_qty),"
+                " venue_qty = COALESCE(?, venue_qty), venue_price = COALESCE(?, venue_price),"
                 f" updated_at = ?, attempts = attempts + ? WHERE order_link_id = ? {_RETURNING}",
                 (
                     event.status.value,
@@ -1477,6 +1485,7 @@ class Journal:
                     event.ret_code,
                     event.ret_code,
                     _text(event.venue_qty),
+                    _text(_venue_limit(event)),
                     event.ts.isoformat(),
                     int(event.status is OrderStatus.SUBMITTING),
                     event.order_link_id,
@@ -2186,7 +2195,7 @@ _ORDER_FIELDS: Final = (
     " orders.avg_price, orders.reason, orders.ret_code, orders.attempts,"
     " (SELECT s.ts FROM signals AS s WHERE s.source = orders.source"
     " AND s.signal_id = orders.signal_id), orders.updated_at,"
-    " COALESCE(orders.venue_qty, orders.qty)"
+    " COALESCE(orders.venue_qty, orders.qty), COALESCE(orders.venue_price, orders.price)"
 )
 _ORDER_QUERY: Final = f"SELECT {_ORDER_FIELDS} FROM orders"  # noqa: S608 - our own fields
 _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
@@ -2195,7 +2204,7 @@ _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
 def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> OrderRecord:
     """An `_ORDER_FIELDS` row; `request` spares parsing the stored one when it is at hand."""
     _, stored, status, order_id, filled_qty, avg_price, reason, ret_code, attempts = row[:9]
-    signal_ts, updated_at, venue_qty = row[9:]
+    signal_ts, updated_at, venue_qty, venue_price = row[9:]
     return OrderRecord(
         request=request or OrderRequest.model_validate_json(stored),
         status=OrderStatus(status),
@@ -2208,11 +2217,25 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
         signal_ts=None if signal_ts is None else datetime.fromisoformat(signal_ts),
         updated_at=datetime.fromisoformat(updated_at),
         venue_qty=Decimal(venue_qty),
+        venue_price=None if venue_price is None else Decimal(venue_price),
     )
 
 
-#: An order's (status, filled qty, quantity the venue holds) as the journal holds them.
-_OrderState = tuple[OrderStatus, Decimal, Decimal]
+#: An order's (status, filled qty, quantity the venue holds, limit price the venue holds) as
+#: the journal holds them.
+_OrderState = tuple[OrderStatus, Decimal, Decimal, Decimal | None]
+
+
+def _order_state(status: str, filled: str, venue_qty: str, venue_price: str | None) -> _OrderState:
+    """An `_OrderState` from the orders table's text columns."""
+    price = None if venue_price is None else Decimal(venue_price)
+    return OrderStatus(status), Decimal(filled), Decimal(venue_qty), price
+
+
+def _venue_limit(event: OrderEvent) -> Decimal | None:
+    """The limit price a venue report says the order has; None if it says none, or the order
+    is not a limit order (a market order's price is the venue's protection price)."""
+    return event.venue_price if event.order_type is OrderType.LIMIT else None
 
 
 def _log_foreign(event: OrderEvent, problem: str) -> None:
@@ -2226,13 +2249,18 @@ def _log_foreign(event: OrderEvent, problem: str) -> None:
 def _nothing_new(state: _OrderState, event: OrderEvent) -> bool:
     """Whether `event` repeats an order's state (a second report of it, or a look-up that
     found what the journal knows); a Submitting event never does (it counts an attempt)."""
-    return _same_progress(state, event) and event.venue_qty in (None, state[2])
+    return (
+        _same_progress(state, event)
+        and event.venue_qty in (None, state[2])
+        and _venue_limit(event) in (None, state[3])
+    )
 
 
 def _same_progress(state: _OrderState, event: OrderEvent) -> bool:
     """Whether `event` leaves an order's status and filled quantity as they are (what else it
-    may change: the quantity the venue holds); a Submitting event never does."""
-    status, filled, _ = state
+    may change: the quantity and limit price the venue holds); a Submitting event never
+    does."""
+    status, filled = state[:2]
     return status is event.status is not OrderStatus.SUBMITTING and filled == event.filled_qty
 
 

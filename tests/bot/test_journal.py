@@ -52,6 +52,11 @@ def journal(tmp_path: Path) -> Journal:
     return Journal(tmp_path / "journal.sqlite3")
 
 
+#: Undoes schema 13's step, which cannot run twice, in a journal made at the current schema
+#: to stand for an older one.
+BEFORE_13 = "ALTER TABLE orders DROP COLUMN venue_price; "
+
+
 def signal(signal_id: str = "s1"):  # type: ignore[no-untyped-def]
     return parse_signal(
         "voiceofchain",
@@ -840,6 +845,52 @@ def test_the_quantity_the_venue_holds_is_journaled_when_a_report_changes_it(
     assert reopened.record_order_event(filled)
 
 
+def test_the_limit_price_the_venue_holds_is_journaled_when_a_report_changes_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    request = make_request(order_type=OrderType.LIMIT, price=Decimal(96000))
+    journal.record_order(request)
+    link = request.order_link_id
+    new = OrderEvent(
+        order_link_id=link,
+        status=OrderStatus.NEW,
+        order_id="o1",
+        order_type=OrderType.LIMIT,
+        venue_price=Decimal("96000.0"),
+    )
+    assert journal.record_order_event(new)
+    assert not journal.record_order_event(new)  # the stream's report at our price: no news
+    amended = new.model_copy(update={"venue_price": Decimal(95000)})  # another client's
+    assert journal.record_order_event(amended)
+    assert not journal.record_order_event(amended)
+    journal.close()
+
+    reopened = Journal(path)  # as after a restart: from the table, not from memory
+    (record,) = reopened.unfinished_orders()
+    assert (record.venue_price, record.request.price) == (Decimal(95000), Decimal(96000))
+    assert [event.status for event in reopened.order_events(link)] == [OrderStatus.NEW] * 2
+    reopened.close()
+
+
+def test_a_market_orders_protection_price_is_not_a_limit(journal: Journal) -> None:
+    request = make_request()  # a market order
+    journal.record_order(request)
+    new = OrderEvent(
+        order_link_id=request.order_link_id,
+        status=OrderStatus.NEW,
+        order_id="o1",
+        order_type=OrderType.MARKET,
+        venue_price=Decimal(101850),  # Bybit's protection price of a market buy
+    )
+    assert journal.record_order_event(new)
+
+    assert not journal.record_order_event(new.model_copy(update={"venue_price": Decimal(99)}))
+    (record,) = journal.unfinished_orders()
+    assert record.venue_price is None
+
+
 def test_the_journal_keeps_only_the_newest_rejections(
     journal: Journal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -936,6 +987,7 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
         "order_events_by_order",
         "executions_by_time",
     )
+    db.executescript(BEFORE_13)
     db.executescript(
         "".join(f"DROP INDEX {name};" for name in new_indexes)
         + "ALTER TABLE orders DROP COLUMN venue_qty; DROP TABLE fill_hooks_due;"
@@ -951,14 +1003,14 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     }
     assert set(new_indexes) <= indexes
     columns = {row[1] for row in journal._db.execute("PRAGMA table_info(orders)")}
-    assert "venue_qty" in columns
+    assert {"venue_qty", "venue_price"} <= columns
     assert journal.due_fill_hooks() == []
     assert journal.carried_out("voc", "s1", "follow", "e1") == (set(), False)
     assert journal.used_commands(0) == {}
     used = {row[1] for row in journal._db.execute("PRAGMA table_info(used_commands)")}
     assert "acted" in used
     journal.claim_environment("sim")  # schema 11's table
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 13
 
 
 def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
@@ -967,6 +1019,7 @@ def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
     path = tmp_path / "v8.sqlite3"
     Journal(path).close()
     db = sqlite3.connect(path)
+    db.executescript(BEFORE_13)
     db.executescript(
         "ALTER TABLE fill_hooks_due DROP COLUMN position;"
         " ALTER TABLE used_commands DROP COLUMN acted; PRAGMA user_version=8;"
@@ -989,6 +1042,7 @@ def test_a_migration_a_lock_holds_up_says_locked_not_restore_it(tmp_path: Path) 
     path = tmp_path / "v7.sqlite3"
     Journal(path).close()
     db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(BEFORE_13)
     db.executescript(
         "DROP TABLE used_commands; ALTER TABLE fill_hooks_due DROP COLUMN position;"
         " PRAGMA user_version=7;"
@@ -1080,6 +1134,7 @@ def test_a_version_9_journal_takes_its_used_commands_as_carried_out(tmp_path: Pa
     path = tmp_path / "v9.sqlite3"
     Journal(path).close()
     db = sqlite3.connect(path)
+    db.executescript(BEFORE_13)
     db.executescript(
         "ALTER TABLE used_commands DROP COLUMN acted; PRAGMA user_version=9;"
         "INSERT INTO used_commands (digest, until) VALUES (x'01', 2000);"

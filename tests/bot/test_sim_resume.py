@@ -121,6 +121,29 @@ def test_a_resting_limit_is_not_filled_by_a_stale_resumed_price(
     assert server.exchange.prices()["SOLUSDT"] > Decimal(189)
 
 
+def test_a_limit_another_client_amended_resumes_as_the_venue_last_held_it(
+    journal: Journal, resume: Callable[[], SimServer]
+) -> None:
+    """Another client moved the resting buy from 189 to 185 and made it 3 SOL: the resumed
+    exchange holds it so, not as the bot first asked for it."""
+    journal.record_position(sim_position(Decimal(0), symbol="SOLUSDT", price=Decimal(190), ts=NOW))
+    link = _resting_buy(journal, "SOLUSDT", Decimal(189))
+    amended = OrderEvent(
+        order_link_id=link,
+        status=OrderStatus.NEW,
+        order_id="rest-1",
+        order_type=OrderType.LIMIT,
+        venue_qty=Decimal(3),
+        venue_price=Decimal(185),
+    )
+    assert journal.record_order_event(amended)
+
+    server = resume()
+
+    (order,) = client_orders(server.exchange.orders())
+    assert (order["orderLinkId"], order["price"], order["qty"]) == (link, "185", "3")
+
+
 def test_a_fill_journaled_without_a_position_report_is_in_the_resumed_position(
     journal: Journal, resume: Callable[[], SimServer], settings: BotSettings
 ) -> None:
@@ -162,7 +185,8 @@ def _fill(exec_id: str, side: Side, qty: Decimal, at: datetime) -> Execution:
     )
 
 
-def _resting_buy(journal: Journal, symbol: str, price: Decimal) -> None:
+def _resting_buy(journal: Journal, symbol: str, price: Decimal) -> str:
+    """A buy limit of 1 `symbol` at `price`, acknowledged: its orderLinkId."""
     intent = make_intent(
         signal_id="resting",
         symbol=symbol,
@@ -178,3 +202,4 @@ def _resting_buy(journal: Journal, symbol: str, price: Decimal) -> None:
     journal.record_order_event(
         OrderEvent(order_link_id=request.order_link_id, status=OrderStatus.NEW, order_id="rest-1")
     )
+    return request.order_link_id

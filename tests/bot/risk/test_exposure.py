@@ -9,7 +9,7 @@ import pytest
 from loguru import logger
 
 from bot.journal import Journal
-from bot.messages import Execution, OrderEvent, OrderStatus
+from bot.messages import Execution, OrderEvent, OrderStatus, OrderType
 from bot.risk.exposure import ExposureLedger, Reservation, reserve_unfinished
 from tests.factories import make_execution, make_request
 
@@ -146,19 +146,37 @@ def test_a_limit_the_venue_moved_is_valued_at_the_venues_price(warnings: list[st
     moved = _report(OrderStatus.NEW, "0.02").model_copy(update={"venue_price": Decimal(60000)})
 
     ledger.follow(moved)  # another client amended its quantity and its price
+    ledger.follow(moved)  # the same again: no news
 
     assert ledger.worst_notional("follow", "BTCUSDT", Decimal(50000)) == Decimal(1200)
     assert len(warnings) == 1
+    assert (
+        "holds 0.02 BTCUSDT at 60000, not the 0.01 at 51000 the risk gate counted" in (warnings[0])
+    )
 
 
-def test_after_a_restart_a_limit_order_is_valued_at_its_limit(tmp_path: Path) -> None:
+def test_after_a_restart_a_limit_order_is_valued_at_the_venues_limit(
+    tmp_path: Path, warnings: list[str]
+) -> None:
     journal = Journal(tmp_path / "journal.sqlite3")
     journal.record_order(
         make_request(order_link_id=LINK, side="Sell", order_type="Limit", price=Decimal(52000))
     )
     ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
+    reserve_unfinished(ledger, journal.unfinished_orders(), {})
+    assert ledger.worst_notional("follow", "BTCUSDT", Decimal(50000)) == Decimal(520)
+    amended = OrderEvent(
+        order_link_id=LINK,
+        status=OrderStatus.NEW,
+        order_type=OrderType.LIMIT,
+        venue_price=Decimal(54000),  # another client moved it before the restart
+    )
+    journal.record_order_event(amended)
+    ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
 
     reserve_unfinished(ledger, journal.unfinished_orders(), {})
+    ledger.follow(amended)  # the stream's first report since: no news
 
-    assert ledger.worst_notional("follow", "BTCUSDT", Decimal(50000)) == Decimal(520)
+    assert ledger.worst_notional("follow", "BTCUSDT", Decimal(50000)) == Decimal(540)
+    assert warnings == []
     journal.close()
