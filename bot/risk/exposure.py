@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
 from bot.logs import logger
-from bot.messages import Execution, OrderEvent, OrderType, Side
+from bot.messages import Execution, OrderEvent, Side
 
 if TYPE_CHECKING:  # the journal imports the risk package: no import cycle at run time
     from bot.journal import OrderRecord
@@ -167,13 +167,12 @@ class ExposureLedger:
         buys, sells = self._sides.get((strategy, symbol), (ZERO, ZERO))
         buy_price = self._valued_at(strategy, symbol, True, price)
         sell_price = self._valued_at(strategy, symbol, False, price)
-        extra = adding.counted if adding is not None and adding.symbol == symbol else ZERO
-        if extra:
-            limit = price if adding is None or adding.limit is None else max(adding.limit, price)
-            if extra > 0:
-                buys, buy_price = buys + extra, max(buy_price, limit)
+        if adding is not None and adding.symbol == symbol and adding.counted:
+            at = max(adding.limit or price, price)
+            if adding.counted > 0:
+                buys, buy_price = buys + adding.counted, max(buy_price, at)
             else:
-                sells, sell_price = sells + extra, max(sell_price, limit)
+                sells, sell_price = sells + adding.counted, max(sell_price, at)
         return max(abs(position + buys) * buy_price, abs(position + sells) * sell_price)
 
     def _valued_at(self, strategy: str, symbol: str, buying: bool, price: Decimal) -> Decimal:
@@ -261,6 +260,6 @@ def reserve_unfinished(
                 record.venue_qty if request.side is Side.BUY else -record.venue_qty,
                 request.reduce_only,
                 booked=booked.get(link_id, ZERO),
-                limit=record.venue_price if request.order_type is OrderType.LIMIT else None,
+                limit=record.venue_price,
             ),
         )
