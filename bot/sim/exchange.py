@@ -242,6 +242,7 @@ def _clear_exit_levels(position: PositionRecord) -> None:
     """The position's TP, SL and trailing stop gone (it closed, or one of them fired)."""
     position.take_profit = position.stop_loss = None
     position.tp_trigger_by = position.sl_trigger_by = "LastPrice"
+    position.exit_parents.clear()
     _clear_trailing_stop(position)
 
 
@@ -2832,8 +2833,10 @@ class SimExchange:
                     order.take_profit,
                     order.tp_trigger_by,
                 )
+                position.exit_parents["TakeProfit"] = order.order_link_id
             if order.stop_loss is not None:
                 position.stop_loss, position.sl_trigger_by = order.stop_loss, order.sl_trigger_by
+                position.exit_parents["StopLoss"] = order.order_link_id
         execution = ExecutionRecord(
             exec_id=str(uuid.uuid4()),
             order=order,
@@ -2891,6 +2894,7 @@ class SimExchange:
             opened_qty,
             take_profit=(order.take_profit, order.tp_limit_price, order.tp_trigger_by),
             stop_loss=(order.stop_loss, order.sl_limit_price, order.sl_trigger_by),
+            parent=order.order_link_id,
         )
 
     def _add_partial_pair(
@@ -2901,10 +2905,12 @@ class SimExchange:
         *,
         take_profit: tuple[Decimal | None, Decimal | None, str],
         stop_loss: tuple[Decimal | None, Decimal | None, str],
+        parent: str = "",
     ) -> list[str]:
         """A partial TP and/or SL of `qty` closing `position`, each (level, limit price or
         None for market, price watched), Untriggered like a conditional order; the two are a
-        pair, of which the first to fire cancels the other. Returns their orderIds."""
+        pair, of which the first to fire cancels the other. `parent`: the orderLinkId of the
+        order they came attached to. Returns their orderIds."""
         halves = []
         for kind, (level, limit_price, watched) in (
             ("PartialTakeProfit", take_profit),
@@ -2927,6 +2933,7 @@ class SimExchange:
                 trigger_direction=1 if rises else 2,
                 trigger_by=watched,
                 visible_from_ms=self._engine.now_ms(),
+                parent_order_link_id=parent,
             )
             account.orders[half.order_id] = half
             account.conditional_orders[half.order_id] = half
@@ -3266,6 +3273,8 @@ class SimExchange:
             level = getattr(position, attribute) if position is not None else None
             order = account.exit_orders.get((symbol, kind))
             if position is None or level is None or position.size == 0:
+                if position is not None:
+                    position.exit_parents.pop(kind, None)
                 if order is not None:
                     closed = position is None or position.size == 0
                     ended_by = "CancelByTpSlTsClear" if closed else cleared_by
@@ -3281,6 +3290,7 @@ class SimExchange:
                 order = self._exit_order(
                     position, kind, level, watched, (resumed_ids or {}).get(kind)
                 )
+                order.parent_order_link_id = position.exit_parents.get(kind, "")
                 account.exit_orders[(symbol, kind)] = order
                 account.orders[order.order_id] = order
                 self._push_order(account, order)
@@ -3329,6 +3339,7 @@ class SimExchange:
                 _clear_trailing_stop(position)
             else:
                 setattr(position, dict(_EXIT_LEVELS)[order.stop_order_type], None)
+                position.exit_parents.pop(order.stop_order_type, None)
             position.updated_ms = self.now_ms()
             self._push_position(account, order.symbol)
         # Bybit (UTA): "Deactivated: ... conditional order ... cancelled before triggered".

@@ -95,6 +95,9 @@ class OrderRecord:
     #: A partial TP/SL order's other half (the SL of its TP): the first to fire cancels it.
     paired_with: str | None = None
     smp_type: str = "None"
+    #: A TP/SL order's parent: the orderLinkId of the order it came attached to ("" for one
+    #: set by trading-stop alone, or a parent without one), Bybit's `parentOrderLinkId`.
+    parent_order_link_id: str = ""
 
     @property
     def is_open(self) -> bool:
@@ -160,6 +163,9 @@ class PositionRecord:
     #: The prices its take profit and stop loss watch (echoed on their orders).
     tp_trigger_by: str = "LastPrice"
     sl_trigger_by: str = "LastPrice"
+    #: The orderLinkId of the order whose fill set each level, by stopOrderType (TakeProfit,
+    #: StopLoss): the parentOrderLinkId of the level's order when it is made.
+    exit_parents: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

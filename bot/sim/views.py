@@ -179,7 +179,7 @@ def order_view(order: OrderRecord) -> dict[str, Any]:
         "createdTime": str(order.created_ms),
         "updatedTime": str(order.updated_ms),
         "cumFeeDetail": {SETTLE_COIN: fmt(order.cum_exec_fee)} if order.cum_exec_fee else {},
-        "parentOrderLinkId": "",
+        "parentOrderLinkId": order.parent_order_link_id,
     }
 
 

@@ -403,6 +403,49 @@ def test_partial_tp_and_sl_from_ccxt_become_orders_of_their_size(
     assert left["id"] == attached["id"]
 
 
+def test_tp_and_sl_orders_name_the_order_they_came_attached_to(bybit: ccxt.bybit) -> None:
+    """Bybit's parentOrderLinkId: the orderLinkId of the order a TP/SL came attached to, Full
+    or Partial; a level set by trading-stop alone has none."""
+    bybit.create_order(
+        SYMBOL,
+        "market",
+        "buy",
+        0.01,
+        None,
+        {"clientOrderId": "entry-1", "takeProfit": 99000, "stopLoss": 95000},
+    )
+    bybit.create_order(
+        SYMBOL,
+        "limit",
+        "buy",
+        0.01,
+        98000,
+        {"clientOrderId": "entry-2", "stopLoss": {"triggerPrice": 94000, "price": 93900}},
+    )
+    exits = eventually(
+        lambda: bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True}),
+        lambda found: len(found) == 3,
+        "the TP, the SL and the partial SL",
+    )
+    (stop,) = [o for o in exits if o["info"]["stopOrderType"] == "StopLoss"]
+    bybit.cancel_order(stop["id"], SYMBOL, {"trigger": True})
+    bybit.private_post_v5_position_trading_stop(
+        {"category": "linear", "symbol": "BTCUSDT", "stopLoss": "95500", "tpslMode": "Full"}
+    )
+    after = bybit.fetch_open_orders(SYMBOL, None, None, {"trigger": True})
+
+    assert sorted((o["info"]["stopOrderType"], o["info"]["parentOrderLinkId"]) for o in exits) == [
+        ("PartialStopLoss", "entry-2"),
+        ("StopLoss", "entry-1"),
+        ("TakeProfit", "entry-1"),
+    ]
+    assert sorted((o["info"]["stopOrderType"], o["info"]["parentOrderLinkId"]) for o in after) == [
+        ("PartialStopLoss", "entry-2"),
+        ("StopLoss", ""),
+        ("TakeProfit", "entry-1"),
+    ]
+
+
 def test_edit_order_moves_a_stop_and_refuses_one_on_the_wrong_side(bybit: ccxt.bybit) -> None:
     """An amended order is checked as a new one is. ccxt passes its params through as given:
     decimals as strings, as Bybit (and pybit, which turns numbers into strings) sends them."""
