@@ -173,6 +173,7 @@ def _print_error(message: str) -> None:
 def _settings(config: Path | None, host: str | None = None, port: int | None = None) -> BotSettings:
     try:
         settings = load_settings(config)
+        _check_sim_section(settings)
     except ConfigError as exc:
         _fail(str(exc))
     options = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -183,6 +184,17 @@ def _settings(config: Path | None, host: str | None = None, port: int | None = N
         name = str(error["loc"][0])
         _fail(f"--{name} {options[name]!r} is {error['msg'].removeprefix('Value error, ')}")
     return settings.model_copy(update={"http": http})
+
+
+def _check_sim_section(settings: BotSettings) -> None:
+    """A `[sim]` section `bot run` would refuse (validated by the simulator's own model, only
+    where it starts one: `sim` without a `venue.sim_url`) is refused by every command, never
+    read past: `bot orders` would show a journal, and `bot halt` journal a state, for a
+    configuration no bot can start with."""
+    if settings.environment is Environment.SIM and not settings.venue.sim_url:
+        from bot.simulated import simulator_config
+
+        simulator_config(settings)
 
 
 @app.command()

@@ -320,6 +320,54 @@ def test_a_bad_sim_setting_stops_run_before_a_journal_is_made(
     assert not load_settings(config).journal_path.exists()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("orders",),
+        ("orders", "--json"),
+        ("positions",),
+        ("risk", "status"),
+        ("audit",),
+        ("halt",),
+        ("resume",),
+        ("signal", "send", *BUY_BTC),
+    ],
+)
+def test_a_bad_sim_section_is_refused_by_every_command_as_run_refuses_it(
+    sim_config: Callable[..., Path], command: tuple[str, ...]
+) -> None:
+    # The reading commands read on past a [sim] section `bot run` refuses, and `bot halt`
+    # journaled a state for a bot that could not start with that configuration.
+    config = sim_config(extra="\n[sim]\nstarting_balance_usdt = -10\n")
+    path = load_settings(config).journal_path
+    Journal(path).close()
+    before = path.read_bytes()
+
+    result = bot(*command, "--config", str(config), cwd=config.parent)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert _one_line(result.stderr) == (
+        f"error: invalid sim.starting_balance_usdt = -10 in {config}: "
+        "Input should be greater than or equal to 0"
+    )
+    assert result.stdout == ""
+    assert path.read_bytes() == before
+
+
+def test_a_sim_section_is_not_checked_where_no_simulator_of_its_is_started(
+    sim_config: Callable[..., Path],
+) -> None:
+    # As `bot run`: with venue.sim_url the bot starts no simulator, so [sim] is `bot sim`'s.
+    config = sim_config(
+        extra='\n[venue]\nsim_url = "http://127.0.0.1:9"\n[sim]\nstarting_balance_usdt = -10\n'
+    )
+    Journal(load_settings(config).journal_path).close()
+
+    listed = bot("orders", "--config", str(config), cwd=config.parent)
+
+    assert listed.returncode == 0, listed.stderr
+
+
 def test_a_broken_admin_secret_stops_run_rather_than_turning_the_kill_switch_off(
     sim_config: Callable[..., Path],
 ) -> None:
