@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -260,6 +261,7 @@ def read_audit(
     file last written before `since` is not opened at all."""
     if not limit:
         return list(iter_audit(directory, since=since, key=key))
+    limit = min(limit, sys.maxsize)  # a deque holds no more (`--limit 10**20`: every line)
     found: list[dict[str, Any]] = []
     for path in reversed(_files(directory)):
         try:

@@ -323,6 +323,26 @@ def test_bot_audit_filters_prints_80_columns_or_json_and_refuses_a_bad_since(
     )
 
 
+@pytest.mark.parametrize("as_json", [(), ("--json",)], ids=["table", "json"])
+def test_bot_audit_with_a_limit_beyond_any_count_prints_every_line(
+    sim_config: Callable[..., Path], tmp_path: Path, as_json: tuple[str, ...]
+) -> None:
+    # `--limit 99999999999999999999` was an OverflowError traceback (a deque's maxlen).
+    config = sim_config()
+    log = AuditLog(tmp_path / "var" / "audit", AuditConfig())
+    try:
+        log.write(record(time.time() - 60, key="alpha", link="first"))
+        log.write(record(time.time() - 30, key="alpha", link="second"))
+    finally:
+        log.close()
+
+    listed = bot_audit(config, "--limit", f"{10**20}", *as_json)
+
+    assert listed.returncode == 0, listed.stderr
+    assert "Traceback" not in listed.stderr
+    assert "first" in listed.stdout and "second" in listed.stdout
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one series in Prometheus text (0 when absent)."""
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
