@@ -368,6 +368,61 @@ def test_a_sim_section_is_not_checked_where_no_simulator_of_its_is_started(
     assert listed.returncode == 0, listed.stderr
 
 
+def _with_closed(fd: int) -> list[str]:
+    """A command line's prefix that runs the rest with descriptor `fd` closed (`>&-`)."""
+    return ["sh", "-c", f'exec "$@" {fd}>&-', "sh"]
+
+
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout", "stderr"])
+def test_run_with_stdout_or_stderr_closed_runs_and_stops_cleanly(
+    sim_config: Callable[..., Path], closed: int
+) -> None:
+    # `bot run >&-`: a socket took fd 1 and libuv aborted on closing it (SIGABRT, exit 134,
+    # no "bot stopped"); `bot run 2>&-`: an AttributeError on sys.stderr, exit 1, unseen.
+    port = free_port()
+    config = sim_config(port=port)
+    process = subprocess.Popen(
+        [*_with_closed(closed), sys.executable, "-m", "bot", "run", "--config", str(config)],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: healthy(port) or process.poll() is not None, what="the bot to listen")
+        assert process.poll() is None, process.communicate()
+        sent = send(config, *BUY_BTC, "--id", "closed-1")
+        assert sent.returncode == 0, sent.stderr
+        process.send_signal(signal.SIGTERM)
+        output, logged = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0, (output, logged)
+    assert "Traceback" not in (output or "") + (logged or "")
+    listed = bot("orders", "--json", "--config", str(config), cwd=config.parent)
+    assert "closed-1" in listed.stdout
+
+
+@pytest.mark.parametrize("closed", [1, 2], ids=["stdout", "stderr"])
+def test_a_reading_command_with_stdout_or_stderr_closed_ends_without_a_crash(
+    sim_config: Callable[..., Path], closed: int
+) -> None:
+    config = sim_config()
+    Journal(load_settings(config).journal_path).close()
+
+    for command in (("orders", "--json"), ("positions",), ("risk", "status")):
+        result = subprocess.run(
+            [*_with_closed(closed), sys.executable, "-m", "bot", *command, "--config", str(config)],
+            cwd=config.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_a_broken_admin_secret_stops_run_rather_than_turning_the_kill_switch_off(
     sim_config: Callable[..., Path],
 ) -> None:
