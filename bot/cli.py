@@ -54,7 +54,7 @@ from bot.journal import (
     failure_message,
     lock_journal,
 )
-from bot.messages import SignalError, is_unicode, parse_signal, utc_now
+from bot.messages import SignalError, is_unicode, json_number, parse_signal, utc_now
 from bot.net import DEFAULT_SIM_PORT, cannot_listen, http_url, loopback_off_proxies, tcp_listener
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import (
@@ -286,14 +286,32 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
+def _price(typed: str) -> Decimal:
+    """A price option, read as the bot reads a signal's: digits 0-9 (Decimal alone would also
+    take "97_000", "٩٧٠٠٠", full-width digits and NaN, and send the number it makes of them)."""
+    try:
+        number = json_number(typed)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{typed!r} is not a number: write it with the digits 0-9, e.g. 95000 or 0.5"
+        ) from None
+    assert isinstance(number, Decimal)  # a string always reads as one
+    return number
+
+
 @signal_app.command("send")
 def signal_send(
     symbol: Annotated[str, typer.Option(help="Bybit symbol, e.g. BTCUSDT")],
     side: Annotated[str | None, typer.Option(help="buy or sell (long/short also work)")] = None,
-    stop_loss: Annotated[Decimal | None, typer.Option(help="protective stop price")] = None,
-    entry: Annotated[Decimal | None, typer.Option(help="limit price; omit for market")] = None,
+    stop_loss: Annotated[
+        Decimal | None, typer.Option(parser=_price, help="protective stop price")
+    ] = None,
+    entry: Annotated[
+        Decimal | None, typer.Option(parser=_price, help="limit price; omit for market")
+    ] = None,
     take_profit: Annotated[
-        list[Decimal] | None, typer.Option(help="target price; repeat for several")
+        list[Decimal] | None,
+        typer.Option(parser=_price, help="target price; repeat for several"),
     ] = None,
     action: Annotated[str, typer.Option(help="open or close")] = "open",
     strategy: Annotated[str | None, typer.Option(help="route to this strategy only")] = None,

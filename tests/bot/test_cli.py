@@ -955,6 +955,30 @@ def test_an_empty_id_is_refused_not_replaced_by_a_random_one(
 
 
 @pytest.mark.parametrize(
+    ("option", "typed"),
+    [
+        ("--stop-loss", "٩٥٠٠٠"),  # Arabic-Indic digits: Decimal reads them as 95000
+        ("--entry", "\uff19\uff17\uff10\uff10\uff10"),  # full-width 97000
+        ("--take-profit", "99_000"),
+        ("--stop-loss", "nan"),
+        ("--stop-loss", ""),
+    ],
+)
+def test_a_price_not_written_in_digits_0_9_is_refused_as_the_webhook_refuses_it(
+    sim_config: Callable[..., Path], option: str, typed: str
+) -> None:
+    # The bot refuses "97_000", "٩٧٠٠٠" and full-width digits in a signal; `bot signal send`
+    # turned them into 97000 and sent that, a price the user never wrote in the bot's terms.
+    done = send(sim_config(), "--symbol", "BTCUSDT", "--side", "buy", option, typed)
+
+    assert done.returncode == 2
+    assert _one_line(done.stderr).startswith(
+        f"error: Invalid value for '{option}': {typed!r} is not a number: write it with the "
+        "digits 0-9, e.g. 95000 or 0.5; see `"
+    )
+
+
+@pytest.mark.parametrize(
     ("host", "url"),
     [("127.0.0.1", "http://127.0.0.1:8080"), ("::1", "http://[::1]:8080")],
 )
