@@ -835,6 +835,7 @@ class Journal:
                 _create(path)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA busy_timeout=5000")
+            self._refuse_a_foreign_database()  # before WAL mode, which would change it
             self._db.execute("PRAGMA journal_mode=WAL")
             # What every commit gets; a durable one raises it to `synchronous` for its commit.
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -899,6 +900,27 @@ class Journal:
                 ) from None
             if version:
                 logger.info("journal {path} migrated to schema {v}", path=self.path, v=target)
+
+    def _refuse_a_foreign_database(self) -> None:
+        """Schema version 0 is a database the bot has yet to lay out: its journals record
+        their version from their first commit. One holding tables already is another
+        program's: nothing is written into it (WAL mode, the schema), even by a reading
+        command."""
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != 0:
+            return
+        tables = [
+            name
+            for (name,) in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        if tables:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise JournalError(
+                f"journal {self.path} is not a journal of this bot: an SQLite database holding "
+                f"other tables ({shown}) and no journal schema version; move it away, or choose "
+                "another state_dir (--config or BOT_STATE_DIR)"
+            )
 
     def checkpoint_in_background(self, interval_s: float = 1.0) -> None:
         """Copy the WAL into the database from a thread of its own, every `interval_s`,

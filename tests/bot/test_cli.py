@@ -247,6 +247,36 @@ def test_a_damaged_journal_is_one_line_with_what_to_do(
     assert f"error: journal {path} is damaged (" in started.stderr + started.stdout
 
 
+@pytest.mark.parametrize("command", [("orders",), ("positions",), ("halt",), ("run",)])
+def test_another_programs_sqlite_database_at_the_journals_path_is_refused_untouched(
+    sim_config: Callable[..., Path], command: tuple[str, ...]
+) -> None:
+    # Taken for a new journal (schema version 0): even `bot orders` wrote the bot's tables
+    # into it, `bot halt` a trading state, and `bot run` traded on it.
+    config = sim_config()
+    path = load_settings(config).journal_path
+    path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        other.executescript(
+            "CREATE TABLE invoices (id INTEGER, total TEXT);"
+            "INSERT INTO invoices VALUES (1, '9.50');"
+        )
+    before = path.read_bytes()
+
+    result = bot(*command, "--config", str(config), cwd=config.parent)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert (
+        f"error: journal {path} is not a journal of this bot: an SQLite database holding other "
+        "tables (invoices)"
+    ) in result.stderr
+    assert path.read_bytes() == before
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        tables = [row[0] for row in other.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["invoices"]
+
+
 def test_a_journal_another_program_holds_locked_stops_run_in_one_line(
     sim_config: Callable[..., Path],
 ) -> None:
