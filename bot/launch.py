@@ -3,7 +3,8 @@
 `bot run` takes SIGHUP to mean "look at the key secrets now" once its handler is in place;
 before that, SIGHUP's default action would end it, and importing the bot alone takes most of
 a second. So `bot run` ignores SIGHUP from its first instant (a key rotated with `kill -HUP`
-while the bot restarts is then read at start-up, as every secret is).
+while the bot restarts is then read at start-up, as every secret is). Ctrl-C, even while
+the modules load, ends any command with 130 (the shell's 128 + SIGINT), never a traceback.
 
 A standard stream started closed (`bot run >&- 2>&-`) is opened on /dev/null first: else
 the next file or socket opened takes its descriptor (libuv aborts on closing a socket on 1
@@ -26,9 +27,12 @@ def main() -> None:
     if sys.argv[1:2] == ["run"]:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _closed_streams_on_devnull()
-    from bot.cli import main as cli_main
+    try:
+        from bot.cli import main as cli_main
 
-    cli_main()
+        cli_main()
+    except KeyboardInterrupt:  # Ctrl-C, even while the modules load: no traceback
+        sys.exit(130)
 
 
 def _closed_streams_on_devnull() -> None:

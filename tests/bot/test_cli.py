@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from importlib import metadata
@@ -1272,3 +1273,22 @@ def test_bot_run_ignores_a_hangup_from_its_first_instant(monkeypatch: pytest.Mon
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_ctrl_c_while_the_command_is_still_loading_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Ctrl-C in the first half second of any command (`bot orders`, then a second thought)
+    # printed the KeyboardInterrupt's traceback through the imports.
+    class Loading(types.ModuleType):
+        def __getattr__(self, name: str) -> object:
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "bot.cli", Loading("bot.cli"))
+    monkeypatch.setattr(sys, "argv", ["bot", "orders"])
+
+    with pytest.raises(SystemExit) as stopped:
+        launch.main()
+
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == ""
