@@ -1514,7 +1514,7 @@ def main() -> None:
             errors.print(message, highlight=False, markup=False)
             sys.exit(exc.exit_code)
         context = getattr(exc, "ctx", None)
-        where = context.command_path if context is not None else "bot"
+        where = context.command_path if context is not None else _typed_command()
         _print_error(f"{message.rstrip('.')}; see `{where} --help`")
         sys.exit(exc.exit_code)
     except typer.Abort:  # Ctrl-D at a prompt
@@ -1530,6 +1530,21 @@ def main() -> None:
             _print_error(f"cannot write the output: {exc.strerror}; the output is incomplete")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _typed_command() -> str:
+    """The command typed (`bot orders`), for an error click raises without it (an option's
+    value left out): its help, not `bot --help`, has the option."""
+    from typer._click.utils import _detect_program_name
+
+    path, command = [_detect_program_name()], typer.main.get_command(app)
+    for word in sys.argv[1:]:
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            break
+        path.append(word)
+        command = sub
+    return " ".join(path)
 
 
 #: Why writing the output fails though the command worked: a full disk or quota, a file

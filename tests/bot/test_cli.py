@@ -892,6 +892,15 @@ def test_a_port_out_of_range_is_refused_in_one_line(tmp_path: Path) -> None:
         ),
         (("orders", "--bogus"), "No such option: --bogus; see `python -m bot orders --help`"),
         (("signal", "send"), "Missing option '--symbol'; see `python -m bot signal send --help`"),
+        # An option's value left out: the help named was `bot --help`, which has no --limit.
+        (
+            ("orders", "--limit"),
+            "Option '--limit' requires an argument; see `python -m bot orders --help`",
+        ),
+        (
+            ("risk", "status", "--config"),
+            "Option '--config' requires an argument; see `python -m bot risk status --help`",
+        ),
     ],
 )
 def test_a_mistyped_command_or_option_is_one_line_naming_the_help(
