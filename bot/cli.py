@@ -1535,9 +1535,9 @@ def main() -> None:
 def _typed_command() -> str:
     """The command typed (`bot orders`), for an error click raises without it (an option's
     value left out): its help, not `bot --help`, has the option."""
-    from typer._click.utils import _detect_program_name
-
-    path, command = [_detect_program_name()], typer.main.get_command(app)
+    program = Path(sys.argv[0]).name
+    path = ["python -m bot" if program == "__main__.py" else program or "bot"]
+    command = typer.main.get_command(app)
     for word in sys.argv[1:]:
         sub = getattr(command, "commands", {}).get(word)
         if sub is None:
