@@ -114,8 +114,8 @@ class ExposureLedger:
         """Keep an order in flight as the venue reports it. Once terminal it counts only
         what filled and its book does not hold yet: the venue reports an order Filled
         before its fills reach the book, and until they do they count here. Resized when
-        the venue holds another quantity than the one approved, and valued at the limit
-        price the venue holds (another client amended it: said as a warning). A reduce-only
+        the venue holds another quantity than the one approved (another client amended it:
+        said as a warning), and valued at the limit price the venue holds. A reduce-only
         order, which the venue may trim, adds no exposure either way."""
         reservation = self._in_flight.get(event.order_link_id)
         if reservation is None:
@@ -128,18 +128,20 @@ class ExposureLedger:
         venue_qty = reservation.qty if event.venue_qty is None else event.venue_qty
         limit = reservation.limit
         if limit is not None and event.venue_price is not None:
-            limit = event.venue_price
+            limit = event.venue_price  # said by the executor, when another client made it
         if (venue_qty, limit) == (reservation.qty, reservation.limit):
             return  # as counted
-        logger.bind(notify="foreign").warning(
-            "order {order_link_id} of strategy {strategy}: the venue holds {held}, not the "
-            "{counted} the risk gate counted (amended by another client, or by the venue); "
-            "its exposure counts the venue's terms from now on",
-            order_link_id=event.order_link_id,
-            strategy=reservation.strategy,
-            held=_terms(f"{venue_qty} {reservation.symbol}", limit),
-            counted=_terms(str(reservation.qty), reservation.limit),
-        )
+        if venue_qty != reservation.qty:
+            logger.bind(notify="foreign").warning(
+                "order {order_link_id} of strategy {strategy}: the venue holds {venue_qty} "
+                "{symbol}, not the {counted} the risk gate counted (amended by another "
+                "client); its exposure counts the venue's quantity from now on",
+                order_link_id=event.order_link_id,
+                strategy=reservation.strategy,
+                venue_qty=venue_qty,
+                symbol=reservation.symbol,
+                counted=reservation.qty,
+            )
         sign = 1 if reservation.signed_qty > 0 else -1
         self.reserve(
             event.order_link_id,
@@ -236,10 +238,6 @@ class ExposureLedger:
             for symbol in self.exposure_symbols(strategy) - prices.keys()
             if self.worst_position(strategy, symbol)
         )
-
-
-def _terms(qty: str, limit: Decimal | None) -> str:
-    return qty if limit is None else f"{qty} at {limit}"
 
 
 def reserve_unfinished(
