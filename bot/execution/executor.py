@@ -120,6 +120,15 @@ def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
     )
 
 
+#: An order's terms a user may amend, as a venue report says them: quantity, limit price,
+#: stop loss and take profit (None where the report does not say).
+_Terms = tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None]
+
+
+def _amendable(event: OrderEvent) -> _Terms:
+    return (event.venue_qty, event.venue_price, event.venue_stop_loss, event.venue_take_profit)
+
+
 class _LookupFailed(Exception):
     """The venue could not be asked (it answered with an error): nothing is known."""
 
@@ -182,6 +191,8 @@ class Executor:
         # Orders the venue acknowledged that look-ups no longer find: loop time of the first.
         self._missing_since: OrderedDict[str, float] = OrderedDict()
         self._warned_cancels: OrderedDict[str, None] = OrderedDict()
+        # Our orders amended elsewhere: the terms (`_amendable`) last warned of, per order.
+        self._warned_terms: OrderedDict[str, _Terms] = OrderedDict()
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
         self._watches: dict[str, asyncio.Event] = {}
@@ -1017,6 +1028,7 @@ class Executor:
         if amended is not None and not sent_before:
             problem = amended  # there before our first send reached the venue: not ours
         elif amended is not None:
+            remember(self._warned_terms, request.order_link_id, _amendable(found), _CANCELS_KEPT)
             logger.bind(notify="foreign").warning(
                 "order {id} is at the venue with other terms than it was sent with ({terms}): "
                 "taken as ours, amended by another client; check that it is what you want",
@@ -1096,6 +1108,7 @@ class Executor:
         alive), saying whether the order is terminal now; and say so when an order of ours
         was cancelled at the venue by someone other than the bot."""
         self._warn_if_cancelled_elsewhere(event)
+        self._warn_if_amended_elsewhere(event)
         watch = self._watches.get(event.order_link_id)
         if watch is not None:
             if event.status.is_terminal:
@@ -1119,6 +1132,34 @@ class Executor:
             "order {id} was cancelled at the venue, not by the bot (by hand on Bybit, or by "
             "another client of the key); what is left of it is not traded",
             id=link_id,
+        )
+
+    def _warn_if_amended_elsewhere(self, event: OrderEvent) -> None:
+        """A WARNING (notify foreign), once per change, when the venue reports one of our
+        unfinished orders with terms its signal did not ask for that only a user sets (by hand
+        on Bybit, or another client of the key): a limit further from the market, a reduce-only
+        order grown, another stop loss or take profit. Another quantity of an opening order is
+        the risk gate's to say (it counts the venue's from then on); what the venue does of
+        itself (trims a reduce-only order, moves a limit in to its price band) is not said."""
+        link_id = event.order_link_id
+        record = self._journal.unfinished(link_id)
+        if record is None or self._warned_terms.get(link_id) == _amendable(event):
+            return  # not ours, known to be over, or said already
+        request = record.request
+        said = event if request.reduce_only else event.model_copy(update={"venue_qty": None})
+        terms = unlike_request(said, request)
+        if terms is None:
+            self._warned_terms.pop(link_id, None)  # amended back: a next change is news
+            return
+        remember(self._warned_terms, link_id, _amendable(event), _CANCELS_KEPT)
+        logger.bind(notify="foreign").warning(
+            "order {id} ({side} {symbol}) was amended at the venue, not by the bot (by hand on "
+            "Bybit, or by another client of the key): {terms}; it trades on those terms "
+            "unless you amend it back",
+            id=link_id,
+            side=request.side,
+            symbol=request.symbol,
+            terms=terms,
         )
 
     async def _follow(
@@ -1189,6 +1230,7 @@ class Executor:
         """Journal what the venue showed, if it moves the order forward; return the order's
         journaled state either way."""
         self._warn_if_cancelled_elsewhere(event)  # a look-up may be the first to see it
+        self._warn_if_amended_elsewhere(event)
         await self._record(event)
         record = await self._journal.call(self._journal.order, event.order_link_id)
         return event if record is None else _event_of(record)

@@ -312,6 +312,39 @@ def test_an_order_of_ours_another_client_cancels_is_warned_of_once(
     assert len(said) == 1 and order["orderLinkId"] in said[0]
 
 
+def test_an_order_of_ours_another_client_amends_is_warned_of_once_per_dearer_change(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    def said() -> list[str]:
+        return [line for line in warnings if "was amended at the venue, not by the bot" in line]
+
+    with beside_another_client(sim_config, exchange[1], "WARNING") as (bot, client, warnings):
+        assert bot.post(signal("resting", entry=96000)).status_code == 202
+        wait_for(lambda: bot.journal_status("resting") == ["New"], what="the order resting")
+        (order,) = client.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="Order")[
+            "result"
+        ]["list"]
+
+        def amend(**terms: str) -> None:
+            client.amend_order(
+                category="linear", symbol="BTCUSDT", orderId=order["orderId"], **terms
+            )
+
+        amend(price="96500")  # dearer than the signal asked: said
+        wait_for(lambda: len(said()) == 1 or None, what="the dearer limit said")
+        amend(price="95500")  # cheaper: nothing to say
+        amend(price="96500")  # dearer again, as said before: said again, it is a new change
+        wait_for(lambda: len(said()) == 2 or None, what="the limit raised again said")
+        amend(stopLoss="94000")
+        wait_for(lambda: len(said()) == 3 or None, what="the stop loss moved said")
+        time.sleep(0.5)  # a later report or look-up of the same terms must not warn again
+
+    lines = said()
+    assert len(lines) == 3 and all(order["orderLinkId"] in line for line in lines)
+    assert "price 96500, not 96000" in lines[0] and "stopLoss" not in lines[0]
+    assert "stopLoss 94000, not 95000" in lines[2]
+
+
 def test_a_closed_positions_pnl_at_the_venue_shows_at_once_not_at_the_next_scan(
     sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
 ) -> None:
