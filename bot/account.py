@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -92,9 +92,12 @@ _POSITION_STATE: Final = attrgetter(
     "size", "entry_price", "mark_price", "unrealized_pnl", "cum_realized_pnl", "leverage"
 )
 #: How long a fill of our order that came before the venue's answer to the send is held for
-#: the orderId the answer brings (it normally comes within milliseconds); then it is booked
-#: as the order's, its orderId unchecked, as a fill of an order in flight always was.
+#: the orderId the answer brings (it normally comes within milliseconds), and again while
+#: the executor still sends or looks up the order (a stalled venue, retries), up to
+#: `_IDENTITY_WAIT_MAX_S`; then it is booked as the order's, its orderId unchecked, as a
+#: fill of an order in flight always was.
 _IDENTITY_WAIT_S: Final = 10.0
+_IDENTITY_WAIT_MAX_S: Final = 120.0
 #: How long the books of a key's symbol (every strategy's and the unattributed one) may
 #: disagree with the venue's position before the bot fetches again what it may have missed
 #: (fills of the last `_DRIFT_LOOKBACK`, positions, open orders), then warns if they still do.
@@ -636,6 +639,8 @@ class AccountKeeper:
         # one came under the orderLinkId of an order of ours in flight, before the venue's
         # answer told its orderId (see `_Held`).
         self._held: dict[tuple[str, str], _Held] = {}
+        # The orderLinkIds the executor is sending or looking up (`follow_sends`).
+        self._sending: Callable[[], Collection[str]] = frozenset
         self._releases: set[asyncio.Task[None]] = set()
         # Books that disagree with the venue: since when, per (key, symbol), and by how much
         # (venue - books); and the differences already warned of.
@@ -802,6 +807,11 @@ class AccountKeeper:
             if not held.waiting:
                 held.answered.set()
 
+    def follow_sends(self, sending: Callable[[], Collection[str]]) -> None:
+        """`sending()`: the orderLinkIds the executor is sending or looking up right now; a
+        report held for one of their answers waits on while it still is (see `_release`)."""
+        self._sending = sending
+
     def _awaiting_answer(self, report: OrderEvent | Execution) -> OrderRecord | None:
         """Our unfinished order, of the report's symbol and side, under whose orderLinkId
         the report is, if the venue has not answered it with an orderId yet: the report may
@@ -842,14 +852,12 @@ class AccountKeeper:
 
     async def _release(self, market: tuple[str, str], held: _Held) -> None:
         """Apply what is held for `market`, in order: before each, wait until every order it
-        waits for has its answer, or `_IDENTITY_WAIT_S` (then a fill is booked as its
-        order's, unchecked; lost to a crash meanwhile, fills are fetched again at start).
-        What comes while they are applied queues behind them."""
+        waits for has its answer (`_answered`; then a fill is booked as its order's,
+        unchecked; lost to a crash meanwhile, fills are fetched again at start). What comes
+        while they are applied queues behind them."""
         while held.reports:
             if held.waiting:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(_IDENTITY_WAIT_S):
-                        await held.answered.wait()
+                await self._answered(held)
                 held.waiting.clear()  # answered, or waited long enough
             report = held.reports.pop(0)
             try:
@@ -862,6 +870,20 @@ class AccountKeeper:
             except Exception:  # the next one still goes; a catch-up or the books check
                 logger.exception("a held report of {market} could not be applied", market=market)
         del self._held[market]
+
+    async def _answered(self, held: _Held) -> None:
+        """Wait until every order `held` waits for has its answer: `_IDENTITY_WAIT_S`, then
+        on while the executor still sends or looks up one of them, up to
+        `_IDENTITY_WAIT_MAX_S` in all."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _IDENTITY_WAIT_MAX_S
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(_IDENTITY_WAIT_S, give_up - loop.time())):
+                    await held.answered.wait()
+                    return
+            if loop.time() >= give_up or held.waiting.isdisjoint(self._sending()):
+                return
 
     async def _apply_execution(self, fill: Execution) -> None:
         if self._recent_fills.seen(fill):

@@ -605,6 +605,7 @@ class Service:
                 key_name, move.symbol, "StopLoss", move.stop_loss
             ),
         )
+        account.keeper.follow_sends(executor.in_flight)
         account.on_order_update(executor.order_updated)
         account.on_position_update(executor.position_updated)
         account.on_position_closed(executor.position_closed)

@@ -692,6 +692,47 @@ def test_a_held_fill_whose_answer_never_comes_is_booked_as_the_orders_after_the_
     assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
 
 
+def test_a_held_fill_waits_on_while_its_order_is_still_being_sent(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The venue stalls: the executor still sends (or looks up) the order after the first
+    # wait, so the fill waits on for the answer that tells whose it is; once the executor is
+    # done with it, the fill is booked as the order's.
+    monkeypatch.setattr("bot.account._IDENTITY_WAIT_S", 0.05)
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    sending = {"alpha-0-x"}
+    keeper.follow_sends(lambda: sending)
+
+    async def deliver() -> Decimal:
+        await keeper.apply(fill(Side.BUY, "0.01", "100", link="alpha-0-x"))
+        await asyncio.sleep(0.3)  # six waits while it is still sent
+        while_sent = projection.strategy_size("k", "alpha", "BTCUSDT")
+        sending.clear()
+        await until(projection.books)
+        return while_sent
+
+    assert asyncio.run(deliver()) == 0
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
+
+
+def test_a_held_fill_waits_no_longer_than_the_cap_however_long_its_order_is_sent(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.account._IDENTITY_WAIT_S", 0.05)
+    monkeypatch.setattr("bot.account._IDENTITY_WAIT_MAX_S", 0.2)
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    keeper.follow_sends(lambda: {"alpha-0-x"})  # a send that never ends
+
+    async def deliver() -> None:
+        await keeper.apply(fill(Side.BUY, "0.01", "100", link="alpha-0-x"))
+        await until(projection.books)
+
+    asyncio.run(deliver())
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == Decimal("0.01")
+
+
 def test_a_fills_reports_are_journaled_together_and_before_any_later_journal_call(
     journal: Journal,
 ) -> None:
