@@ -948,10 +948,15 @@ class Executor:
         Rejected with the venue's last answer."""
         status = OrderStatus.UNKNOWN if may_exist else OrderStatus.REJECTED
         logger.bind(notify="venue_error").warning(
-            "order {id}: attempts spent, journaled {status}",
+            "order {id} of {strategy} ({side} {qty} {symbol}): attempts spent, journaled "
+            "{status}; the venue's last answer: {error}",
             id=request.order_link_id,
-            status=status,
-            error=str(last or "no answer"),
+            strategy=request.strategy,
+            side=request.side.value,
+            qty=request.qty,
+            symbol=request.symbol,
+            status=status.value,
+            error=str(last or "none"),
         )
         if last is None:
             last = VenueError("attempts spent without an answer")

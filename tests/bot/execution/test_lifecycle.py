@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor, StalenessCheck, build_request
@@ -138,6 +139,24 @@ def test_rate_limits_that_go_on_end_rejected_with_the_venue_code(journal: Journa
     assert event.ret_code == 10006
     assert venue.calls["place_order"] < 100_000  # refusals for 50 ms, then 6 counted ones
     assert venue.creates == {}
+
+
+def test_an_order_whose_attempts_are_spent_is_said_with_what_it_was_and_the_last_answer(
+    journal: Journal,
+) -> None:
+    venue = FakeVenue()
+    venue.script(*["rate_limited"] * 100_000)
+    config = FAST.model_copy(update={"max_retry_wait_s": 0.05})
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        event = execute(Executor(journal, {"k": venue}, config), make_intent())
+    finally:
+        logger.remove(sink)
+
+    (line,) = [line for line in said if "attempts spent" in line]
+    assert f"order {event.order_link_id} of " in line and "(Buy " in line and "BTCUSDT)" in line
+    assert "journaled Rejected; the venue's last answer: " in line and "10006" in line
 
 
 def test_a_rejection_after_an_ambiguous_send_is_never_final_on_a_guess(
