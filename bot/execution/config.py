@@ -46,6 +46,14 @@ class ExecutionConfig(BaseModel):
         "Refusals for the limit (unread: they spend none of max_send_attempts) end the "
         "attempt once they have gone on this long",
     )
+    max_close_retry_wait_s: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="max_retry_wait_s for a reduce-only order (a close, a target): losing one "
+        "leaves a position open, so a rate limit's reset, a ban or the limit's refusals are "
+        "waited out this long before its attempts are spent (its signal's age never bounds it)",
+    )
     lookup_delays_s: tuple[float, ...] = Field(
         (0.05, 0.25, 1.0),
         min_length=1,
@@ -93,13 +101,19 @@ class ExecutionConfig(BaseModel):
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> Self:
-        """Settings that bound one another: a lifetime's sends cover one run's, and the
-        longest backoff is not shorter than the first."""
+        """Settings that bound one another: a lifetime's sends cover one run's, a close's
+        patience an opening order's, and the longest backoff is not shorter than the first."""
         if self.max_total_sends < self.max_send_attempts:
             raise ValueError(
                 f"max_total_sends ({self.max_total_sends}) must be at least max_send_attempts "
                 f"({self.max_send_attempts}): it counts every send of an order, restarts "
                 "included"
+            )
+        if self.max_close_retry_wait_s < self.max_retry_wait_s:
+            raise ValueError(
+                f"max_close_retry_wait_s ({self.max_close_retry_wait_s:g}) must be at least "
+                f"max_retry_wait_s ({self.max_retry_wait_s:g}): a close is never given up "
+                "sooner than an opening order"
             )
         if self.backoff_max_s < self.backoff_base_s:
             raise ValueError(

@@ -734,9 +734,10 @@ class Executor:
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
         last: VenueError | None = None
         refused_unread = False  # the last send was refused unread (a rate limit, a ban)
+        patience_s = self._patience_s(request)
         attempts = _Attempts(
             self._config.max_send_attempts,
-            self._config.max_retry_wait_s,
+            patience_s,
             asyncio.get_running_loop().time,  # the clock the waits between tries sleep on
         )
         while attempts.next():
@@ -771,7 +772,7 @@ class Executor:
                             ret_code=refused.ret_code,
                         )
                     )
-                if not await self._wait_to_retry(refused, attempt, attempts):
+                if not await self._wait_to_retry(refused, attempt, attempts, patience_s):
                     break
                 continue
             stale = self._stale(request, signal_ts)
@@ -838,7 +839,7 @@ class Executor:
             except RetryableError as exc:
                 last, refused_unread = exc, True
                 sends -= 1  # refused unread (a rate limit, a ban): it never reached the venue
-                if not await self._wait_to_retry(exc, attempt, attempts):
+                if not await self._wait_to_retry(exc, attempt, attempts, patience_s):
                     break
                 continue
             except OrderRejectedError as exc:
@@ -907,18 +908,29 @@ class Executor:
         self._leverage[where] = target
         return None
 
+    def _patience_s(self, request: OrderRequest) -> float:
+        """How long the venue's refusals of `request` are waited out (see `_Attempts`)."""
+        if request.reduce_only:
+            return self._config.max_close_retry_wait_s
+        return self._config.max_retry_wait_s
+
     async def _wait_to_retry(
-        self, exc: VenueError, attempt: int, attempts: _Attempts | None = None
+        self,
+        exc: VenueError,
+        attempt: int,
+        attempts: _Attempts | None = None,
+        patience_s: float | None = None,
     ) -> bool:
-        """Wait as the venue asked (a rate limit) or back off; False if the wait is too long.
-        A refusal for the rate limit or a ban makes the next of `attempts` free (a clock
-        error is retried at once, so it stays counted)."""
+        """Wait as the venue asked (a rate limit) or back off; False if the wait is longer
+        than `patience_s` (default `max_retry_wait_s`). A refusal for the rate limit or a ban
+        makes the next of `attempts` free (a clock error is retried at once, so it stays
+        counted)."""
         if not isinstance(exc, RetryableError):
             await self._backoff(attempt)
             return True
         if attempts is not None and exc.ret_code != CLOCK_DRIFT_CODE:
             attempts.refused_unread()
-        if exc.retry_after_s > self._config.max_retry_wait_s:
+        if exc.retry_after_s > (patience_s or self._config.max_retry_wait_s):
             logger.warning("venue asks to wait {s:.0f} s; giving up this run", s=exc.retry_after_s)
             return False
         await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))

@@ -4,6 +4,7 @@ reason, and a crash at any point is settled by reconciliation without a second o
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,6 +23,7 @@ from bot.messages import (
     OrderStatus,
     OrderType,
     PositionUpdate,
+    Side,
     Signal,
     parse_signal,
 )
@@ -138,6 +140,25 @@ def test_rate_limits_that_go_on_end_rejected_with_the_venue_code(journal: Journa
     assert event.status is OrderStatus.REJECTED
     assert event.ret_code == 10006
     assert venue.calls["place_order"] < 100_000  # refusals for 50 ms, then 6 counted ones
+    assert venue.creates == {}
+
+
+def test_a_close_waits_out_the_rate_limits_refusals_longer_than_an_opening_order(
+    journal: Journal,
+) -> None:
+    # Losing a close leaves a position open: its refusals go on for max_close_retry_wait_s
+    # (counted only after), not max_retry_wait_s; it still ends, Rejected with the code.
+    venue = FakeVenue()
+    venue.script(*["rate_limited"] * 100_000)
+    config = FAST.model_copy(update={"max_retry_wait_s": 0.05, "max_close_retry_wait_s": 0.5})
+    executor = Executor(journal, {"k": venue}, config)
+    close = make_intent(signal_id="close", side=Side.SELL, reduce_only=True)
+
+    started = time.monotonic()
+    event = execute(executor, close)
+
+    assert time.monotonic() - started >= 0.5
+    assert event.status is OrderStatus.REJECTED and event.ret_code == 10006
     assert venue.creates == {}
 
 
