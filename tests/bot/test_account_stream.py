@@ -295,15 +295,21 @@ def test_another_clients_order_under_our_next_id_that_fills_first_is_never_the_s
     assert any("another client" in line for line in warnings)
 
 
+def resting_order(bot: RunningBot, client: HTTP) -> dict[str, str]:
+    """A buy limit of the bot's resting at 96000 (signal "resting"), as the venue lists it."""
+    assert bot.post(signal("resting", entry=96000)).status_code == 202
+    wait_for(lambda: bot.journal_status("resting") == ["New"], what="the order resting")
+    (order,) = client.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="Order")[
+        "result"
+    ]["list"]
+    return order
+
+
 def test_an_order_of_ours_another_client_cancels_is_warned_of_once(
     sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
 ) -> None:
     with beside_another_client(sim_config, exchange[1], "WARNING") as (bot, client, warnings):
-        assert bot.post(signal("resting", entry=96000)).status_code == 202
-        wait_for(lambda: bot.journal_status("resting") == ["New"], what="the order resting")
-        (order,) = client.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="Order")[
-            "result"
-        ]["list"]
+        order = resting_order(bot, client)
         client.cancel_order(category="linear", symbol="BTCUSDT", orderId=order["orderId"])
         wait_for(lambda: bot.journal_status("resting") == ["Cancelled"], what="the cancel")
         time.sleep(0.3)  # a late REST look-up of the same cancel must not warn again
@@ -319,11 +325,7 @@ def test_an_order_of_ours_another_client_amends_is_warned_of_once_per_dearer_cha
         return [line for line in warnings if "was amended at the venue, not by the bot" in line]
 
     with beside_another_client(sim_config, exchange[1], "WARNING") as (bot, client, warnings):
-        assert bot.post(signal("resting", entry=96000)).status_code == 202
-        wait_for(lambda: bot.journal_status("resting") == ["New"], what="the order resting")
-        (order,) = client.get_open_orders(category="linear", symbol="BTCUSDT", orderFilter="Order")[
-            "result"
-        ]["list"]
+        order = resting_order(bot, client)
 
         def amend(**terms: str) -> None:
             client.amend_order(
