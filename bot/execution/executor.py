@@ -120,13 +120,24 @@ def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
     )
 
 
-#: An order's terms a user may amend, as a venue report says them: quantity, limit price,
-#: stop loss and take profit (None where the report does not say).
-_Terms = tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None]
+#: An order's terms a user may amend, as a venue report gives them.
+_AMENDABLE: Final = ("venue_qty", "venue_price", "venue_stop_loss", "venue_take_profit")
 
 
-def _amendable(event: OrderEvent) -> _Terms:
-    return (event.venue_qty, event.venue_price, event.venue_stop_loss, event.venue_take_profit)
+def _amended(event: OrderEvent, request: OrderRequest) -> str | None:
+    """What the venue's report of our order shows amended that only a user amends, in words
+    (`unlike_request`), each number of the report plain ("96000", never "96000.0"); an opening
+    order's quantity left out (the risk gate says it). The same words, the same amendment:
+    a report that changes nothing of them (a venue's trim, another spelling) is no news."""
+    plain = {name: _plain_number(getattr(event, name)) for name in _AMENDABLE}
+    if not request.reduce_only:
+        plain["venue_qty"] = None
+    return unlike_request(event.model_copy(update=plain), request)
+
+
+def _plain_number(value: Decimal | None) -> Decimal | None:
+    """`value` without trailing zeros or an exponent: 96000.0 and 9.6E+4 read 96000."""
+    return None if value is None else Decimal(format(value.normalize(), "f"))
 
 
 class _LookupFailed(Exception):
@@ -191,8 +202,8 @@ class Executor:
         # Orders the venue acknowledged that look-ups no longer find: loop time of the first.
         self._missing_since: OrderedDict[str, float] = OrderedDict()
         self._warned_cancels: OrderedDict[str, None] = OrderedDict()
-        # Our orders amended elsewhere: the terms (`_amendable`) last warned of, per order.
-        self._warned_terms: OrderedDict[str, _Terms] = OrderedDict()
+        # Our orders amended elsewhere: the amendment (`_amended`) last warned of, per order.
+        self._warned_terms: OrderedDict[str, str | None] = OrderedDict()
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
         self._watches: dict[str, asyncio.Event] = {}
@@ -1045,7 +1056,8 @@ class Executor:
         if amended is not None and not sent_before:
             problem = amended  # there before our first send reached the venue: not ours
         elif amended is not None:
-            remember(self._warned_terms, request.order_link_id, _amendable(found), _CANCELS_KEPT)
+            warned = _amended(found, request)
+            remember(self._warned_terms, request.order_link_id, warned, _CANCELS_KEPT)
             logger.bind(notify="foreign").warning(
                 "order {id} is at the venue with other terms than it was sent with ({terms}): "
                 "taken as ours, amended by another client; check that it is what you want",
@@ -1160,15 +1172,16 @@ class Executor:
         itself (trims a reduce-only order, moves a limit in to its price band) is not said."""
         link_id = event.order_link_id
         record = self._journal.unfinished(link_id)
-        if record is None or self._warned_terms.get(link_id) == _amendable(event):
-            return  # not ours, known to be over, or said already
-        request = record.request
-        said = event if request.reduce_only else event.model_copy(update={"venue_qty": None})
-        terms = unlike_request(said, request)
+        if record is None:
+            return  # not ours, or known to be over
+        terms = _amended(event, record.request)
         if terms is None:
             self._warned_terms.pop(link_id, None)  # amended back: a next change is news
             return
-        remember(self._warned_terms, link_id, _amendable(event), _CANCELS_KEPT)
+        if self._warned_terms.get(link_id) == terms:
+            return  # said already: the report changes nothing of it
+        remember(self._warned_terms, link_id, terms, _CANCELS_KEPT)
+        request = record.request
         logger.bind(notify="foreign").warning(
             "order {id} ({side} {symbol}) was amended at the venue, not by the bot (by hand on "
             "Bybit, or by another client of the key): {terms}; it trades on those terms "

@@ -1,0 +1,86 @@
+"""The executor's warning of an order of ours amended at the venue by another client: said
+once per amendment, not again for a report that changes nothing of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from loguru import logger
+
+from bot.execution.config import ExecutionConfig
+from bot.execution.executor import Executor
+from bot.journal import Journal
+from bot.messages import OrderEvent, OrderStatus, OrderType, Side
+from bot.venue.fake import FakeVenue
+from tests.factories import make_request
+
+LINK = "follow-0-x"
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> Iterator[Executor]:
+    """An executor whose journal holds a resting 0.01 buy at 96000 with its stop at 95000."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.record_order(
+        make_request(
+            order_link_id=LINK,
+            order_type=OrderType.LIMIT,
+            price=Decimal(96000),
+            stop_loss=Decimal(95000),
+        )
+    )
+    yield Executor(journal, {"k": FakeVenue()}, ExecutionConfig())
+    journal.close()
+
+
+def report(**terms: object) -> OrderEvent:
+    """The venue's report of that order, as placed unless `terms` say otherwise."""
+    fields: dict[str, object] = {
+        "order_link_id": LINK,
+        "status": OrderStatus.NEW,
+        "order_id": "o1",
+        "symbol": "BTCUSDT",
+        "side": Side.BUY,
+        "order_type": OrderType.LIMIT,
+        "venue_reduce_only": False,
+        "venue_qty": Decimal("0.01"),
+        "venue_price": Decimal(96000),
+        "venue_stop_loss": Decimal(95000),
+        "venue_take_profit": Decimal(0),
+    }
+    return OrderEvent(**(fields | terms))
+
+
+def amendments_said(executor: Executor, *reports: OrderEvent) -> list[str]:
+    """The amendment warnings the executor gives when the venue sends `reports`."""
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        for event in reports:
+            executor.order_updated(event)
+    finally:
+        logger.remove(sink)
+    return [line for line in said if "was amended at the venue" in line]
+
+
+def test_a_dearer_limit_is_not_said_again_when_then_only_the_quantity_moves(
+    executor: Executor,
+) -> None:
+    # The quantity of an opening order is the risk gate's to say; the limit, said once.
+    dearer = report(venue_price=Decimal(96500))
+    grown = report(venue_price=Decimal(96500), venue_qty=Decimal("0.02"))
+
+    lines = amendments_said(executor, dearer, grown)
+
+    assert len(lines) == 1 and "price 96500, not 96000" in lines[0]
+
+
+def test_the_same_terms_spelt_otherwise_are_no_news(executor: Executor) -> None:
+    dearer, respelt = report(venue_price=Decimal(96500)), report(venue_price=Decimal("96500.0"))
+
+    lines = amendments_said(executor, dearer, respelt)
+
+    assert len(lines) == 1
