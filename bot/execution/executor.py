@@ -1166,10 +1166,11 @@ class Executor:
     def _warn_if_amended_elsewhere(self, event: OrderEvent) -> None:
         """A WARNING (notify foreign), once per change, when the venue reports one of our
         unfinished orders with terms its signal did not ask for that only a user sets (by hand
-        on Bybit, or another client of the key): a limit further from the market, a reduce-only
-        order grown, another stop loss or take profit. Another quantity of an opening order is
-        the risk gate's to say (it counts the venue's from then on); what the venue does of
-        itself (trims a reduce-only order, moves a limit in to its price band) is not said."""
+        on Bybit, or another client of the key): a dearer limit (a buy's higher, a sell's
+        lower), a reduce-only order grown, another stop loss or take profit. Another quantity
+        of an opening order is the risk gate's to say (it counts the venue's from then on);
+        what the venue does of itself (trims a reduce-only order, moves a limit in to its price
+        band) is not said."""
         link_id = event.order_link_id
         record = self._journal.unfinished(link_id)
         if record is None:
