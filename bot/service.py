@@ -596,7 +596,7 @@ class Service:
             staleness=gate.stale_reason,
             stream_live=account.live,
             stream_connection=account.live_connection,
-            order_settled=gate.ledger.follow,
+            order_changed=gate.ledger.follow,
             blocked=gate.block_reason,
             booked_qty=account.projection.booked_qty,
             order_journaled=account.keeper.expect_order,

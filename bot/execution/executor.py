@@ -156,7 +156,7 @@ class Executor:
         staleness: StalenessCheck = lambda ts: None,
         stream_live: Callable[[str], bool] = lambda key_name: False,
         stream_connection: Callable[[str], int | None] = lambda key_name: None,
-        order_settled: Callable[[OrderEvent], None] = lambda event: None,
+        order_changed: Callable[[OrderEvent], None] = lambda event: None,
         blocked: Callable[[str], str | None] = lambda strategy: None,
         booked_qty: Callable[[str], Decimal] | None = None,
         order_journaled: Callable[[OrderRequest], None] = lambda request: None,
@@ -168,7 +168,8 @@ class Executor:
         whether a key's account stream is up (then fills are awaited, not polled for), and
         `stream_connection` which connection of it is live (None: down), so a resting order
         is looked up less often while one stays up;
-        `order_settled` hears of every order the journal made terminal (its event);
+        `order_changed` hears of every change the journal made to an order (its event): a
+        look-up may be the first to show the venue's terms of it, or its end;
         `blocked(strategy)` says why a strategy may not increase exposure now (the gate's
         trading states: asked before every send of an opening order, so a halt stops legs
         already approved);
@@ -187,7 +188,7 @@ class Executor:
         self._stream_connection = stream_connection
         # orderLinkId -> (loop time, stream connection) of its last look-up by `reconcile`
         self._looked_at: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
-        self._order_settled = order_settled
+        self._order_changed = order_changed
         self._blocked = blocked
         self._booked_qty = booked_qty
         self._order_journaled = order_journaled
@@ -283,7 +284,7 @@ class Executor:
                 if known.status.is_terminal:
                     # Over before this approval (its leg decided again, e.g. a refused entry
                     # retried by on_order_rejected): nothing will release what it reserved.
-                    self._order_settled(_event_of(known))
+                    self._order_changed(_event_of(known))
                 events.append(await self._resume(known, resend=True))
             return events
         finally:
@@ -823,7 +824,7 @@ class Executor:
                     if written is not None:
                         if not written.done():
                             await asyncio.wrap_future(written)
-                        self._settled(submitting, written.result())
+                        self._changed(submitting, written.result())
             except DuplicateOrderError as exc:
                 # It exists (a lost answer of an earlier send, or an earlier journal's): look
                 # it up, with patience. Before this one, had any send of ours reached it?
@@ -1268,17 +1269,18 @@ class Executor:
 
     async def _record(self, event: OrderEvent) -> OrderEvent:
         moved = await self._journal.call(self._journal.record_order_event, event)
-        self._settled(event, moved)
+        self._changed(event, moved)
         if event.order_id:
             self._order_identified(event.order_link_id, event.order_id)
         elif moved and event.status.is_terminal:  # ended without the venue ever taking it
             self._order_identified(event.order_link_id, None)
         return event
 
-    def _settled(self, event: OrderEvent, moved: bool) -> None:
-        """The risk ledger hears of an order the journal has just made terminal."""
-        if moved and event.status.is_terminal:
-            self._order_settled(event)
+    def _changed(self, event: OrderEvent, moved: bool) -> None:
+        """The risk ledger hears of every change the journal has just made to an order: the
+        venue's quantity and limit price of it (another client may have amended it), its end."""
+        if moved:
+            self._order_changed(event)
 
     async def _reject(
         self, request: OrderRequest, reason: str, *, notify: str | None = None

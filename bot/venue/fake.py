@@ -72,6 +72,8 @@ class _Order:
     status: OrderStatus
     filled: Decimal = Decimal(0)
     hidden_lookups: int = 0
+    #: The limit price another client amended the order to (None: not amended).
+    amended_price: Decimal | None = None
 
     def event(self, price: Decimal) -> OrderEvent:
         return OrderEvent(
@@ -80,6 +82,8 @@ class _Order:
             order_id=self.order_id,
             filled_qty=self.filled,
             avg_price=price if self.filled else None,
+            order_type=self.request.order_type,
+            venue_price=self.amended_price,
         )
 
 

@@ -635,7 +635,7 @@ def test_a_leg_approved_again_after_its_order_ended_holds_nothing_in_flight(
     venue = FakeVenue()
     venue.script("rejected")
     gate = RiskGate(UNLIMITED.model_copy(update={"symbols": ("BTCUSDT",)}))
-    executor = Executor(journal, {"k": venue}, FAST, order_settled=gate.ledger.follow)
+    executor = Executor(journal, {"k": venue}, FAST, order_changed=gate.ledger.follow)
 
     async def entry_then_retry() -> list[OrderEvent]:
         events = []
@@ -650,3 +650,32 @@ def test_a_leg_approved_again_after_its_order_ended_holds_nothing_in_flight(
     assert first.status is retry.status is OrderStatus.REJECTED
     assert gate.ledger.open_orders("follow") == 0
     assert gate.ledger.worst_position("follow", "BTCUSDT") == 0
+
+
+def test_a_limit_another_client_moved_that_only_a_look_up_shows_is_valued_there(
+    journal: Journal,
+) -> None:
+    # The account stream is down: the loop's look-up is the first to show that another
+    # client raised the resting sell limit; the gate values the short it may leave there.
+    venue = FakeVenue()
+    gate = RiskGate(UNLIMITED.model_copy(update={"symbols": ("BTCUSDT",)}))
+    executor = Executor(journal, {"k": venue}, FAST, order_changed=gate.ledger.follow)
+    sell = make_intent(
+        side=Side.SELL,
+        order_type=OrderType.LIMIT,
+        price=Decimal(98000),
+        reference_price=Decimal(98000),
+    )
+
+    async def rest_then_look_up() -> OrderEvent:
+        verdict = gate.decide(sell, price=Decimal(97000), prices={})
+        assert isinstance(verdict, ApprovedOrder)
+        resting = await executor.execute(verdict, "k")
+        venue.orders[resting.order_link_id].amended_price = Decimal(99000)
+        await executor.reconcile()
+        return resting
+
+    resting = asyncio.run(rest_then_look_up())
+
+    assert resting.status is OrderStatus.NEW
+    assert gate.ledger.worst_notional("follow", "BTCUSDT", Decimal(97000)) == Decimal(990)
