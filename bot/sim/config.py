@@ -221,8 +221,8 @@ class SimFaults(BaseModel):
     )
     rate_limit_10006: Probability = Field(
         default=0.0,
-        description="Chance that an authenticated request is refused with 10006 "
-        "'Too many visits!' although under the limit.",
+        description="Chance that an authenticated request (or a WebSocket trade API order "
+        "request) is refused with 10006 'Too many visits!' although under the limit.",
     )
     timeout_10016: Probability = Field(
         default=0.0,

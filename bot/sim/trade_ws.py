@@ -13,8 +13,9 @@ take it; each order counts against the limit, fails alone, and has its code in
 than linear, 20006 for a reqId the connection used before, 10001 for a reqId that is not a
 string or is longer than 36 characters, 10003 before `auth`.
 
-The REST gateway's faults strike here too, where a socket can carry them: `timeout_10016`
-(refused before anything is done), `accept_then_10016` (done, then answered 10016) and
+The REST gateway's faults strike here too, where a socket can carry them: `rate_limit_10006`
+(refused as over the limit, nothing done), `timeout_10016` (refused before anything is done),
+`accept_then_10016` (done, then answered 10016) and
 `drop_response_after_accept` (a create done and never answered: the client's request times
 out). Delays and HTTP errors are the HTTP gateway's only.
 """
@@ -126,7 +127,7 @@ class TradeDesk:
         headers, granted, refused = self._limit(
             api_key, found.path, batch_size(item) if found.batch else 1
         )
-        if granted == 0:
+        if granted == 0 or self._exchange.inject("rate_limit_10006"):
             outcome: _Outcome | None = (RetCode.TOO_MANY_VISITS, "Too many visits!", {}, {})
             headers = refused
         else:

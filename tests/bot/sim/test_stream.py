@@ -869,12 +869,20 @@ def test_the_trade_websocket_suffers_the_gateways_faults(
     _post(server, "/sim/faults", {"drop_response_after_accept": 0.0, "accept_then_10016": 1.0})
     send("order.cancel", {"symbol": "BTCUSDT", "orderLinkId": "lost-ack"})
     cancelled = json.loads(sock.recv())
-    _post(server, "/sim/faults", {"accept_then_10016": 0.0})
+    _post(server, "/sim/faults", {"accept_then_10016": 0.0, "rate_limit_10006": 1.0})
+    send("order.create", order | {"price": "90000", "orderLinkId": "refused"})
+    limited = json.loads(sock.recv())
+    _post(server, "/sim/faults", {"rate_limit_10006": 0.0})
     long_id = _ask(sock, {"reqId": "x" * 37, "op": "order.cancel"})
     history = http.get_order_history(category="linear", orderLinkId="lost-ack")["result"]["list"]
 
     assert (cancelled["retCode"], cancelled["data"]) == (10016, {})
     assert [row["orderStatus"] for row in history] == ["Cancelled"]  # done all the same
+    assert (limited["retCode"], limited["retMsg"]) == (10006, "Too many visits!")
+    assert int(limited["header"]["X-Bapi-Limit-Reset-Timestamp"]) > int(
+        limited["header"]["Timenow"]
+    )
+    assert [o for o in server.exchange.orders() if o["orderLinkId"] == "refused"] == []
     assert long_id["retCode"] == 10001 and "36" in long_id["retMsg"]
 
 
