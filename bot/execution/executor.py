@@ -211,6 +211,10 @@ class Executor:
         # Followed orders the stream reported terminal: what it said of each.
         self._terminal: dict[str, OrderEvent] = {}
         self._leverage: dict[tuple[str, str], Decimal] = {}  # (key, symbol) -> leverage set
+        # (key, symbol) -> the max_leverage of the last opening order sent there, and the
+        # venue's leverage this run last replaced (a late report of it is no news)
+        self._leverage_caps: dict[tuple[str, str], Decimal] = {}
+        self._leverage_replaced: dict[tuple[str, str], Decimal] = {}
         # Cancels of reduce-only orders left by a closed position, by orderLinkId, running.
         self._stranded: dict[str, asyncio.Task[None]] = {}
         self._placed: Counter[str] = Counter()  # orders the venue accepted, per key
@@ -894,6 +898,8 @@ class Executor:
         where = (request.key_name, request.symbol)
         known = self._leverage.get(where)
         target = request.leverage
+        if request.max_leverage is not None:
+            self._leverage_caps[where] = request.max_leverage
         try:
             if target is None and request.max_leverage is not None:
                 if known is None and not request.reduce_only:
@@ -907,6 +913,8 @@ class Executor:
             if target is None or target == known:
                 return None
             self._leverage.pop(where, None)  # until the venue confirms: an answer may be lost
+            if known is not None:
+                self._leverage_replaced[where] = known
             await venue.set_leverage(request.symbol, target)
         except VenueError as exc:
             doing = "reading the leverage" if target is None else f"setting leverage {target}"
@@ -1119,10 +1127,16 @@ class Executor:
         """The venue reported a position: a leverage other than the one this run set (or
         read) was changed since, by hand or by another client of the key, so it is checked
         again before the next order (a report older than our own change costs one request
-        too many)."""
+        too many). One above the cap of the symbol's last opening order while a position is
+        open is a WARNING (notify foreign): that position's liquidation price moved nearer."""
         where = (update.key_name, update.symbol)
         ours = self._leverage.get(where)
-        if update.leverage and ours not in (None, update.leverage):
+        if not update.leverage or ours in (None, update.leverage):
+            return
+        del self._leverage[where]
+        cap = self._leverage_caps.get(where)
+        late = update.leverage == self._leverage_replaced.get(where)  # from before our change
+        if update.size == 0 or cap is None or update.leverage <= cap or late:
             logger.info(
                 "the venue reports {symbol} on key {key} at {x}x, not the {ours}x this run "
                 "set or read: it is checked against max_leverage before the next order",
@@ -1131,7 +1145,17 @@ class Executor:
                 x=update.leverage,
                 ours=ours,
             )
-            del self._leverage[where]
+            return
+        logger.bind(notify="foreign").warning(
+            "the open {symbol} position on key {key} is at {x}x, above max_leverage {cap}x: "
+            "changed at the venue, not by the bot (by hand on Bybit, or by another client of "
+            "the key); its liquidation price is that much nearer until the next order of the "
+            "symbol sets it back, or you do",
+            symbol=update.symbol,
+            key=update.key_name,
+            x=update.leverage,
+            cap=cap,
+        )
 
     def order_updated(self, event: OrderEvent) -> None:
         """The account stream moved an order forward: wake whoever follows it (the stream is

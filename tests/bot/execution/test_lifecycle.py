@@ -542,11 +542,36 @@ def test_a_leverage_changed_at_the_venue_by_someone_else_is_set_again(
     assert venue.calls["set_leverage"] == 2
 
 
-def position_at(leverage: Decimal) -> PositionUpdate:
+def test_a_leverage_raised_past_the_cap_under_an_open_position_is_warned_of_once(
+    journal: Journal,
+) -> None:
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    # Under approve()'s cap of 100x; a late report of the 125x the bot lowered to the cap;
+    # 125x set by another client.
+    cases = (("50", None, "5"), ("125", Decimal(125), None), ("125", None, "5"))
+    try:
+        for index, (foreign, venue_had, wish) in enumerate(cases):
+            venue = FakeVenue()
+            venue.default_leverage = venue_had
+            executor = Executor(journal, {"k": venue}, FAST)
+            signal_id = f"case-{index}"
+            wished = None if wish is None else Decimal(wish)
+            execute(executor, make_intent(signal_id=signal_id, leverage=wished))
+            for _ in range(2):  # Bybit pushes the position again on every order change
+                executor.position_updated(position_at(Decimal(foreign), size=Decimal("0.01")))
+    finally:
+        logger.remove(sink)
+
+    (line,) = [line for line in said if "max_leverage" in line]
+    assert "open BTCUSDT position on key k is at 125x, above max_leverage 100x" in line
+
+
+def position_at(leverage: Decimal, size: Decimal = Decimal(0)) -> PositionUpdate:
     return PositionUpdate(
         key_name="k",
         symbol="BTCUSDT",
-        size=Decimal(0),
+        size=size,
         entry_price=Decimal(0),
         mark_price=Decimal(97000),
         unrealized_pnl=Decimal(0),
