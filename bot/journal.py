@@ -85,7 +85,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 13
+SCHEMA_VERSION: Final = 14
 #: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
 _IDS_PER_QUERY: Final = 500
 #: The bytes written to the WAL since it last started over past which the writer is made to
@@ -307,7 +307,8 @@ CREATE TABLE IF NOT EXISTS orders (
     updated_at    TEXT NOT NULL,
     attempts      INTEGER NOT NULL DEFAULT 0,
     venue_qty     TEXT,
-    venue_price   TEXT
+    venue_price   TEXT,
+    amendment_said TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_by_signal ON orders (source, signal_id);
 CREATE TABLE IF NOT EXISTS order_events (
@@ -342,6 +343,9 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     12: _EXECUTIONS_BY_TIME,
     # A limit order's price as the venue holds it (another client may amend it too).
     13: "ALTER TABLE orders ADD COLUMN venue_price TEXT;",
+    # What the bot last said of the order amended by another client (once per change,
+    # restarts included).
+    14: "ALTER TABLE orders ADD COLUMN amendment_said TEXT;",
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")
@@ -668,6 +672,9 @@ class OrderRecord:
     #: A limit order's price as the venue's last report said (another client may have
     #: amended it); the requested one until a report; None for a market order.
     venue_price: Decimal | None
+    #: What the bot last said of terms another client amended the order to (`unlike_request`'s
+    #: words); None if nothing, or the order was amended back.
+    amendment_said: str | None = None
 
 
 class OrderOwner(NamedTuple):
@@ -1517,6 +1524,18 @@ class Journal:
             self._written_orders[event.order_link_id] = (updated, earlier and earlier[1])
             return True
 
+    def record_amendment_said(self, order_link_id: str, said: str | None) -> None:
+        """Keep what the bot said of the order amended by another client (None: amended
+        back), so that neither a later report nor a restart says it again."""
+        with self._transaction() as db:
+            rows = db.execute(
+                f"UPDATE orders SET amendment_said = ? WHERE order_link_id = ? {_RETURNING}",  # noqa: S608 - our own fields
+                (said, order_link_id),
+            ).fetchall()
+            if rows:
+                earlier = self._written_orders.get(order_link_id)
+                self._written_orders[order_link_id] = (rows[0], earlier and earlier[1])
+
     def order(self, order_link_id: str) -> OrderRecord | None:
         rows = self._orders("WHERE orders.order_link_id = ?", (order_link_id,))
         return rows[0] if rows else None
@@ -2217,7 +2236,8 @@ _ORDER_FIELDS: Final = (
     " orders.avg_price, orders.reason, orders.ret_code, orders.attempts,"
     " (SELECT s.ts FROM signals AS s WHERE s.source = orders.source"
     " AND s.signal_id = orders.signal_id), orders.updated_at,"
-    " COALESCE(orders.venue_qty, orders.qty), COALESCE(orders.venue_price, orders.price)"
+    " COALESCE(orders.venue_qty, orders.qty), COALESCE(orders.venue_price, orders.price),"
+    " orders.amendment_said"
 )
 _ORDER_QUERY: Final = f"SELECT {_ORDER_FIELDS} FROM orders"  # noqa: S608 - our own fields
 _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
@@ -2226,7 +2246,7 @@ _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
 def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> OrderRecord:
     """An `_ORDER_FIELDS` row; `request` spares parsing the stored one when it is at hand."""
     _, stored, status, order_id, filled_qty, avg_price, reason, ret_code, attempts = row[:9]
-    signal_ts, updated_at, venue_qty, venue_price = row[9:]
+    signal_ts, updated_at, venue_qty, venue_price, amendment_said = row[9:]
     return OrderRecord(
         request=request or OrderRequest.model_validate_json(stored),
         status=OrderStatus(status),
@@ -2240,6 +2260,7 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
         updated_at=datetime.fromisoformat(updated_at),
         venue_qty=Decimal(venue_qty),
         venue_price=None if venue_price is None else Decimal(venue_price),
+        amendment_said=amendment_said,
     )
 
 

@@ -203,7 +203,8 @@ class Executor:
         # Orders the venue acknowledged that look-ups no longer find: loop time of the first.
         self._missing_since: OrderedDict[str, float] = OrderedDict()
         self._warned_cancels: OrderedDict[str, None] = OrderedDict()
-        # Our orders amended elsewhere: the amendment (`_amended`) last warned of, per order.
+        # Our orders amended elsewhere: the amendment (`_amended`) last warned of, per order
+        # (None: amended back since), as the journal keeps it too.
         self._warned_terms: OrderedDict[str, str | None] = OrderedDict()
         self._in_flight: set[str] = set()
         self._reconcile_cursor: dict[str, int] = {}
@@ -1065,8 +1066,7 @@ class Executor:
         if amended is not None and not sent_before:
             problem = amended  # there before our first send reached the venue: not ours
         elif amended is not None:
-            warned = _amended(found, request)
-            remember(self._warned_terms, request.order_link_id, warned, _CANCELS_KEPT)
+            self._amendment_said(request.order_link_id, _amended(found, request))
             logger.bind(notify="foreign").warning(
                 "order {id} is at the venue with other terms than it was sent with ({terms}): "
                 "taken as ours, amended by another client; check that it is what you want",
@@ -1201,12 +1201,12 @@ class Executor:
         if record is None:
             return  # not ours, or known to be over
         terms = _amended(event, record.request)
+        # What was said last: this run's word, or the journal's (said before a restart).
+        if self._warned_terms.get(link_id, record.amendment_said) == terms:
+            return  # said already (the report changes nothing of it), or nothing to say
+        self._amendment_said(link_id, terms)
         if terms is None:
-            self._warned_terms.pop(link_id, None)  # amended back: a next change is news
-            return
-        if self._warned_terms.get(link_id) == terms:
-            return  # said already: the report changes nothing of it
-        remember(self._warned_terms, link_id, terms, _CANCELS_KEPT)
+            return  # amended back: a next change is news
         request = record.request
         logger.bind(notify="foreign").warning(
             "order {id} ({side} {symbol}) was amended at the venue, not by the bot (by hand on "
@@ -1217,6 +1217,12 @@ class Executor:
             symbol=request.symbol,
             terms=terms,
         )
+
+    def _amendment_said(self, order_link_id: str, said: str | None) -> None:
+        """Remember what was said of the order amended elsewhere (None: amended back), in
+        this run and in the journal (a deferred write: a crash before it says it once more)."""
+        remember(self._warned_terms, order_link_id, said, _CANCELS_KEPT)
+        self._journal.submit(self._journal.record_amendment_said, order_link_id, said)
 
     async def _follow(
         self, venue: Venue, request: OrderRequest, order_id: str | None

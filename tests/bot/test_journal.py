@@ -52,9 +52,10 @@ def journal(tmp_path: Path) -> Journal:
     return Journal(tmp_path / "journal.sqlite3")
 
 
-#: Undoes schema 13's step, which cannot run twice, in a journal made at the current schema
-#: to stand for an older one.
-BEFORE_13 = "ALTER TABLE orders DROP COLUMN venue_price; "
+#: Undoes the steps of schemas 14 and 13, which cannot run twice, in a journal made at the
+#: current schema to stand for an older one.
+BEFORE_14 = "ALTER TABLE orders DROP COLUMN amendment_said; "
+BEFORE_13 = BEFORE_14 + "ALTER TABLE orders DROP COLUMN venue_price; "
 
 
 def signal(signal_id: str = "s1"):  # type: ignore[no-untyped-def]
@@ -1003,14 +1004,14 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     }
     assert set(new_indexes) <= indexes
     columns = {row[1] for row in journal._db.execute("PRAGMA table_info(orders)")}
-    assert {"venue_qty", "venue_price"} <= columns
+    assert {"venue_qty", "venue_price", "amendment_said"} <= columns
     assert journal.due_fill_hooks() == []
     assert journal.carried_out("voc", "s1", "follow", "e1") == (set(), False)
     assert journal.used_commands(0) == {}
     used = {row[1] for row in journal._db.execute("PRAGMA table_info(used_commands)")}
     assert "acted" in used
     journal.claim_environment("sim")  # schema 11's table
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 13
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 14
 
 
 def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
@@ -1128,6 +1129,25 @@ def test_a_fill_hook_stays_due_until_done_and_survives_a_reopening(tmp_path: Pat
         journal.fill_hook_done("e1")  # a hook run twice is done once
         assert journal.due_fill_hooks() == [(second, second_books)]
         assert journal.execution_count() == 3
+
+
+def test_a_version_13_journal_keeps_its_orders_with_nothing_said_of_amendments(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v13.sqlite3"
+    with closing(Journal(path)) as journal:
+        journal.record_order(make_request(order_type=OrderType.LIMIT, price=Decimal(96000)))
+    db = sqlite3.connect(path)
+    db.executescript(BEFORE_14 + "PRAGMA user_version=13;")
+    db.close()
+
+    with closing(Journal(path)) as journal:
+        (record,) = journal.unfinished_orders()
+        journal.record_amendment_said(record.request.order_link_id, "price 96500, not 96000")
+        (said,) = journal.committed_unfinished()
+
+    assert (record.venue_price, record.amendment_said) == (Decimal(96000), None)
+    assert said.amendment_said == "price 96500, not 96000"
 
 
 def test_a_version_9_journal_takes_its_used_commands_as_carried_out(tmp_path: Path) -> None:

@@ -20,10 +20,9 @@ from tests.factories import make_request
 LINK = "follow-0-x"
 
 
-@pytest.fixture
-def executor(tmp_path: Path) -> Iterator[Executor]:
-    """An executor whose journal holds a resting 0.01 buy at 96000 with its stop at 95000."""
-    journal = Journal(tmp_path / "journal.sqlite3")
+def resting(path: Path) -> Journal:
+    """A journal holding a resting 0.01 buy at 96000 with its stop at 95000."""
+    journal = Journal(path)
     journal.record_order(
         make_request(
             order_link_id=LINK,
@@ -32,6 +31,13 @@ def executor(tmp_path: Path) -> Iterator[Executor]:
             stop_loss=Decimal(95000),
         )
     )
+    return journal
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> Iterator[Executor]:
+    """An executor whose journal holds the `resting` order."""
+    journal = resting(tmp_path / "journal.sqlite3")
     yield Executor(journal, {"k": FakeVenue()}, ExecutionConfig())
     journal.close()
 
@@ -84,3 +90,22 @@ def test_the_same_terms_spelt_otherwise_are_no_news(executor: Executor) -> None:
     lines = amendments_said(executor, dearer, respelt)
 
     assert len(lines) == 1
+
+
+def test_an_amendment_said_before_a_restart_is_not_said_again_after_it(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    dearer = report(venue_price=Decimal(96500))
+    journal = resting(path)
+    before = amendments_said(Executor(journal, {"k": FakeVenue()}, ExecutionConfig()), dearer)
+    journal.close()
+
+    journal = Journal(path)  # the bot started again; the stream reports the order as it is
+    try:
+        after = Executor(journal, {"k": FakeVenue()}, ExecutionConfig())
+        again = amendments_said(after, dearer)
+        moved = amendments_said(after, report(venue_price=Decimal(96700)))
+    finally:
+        journal.close()
+
+    assert len(before) == 1 and again == []
+    assert len(moved) == 1 and "price 96700, not 96000" in moved[0]
