@@ -3,8 +3,10 @@ a limit only one fits under.
 
 Positions come from the account projection (each strategy's own book). Every approved order
 is reserved here from its approval until it is terminal (a fill then shows in the book), and
-counted in the worst case: buys and sells in flight may each fill without the other. A
-reduce-only order cannot add exposure: it counts as an open order, never as exposure.
+counted in the worst case: buys and sells in flight may each fill without the other, and
+the position may close before those against it fill (its stop, a target, another client),
+so they count whole on their side. A reduce-only order cannot add exposure: it counts as an
+open order, never as exposure.
 
 A side's worst case is valued at the highest of the market price and the limits of that
 side's orders in flight, as the gate values the order it decides (the worse of its limit and
@@ -154,28 +156,35 @@ class ExposureLedger:
 
     def worst_position(self, strategy: str, symbol: str) -> Decimal:
         """The largest absolute position the strategy could reach in `symbol` if every order
-        in flight on one side filled."""
+        in flight on one side filled (`_worst_sides`)."""
+        return max(self._worst_sides(strategy, symbol))
+
+    def _worst_sides(self, strategy: str, symbol: str) -> tuple[Decimal, Decimal]:
+        """The long and the short (both as sizes) the strategy could reach in `symbol`: its
+        position on that side with every order in flight on that side filled. The position
+        may close before they fill (its stop, a target, another client): orders against it
+        count whole, never netted against it (a flip's one order of both sizes could open
+        both)."""
         position = self._position_of(strategy, symbol)
         buys, sells = self._sides.get((strategy, symbol), (ZERO, ZERO))
-        return max(abs(position + buys), abs(position + sells))
+        return max(position, ZERO) + buys, -(min(position, ZERO) + sells)
 
     def worst_notional(
         self, strategy: str, symbol: str, price: Decimal, adding: Reservation | None = None
     ) -> Decimal:
         """The largest notional the strategy's position in `symbol` could reach if every
-        order in flight on one side (and `adding`, if of this symbol) filled: each side's
-        position valued at the highest of `price` (the market's) and that side's limits."""
-        position = self._position_of(strategy, symbol)
-        buys, sells = self._sides.get((strategy, symbol), (ZERO, ZERO))
+        order in flight on one side (and `adding`, if of this symbol) filled (`_worst_sides`):
+        each side valued at the highest of `price` (the market's) and that side's limits."""
+        long, short = self._worst_sides(strategy, symbol)
         buy_price = self._valued_at(strategy, symbol, True, price)
         sell_price = self._valued_at(strategy, symbol, False, price)
         if adding is not None and adding.symbol == symbol and adding.counted:
             at = max(adding.limit or price, price)
             if adding.counted > 0:
-                buys, buy_price = buys + adding.counted, max(buy_price, at)
+                long, buy_price = long + adding.counted, max(buy_price, at)
             else:
-                sells, sell_price = sells + adding.counted, max(sell_price, at)
-        return max(abs(position + buys) * buy_price, abs(position + sells) * sell_price)
+                short, sell_price = short - adding.counted, max(sell_price, at)
+        return max(long * buy_price, short * sell_price)
 
     def _valued_at(self, strategy: str, symbol: str, buying: bool, price: Decimal) -> Decimal:
         limits = self._limits.get((strategy, symbol, buying))

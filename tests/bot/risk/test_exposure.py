@@ -128,12 +128,13 @@ def test_a_sell_limit_in_flight_is_valued_at_its_limit_until_it_is_done() -> Non
     market = Decimal(50000)
     ledger.reserve(LINK, Reservation("follow", "BTCUSDT", Decimal("-0.03"), limit=Decimal(54000)))
 
-    # If the sell fills, the market was at 54,000 at least: a short of 0.02 worth 1,080.
-    assert ledger.worst_notional("follow", "BTCUSDT", market) == Decimal(1080)
+    # If the sell fills, the market was at 54,000 at least; the long may have closed first
+    # (its stop): a short of 0.03 worth 1,620.
+    assert ledger.worst_notional("follow", "BTCUSDT", market) == Decimal(1620)
     adding = Reservation("follow", "BTCUSDT", Decimal("-0.01"), limit=Decimal(55000))
-    assert ledger.strategy_exposure("follow", {"BTCUSDT": market}, adding) == Decimal(1650)
-    buying = Reservation("follow", "BTCUSDT", Decimal("0.02"))  # the long's side, at market
-    assert ledger.worst_notional("follow", "BTCUSDT", market, buying) == Decimal(1500)
+    assert ledger.strategy_exposure("follow", {"BTCUSDT": market}, adding) == Decimal(2200)
+    buying = Reservation("follow", "BTCUSDT", Decimal("0.05"))  # the long's side, at market
+    assert ledger.worst_notional("follow", "BTCUSDT", market, buying) == Decimal(3000)
 
     ledger.follow(_report(OrderStatus.CANCELLED, "0.03"))  # nothing filled
 

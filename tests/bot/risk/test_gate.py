@@ -170,6 +170,22 @@ def test_resting_sells_above_the_market_count_at_their_limits() -> None:
     assert decide(gate, intent(qty=Decimal("0.02"))).approved  # buys: at the market
 
 
+def test_sells_against_a_long_count_whole_as_the_long_may_close_first() -> None:
+    # Reproduced: sells against a 0.03 long were netted against it (a 1,350 USDT short at
+    # worst after three), but the long's stop can fire before they fill: then they open a
+    # 2,850 USDT short on a 2,000 limit. A flip's one order of both sizes is such a sell.
+    gate = new_gate({("follow", "BTCUSDT"): Decimal("0.03")})
+    for _ in range(2):  # 0.019 x 50,000 = 950 USDT each
+        assert decide(gate, intent(side=Side.SELL, qty=Decimal("0.019"))).approved
+
+    third = decide(gate, intent(side=Side.SELL, qty=Decimal("0.019")))
+
+    assert third.rule == "MAX_POSITION_NOTIONAL"
+    assert "could reach 2850.00 USDT" in third.reason
+    closing = intent(side=Side.SELL, qty=Decimal("0.03"), reduce_only=True)
+    assert decide(gate, closing).approved  # closing stays possible
+
+
 def test_stacked_positions_hit_the_strategy_and_total_exposure() -> None:
     # Reproduced: thirteen sells stacked a 6,300 USDT short on a 1,000 order cap.
     positions = {

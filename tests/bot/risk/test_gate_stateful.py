@@ -307,7 +307,8 @@ class GateMachine(RuleBasedStateMachine):
 
     def worst(self, strategy: str, symbol: str) -> Decimal:
         """The largest |position| the strategy could reach in `symbol` if every opening order
-        of it in flight on one side filled in full."""
+        of it in flight on one side filled in full, after the position closed if they are
+        against it (its stop may fire first)."""
         lefts = [
             order.left
             for order in self.pending()
@@ -316,13 +317,14 @@ class GateMachine(RuleBasedStateMachine):
         position = self.books[(strategy, symbol)]
         buys = sum((left for left in lefts if left > 0), ZERO)
         sells = sum((left for left in lefts if left < 0), ZERO)
-        return max(abs(position + buys), abs(position + sells))
+        return max(max(position, ZERO) + buys, -(min(position, ZERO) + sells))
 
     def worst_notional(self, strategy: str, symbol: str, adding: Order | None = None) -> Decimal:
         """The largest notional the strategy's position in `symbol` could reach if every
-        opening order of it in flight on one side (and `adding`) filled in full: each side
-        valued at the highest of the market price and the limits of its orders (a sell limit
-        above the market fills only once the market has reached it)."""
+        opening order of it in flight on one side (and `adding`) filled in full, after the
+        position closed if they are against it: each side valued at the highest of the market
+        price and the limits of its orders (a sell limit above the market fills only once the
+        market has reached it)."""
         pending = [
             order
             for order in [*self.pending(), *([adding] if adding else [])]
@@ -332,13 +334,13 @@ class GateMachine(RuleBasedStateMachine):
         ]
         position, price = self.books[(strategy, symbol)], self.prices[symbol]
 
-        def valued(orders: list[Order]) -> Decimal:
+        def valued(held: Decimal, orders: list[Order]) -> Decimal:
             at = max([price, *(order.limit for order in orders if order.limit is not None)])
-            return abs(position + sum((order.left for order in orders), ZERO)) * at
+            return abs(held + sum((order.left for order in orders), ZERO)) * at
 
         return max(
-            valued([order for order in pending if order.left > 0]),
-            valued([order for order in pending if order.left < 0]),
+            valued(max(position, ZERO), [order for order in pending if order.left > 0]),
+            valued(min(position, ZERO), [order for order in pending if order.left < 0]),
         )
 
     def exposure(self, strategy: str, adding: Order | None = None) -> Decimal:
