@@ -987,13 +987,15 @@ def _order_row(row: TraceRow, today: date) -> dict[str, str]:
 
 
 def _wide_order_row(row: TraceRow) -> dict[str, str]:
-    """A row of `bot orders --wide`: every field whole."""
+    """A row of `bot orders --wide`: every field whole, a rejection with the risk gate's rule
+    (`rejected STOP_LOSS: ...`)."""
     approved = row.decision == "approved"
+    decision = f"{row.decision} {row.rule}" if row.rule else row.decision  # the gate's rule
     return {
         "time": f"{datetime.fromisoformat(row.received_at):%Y-%m-%d %H:%M:%S}",
         "signal": row.signal_id,
         "strategy": row.strategy or "",
-        "decision": row.decision if approved or not row.reason else f"{row.decision}: {row.reason}",
+        "decision": row.decision if approved or not row.reason else f"{decision}: {row.reason}",
         "order": f"{row.side} {row.qty} {row.symbol}" if row.side else "",
         "status": row.status or "",
         "fill": row.avg_price or "",

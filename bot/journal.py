@@ -718,6 +718,7 @@ class TraceRow:
     avg_price: str | None
     filled_qty: str | None
     leg: int | None = None  # the decision's leg of the signal (None: a decline)
+    rule: str | None = None  # the risk gate's rule that rejected it (STOP_LOSS, ...)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -2140,7 +2141,9 @@ class Journal:
                    CASE WHEN d.id IS NULL THEN 'pending' ELSE {_OUTCOME.format(d="d.")} END,
                    COALESCE(NULLIF(o.reason, ''), d.reason, ''),
                    o.order_link_id, o.side, COALESCE(o.venue_qty, o.qty), o.status,
-                   o.avg_price, o.filled_qty, d.leg
+                   o.avg_price, o.filled_qty, d.leg,
+                   CASE WHEN d.approved = 0 AND d.rule NOT IN ('strategy', 'STRATEGY_FAILED')
+                        THEN d.rule END
             FROM ({chosen}) AS s
             LEFT JOIN decisions AS d ON d.source = s.source AND d.signal_id = s.signal_id
             LEFT JOIN orders AS o ON o.source = d.source AND o.signal_id = d.signal_id

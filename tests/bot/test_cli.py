@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import requests
 from bot import cli, launch
 from bot.account import AccountProjection
 from bot.config import load_settings
-from bot.journal import Journal
+from bot.journal import Journal, TraceRow
 from bot.messages import Side
 from bot.net import http_url, loopback_off_proxies
 from tests.bot.test_account import fill
@@ -827,6 +828,30 @@ def test_orders_fit_80_columns_one_row_a_line_and_wide_shows_every_id_whole(
     assert all(link in wide.stdout for link in links)
     assert LONG_ID in wide.stdout
     assert next(r for r in rows if r["decision"] == "rejected")["reason"] in wide.stdout
+
+
+def test_orders_wide_names_the_risk_gate_rule_of_a_rejection() -> None:
+    row = TraceRow(
+        source="voiceofchain",
+        signal_id="s1",
+        symbol="BTCUSDT",
+        received_at="2026-12-03T07:46:04+00:00",
+        strategy="follow",
+        decision="rejected",
+        reason="stop 50000 is 48.5 % from the entry 97000 (max_stop_distance_pct = 25)",
+        order_link_id=None,
+        side=None,
+        qty=None,
+        status=None,
+        avg_price=None,
+        filled_qty=None,
+        leg=0,
+        rule="STOP_LOSS",
+    )
+    declined = dataclasses.replace(row, decision="declined", reason="no stop_loss", rule=None)
+
+    assert cli._wide_order_row(row)["decision"] == f"rejected STOP_LOSS: {row.reason}"
+    assert cli._wide_order_row(declined)["decision"] == "declined: no stop_loss"
 
 
 def test_json_outputs_are_one_object_a_line_however_narrow_the_terminal(

@@ -210,6 +210,28 @@ def test_trace_joins_signal_decision_and_order(journal: Journal) -> None:
     )
 
 
+def test_trace_names_the_risk_gate_rule_of_a_rejection(journal: Journal) -> None:
+    # `bot orders` shows which rule refused an intent (README: "journaled with the rule's name
+    # and a reason"); a decline, a failure or an approval has no gate rule.
+    journal.record_signal(signal("s1"))
+    journal.record_signal(signal("s2"))
+    journal.record_signal(signal("s3"))
+    rejected = RiskDecision(
+        intent=make_intent(signal_id="s1"), approved=False, rule="STOP_LOSS", reason="too far"
+    )
+    approved = RiskDecision(intent=make_intent(signal_id="s2"), approved=True, reason="ok")
+    journal.record_decisions([rejected], [])
+    journal.record_decisions([approved], [make_request()])
+    journal.record_decline(signal("s3"), Decline(strategy="follow", reason="no stop_loss"))
+
+    rows = {row.signal_id: row for row in journal.trace()}
+
+    assert (rows["s1"].decision, rows["s1"].rule) == ("rejected", "STOP_LOSS")
+    assert rows["s1"].as_dict()["rule"] == "STOP_LOSS"  # `bot orders --json`
+    assert (rows["s2"].decision, rows["s2"].rule) == ("approved", None)
+    assert (rows["s3"].decision, rows["s3"].rule) == ("declined", None)
+
+
 def test_trace_shows_the_quantity_the_venue_holds(journal: Journal) -> None:
     journal.record_signal(signal("s1"))
     request = make_request(qty=Decimal("0.14"))
