@@ -174,11 +174,20 @@ async def audit_key(
         info = await venue.api_key_info()
     except KeyFatalError as exc:
         said = exc.message.rstrip(".")  # Bybit's messages end in a full stop already
+        remedy = (
+            # The sim's keys are made by the configuration, not on a website: a standalone
+            # `bot sim` (venue.sim_url) holds those of the secrets it started with, which a
+            # bot of another state_dir or secrets directory does not share.
+            "With a standalone `bot sim` (venue.sim_url), run it and this command with the same "
+            "configuration, state_dir and secrets directory: it knows only the sim keys whose "
+            "secrets it started with"
+            if environment is Environment.SIM
+            else f"Create a {environment} key and write its secrets again"
+        )
         return verdict(
             Verdict.REFUSED,
             f"the {environment} venue ({venue.endpoint}) refused the key: {said}. Is it "
-            f"a key of another environment, mistyped, expired or deleted? Create a "
-            f"{environment} key and write its secrets again",
+            f"a key of another environment, mistyped, expired or deleted? {remedy}",
         )
     except VenueError as exc:
         return verdict(

@@ -17,6 +17,8 @@ from bot.keys.audit import KeyAudit, Verdict, audit_key
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
+from bot.venue.errors import KeyFatalError
+from bot.venue.shapes import KeyInfo
 from tests.conftest import free_port
 
 SECRET = "audit-test-secret-value"
@@ -143,6 +145,23 @@ def test_a_key_the_venue_does_not_know_is_refused_as_of_another_environment(
 
     assert result.verdict is Verdict.REFUSED
     assert "Is it a key of another environment, mistyped, expired or deleted?" in result.reason
+    # A sim key is made by the configuration, not on a website: a standalone `bot sim` knows
+    # those of the secrets it started with, so the remedy is to share them, not to create one.
+    assert "same configuration, state_dir and secrets directory" in result.reason
+    assert "Create a sim key" not in result.reason
+
+
+def test_a_refused_key_of_a_real_venue_is_to_be_created_again() -> None:
+    class Refusing:
+        endpoint = "https://api-testnet.bybit.com"
+
+        async def api_key_info(self) -> KeyInfo:
+            raise KeyFatalError("API key is invalid.", ret_code=10003)
+
+    result = asyncio.run(audit_key("k", Environment.TESTNET, ("follow",), Refusing()))
+
+    assert result.verdict is Verdict.REFUSED
+    assert result.reason.endswith("deleted? Create a testnet key and write its secrets again")
 
 
 def test_a_venue_that_does_not_answer_makes_the_key_unreachable_not_refused() -> None:
