@@ -1131,6 +1131,9 @@ class Executor:
         open is a WARNING (notify foreign): that position's liquidation price moved nearer."""
         where = (update.key_name, update.symbol)
         ours = self._leverage.get(where)
+        if update.leverage and update.leverage == ours:
+            # The venue holds ours: a report of the one replaced is a change again from now.
+            self._leverage_replaced.pop(where, None)
         if not update.leverage or ours in (None, update.leverage):
             return
         del self._leverage[where]

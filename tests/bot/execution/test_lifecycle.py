@@ -704,3 +704,27 @@ def test_a_limit_another_client_moved_that_only_a_look_up_shows_is_valued_there(
 
     assert resting.status is OrderStatus.NEW
     assert gate.ledger.worst_notional("follow", "BTCUSDT", Decimal(97000)) == Decimal(990)
+
+
+def test_a_lowered_leverage_raised_again_after_the_venue_confirmed_ours_is_warned_of(
+    journal: Journal,
+) -> None:
+    # Reproduced: the venue's 125x (set by hand) was lowered to the cap of 100x and the
+    # stream confirmed 100x; the same hand then set 125x again under the open position: it
+    # was taken for a late report of the 125x the bot replaced, an INFO, never said.
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        venue = FakeVenue()
+        venue.default_leverage = Decimal(125)
+        executor = Executor(journal, {"k": venue}, FAST)
+        execute(executor, make_intent())
+        assert venue.leverage["BTCUSDT"] == 100
+        executor.position_updated(position_at(Decimal(100), size=Decimal("0.01")))  # ours
+        venue.leverage["BTCUSDT"] = Decimal(125)  # another client, again
+        executor.position_updated(position_at(Decimal(125), size=Decimal("0.01")))
+    finally:
+        logger.remove(sink)
+
+    (line,) = [line for line in said if "max_leverage" in line]
+    assert "open BTCUSDT position on key k is at 125x, above max_leverage 100x" in line
