@@ -216,6 +216,9 @@ class Executor:
         # venue's leverage this run last replaced (a late report of it is no news)
         self._leverage_caps: dict[tuple[str, str], Decimal] = {}
         self._leverage_replaced: dict[tuple[str, str], Decimal] = {}
+        # (key, symbol) -> the venue's leverage last reported other than ours: once ours is
+        # forgotten, a further change (a second step past the cap) is judged against it
+        self._leverage_heard: dict[tuple[str, str], Decimal] = {}
         # Cancels of reduce-only orders left by a closed position, by orderLinkId, running.
         self._stranded: dict[str, asyncio.Task[None]] = {}
         self._placed: Counter[str] = Counter()  # orders the venue accepted, per key
@@ -1134,9 +1137,13 @@ class Executor:
         if update.leverage and update.leverage == ours:
             # The venue holds ours: a report of the one replaced is a change again from now.
             self._leverage_replaced.pop(where, None)
-        if not update.leverage or ours in (None, update.leverage):
+        if not update.leverage or update.leverage == ours:
             return
-        del self._leverage[where]
+        heard = self._leverage_heard.get(where)
+        if ours is None and heard in (None, update.leverage):
+            return  # neither set nor read this run, or no change since the last one judged
+        self._leverage.pop(where, None)
+        self._leverage_heard[where] = update.leverage
         cap = self._leverage_caps.get(where)
         late = update.leverage == self._leverage_replaced.get(where)  # from before our change
         if update.size == 0 or cap is None or update.leverage <= cap or late:

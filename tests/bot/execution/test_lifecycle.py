@@ -728,3 +728,26 @@ def test_a_lowered_leverage_raised_again_after_the_venue_confirmed_ours_is_warne
 
     (line,) = [line for line in said if "max_leverage" in line]
     assert "open BTCUSDT position on key k is at 125x, above max_leverage 100x" in line
+
+
+@pytest.mark.parametrize("first", ["50", "125"], ids=["within-the-cap", "past-the-cap"])
+def test_a_leverage_raised_past_the_cap_in_a_second_step_is_warned_of(
+    journal: Journal, first: str
+) -> None:
+    # Reproduced: another client's first change (50x, under the cap of 100x; or 125x, warned
+    # of) made the bot forget its own 5x, and every later report was then dropped unjudged:
+    # the step to 125x (or on to 150x) under the open position was never said.
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        venue = FakeVenue()
+        executor = Executor(journal, {"k": venue}, FAST)
+        execute(executor, with_leverage("5", signal_id="a"))
+        for foreign in (first, "150"):
+            venue.leverage["BTCUSDT"] = Decimal(foreign)
+            executor.position_updated(position_at(Decimal(foreign), size=Decimal("0.01")))
+    finally:
+        logger.remove(sink)
+
+    lines = [line for line in said if "max_leverage" in line]
+    assert "open BTCUSDT position on key k is at 150x, above max_leverage 100x" in lines[-1]
