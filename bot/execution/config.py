@@ -47,12 +47,13 @@ class ExecutionConfig(BaseModel):
         "attempt once they have gone on this long",
     )
     max_close_retry_wait_s: float = Field(
-        300.0,
+        900.0,
         gt=0,
         le=3600,
         description="max_retry_wait_s for a reduce-only order (a close, a target): losing one "
         "leaves a position open, so a rate limit's reset, a ban or the limit's refusals are "
-        "waited out this long before its attempts are spent (its signal's age never bounds it)",
+        "waited out this long before its attempts are spent (its signal's age never bounds it); "
+        "above Bybit's 10-minute IP ban (HTTP 403), whose wait a shorter one gives up at once",
     )
     lookup_delays_s: tuple[float, ...] = Field(
         (0.05, 0.25, 1.0),

@@ -28,7 +28,7 @@ from bot.messages import (
     parse_signal,
 )
 from bot.risk.gate import ApprovedOrder, RiskGate
-from bot.venue.errors import OrderRejectedError
+from bot.venue.errors import IP_BAN_S, OrderRejectedError, RetryableError
 from bot.venue.fake import Crash, FakeVenue
 from tests.factories import UNLIMITED, approve, make_intent
 
@@ -751,3 +751,34 @@ def test_a_leverage_raised_past_the_cap_in_a_second_step_is_warned_of(
 
     lines = [line for line in said if "max_leverage" in line]
     assert "open BTCUSDT position on key k is at 150x, above max_leverage 100x" in lines[-1]
+
+
+def test_a_close_waits_out_bybits_ip_ban_with_the_shipped_patience(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced: a 403 asks for 600 s, above the 300 s close patience shipped: the close was
+    # Rejected at once (in 3 ms), never sent, its position left open.
+    class BannedOnce(FakeVenue):
+        banned = True
+
+        async def place_order(self, request: OrderRequest) -> OrderEvent:
+            if self.banned:
+                self.banned = False
+                raise RetryableError("HTTP 403", retry_after_s=IP_BAN_S, ret_code=403)
+            return await super().place_order(request)
+
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def no_wait(delay: float, *args: object) -> object:
+        waits.append(delay)
+        return await sleep(0, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+    config = ExecutionConfig(backoff_base_s=0.001, backoff_max_s=0.002, follow_s=0.05)
+    close = make_intent(signal_id="close", side=Side.SELL, reduce_only=True)
+
+    event = execute(Executor(journal, {"k": BannedOnce()}, config), close)
+
+    assert event.status is OrderStatus.FILLED
+    assert max(waits) >= IP_BAN_S
