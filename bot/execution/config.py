@@ -50,9 +50,10 @@ class ExecutionConfig(BaseModel):
         900.0,
         gt=0,
         le=3600,
-        description="max_retry_wait_s for a reduce-only order (a close, a target): losing one "
-        "leaves a position open, so a rate limit's reset, a ban or the limit's refusals are "
-        "waited out this long before its attempts are spent (its signal's age never bounds it); "
+        description="max_retry_wait_s for a reduce-only order (a close, a target) and a stop "
+        "loss's move: losing one leaves a position open or less protected, so a rate limit's "
+        "reset, a ban or the limit's refusals are waited out this long before its attempts are "
+        "spent (its signal's age never bounds it); "
         "above Bybit's 10-minute IP ban (HTTP 403), whose wait a shorter one gives up at once",
     )
     lookup_delays_s: tuple[float, ...] = Field(

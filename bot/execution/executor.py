@@ -306,11 +306,17 @@ class Executor:
     async def move_stop(self, move: StopMove, key_name: str) -> tuple[str, str]:
         """Set the stop loss of `key_name`'s position in `move.symbol`: (outcome, why), the
         outcome `moved`, `rejected` (the venue's final no) or `failed` (attempts spent, or the
-        key disabled). Setting a stop is idempotent, so an ambiguous answer is simply retried."""
+        key disabled). Setting a stop is idempotent, so an ambiguous answer is simply retried;
+        the venue's refusals (a rate limit, a ban) are waited out as a close's are: the stop
+        protects the position."""
         venue = self._venues[key_name]
         self._stop_moving(key_name, move)
         last: VenueError | None = None
-        for attempt in range(self._config.max_send_attempts):
+        patience_s = self._config.max_close_retry_wait_s
+        attempts = _Attempts(
+            self._config.max_send_attempts, patience_s, asyncio.get_running_loop().time
+        )
+        while attempts.next():
             try:
                 await venue.set_trading_stop(
                     move.symbol, stop_loss=move.stop_loss, take_profit=None
@@ -322,7 +328,7 @@ class Executor:
                 return "rejected", str(exc)
             except VenueError as exc:
                 last = exc
-                if not await self._wait_to_retry(exc, attempt):
+                if not await self._wait_to_retry(exc, attempts.number, attempts, patience_s):
                     break
                 continue
             return "moved", f"stop loss of {move.symbol} set to {move.stop_loss}"

@@ -105,6 +105,8 @@ class FakeVenue:
         self.default_leverage: Decimal | None = Decimal(10)
         #: what the next set_leverage calls raise, in order (after applying it, if `applied`)
         self.leverage_failures: deque[tuple[VenueError, bool]] = deque()
+        #: what the next set_trading_stop calls raise, in order (nothing applied)
+        self.stop_failures: deque[VenueError] = deque()
         #: symbol -> the levels set_trading_stop set (zero cancels one)
         self.stop_losses: dict[str, Decimal] = {}
         self.take_profits: dict[str, Decimal] = {}
@@ -178,6 +180,8 @@ class FakeVenue:
         self, symbol: str, *, stop_loss: Decimal | None, take_profit: Decimal | None
     ) -> None:
         self.calls["set_trading_stop"] += 1
+        if self.stop_failures:
+            raise self.stop_failures.popleft()
         for levels, level in ((self.stop_losses, stop_loss), (self.take_profits, take_profit)):
             if level is None:
                 continue

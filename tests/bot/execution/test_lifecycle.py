@@ -25,6 +25,7 @@ from bot.messages import (
     PositionUpdate,
     Side,
     Signal,
+    StopMove,
     parse_signal,
 )
 from bot.risk.gate import ApprovedOrder, RiskGate
@@ -160,6 +161,26 @@ def test_a_close_waits_out_the_rate_limits_refusals_longer_than_an_opening_order
     assert time.monotonic() - started >= 0.5
     assert event.status is OrderStatus.REJECTED and event.ret_code == 10006
     assert venue.creates == {}
+
+
+def test_a_stop_move_waits_out_the_rate_limits_refusals_as_a_close_does(
+    journal: Journal,
+) -> None:
+    # Fifty refusals for the rate limit, the venue's word that nothing was done: six counted
+    # attempts gave the move up, and the stop stayed where a break-even move meant to lift it.
+    venue = FakeVenue()
+    refusal = RetryableError("Too many visits!", retry_after_s=0.0, ret_code=10006)
+    venue.stop_failures.extend([refusal] * 50)
+    config = FAST.model_copy(update={"max_retry_wait_s": 0.01, "max_close_retry_wait_s": 30})
+    move = StopMove(
+        strategy="ladder", signal_source="voc", signal_id="s1", symbol="BTCUSDT", stop_loss=97000
+    )
+
+    outcome, why = asyncio.run(Executor(journal, {"k": venue}, config).move_stop(move, "k"))
+
+    assert (outcome, why) == ("moved", "stop loss of BTCUSDT set to 97000")
+    assert venue.stop_losses == {"BTCUSDT": Decimal(97000)}
+    assert venue.calls["set_trading_stop"] == 51
 
 
 def test_an_order_whose_attempts_are_spent_is_said_with_what_it_was_and_the_last_answer(
