@@ -85,7 +85,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 14
+SCHEMA_VERSION: Final = 15
 #: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
 _IDS_PER_QUERY: Final = 500
 #: The bytes written to the WAL since it last started over past which the writer is made to
@@ -308,7 +308,8 @@ CREATE TABLE IF NOT EXISTS orders (
     attempts      INTEGER NOT NULL DEFAULT 0,
     venue_qty     TEXT,
     venue_price   TEXT,
-    amendment_said TEXT
+    amendment_said TEXT,
+    cancel_requested_at TEXT
 );
 CREATE INDEX IF NOT EXISTS orders_by_signal ON orders (source, signal_id);
 CREATE TABLE IF NOT EXISTS order_events (
@@ -346,6 +347,9 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     # What the bot last said of the order amended by another client (once per change,
     # restarts included).
     14: "ALTER TABLE orders ADD COLUMN amendment_said TEXT;",
+    # When the bot asked the venue to cancel the order: its cancel, seen after a crash, is
+    # not another client's.
+    15: "ALTER TABLE orders ADD COLUMN cancel_requested_at TEXT;",
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")
@@ -675,6 +679,8 @@ class OrderRecord:
     #: What the bot last said of terms another client amended the order to (`unlike_request`'s
     #: words); None if nothing, or the order was amended back.
     amendment_said: str | None = None
+    #: Whether the bot asked the venue to cancel the order (a cancel of it is the bot's own).
+    cancel_requested: bool = False
 
 
 class OrderOwner(NamedTuple):
@@ -1525,13 +1531,27 @@ class Journal:
             self._written_orders[event.order_link_id] = (updated, earlier and earlier[1])
             return True
 
+    def record_cancel_requested(self, order_link_id: str) -> None:
+        """Keep that the bot is about to ask the venue to cancel the order, before it asks:
+        the cancel a next start finds is then known to be the bot's own."""
+        self._update_order(
+            order_link_id,
+            "cancel_requested_at = COALESCE(cancel_requested_at, ?)",
+            utc_now().isoformat(),
+        )
+
     def record_amendment_said(self, order_link_id: str, said: str | None) -> None:
         """Keep what the bot said of the order amended by another client (None: amended
         back), so that neither a later report nor a restart says it again."""
+        self._update_order(order_link_id, "amendment_said = ?", said)
+
+    def _update_order(self, order_link_id: str, assignment: str, value: str | None) -> None:
+        """Set one column of the order's row (`assignment`, with one placeholder) and publish
+        the row to the in-memory unfinished orders once committed."""
         with self._transaction() as db:
             rows = db.execute(
-                f"UPDATE orders SET amendment_said = ? WHERE order_link_id = ? {_RETURNING}",  # noqa: S608 - our own fields
-                (said, order_link_id),
+                f"UPDATE orders SET {assignment} WHERE order_link_id = ? {_RETURNING}",  # noqa: S608 - our own fields
+                (value, order_link_id),
             ).fetchall()
             if rows:
                 earlier = self._written_orders.get(order_link_id)
@@ -2240,7 +2260,7 @@ _ORDER_FIELDS: Final = (
     " (SELECT s.ts FROM signals AS s WHERE s.source = orders.source"
     " AND s.signal_id = orders.signal_id), orders.updated_at,"
     " COALESCE(orders.venue_qty, orders.qty), COALESCE(orders.venue_price, orders.price),"
-    " orders.amendment_said"
+    " orders.amendment_said, orders.cancel_requested_at"
 )
 _ORDER_QUERY: Final = f"SELECT {_ORDER_FIELDS} FROM orders"  # noqa: S608 - our own fields
 _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
@@ -2249,7 +2269,7 @@ _RETURNING: Final = f"RETURNING {_ORDER_FIELDS}"
 def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> OrderRecord:
     """An `_ORDER_FIELDS` row; `request` spares parsing the stored one when it is at hand."""
     _, stored, status, order_id, filled_qty, avg_price, reason, ret_code, attempts = row[:9]
-    signal_ts, updated_at, venue_qty, venue_price, amendment_said = row[9:]
+    signal_ts, updated_at, venue_qty, venue_price, amendment_said, cancel_requested = row[9:]
     return OrderRecord(
         request=request or OrderRequest.model_validate_json(stored),
         status=OrderStatus(status),
@@ -2264,6 +2284,7 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
         venue_qty=Decimal(venue_qty),
         venue_price=None if venue_price is None else Decimal(venue_price),
         amendment_said=amendment_said,
+        cancel_requested=cancel_requested is not None,
     )
 
 

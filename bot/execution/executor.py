@@ -196,12 +196,11 @@ class Executor:
         self._stop_moving = stop_moving
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
-        # Orders the bot asked the venue to cancel, and those cancelled elsewhere warned of.
-        self._cancelling: OrderedDict[str, None] = OrderedDict()
         # Orders the venue said it holds (110072) but has not shown: warned of once each.
         self._warned_unseen: OrderedDict[str, None] = OrderedDict()
         # Orders the venue acknowledged that look-ups no longer find: loop time of the first.
         self._missing_since: OrderedDict[str, float] = OrderedDict()
+        # Our orders cancelled elsewhere: warned of once each.
         self._warned_cancels: OrderedDict[str, None] = OrderedDict()
         # Our orders amended elsewhere: the amendment (`_amended`) last warned of, per order
         # (None: amended back since), as the journal keeps it too.
@@ -336,8 +335,10 @@ class Executor:
 
     async def cancel(self, request: OrderRequest) -> OrderEvent | None:
         """Ask the venue to cancel an order, then journal what the venue shows of it (the
-        cancel, or the fill that beat it); None if the venue holds no such order."""
-        remember(self._cancelling, request.order_link_id, None, _CANCELS_KEPT)  # the bot's own
+        cancel, or the fill that beat it); None if the venue holds no such order. The
+        request is journaled first: a restart that finds the order cancelled knows the cancel
+        was the bot's own."""
+        await self._journal.call(self._journal.record_cancel_requested, request.order_link_id)
         try:
             cancelled = await self._send_cancel(request)
         except (AmbiguousError, RetryableError):
@@ -1190,13 +1191,11 @@ class Executor:
         cancelled at the venue by a user (by hand on Bybit, or another client of the key)
         while the bot did not ask for it: what its signal asked for is not traded further."""
         link_id = event.order_link_id
-        if (
-            event.reason != _CANCELLED_BY_USER
-            or link_id in self._cancelling
-            or link_id in self._warned_cancels
-            or self._journal.unfinished(link_id) is None  # not ours, or known to be over
-        ):
+        if event.reason != _CANCELLED_BY_USER or link_id in self._warned_cancels:
             return
+        record = self._journal.unfinished(link_id)
+        if record is None or record.cancel_requested:
+            return  # not ours, known to be over, or the bot's own cancel (journaled first)
         remember(self._warned_cancels, link_id, None, _CANCELS_KEPT)
         logger.bind(notify="foreign").warning(
             "order {id} was cancelled at the venue, not by the bot (by hand on Bybit, or by "

@@ -52,9 +52,10 @@ def journal(tmp_path: Path) -> Journal:
     return Journal(tmp_path / "journal.sqlite3")
 
 
-#: Undoes the steps of schemas 14 and 13, which cannot run twice, in a journal made at the
+#: Undoes the steps of schemas 15, 14 and 13, which cannot run twice, in a journal made at the
 #: current schema to stand for an older one.
-BEFORE_14 = "ALTER TABLE orders DROP COLUMN amendment_said; "
+BEFORE_15 = "ALTER TABLE orders DROP COLUMN cancel_requested_at; "
+BEFORE_14 = BEFORE_15 + "ALTER TABLE orders DROP COLUMN amendment_said; "
 BEFORE_13 = BEFORE_14 + "ALTER TABLE orders DROP COLUMN venue_price; "
 
 
@@ -1026,14 +1027,14 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     }
     assert set(new_indexes) <= indexes
     columns = {row[1] for row in journal._db.execute("PRAGMA table_info(orders)")}
-    assert {"venue_qty", "venue_price", "amendment_said"} <= columns
+    assert {"venue_qty", "venue_price", "amendment_said", "cancel_requested_at"} <= columns
     assert journal.due_fill_hooks() == []
     assert journal.carried_out("voc", "s1", "follow", "e1") == (set(), False)
     assert journal.used_commands(0) == {}
     used = {row[1] for row in journal._db.execute("PRAGMA table_info(used_commands)")}
     assert "acted" in used
     journal.claim_environment("sim")  # schema 11's table
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 14
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 15
 
 
 def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
@@ -1170,6 +1171,7 @@ def test_a_version_13_journal_keeps_its_orders_with_nothing_said_of_amendments(
 
     assert (record.venue_price, record.amendment_said) == (Decimal(96000), None)
     assert said.amendment_said == "price 96500, not 96000"
+    assert not said.cancel_requested
 
 
 def test_a_version_9_journal_takes_its_used_commands_as_carried_out(tmp_path: Path) -> None:

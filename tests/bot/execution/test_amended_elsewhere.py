@@ -1,8 +1,10 @@
-"""The executor's warning of an order of ours amended at the venue by another client: said
-once per amendment, not again for a report that changes nothing of it."""
+"""The executor's warnings of an order of ours changed at the venue by another client: an
+amendment said once per change, not again for a report that changes nothing of it; a cancel
+said unless the bot asked for it, before a restart too."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +17,7 @@ from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.messages import OrderEvent, OrderStatus, OrderType, Side
 from bot.venue.fake import FakeVenue
+from bot.venue.shapes import cancelled_reason
 from tests.factories import make_request
 
 LINK = "follow-0-x"
@@ -109,3 +112,60 @@ def test_an_amendment_said_before_a_restart_is_not_said_again_after_it(tmp_path:
 
     assert len(before) == 1 and again == []
     assert len(moved) == 1 and "price 96700, not 96000" in moved[0]
+
+
+def cancels_said(executor: Executor, event: OrderEvent) -> list[str]:
+    """The foreign-cancel warnings the executor gives when the venue reports `event`."""
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        executor.order_updated(event)
+    finally:
+        logger.remove(sink)
+    return [line for line in said if "cancelled at the venue, not by the bot" in line]
+
+
+def test_the_bots_own_cancel_seen_only_after_a_restart_is_not_anothers(tmp_path: Path) -> None:
+    # Reproduced by the chaos soak: the bot sent a cancel and was killed before its result
+    # was journaled; the next start took the venue's CancelByUser for another client's hand.
+    path = tmp_path / "journal.sqlite3"
+    journal = resting(path)
+    journal.record_cancel_requested(LINK)  # as `cancel` journals it, before it asks the venue
+    journal.close()
+    cancelled = report(status=OrderStatus.CANCELLED, reason=cancelled_reason("CancelByUser"))
+
+    journal = Journal(path)
+    try:
+        said = cancels_said(Executor(journal, {"k": FakeVenue()}, ExecutionConfig()), cancelled)
+    finally:
+        journal.close()
+
+    assert said == []
+
+
+def test_a_cancel_the_bot_never_asked_for_is_said(executor: Executor) -> None:
+    cancelled = report(status=OrderStatus.CANCELLED, reason=cancelled_reason("CancelByUser"))
+
+    assert len(cancels_said(executor, cancelled)) == 1
+
+
+def test_the_cancel_is_journaled_before_the_venue_is_asked(tmp_path: Path) -> None:
+    journal = resting(tmp_path / "journal.sqlite3")
+    venue = FakeVenue()
+    seen_at_the_venue: list[bool] = []
+    cancel_order = venue.cancel_order
+
+    async def watched(order_link_id: str, symbol: str) -> bool:
+        record = journal.unfinished(order_link_id)
+        seen_at_the_venue.append(record is not None and record.cancel_requested)
+        return await cancel_order(order_link_id, symbol)
+
+    venue.cancel_order = watched  # type: ignore[method-assign]
+    executor = Executor(journal, {"k": venue}, ExecutionConfig())
+    try:
+        (record,) = journal.unfinished_orders()
+        asyncio.run(executor.cancel(record.request))
+    finally:
+        journal.close()
+
+    assert seen_at_the_venue == [True]
