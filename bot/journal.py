@@ -1527,8 +1527,7 @@ class Journal:
                     event.order_link_id,
                 ),
             ).fetchall()
-            earlier = self._written_orders.get(event.order_link_id)
-            self._written_orders[event.order_link_id] = (updated, earlier and earlier[1])
+            self._order_updated(event.order_link_id, updated)
             return True
 
     def record_cancel_requested(self, order_link_id: str) -> None:
@@ -1554,8 +1553,13 @@ class Journal:
                 (value, order_link_id),
             ).fetchall()
             if rows:
-                earlier = self._written_orders.get(order_link_id)
-                self._written_orders[order_link_id] = (rows[0], earlier and earlier[1])
+                self._order_updated(order_link_id, rows[0])
+
+    def _order_updated(self, order_link_id: str, row: Sequence[Any]) -> None:
+        """An update's RETURNING row of the order, published to the in-memory unfinished
+        orders once the transaction commits (with the request an insert in it brought)."""
+        earlier = self._written_orders.get(order_link_id)
+        self._written_orders[order_link_id] = (row, earlier and earlier[1])
 
     def order(self, order_link_id: str) -> OrderRecord | None:
         rows = self._orders("WHERE orders.order_link_id = ?", (order_link_id,))
