@@ -311,9 +311,10 @@ class Executor:
         venue = self._venues[key_name]
         self._stop_moving(key_name, move)
         last: VenueError | None = None
-        patience_s = self._config.max_close_retry_wait_s
         attempts = _Attempts(
-            self._config.max_send_attempts, patience_s, asyncio.get_running_loop().time
+            self._config.max_send_attempts,
+            self._config.max_close_retry_wait_s,
+            asyncio.get_running_loop().time,
         )
         while attempts.next():
             try:
@@ -327,7 +328,7 @@ class Executor:
                 return "rejected", str(exc)
             except VenueError as exc:
                 last = exc
-                if not await self._wait_to_retry(exc, attempts.number, attempts, patience_s):
+                if not await self._wait_to_retry(exc, attempts):
                     break
                 continue
             return "moved", f"stop loss of {move.symbol} set to {move.stop_loss}"
@@ -761,10 +762,9 @@ class Executor:
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
         last: VenueError | None = None
         refused_unread = False  # the last send was refused unread (a rate limit, a ban)
-        patience_s = self._patience_s(request)
         attempts = _Attempts(
             self._config.max_send_attempts,
-            patience_s,
+            self._patience_s(request),
             asyncio.get_running_loop().time,  # the clock the waits between tries sleep on
         )
         while attempts.next():
@@ -799,7 +799,7 @@ class Executor:
                             ret_code=refused.ret_code,
                         )
                     )
-                if not await self._wait_to_retry(refused, attempt, attempts, patience_s):
+                if not await self._wait_to_retry(refused, attempts):
                     break
                 continue
             stale = self._stale(request, signal_ts)
@@ -866,7 +866,7 @@ class Executor:
             except RetryableError as exc:
                 last, refused_unread = exc, True
                 sends -= 1  # refused unread (a rate limit, a ban): it never reached the venue
-                if not await self._wait_to_retry(exc, attempt, attempts, patience_s):
+                if not await self._wait_to_retry(exc, attempts):
                     break
                 continue
             except OrderRejectedError as exc:
@@ -945,23 +945,16 @@ class Executor:
             return self._config.max_close_retry_wait_s
         return self._config.max_retry_wait_s
 
-    async def _wait_to_retry(
-        self,
-        exc: VenueError,
-        attempt: int,
-        attempts: _Attempts | None = None,
-        patience_s: float | None = None,
-    ) -> bool:
+    async def _wait_to_retry(self, exc: VenueError, attempts: _Attempts) -> bool:
         """Wait as the venue asked (a rate limit) or back off; False if the wait is longer
-        than `patience_s` (default `max_retry_wait_s`). A refusal for the rate limit or a ban
-        makes the next of `attempts` free (a clock error is retried at once, so it stays
-        counted)."""
+        than the `attempts`' patience. A refusal for the rate limit or a ban makes the next
+        of `attempts` free (a clock error is retried at once, so it stays counted)."""
         if not isinstance(exc, RetryableError):
-            await self._backoff(attempt)
+            await self._backoff(attempts.number)
             return True
-        if attempts is not None and exc.ret_code != CLOCK_DRIFT_CODE:
+        if exc.ret_code != CLOCK_DRIFT_CODE:
             attempts.refused_unread()
-        if exc.retry_after_s > (patience_s or self._config.max_retry_wait_s):
+        if exc.retry_after_s > attempts.patience_s:
             logger.warning("venue asks to wait {s:.0f} s; giving up this run", s=exc.retry_after_s)
             return False
         await asyncio.sleep(exc.retry_after_s + self._jitter(self._config.backoff_base_s))
@@ -1361,15 +1354,16 @@ class Executor:
 class _Attempts:
     """The attempts of one drive of an order: `limit` of them, except that a try the venue
     refused unread for its rate limit or a ban (nothing reached it) is followed by one that
-    does not count, while the drive's first such refusal is under `refused_for_s` old. Another
+    does not count, while the drive's first such refusal is under `patience_s` old (nor is a
+    rate limit's reset or a ban longer than that waited for). Another
     client of the key can take the whole rate limit for a while: counted, those refusals
     would spend the attempts in a second or two, and lose the signal; the signal's age
     bounds them too (a stale order is never sent)."""
 
-    def __init__(self, limit: int, refused_for_s: float, clock: Callable[[], float]) -> None:
+    def __init__(self, limit: int, patience_s: float, clock: Callable[[], float]) -> None:
         self.number = -1  # of the current attempt, counted ones only
+        self.patience_s = patience_s
         self._limit = limit
-        self._refused_for_s = refused_for_s
         self._clock = clock
         self._refused_since: float | None = None
         self._free = False
@@ -1387,7 +1381,7 @@ class _Attempts:
         now = self._clock()
         if self._refused_since is None:
             self._refused_since = now
-        self._free = now - self._refused_since < self._refused_for_s
+        self._free = now - self._refused_since < self.patience_s
 
 
 def _decision_of(verdict: Verdict) -> RiskDecision:
