@@ -210,14 +210,12 @@ class Executor:
         self._watches: dict[str, asyncio.Event] = {}
         # Followed orders the stream reported terminal: what it said of each.
         self._terminal: dict[str, OrderEvent] = {}
-        self._leverage: dict[tuple[str, str], Decimal] = {}  # (key, symbol) -> leverage set
+        # (key, symbol) -> the leverage the venue holds, as this run set, read or heard it
+        self._leverage: dict[tuple[str, str], Decimal] = {}
         # (key, symbol) -> the max_leverage of the last opening order sent there, and the
         # venue's leverage this run last replaced (a late report of it is no news)
         self._leverage_caps: dict[tuple[str, str], Decimal] = {}
         self._leverage_replaced: dict[tuple[str, str], Decimal] = {}
-        # (key, symbol) -> the venue's leverage last reported other than ours: once ours is
-        # forgotten, a further change (a second step past the cap) is judged against it
-        self._leverage_heard: dict[tuple[str, str], Decimal] = {}
         # Cancels of reduce-only orders left by a closed position, by orderLinkId, running.
         self._stranded: dict[str, asyncio.Task[None]] = {}
         self._placed: Counter[str] = Counter()  # orders the venue accepted, per key
@@ -904,8 +902,9 @@ class Executor:
         whose symbol's leverage is not known yet, the venue is asked first, and if it does
         not say, the leverage is set to `max_leverage`, never left above it); the venue's
         refusal, if any. Leverage is per symbol and account: remembered per key, and only
-        what this run set or read (the books' last report may be the journal's, from before
-        a restart: a leverage changed while the bot was down would pass for capped)."""
+        what this run set, read or then heard from the venue (`position_updated`; the books'
+        last report may be the journal's, from before a restart: a leverage changed while the
+        bot was down would pass for capped)."""
         where = (request.key_name, request.symbol)
         known = self._leverage.get(where)
         target = request.leverage
@@ -1127,29 +1126,26 @@ class Executor:
             watch.set()
 
     def position_updated(self, update: PositionUpdate) -> None:
-        """The venue reported a position: a leverage other than the one this run set (or
-        read) was changed since, by hand or by another client of the key, so it is checked
-        again before the next order (a report older than our own change costs one request
-        too many). One above the cap of the symbol's last opening order while a position is
-        open is a WARNING (notify foreign): that position's liquidation price moved nearer."""
+        """The venue reported a position: a leverage other than the one this run set, read
+        or last heard was changed since, by hand or by another client of the key. It is
+        known from now on, so the next order sets it back if it must (a report older than our
+        own change costs one request too many), and the next change is judged against it.
+        One above the cap of the symbol's last opening order while a position is open is a
+        WARNING (notify foreign): that position's liquidation price moved nearer."""
         where = (update.key_name, update.symbol)
         ours = self._leverage.get(where)
         if update.leverage and update.leverage == ours:
             # The venue holds ours: a report of the one replaced is a change again from now.
             self._leverage_replaced.pop(where, None)
-        if not update.leverage or update.leverage == ours:
-            return
-        heard = self._leverage_heard.get(where)
-        if ours is None and heard in (None, update.leverage):
-            return  # neither set nor read this run, or no change since the last one judged
-        self._leverage.pop(where, None)
-        self._leverage_heard[where] = update.leverage
+        if not update.leverage or ours in (None, update.leverage):
+            return  # neither set nor read this run (or being set now), or no change
+        self._leverage[where] = update.leverage
         cap = self._leverage_caps.get(where)
         late = update.leverage == self._leverage_replaced.get(where)  # from before our change
         if update.size == 0 or cap is None or update.leverage <= cap or late:
             logger.info(
                 "the venue reports {symbol} on key {key} at {x}x, not the {ours}x this run "
-                "set or read: it is checked against max_leverage before the next order",
+                "set, read or heard: it is checked against max_leverage before the next order",
                 symbol=update.symbol,
                 key=update.key_name,
                 x=update.leverage,
