@@ -85,7 +85,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 15
+SCHEMA_VERSION: Final = 16
 #: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
 _IDS_PER_QUERY: Final = 500
 #: The bytes written to the WAL since it last started over past which the writer is made to
@@ -350,6 +350,9 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     # When the bot asked the venue to cancel the order: its cancel, seen after a crash, is
     # not another client's.
     15: "ALTER TABLE orders ADD COLUMN cancel_requested_at TEXT;",
+    # Nothing to change: an order's request may now say `closes_position`, which a bot of
+    # schema 15 could not read.
+    16: "",
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")

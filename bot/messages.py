@@ -634,6 +634,13 @@ class OrderRequest(_Message):
     max_leverage: PositiveDecimal | None = Field(
         None, description="without `leverage`, the venue's is lowered to this if higher"
     )
+    closes_position: bool = Field(
+        False,
+        description="a reduce-only market order closing its strategy's position in the "
+        "symbol whole (a stop the price crossed): the strategy's other reduce-only orders on "
+        "its side, which would leave it no room, are cancelled before it is sent, by a restart "
+        "that resumes it too; resumed, it is sent whatever its age while that position is held",
+    )
 
     def to_bybit_params(self) -> dict[str, Any]:
         """The `POST /v5/order/create` parameters, decimals as plain strings as Bybit wants."""

@@ -29,7 +29,6 @@ from typing import Final
 from pydantic import ValidationError
 
 from bot import metrics
-from bot.account import StrandedBy
 from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
@@ -638,8 +637,9 @@ class Pipeline:
         """Close the strategy's position at market, as the leg the move names, because the
         price has crossed the stop it wanted: what that stop would have done. The close is
         judged and journaled first; then its resting reduce-only orders there (a ladder's
-        targets), which would leave it no room, are cancelled; then it is sent. Returns
-        (`closed` or `rejected`, why)."""
+        targets), which would leave it no room, are cancelled; then it is sent. A crash on
+        the way leaves it to the next start, which does the same while the position is held
+        (`OrderRequest.closes_position`). Returns (`closed` or `rejected`, why)."""
         assert move.close_leg_if_crossed is not None
         intent = OrderIntent.close_at_market(
             strategy=slot.name,
@@ -656,14 +656,7 @@ class Pipeline:
         if not isinstance(verdict, ApprovedOrder):  # nothing is cancelled for a close refused
             await self._executor.execute_all([verdict], slot.key_name)  # journals the refusal
             return "rejected", f"{crossed}; its close at market was refused: {verdict.reason}"
-        room = StrandedBy(
-            slot.key_name, move.symbol, slot.name, was_long=qty > 0, cause=verdict.order_link_id
-        )
-        (event,) = await self._executor.execute_all(
-            [verdict],
-            slot.key_name,
-            before_sending=partial(self._executor.clear_reduce_only, room),
-        )
+        (event,) = await self._executor.execute_all([verdict], slot.key_name, closes_position=True)
         asked = verdict.decision.intent.qty
         refused = event.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
         if refused or trimmed(event, asked):

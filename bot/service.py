@@ -599,6 +599,7 @@ class Service:
             order_changed=gate.ledger.follow,
             blocked=gate.block_reason,
             booked_qty=account.projection.booked_qty,
+            strategy_size=account.projection.strategy_size,
             order_journaled=account.keeper.expect_order,
             order_identified=account.keeper.order_identified,
             stop_moving=lambda key_name, move: account.keeper.expect_level(

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
@@ -97,8 +97,11 @@ _CANCEL_RETRY_S: Final = 0.2
 _CANCEL_WAIT_MAX_S: Final = 5.0
 
 
-def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
-    """The venue order for an approved intent, named by its deterministic orderLinkId."""
+def build_request(
+    approved: ApprovedOrder, key_name: str, *, closes_position: bool = False
+) -> OrderRequest:
+    """The venue order for an approved intent, named by its deterministic orderLinkId
+    (`closes_position`: see `OrderRequest`)."""
     intent = approved.intent
     return OrderRequest(
         order_link_id=approved.order_link_id,
@@ -117,6 +120,7 @@ def build_request(approved: ApprovedOrder, key_name: str) -> OrderRequest:
         reduce_only=intent.reduce_only,
         leverage=None if intent.reduce_only else approved.leverage,
         max_leverage=None if intent.reduce_only else approved.max_leverage,
+        closes_position=closes_position,
     )
 
 
@@ -159,6 +163,7 @@ class Executor:
         order_changed: Callable[[OrderEvent], None] = lambda event: None,
         blocked: Callable[[str], str | None] = lambda strategy: None,
         booked_qty: Callable[[str], Decimal] | None = None,
+        strategy_size: Callable[[str, str, str], Decimal] | None = None,
         order_journaled: Callable[[OrderRequest], None] = lambda request: None,
         order_identified: Callable[[str, str | None], None] = lambda link_id, order_id: None,
         stop_moving: Callable[[str, StopMove], None] = lambda key_name, move: None,
@@ -174,7 +179,9 @@ class Executor:
         trading states: asked before every send of an opening order, so a halt stops legs
         already approved);
         `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
-        follower waits for them, so the next signal of the lane sees the position);
+        follower waits for them, so the next signal of the lane sees the position), and
+        `strategy_size(key, strategy, symbol)` a strategy's signed position in its books (a
+        close resumed after a crash is sent only while it is held);
         `order_journaled` hears of each order journaled by `execute_all`, before its send,
         `order_identified(orderLinkId, orderId)` of the venue's orderId of each order of ours
         as soon as an answer or a look-up tells it (None: the order ended without the venue
@@ -191,6 +198,7 @@ class Executor:
         self._order_changed = order_changed
         self._blocked = blocked
         self._booked_qty = booked_qty
+        self._strategy_size = strategy_size
         self._order_journaled = order_journaled
         self._order_identified = order_identified
         self._stop_moving = stop_moving
@@ -246,7 +254,7 @@ class Executor:
         verdicts: Sequence[Verdict],
         key_name: str,
         *,
-        before_sending: Callable[[], Awaitable[object]] | None = None,
+        closes_position: bool = False,
     ) -> list[OrderEvent]:
         """Journal a strategy's verdicts on one signal, then drive each approved order.
 
@@ -258,13 +266,17 @@ class Executor:
         Orders are then driven one at a time, in leg order, each through `key_name`: the key
         the configuration binds to the strategy, never one an intent names. An orderLinkId
         already journaled (the same signal run again) is resumed, never created twice.
-        `before_sending` runs once they are journaled, before the first is sent (what must
-        happen for them to succeed: a crash after their journaling leaves them to the next
-        start's reconciliation).
+        `closes_position`: each order closes its strategy's position whole (see
+        `OrderRequest`); the strategy's other reduce-only orders on its side are cancelled
+        once it is journaled, before it is sent, and a crash between the two leaves both to
+        the next start's reconciliation, which does the same.
         """
         approved = [verdict for verdict in verdicts if isinstance(verdict, ApprovedOrder)]
         decisions = [_decision_of(verdict) for verdict in verdicts]
-        requests = [build_request(approval, key_name) for approval in approved]
+        requests = [
+            build_request(approval, key_name, closes_position=closes_position)
+            for approval in approved
+        ]
         links = {request.order_link_id for request in requests}
         self._in_flight |= links
         try:
@@ -275,11 +287,10 @@ class Executor:
             )
             for request in requests:
                 self._order_journaled(request)
-            if before_sending is not None and requests:
-                await before_sending()
             events = []
             for approval, request in zip(approved, requests, strict=True):
                 if request.order_link_id in created:
+                    await self._make_room(request)
                     signal_ts = approval.intent.signal_ts
                     event = await self._drive(request, signal_ts, 0, may_exist=False)
                     events.append(event)
@@ -447,12 +458,20 @@ class Executor:
                     self._cancel_stranded(request, closed.cause)
                 )
 
-    async def clear_reduce_only(self, closing: StrandedBy) -> None:
-        """Cancel the reduce-only orders of ours resting on the side that reduces the
-        position `closing` names (all of them, whatever their signal, but `closing.cause`:
-        the close itself), and wait: the position is about to be closed at market, which
-        they would leave no room (Bybit trims a reduce-only order to what the others do not
-        cover, 110017)."""
+    async def _make_room(self, request: OrderRequest) -> None:
+        """For an order that closes its strategy's position (`closes_position`), cancel the
+        strategy's reduce-only orders resting on its side (all of them, whatever their
+        signal), and wait: they would leave it no room (Bybit trims a reduce-only order to
+        what the others do not cover, 110017)."""
+        if not request.closes_position:
+            return
+        closing = StrandedBy(
+            request.key_name,
+            request.symbol,
+            request.strategy,
+            was_long=request.side is Side.SELL,
+            cause=request.order_link_id,
+        )
         await asyncio.gather(*(self._cancel_once_answered(r) for r in self._reducing(closing)))
 
     def _reducing(self, closed: StrandedBy) -> list[OrderRequest]:
@@ -635,6 +654,7 @@ class Executor:
         # venue lacks.
         spent = record.attempts >= self._config.max_total_sends
         if resend and stale is None and not spent:
+            await self._make_room(request)
             return await self._drive(request, record.signal_ts, record.attempts, may_exist=True)
         try:
             found = await self._look_up_patiently(request, (0.0, self._config.lookup_delays_s[-1]))
@@ -659,7 +679,7 @@ class Executor:
             return _event_of(record)
         if stale is not None and request.reduce_only:
             tried = f"sent {record.attempts} times, not found" if record.attempts else "never sent"
-            reason = f"{tried} at the venue, and last tried too long ago to send now ({stale})"
+            reason = f"{tried} at the venue, and not to be sent now: {stale}"
             logger.bind(notify="venue_error").warning(
                 "reduce-only order {id} of {strategy} ({symbol}: a target or a close) is given "
                 "up: {reason}; check that position's targets and stop",
@@ -971,10 +991,23 @@ class Executor:
         now: an opening one whose signal went stale; a reduce-only one (a target, a close,
         whose signal may be hours old) decided, or last sent, longer ago than a signal may be
         old (its journal row's time): after a long time down, the position it was meant for
-        may be gone, another in its place."""
-        if record.request.reduce_only:
-            return self._staleness(record.updated_at)
-        return self._stale(record.request, record.signal_ts)
+        may be gone, another in its place. A close of a whole position (`closes_position`)
+        is judged by that position alone: it is still due, however late, while the strategy
+        holds it."""
+        request = record.request
+        if request.closes_position:
+            held = (
+                None
+                if self._strategy_size is None
+                else self._strategy_size(request.key_name, request.strategy, request.symbol)
+            )
+            if held is None or (held > 0 if request.side is Side.SELL else held < 0):
+                return None
+            return f"{request.strategy} no longer holds the position it was to close"
+        if request.reduce_only:
+            stale = self._staleness(record.updated_at)
+            return None if stale is None else f"last tried too long ago ({stale})"
+        return self._stale(request, record.signal_ts)
 
     async def _give_up(
         self, request: OrderRequest, last: VenueError | None, *, may_exist: bool

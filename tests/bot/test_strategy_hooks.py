@@ -23,6 +23,7 @@ import requests
 
 from bot import pipeline as pipeline_module
 from bot.account import Account
+from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor
 from bot.execution.ids import order_link_id
 from bot.journal import DecisionRow, Journal
@@ -290,6 +291,7 @@ def build(tmp_path: Path) -> Iterator[Build]:
             executor = Executor(
                 journal,
                 venues,
+                strategy_size=account.projection.strategy_size,
                 order_journaled=account.keeper.expect_order,
                 order_identified=account.keeper.order_identified,
             )
@@ -1079,6 +1081,64 @@ def test_a_break_even_stop_the_price_has_crossed_closes_the_position_at_market(
     query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
     [position] = stages.exchange.positions("k1", query)["list"]
     assert position["size"] == "0"
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["position-held", "position-gone"])
+def test_a_break_even_close_a_crash_left_unsent_is_sent_by_the_next_start_after_its_room(
+    build: Build, monkeypatch: pytest.MonkeyPatch, held: bool
+) -> None:
+    """The bot dies once the close at market is journaled, before the targets it needs the
+    room of are cancelled. The next start, however long after, cancels them and sends the
+    close while the strategy holds the position; it sends nothing if the position is gone."""
+    stages = build({"ladder": (ladder(), "k1", "voc")})
+    second = order_link_id("ladder", "voc", "p-voc", 2)
+    close = order_link_id("ladder", "voc", "p-voc", 11)
+    executor = stages.pipeline._executor
+    make_room = executor._make_room
+
+    async def dying_before_the_room(request: Any) -> None:
+        if request.closes_position:
+            await asyncio.Event().wait()  # the bot is killed here
+        await make_room(request)
+
+    monkeypatch.setattr(executor, "_make_room", dying_before_the_room)
+
+    async def target_then_back_below_the_entry_then_killed() -> None:
+        await stages.submit(signal(take_profit=[97100, 105000]))
+        await stages.book_fills()
+        await price_to(stages, 97200, filling=order_link_id("ladder", "voc", "p-voc", 1))
+        stages.exchange.set_prices({"BTCUSDT": Decimal(96900)})
+        hooks = asyncio.create_task(stages.book_fills())
+        async with asyncio.timeout(10):
+            while stages.journal.order(close) is None:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.02)
+        hooks.cancel()
+
+    stages.run(target_then_back_below_the_entry_then_killed())
+    assert stages.journal.order(close).status.value == "Pending"  # type: ignore[union-attr]
+
+    books = stages.account.projection.strategy_size
+    restarted = Executor(
+        stages.journal,
+        stages.venues,
+        ExecutionConfig(unseen_final_after_s=0),  # its look-ups over
+        staleness=lambda ts: "signal is 4000.0 s old (max_signal_age_s = 300)",  # a day down
+        strategy_size=books if held else lambda key, strategy, symbol: Decimal(0),
+    )
+    asyncio.run(restarted.reconcile("k1", limit=None, resend=True))
+
+    status = {o["orderLinkId"]: o["orderStatus"] for o in stages.orders_of("ladder")}
+    query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
+    [position] = stages.exchange.positions("k1", query)["list"]
+    record = stages.journal.order(close)
+    assert record is not None
+    if held:
+        assert (status[second], status[close]) == ("Cancelled", "Filled")
+        assert position["size"] == "0"
+    else:
+        assert close not in status and status[second] == "New"  # nothing sent, nothing cancelled
+        assert record.status.value == "Rejected"
+        assert "ladder no longer holds the position it was to close" in record.reason
 
 
 def test_a_close_the_gate_refuses_leaves_the_targets_resting(

@@ -374,7 +374,10 @@ def test_a_never_sent_reduce_only_order_is_judged_by_when_it_was_decided(
     if not sent:
         record = journal.order(link)
         assert record is not None and record.status is OrderStatus.REJECTED
-        assert "never sent at the venue, and last tried too long ago" in record.reason
+        assert (
+            "never sent at the venue, and not to be sent now: last tried too long ago"
+            in record.reason
+        )
     venue.close()
 
 
