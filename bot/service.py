@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -589,6 +590,10 @@ class Service:
                 observers=observers,
             )
         gate = self._risk_gate(journal, account, strategies)
+        leverage_caps: dict[str, Decimal] = {}
+        for name, slot in strategies.items():
+            cap = gate.limits(name).max_leverage
+            leverage_caps[slot.key_name] = min(cap, leverage_caps.get(slot.key_name, cap))
         executor = Executor(
             journal,
             venues,
@@ -605,6 +610,7 @@ class Service:
             stop_moving=lambda key_name, move: account.keeper.expect_level(
                 key_name, move.symbol, "StopLoss", move.stop_loss
             ),
+            leverage_cap=lambda key_name, symbol: leverage_caps.get(key_name),
         )
         account.keeper.follow_sends(executor.in_flight)
         account.on_order_update(executor.order_updated)

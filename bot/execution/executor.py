@@ -167,6 +167,7 @@ class Executor:
         order_journaled: Callable[[OrderRequest], None] = lambda request: None,
         order_identified: Callable[[str, str | None], None] = lambda link_id, order_id: None,
         stop_moving: Callable[[str, StopMove], None] = lambda key_name, move: None,
+        leverage_cap: Callable[[str, str], Decimal | None] = lambda key_name, symbol: None,
         rng: random.Random | None = None,
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
@@ -186,7 +187,9 @@ class Executor:
         `order_identified(orderLinkId, orderId)` of the venue's orderId of each order of ours
         as soon as an answer or a look-up tells it (None: the order ended without the venue
         taking it), and `stop_moving(key, move)` of each stop loss `move_stop` is about to
-        set."""
+        set; `leverage_cap(key, symbol)` is the max_leverage its strategies may trade at
+        there (the lowest), which a position the venue reports is judged against before this
+        run has sent an order there."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
@@ -202,6 +205,7 @@ class Executor:
         self._order_journaled = order_journaled
         self._order_identified = order_identified
         self._stop_moving = stop_moving
+        self._leverage_cap = leverage_cap
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         # Orders the venue said it holds (110072) but has not shown: warned of once each.
@@ -1163,19 +1167,24 @@ class Executor:
         or last heard was changed since, by hand or by another client of the key. It is
         known from now on, so the next order sets it back if it must (a report older than our
         own change costs one request too many), and the next change is judged against it.
-        One above the cap of the symbol's last opening order while a position is open is a
-        WARNING (notify foreign): that position's liquidation price moved nearer."""
+        One above the cap of the symbol's last opening order (before one: `leverage_cap`)
+        while a position is open is a WARNING (notify foreign): that position's liquidation
+        price moved nearer. The first report of a symbol this run (the start's, a
+        reconnection's) is judged too: the leverage may have been raised while the bot was
+        down."""
         where = (update.key_name, update.symbol)
         ours = self._leverage.get(where)
         if update.leverage and update.leverage == ours:
             # The venue holds ours: a report of the one replaced is a change again from now.
             self._leverage_replaced.pop(where, None)
-        if not update.leverage or ours in (None, update.leverage):
-            return  # neither set nor read this run (or being set now), or no change
+        if not update.leverage or update.leverage == ours:
+            return  # no change
         self._leverage[where] = update.leverage
-        cap = self._leverage_caps.get(where)
+        cap = self._leverage_caps.get(where) or self._leverage_cap(*where)
         late = update.leverage == self._leverage_replaced.get(where)  # from before our change
         if update.size == 0 or cap is None or update.leverage <= cap or late:
+            if ours is None:
+                return  # the first this run has heard of it: nothing changed that it knows
             logger.info(
                 "the venue reports {symbol} on key {key} at {x}x, not the {ours}x this run "
                 "set, read or heard: it is checked against max_leverage before the next order",
@@ -1187,13 +1196,18 @@ class Executor:
             return
         logger.bind(notify="foreign").warning(
             "the open {symbol} position on key {key} is at {x}x, above max_leverage {cap}x: "
-            "changed at the venue, not by the bot (by hand on Bybit, or by another client of "
-            "the key); its liquidation price is that much nearer until the next order of the "
+            "{how}; its liquidation price is that much nearer until the next order of the "
             "symbol sets it back, or you do",
             symbol=update.symbol,
             key=update.key_name,
             x=update.leverage,
             cap=cap,
+            how="changed at the venue, not by the bot (by hand on Bybit, or by another client "
+            "of the key)"
+            if ours is not None
+            else "so at the venue when this run first heard of it (set by hand on Bybit or by "
+            "another client of the key, perhaps while the bot was down; or max_leverage was "
+            "lowered since)",
         )
 
     def order_updated(self, event: OrderEvent) -> None:

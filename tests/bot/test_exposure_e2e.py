@@ -14,6 +14,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.account import AccountProjection
+from bot.logs import logger
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
@@ -228,6 +229,44 @@ def test_a_leverage_changed_while_the_bot_was_down_is_capped_again(
             Decimal(str(p["leverage"])) for p in answer["positions"] if p["symbol"] == "BTCUSDT"
         }
         assert leverages == {Decimal(3)}
+
+
+def test_a_leverage_raised_under_an_open_position_while_the_bot_was_down_is_warned_of(
+    limited: Callable[[int], Path], tmp_path: Path, running: list[RunningBot]
+) -> None:
+    # Reproduced: the leverage was only judged when it changed after this run's first order
+    # in the symbol; 10x set by hand (max_leverage 3) under the position left open while the
+    # bot was down went unsaid until then, however long the position stayed that exposed.
+    write_key_secrets(tmp_path, "lev-key", "lev-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key="lev-key", api_secret=SecretStr("lev-secret")))
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        with SimServer(exchange) as server:
+            config = limited(100000)
+            config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
+            first = RunningBot(config).start()
+            running.append(first)
+            filled(first, "lev-open", stop_loss=96000)
+            first.stop()
+            running.remove(first)
+            by_hand = HTTP(api_key="lev-key", api_secret="lev-secret")
+            by_hand.endpoint = server.url
+            by_hand.set_leverage(
+                category="linear", symbol="BTCUSDT", buyLeverage="10", sellLeverage="10"
+            )
+
+            restarted = RunningBot(config).start()
+            running.append(restarted)
+            wait_for(lambda: any("max_leverage" in line for line in said), what="the warning")
+            time.sleep(1)  # a second report of the same 10x (the stream's) is no news
+    finally:
+        logger.remove(sink)
+
+    (line,) = [line for line in said if "max_leverage" in line]
+    assert "open BTCUSDT position on key follow_sim is at 10x, above max_leverage 3x" in line
+    assert "when this run first heard of it" in line
 
 
 OPPOSED = """

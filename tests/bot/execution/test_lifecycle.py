@@ -588,6 +588,31 @@ def test_a_leverage_raised_past_the_cap_under_an_open_position_is_warned_of_once
     assert "open BTCUSDT position on key k is at 125x, above max_leverage 100x" in line
 
 
+@pytest.mark.parametrize(
+    ("leverage", "size", "warned"),
+    [("10", "0.01", True), ("3", "0.01", False), ("10", "0", False)],
+    ids=["open-above-the-cap", "open-within-it", "flat-above-it"],
+)
+def test_the_first_report_of_a_symbols_leverage_is_judged_against_the_configured_cap(
+    journal: Journal, leverage: str, size: str, warned: bool
+) -> None:
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        executor = Executor(
+            journal, {"k": FakeVenue()}, FAST, leverage_cap=lambda key, symbol: Decimal(3)
+        )
+        for _ in range(2):  # the start's look-up, then the stream's first report
+            executor.position_updated(position_at(Decimal(leverage), size=Decimal(size)))
+    finally:
+        logger.remove(sink)
+
+    lines = [line for line in said if "max_leverage" in line]
+    assert len(lines) == warned
+    if warned:
+        assert "position on key k is at 10x, above max_leverage 3x" in lines[0]
+
+
 def position_at(leverage: Decimal, size: Decimal = Decimal(0)) -> PositionUpdate:
     return PositionUpdate(
         key_name="k",
