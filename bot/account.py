@@ -426,6 +426,19 @@ class AccountProjection:
         book = self._books.get((key_name, strategy, symbol))
         return book.size if book is not None else ZERO
 
+    def closable_size(self, key_name: str, strategy: str, symbol: str) -> Decimal:
+        """The strategy's own signed position in `symbol` on `key_name`, cut to what the key's
+        position at the venue (as last reported) holds on that side: zero if that is flat or
+        the other way (a close of the strategy's must not reduce what is not there). The
+        books alone while the venue's position is not known."""
+        own = self.strategy_size(key_name, strategy, symbol)
+        reported = self._positions.get((key_name, symbol))
+        if reported is None:
+            return own
+        if own == 0 or reported.size == 0 or (own > 0) != (reported.size > 0):
+            return ZERO
+        return own if abs(own) <= abs(reported.size) else reported.size
+
     def open_books(self, key_name: str, strategy: str) -> list[StrategyBook]:
         """The strategy's own open positions on `key_name` (flat ones left out)."""
         return [

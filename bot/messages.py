@@ -642,6 +642,12 @@ class OrderRequest(_Message):
         "that resumes it too; resumed, it is sent whatever its age while that position is held",
     )
 
+    @model_validator(mode="after")
+    def _closes_only_at_market(self) -> OrderRequest:
+        if self.closes_position and not (self.reduce_only and self.order_type is OrderType.MARKET):
+            raise ValueError("only a reduce-only market order closes a position whole")
+        return self
+
     def to_bybit_params(self) -> dict[str, Any]:
         """The `POST /v5/order/create` parameters, decimals as plain strings as Bybit wants."""
         params: dict[str, Any] = {

@@ -32,7 +32,7 @@ from bot import metrics
 from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
-from bot.execution.orders import trimmed
+from bot.execution.orders import close_shortfall
 from bot.execution.rounding import conform, conform_stop_move
 from bot.journal import FillBooking, Journal
 from bot.logs import logger
@@ -657,23 +657,8 @@ class Pipeline:
             await self._executor.execute_all([verdict], slot.key_name)  # journals the refusal
             return "rejected", f"{crossed}; its close at market was refused: {verdict.reason}"
         (event,) = await self._executor.execute_all([verdict], slot.key_name, closes_position=True)
-        asked = verdict.decision.intent.qty
-        refused = event.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED)
-        if refused or trimmed(event, asked):
-            why = (
-                f"the venue refused it ({event.reason})"
-                if refused
-                else f"the venue filled {event.filled_qty} of {asked}: other reduce-only "
-                "orders took the room, or the key's position is smaller than the books"
-            )
-            logger.bind(notify="venue_error").error(
-                "{strategy}'s {symbol} position: its reduce-only orders were cancelled for a "
-                "close at market, but {why}; what is open keeps its old stop and no target: "
-                "close or protect it by hand",
-                strategy=slot.name,
-                symbol=move.symbol,
-                why=why,
-            )
+        why = close_shortfall(event, verdict.decision.intent.qty)  # an ERROR already
+        if why is not None:
             return "rejected", f"{crossed}; its close at market did not close it: {why}"
         return "closed", (
             f"{crossed}: the position was closed at market instead, as leg "

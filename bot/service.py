@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -590,10 +589,7 @@ class Service:
                 observers=observers,
             )
         gate = self._risk_gate(journal, account, strategies)
-        leverage_caps: dict[str, Decimal] = {}
-        for name, slot in strategies.items():
-            cap = gate.limits(name).max_leverage
-            leverage_caps[slot.key_name] = min(cap, leverage_caps.get(slot.key_name, cap))
+        users = strategies_by_key(settings)
         executor = Executor(
             journal,
             venues,
@@ -604,13 +600,16 @@ class Service:
             order_changed=gate.ledger.follow,
             blocked=gate.block_reason,
             booked_qty=account.projection.booked_qty,
-            strategy_size=account.projection.strategy_size,
+            closable_size=account.projection.closable_size,
+            close_gap=lambda key_name: account.keeper.close_gap(venues[key_name]),
             order_journaled=account.keeper.expect_order,
             order_identified=account.keeper.order_identified,
             stop_moving=lambda key_name, move: account.keeper.expect_level(
                 key_name, move.symbol, "StopLoss", move.stop_loss
             ),
-            leverage_cap=lambda key_name, symbol: leverage_caps.get(key_name),
+            leverage_cap=lambda key_name, symbol: gate.opening_leverage_cap(
+                users.get(key_name, ()), symbol
+            ),
         )
         account.keeper.follow_sends(executor.in_flight)
         account.on_order_update(executor.order_updated)

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
@@ -40,7 +40,7 @@ from typing import Final
 from bot.account import StrandedBy
 from bot.bounded import remember
 from bot.execution.config import ExecutionConfig
-from bot.execution.orders import OPEN_AT_VENUE, not_ours, unlike_request
+from bot.execution.orders import OPEN_AT_VENUE, close_shortfall, not_ours, unlike_request
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.messages import (
@@ -163,7 +163,8 @@ class Executor:
         order_changed: Callable[[OrderEvent], None] = lambda event: None,
         blocked: Callable[[str], str | None] = lambda strategy: None,
         booked_qty: Callable[[str], Decimal] | None = None,
-        strategy_size: Callable[[str, str, str], Decimal] | None = None,
+        closable_size: Callable[[str, str, str], Decimal] | None = None,
+        close_gap: Callable[[str], Awaitable[object]] | None = None,
         order_journaled: Callable[[OrderRequest], None] = lambda request: None,
         order_identified: Callable[[str, str | None], None] = lambda link_id, order_id: None,
         stop_moving: Callable[[str, StopMove], None] = lambda key_name, move: None,
@@ -181,8 +182,10 @@ class Executor:
         already approved);
         `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
         follower waits for them, so the next signal of the lane sees the position), and
-        `strategy_size(key, strategy, symbol)` a strategy's signed position in its books (a
-        close resumed after a crash is sent only while it is held);
+        `closable_size(key, strategy, symbol)` what of a strategy's signed position in its
+        books the key's position at the venue still holds (a close resumed after a crash is
+        sent only while that is all of it), which `close_gap(key)` brings up to the venue
+        first (the fills and positions of the time down);
         `order_journaled` hears of each order journaled by `execute_all`, before its send,
         `order_identified(orderLinkId, orderId)` of the venue's orderId of each order of ours
         as soon as an answer or a look-up tells it (None: the order ended without the venue
@@ -201,11 +204,12 @@ class Executor:
         self._order_changed = order_changed
         self._blocked = blocked
         self._booked_qty = booked_qty
-        self._strategy_size = strategy_size
+        self._closable_size = closable_size
+        self._close_gap = close_gap
         self._order_journaled = order_journaled
         self._order_identified = order_identified
         self._stop_moving = stop_moving
-        self._leverage_cap = leverage_cap
+        self._configured_leverage_cap = leverage_cap
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         # Orders the venue said it holds (110072) but has not shown: warned of once each.
@@ -297,6 +301,7 @@ class Executor:
                     await self._make_room(request)
                     signal_ts = approval.intent.signal_ts
                     event = await self._drive(request, signal_ts, 0, may_exist=False)
+                    self._say_if_not_closed(request, event)
                     events.append(event)
                     continue
                 known = await self._journal.call(self._journal.order, request.order_link_id)
@@ -462,11 +467,14 @@ class Executor:
                     self._cancel_stranded(request, closed.cause)
                 )
 
-    async def _make_room(self, request: OrderRequest) -> None:
+    async def _make_room(
+        self, request: OrderRequest, answer_wait_s: float = _STRANDED_ANSWER_WAIT_S
+    ) -> None:
         """For an order that closes its strategy's position (`closes_position`), cancel the
         strategy's reduce-only orders resting on its side (all of them, whatever their
         signal), and wait: they would leave it no room (Bybit trims a reduce-only order to
-        what the others do not cover, 110017)."""
+        what the others do not cover, 110017). One still in flight is waited for up to
+        `answer_wait_s` (its orderId); one unanswered by then is left."""
         if not request.closes_position:
             return
         closing = StrandedBy(
@@ -476,7 +484,26 @@ class Executor:
             was_long=request.side is Side.SELL,
             cause=request.order_link_id,
         )
-        await asyncio.gather(*(self._cancel_once_answered(r) for r in self._reducing(closing)))
+        await asyncio.gather(
+            *(self._cancel_once_answered(r, answer_wait_s) for r in self._reducing(closing))
+        )
+
+    def _say_if_not_closed(self, request: OrderRequest, event: OrderEvent) -> None:
+        """An ERROR (notify venue_error) when an order that closes its strategy's position
+        (`closes_position`) did not: the reduce-only orders that protected it are cancelled,
+        and what is open keeps only its old stop."""
+        why = close_shortfall(event, request.qty) if request.closes_position else None
+        if why is None:
+            return
+        logger.bind(notify="venue_error").error(
+            "{strategy}'s {symbol} position: its reduce-only orders were cancelled for a close "
+            "at market ({id}), but {why}; what is open keeps its old stop and no target: close "
+            "or protect it by hand",
+            strategy=request.strategy,
+            symbol=request.symbol,
+            id=request.order_link_id,
+            why=why,
+        )
 
     def _reducing(self, closed: StrandedBy) -> list[OrderRequest]:
         """Our reduce-only orders resting now on the side that reduces the position `closed`
@@ -522,13 +549,16 @@ class Executor:
         finally:
             del self._stranded[request.order_link_id]
 
-    async def _cancel_once_answered(self, request: OrderRequest) -> None:
+    async def _cancel_once_answered(
+        self, request: OrderRequest, answer_wait_s: float = _STRANDED_ANSWER_WAIT_S
+    ) -> None:
         """Cancel one reduce-only order of a closed (or closing) position, once the venue has
-        answered it with its orderId if it is still in flight; never raises."""
+        answered it with its orderId if it is still in flight (waited for up to
+        `answer_wait_s`); never raises."""
         link = request.order_link_id
         try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_STRANDED_ANSWER_WAIT_S):
+                async with asyncio.timeout(answer_wait_s):
                     # The journal's committed state has no event to wait on.
                     while (known := self._journal.unfinished(link)) is not None and (  # noqa: ASYNC110
                         known.order_id is None
@@ -650,6 +680,9 @@ class Executor:
                 return await self._gone_from_venue(record)
             self._missing_since.pop(request.order_link_id, None)
             return await self._take(shown, request) or _event_of(record)
+        if resend and request.closes_position and self._close_gap is not None:
+            # The books judge the close: what happened while the bot was down goes in first.
+            await self._close_gap(request.key_name)
         stale = self._too_late(record)
         if status is OrderStatus.PENDING and not resend and stale is None:
             return _event_of(record)  # its lane is sending it, or the next start will
@@ -658,8 +691,12 @@ class Executor:
         # venue lacks.
         spent = record.attempts >= self._config.max_total_sends
         if resend and stale is None and not spent:
-            await self._make_room(request)
-            return await self._drive(request, record.signal_ts, record.attempts, may_exist=True)
+            # Its room first, as when it was decided; an order still unanswered now stays so
+            # (nothing else in this pass answers it), and the close is said if it is trimmed.
+            await self._make_room(request, answer_wait_s=0)
+            event = await self._drive(request, record.signal_ts, record.attempts, may_exist=True)
+            self._say_if_not_closed(request, event)
+            return event
         try:
             found = await self._look_up_patiently(request, (0.0, self._config.lookup_delays_s[-1]))
         except _LookupFailed:
@@ -698,7 +735,10 @@ class Executor:
             reason = f"not found at the venue after {record.attempts} sends"
         else:
             reason = f"not found at the venue {unseen_s:.0f} s after its last send"
-        return await self._reject(request, reason)
+        event = await self._reject(request, reason)
+        if stale is None:  # else given up before its room was made: said above
+            self._say_if_not_closed(request, event)
+        return event
 
     async def _gone_from_venue(self, record: OrderRecord) -> OrderEvent:
         """An order the venue acknowledged that a look-up, which answered, did not find open
@@ -997,17 +1037,21 @@ class Executor:
         old (its journal row's time): after a long time down, the position it was meant for
         may be gone, another in its place. A close of a whole position (`closes_position`)
         is judged by that position alone: it is still due, however late, while the strategy
-        holds it."""
+        holds all of it, in its books and at the venue (`closable_size`)."""
         request = record.request
         if request.closes_position:
-            held = (
-                None
-                if self._strategy_size is None
-                else self._strategy_size(request.key_name, request.strategy, request.symbol)
-            )
-            if held is None or (held > 0 if request.side is Side.SELL else held < 0):
+            if self._closable_size is None:
                 return None
-            return f"{request.strategy} no longer holds the position it was to close"
+            held = self._closable_size(request.key_name, request.strategy, request.symbol)
+            if not _reduces(request.side, held):
+                return f"{request.strategy} no longer holds the position it was to close"
+            if abs(held) < request.qty:
+                # Part of it closed meanwhile (a target): the rest on the key may be another's.
+                return (
+                    f"{request.strategy} holds {abs(held)} of the position now, less than the "
+                    f"close's {request.qty}"
+                )
+            return None
         if request.reduce_only:
             stale = self._staleness(record.updated_at)
             return None if stale is None else f"last tried too long ago ({stale})"
@@ -1180,7 +1224,7 @@ class Executor:
         if not update.leverage or update.leverage == ours:
             return  # no change
         self._leverage[where] = update.leverage
-        cap = self._leverage_caps.get(where) or self._leverage_cap(*where)
+        cap = self._leverage_caps.get(where) or self._configured_leverage_cap(*where)
         late = update.leverage == self._leverage_replaced.get(where)  # from before our change
         if update.size == 0 or cap is None or update.leverage <= cap or late:
             if ours is None:
@@ -1454,6 +1498,11 @@ async def _heard(watch: asyncio.Event, deadline: float) -> bool:
             async with asyncio.timeout(min(_STREAM_GRACE_S, deadline - loop.time())):
                 await watch.wait()
     return watch.is_set()
+
+
+def _reduces(side: Side, position: Decimal) -> bool:
+    """Whether an order of `side` reduces a signed `position` (a sell a long, a buy a short)."""
+    return position > 0 if side is Side.SELL else position < 0
 
 
 def _event_of(record: OrderRecord) -> OrderEvent:

@@ -31,6 +31,7 @@ __all__ = [
     "OPEN_AT_VENUE",
     "TransitionRefused",
     "check_transition",
+    "close_shortfall",
     "differences",
     "not_ours",
     "trimmed",
@@ -89,6 +90,19 @@ def trimmed(event: OrderEvent, qty: Decimal) -> bool:
     """Whether a reduce-only order of `qty` ended filled for less: the venue trimmed it to
     the room other reduce-only orders left (what it was meant to close stays open)."""
     return event.status is OrderStatus.FILLED and event.filled_qty < qty
+
+
+def close_shortfall(event: OrderEvent, qty: Decimal) -> str | None:
+    """Why a close at market of `qty` (its latest `event`) did not close what it was sent
+    for, in words; None if it did, or may have (its end not known yet)."""
+    if event.status in (OrderStatus.REJECTED, OrderStatus.CANCELLED):
+        return f"it ended {event.status.value}: {event.reason}"
+    if trimmed(event, qty):
+        return (
+            f"the venue filled {event.filled_qty} of {qty}: other reduce-only orders took the "
+            "room, or the key's position is smaller than the books"
+        )
+    return None
 
 
 def not_ours(event: OrderEvent, request: OrderRequest, order_id: str | None) -> str | None:

@@ -48,7 +48,7 @@ never the venue.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import InitVar, dataclass
 from datetime import date, datetime
 from decimal import ROUND_DOWN, Decimal
@@ -160,6 +160,16 @@ class RiskGate:
     def limits(self, strategy: str | None = None) -> RiskConfig:
         """The limits a strategy's intents are judged by (None: the global ones)."""
         return self._config if strategy is None else self._configs.get(strategy, self._config)
+
+    def opening_leverage_cap(self, strategies: Iterable[str], symbol: str) -> Decimal | None:
+        """The highest max_leverage at which one of `strategies` may open `symbol` (the
+        leverage an order of theirs may set there); None if none of them may open it."""
+        caps = [
+            config.max_leverage
+            for config in map(self.limits, strategies)
+            if _symbol(config, symbol, closing=False) is None
+        ]
+        return max(caps, default=None)
 
     def decide(
         self,

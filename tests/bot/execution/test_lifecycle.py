@@ -828,3 +828,38 @@ def test_a_close_waits_out_bybits_ip_ban_with_the_shipped_patience(
 
     assert event.status is OrderStatus.FILLED
     assert max(waits) >= IP_BAN_S
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["live", "resumed-by-the-next-start"])
+def test_a_close_of_a_whole_position_the_venue_refuses_is_an_error_to_act_on(
+    journal: Journal, resumed: bool
+) -> None:
+    # Reproduced: a break-even close a restart resumed (its targets cancelled first) and the
+    # venue then refused was a plain warning; the live path's ERROR was the pipeline's alone.
+    venue = FakeVenue()
+    venue.script("rejected")
+    config = FAST.model_copy(update={"unseen_final_after_s": 0})
+    executor = Executor(journal, {"k": venue}, config)
+    closing = approve(make_intent(side=Side.SELL, reduce_only=True))
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="ERROR")
+    try:
+        if resumed:  # journaled by a run that died before sending it
+            journal.record_decisions(
+                [closing.decision], [build_request(closing, "k", closes_position=True)]
+            )
+            asyncio.run(executor.reconcile("k", resend=True))  # the start: Unknown, as it may
+            # have been sent before the crash; the loop then settles it as never sent.
+            asyncio.run(executor.reconcile("k"))
+        else:
+            asyncio.run(executor.execute_all([closing], "k", closes_position=True))
+    finally:
+        logger.remove(sink)
+
+    (line,) = [line for line in said if "close or protect it by hand" in line]
+    assert "follow's BTCUSDT position" in line and "it ended Rejected" in line
+
+
+def test_only_a_reduce_only_market_order_may_close_a_position_whole() -> None:
+    with pytest.raises(ValueError, match="only a reduce-only market order closes a position"):
+        build_request(approve(make_intent(side=Side.SELL)), "k", closes_position=True)

@@ -527,3 +527,19 @@ def test_the_minute_count_keeps_only_its_minute_when_nobody_asks() -> None:
 
     assert len(counts._recent["closer"]) == 60
     assert counts.today("closer", NOW + timedelta(seconds=599)) == 600
+
+
+def test_a_keys_opening_leverage_cap_is_the_highest_of_the_strategies_that_may_open_there() -> None:
+    # A shared key: "bold" may open BTCUSDT at up to 10x; "careful" only ETHUSDT, at 3x.
+    gate = new_gate(
+        strategies={
+            "bold": StrategyRiskConfig(max_leverage=Decimal(10), denied_symbols=("ETHUSDT",)),
+            "careful": StrategyRiskConfig(max_leverage=Decimal(3), symbols=("ETHUSDT",)),
+        },
+        config=CONFIG.model_copy(update={"max_leverage": Decimal(20)}),
+    )
+
+    assert gate.opening_leverage_cap(["bold", "careful"], "BTCUSDT") == 10
+    assert gate.opening_leverage_cap(["bold", "careful"], "ETHUSDT") == 3
+    assert gate.opening_leverage_cap(["careful"], "BTCUSDT") is None  # none opens it there
+    assert gate.opening_leverage_cap([], "BTCUSDT") is None
