@@ -103,6 +103,9 @@ _IDENTITY_WAIT_MAX_S: Final = 120.0
 #: (fills of the last `_DRIFT_LOOKBACK`, positions, open orders), then warns if they still do.
 _BOOKS_DRIFT_S: Final = 30.0
 _DRIFT_LOOKBACK: Final = timedelta(hours=1)
+#: The pauses (s) before each fetch of the fills of orders a start settled as filled, while
+#: the venue lists less of them than it shows filled.
+_SETTLED_FILL_RETRIES_S: Final = (0.0, 0.5, 1.0, 2.0)
 #: How far behind a key's newest fill its fills' execIds are remembered. A REST catch-up
 #: asks from a minute before the newest journaled fill, so its pages land well inside; an
 #: older fill is looked up in the journal instead (right, only slower), so the memory stays
@@ -1090,22 +1093,44 @@ class AccountKeeper:
         crash loses the stream's report of a fill held for its order's lost answer, and the
         start's gap-fill can ask before the venue's queries show the fill (they lag). Without
         this, the books miss the position until the books check, and a close finds nothing
-        to close. False if the fills could not be fetched (logged)."""
-        journal, link_ids = self._journal, list(link_ids)
-        # What the journal's fills hold of each (the books' memory of it is bounded).
+        to close. The venue is asked again, a few times over a few seconds, while it still
+        lists less than it shows filled (its fill list may lag its orders); what it still
+        lacks then is a WARNING. False if the fills could not be fetched or are still
+        missing (logged)."""
+        unbooked = await self._unbooked(list(link_ids))
+        if not unbooked:
+            return True
+        # No fill of an order comes before its signal (a minute more: executions_since).
+        since = min(record.signal_ts or utc_now() - _DRIFT_LOOKBACK for record in unbooked)
+        for pause in _SETTLED_FILL_RETRIES_S:
+            await asyncio.sleep(pause)
+            if not await self._apply_fetched(
+                venue.name, "executions", lambda: venue.executions_since(since)
+            ):
+                return False
+            unbooked = await self._unbooked([r.request.order_link_id for r in unbooked])
+            if not unbooked:
+                return True
+        logger.bind(notify="venue_error").warning(
+            "the venue shows {ids} filled beyond the fills it lists (key {key}): the books "
+            "miss them until the check of the books finds them, and what the strategies do "
+            "next is sized without them; see `bot positions` against the venue",
+            ids=", ".join(record.request.order_link_id for record in unbooked),
+            key=venue.name,
+        )
+        return False
+
+    async def _unbooked(self, link_ids: list[str]) -> list[OrderRecord]:
+        """Those of the orders `link_ids` that the journal shows filled beyond what its fills
+        hold (the books' memory of an order is bounded: the journal's is not)."""
+        journal = self._journal
         booked = await journal.call(journal.booked_qty_of, link_ids)
         unbooked = []
         for link_id in link_ids:
             record = await journal.call(journal.order, link_id)
             if record is not None and record.filled_qty > booked.get(link_id, ZERO):
                 unbooked.append(record)
-        if not unbooked:
-            return True
-        # No fill of an order comes before its signal (a minute more: executions_since).
-        since = min(record.signal_ts or utc_now() - _DRIFT_LOOKBACK for record in unbooked)
-        return await self._apply_fetched(
-            venue.name, "executions", lambda: venue.executions_since(since)
-        )
+        return unbooked
 
     async def check_books(self, venue: Venue) -> None:
         """Compare the key's books with the venue's positions (each reconciliation pass).

@@ -183,9 +183,10 @@ class Executor:
         `booked_qty(orderLinkId)` how much of an order's fills the account's books hold (a
         follower waits for them, so the next signal of the lane sees the position), and
         `closable_size(key, strategy, symbol)` what of a strategy's signed position in its
-        books the key's position at the venue still holds (a close resumed after a crash is
-        sent only while that is all of it), which `close_gap(key)` brings up to the venue
-        first (the fills and positions of the time down);
+        books the key's position at the venue still holds (a reduce-only order resumed after
+        a crash is sent only while there is some, a close of the whole position only while
+        that is all of it), which `close_gap(key)` brings up to the venue first (the fills
+        and positions of the time down);
         `order_journaled` hears of each order journaled by `execute_all`, before its send,
         `order_identified(orderLinkId, orderId)` of the venue's orderId of each order of ours
         as soon as an answer or a look-up tells it (None: the order ended without the venue
@@ -625,6 +626,10 @@ class Executor:
                 by_key.setdefault(key, []).append(record)
         resumed = 0
         for key, pending in by_key.items():
+            if resend and self._close_gap is not None and any(map(_judged_by_position, pending)):
+                # The positions they are judged by may have changed while the bot was down:
+                # the books first catch up with the venue (failures logged; they then stand).
+                await self._close_gap(key)
             for record in self._rotate(key, pending, batch):
                 link_id = record.request.order_link_id
                 looked_at = (now, self._stream_connection(key))
@@ -680,9 +685,6 @@ class Executor:
                 return await self._gone_from_venue(record)
             self._missing_since.pop(request.order_link_id, None)
             return await self._take(shown, request) or _event_of(record)
-        if resend and request.closes_position and self._close_gap is not None:
-            # The books judge the close: what happened while the bot was down goes in first.
-            await self._close_gap(request.key_name)
         stale = self._too_late(record)
         if status is OrderStatus.PENDING and not resend and stale is None:
             return _event_of(record)  # its lane is sending it, or the next start will
@@ -1032,20 +1034,20 @@ class Executor:
 
     def _too_late(self, record: OrderRecord) -> str | None:
         """Why an order a start-up (or the loop) finds perhaps never sent must not be sent
-        now: an opening one whose signal went stale; a reduce-only one (a target, a close,
-        whose signal may be hours old) decided, or last sent, longer ago than a signal may be
-        old (its journal row's time): after a long time down, the position it was meant for
-        may be gone, another in its place. A close of a whole position (`closes_position`)
-        is judged by that position alone: it is still due, however late, while the strategy
-        holds all of it, in its books and at the venue (`closable_size`)."""
+        now: an opening one whose signal went stale. A reduce-only one (a target, a close,
+        whose signal may be hours old) is judged by the position it reduces, however late:
+        it is due while the strategy still holds it, in its books and at the venue
+        (`closable_size`; the strategy opens nothing while the bot is down, so a position
+        it holds is that one), a close of the whole position (`closes_position`) only while
+        it holds all of it. Without the books to judge by, a reduce-only order decided, or
+        last sent, longer ago than a signal may be old is too late (its journal row's time):
+        after a long time down, the position it was meant for may be gone."""
         request = record.request
-        if request.closes_position:
-            if self._closable_size is None:
-                return None
+        if request.reduce_only and self._closable_size is not None:
             held = self._closable_size(request.key_name, request.strategy, request.symbol)
             if not _reduces(request.side, held):
-                return f"{request.strategy} no longer holds the position it was to close"
-            if abs(held) < request.qty:
+                return f"{request.strategy} no longer holds the position it was to reduce"
+            if request.closes_position and abs(held) < request.qty:
                 # Part of it closed meanwhile (a target): the rest on the key may be another's.
                 return (
                     f"{request.strategy} holds {abs(held)} of the position now, less than the "
@@ -1498,6 +1500,16 @@ async def _heard(watch: asyncio.Event, deadline: float) -> bool:
             async with asyncio.timeout(min(_STREAM_GRACE_S, deadline - loop.time())):
                 await watch.wait()
     return watch.is_set()
+
+
+def _judged_by_position(record: OrderRecord) -> bool:
+    """Whether a start's resumption of `record` may send it, judged by the position it
+    reduces (`Executor._too_late`): a reduce-only order the venue may lack."""
+    return (
+        record.request.reduce_only
+        and record.status not in OPEN_AT_VENUE
+        and (not record.status.is_terminal)
+    )
 
 
 def _reduces(side: Side, position: Decimal) -> bool:

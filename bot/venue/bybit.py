@@ -415,17 +415,21 @@ class BybitVenue:
             start_ms = int(since.timestamp() * 1000) - _FILL_OVERLAP_MS
             now_ms = int(time.time() * 1000) + self._clock.offset_ms
             for _ in range(_MAX_FILL_WINDOWS):
-                end_ms = min(start_ms + _FILL_WINDOW_MS - 1, now_ms)
+                end_ms = start_ms + _FILL_WINDOW_MS - 1
+                last = end_ms >= now_ms
+                # The window that reaches now has no end: Bybit's is then 7 days from its
+                # start, so a fill the venue stamped past our estimate of its clock (the
+                # estimate lags a drift) is not left out.
+                bounds = {"startTime": start_ms} | ({} if last else {"endTime": end_ms})
                 rows += await self._pages(
                     "executions",
                     "/v5/execution/list",
                     "get_executions",
                     complete=True,
                     limit=100,
-                    startTime=start_ms,
-                    endTime=end_ms,
+                    **bounds,
                 )
-                if end_ms >= now_ms:
+                if last:
                     break
                 start_ms = end_ms + 1
         fills = [

@@ -1066,3 +1066,54 @@ def test_each_pass_tells_the_positions_whose_reduce_only_orders_on_one_side_redu
     keeper.tell_closed_again("k")
 
     assert heard == told
+
+
+class _LaggingFillList(FakeVenue):
+    """A venue whose fill list shows a fill only from its `shown_from`-th asking on."""
+
+    def __init__(self, lagging: Execution, shown_from: int) -> None:
+        super().__init__("k")
+        self.lagging, self.shown_from, self.asked = lagging, shown_from, 0
+
+    async def executions_since(self, since: datetime | None) -> list[Execution]:
+        self.asked += 1
+        return [self.lagging] if self.asked >= self.shown_from else []
+
+
+@pytest.mark.parametrize("shown_from", [2, 99], ids=["shown-on-asking-again", "never-shown"])
+def test_a_start_asks_again_for_the_fills_of_orders_it_settled_filled(
+    journal: Journal, shown_from: int
+) -> None:
+    # Reproduced (chaos soak): the start found a flip Filled at the venue, whose fill list
+    # did not show the fill yet; one fetch, and the signals queued behind it were sized from
+    # books without it (a flip of twice the size, a close refused 110017).
+    journal.record_order(
+        make_request(order_link_id="alpha-0-flip", strategy="alpha", side=Side.SELL)
+    )
+    journal.record_order_event(
+        OrderEvent(
+            order_link_id="alpha-0-flip",
+            status=OrderStatus.FILLED,
+            order_id="o-alpha-0-flip",
+            filled_qty=Decimal("0.01"),
+            avg_price=Decimal(97000),
+        )
+    )
+    projection = AccountProjection()
+    keeper = AccountKeeper(journal, projection)
+    venue = _LaggingFillList(
+        fill(Side.SELL, "0.01", "97000", link="alpha-0-flip", at=datetime.now(UTC)), shown_from
+    )
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        booked = asyncio.run(keeper.catch_up_settled(venue, ["alpha-0-flip"]))
+    finally:
+        logger.remove(sink)
+
+    found = shown_from == 2
+    assert booked is found
+    assert projection.strategy_size("k", "alpha", "BTCUSDT") == (Decimal("-0.01") if found else 0)
+    assert any("alpha-0-flip filled beyond the fills it lists" in line for line in said) is (
+        not found
+    )

@@ -1145,7 +1145,7 @@ def test_a_break_even_close_a_crash_left_unsent_is_sent_by_the_next_start_after_
     if closed_by_hand:
         assert close not in status  # never sent (the target goes as a closed position's)
         assert record.status.value == "Rejected"
-        assert "ladder no longer holds the position it was to close" in record.reason
+        assert "ladder no longer holds the position it was to reduce" in record.reason
     else:
         assert (status[second], status[close]) == ("Cancelled", "Filled")
 

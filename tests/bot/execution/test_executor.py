@@ -329,19 +329,34 @@ def test_an_order_the_venue_said_it_holds_is_never_rejected_as_unseen(
 
 
 @pytest.mark.parametrize(
-    ("journaled_ago_s", "sent"), [(0, True), (600, False)], ids=["just decided", "long ago"]
+    ("journaled_ago_s", "held", "sent"),
+    [(0, None, True), (600, None, False), (600, "0.002", True), (0, "0", False)],
+    ids=["just decided", "long ago", "long ago, its position held", "its position gone"],
 )
-def test_a_never_sent_reduce_only_order_is_judged_by_when_it_was_decided(
-    exchange: tuple[SimExchange, str], tmp_path: Path, journaled_ago_s: int, sent: bool
+def test_a_never_sent_reduce_only_order_is_judged_by_its_position_or_else_its_age(
+    exchange: tuple[SimExchange, str],
+    tmp_path: Path,
+    journaled_ago_s: int,
+    held: str | None,
+    sent: bool,
 ) -> None:
     # A target decided just now for a signal an hour old (a ladder's limit entry filled late),
-    # cut short by a crash before its send: the start-up sends it. One decided long ago is
-    # not sent: its position may be gone, another in its place.
+    # cut short by a crash before its send: the start-up sends it. With the books to judge by
+    # (`held`: the strategy's position there), it is sent while the position is held,
+    # however long ago it was decided (the chaos soak's ladders lost their targets to a
+    # restart after max_signal_age_s), never once it is gone. Without them, one decided long
+    # ago is not sent: its position may be gone.
     journal = Journal(tmp_path / "j.sqlite3")
     credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
     venue = BybitVenue(credentials, Environment.SIM, sim_url=exchange[1], timeout_s=2)
     gate = RiskGate(UNLIMITED.model_copy(update={"max_signal_age_s": 60}))
-    executor = Executor(journal, {"k": venue}, FAST, staleness=gate.stale_reason)
+    executor = Executor(
+        journal,
+        {"k": venue},
+        FAST.model_copy(update={"unseen_final_after_s": 0}),
+        staleness=gate.stale_reason,
+        closable_size=None if held is None else lambda key, strategy, symbol: Decimal(held),
+    )
     asyncio.run(executor.execute(approve(intent(qty="0.002")), "k"))  # the long it takes profit on
     hour_old = datetime.now(UTC) - timedelta(hours=1)
     target = approve(
@@ -374,10 +389,8 @@ def test_a_never_sent_reduce_only_order_is_judged_by_when_it_was_decided(
     if not sent:
         record = journal.order(link)
         assert record is not None and record.status is OrderStatus.REJECTED
-        assert (
-            "never sent at the venue, and not to be sent now: last tried too long ago"
-            in record.reason
-        )
+        why = "last tried too long ago" if held is None else "follow no longer holds the position"
+        assert f"never sent at the venue, and not to be sent now: {why}" in record.reason
     venue.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -334,3 +335,26 @@ def test_sim_url_is_required_in_sim_and_refused_elsewhere() -> None:
     testnet = BybitVenue(credentials, Environment.TESTNET)
     assert testnet.endpoint == "https://api-testnet.bybit.com"
     testnet.close()
+
+
+def test_fills_since_a_time_are_asked_for_up_to_the_venues_now_not_ours(
+    venue: BybitVenue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced: the last window ended at our estimate of the venue's clock; a fill the venue
+    # stamped past it (the estimate lagging a drift) was left out, and a start settled an
+    # order Filled whose fill no book held. The window reaching now has no endTime: Bybit's
+    # then runs 7 days from its startTime.
+    asked: list[dict[str, Any]] = []
+    pages = venue._pages
+
+    async def recording(*args: Any, **params: Any) -> Any:
+        asked.append(params)
+        return await pages(*args, **params)
+
+    monkeypatch.setattr(venue, "_pages", recording)
+    eight_days_ago = datetime.now(UTC) - timedelta(days=8)
+
+    asyncio.run(venue.executions_since(eight_days_ago))
+
+    assert ["endTime" in params for params in asked] == [True, False]
+    assert asked[1]["startTime"] == asked[0]["endTime"] + 1
