@@ -593,14 +593,17 @@ class SimExchange:
     # ----------------------------------------------------------------- admin and clock
 
     def now_ms(self) -> int:
-        """The exchange clock in epoch ms, including injected clock skew (steady or burst):
-        `bot.clock`, the wall clock unless a replay runs the calendar on a virtual one."""
-        return clock.now_ms() + self._skew_ms()
+        """The exchange clock in epoch ms, which stamps its records, including the steady
+        clock skew (`clock_skew_ms`): `bot.clock`, the wall clock unless a replay runs the
+        calendar on a virtual one. A burst of skew is not in it: Bybit's clock never jumps
+        back, so its records' times only move forward."""
+        return clock.now_ms() + self._faults.clock_skew_ms
 
     def signing_clock_ms(self) -> int:
         """The clock signed requests are checked against (recv_window, a stream's `expires`)
-        and `/v5/market/time` reports: the wall clock clients sign on, with the same skew.
-        Equal to `now_ms()` except under a replay's virtual calendar."""
+        and `/v5/market/time` reports: the wall clock clients sign on, with the steady skew
+        and any burst of it (a client's clock drifting, as far as its requests can tell).
+        Equal to `now_ms()` except under a replay's virtual calendar or in a burst."""
         return time.time_ns() // 1_000_000 + self._skew_ms()
 
     def _skew_ms(self) -> int:
