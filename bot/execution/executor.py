@@ -1074,10 +1074,7 @@ class Executor:
             qty=request.qty,
             symbol=request.symbol,
             status=status.value,
-            error=str(
-                last
-                or "none (nothing sent this time was answered; its look-ups failed or found nothing)"
-            ),
+            error=str(last or "none (no send answered; its look-ups failed or found nothing)"),
         )
         if last is None:
             last = VenueError("attempts spent without an answer")
