@@ -74,6 +74,8 @@ __all__ = ["Executor", "StalenessCheck", "build_request"]
 StalenessCheck = Callable[[datetime], str | None]
 
 _FOLLOW_POLLS_S: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+#: How often a follower whose order a look-up found terminal checks the books for its fills.
+_BOOKED_POLL_S: Final = 0.05
 #: How long a follower waits for the account stream before it looks the order up itself.
 _STREAM_GRACE_S: Final = 0.25
 _JITTER: Final = 0.25
@@ -1352,10 +1354,18 @@ class Executor:
                 continue  # New or a partial fill: nothing to answer yet
             if self._books_hold(terminal):
                 return terminal
-        if terminal is not None:  # its fills were not booked in time: say so, go on
+        if terminal is None:
+            terminal = await self._poll(venue, request, order_id, deadline)
+            if terminal is None or not terminal.status.is_terminal:
+                return terminal
+            # Looked up by REST (the stream silent): the reconciliation loop fetches its
+            # fills by REST too, each `reconcile_interval_s`; the lane's next signal is sized
+            # from the books, so they are waited for while the follow lasts.
+            while not self._books_hold(terminal) and loop.time() < deadline:  # noqa: ASYNC110 - the books have no event to wait on
+                await asyncio.sleep(_BOOKED_POLL_S)
+        if not self._books_hold(terminal):  # not in time: say so, go on
             logger.warning("order {id}: terminal, its fills not booked yet", id=link_id)
-            return terminal
-        return await self._poll(venue, request, order_id, deadline)
+        return terminal
 
     def _books_hold(self, terminal: OrderEvent) -> bool:
         """Whether the account's books hold every fill of a terminal order."""

@@ -863,3 +863,37 @@ def test_a_close_of_a_whole_position_the_venue_refuses_is_an_error_to_act_on(
 def test_only_a_reduce_only_market_order_may_close_a_position_whole() -> None:
     with pytest.raises(ValueError, match="only a reduce-only market order closes a position"):
         build_request(approve(make_intent(side=Side.SELL)), "k", closes_position=True)
+
+
+def test_with_the_stream_down_a_filled_market_order_is_answered_once_its_fill_is_booked(
+    journal: Journal,
+) -> None:
+    # Reproduced (chaos soak): with the account stream down, the look-up found the order
+    # Filled and the lane went on at once; its next signal was sized from books without the
+    # fill, which the reconciliation loop books by REST only each reconcile_interval_s.
+    booked: dict[str, Decimal] = {}
+    config = FAST.model_copy(update={"follow_s": 2.0})
+    executor = Executor(
+        journal,
+        {"k": FakeVenue()},
+        config,
+        stream_live=lambda key: False,
+        booked_qty=lambda link: booked.get(link, Decimal(0)),
+    )
+    approved = approve(make_intent())
+
+    async def the_loop_books_it_later() -> tuple[bool, OrderEvent]:
+        async def reconciliation_pass() -> None:
+            await asyncio.sleep(0.3)
+            booked[approved.order_link_id] = Decimal("0.01")
+
+        loop_pass = asyncio.create_task(reconciliation_pass())
+        event = await executor.execute(approved, "k")
+        held_when_answered = approved.order_link_id in booked
+        await loop_pass
+        return held_when_answered, event
+
+    held_when_answered, event = asyncio.run(the_loop_books_it_later())
+
+    assert event.status is OrderStatus.FILLED
+    assert held_when_answered
