@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -197,11 +198,16 @@ def test_a_close_right_after_a_slow_market_entry_leaves_no_position(
     assert sim_position(bot) == 0
 
 
-def test_a_leverage_changed_while_the_bot_was_down_is_capped_again(
-    limited: Callable[[int], Path], tmp_path: Path, running: list[RunningBot]
-) -> None:
-    # Reproduced: the journal's last report (3x, the position flat) was taken as the venue's
-    # leverage after a restart; the 10x set by hand meanwhile stayed for the next order.
+@contextmanager
+def restarted_after_leverage_set_by_hand(
+    limited: Callable[[int], Path],
+    tmp_path: Path,
+    running: list[RunningBot],
+    *trades: tuple[str, dict[str, object]],
+) -> Iterator[tuple[RunningBot, str]]:
+    """A bot that made `trades` (signal id, fields; each filled), stopped; 10x set on
+    BTCUSDT by hand meanwhile (the tests' max_leverage is 3); started again: (the restarted
+    bot, the simulator's URL)."""
     write_key_secrets(tmp_path, "lev-key", "lev-secret")
     exchange = SimExchange(SimulatorConfig())
     exchange.add_account(SimAccountSpec(api_key="lev-key", api_secret=SecretStr("lev-secret")))
@@ -210,8 +216,8 @@ def test_a_leverage_changed_while_the_bot_was_down_is_capped_again(
         config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
         first = RunningBot(config).start()
         running.append(first)
-        filled(first, "lev-1", stop_loss=96000)
-        filled(first, "lev-1-close", action="close")
+        for signal_id, fields in trades:
+            filled(first, signal_id, **fields)
         first.stop()
         running.remove(first)
         by_hand = HTTP(api_key="lev-key", api_secret="lev-secret")
@@ -219,16 +225,25 @@ def test_a_leverage_changed_while_the_bot_was_down_is_capped_again(
         by_hand.set_leverage(
             category="linear", symbol="BTCUSDT", buyLeverage="10", sellLeverage="10"
         )
-
         restarted = RunningBot(config).start()
         running.append(restarted)
-        filled(restarted, "lev-2", stop_loss=96000)
+        yield restarted, server.url
 
-        answer = requests.get(f"{server.url}/sim/positions", timeout=10).json()
-        leverages = {
-            Decimal(str(p["leverage"])) for p in answer["positions"] if p["symbol"] == "BTCUSDT"
-        }
-        assert leverages == {Decimal(3)}
+
+def test_a_leverage_changed_while_the_bot_was_down_is_capped_again(
+    limited: Callable[[int], Path], tmp_path: Path, running: list[RunningBot]
+) -> None:
+    # Reproduced: the journal's last report (3x, the position flat) was taken as the venue's
+    # leverage after a restart; the 10x set by hand meanwhile stayed for the next order.
+    trades = (("lev-1", {"stop_loss": 96000}), ("lev-1-close", {"action": "close"}))
+    with restarted_after_leverage_set_by_hand(limited, tmp_path, running, *trades) as (bot, url):
+        filled(bot, "lev-2", stop_loss=96000)
+
+        answer = requests.get(f"{url}/sim/positions", timeout=10).json()
+    leverages = {
+        Decimal(str(p["leverage"])) for p in answer["positions"] if p["symbol"] == "BTCUSDT"
+    }
+    assert leverages == {Decimal(3)}
 
 
 def test_a_leverage_raised_under_an_open_position_while_the_bot_was_down_is_warned_of(
@@ -237,28 +252,11 @@ def test_a_leverage_raised_under_an_open_position_while_the_bot_was_down_is_warn
     # Reproduced: the leverage was only judged when it changed after this run's first order
     # in the symbol; 10x set by hand (max_leverage 3) under the position left open while the
     # bot was down went unsaid until then, however long the position stayed that exposed.
-    write_key_secrets(tmp_path, "lev-key", "lev-secret")
-    exchange = SimExchange(SimulatorConfig())
-    exchange.add_account(SimAccountSpec(api_key="lev-key", api_secret=SecretStr("lev-secret")))
     said: list[str] = []
     sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
     try:
-        with SimServer(exchange) as server:
-            config = limited(100000)
-            config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
-            first = RunningBot(config).start()
-            running.append(first)
-            filled(first, "lev-open", stop_loss=96000)
-            first.stop()
-            running.remove(first)
-            by_hand = HTTP(api_key="lev-key", api_secret="lev-secret")
-            by_hand.endpoint = server.url
-            by_hand.set_leverage(
-                category="linear", symbol="BTCUSDT", buyLeverage="10", sellLeverage="10"
-            )
-
-            restarted = RunningBot(config).start()
-            running.append(restarted)
+        trades = (("lev-open", {"stop_loss": 96000}),)
+        with restarted_after_leverage_set_by_hand(limited, tmp_path, running, *trades):
             wait_for(lambda: any("max_leverage" in line for line in said), what="the warning")
             time.sleep(1)  # a second report of the same 10x (the stream's) is no news
     finally:
