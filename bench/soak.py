@@ -389,7 +389,16 @@ class Harness:
 
     def journal(self) -> list[dict[str, Any]]:
         """`bot orders --json`, every signal: one dict per (signal, decision) row."""
-        argv = self._bot_argv("orders", "--json", "--limit", "1000000")
+        return self._json_lines("orders", "--json", "--limit", "1000000")
+
+    def books(self) -> list[dict[str, Any]]:
+        """`bot positions --json`: each strategy's book per key and symbol, as the journal's
+        fills make it, and each key's account row."""
+        return self._json_lines("positions", "--json")
+
+    def _json_lines(self, *command: str) -> list[dict[str, Any]]:
+        """A read-only `bot` command's JSON lines."""
+        argv = self._bot_argv(*command)
         done = subprocess.run(  # noqa: S603 - our own interpreter and arguments
             argv,
             capture_output=True,
@@ -399,7 +408,7 @@ class Harness:
             check=False,
         )
         if done.returncode != 0:
-            raise SoakError(f"bot orders failed ({done.returncode}): {done.stderr.strip()}")
+            raise SoakError(f"bot {command[0]} failed ({done.returncode}): {done.stderr.strip()}")
         return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
@@ -713,6 +722,32 @@ def wait_for_quiescence(harness: Harness, options: SoakOptions) -> tuple[bool, f
 # --------------------------------------------------------------------------- checks
 
 
+def books_against_venue(
+    books: Sequence[Mapping[str, Any]], venue_positions: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """Each (key, symbol) where the strategies' books (`bot positions`) do not add up to the
+    venue's position: a fill lost, or booked twice."""
+
+    def signed(side: object, size: object) -> Decimal:
+        return -_decimal(size) if side == "Sell" else _decimal(size)
+
+    ours: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for row in books:
+        if row.get("row") == "position":
+            ours[(str(row.get("key")), str(row.get("symbol")))] += signed(
+                row.get("side"), row.get("size")
+            )
+    venue = {
+        (str(p.get("note")), str(p.get("symbol"))): signed(p.get("side"), p.get("size"))
+        for p in venue_positions
+    }
+    return [
+        f"{key} {symbol}: books {ours.get((key, symbol), 0)}, venue {venue.get((key, symbol), 0)}"
+        for key, symbol in sorted(set(ours) | set(venue))
+        if ours.get((key, symbol), 0) != venue.get((key, symbol), 0)
+    ]
+
+
 def _decimal(text: object) -> Decimal:
     try:
         return Decimal(str(text)) if text not in (None, "") else Decimal(0)
@@ -736,6 +771,7 @@ def _sampled(items: Sequence[str]) -> list[str]:
 def evaluate(
     plan: Sequence[SoakSignal],
     journal: Sequence[Mapping[str, Any]],
+    books: Sequence[Mapping[str, Any]],
     venue_orders: Sequence[Mapping[str, Any]],
     venue_positions: Sequence[Mapping[str, Any]],
     stats: Mapping[str, Any],
@@ -743,7 +779,8 @@ def evaluate(
     downtime_s: float,
     rate_per_s: float,
 ) -> tuple[list[Check], dict[str, Any]]:
-    """Compare what was accepted, what the journal says and what the venue holds.
+    """Compare what was accepted, what the journal says (its orders and, from its fills, the
+    strategies' `books`) and what the venue holds.
 
     The venue's own orders (a position's take profit / stop loss: no orderLinkId, a
     stopOrderType) are not the bot's: they are counted apart, and the checks of the bot's
@@ -888,6 +925,9 @@ def evaluate(
                 f"venue cumExecQty {order.get('cumExecQty')}"
             )
 
+    # The books against the venue: every fill the venue made is in the journal, once.
+    unbooked = books_against_venue(books, venue_positions)
+
     # A leg decided twice by one strategy (e.g. run again after a restart): not an order
     # twice, but the journal no longer tells one story per signal.
     decided: Counter[tuple[str, str, str]] = Counter(
@@ -984,6 +1024,14 @@ def evaluate(
             not disagreements,
             True,
             _sampled(disagreements),
+        ),
+        Check(
+            "books unlike the venue's positions",
+            len(unbooked),
+            "0",
+            not unbooked,
+            True,
+            _sampled(unbooked),
         ),
         Check(
             "orders given up on a transient error",
@@ -1099,6 +1147,7 @@ def run_soak(options: SoakOptions) -> SoakReport:
         checks, facts = evaluate(
             plan,
             journal,
+            harness.books(),
             venue_orders,
             venue_positions,
             stats,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.soak import SoakOptions, print_report, run_soak, write_json
+from bench.soak import SoakOptions, books_against_venue, print_report, run_soak, write_json
 
 
 def test_short_soak_meets_the_correctness_targets(tmp_path: Path) -> None:
@@ -34,3 +34,21 @@ def test_short_soak_meets_the_correctness_targets(tmp_path: Path) -> None:
     assert not report.failures, (
         f"soak failed (state and logs in {report.state_dir}):\n{report.describe_failures()}"
     )
+
+
+def test_books_that_do_not_add_up_to_the_venues_position_are_named() -> None:
+    books = [
+        {"row": "position", "key": "key_alpha", "symbol": "BTCUSDT", "side": "Buy", "size": "0.01"},
+        {"row": "position", "key": "key_beta", "symbol": "SOLUSDT", "side": "Sell", "size": "2.8"},
+        {"row": "account", "key": "key_alpha", "equity": "100000"},
+    ]
+    venue = [
+        {"note": "key_alpha", "symbol": "BTCUSDT", "side": "Buy", "size": "0.01"},
+        {"note": "key_beta", "symbol": "SOLUSDT", "side": "Sell", "size": "5.6"},
+        {"note": "key_gamma", "symbol": "ETHUSDT", "side": "Buy", "size": "0.1"},
+    ]
+
+    assert books_against_venue(books, venue) == [
+        "key_beta SOLUSDT: books -2.8, venue -5.6",
+        "key_gamma ETHUSDT: books 0, venue 0.1",
+    ]
