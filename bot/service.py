@@ -373,8 +373,8 @@ class Service:
     async def _settle_last_run(self, stages: _Stages) -> None:
         """Every order a previous run left unfinished is settled with the venue (and sent if
         it never left) before the first new signal, and the fills of those the venue shows
-        filled are in the books; then unfinished signals run again in their original
-        order."""
+        filled are in the books, as is what the venue did while the bot was down; then
+        unfinished signals run again in their original order."""
         journal = self.journal
         assert journal is not None
         unfinished: dict[str, list[str]] = {key: [] for key in stages.venues}
@@ -388,6 +388,16 @@ class Service:
         keeper = stages.account.keeper
         await asyncio.gather(
             *(keeper.catch_up_settled(stages.venues[key], unfinished[key]) for key in stages.venues)
+        )
+        # What runs next (the signals left unfinished, then new ones) is sized from the books:
+        # a key whose stream has not closed its gap yet is caught up by REST now, not by the
+        # reconciliation loop after the first signals have run.
+        await asyncio.gather(
+            *(
+                keeper.close_gap(venue)
+                for key, venue in stages.venues.items()
+                if not stages.account.live(key)
+            )
         )
         self._warn_of_removed_strategies(
             await journal.call(journal.unfinished_orders), stages.account.projection.books()

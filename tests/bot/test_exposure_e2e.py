@@ -3,6 +3,7 @@ what a restart, a moving price, a symbol's first order and shared slugs must not
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from pydantic import SecretStr
 from bot.account import AccountProjection
 from bot.logs import logger
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue.stream import AccountStream
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for, write_key_secrets
@@ -323,3 +325,41 @@ def test_strategies_opposed_on_a_shared_key_hold_nothing_once_the_venue_is_flat(
     time.sleep(0.5)  # the fills' reports and their journal writes
 
     assert books(bot) == {"alpha": 0, "beta": 0}
+
+
+def test_a_position_closed_while_the_bot_was_down_is_in_the_books_before_any_signal_runs(
+    limited: Callable[[int], Path],
+    tmp_path: Path,
+    running: list[RunningBot],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Reproduced: with the account stream slow to connect at the start, the fills made while
+    # the bot was down reached the books only at the reconciliation loop's first pass, after
+    # the lanes had started: a signal then was sized from a position already gone.
+    write_key_secrets(tmp_path, "gap-key", "gap-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key="gap-key", api_secret=SecretStr("gap-secret")))
+    with SimServer(exchange) as server:
+        config = limited(100000)
+        config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
+        first = RunningBot(config).start()
+        running.append(first)
+        filled(first, "gap-open", stop_loss=96000)
+        held = books(first)["follow"]
+        first.stop()
+        running.remove(first)
+        by_hand = HTTP(api_key="gap-key", api_secret="gap-secret")
+        by_hand.endpoint = server.url
+        by_hand.place_order(
+            category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty=str(held)
+        )
+
+        async def never_connects(self: AccountStream) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(AccountStream, "run", never_connects)
+        restarted = RunningBot(config).start()
+        running.append(restarted)
+
+        assert held > 0
+        assert books(restarted) == {"follow": 0}  # at once: no signal could see it long
