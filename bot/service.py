@@ -380,24 +380,26 @@ class Service:
         unfinished: dict[str, list[str]] = {key: [] for key in stages.venues}
         for record in await journal.call(journal.unfinished_orders):
             unfinished.setdefault(record.request.key_name, []).append(record.request.order_link_id)
-        settled = await asyncio.gather(
-            *(stages.executor.reconcile(key, limit=None, resend=True) for key in stages.venues)
-        )
-        if sum(settled):
-            logger.info("reconciled {n} unfinished orders with the venue", n=sum(settled))
+        # What the venue did while the bot was down goes into the books first: a reduce-only
+        # order a crash left unsent is judged by its position, and what runs next (the signals
+        # left unfinished, then new ones) is sized from them. A key whose stream has not
+        # closed its gap yet is caught up by REST now, not by the reconciliation loop after
+        # the first signals have run.
         keeper = stages.account.keeper
-        await asyncio.gather(
-            *(keeper.catch_up_settled(stages.venues[key], unfinished[key]) for key in stages.venues)
-        )
-        # What runs next (the signals left unfinished, then new ones) is sized from the books:
-        # a key whose stream has not closed its gap yet is caught up by REST now, not by the
-        # reconciliation loop after the first signals have run.
         await asyncio.gather(
             *(
                 keeper.close_gap(venue)
                 for key, venue in stages.venues.items()
                 if not stages.account.live(key)
             )
+        )
+        settled = await asyncio.gather(
+            *(stages.executor.reconcile(key, limit=None, resend=True) for key in stages.venues)
+        )
+        if sum(settled):
+            logger.info("reconciled {n} unfinished orders with the venue", n=sum(settled))
+        await asyncio.gather(
+            *(keeper.catch_up_settled(stages.venues[key], unfinished[key]) for key in stages.venues)
         )
         self._warn_of_removed_strategies(
             await journal.call(journal.unfinished_orders), stages.account.projection.books()
@@ -611,7 +613,6 @@ class Service:
             blocked=gate.block_reason,
             booked_qty=account.projection.booked_qty,
             closable_size=account.projection.closable_size,
-            close_gap=lambda key_name: account.keeper.close_gap(venues[key_name]),
             order_journaled=account.keeper.expect_order,
             order_identified=account.keeper.order_identified,
             stop_moving=lambda key_name, move: account.keeper.expect_level(

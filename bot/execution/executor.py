@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import partial
@@ -166,7 +166,6 @@ class Executor:
         blocked: Callable[[str], str | None] = lambda strategy: None,
         booked_qty: Callable[[str], Decimal] | None = None,
         closable_size: Callable[[str, str, str], Decimal] | None = None,
-        close_gap: Callable[[str], Awaitable[object]] | None = None,
         order_journaled: Callable[[OrderRequest], None] = lambda request: None,
         order_identified: Callable[[str, str | None], None] = lambda link_id, order_id: None,
         stop_moving: Callable[[str, StopMove], None] = lambda key_name, move: None,
@@ -187,8 +186,7 @@ class Executor:
         `closable_size(key, strategy, symbol)` what of a strategy's signed position in its
         books the key's position at the venue still holds (a reduce-only order resumed after
         a crash is sent only while there is some, a close of the whole position only while
-        that is all of it), which `close_gap(key)` brings up to the venue first (the fills
-        and positions of the time down);
+        that is all of it: the start brings the books up to the venue first);
         `order_journaled` hears of each order journaled by `execute_all`, before its send,
         `order_identified(orderLinkId, orderId)` of the venue's orderId of each order of ours
         as soon as an answer or a look-up tells it (None: the order ended without the venue
@@ -208,7 +206,6 @@ class Executor:
         self._blocked = blocked
         self._booked_qty = booked_qty
         self._closable_size = closable_size
-        self._close_gap = close_gap
         self._order_journaled = order_journaled
         self._order_identified = order_identified
         self._stop_moving = stop_moving
@@ -628,10 +625,6 @@ class Executor:
                 by_key.setdefault(key, []).append(record)
         resumed = 0
         for key, pending in by_key.items():
-            if resend and self._close_gap is not None and any(map(_judged_by_position, pending)):
-                # The positions they are judged by may have changed while the bot was down:
-                # the books first catch up with the venue (failures logged; they then stand).
-                await self._close_gap(key)
             for record in self._rotate(key, pending, batch):
                 link_id = record.request.order_link_id
                 looked_at = (now, self._stream_connection(key))
@@ -1510,16 +1503,6 @@ async def _heard(watch: asyncio.Event, deadline: float) -> bool:
             async with asyncio.timeout(min(_STREAM_GRACE_S, deadline - loop.time())):
                 await watch.wait()
     return watch.is_set()
-
-
-def _judged_by_position(record: OrderRecord) -> bool:
-    """Whether a start's resumption of `record` may send it, judged by the position it
-    reduces (`Executor._too_late`): a reduce-only order the venue may lack."""
-    return (
-        record.request.reduce_only
-        and record.status not in OPEN_AT_VENUE
-        and (not record.status.is_terminal)
-    )
 
 
 def _reduces(side: Side, position: Decimal) -> bool:

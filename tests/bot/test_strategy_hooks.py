@@ -1125,16 +1125,19 @@ def test_a_break_even_close_a_crash_left_unsent_is_sent_by_the_next_start_after_
             category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty="0.005"
         )
 
-    venue = stages.venues["k1"]
     restarted = Executor(
         stages.journal,
         stages.venues,
         ExecutionConfig(unseen_final_after_s=0),  # its look-ups over
         staleness=lambda ts: "signal is 4000.0 s old (max_signal_age_s = 300)",  # a day down
         closable_size=stages.account.projection.closable_size,
-        close_gap=lambda key: stages.account.keeper.close_gap(venue),
     )
-    asyncio.run(restarted.reconcile("k1", limit=None, resend=True))
+
+    async def the_start() -> None:  # as the bot's: the books catch up, then the orders settle
+        await stages.account.keeper.close_gap(stages.venues["k1"])
+        await restarted.reconcile("k1", limit=None, resend=True)
+
+    asyncio.run(the_start())
 
     status = {o["orderLinkId"]: o["orderStatus"] for o in stages.orders_of("ladder")}
     query = PositionQueryParams.model_validate({"category": "linear", "symbol": "BTCUSDT"})
