@@ -191,9 +191,9 @@ class Executor:
         `order_identified(orderLinkId, orderId)` of the venue's orderId of each order of ours
         as soon as an answer or a look-up tells it (None: the order ended without the venue
         taking it), and `stop_moving(key, move)` of each stop loss `move_stop` is about to
-        set; `leverage_cap(key, symbol)` is the max_leverage its strategies may trade at
-        there (the lowest), which a position the venue reports is judged against before this
-        run has sent an order there."""
+        set; `leverage_cap(key, symbol)` is the max_leverage its strategies may open at
+        there (the highest; None if none may), which a position the venue reports is judged
+        against before this run has sent an order there."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
