@@ -182,6 +182,13 @@ class VenueConfig(_Section):
     market_cache_s: float = Field(
         1.0, ge=0, le=60, description="how long a fetched price or equity is reused for sizing"
     )
+    start_wait_s: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="at start-up, how long a key check the venue does not answer (an outage, "
+        "a network still coming up) is asked again before the bot refuses to start",
+    )
     unready_after_s: float = Field(
         30.0,
         gt=0,

@@ -83,6 +83,10 @@ __all__ = ["Service", "check_mainnet_opt_in"]
 
 #: SIGTERM to exit: the drain gets what is left once a venue call in flight could time out.
 SHUTDOWN_BUDGET_S: Final = 10.0
+#: A key check the venue did not answer at start-up is asked again after this, then twice as
+#: long each time, up to the longest wait (within `venue.start_wait_s` in all).
+_FIRST_KEY_CHECK_WAIT_S: Final = 2.0
+_LONGEST_KEY_CHECK_WAIT_S: Final = 30.0
 
 
 def check_mainnet_opt_in(settings: BotSettings, *, mainnet_flag: bool) -> None:
@@ -301,13 +305,7 @@ class Service:
     async def _refuse_bad_keys(self, venues: Mapping[str, BybitVenue]) -> list[KeyAudit]:
         """Audit every key in use; refuse to start while one is refused or cannot be asked,
         or two are keys of one account. Returns the audits."""
-        users = strategies_by_key(self.settings)
-        audits = await asyncio.gather(
-            *(
-                audit_key(name, venue.environment, users.get(name, ()), venue)
-                for name, venue in venues.items()
-            )
-        )
+        audits = await self._audit_keys(venues)
         for audit in audits:
             log = logger.info if audit.verdict is Verdict.OK else logger.bind(notify="key").warning
             row = audit.row()
@@ -329,6 +327,45 @@ class Service:
         if shared is not None:
             raise ConfigError(f"refusing to start: {shared}")
         return audits
+
+    async def _audit_keys(self, venues: Mapping[str, BybitVenue]) -> list[KeyAudit]:
+        """Every key's audit. A key the venue did not answer about is asked again, with
+        growing waits, for up to `venue.start_wait_s`: a venue in maintenance or a network
+        still coming up at boot delays the start instead of stopping it. A key refused stops
+        the waiting at once: nothing the venue says later would start the bot."""
+        users = strategies_by_key(self.settings)
+
+        async def audit(names: Sequence[str]) -> dict[str, KeyAudit]:
+            audits = await asyncio.gather(
+                *(
+                    audit_key(name, venues[name].environment, users.get(name, ()), venues[name])
+                    for name in names
+                )
+            )
+            return dict(zip(names, audits, strict=True))
+
+        audits = await audit(list(venues))
+        deadline = time.monotonic() + self.settings.venue.start_wait_s
+        wait = _FIRST_KEY_CHECK_WAIT_S
+        while True:
+            unanswered = [n for n, a in audits.items() if a.verdict is Verdict.UNREACHABLE]
+            refused = any(a.verdict is Verdict.REFUSED for a in audits.values())
+            left = deadline - time.monotonic()
+            if not unanswered or refused or left <= 0:
+                return list(audits.values())
+            pause = min(wait, left)
+            logger.warning(
+                "the venue did not answer the check of key {keys} ({reason}); asking again "
+                "in {pause:.0f} s, for {left:.0f} s more before refusing to start "
+                "(venue.start_wait_s)",
+                keys=", ".join(unanswered),
+                reason=audits[unanswered[0]].reason,
+                pause=pause,
+                left=left,
+            )
+            await asyncio.sleep(pause)
+            wait = min(wait * 2, _LONGEST_KEY_CHECK_WAIT_S)
+            audits.update(await audit(unanswered))
 
     async def _refuse_hedge_mode(self, venues: Mapping[str, BybitVenue]) -> None:
         """Orders carry positionIdx 0: every key's account must be in one-way mode."""

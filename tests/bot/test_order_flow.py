@@ -30,6 +30,7 @@ from bot.messages import (
     parse_signal,
 )
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
+from bot.venue.bybit import READ_ATTEMPTS
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import venue_with_key, wait_for, write_key_secrets
 from tests.factories import approve, make_intent, sim_position
@@ -174,6 +175,55 @@ def test_a_key_the_venue_does_not_know_stops_the_start_with_the_reason(
     message = str(refused.value)
     assert message.startswith("refusing to start: key follow_sim is refused:")
     assert "Is it a key of another environment" in message
+    assert "/v5/order/create" not in exchange.stats()["requests_by_path"]
+
+
+def test_a_venue_that_does_not_answer_the_key_check_delays_the_start_until_it_does(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # A venue in maintenance, or a network still coming up when the machine boots, failed the
+    # key check's four reads within a second and stopped the start (exit 2).
+    write_key_secrets(tmp_path, "late-key", "late-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key="late-key", api_secret=SecretStr("late-secret")))
+    exchange.set_faults(SimFaults(http_5xx=1.0))
+    with SimServer(exchange) as server:
+        bot = RunningBot(sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n'))
+        bot.start_in_background()
+        wait_for(
+            lambda: (
+                exchange.stats()["requests_by_path"].get("/v5/user/query-api", 0) > READ_ATTEMPTS
+            ),
+            what="the key check asked again after its reads failed",
+        )
+        exchange.set_faults(SimFaults())  # the venue is back
+        try:
+            bot.wait_ready()
+            assert bot.post(signal("after-the-outage")).status_code == 202
+            row = wait_for(lambda: _decided(bot, "after-the-outage"), what="a decision")
+        finally:
+            bot.stop()
+
+    assert row["decision"] == "approved"
+
+
+def test_a_venue_that_never_answers_the_key_check_refuses_the_start_after_its_wait(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    write_key_secrets(tmp_path, "never-key", "never-secret")
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key="never-key", api_secret=SecretStr("never-secret")))
+    exchange.set_faults(SimFaults(http_5xx=1.0))
+    with SimServer(exchange) as server:
+        bot = RunningBot(
+            sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\nstart_wait_s = 1\n')
+        )
+        with pytest.raises(ConfigError) as refused:
+            bot.start()
+
+    assert str(refused.value).startswith("refusing to start: key follow_sim is unreachable:")
+    # Asked at once (its reads take a second of backoff), then once more when 1 s is left.
+    assert exchange.stats()["requests_by_path"]["/v5/user/query-api"] == 2 * READ_ATTEMPTS
     assert "/v5/order/create" not in exchange.stats()["requests_by_path"]
 
 

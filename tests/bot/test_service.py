@@ -58,10 +58,14 @@ class RunningBot:
 
     def start(self) -> RunningBot:
         self._thread.start()
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        """Wait for a start begun in the background to be ready (or raise why it failed)."""
         assert self._ready.wait(30), "bot did not start"
         if self.error is not None:
             raise self.error
-        return self
 
     def start_in_background(self) -> None:
         """Start without waiting for readiness (to stop it during start-up)."""

@@ -243,12 +243,14 @@ def test_bot_run_on_testnet_refuses_to_start_with_an_unreachable_key_in_one_line
         ["run", "--config", str(TESTNET), "--secrets-dir", str(dummy_secrets), "--port", "0"],
         refusing_proxy,
         tmp_path,
+        BOT_VENUE__START_WAIT_S="1",
     )
     errors = [line for line in err.splitlines() if line.startswith("error:")]
 
     assert code == 2, err
     assert len(errors) == 1
     assert "follow_testnet is unreachable" in errors[0]
+    assert "the venue did not answer the check of key follow_testnet" in err
     assert "Traceback" not in err
     _assert_no_secret(err, dummy_secrets)
 
