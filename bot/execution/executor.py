@@ -820,6 +820,7 @@ class Executor:
         venue = self._venues[request.key_name]
         log = logger.bind(order_link_id=request.order_link_id, strategy=request.strategy)
         last: VenueError | None = None
+        stopped = "attempts spent"  # why the loop below stopped sending, if it breaks
         refused_unread = False  # the last send was refused unread (a rate limit, a ban)
         attempts = _Attempts(
             self._config.max_send_attempts,
@@ -848,8 +849,9 @@ class Executor:
                     self.disable_key(request.key_name, refused)
                     return await self._key_disabled(request, refused.message, may_exist=may_exist)
                 if isinstance(refused, OrderRejectedError):
-                    if may_exist:
-                        break  # an earlier send may have landed: reconciliation decides
+                    if may_exist:  # an earlier send may have landed: reconciliation decides
+                        stopped = f"not sent again: leverage could not be set: {refused.message}"
+                        break
                     return await self._record(
                         OrderEvent(
                             order_link_id=request.order_link_id,
@@ -863,16 +865,18 @@ class Executor:
                 continue
             stale = self._stale(request, signal_ts)
             if stale is not None:  # waits and retries took too long: never send it late
-                if may_exist:
-                    break  # an earlier send may have landed: reconciliation decides
+                if may_exist:  # an earlier send may have landed: reconciliation decides
+                    stopped = f"not sent again: {stale}"
+                    break
                 return await self._reject(request, f"not sent: {stale}")
             disabled = self._disabled_keys.get(request.key_name)
             if disabled is not None:
                 return await self._key_disabled(request, disabled, may_exist=may_exist)
             halted = None if request.reduce_only else self._blocked(request.strategy)
             if halted is not None:  # a halt since the approval: never send it now
-                if may_exist:
-                    break  # an earlier send may have landed: reconciliation decides
+                if may_exist:  # an earlier send may have landed: reconciliation decides
+                    stopped = f"not sent again: {halted}"
+                    break
                 return await self._reject(request, f"not sent: {halted}")
             # The send attempt is journaled while the order travels, not before: the journal's
             # queue keeps it ahead of every later write, and a crash that loses it leaves the
@@ -955,7 +959,7 @@ class Executor:
             if request.order_type is OrderType.MARKET:
                 return await self._follow(venue, request, ack.order_id) or ack
             return ack
-        return await self._give_up(request, last, may_exist=may_exist)
+        return await self._give_up(request, last, stopped, may_exist=may_exist)
 
     async def _set_leverage(self, venue: Venue, request: OrderRequest) -> VenueError | None:
         """Set the order's leverage on the venue unless it is known to be so (without a wish,
@@ -1055,15 +1059,17 @@ class Executor:
         return self._stale(request, record.signal_ts)
 
     async def _give_up(
-        self, request: OrderRequest, last: VenueError | None, *, may_exist: bool
+        self, request: OrderRequest, last: VenueError | None, why: str, *, may_exist: bool
     ) -> OrderEvent:
-        """Attempts are spent: Unknown if the venue may hold it (reconciled later), else
-        Rejected with the venue's last answer."""
+        """Sending stopped (`why`: attempts spent, or a resend of an order that may exist
+        barred): Unknown if the venue may hold it (reconciled later), else Rejected with the
+        venue's last answer."""
         status = OrderStatus.UNKNOWN if may_exist else OrderStatus.REJECTED
         logger.bind(notify="venue_error").warning(
-            "order {id} of {strategy} ({side} {qty} {symbol}): attempts spent, journaled "
+            "order {id} of {strategy} ({side} {qty} {symbol}): {why}, journaled "
             "{status}; the venue's last answer: {error}",
             id=request.order_link_id,
+            why=why,
             strategy=request.strategy,
             side=request.side.value,
             qty=request.qty,
@@ -1072,7 +1078,7 @@ class Executor:
             error=str(last or "none (no send answered; its look-ups failed or found nothing)"),
         )
         if last is None:
-            last = VenueError("attempts spent without an answer")
+            last = VenueError(f"{why} without an answer")
         return await self._record(_failure(request, status, last))
 
     async def _key_disabled(

@@ -201,6 +201,33 @@ def test_an_order_whose_attempts_are_spent_is_said_with_what_it_was_and_the_last
     assert "journaled Rejected; the venue's last answer: " in line and "10006" in line
 
 
+def test_a_resend_barred_by_its_signal_age_is_said_as_such_not_as_attempts_spent(
+    journal: Journal,
+) -> None:
+    # Reproduced: an order whose first send was ambiguous and whose signal then went stale
+    # was said to have spent its attempts, after one send of six.
+    venue = FakeVenue()
+    venue.script("unsent")
+    executor = Executor(
+        journal,
+        {"k": venue},
+        FAST,
+        staleness=lambda _: "signal is 61 s old" if venue.calls["place_order"] else None,
+    )
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        event = execute(executor, make_intent())
+    finally:
+        logger.remove(sink)
+
+    assert event.status is OrderStatus.UNKNOWN  # the ambiguous send may have landed
+    assert venue.calls["place_order"] == 1
+    (line,) = [line for line in said if "journaled Unknown" in line]
+    assert "not sent again: signal is 61 s old, journaled Unknown" in line
+    assert not any("attempts spent" in line for line in said)
+
+
 def test_a_rejection_after_an_ambiguous_send_is_never_final_on_a_guess(
     journal: Journal,
 ) -> None:
