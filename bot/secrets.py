@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class UnusableSecretError(MissingSecretError):
 _SECRET_PARTS: Final = re.compile(r"[\s,;]+")
 #: The shortest signing (HMAC) secret accepted: webhook, admin and MQTT signing secrets.
 MIN_SIGNING_SECRET_LENGTH: Final = 16
+#: Secret files already said to be open to every user (each said once per process).
+_OPEN_FILES_SAID: set[Path] = set()
 
 
 def _signs(name: str) -> bool:
@@ -214,7 +217,11 @@ class SecretResolver:
     def _given(self, name: str) -> str:
         value = self._environ.get(name)
         if not value:
-            return self._read(self._secrets_dir / name.lower())
+            path = self._secrets_dir / name.lower()
+            value = self._read(path)
+            if value and self._generated_dir is None:  # a testnet or mainnet secret
+                _warn_if_open_to_everyone(path)
+            return value
         if not is_unicode(value):  # bytes that are not UTF-8, as Python decodes the environment
             raise UnusableSecretError(
                 f"the environment variable {name} is not UTF-8 text: set the secret as text "
@@ -319,3 +326,19 @@ class SecretResolver:
                 return self._read(path, _STATE_DIR_HINT)
             time.sleep(_RACE_WAIT_S)
         return self._read(path, _STATE_DIR_HINT)
+
+
+def _warn_if_open_to_everyone(path: Path) -> None:
+    """Say once if any user of the machine may read or change the secret file `path`."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:  # it was just read: gone since, nothing to say about its mode
+        return
+    if mode & stat.S_IRWXO and path not in _OPEN_FILES_SAID:
+        _OPEN_FILES_SAID.add(path)
+        logs.logger.warning(
+            "secret file {path} is open to every user of this machine (mode {mode:04o}): "
+            "make it the bot's user's alone (chmod 0400, owned by that user)",
+            path=str(path),
+            mode=mode,
+        )

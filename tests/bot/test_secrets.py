@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.logs import REDACTED, scrub
+from bot.logs import REDACTED, logger, scrub
 from bot.secrets import MissingSecretError, SecretResolver, UnusableSecretError
 
 
@@ -226,3 +226,44 @@ def test_redact_early_registers_every_value_given_without_checking_or_generating
     )
     assert scrub(line) == " ".join([REDACTED] * 5)
     assert sorted(path.name for path in generated.iterdir()) == ["bot_admin_secret"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "open_to_everyone"), [(0o644, True), (0o604, True), (0o640, False), (0o400, False)]
+)
+def test_a_secret_file_every_user_may_read_is_said_once(
+    tmp_path: Path, mode: int, open_to_everyone: bool
+) -> None:
+    path = tmp_path / f"bot_key_mode_{mode:o}_api_secret"
+    path.write_text("secret-from-file\n")
+    path.chmod(mode)
+    resolver = SecretResolver(tmp_path, environ={})
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        for _ in range(2):
+            assert resolver.get(path.name.upper()).get_secret_value() == "secret-from-file"
+    finally:
+        logger.remove(sink)
+
+    expected = (
+        f"secret file {path} is open to every user of this machine (mode {mode:04o}): make "
+        "it the bot's user's alone (chmod 0400, owned by that user)"
+    )
+    assert said == ([expected] if open_to_everyone else [])
+
+
+def test_sim_secrets_are_not_held_to_file_modes(tmp_path: Path) -> None:
+    # In `sim` the keys are the simulator's and move no money.
+    path = tmp_path / "bot_key_sim_api_secret"
+    path.write_text("sim-secret-from-file\n")
+    path.chmod(0o644)
+    resolver = SecretResolver(tmp_path, generated_dir=tmp_path / "generated", environ={})
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        resolver.get("BOT_KEY_SIM_API_SECRET")
+    finally:
+        logger.remove(sink)
+
+    assert said == []
