@@ -704,6 +704,10 @@ class OrderEvent(_Message):
     venue_reduce_only: bool | None = None
     venue_stop_loss: Decimal | None = None
     venue_take_profit: Decimal | None = None
+    #: When the venue created the order, by the venue's clock (its reports only; None: not
+    #: said). An order under our orderLinkId created before our first send of it cannot be
+    #: ours, whatever became of that send.
+    venue_created_at: datetime | None = None
 
 
 class ExitOrder(_Message):

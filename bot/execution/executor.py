@@ -32,7 +32,7 @@ import contextlib
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Final
@@ -91,6 +91,9 @@ _CANCELLED_BY_USER: Final = cancelled_reason("CancelByUser")
 #: pass; a strategy's close on a key that holds a new position does not.
 _STRANDED_ANSWER_WAIT_S: Final = 15.0
 _STRANDED_POLL_S: Final = 0.05
+#: An order under our orderLinkId that the venue created this long (besides the 1 s its
+#: clock may trail a signed request's) before our first send of it is another client's.
+_CREATED_MARGIN: Final = timedelta(seconds=2)
 #: A cancel the venue may not have carried out (no clear answer, or "try again") is sent up
 #: to this many times in all: a cancel of a cancelled order is "not found", never a second
 #: effect. A wait the venue asks for beyond `_CANCEL_WAIT_MAX_S` is not waited for.
@@ -1149,6 +1152,10 @@ class Executor:
         order_id = order_id or self._journal.venue_order_id(request.order_link_id)
         problem = not_ours(found, request, order_id)
         amended = unlike_request(found, request) if problem is None and order_id is None else None
+        if amended is not None and sent_before:
+            # A send of ours may have landed (its answer lost: a crash, a cut connection)
+            # only if the venue made the order after our first send left.
+            sent_before = not await self._made_before_our_first_send(found, request)
         if amended is not None and not sent_before:
             problem = amended  # there before our first send reached the venue: not ours
         elif amended is not None:
@@ -1170,6 +1177,28 @@ class Executor:
             problem=problem,
         )
         return None
+
+    async def _made_before_our_first_send(self, found: OrderEvent, request: OrderRequest) -> bool:
+        """Whether the venue created `found` before our first send of `request` could have
+        reached it: then it is another client's order, however that send ended.
+
+        The first send's time is its journaled Submitting event, taken before the send, by
+        our clock; the venue's `createdTime` is by its clock. A signed request is accepted
+        only while its timestamp (ours plus the signing offset) is under the venue's time
+        plus 1 s (Bybit's rule), so an order of ours is created no earlier than that
+        Submitting time plus the offset less 1 s: a further second of margin on top."""
+        created = found.venue_created_at
+        if created is None:
+            return False
+        journal = self._journal
+        events = await journal.call(journal.order_events, request.order_link_id)
+        sends = [event.ts for event in events if event.status is OrderStatus.SUBMITTING]
+        if not sends:
+            return False
+        venue = self._venues.get(request.key_name)
+        offset_ms = getattr(venue, "clock_offset_ms", 0)
+        earliest_ours = min(sends) + timedelta(milliseconds=offset_ms) - _CREATED_MARGIN
+        return created < earliest_ours
 
     async def _look_up_safely(self, request: OrderRequest) -> OrderEvent | None:
         """A look-up whose failure counts as 'not seen'."""

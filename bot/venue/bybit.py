@@ -244,6 +244,11 @@ class BybitVenue:
     def endpoint(self) -> str:
         return self._endpoint
 
+    @property
+    def clock_offset_ms(self) -> int:
+        """The venue's clock minus ours (ms) that requests are signed with."""
+        return self._clock.offset_ms
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._sessions_lock:

@@ -81,7 +81,16 @@ def order_event(row: dict[str, Any]) -> OrderEvent:
         venue_reduce_only=row["reduceOnly"] if isinstance(row.get("reduceOnly"), bool) else None,
         venue_stop_loss=_level(row, "stopLoss"),
         venue_take_profit=_level(row, "takeProfit"),
+        venue_created_at=_created_at(row),
     )
+
+
+def _created_at(row: dict[str, Any]) -> datetime | None:
+    """An order row's `createdTime`; None when absent or not a time."""
+    try:
+        return datetime.fromtimestamp(int(str(row["createdTime"])) / 1000, tz=UTC)
+    except (KeyError, ValueError, OverflowError, OSError):
+        return None
 
 
 def _level(row: dict[str, Any], name: str) -> Decimal | None:

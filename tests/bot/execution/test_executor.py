@@ -242,6 +242,42 @@ def test_our_order_amended_by_another_client_before_we_knew_its_id_stays_ours(
     venue.close()
 
 
+def test_another_clients_order_made_before_our_first_send_is_not_taken_as_ours(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # A second program with our strategy names (or a second copy of this bot) places its
+    # own order under the id our signal will use; then our bot journals its first send and
+    # is killed before the answer (110072: the id was taken). On the restart the look-up
+    # finds the other order, other terms, made seconds before our first send left: it
+    # cannot be ours, and must not be taken as ours, amended (booking its fills to the
+    # strategy, with the signal's own order and stop loss never placed).
+    item = intent()
+    ours = build_request(approve(item), "k")
+    squat(exchange[0], ours.model_copy(update={"qty": Decimal("0.002")}))
+    journal = Journal(tmp_path / "j.sqlite3")
+    journal.record_order(ours)
+    journal.record_order_event(
+        OrderEvent(
+            order_link_id=ours.order_link_id,
+            status=OrderStatus.SUBMITTING,
+            ts=datetime.now(UTC) + timedelta(seconds=5),
+        )
+    )
+    executor, venue = make_executor(exchange[1], journal)
+    try:
+        asyncio.run(executor.reconcile("k", limit=None, resend=True))
+    finally:
+        venue.close()
+
+    record = journal.order(ours.order_link_id)
+    assert record is not None
+    assert record.status is OrderStatus.REJECTED
+    assert "another client's order" in record.reason and "qty 0.002, not 0.001" in record.reason
+    assert record.order_id is None
+    (only,) = orders_for(exchange[0], item)  # theirs; ours was never placed, nor adopted
+    assert only["qty"] == "0.002"
+
+
 def test_an_exact_copy_of_our_order_under_our_order_link_id_is_taken_as_ours(
     exchange: tuple[SimExchange, str], tmp_path: Path
 ) -> None:
