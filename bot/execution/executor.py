@@ -1155,7 +1155,9 @@ class Executor:
         if amended is not None and sent_before:
             # A send of ours may have landed (its answer lost: a crash, a cut connection)
             # only if the venue made the order after our first send left.
-            sent_before = not await self._made_before_our_first_send(found, request)
+            if await self._made_before_our_first_send(found, request):
+                sent_before = False
+                amended = f"{amended}; made at the venue before our first send"
         if amended is not None and not sent_before:
             problem = amended  # there before our first send reached the venue: not ours
         elif amended is not None:

@@ -273,6 +273,7 @@ def test_another_clients_order_made_before_our_first_send_is_not_taken_as_ours(
     assert record is not None
     assert record.status is OrderStatus.REJECTED
     assert "another client's order" in record.reason and "qty 0.002, not 0.001" in record.reason
+    assert "made at the venue before our first send" in record.reason
     assert record.order_id is None
     (only,) = orders_for(exchange[0], item)  # theirs; ours was never placed, nor adopted
     assert only["qty"] == "0.002"
