@@ -1152,12 +1152,15 @@ class Executor:
         order_id = order_id or self._journal.venue_order_id(request.order_link_id)
         problem = not_ours(found, request, order_id)
         amended = unlike_request(found, request) if problem is None and order_id is None else None
-        if amended is not None and sent_before:
-            # A send of ours may have landed (its answer lost: a crash, a cut connection)
-            # only if the venue made the order after our first send left.
-            if await self._made_before_our_first_send(found, request):
-                sent_before = False
-                amended = f"{amended}; made at the venue before our first send"
+        # A send of ours may have landed (its answer lost: a crash, a cut connection) only if
+        # the venue made the order after our first send left.
+        if (
+            amended is not None
+            and sent_before
+            and await self._made_before_our_first_send(found, request)
+        ):
+            sent_before = False
+            amended = f"{amended}; made at the venue before our first send"
         if amended is not None and not sent_before:
             problem = amended  # there before our first send reached the venue: not ours
         elif amended is not None:
@@ -1197,9 +1200,8 @@ class Executor:
         sends = [event.ts for event in events if event.status is OrderStatus.SUBMITTING]
         if not sends:
             return False
-        venue = self._venues.get(request.key_name)
-        offset_ms = getattr(venue, "clock_offset_ms", 0)
-        earliest_ours = min(sends) + timedelta(milliseconds=offset_ms) - _CREATED_MARGIN
+        offset = timedelta(milliseconds=self._venues[request.key_name].clock_offset_ms)
+        earliest_ours = min(sends) + offset - _CREATED_MARGIN
         return created < earliest_ours
 
     async def _look_up_safely(self, request: OrderRequest) -> OrderEvent | None:

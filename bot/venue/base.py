@@ -94,6 +94,11 @@ class Venue(Protocol):
 
     name: str
 
+    @property
+    def clock_offset_ms(self) -> int:
+        """The venue's clock minus ours (ms), as requests are signed with now."""
+        ...
+
     async def place_order(self, request: OrderRequest) -> OrderEvent:
         """Send one order; returns its acknowledgement (status New, with the venue's id)."""
         ...

@@ -130,6 +130,10 @@ class FakeVenue:
 
     # the Venue protocol ----------------------------------------------------------------------
 
+    @property
+    def clock_offset_ms(self) -> int:
+        return 0  # one process, one clock
+
     async def place_order(self, request: OrderRequest) -> OrderEvent:
         self.calls["place_order"] += 1
         outcome = self._script.popleft() if self._script else "ok"
