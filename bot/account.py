@@ -32,7 +32,7 @@ from typing import Final, NamedTuple
 
 from bot.bounded import remember
 from bot.execution.orders import differences
-from bot.journal import FillBooking, Journal, OrderOwner, OrderRecord
+from bot.journal import FillBooking, Journal, OrderOwner, OrderRecord, WaitingExit
 from bot.logs import logger
 from bot.messages import (
     ClosedPnl,
@@ -615,12 +615,15 @@ class AccountKeeper:
         fill_memory: timedelta = FILL_MEMORY,
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
         position_closed: Callable[[StrandedBy], None] = lambda closed: None,
+        seen_exits: Iterable[WaitingExit] = (),
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
-        restart); `fill_booked(fill, strategy)` hears of every fill of an order of ours
-        applied to the books (with the strategy that placed the order), and returns the
-        books' state it queued a strategy's hook with (journaled as due until the hook is
-        done), or None; `fill_memory`: see `RecentFills`;
+        restart); `seen_exits`: the exits the journal holds waiting, oldest first (a level
+        an earlier run saw, and warned of if it was another client's, is not news again;
+        a move while the bot was down is said as a move); `fill_booked(fill, strategy)`
+        hears of every fill of an order of ours applied to the books (with the strategy
+        that placed the order), and returns the books' state it queued a strategy's hook
+        with (journaled as due until the hook is done), or None; `fill_memory`: see `RecentFills`;
         `position_updated(update)` hears of every position the venue reports (its leverage,
         which anyone may change);
         `position_closed(closed)` of each fill that closes (or turns) a strategy's position,
@@ -639,6 +642,10 @@ class AccountKeeper:
         # itself set or asked for lately, per (key, symbol, kind): a move to any other level
         # was made by another client.
         self._exit_triggers: OrderedDict[str, Decimal] = OrderedDict()
+        for exit_order in seen_exits:
+            remember(
+                self._exit_triggers, exit_order.order_id, exit_order.trigger_price, _WARNED_KEPT
+            )
         self._levels_set: dict[tuple[str, str, str], deque[Decimal]] = {}
         # Keys a position of which closed lately: how many passes still fetch closed PnL.
         self._closes_to_fetch: dict[str, int] = {}
@@ -1263,6 +1270,7 @@ class Account:
             fill_booked=self._fill_booked,
             position_updated=self._position_updated,
             position_closed=self._position_closed,
+            seen_exits=journal.waiting_exits(),
         )
         self.streams: dict[str, AccountStream] = {}
 

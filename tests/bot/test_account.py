@@ -18,6 +18,7 @@ from loguru import logger
 
 from bot.account import (
     UNATTRIBUTED,
+    Account,
     AccountKeeper,
     AccountProjection,
     AccountReport,
@@ -972,6 +973,37 @@ def test_a_stop_first_seen_at_a_level_the_bot_never_set_is_warned_of(
     warnings = [message for level, message in said if level == "WARNING"]
     assert len(warnings) == 1
     assert "was set at the venue to 90000, a level the bot never set" in warnings[0]
+
+
+def test_a_foreign_stop_level_is_warned_of_once_not_again_after_each_restart(
+    journal: Journal,
+) -> None:
+    # Reproduced (a rival moving our stops, the bot killed between): one move by another
+    # client was warned of when it came, then again after each restart as "a level the bot
+    # never set", the catch-up hearing of the same exit order with a memory started empty.
+    journal.record_order(
+        make_request(order_link_id="follow-0-q", key_name="follow_sim", stop_loss=Decimal(95000))
+    )
+    first = apply_logged(
+        Account(journal, {}).keeper,
+        journal,
+        stop_loss(trigger_price=Decimal(95000)),
+        stop_loss(trigger_price=Decimal(90000)),
+    )
+    restarted = apply_logged(
+        Account(journal, {}).keeper, journal, stop_loss(trigger_price=Decimal(90000))
+    )
+    moved_while_down = apply_logged(
+        Account(journal, {}).keeper, journal, stop_loss(trigger_price=Decimal(89000))
+    )
+
+    def warnings(said: list[tuple[str, str]]) -> list[str]:
+        return [message for level, message in said if level == "WARNING"]
+
+    assert len(warnings(first)) == 1 and "from 95000 to 90000" in warnings(first)[0]
+    assert warnings(restarted) == []
+    assert len(warnings(moved_while_down)) == 1
+    assert "from 90000 to 89000" in warnings(moved_while_down)[0]
 
 
 def test_a_stop_of_a_position_the_bot_never_protected_is_not_judged(journal: Journal) -> None:
