@@ -27,6 +27,13 @@ __all__ = ["DEFAULT_SIM_PORT", "SimServer", "run_forever"]
 
 _POLL_S = 0.005
 _GRACEFUL_SHUTDOWN_S = 2
+#: How long an idle keep-alive connection stays open (uvicorn's default is 5 s). A client
+#: that polls every 5 s (a common loop: request, sleep(5)) sends its next request just as a
+#: 5 s timer closes the connection, and reads "Connection reset by peer": ccxt raised
+#: NetworkError on about 3 % of such requests, pybit fails the same way; for an order
+#: create the outcome is then unknown. 75 s (nginx's default) outlasts common polling
+#: intervals and aiohttp's own 15 s client-side idle limit.
+KEEP_ALIVE_S = 75
 
 
 class SimServer:
@@ -89,6 +96,7 @@ class SimServer:
                 lifespan="off",
                 ws=SimWebSocketProtocol,
                 timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+                timeout_keep_alive=KEEP_ALIVE_S,
             )
         )
         thread = threading.Thread(
@@ -173,6 +181,7 @@ def run_forever(
         lifespan="off",
         ws=SimWebSocketProtocol,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     # uvicorn shuts down cleanly, then re-raises the SIGINT it caught; Ctrl-C is how the
     # standalone simulator is meant to stop, so that is a normal return here.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -1202,3 +1203,22 @@ def test_a_limit_close_position_order_is_capped_at_max_order_qty_not_the_market_
 
     order = session.get_open_orders(category="linear", orderLinkId="close-all")["result"]["list"]
     assert order[0]["qty"] == "0.08"  # not the market maximum 0.05
+
+
+def test_an_idle_keep_alive_connection_outlasts_a_five_second_poll(
+    shared_server: SimServer,
+) -> None:
+    """A client that polls every 5 s reuses its connection, as it would with Bybit: with
+    uvicorn's 5 s default the server closed it just as the next request went out, and about
+    3 % of such requests (ccxt's, pybit's) failed with "Connection reset by peer"."""
+    connection = http.client.HTTPConnection("127.0.0.1", shared_server.port, timeout=5)
+    try:
+        connection.request("GET", "/v5/market/time")
+        first = json.loads(connection.getresponse().read())
+        time.sleep(5.5)
+        connection.request("GET", "/v5/market/time")
+        second = json.loads(connection.getresponse().read())  # RemoteDisconnected if closed
+    finally:
+        connection.close()
+
+    assert first["retCode"] == second["retCode"] == 0
