@@ -165,7 +165,7 @@ def _flip_problem(
     sent while `unfinished` orders (those of the strategy's open orders in the symbol that
     could change the position meanwhile) are unfinished would count a position they are
     changing."""
-    held = f"{context.position_qty} {signal.symbol} position"
+    held = f"{context.position_qty.normalize():f} {signal.symbol} position"
     if price is not None:
         return (
             f"a limit entry cannot flip the {held}: left resting it could open more than the "

@@ -122,7 +122,7 @@ def test_a_limit_entry_against_the_position_is_declined_not_left_resting_as_a_fl
     out = follow().on_signal(signal(entry=96000, stop_loss=95000), context(position_qty="-0.030"))
 
     assert isinstance(out, Decline)
-    assert "a limit entry cannot flip the -0.030 BTCUSDT position" in out.reason
+    assert "a limit entry cannot flip the -0.03 BTCUSDT position" in out.reason
 
 
 def test_no_flip_while_the_strategys_orders_in_the_symbol_are_unfinished() -> None:

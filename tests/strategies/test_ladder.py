@@ -454,7 +454,7 @@ def unfinished_entry() -> OpenOrder:
 @pytest.mark.parametrize(
     ("fields", "open_orders", "reason"),
     [
-        ({"entry": 97500}, (), "a limit entry cannot flip the 0.010 BTCUSDT position"),
+        ({"entry": 97500}, (), "a limit entry cannot flip the 0.01 BTCUSDT position"),
         (
             {},
             (earlier_target("0.005"), unfinished_entry()),
