@@ -708,6 +708,11 @@ class OrderEvent(_Message):
     #: said). An order under our orderLinkId created before our first send of it cannot be
     #: ours, whatever became of that send.
     venue_created_at: datetime | None = None
+    #: A Submitting event's signing offset (the venue's clock minus ours, ms) when the send
+    #: left, so that `ts` plus it is the send's time by the venue's clock whatever the clock
+    #: does later (a resync, an NTP step, a restart); None: not known, or an earlier send of
+    #: the order may have gone unjournaled (then this is not the first send).
+    signing_offset_ms: int | None = None
 
 
 class ExitOrder(_Message):

@@ -887,8 +887,13 @@ class Executor:
             # up then, never placed twice).
             # After a try refused unread, the journal's Submitting (and its count of sends)
             # is that try's, which never reached the venue: it stands for this one.
+            # Its time by the venue's clock is kept with it (`_made_before_our_first_send`),
+            # unless an earlier send may have gone unjournaled (a crash lost its Submitting):
+            # then this is not the first send, and says nothing of when ours was made.
             submitting = OrderEvent(
-                order_link_id=request.order_link_id, status=OrderStatus.SUBMITTING
+                order_link_id=request.order_link_id,
+                status=OrderStatus.SUBMITTING,
+                signing_offset_ms=None if may_exist and sends == 0 else venue.clock_offset_ms,
             )
             written = (
                 None
@@ -1188,21 +1193,31 @@ class Executor:
         reached it: then it is another client's order, however that send ended.
 
         The first send's time is its journaled Submitting event, taken before the send, by
-        our clock; the venue's `createdTime` is by its clock. A signed request is accepted
-        only while its timestamp (ours plus the signing offset) is under the venue's time
-        plus 1 s (Bybit's rule), so an order of ours is created no earlier than that
-        Submitting time plus the offset less 1 s: a further second of margin on top."""
+        our clock, with the signing offset of then; the venue's `createdTime` is by its
+        clock. A signed request is accepted only while its timestamp (ours plus the signing
+        offset) is under the venue's time plus 1 s (Bybit's rule), so an order of ours is
+        created no earlier than that Submitting time plus the offset less 1 s: a further
+        second of margin on top. Unknown (an older journal, or a first send that may have
+        gone unjournaled): never said to be before."""
         created = found.venue_created_at
         if created is None:
             return False
         journal = self._journal
         events = await journal.call(journal.order_events, request.order_link_id)
-        sends = [event.ts for event in events if event.status is OrderStatus.SUBMITTING]
-        if not sends:
-            return False
-        offset = timedelta(milliseconds=self._venues[request.key_name].clock_offset_ms)
-        earliest_ours = min(sends) + offset - _CREATED_MARGIN
-        return created < earliest_ours
+        sends = [event for event in events if event.status is OrderStatus.SUBMITTING]
+        if not sends or any(event.signing_offset_ms is None for event in sends):
+            return False  # a send's venue time is not known (or a first send went unjournaled)
+        # Each send by the venue's clock with the offset it was signed with: the offset now
+        # may be higher (a resync after our clock stepped back, another run), which would
+        # move our send later than it was. The lower of the two is taken: a try refused
+        # unread (10002, the clock resynced) is resent under its earlier Submitting, with
+        # the offset of now.
+        now_ms = self._venues[request.key_name].clock_offset_ms
+        earliest_ours = min(
+            event.ts + timedelta(milliseconds=min(event.signing_offset_ms or 0, now_ms))
+            for event in sends
+        )
+        return created < earliest_ours - _CREATED_MARGIN
 
     async def _look_up_safely(self, request: OrderRequest) -> OrderEvent | None:
         """A look-up whose failure counts as 'not seen'."""

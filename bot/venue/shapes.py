@@ -86,9 +86,11 @@ def order_event(row: dict[str, Any]) -> OrderEvent:
 
 
 def _created_at(row: dict[str, Any]) -> datetime | None:
-    """An order row's `createdTime`; None when absent or not a time."""
+    """An order row's `createdTime`; None when absent, 0 (not said) or not a time: an
+    order said made at the epoch would pass for one made before any send of ours."""
     try:
-        return datetime.fromtimestamp(int(str(row["createdTime"])) / 1000, tz=UTC)
+        ms = int(str(row["createdTime"]))
+        return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms > 0 else None
     except (KeyError, ValueError, OverflowError, OSError):
         return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -261,6 +262,7 @@ def test_another_clients_order_made_before_our_first_send_is_not_taken_as_ours(
             order_link_id=ours.order_link_id,
             status=OrderStatus.SUBMITTING,
             ts=datetime.now(UTC) + timedelta(seconds=5),
+            signing_offset_ms=0,
         )
     )
     executor, venue = make_executor(exchange[1], journal)
@@ -623,3 +625,112 @@ def test_the_executor_refuses_an_approval_the_gate_did_not_make(tmp_path: Path) 
 
     with pytest.raises(TypeError, match="must come from the risk gate"):
         asyncio.run(executor.execute_all([forged], "k"))
+
+
+def _ours_amended(
+    exchange: SimExchange, tmp_path: Path, *, offset_ms: int | None = 0
+) -> tuple[OrderRequest, Journal, str]:
+    """A resting buy of ours that reached the venue, its answer lost (journaled Submitting,
+    sent with `offset_ms`, or None: its Submitting was lost in a crash); then another client
+    amended it."""
+    item = make_intent(
+        qty=Decimal("0.002"),
+        order_type=OrderType.LIMIT,
+        price=Decimal(90000),
+        reference_price=Decimal(90000),
+        signal_id=f"exec-{next(_ids)}",
+    )
+    ours = build_request(approve(item), "k")
+    journal = Journal(tmp_path / "j.sqlite3")
+    journal.record_order(ours)
+    if offset_ms is not None:
+        journal.record_order_event(
+            OrderEvent(
+                order_link_id=ours.order_link_id,
+                status=OrderStatus.SUBMITTING,
+                signing_offset_ms=offset_ms,
+            )
+        )
+    order_id = place(exchange, KEY, **ours.to_bybit_params())
+    exchange.set_faults(SimFaults())
+    exchange.amend_order(
+        KEY,
+        AmendOrderParams.model_validate(
+            {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, "qty": "0.003"}
+        ),
+    )
+    return ours, journal, order_id
+
+
+def _reconciled(
+    url: str, journal: Journal, request: OrderRequest, offset_ms: int | None = None
+) -> tuple[OrderStatus, str | None, str]:
+    config = FAST.model_copy(update={"lookup_delays_s": (1.0, 2.0)})
+    executor, venue = make_executor(url, journal, config=config)
+    if offset_ms is not None:
+        venue._clock.offset_ms = offset_ms  # what a resync would set now
+    try:
+        asyncio.run(executor.reconcile("k", limit=None, resend=True))
+    finally:
+        venue.close()
+    record = journal.order(request.order_link_id)
+    assert record is not None
+    return record.status, record.order_id, record.reason
+
+
+def test_our_amended_order_stays_ours_when_the_signing_offset_rose_since_its_send(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # Sent with offset 0; our clock then stepped back 5 s (NTP), or the venue's moved: the
+    # offset now is +5 s. By it, our send would seem to come 5 s later than it did.
+    ours, journal, order_id = _ours_amended(exchange[0], tmp_path)
+    exchange[0].set_faults(SimFaults(clock_skew_ms=5000))
+
+    status, held, reason = _reconciled(exchange[1], journal, ours, offset_ms=5000)
+
+    assert (status, held) == (OrderStatus.NEW, order_id), reason
+
+
+def test_our_amended_order_stays_ours_in_a_burst_of_clock_skew(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # The look-up meets a +6 s burst (as the soak injects): 10002, the resync sets +6 s,
+    # while the order's createdTime is on the exchange's clock, which the burst leaves.
+    ours, journal, order_id = _ours_amended(exchange[0], tmp_path)
+    exchange[0].set_faults(
+        SimFaults(clock_skew_burst=1.0, clock_skew_burst_ms=6000, clock_skew_burst_window_ms=60_000)
+    )
+
+    status, held, reason = _reconciled(exchange[1], journal, ours)
+
+    assert (status, held) == (OrderStatus.NEW, order_id), reason
+
+
+def test_our_amended_order_stays_ours_when_resent_under_a_submitting_of_a_higher_offset(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # Our clock 3 s ahead: the first try (journaled Submitting, offset 0) is refused unread,
+    # 10002; the resync sets -3 s and the resend, under that same Submitting, lands.
+    exchange[0].set_faults(SimFaults(clock_skew_ms=-3000))
+    ours, journal, order_id = _ours_amended(exchange[0], tmp_path)
+    exchange[0].set_faults(SimFaults(clock_skew_ms=-3000))
+
+    status, held, reason = _reconciled(exchange[1], journal, ours, offset_ms=-3000)
+
+    assert (status, held) == (OrderStatus.NEW, order_id), reason
+
+
+def test_our_amended_order_stays_ours_when_its_first_send_went_unjournaled(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    # Run 1 sent it and died before its Submitting was written (the journal says Pending).
+    # Run 2's look-up does not see it yet (a venue slow to show a new order), so run 2
+    # sends, is told 110072, and looks again: the one journaled Submitting is run 2's,
+    # seconds after ours was made.
+    exchange[0].set_faults(SimFaults(order_visibility_lag=1.0, order_visibility_lag_ms=3500))
+    ours, journal, order_id = _ours_amended(exchange[0], tmp_path, offset_ms=None)
+    time.sleep(2.5)
+
+    status, held, reason = _reconciled(exchange[1], journal, ours)
+
+    assert (status, held) == (OrderStatus.NEW, order_id), reason

@@ -55,3 +55,16 @@ def test_an_order_event_says_why_the_order_ended(
 
     assert event.status is OrderStatus(status)
     assert event.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("created", "expected_ms"),
+    [("1795000000000", 1795000000000), ("0", None), ("", None), (None, None)],
+)
+def test_an_order_events_creation_time_is_the_venues_or_unknown(
+    created: str | None, expected_ms: int | None
+) -> None:
+    # "0" (not said) must not read as the epoch: that would be "made before any send of ours".
+    fields = {} if created is None else {"createdTime": created}
+    at = order_event(row("New", **fields)).venue_created_at
+    assert (None if at is None else round(at.timestamp() * 1000)) == expected_ms
