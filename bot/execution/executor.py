@@ -650,6 +650,8 @@ class Executor:
         reports what happens to it; each look-up costs a request of the address's budget)."""
         if record.status not in OPEN_AT_VENUE or record.request.order_type is not OrderType.LIMIT:
             return False  # a market order left open is news: a report of it may be lost
+        if record.cancel_requested:
+            return False  # asked to cancel and still open: the cancel is carried out again
         looked_at = self._looked_at.get(record.request.order_link_id)
         connection = self._stream_connection(record.request.key_name)
         return (
@@ -682,7 +684,10 @@ class Executor:
             if shown is None:
                 return await self._gone_from_venue(record)
             self._missing_since.pop(request.order_link_id, None)
-            return await self._take(shown, request) or _event_of(record)
+            taken = await self._take(shown, request) or _event_of(record)
+            if record.cancel_requested and not taken.status.is_terminal:
+                return await self._cancel_again(request) or taken
+            return taken
         stale = self._too_late(record)
         if status is OrderStatus.PENDING and not resend and stale is None:
             return _event_of(record)  # its lane is sending it, or the next start will
@@ -739,6 +744,23 @@ class Executor:
         if stale is None:  # else given up before its room was made: said above
             self._say_if_not_closed(request, event)
         return event
+
+    async def _cancel_again(self, request: OrderRequest) -> OrderEvent | None:
+        """Cancel an order the bot asked the venue to cancel (journaled before the request)
+        that still rests there: a kill before the cancel reached the venue, or a cancel that
+        failed. The decision stands: its position closed or turned, a close needed its room,
+        or a close withdrew it. Left resting, a reduce-only one takes profit on whatever
+        position comes next at levels meant for the gone one (and takes that ladder's room
+        for targets), and makes a flip decline as unfinished work. Raises VenueError when the
+        venue does not answer: the next pass tries again."""
+        if request.order_link_id in self._stranded:
+            return None  # being cancelled right now
+        logger.info(
+            "order {id}: its cancel was asked for but it still rests at the venue; cancelling "
+            "it again",
+            id=request.order_link_id,
+        )
+        return await self.cancel(request)
 
     async def _gone_from_venue(self, record: OrderRecord) -> OrderEvent:
         """An order the venue acknowledged that a look-up, which answered, did not find open
