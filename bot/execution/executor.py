@@ -574,6 +574,17 @@ class Executor:
                 return
             event = await self.cancel(request)
         except Exception as exc:  # run in the background: nothing else would hear of it
+            known = self._journal.unfinished(link)
+            if isinstance(exc, VenueError) and known is not None and known.cancel_requested:
+                # Journaled as asked for: the reconciliation loop cancels it again (`_resume`).
+                logger.warning(
+                    "cancel of {id}, a reduce-only order of a closed {symbol} position, failed: "
+                    "{error}; the reconciliation loop asks again",
+                    id=link,
+                    symbol=request.symbol,
+                    error=str(exc) or type(exc).__name__,
+                )
+                return
             logger.bind(notify="venue_error").warning(
                 "could not cancel {id}, a reduce-only order of a closed {symbol} position: "
                 "{error}; cancel it by hand if it is still open",
@@ -751,8 +762,8 @@ class Executor:
         failed. The decision stands: its position closed or turned, a close needed its room,
         or a close withdrew it. Left resting, a reduce-only one takes profit on whatever
         position comes next at levels meant for the gone one (and takes that ladder's room
-        for targets), and makes a flip decline as unfinished work. Raises VenueError when the
-        venue does not answer: the next pass tries again."""
+        for targets), and makes a flip decline as unfinished work. None if the venue did not
+        answer clearly: the next pass tries again (a plain warning, no notification)."""
         if request.order_link_id in self._stranded:
             return None  # being cancelled right now
         logger.info(
@@ -760,7 +771,15 @@ class Executor:
             "it again",
             id=request.order_link_id,
         )
-        return await self.cancel(request)
+        try:
+            return await self.cancel(request)
+        except (AmbiguousError, RetryableError) as exc:
+            logger.warning(
+                "cancel of {id} failed again: {error}; the next reconciliation pass asks again",
+                id=request.order_link_id,
+                error=str(exc),
+            )
+            return None
 
     async def _gone_from_venue(self, record: OrderRecord) -> OrderEvent:
         """An order the venue acknowledged that a look-up, which answered, did not find open
