@@ -138,6 +138,9 @@ class SoakOptions:
     quiet_for_s: float = 3.0
     reconcile_s: float = 8.0
     keep_state: bool = False
+    #: Share of starts SIGKILLed again 0.5-3 s after launch, mostly while start-up settles
+    #: the last run's orders (before /healthz answers, where the chaos never kills).
+    startup_kill_share: float = 0.0
     work_dir: Path | None = None
     json_out: Path | None = None
     log: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
@@ -272,6 +275,8 @@ class Harness:
         self.bot: Process | None = None
         self.bot_starts = 0
         self.start_failures: list[str] = []
+        self.startup_kills = 0
+        self._startup_rng = random.Random(options.seed)  # noqa: S311 - chaos, not security
         self._lock = threading.Lock()
 
     def _bot_argv(self, *args: str) -> list[str]:
@@ -293,6 +298,19 @@ class Harness:
 
     def start_bot(self) -> None:
         """Start `bot run` and wait until /healthz answers; a few attempts, then SoakError."""
+        while self.bot_starts > 0 and self._startup_rng.random() < self.options.startup_kill_share:
+            with self._lock:
+                self.bot_starts += 1
+                argv = [
+                    *self._bot_argv("run", "--log-json"),
+                    "--secrets-dir",
+                    str(self.secrets_dir),
+                ]
+                bot = self.bot = Process("bot", argv, self.logs_dir / "bot.log", cwd=REPO_ROOT)
+            time.sleep(self._startup_rng.uniform(0.5, 3.0))
+            bot.kill()
+            self.startup_kills += 1
+            self.options.log(f"kill -9 during start #{self.bot_starts}")
         for _attempt in range(MAX_START_ATTEMPTS):
             with self._lock:
                 self.bot_starts += 1
@@ -1144,6 +1162,11 @@ def run_soak(options: SoakOptions) -> SoakReport:
         venue_positions = harness.sim_get("/sim/positions")["positions"]
         stats = harness.sim_get("/sim/stats")
         journal = harness.journal()
+        if options.keep_state:
+            (root / "venue.json").write_text(
+                json.dumps({"orders": venue_orders, "positions": venue_positions, "stats": stats}),
+                encoding="utf-8",
+            )
         checks, facts = evaluate(
             plan,
             journal,
@@ -1244,6 +1267,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="seed of the load and the chaos")
     parser.add_argument("--rate", type=float, default=30.0, help="signals per second (30)")
     parser.add_argument("--max-signal-age", type=float, default=6.0, help="risk.max_signal_age_s")
+    parser.add_argument(
+        "--startup-kills", type=float, default=0.0, help="share of starts killed early (0)"
+    )
     parser.add_argument("--json-out", type=Path, default=None, help="result file")
     parser.add_argument(
         "--keep-state", action="store_true", help="keep config, journal and logs for a look"
@@ -1265,6 +1291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_per_s=arguments.rate,
         max_signal_age_s=arguments.max_signal_age,
         keep_state=arguments.keep_state,
+        startup_kill_share=arguments.startup_kills,
         json_out=arguments.json_out,
     )
     console = Console()
