@@ -792,8 +792,10 @@ class AccountKeeper:
         )
 
     async def _apply_exit(self, exit_order: ExitOrder) -> None:
-        self._write(self._journal.record_exit, exit_order)
+        # Judged before its level is written: the journal's level seeds the next run's
+        # memory (`seen_exits`), so a kill between the two repeats a warning, never loses one.
         await self.check_exit(exit_order)
+        self._write(self._journal.record_exit, exit_order)
 
     def _apply_order_report(self, report: OrderEvent) -> None:
         problem = self._journal.foreign_report(report) or self._unlike_identified(report)
