@@ -512,6 +512,9 @@ class StreamHub:
             self._reply(conn, {"success": False, "ret_msg": "error:request is not a JSON object"})
             return
         op = request.get("op")
+        if not isinstance(op, str):
+            # {"op": {...}} or {"op": [...]}: not a set member (unhashable), just a bad op.
+            op = json.dumps(op)
         req_id = request.get("req_id")
         req_id = req_id if isinstance(req_id, str | int) and not isinstance(req_id, bool) else None
         args = request.get("args")

@@ -249,11 +249,25 @@ def test_malformed_requests_get_an_error_answer_and_the_connection_stays(
         _ask(sock, {"op": "fly"}),
         _ask(sock, {"op": "subscribe", "args": "order"}),
         _send_raw(sock, "[1, 2]"),
+        _ask(sock, {"op": {"name": "subscribe"}}),
+        _ask(sock, {"op": ["subscribe"], "args": ["order"]}),
     ]
 
     assert all(answer["success"] is False for answer in answers)
     assert all(isinstance(answer["ret_msg"], str) for answer in answers)
     assert _ask(sock, {"op": "ping"})["op"] == "pong"
+
+
+def test_an_op_that_is_not_a_string_is_an_invalid_op_on_the_public_stream_too(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    sock = raw("/v5/public/linear")
+
+    answer = _ask(sock, {"op": {"name": "subscribe"}, "args": ["tickers.BTCUSDT"]})
+
+    assert answer["success"] is False
+    assert answer["ret_msg"].startswith("error:invalid op")
+    assert _ask(sock, {"op": "ping"})["ret_msg"] == "pong"
 
 
 def test_pybit_authenticates_and_pings(open_ws: Callable[..., SimWebSocket]) -> None:
