@@ -294,7 +294,7 @@ class _Environment(EnvSettingsSource):
             return [item.strip() for item in text.split(",")] if text else []
         try:
             return super().decode_complex_value(field_name, field, value)  # type: ignore[arg-type]
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json reads
             return value
 
     def explode_env_vars(
@@ -529,6 +529,11 @@ def load_settings(path: Path | None = None) -> BotSettings:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per level of nested arrays and inline tables
+        raise ConfigError(
+            f"{path} is not valid TOML for the bot: its arrays or inline tables are nested too "
+            "deeply; a configuration nests a few levels at most"
+        ) from None
     unknown = _unknown_variables(os.environ, data)
     if unknown:
         raise ConfigError("\n".join(unknown))

@@ -177,6 +177,18 @@ def test_missing_file_and_bad_toml_say_what_to_do(tmp_path: Path) -> None:
         load_settings(tmp_path)
 
 
+def test_arrays_nested_too_deeply_are_an_error_not_a_recursion_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a few kilobytes, well under the 1 MiB a config file may have: tomllib recurses per level
+    deep = write(tmp_path, "x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_settings(deep)
+    monkeypatch.setenv("BOT_RISK__SYMBOLS", "[" * 20000 + "]" * 20000)
+    with pytest.raises(ConfigError, match=r"^invalid risk\.symbols = .* from BOT_RISK__SYMBOLS"):
+        load_settings(write(tmp_path, ""))
+
+
 def test_a_config_path_that_never_ends_is_refused_not_read_forever(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo.toml"
     os.mkfifo(fifo)  # opening it would wait for a writer for ever
