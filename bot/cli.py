@@ -53,6 +53,7 @@ from bot.journal import (
     TraceRow,
     failure_message,
     lock_journal,
+    stored_time,
 )
 from bot.messages import SignalError, is_unicode, json_number, parse_signal, utc_now
 from bot.net import DEFAULT_SIM_PORT, cannot_listen, http_url, loopback_off_proxies, tcp_listener
@@ -975,7 +976,7 @@ def _order_row(row: TraceRow, today: date) -> dict[str, str]:
     order's status or else the decision and why; an exit (stop, target) of the order above is
     marked ↳ with its trigger. The strategy shows in full with --wide (and an orderLinkId
     starts with it)."""
-    received = datetime.fromisoformat(row.received_at)
+    received = stored_time(row.received_at, "signals.received_at")
     return {
         "time": f"{received:%H:%M:%S}" if received.date() == today else f"{received:%m-%d %H:%M}",
         "signal": f"↳ {row.reason}" if row.decision == "exit" else row.signal_id,
@@ -992,7 +993,7 @@ def _wide_order_row(row: TraceRow) -> dict[str, str]:
     approved = row.decision == "approved"
     decision = f"{row.decision} {row.rule}" if row.rule else row.decision  # the gate's rule
     return {
-        "time": f"{datetime.fromisoformat(row.received_at):%Y-%m-%d %H:%M:%S}",
+        "time": f"{stored_time(row.received_at, 'signals.received_at'):%Y-%m-%d %H:%M:%S}",
         "signal": row.signal_id,
         "strategy": row.strategy or "",
         "decision": row.decision if approved or not row.reason else f"{decision}: {row.reason}",
@@ -1215,6 +1216,8 @@ def _read_journal(config: Path | None, read: Callable[[Journal], T]) -> T:
         return read(journal)
     except sqlite3.Error as exc:
         _fail(failure_message(settings.journal_path, exc, "read"))
+    except JournalError as exc:  # a row that cannot be read (JournalDamaged)
+        _fail(f"{settings.journal_path.absolute()}: {exc}")
     finally:
         journal.close()
 
@@ -1522,6 +1525,9 @@ def main() -> None:
     except typer.Abort:  # Ctrl-D at a prompt
         _print_error("aborted")
         sys.exit(1)
+    except JournalError as exc:  # a journal row read after the journal closed (JournalDamaged)
+        _print_error(str(exc))
+        sys.exit(2)
     except OSError as exc:
         if exc.errno not in _OUTPUT_FULL:
             raise

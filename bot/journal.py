@@ -404,7 +404,7 @@ def _execution(row: Sequence[Any]) -> Execution:
         fee=Decimal(fee),
         is_maker=bool(is_maker),
         stop_order_type=stop_order_type,
-        ts=datetime.fromisoformat(exec_time),
+        ts=stored_time(exec_time, "executions.exec_time"),
     )
 
 
@@ -419,6 +419,35 @@ class FillBooking(NamedTuple):
 
 class JournalError(Exception):
     """The journal file cannot be opened or is not a journal of this version."""
+
+
+class JournalDamaged(JournalError):
+    """A row holds a value the bot never writes (a file edited by another program, or damage
+    SQLite's structure checks do not see): said in one line, never a parser's traceback."""
+
+
+def stored_time(value: Any, where: str) -> datetime:
+    """A time the journal stored (ISO 8601), or JournalDamaged naming `where` (table.column)."""
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise JournalDamaged(_damaged(where, value)) from None
+
+
+def _stored_state(value: Any) -> TradingState:
+    try:
+        return TradingState(value)
+    except ValueError:
+        raise JournalDamaged(_damaged("trading_states.state", value)) from None
+
+
+def _damaged(where: str, value: Any) -> str:
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return (
+        f"the journal holds {where} = {shown}, which the bot never writes: the file was "
+        "changed by another program or is damaged; restore it from a backup, or correct that "
+        "row with the sqlite3 tool"
+    )
 
 
 class JournalInUse(JournalError):
@@ -1762,7 +1791,7 @@ class Journal:
                 " ORDER BY created_at, rowid",
                 (since.isoformat(),),
             ).fetchall()
-        return [(strategy, datetime.fromisoformat(created)) for strategy, created in rows]
+        return [(strategy, stored_time(created, "orders.created_at")) for strategy, created in rows]
 
     def decided_strategies(self, source: str, signal_id: str) -> set[str]:
         """Strategies that already have a decision about this signal (from an earlier run)."""
@@ -1975,7 +2004,7 @@ class Journal:
                 "SELECT key_name, MAX(exec_time) FROM executions GROUP BY key_name"
             ).fetchall()
             for key_name, exec_time in newest:
-                since = (datetime.fromisoformat(exec_time) - span).isoformat()
+                since = (stored_time(exec_time, "executions.exec_time") - span).isoformat()
                 rows = self._db.execute(
                     f"SELECT {_EXECUTION_COLUMNS} FROM executions"  # noqa: S608 - our own column list
                     " WHERE key_name = ? AND exec_time >= ? ORDER BY exec_time, rowid",
@@ -1989,7 +2018,7 @@ class Journal:
             row = self._db.execute(
                 "SELECT MAX(exec_time) FROM executions WHERE key_name = ?", (key_name,)
             ).fetchone()
-        return None if row[0] is None else datetime.fromisoformat(row[0])
+        return None if row[0] is None else stored_time(row[0], "executions.exec_time")
 
     def order_owner(self, order_link_id: str) -> OrderOwner | None:
         """Whose order this is, and what it trades; None if the journal does not hold it."""
@@ -2045,7 +2074,7 @@ class Journal:
             row = self._db.execute(
                 "SELECT MAX(updated_at) FROM closed_pnl WHERE key_name = ?", (key_name,)
             ).fetchone()
-        return None if row[0] is None else datetime.fromisoformat(row[0])
+        return None if row[0] is None else stored_time(row[0], "closed_pnl.updated_at")
 
     def positions(self) -> list[PositionUpdate]:
         with self._lock:
@@ -2136,7 +2165,11 @@ class Journal:
             ).fetchall()
         return [
             ScopeState(
-                scope, TradingState(state), reason, datetime.fromisoformat(since), bool(automatic)
+                scope,
+                _stored_state(state),
+                reason,
+                stored_time(since, "trading_states.since"),
+                bool(automatic),
             )
             for scope, state, reason, since, automatic in rows
         ]
@@ -2286,8 +2319,8 @@ def _order_record(row: Sequence[Any], request: OrderRequest | None = None) -> Or
         reason=reason,
         ret_code=ret_code,
         attempts=attempts,
-        signal_ts=None if signal_ts is None else datetime.fromisoformat(signal_ts),
-        updated_at=datetime.fromisoformat(updated_at),
+        signal_ts=None if signal_ts is None else stored_time(signal_ts, "signals.ts"),
+        updated_at=stored_time(updated_at, "orders.updated_at"),
         venue_qty=Decimal(venue_qty),
         venue_price=None if venue_price is None else Decimal(venue_price),
         amendment_said=amendment_said,

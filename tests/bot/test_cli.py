@@ -16,6 +16,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from importlib import metadata
 from pathlib import Path
@@ -29,8 +30,10 @@ from bot.config import load_settings
 from bot.journal import Journal, TraceRow
 from bot.messages import Side
 from bot.net import http_url, loopback_off_proxies
+from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from tests.bot.test_account import fill
 from tests.bot.test_journal import damage
+from tests.bot.test_journal import signal as journal_signal
 from tests.conftest import (
     SIM_CONFIG,
     StartBot,
@@ -247,6 +250,43 @@ def test_a_damaged_journal_is_one_line_with_what_to_do(
         assert "Traceback" not in run.stderr + run.stdout
     assert _one_line(listed.stderr).startswith(f"error: journal {path} is damaged (")
     assert f"error: journal {path} is damaged (" in started.stderr + started.stdout
+
+
+@pytest.mark.parametrize(
+    ("row", "command"),
+    [
+        ("UPDATE trading_states SET state = 'WEIRD'", ("risk", "status")),
+        ("UPDATE trading_states SET since = 'garbage'", ("run",)),
+        ("UPDATE signals SET received_at = 'x'", ("orders",)),
+        ("UPDATE signals SET received_at = 'x'", ("orders", "--wide")),
+    ],
+)
+def test_a_journal_row_the_bot_never_writes_is_one_line_not_a_traceback(
+    sim_config: Callable[..., Path], row: str, command: tuple[str, ...]
+) -> None:
+    # A well-formed SQLite file whose values were edited by hand (or flipped by damage SQLite's
+    # structure checks do not see): the commands died in fromisoformat or TradingState.
+    config = sim_config()
+    path = load_settings(config).journal_path
+    path.parent.mkdir(parents=True)
+    with contextlib.closing(Journal(path)) as journal:
+        journal.claim_environment("sim")
+        journal.record_signal(journal_signal("s1"))
+        journal.record_trading_state(
+            ScopeState(BOT_SCOPE, TradingState.HALTED, "by hand", datetime.now(UTC))
+        )
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(row)
+        db.commit()
+
+    result = bot(*command, "--config", str(config), cwd=config.parent)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, result.stderr
+    assert "which the bot never writes" in error[0]
+    assert "restore it from a backup" in error[0]
 
 
 @pytest.mark.parametrize("command", [("orders",), ("positions",), ("halt",), ("run",)])
