@@ -44,6 +44,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, NamedTuple, ParamSpec, TextIO, TypeVar
 
+from pydantic import ValidationError
+
 from bot.execution.orders import TransitionRefused, check_transition, not_ours
 from bot.files import file_size
 from bot.logs import logger, scrub
@@ -377,6 +379,38 @@ _EXECUTIONS_PER_PAGE: Final = 1_000
 
 
 def _execution(row: Sequence[Any]) -> Execution:
+    """An executions row as the Execution it journaled, or JournalDamaged naming the row."""
+    try:
+        return _parse_execution(row)
+    except (ValueError, ArithmeticError, TypeError) as exc:  # ValidationError is a ValueError
+        raise JournalDamaged(_damaged_row("executions", row[0], exc)) from None
+
+
+def _allocation(text: Any, exec_id: Any) -> dict[str, Decimal]:
+    """An executions row's allocation (strategy -> qty), or JournalDamaged naming the row."""
+    try:
+        allocation = json.loads(text)
+        return {str(name): Decimal(qty) for name, qty in allocation.items()}
+    except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
+        raise JournalDamaged(_damaged_row("executions", exec_id, exc)) from None
+
+
+def _damaged_row(table: str, row_id: Any, exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):  # "1 validation error for Execution": which field
+        first = exc.errors(include_url=False)[0]
+        problem = f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+    else:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if problem.startswith("[<class 'decimal."):  # Decimal('x') says only its signal's class
+        problem = "a number that is not a number"
+    return (
+        f"the journal holds a row of {table} ({row_id!r}) the bot cannot read ({problem[:80]}), "
+        "which the bot never writes: the file was changed by another program or is damaged; "
+        "restore it from a backup, or correct that row with the sqlite3 tool"
+    )
+
+
+def _parse_execution(row: Sequence[Any]) -> Execution:
     """A fill from the first twelve of `_EXECUTION_COLUMNS`, as journaled."""
     (
         exec_id,
@@ -1989,8 +2023,7 @@ class Journal:
                     (*after, _EXECUTIONS_PER_PAGE),
                 ).fetchall()
             for row in rows:
-                allocation = json.loads(row[-2])
-                yield _execution(row[:-2]), {name: Decimal(qty) for name, qty in allocation.items()}
+                yield _execution(row[:-2]), _allocation(row[-2], row[0])
             if len(rows) < _EXECUTIONS_PER_PAGE:
                 return
             after = (rows[-1][_EXEC_TIME_COLUMN], rows[-1][-1])

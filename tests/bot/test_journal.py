@@ -27,6 +27,7 @@ from bot.journal import (
     SCHEMA_VERSION,
     FillBooking,
     Journal,
+    JournalDamaged,
     JournalError,
     JournalInUse,
     lock_journal,
@@ -1118,6 +1119,33 @@ def l1_fill(exec_id: str, ts: datetime | None = None) -> Execution:
         fee=Decimal("0.05"),
         ts=ts or datetime.now(UTC),
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ("symbol = '-1'", "symbol: "),
+        ("side = 'Up'", "'Up' is not a valid Side"),
+        ("qty = 'garbage'", "a number that is not a number"),
+        ("allocation = '{\"follow\":'", "Expecting value"),
+        ("allocation = '-1'", "has no attribute 'items'"),
+    ],
+)
+def test_a_fill_row_the_bot_never_writes_is_journal_damaged_naming_the_row(
+    journal: Journal, change: str, said: str
+) -> None:
+    # Read back at every start and by `bot positions`: a ValueError or InvalidOperation
+    # traceback, where every other damaged journal is one line saying to restore it.
+    journal.record_execution(l1_fill("e1"), {"follow": Decimal("0.01")})
+    journal._db.execute(f"UPDATE executions SET {change}")  # noqa: S608 - the test's own SQL
+    journal._db.commit()
+
+    with pytest.raises(JournalDamaged) as raised:
+        list(journal.executions())
+
+    assert "a row of executions ('e1')" in str(raised.value)
+    assert said in str(raised.value)
+    assert "restore it from a backup" in str(raised.value)
 
 
 def test_execution_count_counts_each_fill_once(journal: Journal) -> None:
