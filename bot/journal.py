@@ -395,6 +395,14 @@ def _allocation(text: Any, exec_id: Any) -> dict[str, Decimal]:
         raise JournalDamaged(_damaged_row("executions", exec_id, exc)) from None
 
 
+def _read_row(table: str, row_id: Any, read: Callable[[Any], T], value: Any) -> T:
+    """`read(value)`, or JournalDamaged naming the row of `table` it could not read."""
+    try:
+        return read(value)
+    except (ValueError, ArithmeticError, TypeError) as exc:  # ValidationError is a ValueError
+        raise JournalDamaged(_damaged_row(table, row_id, exc)) from None
+
+
 def _damaged_row(table: str, row_id: Any, exc: BaseException) -> str:
     if isinstance(exc, ValidationError):  # "1 validation error for Execution": which field
         first = exc.errors(include_url=False)[0]
@@ -2111,8 +2119,11 @@ class Journal:
 
     def positions(self) -> list[PositionUpdate]:
         with self._lock:
-            rows = self._db.execute("SELECT snapshot FROM positions").fetchall()
-        return [PositionUpdate.model_validate_json(row[0]) for row in rows]
+            rows = self._db.execute("SELECT key_name, symbol, snapshot FROM positions").fetchall()
+        return [
+            _read_row("positions", f"{key} {symbol}", PositionUpdate.model_validate_json, snapshot)
+            for key, symbol, snapshot in rows
+        ]
 
     def waiting_exits(self) -> list[WaitingExit]:
         """The take-profit / stop-loss orders the venue last said it holds, waiting, oldest
@@ -2123,7 +2134,14 @@ class Journal:
                 " WHERE status = 'New' AND trigger_price IS NOT NULL ORDER BY updated_at, rowid"
             ).fetchall()
         return [
-            WaitingExit(order_id, key, symbol, kind, Side(side), Decimal(trigger))
+            _read_row(
+                "exit_orders",
+                order_id,
+                lambda row: WaitingExit(
+                    row[0], row[1], row[2], row[3], Side(row[4]), Decimal(row[5])
+                ),
+                (order_id, key, symbol, kind, side, trigger),
+            )
             for order_id, key, symbol, kind, side, trigger in rows
         ]
 
@@ -2138,8 +2156,11 @@ class Journal:
 
     def wallets(self) -> list[WalletUpdate]:
         with self._lock:
-            rows = self._db.execute("SELECT snapshot FROM wallets").fetchall()
-        return [WalletUpdate.model_validate_json(row[0]) for row in rows]
+            rows = self._db.execute("SELECT key_name, snapshot FROM wallets").fetchall()
+        return [
+            _read_row("wallets", key, WalletUpdate.model_validate_json, snapshot)
+            for key, snapshot in rows
+        ]
 
     # trading states -------------------------------------------------------------------------
 

@@ -1148,6 +1148,40 @@ def test_a_fill_row_the_bot_never_writes_is_journal_damaged_naming_the_row(
     assert "restore it from a backup" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("row", "read", "said"),
+    [
+        (
+            "INSERT INTO positions VALUES ('k1', 'BTCUSDT', 'garbage', '2026-12-03T00:00:00')",
+            Journal.positions,
+            "a row of positions ('k1 BTCUSDT')",
+        ),
+        (
+            "INSERT INTO wallets VALUES ('k1', '{\"x\":', '2026-12-03T00:00:00')",
+            Journal.wallets,
+            "a row of wallets ('k1')",
+        ),
+        (
+            "INSERT INTO exit_orders VALUES ('o1', 'k1', 'BTCUSDT', 'Up', 'StopLoss', '95000',"
+            " '0.01', 'New', '0', NULL, '', 'follow', '2026-12-03T00:00:00')",
+            Journal.waiting_exits,
+            "a row of exit_orders ('o1') the bot cannot read ('Up' is not a valid Side)",
+        ),
+    ],
+)
+def test_a_snapshot_row_the_bot_never_writes_is_journal_damaged_naming_the_row(
+    journal: Journal, row: str, read: Callable[[Journal], object], said: str
+) -> None:
+    # Read at every start: `bot run` died with a ValidationError or ValueError traceback.
+    journal._db.execute(row)
+    journal._db.commit()
+
+    with pytest.raises(JournalDamaged, match="restore it from a backup") as raised:
+        read(journal)
+
+    assert said in str(raised.value)
+
+
 def test_execution_count_counts_each_fill_once(journal: Journal) -> None:
     fill = l1_fill
     assert journal.execution_count() == 0
