@@ -380,26 +380,24 @@ _EXECUTIONS_PER_PAGE: Final = 1_000
 
 def _execution(row: Sequence[Any]) -> Execution:
     """An executions row as the Execution it journaled, or JournalDamaged naming the row."""
-    try:
-        return _parse_execution(row)
-    except (ValueError, ArithmeticError, TypeError) as exc:  # ValidationError is a ValueError
-        raise JournalDamaged(_damaged_row("executions", row[0], exc)) from None
+    return _read_row("executions", row[0], _parse_execution, row)
 
 
 def _allocation(text: Any, exec_id: Any) -> dict[str, Decimal]:
     """An executions row's allocation (strategy -> qty), or JournalDamaged naming the row."""
-    try:
-        allocation = json.loads(text)
-        return {str(name): Decimal(qty) for name, qty in allocation.items()}
-    except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
-        raise JournalDamaged(_damaged_row("executions", exec_id, exc)) from None
+    return _read_row("executions", exec_id, _parse_allocation, text)
+
+
+def _parse_allocation(text: Any) -> dict[str, Decimal]:
+    return {str(name): Decimal(qty) for name, qty in json.loads(text).items()}
 
 
 def _read_row(table: str, row_id: Any, read: Callable[[Any], T], value: Any) -> T:
     """`read(value)`, or JournalDamaged naming the row of `table` it could not read."""
     try:
         return read(value)
-    except (ValueError, ArithmeticError, TypeError) as exc:  # ValidationError is a ValueError
+    # ValidationError is a ValueError; AttributeError: JSON of another shape (a list).
+    except (ValueError, ArithmeticError, TypeError, AttributeError) as exc:
         raise JournalDamaged(_damaged_row(table, row_id, exc)) from None
 
 
