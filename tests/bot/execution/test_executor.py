@@ -203,26 +203,7 @@ def test_our_order_amended_by_another_client_before_we_knew_its_id_stays_ours(
 ) -> None:
     # Our resting buy reached the venue, but its answer was lost (a crash, a cut connection):
     # the journal holds it Submitting, with no orderId. Another client amends it meanwhile.
-    item = make_intent(
-        qty=Decimal("0.002"),
-        order_type=OrderType.LIMIT,
-        price=Decimal(90000),
-        reference_price=Decimal(90000),
-        signal_id=f"exec-{next(_ids)}",
-    )
-    ours = build_request(approve(item), "k")
-    journal = Journal(tmp_path / "j.sqlite3")
-    journal.record_order(ours)
-    journal.record_order_event(
-        OrderEvent(order_link_id=ours.order_link_id, status=OrderStatus.SUBMITTING)
-    )
-    order_id = place(exchange[0], KEY, **ours.to_bybit_params())
-    exchange[0].amend_order(
-        KEY,
-        AmendOrderParams.model_validate(
-            {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id, "qty": "0.003"}
-        ),
-    )
+    ours, journal, order_id = _ours_amended(exchange[0], tmp_path)
     executor, venue = make_executor(exchange[1], journal)
     warnings: list[str] = []
     sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
@@ -238,7 +219,8 @@ def test_our_order_amended_by_another_client_before_we_knew_its_id_stays_ours(
         order_id,
         Decimal("0.003"),
     )
-    assert [o["orderStatus"] for o in orders_for(exchange[0], item)] == ["New"]  # one, ours
+    at_venue = [o for o in exchange[0].orders() if o["orderLinkId"] == ours.order_link_id]
+    assert [o["orderStatus"] for o in at_venue] == ["New"]  # one, ours
     assert any("qty 0.003, not 0.002" in line and "taken as ours" in line for line in warnings)
     venue.close()
 
