@@ -1874,14 +1874,17 @@ class Journal:
                         (exit_order.key_name, exit_order.symbol, exit_order.kind),
                     )
             else:  # attributed when first seen: the order that opened the position
-                before, parent, strategy = OrderStatus(row[0]), row[4], row[5]
+                order_id = exit_order.order_id
+                before = _read_row("exit_orders", order_id, OrderStatus, row[0])
+                filled_before = _read_row("exit_orders", order_id, Decimal, row[1])
+                parent, strategy = row[4], row[5]
                 moved = (row[2], row[3]) != (_text(exit_order.trigger_price), str(exit_order.qty))
                 waiting = before is exit_order.status is OrderStatus.NEW
                 try:
                     check_transition(
                         before,
                         exit_order.status,
-                        filled_before=Decimal(row[1]),
+                        filled_before=filled_before,
                         filled_after=exit_order.filled_qty,
                     )
                 except TransitionRefused:
@@ -2428,6 +2431,8 @@ def _write_each(writes: Sequence[Callable[[], object]], failure: str) -> None:
     for write in writes:
         try:
             write()
+        except JournalDamaged as exc:  # a row the bot cannot read: one line says which
+            logger.error("{failure}: {problem}", failure=failure, problem=str(exc))
         except Exception:
             logger.exception(failure)
 
