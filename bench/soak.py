@@ -7,7 +7,8 @@ quant deploying real money relies on after crashes and venue faults:
 - every accepted signal reaches a decision (none lost),
 - no leg becomes two orders at the venue (no duplicates),
 - nothing is left non-terminal once the bot is quiet, but a ladder's targets resting for the
-  position they take profit on; and no reduce-only order outlives its position,
+  position they take profit on; and no reduce-only order outlives its position, nor fills on
+  a new one its position turned into (a take profit at a gone position's levels),
 - the journal agrees with the venue order by order (status and filled quantity),
 - the bot paces itself under Bybit's per-key limits (no 10006 of its own making),
   and its wall time is close to the minimum those limits allow.
@@ -33,6 +34,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
@@ -54,6 +56,7 @@ from bench.common import (
 )
 from bot.execution.ids import order_link_id
 from bot.journal import Journal, JournalError
+from bot.messages import Execution, Side
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 from strategies.ladder import BREAK_EVEN_CLOSE_LEG
 
@@ -402,6 +405,33 @@ class Harness:
             return len(journal.unfinished_orders())
         except sqlite3.Error:
             return None
+        finally:
+            journal.close()
+
+    def fills(self) -> tuple[list[Execution], dict[str, datetime | None]]:
+        """The journal's fills, every key's, and when the venue made each of our reduce-only
+        orders among them, by the venue's clock: the earliest createdTime of the venue's
+        reports journaled for it (None: none said). Read once the bot is stopped."""
+        try:
+            journal = Journal(self.state_dir / "journal.sqlite3", read_only=True)
+        except JournalError as exc:
+            raise SoakError(f"the journal cannot be read: {exc}") from exc
+        try:
+            fills = [fill for fill, _allocation in journal.executions()]
+            made_at: dict[str, datetime | None] = {}
+            for link in sorted({fill.order_link_id for fill in fills if fill.order_link_id}):
+                record = journal.order(link)
+                if record is None or not record.request.reduce_only:
+                    continue
+                made_at[link] = min(
+                    (
+                        event.venue_created_at
+                        for event in journal.order_events(link)
+                        if event.venue_created_at is not None
+                    ),
+                    default=None,
+                )
+            return fills, made_at
         finally:
             journal.close()
 
@@ -766,6 +796,72 @@ def books_against_venue(
     ]
 
 
+def carried_into_new_positions(
+    fills: Sequence[Execution], made_at: Mapping[str, datetime]
+) -> list[str]:
+    """Our reduce-only orders that filled on a position opened after the one they were made
+    for had turned: a ladder's target left resting through a flip (its cancel cut off by a
+    kill, or never asked) that took profit on a later position at the gone one's levels.
+
+    `fills`: every fill the journal holds, of every key (the venue's own exits too: they move
+    the position); `made_at`: our reduce-only orders by orderLinkId, each with when the venue
+    made it (its reports' createdTime). Both are the venue's clock, so they are compared with
+    each other only, never with the journal's own times (the bot's clock, which the venue
+    need not share). An order is named when, after the venue made it, its key's position in
+    the symbol (the fills summed in the venue's time order) was non-zero on the side the
+    order adds to, and the order filled after that: the venue fills a reduce-only order only
+    on a position it reduces, so the one it filled came after the turn.
+
+    Fills in one venue millisecond are summed together (their order within it is not known,
+    whatever order the stream told them in), and a turn counts only strictly after the
+    order's millisecond and strictly before its fill's: a target filled as the flip that
+    turns its position fills, or made as its position turns, is no evidence. A target that
+    fills just before a flip is decided fills on its own position and is not named. Nor is
+    one that rested into a new position but was cancelled unfilled: a flip may go out while
+    the old targets' cancel is on its way (`reduce-only orders of closed positions` sees any
+    left resting at the end)."""
+    books: dict[tuple[str, str], list[Execution]] = defaultdict(list)
+    for fill in fills:
+        books[(fill.key_name, fill.symbol)].append(fill)
+    carried: list[str] = []
+    for (key, symbol), book in sorted(books.items()):
+        moves: dict[datetime, Decimal] = defaultdict(Decimal)
+        for fill in book:
+            moves[fill.ts] += fill.signed_qty
+        timeline: list[tuple[datetime, Decimal]] = []  # the position after each millisecond
+        position = Decimal(0)
+        for ts in sorted(moves):
+            position += moves[ts]
+            timeline.append((ts, position))
+        named: set[str] = set()
+        for fill in sorted(book, key=lambda fill: fill.ts):
+            link = fill.order_link_id
+            made = made_at.get(link)
+            if made is None or link in named:
+                continue
+            reduces_long = fill.side is Side.SELL
+            turn = next(
+                (
+                    (ts, held)
+                    for ts, held in timeline
+                    if made < ts < fill.ts and held != 0 and (held > 0) != reduces_long
+                ),
+                None,
+            )
+            if turn is not None:
+                named.add(link)
+                carried.append(
+                    f"{link} ({key} {symbol} {fill.side}, made {_clock(made)}): its position "
+                    f"turned to {turn[1].normalize():f} at {_clock(turn[0])}; it filled "
+                    f"{fill.qty.normalize():f} at {_clock(fill.ts)}, on a new one"
+                )
+    return carried
+
+
+def _clock(ts: datetime) -> str:
+    return ts.strftime("%H:%M:%S.%f")[:-3]
+
+
 def _decimal(text: object) -> Decimal:
     try:
         return Decimal(str(text)) if text not in (None, "") else Decimal(0)
@@ -796,9 +892,12 @@ def evaluate(
     wall_s: float,
     downtime_s: float,
     rate_per_s: float,
+    fills: Sequence[Execution],
+    reduce_only_made_at: Mapping[str, datetime | None],
 ) -> tuple[list[Check], dict[str, Any]]:
-    """Compare what was accepted, what the journal says (its orders and, from its fills, the
-    strategies' `books`) and what the venue holds.
+    """Compare what was accepted, what the journal says (its orders, its `fills` and, from
+    them, the strategies' `books`) and what the venue holds. `reduce_only_made_at`: when the
+    venue made each of our reduce-only orders that filled (`Harness.fills`).
 
     The venue's own orders (a position's take profit / stop loss: no orderLinkId, a
     stopOrderType) are not the bot's: they are counted apart, and the checks of the bot's
@@ -881,6 +980,10 @@ def evaluate(
         and order.get("orderStatus") in ("New", "PartiallyFilled")
         and faces_its_position(order)
     }
+
+    # Reduce-only orders that rested through their position's turn and filled on the next.
+    made_at = {link: at for link, at in reduce_only_made_at.items() if at is not None}
+    carried = carried_into_new_positions(fills, made_at)
 
     # Non-terminal: in the journal or at the venue, after quiescence and a reconciliation.
     non_terminal: list[str] = []
@@ -1036,6 +1139,14 @@ def evaluate(
             _sampled(stranded),
         ),
         Check(
+            "reduce-only orders carried into a new position",
+            len(carried),
+            "0",
+            not carried,
+            True,
+            _sampled(carried),
+        ),
+        Check(
             "journal/venue disagreements",
             len(disagreements),
             "0",
@@ -1096,6 +1207,12 @@ def evaluate(
         "venue_order_statuses": dict(statuses),
         "venue_exit_statuses": dict(Counter(str(o.get("orderStatus")) for o in venue_exits)),
         "venue_orders_per_key": dict(per_key),
+        # Our filled reduce-only orders the carried-over check judged, and those it could not
+        # (no venue report of them journaled with when the venue made them).
+        "reduce_only_filled": {
+            "judged": len(made_at),
+            "made_unknown": len(reduce_only_made_at) - len(made_at),
+        },
         "wall_s": round(wall_s, 3),
         "downtime_s": round(downtime_s, 3),
         "limits_minimum_s": minimum_s,
@@ -1162,6 +1279,7 @@ def run_soak(options: SoakOptions) -> SoakReport:
         venue_positions = harness.sim_get("/sim/positions")["positions"]
         stats = harness.sim_get("/sim/stats")
         journal = harness.journal()
+        fills, reduce_only_made_at = harness.fills()
         if options.keep_state:
             (root / "venue.json").write_text(
                 json.dumps({"orders": venue_orders, "positions": venue_positions, "stats": stats}),
@@ -1177,6 +1295,8 @@ def run_soak(options: SoakOptions) -> SoakReport:
             wall_s,
             downtime_s,
             options.rate_per_s,
+            fills,
+            reduce_only_made_at,
         )
         checks.insert(
             1,
@@ -1244,6 +1364,7 @@ def print_report(report: SoakReport, console: Console) -> None:
     console.print(f"reasons: {facts.get('decline_or_reject_reasons')}", highlight=False)
     console.print(f"venue statuses: {facts.get('venue_order_statuses')}", highlight=False)
     console.print(f"venue's TP/SL orders: {facts.get('venue_exit_statuses')}", highlight=False)
+    console.print(f"reduce-only orders filled: {facts.get('reduce_only_filled')}", highlight=False)
     console.print(f"retCodes: {facts.get('answers_by_ret_code')}", highlight=False)
     console.print(f"faults injected: {facts.get('faults_injected')}", highlight=False)
     for check in report.checks:
