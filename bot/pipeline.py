@@ -86,6 +86,9 @@ FAILURE_HALT: Final = "its code failed"
 FILL_HOOK_RETRIES_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 FILL_HOOK_SLOW_RETRIES_S: Final = (60.0,) * 60
 ZERO: Final = Decimal(0)
+#: How long a signal waits for the cancels of its strategy's reduce-only orders whose position
+#: closed or turned (stranded) before it is decided without them.
+STRANDED_WAIT_S: Final = 5.0
 #: A stop move's outcome while the price is past the stop it asks for, before its close.
 CROSSED: Final = "crossed"
 #: How many reused signal ids are remembered, each warned of once.
@@ -393,6 +396,21 @@ class Pipeline:
                 signal, Decline(strategy=slot.name, reason="no orders: stop moves only")
             )
 
+    async def _let_stranded_go(self, slot: StrategySlot, symbol: str) -> None:
+        """Wait, up to `STRANDED_WAIT_S`, for the cancels of the strategy's reduce-only orders
+        in `symbol` whose position closed or turned: left resting, one would take profit on
+        the position this signal opens or turns back, at a level meant for the gone one."""
+        stranded = self._executor.stranded()
+        if not stranded:
+            return
+        mine = [
+            record.request.order_link_id
+            for record in self._journal.open_orders_of(slot.key_name, slot.name, symbol)
+            if record.request.order_link_id in stranded
+        ]
+        if mine:
+            await self._executor.stranded_cancelled(mine, STRANDED_WAIT_S)
+
     async def _context(self, signal: Signal, slot: StrategySlot) -> StrategyContext | None:
         """What the strategy may know for `signal`; None (the decline journaled) when the
         key is disabled or the venue cannot say."""
@@ -405,6 +423,7 @@ class Pipeline:
                 rule="KEY_DISABLED",
             )
             return None
+        await self._let_stranded_go(slot, signal.symbol)
         try:
             context = await self._market.context(
                 slot.key_name,
@@ -427,8 +446,9 @@ class Pipeline:
         else:
             stranded = self._executor.stranded()
             if stranded and any(o.order_link_id in stranded for o in context.open_orders):
-                # Being cancelled, their position closed: not open for what comes next (a
-                # ladder counts its earlier targets against the position it holds now).
+                # Still being cancelled after the wait, their position closed: not open for
+                # what comes next (a ladder counts its earlier targets against the position
+                # it holds now).
                 kept = tuple(o for o in context.open_orders if o.order_link_id not in stranded)
                 context = dataclasses.replace(context, open_orders=kept)
             return context

@@ -606,6 +606,13 @@ class Executor:
         """The orderLinkIds of reduce-only orders being cancelled, their position closed."""
         return frozenset(self._stranded)
 
+    async def stranded_cancelled(self, order_link_ids: Sequence[str], timeout_s: float) -> None:
+        """Wait, up to `timeout_s`, until none of `order_link_ids` is being cancelled as
+        stranded any more (each cancel done, or given up)."""
+        cancels = [self._stranded[link] for link in order_link_ids if link in self._stranded]
+        if cancels:
+            await asyncio.wait(cancels, timeout=timeout_s)
+
     def in_flight(self) -> frozenset[str]:
         """The orderLinkIds being sent or looked up right now."""
         return frozenset(self._in_flight)

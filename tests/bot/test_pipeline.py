@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from bot.account import Account
+from bot.account import Account, StrandedBy
 from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.market import MarketData
-from bot.messages import OrderIntent, Side, Signal, parse_signal
+from bot.messages import OrderIntent, OrderType, Side, Signal, parse_signal
 from bot.pipeline import Pipeline, StrategySlot
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
@@ -32,6 +32,7 @@ from strategies.base import (
 )
 from strategies.follow import Follow
 from tests.conftest import client_orders, sim_venues
+from tests.factories import approve, make_intent
 
 
 class Exploding(Strategy):
@@ -323,3 +324,57 @@ def test_an_id_reused_for_another_signal_is_warned_of_and_a_resend_is_not(
     assert accepted == [True, False, False, False]
     reused = [line for line in warnings if "was used before for another signal" in line]
     assert len(reused) == 1 and "(another side, stop_loss)" in reused[0]  # once, not per retry
+
+
+def test_a_signal_waits_for_its_strategys_stranded_cancels_before_it_is_decided(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    # Reproduced (a soak whose ladder flipped every few tens of ms after a restart): the
+    # targets of a position that had turned were still being cancelled when the next signal
+    # turned it back; left out of its context, they rested on the new position for a second,
+    # at levels meant for the gone one, until their cancels landed.
+    pipeline, journal, exchange = stages
+    executor = pipeline._executor
+    venue = executor._venues["k1"]
+    send_cancel = venue.cancel_order
+
+    async def slow_cancel(order_link_id: str, symbol: str) -> bool:
+        await asyncio.sleep(1.0)  # a venue slow to answer the cancel
+        return await send_cancel(order_link_id, symbol)
+
+    async def scenario() -> None:
+        lanes = asyncio.create_task(pipeline.run())
+        try:
+            assert await pipeline.submit(signal(id="opens"))
+            await pipeline.drain()
+            target = make_intent(
+                side=Side.SELL,
+                qty=Decimal("0.001"),
+                order_type=OrderType.LIMIT,
+                price=Decimal(150000),
+                reduce_only=True,
+                signal_source="voc",
+                signal_id="opens",
+                leg=1,
+            )
+            await executor.execute(approve(target), "k1")
+            venue.cancel_order = slow_cancel  # type: ignore[method-assign]
+            executor.position_closed(StrandedBy("k1", "BTCUSDT", "follow", was_long=True))
+            assert await pipeline.submit(signal(id="next"))
+            await pipeline.drain()
+        finally:
+            lanes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lanes
+
+    asyncio.run(scenario())
+
+    placed = {
+        (row.signal_id, row.leg): row.order_link_id
+        for row in journal.trace()
+        if row.strategy == "follow" and row.order_link_id
+    }
+    at_venue = {o["orderLinkId"]: o for o in exchange.orders()}
+    target, after = at_venue[placed["opens", 1]], at_venue[placed["next", 0]]
+    assert target["orderStatus"] == "Cancelled"
+    assert int(str(target["updatedTime"])) <= int(str(after["createdTime"]))
