@@ -302,27 +302,13 @@ class Harness:
     def start_bot(self) -> None:
         """Start `bot run` and wait until /healthz answers; a few attempts, then SoakError."""
         while self.bot_starts > 0 and self._startup_rng.random() < self.options.startup_kill_share:
-            with self._lock:
-                self.bot_starts += 1
-                argv = [
-                    *self._bot_argv("run", "--log-json"),
-                    "--secrets-dir",
-                    str(self.secrets_dir),
-                ]
-                bot = self.bot = Process("bot", argv, self.logs_dir / "bot.log", cwd=REPO_ROOT)
+            bot = self._launch_bot()
             time.sleep(self._startup_rng.uniform(0.5, 3.0))
             bot.kill()
             self.startup_kills += 1
             self.options.log(f"kill -9 during start #{self.bot_starts}")
         for _attempt in range(MAX_START_ATTEMPTS):
-            with self._lock:
-                self.bot_starts += 1
-                argv = [
-                    *self._bot_argv("run", "--log-json"),
-                    "--secrets-dir",
-                    str(self.secrets_dir),
-                ]
-                bot = self.bot = Process("bot", argv, self.logs_dir / "bot.log", cwd=REPO_ROOT)
+            bot = self._launch_bot()
             if self._came_up(bot):
                 return
             code = bot.popen.poll()
@@ -331,6 +317,14 @@ class Harness:
             bot.kill()
             time.sleep(1.0)
         raise SoakError(f"the bot did not start in {MAX_START_ATTEMPTS} attempts")
+
+    def _launch_bot(self) -> Process:
+        """One more `bot run`, the harness's current bot from now on."""
+        argv = [*self._bot_argv("run", "--log-json"), "--secrets-dir", str(self.secrets_dir)]
+        with self._lock:
+            self.bot_starts += 1
+            self.bot = Process("bot", argv, self.logs_dir / "bot.log", cwd=REPO_ROOT)
+            return self.bot
 
     def _came_up(self, bot: Process) -> bool:
         """Wait until `bot` answers /healthz (True) or exits (False)."""
