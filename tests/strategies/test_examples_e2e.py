@@ -3,6 +3,7 @@ against a simulator the test owns, the exchange's own book read back."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -197,8 +198,23 @@ def test_the_ladders_targets_are_cancelled_when_its_stop_closes_the_position(
 
     # The next ladder's targets have the reduce-only room to themselves: none is refused.
     run.set_price(97000)
-    assert run.bot.post(signal("l-3", stop_loss=95000, take_profit=[99000, 98000])).status_code
-    later = [run.link("l-3", leg) for leg in (1, 2)]
+    tries = itertools.count(3)
+
+    def priced_at_the_move() -> str | None:
+        """A ladder signal's id, once one is decided at the new price: the bot prices from
+        the ticker stream, and one decided before the move reached it is declined (its stop
+        on the wrong side of the old price)."""
+        signal_id = f"l-{next(tries)}"
+        sent = signal(signal_id, stop_loss=95000, take_profit=[99000, 98000])
+        assert run.bot.post(sent).status_code == 202
+        decided = wait_for(
+            lambda: rows if "pending" not in (rows := run.bot.journal_status(signal_id)) else None,
+            what=f"a decision for {signal_id}",
+        )
+        return None if decided == ["declined"] else signal_id
+
+    placed = wait_for(priced_at_the_move, what="a ladder priced at the new market")
+    later = [run.link(placed, leg) for leg in (1, 2)]
     legs = wait_for(lambda: o if set(later) <= set(o := run.orders()) else None, what="legs")
     assert [legs[leg]["orderStatus"] for leg in later] == ["New", "New"]
 

@@ -1089,8 +1089,9 @@ def test_any_order_body_gets_a_bybit_envelope_never_a_server_error(
 
     answer = _signed_post(roomy_server, "/v5/order/create", json.dumps(body).encode())
 
-    # 110072: hypothesis may repeat an orderLinkId across examples on one server.
-    assert answer["retCode"] in {0, 10001, 110007, 110017, 110072, 110094}
+    # 110072: hypothesis may repeat an orderLinkId across examples on one server; 110090:
+    # its resting orders add up on one account past the risk limit.
+    assert answer["retCode"] in {0, 10001, 110007, 110017, 110072, 110090, 110094}
 
 
 @pytest.mark.parametrize(("side", "book_side"), [("Buy", "b"), ("Sell", "a")])
