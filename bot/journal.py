@@ -411,8 +411,7 @@ def _damaged_row(table: str, row_id: Any, exc: BaseException) -> str:
         problem = "a number that is not a number"
     return (
         f"the journal holds a row of {table} ({row_id!r}) the bot cannot read ({problem[:80]}), "
-        "which the bot never writes: the file was changed by another program or is damaged; "
-        "restore it from a backup, or correct that row with the sqlite3 tool"
+        f"which the bot never writes: {_CHANGED_OR_DAMAGED}"
     )
 
 
@@ -466,28 +465,29 @@ class JournalDamaged(JournalError):
     SQLite's structure checks do not see): said in one line, never a parser's traceback."""
 
 
+#: What a journal value the bot never wrote means, and what to do.
+_CHANGED_OR_DAMAGED: Final = (
+    "the file was changed by another program or is damaged; restore it from a backup, or "
+    "correct that row with the sqlite3 tool"
+)
+
+
 def stored_time(value: Any, where: str) -> datetime:
     """A time the journal stored (ISO 8601), or JournalDamaged naming `where` (table.column)."""
+    return _stored(value, where, datetime.fromisoformat)
+
+
+def _stored(value: Any, where: str, read: Callable[[Any], T]) -> T:
+    """`read(value)` of the journal's column `where` (table.column), or JournalDamaged naming
+    it and the value."""
     try:
-        return datetime.fromisoformat(value)
+        return read(value)
     except (TypeError, ValueError):
-        raise JournalDamaged(_damaged(where, value)) from None
-
-
-def _stored_state(value: Any) -> TradingState:
-    try:
-        return TradingState(value)
-    except ValueError:
-        raise JournalDamaged(_damaged("trading_states.state", value)) from None
-
-
-def _damaged(where: str, value: Any) -> str:
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    return (
-        f"the journal holds {where} = {shown}, which the bot never writes: the file was "
-        "changed by another program or is damaged; restore it from a backup, or correct that "
-        "row with the sqlite3 tool"
-    )
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise JournalDamaged(
+            f"the journal holds {where} = {shown}, which the bot never writes: "
+            f"{_CHANGED_OR_DAMAGED}"
+        ) from None
 
 
 class JournalInUse(JournalError):
@@ -2221,7 +2221,7 @@ class Journal:
         return [
             ScopeState(
                 scope,
-                _stored_state(state),
+                _stored(state, "trading_states.state", TradingState),
                 reason,
                 stored_time(since, "trading_states.since"),
                 bool(automatic),
