@@ -201,6 +201,25 @@ def test_a_close_right_after_a_slow_market_entry_leaves_no_position(
 
 
 @contextmanager
+def own_venue(
+    limited: Callable[[int], Path], tmp_path: Path, key: str
+) -> Iterator[tuple[Path, HTTP]]:
+    """A simulator of the test's own with an account of `key` (secret `<key>-secret`): a
+    configuration pointing at it, and a pybit client of that account (what a person does
+    by hand)."""
+    secret = f"{key}-secret"
+    write_key_secrets(tmp_path, key, secret)
+    exchange = SimExchange(SimulatorConfig())
+    exchange.add_account(SimAccountSpec(api_key=key, api_secret=SecretStr(secret)))
+    with SimServer(exchange) as server:
+        config = limited(100000)
+        config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
+        by_hand = HTTP(api_key=key, api_secret=secret)
+        by_hand.endpoint = server.url
+        yield config, by_hand
+
+
+@contextmanager
 def restarted_after_leverage_set_by_hand(
     limited: Callable[[int], Path],
     tmp_path: Path,
@@ -210,26 +229,19 @@ def restarted_after_leverage_set_by_hand(
     """A bot that made `trades` (signal id, fields; each filled), stopped; 10x set on
     BTCUSDT by hand meanwhile (the tests' max_leverage is 3); started again: (the restarted
     bot, the simulator's URL)."""
-    write_key_secrets(tmp_path, "lev-key", "lev-secret")
-    exchange = SimExchange(SimulatorConfig())
-    exchange.add_account(SimAccountSpec(api_key="lev-key", api_secret=SecretStr("lev-secret")))
-    with SimServer(exchange) as server:
-        config = limited(100000)
-        config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
+    with own_venue(limited, tmp_path, "lev-key") as (config, by_hand):
         first = RunningBot(config).start()
         running.append(first)
         for signal_id, fields in trades:
             filled(first, signal_id, **fields)
         first.stop()
         running.remove(first)
-        by_hand = HTTP(api_key="lev-key", api_secret="lev-secret")
-        by_hand.endpoint = server.url
         by_hand.set_leverage(
             category="linear", symbol="BTCUSDT", buyLeverage="10", sellLeverage="10"
         )
         restarted = RunningBot(config).start()
         running.append(restarted)
-        yield restarted, server.url
+        yield restarted, by_hand.endpoint
 
 
 def test_a_leverage_changed_while_the_bot_was_down_is_capped_again(
@@ -336,20 +348,13 @@ def test_a_position_closed_while_the_bot_was_down_is_in_the_books_before_any_sig
     # Reproduced: with the account stream slow to connect at the start, the fills made while
     # the bot was down reached the books only at the reconciliation loop's first pass, after
     # the lanes had started: a signal then was sized from a position already gone.
-    write_key_secrets(tmp_path, "gap-key", "gap-secret")
-    exchange = SimExchange(SimulatorConfig())
-    exchange.add_account(SimAccountSpec(api_key="gap-key", api_secret=SecretStr("gap-secret")))
-    with SimServer(exchange) as server:
-        config = limited(100000)
-        config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
+    with own_venue(limited, tmp_path, "gap-key") as (config, by_hand):
         first = RunningBot(config).start()
         running.append(first)
         filled(first, "gap-open", stop_loss=96000)
         held = books(first)["follow"]
         first.stop()
         running.remove(first)
-        by_hand = HTTP(api_key="gap-key", api_secret="gap-secret")
-        by_hand.endpoint = server.url
         by_hand.place_order(
             category="linear", symbol="BTCUSDT", side="Sell", orderType="Market", qty=str(held)
         )
