@@ -13,6 +13,7 @@ position, and a flip was declined meanwhile for the strategy's unfinished orders
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from bot.execution.config import ExecutionConfig
 from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.messages import OrderStatus, OrderType, Side
-from bot.venue.errors import AmbiguousError, RetryableError
+from bot.venue.errors import AmbiguousError, RetryableError, VenueError
 from bot.venue.fake import FakeVenue
 from tests.factories import make_request
 
@@ -63,6 +64,18 @@ def _start(path: Path, venue: FakeVenue, **reconcile: object) -> OrderStatus:
         return record.status
     finally:
         journal.close()
+
+
+def _cancels_fail_first(venue: FakeVenue, failures: Sequence[VenueError]) -> None:
+    """The venue's next cancels raise `failures` in turn; the ones after go through."""
+    cancel_order, left = venue.cancel_order, list(failures)
+
+    async def failing(order_link_id: str, symbol: str) -> bool:
+        if left:
+            raise left.pop(0)
+        return await cancel_order(order_link_id, symbol)
+
+    venue.cancel_order = failing  # type: ignore[method-assign]
 
 
 def test_a_cancel_asked_for_before_a_kill_is_carried_out_at_the_next_start(
@@ -106,16 +119,8 @@ def test_a_stranded_target_whose_cancel_failed_is_no_alarm_and_the_loop_cancels_
     # cancel it by hand, while the next pass cancelled it a second later.
     venue, path = FakeVenue(), tmp_path / "journal.sqlite3"
     _resting_target(path, venue, cancel_asked=False)
-    cancel_order = venue.cancel_order
-    refusals = [RetryableError("invalid request, timestamp", retry_after_s=0.0, ret_code=10002)]
-    refusals *= 3
-
-    async def skewed(order_link_id: str, symbol: str) -> bool:
-        if refusals:
-            raise refusals.pop()
-        return await cancel_order(order_link_id, symbol)
-
-    venue.cancel_order = skewed  # type: ignore[method-assign]
+    refusal = RetryableError("invalid request, timestamp", retry_after_s=0.0, ret_code=10002)
+    _cancels_fail_first(venue, [refusal] * 3)
     journal = Journal(path)
     notified: list[str] = []
     sink = logger.add(
@@ -149,15 +154,8 @@ def test_a_cancel_carried_out_again_that_the_venue_does_not_answer_waits_for_the
     # notified as "reconciliation of ... failed" (venue_error), though the next pass retries.
     venue, path = FakeVenue(), tmp_path / "journal.sqlite3"
     _resting_target(path, venue, cancel_asked=True)
-    cancel_order = venue.cancel_order
-    unanswered = [AmbiguousError("HTTP 503 (retCode 503)")] * 3  # every try of one cancel
-
-    async def down(order_link_id: str, symbol: str) -> bool:
-        if unanswered:
-            raise unanswered.pop()
-        return await cancel_order(order_link_id, symbol)
-
-    venue.cancel_order = down  # type: ignore[method-assign]
+    # Every try of one cancel unanswered.
+    _cancels_fail_first(venue, [AmbiguousError("HTTP 503 (retCode 503)")] * 3)
     notified: list[str] = []
     sink = logger.add(
         lambda m: notified.append(m.record["message"]),
