@@ -247,18 +247,13 @@ def test_another_clients_order_made_before_our_first_send_is_not_taken_as_ours(
             signing_offset_ms=0,
         )
     )
-    executor, venue = make_executor(exchange[1], journal)
-    try:
-        asyncio.run(executor.reconcile("k", limit=None, resend=True))
-    finally:
-        venue.close()
 
-    record = journal.order(ours.order_link_id)
-    assert record is not None
-    assert record.status is OrderStatus.REJECTED
-    assert "another client's order" in record.reason and "qty 0.002, not 0.001" in record.reason
-    assert "made at the venue before our first send" in record.reason
-    assert record.order_id is None
+    status, held, reason = _reconciled(exchange[1], journal, ours)
+
+    assert status is OrderStatus.REJECTED
+    assert "another client's order" in reason and "qty 0.002, not 0.001" in reason
+    assert "made at the venue before our first send" in reason
+    assert held is None
     (only,) = orders_for(exchange[0], item)  # theirs; ours was never placed, nor adopted
     assert only["qty"] == "0.002"
 
