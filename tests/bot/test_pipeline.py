@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -145,18 +146,24 @@ def signal(source: str = "voc", **fields: object) -> Signal:
 
 def process(pipeline: Pipeline, journal: Journal, item: Signal) -> None:
     """Submit a signal as an adapter does and wait until its lanes have run it."""
+    asyncio.run(with_lanes(pipeline, partial(submit_and_drain, pipeline, item)))
 
-    async def submit_and_drain() -> None:
-        lanes = asyncio.create_task(pipeline.run())
-        try:
-            assert await pipeline.submit(item)
-            await pipeline.drain()
-        finally:
-            lanes.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lanes
 
-    asyncio.run(submit_and_drain())
+async def submit_and_drain(pipeline: Pipeline, item: Signal) -> None:
+    """Submit a signal and wait until the lanes (running: `with_lanes`) have run it."""
+    assert await pipeline.submit(item)
+    await pipeline.drain()
+
+
+async def with_lanes(pipeline: Pipeline, work: Callable[[], Awaitable[None]]) -> None:
+    """`work()` while the pipeline's lanes run."""
+    lanes = asyncio.create_task(pipeline.run())
+    try:
+        await work()
+    finally:
+        lanes.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lanes
 
 
 def decisions(journal: Journal) -> dict[str | None, tuple[str, str]]:
@@ -343,31 +350,23 @@ def test_a_signal_waits_for_its_strategys_stranded_cancels_before_it_is_decided(
         return await send_cancel(order_link_id, symbol)
 
     async def scenario() -> None:
-        lanes = asyncio.create_task(pipeline.run())
-        try:
-            assert await pipeline.submit(signal(id="opens"))
-            await pipeline.drain()
-            target = make_intent(
-                side=Side.SELL,
-                qty=Decimal("0.001"),
-                order_type=OrderType.LIMIT,
-                price=Decimal(150000),
-                reduce_only=True,
-                signal_source="voc",
-                signal_id="opens",
-                leg=1,
-            )
-            await executor.execute(approve(target), "k1")
-            venue.cancel_order = slow_cancel  # type: ignore[method-assign]
-            executor.position_closed(StrandedBy("k1", "BTCUSDT", "follow", was_long=True))
-            assert await pipeline.submit(signal(id="next"))
-            await pipeline.drain()
-        finally:
-            lanes.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lanes
+        await submit_and_drain(pipeline, signal(id="opens"))
+        target = make_intent(
+            side=Side.SELL,
+            qty=Decimal("0.001"),
+            order_type=OrderType.LIMIT,
+            price=Decimal(150000),
+            reduce_only=True,
+            signal_source="voc",
+            signal_id="opens",
+            leg=1,
+        )
+        await executor.execute(approve(target), "k1")
+        venue.cancel_order = slow_cancel  # type: ignore[method-assign]
+        executor.position_closed(StrandedBy("k1", "BTCUSDT", "follow", was_long=True))
+        await submit_and_drain(pipeline, signal(id="next"))
 
-    asyncio.run(scenario())
+    asyncio.run(with_lanes(pipeline, scenario))
 
     placed = {
         (row.signal_id, row.leg): row.order_link_id
