@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 import requests
 from pybit.unified_trading import HTTP
-from pydantic import SecretStr
 
 from bot.account import AccountProjection
 from bot.logs import logger
-from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim import SimServer
 from bot.venue.stream import AccountStream
 from tests.bot.test_admin import decision_of
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for, write_key_secrets
+from tests.conftest import venue_with_key, wait_for
 
 #: Room for one order of about 875 USDT (BTC or ETH at the follow plug-in's 900 cap), not two.
 LIMITS = """
@@ -208,10 +207,7 @@ def own_venue(
     configuration pointing at it, and a pybit client of that account (what a person does
     by hand)."""
     secret = f"{key}-secret"
-    write_key_secrets(tmp_path, key, secret)
-    exchange = SimExchange(SimulatorConfig())
-    exchange.add_account(SimAccountSpec(api_key=key, api_secret=SecretStr(secret)))
-    with SimServer(exchange) as server:
+    with SimServer(venue_with_key(tmp_path, key, secret)) as server:
         config = limited(100000)
         config.write_text(config.read_text() + f'\n[venue]\nsim_url = "{server.url}"\n')
         by_hand = HTTP(api_key=key, api_secret=secret)

@@ -183,9 +183,7 @@ def test_a_venue_that_does_not_answer_the_key_check_delays_the_start_until_it_do
 ) -> None:
     # A venue in maintenance, or a network still coming up when the machine boots, failed the
     # key check's four reads within a second and stopped the start (exit 2).
-    write_key_secrets(tmp_path, "late-key", "late-secret")
-    exchange = SimExchange(SimulatorConfig())
-    exchange.add_account(SimAccountSpec(api_key="late-key", api_secret=SecretStr("late-secret")))
+    exchange = venue_with_key(tmp_path, "late-key", "late-secret")
     exchange.set_faults(SimFaults(http_5xx=1.0))
     with SimServer(exchange) as server:
         bot = RunningBot(sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n'))
@@ -210,9 +208,7 @@ def test_a_venue_that_does_not_answer_the_key_check_delays_the_start_until_it_do
 def test_a_venue_that_never_answers_the_key_check_refuses_the_start_after_its_wait(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    write_key_secrets(tmp_path, "never-key", "never-secret")
-    exchange = SimExchange(SimulatorConfig())
-    exchange.add_account(SimAccountSpec(api_key="never-key", api_secret=SecretStr("never-secret")))
+    exchange = venue_with_key(tmp_path, "never-key", "never-secret")
     exchange.set_faults(SimFaults(http_5xx=1.0))
     with SimServer(exchange) as server:
         bot = RunningBot(
