@@ -1253,7 +1253,8 @@ class Executor:
         journal = self._journal
         events = await journal.call(journal.order_events, request.order_link_id)
         sends = [event for event in events if event.status is OrderStatus.SUBMITTING]
-        if not sends or any(event.signing_offset_ms is None for event in sends):
+        signed = [(e.ts, e.signing_offset_ms) for e in sends if e.signing_offset_ms is not None]
+        if not sends or len(signed) < len(sends):
             return False  # a send's venue time is not known (or a first send went unjournaled)
         # Each send by the venue's clock with the offset it was signed with: the offset now
         # may be higher (a resync after our clock stepped back, another run), which would
@@ -1262,8 +1263,7 @@ class Executor:
         # the offset of now.
         now_ms = self._venues[request.key_name].clock_offset_ms
         earliest_ours = min(
-            event.ts + timedelta(milliseconds=min(event.signing_offset_ms or 0, now_ms))
-            for event in sends
+            ts + timedelta(milliseconds=min(offset_ms, now_ms)) for ts, offset_ms in signed
         )
         return created < earliest_ours - _CREATED_MARGIN
 
