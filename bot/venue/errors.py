@@ -47,7 +47,12 @@ IP_WIDE_CODES: Final = frozenset({403, IP_RATE_LIMIT_CODE, IP_BANNED_CODE})
 RETRYABLE_CODES: Final = frozenset(
     {CLOCK_DRIFT_CODE, RATE_LIMIT_CODE, IP_RATE_LIMIT_CODE, IP_BANNED_CODE}
 )
-AMBIGUOUS_CODES: Final = frozenset({10000, 10016})
+#: The venue may or may not have acted: 10000 "Server Timeout", 10016 "Server error" (or
+#: "Service is restarting"), 429 in the body "The trading service is experiencing a high
+#: server load. Please retry", 110079 "The order is processing and can not be operated,
+#: please try again later", 40004 "the order is modified during the process of replacing,
+#: please check the order status again" (Bybit's V5 error codes).
+AMBIGUOUS_CODES: Final = frozenset({10000, 10016, 429, 110079, 40004})
 DUPLICATE_ORDER_CODE: Final = 110072
 ORDER_NOT_FOUND_CODE: Final = 110001  # "order does not exist" (cancel, amend)
 LEVERAGE_NOT_MODIFIED_CODE: Final = 110043  # set-leverage to the leverage already set

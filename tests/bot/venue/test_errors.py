@@ -36,6 +36,9 @@ def http(status: int, headers: dict[str, str] | None = None) -> FailedRequestErr
         (http(403, {}), RetryableError),
         (bybit(10000), AmbiguousError),
         (bybit(10016), AmbiguousError),
+        (bybit(429), AmbiguousError),  # retCode 429 in the body: high server load, retry
+        (bybit(110079), AmbiguousError),  # the order is processing, try again later
+        (bybit(40004), AmbiguousError),  # modified while being replaced: read it again
         (http(502, {}), AmbiguousError),
         (http(409, None), AmbiguousError),  # pybit could not decode the answer
         (requests.ReadTimeout(), AmbiguousError),
