@@ -2873,8 +2873,25 @@ class SimExchange:
         self._push_position(account, order.symbol)
         self._push_wallet(account)
         self._sync_exits(account, order.symbol)
+        if position.size == 0 or flipped:
+            self._cancel_stranded_reduce_only(account, order)
         if opened and order.partial_tpsl and qty > closing:
             self._attach_partial_exits(account, order, qty - closing)
+
+    def _cancel_stranded_reduce_only(self, account: AccountRecord, filled: OrderRecord) -> None:
+        """Once a fill closes or turns the position, cancel the symbol's open reduce-only
+        orders that have nothing left to close (`cancelType` `CancelByReduceOnly`), as Bybit
+        does at once ("the corresponding take profit limit order will automatically be
+        canceled"), not only when the price reaches them. The order being filled is its
+        caller's to end; waiting conditional orders are held to the position when they fire."""
+        for order in list(account.open_orders.values()):
+            if (
+                order is not filled
+                and order.symbol == filled.symbol
+                and order.reduce_only
+                and self._closable(account, order) == 0
+            ):
+                self._close(account, order, cancel_type="CancelByReduceOnly")
 
     def _attach_partial_exits(
         self, account: AccountRecord, order: OrderRecord, opened_qty: Decimal
@@ -3040,6 +3057,8 @@ class SimExchange:
         ]
         crossed.sort(key=lambda item: abs(item[2] - before))  # stable: ties in book order
         for account, order, limit in crossed:
+            if not order.is_open:  # a fill before it closed its position: cancelled then
+                continue
             qty = order.leaves_qty
             if order.reduce_only:
                 qty = min(qty, self._closable(account, order))

@@ -123,6 +123,26 @@ def test_bybit_errors_map_to_ccxt_exceptions(bybit: ccxt.bybit) -> None:
         bybit.public_get_v5_market_tickers({"category": "linear", "symbol": "FOOUSDT"})
 
 
+def test_a_resting_reduce_only_order_is_cancelled_once_its_position_closes(
+    bybit: ccxt.bybit,
+) -> None:
+    """Bybit cancels a take-profit limit left without a position at once (CancelByReduceOnly),
+    so fetch_open_orders stops listing it when another order closes the position."""
+    bybit.create_order(SYMBOL, "market", "buy", 0.01)
+    target = bybit.create_order(SYMBOL, "limit", "sell", 0.01, 99000, {"reduceOnly": True})
+    bybit.create_order(SYMBOL, "market", "sell", 0.01)  # closed by another order
+
+    order = eventually(
+        lambda: bybit.fetch_order(target["id"], SYMBOL, {"acknowledged": True}),
+        lambda found: found["status"] != "open",
+        "the reduce-only order to end",
+    )
+
+    assert (order["status"], order["filled"]) == ("canceled", 0)
+    assert order["info"]["cancelType"] == "CancelByReduceOnly"
+    assert bybit.fetch_open_orders(SYMBOL) == []
+
+
 # ------------------------------------------------------------------ account and position modes
 
 
