@@ -112,6 +112,10 @@ ORDER_WRITE_PATHS = ORDER_CREATE_PATHS | {
 }
 _JSON = "application/json"
 _MAX_BODY_BYTES = 64 * 1024
+#: A body not whole this long after its head is refused (10001, the connection closed): read
+#: without a limit, a client that promised a Content-Length and sent less, or trickled it,
+#: held its connection and its handler for good.
+_BODY_TIMEOUT_S = 10.0
 _CLOSE = {"Connection": "close"}
 _UVICORN_ERROR_LOGGER = "uvicorn.error"
 
@@ -178,19 +182,28 @@ def _json_object(body: bytes, *, parse_float: Callable[[str], Any] = float) -> d
     return data
 
 
-class _BodyTooLarge(ValueError):
-    """A request body over `_MAX_BODY_BYTES`."""
+class _BodyRefused(ValueError):
+    """A request body not read whole: over `_MAX_BODY_BYTES`, or not sent in time."""
 
 
 async def _body(request: Request) -> bytes:
-    """The request's body, read as it arrives; `_BodyTooLarge` (a ValueError) as soon as it
-    grows over `_MAX_BODY_BYTES`, the rest unread (Starlette's `request.body()` would keep
-    whatever a client sends, however much, before any check could refuse it)."""
+    """The request's body, read as it arrives; `_BodyRefused` (a ValueError) as soon as it
+    grows over `_MAX_BODY_BYTES` or once `_BODY_TIMEOUT_S` have passed, the rest unread
+    (Starlette's `request.body()` would keep whatever a client sends, however much and however
+    slowly, before any check could refuse it)."""
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_BODY_BYTES:
-            raise _BodyTooLarge(f"request body too large (at most {_MAX_BODY_BYTES} bytes)")
+    try:
+        async with asyncio.timeout(_BODY_TIMEOUT_S):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > _MAX_BODY_BYTES:
+                    raise _BodyRefused(
+                        f"request body too large (at most {_MAX_BODY_BYTES} bytes)"
+                    )
+    except TimeoutError:
+        raise _BodyRefused(
+            f"request body not sent within {_BODY_TIMEOUT_S:g} s (got {len(body)} bytes)"
+        ) from None
     return bytes(body)
 
 
@@ -305,7 +318,7 @@ class _Gateway:
                 except ClientDisconnect:  # gone while an injected delay held it: no one to answer
                     self._exchange.record(path, None, None)
                     return Response(status_code=400)
-                except _BodyTooLarge as exc:  # the rest is not read: the connection is closed
+                except _BodyRefused as exc:  # the rest is not read: the connection is closed
                     return self._envelope(
                         path, RetCode.PARAMS_ERROR, f"params error: {exc}", None, _CLOSE
                     )

@@ -18,6 +18,7 @@ from typing import Self
 
 import uvicorn
 
+from bot.http_limits import guarded_protocol
 from bot.net import DEFAULT_SIM_PORT, tcp_listener
 from bot.sim.app import create_app
 from bot.sim.exchange import SimExchange
@@ -34,6 +35,17 @@ _GRACEFUL_SHUTDOWN_S = 2
 #: create the outcome is then unknown. 75 s (nginx's default) outlasts common polling
 #: intervals and aiohttp's own 15 s client-side idle limit.
 KEEP_ALIVE_S = 75
+#: The simulator's port gets the bot's own HTTP limits (bot/http_limits.py): without them a
+#: client that opens connections and sends nothing, or trickles its headers, held each one for
+#: good, and headers of any size were buffered. The in-process simulator shares the bot's
+#: descriptors: enough idle connections to it left the bot none, and its webhook reset every
+#: connection ("Too many open files"). Past this many connections the one idle longest makes
+#: room for a new one.
+MAX_CONNECTIONS = 512
+#: A request's head must arrive within this of the connection or of the previous answer:
+#: longer than KEEP_ALIVE_S, so that an idle keep-alive connection is closed silently by
+#: uvicorn first, never answered 408 just as its client sends the next request.
+HEAD_TIMEOUT_S = KEEP_ALIVE_S + 5
 
 
 class SimServer:
@@ -95,6 +107,7 @@ class SimServer:
                 access_log=False,
                 lifespan="off",
                 ws=SimWebSocketProtocol,
+                http=guarded_protocol(MAX_CONNECTIONS, HEAD_TIMEOUT_S),
                 timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
                 timeout_keep_alive=KEEP_ALIVE_S,
             )
@@ -180,6 +193,7 @@ def run_forever(
         access_log=False,
         lifespan="off",
         ws=SimWebSocketProtocol,
+        http=guarded_protocol(MAX_CONNECTIONS, HEAD_TIMEOUT_S),
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
         timeout_keep_alive=KEEP_ALIVE_S,
     )

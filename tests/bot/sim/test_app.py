@@ -21,6 +21,8 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim import app as sim_app
+from bot.sim import server as sim_server
 from bot.sim.config import InstrumentSpec
 from tests.bot.sim.kit import admin, eventually, order_body, settle, signed_post, simulators
 
@@ -881,6 +883,73 @@ def test_a_body_without_end_is_refused_once_too_large_not_read_whole(
             answer += data
 
     assert b"too large" in answer.partition(b"\r\n\r\n")[2], answer
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server has closed `sock` (an answer before the close is fine)."""
+    sock.settimeout(2)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_idle_connections_past_the_limit_cannot_take_the_simulators_descriptors(
+    start_sim: StartSim, connect: Callable[..., HTTP], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The in-process simulator shares the bot's descriptors: connections that send nothing
+    # were held for good, and enough of them left the bot none ("Too many open files").
+    monkeypatch.setattr(sim_server, "MAX_CONNECTIONS", 4)
+    server = start_sim()
+    host, port = server.url.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(12)]
+    try:
+        time.sleep(0.2)
+        assert _market(connect(server))["retCode"] == 0  # a client still trades
+        assert sum(_closed(sock) for sock in idle[:8]) == 8  # the idlest made room
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_headers_over_the_limit_are_refused_431_not_buffered(server: SimServer) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"GET /v5/market/time HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: y\r\n" % i for i in range(2000))
+            + b"\r\n"
+        )
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+
+def test_a_body_slower_than_promised_is_refused_in_time_not_waited_for(
+    server: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Content-Length says 100 and 11 bytes come: the handler waited for the rest for good.
+    monkeypatch.setattr(sim_app, "_BODY_TIMEOUT_S", 0.3)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v5/order/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"category"'
+        )
+        answer = b""
+        while b"not sent within" not in answer and (data := sock.recv(65536)):
+            answer += data
+        assert _closed(sock)
+
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["retCode"] == 10001
+    assert "not sent within 0.3 s" in body["retMsg"]
 
 
 def test_faults_are_validated_and_readable(server: SimServer) -> None:
