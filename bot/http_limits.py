@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+from collections.abc import Callable
 from typing import Any, Final
 
 from loguru import logger
@@ -76,12 +77,20 @@ def raise_descriptor_limit(max_connections: int) -> int:
     return max(1, min(max_connections, room))
 
 
-def guarded_protocol(max_connections: int, head_timeout_s: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with these limits (pass it as `uvicorn.Config(http=...)`)."""
+def guarded_protocol(
+    max_connections: int,
+    head_timeout_s: float,
+    count_refusal: Callable[[], object] = metrics.HTTP_CONNECTIONS_REFUSED.inc,
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with these limits (pass it as `uvicorn.Config(http=...)`);
+    `count_refusal` counts each connection closed for room (by default in the bot's
+    `bot_http_connections_refused_total`: another server of the process, the in-process
+    simulator, counts its own elsewhere)."""
 
     class GuardedProtocol(_Guarded):
         _max_connections = max_connections
         _head_timeout_s = head_timeout_s
+        _count_refusal = staticmethod(count_refusal)
 
     return GuardedProtocol
 
@@ -93,6 +102,7 @@ class _HeadTooLarge(Exception):
 class _Guarded(HttpToolsProtocol):
     _max_connections: int
     _head_timeout_s: float
+    _count_refusal: Callable[[], object]
     _head_timer: asyncio.TimerHandle | None = None
     #: When (the loop's time) the head being awaited was first awaited (None: not awaiting).
     _awaiting_since: float | None = None
@@ -111,7 +121,7 @@ class _Guarded(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self._max_connections and not self._close_the_idlest():
             self._refused = True
-            metrics.HTTP_CONNECTIONS_REFUSED.inc()
+            self._count_refusal()
             transport.abort()  # never counted, never read: its descriptor is freed at once
             return
         super().connection_made(transport)
@@ -216,7 +226,7 @@ class _Guarded(HttpToolsProtocol):
         idlest = min(waiting, key=lambda connection: connection._awaiting_since or 0.0)
         idlest._head_done()
         idlest.transport.close()
-        metrics.HTTP_CONNECTIONS_REFUSED.inc()
+        self._count_refusal()
         return True
 
     def _await_head(self) -> None:

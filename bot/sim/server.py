@@ -48,6 +48,12 @@ MAX_CONNECTIONS = 512
 HEAD_TIMEOUT_S = KEEP_ALIVE_S + 5
 
 
+def _protocol() -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with the limits above; its refusals are not the bot's port's
+    (`bot_http_connections_refused_total` counts the webhook server's only)."""
+    return guarded_protocol(MAX_CONNECTIONS, HEAD_TIMEOUT_S, count_refusal=lambda: None)
+
+
 class SimServer:
     """The simulator on a loopback port, served by uvicorn from a daemon thread.
 
@@ -107,7 +113,7 @@ class SimServer:
                 access_log=False,
                 lifespan="off",
                 ws=SimWebSocketProtocol,
-                http=guarded_protocol(MAX_CONNECTIONS, HEAD_TIMEOUT_S),
+                http=_protocol(),
                 timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
                 timeout_keep_alive=KEEP_ALIVE_S,
             )
@@ -193,7 +199,7 @@ def run_forever(
         access_log=False,
         lifespan="off",
         ws=SimWebSocketProtocol,
-        http=guarded_protocol(MAX_CONNECTIONS, HEAD_TIMEOUT_S),
+        http=_protocol(),
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
         timeout_keep_alive=KEEP_ALIVE_S,
     )

@@ -20,6 +20,7 @@ from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
+from bot.metrics import HTTP_CONNECTIONS_REFUSED
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim import app as sim_app
 from bot.sim import server as sim_server
@@ -906,11 +907,14 @@ def test_idle_connections_past_the_limit_cannot_take_the_simulators_descriptors(
     monkeypatch.setattr(sim_server, "MAX_CONNECTIONS", 4)
     server = start_sim()
     host, port = server.url.removeprefix("http://").split(":")
+    bots_refusals = HTTP_CONNECTIONS_REFUSED._value.get()
     idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(12)]
     try:
         time.sleep(0.2)
         assert _market(connect(server))["retCode"] == 0  # a client still trades
         assert sum(_closed(sock) for sock in idle[:8]) == 8  # the idlest made room
+        # ...and none of it shows as refusals of the bot's own port in its metrics
+        assert HTTP_CONNECTIONS_REFUSED._value.get() == bots_refusals
     finally:
         for sock in idle:
             sock.close()
