@@ -12,11 +12,12 @@ before any authentication can refuse them. `guarded_protocol` adds, per connecti
 - the head must fit in `MAX_HEAD_BYTES` and `MAX_HEAD_FIELDS`: else `431`, closed;
 - an answer given without reading the whole body (the app's 408, 413) closes the connection,
   which would otherwise stay open for a body no one reads;
-- past `max_connections` open connections, the one that has waited longest for a request's
-  head (idle, or sending it slowly) is closed to make room for a new one, or, when every one
-  is busy with a request, the new one is closed at once (either counted in
-  `bot_http_connections_refused_total`): so a flood cannot take the descriptors the bot
-  needs, nor, by holding idle connections, keep a real sender or a liveness probe out;
+- past `max_connections` open HTTP connections (those upgraded to WebSocket are not counted),
+  the one that has waited longest for a request's head (idle, or sending it slowly) is closed
+  to make room for a new one, or, when every one is busy with a request, the new one is
+  closed at once (either counted in `bot_http_connections_refused_total`): so a flood
+  cannot take the descriptors the bot needs, nor, by holding idle connections, keep a real
+  sender or a liveness probe out;
 
 and answers a malformed request with the bot's JSON error body instead of uvicorn's text.
 """
@@ -119,7 +120,7 @@ class _Guarded(HttpToolsProtocol):
     _linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if len(self.connections) >= self._max_connections and not self._close_the_idlest():
+        if self._http_connections() >= self._max_connections and not self._close_the_idlest():
             self._refused = True
             self._count_refusal()
             transport.abort()  # never counted, never read: its descriptor is freed at once
@@ -210,6 +211,12 @@ class _Guarded(HttpToolsProtocol):
             f"the request line and headers exceed {MAX_HEAD_BYTES // 1024} KiB or "
             f"{MAX_HEAD_FIELDS} fields",
         )
+
+    def _http_connections(self) -> int:
+        """The open HTTP connections: not those upgraded to WebSocket (the server's WebSocket
+        protocol, if it has one, bounds its own), which would otherwise fill the room and
+        refuse every new HTTP connection while taking no turn at being closed for room."""
+        return sum(isinstance(connection, _Guarded) for connection in self.connections)
 
     def _close_the_idlest(self) -> bool:
         """Close the open connection that has waited longest for a request's head, if one

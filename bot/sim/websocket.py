@@ -34,6 +34,10 @@ _OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
 _CLOSE_PROTOCOL_ERROR = 1002
 _CLOSE_TOO_BIG = 1009
 _CLOSE_SERVICE_RESTART = 1012
+#: Open WebSocket connections the simulator serves at once; past it a new one is answered
+#: 429 before its handshake. Each holds a descriptor of the process (in `sim` mode, the
+#: bot's); the HTTP connections' own limit (bot/http_limits.py) does not count them.
+MAX_CONNECTIONS = 1000
 _LOGGER = "uvicorn.error"
 
 
@@ -90,6 +94,11 @@ class SimWebSocketProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        open_now = sum(isinstance(c, SimWebSocketProtocol) for c in self._connections)
+        if open_now >= MAX_CONNECTIONS:
+            self._reject(429, b"Too Many Requests")
+            self._closed = True  # what the client sends is not read: no handshake, no frames
+            return
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

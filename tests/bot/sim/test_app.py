@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 import requests
+import websocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pybit.exceptions import FailedRequestError, InvalidRequestError
@@ -24,6 +25,7 @@ from bot.metrics import HTTP_CONNECTIONS_REFUSED
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim import app as sim_app
 from bot.sim import server as sim_server
+from bot.sim import websocket as sim_websocket
 from bot.sim.config import InstrumentSpec
 from tests.bot.sim.kit import admin, eventually, order_body, settle, signed_post, simulators
 
@@ -918,6 +920,38 @@ def test_idle_connections_past_the_limit_cannot_take_the_simulators_descriptors(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_websocket_streams_neither_fill_the_http_connections_room_nor_grow_unbounded(
+    start_sim: StartSim, connect: Callable[..., HTTP], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Counted as HTTP connections and never closed for room, 4 open streams refused every new
+    # REST connection: the bot's own reads and orders failed ("Connection reset by peer").
+    monkeypatch.setattr(sim_server, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(sim_websocket, "MAX_CONNECTIONS", 6)
+    server = start_sim()
+    streams = [
+        websocket.create_connection(server.ws_url + "/v5/public/linear", timeout=5)
+        for _ in range(6)
+    ]
+    try:
+        assert _market(connect(server))["retCode"] == 0
+        with pytest.raises(websocket.WebSocketBadStatusException, match="429"):
+            websocket.create_connection(server.ws_url + "/v5/public/linear", timeout=5)
+        streams.pop().close()  # room again once it is gone
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                streams.append(
+                    websocket.create_connection(server.ws_url + "/v5/public/linear", timeout=5)
+                )
+                break
+            except websocket.WebSocketBadStatusException:
+                assert time.monotonic() < deadline, "a closed stream's room was never freed"
+                time.sleep(0.05)
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def test_headers_over_the_limit_are_refused_431_not_buffered(server: SimServer) -> None:
