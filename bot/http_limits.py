@@ -13,11 +13,12 @@ before any authentication can refuse them. `guarded_protocol` adds, per connecti
 - an answer given without reading the whole body (the app's 408, 413) closes the connection,
   which would otherwise stay open for a body no one reads;
 - past `max_connections` open HTTP connections (those upgraded to WebSocket are not counted),
-  the one that has waited longest for a request's head (idle, or sending it slowly) is closed
-  to make room for a new one, or, when every one is busy with a request, the new one is
-  closed at once (either counted in `bot_http_connections_refused_total`): so a flood
-  cannot take the descriptors the bot needs, nor, by holding idle connections, keep a real
-  sender or a liveness probe out;
+  the one that has waited longest for its client (a request's head: idle, or sending it
+  slowly; or the rest of a body) is closed to make room for a new one, or, when every one is
+  busy with a request it has whole, the new one is closed at once (either counted in
+  `bot_http_connections_refused_total`): so a flood cannot take the descriptors the bot
+  needs, nor, by holding idle connections or unfinished bodies, keep a real sender or a
+  liveness probe out;
 
 and answers a malformed request with the bot's JSON error body instead of uvicorn's text.
 """
@@ -107,6 +108,8 @@ class _Guarded(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     #: When (the loop's time) the head being awaited was first awaited (None: not awaiting).
     _awaiting_since: float | None = None
+    #: When the request whose body is being read began to be awaited (None: no body awaited).
+    _body_since: float | None = None
     #: The head being read: bytes as received, bytes as parsed (line and fields), fields.
     _head_bytes = 0
     _parsed_bytes = 0
@@ -166,8 +169,15 @@ class _Guarded(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        began = self._awaiting_since
         self._head_done()
         super().on_headers_complete()
+        # Until the body is whole the connection waits for its client, as for a head.
+        self._body_since = began if began is not None else self.loop.time()
+
+    def on_message_complete(self) -> None:
+        self._body_since = None
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -218,20 +228,34 @@ class _Guarded(HttpToolsProtocol):
         refuse every new HTTP connection while taking no turn at being closed for room."""
         return sum(isinstance(connection, _Guarded) for connection in self.connections)
 
+    def _waiting_since(self) -> float | None:
+        """Since when this connection has waited for its client: for a request's head, or for
+        the rest of a body no answer was started for (None: not waiting for the client)."""
+        if self._awaiting_since is not None:
+            return self._awaiting_since
+        cycle = self.cycle
+        if self._body_since is not None and cycle is not None and not cycle.response_started:
+            return self._body_since
+        return None
+
     def _close_the_idlest(self) -> bool:
-        """Close the open connection that has waited longest for a request's head, if one
-        does, to make room for a new one (counted as a refusal)."""
+        """Close the open connection that has waited longest for its client (a request's
+        head, or the rest of a body), if one does, to make room for a new one (counted as a
+        refusal). A body counts: else connections that send a head and then hold back its
+        body (until `body_timeout_s`), from a few addresses (each under its rate limit),
+        would keep every new connection out, a real signal's too."""
         waiting = [
-            connection
+            (since, connection)
             for connection in self.connections
             if isinstance(connection, _Guarded)
-            and connection._awaiting_since is not None
             and not connection.transport.is_closing()
+            and (since := connection._waiting_since()) is not None
         ]
         if not waiting:
             return False
-        idlest = min(waiting, key=lambda connection: connection._awaiting_since or 0.0)
+        _, idlest = min(waiting, key=lambda pair: pair[0])
         idlest._head_done()
+        idlest._body_since = None
         idlest.transport.close()
         self._count_refusal()
         return True

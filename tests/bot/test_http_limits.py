@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -181,16 +182,45 @@ def test_past_the_limit_the_connection_idle_longest_makes_room_for_a_new_one(
     assert _refused(bot) == refused + 1
 
 
-def test_past_the_limit_a_new_connection_is_closed_when_every_one_is_busy(
+def test_past_the_limit_the_connection_waiting_longest_for_a_body_makes_room(
     bot: RunningBot,
 ) -> None:
+    # Heads with a promised body held back (a signature of the right shape gets that far) kept
+    # every new connection out until body_timeout_s, and from a few addresses, each under its
+    # rate limit, again and again: a real signal was refused before it could say anything.
     refused = _refused(bot)
-    busy = [_connect(bot) for _ in range(MAX_CONNECTIONS)]
-    for sock in busy:  # each in the middle of a request's body
+    held = [_connect(bot) for _ in range(MAX_CONNECTIONS)]
+    for sock in held:  # each in the middle of a request's body
         sock.sendall(
             b"POST /webhooks/voiceofchain HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{"
         )
+        time.sleep(0.02)  # the first waits longest
     time.sleep(0.1)
+
+    assert requests.get(f"{bot.url}/livez", timeout=5).status_code == 200
+    held[0].settimeout(5)
+    assert held[0].recv(65536) == b""  # closed for room, no answer
+    for sock in held[1:]:  # the others still wait for their bodies
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+        sock.close()
+    assert _refused(bot) == refused + 1
+
+
+def test_past_the_limit_a_new_connection_is_closed_when_every_one_is_busy(
+    bot: RunningBot,
+) -> None:
+    # Busy: a request whole and its answer not yet done (here: answers no one reads, the
+    # server's sending paused), so no connection waits for its client.
+    refused = _refused(bot)
+    busy = [_connect(bot) for _ in range(MAX_CONNECTIONS)]
+    for sock in busy:
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(2000):
+                sock.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.3)
     extra = _connect(bot)
     assert extra.recv(1) == b""  # closed on arrival, nothing read
 
