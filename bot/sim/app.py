@@ -186,11 +186,16 @@ class _BodyRefused(ValueError):
     """A request body not read whole: over `_MAX_BODY_BYTES`, or not sent in time."""
 
 
+class _ClientGone(_BodyRefused):
+    """The client closed the connection before its body was whole: no one to answer."""
+
+
 async def _body(request: Request) -> bytes:
     """The request's body, read as it arrives; `_BodyRefused` (a ValueError) as soon as it
     grows over `_MAX_BODY_BYTES` or once `_BODY_TIMEOUT_S` have passed, the rest unread
     (Starlette's `request.body()` would keep whatever a client sends, however much and however
-    slowly, before any check could refuse it)."""
+    slowly, before any check could refuse it); `_ClientGone` (one too) if the client hangs up
+    first: an admin route's ClientDisconnect was an ERROR traceback in the log."""
     body = bytearray()
     try:
         async with asyncio.timeout(_BODY_TIMEOUT_S):
@@ -204,6 +209,8 @@ async def _body(request: Request) -> bytes:
         raise _BodyRefused(
             f"request body not sent within {_BODY_TIMEOUT_S:g} s (got {len(body)} bytes)"
         ) from None
+    except ClientDisconnect:  # a ValueError like the others: every route answers it, no 500
+        raise _ClientGone(f"the connection closed after {len(body)} bytes of the body") from None
     return bytes(body)
 
 
@@ -315,7 +322,7 @@ class _Gateway:
             if request.method == "POST":
                 try:
                     body = await _body(request)
-                except ClientDisconnect:  # gone while an injected delay held it: no one to answer
+                except _ClientGone:  # gone (while an injected delay held it, say): no one to answer
                     self._exchange.record(path, None, None)
                     return Response(status_code=400)
                 except _BodyRefused as exc:  # the rest is not read: the connection is closed

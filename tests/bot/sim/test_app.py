@@ -869,6 +869,23 @@ def test_a_client_gone_during_an_injected_delay_leaves_no_traceback(
     assert "Traceback" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "path", ["/sim/prices", "/sim/faults", "/sim/accounts", "/sim/streams/drop"]
+)
+def test_an_admin_client_gone_before_its_body_is_whole_leaves_no_traceback(
+    server: SimServer, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode())
+        time.sleep(0.1)  # the route is reading the body
+    time.sleep(0.3)
+
+    assert admin(server, "GET", "/sim/prices").status_code == 200  # still serving
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    assert "Traceback" not in caplog.text
+
+
 @pytest.mark.parametrize("path", ["/v5/order/create", "/sim/prices"])
 def test_a_body_without_end_is_refused_once_too_large_not_read_whole(
     server: SimServer, path: str
