@@ -1366,3 +1366,35 @@ def test_ctrl_c_while_the_command_is_still_loading_exits_130_without_a_traceback
 
     assert stopped.value.code == 130
     assert capsys.readouterr().err == ""
+
+
+def test_risk_status_shows_the_daily_loss_reducing_before_the_next_signal_enters_it() -> None:
+    # After a stop took the day's loss past max_daily_loss_usdt, `bot risk status` said ACTIVE
+    # ("loss today 15.53 / 5") until another signal came: the gate enters (and journals) the
+    # rule's REDUCING only when it judges the next opening intent, which it then rejects.
+    now = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
+    limit = Decimal(5)
+
+    def shown(state: ScopeState | None, loss: str) -> tuple[str, bool] | None:
+        held = cli._state_in_force("follow", state, Decimal(loss), limit, now)
+        return None if held is None else (held.state.value, held.automatic)
+
+    yesterday = now.replace(day=2)
+    resumed_today = ScopeState("follow", TradingState.ACTIVE, "resumed", now.replace(hour=9))
+    lifted_today = ScopeState("follow", TradingState.ACTIVE, "a new UTC day", now, True)
+    halted = ScopeState("follow", TradingState.HALTED, "weekend", yesterday)
+    old_reducing = ScopeState("follow", TradingState.REDUCING, "loss", yesterday, True)
+
+    assert shown(None, "15.53") == ("REDUCING", True)
+    assert shown(None, "4.99") is None
+    assert shown(resumed_today, "15.53") == ("ACTIVE", False)  # a person's resume waives it
+    assert shown(dataclasses.replace(resumed_today, since=yesterday), "15.53") == (
+        "REDUCING",
+        True,
+    )
+    assert shown(lifted_today, "15.53") == ("REDUCING", True)
+    assert shown(halted, "15.53") == ("HALTED", False)  # a halt stays a halt
+    assert shown(old_reducing, "0") is None  # yesterday's rule ends with its day
+    reason = cli._state_in_force("follow", None, Decimal("15.53"), limit, now)
+    assert reason is not None
+    assert reason.reason == "loss today 15.53 USDT reached max_daily_loss_usdt = 5"
