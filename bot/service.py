@@ -309,12 +309,14 @@ class Service:
         for audit in audits:
             log = logger.info if audit.verdict is Verdict.OK else logger.bind(notify="key").warning
             row = audit.row()
+            # `reason` is a field of --log-json's line as well as of the message: the
+            # separator belongs to the message alone.
             log(
                 "key {key} ({env}): {verdict}; permissions {permissions}, IP binding "
-                "{ip_binding}, expires {expiry}{reason}",
+                "{ip_binding}, expires {expiry}" + ("; {reason}" if audit.reason else ""),
                 **{name: value for name, value in row.items() if name != "reason"},
                 env=audit.environment.value,
-                reason=f"; {audit.reason}" if audit.reason else "",
+                reason=audit.reason,
             )
         refused = [audit for audit in audits if not audit.verdict.usable]
         if refused:

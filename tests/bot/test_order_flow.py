@@ -12,9 +12,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+from loguru import logger
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
@@ -210,14 +212,24 @@ def test_a_venue_that_never_answers_the_key_check_refuses_the_start_after_its_wa
 ) -> None:
     exchange = venue_with_key(tmp_path, "never-key", "never-secret")
     exchange.set_faults(SimFaults(http_5xx=1.0))
-    with SimServer(exchange) as server:
-        bot = RunningBot(
-            sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\nstart_wait_s = 1\n')
-        )
-        with pytest.raises(ConfigError) as refused:
-            bot.start()
+    records: list[dict[str, Any]] = []
+    handler = logger.add(lambda message: records.append(message.record), level="WARNING")
+    try:
+        with SimServer(exchange) as server:
+            bot = RunningBot(
+                sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\nstart_wait_s = 1\n')
+            )
+            with pytest.raises(ConfigError) as refused:
+                bot.start()
+    finally:
+        logger.remove(handler)
 
     assert str(refused.value).startswith("refusing to start: key follow_sim is unreachable:")
+    # The audit's line: `reason` (a field of --log-json's line too) is the reason itself, not
+    # the message's "; " before it.
+    [audit_line] = [r for r in records if r["extra"].get("verdict") == "unreachable"]
+    assert audit_line["extra"]["reason"].startswith("could not ask the sim venue")
+    assert audit_line["message"].endswith("; " + audit_line["extra"]["reason"])
     # Asked at once (its reads take a second of backoff), then once more when 1 s is left.
     assert exchange.stats()["requests_by_path"]["/v5/user/query-api"] == 2 * READ_ATTEMPTS
     assert "/v5/order/create" not in exchange.stats()["requests_by_path"]
