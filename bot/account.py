@@ -616,6 +616,7 @@ class AccountKeeper:
         position_updated: Callable[[PositionUpdate], None] = lambda update: None,
         position_closed: Callable[[StrandedBy], None] = lambda closed: None,
         seen_exits: Iterable[WaitingExit] = (),
+        fill_applied: Callable[[Execution, Collection[str]], None] = lambda fill, names: None,
     ) -> None:
         """`seen_fills`: the fills already journaled, oldest first (the dedupe survives a
         restart); `seen_exits`: the exits the journal holds waiting, oldest first (a level
@@ -628,13 +629,16 @@ class AccountKeeper:
         which anyone may change);
         `position_closed(closed)` of each fill that closes (or turns) a strategy's position,
         and of each report or fill after which the key's position in the symbol is closed
-        (`AccountProjection.flat`): see `StrandedBy`."""
+        (`AccountProjection.flat`): see `StrandedBy`; `fill_applied(fill, strategies)` of
+        every fill applied to the books, a venue's stop or take profit (no orderLinkId)
+        too, with the strategies it was allocated to (their PnL moved)."""
         self._journal = journal
         self._projection = projection
         self._order_updated = order_updated
         self._fill_booked = fill_booked
         self._position_updated = position_updated
         self._position_closed = position_closed
+        self._fill_applied = fill_applied
         self._recent_fills = RecentFills(fill_memory)
         self._warned_exits: OrderedDict[str, None] = OrderedDict()
         self._warned_foreign: OrderedDict[str, None] = OrderedDict()
@@ -936,6 +940,7 @@ class AccountKeeper:
             for name in allocation
         }
         self._projection.apply_execution(fill, allocation, of_our_order=ours)
+        self._fill_applied(fill, tuple(allocation))
         # The hook is queued before the write that says it is due: both wait their turn (the
         # hook on its lane, the write on the journal's queue), so its "done" comes after.
         hook = self._fill_booked(fill, strategy) if fill.order_link_id and ours else None
@@ -1264,6 +1269,7 @@ class Account:
         self._fill_listeners: list[FillListener] = []
         self._position_listeners: list[Callable[[PositionUpdate], None]] = []
         self._closed_listeners: list[Callable[[StrandedBy], None]] = []
+        self._applied_listeners: list[Callable[[Execution, Collection[str]], None]] = []
         self.keeper = AccountKeeper(
             journal,
             self.projection,
@@ -1273,6 +1279,7 @@ class Account:
             position_updated=self._position_updated,
             position_closed=self._position_closed,
             seen_exits=journal.waiting_exits(),
+            fill_applied=self._fill_applied,
         )
         self.streams: dict[str, AccountStream] = {}
 
@@ -1290,6 +1297,18 @@ class Account:
             except Exception:  # the fill's journal write comes after: it must not be lost
                 logger.exception("a listener failed on fill {id}", id=fill.exec_id)
         return hook
+
+    def on_fill_applied(self, listener: Callable[[Execution, Collection[str]], None]) -> None:
+        """Call `listener` with every fill applied to the books (any order's: a venue's stop
+        too) and the strategies it was allocated to."""
+        self._applied_listeners.append(listener)
+
+    def _fill_applied(self, fill: Execution, strategies: Collection[str]) -> None:
+        for listener in self._applied_listeners:
+            try:
+                listener(fill, strategies)
+            except Exception:  # the fill's journal write comes after: it must not be lost
+                logger.exception("a listener failed on fill {id}", id=fill.exec_id)
 
     def on_position_update(self, listener: Callable[[PositionUpdate], None]) -> None:
         """Call `listener` with every position the venue reports, as it is applied."""

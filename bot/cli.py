@@ -859,6 +859,7 @@ def risk_status(
     """Each scope's trading state and why, its limits and what it uses of them now:
     exposure (positions and orders in flight, worst case), open orders, orders today, loss
     today (realized plus fees)."""
+    from bot.risk.gate import RiskGate
     from bot.risk.usage import usage
 
     settings = _settings(config)
@@ -870,9 +871,19 @@ def risk_status(
             usage(journal, key_of, utc_now()),
         ),
     )
+    # The gate's own rules say what is in force now: the journal holds a rule's state only
+    # once a running gate entered it (a loss booked while the bot was down, say, it never did).
     now = utc_now()
+    gate = RiskGate(
+        settings.risk,
+        {name: strategy.risk for name, strategy in settings.strategies.items()},
+        clock=lambda: now,
+        pnl_today=lambda strategy: used[strategy or BOT_SCOPE].pnl_today_usdt,
+    )
+    for state in states.values():
+        gate.set_state(state)
     rows = [
-        _risk_row(scope, states.get(scope), used[scope], settings, now)
+        _risk_row(scope, gate.state_now(scope), used[scope], settings)
         for scope in (BOT_SCOPE, *settings.strategies)
     ]
     if as_json:
@@ -885,11 +896,7 @@ def risk_status(
 
 
 def _risk_row(
-    scope: str,
-    state: ScopeState | None,
-    used: ScopeUsage,
-    settings: BotSettings,
-    now: datetime,
+    scope: str, state: ScopeState | None, used: ScopeUsage, settings: BotSettings
 ) -> dict[str, str]:
     """One scope of `bot risk status`: every number as a plain string; the table shows the
     "used / limit" columns, JSON has each number on its own too."""
@@ -897,7 +904,6 @@ def _risk_row(
     limits = settings.risk if bot else settings.risk.tightened(settings.strategies[scope].risk)
     max_exposure = limits.max_total_exposure_usdt if bot else limits.max_strategy_exposure_usdt
     loss_today = max(-used.pnl_today_usdt, Decimal(0))
-    state = _state_in_force(scope, state, loss_today, limits.max_daily_loss_usdt, now)
 
     def of(count: int, limit: int) -> str:
         """Count limits apply to each strategy; the bot's row shows the sum alone."""
@@ -925,23 +931,6 @@ def _risk_row(
         "max_orders_per_day": str(limits.max_orders_per_day),
         "max_leverage": _plain(limits.max_leverage),
     }
-
-
-def _state_in_force(
-    scope: str, state: ScopeState | None, loss_today: Decimal, limit: Decimal, now: datetime
-) -> ScopeState | None:
-    """The state the risk gate holds the scope to, as it judges the next opening intent
-    (`RiskGate._trading_state`): the gate enters (and journals) the daily loss's REDUCING,
-    and lifts yesterday's, only then, so the journal alone said ACTIVE for a scope already
-    over its loss limit until another signal came. A person's resume today waives the rule."""
-    if state is not None and state.automatic and state.since.date() < now.date():
-        state = None  # a rule's state ends with its UTC day
-    if loss_today < limit or (state is not None and state.state is not TradingState.ACTIVE):
-        return state
-    if state is not None and not state.automatic and state.since.date() == now.date():
-        return state  # resumed by a person today: the loss limit is waived until tomorrow
-    reason = f"loss today {loss_today:.2f} USDT reached max_daily_loss_usdt = {limit}"
-    return ScopeState(scope, TradingState.REDUCING, reason, now, automatic=True)
 
 
 #: Python writes no int of more digits (`sys.get_int_max_str_digits`).

@@ -668,6 +668,7 @@ class Service:
         account.on_fill_booked(executor.fill_booked)
         account.on_order_update(gate.ledger.follow)
         account.on_fill_booked(gate.ledger.fill_booked)
+        account.on_fill_applied(gate.fill_applied)  # a loss at its limit: REDUCING at once
         # One public price stream per environment the keys trade in, following the allowed
         # symbols from the start (and any other a signal asks about).
         price_streams = {

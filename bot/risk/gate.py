@@ -48,7 +48,7 @@ never the venue.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import InitVar, dataclass
 from datetime import date, datetime
 from decimal import ROUND_DOWN, Decimal
@@ -56,6 +56,7 @@ from typing import ClassVar, Final
 
 from bot.execution.ids import order_link_id
 from bot.messages import (
+    Execution,
     OrderIntent,
     OrderType,
     RiskDecision,
@@ -230,13 +231,16 @@ class RiskGate:
         """A scope's own state (ACTIVE unless set)."""
         return self._states.get(scope) or ScopeState(scope, TradingState.ACTIVE, "", self._since)
 
+    def state_now(self, scope: str) -> ScopeState | None:
+        """A scope's own state as of now, the rules applied (`_apply_rules`); None if no
+        state was ever entered (ACTIVE): what `bot risk status` shows."""
+        self._apply_rules(None if scope == BOT_SCOPE else scope)
+        return self._states.get(scope)
+
     def _trading_state(self, intent: OrderIntent) -> Rejection:
         if intent.reduce_only:
             return None
-        self._lift_expired(BOT_SCOPE)
-        self._lift_expired(intent.strategy)
-        self._check_daily_loss(intent.strategy)
-        effective = self._effective(intent.strategy)
+        effective = self._current(intent.strategy)
         if effective.state.may_increase:
             return None
         until = "the next UTC day or `bot resume`" if effective.automatic else "`bot resume`"
@@ -247,9 +251,31 @@ class RiskGate:
 
     def block_reason(self, strategy: str) -> str | None:
         """Why `strategy` may not increase exposure right now (its state or the bot's), or
-        None: the executor asks before each send of an opening order."""
-        effective = self._effective(strategy)
+        None: the executor asks before each send of an opening order, so a loss booked after
+        the order's approval (its retry waiting out a rate limit, say) stops it too."""
+        effective = self._current(strategy)
         return None if effective.state.may_increase else self._why(effective)
+
+    def fill_applied(self, fill: Execution, strategies: Collection[str]) -> None:
+        """A fill is in the books (an account listener), allocated to `strategies`: a loss it
+        booked puts them, or the bot, in REDUCING now, announced and journaled, not only
+        when the next signal comes."""
+        for strategy in self._strategies:
+            if strategy in strategies:
+                self._apply_rules(strategy)
+        self._apply_rules(None)
+
+    def _current(self, strategy: str) -> ScopeState:
+        """`strategy`'s effective state as of now (`_apply_rules` first)."""
+        self._apply_rules(strategy)
+        return self._effective(strategy)
+
+    def _apply_rules(self, strategy: str | None) -> None:
+        """The rules' states brought up to now, for `strategy` (if any) and the bot: one of an
+        earlier UTC day lifted, a loss today at its limit entered."""
+        for scope in (BOT_SCOPE,) if strategy is None else (BOT_SCOPE, strategy):
+            self._lift_expired(scope)
+        self._check_daily_loss(strategy)
 
     def _effective(self, strategy: str) -> ScopeState:
         return stricter(self.state_of(BOT_SCOPE), self.state_of(strategy))
@@ -260,16 +286,23 @@ class RiskGate:
         return f"{who} is {state.state.value} ({state.reason})"
 
     def _lift_expired(self, scope: str) -> None:
-        """A state a rule entered ends with its UTC day."""
+        """A state a rule entered ends with its UTC day. The lift is the rule's own
+        (`automatic`), never a person's resume, which would waive today's loss limit."""
         state = self._states.get(scope)
-        if state is not None and state.automatic and state.since.date() < self._clock().date():
-            self._enter(ScopeState(scope, TradingState.ACTIVE, "a new UTC day", self._clock()))
+        if (
+            state is not None
+            and state.automatic
+            and state.state is not TradingState.ACTIVE
+            and state.since.date() < self._clock().date()
+        ):
+            lifted = ScopeState(scope, TradingState.ACTIVE, "a new UTC day", self._clock(), True)
+            self._enter(lifted)
 
-    def _check_daily_loss(self, strategy: str) -> None:
+    def _check_daily_loss(self, strategy: str | None) -> None:
         """Enter REDUCING for a scope whose loss today reached its limit (unless a person
-        resumed it today)."""
+        resumed it today): `strategy`'s (if any) and the bot's."""
         today = self._clock().date()
-        for scope in (strategy, BOT_SCOPE):
+        for scope in (BOT_SCOPE,) if strategy is None else (strategy, BOT_SCOPE):
             if self._loss_waived.get(scope) == today:
                 continue
             limit, pnl = self._daily_loss(scope)

@@ -30,6 +30,8 @@ from bot.config import load_settings
 from bot.journal import Journal, TraceRow
 from bot.messages import Side
 from bot.net import http_url, loopback_off_proxies
+from bot.risk.config import RiskConfig, StrategyRiskConfig
+from bot.risk.gate import RiskGate
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from tests.bot.test_account import fill
 from tests.bot.test_journal import damage
@@ -1369,14 +1371,21 @@ def test_ctrl_c_while_the_command_is_still_loading_exits_130_without_a_traceback
 
 
 def test_risk_status_shows_the_daily_loss_reducing_before_the_next_signal_enters_it() -> None:
-    # After a stop took the day's loss past max_daily_loss_usdt, `bot risk status` said ACTIVE
-    # ("loss today 15.53 / 5") until another signal came: the gate enters (and journals) the
-    # rule's REDUCING only when it judges the next opening intent, which it then rejects.
+    # After a stop took the day's loss past max_daily_loss_usdt while no running gate heard
+    # of it (the bot stopped), `bot risk status` said ACTIVE ("loss today 15.53 / 5"): it
+    # showed the journal's state, not the one the gate's rules put in force.
     now = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
-    limit = Decimal(5)
 
     def shown(state: ScopeState | None, loss: str) -> tuple[str, bool] | None:
-        held = cli._state_in_force("follow", state, Decimal(loss), limit, now)
+        gate = RiskGate(
+            RiskConfig(max_daily_loss_usdt=Decimal(5)),
+            {"follow": StrategyRiskConfig()},
+            clock=lambda: now,
+            pnl_today=lambda strategy: -Decimal(loss) if strategy == "follow" else Decimal(0),
+        )
+        if state is not None:
+            gate.set_state(state)
+        held = gate.state_now("follow")
         return None if held is None else (held.state.value, held.automatic)
 
     yesterday = now.replace(day=2)
@@ -1394,7 +1403,5 @@ def test_risk_status_shows_the_daily_loss_reducing_before_the_next_signal_enters
     )
     assert shown(lifted_today, "15.53") == ("REDUCING", True)
     assert shown(halted, "15.53") == ("HALTED", False)  # a halt stays a halt
-    assert shown(old_reducing, "0") is None  # yesterday's rule ends with its day
-    reason = cli._state_in_force("follow", None, Decimal("15.53"), limit, now)
-    assert reason is not None
-    assert reason.reason == "loss today 15.53 USDT reached max_daily_loss_usdt = 5"
+    assert shown(old_reducing, "0") == ("ACTIVE", True)  # yesterday's rule ends with its day
+    assert shown(old_reducing, "15.53") == ("REDUCING", True)  # and today's loss still counts

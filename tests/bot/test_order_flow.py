@@ -320,6 +320,35 @@ def test_a_stop_loss_the_venue_executes_appears_under_its_order(
         bot.stop()
 
 
+def test_a_stop_that_books_the_days_loss_past_its_limit_enters_reducing_with_no_signal(
+    sim_config: Callable[..., Path],
+) -> None:
+    """The rule's state is journaled (and notified) when the loss is booked, not when the
+    next opening signal happens to come: `bot risk status`, /metrics and the trader's
+    notification say REDUCING while nothing else is sent."""
+    limit = "\n[strategies.follow.risk]\nmax_daily_loss_usdt = 5\n"
+    bot = RunningBot(sim_config(extra=limit)).start()
+    try:
+        assert bot.post(signal("losing", stop_loss=95000)).status_code == 202
+        wait_for(lambda: bot.journal_status("losing") == ["Filled"], what="the entry filled")
+        assert bot.read_journal(lambda journal: journal.trading_states()) == []
+
+        moved = requests.post(
+            f"{bot.service.sim_url}/sim/prices", json={"BTCUSDT": 94000}, timeout=10
+        )
+        assert moved.status_code == 200
+
+        def states() -> list[tuple[str, str, bool]] | None:
+            found = bot.read_journal(lambda journal: journal.trading_states())
+            return [(s.scope, s.state.value, s.automatic) for s in found] or None
+
+        assert wait_for(states, 30, "the REDUCING state in the journal") == [
+            ("follow", "REDUCING", True)
+        ]
+    finally:
+        bot.stop()
+
+
 def test_an_order_filled_before_a_crash_is_found_after_it_not_sent_again(
     sim_config: Callable[..., Path],
 ) -> None:

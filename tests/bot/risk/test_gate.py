@@ -20,7 +20,7 @@ from bot.risk.counts import OrderCounts, counting_since
 from bot.risk.exposure import ExposureLedger
 from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
-from tests.factories import make_intent
+from tests.factories import make_execution, make_intent
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 _ids = itertools.count()
@@ -358,6 +358,72 @@ def test_a_daily_loss_puts_the_strategy_in_reducing_until_the_next_utc_day() -> 
     day[0] = NOW + timedelta(days=1)
     losses.clear()  # a new day's books start at zero
     assert decide(gate, intent(age_s=-86399)).approved  # a signal of the new day
+
+
+def test_a_loss_booked_by_a_fill_enters_reducing_then_and_stops_an_approved_order() -> None:
+    """Not only at the next signal: the state is announced when the loss is booked (status,
+    metrics, notification), and an opening order approved before it is not sent after."""
+    losses: dict[str | None, Decimal] = {}
+    entered: list[ScopeState] = []
+    gate = RiskGate(
+        CONFIG.model_copy(update={"max_daily_loss_usdt": Decimal(1000)}),
+        {"follow": StrategyRiskConfig(max_daily_loss_usdt=Decimal(100))},
+        clock=lambda: NOW,
+        pnl_today=lambda strategy: losses.get(strategy, Decimal(0)),
+        state_entered=entered.append,
+    )
+    assert decide(gate, intent()).approved
+    assert gate.block_reason("follow") is None
+
+    losses.update({"follow": Decimal(-40), None: Decimal(-40)})
+    gate.fill_applied(make_execution(), ("follow",))
+    assert entered == []  # under the limit
+
+    losses.update({"follow": Decimal(-120), None: Decimal(-120)})
+    gate.fill_applied(make_execution(), ("follow",))
+
+    assert [(s.scope, s.state, s.automatic) for s in entered] == [
+        ("follow", TradingState.REDUCING, True)
+    ]
+    assert "loss today 120.00 USDT" in (gate.block_reason("follow") or "")
+    gate.fill_applied(make_execution(), ("follow",))
+    assert len(entered) == 1  # entered once
+
+
+def test_an_approved_orders_send_is_blocked_by_a_loss_booked_since() -> None:
+    """The executor's check before each send applies the daily loss itself, with no fill
+    heard in between (a listener that was not told, a booking from the journal)."""
+    losses: dict[str | None, Decimal] = {}
+    gate = RiskGate(
+        CONFIG.model_copy(update={"max_daily_loss_usdt": Decimal(100)}),
+        clock=lambda: NOW,
+        pnl_today=lambda strategy: losses.get(strategy, Decimal(0)),
+    )
+    assert decide(gate, intent()).approved
+    losses[None] = Decimal(-150)
+
+    assert "the bot is REDUCING (loss today 150.00 USDT" in (gate.block_reason("follow") or "")
+
+
+def test_yesterdays_reducing_lifted_late_in_a_losing_day_does_not_waive_todays_limit() -> None:
+    """The lift at a new UTC day is a rule's, not a person's resume: were it taken for one,
+    a day whose first opening signal came after its losses passed the limit (its closes are
+    reduce-only, judged without the state) would open positions past the limit all day."""
+    clock = [NOW]
+    losses: dict[str | None, Decimal] = {}
+    gate = RiskGate(
+        CONFIG.model_copy(update={"max_daily_loss_usdt": Decimal(100)}),
+        clock=lambda: clock[0],
+        pnl_today=lambda strategy: losses.get(strategy, Decimal(0)),
+    )
+    gate.set_state(ScopeState(BOT_SCOPE, TradingState.REDUCING, "loss", NOW, automatic=True))
+    clock[0] = NOW + timedelta(days=1)
+    losses[None] = Decimal(-150)  # today's closes lost past the limit before any opening signal
+
+    verdict = decide(gate, intent(age_s=-86399))
+
+    assert verdict.rule == "REDUCING"
+    assert "loss today 150.00 USDT" in verdict.reason
 
 
 def test_open_orders_and_order_rates_limit_opening_orders_only() -> None:
