@@ -85,6 +85,8 @@ if TYPE_CHECKING:
 __all__ = ["app", "main"]
 
 SEND_TIMEOUT_S: Final = 10.0
+#: How long `bot signal send` waits for the bot's /healthz to name its environment.
+_HEALTH_TIMEOUT_S: Final = 3.0
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: A halt that cancels and flattens waits for the venue: orders in flight, then fills.
 ADMIN_ACTION_TIMEOUT_S: Final = 120.0
@@ -375,6 +377,13 @@ def signal_send(
         )[0]
     except MissingSecretError as exc:
         _fail(str(exc))
+    other = _other_environment(target, settings.environment.value)
+    if other is not None:
+        _fail(
+            f"the bot at {target} runs the {other} environment, and this configuration is "
+            f"{settings.environment.value}'s: not sent. Give --config of the {other} bot, or "
+            f"--url of the {settings.environment.value} one"
+        )
     try:
         status, answer = _post_signed(target, body, secret)
     except AnswerLost as exc:
@@ -556,17 +565,42 @@ def _post_signed(
             SIGNATURE_HEADER: sign(secret.get_secret_value(), body, int(time.time())),
         },
     )
-    outcome: list[tuple[int, str] | BaseException] = []
+    answer = _exchange_within(request, timeout_s)
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+def _exchange_within(
+    request: urllib.request.Request, timeout_s: float
+) -> tuple[int, str] | OSError:
+    """`_exchange`, or TimeoutError if no whole answer came within `timeout_s` (a server
+    that answers a byte at a time would hold urllib's per-read timeout for good)."""
+    outcome: list[tuple[int, str] | OSError] = []
     exchange = threading.Thread(
         target=lambda: outcome.append(_exchange(request, timeout_s)), daemon=True
     )
     exchange.start()
     exchange.join(timeout_s)
-    if not outcome:
-        raise TimeoutError(f"no whole answer within {timeout_s:g} s")
-    if isinstance(outcome[0], BaseException):
-        raise outcome[0]
-    return outcome[0]
+    return outcome[0] if outcome else TimeoutError(f"no whole answer within {timeout_s:g} s")
+
+
+def _other_environment(target: str, environment: str) -> str | None:
+    """The environment of the bot serving `target` when its /healthz names one other than
+    `environment` (a signal of a testnet configuration would trade on a sim or mainnet bot
+    listening on the same port: signals carry no environment), else None. One that does
+    not answer is not judged here: the send says what is wrong."""
+    parts = urllib.parse.urlsplit(target)
+    health = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/healthz", "", ""))
+    request = urllib.request.Request(health, method="GET")  # noqa: S310 - the user's bot
+    answer = _exchange_within(request, _HEALTH_TIMEOUT_S)
+    if isinstance(answer, BaseException):
+        return None
+    try:
+        found = json.loads(answer[1]).get("environment")
+    except (ValueError, AttributeError):
+        return None  # not the bot's /healthz (a proxy's page, say)
+    return found if isinstance(found, str) and found != environment else None
 
 
 def _exchange(request: urllib.request.Request, timeout_s: float) -> tuple[int, str] | OSError:

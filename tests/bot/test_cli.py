@@ -124,6 +124,25 @@ def test_duplicate_send_answers_200(running: tuple[Path, int, subprocess.Popen[s
     assert second.stdout.startswith("200 ")
 
 
+def test_a_signal_of_another_environments_configuration_is_not_sent_to_this_bot(
+    running: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
+    """Signals carry no environment: a testnet configuration's send, on the port a sim (or
+    mainnet) bot listens on with the same webhook secret, would trade there."""
+    config, port, _ = running
+    secret = (config.parent / "var" / "secrets" / "bot_webhook_secret_voiceofchain").read_text()
+    testnet = Path(__file__).parents[2] / "config" / "testnet.toml"
+    env = {"BOT_HTTP__PORT": str(port), "BOT_WEBHOOK_SECRET_VOICEOFCHAIN": secret.strip()}
+
+    sent = bot("signal", "send", "--config", str(testnet), *BUY_BTC, cwd=config.parent, env=env)
+
+    assert sent.returncode == 2, sent.stdout
+    assert f"the bot at http://127.0.0.1:{port}/webhooks/voiceofchain runs the sim " in sent.stderr
+    assert "configuration is testnet's: not sent" in sent.stderr
+    listed = bot("orders", "--json", "--config", str(config), cwd=config.parent)
+    assert listed.stdout.strip() == ""  # nothing reached the sim bot
+
+
 def test_send_without_a_running_bot_says_so(sim_config: Callable[..., Path]) -> None:
     config = sim_config(port=free_port())
 
