@@ -876,6 +876,14 @@ class Service:
         key_of = {name: slot.key_name for name, slot in strategies.items()}
         ledger = restored_ledger(journal, account.projection, key_of, journal.unfinished_orders())
         overrides = {name: config.risk for name, config in self.settings.strategies.items()}
+        for name, override in overrides.items():
+            for overruled in self.settings.risk.loosened_in_vain(override):
+                logger.warning(
+                    "strategies.{name}.risk.{overruled}: a strategy's limits can only tighten "
+                    "[risk]'s; raise [risk] too to loosen it",
+                    name=name,
+                    overruled=overruled,
+                )
         gate = RiskGate(
             self.settings.risk,
             overrides,

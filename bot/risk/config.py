@@ -125,6 +125,24 @@ class RiskConfig(BaseModel):
                 update[name] = min(current, value)
         return self.model_copy(update=update)
 
+    def loosened_in_vain(self, override: StrategyRiskConfig) -> list[str]:
+        """Each of a strategy's values the global one overrules (a strategy's limits only
+        tighten), said as `name = value (the global's)`: a value meant to loosen, which
+        would otherwise go silently unapplied."""
+        tightened = self.tightened(override)
+        found = []
+        for name, value in override.model_dump(exclude_none=True).items():
+            if name == "denied_symbols":
+                continue  # both lists deny: never overruled
+            applied = getattr(tightened, name)
+            if isinstance(applied, tuple):
+                dropped = [item for item in value if item not in applied]
+                if dropped:
+                    found.append(f"{name} {', '.join(map(str, dropped))} (not in the global's)")
+            elif applied != value:
+                found.append(f"{name} = {value} (the global's {applied} applies)")
+        return found
+
 
 class StrategyRiskConfig(BaseModel):
     """`[strategies.<name>.risk]`: a strategy's own, stricter limits (unset: the global)."""

@@ -555,6 +555,26 @@ def test_strategy_overrides_tighten_lists_and_cooldowns_too() -> None:
     assert tight.cooldown_after_loss_s == 60  # the longer cooldown is the stricter one
 
 
+def test_a_strategy_value_the_global_overrules_is_named() -> None:
+    """A looser value goes unapplied: said at start, not silently clamped."""
+    base = CONFIG.model_copy(
+        update={"symbols": ("BTCUSDT", "ETHUSDT"), "max_order_notional_usdt": Decimal(1000)}
+    )
+    override = StrategyRiskConfig(
+        symbols=("BTCUSDT", "DOGEUSDT"),
+        denied_symbols=("ETHUSDT",),
+        max_order_notional_usdt=Decimal(5000),
+        max_open_orders=1,
+        require_stop_loss=True,
+    )
+
+    assert base.loosened_in_vain(override) == [
+        "symbols DOGEUSDT (not in the global's)",
+        "max_order_notional_usdt = 5000 (the global's 1000 applies)",
+    ]
+    assert base.loosened_in_vain(StrategyRiskConfig(max_open_orders=1)) == []
+
+
 def test_only_the_gate_makes_an_approved_order() -> None:
     approval = decide(new_gate(), intent())
     assert isinstance(approval, ApprovedOrder)
