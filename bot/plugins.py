@@ -105,8 +105,9 @@ def _search(folder: Path) -> None:
 def _strategy_class(name: str, plugin: str, where: str) -> type[Strategy]:
     field = f"strategies.{name}.plugin{where}"
     module_name, colon, class_name = plugin.partition(":")
-    if colon:
-        return _named_class(field, _import(field, [module_name]), class_name)
+    bundled = [] if "." in module_name else [f"strategies.{module_name}"]
+    if colon:  # the module as named first (a user's own `follow`), then a bundled one
+        return _named_class(field, _import(field, [module_name, *bundled]), class_name)
     entry = _entry_point(plugin)
     if entry is not None:
         try:
@@ -120,8 +121,7 @@ def _strategy_class(name: str, plugin: str, where: str) -> type[Strategy]:
         if isinstance(loaded, ModuleType):
             return _only_class(field, loaded)
         raise ConfigError(f"{field}: entry point {plugin} is neither a class nor a module")
-    candidates = [module_name] if "." in module_name else [f"strategies.{module_name}", module_name]
-    return _only_class(field, _import(field, candidates))
+    return _only_class(field, _import(field, [*bundled, module_name]))
 
 
 def _entry_point(name: str) -> EntryPoint | None:

@@ -90,6 +90,14 @@ def test_module_colon_class_from_a_module_next_to_the_configuration_file(
     assert strategy.params.size == Decimal("0.5")  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("plugin", ["follow:Follow", "strategies.follow:Follow"])
+def test_a_bundled_strategy_named_as_module_colon_class_loads(
+    plugins: Plugins, plugin: str
+) -> None:
+    # "follow" loads the bundled example; "follow:Follow" said "no module follow".
+    assert type(plugins.load(plugin)) is Follow
+
+
 @pytest.mark.parametrize(
     ("plugin", "cls"),
     [("follow", Follow), ("ladder", TakeProfitLadder), ("selective", Selective)],
@@ -238,7 +246,7 @@ def test_a_rule_across_params_names_the_params(plugins: Plugins) -> None:
 
 def test_an_unknown_module(plugins: Plugins) -> None:
     assert "no module strategies.no_such_x or no_such_x" in plugins.refused("no_such_x")
-    assert "no module no_such_x;" in plugins.refused("no_such_x:Thing")
+    assert "no module no_such_x or strategies.no_such_x;" in plugins.refused("no_such_x:Thing")
 
 
 def test_a_module_named_in_any_language_loads(plugins: Plugins) -> None:
