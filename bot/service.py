@@ -253,6 +253,13 @@ class Service:
                 for task in background:
                     task.cancel()
                 return
+            # What start-up built lives as long as the bot: keep it out of every collection.
+            # Now, before any strategy code runs: the full collection holds the interpreter
+            # lock for tens of milliseconds (more on a busy host), and a strategy call in
+            # flight then (a signal a crash left, queued again; a message the broker
+            # redelivers) overran its time budget and was journaled failed, never traded.
+            gc.collect()
+            gc.freeze()
             await stages.pipeline.start_strategies()
             # The lanes start after every strategy's on_start: what start-up queued (signals
             # left unfinished, fill hooks due, fills the gap-fill booked) waits for them.
@@ -275,9 +282,6 @@ class Service:
                     env=self.settings.environment,
                     url=http_url(self.settings.http.host, self.http_port),
                 )
-                # What start-up built lives as long as the bot: keep it out of every collection.
-                gc.collect()
-                gc.freeze()
                 if ready is not None:
                     ready(self)
             await serving

@@ -4,6 +4,7 @@ restart must be what the venue holds."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from bot.journal import Journal
+from bot.messages import Signal, utc_now
 from tests.bot.test_cli import send
 from tests.conftest import (
     StartBot,
@@ -218,3 +221,99 @@ def test_an_order_resting_for_a_lost_journal_is_warned_of_at_the_start(
     # out"): one's live order is no orphan to cancel, and the warning must leave room for it.
     assert "another bot instance trading this key" in warning, warning
     assert "unless another instance placed it, cancel it" in warning, warning
+
+
+#: A strategy that thinks a few milliseconds over each signal (a tenth of its time budget)
+#: and declines it: its lane calls it back to back for as long as a backlog lasts. It holds
+#: what a strategy may hold (a model, a history): objects for a full collection to go through.
+#: The interpreter's switch interval is made short so that, once a pause ends, the event loop
+#: gets the lock back at once and a call held up by the pause overruns every time (with the
+#: default 5 ms the thread often ends its call first, and the overrun is a matter of luck).
+THINKER = """
+import sys
+import time
+
+from strategies.base import Strategy
+
+sys.setswitchinterval(0.0005)
+HISTORY = [[] for _ in range(1_000_000)]
+
+
+class Thinker(Strategy):
+    def on_signal(self, signal, context):
+        done = time.thread_time() + 0.006
+        while time.thread_time() < done:
+            pass
+        return self.decline("considered")
+"""
+
+THINKERS = ("thinker_a", "thinker_b")
+
+THINKER_CONFIG = "".join(
+    f"""
+[keys.{name}_sim]
+environment = "sim"
+
+[strategies.{name}]
+plugin = "thinker:Thinker"
+key = "{name}_sim"
+max_failures = 1000
+"""
+    for name in THINKERS
+)
+
+
+def _leave_undecided(config: Path, ids: range) -> None:
+    """What a crash leaves: signals journaled (and answered 202), never decided."""
+    journal = Journal(config.parent / "var" / "journal.sqlite3")
+    try:
+        for index in ids:
+            journal.record_signal(
+                Signal(
+                    source="voiceofchain",
+                    id=f"left-{index}",
+                    symbol="BTCUSDT",
+                    side="buy",
+                    strategy=THINKERS[index % len(THINKERS)],
+                    ts=utc_now(),
+                )
+            )
+    finally:
+        journal.close()
+
+
+def _all_decided(config: Path) -> list[dict[str, object]] | None:
+    listed = subprocess.run(
+        [sys.executable, "-m", "bot", "orders", "--json", "--limit", "1000", "--config", config],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    return rows if all(row["decision"] != "pending" for row in rows) else None
+
+
+def test_signals_a_crash_left_are_not_failed_by_the_start_up_s_own_pauses(
+    sim_config: Callable[..., Path], start_bot: StartBot
+) -> None:
+    """A kill -9 leaves accepted (202) signals undecided; the next start queues them again,
+    and its lanes call the strategies while the service finishes starting. Start-up's own
+    work must not eat their time budget: its full garbage collection, once the server was
+    up, held the interpreter lock for tens of milliseconds (more on a busy host, or with a
+    strategy holding much) in the middle of a call, which then overran, and its signal was
+    journaled `failed` and never traded (`max_failures` in a row halt the strategy)."""
+    port = free_port()
+    config = sim_config(port=port, extra=THINKER_CONFIG)
+    (config.parent / "thinker.py").write_text(THINKER)
+    bot = start_bot(config, port)  # makes the journal
+    for crash in range(4):
+        bot.kill()
+        bot.wait(10)
+        _leave_undecided(config, range(crash * 100, (crash + 1) * 100))
+        bot = start_bot(config, port)
+        rows = wait_for(lambda: _all_decided(config), 60, "every signal the crash left decided")
+        assert len(rows) == (crash + 1) * 100
+        failed = [(r["signal_id"], r["reason"]) for r in rows if r["decision"] != "declined"]
+        assert failed == []
