@@ -258,7 +258,8 @@ class StrategyConfig(_Section):
         50,
         gt=0,
         le=60_000,
-        description="longest a call of the strategy's code may take; past it the call fails",
+        description="CPU time a call of the strategy's code may spend (one that waits instead: "
+        "twice this plus 1 s of wall time); past it the call fails",
     )
     max_failures: int = Field(
         3, ge=1, description="failed calls in a row (raised or overran) that halt the strategy"

@@ -4,6 +4,14 @@ A strategy is someone else's code. Each one gets its own worker thread, so a slo
 delays a webhook answer or another strategy, and a time budget: a call that overruns is
 abandoned (its result, whenever it comes, is dropped) and counts as a failure, as does one
 that raises (anything: a plug-in's `sys.exit()` fails its call, it does not stop the bot).
+
+The budget is the CPU time the call's thread spends on it: what the strategy's own code
+costs. A pause of the whole process (a full garbage collection, another thread holding the
+interpreter lock, a host that stops the machine for half a second) takes wall time from every
+call in flight without being the strategy's doing, and a trivial call failed by one would
+lose its signal. A call that waits instead of computing (a sleep, a network read, a lock) is
+given its budget twice over plus `WAIT_ALLOWANCE_S` of wall time, then overruns too. Where the
+platform has no per-thread CPU clock, the budget is wall time.
 The traceback goes to the log; the caller journals the failure. After
 `max_failures` failures in a row the strategy is reported failing, so the caller can halt
 it, and the count starts again; one good call resets it too.
@@ -20,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -28,9 +37,14 @@ from typing import Any, TypeVar
 from bot.logs import logger
 from bot.messages import one_line
 
-__all__ = ["Failed", "StrategyRunner"]
+__all__ = ["WAIT_ALLOWANCE_S", "Failed", "StrategyRunner"]
 
 T = TypeVar("T")
+
+#: Wall time a call may take past twice its budget, waiting rather than computing.
+WAIT_ALLOWANCE_S = 1.0
+#: The shortest wait between two looks at a call's CPU time.
+_LOOK_AGAIN_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,19 @@ class _DaemonWorker:
             queue.SimpleQueue()
         )
         self._closed = False
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        #: The thread's CPU time when the running call began (None: no call running).
+        self._call_began: float | None = None
+        thread = threading.Thread(target=self._run, name=name, daemon=True)
+        thread.start()  # returns once the thread runs: its ident is known
+        self._cpu_clock = _cpu_clock_of(thread)
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds the running call has spent so far (0 before it began); None where
+        the platform has no per-thread CPU clock."""
+        if self._cpu_clock is None:
+            return None
+        began = self._call_began
+        return 0.0 if began is None else max(0.0, time.clock_gettime(self._cpu_clock) - began)
 
     def submit(self, call: Callable[[], T]) -> Future[T]:
         """`call()` on the thread, after those submitted before it; cancelled once closed."""
@@ -73,12 +99,15 @@ class _DaemonWorker:
             future, call = item
             if not future.set_running_or_notify_cancel():
                 continue
+            self._call_began = time.thread_time()
             try:
                 result = call()
             except BaseException as exc:  # the plug-in's SystemExit included
                 future.set_exception(exc)
             else:
                 future.set_result(result)
+            finally:
+                self._call_began = None
         while True:  # closed: what is still queued never runs
             try:
                 left = self._calls.get_nowait()
@@ -86,6 +115,14 @@ class _DaemonWorker:
                 return
             if left is not None:
                 left[0].cancel()
+
+
+def _cpu_clock_of(thread: threading.Thread) -> int | None:
+    """The CPU-time clock of `thread`, readable from any thread; None where there is none."""
+    try:
+        return time.pthread_getcpuclockid(thread.ident or 0)
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 @dataclass
@@ -145,16 +182,16 @@ class StrategyRunner:
         lane.running = future
         outcome = asyncio.wrap_future(future)
         try:
-            # `wait` never raises what the call raised: a TimeoutError of the plug-in's own is
-            # not an overrun, and its SystemExit or KeyboardInterrupt must not reach the loop.
-            done, _ = await asyncio.wait({outcome}, timeout=budget_s)
+            overrun = await self._overran(lane, outcome, budget_s)
         except asyncio.CancelledError:
             outcome.cancel()  # the caller is going away: drop the result, whenever it comes
             raise
-        if not done:
+        if overrun is not None:
             outcome.cancel()  # the thread runs on; its result, whenever it comes, is dropped
             budget_ms = round(budget_s * 1000)
-            return self._failed(strategy, lane, f"{what} overran its time budget of {budget_ms} ms")
+            return self._failed(
+                strategy, lane, f"{what} overran its time budget of {budget_ms} ms{overrun}"
+            )
         if outcome.cancelled():  # the runner was closed before the call could start
             return self._failed(strategy, lane, f"{what} not called: the runner is closed")
         error = outcome.exception()
@@ -165,6 +202,28 @@ class StrategyRunner:
             return self._failed(strategy, lane, f"{what} raised {_said(error)}")
         lane.failures = 0
         return outcome.result()
+
+    @staticmethod
+    async def _overran(lane: _Lane, outcome: asyncio.Future[Any], budget_s: float) -> str | None:
+        """Wait for the call; None once it is done within its budget, else how it overran:
+        "" past its CPU budget (or its wall-time budget, without a CPU clock), or the wall
+        time it waited past its allowance. `wait` never raises what the call raised: a
+        TimeoutError of the plug-in's own is not an overrun, and its SystemExit or
+        KeyboardInterrupt must not reach the loop."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 2 * budget_s + WAIT_ALLOWANCE_S
+        wait_s = budget_s
+        while True:
+            done, _ = await asyncio.wait({outcome}, timeout=wait_s)
+            if done:
+                return None
+            spent = lane.pool.cpu_s()
+            if spent is None or spent >= budget_s:
+                return ""
+            left = give_up - loop.time()
+            if left <= 0:
+                return f" (still waiting after {2 * budget_s + WAIT_ALLOWANCE_S:g} s)"
+            wait_s = min(max(budget_s - spent, _LOOK_AGAIN_S), left)
 
     @staticmethod
     def _failed(strategy: str, lane: _Lane, reason: str) -> Failed:

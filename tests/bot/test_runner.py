@@ -120,8 +120,52 @@ def test_a_call_past_its_budget_fails_and_its_late_result_is_dropped() -> None:
 
     overrun, after = run(work, budget_s=0.05)
 
-    assert overrun == Failed("on_signal overran its time budget of 50 ms")
+    # Waiting, not computing: given its budget twice and WAIT_ALLOWANCE_S (1 s) of wall time.
+    assert overrun == Failed(
+        "on_signal overran its time budget of 50 ms (still waiting after 1.1 s)"
+    )
     assert after == "next"
+
+
+def computing(stop: threading.Event, for_s: float = 5.0) -> Callable[[], str]:
+    """A call that computes (CPU on its own thread) until `stop` is set, for at most `for_s`."""
+
+    def work() -> str:
+        until = time.monotonic() + for_s
+        while not stop.is_set() and time.monotonic() < until:
+            pass
+        return "computed"
+
+    return work
+
+
+def test_a_call_computing_past_its_budget_overruns_on_its_cpu_time() -> None:
+    stop = threading.Event()
+
+    async def work(runner: StrategyRunner) -> object:
+        try:
+            return await runner.call("alpha", "on_signal", computing(stop))
+        finally:
+            stop.set()
+
+    assert run(work, budget_s=0.05) == Failed("on_signal overran its time budget of 50 ms")
+
+
+def test_a_call_that_waits_past_its_budget_but_not_its_allowance_is_not_an_overrun() -> None:
+    """The budget is the strategy's own CPU time: a call that took 300 ms of wall time while
+    its thread computed for a fraction of a millisecond (the whole process paused by a full
+    garbage collection, another thread holding the interpreter lock, a host that stopped the
+    machine; or a short wait of its own) is not the strategy's overrun, and its signal must
+    not be lost to it."""
+
+    def held_up() -> str:
+        time.sleep(0.3)
+        return "done"
+
+    async def work(runner: StrategyRunner) -> object:
+        return await runner.call("alpha", "on_signal", held_up)
+
+    assert run(work, budget_s=0.05) == "done"
 
 
 def _wait_idle(runner: StrategyRunner, strategy: str) -> None:

@@ -88,9 +88,16 @@ class Exploding(Strategy):
         raise ZeroDivisionError("plug-in bug")
 
 
+def compute_for(seconds: float) -> None:
+    """Burn CPU on the calling thread (a strategy's own work, which its budget counts)."""
+    until = time.thread_time() + seconds
+    while time.thread_time() < until:
+        pass
+
+
 class Slow(Strategy):
     def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
-        time.sleep(0.3)
+        compute_for(0.3)
         return self.decline("too late to matter")
 
 
@@ -100,7 +107,7 @@ class Trojan(OrderIntent):
     def __iter__(self) -> Any:
         if self.signal_id.startswith("exit"):
             raise SystemExit("the plug-in's exit")
-        time.sleep(0.3)
+        compute_for(0.3)
         return super().__iter__()
 
 
@@ -361,8 +368,9 @@ def test_a_raising_or_overrunning_strategy_is_journaled_failed_and_the_others_tr
 def test_reading_what_a_strategy_returned_runs_on_its_thread_within_its_budget(
     build: Build,
 ) -> None:
-    """An intent's own `__iter__` that sleeps is an overrun (it held up the event loop and
-    every webhook answer), and one that calls sys.exit() fails the call (it stopped the bot)."""
+    """An intent's own `__iter__` that computes past the budget is an overrun (it held up the
+    event loop and every webhook answer), and one that calls sys.exit() fails the call (it
+    stopped the bot)."""
     stages = build(
         {
             "trojan": (ReturnsATrojan("trojan", StrategyParams()), "k2", "voc"),
