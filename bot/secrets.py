@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import stat
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +46,6 @@ DEFAULT_SECRETS_DIR: Final = Path("/run/secrets")
 #: Far beyond any secret (an RSA private key in PEM is about 2 KiB); a larger file, or
 #: /dev/zero, is refused before it fills the memory.
 _MAX_SECRET_BYTES: Final = 64 * 1024
-#: How often, and how far apart, a generated secret another process is writing is read.
-_RACE_TRIES: Final = 5
-_RACE_WAIT_S: Final = 0.01
 #: What to do when the folder of generated secrets (in the state directory) is not one.
 _STATE_DIR_HINT: Final = "is the state directory right?"
 #: Signs the kill switch's halt and resume commands (the /admin routes, the MQTT control topic).
@@ -294,7 +290,7 @@ class SecretResolver:
     def _generated(self, name: str) -> str:
         assert self._generated_dir is not None
         path = self._generated_dir / name.lower()
-        existing = self._read_generated(path)
+        existing = self._read(path, _STATE_DIR_HINT)  # whole, if there: see _publish_whole
         if existing:
             return existing
         try:
@@ -305,27 +301,51 @@ class SecretResolver:
                 f"{exc.strerror} (is the state directory right?)"
             ) from None
         value = secrets.token_hex(24)
-        # O_EXCL: if two processes race to create it, the loser reads the winner's value.
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return self._read_generated(path)
+            if _publish_whole(path, value + "\n"):
+                return value
         except OSError as exc:
             raise UnusableSecretError(
                 f"cannot write the generated secret file {path}: {exc.strerror}"
             ) from None
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(value + "\n")
-        return value
+        return self._read(path, _STATE_DIR_HINT)  # another process made it first: theirs
 
-    def _read_generated(self, path: Path) -> str:
-        """A generated secret ("" if none yet). Another process may have just created the file
-        and not yet written it: an empty one is read a few times before it is refused."""
-        for _ in range(_RACE_TRIES - 1):
-            with contextlib.suppress(UnusableSecretError):
-                return self._read(path, _STATE_DIR_HINT)
-            time.sleep(_RACE_WAIT_S)
-        return self._read(path, _STATE_DIR_HINT)
+
+def _publish_whole(path: Path, text: str) -> bool:
+    """Create `path` holding `text` (mode 0600), whole or not at all: written and synced
+    under another name, then linked into place; False if `path` exists already (another
+    process made it first). A kill, or power lost, in between leaves no empty file that
+    every later start would refuse."""
+    spare = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        _write_synced(spare, text)
+        try:
+            os.link(spare, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: created, then written, at once
+            try:
+                _write_synced(path, text)
+            except FileExistsError:
+                return False
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the new name survives a power cut too
+        finally:
+            os.close(folder)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(spare)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    """A new file `path` (mode 0600; FileExistsError if there is one) holding `text`, synced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _warn_if_open_to_everyone(path: Path) -> None:

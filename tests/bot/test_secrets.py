@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,60 @@ def test_sim_generates_once_with_mode_0600(tmp_path: Path) -> None:
     assert first == second
     assert len(first) >= 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_processes_racing_to_generate_a_secret_all_get_the_one_that_won(tmp_path: Path) -> None:
+    generated = tmp_path / "secrets"
+    values: list[str] = []
+
+    def generate() -> None:
+        resolver = SecretResolver(tmp_path / "none", generated_dir=generated, environ={})
+        values.append(resolver.get("BOT_ADMIN_SECRET").get_secret_value())
+
+    racers = [threading.Thread(target=generate) for _ in range(8)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(10)
+
+    assert len(values) == 8 and len(set(values)) == 1
+    assert [path.name for path in generated.iterdir()] == ["bot_admin_secret"]  # no spare left
+
+
+def test_a_generated_secret_that_could_not_be_written_whole_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Created first and written after, a kill (or a full disk) in between left an empty file,
+    which every later start refused ("is empty: write the secret into it, or delete it")."""
+    generated = tmp_path / "secrets"
+    resolver = SecretResolver(tmp_path / "none", generated_dir=generated, environ={})
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", disk_full)
+        with pytest.raises(UnusableSecretError, match="No space left on device"):
+            resolver.get("BOT_ADMIN_SECRET")
+    assert list(generated.iterdir()) == []
+
+    assert len(resolver.get("BOT_ADMIN_SECRET").get_secret_value()) >= 32  # the next start
+
+
+def test_a_secret_is_generated_on_a_file_system_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    generated = tmp_path / "secrets"
+    resolver = SecretResolver(tmp_path / "none", generated_dir=generated, environ={})
+
+    value = resolver.get("BOT_ADMIN_SECRET").get_secret_value()
+
+    assert (generated / "bot_admin_secret").read_text().strip() == value
+    assert [path.name for path in generated.iterdir()] == ["bot_admin_secret"]
 
 
 @pytest.mark.parametrize(
