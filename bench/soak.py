@@ -944,7 +944,8 @@ def evaluate(
         len(set(links)) - 1 for links in legs.values()
     )
 
-    # Lost: accepted, but no decision (or an approval with no order) in the journal.
+    # Lost: accepted, but no decision (or an approval with no order, or a failed strategy
+    # call) in the journal.
     lost: list[str] = []
     for item in accepted:
         rows = rows_by_signal.get(item.id, [])
@@ -956,6 +957,10 @@ def evaluate(
             row.get("decision") == "approved" and not row.get("order_link_id") for row in rows
         ):
             lost.append(f"{item.id}: approved but no order in the journal")
+        elif failed := [row for row in rows if row.get("decision") == "failed"]:
+            # The bundled strategies never fail on their own: a failed call (an overrun, a
+            # call refused while another still ran) was a signal the bot never traded.
+            lost.append(f"{item.id}: failed ({failed[0].get('reason')})")
 
     # Reduce-only orders still open where their key holds no position they would reduce: a
     # ladder's targets that outlived the stop (or close, or turn) that ended it.
