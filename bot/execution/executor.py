@@ -744,14 +744,18 @@ class Executor:
         if stale is not None and request.reduce_only:
             tried = f"sent {record.attempts} times, not found" if record.attempts else "never sent"
             reason = f"{tried} at the venue, and not to be sent now: {stale}"
-            logger.bind(notify="venue_error").warning(
-                "reduce-only order {id} of {strategy} ({symbol}: a target or a close) is given "
-                "up: {reason}; check that position's targets and stop",
-                id=request.order_link_id,
-                strategy=request.strategy,
-                symbol=request.symbol,
-                reason=reason,
-            )
+            # Its position gone (its stop fired, or it was closed, while the bot was down):
+            # nothing is left for it to reduce, nor for the trader to check; the rejection
+            # says it. Else part of the position may be open without it: said.
+            if not self._position_gone(request):
+                logger.bind(notify="venue_error").warning(
+                    "reduce-only order {id} of {strategy} ({symbol}: a target or a close) is "
+                    "given up: {reason}; check that position's targets and stop",
+                    id=request.order_link_id,
+                    strategy=request.strategy,
+                    symbol=request.symbol,
+                    reason=reason,
+                )
         elif stale is not None:
             reason = f"never reached the venue; its signal went stale ({stale})"
         elif spent:
@@ -1113,6 +1117,14 @@ class Executor:
             stale = self._staleness(record.updated_at)
             return None if stale is None else f"last tried too long ago ({stale})"
         return self._stale(request, record.signal_ts)
+
+    def _position_gone(self, request: OrderRequest) -> bool:
+        """Whether the books say the strategy no longer holds the position the reduce-only
+        `request` was to reduce (False without the books to judge by)."""
+        if self._closable_size is None:
+            return False
+        held = self._closable_size(request.key_name, request.strategy, request.symbol)
+        return not _reduces(request.side, held)
 
     async def _give_up(
         self, request: OrderRequest, last: VenueError | None, why: str, *, may_exist: bool
