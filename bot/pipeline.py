@@ -602,8 +602,13 @@ class Pipeline:
                 )
         # A stop the strategy wanted and did not get leaves its position less protected than
         # it planned, and a close it did not ask for in so many words is news: the operator
-        # hears of both.
-        log = logger.info if outcome == "moved" else logger.bind(notify="rejection").warning
+        # hears of both. Unless the venue refused it because the position closed meanwhile
+        # (its last targets, or its stop, filled while the move was on its way: Bybit's 10001
+        # "zero position"): nothing is left to protect.
+        moot = outcome == "rejected" and qty != 0 and self._closed_since(slot, move.symbol, qty)
+        if moot:
+            reason = f"{reason}; the position closed meanwhile: nothing left to protect"
+        log = logger.info if outcome == "moved" or moot else logger.bind(notify="rejection").warning
         log(
             "stop move of {strategy} on {symbol} to {stop}: {outcome} ({reason})",
             strategy=slot.name,
@@ -621,6 +626,14 @@ class Pipeline:
             cause.exec_id if cause is not None else None,
         )
         return closing
+
+    def _closed_since(self, slot: StrategySlot, symbol: str, held: Decimal) -> bool:
+        """Whether the strategy's books no longer hold the position `held` (signed) it had
+        in `symbol` when it asked for a stop move: flat, or turned (False while unknown)."""
+        if self._strategy_size is None:
+            return False
+        now = self._strategy_size(slot.key_name, slot.name, symbol)
+        return now == 0 or (now > 0) != (held > 0)
 
     async def _set_stop(
         self, slot: StrategySlot, move: StopMove, qty: Decimal, price: Decimal

@@ -54,6 +54,7 @@ from tests.bot.test_pipeline import signal
 from tests.bot.test_service import RunningBot
 from tests.bot.test_service import signal as posted
 from tests.conftest import client_orders, sim_venues, wait_for
+from tests.factories import approve, make_intent
 
 T = TypeVar("T")
 
@@ -515,6 +516,72 @@ def test_a_stop_move_without_a_position_is_journaled_as_rejected_and_never_sent(
     assert move["reason"].startswith("NO_POSITION: strategy early holds no BTCUSDT position")
     assert "/v5/position/trading-stop" not in stages.exchange.stats()["requests_by_path"]
     assert stages.rows("early") == [("declined", "no orders: stop moves only")]  # its answer
+
+
+class GuardsItsEntry(Strategy):
+    """Buys a little, then asks for a stop once the entry has filled (as a ladder's
+    break-even after its first target)."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [small_buy(self, signal, context)]
+
+    def on_fill(
+        self, fill: Fill, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput | None:
+        if fill.leg != 0:
+            return None
+        return [self.move_stop(signal, stop_loss=Decimal(90000))]
+
+
+def test_a_stop_move_the_venue_refuses_for_a_position_closed_meanwhile_is_no_alarm(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The chaos soak's seed 505 (--faults 0.3 --kills 30 --startup-kills 0.5): a ladder's
+    # targets filled one after the other, the first one's break-even move reached the venue
+    # after the last had closed the position, and the venue's 10001 ("can not set tp/sl/ts
+    # for zero position") was notified as a rejection leaving the position less protected,
+    # while the books already held it closed: there was nothing left to protect.
+    stages = build({"guard": (GuardsItsEntry("guard", StrategyParams()), "k1", "voc")})
+    executor = stages.pipeline._executor
+    move_stop = executor.move_stop
+
+    async def closed_on_the_way(move: Any, key_name: str) -> tuple[str, str]:
+        """The strategy's own close fills (and is booked) while the move is on its way."""
+        close = make_intent(
+            strategy="guard",
+            signal_source="voc",
+            signal_id="guard-1",
+            side=Side.SELL,
+            qty=Decimal("0.001"),
+            reduce_only=True,
+        )
+        shown = await executor.execute(approve(close.model_copy(update={"leg": 1})), "k1")
+        assert shown.status.value == "Filled"
+        for fill in await stages.venues["k1"].executions_since(None):
+            await stages.account.keeper.apply(fill)
+        return await move_stop(move, key_name)
+
+    monkeypatch.setattr(executor, "move_stop", closed_on_the_way)
+    notified: list[str] = []
+    sink = logger.add(
+        lambda m: notified.append(m.record["message"]),
+        filter=lambda r: r["extra"].get("notify") == "rejection",
+    )
+
+    async def entered_then_hooked() -> None:
+        await stages.submit(signal(id="guard-1"))
+        await stages.book_fills()  # the entry's fill: its on_fill asks for the stop
+
+    try:
+        stages.run(entered_then_hooked())
+    finally:
+        logger.remove(sink)
+
+    [move] = stages.journal.stop_moves()
+    assert move["outcome"] == "rejected"
+    assert "zero position" in move["reason"]
+    assert "nothing left to protect" in move["reason"]
+    assert notified == []
 
 
 def test_on_start_raising_stops_the_start_naming_the_strategy(build: Build) -> None:
