@@ -97,6 +97,7 @@ from bot.sim.views import (
     coin_info_view,
     execution_stream_view,
     execution_view,
+    fast_execution_stream_view,
     fee_rate_view,
     fmt,
     funding_rate_view,
@@ -2671,6 +2672,8 @@ class SimExchange:
                 self._close(account, order, reject_reason="EC_NoImmediateQtyToFill")
             elif order.time_in_force == "FOK":
                 self._close(account, order, reject_reason="EC_NoEnoughQtyToFill")
+            else:
+                order.rested = True
             return  # GTC and PostOnly rest on the book
         if order.time_in_force == "PostOnly":
             self._close(account, order, reject_reason="EC_PostOnlyWillTakeLiquidity")
@@ -2719,6 +2722,8 @@ class SimExchange:
             order.pieces_left = 0
             if order.time_in_force == "IOC":  # every market order is
                 self._close(account, order, reject_reason="EC_NoImmediateQtyToFill")
+            else:
+                order.rested = True
             return  # a GTC limit order rests on the book with what is left
         step = self._config.instruments[order.symbol].qty_step
         leaves = order.leaves_qty
@@ -2869,6 +2874,8 @@ class SimExchange:
                     )
         # Bybit's order of pushes for a fill: the order, its execution, position, wallet.
         self._push_order(account, order)
+        if order.exec_type == "Trade":  # execution.fast carries trades only
+            self._push(account, "execution.fast", lambda: [fast_execution_stream_view(execution)])
         self._push(account, "execution", lambda: [execution_stream_view(execution)])
         self._push_position(account, order.symbol)
         self._push_wallet(account)

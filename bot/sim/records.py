@@ -76,6 +76,9 @@ class OrderRecord:
     sl_trigger_by: str = "LastPrice"
     #: Whether the matching engine has seen the order (it is acknowledged before that).
     arrived: bool = False
+    #: Whether it has rested on the book: a later taker fill (a price amend that crosses)
+    #: is then a maker order converted to taker, whose `execution.fast` orderLinkId is "".
+    rested: bool = False
     #: Engine-clock ms from which queries show the order (query lag, visibility faults).
     visible_from_ms: int = 0
     #: Taker pieces still to execute after this one (partial fills).

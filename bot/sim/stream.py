@@ -68,8 +68,8 @@ PRIVATE_TOPICS: dict[str, str | None] = {
     "order.linear": "order",
     "execution": "execution",
     "execution.linear": "execution",
-    "execution.fast": "execution",
-    "execution.fast.linear": "execution",
+    "execution.fast": "execution.fast",
+    "execution.fast.linear": "execution.fast",
     "position": "position",
     "position.linear": "position",
     "wallet": "wallet",
@@ -93,22 +93,8 @@ PRIVATE_TOPICS: dict[str, str | None] = {
 #: The all-in-one private topics that have categorised ones (`order` and `order.linear`).
 _ALL_IN_ONE = ("execution.fast", "execution", "order", "position")
 _CATEGORIES = frozenset({"spot", "linear", "inverse", "option"})
-#: Bybit's `execution.fast`: trades only, and these fields of them (orderLinkId "" for a
-#: maker's fill).
+#: The topics whose messages carry no `id` (Bybit's `execution.fast`).
 _FAST_EXECUTION_TOPICS = frozenset({"execution.fast", "execution.fast.linear"})
-_FAST_EXECUTION_FIELDS = (
-    "category",
-    "symbol",
-    "orderId",
-    "isMaker",
-    "orderLinkId",
-    "execId",
-    "execPrice",
-    "execQty",
-    "side",
-    "execTime",
-    "seq",
-)
 #: Public topics of a settle coin, not a symbol (`insurance.USDT`, `adlAlert.USDT`), and
 #: the book with RPI orders (`orderbook.rpi.BTCUSDT`): taken, never pushed.
 _COIN_TOPICS = frozenset({"insurance", "adlAlert"})
@@ -217,19 +203,6 @@ def _alive_s(channel: Channel, query: bytes, default_s: float) -> float:
         return default_s
     seconds = int(match[1]) * (60 if match[2] == "m" else 1)
     return float(min(max(seconds, _MIN_ACTIVE_S), _MAX_ACTIVE_S))
-
-
-def _fast_executions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """`execution` rows as `execution.fast` carries them."""
-    return [
-        {
-            name: "" if name == "orderLinkId" and row.get("isMaker") else row[name]
-            for name in _FAST_EXECUTION_FIELDS
-            if name in row
-        }
-        for row in rows
-        if row.get("execType", "Trade") == "Trade"
-    ]
 
 
 def _changed_fields(last: dict[str, str], row: dict[str, str]) -> dict[str, str]:
@@ -768,14 +741,11 @@ class StreamHub:
                     continue
                 text = texts.get(name)
                 if text is None:
-                    fast = name in _FAST_EXECUTION_TOPICS
-                    data = _fast_executions(rows) if fast else rows
-                    if not data:
-                        continue
                     # Bybit's execution.fast message has no `id`, only topic, creationTime
                     # and data; the other private topics carry one.
+                    fast = name in _FAST_EXECUTION_TOPICS
                     head = {"topic": name} if fast else {"id": message_id, "topic": name}
-                    text = _dumps({**head, "creationTime": created_ms, "data": data})
+                    text = _dumps({**head, "creationTime": created_ms, "data": rows})
                     texts[name] = text
                 self._enqueue(conn, text, pushed=True)
 

@@ -40,6 +40,7 @@ __all__ = [
     "coin_info_view",
     "execution_stream_view",
     "execution_view",
+    "fast_execution_stream_view",
     "fee_rate_view",
     "fmt",
     "funding_rate_view",
@@ -805,6 +806,27 @@ def execution_stream_view(execution: ExecutionRecord) -> dict[str, Any]:
         **execution_view(execution),
         "isLeverage": "0",
         "execPnl": _fmt8(execution.cash_flow),
+    }
+
+
+def fast_execution_stream_view(execution: ExecutionRecord) -> dict[str, Any]:
+    """One trade as the private `execution.fast` topic pushes it, in its few fields. Its
+    orderLinkId is "" for a maker's fill and for a maker order converted to taker (Bybit:
+    "If a maker order in the orderbook is converted to taker (by price amend), orderLinkId
+    is also \"\"", docs/v5/websocket/private/fast-execution.mdx)."""
+    order = execution.order
+    return {
+        "category": "linear",
+        "symbol": order.symbol,
+        "orderId": order.order_id,
+        "isMaker": execution.is_maker,
+        "orderLinkId": "" if execution.is_maker or order.rested else order.order_link_id,
+        "execId": execution.exec_id,
+        "execPrice": fmt(execution.price),
+        "execQty": fmt(execution.qty),
+        "side": order.side,
+        "execTime": str(execution.exec_ms),
+        "seq": execution.seq,
     }
 
 

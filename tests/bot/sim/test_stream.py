@@ -730,6 +730,43 @@ def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
     assert isinstance(heard["execution"]["id"], str)
 
 
+def test_fast_execution_hides_the_link_id_of_a_resting_order_amended_into_a_taker(
+    raw: Callable[[str], websocket.WebSocket], http: HTTP
+) -> None:
+    """Bybit's Fast Execution page: orderLinkId is "" for a maker's trade and "if a maker
+    order in the orderbook is converted to taker (by price amend)"; `execution` keeps it."""
+    sock = raw("/v5/private")
+    _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
+    _ask(sock, {"op": "subscribe", "args": ["order", "execution.fast", "execution"]})
+    http.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Buy",
+        orderType="Limit",
+        qty="0.01",
+        price="90000",
+        orderLinkId="rests-1",
+    )
+    _next(sock, lambda m: m.get("topic") == "order")  # New: it rests on the book
+    time.sleep(0.3)  # the matching engine has seen it
+    http.amend_order(category="linear", symbol="BTCUSDT", orderLinkId="rests-1", price="97500")
+    heard: dict[str, dict[str, Any]] = {}
+
+    def both_heard(message: dict[str, Any]) -> bool:
+        if message.get("topic") in ("execution.fast", "execution"):
+            heard.setdefault(message["topic"], message)
+        return len(heard) == 2
+
+    _next(sock, both_heard)
+
+    (fast,) = heard["execution.fast"]["data"]
+    (full,) = heard["execution"]["data"]
+    assert (fast["isMaker"], full["isMaker"]) == (False, False)  # it took liquidity
+    assert fast["orderLinkId"] == ""
+    assert full["orderLinkId"] == "rests-1"
+    assert fast["execId"] == full["execId"]
+
+
 def test_all_liquidation_pushes_each_position_the_engine_takes_over(
     server: SimServer, raw: Callable[[str], websocket.WebSocket], http: HTTP
 ) -> None:
