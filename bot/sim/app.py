@@ -202,9 +202,7 @@ async def _body(request: Request) -> bytes:
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > _MAX_BODY_BYTES:
-                    raise _BodyRefused(
-                        f"request body too large (at most {_MAX_BODY_BYTES} bytes)"
-                    )
+                    raise _BodyRefused(f"request body too large (at most {_MAX_BODY_BYTES} bytes)")
     except TimeoutError:
         raise _BodyRefused(
             f"request body not sent within {_BODY_TIMEOUT_S:g} s (got {len(body)} bytes)"
