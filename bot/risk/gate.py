@@ -243,7 +243,11 @@ class RiskGate:
         effective = self._current(intent.strategy)
         if effective.state.may_increase:
             return None
-        until = "the next UTC day or `bot resume`" if effective.automatic else "`bot resume`"
+        # A rule's state ends with the day, a person's only with a resume: while either holds
+        # the scope (the bot's and the strategy's own), the later end is the one to say.
+        holding = (self.state_of(BOT_SCOPE), self.state_of(intent.strategy))
+        by_rules = all(state.automatic for state in holding if not state.state.may_increase)
+        until = "the next UTC day or `bot resume`" if by_rules else "`bot resume`"
         return (
             effective.state.value,
             f"{self._why(effective)}; only reduce-only orders pass until {until}",

@@ -426,6 +426,17 @@ def test_yesterdays_reducing_lifted_late_in_a_losing_day_does_not_waive_todays_l
     assert "loss today 150.00 USDT" in verdict.reason
 
 
+def test_a_rejection_says_a_persons_hold_outlasts_a_rules_of_the_same_state() -> None:
+    gate = RiskGate(CONFIG, clock=lambda: NOW)
+    gate.set_state(ScopeState(BOT_SCOPE, TradingState.REDUCING, "loss", NOW, automatic=True))
+    gate.set_state(ScopeState("follow", TradingState.REDUCING, "by hand", NOW))
+
+    rejected = decide(gate, intent())
+
+    assert rejected.rule == "REDUCING"
+    assert rejected.reason.endswith("only reduce-only orders pass until `bot resume`")
+
+
 def test_open_orders_and_order_rates_limit_opening_orders_only() -> None:
     clock = [NOW]
     gate = RiskGate(
