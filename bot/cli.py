@@ -898,16 +898,18 @@ def risk_status(
 
     settings = _settings(config)
     key_of = {name: strategy.key for name, strategy in settings.strategies.items()}
+    now = utc_now()
     states, used = _read_journal(
         config,
         lambda journal: (
             {state.scope: state for state in journal.trading_states()},
-            usage(journal, key_of, utc_now()),
+            usage(journal, key_of, now),
         ),
     )
     # The gate's own rules say what is in force now: the journal holds a rule's state only
     # once a running gate entered it (a loss booked while the bot was down, say, it never did).
-    now = utc_now()
+    # A state of a strategy no longer configured is not shown, nor judged.
+    states = {scope: state for scope, state in states.items() if scope in used}
     gate = RiskGate(
         settings.risk,
         {name: strategy.risk for name, strategy in settings.strategies.items()},

@@ -259,7 +259,7 @@ class StrategyConfig(_Section):
         gt=0,
         le=60_000,
         description="CPU time a call of the strategy's code may spend (one that waits instead: "
-        "twice this plus 1 s of wall time); past it the call fails",
+        "this plus 1 s of wall time); past it the call fails",
     )
     max_failures: int = Field(
         3, ge=1, description="failed calls in a row (raised or overran) that halt the strategy"

@@ -6,11 +6,11 @@ abandoned (its result, whenever it comes, is dropped) and counts as a failure, a
 that raises (anything: a plug-in's `sys.exit()` fails its call, it does not stop the bot).
 
 The budget is the CPU time the call's thread spends on it: what the strategy's own code
-costs. A pause of the whole process (a full garbage collection, another thread holding the
-interpreter lock, a host that stops the machine for half a second) takes wall time from every
-call in flight without being the strategy's doing, and a trivial call failed by one would
+costs. A pause of the whole process (another thread holding the interpreter lock, a host
+that stops the machine for half a second) takes wall time from every call in flight without
+being the strategy's doing, and a trivial call failed by one would
 lose its signal. A call that waits instead of computing (a sleep, a network read, a lock) is
-given its budget twice over plus `WAIT_ALLOWANCE_S` of wall time, then overruns too. Where the
+given its budget plus `WAIT_ALLOWANCE_S` of wall time, then overruns too. Where the
 platform has no per-thread CPU clock, the budget is wall time.
 The traceback goes to the log; the caller journals the failure. After
 `max_failures` failures in a row the strategy is reported failing, so the caller can halt
@@ -41,7 +41,7 @@ __all__ = ["WAIT_ALLOWANCE_S", "Failed", "StrategyRunner"]
 
 T = TypeVar("T")
 
-#: Wall time a call may take past twice its budget, waiting rather than computing.
+#: Wall time a call may take past its budget, waiting rather than computing.
 WAIT_ALLOWANCE_S = 1.0
 #: The shortest wait between two looks at a call's CPU time.
 _LOOK_AGAIN_S = 0.005
@@ -66,19 +66,24 @@ class _DaemonWorker:
             queue.SimpleQueue()
         )
         self._closed = False
-        #: The thread's CPU time when the running call began (None: no call running).
-        self._call_began: float | None = None
+        #: The running call's future and the thread's CPU time when it began (None: none).
+        self._running: tuple[Future[Any], float] | None = None
         thread = threading.Thread(target=self._run, name=name, daemon=True)
         thread.start()  # returns once the thread runs: its ident is known
         self._cpu_clock = _cpu_clock_of(thread)
 
-    def cpu_s(self) -> float | None:
-        """CPU seconds the running call has spent so far (0 before it began); None where
-        the platform has no per-thread CPU clock."""
+    def cpu_s(self, future: Future[Any]) -> float | None:
+        """CPU seconds the call of `future` has spent so far (0 before it began: never
+        another call's, ended or not); None where the platform has no per-thread CPU clock."""
+        running = self._running
         if self._cpu_clock is None:
             return None
-        began = self._call_began
-        return 0.0 if began is None else max(0.0, time.clock_gettime(self._cpu_clock) - began)
+        if running is None or running[0] is not future:
+            return 0.0
+        try:
+            return max(0.0, time.clock_gettime(self._cpu_clock) - running[1])
+        except OSError:  # the thread has ended (closed)
+            return None
 
     def submit(self, call: Callable[[], T]) -> Future[T]:
         """`call()` on the thread, after those submitted before it; cancelled once closed."""
@@ -99,7 +104,7 @@ class _DaemonWorker:
             future, call = item
             if not future.set_running_or_notify_cancel():
                 continue
-            self._call_began = time.thread_time()
+            self._running = (future, time.thread_time())
             try:
                 result = call()
             except BaseException as exc:  # the plug-in's SystemExit included
@@ -107,7 +112,7 @@ class _DaemonWorker:
             else:
                 future.set_result(result)
             finally:
-                self._call_began = None
+                self._running = None
         while True:  # closed: what is still queued never runs
             try:
                 left = self._calls.get_nowait()
@@ -182,7 +187,7 @@ class StrategyRunner:
         lane.running = future
         outcome = asyncio.wrap_future(future)
         try:
-            overrun = await self._overran(lane, outcome, budget_s)
+            overrun = await self._overran(lane, future, outcome, budget_s)
         except asyncio.CancelledError:
             outcome.cancel()  # the caller is going away: drop the result, whenever it comes
             raise
@@ -204,25 +209,28 @@ class StrategyRunner:
         return outcome.result()
 
     @staticmethod
-    async def _overran(lane: _Lane, outcome: asyncio.Future[Any], budget_s: float) -> str | None:
+    async def _overran(
+        lane: _Lane, future: Future[Any], outcome: asyncio.Future[Any], budget_s: float
+    ) -> str | None:
         """Wait for the call; None once it is done within its budget, else how it overran:
         "" past its CPU budget (or its wall-time budget, without a CPU clock), or the wall
         time it waited past its allowance. `wait` never raises what the call raised: a
         TimeoutError of the plug-in's own is not an overrun, and its SystemExit or
         KeyboardInterrupt must not reach the loop."""
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + 2 * budget_s + WAIT_ALLOWANCE_S
+        allowed_s = budget_s + WAIT_ALLOWANCE_S
+        give_up = loop.time() + allowed_s
         wait_s = budget_s
         while True:
             done, _ = await asyncio.wait({outcome}, timeout=wait_s)
             if done:
                 return None
-            spent = lane.pool.cpu_s()
+            spent = lane.pool.cpu_s(future)
             if spent is None or spent >= budget_s:
                 return ""
             left = give_up - loop.time()
             if left <= 0:
-                return f" (still waiting after {2 * budget_s + WAIT_ALLOWANCE_S:g} s)"
+                return f" (still waiting after {allowed_s:g} s)"
             wait_s = min(max(budget_s - spent, _LOOK_AGAIN_S), left)
 
     @staticmethod

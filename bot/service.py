@@ -261,6 +261,7 @@ class Service:
             gc.collect()
             gc.freeze()
             await stages.pipeline.start_strategies()
+            gc.freeze()  # what on_start built (a model, a cache) too: frozen, not collected
             # The lanes start after every strategy's on_start: what start-up queued (signals
             # left unfinished, fill hooks due, fills the gap-fill booked) waits for them.
             background.append(tasks.create_task(stages.pipeline.run()))

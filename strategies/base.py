@@ -37,7 +37,7 @@ Optional hooks, each called with the same kind of context and able to return mor
 
 Isolation: the bot runs every call on the strategy's own worker thread within a time budget
 (`[strategies.X] time_budget_ms`, 50 by default: CPU time on that thread; a call that waits
-instead has twice its budget plus 1 s of wall time). A call that raises or overruns is journaled
+instead has its budget plus 1 s of wall time). A call that raises or overruns is journaled
 as failed (the traceback goes to the log); after `max_failures` failures in a row the
 strategy is halted (opening orders refused until `bot resume --strategy X`), and the other
 strategies keep running.

@@ -384,6 +384,25 @@ def test_output_to_a_full_disk_is_one_line_saying_it_is_incomplete(
     )
 
 
+def test_risk_status_leaves_out_the_state_of_a_strategy_no_longer_configured(
+    sim_config: Callable[..., Path],
+) -> None:
+    """`bot resume --strategy old`, then `old` removed from the configuration: the status
+    died with a KeyError traceback judging the old strategy's journaled state."""
+    config = sim_config()
+    journal = Journal(load_settings(config).journal_path)
+    journal.record_trading_state(
+        ScopeState("retired", TradingState.ACTIVE, "resumed by hand", datetime.now(UTC))
+    )
+    journal.close()
+
+    status = bot("risk", "status", "--json", "--config", str(config), cwd=config.parent)
+
+    assert status.returncode == 0, status.stderr
+    scopes = [json.loads(line)["scope"] for line in status.stdout.splitlines()]
+    assert scopes == [BOT_SCOPE, "follow"]
+
+
 def test_an_empty_journal_is_said_to_be_empty(sim_config: Callable[..., Path]) -> None:
     config = sim_config()
     Journal(load_settings(config).journal_path).close()

@@ -8,12 +8,13 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import Future
 from typing import TypeVar
 
 import pytest
 
 from bot.logs import logger
-from bot.runner import Failed, StrategyRunner
+from bot.runner import Failed, StrategyRunner, _DaemonWorker
 
 T = TypeVar("T")
 
@@ -120,9 +121,9 @@ def test_a_call_past_its_budget_fails_and_its_late_result_is_dropped() -> None:
 
     overrun, after = run(work, budget_s=0.05)
 
-    # Waiting, not computing: given its budget twice and WAIT_ALLOWANCE_S (1 s) of wall time.
+    # Waiting, not computing: given its budget and WAIT_ALLOWANCE_S (1 s) of wall time.
     assert overrun == Failed(
-        "on_signal overran its time budget of 50 ms (still waiting after 1.1 s)"
+        "on_signal overran its time budget of 50 ms (still waiting after 1.05 s)"
     )
     assert after == "next"
 
@@ -149,6 +150,33 @@ def test_a_call_computing_past_its_budget_overruns_on_its_cpu_time() -> None:
             stop.set()
 
     assert run(work, budget_s=0.05) == Failed("on_signal overran its time budget of 50 ms")
+
+
+def test_a_calls_cpu_time_is_never_read_from_another_call() -> None:
+    """Judged by the CPU time of whatever call ran, the next call of a strategy whose
+    abandoned call had just ended (its thread not yet past its bookkeeping) was failed at
+    once, with the abandoned call's time."""
+    worker = _DaemonWorker("strategy-cpu")
+    stop = threading.Event()
+    try:
+        running = worker.submit(computing(stop))
+        queued: Future[str] = worker.submit(lambda: "next")
+        assert wait_until(lambda: (worker.cpu_s(running) or 0) > 0.01)
+        assert worker.cpu_s(queued) == 0.0  # not begun: nothing spent, whatever runs
+    finally:
+        stop.set()
+        worker.shutdown()
+    assert queued.result(timeout=5) == "next"
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Whether `condition` held within `timeout_s` (a bound, not a timing)."""
+    until = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def test_a_call_that_waits_past_its_budget_but_not_its_allowance_is_not_an_overrun() -> None:
