@@ -940,7 +940,6 @@ class AccountKeeper:
             for name in allocation
         }
         self._projection.apply_execution(fill, allocation, of_our_order=ours)
-        self._fill_applied(fill, tuple(allocation))
         # The hook is queued before the write that says it is due: both wait their turn (the
         # hook on its lane, the write on the journal's queue), so its "done" comes after.
         hook = self._fill_booked(fill, strategy) if fill.order_link_id and ours else None
@@ -973,6 +972,8 @@ class AccountKeeper:
             fee=fill.fee,
             whose=whose,
         )
+        # After the fill is said: a loss it booked past a limit is news that follows it.
+        self._fill_applied(fill, tuple(allocation))
 
     def _tell_if_closed(self, key_name: str, symbol: str) -> None:
         if self._projection.flat(key_name, symbol):

@@ -55,10 +55,11 @@ _RESERVED_DESCRIPTORS: Final = 256
 _DESCRIPTOR_CEILING: Final = 65536
 
 
-def raise_descriptor_limit(max_connections: int) -> int:
+def raise_descriptor_limit(max_connections: int, beside: int = 0) -> int:
     """Raise this process's soft limit on open files to its hard limit (as nginx and most
     servers do), and return how many client connections fit beside what the bot itself
-    holds: `max_connections`, or fewer (with a warning) when the limit is lower."""
+    holds and `beside` other descriptors (the in-process simulator's connections):
+    `max_connections`, or fewer (with a warning) when the limit is lower."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ceiling = _DESCRIPTOR_CEILING if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < ceiling:
@@ -67,7 +68,7 @@ def raise_descriptor_limit(max_connections: int) -> int:
             soft = ceiling
         except (ValueError, OSError):  # a container may forbid it: live with the soft one
             pass
-    room = (ceiling if soft == resource.RLIM_INFINITY else soft) - _RESERVED_DESCRIPTORS
+    room = (ceiling if soft == resource.RLIM_INFINITY else soft) - _RESERVED_DESCRIPTORS - beside
     if room < max_connections:
         logger.warning(
             "the limit on open files ({soft}) leaves room for {room} HTTP connections, fewer "

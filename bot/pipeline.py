@@ -607,7 +607,7 @@ class Pipeline:
         # "zero position"): nothing is left to protect.
         moot = outcome == "rejected" and qty != 0 and self._closed_since(slot, move.symbol, qty)
         if moot:
-            reason = f"{reason}; the position closed meanwhile: nothing left to protect"
+            reason = f"{reason}; the position closed (or turned) meanwhile: nothing left to protect"
         log = logger.info if outcome == "moved" or moot else logger.bind(notify="rejection").warning
         log(
             "stop move of {strategy} on {symbol} to {stop}: {outcome} ({reason})",

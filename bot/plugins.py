@@ -107,7 +107,8 @@ def _strategy_class(name: str, plugin: str, where: str) -> type[Strategy]:
     module_name, colon, class_name = plugin.partition(":")
     bundled = [] if "." in module_name else [f"strategies.{module_name}"]
     if colon:  # the module as named first (a user's own `follow`), then a bundled one
-        return _named_class(field, _import(field, [module_name, *bundled]), class_name)
+        module = _import(field, [module_name, *bundled], named=True)
+        return _named_class(field, module, class_name)
     entry = _entry_point(plugin)
     if entry is not None:
         try:
@@ -129,9 +130,9 @@ def _entry_point(name: str) -> EntryPoint | None:
     return next(iter(found), None)
 
 
-def _import(field: str, candidates: list[str]) -> ModuleType:
+def _import(field: str, candidates: list[str], *, named: bool = False) -> ModuleType:
     """The first of `candidates` that exists; an error inside a module that exists is its
-    own (not "not found")."""
+    own (not "not found"). `named`: the plug-in was given as module:Class."""
     for module_name in candidates:
         try:
             return importlib.import_module(module_name)
@@ -145,8 +146,8 @@ def _import(field: str, candidates: list[str]) -> ModuleType:
             raise ConfigError(f"{field}: importing {module_name} failed: {_said(exc)}") from None
     tried = " or ".join(candidates)
     raise ConfigError(
-        f"{field}: no module {tried}; put it next to the configuration file, install it, or "
-        "name it as module:Class"
+        f"{field}: no module {tried}; put it next to the configuration file or install it"
+        + ("" if named else ", or name it as module:Class")
     )
 
 

@@ -328,6 +328,10 @@ def _publish_whole(path: Path, text: str) -> bool:
                 _write_synced(path, text)
             except FileExistsError:
                 return False
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # never left empty or cut short
+                raise
         folder = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)  # the new name survives a power cut too

@@ -226,7 +226,9 @@ class Service:
                         lifespan="off",
                         timeout_graceful_shutdown=5,
                         http=guarded_protocol(
-                            raise_descriptor_limit(self.settings.http.max_connections),
+                            raise_descriptor_limit(
+                                self.settings.http.max_connections, self._simulator_descriptors()
+                            ),
                             self.settings.http.head_timeout_s,
                         ),
                     )
@@ -882,10 +884,10 @@ class Service:
         ledger = restored_ledger(journal, account.projection, key_of, journal.unfinished_orders())
         overrides = {name: config.risk for name, config in self.settings.strategies.items()}
         for name, override in overrides.items():
-            for overruled in self.settings.risk.loosened_in_vain(override):
+            for overruled in self.settings.risk.overruled_values(override):
                 logger.warning(
                     "strategies.{name}.risk.{overruled}: a strategy's limits can only tighten "
-                    "[risk]'s; raise [risk] too to loosen it",
+                    "[risk]'s; change [risk] too to loosen it",
                     name=name,
                     overruled=overruled,
                 )
@@ -915,6 +917,15 @@ class Service:
         resources.callback(server.stop)
         self._simulator = server.exchange
         return server.url
+
+    def _simulator_descriptors(self) -> int:
+        """The most descriptors the in-process simulator's clients may hold (0 if none runs
+        here): its HTTP and WebSocket connections share this process's limit."""
+        if not self._starts_simulator():
+            return 0
+        from bot.sim import server, websocket  # only `sim` without a sim_url loads them
+
+        return server.MAX_CONNECTIONS + websocket.MAX_CONNECTIONS
 
     def _starts_simulator(self) -> bool:
         """Whether this run starts its own simulator: `sim` without a `venue.sim_url`."""

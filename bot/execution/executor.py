@@ -1103,9 +1103,9 @@ class Executor:
         after a long time down, the position it was meant for may be gone."""
         request = record.request
         if request.reduce_only and self._closable_size is not None:
-            held = self._closable_size(request.key_name, request.strategy, request.symbol)
-            if not _reduces(request.side, held):
+            if self._position_gone(request):
                 return f"{request.strategy} no longer holds the position it was to reduce"
+            held = self._closable_size(request.key_name, request.strategy, request.symbol)
             if request.closes_position and abs(held) < request.qty:
                 # Part of it closed meanwhile (a target): the rest on the key may be another's.
                 return (

@@ -125,10 +125,10 @@ class RiskConfig(BaseModel):
                 update[name] = min(current, value)
         return self.model_copy(update=update)
 
-    def loosened_in_vain(self, override: StrategyRiskConfig) -> list[str]:
+    def overruled_values(self, override: StrategyRiskConfig) -> list[str]:
         """Each of a strategy's values the global one overrules (a strategy's limits only
-        tighten), said as `name = value (the global's)`: a value meant to loosen, which
-        would otherwise go silently unapplied."""
+        tighten), said as `name = value (the global's ... applies)` or `name X, Y (not in
+        the global's)`: a value meant to loosen, which would otherwise go silently unapplied."""
         tightened = self.tightened(override)
         found = []
         for name, value in override.model_dump(exclude_none=True).items():

@@ -73,6 +73,9 @@ from bot.risk.states import BOT_SCOPE, ScopeState, TradingState, stricter
 
 __all__ = ["STOP_SIDE", "ApprovedOrder", "RiskGate", "Verdict", "stop_move_problem"]
 
+#: The reason of the ACTIVE state a rule's REDUCING gives way to at the next UTC day.
+_DAY_LIFT: Final = "a new UTC day"
+
 Rejection = tuple[str, str] | None
 #: The rule of a stop move the price has already crossed (it would close the position).
 STOP_SIDE: Final = "STOP_SIDE"
@@ -222,7 +225,8 @@ class RiskGate:
         restart waives it the same way).
         """
         self._states[state.scope] = state
-        if state.state is TradingState.ACTIVE and not state.automatic:
+        # Journals of earlier versions hold the day's lift as a person's resume: it is not one.
+        if state.state is TradingState.ACTIVE and not state.automatic and state.reason != _DAY_LIFT:
             limit, pnl = self._daily_loss(state.scope)
             if -pnl >= limit:
                 self._loss_waived[state.scope] = state.since.date()
@@ -264,10 +268,9 @@ class RiskGate:
         """A fill is in the books (an account listener), allocated to `strategies`: a loss it
         booked puts them, or the bot, in REDUCING now, announced and journaled, not only
         when the next signal comes."""
-        for strategy in self._strategies:
-            if strategy in strategies:
-                self._apply_rules(strategy)
-        self._apply_rules(None)
+        named: list[str | None] = [name for name in self._strategies if name in strategies]
+        for strategy in named or [None]:  # each with the bot's
+            self._apply_rules(strategy)
 
     def _current(self, strategy: str) -> ScopeState:
         """`strategy`'s effective state as of now (`_apply_rules` first)."""
@@ -299,7 +302,9 @@ class RiskGate:
             and state.state is not TradingState.ACTIVE
             and state.since.date() < self._clock().date()
         ):
-            lifted = ScopeState(scope, TradingState.ACTIVE, "a new UTC day", self._clock(), True)
+            lifted = ScopeState(
+                scope, TradingState.ACTIVE, _DAY_LIFT, self._clock(), automatic=True
+            )
             self._enter(lifted)
 
     def _check_daily_loss(self, strategy: str | None) -> None:

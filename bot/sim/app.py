@@ -44,11 +44,12 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
+from bot.bodies import BodyRefused, read_body
 from bot.sim.auth import authenticate
 from bot.sim.config import SimAccountSpec, SimFaults
 from bot.sim.errors import DuplicateAccountError, RetCode, SimError
@@ -191,25 +192,16 @@ class _ClientGone(_BodyRefused):
 
 
 async def _body(request: Request) -> bytes:
-    """The request's body, read as it arrives; `_BodyRefused` (a ValueError) as soon as it
-    grows over `_MAX_BODY_BYTES` or once `_BODY_TIMEOUT_S` have passed, the rest unread
-    (Starlette's `request.body()` would keep whatever a client sends, however much and however
-    slowly, before any check could refuse it); `_ClientGone` (one too) if the client hangs up
-    first: an admin route's ClientDisconnect was an ERROR traceback in the log."""
-    body = bytearray()
+    """The request's body, read as it arrives (`read_body`: the rest unread once it grows over
+    `_MAX_BODY_BYTES` or `_BODY_TIMEOUT_S` have passed); `_BodyRefused` (a ValueError) for a
+    body refused so, `_ClientGone` (one too) if the client hangs up first: an admin route's
+    ClientDisconnect was an ERROR traceback in the log."""
     try:
-        async with asyncio.timeout(_BODY_TIMEOUT_S):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > _MAX_BODY_BYTES:
-                    raise _BodyRefused(f"request body too large (at most {_MAX_BODY_BYTES} bytes)")
-    except TimeoutError:
-        raise _BodyRefused(
-            f"request body not sent within {_BODY_TIMEOUT_S:g} s (got {len(body)} bytes)"
-        ) from None
-    except ClientDisconnect:  # a ValueError like the others: every route answers it, no 500
-        raise _ClientGone(f"the connection closed after {len(body)} bytes of the body") from None
-    return bytes(body)
+        return await read_body(request, _MAX_BODY_BYTES, _BODY_TIMEOUT_S, "a request body")
+    except BodyRefused as exc:
+        if exc.kind == "incomplete":
+            raise _ClientGone(exc.detail) from None
+        raise _BodyRefused(f"request body {exc.kind.replace('_', ' ')}: {exc.detail}") from None
 
 
 def _body_params(body: bytes) -> dict[str, Any]:

@@ -437,6 +437,19 @@ def test_a_rejection_says_a_persons_hold_outlasts_a_rules_of_the_same_state() ->
     assert rejected.reason.endswith("only reduce-only orders pass until `bot resume`")
 
 
+def test_a_days_lift_journaled_by_an_earlier_version_is_no_persons_resume() -> None:
+    """Earlier versions journaled the lift at a new UTC day without `automatic`: re-applied
+    at a restart on a day whose loss is at the limit, it waived the limit as a resume does."""
+    gate = RiskGate(
+        CONFIG.model_copy(update={"max_daily_loss_usdt": Decimal(100)}),
+        clock=lambda: NOW,
+        pnl_today=lambda strategy: Decimal(-150),
+    )
+    gate.set_state(ScopeState(BOT_SCOPE, TradingState.ACTIVE, "a new UTC day", NOW))
+
+    assert decide(gate, intent()).rule == "REDUCING"
+
+
 def test_open_orders_and_order_rates_limit_opening_orders_only() -> None:
     clock = [NOW]
     gate = RiskGate(
@@ -579,11 +592,11 @@ def test_a_strategy_value_the_global_overrules_is_named() -> None:
         require_stop_loss=True,
     )
 
-    assert base.loosened_in_vain(override) == [
+    assert base.overruled_values(override) == [
         "symbols DOGEUSDT (not in the global's)",
         "max_order_notional_usdt = 5000 (the global's 1000 applies)",
     ]
-    assert base.loosened_in_vain(StrategyRiskConfig(max_open_orders=1)) == []
+    assert base.overruled_values(StrategyRiskConfig(max_open_orders=1)) == []
 
 
 def test_only_the_gate_makes_an_approved_order() -> None:
