@@ -31,7 +31,7 @@ from operator import attrgetter
 from typing import Final, NamedTuple
 
 from bot.bounded import remember
-from bot.execution.orders import differences
+from bot.execution.orders import closed_or_turned, differences
 from bot.journal import FillBooking, Journal, OrderOwner, OrderRecord, WaitingExit
 from bot.logs import logger
 from bot.messages import (
@@ -946,7 +946,7 @@ class AccountKeeper:
         self._write(self._journal.record_execution, fill, allocation, hook)
         for name, size in before.items():
             after = self._projection.strategy_size(fill.key_name, name, fill.symbol)
-            if name != UNATTRIBUTED and size != 0 and (after == 0 or (after > 0) != (size > 0)):
+            if name != UNATTRIBUTED and closed_or_turned(size, after):
                 # The strategy's position closed (or turned): whatever the venue reports
                 # next (it may already hold a new position), its reduce-only orders that
                 # reduced it were for the one that is gone.

@@ -32,7 +32,7 @@ from bot import metrics
 from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
-from bot.execution.orders import close_shortfall
+from bot.execution.orders import close_shortfall, closed_or_turned
 from bot.execution.rounding import conform, conform_stop_move
 from bot.journal import FillBooking, Journal
 from bot.logs import logger
@@ -605,7 +605,7 @@ class Pipeline:
         # hears of both. Unless the venue refused it because the position closed meanwhile
         # (its last targets, or its stop, filled while the move was on its way: Bybit's 10001
         # "zero position"): nothing is left to protect.
-        moot = outcome == "rejected" and qty != 0 and self._closed_since(slot, move.symbol, qty)
+        moot = outcome == "rejected" and self._closed_since(slot, move.symbol, qty)
         if moot:
             reason = f"{reason}; the position closed (or turned) meanwhile: nothing left to protect"
         log = logger.info if outcome == "moved" or moot else logger.bind(notify="rejection").warning
@@ -629,11 +629,11 @@ class Pipeline:
 
     def _closed_since(self, slot: StrategySlot, symbol: str, held: Decimal) -> bool:
         """Whether the strategy's books no longer hold the position `held` (signed) it had
-        in `symbol` when it asked for a stop move: flat, or turned (False while unknown)."""
+        in `symbol` when it asked for a stop move: flat, or turned (False while unknown, or if
+        it held nothing)."""
         if self._strategy_size is None:
             return False
-        now = self._strategy_size(slot.key_name, slot.name, symbol)
-        return now == 0 or (now > 0) != (held > 0)
+        return closed_or_turned(held, self._strategy_size(slot.key_name, slot.name, symbol))
 
     async def _set_stop(
         self, slot: StrategySlot, move: StopMove, qty: Decimal, price: Decimal

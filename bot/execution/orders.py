@@ -32,6 +32,7 @@ __all__ = [
     "TransitionRefused",
     "check_transition",
     "close_shortfall",
+    "closed_or_turned",
     "differences",
     "not_ours",
     "trimmed",
@@ -90,6 +91,12 @@ def trimmed(event: OrderEvent, qty: Decimal) -> bool:
     """Whether a reduce-only order of `qty` ended filled for less: the venue trimmed it to
     the room other reduce-only orders left (what it was meant to close stays open)."""
     return event.status is OrderStatus.FILLED and event.filled_qty < qty
+
+
+def closed_or_turned(before: Decimal, after: Decimal) -> bool:
+    """Whether the position `before` (signed) is gone at `after`: it was held, and is now
+    flat or on the other side. A reduce-only order made for it has nothing left to reduce."""
+    return before != 0 and (after == 0 or (after > 0) != (before > 0))
 
 
 def close_shortfall(event: OrderEvent, qty: Decimal) -> str | None:

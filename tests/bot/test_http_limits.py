@@ -174,12 +174,17 @@ def test_past_the_limit_the_connection_idle_longest_makes_room_for_a_new_one(
     assert requests.get(f"{bot.url}/livez", timeout=5).status_code == 200
     assert idle[0].recv(1) == b""  # closed for room, nothing sent
 
-    for sock in idle[1:]:  # the others stay open
+    _still_open(idle[1:])  # the others stay open
+    assert _refused(bot) == refused + 1
+
+
+def _still_open(socks: list[socket.socket]) -> None:
+    """Each of `socks` is open, nothing sent to it (then closed by the test)."""
+    for sock in socks:
         sock.setblocking(False)
         with pytest.raises(BlockingIOError):
             sock.recv(1)
         sock.close()
-    assert _refused(bot) == refused + 1
 
 
 def test_past_the_limit_the_connection_waiting_longest_for_a_body_makes_room(
@@ -200,11 +205,7 @@ def test_past_the_limit_the_connection_waiting_longest_for_a_body_makes_room(
     assert requests.get(f"{bot.url}/livez", timeout=5).status_code == 200
     held[0].settimeout(5)
     assert held[0].recv(65536) == b""  # closed for room, no answer
-    for sock in held[1:]:  # the others still wait for their bodies
-        sock.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            sock.recv(1)
-        sock.close()
+    _still_open(held[1:])  # the others still wait for their bodies
     assert _refused(bot) == refused + 1
 
 

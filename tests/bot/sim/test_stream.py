@@ -106,6 +106,13 @@ def _auth_args(key: str, secret: str, expires: int) -> list[Any]:
     return [key, expires, signature]
 
 
+def _authenticate(sock: websocket.WebSocket) -> dict[str, Any]:
+    """Authenticate `sock` with the test key, its request valid for 5 s; the answer."""
+    return _ask(
+        sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)}
+    )
+
+
 def _ask(sock: websocket.WebSocket, request: dict[str, Any]) -> dict[str, Any]:
     sock.send(json.dumps(request))
     answer: dict[str, Any] = json.loads(sock.recv())
@@ -686,7 +693,7 @@ def test_fast_execution_carries_a_fills_trade_in_its_few_fields(
     """Bybit's `execution.fast`: trades only; category, symbol, orderId, isMaker,
     orderLinkId ("" for a maker's fill), execId, execPrice, execQty, side, execTime, seq."""
     sock = raw("/v5/private")
-    _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
+    _authenticate(sock)
     subscribed = _ask(sock, {"op": "subscribe", "args": ["execution.fast", "execution"]})
 
     http.place_order(
@@ -736,7 +743,7 @@ def test_fast_execution_hides_the_link_id_of_a_resting_order_amended_into_a_take
     """Bybit's Fast Execution page: orderLinkId is "" for a maker's trade and "if a maker
     order in the orderbook is converted to taker (by price amend)"; `execution` keeps it."""
     sock = raw("/v5/private")
-    _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
+    _authenticate(sock)
     _ask(sock, {"op": "subscribe", "args": ["order", "execution.fast", "execution"]})
     http.place_order(
         category="linear",
@@ -883,7 +890,7 @@ def test_a_trade_websocket_batch_counts_each_order_against_the_limit(
     raw: Callable[[str], websocket.WebSocket],
 ) -> None:
     sock = raw("/v5/trade")
-    _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
+    _authenticate(sock)
     orders = [
         {"symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit", "qty": "0.01"}
         | {"price": str(90000 + index)}
@@ -904,7 +911,7 @@ def test_the_trade_websocket_suffers_the_gateways_faults(
     server: SimServer, raw: Callable[[str], websocket.WebSocket], http: HTTP
 ) -> None:
     sock = raw("/v5/trade")
-    _ask(sock, {"op": "auth", "args": _auth_args(KEY, SECRET, int(time.time() * 1000) + 5000)})
+    _authenticate(sock)
 
     def send(op: str, item: dict[str, Any]) -> None:
         header = {"X-BAPI-TIMESTAMP": str(int(time.time() * 1000))}
