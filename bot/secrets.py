@@ -300,6 +300,7 @@ class SecretResolver:
                 f"cannot create the directory {self._generated_dir} for generated secrets: "
                 f"{exc.strerror} (is the state directory right?)"
             ) from None
+        _remove_dead_spares(path)
         value = secrets.token_hex(24)
         try:
             if _publish_whole(path, value + "\n"):
@@ -341,6 +342,27 @@ def _publish_whole(path: Path, text: str) -> bool:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(spare)
+
+
+def _remove_dead_spares(path: Path) -> None:
+    """Delete the spares of `path` (see `_publish_whole`) left by processes killed while
+    writing one: each holds a secret that was never used, and nothing else would remove it.
+    A spare of a process still alive is its own, in use."""
+    for spare in path.parent.glob(f".{path.name}.*.*"):
+        pid = spare.name.removeprefix(f".{path.name}.").partition(".")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                spare.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): alive
+        return True
+    return True
 
 
 def _write_synced(path: Path, text: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -113,6 +115,31 @@ def test_a_generated_secret_that_could_not_be_written_whole_leaves_no_file(
     assert list(generated.iterdir()) == []
 
     assert len(resolver.get("BOT_ADMIN_SECRET").get_secret_value()) >= 32  # the next start
+
+
+def test_spares_of_processes_killed_while_generating_are_removed(tmp_path: Path) -> None:
+    """A kill between writing the spare and unlinking it left `.name.pid.hex` behind, holding
+    a secret, forever; a live process's spare is its own and stays."""
+    generated = tmp_path / "secrets"
+    generated.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (generated / f".bot_admin_secret.{dead}.0badc0de").write_text("left\n")
+    mine = generated / f".bot_admin_secret.{os.getpid()}.5ca1ab1e"
+    mine.write_text("in use\n")
+    other = generated / f".bot_webhook_secret_x.{dead}.0badc0de"
+    other.write_text("another name's\n")
+
+    resolver = SecretResolver(tmp_path / "none", generated_dir=generated, environ={})
+    resolver.get("BOT_ADMIN_SECRET")
+
+    assert sorted(path.name for path in generated.iterdir()) == sorted(
+        ["bot_admin_secret", mine.name, other.name]
+    )
 
 
 def test_a_secret_is_generated_on_a_file_system_without_hard_links(
