@@ -239,11 +239,11 @@ class MarkKlineParams(_Candles):
 
 
 class IndexKlineParams(_Candles):
-    """`GET /v5/market/index-price-kline`: category required (linear or inverse); at most 200
-    candles a page, as Bybit documents it."""
+    """`GET /v5/market/index-price-kline`: category linear (the default) or inverse, 1-1000
+    candles a page, as Bybit has documented it since 2023 (it once wanted category and at most
+    200; ccxt's fetch_index_ohlcv pages by 1000)."""
 
-    category: DerivativesCategory
-    limit: int = Field(default=200, ge=1, le=200)
+    category: DerivativesCategory = "linear"
 
 
 class PremiumKlineParams(_Candles):

@@ -267,6 +267,16 @@ def test_fetch_mark_ohlcv_has_prices_but_no_volume(bybit: ccxt.bybit) -> None:
     assert candles[-1][4] == 97000  # oldest first in ccxt; the open one closes at the price
 
 
+def test_fetch_index_ohlcv_takes_a_page_of_1000_candles(bybit: ccxt.bybit) -> None:
+    """ccxt sends category and up to 1000 a page, as Bybit allows (the simulator's 200 was an
+    old limit: ccxt raised BadRequest)."""
+    candles = bybit.fetch_index_ohlcv(SYMBOL, "1m", None, 1000)
+
+    stamps = [candle[0] for candle in candles]
+    assert stamps == list(range(stamps[0], stamps[0] + 1000 * 60_000, 60_000))
+    assert candles[-1][4] == 97000  # the open candle closes at the current price
+
+
 def test_fetch_open_interest_counts_the_positions_held(bybit: ccxt.bybit) -> None:
     assert bybit.fetch_open_interest(SYMBOL)["openInterestAmount"] == 0
 

@@ -501,12 +501,17 @@ def test_index_price_kline_is_the_mark_price_kline(server: SimServer, session: H
     assert index["list"] == session.get_mark_price_kline(**query)["result"]["list"]
     assert len(index["list"]) == 3
     path = "/v5/market/index-price-kline"
-    assert _public(server, path, symbol="BTCUSDT", interval="1")["retCode"] == 10001  # category
+    # Bybit: category defaults to linear, limit is 1-1000 (it was once required and 1-200).
+    default = _public(server, path, symbol="BTCUSDT", interval="1", limit=1000)["result"]
+    assert (default["category"], len(default["list"])) == ("linear", 1000)
     assert (
-        _public(server, path, category="linear", symbol="BTCUSDT", interval="1", limit=201)[
+        _public(server, path, category="linear", symbol="BTCUSDT", interval="1", limit=1001)[
             "retCode"
         ]
         == 10001
+    )
+    assert _public(server, path, category="spot", symbol="BTCUSDT", interval="1")["retCode"] == (
+        10001
     )
     inverse = _public(server, path, category="inverse", symbol="BTCUSD", interval="1")
     assert inverse["result"]["list"] == []
