@@ -42,6 +42,7 @@ rejected. Levels below that one are free for the publisher's use; a message on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import random
@@ -51,7 +52,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Self, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho_mqtt
@@ -97,6 +98,7 @@ _STRATEGY_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # Signal.strategy's
 # The in-payload form is matched byte for byte, so only its exact spelling is accepted.
 _LITERAL_SIGNATURE: Final = re.compile(r"t=[0-9]{1,12}(?:,v1=[0-9a-fA-F]{64})+")
 _MAX_REASON_CHARS: Final = 300
+_T = TypeVar("_T")
 
 RejectHandler = Callable[[str, str, str], Awaitable[None] | None]
 """Called with (kind, reason, topic) for each rejected message, before it is acknowledged.
@@ -312,20 +314,24 @@ class MqttSubscriber:
             client_id=config.client_id,
         )
         async with client:
-            granted = await client.subscribe(
-                config.subscription,
-                options=SubscribeOptions(
-                    qos=1,
-                    # A retained signal is an old one: never replay it on (re)subscribing.
-                    retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
-                ),
-                timeout=config.connect_timeout_s,
+            granted = await client.while_open(
+                client.subscribe(
+                    config.subscription,
+                    options=SubscribeOptions(
+                        qos=1,
+                        # A retained signal is an old one: never replay it on (re)subscribing.
+                        retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND,
+                    ),
+                    timeout=config.connect_timeout_s,
+                )
             )
             self._check_granted(granted)
             if self._session_present and config.shared_group:
                 # A session resumed from before `shared_group` was set still holds the plain
                 # filter: with it, this bot would get every signal besides its share.
-                await client.unsubscribe(config.topic, timeout=config.connect_timeout_s)
+                await client.while_open(
+                    client.unsubscribe(config.topic, timeout=config.connect_timeout_s)
+                )
             had_session = await self._had_session()
             if self._session_present or not had_session:
                 logger.info(
@@ -763,7 +769,10 @@ class MqttControl:
             # A broker's ACL may refuse it (SUBACK 0x87): the kill switch's topic is not
             # listened to then, which must be said, and tried again, not taken for listening.
             _check_subscribed(
-                await client.subscribe(topic, qos=1, timeout=config.connect_timeout_s), topic
+                await client.while_open(
+                    client.subscribe(topic, qos=1, timeout=config.connect_timeout_s)
+                ),
+                topic,
             )
             self.connected = True
             self._connected_at = time.monotonic()
@@ -848,7 +857,7 @@ def _client(
     session_expiry_s: int,
     receive_maximum: int | None,
     timeout_s: float,
-) -> aiomqtt.Client:
+) -> _Client:
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = session_expiry_s
     # The broker drops (for us) a message larger than this instead of sending it: one of
@@ -857,7 +866,7 @@ def _client(
     properties.MaximumPacketSize = config.max_payload_bytes + _PACKET_MARGIN_BYTES
     if receive_maximum is not None:
         properties.ReceiveMaximum = receive_maximum
-    client = aiomqtt.Client(
+    client = _Client(
         config.host,
         config.port,
         username=config.username or None,
@@ -870,46 +879,90 @@ def _client(
         timeout=timeout_s,
         properties=properties,
         tls_context=tls,
+        not_mqtt_hint=(
+            "is it a TLS listener (mqtt.tls is false), or not an MQTT broker's port?"
+            if not config.tls
+            else "is it an MQTT broker's TLS port?"
+        ),
     )
     # Bounds the TCP (and TLS) connect that aiomqtt runs in a worker thread.
     client._client.connect_timeout = timeout_s
-    _fail_when_closed_before_connack(client, config)
     return client
 
 
-def _fail_when_closed_before_connack(client: aiomqtt.Client, config: MqttConfig) -> None:
-    """Make a connection the broker closes before its CONNACK fail at once, saying so.
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, told of a connection the broker ends while it is being made.
 
-    aiomqtt ignores a disconnect that comes before CONNACK and waits out its whole timeout,
-    then reports "Operation timed out": a plain client on a TLS listener (or any port that
-    does not speak MQTT) looked like a slow broker, each attempt stalling `connect_timeout_s`.
+    Before CONNACK, aiomqtt ignores the end and waits out its whole timeout, then reports
+    "Operation timed out": a plain client on a TLS listener (or any port that does not speak
+    MQTT) looked like a slow broker. Right after CONNACK (a stopping broker's DISCONNECT, a
+    proxy whose backend is gone), aiomqtt drops the end unread: the connection was taken for
+    open, the subscribe waited out its timeout on it, and asyncio logged the dropped end as
+    "Future exception was never retrieved", an ERROR of three lines. Here both fail the
+    connect at once, saying why, and `while_open` ends a wait the connection's end cuts off.
     """
-    paho = client._client
-    original = paho.on_disconnect
-    hint = (
-        "is it a TLS listener (mqtt.tls is false), or not an MQTT broker's port?"
-        if not config.tls
-        else "is it an MQTT broker's TLS port?"
-    )
 
-    def fail(connected: asyncio.Future[None], reason: object) -> None:
+    def __init__(self, *args: Any, not_mqtt_hint: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._not_mqtt_hint = not_mqtt_hint
+        self._end_reason: object | None = None  # why the broker ended it, once connected
+
+    def _on_disconnect(self, *args: Any) -> None:
+        # (client, userdata, flags, reason_code, properties); paho may call this from the
+        # thread that connects, so a future is completed on the event loop.
+        connected = self._connected
+        if connected.cancelled():
+            # The connect was given up (a shutdown): nothing waits, and aiomqtt's handler
+            # would raise CancelledError reading the future, logged as an ERROR.
+            return
+        if not connected.done():
+            self._loop.call_soon_threadsafe(self._fail_connect, connected, args[3])
+        elif connected.exception() is None:
+            self._end_reason = args[3]
+        super()._on_disconnect(*args)
+        # aiomqtt keeps the end for whoever waits on it, or drops it (above): read here, it
+        # is never reported as an exception nobody retrieved.
+        if self._disconnected.done() and not self._disconnected.cancelled():
+            self._disconnected.exception()
+
+    def _fail_connect(self, connected: asyncio.Future[None], reason: object) -> None:
         if not connected.done():
             connected.set_exception(
                 aiomqtt.MqttError(
-                    f"the broker closed the connection before answering CONNECT ({reason}): {hint}"
+                    f"the broker closed the connection before answering CONNECT ({reason}): "
+                    f"{self._not_mqtt_hint}"
                 )
             )
+            connected.exception()  # raised to the connect, if it still waits: no one else
 
-    def on_disconnect(*args: Any) -> None:
-        # (client, userdata, flags, reason_code, properties); paho may call this from the
-        # thread that connects, so the future is completed on the event loop.
-        connected = client._connected
-        if not connected.done():
-            client._loop.call_soon_threadsafe(fail, connected, args[3])
-        if original is not None:
-            original(*args)
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        if self._end_reason is not None:
+            if not self._disconnected.done():
+                self._disconnected.set_result(None)  # gone: no DISCONNECT to send on leaving
+            await super().__aexit__(None, None, None)
+            raise aiomqtt.MqttError(self._ended())
+        return self
 
-    paho.on_disconnect = on_disconnect
+    async def while_open(self, call: Awaitable[_T]) -> _T:
+        """`call`'s result, or MqttError as soon as the broker ends the connection: aiomqtt
+        waits out its whole timeout for an answer (a SUBACK) a closed connection never brings."""
+        task = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait((task, self._disconnected), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await task
+        raise aiomqtt.MqttError(self._ended())
+
+    def _ended(self) -> str:
+        reason = f" ({self._end_reason})" if self._end_reason is not None else ""
+        return f"the broker closed the connection right after accepting it{reason}"
 
 
 def _end_if_cancelled() -> None:

@@ -8,6 +8,8 @@ restart the broker or kill a process while it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import secrets
 import signal
@@ -750,6 +752,102 @@ def test_a_connection_closed_before_connack_is_reported_as_such() -> None:
     error = subscriber.last_error or ""
     assert "the broker closed the connection before answering CONNECT" in error, error
     assert "is it a TLS listener (mqtt.tls is false)" in error, error
+
+
+class ConnackThenHangUpServer:
+    """A broker that accepts each CONNECT (CONNACK, MQTT v5) and at once ends the connection:
+    with `then` (a DISCONNECT, as mosquitto sends when it stops) or by closing it; with
+    `on_subscribe`, once the SUBSCRIBE came."""
+
+    def __init__(self, then: bytes = b"", *, on_subscribe: bool = False) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        self._then = then
+        self._on_subscribe = on_subscribe
+        self._thread = threading.Thread(target=self._serve, name="connack-hang-up", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.connections += 1
+                conn.recv(4096)
+                conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK: accepted
+                if self._on_subscribe:
+                    conn.recv(4096)
+                conn.sendall(self._then)
+                if self._then:
+                    time.sleep(0.5)  # the client reads the DISCONNECT before the close
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("then", "on_subscribe", "reason"),
+    [
+        (b"\xe0\x02\x8b\x00", False, "Server shutting down"),
+        (b"", False, ""),
+        (b"", True, ""),
+    ],
+    ids=["disconnect", "close", "close-on-subscribe"],
+)
+def test_a_connection_the_broker_ends_right_after_connack_is_one_clear_line(
+    then: bytes, on_subscribe: bool, reason: str
+) -> None:
+    # aiomqtt lost such an end: its exception was logged as "Future exception was never
+    # retrieved" (an ERROR of three lines), and the subscribe went to a dead connection,
+    # reported as "not currently connected" or stalled connect_timeout_s into "Operation
+    # timed out".
+    server = ConnackThenHangUpServer(then, on_subscribe=on_subscribe)
+    config = MqttConfig(
+        enabled=True,
+        port=server.port,
+        connect_timeout_s=20,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+    subscriber = MqttSubscriber(config, RecordingSink())
+    lines: list[str] = []
+    handler = logger.add(lines.append, level="WARNING", format="{message} | {exception}")
+    unretrieved: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: unretrieved.append(context)
+        )
+        task = asyncio.create_task(subscriber.run())
+        try:
+            while server.connections < 3:  # noqa: ASYNC110 - a thread's counter
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        gc.collect()  # a future dropped with its exception unread reports it now
+        await asyncio.sleep(0)
+
+    started = time.monotonic()
+    try:
+        asyncio.run(main())
+    finally:
+        logger.remove(handler)
+        server.close()
+
+    assert time.monotonic() - started < 10, "each attempt waited out connect_timeout_s"
+    assert unretrieved == []
+    error = subscriber.last_error or ""
+    assert "the broker closed the connection right after accepting it" in error, error
+    assert reason in error
+    assert subscriber.counters.connections == 0
+    for line in lines:
+        assert "\n" not in line.rstrip(" |\n"), line
 
 
 def test_a_broker_whose_certificate_a_private_ca_signed_is_trusted_through_tls_ca_file(
