@@ -18,7 +18,9 @@ stream is down or has reconnected since the last complete scan, and every
 `exit_scan_live_interval_s` while it has stayed up (the stream reports exits itself; the scan
 is the safety net). The venue lists a symbol's latest `EXIT_SCAN_ORDERS` orders, so a scan also
 runs once the key has placed half that many orders since the last: what happened in between
-stays inside what the scan reads, exits included.
+stays inside what the scan reads, exits included. Other clients of the account (or the bot
+itself, over a long-lived position) can still push an exit the journal holds waiting out of
+the latest ones: such an exit is asked for by its orderId.
 
 Each key's passes keep their own phase of the interval, so that the keys' passes and their
 requests do not come all at once; a pass that overran skips the slots it missed rather than
@@ -105,10 +107,14 @@ class Reconciler:
         client cancelled or moved; False if a symbol could not be read (it is logged)."""
         venue = self._venues[key_name]
         symbols = await self._journal.call(self._journal.protected_symbols, key_name)
+        waiting: dict[str, list[str]] = {}
+        for held in await self._journal.call(self._journal.waiting_exits):
+            if held.key_name == key_name:
+                waiting.setdefault(held.symbol, []).append(held.order_id)
         complete = True
-        for symbol in symbols:
+        for symbol in sorted({*symbols, *waiting}):
             try:
-                exits = await venue.exit_orders(symbol)
+                exits = await venue.exit_orders(symbol, waiting.get(symbol, ()))
             except VenueError as exc:
                 logger.warning("exit scan of {symbol} failed: {error}", symbol=symbol, error=exc)
                 complete = False

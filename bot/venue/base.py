@@ -7,7 +7,7 @@ Protocol. Methods raise the classified errors of `bot.venue.errors`, nothing els
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Final, Protocol
@@ -128,9 +128,11 @@ class Venue(Protocol):
         another client placed under the id may trade another), or None if it holds none."""
         ...
 
-    async def exit_orders(self, symbol: str) -> list[ExitOrder]:
+    async def exit_orders(self, symbol: str, waiting: Collection[str] = ()) -> list[ExitOrder]:
         """The venue's stop-loss / take-profit executions among the latest `EXIT_SCAN_ORDERS`
-        orders on `symbol`, newest first."""
+        orders on `symbol`, newest first; then those of `waiting` (orderIds of exits the
+        journal holds waiting there) not among them, each asked for by its id: other
+        clients' orders on the account can push an exit out of the latest ones."""
         ...
 
     async def open_orders(self) -> list[OrderEvent]:

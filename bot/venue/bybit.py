@@ -20,7 +20,7 @@ import hmac
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -376,7 +376,7 @@ class BybitVenue:
                     return order_event(row)
         return None
 
-    async def exit_orders(self, symbol: str) -> list[ExitOrder]:
+    async def exit_orders(self, symbol: str, waiting: Collection[str] = ()) -> list[ExitOrder]:
         result = await self._read(
             "exit_orders",
             "/v5/order/history",
@@ -385,9 +385,31 @@ class BybitVenue:
             symbol=symbol,
             limit=EXIT_SCAN_ORDERS,
         )
-        return [
+        exits = [
             exit_order(row, self.name) for row in result.get("list") or [] if is_exit_order(row)
         ]
+        seen = {exit.order_id for exit in exits}
+        for order_id in waiting:
+            if order_id in seen:
+                continue
+            # Older than the latest orders: Bybit answers an order asked for by its id
+            # whatever its age, open ones in realtime, ended ones in the history.
+            for path, method in (
+                ("/v5/order/realtime", "get_open_orders"),
+                ("/v5/order/history", "get_order_history"),
+            ):
+                found = await self._read(
+                    "exit_orders", path, method, category=CATEGORY, symbol=symbol, orderId=order_id
+                )
+                rows = [
+                    row
+                    for row in found.get("list") or []
+                    if row.get("orderId") == order_id and is_exit_order(row)
+                ]
+                if rows:
+                    exits.append(exit_order(rows[0], self.name))
+                    break
+        return exits
 
     # account snapshots (closing gaps in the private stream) -------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -204,7 +204,7 @@ class FakeVenue:
             return None
         return order.event(self.price)
 
-    async def exit_orders(self, symbol: str) -> list[ExitOrder]:
+    async def exit_orders(self, symbol: str, waiting: Collection[str] = ()) -> list[ExitOrder]:
         return [order for order in reversed(self.exits) if order.symbol == symbol]
 
     async def last_price(self, symbol: str) -> Decimal:

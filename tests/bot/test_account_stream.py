@@ -22,6 +22,7 @@ from bot.config import ConfigError
 from bot.execution.ids import order_link_id
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.sim.records import ResumedPosition
+from bot.venue.base import EXIT_SCAN_ORDERS
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import wait_for, write_key_secrets
 
@@ -209,6 +210,57 @@ def test_a_stop_cancelled_while_the_stream_is_down_is_warned_of_by_the_scan(
         logger.remove(sink)
 
     assert len(warned) == 1 and "the position stays open without it" in warned[0]
+
+
+def test_a_stop_cancelled_while_the_bot_was_down_is_found_past_another_clients_orders(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Another client of the account cancels the position's stop loss while the bot is down,
+    then places more orders in the symbol than the exit scan reads (the latest
+    `EXIT_SCAN_ORDERS`). The start-up scan must still find the stop cancelled and say the
+    position is unprotected, not leave the journal holding it as waiting."""
+    write_key_secrets(tmp_path, KEY, SECRET)
+    sim = SimExchange(SimulatorConfig(order_create_per_s=1000))
+    sim.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET), note="k"))
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), level="WARNING")
+    try:
+        with SimServer(sim) as server:
+            client = HTTP(api_key=KEY, api_secret=SECRET)
+            client.endpoint = server.url
+            bot = start(sim_config, server)
+            try:
+                assert bot.post(signal("guarded")).status_code == 202  # its stop loss at 95000
+                wait_for(lambda: bot.journal_status("guarded") == ["Filled"], what="the long")
+            finally:
+                bot.stop()
+            client.cancel_all_orders(category="linear", symbol="BTCUSDT", orderFilter="StopOrder")
+            for number in range(EXIT_SCAN_ORDERS + 5):
+                client.place_order(
+                    category="linear",
+                    symbol="BTCUSDT",
+                    side="Buy",
+                    orderType="Limit",
+                    qty="0.001",
+                    price="50000",
+                    orderLinkId=f"other-{number}",
+                )
+            client.cancel_all_orders(category="linear", symbol="BTCUSDT")
+            bot = start(sim_config, server)
+            try:
+                warned = wait_for(
+                    lambda: [line for line in said if "StopLoss at 95000 " in line],
+                    what="the start-up scan's warning",
+                )
+                exits = [row["status"] for row in bot.rows() if row["decision"] == "exit"]
+            finally:
+                bot.stop()
+    finally:
+        logger.remove(sink)
+
+    assert len(warned) == 1 and "was cancelled at the venue" in warned[0]
+    assert "the position stays open without it" in warned[0]
+    assert exits == ["Cancelled"]
 
 
 def test_books_that_disagree_with_the_venue_are_fetched_again_then_warned_of_once(

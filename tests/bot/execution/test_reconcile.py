@@ -5,7 +5,7 @@ orders have been placed than the scan reads, and the last scan was complete."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -76,12 +76,15 @@ class _Journal:
     def record_exit(self, exit_order: object) -> bool:
         return False
 
+    def waiting_exits(self) -> list[object]:
+        return []
+
 
 class _Venue:
     def __init__(self) -> None:
         self.failing = False
 
-    async def exit_orders(self, symbol: str) -> list[object]:
+    async def exit_orders(self, symbol: str, waiting: Collection[str] = ()) -> list[object]:
         if self.failing:
             raise RetryableError("HTTP 503", retry_after_s=0.0)
         return []
