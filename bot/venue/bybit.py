@@ -448,14 +448,7 @@ class BybitVenue:
                 # start, so a fill the venue stamped past our estimate of its clock (the
                 # estimate lags a drift) is not left out.
                 bounds = {"startTime": start_ms} | ({} if last else {"endTime": end_ms})
-                rows += await self._pages(
-                    "executions",
-                    "/v5/execution/list",
-                    "get_executions",
-                    complete=True,
-                    limit=100,
-                    **bounds,
-                )
+                rows += await self._fill_window(bounds)
                 if last:
                     break
                 start_ms = end_ms + 1
@@ -512,11 +505,51 @@ class BybitVenue:
         )
         return list(result.get("list") or [])
 
+    async def _fill_window(self, bounds: dict[str, int]) -> list[dict[str, Any]]:
+        """Every fill of one window (`startTime`, and `endTime` unless it reaches now), newest
+        first. Bybit lists a window newest first, so one holding more than `_MAX_PAGES`
+        pages (another client of the account trading hard while the bot was down) is read
+        on below the oldest fill read, that millisecond again (deduped by execId), until a
+        read ends within the pages: the fills past the pages are older, never left out."""
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        while True:
+            page_rows, more = await self._paged(
+                "executions", "/v5/execution/list", "get_executions", limit=100, **bounds
+            )
+            for row in page_rows:
+                exec_id = str(row.get("execId"))
+                if exec_id not in seen:
+                    seen.add(exec_id)
+                    rows.append(row)
+            if not more:
+                return rows
+            oldest = min(int(row.get("execTime") or 0) for row in page_rows)
+            if oldest >= bounds.get("endTime", oldest + 1):  # one millisecond fills the pages
+                raise AmbiguousError(
+                    f"more than {_MAX_PAGES} pages of fills at {oldest}", operation="executions"
+                )
+            bounds = {**bounds, "endTime": oldest}
+
     async def _pages(
         self, operation: str, path: str, method: str, *, complete: bool = False, **params: Any
     ) -> list[dict[str, Any]]:
         """Every row of a cursor-paginated list, up to `_MAX_PAGES` pages; past that the rest
         is left with a warning, or, when the list must be `complete`, an error."""
+        rows, more = await self._paged(operation, path, method, **params)
+        if more:
+            if complete:
+                raise AmbiguousError(f"more than {_MAX_PAGES} pages", operation=operation)
+            logger.warning(
+                "{op}: more than {n} pages; the rest is left", op=operation, n=_MAX_PAGES
+            )
+        return rows
+
+    async def _paged(
+        self, operation: str, path: str, method: str, **params: Any
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The rows of a cursor-paginated list, up to `_MAX_PAGES` pages, and whether more
+        are left."""
         rows: list[dict[str, Any]] = []
         cursor = ""
         for _ in range(_MAX_PAGES):
@@ -527,11 +560,8 @@ class BybitVenue:
             rows.extend(result.get("list") or [])
             cursor = str(result.get("nextPageCursor") or "")
             if not cursor:
-                return rows
-        if complete:
-            raise AmbiguousError(f"more than {_MAX_PAGES} pages", operation=operation)
-        logger.warning("{op}: more than {n} pages; the rest is left", op=operation, n=_MAX_PAGES)
-        return rows
+                return rows, False
+        return rows, True
 
     # market and account --------------------------------------------------------------------
 

@@ -141,6 +141,55 @@ def test_fills_while_the_stream_is_down_are_caught_up_once(
     assert size == Decimal("0.015")
 
 
+def test_a_close_by_another_client_is_caught_up_past_more_fills_than_the_pages_read(
+    sim_config: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the bot is down, another client of the account closes the strategy's position
+    and then trades more fills than the catch-up's pages hold (here 2 pages of 100). The
+    start must still book the close: the fills past the pages are older ones, read on."""
+    monkeypatch.setattr("bot.venue.bybit._MAX_PAGES", 2)
+    write_key_secrets(tmp_path, KEY, SECRET)
+    sim = SimExchange(SimulatorConfig(order_create_per_s=100_000, ip_requests_per_5s=100_000))
+    sim.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET), note="k"))
+    with SimServer(sim) as server:
+        client = HTTP(api_key=KEY, api_secret=SECRET)
+        client.endpoint = server.url
+        bot = start(sim_config, server)
+        try:
+            assert bot.post(signal("held")).status_code == 202
+            wait_for(lambda: bot.journal_status("held") == ["Filled"], what="the long")
+        finally:
+            bot.stop()
+        client.place_order(
+            category="linear",
+            symbol="BTCUSDT",
+            side="Sell",
+            orderType="Market",
+            qty="0.005",
+            reduceOnly=True,
+        )
+        for number in range(250):
+            client.place_order(
+                category="linear",
+                symbol="ETHUSDT",
+                side="Buy" if number % 2 else "Sell",
+                orderType="Market",
+                qty="0.01",
+            )
+        bot = start(sim_config, server)
+        try:
+            closed = wait_for(
+                lambda: books(bot).strategy_size("follow_sim", "follow", "BTCUSDT") == 0,
+                what="the close booked",
+            )
+            journaled = len(bot.read_journal(lambda journal: list(journal.executions())))
+        finally:
+            bot.stop()
+
+    assert closed
+    assert journaled == 1 + 1 + 250  # ours, their close, their trades: each once
+
+
 def test_a_trailing_stop_set_at_the_venue_closes_the_strategys_book_when_it_fires(
     sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
 ) -> None:

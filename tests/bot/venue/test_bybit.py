@@ -345,13 +345,13 @@ def test_fills_since_a_time_are_asked_for_up_to_the_venues_now_not_ours(
     # order Filled whose fill no book held. The window reaching now has no endTime: Bybit's
     # then runs 7 days from its startTime.
     asked: list[dict[str, Any]] = []
-    pages = venue._pages
+    pages = venue._paged
 
     async def recording(*args: Any, **params: Any) -> Any:
         asked.append(params)
         return await pages(*args, **params)
 
-    monkeypatch.setattr(venue, "_pages", recording)
+    monkeypatch.setattr(venue, "_paged", recording)
     eight_days_ago = datetime.now(UTC) - timedelta(days=8)
 
     asyncio.run(venue.executions_since(eight_days_ago))
