@@ -170,13 +170,29 @@ class AuditLog:
                         error=exc.strerror or type(exc).__name__,
                     )
                 self._failing = True
+                # The line the file could not take stays in its buffer, to fail its every
+                # flush again (its close at shutdown too): the next write reopens instead.
+                self._discard()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._discard()
+
+    def _discard(self) -> None:
+        """Close the current file, dropping what its buffer still holds: a full disk must
+        not turn the bot's clean stop into a traceback (the failure was warned of)."""
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError as exc:
+                if not self._failing:
+                    logger.warning(
+                        "cannot write the audit log in {dir}: {error}",
+                        dir=self.directory,
+                        error=exc.strerror or type(exc).__name__,
+                    )
 
     def _open(self) -> TextIO:
         """The current file, appended to, readable by its owner only."""

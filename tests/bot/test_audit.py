@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from bot.audit import CURRENT_FILE, AuditLog, VenueRequest, iter_audit, read_audit, summary
 from bot.config import AuditConfig, Environment, load_settings
 from bot.execution.executor import build_request
+from bot.logs import logger
 from bot.secrets import ApiCredentials
 from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from bot.venue.bybit import BybitVenue
@@ -214,6 +215,29 @@ def test_the_file_is_rotated_at_its_size_and_every_line_is_kept_in_order(
         "follow-37-leg",
         "follow-38-leg",
         "follow-39-leg",
+    ]
+
+
+def test_a_full_disk_costs_audit_lines_never_a_traceback_at_close(tmp_path: Path) -> None:
+    """The bot stopped on a full disk with a traceback ("stopped on an unexpected error",
+    exit 1): the line the audit file could not take stayed in its buffer, and closing the
+    file flushed it again. /dev/full answers every write as a full disk does (ENOSPC)."""
+    directory = tmp_path / "audit"
+    directory.mkdir(mode=0o700)
+    (directory / CURRENT_FILE).symlink_to("/dev/full")
+    log = AuditLog(directory, AuditConfig())
+    warnings: list[str] = []
+    handler = logger.add(warnings.append, format="{message}", level="WARNING")
+    try:
+        log.write(record(time.time(), link="follow-0-leg"))
+        log.write(record(time.time(), link="follow-1-leg"))
+
+        log.close()  # Act: as a bot stopping on that disk
+    finally:
+        logger.remove(handler)
+
+    assert [line.strip() for line in warnings] == [
+        f"cannot write the audit log in {directory}: No space left on device"
     ]
 
 
