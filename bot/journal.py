@@ -37,7 +37,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -693,9 +693,19 @@ def lock_journal(path: Path) -> JournalLock:
             "in flight and exits) or give this one another state_dir",
             pid or "?",
         ) from None
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n{shlex.join(sys.argv)}\n")
-    handle.flush()
+    try:
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n{shlex.join(sys.argv)}\n")
+        handle.flush()
+    except OSError as exc:  # a full disk: the journal could not be written either
+        with suppress(OSError):  # the name it could not take is still in the buffer
+            handle.close()
+        if directory >= 0:
+            os.close(directory)
+        raise JournalError(
+            f"cannot lock journal {path.absolute()}: cannot write {lock_path.name}: "
+            f"{exc.strerror or exc}"
+        ) from None
     return JournalLock(handle, directory)
 
 

@@ -27,7 +27,7 @@ import requests
 from bot import cli, launch
 from bot.account import AccountProjection
 from bot.config import load_settings
-from bot.journal import Journal, TraceRow
+from bot.journal import Journal, TraceRow, lock_journal
 from bot.messages import Side
 from bot.net import http_url, loopback_off_proxies
 from bot.risk.config import RiskConfig, StrategyRiskConfig
@@ -356,6 +356,28 @@ def test_a_journal_another_program_holds_locked_stops_run_in_one_line(
     assert started.returncode == 2
     assert "Traceback" not in started.stderr + started.stdout
     assert "database is locked: another program holds it" in started.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_lock_file_that_cannot_be_written_stops_run_in_one_line(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced on a full disk: `bot run` took the lock, could not write its PID into the
+    # lock file, and stopped with a traceback ("stopped on an unexpected error", exit 1).
+    # /dev/full refuses every write as a full disk does.
+    config = sim_config()
+    path = load_settings(config).journal_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = path.with_name(path.name + ".lock")
+    lock_file.symlink_to("/dev/full")
+
+    started = bot("run", "--config", str(config), cwd=config.parent)
+
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert "Traceback" not in started.stderr + started.stdout
+    assert f"error: cannot lock journal {path}: cannot write {lock_file.name}:" in started.stderr
+    lock_file.unlink()
+    lock_journal(path).close()  # nothing of the failed start still holds it
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
