@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,10 @@ FAILURE_HALT: Final = "its code failed"
 #: the venue; after the last try it is left due for the next start.
 FILL_HOOK_RETRIES_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 FILL_HOOK_SLOW_RETRIES_S: Final = (60.0,) * 60
+#: When a signal whose work the journal could not write (a full disk, a lock another program
+#: held) is run again: its sender was answered 202, so it is not left for the next start
+#: (which would find it stale) while the journal writes again; after the last, it is.
+JOURNAL_RETRIES_S: Final = FILL_HOOK_RETRIES_S + FILL_HOOK_SLOW_RETRIES_S
 ZERO: Final = Decimal(0)
 #: How long a signal waits for the cancels of its strategy's reduce-only orders whose position
 #: closed or turned (stranded) before it is decided without them.
@@ -137,6 +142,8 @@ class _Job:
     slots: list[StrategySlot]
     #: shared by the signal's jobs on all lanes: the last one to finish marks it processed
     remaining: list[int] = field(default_factory=lambda: [1])
+    #: runs before this one that the journal failed (`JOURNAL_RETRIES_S`)
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -323,9 +330,11 @@ class Pipeline:
                         await job.run()
                     else:
                         await self._run_job(job)
-                except Exception:  # one bad signal or hook must not stop the lane
+                except Exception as exc:  # one bad signal or hook must not stop the lane
                     if isinstance(job, _HookJob):
                         logger.exception("{what} failed", what=job.label)
+                    elif isinstance(exc, sqlite3.OperationalError):
+                        self._run_again_later(lane, job, exc)
                     else:
                         logger.exception(
                             "signal {id} failed; it stays unprocessed", id=job.signal.id
@@ -338,8 +347,42 @@ class Pipeline:
         finally:
             del self._lanes[lane], self._workers[lane]
 
+    def _run_again_later(self, lane: Lane, job: _Job, exc: sqlite3.OperationalError) -> None:
+        """A signal whose work the journal could not write: its lane runs it again later,
+        as a start would (its strategies whose decision was journaled are not asked again;
+        an order of theirs that left is reconciled), one line said of it each time."""
+        if job.attempt >= len(JOURNAL_RETRIES_S):
+            logger.error(
+                "signal {id} could not be journaled ({error}); it runs again on the next start",
+                id=job.signal.id,
+                error=str(exc),
+            )
+            return
+        delay = JOURNAL_RETRIES_S[job.attempt]
+        logger.error(
+            "signal {id} could not be journaled ({error}); it runs again in {s} s",
+            id=job.signal.id,
+            error=str(exc),
+            s=f"{delay:g}",
+        )
+        again = dataclasses.replace(job, attempt=job.attempt + 1)
+        asyncio.get_running_loop().call_later(delay, self._queue_job, lane, again)
+
+    def _queue_job(self, lane: Lane, job: _Job) -> None:
+        self._queue(lane).put_nowait(job)
+        self._outstanding += 1
+        self._idle.clear()
+        metrics.SIGNAL_QUEUE.set(self._outstanding)
+
     async def _run_job(self, job: _Job) -> None:
-        await self._run_slots(job.signal, job.slots)
+        slots = job.slots
+        if job.attempt and slots:  # run before: who decided then is not asked again
+            decided = await self._journal.call(
+                self._journal.decided_strategies, job.signal.source, job.signal.id
+            )
+            slots = [slot for slot in slots if slot.name not in decided]
+        if slots or not job.slots:
+            await self._run_slots(job.signal, slots)
         job.remaining[0] -= 1
         if job.remaining[0] == 0:
             # Nothing waits for it: it goes with the signal's deferred writes (its order's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -181,6 +182,48 @@ def test_a_raising_strategy_is_journaled_and_does_not_stop_the_others(
     assert found["exploding"] == ("failed", "on_signal raised ZeroDivisionError: plug-in bug")
     assert found["follow"][0] == "approved"
     assert len(client_orders(exchange.orders())) == 1
+
+
+def test_a_signal_the_journal_could_not_decide_runs_again_once_it_writes(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    # Reproduced on a full disk: a signal answered 202 whose decision and order could not be
+    # journaled stayed unprocessed (a traceback in the log) until the next start, which
+    # declined it as stale, though the disk had room again seconds later. Here another
+    # program holds the journal's write lock for a while (a backup tool): the same failure.
+    pipeline, journal, exchange = stages
+    journal._db.execute("PRAGMA busy_timeout=50")  # fail fast, not after 5 s
+    holder = sqlite3.connect(journal.path, isolation_level=None)
+    errors: list[str] = []
+    handler = logger.add(errors.append, format="{message}\n{exception}", level="ERROR")
+
+    async def held_then_released() -> None:
+        assert await pipeline.submit(signal(id="held", strategy="follow"))  # answered 202
+        holder.execute("BEGIN IMMEDIATE")  # before its lane decides it
+        for _ in range(200):
+            if errors:
+                break
+            await asyncio.sleep(0.01)
+        holder.execute("COMMIT")
+        for _ in range(500):
+            if client_orders(exchange.orders()):
+                break
+            await asyncio.sleep(0.01)
+        await pipeline.drain()
+        journal.flush()
+
+    try:
+        asyncio.run(with_lanes(pipeline, held_then_released))
+    finally:
+        logger.remove(handler)
+        holder.close()
+
+    assert [line.strip() for line in errors] == [
+        "signal held could not be journaled (database is locked); it runs again in 1 s"
+    ]
+    assert decisions(journal)["follow"][0] == "approved"
+    assert len(client_orders(exchange.orders())) == 1
+    assert journal.unprocessed_signals() == []
 
 
 def test_market_data_the_venue_cannot_give_declines_under_its_own_rule(
