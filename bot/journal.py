@@ -622,6 +622,12 @@ def _check_wal_whole(path: Path) -> None:
         )
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    """Which file `path` names now (its device and inode)."""
+    found = path.stat()
+    return found.st_dev, found.st_ino
+
+
 def journal_files(path: Path) -> tuple[Path, ...]:
     """The database file at `path` and SQLite's files beside it."""
     return (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
@@ -930,6 +936,7 @@ class Journal:
             if not read_only and not path.exists():
                 _create(path)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._file_id = _file_id(path)
             self._db.execute("PRAGMA busy_timeout=5000")
             self._refuse_a_foreign_database()  # before WAL mode, which would change it
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -2303,7 +2310,19 @@ class Journal:
 
     def probe(self) -> None:
         """Prove the journal can be written right now: a real write (the schema version,
-        written again as it is) in a transaction of its own. Raises what a write would."""
+        written again as it is) in a transaction of its own. Raises what a write would, and
+        JournalError when the file at the journal's path is no longer the one open (removed,
+        moved or replaced under the running bot), where writes still succeed."""
+        try:
+            moved = _file_id(self.path) != self._file_id
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            raise JournalError(
+                f"journal {self.path} was removed or replaced while the bot runs: what it "
+                "journals now goes to a file no longer at that path, lost when it stops; stop "
+                "it and put its journal back"
+            )
         with self._transaction() as db:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -2313,8 +2332,10 @@ class Journal:
         the writer's, so signals are journaled meanwhile. Use it from any thread but the
         journal's (`asyncio.to_thread`)."""
         with self._reader_lock:
-            if self._reader is None:
-                self._reader = sqlite3.connect(self.path, check_same_thread=False)
+            if self._reader is None:  # never makes a file where the journal is gone
+                self._reader = sqlite3.connect(
+                    f"{self.path.absolute().as_uri()}?mode=rw", uri=True, check_same_thread=False
+                )
                 self._reader.execute("PRAGMA query_only=1")
             yield self._reader
 

@@ -69,6 +69,26 @@ def test_a_locked_journal_is_not_ready_until_released(bot: RunningBot) -> None:
     assert wait_for(lambda: health(bot).status_code == 200, what="ready again")
 
 
+def test_a_journal_moved_away_under_the_bot_is_not_ready_until_put_back(
+    bot: RunningBot, tmp_path: Path
+) -> None:
+    # Reproduced: the journal moved away while the bot ran, /healthz answered 500 with a
+    # traceback ("no such table: signals": its reader had made a new, empty file at the
+    # path), and the bot went on journaling into a file no longer there, lost at its stop.
+    path = bot.settings.journal_path
+    path.rename(tmp_path / "moved.sqlite3")
+
+    answer = health(bot)
+
+    assert answer.status_code == 503
+    (problem,) = answer.json()["problems"]
+    assert problem.startswith("journal: ")
+    assert f"journal {path} was removed or replaced while the bot runs" in problem
+    assert not path.exists()  # nothing made in its place
+    (tmp_path / "moved.sqlite3").rename(path)
+    assert wait_for(lambda: health(bot).status_code == 200, what="ready again")
+
+
 def test_a_key_the_venue_refuses_is_not_ready(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -1621,6 +1621,23 @@ def test_counts_do_not_wait_for_a_write_under_way(journal: Journal) -> None:
     assert counted["signals"] == 1
 
 
+def test_reading_a_journal_moved_away_makes_no_empty_one_in_its_place(tmp_path: Path) -> None:
+    # Its reader, opened at the first count, made a new empty file at the journal's path
+    # (then "no such table"), which the next start refused as a truncated journal.
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    path.rename(tmp_path / "moved.sqlite3")
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="unable to open database file"):
+            journal.counts()
+        with pytest.raises(JournalError, match="was removed or replaced while the bot runs"):
+            journal.probe()
+    finally:
+        journal.close()
+
+    assert not path.exists()
+
+
 def test_a_lock_file_removed_while_its_bot_runs_does_not_let_a_second_bot_in(
     tmp_path: Path,
 ) -> None:
