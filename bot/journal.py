@@ -2462,7 +2462,9 @@ def _write_each(writes: Sequence[Callable[[], object]], failure: str) -> None:
     for write in writes:
         try:
             write()
-        except JournalDamaged as exc:  # a row the bot cannot read: one line says which
+        except (JournalDamaged, sqlite3.OperationalError) as exc:
+            # A row the bot cannot read, or the journal's medium (a full disk, a lock another
+            # program holds): one line says which, not a traceback for every report of a fill.
             logger.error("{failure}: {problem}", failure=failure, problem=str(exc))
         except Exception:
             logger.exception(failure)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -93,6 +94,13 @@ class Reconciler:
                         await self._account.keeper.catch_up_closed_pnl(self._venues[key_name])
                     finally:  # a failed scan is tried again at the short interval
                         scans.done(started, connection if complete else None, placed)
+            except sqlite3.OperationalError as exc:  # a full disk, a lock: the next pass
+                logger.error(
+                    "reconciliation pass for key {key} failed: the journal cannot be written "
+                    "({error})",
+                    key=key_name,
+                    error=str(exc),
+                )
             except Exception:  # the safety net must outlive any one bad pass
                 logger.exception("reconciliation pass for key {key} failed", key=key_name)
             slot = next_slot(slot, loop.time(), interval)

@@ -46,7 +46,7 @@ from bot.messages import (
     parse_signal,
 )
 from tests.conftest import wait_for
-from tests.factories import make_execution, make_intent, make_request, stop_loss
+from tests.factories import make_execution, make_intent, make_request, sim_position, stop_loss
 
 
 @pytest.fixture
@@ -1619,6 +1619,29 @@ def test_counts_do_not_wait_for_a_write_under_way(journal: Journal) -> None:
         writer.join()
 
     assert counted["signals"] == 1
+
+
+def test_a_deferred_write_the_journals_disk_refuses_is_one_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    # On a full disk every report of every fill logged a whole traceback ("a deferred journal
+    # write failed"). Here another program holds the write lock: the same kind of failure.
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal._db.execute("PRAGMA busy_timeout=50")
+    holder = sqlite3.connect(journal.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    errors: list[str] = []
+    handler = logger.add(errors.append, format="{message}|{exception}", level="ERROR")
+    try:
+        journal.write_all(
+            [partial(journal.record_position, sim_position(Decimal("0.005")))], "write failed"
+        )
+    finally:
+        logger.remove(handler)
+        holder.close()
+        journal.close()
+
+    assert [line.strip() for line in errors] == ["write failed: database is locked|"]
 
 
 def test_reading_a_journal_moved_away_makes_no_empty_one_in_its_place(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ orders have been placed than the scan reads, and the last scan was complete."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from bot.execution.config import ExecutionConfig
 from bot.execution.reconcile import ORDERS_BETWEEN_SCANS, Reconciler, next_slot
+from bot.logs import logger
 from bot.venue.errors import RetryableError
 
 
@@ -116,6 +118,35 @@ async def _running(reconciler: Reconciler, *keys: str) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _JournalFullExecutor(_Executor):
+    async def reconcile(self, key_name: str) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_pass_the_journals_full_disk_fails_is_one_line_not_a_traceback() -> None:
+    # On a full disk each pass (every second) logged a whole traceback.
+    config = ExecutionConfig(reconcile_interval_s=0.02)
+    errors: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        reconciler = _reconciler(["k"], config, _Account(), _JournalFullExecutor(loop.time))
+        async with _running(reconciler, "k"):
+            await asyncio.sleep(0.1)
+
+    handler = logger.add(errors.append, format="{message}|{exception}", level="ERROR")
+    try:
+        asyncio.run(scenario())
+    finally:
+        logger.remove(handler)
+
+    assert errors
+    assert set(errors) == {
+        "reconciliation pass for key k failed: the journal cannot be written (database or "
+        "disk is full)|\n"
+    }
 
 
 @given(
