@@ -708,7 +708,11 @@ class Executor:
             return taken
         stale = self._too_late(record)
         if status is OrderStatus.PENDING and not resend and stale is None:
-            return _event_of(record)  # its lane is sending it, or the next start will
+            # Not in flight (the loop passes those over), yet perhaps sent: a send whose
+            # Submitting the journal could not write (a full disk) left it Pending while the
+            # order traveled. Taken as the venue shows it; else left to its lane's retry
+            # (`Pipeline`), its staleness or the next start, never sent from here.
+            return await self._look_up_safely(request) or _event_of(record)
         # It may exist, Pending included: its send attempt is journaled while the order
         # travels, so a crash can leave a sent order Pending. Look, and resend only what the
         # venue lacks.

@@ -306,6 +306,27 @@ def test_when_the_lookup_fails_too_the_order_is_unknown_and_a_replay_settles_it(
     venue.close()
 
 
+def test_a_sent_order_its_journal_left_pending_is_taken_as_the_venue_shows_it(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    """Its Submitting unwritten (a full disk) while it traveled, a sent order stayed Pending
+    at run time until its signal went stale, counted in flight beside its own fill; the
+    loop's pass now looks it up (and still never sends one the venue lacks)."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    executor, venue = make_executor(exchange[1], journal)
+    approvals = [approve(intent()) for _ in range(2)]
+    sent, unsent = (build_request(approval, "k") for approval in approvals)
+    journal.record_decisions([approval.decision for approval in approvals], [sent, unsent])
+    squat(exchange[0], sent)  # it reached the venue (and filled); the journal never heard
+
+    asyncio.run(executor.reconcile("k"))  # the loop's pass
+
+    assert journal.order(sent.order_link_id).status is OrderStatus.FILLED
+    assert journal.order(unsent.order_link_id).status is OrderStatus.PENDING
+    assert not [o for o in exchange[0].orders() if o["orderLinkId"] == unsent.order_link_id]
+    venue.close()
+
+
 def test_an_order_the_venue_said_it_holds_is_never_rejected_as_unseen(
     exchange: tuple[SimExchange, str], tmp_path: Path
 ) -> None:
