@@ -61,6 +61,7 @@ from bot.venue.errors import (
     CLOCK_DRIFT_CODE,
     AmbiguousError,
     DuplicateOrderError,
+    HeldError,
     KeyFatalError,
     OrderRejectedError,
     RetryableError,
@@ -958,9 +959,12 @@ class Executor:
             )
             refused_unread = False
             sends += 1
+            # Asked again once the key's rate limits let the order go: the wait for room can
+            # outlast a halt answered meanwhile, and the order must not leave after it.
+            hold = None if request.reduce_only else partial(self._blocked, request.strategy)
             try:
                 try:
-                    ack = await venue.place_order(request)
+                    ack = await venue.place_order(request, hold)
                 finally:  # a journal that cannot write stops the drive here
                     # Mostly written by now: then without a trip through the event loop.
                     if written is not None:
@@ -1011,6 +1015,11 @@ class Executor:
                 return await self._key_disabled(
                     request, exc.message, may_exist=may_exist, ret_code=exc.ret_code
                 )
+            except HeldError as exc:  # halted while it waited for room: it never left
+                if may_exist:  # an earlier send may have landed: reconciliation decides
+                    stopped = f"not sent again: {exc.message}"
+                    break
+                return await self._reject(request, f"not sent: {exc.message}")
             log.info("order placed", order_id=ack.order_id, attempt=attempt + 1)
             self._placed[request.key_name] += 1
             self._order_identified(request.order_link_id, ack.order_id)

@@ -7,7 +7,7 @@ Protocol. Methods raise the classified errors of `bot.venue.errors`, nothing els
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Final, Protocol
@@ -99,8 +99,12 @@ class Venue(Protocol):
         """The venue's clock minus ours (ms), as requests are signed with now."""
         ...
 
-    async def place_order(self, request: OrderRequest) -> OrderEvent:
-        """Send one order; returns its acknowledgement (status New, with the venue's id)."""
+    async def place_order(
+        self, request: OrderRequest, hold: Callable[[], str | None] | None = None
+    ) -> OrderEvent:
+        """Send one order; returns its acknowledgement (status New, with the venue's id).
+        `hold`, asked right before it leaves (after any wait for room under the rate limits),
+        returns a reason not to send it after all: then `HeldError`, nothing sent."""
         ...
 
     async def cancel_order(self, order_link_id: str, symbol: str) -> bool:

@@ -20,7 +20,7 @@ import hmac
 import os
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +59,7 @@ from bot.venue.errors import (
     ORDER_NOT_FOUND_CODE,
     TPSL_NOT_MODIFIED_CODE,
     AmbiguousError,
+    HeldError,
     OrderRejectedError,
     RetryableError,
     VenueError,
@@ -291,9 +292,11 @@ class BybitVenue:
 
     # orders --------------------------------------------------------------------------------
 
-    async def place_order(self, request: OrderRequest) -> OrderEvent:
-        result = await self._call(
-            "place_order", "/v5/order/create", "place_order", **request.to_bybit_params()
+    async def place_order(
+        self, request: OrderRequest, hold: Callable[[], str | None] | None = None
+    ) -> OrderEvent:
+        result = await self._call_unless(
+            hold, "place_order", "/v5/order/create", "place_order", request.to_bybit_params()
         )
         return OrderEvent(
             order_link_id=request.order_link_id,
@@ -646,11 +649,28 @@ class BybitVenue:
         """One pybit call (`method` names it) on one of this key's threads, paced when `path`
         is a private endpoint ("" for public ones); returns `result`, raises a classified
         error."""
+        return await self._call_unless(None, operation, path, method, params)
+
+    async def _call_unless(
+        self,
+        hold: Callable[[], str | None] | None,
+        operation: str,
+        path: str,
+        method: str,
+        params: dict[str, Any],
+    ) -> Any:
+        """`_call`, unless `hold`, asked once the pacing lets the call go, gives a reason not
+        to make it after all (`HeldError`): a wait for room under the limits can outlast what
+        allowed the call (a halt since)."""
         window = self._pacer.window(path)
         try:
             slot = await window.acquire(self._max_wait_s)
         except PaceTooLong as exc:
             raise RetryableError(str(exc), retry_after_s=exc.wait_s, operation=operation) from None
+        held = None if hold is None else hold()
+        if held is not None:
+            window.release(slot)
+            raise HeldError(held, operation=operation)
 
         def send() -> Any:
             slot.sent = True

@@ -5,7 +5,8 @@
      ├── AmbiguousError       the order may exist: look it up by orderLinkId before anything else
      ├── DuplicateOrderError  110072: an order with this orderLinkId exists; it is ours
      ├── OrderRejectedError   terminal; Bybit's reason is journaled
-     └── KeyFatalError        the key is bad (invalid, no permission, expired): stop its strategies
+     ├── KeyFatalError        the key is bad (invalid, no permission, expired): stop its strategies
+     └── HeldError            not sent: the caller's last word, once pacing let it go, held it
 
 `classify()` is the one table that maps pybit's and requests' exceptions onto this tree.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "TPSL_NOT_MODIFIED_CODE",
     "AmbiguousError",
     "DuplicateOrderError",
+    "HeldError",
     "KeyFatalError",
     "OrderRejectedError",
     "RetryableError",
@@ -101,6 +103,11 @@ class OrderRejectedError(VenueError):
 
 class KeyFatalError(VenueError):
     pass
+
+
+class HeldError(VenueError):
+    """Never sent: the caller's `hold`, asked once the request's turn under the rate limits
+    came, gave a reason (a halt since). Nothing reached the venue."""
 
 
 def classify(exc: BaseException, operation: str, *, clock_offset_ms: int = 0) -> VenueError:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,6 +34,7 @@ from bot.messages import (
 from bot.venue.errors import (
     AmbiguousError,
     DuplicateOrderError,
+    HeldError,
     KeyFatalError,
     OrderRejectedError,
     RetryableError,
@@ -134,7 +135,12 @@ class FakeVenue:
     def clock_offset_ms(self) -> int:
         return 0  # one process, one clock
 
-    async def place_order(self, request: OrderRequest) -> OrderEvent:
+    async def place_order(
+        self, request: OrderRequest, hold: Callable[[], str | None] | None = None
+    ) -> OrderEvent:
+        held = None if hold is None else hold()
+        if held is not None:
+            raise HeldError(held, operation="place_order")
         self.calls["place_order"] += 1
         outcome = self._script.popleft() if self._script else "ok"
         if outcome == "unsent":

@@ -687,3 +687,36 @@ def test_a_resumed_position_never_takes_a_stop_of_an_earlier_one(
 
     assert [o for o in orders if o["stopOrderType"]] == []
     assert waiting == []
+
+
+def test_no_opening_order_waiting_for_the_venues_rate_limit_is_sent_after_a_halt(
+    sim_config: Callable[..., Path],
+) -> None:
+    """An order approved before a halt, waiting for room under the key's order rate limit
+    when the halt is answered, is never sent: the halt holds from its answer, whatever was
+    queued."""
+    bot = RunningBot(sim_config(extra="\n[sim]\norder_create_per_s = 1\n")).start()
+    try:
+        assert bot.post(signal("first")).status_code == 202  # the key learns its limit: 1/s
+        wait_for(lambda: bot.journal_status("first") == ["Filled"], what="the first fill")
+        eth = sim_price(bot, "ETHUSDT")
+        assert bot.post(signal("btc")).status_code == 202
+        eth_signal = signal("eth", symbol="ETHUSDT", stop_loss=round(eth * 0.95))
+        assert bot.post(eth_signal).status_code == 202
+        wait_for(lambda: len(bot.sim_orders()) == 2, what="one of the two sent")
+
+        answer = admin_answer(bot, "halt", {"reason": "drill"})
+        answered_ms = time.time() * 1000
+
+        assert answer.status_code == 200, answer.text
+        time.sleep(2.5)  # the second order's turn under the limit comes and goes
+        late = [
+            order["orderLinkId"]
+            for order in bot.sim_orders()
+            if int(str(order["createdTime"])) > answered_ms
+        ]
+        assert late == []
+        statuses = sorted(bot.journal_status("btc") + bot.journal_status("eth"))
+        assert statuses == ["Filled", "Rejected"]
+    finally:
+        bot.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -679,8 +679,10 @@ class _StreamBeatsTheAnswer(FakeVenue):
         self.journal = journal
         self.executor: Executor | None = None
 
-    async def place_order(self, request: OrderRequest) -> OrderEvent:
-        ack = await super().place_order(request)
+    async def place_order(
+        self, request: OrderRequest, hold: Callable[[], str | None] | None = None
+    ) -> OrderEvent:
+        ack = await super().place_order(request, hold)
         filled = OrderEvent(
             order_link_id=request.order_link_id,
             status=OrderStatus.FILLED,
@@ -834,11 +836,13 @@ def test_a_close_waits_out_bybits_ip_ban_with_the_shipped_patience(
     class BannedOnce(FakeVenue):
         banned = True
 
-        async def place_order(self, request: OrderRequest) -> OrderEvent:
+        async def place_order(
+            self, request: OrderRequest, hold: Callable[[], str | None] | None = None
+        ) -> OrderEvent:
             if self.banned:
                 self.banned = False
                 raise RetryableError("HTTP 403", retry_after_s=IP_BAN_S, ret_code=403)
-            return await super().place_order(request)
+            return await super().place_order(request, hold)
 
     waits: list[float] = []
     sleep = asyncio.sleep
