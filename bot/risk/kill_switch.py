@@ -11,9 +11,10 @@ like any other order and journaled under a signal of source `admin`, so `bot ord
 it. The books are read again after the closes: a position an entry opened by beating its
 cancel is closed too.
 
-Flattens of concurrent commands run one after the other (the states themselves take effect
-at once), so the second finds what the first left, and skips a position whose close from an
-earlier flatten is still unfinished: nothing is closed twice. A flatten that waited while
+Cancels and flattens of concurrent commands run one after the other (the states themselves
+take effect at once), so the second finds what the first left: nothing is cancelled twice,
+and a position whose close from an earlier flatten is still unfinished is skipped: nothing
+is closed twice. A flatten that waited while
 another command moved the scope to another trading state (a resume) is not done: its answer
 says `superseded`.
 
@@ -97,6 +98,10 @@ class KillSwitch:
         # close the same positions (the second's orders refused by the venue as reduce-only
         # with nothing to reduce, and reported as failed).
         self._flattening = asyncio.Lock()
+        # Cancels of commands sent at once run one after the other too: each would send a
+        # cancel for every open order, the same orders, spending the key's request limit
+        # (which the closes of a flatten wait behind) on cancels the venue refuses (110001).
+        self._cancelling = asyncio.Lock()
         # orderLinkId -> (strategy, symbol, filled qty the venue reported) of the orders this
         # switch cancelled or closed, until the books hold it (or a flatten gives up on it).
         self._reported_fills: dict[str, tuple[str, str, Decimal]] = {}
@@ -144,6 +149,12 @@ class KillSwitch:
         is waited for (the executor refuses to send an opening order once its scope is
         halted, and a send in progress lands or fails), then cancelled; one still busy after
         `_CANCEL_WAIT_S` is reported as such."""
+        async with self._cancelling:  # the second finds what the first left
+            return await self._cancel_open_now(strategies, sparing_flattens=sparing_flattens)
+
+    async def _cancel_open_now(
+        self, strategies: frozenset[str], *, sparing_flattens: bool
+    ) -> list[dict[str, str | bool]]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CANCEL_WAIT_S
         done: dict[str, dict[str, str | bool]] = {}

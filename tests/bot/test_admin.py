@@ -720,3 +720,59 @@ def test_no_opening_order_waiting_for_the_venues_rate_limit_is_sent_after_a_halt
         assert statuses == ["Filled", "Rejected"]
     finally:
         bot.stop()
+
+
+def resting(
+    signal_id: str, bot: RunningBot, symbol: str = "BTCUSDT", below: float = 0.95
+) -> dict[str, object]:
+    """A buy limit `below` the market, far enough to rest."""
+    price = sim_price(bot, symbol)
+    return signal(
+        signal_id, symbol=symbol, entry=round(price * below), stop_loss=round(price * 0.9)
+    )
+
+
+def sim_requests(bot: RunningBot, path: str) -> int:
+    stats = requests.get(f"{bot.service.sim_url}/sim/stats", timeout=10).json()
+    return int(stats["requests_by_path"].get(path, 0))
+
+
+def test_halts_with_cancel_open_at_once_cancel_each_order_once(
+    sim_config: Callable[..., Path],
+) -> None:
+    """Operators (or a retrying script) cancelling together: one cancel per order reaches the
+    venue, not one per command (each costs a request of the key's limit, which the closes of
+    a flatten wait behind)."""
+    bot = RunningBot(sim_config()).start()
+    try:
+        ids = [f"resting-{index}" for index in range(4)]
+        for index, signal_id in enumerate(ids):
+            below = 0.95 - index / 100
+            assert bot.post(resting(signal_id, bot, below=below)).status_code == 202
+        wait_for(
+            lambda: all(bot.journal_status(signal_id) == ["New"] for signal_id in ids),
+            what="four resting orders",
+        )
+        cancels_before = sim_requests(bot, "/v5/order/cancel")
+
+        with ThreadPoolExecutor(max_workers=3) as senders:
+            answers = list(
+                senders.map(
+                    lambda index: admin_answer(
+                        bot, "halt", {"reason": f"drill {index}", "cancel_open": True}
+                    ),
+                    range(3),
+                )
+            )
+
+        assert [answer.status_code for answer in answers] == [200] * 3
+        rows = [row for answer in answers for row in answer.json()["cancelled"]]
+        assert all(row["done"] for row in rows), rows
+        assert sorted({str(row["order_link_id"]) for row in rows}) == sorted(
+            {str(row["orderLinkId"]) for row in bot.sim_orders()}
+        )
+        assert sim_requests(bot, "/v5/order/cancel") - cancels_before == 4
+        assert [bot.journal_status(signal_id) for signal_id in ids] == [["Cancelled"]] * 4
+    finally:
+        bot.stop()
+
