@@ -159,6 +159,9 @@ class KillSwitch:
         deadline = loop.time() + _CANCEL_WAIT_S
         done: dict[str, dict[str, str | bool]] = {}
         while True:
+            # Judged before the look below, not after the cancels it starts: those can
+            # outlast the wait, and an order seen being sent before them has landed since.
+            late = loop.time() > deadline
             busy = self._executor.in_flight()
             waiting, cancelling = [], []
             for record in await self._journal.call(self._journal.unfinished_orders):
@@ -179,7 +182,7 @@ class KillSwitch:
             done.update(zip((r.request.order_link_id for r in cancelling), rows, strict=True))
             if not waiting:
                 break
-            if loop.time() > deadline:
+            if late:
                 for record in waiting:
                     logger.error(
                         "cancel: {id} is still being sent", id=record.request.order_link_id

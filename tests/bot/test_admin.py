@@ -776,3 +776,35 @@ def test_halts_with_cancel_open_at_once_cancel_each_order_once(
     finally:
         bot.stop()
 
+
+def test_a_cancel_longer_than_its_wait_reports_only_orders_still_being_sent(
+    sim_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An order being sent when the halt came, settled while the other cancels took longer
+    than the wait for it, is not reported "still being sent" (not done, `bot halt` exits 1)
+    from what was seen before those cancels."""
+    monkeypatch.setattr("bot.risk.kill_switch._CANCEL_WAIT_S", 0.3)
+    limits = '{ "/v5/order/create" = 1, "/v5/order/cancel" = 1 }'
+    bot = RunningBot(sim_config(extra=f"\n[sim]\nrate_limits_per_s = {limits}\n")).start()
+    try:
+        ids = ["rest-btc", "rest-eth", "rest-btc-2"]
+        for signal_id in ids:
+            symbol = "ETHUSDT" if "eth" in signal_id else "BTCUSDT"
+            below = 0.94 if signal_id.endswith("2") else 0.95
+            assert bot.post(resting(signal_id, bot, symbol, below)).status_code == 202
+            wait_for(lambda: bot.journal_status(signal_id) == ["New"], what=signal_id)  # noqa: B023
+        assert bot.post(resting("on-its-way", bot, "ETHUSDT", 0.94)).status_code == 202
+        wait_for(
+            lambda: bot.journal_status("on-its-way") == ["Submitting"],
+            what="an order waiting for room under the limit",
+        )
+
+        answer = admin_answer(bot, "halt", {"reason": "drill", "cancel_open": True})
+
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["cancelled"]
+        assert [row for row in rows if not row["done"]] == []
+        assert bot.journal_status("on-its-way") == ["Rejected"]  # held: never sent
+        assert [bot.journal_status(signal_id) for signal_id in ids] == [["Cancelled"]] * 3
+    finally:
+        bot.stop()
