@@ -719,6 +719,14 @@ def _switch(
                 "(the halt holds) and run this command again"
             )
         return
+    if not _bot_answer(status, answer):
+        # Another program on the port (a web server's page): never "the bot refused", and
+        # never a 200 taken for the bot's word that the halt holds.
+        _fail(
+            f"what answers at {target} is not the bot (HTTP {status}, not its JSON): nothing "
+            "was changed; run this command with the configuration ([http] host and port) of "
+            "the bot it is for"
+        )
     if status == 401 and _MISMATCHED_SIGNATURE in answer:
         hint = _other_secret(settings, ADMIN_SECRET_NAME, target)
         _fail(f"the bot refused: {status} {answer}; {hint}")
@@ -732,6 +740,16 @@ def _switch(
             "above): check `bot orders` and `bot positions`, then run this command again",
             1,
         )
+
+
+def _bot_answer(status: int, text: str) -> bool:
+    """Whether `text` can be the bot's answer to a halt or resume: a JSON object, naming the
+    state entered when it says 200."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and (status != 200 or "state" in document)
 
 
 def _undone(answer: str) -> str:

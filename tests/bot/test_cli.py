@@ -18,6 +18,7 @@ import types
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
 
@@ -1465,3 +1466,45 @@ def test_risk_status_shows_the_daily_loss_reducing_before_the_next_signal_enters
     assert shown(halted, "15.53") == ("HALTED", False)  # a halt stays a halt
     assert shown(old_reducing, "0") == ("ACTIVE", True)  # yesterday's rule ends with its day
     assert shown(old_reducing, "15.53") == ("REDUCING", True)  # and today's loss still counts
+
+
+
+class _WebPage(SimpleHTTPRequestHandler):
+    """Another program's web server: a page for every POST, with the status it is told."""
+
+    status = 200
+
+    def do_POST(self) -> None:
+        page = b"<html><body>Welcome</body></html>"
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [200, 501])
+def test_bot_halt_aimed_at_another_program_says_so_in_one_line(
+    sim_config: Callable[..., Path], tmp_path: Path, status: int
+) -> None:
+    """Another program on the bot's port (a web server's page): one line naming what
+    answered, never its page as "the bot refused", and never its 200 as a halt done."""
+    handler = type("Page", (_WebPage,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = sim_config(port=server.server_address[1])
+
+        halted = bot("halt", "--reason", "drill", "--config", str(config), cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert halted.returncode == 2
+    line = _one_line(halted.stderr)
+    assert f"is not the bot (HTTP {status}, not its JSON): nothing was changed" in line, line
+    assert halted.stdout == ""
