@@ -1092,15 +1092,22 @@ def audit(
         start = None if since is None else parse_since(since, utc_now())
     except ValueError as exc:
         _fail(str(exc))
-    if as_json and not limit:  # every line, printed as read: never all of them in memory
-        printed = 0
-        for row in iter_audit(settings.audit_dir, since=start, key=key):
-            typer.echo(json.dumps(row, separators=(",", ":")))
-            printed += 1
-        if not printed:
-            _no_audit_match(settings, key)
-        return
-    rows = read_audit(settings.audit_dir, since=start, key=key, limit=limit)
+    try:
+        if as_json and not limit:  # every line, printed as read: never all of them in memory
+            printed = 0
+            for row in iter_audit(settings.audit_dir, since=start, key=key):
+                typer.echo(json.dumps(row, separators=(",", ":")))
+                printed += 1
+            if not printed:
+                _no_audit_match(settings, key)
+            return
+        rows = read_audit(settings.audit_dir, since=start, key=key, limit=limit)
+    except PermissionError as exc:  # the bot's own files (mode 0600), read by another user
+        _fail(
+            f"cannot read the audit log {exc.filename or settings.audit_dir}: permission "
+            "denied: run `bot audit` as the bot's user, or give this user read access (check "
+            "owner and mode)"
+        )
     if not rows:
         _no_audit_match(settings, key)
     if as_json:

@@ -503,12 +503,21 @@ def _check_place(path: Path) -> None:
     something else (a file where the state directory goes, a FIFO or a device as the
     journal), which SQLite would only answer with an OS error or "disk I/O error"."""
     state_dir = path.parent
-    if state_dir.exists() and not state_dir.is_dir():
+    try:
+        misplaced = state_dir.exists() and not state_dir.is_dir()
+        odd_file = not misplaced and path.exists() and not path.is_file()
+    except PermissionError:  # a state directory of another user's (the bot's, mode 0700)
+        raise JournalError(
+            f"cannot open journal {path.absolute()}: permission denied on its state "
+            f"directory {state_dir.absolute()} (or a directory above it): run the command as "
+            "the bot's user, or give this user access (check owner and mode)"
+        ) from None
+    if misplaced:
         raise JournalError(
             f"state_dir {state_dir.absolute()} is a file, not a directory: move it away, or "
             "choose another state_dir (--config or BOT_STATE_DIR)"
         )
-    if path.exists() and not path.is_file():
+    if odd_file:
         raise JournalError(
             f"cannot open journal {path.absolute()}: it is not a regular file (a directory, a "
             "FIFO or a device): move it away, or choose another state_dir (--config or "
@@ -872,6 +881,12 @@ def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
             f"cannot {doing} journal {path}: {exc}: the bot's user must be able to write the "
             "journal, its -wal and -shm files and their directory (check owner and mode, or "
             "a read-only mount)"
+        )
+    if code == sqlite3.SQLITE_CANTOPEN:  # most often a journal of another user's (mode 0600)
+        return (
+            f"cannot {doing} journal {path}: {exc}: the command's user must be able to read "
+            "and write the journal, its -wal and -shm files and their directory: run it as "
+            "the bot's user, or check owner and mode"
         )
     return f"cannot {doing} journal {path}: {exc}"
 

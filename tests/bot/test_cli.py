@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -1468,7 +1469,6 @@ def test_risk_status_shows_the_daily_loss_reducing_before_the_next_signal_enters
     assert shown(old_reducing, "15.53") == ("REDUCING", True)  # and today's loss still counts
 
 
-
 class _WebPage(SimpleHTTPRequestHandler):
     """Another program's web server: a page for every POST, with the status it is told."""
 
@@ -1508,3 +1508,79 @@ def test_bot_halt_aimed_at_another_program_says_so_in_one_line(
     line = _one_line(halted.stderr)
     assert f"is not the bot (HTTP {status}, not its JSON): nothing was changed" in line, line
     assert halted.stdout == ""
+
+
+def _as_another_user(*args: str) -> list[str]:
+    """`python -m bot *args` as a user other than the state directory's owner would run it:
+    root drops the capabilities that let it read and enter anything."""
+    command = [sys.executable, "-m", "bot", *args]
+    if os.geteuid() != 0:
+        return command
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to drop root's read override")
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", drop, "--inh-caps", drop, *command]
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (("orders",), "permission denied on its state directory"),
+        (("risk", "status"), "permission denied on its state directory"),
+        (("positions",), "permission denied on its state directory"),
+        (("run",), "permission denied on its state directory"),
+        (("audit",), "cannot read the audit log"),
+        (("audit", "--json", "--limit", "0"), "cannot read the audit log"),
+    ],
+)
+def test_a_state_directory_of_another_user_is_one_line_not_a_traceback(
+    sim_config: Callable[..., Path], command: tuple[str, ...], said: str
+) -> None:
+    # Reproduced: `bot orders` (and run, risk status, positions, audit) typed by an operator
+    # whose user may not enter the bot's state directory (its user's, mode 0700) ended in a
+    # PermissionError traceback.
+    config = sim_config(port=free_port())
+    state_dir = load_settings(config).state_dir
+    Journal(state_dir / "journal.sqlite3").close()
+    (state_dir / "audit").mkdir(mode=0o700)
+    state_dir.chmod(0)
+    try:
+        done = subprocess.run(
+            _as_another_user(*command, "--config", str(config)),
+            cwd=config.parent,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        state_dir.chmod(0o700)
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = _one_line(done.stderr)
+    assert said in line
+    assert "bot's user" in line
+
+
+def test_a_journal_of_another_user_says_what_to_do(sim_config: Callable[..., Path]) -> None:
+    # Reproduced: "cannot open journal ...: unable to open database file", and no more.
+    config = sim_config()
+    path = load_settings(config).journal_path
+    Journal(path).close()
+    path.chmod(0)
+
+    done = subprocess.run(
+        _as_another_user("orders", "--config", str(config)),
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert _one_line(done.stderr).endswith(
+        "unable to open database file: the command's user must be able to read and write the "
+        "journal, its -wal and -shm files and their directory: run it as the bot's user, or "
+        "check owner and mode"
+    )
