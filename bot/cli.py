@@ -829,7 +829,10 @@ def keys_check(
                     _fail(str(exc))
                 resources.callback(server.stop)
                 sim_url = server.url
-        audit_log = AuditLog(settings.audit_dir, settings.audit)  # these are signed requests too
+        try:
+            audit_log = AuditLog(settings.audit_dir, settings.audit)  # signed requests too
+        except ConfigError as exc:  # a state_dir that is a file, or another user's
+            _fail(str(exc))
         resources.callback(audit_log.close)
         audited: list[tuple[dict[str, str], ApiCredentials | None, KeyAudit | None]] = []
         with _progress("auditing keys", len(settings.keys)) as advance:

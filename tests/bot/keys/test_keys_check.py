@@ -95,3 +95,34 @@ def test_two_sim_keys_holding_one_api_key_are_one_line_not_a_traceback(
     assert done.returncode == 2
     assert done.stderr.startswith("error: keys follow_sim and other_sim hold the same API key")
     assert "Traceback" not in done.stderr
+
+
+def test_an_audit_log_it_cannot_open_is_one_line_not_a_traceback(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Reproduced: a state_dir that is a file (or another user's) ended `bot keys check` in
+    # the AuditLog's ConfigError, uncaught, with its traceback.
+    config = sim_config(extra='\n[venue]\nsim_url = "http://127.0.0.1:9"\n')
+    not_a_directory = tmp_path / "state-file"
+    not_a_directory.write_text("")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "keys", "check", "--config", str(config)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={
+            **os.environ,
+            "BOT_STATE_DIR": str(not_a_directory),
+            "BOT_KEY_FOLLOW_SIM_API_KEY": "follow-sim-key",
+            "BOT_KEY_FOLLOW_SIM_API_SECRET": "follow-sim-secret",
+        },
+    )
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == (
+        f"error: cannot open the audit log in {not_a_directory / 'audit'}: Not a directory; "
+        "check state_dir and its permissions\n"
+    )
