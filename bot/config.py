@@ -859,5 +859,5 @@ def _check_bindings(settings: BotSettings, path: Path) -> None:
                 f"key '{key_name}' is used by {', '.join(sorted(names))}; sharing a key must be "
                 f"explicit: set keys.{key_name}.shared = true, or give each strategy its own key"
             )
-    if problems:
-        raise ConfigError(f"invalid configuration in {path}:\n  " + "\n  ".join(problems))
+    if problems:  # each on a line of its own, as `_describe` says them: one problem, one line
+        raise ConfigError("\n".join(f"invalid configuration in {path}: {p}" for p in problems))

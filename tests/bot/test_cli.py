@@ -1584,3 +1584,19 @@ def test_a_journal_of_another_user_says_what_to_do(sim_config: Callable[..., Pat
         "journal, its -wal and -shm files and their directory: run it as the bot's user, or "
         "check owner and mode"
     )
+
+
+def test_a_configuration_problem_between_sections_is_one_line(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced: "error: invalid configuration in bot.toml:" then the problem on a second,
+    # indented line: two lines for one problem, where every other refusal is one.
+    config = sim_config(extra='\n[strategies.other]\nplugin = "follow"\nkey = "ghost"\n')
+
+    done = bot("orders", "--config", str(config), cwd=config.parent)
+
+    assert done.returncode == 2
+    assert _one_line(done.stderr) == (
+        f"error: invalid configuration in {config}: strategies.other.key names 'ghost', which "
+        "is not in [keys]"
+    )
