@@ -28,6 +28,7 @@ from typing import Final
 from pydantic import ValidationError
 
 from bot.config import ConfigError, StrategyConfig, describe_section, setting_origin
+from bot.runner import plugin_error_said
 from strategies.base import INTERFACE_VERSION, Strategy
 
 __all__ = ["ENTRY_POINT_GROUP", "load_strategy"]
@@ -60,7 +61,8 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
         ) from None
     except _PLUGIN_ERRORS as exc:  # a validator of its own raised what pydantic does not wrap
         raise ConfigError(
-            f"strategies.{name}.params{where}: {cls.__name__}.Params raised {_said(exc)}"
+            f"strategies.{name}.params{where}: {cls.__name__}.Params raised "
+            f"{plugin_error_said(exc)}"
         ) from None
     try:
         strategy = cls(name, params)
@@ -68,7 +70,8 @@ def load_strategy(name: str, config: StrategyConfig, source: Path | None = None)
         timer = _timer_problem(strategy.timer_interval_s, strategy.timer_symbols)
     except _PLUGIN_ERRORS as exc:  # the plug-in's own constructor: still named, before any start
         raise ConfigError(
-            f"strategies.{name}.plugin{where}: {cls.__name__}({name!r}, params) raised {_said(exc)}"
+            f"strategies.{name}.plugin{where}: {cls.__name__}({name!r}, params) raised "
+            f"{plugin_error_said(exc)}"
         ) from None
     if timer is not None:
         raise ConfigError(f"strategies.{name}.plugin{where}: {cls.__name__}.{timer}")
@@ -92,10 +95,6 @@ def _timer_problem(interval: object, symbols: object) -> str | None:
     return None
 
 
-def _said(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 def _search(folder: Path) -> None:
     """Let plug-in modules in `folder` be imported (appended: never shadowing the bot's)."""
     if str(folder) not in sys.path:
@@ -115,7 +114,8 @@ def _strategy_class(name: str, plugin: str, where: str) -> type[Strategy]:
             loaded = entry.load()
         except _PLUGIN_ERRORS as exc:  # the package's own import error
             raise ConfigError(
-                f"{field}: entry point {plugin} ({entry.value}) cannot be loaded: {exc}"
+                f"{field}: entry point {plugin} ({entry.value}) cannot be loaded: "
+                f"{plugin_error_said(exc)}"
             ) from None
         if inspect.isclass(loaded):
             return _checked(field, loaded, entry.value)
@@ -143,7 +143,9 @@ def _import(field: str, candidates: list[str], *, named: bool = False) -> Module
                 continue
             raise ConfigError(f"{field}: importing {module_name} failed: {exc}") from None
         except _PLUGIN_ERRORS as exc:  # the plug-in's own bug at import time (or its exit)
-            raise ConfigError(f"{field}: importing {module_name} failed: {_said(exc)}") from None
+            raise ConfigError(
+                f"{field}: importing {module_name} failed: {plugin_error_said(exc)}"
+            ) from None
     tried = " or ".join(candidates)
     raise ConfigError(
         f"{field}: no module {tried}; put it next to the configuration file or install it"

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from bot.logs import logger
 from bot.messages import one_line
 
-__all__ = ["WAIT_ALLOWANCE_S", "Failed", "StrategyRunner"]
+__all__ = ["WAIT_ALLOWANCE_S", "Failed", "StrategyRunner", "plugin_error_said"]
 
 T = TypeVar("T")
 
@@ -204,7 +204,7 @@ class StrategyRunner:
             logger.opt(exception=error).error(
                 "strategy {name}: {what} raised", name=strategy, what=what
             )
-            return self._failed(strategy, lane, f"{what} raised {_said(error)}")
+            return self._failed(strategy, lane, f"{what} raised {plugin_error_said(error)}")
         lane.failures = 0
         return outcome.result()
 
@@ -248,11 +248,11 @@ class StrategyRunner:
         return Failed(reason, halt=True)
 
 
-def _said(error: BaseException) -> str:
+def plugin_error_said(error: BaseException) -> str:
     """A plug-in's exception as one line: its type and text (which the plug-in's own code
     makes, and which may fail, or hold what no log line can)."""
     try:
         text = str(error)
     except Exception:  # its __str__ raised
         text = "(its message could not be made)"
-    return one_line(f"{type(error).__name__}: {text}")
+    return one_line(f"{type(error).__name__}: {text}" if text else type(error).__name__)

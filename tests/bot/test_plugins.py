@@ -176,7 +176,7 @@ def test_an_entry_point_that_cannot_be_loaded_says_so(plugins: Plugins, site: Pa
     message = plugins.refused(point)
 
     assert message.startswith(f"strategies.mine.plugin in {plugins.config}: entry point {point}")
-    assert "cannot be loaded: missing licence file" in message
+    assert "cannot be loaded: RuntimeError: missing licence file" in message
 
 
 # parameters ---------------------------------------------------------------------------------
@@ -301,6 +301,48 @@ def test_a_module_raising_at_import(plugins: Plugins) -> None:
 
     assert f"importing strategies.{module} failed" not in message
     assert f"importing {module} failed: RuntimeError: needs an API key" in message
+
+
+UNSAYABLE = """
+from strategies.base import Strategy
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise ValueError("no text")
+
+
+class Mine(Strategy):
+    def __init__(self, name, params):
+        raise {error}
+
+    def on_signal(self, signal, context):
+        return None
+"""
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            "RuntimeError('model file missing\\nsee the log')",
+            "RuntimeError: model file missing see",
+        ),
+        ("Unprintable()", "Unprintable: (its message could not be made)"),
+    ],
+    ids=["two-lines", "unprintable"],
+)
+def test_a_constructor_error_is_said_in_one_line_whatever_its_message(
+    plugins: Plugins, error: str, said: str
+) -> None:
+    # Reproduced: a message of two lines made a two-line error, and an exception whose
+    # __str__ raised ended `bot run` in a traceback, where a failing on_start is one line.
+    module = plugins.module(UNSAYABLE.format(error=error))
+
+    message = plugins.refused(f"{module}:Mine")
+
+    assert "\n" not in message
+    assert f"Mine('mine', params) raised {said}" in message
 
 
 def test_two_strategies_in_a_module_need_the_class_named(plugins: Plugins) -> None:
