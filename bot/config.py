@@ -16,6 +16,7 @@ import os
 import re
 import tomllib
 import types
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from difflib import get_close_matches
 from fnmatch import fnmatchcase
@@ -513,6 +514,12 @@ def load_settings(path: Path | None = None) -> BotSettings:
             f"the configuration file ({path}: allow_mainnet = true) and given as --mainnet on the "
             f"command line; unset {_MAINNET_OPT_IN_VARIABLE}"
         )
+    problem = path_problem(path)
+    if problem is not None:
+        raise ConfigError(
+            f"config file {_shown(str(path))} {problem}: pass --config PATH with a TOML file, "
+            f"or set {CONFIG_VARIABLE} to one"
+        )
     try:
         data = tomllib.loads(_config_text(path))
     except FileNotFoundError:
@@ -564,6 +571,13 @@ def path_problem(value: str | Path) -> str | None:
     text = str(value)
     if "\0" in text:
         return "holds a NUL character"
+    # Each would name another directory than the one meant, unseen in every message: a
+    # line end from a file written on Windows (an env file's `var\r`), a space at an end.
+    control = next((char for char in text if unicodedata.category(char) == "Cc"), None)
+    if control is not None:  # named: a value shown cut short may not show it
+        return f"holds the control character {control!r} (a line end of a file from Windows?)"
+    if text != text.strip():
+        return "begins or ends with a space"
     try:
         path = Path(text).expanduser()
     except RuntimeError:  # ~name of no such user

@@ -613,6 +613,54 @@ def test_a_state_directory_no_call_can_take_is_one_line(
     assert problem in _one_line(result.stderr)
 
 
+@pytest.mark.parametrize(
+    ("typed", "problem"),
+    [
+        ("{}\r", "holds the control character '\\r' (a line end of a file from Windows?)"),
+        ("{} ", "begins or ends with a space"),
+    ],
+    ids=["crlf", "space"],
+)
+def test_a_state_directory_a_stray_character_makes_another_is_refused_not_started_anew(
+    sim_config: Callable[..., Path], typed: str, problem: str
+) -> None:
+    # Reproduced: BOT_STATE_DIR=var\r (an env file written on Windows) started the bot on a
+    # new, empty journal in a directory named var\r, the halt journaled in var forgotten;
+    # every message showed the path as var.
+    config = sim_config(port=free_port())
+    state_dir = load_settings(config).state_dir
+    halted = bot("halt", "--config", str(config), cwd=config.parent)
+    assert halted.returncode == 0, halted.stderr
+    stray = typed.format(state_dir)
+
+    started = bot("run", "--config", str(config), cwd=config.parent, env={"BOT_STATE_DIR": stray})
+
+    assert started.returncode == 2, started.stderr
+    said = _one_line(started.stderr)
+    assert said.startswith("error: invalid state_dir = ")
+    assert said.endswith(
+        f" from BOT_STATE_DIR: {problem}: name a directory the bot can create, e.g. var"
+    )
+    assert not Path(stray).exists()
+
+
+def test_a_config_path_with_a_line_end_is_refused_showing_it(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced: BOT_CONFIG=bot.toml\r said "config file bot.toml  not found" of a file there.
+    config = sim_config()
+
+    done = bot("orders", cwd=config.parent, env={"BOT_CONFIG": f"{config}\r"})
+
+    assert done.returncode == 2
+    said = _one_line(done.stderr)
+    assert said.startswith("error: config file ")
+    assert said.endswith(
+        " holds the control character '\\r' (a line end of a file from Windows?): pass --config "
+        "PATH with a TOML file, or set BOT_CONFIG to one"
+    )
+
+
 def test_a_sim_balance_past_what_its_wallet_can_show_stops_run(
     sim_config: Callable[..., Path],
 ) -> None:
