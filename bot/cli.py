@@ -1096,6 +1096,11 @@ def audit(
     except ValueError as exc:
         _fail(str(exc))
     try:
+        if settings.state_dir.is_file():  # as every other command refuses it: no "no match"
+            _fail(
+                f"state_dir {settings.state_dir} is a file, not a directory: move it away, or "
+                "choose another state_dir (--config or BOT_STATE_DIR)"
+            )
         if as_json and not limit:  # every line, printed as read: never all of them in memory
             printed = 0
             for row in iter_audit(settings.audit_dir, since=start, key=key):

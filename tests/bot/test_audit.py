@@ -367,6 +367,32 @@ def test_bot_audit_with_a_limit_beyond_any_count_prints_every_line(
     assert "first" in listed.stdout and "second" in listed.stdout
 
 
+def test_bot_audit_refuses_a_state_dir_that_is_a_file_as_the_other_commands_do(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Reproduced: "no signed requests match in <file>/audit", exit 0, where `bot orders`
+    # and the others refuse the state_dir: a mistyped one passed for an empty log.
+    config = sim_config()
+    state_file = tmp_path / "state-file"
+    state_file.write_text("")
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "bot", "audit", "--config", str(config)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "BOT_STATE_DIR": str(state_file)},
+    )
+
+    assert listed.returncode == 2
+    assert listed.stderr == (
+        f"error: state_dir {state_file} is a file, not a directory: move it away, or choose "
+        "another state_dir (--config or BOT_STATE_DIR)\n"
+    )
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one series in Prometheus text (0 when absent)."""
     wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
