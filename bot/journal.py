@@ -882,6 +882,12 @@ def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
             "journal, its -wal and -shm files and their directory (check owner and mode, or "
             "a read-only mount)"
         )
+    if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL):  # most often a full disk
+        return (
+            f"cannot {doing} journal {path}: {exc}: is its disk full, or failing? free some "
+            f"space where it is (`df -h {shlex.quote(str(path.parent))}`), or check the disk, "
+            "then try again"
+        )
     if code == sqlite3.SQLITE_CANTOPEN:  # most often a journal of another user's (mode 0600)
         return (
             f"cannot {doing} journal {path}: {exc}: the command's user must be able to read "

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -1647,4 +1648,33 @@ def test_a_configuration_problem_between_sections_is_one_line(
     assert _one_line(done.stderr) == (
         f"error: invalid configuration in {config}: strategies.other.key names 'ghost', which "
         "is not in [keys]"
+    )
+
+
+def test_a_journal_sqlite_cannot_write_beside_says_to_check_the_disk(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced on a full disk: "cannot open journal ...: disk I/O error", and no more (its
+    # -shm file cannot be written). A file size limit stands in for the full disk here.
+    config = sim_config()
+    path = load_settings(config).journal_path
+    Journal(path).close()
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "orders", "--config", str(config)],
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=small_files,  # a limit of this child alone, set before its exec
+    )
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert _one_line(done.stderr).endswith(
+        f"disk I/O error: is its disk full, or failing? free some space where it is (`df -h "
+        f"{path.parent}`), or check the disk, then try again"
     )
