@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
+from difflib import get_close_matches
 
 from pydantic import ValidationError
 
-from bot.config import BotSettings, ConfigError, Environment, describe_section
+from bot.config import BotSettings, ConfigError, Environment, describe_section, setting_origin
 from bot.execution.orders import OPEN_AT_VENUE
 from bot.journal import Journal, WaitingExit
 from bot.logs import logger
@@ -35,11 +36,24 @@ __all__ = ["sim_accounts", "simulator_config", "start_simulator"]
 def simulator_config(settings: BotSettings) -> SimulatorConfig:
     """The `[sim]` section as the simulator's own model; a bad key is a ConfigError."""
     try:
-        return SimulatorConfig.model_validate(settings.sim)
+        config = SimulatorConfig.model_validate(settings.sim)
     except ValidationError as exc:
         raise ConfigError(
             describe_section(exc, ("sim",), settings.source, SimulatorConfig)
         ) from None
+    sim_keys = sorted(
+        name for name, key in settings.keys.items() if key.environment is Environment.SIM
+    )
+    for name in config.key_profiles:
+        if name not in sim_keys:  # a misspelt name: the key it meant keeps the default profile
+            close = get_close_matches(name, sim_keys, n=1)
+            where = setting_origin(("sim", "key_profiles", name), settings.source)
+            raise ConfigError(
+                f"sim.key_profiles.{name} {where} is the profile of no sim key in [keys]: "
+                + (f"did you mean '{close[0]}'? " if close else "")
+                + f"name one of {sim_keys} or remove it"
+            )
+    return config
 
 
 def sim_accounts(settings: BotSettings, resolver: SecretResolver) -> list[SimAccountSpec]:

@@ -126,3 +126,19 @@ def test_an_audit_log_it_cannot_open_is_one_line_not_a_traceback(
         f"error: cannot open the audit log in {not_a_directory / 'audit'}: Not a directory; "
         "check state_dir and its permissions\n"
     )
+
+
+def test_a_profile_of_no_configured_sim_key_is_refused_naming_the_key_it_meant(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced: a misspelt profile name was ignored without a word, the key it meant kept
+    # the default profile, and `bot keys check` showed `ok` for what was to be read-only.
+    config = sim_config(extra="\n[sim.key_profiles.folow_sim]\nread_only = true\n")
+
+    done = keys_check(config)
+
+    assert done.returncode == 2, done.stdout
+    assert done.stderr == (
+        f"error: sim.key_profiles.folow_sim in {config} is the profile of no sim key in "
+        "[keys]: did you mean 'follow_sim'? name one of ['follow_sim'] or remove it\n"
+    )
