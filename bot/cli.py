@@ -148,9 +148,28 @@ ConfigOption = Annotated[
         "--config", help="configuration file", show_default="$BOT_CONFIG or config/bot.toml"
     ),
 ]
+
+
+def _secrets_dir(typed: str | Path) -> Path:
+    """--secrets-dir (or BOT_SECRETS_DIR), refused if it names another directory than the
+    one meant, unseen in every message (a line end from an env file written on Windows)."""
+    problem = path_problem(typed)
+    if problem is not None:
+        raise typer.BadParameter(
+            f"{str(typed)[:60]!r} {problem}: name the directory of the secret files"
+        )
+    return Path(typed)
+
+
 SecretsDirOption = Annotated[
     Path,
-    typer.Option("--secrets-dir", envvar=SECRETS_DIR_VARIABLE, help="directory of secret files"),
+    typer.Option(
+        "--secrets-dir",
+        envvar=SECRETS_DIR_VARIABLE,
+        parser=_secrets_dir,
+        metavar="<path>",
+        help="directory of secret files",
+    ),
 ]
 HostOption = Annotated[
     str | None, typer.Option(help="listen address", show_default="the config's http.host")

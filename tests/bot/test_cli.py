@@ -662,6 +662,31 @@ def test_a_config_path_with_a_line_end_is_refused_showing_it(
     )
 
 
+def test_a_secrets_dir_with_a_line_end_is_refused_showing_it(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced: BOT_SECRETS_DIR=/run/secrets\r was read as another directory: outside sim
+    # "put it in the file /run/secrets/..." of a file there, in sim its files not used.
+    config = sim_config()
+
+    done = bot(
+        "signal",
+        "send",
+        *BUY_BTC,
+        "--config",
+        str(config),
+        cwd=config.parent,
+        env={"BOT_SECRETS_DIR": "/run/secrets\r"},
+    )
+
+    assert done.returncode == 2
+    assert _one_line(done.stderr) == (
+        "error: Invalid value for '--secrets-dir' (env var: 'BOT_SECRETS_DIR'): "
+        "'/run/secrets\\r' holds the control character '\\r' (a line end of a file from "
+        "Windows?): name the directory of the secret files; see `python -m bot signal send --help`"
+    )
+
+
 def test_a_sim_balance_past_what_its_wallet_can_show_stops_run(
     sim_config: Callable[..., Path],
 ) -> None:
