@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import http.client
+import io
 import itertools
 import json
 import os
@@ -1601,6 +1602,11 @@ def sim(
 
 def main() -> None:
     loopback_off_proxies()  # the bot, its simulator and its streams are this machine's
+    for stream in (sys.stdout, sys.stderr):
+        # A terminal of another encoding than UTF-8 (a latin-1 locale, PYTHONIOENCODING):
+        # a table's "…" or "↳" shown as "?", never a UnicodeEncodeError instead of the output.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     for position, argument in enumerate(sys.argv[1:], 1):
         if not is_unicode(argument):  # Python keeps undecodable bytes as lone surrogates
             shown = argument.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -1703,3 +1703,32 @@ def test_a_journal_sqlite_cannot_write_beside_says_to_check_the_disk(
         f"disk I/O error: is its disk full, or failing? free some space where it is (`df -h "
         f"{path.parent}`), or check the disk, then try again"
     )
+
+
+@pytest.mark.parametrize("command", [("orders",), ("risk", "status")])
+def test_a_terminal_of_another_encoding_gets_the_table_not_a_traceback(
+    sim_config: Callable[..., Path], command: tuple[str, ...]
+) -> None:
+    # Reproduced: with a latin-1 terminal (or PYTHONIOENCODING), a table cutting a value
+    # with "…" ended in a UnicodeEncodeError traceback instead of the table.
+    config = sim_config()
+    path = load_settings(config).journal_path
+    path.parent.mkdir(parents=True)
+    with contextlib.closing(Journal(path)) as journal:
+        journal.claim_environment("sim")
+        journal.record_signal(journal_signal("a-signal-id-long-enough-to-be-cut-short"))
+        journal.record_trading_state(
+            ScopeState(BOT_SCOPE, TradingState.HALTED, "a reason cut short " * 5, datetime.now(UTC))
+        )
+
+    shown = bot(
+        *command,
+        "--config",
+        str(config),
+        cwd=config.parent,
+        env={"PYTHONIOENCODING": "latin-1", "COLUMNS": "60"},
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert "Traceback" not in shown.stderr
+    assert "?" in shown.stdout  # the "…" the terminal cannot show
