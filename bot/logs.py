@@ -231,12 +231,29 @@ class _InterceptHandler(logging.Handler):
 
 
 class _ConnectionEndsAsWarning(logging.Filter):
-    """Passes every record; websocket-client's ERROR for a connection's end as a WARNING."""
+    """Passes every record; a library's ERROR for a connection's end as a WARNING (the bot
+    says the end itself, as the WARNING it is: it reconnects). `said`: whether a message is
+    one of the library's lines for it."""
+
+    def __init__(self, said: Callable[[str], bool]) -> None:
+        super().__init__()
+        self._said = said
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and record.getMessage().endswith(" - goodbye"):
+        if record.levelno == logging.ERROR and self._said(record.getMessage()):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+#: Per logger, its library's lines for a connection's end: websocket-client's (after it hands
+#: the bot the reason), paho-mqtt's (under aiomqtt's "mqtt" logger) for a reset connection
+#: or a broker sending what is no MQTT (a broker stopping, a proxy without its backend).
+_CONNECTION_ENDS: Final[dict[str, Callable[[str], bool]]] = {
+    "websocket": lambda message: message.endswith(" - goodbye"),
+    "mqtt": lambda message: message.startswith(
+        ("failed to receive on socket:", "Error: Unrecognised command")
+    ),
+}
 
 
 class _OncePerMinute(logging.Filter):
@@ -355,12 +372,12 @@ def configure(*, json: bool = False, level: str = "INFO", stream: TextIO | None 
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "pybit"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
-    # websocket-client ends a connection with an ERROR ("<why> - goodbye") after handing the
-    # bot the reason, which the bot logs as the WARNING it is (it reconnects): that line is a
-    # WARNING too. Its other errors (a failing callback) stay errors.
-    websocket_logger = logging.getLogger("websocket")
-    if not any(isinstance(f, _ConnectionEndsAsWarning) for f in websocket_logger.filters):
-        websocket_logger.addFilter(_ConnectionEndsAsWarning())
+    # A connection's end is a WARNING in the libraries' lines too; their other errors (a
+    # failing callback) stay errors.
+    for name, said in _CONNECTION_ENDS.items():
+        library_logger = logging.getLogger(name)
+        if not any(isinstance(f, _ConnectionEndsAsWarning) for f in library_logger.filters):
+            library_logger.addFilter(_ConnectionEndsAsWarning(said))
     uvicorn_logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _OncePerMinute) for f in uvicorn_logger.filters):
         uvicorn_logger.addFilter(_OncePerMinute("Invalid HTTP request received."))

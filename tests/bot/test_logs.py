@@ -215,6 +215,22 @@ def test_a_dropped_websocket_is_a_warning_not_an_error(capture: io.StringIO) -> 
     assert len(logging.getLogger("websocket").filters) == 1
 
 
+def test_a_broker_connection_reset_is_a_warning_not_an_error(capture: io.StringIO) -> None:
+    # paho-mqtt (aiomqtt's "mqtt" logger) logged a broker's restart as ERRORs, each followed
+    # by the bot's own WARNING of the same end: an alert on ERROR fired for a routine event.
+    logs.configure(json=True, stream=capture)
+    logs.configure(json=True, stream=capture)
+
+    mqtt = logging.getLogger("mqtt")
+    mqtt.error("failed to receive on socket: %s", ConnectionResetError(104, "reset by peer"))
+    mqtt.error("Error: Unrecognised command %s", 0)
+    mqtt.error("Caught exception in on_message: boom")
+
+    levels = [json.loads(line)["level"] for line in capture.getvalue().splitlines()]
+    assert levels == ["WARNING", "WARNING", "ERROR"]
+    assert len(mqtt.filters) == 1
+
+
 def test_a_flood_of_malformed_requests_is_logged_once_a_minute() -> None:
     now = [0.0]
     once = logs._OncePerMinute("Invalid HTTP request received.", clock=lambda: now[0])
