@@ -329,12 +329,10 @@ class Pipeline:
                     if isinstance(job, _HookJob):
                         await job.run()
                     else:
-                        await self._run_job(job)
-                except Exception as exc:  # one bad signal or hook must not stop the lane
+                        await self._run_until_journaled(job)
+                except Exception:  # one bad signal or hook must not stop the lane
                     if isinstance(job, _HookJob):
                         logger.exception("{what} failed", what=job.label)
-                    elif isinstance(exc, sqlite3.OperationalError):
-                        self._run_again_later(lane, job, exc)
                     else:
                         logger.exception(
                             "signal {id} failed; it stays unprocessed", id=job.signal.id
@@ -347,32 +345,27 @@ class Pipeline:
         finally:
             del self._lanes[lane], self._workers[lane]
 
-    def _run_again_later(self, lane: Lane, job: _Job, exc: sqlite3.OperationalError) -> None:
-        """A signal whose work the journal could not write: its lane runs it again later,
-        as a start would (its strategies whose decision was journaled are not asked again;
-        an order of theirs that left is reconciled), one line said of it each time."""
-        if job.attempt >= len(JOURNAL_RETRIES_S):
-            logger.error(
-                "signal {id} could not be journaled ({error}); it runs again on the next start",
-                id=job.signal.id,
-                error=str(exc),
-            )
-            return
-        delay = JOURNAL_RETRIES_S[job.attempt]
-        logger.error(
-            "signal {id} could not be journaled ({error}); it runs again in {s} s",
-            id=job.signal.id,
-            error=str(exc),
-            s=f"{delay:g}",
-        )
-        again = dataclasses.replace(job, attempt=job.attempt + 1)
-        asyncio.get_running_loop().call_later(delay, self._queue_job, lane, again)
-
-    def _queue_job(self, lane: Lane, job: _Job) -> None:
-        self._queue(lane).put_nowait(job)
-        self._outstanding += 1
-        self._idle.clear()
-        metrics.SIGNAL_QUEUE.set(self._outstanding)
+    async def _run_until_journaled(self, job: _Job) -> None:
+        """Run a signal's job; one whose work the journal could not write (a full disk, a
+        lock another program held) runs again after each of `JOURNAL_RETRIES_S`, as a start
+        would (its strategies whose decision was journaled are not asked again; an order of
+        theirs that left is reconciled), one line said of it each time. Its lane waits
+        meanwhile: a later signal of the same key and symbol (a close) never overtakes it."""
+        for attempt, delay in enumerate((*JOURNAL_RETRIES_S, None)):
+            try:
+                await self._run_job(dataclasses.replace(job, attempt=attempt))
+            except sqlite3.OperationalError as exc:
+                then = "on the next start" if delay is None else f"in {delay:g} s"
+                logger.error(
+                    "signal {id} could not be journaled ({error}); it runs again {then}",
+                    id=job.signal.id,
+                    error=str(exc),
+                    then=then,
+                )
+            else:
+                return
+            if delay is not None:
+                await asyncio.sleep(delay)
 
     async def _run_job(self, job: _Job) -> None:
         slots = job.slots

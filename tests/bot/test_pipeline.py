@@ -226,6 +226,46 @@ def test_a_signal_the_journal_could_not_decide_runs_again_once_it_writes(
     assert journal.unprocessed_signals() == []
 
 
+def test_a_signal_run_again_for_its_journal_is_not_overtaken_by_a_later_one_of_its_lane(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    # Run again from a timer while its lane went on, a signal the journal failed came after
+    # a later one of the same key and symbol that arrived once the journal wrote again: an
+    # entry re-run after its own close would have opened a position nothing closes.
+    pipeline, journal, exchange = stages
+    journal._db.execute("PRAGMA busy_timeout=50")
+    holder = sqlite3.connect(journal.path, isolation_level=None)
+    errors: list[str] = []
+    handler = logger.add(errors.append, format="{message}", level="ERROR")
+
+    async def failed_then_a_later_one() -> None:
+        assert await pipeline.submit(signal(id="first", strategy="follow"))
+        holder.execute("BEGIN IMMEDIATE")
+        for _ in range(200):
+            if errors:
+                break
+            await asyncio.sleep(0.01)
+        holder.execute("COMMIT")
+        assert await pipeline.submit(signal(id="second", strategy="follow"))
+        for _ in range(500):
+            if len(client_orders(exchange.orders())) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await pipeline.drain()
+        journal.flush()
+
+    try:
+        asyncio.run(with_lanes(pipeline, failed_then_a_later_one))
+    finally:
+        logger.remove(handler)
+        holder.close()
+
+    links = {row.signal_id: row.order_link_id for row in journal.trace() if row.order_link_id}
+    assert links.keys() == {"first", "second"}, decisions(journal)  # both traded, ...
+    created = {o["orderLinkId"]: int(o["createdTime"]) for o in client_orders(exchange.orders())}
+    assert created[links["first"]] <= created[links["second"]]  # ... in their order
+
+
 def test_market_data_the_venue_cannot_give_declines_under_its_own_rule(
     stages: tuple[Pipeline, Journal, SimExchange],
 ) -> None:
