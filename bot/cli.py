@@ -789,6 +789,10 @@ def _undone(answer: str) -> str:
     undone = [f"{count} {noun}{'s' if count > 1 else ''}" for count, noun in counts if count]
     if report.get("superseded") is True:
         undone.append("the flatten (a resume came while it waited)")
+    if report.get("journaled") is False:
+        undone.append(
+            "its journal record (the journal could not write: it holds until the bot stops)"
+        )
     return " and ".join(undone)
 
 

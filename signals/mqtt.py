@@ -825,21 +825,26 @@ class MqttControl:
                 "and clear this one (publish an empty retained message to its topic)",
                 verified=True,
             )
+        command = message.topic.value.rsplit("/", 1)[-1]
         try:
             # A broker delivers again what a crash kept us from acknowledging.
             first = await self._used.first_use(header, payload, now, redelivered=True)
         except Exception as exc:
-            # Not acted on, and not acknowledged: the broker delivers it again once we are
-            # back, as it does a signal the journal could not take. Acknowledged, a halt
-            # met by a journal hiccup was lost, its sender told nothing.
-            raise _SinkFailed(
-                f"the command on {_one_line(message.topic.value)} could not be journaled "
-                f"({type(exc).__name__}); not acknowledged, the broker will redeliver it"
-            ) from exc
+            if command == "halt":
+                # Carried out all the same, in memory until the bot stops (as through the
+                # admin route): a halt must stop trading when the journal cannot write.
+                first = self._used.first_use_in_memory(header, payload, now)
+            else:
+                # Not acted on, and not acknowledged: the broker delivers it again once we
+                # are back, as it does a signal the journal could not take.
+                raise _SinkFailed(
+                    f"the command on {_one_line(message.topic.value)} could not be journaled "
+                    f"({type(exc).__name__}); not acknowledged, the broker will redeliver it"
+                ) from exc
         if not first:
             raise _Rejected("this signed command was used already; sign it anew", verified=True)
         try:
-            done = await self._apply(message.topic.value.rsplit("/", 1)[-1], payload)
+            done = await self._apply(command, payload)
         except Exception:
             await self._used.done(header, payload)  # failed, and acknowledged: not taken again
             raise

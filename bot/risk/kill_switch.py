@@ -47,7 +47,7 @@ from bot.messages import (
     utc_now,
 )
 from bot.risk.gate import RiskGate, Verdict
-from bot.risk.states import BOT_SCOPE, ScopeState
+from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.venue.errors import VenueError
 
 __all__ = ["FLATTEN_SOURCE", "KillSwitch", "announce_state"]
@@ -112,12 +112,25 @@ class KillSwitch:
         """Enter `state`; then cancel and flatten as asked. Returns what was done."""
         self._gate.set_state(state)  # first: the very next intent sees it
         announce_state(state)
-        await self._journal.call(self._journal.record_trading_state, state)
         report: dict[str, Any] = {
             "scope": state.scope,
             "state": state.state.value,
             "reason": state.reason,
         }
+        try:
+            await self._journal.call(self._journal.record_trading_state, state)
+        except Exception as exc:
+            if state.state is not TradingState.HALTED:
+                raise
+            # A halt stops trading, and is never undone for a journal that cannot write (a
+            # full disk): it holds, and cancels and flattens, until the bot stops.
+            logger.error(
+                "halt of {scope}: the journal could not record it ({error}); it holds until "
+                "the bot stops",
+                scope=state.scope,
+                error=exc,
+            )
+            report["journaled"] = False
         strategies = (
             frozenset(self._key_of) if state.scope == BOT_SCOPE else frozenset({state.scope})
         )

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -116,6 +117,31 @@ def test_a_halt_stops_the_next_intent_survives_a_restart_and_resume_lifts_it(
         assert decision_of(restarted, "resumed")[0] == "approved"
     finally:
         restarted.stop()
+
+
+def test_a_halt_holds_though_the_journal_cannot_record_it_and_a_resume_waits_for_it(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced on a full disk: `bot halt` was refused 503 (the journal could not remember
+    # the command), so trading could not be stopped when it most needed to be. Here another
+    # program holds the journal's write lock (a backup tool): the same failure.
+    bot = RunningBot(sim_config()).start()
+    holder = sqlite3.connect(bot.settings.journal_path, isolation_level=None, timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        halted = admin_answer(bot, "halt", {"reason": "disk full"})
+        resumed = admin_answer(bot, "resume", {})
+        holder.execute("COMMIT")
+
+        assert halted.status_code == 200, halted.text
+        assert halted.json()["state"] == "HALTED" and halted.json()["journaled"] is False
+        assert resumed.status_code == 503, resumed.text  # never carried out unrecorded
+        assert bot.post(signal("after")).status_code == 202
+        assert decision_of(bot, "after")[0] == "rejected"  # the halt held
+        assert "its journal record" in _undone(halted.text)  # `bot halt` exits 1
+    finally:
+        holder.close()
+        bot.stop()
 
 
 def test_bot_halt_with_no_bot_running_is_journaled_for_its_start(
