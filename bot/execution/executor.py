@@ -711,8 +711,9 @@ class Executor:
         if status is OrderStatus.PENDING and not resend and stale is None:
             # Not in flight (the loop passes those over), yet perhaps sent: a send whose
             # Submitting the journal could not write (a full disk) left it Pending while the
-            # order traveled. Taken as the venue shows it; else left to its lane's retry
-            # (`Pipeline`), its staleness or the next start, never sent from here.
+            # order traveled. Taken as the venue shows it; else left to its staleness or the
+            # next start, never sent from here (nor by its lane's run of the signal again,
+            # which does not ask a strategy that decided again: `Pipeline`).
             return await self._look_up_safely(request) or _event_of(record)
         # It may exist, Pending included: its send attempt is journaled while the order
         # travels, so a crash can leave a sent order Pending. Look, and resend only what the
