@@ -163,13 +163,7 @@ class AuditLog:
                 self._size += size
                 self._failing = False
             except OSError as exc:
-                if not self._failing:
-                    logger.warning(
-                        "cannot write the audit log in {dir}: {error}",
-                        dir=self.directory,
-                        error=exc.strerror or type(exc).__name__,
-                    )
-                self._failing = True
+                self._failed(exc)
                 # The line the file could not take stays in its buffer, to fail its every
                 # flush again (its close at shutdown too): the next write reopens instead.
                 self._discard()
@@ -187,12 +181,17 @@ class AuditLog:
             try:
                 file.close()
             except OSError as exc:
-                if not self._failing:
-                    logger.warning(
-                        "cannot write the audit log in {dir}: {error}",
-                        dir=self.directory,
-                        error=exc.strerror or type(exc).__name__,
-                    )
+                self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        """Warn that the disk refused a write, once until a write succeeds again."""
+        if not self._failing:
+            logger.warning(
+                "cannot write the audit log in {dir}: {error}",
+                dir=self.directory,
+                error=exc.strerror or type(exc).__name__,
+            )
+        self._failing = True
 
     def _open(self) -> TextIO:
         """The current file, appended to, readable by its owner only."""
