@@ -187,7 +187,7 @@ class KillSwitch:
                     continue
                 if link_id in busy:
                     waiting.append(record)
-                elif record.status in OPEN_AT_VENUE | MAY_EXIST_AT_VENUE:
+                elif record.status in _MAY_REST_AT_VENUE:
                     cancelling.append(record)
             # All at once: each takes two round trips to the venue, which a slow venue makes
             # seconds (each key's requests still go at its own pace).
@@ -415,6 +415,9 @@ class KillSwitch:
 
 
 #: A close in one of these states reached the venue (a market order fills).
+#: What a cancel looks for at the venue: a Pending order not being sent may have left too,
+#: its Submitting unwritten (a full disk) while it traveled (`Executor._resume`).
+_MAY_REST_AT_VENUE: Final = OPEN_AT_VENUE | MAY_EXIST_AT_VENUE | {OrderStatus.PENDING}
 _AT_VENUE: Final = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED})
 
 

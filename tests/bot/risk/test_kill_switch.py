@@ -4,14 +4,31 @@ it reads them; what is still behind then gets a row, not done, and is not closed
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
+from bot.config import Environment
+from bot.execution.executor import Executor, build_request
+from bot.journal import Journal
+from bot.messages import OrderType
 from bot.risk import kill_switch as kill_switch_module
+from bot.risk.config import RiskConfig
+from bot.risk.gate import RiskGate
 from bot.risk.kill_switch import KillSwitch
+from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
+from bot.secrets import ApiCredentials
+from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.venue.bybit import BybitVenue
+from tests.bot.sim.kit import place
+from tests.factories import approve, make_intent
+
+KEY, SECRET = "kill-switch-key", "kill-switch-secret"
 
 
 def switch(booked: dict[str, Decimal]) -> KillSwitch:
@@ -58,3 +75,37 @@ def test_fills_of_strategies_outside_the_scope_are_not_waited_for(
 
     assert asyncio.run(other._books_behind(frozenset({"follow"}))) == []
     assert "l1" in other._reported_fills  # its own command's flatten still waits for it
+
+
+def test_a_halt_cancels_a_sent_order_its_journal_left_pending(tmp_path: Path) -> None:
+    # A send whose Submitting the journal could not write (a full disk) leaves an order that
+    # reached the venue Pending, and no longer in flight. The halt's --cancel-open passed
+    # every Pending order over as never sent: that one rested at the venue through the halt.
+    exchange = SimExchange(SimulatorConfig(seed=7))
+    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
+    journal = Journal(tmp_path / "j.sqlite3")
+    with SimServer(exchange) as server:
+        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
+        executor = Executor(journal, {"k": venue})
+        gate = RiskGate(RiskConfig())
+        approval = approve(
+            make_intent(order_type=OrderType.LIMIT, price=Decimal(90000), qty=Decimal("0.001"))
+        )
+        request = build_request(approval, "k")
+        journal.record_decisions([approval.decision], [request])
+        place(exchange, KEY, **request.to_bybit_params())  # it left; its Submitting did not
+        unused: Any = None
+        halt = KillSwitch(gate, executor, journal, unused, unused, {"follow": "k"}, unused)
+
+        report = asyncio.run(
+            halt.enter(
+                ScopeState(BOT_SCOPE, TradingState.HALTED, "drill", datetime.now(UTC)),
+                cancel_open=True,
+            )
+        )
+        venue.close()
+
+    (at_venue,) = [o for o in exchange.orders() if o["orderLinkId"] == request.order_link_id]
+    assert at_venue["orderStatus"] == "Cancelled"
+    assert [row["order_link_id"] for row in report["cancelled"]] == [request.order_link_id]
