@@ -348,9 +348,10 @@ class Pipeline:
     async def _run_until_journaled(self, job: _Job) -> None:
         """Run a signal's job; one whose work the journal could not write (a full disk, a
         lock another program held) runs again after each of `JOURNAL_RETRIES_S`, as a start
-        would (its strategies whose decision was journaled are not asked again; an order of
-        theirs that left is reconciled), one line said of it each time. Its lane waits
-        meanwhile: a later signal of the same key and symbol (a close) never overtakes it."""
+        would (its strategies whose decision was journaled are not asked again: their orders
+        are carried on, `Executor.resume_decided`), one line said of it each time. Its lane
+        waits meanwhile: a later signal of the same key and symbol (a close) never overtakes
+        it."""
         for attempt, delay in enumerate((*JOURNAL_RETRIES_S, None)):
             try:
                 await self._run_job(dataclasses.replace(job, attempt=attempt))
@@ -372,6 +373,11 @@ class Pipeline:
         if job.attempt and slots:  # run before: who decided then is not asked again
             decided = await self._journal.call(
                 self._journal.decided_strategies, job.signal.source, job.signal.id
+            )
+            # Their orders are carried on instead: a leg the failure left unsent has no
+            # other way out before the signal goes stale.
+            await self._executor.resume_decided(
+                job.signal.source, job.signal.id, {s.name for s in slots if s.name in decided}
             )
             slots = [slot for slot in slots if slot.name not in decided]
         if slots or not job.slots:

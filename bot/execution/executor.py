@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -663,6 +663,37 @@ class Executor:
                 resumed += 1
         return resumed
 
+    async def resume_decided(
+        self, signal_source: str, signal_id: str, strategies: Collection[str]
+    ) -> None:
+        """Carry on, as a start does (`reconcile` with `resend`), the unfinished orders of
+        one signal that `strategies` decided: its lane runs the signal again after the
+        journal failed midway (`Pipeline`), and does not ask them again. An order of theirs
+        that left is looked up and taken, never sent twice; one that never left (a leg after
+        the failed one) is sent, on its lane, before the lane's later signals."""
+        if not strategies:
+            return
+        for record in await self._journal.call(self._journal.unfinished_orders):
+            request = record.request
+            link_id = request.order_link_id
+            if (
+                request.signal_source != signal_source
+                or request.signal_id != signal_id
+                or request.strategy not in strategies
+                or link_id in self._in_flight
+                or request.key_name not in self._venues
+            ):
+                continue
+            self._in_flight.add(link_id)
+            try:
+                await self._resume(record, resend=True)
+            except VenueError as exc:
+                logger.bind(notify="venue_error").warning(
+                    "order {id} of a signal run again failed: {error}", id=link_id, error=exc
+                )
+            finally:
+                self._in_flight.discard(link_id)
+
     def _stream_covers(self, record: OrderRecord, now: float) -> bool:
         """Whether a resting limit order needs no look-up now: the key's account stream has stayed
         up since its last one, which was within `reconcile_live_interval_s` (the stream
@@ -711,9 +742,9 @@ class Executor:
         if status is OrderStatus.PENDING and not resend and stale is None:
             # Not in flight (the loop passes those over), yet perhaps sent: a send whose
             # Submitting the journal could not write (a full disk) left it Pending while the
-            # order traveled. Taken as the venue shows it; else left to its staleness or the
-            # next start, never sent from here (nor by its lane's run of the signal again,
-            # which does not ask a strategy that decided again: `Pipeline`).
+            # order traveled. Taken as the venue shows it; else left to its lane's run of
+            # the signal again (`resume_decided`), its staleness or the next start, never
+            # sent from here.
             return await self._look_up_safely(request) or _event_of(record)
         # It may exist, Pending included: its send attempt is journaled while the order
         # travels, so a crash can leave a sent order Pending. Look, and resend only what the

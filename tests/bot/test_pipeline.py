@@ -19,7 +19,7 @@ from bot.account import Account, StrandedBy
 from bot.execution.executor import Executor
 from bot.journal import Journal
 from bot.market import MarketData
-from bot.messages import OrderIntent, OrderType, Side, Signal, parse_signal
+from bot.messages import OrderEvent, OrderIntent, OrderStatus, OrderType, Side, Signal, parse_signal
 from bot.pipeline import Pipeline, StrategySlot
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
@@ -67,6 +67,13 @@ class TwoOnOneLeg(Impostor):
         return [intent, intent.model_copy(update={"qty": Decimal("0.002")})]
 
 
+class TwoLegs(Impostor):
+    def on_signal(self, signal: Signal, context: StrategyContext) -> Sequence[OrderIntent]:
+        assert signal.side is not None
+        intent = self.intent(signal, context, side=signal.side, qty=Decimal("0.001"))
+        return [intent, intent.model_copy(update={"leg": 1})]
+
+
 class OtherSymbol(Impostor):
     """Trades a symbol its signal is not about (priced at the signal's, it slipped the
     limits: 0.05 BTC valued at ETH's price)."""
@@ -110,6 +117,7 @@ def stages(tmp_path: Path) -> Iterator[tuple[Pipeline, Journal, SimExchange]]:
             ("impostor", Impostor("impostor", StrategyParams()), "k2", "other"),
             ("renamed", Renamed("renamed", StrategyParams()), "k2", "renamed"),
             ("two_legs", TwoOnOneLeg("two_legs", StrategyParams()), "k2", "legs"),
+            ("legs", TwoLegs("legs", StrategyParams()), "k2", "two"),
             ("other_symbol", OtherSymbol("other_symbol", StrategyParams()), "k2", "cross"),
             ("forger", PriceForger("forger", StrategyParams()), "k2", "forge"),
             ("holder", PositionForger("holder", StrategyParams()), "k2", "held"),
@@ -264,6 +272,40 @@ def test_a_signal_run_again_for_its_journal_is_not_overtaken_by_a_later_one_of_i
     assert links.keys() == {"first", "second"}, decisions(journal)  # both traded, ...
     created = {o["orderLinkId"]: int(o["createdTime"]) for o in client_orders(exchange.orders())}
     assert created[links["first"]] <= created[links["second"]]  # ... in their order
+
+
+def test_a_signal_run_again_sends_the_legs_its_journal_failure_left_unsent(
+    stages: tuple[Pipeline, Journal, SimExchange], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk full as its first leg was sent: that leg's Submitting unwritten, the signal
+    # failed with both legs decided, and its run again skipped the strategy that decided
+    # them. Its second leg stayed Pending, never sent, until its signal went stale.
+    pipeline, journal, exchange = stages
+    record_order_event = journal.record_order_event
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    def full_once(event: OrderEvent) -> bool:
+        if event.status is OrderStatus.SUBMITTING and failures:
+            raise failures.pop()
+        return record_order_event(event)
+
+    monkeypatch.setattr(journal, "record_order_event", full_once)
+
+    async def two_legs() -> None:
+        assert await pipeline.submit(signal("two", id="legs", strategy="legs"))
+        for _ in range(500):
+            if len(client_orders(exchange.orders())) == 2 and pipeline.queued == 0:
+                break
+            await asyncio.sleep(0.01)
+        await pipeline.drain()
+        journal.flush()
+
+    asyncio.run(with_lanes(pipeline, two_legs))
+
+    assert len(client_orders(exchange.orders())) == 2  # each leg once
+    statuses = [order.status for order in journal.unfinished_orders()]
+    assert statuses == []
+    assert journal.unprocessed_signals() == []
 
 
 def test_market_data_the_venue_cannot_give_declines_under_its_own_rule(
