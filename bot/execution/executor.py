@@ -991,9 +991,10 @@ class Executor:
             )
             refused_unread = False
             sends += 1
-            # Asked again once the key's rate limits let the order go: the wait for room can
-            # outlast a halt answered meanwhile, and the order must not leave after it.
-            hold = None if request.reduce_only else partial(self._blocked, request.strategy)
+            # Asked again once the key's rate limits let the order go: the wait for room (up
+            # to 30 s) can outlast a halt answered meanwhile, or the signal's deadline, and
+            # the order must not leave after either.
+            hold = None if request.reduce_only else partial(self._held, request, signal_ts)
             try:
                 try:
                     ack = await venue.place_order(request, hold)
@@ -1135,6 +1136,11 @@ class Executor:
         if signal_ts is None or request.reduce_only:
             return None
         return self._staleness(signal_ts)
+
+    def _held(self, request: OrderRequest, signal_ts: datetime | None) -> str | None:
+        """Why an opening order must not leave after all once its turn under the rate limits
+        came: a halt, or its signal gone stale, since the checks before the wait."""
+        return self._blocked(request.strategy) or self._stale(request, signal_ts)
 
     def _too_late(self, record: OrderRecord) -> str | None:
         """Why an order a start-up (or the loop) finds perhaps never sent must not be sent

@@ -744,3 +744,37 @@ def test_our_amended_order_stays_ours_when_its_first_send_went_unjournaled(
     status, held, reason = _reconciled(exchange[1], journal, ours)
 
     assert (status, held) == (OrderStatus.NEW, order_id), reason
+
+
+def test_an_opening_order_whose_signal_went_stale_while_it_waited_for_room_is_not_sent(
+    tmp_path: Path,
+) -> None:
+    # Its staleness was checked before the wait for room under the key's order rate limit
+    # (up to 30 s): the order left after its signal's deadline, as the halt's did before
+    # the hold asked again once the pacing let it go.
+    limited = SimExchange(SimulatorConfig(seed=7, order_create_per_s=1))
+    limited.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
+    journal = Journal(tmp_path / "j.sqlite3")
+    stale_after = [float("inf")]
+    with SimServer(limited) as server:
+        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
+        executor = Executor(
+            journal,
+            {"k": venue},
+            FAST,
+            staleness=lambda ts: "stale" if time.monotonic() > stale_after[0] else None,
+        )
+        first, late = intent(), intent()
+
+        async def scenario() -> OrderEvent:
+            await executor.execute(approve(first), "k")  # the key learns its limit: 1/s
+            stale_after[0] = time.monotonic() + 0.3  # within the wait for the next slot
+            return await executor.execute(approve(late), "k")
+
+        event = asyncio.run(scenario())
+        venue.close()
+
+    assert event.status is OrderStatus.REJECTED
+    assert event.reason == "not sent: stale"
+    assert orders_for(limited, late) == []
