@@ -651,15 +651,7 @@ class Executor:
                 link_id = record.request.order_link_id
                 looked_at = (now, self._stream_connection(key))
                 remember(self._looked_at, link_id, looked_at, _LOOKS_KEPT)
-                self._in_flight.add(link_id)
-                try:
-                    await self._resume(record, resend=resend)
-                except VenueError as exc:
-                    logger.bind(notify="venue_error").warning(
-                        "reconciliation of {id} failed: {error}", id=link_id, error=exc
-                    )
-                finally:
-                    self._in_flight.discard(link_id)
+                await self._resume_in_flight(record, resend=resend)
                 resumed += 1
         return resumed
 
@@ -675,24 +667,28 @@ class Executor:
             return
         for record in await self._journal.call(self._journal.unfinished_orders):
             request = record.request
-            link_id = request.order_link_id
             if (
-                request.signal_source != signal_source
-                or request.signal_id != signal_id
-                or request.strategy not in strategies
-                or link_id in self._in_flight
-                or request.key_name not in self._venues
+                request.signal_source == signal_source
+                and request.signal_id == signal_id
+                and request.strategy in strategies
+                and request.order_link_id not in self._in_flight
+                and request.key_name in self._venues
             ):
-                continue
-            self._in_flight.add(link_id)
-            try:
-                await self._resume(record, resend=True)
-            except VenueError as exc:
-                logger.bind(notify="venue_error").warning(
-                    "order {id} of a signal run again failed: {error}", id=link_id, error=exc
-                )
-            finally:
-                self._in_flight.discard(link_id)
+                await self._resume_in_flight(record, resend=True)
+
+    async def _resume_in_flight(self, record: OrderRecord, *, resend: bool) -> None:
+        """`_resume`, the order counted in flight meanwhile (so that nothing else resumes,
+        or cancels, it at once); a venue's failure is logged, for a later pass."""
+        link_id = record.request.order_link_id
+        self._in_flight.add(link_id)
+        try:
+            await self._resume(record, resend=resend)
+        except VenueError as exc:
+            logger.bind(notify="venue_error").warning(
+                "reconciliation of {id} failed: {error}", id=link_id, error=exc
+            )
+        finally:
+            self._in_flight.discard(link_id)
 
     def _stream_covers(self, record: OrderRecord, now: float) -> bool:
         """Whether a resting limit order needs no look-up now: the key's account stream has stayed
