@@ -358,7 +358,7 @@ def _remove_dead_spares(path: Path) -> None:
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
         return False
     except OSError:  # another user's process (EPERM): alive
         return True

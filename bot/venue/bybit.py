@@ -527,10 +527,13 @@ class BybitVenue:
                     rows.append(row)
             if not more:
                 return rows
-            oldest = min(int(row.get("execTime") or 0) for row in page_rows)
-            if oldest >= bounds.get("endTime", oldest + 1):  # one millisecond fills the pages
+            times = [int(t) for row in page_rows if (t := str(row.get("execTime"))).isdigit()]
+            oldest = min(times, default=None)
+            if oldest is None or oldest >= bounds.get("endTime", oldest + 1):
+                # One millisecond fills the pages, or they say no time to read on below.
                 raise AmbiguousError(
-                    f"more than {_MAX_PAGES} pages of fills at {oldest}", operation="executions"
+                    f"more than {_MAX_PAGES} pages of fills at {oldest or 'no time given'}",
+                    operation="executions",
                 )
             bounds = {**bounds, "endTime": oldest}
 

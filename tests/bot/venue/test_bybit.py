@@ -337,6 +337,21 @@ def test_sim_url_is_required_in_sim_and_refused_elsewhere() -> None:
     testnet.close()
 
 
+@pytest.mark.parametrize("rows", [[], [{"execId": "e-1", "execTime": ""}]])
+def test_pages_of_fills_past_the_cap_saying_no_time_are_ambiguous_not_a_crash(
+    venue: BybitVenue, monkeypatch: pytest.MonkeyPatch, rows: list[dict[str, Any]]
+) -> None:
+    # Full pages that left more to read, but with no fill time to read on below (empty
+    # pages carrying a cursor, a time not given): min() of nothing raised a ValueError.
+    async def capped(*args: Any, **params: Any) -> Any:
+        return rows, True
+
+    monkeypatch.setattr(venue, "_paged", capped)
+
+    with pytest.raises(AmbiguousError, match="no time given"):
+        asyncio.run(venue.executions_since(datetime.now(UTC) - timedelta(hours=1)))
+
+
 def test_fills_since_a_time_are_asked_for_up_to_the_venues_now_not_ours(
     venue: BybitVenue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
