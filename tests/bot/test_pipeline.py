@@ -192,31 +192,47 @@ def test_a_raising_strategy_is_journaled_and_does_not_stop_the_others(
     assert len(client_orders(exchange.orders())) == 1
 
 
-def test_a_signal_the_journal_could_not_decide_runs_again_once_it_writes(
-    stages: tuple[Pipeline, Journal, SimExchange],
+async def _failed_while_the_journal_was_held(
+    pipeline: Pipeline, journal: Journal, item: Signal, errors: list[str]
 ) -> None:
-    # Reproduced on a full disk: a signal answered 202 whose decision and order could not be
-    # journaled stayed unprocessed (a traceback in the log) until the next start, which
-    # declined it as stale, though the disk had room again seconds later. Here another
-    # program holds the journal's write lock for a while (a backup tool): the same failure.
-    pipeline, journal, exchange = stages
+    """Submit `item` (answered 202), then hold the journal's write lock, as another program
+    (a backup tool) would, until its lane has failed to journal its work: what a full disk
+    does, undone at once."""
     journal._db.execute("PRAGMA busy_timeout=50")  # fail fast, not after 5 s
     holder = sqlite3.connect(journal.path, isolation_level=None)
-    errors: list[str] = []
-    handler = logger.add(errors.append, format="{message}\n{exception}", level="ERROR")
-
-    async def held_then_released() -> None:
-        assert await pipeline.submit(signal(id="held", strategy="follow"))  # answered 202
+    try:
+        assert await pipeline.submit(item)
         holder.execute("BEGIN IMMEDIATE")  # before its lane decides it
         for _ in range(200):
             if errors:
                 break
             await asyncio.sleep(0.01)
         holder.execute("COMMIT")
-        for _ in range(500):
-            if client_orders(exchange.orders()):
-                break
-            await asyncio.sleep(0.01)
+    finally:
+        holder.close()
+
+
+async def _orders_placed(exchange: SimExchange, count: int) -> None:
+    for _ in range(500):
+        if len(client_orders(exchange.orders())) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_a_signal_the_journal_could_not_decide_runs_again_once_it_writes(
+    stages: tuple[Pipeline, Journal, SimExchange],
+) -> None:
+    # Reproduced on a full disk: a signal answered 202 whose decision and order could not be
+    # journaled stayed unprocessed (a traceback in the log) until the next start, which
+    # declined it as stale, though the disk had room again seconds later.
+    pipeline, journal, exchange = stages
+    errors: list[str] = []
+    handler = logger.add(errors.append, format="{message}\n{exception}", level="ERROR")
+
+    async def held_then_released() -> None:
+        held = signal(id="held", strategy="follow")
+        await _failed_while_the_journal_was_held(pipeline, journal, held, errors)
+        await _orders_placed(exchange, 1)
         await pipeline.drain()
         journal.flush()
 
@@ -224,7 +240,6 @@ def test_a_signal_the_journal_could_not_decide_runs_again_once_it_writes(
         asyncio.run(with_lanes(pipeline, held_then_released))
     finally:
         logger.remove(handler)
-        holder.close()
 
     assert [line.strip() for line in errors] == [
         "signal held could not be journaled (database is locked); it runs again in 1 s"
@@ -241,24 +256,14 @@ def test_a_signal_run_again_for_its_journal_is_not_overtaken_by_a_later_one_of_i
     # a later one of the same key and symbol that arrived once the journal wrote again: an
     # entry re-run after its own close would have opened a position nothing closes.
     pipeline, journal, exchange = stages
-    journal._db.execute("PRAGMA busy_timeout=50")
-    holder = sqlite3.connect(journal.path, isolation_level=None)
     errors: list[str] = []
     handler = logger.add(errors.append, format="{message}", level="ERROR")
 
     async def failed_then_a_later_one() -> None:
-        assert await pipeline.submit(signal(id="first", strategy="follow"))
-        holder.execute("BEGIN IMMEDIATE")
-        for _ in range(200):
-            if errors:
-                break
-            await asyncio.sleep(0.01)
-        holder.execute("COMMIT")
+        first = signal(id="first", strategy="follow")
+        await _failed_while_the_journal_was_held(pipeline, journal, first, errors)
         assert await pipeline.submit(signal(id="second", strategy="follow"))
-        for _ in range(500):
-            if len(client_orders(exchange.orders())) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await _orders_placed(exchange, 2)
         await pipeline.drain()
         journal.flush()
 
@@ -266,7 +271,6 @@ def test_a_signal_run_again_for_its_journal_is_not_overtaken_by_a_later_one_of_i
         asyncio.run(with_lanes(pipeline, failed_then_a_later_one))
     finally:
         logger.remove(handler)
-        holder.close()
 
     links = {row.signal_id: row.order_link_id for row in journal.trace() if row.order_link_id}
     assert links.keys() == {"first", "second"}, decisions(journal)  # both traded, ...
