@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any, Final
@@ -61,6 +62,8 @@ _FLATTEN_ROUNDS: Final = 3
 #: How long a cancel waits for orders being sent right now to land.
 _CANCEL_WAIT_S: Final = 10.0
 _CANCEL_POLL_S: Final = 0.1
+#: When a halt the journal could not take is tried again (then each minute).
+_RECORD_AGAIN_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def announce_state(state: ScopeState) -> None:
@@ -105,6 +108,8 @@ class KillSwitch:
         # orderLinkId -> (strategy, symbol, filled qty the venue reported) of the orders this
         # switch cancelled or closed, until the books hold it (or a flatten gives up on it).
         self._reported_fills: dict[str, tuple[str, str, Decimal]] = {}
+        # Halts entered while the journal could not write, being journaled when it can.
+        self._recording: set[asyncio.Task[None]] = set()
 
     async def enter(
         self, state: ScopeState, *, cancel_open: bool = False, flatten: bool = False
@@ -123,14 +128,18 @@ class KillSwitch:
             if state.state is not TradingState.HALTED:
                 raise
             # A halt stops trading, and is never undone for a journal that cannot write (a
-            # full disk): it holds, and cancels and flattens, until the bot stops.
+            # full disk): it holds, and cancels and flattens, and is journaled once the
+            # journal writes again (a restart before that forgets it).
             logger.error(
-                "halt of {scope}: the journal could not record it ({error}); it holds until "
-                "the bot stops",
+                "halt of {scope}: the journal could not record it ({error}); it holds, and is "
+                "journaled once the journal writes again",
                 scope=state.scope,
                 error=exc,
             )
             report["journaled"] = False
+            recording = asyncio.create_task(self._journal_when_it_writes(state))
+            self._recording.add(recording)
+            recording.add_done_callback(self._recording.discard)
         strategies = (
             frozenset(self._key_of) if state.scope == BOT_SCOPE else frozenset({state.scope})
         )
@@ -153,6 +162,26 @@ class KillSwitch:
                         )
                     report["flattened"] = await self._flatten(strategies)
         return report
+
+    async def _journal_when_it_writes(self, state: ScopeState) -> None:
+        """Journal a halt the journal could not take when it was entered, trying after each
+        of `_RECORD_AGAIN_S` then each minute, while it is still the scope's state (a later
+        command journals its own)."""
+        for delay in itertools.chain(_RECORD_AGAIN_S, itertools.repeat(60.0)):
+            await asyncio.sleep(delay)
+            if self._gate.state_of(state.scope) is not state:
+                return
+            try:  # queued at once: a command entered after this check is journaled after it
+                await self._journal.call(self._journal.record_trading_state, state)
+            except Exception as exc:
+                logger.warning(
+                    "halt of {scope}: still not journaled ({error}); tried again in a while",
+                    scope=state.scope,
+                    error=exc,
+                )
+            else:
+                logger.info("halt of {scope}: journaled now", scope=state.scope)
+                return
 
     async def _cancel_open(
         self, strategies: frozenset[str], *, sparing_flattens: bool = False

@@ -139,6 +139,17 @@ def test_a_halt_holds_though_the_journal_cannot_record_it_and_a_resume_waits_for
         assert bot.post(signal("after")).status_code == 202
         assert decision_of(bot, "after")[0] == "rejected"  # the halt held
         assert "its journal record" in _undone(halted.text)  # `bot halt` exits 1
+        # Journaled once the journal writes again: a restart keeps it.
+        reader = sqlite3.connect(bot.settings.journal_path)
+        try:
+            journaled = wait_for(
+                lambda: reader.execute("SELECT scope, state FROM trading_states").fetchall(),
+                timeout_s=10,
+                what="the halt journaled",
+            )
+        finally:
+            reader.close()
+        assert journaled == [(BOT_SCOPE, "HALTED")]
     finally:
         holder.close()
         bot.stop()
