@@ -791,7 +791,8 @@ def _undone(answer: str) -> str:
         undone.append("the flatten (a resume came while it waited)")
     if report.get("journaled") is False:
         undone.append(
-            "its journal record (the journal could not write: it holds until the bot stops)"
+            "its journal record (the journal could not write: it is journaled once it can; "
+            "a restart before that forgets it)"
         )
     return " and ".join(undone)
 
