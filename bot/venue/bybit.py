@@ -620,11 +620,19 @@ class BybitVenue:
         up to half the round trip: of `_CLOCK_SAMPLES` tries the quickest is used, and none
         slower than `_CLOCK_MAX_RTT_S` (a stalled answer would set the clock seconds off and
         every signed request after would be refused). Without a usable one the offset stays.
+        A try that fails (a 5xx, a 10016) is passed over; the error is raised only when
+        every try failed: one lost answer must not leave the clock wrong, or the request that
+        asked for the resync is refused again at once (a cancel's tries spent in 10 ms).
         """
         best: tuple[float, int] | None = None  # (round trip s, offset ms)
+        failures: list[VenueError] = []
         for _ in range(_CLOCK_SAMPLES):
             before = time.time()
-            result = await self._call("sync_clock", "", "get_server_time")
+            try:
+                result = await self._call("sync_clock", "", "get_server_time")
+            except VenueError as exc:
+                failures.append(exc)
+                continue
             after = time.time()
             venue_ms = int(str(result.get("timeNano") or "0")) // 1_000_000 or (
                 int(str(result.get("timeSecond") or "0")) * 1000
@@ -632,6 +640,8 @@ class BybitVenue:
             sample = (after - before, venue_ms - int((before + after) / 2 * 1000))
             if sample[0] <= _CLOCK_MAX_RTT_S and (best is None or sample < best):
                 best = sample
+        if len(failures) == _CLOCK_SAMPLES:
+            raise failures[-1]
         if best is None:
             logger.warning(
                 "venue time answered too slowly to set the signing clock; offset kept",

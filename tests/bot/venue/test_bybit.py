@@ -296,6 +296,31 @@ def test_the_signing_clock_follows_the_venue_but_never_a_stalled_answer(
     assert asyncio.run(venue.sync_clock()) == offset  # kept: half a stall is no clock
 
 
+def test_a_resync_passes_over_a_try_the_venue_failed(
+    sim: tuple[SimExchange, SimServer], venue: BybitVenue
+) -> None:
+    # A 503 on one of a resync's tries of /v5/market/time (the soak's faults) failed the
+    # whole resync: the request refused 10002 went out again at the wrong offset, refused
+    # again, and a cancel spent its three tries in 10 ms (seeds 918273645, 987654321).
+    sim[0].set_faults(SimFaults(clock_skew_ms=60_000, http_5xx=0.3))
+
+    offsets = [asyncio.run(venue.sync_clock()) for _ in range(5)]
+
+    assert sim[0].stats()["faults_injected"]["http_5xx"] >= 3  # some of the tries failed
+    assert all(59_000 < offset < 61_000 for offset in offsets)
+
+
+def test_a_resync_whose_every_try_failed_raises_and_keeps_the_offset(
+    sim: tuple[SimExchange, SimServer], venue: BybitVenue
+) -> None:
+    sim[0].set_faults(SimFaults(http_5xx=1.0))
+
+    with pytest.raises(AmbiguousError):
+        asyncio.run(venue.sync_clock())
+
+    assert venue.clock_offset_ms == 0
+
+
 def test_wrong_secret_is_fatal_for_the_key(sim: tuple[SimExchange, SimServer]) -> None:
     credentials = ApiCredentials("main", SecretStr(KEY), SecretStr("not-the-secret"))
     venue = BybitVenue(credentials, Environment.SIM, sim_url=sim[1].url)
