@@ -129,6 +129,9 @@ def test_a_resting_reduce_only_order_is_cancelled_once_its_position_closes(
     """Bybit cancels a take-profit limit left without a position at once (CancelByReduceOnly),
     so fetch_open_orders stops listing it when another order closes the position."""
     bybit.create_order(SYMBOL, "market", "buy", 0.01)
+    # It trades market_fill_delay_ms after its answer, as Bybit's matching is asynchronous:
+    # a reduce-only order placed before then has no position to reduce (110017).
+    eventually(lambda: bybit.fetch_positions([SYMBOL])[0]["contracts"], bool, "the long")
     target = bybit.create_order(SYMBOL, "limit", "sell", 0.01, 99000, {"reduceOnly": True})
     bybit.create_order(SYMBOL, "market", "sell", 0.01)  # closed by another order
 
