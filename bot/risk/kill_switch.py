@@ -115,18 +115,27 @@ class KillSwitch:
         self, state: ScopeState, *, cancel_open: bool = False, flatten: bool = False
     ) -> dict[str, Any]:
         """Enter `state`; then cancel and flatten as asked. Returns what was done."""
-        self._gate.set_state(state)  # first: the very next intent sees it
-        announce_state(state)
         report: dict[str, Any] = {
             "scope": state.scope,
             "state": state.state.value,
             "reason": state.reason,
         }
+        if state.state is not TradingState.HALTED:
+            # Journaled first: one the journal refuses (a full disk) is not entered, as its
+            # answer says; entered first, the bot traded while its operator was told it had
+            # not resumed. A halt answered meanwhile came after it, and stands (its record
+            # follows this one).
+            before = self._gate.state_of(state.scope)
+            await self._journal.call(self._journal.record_trading_state, state)
+            if self._gate.state_of(state.scope) == before:
+                self._gate.set_state(state)
+                announce_state(state)
+            return report
+        self._gate.set_state(state)  # first: the very next intent sees it
+        announce_state(state)
         try:
             await self._journal.call(self._journal.record_trading_state, state)
         except Exception as exc:
-            if state.state is not TradingState.HALTED:
-                raise
             # A halt stops trading, and is never undone for a journal that cannot write (a
             # full disk): it holds, and cancels and flattens, and is journaled once the
             # journal writes again (a restart before that forgets it).

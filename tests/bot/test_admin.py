@@ -155,6 +155,32 @@ def test_a_halt_holds_though_the_journal_cannot_record_it_and_a_resume_waits_for
         bot.stop()
 
 
+def test_a_resume_the_journal_cannot_record_leaves_the_halt_in_force(
+    sim_config: Callable[..., Path],
+) -> None:
+    # A disk that fills between the command's record and the state's (the first write found
+    # room, the second none): the resume was answered 503, yet the gate had entered ACTIVE
+    # already, so the bot traded while its operator was told it had not resumed, and its
+    # journal (HALTED) disagreed with it. A trigger refuses the state's write alone here.
+    bot = RunningBot(sim_config()).start()
+    try:
+        assert admin(bot, "halt", {"reason": "drill"}) == 200
+        writer = sqlite3.connect(bot.settings.journal_path, isolation_level=None, timeout=30)
+        writer.execute(
+            "CREATE TRIGGER refuse_states BEFORE INSERT ON trading_states "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+        writer.close()
+
+        resumed = admin_answer(bot, "resume", {})
+
+        assert resumed.status_code == 503, resumed.text
+        assert bot.post(signal("after-refused-resume")).status_code == 202
+        assert decision_of(bot, "after-refused-resume")[0] == "rejected"  # still halted
+    finally:
+        bot.stop()
+
+
 def test_bot_halt_with_no_bot_running_is_journaled_for_its_start(
     sim_config: Callable[..., Path],
 ) -> None:
