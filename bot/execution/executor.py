@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -360,13 +361,25 @@ class Executor:
         """Ask the venue to cancel an order, then journal what the venue shows of it (the
         cancel, or the fill that beat it); None if the venue holds no such order. The
         request is journaled first: a restart that finds the order cancelled knows the cancel
-        was the bot's own."""
-        await self._journal.call(self._journal.record_cancel_requested, request.order_link_id)
+        was the bot's own. A journal that cannot write (a full disk) does not hold the cancel
+        back (a halt's: a resting entry would fill after it): only that word is lost, and
+        what the venue shows of the order is returned unjournaled, for the reconciliation
+        loop to journal once the journal writes again."""
+        try:
+            await self._journal.call(self._journal.record_cancel_requested, request.order_link_id)
+        except sqlite3.OperationalError as exc:
+            logger.error(
+                "cancel of {id}: the journal could not record it ({error}); sent all the same",
+                id=request.order_link_id,
+                error=str(exc),
+            )
+            # The bot's own: never said as a cancel by someone else when the venue reports it.
+            remember(self._warned_cancels, request.order_link_id, None, _CANCELS_KEPT)
         try:
             cancelled = await self._send_cancel(request)
         except (AmbiguousError, RetryableError):
             # An earlier try may have been carried out: what the venue shows of it says.
-            shown = await self._look_up_safely(request)
+            shown = await self._shown_after_cancel(request)
             if shown is None or not shown.status.is_terminal:
                 raise
             logger.info(
@@ -380,7 +393,24 @@ class Executor:
             id=request.order_link_id,
             result="sent" if cancelled else "nothing open to cancel",
         )
-        return await self._look_up_safely(request)
+        return await self._shown_after_cancel(request)
+
+    async def _shown_after_cancel(self, request: OrderRequest) -> OrderEvent | None:
+        """`_look_up_safely` after a cancel; the venue's row unjournaled when the journal
+        cannot take it (a full disk): the cancel's outcome is known all the same."""
+        try:
+            return await self._look_up_safely(request)
+        except sqlite3.OperationalError as exc:
+            logger.error(
+                "cancel of {id}: its outcome could not be journaled ({error}); the "
+                "reconciliation loop journals it once the journal writes again",
+                id=request.order_link_id,
+                error=str(exc),
+            )
+            try:
+                return await self._venue_row(self._venues[request.key_name], request)
+            except _LookupFailed:
+                return None
 
     async def withdraw_openings(self, key_name: str, strategy: str, symbol: str) -> None:
         """Cancel the strategy's opening orders in `symbol` that may be open at the venue: a

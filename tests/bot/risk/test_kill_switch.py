@@ -4,6 +4,7 @@ it reads them; what is still behind then gets a row, not done, and is not closed
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydantic import SecretStr
 from bot.config import Environment
 from bot.execution.executor import Executor, build_request
 from bot.journal import Journal
-from bot.messages import OrderType
+from bot.messages import OrderStatus, OrderType
 from bot.risk import kill_switch as kill_switch_module
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
@@ -109,3 +110,51 @@ def test_a_halt_cancels_a_sent_order_its_journal_left_pending(tmp_path: Path) ->
     (at_venue,) = [o for o in exchange.orders() if o["orderLinkId"] == request.order_link_id]
     assert at_venue["orderStatus"] == "Cancelled"
     assert [row["order_link_id"] for row in report["cancelled"]] == [request.order_link_id]
+
+
+def test_a_halt_cancels_resting_orders_though_the_journal_cannot_write(tmp_path: Path) -> None:
+    # Seen on a full disk: the halt held (in memory), but every cancel of its --cancel-open
+    # failed at the journal's record of the cancel request, before the venue was asked: a
+    # resting entry stayed open through the halt, to fill. Here another program holds the
+    # journal's write lock (a backup tool): the same failure.
+    exchange = SimExchange(SimulatorConfig(seed=7))
+    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    with SimServer(exchange) as server:
+        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
+        executor = Executor(journal, {"k": venue})
+        gate = RiskGate(RiskConfig())
+        approval = approve(
+            make_intent(order_type=OrderType.LIMIT, price=Decimal(90000), qty=Decimal("0.001"))
+        )
+        request = build_request(approval, "k")
+        assert asyncio.run(executor.execute(approval, "k")).status is OrderStatus.NEW
+        unused: Any = None
+        halt = KillSwitch(gate, executor, journal, unused, unused, {"follow": "k"}, unused)
+        holder = sqlite3.connect(path, isolation_level=None, timeout=30)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            report = asyncio.run(
+                halt.enter(
+                    ScopeState(BOT_SCOPE, TradingState.HALTED, "disk full", datetime.now(UTC)),
+                    cancel_open=True,
+                )
+            )
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        venue.close()
+
+    assert report["journaled"] is False
+    (at_venue,) = [o for o in exchange.orders() if o["orderLinkId"] == request.order_link_id]
+    assert at_venue["orderStatus"] == "Cancelled"
+    assert report["cancelled"] == [
+        {
+            "order_link_id": request.order_link_id,
+            "strategy": request.strategy,
+            "status": "Cancelled",
+            "done": True,
+        }
+    ]
