@@ -807,9 +807,17 @@ class Pipeline:
         this fill) is left out, so nothing is decided, counted or sent twice. One that cannot
         run for want of market data or a usable key is tried again `FILL_HOOK_RETRIES_S`,
         then `FILL_HOOK_SLOW_RETRIES_S` later, then left due for the next start: a ladder's
-        legs or break-even stop are never dropped for an outage."""
+        legs or break-even stop are never dropped for an outage. One whose work the journal
+        could not write (a full disk, a lock another program held) is tried again alike."""
         try:
             heard = await self._hear_of_fill(fill, booking)
+        except sqlite3.OperationalError as exc:
+            logger.error(
+                "on_fill of {id} could not be journaled ({error}); it is tried again",
+                id=fill.order_link_id,
+                error=str(exc),
+            )
+            heard = False
         finally:
             self._fill_hooks.discard(fill.exec_id)
         if heard:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -981,6 +982,46 @@ def test_an_on_fill_through_an_outage_longer_than_its_quick_retries_still_runs(
     assert len(stages.orders_of("hooked")) == 2
     assert {row.rule for row in declines()} == {"MARKET_DATA"}
     assert any("tried again each minute for an hour" in line for line in warnings)
+
+
+def test_an_on_fill_the_journal_could_not_write_is_tried_again_once_it_writes(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen on a full disk: a ladder's on_fill, whose target legs could not be journaled,
+    # failed with a traceback and was not tried again: the position went without its
+    # targets until the next start, though the disk had room again seconds later. Here
+    # another program holds the journal's write lock for a while (a backup tool).
+    monkeypatch.setattr(pipeline_module, "FILL_HOOK_RETRIES_S", (0.3,))
+    stages = build({"hooked": (LegAndStop("hooked", StrategyParams()), "k1", "voc")})
+    journal = stages.journal
+    errors: list[str] = []
+    handler = logger.add(errors.append, format="{message}\n{exception}", level="ERROR")
+
+    async def held_while_the_hook_runs() -> None:
+        await stages.submit(signal())
+        for fill in await stages.venues["k1"].executions_since(None):
+            await stages.account.keeper.apply(fill)
+        journal.flush()  # the fill and its due hook are in the journal
+        journal._db.execute("PRAGMA busy_timeout=50")  # fail fast, not after 5 s
+        holder = sqlite3.connect(journal.path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # before the lane runs the hook
+            await until(lambda: bool(errors))
+            holder.execute("COMMIT")
+        finally:
+            holder.close()
+        await until(lambda: journal.due_fill_hooks() == [])
+
+    try:
+        stages.run(held_while_the_hook_runs())
+    finally:
+        logger.remove(handler)
+
+    assert len(stages.orders_of("hooked")) == 2  # the entry and its target leg
+    assert [line.strip() for line in errors] == [
+        f"on_fill of {stages.orders_of('hooked')[0]['orderLinkId']} could not be journaled "
+        "(database is locked); it is tried again"
+    ]
 
 
 async def until(probe: Callable[[], bool], timeout_s: float = 10.0) -> None:
