@@ -810,7 +810,7 @@ class Pipeline:
         legs or break-even stop are never dropped for an outage. One whose work the journal
         could not write (a full disk, a lock another program held) is tried again alike."""
         try:
-            heard = await self._hear_of_fill(fill, booking)
+            heard = await self._hear_of_fill(fill, booking, again=attempt > 0)
         except sqlite3.OperationalError as exc:
             logger.error(
                 "on_fill of {id} could not be journaled ({error}); it is tried again",
@@ -840,9 +840,12 @@ class Pipeline:
                 id=fill.order_link_id,
             )
 
-    async def _hear_of_fill(self, fill: Execution, booking: FillBooking) -> bool:
+    async def _hear_of_fill(self, fill: Execution, booking: FillBooking, *, again: bool) -> bool:
         """Run the strategy's `on_fill` and carry out what it returns; False if it could not
-        be run (no context: the decline is journaled)."""
+        be run (no context: the decline is journaled). Run `again`, the orders an earlier run
+        decided are carried on first (`Executor.resume_decided`): what it decided is left
+        out of what the hook returns now, so a leg a journal failure left unsent (its
+        Submitting refused midway) had no other way out before the next start."""
         record = await self._journal.call(self._journal.order, fill.order_link_id)
         slot = None if record is None else self._strategies.get(record.request.strategy)
         if record is None or slot is None or not _overrides(slot.strategy, "on_fill"):
@@ -850,6 +853,10 @@ class Pipeline:
         request = record.request
         if request.signal_source == FLATTEN_SOURCE:
             return True  # the operator's close, not the strategy's decision: nothing to hear
+        if again:
+            await self._executor.resume_decided(
+                request.signal_source, request.signal_id, {slot.name}
+            )
         signal = await self._journal.call(
             self._journal.signal, request.signal_source, request.signal_id
         )

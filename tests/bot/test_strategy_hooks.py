@@ -31,7 +31,15 @@ from bot.execution.ids import order_link_id
 from bot.journal import DecisionRow, Journal
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import Instrument, OrderIntent, RiskDecision, Side, Signal
+from bot.messages import (
+    Instrument,
+    OrderEvent,
+    OrderIntent,
+    OrderStatus,
+    RiskDecision,
+    Side,
+    Signal,
+)
 from bot.pipeline import TIMER_SOURCE, Pipeline, StrategySlot, StrategyStartError
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
@@ -1022,6 +1030,62 @@ def test_an_on_fill_the_journal_could_not_write_is_tried_again_once_it_writes(
         f"on_fill of {stages.orders_of('hooked')[0]['orderLinkId']} could not be journaled "
         "(database is locked); it is tried again"
     ]
+
+
+class TwoTargets(Strategy):
+    """Buys 0.002 BTC; once that is filled, two reduce-only take profits (legs 1 and 2)."""
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput:
+        return [self.intent(signal, context, side=Side.BUY, qty=Decimal("0.002"))]
+
+    def on_fill(
+        self, fill: Fill, signal: Signal, context: StrategyContext
+    ) -> StrategyOutput | None:
+        if fill.leg != 0:
+            return None
+        return [
+            self.intent(
+                signal,
+                context,
+                side=Side.SELL,
+                qty=Decimal("0.001"),
+                price=Decimal(price),
+                reduce_only=True,
+                leg=leg,
+            )
+            for leg, price in ((1, 105000), (2, 106000))
+        ]
+
+
+def test_an_on_fill_run_again_sends_the_legs_its_journal_failure_left_unsent(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The disk full as its first target was sent: that leg's Submitting unwritten, the hook
+    # failed with both targets decided, and its run again left out what was decided. The
+    # second target stayed Pending, sent by nothing, until the next start.
+    monkeypatch.setattr(pipeline_module, "FILL_HOOK_RETRIES_S", (0.3,))
+    stages = build({"hooked": (TwoTargets("hooked", StrategyParams()), "k1", "voc")})
+    journal = stages.journal
+    record_order_event = journal.record_order_event
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    def full_once(event: OrderEvent) -> bool:
+        leg = event.order_link_id.split("-")[1]
+        if event.status is OrderStatus.SUBMITTING and leg == "1" and failures:
+            raise failures.pop()
+        return record_order_event(event)
+
+    monkeypatch.setattr(journal, "record_order_event", full_once)
+
+    async def hooked() -> None:
+        await stages.submit(signal())
+        await stages.book_fills()
+        await until(lambda: journal.due_fill_hooks() == [])
+
+    stages.run(hooked())
+
+    assert not failures  # the disk was full once
+    assert len(stages.orders_of("hooked")) == 3  # the entry and both targets, each once
 
 
 async def until(probe: Callable[[], bool], timeout_s: float = 10.0) -> None:
