@@ -20,7 +20,8 @@ is the safety net). The venue lists a symbol's latest `EXIT_SCAN_ORDERS` orders,
 runs once the key has placed half that many orders since the last: what happened in between
 stays inside what the scan reads, exits included. Other clients of the account (or the bot
 itself, over a long-lived position) can still push an exit the journal holds waiting out of
-the latest ones: such an exit is asked for by its orderId.
+the latest ones: such an exit is asked for by its orderId, in a scan the stream has not
+covered since the last one (the first, or one after the stream was down or reconnected).
 
 Each key's passes keep their own phase of the interval, so that the keys' passes and their
 requests do not come all at once; a pass that overran skips the slots it missed rather than
@@ -90,7 +91,9 @@ class Reconciler:
                 if scans.due(loop.time(), connection, placed):
                     started, complete = loop.time(), False
                     try:
-                        complete = await self.scan_exits(key_name)
+                        complete = await self.scan_exits(
+                            key_name, by_id=not scans.stream_stayed_up(connection)
+                        )
                         await self._account.keeper.catch_up_closed_pnl(self._venues[key_name])
                     finally:  # a failed scan is tried again at the short interval
                         scans.done(started, connection if complete else None, placed)
@@ -110,13 +113,17 @@ class Reconciler:
         keys = sorted(self._venues)
         return keys.index(key_name) / len(keys) if key_name in keys else 0.0
 
-    async def scan_exits(self, key_name: str) -> bool:
+    async def scan_exits(self, key_name: str, *, by_id: bool = True) -> bool:
         """Journal the exits the venue executed for `key_name`, and warn of those another
-        client cancelled or moved; False if a symbol could not be read (it is logged)."""
+        client cancelled or moved; False if a symbol could not be read (it is logged).
+        `by_id`: also ask for each exit the journal holds waiting that the latest orders
+        do not show (a request or two each); needless while the key's stream has stayed up
+        since the last scan (it reports what happens to them), and at a hundred orders a
+        second, with a stop resting all along, those requests took the orders' budget."""
         venue = self._venues[key_name]
         symbols = await self._journal.call(self._journal.protected_symbols, key_name)
         waiting: dict[str, list[str]] = {}
-        for held in await self._journal.call(self._journal.waiting_exits):
+        for held in await self._journal.call(self._journal.waiting_exits) if by_id else ():
             if held.key_name == key_name:
                 waiting.setdefault(held.symbol, []).append(held.order_id)
         complete = True
@@ -160,9 +167,14 @@ class _ExitScans:
         if self.at is None or placed - self.placed >= ORDERS_BETWEEN_SCANS:
             return True
         interval = self.config.exit_scan_interval_s
-        if connection is not None and connection == self.live_on:  # the stream stayed up
+        if self.stream_stayed_up(connection):
             interval = max(interval, self.config.exit_scan_live_interval_s)
         return now >= self.at + interval
+
+    def stream_stayed_up(self, connection: int | None) -> bool:
+        """Whether the key's stream (`connection`, None while down) has been live since the
+        last complete scan began."""
+        return connection is not None and connection == self.live_on
 
     def done(self, started: float, live_on: int | None, placed: int) -> None:
         """A scan started at `started`; `live_on`: the stream's connection if the scan was
