@@ -799,7 +799,8 @@ def _undone(answer: str) -> str:
 
 def _journal_while_stopped(settings: BotSettings, scope: ScopeState, target: str) -> None:
     """Journal `scope` for the bot's next start, if no bot holds the journal. One that does
-    runs but did not answer at `target` (it listens elsewhere, say `bot run --port`): then
+    runs but did not answer at `target` (it is still starting, or listens elsewhere, say
+    `bot run --port`): then
     nothing is journaled and the user is told to reach it, never that it is not running.
     A journal another environment's bot wrote is never changed (JournalError): a resume
     there would lift that bot's halt at its next start."""
@@ -808,9 +809,10 @@ def _journal_while_stopped(settings: BotSettings, scope: ScopeState, target: str
         lock = lock_journal(path)
     except JournalInUse as exc:
         raise JournalError(
-            f"no bot answered at {target}, but bot PID {exc.pid} is running on this journal "
-            "(listening elsewhere?). Nothing was changed: run this command with the config "
-            "(http.host, http.port) that bot runs with"
+            f"no bot answered at {target}, but bot PID {exc.pid} is running on this journal: "
+            "it is still starting (it answers once start-up has settled) or listens "
+            "elsewhere. Nothing was changed: run this command again in a few seconds, or "
+            "with the config (http.host, http.port) that bot runs with"
         ) from None
     try:
         journal = Journal(path)
