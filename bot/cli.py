@@ -800,8 +800,8 @@ def _undone(answer: str) -> str:
 def _journal_while_stopped(settings: BotSettings, scope: ScopeState, target: str) -> None:
     """Journal `scope` for the bot's next start, if no bot holds the journal. One that does
     runs but did not answer at `target` (it is still starting, or listens elsewhere, say
-    `bot run --port`): then
-    nothing is journaled and the user is told to reach it, never that it is not running.
+    `bot run --port`): then nothing is journaled and the user is told to reach it, never
+    that it is not running.
     A journal another environment's bot wrote is never changed (JournalError): a resume
     there would lift that bot's halt at its next start."""
     path = settings.journal_path
