@@ -169,15 +169,15 @@ class AdminRoutes:
         except ValueError as exc:
             return _answer(422, "invalid", str(exc))
         try:
-            first = await self._used.first_use(header, body, self._clock())
-        except Exception as exc:  # the journal could not remember it
-            if state is not TradingState.HALTED:  # not acted on
-                logger.error("admin {route}: not done: {error}", route=state.value, error=exc)
-                return _answer(503, "not stored", f"the journal could not record it ({exc}); retry")
-            # A halt is carried out all the same (`KillSwitch.enter`): refused when the
-            # journal cannot write (a full disk), trading could not be stopped when it most
-            # needs to be. Its signature is remembered in memory only.
-            first = self._used.first_use_in_memory(header, body, self._clock())
+            # A halt is carried out though the journal cannot remember it (`KillSwitch.enter`):
+            # refused when the journal cannot write (a full disk), trading could not be stopped
+            # when it most needs to be.
+            first = await self._used.first_use(
+                header, body, self._clock(), unrecorded_ok=state is TradingState.HALTED
+            )
+        except Exception as exc:  # the journal could not remember it: not acted on
+            logger.error("admin {route}: not done: {error}", route=state.value, error=exc)
+            return _answer(503, "not stored", f"the journal could not record it ({exc}); retry")
         if not first:
             return _answer(409, "replayed", "this signed command was used already; sign it anew")
         try:

@@ -827,20 +827,18 @@ class MqttControl:
             )
         command = message.topic.value.rsplit("/", 1)[-1]
         try:
-            # A broker delivers again what a crash kept us from acknowledging.
-            first = await self._used.first_use(header, payload, now, redelivered=True)
+            # A broker delivers again what a crash kept us from acknowledging. A halt is
+            # carried out though the journal cannot remember it, as through the admin route.
+            first = await self._used.first_use(
+                header, payload, now, redelivered=True, unrecorded_ok=command == "halt"
+            )
         except Exception as exc:
-            if command == "halt":
-                # Carried out all the same, in memory until the bot stops (as through the
-                # admin route): a halt must stop trading when the journal cannot write.
-                first = self._used.first_use_in_memory(header, payload, now)
-            else:
-                # Not acted on, and not acknowledged: the broker delivers it again once we
-                # are back, as it does a signal the journal could not take.
-                raise _SinkFailed(
-                    f"the command on {_one_line(message.topic.value)} could not be journaled "
-                    f"({type(exc).__name__}); not acknowledged, the broker will redeliver it"
-                ) from exc
+            # Not acted on, and not acknowledged: the broker delivers it again once we are
+            # back, as it does a signal the journal could not take.
+            raise _SinkFailed(
+                f"the command on {_one_line(message.topic.value)} could not be journaled "
+                f"({type(exc).__name__}); not acknowledged, the broker will redeliver it"
+            ) from exc
         if not first:
             raise _Rejected("this signed command was used already; sign it anew", verified=True)
         try:

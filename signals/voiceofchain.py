@@ -132,32 +132,37 @@ class UsedSignatures:
         self._acted = acted
 
     async def first_use(
-        self, header: str, body: bytes, now: float, *, redelivered: bool = False
+        self,
+        header: str,
+        body: bytes,
+        now: float,
+        *,
+        redelivered: bool = False,
+        unrecorded_ok: bool = False,
     ) -> bool:
         """Record a command whose signature was verified; False if it was already used (but
         `redelivered`: a broker's delivery of one a crash cut short). Raises what `remember`
-        raises (the command is then not recorded: not acted on)."""
-        if not self.first_use_in_memory(header, body, now):
-            return False
-        key = _command_key(header, body)
-        until = self._until[key]
-        if self._remember is None:
-            return True
-        try:
-            return await self._remember(key, until, now, redelivered)  # False: a replay
-        except BaseException:
-            del self._until[key]
-            raise
-
-    def first_use_in_memory(self, header: str, body: bytes, now: float) -> bool:
-        """`first_use` without `remember`: for a command carried out though the journal
-        cannot record it (a halt), refused again only until the bot stops."""
+        raises (the command is then not recorded: not acted on), but with `unrecorded_ok`
+        (a halt, carried out though the journal cannot write): then it is remembered in
+        memory only, refused again until the bot stops."""
         self._until = {key: until for key, until in self._until.items() if until > now}
         key = _command_key(header, body)
         if key in self._until:
             return False
-        self._until[key] = signed_at(header) + self._max_skew_s  # a copy arriving now: refused
-        return True
+        until = signed_at(header) + self._max_skew_s
+        self._until[key] = until  # before the await: a second copy arriving now is refused
+        if self._remember is None:
+            return True
+        try:
+            return await self._remember(key, until, now, redelivered)  # False: a replay
+        except Exception:
+            if unrecorded_ok:
+                return True
+            del self._until[key]
+            raise
+        except BaseException:
+            del self._until[key]
+            raise
 
     async def done(self, header: str, body: bytes) -> None:
         """The command `first_use` let through was carried out, or failed: it is not taken
