@@ -142,8 +142,6 @@ class _Job:
     slots: list[StrategySlot]
     #: shared by the signal's jobs on all lanes: the last one to finish marks it processed
     remaining: list[int] = field(default_factory=lambda: [1])
-    #: runs before this one that the journal failed (`JOURNAL_RETRIES_S`)
-    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -354,7 +352,7 @@ class Pipeline:
         it."""
         for attempt, delay in enumerate((*JOURNAL_RETRIES_S, None)):
             try:
-                await self._run_job(dataclasses.replace(job, attempt=attempt))
+                await self._run_job(job, again=attempt > 0)
             except sqlite3.OperationalError as exc:
                 then = "on the next start" if delay is None else f"in {delay:g} s"
                 logger.error(
@@ -368,9 +366,9 @@ class Pipeline:
             if delay is not None:
                 await asyncio.sleep(delay)
 
-    async def _run_job(self, job: _Job) -> None:
+    async def _run_job(self, job: _Job, *, again: bool = False) -> None:
         slots = job.slots
-        if job.attempt and slots:  # run before: who decided then is not asked again
+        if again and slots:  # run before: who decided then is not asked again
             decided = await self._journal.call(
                 self._journal.decided_strategies, job.signal.source, job.signal.id
             )
