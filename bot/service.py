@@ -667,6 +667,7 @@ class Service:
             leverage_cap=lambda key_name, symbol: gate.opening_leverage_cap(
                 users.get(key_name, ()), symbol
             ),
+            unjournaled=gate.withdraw,
         )
         account.keeper.follow_sends(executor.in_flight)
         account.on_order_update(executor.order_updated)

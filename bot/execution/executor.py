@@ -175,6 +175,7 @@ class Executor:
         order_identified: Callable[[str, str | None], None] = lambda link_id, order_id: None,
         stop_moving: Callable[[str, StopMove], None] = lambda key_name, move: None,
         leverage_cap: Callable[[str, str], Decimal | None] = lambda key_name, symbol: None,
+        unjournaled: Callable[[Sequence[ApprovedOrder]], None] = lambda approvals: None,
         rng: random.Random | None = None,
     ) -> None:
         """`venues` maps key name to the venue reached with that key; `stream_live` says
@@ -198,7 +199,9 @@ class Executor:
         taking it), and `stop_moving(key, move)` of each stop loss `move_stop` is about to
         set; `leverage_cap(key, symbol)` is the max_leverage its strategies may open at
         there (the highest; None if none may), which a position the venue reports is judged
-        against before this run has sent an order there."""
+        against before this run has sent an order there; `unjournaled` hears of the
+        approvals of an `execute_all` whose verdicts the journal could not write (none of
+        them was sent: the gate takes them back)."""
         self._journal = journal
         self._venues = venues
         self._config = config or ExecutionConfig()
@@ -215,6 +218,7 @@ class Executor:
         self._order_identified = order_identified
         self._stop_moving = stop_moving
         self._configured_leverage_cap = leverage_cap
+        self._unjournaled = unjournaled
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._disabled_keys: dict[str, str] = {}
         # Orders the venue said it holds (110072) but has not shown: warned of once each.
@@ -295,9 +299,13 @@ class Executor:
         try:
             # New rows, which no write still waiting in the journal's window bears on: written
             # ahead of them, so the order is not sent after a batch of some earlier fill's.
-            created = await self._journal.call_ahead(
-                self._journal.record_decisions, decisions, requests
-            )
+            try:
+                created = await self._journal.call_ahead(
+                    self._journal.record_decisions, decisions, requests
+                )
+            except Exception:  # the transaction rolled back (not a cancel: it may commit)
+                self._unjournaled(approved)
+                raise
             for request in requests:
                 self._order_journaled(request)
             events = []

@@ -45,6 +45,16 @@ class OrderCounts:
         if at.date() == day:
             self._days[strategy] = (day, n + 1)
 
+    def uncount(self, strategy: str, at: datetime) -> None:
+        """Take back one order of `strategy` counted at `at`: its approval came to nothing
+        (the journal could not write it, so it was never sent)."""
+        recent = self._recent.get(strategy)
+        if recent is not None and at in recent:
+            recent.remove(at)
+        day, n = self._days.get(strategy, (at.date(), 0))
+        if day == at.date() and n > 0:
+            self._days[strategy] = (day, n - 1)
+
     def last_minute(self, strategy: str, now: datetime) -> int:
         recent = self._recent.get(strategy)
         if recent is None:

@@ -97,6 +97,8 @@ class ApprovedOrder:
     #: None: no wish (the venue's is then only lowered, to `max_leverage`, if higher)
     leverage: Decimal | None
     max_leverage: Decimal
+    #: when the gate approved (and counted) it
+    approved_at: datetime
     _seal: InitVar[object] = None  # not a field: `dataclasses.replace` cannot carry it
     #: read like a `RiskDecision`: `approved`, `rule`, `reason`
     approved: ClassVar[bool] = True
@@ -215,7 +217,15 @@ class RiskGate:
             reason += f"; leverage {intent.leverage} set to {leverage} (max_leverage = "
             reason += f"{config.max_leverage}, Bybit's step 0.01)"
         decision = RiskDecision(intent=intent, approved=True, reason=reason)
-        return ApprovedOrder(decision, link_id, leverage, config.max_leverage, _SEAL)
+        return ApprovedOrder(decision, link_id, leverage, config.max_leverage, now, _SEAL)
+
+    def withdraw(self, approvals: Iterable[ApprovedOrder]) -> None:
+        """Take back approvals that came to nothing (the journal could not write them, so
+        none was sent): what they reserved and counted would otherwise hold the strategy's
+        limits until a restart, one more each time its signal runs again."""
+        for approval in approvals:
+            self._ledger.release(approval.order_link_id)
+            self.counts.uncount(approval.intent.strategy, approval.approved_at)
 
     def set_state(self, state: ScopeState) -> None:
         """Enter a trading state; effective for the very next intent.

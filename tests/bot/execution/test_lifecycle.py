@@ -4,6 +4,7 @@ reason, and a crash at any point is settled by reconciliation without a second o
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -750,6 +751,46 @@ def test_a_leg_approved_again_after_its_order_ended_holds_nothing_in_flight(
     assert first.status is retry.status is OrderStatus.REJECTED
     assert gate.ledger.open_orders("follow") == 0
     assert gate.ledger.worst_position("follow", "BTCUSDT") == 0
+
+
+def test_an_approval_the_journal_could_not_write_is_taken_back_by_the_gate(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Seen on a full disk: each run again of a signal whose decision could not be journaled
+    # was approved and counted anew, so a few minutes of a full disk spent the strategy's
+    # max_orders_per_day; and the reservation of an attempt whose retry was then declined
+    # (stale) held an open order and its exposure until a restart.
+    venue = FakeVenue()
+    gate = RiskGate(UNLIMITED.model_copy(update={"symbols": ("BTCUSDT",), "max_orders_per_day": 2}))
+    executor = Executor(
+        journal, {"k": venue}, FAST, order_changed=gate.ledger.follow, unjournaled=gate.withdraw
+    )
+    record_decisions = journal.record_decisions
+    failures = [sqlite3.OperationalError("database or disk is full")] * 3
+
+    def full_three_times(*args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return record_decisions(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(journal, "record_decisions", full_three_times)
+
+    async def until_it_writes() -> OrderEvent:
+        while True:
+            verdict = gate.decide(make_intent(), price=Decimal(97000), prices={})
+            assert isinstance(verdict, ApprovedOrder), verdict.reason
+            try:
+                return await executor.execute(verdict, "k")
+            except sqlite3.OperationalError:
+                assert gate.ledger.open_orders("follow") == 0
+                assert gate.ledger.worst_position("follow", "BTCUSDT") == 0
+
+    event = asyncio.run(until_it_writes())
+
+    assert event.status is OrderStatus.FILLED
+    now = datetime.now(UTC)
+    assert gate.counts.today("follow", now) == gate.counts.last_minute("follow", now) == 1
+    assert len(venue.orders) == 1
 
 
 def test_a_limit_another_client_moved_that_only_a_look_up_shows_is_valued_there(

@@ -604,7 +604,9 @@ def test_only_the_gate_makes_an_approved_order() -> None:
     assert isinstance(approval, ApprovedOrder)
 
     with pytest.raises(TypeError, match="only the risk gate"):
-        ApprovedOrder(approval.decision, approval.order_link_id, None, Decimal(10))
+        ApprovedOrder(
+            approval.decision, approval.order_link_id, None, Decimal(10), approval.approved_at
+        )
     with pytest.raises(TypeError, match="only the risk gate"):
         dataclasses.replace(approval, leverage=Decimal(100))
 
