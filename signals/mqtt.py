@@ -48,6 +48,7 @@ import json
 import random
 import re
 import secrets
+import sqlite3
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -66,7 +67,7 @@ from bot import logs, metrics
 from bot.logs import logger
 from bot.messages import Signal, SignalError, clip, load_json, one_line, parse_signal
 from bot.secrets import split_secrets
-from signals.base import FloodNotes, SignalSink
+from signals.base import FLOOD_NOTE_S, FloodNotes, SignalSink
 from signals.config import PASSWORD_SECRET_NAME, SIGNING_SECRET_NAME, MqttConfig
 from signals.voiceofchain import (
     COMMAND_MAX_SKEW_S,
@@ -190,7 +191,8 @@ class MqttSubscriber:
         self._connected = False
         self._session_present = False
         self._connect_failures = 0
-        self._sink_failures = 0
+        self._sink_failures = 0  # failures in a row to journal a signal
+        self._sink_failure_said_at: float | None = None  # time.monotonic() it was last logged
         # Connections in a row the broker ended before they held (see `_note_connection_end`).
         self._brief_connections = 0
         self._connected_at: float | None = None  # time.monotonic() of the last subscribe
@@ -211,6 +213,7 @@ class MqttSubscriber:
         while True:
             self._connected_at = None
             broker_ended = True  # the broker (or the network) ended the connection, not we
+            sink_failed: _SinkFailed | None = None
             try:
                 await self._connection(tls)
                 problem = "the broker closed the connection"
@@ -218,7 +221,7 @@ class MqttSubscriber:
                 self._sink_failures += 1
                 broker_ended = False
                 problem = str(exc)
-                logger.opt(exception=exc.__cause__).error("mqtt: {problem}", problem=problem)
+                sink_failed = exc
             except aiomqtt.MqttError as exc:
                 self._connect_failures += 1
                 problem = f"{type(exc).__name__}: {_with_reason(exc)}"
@@ -242,15 +245,41 @@ class MqttSubscriber:
             self.last_error = problem
             failures = max(self._connect_failures, self._sink_failures, self._brief_connections, 1)
             delay = _reconnect_delay_s(self._config, failures)
-            logger.warning(
-                "mqtt: {problem}; reconnecting to {host}:{port} in {delay:.2f} s (attempt {n})",
-                problem=problem,
-                host=self._config.host,
-                port=self._config.port,
-                delay=delay,
-                n=failures,
-            )
+            if sink_failed is not None:
+                self._note_sink_failure(sink_failed, delay)
+            else:
+                logger.warning(
+                    "mqtt: {problem}; reconnecting to {host}:{port} in {delay:.2f} s (attempt {n})",
+                    problem=problem,
+                    host=self._config.host,
+                    port=self._config.port,
+                    delay=delay,
+                    n=failures,
+                )
             await asyncio.sleep(delay)
+
+    def _note_sink_failure(self, failed: _SinkFailed, delay: float) -> None:
+        """Say that a signal could not be journaled, in one line: at once for the first failure
+        in a row, then at most once per `FLOOD_NOTE_S` while the journal stays unwritable. The
+        broker redelivers the message at each reconnect, so a full disk failed it again at
+        every backoff, each time with a traceback of 17 lines that told nothing new."""
+        now = time.monotonic()
+        said_at = self._sink_failure_said_at
+        if self._sink_failures > 1 and said_at is not None and now - said_at < FLOOD_NOTE_S:
+            return
+        self._sink_failure_said_at = now
+        cause = failed.__cause__
+        # The journal's own failures (a full disk, a lock, a read-only file) say all in their
+        # words; anything else is a bug, whose traceback is wanted, once.
+        known = isinstance(cause, sqlite3.Error | OSError) or self._sink_failures > 1
+        logger.opt(exception=None if known else cause).error(
+            "mqtt: {problem}: not acknowledged, the broker redelivers it; make the journal "
+            "writable (GET /healthz names its problem); tried again in {delay:.2f} s "
+            "(attempt {n})",
+            problem=failed,
+            delay=delay,
+            n=self._sink_failures,
+        )
 
     def _note_connection_end(self, problem: str) -> str:
         """Count a connection the broker ended before it held (lasted `reconnect_max_s`), and
@@ -307,7 +336,11 @@ class MqttSubscriber:
         paho = client._client
         paho.manual_ack_set(True)
         self._watch_session_flag(paho)
-        logger.info(
+        # While a signal the journal could not take is redelivered at each reconnect, its
+        # failure's line says all there is to say.
+        quiet = "DEBUG" if self._sink_failures else "INFO"
+        logger.log(
+            quiet,
             "mqtt: connecting to {host}:{port} as {client_id}",
             host=config.host,
             port=config.port,
@@ -334,7 +367,8 @@ class MqttSubscriber:
                 )
             had_session = await self._had_session()
             if self._session_present or not had_session:
-                logger.info(
+                logger.log(
+                    quiet,
                     "mqtt: subscribed to {subscription} ({session})",
                     subscription=config.subscription,
                     session="session resumed" if self._session_present else "new session",
@@ -409,9 +443,15 @@ class MqttSubscriber:
             except Exception as exc:
                 self.counters.sink_errors += 1
                 raise _SinkFailed(
-                    f"signal {signal.id} could not be journaled ({type(exc).__name__}); "
-                    "not acknowledged, the broker will redeliver it"
+                    f"signal {signal.id} could not be journaled ({_error_text(exc)})"
                 ) from exc
+            if self._sink_failures:
+                logger.info(
+                    "mqtt: the journal takes signals again: signal {id} journaled after {n} "
+                    "failed attempts",
+                    id=signal.id,
+                    n=self._sink_failures,
+                )
             self._sink_failures = 0
             if is_new:
                 self.counters.accepted += 1
@@ -744,7 +784,7 @@ class MqttControl:
                 logger.warning("mqtt control: {error}; reconnecting", error=error or type(exc))
             except _SinkFailed as exc:
                 failures += 1  # the journal's trouble: back off as after a failed attempt
-                logger.opt(exception=exc.__cause__).error("mqtt control: {error}", error=exc)
+                logger.error("mqtt control: {error}", error=exc)
             finally:
                 self.connected = False
             _end_if_cancelled()
@@ -837,7 +877,8 @@ class MqttControl:
             # back, as it does a signal the journal could not take.
             raise _SinkFailed(
                 f"the command on {_one_line(message.topic.value)} could not be journaled "
-                f"({type(exc).__name__}); not acknowledged, the broker will redeliver it"
+                f"({_error_text(exc)}): not acknowledged, the broker "
+                "redelivers it; make the journal writable (GET /healthz names its problem)"
             ) from exc
         if not first:
             raise _Rejected("this signed command was used already; sign it anew", verified=True)
@@ -1037,3 +1078,8 @@ def _signature_property(properties: Properties | None) -> str | None:
 def _one_line(text: str) -> str:
     """`text` on one line, without control characters, clipped (it may come from anyone)."""
     return one_line(text, _MAX_REASON_CHARS)
+
+
+def _error_text(exc: BaseException) -> str:
+    """What `exc` says, on one line (`database or disk is full`), or else its type's name."""
+    return _one_line(str(exc)) or type(exc).__name__

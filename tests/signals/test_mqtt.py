@@ -14,6 +14,7 @@ import json
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -494,6 +495,49 @@ def test_a_signal_the_journal_cannot_take_is_not_acked_and_comes_back(
     assert subscriber.counters.accepted == 2
     assert subscriber.counters.connections >= 2  # reconnected so the broker redelivered
     assert nothing_more_after_restart(config, broker) == []
+
+
+def test_a_journal_that_cannot_write_is_said_in_one_line_not_once_per_redelivery(
+    broker: Mosquitto, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reproduced on a full disk: each redelivery of a signal the journal could not take
+    logged a traceback of 17 lines that named the error only as `OperationalError`, then a
+    WARNING and two INFO lines for the reconnect, at every backoff while the disk was full."""
+    config = config_for(broker)
+    record_signal = journal.record_signal
+    failures = 4
+
+    def full_at_first(signal: Signal) -> bool:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return record_signal(signal)
+
+    monkeypatch.setattr(journal, "record_signal", full_at_first)
+    sink = JournalSink(journal)
+    subscriber = MqttSubscriber(config, sink)
+    records: list[str] = []
+    handler = logger.add(records.append, level="INFO", format="{level} {message}{exception}")
+    try:
+        with Running(subscriber) as running:
+            running.wait_connected()
+            publish(config, signal_payload("s-1"))
+            wait_for(lambda: sink.new == ["s-1"], 10, "the signal journaled once there is room")
+    finally:
+        logger.remove(handler)
+
+    assert sink.calls == ["s-1"] * 5  # redelivered until journaled: nothing lost
+    assert journaled(journal) == ["s-1"]
+    assert all(record.count("\n") == 1 for record in records), records  # one line each
+    failed = [record for record in records if "could not be journaled" in record]
+    assert len(failed) == 1, records  # the repeats within a minute are not said again
+    assert failed[0].startswith(
+        "ERROR mqtt: signal s-1 could not be journaled (database or disk is full): not "
+        "acknowledged, the broker redelivers it; make the journal writable"
+    )
+    assert sum("connecting to" in record for record in records) == 1  # the first connection
+    assert any("signal s-1 journaled after 4 failed attempts" in record for record in records)
 
 
 def test_a_broker_killed_mid_stream_loses_nothing_published_after_it_is_back(
@@ -1399,6 +1443,50 @@ def test_a_command_the_journal_could_not_record_is_not_acked_and_comes_back(
 
     assert applied == ["halt"]
     assert control.refused == 0
+
+
+def test_a_command_the_journal_could_not_record_is_said_in_one_line(broker: Mosquitto) -> None:
+    """A resume is not carried out unrecorded: each delivery the journal could not take logged
+    a traceback naming the error only as `OSError`."""
+    secret = SecretStr("admin-secret-for-tests")
+    applied: list[str] = []
+    failures = [OSError("disk I/O error")]
+
+    async def apply(command: str, payload: bytes) -> str:
+        applied.append(command)
+        return "done"
+
+    async def remember(digest: bytes, until: float, now: float, redelivered: bool) -> bool:
+        if failures:
+            raise failures.pop()
+        return True
+
+    config = config_for(broker, control_topic="bot/control")
+    control = MqttControl(config, apply, secret=secret, used=UsedSignatures(remember=remember))
+    body = b'{"reason": "all clear"}'
+    records: list[str] = []
+    handler = logger.add(records.append, level="ERROR", format="{message}{exception}")
+    try:
+        with Running(control) as running:  # type: ignore[arg-type]
+            wait_for(lambda: control.connected, 10, "the control topic")
+            publisher = RawPublisher(broker)
+            publisher.publish(
+                body,
+                topic="bot/control/resume",
+                signature=sign(secret.get_secret_value(), body, int(time.time())),
+            )
+            wait_for(lambda: applied, 10, "the resume carried out once the journal took it")
+            publisher.close()
+            running.stop()
+    finally:
+        logger.remove(handler)
+
+    assert applied == ["resume"]
+    assert records == [
+        "mqtt control: the command on bot/control/resume could not be journaled (disk I/O "
+        "error): not acknowledged, the broker redelivers it; make the journal writable "
+        "(GET /healthz names its problem)\n"
+    ]
 
 
 def test_a_control_topic_the_broker_refuses_is_reported_not_taken_for_listening(
