@@ -56,7 +56,7 @@ from bot.journal import (
     lock_journal,
     stored_time,
 )
-from bot.messages import SignalError, is_unicode, json_number, parse_signal, utc_now
+from bot.messages import SignalError, is_unicode, json_number, one_line, parse_signal, utc_now
 from bot.net import DEFAULT_SIM_PORT, cannot_listen, http_url, loopback_off_proxies, tcp_listener
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import (
@@ -954,6 +954,18 @@ def risk_status(
             usage(journal, key_of, now),
         ),
     )
+    # A running bot holds the states in force, which its journal may lack: a halt entered
+    # while the journal could not write (a full disk) was shown as ACTIVE.
+    live = _running_bot_states(settings)
+    unjournaled: frozenset[str] = frozenset()
+    if isinstance(live, str):
+        typer.echo(
+            f"note: {live}: the states below are the journal's, and a halt the bot holds but "
+            "could not journal would not show",
+            err=True,
+        )
+    elif live is not None:
+        states, unjournaled = live
     # The gate's own rules say what is in force now: the journal holds a rule's state only
     # once a running gate entered it (a loss booked while the bot was down, say, it never did).
     # A state of a strategy no longer configured is not shown, nor judged.
@@ -972,11 +984,64 @@ def risk_status(
     ]
     if as_json:
         for row in rows:
-            typer.echo(json.dumps(row, separators=(",", ":")))
-        return
-    shown = {"scope", "state", "reason", "exposure", "open_orders", "orders_today", "loss_today"}
-    hidden = [column for column in rows[0] if column not in shown | ({"since"} if wide else set())]
-    _print_table(rows, {"scope": 8, "reason": 10}, hidden=hidden, wide=wide)
+            journaled = row["scope"] not in unjournaled
+            typer.echo(json.dumps({**row, "journaled": journaled}, separators=(",", ":")))
+    else:
+        shown = {"scope", "state", "reason", "exposure", "open_orders", "orders_today"}
+        shown |= {"loss_today", *(("since",) if wide else ())}
+        hidden = [column for column in rows[0] if column not in shown]
+        _print_table(rows, {"scope": 8, "reason": 10}, hidden=hidden, wide=wide)
+    for scope in sorted(scope for scope in unjournaled if scope in used):
+        typer.echo(
+            f"warning: the halt of {scope} holds in the running bot, but its journal could not "
+            "record it: a restart before it is journaled forgets it (the bot tries again each "
+            "minute); make the journal writable: /healthz names its problem",
+            err=True,
+        )
+
+
+def _running_bot_states(
+    settings: BotSettings,
+) -> tuple[dict[str, ScopeState], frozenset[str]] | str | None:
+    """The trading states the bot at the configuration's address holds (its /healthz), and
+    the scopes whose state there the journal lacks; None when no bot listens there; else
+    why they could not be had."""
+    target = f"{_bot_url(settings)}/healthz"
+    request = urllib.request.Request(target, method="GET")  # noqa: S310 - the user's bot
+    answer = _exchange_within(request, _HEALTH_TIMEOUT_S)
+    if isinstance(answer, ConnectionError) and not isinstance(answer, AnswerLost):
+        return None  # not running there: the journal holds its states
+    if isinstance(answer, BaseException):
+        return f"the bot at {target} did not answer ({answer or type(answer).__name__})"
+    try:
+        document = json.loads(answer[1])
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or "environment" not in document:
+        return f"what answers at {target} is not the bot (HTTP {answer[0]})"
+    environment = settings.environment.value
+    if document["environment"] != environment:
+        # Whatever answers there wrote it: one line, never a terminal's control sequence.
+        found = one_line(str(document["environment"]), 40)
+        return f"the bot at {target} runs in {found}, not in this configuration's {environment}"
+    try:
+        entered = document["trading_states"]
+        states = {
+            scope: ScopeState(
+                scope,
+                TradingState(held["state"]),
+                one_line(str(held["reason"])),
+                datetime.fromisoformat(held["since"]),
+                automatic=held["automatic"] is True,
+            )
+            for scope, held in entered.items()
+        }
+        unjournaled = frozenset(
+            scope for scope, held in entered.items() if held["journaled"] is False
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"the bot at {target} does not say its trading states (another version?)"
+    return states, unjournaled
 
 
 def _risk_row(

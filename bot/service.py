@@ -762,6 +762,7 @@ class Service:
                 sources,
                 list(price_streams.values()),
                 control,
+                kill_switch,
             ),
             self._admin_routes(kill_switch, used),
             refresh_metrics=state_metrics.refresh,
@@ -959,6 +960,7 @@ class Service:
         sources: list[SignalSource],
         price_streams: list[PriceStream],
         control: MqttControl | None,
+        kill_switch: KillSwitch,
     ) -> dict[str, Any]:
         """Liveness, readiness with each check's verdict, and a short status."""
         signal_sources = {source.name: source.health() for source in sources}
@@ -982,6 +984,18 @@ class Service:
                 for stream in price_streams
             },
             "signal_sources": signal_sources,
+            # The states in force, which the journal may lack (a halt entered while it could
+            # not write): `bot risk status` asks for them, not to show such a halt as ACTIVE.
+            "trading_states": {
+                state.scope: {
+                    "state": state.state.value,
+                    "reason": state.reason,
+                    "since": state.since.isoformat(),
+                    "automatic": state.automatic,
+                    "journaled": journaled,
+                }
+                for state, journaled in kill_switch.states()
+            },
             # Halt and resume also come over HTTP (bot halt): degraded, not down.
             **(
                 {}

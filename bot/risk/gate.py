@@ -245,6 +245,11 @@ class RiskGate:
         """A scope's own state (ACTIVE unless set)."""
         return self._states.get(scope) or ScopeState(scope, TradingState.ACTIVE, "", self._since)
 
+    def entered_state(self, scope: str) -> ScopeState | None:
+        """The state last entered for `scope`, as it stands (no rule applied now); None if
+        none ever was (ACTIVE)."""
+        return self._states.get(scope)
+
     def state_now(self, scope: str) -> ScopeState | None:
         """A scope's own state as of now, the rules applied (`_apply_rules`); None if no
         state was ever entered (ACTIVE): what `bot risk status` shows."""

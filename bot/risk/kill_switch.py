@@ -110,6 +110,19 @@ class KillSwitch:
         self._reported_fills: dict[str, tuple[str, str, Decimal]] = {}
         # Halts entered while the journal could not write, being journaled when it can.
         self._recording: set[asyncio.Task[None]] = set()
+        # scope -> the halt entered there that the journal could not take (yet).
+        self._unjournaled: dict[str, ScopeState] = {}
+
+    def states(self) -> list[tuple[ScopeState, bool]]:
+        """The state entered for the bot and for each strategy that has one (the others are
+        ACTIVE), each with whether the journal holds it: a halt entered while the journal
+        could not write holds here only, and a restart before it is journaled forgets it."""
+        entered = []
+        for scope in (BOT_SCOPE, *self._key_of):
+            state = self._gate.entered_state(scope)
+            if state is not None:
+                entered.append((state, self._unjournaled.get(scope) is not state))
+        return entered
 
     async def enter(
         self, state: ScopeState, *, cancel_open: bool = False, flatten: bool = False
@@ -146,6 +159,7 @@ class KillSwitch:
                 error=exc,
             )
             report["journaled"] = False
+            self._unjournaled[state.scope] = state
             recording = asyncio.create_task(self._journal_when_it_writes(state))
             self._recording.add(recording)
             recording.add_done_callback(self._recording.discard)
@@ -176,21 +190,25 @@ class KillSwitch:
         """Journal a halt the journal could not take when it was entered, trying after each
         of `_RECORD_AGAIN_S` then each minute, while it is still the scope's state (a later
         command journals its own)."""
-        for delay in itertools.chain(_RECORD_AGAIN_S, itertools.repeat(60.0)):
-            await asyncio.sleep(delay)
-            if self._gate.state_of(state.scope) is not state:
-                return
-            try:  # queued at once: a command entered after this check is journaled after it
-                await self._journal.call(self._journal.record_trading_state, state)
-            except Exception as exc:
-                logger.warning(
-                    "halt of {scope}: still not journaled ({error}); tried again in a while",
-                    scope=state.scope,
-                    error=exc,
-                )
-            else:
-                logger.info("halt of {scope}: journaled now", scope=state.scope)
-                return
+        try:
+            for delay in itertools.chain(_RECORD_AGAIN_S, itertools.repeat(60.0)):
+                await asyncio.sleep(delay)
+                if self._gate.state_of(state.scope) is not state:
+                    return
+                try:  # queued at once: a command entered after this check is journaled after
+                    await self._journal.call(self._journal.record_trading_state, state)
+                except Exception as exc:
+                    logger.warning(
+                        "halt of {scope}: still not journaled ({error}); tried again in a while",
+                        scope=state.scope,
+                        error=exc,
+                    )
+                else:
+                    logger.info("halt of {scope}: journaled now", scope=state.scope)
+                    return
+        finally:
+            if self._unjournaled.get(state.scope) is state:
+                del self._unjournaled[state.scope]
 
     async def _cancel_open(
         self, strategies: frozenset[str], *, sparing_flattens: bool = False

@@ -31,7 +31,7 @@ from bot.journal import Journal
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, sign
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.factories import sim_position, stop_loss
 
 
@@ -152,6 +152,54 @@ def test_a_halt_holds_though_the_journal_cannot_record_it_and_a_resume_waits_for
         assert journaled == [(BOT_SCOPE, "HALTED")]
     finally:
         holder.close()
+        bot.stop()
+
+
+def test_bot_risk_status_shows_the_halt_the_running_bot_holds_but_could_not_journal(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced on a full disk: the halt held (its answer said "journaled": false), but
+    # `bot risk status` read the journal and showed the bot ACTIVE, which is false and
+    # dangerous to believe. A trigger refuses the state's write here, as a full disk did.
+    config = sim_config(port=free_port())  # the CLI reaches the bot at the config's address
+    bot = RunningBot(config).start()
+    try:
+        writer = sqlite3.connect(bot.settings.journal_path, isolation_level=None, timeout=30)
+        writer.execute(
+            "CREATE TRIGGER refuse_states BEFORE INSERT ON trading_states "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+        halted = admin_answer(bot, "halt", {"reason": "disk full"})
+        assert halted.json()["journaled"] is False, halted.text
+
+        as_json = cli(config, "risk", "status", "--json")
+        table = cli(config, "risk", "status")
+
+        assert as_json.returncode == table.returncode == 0, as_json.stderr + table.stderr
+        rows = {row["scope"]: row for row in map(json.loads, as_json.stdout.splitlines())}
+        assert (rows["(bot)"]["state"], rows["(bot)"]["reason"]) == ("HALTED", "disk full")
+        assert (rows["(bot)"]["journaled"], rows["follow"]["journaled"]) == (False, True)
+        assert re.search(r"^\(bot\) +HALTED +disk full ", table.stdout, re.MULTILINE), table.stdout
+        for done in (as_json, table):
+            assert done.stderr == (
+                "warning: the halt of (bot) holds in the running bot, but its journal could "
+                "not record it: a restart before it is journaled forgets it (the bot tries "
+                "again each minute); make the journal writable: /healthz names its problem\n"
+            )
+
+        writer.execute("DROP TRIGGER refuse_states")  # room again: the bot journals it
+        writer.close()
+        wait_for(
+            lambda: bot.read_journal(lambda journal: journal.trading_states()),
+            timeout_s=20,
+            what="the halt journaled",
+        )
+        journaled = cli(config, "risk", "status", "--json")
+        assert (journaled.stderr, json.loads(journaled.stdout.splitlines()[0])["journaled"]) == (
+            "",
+            True,
+        )
+    finally:
         bot.stop()
 
 

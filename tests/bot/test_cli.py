@@ -146,6 +146,29 @@ def test_a_signal_of_another_environments_configuration_is_not_sent_to_this_bot(
     assert listed.stdout.strip() == ""  # nothing reached the sim bot
 
 
+def test_risk_status_beside_a_bot_of_another_environment_says_whose_states_it_shows(
+    running: tuple[Path, int, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    """`bot risk status` asks the bot at the configuration's address for the states it holds
+    (the journal may lack a halt); one of another environment there is not that bot."""
+    config, port, _ = running
+    testnet = Path(__file__).parents[2] / "config" / "testnet.toml"
+    state_dir = tmp_path / "testnet-var"
+    Journal(state_dir / "journal.sqlite3").close()
+    env = {"BOT_HTTP__PORT": str(port), "BOT_STATE_DIR": str(state_dir)}
+
+    status = bot("risk", "status", "--json", "--config", str(testnet), cwd=config.parent, env=env)
+
+    assert status.returncode == 0, status.stderr
+    assert status.stderr == (
+        f"note: the bot at http://127.0.0.1:{port}/healthz runs in sim, not in this "
+        "configuration's testnet: the states below are the journal's, and a halt the bot "
+        "holds but could not journal would not show\n"
+    )
+    rows = [json.loads(line) for line in status.stdout.splitlines()]
+    assert all((row["state"], row["journaled"]) == ("ACTIVE", True) for row in rows), rows
+
+
 def test_send_without_a_running_bot_says_so(sim_config: Callable[..., Path]) -> None:
     config = sim_config(port=free_port())
 
