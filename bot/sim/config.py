@@ -542,6 +542,8 @@ class SimulatorConfig(BaseModel):
             return data
         data = dict(data)
         value = data.pop("order_create_per_s")
+        if isinstance(value, str) and value.isascii() and value.strip().isdigit():
+            value = int(value)  # BOT_SIM__ORDER_CREATE_PER_S: a variable's value is text
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError("order_create_per_s must be an integer of at least 1")
         table = dict(data.get("rate_limits_per_s") or DEFAULT_RATE_LIMITS_PER_S)

@@ -395,6 +395,19 @@ def test_a_simulator_price_variable_moves_one_symbol_and_keeps_the_others(
     assert config.prices["ETHUSDT"] == 3500  # the built-in price stays
 
 
+def test_the_simulators_order_create_limit_can_come_from_a_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A variable's value is text: `order_create_per_s` (the earlier name of the create entry
+    # of rate_limits_per_s) takes "5" as the file's 5.
+    monkeypatch.setenv("BOT_SIM__ORDER_CREATE_PER_S", "5")
+
+    config = simulator_config(load_settings(write(tmp_path, KEYED)))
+
+    assert config.rate_limits_per_s["/v5/order/create"] == 5
+    assert config.rate_limits_per_s["/v5/order/amend"] == 10  # the rest of the table stays
+
+
 def test_a_simulator_price_for_an_unlisted_symbol_names_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
