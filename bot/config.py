@@ -814,6 +814,21 @@ def _secret_in_config(loc: list[str], path: Path) -> str:
     )
 
 
+def unheard_sources(settings: BotSettings) -> list[str]:
+    """The enabled webhook sources no strategy takes signals from, each as a line to warn
+    with: what they receive is answered 202, then declined (no strategy subscribes)."""
+    subscribed = {
+        source for strategy in settings.strategies.values() for source in strategy.sources
+    }
+    return [
+        f"sources.{name} is enabled, but no strategy's sources name it: every signal it "
+        f"receives is declined; add '{name}' to the sources of the strategies it is for, or "
+        f"set sources.{name}.enabled = false"
+        for name, receiving in sorted(settings.sources.items())
+        if receiving.enabled and name not in subscribed
+    ]
+
+
 def _check_bindings(settings: BotSettings, path: Path) -> None:
     """Keys are bound to one environment and scoped to the strategies that name them."""
     problems = []

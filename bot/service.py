@@ -36,7 +36,14 @@ from bot.admin import AdminCommand, AdminRoutes, parse_command
 from bot.app import create_app
 from bot.audit import AuditLog, RequestObserver
 from bot.coalesce import Coalesced
-from bot.config import BotSettings, ConfigError, Environment, secret_names, secret_resolver
+from bot.config import (
+    BotSettings,
+    ConfigError,
+    Environment,
+    secret_names,
+    secret_resolver,
+    unheard_sources,
+)
 from bot.execution.executor import Executor
 from bot.execution.ids import strategies_named_by
 from bot.execution.pacing import IP_REQUESTS_FILE, SHARED_IP_GATE
@@ -821,6 +828,8 @@ class Service:
         async def note_once(note: str) -> bool:
             return await journal.call(journal.note_once, note)
 
+        for unheard in unheard_sources(self.settings):
+            logger.warning("{line}", line=unheard)
         context = SourceContext(
             sink, resolver.get, resolver.optional, rejected, status, note_once=note_once
         )

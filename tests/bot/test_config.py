@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import ConfigError, Environment, load_settings
+from bot.config import ConfigError, Environment, load_settings, unheard_sources
 from bot.simulated import simulator_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,6 +222,23 @@ def test_sharing_a_key_must_be_explicit(tmp_path: Path) -> None:
         load_settings(write(tmp_path, text))
     shared = text.replace('environment = "sim"', 'environment = "sim"\nshared = true')
     assert load_settings(write(tmp_path, shared)).keys["alpha"].shared
+
+
+def test_an_enabled_source_no_strategy_takes_signals_from_is_warned_of(tmp_path: Path) -> None:
+    # Seen following config/bot.toml's comment: [sources.tradingview] enabled, its alerts
+    # answered 202 and every one declined ("no strategy subscribes"), with nothing said at
+    # the start.
+    sources = '[sources.voiceofchain]\n[sources.tradingview]\nauth = "body_token"\n'
+    assert unheard_sources(load_settings(write(tmp_path, KEYED + sources))) == [
+        "sources.tradingview is enabled, but no strategy's sources name it: every signal it "
+        "receives is declined; add 'tradingview' to the sources of the strategies it is for, "
+        "or set sources.tradingview.enabled = false"
+    ]
+
+    heard = KEYED + 'sources = ["voiceofchain", "tradingview"]\n' + sources
+    assert unheard_sources(load_settings(write(tmp_path, heard))) == []
+    off = KEYED + sources + "enabled = false\n"
+    assert unheard_sources(load_settings(write(tmp_path, off))) == []
 
 
 @pytest.mark.parametrize(
