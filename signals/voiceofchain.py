@@ -10,11 +10,12 @@ and a new secret while rotating.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 from pydantic import SecretStr
 
@@ -22,6 +23,7 @@ from bot.logs import logger
 
 __all__ = [
     "COMMAND_MAX_SKEW_S",
+    "JOURNAL_WAIT_S",
     "SIGNATURE_HEADER",
     "UsedSignatures",
     "any_signature_problem",
@@ -35,6 +37,12 @@ SIGNATURE_HEADER: Final = "X-Signature"
 #: How far a signed command's time may be from the bot's clock, either way: the admin routes
 #: and the MQTT control topic alike, and so how long `UsedSignatures` must remember one.
 COMMAND_MAX_SKEW_S: Final = 300.0
+#: How long a command carried out though the journal cannot record it (a halt) waits for the
+#: journal's record of it, and any command for the record that it was carried out, before it
+#: goes on without (the write goes on): a journal write takes milliseconds, but one that
+#: another program's lock holds waits SQLite's busy timeout (5 s), queued behind others that
+#: wait as long, and `bot halt` gives up on its answer after 10 s.
+JOURNAL_WAIT_S: Final = 1.0
 _UNIX_SECONDS: Final = re.compile(r"[0-9]{1,12}")
 _HEX_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -124,12 +132,16 @@ class UsedSignatures:
         remembered: Mapping[bytes, float] | None = None,
         remember: Callable[[bytes, float, float, bool], Awaitable[bool]] | None = None,
         acted: Callable[[bytes], Awaitable[None]] | None = None,
+        journal_wait_s: float = JOURNAL_WAIT_S,
     ) -> None:
         self._max_skew_s = max_skew_s
         # sha256 of "<t>." + body -> when it expires
         self._until: dict[bytes, float] = dict(remembered or {})
         self._remember = remember
         self._acted = acted
+        self._journal_wait_s = journal_wait_s
+        # The journal's writes a command went on without (`JOURNAL_WAIT_S`), until they end.
+        self._unfinished: set[asyncio.Future[Any]] = set()
 
     async def first_use(
         self,
@@ -144,7 +156,8 @@ class UsedSignatures:
         `redelivered`: a broker's delivery of one a crash cut short). Raises what `remember`
         raises (the command is then not recorded: not acted on), but with `unrecorded_ok`
         (a halt, carried out though the journal cannot write): then it is remembered in
-        memory only, refused again until the bot stops."""
+        memory only, refused again until the bot stops; so it is too when the journal has
+        not answered within `journal_wait_s` (its record may follow)."""
         self._until = {key: until for key, until in self._until.items() if until > now}
         key = _command_key(header, body)
         if key in self._until:
@@ -153,30 +166,50 @@ class UsedSignatures:
         self._until[key] = until  # before the await: a second copy arriving now is refused
         if self._remember is None:
             return True
+        recording = asyncio.ensure_future(self._remember(key, until, now, redelivered))
         try:
-            return await self._remember(key, until, now, redelivered)  # False: a replay
+            if unrecorded_ok and not await self._ended_in_time(recording):
+                return True
+            return await recording  # False: a replay
         except Exception:
             if unrecorded_ok:
                 return True
             del self._until[key]
             raise
         except BaseException:
+            recording.cancel()
             del self._until[key]
             raise
 
     async def done(self, header: str, body: bytes) -> None:
         """The command `first_use` let through was carried out, or failed: it is not taken
-        again. A journal that cannot record so costs no more than the command done once more
-        if a broker delivers it again after a restart (a WARNING)."""
+        again. A journal that cannot record so, or not within `journal_wait_s` (the record
+        may follow), costs no more than the command done once more if a broker delivers it
+        again after a restart (a WARNING if it fails)."""
         if self._acted is None:
             return
-        try:
-            await self._acted(_command_key(header, body))
-        except Exception as exc:
-            logger.warning(
-                "a signed command was carried out, but the journal could not record so: {error}",
-                error=exc,
-            )
+        noting = asyncio.ensure_future(self._acted(_command_key(header, body)))
+        noting.add_done_callback(_warn_if_not_noted)
+        await self._ended_in_time(noting)
+
+    async def _ended_in_time(self, write: asyncio.Future[Any]) -> bool:
+        """Whether the journal's `write` ended within `journal_wait_s`; if not, it goes on,
+        held here until it ends (its outcome retrieved: a failure is the caller's to tell)."""
+        done, _ = await asyncio.wait({write}, timeout=self._journal_wait_s)
+        if done:
+            return True
+        self._unfinished.add(write)
+        write.add_done_callback(self._unfinished.discard)
+        write.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
+        return False
+
+
+def _warn_if_not_noted(noting: asyncio.Future[None]) -> None:
+    if not noting.cancelled() and (exc := noting.exception()) is not None:
+        logger.warning(
+            "a signed command was carried out, but the journal could not record so: {error}",
+            error=exc,
+        )
 
 
 def _command_key(header: str, body: bytes) -> bytes:

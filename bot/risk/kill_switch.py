@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any, Final
 
@@ -64,6 +64,11 @@ _CANCEL_WAIT_S: Final = 10.0
 _CANCEL_POLL_S: Final = 0.1
 #: When a halt the journal could not take is tried again (then each minute).
 _RECORD_AGAIN_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
+#: How long a halt waits for the journal's record of it before it goes on without (the
+#: record goes on): a journal write takes milliseconds, but one that another program's lock
+#: holds waits SQLite's busy timeout (5 s), queued behind others that wait as long, and
+#: `bot halt` gives up on its answer after 10 s (as `signals.voiceofchain.JOURNAL_WAIT_S`).
+_RECORD_WAIT_S: Final = 1.0
 
 
 def announce_state(state: ScopeState) -> None:
@@ -146,21 +151,28 @@ class KillSwitch:
             return report
         self._gate.set_state(state)  # first: the very next intent sees it
         announce_state(state)
-        try:
-            await self._journal.call(self._journal.record_trading_state, state)
-        except Exception as exc:
+        first = asyncio.ensure_future(self._journal.call(self._journal.record_trading_state, state))
+        ended, _ = await asyncio.wait({first}, timeout=_RECORD_WAIT_S)
+        problem = (
+            f"no answer within {_RECORD_WAIT_S:g} s: locked by another program, or stalled"
+            if not ended
+            else first.exception()
+        )
+        if problem is not None:
             # A halt stops trading, and is never undone for a journal that cannot write (a
-            # full disk): it holds, and cancels and flattens, and is journaled once the
-            # journal writes again (a restart before that forgets it).
+            # full disk, another program's lock): it holds, and cancels and flattens, and is
+            # journaled once the journal writes again (a restart before that forgets it).
             logger.error(
                 "halt of {scope}: the journal could not record it ({error}); it holds, and is "
                 "journaled once the journal writes again",
                 scope=state.scope,
-                error=exc,
+                error=problem,
             )
             report["journaled"] = False
             self._unjournaled[state.scope] = state
-            recording = asyncio.create_task(self._journal_when_it_writes(state))
+            recording = asyncio.create_task(
+                self._journal_when_it_writes(state, None if ended else first)
+            )
             self._recording.add(recording)
             recording.add_done_callback(self._recording.discard)
         strategies = (
@@ -186,29 +198,41 @@ class KillSwitch:
                     report["flattened"] = await self._flatten(strategies)
         return report
 
-    async def _journal_when_it_writes(self, state: ScopeState) -> None:
-        """Journal a halt the journal could not take when it was entered, trying after each
-        of `_RECORD_AGAIN_S` then each minute, while it is still the scope's state (a later
-        command journals its own)."""
+    async def _journal_when_it_writes(
+        self, state: ScopeState, unfinished: asyncio.Future[None] | None
+    ) -> None:
+        """Journal a halt the journal could not take when it was entered (its first record
+        `unfinished` yet, or failed), trying after each of `_RECORD_AGAIN_S` then each
+        minute, while it is still the scope's state (a later command journals its own)."""
         try:
+            if unfinished is not None and await self._recorded(state, unfinished):
+                return
             for delay in itertools.chain(_RECORD_AGAIN_S, itertools.repeat(60.0)):
                 await asyncio.sleep(delay)
                 if self._gate.state_of(state.scope) is not state:
                     return
-                try:  # queued at once: a command entered after this check is journaled after
-                    await self._journal.call(self._journal.record_trading_state, state)
-                except Exception as exc:
-                    logger.warning(
-                        "halt of {scope}: still not journaled ({error}); tried again in a while",
-                        scope=state.scope,
-                        error=exc,
-                    )
-                else:
-                    logger.info("halt of {scope}: journaled now", scope=state.scope)
+                # Queued at once: a command entered after this check is journaled after.
+                record = self._journal.call(self._journal.record_trading_state, state)
+                if await self._recorded(state, record):
                     return
         finally:
             if self._unjournaled.get(state.scope) is state:
                 del self._unjournaled[state.scope]
+
+    @staticmethod
+    async def _recorded(state: ScopeState, record: Awaitable[None]) -> bool:
+        """Whether the journal took `record` of the halt `state` (said either way)."""
+        try:
+            await record
+        except Exception as exc:
+            logger.warning(
+                "halt of {scope}: still not journaled ({error}); tried again in a while",
+                scope=state.scope,
+                error=exc,
+            )
+            return False
+        logger.info("halt of {scope}: journaled now", scope=state.scope)
+        return True
 
     async def _cancel_open(
         self, strategies: frozenset[str], *, sparing_flattens: bool = False

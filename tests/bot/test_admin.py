@@ -4,6 +4,7 @@ next intent, journaled, and still in force after a restart; `bot halt` with no b
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from loguru import logger
 from pybit.unified_trading import HTTP
 
 from bot.admin import parse_command
-from bot.cli import _undone
+from bot.cli import SEND_TIMEOUT_S, _undone
 from bot.config import load_settings
 from bot.journal import Journal
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
@@ -150,6 +151,39 @@ def test_a_halt_holds_though_the_journal_cannot_record_it_and_a_resume_waits_for
         finally:
             reader.close()
         assert journaled == [(BOT_SCOPE, "HALTED")]
+    finally:
+        holder.close()
+        bot.stop()
+
+
+def test_bot_halt_answers_in_time_while_another_program_holds_the_journals_write_lock(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Reproduced: the halt was carried out, but its answer waited for SQLite's busy wait
+    # (5 s) on each journal write (the command's record, the state's, that it was carried
+    # out), so `bot halt` gave up after its 10 s ("no answer ... in time", exit 2): a kill
+    # switch that seems not to work while a backup tool holds the journal.
+    config = sim_config(port=free_port())  # the CLI reaches the bot at the config's address
+    bot = RunningBot(config).start()
+    holder = sqlite3.connect(bot.settings.journal_path, isolation_level=None, timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        halted = cli(config, "halt", "--reason", "locked")
+        took_s = time.monotonic() - started
+        holder.execute("COMMIT")
+
+        assert halted.returncode == 1, halted.stderr  # answered: journaled false
+        assert '"journaled":false' in halted.stdout.replace(" ", ""), halted.stdout
+        assert "its journal record" in halted.stderr
+        assert took_s < SEND_TIMEOUT_S, took_s
+        assert bot.post(signal("after")).status_code == 202
+        assert decision_of(bot, "after")[0] == "rejected"  # the halt held
+        wait_for(
+            lambda: bot.read_journal(lambda journal: journal.trading_states()),
+            timeout_s=20,
+            what="the halt journaled",
+        )
     finally:
         holder.close()
         bot.stop()
@@ -586,6 +620,37 @@ def test_a_command_the_journal_could_not_remember_is_not_counted_as_used() -> No
     with pytest.raises(OSError, match="disk full"):
         asyncio.run(used.first_use(header, b"{}", now=1_000))
     assert used._until == {}  # sent again once the disk has room, it is acted on
+
+
+def test_a_halt_waits_only_briefly_for_a_journal_that_does_not_answer() -> None:
+    # Another program's lock holds each journal write for SQLite's busy timeout (5 s): the
+    # halt goes on without its records, still refused if sent again; a resume never does.
+    async def stuck(*_: object) -> bool:
+        await asyncio.sleep(60)
+        return True
+
+    used = UsedSignatures(remember=stuck, acted=stuck, journal_wait_s=0.1)
+    halt, resume = sign("secret", b"{}", 1_000), sign("secret", b"{ }", 1_000)
+
+    async def commands() -> tuple[bool, float, bool, bool]:
+        started = time.monotonic()
+        first = await used.first_use(halt, b"{}", now=1_000, unrecorded_ok=True)
+        await used.done(halt, b"{}")
+        took_s = time.monotonic() - started
+        again = await used.first_use(halt, b"{}", now=1_001, unrecorded_ok=True)
+        try:
+            await asyncio.wait_for(used.first_use(resume, b"{ }", now=1_000), 0.5)
+        except TimeoutError:
+            resumed = False
+        else:
+            resumed = True
+        return first, took_s, again, resumed
+
+    first, took_s, again, resumed = asyncio.run(commands())
+
+    assert (first, again, resumed) == (True, False, False)
+    assert took_s < 1, took_s
+    assert list(used._until) == [hashlib.sha256(b"1000.{}").digest()]  # the resume: unused
 
 
 def test_bot_halt_never_says_not_running_while_a_bot_holds_the_journal(
