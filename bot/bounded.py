@@ -49,3 +49,7 @@ class Recently:
             return False
         remember(self._noted, key, now, self._limit)
         return True
+
+    def forget(self, key: str) -> bool:
+        """Forget `key`, so that it is first in a while again at once; whether it was noted."""
+        return self._noted.pop(key, None) is not None

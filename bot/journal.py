@@ -48,7 +48,7 @@ from pydantic import ValidationError
 
 from bot.execution.orders import TransitionRefused, check_transition, not_ours
 from bot.files import file_size
-from bot.logs import logger, scrub
+from bot.logs import RepeatedNotes, logger, scrub
 from bot.messages import (
     ClosedPnl,
     Decline,
@@ -856,11 +856,14 @@ class TraceRow:
         )
 
 
-def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
+def failure_message(
+    path: Path, exc: sqlite3.Error, doing: str, then: str = ", then try again"
+) -> str:
     """One line for a SQLite error met while `doing` ("open", "read") the journal: damage,
     with what to do about it, only when SQLite says the file itself is damaged
     (SQLITE_CORRUPT); otherwise what failed (a read-only mount, a full disk, ...), for which
-    restoring a backup would be the wrong advice."""
+    restoring a backup would be the wrong advice. `then` ends the advice for a failure that
+    passes (a lock, a full disk): what the bot does by itself meanwhile, for one."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code == sqlite3.SQLITE_CORRUPT:
         return damage_message(path, str(exc))
@@ -874,7 +877,7 @@ def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
     if "locked" in str(exc):
         return (
             f"cannot {doing} journal {path}: {exc}: another program holds it (an sqlite3 "
-            "shell, a backup tool): close it, then try again"
+            f"shell, a backup tool): close it{then}"
         )
     if "readonly" in str(exc):
         return (
@@ -885,8 +888,8 @@ def failure_message(path: Path, exc: sqlite3.Error, doing: str) -> str:
     if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL):  # most often a full disk
         return (
             f"cannot {doing} journal {path}: {exc}: is its disk full, or failing? free some "
-            f"space where it is (`df -h {shlex.quote(str(path.parent))}`), or check the disk, "
-            "then try again"
+            f"space where it is (`df -h {shlex.quote(str(path.parent))}`), or check the "
+            f"disk{then}"
         )
     if code == sqlite3.SQLITE_CANTOPEN:  # most often a journal of another user's (mode 0600)
         return (
@@ -935,6 +938,8 @@ class Journal:
         # it (`_ORDER_FIELDS`), and its request when that write was its insert.
         self._written_orders: dict[str, tuple[Sequence[Any], OrderRequest | None]] = {}
         self._checkpoints: tuple[threading.Event, threading.Thread] | None = None
+        # The writes `write_all` lost to the journal's medium, said once a minute per failure.
+        self._write_failures = RepeatedNotes(limit=8)
         # A second connection for slow reads that need not queue behind the writes (WAL
         # readers see the last commit and never block the writer): see `tallies`.
         self._reader: sqlite3.Connection | None = None
@@ -1062,6 +1067,7 @@ class Journal:
 
         def run() -> None:
             connection = sqlite3.connect(self.path, isolation_level=None)
+            failures = RepeatedNotes()  # a full disk fails each one while it lasts
             try:
                 connection.execute("PRAGMA busy_timeout=5000")
                 _, wal, _ = journal_files(self.path)
@@ -1102,7 +1108,22 @@ class Journal:
                                     "journal WAL cut back from {mb:.0f} MB", mb=grown / 2**20
                                 )
                     except sqlite3.Error as exc:  # the next one tries again
-                        logger.warning("journal checkpoint failed: {error}", error=str(exc))
+                        more = failures.say("checkpoint")
+                        if more is not None:
+                            again = f"; the bot tries again each {interval_s:g} s"
+                            logger.warning(
+                                "{problem}{more}",
+                                problem=failure_message(self.path, exc, "checkpoint", again),
+                                more=more,
+                            )
+                    else:
+                        held = failures.over("checkpoint")
+                        if held is not None:
+                            logger.info(
+                                "journal checkpoints work again ({n} more failed since the "
+                                "last said)",
+                                n=held,
+                            )
             finally:
                 connection.close()
 
@@ -1260,12 +1281,48 @@ class Journal:
             with self._transaction():
                 for write in writes:
                     write()
-        except Exception:
-            logger.warning("{n} journal writes failed together; writing each alone", n=len(writes))
+        except Exception as exc:
+            # Each write that fails alone is told (lost); the others are not lost at all.
+            logger.debug(
+                "{n} journal writes failed together ({error}); writing each alone",
+                n=len(writes),
+                error=exc,
+            )
         else:
+            self._writes_work(failure)
             return
         # Each a journal method: its own transaction, durable if it is a promise.
-        _write_each(writes, failure)
+        self._write_each(writes, failure)
+
+    def _writes_work(self, failure: str) -> None:
+        """A write `write_all` ran committed: say so if its failures were said."""
+        held = self._write_failures.over(failure)
+        if held is not None:
+            logger.info("journal writes work again ({n} more failed since the last said)", n=held)
+
+    def _write_each(self, writes: Sequence[Callable[[], object]], failure: str) -> None:
+        """Run each write in turn; one that fails is logged (`failure`) and the next still
+        runs. The journal's medium failing (a full disk, a lock another program holds) fails
+        every write while it lasts: said at once, then once a minute, and when it is over."""
+        for write in writes:
+            try:
+                write()
+            except sqlite3.OperationalError as exc:
+                more = self._write_failures.say(failure)
+                if more is not None:
+                    lost = "; what is lost meanwhile, a restart brings back (as after a crash)"
+                    logger.error(
+                        "{failure}: {problem}{more}",
+                        failure=failure,
+                        problem=failure_message(self.path, exc, "write", lost),
+                        more=more,
+                    )
+            except JournalDamaged as exc:  # a row the bot cannot read: one line, which row
+                logger.error("{failure}: {problem}", failure=failure, problem=str(exc))
+            except Exception:
+                logger.exception(failure)
+            else:
+                self._writes_work(failure)
 
     @contextmanager
     def _transaction(
@@ -2476,19 +2533,6 @@ def _same_progress(state: _OrderState, event: OrderEvent) -> bool:
     does."""
     status, filled = state[:2]
     return status is event.status is not OrderStatus.SUBMITTING and filled == event.filled_qty
-
-
-def _write_each(writes: Sequence[Callable[[], object]], failure: str) -> None:
-    """Run each write in turn; one that fails is logged (`failure`) and the next still runs."""
-    for write in writes:
-        try:
-            write()
-        except (JournalDamaged, sqlite3.OperationalError) as exc:
-            # A row the bot cannot read, or the journal's medium (a full disk, a lock another
-            # program holds): one line says which, not a traceback for every report of a fill.
-            logger.error("{failure}: {problem}", failure=failure, problem=str(exc))
-        except Exception:
-            logger.exception(failure)
 
 
 def _text(value: Decimal | None) -> str | None:

@@ -43,7 +43,7 @@ from bot.bounded import Recently
 if TYPE_CHECKING:
     from loguru import Message, Record
 
-__all__ = ["REDACTED", "configure", "logger", "redact", "scrub", "spellings"]
+__all__ = ["REDACTED", "RepeatedNotes", "configure", "logger", "redact", "scrub", "spellings"]
 
 REDACTED: Final = "***"
 # Shorter values would redact ordinary words; real secrets are far longer.
@@ -256,6 +256,34 @@ _CONNECTION_ENDS: Final[dict[str, Callable[[str], bool]]] = {
 }
 
 
+class RepeatedNotes:
+    """A note said again and again (a flood of one client's garbage, a failure that lasts):
+    said once a minute per key, the next one telling how many were held back meanwhile; and
+    when it is over (a failure ended), said once."""
+
+    def __init__(self, limit: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        """`limit`: how many keys are kept (the least recently said forgotten first)."""
+        self._said = Recently(60, limit, clock)
+        self._held: dict[str, int] = {}  # key -> how many were held back since one was said
+
+    def say(self, key: str) -> str | None:
+        """None if this note of `key` is held back (and counted); else it is said now, and
+        this is what its line adds: how many were held back since the last one said ("" for
+        none)."""
+        if not self._said.first_in_a_while(key):
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        held = self._held.pop(key, 0)
+        return f" ({held} more in the last minute)" if held else ""
+
+    def over(self, key: str) -> int | None:
+        """The notes of `key` are over (the failure they tell of ended), and its next one is
+        said at once: how many were held back since the last one said; None if none was said
+        since they were last over (nothing to tell)."""
+        held = self._held.pop(key, 0)
+        return held if self._said.forget(key) else None
+
+
 class _OncePerMinute(logging.Filter):
     """Passes a record whose message is one of `messages` once a minute per message, the
     next one saying how many were held back: uvicorn logs "Invalid HTTP request received."
@@ -265,19 +293,17 @@ class _OncePerMinute(logging.Filter):
     def __init__(self, *messages: str, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._messages = frozenset(messages)
-        self._passed = Recently(60, len(messages), clock)
-        self._held: dict[str, int] = {}  # message -> how many were held back since it passed
+        self._notes = RepeatedNotes(len(messages), clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if message not in self._messages:
             return True
-        if not self._passed.first_in_a_while(message):
-            self._held[message] = self._held.get(message, 0) + 1
+        more = self._notes.say(message)
+        if more is None:
             return False
-        held = self._held.pop(message, 0)
-        if held:
-            record.msg, record.args = f"{message} ({held} more in the last minute)", None
+        if more:
+            record.msg, record.args = message + more, None
         return True
 
 

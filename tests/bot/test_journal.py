@@ -678,6 +678,89 @@ def test_a_failing_deferred_write_is_logged_and_the_next_still_runs(journal: Jou
     assert any("a deferred journal write failed" in line for line in errors)
 
 
+def test_deferred_writes_a_full_disk_fails_are_said_once_a_minute_and_when_room_is_back(
+    journal: Journal,
+) -> None:
+    # Reproduced on a full disk: each batch of deferred writes logged a WARNING ("failed
+    # together") and an ERROR per write, while the disk stayed full. Here the journal may
+    # grow no more pages: SQLite says what it says of a full disk.
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+    journal._db.execute(f"PRAGMA max_page_count={pages}")
+    said: list[tuple[str, str]] = []
+    sink = logger.add(
+        lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO"
+    )
+
+    qty = {"follow": Decimal("0.01")}
+
+    def batch(first: int) -> None:  # as the journal's thread runs deferred writes
+        journal.write_all(
+            [partial(journal.record_execution, l1_fill(f"e{first + n}"), qty) for n in range(20)],
+            "a deferred journal write failed",
+        )
+
+    try:
+        for first in range(0, 100, 20):
+            batch(first)
+        full = list(said)
+        journal._db.execute(f"PRAGMA max_page_count={pages * 100}")  # room again
+        batch(100)
+        journal._db.execute(f"PRAGMA max_page_count={pages}")
+        batch(200)
+    finally:
+        logger.remove(sink)
+
+    ((level, line),) = full  # one line for 100 lost writes
+    assert level == "ERROR"
+    assert line.startswith("a deferred journal write failed: cannot write journal ")
+    assert "database or disk is full: is its disk full, or failing? free some space" in line
+    assert [level for level, _ in said[1:]] == ["INFO", "ERROR"]  # over; full again: at once
+    assert "journal writes work again (" in said[1][1]
+    assert "more failed since the last said" in said[1][1]
+
+
+def test_checkpoints_a_full_disk_fails_are_said_once_a_minute_and_when_they_work_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced on a full disk: "journal checkpoint failed: database or disk is full" as a
+    # WARNING every second while the disk stayed full.
+    failing = threading.Event()
+    failures: list[int] = []
+    sizes = journal_module.file_size
+
+    def size_or_full(path: Path) -> int:  # within each checkpoint's work
+        if failing.is_set():
+            failures.append(1)
+            full = sqlite3.OperationalError("database or disk is full")
+            full.sqlite_errorcode = sqlite3.SQLITE_FULL  # as SQLite's own
+            raise full
+        return sizes(path)
+
+    monkeypatch.setattr(journal_module, "file_size", size_or_full)
+    said: list[tuple[str, str]] = []
+    sink = logger.add(
+        lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO"
+    )
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        failing.set()
+        journal.checkpoint_in_background(interval_s=0.01)
+        wait_for(lambda: len(failures) >= 20, what="20 failed checkpoints")
+        failing.clear()
+        wait_for(lambda: len(said) >= 2, what="the checkpoints said to work again")
+    finally:
+        journal.close()
+        logger.remove(sink)
+
+    (failed, worked) = said
+    assert failed[0] == "WARNING"
+    assert failed[1].startswith("cannot checkpoint journal ")
+    assert "database or disk is full: is its disk full" in failed[1]
+    assert failed[1].endswith("or check the disk; the bot tries again each 0.01 s")
+    assert worked[0] == "INFO"
+    assert worked[1].startswith("journal checkpoints work again (")
+
+
 def test_background_checkpoints_copy_the_wal_into_the_database(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.sqlite3", synchronous="NORMAL")
     journal.checkpoint_in_background(interval_s=0.05)
@@ -1641,7 +1724,12 @@ def test_a_deferred_write_the_journals_disk_refuses_is_one_line_not_a_traceback(
         holder.close()
         journal.close()
 
-    assert [line.strip() for line in errors] == ["write failed: database is locked|"]
+    (line,) = [line.strip() for line in errors]
+    assert line.startswith(f"write failed: cannot write journal {journal.path}: database is ")
+    assert line.endswith(
+        "locked: another program holds it (an sqlite3 shell, a backup tool)"
+        ": close it; what is lost meanwhile, a restart brings back (as after a crash)|"
+    )
 
 
 def test_reading_a_journal_moved_away_makes_no_empty_one_in_its_place(tmp_path: Path) -> None:

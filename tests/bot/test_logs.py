@@ -250,6 +250,26 @@ def test_a_flood_of_malformed_requests_is_logged_once_a_minute() -> None:
     assert next_minute == "Invalid HTTP request received. (999 more in the last minute)"
 
 
+def test_a_lasting_failure_is_said_at_once_then_once_a_minute_and_when_it_is_over() -> None:
+    now = [0.0]
+    notes = logs.RepeatedNotes(clock=lambda: now[0])
+
+    first = [notes.say("full") for _ in range(60)]  # one a second
+    now[0] = 59.9
+    within = notes.say("full")
+    now[0] = 60
+    next_minute = notes.say("full")
+    held = notes.say("full")
+    over = notes.over("full")
+    again = notes.say("full")  # a new failure, within the minute: said at once
+
+    assert first == ["", *[None] * 59]
+    assert within is None
+    assert next_minute == " (60 more in the last minute)"
+    assert (held, over, again) == (None, 1, "")
+    assert logs.RepeatedNotes().over("full") is None  # nothing said: nothing to end
+
+
 def test_url_encoded_secret_is_redacted(capture: io.StringIO) -> None:
     secret = awkward("/+ &=?")
     logs.redact(secret)
