@@ -32,7 +32,13 @@ The bot's journal is NORMAL (its default); `--journal-synchronous FULL` runs it 
 config/mainnet.toml does, its promises waiting for the disk. The bot runs wherever the system
 schedules it (its default); `--cpus 1` pins it to CPU 1 (`cpus = [1]`, see bot/cpus.py).
 
-Run: `make bench-intake` or `python -m bench.intake [--signals N] [--rate R] [--json-out F]`.
+`--raw` keeps every signal's own figures in the report (`raw` beside each load's summary: its
+id, when it was sent and when its order arrived, in Unix ns, its latency and the 202's wait), so
+that the slow ones can be placed in time and against the bot's log; `--work-dir` keeps that log
+(`bot.log`) and the journal (`var/`) instead of removing them.
+
+Run: `make bench-intake` or `python -m bench.intake [--signals N] [--rate R] [--json-out F]
+[--raw] [--work-dir D]`.
 Exit code 0: every signal became exactly one order; 1: a correctness check failed; 2: the
 benchmark could not run. Targets are reported, never enforced.
 """
@@ -139,6 +145,32 @@ def _process_stats(pid: int) -> tuple[float, float]:
     if rss is None or cpu is None:
         raise BenchError(f"process {pid} is gone")
     return rss, cpu
+
+
+#: `time.perf_counter_ns()` minus `time.time_ns()`, read once: the raw samples' stamps on the
+#: one clock every process shares, as Unix time for a reader to set beside the bot's log.
+_PERF_TO_UNIX_NS: Final = time.time_ns() - time.perf_counter_ns()
+
+
+def _raw(
+    sent: dict[str, int], arrivals: dict[str, int], ids: dict[str, str], waits: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Each signal's own figures, in the order sent: its id, sent and order-arrival as Unix ns,
+    signal → order and the 202's wait in ms (None where there was no order or no answer)."""
+    rows = []
+    for link, at in sorted(sent.items(), key=lambda item: item[1]):
+        arrived = arrivals.get(link)
+        wait = waits.get(link)
+        rows.append(
+            {
+                "id": ids[link],
+                "sent_unix_ns": at + _PERF_TO_UNIX_NS,
+                "order_unix_ns": None if arrived is None else arrived + _PERF_TO_UNIX_NS,
+                "latency_ms": None if arrived is None else round((arrived - at) / _MS, 3),
+                "answer_ms": None if wait is None else round(wait / _MS, 3),
+            }
+        )
+    return rows
 
 
 def _summary(samples_ns: Sequence[int]) -> dict[str, float | int]:
@@ -315,12 +347,20 @@ def _paced(count: int, rate: float, send: Callable[[int], None], workers: int = 
 
 
 def _webhook_load(
-    bot: _Bot, sim: _Simulator, count: int, rate: float, tag: str, strategies: int
+    bot: _Bot,
+    sim: _Simulator,
+    count: int,
+    rate: float,
+    tag: str,
+    strategies: int,
+    raw: bool = False,
 ) -> dict[str, Any]:
-    """`count` signed signals at `rate`; the 202 wait and signal → order per signal."""
+    """`count` signed signals at `rate`; the 202 wait and signal → order per signal (and each
+    signal's own figures under `raw` when `raw`)."""
     local = threading.local()
     sent: dict[str, int] = {}
-    waits: list[int] = []
+    ids: dict[str, str] = {}
+    waits: dict[str, int] = {}  # by orderLinkId
     answers: dict[str, int | str] = {}  # by orderLinkId: the status, or why there was none
 
     def send(index: int) -> None:
@@ -333,6 +373,7 @@ def _webhook_load(
         link = order_link_id(strategy, "voiceofchain", signal_id, 0)
         started = time.perf_counter_ns()
         sent[link] = started
+        ids[link] = signal_id
         try:
             answer = session.post(
                 f"{bot.url}/webhooks/voiceofchain", data=body, headers=headers, timeout=10
@@ -340,7 +381,7 @@ def _webhook_load(
         except requests.RequestException as exc:  # reported with the answers, not lost
             answers[link] = f"no answer ({type(exc).__name__})"
             return
-        waits.append(time.perf_counter_ns() - started)
+        waits[link] = time.perf_counter_ns() - started
         answers[link] = answer.status_code
 
     _paced(count, rate, send)
@@ -354,25 +395,30 @@ def _webhook_load(
             f"{tag}: {orders_missing()} of the {len(accepted)} accepted signals had no order "
             "after 60 s (the bot's log says why)"
         )
-    return {
+    report: dict[str, Any] = {
         "rate_per_s": rate,
         "accepted": len(accepted),
         "answers": dict(Counter(str(answer) for answer in answers.values())),
-        "webhook_202": _summary(waits),
+        "webhook_202": _summary(list(waits.values())),
         "signal_to_order": _summary([sim.arrivals[link] - sent[link] for link in accepted]),
     }
+    if raw:
+        report["raw"] = _raw(sent, sim.arrivals, ids, waits)
+    return report
 
 
 def _mqtt_load(
-    sim: _Simulator, port: int, count: int, rate: float, strategies: int
+    sim: _Simulator, port: int, count: int, rate: float, strategies: int, raw: bool = False
 ) -> dict[str, Any]:
-    """`count` signals published with QoS 1 at `rate`; publish → order per signal."""
+    """`count` signals published with QoS 1 at `rate`; publish → order per signal (and each
+    signal's own figures under `raw` when `raw`)."""
     client = paho_mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{secrets.token_hex(3)}"
     )
     client.connect("127.0.0.1", port)
     client.loop_start()
     sent: dict[str, int] = {}
+    ids: dict[str, str] = {}
     lock = threading.Lock()
     try:
 
@@ -380,8 +426,10 @@ def _mqtt_load(
             strategy = f"s{index % strategies}"
             signal_id = f"mqtt-{index}"
             body = _signal_body(signal_id, strategy)
+            link = order_link_id(strategy, "voiceofchain", signal_id, 0)
             with lock:
-                sent[order_link_id(strategy, "voiceofchain", signal_id, 0)] = time.perf_counter_ns()
+                ids[link] = signal_id
+                sent[link] = time.perf_counter_ns()
                 client.publish(f"signals/voiceofchain/{strategy}", body, qos=1)
 
         _paced(count, rate, publish, workers=1)
@@ -389,10 +437,13 @@ def _mqtt_load(
     finally:
         client.loop_stop()
         client.disconnect()
-    return {
+    report: dict[str, Any] = {
         "rate_per_s": rate,
         "publish_to_order": _summary([sim.arrivals[link] - at for link, at in sent.items()]),
     }
+    if raw:
+        report["raw"] = _raw(sent, sim.arrivals, ids, {})
+    return report
 
 
 def _floor_server(port: int) -> None:
@@ -553,9 +604,11 @@ def run(
     burst_signals: int = BURST_SIGNALS,
     footprint_signals: int = 10_000,
     options: BotOptions | None = None,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """The whole benchmark; returns the report. `options`: the bot's settings under test
-    (its defaults when None)."""
+    (its defaults when None); `raw`: keep each signal's own figures in the loads' reports.
+    `work_dir` is kept (the bot's log, its journal); without it, a temporary one is removed."""
     options = options or BotOptions()
     owned = work_dir is None
     work = work_dir or Path(tempfile.mkdtemp(prefix="bench-intake-"))
@@ -568,10 +621,10 @@ def run(
             try:
                 rss_start, cpu_start = _process_stats(bot.pid)
                 loads = [
-                    _webhook_load(bot, sim, signals, pace, f"w{int(pace)}", STRATEGIES)
+                    _webhook_load(bot, sim, signals, pace, f"w{int(pace)}", STRATEGIES, raw)
                     for pace in (rate, rate * 2)
                 ]
-                mqtt = _mqtt_load(sim, broker, signals // 2, rate, STRATEGIES)
+                mqtt = _mqtt_load(sim, broker, signals // 2, rate, STRATEGIES, raw)
                 rss_end, cpu_end = _process_stats(bot.pid)
                 # Footprint: many more signals; RSS and CPU per signal over each half (no
                 # growth: a journal lookup that scans grows with every signal). Each reading
@@ -644,6 +697,18 @@ def run(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _work_dir_problem(work: Path) -> str | None:
+    """Why `work` cannot hold a run (created if absent; a used one would hand the bot an old
+    journal), or None."""
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        if any(work.iterdir()):
+            return f"--work-dir {work} is not empty (a run there would reuse its journal)"
+    except OSError as exc:
+        return f"--work-dir {work}: {exc.strerror or exc}"
+    return None
+
+
 def _table(report: dict[str, Any]) -> Table:
     table = Table(
         title=f"intake {report['started_at']} ({report['machine']['cpus']} CPUs, journal "
@@ -696,18 +761,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="pin the bot to these CPUs (its cpus setting); default: any",
     )
     parser.add_argument("--json-out", type=Path, default=None)
+    parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="keep each signal's figures in the report (sent, order, latency, id)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="run in this directory and keep it (the bot's log, its journal); default: a "
+        "temporary one, removed",
+    )
     parser.add_argument("--serve-floor", type=int, default=0, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     if arguments.serve_floor:
         _floor_server(arguments.serve_floor)
         return 0
     console = Console(width=shutil.get_terminal_size((120, 24)).columns)
+    if arguments.work_dir is not None:
+        problem = _work_dir_problem(arguments.work_dir)
+        if problem:
+            console.print(f"[bold red]benchmark could not run:[/] {problem}", highlight=False)
+            return 2
     try:
         report = run(
             arguments.signals,
             arguments.rate,
+            work_dir=arguments.work_dir,
             footprint_signals=arguments.footprint_signals,
             options=BotOptions(arguments.journal_synchronous, tuple(arguments.cpus)),
+            raw=arguments.raw,
         )
     except BenchError as exc:
         console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.intake import BotOptions, run
+import pytest
+
+from bench.intake import BotOptions, main, run
 
 
 def test_the_intake_benchmark_places_one_order_per_signal(tmp_path: Path) -> None:
@@ -19,6 +21,7 @@ def test_the_intake_benchmark_places_one_order_per_signal(tmp_path: Path) -> Non
         burst_signals=45,
         footprint_signals=60,
         options=BotOptions(cpus=cpus),
+        raw=True,
     )
 
     assert report["failures"] == []
@@ -30,3 +33,29 @@ def test_the_intake_benchmark_places_one_order_per_signal(tmp_path: Path) -> Non
     assert report["footprint"]["rss_after_load_mb"] > 0
     halves = ("cpu_ms_per_signal_first_half", "cpu_ms_per_signal_second_half")
     assert all(report["footprint"][half] > 0 for half in halves)
+    # --raw: each signal's own figures, in the order sent, one per signal of the load.
+    loads = [(load, 40) for load in report["webhook"]] + [(report["mqtt"], 20)]
+    for load, signals in loads:
+        rows = load["raw"]
+        assert len(rows) == signals
+        assert [row["sent_unix_ns"] for row in rows] == sorted(row["sent_unix_ns"] for row in rows)
+        assert all(row["order_unix_ns"] > row["sent_unix_ns"] for row in rows)
+        assert all(row["latency_ms"] > 0 for row in rows)
+    assert {row["id"] for row in report["webhook"][0]["raw"]} == {f"w20-{i}" for i in range(40)}
+    assert all(row["answer_ms"] > 0 for row in report["webhook"][0]["raw"])
+    # The work directory given is kept: the bot's log is there to read beside the samples.
+    assert (tmp_path / "bot.log").stat().st_size > 0
+
+
+def test_a_used_work_dir_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run in a used directory would hand the bot the last run's journal.
+    (tmp_path / "bot.log").write_text("an earlier run")
+
+    code = main(["--work-dir", str(tmp_path)])
+
+    assert code == 2
+    out = capsys.readouterr().out
+    assert "is not empty" in out
+    assert "Traceback" not in out
