@@ -856,6 +856,14 @@ class TraceRow:
         )
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite gave up waiting for a lock another connection holds."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
+
+
 def failure_message(
     path: Path, exc: sqlite3.Error, doing: str, then: str = ", then try again"
 ) -> str:
@@ -1281,16 +1289,25 @@ class Journal:
             with self._transaction():
                 for write in writes:
                     write()
+        except sqlite3.OperationalError as exc:
+            if _locked(exc):
+                # Another program's lock held past SQLite's busy wait (5 s): each write alone
+                # would wait as long, holding every later journal call (a signal's, whose
+                # sender waits) for (n + 1) x 5 s.
+                self._writes_lost(failure, exc, len(writes))
+                return
+            failed: Exception = exc
         except Exception as exc:
-            # Each write that fails alone is told (lost); the others are not lost at all.
-            logger.debug(
-                "{n} journal writes failed together ({error}); writing each alone",
-                n=len(writes),
-                error=exc,
-            )
+            failed = exc
         else:
             self._writes_work(failure)
             return
+        # Each write that fails alone is told (lost); the others are not lost at all.
+        logger.debug(
+            "{n} journal writes failed together ({error}); writing each alone",
+            n=len(writes),
+            error=failed,
+        )
         # Each a journal method: its own transaction, durable if it is a promise.
         self._write_each(writes, failure)
 
@@ -1300,6 +1317,23 @@ class Journal:
         if held is not None:
             logger.info("journal writes work again ({n} more failed since the last said)", n=held)
 
+    def _writes_lost(self, failure: str, exc: sqlite3.OperationalError, n: int) -> None:
+        """`n` writes the journal's medium failed (a full disk, a lock another program
+        holds): said at once, then once a minute while it lasts (`_writes_work` says when it
+        is over)."""
+        more = self._write_failures.say(failure)
+        for _ in range(n - 1):
+            self._write_failures.say(failure)  # the rest: among the next line's held back
+        if more is not None:
+            lost = "; what is lost meanwhile, a restart brings back (as after a crash)"
+            logger.error(
+                "{failure}{count}: {problem}{more}",
+                failure=failure,
+                count=f" ({n} writes)" if n > 1 else "",
+                problem=failure_message(self.path, exc, "write", lost),
+                more=more,
+            )
+
     def _write_each(self, writes: Sequence[Callable[[], object]], failure: str) -> None:
         """Run each write in turn; one that fails is logged (`failure`) and the next still
         runs. The journal's medium failing (a full disk, a lock another program holds) fails
@@ -1308,15 +1342,7 @@ class Journal:
             try:
                 write()
             except sqlite3.OperationalError as exc:
-                more = self._write_failures.say(failure)
-                if more is not None:
-                    lost = "; what is lost meanwhile, a restart brings back (as after a crash)"
-                    logger.error(
-                        "{failure}: {problem}{more}",
-                        failure=failure,
-                        problem=failure_message(self.path, exc, "write", lost),
-                        more=more,
-                    )
+                self._writes_lost(failure, exc, 1)
             except JournalDamaged as exc:  # a row the bot cannot read: one line, which row
                 logger.error("{failure}: {problem}", failure=failure, problem=str(exc))
             except Exception:

@@ -719,6 +719,37 @@ def test_deferred_writes_a_full_disk_fails_are_said_once_a_minute_and_when_room_
     assert "more failed since the last said" in said[1][1]
 
 
+def test_a_batch_another_programs_lock_refused_is_not_tried_again_write_by_write(
+    journal: Journal,
+) -> None:
+    # Reproduced with a backup tool's BEGIN IMMEDIATE held: a batch of deferred writes waited
+    # SQLite's busy timeout (5 s), then each write alone waited as long again, holding the
+    # journal's thread, and every signal's record queued behind it, for (n + 1) x 5 s.
+    journal._db.execute("PRAGMA busy_timeout=20")
+    holder = sqlite3.connect(journal.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    tried: list[str] = []
+    journal._db.set_trace_callback(tried.append)
+    said: list[str] = []
+    sink = logger.add(said.append, format="{message}", level="ERROR")
+    qty = {"follow": Decimal("0.01")}
+    try:
+        journal.write_all(
+            [partial(journal.record_execution, l1_fill(f"e{n}"), qty) for n in range(5)],
+            "a deferred journal write failed",
+        )
+    finally:
+        logger.remove(sink)
+        journal._db.set_trace_callback(None)
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert [statement.split()[0] for statement in tried] == ["BEGIN"]  # the batch's, only
+    (line,) = said
+    assert line.startswith("a deferred journal write failed (5 writes): cannot write journal ")
+    assert "database is locked: another program holds it" in line
+
+
 def test_checkpoints_a_full_disk_fails_are_said_once_a_minute_and_when_they_work_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
