@@ -120,6 +120,14 @@ VENUE_REQUESTS: Final = Counter(
     ["endpoint", "key", "ret_code"],
     registry=REGISTRY,
 )
+VENUE_PACING_WAIT: Final = Counter(
+    "bot_venue_pacing_wait_seconds",
+    "Time signed requests waited for room before leaving, by the limit that held them: ip "
+    "(the address's 600 requests in 5 s, or a ban), key (the key's limit on the endpoint) or "
+    "calibrating (one at a time until the venue has said how much of its window is used)",
+    ["limit"],
+    registry=REGISTRY,
+)
 VENUE_RATE_LIMIT: Final = Gauge(
     "bot_venue_rate_limit",
     "Requests the venue allows per window on the endpoint for the key (X-Bapi-Limit)",

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from bot import metrics
 from bot.logs import logger
 
 __all__ = [
@@ -234,7 +235,7 @@ class RateWindow:
         """
         async with self._turn:  # first come, first served
             while True:
-                wait = self._wait_s()
+                wait, limit = self._wait()
                 if wait > max_wait_s:
                     raise PaceTooLong(wait, banned=self.ip_gate.paused_for() > 0)
                 if wait <= 0:
@@ -242,26 +243,34 @@ class RateWindow:
                     self._slots.append(slot)
                     self.ip_gate.count()
                     return slot
+                metrics.VENUE_PACING_WAIT.labels(limit).inc(wait)
                 await asyncio.sleep(wait)
 
     def _wait_s(self) -> float:
+        """How long before one more request may leave."""
+        return self._wait()[0]
+
+    def _wait(self) -> tuple[float, str]:
+        """How long before one more request may leave, and which limit holds it
+        (`metrics.VENUE_PACING_WAIT`'s label)."""
         now = self.clock()
         horizon = now - _WINDOW_S - _GUARD_S
         while self._slots and (done := self._slots[0].done) is not None and done < horizon:
             self._slots.popleft()
-        paused = max(self._blocked_until - now, self.ip_gate.wait_s())
-        if paused > 0:
-            return paused
+        key_paused = self._blocked_until - now
+        ip_wait = self.ip_gate.wait_s()
+        if key_paused > 0 or ip_wait > 0:
+            return (ip_wait, "ip") if ip_wait >= key_paused else (key_paused, "key")
         if not self.calibrated and any(slot.done is None for slot in self._slots):
             # Until the venue has said how much of its window is used (another process,
             # or our own previous run, may have used it), one request at a time.
-            return _POLL_S
+            return _POLL_S, "calibrating"
         if len(self._slots) < self.limit:
-            return 0.0
+            return 0.0, ""
         oldest = self._slots[0].done
         if oldest is None:  # the oldest counted request is still under way
-            return _POLL_S
-        return oldest - horizon
+            return _POLL_S, "key"
+        return oldest - horizon, "key"
 
     def release(self, slot: Slot) -> None:
         """Give back a slot whose request never left (its caller was cancelled)."""

@@ -318,6 +318,11 @@ def test_a_sent_order_its_journal_left_pending_is_taken_as_the_venue_shows_it(
     sent, unsent = (build_request(approval, "k") for approval in approvals)
     journal.record_decisions([approval.decision for approval in approvals], [sent, unsent])
     squat(exchange[0], sent)  # it reached the venue (and filled); the journal never heard
+    for _ in range(500):  # the venue fills a market order a moment after taking it
+        shown = [o for o in exchange[0].orders() if o["orderLinkId"] == sent.order_link_id]
+        if shown and shown[0]["orderStatus"] == "Filled":
+            break
+        time.sleep(0.01)
 
     asyncio.run(executor.reconcile("k"))  # the loop's pass
 

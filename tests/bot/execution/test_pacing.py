@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot import metrics
 from bot.execution.pacing import IpGate, Pacer, PaceTooLong, RateWindow
 
 
@@ -240,3 +241,29 @@ def test_a_shorter_pause_never_shortens_the_remembered_ban(tmp_path: Path) -> No
     restarted = IpGate()
     restarted.remember(ring)
     assert restarted.paused_for() > 590
+
+
+def test_time_held_at_each_limit_is_counted_for_the_operator() -> None:
+    # A benchmark found orders held 0.15-0.6 s at the address's limit (the start-up's reads
+    # filled its 5 s window) with nothing an operator could see it by.
+    def waited(limit: str) -> float:
+        return (
+            metrics.REGISTRY.get_sample_value(
+                "bot_venue_pacing_wait_seconds_total", {"limit": limit}
+            )
+            or 0.0
+        )
+
+    before = {limit: waited(limit) for limit in ("ip", "key")}
+    ip_window = RateWindow(100, ip_gate=IpGate(limit=1, window_s=0.05), calibrated=True)
+    key_window = RateWindow(1, calibrated=True)
+
+    async def two_each() -> None:
+        for window in (ip_window, key_window):
+            for _ in range(2):
+                (await window.acquire()).finish()
+
+    asyncio.run(two_each())
+
+    assert waited("ip") - before["ip"] >= 0.05  # the address's window, then its guard
+    assert waited("key") - before["key"] >= 1.0  # the key's window of 1 s
