@@ -510,6 +510,14 @@ class SimulatorConfig(BaseModel):
         description="Messages a WebSocket connection may have waiting to be sent; a client that "
         "falls further behind is disconnected, as a real exchange does.",
     )
+    stream_queue_max_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1024 * 1024 * 1024,
+        description="Bytes of messages a WebSocket connection may have waiting to be sent; a "
+        "client that falls further behind is disconnected. The message count alone let a "
+        "client that never read hold 10 000 orderbook.1000 deltas, about 500 MB.",
+    )
     stream_idle_cutoff_s: float = Field(
         default=600.0,
         gt=0,

@@ -22,6 +22,7 @@ from bot.http_limits import guarded_protocol
 from bot.net import DEFAULT_SIM_PORT, tcp_listener
 from bot.sim.app import create_app
 from bot.sim.exchange import SimExchange
+from bot.sim.stream import MAX_REQUEST_BYTES
 from bot.sim.websocket import SimWebSocketProtocol
 
 __all__ = ["DEFAULT_SIM_PORT", "SimServer", "run_forever"]
@@ -46,6 +47,10 @@ MAX_CONNECTIONS = 512
 #: longer than KEEP_ALIVE_S, so that an idle keep-alive connection is closed silently by
 #: uvicorn first, never answered 408 just as its client sends the next request.
 HEAD_TIMEOUT_S = KEEP_ALIVE_S + 5
+#: The longest WebSocket message taken (else close 1009): the longest command a stream
+#: reads. uvicorn's 16 MiB default let each connection hold a 16 MiB frame in memory (1000
+#: connections: 16 GB), and unmasking one stalled every other client for ~0.4 s.
+WS_MAX_MESSAGE_BYTES = MAX_REQUEST_BYTES
 
 
 def _protocol() -> type[asyncio.Protocol]:
@@ -113,6 +118,7 @@ class SimServer:
                 access_log=False,
                 lifespan="off",
                 ws=SimWebSocketProtocol,
+                ws_max_size=WS_MAX_MESSAGE_BYTES,
                 http=_protocol(),
                 timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
                 timeout_keep_alive=KEEP_ALIVE_S,
@@ -199,6 +205,7 @@ def run_forever(
         access_log=False,
         lifespan="off",
         ws=SimWebSocketProtocol,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
         http=_protocol(),
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
         timeout_keep_alive=KEEP_ALIVE_S,

@@ -26,9 +26,11 @@
 The exchange calls the hub (a `StreamSink`) with its lock held, from a request on the server's
 event loop or from the engine thread; the hub only hands the data to the loop
 (`call_soon_threadsafe`), where it is serialised once and queued per connection. Each
-connection's queue is bounded (`stream_queue_max_messages`): a client that falls further
-behind is cut off, as a real exchange does. Connections are cut without a close frame (the
-client sees a lost connection) by `POST /sim/streams/drop` and the `stream_drop` fault.
+connection's queue is bounded (`stream_queue_max_messages`, `stream_queue_max_bytes`): a
+client that falls further behind is cut off, as a real exchange does. Price moves are
+conflated: while one symbol's delivery waits on the loop, a later move replaces it.
+Connections are cut without a close frame (the client sees a lost connection) by
+`POST /sim/streams/drop` and the `stream_drop` fault.
 """
 
 from __future__ import annotations
@@ -57,7 +59,13 @@ from bot.sim.records import SETTLE_COIN
 from bot.sim.trade_ws import TradeDesk
 from bot.sim.websocket import ABORT_EXTENSION
 
-__all__ = ["PRIVATE_PATH", "PRIVATE_TOPICS", "PUBLIC_LINEAR_PATH", "StreamHub"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "PRIVATE_PATH",
+    "PRIVATE_TOPICS",
+    "PUBLIC_LINEAR_PATH",
+    "StreamHub",
+]
 
 PRIVATE_PATH = "/v5/private"
 PUBLIC_LINEAR_PATH = "/v5/public/linear"
@@ -101,7 +109,10 @@ _COIN_TOPICS = frozenset({"insurance", "adlAlert"})
 _RPI_BOOK = "orderbook.rpi"
 _TICKER_PREFIX = "tickers."
 _BOOK_DEPTHS = frozenset({1, 50, 200, 1000})  # Bybit's for linear
-_MAX_REQUEST_CHARS = 64 * 1024
+#: The longest command a client may send (Bybit's are a few hundred bytes; a batch of 20
+#: orders a few KiB): the server refuses a longer WebSocket message (close 1009).
+MAX_REQUEST_BYTES = 64 * 1024
+_MAX_REQUEST_CHARS = MAX_REQUEST_BYTES
 _REFRESH_S = 1.0
 #: Bybit's bounds on `max_active_time`, and how often it looks for idle connections.
 _MIN_ACTIVE_S = 30
@@ -122,6 +133,8 @@ class _Connection:
     send: Send
     abortable: bool
     queue: asyncio.Queue[tuple[str, bool]]
+    #: Bytes of the messages in `queue`.
+    queued_bytes: int = 0
     api_key: str | None = None
     user_id: int | None = None
     note: str = ""
@@ -233,6 +246,7 @@ class StreamHub:
         self._exchange = exchange
         self._trade = trade
         self._queue_max = exchange.config.stream_queue_max_messages
+        self._queue_max_bytes = exchange.config.stream_queue_max_bytes
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connections: dict[str, _Connection] = {}
@@ -242,6 +256,9 @@ class StreamHub:
         #: trades.
         self._market_interest: Counter[str] = Counter()
         self._trade_interest: Counter[str] = Counter()
+        #: symbol -> the latest price move (cross sequence, ticker row, ms) not yet delivered;
+        #: a symbol here has its delivery scheduled on the loop (`_deliver_moved`).
+        self._moves: dict[str, tuple[int, dict[str, str], int]] = {}
         self._messages_sent = 0
         self._connections_opened = 0
         self._connections_dropped = 0
@@ -266,7 +283,18 @@ class StreamHub:
         self._call_soon(self._deliver_private, api_key, topic, rows, self._exchange.now_ms())
 
     def price_moved(self, symbol: str, cs: int, row: dict[str, str]) -> None:
-        self._call_soon(self._deliver_market_data, symbol, cs, row, self._exchange.now_ms())
+        # Conflated: one delivery per symbol waits on the loop at a time, and it pushes the
+        # latest move (a client gets the book, candles and ticker fields as they are then, as
+        # Bybit pushes at a set frequency). One callback per move let a walk faster than the
+        # loop could push pile up callbacks without bound: memory grew by 20 MB/s and no
+        # request was answered any more.
+        move = (cs, row, self._exchange.now_ms())
+        with self._lock:
+            waiting = symbol in self._moves
+            self._moves[symbol] = move
+        if not waiting and not self._call_soon(self._deliver_moved, symbol):
+            with self._lock:
+                self._moves.pop(symbol, None)
 
     def push_trade(self, symbol: str, row: dict[str, Any]) -> None:
         self._call_soon(self._deliver_trade, symbol, row, self._exchange.now_ms())
@@ -274,13 +302,16 @@ class StreamHub:
     def push_liquidation(self, symbol: str, row: dict[str, Any]) -> None:
         self._call_soon(self._deliver_liquidation, symbol, row, self._exchange.now_ms())
 
-    def _call_soon(self, callback: Any, *args: Any) -> None:
+    def _call_soon(self, callback: Any, *args: Any) -> bool:
+        """Run the callback on the loop; False when there is no loop (any more)."""
         loop = self._loop
         if loop is None:
-            return
-        # The loop is gone once the server stopped; nothing is listening then.
-        with contextlib.suppress(RuntimeError):
+            return False
+        try:
             loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is gone once the server stopped; no one listens then
+            return False
+        return True
 
     # ------------------------------------------------------------------ admin (event loop)
 
@@ -374,6 +405,7 @@ class StreamHub:
             if pushed and self._exchange.inject("stream_drop"):
                 self._drop(conn)
                 return
+            conn.queued_bytes -= len(text)
             await conn.send({"type": "websocket.send", "text": text})
             conn.messages_sent += 1
             conn.last_sent = time.monotonic()
@@ -437,10 +469,16 @@ class StreamHub:
     def _enqueue(self, conn: _Connection, message: str, *, pushed: bool) -> None:
         if conn.dropped:
             return
+        size = len(message)  # ASCII JSON (`_dumps`): characters are bytes
+        if conn.queued_bytes + size > self._queue_max_bytes:
+            self._drop(conn)  # a client this far behind is cut off
+            return
         try:
             conn.queue.put_nowait((message, pushed))
         except asyncio.QueueFull:
-            self._drop(conn)  # a client this far behind is cut off
+            self._drop(conn)
+            return
+        conn.queued_bytes += size
 
     def _drop(self, conn: _Connection) -> None:
         if conn.dropped:
@@ -748,6 +786,12 @@ class StreamHub:
                     text = _dumps({**head, "creationTime": created_ms, "data": rows})
                     texts[name] = text
                 self._enqueue(conn, text, pushed=True)
+
+    def _deliver_moved(self, symbol: str) -> None:
+        with self._lock:
+            move = self._moves.pop(symbol, None)
+        if move is not None:
+            self._deliver_market_data(symbol, *move)
 
     def _deliver_market_data(self, symbol: str, cs: int, row: dict[str, str], ts: int) -> None:
         self._deliver_ticker(symbol, cs, row, ts)

@@ -38,6 +38,11 @@ _CLOSE_SERVICE_RESTART = 1012
 #: 429 before its handshake. Each holds a descriptor of the process (in `sim` mode, the
 #: bot's); the HTTP connections' own limit (bot/http_limits.py) does not count them.
 MAX_CONNECTIONS = 1000
+#: After a close for a protocol error (a message too big, say), what the client still sends
+#: is read and dropped for this long (or this much) before the TCP close: closing on unread
+#: bytes resets the connection, and the client lost the close frame that says why.
+_LINGER_S = 2.0
+_LINGER_BYTES = 1024 * 1024
 _LOGGER = "uvicorn.error"
 
 
@@ -89,6 +94,9 @@ class SimWebSocketProtocol(asyncio.Protocol):
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._writable = asyncio.Event()
         self._writable.set()
+        #: Bytes dropped since a close for a protocol error (None: not lingering).
+        self._dropped: int | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -102,6 +110,8 @@ class SimWebSocketProtocol(asyncio.Protocol):
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         self._connections.discard(self)
         self._closed = True
         self._writable.set()
@@ -123,6 +133,11 @@ class SimWebSocketProtocol(asyncio.Protocol):
         return None
 
     def data_received(self, data: bytes) -> None:
+        if self._dropped is not None:
+            self._dropped += len(data)
+            if self._dropped > _LINGER_BYTES:
+                self._abort()
+            return
         self._buffer += data
         try:
             if not self._handshake_done:
@@ -292,12 +307,19 @@ class SimWebSocketProtocol(asyncio.Protocol):
             self._fail(_CLOSE_PROTOCOL_ERROR, "unknown opcode")
 
     def _fail(self, code: int, reason: str) -> None:
+        """Close for a protocol error: the close frame, then `_LINGER_S` of reading and
+        dropping what the client still sends (the rest of a message too big, its own close
+        frame) before the TCP close."""
         if not self._close_sent:
             self._write(_frame(_OP_CLOSE, _close_payload(code, reason)))
             self._close_sent = True
         self._queue.put_nowait({"type": "websocket.disconnect", "code": code})
-        if self._transport is not None:
-            self._transport.close()
+        self._closed = True  # no more frames are read
+        self._buffer.clear()
+        self._message.clear()
+        if self._transport is not None and self._dropped is None:
+            self._dropped = 0
+            self._linger_timer = self._loop.call_later(_LINGER_S, self._transport.close)
 
     # ------------------------------------------------------------------ the ASGI session
 

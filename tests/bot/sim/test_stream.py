@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim.client import SimWebSocket, SimWebSocketTrading
-from bot.sim.stream import Channel, _alive_s
+from bot.sim.stream import MAX_REQUEST_BYTES, Channel, StreamHub, _alive_s
 from tests.bot.sim.kit import eventually
 
 KEY = "stream-key"
@@ -1135,3 +1136,83 @@ def test_level_1_books_put_ts_before_type_and_the_deeper_ones_after_it(
 
     assert keys["orderbook.1.BTCUSDT"] == ["topic", "ts", "type", "data", "cts"]
     assert keys["orderbook.50.BTCUSDT"] == ["topic", "type", "ts", "data", "cts"]
+
+
+# ----------------------------------------------------------------- hostile clients
+
+
+class _StalledLoop:
+    """A server loop that is busy: it only records what it is asked to run."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+
+    def call_soon_threadsafe(self, callback: Callable[..., None], *args: Any) -> None:
+        self.callbacks.append((callback, args))
+
+
+def test_price_moves_a_busy_loop_has_not_delivered_wait_as_one_the_latest() -> None:
+    """A walk faster than the loop can push piled up a callback per move (memory grew by
+    20 MB/s and no request was answered): now one delivery per symbol waits, the latest."""
+    exchange = SimExchange(SimulatorConfig(seed=3))
+    hub = StreamHub(exchange)
+    loop = _StalledLoop()
+    hub._loop = loop  # type: ignore[assignment]
+    delivered: list[tuple[str, int, dict[str, str]]] = []
+    hub._deliver_market_data = (  # type: ignore[method-assign]
+        lambda symbol, cs, row, ts: delivered.append((symbol, cs, row))
+    )
+
+    for cs in range(1, 1001):
+        hub.price_moved("BTCUSDT", cs, {"lastPrice": str(cs)})
+    hub.price_moved("ETHUSDT", 7, {"lastPrice": "7"})
+    for callback, args in list(loop.callbacks):
+        callback(*args)
+    hub.price_moved("BTCUSDT", 1001, {"lastPrice": "1001"})
+
+    assert delivered == [
+        ("BTCUSDT", 1000, {"lastPrice": "1000"}),
+        ("ETHUSDT", 7, {"lastPrice": "7"}),
+    ]
+    assert len(loop.callbacks) == 3  # the move after a delivery is scheduled anew
+
+
+def test_a_client_that_never_reads_is_cut_once_its_queue_holds_too_many_bytes() -> None:
+    """10 000 messages was the only bound: a client that never read held 10 000 deltas of
+    the 1000-level book, about 500 MB."""
+    config = SimulatorConfig(seed=3, stream_queue_max_bytes=1024 * 1024)
+    with SimServer(SimExchange(config)) as server:
+        idle = websocket.create_connection(
+            server.ws_url + "/v5/public/linear",
+            timeout=5,
+            sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)],
+        )
+        try:
+            idle.send(json.dumps({"op": "subscribe", "args": ["orderbook.1000.BTCUSDT"]}))
+            eventually(lambda: _connections(server), lambda c: len(c) == 1, "the subscription")
+            for move in range(300):  # each moves all 2000 levels: a delta of ~50 KB
+                _post(server, "/sim/prices", {"BTCUSDT": 97000 + move % 2 * 500})
+                if not _connections(server):
+                    break
+            stats = requests.get(server.url + "/sim/stats", timeout=5).json()
+        finally:
+            idle.close()
+
+    assert stats["stream_connections"] == 0
+    assert stats["stream_connections_dropped"] == 1
+
+
+def test_a_message_longer_than_any_command_closes_the_connection_1009(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    """uvicorn's 16 MiB default let every connection hold a 16 MiB frame (1000 of them:
+    16 GB), and unmasking one stalled the other clients. The rest of the message is read and
+    dropped, so that the close frame reaches the client (not a connection reset)."""
+    sock = raw("/v5/public/linear")
+
+    sock.send(json.dumps({"op": "ping", "req_id": "x" * 8 * MAX_REQUEST_BYTES}))
+    opcode, payload = sock.recv_data(control_frame=True)
+
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(payload[:2], "big") == 1009
+    assert _ask(raw("/v5/public/linear"), {"op": "ping"})["ret_msg"] == "pong"
