@@ -1408,11 +1408,9 @@ def test_the_control_topic_does_not_blame_a_second_bot_for_a_restarting_broker(
     assert not any("client_id" in line for line in logged), logged
 
 
-def test_a_command_the_journal_could_not_record_is_not_acked_and_comes_back(
-    broker: Mosquitto,
-) -> None:
-    """A halt that met a journal hiccup was refused and acknowledged: lost, its sender told
-    only by a log line. Unacknowledged, the broker delivers it again and it is carried out."""
+def _command_the_journal_fails_once(broker: Mosquitto, command: str, body: bytes) -> list[str]:
+    """Publish a signed `command` on the control topic, whose first record the journal fails
+    (a disk I/O error); the commands carried out, once one is (or the bot refused it)."""
     secret = SecretStr("admin-secret-for-tests")
     applied: list[str] = []
     failures = [OSError("disk I/O error")]
@@ -1428,56 +1426,36 @@ def test_a_command_the_journal_could_not_record_is_not_acked_and_comes_back(
 
     config = config_for(broker, control_topic="bot/control")
     control = MqttControl(config, apply, secret=secret, used=UsedSignatures(remember=remember))
-    body = b'{"reason": "incident"}'
     with Running(control) as running:  # type: ignore[arg-type]
         wait_for(lambda: control.connected, 10, "the control topic")
         publisher = RawPublisher(broker)
         publisher.publish(
             body,
-            topic="bot/control/halt",
+            topic=f"bot/control/{command}",
             signature=sign(secret.get_secret_value(), body, int(time.time())),
         )
         wait_for(lambda: applied or control.refused, 10, "the command carried out, or refused")
         publisher.close()
         running.stop()
-
-    assert applied == ["halt"]
     assert control.refused == 0
+    return applied
+
+
+def test_a_command_the_journal_could_not_record_is_not_acked_and_comes_back(
+    broker: Mosquitto,
+) -> None:
+    """A halt that met a journal hiccup was refused and acknowledged: lost, its sender told
+    only by a log line. Unacknowledged, the broker delivers it again and it is carried out."""
+    assert _command_the_journal_fails_once(broker, "halt", b'{"reason": "incident"}') == ["halt"]
 
 
 def test_a_command_the_journal_could_not_record_is_said_in_one_line(broker: Mosquitto) -> None:
     """A resume is not carried out unrecorded: each delivery the journal could not take logged
     a traceback naming the error only as `OSError`."""
-    secret = SecretStr("admin-secret-for-tests")
-    applied: list[str] = []
-    failures = [OSError("disk I/O error")]
-
-    async def apply(command: str, payload: bytes) -> str:
-        applied.append(command)
-        return "done"
-
-    async def remember(digest: bytes, until: float, now: float, redelivered: bool) -> bool:
-        if failures:
-            raise failures.pop()
-        return True
-
-    config = config_for(broker, control_topic="bot/control")
-    control = MqttControl(config, apply, secret=secret, used=UsedSignatures(remember=remember))
-    body = b'{"reason": "all clear"}'
     records: list[str] = []
     handler = logger.add(records.append, level="ERROR", format="{message}{exception}")
     try:
-        with Running(control) as running:  # type: ignore[arg-type]
-            wait_for(lambda: control.connected, 10, "the control topic")
-            publisher = RawPublisher(broker)
-            publisher.publish(
-                body,
-                topic="bot/control/resume",
-                signature=sign(secret.get_secret_value(), body, int(time.time())),
-            )
-            wait_for(lambda: applied, 10, "the resume carried out once the journal took it")
-            publisher.close()
-            running.stop()
+        applied = _command_the_journal_fails_once(broker, "resume", b'{"reason": "all clear"}')
     finally:
         logger.remove(handler)
 
