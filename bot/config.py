@@ -814,12 +814,15 @@ def _secret_in_config(loc: list[str], path: Path) -> str:
     )
 
 
+def subscribed_sources(settings: BotSettings) -> set[str]:
+    """The sources some strategy takes signals from."""
+    return {source for strategy in settings.strategies.values() for source in strategy.sources}
+
+
 def unheard_sources(settings: BotSettings) -> list[str]:
     """The enabled webhook sources no strategy takes signals from, each as a line to warn
     with: what they receive is answered 202, then declined (no strategy subscribes)."""
-    subscribed = {
-        source for strategy in settings.strategies.values() for source in strategy.sources
-    }
+    subscribed = subscribed_sources(settings)
     return [
         f"sources.{name} is enabled, but no strategy's sources name it: every signal it "
         f"receives is declined; add '{name}' to the sources of the strategies it is for, or "
@@ -867,9 +870,7 @@ def _check_bindings(settings: BotSettings, path: Path) -> None:
             "never to a simulator: unset venue.sim_url, or run in sim"
         )
     mqtt = settings.mqtt
-    subscribed = {
-        source for strategy in settings.strategies.values() for source in strategy.sources
-    }
+    subscribed = subscribed_sources(settings)
     if mqtt.enabled and mqtt.source not in subscribed:
         problems.append(
             f"mqtt.source is '{mqtt.source}', which no strategy's sources name: every MQTT "

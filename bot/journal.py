@@ -1276,7 +1276,9 @@ class Journal:
         commit for all. Should one fail, that transaction is rolled back whole and each write
         runs again in its own, so only the failing one is lost (logged as `failure`) and the
         rest stay. A durable write (a promise) cannot share a commit: it fails the batch, then
-        gets its own.
+        gets its own. A batch another program's lock refused (past SQLite's busy wait) is lost
+        whole, said in one line: each write alone would wait as long again; what it held, a
+        restart brings back, as after a crash.
 
         (No savepoint per write: two more statements for each, on every fill, to serve a case
         that does not happen in normal running.)"""

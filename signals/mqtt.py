@@ -67,7 +67,7 @@ from bot import logs, metrics
 from bot.logs import logger
 from bot.messages import Signal, SignalError, clip, load_json, one_line, parse_signal
 from bot.secrets import split_secrets
-from signals.base import FLOOD_NOTE_S, FloodNotes, SignalSink
+from signals.base import FloodNotes, SignalSink
 from signals.config import PASSWORD_SECRET_NAME, SIGNING_SECRET_NAME, MqttConfig
 from signals.voiceofchain import (
     COMMAND_MAX_SKEW_S,
@@ -192,7 +192,7 @@ class MqttSubscriber:
         self._session_present = False
         self._connect_failures = 0
         self._sink_failures = 0  # failures in a row to journal a signal
-        self._sink_failure_said_at: float | None = None  # time.monotonic() it was last logged
+        self._sink_notes = logs.RepeatedNotes()  # those failures said, once a minute
         # Connections in a row the broker ended before they held (see `_note_connection_end`).
         self._brief_connections = 0
         self._connected_at: float | None = None  # time.monotonic() of the last subscribe
@@ -260,14 +260,12 @@ class MqttSubscriber:
 
     def _note_sink_failure(self, failed: _SinkFailed, delay: float) -> None:
         """Say that a signal could not be journaled, in one line: at once for the first failure
-        in a row, then at most once per `FLOOD_NOTE_S` while the journal stays unwritable. The
-        broker redelivers the message at each reconnect, so a full disk failed it again at
-        every backoff, each time with a traceback of 17 lines that told nothing new."""
-        now = time.monotonic()
-        said_at = self._sink_failure_said_at
-        if self._sink_failures > 1 and said_at is not None and now - said_at < FLOOD_NOTE_S:
+        in a row, then once a minute while the journal stays unwritable. The broker
+        redelivers the message at each reconnect, so a full disk failed it again at every
+        backoff, each time with a traceback of 17 lines that told nothing new."""
+        more = self._sink_notes.say("journal")
+        if more is None:
             return
-        self._sink_failure_said_at = now
         cause = failed.__cause__
         # The journal's own failures (a full disk, a lock, a read-only file) say all in their
         # words; anything else is a bug, whose traceback is wanted, once.
@@ -275,10 +273,11 @@ class MqttSubscriber:
         logger.opt(exception=None if known else cause).error(
             "mqtt: {problem}: not acknowledged, the broker redelivers it; make the journal "
             "writable (GET /healthz names its problem); tried again in {delay:.2f} s "
-            "(attempt {n})",
+            "(attempt {n}){more}",
             problem=failed,
             delay=delay,
             n=self._sink_failures,
+            more=more,
         )
 
     def _note_connection_end(self, problem: str) -> str:
@@ -452,6 +451,7 @@ class MqttSubscriber:
                     id=signal.id,
                     n=self._sink_failures,
                 )
+                self._sink_notes.over("journal")
             self._sink_failures = 0
             if is_new:
                 self.counters.accepted += 1

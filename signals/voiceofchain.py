@@ -19,11 +19,11 @@ from typing import Any, Final
 
 from pydantic import SecretStr
 
+from bot.briefly import JOURNAL_WAIT_S, ended_within
 from bot.logs import logger
 
 __all__ = [
     "COMMAND_MAX_SKEW_S",
-    "JOURNAL_WAIT_S",
     "SIGNATURE_HEADER",
     "UsedSignatures",
     "any_signature_problem",
@@ -37,12 +37,6 @@ SIGNATURE_HEADER: Final = "X-Signature"
 #: How far a signed command's time may be from the bot's clock, either way: the admin routes
 #: and the MQTT control topic alike, and so how long `UsedSignatures` must remember one.
 COMMAND_MAX_SKEW_S: Final = 300.0
-#: How long a command carried out though the journal cannot record it (a halt) waits for the
-#: journal's record of it, and any command for the record that it was carried out, before it
-#: goes on without (the write goes on): a journal write takes milliseconds, but one that
-#: another program's lock holds waits SQLite's busy timeout (5 s), queued behind others that
-#: wait as long, and `bot halt` gives up on its answer after 10 s.
-JOURNAL_WAIT_S: Final = 1.0
 _UNIX_SECONDS: Final = re.compile(r"[0-9]{1,12}")
 _HEX_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
 
@@ -140,8 +134,6 @@ class UsedSignatures:
         self._remember = remember
         self._acted = acted
         self._journal_wait_s = journal_wait_s
-        # The journal's writes a command went on without (`JOURNAL_WAIT_S`), until they end.
-        self._unfinished: set[asyncio.Future[Any]] = set()
 
     async def first_use(
         self,
@@ -193,15 +185,9 @@ class UsedSignatures:
         await self._ended_in_time(noting)
 
     async def _ended_in_time(self, write: asyncio.Future[Any]) -> bool:
-        """Whether the journal's `write` ended within `journal_wait_s`; if not, it goes on,
-        held here until it ends (its outcome retrieved: a failure is the caller's to tell)."""
-        done, _ = await asyncio.wait({write}, timeout=self._journal_wait_s)
-        if done:
-            return True
-        self._unfinished.add(write)
-        write.add_done_callback(self._unfinished.discard)
-        write.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
-        return False
+        """Whether the journal's `write` ended within `journal_wait_s`; if not, it goes on
+        (`ended_within`)."""
+        return await ended_within(write, self._journal_wait_s)
 
 
 def _warn_if_not_noted(noting: asyncio.Future[None]) -> None:

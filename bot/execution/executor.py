@@ -40,6 +40,7 @@ from typing import Final
 
 from bot.account import StrandedBy
 from bot.bounded import remember
+from bot.briefly import JOURNAL_WAIT_S, ended_within
 from bot.execution.config import ExecutionConfig
 from bot.execution.orders import OPEN_AT_VENUE, close_shortfall, not_ours, unlike_request
 from bot.journal import Journal, OrderRecord
@@ -304,7 +305,11 @@ class Executor:
                     self._journal.record_decisions, decisions, requests
                 )
             except Exception:  # the transaction rolled back (not a cancel: it may commit)
-                self._unjournaled(approved)
+                # Not one already journaled and unfinished (its signal run again): its
+                # reservation, which this approval's replaced, stands for a live order.
+                self._unjournaled(
+                    [a for a in approved if self._journal.unfinished(a.order_link_id) is None]
+                )
                 raise
             for request in requests:
                 self._order_journaled(request)
@@ -373,13 +378,12 @@ class Executor:
         back (a halt's: a resting entry would fill after it): only that word is lost, and
         what the venue shows of the order is returned unjournaled, for the reconciliation
         loop to journal once the journal writes again."""
-        try:
-            await self._journal.call(self._journal.record_cancel_requested, request.order_link_id)
-        except sqlite3.OperationalError as exc:
+        problem = await self._record_cancel(request.order_link_id)
+        if problem is not None:
             logger.error(
                 "cancel of {id}: the journal could not record it ({error}); sent all the same",
                 id=request.order_link_id,
-                error=str(exc),
+                error=problem,
             )
             # The bot's own: never said as a cancel by someone else when the venue reports it.
             remember(self._warned_cancels, request.order_link_id, None, _CANCELS_KEPT)
@@ -402,6 +406,21 @@ class Executor:
             result="sent" if cancelled else "nothing open to cancel",
         )
         return await self._shown_after_cancel(request)
+
+    async def _record_cancel(self, link_id: str) -> str | None:
+        """Journal that the bot asks the venue to cancel `link_id`; why not, if the journal
+        could not, or not within `JOURNAL_WAIT_S` (another program's lock: the record goes
+        on, and the cancel does not wait for it)."""
+        recording = asyncio.ensure_future(
+            self._journal.call(self._journal.record_cancel_requested, link_id)
+        )
+        if not await ended_within(recording):
+            return f"no answer within {JOURNAL_WAIT_S:g} s: locked by another program, or stalled"
+        try:
+            recording.result()
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        return None
 
     async def _shown_after_cancel(self, request: OrderRequest) -> OrderEvent | None:
         """`_look_up_safely` after a cancel; the venue's row unjournaled when the journal

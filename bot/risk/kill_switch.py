@@ -33,6 +33,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from bot.account import Account, StrategyBook
+from bot.briefly import JOURNAL_WAIT_S, ended_within
 from bot.execution.executor import Executor
 from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE, trimmed
 from bot.journal import Journal, OrderRecord
@@ -64,11 +65,6 @@ _CANCEL_WAIT_S: Final = 10.0
 _CANCEL_POLL_S: Final = 0.1
 #: When a halt the journal could not take is tried again (then each minute).
 _RECORD_AGAIN_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
-#: How long a halt waits for the journal's record of it before it goes on without (the
-#: record goes on): a journal write takes milliseconds, but one that another program's lock
-#: holds waits SQLite's busy timeout (5 s), queued behind others that wait as long, and
-#: `bot halt` gives up on its answer after 10 s (as `signals.voiceofchain.JOURNAL_WAIT_S`).
-_RECORD_WAIT_S: Final = 1.0
 
 
 def announce_state(state: ScopeState) -> None:
@@ -152,10 +148,12 @@ class KillSwitch:
         self._gate.set_state(state)  # first: the very next intent sees it
         announce_state(state)
         first = asyncio.ensure_future(self._journal.call(self._journal.record_trading_state, state))
-        ended, _ = await asyncio.wait({first}, timeout=_RECORD_WAIT_S)
+        ended = await ended_within(first)
         problem = (
-            f"no answer within {_RECORD_WAIT_S:g} s: locked by another program, or stalled"
+            f"no answer within {JOURNAL_WAIT_S:g} s: locked by another program, or stalled"
             if not ended
+            else "the journal closed"
+            if first.cancelled()
             else first.exception()
         )
         if problem is not None:
@@ -257,7 +255,9 @@ class KillSwitch:
             late = loop.time() > deadline
             busy = self._executor.in_flight()
             waiting, cancelling = [], []
-            for record in await self._journal.call(self._journal.unfinished_orders):
+            # From memory: a journal another program has locked holds its thread for
+            # seconds, and every resting entry could fill meanwhile.
+            for record in self._journal.committed_unfinished():
                 link_id = record.request.order_link_id
                 if (
                     record.request.strategy not in strategies

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -791,6 +792,66 @@ def test_an_approval_the_journal_could_not_write_is_taken_back_by_the_gate(
     now = datetime.now(UTC)
     assert gate.counts.today("follow", now) == gate.counts.last_minute("follow", now) == 1
     assert len(venue.orders) == 1
+
+
+def test_an_unjournaled_approval_of_an_order_already_journaled_keeps_its_reservation(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A signal run again decides a leg whose order the journal holds, live: the approval
+    # replaced that order's reservation, and taking it back left the live order uncounted.
+    gate = RiskGate(UNLIMITED.model_copy(update={"symbols": ("BTCUSDT",)}))
+    executor = Executor(journal, {"k": FakeVenue()}, FAST, unjournaled=gate.withdraw)
+    first = gate.decide(make_intent(), price=Decimal(97000), prices={})
+    assert isinstance(first, ApprovedOrder)
+    journal.record_decisions([first.decision], [build_request(first, "k")])  # Pending, live
+
+    def full(*args: object, **kwargs: object) -> object:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(journal, "record_decisions", full)
+    again = gate.decide(make_intent(), price=Decimal(97000), prices={})
+    assert isinstance(again, ApprovedOrder)
+    with pytest.raises(sqlite3.OperationalError):
+        asyncio.run(executor.execute(again, "k"))
+
+    assert gate.ledger.open_orders("follow") == 1
+    assert gate.ledger.worst_position("follow", "BTCUSDT") > 0
+
+
+def test_a_cancel_is_sent_while_another_programs_lock_holds_its_journal_record(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reproduced with a backup tool's BEGIN IMMEDIATE held: `bot halt --cancel-open` sent its
+    # cancels 16, 21 and 25 s after the halt, each waiting for the record of the one before
+    # (SQLite's 5 s busy wait each): resting entries stayed fillable all that time.
+    venue = FakeVenue()
+    executor = Executor(journal, {"k": venue}, FAST)
+    resting = make_intent(order_type=OrderType.LIMIT, price=Decimal(90000))
+    order = execute(executor, resting)
+    assert order.status is OrderStatus.NEW
+    request = build_request(approve(resting), "k")
+    released = threading.Event()
+    record_cancel_requested = journal.record_cancel_requested
+
+    def locked(link_id: str) -> object:  # on the journal's thread, as SQLite's busy wait
+        released.wait(30)
+        return record_cancel_requested(link_id)
+
+    monkeypatch.setattr(journal, "record_cancel_requested", locked)
+
+    async def cancel_while_locked() -> bool:
+        cancelling = asyncio.create_task(executor.cancel(request))
+        for _ in range(400):
+            if venue.calls["cancel_order"]:
+                break
+            await asyncio.sleep(0.05)
+        sent_while_locked = venue.calls["cancel_order"] == 1 and not released.is_set()
+        released.set()
+        await asyncio.wait_for(cancelling, 30)
+        return sent_while_locked
+
+    assert asyncio.run(cancel_while_locked())
+    assert venue.orders[request.order_link_id].status is OrderStatus.CANCELLED
 
 
 def test_a_limit_another_client_moved_that_only_a_look_up_shows_is_valued_there(
