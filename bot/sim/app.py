@@ -171,11 +171,21 @@ def _client_host(request: Request) -> str | None:
 
 
 def _json_object(body: bytes, *, parse_float: Callable[[str], Any] = float) -> dict[str, Any]:
-    """The body as a JSON object; an empty body is an empty object. Raises ValueError."""
+    """The body as a JSON object; an empty body is an empty object. Raises ValueError.
+
+    The body must be UTF-8 without a byte order mark, as JSON exchanged over a network is
+    (RFC 8259 8.1) and as Bybit reads it: `json.loads` of bytes detects UTF-16 and UTF-32 and
+    skips a BOM, so bodies Bybit refuses were taken."""
     if not body.strip():
         return {}
     try:
-        data = json.loads(body, parse_float=parse_float)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"body is not UTF-8 (byte {exc.start} of {len(body)})") from None
+    if text.startswith("\ufeff"):
+        raise ValueError("body starts with a byte order mark: send UTF-8 JSON without one")
+    try:
+        data = json.loads(text, parse_float=parse_float)
     except (ValueError, RecursionError) as exc:
         raise ValueError("body is not valid JSON") from exc
     if not isinstance(data, dict):

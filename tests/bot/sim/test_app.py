@@ -1077,6 +1077,12 @@ def test_adding_an_existing_account_is_409(shared_server: SimServer) -> None:
             "qty",
         ),
         (b"\xff\xfe\x00garbage", "params error"),
+        # Bybit reads UTF-8 JSON; Python's json.loads would detect these encodings and take them.
+        (json.dumps(order_body()).encode("utf-16"), "params error: body is not UTF-8"),
+        (json.dumps(order_body()).encode("utf-32"), "params error: body is not UTF-8"),
+        (json.dumps(order_body()).encode("utf-16-le"), "params error: body is not valid JSON"),
+        (b"\xef\xbb\xbf" + json.dumps(order_body()).encode(), "byte order mark"),
+        (json.dumps(order_body(orderLinkId="a")).encode().replace(b'"a"', b'"\xe9"'), "UTF-8"),
     ],
 )
 def test_malformed_bodies_are_10001_never_500(
