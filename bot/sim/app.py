@@ -52,7 +52,7 @@ from starlette.types import Receive, Scope, Send
 from bot.bodies import BodyRefused, read_body
 from bot.sim.auth import authenticate
 from bot.sim.config import SimAccountSpec, SimFaults
-from bot.sim.errors import DuplicateAccountError, RetCode, SimError
+from bot.sim.errors import DuplicateAccountError, RetCode, SimError, clip_message
 from bot.sim.exchange import BatchAnswer, SimExchange
 from bot.sim.params import (
     AmendOrderParams,
@@ -267,7 +267,7 @@ class _Gateway:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
         what = "request method is invalid" if status == 405 else "request path not found"
         served = "" if status == 405 else " (the simulator serves a subset of Bybit's V5 API)"
-        message = f"{what}: {request.method} {request.url.path}{served}"
+        message = clip_message(f"{what}: {request.method} {request.url.path}{served}")
         return Response(
             self._body(RetCode.ROUTE_NOT_FOUND, message, None),
             status_code=status,

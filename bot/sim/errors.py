@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["DuplicateAccountError", "RetCode", "SimError"]
+__all__ = ["MAX_RET_MSG_CHARS", "DuplicateAccountError", "RetCode", "SimError", "clip_message"]
+
+#: The longest retMsg the simulator answers. Bybit's messages are a sentence; the simulator's
+#: longest own ones are about 250 characters. Past this, a message echoing what a client sent
+#: (a 60 KB `symbol`) is cut in the middle, keeping what it says before and after the value.
+MAX_RET_MSG_CHARS = 300
+_KEEP_TAIL_CHARS = 100
+#: Room for the `...[N characters cut]...` marker.
+_MARKER_ROOM_CHARS = 40
 
 
 class RetCode(IntEnum):
@@ -60,12 +68,22 @@ class RetCode(IntEnum):
     ORDER_VALUE_BELOW_MINIMUM = 110094
 
 
+def clip_message(message: str) -> str:
+    """`message` cut to `MAX_RET_MSG_CHARS`, saying how much was cut, if it is longer."""
+    if len(message) <= MAX_RET_MSG_CHARS:
+        return message
+    head = MAX_RET_MSG_CHARS - _KEEP_TAIL_CHARS - _MARKER_ROOM_CHARS
+    cut = len(message) - head - _KEEP_TAIL_CHARS
+    return f"{message[:head]}...[{cut} characters cut]...{message[-_KEEP_TAIL_CHARS:]}"
+
+
 class SimError(Exception):
-    """A request the simulator refuses the way Bybit would: HTTP 200, non-zero retCode."""
+    """A request the simulator refuses the way Bybit would: HTTP 200, non-zero retCode; a
+    `ret_msg` echoing a long value a client sent is clipped (`clip_message`)."""
 
     def __init__(self, ret_code: RetCode, ret_msg: str) -> None:
         self.ret_code = ret_code
-        self.ret_msg = ret_msg
+        self.ret_msg = ret_msg = clip_message(ret_msg)
         super().__init__(f"{ret_msg} (retCode {int(ret_code)})")
 
 

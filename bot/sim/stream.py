@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 from starlette.types import Receive, Scope, Send
 
-from bot.sim.errors import RetCode
+from bot.sim.errors import RetCode, clip_message
 from bot.sim.exchange import SimExchange
 from bot.sim.params import KLINE_INTERVALS
 from bot.sim.records import SETTLE_COIN
@@ -542,7 +542,8 @@ class StreamHub:
         self, conn: _Connection, op: str, req_id: str | int | None, success: bool, ret_msg: str
     ) -> None:
         """Bybit's command answer: private `{success, ret_msg, op, conn_id[, req_id]}`,
-        linear `{success, ret_msg, conn_id, req_id, op}`."""
+        linear `{success, ret_msg, conn_id, req_id, op}`; a topic echoed in `ret_msg` clipped."""
+        ret_msg = clip_message(ret_msg)
         if conn.channel == "private":
             answer: dict[str, Any] = {"success": success, "ret_msg": ret_msg, "op": op}
             answer["conn_id"] = conn.conn_id

@@ -27,6 +27,7 @@ from bot.sim import app as sim_app
 from bot.sim import server as sim_server
 from bot.sim import websocket as sim_websocket
 from bot.sim.config import InstrumentSpec
+from bot.sim.errors import MAX_RET_MSG_CHARS
 from tests.bot.sim.kit import admin, eventually, order_body, settle, signed_post, simulators
 
 KEY = "test-key"
@@ -1092,6 +1093,34 @@ def test_malformed_bodies_are_10001_never_500(
 
     assert answer["retCode"] == 10001
     assert message in answer["retMsg"]
+
+
+_LONG = "X" * 60_000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "fields", "says"),
+    [
+        ("GET", "/v5/market/orderbook", {"category": _LONG, "symbol": "BTCUSDT"}, "category"),
+        ("GET", "/v5/market/tickers", {"category": "linear", "symbol": _LONG}, "is not listed"),
+        ("POST", "/v5/order/create", order_body(symbol=_LONG), "Not supported symbols"),
+        ("POST", "/v5/order/create", order_body(category=_LONG), "category"),
+        ("POST", "/v5/order/create", order_body(qty=_LONG), "qty"),
+        ("GET", "/v5/market/" + _LONG, {}, "request path not found"),
+    ],
+)
+def test_a_long_value_is_clipped_not_echoed_whole_in_ret_msg(
+    server: SimServer, method: str, path: str, fields: dict[str, str], says: str
+) -> None:
+    if method == "POST":
+        answer = _signed_post(server, path, json.dumps(fields).encode())
+    else:
+        answer = requests.get(server.url + path, params=fields, timeout=5).json()
+
+    assert answer["retCode"] in {10001, 10017}
+    assert says in answer["retMsg"]
+    assert len(answer["retMsg"]) <= MAX_RET_MSG_CHARS
+    assert "characters cut" in answer["retMsg"]
 
 
 def test_market_data_uses_bybit_shapes(trader: HTTP) -> None:

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim.client import SimWebSocket, SimWebSocketTrading
+from bot.sim.errors import MAX_RET_MSG_CHARS
 from bot.sim.stream import MAX_REQUEST_BYTES, Channel, StreamHub, _alive_s
 from tests.bot.sim.kit import eventually
 
@@ -575,6 +576,18 @@ def test_depth_1_sends_snapshots_and_an_unserved_depth_is_refused(
     assert len(second["data"]["b"]) == len(second["data"]["a"]) == 1
     assert second["data"]["u"] == first["data"]["u"] + 1
     assert isinstance(second["cts"], int) and isinstance(second["ts"], int)
+
+
+def test_a_long_topic_refused_is_clipped_in_ret_msg(
+    raw: Callable[[str], websocket.WebSocket],
+) -> None:
+    sock = raw("/v5/public/linear")
+
+    refused = _ask(sock, {"op": "subscribe", "args": ["orderbook.50." + "X" * 60_000]})
+
+    assert refused["success"] is False
+    assert refused["ret_msg"].startswith("error:handler not found,topic:orderbook.50.XXX")
+    assert len(refused["ret_msg"]) <= MAX_RET_MSG_CHARS
 
 
 def test_every_fill_is_a_public_trade_and_the_candle_follows_the_price(
