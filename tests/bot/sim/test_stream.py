@@ -20,6 +20,7 @@ from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
+from bot.sim import stream as sim_stream
 from bot.sim.client import SimWebSocket, SimWebSocketTrading
 from bot.sim.errors import MAX_RET_MSG_CHARS
 from bot.sim.stream import MAX_REQUEST_BYTES, Channel, StreamHub, _alive_s
@@ -558,6 +559,69 @@ def test_pybit_keeps_the_book_of_snapshot_and_deltas_equal_to_the_rest_book(
     ids = [m["data"]["u"] for m in books.messages]
     assert ids == sorted(set(ids))
     assert ids[-1] == rest_ids[-1]
+
+
+def _apply_book(book: dict[str, dict[str, str]], message: dict[str, Any]) -> None:
+    """A book message applied as Bybit says: a snapshot replaces the book, a delta's size 0
+    deletes a level."""
+    assert message["topic"] == "orderbook.50.BTCUSDT"
+    if message["type"] == "snapshot":
+        book.clear()
+        book.update(b={}, a={})
+    for side in ("b", "a"):
+        for price, size in message["data"][side]:
+            if size == "0":
+                del book[side][price]
+            else:
+                book[side][price] = size
+
+
+def test_one_delta_serves_every_connection_sent_the_same_book_and_others_get_their_own(
+    server: SimServer,
+    raw: Callable[[str], websocket.WebSocket],
+    http: HTTP,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 1000-level delta built for each connection on each move, 20 clients under a fast
+    walk held every HTTP answer for a quarter of a second: a move builds one delta for the
+    connections last sent the same book. One subscribed since gets its delta from its own
+    snapshot, and every connection's book is the REST one."""
+    built: list[int] = []
+    level_changes = sim_stream._level_changes
+
+    def counted(before: dict[str, str], after: dict[str, str]) -> list[list[str]]:
+        built.append(1)
+        return level_changes(before, after)
+
+    monkeypatch.setattr(sim_stream, "_level_changes", counted)
+    books: dict[websocket.WebSocket, dict[str, dict[str, str]]] = {}
+
+    def subscribe() -> websocket.WebSocket:
+        sock = raw("/v5/public/linear")
+        assert _ask(sock, {"op": "subscribe", "args": ["orderbook.50.BTCUSDT"]})["success"]
+        _apply_book(books.setdefault(sock, {}), json.loads(sock.recv()))
+        return sock
+
+    early = [subscribe() for _ in range(3)]
+    _post(server, "/sim/prices", {"BTCUSDT": 97500})
+    for sock in early:
+        _apply_book(books[sock], json.loads(sock.recv()))
+    late = subscribe()
+    built.clear()
+
+    _post(server, "/sim/prices", {"BTCUSDT": 96800})
+    for sock in [*early, late]:
+        _apply_book(books[sock], json.loads(sock.recv()))
+
+    assert len(built) == 2 * 2  # both sides, once for the early connections, once for the late
+    rest = http.get_orderbook(category="linear", symbol="BTCUSDT", limit=50)["result"]
+    for book in books.values():
+        assert sorted(book["b"].items(), key=lambda level: -float(level[0])) == [
+            tuple(level) for level in rest["b"]
+        ]
+        assert sorted(book["a"].items(), key=lambda level: float(level[0])) == [
+            tuple(level) for level in rest["a"]
+        ]
 
 
 def test_depth_1_sends_snapshots_and_an_unserved_depth_is_refused(
