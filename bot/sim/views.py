@@ -5,6 +5,7 @@ Numbers are decimal strings as Bybit sends them ("97000", "0.001"), never floats
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import zlib
 from datetime import UTC, datetime
@@ -83,6 +84,8 @@ _RATE_PLACES = Decimal("0.0001")
 _PLACES = Decimal("1e-8")
 #: The least fee rate Bybit's break-even price assumes ("max(taker fee rate, 0.00055)").
 _BREAK_EVEN_MIN_FEE = Decimal("0.00055")
+#: Book sizes kept worked out: both sides of the deepest book (1000 levels) of 16 symbols.
+_BOOK_SIZES_CACHED = 2 * 1000 * 16
 
 
 def fmt(value: Decimal) -> str:
@@ -301,8 +304,15 @@ def unit(*parts: object) -> Decimal:
 
 def book_size(symbol: str, spec: InstrumentSpec, side: Literal["b", "a"], level: int) -> str:
     """The synthetic book's size at a level (0: the best) of a side, fixed per level."""
+    return _book_size(symbol, spec.qty_step, side, level)
+
+
+@functools.lru_cache(maxsize=_BOOK_SIZES_CACHED)
+def _book_size(symbol: str, qty_step: Decimal, side: str, level: int) -> str:
+    """Worked out once: the stream reads the 1000-level book on every price move, and hashing
+    its 2000 sizes each time was two thirds of reading it (~9 of ~14 ms)."""
     steps = 1 + int(unit(symbol, side, level) * 500)
-    return fmt(spec.qty_step * steps)
+    return fmt(qty_step * steps)
 
 
 def orderbook_view(

@@ -21,6 +21,7 @@ from bot.sim import (
     SimServer,
     SimulatorConfig,
 )
+from bot.sim import views as sim_views
 from bot.sim.params import (
     OrderQueryParams,
     PlaceOrderParams,
@@ -363,3 +364,27 @@ def test_the_501st_active_order_in_a_symbol_is_110020(exchange: SimExchange) -> 
 
     assert caught.value.ret_code is RetCode.TOO_MANY_ACTIVE_ORDERS
     assert other["orderId"]  # the cap is per symbol
+
+
+def test_the_book_works_its_sizes_out_once_not_on_every_read(
+    exchange: SimExchange, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream reads the 1000-level book on every price move; hashing its 2000 sizes
+    (fixed per level) each time was two thirds of the read."""
+    before = exchange.book("BTCUSDT", 1000)
+    hashed: list[tuple[object, ...]] = []
+    unit = sim_views.unit
+
+    def counted(*parts: object) -> Decimal:
+        hashed.append(parts)
+        return unit(*parts)
+
+    monkeypatch.setattr(sim_views, "unit", counted)
+    exchange.set_prices({"BTCUSDT": Decimal(98000)})
+
+    after = exchange.book("BTCUSDT", 1000)
+
+    assert hashed == []
+    assert after["b"][0][0] != before["b"][0][0]
+    assert [size for _, size in after["b"]] == [size for _, size in before["b"]]
+    assert [size for _, size in after["a"]] == [size for _, size in before["a"]]
