@@ -272,11 +272,17 @@ def write_results(report: Any, name: str, started_at: str, path: Path | None = N
     return target
 
 
+def say_error(console: Console, label: str, problem: object) -> None:
+    """Print a one-line error, `label: problem`, never wrapped at the terminal's width (a long
+    path must not split the line a user or a script reads)."""
+    console.print(f"[bold red]{label}:[/] {problem}", highlight=False, soft_wrap=True)
+
+
 def finish(console: Console, report: dict[str, Any], name: str, path: Path | None) -> int:
     """Write the report, say where, list its failed checks; the benchmark's exit code (0, or
     1 when a correctness check failed)."""
     target = write_results(report, name, str(report["started_at"]), path)
-    console.print(f"results: {target}", highlight=False)
+    console.print(f"results: {target}", highlight=False, soft_wrap=True)
     for failure in report["failures"]:
-        console.print(f"[bold red]failed:[/] {failure}", highlight=False)
+        say_error(console, "failed", failure)
     return 1 if report["failures"] else 0

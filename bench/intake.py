@@ -96,6 +96,7 @@ from bench.common import (
     machine,
     rss_mb,
     run_started_at,
+    say_error,
     stop_children_on_sigterm,
     this_tree,
     wait_until,
@@ -800,7 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.work_dir is not None:
         problem = _work_dir_problem(arguments.work_dir)
         if problem:
-            console.print(f"[bold red]benchmark could not run:[/] {problem}", highlight=False)
+            say_error(console, "benchmark could not run", problem)
             return 2
     try:
         report = run(
@@ -812,7 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raw=arguments.raw,
         )
     except BenchError as exc:
-        console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)
+        say_error(console, "benchmark could not run", exc)
         return 2
     console.print(_table(report))
     for load in report["webhook"]:

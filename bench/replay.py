@@ -42,6 +42,7 @@ from bench.common import (
     finish,
     machine,
     run_started_at,
+    say_error,
     this_tree,
 )
 
@@ -254,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run(arguments.signals, arguments.seed)
     except (BenchError, subprocess.TimeoutExpired, ValueError) as exc:
-        console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)
+        say_error(console, "benchmark could not run", exc)
         return 2
     console.print(_table(report))
     return finish(console, report, "replay", arguments.json_out)

@@ -50,6 +50,7 @@ from bench.common import (
     Process,
     free_port,
     run_started_at,
+    say_error,
     stop_children_on_sigterm,
     wait_until,
     write_results,
@@ -1418,7 +1419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run_soak(options)
     except SoakError as exc:
-        console.print(f"[bold red]soak could not run:[/] {exc}", highlight=False)
+        say_error(console, "soak could not run", exc)
         return 2
     print_report(report, console)
     console.print(f"results: {write_json(report, options.json_out)}", highlight=False)

@@ -61,6 +61,7 @@ from bench.common import (
     Check,
     Spread,
     run_started_at,
+    say_error,
     write_results,
 )
 from bot.account import Account
@@ -877,7 +878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _load(f"{arguments.rate}/s", arguments.rate, arguments.fills),
         )
     except ValueError as exc:
-        console.print(f"[bold red]bad load:[/] {exc}", highlight=False)
+        say_error(console, "bad load", exc)
         return 2
     options = StreamLatencyOptions(
         loads=loads,
@@ -888,7 +889,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run_stream_latency(options)
     except BenchError as exc:
-        console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)
+        say_error(console, "benchmark could not run", exc)
         return 2
     print_report(report, console)
     console.print(f"results: {write_json(report, options.json_out)}", highlight=False)

@@ -41,6 +41,7 @@ from bench.common import (
     latency_ms,
     machine,
     run_started_at,
+    say_error,
     stop_children_on_sigterm,
     wait_until,
     write_results,
@@ -224,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = run(arguments.calls, arguments.blocks)
     except (RuntimeError, ValueError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        say_error(console, "error", exc)
         return 2
     print_report(report, console)
     target = write_results(report, "transport", str(report["started_at"]), arguments.json_out)

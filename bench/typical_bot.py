@@ -85,6 +85,7 @@ from bench.common import (
     latency_ms,
     machine,
     run_started_at,
+    say_error,
     stop_children_on_sigterm,
     wait_until,
     write_results,
@@ -1140,12 +1141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options.check()
     except ValueError as exc:
-        console.print(f"[bold red]bad options:[/] {exc}", highlight=False)
+        say_error(console, "bad options", exc)
         return 2
     try:
         report = run(options)
     except (BenchError, OSError) as exc:
-        console.print(f"[bold red]benchmark could not run:[/] {exc}", highlight=False)
+        say_error(console, "benchmark could not run", exc)
         return 2
     print_report(report, console)
     console.print(f"results: {write_json(report, options.json_out)}", highlight=False)

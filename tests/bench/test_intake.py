@@ -50,12 +50,16 @@ def test_the_intake_benchmark_places_one_order_per_signal(tmp_path: Path) -> Non
 def test_a_used_work_dir_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A run in a used directory would hand the bot the last run's journal.
-    (tmp_path / "bot.log").write_text("an earlier run")
+    # A run in a used directory would hand the bot the last run's journal. The path is long,
+    # as a CI runner's are: the line must not wrap at the terminal's width.
+    used = tmp_path / ("a-long-directory-name-" * 4) / "work"
+    used.mkdir(parents=True)
+    (used / "bot.log").write_text("an earlier run")
 
-    code = main(["--work-dir", str(tmp_path)])
+    code = main(["--work-dir", str(used)])
 
     assert code == 2
     out = capsys.readouterr().out
-    assert "is not empty" in out
+    assert out.count("\n") == 1
+    assert f"{used} is not empty" in out
     assert "Traceback" not in out
