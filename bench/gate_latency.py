@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         highlight=False,
     )
     target = write_results(report, "gate-latency", str(report["started_at"]), arguments.json_out)
-    console.print(f"results: {target}", highlight=False)
+    console.print(f"results: {target}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print_report(report, console)
     target = write_results(report, "transport", str(report["started_at"]), arguments.json_out)
-    console.print(f"results: {target}", highlight=False)
+    console.print(f"results: {target}", highlight=False, soft_wrap=True)
     return 0
 
 
