@@ -150,6 +150,10 @@ class _Rejected(Exception):
 class _SinkFailed(Exception):
     """The sink raised: the message stays unacknowledged and the connection is dropped."""
 
+    def __init__(self, message: str, signal_id: str) -> None:
+        super().__init__(message)
+        self.signal_id = signal_id
+
 
 class MqttSubscriber:
     """Subscribes to the configured topic and hands each message's signal to the bot's sink.
@@ -192,6 +196,7 @@ class MqttSubscriber:
         self._session_present = False
         self._connect_failures = 0
         self._sink_failures = 0  # failures in a row to journal a signal
+        self._unjournaled: str | None = None  # the id of that signal, the broker redelivers
         self._sink_notes = logs.RepeatedNotes()  # those failures said, once a minute
         # Connections in a row the broker ended before they held (see `_note_connection_end`).
         self._brief_connections = 0
@@ -219,6 +224,7 @@ class MqttSubscriber:
                 problem = "the broker closed the connection"
             except _SinkFailed as exc:
                 self._sink_failures += 1
+                self._unjournaled = exc.signal_id
                 broker_ended = False
                 problem = str(exc)
                 sink_failed = exc
@@ -379,12 +385,32 @@ class MqttSubscriber:
                     "published while no session existed were not kept for the bot",
                     subscription=config.subscription,
                 )
+                self._note_unjournaled_lost()
             self._connected = True
             self._connected_at = time.monotonic()
             self._connect_failures = 0
             self.counters.connections += 1
             async for message in client.messages:
                 await self._handle(paho, message)
+
+    def _note_unjournaled_lost(self) -> None:
+        """The signal the journal could not take went with the session that kept it for
+        redelivery: say so, naming it, and stop counting its failures (they would keep the
+        reconnect backoff long and the connection lines quiet, and be put to the account of
+        the next signal journaled)."""
+        if self._unjournaled is None:
+            return
+        logger.error(
+            "mqtt: signal {id}, which the journal could not take, is lost: the broker lost "
+            "the session that kept it for redelivery; have its sender send it again",
+            id=self._unjournaled,
+        )
+        self._end_sink_failures()
+
+    def _end_sink_failures(self) -> None:
+        self._sink_failures = 0
+        self._unjournaled = None
+        self._sink_notes.over("journal")
 
     async def _had_session(self) -> bool:
         """Whether this bot has had a session with this broker under this client id before,
@@ -442,7 +468,7 @@ class MqttSubscriber:
             except Exception as exc:
                 self.counters.sink_errors += 1
                 raise _SinkFailed(
-                    f"signal {signal.id} could not be journaled ({_error_text(exc)})"
+                    f"signal {signal.id} could not be journaled ({_error_text(exc)})", signal.id
                 ) from exc
             if self._sink_failures:
                 logger.info(
@@ -451,8 +477,7 @@ class MqttSubscriber:
                     id=signal.id,
                     n=self._sink_failures,
                 )
-                self._sink_notes.over("journal")
-            self._sink_failures = 0
+                self._end_sink_failures()
             if is_new:
                 self.counters.accepted += 1
             else:

@@ -540,6 +540,53 @@ def test_a_journal_that_cannot_write_is_said_in_one_line_not_once_per_redelivery
     assert any("signal s-1 journaled after 4 failed attempts" in record for record in records)
 
 
+def test_a_signal_the_journal_could_not_take_and_the_broker_lost_is_named_once(
+    broker: Mosquitto, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker restarted without its saved state while the journal refused a signal: the
+    signal was not redelivered, nothing said so, and its failures, never reset, kept the
+    reconnect lines at DEBUG and were put to the account of the next signal journaled."""
+    config = config_for(broker)
+    record_signal = journal.record_signal
+    disk_full = True
+
+    def full_disk(signal: Signal) -> bool:
+        if disk_full:
+            raise sqlite3.OperationalError("database or disk is full")
+        return record_signal(signal)
+
+    monkeypatch.setattr(journal, "record_signal", full_disk)
+    sink = JournalSink(journal)
+    subscriber = MqttSubscriber(config, sink)
+    records: list[str] = []
+    handler = logger.add(records.append, level="INFO", format="{level} {message}")
+    try:
+        with Running(subscriber) as running:
+            running.wait_connected()
+            publish(config, signal_payload("s-1"))
+            wait_for(lambda: len(sink.calls) >= 2, 10, "s-1 refused and redelivered")
+            broker.stop()
+            for saved in broker.data.iterdir():
+                saved.unlink()
+            disk_full = False
+            broker.start()
+            wait_for(lambda: any("is lost" in r for r in records), 10, "s-1 named lost")
+            running.wait_connected()
+            publish(config, signal_payload("s-2"))
+            wait_for(lambda: sink.new == ["s-2"], 10, "the next signal journaled")
+    finally:
+        logger.remove(handler)
+
+    lost = [record.rstrip("\n") for record in records if "is lost" in record]
+    assert lost == [
+        "ERROR mqtt: signal s-1, which the journal could not take, is lost: the broker lost "
+        "the session that kept it for redelivery; have its sender send it again"
+    ]
+    assert not any("failed attempts" in record for record in records), records
+    assert journaled(journal) == ["s-2"]
+    assert subscriber._sink_failures == 0
+
+
 def test_a_broker_killed_mid_stream_loses_nothing_published_after_it_is_back(
     broker: Mosquitto, journal: Journal
 ) -> None:
