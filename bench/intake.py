@@ -30,8 +30,9 @@ Measured, each over `--signals` signals at a steady `--rate` and at twice that:
 
 The timed loads start once the bot's start-up reads have left Bybit's IP window
 (`STARTUP_QUIET_S` after it is ready): with 20 keys on one address, start-up asks the venue
-about 14 things a key (the key, then positions, executions, closed PnL, open orders and the
-wallet, before and after each account stream is live: 280 requests in a second), and the bot
+8 things a key (the key, its position mode per symbol, then positions, executions, closed PnL,
+open orders and the wallet once, as each account stream connects: 160 requests in a second;
+14 a key, 280, before they were read once and shared), and the bot
 holds every address to `IP_REQUESTS_PER_WINDOW` (550) requests in any 5 s, Bybit's limit less
 a margin. A 50/s load started at once filled that window 4.2 s in, with the start-up's
 requests still in it, and every key's orders then waited up to 0.15-0.6 s for them to age

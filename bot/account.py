@@ -675,6 +675,8 @@ class AccountKeeper:
         self._warned_drift: OrderedDict[tuple[str, str], Decimal] = (
             OrderedDict()
         )  # -> venue - books warned of
+        # Per key: the open orders its latest gap close read (`open_orders_read`).
+        self._open_orders_read: dict[str, list[OrderEvent]] = {}
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
@@ -1067,14 +1069,27 @@ class AccountKeeper:
         was fetched."""
         complete = await self.catch_up_fills(venue)
         complete = await self.catch_up_closed_pnl(venue) and complete
+
+        async def open_orders() -> list[OrderEvent]:
+            orders = await venue.open_orders()
+            self._open_orders_read[venue.name] = orders
+            return orders
+
         parts: list[tuple[str, Callable[[], Awaitable[Sequence[AccountReport]]]]] = [
-            ("open orders", venue.open_orders),
+            ("open orders", open_orders),
             ("positions", lambda: self._positions_with_flats(venue)),
             ("wallet", lambda: _one(venue.wallet)),
         ]
         for what, fetch in parts:
             complete = await self._apply_fetched(venue.name, what, fetch) and complete
         return complete
+
+    def open_orders_read(self, key_name: str) -> list[OrderEvent] | None:
+        """The open orders the key's latest gap close that could read them read from the
+        venue (None: none could yet), for what else needs them at start-up instead of a read
+        of its own: the start's reads of every key come at once, and spend the address's
+        request budget just before the first orders."""
+        return self._open_orders_read.get(key_name)
 
     async def _positions_with_flats(self, venue: Venue) -> list[PositionUpdate]:
         """The venue's open positions, and a flat one for each the books hold that it no

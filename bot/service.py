@@ -20,7 +20,15 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -55,7 +63,7 @@ from bot.keys.audit import KeyAudit, Verdict, audit_key, one_account, strategies
 from bot.keys.rotation import KeyGuard
 from bot.logs import logger
 from bot.market import MarketData
-from bot.messages import utc_now
+from bot.messages import OrderEvent, utc_now
 from bot.net import cannot_listen, http_url, tcp_listener
 from bot.pipeline import Pipeline, StrategySlot
 from bot.plugins import load_strategy
@@ -76,7 +84,7 @@ from bot.state_metrics import StateCollector
 from bot.venue.bybit import BybitVenue
 from bot.venue.errors import KeyFatalError, VenueError
 from bot.venue.prices import PriceStream
-from bot.venue.stream import AccountStream
+from bot.venue.stream import AccountStream, SupervisedStream
 from signals.base import SignalSink
 from signals.config import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
 from signals.mqtt import MqttControl
@@ -94,6 +102,9 @@ SHUTDOWN_BUDGET_S: Final = 10.0
 #: long each time, up to the longest wait (within `venue.start_wait_s` in all).
 _FIRST_KEY_CHECK_WAIT_S: Final = 2.0
 _LONGEST_KEY_CHECK_WAIT_S: Final = 30.0
+#: How long start-up waits for each key's account stream to connect and close its gap (the
+#: key's start-up read) before it reads the key by REST itself: a few round trips.
+_STREAM_START_WAIT_S: Final = 5.0
 
 
 def check_mainnet_opt_in(settings: BotSettings, *, mainnet_flag: bool) -> None:
@@ -435,10 +446,15 @@ class Service:
             unfinished.setdefault(record.request.key_name, []).append(record.request.order_link_id)
         # What the venue did while the bot was down goes into the books first: a reduce-only
         # order a crash left unsent is judged by its position, and what runs next (the signals
-        # left unfinished, then new ones) is sized from them. A key whose stream has not
-        # closed its gap yet is caught up by REST now, not by the reconciliation loop after
-        # the first signals have run.
+        # left unfinished, then new ones) is sized from them. Each key's stream closes its gap
+        # by REST as it connects (it must: what happens between a read and the subscription
+        # would be lost), so that read is the start's, awaited for a moment: a second read of
+        # every key's orders, positions, wallet and fills came in the same second as the
+        # stream's, spending the address's request budget just before the first orders. A
+        # key whose stream is not live by then is caught up by REST now, not by the
+        # reconciliation loop after the first signals have run.
         keeper = stages.account.keeper
+        await _first_attempts(stages.account.streams.values(), _STREAM_START_WAIT_S)
         await asyncio.gather(
             *(
                 keeper.close_gap(venue)
@@ -458,7 +474,10 @@ class Service:
             await journal.call(journal.unfinished_orders), stages.account.projection.books()
         )
         await asyncio.gather(
-            *(self._warn_of_unknown_orders(key, venue) for key, venue in stages.venues.items())
+            *(
+                self._warn_of_unknown_orders(key, venue, keeper.open_orders_read(key))
+                for key, venue in stages.venues.items()
+            )
         )
         await stages.pipeline.recover()
 
@@ -490,27 +509,32 @@ class Service:
                 what=", ".join(what),
             )
 
-    async def _warn_of_unknown_orders(self, key_name: str, venue: BybitVenue) -> None:
+    async def _warn_of_unknown_orders(
+        self, key_name: str, venue: BybitVenue, read: Sequence[OrderEvent] | None
+    ) -> None:
         """An order open at the venue under an orderLinkId of one of the key's strategies
         that the journal does not hold was placed by a bot on another journal (this one is
         new, or lost, or an older backup; or another instance trading this key, which a
         shared MQTT subscription allows): the bot neither follows it nor counts it in its
         exposure, and a new journal would otherwise start beside it without a word. Said at
         start-up, each order once; never cancelled here, since another instance's order is
-        live."""
+        live. `read`: the key's open orders as the start-up's gap close read them (None:
+        it could not, and they are asked for here)."""
         journal = self.journal
         assert journal is not None
         strategies = strategies_by_key(self.settings)[key_name]
-        try:
-            orders = await venue.open_orders()
-        except VenueError as exc:
-            logger.warning(
-                "could not list the open orders of key {key} for orders the journal does not "
-                "know: {error}",
-                key=key_name,
-                error=str(exc),
-            )
-            return
+        orders = read
+        if orders is None:
+            try:
+                orders = await venue.open_orders()
+            except VenueError as exc:
+                logger.warning(
+                    "could not list the open orders of key {key} for orders the journal does "
+                    "not know: {error}",
+                    key=key_name,
+                    error=str(exc),
+                )
+                return
         for order in orders:
             named = strategies_named_by(order.order_link_id, strategies)
             if not named or await journal.call(journal.order, order.order_link_id) is not None:
@@ -1016,6 +1040,18 @@ class Service:
                 }
             ),
         }
+
+
+async def _first_attempts(streams: Iterable[SupervisedStream], wait_s: float) -> None:
+    """Wait up to `wait_s` for each stream's first connection to be live or to fail."""
+    waits = [asyncio.ensure_future(stream.first_attempt()) for stream in streams]
+    if not waits:
+        return
+    try:
+        await asyncio.wait(waits, timeout=wait_s)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _ignore_hangups() -> None:

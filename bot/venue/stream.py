@@ -270,6 +270,8 @@ class SupervisedStream(ABC):
         self._down_since: float | None = time.monotonic()
         self.connects = 0
         self._closed: asyncio.Event | None = None  # set to drop the current connection
+        # Set once the first connection is live or has failed (`first_attempt`).
+        self._attempted = asyncio.Event()
 
     @abstractmethod
     def _open(self, loop: asyncio.AbstractEventLoop, on_closed: Callable[[], None]) -> Any:
@@ -303,6 +305,7 @@ class SupervisedStream(ABC):
             try:
                 socket = await asyncio.to_thread(self._open, loop, on_closed)
             except Exception as exc:  # any failure to connect is retried, with a bound
+                self._attempted.set()
                 failures += 1
                 wait = self._backoff(failures)
                 logger.bind(notify="stream").warning(
@@ -321,11 +324,13 @@ class SupervisedStream(ABC):
                 self.live = True
                 self._live_metric.set(1)
                 self._down_since = None
+                self._attempted.set()
                 logger.info("{what} is live", what=self.label)
                 await closed.wait()
             except Exception:  # a failed start is retried with a new connection
                 logger.exception("starting the {what} failed", what=self.label)
             finally:
+                self._attempted.set()
                 self.live = False
                 self._live_metric.set(0)
                 if self._down_since is None:
@@ -340,6 +345,11 @@ class SupervisedStream(ABC):
                 "{what} dropped; reconnecting in {wait:.1f} s", what=self.label, wait=wait
             )
             await asyncio.sleep(wait)
+
+    async def first_attempt(self) -> None:
+        """Return once the stream's first connection is live (what `_serve` needs done, done)
+        or has failed; at once after that."""
+        await self._attempted.wait()
 
     def down_for(self) -> float:
         """Seconds the stream has not been live (0 while it is)."""

@@ -12,20 +12,26 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import requests
+from loguru import logger
 from pybit.unified_trading import HTTP
+from pydantic import SecretStr
 
 from bot.config import ConfigError, load_settings
+from bot.execution.ids import order_link_id
 from bot.journal import Journal
 from bot.logs import REDACTED, scrub
+from bot.messages import PositionUpdate
 from bot.service import Service, check_mainnet_opt_in
-from bot.sim import SimServer
+from bot.sim import SimAccountSpec, SimExchange, SimFaults, SimServer, SimulatorConfig
 from signals.voiceofchain import SIGNATURE_HEADER, sign
 from tests.conftest import (
     OTHER_KEY,
@@ -430,3 +436,139 @@ def test_a_leverage_another_client_sets_on_the_key_is_set_back_before_the_next_o
         assert venue_leverage() == 3  # set back before the order, never traded at 50x
     finally:
         bot.stop()
+
+
+#: Three keys, each with its strategy; the reconciliation loop's first pass (its own, later
+#: reads) well after what the test counts.
+STARTUP_KEYS = ("follow_sim", "other_sim", "third_sim")
+SIM_SYMBOLS = ("BTCUSDT", "ETHUSDT")  # `[risk] symbols` of the tests' configuration
+STARTUP_CONFIG = (
+    OTHER_KEY
+    + """
+[keys.third_sim]
+environment = "sim"
+
+[strategies.third]
+plugin = "follow"
+key = "third_sim"
+
+[execution]
+reconcile_interval_s = 60
+"""
+)
+
+
+@dataclass
+class _Start:
+    """What a start-up beside a venue that already holds something did and left."""
+
+    read: dict[str, dict[str, int]]  # signed requests per key and path during the start
+    positions: list[PositionUpdate]  # the journal's, after the bot stopped
+    warnings: list[str]
+    resting: str  # the orderLinkId of the order the journal does not know
+    streams: dict[str, str]  # each key's account stream as /healthz last said
+
+
+def _start_beside_the_venues_own(
+    sim_config: Callable[..., Path], tmp_path: Path, faults: SimFaults | None = None
+) -> _Start:
+    """Start (and stop) a bot with `STARTUP_KEYS` at a simulator that outlives it, where key
+    other_sim holds a BTCUSDT position and an order resting under its strategy's orderLinkId,
+    both made before the start (its journal is new: it knows neither). The start ends once
+    every account stream is live, or at once when `faults` (set before the start) keep them
+    from connecting."""
+    exchange = SimExchange(SimulatorConfig())
+    secrets = tmp_path / "no-secrets"
+    secrets.mkdir()
+    for name in STARTUP_KEYS:
+        exchange.add_account(
+            SimAccountSpec(api_key=f"{name}-key", api_secret=SecretStr(f"{name}-secret"), note=name)
+        )
+        (secrets / f"bot_key_{name}_api_key").write_text(f"{name}-key")
+        (secrets / f"bot_key_{name}_api_secret").write_text(f"{name}-secret")
+    resting = order_link_id("other", "voiceofchain", "placed-elsewhere", 0)
+    warnings: list[str] = []
+    handler = logger.add(lambda line: warnings.append(str(line)), level="WARNING")
+    with SimServer(exchange) as server:
+        session = HTTP(api_key="other_sim-key", api_secret="other_sim-secret", max_retries=1)
+        session.endpoint = server.url
+        common = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "qty": "0.01"}
+        session.place_order(**common, orderType="Market")
+        session.place_order(**common, orderType="Limit", price="50000", orderLinkId=resting)
+        bot = RunningBot(
+            sim_config(extra=f'\n[venue]\nsim_url = "{server.url}"\n' + STARTUP_CONFIG)
+        )
+        if faults is not None:
+            exchange.set_faults(faults)
+        before = _signed_by_key(exchange)
+        try:
+            bot.start()
+            streams = wait_for(
+                lambda: (
+                    (now := requests.get(f"{bot.url}/healthz", timeout=10).json())
+                    and (faults is not None or set(now["account_streams"].values()) == {"live"})
+                    and now["account_streams"]
+                ),
+                what="every account stream live",
+            )
+        finally:
+            bot.stop()
+            logger.remove(handler)
+        after = _signed_by_key(exchange)
+    return _Start(
+        read={name: dict(after[name] - before[name]) for name in STARTUP_KEYS},
+        positions=bot.read_journal(lambda journal: journal.positions()),
+        warnings=warnings,
+        resting=resting,
+        streams=streams,
+    )
+
+
+def test_each_keys_account_is_read_once_at_start_up_and_nothing_at_the_venue_is_missed(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Reproduced: each key's open orders were read three times at start-up, its positions,
+    # wallet, fills and closed PnL twice (the start's own gap close, the stream's as it
+    # connected, the look for orders the journal does not know): 14 requests a key, 280 in
+    # a second over 20 keys, half the address's budget for 5 s just before the first orders.
+    start = _start_beside_the_venues_own(sim_config, tmp_path)
+
+    # Each key's orders, positions, wallet, fills and closed PnL read once (its positions
+    # besides once per symbol, for its position mode), the key checked once ...
+    once = {
+        "/v5/user/query-api": 1,
+        "/v5/order/realtime": 1,
+        "/v5/position/list": 1 + len(SIM_SYMBOLS),
+        "/v5/account/wallet-balance": 1,
+        "/v5/execution/list": 1,
+        "/v5/position/closed-pnl": 1,
+    }
+    assert start.read == dict.fromkeys(STARTUP_KEYS, once)
+    # ... and nothing at the venue was missed: the position is in the books, the order the
+    # journal does not know was warned of.
+    _assert_nothing_missed(start)
+
+
+def test_a_key_whose_stream_cannot_connect_at_start_up_is_read_by_rest(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The venue's clock a minute ahead: every stream's authentication has expired as it
+    # arrives (REST resynchronizes its clock and goes on), so no stream closes a gap.
+    start = _start_beside_the_venues_own(sim_config, tmp_path, SimFaults(clock_skew_ms=60_000))
+
+    assert set(start.streams.values()) == {"down (REST reconciliation)"}
+    _assert_nothing_missed(start)
+
+
+def _assert_nothing_missed(start: _Start) -> None:
+    held = [p for p in start.positions if p.key_name == "other_sim" and p.symbol == "BTCUSDT"]
+    assert [p.size for p in held][-1:] == [Decimal("0.01")]
+    unknown = [line for line in start.warnings if "journal does not know" in line]
+    assert len(unknown) == 1
+    assert start.resting in unknown[0]
+
+
+def _signed_by_key(exchange: SimExchange) -> dict[str, Counter[str]]:
+    """The signed requests the simulator has had so far, per key (its note) and path."""
+    signed = exchange.stats()["signed_requests_by_key_note"]
+    return {name: Counter(signed.get(name, {})) for name in STARTUP_KEYS}
