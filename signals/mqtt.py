@@ -150,9 +150,9 @@ class _Rejected(Exception):
 class _SinkFailed(Exception):
     """The sink raised: the message stays unacknowledged and the connection is dropped."""
 
-    def __init__(self, message: str, signal_id: str) -> None:
+    def __init__(self, message: str, what: str) -> None:
         super().__init__(message)
-        self.signal_id = signal_id
+        self.what = what  # what was not journaled: "signal <id>", "the command on <topic>"
 
 
 class MqttSubscriber:
@@ -196,7 +196,7 @@ class MqttSubscriber:
         self._session_present = False
         self._connect_failures = 0
         self._sink_failures = 0  # failures in a row to journal a signal
-        self._unjournaled: str | None = None  # the id of that signal, the broker redelivers
+        self._unjournaled: str | None = None  # that signal ("signal <id>"), to be redelivered
         self._sink_notes = logs.RepeatedNotes()  # those failures said, once a minute
         # Connections in a row the broker ended before they held (see `_note_connection_end`).
         self._brief_connections = 0
@@ -224,7 +224,7 @@ class MqttSubscriber:
                 problem = "the broker closed the connection"
             except _SinkFailed as exc:
                 self._sink_failures += 1
-                self._unjournaled = exc.signal_id
+                self._unjournaled = exc.what
                 broker_ended = False
                 problem = str(exc)
                 sink_failed = exc
@@ -401,9 +401,9 @@ class MqttSubscriber:
         if self._unjournaled is None:
             return
         logger.error(
-            "mqtt: signal {id}, which the journal could not take, is lost: the broker lost "
-            "the session that kept it for redelivery; have its sender send it again",
-            id=self._unjournaled,
+            "mqtt: {what}, which the journal could not take, is lost: the broker lost the "
+            "session that kept it for redelivery; have its sender send it again",
+            what=self._unjournaled,
         )
         self._end_sink_failures()
 
@@ -468,7 +468,8 @@ class MqttSubscriber:
             except Exception as exc:
                 self.counters.sink_errors += 1
                 raise _SinkFailed(
-                    f"signal {signal.id} could not be journaled ({_error_text(exc)})", signal.id
+                    f"signal {signal.id} could not be journaled ({_error_text(exc)})",
+                    f"signal {signal.id}",
                 ) from exc
             if self._sink_failures:
                 logger.info(
@@ -903,7 +904,8 @@ class MqttControl:
             raise _SinkFailed(
                 f"the command on {_one_line(message.topic.value)} could not be journaled "
                 f"({_error_text(exc)}): not acknowledged, the broker "
-                "redelivers it; make the journal writable (GET /healthz names its problem)"
+                "redelivers it; make the journal writable (GET /healthz names its problem)",
+                f"the command on {_one_line(message.topic.value)}",
             ) from exc
         if not first:
             raise _Rejected("this signed command was used already; sign it anew", verified=True)
