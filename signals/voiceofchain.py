@@ -159,13 +159,15 @@ class UsedSignatures:
         if self._remember is None:
             return True
         recording = asyncio.ensure_future(self._remember(key, until, now, redelivered))
+        if unrecorded_ok:
+            recording.add_done_callback(_warn_if_not_remembered)
         try:
             if unrecorded_ok and not await self._ended_in_time(recording):
                 return True
             return await recording  # False: a replay
         except Exception:
             if unrecorded_ok:
-                return True
+                return True  # said by `_warn_if_not_remembered`
             del self._until[key]
             raise
         except BaseException:
@@ -188,6 +190,19 @@ class UsedSignatures:
         """Whether the journal's `write` ended within `journal_wait_s`; if not, it goes on
         (`ended_within`)."""
         return await ended_within(write, self._journal_wait_s)
+
+
+def _warn_if_not_remembered(recording: asyncio.Future[bool]) -> None:
+    """A command carried out though the journal could not record its use (a halt), now or
+    after its wait: a restart forgets the signature, so the same signed bytes sent again
+    before they expire would be taken once more."""
+    if not recording.cancelled() and (exc := recording.exception()) is not None:
+        logger.warning(
+            "a signed command was carried out, but the journal could not record its signature "
+            "as used ({error}): sent again after a restart, before its signature expires, it "
+            "would be taken again",
+            error=exc,
+        )
 
 
 def _warn_if_not_noted(noting: asyncio.Future[None]) -> None:

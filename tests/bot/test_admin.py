@@ -651,6 +651,37 @@ def test_a_halt_waits_only_briefly_for_a_journal_that_does_not_answer() -> None:
     assert list(used._until) == [hashlib.sha256(b"1000.{}").digest()]  # the resume: unused
 
 
+@pytest.mark.parametrize("answer_s", [0.0, 0.3], ids=["at-once", "after-the-wait"])
+def test_a_halt_whose_use_the_journal_could_not_record_is_said(answer_s: float) -> None:
+    # The journal fails the halt's record at once, or after the halt went on without it: a
+    # restart then forgets the signature, which a replay could use; said either way.
+    async def refused(*_: object) -> bool:
+        await asyncio.sleep(answer_s)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    used = UsedSignatures(remember=refused, journal_wait_s=0.1)
+    halt = sign("secret", b"{}", 1_000)
+    records: list[str] = []
+    handler = logger.add(records.append, level="WARNING", format="{level} {message}")
+
+    async def command() -> bool:
+        first = await used.first_use(halt, b"{}", now=1_000, unrecorded_ok=True)
+        await asyncio.sleep(answer_s + 0.2)  # the late answer arrives
+        return first
+
+    try:
+        first = asyncio.run(command())
+    finally:
+        logger.remove(handler)
+
+    assert first is True  # carried out all the same
+    assert [record.rstrip("\n") for record in records] == [
+        "WARNING a signed command was carried out, but the journal could not record its "
+        "signature as used (database or disk is full): sent again after a restart, before its "
+        "signature expires, it would be taken again"
+    ]
+
+
 def test_bot_halt_never_says_not_running_while_a_bot_holds_the_journal(
     sim_config: Callable[..., Path],
 ) -> None:
