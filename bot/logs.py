@@ -31,6 +31,7 @@ import time
 import traceback
 import urllib.parse
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC
 from types import TracebackType
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 from loguru import logger
 
-from bot.bounded import Recently
+from bot.bounded import Recently, remember
 
 if TYPE_CHECKING:
     from loguru import Message, Record
@@ -261,15 +262,29 @@ class RepeatedNotes:
     said once a minute per key, the next one telling how many were held back meanwhile; and
     when it is over (a failure ended), said once."""
 
-    def __init__(self, limit: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
-        """`limit`: how many keys are kept (the least recently said forgotten first)."""
+    def __init__(
+        self,
+        limit: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        settle_s: float = 5.0,
+    ) -> None:
+        """`limit`: how many keys are kept (the least recently said forgotten first).
+        `settle_s`: a failure is over only once this long has passed since its last note
+        (writes to a nearly full disk that fail and work in turn are one lasting failure,
+        not a failure and its end again and again, two lines each)."""
         self._said = Recently(60, limit, clock)
         self._held: dict[str, int] = {}  # key -> how many were held back since one was said
+        self._clock = clock
+        self._limit = limit
+        self._settle_s = settle_s
+        self._last: OrderedDict[str, float] = OrderedDict()  # key -> when last noted
 
     def say(self, key: str) -> str | None:
         """None if this note of `key` is held back (and counted); else it is said now, and
         this is what its line adds: how many were held back since the last one said ("" for
         none)."""
+        remember(self._last, key, self._clock(), self._limit)
         if not self._said.first_in_a_while(key):
             self._held[key] = self._held.get(key, 0) + 1
             return None
@@ -279,7 +294,12 @@ class RepeatedNotes:
     def over(self, key: str) -> int | None:
         """The notes of `key` are over (the failure they tell of ended), and its next one is
         said at once: how many were held back since the last one said; None if none was said
-        since they were last over (nothing to tell)."""
+        since they were last over (nothing to tell), or if the last note is under `settle_s`
+        old (not over yet: the next note is held back as before)."""
+        last = self._last.get(key)
+        if last is not None and self._clock() - last < self._settle_s:
+            return None
+        self._last.pop(key, None)
         held = self._held.pop(key, 0)
         return held if self._said.forget(key) else None
 

@@ -33,7 +33,7 @@ from bot.journal import (
     JournalInUse,
     lock_journal,
 )
-from bot.logs import REDACTED, logger, redact
+from bot.logs import REDACTED, RepeatedNotes, logger, redact
 from bot.messages import (
     Decline,
     Execution,
@@ -686,6 +686,8 @@ def test_deferred_writes_a_full_disk_fails_are_said_once_a_minute_and_when_room_
     # grow no more pages: SQLite says what it says of a full disk.
     pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
     journal._db.execute(f"PRAGMA max_page_count={pages}")
+    now = [0.0]
+    journal._write_failures = RepeatedNotes(limit=8, clock=lambda: now[0])
     said: list[tuple[str, str]] = []
     sink = logger.add(
         lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO"
@@ -704,6 +706,7 @@ def test_deferred_writes_a_full_disk_fails_are_said_once_a_minute_and_when_room_
             batch(first)
         full = list(said)
         journal._db.execute(f"PRAGMA max_page_count={pages * 100}")  # room again
+        now[0] = 5.0  # for a while: over
         batch(100)
         journal._db.execute(f"PRAGMA max_page_count={pages}")
         batch(200)
@@ -717,6 +720,42 @@ def test_deferred_writes_a_full_disk_fails_are_said_once_a_minute_and_when_room_
     assert [level for level, _ in said[1:]] == ["INFO", "ERROR"]  # over; full again: at once
     assert "journal writes work again (" in said[1][1]
     assert "more failed since the last said" in said[1][1]
+
+
+def test_writes_that_fail_and_work_in_turn_are_one_failure_said_once_a_minute(
+    journal: Journal,
+) -> None:
+    # A nearly full disk: a write that needs a new page fails, one that fits in the pages
+    # there works. Each turn said the failure and its end ("works again"), two lines a
+    # write, onto that same disk.
+    pages = journal._db.execute("PRAGMA page_count").fetchone()[0]
+    now = [0.0]
+    journal._write_failures = RepeatedNotes(limit=8, clock=lambda: now[0])
+    said: list[tuple[str, str]] = []
+    sink = logger.add(
+        lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO"
+    )
+    qty = {"follow": Decimal("0.01")}
+
+    def write(n: int, room: bool) -> None:  # 20 fills: more than the pages there hold
+        journal._db.execute(f"PRAGMA max_page_count={pages * 100 if room else pages}")
+        fills = [l1_fill(f"e{n}-{i}") for i in range(20)]
+        journal.write_all([partial(journal.record_execution, fill, qty) for fill in fills], "lost")
+
+    try:
+        for n in range(40):  # 4 s of writes failing and working in turn
+            write(n, room=n % 2 == 1)
+            now[0] += 0.1
+        turns = list(said)
+        now[0] += 5.0
+        write(40, room=True)  # 5 s without a failure: over
+    finally:
+        logger.remove(sink)
+
+    ((level, line),) = turns  # one line, not forty
+    assert level == "ERROR" and line.startswith("lost: cannot write journal ")
+    ((level, line),) = said[1:]
+    assert level == "INFO" and line.startswith("journal writes work again (")
 
 
 def test_a_batch_another_programs_lock_refused_is_not_tried_again_write_by_write(
@@ -768,6 +807,8 @@ def test_checkpoints_a_full_disk_fails_are_said_once_a_minute_and_when_they_work
         return sizes(path)
 
     monkeypatch.setattr(journal_module, "file_size", size_or_full)
+    # Over as soon as one works (not 5 s later), so that the test does not wait for it.
+    monkeypatch.setattr(journal_module, "RepeatedNotes", partial(RepeatedNotes, settle_s=0.0))
     said: list[tuple[str, str]] = []
     sink = logger.add(
         lambda m: said.append((m.record["level"].name, m.record["message"])), level="INFO"

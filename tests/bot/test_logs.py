@@ -260,13 +260,16 @@ def test_a_lasting_failure_is_said_at_once_then_once_a_minute_and_when_it_is_ove
     now[0] = 60
     next_minute = notes.say("full")
     held = notes.say("full")
-    over = notes.over("full")
+    too_soon = notes.over("full")  # one worked, under 5 s after a failure: not over
+    held_still = notes.say("full")
+    now[0] = 65
+    over = notes.over("full")  # 5 s since the last failure
     again = notes.say("full")  # a new failure, within the minute: said at once
 
     assert first == ["", *[None] * 59]
     assert within is None
     assert next_minute == " (60 more in the last minute)"
-    assert (held, over, again) == (None, 1, "")
+    assert (held, too_soon, held_still, over, again) == (None, None, None, 2, "")
     assert logs.RepeatedNotes().over("full") is None  # nothing said: nothing to end
 
 
