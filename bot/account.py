@@ -675,8 +675,10 @@ class AccountKeeper:
         self._warned_drift: OrderedDict[tuple[str, str], Decimal] = (
             OrderedDict()
         )  # -> venue - books warned of
-        # Per key: the open orders its latest gap close read (`open_orders_read`).
+        # Per key: the open orders its latest gap close read (`open_orders_read`), and
+        # whether that gap close read every part (`gap_closed`).
         self._open_orders_read: dict[str, list[OrderEvent]] = {}
+        self._gap_closed: dict[str, bool] = {}
 
     async def apply(self, report: AccountReport) -> None:
         journal, projection = self._journal, self._projection
@@ -1082,7 +1084,14 @@ class AccountKeeper:
         ]
         for what, fetch in parts:
             complete = await self._apply_fetched(venue.name, what, fetch) and complete
+        self._gap_closed[venue.name] = complete
         return complete
+
+    def gap_closed(self, key_name: str) -> bool:
+        """Whether the key's latest gap close read every part (False before the first): a
+        stream live after one that did not (a read refused or timed out) has not brought the
+        books up to date."""
+        return self._gap_closed.get(key_name, False)
 
     def open_orders_read(self, key_name: str) -> list[OrderEvent] | None:
         """The open orders the key's latest gap close that could read them read from the

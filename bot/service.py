@@ -451,15 +451,16 @@ class Service:
         # would be lost), so that read is the start's, awaited for a moment: a second read of
         # every key's orders, positions, wallet and fills came in the same second as the
         # stream's, spending the address's request budget just before the first orders. A
-        # key whose stream is not live by then is caught up by REST now, not by the
-        # reconciliation loop after the first signals have run.
+        # key whose stream is not live by then, or whose stream's gap close missed a part (a
+        # read refused or timed out), is caught up by REST now, not by the reconciliation
+        # loop after the first signals have run.
         keeper = stages.account.keeper
         await _first_attempts(stages.account.streams.values(), _STREAM_START_WAIT_S)
         await asyncio.gather(
             *(
                 keeper.close_gap(venue)
                 for key, venue in stages.venues.items()
-                if not stages.account.live(key)
+                if not (stages.account.live(key) and keeper.gap_closed(key))
             )
         )
         settled = await asyncio.gather(

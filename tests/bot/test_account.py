@@ -34,7 +34,9 @@ from bot.messages import (
     OrderType,
     PositionUpdate,
     Side,
+    WalletUpdate,
 )
+from bot.venue.errors import RetryableError
 from bot.venue.fake import FakeVenue
 from tests.factories import make_request, sim_position, stop_loss
 
@@ -875,6 +877,36 @@ def test_catching_up_flattens_only_a_position_the_stream_did_not_report_meanwhil
     position = projection.position("follow_sim", "BTCUSDT")
     assert position is not None
     assert position.size == (Decimal("0.02") if stream_reports_meanwhile else 0)
+
+
+class _WalletRefused(FakeVenue):
+    """A venue whose wallet read is refused while `refusing` (a 10006 at a busy start)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="follow_sim")
+        self.refusing = True
+
+    async def wallet(self) -> WalletUpdate:
+        if self.refusing:
+            raise RetryableError("Too many visits!", retry_after_s=1.0, ret_code=10006)
+        return await super().wallet()
+
+
+def test_a_gap_close_that_missed_a_part_is_not_taken_for_a_closed_gap(journal: Journal) -> None:
+    # A stream goes live after its gap close whatever it could read: the start then took
+    # that key as read, and the part it missed waited for the reconciliation loop.
+    keeper = AccountKeeper(journal, AccountProjection())
+    venue = _WalletRefused()
+
+    async def close_twice() -> tuple[bool, bool, bool, bool]:
+        before = keeper.gap_closed("follow_sim")
+        first = await keeper.close_gap(venue)
+        missed = keeper.gap_closed("follow_sim")
+        venue.refusing = False
+        await keeper.close_gap(venue)
+        return before, first, missed, keeper.gap_closed("follow_sim")
+
+    assert asyncio.run(close_twice()) == (False, False, False, True)
 
 
 @pytest.mark.parametrize(
