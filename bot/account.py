@@ -232,6 +232,9 @@ class AccountProjection:
 
     def __init__(self) -> None:
         self._books: dict[tuple[str, str, str], StrategyBook] = {}
+        # (key, strategy) -> its books: the risk gate asks for a strategy's open positions
+        # on every decision, for every strategy, and must not scan every book each time.
+        self._books_of: dict[tuple[str, str], list[StrategyBook]] = {}
         self._positions: dict[tuple[str, str], PositionUpdate] = {}
         self._wallets: dict[str, WalletUpdate] = {}
         self._closed: dict[tuple[str, str], ClosedPnl] = {}
@@ -444,11 +447,7 @@ class AccountProjection:
 
     def open_books(self, key_name: str, strategy: str) -> list[StrategyBook]:
         """The strategy's own open positions on `key_name` (flat ones left out)."""
-        return [
-            book
-            for (key, name, _), book in self._books.items()
-            if key == key_name and name == strategy and book.size != 0
-        ]
+        return [book for book in self._books_of.get((key_name, strategy), ()) if book.size != 0]
 
     def strategy_symbols(self, key_name: str, strategy: str) -> list[str]:
         """The symbols of the strategy's own open positions on `key_name`."""
@@ -537,9 +536,11 @@ class AccountProjection:
 
     def _book(self, key_name: str, strategy: str, symbol: str) -> StrategyBook:
         index = (key_name, strategy, symbol)
-        if index not in self._books:
-            self._books[index] = StrategyBook(key_name, strategy, symbol)
-        return self._books[index]
+        book = self._books.get(index)
+        if book is None:
+            book = self._books[index] = StrategyBook(key_name, strategy, symbol)
+            self._books_of.setdefault((key_name, strategy), []).append(book)
+        return book
 
 
 class RecentFills:

@@ -83,9 +83,10 @@ class ExposureLedger:
         self._position_of = position_of
         self._symbols_of = symbols_of
         self._in_flight: dict[str, Reservation] = {}
-        # (strategy, symbol) -> (buys in flight, sells in flight): kept up to date, so a
-        # decision costs no scan of every order in flight.
-        self._sides: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+        # strategy -> symbol -> (buys in flight, sells in flight), only where either is not
+        # zero: kept up to date, so a decision costs no scan of every order in flight, nor of
+        # every other strategy's symbols.
+        self._sides: dict[str, dict[str, tuple[Decimal, Decimal]]] = {}
         # (strategy, symbol, buying) -> the limits of that side's orders counted, each with
         # how many orders have it: the price its worst case is valued at no less than.
         self._limits: dict[tuple[str, str, bool], Counter[Decimal]] = {}
@@ -166,7 +167,7 @@ class ExposureLedger:
         count whole, never netted against it (a flip's one order of both sizes could open
         both)."""
         position = self._position_of(strategy, symbol)
-        buys, sells = self._sides.get((strategy, symbol), (ZERO, ZERO))
+        buys, sells = self._sides.get(strategy, {}).get(symbol, (ZERO, ZERO))
         return max(position, ZERO) + buys, -(min(position, ZERO) + sells)
 
     def worst_notional(
@@ -194,11 +195,7 @@ class ExposureLedger:
         """The symbols where the strategy holds a position or has orders in flight that may
         add to one: the symbols its exposure must be priced in."""
         symbols = set(self._symbols_of(strategy))
-        symbols.update(
-            symbol
-            for (name, symbol), (buys, sells) in self._sides.items()
-            if name == strategy and (buys or sells)
-        )
+        symbols.update(self._sides.get(strategy, ()))
         return symbols
 
     def _add(self, reservation: Reservation, sign: int) -> None:
@@ -207,15 +204,19 @@ class ExposureLedger:
         counted = reservation.counted
         if counted == 0:
             return
-        index = (reservation.strategy, reservation.symbol)
-        buys, sells = self._sides.get(index, (ZERO, ZERO))
+        sides = self._sides.setdefault(reservation.strategy, {})
+        buys, sells = sides.get(reservation.symbol, (ZERO, ZERO))
         if counted > 0:
             buys += sign * counted
         else:
             sells += sign * counted
-        self._sides[index] = (buys, sells)
+        if buys or sells:
+            sides[reservation.symbol] = (buys, sells)
+        else:
+            sides.pop(reservation.symbol, None)
         if reservation.limit is not None:
-            limits = self._limits.setdefault((*index, counted > 0), Counter())
+            index = (reservation.strategy, reservation.symbol, counted > 0)
+            limits = self._limits.setdefault(index, Counter())
             limits[reservation.limit] += sign
             if not limits[reservation.limit]:
                 del limits[reservation.limit]
