@@ -6,6 +6,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from loguru import logger
 
 from bot.journal import Journal
@@ -179,3 +181,59 @@ def test_after_a_restart_a_limit_order_is_valued_at_the_venues_limit(
     assert ledger.worst_notional("follow", "BTCUSDT", Decimal(50000)) == Decimal(540)
     assert warnings == []
     journal.close()
+
+
+_STRATEGIES = ("a", "b", "c")
+_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+
+
+@st.composite
+def _reservation(draw: st.DrawFn) -> Reservation:
+    qty = Decimal(draw(st.integers(1, 50))) / 1000
+    return Reservation(
+        draw(st.sampled_from(_STRATEGIES)),
+        draw(st.sampled_from(_SYMBOLS)),
+        qty if draw(st.booleans()) else -qty,
+        reduce_only=draw(st.booleans()),
+        limit=draw(st.sampled_from([None, Decimal(90), Decimal(110)])),
+    )
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["reserve", "release"]), st.integers(0, 5), _reservation()),
+        max_size=40,
+    )
+)
+def test_each_strategy_s_exposure_is_its_own_orders_in_flight_whatever_came_before(
+    steps: list[tuple[str, int, Reservation]],
+) -> None:
+    """The sums the ledger keeps per strategy and symbol (so that a decision scans none of the
+    other strategies) are always those of the orders in flight it holds: an order released
+    leaves nothing behind, in its own strategy's symbols or in another's."""
+    ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
+    held: dict[str, Reservation] = {}
+    for action, number, reservation in steps:
+        link = f"o{number}"
+        if action == "reserve":
+            ledger.reserve(link, reservation)
+            held[link] = reservation
+        else:
+            ledger.release(link)
+            held.pop(link, None)
+    prices = dict.fromkeys(_SYMBOLS, Decimal(100))
+    for strategy in _STRATEGIES:
+        mine = [r for r in held.values() if r.strategy == strategy and not r.reduce_only]
+        assert ledger.exposure_symbols(strategy) == {r.symbol for r in mine}
+        expected = Decimal(0)
+        for symbol in _SYMBOLS:
+            sides = [r for r in mine if r.symbol == symbol]
+            buys = [r for r in sides if r.signed_qty > 0]
+            sells = [r for r in sides if r.signed_qty < 0]
+            long = sum((r.qty for r in buys), Decimal(0))
+            short = sum((r.qty for r in sells), Decimal(0))
+            buy_price = max([Decimal(100), *(r.limit for r in buys if r.limit)])
+            sell_price = max([Decimal(100), *(r.limit for r in sells if r.limit)])
+            expected += max(long * buy_price, short * sell_price)
+        assert ledger.strategy_exposure(strategy, prices) == expected
+        assert ledger.open_orders(strategy) == sum(r.strategy == strategy for r in held.values())
