@@ -232,9 +232,9 @@ class AccountProjection:
 
     def __init__(self) -> None:
         self._books: dict[tuple[str, str, str], StrategyBook] = {}
-        # (key, strategy) -> its books: the risk gate asks for a strategy's open positions
-        # on every decision, for every strategy, and must not scan every book each time.
-        self._books_of: dict[tuple[str, str], list[StrategyBook]] = {}
+        # strategy -> its books on every key: the risk gate asks for a strategy's open
+        # positions on every decision, for every strategy, and must not scan every book.
+        self._books_of: dict[str, list[StrategyBook]] = {}
         self._positions: dict[tuple[str, str], PositionUpdate] = {}
         self._wallets: dict[str, WalletUpdate] = {}
         self._closed: dict[tuple[str, str], ClosedPnl] = {}
@@ -447,11 +447,20 @@ class AccountProjection:
 
     def open_books(self, key_name: str, strategy: str) -> list[StrategyBook]:
         """The strategy's own open positions on `key_name` (flat ones left out)."""
-        return [book for book in self._books_of.get((key_name, strategy), ()) if book.size != 0]
+        return [
+            book
+            for book in self._books_of.get(strategy, ())
+            if book.key_name == key_name and book.size != 0
+        ]
 
     def strategy_symbols(self, key_name: str, strategy: str) -> list[str]:
         """The symbols of the strategy's own open positions on `key_name`."""
         return [book.symbol for book in self.open_books(key_name, strategy)]
+
+    def open_books_of(self, strategy: str) -> list[StrategyBook]:
+        """The strategy's own open positions on every key (a strategy moved to another key
+        leaves its positions on the one it traded before)."""
+        return [book for book in self._books_of.get(strategy, ()) if book.size != 0]
 
     def pnl_today(self, strategy: str | None = None, now: datetime | None = None) -> Decimal:
         """Realized PnL minus fees of the current UTC day: one strategy's, or every one's
@@ -539,7 +548,7 @@ class AccountProjection:
         book = self._books.get(index)
         if book is None:
             book = self._books[index] = StrategyBook(key_name, strategy, symbol)
-            self._books_of.setdefault((key_name, strategy), []).append(book)
+            self._books_of.setdefault(strategy, []).append(book)
         return book
 
 

@@ -471,9 +471,9 @@ class Service:
         await asyncio.gather(
             *(keeper.catch_up_settled(stages.venues[key], unfinished[key]) for key in stages.venues)
         )
-        self._warn_of_removed_strategies(
-            await journal.call(journal.unfinished_orders), stages.account.projection.books()
-        )
+        books = stages.account.projection.books()
+        self._warn_of_removed_strategies(await journal.call(journal.unfinished_orders), books)
+        self._warn_of_moved_strategies(books)
         await asyncio.gather(
             *(
                 self._warn_of_unknown_orders(key, venue, keeper.open_orders_read(key))
@@ -508,6 +508,36 @@ class Service:
                 "the venue",
                 strategy=strategy,
                 what=", ".join(what),
+            )
+
+    def _warn_of_moved_strategies(self, books: Sequence[StrategyBook]) -> None:
+        """A strategy moved to another key leaves its positions on the key before, where its
+        exits and flattens, which act on its own key, never close them: said at start-up.
+        While the bot follows that key (another strategy trades on it) they count towards the
+        strategy's exposure limits (`restored_ledger`); else they are followed by nothing."""
+        strategies = self.settings.strategies
+        followed = {strategy.key for strategy in strategies.values()}
+        for book in books:
+            strategy = strategies.get(book.strategy)
+            if not book.size or strategy is None or book.key_name == strategy.key:
+                continue
+            counted = (
+                "it counts towards the strategy's exposure limits"
+                if book.key_name in followed
+                else "no strategy trades on that key now, so the bot neither follows it nor "
+                "counts it in the strategy's exposure"
+            )
+            logger.bind(notify="venue_error").warning(
+                "strategy {strategy} trades on key {key}, but holds a position of {size} "
+                "{symbol} on key {before} from before: {counted}, and neither its exits nor "
+                "`bot halt --flatten` close it; close it at the venue, or set "
+                "strategies.{strategy}.key back to {before} until it is closed",
+                strategy=book.strategy,
+                key=strategy.key,
+                size=f"{book.size.normalize():f}",
+                symbol=book.symbol,
+                before=book.key_name,
+                counted=counted,
             )
 
     async def _warn_of_unknown_orders(

@@ -77,11 +77,16 @@ class ExposureLedger:
         self,
         position_of: Callable[[str, str], Decimal],
         symbols_of: Callable[[str], Iterable[str]] = lambda strategy: (),
+        held_elsewhere: Callable[[str, str], Decimal] = lambda strategy, symbol: ZERO,
     ) -> None:
-        """`position_of(strategy, symbol)`: the strategy's own signed position;
-        `symbols_of(strategy)`: the symbols where it holds one."""
+        """`position_of(strategy, symbol)`: the strategy's own signed position on its key;
+        `symbols_of(strategy)`: the symbols where it holds one, on any key counted;
+        `held_elsewhere(strategy, symbol)`: the size it holds on other keys (a strategy moved
+        to another key leaves its positions on the one before), counted whole on both sides:
+        a position on another account neither nets against this one's nor closes with it."""
         self._position_of = position_of
         self._symbols_of = symbols_of
+        self._held_elsewhere = held_elsewhere
         self._in_flight: dict[str, Reservation] = {}
         # strategy -> symbol -> (buys in flight, sells in flight), only where either is not
         # zero: kept up to date, so a decision costs no scan of every order in flight, nor of
@@ -165,10 +170,14 @@ class ExposureLedger:
         position on that side with every order in flight on that side filled. The position
         may close before they fill (its stop, a target, another client): orders against it
         count whole, never netted against it (a flip's one order of both sizes could open
-        both)."""
+        both), and so does what it holds on other keys (`held_elsewhere`)."""
         position = self._position_of(strategy, symbol)
+        elsewhere = self._held_elsewhere(strategy, symbol)
         buys, sells = self._sides.get(strategy, {}).get(symbol, (ZERO, ZERO))
-        return max(position, ZERO) + buys, -(min(position, ZERO) + sells)
+        return (
+            max(position, ZERO) + buys + elsewhere,
+            -(min(position, ZERO) + sells) + elsewhere,
+        )
 
     def worst_notional(
         self, strategy: str, symbol: str, price: Decimal, adding: Reservation | None = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from bot.account import AccountProjection
+from bot.account import AccountProjection, StrategyBook
 from bot.journal import Journal, OrderRecord
 from bot.risk.counts import utc_day_start
 from bot.risk.exposure import ExposureLedger, reserve_unfinished
@@ -39,13 +39,31 @@ def restored_ledger(
     key_of: Mapping[str, str],
     unfinished: Sequence[OrderRecord],
 ) -> ExposureLedger:
-    """The exposure ledger over the projection's books (each strategy's on its key, `key_of`),
-    with the journal's `unfinished` orders reserved again, less what its fills hold of each."""
+    """The exposure ledger over the projection's books (each strategy's on its key, `key_of`,
+    and what it still holds on another key the bot follows: one it was moved from), with the
+    journal's `unfinished` orders reserved again, less what its fills hold of each."""
+    followed = set(key_of.values())
+
+    def counted_books(strategy: str) -> list[StrategyBook]:
+        return [book for book in projection.open_books_of(strategy) if book.key_name in followed]
+
+    def held_elsewhere(strategy: str, symbol: str) -> Decimal:
+        own = key_of.get(strategy, "")
+        return sum(
+            (
+                abs(book.size)
+                for book in counted_books(strategy)
+                if book.symbol == symbol and book.key_name != own
+            ),
+            Decimal(0),
+        )
+
     ledger = ExposureLedger(
         lambda strategy, symbol: projection.strategy_size(
             key_of.get(strategy, ""), strategy, symbol
         ),
-        lambda strategy: projection.strategy_symbols(key_of.get(strategy, ""), strategy),
+        lambda strategy: [book.symbol for book in counted_books(strategy)],
+        held_elsewhere,
     )
     booked = journal.booked_qty_of([record.request.order_link_id for record in unfinished])
     reserve_unfinished(ledger, unfinished, booked)

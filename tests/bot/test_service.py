@@ -25,6 +25,7 @@ from loguru import logger
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
+from bot.account import AccountProjection
 from bot.config import ConfigError, load_settings
 from bot.execution.ids import order_link_id
 from bot.journal import Journal
@@ -40,6 +41,7 @@ from tests.conftest import (
     venue_with_key,
     wait_for,
 )
+from tests.factories import make_execution
 
 T = TypeVar("T")
 
@@ -572,3 +574,33 @@ def _signed_by_key(exchange: SimExchange) -> dict[str, Counter[str]]:
     """The signed requests the simulator has had so far, per key (its note) and path."""
     signed = exchange.stats()["signed_requests_by_key_note"]
     return {name: Counter(signed.get(name, {})) for name in STARTUP_KEYS}
+
+
+@pytest.mark.parametrize("key_before_followed", [True, False])
+def test_start_up_says_what_a_strategy_moved_to_another_key_left_on_the_key_before(
+    sim_config: Callable[..., Path], key_before_followed: bool
+) -> None:
+    """Strategy `follow` moved from key old_sim to follow_sim leaves its position there, which
+    its exits and flattens (on its own key) never close: said, with whether it still counts."""
+    other = '\n[strategies.other]\nplugin = "follow"\nkey = "old_sim"\n'
+    extra = '\n[keys.old_sim]\nenvironment = "sim"\n' + (other if key_before_followed else "")
+    service = Service(load_settings(sim_config(extra=extra)), secrets_dir=Path("/nonexistent"))
+    projection = AccountProjection()
+    fill = make_execution(key_name="old_sim", order_link_id="follow-0-x", qty=Decimal("0.038"))
+    projection.apply_execution(fill, {"follow": Decimal("0.038")})
+    said: list[str] = []
+    handler = logger.add(said.append, level="WARNING", format="{message} {extra[notify]}")
+    try:
+        service._warn_of_moved_strategies(projection.books())
+    finally:
+        logger.remove(handler)
+
+    assert len(said) == 1
+    assert (
+        "strategy follow trades on key follow_sim, but holds a position of 0.038 BTCUSDT"
+        in (said[0])
+    )
+    assert "set strategies.follow.key back to old_sim" in said[0]
+    assert said[0].endswith("venue_error\n")
+    counted = "it counts towards the strategy's exposure limits" in said[0]
+    assert counted == key_before_followed

@@ -14,12 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.account import AccountProjection
+from bot.journal import Journal
 from bot.messages import OrderIntent, OrderType, Side, Signal, SignalAction, parse_signal
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.counts import OrderCounts, counting_since
 from bot.risk.exposure import ExposureLedger
 from bot.risk.gate import ApprovedOrder, RiskGate, Verdict
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
+from bot.risk.usage import restored_ledger
 from tests.factories import make_execution, make_intent
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -655,3 +658,36 @@ def test_a_keys_opening_leverage_cap_is_the_highest_of_the_strategies_that_may_o
     assert gate.opening_leverage_cap(["bold", "careful"], "ETHUSDT") == 3
     assert gate.opening_leverage_cap(["careful"], "BTCUSDT") is None  # none opens it there
     assert gate.opening_leverage_cap([], "BTCUSDT") is None
+
+
+@pytest.mark.parametrize("key_before_followed", [True, False])
+def test_what_a_strategy_moved_to_another_key_holds_on_the_key_before_counts_while_followed(
+    tmp_path: Path, key_before_followed: bool
+) -> None:
+    """Strategy `follow` bought 0.038 BTC (1,900 USDT, its position limit 2,000) on key k1,
+    then was moved to key k2. That position, on another account, neither nets against nor
+    closes with what it does on k2: while the bot follows k1 (another strategy trades on
+    it), each side it could reach on k2 counts it whole. On a key nothing trades on, the bot
+    no longer hears of it (a close by hand would never free the strategy): start-up says so."""
+    projection = AccountProjection()
+    fill = make_execution(
+        exec_id="e1", key_name="k1", order_link_id="follow-0-x", qty=Decimal("0.038")
+    )
+    projection.apply_execution(fill, {"follow": Decimal("0.038")})
+    key_of = {"follow": "k2", **({"other": "k1"} if key_before_followed else {})}
+    journal = Journal(tmp_path / "journal.sqlite3")
+    ledger = restored_ledger(journal, projection, key_of, [])
+    journal.close()
+    gate = RiskGate(CONFIG, dict.fromkeys(key_of, StrategyRiskConfig()), ledger, lambda: NOW)
+
+    buy, sell = (
+        decide(gate, intent(qty=Decimal("0.01"))),
+        decide(gate, intent(qty=Decimal("0.01"), side=Side.SELL)),
+    )
+
+    if key_before_followed:
+        assert (buy.rule, sell.rule) == ("MAX_POSITION_NOTIONAL", "MAX_POSITION_NOTIONAL")
+        assert "could reach 2400.00 USDT" in buy.reason
+        assert ledger.exposure_symbols("follow") == {"BTCUSDT"}
+    else:
+        assert buy.approved and sell.approved
