@@ -201,8 +201,10 @@ def parse_command(
     for a bot of another environment than `environment` is refused: a testnet `bot resume`
     sent to the mainnet bot's port (one admin secret for both) must not resume real money."""
     expected = "expected {strategy, reason, cancel_open, flatten, environment}"
+    if not body.strip():  # never the whole bot by default: a body lost on the way is not {}
+        raise ValueError(f"{expected}: the body is empty; send {{}} for the whole bot")
     try:
-        document = load_json(body or b"{}")
+        document = load_json(body)
     except ValueError as exc:
         raise ValueError(f"{expected}: the body is not JSON ({exc})") from None
     problem = shape_problem(document)

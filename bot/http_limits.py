@@ -167,6 +167,11 @@ class _Guarded(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
         self._count_head(len(name) + len(value) + 4)
+        if self._body_since is not None:
+            # A trailer (a field after a chunked body), never merged into the headers (RFC
+            # 9110 6.5.1): the server would add it to the request's headers, where it would
+            # stand for one, a signature or a content coding the sender's proxy never saw.
+            return
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

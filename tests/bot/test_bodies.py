@@ -11,9 +11,10 @@ import pytest
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from bot.admin import AdminRoutes
+from bot.admin import AdminRoutes, parse_command
 from bot.app import create_app
 from bot.bodies import BodyRefused, read_body
+from bot.risk.states import BOT_SCOPE, TradingState
 from tests.conftest import logged_errors
 
 Message = dict[str, Any]
@@ -74,8 +75,14 @@ def test_a_body_sent_in_pieces_is_read_whole() -> None:
             0.0,
             (400, "incomplete", "closed after 4 bytes of the body; send it again"),
         ),
+        (
+            _scope(length=8),
+            _chunks(b"1234"),
+            0.0,
+            (400, "incomplete", "4 bytes of the body arrived, not the 8 its Content-Length"),
+        ),
     ],
-    ids=["declared too large", "grows too large", "too slow", "sender hung up"],
+    ids=["declared too large", "grows too large", "too slow", "sender hung up", "cut short"],
 )
 def test_a_body_not_read_whole_is_refused_with_what_is_wrong(
     scope: dict[str, Any],
@@ -110,3 +117,12 @@ def test_an_admin_command_cut_off_mid_body_is_a_400_without_a_traceback() -> Non
 
     assert sent[0]["status"] == 400
     assert errors == []
+
+
+def test_an_admin_command_with_an_empty_body_is_refused_not_taken_for_the_whole_bot() -> None:
+    """A body lost on the way (a server handing over none) must not become a halt or a
+    resume of the whole bot: that takes `{}`, said in the answer."""
+    with pytest.raises(ValueError, match=r"the body is empty; send \{\} for the whole bot"):
+        parse_command(b"", TradingState.HALTED, ["follow"])
+    scope, command = parse_command(b"{}", TradingState.HALTED, ["follow"])
+    assert (scope.scope, command.strategy) == (BOT_SCOPE, None)

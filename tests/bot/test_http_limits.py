@@ -16,6 +16,7 @@ import requests
 
 from bot.http_limits import MAX_HEAD_BYTES, MAX_HEAD_FIELDS, raise_descriptor_limit
 from bot.secrets import MissingSecretError, SecretResolver
+from signals.voiceofchain import sign
 from tests.bot.test_service import RunningBot
 
 HEAD_TIMEOUT_S = 0.5
@@ -289,3 +290,85 @@ def test_the_descriptor_room_leaves_out_what_the_in_process_simulator_may_hold()
     beside = raise_descriptor_limit(10**9, beside=1512)
 
     assert alone - beside == 1512
+
+
+def _chunked_post(
+    body: bytes, head: bytes, trailer: bytes = b"", coding: bytes = b"chunked"
+) -> bytes:
+    """A webhook POST of `body`, chunked, with `head`'s fields and `trailer`'s after it."""
+    return (
+        b"POST /webhooks/voiceofchain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: "
+        + coding
+        + b"\r\nConnection: close\r\n"
+        + head
+        + b"\r\n"
+        + b"%x\r\n" % len(body)
+        + body
+        + b"\r\n0\r\n"
+        + trailer
+        + b"\r\n"
+    )
+
+
+def _signal_body() -> bytes:
+    return json.dumps(
+        {
+            "id": f"t-{time.time_ns()}",
+            "symbol": "BTCUSDT",
+            "side": "buy",
+            "stop_loss": 95000,
+            "ts": int(time.time() * 1000),
+        }
+    ).encode()
+
+
+def test_trailers_are_never_taken_for_headers(bot: RunningBot) -> None:
+    """Fields after a chunked body (trailers) are dropped: the server merged them into the
+    headers, where a signature no proxy in front had seen authenticated the signal."""
+    body = _signal_body()
+    signature = f"X-Signature: {sign(bot.secret(), body, int(time.time()))}\r\n".encode()
+
+    only_in_trailer = _connect(bot)
+    only_in_trailer.sendall(_chunked_post(body, b"", trailer=signature))
+    in_head = _connect(bot)
+    in_head.sendall(_chunked_post(body, signature, trailer=b"X-Signature: t=1,v1=00\r\n"))
+
+    assert _answer(only_in_trailer) == (
+        401,
+        {
+            "error": "unauthorized",
+            "detail": "missing X-Signature header (t=<unix seconds>,v1=<hex>)",
+        },
+    )
+    assert _answer(in_head)[0] == 202
+
+
+@pytest.mark.parametrize(
+    ("head", "coding", "status", "detail"),
+    [
+        (
+            b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n",
+            b"chunked",
+            400,
+            "the connection cannot be upgraded (Upgrade: h2c): send plain HTTP/1.1",
+        ),
+        (b"", b"gzip, chunked", 501, "Transfer-Encoding 'gzip, chunked' is not supported"),
+    ],
+    ids=["curl --http2 on http://", "a coding nothing decodes"],
+)
+def test_a_body_the_server_cannot_hand_over_as_sent_is_refused_saying_why(
+    bot: RunningBot, head: bytes, coding: bytes, status: int, detail: str
+) -> None:
+    """Asked to upgrade, the server handed the application an empty body: a signed signal
+    was refused as forged (and counted towards its address's lockout), a signed halt of one
+    strategy halted the whole bot. A transfer coding other than chunked was read as plain."""
+    body = _signal_body()
+    signature = f"X-Signature: {sign(bot.secret(), body, int(time.time()))}\r\n".encode()
+    sock = _connect(bot)
+    sock.sendall(_chunked_post(body, head + signature, coding=coding))
+
+    answered, problem = _answer(sock)
+
+    assert answered == status
+    assert detail in problem["detail"]
