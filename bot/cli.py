@@ -975,6 +975,7 @@ def risk_status(
         {name: strategy.risk for name, strategy in settings.strategies.items()},
         clock=lambda: now,
         pnl_today=lambda strategy: used[strategy or BOT_SCOPE].pnl_today_usdt,
+        last_loss_at=lambda strategy: used[strategy].last_loss_at,
     )
     for state in states.values():
         gate.set_state(state)

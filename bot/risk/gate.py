@@ -231,15 +231,22 @@ class RiskGate:
         """Enter a trading state; effective for the very next intent.
 
         A person's resume while the scope's loss today is at its limit waives the daily loss
-        rule for that scope until the UTC day ends (re-applying the journaled state after a
-        restart waives it the same way).
+        rule for that scope until the UTC day ends. Re-applied from the journal after a
+        restart, a resume waives it only if the scope has closed nothing at a loss since the
+        resume: else the limit may have been reached after it (its REDUCING lost in a crash
+        or to a journal that could not write), and the rule enters REDUCING again.
         """
         self._states[state.scope] = state
         # Journals of earlier versions hold the day's lift as a person's resume: it is not one.
         if state.state is TradingState.ACTIVE and not state.automatic and state.reason != _DAY_LIFT:
             limit, pnl = self._daily_loss(state.scope)
-            if -pnl >= limit:
+            if -pnl >= limit and not self._lost_since(state.scope, state.since):
                 self._loss_waived[state.scope] = state.since.date()
+
+    def _lost_since(self, scope: str, since: datetime) -> bool:
+        """Whether the scope (the bot: any strategy) closed at a loss after `since`."""
+        names = self._strategies if scope == BOT_SCOPE else (scope,)
+        return any((at := self._last_loss_at(name)) is not None and at > since for name in names)
 
     def state_of(self, scope: str) -> ScopeState:
         """A scope's own state (ACTIVE unless set)."""

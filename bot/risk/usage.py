@@ -31,6 +31,7 @@ class ScopeUsage:
     open_orders: int
     orders_today: int
     pnl_today_usdt: Decimal  # realized, net of fees
+    last_loss_at: datetime | None = None  # the latest close at a loss (the bot's: any)
 
 
 def restored_ledger(
@@ -92,6 +93,7 @@ def usage(journal: Journal, key_of: Mapping[str, str], now: datetime) -> dict[st
             open_orders=ledger.open_orders(strategy),
             orders_today=today[strategy],
             pnl_today_usdt=projection.pnl_today(strategy, now),
+            last_loss_at=projection.last_loss_at(strategy),
         )
         for strategy in key_of
     }
@@ -100,5 +102,9 @@ def usage(journal: Journal, key_of: Mapping[str, str], now: datetime) -> dict[st
         open_orders=sum(scope.open_orders for scope in scopes.values()),
         orders_today=sum(scope.orders_today for scope in scopes.values()),
         pnl_today_usdt=projection.pnl_today(None, now),
+        last_loss_at=max(
+            (scope.last_loss_at for scope in scopes.values() if scope.last_loss_at is not None),
+            default=None,
+        ),
     )
     return scopes

@@ -691,3 +691,32 @@ def test_what_a_strategy_moved_to_another_key_holds_on_the_key_before_counts_whi
         assert ledger.exposure_symbols("follow") == {"BTCUSDT"}
     else:
         assert buy.approved and sell.approved
+
+
+@pytest.mark.parametrize("lost_after_the_resume", [True, False])
+def test_a_resume_re_applied_at_a_restart_waives_only_the_loss_it_was_made_at(
+    lost_after_the_resume: bool,
+) -> None:
+    """A resume at 10:00 with the loss under the limit; a losing close at 14:00 takes it past
+    the limit, and the REDUCING the rule entered is lost (a crash, a journal that could not
+    write). Restarted at 15:00, the journal's resume re-applied must not waive the limit the
+    resume never saw: opening orders were approved for the rest of the day. A resume made
+    with the loss already at the limit (nothing lost since) waives it still."""
+    resumed_at = NOW - timedelta(hours=5)
+    last_loss = NOW - timedelta(hours=1) if lost_after_the_resume else resumed_at
+    restarted = RiskGate(
+        CONFIG.model_copy(update={"max_daily_loss_usdt": Decimal(1000)}),
+        {"follow": StrategyRiskConfig(max_daily_loss_usdt=Decimal(200))},
+        clock=lambda: NOW,
+        pnl_today=lambda strategy: Decimal(-250),
+        last_loss_at=lambda strategy: last_loss - timedelta(minutes=1),
+    )
+    restarted.set_state(ScopeState("follow", TradingState.ACTIVE, "resumed", resumed_at))
+
+    verdict = decide(restarted, intent())
+
+    if lost_after_the_resume:
+        assert verdict.rule == "REDUCING"
+        assert "loss today 250.00 USDT" in verdict.reason
+    else:
+        assert verdict.approved
