@@ -94,6 +94,11 @@ _CANCELLED_BY_USER: Final = cancelled_reason("CancelByUser")
 #: pass; a strategy's close on a key that holds a new position does not.
 _STRANDED_ANSWER_WAIT_S: Final = 15.0
 _STRANDED_POLL_S: Final = 0.05
+# How long a signal run again waits for a leg another pass holds in flight (the
+# reconciliation loop's look-up: two reads, each within the venue's timeout, and the
+# key's rate limit); polled.
+_HELD_ELSEWHERE_WAIT_S: Final = 60.0
+_HELD_ELSEWHERE_POLL_S: Final = 0.02
 #: An order under our orderLinkId that the venue created this long (besides the 1 s its
 #: clock may trail a signed request's) before our first send of it is another client's.
 _CREATED_MARGIN: Final = timedelta(seconds=2)
@@ -728,10 +733,36 @@ class Executor:
                 request.signal_source == signal_source
                 and request.signal_id == signal_id
                 and request.strategy in strategies
-                and request.order_link_id not in self._in_flight
                 and request.key_name in self._venues
             ):
-                await self._resume_in_flight(record, resend=True)
+                current = await self._once_not_in_flight(record)
+                if current is not None:
+                    await self._resume_in_flight(current, resend=True)
+
+    async def _once_not_in_flight(self, record: OrderRecord) -> OrderRecord | None:
+        """The order's record once no other pass holds it in flight, as that pass left it
+        (None: finished, or still held after `_HELD_ELSEWHERE_WAIT_S`, said). Passed over, a
+        leg the reconciliation loop was looking up stayed Pending for good: the loop never
+        sends one, and its signal, run again, was done."""
+        link_id = record.request.order_link_id
+        if link_id not in self._in_flight:
+            return record
+        deadline = asyncio.get_running_loop().time() + _HELD_ELSEWHERE_WAIT_S
+        while True:
+            while link_id in self._in_flight:
+                if asyncio.get_running_loop().time() > deadline:
+                    logger.bind(notify="venue_error").warning(
+                        "order {id} is still being looked up after {s:g} s: its signal's run "
+                        "again leaves it to the next start (which sends it if the venue lacks "
+                        "it and its signal is still fresh)",
+                        id=link_id,
+                        s=_HELD_ELSEWHERE_WAIT_S,
+                    )
+                    return None
+                await asyncio.sleep(_HELD_ELSEWHERE_POLL_S)
+            current = await self._journal.call(self._journal.order, link_id)
+            if link_id not in self._in_flight:  # else taken again while it was read
+                return None if current is None or current.status.is_terminal else current
 
     async def _resume_in_flight(self, record: OrderRecord, *, resend: bool) -> None:
         """`_resume`, the order counted in flight meanwhile (so that nothing else resumes,
@@ -803,7 +834,9 @@ class Executor:
         # travels, so a crash can leave a sent order Pending. Look, and resend only what the
         # venue lacks.
         spent = record.attempts >= self._config.max_total_sends
-        if resend and stale is None and not spent:
+        # One a close withdrew (its cancel asked, the venue then holding nothing to cancel)
+        # is never sent again: the close may have flattened what it would open.
+        if resend and stale is None and not spent and not record.cancel_requested:
             # Its room first, as when it was decided; an order still unanswered now stays so
             # (nothing else in this pass answers it), and the close is said if it is trimmed.
             await self._make_room(request, answer_wait_s=0)
@@ -848,6 +881,8 @@ class Executor:
                 )
         elif stale is not None:
             reason = f"never reached the venue; its signal went stale ({stale})"
+        elif record.cancel_requested:
+            reason = "withdrawn (its cancel asked) and not found at the venue: not sent again"
         elif spent:
             reason = f"not found at the venue after {record.attempts} sends"
         else:

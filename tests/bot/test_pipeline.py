@@ -278,12 +278,18 @@ def test_a_signal_run_again_for_its_journal_is_not_overtaken_by_a_later_one_of_i
     assert created[links["first"]] <= created[links["second"]]  # ... in their order
 
 
+@pytest.mark.parametrize("looked_up_meanwhile", [False, True])
 def test_a_signal_run_again_sends_the_legs_its_journal_failure_left_unsent(
-    stages: tuple[Pipeline, Journal, SimExchange], monkeypatch: pytest.MonkeyPatch
+    stages: tuple[Pipeline, Journal, SimExchange],
+    monkeypatch: pytest.MonkeyPatch,
+    looked_up_meanwhile: bool,
 ) -> None:
     # The disk full as its first leg was sent: that leg's Submitting unwritten, the signal
     # failed with both legs decided, and its run again skipped the strategy that decided
     # them. Its second leg stayed Pending, never sent, until its signal went stale.
+    # `looked_up_meanwhile`: the reconciliation loop looks that leg up (slowly) as the signal
+    # runs again, which passed over a leg it found in flight: the loop never sends a Pending
+    # one, so it was never sent either.
     pipeline, journal, exchange = stages
     record_order_event = journal.record_order_event
     failures = [sqlite3.OperationalError("database or disk is full")]
@@ -294,14 +300,34 @@ def test_a_signal_run_again_sends_the_legs_its_journal_failure_left_unsent(
         return record_order_event(event)
 
     monkeypatch.setattr(journal, "record_order_event", full_once)
+    executor = pipeline._executor
+    venue = executor._venues["k2"]
+    get_order = venue.get_order
+
+    async def slowly(order_link_id: str, symbol: str) -> object:
+        if order_link_id.startswith("legs-1-"):
+            await asyncio.sleep(1.5)
+        return await get_order(order_link_id, symbol)
+
+    async def reconciling() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            await executor.reconcile("k2")
 
     async def two_legs() -> None:
+        loop = asyncio.create_task(reconciling()) if looked_up_meanwhile else None
+        if loop is not None:
+            monkeypatch.setattr(venue, "get_order", slowly)
         assert await pipeline.submit(signal("two", id="legs", strategy="legs"))
-        for _ in range(500):
+        for _ in range(800):
             if len(client_orders(exchange.orders())) == 2 and pipeline.queued == 0:
                 break
             await asyncio.sleep(0.01)
         await pipeline.drain()
+        if loop is not None:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
         journal.flush()
 
     asyncio.run(with_lanes(pipeline, two_legs))

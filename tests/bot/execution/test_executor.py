@@ -783,3 +783,33 @@ def test_an_opening_order_whose_signal_went_stale_while_it_waited_for_room_is_no
     assert event.status is OrderStatus.REJECTED
     assert event.reason == "not sent: stale"
     assert orders_for(limited, late) == []
+
+
+def test_an_entry_a_close_withdrew_before_it_reached_the_venue_is_never_sent_at_a_restart(
+    exchange: tuple[SimExchange, str], tmp_path: Path
+) -> None:
+    """An opening order journaled but not at the venue (a leg a journal failure left
+    Pending, or sends that never landed) is withdrawn by a close: its cancel is asked, the
+    venue holds nothing to cancel. A restart within the signal's age resent it, opening the
+    position the close had just flattened."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    executor, venue = make_executor(exchange[1], journal)
+    item = intent()
+    approval = approve(item)
+    request = build_request(approval, "k")
+    asyncio.run(journal.call(journal.record_decisions, [approval.decision], [request]))
+    asyncio.run(executor.withdraw_openings("k", item.strategy, item.symbol))
+    assert journal.order(request.order_link_id).cancel_requested
+
+    restarted, venue_after = make_executor(
+        exchange[1], journal, config=FAST.model_copy(update={"unseen_final_after_s": 0.0})
+    )
+    asyncio.run(restarted.reconcile("k", limit=None, resend=True))
+    journal.flush()
+
+    assert orders_for(exchange[0], item) == []
+    record = journal.order(request.order_link_id)
+    assert record.status is OrderStatus.REJECTED
+    assert "withdrawn (its cancel asked) and not found at the venue" in record.reason
+    venue.close()
+    venue_after.close()
