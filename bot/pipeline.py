@@ -940,7 +940,45 @@ class Pipeline:
         if context is None:
             return
         output = await self._hear(slot, "on_timer", tick, context)
-        await self._act(tick, slot, context, output, may_hear_rejections=True)
+        try:
+            await self._act(tick, slot, context, output, may_hear_rejections=True)
+        except sqlite3.OperationalError as exc:
+            await self._carry_on_tick(slot, tick, exc)
+
+    async def _carry_on_tick(
+        self, slot: StrategySlot, tick: Signal, failure: sqlite3.OperationalError
+    ) -> None:
+        """A tick whose orders the journal failed midway (a full disk, another program's
+        lock): those it decided are carried on as a signal run again carries on its
+        decided strategies' (`Executor.resume_decided`), after each of `JOURNAL_RETRIES_S`,
+        its lane waiting. A tick is not journaled and not asked again (the next one comes):
+        else a leg the failure left unsent stayed Pending until its tick went stale, a
+        reduce-only one until the next start."""
+        for delay in JOURNAL_RETRIES_S:
+            logger.error(
+                "on_timer of {name}: its orders could not be journaled ({error}); those it "
+                "decided are carried on in {delay:g} s",
+                name=slot.name,
+                error=str(failure),
+                delay=delay,
+            )
+            await asyncio.sleep(delay)
+            try:
+                decided = await self._journal.call(
+                    self._journal.decided_strategies, tick.source, tick.id
+                )
+                if slot.name in decided:
+                    await self._executor.resume_decided(tick.source, tick.id, {slot.name})
+            except sqlite3.OperationalError as exc:
+                failure = exc
+            else:
+                return
+        logger.error(
+            "on_timer of {name}: its orders could not be journaled ({error}); those it "
+            "decided are carried on at the next start",
+            name=slot.name,
+            error=str(failure),
+        )
 
     async def _hear(
         self,

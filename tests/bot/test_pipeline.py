@@ -532,3 +532,72 @@ def test_a_signal_waits_for_its_strategys_stranded_cancels_before_it_is_decided(
     target, after = at_venue[placed["opens", 1]], at_venue[placed["next", 0]]
     assert target["orderStatus"] == "Cancelled"
     assert int(str(target["updatedTime"])) <= int(str(after["createdTime"]))
+
+
+class TwoLegsOnce(Strategy):
+    """At its first tick, two buys of BTCUSDT (legs 0 and 1); nothing after."""
+
+    timer_interval_s = 0.2
+    timer_symbols = ("BTCUSDT",)
+
+    def __init__(self, name: str, params: StrategyParams) -> None:
+        super().__init__(name, params)
+        self.ticked = False
+
+    def on_signal(self, signal: Signal, context: StrategyContext) -> StrategyOutput | None:
+        return None
+
+    def on_timer(self, tick: Signal, context: StrategyContext) -> StrategyOutput | None:
+        if self.ticked:
+            return None
+        self.ticked = True
+        first = self.intent(tick, context, side=Side.BUY, qty=Decimal("0.001"))
+        return [first, first.model_copy(update={"leg": 1})]
+
+
+def test_a_ticks_legs_its_journal_failure_left_unsent_are_carried_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk full as a tick's first leg was sent: a tick has no run again (it is not
+    journaled, the next one comes), so its second leg, decided and journaled Pending, was
+    never sent (the reconciliation loop only looks a Pending order up)."""
+    with ExitStack() as resources:
+        exchange, venues = sim_venues(resources)
+        slot = StrategySlot("ticker", TwoLegsOnce("ticker", StrategyParams()), "k1", frozenset())
+        journal = Journal(tmp_path / "journal.sqlite3")
+        pipeline = Pipeline(
+            journal,
+            {"ticker": slot},
+            RiskGate(RiskConfig()),
+            Executor(journal, venues),
+            MarketData(venues, Account(journal, venues), journal, 1.0),
+            StrategyRunner(budget_s=5.0),
+        )
+        record_order_event = journal.record_order_event
+        failures = [sqlite3.OperationalError("database or disk is full")]
+
+        def full_once(event: OrderEvent) -> bool:
+            if event.status is OrderStatus.SUBMITTING and failures:
+                raise failures.pop()
+            return record_order_event(event)
+
+        monkeypatch.setattr(journal, "record_order_event", full_once)
+
+        async def ticking() -> None:
+            timers = asyncio.create_task(pipeline.run_timers())
+            try:
+                for _ in range(600):
+                    if len(client_orders(exchange.orders())) == 2:
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                timers.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timers
+            await pipeline.drain()
+            journal.flush()
+
+        asyncio.run(with_lanes(pipeline, ticking))
+
+        assert len(client_orders(exchange.orders())) == 2  # each leg once
+        assert journal.unfinished_orders() == []
