@@ -278,6 +278,20 @@ def test_a_signal_run_again_for_its_journal_is_not_overtaken_by_a_later_one_of_i
     assert created[links["first"]] <= created[links["second"]]  # ... in their order
 
 
+def _disk_full_at_the_first_send(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal's disk full once, as the first order's send attempt (Submitting) is
+    written: that order travels unjournaled, and the signal (or tick) fails midway."""
+    record_order_event = journal.record_order_event
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    def full_once(event: OrderEvent) -> bool:
+        if event.status is OrderStatus.SUBMITTING and failures:
+            raise failures.pop()
+        return record_order_event(event)
+
+    monkeypatch.setattr(journal, "record_order_event", full_once)
+
+
 @pytest.mark.parametrize("looked_up_meanwhile", [False, True])
 def test_a_signal_run_again_sends_the_legs_its_journal_failure_left_unsent(
     stages: tuple[Pipeline, Journal, SimExchange],
@@ -291,15 +305,7 @@ def test_a_signal_run_again_sends_the_legs_its_journal_failure_left_unsent(
     # runs again, which passed over a leg it found in flight: the loop never sends a Pending
     # one, so it was never sent either.
     pipeline, journal, exchange = stages
-    record_order_event = journal.record_order_event
-    failures = [sqlite3.OperationalError("database or disk is full")]
-
-    def full_once(event: OrderEvent) -> bool:
-        if event.status is OrderStatus.SUBMITTING and failures:
-            raise failures.pop()
-        return record_order_event(event)
-
-    monkeypatch.setattr(journal, "record_order_event", full_once)
+    _disk_full_at_the_first_send(journal, monkeypatch)
     executor = pipeline._executor
     venue = executor._venues["k2"]
     get_order = venue.get_order
@@ -573,15 +579,7 @@ def test_a_ticks_legs_its_journal_failure_left_unsent_are_carried_on(
             MarketData(venues, Account(journal, venues), journal, 1.0),
             StrategyRunner(budget_s=5.0),
         )
-        record_order_event = journal.record_order_event
-        failures = [sqlite3.OperationalError("database or disk is full")]
-
-        def full_once(event: OrderEvent) -> bool:
-            if event.status is OrderStatus.SUBMITTING and failures:
-                raise failures.pop()
-            return record_order_event(event)
-
-        monkeypatch.setattr(journal, "record_order_event", full_once)
+        _disk_full_at_the_first_send(journal, monkeypatch)
 
         async def ticking() -> None:
             timers = asyncio.create_task(pipeline.run_timers())
