@@ -453,10 +453,6 @@ class AccountProjection:
             if book.key_name == key_name and book.size != 0
         ]
 
-    def strategy_symbols(self, key_name: str, strategy: str) -> list[str]:
-        """The symbols of the strategy's own open positions on `key_name`."""
-        return [book.symbol for book in self.open_books(key_name, strategy)]
-
     def open_books_of(self, strategy: str) -> list[StrategyBook]:
         """The strategy's own open positions on every key (a strategy moved to another key
         leaves its positions on the one it traded before)."""
