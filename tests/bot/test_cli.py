@@ -757,10 +757,13 @@ def test_standalone_simulator_keeps_state_across_a_killed_bot(
     sim_port, http_port = free_port(), free_port()
     config = sim_config(port=http_port)
     cwd = config.parent
+    # Their output in files (a pipe nobody reads would stall a process that fills it), said
+    # when one of them ends early or the bot does not listen in time.
+    sim_log, bot_log = cwd / "sim.log", cwd / "bot.log"
     sim = subprocess.Popen(
         [sys.executable, "-m", "bot", "sim", "--port", str(sim_port), "--config", str(config)],
         cwd=cwd,
-        stdout=subprocess.PIPE,
+        stdout=sim_log.open("w"),
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -772,12 +775,19 @@ def test_standalone_simulator_keeps_state_across_a_killed_bot(
             [sys.executable, "-m", "bot", "run", "--config", str(config)],
             cwd=cwd,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=bot_log.open("a"),
+            stderr=subprocess.STDOUT,
             text=True,
         )
         processes.append(process)
-        wait_for(lambda: healthy(http_port), 30, "the bot to listen")
+        try:
+            wait_for(
+                lambda: healthy(http_port) or process.poll() is not None, 30, "the bot to listen"
+            )
+        except BaseException:
+            print("bot:", bot_log.read_text()[-3000:], "simulator:", sim_log.read_text()[-3000:])
+            raise
+        assert process.poll() is None, bot_log.read_text()[-3000:]
         return process
 
     def sim_orders() -> list[dict[str, object]]:
