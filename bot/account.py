@@ -233,7 +233,7 @@ class AccountProjection:
     def __init__(self) -> None:
         self._books: dict[tuple[str, str, str], StrategyBook] = {}
         # strategy -> its books on every key: the risk gate asks for a strategy's open
-        # positions on every decision, for every strategy, and must not scan every book.
+        # positions, PnL and last loss on every decision, and must not scan every book.
         self._books_of: dict[str, list[StrategyBook]] = {}
         self._positions: dict[tuple[str, str], PositionUpdate] = {}
         self._wallets: dict[str, WalletUpdate] = {}
@@ -462,19 +462,23 @@ class AccountProjection:
         """Realized PnL minus fees of the current UTC day: one strategy's, or every one's
         (the bot's: what other clients of its keys did, the unattributed book, is theirs)."""
         day = (now or utc_now()).astimezone(UTC).date()  # once: the gate asks on every intent
+        books = (
+            (book for book in self._books.values() if book.strategy != UNATTRIBUTED)
+            if strategy is None
+            else self._books_of.get(strategy, ())
+        )
         total = ZERO
-        for book in self._books.values():
-            if book.strategy == strategy or (strategy is None and book.strategy != UNATTRIBUTED):
-                realized, fees = book.on(day)
-                total += realized - fees
+        for book in books:
+            realized, fees = book.on(day)
+            total += realized - fees
         return total
 
     def last_loss_at(self, strategy: str) -> datetime | None:
         """When the strategy last closed (part of) a position at a loss, on any key."""
         times = [
             book.last_loss_at
-            for book in self._books.values()
-            if book.strategy == strategy and book.last_loss_at is not None
+            for book in self._books_of.get(strategy, ())
+            if book.last_loss_at is not None
         ]
         return max(times, default=None)
 

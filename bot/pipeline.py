@@ -369,14 +369,7 @@ class Pipeline:
     async def _run_job(self, job: _Job, *, again: bool = False) -> None:
         slots = job.slots
         if again and slots:  # run before: who decided then is not asked again
-            decided = await self._journal.call(
-                self._journal.decided_strategies, job.signal.source, job.signal.id
-            )
-            # Their orders are carried on instead: a leg the failure left unsent has no
-            # other way out before the signal goes stale.
-            await self._executor.resume_decided(
-                job.signal.source, job.signal.id, {s.name for s in slots if s.name in decided}
-            )
+            decided = await self._carry_on_decided(job.signal, [slot.name for slot in slots])
             slots = [slot for slot in slots if slot.name not in decided]
         if slots or not job.slots:
             await self._run_slots(job.signal, slots)
@@ -388,6 +381,17 @@ class Pipeline:
             # skipped).
             self._journal.defer(partial(self._journal.mark_processed, job.signal))
             self._journal.write_deferred()
+
+    async def _carry_on_decided(self, signal: Signal, strategies: Sequence[str]) -> set[str]:
+        """Which of `strategies` decided on `signal` in an earlier run the journal holds; their
+        orders are carried on (`Executor.resume_decided`): a leg a journal failure left
+        unsent has no other way out before the signal goes stale."""
+        journaled = await self._journal.call(
+            self._journal.decided_strategies, signal.source, signal.id
+        )
+        decided = {name for name in strategies if name in journaled}
+        await self._executor.resume_decided(signal.source, signal.id, decided)
+        return decided
 
     # strategies -----------------------------------------------------------------------------
 
@@ -964,11 +968,7 @@ class Pipeline:
             )
             await asyncio.sleep(delay)
             try:
-                decided = await self._journal.call(
-                    self._journal.decided_strategies, tick.source, tick.id
-                )
-                if slot.name in decided:
-                    await self._executor.resume_decided(tick.source, tick.id, {slot.name})
+                await self._carry_on_decided(tick, [slot.name])
             except sqlite3.OperationalError as exc:
                 failure = exc
             else:

@@ -96,9 +96,10 @@ _STRANDED_ANSWER_WAIT_S: Final = 15.0
 _STRANDED_POLL_S: Final = 0.05
 # How long a signal run again waits for a leg another pass holds in flight (the
 # reconciliation loop's look-up: two reads, each within the venue's timeout, and the
-# key's rate limit); polled.
+# key's rate limit).
 _HELD_ELSEWHERE_WAIT_S: Final = 60.0
-_HELD_ELSEWHERE_POLL_S: Final = 0.02
+#: How often a wait for an order held in flight elsewhere looks again.
+_IN_FLIGHT_POLL_S: Final = 0.05
 #: An order under our orderLinkId that the venue created this long (besides the 1 s its
 #: clock may trail a signed request's) before our first send of it is another client's.
 _CREATED_MARGIN: Final = timedelta(seconds=2)
@@ -477,10 +478,8 @@ class Executor:
         """Cancel one opening order and wait until the books hold what filled of it; why not,
         if it could not be done by `deadline`."""
         loop = asyncio.get_running_loop()
-        while request.order_link_id in self._in_flight:  # being sent, or looked up: its end
-            if loop.time() >= deadline:
-                return "it is still being sent or looked up"
-            await asyncio.sleep(_STREAM_GRACE_S)
+        if not await self._out_of_flight(request.order_link_id, deadline):
+            return "it is still being sent or looked up"
         shown = await self.cancel(request)
         if shown is None:
             return None
@@ -748,21 +747,28 @@ class Executor:
         if link_id not in self._in_flight:
             return record
         deadline = asyncio.get_running_loop().time() + _HELD_ELSEWHERE_WAIT_S
-        while True:
-            while link_id in self._in_flight:
-                if asyncio.get_running_loop().time() > deadline:
-                    logger.bind(notify="venue_error").warning(
-                        "order {id} is still being looked up after {s:g} s: its signal's run "
-                        "again leaves it to the next start (which sends it if the venue lacks "
-                        "it and its signal is still fresh)",
-                        id=link_id,
-                        s=_HELD_ELSEWHERE_WAIT_S,
-                    )
-                    return None
-                await asyncio.sleep(_HELD_ELSEWHERE_POLL_S)
+        while await self._out_of_flight(link_id, deadline):
             current = await self._journal.call(self._journal.order, link_id)
             if link_id not in self._in_flight:  # else taken again while it was read
                 return None if current is None or current.status.is_terminal else current
+        logger.bind(notify="venue_error").warning(
+            "order {id} is still being looked up after {s:g} s: its signal's run again leaves "
+            "it to the next start (which sends it if the venue lacks it and its signal is "
+            "still fresh)",
+            id=link_id,
+            s=_HELD_ELSEWHERE_WAIT_S,
+        )
+        return None
+
+    async def _out_of_flight(self, link_id: str, deadline: float) -> bool:
+        """Wait until no pass holds the order in flight (being sent, or looked up); False if
+        one still does at `deadline` (the event loop's time)."""
+        loop = asyncio.get_running_loop()
+        while link_id in self._in_flight:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_IN_FLIGHT_POLL_S)
+        return True
 
     async def _resume_in_flight(self, record: OrderRecord, *, resend: bool) -> None:
         """`_resume`, the order counted in flight meanwhile (so that nothing else resumes,
