@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from bot.logs import logger
 from bot.messages import Execution, OrderEvent, Side
@@ -28,9 +28,10 @@ from bot.messages import Execution, OrderEvent, Side
 if TYPE_CHECKING:  # the journal imports the risk package: no import cycle at run time
     from bot.journal import OrderRecord
 
-__all__ = ["ExposureLedger", "Reservation", "reserve_unfinished"]
+__all__ = ["Exposure", "ExposureLedger", "Reservation", "reserve_unfinished"]
 
 ZERO: Final = Decimal(0)
+_NO_SIDES: Final[Mapping[str, tuple[Decimal, Decimal]]] = {}
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,14 @@ class Reservation:
         whole = self.final_qty if self.final_qty is not None else self.qty
         left = max(whole - self.booked, ZERO)
         return left if self.signed_qty > 0 else -left
+
+
+class Exposure(NamedTuple):
+    """A strategy's worst-case exposure at given prices (`ExposureLedger.exposure_at`)."""
+
+    notional: Decimal
+    #: The symbols where it holds exposure that had no price (left out of `notional`).
+    unpriced: list[str]
 
 
 class ExposureLedger:
@@ -173,7 +182,7 @@ class ExposureLedger:
         both), and so does what it holds on other keys (`held_elsewhere`)."""
         position = self._position_of(strategy, symbol)
         elsewhere = self._held_elsewhere(strategy, symbol)
-        buys, sells = self._sides.get(strategy, {}).get(symbol, (ZERO, ZERO))
+        buys, sells = self._sides.get(strategy, _NO_SIDES).get(symbol, (ZERO, ZERO))
         return (
             max(position, ZERO) + buys + elsewhere,
             -(min(position, ZERO) + sells) + elsewhere,
@@ -236,27 +245,32 @@ class ExposureLedger:
         prices: Mapping[str, Decimal],
         adding: Reservation | None = None,
     ) -> Decimal:
+        """The strategy's worst-case notional at `prices` (`exposure_at`), a symbol `prices`
+        has no price of left out."""
+        return self.exposure_at(strategy, prices, adding).notional
+
+    def exposure_at(
+        self,
+        strategy: str,
+        prices: Mapping[str, Decimal],
+        adding: Reservation | None = None,
+    ) -> Exposure:
         """The strategy's worst-case notional at `prices` over every symbol where it has
-        exposure, with `adding` counted as one more order in flight. A symbol `prices` has no
-        price of is left out: `unpriced` says which."""
+        exposure, with `adding` counted as one more order in flight, and the symbols of its
+        exposure that `prices` has no price of (left out of the notional). One pass over its
+        symbols: the risk gate asks this of every strategy on every decision."""
         symbols = self.exposure_symbols(strategy)
         if adding is not None:
             symbols.add(adding.symbol)
-        return sum(
-            (
-                self.worst_notional(strategy, symbol, prices[symbol], adding)
-                for symbol in symbols & prices.keys()
-            ),
-            ZERO,
-        )
-
-    def unpriced(self, strategy: str, prices: Mapping[str, Decimal]) -> list[str]:
-        """The symbols of the strategy's exposure that `prices` has no price of."""
-        return sorted(
-            symbol
-            for symbol in self.exposure_symbols(strategy) - prices.keys()
-            if self.worst_position(strategy, symbol)
-        )
+        notional = ZERO
+        unpriced: list[str] = []
+        for symbol in symbols:
+            price = prices.get(symbol)
+            if price is not None:
+                notional += self.worst_notional(strategy, symbol, price, adding)
+            elif self.worst_position(strategy, symbol):
+                unpriced.append(symbol)
+        return Exposure(notional, sorted(unpriced))
 
 
 def reserve_unfinished(

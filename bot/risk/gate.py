@@ -447,24 +447,22 @@ class RiskGate:
                 f"orders in flight (max_position_notional_usdt = "
                 f"{config.max_position_notional_usdt})",
             )
-        others = [name for name in self._strategies if name != strategy]
-        unpriced = sorted(
-            {s for name in (strategy, *others) for s in ledger.unpriced(name, prices)}
-        )
+        mine = ledger.exposure_at(strategy, prices, adding)
+        others = [ledger.exposure_at(name, prices) for name in self._strategies if name != strategy]
+        unpriced = sorted({s for exposure in (mine, *others) for s in exposure.unpriced})
         if unpriced:  # never valued at zero: the limits could not be checked
             return (
                 "MARKET_DATA",
                 f"no current price of {', '.join(unpriced)}, where exposure is held: the "
                 "exposure limits cannot be checked; the next signal tries again",
             )
-        mine = ledger.strategy_exposure(strategy, prices, adding)
-        if mine > config.max_strategy_exposure_usdt:
+        if mine.notional > config.max_strategy_exposure_usdt:
             return (
                 "MAX_STRATEGY_EXPOSURE",
-                f"{strategy}'s exposure could reach {mine:.2f} USDT with its orders in flight "
-                f"(max_strategy_exposure_usdt = {config.max_strategy_exposure_usdt})",
+                f"{strategy}'s exposure could reach {mine.notional:.2f} USDT with its orders in "
+                f"flight (max_strategy_exposure_usdt = {config.max_strategy_exposure_usdt})",
             )
-        total = mine + sum((ledger.strategy_exposure(name, prices) for name in others), Decimal(0))
+        total = mine.notional + sum((exposure.notional for exposure in others), Decimal(0))
         if total > self._config.max_total_exposure_usdt:
             return (
                 "MAX_TOTAL_EXPOSURE",
