@@ -210,7 +210,8 @@ def test_each_strategy_s_exposure_is_its_own_orders_in_flight_whatever_came_befo
 ) -> None:
     """The sums the ledger keeps per strategy and symbol (so that a decision scans none of the
     other strategies) are always those of the orders in flight it holds: an order released
-    leaves nothing behind, in its own strategy's symbols or in another's."""
+    leaves nothing behind, in its own strategy's symbols or in another's. A symbol without a
+    price is left out of the sum and named."""
     ledger = ExposureLedger(lambda strategy, symbol: Decimal(0))
     held: dict[str, Reservation] = {}
     for action, number, reservation in steps:
@@ -225,7 +226,7 @@ def test_each_strategy_s_exposure_is_its_own_orders_in_flight_whatever_came_befo
     for strategy in _STRATEGIES:
         mine = [r for r in held.values() if r.strategy == strategy and not r.reduce_only]
         assert ledger.exposure_symbols(strategy) == {r.symbol for r in mine}
-        expected = Decimal(0)
+        expected: dict[str, Decimal] = {}
         for symbol in _SYMBOLS:
             sides = [r for r in mine if r.symbol == symbol]
             buys = [r for r in sides if r.signed_qty > 0]
@@ -234,6 +235,10 @@ def test_each_strategy_s_exposure_is_its_own_orders_in_flight_whatever_came_befo
             short = sum((r.qty for r in sells), Decimal(0))
             buy_price = max([Decimal(100), *(r.limit for r in buys if r.limit)])
             sell_price = max([Decimal(100), *(r.limit for r in sells if r.limit)])
-            expected += max(long * buy_price, short * sell_price)
-        assert ledger.strategy_exposure(strategy, prices) == expected
+            expected[symbol] = max(long * buy_price, short * sell_price)
+        assert ledger.strategy_exposure(strategy, prices) == sum(expected.values(), Decimal(0))
+        # Without ETHUSDT's price: the rest is valued, and ETHUSDT named if exposure is there.
+        exposure = ledger.exposure_at(strategy, {"BTCUSDT": Decimal(100)})
+        assert exposure.notional == expected["BTCUSDT"]
+        assert exposure.unpriced == (["ETHUSDT"] if expected["ETHUSDT"] else [])
         assert ledger.open_orders(strategy) == sum(r.strategy == strategy for r in held.values())
