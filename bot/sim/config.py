@@ -73,6 +73,11 @@ PERMISSION_GROUPS: tuple[str, ...] = (
     "NFT",
     "Affiliate",
     "Earn",
+    "FiatP2P",
+    "FiatBitPay",
+    "FiatConvertBroker",
+    "BitCard",
+    "ByXPost",
 )
 
 PositiveDecimal = Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]

@@ -760,6 +760,12 @@ def test_query_api_reports_the_key_with_bybits_field_names(
     assert info["permissions"]["ContractTrade"] == ["Order", "Position"]
     assert info["permissions"]["Wallet"] == ["AccountTransfer"]
     assert info["permissions"]["Spot"] == []
+    # Every group of Bybit's table is there, those the key does not hold empty.
+    assert set(info["permissions"]) == {
+        *("ContractTrade", "Spot", "Wallet", "Options", "Derivatives", "Exchange", "Earn"),
+        *("FiatP2P", "FiatBitPay", "FiatConvertBroker", "BitCard", "ByXPost", "Affiliate"),
+        *("BlockTrade", "NFT", "CopyTrading"),
+    }
     assert info["ips"] == ["127.0.0.1"]
     assert info["deadlineDay"] == 30
     assert info["expiredAt"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ")
