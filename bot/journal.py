@@ -611,9 +611,20 @@ def _check_wal_whole(path: Path) -> None:
         if before is None or before != _shm_state(shm):
             continue  # none, or moving: a writer is at work
         page_size, max_frame, backfilled, salts = before
-        if max_frame <= backfilled:
-            return  # every committed frame is in the journal file itself
         committed = _WAL_HEADER_BYTES + max_frame * (_WAL_FRAME_HEADER_BYTES + page_size)
+        if max_frame <= backfilled:
+            # Every committed frame is in the journal file itself. Whole, or gone, the WAL
+            # can do no harm; cut short, it would: SQLite would take the older pages its
+            # first frames hold over the newer ones copied into the file (the journal back
+            # in time, its indexes no longer matching its rows).
+            if 0 < wal_size < committed and wal_head[16:24] == salts:
+                raise JournalError(
+                    f"journal {path.absolute()}: its WAL {wal.name} is cut short ({wal_size} "
+                    f"of {committed} bytes), and SQLite would open the journal with older "
+                    f"pages from it. Every committed change is in {path.name} itself: delete "
+                    f"{wal.name} and {shm.name} to open it whole"
+                )
+            return
         if not wal_size:
             what = f"its WAL {wal.name} is missing or empty"
         elif wal_size < committed:

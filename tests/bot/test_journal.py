@@ -31,6 +31,7 @@ from bot.journal import (
     JournalDamaged,
     JournalError,
     JournalInUse,
+    journal_files,
     lock_journal,
 )
 from bot.logs import REDACTED, RepeatedNotes, logger, redact
@@ -1536,6 +1537,43 @@ def test_a_wal_that_lost_commits_after_a_crash_is_refused_not_opened_without_the
 
     with pytest.raises(JournalError, match=r"lost its last changes: its WAL.*delete journal"):
         Journal(path, read_only=read_only)
+
+
+def test_a_wal_cut_short_after_every_commit_was_copied_is_refused_and_deleting_it_heals(
+    tmp_path: Path,
+) -> None:
+    # Reproduced by a probe: the bot killed once its checkpoint had copied every frame into
+    # the journal file, then the WAL cut short: `bot orders` showed an order Filled as Pending
+    # (SQLite took older pages from the WAL's first frames), and `bot run` started on it.
+    path = tmp_path / "journal.sqlite3"
+    checkpointed_then_killed = (
+        "import os, signal, sqlite3, sys\n"
+        "from datetime import UTC, datetime\n"
+        "from pathlib import Path\n"
+        "from bot.journal import Journal\n"
+        "from bot.messages import parse_signal\n"
+        "journal = Journal(Path(sys.argv[1]))\n"
+        "for signal_id in ('first', 'second', 'third'):\n"
+        "    journal.record_signal(parse_signal('voiceofchain', {'id': signal_id, "
+        "'symbol': 'BTCUSDT', 'side': 'buy', 'ts': datetime.now(UTC).isoformat()}))\n"
+        "copy = sqlite3.connect(sys.argv[1])\n"
+        "assert copy.execute('PRAGMA wal_checkpoint(PASSIVE)').fetchone()[0] == 0\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    crashed = subprocess.run(
+        [sys.executable, "-c", checkpointed_then_killed, str(path)], check=False, timeout=60
+    )
+    assert crashed.returncode == -signals.SIGKILL
+    _, wal, shm = journal_files(path)
+    _cut_short(wal)
+
+    with pytest.raises(JournalError, match=r"WAL journal.sqlite3-wal is cut short .* delete"):
+        Journal(path, read_only=True)
+
+    wal.unlink()  # as the refusal says: everything is in the journal file
+    shm.unlink()
+    with closing(Journal(path)) as journal:
+        assert all(journal.signal("voiceofchain", id_) for id_ in ("first", "second", "third"))
 
 
 def test_a_journal_whose_bot_was_killed_opens_with_every_commit(tmp_path: Path) -> None:
