@@ -293,11 +293,14 @@ class Service:
             if stages.control is not None:
                 background.append(tasks.create_task(stages.control.run()))
             self._on_hangup = stages.keys.wake
+            # Read while the socket is open: a stop (SIGTERM, Ctrl-C) that comes as the server
+            # starts closes it before the wait below sees the server started.
+            port = sock.getsockname()[1]
             serving = tasks.create_task(self._server.serve(sockets=[sock]))
             while not self._server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes only a flag
                 await asyncio.sleep(0.01)
-            if self._server.started:
-                self.http_port = sock.getsockname()[1]
+            if self._server.started and not self._server.should_exit:
+                self.http_port = port
                 logger.info(
                     "bot ready: {env}, webhooks on {url}",
                     env=self.settings.environment,

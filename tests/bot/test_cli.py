@@ -20,6 +20,7 @@ import types
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 from pathlib import Path
@@ -1768,3 +1769,40 @@ def test_a_terminal_of_another_encoding_gets_the_table_not_a_traceback(
     assert shown.returncode == 0, shown.stderr
     assert "Traceback" not in shown.stderr
     assert "?" in shown.stdout  # the "…" the terminal cannot show
+
+
+def test_a_stop_as_the_http_server_starts_ends_the_bot_cleanly(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Found by a probe: a SIGTERM 80-150 ms after start-up's first line (the streams live, the
+    # server starting: a `docker stop` during a start) ended `bot run` with a traceback and
+    # exit 1, the port read from a socket uvicorn had closed. Swept over that window.
+    config = sim_config(port=free_port())
+    outcomes = []
+    for delay_s in (0.0, 0.015, 0.03, 0.045, 0.06):
+        log = config.parent / f"run-{delay_s}.log"
+        with log.open("w") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bot", "run", "--config", str(config)],
+                cwd=config.parent,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        try:
+            wait_for(partial(_live_or_ended, log, process), 30, "the account stream live")
+            time.sleep(delay_s)
+            process.send_signal(signal.SIGTERM)
+            returncode = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        text = log.read_text()
+        outcomes.append((delay_s, returncode, "Traceback" in text or "unexpected error" in text))
+
+    assert all(code == 0 and not traceback for _, code, traceback in outcomes), outcomes
+
+
+def _live_or_ended(log: Path, process: subprocess.Popen[str]) -> bool:
+    return "account stream of key" in log.read_text() or process.poll() is not None
