@@ -421,6 +421,14 @@ def signal_send(
             f"no answer from {target} within {SEND_TIMEOUT_S:g} s; the signal may have been "
             "received: see `bot orders` before sending it again (the same id is deduplicated)"
         )
+    if not _bot_answer(status, answer, "status", "id"):
+        # A web server's page, a proxy's: never a 200 taken for the bot's word that it has
+        # the signal, nor its page printed as the bot's answer.
+        _fail(
+            f"what answers at {target} is not the bot (HTTP {status}, not its JSON): the "
+            "signal did not reach it; give --url of the bot (or --config with its [http] host "
+            "and port)"
+        )
     if as_json:
         typer.echo(_answer_json(status, str(payload["id"]), answer))
     else:  # plain lines, never wrapped: the answer is the bot's JSON
@@ -739,7 +747,7 @@ def _switch(
                 "(the halt holds) and run this command again"
             )
         return
-    if not _bot_answer(status, answer):
+    if not _bot_answer(status, answer, "state"):
         # Another program on the port (a web server's page): never "the bot refused", and
         # never a 200 taken for the bot's word that the halt holds.
         _fail(
@@ -762,14 +770,14 @@ def _switch(
         )
 
 
-def _bot_answer(status: int, text: str) -> bool:
-    """Whether `text` can be the bot's answer to a halt or resume: a JSON object, naming the
-    state entered when it says 200."""
+def _bot_answer(status: int, text: str, *names: str) -> bool:
+    """Whether `text` can be the bot's answer: a JSON object, holding each of `names` when it
+    says 2xx (another program's page on the port could say 200 too, never in the bot's words)."""
     try:
         document = json.loads(text)
     except ValueError:
         return False
-    return isinstance(document, dict) and (status != 200 or "state" in document)
+    return isinstance(document, dict) and (status >= 300 or all(n in document for n in names))
 
 
 def _undone(answer: str) -> str:

@@ -1621,6 +1621,30 @@ def test_bot_halt_aimed_at_another_program_says_so_in_one_line(
     assert halted.stdout == ""
 
 
+@pytest.mark.parametrize("status", [200, 502])
+def test_bot_signal_send_aimed_at_another_program_says_so_in_one_line(
+    sim_config: Callable[..., Path], tmp_path: Path, status: int
+) -> None:
+    """Found by a probe: a web server's 200 on the bot's port printed its page and exited 0,
+    a script's proof that the bot had the signal; its 5xx printed the whole page."""
+    handler = type("Page", (_WebPage,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        config = sim_config(port=server.server_address[1])
+
+        sent = bot("signal", "send", *BUY_BTC, "--config", str(config), cwd=tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert sent.returncode == 2
+    line = _one_line(sent.stderr)
+    assert f"is not the bot (HTTP {status}, not its JSON): the signal did not reach it" in line
+    assert sent.stdout == ""
+
+
 def _as_another_user(*args: str) -> list[str]:
     """`python -m bot *args` as a user other than the state directory's owner would run it:
     root drops the capabilities that let it read and enter anything."""
