@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import sys
@@ -364,6 +365,11 @@ def signal_send(
     --mqtt, publish it to the broker, signed with BOT_MQTT_SIGNING_SECRET if set)."""
     if signal_id is not None and not signal_id.strip():
         _fail("--id is empty: give the signal's id, or leave --id out for a new random one")
+    if not _SOURCE_NAME.fullmatch(source):
+        _fail(
+            f"--source {source[:40]!r} is not a source name: lowercase letters, digits and _, "
+            "up to 32 (a [sources.<name>] of the bot's configuration)"
+        )
     settings = _settings(config)
     payload: dict[str, object] = {
         "id": f"cli-{uuid.uuid4().hex[:16]}" if signal_id is None else signal_id,
@@ -390,11 +396,16 @@ def signal_send(
         return
     body = json.dumps(payload, default=_decimal_as_number).encode()
     target = _webhook_url(settings, source, url)
+    # In `sim` a missing secret is generated, for a source of this configuration only:
+    # another's (--url of another bot) would get a new one its bot never knew.
+    resolver = (
+        secret_resolver(settings, secrets_dir)
+        if source in settings.sources
+        else SecretResolver(secrets_dir)
+    )
     try:
         # The first of the source's secrets (one per line while a sender rotates) signs.
-        secret = split_secrets(
-            secret_resolver(settings, secrets_dir).get(webhook_secret_name(source))
-        )[0]
+        secret = split_secrets(resolver.get(webhook_secret_name(source)))[0]
     except MissingSecretError as exc:
         _fail(str(exc))
     other = _other_environment(target, settings.environment.value)
@@ -465,6 +476,9 @@ def _webhook_url(settings: BotSettings, source: str, url: str | None) -> str:
         _fail(str(exc))
     return f"{_bot_url(settings)}/webhooks/{source}"
 
+
+#: A webhook source's name, as `[sources.<name>]` and an MQTT source allow it.
+_SOURCE_NAME: Final = re.compile(r"[a-z0-9_]{1,32}")
 
 #: A bot's 401 for a signature made with another secret (not one too old, or malformed).
 _MISMATCHED_SIGNATURE: Final = "signature does not match the body and the secret"

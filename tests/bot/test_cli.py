@@ -1645,6 +1645,59 @@ def test_bot_signal_send_aimed_at_another_program_says_so_in_one_line(
     assert sent.stdout == ""
 
 
+@pytest.mark.parametrize("source", ["../admin/halt", "Voice", "", "x" * 33])
+def test_signal_send_refuses_a_source_that_is_no_source_name_and_writes_nothing(
+    sim_config: Callable[..., Path], tmp_path: Path, source: str
+) -> None:
+    # Found by a probe: "../admin/halt" made a secret file's name outside the secrets folder
+    # (it failed only for a folder missing on the way), with a misleading message.
+    config = sim_config(port=free_port())
+    url = f"http://127.0.0.1:{free_port()}"
+
+    sent = bot(
+        "signal",
+        "send",
+        *BUY_BTC,
+        "--source",
+        source,
+        "--url",
+        url,
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+
+    assert sent.returncode == 2
+    assert "is not a source name: lowercase letters, digits and _" in _one_line(sent.stderr)
+    assert not (config.parent / "var").exists()
+
+
+def test_signal_send_for_a_source_the_configuration_lacks_generates_no_secret(
+    sim_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Found by a probe: in sim, a secret was generated for any --source (a new random one,
+    # which no bot knows), left behind in the state directory.
+    config = sim_config(port=free_port())
+    url = f"http://127.0.0.1:{free_port()}"
+
+    sent = bot(
+        "signal",
+        "send",
+        *BUY_BTC,
+        "--source",
+        "nosuch",
+        "--url",
+        url,
+        "--config",
+        str(config),
+        cwd=tmp_path,
+    )
+
+    assert sent.returncode == 2
+    assert "secret BOT_WEBHOOK_SECRET_NOSUCH is not set" in _one_line(sent.stderr)
+    assert not list((config.parent / "var").rglob("*nosuch*"))
+
+
 def _as_another_user(*args: str) -> list[str]:
     """`python -m bot *args` as a user other than the state directory's owner would run it:
     root drops the capabilities that let it read and enter anything."""
