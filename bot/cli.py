@@ -58,7 +58,14 @@ from bot.journal import (
     stored_time,
 )
 from bot.messages import SignalError, is_unicode, json_number, one_line, parse_signal, utc_now
-from bot.net import DEFAULT_SIM_PORT, cannot_listen, http_url, loopback_off_proxies, tcp_listener
+from bot.net import (
+    DEFAULT_SIM_PORT,
+    beyond_loopback,
+    cannot_listen,
+    http_url,
+    loopback_off_proxies,
+    tcp_listener,
+)
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from bot.secrets import (
     ADMIN_SECRET_NAME,
@@ -1686,6 +1693,13 @@ def sim(
             cannot_listen(
                 host, port, exc, who="a simulator", host_option="--host", port_option="--port"
             )
+        )
+    if beyond_loopback(sock):
+        typer.echo(
+            f"warning: --host {host} opens the simulator to other machines: its API answers "
+            "anyone holding a sim key's secret (its /sim admin routes answer this machine "
+            "only); use --host 127.0.0.1 unless a container or another machine must reach it",
+            err=True,
         )
     console.print(
         f"simulator on {http_url(host, sock.getsockname()[1])} with keys: "

@@ -4,6 +4,7 @@ off proxies."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from collections.abc import MutableMapping
@@ -12,6 +13,7 @@ from typing import Final
 __all__ = [
     "DEFAULT_SIM_PORT",
     "LOOPBACK_NAMES",
+    "beyond_loopback",
     "cannot_listen",
     "http_url",
     "loopback_off_proxies",
@@ -40,6 +42,12 @@ def loopback_off_proxies(environ: MutableMapping[str, str] = os.environ) -> None
     missing = [name for name in LOOPBACK_NAMES if name not in entries]
     if missing:
         environ["no_proxy"] = ",".join([*entries, *missing])
+
+
+def beyond_loopback(sock: socket.socket) -> bool:
+    """Whether the bound `sock` listens for more than this machine (0.0.0.0, an address of
+    the network): its address as bound, so that a name is judged by what it resolved to."""
+    return not ipaddress.ip_address(sock.getsockname()[0]).is_loopback
 
 
 def http_url(host: str, port: int) -> str:

@@ -33,7 +33,7 @@ from bot.account import AccountProjection
 from bot.config import load_settings
 from bot.journal import Journal, TraceRow, lock_journal
 from bot.messages import Side
-from bot.net import http_url, loopback_off_proxies
+from bot.net import beyond_loopback, http_url, loopback_off_proxies, tcp_listener
 from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.gate import RiskGate
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
@@ -1464,6 +1464,47 @@ def test_bot_sim_on_a_port_in_use_says_so_in_one_line(sim_config: Callable[..., 
     assert _one_line(refused.stderr).startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
     assert "is a simulator already running there?" in refused.stderr
     assert refused.stdout == ""  # not announced as running
+
+
+@pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", True), ("localhost", False)])
+def test_bot_sim_beyond_loopback_warns_that_other_machines_reach_it(
+    sim_config: Callable[..., Path], host: str, warned: bool
+) -> None:
+    # Found by a probe: --host 0.0.0.0 opened the simulator to the network without a word,
+    # though its help says to keep it loopback.
+    config = sim_config()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bot",
+            "sim",
+            "--host",
+            host,
+            "--port",
+            "0",
+            "--config",
+            str(config),
+        ],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("simulator on ")  # after the warning
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+
+    assert ("opens the simulator to other machines" in stderr) is warned, stderr
+
+
+def test_beyond_loopback_judges_the_address_bound() -> None:
+    for host, beyond in (("127.0.0.1", False), ("127.0.0.2", False), ("0.0.0.0", True)):
+        with contextlib.closing(tcp_listener(host, 0)) as sock:
+            assert beyond_loopback(sock) is beyond, host
 
 
 @pytest.mark.parametrize("host", ["999.1.1.1", "10.9.9.9"])
