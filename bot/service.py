@@ -33,7 +33,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -95,6 +95,8 @@ if TYPE_CHECKING:
     from bot.sim import SimExchange
 
 __all__ = ["Service", "check_mainnet_opt_in"]
+
+T = TypeVar("T")
 
 #: SIGTERM to exit: the drain gets what is left once a venue call in flight could time out.
 SHUTDOWN_BUDGET_S: Final = 10.0
@@ -229,7 +231,7 @@ class Service:
             resources.callback(sock.close)
             _ignore_hangups()  # until its handler is in place: start-up reads the secrets
             # Start-up does file, SQLite and thread I/O: keep it off the event loop too.
-            stages = await asyncio.to_thread(self._build, resources)
+            stages = await _to_its_end(asyncio.to_thread(self._build, resources))
             with self._stop_on_signals():
                 if not await self._unless_stopped(self._check_accounts(stages)):
                     logger.warning("stopped during the start-up checks")
@@ -1086,6 +1088,21 @@ async def _first_attempts(streams: Iterable[SupervisedStream], wait_s: float) ->
     finally:
         for wait in waits:
             wait.cancel()
+
+
+async def _to_its_end(work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result; cancelled meanwhile (Ctrl-C during start-up), it still runs to its end
+    before the cancellation goes on. A thread's work cannot be stopped: cancelled at once, the
+    start-up's clean-up would close what its thread is still opening (the journal, the
+    simulator), which then went on unlocked and unclosed (a crash at exit, once in five)."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():  # a second Ctrl-C waits too
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task})
+        raise
 
 
 def _ignore_hangups() -> None:

@@ -1924,3 +1924,62 @@ def test_a_stop_as_the_http_server_starts_ends_the_bot_cleanly(
 
 def _live_or_ended(log: Path, process: subprocess.Popen[str]) -> bool:
     return "account stream of key" in log.read_text() or process.poll() is not None
+
+
+#: A strategy whose module takes a while to load: start-up's build is under way in its thread
+#: (the journal locked, nothing else yet) for as long, and says so with a file.
+SLOW_TO_LOAD = """
+import pathlib
+import time
+
+from strategies.base import Strategy
+
+pathlib.Path(__file__).with_name("loading").touch()
+time.sleep(1.5)
+
+
+class SlowToLoad(Strategy):
+    def on_signal(self, signal, context):
+        return self.decline("slow")
+"""
+
+
+def test_ctrl_c_while_start_up_builds_ends_after_the_build_with_nothing_left_open(
+    sim_config: Callable[..., Path],
+) -> None:
+    # Found by a probe: Ctrl-C a few ms into start-up crashed the interpreter at exit (once
+    # in five): the clean-up closed the journal's lock while the build, in its thread, went
+    # on to open the journal, the simulator and their threads, never closed.
+    config = sim_config(
+        port=free_port(),
+        extra='\n[keys.slow_sim]\nenvironment = "sim"\n'
+        '\n[strategies.slow]\nplugin = "slowtoload:SlowToLoad"\nkey = "slow_sim"\n',
+    )
+    (config.parent / "slowtoload.py").write_text(SLOW_TO_LOAD)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--config", str(config)],
+        cwd=config.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: (config.parent / "loading").exists() or process.poll() is not None,
+            30,
+            "the strategy to load",
+        )
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and "Fatal Python error" not in output, output
+    # What the build opened was closed: the journal it made was closed cleanly (SQLite
+    # removes its WAL then), not left open in a process that ended.
+    state = config.parent / "var"
+    assert (state / "journal.sqlite3").exists()
+    assert not (state / "journal.sqlite3-wal").exists()
