@@ -44,7 +44,7 @@ from signals.voiceofchain import (
     signature_problem,
 )
 
-__all__ = ["ADMIN_SECRET_NAME", "AdminCommand", "AdminRoutes", "parse_command"]
+__all__ = ["ADMIN_SECRET_NAME", "MAX_REASON_CHARS", "AdminCommand", "AdminRoutes", "parse_command"]
 
 _MAX_BODY_BYTES: Final = 4096
 _BODY_TIMEOUT_S: Final = 10.0
@@ -55,6 +55,10 @@ _BODY_TIMEOUT_S: Final = 10.0
 _NOT_TEXT: Final = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
+#: The longest reason a halt or resume journals.
+MAX_REASON_CHARS: Final = 200
+
+
 class AdminCommand(BaseModel):
     """The body of a halt or resume: which scope (null: the whole bot), why, and (a halt
     only) whether to cancel the scope's open orders and flatten its positions."""
@@ -62,7 +66,7 @@ class AdminCommand(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: str | None = None
-    reason: str = Field("", max_length=200)
+    reason: str = Field("", max_length=MAX_REASON_CHARS)
     # true or false only: "yes" or 0 for a flag that cancels and closes is a mistake to name.
     cancel_open: StrictBool = False
     flatten: StrictBool = False

@@ -151,10 +151,24 @@ def _bot(
     """Turn trading signals into Bybit orders, safely. Offline by default (simulator)."""
 
 
+def _config_file(typed: str | Path) -> Path:
+    """--config, refused when empty: a path of "" would be the current directory."""
+    if not str(typed).strip():
+        raise typer.BadParameter(
+            "is empty: give the configuration file's path, or leave --config out for "
+            "$BOT_CONFIG or config/bot.toml"
+        )
+    return Path(typed)
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", help="configuration file", show_default="$BOT_CONFIG or config/bot.toml"
+        "--config",
+        parser=_config_file,
+        metavar="<path>",
+        help="configuration file",
+        show_default="$BOT_CONFIG or config/bot.toml",
     ),
 ]
 
@@ -690,6 +704,10 @@ def halt(
     secrets_dir: SecretsDirOption = DEFAULT_SECRETS_DIR,
 ) -> None:
     """Kill switch: from the very next intent, only orders that reduce exposure pass."""
+    from bot.admin import MAX_REASON_CHARS  # fastapi's import: only for the commands using it
+
+    if len(reason) > MAX_REASON_CHARS:
+        _fail(f"--reason is {len(reason)} characters: the journal keeps at most {MAX_REASON_CHARS}")
     command: dict[str, Any] = {"strategy": strategy, "reason": reason}
     if cancel_open or flatten:
         command |= {"cancel_open": cancel_open, "flatten": flatten}

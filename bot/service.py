@@ -673,10 +673,11 @@ class Service:
             from bot.simulated import simulator_config
 
             simulator_config(settings)
-        if not settings.journal_path.exists():
-            logger.info("new journal at {path}", path=settings.journal_path.absolute())
+        new = not settings.journal_path.exists()
         journal = Journal(settings.journal_path, synchronous=settings.journal_synchronous)
         resources.callback(journal.close)
+        if new:  # said once made: a journal refused (its WAL left alone) never was
+            logger.info("new journal at {path}", path=settings.journal_path.absolute())
         journal.claim_environment(settings.environment.value)
         self.journal = journal
         journal.checkpoint_in_background()

@@ -38,7 +38,7 @@ from bot.risk.config import RiskConfig, StrategyRiskConfig
 from bot.risk.gate import RiskGate
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from tests.bot.test_account import fill
-from tests.bot.test_journal import damage
+from tests.bot.test_journal import crashed_with_signals, damage
 from tests.bot.test_journal import signal as journal_signal
 from tests.conftest import (
     SIM_CONFIG,
@@ -1983,3 +1983,32 @@ def test_ctrl_c_while_start_up_builds_ends_after_the_build_with_nothing_left_ope
     state = config.parent / "var"
     assert (state / "journal.sqlite3").exists()
     assert not (state / "journal.sqlite3-wal").exists()
+
+
+def test_an_empty_config_and_a_reason_too_long_are_one_line_each(tmp_path: Path) -> None:
+    # Found by a probe: --config "" said "config file . is a directory"; a --reason over 200
+    # characters was refused in the words of the HTTP body the command sends.
+    empty = bot("orders", "--config", "", cwd=tmp_path)
+    long = bot("halt", "--reason", "x" * 201, cwd=tmp_path)
+
+    assert (empty.returncode, long.returncode) == (2, 2)
+    assert "'--config': is empty: give the configuration file's path" in empty.stderr
+    assert (
+        _one_line(long.stderr) == "error: --reason is 201 characters: the journal keeps at most 200"
+    )
+
+
+def test_a_journal_refused_for_its_wal_is_not_said_new(sim_config: Callable[..., Path]) -> None:
+    # Found by a probe: the journal deleted and its WAL left, `bot run` said "new journal at"
+    # before refusing it.
+    config = sim_config(port=free_port())
+    journal = config.parent / "var" / "journal.sqlite3"
+    journal.parent.mkdir()
+    crashed_with_signals(journal, "promised")
+    journal.unlink()
+
+    refused = bot("run", "--config", str(config), cwd=config.parent)
+
+    assert refused.returncode == 2
+    assert "new journal" not in refused.stdout + refused.stderr
+    assert not journal.exists()
