@@ -802,8 +802,15 @@ def _switch(
     typer.echo(answer)  # the bot's JSON, never wrapped
     undone = _undone(answer)
     if undone:
+        # A flatten superseded: a later command (a resume) changed the state meanwhile, so
+        # the halt may hold no longer; `bot risk status` says what does.
+        holds = (
+            f"the {route} was followed by another command (see `bot risk status`)"
+            if json.loads(answer).get("superseded") is True
+            else f"the {route} holds"
+        )
         _fail(
-            f"the {route} holds, but {undone} did not complete (see each row's status "
+            f"{holds}, but {undone} did not complete (see each row's status "
             "above): check `bot orders` and `bot positions`, then run this command again",
             1,
         )

@@ -1693,20 +1693,8 @@ def test_signal_send_refuses_a_source_that_is_no_source_name_and_writes_nothing(
     # Found by a probe: "../admin/halt" made a secret file's name outside the secrets folder
     # (it failed only for a folder missing on the way), with a misleading message.
     config = sim_config(port=free_port())
-    url = f"http://127.0.0.1:{free_port()}"
 
-    sent = bot(
-        "signal",
-        "send",
-        *BUY_BTC,
-        "--source",
-        source,
-        "--url",
-        url,
-        "--config",
-        str(config),
-        cwd=tmp_path,
-    )
+    sent = _send_from_source(source, config, tmp_path)
 
     assert sent.returncode == 2
     assert "is not a source name: lowercase letters, digits and _" in _one_line(sent.stderr)
@@ -1719,20 +1707,8 @@ def test_signal_send_for_a_source_the_configuration_lacks_generates_no_secret(
     # Found by a probe: in sim, a secret was generated for any --source (a new random one,
     # which no bot knows), left behind in the state directory.
     config = sim_config(port=free_port())
-    url = f"http://127.0.0.1:{free_port()}"
 
-    sent = bot(
-        "signal",
-        "send",
-        *BUY_BTC,
-        "--source",
-        "nosuch",
-        "--url",
-        url,
-        "--config",
-        str(config),
-        cwd=tmp_path,
-    )
+    sent = _send_from_source("nosuch", config, tmp_path)
 
     assert sent.returncode == 2
     assert "secret BOT_WEBHOOK_SECRET_NOSUCH is not set" in _one_line(sent.stderr)
@@ -2012,3 +1988,14 @@ def test_a_journal_refused_for_its_wal_is_not_said_new(sim_config: Callable[...,
     assert refused.returncode == 2
     assert "new journal" not in refused.stdout + refused.stderr
     assert not journal.exists()
+
+
+def _send_from_source(source: str, config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`bot signal send --source SOURCE` to a port where nothing listens."""
+    url = f"http://127.0.0.1:{free_port()}"
+    return bot(
+        *("signal", "send", *BUY_BTC, "--source", source, "--url", url),
+        "--config",
+        str(config),
+        cwd=cwd,
+    )
