@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
@@ -1638,23 +1638,28 @@ class _WebPage(SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def _web_page(status: int) -> Iterator[int]:
+    """Another program's web server on a loopback port (yielded), answering `status`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Page", (_WebPage,), {"status": status}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize("status", [200, 501])
 def test_bot_halt_aimed_at_another_program_says_so_in_one_line(
     sim_config: Callable[..., Path], tmp_path: Path, status: int
 ) -> None:
     """Another program on the bot's port (a web server's page): one line naming what
     answered, never its page as "the bot refused", and never its 200 as a halt done."""
-    handler = type("Page", (_WebPage,), {"status": status})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        config = sim_config(port=server.server_address[1])
+    with _web_page(status) as port:
+        config = sim_config(port=port)
 
         halted = bot("halt", "--reason", "drill", "--config", str(config), cwd=tmp_path)
-    finally:
-        server.shutdown()
-        server.server_close()
 
     assert halted.returncode == 2
     line = _one_line(halted.stderr)
@@ -1668,17 +1673,10 @@ def test_bot_signal_send_aimed_at_another_program_says_so_in_one_line(
 ) -> None:
     """Found by a probe: a web server's 200 on the bot's port printed its page and exited 0,
     a script's proof that the bot had the signal; its 5xx printed the whole page."""
-    handler = type("Page", (_WebPage,), {"status": status})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        config = sim_config(port=server.server_address[1])
+    with _web_page(status) as port:
+        config = sim_config(port=port)
 
         sent = bot("signal", "send", *BUY_BTC, "--config", str(config), cwd=tmp_path)
-    finally:
-        server.shutdown()
-        server.server_close()
 
     assert sent.returncode == 2
     line = _one_line(sent.stderr)
