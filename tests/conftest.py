@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,12 @@ T = TypeVar("T")
 # modules), so that a strategy written beside config/bot.toml imports in its tests, as
 # docs/strategies.md has them in tests/ and `make test` collects them.
 sys.path.append(str(Path(__file__).resolve().parents[1] / "config"))
+
+# A suite started in the background of a script (`make test &`, `nohup ... &`) inherits
+# SIGINT ignored, and so would every `bot` it starts, which then outlives a Ctrl-C: the tests
+# that press one need it as a terminal delivers it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SIM_CONFIG = """
 environment = "sim"
