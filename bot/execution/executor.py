@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import sqlite3
 from collections import Counter, OrderedDict
@@ -42,7 +43,13 @@ from bot.account import StrandedBy
 from bot.bounded import remember
 from bot.briefly import JOURNAL_WAIT_S, ended_within
 from bot.execution.config import ExecutionConfig
-from bot.execution.orders import OPEN_AT_VENUE, close_shortfall, not_ours, unlike_request
+from bot.execution.orders import (
+    MAY_EXIST_AT_VENUE,
+    OPEN_AT_VENUE,
+    close_shortfall,
+    not_ours,
+    unlike_request,
+)
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
 from bot.messages import (
@@ -71,7 +78,7 @@ from bot.venue.errors import (
 )
 from bot.venue.shapes import cancelled_reason
 
-__all__ = ["Executor", "StalenessCheck", "build_request"]
+__all__ = ["UNSEEN_AFTER_CANCEL", "Executor", "StalenessCheck", "build_request"]
 
 #: The risk gate's staleness rule: why a signal issued at `ts` is too old to act on, or None.
 StalenessCheck = Callable[[datetime], str | None]
@@ -100,6 +107,11 @@ _STRANDED_POLL_S: Final = 0.05
 _HELD_ELSEWHERE_WAIT_S: Final = 60.0
 #: How often a wait for an order held in flight elsewhere looks again.
 _IN_FLIGHT_POLL_S: Final = 0.05
+#: Said of an order sent without an answer that the venue does not show after its cancel.
+UNSEEN_AFTER_CANCEL: Final = (
+    "sent, its answer lost, and the venue does not show it yet: it may still rest there, or "
+    "have filled"
+)
 #: An order under our orderLinkId that the venue created this long (besides the 1 s its
 #: clock may trail a signed request's) before our first send of it is another client's.
 _CREATED_MARGIN: Final = timedelta(seconds=2)
@@ -413,6 +425,24 @@ class Executor:
         )
         return await self._shown_after_cancel(request)
 
+    async def look_for(
+        self, request: OrderRequest, within_s: float | None = None
+    ) -> OrderEvent | None:
+        """What the venue shows of an order it may hold though a look-up just missed it
+        (sent, its answer lost: a venue can take seconds to show a new order, which trades
+        all the while), looked up again (and journaled as found) until it does, for at most
+        `within_s` (default `unseen_final_after_s`, past which a look-up's miss is taken as
+        final); None if it never did."""
+        if within_s is None:
+            within_s = self._config.unseen_final_after_s
+        delays = _within(self._config.lookup_delays_s, within_s)
+        if not delays:
+            return None
+        try:
+            return await self._look_up_patiently(request, delays)
+        except _LookupFailed:
+            return None
+
     async def _record_cancel(self, link_id: str) -> str | None:
         """Journal that the bot asks the venue to cancel `link_id`; why not, if the journal
         could not, or not within `JOURNAL_WAIT_S` (another program's lock: the record goes
@@ -457,30 +487,36 @@ class Executor:
         deadline = loop.time() + self._config.follow_s
         records = await self._journal.call(self._journal.unfinished_orders)
         openings = [
-            record.request
+            record
             for record in records
             if (record.request.key_name, record.request.strategy, record.request.symbol)
             == (key_name, strategy, symbol)
             and not record.request.reduce_only
         ]
         outcomes = await asyncio.gather(
-            *(self._withdraw(request, deadline) for request in openings), return_exceptions=True
+            *(self._withdraw(record, deadline) for record in openings), return_exceptions=True
         )
-        for request, outcome in zip(openings, outcomes, strict=True):
+        for record, outcome in zip(openings, outcomes, strict=True):
             if outcome is not None:
                 logger.bind(notify="venue_error").warning(
                     "before a close: order {id} could not be withdrawn: {problem}",
-                    id=request.order_link_id,
+                    id=record.request.order_link_id,
                     problem=outcome,
                 )
 
-    async def _withdraw(self, request: OrderRequest, deadline: float) -> str | None:
+    async def _withdraw(self, record: OrderRecord, deadline: float) -> str | None:
         """Cancel one opening order and wait until the books hold what filled of it; why not,
         if it could not be done by `deadline`."""
+        request = record.request
         loop = asyncio.get_running_loop()
         if not await self._out_of_flight(request.order_link_id, deadline):
             return "it is still being sent or looked up"
         shown = await self.cancel(request)
+        if shown is None and record.status in MAY_EXIST_AT_VENUE:
+            # Sent, its answer lost: not shown yet is not proof it is not there (filled).
+            shown = await self.look_for(request, deadline - loop.time())
+            if shown is None:
+                return f"{UNSEEN_AFTER_CANCEL}; the close reduces what the books hold"
         if shown is None:
             return None
         if not shown.status.is_terminal:
@@ -1767,6 +1803,17 @@ async def _heard(watch: asyncio.Event, deadline: float) -> bool:
 def _reduces(side: Side, position: Decimal) -> bool:
     """Whether an order of `side` reduces a signed `position` (a sell a long, a buy a short)."""
     return position > 0 if side is Side.SELL else position < 0
+
+
+def _within(delays_s: Sequence[float], within_s: float) -> list[float]:
+    """`delays_s`, the last repeated, cut to add up to `within_s`."""
+    spread: list[float] = []
+    more = itertools.chain(delays_s, itertools.repeat(max(delays_s[-1], _IN_FLIGHT_POLL_S)))
+    left = within_s
+    while left > 1e-6:
+        spread.append(min(next(more), left))
+        left -= spread[-1]
+    return spread
 
 
 def _event_of(record: OrderRecord) -> OrderEvent:

@@ -20,7 +20,8 @@ says `superseded`.
 
 Each row of the report says `done`: the order is cancelled (or was not open), the position's
 close reached the venue. A row not done (a refused or failed cancel or close, an order still
-being sent) needs the operator: `bot halt` exits 1 on one.
+being sent, or sent without an answer and not shown by the venue within the executor's
+`unseen_final_after_s`: it may have filled) needs the operator: `bot halt` exits 1 on one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any, Final
 
 from bot.account import Account, StrategyBook
 from bot.briefly import JOURNAL_WAIT_S, ended_within
-from bot.execution.executor import Executor
+from bot.execution.executor import UNSEEN_AFTER_CANCEL, Executor
 from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE, trimmed
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
@@ -249,25 +250,34 @@ class KillSwitch:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CANCEL_WAIT_S
         done: dict[str, dict[str, str | bool]] = {}
+        # Unknown ones seen being looked up: cancelled once that ends, though it ended them
+        # (a market entry found filled by the reconciliation loop, which does not wait for
+        # the books to hold the fill): the cancel's look-up reports the fill, which a
+        # flatten then waits for the books to hold before it reads them.
+        looked_up: dict[str, OrderRecord] = {}
         while True:
             # Judged before the look below, not after the cancels it starts: those can
             # outlast the wait, and an order seen being sent before them has landed since.
             late = loop.time() > deadline
             busy = self._executor.in_flight()
-            waiting, cancelling = [], []
             # From memory: a journal another program has locked holds its thread for
             # seconds, and every resting entry could fill meanwhile.
-            for record in self._journal.committed_unfinished():
-                link_id = record.request.order_link_id
-                if (
-                    record.request.strategy not in strategies
-                    or link_id in done
-                    or (sparing_flattens and record.request.signal_source == FLATTEN_SOURCE)
-                ):
+            unfinished = {
+                record.request.order_link_id: record
+                for record in self._journal.committed_unfinished()
+                if record.request.strategy in strategies
+                and record.status in _MAY_REST_AT_VENUE
+                and not (sparing_flattens and record.request.signal_source == FLATTEN_SOURCE)
+            }
+            waiting, cancelling = [], []
+            for link_id, record in (looked_up | unfinished).items():
+                if link_id in done:
                     continue
                 if link_id in busy:
                     waiting.append(record)
-                elif record.status in _MAY_REST_AT_VENUE:
+                    if record.status is OrderStatus.UNKNOWN:
+                        looked_up[link_id] = record
+                else:
                     cancelling.append(record)
             # All at once: each takes two round trips to the venue, which a slow venue makes
             # seconds (each key's requests still go at its own pace).
@@ -294,6 +304,12 @@ class KillSwitch:
         except Exception as exc:  # one failed cancel must not stop the others
             logger.error("cancel of {id} failed: {error}", id=request.order_link_id, error=exc)
             return _row(record, f"cancel failed: {exc}", False)
+        if event is None and record.status in MAY_EXIST_AT_VENUE:
+            # Sent, its answer lost: a venue slow to show a new order may hold it, or have
+            # filled it (a market entry just before the halt), which the flatten must close.
+            event = await self._executor.look_for(request)
+            if event is None:
+                return _row(record, f"{UNSEEN_AFTER_CANCEL}; run the halt again in a minute", False)
         if event is None:
             return _row(record, "not at the venue", True)
         if event.filled_qty:  # filled before the cancel came: the books must hold it

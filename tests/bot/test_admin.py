@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import pytest
@@ -775,6 +775,62 @@ def test_a_flatten_leaves_nothing_open_though_an_entry_was_on_its_way(
         time.sleep(0.5)  # past the fill delay: nothing left to fill
         wait_for(lambda: venue_position(bot) == 0, what="a flat position")
     finally:
+        bot.stop()
+
+
+def _held_at_venue(bot: RunningBot) -> dict[str, str]:
+    """The key's positions as the simulator holds them: symbol -> size."""
+    answer = requests.get(f"{bot.service.sim_url}/sim/positions", timeout=10).json()
+    return {str(p["symbol"]): str(p["size"]) for p in answer["positions"] if p["size"] != "0"}
+
+
+#: Each create's answer lost after the venue took it, and the venue slow to show new orders.
+_LOST_AND_LATE: Final = {"drop_response_after_accept": 1.0, "order_visibility_lag": 1.0}
+
+
+def test_a_flatten_closes_entries_whose_answers_were_lost_and_shown_late(
+    sim_config: Callable[..., Path],
+) -> None:
+    """A halt with flatten just after market entries whose answers were lost: the cancel
+    found nothing to cancel, the look-up nothing yet (the venue slow to show them), and the
+    halt said every row done and exited 0, the positions left open (kill-switch probe)."""
+    bot = RunningBot(sim_config()).start()
+    faults = f"{bot.service.sim_url}/sim/faults"
+    try:
+        requests.post(faults, json=_LOST_AND_LATE | {"order_visibility_lag_ms": 2500}, timeout=10)
+        assert bot.post(signal("lost-1")).status_code == 202
+        assert bot.post(signal("lost-2", symbol="ETHUSDT", stop_loss=3400)).status_code == 202
+        wait_for(lambda: len(bot.sim_orders()) == 2, what="both entries at the venue")
+
+        answer = admin_answer(bot, "halt", {"reason": "drill", "flatten": True})
+
+        report = answer.json()
+        assert all(row["done"] for row in report["cancelled"] + report["flattened"]), report
+        assert sorted(row["symbol"] for row in report["flattened"]) == ["BTCUSDT", "ETHUSDT"]
+        assert _held_at_venue(bot) == {}
+    finally:
+        requests.post(faults, json={}, timeout=10)
+        bot.stop()
+
+
+def test_an_entry_the_venue_does_not_show_in_time_is_a_row_not_done(
+    sim_config: Callable[..., Path],
+) -> None:
+    bot = RunningBot(sim_config(extra="\n[execution]\nunseen_final_after_s = 1\n")).start()
+    faults = f"{bot.service.sim_url}/sim/faults"
+    try:
+        requests.post(faults, json=_LOST_AND_LATE | {"order_visibility_lag_ms": 8000}, timeout=10)
+        assert bot.post(signal("unseen")).status_code == 202
+        wait_for(lambda: bot.sim_orders(), what="the entry at the venue")
+
+        answer = admin_answer(bot, "halt", {"reason": "drill", "flatten": True})
+
+        [row] = answer.json()["cancelled"]
+        assert row["done"] is False
+        assert "the venue does not show it yet" in str(row["status"]), row
+        assert _held_at_venue(bot) == {"BTCUSDT": "0.005"}  # for the operator's next halt
+    finally:
+        requests.post(faults, json={}, timeout=10)
         bot.stop()
 
 

@@ -91,6 +91,38 @@ def test_a_close_right_after_its_open_runs_after_it(sim_config: Callable[..., Pa
         bot.stop()
 
 
+def test_a_close_right_after_an_open_whose_answer_was_lost_closes_it(
+    sim_config: Callable[..., Path],
+) -> None:
+    """The open's answer lost and the venue slower to show it than the open's sends wait
+    (it ends Unknown): the close's withdrawal of it found nothing to cancel and nothing yet
+    at the venue, and the close was declined (no position), the one it filled left open."""
+    bot = RunningBot(sim_config()).start()
+    faults = f"{bot.service.sim_url}/sim/faults"
+    lost_and_late = {
+        "drop_response_after_accept": 1.0,
+        "order_visibility_lag": 1.0,
+        "order_visibility_lag_ms": 8000,
+    }
+    try:
+        requests.post(faults, json=lost_and_late, timeout=10)
+        opened = bot.post(signal("lost-open"))
+        closed = bot.post(
+            {"id": "close", "symbol": "BTCUSDT", "action": "close", "ts": int(time.time() * 1000)}
+        )
+        assert (opened.status_code, closed.status_code) == (202, 202)
+
+        def positions() -> list[object]:
+            answer = requests.get(f"{bot.service.sim_url}/sim/positions", timeout=10).json()
+            return [p for p in answer["positions"] if p["size"] != "0"]
+
+        wait_for(lambda: bot.journal_status("close") == ["Filled"], 30, "the close filled")
+        assert positions() == []
+    finally:
+        requests.post(faults, json={}, timeout=10)
+        bot.stop()
+
+
 def test_orders_in_flight_at_a_crash_are_settled_before_any_new_signal(
     sim_config: Callable[..., Path], tmp_path: Path
 ) -> None:
