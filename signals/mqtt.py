@@ -51,6 +51,7 @@ import secrets
 import sqlite3
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Self, TypeVar
@@ -754,6 +755,11 @@ class MqttControl:
     admin route's JSON. A command is acknowledged once applied (a crash before means
     redelivery); a refused one is logged and acknowledged. Its own persistent session, under
     `<client_id>-control`.
+
+    Commands are checked and journaled one at a time, in the order they came, then each is
+    carried out on its own, as the admin route's are: a halt takes effect at once, not after
+    the cancels and closes of a command before it (the kill switch runs those one after the
+    other itself). Acknowledgements go in the order the commands came, as MQTT asks.
     """
 
     def __init__(
@@ -776,6 +782,8 @@ class MqttControl:
         self._floods = FloodNotes()
         self.connected = False
         self._connected_at: float | None = None  # time.monotonic() of the last subscribe
+        # Commands being carried out (their cancels and closes can take seconds).
+        self._carrying_out: set[asyncio.Task[None]] = set()
         self.applied = 0
         self.refused = 0
 
@@ -783,6 +791,16 @@ class MqttControl:
         """Take commands until cancelled; reconnect with bounded backoff after a failure."""
         # Read once, as the subscriber does: a CA file read at each reconnect, and missing
         # then (replaced in two steps), raised out of this loop and took the bot down.
+        try:
+            await self._take_commands()
+        finally:
+            # Stopping: one cut short was not acknowledged, nor marked done: the broker
+            # delivers it again after the restart, and it is carried out then.
+            for carrying_out in self._carrying_out:
+                carrying_out.cancel()
+            await asyncio.gather(*self._carrying_out, return_exceptions=True)
+
+    async def _take_commands(self) -> None:
         tls = await asyncio.to_thread(self._config.tls_context)
         failures = 0
         brief = 0  # connections in a row the broker ended before they held
@@ -843,40 +861,76 @@ class MqttControl:
             self.connected = True
             self._connected_at = time.monotonic()
             logger.info("mqtt control: commands on {topic}/halt|resume", topic=config.control_topic)
-            async for message in client.messages:
-                await self._handle(message)
-                if message.qos:
-                    paho.ack(message.mid, message.qos)
+            # (its end, mid, qos): acknowledged in this order, each once it and those
+            # before it have ended; forgotten with the connection (the broker delivers them
+            # again to the next, and the commands still running refuse the copies).
+            unacked: deque[tuple[asyncio.Future[None], int, int]] = deque()
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
-        """Apply one command, or refuse it; whatever a message holds, it is acknowledged and
-        the control loop (and the bot) goes on. Raises `_SinkFailed` only when the journal
-        could not record the command: it is then neither acted on nor acknowledged."""
+            def ack_ended(_: object = None) -> None:
+                while unacked and unacked[0][0].done():
+                    _, mid, qos = unacked.popleft()
+                    if qos:
+                        paho.ack(mid, qos)
+
+            try:
+                async for message in client.messages:
+                    ended = await self._handle(message)
+                    unacked.append((ended, message.mid, message.qos))
+                    ended.add_done_callback(ack_ended)
+                    ack_ended()
+            finally:
+                unacked.clear()
+
+    async def _handle(self, message: aiomqtt.Message) -> asyncio.Future[None]:
+        """Check one command and start carrying it out, or refuse it; whatever a message
+        holds, it is acknowledged (once the returned future is done) and the control loop
+        (and the bot) goes on. Raises `_SinkFailed` only when the journal could not record
+        the command: it is then neither acted on nor acknowledged."""
         topic = _one_line(message.topic.value)
+        ended = asyncio.get_running_loop().create_future()
         try:
-            done = await self._command(message)
+            command, header, payload = await self._admitted(message)
         except _SinkFailed:
             raise
         except (_Rejected, ValueError) as exc:
-            self.refused += 1
-            # Anyone who may publish can send unsigned messages at their pace: those are
-            # logged once in a while, as on the signal topic.
-            verified = not isinstance(exc, _Rejected) or exc.verified
-            if verified or self._floods.first_in_a_while(self._config.control_topic):
-                logger.warning(
-                    "mqtt control: refused a command on {topic}: {why}", topic=topic, why=exc
-                )
-            return
+            self._refused(topic, exc)
+            ended.set_result(None)
+            return ended
+        # Started now, in the order the commands came: a halt is in force before the next
+        # command is read (`KillSwitch.enter` sets it before its first wait).
+        carrying_out = asyncio.create_task(self._carry_out(topic, command, header, payload))
+        self._carrying_out.add(carrying_out)
+        carrying_out.add_done_callback(self._carrying_out.discard)
+        return carrying_out
+
+    def _refused(self, topic: str, exc: Exception) -> None:
+        self.refused += 1
+        # Anyone who may publish can send unsigned messages at their pace: those are logged
+        # once in a while, as on the signal topic.
+        verified = not isinstance(exc, _Rejected) or exc.verified
+        if verified or self._floods.first_in_a_while(self._config.control_topic):
+            logger.warning(
+                "mqtt control: refused a command on {topic}: {why}", topic=topic, why=exc
+            )
+
+    async def _carry_out(self, topic: str, command: str, header: str, payload: bytes) -> None:
+        """Apply an admitted command; said either way, and marked done (a failed one is not
+        taken again)."""
+        try:
+            done = await self._apply(command, payload)
+        except ValueError as exc:
+            self._refused(topic, exc)
         except Exception:  # the command's own failure: reported, not retried
             self.refused += 1
             logger.exception("mqtt control: the command on {topic} failed", topic=topic)
-            return
-        self.applied += 1
-        logger.warning("mqtt control: {topic}: {done}", topic=topic, done=done)
+        else:
+            self.applied += 1
+            logger.warning("mqtt control: {topic}: {done}", topic=topic, done=done)
+        await self._used.done(header, payload)
 
-    async def _command(self, message: aiomqtt.Message) -> str:
-        """Check the command's signature, then apply it; `_Rejected` or ValueError say why
-        it is refused."""
+    async def _admitted(self, message: aiomqtt.Message) -> tuple[str, str, bytes]:
+        """Check the command's signature and journal its first use: (the command, its
+        signature, its body); `_Rejected` or ValueError say why it is refused."""
         payload = message.payload if isinstance(message.payload, bytes) else b""
         header = _signature_property(message.properties)
         now = self._clock()
@@ -909,13 +963,7 @@ class MqttControl:
             ) from exc
         if not first:
             raise _Rejected("this signed command was used already; sign it anew", verified=True)
-        try:
-            done = await self._apply(command, payload)
-        except Exception:
-            await self._used.done(header, payload)  # failed, and acknowledged: not taken again
-            raise
-        await self._used.done(header, payload)
-        return done
+        return command, header, payload
 
 
 def _client(

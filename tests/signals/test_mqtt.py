@@ -1298,6 +1298,11 @@ def test_without_required_signatures_each_refusal_is_reported(
     assert len(unauthorized) == (1 if signing_secret is not None else 0), rejections
 
 
+async def carried_out(control: MqttControl, message: aiomqtt.Message) -> None:
+    """`message` handled by the control topic, and the command it admitted carried out."""
+    await (await control._handle(message))
+
+
 def test_control_commands_nobody_signed_are_logged_once_in_a_while_but_all_counted() -> None:
     applied: list[str] = []
 
@@ -1514,6 +1519,51 @@ def test_a_command_the_journal_could_not_record_is_said_in_one_line(broker: Mosq
     ]
 
 
+def test_a_command_is_carried_out_at_once_though_one_before_it_is_still_running(
+    broker: Mosquitto,
+) -> None:
+    """A halt of the whole bot waited behind another command's flatten (seconds at a slow
+    venue) while trading went on; the admin route carries each out at once (MQTT probe).
+    Both are still acknowledged once carried out: the broker holds neither for a new
+    session."""
+    secret = SecretStr("admin-secret-for-tests")
+    release = threading.Event()
+    started: list[bytes] = []
+    ended: list[bytes] = []
+
+    async def apply(command: str, payload: bytes) -> str:
+        started.append(payload)
+        if payload.startswith(b"slow"):
+            await asyncio.to_thread(release.wait, 10)
+        ended.append(payload)
+        return "done"
+
+    config = config_for(broker, control_topic="bot/control")
+    publisher = RawPublisher(broker)
+
+    def command(body: bytes) -> None:
+        signature = sign(secret.get_secret_value(), body, int(time.time()))
+        publisher.publish(body, topic="bot/control/halt", signature=signature)
+
+    control = MqttControl(config, apply, secret=secret)
+    with Running(control):  # type: ignore[arg-type]
+        wait_for(lambda: control.connected, 10, "the control topic")
+        command(b"slow: a strategy's flatten")
+        command(b"the whole bot")
+        wait_for(lambda: ended == [b"the whole bot"], 10, "the second carried out")
+        assert started == [b"slow: a strategy's flatten", b"the whole bot"]
+        release.set()
+        wait_for(lambda: len(ended) == 2, 10, "the first carried out")
+        time.sleep(0.2)  # the acknowledgements on their way
+    publisher.close()
+
+    again = MqttControl(config, apply, secret=secret)  # the same session, new memory
+    with Running(again):  # type: ignore[arg-type]
+        wait_for(lambda: again.connected, 10, "the control topic again")
+        time.sleep(0.5)  # room for a redelivery
+    assert len(started) == 2 and again.applied == again.refused == 0
+
+
 def test_a_control_topic_the_broker_refuses_is_reported_not_taken_for_listening(
     tmp_path: Path,
 ) -> None:
@@ -1584,7 +1634,7 @@ def test_a_command_a_crash_cut_short_is_carried_out_when_the_broker_delivers_it_
         killed = started(journal)  # it took the command, then died before carrying it out
         assert asyncio.run(killed._used.first_use(header, body, time.time()))
         restarted = started(journal)
-        asyncio.run(restarted._handle(message))  # the broker's redelivery
-        asyncio.run(started(journal)._handle(message))  # now a replay
+        asyncio.run(carried_out(restarted, message))  # the broker's redelivery
+        asyncio.run(carried_out(started(journal), message))  # now a replay
 
     assert applied == ["halt"]
