@@ -218,7 +218,7 @@ class StrandedBy(NamedTuple):
     """A position that closed, whose reduce-only orders of ours have nothing left to reduce:
     the key's in `symbol` (`strategy` None), or one strategy's, which was long (`was_long`)
     until the fill of `cause` (an orderLinkId, "" for the venue's own exits) closed or
-    turned it. Orders of `cause`'s own signal are kept: they may be its next legs."""
+    turned it. Orders `cause`'s own signal laid for a position it opened after are kept."""
 
     key_name: str
     symbol: str

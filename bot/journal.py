@@ -1771,6 +1771,13 @@ class Journal:
         rows = self._orders("WHERE orders.order_link_id = ?", (order_link_id,))
         return rows[0] if rows else None
 
+    def signal_orders(self, source: str, signal_id: str, strategy: str) -> list[OrderRecord]:
+        """Every order a strategy placed for one signal, oldest first."""
+        return self._orders(
+            "WHERE orders.source = ? AND orders.signal_id = ? AND orders.strategy = ?",
+            (source, signal_id, strategy),
+        )
+
     def unfinished_orders(self, key_name: str | None = None) -> list[OrderRecord]:
         """Every order not yet terminal (of one key, or of all), oldest first."""
         marks = ", ".join("?" * len(_NON_TERMINAL))

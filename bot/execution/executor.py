@@ -556,9 +556,9 @@ class Executor:
         """A position closed (a stop, a target, a manual close): the key's, or one
         strategy's. Cancel, in the background, the reduce-only orders of ours that reduced
         it (of that strategy, on the side that closes what it held) still resting there,
-        but none of the closing fill's own signal (its next legs). They could only close a
-        later position, at levels meant for this one, and would take its room for
-        reduce-only orders (a ladder's legs after its stop fired). A key whose position
+        but none laid for a later position by its own signal (`_for_a_later_position`).
+        They could only close a later position, at levels meant for this one, and would take
+        its room for reduce-only orders (a ladder's legs after its stop fired). A key whose position
         stays closed is told again on every reconciliation pass: an order the venue answered
         only after the close is cancelled then."""
         for request in self._reducing(closed):
@@ -627,11 +627,17 @@ class Executor:
         ]
 
     async def _cancel_stranded(self, request: OrderRequest, cause: str) -> None:
-        """Cancel one reduce-only order left by a closed position, unless it belongs to the
-        signal of the order whose fill closed it (`cause`); it leaves `_stranded` when done."""
+        """Cancel one reduce-only order left by a closed position, unless it was laid for a
+        later position its own signal opened (`_for_a_later_position`); it leaves
+        `_stranded` when done."""
         try:
             try:
-                closing = await self._journal.call(self._journal.order, cause) if cause else None
+                siblings = await self._journal.call(
+                    self._journal.signal_orders,
+                    request.signal_source,
+                    request.signal_id,
+                    request.strategy,
+                )
             except Exception as exc:  # run in the background: nothing else would hear of it
                 logger.bind(notify="venue_error").warning(
                     "could not tell whether {id} belongs to the close of its {symbol} position "
@@ -641,12 +647,8 @@ class Executor:
                     error=str(exc) or type(exc).__name__,
                 )
                 return
-            if closing is None or (
-                closing.request.signal_source,
-                closing.request.signal_id,
-            ) != (request.signal_source, request.signal_id):
+            if not _for_a_later_position(request, cause, siblings):
                 await self._cancel_once_answered(request)
-            # else a leg of the signal that closed the position: for the next one
         finally:
             del self._stranded[request.order_link_id]
 
@@ -1803,6 +1805,25 @@ async def _heard(watch: asyncio.Event, deadline: float) -> bool:
 def _reduces(side: Side, position: Decimal) -> bool:
     """Whether an order of `side` reduces a signed `position` (a sell a long, a buy a short)."""
     return position > 0 if side is Side.SELL else position < 0
+
+
+def _for_a_later_position(leg: OrderRequest, cause: str, siblings: Sequence[OrderRecord]) -> bool:
+    """Whether the reduce-only `leg` was laid for a position its own signal opened after the
+    fill of `cause` closed or turned the last one: `cause` is an order of that signal (among
+    `siblings`, the signal's orders of its strategy) that opened (a flip's entry), or that
+    closed before another of them opened (a close, then a new entry and its target, in one
+    batch). One of a signal whose target or close closed the position is not (a ladder's
+    other targets): the strategy's share is gone, though another client's position may keep
+    the venue's open, and it would take profit on a later position."""
+    requests = {record.request.order_link_id: record.request for record in siblings}
+    closing = requests.get(cause)
+    if closing is None:
+        return False
+    if not closing.reduce_only:
+        return True
+    return any(
+        not other.reduce_only and closing.leg < other.leg < leg.leg for other in requests.values()
+    )
 
 
 def _within(delays_s: Sequence[float], within_s: float) -> list[float]:
