@@ -48,6 +48,7 @@ from bot.execution.orders import (
     OPEN_AT_VENUE,
     close_shortfall,
     not_ours,
+    trimmed,
     unlike_request,
 )
 from bot.journal import Journal, OrderRecord
@@ -592,8 +593,14 @@ class Executor:
     def _say_if_not_closed(self, request: OrderRequest, event: OrderEvent) -> None:
         """An ERROR (notify venue_error) when an order that closes its strategy's position
         (`closes_position`) did not: the reduce-only orders that protected it are cancelled,
-        and what is open keeps only its old stop."""
-        why = close_shortfall(event, request.qty) if request.closes_position else None
+        and what is open keeps only its old stop. A WARNING (the same notification) when
+        another reduce-only market order (a close signal's) was trimmed by the venue: its
+        `Filled` is for less than it was sent to close."""
+        if not request.closes_position:
+            if request.reduce_only and request.order_type is OrderType.MARKET:
+                self._say_if_trimmed(request, event)
+            return
+        why = close_shortfall(event, request.qty)
         if why is None:
             return
         logger.bind(notify="venue_error").error(
@@ -604,6 +611,23 @@ class Executor:
             symbol=request.symbol,
             id=request.order_link_id,
             why=why,
+        )
+
+    @staticmethod
+    def _say_if_trimmed(request: OrderRequest, event: OrderEvent) -> None:
+        if not trimmed(event, request.qty):
+            return
+        logger.bind(notify="venue_error").warning(
+            "{strategy}'s close {id} ({side} {symbol}) filled {filled} of {qty}: the venue "
+            "trimmed it (other reduce-only orders, another client's, take the room, or the "
+            "key's position is smaller than the books); the rest stays open: see `bot "
+            "positions`",
+            strategy=request.strategy,
+            id=request.order_link_id,
+            side=request.side.value,
+            symbol=request.symbol,
+            filled=f"{event.filled_qty.normalize():f}",
+            qty=f"{request.qty.normalize():f}",
         )
 
     def _reducing(self, closed: StrandedBy) -> list[OrderRequest]:

@@ -834,28 +834,57 @@ def test_an_entry_the_venue_does_not_show_in_time_is_a_row_not_done(
         bot.stop()
 
 
-def test_a_flatten_the_venue_trimmed_is_not_done(sim_config: Callable[..., Path]) -> None:
-    bot = RunningBot(sim_config()).start()
+def _held_with_room_taken(bot: RunningBot, part: Decimal) -> HTTP:
+    """A position held, `part` of whose reduce-only room another client of the key takes with
+    a resting order; that client."""
     secrets = bot.settings.state_dir / "secrets"
-    other = HTTP(  # another client of the key
+    other = HTTP(
         api_key=(secrets / "bot_key_follow_sim_api_key").read_text().strip(),
         api_secret=(secrets / "bot_key_follow_sim_api_secret").read_text().strip(),
         max_retries=1,
     )
     other.endpoint = bot.service.sim_url
+    assert bot.post(signal("held")).status_code == 202
+    wait_for(lambda: venue_position(bot) or None, what="the venue's position")
+    other.place_order(
+        category="linear",
+        symbol="BTCUSDT",
+        side="Sell",
+        orderType="Limit",
+        qty=str(part),
+        price="120000",
+        reduceOnly=True,
+    )
+    return other
+
+
+def test_a_close_signal_the_venue_trimmed_is_said(sim_config: Callable[..., Path]) -> None:
+    """It showed Filled, for less than the position, and nothing said that the rest was left
+    open (found by a probe)."""
+    bot = RunningBot(sim_config()).start()
+    said: list[str] = []
+    sink = logger.add(
+        lambda m: said.append(m.record["message"]),
+        filter=lambda r: r["extra"].get("notify") == "venue_error",
+    )
     try:
-        assert bot.post(signal("held")).status_code == 202
-        wait_for(lambda: venue_position(bot) or None, what="the venue's position")
+        _held_with_room_taken(bot, Decimal("0.001"))
+
+        assert bot.post(signal("close", action="close")).status_code == 202
+
+        wait_for(lambda: bot.journal_status("close") == ["Filled"], what="the close filled")
+        wait_for(lambda: said, what="the trim said")
+        assert "filled 0.004 of 0.005: the venue trimmed it" in said[0], said
+    finally:
+        logger.remove(sink)
+        bot.stop()
+
+
+def test_a_flatten_the_venue_trimmed_is_not_done(sim_config: Callable[..., Path]) -> None:
+    bot = RunningBot(sim_config()).start()
+    try:
         part = Decimal("0.001")
-        other.place_order(  # resting, it takes part of the position's reduce-only room
-            category="linear",
-            symbol="BTCUSDT",
-            side="Sell",
-            orderType="Limit",
-            qty=str(part),
-            price="120000",
-            reduceOnly=True,
-        )
+        other = _held_with_room_taken(bot, part)
 
         answer = admin_answer(bot, "halt", {"reason": "drill", "flatten": True})
 
