@@ -161,13 +161,19 @@ class SecretResolver:
         if not value and self._generated_dir is not None:
             value = self._generated(name)
         if not value:
+            empty = " (it is in the environment, empty)" if self.empty_in_environment(name) else ""
             raise MissingSecretError(
-                f"secret {name} is not set: export the environment variable {name} or put it in "
-                f"the file {self._secrets_dir / name.lower()} (use --secrets-dir to change the "
-                "directory)"
+                f"secret {name} is not set{empty}: export the environment variable {name} or "
+                f"put it in the file {self._secrets_dir / name.lower()} (use --secrets-dir to "
+                "change the directory)"
             )
         logs.redact(value)
         return SecretStr(value)
+
+    def empty_in_environment(self, name: str) -> bool:
+        """Whether the environment holds `name` empty: taken as not set (a compose file's
+        `NAME: ${NAME}` passes one), which the user may not mean."""
+        return self._environ.get(name) == ""
 
     def optional(self, name: str) -> SecretStr | None:
         """An optional secret, or None when it is not set (never generated, even in `sim`)."""

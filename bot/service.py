@@ -931,7 +931,14 @@ class Service:
         except UnusableSecretError:
             raise  # set, but broken: the kill switch must not go quietly
         except MissingSecretError:
-            logger.info("no {name}: the /admin routes are off", name=ADMIN_SECRET_NAME)
+            if self._resolver.empty_in_environment(ADMIN_SECRET_NAME):
+                logger.warning(
+                    "{name} is in the environment, empty, and taken as not set: the /admin "
+                    "routes are off (`bot halt` cannot reach this bot); set it, or unset it",
+                    name=ADMIN_SECRET_NAME,
+                )
+            else:
+                logger.info("no {name}: the /admin routes are off", name=ADMIN_SECRET_NAME)
             return None
 
         async def enter(state: ScopeState, command: AdminCommand) -> dict[str, Any]:

@@ -48,6 +48,19 @@ def test_missing_secret_names_variable_and_file(tmp_path: Path) -> None:
     assert str(tmp_path / "bot_key_main_api_secret") in str(caught.value)
 
 
+def test_a_secret_empty_in_the_environment_is_taken_as_not_set_and_said_so(
+    tmp_path: Path,
+) -> None:
+    """`BOT_ADMIN_SECRET=` (a compose file's `${VAR}` of an unset one) turned the kill
+    switch's routes off, and `bot halt` said only that the secret was not set (probe)."""
+    resolver = SecretResolver(tmp_path, environ={"BOT_ADMIN_SECRET": ""})
+
+    with pytest.raises(MissingSecretError, match=r"^secret BOT_ADMIN_SECRET is not set \(it is in"):
+        resolver.get("BOT_ADMIN_SECRET")
+    assert resolver.empty_in_environment("BOT_ADMIN_SECRET")
+    assert not SecretResolver(tmp_path, environ={}).empty_in_environment("BOT_ADMIN_SECRET")
+
+
 def test_a_secret_file_that_is_a_pipe_a_device_or_huge_is_refused_not_read(
     tmp_path: Path,
 ) -> None:
