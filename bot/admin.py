@@ -4,7 +4,9 @@ The body is `{"strategy": null | "<name>", "reason": "..."}`, plus for a halt op
 `"cancel_open": true` (cancel the scope's open orders) and `"flatten": true` (close its
 positions with reduce-only market orders), and optionally `"environment"`: the environment of
 the bot the command is meant for (`bot halt` and `bot resume` send their configuration's), which
-a bot of another environment refuses. It is signed exactly like a webhook
+a bot of another environment refuses, and `"journal"`: the id of that bot's journal (they send
+their configuration's journal's, once a bot has run on it), which a bot keeping another journal
+refuses. It is signed exactly like a webhook
 (`X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`) with the secret
 `BOT_ADMIN_SECRET`. A halt takes effect for the very next intent, queued ones included; the
 answer says what was cancelled and flattened. The routes exist only when an admin secret does
@@ -72,6 +74,8 @@ class AdminCommand(BaseModel):
     flatten: StrictBool = False
     #: the environment of the bot the command is for (None: whichever gets it)
     environment: Environment | None = None
+    #: the id of the journal of the bot the command is for (None: whichever gets it)
+    journal: str | None = Field(None, max_length=64)
 
     @field_validator("reason")
     @classmethod
@@ -97,13 +101,15 @@ class AdminRoutes:
         clock: Callable[[], float] = time.time,
         used: UsedSignatures | None = None,
         environment: Environment | None = None,
+        journal_id: str | None = None,
     ) -> None:
         """`used`: shared with every other way in for commands (the MQTT control topic);
-        `environment`: the bot's, refusing commands meant for a bot of another."""
+        `environment` and `journal_id`: the bot's, refusing commands meant for another."""
         self._secret = secret
         self._apply = apply
         self._strategies = frozenset(strategies)
         self._environment = environment
+        self._journal_id = journal_id
         self._clock = clock
         self._used = used or UsedSignatures()
 
@@ -169,7 +175,9 @@ class AdminRoutes:
         if problem is not None or header is None:
             return _answer(401, "unauthorized", problem or "unsigned")
         try:
-            entered, command = parse_command(body, state, self._strategies, self._environment)
+            entered, command = parse_command(
+                body, state, self._strategies, self._environment, self._journal_id
+            )
         except ValueError as exc:
             return _answer(422, "invalid", str(exc))
         try:
@@ -199,12 +207,15 @@ def parse_command(
     state: TradingState,
     strategies: Collection[str],
     environment: Environment | None = None,
+    journal_id: str | None = None,
 ) -> tuple[ScopeState, AdminCommand]:
     """The state a halt or resume body enters, and the command; ValueError saying what is
     wrong (the HTTP routes and the MQTT control topic read commands alike). A command meant
     for a bot of another environment than `environment` is refused: a testnet `bot resume`
-    sent to the mainnet bot's port (one admin secret for both) must not resume real money."""
-    expected = "expected {strategy, reason, cancel_open, flatten, environment}"
+    sent to the mainnet bot's port (one admin secret for both) must not resume real money.
+    So is one meant for the bot of another journal than `journal_id`'s: a halt sent to
+    another bot's port (`BOT_HTTP__PORT` of the other) must not halt that one instead."""
+    expected = "expected {strategy, reason, cancel_open, flatten, environment, journal}"
     if not body.strip():  # never the whole bot by default: a body lost on the way is not {}
         raise ValueError(f"{expected}: the body is empty; send {{}} for the whole bot")
     try:
@@ -223,6 +234,12 @@ def parse_command(
         raise ValueError(
             f"the command is for a bot in {command.environment}, but this bot runs in "
             f"{environment}: send it with that bot's configuration (its [http] address)"
+        )
+    if journal_id is not None and command.journal not in (None, journal_id):
+        raise ValueError(
+            f"the command is for the bot of journal {command.journal}, but this bot keeps "
+            f"journal {journal_id}: another bot answers at this address; send it with that "
+            "bot's configuration (its [http] address)"
         )
     if command.strategy is not None and command.strategy not in strategies:
         raise ValueError(

@@ -735,8 +735,12 @@ def _switch(
     from bot.admin import parse_command
 
     settings = _settings(config)
-    # For this configuration's bot only: a bot of another environment on that port refuses it.
+    # For this configuration's bot only: a bot of another environment, or keeping another
+    # journal, on that port refuses it.
     command = {**command, "environment": settings.environment.value}
+    journal_id = _journal_identity(settings.journal_path)
+    if journal_id is not None:
+        command["journal"] = journal_id
     try:  # checked here as the bot checks it: also when it is journaled for a stopped bot
         scope, _ = parse_command(
             json.dumps(command).encode(), state, settings.strategies, settings.environment
@@ -814,6 +818,23 @@ def _switch(
             "above): check `bot orders` and `bot positions`, then run this command again",
             1,
         )
+
+
+def _journal_identity(path: Path) -> str | None:
+    """The id of the journal at `path` (`Journal.identity`); None if it has none yet or
+    cannot be read: the command then goes to whichever bot answers, as before a bot ran."""
+    if not path.is_file():
+        return None
+    try:
+        journal = Journal(path, read_only=True)
+    except (JournalError, sqlite3.Error):
+        return None
+    try:
+        return journal.identity_if_made()
+    except sqlite3.Error:
+        return None
+    finally:
+        journal.close()
 
 
 def _bot_answer(status: int, text: str, *names: str) -> bool:

@@ -29,6 +29,7 @@ import asyncio
 import fcntl
 import json
 import os
+import secrets
 import shlex
 import sqlite3
 import struct
@@ -2306,6 +2307,12 @@ class Journal:
 
     # trading states -------------------------------------------------------------------------
 
+    def identity_if_made(self) -> str | None:
+        """`identity`, if a bot has made it (a read-only journal cannot)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
+        return None if row is None else str(row[0])
+
     def environment(self) -> str | None:
         """The environment whose bot first ran on this journal (None: none has yet)."""
         with self._lock:
@@ -2328,6 +2335,17 @@ class Journal:
                 f"{environment}: each environment keeps its own state_dir (--config or "
                 "BOT_STATE_DIR choose it)"
             )
+
+    def identity(self) -> str:
+        """This journal's id (random, made by the first call): a command says the id of the
+        journal its configuration names, and a bot keeping another refuses it."""
+        with self._transaction(durable=True) as db:
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', ?)",
+                (secrets.token_hex(8),),
+            )
+            row = db.execute("SELECT value FROM meta WHERE key = 'journal_id'").fetchone()
+        return str(row[0])
 
     def note_once(self, note: str) -> bool:
         """Remember `note` (a fact of the bot's own, such as a broker session it had); False

@@ -214,6 +214,7 @@ class Service:
         self.http_port = 0
         #: The journal once opened: for what drives the bot in-process (`bot replay`).
         self.journal: Journal | None = None
+        self._journal_id: str | None = None  # the journal's identity, once it is open
         self._simulator: SimExchange | None = None
         self._on_hangup: Callable[[], None] = lambda: None
 
@@ -679,6 +680,7 @@ class Service:
         if new:  # said once made: a journal refused (its WAL left alone) never was
             logger.info("new journal at {path}", path=settings.journal_path.absolute())
         journal.claim_environment(settings.environment.value)
+        self._journal_id = journal.identity()
         self.journal = journal
         journal.checkpoint_in_background()
         # The address's request count outlives the process (the journal's lock: one per dir).
@@ -914,7 +916,11 @@ class Service:
             if command not in states:
                 raise ValueError(f"unknown command {command!r}: the topic ends in halt or resume")
             entered, parsed = parse_command(
-                body, states[command], self.settings.strategies, self.settings.environment
+                body,
+                states[command],
+                self.settings.strategies,
+                self.settings.environment,
+                self._journal_id,
             )
             report = await kill_switch.enter(
                 entered, cancel_open=parsed.cancel_open, flatten=parsed.flatten
@@ -952,6 +958,7 @@ class Service:
             self.settings.strategies,
             used=used,
             environment=self.settings.environment,
+            journal_id=self._journal_id,
         )
 
     def _risk_gate(

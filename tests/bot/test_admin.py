@@ -32,7 +32,7 @@ from bot.journal import Journal
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, sign
 from tests.bot.test_service import RunningBot, signal
-from tests.conftest import free_port, wait_for
+from tests.conftest import SIM_CONFIG, StartBot, free_port, wait_for
 from tests.factories import sim_position, stop_loss
 
 
@@ -360,6 +360,42 @@ def test_bot_resume_of_another_environments_configuration_is_refused_by_the_runn
         bot.stop()
 
 
+def test_a_halt_sent_to_another_bots_port_is_refused_by_that_bot(
+    sim_config: Callable[..., Path], tmp_path: Path, start_bot: StartBot
+) -> None:
+    """Two bots of one environment signing with one admin secret: `bot halt` with the first's
+    configuration and the second's port (`BOT_HTTP__PORT`) halted the second, and said HALTED
+    while the first went on trading (found by a probe)."""
+    first = RunningBot(sim_config(port=free_port())).start()
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other_port = free_port()
+    other_config = other_dir / "bot.toml"
+    other_config.write_text(SIM_CONFIG.format(state_dir=other_dir / "var", port=other_port))
+    start_bot(other_config, other_port)
+    try:
+        secret = (other_dir / "var" / "secrets" / "bot_admin_secret").read_text().strip()
+        config = first.settings.state_dir.parent / "bot.toml"
+        misdirected = subprocess.run(
+            [sys.executable, "-m", "bot", "halt", "--config", str(config)],
+            cwd=config.parent,
+            env=os.environ | {"BOT_HTTP__PORT": str(other_port), "BOT_ADMIN_SECRET": secret},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert misdirected.returncode == 2, misdirected.stdout
+        assert "but this bot keeps journal" in misdirected.stderr, misdirected.stderr
+        other_states = cli(other_config, "risk", "status", "--json")
+        assert '"state": "ACTIVE"' in other_states.stdout.replace('":"', '": "'), other_states
+        assert cli(config, "halt").returncode == 0  # its own port: its own bot
+        assert risk_status(first, "(bot)")["state"] == "HALTED"
+    finally:
+        first.stop()
+
+
 def test_halt_with_cancel_open_and_flatten_leaves_no_order_and_no_position(
     sim_config: Callable[..., Path],
 ) -> None:
@@ -496,7 +532,9 @@ def test_a_flatten_waiting_behind_another_is_superseded_by_a_resume_meanwhile(
     ],
 )
 def test_a_bad_command_is_refused_naming_the_field_and_the_rule(body: bytes, problem: str) -> None:
-    expected = re.escape("expected {strategy, reason, cancel_open, flatten, environment}: ")
+    expected = re.escape(
+        "expected {strategy, reason, cancel_open, flatten, environment, journal}: "
+    )
     with pytest.raises(ValueError, match=f"^{expected}.*{re.escape(problem)}"):
         parse_command(body, TradingState.HALTED, ["follow"])
 
