@@ -1022,16 +1022,17 @@ def risk_status(
     settings = _settings(config)
     key_of = {name: strategy.key for name, strategy in settings.strategies.items()}
     now = utc_now()
-    states, used = _read_journal(
+    states, used, journal_id = _read_journal(
         config,
         lambda journal: (
             {state.scope: state for state in journal.trading_states()},
             usage(journal, key_of, now),
+            journal.identity_if_made(),
         ),
     )
     # A running bot holds the states in force, which its journal may lack: a halt entered
     # while the journal could not write (a full disk) was shown as ACTIVE.
-    live = _running_bot_states(settings)
+    live = _running_bot_states(settings, journal_id)
     unjournaled: frozenset[str] = frozenset()
     if isinstance(live, str):
         typer.echo(
@@ -1077,11 +1078,12 @@ def risk_status(
 
 
 def _running_bot_states(
-    settings: BotSettings,
+    settings: BotSettings, journal_id: str | None
 ) -> tuple[dict[str, ScopeState], frozenset[str]] | str | None:
     """The trading states the bot at the configuration's address holds (its /healthz), and
     the scopes whose state there the journal lacks; None when no bot listens there; else
-    why they could not be had."""
+    why they could not be had (one keeping another journal than `journal_id`'s: another
+    bot's states are not this journal's)."""
     target = f"{_bot_url(settings)}/healthz"
     request = urllib.request.Request(target, method="GET")  # noqa: S310 - the user's bot
     answer = _exchange_within(request, _HEALTH_TIMEOUT_S)
@@ -1100,6 +1102,11 @@ def _running_bot_states(
         # Whatever answers there wrote it: one line, never a terminal's control sequence.
         found = one_line(str(document["environment"]), 40)
         return f"the bot at {target} runs in {found}, not in this configuration's {environment}"
+    if journal_id is not None and document.get("journal_id") not in (None, journal_id):
+        return (
+            f"the bot at {target} keeps another journal than "
+            f"{settings.journal_path.absolute()} (another bot answers there)"
+        )
     try:
         entered = document["trading_states"]
         states = {

@@ -1054,6 +1054,8 @@ class Service:
         return {
             **body_of(checks),
             "environment": self.settings.environment.value,
+            # Which journal it keeps: `bot risk status` shows a bot's states only for its own.
+            "journal_id": self._journal_id,
             "uptime_s": round(time.monotonic() - self._started, 1),
             "queued_signals": pipeline.queued,
             "journal": counts,

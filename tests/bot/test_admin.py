@@ -376,18 +376,25 @@ def test_a_halt_sent_to_another_bots_port_is_refused_by_that_bot(
     try:
         secret = (other_dir / "var" / "secrets" / "bot_admin_secret").read_text().strip()
         config = first.settings.state_dir.parent / "bot.toml"
-        misdirected = subprocess.run(
-            [sys.executable, "-m", "bot", "halt", "--config", str(config)],
-            cwd=config.parent,
-            env=os.environ | {"BOT_HTTP__PORT": str(other_port), "BOT_ADMIN_SECRET": secret},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+
+        def at_the_others_port(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "bot", *args, "--config", str(config)],
+                cwd=config.parent,
+                env=os.environ | {"BOT_HTTP__PORT": str(other_port), "BOT_ADMIN_SECRET": secret},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+
+        misdirected = at_the_others_port("halt")
+        shown = at_the_others_port("risk", "status")
 
         assert misdirected.returncode == 2, misdirected.stdout
         assert "but this bot keeps journal" in misdirected.stderr, misdirected.stderr
+        # The other bot's states are not shown as this journal's: a note, and the journal's.
+        assert "keeps another journal than" in shown.stderr, shown.stderr
         other_states = cli(other_config, "risk", "status", "--json")
         assert '"state": "ACTIVE"' in other_states.stdout.replace('":"', '": "'), other_states
         assert cli(config, "halt").returncode == 0  # its own port: its own bot
