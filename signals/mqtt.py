@@ -789,8 +789,6 @@ class MqttControl:
 
     async def run(self) -> None:
         """Take commands until cancelled; reconnect with bounded backoff after a failure."""
-        # Read once, as the subscriber does: a CA file read at each reconnect, and missing
-        # then (replaced in two steps), raised out of this loop and took the bot down.
         try:
             await self._take_commands()
         finally:
@@ -801,6 +799,8 @@ class MqttControl:
             await asyncio.gather(*self._carrying_out, return_exceptions=True)
 
     async def _take_commands(self) -> None:
+        # Read once, as the subscriber does: a CA file read at each reconnect, and missing
+        # then (replaced in two steps), raised out of this loop and took the bot down.
         tls = await asyncio.to_thread(self._config.tls_context)
         failures = 0
         brief = 0  # connections in a row the broker ended before they held
@@ -887,15 +887,15 @@ class MqttControl:
         (and the bot) goes on. Raises `_SinkFailed` only when the journal could not record
         the command: it is then neither acted on nor acknowledged."""
         topic = _one_line(message.topic.value)
-        ended = asyncio.get_running_loop().create_future()
         try:
             command, header, payload = await self._admitted(message)
         except _SinkFailed:
             raise
         except (_Rejected, ValueError) as exc:
             self._refused(topic, exc)
-            ended.set_result(None)
-            return ended
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_result(None)
+            return refused
         # Started now, in the order the commands came: a halt is in force before the next
         # command is read (`KillSwitch.enter` sets it before its first wait).
         carrying_out = asyncio.create_task(self._carry_out(topic, command, header, payload))
