@@ -34,7 +34,7 @@ from bot.bounded import remember
 from bot.config import ConfigError
 from bot.execution.executor import Executor
 from bot.execution.orders import close_shortfall, closed_or_turned
-from bot.execution.rounding import conform, conform_stop_move
+from bot.execution.rounding import conform, conform_stop_move, grid_moves
 from bot.journal import FillBooking, Journal
 from bot.logs import logger
 from bot.market import MarketData
@@ -1010,12 +1010,19 @@ class Pipeline:
             return RiskDecision(
                 intent=intent, approved=False, rule="INSTRUMENT_RULES", reason=conformed
             )
-        return self._gate.decide(
+        verdict = self._gate.decide(
             conformed,
             price=price,
             prices=prices,
             price_age_s=self._market.price_age_s(conformed.symbol),
         )
+        moved = grid_moves(intent, conformed)
+        if moved and isinstance(verdict, RiskDecision) and not verdict.approved:
+            # Its numbers are the grid's: "stop 97000.0 must be below the entry 97000" of a
+            # stop sent at 96999.99 is said with what the strategy sent.
+            reason = f"{verdict.reason} (on the instrument's grid: {moved})"
+            return verdict.model_copy(update={"reason": reason})
+        return verdict
 
     async def _decline(self, signal: Signal, decline: Decline, rule: str = "strategy") -> None:
         """Journal that `signal` gets no order from a strategy, by its choice or a risk rule."""

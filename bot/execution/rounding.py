@@ -14,7 +14,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from bot.messages import Instrument, OrderIntent, Side, StopMove
 
-__all__ = ["conform", "conform_stop_move", "round_to_step"]
+__all__ = ["conform", "conform_stop_move", "grid_moves", "round_to_step"]
 
 
 def round_to_step(value: Decimal, step: Decimal, *, up: bool) -> Decimal:
@@ -76,3 +76,20 @@ def conform_stop_move(move: StopMove, instrument: Instrument, *, long: bool) -> 
     if stop_loss <= 0:
         return f"the stop loss {move.stop_loss} rounds to zero on the tick size of {move.symbol}"
     return move.model_copy(update={"stop_loss": stop_loss})
+
+
+def grid_moves(intent: OrderIntent, conformed: OrderIntent) -> str:
+    """What `conform` moved of `intent`'s numbers, in words ("stop 96999.99 to 97000.0"): a
+    rejection of the conformed intent names its numbers, not the ones the strategy sent; ""
+    if nothing moved."""
+    moved = [
+        f"{name} {before.normalize():f} to {'none' if after is None else f'{after:f}'}"
+        for name, before, after in (
+            ("qty", intent.qty, conformed.qty),
+            ("price", intent.price, conformed.price),
+            ("stop", intent.stop_loss, conformed.stop_loss),
+            ("take profit", intent.take_profit, conformed.take_profit),
+        )
+        if before is not None and after != before
+    ]
+    return ", ".join(moved)

@@ -604,3 +604,18 @@ def test_start_up_says_what_a_strategy_moved_to_another_key_left_on_the_key_befo
     assert said[0].endswith("venue_error\n")
     counted = "it counts towards the strategy's exposure limits" in said[0]
     assert counted == key_before_followed
+
+
+def test_a_rejection_of_numbers_the_grid_moved_says_what_was_sent(bot: RunningBot) -> None:
+    assert bot.post(signal("on-the-tick", stop_loss="96999.99")).status_code == 202
+
+    rows = wait_for(
+        lambda: [r for r in bot.rows() if r["signal_id"] == "on-the-tick" and r["reason"]],
+        what="the decision",
+    )
+
+    (row,) = rows
+    assert row["decision"] == "rejected"
+    assert "stop 97000.0 must be below the entry" in str(row["reason"])
+    assert "(on the instrument's grid: " in str(row["reason"])
+    assert "stop 96999.99 to 97000.0)" in str(row["reason"])

@@ -7,7 +7,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.execution.rounding import conform
+from bot.execution.rounding import conform, grid_moves
 from bot.messages import Instrument, OrderType, Side
 from tests.factories import make_intent
 
@@ -98,3 +98,14 @@ def test_an_order_above_its_types_maximum_is_trimmed_to_it() -> None:
 
     assert not isinstance(market, str) and market.qty == 500  # maxMktOrderQty
     assert not isinstance(limit, str) and limit.qty == 1190  # maxOrderQty
+
+
+def test_what_the_grid_moved_is_said_with_the_numbers_the_strategy_sent() -> None:
+    # A probe's stop of 96999.99 was refused as "stop 97000.0 must be below the entry
+    # 97000": the gate names the grid's numbers, so the rejection says what moved.
+    sent = make_intent(side=Side.BUY, qty=Decimal("0.0055"), stop_loss=Decimal("96999.99"))
+    conformed = conform(sent, BTC, Decimal(97000))
+    assert not isinstance(conformed, str)
+
+    assert grid_moves(sent, conformed) == "qty 0.0055 to 0.005, stop 96999.99 to 97000.0"
+    assert grid_moves(conformed, conformed) == ""
