@@ -79,7 +79,7 @@ from bot.secrets import (
 )
 from signals.config import PASSWORD_SECRET_NAME as MQTT_PASSWORD_NAME
 from signals.config import SIGNING_SECRET_NAME as MQTT_SIGNING_SECRET_NAME
-from signals.voiceofchain import SIGNATURE_HEADER, sign
+from signals.voiceofchain import SIGNATURE_HEADER, command_digest, sign
 
 # What one command alone needs (the service, the simulator, the venue's client, replays,
 # the MQTT client) is imported in that command: every other one, and --help, starts without
@@ -610,12 +610,17 @@ class AnswerLost(ConnectionError):
 
 
 def _post_signed(
-    target: str, body: bytes, secret: SecretStr, timeout_s: float = SEND_TIMEOUT_S
+    target: str,
+    body: bytes,
+    secret: SecretStr,
+    timeout_s: float = SEND_TIMEOUT_S,
+    signed_at: int | None = None,
 ) -> tuple[int, str]:
-    """POST `body` signed with `secret` (X-Signature); ConnectionError if nothing listens or
-    what answers is not HTTP (AnswerLost: the connection broke after the request went out),
-    TimeoutError if no whole answer came within `timeout_s` (the whole exchange: a server
-    that answers a byte at a time cannot hold the command)."""
+    """POST `body` signed with `secret` (X-Signature) at `signed_at` (default now);
+    ConnectionError if nothing listens or what answers is not HTTP (AnswerLost: the
+    connection broke after the request went out), TimeoutError if no whole answer came within
+    `timeout_s` (the whole exchange: a server that answers a byte at a time cannot hold the
+    command)."""
     problem = _url_problem(target)
     if problem is not None:
         raise ConnectionError(f"{target!r} is {problem}")
@@ -625,7 +630,11 @@ def _post_signed(
         method="POST",
         headers={
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(secret.get_secret_value(), body, int(time.time())),
+            SIGNATURE_HEADER: sign(
+                secret.get_secret_value(),
+                body,
+                int(time.time()) if signed_at is None else signed_at,
+            ),
         },
     )
     answer = _exchange_within(request, timeout_s)
@@ -752,20 +761,31 @@ def _switch(
     target = f"{_bot_url(settings)}/admin/{route}"
     # Cancelling and flattening wait for the venue (up to ADMIN_ACTION_TIMEOUT_S): a spinner.
     waiting = "the bot cancels and flattens" if acting and errors.is_terminal else None
+    body, signed_at = json.dumps(command).encode(), int(time.time())
     try:
         secret = secret_resolver(settings, secrets_dir).get(ADMIN_SECRET_NAME)
         with errors.status(waiting) if waiting else nullcontext():
             status, answer = _post_signed(
                 target,
-                json.dumps(command).encode(),
+                body,
                 secret,
                 ADMIN_ACTION_TIMEOUT_S if acting else SEND_TIMEOUT_S,
+                signed_at,
             )
     except MissingSecretError as exc:
         _fail(f"{exc} (the admin secret signs halt and resume)")
     except TimeoutError:
         _fail(f"no answer from {target} in time; see `bot risk status` and `bot orders`")
     except AnswerLost:
+        if not _bot_may_have_taken(settings.journal_path, command_digest(signed_at, body)):
+            # Another program on the port (a database's): never "the bot stopped?".
+            _fail(
+                f"what listens at {target} closed the connection without an answer, and no "
+                f"bot runs on this configuration's journal ({settings.journal_path.absolute()}"
+                "), which holds no record of the command: it is not the bot; nothing was "
+                "changed: run this command with the configuration ([http] host and port) of "
+                "the bot it is for"
+            )
         # Never "nothing was cancelled": the bot may have begun (and a close it journaled is
         # sent when it starts again).
         _fail(
@@ -818,6 +838,29 @@ def _switch(
             "above): check `bot orders` and `bot positions`, then run this command again",
             1,
         )
+
+
+def _bot_may_have_taken(path: Path, digest: bytes) -> bool:
+    """Whether a bot of the journal at `path` may have taken the command of `digest` (its
+    answer lost): one runs on the journal, or the journal records the command (a bot took it,
+    then stopped). Yes when that cannot be told (the journal unreadable); no when there is no
+    journal (a bot makes it before it listens)."""
+    if not path.is_file():
+        return False
+    try:
+        lock_journal(path).close()  # taken for an instant: a running bot holds it
+    except JournalError:  # JournalInUse among them
+        return True
+    try:
+        journal = Journal(path, read_only=True)
+    except (JournalError, sqlite3.Error):
+        return True
+    try:
+        return digest in journal.used_commands(time.time())
+    except sqlite3.Error:
+        return True
+    finally:
+        journal.close()
 
 
 def _journal_identity(path: Path) -> str | None:

@@ -27,6 +27,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "UsedSignatures",
     "any_signature_problem",
+    "command_digest",
     "one_signature_header",
     "sign",
     "signature_problem",
@@ -215,7 +216,12 @@ def _warn_if_not_noted(noting: asyncio.Future[None]) -> None:
 
 def _command_key(header: str, body: bytes) -> bytes:
     """What a command's signature covers, hashed: its time and its body."""
-    return hashlib.sha256(f"{signed_at(header)}.".encode() + body).digest()
+    return command_digest(signed_at(header), body)
+
+
+def command_digest(timestamp: int, body: bytes) -> bytes:
+    """How the journal knows a command signed at `timestamp` (`used_commands`)."""
+    return hashlib.sha256(f"{timestamp}.".encode() + body).digest()
 
 
 def _parse_signature(header: str) -> tuple[int, list[str]]:

@@ -1667,6 +1667,34 @@ def test_bot_halt_aimed_at_another_program_says_so_in_one_line(
     assert halted.stdout == ""
 
 
+@pytest.mark.parametrize("journaled", [False, True], ids=["no journal yet", "a bot ran"])
+def test_bot_halt_aimed_at_a_program_that_closes_without_an_answer_says_it_is_not_the_bot(
+    sim_config: Callable[..., Path], tmp_path: Path, journaled: bool
+) -> None:
+    """A database's port (redis closes on an HTTP request): `bot halt` said the bot took the
+    command and stopped, that it may have been carried out, of a bot that was not there
+    (found by a probe)."""
+    port = free_port()
+    config = sim_config(port=port)
+    if journaled:  # a bot ran on it once: here, the halt journaled for its next start
+        assert bot("halt", "--config", str(config), cwd=tmp_path).returncode == 0
+    with contextlib.closing(tcp_listener("127.0.0.1", port)) as listener:
+        listener.listen()
+
+        def read_then_close() -> None:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+
+        threading.Thread(target=read_then_close, daemon=True).start()
+        halted = bot("halt", "--reason", "drill", "--config", str(config), cwd=tmp_path)
+
+    assert halted.returncode == 2, halted.stderr
+    line = _one_line(halted.stderr)
+    assert "closed the connection without an answer, and no bot runs on" in line, line
+    assert "it is not the bot; nothing was changed" in line, line
+
+
 @pytest.mark.parametrize("status", [200, 502])
 def test_bot_signal_send_aimed_at_another_program_says_so_in_one_line(
     sim_config: Callable[..., Path], tmp_path: Path, status: int
