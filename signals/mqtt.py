@@ -782,8 +782,9 @@ class MqttControl:
         self._floods = FloodNotes()
         self.connected = False
         self._connected_at: float | None = None  # time.monotonic() of the last subscribe
-        # Commands being carried out (their cancels and closes can take seconds).
-        self._carrying_out: set[asyncio.Task[None]] = set()
+        # Commands being carried out (their cancels and closes can take seconds), each with
+        # its signature and body.
+        self._carrying_out: dict[asyncio.Task[None], tuple[str, bytes]] = {}
         self.applied = 0
         self.refused = 0
 
@@ -896,11 +897,18 @@ class MqttControl:
             refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             refused.set_result(None)
             return refused
+        # A later command supersedes those still being carried out: each is marked done now,
+        # as a command over HTTP is once taken. Else, after a crash, the broker's redelivery
+        # of one (a halt whose flatten had not ended) would act again over this one (a
+        # resume), closing what was opened since (a probe). The closes it journaled are
+        # still settled by the next start.
+        for earlier in list(self._carrying_out.values()):
+            await self._used.done(*earlier)
         # Started now, in the order the commands came: a halt is in force before the next
         # command is read (`KillSwitch.enter` sets it before its first wait).
         carrying_out = asyncio.create_task(self._carry_out(topic, command, header, payload))
-        self._carrying_out.add(carrying_out)
-        carrying_out.add_done_callback(self._carrying_out.discard)
+        self._carrying_out[carrying_out] = (header, payload)
+        carrying_out.add_done_callback(lambda task: self._carrying_out.pop(task, None))
         return carrying_out
 
     def _refused(self, topic: str, exc: Exception) -> None:
