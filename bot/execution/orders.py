@@ -1,9 +1,9 @@
 """The order lifecycle: its states and the only transitions allowed between them.
 
     Pending ──► Submitting ──► New ──► PartiallyFilled ──► Filled
-       │            │  ▲        │            │
-       │            ▼  │        └────────────┴──────────► Cancelled
-       │         Unknown ─────► (any venue state)          Rejected
+       │  │         │  ▲        │            │
+       │  │         ▼  │        └────────────┴──────────► Cancelled
+       │  └─────► Unknown ─────► (any venue state)          Rejected
        └──────────────────────────────────────────────────► Rejected (never sent)
 
 - Pending: journaled, never sent. Only a Pending order may be declined without asking the venue.
@@ -48,7 +48,12 @@ _TERMINAL: Final = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderSt
 _VENUE_STATES: Final = OPEN_AT_VENUE | _TERMINAL
 
 _ALLOWED: Final[dict[OrderStatus, frozenset[OrderStatus]]] = {
-    OrderStatus.PENDING: frozenset({OrderStatus.SUBMITTING, OrderStatus.REJECTED}) | _VENUE_STATES,
+    # Pending -> Unknown: one a crash may have let leave (its Submitting unwritten), given up
+    # unsent after the restart (the bot halted): the venue may hold it, so it is looked up.
+    OrderStatus.PENDING: frozenset(
+        {OrderStatus.SUBMITTING, OrderStatus.UNKNOWN, OrderStatus.REJECTED}
+    )
+    | _VENUE_STATES,
     # Submitting -> Submitting is the next attempt of a resend.
     OrderStatus.SUBMITTING: frozenset({OrderStatus.SUBMITTING, OrderStatus.UNKNOWN})
     | _VENUE_STATES,

@@ -672,6 +672,25 @@ def test_a_halt_after_the_approval_stops_the_send(journal: Journal) -> None:
     assert closing.status is OrderStatus.FILLED
 
 
+def test_a_pending_order_a_crash_left_is_journaled_unknown_when_a_halt_bars_its_resend(
+    journal: Journal,
+) -> None:
+    """A probe's kill during a halt left an entry Pending; the start, halted, said it was
+    "journaled Unknown", but the journal refused Pending -> Unknown and kept it Pending, counted
+    as an order in flight until its signal went stale."""
+    approval = approve(make_intent(signal_id="left-pending"))
+    request = build_request(approval, "k")
+    journal.record_decisions([approval.decision], [request])  # the crash came here
+    executor = Executor(
+        journal, {"k": FakeVenue()}, FAST, blocked=lambda strategy: "the bot is HALTED (drill)"
+    )
+
+    asyncio.run(executor.reconcile("k", limit=None, resend=True))
+
+    record = journal.order(request.order_link_id)
+    assert record is not None and record.status is OrderStatus.UNKNOWN
+
+
 class _StreamBeatsTheAnswer(FakeVenue):
     """A venue whose account stream reports a market order filled (and the bot journals it)
     before the create request's answer is back, as a fast venue often does."""
