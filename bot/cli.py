@@ -851,16 +851,7 @@ def _bot_may_have_taken(path: Path, digest: bytes) -> bool:
         lock_journal(path).close()  # taken for an instant: a running bot holds it
     except JournalError:  # JournalInUse among them
         return True
-    try:
-        journal = Journal(path, read_only=True)
-    except (JournalError, sqlite3.Error):
-        return True
-    try:
-        return digest in journal.used_commands(time.time())
-    except sqlite3.Error:
-        return True
-    finally:
-        journal.close()
+    return _read_or(path, lambda journal: digest in journal.used_commands(time.time()), True)
 
 
 def _journal_identity(path: Path) -> str | None:
@@ -868,14 +859,19 @@ def _journal_identity(path: Path) -> str | None:
     cannot be read: the command then goes to whichever bot answers, as before a bot ran."""
     if not path.is_file():
         return None
+    return _read_or(path, Journal.identity_if_made, None)
+
+
+def _read_or(path: Path, read: Callable[[Journal], T], unreadable: T) -> T:
+    """`read` of the journal at `path`, opened read-only; `unreadable` if it cannot be."""
     try:
         journal = Journal(path, read_only=True)
     except (JournalError, sqlite3.Error):
-        return None
+        return unreadable
     try:
-        return journal.identity_if_made()
+        return read(journal)
     except sqlite3.Error:
-        return None
+        return unreadable
     finally:
         journal.close()
 
