@@ -79,7 +79,7 @@ from bot.venue.errors import (
 )
 from bot.venue.shapes import cancelled_reason
 
-__all__ = ["UNSEEN_AFTER_CANCEL", "Executor", "StalenessCheck", "build_request"]
+__all__ = ["Executor", "NotShownYet", "StalenessCheck", "build_request"]
 
 #: The risk gate's staleness rule: why a signal issued at `ts` is too old to act on, or None.
 StalenessCheck = Callable[[datetime], str | None]
@@ -108,11 +108,6 @@ _STRANDED_POLL_S: Final = 0.05
 _HELD_ELSEWHERE_WAIT_S: Final = 60.0
 #: How often a wait for an order held in flight elsewhere looks again.
 _IN_FLIGHT_POLL_S: Final = 0.05
-#: Said of an order sent without an answer that the venue does not show after its cancel.
-UNSEEN_AFTER_CANCEL: Final = (
-    "sent, its answer lost, and the venue does not show it yet: it may still rest there, or "
-    "have filled"
-)
 #: An order under our orderLinkId that the venue created this long (besides the 1 s its
 #: clock may trail a signed request's) before our first send of it is another client's.
 _CREATED_MARGIN: Final = timedelta(seconds=2)
@@ -169,6 +164,11 @@ def _amended(event: OrderEvent, request: OrderRequest) -> str | None:
 def _plain_number(value: Decimal | None) -> Decimal | None:
     """`value` without trailing zeros or an exponent: 96000.0 and 9.6E+4 read 96000."""
     return None if value is None else Decimal(format(value.normalize(), "f"))
+
+
+class NotShownYet(Exception):
+    """An order sent without an answer that the venue did not show within the wait: it may
+    rest there, or have filled."""
 
 
 class _LookupFailed(Exception):
@@ -426,14 +426,31 @@ class Executor:
         )
         return await self._shown_after_cancel(request)
 
-    async def look_for(
+    async def cancel_sent(
+        self, record: OrderRecord, within_s: float | None = None
+    ) -> OrderEvent | None:
+        """`cancel` of the order `record` holds. One sent without an answer (Submitting,
+        Unknown) that the venue does not show after the cancel is not taken as absent: a
+        venue can take seconds to show a new order, which trades all the while (a market
+        entry fills). It is looked for (`_look_for`) for up to `within_s`; NotShownYet if it
+        never shows."""
+        shown = await self.cancel(record.request)
+        if shown is None and record.status in MAY_EXIST_AT_VENUE:
+            shown = await self._look_for(record.request, within_s)
+            if shown is None:
+                raise NotShownYet(
+                    "sent, its answer lost, and the venue does not show it yet: it may still "
+                    "rest there, or have filled"
+                )
+        return shown
+
+    async def _look_for(
         self, request: OrderRequest, within_s: float | None = None
     ) -> OrderEvent | None:
-        """What the venue shows of an order it may hold though a look-up just missed it
-        (sent, its answer lost: a venue can take seconds to show a new order, which trades
-        all the while), looked up again (and journaled as found) until it does, for at most
-        `within_s` (default `unseen_final_after_s`, past which a look-up's miss is taken as
-        final); None if it never did."""
+        """What the venue shows of an order it may hold though a look-up just missed it,
+        looked up again (and journaled as found) until it does, for at most `within_s`
+        (default `unseen_final_after_s`, past which a look-up's miss is taken as final);
+        None if it never did."""
         if within_s is None:
             within_s = self._config.unseen_final_after_s
         delays = _within(self._config.lookup_delays_s, within_s)
@@ -512,12 +529,10 @@ class Executor:
         loop = asyncio.get_running_loop()
         if not await self._out_of_flight(request.order_link_id, deadline):
             return "it is still being sent or looked up"
-        shown = await self.cancel(request)
-        if shown is None and record.status in MAY_EXIST_AT_VENUE:
-            # Sent, its answer lost: not shown yet is not proof it is not there (filled).
-            shown = await self.look_for(request, deadline - loop.time())
-            if shown is None:
-                return f"{UNSEEN_AFTER_CANCEL}; the close reduces what the books hold"
+        try:
+            shown = await self.cancel_sent(record, deadline - loop.time())
+        except NotShownYet as exc:
+            return f"{exc}; the close reduces what the books hold"
         if shown is None:
             return None
         if not shown.status.is_terminal:

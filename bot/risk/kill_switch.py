@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from bot.account import Account, StrategyBook
 from bot.briefly import JOURNAL_WAIT_S, ended_within
-from bot.execution.executor import UNSEEN_AFTER_CANCEL, Executor
+from bot.execution.executor import Executor, NotShownYet
 from bot.execution.orders import MAY_EXIST_AT_VENUE, OPEN_AT_VENUE, trimmed
 from bot.journal import Journal, OrderRecord
 from bot.logs import logger
@@ -300,16 +300,14 @@ class KillSwitch:
     async def _cancel(self, record: OrderRecord) -> dict[str, str | bool]:
         request = record.request
         try:
-            event = await self._executor.cancel(request)
+            # One sent just before whose answer was lost is looked for until the venue shows
+            # it: a market entry may have filled, which the flatten must close.
+            event = await self._executor.cancel_sent(record)
+        except NotShownYet as exc:
+            return _row(record, f"{exc}; run the halt again in a minute", False)
         except Exception as exc:  # one failed cancel must not stop the others
             logger.error("cancel of {id} failed: {error}", id=request.order_link_id, error=exc)
             return _row(record, f"cancel failed: {exc}", False)
-        if event is None and record.status in MAY_EXIST_AT_VENUE:
-            # Sent, its answer lost: a venue slow to show a new order may hold it, or have
-            # filled it (a market entry just before the halt), which the flatten must close.
-            event = await self._executor.look_for(request)
-            if event is None:
-                return _row(record, f"{UNSEEN_AFTER_CANCEL}; run the halt again in a minute", False)
         if event is None:
             return _row(record, "not at the venue", True)
         if event.filled_qty:  # filled before the cancel came: the books must hold it
