@@ -750,10 +750,9 @@ def _switch(
     journal_id = _journal_identity(settings.journal_path)
     if journal_id is not None:
         command["journal"] = journal_id
+    body = json.dumps(command).encode()
     try:  # checked here as the bot checks it: also when it is journaled for a stopped bot
-        scope, _ = parse_command(
-            json.dumps(command).encode(), state, settings.strategies, settings.environment
-        )
+        scope, _ = parse_command(body, state, settings.strategies, settings.environment)
     except ValueError as exc:
         _fail(str(exc))
     route = "halt" if state is TradingState.HALTED else "resume"
@@ -761,7 +760,7 @@ def _switch(
     target = f"{_bot_url(settings)}/admin/{route}"
     # Cancelling and flattening wait for the venue (up to ADMIN_ACTION_TIMEOUT_S): a spinner.
     waiting = "the bot cancels and flattens" if acting and errors.is_terminal else None
-    body, signed_at = json.dumps(command).encode(), int(time.time())
+    signed_at = int(time.time())
     try:
         secret = secret_resolver(settings, secrets_dir).get(ADMIN_SECRET_NAME)
         with errors.status(waiting) if waiting else nullcontext():
