@@ -105,8 +105,9 @@ _WAL_SIZE_LIMIT: Final = 512 * 1024 * 1024
 REJECTIONS_KEPT: Final = 100_000
 _REJECTIONS_PRUNED_EVERY: Final = 1_000
 _SQL_MAX_INT: Final = 2**63 - 1
-#: How long a deferred write waits for others to share its transaction (`Journal.defer`).
-DEFER_WINDOW_S: Final = 0.010
+#: How long a deferred write waits for others to share its transaction (`Journal.defer`): at
+#: 50 signals a second, the reports of two or three signals share one commit.
+DEFER_WINDOW_S: Final = 0.050
 _ACCOUNT: Final = """
 CREATE TABLE IF NOT EXISTS executions (
     exec_id         TEXT PRIMARY KEY,
@@ -946,6 +947,9 @@ class Journal:
         self._writer: ThreadPoolExecutor | None = None
         # By `defer`, for the journal's thread: each write, with the order it reports on.
         self._deferred: list[tuple[Callable[[], object], str | None]] = []
+        # How many batches of deferred writes were handed over: a window's timer hands over
+        # only the batch it was started for, not a later one (its own was handed over early).
+        self._deferred_handed = 0
         # The orders (by orderLinkId) `defer` was told a waiting or unfinished write reports
         # on, with how many such writes: see `open_orders_written`.
         self._unwritten_orders: Counter[str] = Counter()
@@ -1194,12 +1198,30 @@ class Journal:
         """
         return self._queue(lambda: method(*args, **kwargs), after_deferred=True)
 
-    def _queue(self, work: Callable[[], T], *, after_deferred: bool = False) -> Future[T]:
+    def submit_order_event(self, event: OrderEvent) -> Future[bool]:
+        """`submit(record_order_event, event)`, queued ahead of the deferred writes still
+        waiting for their window unless one of them reports on the same order (then after
+        them, as `submit`): an order's send attempt, which no other order's report bears on,
+        does not cut short the window that lets the reports of several signals share one
+        commit."""
+        return self._queue(
+            lambda: self.record_order_event(event), after_reports_on=event.order_link_id
+        )
+
+    def _queue(
+        self,
+        work: Callable[[], T],
+        *,
+        after_deferred: bool = False,
+        after_reports_on: str | None = None,
+    ) -> Future[T]:
+        """Queue `work` on the journal's thread: after the deferred writes still waiting if
+        `after_deferred`, or if one of them reports on the order `after_reports_on`."""
         # Its own lock: the database lock is held by the journal thread while it commits, and
         # the event loop must never wait for a commit just to queue work.
         with self._writer_lock:
             writer = self._writer_pool()
-            if after_deferred:
+            if after_deferred or after_reports_on in self._unwritten_orders:
                 self._queue_deferred(writer)
             return writer.submit(work)
 
@@ -1211,7 +1233,9 @@ class Journal:
         What is deferred together is written in one transaction (`write_all`): the reports
         of one fill (the order's acknowledgement, then the stream's order, execution,
         position and wallet) arrive within a few milliseconds, as a handful of stream
-        messages; held for the window, they cost one thread hop and one commit, not one each.
+        messages; held for the window, they cost one thread hop and one commit, not one each,
+        and under a steady stream of signals, so do those of the signals around them (the
+        pages every signal changes, the same few, are written once for all).
         Only writes the venue or the pipeline would tell again after a crash are deferred
         (never a promise), so the window adds nothing a restart does not bring back.
 
@@ -1221,17 +1245,24 @@ class Journal:
         with self._writer_lock:
             self._deferred.append((write, order_link_id))
             first = len(self._deferred) == 1
+            batch = self._deferred_handed
             if order_link_id is not None:
                 self._unwritten_orders[order_link_id] += 1
         if first:
-            asyncio.get_running_loop().call_later(DEFER_WINDOW_S, self.write_deferred)
+            asyncio.get_running_loop().call_later(DEFER_WINDOW_S, self._window_over, batch)
 
     def write_deferred(self) -> None:
         """Hand the deferred writes to the journal's thread now, not at the window's end:
-        for when nothing more will join them soon (the signal they belong to is done, the
-        journal closes). The window's own end calls it too."""
+        for when someone waits for them (a replay's driver) or the journal closes."""
         with self._writer_lock:
             if self._deferred:
+                self._queue_deferred(self._writer_pool())
+
+    def _window_over(self, batch: int) -> None:
+        """The end of batch number `batch`'s window: hand it over, unless it already was
+        (another call passed it on early): the batch waiting now has a window of its own."""
+        with self._writer_lock:
+            if self._deferred and self._deferred_handed == batch:
                 self._queue_deferred(self._writer_pool())
 
     async def open_orders_written(
@@ -1253,6 +1284,7 @@ class Journal:
         piece of work: one hand-over and one transaction for all."""
         deferred, self._deferred = self._deferred, []
         if deferred:
+            self._deferred_handed += 1
             writer.submit(self._write_deferred_batch, deferred)
 
     def _write_deferred_batch(
@@ -1991,6 +2023,12 @@ class Journal:
                 f"{_ORDER_QUERY} {where} ORDER BY orders.created_at, orders.rowid", params
             ).fetchall()
         return [_order_record(row) for row in rows]
+
+    def record_exits(self, exit_orders: Sequence[ExitOrder]) -> list[bool]:
+        """`record_exit` for each of `exit_orders` in turn, in one transaction (a scan's
+        list, most of which moved nothing since the last): which moved forward."""
+        with self._transaction():
+            return [self.record_exit(exit_order) for exit_order in exit_orders]
 
     def record_exit(self, exit_order: ExitOrder) -> bool:
         """Journal a stop-loss / take-profit order the venue created, or its progress.

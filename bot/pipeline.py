@@ -375,12 +375,11 @@ class Pipeline:
             await self._run_slots(job.signal, slots)
         job.remaining[0] -= 1
         if job.remaining[0] == 0:
-            # Nothing waits for it: it goes with the signal's deferred writes (its order's
-            # acknowledgement and reports), handed over now that the signal is done (a crash
-            # before it only means the signal is looked at again, its decided strategies
-            # skipped).
+            # Nothing waits for it: it goes with the deferred writes (its order's
+            # acknowledgement and reports, and those of the signals around it) at their
+            # window's end (a crash before it only means the signal is looked at again, its
+            # decided strategies skipped).
             self._journal.defer(partial(self._journal.mark_processed, job.signal))
-            self._journal.write_deferred()
 
     async def _carry_on_decided(self, signal: Signal, strategies: Sequence[str]) -> set[str]:
         """Which of `strategies` decided on `signal` in an earlier run the journal holds; their

@@ -1158,7 +1158,7 @@ class Executor:
             written = (
                 None
                 if refused_unread
-                else self._journal.submit(self._journal.record_order_event, submitting)
+                else self._journal.submit_order_event(submitting)
             )
             refused_unread = False
             sends += 1

@@ -134,8 +134,10 @@ class Reconciler:
                 logger.warning("exit scan of {symbol} failed: {error}", symbol=symbol, error=exc)
                 complete = False
                 continue
-            for exit_order in reversed(exits):  # oldest first
-                if await self._journal.call(self._journal.record_exit, exit_order):
+            oldest_first = exits[::-1]
+            moved = await self._journal.call(self._journal.record_exits, oldest_first)
+            for exit_order, forward in zip(oldest_first, moved, strict=True):
+                if forward:
                     logger.info(
                         "{kind} order of {symbol} at the venue: {status} (found by a scan)",
                         kind=exit_order.kind,

@@ -569,7 +569,7 @@ def test_deferred_writes_run_in_order_before_any_later_call(journal: Journal) ->
 
 @pytest.fixture
 def window(monkeypatch: pytest.MonkeyPatch) -> float:
-    """A deferral window (the bot's is 10 ms) that a loaded machine's scheduling never ends
+    """A deferral window (the bot's is 50 ms) that a loaded machine's scheduling never ends
     before a test's next step: what the window holds back stays held while it looks."""
     monkeypatch.setattr(journal_module, "DEFER_WINDOW_S", 0.5)
     return 0.5
@@ -613,6 +613,51 @@ def test_a_call_ahead_does_not_wait_for_the_deferred_writes(journal: Journal) ->
 
     assert asyncio.run(defer_then_call_ahead()) == ["ahead"]
     assert done == ["ahead", "deferred", "call"]
+
+
+def test_a_window_cut_short_by_a_call_does_not_cut_short_the_next_batchs(
+    journal: Journal, window: float
+) -> None:
+    """The first batch's timer, still pending when a call handed its batch over, must not
+    hand over the next batch, started later, before that batch's own window ends."""
+    done: list[str] = []
+
+    async def two_batches() -> list[str]:
+        journal.defer(lambda: done.append("first"))
+        await journal.call(lambda: None)  # hands the first batch over early
+        await asyncio.sleep(window / 2)
+        journal.defer(lambda: done.append("second"))  # a window of its own starts
+        await asyncio.sleep(window * 0.7)  # the first batch's timer has run
+        seen = list(done)
+        await asyncio.sleep(window * 0.6)  # the second's has too
+        journal.flush()
+        return seen
+
+    assert asyncio.run(two_batches()) == ["first"]
+    assert done == ["first", "second"]
+
+
+@pytest.mark.usefixtures("window")
+def test_a_send_attempt_passes_the_deferred_reports_unless_one_is_on_its_order(
+    journal: Journal,
+) -> None:
+    for link in ("a", "b"):
+        journal.record_order(make_request(order_link_id=link))
+    done: list[str] = []
+
+    def submitting(link: str) -> OrderEvent:
+        return OrderEvent(order_link_id=link, status=OrderStatus.SUBMITTING)
+
+    async def defer_then_submit() -> list[str]:
+        journal.defer(lambda: done.append("report on a"), order_link_id="a")
+        await asyncio.wrap_future(journal.submit_order_event(submitting("b")))
+        done.append("b submitting")
+        await asyncio.wrap_future(journal.submit_order_event(submitting("a")))
+        done.append("a submitting")
+        return done
+
+    assert asyncio.run(defer_then_submit()) == ["b submitting", "report on a", "a submitting"]
+    assert {journal.order(link).status for link in ("a", "b")} == {OrderStatus.SUBMITTING}
 
 
 def test_open_orders_written_waits_only_for_reports_on_those_orders(journal: Journal) -> None:
@@ -1115,6 +1160,28 @@ def test_a_waiting_exit_that_moves_or_resizes_is_journaled_again(journal: Journa
     assert journal.record_exit(exit_order("96000", "0.03", OrderStatus.CANCELLED))  # deactivated
     assert not journal.record_exit(exit_order("97000", "0.03"))  # never back from an end
     assert stored() == ("96000", "0.03", "Cancelled")
+
+
+def test_a_scans_exits_are_journaled_in_one_commit_each_as_record_exit_would(
+    journal: Journal,
+) -> None:
+    waiting = stop_loss(key_name="main")
+    taken = stop_loss(key_name="main", order_id="sl-2", trigger_price=Decimal(94000))
+    assert journal.record_exit(waiting)
+    log = _Commits(journal)
+
+    moved = journal.record_exits(
+        [waiting, taken, taken.model_copy(update={"status": OrderStatus.CANCELLED})]
+    )
+
+    assert moved == [False, True, True]  # the first is nothing new; the third sl-2's end
+    assert len(log.split()) == 1
+    with journal._lock:
+        rows = journal._db.execute(
+            "SELECT order_id, status FROM exit_orders ORDER BY order_id"
+        ).fetchall()
+    # sl-2's arrival (a second waiting stop loss at the level) replaced sl-1.
+    assert rows == [("sl-1", "Cancelled"), ("sl-2", "Cancelled")]
 
 
 def test_what_an_order_and_its_stop_loss_journal_and_look_up_never_scans_a_table(

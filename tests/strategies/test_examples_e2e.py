@@ -17,6 +17,7 @@ from loguru import logger
 from pydantic import SecretStr
 
 from bot.execution.ids import order_link_id
+from bot.messages import OrderStatus
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from bot.sim.params import PositionQueryParams
 from tests.bot.test_admin import admin_answer, decision_of
@@ -191,7 +192,12 @@ def test_the_ladders_targets_are_cancelled_when_its_stop_closes_the_position(
     assert orders[entry]["orderStatus"] == "Filled"
     assert run.position()["size"] == "0"
     statuses = wait_for(
-        lambda: rows if (rows := run.bot.journal_status("l-2")) and "New" not in rows else None,
+        lambda: (
+            rows
+            if (rows := run.bot.journal_status("l-2"))
+            and all(OrderStatus(status).is_terminal for status in rows)
+            else None
+        ),
         what="the journal's legs terminal",
     )
     assert sorted(statuses) == ["Cancelled", "Cancelled", "Filled"]

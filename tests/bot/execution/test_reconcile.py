@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any, cast
@@ -76,8 +76,8 @@ class _Journal:
     def protected_symbols(self, key_name: str) -> list[str]:
         return ["BTCUSDT"]
 
-    def record_exit(self, exit_order: object) -> bool:
-        return False
+    def record_exits(self, exit_orders: Sequence[object]) -> list[bool]:
+        return [False for _ in exit_orders]
 
     def waiting_exits(self) -> list[object]:
         return []
