@@ -376,9 +376,9 @@ class Pipeline:
         job.remaining[0] -= 1
         if job.remaining[0] == 0:
             # Nothing waits for it: it goes with the deferred writes (its order's
-            # acknowledgement and reports, and those of the signals around it) at their
-            # window's end (a crash before it only means the signal is looked at again, its
-            # decided strategies skipped).
+            # acknowledgement and reports, the late ones too) at their window's end (a crash
+            # before it only means the signal is looked at again, its decided strategies
+            # skipped).
             self._journal.defer(partial(self._journal.mark_processed, job.signal))
 
     async def _carry_on_decided(self, signal: Signal, strategies: Sequence[str]) -> set[str]:

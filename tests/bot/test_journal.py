@@ -569,7 +569,7 @@ def test_deferred_writes_run_in_order_before_any_later_call(journal: Journal) ->
 
 @pytest.fixture
 def window(monkeypatch: pytest.MonkeyPatch) -> float:
-    """A deferral window (the bot's is 50 ms) that a loaded machine's scheduling never ends
+    """A deferral window (the bot's is 10 ms) that a loaded machine's scheduling never ends
     before a test's next step: what the window holds back stays held while it looks."""
     monkeypatch.setattr(journal_module, "DEFER_WINDOW_S", 0.5)
     return 0.5
