@@ -1204,8 +1204,8 @@ class Journal:
         """`submit(record_order_event, event)`, queued ahead of the deferred writes still
         waiting for their window unless one of them reports on the same order (then after
         them, as `submit`): an order's send attempt, which no other order's report bears on,
-        does not cut short the window that lets the reports of several signals share one
-        commit."""
+        does not cut short the window in which the reports of earlier orders gather (their
+        late position and wallet messages too) to share one commit."""
         return self._queue(
             lambda: self.record_order_event(event), after_reports_on=event.order_link_id
         )
