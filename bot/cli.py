@@ -1688,6 +1688,10 @@ def _print_replay(report: ReplayReport) -> None:
     )
     strategies = report.strategies
     _print_table(_replay_rows(strategies), {"figure": 12})
+    console.print(
+        f"funding paid by the account (in no PnL above): {report.funding_paid_usdt:.2f} USDT",
+        highlight=False,
+    )
     for answer in report.refused:
         console.print(
             f"line {answer.line}: {answer.signal_id} refused ({answer.status}): {answer.detail}",

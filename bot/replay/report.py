@@ -115,6 +115,9 @@ class ReplayReport:
     strategies: Sequence[StrategyReport]
     #: (source, id) of every signal that got at least one approved order (for the plot)
     traded: frozenset[tuple[str, str]]
+    #: What the account paid in funding, net (USDT; negative: received): the venue settles
+    #: it per position every 8 hours, so it is in no strategy's PnL.
+    funding_paid_usdt: Decimal = ZERO
 
     @property
     def duplicates(self) -> int:
@@ -156,6 +159,7 @@ class ReplayReport:
             "signals_per_s": round(self.signals_per_s, 1),
             "rejections": self.rejections(),
             "strategies": [strategy.as_dict() for strategy in self.strategies],
+            "funding_paid_usdt": self.funding_paid_usdt,
         }
 
 
@@ -197,6 +201,7 @@ def build_report(history: History, run: ReplayRun, configured: Iterable[str]) ->
         elapsed_s=run.elapsed_s,
         strategies=list(reports.values()),
         traded=traded,
+        funding_paid_usdt=run.funding_paid_usdt,
     )
 
 

@@ -85,6 +85,9 @@ class ReplayRun:
     answers: list[Answer] = field(default_factory=list)
     startup_s: float = 0.0
     elapsed_s: float = 0.0
+    #: The funding the account paid at the 8-hour settlements it held positions through,
+    #: net of what it received (USDT): the venue's, per position, not per strategy.
+    funding_paid_usdt: Decimal = Decimal(0)
 
 
 def replay(
@@ -123,6 +126,7 @@ def replay(
             answers=driver.answers,
             startup_s=driver.startup_s,
             elapsed_s=driver.elapsed_s,
+            funding_paid_usdt=server.exchange.funding_paid(),
         )
 
 
@@ -303,7 +307,7 @@ class _Driver:
         stats = self._exchange.stats()
         if stats["pending_events"] != 0 or journal.unprocessed_signals():
             return False
-        return bool(stats["executions"] == journal.execution_count())
+        return bool(stats["fills"] == journal.execution_count())  # funding is no fill
 
     @contextmanager
     def _session(self) -> Iterator[requests.Session]:

@@ -27,6 +27,9 @@ class _Event:
     due_ms: int
     seq: int
     action: Action = field(compare=False)
+    #: A standing wake-up (a settlement clock), always on the heap: not work the engine
+    #: has left to do, so neither `pending` nor `run_due` counts it.
+    background: bool = field(default=False, compare=False)
 
 
 class Scheduler:
@@ -40,6 +43,7 @@ class Scheduler:
         self._heap: list[_Event] = []
         self._seq = itertools.count()
         self._offset_ms = 0
+        self._background = 0  # background events on the heap
         #: Due time of the event being run: what it schedules counts from then, so a chain
         #: of events keeps its spacing however late (or far ahead under advance) it runs.
         self._running_due_ms: int | None = None
@@ -60,25 +64,29 @@ class Scheduler:
         base = self._running_due_ms if self._running_due_ms is not None else self.now_ms()
         self.schedule_at(base + max(delay_ms, 0), action)
 
-    def schedule_at(self, due_ms: int, action: Action) -> None:
-        """Run action once the engine clock reaches due_ms."""
-        heapq.heappush(self._heap, _Event(due_ms, next(self._seq), action))
+    def schedule_at(self, due_ms: int, action: Action, *, background: bool = False) -> None:
+        """Run action once the engine clock reaches due_ms; `background`: a standing
+        wake-up, not counted as work left (`pending`) nor as work done (`run_due`)."""
+        heapq.heappush(self._heap, _Event(due_ms, next(self._seq), action, background))
+        self._background += background
         self._condition.notify_all()
 
     def run_due(self) -> int:
-        """Run every event due by now, in due order (ties in scheduling order); count them.
+        """Run every event due by now, in due order (ties in scheduling order); count them
+        (but for background ones).
 
         An event may schedule more; those run too if already due.
         """
         ran = 0
         while self._heap and self._heap[0].due_ms <= self.now_ms():
             event = heapq.heappop(self._heap)
+            self._background -= event.background
             self._running_due_ms = event.due_ms
             try:
                 event.action()
             finally:
                 self._running_due_ms = None
-            ran += 1
+            ran += not event.background
         return ran
 
     def advance(self, ms: int) -> int:
@@ -90,8 +98,8 @@ class Scheduler:
 
     @property
     def pending(self) -> int:
-        """Events waiting to run."""
-        return len(self._heap)
+        """Events waiting to run, but for background ones."""
+        return len(self._heap) - self._background
 
     # ------------------------------------------------------------------ the thread
 

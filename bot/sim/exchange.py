@@ -87,6 +87,7 @@ from bot.sim.records import (
 )
 from bot.sim.views import (
     FUNDING_INTERVAL_MINUTES,
+    FUNDING_RATE,
     LAUNCH_TIME_MS,
     MAX_PRICE_TICKS,
     account_info_view,
@@ -465,8 +466,16 @@ class SimExchange:
         self._answers_by_ret_code: Counter[int] = Counter()
         self._answers_by_http_status: Counter[int] = Counter()
         self._faults_injected: Counter[str] = Counter()
+        #: The funding settlement next due, on the exchange clock (every 8 h from 00:00 UTC),
+        #: the payments made so far (executions that are no fill) and their net sum (USDT
+        #: paid by all accounts; negative: received).
+        self._next_funding_settlement_ms = _next_funding_ms(self.now_ms())
+        self._funding_payments = 0
+        self._funding_paid = ZERO
         for spec in self._config.accounts:
             self.add_account(spec)
+        with self._lock:
+            self._schedule_funding()
 
     @property
     def config(self) -> SimulatorConfig:
@@ -950,10 +959,16 @@ class SimExchange:
             spec = self._key_specs.get(api_key)
             self._signed[(spec.note if spec is not None else "?", path)] += 1
 
+    def funding_paid(self) -> Decimal:
+        """The funding all accounts paid so far, net of what they received (USDT)."""
+        with self._lock:
+            return self._funding_paid
+
     def stats(self) -> dict[str, Any]:
         """Request and answer counters plus a few totals, JSON-ready."""
         with self._lock:
             accounts = self._accounts.values()
+            executions = sum(len(account.executions) for account in accounts)
             return {
                 "requests_by_path": dict(sorted(self._requests_by_path.items())),
                 "answers_by_ret_code": {
@@ -967,7 +982,8 @@ class SimExchange:
                 "accounts": len(self._accounts),
                 "orders": sum(len(account.orders) for account in accounts),
                 "open_orders": sum(len(account.open_orders) for account in accounts),
-                "executions": sum(len(account.executions) for account in accounts),
+                "executions": executions,
+                "fills": executions - self._funding_payments,  # the executions of orders
                 "pending_events": self._engine.pending,
                 "walks": sorted(self._walks),
             }
@@ -1260,6 +1276,7 @@ class SimExchange:
 
     def _place(self, api_key: str, params: PlaceOrderParams) -> OrderRecord:
         """Check and book one new order (lock held); SimError with Bybit's code otherwise."""
+        self._settle_funding()  # its fills must not fall before a boundary already passed
         account = self._account(api_key)
         self._require(api_key, "Order")
         spec = self._instrument(params.symbol)
@@ -2885,6 +2902,101 @@ class SimExchange:
         if opened and order.partial_tpsl and qty > closing:
             self._attach_partial_exits(account, order, qty - closing)
 
+    # ----------------------------------------------------------------- funding
+
+    def _schedule_funding(self) -> None:
+        """Wake the engine once the next funding settlement is due, so that positions held
+        through it pay or receive funding on time even when nothing else happens."""
+        due_in_ms = max(self._next_funding_settlement_ms - self.now_ms(), 0)
+        self._engine.schedule_at(
+            self._engine.now_ms() + due_in_ms + 1, self._on_funding_due, background=True
+        )
+
+    def _on_funding_due(self) -> None:
+        self._settle_funding()
+        self._schedule_funding()
+
+    def _settle_funding(self) -> None:
+        """Settle every funding boundary the exchange clock has passed, each for the positions
+        held at it. Besides the engine's wake-up, a price move and a new order settle first:
+        a replay's clock jumps hours at once, and a position opened after a boundary must not
+        pay for it, nor one held through it escape it."""
+        while self.now_ms() >= self._next_funding_settlement_ms:
+            settled_ms = self._next_funding_settlement_ms
+            self._next_funding_settlement_ms += _FUNDING_INTERVAL_MS
+            for account in list(self._accounts.values()):
+                held = [position for position in account.positions.values() if position.size]
+                for position in held:
+                    self._charge_funding(account, position, settled_ms)
+                if held:
+                    self._liquidate_if_due(account)
+
+    def _charge_funding(
+        self, account: AccountRecord, position: PositionRecord, settled_ms: int
+    ) -> None:
+        """One position's funding: its value at the mark price times the rate, which a long
+        pays and a short receives while the rate is positive. It moves the wallet and the
+        position's realised PnL (Bybit counts funding in it, not in closed PnL) and is
+        recorded as Bybit records it: a Funding execution (execFee positive when paid,
+        feeRate the rate for a long and its negative for a short), which the transaction
+        log lists as a SETTLEMENT; pushed as execution, position and wallet."""
+        mark = self._marks[position.symbol]
+        side = "Buy" if position.size > 0 else "Sell"
+        rate = FUNDING_RATE if side == "Buy" else -FUNDING_RATE
+        qty = abs(position.size)
+        fee = (qty * mark * rate).quantize(_MONEY_PLACES)
+        account.wallet_balance -= fee
+        position.cum_realised_pnl -= fee
+        position.cur_realised_pnl -= fee
+        position.updated_ms = settled_ms
+        position.seq = self._next_seq()
+        settlement = OrderRecord(
+            order_id=str(uuid.uuid4()),
+            order_link_id="",
+            symbol=position.symbol,
+            side=side,
+            order_type="UNKNOWN",
+            price=None,
+            qty=ZERO,
+            time_in_force="",
+            reduce_only=False,
+            close_on_trigger=False,
+            take_profit=None,
+            stop_loss=None,
+            last_price_on_created=mark,
+            created_ms=settled_ms,
+            seq=position.seq,
+            updated_ms=settled_ms,
+            status="Filled",
+            create_type="",
+            stop_order_type="UNKNOWN",
+            funding=True,
+        )
+        execution = ExecutionRecord(
+            exec_id=str(uuid.uuid4()),
+            order=settlement,
+            order_qty=ZERO,
+            leaves_qty=ZERO,
+            price=mark,
+            qty=qty,
+            fee=fee,
+            fee_rate=rate,
+            is_maker=False,
+            mark_price=mark,
+            closed_size=ZERO,
+            exec_ms=settled_ms,
+            seq=position.seq,
+            cash_flow=ZERO,
+            position_size=position.size,
+            cash_balance=account.wallet_balance,
+        )
+        account.executions.append(execution)
+        self._funding_payments += 1
+        self._funding_paid += fee
+        self._push(account, "execution", lambda: [execution_stream_view(execution)])
+        self._push_position(account, position.symbol)
+        self._push_wallet(account)
+
     def _cancel_stranded_reduce_only(self, account: AccountRecord, filled: OrderRecord) -> None:
         """Once a fill closes or turns the position, cancel the symbol's open reduce-only
         orders that have nothing left to close (`cancelType` `CancelByReduceOnly`), as Bybit
@@ -3036,6 +3148,7 @@ class SimExchange:
         the way; its own trade at `price` is then the last; then what watches a price fires
         (TP/SL, conditional orders), and an account down to its maintenance margin is
         liquidated."""
+        self._settle_funding()  # at the mark of the boundary's time, before this move
         before = self._marks[symbol]
         self._marks[symbol] = price
         self._mark_history.record_price(symbol, price, self.now_ms())

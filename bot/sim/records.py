@@ -101,6 +101,9 @@ class OrderRecord:
     #: A TP/SL order's parent: the orderLinkId of the order it came attached to ("" for one
     #: set by trading-stop alone, or a parent without one), Bybit's `parentOrderLinkId`.
     parent_order_link_id: str = ""
+    #: No order of anyone's: what a funding settlement's execution belongs to (Bybit lists
+    #: one under an orderId of its own, orderType UNKNOWN, no orderLinkId, qty and price 0).
+    funding: bool = False
 
     @property
     def is_open(self) -> bool:
@@ -130,11 +133,15 @@ class OrderRecord:
     @property
     def exec_type(self) -> str:
         """Bybit's execType of the order's fills."""
+        if self.funding:
+            return "Funding"
         return "BustTrade" if self.is_liquidation else "Trade"
 
     @property
     def log_type(self) -> str:
         """The `type` of its fills' entries in the transaction log."""
+        if self.funding:
+            return "SETTLEMENT"
         return "LIQUIDATION" if self.is_liquidation else "TRADE"
 
 

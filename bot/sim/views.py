@@ -20,6 +20,7 @@ from bot.sim.records import (
     MAINTENANCE_MARGIN_RATE,
     RISK_LIMIT_VALUE,
     SETTLE_COIN,
+    ZERO,
     ClosedPnlRecord,
     ExecutionRecord,
     MarginFigures,
@@ -73,8 +74,8 @@ MAX_PRICE_TICKS = 20_000_000
 #: When every simulated instrument was listed (instruments-info `launchTime`); market history
 #: (candles, funding, open interest) starts there.
 LAUNCH_TIME_MS = 1_584_230_400_000
-#: The funding rate every simulated perpetual publishes, each 8 h (tickers, funding history).
-#: The simulator does not charge funding to positions.
+#: The funding rate every simulated perpetual publishes and settles, each 8 h (tickers,
+#: funding history, the Funding executions of the positions held at a settlement).
 FUNDING_RATE = Decimal("0.0001")
 #: Every simulated perpetual's funding interval (instruments' fundingInterval, in minutes)
 #: and the bound of its rate (upper/lowerFundingRate, the tickers' fundingCap).
@@ -195,7 +196,8 @@ def execution_view(execution: ExecutionRecord) -> dict[str, Any]:
         "orderId": order.order_id,
         "orderLinkId": order.order_link_id,
         "side": order.side,
-        "orderPrice": fmt(order.worst_price or execution.price),
+        # A funding settlement has no order, so no order price ("0", as Bybit lists it).
+        "orderPrice": fmt(ZERO if order.funding else order.worst_price or execution.price),
         "orderQty": fmt(execution.order_qty),
         "leavesQty": fmt(execution.leaves_qty),
         "createType": order.create_type,
@@ -429,8 +431,11 @@ def funding_rate_view(symbol: str, timestamp_ms: int) -> dict[str, str]:
 def transaction_log_view(execution: ExecutionRecord, user_id: int) -> dict[str, Any]:
     """A fill as a TRADE entry of `/v5/account/transaction-log`: cashFlow is the PnL it
     realised, change = cashFlow - fee, cashBalance the wallet balance after it, size the
-    position after it (short negative)."""
+    position after it (short negative). A funding settlement is a SETTLEMENT entry: its
+    `funding` is what the position received (negative: paid, the opposite of the
+    execution's execFee), its fee 0, and change = funding."""
     order = execution.order
+    funding, fee = (-execution.fee, ZERO) if order.funding else (None, execution.fee)
     return {
         "id": f"{user_id}_{order.symbol}_{execution.seq}",
         "symbol": order.symbol,
@@ -443,8 +448,8 @@ def transaction_log_view(execution: ExecutionRecord, user_id: int) -> dict[str, 
         "size": fmt(execution.position_size),
         "currency": SETTLE_COIN,
         "tradePrice": fmt(execution.price),
-        "funding": "",
-        "fee": _fmt8(execution.fee),
+        "funding": "" if funding is None else _fmt8(funding),
+        "fee": _fmt8(fee),
         "cashFlow": _fmt8(execution.cash_flow),
         "change": _fmt8(execution.cash_flow - execution.fee),
         "cashBalance": _fmt8(execution.cash_balance),

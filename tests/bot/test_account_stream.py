@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from loguru import logger
 from pybit.unified_trading import HTTP
 from pydantic import SecretStr
 
+from bot import clock
 from bot.account import UNATTRIBUTED, AccountProjection
 from bot.config import ConfigError
 from bot.execution.ids import order_link_id
@@ -29,6 +31,8 @@ from tests.conftest import wait_for, write_key_secrets
 KEY, SECRET = "stream-key", "stream-secret"
 #: The REST safety net is slowed right down, so what arrives comes by the stream.
 STREAM_ONLY = "\n[execution]\nreconcile_interval_s = 60\n"
+KEY_NAME = "follow_sim"
+EIGHT_HOURS_MS = 8 * 3_600_000
 
 
 @pytest.fixture
@@ -108,6 +112,60 @@ def test_a_limit_order_filled_later_reaches_journal_and_books_by_the_stream(
     assert size > 0
     assert position is not None and position.size == size
     assert position.entry_price == Decimal(96000)
+
+
+def test_funding_settled_on_a_held_position_moves_the_wallet_and_never_the_books(
+    sim_config: Callable[..., Path], exchange: tuple[SimExchange, SimServer]
+) -> None:
+    """Bybit streams a funding settlement as an execution (execType Funding) of no order:
+    the bot books the wallet and the position's realised PnL it moves, never a fill."""
+    sim, server = exchange
+    with (
+        clock.installed(clock.VirtualClock(datetime.now(UTC))) as calendar,
+        beside_another_client(sim_config, server, "WARNING") as (bot, client, said),
+    ):
+        assert bot.post(signal("held-1")).status_code == 202
+        wait_for(lambda: bot.journal_status("held-1") == ["Filled"], what="the entry filled")
+        held = wait_for(
+            lambda: books(bot).strategy_size("follow_sim", "follow", "BTCUSDT") or None,
+            what="the fill in the books",
+        )
+
+        warned_before = len(said)
+
+        # Act: the next 8-hour boundary passes; the market's next price settles it
+        boundary_ms = (sim.now_ms() // EIGHT_HOURS_MS + 1) * EIGHT_HOURS_MS
+        calendar.advance_to(datetime.fromtimestamp(boundary_ms / 1000 + 1, UTC))
+        sim.set_prices(sim.prices())
+
+        [funding] = client.get_executions(category="linear", execType="Funding")["result"]["list"]
+        wallet = client.get_wallet_balance(accountType="UNIFIED")["result"]["list"][0]
+        venue_realised = Decimal(
+            client.get_positions(category="linear", symbol="BTCUSDT")["result"]["list"][0][
+                "cumRealisedPnl"
+            ]
+        )
+
+        def followed() -> AccountProjection | None:
+            projection = books(bot)
+            position, balance = (
+                projection.position(KEY_NAME, "BTCUSDT"),
+                projection.wallet(KEY_NAME),
+            )
+            synced = (
+                position is not None
+                and position.cum_realized_pnl == venue_realised
+                and balance is not None
+                and balance.wallet_balance_usdt == Decimal(wallet["totalWalletBalance"])
+            )
+            return projection if synced else None
+
+        book = wait_for(followed, what="the settlement's position and wallet followed")
+
+    assert Decimal(funding["execFee"]) > 0  # a long pays the positive rate
+    assert book.strategy_size("follow_sim", "follow", "BTCUSDT") == held
+    assert book.strategy_size("follow_sim", UNATTRIBUTED, "BTCUSDT") == 0  # no fill of anyone's
+    assert said[warned_before:] == []  # no drift, no unknown fill
 
 
 def test_fills_while_the_stream_is_down_are_caught_up_once(

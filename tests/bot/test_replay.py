@@ -194,6 +194,36 @@ def test_a_stop_hit_loses_and_a_target_hit_wins(
         assert Decimal(strategy["unrealized_pnl_usdt"]) == 0
 
 
+def test_funding_of_each_8_hour_boundary_crossed_holding_is_the_accounts_not_a_strategys(
+    tmp_path: Path, config_of: Callable[..., Path]
+) -> None:
+    # `a` holds 0.005 BTC from 07:00 through 08:00 and 16:00 (marked at 100000, then 101000):
+    # 0.005 x 100000 x 0.0001 + 0.005 x 101000 x 0.0001 = 0.1005 USDT paid.
+    history = write_lines(
+        tmp_path / "held.jsonl",
+        [
+            {"ts": "2026-10-01T06:00:00Z", "prices": {"BTCUSDT": 100000, "ETHUSDT": 3000}},
+            {
+                "id": "a-held",
+                "strategy": "a",
+                "symbol": "BTCUSDT",
+                "side": "buy",
+                "stop_loss": 98000,
+                "take_profit": 104000,
+                "ts": "2026-10-01T07:00:00Z",
+            },
+            {"ts": "2026-10-01T12:00:00Z", "prices": {"BTCUSDT": 101000}},
+            {"ts": "2026-10-01T17:00:00Z", "prices": {"BTCUSDT": 101000}},
+        ],
+    )
+
+    report = report_of(replay(tmp_path, history, "--json", config=config_of(TWO_STRATEGIES)))
+
+    assert Decimal(report["funding_paid_usdt"]) == Decimal("0.1005")
+    a = strategies_of(report)["a"]
+    assert (a["fills"], Decimal(a["realized_pnl_usdt"])) == (1, 0)  # funding is no fill
+
+
 def test_an_out_of_order_file_is_replayed_in_time_order(
     tmp_path: Path, config_of: Callable[..., Path]
 ) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import ccxt
@@ -14,6 +15,7 @@ import ccxt.pro
 import pytest
 from pydantic import SecretStr
 
+from bot import clock
 from bot.sim import SimAccountSpec, SimExchange, SimServer, SimulatorConfig
 from tests.bot.sim.kit import eventually
 
@@ -200,6 +202,33 @@ def test_fetch_ledger_lists_each_fill_with_the_balance_after_it(bybit: ccxt.bybi
     assert (entry["currency"], entry["direction"], entry["type"]) == ("USDT", "out", "trade")
     assert entry["amount"] == pytest.approx(0.5335)  # the taker fee
     assert entry["after"] == pytest.approx(9999.4665)
+
+
+def test_a_funding_settlement_shows_in_funding_history_and_the_ledger(
+    loopback_only: None,
+) -> None:
+    spec = SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET), note="ccxt")
+    with (
+        clock.installed(clock.VirtualClock(datetime.now(UTC))) as calendar,
+        SimServer(SimExchange(SimulatorConfig(seed=9, accounts=[spec]))) as server,
+    ):
+        bybit = _client(server)
+        bybit.create_order(SYMBOL, "market", "buy", 0.01)
+        eventually(lambda: bybit.fetch_my_trades(SYMBOL), lambda found: len(found) == 1, "fill")
+        boundary_ms = (server.exchange.now_ms() // 28_800_000 + 1) * 28_800_000
+        calendar.advance_to(datetime.fromtimestamp(boundary_ms / 1000 + 1, UTC))
+        server.exchange.set_prices(server.exchange.prices())  # the market's next price
+
+        [funding] = bybit.fetch_funding_history(SYMBOL)
+        ledger = bybit.fetch_ledger("USDT")
+
+    # ccxt passes Bybit's execFee on as the amount: positive, paid by the long
+    assert (funding["symbol"], funding["timestamp"]) == (SYMBOL, boundary_ms)
+    assert funding["amount"] == pytest.approx(0.01 * 97_000 * 0.0001)
+    assert funding["rate"] == pytest.approx(0.0001)
+    settlement = next(entry for entry in ledger if entry["info"]["type"] == "SETTLEMENT")
+    assert (settlement["direction"], settlement["amount"]) == ("out", pytest.approx(0.097))
+    assert settlement["after"] == pytest.approx(9999.4665 - 0.097)  # after the taker fee
 
 
 # ------------------------------------------------------------------ batches
