@@ -1087,8 +1087,15 @@ class SimExchange:
         return {"category": "linear", "list": rows, "nextPageCursor": ""}  # one page
 
     def tickers(self, params: MarketParams) -> dict[str, Any]:
-        """`GET /v5/market/tickers`; other categories list nothing."""
+        """`GET /v5/market/tickers`; other categories list nothing, and a symbol named in one
+        is 10001 (Bybit answers a ticker or refuses the symbol, never an empty list for it:
+        a client reading the first row, as ccxt's `fetch_greeks` does, would crash)."""
         if params.category != "linear":
+            if params.symbol is not None:
+                raise SimError(
+                    RetCode.PARAMS_ERROR,
+                    f"Not supported symbols: the simulator lists no {params.category} market",
+                )
             return {"category": params.category, "list": []}
         now = self.now_ms()
         with self._lock:

@@ -608,6 +608,8 @@ def test_other_categories_list_nothing(session: HTTP, category: str) -> None:
     assert (instruments["category"], instruments["list"]) == (category, [])
     assert tickers["list"] == []
     assert (book["b"], book["a"]) == ([], [])
+    # A ticker asked by name is refused, never an empty list a client would read a row of
+    assert _error_code(lambda: session.get_tickers(category=category, symbol="BTCUSDT")) == 10001
     # An account's private lists in that category are empty too, not refused (Bybit's answer
     # for an account that holds nothing there).
     for listing in (
