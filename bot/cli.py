@@ -827,16 +827,19 @@ def _switch(
     if undone:
         # A flatten superseded: a later command (a resume) changed the state meanwhile, so
         # the halt may hold no longer; `bot risk status` says what does.
+        report = json.loads(answer)
         holds = (
             f"the {route} was followed by another command (see `bot risk status`)"
-            if json.loads(answer).get("superseded") is True
+            if report.get("superseded") is True
             else f"the {route} holds"
         )
-        _fail(
-            f"{holds}, but {undone} did not complete (see each row's status "
-            "above): check `bot orders` and `bot positions`, then run this command again",
-            1,
+        then = (
+            f"the bot does them again by itself ({report['finishing']}) and logs when they "
+            "are done; check `bot orders` and `bot positions`"
+            if report.get("finishing")
+            else "check `bot orders` and `bot positions`, then run this command again"
         )
+        _fail(f"{holds}, but {undone} did not complete (see each row's status above): {then}", 1)
 
 
 def _bot_may_have_taken(path: Path, digest: bytes) -> bool:

@@ -178,6 +178,7 @@ class _Stages:
     sources: list[SignalSource]
     control: MqttControl | None
     price_streams: list[PriceStream]
+    kill_switch: KillSwitch
 
 
 class _Server(uvicorn.Server):
@@ -331,6 +332,7 @@ class Service:
                 logger.warning("drain timed out; unfinished signals resume on the next start")
             for task in background:
                 task.cancel()
+            stages.kill_switch.stop()
         logger.info("bot stopped")
 
     async def _refuse_bad_keys(self, venues: Mapping[str, BybitVenue]) -> list[KeyAudit]:
@@ -862,6 +864,7 @@ class Service:
             sources=sources,
             control=control,
             price_streams=list(price_streams.values()),
+            kill_switch=kill_switch,
         )
 
     def _signal_sources(self, journal: Journal, sink: SignalSink) -> list[SignalSource]:

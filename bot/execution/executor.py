@@ -1155,11 +1155,7 @@ class Executor:
                 status=OrderStatus.SUBMITTING,
                 signing_offset_ms=None if may_exist and sends == 0 else venue.clock_offset_ms,
             )
-            written = (
-                None
-                if refused_unread
-                else self._journal.submit_order_event(submitting)
-            )
+            written = None if refused_unread else self._journal.submit_order_event(submitting)
             refused_unread = False
             sends += 1
             # Asked again once the key's rate limits let the order go: the wait for room (up

@@ -21,7 +21,11 @@ says `superseded`.
 Each row of the report says `done`: the order is cancelled (or was not open), the position's
 close reached the venue. A row not done (a refused or failed cancel or close, an order still
 being sent, or sent without an answer and not shown by the venue within the executor's
-`unseen_final_after_s`: it may have filled) needs the operator: `bot halt` exits 1 on one.
+`unseen_final_after_s`: it may have filled) is the operator's to know: `bot halt` exits 1 on
+one. The halt then cancels and closes again by itself what is left, after each of
+`FINISH_AGAIN_S` while it stands (a resume or another halt ends that), and says when all is
+done, or that it gave up: an order whose answer was lost shows at the venue a little later,
+and the position it opened is closed without waiting for the operator's next command.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ _CANCEL_WAIT_S: Final = 10.0
 _CANCEL_POLL_S: Final = 0.1
 #: When a halt the journal could not take is tried again (then each minute).
 _RECORD_AGAIN_S: Final = (1.0, 2.0, 4.0, 8.0, 16.0)
+#: When a halt whose cancels or closes did not all complete does them again by itself, while
+#: it stands (about four minutes in all: an order the venue did not show yet shows by then).
+FINISH_AGAIN_S: Final = (2.0, 4.0, 8.0, 16.0, 30.0, 60.0, 60.0, 60.0)
 
 
 def announce_state(state: ScopeState) -> None:
@@ -114,6 +121,8 @@ class KillSwitch:
         self._recording: set[asyncio.Task[None]] = set()
         # scope -> the halt entered there that the journal could not take (yet).
         self._unjournaled: dict[str, ScopeState] = {}
+        # Halts doing again by themselves what they left undone (`_finish`).
+        self._finishing: set[asyncio.Task[None]] = set()
 
     def states(self) -> list[tuple[ScopeState, bool]]:
         """The state entered for the bot and for each strategy that has one (the others are
@@ -177,6 +186,23 @@ class KillSwitch:
         strategies = (
             frozenset(self._key_of) if state.scope == BOT_SCOPE else frozenset({state.scope})
         )
+        report |= await self._act(state, strategies, cancel_open=cancel_open, flatten=flatten)
+        if _undone(report) and not report.get("superseded"):
+            report["finishing"] = (
+                f"cancelled and closed again by the bot while the halt stands, for up to "
+                f"{sum(FINISH_AGAIN_S) / 60:.0f} minutes"
+            )
+            finishing = asyncio.create_task(self._finish(state, strategies, flatten=flatten))
+            self._finishing.add(finishing)
+            finishing.add_done_callback(self._finishing.discard)
+        return report
+
+    async def _act(
+        self, state: ScopeState, strategies: frozenset[str], *, cancel_open: bool, flatten: bool
+    ) -> dict[str, Any]:
+        """The halt's cancels and closes, as asked: the report's `cancelled` and `flattened`
+        rows, and `superseded` for a flatten another command overtook."""
+        report: dict[str, Any] = {}
         if cancel_open:
             report["cancelled"] = await self._cancel_open(strategies)
         if flatten:
@@ -196,6 +222,50 @@ class KillSwitch:
                         )
                     report["flattened"] = await self._flatten(strategies)
         return report
+
+    async def _finish(
+        self, state: ScopeState, strategies: frozenset[str], *, flatten: bool
+    ) -> None:
+        """Cancel (and close, if the halt flattened) again what the halt `state` left undone,
+        after each of `FINISH_AGAIN_S`, while it still stands; say when all is done, or that
+        it gave up (each attempt reads afresh what is open: nothing is done twice)."""
+        undone = ""
+        for delay in FINISH_AGAIN_S:
+            await asyncio.sleep(delay)
+            if self._gate.state_of(state.scope) is not state:
+                return  # a later command (a resume, another halt) took over
+            try:
+                # A flatten cancels first itself, sparing its earlier closes.
+                report = await self._act(
+                    state, strategies, cancel_open=not flatten, flatten=flatten
+                )
+            except Exception as exc:  # tried again after the next pause
+                undone = f"the attempt failed ({exc})"
+                continue
+            if report.get("superseded"):
+                return
+            undone = _undone(report)
+            if not undone:
+                logger.bind(notify="trading_state").warning(
+                    "halt of {scope}: what it left undone is done now", scope=state.scope
+                )
+                return
+            logger.info(
+                "halt of {scope}: {undone} still not done", scope=state.scope, undone=undone
+            )
+        logger.bind(notify="trading_state").error(
+            "halt of {scope}: {undone} still not done after {minutes:.0f} minutes of trying "
+            "again: check `bot orders` and `bot positions`, then run the halt again",
+            scope=state.scope,
+            undone=undone,
+            minutes=sum(FINISH_AGAIN_S) / 60,
+        )
+
+    def stop(self) -> None:
+        """The bot stops: halts stop doing again what they left undone (the next start's
+        reconciliation settles what was in flight; the halt itself is journaled)."""
+        for task in self._finishing:
+            task.cancel()
 
     async def _journal_when_it_writes(
         self, state: ScopeState, unfinished: asyncio.Future[None] | None
@@ -291,7 +361,7 @@ class KillSwitch:
                         "cancel: {id} is still being sent", id=record.request.order_link_id
                     )
                     done[record.request.order_link_id] = _row(
-                        record, "still being sent: not cancelled; run the halt again", False
+                        record, "still being sent: not cancelled yet", False
                     )
                 break
             await asyncio.sleep(_CANCEL_POLL_S)
@@ -304,7 +374,7 @@ class KillSwitch:
             # it: a market entry may have filled, which the flatten must close.
             event = await self._executor.cancel_sent(record)
         except NotShownYet as exc:
-            return _row(record, f"{exc}; run the halt again in a minute", False)
+            return _row(record, f"{exc}; looked for again shortly", False)
         except Exception as exc:  # one failed cancel must not stop the others
             logger.error("cancel of {id} failed: {error}", id=request.order_link_id, error=exc)
             return _row(record, f"cancel failed: {exc}", False)
@@ -393,7 +463,7 @@ class KillSwitch:
             del self._reported_fills[link]
         logger.bind(notify="venue_error").warning(
             "flatten: the books do not hold yet every fill the venue reported in {where}; not "
-            "closed now (it could be closed twice): run the flatten again",
+            "closed now (it could be closed twice); closed when the halt tries again",
             where=", ".join(f"{symbol} of {strategy}" for strategy, symbol in sorted(behind)),
         )
         return [
@@ -401,7 +471,7 @@ class KillSwitch:
                 "strategy": strategy,
                 "symbol": symbol,
                 "qty": "",
-                "status": "fills not in the books yet: not closed; run the flatten again",
+                "status": "fills not in the books yet: not closed yet",
                 "done": False,
             }
             for strategy, symbol in sorted(behind)
@@ -515,6 +585,13 @@ _MAY_REST_AT_VENUE: Final = OPEN_AT_VENUE | MAY_EXIST_AT_VENUE | {OrderStatus.PE
 _AT_VENUE: Final = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED})
 
 
+def _undone(report: Mapping[str, Any]) -> str:
+    """How many of a report's rows are not done ("2 of 3 rows"); "" when all are."""
+    rows = [*report.get("cancelled", ()), *report.get("flattened", ())]
+    undone = sum(1 for row in rows if not row["done"])
+    return f"{undone} of {len(rows)} rows" if undone else ""
+
+
 def _unsettled_row(book: StrategyBook, close: OrderRecord) -> dict[str, str | bool]:
     """The row of a position an earlier flatten's `close`, still unsettled, stands for."""
     return {
@@ -522,8 +599,7 @@ def _unsettled_row(book: StrategyBook, close: OrderRecord) -> dict[str, str | bo
         "symbol": book.symbol,
         "qty": f"{abs(book.size).normalize():f}",
         "status": f"not closed: an earlier close ({close.request.order_link_id}, "
-        f"{close.status.value}) is not settled yet, and another could close it twice; run the "
-        "flatten again in a minute",
+        f"{close.status.value}) is not settled yet, and another could close it twice",
         "done": False,
     }
 

@@ -29,6 +29,7 @@ from bot.admin import parse_command
 from bot.cli import _undone
 from bot.config import load_settings
 from bot.journal import Journal
+from bot.risk.kill_switch import FINISH_AGAIN_S
 from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
 from signals.voiceofchain import SIGNATURE_HEADER, UsedSignatures, sign
 from tests.bot.test_service import RunningBot, signal
@@ -771,6 +772,77 @@ def test_bot_halt_exits_1_naming_a_flatten_the_venue_did_not_take(
         assert "the halt holds, but 1 close did not complete" in halted.stderr
         assert risk_status(bot, "(bot)")["state"] == "HALTED"
     finally:
+        requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
+        bot.stop()
+
+
+#: Quick retries, and an order the venue does not show taken as never sent after 1 s.
+_QUICK_AND_SURE: Final = (
+    "\n[execution]\nbackoff_base_s = 0.01\nbackoff_max_s = 0.02\nunseen_final_after_s = 1\n"
+)
+
+
+def _trading_state_notes(said: list[str]) -> Callable[[Any], None]:
+    """A log sink keeping the messages of trading-state notifications in `said`."""
+
+    def keep(message: Any) -> None:
+        if message.record["extra"].get("notify") == "trading_state":
+            said.append(message.record["message"])
+
+    return keep
+
+
+def _halted_while_the_venue_fails(bot: RunningBot) -> dict[str, Any]:
+    """A position held, then a halt with flatten while every venue request fails (HTTP
+    503): its report, the close not done."""
+    assert bot.post(signal("held")).status_code == 202
+    wait_for(lambda: venue_position(bot) > 0, what="the venue's position")
+    requests.post(f"{bot.service.sim_url}/sim/faults", json={"http_5xx": 1.0}, timeout=10)
+    report: dict[str, Any] = admin_answer(bot, "halt", {"reason": "drill", "flatten": True}).json()
+    assert [row["done"] for row in report["flattened"]] == [False]
+    return report
+
+
+def test_a_halt_closes_by_itself_what_the_venue_refused_once_it_takes_orders_again(
+    sim_config: Callable[..., Path],
+) -> None:
+    """The operator was told to run the halt again, and until then the position stayed open
+    (kill-switch probe): the halt now does its undone part again while it stands."""
+    bot = RunningBot(sim_config(extra=_QUICK_AND_SURE)).start()
+    said: list[str] = []
+    sink = logger.add(_trading_state_notes(said))
+    try:
+        report = _halted_while_the_venue_fails(bot)
+        assert "while the halt stands" in report["finishing"]
+
+        requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
+
+        wait_for(lambda: venue_position(bot) == 0, 40, what="the position closed by the halt")
+        wait_for(lambda: any("is done now" in line for line in said), what="said so")
+        assert risk_status(bot, "(bot)")["state"] == "HALTED"
+    finally:
+        logger.remove(sink)
+        requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
+        bot.stop()
+
+
+def test_a_resume_ends_what_a_halt_was_doing_again_by_itself(
+    sim_config: Callable[..., Path],
+) -> None:
+    bot = RunningBot(sim_config(extra=_QUICK_AND_SURE)).start()
+    said: list[str] = []
+    sink = logger.add(_trading_state_notes(said))
+    try:
+        _halted_while_the_venue_fails(bot)
+        assert admin_answer(bot, "resume", {}).status_code == 200
+
+        requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
+        time.sleep(sum(FINISH_AGAIN_S[:3]) + 2)  # past the attempts the halt would have made
+
+        assert venue_position(bot) > 0  # the operator's to close, after a resume
+        assert not any("is done now" in line for line in said)
+    finally:
+        logger.remove(sink)
         requests.post(f"{bot.service.sim_url}/sim/faults", json={}, timeout=10)
         bot.stop()
 
