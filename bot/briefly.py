@@ -2,7 +2,7 @@
 with its journal writes.
 
 A journal write takes milliseconds, but one that another program's lock holds (a backup
-tool's `BEGIN IMMEDIATE`) waits SQLite's busy timeout (5 s), queued behind others that wait
+tool's `BEGIN IMMEDIATE`) waits SQLite's busy timeout (2 s), queued behind others that wait
 as long. A halt, and the cancels it sends, must not wait that long: `bot halt` gives up on its
 answer after 10 s, and a resting entry would fill meanwhile.
 """

@@ -35,6 +35,7 @@ import sqlite3
 import struct
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -110,6 +111,13 @@ _SQL_MAX_INT: Final = 2**63 - 1
 #: reports (50 ms, in three runs each way at 50/s: 7 % less CPU per signal) but a longer batch
 #: holds up the next signal's journal write, and its `202` (p99 +0.7 ms): not worth it.
 DEFER_WINDOW_S: Final = 0.010
+#: How long SQLite waits for another program's lock on the journal (a backup tool's) before
+#: a write fails: no longer than a new signal's sender may wait for its answer (the
+#: pipeline's 2 s), nor than the health check's bound for a write.
+_BUSY_TIMEOUT_MS: Final = 2000
+#: A `call_within` begun this soon waits for a lock as any write does (`_BUSY_TIMEOUT_MS`);
+#: begun later (the journal's thread was busy), only for what is left of its wait.
+_PROMPTLY_MS: Final = 250
 _ACCOUNT: Final = """
 CREATE TABLE IF NOT EXISTS executions (
     exec_id         TEXT PRIMARY KEY,
@@ -989,7 +997,7 @@ class Journal:
                 _create(path)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._file_id = _file_id(path)
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             self._refuse_a_foreign_database()  # before WAL mode, which would change it
             self._db.execute("PRAGMA journal_mode=WAL")
             # What every commit gets; a durable one raises it to `synchronous` for its commit.
@@ -1190,6 +1198,37 @@ class Journal:
         signal's (its sender waits) or a new order's (its send waits). Every earlier `submit`
         still runs first."""
         return await asyncio.wrap_future(self._queue(lambda: method(*args, **kwargs)))
+
+    async def call_within(
+        self, wait_s: float, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`call_ahead`, done within about `wait_s` or not at all: TimeoutError if the
+        journal's thread had not begun it by then (busy with other writes, each waiting for
+        another program's lock): it never runs. Begun at once, it waits for a lock as every
+        write does (`_BUSY_TIMEOUT_MS`, no longer than the pipeline's wait for a signal);
+        begun late, only for what is left of `wait_s` (its failure is SQLite's "database is
+        locked"). So its caller has the outcome about `wait_s` after it asked, whatever is
+        queued: a signal's sender is answered `503` in time, and only for a signal that was
+        not stored."""
+        deadline = time.monotonic() + wait_s
+
+        def bounded() -> T:
+            left_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+            if left_ms >= wait_s * 1000 - _PROMPTLY_MS:  # as nearly always: no statement more
+                return method(*args, **kwargs)
+            with self._lock:  # begun late: its lock wait shortened to what is left
+                self._db.execute(f"PRAGMA busy_timeout={left_ms}")
+                try:
+                    return method(*args, **kwargs)
+                finally:
+                    self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+
+        work = self._queue(bounded)
+        waiting = asyncio.wrap_future(work)
+        await asyncio.wait({waiting}, timeout=wait_s)
+        if not waiting.done() and work.cancel():  # not begun: never will be
+            raise TimeoutError(f"the journal did not take it within {wait_s:g} s")
+        return await waiting  # done, or begun: ends about the deadline
 
     def submit(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Queue a journal method on the journal's own thread and return at once.

@@ -66,9 +66,21 @@ from strategies.base import (
     StrategyParams,
 )
 
-__all__ = ["NO_STRATEGY", "TIMER_SOURCE", "Pipeline", "StrategySlot", "StrategyStartError"]
+__all__ = [
+    "NO_STRATEGY",
+    "SIGNAL_WRITE_WAIT_S",
+    "TIMER_SOURCE",
+    "Pipeline",
+    "StrategySlot",
+    "StrategyStartError",
+]
 
 NO_STRATEGY: Final = "(none)"
+#: How long a new signal's journal write may take before its sender is answered that it was
+#: not stored (a webhook's `503`): the journal's health check's bound, and well inside
+#: TradingView's 3 s. Another program holding the journal's lock (a backup) cannot make
+#: senders wait longer, however many queue, nor store a signal whose sender gave up.
+SIGNAL_WRITE_WAIT_S: Final = 2.0
 #: The rule journaled when a strategy's code raised or overran (the journal's trace says
 #: "failed" for it).
 STRATEGY_FAILED: Final = "STRATEGY_FAILED"
@@ -199,8 +211,10 @@ class Pipeline:
         self._reused: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def submit(self, signal: Signal) -> bool:
-        """Journal `signal` durably and queue it; False if it is a duplicate."""
-        if not await self._journal.call_ahead(self._journal.record_signal, signal):
+        """Journal `signal` durably and queue it; False if it is a duplicate. TimeoutError
+        (never stored) if the journal does not take it within `SIGNAL_WRITE_WAIT_S`."""
+        journal = self._journal
+        if not await journal.call_within(SIGNAL_WRITE_WAIT_S, journal.record_signal, signal):
             logger.info("duplicate signal ignored", source=signal.source, signal_id=signal.id)
             metrics.SIGNALS.labels(signal.source, "duplicate").inc()
             await self._warn_if_reused(signal)

@@ -32,6 +32,7 @@ import hmac
 import ipaddress
 import json
 import re
+import sqlite3
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -385,9 +386,11 @@ class WebhookReceiver:
         try:
             is_new = await self._sink(signal)
         except Exception as exc:  # the sender must retry, not believe the signal was stored
-            # Its traceback once in a while: senders retrying against a full disk would
-            # otherwise log the same one per request, at their own pace.
-            if self._journal_failures.first_in_a_while(self.source):
+            # An unexpected failure's traceback once in a while: senders retrying against it
+            # would otherwise log the same one per request, at their own pace. The journal's
+            # own conditions (locked, full, too slow) say all in one line.
+            expected = isinstance(exc, (TimeoutError, sqlite3.Error, OSError))
+            if not expected and self._journal_failures.first_in_a_while(self.source):
                 logger.exception("could not journal signal {id}", id=signal.id)
             else:
                 logger.error(

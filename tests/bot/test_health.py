@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import requests
 from bot.audit import VenueRequest
 from bot.execution.pacing import SHARED_IP_GATE
 from bot.health import VenueHealth
+from bot.pipeline import SIGNAL_WRITE_WAIT_S
 from bot.sim import SimServer
 from tests.bot.test_service import RunningBot, signal
 from tests.conftest import venue_with_key, wait_for
@@ -67,6 +70,32 @@ def test_a_locked_journal_is_not_ready_until_released(bot: RunningBot) -> None:
     assert [problem.split(":")[0] for problem in locked] == ["journal"]
     assert "locked" in locked[0]
     assert wait_for(lambda: health(bot).status_code == 200, what="ready again")
+
+
+def test_senders_are_answered_503_in_time_while_the_journal_is_locked_and_nothing_is_stored(
+    bot: RunningBot,
+) -> None:
+    """Each sender waited 5 s more than the one before (each write waited out SQLite's lock
+    timeout in turn), and one whose client gave up was stored and traded later all the same
+    (hostile-input probe): a signal is now stored within the bound or never."""
+    other = sqlite3.connect(bot.settings.journal_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another program (a backup) holds the journal
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(6) as senders:
+            answers = list(senders.map(lambda n: bot.post(signal(f"locked-{n}")), range(6)))
+        waited_s = time.monotonic() - started
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+    assert [answer.status_code for answer in answers] == [503] * 6
+    # A bound, not a speed check: in turn, six senders would have waited 30 s.
+    assert waited_s < 3 * SIGNAL_WRITE_WAIT_S, waited_s
+    assert bot.post(signal("after")).status_code == 202
+    wait_for(lambda: bot.journal_status("after"), what="the next signal decided")
+    stored = bot.read_journal(lambda journal: journal.counts()["signals"])
+    assert stored == 1  # none of the six refused ever was
 
 
 def test_a_journal_moved_away_under_the_bot_is_not_ready_until_put_back(

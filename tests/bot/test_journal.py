@@ -835,6 +835,47 @@ def test_a_batch_another_programs_lock_refused_is_not_tried_again_write_by_write
     assert "database is locked: another program holds it" in line
 
 
+def test_a_call_within_a_wait_the_journal_did_not_begin_in_time_never_runs(
+    journal: Journal,
+) -> None:
+    # The journal's thread busy with another write (one waiting for a lock, say)
+    release = threading.Event()
+    journal.submit(release.wait, 5)
+    ran: list[str] = []
+
+    async def late() -> None:
+        await journal.call_within(0.05, ran.append, "late")
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(late())
+    release.set()
+    journal.flush()
+
+    assert ran == []  # refused in time, and never done after
+
+
+def test_a_call_within_begun_late_waits_for_another_programs_lock_only_until_its_deadline(
+    journal: Journal,
+) -> None:
+    holder = sqlite3.connect(journal.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    journal.submit(time.sleep, 0.5)  # the journal's thread busy: the write begins late
+    started = time.monotonic()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            asyncio.run(
+                journal.call_within(0.8, journal.record_rejection, "src", "kind", "why", "here")
+            )
+        waited_s = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    # A bound, not a speed check: waiting SQLite's own 2 s after the late start is 2.5 s.
+    assert waited_s < 2.0, waited_s
+    assert journal._db.execute("PRAGMA busy_timeout").fetchone() == (2000,)  # put back
+
+
 def test_checkpoints_a_full_disk_fails_are_said_once_a_minute_and_when_they_work_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -35,10 +35,11 @@ class Sink:
     def __init__(self) -> None:
         self.signals: list[Signal] = []
         self.fail = False
+        self.failure: Exception = OSError("disk full")
 
     async def __call__(self, signal: Signal) -> bool:
         if self.fail:
-            raise OSError("disk full")
+            raise self.failure
         if any(s.id == signal.id for s in self.signals):
             return False
         self.signals.append(signal)
@@ -353,10 +354,25 @@ def test_journal_failure_is_503_so_the_sender_retries(client: TestClient, sink: 
         answers = [post(client, body(id=f"s-{n}")).status_code for n in range(5)]
 
     assert answers == [503] * 5
-    # One traceback, then a line each: a sender retrying against a full disk logged a
-    # traceback per request.
+    # The journal's own conditions (a full disk, a lock, too slow) in one line each: no
+    # traceback (a hostile-input probe found one in the log on a locked journal).
+    assert [line.strip() for line in errors] == [
+        f"could not journal signal s-{n}: OSError: disk full" for n in range(5)
+    ]
+
+
+def test_an_unexpected_intake_failure_logs_its_traceback_once_a_while(
+    client: TestClient, sink: Sink
+) -> None:
+    sink.fail, sink.failure = True, RuntimeError("a bug")
+
+    with logged_errors() as errors:
+        answers = [post(client, body(id=f"s-{n}")).status_code for n in range(5)]
+
+    assert answers == [503] * 5
+    # One traceback, then a line each: a sender retrying against it logged one per request.
     assert sum("Traceback" in line for line in errors) == 1
-    assert errors[-1].strip() == "could not journal signal s-4: OSError: disk full"
+    assert errors[-1].strip() == "could not journal signal s-4: RuntimeError: a bug"
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
