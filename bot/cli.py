@@ -773,25 +773,24 @@ def _switch(
             )
     except MissingSecretError as exc:
         _fail(f"{exc} (the admin secret signs halt and resume)")
-    except TimeoutError:
-        _fail(f"no answer from {target} in time; see `bot risk status` and `bot orders`")
-    except AnswerLost:
+    except (TimeoutError, AnswerLost) as exc:
+        lost = isinstance(exc, AnswerLost)
+        unanswered = "closed the connection without an answer" if lost else "gave no answer in time"
         if not _bot_may_have_taken(settings.journal_path, command_digest(signed_at, body)):
             # Another program on the port (a database's): never "the bot stopped?".
             _fail(
-                f"what listens at {target} closed the connection without an answer, and no "
-                f"bot runs on this configuration's journal ({settings.journal_path.absolute()}"
-                "), which holds no record of the command: it is not the bot; nothing was "
-                "changed: run this command with the configuration ([http] host and port) of "
-                "the bot it is for"
+                f"what listens at {target} {unanswered}, and no bot runs on this "
+                f"configuration's journal ({settings.journal_path.absolute()}), which holds no "
+                "record of the command: it is not the bot; nothing was changed: run this "
+                "command with the configuration ([http] host and port) of the bot it is for"
             )
-        # Never "nothing was cancelled": the bot may have begun (and a close it journaled is
-        # sent when it starts again).
+        # Never "nothing was cancelled", nor exit 2 ("nothing was changed"): the bot may have
+        # begun (a close it journaled is sent when it starts again), or, stalled, may still.
         _fail(
-            f"{target} took the command and closed the connection without an answer (the bot "
-            f"stopped?): the {route} may have been carried out in part; see `bot risk "
-            "status`, `bot orders` and `bot positions`, and run this command again once the "
-            "bot runs",
+            f"{target} took the command and {unanswered} (the bot "
+            f"{'stopped' if lost else 'is stalled or very busy'}?): the {route} may have been "
+            "carried out, in part or in full; see `bot risk status`, `bot orders` and `bot "
+            "positions`, and run this command again once the bot answers",
             1,
         )
     except ConnectionError:

@@ -1695,6 +1695,30 @@ def test_bot_halt_aimed_at_a_program_that_closes_without_an_answer_says_it_is_no
     assert "it is not the bot; nothing was changed" in line, line
 
 
+def test_bot_halt_to_a_stalled_bot_says_it_may_have_been_carried_out_and_exits_1(
+    running: tuple[Path, int, subprocess.Popen[str]],
+) -> None:
+    """It said "no answer in time" and exited 2, the code of "nothing was changed", though
+    the halt took effect once the bot went on (hostile-input probe, the bot frozen)."""
+    config, _, process = running
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        halted = bot("halt", "--reason", "drill", "--config", str(config), cwd=config.parent)
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+
+    assert halted.returncode == 1, halted.stderr
+    line = _one_line(halted.stderr)
+    assert "gave no answer in time (the bot is stalled or very busy?)" in line, line
+    assert "the halt may have been carried out" in line, line
+
+    def halted_now() -> bool:
+        status = bot("risk", "status", "--config", str(config), cwd=config.parent)
+        return status.returncode == 0 and "HALTED" in status.stdout
+
+    wait_for(halted_now, what="the halt in force once the bot went on")
+
+
 @pytest.mark.parametrize("status", [200, 502])
 def test_bot_signal_send_aimed_at_another_program_says_so_in_one_line(
     sim_config: Callable[..., Path], tmp_path: Path, status: int
