@@ -90,10 +90,13 @@ _BOOK_SIZES_CACHED = 2 * 1000 * 16
 
 
 def fmt(value: Decimal) -> str:
-    """Bybit-style decimal text: plain notation, no exponent, no trailing zeros."""
+    """Bybit-style decimal text: plain notation, no exponent, no trailing zeros; every digit
+    kept (`normalize` would round to 28: a client's price of 40 decimals, refused as off the
+    tick, was echoed as the round number it is not)."""
     if value == 0:
         return "0"
-    return format(value.normalize(), "f")
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _fmt8(value: Decimal) -> str:

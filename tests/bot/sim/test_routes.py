@@ -864,6 +864,13 @@ def test_a_qty_below_the_minimum_says_so(session: HTTP) -> None:
         _market(session, qty="0.0001")
 
 
+def test_a_price_off_the_tick_is_echoed_as_sent_however_many_its_decimals(session: HTTP) -> None:
+    # It was echoed as "price 90000", on the tick, rounded to 28 digits (found by a ccxt probe)
+    price = "90000." + "0" * 39 + "1"
+    with pytest.raises(InvalidRequestError, match=f"price {price} is not a multiple of tickSize"):
+        _limit(session, price)
+
+
 def test_pages_stay_put_when_rows_arrive_between_them(server: SimServer, session: HTTP) -> None:
     """Bybit's cursors mark a position in the list, not an offset: a fill or an order that
     arrives between two pages neither repeats a row nor skips one."""
