@@ -76,6 +76,13 @@ _WHOLE_POSITION_EXITS: Final = frozenset({"StopLoss", "TakeProfit", "TrailingSto
 #: Bybit's execTypes of what the venue does to a position itself: liquidation,
 #: auto-deleveraging, a future's delivery and settlement.
 _VENUE_EXEC_TYPES: Final = frozenset({"BustTrade", "AdlTrade", "Delivery", "Settle"})
+#: What a report or fill under the orderLinkId of an order the bot ended as never taken is
+#: of: most likely another client's, unless the venue showed the bot's own late.
+_NEVER_TAKEN: Final = (
+    "of an order the venue never took from us, or showed only after the bot stopped looking "
+    "for it: if the bot's own (sent without an answer), its position is in no strategy's "
+    "books and only you can close it"
+)
 #: Orders whose booked fill quantity is remembered (a follower asks only of recent ones).
 _BOOKED_ORDERS: Final = 10_000
 #: The cancelled exit orders, and the orderLinkIds of ours another client used, already
@@ -834,7 +841,7 @@ class AccountKeeper:
             return None
         ours = self._identified[link_id]
         if ours is None:
-            return "a report of an order the venue never took from us"
+            return f"a report {_NEVER_TAKEN}"
         if report.order_id and report.order_id != ours:
             return f"orderId {report.order_id}, not ours {ours}"
         return None
@@ -1036,7 +1043,7 @@ class AccountKeeper:
         if owner is None:
             return None, True
         if link_id in self._identified and self._identified[link_id] is None:
-            self._warn_foreign(link_id, "a fill of an order the venue never took from us")
+            self._warn_foreign(link_id, f"a fill {_NEVER_TAKEN}")
             return None, False
         # The venue's id of ours: as the executor was told it, or as the journal holds it.
         order_id = (
@@ -1051,7 +1058,7 @@ class AccountKeeper:
             if owner is None:
                 return None, True
             if owner.order_id is None:
-                self._warn_foreign(link_id, "a fill of an order the venue never took from us")
+                self._warn_foreign(link_id, f"a fill {_NEVER_TAKEN}")
                 return None, False
             order_id = owner.order_id
         problem = differences(

@@ -776,6 +776,37 @@ def test_bot_halt_exits_1_naming_a_flatten_the_venue_did_not_take(
         bot.stop()
 
 
+def test_an_entry_the_venue_shows_after_the_bot_stopped_looking_is_said_to_be_the_operators(
+    sim_config: Callable[..., Path],
+) -> None:
+    """A halt withdrew an entry sent without an answer that the venue did not show within
+    `unseen_final_after_s`; shown later, its fill was booked as another client's with a
+    warning blaming another program on the key, the position (the bot's own) in no
+    strategy's books: the warning now says what it may be, and whose it is to close."""
+    bot = RunningBot(sim_config(extra="\n[execution]\nunseen_final_after_s = 1\n")).start()
+    faults = f"{bot.service.sim_url}/sim/faults"
+    said: list[str] = []
+    sink = logger.add(
+        lambda m: said.append(m.record["message"]),
+        filter=lambda r: r["extra"].get("notify") == "foreign",
+    )
+    try:
+        requests.post(faults, json=_LOST_AND_LATE | {"order_visibility_lag_ms": 4000}, timeout=10)
+        assert bot.post(signal("late")).status_code == 202
+        wait_for(lambda: bot.sim_orders(), what="the entry at the venue")
+        admin_answer(bot, "halt", {"reason": "drill", "flatten": True})  # withdraws it
+        wait_for(lambda: bot.journal_status("late") == ["Rejected"], what="given up on")
+
+        wait_for(lambda: said, what="the late fill warned of")
+
+        assert "only you can close it" in said[0], said
+        assert _held_at_venue(bot) == {"BTCUSDT": "0.005"}
+    finally:
+        logger.remove(sink)
+        requests.post(faults, json={}, timeout=10)
+        bot.stop()
+
+
 #: Quick retries, and an order the venue does not show taken as never sent after 1 s.
 _QUICK_AND_SURE: Final = (
     "\n[execution]\nbackoff_base_s = 0.01\nbackoff_max_s = 0.02\nunseen_final_after_s = 1\n"
