@@ -255,7 +255,10 @@ class Service:
                         ),
                     )
                 )
-                await self._serve(stages, sock, ready)
+                try:
+                    await self._serve(stages, sock, ready)
+                finally:  # before the journal and venues close under them
+                    await stages.kill_switch.stop()
         finally:
             # Closing venues waits for their threads' last calls: not on the event loop.
             await asyncio.to_thread(resources.close)
@@ -332,7 +335,6 @@ class Service:
                 logger.warning("drain timed out; unfinished signals resume on the next start")
             for task in background:
                 task.cancel()
-            stages.kill_switch.stop()
         logger.info("bot stopped")
 
     async def _refuse_bad_keys(self, venues: Mapping[str, BybitVenue]) -> list[KeyAudit]:

@@ -187,12 +187,12 @@ class KillSwitch:
             frozenset(self._key_of) if state.scope == BOT_SCOPE else frozenset({state.scope})
         )
         report |= await self._act(state, strategies, cancel_open=cancel_open, flatten=flatten)
-        if _undone(report) and not report.get("superseded"):
+        if _rows_not_done(report) and not report.get("superseded"):
             report["finishing"] = (
-                f"cancelled and closed again by the bot while the halt stands, for up to "
+                f"while the halt stands, up to {len(FINISH_AGAIN_S)} times over about "
                 f"{sum(FINISH_AGAIN_S) / 60:.0f} minutes"
             )
-            finishing = asyncio.create_task(self._finish(state, strategies, flatten=flatten))
+            finishing = asyncio.create_task(self._finish(state, strategies, report))
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
         return report
@@ -224,48 +224,68 @@ class KillSwitch:
         return report
 
     async def _finish(
-        self, state: ScopeState, strategies: frozenset[str], *, flatten: bool
+        self, state: ScopeState, strategies: frozenset[str], first: Mapping[str, Any]
     ) -> None:
-        """Cancel (and close, if the halt flattened) again what the halt `state` left undone,
-        after each of `FINISH_AGAIN_S`, while it still stands; say when all is done, or that
-        it gave up (each attempt reads afresh what is open: nothing is done twice)."""
-        undone = ""
+        """Do again what the halt `state` left undone in its report `first`, after each of
+        `FINISH_AGAIN_S` while it still stands; say when all is done, or that it gave up. A
+        flatten is done again whole: it reads afresh what is open, and closes only what the
+        books show open and settled (nothing twice); a cancel, only for the orders whose
+        cancel did not complete (an order placed since is not the halt's to cancel)."""
+        flatten = "flattened" in first
+        report: Mapping[str, Any] = first
         for delay in FINISH_AGAIN_S:
             await asyncio.sleep(delay)
             if self._gate.state_of(state.scope) is not state:
                 return  # a later command (a resume, another halt) took over
             try:
-                # A flatten cancels first itself, sparing its earlier closes.
-                report = await self._act(
-                    state, strategies, cancel_open=not flatten, flatten=flatten
-                )
+                if flatten:  # it cancels first itself, sparing its earlier closes
+                    report = await self._act(state, strategies, cancel_open=False, flatten=True)
+                else:
+                    report = {"cancelled": await self._cancel_again(state, strategies, report)}
             except Exception as exc:  # tried again after the next pause
-                undone = f"the attempt failed ({exc})"
+                logger.warning(
+                    "halt of {scope}: trying again failed: {error}", scope=state.scope, error=exc
+                )
                 continue
-            if report.get("superseded"):
+            if report.get("superseded") or self._gate.state_of(state.scope) is not state:
                 return
-            undone = _undone(report)
-            if not undone:
+            if not _rows_not_done(report):
                 logger.bind(notify="trading_state").warning(
                     "halt of {scope}: what it left undone is done now", scope=state.scope
                 )
                 return
             logger.info(
-                "halt of {scope}: {undone} still not done", scope=state.scope, undone=undone
+                "halt of {scope}: {undone} still not done",
+                scope=state.scope,
+                undone=_rows_not_done(report),
             )
         logger.bind(notify="trading_state").error(
-            "halt of {scope}: {undone} still not done after {minutes:.0f} minutes of trying "
-            "again: check `bot orders` and `bot positions`, then run the halt again",
+            "halt of {scope}: {undone} still not done after trying again {times} times: check "
+            "`bot orders` and `bot positions`, then run the halt again",
             scope=state.scope,
-            undone=undone,
-            minutes=sum(FINISH_AGAIN_S) / 60,
+            undone=_rows_not_done(report) or "some rows",
+            times=len(FINISH_AGAIN_S),
         )
 
-    def stop(self) -> None:
-        """The bot stops: halts stop doing again what they left undone (the next start's
-        reconciliation settles what was in flight; the halt itself is journaled)."""
+    async def _cancel_again(
+        self, state: ScopeState, strategies: frozenset[str], report: Mapping[str, Any]
+    ) -> list[dict[str, str | bool]]:
+        """The cancels of `report` not done, once more (none if the halt no longer stands
+        once the cancels' turn comes)."""
+        undone = frozenset(
+            str(row["order_link_id"]) for row in report.get("cancelled", ()) if not row["done"]
+        )
+        async with self._cancelling:
+            if self._gate.state_of(state.scope) is not state:
+                return []
+            return await self._cancel_open_now(strategies, sparing_flattens=False, only=undone)
+
+    async def stop(self) -> None:
+        """The bot stops: halts stop doing again what they left undone (what was in flight
+        is settled by the next start, as every journaled order)."""
         for task in self._finishing:
             task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
 
     async def _journal_when_it_writes(
         self, state: ScopeState, unfinished: asyncio.Future[None] | None
@@ -315,8 +335,13 @@ class KillSwitch:
             return await self._cancel_open_now(strategies, sparing_flattens=sparing_flattens)
 
     async def _cancel_open_now(
-        self, strategies: frozenset[str], *, sparing_flattens: bool
+        self,
+        strategies: frozenset[str],
+        *,
+        sparing_flattens: bool,
+        only: frozenset[str] | None = None,
     ) -> list[dict[str, str | bool]]:
+        """`_cancel_open`, its lock held; `only`: just the orders of these orderLinkIds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _CANCEL_WAIT_S
         done: dict[str, dict[str, str | bool]] = {}
@@ -338,6 +363,7 @@ class KillSwitch:
                 if record.request.strategy in strategies
                 and record.status in _MAY_REST_AT_VENUE
                 and not (sparing_flattens and record.request.signal_source == FLATTEN_SOURCE)
+                and (only is None or record.request.order_link_id in only)
             }
             waiting, cancelling = [], []
             for link_id, record in (looked_up | unfinished).items():
@@ -426,8 +452,9 @@ class KillSwitch:
         of the orders of `strategies` this switch cancelled or closed: read sooner, they
         would show a position already closed (closed twice) or miss one an entry opened
         before its cancel. A row, not done, for each (strategy, symbol) whose books are
-        still behind then: it is not closed now; the others are. Those fills are then
-        forgotten (a later command does not wait for them)."""
+        still behind then: it is not closed now; the others are. Those fills are kept until
+        the books hold them: a later attempt (the halt's own, or the operator's) waits for
+        them again, and never closes what the books do not show closed yet."""
         booked = self._account.projection.booked_qty
         deadline = asyncio.get_running_loop().time() + _BOOKED_WAIT_S
         fetched = False
@@ -459,8 +486,6 @@ class KillSwitch:
                 continue
             await asyncio.sleep(_CANCEL_POLL_S)
         behind = {(strategy, symbol) for strategy, symbol, _ in waited.values()}
-        for link in waited:
-            del self._reported_fills[link]
         logger.bind(notify="venue_error").warning(
             "flatten: the books do not hold yet every fill the venue reported in {where}; not "
             "closed now (it could be closed twice); closed when the halt tries again",
@@ -585,7 +610,7 @@ _MAY_REST_AT_VENUE: Final = OPEN_AT_VENUE | MAY_EXIST_AT_VENUE | {OrderStatus.PE
 _AT_VENUE: Final = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED})
 
 
-def _undone(report: Mapping[str, Any]) -> str:
+def _rows_not_done(report: Mapping[str, Any]) -> str:
     """How many of a report's rows are not done ("2 of 3 rows"); "" when all are."""
     rows = [*report.get("cancelled", ()), *report.get("flattened", ())]
     undone = sum(1 for row in rows if not row["done"])
