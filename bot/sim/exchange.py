@@ -1283,8 +1283,7 @@ class SimExchange:
 
     def _place(self, api_key: str, params: PlaceOrderParams) -> OrderRecord:
         """Check and book one new order (lock held); SimError with Bybit's code otherwise."""
-        self._settle_funding()  # its fills must not fall before a boundary already passed
-        account = self._account(api_key)
+        account = self._account(api_key)  # settles a boundary passed: its fills come after
         self._require(api_key, "Order")
         spec = self._instrument(params.symbol)
         self._check_position_idx(account, params.symbol, params.position_idx)
@@ -2152,9 +2151,9 @@ class SimExchange:
 
     def transaction_log(self, api_key: str, params: TransactionLogParams) -> dict[str, Any]:
         """`GET /v5/account/transaction-log`: a TRADE entry per fill of the account (a
-        LIQUIDATION entry per takeover), newest first, within 24 h (or 7 days between both
-        bounds). Nothing else moves the simulated wallet (no transfers, no funding), so no
-        other type is ever listed."""
+        LIQUIDATION entry per takeover, a SETTLEMENT entry per funding payment), newest first,
+        within 24 h (or 7 days between both bounds). Nothing else moves the simulated wallet
+        (no transfers), so no other type is ever listed."""
         with self._lock:
             account = self._account(api_key)
             if params.account_type is not None and params.account_type != "UNIFIED":
@@ -2267,6 +2266,9 @@ class SimExchange:
     # ----------------------------------------------------------------- internals (lock held)
 
     def _account(self, api_key: str) -> AccountRecord:
+        """The key's account (lock held), once every funding boundary the exchange clock
+        has passed is settled: each private request sees, and acts after, what was due."""
+        self._settle_funding()
         account = self._by_key.get(api_key)
         if account is None:
             raise SimError(RetCode.INVALID_API_KEY, "API key is invalid.")
@@ -2920,14 +2922,17 @@ class SimExchange:
         )
 
     def _on_funding_due(self) -> None:
-        self._settle_funding()
-        self._schedule_funding()
+        try:
+            self._settle_funding()
+        finally:  # the next wake-up, whatever this one met
+            self._schedule_funding()
 
     def _settle_funding(self) -> None:
         """Settle every funding boundary the exchange clock has passed, each for the positions
-        held at it. Besides the engine's wake-up, a price move and a new order settle first:
-        a replay's clock jumps hours at once, and a position opened after a boundary must not
-        pay for it, nor one held through it escape it."""
+        held at it. Besides the engine's wake-up, a price move and every private request
+        (`_account`) settle first: a replay's clock jumps hours at once, and a position
+        opened or changed after a boundary must not pay for it, nor one held through it
+        escape it."""
         while self.now_ms() >= self._next_funding_settlement_ms:
             settled_ms = self._next_funding_settlement_ms
             self._next_funding_settlement_ms += _FUNDING_INTERVAL_MS
@@ -2955,7 +2960,9 @@ class SimExchange:
         account.wallet_balance -= fee
         position.cum_realised_pnl -= fee
         position.cur_realised_pnl -= fee
-        position.updated_ms = settled_ms
+        # Never back in time: what came after the boundary (settled only now) keeps its stamp,
+        # and a client keeping the newest report would drop this one.
+        position.updated_ms = max(position.updated_ms, settled_ms)
         position.seq = self._next_seq()
         settlement = OrderRecord(
             order_id=str(uuid.uuid4()),

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from bot import clock
 from bot.sim import SimAccountSpec, SimExchange, SimulatorConfig
-from bot.sim.params import ExecutionQueryParams, TransactionLogParams
+from bot.sim.params import ExecutionQueryParams, TradingStopParams, TransactionLogParams
 from bot.sim.views import FUNDING_RATE
 from tests.bot.sim.kit import place, position_row, wallet_row
 
@@ -191,3 +191,46 @@ def test_a_calendar_jump_over_several_boundaries_settles_each_at_its_own_time(
     balances = [Decimal(entry["cashBalance"]) for entry in reversed(_settlements(exchange))]
     assert balances == sorted(balances, reverse=True)  # each paid once, in turn
     assert len(set(balances)) == 3
+
+
+def test_a_request_after_a_boundary_comes_after_its_settlement_never_before(
+    exchange: SimExchange, calendar: clock.VirtualClock
+) -> None:
+    # Settled only at the next price move, the payment came after a trading-stop made past
+    # 08:00 and stamped the position back at 08:00, so a client keeping the newest position
+    # report dropped it (a review found it).
+    _open(exchange, "Buy", "0.01")
+    calendar.advance_to(SETTLEMENT + timedelta(hours=1))  # a replay's jump, the engine asleep
+
+    exchange.set_trading_stop(
+        KEY,
+        TradingStopParams.model_validate(
+            {"category": "linear", "symbol": "BTCUSDT", "stopLoss": "90000", "positionIdx": 0}
+        ),
+    )
+
+    [funding] = _fundings(exchange)  # settled before the request acted
+    after = position_row(exchange, KEY)
+    assert int(after["updatedTime"]) >= int(funding["execTime"])
+    exchange.set_prices({"BTCUSDT": "97100"})
+    assert len(_fundings(exchange)) == 1
+
+
+def test_a_failing_settlement_leaves_the_next_wake_up_scheduled(
+    exchange: SimExchange, calendar: clock.VirtualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _open(exchange, "Buy", "0.01")
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(exchange, "_charge_funding", broken)
+        with pytest.raises(RuntimeError):  # the engine's thread keeps it for inspection
+            _pass(exchange, calendar, SETTLEMENT + timedelta(milliseconds=5))
+    _pass(exchange, calendar, SETTLEMENT + EIGHT_HOURS + timedelta(milliseconds=5))
+
+    assert exchange.funding_paid() > 0  # by the engine's wake-up, before any request's look
+    assert [row["execTime"] for row in _fundings(exchange)] == [
+        str(SETTLEMENT_MS + int(EIGHT_HOURS.total_seconds() * 1000))
+    ]
