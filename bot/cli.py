@@ -1691,7 +1691,7 @@ def _print_replay(report: ReplayReport) -> None:
     strategies = report.strategies
     _print_table(_replay_rows(strategies), {"figure": 12})
     console.print(
-        f"funding paid by the account (in no PnL above): {report.funding_paid_usdt:.2f} USDT",
+        f"funding paid (all keys; in no PnL above): {report.funding_paid_usdt:.2f} USDT",
         highlight=False,
     )
     for answer in report.refused:

@@ -72,6 +72,7 @@ from bot.risk.states import ScopeState, TradingState
 from bot.venue.errors import DUPLICATE_ORDER_CODE
 
 __all__ = [
+    "LOCK_WAIT_S",
     "FillBooking",
     "Journal",
     "JournalError",
@@ -111,10 +112,11 @@ _SQL_MAX_INT: Final = 2**63 - 1
 #: reports (50 ms, in three runs each way at 50/s: 7 % less CPU per signal) but a longer batch
 #: holds up the next signal's journal write, and its `202` (p99 +0.7 ms): not worth it.
 DEFER_WINDOW_S: Final = 0.010
-#: How long SQLite waits for another program's lock on the journal (a backup tool's) before
-#: a write fails: no longer than a new signal's sender may wait for its answer (the
-#: pipeline's 2 s), nor than the health check's bound for a write.
-_BUSY_TIMEOUT_MS: Final = 2000
+#: How long a write waits for another program's lock on the journal (a backup tool's)
+#: before it fails: the health check's bound for a write, and how long a new signal's
+#: sender is kept waiting at most (the pipeline's `SIGNAL_WRITE_WAIT_S`).
+LOCK_WAIT_S: Final = 2.0
+_BUSY_TIMEOUT_MS: Final = int(LOCK_WAIT_S * 1000)
 #: A `call_within` begun this soon waits for a lock as any write does (`_BUSY_TIMEOUT_MS`);
 #: begun later (the journal's thread was busy), only for what is left of its wait.
 _PROMPTLY_MS: Final = 250
@@ -1214,10 +1216,10 @@ class Journal:
 
         def bounded() -> T:
             left_ms = max(int((deadline - time.monotonic()) * 1000), 0)
-            if left_ms >= wait_s * 1000 - _PROMPTLY_MS:  # as nearly always: no statement more
+            if left_ms >= _BUSY_TIMEOUT_MS - _PROMPTLY_MS:  # as nearly always: no statement more
                 return method(*args, **kwargs)
             with self._lock:  # begun late: its lock wait shortened to what is left
-                self._db.execute(f"PRAGMA busy_timeout={left_ms}")
+                self._db.execute(f"PRAGMA busy_timeout={min(left_ms, _BUSY_TIMEOUT_MS)}")
                 try:
                     return method(*args, **kwargs)
                 finally:

@@ -35,7 +35,7 @@ from bot.config import ConfigError
 from bot.execution.executor import Executor
 from bot.execution.orders import close_shortfall, closed_or_turned
 from bot.execution.rounding import conform, conform_stop_move, grid_moves
-from bot.journal import FillBooking, Journal
+from bot.journal import LOCK_WAIT_S, FillBooking, Journal
 from bot.logs import logger
 from bot.market import MarketData
 from bot.messages import (
@@ -80,7 +80,7 @@ NO_STRATEGY: Final = "(none)"
 #: not stored (a webhook's `503`): the journal's health check's bound, and well inside
 #: TradingView's 3 s. Another program holding the journal's lock (a backup) cannot make
 #: senders wait longer, however many queue, nor store a signal whose sender gave up.
-SIGNAL_WRITE_WAIT_S: Final = 2.0
+SIGNAL_WRITE_WAIT_S: Final = LOCK_WAIT_S
 #: The rule journaled when a strategy's code raised or overran (the journal's trace says
 #: "failed" for it).
 STRATEGY_FAILED: Final = "STRATEGY_FAILED"

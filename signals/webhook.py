@@ -389,7 +389,7 @@ class WebhookReceiver:
             # An unexpected failure's traceback once in a while: senders retrying against it
             # would otherwise log the same one per request, at their own pace. The journal's
             # own conditions (locked, full, too slow) say all in one line.
-            expected = isinstance(exc, (TimeoutError, sqlite3.Error, OSError))
+            expected = isinstance(exc, (sqlite3.OperationalError, OSError))  # TimeoutError too
             if not expected and self._journal_failures.first_in_a_while(self.source):
                 logger.exception("could not journal signal {id}", id=signal.id)
             else:

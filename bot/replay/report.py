@@ -115,8 +115,8 @@ class ReplayReport:
     strategies: Sequence[StrategyReport]
     #: (source, id) of every signal that got at least one approved order (for the plot)
     traded: frozenset[tuple[str, str]]
-    #: What the account paid in funding, net (USDT; negative: received): the venue settles
-    #: it per position every 8 hours, so it is in no strategy's PnL.
+    #: What the keys' accounts paid in funding, net (USDT; negative: received): the venue
+    #: settles it per position every 8 hours, so it is in no strategy's PnL.
     funding_paid_usdt: Decimal = ZERO
 
     @property

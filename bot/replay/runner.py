@@ -85,8 +85,8 @@ class ReplayRun:
     answers: list[Answer] = field(default_factory=list)
     startup_s: float = 0.0
     elapsed_s: float = 0.0
-    #: The funding the account paid at the 8-hour settlements it held positions through,
-    #: net of what it received (USDT): the venue's, per position, not per strategy.
+    #: The funding the keys' accounts paid at the 8-hour settlements they held positions
+    #: through, net of what they received (USDT): the venue's, per position, not per strategy.
     funding_paid_usdt: Decimal = Decimal(0)
 
 
