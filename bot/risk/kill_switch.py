@@ -220,7 +220,13 @@ class KillSwitch:
                         report["cancelled"] = await self._cancel_open(
                             strategies, sparing_flattens=True
                         )
-                    report["flattened"] = await self._flatten(strategies)
+                    if self._gate.state_of(state.scope).state is not state.state:
+                        # A resume came during the cancels (seconds on a slow venue): what
+                        # opens after it is not the halt's to close.
+                        report["flattened"] = []
+                        report["superseded"] = True
+                    else:
+                        report["flattened"] = await self._flatten(strategies)
         return report
 
     async def _finish(

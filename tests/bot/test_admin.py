@@ -520,6 +520,40 @@ def test_a_flatten_waiting_behind_another_is_superseded_by_a_resume_meanwhile(
         bot.stop()
 
 
+def test_a_flatten_whose_cancels_a_resume_overtook_closes_nothing(
+    sim_config: Callable[..., Path],
+) -> None:
+    """A resume that came while the halt's cancels waited on a slow venue did not stop the
+    flatten after them (a probe read it in the code): it is superseded there too."""
+    bot = RunningBot(sim_config()).start()
+    try:
+        assert bot.post(signal("filled")).status_code == 202
+        wait_for(lambda: venue_position(bot) > 0, what="the venue's position")
+        assert (
+            bot.post(signal("resting", symbol="ETHUSDT", entry=3300, stop_loss=3200)).status_code
+            == 202
+        )
+        wait_for(lambda: bot.journal_status("resting") == ["New"], what="an order to cancel")
+        faults = f"{bot.service.sim_url}/sim/faults"
+        requests.post(faults, json={"delay": 1.0, "delay_ms": 1500}, timeout=10)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as sender:
+                halting = sender.submit(
+                    admin_answer, bot, "halt", {"reason": "drill", "flatten": True}
+                )
+                time.sleep(0.5)  # its cancel waits at the venue
+                assert admin(bot, "resume", {}) == 200
+                answer = halting.result()
+        finally:
+            requests.post(faults, json={}, timeout=10)
+
+        report = answer.json()
+        assert (report["flattened"], report["superseded"]) == ([], True)
+        assert venue_position(bot) > 0  # the operator's, after the resume
+    finally:
+        bot.stop()
+
+
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
