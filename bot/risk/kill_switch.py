@@ -286,6 +286,30 @@ class KillSwitch:
                 return []
             return await self._cancel_open_now(strategies, sparing_flattens=False, only=undone)
 
+    def warn_of_positions_held_while_halted(self) -> None:
+        """At start-up: the strategies' positions still open in a halted scope, said once
+        per scope. A halt's tries to flatten end with the bot's stop (`stop`), so a flatten a
+        stop cut short leaves them, and the halt standing says nothing more of them."""
+        bot_halted = self._gate.state_of(BOT_SCOPE).state is TradingState.HALTED
+        held: dict[str, list[str]] = {}
+        for book in self._account.projection.books():
+            if not book.size or book.strategy not in self._key_of:
+                continue
+            scope = BOT_SCOPE if bot_halted else book.strategy
+            if self._gate.state_of(scope).state is TradingState.HALTED:
+                held.setdefault(scope, []).append(
+                    f"{book.strategy} {book.size.normalize():f} {book.symbol}"
+                )
+        for scope, positions in held.items():
+            option = "" if scope == BOT_SCOPE else f" --strategy {scope}"
+            logger.bind(notify="trading_state").warning(
+                "{scope} is HALTED with positions open ({positions}); a halt's flatten the "
+                "stop cut short is not resumed: `bot halt{option} --flatten` closes them",
+                scope=scope,
+                positions=", ".join(positions),
+                option=option,
+            )
+
     async def stop(self) -> None:
         """The bot stops: halts stop doing again what they left undone (what was in flight
         is settled by the next start, as every journaled order)."""

@@ -891,6 +891,33 @@ def test_a_halt_closes_by_itself_what_the_venue_refused_once_it_takes_orders_aga
         bot.stop()
 
 
+def test_a_start_says_which_positions_a_standing_halt_holds_open(
+    sim_config: Callable[..., Path],
+) -> None:
+    """A halt's flatten a stop cut short is not resumed by the next start, and nothing said
+    so (a probe of the halt's tries): the start names what the halt holds open."""
+    config = sim_config()
+    bot = RunningBot(config).start()
+    try:
+        assert bot.post(signal("held")).status_code == 202
+        wait_for(lambda: venue_position(bot) > 0, what="the venue's position")
+        assert admin_answer(bot, "halt", {"reason": "drill"}).status_code == 200
+    finally:
+        bot.stop()
+    said: list[str] = []
+    sink = logger.add(_trading_state_notes(said))
+    restarted = RunningBot(config)
+    try:
+        restarted.start()
+    finally:
+        logger.remove(sink)
+        restarted.stop()
+
+    [note] = [line for line in said if "with positions open" in line]
+    assert "(bot) is HALTED with positions open (follow 0.005 BTCUSDT)" in note, note
+    assert "`bot halt --flatten` closes them" in note
+
+
 def test_a_resume_ends_what_a_halt_was_doing_again_by_itself(
     sim_config: Callable[..., Path],
 ) -> None:
