@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
 
@@ -207,27 +207,25 @@ class KillSwitch:
             report["cancelled"] = await self._cancel_open(strategies)
         if flatten:
             async with self._flattening:  # the state above is set at once, whatever waits
-                if self._gate.state_of(state.scope).state is not state.state:
-                    report["flattened"] = []  # another command (a resume) changed it meanwhile
+                if not cancel_open and not self._overtaken(state):
+                    # Their resting orders go first: an entry would open a position again
+                    # (one sent just before the halt lands meanwhile), and reduce-only ones
+                    # (a ladder's targets) would leave the close no room: Bybit trims a
+                    # reduce-only order to what the others do not cover (110017).
+                    report["cancelled"] = await self._cancel_open(strategies, sparing_flattens=True)
+                # Another command (a resume) changed the state while this one waited, or
+                # during its cancels (seconds on a slow venue): what opens after it is not
+                # the halt's to close.
+                if self._overtaken(state):
+                    report["flattened"] = []
                     report["superseded"] = True
                 else:
-                    if not cancel_open:
-                        # Their resting orders go first: an entry would open a position
-                        # again (one sent just before the halt lands meanwhile), and
-                        # reduce-only ones (a ladder's targets) would leave the close no
-                        # room: Bybit trims a reduce-only order to what the others do not
-                        # cover (110017).
-                        report["cancelled"] = await self._cancel_open(
-                            strategies, sparing_flattens=True
-                        )
-                    if self._gate.state_of(state.scope).state is not state.state:
-                        # A resume came during the cancels (seconds on a slow venue): what
-                        # opens after it is not the halt's to close.
-                        report["flattened"] = []
-                        report["superseded"] = True
-                    else:
-                        report["flattened"] = await self._flatten(strategies)
+                    report["flattened"] = await self._flatten(strategies)
         return report
+
+    def _overtaken(self, state: ScopeState) -> bool:
+        """Whether another command moved `state`'s scope to another trading state since."""
+        return self._gate.state_of(state.scope).state is not state.state
 
     async def _finish(
         self, state: ScopeState, strategies: frozenset[str], first: Mapping[str, Any]
@@ -286,13 +284,13 @@ class KillSwitch:
                 return []
             return await self._cancel_open_now(strategies, sparing_flattens=False, only=undone)
 
-    def warn_of_positions_held_while_halted(self) -> None:
+    def warn_of_positions_held_while_halted(self, books: Sequence[StrategyBook]) -> None:
         """At start-up: the strategies' positions still open in a halted scope, said once
         per scope. A halt's tries to flatten end with the bot's stop (`stop`), so a flatten a
         stop cut short leaves them, and the halt standing says nothing more of them."""
         bot_halted = self._gate.state_of(BOT_SCOPE).state is TradingState.HALTED
         held: dict[str, list[str]] = {}
-        for book in self._account.projection.books():
+        for book in books:
             if not book.size or book.strategy not in self._key_of:
                 continue
             scope = BOT_SCOPE if bot_halted else book.strategy
