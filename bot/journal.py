@@ -68,7 +68,7 @@ from bot.messages import (
     WalletUpdate,
     utc_now,
 )
-from bot.risk.states import ScopeState, TradingState
+from bot.risk.states import HaltWork, ScopeState, TradingState
 from bot.venue.errors import DUPLICATE_ORDER_CODE
 
 __all__ = [
@@ -90,7 +90,7 @@ __all__ = [
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCHEMA_VERSION: Final = 16
+SCHEMA_VERSION: Final = 17
 #: orderLinkIds per `IN (...)` query: far under SQLite's limit of variables.
 _IDS_PER_QUERY: Final = 500
 #: The bytes written to the WAL since it last started over past which the writer is made to
@@ -276,6 +276,11 @@ CREATE TABLE IF NOT EXISTS meta (
 _EXECUTIONS_BY_TIME: Final = """
 CREATE INDEX IF NOT EXISTS executions_by_time ON executions (exec_time);
 """
+#: What a halt was asked to do and has not done yet (`HaltWork`; '' when nothing is left):
+#: a start after a stop or a crash that cut it short does it again.
+_HALT_WORK: Final = """
+ALTER TABLE trading_states ADD COLUMN unfinished TEXT NOT NULL DEFAULT '';
+"""
 _SCHEMA: Final = f"""
 CREATE TABLE IF NOT EXISTS signals (
     source       TEXT NOT NULL,
@@ -339,7 +344,7 @@ CREATE TABLE IF NOT EXISTS order_events (
 );
 {_EXIT_ORDERS}{_ACCOUNT}{_REJECTIONS}{_STOP_MOVES}{_ORDERS_BY_STATUS}{_LOOKUP_INDEXES}{_FILL_HOOKS}
 {_STOP_MOVE_CAUSE}{_USED_COMMANDS}{_FILL_HOOK_POSITION}{_USED_COMMAND_ACTED}{_META}
-{_EXECUTIONS_BY_TIME}"""
+{_EXECUTIONS_BY_TIME}{_HALT_WORK}"""
 #: What turns a journal of version N-1 into version N; each step runs in one transaction.
 _MIGRATIONS: Final[dict[int, str]] = {
     2: f"""
@@ -369,6 +374,7 @@ ALTER TABLE order_events ADD COLUMN reason TEXT NOT NULL DEFAULT '';
     # Nothing to change: an order's request may now say `closes_position`, which a bot of
     # schema 15 could not read.
     16: "",
+    17: _HALT_WORK,
 }
 #: What SQLite says when a migration meets tables its recorded version does not match.
 _SCHEMA_MISMATCH: Final = ("duplicate column", "already exists", "no such table", "no such column")
@@ -2438,20 +2444,50 @@ class Journal:
             )
         return cursor.rowcount == 1
 
-    def record_trading_state(self, state: ScopeState) -> None:
-        """Journal a scope's trading state (it survives a restart)."""
+    def record_trading_state(self, state: ScopeState, work: HaltWork = HaltWork.NONE) -> None:
+        """Journal a scope's trading state (it survives a restart), and what a halt was asked
+        to do beyond it (`work`, until `record_halt_work_done`)."""
         with self._transaction(durable=True, one_statement=True) as db:
             db.execute(
-                "INSERT OR REPLACE INTO trading_states (scope, state, reason, since, automatic)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO trading_states"
+                " (scope, state, reason, since, automatic, unfinished) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     state.scope,
                     state.state.value,
                     scrub(state.reason),
                     state.since.isoformat(),
                     int(state.automatic),
+                    work.value,
                 ),
             )
+
+    def record_halt_work_done(self, state: ScopeState) -> None:
+        """The halt `state` did all it was asked to (nothing if another state replaced it)."""
+        with self._transaction(durable=True, one_statement=True) as db:
+            db.execute(
+                "UPDATE trading_states SET unfinished = '' WHERE scope = ? AND since = ?"
+                " AND state = ?",
+                (state.scope, state.since.isoformat(), TradingState.HALTED.value),
+            )
+
+    def unfinished_halt_work(self) -> dict[str, HaltWork]:
+        """scope -> what the halt standing there was asked to do and has not done yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT scope, unfinished FROM trading_states WHERE state = ? AND unfinished != ''",
+                (TradingState.HALTED.value,),
+            ).fetchall()
+        return {scope: _stored(work, "trading_states.unfinished", HaltWork) for scope, work in rows}
+
+    def unfinished_orders_created_before(self, when: datetime) -> frozenset[str]:
+        """The orderLinkIds of the orders not yet terminal that were journaled before `when`."""
+        marks = ", ".join("?" * len(_NON_TERMINAL))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT order_link_id FROM orders WHERE status IN ({marks}) AND created_at < ?",  # noqa: S608 - marks only
+                (*_NON_TERMINAL, when.isoformat()),
+            ).fetchall()
+        return frozenset(link_id for (link_id,) in rows)
 
     def trading_states(self) -> list[ScopeState]:
         with self._lock:

@@ -484,7 +484,7 @@ class Service:
         books = stages.account.projection.books()
         self._warn_of_removed_strategies(await journal.call(journal.unfinished_orders), books)
         self._warn_of_moved_strategies(books)
-        stages.kill_switch.warn_of_positions_held_while_halted(books)
+        await stages.kill_switch.resume_halt_work(books)
         await asyncio.gather(
             *(
                 self._warn_of_unknown_orders(key, venue, keeper.open_orders_read(key))

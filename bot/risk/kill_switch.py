@@ -25,7 +25,9 @@ being sent, or sent without an answer and not shown by the venue within the exec
 one. The halt then cancels and closes again by itself what is left, after each of
 `FINISH_AGAIN_S` while it stands (a resume or another halt ends that), and says when all is
 done, or that it gave up: an order whose answer was lost shows at the venue a little later,
-and the position it opened is closed without waiting for the operator's next command.
+and the position it opened is closed without waiting for the operator's next command. What a
+halt was asked to do is journaled with it until done (`HaltWork`), so the next start does
+again what a stop or a crash cut short, then tries as above.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from decimal import Decimal
 from typing import Any, Final
 
@@ -54,7 +56,7 @@ from bot.messages import (
     utc_now,
 )
 from bot.risk.gate import RiskGate, Verdict
-from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
+from bot.risk.states import BOT_SCOPE, HaltWork, ScopeState, TradingState
 from bot.venue.errors import VenueError
 
 __all__ = ["FLATTEN_SOURCE", "KillSwitch", "announce_state"]
@@ -155,9 +157,12 @@ class KillSwitch:
                 self._gate.set_state(state)
                 announce_state(state)
             return report
+        work = HaltWork.asked(cancel_open=cancel_open, flatten=flatten)
         self._gate.set_state(state)  # first: the very next intent sees it
         announce_state(state)
-        first = asyncio.ensure_future(self._journal.call(self._journal.record_trading_state, state))
+        first = asyncio.ensure_future(
+            self._journal.call(self._journal.record_trading_state, state, work)
+        )
         ended = await ended_within(first)
         problem = (
             f"no answer within {JOURNAL_WAIT_S:g} s: locked by another program, or stalled"
@@ -179,23 +184,49 @@ class KillSwitch:
             report["journaled"] = False
             self._unjournaled[state.scope] = state
             recording = asyncio.create_task(
-                self._journal_when_it_writes(state, None if ended else first)
+                self._journal_when_it_writes(state, work, None if ended else first)
             )
             self._recording.add(recording)
             recording.add_done_callback(self._recording.discard)
-        strategies = (
-            frozenset(self._key_of) if state.scope == BOT_SCOPE else frozenset({state.scope})
+        report |= await self._act(
+            state, self._strategies_in(state.scope), cancel_open=cancel_open, flatten=flatten
         )
-        report |= await self._act(state, strategies, cancel_open=cancel_open, flatten=flatten)
-        if _rows_not_done(report) and not report.get("superseded"):
+        if report.get("superseded"):
+            return report
+        if _rows_not_done(report):
             report["finishing"] = (
                 f"while the halt stands, up to {len(FINISH_AGAIN_S)} times over about "
                 f"{sum(FINISH_AGAIN_S) / 60:.0f} minutes"
             )
-            finishing = asyncio.create_task(self._finish(state, strategies, report))
-            self._finishing.add(finishing)
-            finishing.add_done_callback(self._finishing.discard)
+            self._start_finishing(state, work, _undone_cancels(report), FINISH_AGAIN_S)
+        elif work is not HaltWork.NONE and problem is None:
+            # (One the journal could not take yet is journaled with its work later: the next
+            # start then finds nothing left to do.)
+            await self._work_done(state)
         return report
+
+    def _strategies_in(self, scope: str) -> frozenset[str]:
+        return frozenset(self._key_of) if scope == BOT_SCOPE else frozenset({scope})
+
+    def _start_finishing(
+        self, state: ScopeState, work: HaltWork, cancels: frozenset[str], delays: Sequence[float]
+    ) -> None:
+        finishing = asyncio.create_task(self._finish(state, work, cancels, delays))
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finishing.discard)
+
+    async def _work_done(self, state: ScopeState) -> None:
+        """Journal that the halt `state` did all it was asked to (a journal that cannot
+        write only costs the next start a look that finds nothing left to do)."""
+        try:
+            await self._journal.call(self._journal.record_halt_work_done, state)
+        except Exception as exc:
+            logger.warning(
+                "halt of {scope}: done, but the journal could not record it ({error}); the "
+                "next start looks again and finds nothing left",
+                scope=state.scope,
+                error=exc,
+            )
 
     async def _act(
         self, state: ScopeState, strategies: frozenset[str], *, cancel_open: bool, flatten: bool
@@ -228,24 +259,29 @@ class KillSwitch:
         return self._gate.state_of(state.scope).state is not state.state
 
     async def _finish(
-        self, state: ScopeState, strategies: frozenset[str], first: Mapping[str, Any]
+        self,
+        state: ScopeState,
+        work: HaltWork,
+        cancels: frozenset[str],
+        delays: Sequence[float],
     ) -> None:
-        """Do again what the halt `state` left undone in its report `first`, after each of
-        `FINISH_AGAIN_S` while it still stands; say when all is done, or that it gave up. A
-        flatten is done again whole: it reads afresh what is open, and closes only what the
-        books show open and settled (nothing twice); a cancel, only for the orders whose
-        cancel did not complete (an order placed since is not the halt's to cancel)."""
-        flatten = "flattened" in first
-        report: Mapping[str, Any] = first
-        for delay in FINISH_AGAIN_S:
+        """Do again what the halt `state` left of its `work`, after each of `delays` while
+        it still stands; say when all is done, or that it gave up. A flatten is done again
+        whole: it reads afresh what is open, and closes only what the books show open and
+        settled (nothing twice); a cancel, only for the orders of `cancels` whose cancel did
+        not complete (an order placed since is not the halt's to cancel)."""
+        strategies = self._strategies_in(state.scope)
+        report: Mapping[str, Any] = {}
+        for delay in delays:
             await asyncio.sleep(delay)
             if self._gate.state_of(state.scope) is not state:
                 return  # a later command (a resume, another halt) took over
             try:
-                if flatten:  # it cancels first itself, sparing its earlier closes
+                if work is HaltWork.FLATTEN:  # it cancels first itself, sparing its closes
                     report = await self._act(state, strategies, cancel_open=False, flatten=True)
                 else:
-                    report = {"cancelled": await self._cancel_again(state, strategies, report)}
+                    report = {"cancelled": await self._cancel_again(state, strategies, cancels)}
+                    cancels = _undone_cancels(report)
             except Exception as exc:  # tried again after the next pause
                 logger.warning(
                     "halt of {scope}: trying again failed: {error}", scope=state.scope, error=exc
@@ -257,6 +293,7 @@ class KillSwitch:
                 logger.bind(notify="trading_state").warning(
                     "halt of {scope}: what it left undone is done now", scope=state.scope
                 )
+                await self._work_done(state)
                 return
             logger.info(
                 "halt of {scope}: {undone} still not done",
@@ -265,44 +302,69 @@ class KillSwitch:
             )
         logger.bind(notify="trading_state").error(
             "halt of {scope}: {undone} still not done after trying again {times} times: check "
-            "`bot orders` and `bot positions`, then run the halt again",
+            "`bot orders` and `bot positions`, then run the halt again (the next start tries "
+            "again too)",
             scope=state.scope,
             undone=_rows_not_done(report) or "some rows",
-            times=len(FINISH_AGAIN_S),
+            times=len(delays),
         )
 
     async def _cancel_again(
-        self, state: ScopeState, strategies: frozenset[str], report: Mapping[str, Any]
+        self, state: ScopeState, strategies: frozenset[str], cancels: frozenset[str]
     ) -> list[dict[str, str | bool]]:
-        """The cancels of `report` not done, once more (none if the halt no longer stands
-        once the cancels' turn comes)."""
-        undone = frozenset(
-            str(row["order_link_id"]) for row in report.get("cancelled", ()) if not row["done"]
-        )
+        """The cancels of the orders `cancels` still open, once more (none if the halt no
+        longer stands once the cancels' turn comes)."""
         async with self._cancelling:
             if self._gate.state_of(state.scope) is not state:
                 return []
-            return await self._cancel_open_now(strategies, sparing_flattens=False, only=undone)
+            return await self._cancel_open_now(strategies, sparing_flattens=False, only=cancels)
 
-    def warn_of_positions_held_while_halted(self, books: Sequence[StrategyBook]) -> None:
-        """At start-up: the strategies' positions still open in a halted scope, said once
-        per scope. A halt's tries to flatten end with the bot's stop (`stop`), so a flatten a
-        stop cut short leaves them, and the halt standing says nothing more of them."""
+    async def resume_halt_work(self, books: Sequence[StrategyBook]) -> None:
+        """At start-up: each standing halt whose work (`HaltWork`) a stop or a crash cut
+        short does it again at once, then as after its first try; the positions a halt
+        holds open without being asked to flatten them are said, once per scope. For a
+        cancel, the orders it was to cancel are those journaled before it."""
+        flattening: set[str] = set()
+        for scope, work in (await self._journal.call(self._journal.unfinished_halt_work)).items():
+            state = self._gate.entered_state(scope)
+            configured = scope == BOT_SCOPE or scope in self._key_of
+            if state is None or state.state is not TradingState.HALTED or not configured:
+                continue  # a strategy since removed from the configuration
+            cancels = frozenset[str]()
+            if work is HaltWork.CANCEL:
+                cancels = await self._journal.call(
+                    self._journal.unfinished_orders_created_before, state.since
+                )
+            else:
+                flattening.add(scope)
+            logger.bind(notify="trading_state").warning(
+                "halt of {scope}: a stop cut its {work} short; doing it again now",
+                scope=scope,
+                work="cancels" if work is HaltWork.CANCEL else "flatten",
+            )
+            self._start_finishing(state, work, cancels, (0.0, *FINISH_AGAIN_S))
+        self._warn_of_positions_held(books, flattening)
+
+    def _warn_of_positions_held(self, books: Sequence[StrategyBook], flattening: Set[str]) -> None:
+        """The strategies' positions open in a halted scope not `flattening`, said once per
+        scope: a halt not asked to flatten says nothing more of them."""
         bot_halted = self._gate.state_of(BOT_SCOPE).state is TradingState.HALTED
         held: dict[str, list[str]] = {}
         for book in books:
             if not book.size or book.strategy not in self._key_of:
                 continue
             scope = BOT_SCOPE if bot_halted else book.strategy
-            if self._gate.state_of(scope).state is TradingState.HALTED:
+            if self._gate.state_of(scope).state is TradingState.HALTED and not (
+                flattening & {book.strategy, BOT_SCOPE}
+            ):
                 held.setdefault(scope, []).append(
                     f"{book.strategy} {book.size.normalize():f} {book.symbol}"
                 )
         for scope, positions in held.items():
             option = "" if scope == BOT_SCOPE else f" --strategy {scope}"
             logger.bind(notify="trading_state").warning(
-                "{scope} is HALTED with positions open ({positions}); a halt's flatten the "
-                "stop cut short is not resumed: `bot halt{option} --flatten` closes them",
+                "{scope} is HALTED with positions open ({positions}), not asked to flatten "
+                "them: `bot halt{option} --flatten` closes them",
                 scope=scope,
                 positions=", ".join(positions),
                 option=option,
@@ -310,13 +372,14 @@ class KillSwitch:
 
     async def stop(self) -> None:
         """The bot stops: halts stop doing again what they left undone (what was in flight
-        is settled by the next start, as every journaled order)."""
+        is settled by the next start, as every journaled order, which then does again what
+        is left: `resume_halt_work`)."""
         for task in self._finishing:
             task.cancel()
         await asyncio.gather(*self._finishing, return_exceptions=True)
 
     async def _journal_when_it_writes(
-        self, state: ScopeState, unfinished: asyncio.Future[None] | None
+        self, state: ScopeState, work: HaltWork, unfinished: asyncio.Future[None] | None
     ) -> None:
         """Journal a halt the journal could not take when it was entered (its first record
         `unfinished` yet, or failed), trying after each of `_RECORD_AGAIN_S` then each
@@ -329,7 +392,7 @@ class KillSwitch:
                 if self._gate.state_of(state.scope) is not state:
                     return
                 # Queued at once: a command entered after this check is journaled after.
-                record = self._journal.call(self._journal.record_trading_state, state)
+                record = self._journal.call(self._journal.record_trading_state, state, work)
                 if await self._recorded(state, record):
                     return
         finally:
@@ -643,6 +706,13 @@ def _rows_not_done(report: Mapping[str, Any]) -> str:
     rows = [*report.get("cancelled", ()), *report.get("flattened", ())]
     undone = sum(1 for row in rows if not row["done"])
     return f"{undone} of {len(rows)} rows" if undone else ""
+
+
+def _undone_cancels(report: Mapping[str, Any]) -> frozenset[str]:
+    """The orderLinkIds of a report's cancels not done."""
+    return frozenset(
+        str(row["order_link_id"]) for row in report.get("cancelled", ()) if not row["done"]
+    )
 
 
 def _unsettled_row(book: StrategyBook, close: OrderRecord) -> dict[str, str | bool]:

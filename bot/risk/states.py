@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-__all__ = ["BOT_SCOPE", "ScopeState", "TradingState", "stricter"]
+__all__ = ["BOT_SCOPE", "HaltWork", "ScopeState", "TradingState", "stricter"]
 
 #: The scope name of the whole bot (strategy names cannot contain parentheses).
 BOT_SCOPE: Final = "(bot)"
@@ -27,6 +27,22 @@ class TradingState(enum.StrEnum):
     def may_increase(self) -> bool:
         """Whether an order that increases exposure may pass."""
         return self is TradingState.ACTIVE
+
+
+class HaltWork(enum.StrEnum):
+    """What a halt was asked to do beyond stopping new exposure, journaled with it until
+    done, so that a start after a stop or a crash that cut it short does it again."""
+
+    NONE = ""
+    #: Cancel the orders the scope had open when the halt was entered.
+    CANCEL = "cancel"
+    #: Cancel the scope's open orders (but the flatten's own closes), then close its
+    #: positions (whether cancelling was asked or not).
+    FLATTEN = "flatten"
+
+    @classmethod
+    def asked(cls, *, cancel_open: bool, flatten: bool) -> HaltWork:
+        return cls.FLATTEN if flatten else cls.CANCEL if cancel_open else cls.NONE
 
 
 _RANK: Final = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}

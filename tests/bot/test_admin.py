@@ -4,6 +4,7 @@ next intent, journaled, and still in force after a restart; `bot halt` with no b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -905,17 +906,70 @@ def test_a_start_says_which_positions_a_standing_halt_holds_open(
     finally:
         bot.stop()
     said: list[str] = []
-    sink = logger.add(_trading_state_notes(said))
-    restarted = RunningBot(config)
-    try:
-        restarted.start()
-    finally:
-        logger.remove(sink)
-        restarted.stop()
+    with _started_saying(config, said):
+        pass
 
     [note] = [line for line in said if "with positions open" in line]
     assert "(bot) is HALTED with positions open (follow 0.005 BTCUSDT)" in note, note
     assert "`bot halt --flatten` closes them" in note
+    assert not any("cut its" in line for line in said), said  # not asked: nothing to redo
+
+
+@contextlib.contextmanager
+def _started_saying(config: Path, said: list[str]) -> Iterator[RunningBot]:
+    """The bot of `config` started (again), its trading-state notifications kept in `said`."""
+    sink = logger.add(_trading_state_notes(said))
+    bot = RunningBot(config)
+    try:
+        yield bot.start()
+    finally:
+        bot.stop()
+        logger.remove(sink)
+
+
+def test_a_start_does_again_the_flatten_a_stop_cut_short(
+    sim_config: Callable[..., Path],
+) -> None:
+    """A halt's tries ended with the bot's stop, and the next start only said which positions
+    it held open: the position stayed open until the operator ran the halt again."""
+    config = sim_config(extra=_QUICK_AND_SURE)
+    bot = RunningBot(config).start()
+    try:
+        _halted_while_the_venue_fails(bot)
+    finally:
+        bot.stop()  # the venue still failing: the halt's tries had not closed it
+    said: list[str] = []
+    with _started_saying(config, said) as restarted:
+        wait_for(lambda: venue_position(restarted) == 0, 30, what="the position closed")
+        wait_for(lambda: any("is done now" in line for line in said), what="said so")
+        assert any("a stop cut its flatten short; doing it again now" in line for line in said)
+        assert not any("with positions open" in line for line in said), said
+        assert risk_status(restarted, "(bot)")["state"] == "HALTED"
+
+    again: list[str] = []
+    with _started_saying(config, again):
+        pass
+    assert not any("cut its" in line for line in again), again  # nothing left to do
+
+
+def test_a_start_does_again_the_cancels_a_stop_cut_short(
+    sim_config: Callable[..., Path],
+) -> None:
+    config = sim_config(extra=_QUICK_AND_SURE)
+    bot = RunningBot(config).start()
+    try:
+        assert bot.post(resting("resting", bot)).status_code == 202
+        wait_for(lambda: bot.journal_status("resting") == ["New"], what="a resting order")
+        requests.post(f"{bot.service.sim_url}/sim/faults", json={"http_5xx": 1.0}, timeout=10)
+        report = admin_answer(bot, "halt", {"reason": "drill", "cancel_open": True}).json()
+        assert [row["done"] for row in report["cancelled"]] == [False]
+    finally:
+        bot.stop()
+    said: list[str] = []
+    with _started_saying(config, said) as restarted:
+        wait_for(lambda: restarted.journal_status("resting") == ["Cancelled"], 30, what="cancel")
+        wait_for(lambda: any("is done now" in line for line in said), what="said so")
+        assert any("a stop cut its cancels short" in line for line in said)
 
 
 def test_a_resume_ends_what_a_halt_was_doing_again_by_itself(

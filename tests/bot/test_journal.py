@@ -45,7 +45,9 @@ from bot.messages import (
     RiskDecision,
     Side,
     parse_signal,
+    utc_now,
 )
+from bot.risk.states import BOT_SCOPE, HaltWork, ScopeState, TradingState
 from tests.conftest import wait_for
 from tests.factories import make_execution, make_intent, make_request, sim_position, stop_loss
 
@@ -55,9 +57,10 @@ def journal(tmp_path: Path) -> Journal:
     return Journal(tmp_path / "journal.sqlite3")
 
 
-#: Undoes the steps of schemas 15, 14 and 13, which cannot run twice, in a journal made at the
-#: current schema to stand for an older one.
-BEFORE_15 = "ALTER TABLE orders DROP COLUMN cancel_requested_at; "
+#: Undoes the steps of schemas 17, 15, 14 and 13, which cannot run twice, in a journal made at
+#: the current schema to stand for an older one.
+BEFORE_17 = "ALTER TABLE trading_states DROP COLUMN unfinished; "
+BEFORE_15 = BEFORE_17 + "ALTER TABLE orders DROP COLUMN cancel_requested_at; "
 BEFORE_14 = BEFORE_15 + "ALTER TABLE orders DROP COLUMN amendment_said; "
 BEFORE_13 = BEFORE_14 + "ALTER TABLE orders DROP COLUMN venue_price; "
 
@@ -1300,7 +1303,7 @@ def test_a_version_4_journal_gains_indexes_venue_qty_fill_hooks_stop_causes_used
     used = {row[1] for row in journal._db.execute("PRAGMA table_info(used_commands)")}
     assert "acted" in used
     journal.claim_environment("sim")  # schema 11's table
-    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 16
+    assert journal._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 17
 
 
 def test_a_version_8_journal_keeps_its_due_hooks_with_their_position_unknown(
@@ -2005,3 +2008,58 @@ def test_a_state_dir_whose_file_system_locks_no_directory_keeps_the_files_lock(
             lock_journal(path)
     finally:
         held.close()
+
+
+def test_a_halts_work_is_kept_until_done_and_goes_with_the_halt(journal: Journal) -> None:
+    """What a halt was asked to do survives a restart until it is done, so that the next
+    start does again what a stop cut short; a later state of the scope ends it."""
+    halt = ScopeState(BOT_SCOPE, TradingState.HALTED, "drill", utc_now())
+    journal.record_trading_state(halt, HaltWork.FLATTEN)
+    journal.record_trading_state(
+        ScopeState("follow", TradingState.HALTED, "drill", utc_now()), HaltWork.CANCEL
+    )
+    assert journal.unfinished_halt_work() == {
+        BOT_SCOPE: HaltWork.FLATTEN,
+        "follow": HaltWork.CANCEL,
+    }
+
+    earlier = ScopeState(BOT_SCOPE, TradingState.HALTED, "drill", halt.since - timedelta(hours=1))
+    journal.record_halt_work_done(earlier)  # another halt's: this one's is not done
+    assert journal.unfinished_halt_work()[BOT_SCOPE] is HaltWork.FLATTEN
+    journal.record_halt_work_done(halt)
+    assert journal.unfinished_halt_work() == {"follow": HaltWork.CANCEL}
+
+    journal.record_trading_state(ScopeState("follow", TradingState.ACTIVE, "over", utc_now()))
+    assert journal.unfinished_halt_work() == {}
+    assert [state.state for state in journal.trading_states()] == [
+        TradingState.HALTED,
+        TradingState.ACTIVE,
+    ]
+
+
+def test_the_orders_a_halt_was_to_cancel_are_those_still_open_from_before_it(
+    journal: Journal,
+) -> None:
+    for link_id in ("before-0-a", "before-0-b"):
+        journal.record_order(make_request(order_link_id=link_id, signal_id=link_id))
+    journal.record_order_event(OrderEvent(order_link_id="before-0-b", status=OrderStatus.NEW))
+    journal.record_order_event(OrderEvent(order_link_id="before-0-b", status=OrderStatus.CANCELLED))
+    time.sleep(0.002)
+    halted_at = utc_now()
+    time.sleep(0.002)
+    journal.record_order(make_request(order_link_id="after-0-c", signal_id="after"))
+
+    assert journal.unfinished_orders_created_before(halted_at) == {"before-0-a"}
+
+
+def test_a_version_16_journal_keeps_its_halts_with_nothing_left_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "v16.sqlite3"
+    with closing(Journal(path)) as journal:
+        journal.record_trading_state(ScopeState(BOT_SCOPE, TradingState.HALTED, "drill", utc_now()))
+    db = sqlite3.connect(path)
+    db.executescript(BEFORE_17 + "PRAGMA user_version=16;")
+    db.close()
+
+    with closing(Journal(path)) as journal:
+        assert [state.reason for state in journal.trading_states()] == ["drill"]
+        assert journal.unfinished_halt_work() == {}
