@@ -66,7 +66,7 @@ from bot.net import (
     loopback_off_proxies,
     tcp_listener,
 )
-from bot.risk.states import BOT_SCOPE, ScopeState, TradingState
+from bot.risk.states import BOT_SCOPE, HaltWork, ScopeState, TradingState
 from bot.secrets import (
     ADMIN_SECRET_NAME,
     DEFAULT_SECRETS_DIR,
@@ -1062,10 +1062,11 @@ def risk_status(
     settings = _settings(config)
     key_of = {name: strategy.key for name, strategy in settings.strategies.items()}
     now = utc_now()
-    states, used, journal_id = _read_journal(
+    states, halt_work, used, journal_id = _read_journal(
         config,
         lambda journal: (
             {state.scope: state for state in journal.trading_states()},
+            journal.unfinished_halt_work(),
             usage(journal, key_of, now),
             journal.identity_if_made(),
         ),
@@ -1097,6 +1098,7 @@ def risk_status(
         gate.set_state(state)
     rows = [
         _risk_row(scope, gate.state_now(scope), used[scope], settings)
+        | {"halt_work": _halt_work_left(gate.state_now(scope), halt_work.get(scope))}
         for scope in (BOT_SCOPE, *settings.strategies)
     ]
     if as_json:
@@ -1105,7 +1107,7 @@ def risk_status(
             typer.echo(json.dumps({**row, "journaled": journaled}, separators=(",", ":")))
     else:
         shown = {"scope", "state", "reason", "exposure", "open_orders", "orders_today"}
-        shown |= {"loss_today", *(("since",) if wide else ())}
+        shown |= {"loss_today", *(("since", "halt_work") if wide else ())}
         hidden = [column for column in rows[0] if column not in shown]
         _print_table(rows, {"scope": 8, "reason": 10}, hidden=hidden, wide=wide)
     for scope in sorted(scope for scope in unjournaled if scope in used):
@@ -1165,6 +1167,13 @@ def _running_bot_states(
     except (KeyError, TypeError, ValueError, AttributeError):
         return f"the bot at {target} does not say its trading states (another version?)"
     return states, unjournaled
+
+
+def _halt_work_left(state: ScopeState | None, work: HaltWork | None) -> str:
+    """What the halt `state` was asked to do and has not done yet, as the journal says ("" if
+    nothing, or the scope is not halted: a later state ended it)."""
+    halted = state is not None and state.state is TradingState.HALTED
+    return work.value if halted and work is not None else ""
 
 
 def _risk_row(

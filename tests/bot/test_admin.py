@@ -936,6 +936,7 @@ def test_a_start_does_again_the_flatten_a_stop_cut_short(
     bot = RunningBot(config).start()
     try:
         _halted_while_the_venue_fails(bot)
+        assert risk_status(bot, "(bot)")["halt_work"] == "flatten"
     finally:
         bot.stop()  # the venue still failing: the halt's tries had not closed it
     said: list[str] = []
@@ -944,6 +945,7 @@ def test_a_start_does_again_the_flatten_a_stop_cut_short(
         wait_for(lambda: any("is done now" in line for line in said), what="said so")
         assert any("a stop cut its flatten short; doing it again now" in line for line in said)
         assert not any("with positions open" in line for line in said), said
+        wait_for(lambda: risk_status(restarted, "(bot)")["halt_work"] == "", what="it done")
         assert risk_status(restarted, "(bot)")["state"] == "HALTED"
 
     again: list[str] = []
