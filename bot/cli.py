@@ -833,8 +833,9 @@ def _switch(
             else f"the {route} holds"
         )
         then = (
-            f"the bot does them again by itself, {report['finishing']}, and logs when they "
-            "are done; check `bot orders` and `bot positions`"
+            f"the bot does them again by itself, {report['finishing']} (and when it starts "
+            "again, if it stops first), and logs when they are done; check `bot orders` and "
+            "`bot positions`"
             if report.get("finishing")
             else "check `bot orders` and `bot positions`, then run this command again"
         )

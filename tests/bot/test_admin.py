@@ -1014,6 +1014,7 @@ def test_a_flatten_again_while_an_earlier_close_is_unsettled_says_so_and_exits_1
         again = cli(config, "halt", "--flatten")
 
         assert first.returncode == 1, first.stderr
+        assert "again by itself" in first.stderr and "when it starts again" in first.stderr
         assert again.returncode == 1, again.stdout
         [row] = json.loads(again.stdout)["flattened"]
         assert row["done"] is False and "is not settled yet" in row["status"]
