@@ -209,6 +209,8 @@ class Pipeline:
         self._idle.set()
         # (source, id) of the signals whose id was reused, said once each (bounded).
         self._reused: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # strategy -> the halt (a person's) it stood under when its code kept failing.
+        self._failed_while_halted: dict[str, ScopeState] = {}
 
     async def submit(self, signal: Signal) -> bool:
         """Journal `signal` durably and queue it; False if it is a duplicate. TimeoutError
@@ -759,6 +761,21 @@ class Pipeline:
         """Halt a strategy that keeps failing: opening orders refused until a person resumes
         it (`bot resume --strategy NAME`); the other strategies go on."""
         failures = self._runner.max_failures(strategy)
+        standing = self._gate.state_of(strategy)
+        if standing.state is TradingState.HALTED:
+            # Halted already (by a person): that halt stands, with its reason and what it
+            # was asked to do and has not done yet (a flatten the venue refused so far),
+            # which a halt of its own would end.
+            self._failed_while_halted[strategy] = standing
+            logger.warning(
+                "strategy {strategy} failed {failures} times in a row while halted; it stays "
+                "halted ({reason}); last failure: {error}",
+                strategy=strategy,
+                failures=failures,
+                reason=standing.reason,
+                error=reason,
+            )
+            return
         state = ScopeState(
             strategy,
             TradingState.HALTED,
@@ -771,9 +788,13 @@ class Pipeline:
 
     def _halted_for_failures(self, strategy: str) -> bool:
         """Whether `strategy` is halted because its code kept failing (by this run or one
-        before it: the state is journaled), not resumed since, nor halted by a person."""
+        before it: the state is journaled), or kept failing while a person's halt stood,
+        and not resumed since nor halted again."""
         state = self._gate.state_of(strategy)
-        return state.state is TradingState.HALTED and state.reason.startswith(FAILURE_HALT)
+        return state.state is TradingState.HALTED and (
+            state.reason.startswith(FAILURE_HALT)
+            or self._failed_while_halted.get(strategy) is state
+        )
 
     # hooks ----------------------------------------------------------------------------------
 

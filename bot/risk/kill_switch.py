@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
-from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence, Set
 from decimal import Decimal
 from typing import Any, Final
 
@@ -123,8 +124,11 @@ class KillSwitch:
         self._recording: set[asyncio.Task[None]] = set()
         # scope -> the halt entered there that the journal could not take (yet).
         self._unjournaled: dict[str, ScopeState] = {}
-        # Halts doing again by themselves what they left undone (`_finish`).
+        # Halts doing again by themselves what they left undone (`_finish`), and the records
+        # that they are done.
         self._finishing: set[asyncio.Task[None]] = set()
+        # The halts that did all they were asked to: one not journaled yet is journaled so.
+        self._work_done_by: set[ScopeState] = set()
 
     def states(self) -> list[tuple[ScopeState, bool]]:
         """The state entered for the bot and for each strategy that has one (the others are
@@ -158,6 +162,9 @@ class KillSwitch:
                 announce_state(state)
             return report
         work = HaltWork.asked(cancel_open=cancel_open, flatten=flatten)
+        # Since now, when it takes effect: an order journaled before is one it was to cancel
+        # (the command was read earlier, and its replay check written since).
+        state = dataclasses.replace(state, since=utc_now())
         self._gate.set_state(state)  # first: the very next intent sees it
         announce_state(state)
         first = asyncio.ensure_future(
@@ -199,10 +206,8 @@ class KillSwitch:
                 f"{sum(FINISH_AGAIN_S) / 60:.0f} minutes"
             )
             self._start_finishing(state, work, _undone_cancels(report), FINISH_AGAIN_S)
-        elif work is not HaltWork.NONE and problem is None:
-            # (One the journal could not take yet is journaled with its work later: the next
-            # start then finds nothing left to do.)
-            await self._work_done(state)
+        elif work is not HaltWork.NONE:
+            self._in_background(self._work_done(state))  # the answer does not wait for it
         return report
 
     def _strategies_in(self, scope: str) -> frozenset[str]:
@@ -211,13 +216,21 @@ class KillSwitch:
     def _start_finishing(
         self, state: ScopeState, work: HaltWork, cancels: frozenset[str], delays: Sequence[float]
     ) -> None:
-        finishing = asyncio.create_task(self._finish(state, work, cancels, delays))
-        self._finishing.add(finishing)
-        finishing.add_done_callback(self._finishing.discard)
+        self._in_background(self._finish(state, work, cancels, delays))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task the bot's stop ends (`stop`)."""
+        task = asyncio.create_task(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _work_done(self, state: ScopeState) -> None:
         """Journal that the halt `state` did all it was asked to (a journal that cannot
-        write only costs the next start a look that finds nothing left to do)."""
+        write only costs the next start a look that finds nothing left to do); one not
+        journaled yet is journaled so when it is."""
+        self._work_done_by.add(state)
+        if self._unjournaled.get(state.scope) is state:
+            return
         try:
             await self._journal.call(self._journal.record_halt_work_done, state)
         except Exception as exc:
@@ -327,9 +340,16 @@ class KillSwitch:
         flattening: set[str] = set()
         for scope, work in (await self._journal.call(self._journal.unfinished_halt_work)).items():
             state = self._gate.entered_state(scope)
-            configured = scope == BOT_SCOPE or scope in self._key_of
-            if state is None or state.state is not TradingState.HALTED or not configured:
-                continue  # a strategy since removed from the configuration
+            if state is None or state.state is not TradingState.HALTED:
+                continue
+            if scope != BOT_SCOPE and scope not in self._key_of:
+                logger.warning(
+                    "halt of {scope}: its {work} is left undone: the strategy is no longer "
+                    "configured (configured again, it is done at that start)",
+                    scope=scope,
+                    work=work.value,
+                )
+                continue
             cancels = frozenset[str]()
             if work is HaltWork.CANCEL:
                 cancels = await self._journal.call(
@@ -383,21 +403,24 @@ class KillSwitch:
     ) -> None:
         """Journal a halt the journal could not take when it was entered (its first record
         `unfinished` yet, or failed), trying after each of `_RECORD_AGAIN_S` then each
-        minute, while it is still the scope's state (a later command journals its own)."""
+        minute, while it is still the scope's state (a later command journals its own), with
+        what is left of its `work` (done meanwhile: nothing)."""
         try:
-            if unfinished is not None and await self._recorded(state, unfinished):
-                return
-            for delay in itertools.chain(_RECORD_AGAIN_S, itertools.repeat(60.0)):
-                await asyncio.sleep(delay)
+            recorded = unfinished is not None and await self._recorded(state, unfinished)
+            pauses = itertools.chain(_RECORD_AGAIN_S, itertools.repeat(60.0))
+            while not recorded:
+                await asyncio.sleep(next(pauses))
                 if self._gate.state_of(state.scope) is not state:
                     return
                 # Queued at once: a command entered after this check is journaled after.
-                record = self._journal.call(self._journal.record_trading_state, state, work)
-                if await self._recorded(state, record):
-                    return
+                left = HaltWork.NONE if state in self._work_done_by else work
+                record = self._journal.call(self._journal.record_trading_state, state, left)
+                recorded = await self._recorded(state, record)
         finally:
             if self._unjournaled.get(state.scope) is state:
                 del self._unjournaled[state.scope]
+        if state in self._work_done_by:  # done before the record that says it is not
+            await self._work_done(state)
 
     @staticmethod
     async def _recorded(state: ScopeState, record: Awaitable[None]) -> bool:

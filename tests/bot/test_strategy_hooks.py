@@ -39,11 +39,12 @@ from bot.messages import (
     RiskDecision,
     Side,
     Signal,
+    utc_now,
 )
 from bot.pipeline import TIMER_SOURCE, Pipeline, StrategySlot, StrategyStartError
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
-from bot.risk.states import TradingState
+from bot.risk.states import HaltWork, ScopeState, TradingState
 from bot.runner import StrategyRunner
 from bot.sim import SimExchange, SimFaults
 from bot.sim.params import AmendOrderParams, PositionQueryParams
@@ -423,6 +424,26 @@ def test_max_failures_in_a_row_halt_the_strategy_and_the_others_keep_trading(
     assert stages.gate.state_of("follow").state is TradingState.ACTIVE
     assert [decision for decision, _ in stages.rows("exploding")] == ["failed"] * 4
     assert len(stages.orders_of("follow")) == 4  # before, at and after the halt
+
+
+def test_a_strategy_failing_under_a_persons_halt_leaves_that_halt_and_its_work_standing(
+    build: Build,
+) -> None:
+    """Its own halt replaced the person's, which ended the flatten that halt was still
+    retrying (the venue refusing), and the journal forgot it (review of the halt's work)."""
+    stages = build(
+        {"exploding": (Exploding("exploding", StrategyParams()), "k2", "voc")}, max_failures=3
+    )
+    persons = ScopeState("exploding", TradingState.HALTED, "drill", utc_now())
+    stages.gate.set_state(persons)
+    stages.journal.record_trading_state(persons, HaltWork.FLATTEN)
+
+    stages.process(*(signal(id=f"h-{n}") for n in range(4)))
+
+    assert stages.gate.state_of("exploding") is persons
+    assert stages.journal.trading_states() == [persons]
+    assert stages.journal.unfinished_halt_work() == {"exploding": HaltWork.FLATTEN}
+    assert stages.pipeline._halted_for_failures("exploding")  # its ticks stop, as halted
 
 
 def test_signals_of_two_symbols_at_once_both_reach_a_strategy(build: Build) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -166,3 +166,67 @@ def test_a_halt_cancels_resting_orders_though_the_journal_cannot_write(tmp_path:
             "done": True,
         }
     ]
+
+
+def test_a_halt_done_before_the_journal_took_it_is_journaled_as_done(tmp_path: Path) -> None:
+    """Its record, written once the journal could write again, said its cancel was still to
+    do: the next start did it again, and said a stop had cut it short (review)."""
+    exchange = SimExchange(SimulatorConfig(seed=7))
+    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
+    path = tmp_path / "j.sqlite3"
+    journal = Journal(path)
+    with SimServer(exchange) as server:
+        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
+        executor = Executor(journal, {"k": venue})
+        approval = approve(
+            make_intent(order_type=OrderType.LIMIT, price=Decimal(90000), qty=Decimal("0.001"))
+        )
+        assert asyncio.run(executor.execute(approval, "k")).status is OrderStatus.NEW
+        unused: Any = None
+        gate = RiskGate(RiskConfig())
+        halt = KillSwitch(gate, executor, journal, unused, unused, {"follow": "k"}, unused)
+
+        async def halted_then_journaled() -> dict[str, Any]:
+            holder = sqlite3.connect(path, isolation_level=None, timeout=30)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                report = await halt.enter(
+                    ScopeState(BOT_SCOPE, TradingState.HALTED, "locked", datetime.now(UTC)),
+                    cancel_open=True,
+                )
+            finally:
+                holder.execute("COMMIT")
+                holder.close()
+            for _ in range(100):  # the halt's record, once the journal writes again
+                if await journal.call(journal.trading_states) and not halt._recording:
+                    break
+                await asyncio.sleep(0.1)
+            await halt.stop()
+            return report
+
+        report = asyncio.run(halted_then_journaled())
+        venue.close()
+
+    assert report["journaled"] is False
+    assert [row["done"] for row in report["cancelled"]] == [True]
+    assert [state.state for state in journal.trading_states()] == [TradingState.HALTED]
+    assert journal.unfinished_halt_work() == {}
+
+
+def test_a_halt_holds_since_it_took_effect_not_since_its_command_was_read(
+    tmp_path: Path,
+) -> None:
+    """A cancel done again at the next start cancels the orders journaled before the halt:
+    one journaled after the command was read, before the halt took effect, is among them."""
+    journal = Journal(tmp_path / "j.sqlite3")
+    gate = RiskGate(RiskConfig())
+    unused: Any = None
+    halt = KillSwitch(gate, unused, journal, unused, unused, {}, unused)
+    read_at = datetime.now(UTC) - timedelta(seconds=5)  # its replay check took that long
+
+    asyncio.run(halt.enter(ScopeState(BOT_SCOPE, TradingState.HALTED, "drill", read_at)))
+
+    [journaled] = journal.trading_states()
+    assert journaled.since > read_at + timedelta(seconds=4)
+    assert gate.state_of(BOT_SCOPE) == journaled
