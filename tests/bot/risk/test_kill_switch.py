@@ -4,7 +4,9 @@ it reads them; what is still behind then gets a row, not done, and is not closed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +19,7 @@ from pydantic import SecretStr
 from bot.config import Environment
 from bot.execution.executor import Executor, build_request
 from bot.journal import Journal
-from bot.messages import OrderStatus, OrderType
+from bot.messages import OrderRequest, OrderStatus, OrderType
 from bot.risk import kill_switch as kill_switch_module
 from bot.risk.config import RiskConfig
 from bot.risk.gate import RiskGate
@@ -120,27 +122,39 @@ def test_a_halt_cancels_a_sent_order_its_journal_left_pending(tmp_path: Path) ->
     assert [row["order_link_id"] for row in report["cancelled"]] == [request.order_link_id]
 
 
+@contextlib.contextmanager
+def _halting_a_resting_order(
+    exchange: SimExchange, path: Path
+) -> Iterator[tuple[KillSwitch, Journal, OrderRequest]]:
+    """A kill switch of strategy `follow` on key `k` at `exchange` (served on loopback), its
+    journal at `path`, and the resting limit order it holds there."""
+    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
+    journal = Journal(path)
+    with SimServer(exchange) as server:
+        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
+        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
+        try:
+            executor = Executor(journal, {"k": venue})
+            approval = approve(
+                make_intent(order_type=OrderType.LIMIT, price=Decimal(90000), qty=Decimal("0.001"))
+            )
+            assert asyncio.run(executor.execute(approval, "k")).status is OrderStatus.NEW
+            unused: Any = None
+            gate = RiskGate(RiskConfig())
+            halt = KillSwitch(gate, executor, journal, unused, unused, {"follow": "k"}, unused)
+            yield halt, journal, build_request(approval, "k")
+        finally:
+            venue.close()
+
+
 def test_a_halt_cancels_resting_orders_though_the_journal_cannot_write(tmp_path: Path) -> None:
     # Seen on a full disk: the halt held (in memory), but every cancel of its --cancel-open
     # failed at the journal's record of the cancel request, before the venue was asked: a
     # resting entry stayed open through the halt, to fill. Here another program holds the
     # journal's write lock (a backup tool): the same failure.
     exchange = SimExchange(SimulatorConfig(seed=7))
-    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
     path = tmp_path / "j.sqlite3"
-    journal = Journal(path)
-    with SimServer(exchange) as server:
-        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
-        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
-        executor = Executor(journal, {"k": venue})
-        gate = RiskGate(RiskConfig())
-        approval = approve(
-            make_intent(order_type=OrderType.LIMIT, price=Decimal(90000), qty=Decimal("0.001"))
-        )
-        request = build_request(approval, "k")
-        assert asyncio.run(executor.execute(approval, "k")).status is OrderStatus.NEW
-        unused: Any = None
-        halt = KillSwitch(gate, executor, journal, unused, unused, {"follow": "k"}, unused)
+    with _halting_a_resting_order(exchange, path) as (halt, _, request):
         holder = sqlite3.connect(path, isolation_level=None, timeout=30)
         holder.execute("BEGIN IMMEDIATE")
         try:
@@ -153,7 +167,6 @@ def test_a_halt_cancels_resting_orders_though_the_journal_cannot_write(tmp_path:
         finally:
             holder.execute("COMMIT")
             holder.close()
-        venue.close()
 
     assert report["journaled"] is False
     (at_venue,) = [o for o in exchange.orders() if o["orderLinkId"] == request.order_link_id]
@@ -171,21 +184,9 @@ def test_a_halt_cancels_resting_orders_though_the_journal_cannot_write(tmp_path:
 def test_a_halt_done_before_the_journal_took_it_is_journaled_as_done(tmp_path: Path) -> None:
     """Its record, written once the journal could write again, said its cancel was still to
     do: the next start did it again, and said a stop had cut it short (review)."""
-    exchange = SimExchange(SimulatorConfig(seed=7))
-    exchange.add_account(SimAccountSpec(api_key=KEY, api_secret=SecretStr(SECRET)))
     path = tmp_path / "j.sqlite3"
-    journal = Journal(path)
-    with SimServer(exchange) as server:
-        credentials = ApiCredentials("k", SecretStr(KEY), SecretStr(SECRET))
-        venue = BybitVenue(credentials, Environment.SIM, sim_url=server.url, timeout_s=2)
-        executor = Executor(journal, {"k": venue})
-        approval = approve(
-            make_intent(order_type=OrderType.LIMIT, price=Decimal(90000), qty=Decimal("0.001"))
-        )
-        assert asyncio.run(executor.execute(approval, "k")).status is OrderStatus.NEW
-        unused: Any = None
-        gate = RiskGate(RiskConfig())
-        halt = KillSwitch(gate, executor, journal, unused, unused, {"follow": "k"}, unused)
+    exchange = SimExchange(SimulatorConfig(seed=7))
+    with _halting_a_resting_order(exchange, path) as (halt, journal, _):
 
         async def halted_then_journaled() -> dict[str, Any]:
             holder = sqlite3.connect(path, isolation_level=None, timeout=30)
@@ -206,7 +207,6 @@ def test_a_halt_done_before_the_journal_took_it_is_journaled_as_done(tmp_path: P
             return report
 
         report = asyncio.run(halted_then_journaled())
-        venue.close()
 
     assert report["journaled"] is False
     assert [row["done"] for row in report["cancelled"]] == [True]
